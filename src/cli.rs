@@ -1,0 +1,220 @@
+//! The `tierwise` command line: `serve`, `check`, `init`. This is the binary's edge, where errors
+//! become messages and exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use tierwise::config::{self, Config};
+use tierwise::server::Gateway;
+use tierwise::upstream::Upstreams;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tierwise",
+    version,
+    about = "Self-hosted OpenAI-compatible LLM gateway that sends each task to the cheapest good-enough model tier"
+)]
+pub struct Cli {
+    /// Log filter, e.g. `info` or `tierwise=debug`.
+    #[arg(long, global = true, env = "TIERWISE_LOG", default_value = "info")]
+    log: String,
+    /// Log lines as plain text or as one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the gateway.
+    Serve {
+        #[arg(short, long, env = "TIERWISE_CONFIG", default_value_os_t = config::default_path())]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and probe every provider's /models.
+    Check {
+        #[arg(short, long, env = "TIERWISE_CONFIG", default_value_os_t = config::default_path())]
+        config: PathBuf,
+        /// Only validate the file; do not contact providers.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Write a commented starter configuration.
+    Init {
+        #[arg(default_value_os_t = config::default_path())]
+        path: PathBuf,
+        /// Overwrite the file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    init_logging(&cli.log, cli.log_format)?;
+    match cli.command {
+        Command::Serve { config } => runtime()?.block_on(serve(load(&config)?)),
+        Command::Check { config, offline } => runtime()?.block_on(check(load(&config)?, offline)),
+        Command::Init { path, force } => init(&path, force),
+    }
+}
+
+fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("--log {filter:?} is not a valid filter"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(config::ConfigError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            bail!(
+                "{} does not exist; run `tierwise init` to write a starter config, or pass --config",
+                path.display()
+            )
+        }
+        Err(err) => return Err(err.into()),
+    };
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(config)
+}
+
+async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let summary = format!(
+        "{} routes, {} tiers, {} providers",
+        config.routes.len(),
+        config.tiers.len(),
+        config.providers.len()
+    );
+    let gateway = Gateway::start(config).await?;
+    // On stdout, so that scripts and tests that start the gateway on port 0 can read the address.
+    println!("tierwise listening on http://{}", gateway.addr);
+    tracing::info!(addr = %gateway.addr, "tierwise serving {summary}");
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    gateway.shutdown().await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler cannot fail on unix");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+async fn check(config: Config, offline: bool) -> anyhow::Result<ExitCode> {
+    println!(
+        "configuration is valid: {} routes, {} tiers, {} providers",
+        config.routes.len(),
+        config.tiers.len(),
+        config.providers.len()
+    );
+    for warning in &config.warnings {
+        println!("warning: {warning}");
+    }
+    if offline {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let upstreams = Arc::new(Upstreams::new(&config)?);
+    let probes = config.providers.iter().map(|provider| {
+        let upstreams = upstreams.clone();
+        let provider = provider.clone();
+        async move {
+            let result = upstreams.list_models(&provider).await;
+            (provider, result)
+        }
+    });
+    let mut unreachable = 0;
+    for (provider, result) in futures_util::future::join_all(probes).await {
+        let mut url = provider.base_url.clone();
+        let _ = url.set_password(None);
+        let _ = url.set_username("");
+        match result {
+            Ok(models) => {
+                println!(
+                    "provider {:<12} {url}  ok, serves {} models",
+                    provider.name,
+                    models.len()
+                );
+                for tier in config
+                    .tiers
+                    .iter()
+                    .filter(|t| t.provider.name == provider.name)
+                {
+                    if !models.contains(&tier.model) {
+                        println!(
+                            "  warning: tier {} asks for model {:?}, which {} does not list",
+                            tier.name, tier.model, provider.name
+                        );
+                    }
+                }
+            }
+            Err(err) => {
+                unreachable += 1;
+                println!("provider {:<12} {url}  FAILED: {err}", provider.name);
+            }
+        }
+    }
+    Ok(if unreachable == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn init(path: &std::path::Path, force: bool) -> anyhow::Result<ExitCode> {
+    if path.exists() && !force {
+        bail!(
+            "{} already exists; pass --force to overwrite it",
+            path.display()
+        );
+    }
+    std::fs::write(path, config::STARTER)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote {}", path.display());
+    println!(
+        "next: export OPENAI_API_KEY (and TIERWISE_API_KEY for client auth), then `tierwise check` and `tierwise serve`"
+    );
+    Ok(ExitCode::SUCCESS)
+}

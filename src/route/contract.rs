@@ -1,0 +1,156 @@
+//! The output contract of a route with allowed labels. Small models answer "The category is:
+//! Technical." where a label was asked for; the label is pulled out of such an answer, and an answer
+//! that holds no allowed label (or several) is passed on unchanged and flagged, never replaced by a
+//! guess.
+
+use bytes::Bytes;
+use serde_json::Value;
+
+/// What the contract did to an answer; sent to the client as `x-tierwise-contract`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContractOutcome {
+    /// Every answer already was exactly an allowed label.
+    Ok,
+    /// A label was pulled out of a longer answer.
+    Normalized,
+    /// Some answer holds no allowed label, or more than one.
+    Violated,
+}
+
+impl ContractOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContractOutcome::Ok => "ok",
+            ContractOutcome::Normalized => "normalized",
+            ContractOutcome::Violated => "violated",
+        }
+    }
+}
+
+/// Finds the one allowed label `answer` means, and whether the answer differs from it (other
+/// words, case, punctuation) and must be rewritten.
+pub fn match_label<'l>(answer: &str, labels: &'l [String]) -> Option<(&'l str, bool)> {
+    let text = words(answer);
+    if let Some(exact) = labels.iter().find(|label| words(label) == text) {
+        return Some((exact, answer != exact.as_str()));
+    }
+    let padded = format!(" {text} ");
+    let found: Vec<&String> = labels
+        .iter()
+        .filter(|label| padded.contains(&format!(" {} ", words(label))))
+        .collect();
+    // "general inquiry" also contains the label "general": the longer label is the one meant.
+    let longest = found.iter().max_by_key(|label| label.len())?;
+    let all_inside_longest = found
+        .iter()
+        .all(|label| words(longest).contains(&words(label)));
+    all_inside_longest.then_some((longest.as_str(), true))
+}
+
+/// Lower-case words separated by single spaces, punctuation dropped.
+fn words(text: &str) -> String {
+    text.to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|word| !word.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Applies the contract to a chat completion body. The body is rewritten only when a label had to be
+/// pulled out; otherwise the upstream's bytes go to the client untouched.
+pub fn apply(body: Bytes, labels: &[String]) -> (Bytes, ContractOutcome) {
+    let Ok(mut completion) = serde_json::from_slice::<Value>(&body) else {
+        return (body, ContractOutcome::Violated);
+    };
+    let Some(choices) = completion.get_mut("choices").and_then(Value::as_array_mut) else {
+        return (body, ContractOutcome::Violated);
+    };
+    let mut outcome = ContractOutcome::Ok;
+    let mut rewritten = Vec::new();
+    for (index, choice) in choices.iter().enumerate() {
+        let content = choice
+            .pointer("/message/content")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        match match_label(content, labels) {
+            Some((_, false)) => {}
+            Some((label, true)) => rewritten.push((index, label.to_string())),
+            None => return (body, ContractOutcome::Violated),
+        }
+    }
+    if rewritten.is_empty() {
+        return (body, outcome);
+    }
+    for (index, label) in rewritten {
+        if let Some(content) = choices[index].pointer_mut("/message/content") {
+            *content = Value::String(label);
+            outcome = ContractOutcome::Normalized;
+        }
+    }
+    match serde_json::to_vec(&completion) {
+        Ok(bytes) => (Bytes::from(bytes), outcome),
+        Err(_) => (body, ContractOutcome::Violated),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels() -> Vec<String> {
+        ["billing", "technical", "general", "general inquiry"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    #[test]
+    fn labels_match_in_any_case_and_only_exact_ones_stay_untouched() {
+        assert_eq!(
+            match_label("technical", &labels()),
+            Some(("technical", false))
+        );
+        assert_eq!(
+            match_label(" Billing.\n", &labels()),
+            Some(("billing", true))
+        );
+    }
+
+    #[test]
+    fn a_label_inside_a_sentence_is_pulled_out() {
+        assert_eq!(
+            match_label("The category is: Technical.", &labels()),
+            Some(("technical", true))
+        );
+        assert_eq!(
+            match_label("Category: general inquiry", &labels()),
+            Some(("general inquiry", true))
+        );
+    }
+
+    #[test]
+    fn no_label_or_several_is_a_violation() {
+        assert_eq!(match_label("I cannot tell.", &labels()), None);
+        assert_eq!(match_label("billing or technical", &labels()), None);
+        assert_eq!(match_label("nontechnical", &labels()), None);
+    }
+
+    #[test]
+    fn apply_rewrites_only_when_it_extracted() {
+        let body = Bytes::from_static(
+            br#"{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"The category is: Technical."}}]}"#,
+        );
+        let (out, outcome) = apply(body, &labels());
+        assert_eq!(outcome, ContractOutcome::Normalized);
+        let value: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["choices"][0]["message"]["content"], "technical");
+        assert_eq!(value["id"], "x");
+
+        let exact = Bytes::from_static(br#"{"choices":[{"message":{"content":"billing"}}]}"#);
+        let (out, outcome) = apply(exact.clone(), &labels());
+        assert_eq!((out, outcome), (exact, ContractOutcome::Ok));
+
+        let none = Bytes::from_static(br#"{"choices":[{"message":{"content":"no idea"}}]}"#);
+        let (out, outcome) = apply(none.clone(), &labels());
+        assert_eq!((out, outcome), (none, ContractOutcome::Violated));
+    }
+}

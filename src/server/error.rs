@@ -1,0 +1,189 @@
+//! The one place where failures become what the client sees: OpenAI's error shape
+//! (`{"error": {"message", "type", "param", "code"}}`) with the status that makes an OpenAI SDK raise
+//! the matching exception. Messages name the tier and the reason, never a URL with credentials or a
+//! key.
+
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+
+use crate::route::ResolveError;
+use crate::route::chain::Unserved;
+use crate::route::request::RequestError;
+use crate::upstream::UpstreamErrorKind;
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    kind: &'static str,
+    param: Option<&'static str>,
+    code: Option<&'static str>,
+    /// An upstream's own 4xx body, passed back as it came.
+    upstream_body: Option<Bytes>,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+            upstream_body: None,
+            retry_after: None,
+        }
+    }
+
+    fn code(mut self, code: &'static str) -> ApiError {
+        self.code = Some(code);
+        self
+    }
+
+    fn param(mut self, param: Option<&'static str>) -> ApiError {
+        self.param = param;
+        self
+    }
+
+    pub fn unauthorized(message: &str) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
+            .code("invalid_api_key")
+    }
+
+    pub fn body_too_large(limit: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("The request body is larger than this gateway accepts ({limit} bytes; server.max_body_bytes)."),
+        )
+        .code("request_too_large")
+    }
+
+    pub fn bad_body(message: String) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+
+    pub fn not_found(message: String) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", message).code("not_found")
+    }
+
+    pub fn method_not_allowed() -> ApiError {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "This method is not allowed on this path.",
+        )
+    }
+
+    /// What the client is told when no tier of the chain answered.
+    pub fn unserved(failure: &Unserved, route: Option<&str>) -> ApiError {
+        let error = &failure.error;
+        if let UpstreamErrorKind::Status(status) = error.kind
+            && status.is_client_error()
+            && status != StatusCode::TOO_MANY_REQUESTS
+        {
+            let mut passed = ApiError::new(
+                status,
+                "invalid_request_error",
+                format!(
+                    "tier '{}' refused the request: {}",
+                    failure.tier.name, error.detail
+                ),
+            );
+            if serde_json::from_slice::<serde_json::Value>(&error.body).is_ok() {
+                passed.upstream_body = Some(error.body.clone());
+            }
+            return passed;
+        }
+        let tried: Vec<String> = failure
+            .attempts
+            .iter()
+            .filter_map(|attempt| {
+                let error = attempt.error.as_ref()?;
+                Some(format!("{}: {error}", attempt.tier.name))
+            })
+            .collect();
+        let message = match route {
+            Some(route) => format!(
+                "No tier of route '{route}' could answer. {}",
+                tried.join("; ")
+            ),
+            None => format!("No tier could answer. {}", tried.join("; ")),
+        };
+        let (status, kind, code) = match error.kind {
+            UpstreamErrorKind::Status(StatusCode::TOO_MANY_REQUESTS) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "upstream_rate_limited",
+            ),
+            _ if error.is_timeout() => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_error",
+                "upstream_timeout",
+            ),
+            _ => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "upstream_unavailable",
+            ),
+        };
+        let mut api = ApiError::new(status, kind, message).code(code);
+        api.retry_after = error.retry_after.map(|d| d.as_secs().max(1));
+        api
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(err: RequestError) -> ApiError {
+        let param = err.param();
+        ApiError::bad_body(err.to_string()).param(param)
+    }
+}
+
+impl From<ResolveError> for ApiError {
+    fn from(err: ResolveError) -> ApiError {
+        match err {
+            ResolveError::UnknownModel { .. } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                err.to_string(),
+            )
+            .param(Some("model"))
+            .code("model_not_found"),
+            ResolveError::UnknownRoute(..) => {
+                ApiError::bad_body(err.to_string()).param(Some("x-tierwise-route"))
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = match self.upstream_body {
+            Some(body) => body,
+            None => Bytes::from(
+                serde_json::json!({
+                    "error": {
+                        "message": self.message,
+                        "type": self.kind,
+                        "param": self.param,
+                        "code": self.code,
+                    }
+                })
+                .to_string(),
+            ),
+        };
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

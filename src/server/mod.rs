@@ -1,0 +1,172 @@
+//! The HTTP surface: the router, the layers every request passes (request id, then client auth on
+//! `/v1`), the listener with TCP_NODELAY, and graceful shutdown.
+
+mod auth;
+mod error;
+mod info;
+mod proxy;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use http::{HeaderName, HeaderValue};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::route::RouteTable;
+use crate::upstream::{UpstreamError, Upstreams};
+
+pub use error::ApiError;
+
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-tierwise-request-id");
+
+/// Everything a request needs, built once at start-up and shared read-only.
+pub struct App {
+    pub config: Arc<Config>,
+    pub routes: RouteTable,
+    pub upstreams: Upstreams,
+    pub started_unix: u64,
+}
+
+impl App {
+    pub fn new(config: Arc<Config>) -> Result<App, UpstreamError> {
+        Ok(App {
+            routes: RouteTable::new(&config),
+            upstreams: Upstreams::new(&config)?,
+            started_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            config,
+        })
+    }
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    let api = Router::new()
+        .route("/v1/chat/completions", post(proxy::chat_completions))
+        .route("/v1/embeddings", post(proxy::embeddings))
+        .route("/v1/models", get(info::models))
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_client_key,
+        ));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(info::healthz))
+        .route("/readyz", get(info::readyz))
+        .fallback(unknown_path)
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(middleware::from_fn(request_id))
+        .with_state(app)
+}
+
+/// Every response, errors included, carries an id the client can quote and the ledger keys on.
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = RequestId(uuid::Uuid::now_v7().to_string());
+    request.extensions_mut().insert(id.clone());
+    let mut response = next.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&id.0) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+async fn unknown_path(request: Request) -> Response {
+    ApiError::not_found(format!(
+        "Unknown request URL: {} {}. This gateway serves /v1/chat/completions, /v1/embeddings and /v1/models.",
+        request.method(),
+        request.uri().path()
+    ))
+    .into_response()
+}
+
+/// A gateway listening on its socket and serving in the background.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+    grace: std::time::Duration,
+}
+
+impl Gateway {
+    /// Binds `config.server.listen` (port 0 picks a free one) and starts serving.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        let grace = config.server.shutdown_grace;
+        let listen = config.server.listen;
+        let app = Arc::new(App::new(Arc::new(config)).map_err(StartError::Client)?);
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: listen,
+            source,
+        })?;
+        let listener = listener.tap_io(|tcp| {
+            // Same reason as upstream: keep-alive clients on this host must not wait ~40 ms on
+            // Nagle's algorithm meeting delayed ACKs.
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::warn!("cannot set TCP_NODELAY on a client connection: {err}");
+            }
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let service = router(app);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, service)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Ok(Gateway {
+            addr,
+            stop,
+            task,
+            grace,
+        })
+    }
+
+    /// Stops accepting connections and waits for in-flight requests, at most the configured grace
+    /// period; whatever is still running then is cut off.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        match tokio::time::timeout(self.grace, &mut task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => tracing::error!("server stopped with an error: {err}"),
+            Ok(Err(err)) => tracing::error!("server task failed: {err}"),
+            Err(_) => {
+                tracing::warn!(
+                    "in-flight requests did not finish within {} ms; closing them",
+                    self.grace.as_millis()
+                );
+                task.abort();
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source} (server.listen)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot build the upstream HTTP client: {0}")]
+    Client(UpstreamError),
+}

@@ -1,0 +1,219 @@
+//! Calls to providers: one pooled keep-alive HTTP client per provider (its connect timeout is the
+//! provider's), the provider's key injected and the client's never forwarded, the tier's timeouts
+//! applied, and every failure classified, because the classification decides whether the next tier
+//! is tried.
+
+mod error;
+mod stream;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use crate::config::{Config, Provider, Tier};
+use crate::route::request::Endpoint;
+
+pub use error::{UpstreamError, UpstreamErrorKind};
+pub use stream::{SseRelay, UpstreamStream};
+
+/// Token counts as an upstream reports them (`usage` of OpenAI's responses).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+    #[serde(default)]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct PromptTokensDetails {
+    #[serde(default)]
+    pub cached_tokens: u64,
+}
+
+impl Usage {
+    pub fn cached_tokens(&self) -> u64 {
+        self.prompt_tokens_details.map_or(0, |d| d.cached_tokens)
+    }
+}
+
+/// A successful answer from one tier.
+pub enum Reply {
+    /// A whole JSON body, already checked to be JSON.
+    Complete { body: Bytes, usage: Option<Usage> },
+    /// A stream whose first event has arrived, so that it is now safe to commit to this tier.
+    Stream(UpstreamStream),
+}
+
+/// The HTTP clients, one per provider, shared by every request.
+pub struct Upstreams {
+    clients: HashMap<String, reqwest::Client>,
+}
+
+impl Upstreams {
+    pub fn new(config: &Config) -> Result<Upstreams, UpstreamError> {
+        let mut clients = HashMap::new();
+        for provider in &config.providers {
+            clients.insert(provider.name.clone(), client_for(provider)?);
+        }
+        Ok(Upstreams { clients })
+    }
+
+    fn client(&self, provider: &Provider) -> &reqwest::Client {
+        self.clients
+            .get(&provider.name)
+            .expect("a client exists for every configured provider")
+    }
+
+    /// Sends `body` to `tier` and waits for its answer: the whole body, or for a stream its first
+    /// event. A failure anywhere before that point is returned, so the caller may try another tier.
+    pub async fn send(
+        &self,
+        tier: &Tier,
+        endpoint: Endpoint,
+        body: Vec<u8>,
+        stream: bool,
+    ) -> Result<Reply, UpstreamError> {
+        let provider = &tier.provider;
+        let timeouts = tier.timeouts;
+        let started = Instant::now();
+        let mut request = self
+            .client(provider)
+            .post(
+                provider
+                    .base_url
+                    .join(endpoint.path())
+                    .expect("a relative path always joins"),
+            )
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(key) = &provider.api_key {
+            request = request.bearer_auth(key.expose());
+        }
+        let head_limit = timeouts.first_byte.min(timeouts.total);
+        let response = match tokio::time::timeout(head_limit, request.send()).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(err)) => return Err(UpstreamError::from_reqwest(err)),
+            Err(_) if head_limit == timeouts.total => {
+                return Err(UpstreamError::new(
+                    UpstreamErrorKind::TimeoutTotal,
+                    head_limit,
+                ));
+            }
+            Err(_) => {
+                return Err(UpstreamError::new(
+                    UpstreamErrorKind::TimeoutFirstByte,
+                    head_limit,
+                ));
+            }
+        };
+        let status = response.status();
+        if stream && status.is_success() {
+            let left = timeouts.first_byte.saturating_sub(started.elapsed());
+            return UpstreamStream::open(response, left, timeouts.idle)
+                .await
+                .map(Reply::Stream);
+        }
+        let retry_after = retry_after(response.headers());
+        let left = timeouts.total.saturating_sub(started.elapsed());
+        let body = match tokio::time::timeout(left, response.bytes()).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(err)) => return Err(UpstreamError::from_reqwest(err)),
+            Err(_) => {
+                return Err(UpstreamError::new(
+                    UpstreamErrorKind::TimeoutTotal,
+                    timeouts.total,
+                ));
+            }
+        };
+        if !status.is_success() {
+            return Err(UpstreamError::status(status, body, retry_after));
+        }
+        let usage = parse_usage(&body)?;
+        Ok(Reply::Complete { body, usage })
+    }
+
+    /// `GET {base_url}/models`: whether the provider answers, and the model ids it serves.
+    pub async fn list_models(&self, provider: &Provider) -> Result<Vec<String>, UpstreamError> {
+        #[derive(Deserialize)]
+        struct ModelList {
+            data: Vec<ModelEntry>,
+        }
+        #[derive(Deserialize)]
+        struct ModelEntry {
+            id: String,
+        }
+        let mut request = self.client(provider).get(
+            provider
+                .base_url
+                .join("models")
+                .expect("a relative path always joins"),
+        );
+        if let Some(key) = &provider.api_key {
+            request = request.bearer_auth(key.expose());
+        }
+        let limit = provider.timeouts.first_byte.min(Duration::from_secs(10));
+        let response = match tokio::time::timeout(limit, request.send()).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(err)) => return Err(UpstreamError::from_reqwest(err)),
+            Err(_) => {
+                return Err(UpstreamError::new(
+                    UpstreamErrorKind::TimeoutFirstByte,
+                    limit,
+                ));
+            }
+        };
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(UpstreamError::from_reqwest)?;
+        if !status.is_success() {
+            return Err(UpstreamError::status(status, body, None));
+        }
+        let list: ModelList = serde_json::from_slice(&body)
+            .map_err(|err| UpstreamError::malformed(format!("/models answer: {err}")))?;
+        Ok(list.data.into_iter().map(|entry| entry.id).collect())
+    }
+}
+
+fn client_for(provider: &Provider) -> Result<reqwest::Client, UpstreamError> {
+    reqwest::Client::builder()
+        // A local model server runs on the same host; Nagle's algorithm meeting delayed ACKs would
+        // add ~40 ms to every keep-alive request.
+        .tcp_nodelay(true)
+        .connect_timeout(provider.timeouts.connect)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .user_agent(concat!("tierwise/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(UpstreamError::from_reqwest)
+}
+
+/// `Retry-After` in seconds, as 429 and 503 answers carry it.
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|secs| secs.is_finite() && *secs >= 0.0)
+        .map(Duration::from_secs_f64)
+}
+
+/// Checks that a successful body is JSON and reads its usage. A local server that answers 200 with
+/// a half-written body is a failure of that tier, not an answer.
+fn parse_usage(body: &[u8]) -> Result<Option<Usage>, UpstreamError> {
+    #[derive(Deserialize)]
+    struct UsageOnly {
+        usage: Option<Usage>,
+    }
+    serde_json::from_slice::<UsageOnly>(body)
+        .map(|parsed| parsed.usage)
+        .map_err(|err| UpstreamError::malformed(format!("answer is not valid JSON: {err}")))
+}
