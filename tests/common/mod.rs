@@ -1,0 +1,187 @@
+//! Starting the real gateway in-process on a free port, against fake upstreams from
+//! `tests/support`, and talking to it over HTTP like a client would.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::Value;
+use tierwise::config::Config;
+use tierwise::server::Gateway;
+
+pub const PROVIDER_KEY: &str = "sk-upstream-secret-123";
+pub const CLIENT_KEY: &str = "tw-client-key-456";
+
+/// Variables the test configs may reference with `${...}`.
+pub fn env(name: &str) -> Option<String> {
+    let vars: HashMap<&str, &str> =
+        [("LOCAL_KEY", PROVIDER_KEY), ("CLIENT_KEY", CLIENT_KEY)].into();
+    vars.get(name).map(|v| v.to_string())
+}
+
+pub fn parse(toml: &str) -> Config {
+    parse_in(toml, Path::new("tierwise.toml"))
+}
+
+pub fn parse_in(toml: &str, path: &Path) -> Config {
+    match Config::parse(toml, path, &env) {
+        Ok(config) => config,
+        Err(err) => panic!("test config does not load: {err}"),
+    }
+}
+
+/// A two-tier setup: `local` on one fake, `api_fast` and `api_frontier` on another, with the
+/// classification route of DESIGN.md. `extra` is appended to the file.
+pub fn two_tier_config(local_url: &str, api_url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+api_keys = ["${{CLIENT_KEY}}"]
+
+[providers.vllm]
+base_url = "{local_url}"
+api_key = "${{LOCAL_KEY}}"
+timeout = {{ connect_ms = 500, first_byte_ms = 2000, total_ms = 5000, idle_ms = 2000 }}
+
+[providers.openai]
+base_url = "{api_url}"
+api_key = "sk-api-key-789"
+
+[tiers]
+local        = {{ provider = "vllm", model = "mistral-7b", max_tokens = 256, temperature = 0.1 }}
+api_fast     = {{ provider = "openai", model = "gpt-4o-mini", max_tokens = 1024 }}
+api_frontier = {{ provider = "openai", model = "gpt-4o" }}
+embed_local  = {{ provider = "vllm", model = "nomic-embed-text" }}
+
+[routes.classification]
+kind = "classification"
+tiers = ["local", "api_fast"]
+baseline = "api_frontier"
+output = {{ labels = ["billing", "technical", "general"] }}
+
+[routes.summarize]
+kind = "summarization"
+tiers = ["local", "api_fast"]
+
+[routes.embed]
+kind = "embedding"
+tiers = ["embed_local"]
+{extra}
+"#
+    )
+}
+
+pub struct TestGateway {
+    pub url: String,
+    pub http: reqwest::Client,
+    gateway: Gateway,
+}
+
+impl TestGateway {
+    pub async fn start(toml: &str) -> TestGateway {
+        TestGateway::start_config(parse(toml)).await
+    }
+
+    pub async fn start_config(config: Config) -> TestGateway {
+        let gateway = Gateway::start(config).await.expect("gateway starts");
+        TestGateway {
+            url: format!("http://{}", gateway.addr),
+            http: reqwest::Client::new(),
+            gateway,
+        }
+    }
+
+    pub async fn shutdown(self) {
+        self.gateway.shutdown().await;
+    }
+
+    /// POSTs JSON with the client key; returns the response.
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.post_raw(path, body.to_string().into_bytes()).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(CLIENT_KEY)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("the gateway answers")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(CLIENT_KEY)
+            .send()
+            .await
+            .expect("the gateway answers")
+    }
+}
+
+/// Status, a header lookup and the JSON body of a response.
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Answer {
+    pub async fn of(response: reqwest::Response) -> Answer {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("a body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Answer {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an OpenAI-shaped error with this status and `code`, and returns its message.
+    pub fn error(&self, status: u16, code: Option<&str>) -> &str {
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        let error = &self.body["error"];
+        assert!(
+            error["message"].is_string(),
+            "not OpenAI-shaped: {}",
+            self.text
+        );
+        assert!(
+            error["type"].is_string(),
+            "not OpenAI-shaped: {}",
+            self.text
+        );
+        assert!(
+            error.get("param").is_some() && error.get("code").is_some(),
+            "not OpenAI-shaped: {}",
+            self.text
+        );
+        if let Some(code) = code {
+            assert_eq!(error["code"], code, "{}", self.text);
+        }
+        error["message"].as_str().unwrap()
+    }
+}
+
+pub fn chat(model: &str, content: &str) -> Value {
+    serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+    })
+}

@@ -1,0 +1,478 @@
+//! A fake OpenAI-compatible upstream (`/v1/chat/completions`, `/v1/embeddings`, `/v1/models`) with
+//! the faults tests need set as data: down, hanging, slow, 5xx, 429, malformed JSON, a stream cut
+//! before or after its first chunk, no usage. Every integration test, the Python SDK tests (through
+//! the `tierwise-fake` binary and its `/_fake/*` control endpoints) and the benchmark use this one
+//! fake, so what "a fault" means is written down once.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinHandle;
+
+/// What goes wrong with the next requests.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Fault {
+    #[default]
+    None,
+    /// Answer with this status and body (an OpenAI-shaped error when `body` is absent).
+    Status {
+        status: u16,
+        #[serde(default)]
+        body: Option<String>,
+        #[serde(default)]
+        retry_after: Option<u64>,
+    },
+    /// Accept the request and never answer.
+    Hang,
+    /// Wait this long before sending anything.
+    SlowFirstByte { ms: u64 },
+    /// 200 with a body that is not JSON (for streams: a first event that is not JSON).
+    MalformedJson,
+    /// Streams: send the headers, then close without any event.
+    CutBeforeFirstChunk,
+    /// Streams: send this many chunks, then close without `[DONE]`.
+    CutAfterChunks { chunks: usize },
+    /// Answer without `usage`, as some local servers do.
+    NoUsage,
+}
+
+/// How the fake answers: the fault, the text, the usage it reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Behavior {
+    pub fault: Fault,
+    /// The assistant's answer; streams send it word by word.
+    pub reply: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    /// Pause between stream chunks.
+    pub chunk_delay_ms: u64,
+    /// Model ids listed by `/v1/models`.
+    pub models: Vec<String>,
+}
+
+impl Default for Behavior {
+    fn default() -> Self {
+        Behavior {
+            fault: Fault::None,
+            reply: "Hello from the fake upstream.".to_string(),
+            prompt_tokens: 20,
+            completion_tokens: 5,
+            cached_tokens: 0,
+            chunk_delay_ms: 0,
+            models: vec!["fake-model".to_string()],
+        }
+    }
+}
+
+/// One request as the fake received it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recorded {
+    pub path: String,
+    pub authorization: Option<String>,
+    pub body: Value,
+}
+
+struct Shared {
+    behavior: Mutex<Behavior>,
+    requests: Mutex<Vec<Recorded>>,
+    /// Streams wait here after their first chunk while a test holds them.
+    gate: Mutex<Option<Arc<Semaphore>>>,
+}
+
+/// A running fake upstream.
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl FakeUpstream {
+    /// Starts on a free port of 127.0.0.1.
+    pub async fn start() -> FakeUpstream {
+        FakeUpstream::start_on("127.0.0.1:0".parse().expect("a literal address")).await
+    }
+
+    /// Starts on `addr`, e.g. the address of a fake that was stopped, to play a restarted server.
+    pub async fn start_on(addr: SocketAddr) -> FakeUpstream {
+        let listener = bind_retrying(addr).await;
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        let shared = Arc::new(Shared {
+            behavior: Mutex::new(Behavior::default()),
+            requests: Mutex::new(Vec::new()),
+            gate: Mutex::new(None),
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = router(shared.clone());
+        let task = tokio::spawn(async move {
+            let server = axum::serve(listener, app).with_graceful_shutdown(async {
+                let _ = stopped.await;
+            });
+            let _ = server.await;
+        });
+        FakeUpstream {
+            addr,
+            shared,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// The OpenAI-style base URL, `http://127.0.0.1:PORT/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn set_fault(&self, fault: Fault) {
+        self.shared.behavior.lock().unwrap().fault = fault;
+    }
+
+    pub fn set_behavior(&self, behavior: Behavior) {
+        *self.shared.behavior.lock().unwrap() = behavior;
+    }
+
+    pub fn update(&self, change: impl FnOnce(&mut Behavior)) {
+        change(&mut self.shared.behavior.lock().unwrap());
+    }
+
+    /// Makes streams stop after their first chunk until the returned gate is opened, so a test can
+    /// see that the first chunk reached the client while the upstream had not finished.
+    pub fn hold_streams(&self) -> Gate {
+        let semaphore = Arc::new(Semaphore::new(0));
+        *self.shared.gate.lock().unwrap() = Some(semaphore.clone());
+        Gate(semaphore)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.shared.requests.lock().unwrap().len()
+    }
+
+    /// Stops listening and closes every connection: afterwards connections are refused.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Holds streams after their first chunk until opened.
+pub struct Gate(Arc<Semaphore>);
+
+impl Gate {
+    pub fn open(&self) {
+        self.0.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+}
+
+/// An address on 127.0.0.1 where nothing listens: a provider that is down.
+pub async fn unused_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a free port");
+    listener
+        .local_addr()
+        .expect("a bound listener has an address")
+}
+
+/// Waits until `condition` holds, polling, or panics with `what` after `deadline`.
+pub async fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
+    let until = Instant::now() + deadline;
+    while !condition() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn bind_retrying(addr: SocketAddr) -> TcpListener {
+    // A port just released by a stopped fake can be briefly busy; a restart must get it back.
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(err) if Instant::now() < until && addr.port() != 0 => {
+                let _ = err;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(err) => panic!("fake upstream cannot bind {addr}: {err}"),
+        }
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/_fake/behavior", post(set_behavior).get(get_behavior))
+        .route("/_fake/requests", get(list_requests))
+        .with_state(shared)
+}
+
+fn record(shared: &Shared, path: &str, headers: &HeaderMap, body: &Value) {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    shared.requests.lock().unwrap().push(Recorded {
+        path: path.to_string(),
+        authorization,
+        body: body.clone(),
+    });
+}
+
+/// Applies the faults that happen before any answer; `Some` is the answer to send instead.
+async fn before_answer(fault: &Fault) -> Option<Response> {
+    match fault {
+        Fault::Status {
+            status,
+            body,
+            retry_after,
+        } => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let body = body.clone().unwrap_or_else(|| {
+                json!({"error": {"message": format!("fake upstream fault: HTTP {}", status.as_u16()), "type": "fake_error", "param": null, "code": null}}).to_string()
+            });
+            let mut response = (status, body).into_response();
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+            if let Some(secs) = retry_after {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, (*secs).into());
+            }
+            Some(response)
+        }
+        Fault::Hang => {
+            std::future::pending::<()>().await;
+            None
+        }
+        Fault::SlowFirstByte { ms } => {
+            tokio::time::sleep(Duration::from_millis(*ms)).await;
+            None
+        }
+        _ => None,
+    }
+}
+
+async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "fake upstream: body is not JSON").into_response();
+    };
+    record(&shared, "/v1/chat/completions", &headers, &request);
+    let behavior = shared.behavior.lock().unwrap().clone();
+    if let Some(response) = before_answer(&behavior.fault).await {
+        return response;
+    }
+    let model = request["model"]
+        .as_str()
+        .unwrap_or("fake-model")
+        .to_string();
+    let usage = (behavior.fault != Fault::NoUsage).then(|| usage_json(&behavior));
+    if request["stream"].as_bool() == Some(true) {
+        let include_usage = request["stream_options"]["include_usage"].as_bool() == Some(true);
+        let gate = shared.gate.lock().unwrap().clone();
+        return stream(behavior, model, usage.filter(|_| include_usage), gate);
+    }
+    if behavior.fault == Fault::MalformedJson {
+        return json_response(Bytes::from_static(
+            b"{\"id\": \"chatcmpl-fake\", \"choices\": [{\"mess",
+        ));
+    }
+    let mut completion = json!({
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": behavior.reply},
+            "finish_reason": "stop",
+        }],
+    });
+    if let Some(usage) = usage {
+        completion["usage"] = usage;
+    }
+    json_response(Bytes::from(completion.to_string()))
+}
+
+fn usage_json(behavior: &Behavior) -> Value {
+    json!({
+        "prompt_tokens": behavior.prompt_tokens,
+        "completion_tokens": behavior.completion_tokens,
+        "total_tokens": behavior.prompt_tokens + behavior.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": behavior.cached_tokens},
+    })
+}
+
+fn json_response(body: Bytes) -> Response {
+    let mut response = (StatusCode::OK, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+    response
+}
+
+fn stream(
+    behavior: Behavior,
+    model: String,
+    usage: Option<Value>,
+    gate: Option<Arc<Semaphore>>,
+) -> Response {
+    let chunk = |delta: Value, finish: Option<&str>| {
+        json!({
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 1_700_000_000,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        })
+        .to_string()
+    };
+    let mut events: Vec<String> = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
+    for word in behavior.reply.split_inclusive(' ') {
+        events.push(chunk(json!({"content": word}), None));
+    }
+    events.push(chunk(json!({}), Some("stop")));
+    if let Some(usage) = usage {
+        events.push(
+            json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [], "usage": usage})
+                .to_string(),
+        );
+    }
+    events.push("[DONE]".to_string());
+    match behavior.fault {
+        Fault::CutBeforeFirstChunk => events.clear(),
+        Fault::CutAfterChunks { chunks } => events.truncate(chunks),
+        Fault::MalformedJson => events.insert(0, "{\"id\": \"chatcmpl-fake\", \"choi".to_string()),
+        _ => {}
+    }
+    let delay = Duration::from_millis(behavior.chunk_delay_ms);
+    let body =
+        futures_util::stream::unfold((events.into_iter(), 0usize), move |(mut rest, sent)| {
+            let gate = gate.clone();
+            async move {
+                let event = rest.next()?;
+                if sent == 1
+                    && let Some(gate) = &gate
+                {
+                    let _ = gate.acquire().await.map(|permit| permit.forget());
+                }
+                if sent > 0 && !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let frame = Bytes::from(format!("data: {event}\n\n"));
+                Some((Ok::<_, std::convert::Infallible>(frame), (rest, sent + 1)))
+            }
+        });
+    let mut response = Response::new(Body::from_stream(body));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, "text/event-stream".parse().unwrap());
+    response
+}
+
+async fn embeddings(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "fake upstream: body is not JSON").into_response();
+    };
+    record(&shared, "/v1/embeddings", &headers, &request);
+    let behavior = shared.behavior.lock().unwrap().clone();
+    if let Some(response) = before_answer(&behavior.fault).await {
+        return response;
+    }
+    if behavior.fault == Fault::MalformedJson {
+        return json_response(Bytes::from_static(b"{\"data\": [{\"embedd"));
+    }
+    let inputs = match &request["input"] {
+        Value::Array(items) => items.len(),
+        _ => 1,
+    };
+    let base64 = request["encoding_format"].as_str() == Some("base64");
+    let data: Vec<Value> = (0..inputs)
+        .map(|index| {
+            let vector = [0.25f32 + index as f32, -0.5, 0.125];
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    let mut answer = json!({
+        "object": "list",
+        "data": data,
+        "model": request["model"],
+    });
+    if behavior.fault != Fault::NoUsage {
+        answer["usage"] = json!({"prompt_tokens": behavior.prompt_tokens, "total_tokens": behavior.prompt_tokens});
+    }
+    json_response(Bytes::from(answer.to_string()))
+}
+
+async fn models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    record(&shared, "/v1/models", &headers, &Value::Null);
+    let behavior = shared.behavior.lock().unwrap().clone();
+    if let Some(response) = before_answer(&behavior.fault).await {
+        return response;
+    }
+    let data: Vec<Value> = behavior
+        .models
+        .iter()
+        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "fake"}))
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+async fn set_behavior(
+    State(shared): State<Arc<Shared>>,
+    Json(behavior): Json<Behavior>,
+) -> StatusCode {
+    *shared.behavior.lock().unwrap() = behavior;
+    StatusCode::NO_CONTENT
+}
+
+async fn get_behavior(State(shared): State<Arc<Shared>>) -> Json<Behavior> {
+    Json(shared.behavior.lock().unwrap().clone())
+}
+
+async fn list_requests(State(shared): State<Arc<Shared>>) -> Json<Vec<Recorded>> {
+    Json(shared.requests.lock().unwrap().clone())
+}
