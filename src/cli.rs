@@ -62,7 +62,13 @@ enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     init_logging(&cli.log, cli.log_format)?;
     match cli.command {
-        Command::Serve { config } => runtime()?.block_on(serve(load(&config)?)),
+        Command::Serve { config } => {
+            let config = load(&config)?;
+            for warning in &config.warnings {
+                tracing::warn!("{warning}");
+            }
+            runtime()?.block_on(serve(config))
+        }
         Command::Check { config, offline } => runtime()?.block_on(check(load(&config)?, offline)),
         Command::Init { path, force } => init(&path, force),
     }
@@ -101,9 +107,6 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
         }
         Err(err) => return Err(err.into()),
     };
-    for warning in &config.warnings {
-        tracing::warn!("{warning}");
-    }
     Ok(config)
 }
 

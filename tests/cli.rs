@@ -1,0 +1,206 @@
+//! The `tierwise` binary as a user runs it: `init`, `check`, and `serve` stopped by SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tierwise_fake::FakeUpstream;
+
+fn tierwise() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tierwise"));
+    command
+        .env_remove("TIERWISE_CONFIG")
+        .env("TIERWISE_LOG", "warn");
+    command
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tierwise-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn init_writes_the_starter_and_refuses_to_overwrite() {
+    let dir = temp_dir("init");
+    let path = dir.join("tierwise.toml");
+    let _ = std::fs::remove_file(&path);
+    let out = tierwise().arg("init").arg(&path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        tierwise::config::STARTER
+    );
+    let again = tierwise().arg("init").arg(&path).output().unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+
+    let check = tierwise()
+        .args(["check", "--offline", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        stdout.contains("configuration is valid: 6 routes, 5 tiers, 2 providers"),
+        "{stdout}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn check_reports_every_mistake_with_its_line_and_fails() {
+    let dir = temp_dir("bad");
+    let path = dir.join("tierwise.toml");
+    std::fs::write(
+        &path,
+        "[providers.p]\nbase_url = \"http://x/v1\"\n\n[tiers]\nt = { provider = \"q\", model = \"m\" }\n\n[routes.r]\nkind = \"chat\"\ntiers = [\"u\"]\n",
+    )
+    .unwrap();
+    let out = tierwise()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("has 2 errors"), "{stderr}");
+    assert!(
+        stderr.contains("line 5: tiers.t.provider: no provider named \"q\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("line 9: routes.r.tiers: no tier named \"u\""),
+        "{stderr}"
+    );
+
+    let missing = tierwise()
+        .args(["check", "--config"])
+        .arg(dir.join("nope.toml"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("tierwise init"));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_probes_each_provider() {
+    let up = FakeUpstream::start().await;
+    up.update(|b| b.models = vec!["served-model".into()]);
+    let down = tierwise_fake::unused_addr().await;
+    let dir = temp_dir("probe");
+    let path = dir.join("tierwise.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[providers.up]\nbase_url = \"{}\"\napi_key = \"sk-probe-secret\"\n[providers.down]\nbase_url = \"http://{down}/v1\"\n\n[tiers]\na = {{ provider = \"up\", model = \"served-model\" }}\nb = {{ provider = \"up\", model = \"other-model\" }}\nc = {{ provider = \"down\", model = \"m\" }}\n",
+            up.base_url()
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        tierwise()
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "an unreachable provider must fail the check"
+    );
+    assert!(
+        stdout.contains("provider up") && stdout.contains("ok, serves 1 models"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("tier b asks for model \"other-model\""),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("tier a asks"), "{stdout}");
+    assert!(
+        stdout.contains("provider down") && stdout.contains("FAILED: connect_refused"),
+        "{stdout}"
+    );
+    assert_eq!(up.requests()[0].path, "/v1/models");
+    assert_eq!(
+        up.requests()[0].authorization.as_deref(),
+        Some("Bearer sk-probe-secret")
+    );
+    assert!(!stdout.contains("sk-probe-secret"));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_then_stops_cleanly_on_sigterm() {
+    let up = FakeUpstream::start().await;
+    let dir = temp_dir("serve");
+    let path = dir.join("tierwise.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[providers.up]\nbase_url = \"{}\"\n[tiers]\nt = {{ provider = \"up\", model = \"m\" }}\n[routes.r]\nkind = \"chat\"\ntiers = [\"t\"]\n",
+            up.base_url()
+        ),
+    )
+    .unwrap();
+    let mut child = tierwise()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("tierwise listening on ")
+        .expect("the address line")
+        .to_string();
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&serde_json::json!({"model": "r", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-tierwise-tier"], "t");
+
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || child.wait().unwrap()),
+    )
+    .await
+    .expect("the gateway exits after SIGTERM")
+    .unwrap();
+    assert!(status.success(), "{status:?}");
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -1,0 +1,224 @@
+//! Configuration mistakes are caught at start-up, each with its key, its line and what would be right.
+
+use std::path::Path;
+
+use tierwise::config::{Config, ConfigError, STARTER};
+
+fn load(toml: &str) -> Result<Config, ConfigError> {
+    Config::parse(toml, Path::new("tierwise.toml"), &|name| {
+        (name == "SET").then(|| "value".into())
+    })
+}
+
+fn error_of(toml: &str) -> String {
+    match load(toml) {
+        Ok(_) => panic!("config was accepted:\n{toml}"),
+        Err(err) => err.to_string(),
+    }
+}
+
+const BASE: &str = r#"[providers.vllm]
+base_url = "http://localhost:8001/v1"
+
+[tiers]
+local = { provider = "vllm", model = "m" }
+
+[routes.classification]
+kind = "classification"
+tiers = ["local"]
+"#;
+
+#[test]
+fn the_starter_config_loads_without_any_environment() {
+    let config =
+        Config::parse(STARTER, Path::new("tierwise.toml"), &|_| None).expect("starter loads");
+    assert!(config.routes.iter().any(|r| r.name == "classification"));
+    assert_eq!(
+        config
+            .providers
+            .iter()
+            .find(|p| p.name == "ollama")
+            .unwrap()
+            .base_url
+            .as_str(),
+        "http://localhost:11434/v1/"
+    );
+    assert!(
+        config
+            .tiers
+            .iter()
+            .any(|t| t.provider.name == "openai" && t.model == "gpt-4o-mini")
+    );
+    assert!(
+        config.warnings.iter().any(|w| w.contains("api_keys")),
+        "no-auth warning missing: {:?}",
+        config.warnings
+    );
+    assert!(
+        config
+            .warnings
+            .iter()
+            .any(|w| w.contains("providers.openai.api_key")),
+        "{:?}",
+        config.warnings
+    );
+}
+
+#[test]
+fn an_unknown_key_names_the_key_and_line() {
+    let err = error_of(&format!(
+        "{BASE}\n[routes.summarize]\nkind = \"summarization\"\ntiers = [\"local\"]\nteirs = []\n"
+    ));
+    assert!(err.contains("line 14") && err.contains("teirs"), "{err}");
+}
+
+#[test]
+fn a_tier_naming_a_missing_provider_lists_the_defined_ones() {
+    let err = error_of(&BASE.replace("provider = \"vllm\"", "provider = \"vlm\""));
+    assert!(
+        err.contains("line 5: tiers.local.provider: no provider named \"vlm\" (defined: vllm)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_route_naming_a_missing_tier_or_an_empty_chain_is_refused() {
+    let err = error_of(&BASE.replace("tiers = [\"local\"]", "tiers = [\"local\", \"api\"]"));
+    assert!(
+        err.contains("line 9: routes.classification.tiers: no tier named \"api\" (defined: local)"),
+        "{err}"
+    );
+    let err = error_of(&BASE.replace("tiers = [\"local\"]", "tiers = []"));
+    assert!(
+        err.contains("line 9: routes.classification.tiers: the chain is empty"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_url_is_refused_with_an_example() {
+    for url in [
+        "localhost:8001",
+        "ftp://x/v1",
+        "not a url",
+        "http://x/v1?key=1",
+    ] {
+        let err = error_of(&BASE.replace("http://localhost:8001/v1", url));
+        assert!(
+            err.contains("line 2: providers.vllm.base_url"),
+            "{url}: {err}"
+        );
+    }
+}
+
+#[test]
+fn an_unset_environment_variable_is_named() {
+    let err = error_of(&BASE.replace(
+        "base_url = \"http://localhost:8001/v1\"",
+        "base_url = \"http://localhost:8001/v1\"\napi_key = \"${VLLM_API_KEY}\"",
+    ));
+    assert!(
+        err.contains(
+            "line 3: providers.vllm.api_key: environment variable VLLM_API_KEY is not set"
+        ),
+        "{err}"
+    );
+    let ok = load(&BASE.replace(
+        "base_url = \"http://localhost:8001/v1\"",
+        "base_url = \"http://localhost:8001/v1\"\napi_key = \"${SET}\"",
+    ))
+    .unwrap();
+    assert_eq!(ok.providers[0].api_key.as_ref().unwrap().expose(), "value");
+    // The key itself never shows in debug output.
+    assert!(
+        !format!("{ok:?}").contains("value\""),
+        "a secret leaked into Debug output"
+    );
+}
+
+#[test]
+fn duplicate_names_are_refused() {
+    let err = error_of(&format!(
+        "{BASE}\n[routes.local]\nkind = \"chat\"\ntiers = [\"local\"]\n"
+    ));
+    assert!(
+        err.contains("line 11: routes.local") && err.contains("also a tier name"),
+        "{err}"
+    );
+    let err = error_of(&format!(
+        "{BASE}\n[routes.classification]\nkind = \"chat\"\ntiers = [\"local\"]\n"
+    ));
+    assert!(
+        err.contains("line 11") && err.to_lowercase().contains("duplicate"),
+        "{err}"
+    );
+    let err = error_of(&BASE.replace("tiers = [\"local\"]", "tiers = [\"local\", \"local\"]"));
+    assert!(err.contains("listed twice"), "{err}");
+}
+
+#[test]
+fn every_mistake_is_reported_at_once() {
+    let toml = BASE
+        .replace("provider = \"vllm\"", "provider = \"nope\"")
+        .replace("kind = \"classification\"", "kind = \"classify\"");
+    let err = load(&toml).unwrap_err();
+    assert_eq!(err.issues().len(), 3, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("unknown kind \"classify\"; use one of: classification"),
+        "{text}"
+    );
+}
+
+#[test]
+fn route_details_are_checked() {
+    let cases = [
+        (
+            "tiers = [\"local\"]",
+            "tiers = [\"local\"]\noutput = { labels = [] }",
+            "output.labels: is empty",
+        ),
+        (
+            "tiers = [\"local\"]",
+            "tiers = [\"local\"]\nbaseline = \"gpt\"",
+            "baseline: no tier named \"gpt\"",
+        ),
+        (
+            "tiers = [\"local\"]",
+            "tiers = [\"local\"]\nshadow = { reference = \"local\", sample_rate = 1.5 }",
+            "shadow.sample_rate: must be between 0 and 1",
+        ),
+        (
+            "tiers = [\"local\"]",
+            "tiers = [\"local\"]\nprompts.api = \"p.txt\"",
+            "prompts.api: \"api\" is not in this route's tiers",
+        ),
+        (
+            "tiers = [\"local\"]",
+            "tiers = [\"local\"]\nprompts.local = \"missing.txt\"",
+            "cannot read prompt file",
+        ),
+        (
+            "tiers = [\"local\"]",
+            "tiers = [\"local\"]\nprofile = { quality = \"best\" }",
+            "unknown quality bar \"best\"",
+        ),
+        (
+            "model = \"m\" }",
+            "model = \"m\", temperature = 3.0 }",
+            "tiers.local.temperature: must be between 0 and 2",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        let err = error_of(&BASE.replace(from, to));
+        assert!(err.contains(expected), "expected {expected:?} in {err}");
+    }
+}
+
+#[test]
+fn providers_are_required() {
+    let err = error_of("[server]\nlisten = \"127.0.0.1:4000\"\n");
+    assert!(err.contains("providers: no provider is defined"), "{err}");
+    let err = error_of(&format!("[server]\nlisten = \"localhost\"\n{BASE}"));
+    assert!(err.contains("line 2: server.listen"), "{err}");
+}

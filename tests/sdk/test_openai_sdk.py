@@ -1,0 +1,147 @@
+"""The official OpenAI Python SDK, unchanged but for base_url, talking to tierwise."""
+
+import base64
+
+import openai
+import pytest
+
+from conftest import CLIENT_KEY, LOCAL_KEY
+
+
+def test_chat_completion_through_a_route(client, fakes):
+    local, _ = fakes
+    raw = client.chat.completions.with_raw_response.create(
+        model="classification", messages=[{"role": "user", "content": "My card was charged twice"}]
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "Hello from the fake upstream."
+    assert completion.usage.prompt_tokens == 20
+    assert raw.headers["x-tierwise-route"] == "classification"
+    assert raw.headers["x-tierwise-tier"] == "local"
+    assert raw.headers["x-tierwise-request-id"]
+    sent = local.requests()[-1]
+    assert sent["body"]["model"] == "mistral-7b"
+    assert sent["authorization"] == f"Bearer {LOCAL_KEY}"
+
+
+def test_label_contract_reaches_the_sdk_normalized(client, fakes):
+    local, _ = fakes
+    local.behave(reply="The category is: Billing.")
+    raw = client.chat.completions.with_raw_response.create(
+        model="classification", messages=[{"role": "user", "content": "refund please"}]
+    )
+    assert raw.parse().choices[0].message.content == "billing"
+    assert raw.headers["x-tierwise-contract"] == "normalized"
+
+
+def test_streaming_with_usage(client, fakes):
+    stream = client.chat.completions.create(
+        model="classification",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello from the fake upstream."
+    usage = [c.usage for c in chunks if c.usage is not None]
+    assert len(usage) == 1 and usage[0].completion_tokens == 5
+
+
+def test_streaming_without_usage_sees_no_usage_chunk(client, fakes):
+    chunks = list(
+        client.chat.completions.create(
+            model="classification", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+    )
+    assert chunks and all(c.usage is None for c in chunks)
+    assert all(c.choices for c in chunks)
+
+
+def test_embeddings_default_base64_and_float(client, fakes):
+    result = client.embeddings.create(model="embed", input=["one", "two"])
+    assert len(result.data) == 2
+    assert result.data[0].embedding == pytest.approx([0.25, -0.5, 0.125])
+    floats = client.embeddings.create(model="embed", input="one", encoding_format="float")
+    assert floats.data[0].embedding == pytest.approx([0.25, -0.5, 0.125])
+
+
+def test_models_list(client):
+    ids = {model.id for model in client.models.list()}
+    assert {"classification", "embed", "local", "api_fast", "gpt-4o-mini"} <= ids
+
+
+def test_fallback_is_an_ordinary_success(client, fakes):
+    local, _ = fakes
+    local.behave(fault={"kind": "status", "status": 503})
+    raw = client.chat.completions.with_raw_response.create(
+        model="classification", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert raw.parse().choices[0].message.content
+    assert raw.headers["x-tierwise-tier"] == "api_fast"
+    assert raw.headers["x-tierwise-fallback"] == "local:http_503"
+
+    local.behave(fault={"kind": "cut_before_first_chunk"})
+    stream = client.chat.completions.create(
+        model="classification", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Hello from the fake upstream."
+
+
+def test_bad_request_error(client):
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model="classification", messages=[])
+    assert raised.value.body["param"] == "messages"
+
+
+def test_authentication_error(gateway_url):
+    wrong = openai.OpenAI(base_url=gateway_url + "/v1", api_key="not-the-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
+
+
+def test_not_found_error_for_an_unknown_model(client):
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "hi"}])
+    assert raised.value.code == "model_not_found"
+    assert "classification" in raised.value.message
+
+
+def test_request_too_large(client):
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.chat.completions.create(model="classification", messages=[{"role": "user", "content": "x" * 200_000}])
+    assert raised.value.status_code == 413
+
+
+def test_upstream_down_is_an_internal_server_error(client, fakes):
+    _, api = fakes
+    api.behave(fault={"kind": "status", "status": 500})
+    with pytest.raises(openai.InternalServerError) as raised:
+        client.chat.completions.create(model="api_only", messages=[{"role": "user", "content": "hi"}])
+    assert raised.value.status_code == 502
+    assert "api_fast" in raised.value.message
+    assert "sk-api-secret" not in raised.value.message
+
+
+def test_upstream_rate_limit_is_a_rate_limit_error(client, fakes):
+    _, api = fakes
+    api.behave(fault={"kind": "status", "status": 429, "retry_after": 3})
+    with pytest.raises(openai.RateLimitError) as raised:
+        client.chat.completions.create(model="api_only", messages=[{"role": "user", "content": "hi"}])
+    assert raised.value.response.headers["retry-after"] == "3"
+
+
+def test_timeout_is_a_gateway_timeout(client, fakes):
+    _, api = fakes
+    api.behave(fault={"kind": "hang"})
+    with pytest.raises(openai.InternalServerError) as raised:
+        client.chat.completions.create(model="api_only", messages=[{"role": "user", "content": "hi"}])
+    assert raised.value.status_code == 504
+
+
+def test_upstream_client_error_passes_back(client, fakes):
+    local, _ = fakes
+    local.behave(fault={"kind": "status", "status": 422, "body": '{"error": {"message": "bad schema", "type": "invalid_request_error", "param": null, "code": null}}'})
+    with pytest.raises(openai.UnprocessableEntityError) as raised:
+        client.chat.completions.create(model="classification", messages=[{"role": "user", "content": "hi"}])
+    assert raised.value.body["message"] == "bad schema"
