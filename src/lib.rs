@@ -6,18 +6,21 @@
 //! - [`config`]: the TOML file, read once at start-up into resolved types (a route holds its tiers, a
 //!   tier its provider); every mistake is reported here with its key and line.
 //! - [`server`]: the HTTP surface — router, request id, client auth, the request path of
-//!   `/v1/chat/completions` and `/v1/embeddings`, and the one place errors become OpenAI-shaped
-//!   answers; graceful shutdown.
+//!   `/v1/chat/completions` and `/v1/embeddings`, the SSE relay, and the one place errors become
+//!   OpenAI-shaped answers; `/readyz` and `/admin/api/providers`; graceful shutdown.
 //! - [`route`]: what the client's `model` names (route, tier or model id) and its tier chain; the
 //!   request body rewritten per tier (model, defaults, prompt override); the chain run with fallback
 //!   on retryable failures; the output contract that normalizes labels.
-//! - [`upstream`]: the pooled HTTP client per provider, timeouts, failure classification, and the
-//!   relay that passes a stream through chunk by chunk.
+//! - [`health`]: per provider, the circuit breaker and in-flight cap the chain consults before each
+//!   attempt, the active probes that feed the breakers, and warm-up.
+//! - [`upstream`]: the pooled HTTP client per provider, timeouts, failure classification, and
+//!   reading an upstream stream event by event.
 //!
 //! The command line (`tierwise serve`, `check`, `init`) lives in the binary, `src/main.rs` and
 //! `src/cli.rs`, the only place that uses `anyhow`.
 
 pub mod config;
+pub mod health;
 pub mod route;
 pub mod server;
 pub mod upstream;

@@ -135,9 +135,9 @@ async fn check_probes_each_provider() {
         stdout.contains("provider down") && stdout.contains("FAILED: connect_refused"),
         "{stdout}"
     );
-    assert_eq!(up.requests()[0].path, "/v1/models");
+    assert_eq!(up.listings()[0].path, "/v1/models");
     assert_eq!(
-        up.requests()[0].authorization.as_deref(),
+        up.listings()[0].authorization.as_deref(),
         Some("Bearer sk-probe-secret")
     );
     assert!(!stdout.contains("sk-probe-secret"));

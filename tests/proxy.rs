@@ -601,10 +601,13 @@ async fn unreachable_upstreams_are_502_or_504_naming_the_tier_and_never_the_key(
     let down = tierwise_fake::unused_addr().await;
     let hanging = FakeUpstream::start().await;
     hanging.set_fault(Fault::Hang);
-    let toml = two_tier_config(&format!("http://{down}/v1"), &hanging.base_url(), "").replace(
-        "api_key = \"sk-api-key-789\"",
-        "api_key = \"sk-api-key-789\"\ntimeout = { first_byte_ms = 300 }",
-    );
+    // Probes off: this test is about what one request meets, not what the breaker learns.
+    let toml = two_tier_config(&format!("http://{down}/v1"), &hanging.base_url(), "")
+        .replace(
+            "api_key = \"sk-api-key-789\"",
+            "api_key = \"sk-api-key-789\"\ntimeout = { first_byte_ms = 300 }\nhealth = { enabled = false }",
+        )
+        .replace("api_key = \"${LOCAL_KEY}\"", "api_key = \"${LOCAL_KEY}\"\nhealth = { enabled = false }");
 
     let gw = TestGateway::start(&toml).await;
     let answer = Answer::of(gw.post("/v1/chat/completions", &chat("embed", "x")).await).await;

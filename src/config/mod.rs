@@ -131,6 +131,50 @@ pub struct Provider {
     pub fixed_monthly_usd: Option<f64>,
     pub warmup: bool,
     pub timeouts: Timeouts,
+    /// Requests over this many at once spill to the next tier instead of queueing.
+    pub max_in_flight: Option<u32>,
+    /// A 429 whose `Retry-After` is at most this long is retried once on the same tier.
+    pub retry_429_max_wait: Duration,
+    pub breaker: BreakerPolicy,
+    /// `None` when active probing is switched off.
+    pub probe: Option<ProbePolicy>,
+}
+
+/// When a provider's circuit breaker opens and how long it stays open.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerPolicy {
+    /// Consecutive retryable failures that open the breaker.
+    pub failures: u32,
+    /// Share of failed calls in `window` that opens it, once `min_requests` calls were seen.
+    pub error_rate: f64,
+    pub min_requests: u32,
+    pub window: Duration,
+    /// First cool-down; it doubles on each failed trial, up to `max_cooldown`.
+    pub cooldown: Duration,
+    pub max_cooldown: Duration,
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        BreakerPolicy {
+            failures: 5,
+            error_rate: 0.5,
+            min_requests: 20,
+            window: Duration::from_secs(30),
+            cooldown: Duration::from_secs(5),
+            max_cooldown: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The active health probe of a provider.
+#[derive(Debug, Clone)]
+pub struct ProbePolicy {
+    /// `{base_url}/models` by default; a path starting with `/` is taken from the host root
+    /// (vLLM's `/health`).
+    pub url: Url,
+    pub interval: Duration,
+    pub timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -197,6 +241,16 @@ pub struct Route {
     pub labels: Option<Vec<String>>,
     pub shadow: Option<Shadow>,
     pub profile: Profile,
+    pub when_all_open: AllOpen,
+}
+
+/// What a route does when every tier's breaker is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllOpen {
+    /// Call the primary anyway: it may have recovered, and a failure costs one request.
+    TryPrimary,
+    /// Answer 503 at once with `Retry-After`.
+    FailFast,
 }
 
 #[derive(Debug)]

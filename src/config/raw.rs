@@ -63,6 +63,32 @@ pub struct RawProvider {
     pub warmup: bool,
     #[serde(default)]
     pub timeout: RawTimeouts,
+    pub max_in_flight: Option<Spanned<u32>>,
+    pub retry_429_max_wait_ms: Option<u64>,
+    #[serde(default)]
+    pub breaker: RawBreaker,
+    #[serde(default)]
+    pub health: RawHealth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    pub failures: Option<Spanned<u32>>,
+    pub error_rate: Option<Spanned<f64>>,
+    pub min_requests: Option<u32>,
+    pub window_ms: Option<u64>,
+    pub cooldown_ms: Option<u64>,
+    pub max_cooldown_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub enabled: Option<bool>,
+    pub path: Option<Text>,
+    pub interval_ms: Option<Spanned<u64>>,
+    pub timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +113,7 @@ pub struct RawRoute {
     pub output: Option<RawOutput>,
     pub shadow: Option<RawShadow>,
     pub profile: Option<RawProfile>,
+    pub when_all_open: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,7 +12,7 @@ use url::Url;
 
 use super::raw::{RawConfig, RawProvider, RawRoute, RawTimeouts, Text};
 use super::{
-    ChainTier, Config, ConfigIssue, EnvLookup, LedgerConfig, Price, Profile, Provider, QualityBar,
+    AllOpen, BreakerPolicy, ChainTier, ProbePolicy, Config, ConfigIssue, EnvLookup, LedgerConfig, Price, Profile, Provider, QualityBar,
     Route, Secret, ServerConfig, Shadow, TaskKind, Tier, Timeouts,
 };
 
@@ -87,6 +87,13 @@ impl<'a> Resolver<'a> {
                     temperature.span().start,
                     &format!("{key}.temperature"),
                     "must be between 0 and 2",
+                );
+            }
+            if tier.timeout.connect_ms.is_some() {
+                self.issue_at(
+                    tier.provider.span().start,
+                    &format!("{key}.timeout.connect_ms"),
+                    "is set per provider, which owns the connection pool; move it to [providers.NAME] timeout",
                 );
             }
             let timeouts = apply_timeouts(provider.timeouts, &tier.timeout);
@@ -224,13 +231,104 @@ impl<'a> Resolver<'a> {
                 "must be a number of dollars, 0 or more",
             );
         }
+        let base_url = base_url?;
+        let timeouts = apply_timeouts(Timeouts::default(), &raw.timeout);
+        if let Some(limit) = &raw.max_in_flight
+            && *limit.get_ref() == 0
+        {
+            self.issue_at(
+                limit.span().start,
+                &format!("{key}.max_in_flight"),
+                "must be at least 1 (leave it out for no limit)",
+            );
+        }
+        let breaker = self.breaker(raw, &key);
+        let probe = self.probe(raw, &key, &base_url, &timeouts);
         Some(Provider {
             name: name.get_ref().clone(),
-            base_url: base_url?,
+            base_url,
             api_key,
             fixed_monthly_usd: raw.fixed_monthly_usd.as_ref().map(|c| *c.get_ref()),
             warmup: raw.warmup,
-            timeouts: apply_timeouts(Timeouts::default(), &raw.timeout),
+            timeouts,
+            max_in_flight: raw.max_in_flight.as_ref().map(|limit| *limit.get_ref()),
+            retry_429_max_wait: Duration::from_millis(raw.retry_429_max_wait_ms.unwrap_or(1000)),
+            breaker,
+            probe,
+        })
+    }
+
+    fn breaker(&mut self, raw: &RawProvider, key: &str) -> BreakerPolicy {
+        let defaults = BreakerPolicy::default();
+        let raw = &raw.breaker;
+        if let Some(failures) = &raw.failures
+            && *failures.get_ref() == 0
+        {
+            self.issue_at(
+                failures.span().start,
+                &format!("{key}.breaker.failures"),
+                "must be at least 1",
+            );
+        }
+        let error_rate = match &raw.error_rate {
+            Some(rate) => self
+                .fraction(rate, &format!("{key}.breaker.error_rate"))
+                .unwrap_or(defaults.error_rate),
+            None => defaults.error_rate,
+        };
+        let ms = |value: Option<u64>, default: Duration| value.map(Duration::from_millis).unwrap_or(default);
+        let cooldown = ms(raw.cooldown_ms, defaults.cooldown);
+        BreakerPolicy {
+            failures: raw.failures.as_ref().map_or(defaults.failures, |f| *f.get_ref()),
+            error_rate,
+            min_requests: raw.min_requests.unwrap_or(defaults.min_requests),
+            window: ms(raw.window_ms, defaults.window),
+            cooldown,
+            max_cooldown: ms(raw.max_cooldown_ms, defaults.max_cooldown).max(cooldown),
+        }
+    }
+
+    fn probe(
+        &mut self,
+        raw: &RawProvider,
+        key: &str,
+        base_url: &Url,
+        timeouts: &Timeouts,
+    ) -> Option<ProbePolicy> {
+        let raw = &raw.health;
+        if raw.enabled == Some(false) {
+            return None;
+        }
+        let path = match &raw.path {
+            Some(path) => self.string(path, &format!("{key}.health.path"))?,
+            None => "models".to_string(),
+        };
+        let Ok(url) = base_url.join(&path) else {
+            let span = raw.path.as_ref().map_or(0, |p| p.span().start);
+            self.issue_at(
+                span,
+                &format!("{key}.health.path"),
+                "is not a URL path; write e.g. \"/health\" or \"models\"",
+            );
+            return None;
+        };
+        if let Some(interval) = &raw.interval_ms
+            && *interval.get_ref() == 0
+        {
+            self.issue_at(
+                interval.span().start,
+                &format!("{key}.health.interval_ms"),
+                "must be more than 0 (set enabled = false to switch probing off)",
+            );
+            return None;
+        }
+        Some(ProbePolicy {
+            url,
+            interval: Duration::from_millis(raw.interval_ms.as_ref().map_or(5000, |i| *i.get_ref())),
+            timeout: raw
+                .timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or_else(|| timeouts.first_byte.min(Duration::from_secs(5))),
         })
     }
 
@@ -378,6 +476,21 @@ impl<'a> Resolver<'a> {
             })
         });
         let profile = self.profile(raw, &key);
+        let when_all_open = match &raw.when_all_open {
+            None => AllOpen::TryPrimary,
+            Some(value) => match value.get_ref().as_str() {
+                "try_primary" => AllOpen::TryPrimary,
+                "fail_fast" => AllOpen::FailFast,
+                other => {
+                    self.issue_at(
+                        value.span().start,
+                        &format!("{key}.when_all_open"),
+                        &format!("unknown value {other:?}; use \"try_primary\" or \"fail_fast\""),
+                    );
+                    AllOpen::TryPrimary
+                }
+            },
+        };
 
         if !self.issues.is_empty() {
             return None;
@@ -390,6 +503,7 @@ impl<'a> Resolver<'a> {
             labels,
             shadow,
             profile,
+            when_all_open,
         })
     }
 

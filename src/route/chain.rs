@@ -1,16 +1,21 @@
-//! The tier chain: try each tier of the target in order until one answers. A retryable failure
+//! The tier chain: try each tier of the target in order until one answers. A tier whose breaker is
+//! open or whose provider is at `max_in_flight` is passed over at once. A retryable failure
 //! (connection, timeout, 429, 5xx, malformed body, a stream broken before its first event) moves on to
-//! the next tier; a client error goes straight back, because every tier would refuse it alike. Every
-//! attempt is kept, for the fallback header and the ledger.
+//! the next tier; a client error goes straight back, because every tier would refuse it alike. A 429
+//! with a short `Retry-After` is retried once on the same tier first. Every attempt is kept, for the
+//! fallback header and the ledger.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{ChainTier, Tier};
-use crate::route::request::RequestBody;
-use crate::upstream::{Reply, UpstreamError, Upstreams};
+use http::StatusCode;
 
-/// One call to one tier while serving a request.
+use crate::config::{AllOpen, ChainTier, Tier};
+use crate::health::{Health, Lease};
+use crate::route::request::RequestBody;
+use crate::upstream::{Reply, UpstreamError, UpstreamErrorKind, Upstreams};
+
+/// One call to one tier while serving a request, or a tier passed over without a call.
 #[derive(Debug)]
 pub struct Attempt {
     pub tier: Arc<Tier>,
@@ -23,6 +28,8 @@ pub struct Attempt {
 pub struct Served {
     pub tier: Arc<Tier>,
     pub reply: Reply,
+    /// The provider slot, held until a streamed answer ends.
+    pub lease: Lease,
     /// Every attempt in order; the last one is the tier that answered.
     pub attempts: Vec<Attempt>,
 }
@@ -35,55 +42,99 @@ pub struct Unserved {
     pub attempts: Vec<Attempt>,
 }
 
-pub async fn run(
-    upstreams: &Upstreams,
-    chain: &[ChainTier],
-    body: &RequestBody<'_>,
-) -> Result<Served, Unserved> {
-    let mut attempts = Vec::with_capacity(chain.len());
-    let last = chain.len().saturating_sub(1);
-    for (index, step) in chain.iter().enumerate() {
-        let started = Instant::now();
-        let result = upstreams
-            .send(
-                &step.tier,
-                body.endpoint(),
-                body.for_tier(step),
-                body.stream,
-            )
-            .await;
-        let latency = started.elapsed();
-        match result {
-            Ok(reply) => {
-                attempts.push(Attempt {
-                    tier: step.tier.clone(),
-                    latency,
-                    error: None,
-                });
-                return Ok(Served {
-                    tier: step.tier.clone(),
-                    reply,
-                    attempts,
-                });
-            }
-            Err(error) => {
-                tracing::debug!(tier = %step.tier.name, reason = %error, "attempt failed");
-                attempts.push(Attempt {
-                    tier: step.tier.clone(),
-                    latency,
-                    error: Some(error.clone()),
-                });
-                if !error.is_retryable() || index == last {
-                    return Err(Unserved {
+/// What the chain needs besides the request: where to send it and what it may skip.
+pub struct ChainRun<'a> {
+    pub upstreams: &'a Upstreams,
+    pub health: &'a Health,
+    pub chain: &'a [ChainTier],
+    pub when_all_open: AllOpen,
+}
+
+impl ChainRun<'_> {
+    pub async fn run(&self, body: &RequestBody<'_>) -> Result<Served, Unserved> {
+        let mut attempts = Vec::with_capacity(self.chain.len());
+        for step in self.chain {
+            let lease = match self.health.of(&step.tier.provider).admit() {
+                Ok(lease) => lease,
+                Err(skip) => {
+                    attempts.push(Attempt {
                         tier: step.tier.clone(),
-                        error,
-                        attempts,
+                        latency: Duration::ZERO,
+                        error: Some(skip.into_error()),
                     });
+                    continue;
+                }
+            };
+            match self.call(step, body, lease, &mut attempts).await {
+                Ok(served) => return Ok(served),
+                Err(error) if !error.is_retryable() => return Err(self.unserved(step, error, attempts)),
+                Err(_) => {}
+            }
+        }
+        let all_skipped = attempts.iter().all(|a| a.error.as_ref().is_some_and(UpstreamError::is_skip));
+        let primary = &self.chain[0];
+        if all_skipped && self.when_all_open == AllOpen::TryPrimary {
+            // Every breaker is open: the primary may have recovered, and failing costs one call.
+            let lease = self.health.of(&primary.tier.provider).force();
+            return match self.call(primary, body, lease, &mut attempts).await {
+                Ok(served) => Ok(served),
+                Err(error) => Err(self.unserved(primary, error, attempts)),
+            };
+        }
+        let last = attempts.last().expect("a chain is never empty");
+        let (tier, error) = (last.tier.clone(), last.error.clone().expect("every attempt failed"));
+        Err(Unserved { tier, error, attempts })
+    }
+
+    /// Calls one tier, retrying once after a short `Retry-After` on 429.
+    async fn call(
+        &self,
+        step: &ChainTier,
+        body: &RequestBody<'_>,
+        mut lease: Lease,
+        attempts: &mut Vec<Attempt>,
+    ) -> Result<Served, UpstreamError> {
+        let mut retried = false;
+        loop {
+            let started = Instant::now();
+            let result = self
+                .upstreams
+                .send(&step.tier, body.endpoint(), body.for_tier(step), body.stream)
+                .await;
+            let latency = started.elapsed();
+            match result {
+                Ok(reply) => {
+                    lease.succeeded();
+                    attempts.push(Attempt { tier: step.tier.clone(), latency, error: None });
+                    return Ok(Served {
+                        tier: step.tier.clone(),
+                        reply,
+                        lease,
+                        attempts: std::mem::take(attempts),
+                    });
+                }
+                Err(error) => {
+                    tracing::debug!(tier = %step.tier.name, reason = %error, "attempt failed");
+                    attempts.push(Attempt { tier: step.tier.clone(), latency, error: Some(error.clone()) });
+                    let wait = error.retry_after.filter(|wait| *wait <= step.tier.provider.retry_429_max_wait);
+                    match wait {
+                        Some(wait) if !retried && error.kind == UpstreamErrorKind::Status(StatusCode::TOO_MANY_REQUESTS) => {
+                            retried = true;
+                            tokio::time::sleep(wait).await;
+                        }
+                        _ => {
+                            lease.failed(&error);
+                            return Err(error);
+                        }
+                    }
                 }
             }
         }
     }
-    unreachable!("a resolved chain is never empty")
+
+    fn unserved(&self, step: &ChainTier, error: UpstreamError, attempts: Vec<Attempt>) -> Unserved {
+        Unserved { tier: step.tier.clone(), error, attempts }
+    }
 }
 
 /// `local:connect_refused,api_fast:http_503`: the failed attempts before the one that answered, as

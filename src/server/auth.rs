@@ -1,5 +1,6 @@
-//! Client authentication: a bearer key from `server.api_keys`, compared in constant time. With no
-//! key configured the gateway is open (start-up warns loudly about it).
+//! Client authentication: a bearer key from `server.api_keys` on `/v1`, and `server.admin_key` on
+//! `/admin/api` (the client keys when no admin key is set), compared in constant time. With no key
+//! configured the gateway is open; start-up warns loudly about it.
 
 use std::sync::Arc;
 
@@ -10,13 +11,28 @@ use subtle::ConstantTimeEq;
 
 use super::App;
 use super::error::ApiError;
+use crate::config::Secret;
 
 pub async fn require_client_key(
     State(app): State<Arc<App>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let keys = &app.config.server.api_keys;
+    check(&app.config.server.api_keys, request, next).await
+}
+
+pub async fn require_admin_key(
+    State(app): State<Arc<App>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match &app.config.server.admin_key {
+        Some(key) => check(std::slice::from_ref(key), request, next).await,
+        None => check(&app.config.server.api_keys, request, next).await,
+    }
+}
+
+async fn check(keys: &[Secret], request: Request, next: Next) -> Response {
     if keys.is_empty() {
         return next.run(request).await;
     }
@@ -32,19 +48,17 @@ pub async fn require_client_key(
         .map(str::trim);
     let Some(presented) = presented else {
         return ApiError::unauthorized(
-            "Missing API key: send `Authorization: Bearer <key>` with one of the gateway's server.api_keys.",
+            "Missing API key: send `Authorization: Bearer <key>` with a key this gateway accepts.",
         )
         .into_response();
     };
+    // Every key is compared, so the time taken does not tell which one came close.
     let known = keys.iter().fold(false, |found, key| {
         found | bool::from(key.expose().as_bytes().ct_eq(presented.as_bytes()))
     });
     if known {
         next.run(request).await
     } else {
-        ApiError::unauthorized(
-            "Incorrect API key provided. Use one of the gateway's server.api_keys.",
-        )
-        .into_response()
+        ApiError::unauthorized("Incorrect API key provided.").into_response()
     }
 }

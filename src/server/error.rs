@@ -113,6 +113,11 @@ impl ApiError {
             None => format!("No tier could answer. {}", tried.join("; ")),
         };
         let (status, kind, code) = match error.kind {
+            UpstreamErrorKind::BreakerOpen | UpstreamErrorKind::Saturated => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_error",
+                "tiers_unavailable",
+            ),
             UpstreamErrorKind::Status(StatusCode::TOO_MANY_REQUESTS) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limit_error",

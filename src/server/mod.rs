@@ -5,6 +5,7 @@ mod auth;
 mod error;
 mod info;
 mod proxy;
+mod relay;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::health::{self, Health};
 use crate::route::RouteTable;
 use crate::upstream::{UpstreamError, Upstreams};
 
@@ -33,7 +35,8 @@ const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-tierwise-reques
 pub struct App {
     pub config: Arc<Config>,
     pub routes: RouteTable,
-    pub upstreams: Upstreams,
+    pub upstreams: Arc<Upstreams>,
+    pub health: Arc<Health>,
     pub started_unix: u64,
 }
 
@@ -41,7 +44,8 @@ impl App {
     pub fn new(config: Arc<Config>) -> Result<App, UpstreamError> {
         Ok(App {
             routes: RouteTable::new(&config),
-            upstreams: Upstreams::new(&config)?,
+            upstreams: Arc::new(Upstreams::new(&config)?),
+            health: Arc::new(Health::new(&config)),
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -59,8 +63,15 @@ pub fn router(app: Arc<App>) -> Router {
             app.clone(),
             auth::require_client_key,
         ));
+    let admin = Router::new()
+        .route("/admin/api/providers", get(info::providers))
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_admin_key,
+        ));
     Router::new()
         .merge(api)
+        .merge(admin)
         .route("/healthz", get(info::healthz))
         .route("/readyz", get(info::readyz))
         .fallback(unknown_path)
@@ -97,6 +108,7 @@ pub struct Gateway {
     pub addr: SocketAddr,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
+    probes: Vec<JoinHandle<()>>,
     grace: std::time::Duration,
 }
 
@@ -106,6 +118,7 @@ impl Gateway {
         let grace = config.server.shutdown_grace;
         let listen = config.server.listen;
         let app = Arc::new(App::new(Arc::new(config)).map_err(StartError::Client)?);
+        let probes = health::spawn_probes(&app.config, app.health.clone(), app.upstreams.clone());
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -136,6 +149,7 @@ impl Gateway {
             addr,
             stop,
             task,
+            probes,
             grace,
         })
     }
@@ -143,6 +157,9 @@ impl Gateway {
     /// Stops accepting connections and waits for in-flight requests, at most the configured grace
     /// period; whatever is still running then is cut off.
     pub async fn shutdown(self) {
+        for probe in &self.probes {
+            probe.abort();
+        }
         let _ = self.stop.send(());
         let mut task = self.task;
         match tokio::time::timeout(self.grace, &mut task).await {

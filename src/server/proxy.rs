@@ -15,10 +15,13 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use super::App;
 use super::error::ApiError;
 use crate::route::Resolved;
-use crate::route::chain::{self, Served};
+use crate::config::AllOpen;
+use crate::route::chain::{self, ChainRun, Served};
 use crate::route::contract;
 use crate::route::request::{Endpoint, RequestBody};
-use crate::upstream::{Reply, SseRelay};
+use crate::upstream::Reply;
+
+use super::relay::SseRelay;
 
 const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-tierwise-route");
 const TIER_HEADER: HeaderName = HeaderName::from_static("x-tierwise-tier");
@@ -53,7 +56,17 @@ async fn proxy(app: &App, endpoint: Endpoint, headers: &HeaderMap, body: Body) -
         Err(err) => return ApiError::from(err).into_response(),
     };
     let route_name = resolved.route.map(|route| route.name.as_str());
-    match chain::run(&app.upstreams, &resolved.target.chain, &request).await {
+    let run = ChainRun {
+        upstreams: &app.upstreams,
+        health: &app.health,
+        chain: &resolved.target.chain,
+        when_all_open: resolved
+            .target
+            .route
+            .as_ref()
+            .map_or(AllOpen::TryPrimary, |route| route.when_all_open),
+    };
+    match run.run(&request).await {
         Ok(served) => answer(served, resolved, &request),
         Err(unserved) => {
             let mut response = ApiError::unserved(&unserved, route_name).into_response();
@@ -72,6 +85,7 @@ fn answer(served: Served, resolved: Resolved<'_>, request: &RequestBody<'_>) -> 
     let Served {
         tier,
         reply,
+        lease,
         attempts,
     } = served;
     let mut contract_outcome = None;
@@ -99,7 +113,7 @@ fn answer(served: Served, resolved: Resolved<'_>, request: &RequestBody<'_>) -> 
             response
         }
         Reply::Stream(stream) => {
-            let relay = SseRelay::new(stream, request.client_wants_usage, &tier.name);
+            let relay = SseRelay::new(stream, lease, request.client_wants_usage, &tier.name);
             let mut response = Response::new(Body::from_stream(relay.into_body()));
             let headers = response.headers_mut();
             headers.insert(

@@ -25,6 +25,10 @@ pub enum UpstreamErrorKind {
     StreamBroken,
     /// Anything else the HTTP client reports (a TLS failure, a body that stopped mid-way).
     Transport,
+    /// Not called: the provider's circuit breaker is open.
+    BreakerOpen,
+    /// Not called: the provider already has `max_in_flight` calls running.
+    Saturated,
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +66,16 @@ impl UpstreamError {
             detail,
             body: Bytes::new(),
             retry_after: None,
+        }
+    }
+
+    /// A tier passed over without a call; `retry_in` is when it may be tried again.
+    pub fn skipped(kind: UpstreamErrorKind, detail: String, retry_in: Duration) -> UpstreamError {
+        UpstreamError {
+            kind,
+            detail,
+            body: Bytes::new(),
+            retry_after: Some(retry_in),
         }
     }
 
@@ -110,6 +124,8 @@ impl UpstreamError {
             UpstreamErrorKind::MalformedJson => "malformed_json".into(),
             UpstreamErrorKind::StreamBroken => "stream_broken".into(),
             UpstreamErrorKind::Transport => "transport".into(),
+            UpstreamErrorKind::BreakerOpen => "breaker_open".into(),
+            UpstreamErrorKind::Saturated => "saturated".into(),
         }
     }
 
@@ -122,6 +138,11 @@ impl UpstreamError {
             }
             _ => true,
         }
+    }
+
+    /// The tier was passed over without a call.
+    pub fn is_skip(&self) -> bool {
+        matches!(self.kind, UpstreamErrorKind::BreakerOpen | UpstreamErrorKind::Saturated)
     }
 
     pub fn is_timeout(&self) -> bool {

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::config::{Config, Provider, Tier};
+use crate::config::{Config, ProbePolicy, Provider, Tier};
 use crate::route::request::Endpoint;
 
 pub use error::{UpstreamError, UpstreamErrorKind};
-pub use stream::{SseRelay, UpstreamStream};
+pub use stream::UpstreamStream;
 
 /// Token counts as an upstream reports them (`usage` of OpenAI's responses).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -135,6 +135,25 @@ impl Upstreams {
         }
         let usage = parse_usage(&body)?;
         Ok(Reply::Complete { body, usage })
+    }
+
+    /// The health probe: does the provider answer at all? Any answer but a 5xx or 429 counts, so a
+    /// server without the probed path (llama.cpp without `/models`) is still seen as up.
+    pub async fn probe(&self, provider: &Provider, policy: &ProbePolicy) -> Result<(), UpstreamError> {
+        let mut request = self.client(provider).get(policy.url.clone());
+        if let Some(key) = &provider.api_key {
+            request = request.bearer_auth(key.expose());
+        }
+        let response = match tokio::time::timeout(policy.timeout, request.send()).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(err)) => return Err(UpstreamError::from_reqwest(err)),
+            Err(_) => return Err(UpstreamError::new(UpstreamErrorKind::TimeoutFirstByte, policy.timeout)),
+        };
+        let status = response.status();
+        if status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS {
+            return Err(UpstreamError::status(status, Bytes::new(), None));
+        }
+        Ok(())
     }
 
     /// `GET {base_url}/models`: whether the provider answers, and the model ids it serves.

@@ -92,6 +92,8 @@ pub struct Recorded {
 struct Shared {
     behavior: Mutex<Behavior>,
     requests: Mutex<Vec<Recorded>>,
+    /// `GET /v1/models` calls (health probes, `tierwise check`), kept apart from the work requests.
+    listings: Mutex<Vec<Recorded>>,
     /// Streams wait here after their first chunk while a test holds them.
     gate: Mutex<Option<Arc<Semaphore>>>,
 }
@@ -119,6 +121,7 @@ impl FakeUpstream {
         let shared = Arc::new(Shared {
             behavior: Mutex::new(Behavior::default()),
             requests: Mutex::new(Vec::new()),
+            listings: Mutex::new(Vec::new()),
             gate: Mutex::new(None),
         });
         let (stop, stopped) = oneshot::channel::<()>();
@@ -166,6 +169,12 @@ impl FakeUpstream {
         self.shared.requests.lock().unwrap().clone()
     }
 
+    /// The `GET /v1/models` calls received: health probes and `tierwise check`.
+    pub fn listings(&self) -> Vec<Recorded> {
+        self.shared.listings.lock().unwrap().clone()
+    }
+
+    /// Chat and embedding requests received (model listings are not counted).
     pub fn request_count(&self) -> usize {
         self.shared.requests.lock().unwrap().len()
     }
@@ -244,7 +253,8 @@ fn record(shared: &Shared, path: &str, headers: &HeaderMap, body: &Value) {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    shared.requests.lock().unwrap().push(Recorded {
+    let log = if path == "/v1/models" { &shared.listings } else { &shared.requests };
+    log.lock().unwrap().push(Recorded {
         path: path.to_string(),
         authorization,
         body: body.clone(),

@@ -1,0 +1,219 @@
+//! Provider health: a circuit breaker and an in-flight cap per provider, the active probes that
+//! feed the breakers, and warm-up. The tier chain asks here before each attempt whether a provider
+//! may be called now; the answer is a [`Lease`] that records the attempt's outcome.
+
+mod breaker;
+mod probe;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::{Config, Provider};
+use crate::upstream::{UpstreamError, UpstreamErrorKind};
+
+pub use breaker::{Admission, Breaker, BreakerSnapshot, BreakerState, Transition};
+pub use probe::spawn_probes;
+
+pub struct ProviderHealth {
+    pub provider: Arc<Provider>,
+    breaker: Breaker,
+    in_flight: Option<Arc<Semaphore>>,
+    /// The probe has answered at least once (always true without a probe): until then the
+    /// provider is not counted as up by `/readyz`.
+    seen_up: AtomicBool,
+}
+
+/// Why a tier was passed over without calling it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    BreakerOpen { retry_in: Duration },
+    Saturated,
+}
+
+impl Skip {
+    pub fn into_error(self) -> UpstreamError {
+        match self {
+            Skip::BreakerOpen { retry_in } => UpstreamError::skipped(
+                UpstreamErrorKind::BreakerOpen,
+                "circuit breaker is open".into(),
+                retry_in,
+            ),
+            Skip::Saturated => UpstreamError::skipped(
+                UpstreamErrorKind::Saturated,
+                "max_in_flight reached".into(),
+                Duration::from_secs(1),
+            ),
+        }
+    }
+}
+
+impl ProviderHealth {
+    fn new(provider: Arc<Provider>) -> ProviderHealth {
+        ProviderHealth {
+            breaker: Breaker::new(provider.breaker),
+            in_flight: provider
+                .max_in_flight
+                .map(|limit| Arc::new(Semaphore::new(limit as usize))),
+            seen_up: AtomicBool::new(provider.probe.is_none()),
+            provider,
+        }
+    }
+
+    /// May this provider be called now? Skips at once rather than queueing: a saturated or dead
+    /// local server should degrade to the next tier, not to slow answers.
+    pub fn admit(self: &Arc<Self>) -> Result<Lease, Skip> {
+        let trial = match self.breaker.admit() {
+            Admission::Pass => false,
+            Admission::Trial => true,
+            Admission::Skip { retry_in } => return Err(Skip::BreakerOpen { retry_in }),
+        };
+        let permit = match &self.in_flight {
+            None => None,
+            Some(semaphore) => match semaphore.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    if trial {
+                        self.breaker.trial_abandoned();
+                    }
+                    return Err(Skip::Saturated);
+                }
+            },
+        };
+        Ok(Lease {
+            health: self.clone(),
+            trial,
+            settled: false,
+            _permit: permit,
+        })
+    }
+
+    /// A lease that ignores the breaker and the cap: the last resort when every tier is open.
+    pub fn force(self: &Arc<Self>) -> Lease {
+        Lease {
+            health: self.clone(),
+            trial: false,
+            settled: false,
+            _permit: None,
+        }
+    }
+
+    pub fn state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// Up for `/readyz`: probed at least once and not open.
+    pub fn is_up(&self) -> bool {
+        self.seen_up.load(Ordering::Acquire) && self.breaker.state() != BreakerState::Open
+    }
+
+    pub fn status(&self) -> ProviderStatus {
+        let snapshot = self.breaker.snapshot();
+        ProviderStatus {
+            name: self.provider.name.clone(),
+            up: self.is_up(),
+            probed: self.seen_up.load(Ordering::Acquire),
+            in_flight: self.in_flight.as_ref().map(|semaphore| {
+                self.provider.max_in_flight.unwrap_or(0) as usize - semaphore.available_permits()
+            }),
+            max_in_flight: self.provider.max_in_flight,
+            breaker: snapshot,
+        }
+    }
+
+    fn report(&self, transition: Option<Transition>) {
+        if let Some(t) = transition {
+            let from = format!("{:?}", t.from).to_lowercase();
+            let to = format!("{:?}", t.to).to_lowercase();
+            if t.to == BreakerState::Closed {
+                tracing::info!(provider = %self.provider.name, from, to, reason = %t.reason, "provider state changed");
+            } else {
+                tracing::warn!(provider = %self.provider.name, from, to, reason = %t.reason, "provider state changed");
+            }
+        }
+    }
+}
+
+/// The right to call a provider once. Its outcome feeds the breaker; dropping it unsettled (the
+/// client went away mid-call) is not counted as the provider's failure.
+pub struct Lease {
+    health: Arc<ProviderHealth>,
+    trial: bool,
+    settled: bool,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Lease {
+    pub fn succeeded(&mut self) {
+        self.settled = true;
+        self.health.report(self.health.breaker.on_success());
+    }
+
+    /// Records a failed call. A client error (a 4xx other than 429) says the provider is up.
+    pub fn failed(&mut self, error: &UpstreamError) {
+        self.settled = true;
+        if error.is_retryable() {
+            self.health.report(self.health.breaker.on_failure(&error.reason()));
+        } else {
+            self.health.report(self.health.breaker.on_success());
+        }
+    }
+
+    /// A stream that broke after it had started: the provider's failure, recorded late.
+    pub fn broke(&self, reason: &str) {
+        self.health.report(self.health.breaker.on_failure(reason));
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.trial && !self.settled {
+            self.health.breaker.trial_abandoned();
+        }
+    }
+}
+
+/// What `/admin/api/providers` and `/readyz` show of one provider.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderStatus {
+    pub name: String,
+    pub up: bool,
+    pub probed: bool,
+    pub in_flight: Option<usize>,
+    pub max_in_flight: Option<u32>,
+    pub breaker: BreakerSnapshot,
+}
+
+/// Every provider's health, keyed by provider name.
+pub struct Health {
+    providers: HashMap<String, Arc<ProviderHealth>>,
+}
+
+impl Health {
+    pub fn new(config: &Config) -> Health {
+        Health {
+            providers: config
+                .providers
+                .iter()
+                .map(|p| (p.name.clone(), Arc::new(ProviderHealth::new(p.clone()))))
+                .collect(),
+        }
+    }
+
+    pub fn of(&self, provider: &Provider) -> &Arc<ProviderHealth> {
+        self.providers
+            .get(&provider.name)
+            .expect("health exists for every configured provider")
+    }
+
+    pub fn statuses(&self) -> Vec<ProviderStatus> {
+        let mut statuses: Vec<ProviderStatus> =
+            self.providers.values().map(|p| p.status()).collect();
+        statuses.sort_by(|a, b| a.name.cmp(&b.name));
+        statuses
+    }
+}

@@ -1,0 +1,114 @@
+//! Active health probes and warm-up. Each provider with a probe is asked on an interval whether it
+//! answers (`GET {base_url}/models` unless configured otherwise), so that a dead local server is
+//! skipped before a user meets it and a recovered one is used again without waiting for traffic.
+//! Providers with `warmup = true` get one tiny call per tier at start-up and after each recovery, so
+//! that the model is loaded before traffic depends on it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde_json::json;
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+
+use super::{BreakerState, Health, ProviderHealth};
+use crate::config::{Config, ProbePolicy, TaskKind, Tier};
+use crate::route::request::Endpoint;
+use crate::upstream::{UpstreamError, Upstreams};
+
+/// One warm-up call: the smallest request the tier's model answers.
+struct Warmup {
+    tier: Arc<Tier>,
+    endpoint: Endpoint,
+    body: Vec<u8>,
+}
+
+/// Starts the probe loop of every provider that has one, and the one-off warm-up of those that
+/// have none. The handles are aborted at shutdown.
+pub fn spawn_probes(config: &Config, health: Arc<Health>, upstreams: Arc<Upstreams>) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for provider in &config.providers {
+        let provider_health = health.of(provider).clone();
+        let warmups = if provider.warmup { warmups(config, &provider.name) } else { Vec::new() };
+        let upstreams = upstreams.clone();
+        match provider.probe.clone() {
+            Some(policy) => tasks.push(tokio::spawn(probe_loop(provider_health, upstreams, policy, warmups))),
+            None if !warmups.is_empty() => tasks.push(tokio::spawn(async move {
+                if let Err(err) = warm_up(&upstreams, &warmups).await {
+                    tracing::warn!(provider = %provider_health.provider.name, "warm-up failed: {err}");
+                }
+            })),
+            None => {}
+        }
+    }
+    tasks
+}
+
+fn warmups(config: &Config, provider: &str) -> Vec<Warmup> {
+    config
+        .tiers
+        .iter()
+        .filter(|tier| tier.provider.name == provider)
+        .map(|tier| {
+            let embeds = config.routes.iter().any(|route| {
+                route.kind == TaskKind::Embedding && route.chain.iter().any(|step| step.tier.name == tier.name)
+            });
+            let (endpoint, body) = if embeds {
+                (Endpoint::Embeddings, json!({"model": tier.model, "input": "warm-up"}))
+            } else {
+                (
+                    Endpoint::ChatCompletions,
+                    json!({"model": tier.model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}),
+                )
+            };
+            Warmup {
+                tier: tier.clone(),
+                endpoint,
+                body: body.to_string().into_bytes(),
+            }
+        })
+        .collect()
+}
+
+async fn warm_up(upstreams: &Upstreams, warmups: &[Warmup]) -> Result<(), UpstreamError> {
+    for warmup in warmups {
+        upstreams
+            .send(&warmup.tier, warmup.endpoint, warmup.body.clone(), false)
+            .await?;
+        tracing::info!(tier = %warmup.tier.name, model = %warmup.tier.model, "warmed up");
+    }
+    Ok(())
+}
+
+async fn probe_loop(health: Arc<ProviderHealth>, upstreams: Arc<Upstreams>, policy: ProbePolicy, warmups: Vec<Warmup>) {
+    let mut ticker = tokio::time::interval(policy.interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match upstreams.probe(&health.provider, &policy).await {
+            Ok(()) => {
+                let first = !health.seen_up.load(Ordering::Acquire);
+                let recovering = health.state() != BreakerState::Closed;
+                if (first || recovering) && !health.breaker.probe_may_close() {
+                    continue;
+                }
+                if (first || recovering)
+                    && let Err(err) = warm_up(&upstreams, &warmups).await
+                {
+                    tracing::warn!(provider = %health.provider.name, "answers its probe but warm-up failed: {err}");
+                    health.report(health.breaker.probe_failed(&format!("warm-up: {}", err.reason())));
+                    continue;
+                }
+                if first {
+                    tracing::info!(provider = %health.provider.name, "provider is up");
+                }
+                health.seen_up.store(true, Ordering::Release);
+                health.report(health.breaker.probe_recovered());
+            }
+            Err(err) => {
+                tracing::debug!(provider = %health.provider.name, "probe failed: {err}");
+                health.report(health.breaker.probe_failed(&err.reason()));
+            }
+        }
+    }
+}
