@@ -12,8 +12,9 @@ use url::Url;
 
 use super::raw::{RawConfig, RawProvider, RawRoute, RawTimeouts, Text};
 use super::{
-    AllOpen, BreakerPolicy, ChainTier, ProbePolicy, Config, ConfigIssue, EnvLookup, LedgerConfig, Price, Profile, Provider, QualityBar,
-    Route, Secret, ServerConfig, Shadow, TaskKind, Tier, Timeouts,
+    AllOpen, BreakerPolicy, ChainTier, Config, ConfigIssue, EnvLookup, LedgerConfig, Price,
+    ProbePolicy, Profile, Provider, QualityBar, Route, Secret, ServerConfig, Shadow, TaskKind,
+    Tier, Timeouts,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
@@ -276,10 +277,15 @@ impl<'a> Resolver<'a> {
                 .unwrap_or(defaults.error_rate),
             None => defaults.error_rate,
         };
-        let ms = |value: Option<u64>, default: Duration| value.map(Duration::from_millis).unwrap_or(default);
+        let ms = |value: Option<u64>, default: Duration| {
+            value.map(Duration::from_millis).unwrap_or(default)
+        };
         let cooldown = ms(raw.cooldown_ms, defaults.cooldown);
         BreakerPolicy {
-            failures: raw.failures.as_ref().map_or(defaults.failures, |f| *f.get_ref()),
+            failures: raw
+                .failures
+                .as_ref()
+                .map_or(defaults.failures, |f| *f.get_ref()),
             error_rate,
             min_requests: raw.min_requests.unwrap_or(defaults.min_requests),
             window: ms(raw.window_ms, defaults.window),
@@ -324,7 +330,9 @@ impl<'a> Resolver<'a> {
         }
         Some(ProbePolicy {
             url,
-            interval: Duration::from_millis(raw.interval_ms.as_ref().map_or(5000, |i| *i.get_ref())),
+            interval: Duration::from_millis(
+                raw.interval_ms.as_ref().map_or(5000, |i| *i.get_ref()),
+            ),
             timeout: raw
                 .timeout_ms
                 .map(Duration::from_millis)

@@ -51,7 +51,9 @@ pub enum Admission {
     /// The one call allowed through a half-open breaker; its outcome decides the state.
     Trial,
     /// Open: skip this provider; it may be tried again after `retry_in`.
-    Skip { retry_in: Duration },
+    Skip {
+        retry_in: Duration,
+    },
 }
 
 /// A change of state, for the log line and the admin API.
@@ -169,7 +171,10 @@ impl Breaker {
                 let why = if consecutive >= self.policy.failures {
                     format!("{consecutive} consecutive failures, last: {reason}")
                 } else if calls >= self.policy.min_requests && rate >= self.policy.error_rate {
-                    format!("{:.0}% of {calls} calls failed, last: {reason}", rate * 100.0)
+                    format!(
+                        "{:.0}% of {calls} calls failed, last: {reason}",
+                        rate * 100.0
+                    )
                 } else {
                     return None;
                 };
@@ -272,7 +277,9 @@ impl Breaker {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding this lock leaves counters, not invariants, behind: keep going.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -302,12 +309,19 @@ mod tests {
         assert_eq!(breaker.state(), BreakerState::Closed);
         let transition = breaker.on_failure("http_503").expect("opens");
         assert_eq!(transition.to, BreakerState::Open);
-        assert!(transition.reason.contains("3 consecutive failures, last: http_503"));
+        assert!(
+            transition
+                .reason
+                .contains("3 consecutive failures, last: http_503")
+        );
     }
 
     #[test]
     fn opens_on_error_rate_over_the_window() {
-        let breaker = Breaker::new(BreakerPolicy { failures: 100, ..policy() });
+        let breaker = Breaker::new(BreakerPolicy {
+            failures: 100,
+            ..policy()
+        });
         for _ in 0..5 {
             assert_eq!(breaker.state(), BreakerState::Closed);
             breaker.on_success();
@@ -318,16 +332,33 @@ mod tests {
 
     #[test]
     fn half_open_lets_one_trial_through_and_its_outcome_decides() {
-        let breaker = Breaker::new(BreakerPolicy { failures: 1, ..policy() });
+        let breaker = Breaker::new(BreakerPolicy {
+            failures: 1,
+            ..policy()
+        });
         breaker.on_failure("x");
-        assert_eq!(breaker.admit(), Admission::Trial, "zero cool-down: trial at once");
-        assert!(matches!(breaker.admit(), Admission::Skip { .. }), "only one trial at a time");
+        assert_eq!(
+            breaker.admit(),
+            Admission::Trial,
+            "zero cool-down: trial at once"
+        );
+        assert!(
+            matches!(breaker.admit(), Admission::Skip { .. }),
+            "only one trial at a time"
+        );
         breaker.on_failure("still down");
         assert_eq!(breaker.state(), BreakerState::Open);
         assert_eq!(breaker.admit(), Admission::Trial);
         breaker.trial_abandoned();
-        assert_eq!(breaker.admit(), Admission::Trial, "an abandoned trial frees the slot");
-        assert_eq!(breaker.on_success().map(|t| t.to), Some(BreakerState::Closed));
+        assert_eq!(
+            breaker.admit(),
+            Admission::Trial,
+            "an abandoned trial frees the slot"
+        );
+        assert_eq!(
+            breaker.on_success().map(|t| t.to),
+            Some(BreakerState::Closed)
+        );
         assert_eq!(breaker.admit(), Admission::Pass);
     }
 
@@ -340,7 +371,9 @@ mod tests {
             ..policy()
         });
         breaker.on_failure("x");
-        assert!(matches!(breaker.admit(), Admission::Skip { retry_in } if retry_in <= Duration::from_millis(10)));
+        assert!(
+            matches!(breaker.admit(), Admission::Skip { retry_in } if retry_in <= Duration::from_millis(10))
+        );
         breaker.lock().open_until = Instant::now();
         assert_eq!(breaker.admit(), Admission::Trial);
         breaker.on_failure("x");
@@ -354,9 +387,18 @@ mod tests {
     #[test]
     fn probes_open_and_close() {
         let breaker = Breaker::new(policy());
-        assert_eq!(breaker.probe_failed("connect_refused").map(|t| t.to), Some(BreakerState::Open));
-        assert_eq!(breaker.snapshot().last_error.as_deref(), Some("connect_refused"));
-        assert_eq!(breaker.probe_recovered().map(|t| t.to), Some(BreakerState::Closed));
+        assert_eq!(
+            breaker.probe_failed("connect_refused").map(|t| t.to),
+            Some(BreakerState::Open)
+        );
+        assert_eq!(
+            breaker.snapshot().last_error.as_deref(),
+            Some("connect_refused")
+        );
+        assert_eq!(
+            breaker.probe_recovered().map(|t| t.to),
+            Some(BreakerState::Closed)
+        );
         assert_eq!(breaker.probe_recovered(), None);
     }
 }

@@ -157,7 +157,8 @@ impl Lease {
     pub fn failed(&mut self, error: &UpstreamError) {
         self.settled = true;
         if error.is_retryable() {
-            self.health.report(self.health.breaker.on_failure(&error.reason()));
+            self.health
+                .report(self.health.breaker.on_failure(&error.reason()));
         } else {
             self.health.report(self.health.breaker.on_success());
         }

@@ -25,11 +25,19 @@ struct Warmup {
 
 /// Starts the probe loop of every provider that has one, and the one-off warm-up of those that
 /// have none. The handles are aborted at shutdown.
-pub fn spawn_probes(config: &Config, health: Arc<Health>, upstreams: Arc<Upstreams>) -> Vec<JoinHandle<()>> {
+pub fn spawn_probes(
+    config: &Config,
+    health: Arc<Health>,
+    upstreams: Arc<Upstreams>,
+) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     for provider in &config.providers {
         let provider_health = health.of(provider).clone();
-        let warmups = if provider.warmup { warmups(config, &provider.name) } else { Vec::new() };
+        let warmups = if provider.warmup {
+            warmups(config, &provider.name)
+        } else {
+            Vec::new()
+        };
         let upstreams = upstreams.clone();
         match provider.probe.clone() {
             Some(policy) => tasks.push(tokio::spawn(probe_loop(provider_health, upstreams, policy, warmups))),
@@ -80,7 +88,12 @@ async fn warm_up(upstreams: &Upstreams, warmups: &[Warmup]) -> Result<(), Upstre
     Ok(())
 }
 
-async fn probe_loop(health: Arc<ProviderHealth>, upstreams: Arc<Upstreams>, policy: ProbePolicy, warmups: Vec<Warmup>) {
+async fn probe_loop(
+    health: Arc<ProviderHealth>,
+    upstreams: Arc<Upstreams>,
+    policy: ProbePolicy,
+    warmups: Vec<Warmup>,
+) {
     let mut ticker = tokio::time::interval(policy.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -96,7 +109,11 @@ async fn probe_loop(health: Arc<ProviderHealth>, upstreams: Arc<Upstreams>, poli
                     && let Err(err) = warm_up(&upstreams, &warmups).await
                 {
                     tracing::warn!(provider = %health.provider.name, "answers its probe but warm-up failed: {err}");
-                    health.report(health.breaker.probe_failed(&format!("warm-up: {}", err.reason())));
+                    health.report(
+                        health
+                            .breaker
+                            .probe_failed(&format!("warm-up: {}", err.reason())),
+                    );
                     continue;
                 }
                 if first {

@@ -67,11 +67,15 @@ impl ChainRun<'_> {
             };
             match self.call(step, body, lease, &mut attempts).await {
                 Ok(served) => return Ok(served),
-                Err(error) if !error.is_retryable() => return Err(self.unserved(step, error, attempts)),
+                Err(error) if !error.is_retryable() => {
+                    return Err(self.unserved(step, error, attempts));
+                }
                 Err(_) => {}
             }
         }
-        let all_skipped = attempts.iter().all(|a| a.error.as_ref().is_some_and(UpstreamError::is_skip));
+        let all_skipped = attempts
+            .iter()
+            .all(|a| a.error.as_ref().is_some_and(UpstreamError::is_skip));
         let primary = &self.chain[0];
         if all_skipped && self.when_all_open == AllOpen::TryPrimary {
             // Every breaker is open: the primary may have recovered, and failing costs one call.
@@ -82,8 +86,15 @@ impl ChainRun<'_> {
             };
         }
         let last = attempts.last().expect("a chain is never empty");
-        let (tier, error) = (last.tier.clone(), last.error.clone().expect("every attempt failed"));
-        Err(Unserved { tier, error, attempts })
+        let (tier, error) = (
+            last.tier.clone(),
+            last.error.clone().expect("every attempt failed"),
+        );
+        Err(Unserved {
+            tier,
+            error,
+            attempts,
+        })
     }
 
     /// Calls one tier, retrying once after a short `Retry-After` on 429.
@@ -99,13 +110,22 @@ impl ChainRun<'_> {
             let started = Instant::now();
             let result = self
                 .upstreams
-                .send(&step.tier, body.endpoint(), body.for_tier(step), body.stream)
+                .send(
+                    &step.tier,
+                    body.endpoint(),
+                    body.for_tier(step),
+                    body.stream,
+                )
                 .await;
             let latency = started.elapsed();
             match result {
                 Ok(reply) => {
                     lease.succeeded();
-                    attempts.push(Attempt { tier: step.tier.clone(), latency, error: None });
+                    attempts.push(Attempt {
+                        tier: step.tier.clone(),
+                        latency,
+                        error: None,
+                    });
                     return Ok(Served {
                         tier: step.tier.clone(),
                         reply,
@@ -115,10 +135,20 @@ impl ChainRun<'_> {
                 }
                 Err(error) => {
                     tracing::debug!(tier = %step.tier.name, reason = %error, "attempt failed");
-                    attempts.push(Attempt { tier: step.tier.clone(), latency, error: Some(error.clone()) });
-                    let wait = error.retry_after.filter(|wait| *wait <= step.tier.provider.retry_429_max_wait);
+                    attempts.push(Attempt {
+                        tier: step.tier.clone(),
+                        latency,
+                        error: Some(error.clone()),
+                    });
+                    let wait = error
+                        .retry_after
+                        .filter(|wait| *wait <= step.tier.provider.retry_429_max_wait);
                     match wait {
-                        Some(wait) if !retried && error.kind == UpstreamErrorKind::Status(StatusCode::TOO_MANY_REQUESTS) => {
+                        Some(wait)
+                            if !retried
+                                && error.kind
+                                    == UpstreamErrorKind::Status(StatusCode::TOO_MANY_REQUESTS) =>
+                        {
                             retried = true;
                             tokio::time::sleep(wait).await;
                         }
@@ -133,7 +163,11 @@ impl ChainRun<'_> {
     }
 
     fn unserved(&self, step: &ChainTier, error: UpstreamError, attempts: Vec<Attempt>) -> Unserved {
-        Unserved { tier: step.tier.clone(), error, attempts }
+        Unserved {
+            tier: step.tier.clone(),
+            error,
+            attempts,
+        }
     }
 }
 

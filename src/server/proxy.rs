@@ -14,8 +14,8 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::App;
 use super::error::ApiError;
-use crate::route::Resolved;
 use crate::config::AllOpen;
+use crate::route::Resolved;
 use crate::route::chain::{self, ChainRun, Served};
 use crate::route::contract;
 use crate::route::request::{Endpoint, RequestBody};

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use crate::health::Lease;
-use crate::upstream::{Usage, UpstreamStream};
+use crate::upstream::{UpstreamStream, Usage};
 
 const DONE: &str = "[DONE]";
 
@@ -41,7 +41,12 @@ pub struct SseRelay {
 }
 
 impl SseRelay {
-    pub fn new(upstream: UpstreamStream, lease: Lease, client_wants_usage: bool, tier: &str) -> SseRelay {
+    pub fn new(
+        upstream: UpstreamStream,
+        lease: Lease,
+        client_wants_usage: bool,
+        tier: &str,
+    ) -> SseRelay {
         SseRelay {
             upstream,
             lease,
@@ -79,7 +84,9 @@ impl SseRelay {
                         return Some(frame(DONE));
                     }
                     self.lease.broke("stream_broken");
-                    return Some(self.interrupted("the stream ended before the answer was complete"));
+                    return Some(
+                        self.interrupted("the stream ended before the answer was complete"),
+                    );
                 }
             };
             if data == DONE {

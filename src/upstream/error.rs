@@ -142,7 +142,10 @@ impl UpstreamError {
 
     /// The tier was passed over without a call.
     pub fn is_skip(&self) -> bool {
-        matches!(self.kind, UpstreamErrorKind::BreakerOpen | UpstreamErrorKind::Saturated)
+        matches!(
+            self.kind,
+            UpstreamErrorKind::BreakerOpen | UpstreamErrorKind::Saturated
+        )
     }
 
     pub fn is_timeout(&self) -> bool {

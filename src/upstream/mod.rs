@@ -139,7 +139,11 @@ impl Upstreams {
 
     /// The health probe: does the provider answer at all? Any answer but a 5xx or 429 counts, so a
     /// server without the probed path (llama.cpp without `/models`) is still seen as up.
-    pub async fn probe(&self, provider: &Provider, policy: &ProbePolicy) -> Result<(), UpstreamError> {
+    pub async fn probe(
+        &self,
+        provider: &Provider,
+        policy: &ProbePolicy,
+    ) -> Result<(), UpstreamError> {
         let mut request = self.client(provider).get(policy.url.clone());
         if let Some(key) = &provider.api_key {
             request = request.bearer_auth(key.expose());
@@ -147,7 +151,12 @@ impl Upstreams {
         let response = match tokio::time::timeout(policy.timeout, request.send()).await {
             Ok(Ok(response)) => response,
             Ok(Err(err)) => return Err(UpstreamError::from_reqwest(err)),
-            Err(_) => return Err(UpstreamError::new(UpstreamErrorKind::TimeoutFirstByte, policy.timeout)),
+            Err(_) => {
+                return Err(UpstreamError::new(
+                    UpstreamErrorKind::TimeoutFirstByte,
+                    policy.timeout,
+                ));
+            }
         };
         let status = response.status();
         if status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS {

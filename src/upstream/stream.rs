@@ -52,6 +52,11 @@ impl UpstreamStream {
             }
             Ok(Some(Ok(event))) => event.data,
         };
+        if first != "[DONE]" && serde_json::from_str::<IgnoredAny>(&first).is_err() {
+            return Err(UpstreamError::malformed(
+                "the stream's first event is not valid JSON".into(),
+            ));
+        }
         if is_error_event(&first) {
             return Err(UpstreamError::stream_broken(
                 "the stream's first event is an error".into(),
@@ -88,4 +93,3 @@ fn is_error_event(data: &str) -> bool {
     }
     serde_json::from_str::<ErrorProbe>(data).is_ok_and(|probe| probe.error.is_some())
 }
-

@@ -65,6 +65,8 @@ pub struct Behavior {
     pub chunk_delay_ms: u64,
     /// Model ids listed by `/v1/models`.
     pub models: Vec<String>,
+    /// When set, the fault applies to this many more chat/embedding requests, then clears.
+    pub fault_for: Option<u32>,
 }
 
 impl Default for Behavior {
@@ -77,6 +79,7 @@ impl Default for Behavior {
             cached_tokens: 0,
             chunk_delay_ms: 0,
             models: vec!["fake-model".to_string()],
+            fault_for: None,
         }
     }
 }
@@ -248,12 +251,31 @@ fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// The behavior for one work request, counting down `fault_for`.
+fn behavior_for_request(shared: &Shared) -> Behavior {
+    let mut behavior = shared.behavior.lock().unwrap();
+    let current = behavior.clone();
+    if let Some(left) = behavior.fault_for {
+        if left <= 1 {
+            behavior.fault = Fault::None;
+            behavior.fault_for = None;
+        } else {
+            behavior.fault_for = Some(left - 1);
+        }
+    }
+    current
+}
+
 fn record(shared: &Shared, path: &str, headers: &HeaderMap, body: &Value) {
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let log = if path == "/v1/models" { &shared.listings } else { &shared.requests };
+    let log = if path == "/v1/models" {
+        &shared.listings
+    } else {
+        &shared.requests
+    };
     log.lock().unwrap().push(Recorded {
         path: path.to_string(),
         authorization,
@@ -301,7 +323,7 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         return (StatusCode::BAD_REQUEST, "fake upstream: body is not JSON").into_response();
     };
     record(&shared, "/v1/chat/completions", &headers, &request);
-    let behavior = shared.behavior.lock().unwrap().clone();
+    let behavior = behavior_for_request(&shared);
     if let Some(response) = before_answer(&behavior.fault).await {
         return response;
     }
@@ -422,7 +444,7 @@ async fn embeddings(
         return (StatusCode::BAD_REQUEST, "fake upstream: body is not JSON").into_response();
     };
     record(&shared, "/v1/embeddings", &headers, &request);
-    let behavior = shared.behavior.lock().unwrap().clone();
+    let behavior = behavior_for_request(&shared);
     if let Some(response) = before_answer(&behavior.fault).await {
         return response;
     }

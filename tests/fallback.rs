@@ -1,0 +1,676 @@
+//! Never down because a tier is down: the fault matrix, the breaker, probes and recovery, warm-up,
+//! readiness, the in-flight cap and the all-open behaviour, each against in-process fakes.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tierwise_fake::{FakeUpstream, Fault, wait_until};
+
+/// `local` on vllm (probed every 50 ms when `probe` is set) before `api_fast`; `knobs` lands in the
+/// vllm provider table.
+fn config(local: &str, api: &str, probe: bool, knobs: &str, extra: &str) -> String {
+    let health = if probe {
+        "health = { interval_ms = 50, timeout_ms = 300 }"
+    } else {
+        "health = { enabled = false }"
+    };
+    two_tier_config(local, api, extra).replace(
+        "api_key = \"${LOCAL_KEY}\"",
+        &format!("api_key = \"${{LOCAL_KEY}}\"\n{health}\n{knobs}"),
+    )
+}
+
+async fn providers(gw: &TestGateway) -> Value {
+    Answer::of(gw.get("/admin/api/providers").await).await.body
+}
+
+fn state_of(providers: &Value, name: &str) -> String {
+    providers["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .map(|p| p["breaker"]["state"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
+fn streaming(model: &str) -> Value {
+    let mut request = chat(model, "x");
+    request["stream"] = json!(true);
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_retryable_fault_falls_back_to_the_next_tier() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let knobs = "breaker = { failures = 1000 }\nretry_429_max_wait_ms = 0";
+    let gw = TestGateway::start(&config(
+        &local.base_url(),
+        &api.base_url(),
+        false,
+        knobs,
+        "",
+    ))
+    .await;
+    let cases = [
+        (Fault::Hang, false, "local:timeout_first_byte"),
+        (
+            Fault::SlowFirstByte { ms: 2500 },
+            false,
+            "local:timeout_first_byte",
+        ),
+        (
+            Fault::Status {
+                status: 500,
+                body: None,
+                retry_after: None,
+            },
+            false,
+            "local:http_500",
+        ),
+        (
+            Fault::Status {
+                status: 503,
+                body: None,
+                retry_after: None,
+            },
+            false,
+            "local:http_503",
+        ),
+        (
+            Fault::Status {
+                status: 429,
+                body: None,
+                retry_after: Some(30),
+            },
+            false,
+            "local:http_429",
+        ),
+        (Fault::MalformedJson, false, "local:malformed_json"),
+        (
+            Fault::Status {
+                status: 502,
+                body: None,
+                retry_after: None,
+            },
+            true,
+            "local:http_502",
+        ),
+        (Fault::CutBeforeFirstChunk, true, "local:stream_broken"),
+        (Fault::MalformedJson, true, "local:malformed_json"),
+        (Fault::Hang, true, "local:timeout_first_byte"),
+    ];
+    for (fault, stream, expected) in cases {
+        local.set_fault(fault.clone());
+        let request = if stream {
+            streaming("summarize")
+        } else {
+            chat("summarize", "x")
+        };
+        let before = api.request_count();
+        let answer = Answer::of(gw.post("/v1/chat/completions", &request).await).await;
+        assert_eq!(
+            answer.status, 200,
+            "{fault:?} stream={stream}: {}",
+            answer.text
+        );
+        assert_eq!(
+            answer.header("x-tierwise-tier"),
+            Some("api_fast"),
+            "{fault:?}"
+        );
+        assert_eq!(
+            answer.header("x-tierwise-fallback"),
+            Some(expected),
+            "{fault:?} stream={stream}"
+        );
+        assert_eq!(api.request_count(), before + 1);
+        if stream {
+            assert!(answer.text.ends_with("data: [DONE]\n\n"), "{}", answer.text);
+            assert!(!answer.text.contains("stream_interrupted"));
+        } else {
+            assert_eq!(
+                answer.body["choices"][0]["message"]["content"],
+                "Hello from the fake upstream."
+            );
+        }
+    }
+
+    local.stop().await;
+    let answer = Answer::of(
+        gw.post("/v1/chat/completions", &chat("summarize", "x"))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        answer.header("x-tierwise-fallback"),
+        Some("local:connect_refused")
+    );
+    assert_eq!(answer.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_broken_after_the_first_chunk_ends_with_an_error_event_not_a_hang() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let toml = config(
+        &local.base_url(),
+        &api.base_url(),
+        false,
+        "breaker = { failures = 1000 }",
+        "",
+    )
+    .replace("idle_ms = 2000", "idle_ms = 300");
+    let gw = TestGateway::start(&toml).await;
+
+    local.set_fault(Fault::CutAfterChunks { chunks: 3 });
+    let answer = Answer::of(
+        gw.post("/v1/chat/completions", &streaming("summarize"))
+            .await,
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("x-tierwise-tier"), Some("local"));
+    let events: Vec<&str> = answer
+        .text
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .collect();
+    assert_eq!(events.len(), 4, "3 chunks and the error: {}", answer.text);
+    let error: Value = serde_json::from_str(events[3].strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(error["error"]["code"], "stream_interrupted");
+    assert!(!answer.text.contains("[DONE]"));
+    assert_eq!(api.request_count(), 0, "a started stream cannot fall back");
+
+    // An upstream that goes silent mid-stream is cut at idle_ms.
+    local.set_fault(Fault::None);
+    let _gate = local.hold_streams();
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        Answer::of(
+            gw.post("/v1/chat/completions", &streaming("summarize"))
+                .await,
+        )
+        .await
+    })
+    .await
+    .expect("the stream ends instead of hanging");
+    assert!(
+        answer.text.contains("stream_interrupted") && answer.text.contains("timeout_idle"),
+        "{}",
+        answer.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_a_short_retry_after_is_retried_once_on_the_same_tier() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let gw = TestGateway::start(&config(
+        &local.base_url(),
+        &api.base_url(),
+        false,
+        "retry_429_max_wait_ms = 1500",
+        "",
+    ))
+    .await;
+    local.update(|b| {
+        b.fault = Fault::Status {
+            status: 429,
+            body: None,
+            retry_after: Some(1),
+        };
+        b.fault_for = Some(1);
+    });
+    let answer = Answer::of(
+        gw.post("/v1/chat/completions", &chat("summarize", "x"))
+            .await,
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("x-tierwise-tier"), Some("local"));
+    assert_eq!(answer.header("x-tierwise-fallback"), Some("local:http_429"));
+    assert_eq!(local.request_count(), 2);
+    assert_eq!(api.request_count(), 0);
+
+    // A long Retry-After is not waited for: the next tier answers now.
+    local.set_fault(Fault::Status {
+        status: 429,
+        body: None,
+        retry_after: Some(60),
+    });
+    let answer = Answer::of(
+        gw.post("/v1/chat/completions", &chat("summarize", "x"))
+            .await,
+    )
+    .await;
+    assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"));
+    assert_eq!(local.request_count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_stops_user_traffic_to_the_failing_provider() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let knobs = "breaker = { failures = 3, cooldown_ms = 60000 }";
+    let gw = TestGateway::start(&config(
+        &local.base_url(),
+        &api.base_url(),
+        false,
+        knobs,
+        "",
+    ))
+    .await;
+    local.set_fault(Fault::Status {
+        status: 500,
+        body: None,
+        retry_after: None,
+    });
+    for i in 0..10 {
+        let answer = Answer::of(
+            gw.post("/v1/chat/completions", &chat("summarize", "x"))
+                .await,
+        )
+        .await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"));
+        let expected = if i < 3 {
+            "local:http_500"
+        } else {
+            "local:breaker_open"
+        };
+        assert_eq!(
+            answer.header("x-tierwise-fallback"),
+            Some(expected),
+            "request {i}"
+        );
+    }
+    assert_eq!(
+        local.request_count(),
+        3,
+        "the provider saw only the calls that opened the breaker"
+    );
+    let state = providers(&gw).await;
+    assert_eq!(state_of(&state, "vllm"), "open");
+    let vllm = state["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "vllm")
+        .unwrap();
+    assert!(
+        vllm["breaker"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("http_500")
+    );
+    assert!(vllm["breaker"]["retry_in_ms"].as_u64().unwrap() > 50_000);
+    assert_eq!(state_of(&state, "openai"), "closed");
+
+    // Client errors are the request's fault and never open a breaker.
+    let healthy = FakeUpstream::start().await;
+    let gw2 = TestGateway::start(&config(
+        &healthy.base_url(),
+        &api.base_url(),
+        false,
+        "breaker = { failures = 1 }",
+        "",
+    ))
+    .await;
+    healthy.set_fault(Fault::Status {
+        status: 400,
+        body: None,
+        retry_after: None,
+    });
+    for _ in 0..3 {
+        assert_eq!(
+            gw2.post("/v1/chat/completions", &chat("summarize", "x"))
+                .await
+                .status(),
+            400
+        );
+    }
+    assert_eq!(state_of(&providers(&gw2).await, "vllm"), "closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_provider_gets_traffic_back_within_a_probe_interval_and_cool_down() {
+    let local = FakeUpstream::start().await;
+    let addr: SocketAddr = local.addr;
+    let api = FakeUpstream::start().await;
+    let knobs = "breaker = { failures = 2, cooldown_ms = 200 }";
+    let gw = TestGateway::start(&config(&local.base_url(), &api.base_url(), true, knobs, "")).await;
+    local.stop().await;
+
+    // The probe finds it down before any user does.
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while state_of(&providers(&gw).await, "vllm") != "open" {
+        assert!(
+            std::time::Instant::now() < until,
+            "the probe did not open the breaker"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let answer = Answer::of(
+        gw.post("/v1/chat/completions", &chat("summarize", "x"))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        answer.header("x-tierwise-fallback"),
+        Some("local:breaker_open")
+    );
+
+    let local = FakeUpstream::start_on(addr).await;
+    let restarted = std::time::Instant::now();
+    loop {
+        let answer = Answer::of(
+            gw.post("/v1/chat/completions", &chat("summarize", "x"))
+                .await,
+        )
+        .await;
+        assert_eq!(answer.status, 200);
+        if answer.header("x-tierwise-tier") == Some("local") {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(5),
+            "traffic never returned to the recovered provider"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(state_of(&providers(&gw).await, "vllm"), "closed");
+    assert!(local.request_count() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_up_runs_at_start_and_after_recovery_and_readyz_waits_for_it() {
+    let local = FakeUpstream::start().await;
+    let addr = local.addr;
+    let api = FakeUpstream::start().await;
+    let gate_down = local;
+    gate_down.stop().await;
+    let knobs = "warmup = true\nbreaker = { cooldown_ms = 100 }";
+    let gw = TestGateway::start(&config(
+        &format!("http://{addr}/v1"),
+        &api.base_url(),
+        true,
+        knobs,
+        "",
+    ))
+    .await;
+    let ready = |gw: &TestGateway| {
+        let url = format!("{}/readyz", gw.url);
+        let http = gw.http.clone();
+        async move { Answer::of(http.get(url).send().await.unwrap()).await }
+    };
+    // `embed` has only the local embedding tier: not ready while the local provider is down.
+    let answer = ready(&gw).await;
+    assert_eq!(answer.status, 503, "{}", answer.text);
+    assert_eq!(answer.body["status"], "not_ready");
+    assert_eq!(answer.body["routes"]["embed"]["usable_tiers"], json!([]));
+    assert_eq!(
+        answer.body["routes"]["summarize"]["usable_tiers"],
+        json!(["api_fast"])
+    );
+
+    let local = FakeUpstream::start_on(addr).await;
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if ready(&gw).await.status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let warmups = local.requests();
+    let chat_warmup = warmups
+        .iter()
+        .find(|r| r.body["model"] == "mistral-7b")
+        .expect("chat tier warmed");
+    assert_eq!(chat_warmup.body["max_tokens"], 1);
+    let embed_warmup = warmups
+        .iter()
+        .find(|r| r.body["model"] == "nomic-embed-text")
+        .expect("embedding tier warmed");
+    assert_eq!(embed_warmup.path, "/v1/embeddings");
+    let count = warmups.len();
+    assert_eq!(count, 2, "one warm-up per tier of the provider");
+
+    // Down and back: warmed again before traffic returns.
+    local.stop().await;
+    wait_until_state(&gw, "open").await;
+    let local = FakeUpstream::start_on(addr).await;
+    wait_until_state(&gw, "closed").await;
+    assert!(
+        local.requests().iter().any(|r| r.body["max_tokens"] == 1),
+        "no warm-up after recovery"
+    );
+}
+
+async fn wait_until_state(gw: &TestGateway, state: &str) {
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while state_of(&providers(gw).await, "vllm") != state {
+        assert!(
+            std::time::Instant::now() < until,
+            "vllm never became {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_max_in_flight_spills_to_the_next_tier_at_once() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let gw = TestGateway::start(&config(
+        &local.base_url(),
+        &api.base_url(),
+        false,
+        "max_in_flight = 1",
+        "",
+    ))
+    .await;
+    let gate = local.hold_streams();
+    let held = gw
+        .post("/v1/chat/completions", &streaming("summarize"))
+        .await;
+    assert_eq!(held.headers()["x-tierwise-tier"], "local");
+    let mut held = held.bytes_stream();
+    held.next().await.expect("first chunk").unwrap();
+
+    let answer = Answer::of(
+        gw.post("/v1/chat/completions", &chat("summarize", "x"))
+            .await,
+    )
+    .await;
+    assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"));
+    assert_eq!(
+        answer.header("x-tierwise-fallback"),
+        Some("local:saturated")
+    );
+    let status = providers(&gw).await;
+    let vllm = status["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "vllm")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (vllm["in_flight"].as_u64(), vllm["max_in_flight"].as_u64()),
+        (Some(1), Some(1))
+    );
+
+    gate.open();
+    while held.next().await.is_some() {}
+    let answer = Answer::of(
+        gw.post("/v1/chat/completions", &chat("summarize", "x"))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        answer.header("x-tierwise-tier"),
+        Some("local"),
+        "the slot is freed when the stream ends"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_tier_is_open_a_route_tries_its_primary_or_fails_fast() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let extra = r#"
+[routes.local_try]
+kind = "chat"
+tiers = ["local"]
+
+[routes.local_fast]
+kind = "chat"
+tiers = ["local"]
+when_all_open = "fail_fast"
+"#;
+    let knobs = "breaker = { failures = 1, cooldown_ms = 60000 }";
+    let gw = TestGateway::start(&config(
+        &local.base_url(),
+        &api.base_url(),
+        false,
+        knobs,
+        extra,
+    ))
+    .await;
+    local.set_fault(Fault::Status {
+        status: 503,
+        body: None,
+        retry_after: None,
+    });
+    let first = Answer::of(
+        gw.post("/v1/chat/completions", &chat("local_fast", "x"))
+            .await,
+    )
+    .await;
+    first.error(502, Some("upstream_unavailable"));
+    assert_eq!(local.request_count(), 1);
+
+    let fast = Answer::of(
+        gw.post("/v1/chat/completions", &chat("local_fast", "x"))
+            .await,
+    )
+    .await;
+    fast.error(503, Some("tiers_unavailable"));
+    let retry_after: u64 = fast.header("retry-after").unwrap().parse().unwrap();
+    assert!((50..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        local.request_count(),
+        1,
+        "fail_fast does not call the open provider"
+    );
+
+    local.set_fault(Fault::None);
+    let tried = Answer::of(
+        gw.post("/v1/chat/completions", &chat("local_try", "x"))
+            .await,
+    )
+    .await;
+    assert_eq!(tried.status, 200, "{}", tried.text);
+    assert_eq!(
+        tried.header("x-tierwise-fallback"),
+        Some("local:breaker_open")
+    );
+    assert_eq!(local.request_count(), 2);
+    assert_eq!(
+        state_of(&providers(&gw).await, "vllm"),
+        "closed",
+        "a successful last-resort call closes it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_and_restarting_the_local_server_under_load_fails_no_request() {
+    const TOTAL: usize = 2000;
+    const CONCURRENCY: usize = 32;
+    let local = FakeUpstream::start().await;
+    let addr = local.addr;
+    let api = FakeUpstream::start().await;
+    let knobs = "breaker = { failures = 3, cooldown_ms = 100 }";
+    let gw = Arc::new(
+        TestGateway::start(&config(&local.base_url(), &api.base_url(), true, knobs, "")).await,
+    );
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let served_local = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let (gw, next, done, served_local) =
+                (gw.clone(), next.clone(), done.clone(), served_local.clone());
+            tokio::spawn(async move {
+                let mut failures = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < TOTAL {
+                    let response = gw
+                        .post("/v1/chat/completions", &chat("summarize", "x"))
+                        .await;
+                    let status = response.status().as_u16();
+                    let tier = response
+                        .headers()
+                        .get("x-tierwise-tier")
+                        .map(|v| v.to_str().unwrap().to_string());
+                    let body = response.text().await.unwrap();
+                    if status != 200 || !body.contains("Hello from the fake upstream.") {
+                        failures.push(format!("{status}: {body}"));
+                    } else if tier.as_deref() == Some("local") {
+                        served_local.fetch_add(1, Ordering::Relaxed);
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                failures
+            })
+        })
+        .collect();
+
+    wait_until("500 requests", Duration::from_secs(60), || {
+        done.load(Ordering::Relaxed) >= 500
+    })
+    .await;
+    local.stop().await;
+    let local_before = served_local.load(Ordering::Relaxed);
+    wait_until("1000 requests", Duration::from_secs(60), || {
+        done.load(Ordering::Relaxed) >= 1000
+    })
+    .await;
+    let local = FakeUpstream::start_on(addr).await;
+    let restarted_at = done.load(Ordering::Relaxed);
+
+    let mut failures = Vec::new();
+    for worker in workers {
+        failures.extend(worker.await.unwrap());
+    }
+    assert_eq!(
+        done.load(Ordering::Relaxed),
+        TOTAL,
+        "every request accounted for"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert!(
+        local_before > 0,
+        "local served nothing before it was killed"
+    );
+    if restarted_at < TOTAL - 200 {
+        assert!(
+            local.request_count() > 0,
+            "traffic never returned to the restarted local server"
+        );
+    }
+}
