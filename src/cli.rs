@@ -8,6 +8,9 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use tierwise::config::{self, Config};
+use tierwise::ledger::{Pricing, Store};
+use tierwise::report::simulate::Workload;
+use tierwise::report::{self, Report};
 use tierwise::server::Gateway;
 use tierwise::upstream::Upstreams;
 
@@ -34,6 +37,13 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start the gateway.
@@ -48,6 +58,33 @@ enum Command {
         /// Only validate the file; do not contact providers.
         #[arg(long)]
         offline: bool,
+    },
+    /// Cost and savings per route from the ledger, against the all-API baseline.
+    Report {
+        #[arg(short, long, env = "TIERWISE_CONFIG", default_value_os_t = config::default_path())]
+        config: PathBuf,
+        /// How far back from now, e.g. 30d, 12h (default 30d).
+        #[arg(long, conflicts_with = "from")]
+        since: Option<String>,
+        /// Start of the window: 2026-11-01 or 2026-11-01T12:00:00Z.
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the window (default now).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Project the costs of a workload profile before anything is deployed.
+    Simulate {
+        /// A workload profile (TOML); see examples/workloads/.
+        #[arg(long)]
+        workload: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
     /// Write a commented starter configuration.
     Init {
@@ -71,6 +108,49 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check { config, offline } => runtime()?.block_on(check(load(&config)?, offline)),
         Command::Init { path, force } => init(&path, force),
+        Command::Report {
+            config,
+            since,
+            from,
+            to,
+            route,
+            format,
+        } => {
+            let config = load(&config)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as i64;
+            let window = report::window(since.as_deref(), from.as_deref(), to.as_deref(), now)
+                .map_err(anyhow::Error::msg)?;
+            runtime()?.block_on(async {
+                let store = Store::connect(&config.ledger.url).await?;
+                let report = Report::load(&config, &store, window, route.as_deref()).await?;
+                store.close().await;
+                print!(
+                    "{}",
+                    match format {
+                        Format::Table => report.to_table(),
+                        Format::Json => report.to_json() + "\n",
+                        Format::Csv => report.to_csv(),
+                    }
+                );
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Simulate { workload, format } => {
+            let simulation = Workload::load(&workload)?
+                .simulate()
+                .map_err(|err| anyhow::anyhow!("{}: {err}", workload.display()))?;
+            print!(
+                "{}",
+                match format {
+                    Format::Table => simulation.to_table(),
+                    Format::Json => simulation.to_json() + "\n",
+                    Format::Csv => simulation.to_csv(),
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -153,7 +233,7 @@ async fn check(config: Config, offline: bool) -> anyhow::Result<ExitCode> {
         config.tiers.len(),
         config.providers.len()
     );
-    for warning in &config.warnings {
+    for warning in config.warnings.iter().chain(&Pricing::new(&config).1) {
         println!("warning: {warning}");
     }
     if offline {

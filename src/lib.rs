@@ -13,14 +13,20 @@
 //!   on retryable failures; the output contract that normalizes labels.
 //! - [`health`]: per provider, the circuit breaker and in-flight cap the chain consults before each
 //!   attempt, the active probes that feed the breakers, and warm-up.
+//! - [`ledger`]: the record of every request and attempt — prices, exact cost in picodollars,
+//!   baseline cost, token estimates — handed to a background writer over SQLite or PostgreSQL.
+//! - [`report`]: cost and savings per route read back from the ledger; `simulate` for workloads
+//!   not yet deployed.
 //! - [`upstream`]: the pooled HTTP client per provider, timeouts, failure classification, and
 //!   reading an upstream stream event by event.
 //!
-//! The command line (`tierwise serve`, `check`, `init`) lives in the binary, `src/main.rs` and
+//! The command line (`tierwise serve`, `check`, `init`, `report`, `simulate`) lives in the binary, `src/main.rs` and
 //! `src/cli.rs`, the only place that uses `anyhow`.
 
 pub mod config;
 pub mod health;
+pub mod ledger;
+pub mod report;
 pub mod route;
 pub mod server;
 pub mod upstream;

@@ -144,22 +144,11 @@ async fn check_probes_each_provider() {
     std::fs::remove_dir_all(dir).ok();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_answers_then_stops_cleanly_on_sigterm() {
-    let up = FakeUpstream::start().await;
-    let dir = temp_dir("serve");
-    let path = dir.join("tierwise.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[providers.up]\nbase_url = \"{}\"\n[tiers]\nt = {{ provider = \"up\", model = \"m\" }}\n[routes.r]\nkind = \"chat\"\ntiers = [\"t\"]\n",
-            up.base_url()
-        ),
-    )
-    .unwrap();
+/// Starts `tierwise serve` on `config` and returns the child and the address it printed.
+async fn serve(config: &std::path::Path) -> (std::process::Child, String) {
     let mut child = tierwise()
         .args(["serve", "--config"])
-        .arg(&path)
+        .arg(config)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -175,8 +164,121 @@ async fn serve_answers_then_stops_cleanly_on_sigterm() {
     let url = line
         .trim()
         .strip_prefix("tierwise listening on ")
-        .expect("the address line")
+        .unwrap_or_else(|| panic!("no address line: {line:?}"))
         .to_string();
+    (child, url)
+}
+
+async fn terminate(child: std::process::Child) -> std::process::ExitStatus {
+    let mut child = child;
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || child.wait().unwrap()),
+    )
+    .await
+    .expect("the gateway exits after SIGTERM")
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flushes_every_record_the_writer_still_holds() {
+    use sqlx::Connection;
+    const N: usize = 40;
+    let up = FakeUpstream::start().await;
+    let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let base = std::env::var("TIERWISE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .expect("PostgreSQL is up (see .ci/run)");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let url = format!("{base}?options=-c%20search_path%3D{schema}");
+    let dir = temp_dir("flush");
+    let path = dir.join("tierwise.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[ledger]\nurl = \"{url}\"\n[providers.up]\nbase_url = \"{}\"\n[tiers]\nt = {{ provider = \"up\", model = \"m\" }}\n[routes.r]\nkind = \"chat\"\ntiers = [\"t\"]\n",
+            up.base_url()
+        ),
+    )
+    .unwrap();
+    let (child, gateway) = serve(&path).await;
+
+    // Hold the ledger's table so that every record stays queued in the writer.
+    let mut lock = conn.begin().await.unwrap();
+    sqlx::query(&format!(
+        "LOCK TABLE {schema}.requests IN ACCESS EXCLUSIVE MODE"
+    ))
+    .execute(&mut *lock)
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    for _ in 0..N {
+        let response = http
+            .post(format!("{gateway}/v1/chat/completions"))
+            .json(
+                &serde_json::json!({"model": "r", "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let count = format!("SELECT COUNT(*) FROM {schema}.requests");
+    let (held,): (i64,) = sqlx::query_as(&count).fetch_one(&mut *lock).await.unwrap();
+    assert_eq!(held, 0, "the records are still in the writer's hands");
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    lock.rollback().await.unwrap();
+    let mut child = child;
+    let status = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || child.wait().unwrap()),
+    )
+    .await
+    .expect("the gateway exits once the ledger is flushed")
+    .unwrap();
+    assert!(status.success(), "{status:?}");
+    let (rows,): (i64,) = sqlx::query_as(&count).fetch_one(&mut conn).await.unwrap();
+    assert_eq!(
+        rows as usize, N,
+        "every request answered before SIGTERM is in the ledger"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_then_stops_cleanly_on_sigterm() {
+    let up = FakeUpstream::start().await;
+    let dir = temp_dir("serve");
+    let path = dir.join("tierwise.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[ledger]\nurl = \"sqlite://ledger.db\"\n[providers.up]\nbase_url = \"{}\"\n[tiers]\nt = {{ provider = \"up\", model = \"m\" }}\n[routes.r]\nkind = \"chat\"\ntiers = [\"t\"]\n",
+            up.base_url()
+        ),
+    )
+    .unwrap();
+    let (child, url) = serve(&path).await;
     let response = reqwest::Client::new()
         .post(format!("{url}/v1/chat/completions"))
         .json(&serde_json::json!({"model": "r", "messages": [{"role": "user", "content": "hi"}]}))
@@ -186,21 +288,7 @@ async fn serve_answers_then_stops_cleanly_on_sigterm() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-tierwise-tier"], "t");
 
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::task::spawn_blocking(move || child.wait().unwrap()),
-    )
-    .await
-    .expect("the gateway exits after SIGTERM")
-    .unwrap();
+    let status = terminate(child).await;
     assert!(status.success(), "{status:?}");
     std::fs::remove_dir_all(dir).ok();
 }

@@ -85,12 +85,32 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A key clients present, with the id the ledger records instead of the key.
+#[derive(Debug, Clone)]
+pub struct ClientKey {
+    pub secret: Secret,
+    /// `key-` and the first 12 hex digits of the key's SHA-256.
+    pub id: String,
+}
+
+impl ClientKey {
+    pub fn new(secret: Secret) -> ClientKey {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(secret.expose().as_bytes());
+        let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        ClientKey {
+            secret,
+            id: format!("key-{hex}"),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Keys clients must present as `Authorization: Bearer`; empty means the gateway is open.
-    pub api_keys: Vec<Secret>,
-    pub admin_key: Option<Secret>,
+    pub api_keys: Vec<ClientKey>,
+    pub admin_key: Option<ClientKey>,
     pub max_body_bytes: usize,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
@@ -100,6 +120,16 @@ pub struct ServerConfig {
 pub struct LedgerConfig {
     pub url: String,
     pub store_content: bool,
+    /// Where one JSON line per completed request goes, if anywhere.
+    pub request_log: Option<RequestLog>,
+    /// Records that may wait for the writer before requests wait for it.
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestLog {
+    Stderr,
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,7 +303,8 @@ pub struct Profile {
 }
 
 /// USD per million tokens.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Price {
     pub input: f64,
     pub output: f64,

@@ -42,6 +42,8 @@ pub struct RawLedger {
     pub url: Option<Text>,
     #[serde(default)]
     pub store_content: bool,
+    pub request_log: Option<Text>,
+    pub queue: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]

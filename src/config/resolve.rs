@@ -12,13 +12,14 @@ use url::Url;
 
 use super::raw::{RawConfig, RawProvider, RawRoute, RawTimeouts, Text};
 use super::{
-    AllOpen, BreakerPolicy, ChainTier, Config, ConfigIssue, EnvLookup, LedgerConfig, Price,
-    ProbePolicy, Profile, Provider, QualityBar, Route, Secret, ServerConfig, Shadow, TaskKind,
-    Tier, Timeouts,
+    AllOpen, BreakerPolicy, ChainTier, ClientKey, Config, ConfigIssue, EnvLookup, LedgerConfig,
+    Price, ProbePolicy, Profile, Provider, QualityBar, RequestLog, Route, Secret, ServerConfig,
+    Shadow, TaskKind, Tier, Timeouts,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
 const DEFAULT_LEDGER: &str = "sqlite://tierwise.db";
+const DEFAULT_LEDGER_QUEUE: usize = 10_000;
 const DEFAULT_MAX_BODY: u64 = 10 * 1024 * 1024;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_MIN_AGREEMENT: f64 = 0.9;
@@ -45,15 +46,7 @@ impl<'a> Resolver<'a> {
 
     pub fn resolve(mut self, raw: RawConfig) -> Result<Config, Vec<ConfigIssue>> {
         let server = self.server(&raw);
-        let ledger = LedgerConfig {
-            url: raw
-                .ledger
-                .url
-                .as_ref()
-                .and_then(|url| self.string(url, "ledger.url"))
-                .unwrap_or_else(|| DEFAULT_LEDGER.to_string()),
-            store_content: raw.ledger.store_content,
-        };
+        let ledger = self.ledger(&raw);
 
         let mut providers = BTreeMap::new();
         for (name, provider) in &raw.providers {
@@ -138,6 +131,58 @@ impl<'a> Resolver<'a> {
         }
     }
 
+    fn ledger(&mut self, raw: &RawConfig) -> LedgerConfig {
+        let url = raw
+            .ledger
+            .url
+            .as_ref()
+            .and_then(|url| {
+                let value = self.string(url, "ledger.url")?;
+                let known = ["sqlite:", "postgres://", "postgresql://"];
+                if let Some(path) = value.strip_prefix("sqlite://")
+                    && !path.starts_with('/')
+                    && !path.starts_with(":memory:")
+                {
+                    // Like prompt files, a relative ledger path is relative to the config file.
+                    Some(format!("sqlite://{}", self.base_dir.join(path).display()))
+                } else if known.iter().any(|scheme| value.starts_with(scheme)) {
+                    Some(value)
+                } else {
+                    self.issue_at(
+                        url.span().start,
+                        "ledger.url",
+                        "must start with sqlite:// (e.g. \"sqlite://tierwise.db\") or postgres://",
+                    );
+                    None
+                }
+            })
+            .unwrap_or_else(|| DEFAULT_LEDGER.to_string());
+        let request_log = raw
+            .ledger
+            .request_log
+            .as_ref()
+            .and_then(|log| self.string(log, "ledger.request_log"))
+            .filter(|log| !log.is_empty())
+            .map(|log| match log.as_str() {
+                "stderr" => RequestLog::Stderr,
+                path => RequestLog::File(self.base_dir.join(path)),
+            });
+        let queue = match &raw.ledger.queue {
+            Some(queue) if *queue.get_ref() == 0 => {
+                self.issue_at(queue.span().start, "ledger.queue", "must be at least 1");
+                1
+            }
+            Some(queue) => *queue.get_ref() as usize,
+            None => DEFAULT_LEDGER_QUEUE,
+        };
+        LedgerConfig {
+            url,
+            store_content: raw.ledger.store_content,
+            request_log,
+            queue,
+        }
+    }
+
     fn server(&mut self, raw: &RawConfig) -> ServerConfig {
         let listen = match &raw.server.listen {
             Some(text) => self
@@ -155,14 +200,14 @@ impl<'a> Resolver<'a> {
                 }),
             None => DEFAULT_LISTEN.parse().ok(),
         };
-        let api_keys: Vec<Secret> = raw
+        let api_keys: Vec<ClientKey> = raw
             .server
             .api_keys
             .iter()
             .flatten()
             .filter_map(|key| self.string(key, "server.api_keys"))
             .filter(|key| !key.is_empty())
-            .map(Secret::new)
+            .map(|key| ClientKey::new(Secret::new(key)))
             .collect();
         if api_keys.is_empty() {
             self.warnings.push(
@@ -177,7 +222,7 @@ impl<'a> Resolver<'a> {
             .as_ref()
             .and_then(|key| self.string(key, "server.admin_key"))
             .filter(|key| !key.is_empty())
-            .map(Secret::new);
+            .map(|key| ClientKey::new(Secret::new(key)));
         let max_body_bytes = match &raw.server.max_body_bytes {
             Some(size) if *size.get_ref() == 0 => {
                 self.issue_at(

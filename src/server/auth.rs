@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 
 use super::App;
 use super::error::ApiError;
-use crate::config::Secret;
+use crate::config::ClientKey;
 
 pub async fn require_client_key(
     State(app): State<Arc<App>>,
@@ -32,7 +32,7 @@ pub async fn require_admin_key(
     }
 }
 
-async fn check(keys: &[Secret], request: Request, next: Next) -> Response {
+async fn check(keys: &[ClientKey], mut request: Request, next: Next) -> Response {
     if keys.is_empty() {
         return next.run(request).await;
     }
@@ -53,12 +53,20 @@ async fn check(keys: &[Secret], request: Request, next: Next) -> Response {
         .into_response();
     };
     // Every key is compared, so the time taken does not tell which one came close.
-    let known = keys.iter().fold(false, |found, key| {
-        found | bool::from(key.expose().as_bytes().ct_eq(presented.as_bytes()))
-    });
-    if known {
+    let mut matched = None;
+    for key in keys {
+        if bool::from(key.secret.expose().as_bytes().ct_eq(presented.as_bytes())) {
+            matched = Some(key.id.clone());
+        }
+    }
+    if let Some(id) = matched {
+        request.extensions_mut().insert(ClientKeyId(id));
         next.run(request).await
     } else {
         ApiError::unauthorized("Incorrect API key provided.").into_response()
     }
 }
+
+/// Which configured key a request came with: its fingerprint, never the key.
+#[derive(Debug, Clone)]
+pub struct ClientKeyId(pub String);

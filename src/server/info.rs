@@ -4,11 +4,15 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
+use axum::response::IntoResponse;
 use http::StatusCode;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::App;
+use super::{ApiError, App};
+use crate::health::BreakerState;
+use crate::report::{self, Report};
 use crate::route::TargetKind;
 
 pub async fn models(State(app): State<Arc<App>>) -> Json<Value> {
@@ -63,4 +67,49 @@ pub async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, Json<Value>) {
 
 pub async fn providers(State(app): State<Arc<App>>) -> Json<Value> {
     Json(json!({ "providers": app.health.statuses() }))
+}
+
+/// Prometheus text format: requests, fallbacks, cost, ledger health, provider state.
+pub async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    for status in app.health.statuses() {
+        let open = match status.breaker.state {
+            BreakerState::Closed => 0.0,
+            BreakerState::HalfOpen => 0.5,
+            BreakerState::Open => 1.0,
+        };
+        metrics::gauge!("tierwise_provider_breaker_open", "provider" => status.name).set(open);
+    }
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReportQuery {
+    since: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    route: Option<String>,
+}
+
+/// The numbers of `tierwise report`, as JSON, read across every replica sharing the ledger.
+pub async fn report(
+    State(app): State<Arc<App>>,
+    Query(query): Query<ReportQuery>,
+) -> Result<Json<Report>, ApiError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let window = report::window(
+        query.since.as_deref(),
+        query.from.as_deref(),
+        query.to.as_deref(),
+        now,
+    )
+    .map_err(ApiError::bad_body)?;
+    let report = Report::load(&app.config, &app.store, window, query.route.as_deref())
+        .await
+        .map_err(|err| ApiError::internal(format!("cannot read the ledger: {err}")))?;
+    Ok(Json(report))
 }

@@ -1,5 +1,6 @@
 //! The HTTP surface: the router, the layers every request passes (request id, then client auth on
-//! `/v1`), the listener with TCP_NODELAY, and graceful shutdown.
+//! `/v1`), the listener with TCP_NODELAY, start-up (ledger, probes) and graceful shutdown (stop
+//! accepting, finish in-flight requests, flush the ledger).
 
 mod auth;
 mod error;
@@ -24,6 +25,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::health::{self, Health};
+use crate::ledger::{Ledger, LedgerError, LedgerWriter, Pricing, Store};
 use crate::route::RouteTable;
 use crate::upstream::{UpstreamError, Upstreams};
 
@@ -37,12 +39,20 @@ pub struct App {
     pub routes: RouteTable,
     pub upstreams: Arc<Upstreams>,
     pub health: Arc<Health>,
+    pub ledger: Ledger,
+    /// Read by reports and the admin API; the request path only ever uses `ledger`.
+    pub store: Store,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub started_unix: u64,
 }
 
 impl App {
-    pub fn new(config: Arc<Config>) -> Result<App, UpstreamError> {
+    pub fn new(config: Arc<Config>, ledger: Ledger, store: Store) -> Result<App, UpstreamError> {
         Ok(App {
+            ledger,
+            store,
+            metrics: metrics_handle(),
+
             routes: RouteTable::new(&config),
             upstreams: Arc::new(Upstreams::new(&config)?),
             health: Arc::new(Health::new(&config)),
@@ -65,6 +75,7 @@ pub fn router(app: Arc<App>) -> Router {
         ));
     let admin = Router::new()
         .route("/admin/api/providers", get(info::providers))
+        .route("/admin/api/report", get(info::report))
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             auth::require_admin_key,
@@ -74,6 +85,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(admin)
         .route("/healthz", get(info::healthz))
         .route("/readyz", get(info::readyz))
+        .route("/metrics", get(info::metrics))
         .fallback(unknown_path)
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn(request_id))
@@ -109,6 +121,7 @@ pub struct Gateway {
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
     probes: Vec<JoinHandle<()>>,
+    writer: LedgerWriter,
     grace: std::time::Duration,
 }
 
@@ -117,7 +130,18 @@ impl Gateway {
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         let grace = config.server.shutdown_grace;
         let listen = config.server.listen;
-        let app = Arc::new(App::new(Arc::new(config)).map_err(StartError::Client)?);
+        let store = Store::connect(&config.ledger.url).await?;
+        let (pricing, warnings) = Pricing::new(&config);
+        for warning in warnings {
+            tracing::warn!("{warning}");
+        }
+        let (sender, writer) = LedgerWriter::spawn(
+            store.clone(),
+            config.ledger.queue,
+            config.ledger.request_log.clone(),
+        );
+        let ledger = Ledger::new(sender, pricing, config.ledger.store_content);
+        let app = Arc::new(App::new(Arc::new(config), ledger, store).map_err(StartError::Client)?);
         let probes = health::spawn_probes(&app.config, app.health.clone(), app.upstreams.clone());
         let listener = TcpListener::bind(listen)
             .await
@@ -150,12 +174,13 @@ impl Gateway {
             stop,
             task,
             probes,
+            writer,
             grace,
         })
     }
 
     /// Stops accepting connections and waits for in-flight requests, at most the configured grace
-    /// period; whatever is still running then is cut off.
+    /// period (whatever is still running then is cut off); then writes every queued ledger record.
     pub async fn shutdown(self) {
         for probe in &self.probes {
             probe.abort();
@@ -174,7 +199,30 @@ impl Gateway {
                 task.abort();
             }
         }
+        self.writer.finish(LEDGER_FLUSH_DEADLINE).await;
     }
+}
+
+/// How long shutdown waits for the ledger to store what is queued (a slow or unreachable database).
+const LEDGER_FLUSH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The process-wide Prometheus recorder; installed once, so several gateways in one test process
+/// share it.
+fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!(
+                    "a metrics recorder was already installed; /metrics shows only tierwise's own"
+                );
+            }
+            handle
+        })
+        .clone()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +232,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
     #[error("cannot build the upstream HTTP client: {0}")]
     Client(UpstreamError),
 }

@@ -1,10 +1,11 @@
 //! The request path for `/v1/chat/completions` and `/v1/embeddings`, in the order DESIGN.md gives it:
 //! read the body (bounded) → read what routing needs → resolve the route → run the tier chain →
-//! answer, normalized to the route's output contract where it has one. Authentication has already
-//! happened in a layer in front.
+//! answer, normalized to the route's output contract where it has one → hand the record to the
+//! ledger. Authentication has already happened in a layer in front.
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -12,36 +13,66 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use super::App;
+use super::auth::ClientKeyId;
 use super::error::ApiError;
+use super::relay::{SseRelay, StreamAccount};
+use super::{App, RequestId};
 use crate::config::AllOpen;
+use crate::ledger::{Draft, Tokens, tokens};
 use crate::route::Resolved;
 use crate::route::chain::{self, ChainRun, Served};
 use crate::route::contract;
 use crate::route::request::{Endpoint, RequestBody};
-use crate::upstream::Reply;
-
-use super::relay::SseRelay;
+use crate::upstream::{Reply, Usage};
 
 const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-tierwise-route");
 const TIER_HEADER: HeaderName = HeaderName::from_static("x-tierwise-tier");
 const PROVIDER_HEADER: HeaderName = HeaderName::from_static("x-tierwise-provider");
 const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-tierwise-fallback");
 const CONTRACT_HEADER: HeaderName = HeaderName::from_static("x-tierwise-contract");
+const COST_HEADER: HeaderName = HeaderName::from_static("x-tierwise-cost-usd");
+
+/// Who is calling: the request id and the key's fingerprint, set by the layers in front.
+pub struct Caller {
+    id: RequestId,
+    key: Option<ClientKeyId>,
+}
 
 pub async fn chat_completions(
     State(app): State<Arc<App>>,
+    Extension(id): Extension<RequestId>,
+    key: Option<Extension<ClientKeyId>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    proxy(&app, Endpoint::ChatCompletions, &headers, body).await
+    let caller = Caller {
+        id,
+        key: key.map(|Extension(key)| key),
+    };
+    proxy(&app, Endpoint::ChatCompletions, caller, &headers, body).await
 }
 
-pub async fn embeddings(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
-    proxy(&app, Endpoint::Embeddings, &headers, body).await
+pub async fn embeddings(
+    State(app): State<Arc<App>>,
+    Extension(id): Extension<RequestId>,
+    key: Option<Extension<ClientKeyId>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let caller = Caller {
+        id,
+        key: key.map(|Extension(key)| key),
+    };
+    proxy(&app, Endpoint::Embeddings, caller, &headers, body).await
 }
 
-async fn proxy(app: &App, endpoint: Endpoint, headers: &HeaderMap, body: Body) -> Response {
+async fn proxy(
+    app: &App,
+    endpoint: Endpoint,
+    caller: Caller,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
     let bytes = match read_body(body, headers, app.config.server.max_body_bytes).await {
         Ok(bytes) => bytes,
         Err(err) => return err.into_response(),
@@ -56,6 +87,13 @@ async fn proxy(app: &App, endpoint: Endpoint, headers: &HeaderMap, body: Body) -
         Err(err) => return ApiError::from(err).into_response(),
     };
     let route_name = resolved.route.map(|route| route.name.as_str());
+    let mut draft = Draft::new(caller.id.0, endpoint, request.stream);
+    draft.route = route_name.map(str::to_string);
+    draft.client_key = caller.key.map(|key| key.0);
+    if app.ledger.store_content {
+        draft.prompt = Some(String::from_utf8_lossy(&bytes).into_owned());
+    }
+
     let run = ChainRun {
         upstreams: &app.upstreams,
         health: &app.health,
@@ -67,30 +105,60 @@ async fn proxy(app: &App, endpoint: Endpoint, headers: &HeaderMap, body: Body) -
             .map_or(AllOpen::TryPrimary, |route| route.when_all_open),
     };
     match run.run(&request).await {
-        Ok(served) => answer(served, resolved, &request),
+        Ok(served) => answer(app, served, resolved, &request, bytes.clone(), draft).await,
         Err(unserved) => {
             let mut response = ApiError::unserved(&unserved, route_name).into_response();
-            set(response.headers_mut(), ROUTE_HEADER, route_name);
+            let mut record = draft.record(response.status().as_u16(), &unserved.attempts);
+            record.error_kind = Some(unserved.error.reason());
+            record.cost = Some(Default::default());
+            app.ledger.record(record).await;
+            let headers = response.headers_mut();
+            set(headers, ROUTE_HEADER, route_name);
             set(
-                response.headers_mut(),
+                headers,
                 FALLBACK_HEADER,
                 chain::fallback_path(&unserved.attempts).as_deref(),
             );
+            set(headers, COST_HEADER, Some("0"));
             response
         }
     }
 }
 
-fn answer(served: Served, resolved: Resolved<'_>, request: &RequestBody<'_>) -> Response {
+async fn answer(
+    app: &App,
+    served: Served,
+    resolved: Resolved<'_>,
+    request: &RequestBody<'_>,
+    request_bytes: Bytes,
+    draft: Draft,
+) -> Response {
     let Served {
         tier,
         reply,
         lease,
         attempts,
     } = served;
-    let mut contract_outcome = None;
+    let route = resolved.route.map(|route| route.as_ref());
+    let mut record = draft.record(200, &attempts);
+    record.tier = Some(tier.name.clone());
+    record.provider = Some(tier.provider.name.clone());
+    record.model = Some(tier.model.clone());
+    record.local = crate::ledger::record::is_local(&tier);
     let mut response = match reply {
-        Reply::Complete { body, .. } => {
+        Reply::Complete { body, usage } => {
+            let tokens = match usage {
+                Some(usage) => tokens_of(&usage),
+                None => Tokens {
+                    input: tokens::prompt(request.endpoint(), &tier.model, &request_bytes),
+                    cached: 0,
+                    output: match request.endpoint() {
+                        Endpoint::ChatCompletions => tokens::completion(&tier.model, &body),
+                        Endpoint::Embeddings => 0,
+                    },
+                    estimated: true,
+                },
+            };
             let labels = resolved
                 .target
                 .route
@@ -100,20 +168,44 @@ fn answer(served: Served, resolved: Resolved<'_>, request: &RequestBody<'_>) -> 
             let body = match labels {
                 Some(labels) => {
                     let (body, outcome) = contract::apply(body, labels);
-                    contract_outcome = Some(outcome);
+                    record.contract = Some(outcome.as_str());
                     body
                 }
                 None => body,
             };
+            record.tokens = tokens;
+            record.cost = app.ledger.pricing.cost(&tier, &tokens);
+            record.baseline = app.ledger.pricing.baseline(route, &tokens);
+            record.ttfb_us = Some(record.latency_us);
+            if app.ledger.store_content {
+                record.answer = Some(String::from_utf8_lossy(&body).into_owned());
+            }
             let mut response = (StatusCode::OK, body).into_response();
-            response.headers_mut().insert(
+            let headers = response.headers_mut();
+            headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
+            set(
+                headers,
+                COST_HEADER,
+                record.cost.map(|cost| cost.to_string()).as_deref(),
+            );
+            set(headers, CONTRACT_HEADER, record.contract);
+            app.ledger.record(record).await;
             response
         }
         Reply::Stream(stream) => {
-            let relay = SseRelay::new(stream, lease, request.client_wants_usage, &tier.name);
+            record.ttfb_us = Some(record.latency_us);
+            let account = StreamAccount {
+                ledger: app.ledger.clone(),
+                record,
+                tier: tier.clone(),
+                baseline: route.and_then(|route| route.baseline.clone()),
+                request: request_bytes,
+                started: draft.started,
+            };
+            let relay = SseRelay::new(stream, lease, request.client_wants_usage, account);
             let mut response = Response::new(Body::from_stream(relay.into_body()));
             let headers = response.headers_mut();
             headers.insert(
@@ -128,7 +220,7 @@ fn answer(served: Served, resolved: Resolved<'_>, request: &RequestBody<'_>) -> 
     set(
         headers,
         ROUTE_HEADER,
-        resolved.route.map(|route| route.name.as_str()),
+        route.map(|route| route.name.as_str()),
     );
     set(headers, TIER_HEADER, Some(&tier.name));
     set(headers, PROVIDER_HEADER, Some(&tier.provider.name));
@@ -137,12 +229,16 @@ fn answer(served: Served, resolved: Resolved<'_>, request: &RequestBody<'_>) -> 
         FALLBACK_HEADER,
         chain::fallback_path(&attempts).as_deref(),
     );
-    set(
-        headers,
-        CONTRACT_HEADER,
-        contract_outcome.map(|o| o.as_str()),
-    );
     response
+}
+
+pub fn tokens_of(usage: &Usage) -> Tokens {
+    Tokens {
+        input: usage.prompt_tokens,
+        cached: usage.cached_tokens(),
+        output: usage.completion_tokens,
+        estimated: false,
+    }
 }
 
 /// Reads the whole body, refusing more than `limit` bytes before reading them where the client

@@ -6,8 +6,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use std::time::{Duration, Instant};
+
 use serde_json::Value;
 use tierwise::config::Config;
+use tierwise::ledger::{Store, StoredRequest};
 use tierwise::server::Gateway;
 
 pub const PROVIDER_KEY: &str = "sk-upstream-secret-123";
@@ -31,6 +34,50 @@ pub fn parse_in(toml: &str, path: &Path) -> Config {
     }
 }
 
+/// A fresh SQLite ledger in the temp directory.
+pub fn sqlite_url() -> String {
+    let path = std::env::temp_dir().join(format!("tierwise-test-{}.db", uuid::Uuid::now_v7()));
+    format!("sqlite://{}", path.display())
+}
+
+/// The PostgreSQL server tests use (`.ci/run` makes sure it is up).
+pub fn postgres_base_url() -> String {
+    std::env::var("TIERWISE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh, empty PostgreSQL ledger: its own schema in the test database, so tests and runs do not
+/// see each other's rows.
+pub async fn postgres_url() -> String {
+    use sqlx::Connection;
+    let base = postgres_base_url();
+    let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .expect("PostgreSQL is reachable (see .ci/run)");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.ok();
+    format!("{base}?options=-c%20search_path%3D{schema}")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub async fn url(self) -> String {
+        match self {
+            Backend::Sqlite => sqlite_url(),
+            Backend::Postgres => postgres_url().await,
+        }
+    }
+}
+
 /// A two-tier setup: `local` on one fake, `api_fast` and `api_frontier` on another, with the
 /// classification route of DESIGN.md. `extra` is appended to the file.
 pub fn two_tier_config(local_url: &str, api_url: &str, extra: &str) -> String {
@@ -39,6 +86,9 @@ pub fn two_tier_config(local_url: &str, api_url: &str, extra: &str) -> String {
 [server]
 listen = "127.0.0.1:0"
 api_keys = ["${{CLIENT_KEY}}"]
+
+[ledger]
+url = "{ledger}"
 
 [providers.vllm]
 base_url = "{local_url}"
@@ -69,13 +119,15 @@ tiers = ["local", "api_fast"]
 kind = "embedding"
 tiers = ["embed_local"]
 {extra}
-"#
+"#,
+        ledger = sqlite_url(),
     )
 }
 
 pub struct TestGateway {
     pub url: String,
     pub http: reqwest::Client,
+    pub ledger_url: String,
     gateway: Gateway,
 }
 
@@ -85,12 +137,21 @@ impl TestGateway {
     }
 
     pub async fn start_config(config: Config) -> TestGateway {
+        let ledger_url = config.ledger.url.clone();
         let gateway = Gateway::start(config).await.expect("gateway starts");
         TestGateway {
             url: format!("http://{}", gateway.addr),
             http: reqwest::Client::new(),
+            ledger_url,
             gateway,
         }
+    }
+
+    /// A second connection to this gateway's ledger, to read what it wrote.
+    pub async fn store(&self) -> Store {
+        Store::connect(&self.ledger_url)
+            .await
+            .expect("the ledger opens")
     }
 
     pub async fn shutdown(self) {
@@ -184,4 +245,19 @@ pub fn chat(model: &str, content: &str) -> Value {
         "model": model,
         "messages": [{"role": "user", "content": content}],
     })
+}
+
+/// Waits until the ledger holds request `id` (the writer is asynchronous).
+pub async fn stored(store: &Store, id: &str) -> StoredRequest {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(row) = store.request(id).await.expect("the ledger answers") {
+            return row;
+        }
+        assert!(
+            Instant::now() < until,
+            "request {id} never reached the ledger"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -65,6 +65,9 @@ listen = "127.0.0.1:0"
 api_keys = ["{client_key}"]
 max_body_bytes = 100000
 
+[ledger]
+url = "sqlite://ledger.db"
+
 [providers.vllm]
 base_url = "{local}"
 api_key = "{local_key}"

@@ -1,0 +1,180 @@
+//! Money as data. Prices are USD per million tokens, from a built-in table of current OpenAI models
+//! that `[prices."model"]` extends and overrides. Amounts are whole picodollars (10⁻¹² USD): a price
+//! with up to six decimals per million tokens is a whole number of picodollars per token, so the cost
+//! of any call is exact — no float ever touches a sum.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::config::Price;
+
+/// An amount of money in picodollars.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Picodollars(pub i64);
+
+impl Picodollars {
+    pub const PER_USD: i64 = 1_000_000_000_000;
+
+    pub fn from_usd(usd: f64) -> Picodollars {
+        Picodollars((usd * Self::PER_USD as f64).round() as i64)
+    }
+
+    pub fn as_usd_f64(self) -> f64 {
+        self.0 as f64 / Self::PER_USD as f64
+    }
+}
+
+impl fmt::Display for Picodollars {
+    /// The exact decimal amount in USD, without trailing zeros: `0.0000375`, `12.5`, `0`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let abs = self.0.unsigned_abs();
+        let per = Self::PER_USD as u64;
+        let (whole, frac) = (abs / per, abs % per);
+        if frac == 0 {
+            return write!(f, "{sign}{whole}");
+        }
+        let digits = format!("{frac:012}");
+        write!(f, "{sign}{whole}.{}", digits.trim_end_matches('0'))
+    }
+}
+
+/// Picodollars per token for input, cached input and output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenPrice {
+    pub input: i64,
+    pub cached_input: i64,
+    pub output: i64,
+}
+
+impl TokenPrice {
+    /// From USD per million tokens; cached input costs as much as input where no price is given.
+    pub fn from_per_million(price: &Price) -> TokenPrice {
+        // USD per million tokens × 10¹² pUSD/USD ÷ 10⁶ tokens = price × 10⁶ pUSD per token.
+        let per_token = |usd: f64| (usd * 1_000_000.0).round() as i64;
+        TokenPrice {
+            input: per_token(price.input),
+            cached_input: per_token(price.cached_input.unwrap_or(price.input)),
+            output: per_token(price.output),
+        }
+    }
+
+    /// The cost of one call: cached input at its own price, the rest of the input at the input
+    /// price, and the output.
+    pub fn cost(&self, input: u64, cached: u64, output: u64) -> Picodollars {
+        let cached = cached.min(input);
+        let fresh = (input - cached) as i64;
+        Picodollars(
+            fresh * self.input + cached as i64 * self.cached_input + output as i64 * self.output,
+        )
+    }
+}
+
+/// USD per million tokens (input, cached input, output) of current OpenAI models.
+const BUILT_IN: &[(&str, f64, Option<f64>, f64)] = &[
+    ("gpt-4o", 2.50, Some(1.25), 10.00),
+    ("gpt-4o-mini", 0.15, Some(0.075), 0.60),
+    ("gpt-4.1", 2.00, Some(0.50), 8.00),
+    ("gpt-4.1-mini", 0.40, Some(0.10), 1.60),
+    ("gpt-4.1-nano", 0.10, Some(0.025), 0.40),
+    ("gpt-5", 1.25, Some(0.125), 10.00),
+    ("gpt-5-mini", 0.25, Some(0.025), 2.00),
+    ("gpt-5-nano", 0.05, Some(0.005), 0.40),
+    ("o1", 15.00, Some(7.50), 60.00),
+    ("o3", 2.00, Some(0.50), 8.00),
+    ("o3-mini", 1.10, Some(0.55), 4.40),
+    ("o4-mini", 1.10, Some(0.275), 4.40),
+    ("gpt-4-turbo", 10.00, None, 30.00),
+    ("gpt-3.5-turbo", 0.50, None, 1.50),
+    ("text-embedding-3-small", 0.02, None, 0.0),
+    ("text-embedding-3-large", 0.13, None, 0.0),
+    ("text-embedding-ada-002", 0.10, None, 0.0),
+];
+
+/// The prices in force: built-in defaults with the configuration's overrides on top.
+#[derive(Debug, Clone)]
+pub struct PriceTable {
+    prices: HashMap<String, TokenPrice>,
+}
+
+impl PriceTable {
+    pub fn new<'a>(overrides: impl IntoIterator<Item = (&'a String, &'a Price)>) -> PriceTable {
+        let mut prices: HashMap<String, TokenPrice> = BUILT_IN
+            .iter()
+            .map(|&(model, input, cached_input, output)| {
+                let price = Price {
+                    input,
+                    output,
+                    cached_input,
+                };
+                (model.to_string(), TokenPrice::from_per_million(&price))
+            })
+            .collect();
+        for (model, price) in overrides {
+            prices.insert(model.clone(), TokenPrice::from_per_million(price));
+        }
+        PriceTable { prices }
+    }
+
+    /// The price of `model`; a dated snapshot (`gpt-4o-2024-08-06`) falls back to its family.
+    pub fn get(&self, model: &str) -> Option<TokenPrice> {
+        if let Some(price) = self.prices.get(model) {
+            return Some(*price);
+        }
+        let undated = strip_date(model)?;
+        self.prices.get(undated).copied()
+    }
+}
+
+/// `gpt-4o-2024-08-06` → `gpt-4o`.
+fn strip_date(model: &str) -> Option<&str> {
+    const SUFFIX: usize = "-YYYY-MM-DD".len();
+    let split = model.len().checked_sub(SUFFIX)?;
+    let (family, date) = (model.get(..split)?, model.get(split..)?.as_bytes());
+    let dashes = [0, 5, 8].iter().all(|&i| date[i] == b'-');
+    let digits = [1, 2, 3, 4, 6, 7, 9, 10]
+        .iter()
+        .all(|&i| date[i].is_ascii_digit());
+    (dashes && digits && !family.is_empty()).then_some(family)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn costs_are_exact_in_picodollars() {
+        let table = PriceTable::new([]);
+        let mini = table.get("gpt-4o-mini").unwrap();
+        // 1 token of gpt-4o-mini input is $0.00000015 = 150,000 pUSD.
+        assert_eq!(mini.cost(1, 0, 0), Picodollars(150_000));
+        let gpt4o = table.get("gpt-4o").unwrap();
+        // 1000 in (200 cached) + 500 out = 800×2.5 + 200×1.25 + 500×10 µUSD = 7250 µUSD.
+        assert_eq!(gpt4o.cost(1000, 200, 500), Picodollars(7_250_000_000));
+        assert_eq!(gpt4o.cost(1000, 200, 500).to_string(), "0.00725");
+        assert_eq!(table.get("gpt-4o-2024-08-06"), Some(gpt4o));
+        assert_eq!(table.get("mistral-7b"), None);
+    }
+
+    #[test]
+    fn overrides_win_and_amounts_print_exactly() {
+        let custom = Price {
+            input: 0.0375,
+            output: 0.075,
+            cached_input: None,
+        };
+        let model = "gpt-4o".to_string();
+        let table = PriceTable::new([(&model, &custom)]);
+        assert_eq!(
+            table.get("gpt-4o").unwrap().cost(3, 3, 1),
+            Picodollars(3 * 37_500 + 75_000)
+        );
+        assert_eq!(Picodollars(187_500).to_string(), "0.0000001875");
+        assert_eq!(
+            Picodollars(12 * Picodollars::PER_USD + Picodollars::PER_USD / 2).to_string(),
+            "12.5"
+        );
+        assert_eq!(Picodollars(0).to_string(), "0");
+        assert_eq!(Picodollars(-1).to_string(), "-0.000000000001");
+    }
+}

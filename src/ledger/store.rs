@@ -1,0 +1,329 @@
+//! The ledger's storage: embedded SQLite (the default, WAL mode, created on first start) or
+//! PostgreSQL (several replicas, one ledger), behind one type. Both run the same portable SQL and the
+//! same migrations through sqlx's `Any` driver.
+
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Executor, Row};
+
+use super::record::{AttemptRecord, RequestRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("cannot open the ledger at {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("cannot migrate the ledger at {url}: {source}")]
+    Migrate {
+        url: String,
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("ledger query failed: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("ledger.url {0:?} is neither sqlite:// nor postgres://")]
+    Scheme(String),
+}
+
+const REQUEST_COLUMNS: &[&str] = &[
+    "id",
+    "ts_ms",
+    "endpoint",
+    "route",
+    "tier",
+    "provider",
+    "model",
+    "status",
+    "error_kind",
+    "fallback",
+    "stream",
+    "tokens_in",
+    "tokens_cached",
+    "tokens_out",
+    "tokens_estimated",
+    "latency_us",
+    "ttfb_us",
+    "cost_pusd",
+    "baseline_pusd",
+    "local",
+    "client_key",
+    "contract",
+    "prompt",
+    "answer",
+];
+const ATTEMPT_COLUMNS: &[&str] = &[
+    "request_id",
+    "seq",
+    "tier",
+    "provider",
+    "model",
+    "outcome",
+    "latency_us",
+];
+/// Rows per INSERT: 200 × 24 parameters stays under SQLite's and PostgreSQL's limits.
+const ROWS_PER_STATEMENT: usize = 200;
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+/// One request as reports read it back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRequest {
+    pub id: String,
+    pub ts_ms: i64,
+    pub route: Option<String>,
+    pub tier: Option<String>,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub status: i32,
+    pub error_kind: Option<String>,
+    pub fallback: Option<String>,
+    pub stream: bool,
+    pub tokens_in: i64,
+    pub tokens_cached: i64,
+    pub tokens_out: i64,
+    pub tokens_estimated: bool,
+    pub latency_us: i64,
+    pub ttfb_us: Option<i64>,
+    pub cost_pusd: Option<i64>,
+    pub baseline_pusd: Option<i64>,
+    pub local: bool,
+    pub client_key: Option<String>,
+    pub prompt: Option<String>,
+    pub answer: Option<String>,
+}
+
+impl Store {
+    pub async fn connect(url: &str) -> Result<Store, LedgerError> {
+        install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        if !sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            return Err(LedgerError::Scheme(url.to_string()));
+        }
+        let connect_url = if sqlite && !url.contains("mode=") && !url.contains(":memory:") {
+            // Create the file on first start.
+            format!("{url}{}mode=rwc", if url.contains('?') { "&" } else { "?" })
+        } else {
+            url.to_string()
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { 1 } else { 4 })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // WAL lets reports read while the writer writes; NORMAL is durable across
+                        // process crashes, which is what a gateway restart is.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&connect_url)
+            .await
+            .map_err(|source| LedgerError::Connect {
+                url: redact(url),
+                source,
+            })?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|source| LedgerError::Migrate {
+                url: redact(url),
+                source,
+            })?;
+        Ok(Store { pool })
+    }
+
+    /// Writes a batch in one transaction: every request and attempt, or none.
+    pub async fn insert(&self, batch: &[RequestRecord]) -> Result<(), LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+            let sql = insert_sql("requests", REQUEST_COLUMNS, chunk.len());
+            let mut query = sqlx::query(&sql);
+            for r in chunk {
+                query = query
+                    .bind(r.id.clone())
+                    .bind(r.ts_ms)
+                    .bind(r.endpoint)
+                    .bind(r.route.clone())
+                    .bind(r.tier.clone())
+                    .bind(r.provider.clone())
+                    .bind(r.model.clone())
+                    .bind(i32::from(r.status))
+                    .bind(r.error_kind.clone())
+                    .bind(r.fallback.clone())
+                    .bind(i32::from(r.stream))
+                    .bind(r.tokens.input as i64)
+                    .bind(r.tokens.cached as i64)
+                    .bind(r.tokens.output as i64)
+                    .bind(i32::from(r.tokens.estimated))
+                    .bind(r.latency_us)
+                    .bind(r.ttfb_us)
+                    .bind(r.cost.map(|c| c.0))
+                    .bind(r.baseline.map(|c| c.0))
+                    .bind(i32::from(r.local))
+                    .bind(r.client_key.clone())
+                    .bind(r.contract)
+                    .bind(r.prompt.clone())
+                    .bind(r.answer.clone());
+            }
+            query.execute(&mut *tx).await?;
+        }
+        let attempts: Vec<(&str, usize, &AttemptRecord)> = batch
+            .iter()
+            .flat_map(|r| {
+                r.attempts
+                    .iter()
+                    .enumerate()
+                    .map(move |(seq, a)| (r.id.as_str(), seq, a))
+            })
+            .collect();
+        for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
+            let sql = insert_sql("attempts", ATTEMPT_COLUMNS, chunk.len());
+            let mut query = sqlx::query(&sql);
+            for (id, seq, a) in chunk {
+                query = query
+                    .bind(id.to_string())
+                    .bind(*seq as i32)
+                    .bind(a.tier.clone())
+                    .bind(a.provider.clone())
+                    .bind(a.model.clone())
+                    .bind(a.outcome.clone())
+                    .bind(a.latency_us);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Requests with `from_ms <= ts_ms < to_ms`, optionally of one route, oldest first.
+    pub async fn requests(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        route: Option<&str>,
+    ) -> Result<Vec<StoredRequest>, LedgerError> {
+        let columns = REQUEST_COLUMNS.join(", ");
+        let rows = match route {
+            Some(route) => {
+                sqlx::query(&format!(
+                    "SELECT {columns} FROM requests WHERE ts_ms >= $1 AND ts_ms < $2 AND route = $3 ORDER BY ts_ms, id"
+                ))
+                .bind(from_ms)
+                .bind(to_ms)
+                .bind(route.to_string())
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {columns} FROM requests WHERE ts_ms >= $1 AND ts_ms < $2 ORDER BY ts_ms, id"
+                ))
+                .bind(from_ms)
+                .bind(to_ms)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(stored_request).collect()
+    }
+
+    pub async fn request(&self, id: &str) -> Result<Option<StoredRequest>, LedgerError> {
+        let columns = REQUEST_COLUMNS.join(", ");
+        let row = sqlx::query(&format!("SELECT {columns} FROM requests WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(stored_request).transpose()
+    }
+
+    /// The attempts of a request in order, as `(tier, outcome)`.
+    pub async fn attempts(&self, request_id: &str) -> Result<Vec<(String, String)>, LedgerError> {
+        let rows =
+            sqlx::query("SELECT tier, outcome FROM attempts WHERE request_id = $1 ORDER BY seq")
+                .bind(request_id.to_string())
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("tier")?, row.try_get("outcome")?)))
+            .collect()
+    }
+
+    /// The first and last request times, for reports over "everything so far".
+    pub async fn span(&self) -> Result<Option<(i64, i64)>, LedgerError> {
+        let row = sqlx::query("SELECT MIN(ts_ms) AS first, MAX(ts_ms) AS last FROM requests")
+            .fetch_one(&self.pool)
+            .await?;
+        let first: Option<i64> = row.try_get("first")?;
+        let last: Option<i64> = row.try_get("last")?;
+        Ok(first.zip(last))
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn insert_sql(table: &str, columns: &[&str], rows: usize) -> String {
+    let mut sql = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));
+    let mut n = 0;
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..columns.len() {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            n += 1;
+            sql.push_str(&format!("${n}"));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+fn stored_request(row: &sqlx::any::AnyRow) -> Result<StoredRequest, LedgerError> {
+    let flag = |name: &str| -> Result<bool, sqlx::Error> { Ok(row.try_get::<i32, _>(name)? != 0) };
+    Ok(StoredRequest {
+        id: row.try_get("id")?,
+        ts_ms: row.try_get("ts_ms")?,
+        route: row.try_get("route")?,
+        tier: row.try_get("tier")?,
+        provider: row.try_get("provider")?,
+        model: row.try_get("model")?,
+        status: row.try_get("status")?,
+        error_kind: row.try_get("error_kind")?,
+        fallback: row.try_get("fallback")?,
+        stream: flag("stream")?,
+        tokens_in: row.try_get("tokens_in")?,
+        tokens_cached: row.try_get("tokens_cached")?,
+        tokens_out: row.try_get("tokens_out")?,
+        tokens_estimated: flag("tokens_estimated")?,
+        latency_us: row.try_get("latency_us")?,
+        ttfb_us: row.try_get("ttfb_us")?,
+        cost_pusd: row.try_get("cost_pusd")?,
+        baseline_pusd: row.try_get("baseline_pusd")?,
+        local: flag("local")?,
+        client_key: row.try_get("client_key")?,
+        prompt: row.try_get("prompt")?,
+        answer: row.try_get("answer")?,
+    })
+}
+
+/// The URL without a password, for messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

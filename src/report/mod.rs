@@ -1,0 +1,487 @@
+//! Cost and savings read back from the ledger: per route the traffic, the models, how much was served
+//! locally, fallbacks, latency and cost; below it the all-API baseline against what was actually
+//! spent (API calls plus the fixed cost of local servers, shared among routes by tokens), projected
+//! to a month. `tierwise report` prints it; `/admin/api/report` serves the same numbers.
+
+pub mod simulate;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::ledger::{LedgerError, Picodollars, Store, StoredRequest};
+
+/// Reports and simulations reckon a month as 30 days, as the article's own table does.
+pub const DAYS_PER_MONTH: f64 = 30.0;
+const DAY_MS: i64 = 86_400_000;
+
+/// The time the report covers, in Unix milliseconds, `from` inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Window {
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
+impl Window {
+    pub fn days(&self) -> f64 {
+        (self.to_ms - self.from_ms).max(1) as f64 / DAY_MS as f64
+    }
+
+    /// A month over this window: what a cost seen in the window comes to in 30 days.
+    fn monthly(&self, amount: Picodollars) -> f64 {
+        amount.as_usd_f64() * DAYS_PER_MONTH / self.days()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteReport {
+    pub route: String,
+    pub calls: u64,
+    pub calls_per_day: f64,
+    pub avg_tokens_in: f64,
+    pub avg_tokens_out: f64,
+    pub models: Vec<String>,
+    /// Share of answered calls served by a local tier.
+    pub local_share: f64,
+    pub fallbacks: u64,
+    pub errors: u64,
+    /// Calls whose tokens tierwise counted because the upstream reported none.
+    pub estimated_calls: u64,
+    /// Calls on a model with no known price: their cost is unknown, not zero.
+    pub unpriced_calls: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    /// API spend in the window, exact.
+    pub api_cost_usd: String,
+    /// This route's share of local servers' fixed cost in the window.
+    pub fixed_cost_usd: String,
+    pub baseline_usd: String,
+    pub monthly_cost_usd: f64,
+    pub monthly_baseline_usd: f64,
+    #[serde(skip)]
+    api_cost: Picodollars,
+    #[serde(skip)]
+    baseline: Picodollars,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FixedCost {
+    pub provider: String,
+    pub monthly_usd: f64,
+    /// The part of the monthly cost that falls in the window, exact.
+    pub window_usd: String,
+    /// Set when no route used the provider in the window, so no route carries its cost.
+    pub unattributed: bool,
+    #[serde(skip)]
+    window: Picodollars,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Totals {
+    pub baseline_usd: String,
+    pub api_usd: String,
+    pub fixed_usd: String,
+    pub actual_usd: String,
+    pub saving_usd: String,
+    pub monthly_baseline_usd: f64,
+    pub monthly_api_usd: f64,
+    pub monthly_fixed_usd: f64,
+    pub monthly_actual_usd: f64,
+    pub monthly_saving_usd: f64,
+    /// Saving as a share of the baseline, in percent.
+    pub saving_pct: f64,
+    pub unpriced_calls: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub window: Window,
+    pub days: f64,
+    pub routes: Vec<RouteReport>,
+    pub fixed: Vec<FixedCost>,
+    pub totals: Totals,
+}
+
+/// Requests with no route (a tier or model id called without `x-tierwise-route`).
+const NO_ROUTE: &str = "(no route)";
+
+impl Report {
+    pub async fn load(
+        config: &Config,
+        store: &Store,
+        window: Window,
+        route: Option<&str>,
+    ) -> Result<Report, LedgerError> {
+        let rows = store.requests(window.from_ms, window.to_ms, route).await?;
+        Ok(Report::build(config, &rows, window))
+    }
+
+    pub fn build(config: &Config, rows: &[StoredRequest], window: Window) -> Report {
+        let mut by_route: BTreeMap<&str, Vec<&StoredRequest>> = BTreeMap::new();
+        for row in rows {
+            by_route
+                .entry(row.route.as_deref().unwrap_or(NO_ROUTE))
+                .or_default()
+                .push(row);
+        }
+
+        // Fixed costs in the window, shared among routes by the tokens they ran on the provider.
+        let mut fixed = Vec::new();
+        let mut fixed_share: BTreeMap<&str, i128> = BTreeMap::new();
+        for provider in &config.providers {
+            let Some(monthly) = provider.fixed_monthly_usd else {
+                continue;
+            };
+            let window_cost = Picodollars::from_usd(monthly).0 as i128
+                * (window.to_ms - window.from_ms) as i128
+                / (DAYS_PER_MONTH as i128 * DAY_MS as i128);
+            let mut tokens: BTreeMap<&str, i128> = BTreeMap::new();
+            for row in rows
+                .iter()
+                .filter(|r| r.provider.as_deref() == Some(provider.name.as_str()) && r.local)
+            {
+                *tokens
+                    .entry(row.route.as_deref().unwrap_or(NO_ROUTE))
+                    .or_default() += (row.tokens_in + row.tokens_out) as i128;
+            }
+            let total: i128 = tokens.values().sum();
+            if total > 0 {
+                // Shares are rounded down; the remainder goes to the largest user so they sum exactly.
+                let mut given = 0;
+                for (route, used) in &tokens {
+                    let share = window_cost * used / total;
+                    given += share;
+                    *fixed_share.entry(route).or_default() += share;
+                }
+                if let Some((route, _)) = tokens.iter().max_by_key(|(_, used)| **used) {
+                    *fixed_share.entry(route).or_default() += window_cost - given;
+                }
+            }
+            fixed.push(FixedCost {
+                provider: provider.name.clone(),
+                monthly_usd: monthly,
+                window_usd: Picodollars(window_cost as i64).to_string(),
+                unattributed: total == 0,
+                window: Picodollars(window_cost as i64),
+            });
+        }
+
+        let routes: Vec<RouteReport> = by_route
+            .iter()
+            .map(|(route, rows)| {
+                route_report(
+                    route,
+                    rows,
+                    Picodollars(fixed_share.get(route).copied().unwrap_or(0) as i64),
+                    window,
+                )
+            })
+            .collect();
+
+        let sum =
+            |f: fn(&RouteReport) -> Picodollars| Picodollars(routes.iter().map(|r| f(r).0).sum());
+        let baseline = sum(|r| r.baseline);
+        let api = sum(|r| r.api_cost);
+        let fixed_total = Picodollars(fixed.iter().map(|f| f.window.0).sum());
+        let actual = Picodollars(api.0 + fixed_total.0);
+        let saving = Picodollars(baseline.0 - actual.0);
+        let totals = Totals {
+            baseline_usd: baseline.to_string(),
+            api_usd: api.to_string(),
+            fixed_usd: fixed_total.to_string(),
+            actual_usd: actual.to_string(),
+            saving_usd: saving.to_string(),
+            monthly_baseline_usd: window.monthly(baseline),
+            monthly_api_usd: window.monthly(api),
+            monthly_fixed_usd: window.monthly(fixed_total),
+            monthly_actual_usd: window.monthly(actual),
+            monthly_saving_usd: window.monthly(saving),
+            saving_pct: if baseline.0 > 0 {
+                saving.0 as f64 * 100.0 / baseline.0 as f64
+            } else {
+                0.0
+            },
+            unpriced_calls: routes.iter().map(|r| r.unpriced_calls).sum(),
+        };
+        Report {
+            window,
+            days: window.days(),
+            routes,
+            fixed,
+            totals,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report always serializes")
+    }
+
+    pub fn to_csv(&self) -> String {
+        let mut out = String::from(
+            "route,calls,calls_per_day,avg_tokens_in,avg_tokens_out,models,local_share,fallbacks,errors,p50_ms,p95_ms,api_cost_usd,fixed_cost_usd,baseline_usd,monthly_cost_usd,monthly_baseline_usd\n",
+        );
+        for r in &self.routes {
+            let _ = writeln!(
+                out,
+                "{},{},{:.2},{:.1},{:.1},{},{:.4},{},{},{:.1},{:.1},{},{},{},{:.2},{:.2}",
+                csv_field(&r.route),
+                r.calls,
+                r.calls_per_day,
+                r.avg_tokens_in,
+                r.avg_tokens_out,
+                csv_field(&r.models.join(" ")),
+                r.local_share,
+                r.fallbacks,
+                r.errors,
+                r.p50_ms,
+                r.p95_ms,
+                r.api_cost_usd,
+                r.fixed_cost_usd,
+                r.baseline_usd,
+                r.monthly_cost_usd,
+                r.monthly_baseline_usd
+            );
+        }
+        let t = &self.totals;
+        let _ = writeln!(
+            out,
+            "TOTAL,,,,,,,,,,,{},{},{},{:.2},{:.2}",
+            t.api_usd, t.fixed_usd, t.baseline_usd, t.monthly_actual_usd, t.monthly_baseline_usd
+        );
+        out
+    }
+
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "tierwise report: {} to {} ({:.2} days); costs projected to a {DAYS_PER_MONTH}-day month\n",
+            timestamp(self.window.from_ms),
+            timestamp(self.window.to_ms),
+            self.days
+        );
+        let _ = writeln!(
+            out,
+            "{:<16} {:>9} {:>15} {:<28} {:>6} {:>9} {:>8} {:>8} {:>12} {:>12}",
+            "route",
+            "calls/day",
+            "avg tok in/out",
+            "models",
+            "local",
+            "fallbacks",
+            "p50 ms",
+            "p95 ms",
+            "cost/mo",
+            "baseline/mo"
+        );
+        for r in &self.routes {
+            let _ = writeln!(
+                out,
+                "{:<16} {:>9.1} {:>15} {:<28} {:>5.1}% {:>9} {:>8.1} {:>8.1} {:>12} {:>12}",
+                r.route,
+                r.calls_per_day,
+                format!("{:.0} / {:.0}", r.avg_tokens_in, r.avg_tokens_out),
+                r.models.join(", "),
+                r.local_share * 100.0,
+                r.fallbacks,
+                r.p50_ms,
+                r.p95_ms,
+                usd(r.monthly_cost_usd),
+                usd(r.monthly_baseline_usd),
+            );
+        }
+        let t = &self.totals;
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{:<34} {:>12}/mo",
+            "before (all-API baseline)",
+            usd(t.monthly_baseline_usd)
+        );
+        let _ = writeln!(
+            out,
+            "{:<34} {:>12}/mo",
+            "after: API spend",
+            usd(t.monthly_api_usd)
+        );
+        for f in &self.fixed {
+            let note = if f.unattributed {
+                " (unused in this window)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "{:<34} {:>12}/mo{note}",
+                format!("after: fixed, {}", f.provider),
+                usd(f.monthly_usd)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{:<34} {:>12}/mo",
+            "after: total",
+            usd(t.monthly_actual_usd)
+        );
+        let _ = writeln!(
+            out,
+            "{:<34} {:>12}/mo ({:.1}%)",
+            "net saving",
+            usd(t.monthly_saving_usd),
+            t.saving_pct
+        );
+        if t.unpriced_calls > 0 {
+            let _ = writeln!(
+                out,
+                "\n{} calls used a model with no known price; their cost is not in these sums (add [prices.\"model\"])",
+                t.unpriced_calls
+            );
+        }
+        out
+    }
+}
+
+fn route_report(
+    route: &str,
+    rows: &[&StoredRequest],
+    fixed: Picodollars,
+    window: Window,
+) -> RouteReport {
+    let calls = rows.len() as u64;
+    let answered: Vec<&&StoredRequest> = rows.iter().filter(|r| r.tier.is_some()).collect();
+    let n = calls.max(1) as f64;
+    let mut latencies: Vec<i64> = answered.iter().map(|r| r.latency_us).collect();
+    latencies.sort_unstable();
+    let models: BTreeSet<String> = answered.iter().filter_map(|r| r.model.clone()).collect();
+    let api_cost = Picodollars(rows.iter().filter_map(|r| r.cost_pusd).sum());
+    // Without a baseline model a call is its own baseline: no saving is claimed for it.
+    let baseline = Picodollars(
+        rows.iter()
+            .filter_map(|r| r.baseline_pusd.or(r.cost_pusd))
+            .sum(),
+    );
+    RouteReport {
+        route: route.to_string(),
+        calls,
+        calls_per_day: calls as f64 / window.days(),
+        avg_tokens_in: rows.iter().map(|r| r.tokens_in as f64).sum::<f64>() / n,
+        avg_tokens_out: rows.iter().map(|r| r.tokens_out as f64).sum::<f64>() / n,
+        models: models.into_iter().collect(),
+        local_share: answered.iter().filter(|r| r.local).count() as f64
+            / answered.len().max(1) as f64,
+        fallbacks: rows.iter().filter(|r| r.fallback.is_some()).count() as u64,
+        errors: rows.iter().filter(|r| r.status >= 400).count() as u64,
+        estimated_calls: rows.iter().filter(|r| r.tokens_estimated).count() as u64,
+        unpriced_calls: rows
+            .iter()
+            .filter(|r| r.tier.is_some() && r.cost_pusd.is_none())
+            .count() as u64,
+        p50_ms: percentile(&latencies, 50),
+        p95_ms: percentile(&latencies, 95),
+        api_cost_usd: api_cost.to_string(),
+        fixed_cost_usd: fixed.to_string(),
+        baseline_usd: baseline.to_string(),
+        monthly_cost_usd: window.monthly(Picodollars(api_cost.0 + fixed.0)),
+        monthly_baseline_usd: window.monthly(baseline),
+        api_cost,
+        baseline,
+    }
+}
+
+/// Nearest-rank percentile of sorted microseconds, in milliseconds.
+fn percentile(sorted_us: &[i64], pct: usize) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let rank = (pct * sorted_us.len()).div_ceil(100).max(1);
+    sorted_us[rank - 1] as f64 / 1000.0
+}
+
+fn usd(amount: f64) -> String {
+    format!("${amount:.2}")
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
+fn timestamp(ms: i64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// `30d`, `12h`, `90m` → a window ending now; `--from`/`--to` as RFC 3339 or `YYYY-MM-DD`.
+pub fn window(
+    since: Option<&str>,
+    from: Option<&str>,
+    to: Option<&str>,
+    now_ms: i64,
+) -> Result<Window, String> {
+    let to_ms = match to {
+        Some(to) => parse_time(to)?,
+        None => now_ms,
+    };
+    let from_ms = match (from, since) {
+        (Some(from), _) => parse_time(from)?,
+        (None, Some(since)) => {
+            let span = humantime::parse_duration(since)
+                .map_err(|err| format!("--since {since:?}: {err}; write e.g. 30d, 12h or 90m"))?;
+            to_ms - span.as_millis() as i64
+        }
+        (None, None) => to_ms - 30 * DAY_MS,
+    };
+    if from_ms >= to_ms {
+        return Err("the window is empty: --from must be before --to".into());
+    }
+    Ok(Window { from_ms, to_ms })
+}
+
+fn parse_time(text: &str) -> Result<i64, String> {
+    let full = if text.len() == 10 {
+        format!("{text}T00:00:00Z")
+    } else {
+        text.to_string()
+    };
+    let time = humantime::parse_rfc3339_weak(&full).map_err(|err| {
+        format!("{text:?} is not a time: {err}; write 2026-11-01 or 2026-11-01T12:00:00Z")
+    })?;
+    Ok(time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{text:?} is before 1970"))?
+        .as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let sorted: Vec<i64> = (1..=100).map(|ms| ms * 1000).collect();
+        assert_eq!(percentile(&sorted, 50), 50.0);
+        assert_eq!(percentile(&sorted, 95), 95.0);
+        assert_eq!(percentile(&[7000], 95), 7.0);
+    }
+
+    #[test]
+    fn windows_parse_durations_and_dates() {
+        let now = 100 * DAY_MS;
+        assert_eq!(
+            window(Some("30d"), None, None, now).unwrap(),
+            Window {
+                from_ms: 70 * DAY_MS,
+                to_ms: now
+            }
+        );
+        let w = window(None, Some("2026-11-01"), Some("2026-11-02T00:00:00Z"), now).unwrap();
+        assert_eq!(w.to_ms - w.from_ms, DAY_MS);
+        assert!(window(Some("lots"), None, None, now).is_err());
+        assert!(window(None, Some("2026-11-02"), Some("2026-11-01"), now).is_err());
+    }
+}

@@ -1,0 +1,462 @@
+//! Every call recorded and priced: ledger rows, exact costs, the cost header equal to the stored cost,
+//! streams with and without upstream usage, reports, on SQLite and on PostgreSQL.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use tierwise::ledger::tokens;
+use tierwise::report::{Report, Window};
+use tierwise_fake::{FakeUpstream, Fault};
+
+/// vllm is a local provider ($90/month fixed); classification's baseline is gpt-4o.
+fn priced_config(local: &str, api: &str, ledger: &str, extra: &str) -> String {
+    two_tier_config(local, api, extra)
+        .replace(
+            "api_key = \"${LOCAL_KEY}\"",
+            "api_key = \"${LOCAL_KEY}\"\nfixed_monthly_usd = 90.0\nhealth = { enabled = false }",
+        )
+        .replace(
+            "api_key = \"sk-api-key-789\"",
+            "api_key = \"sk-api-key-789\"\nhealth = { enabled = false }",
+        )
+        .lines()
+        .map(|line| {
+            if line.starts_with("url = ") {
+                format!("url = \"{ledger}\"")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Known usage on both fakes: 1000 in (200 cached) and 500 out.
+async fn fakes() -> (FakeUpstream, FakeUpstream) {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    for fake in [&local, &api] {
+        fake.update(|b| {
+            b.prompt_tokens = 1000;
+            b.cached_tokens = 200;
+            b.completion_tokens = 500;
+        });
+    }
+    (local, api)
+}
+
+fn id_of(answer: &Answer) -> String {
+    answer.header("x-tierwise-request-id").unwrap().to_string()
+}
+
+fn cost_pusd(answer: &Answer) -> i64 {
+    let text = answer.header("x-tierwise-cost-usd").expect("a cost header");
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    whole.parse::<i64>().unwrap() * 1_000_000_000_000
+        + format!("{frac:0<12}").parse::<i64>().unwrap()
+}
+
+async fn rows_and_costs(backend: Backend) {
+    let (local, api) = fakes().await;
+    let gw = TestGateway::start(&priced_config(
+        &local.base_url(),
+        &api.base_url(),
+        &backend.url().await,
+        "",
+    ))
+    .await;
+    let store = gw.store().await;
+
+    // Served locally: nothing at the margin; the baseline is gpt-4o for the same tokens:
+    // 800 × $2.50 + 200 × $1.25 + 500 × $10 per million = $0.00725.
+    let answer = Answer::of(
+        gw.post("/v1/chat/completions", &chat("classification", "x"))
+            .await,
+    )
+    .await;
+    assert_eq!(answer.header("x-tierwise-cost-usd"), Some("0"));
+    let row = stored(&store, &id_of(&answer)).await;
+    assert_eq!(row.route.as_deref(), Some("classification"));
+    assert_eq!(
+        (
+            row.tier.as_deref(),
+            row.provider.as_deref(),
+            row.model.as_deref()
+        ),
+        (Some("local"), Some("vllm"), Some("mistral-7b"))
+    );
+    assert_eq!(
+        (
+            row.tokens_in,
+            row.tokens_cached,
+            row.tokens_out,
+            row.tokens_estimated
+        ),
+        (1000, 200, 500, false)
+    );
+    assert_eq!(row.cost_pusd, Some(0));
+    assert_eq!(row.baseline_pusd, Some(7_250_000_000));
+    assert!(row.local && !row.stream && row.status == 200);
+    assert!(row.latency_us > 0 && row.ttfb_us.is_some());
+    let key = row.client_key.clone().unwrap();
+    assert!(
+        key.starts_with("key-") && !key.contains(CLIENT_KEY),
+        "{key}"
+    );
+    assert_eq!(
+        (row.prompt.clone(), row.answer.clone()),
+        (None, None),
+        "content is not stored unless asked"
+    );
+
+    // Fallen back to gpt-4o-mini: 800 × $0.15 + 200 × $0.075 + 500 × $0.60 per million = $0.000435.
+    local.set_fault(Fault::Status {
+        status: 503,
+        body: None,
+        retry_after: None,
+    });
+    let answer = Answer::of(
+        gw.post("/v1/chat/completions", &chat("classification", "x"))
+            .await,
+    )
+    .await;
+    assert_eq!(answer.header("x-tierwise-cost-usd"), Some("0.000435"));
+    let row = stored(&store, &id_of(&answer)).await;
+    assert_eq!(
+        row.cost_pusd,
+        Some(cost_pusd(&answer)),
+        "header and ledger agree"
+    );
+    assert_eq!(row.cost_pusd, Some(435_000_000));
+    assert_eq!(row.fallback.as_deref(), Some("local:http_503"));
+    assert!(!row.local);
+    assert_eq!(
+        store.attempts(&row.id).await.unwrap(),
+        vec![
+            ("local".to_string(), "http_503".to_string()),
+            ("api_fast".to_string(), "ok".to_string())
+        ]
+    );
+
+    // Nothing answered: recorded with its error, at no cost.
+    api.set_fault(Fault::Status {
+        status: 500,
+        body: None,
+        retry_after: None,
+    });
+    let answer = Answer::of(
+        gw.post("/v1/chat/completions", &chat("classification", "x"))
+            .await,
+    )
+    .await;
+    assert_eq!(answer.status, 502);
+    let row = stored(&store, &id_of(&answer)).await;
+    assert_eq!(
+        (row.status, row.error_kind.as_deref(), row.tier.as_deref()),
+        (502, Some("http_500"), None)
+    );
+    assert_eq!(row.cost_pusd, Some(0));
+    assert_eq!(store.attempts(&row.id).await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_recorded_with_its_exact_cost_on_sqlite() {
+    rows_and_costs(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_recorded_with_its_exact_cost_on_postgres() {
+    rows_and_costs(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_priced_from_their_usage_and_the_client_sees_the_stored_cost() {
+    let (local, api) = fakes().await;
+    let gw = TestGateway::start(&priced_config(
+        &local.base_url(),
+        &api.base_url(),
+        &sqlite_url(),
+        "",
+    ))
+    .await;
+    let store = gw.store().await;
+    let mut request = chat("api_fast", "x");
+    request["stream"] = json!(true);
+    request["stream_options"] = json!({"include_usage": true});
+    let answer = Answer::of(gw.post("/v1/chat/completions", &request).await).await;
+    let usage: Value = answer
+        .text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .find(|c| c["usage"].is_object())
+        .expect("a usage chunk")["usage"]
+        .clone();
+    assert_eq!(usage["completion_tokens"], 500);
+    let row = stored(&store, &id_of(&answer)).await;
+    assert!(row.stream && !row.tokens_estimated);
+    assert_eq!(
+        (row.tokens_in, row.tokens_cached, row.tokens_out),
+        (1000, 200, 500)
+    );
+    assert_eq!(row.cost_pusd, Some(435_000_000));
+    assert_eq!(
+        usage["cost_usd"].to_string(),
+        "0.000435",
+        "the usage chunk carries the stored cost"
+    );
+
+    // Without asking for usage the client gets none, and the ledger still has it.
+    request.as_object_mut().unwrap().remove("stream_options");
+    let answer = Answer::of(gw.post("/v1/chat/completions", &request).await).await;
+    assert!(!answer.text.contains("\"usage\":{"));
+    let row = stored(&store, &id_of(&answer)).await;
+    assert_eq!((row.tokens_out, row.cost_pusd), (500, Some(435_000_000)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_upstream_usage_tokens_are_counted_and_marked_estimated() {
+    let (local, api) = fakes().await;
+    let gw = TestGateway::start(&priced_config(
+        &local.base_url(),
+        &api.base_url(),
+        &sqlite_url(),
+        "",
+    ))
+    .await;
+    let store = gw.store().await;
+    api.set_fault(Fault::NoUsage);
+    let request = chat("api_fast", "Summarize the quarterly report, please.");
+    let expected_in = tokens::prompt(
+        tierwise::route::request::Endpoint::ChatCompletions,
+        "gpt-4o-mini",
+        request.to_string().as_bytes(),
+    );
+    let expected_out = tokens::count("gpt-4o-mini", "Hello from the fake upstream.");
+    assert!(expected_in > 8 && expected_out > 3);
+    // gpt-4o-mini: $0.15 in, $0.60 out per million → 150,000 and 600,000 pUSD per token.
+    let expected_cost = expected_in as i64 * 150_000 + expected_out as i64 * 600_000;
+
+    let answer = Answer::of(gw.post("/v1/chat/completions", &request).await).await;
+    let row = stored(&store, &id_of(&answer)).await;
+    assert!(row.tokens_estimated);
+    assert_eq!(
+        (row.tokens_in as u64, row.tokens_out as u64),
+        (expected_in, expected_out)
+    );
+    assert_eq!(row.cost_pusd, Some(expected_cost));
+    assert_eq!(cost_pusd(&answer), expected_cost);
+
+    let mut streamed = request.clone();
+    streamed["stream"] = json!(true);
+    let answer = Answer::of(gw.post("/v1/chat/completions", &streamed).await).await;
+    assert!(answer.text.ends_with("data: [DONE]\n\n"));
+    let row = stored(&store, &id_of(&answer)).await;
+    assert!(row.stream && row.tokens_estimated);
+    assert_eq!(
+        (row.tokens_in as u64, row.tokens_out as u64),
+        (expected_in, expected_out)
+    );
+    assert_eq!(
+        row.cost_pusd,
+        Some(expected_cost),
+        "a stream is never recorded at $0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_prices_apply_and_unknown_prices_are_null_not_zero() {
+    let (local, api) = fakes().await;
+    let extra = r#"
+[tiers.mystery]
+provider = "openai"
+model = "mystery-model-9"
+
+[prices."gpt-4o-mini"]
+input = 1.0
+output = 2.0
+"#;
+    let config = parse(&priced_config(
+        &local.base_url(),
+        &api.base_url(),
+        &sqlite_url(),
+        extra,
+    ));
+    let (_, warnings) = tierwise::ledger::Pricing::new(&config);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("mystery-model-9") && w.contains("no known price")),
+        "{warnings:?}"
+    );
+    let gw = TestGateway::start_config(config).await;
+    let store = gw.store().await;
+
+    let answer = Answer::of(
+        gw.post("/v1/chat/completions", &chat("api_fast", "x"))
+            .await,
+    )
+    .await;
+    // 800 × $1 + 200 × $1 (cached costs as input without its own price) + 500 × $2 per million.
+    assert_eq!(answer.header("x-tierwise-cost-usd"), Some("0.002"));
+    assert_eq!(
+        stored(&store, &id_of(&answer)).await.cost_pusd,
+        Some(2_000_000_000)
+    );
+
+    let answer = Answer::of(gw.post("/v1/chat/completions", &chat("mystery", "x")).await).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("x-tierwise-cost-usd"), None);
+    assert_eq!(stored(&store, &id_of(&answer)).await.cost_pusd, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_is_stored_only_when_configured() {
+    let (local, api) = fakes().await;
+    let toml = priced_config(&local.base_url(), &api.base_url(), &sqlite_url(), "").replacen(
+        "[ledger]",
+        "[ledger]\nstore_content = true",
+        1,
+    );
+    let gw = TestGateway::start(&toml).await;
+    let store = gw.store().await;
+    let answer = Answer::of(
+        gw.post(
+            "/v1/chat/completions",
+            &chat("summarize", "the secret plan"),
+        )
+        .await,
+    )
+    .await;
+    let row = stored(&store, &id_of(&answer)).await;
+    assert!(row.prompt.unwrap().contains("the secret plan"));
+    assert!(
+        row.answer
+            .unwrap()
+            .contains("Hello from the fake upstream.")
+    );
+}
+
+async fn report_totals(backend: Backend) {
+    let (local, api) = fakes().await;
+    let ledger = backend.url().await;
+    let toml = priced_config(&local.base_url(), &api.base_url(), &ledger, "");
+    // Two gateways sharing one ledger: one report covers both.
+    let gw1 = TestGateway::start(&toml).await;
+    let gw2 = if backend == Backend::Postgres {
+        Some(TestGateway::start(&toml).await)
+    } else {
+        None
+    };
+    let started = now_ms();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let gw = match (&gw2, i % 2) {
+            (Some(gw2), 1) => gw2,
+            _ => &gw1,
+        };
+        ids.push(id_of(
+            &Answer::of(
+                gw.post("/v1/chat/completions", &chat("classification", "x"))
+                    .await,
+            )
+            .await,
+        ));
+    }
+    local.set_fault(Fault::Status {
+        status: 503,
+        body: None,
+        retry_after: None,
+    });
+    for _ in 0..2 {
+        ids.push(id_of(
+            &Answer::of(
+                gw1.post("/v1/chat/completions", &chat("classification", "x"))
+                    .await,
+            )
+            .await,
+        ));
+    }
+    let store = gw1.store().await;
+    for id in &ids {
+        stored(&store, id).await;
+    }
+    let window = Window {
+        from_ms: started - 1000,
+        to_ms: now_ms() + 1000,
+    };
+    let config = parse(&toml);
+    let report = Report::load(&config, &store, window, None).await.unwrap();
+    let route = report
+        .routes
+        .iter()
+        .find(|r| r.route == "classification")
+        .unwrap();
+    assert_eq!(route.calls, 8);
+    assert_eq!(route.fallbacks, 2);
+    assert_eq!(route.local_share, 0.75);
+    assert_eq!(
+        route.models,
+        vec!["gpt-4o-mini".to_string(), "mistral-7b".to_string()]
+    );
+    assert_eq!(route.avg_tokens_in, 1000.0);
+    // API: 2 × $0.000435; baseline: 8 × $0.00725 (gpt-4o for the same tokens).
+    assert_eq!(route.api_cost_usd, "0.00087");
+    assert_eq!(route.baseline_usd, "0.058");
+    // The $90/month server over the window, all of it carried by the only route that used it.
+    let fixed = &report.fixed[0];
+    let expected_fixed =
+        90_000_000_000_000i128 * (window.to_ms - window.from_ms) as i128 / (30 * 86_400_000);
+    assert_eq!(
+        fixed.window_usd,
+        tierwise::ledger::Picodollars(expected_fixed as i64).to_string()
+    );
+    assert_eq!(route.fixed_cost_usd, fixed.window_usd);
+    let actual = 870_000_000i128 + expected_fixed;
+    assert_eq!(
+        report.totals.actual_usd,
+        tierwise::ledger::Picodollars(actual as i64).to_string()
+    );
+    assert_eq!(
+        report.totals.saving_usd,
+        tierwise::ledger::Picodollars((58_000_000_000 - actual) as i64).to_string()
+    );
+    assert_eq!(report.totals.api_usd, "0.00087");
+
+    // The same numbers over HTTP.
+    let http = Answer::of(
+        gw1.get(&format!(
+            "/admin/api/report?from={}&to={}",
+            rfc3339(window.from_ms),
+            rfc3339(window.to_ms)
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(http.status, 200, "{}", http.text);
+    assert_eq!(http.body["totals"]["baseline_usd"], "0.058");
+    assert_eq!(http.body["routes"][0]["calls"], 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_totals_cost_baseline_and_saving_on_sqlite() {
+    report_totals(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_one_postgres_ledger_give_one_report() {
+    report_totals(Backend::Postgres).await;
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn rfc3339(ms: i64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
+    humantime::format_rfc3339_millis(time).to_string()
+}
