@@ -292,3 +292,120 @@ async fn serve_answers_then_stops_cleanly_on_sigterm() {
     assert!(status.success(), "{status:?}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn simulate_reproduces_the_articles_rows_and_names_where_its_sums_disagree() {
+    let workload = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/workloads/article.toml"
+    );
+    let out = tierwise()
+        .args(["simulate", "--workload", workload, "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sim: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let today: Vec<f64> = sim["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["today_monthly_usd"].as_f64().unwrap())
+        .collect();
+    for (got, article) in today.iter().zip([48.0, 54.0, 30.0, 36.0, 7.0, 2.0, 50.0]) {
+        assert!(
+            (got - article).abs() < 0.01,
+            "{got} vs the article's {article}"
+        );
+    }
+    assert!((sim["today_monthly_usd"].as_f64().unwrap() - 227.0).abs() < 0.01);
+    assert!((sim["after_monthly_usd"].as_f64().unwrap() - 171.0).abs() < 0.01);
+    let discrepancies = sim["discrepancies"].to_string();
+    assert!(
+        discrepancies.contains("rows add up to $227.00"),
+        "{discrepancies}"
+    );
+
+    let table = tierwise()
+        .args(["simulate", "--workload", workload])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("Document classification") && table.contains("break-even"),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_reads_the_ledger_a_gateway_wrote() {
+    let up = FakeUpstream::start().await;
+    up.update(|b| {
+        b.prompt_tokens = 1000;
+        b.completion_tokens = 100;
+    });
+    let dir = temp_dir("report");
+    let path = dir.join("tierwise.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[ledger]\nurl = \"sqlite://ledger.db\"\n[providers.openai]\nbase_url = \"{}\"\n[tiers]\nfast = {{ provider = \"openai\", model = \"gpt-4o-mini\" }}\nfrontier = {{ provider = \"openai\", model = \"gpt-4o\" }}\n[routes.classification]\nkind = \"classification\"\ntiers = [\"fast\"]\nbaseline = \"frontier\"\n",
+            up.base_url()
+        ),
+    )
+    .unwrap();
+    let (child, url) = serve(&path).await;
+    let http = reqwest::Client::new();
+    for _ in 0..3 {
+        let response = http
+            .post(format!("{url}/v1/chat/completions"))
+            .json(&serde_json::json!({"model": "classification", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert!(terminate(child).await.success());
+
+    let out = tierwise()
+        .args(["report", "--since", "1h", "--format", "json", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["routes"][0]["route"], "classification");
+    assert_eq!(report["routes"][0]["calls"], 3);
+    // gpt-4o-mini: 1000 × $0.15 + 100 × $0.60 per million = $0.00021 a call; gpt-4o: $0.0035.
+    assert_eq!(report["totals"]["api_usd"], "0.00063");
+    assert_eq!(report["totals"]["baseline_usd"], "0.0105");
+
+    let table = tierwise()
+        .args(["report", "--since", "1h", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("classification") && table.contains("net saving"),
+        "{table}"
+    );
+    let csv = tierwise()
+        .args(["report", "--since", "1h", "--format", "csv", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let csv = String::from_utf8_lossy(&csv.stdout);
+    assert!(
+        csv.starts_with("route,calls,") && csv.lines().count() == 3,
+        "{csv}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -460,3 +460,128 @@ fn rfc3339(ms: i64) -> String {
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
     humantime::format_rfc3339_millis(time).to_string()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_is_retried_loudly_and_loses_nothing() {
+    use sqlx::Connection;
+    let (local, api) = fakes().await;
+    let ledger = postgres_url().await;
+    let gw = TestGateway::start(&priced_config(
+        &local.base_url(),
+        &api.base_url(),
+        &ledger,
+        "",
+    ))
+    .await;
+    let store = gw.store().await;
+    let first = id_of(
+        &Answer::of(
+            gw.post("/v1/chat/completions", &chat("summarize", "x"))
+                .await,
+        )
+        .await,
+    );
+    stored(&store, &first).await;
+
+    // Take the table away: every insert fails until it is back.
+    let mut admin = sqlx::PgConnection::connect(&ledger).await.unwrap();
+    sqlx::query("ALTER TABLE requests RENAME TO requests_away")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let errors_before = write_errors(&gw).await;
+    let second = id_of(
+        &Answer::of(
+            gw.post("/v1/chat/completions", &chat("summarize", "x"))
+                .await,
+        )
+        .await,
+    );
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while write_errors(&gw).await <= errors_before {
+        assert!(
+            std::time::Instant::now() < until,
+            "the failed write was not counted in /metrics"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    sqlx::query("ALTER TABLE requests_away RENAME TO requests")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let row = stored(&store, &second).await;
+    assert_eq!(row.status, 200);
+}
+
+async fn write_errors(gw: &TestGateway) -> f64 {
+    let text = gw
+        .http
+        .get(format!("{}/metrics", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|line| line.starts_with("tierwise_ledger_write_errors_total"))
+        .and_then(|line| line.split_whitespace().last())
+        .map_or(0.0, |value| value.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_json_line_per_request_goes_to_the_request_log() {
+    let (local, api) = fakes().await;
+    let log =
+        std::env::temp_dir().join(format!("tierwise-requests-{}.jsonl", uuid::Uuid::now_v7()));
+    let toml = priced_config(&local.base_url(), &api.base_url(), &sqlite_url(), "").replacen(
+        "[ledger]",
+        &format!("[ledger]\nrequest_log = \"{}\"", log.display()),
+        1,
+    );
+    let gw = TestGateway::start(&toml).await;
+    let mut ids = Vec::new();
+    for model in ["classification", "api_fast", "classification"] {
+        ids.push(id_of(
+            &Answer::of(gw.post("/v1/chat/completions", &chat(model, "x")).await).await,
+        ));
+    }
+    let metrics = gw
+        .http
+        .get(format!("{}/metrics", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    gw.shutdown().await;
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(
+        lines
+            .iter()
+            .map(|l| l["request_id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>(),
+        ids
+    );
+    let api_line = &lines[1];
+    assert_eq!(api_line["tier"], "api_fast");
+    assert_eq!(api_line["model"], "gpt-4o-mini");
+    assert_eq!(
+        (
+            api_line["tokens_in"].as_u64(),
+            api_line["tokens_out"].as_u64()
+        ),
+        (Some(1000), Some(500))
+    );
+    assert_eq!(api_line["cost_usd"], "0.000435");
+    assert!(api_line["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(lines[0]["fallback"].is_null());
+    assert!(metrics.contains("tierwise_requests_total{"), "{metrics}");
+    std::fs::remove_file(log).ok();
+}

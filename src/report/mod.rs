@@ -276,6 +276,9 @@ impl Report {
             "cost/mo",
             "baseline/mo"
         );
+        if self.routes.is_empty() {
+            let _ = writeln!(out, "(no requests in this window)");
+        }
         for r in &self.routes {
             let _ = writeln!(
                 out,
