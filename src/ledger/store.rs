@@ -59,12 +59,14 @@ const ATTEMPT_COLUMNS: &[&str] = &[
     "outcome",
     "latency_us",
 ];
-/// Rows per INSERT: 200 × 24 parameters stays under SQLite's and PostgreSQL's limits.
-const ROWS_PER_STATEMENT: usize = 200;
+/// Rows per INSERT, largest first. A batch is cut into these few shapes so that each is prepared
+/// once and then reused from the statement cache; 64 × 24 parameters stays under every limit.
+const STATEMENT_ROWS: [usize; 3] = [64, 8, 1];
 
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    sqlite: bool,
 }
 
 /// One request as reports read it back.
@@ -135,14 +137,14 @@ impl Store {
                 url: redact(url),
                 source,
             })?;
-        Ok(Store { pool })
+        Ok(Store { pool, sqlite })
     }
 
     /// Writes a batch in one transaction: every request and attempt, or none.
     pub async fn insert(&self, batch: &[RequestRecord]) -> Result<(), LedgerError> {
         let mut tx = self.pool.begin().await?;
-        for chunk in batch.chunks(ROWS_PER_STATEMENT) {
-            let sql = insert_sql("requests", REQUEST_COLUMNS, chunk.len());
+        for chunk in shaped_chunks(batch) {
+            let sql = insert_sql("requests", REQUEST_COLUMNS, chunk.len(), self.sqlite);
             let mut query = sqlx::query(&sql);
             for r in chunk {
                 query = query
@@ -182,8 +184,8 @@ impl Store {
                     .map(move |(seq, a)| (r.id.as_str(), seq, a))
             })
             .collect();
-        for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
-            let sql = insert_sql("attempts", ATTEMPT_COLUMNS, chunk.len());
+        for chunk in shaped_chunks(&attempts) {
+            let sql = insert_sql("attempts", ATTEMPT_COLUMNS, chunk.len(), self.sqlite);
             let mut query = sqlx::query(&sql);
             for (id, seq, a) in chunk {
                 query = query
@@ -269,7 +271,21 @@ impl Store {
     }
 }
 
-fn insert_sql(table: &str, columns: &[&str], rows: usize) -> String {
+/// `items` cut into runs of `STATEMENT_ROWS` sizes: 64s, then 8s, then singles.
+fn shaped_chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        let size = STATEMENT_ROWS.into_iter().find(|size| *size <= rest.len())?;
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
+/// A multi-row INSERT. SQLite gets anonymous `?` parameters: with numbered ones it looks each
+/// parameter's name up in a list, which made a 4,800-parameter batch cost two thirds of the
+/// gateway's CPU (see docs/benchmarks.md).
+fn insert_sql(table: &str, columns: &[&str], rows: usize, sqlite: bool) -> String {
     let mut sql = format!("INSERT INTO {table} ({}) VALUES ", columns.join(", "));
     let mut n = 0;
     for row in 0..rows {
@@ -282,11 +298,27 @@ fn insert_sql(table: &str, columns: &[&str], rows: usize) -> String {
                 sql.push_str(", ");
             }
             n += 1;
-            sql.push_str(&format!("${n}"));
+            if sqlite {
+                sql.push('?');
+            } else {
+                sql.push_str(&format!("${n}"));
+            }
         }
         sql.push(')');
     }
     sql
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn batches_are_cut_into_few_statement_shapes() {
+        let items: Vec<u32> = (0..139).collect();
+        let sizes: Vec<usize> = super::shaped_chunks(&items).map(<[u32]>::len).collect();
+        assert_eq!(sizes, vec![64, 64, 8, 1, 1, 1]);
+        assert_eq!(super::shaped_chunks(&items).flatten().count(), 139);
+        assert_eq!(super::shaped_chunks::<u32>(&[]).count(), 0);
+    }
 }
 
 fn stored_request(row: &sqlx::any::AnyRow) -> Result<StoredRequest, LedgerError> {

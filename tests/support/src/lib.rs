@@ -5,7 +5,8 @@
 //! fake, so what "a fault" means is written down once.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -93,7 +94,10 @@ pub struct Recorded {
 }
 
 struct Shared {
-    behavior: Mutex<Behavior>,
+    /// Read on every request, written only by tests: an `Arc` swapped under a read-mostly lock.
+    behavior: RwLock<Arc<Behavior>>,
+    /// Off in the benchmark, where keeping every request would be the fake's own bottleneck.
+    record: AtomicBool,
     requests: Mutex<Vec<Recorded>>,
     /// `GET /v1/models` calls (health probes, `tierwise check`), kept apart from the work requests.
     listings: Mutex<Vec<Recorded>>,
@@ -122,7 +126,8 @@ impl FakeUpstream {
             .local_addr()
             .expect("a bound listener has an address");
         let shared = Arc::new(Shared {
-            behavior: Mutex::new(Behavior::default()),
+            behavior: RwLock::new(Arc::new(Behavior::default())),
+            record: AtomicBool::new(true),
             requests: Mutex::new(Vec::new()),
             listings: Mutex::new(Vec::new()),
             gate: Mutex::new(None),
@@ -149,15 +154,21 @@ impl FakeUpstream {
     }
 
     pub fn set_fault(&self, fault: Fault) {
-        self.shared.behavior.lock().unwrap().fault = fault;
+        self.update(|behavior| behavior.fault = fault);
     }
 
     pub fn set_behavior(&self, behavior: Behavior) {
-        *self.shared.behavior.lock().unwrap() = behavior;
+        *self.shared.behavior.write().unwrap() = Arc::new(behavior);
     }
 
     pub fn update(&self, change: impl FnOnce(&mut Behavior)) {
-        change(&mut self.shared.behavior.lock().unwrap());
+        let mut behavior = self.shared.behavior.write().unwrap();
+        change(Arc::make_mut(&mut behavior));
+    }
+
+    /// Whether requests are kept for `requests()`; the benchmark turns it off.
+    pub fn set_recording(&self, on: bool) {
+        self.shared.record.store(on, Ordering::Relaxed);
     }
 
     /// Makes streams stop after their first chunk until the returned gate is opened, so a test can
@@ -252,21 +263,30 @@ fn router(shared: Arc<Shared>) -> Router {
 }
 
 /// The behavior for one work request, counting down `fault_for`.
-fn behavior_for_request(shared: &Shared) -> Behavior {
-    let mut behavior = shared.behavior.lock().unwrap();
+fn behavior_for_request(shared: &Shared) -> Arc<Behavior> {
+    let current = shared.behavior.read().unwrap().clone();
+    if current.fault_for.is_none() {
+        return current;
+    }
+    let mut behavior = shared.behavior.write().unwrap();
     let current = behavior.clone();
-    if let Some(left) = behavior.fault_for {
-        if left <= 1 {
-            behavior.fault = Fault::None;
-            behavior.fault_for = None;
-        } else {
-            behavior.fault_for = Some(left - 1);
+    let next = Arc::make_mut(&mut behavior);
+    match next.fault_for {
+        Some(left) if left > 1 => next.fault_for = Some(left - 1),
+        Some(_) => {
+            next.fault = Fault::None;
+            next.fault_for = None;
         }
+        None => {}
     }
     current
 }
 
-fn record(shared: &Shared, path: &str, headers: &HeaderMap, body: &Value) {
+fn record(shared: &Shared, path: &str, headers: &HeaderMap, body: &[u8]) {
+    if !shared.record.load(Ordering::Relaxed) {
+        return;
+    }
+    let body = if body.is_empty() { Value::Null } else { serde_json::from_slice(body).unwrap_or(Value::Null) };
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -279,7 +299,7 @@ fn record(shared: &Shared, path: &str, headers: &HeaderMap, body: &Value) {
     log.lock().unwrap().push(Recorded {
         path: path.to_string(),
         authorization,
-        body: body.clone(),
+        body,
     });
 }
 
@@ -318,24 +338,45 @@ async fn before_answer(fault: &Fault) -> Option<Response> {
     }
 }
 
+/// The fields of a request the fake answers from; the rest is skipped unparsed.
+#[derive(Deserialize)]
+struct Probe {
+    model: Option<String>,
+    #[serde(default)]
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    input: Option<EmbeddingInput>,
+    encoding_format: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EmbeddingInput {
+    Many(Vec<serde::de::IgnoredAny>),
+    One(serde::de::IgnoredAny),
+}
+
 async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+    let Ok(request) = serde_json::from_slice::<Probe>(&body) else {
         return (StatusCode::BAD_REQUEST, "fake upstream: body is not JSON").into_response();
     };
-    record(&shared, "/v1/chat/completions", &headers, &request);
+    record(&shared, "/v1/chat/completions", &headers, &body);
     let behavior = behavior_for_request(&shared);
     if let Some(response) = before_answer(&behavior.fault).await {
         return response;
     }
-    let model = request["model"]
-        .as_str()
-        .unwrap_or("fake-model")
-        .to_string();
+    let model = request.model.unwrap_or_else(|| "fake-model".into());
     let usage = (behavior.fault != Fault::NoUsage).then(|| usage_json(&behavior));
-    if request["stream"].as_bool() == Some(true) {
-        let include_usage = request["stream_options"]["include_usage"].as_bool() == Some(true);
+    if request.stream == Some(true) {
+        let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
         let gate = shared.gate.lock().unwrap().clone();
-        return stream(behavior, model, usage.filter(|_| include_usage), gate);
+        return stream(&behavior, model, usage.filter(|_| include_usage), gate);
     }
     if behavior.fault == Fault::MalformedJson {
         return json_response(Bytes::from_static(
@@ -377,7 +418,7 @@ fn json_response(body: Bytes) -> Response {
 }
 
 fn stream(
-    behavior: Behavior,
+    behavior: &Behavior,
     model: String,
     usage: Option<Value>,
     gate: Option<Arc<Semaphore>>,
@@ -440,10 +481,10 @@ async fn embeddings(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+    let Ok(request) = serde_json::from_slice::<Probe>(&body) else {
         return (StatusCode::BAD_REQUEST, "fake upstream: body is not JSON").into_response();
     };
-    record(&shared, "/v1/embeddings", &headers, &request);
+    record(&shared, "/v1/embeddings", &headers, &body);
     let behavior = behavior_for_request(&shared);
     if let Some(response) = before_answer(&behavior.fault).await {
         return response;
@@ -451,11 +492,11 @@ async fn embeddings(
     if behavior.fault == Fault::MalformedJson {
         return json_response(Bytes::from_static(b"{\"data\": [{\"embedd"));
     }
-    let inputs = match &request["input"] {
-        Value::Array(items) => items.len(),
+    let inputs = match &request.input {
+        Some(EmbeddingInput::Many(items)) => items.len(),
         _ => 1,
     };
-    let base64 = request["encoding_format"].as_str() == Some("base64");
+    let base64 = request.encoding_format.as_deref() == Some("base64");
     let data: Vec<Value> = (0..inputs)
         .map(|index| {
             let vector = [0.25f32 + index as f32, -0.5, 0.125];
@@ -471,7 +512,7 @@ async fn embeddings(
     let mut answer = json!({
         "object": "list",
         "data": data,
-        "model": request["model"],
+        "model": request.model,
     });
     if behavior.fault != Fault::NoUsage {
         answer["usage"] = json!({"prompt_tokens": behavior.prompt_tokens, "total_tokens": behavior.prompt_tokens});
@@ -480,8 +521,8 @@ async fn embeddings(
 }
 
 async fn models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    record(&shared, "/v1/models", &headers, &Value::Null);
-    let behavior = shared.behavior.lock().unwrap().clone();
+    record(&shared, "/v1/models", &headers, b"");
+    let behavior = shared.behavior.read().unwrap().clone();
     if let Some(response) = before_answer(&behavior.fault).await {
         return response;
     }
@@ -497,12 +538,12 @@ async fn set_behavior(
     State(shared): State<Arc<Shared>>,
     Json(behavior): Json<Behavior>,
 ) -> StatusCode {
-    *shared.behavior.lock().unwrap() = behavior;
+    *shared.behavior.write().unwrap() = Arc::new(behavior);
     StatusCode::NO_CONTENT
 }
 
 async fn get_behavior(State(shared): State<Arc<Shared>>) -> Json<Behavior> {
-    Json(shared.behavior.lock().unwrap().clone())
+    Json(shared.behavior.read().unwrap().as_ref().clone())
 }
 
 async fn list_requests(State(shared): State<Arc<Shared>>) -> Json<Vec<Recorded>> {

@@ -1,0 +1,415 @@
+#!/usr/bin/env python3
+"""tierwise's load benchmark. Every scenario is measured DIRECT (wrk -> fake upstream) and THROUGH
+tierwise (wrk -> tierwise -> the same fake), and where it applies through nginx (the floor for any
+HTTP hop) and LiteLLM's proxy, in one run, alternating targets round by round; medians of the rounds
+are reported. The load generator is wrk; the upstream is tests/support's fake (`--no-record`).
+
+Run it with bench/run, which installs wrk, nginx and LiteLLM and builds the release binaries first.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RELEASE = ROOT / "target" / "release"
+KEY = "bench-key"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, popen=None, log=None, deadline=120.0):
+    until = time.time() + deadline
+    while time.time() < until:
+        if popen is not None and popen.poll() is not None:
+            text = Path(log).read_text() if log else ""
+            raise RuntimeError(f"{popen.args[0]} exited with {popen.returncode} before listening:\n{text}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {deadline}s")
+
+
+class Proc:
+    """A server process: started, waited for, measured through /proc, stopped."""
+
+    def __init__(self, name, args, port, env=None, log=None):
+        self.name = name
+        self.port = port
+        out = open(log, "w") if log else subprocess.DEVNULL
+        self.popen = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+        wait_port(port, self.popen, log)
+
+    def cpu_seconds(self):
+        """utime + stime of the process and its children threads (and its worker processes)."""
+        total = 0.0
+        for pid in [self.popen.pid] + self.children():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / TICK
+            except (FileNotFoundError, IndexError, ValueError):
+                pass
+        return total
+
+    def children(self):
+        try:
+            out = subprocess.run(["pgrep", "-P", str(self.popen.pid)], capture_output=True, text=True).stdout
+            return [int(p) for p in out.split()]
+        except OSError:
+            return []
+
+    def peak_rss_mb(self):
+        peak = 0
+        for pid in [self.popen.pid] + self.children():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak += int(line.split()[1])
+            except FileNotFoundError:
+                pass
+        return peak / 1024
+
+    def rss_mb(self):
+        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self):
+        self.popen.terminate()
+        try:
+            self.popen.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+
+
+def wrk(port, path, body_file, connections, seconds):
+    threads = 1 if connections < 64 else 2
+    cmd = [
+        "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+        "-s", str(ROOT / "bench" / "post.lua"), f"http://127.0.0.1:{port}{path}",
+    ]
+    env = dict(os.environ, BODY_FILE=str(body_file), BENCH_KEY=KEY)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env).stdout
+    line = [l for l in out.splitlines() if l.startswith("{")]
+    if not line:
+        raise RuntimeError(f"wrk printed no summary:\n{out}")
+    result = json.loads(line[-1])
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def stream_ttfc(port, path, body, count):
+    """Times to first chunk and to last over a keep-alive connection, sequentially, in microseconds."""
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    firsts, lasts = [], []
+    for _ in range(count):
+        start = time.perf_counter()
+        sock.sendall(request)
+        buffer, first = b"", None
+        while b"data: [DONE]" not in buffer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise RuntimeError("connection closed mid-stream")
+            buffer += chunk
+            if first is None and b"data: {" in buffer:
+                first = time.perf_counter()
+        # Chunked transfer ends with a zero-length chunk after [DONE].
+        while not buffer.endswith(b"0\r\n\r\n"):
+            buffer += sock.recv(65536)
+        end = time.perf_counter()
+        firsts.append((first - start) * 1e6)
+        lasts.append((end - start) * 1e6)
+    sock.close()
+    return statistics.median(firsts), statistics.median(lasts)
+
+
+def chat_body(stream=False, model="direct", words=600):
+    # ~800 tokens: a realistic classification/extraction prompt.
+    text = " ".join(["The customer writes that the invoice total does not match the order."] * (words // 12))
+    body = {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "Classify the text into exactly one of: billing, technical, general."},
+            {"role": "user", "content": text},
+        ],
+        "temperature": 0.1,
+    }
+    if stream:
+        body["stream"] = True
+    return json.dumps(body).encode()
+
+
+def tierwise_config(directory, fake_port, dead_port, ledger):
+    return f"""
+[server]
+listen = "127.0.0.1:{{port}}"
+api_keys = ["{KEY}"]
+
+[ledger]
+url = "{ledger}"
+
+[providers.fake]
+base_url = "http://127.0.0.1:{fake_port}/v1"
+api_key = "sk-bench"
+
+[providers.dead_local]
+base_url = "http://127.0.0.1:{dead_port}/v1"
+fixed_monthly_usd = 85.0
+health = {{ interval_ms = 200 }}
+breaker = {{ cooldown_ms = 600000, max_cooldown_ms = 600000 }}
+
+[tiers]
+api   = {{ provider = "fake", model = "gpt-4o-mini" }}
+embed_api = {{ provider = "fake", model = "text-embedding-3-small" }}
+local = {{ provider = "dead_local", model = "mistral-7b" }}
+
+[routes.direct]
+kind = "classification"
+tiers = ["api"]
+
+[routes.fallback]
+kind = "classification"
+tiers = ["local", "api"]
+
+[routes.embed]
+kind = "embedding"
+tiers = ["embed_api"]
+"""
+
+
+def start_tierwise(name, tmp, fake_port, dead_port, ledger):
+    port = free_port()
+    path = tmp / f"{name}.toml"
+    path.write_text(tierwise_config(tmp, fake_port, dead_port, ledger).replace("{port}", str(port)))
+    env = dict(os.environ, TIERWISE_LOG="warn")
+    proc = Proc(name, [str(RELEASE / "tierwise"), "serve", "--config", str(path)], port, env=env, log=tmp / f"{name}.log")
+    return proc
+
+
+def start_nginx(tmp, fake_port):
+    port = free_port()
+    conf = (ROOT / "bench" / "nginx.conf.in").read_text()
+    conf = conf.replace("@DIR@", str(tmp)).replace("@UPSTREAM_PORT@", str(fake_port)).replace("@PORT@", str(port))
+    path = tmp / "nginx.conf"
+    path.write_text(conf)
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    return Proc("nginx", [nginx, "-c", str(path), "-e", str(tmp / "nginx-error.log")], port)
+
+
+def start_litellm(tmp, fake_port, venv):
+    port = free_port()
+    config = tmp / "litellm.yaml"
+    config.write_text(f"""
+model_list:
+  - model_name: direct
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: http://127.0.0.1:{fake_port}/v1
+      api_key: sk-bench
+litellm_settings:
+  telemetry: false
+  turn_off_message_logging: true
+  json_logs: false
+general_settings:
+  master_key: {KEY}
+  disable_spend_logs: true
+  disable_error_logs: true
+""")
+    env = dict(os.environ, LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False", DISABLE_ADMIN_UI="True")
+    exe = Path(venv) / "bin" / "litellm"
+    return Proc("litellm", [str(exe), "--config", str(config), "--port", str(port), "--num_workers", "1"], port, env=env, log=tmp / "litellm.log")
+
+
+def median_of(runs, key):
+    return statistics.median(r[key] for r in runs)
+
+
+def measure(targets, path, body_file, connections, seconds, rounds, cpu_of=()):
+    """Runs wrk against every target, alternating, `rounds` times; medians per target."""
+    results = {name: [] for name, _ in targets}
+    for _ in range(rounds):
+        for name, target in targets:
+            before = target.cpu_seconds() if isinstance(target, Proc) else 0.0
+            port = target.port if isinstance(target, Proc) else target
+            run = wrk(port, path, body_file, connections, seconds)
+            if isinstance(target, Proc) and name in cpu_of:
+                run["cpu_us_per_req"] = (target.cpu_seconds() - before) * 1e6 / max(run["requests"], 1)
+            results[name].append(run)
+    summary = {}
+    for name, runs in results.items():
+        summary[name] = {
+            "rps": median_of(runs, "rps"),
+            "p50_us": median_of(runs, "p50_us"),
+            "p99_us": median_of(runs, "p99_us"),
+            "errors": sum(r["socket_errors"] + r["non2xx"] for r in runs),
+        }
+        if "cpu_us_per_req" in runs[0]:
+            summary[name]["cpu_us_per_req"] = median_of(runs, "cpu_us_per_req")
+    return summary
+
+
+def row(scenario, target, m, direct=None):
+    added50 = m["p50_us"] - direct["p50_us"] if direct else None
+    added99 = m["p99_us"] - direct["p99_us"] if direct else None
+    return {
+        "scenario": scenario, "target": target, "rps": m["rps"], "p50_us": m["p50_us"], "p99_us": m["p99_us"],
+        "added_p50_us": added50, "added_p99_us": added99, "cpu_us_per_req": m.get("cpu_us_per_req"),
+        "errors": m["errors"],
+    }
+
+
+def print_table(rows, extra):
+    print()
+    print(f"{'scenario':<34} {'target':<14} {'req/s':>9} {'p50 us':>9} {'p99 us':>9} {'+p50 us':>9} {'+p99 us':>9} {'cpu us/req':>11} {'errors':>7}")
+    for r in rows:
+        fmt = lambda v, f="{:.0f}": "-" if v is None else f.format(v)
+        print(
+            f"{r['scenario']:<34} {r['target']:<14} {fmt(r['rps']):>9} {fmt(r['p50_us']):>9} {fmt(r['p99_us']):>9} "
+            f"{fmt(r['added_p50_us']):>9} {fmt(r['added_p99_us']):>9} {fmt(r['cpu_us_per_req'], '{:.1f}'):>11} {r['errors']:>7}"
+        )
+    for line in extra:
+        print(line)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=5, help="length of one wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per scenario (medians are quoted)")
+    parser.add_argument("--litellm-venv", default=None, help="a venv with litellm[proxy]; omitted = no LiteLLM column")
+    parser.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432/test", help="'' to skip the PostgreSQL scenario")
+    parser.add_argument("--soak-seconds", type=int, default=0, help="also run c=64 this long and sample tierwise's RSS")
+    parser.add_argument("--json", default=None, help="write all figures to this file")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="tierwise-bench-"))
+    procs = []
+    rows, extra = [], []
+    try:
+        fake_port = free_port()
+        fake = Proc("fake", [str(RELEASE / "tierwise-fake"), "--listen", f"127.0.0.1:{fake_port}", "--no-record", "--reply-words", "40"], fake_port)
+        procs.append(fake)
+        dead_port = free_port()  # nothing listens: the local tier's breaker opens on its first probe
+        tw = start_tierwise("tierwise", tmp, fake_port, dead_port, f"sqlite://{tmp}/ledger.db")
+        procs.append(tw)
+        nginx = start_nginx(tmp, fake_port)
+        procs.append(nginx)
+        litellm = start_litellm(tmp, fake_port, args.litellm_venv) if args.litellm_venv else None
+        if litellm:
+            procs.append(litellm)
+        time.sleep(1.0)  # let the probe open the dead local tier's breaker
+
+        body = tmp / "chat.json"
+        body.write_bytes(chat_body())
+        targets = [("direct", fake), ("tierwise", tw), ("nginx", nginx)] + ([("litellm", litellm)] if litellm else [])
+        for c in (1, 16, 64, 256):
+            lite = [t for t in targets if t[0] != "litellm" or c <= 64]
+            m = measure(lite, "/v1/chat/completions", body, c, args.seconds, args.rounds, cpu_of=("tierwise", "nginx", "litellm"))
+            for name in m:
+                rows.append(row(f"chat, ~800 tokens, c={c}", name, m[name], None if name == "direct" else m["direct"]))
+
+        embed = tmp / "embed.json"
+        embed.write_text(json.dumps({"model": "embed", "input": ["a short document to embed"] * 8}))
+        m = measure([("direct", fake), ("tierwise", tw)], "/v1/embeddings", embed, 16, args.seconds, args.rounds, cpu_of=("tierwise",))
+        for name in m:
+            rows.append(row("embeddings x8, c=16", name, m[name], None if name == "direct" else m["direct"]))
+
+        fallback = tmp / "fallback.json"
+        fallback.write_bytes(chat_body(model="fallback"))
+        for c in (1, 64):
+            # Same process, two routes: the bodies alternate round by round.
+            alone, opened = [], []
+            for _ in range(args.rounds):
+                alone.append(wrk(tw.port, "/v1/chat/completions", body, c, args.seconds))
+                opened.append(wrk(tw.port, "/v1/chat/completions", fallback, c, args.seconds))
+            a = {k: median_of(alone, k) for k in ("rps", "p50_us", "p99_us")}
+            o = {k: median_of(opened, k) for k in ("rps", "p50_us", "p99_us")}
+            a["errors"] = sum(r["socket_errors"] + r["non2xx"] for r in alone)
+            o["errors"] = sum(r["socket_errors"] + r["non2xx"] for r in opened)
+            rows.append(row(f"fallback tier alone, c={c}", "tierwise", a))
+            rows.append(row(f"local breaker open -> fallback, c={c}", "tierwise", o, a))
+
+        stream = tmp / "stream.json"
+        stream_body = chat_body(stream=True)
+        stream.write_bytes(stream_body)
+        ttfc = {"direct": [], "tierwise": [], "nginx": []}
+        for _ in range(args.rounds):
+            for name, target in [("direct", fake), ("tierwise", tw), ("nginx", nginx)]:
+                ttfc[name].append(stream_ttfc(target.port, "/v1/chat/completions", stream_body, 200))
+        d_first = statistics.median(x[0] for x in ttfc["direct"])
+        d_last = statistics.median(x[1] for x in ttfc["direct"])
+        for name in ttfc:
+            first = statistics.median(x[0] for x in ttfc[name])
+            last = statistics.median(x[1] for x in ttfc[name])
+            extra.append(
+                f"stream (42 chunks), c=1, {name:<9} first chunk p50 {first:7.0f} us (+{first - d_first:5.0f}), "
+                f"last chunk p50 {last:7.0f} us (+{last - d_last:5.0f})"
+            )
+        m = measure([("direct", fake), ("tierwise", tw)], "/v1/chat/completions", stream, 16, args.seconds, args.rounds, cpu_of=("tierwise",))
+        for name in m:
+            rows.append(row("stream (42 chunks), c=16", name, m[name], None if name == "direct" else m["direct"]))
+
+        if args.postgres:
+            import uuid
+
+            schema = "bench_" + uuid.uuid4().hex[:12]
+            subprocess.run(["psql", args.postgres, "-qc", f"CREATE SCHEMA {schema}"], check=True)
+            pg_url = f"{args.postgres}?options=-c%20search_path%3D{schema}"
+            tw_pg = start_tierwise("tierwise-pg", tmp, fake_port, dead_port, pg_url)
+            procs.append(tw_pg)
+            m = measure([("direct", fake), ("tierwise", tw), ("tierwise-pg", tw_pg)], "/v1/chat/completions", body, 64, args.seconds, args.rounds, cpu_of=("tierwise", "tierwise-pg"))
+            for name in m:
+                rows.append(row("chat c=64, ledger SQLite vs PG", name, m[name], None if name == "direct" else m["direct"]))
+            tw_pg.stop()
+            procs.remove(tw_pg)
+            subprocess.run(["psql", args.postgres, "-qc", f"DROP SCHEMA {schema} CASCADE"], check=False)
+
+        if args.soak_seconds:
+            samples = []
+            proc = subprocess.Popen(
+                ["wrk", "-t2", "-c64", f"-d{args.soak_seconds}s", "-s", str(ROOT / "bench" / "post.lua"), f"http://127.0.0.1:{tw.port}/v1/chat/completions"],
+                stdout=subprocess.PIPE, text=True, env=dict(os.environ, BODY_FILE=str(body), BENCH_KEY=KEY),
+            )
+            while proc.poll() is None:
+                samples.append(tw.rss_mb())
+                time.sleep(10)
+            out = proc.stdout.read()
+            summary = json.loads([l for l in out.splitlines() if l.startswith("{")][-1])
+            extra.append(
+                f"soak c=64 for {args.soak_seconds}s: {summary['requests']} requests, {summary['non2xx'] + summary['socket_errors']} errors, "
+                f"tierwise RSS every 10s (MB): {' '.join(f'{s:.1f}' for s in samples)}"
+            )
+
+        extra.append(f"tierwise peak RSS: {tw.peak_rss_mb():.1f} MB (VmHWM); nginx {nginx.peak_rss_mb():.1f} MB" + (f"; litellm {litellm.peak_rss_mb():.1f} MB" if litellm else ""))
+        extra.append("shadow sampling at 100%: not measured yet; shadow checks do not exist yet (DESIGN.md, Quality)")
+        print_table(rows, extra)
+        print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"rows": rows, "notes": extra}, indent=2))
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+if __name__ == "__main__":
+    main()
