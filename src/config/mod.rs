@@ -114,6 +114,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// Serving threads, each with its own event loop and upstream connections (default: one per
+    /// core).
+    pub threads: usize,
 }
 
 #[derive(Debug)]

@@ -34,6 +34,7 @@ pub struct RawServer {
     pub admin_key: Option<Text>,
     pub max_body_bytes: Option<Spanned<u64>>,
     pub shutdown_grace_ms: Option<u64>,
+    pub threads: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

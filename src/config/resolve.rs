@@ -245,6 +245,18 @@ impl<'a> Resolver<'a> {
                 .shutdown_grace_ms
                 .map(Duration::from_millis)
                 .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+            threads: match &raw.server.threads {
+                Some(threads) if *threads.get_ref() == 0 => {
+                    self.issue_at(
+                        threads.span().start,
+                        "server.threads",
+                        "must be at least 1 (leave it out for one per core)",
+                    );
+                    1
+                }
+                Some(threads) => *threads.get_ref() as usize,
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            },
         }
     }
 

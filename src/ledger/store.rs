@@ -61,7 +61,7 @@ const ATTEMPT_COLUMNS: &[&str] = &[
 ];
 /// Rows per INSERT, largest first. A batch is cut into these few shapes so that each is prepared
 /// once and then reused from the statement cache; 64 × 24 parameters stays under every limit.
-const STATEMENT_ROWS: [usize; 3] = [64, 8, 1];
+const STATEMENT_ROWS: [usize; 4] = [64, 16, 4, 1];
 
 #[derive(Clone)]
 pub struct Store {
@@ -271,7 +271,7 @@ impl Store {
     }
 }
 
-/// `items` cut into runs of `STATEMENT_ROWS` sizes: 64s, then 8s, then singles.
+/// `items` cut into runs of `STATEMENT_ROWS` sizes, largest first.
 fn shaped_chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
     let mut rest = items;
     std::iter::from_fn(move || {
@@ -315,7 +315,7 @@ mod tests {
     fn batches_are_cut_into_few_statement_shapes() {
         let items: Vec<u32> = (0..139).collect();
         let sizes: Vec<usize> = super::shaped_chunks(&items).map(<[u32]>::len).collect();
-        assert_eq!(sizes, vec![64, 64, 8, 1, 1, 1]);
+        assert_eq!(sizes, vec![64, 64, 4, 4, 1, 1, 1]);
         assert_eq!(super::shaped_chunks(&items).flatten().count(), 139);
         assert_eq!(super::shaped_chunks::<u32>(&[]).count(), 0);
     }

@@ -1,6 +1,6 @@
 //! The background writer. Requests hand their records to a bounded queue and go on; this task owns
-//! the database, writes whatever has queued up as one batch (batches grow by themselves while a write
-//! is in flight), retries a failed batch until it lands — loudly, in the log and in
+//! the database, writes whatever has queued up as one batch (gathered for a few milliseconds, and
+//! growing by themselves while a write is in flight), retries a failed batch until it lands — loudly, in the log and in
 //! `tierwise_ledger_write_errors_total` — and at shutdown drains the queue before it returns. A full
 //! queue makes requests wait (backpressure) rather than drop records.
 
@@ -15,6 +15,9 @@ use super::store::Store;
 use crate::config::RequestLog;
 
 const MAX_BATCH: usize = 1000;
+/// How long the writer lets records gather after the first of a batch arrives. Under light load this
+/// turns one transaction per request into one per few milliseconds; records wait, requests do not.
+const LINGER: Duration = Duration::from_millis(20);
 
 /// The task and the means to stop it.
 pub struct LedgerWriter {
@@ -74,6 +77,9 @@ async fn run(
         };
         let Some(first) = first else { break };
         batch.push(first);
+        if !closing {
+            tokio::time::sleep(LINGER).await;
+        }
         while batch.len() < MAX_BATCH {
             match receiver.try_recv() {
                 Ok(record) => batch.push(record),

@@ -7,6 +7,7 @@ mod error;
 mod info;
 mod proxy;
 mod relay;
+mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,10 +18,7 @@ use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use http::{HeaderName, HeaderValue};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
@@ -33,10 +31,12 @@ pub use error::ApiError;
 
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-tierwise-request-id");
 
-/// Everything a request needs, built once at start-up and shared read-only.
+/// Everything a request needs, built once at start-up and shared read-only; each serving thread
+/// gets its own copy with its own upstream connections.
+#[derive(Clone)]
 pub struct App {
     pub config: Arc<Config>,
-    pub routes: RouteTable,
+    pub routes: Arc<RouteTable>,
     pub upstreams: Arc<Upstreams>,
     pub health: Arc<Health>,
     pub ledger: Ledger,
@@ -53,7 +53,7 @@ impl App {
             store,
             metrics: metrics_handle(),
 
-            routes: RouteTable::new(&config),
+            routes: Arc::new(RouteTable::new(&config)),
             upstreams: Arc::new(Upstreams::new(&config)?),
             health: Arc::new(Health::new(&config)),
             started_unix: SystemTime::now()
@@ -61,6 +61,16 @@ impl App {
                 .map_or(0, |d| d.as_secs()),
             config,
         })
+    }
+}
+
+impl App {
+    /// This app with a serving thread's own upstream clients.
+    fn with_upstreams(&self, upstreams: Arc<Upstreams>) -> App {
+        App {
+            upstreams,
+            ..self.clone()
+        }
     }
 }
 
@@ -118,18 +128,20 @@ async fn unknown_path(request: Request) -> Response {
 /// A gateway listening on its socket and serving in the background.
 pub struct Gateway {
     pub addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<std::io::Result<()>>,
+    workers: workers::Workers,
     probes: Vec<JoinHandle<()>>,
     writer: LedgerWriter,
     grace: std::time::Duration,
 }
 
 impl Gateway {
-    /// Binds `config.server.listen` (port 0 picks a free one) and starts serving.
+    /// Opens the ledger, binds `config.server.listen` (port 0 picks a free one) on every serving
+    /// thread, and starts probing providers. The ledger writer and the probes run on the caller's
+    /// runtime; requests are served on the gateway's own threads.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         let grace = config.server.shutdown_grace;
         let listen = config.server.listen;
+        let threads = config.server.threads;
         let store = Store::connect(&config.ledger.url).await?;
         let (pricing, warnings) = Pricing::new(&config);
         for warning in warnings {
@@ -141,38 +153,12 @@ impl Gateway {
             config.ledger.request_log.clone(),
         );
         let ledger = Ledger::new(sender, pricing, config.ledger.store_content);
-        let app = Arc::new(App::new(Arc::new(config), ledger, store).map_err(StartError::Client)?);
+        let app = App::new(Arc::new(config), ledger, store).map_err(StartError::Client)?;
         let probes = health::spawn_probes(&app.config, app.health.clone(), app.upstreams.clone());
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: listen,
-            source,
-        })?;
-        let listener = listener.tap_io(|tcp| {
-            // Same reason as upstream: keep-alive clients on this host must not wait ~40 ms on
-            // Nagle's algorithm meeting delayed ACKs.
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::warn!("cannot set TCP_NODELAY on a client connection: {err}");
-            }
-        });
-        let (stop, stopped) = oneshot::channel::<()>();
-        let service = router(app);
-        let task = tokio::spawn(async move {
-            axum::serve(listener, service)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-        });
+        let workers = workers::Workers::spawn(&app, listen, threads)?;
         Ok(Gateway {
-            addr,
-            stop,
-            task,
+            addr: workers.addr,
+            workers,
             probes,
             writer,
             grace,
@@ -185,20 +171,7 @@ impl Gateway {
         for probe in &self.probes {
             probe.abort();
         }
-        let _ = self.stop.send(());
-        let mut task = self.task;
-        match tokio::time::timeout(self.grace, &mut task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(err))) => tracing::error!("server stopped with an error: {err}"),
-            Ok(Err(err)) => tracing::error!("server task failed: {err}"),
-            Err(_) => {
-                tracing::warn!(
-                    "in-flight requests did not finish within {} ms; closing them",
-                    self.grace.as_millis()
-                );
-                task.abort();
-            }
-        }
+        self.workers.shutdown(self.grace).await;
         self.writer.finish(LEDGER_FLUSH_DEADLINE).await;
     }
 }

@@ -51,22 +51,46 @@ pub enum Reply {
 
 /// The HTTP clients, one per provider, shared by every request.
 pub struct Upstreams {
-    clients: HashMap<String, reqwest::Client>,
+    clients: HashMap<String, ProviderClient>,
+}
+
+struct ProviderClient {
+    http: reqwest::Client,
+    /// The endpoint URLs, joined once rather than on every request.
+    chat: reqwest::Url,
+    embeddings: reqwest::Url,
 }
 
 impl Upstreams {
     pub fn new(config: &Config) -> Result<Upstreams, UpstreamError> {
         let mut clients = HashMap::new();
         for provider in &config.providers {
-            clients.insert(provider.name.clone(), client_for(provider)?);
+            let join = |path: &str| {
+                provider
+                    .base_url
+                    .join(path)
+                    .expect("a relative path always joins")
+            };
+            clients.insert(
+                provider.name.clone(),
+                ProviderClient {
+                    http: client_for(provider)?,
+                    chat: join(Endpoint::ChatCompletions.path()),
+                    embeddings: join(Endpoint::Embeddings.path()),
+                },
+            );
         }
         Ok(Upstreams { clients })
     }
 
-    fn client(&self, provider: &Provider) -> &reqwest::Client {
+    fn provider_client(&self, provider: &Provider) -> &ProviderClient {
         self.clients
             .get(&provider.name)
             .expect("a client exists for every configured provider")
+    }
+
+    fn client(&self, provider: &Provider) -> &reqwest::Client {
+        &self.provider_client(provider).http
     }
 
     /// Sends `body` to `tier` and waits for its answer: the whole body, or for a stream its first
@@ -81,14 +105,13 @@ impl Upstreams {
         let provider = &tier.provider;
         let timeouts = tier.timeouts;
         let started = Instant::now();
-        let mut request = self
-            .client(provider)
-            .post(
-                provider
-                    .base_url
-                    .join(endpoint.path())
-                    .expect("a relative path always joins"),
-            )
+        let client = self.provider_client(provider);
+        let mut request = client
+            .http
+            .post(match endpoint {
+                Endpoint::ChatCompletions => client.chat.clone(),
+                Endpoint::Embeddings => client.embeddings.clone(),
+            })
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body);
         if let Some(key) = &provider.api_key {

@@ -1,0 +1,139 @@
+//! Serving threads, one event loop each, the way nginx runs its workers: every thread has its own
+//! listener on the same port (SO_REUSEPORT, so the kernel spreads connections), its own
+//! single-threaded runtime and its own pooled upstream connections, and serves a request from
+//! accept to answer without handing it to another thread. Measured on the 2-core benchmark machine,
+//! a work-stealing runtime spent a third of its CPU waking threads for each other
+//! (docs/benchmarks.md). What the threads share — configuration, health, ledger queue — is
+//! behind `Arc`s and atomics.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::oneshot;
+
+use super::{App, StartError, router};
+use crate::upstream::Upstreams;
+
+struct Worker {
+    stop: oneshot::Sender<()>,
+    kill: oneshot::Sender<()>,
+    done: oneshot::Receiver<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+pub struct Workers {
+    pub addr: SocketAddr,
+    workers: Vec<Worker>,
+}
+
+impl Workers {
+    /// Binds `listen` once per thread (port 0: the first bind picks the port the others share) and
+    /// starts the threads.
+    pub fn spawn(app: &App, listen: SocketAddr, threads: usize) -> Result<Workers, StartError> {
+        let bind_error = |source| StartError::Bind { addr: listen, source };
+        let first = reuseport_listener(listen).map_err(bind_error)?;
+        let addr = first.local_addr().map_err(bind_error)?;
+        let mut listeners = vec![first];
+        for _ in 1..threads.max(1) {
+            listeners.push(reuseport_listener(addr).map_err(bind_error)?);
+        }
+        let mut workers = Vec::with_capacity(listeners.len());
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let upstreams = Arc::new(Upstreams::new(&app.config).map_err(StartError::Client)?);
+            let app = Arc::new(app.with_upstreams(upstreams));
+            let (stop, stopped) = oneshot::channel::<()>();
+            let (kill, killed) = oneshot::channel::<()>();
+            let (finished, done) = oneshot::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name(format!("tierwise-{index}"))
+                .spawn(move || {
+                    serve_thread(app, listener, stopped, killed);
+                    let _ = finished.send(());
+                })
+                .map_err(|source| StartError::Bind { addr, source })?;
+            workers.push(Worker {
+                stop,
+                kill,
+                done,
+                thread,
+            });
+        }
+        Ok(Workers { addr, workers })
+    }
+
+    /// Stops accepting, lets in-flight requests finish for at most `grace`, then cuts off the rest.
+    pub async fn shutdown(self, grace: Duration) {
+        let mut pending = Vec::with_capacity(self.workers.len());
+        for worker in self.workers {
+            let _ = worker.stop.send(());
+            pending.push((worker.kill, worker.done, worker.thread));
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        for (kill, done, thread) in pending {
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                tracing::warn!(
+                    "in-flight requests did not finish within {} ms; closing them",
+                    grace.as_millis()
+                );
+                let _ = kill.send(());
+            }
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+fn serve_thread(
+    app: Arc<App>,
+    listener: std::net::TcpListener,
+    stopped: oneshot::Receiver<()>,
+    killed: oneshot::Receiver<()>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!("cannot start a serving thread's runtime: {err}");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::error!("cannot register the listener: {err}");
+                return;
+            }
+        };
+        let listener = listener.tap_io(|tcp| {
+            // Keep-alive clients on this host must not wait ~40 ms on Nagle's algorithm meeting
+            // delayed ACKs.
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::warn!("cannot set TCP_NODELAY on a client connection: {err}");
+            }
+        });
+        let serve = axum::serve(listener, router(app)).with_graceful_shutdown(async {
+            let _ = stopped.await;
+        });
+        tokio::select! {
+            result = serve => if let Err(err) = result {
+                tracing::error!("server stopped with an error: {err}");
+            },
+            _ = killed => {}
+        }
+    });
+    // Dropping the runtime cancels whatever was still running after a kill.
+    drop(runtime);
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
