@@ -135,6 +135,10 @@ impl FakeUpstream {
         let (stop, stopped) = oneshot::channel::<()>();
         let app = router(shared.clone());
         let task = tokio::spawn(async move {
+            // Like any real server on this host, no Nagle delay on small SSE chunks.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let server = axum::serve(listener, app).with_graceful_shutdown(async {
                 let _ = stopped.await;
             });
