@@ -21,6 +21,21 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Writes `toml` as `tierwise.toml` in a fresh temp directory; returns the directory and the file.
+fn write_config(name: &str, toml: &str) -> (PathBuf, PathBuf) {
+    let dir = temp_dir(name);
+    let path = dir.join("tierwise.toml");
+    std::fs::write(&path, toml).unwrap();
+    (dir, path)
+}
+
+/// One route `r` on one tier `t` of the provider at `upstream`.
+fn one_route(upstream: &str, ledger: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[ledger]\nurl = \"{ledger}\"\n[providers.up]\nbase_url = \"{upstream}\"\n[tiers]\nt = {{ provider = \"up\", model = \"m\" }}\n[routes.r]\nkind = \"chat\"\ntiers = [\"t\"]\n"
+    )
+}
+
 #[test]
 fn init_writes_the_starter_and_refuses_to_overwrite() {
     let dir = temp_dir("init");
@@ -60,13 +75,10 @@ fn init_writes_the_starter_and_refuses_to_overwrite() {
 
 #[test]
 fn check_reports_every_mistake_with_its_line_and_fails() {
-    let dir = temp_dir("bad");
-    let path = dir.join("tierwise.toml");
-    std::fs::write(
-        &path,
+    let (dir, path) = write_config(
+        "bad",
         "[providers.p]\nbase_url = \"http://x/v1\"\n\n[tiers]\nt = { provider = \"q\", model = \"m\" }\n\n[routes.r]\nkind = \"chat\"\ntiers = [\"u\"]\n",
-    )
-    .unwrap();
+    );
     let out = tierwise()
         .args(["check", "--config"])
         .arg(&path)
@@ -98,16 +110,13 @@ async fn check_probes_each_provider() {
     let up = FakeUpstream::start().await;
     up.update(|b| b.models = vec!["served-model".into()]);
     let down = tierwise_fake::unused_addr().await;
-    let dir = temp_dir("probe");
-    let path = dir.join("tierwise.toml");
-    std::fs::write(
-        &path,
-        format!(
+    let (dir, path) = write_config(
+        "probe",
+        &format!(
             "[providers.up]\nbase_url = \"{}\"\napi_key = \"sk-probe-secret\"\n[providers.down]\nbase_url = \"http://{down}/v1\"\n\n[tiers]\na = {{ provider = \"up\", model = \"served-model\" }}\nb = {{ provider = \"up\", model = \"other-model\" }}\nc = {{ provider = \"down\", model = \"m\" }}\n",
             up.base_url()
         ),
-    )
-    .unwrap();
+    );
     let out = tokio::task::spawn_blocking(move || {
         tierwise()
             .args(["check", "--config"])
@@ -204,16 +213,7 @@ async fn sigterm_flushes_every_record_the_writer_still_holds() {
         .await
         .unwrap();
     let url = format!("{base}?options=-c%20search_path%3D{schema}");
-    let dir = temp_dir("flush");
-    let path = dir.join("tierwise.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[ledger]\nurl = \"{url}\"\n[providers.up]\nbase_url = \"{}\"\n[tiers]\nt = {{ provider = \"up\", model = \"m\" }}\n[routes.r]\nkind = \"chat\"\ntiers = [\"t\"]\n",
-            up.base_url()
-        ),
-    )
-    .unwrap();
+    let (dir, path) = write_config("flush", &one_route(&up.base_url(), &url));
     let (child, gateway) = serve(&path).await;
 
     // Hold the ledger's table so that every record stays queued in the writer.
@@ -268,16 +268,7 @@ async fn sigterm_flushes_every_record_the_writer_still_holds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_answers_then_stops_cleanly_on_sigterm() {
     let up = FakeUpstream::start().await;
-    let dir = temp_dir("serve");
-    let path = dir.join("tierwise.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[ledger]\nurl = \"sqlite://ledger.db\"\n[providers.up]\nbase_url = \"{}\"\n[tiers]\nt = {{ provider = \"up\", model = \"m\" }}\n[routes.r]\nkind = \"chat\"\ntiers = [\"t\"]\n",
-            up.base_url()
-        ),
-    )
-    .unwrap();
+    let (dir, path) = write_config("serve", &one_route(&up.base_url(), "sqlite://ledger.db"));
     let (child, url) = serve(&path).await;
     let response = reqwest::Client::new()
         .post(format!("{url}/v1/chat/completions"))
@@ -347,16 +338,13 @@ async fn report_reads_the_ledger_a_gateway_wrote() {
         b.prompt_tokens = 1000;
         b.completion_tokens = 100;
     });
-    let dir = temp_dir("report");
-    let path = dir.join("tierwise.toml");
-    std::fs::write(
-        &path,
-        format!(
+    let (dir, path) = write_config(
+        "report",
+        &format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[ledger]\nurl = \"sqlite://ledger.db\"\n[providers.openai]\nbase_url = \"{}\"\n[tiers]\nfast = {{ provider = \"openai\", model = \"gpt-4o-mini\" }}\nfrontier = {{ provider = \"openai\", model = \"gpt-4o\" }}\n[routes.classification]\nkind = \"classification\"\ntiers = [\"fast\"]\nbaseline = \"frontier\"\n",
             up.base_url()
         ),
-    )
-    .unwrap();
+    );
     let (child, url) = serve(&path).await;
     let http = reqwest::Client::new();
     for _ in 0..3 {

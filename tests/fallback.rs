@@ -27,6 +27,21 @@ fn config(local: &str, api: &str, probe: bool, knobs: &str, extra: &str) -> Stri
     )
 }
 
+/// Two fresh fakes (local, api) and a gateway in front of them.
+async fn setup(probe: bool, knobs: &str, extra: &str) -> (FakeUpstream, FakeUpstream, TestGateway) {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let gw = TestGateway::start(&config(
+        &local.base_url(),
+        &api.base_url(),
+        probe,
+        knobs,
+        extra,
+    ))
+    .await;
+    (local, api, gw)
+}
+
 async fn providers(gw: &TestGateway) -> Value {
     Answer::of(gw.get("/admin/api/providers").await).await.body
 }
@@ -49,17 +64,8 @@ fn streaming(model: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_retryable_fault_falls_back_to_the_next_tier() {
-    let local = FakeUpstream::start().await;
-    let api = FakeUpstream::start().await;
     let knobs = "breaker = { failures = 1000 }\nretry_429_max_wait_ms = 0";
-    let gw = TestGateway::start(&config(
-        &local.base_url(),
-        &api.base_url(),
-        false,
-        knobs,
-        "",
-    ))
-    .await;
+    let (local, api, gw) = setup(false, knobs, "").await;
     let cases = [
         (Fault::Hang, false, "local:timeout_first_byte"),
         (
@@ -211,16 +217,7 @@ async fn a_stream_broken_after_the_first_chunk_ends_with_an_error_event_not_a_ha
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_with_a_short_retry_after_is_retried_once_on_the_same_tier() {
-    let local = FakeUpstream::start().await;
-    let api = FakeUpstream::start().await;
-    let gw = TestGateway::start(&config(
-        &local.base_url(),
-        &api.base_url(),
-        false,
-        "retry_429_max_wait_ms = 1500",
-        "",
-    ))
-    .await;
+    let (local, api, gw) = setup(false, "retry_429_max_wait_ms = 1500", "").await;
     local.update(|b| {
         b.fault = Fault::Status {
             status: 429,
@@ -257,17 +254,8 @@ async fn a_429_with_a_short_retry_after_is_retried_once_on_the_same_tier() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_breaker_stops_user_traffic_to_the_failing_provider() {
-    let local = FakeUpstream::start().await;
-    let api = FakeUpstream::start().await;
     let knobs = "breaker = { failures = 3, cooldown_ms = 60000 }";
-    let gw = TestGateway::start(&config(
-        &local.base_url(),
-        &api.base_url(),
-        false,
-        knobs,
-        "",
-    ))
-    .await;
+    let (local, api, gw) = setup(false, knobs, "").await;
     local.set_fault(Fault::Status {
         status: 500,
         body: None,
@@ -350,14 +338,7 @@ async fn a_recovered_provider_gets_traffic_back_within_a_probe_interval_and_cool
     local.stop().await;
 
     // The probe finds it down before any user does.
-    let until = std::time::Instant::now() + Duration::from_secs(5);
-    while state_of(&providers(&gw).await, "vllm") != "open" {
-        assert!(
-            std::time::Instant::now() < until,
-            "the probe did not open the breaker"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_state(&gw, "open").await;
     let answer = Answer::of(
         gw.post("/v1/chat/completions", &chat("summarize", "x"))
             .await,
@@ -395,8 +376,8 @@ async fn warm_up_runs_at_start_and_after_recovery_and_readyz_waits_for_it() {
     let local = FakeUpstream::start().await;
     let addr = local.addr;
     let api = FakeUpstream::start().await;
-    let gate_down = local;
-    gate_down.stop().await;
+    // Down from the start.
+    local.stop().await;
     let knobs = "warmup = true\nbreaker = { cooldown_ms = 100 }";
     let gw = TestGateway::start(&config(
         &format!("http://{addr}/v1"),
@@ -468,16 +449,7 @@ async fn wait_until_state(gw: &TestGateway, state: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_max_in_flight_spills_to_the_next_tier_at_once() {
-    let local = FakeUpstream::start().await;
-    let api = FakeUpstream::start().await;
-    let gw = TestGateway::start(&config(
-        &local.base_url(),
-        &api.base_url(),
-        false,
-        "max_in_flight = 1",
-        "",
-    ))
-    .await;
+    let (local, _api, gw) = setup(false, "max_in_flight = 1", "").await;
     let gate = local.hold_streams();
     let held = gw
         .post("/v1/chat/completions", &streaming("summarize"))
@@ -525,8 +497,6 @@ async fn over_max_in_flight_spills_to_the_next_tier_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_tier_is_open_a_route_tries_its_primary_or_fails_fast() {
-    let local = FakeUpstream::start().await;
-    let api = FakeUpstream::start().await;
     let extra = r#"
 [routes.local_try]
 kind = "chat"
@@ -538,14 +508,7 @@ tiers = ["local"]
 when_all_open = "fail_fast"
 "#;
     let knobs = "breaker = { failures = 1, cooldown_ms = 60000 }";
-    let gw = TestGateway::start(&config(
-        &local.base_url(),
-        &api.base_url(),
-        false,
-        knobs,
-        extra,
-    ))
-    .await;
+    let (local, _api, gw) = setup(false, knobs, extra).await;
     local.set_fault(Fault::Status {
         status: 503,
         body: None,

@@ -275,7 +275,9 @@ impl Store {
 fn shaped_chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
     let mut rest = items;
     std::iter::from_fn(move || {
-        let size = STATEMENT_ROWS.into_iter().find(|size| *size <= rest.len())?;
+        let size = STATEMENT_ROWS
+            .into_iter()
+            .find(|size| *size <= rest.len())?;
         let (chunk, tail) = rest.split_at(size);
         rest = tail;
         Some(chunk)
@@ -307,18 +309,6 @@ fn insert_sql(table: &str, columns: &[&str], rows: usize, sqlite: bool) -> Strin
         sql.push(')');
     }
     sql
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn batches_are_cut_into_few_statement_shapes() {
-        let items: Vec<u32> = (0..139).collect();
-        let sizes: Vec<usize> = super::shaped_chunks(&items).map(<[u32]>::len).collect();
-        assert_eq!(sizes, vec![64, 64, 4, 4, 1, 1, 1]);
-        assert_eq!(super::shaped_chunks(&items).flatten().count(), 139);
-        assert_eq!(super::shaped_chunks::<u32>(&[]).count(), 0);
-    }
 }
 
 fn stored_request(row: &sqlx::any::AnyRow) -> Result<StoredRequest, LedgerError> {
@@ -357,5 +347,17 @@ fn redact(url: &str) -> String {
             parsed.to_string()
         }
         _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn batches_are_cut_into_few_statement_shapes() {
+        let items: Vec<u32> = (0..139).collect();
+        let sizes: Vec<usize> = super::shaped_chunks(&items).map(<[u32]>::len).collect();
+        assert_eq!(sizes, vec![64, 64, 4, 4, 1, 1, 1]);
+        assert_eq!(super::shaped_chunks(&items).flatten().count(), 139);
+        assert_eq!(super::shaped_chunks::<u32>(&[]).count(), 0);
     }
 }

@@ -5,11 +5,11 @@
 
 use std::sync::Arc;
 
-use axum::Extension;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
@@ -38,31 +38,36 @@ pub struct Caller {
     key: Option<ClientKeyId>,
 }
 
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Caller, Self::Rejection> {
+        Ok(Caller {
+            id: parts
+                .extensions
+                .get::<RequestId>()
+                .cloned()
+                .unwrap_or_else(RequestId::generate),
+            key: parts.extensions.get::<ClientKeyId>().cloned(),
+        })
+    }
+}
+
 pub async fn chat_completions(
     State(app): State<Arc<App>>,
-    Extension(id): Extension<RequestId>,
-    key: Option<Extension<ClientKeyId>>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let caller = Caller {
-        id,
-        key: key.map(|Extension(key)| key),
-    };
     proxy(&app, Endpoint::ChatCompletions, caller, &headers, body).await
 }
 
 pub async fn embeddings(
     State(app): State<Arc<App>>,
-    Extension(id): Extension<RequestId>,
-    key: Option<Extension<ClientKeyId>>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let caller = Caller {
-        id,
-        key: key.map(|Extension(key)| key),
-    };
     proxy(&app, Endpoint::Embeddings, caller, &headers, body).await
 }
 

@@ -33,7 +33,10 @@ impl Workers {
     /// Binds `listen` once per thread (port 0: the first bind picks the port the others share) and
     /// starts the threads.
     pub fn spawn(app: &App, listen: SocketAddr, threads: usize) -> Result<Workers, StartError> {
-        let bind_error = |source| StartError::Bind { addr: listen, source };
+        let bind_error = |source| StartError::Bind {
+            addr: listen,
+            source,
+        };
         let first = reuseport_listener(listen).map_err(bind_error)?;
         let addr = first.local_addr().map_err(bind_error)?;
         let mut listeners = vec![first];
@@ -91,7 +94,10 @@ fn serve_thread(
     stopped: oneshot::Receiver<()>,
     killed: oneshot::Receiver<()>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             tracing::error!("cannot start a serving thread's runtime: {err}");

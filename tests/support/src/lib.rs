@@ -290,7 +290,11 @@ fn record(shared: &Shared, path: &str, headers: &HeaderMap, body: &[u8]) {
     if !shared.record.load(Ordering::Relaxed) {
         return;
     }
-    let body = if body.is_empty() { Value::Null } else { serde_json::from_slice(body).unwrap_or(Value::Null) };
+    let body = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(body).unwrap_or(Value::Null)
+    };
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
