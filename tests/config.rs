@@ -222,3 +222,23 @@ fn providers_are_required() {
     let err = error_of(&format!("[server]\nlisten = \"localhost\"\n{BASE}"));
     assert!(err.contains("line 2: server.listen"), "{err}");
 }
+
+#[test]
+fn every_example_config_loads_without_any_environment() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut loaded = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if let Err(err) = Config::parse(&text, &path, &|_| None) {
+                panic!("{err}");
+            }
+            loaded += 1;
+        }
+    }
+    assert!(
+        loaded >= 2,
+        "examples/ should hold the starter and the vLLM config"
+    );
+}
