@@ -449,7 +449,8 @@ async fn wait_until_state(gw: &TestGateway, state: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_max_in_flight_spills_to_the_next_tier_at_once() {
-    let (local, _api, gw) = setup(false, "max_in_flight = 1", "").await;
+    let only_local = "\n[routes.only_local]\nkind = \"chat\"\ntiers = [\"local\"]\n";
+    let (local, _api, gw) = setup(false, "max_in_flight = 1", only_local).await;
     let gate = local.hold_streams();
     let held = gw
         .post("/v1/chat/completions", &streaming("summarize"))

@@ -52,9 +52,19 @@ impl Ledger {
 
     /// Queues a record from code that cannot wait (a stream dropped by its client).
     pub fn record_detached(&self, record: RequestRecord) {
-        if let Err(mpsc::error::TrySendError::Full(record)) = self.sender.try_send(record) {
-            let ledger = self.clone();
-            tokio::spawn(async move { ledger.record(record).await });
+        let Err(mpsc::error::TrySendError::Full(record)) = self.sender.try_send(record) else {
+            return;
+        };
+        // A full queue: wait for room on a task, if a runtime is still there to run one.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let ledger = self.clone();
+                runtime.spawn(async move { ledger.record(record).await });
+            }
+            Err(_) => tracing::error!(
+                request_id = %record.id,
+                "the ledger queue is full and the runtime is stopping; a request record was lost"
+            ),
         }
     }
 }

@@ -73,11 +73,14 @@ impl ChainRun<'_> {
                 Err(_) => {}
             }
         }
-        let all_skipped = attempts
-            .iter()
-            .all(|a| a.error.as_ref().is_some_and(UpstreamError::is_skip));
+        // Only open breakers justify the last resort: a saturated provider stays capped.
+        let all_open = attempts.iter().all(|a| {
+            a.error
+                .as_ref()
+                .is_some_and(|e| e.kind == UpstreamErrorKind::BreakerOpen)
+        });
         let primary = &self.chain[0];
-        if all_skipped && self.when_all_open == AllOpen::TryPrimary {
+        if all_open && self.when_all_open == AllOpen::TryPrimary {
             // Every breaker is open: the primary may have recovered, and failing costs one call.
             let lease = self.health.of(&primary.tier.provider).force();
             return match self.call(primary, body, lease, &mut attempts).await {

@@ -43,10 +43,14 @@ impl Workers {
         for _ in 1..threads.max(1) {
             listeners.push(reuseport_listener(addr).map_err(bind_error)?);
         }
-        let mut workers = Vec::with_capacity(listeners.len());
-        for (index, listener) in listeners.into_iter().enumerate() {
+        // Every thread's clients are built before any thread starts, so a failure leaves none behind.
+        let mut apps = Vec::with_capacity(listeners.len());
+        for _ in &listeners {
             let upstreams = Arc::new(Upstreams::new(&app.config).map_err(StartError::Client)?);
-            let app = Arc::new(app.with_upstreams(upstreams));
+            apps.push(Arc::new(app.with_upstreams(upstreams)));
+        }
+        let mut workers = Vec::with_capacity(listeners.len());
+        for (index, (listener, app)) in listeners.into_iter().zip(apps).enumerate() {
             let (stop, stopped) = oneshot::channel::<()>();
             let (kill, killed) = oneshot::channel::<()>();
             let (finished, done) = oneshot::channel::<()>();
