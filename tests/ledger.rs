@@ -46,6 +46,27 @@ async fn fakes() -> (FakeUpstream, FakeUpstream) {
     (local, api)
 }
 
+/// Fresh fakes with known usage, a gateway pricing them into a fresh SQLite ledger, and a reader of it.
+async fn priced_gateway(
+    extra: &str,
+) -> (
+    FakeUpstream,
+    FakeUpstream,
+    TestGateway,
+    tierwise::ledger::Store,
+) {
+    let (local, api) = fakes().await;
+    let gw = TestGateway::start(&priced_config(
+        &local.base_url(),
+        &api.base_url(),
+        &sqlite_url(),
+        extra,
+    ))
+    .await;
+    let store = gw.store().await;
+    (local, api, gw, store)
+}
+
 fn id_of(answer: &Answer) -> String {
     answer.header("x-tierwise-request-id").unwrap().to_string()
 }
@@ -172,15 +193,7 @@ async fn every_request_is_recorded_with_its_exact_cost_on_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_are_priced_from_their_usage_and_the_client_sees_the_stored_cost() {
-    let (local, api) = fakes().await;
-    let gw = TestGateway::start(&priced_config(
-        &local.base_url(),
-        &api.base_url(),
-        &sqlite_url(),
-        "",
-    ))
-    .await;
-    let store = gw.store().await;
+    let (_local, _api, gw, store) = priced_gateway("").await;
     let mut request = chat("api_fast", "x");
     request["stream"] = json!(true);
     request["stream_options"] = json!({"include_usage": true});
@@ -217,15 +230,7 @@ async fn streams_are_priced_from_their_usage_and_the_client_sees_the_stored_cost
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_upstream_usage_tokens_are_counted_and_marked_estimated() {
-    let (local, api) = fakes().await;
-    let gw = TestGateway::start(&priced_config(
-        &local.base_url(),
-        &api.base_url(),
-        &sqlite_url(),
-        "",
-    ))
-    .await;
-    let store = gw.store().await;
+    let (_local, api, gw, store) = priced_gateway("").await;
     api.set_fault(Fault::NoUsage);
     let request = chat("api_fast", "Summarize the quarterly report, please.");
     let expected_in = tokens::prompt(

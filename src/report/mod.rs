@@ -296,44 +296,36 @@ impl Report {
             );
         }
         let t = &self.totals;
+        let line = |out: &mut String, label: &str, amount: f64, note: &str| {
+            let _ = writeln!(out, "{label:<34} {:>12}/mo{note}", usd(amount));
+        };
         let _ = writeln!(out);
-        let _ = writeln!(
-            out,
-            "{:<34} {:>12}/mo",
+        line(
+            &mut out,
             "before (all-API baseline)",
-            usd(t.monthly_baseline_usd)
+            t.monthly_baseline_usd,
+            "",
         );
-        let _ = writeln!(
-            out,
-            "{:<34} {:>12}/mo",
-            "after: API spend",
-            usd(t.monthly_api_usd)
-        );
+        line(&mut out, "after: API spend", t.monthly_api_usd, "");
         for f in &self.fixed {
             let note = if f.unattributed {
                 " (unused in this window)"
             } else {
                 ""
             };
-            let _ = writeln!(
-                out,
-                "{:<34} {:>12}/mo{note}",
-                format!("after: fixed, {}", f.provider),
-                usd(f.monthly_usd)
+            line(
+                &mut out,
+                &format!("after: fixed, {}", f.provider),
+                f.monthly_usd,
+                note,
             );
         }
-        let _ = writeln!(
-            out,
-            "{:<34} {:>12}/mo",
-            "after: total",
-            usd(t.monthly_actual_usd)
-        );
-        let _ = writeln!(
-            out,
-            "{:<34} {:>12}/mo ({:.1}%)",
+        line(&mut out, "after: total", t.monthly_actual_usd, "");
+        line(
+            &mut out,
             "net saving",
-            usd(t.monthly_saving_usd),
-            t.saving_pct
+            t.monthly_saving_usd,
+            &format!(" ({:.1}%)", t.saving_pct),
         );
         if t.unpriced_calls > 0 {
             let _ = writeln!(
