@@ -148,16 +148,16 @@ impl Store {
             let mut query = sqlx::query(&sql);
             for r in chunk {
                 query = query
-                    .bind(r.id.clone())
+                    .bind(r.id.as_str())
                     .bind(r.ts_ms)
                     .bind(r.endpoint)
-                    .bind(r.route.clone())
-                    .bind(r.tier.clone())
-                    .bind(r.provider.clone())
-                    .bind(r.model.clone())
+                    .bind(r.route.as_deref())
+                    .bind(r.tier.as_deref())
+                    .bind(r.provider.as_deref())
+                    .bind(r.model.as_deref())
                     .bind(i32::from(r.status))
-                    .bind(r.error_kind.clone())
-                    .bind(r.fallback.clone())
+                    .bind(r.error_kind.as_deref())
+                    .bind(r.fallback.as_deref())
                     .bind(i32::from(r.stream))
                     .bind(r.tokens.input as i64)
                     .bind(r.tokens.cached as i64)
@@ -168,10 +168,10 @@ impl Store {
                     .bind(r.cost.map(|c| c.0))
                     .bind(r.baseline.map(|c| c.0))
                     .bind(i32::from(r.local))
-                    .bind(r.client_key.clone())
+                    .bind(r.client_key.as_deref())
                     .bind(r.contract)
-                    .bind(r.prompt.clone())
-                    .bind(r.answer.clone());
+                    .bind(r.prompt.as_deref())
+                    .bind(r.answer.as_deref());
             }
             query.execute(&mut *tx).await?;
         }
@@ -189,12 +189,12 @@ impl Store {
             let mut query = sqlx::query(&sql);
             for (id, seq, a) in chunk {
                 query = query
-                    .bind(id.to_string())
+                    .bind(*id)
                     .bind(*seq as i32)
-                    .bind(a.tier.clone())
-                    .bind(a.provider.clone())
-                    .bind(a.model.clone())
-                    .bind(a.outcome.clone())
+                    .bind(a.tier.as_str())
+                    .bind(a.provider.as_str())
+                    .bind(a.model.as_str())
+                    .bind(a.outcome.as_str())
                     .bind(a.latency_us);
             }
             query.execute(&mut *tx).await?;

@@ -4,6 +4,7 @@
 //! `tierwise_ledger_write_errors_total` — and at shutdown drains the queue before it returns. A full
 //! queue makes requests wait (backpressure) rather than drop records.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -139,23 +140,35 @@ async fn write(store: &Store, batch: &[RequestRecord]) {
     }
 }
 
-/// Request metrics, counted here rather than on the request path.
+/// Request metrics, counted here rather than on the request path, and once per label set per batch.
 fn account(batch: &[RequestRecord]) {
+    let mut requests: HashMap<(&str, &str, u16), u64> = HashMap::new();
+    let mut fallbacks: HashMap<&str, u64> = HashMap::new();
+    let mut cost: HashMap<(&str, &str), u64> = HashMap::new();
     for record in batch {
-        let route = record.route.clone().unwrap_or_else(|| "-".into());
-        let tier = record.tier.clone().unwrap_or_else(|| "-".into());
-        let status = record.status.to_string();
-        metrics::counter!("tierwise_requests_total", "route" => route.clone(), "tier" => tier.clone(), "status" => status)
-            .increment(1);
-        metrics::histogram!("tierwise_request_duration_seconds", "route" => route.clone())
-            .record(record.latency_us as f64 / 1e6);
+        let route = record.route.as_deref().unwrap_or("-");
+        let tier = record.tier.as_deref().unwrap_or("-");
+        *requests.entry((route, tier, record.status)).or_default() += 1;
         if record.fallback.is_some() {
-            metrics::counter!("tierwise_fallbacks_total", "route" => route.clone()).increment(1);
+            *fallbacks.entry(route).or_default() += 1;
         }
-        if let Some(cost) = record.cost {
-            metrics::counter!("tierwise_cost_picodollars_total", "route" => route, "tier" => tier)
-                .increment(cost.0.max(0) as u64);
+        if let Some(amount) = record.cost {
+            *cost.entry((route, tier)).or_default() += amount.0.max(0) as u64;
         }
+        metrics::histogram!("tierwise_request_duration_seconds", "route" => route.to_string())
+            .record(record.latency_us as f64 / 1e6);
+    }
+    for ((route, tier, status), count) in requests {
+        metrics::counter!("tierwise_requests_total", "route" => route.to_string(), "tier" => tier.to_string(), "status" => status.to_string())
+            .increment(count);
+    }
+    for (route, count) in fallbacks {
+        metrics::counter!("tierwise_fallbacks_total", "route" => route.to_string())
+            .increment(count);
+    }
+    for ((route, tier), amount) in cost {
+        metrics::counter!("tierwise_cost_picodollars_total", "route" => route.to_string(), "tier" => tier.to_string())
+            .increment(amount);
     }
 }
 

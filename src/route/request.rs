@@ -110,12 +110,16 @@ impl<'a> RequestBody<'a> {
                     param: "messages",
                     problem: "is required",
                 })?;
-                let list: Vec<&RawValue> =
-                    serde_json::from_str(messages.get()).map_err(|_| RequestError::Field {
+                // Already valid JSON (the parser checked it): only its shape is left to see,
+                // without walking every message again.
+                let text = messages.get().trim_start();
+                if !text.starts_with('[') {
+                    return Err(RequestError::Field {
                         param: "messages",
                         problem: "must be an array of messages",
-                    })?;
-                if list.is_empty() {
+                    });
+                }
+                if text[1..].trim_start().starts_with(']') {
                     return Err(RequestError::Field {
                         param: "messages",
                         problem: "must contain at least one message",

@@ -239,6 +239,8 @@ fn client_for(provider: &Provider) -> Result<reqwest::Client, UpstreamError> {
         .tcp_nodelay(true)
         .connect_timeout(provider.timeouts.connect)
         .pool_idle_timeout(Duration::from_secs(90))
+        // An upstream that redirects is misconfigured; following it would resend the key.
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("tierwise/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(UpstreamError::from_reqwest)
