@@ -62,6 +62,9 @@ fn the_starter_config_loads_without_any_environment() {
         "{:?}",
         config.warnings
     );
+    // Every tier is priced: the local ones by their provider's fixed cost, the API ones by the table.
+    let (_, unpriced) = tierwise::ledger::Pricing::new(&config);
+    assert!(unpriced.is_empty(), "{unpriced:?}");
 }
 
 #[test]
