@@ -21,6 +21,17 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Runs `tierwise` with `args`, insists on success, and parses what it printed as JSON.
+fn json_of(command: &mut Command) -> serde_json::Value {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Writes `toml` as `tierwise.toml` in a fresh temp directory; returns the directory and the file.
 fn write_config(name: &str, toml: &str) -> (PathBuf, PathBuf) {
     let dir = temp_dir(name);
@@ -290,16 +301,7 @@ fn simulate_reproduces_the_articles_rows_and_names_where_its_sums_disagree() {
         env!("CARGO_MANIFEST_DIR"),
         "/examples/workloads/article.toml"
     );
-    let out = tierwise()
-        .args(["simulate", "--workload", workload, "--format", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let sim: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sim = json_of(tierwise().args(["simulate", "--workload", workload, "--format", "json"]));
     let today: Vec<f64> = sim["tasks"]
         .as_array()
         .unwrap()
@@ -358,17 +360,11 @@ async fn report_reads_the_ledger_a_gateway_wrote() {
     }
     assert!(terminate(child).await.success());
 
-    let out = tierwise()
-        .args(["report", "--since", "1h", "--format", "json", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = json_of(
+        tierwise()
+            .args(["report", "--since", "1h", "--format", "json", "--config"])
+            .arg(&path),
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["routes"][0]["route"], "classification");
     assert_eq!(report["routes"][0]["calls"], 3);
     // gpt-4o-mini: 1000 × $0.15 + 100 × $0.60 per million = $0.00021 a call; gpt-4o: $0.0035.

@@ -151,11 +151,7 @@ async fn each_retryable_fault_falls_back_to_the_next_tier() {
     }
 
     local.stop().await;
-    let answer = Answer::of(
-        gw.post("/v1/chat/completions", &chat("summarize", "x"))
-            .await,
-    )
-    .await;
+    let answer = gw.ask("summarize").await;
     assert_eq!(
         answer.header("x-tierwise-fallback"),
         Some("local:connect_refused")
@@ -226,11 +222,7 @@ async fn a_429_with_a_short_retry_after_is_retried_once_on_the_same_tier() {
         };
         b.fault_for = Some(1);
     });
-    let answer = Answer::of(
-        gw.post("/v1/chat/completions", &chat("summarize", "x"))
-            .await,
-    )
-    .await;
+    let answer = gw.ask("summarize").await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.header("x-tierwise-tier"), Some("local"));
     assert_eq!(answer.header("x-tierwise-fallback"), Some("local:http_429"));
@@ -243,11 +235,7 @@ async fn a_429_with_a_short_retry_after_is_retried_once_on_the_same_tier() {
         body: None,
         retry_after: Some(60),
     });
-    let answer = Answer::of(
-        gw.post("/v1/chat/completions", &chat("summarize", "x"))
-            .await,
-    )
-    .await;
+    let answer = gw.ask("summarize").await;
     assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"));
     assert_eq!(local.request_count(), 3);
 }
@@ -262,11 +250,7 @@ async fn an_open_breaker_stops_user_traffic_to_the_failing_provider() {
         retry_after: None,
     });
     for i in 0..10 {
-        let answer = Answer::of(
-            gw.post("/v1/chat/completions", &chat("summarize", "x"))
-                .await,
-        )
-        .await;
+        let answer = gw.ask("summarize").await;
         assert_eq!(answer.status, 200);
         assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"));
         let expected = if i < 3 {
@@ -339,11 +323,7 @@ async fn a_recovered_provider_gets_traffic_back_within_a_probe_interval_and_cool
 
     // The probe finds it down before any user does.
     wait_until_state(&gw, "open").await;
-    let answer = Answer::of(
-        gw.post("/v1/chat/completions", &chat("summarize", "x"))
-            .await,
-    )
-    .await;
+    let answer = gw.ask("summarize").await;
     assert_eq!(
         answer.header("x-tierwise-fallback"),
         Some("local:breaker_open")
@@ -352,11 +332,7 @@ async fn a_recovered_provider_gets_traffic_back_within_a_probe_interval_and_cool
     let local = FakeUpstream::start_on(addr).await;
     let restarted = std::time::Instant::now();
     loop {
-        let answer = Answer::of(
-            gw.post("/v1/chat/completions", &chat("summarize", "x"))
-                .await,
-        )
-        .await;
+        let answer = gw.ask("summarize").await;
         assert_eq!(answer.status, 200);
         if answer.header("x-tierwise-tier") == Some("local") {
             break;
@@ -459,11 +435,7 @@ async fn over_max_in_flight_spills_to_the_next_tier_at_once() {
     let mut held = held.bytes_stream();
     held.next().await.expect("first chunk").unwrap();
 
-    let answer = Answer::of(
-        gw.post("/v1/chat/completions", &chat("summarize", "x"))
-            .await,
-    )
-    .await;
+    let answer = gw.ask("summarize").await;
     assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"));
     assert_eq!(
         answer.header("x-tierwise-fallback"),
@@ -484,11 +456,7 @@ async fn over_max_in_flight_spills_to_the_next_tier_at_once() {
 
     gate.open();
     while held.next().await.is_some() {}
-    let answer = Answer::of(
-        gw.post("/v1/chat/completions", &chat("summarize", "x"))
-            .await,
-    )
-    .await;
+    let answer = gw.ask("summarize").await;
     assert_eq!(
         answer.header("x-tierwise-tier"),
         Some("local"),
@@ -515,19 +483,11 @@ when_all_open = "fail_fast"
         body: None,
         retry_after: None,
     });
-    let first = Answer::of(
-        gw.post("/v1/chat/completions", &chat("local_fast", "x"))
-            .await,
-    )
-    .await;
+    let first = gw.ask("local_fast").await;
     first.error(502, Some("upstream_unavailable"));
     assert_eq!(local.request_count(), 1);
 
-    let fast = Answer::of(
-        gw.post("/v1/chat/completions", &chat("local_fast", "x"))
-            .await,
-    )
-    .await;
+    let fast = gw.ask("local_fast").await;
     fast.error(503, Some("tiers_unavailable"));
     let retry_after: u64 = fast.header("retry-after").unwrap().parse().unwrap();
     assert!((50..=60).contains(&retry_after), "{retry_after}");
@@ -538,11 +498,7 @@ when_all_open = "fail_fast"
     );
 
     local.set_fault(Fault::None);
-    let tried = Answer::of(
-        gw.post("/v1/chat/completions", &chat("local_try", "x"))
-            .await,
-    )
-    .await;
+    let tried = gw.ask("local_try").await;
     assert_eq!(tried.status, 200, "{}", tried.text);
     assert_eq!(
         tried.header("x-tierwise-fallback"),

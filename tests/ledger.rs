@@ -91,11 +91,7 @@ async fn rows_and_costs(backend: Backend) {
 
     // Served locally: nothing at the margin; the baseline is gpt-4o for the same tokens:
     // 800 × $2.50 + 200 × $1.25 + 500 × $10 per million = $0.00725.
-    let answer = Answer::of(
-        gw.post("/v1/chat/completions", &chat("classification", "x"))
-            .await,
-    )
-    .await;
+    let answer = gw.ask("classification").await;
     assert_eq!(answer.header("x-tierwise-cost-usd"), Some("0"));
     let row = stored(&store, &id_of(&answer)).await;
     assert_eq!(row.route.as_deref(), Some("classification"));
@@ -137,11 +133,7 @@ async fn rows_and_costs(backend: Backend) {
         body: None,
         retry_after: None,
     });
-    let answer = Answer::of(
-        gw.post("/v1/chat/completions", &chat("classification", "x"))
-            .await,
-    )
-    .await;
+    let answer = gw.ask("classification").await;
     assert_eq!(answer.header("x-tierwise-cost-usd"), Some("0.000435"));
     let row = stored(&store, &id_of(&answer)).await;
     assert_eq!(
@@ -166,11 +158,7 @@ async fn rows_and_costs(backend: Backend) {
         body: None,
         retry_after: None,
     });
-    let answer = Answer::of(
-        gw.post("/v1/chat/completions", &chat("classification", "x"))
-            .await,
-    )
-    .await;
+    let answer = gw.ask("classification").await;
     assert_eq!(answer.status, 502);
     let row = stored(&store, &id_of(&answer)).await;
     assert_eq!(
@@ -298,11 +286,7 @@ output = 2.0
     let gw = TestGateway::start_config(config).await;
     let store = gw.store().await;
 
-    let answer = Answer::of(
-        gw.post("/v1/chat/completions", &chat("api_fast", "x"))
-            .await,
-    )
-    .await;
+    let answer = gw.ask("api_fast").await;
     // 800 × $1 + 200 × $1 (cached costs as input without its own price) + 500 × $2 per million.
     assert_eq!(answer.header("x-tierwise-cost-usd"), Some("0.002"));
     assert_eq!(
@@ -310,7 +294,7 @@ output = 2.0
         Some(2_000_000_000)
     );
 
-    let answer = Answer::of(gw.post("/v1/chat/completions", &chat("mystery", "x")).await).await;
+    let answer = gw.ask("mystery").await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.header("x-tierwise-cost-usd"), None);
     assert_eq!(stored(&store, &id_of(&answer)).await.cost_pusd, None);
@@ -361,13 +345,7 @@ async fn report_totals(backend: Backend) {
             (Some(gw2), 1) => gw2,
             _ => &gw1,
         };
-        ids.push(id_of(
-            &Answer::of(
-                gw.post("/v1/chat/completions", &chat("classification", "x"))
-                    .await,
-            )
-            .await,
-        ));
+        ids.push(id_of(&gw.ask("classification").await));
     }
     local.set_fault(Fault::Status {
         status: 503,
@@ -375,13 +353,7 @@ async fn report_totals(backend: Backend) {
         retry_after: None,
     });
     for _ in 0..2 {
-        ids.push(id_of(
-            &Answer::of(
-                gw1.post("/v1/chat/completions", &chat("classification", "x"))
-                    .await,
-            )
-            .await,
-        ));
+        ids.push(id_of(&gw1.ask("classification").await));
     }
     let store = gw1.store().await;
     for id in &ids {
@@ -479,13 +451,7 @@ async fn a_failing_store_is_retried_loudly_and_loses_nothing() {
     ))
     .await;
     let store = gw.store().await;
-    let first = id_of(
-        &Answer::of(
-            gw.post("/v1/chat/completions", &chat("summarize", "x"))
-                .await,
-        )
-        .await,
-    );
+    let first = id_of(&gw.ask("summarize").await);
     stored(&store, &first).await;
 
     // Take the table away: every insert fails until it is back.
@@ -495,13 +461,7 @@ async fn a_failing_store_is_retried_loudly_and_loses_nothing() {
         .await
         .unwrap();
     let errors_before = write_errors(&gw).await;
-    let second = id_of(
-        &Answer::of(
-            gw.post("/v1/chat/completions", &chat("summarize", "x"))
-                .await,
-        )
-        .await,
-    );
+    let second = id_of(&gw.ask("summarize").await);
     let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while write_errors(&gw).await <= errors_before {
         assert!(

@@ -78,11 +78,7 @@ async fn every_other_field_passes_through_untouched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_may_be_a_tier_or_a_model_id_and_the_route_header_attributes_it() {
     let (local, api, gw) = setup("").await;
-    let by_tier = Answer::of(
-        gw.post("/v1/chat/completions", &chat("api_fast", "x"))
-            .await,
-    )
-    .await;
+    let by_tier = gw.ask("api_fast").await;
     assert_eq!(by_tier.status, 200, "{}", by_tier.text);
     assert_eq!(by_tier.header("x-tierwise-tier"), Some("api_fast"));
     assert_eq!(by_tier.header("x-tierwise-route"), None);
@@ -128,11 +124,7 @@ async fn model_may_be_a_tier_or_a_model_id_and_the_route_header_attributes_it() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_model_is_404_model_not_found_listing_what_exists() {
     let (_local, _api, gw) = setup("").await;
-    let answer = Answer::of(
-        gw.post("/v1/chat/completions", &chat("gpt-5-ultra", "x"))
-            .await,
-    )
-    .await;
+    let answer = gw.ask("gpt-5-ultra").await;
     let message = answer.error(404, Some("model_not_found"));
     for name in [
         "gpt-5-ultra",
@@ -278,30 +270,18 @@ async fn prompt_overrides_replace_or_insert_the_system_message_with_labels_fille
 async fn the_label_contract_normalizes_and_flags_but_never_invents() {
     let (local, _api, gw) = setup("").await;
     local.update(|b| b.reply = "The category is: Technical.".into());
-    let answer = Answer::of(
-        gw.post("/v1/chat/completions", &chat("classification", "x"))
-            .await,
-    )
-    .await;
+    let answer = gw.ask("classification").await;
     assert_eq!(answer.body["choices"][0]["message"]["content"], "technical");
     assert_eq!(answer.header("x-tierwise-contract"), Some("normalized"));
     assert_eq!(answer.body["id"], "chatcmpl-fake");
 
     local.update(|b| b.reply = "billing".into());
-    let answer = Answer::of(
-        gw.post("/v1/chat/completions", &chat("classification", "x"))
-            .await,
-    )
-    .await;
+    let answer = gw.ask("classification").await;
     assert_eq!(answer.body["choices"][0]["message"]["content"], "billing");
     assert_eq!(answer.header("x-tierwise-contract"), Some("ok"));
 
     local.update(|b| b.reply = "I am not sure what this is about.".into());
-    let answer = Answer::of(
-        gw.post("/v1/chat/completions", &chat("classification", "x"))
-            .await,
-    )
-    .await;
+    let answer = gw.ask("classification").await;
     assert_eq!(answer.status, 200);
     assert_eq!(
         answer.body["choices"][0]["message"]["content"],
@@ -310,11 +290,7 @@ async fn the_label_contract_normalizes_and_flags_but_never_invents() {
     assert_eq!(answer.header("x-tierwise-contract"), Some("violated"));
 
     // Routes without labels are untouched.
-    let answer = Answer::of(
-        gw.post("/v1/chat/completions", &chat("summarize", "x"))
-            .await,
-    )
-    .await;
+    let answer = gw.ask("summarize").await;
     assert_eq!(answer.header("x-tierwise-contract"), None);
 }
 
@@ -565,11 +541,7 @@ async fn an_upstream_client_error_comes_back_as_it_came_without_fallback() {
         body: Some(body.into()),
         retry_after: None,
     });
-    let answer = Answer::of(
-        gw.post("/v1/chat/completions", &chat("summarize", "x"))
-            .await,
-    )
-    .await;
+    let answer = gw.ask("summarize").await;
     assert_eq!(answer.status, 400);
     assert_eq!(answer.text, body);
     assert_eq!(api.request_count(), 0, "a client error must not fall back");
@@ -584,11 +556,7 @@ async fn a_failed_primary_falls_back_and_says_so() {
         body: None,
         retry_after: None,
     });
-    let answer = Answer::of(
-        gw.post("/v1/chat/completions", &chat("summarize", "x"))
-            .await,
-    )
-    .await;
+    let answer = gw.ask("summarize").await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"));
     assert_eq!(answer.header("x-tierwise-provider"), Some("openai"));
@@ -610,7 +578,7 @@ async fn unreachable_upstreams_are_502_or_504_naming_the_tier_and_never_the_key(
         .replace("api_key = \"${LOCAL_KEY}\"", "api_key = \"${LOCAL_KEY}\"\nhealth = { enabled = false }");
 
     let gw = TestGateway::start(&toml).await;
-    let answer = Answer::of(gw.post("/v1/chat/completions", &chat("embed", "x")).await).await;
+    let answer = gw.ask("embed").await;
     // `embed` is a chat call on an embedding tier here; what matters is its one tier is down.
     let message = answer.error(502, Some("upstream_unavailable"));
     assert!(
@@ -618,11 +586,7 @@ async fn unreachable_upstreams_are_502_or_504_naming_the_tier_and_never_the_key(
         "{message}"
     );
 
-    let answer = Answer::of(
-        gw.post("/v1/chat/completions", &chat("summarize", "x"))
-            .await,
-    )
-    .await;
+    let answer = gw.ask("summarize").await;
     let message = answer.error(504, Some("upstream_timeout"));
     assert!(
         message.contains("local: connect_refused")

@@ -174,6 +174,11 @@ impl TestGateway {
             .expect("the gateway answers")
     }
 
+    /// A chat completion for `model` with a one-word prompt, read whole.
+    pub async fn ask(&self, model: &str) -> Answer {
+        Answer::of(self.post("/v1/chat/completions", &chat(model, "x")).await).await
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http
             .get(format!("{}{path}", self.url))
