@@ -5,23 +5,24 @@
 //!
 //! - [`config`]: the TOML file, read once at start-up into resolved types (a route holds its tiers, a
 //!   tier its provider); every mistake is reported here with its key and line.
-//! - [`server`]: the HTTP surface — router, request id, client auth, the request path of
-//!   `/v1/chat/completions` and `/v1/embeddings`, the SSE relay, and the one place errors become
-//!   OpenAI-shaped answers; `/readyz` and `/admin/api/providers`; graceful shutdown.
+//! - [`server`]: the HTTP surface — one single-threaded event loop per core on a shared port, router,
+//!   request id, client auth, the request path of `/v1/chat/completions` and `/v1/embeddings`, the SSE
+//!   relay, and the one place errors become OpenAI-shaped answers; `/readyz`, `/metrics`,
+//!   `/admin/api/*`; graceful shutdown.
 //! - [`route`]: what the client's `model` names (route, tier or model id) and its tier chain; the
 //!   request body rewritten per tier (model, defaults, prompt override); the chain run with fallback
 //!   on retryable failures; the output contract that normalizes labels.
 //! - [`health`]: per provider, the circuit breaker and in-flight cap the chain consults before each
 //!   attempt, the active probes that feed the breakers, and warm-up.
+//! - [`upstream`]: the pooled HTTP client per provider, timeouts, failure classification, and
+//!   reading an upstream stream event by event.
 //! - [`ledger`]: the record of every request and attempt — prices, exact cost in picodollars,
 //!   baseline cost, token estimates — handed to a background writer over SQLite or PostgreSQL.
 //! - [`report`]: cost and savings per route read back from the ledger; `simulate` for workloads
 //!   not yet deployed.
-//! - [`upstream`]: the pooled HTTP client per provider, timeouts, failure classification, and
-//!   reading an upstream stream event by event.
 //!
-//! The command line (`tierwise serve`, `check`, `init`, `report`, `simulate`) lives in the binary, `src/main.rs` and
-//! `src/cli.rs`, the only place that uses `anyhow`.
+//! The command line (`tierwise serve`, `check`, `init`, `report`, `simulate`) lives in the binary,
+//! `src/main.rs` and `src/cli.rs`, the only place that uses `anyhow`.
 
 pub mod config;
 pub mod health;
