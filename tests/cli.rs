@@ -1,5 +1,7 @@
 //! The `tierwise` binary as a user runs it: `init`, `check`, and `serve` stopped by SIGTERM.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -189,23 +191,25 @@ async fn serve(config: &std::path::Path) -> (std::process::Child, String) {
     (child, url)
 }
 
-async fn terminate(child: std::process::Child) -> std::process::ExitStatus {
-    let mut child = child;
+fn send_sigterm(child: &std::process::Child) {
     let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(sent.success(), "kill -TERM {pid} failed");
+}
+
+async fn wait_for_exit(mut child: std::process::Child, what: &str) -> std::process::ExitStatus {
     tokio::time::timeout(
         Duration::from_secs(30),
         tokio::task::spawn_blocking(move || child.wait().unwrap()),
     )
     .await
-    .expect("the gateway exits after SIGTERM")
+    .unwrap_or_else(|_| panic!("{what}"))
     .unwrap()
+}
+
+async fn terminate(child: std::process::Child) -> std::process::ExitStatus {
+    send_sigterm(&child);
+    wait_for_exit(child, "the gateway exits after SIGTERM").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,28 +217,17 @@ async fn sigterm_flushes_every_record_the_writer_still_holds() {
     use sqlx::Connection;
     const N: usize = 40;
     let up = FakeUpstream::start().await;
-    let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
-    let base = std::env::var("TIERWISE_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let mut conn = sqlx::PgConnection::connect(&base)
-        .await
-        .expect("PostgreSQL is up (see .ci/run)");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let url = format!("{base}?options=-c%20search_path%3D{schema}");
+    let url = common::postgres_url().await;
     let (dir, path) = write_config("flush", &one_route(&up.base_url(), &url));
     let (child, gateway) = serve(&path).await;
 
     // Hold the ledger's table so that every record stays queued in the writer.
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
     let mut lock = conn.begin().await.unwrap();
-    sqlx::query(&format!(
-        "LOCK TABLE {schema}.requests IN ACCESS EXCLUSIVE MODE"
-    ))
-    .execute(&mut *lock)
-    .await
-    .unwrap();
+    sqlx::query("LOCK TABLE requests IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
     let http = reqwest::Client::new();
     for _ in 0..N {
         let response = http
@@ -247,28 +240,30 @@ async fn sigterm_flushes_every_record_the_writer_still_holds() {
             .unwrap();
         assert_eq!(response.status(), 200);
     }
-    let count = format!("SELECT COUNT(*) FROM {schema}.requests");
-    let (held,): (i64,) = sqlx::query_as(&count).fetch_one(&mut *lock).await.unwrap();
+    let count = "SELECT COUNT(*) FROM requests";
+    let (held,): (i64,) = sqlx::query_as(count).fetch_one(&mut *lock).await.unwrap();
     assert_eq!(held, 0, "the records are still in the writer's hands");
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+
+    send_sigterm(&child);
+    // Release the table only once the gateway is shutting down (its listener is closed), so the
+    // records are written by the shutdown flush and not before it.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while reqwest::Client::new()
+        .get(format!("{gateway}/healthz"))
+        .send()
+        .await
+        .is_ok()
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "the gateway kept accepting after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     lock.rollback().await.unwrap();
-    let mut child = child;
-    let status = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::task::spawn_blocking(move || child.wait().unwrap()),
-    )
-    .await
-    .expect("the gateway exits once the ledger is flushed")
-    .unwrap();
+    let status = wait_for_exit(child, "the gateway exits once the ledger is flushed").await;
     assert!(status.success(), "{status:?}");
-    let (rows,): (i64,) = sqlx::query_as(&count).fetch_one(&mut conn).await.unwrap();
+    let (rows,): (i64,) = sqlx::query_as(count).fetch_one(&mut conn).await.unwrap();
     assert_eq!(
         rows as usize, N,
         "every request answered before SIGTERM is in the ledger"

@@ -479,16 +479,9 @@ async fn a_failing_store_is_retried_loudly_and_loses_nothing() {
 }
 
 async fn write_errors(gw: &TestGateway) -> f64 {
-    let text = gw
-        .http
-        .get(format!("{}/metrics", gw.url))
-        .send()
+    gw.metrics()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find(|line| line.starts_with("tierwise_ledger_write_errors_total"))
         .and_then(|line| line.split_whitespace().last())
         .map_or(0.0, |value| value.parse().unwrap())
@@ -511,15 +504,7 @@ async fn one_json_line_per_request_goes_to_the_request_log() {
             &Answer::of(gw.post("/v1/chat/completions", &chat(model, "x")).await).await,
         ));
     }
-    let metrics = gw
-        .http
-        .get(format!("{}/metrics", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     gw.shutdown().await;
     let lines: Vec<Value> = std::fs::read_to_string(&log)
         .unwrap()

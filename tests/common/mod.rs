@@ -174,6 +174,17 @@ impl TestGateway {
             .expect("the gateway answers")
     }
 
+    /// The Prometheus text at `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap();
+        response.text().await.unwrap()
+    }
+
     /// A chat completion for `model` with a one-word prompt, read whole.
     pub async fn ask(&self, model: &str) -> Answer {
         Answer::of(self.post("/v1/chat/completions", &chat(model, "x")).await).await
