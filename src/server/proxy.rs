@@ -20,7 +20,7 @@ use super::{App, RequestId};
 use crate::config::AllOpen;
 use crate::ledger::{Draft, Tokens, tokens};
 use crate::route::Resolved;
-use crate::route::chain::{self, ChainRun, Served};
+use crate::route::chain::{ChainRun, Served};
 use crate::route::contract;
 use crate::route::request::{Endpoint, RequestBody};
 use crate::upstream::{Reply, Usage};
@@ -116,15 +116,11 @@ async fn proxy(
             let mut record = draft.record(response.status().as_u16(), &unserved.attempts);
             record.error_kind = Some(unserved.error.reason());
             record.cost = Some(Default::default());
-            app.ledger.record(record).await;
             let headers = response.headers_mut();
             set(headers, ROUTE_HEADER, route_name);
-            set(
-                headers,
-                FALLBACK_HEADER,
-                chain::fallback_path(&unserved.attempts).as_deref(),
-            );
+            set(headers, FALLBACK_HEADER, record.fallback.as_deref());
             set(headers, COST_HEADER, Some("0"));
+            app.ledger.record(record).await;
             response
         }
     }
@@ -150,6 +146,8 @@ async fn answer(
     record.provider = Some(tier.provider.name.clone());
     record.model = Some(tier.model.clone());
     record.local = crate::ledger::record::is_local(&tier);
+    // Taken before the record moves to the ledger (or, for a stream, to its relay).
+    let fallback = record.fallback.clone();
     let mut response = match reply {
         Reply::Complete { body, usage } => {
             let tokens = match usage {
@@ -229,11 +227,7 @@ async fn answer(
     );
     set(headers, TIER_HEADER, Some(&tier.name));
     set(headers, PROVIDER_HEADER, Some(&tier.provider.name));
-    set(
-        headers,
-        FALLBACK_HEADER,
-        chain::fallback_path(&attempts).as_deref(),
-    );
+    set(headers, FALLBACK_HEADER, fallback.as_deref());
     response
 }
 
