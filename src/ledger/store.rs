@@ -60,8 +60,9 @@ const ATTEMPT_COLUMNS: &[&str] = &[
     "latency_us",
 ];
 /// Rows per INSERT, largest first. A batch is cut into these few shapes so that each is prepared
-/// once and then reused from the statement cache; 64 × 24 parameters stays under every limit.
-const STATEMENT_ROWS: [usize; 4] = [64, 16, 4, 1];
+/// once and then reused from the statement cache; 256 × 24 parameters stays under SQLite's (32,766)
+/// and PostgreSQL's (65,535) limits.
+const STATEMENT_ROWS: [usize; 5] = [256, 64, 16, 4, 1];
 
 #[derive(Clone)]
 pub struct Store {
@@ -359,5 +360,8 @@ mod tests {
         assert_eq!(sizes, vec![64, 64, 4, 4, 1, 1, 1]);
         assert_eq!(super::shaped_chunks(&items).flatten().count(), 139);
         assert_eq!(super::shaped_chunks::<u32>(&[]).count(), 0);
+        let items: Vec<u32> = (0..600).collect();
+        let sizes: Vec<usize> = super::shaped_chunks(&items).map(<[u32]>::len).collect();
+        assert_eq!(sizes, vec![256, 256, 64, 16, 4, 4]);
     }
 }
