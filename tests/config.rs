@@ -115,6 +115,17 @@ fn a_bad_url_is_refused_with_an_example() {
 }
 
 #[test]
+fn an_api_key_a_header_cannot_carry_is_refused_without_echoing_it() {
+    let toml = BASE.replace(
+        "base_url = \"http://localhost:8001/v1\"",
+        "base_url = \"http://localhost:8001/v1\"\napi_key = \"sk-secret\\n\"",
+    );
+    let err = error_of(&toml);
+    assert!(err.contains("line 3: providers.vllm.api_key"), "{err}");
+    assert!(!err.contains("sk-secret"), "the key leaked: {err}");
+}
+
+#[test]
 fn an_unset_environment_variable_is_named() {
     let err = error_of(&BASE.replace(
         "base_url = \"http://localhost:8001/v1\"",

@@ -274,6 +274,16 @@ impl<'a> Resolver<'a> {
                         self.line(text.span().start)
                     ));
                     None
+                } else if !value
+                    .bytes()
+                    .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+                {
+                    self.issue_at(
+                        text.span().start,
+                        &format!("{key}.api_key"),
+                        "contains a character an HTTP header cannot carry (a line break or non-ASCII); copy the key again",
+                    );
+                    None
                 } else {
                     Some(Secret::new(value))
                 }

@@ -106,7 +106,7 @@ impl Upstreams {
         let timeouts = tier.timeouts;
         let started = Instant::now();
         let client = self.provider_client(provider);
-        let mut request = client
+        let request = client
             .http
             .post(match endpoint {
                 Endpoint::ChatCompletions => client.chat.clone(),
@@ -114,9 +114,6 @@ impl Upstreams {
             })
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body);
-        if let Some(key) = &provider.api_key {
-            request = request.bearer_auth(key.expose());
-        }
         let head_limit = timeouts.first_byte.min(timeouts.total);
         let response = match tokio::time::timeout(head_limit, request.send()).await {
             Ok(Ok(response)) => response,
@@ -167,10 +164,7 @@ impl Upstreams {
         provider: &Provider,
         policy: &ProbePolicy,
     ) -> Result<(), UpstreamError> {
-        let mut request = self.client(provider).get(policy.url.clone());
-        if let Some(key) = &provider.api_key {
-            request = request.bearer_auth(key.expose());
-        }
+        let request = self.client(provider).get(policy.url.clone());
         let response = match tokio::time::timeout(policy.timeout, request.send()).await {
             Ok(Ok(response)) => response,
             Ok(Err(err)) => return Err(UpstreamError::from_reqwest(err)),
@@ -198,15 +192,12 @@ impl Upstreams {
         struct ModelEntry {
             id: String,
         }
-        let mut request = self.client(provider).get(
+        let request = self.client(provider).get(
             provider
                 .base_url
                 .join("models")
                 .expect("a relative path always joins"),
         );
-        if let Some(key) = &provider.api_key {
-            request = request.bearer_auth(key.expose());
-        }
         let limit = provider.timeouts.first_byte.min(Duration::from_secs(10));
         let response = match tokio::time::timeout(limit, request.send()).await {
             Ok(Ok(response)) => response,
@@ -232,8 +223,18 @@ impl Upstreams {
     }
 }
 
+/// The provider's client. Its key goes into the default headers, built once and marked sensitive,
+/// rather than formatted into a new header on every request.
 fn client_for(provider: &Provider) -> Result<reqwest::Client, UpstreamError> {
+    let mut headers = http::HeaderMap::new();
+    if let Some(key) = &provider.api_key {
+        let mut value = http::HeaderValue::try_from(format!("Bearer {}", key.expose()))
+            .expect("configuration admits only header-safe keys");
+        value.set_sensitive(true);
+        headers.insert(http::header::AUTHORIZATION, value);
+    }
     reqwest::Client::builder()
+        .default_headers(headers)
         // A local model server runs on the same host; Nagle's algorithm meeting delayed ACKs would
         // add ~40 ms to every keep-alive request.
         .tcp_nodelay(true)
