@@ -126,6 +126,11 @@ async fn rows_and_costs(backend: Backend) {
         (None, None),
         "content is not stored unless asked"
     );
+    assert_eq!(
+        store.attempts(&row.id).await.unwrap(),
+        vec![("local".to_string(), "ok".to_string())],
+        "a first-try answer's one attempt is its own tier"
+    );
 
     // Fallen back to gpt-4o-mini: 800 × $0.15 + 200 × $0.075 + 500 × $0.60 per million = $0.000435.
     local.set_fault(Fault::Status {

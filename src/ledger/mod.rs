@@ -126,19 +126,31 @@ impl Draft {
             contract: None,
             prompt: self.prompt.clone(),
             answer: None,
-            attempts: attempts
-                .iter()
-                .map(|attempt| AttemptRecord {
-                    tier: attempt.tier.name.clone(),
-                    provider: attempt.tier.provider.name.clone(),
-                    model: attempt.tier.model.clone(),
-                    outcome: attempt
-                        .error
-                        .as_ref()
-                        .map_or_else(|| "ok".to_string(), |e| e.reason()),
-                    latency_us: attempt.latency.as_micros() as i64,
-                })
-                .collect(),
+            attempts: if served_first_try(attempts) {
+                Vec::new()
+            } else {
+                attempts.iter().map(attempt_record).collect()
+            },
         }
+    }
+}
+
+/// One tier answered at the first try: the request's own row (tier, provider, model, latency)
+/// says all there is, so no attempt rows are kept. That is nearly every request, and the attempt
+/// rows were a third of the ledger's cost per request (docs/benchmarks.md).
+fn served_first_try(attempts: &[Attempt]) -> bool {
+    matches!(attempts, [only] if only.error.is_none())
+}
+
+fn attempt_record(attempt: &Attempt) -> AttemptRecord {
+    AttemptRecord {
+        tier: attempt.tier.name.clone(),
+        provider: attempt.tier.provider.name.clone(),
+        model: attempt.tier.model.clone(),
+        outcome: attempt
+            .error
+            .as_ref()
+            .map_or_else(|| "ok".to_string(), |e| e.reason()),
+        latency_us: attempt.latency.as_micros() as i64,
     }
 }

@@ -48,6 +48,8 @@ pub struct RequestRecord {
     pub contract: Option<&'static str>,
     pub prompt: Option<String>,
     pub answer: Option<String>,
+    /// Every attempt in order when the request was not answered at its first try; empty when it
+    /// was, since then its tier, provider and model above say which call served it.
     pub attempts: Vec<AttemptRecord>,
 }
 

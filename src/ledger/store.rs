@@ -1,6 +1,7 @@
 //! The ledger's storage: embedded SQLite (the default, WAL mode, created on first start) or
 //! PostgreSQL (several replicas, one ledger), behind one type. Both run the same portable SQL and the
-//! same migrations through sqlx's `Any` driver.
+//! same migrations through sqlx's `Any` driver. The `attempts` table holds the attempts of requests
+//! that were not answered at their first try; [`Store::attempts`] gives every request's.
 
 use std::time::Duration;
 
@@ -245,15 +246,27 @@ impl Store {
         row.as_ref().map(stored_request).transpose()
     }
 
-    /// The attempts of a request in order, as `(tier, outcome)`.
+    /// The attempts of a request in order, as `(tier, outcome)`. A request answered at its first
+    /// try has no attempt rows; its one attempt is its own tier, `ok`.
     pub async fn attempts(&self, request_id: &str) -> Result<Vec<(String, String)>, LedgerError> {
         let rows =
             sqlx::query("SELECT tier, outcome FROM attempts WHERE request_id = $1 ORDER BY seq")
                 .bind(request_id.to_string())
                 .fetch_all(&self.pool)
                 .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("tier")?, row.try_get("outcome")?)))
+        if !rows.is_empty() {
+            return rows
+                .iter()
+                .map(|row| Ok((row.try_get("tier")?, row.try_get("outcome")?)))
+                .collect();
+        }
+        let served = sqlx::query("SELECT tier FROM requests WHERE id = $1 AND tier IS NOT NULL")
+            .bind(request_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        served
+            .map(|row| Ok((row.try_get("tier")?, "ok".to_string())))
+            .into_iter()
             .collect()
     }
 
