@@ -73,22 +73,23 @@ class Proc:
         except OSError:
             return []
 
-    def peak_rss_mb(self):
-        peak = 0
+    def status_mb(self, field):
+        """A /proc status figure (VmRSS, VmHWM) summed over the process and its worker processes."""
+        total = 0
         for pid in [self.popen.pid] + self.children():
             try:
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak += int(line.split()[1])
+                    if line.startswith(field + ":"):
+                        total += int(line.split()[1])
             except FileNotFoundError:
                 pass
-        return peak / 1024
+        return total / 1024
+
+    def peak_rss_mb(self):
+        return self.status_mb("VmHWM")
 
     def rss_mb(self):
-        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        return self.status_mb("VmRSS")
 
     def stop(self):
         self.popen.terminate()
@@ -255,6 +256,7 @@ def measure(targets, path, body_file, connections, seconds, rounds, cpu_of=()):
             run = wrk(port, path, body_file, connections, seconds)
             if isinstance(target, Proc) and name in cpu_of:
                 run["cpu_us_per_req"] = (target.cpu_seconds() - before) * 1e6 / max(run["requests"], 1)
+                run["rss_mb"] = target.rss_mb()
             results[name].append(run)
     summary = {}
     for name, runs in results.items():
@@ -266,6 +268,7 @@ def measure(targets, path, body_file, connections, seconds, rounds, cpu_of=()):
         }
         if "cpu_us_per_req" in runs[0]:
             summary[name]["cpu_us_per_req"] = median_of(runs, "cpu_us_per_req")
+            summary[name]["rss_mb"] = max(r["rss_mb"] for r in runs)
     return summary
 
 
@@ -275,18 +278,19 @@ def row(scenario, target, m, direct=None):
     return {
         "scenario": scenario, "target": target, "rps": m["rps"], "p50_us": m["p50_us"], "p99_us": m["p99_us"],
         "added_p50_us": added50, "added_p99_us": added99, "cpu_us_per_req": m.get("cpu_us_per_req"),
-        "errors": m["errors"],
+        "rss_mb": m.get("rss_mb"), "errors": m["errors"],
     }
 
 
 def print_table(rows, extra):
     print()
-    print(f"{'scenario':<34} {'target':<14} {'req/s':>9} {'p50 us':>9} {'p99 us':>9} {'+p50 us':>9} {'+p99 us':>9} {'cpu us/req':>11} {'errors':>7}")
+    print(f"{'scenario':<34} {'target':<14} {'req/s':>9} {'p50 us':>9} {'p99 us':>9} {'+p50 us':>9} {'+p99 us':>9} {'cpu us/req':>11} {'rss MB':>7} {'errors':>7}")
     for r in rows:
         fmt = lambda v, f="{:.0f}": "-" if v is None else f.format(v)
         print(
             f"{r['scenario']:<34} {r['target']:<14} {fmt(r['rps']):>9} {fmt(r['p50_us']):>9} {fmt(r['p99_us']):>9} "
-            f"{fmt(r['added_p50_us']):>9} {fmt(r['added_p99_us']):>9} {fmt(r['cpu_us_per_req'], '{:.1f}'):>11} {r['errors']:>7}"
+            f"{fmt(r['added_p50_us']):>9} {fmt(r['added_p99_us']):>9} {fmt(r['cpu_us_per_req'], '{:.1f}'):>11} "
+            f"{fmt(r.get('rss_mb'), '{:.1f}'):>7} {r['errors']:>7}"
         )
     for line in extra:
         print(line)

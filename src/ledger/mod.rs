@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 pub use price::Picodollars;
-pub use record::{AttemptRecord, Pricing, RequestRecord, Tokens};
+pub use record::{AttemptRecord, Pricing, RequestRecord, ToCount, Tokens};
 pub use store::{LedgerError, Store, StoredRequest};
 pub use writer::LedgerWriter;
 
@@ -33,12 +33,12 @@ pub struct Ledger {
 impl Ledger {
     pub fn new(
         sender: mpsc::Sender<RequestRecord>,
-        pricing: Pricing,
+        pricing: Arc<Pricing>,
         store_content: bool,
     ) -> Ledger {
         Ledger {
             sender,
-            pricing: Arc::new(pricing),
+            pricing,
             store_content,
         }
     }
@@ -126,6 +126,7 @@ impl Draft {
             contract: None,
             prompt: self.prompt.clone(),
             answer: None,
+            to_count: None,
             attempts: if served_first_try(attempts) {
                 Vec::new()
             } else {

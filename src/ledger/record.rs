@@ -1,7 +1,10 @@
 //! What the ledger keeps of one request and its attempts, and how a request's tokens become its
 //! cost and its baseline cost.
 
+use std::sync::Arc;
+
 use super::price::{Picodollars, PriceTable};
+use super::tokens::Uncounted;
 use crate::config::{Config, Route, Tier};
 
 /// Token counts of one answered request.
@@ -51,6 +54,33 @@ pub struct RequestRecord {
     /// Every attempt in order when the request was not answered at its first try; empty when it
     /// was, since then its tier, provider and model above say which call served it.
     pub attempts: Vec<AttemptRecord>,
+    /// Set when the upstream reported no usage on a stream: the ledger writer counts the tokens
+    /// and prices them before storing; until then `tokens`, `cost` and `baseline` are unknown.
+    pub to_count: Option<ToCount>,
+}
+
+/// A stream's tokens left for the ledger writer to count, and the tiers that price them.
+#[derive(Debug, Clone)]
+pub struct ToCount {
+    pub uncounted: Uncounted,
+    pub tier: Arc<Tier>,
+    pub baseline: Option<Arc<Tier>>,
+}
+
+impl RequestRecord {
+    /// Counts and prices the tokens left for the writer, if any.
+    pub fn count(&mut self, pricing: &Pricing) {
+        let Some(to_count) = self.to_count.take() else {
+            return;
+        };
+        let tokens = to_count.uncounted.count();
+        self.tokens = tokens;
+        self.cost = pricing.cost(&to_count.tier, &tokens);
+        self.baseline = to_count
+            .baseline
+            .as_ref()
+            .and_then(|tier| pricing.cost(tier, &tokens));
+    }
 }
 
 /// Turns tokens into dollars for tiers and routes.

@@ -1,12 +1,67 @@
 //! Token counts for upstreams that report no usage (some local servers, some streams). Counted with
 //! OpenAI's own tokenizers (o200k for the gpt-4o, gpt-4.1, gpt-5 and o-series families, cl100k
 //! otherwise) and always marked as estimated in the ledger.
+//!
+//! Counting never runs on a serving thread's event loop: the first use of o200k takes ~90 ms and
+//! ~45 MB to load it (cl100k ~30 ms, ~25 MB), and counting an 800-token prompt takes ~40 µs after
+//! that, all of which would stall every other request on that thread (docs/benchmarks.md). A
+//! non-streamed answer is counted on tokio's blocking pool while its request waits; a stream's
+//! tokens are counted by the ledger writer.
 
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 use tiktoken_rs::CoreBPE;
 
+use super::record::Tokens;
 use crate::route::request::Endpoint;
+
+/// A call whose upstream reported no usage: what it was asked and what it answered.
+#[derive(Debug, Clone)]
+pub struct Uncounted {
+    pub endpoint: Endpoint,
+    pub model: String,
+    /// The request body as the client sent it.
+    pub request: Bytes,
+    pub answer: Answer,
+}
+
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// A whole JSON answer.
+    Body(Bytes),
+    /// The text a stream carried.
+    Text(String),
+}
+
+impl Uncounted {
+    /// Counts here and now: for the ledger writer and the blocking pool, not for an event loop.
+    pub fn count(&self) -> Tokens {
+        Tokens {
+            input: prompt(self.endpoint, &self.model, &self.request),
+            cached: 0,
+            output: match (&self.answer, self.endpoint) {
+                (Answer::Text(text), _) => count(&self.model, text),
+                (Answer::Body(body), Endpoint::ChatCompletions) => completion(&self.model, body),
+                (Answer::Body(_), Endpoint::Embeddings) => 0,
+            },
+            estimated: true,
+        }
+    }
+
+    /// Counts on tokio's blocking pool, so the caller's event loop goes on serving meanwhile.
+    pub async fn count_off_loop(self) -> Tokens {
+        match tokio::task::spawn_blocking(move || self.count()).await {
+            Ok(tokens) => tokens,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            // Only when the runtime is shutting down, and the request with it.
+            Err(_) => Tokens {
+                estimated: true,
+                ..Tokens::default()
+            },
+        }
+    }
+}
 
 fn tokenizer(model: &str) -> &'static CoreBPE {
     let o200k = ["gpt-4o", "gpt-4.1", "gpt-5", "o1", "o3", "o4", "chatgpt-4o"];

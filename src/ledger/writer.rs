@@ -2,7 +2,8 @@
 //! the database, writes whatever has queued up as one batch (gathered for a few milliseconds, and
 //! growing by themselves while a write is in flight), retries a failed batch until it lands — loudly, in the log and in
 //! `tierwise_ledger_write_errors_total` — and at shutdown drains the queue before it returns. A full
-//! queue makes requests wait (backpressure) rather than drop records.
+//! queue makes requests wait (backpressure) rather than drop records. Streams whose upstream
+//! reported no usage reach it uncounted; it counts and prices them on the blocking pool first.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,7 +12,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::record::RequestRecord;
+use std::sync::Arc;
+
+use super::record::{Pricing, RequestRecord};
 use super::store::Store;
 use crate::config::RequestLog;
 
@@ -34,10 +37,11 @@ impl LedgerWriter {
         store: Store,
         queue: usize,
         log: Option<RequestLog>,
+        pricing: Arc<Pricing>,
     ) -> (mpsc::Sender<RequestRecord>, LedgerWriter) {
         let (sender, receiver) = mpsc::channel(queue);
         let (close, closed) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(run(store, receiver, closed, log));
+        let task = tokio::spawn(run(store, receiver, closed, log, pricing));
         (sender, LedgerWriter { task, close })
     }
 
@@ -61,6 +65,7 @@ async fn run(
     mut receiver: mpsc::Receiver<RequestRecord>,
     mut closed: tokio::sync::oneshot::Receiver<()>,
     log: Option<RequestLog>,
+    pricing: Arc<Pricing>,
 ) {
     let mut log = RequestLogWriter::open(log).await;
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -87,6 +92,9 @@ async fn run(
             drain(&mut receiver, &mut batch);
         }
         metrics::gauge!("tierwise_ledger_queue_depth").set(receiver.len() as f64);
+        if batch.iter().any(|record| record.to_count.is_some()) {
+            batch = count_tokens(batch, pricing.clone()).await;
+        }
         write(&store, &batch).await;
         account(&batch);
         log.write(&batch).await;
@@ -103,6 +111,22 @@ fn drain(receiver: &mut mpsc::Receiver<RequestRecord>, batch: &mut Vec<RequestRe
             Ok(record) => batch.push(record),
             Err(_) => break,
         }
+    }
+}
+
+/// Counts and prices the records left uncounted, on the blocking pool: a tokenizer's first load
+/// takes ~90 ms, which the runtime this task shares should not wait out.
+async fn count_tokens(mut batch: Vec<RequestRecord>, pricing: Arc<Pricing>) -> Vec<RequestRecord> {
+    let counted = tokio::task::spawn_blocking(move || {
+        for record in &mut batch {
+            record.count(&pricing);
+        }
+        batch
+    })
+    .await;
+    match counted {
+        Ok(batch) => batch,
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
     }
 }
 

@@ -154,10 +154,12 @@ impl Gateway {
         for warning in warnings {
             tracing::warn!("{warning}");
         }
+        let pricing = Arc::new(pricing);
         let (sender, writer) = LedgerWriter::spawn(
             store.clone(),
             config.ledger.queue,
             config.ledger.request_log.clone(),
+            pricing.clone(),
         );
         let ledger = Ledger::new(sender, pricing, config.ledger.store_content);
         let app = App::new(Arc::new(config), ledger, store).map_err(StartError::Client)?;

@@ -18,7 +18,8 @@ use super::error::ApiError;
 use super::relay::{SseRelay, StreamAccount};
 use super::{App, RequestId};
 use crate::config::AllOpen;
-use crate::ledger::{Draft, Tokens, tokens};
+use crate::ledger::tokens::{Answer, Uncounted};
+use crate::ledger::{Draft, Tokens};
 use crate::route::Resolved;
 use crate::route::chain::{ChainRun, Served};
 use crate::route::contract;
@@ -152,15 +153,16 @@ async fn answer(
         Reply::Complete { body, usage } => {
             let tokens = match usage {
                 Some(usage) => tokens_of(&usage),
-                None => Tokens {
-                    input: tokens::prompt(request.endpoint(), &tier.model, &request_bytes),
-                    cached: 0,
-                    output: match request.endpoint() {
-                        Endpoint::ChatCompletions => tokens::completion(&tier.model, &body),
-                        Endpoint::Embeddings => 0,
-                    },
-                    estimated: true,
-                },
+                None => {
+                    Uncounted {
+                        endpoint: request.endpoint(),
+                        model: tier.model.clone(),
+                        request: request_bytes.clone(),
+                        answer: Answer::Body(body.clone()),
+                    }
+                    .count_off_loop()
+                    .await
+                }
             };
             let labels = resolved
                 .target

@@ -3,8 +3,8 @@
 //! and carries `cost_usd` (the cost the ledger stores) when it did. A stream that breaks after the
 //! client has seen data cannot fall back, so it ends with a well-formed SSE error event instead of
 //! hanging or stopping mid-line, and the provider's breaker hears of it. When the stream ends — or
-//! the client goes away — its record goes to the ledger, with tokens counted by tierwise where the
-//! upstream gave none.
+//! the client goes away — its record goes to the ledger; where the upstream gave no usage, the
+//! ledger writer counts the tokens, off the serving thread.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,7 +19,8 @@ use serde_json::Value;
 use super::proxy::tokens_of;
 use crate::config::Tier;
 use crate::health::Lease;
-use crate::ledger::{Ledger, Picodollars, RequestRecord, Tokens, tokens};
+use crate::ledger::tokens::{Answer, Uncounted};
+use crate::ledger::{Ledger, Picodollars, RequestRecord, ToCount, Tokens};
 use crate::route::request::Endpoint;
 use crate::upstream::{UpstreamStream, Usage};
 
@@ -205,30 +206,44 @@ impl SseRelay {
         frame(&error.to_string())
     }
 
-    /// Completes the record once: tokens from the upstream's usage or counted here, cost, outcome.
+    /// Completes the record once: tokens and cost from the upstream's usage (or, without usage,
+    /// left for the ledger writer to count), outcome.
     fn finish_record(&mut self, status: u16) -> Option<RequestRecord> {
         let account = self.account.take()?;
-        let model = &account.tier.model;
-        let tokens = match &self.usage {
-            Some(usage) => tokens_of(usage),
-            None => Tokens {
-                input: tokens::prompt(Endpoint::ChatCompletions, model, &account.request),
-                cached: 0,
-                output: tokens::count(model, &self.text),
-                estimated: true,
-            },
+        let text = std::mem::take(&mut self.text);
+        let store_content = account.ledger.store_content;
+        let latency_us = account.started.elapsed().as_micros() as i64;
+        let mut record = match &self.usage {
+            Some(usage) => {
+                let tokens = tokens_of(usage);
+                let (cost, baseline) = account.price(&tokens);
+                let mut record = account.record;
+                record.tokens = tokens;
+                record.cost = cost;
+                record.baseline = baseline;
+                record.answer = store_content.then_some(text);
+                record
+            }
+            None => {
+                let mut record = account.record;
+                record.answer = store_content.then(|| text.clone());
+                record.tokens.estimated = true;
+                record.to_count = Some(ToCount {
+                    uncounted: Uncounted {
+                        endpoint: Endpoint::ChatCompletions,
+                        model: account.tier.model.clone(),
+                        request: account.request,
+                        answer: Answer::Text(text),
+                    },
+                    tier: account.tier,
+                    baseline: account.baseline,
+                });
+                record
+            }
         };
-        let (cost, baseline) = account.price(&tokens);
-        let mut record = account.record;
         record.status = status;
-        record.tokens = tokens;
-        record.cost = cost;
-        record.baseline = baseline;
-        record.latency_us = account.started.elapsed().as_micros() as i64;
+        record.latency_us = latency_us;
         record.error_kind = self.interrupted.clone();
-        if account.ledger.store_content {
-            record.answer = Some(std::mem::take(&mut self.text));
-        }
         Some(record)
     }
 }
