@@ -6,13 +6,12 @@
 //! reported no usage reach it uncounted; it counts and prices them on the blocking pool first.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-
-use std::sync::Arc;
 
 use super::record::{Pricing, RequestRecord};
 use super::store::Store;
