@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tierwise::ledger::tokens;
 use tierwise::report::{Report, Window};
@@ -539,4 +540,58 @@ async fn one_json_line_per_request_goes_to_the_request_log() {
     assert!(lines[0]["fallback"].is_null());
     assert!(metrics.contains("tierwise_requests_total{"), "{metrics}");
     std::fs::remove_file(log).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_its_client_abandons_is_recorded_with_what_was_relayed_counted_and_priced() {
+    let (_local, api, gw, store) = priced_gateway("").await;
+    // The client sees the role chunk and the first two words, then hangs up.
+    let gate = api.hold_streams_after(3);
+    let mut request = chat("api_fast", "Summarize the quarterly report, please.");
+    request["stream"] = json!(true);
+    let response = gw.post("/v1/chat/completions", &request).await;
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["x-tierwise-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut body = response.bytes_stream();
+    let mut seen = String::new();
+    while seen.matches("data: {").count() < 3 {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), body.next())
+            .await
+            .expect("the first chunks arrive while the upstream holds the rest")
+            .expect("a chunk")
+            .expect("no error");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        seen.contains("\"Hello \"") && seen.contains("\"from \""),
+        "{seen}"
+    );
+    // The upstream never sends its usage.
+    drop(body);
+
+    let row = stored(&store, &id).await;
+    assert_eq!(
+        (row.status, row.error_kind.as_deref(), row.stream),
+        (499, Some("client_closed"), true)
+    );
+    assert!(row.tokens_estimated);
+    let expected_in = tokens::prompt(
+        tierwise::route::request::Endpoint::ChatCompletions,
+        "gpt-4o-mini",
+        request.to_string().as_bytes(),
+    );
+    assert_eq!(
+        (row.tokens_in as u64, row.tokens_out as u64),
+        (expected_in, tokens::count("gpt-4o-mini", "Hello from ")),
+        "the prompt and only the relayed part of the answer are counted"
+    );
+    // gpt-4o-mini: 150,000 pUSD per input token, 600,000 per output token.
+    assert_eq!(
+        row.cost_pusd,
+        Some(row.tokens_in * 150_000 + row.tokens_out * 600_000)
+    );
+    gate.open();
 }

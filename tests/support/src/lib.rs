@@ -101,8 +101,8 @@ struct Shared {
     requests: Mutex<Vec<Recorded>>,
     /// `GET /v1/models` calls (health probes, `tierwise check`), kept apart from the work requests.
     listings: Mutex<Vec<Recorded>>,
-    /// Streams wait here after their first chunk while a test holds them.
-    gate: Mutex<Option<Arc<Semaphore>>>,
+    /// Streams wait here, after the given number of chunks, while a test holds them.
+    gate: Mutex<Option<(Arc<Semaphore>, usize)>>,
 }
 
 /// A running fake upstream.
@@ -178,8 +178,14 @@ impl FakeUpstream {
     /// Makes streams stop after their first chunk until the returned gate is opened, so a test can
     /// see that the first chunk reached the client while the upstream had not finished.
     pub fn hold_streams(&self) -> Gate {
+        self.hold_streams_after(1)
+    }
+
+    /// Makes streams stop after `chunks` chunks (the first carries only the role; each later one a
+    /// word of the reply) until the returned gate is opened.
+    pub fn hold_streams_after(&self, chunks: usize) -> Gate {
         let semaphore = Arc::new(Semaphore::new(0));
-        *self.shared.gate.lock().unwrap() = Some(semaphore.clone());
+        *self.shared.gate.lock().unwrap() = Some((semaphore.clone(), chunks));
         Gate(semaphore)
     }
 
@@ -429,7 +435,7 @@ fn stream(
     behavior: &Behavior,
     model: String,
     usage: Option<Value>,
-    gate: Option<Arc<Semaphore>>,
+    gate: Option<(Arc<Semaphore>, usize)>,
 ) -> Response {
     let chunk = |delta: Value, finish: Option<&str>| {
         json!({
@@ -465,8 +471,8 @@ fn stream(
             let gate = gate.clone();
             async move {
                 let event = rest.next()?;
-                if sent == 1
-                    && let Some(gate) = &gate
+                if let Some((gate, after)) = &gate
+                    && sent == *after
                 {
                     let _ = gate.acquire().await.map(|permit| permit.forget());
                 }
