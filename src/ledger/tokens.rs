@@ -51,14 +51,12 @@ impl Uncounted {
 
     /// Counts on tokio's blocking pool, so the caller's event loop goes on serving meanwhile.
     pub async fn count_off_loop(self) -> Tokens {
+        let fallback = self.clone();
         match tokio::task::spawn_blocking(move || self.count()).await {
             Ok(tokens) => tokens,
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-            // Only when the runtime is shutting down, and the request with it.
-            Err(_) => Tokens {
-                estimated: true,
-                ..Tokens::default()
-            },
+            // The pool is shutting down with the runtime: counting here beats a silent zero cost.
+            Err(_) => fallback.count(),
         }
     }
 }
