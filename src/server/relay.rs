@@ -227,7 +227,6 @@ impl SseRelay {
             None => {
                 let mut record = account.record;
                 record.answer = store_content.then(|| text.clone());
-                record.tokens.estimated = true;
                 record.to_count = Some(ToCount {
                     uncounted: Uncounted {
                         endpoint: Endpoint::ChatCompletions,
