@@ -235,7 +235,11 @@ async fn check(config: Config, offline: bool) -> anyhow::Result<ExitCode> {
         config.tiers.len(),
         config.providers.len()
     );
-    for warning in config.warnings.iter().chain(&Pricing::new(&config).1) {
+    for warning in config
+        .warnings
+        .iter()
+        .chain(&Pricing::new(&config).warnings(&config))
+    {
         println!("warning: {warning}");
     }
     if offline {

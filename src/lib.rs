@@ -27,6 +27,9 @@
 pub mod config;
 pub mod health;
 pub mod ledger;
+pub mod metrics;
+pub mod openai;
+pub mod outcome;
 pub mod report;
 pub mod route;
 pub mod server;

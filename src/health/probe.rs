@@ -7,13 +7,12 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use super::{BreakerState, Health, ProviderHealth};
 use crate::config::{Config, ProbePolicy, TaskKind, Tier};
-use crate::route::request::Endpoint;
+use crate::openai::Endpoint;
 use crate::upstream::{UpstreamError, Upstreams};
 
 /// One warm-up call: the smallest request the tier's model answers.
@@ -59,20 +58,20 @@ fn warmups(config: &Config, provider: &str) -> Vec<Warmup> {
         .filter(|tier| tier.provider.name == provider)
         .map(|tier| {
             let embeds = config.routes.iter().any(|route| {
-                route.kind == TaskKind::Embedding && route.chain.iter().any(|step| step.tier.name == tier.name)
+                route.kind == TaskKind::Embedding
+                    && route.chain.iter().any(|step| step.tier.name == tier.name)
             });
-            let (endpoint, body) = if embeds {
-                (Endpoint::Embeddings, json!({"model": tier.model, "input": "warm-up"}))
+            let endpoint = if embeds {
+                Endpoint::Embeddings
             } else {
-                (
-                    Endpoint::ChatCompletions,
-                    json!({"model": tier.model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}),
-                )
+                Endpoint::ChatCompletions
             };
             Warmup {
                 tier: tier.clone(),
                 endpoint,
-                body: body.to_string().into_bytes(),
+                body: (endpoint.spec().warmup)(&tier.model)
+                    .to_string()
+                    .into_bytes(),
             }
         })
         .collect()

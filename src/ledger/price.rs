@@ -1,12 +1,69 @@
 //! Money as data. Prices are USD per million tokens, from a built-in table of current OpenAI models
 //! that `[prices."model"]` extends and overrides. Amounts are whole picodollars (10⁻¹² USD): a price
 //! with up to six decimals per million tokens is a whole number of picodollars per token, so the cost
-//! of any call is exact — no float ever touches a sum.
+//! of any call is exact — no float ever touches a sum. [`Pricing::price`] is the one place tokens
+//! become a request's cost and its baseline cost.
 
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::config::Price;
+use super::tokens::Tokens;
+use crate::config::{Config, Price, Tier};
+
+/// Turns tokens into dollars for tiers.
+#[derive(Debug, Clone)]
+pub struct Pricing {
+    table: PriceTable,
+}
+
+/// What one request cost and what its route's baseline model would have charged for it; `None`
+/// where the model has no known price, never a silent zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Priced {
+    pub cost: Option<Picodollars>,
+    pub baseline: Option<Picodollars>,
+}
+
+impl Pricing {
+    pub fn new(config: &Config) -> Pricing {
+        Pricing {
+            table: PriceTable::new(&config.prices),
+        }
+    }
+
+    /// A warning for each API tier whose model has no price: its calls are recorded with cost null.
+    pub fn warnings(&self, config: &Config) -> Vec<String> {
+        config
+            .tiers
+            .iter()
+            .filter(|tier| !tier.is_local() && self.table.get(&tier.model).is_none())
+            .map(|tier| {
+                format!(
+                    "tier {} uses model {:?}, which has no known price: its calls are recorded with cost null; add [prices.{:?}] (or fixed_monthly_usd on provider {} if it is not billed per token)",
+                    tier.name, tier.model, tier.model, tier.provider.name
+                )
+            })
+            .collect()
+    }
+
+    /// The cost of `tokens` on `tier`, and on the route's `baseline` tier where it has one.
+    pub fn price(&self, tier: &Tier, baseline: Option<&Tier>, tokens: &Tokens) -> Priced {
+        Priced {
+            cost: self.cost(tier, tokens),
+            baseline: baseline.and_then(|baseline| self.cost(baseline, tokens)),
+        }
+    }
+
+    /// Nothing at the margin on a local tier (its server is a fixed cost), the model's price
+    /// otherwise.
+    fn cost(&self, tier: &Tier, tokens: &Tokens) -> Option<Picodollars> {
+        if tier.is_local() {
+            return Some(Picodollars(0));
+        }
+        let price = self.table.get(&tier.model)?;
+        Some(price.cost(tokens.input, tokens.cached, tokens.output))
+    }
+}
 
 /// An amount of money in picodollars.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -21,6 +78,12 @@ impl Picodollars {
 
     pub fn as_usd_f64(self) -> f64 {
         self.0 as f64 / Self::PER_USD as f64
+    }
+}
+
+impl std::iter::Sum for Picodollars {
+    fn sum<I: Iterator<Item = Picodollars>>(amounts: I) -> Picodollars {
+        Picodollars(amounts.map(|amount| amount.0).sum())
     }
 }
 

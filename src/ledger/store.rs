@@ -1,14 +1,15 @@
 //! The ledger's storage: embedded SQLite (the default, WAL mode, created on first start) or
 //! PostgreSQL (several replicas, one ledger), behind one type. Both run the same portable SQL and the
-//! same migrations through sqlx's `Any` driver. The `attempts` table holds the attempts of requests
-//! that were not answered at their first try; [`Store::attempts`] gives every request's.
+//! same migrations through sqlx's `Any` driver. The rows are defined in [`super::row`]. The
+//! `attempts` table holds the attempts of requests that were not answered at their first try;
+//! [`Store::attempts`] gives every request's.
 
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor, Row};
 
-use super::record::{AttemptRecord, RequestRecord};
+use super::row::{AttemptRow, LedgerRow, RequestRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -25,41 +26,6 @@ pub enum LedgerError {
     Scheme(String),
 }
 
-const REQUEST_COLUMNS: &[&str] = &[
-    "id",
-    "ts_ms",
-    "endpoint",
-    "route",
-    "tier",
-    "provider",
-    "model",
-    "status",
-    "error_kind",
-    "fallback",
-    "stream",
-    "tokens_in",
-    "tokens_cached",
-    "tokens_out",
-    "tokens_estimated",
-    "latency_us",
-    "ttfb_us",
-    "cost_pusd",
-    "baseline_pusd",
-    "local",
-    "client_key",
-    "contract",
-    "prompt",
-    "answer",
-];
-const ATTEMPT_COLUMNS: &[&str] = &[
-    "request_id",
-    "seq",
-    "tier",
-    "provider",
-    "model",
-    "outcome",
-    "latency_us",
-];
 /// Rows per INSERT, largest first. A batch is cut into these few shapes so that each is prepared
 /// once and then reused from the statement cache; 256 × 24 parameters stays under SQLite's (32,766)
 /// and PostgreSQL's (65,535) limits.
@@ -69,33 +35,6 @@ const STATEMENT_ROWS: [usize; 5] = [256, 64, 16, 4, 1];
 pub struct Store {
     pool: AnyPool,
     sqlite: bool,
-}
-
-/// One request as reports read it back.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredRequest {
-    pub id: String,
-    pub ts_ms: i64,
-    pub route: Option<String>,
-    pub tier: Option<String>,
-    pub provider: Option<String>,
-    pub model: Option<String>,
-    pub status: i32,
-    pub error_kind: Option<String>,
-    pub fallback: Option<String>,
-    pub stream: bool,
-    pub tokens_in: i64,
-    pub tokens_cached: i64,
-    pub tokens_out: i64,
-    pub tokens_estimated: bool,
-    pub latency_us: i64,
-    pub ttfb_us: Option<i64>,
-    pub cost_pusd: Option<i64>,
-    pub baseline_pusd: Option<i64>,
-    pub local: bool,
-    pub client_key: Option<String>,
-    pub prompt: Option<String>,
-    pub answer: Option<String>,
 }
 
 impl Store {
@@ -143,63 +82,17 @@ impl Store {
     }
 
     /// Writes a batch in one transaction: every request and attempt, or none.
-    pub async fn insert(&self, batch: &[RequestRecord]) -> Result<(), LedgerError> {
+    pub async fn insert(
+        &self,
+        requests: &[&RequestRow],
+        attempts: &[&AttemptRow],
+    ) -> Result<(), LedgerError> {
         let mut tx = self.pool.begin().await?;
-        for chunk in shaped_chunks(batch) {
-            let sql = insert_sql("requests", REQUEST_COLUMNS, chunk.len(), self.sqlite);
-            let mut query = sqlx::query(&sql);
-            for r in chunk {
-                query = query
-                    .bind(r.id.as_str())
-                    .bind(r.ts_ms)
-                    .bind(r.endpoint)
-                    .bind(r.route.as_deref())
-                    .bind(r.tier.as_deref())
-                    .bind(r.provider.as_deref())
-                    .bind(r.model.as_deref())
-                    .bind(i32::from(r.status))
-                    .bind(r.error_kind.as_deref())
-                    .bind(r.fallback.as_deref())
-                    .bind(i32::from(r.stream))
-                    .bind(r.tokens.input as i64)
-                    .bind(r.tokens.cached as i64)
-                    .bind(r.tokens.output as i64)
-                    .bind(i32::from(r.tokens.estimated))
-                    .bind(r.latency_us)
-                    .bind(r.ttfb_us)
-                    .bind(r.cost.map(|c| c.0))
-                    .bind(r.baseline.map(|c| c.0))
-                    .bind(i32::from(r.local))
-                    .bind(r.client_key.as_deref())
-                    .bind(r.contract)
-                    .bind(r.prompt.as_deref())
-                    .bind(r.answer.as_deref());
-            }
-            query.execute(&mut *tx).await?;
+        for chunk in shaped_chunks(requests) {
+            insert_rows(&mut tx, chunk, self.sqlite).await?;
         }
-        let attempts: Vec<(&str, usize, &AttemptRecord)> = batch
-            .iter()
-            .flat_map(|r| {
-                r.attempts
-                    .iter()
-                    .enumerate()
-                    .map(move |(seq, a)| (r.id.as_str(), seq, a))
-            })
-            .collect();
-        for chunk in shaped_chunks(&attempts) {
-            let sql = insert_sql("attempts", ATTEMPT_COLUMNS, chunk.len(), self.sqlite);
-            let mut query = sqlx::query(&sql);
-            for (id, seq, a) in chunk {
-                query = query
-                    .bind(*id)
-                    .bind(*seq as i32)
-                    .bind(a.tier.as_str())
-                    .bind(a.provider.as_str())
-                    .bind(a.model.as_str())
-                    .bind(a.outcome.as_str())
-                    .bind(a.latency_us);
-            }
-            query.execute(&mut *tx).await?;
+        for chunk in shaped_chunks(attempts) {
+            insert_rows(&mut tx, chunk, self.sqlite).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -211,8 +104,8 @@ impl Store {
         from_ms: i64,
         to_ms: i64,
         route: Option<&str>,
-    ) -> Result<Vec<StoredRequest>, LedgerError> {
-        let columns = REQUEST_COLUMNS.join(", ");
+    ) -> Result<Vec<RequestRow>, LedgerError> {
+        let columns = RequestRow::COLUMNS.join(", ");
         let rows = match route {
             Some(route) => {
                 sqlx::query(&format!(
@@ -234,16 +127,19 @@ impl Store {
                 .await?
             }
         };
-        rows.iter().map(stored_request).collect()
+        Ok(rows
+            .iter()
+            .map(RequestRow::read)
+            .collect::<Result<_, _>>()?)
     }
 
-    pub async fn request(&self, id: &str) -> Result<Option<StoredRequest>, LedgerError> {
-        let columns = REQUEST_COLUMNS.join(", ");
+    pub async fn request(&self, id: &str) -> Result<Option<RequestRow>, LedgerError> {
+        let columns = RequestRow::COLUMNS.join(", ");
         let row = sqlx::query(&format!("SELECT {columns} FROM requests WHERE id = $1"))
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(stored_request).transpose()
+        Ok(row.as_ref().map(RequestRow::read).transpose()?)
     }
 
     /// The attempts of a request in order, as `(tier, outcome)`. A request answered at its first
@@ -298,6 +194,20 @@ fn shaped_chunks<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
+async fn insert_rows<R: LedgerRow>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    rows: &[&R],
+    sqlite: bool,
+) -> Result<(), sqlx::Error> {
+    let sql = insert_sql(R::TABLE, R::COLUMNS, rows.len(), sqlite);
+    let mut query = sqlx::query(&sql);
+    for row in rows {
+        query = row.bind(query);
+    }
+    query.execute(&mut **tx).await?;
+    Ok(())
+}
+
 /// A multi-row INSERT. SQLite gets anonymous `?` parameters: with numbered ones it looks each
 /// parameter's name up in a list, which made a 4,800-parameter batch cost two thirds of the
 /// gateway's CPU (see docs/benchmarks.md).
@@ -325,34 +235,6 @@ fn insert_sql(table: &str, columns: &[&str], rows: usize, sqlite: bool) -> Strin
     sql
 }
 
-fn stored_request(row: &sqlx::any::AnyRow) -> Result<StoredRequest, LedgerError> {
-    let flag = |name: &str| -> Result<bool, sqlx::Error> { Ok(row.try_get::<i32, _>(name)? != 0) };
-    Ok(StoredRequest {
-        id: row.try_get("id")?,
-        ts_ms: row.try_get("ts_ms")?,
-        route: row.try_get("route")?,
-        tier: row.try_get("tier")?,
-        provider: row.try_get("provider")?,
-        model: row.try_get("model")?,
-        status: row.try_get("status")?,
-        error_kind: row.try_get("error_kind")?,
-        fallback: row.try_get("fallback")?,
-        stream: flag("stream")?,
-        tokens_in: row.try_get("tokens_in")?,
-        tokens_cached: row.try_get("tokens_cached")?,
-        tokens_out: row.try_get("tokens_out")?,
-        tokens_estimated: flag("tokens_estimated")?,
-        latency_us: row.try_get("latency_us")?,
-        ttfb_us: row.try_get("ttfb_us")?,
-        cost_pusd: row.try_get("cost_pusd")?,
-        baseline_pusd: row.try_get("baseline_pusd")?,
-        local: flag("local")?,
-        client_key: row.try_get("client_key")?,
-        prompt: row.try_get("prompt")?,
-        answer: row.try_get("answer")?,
-    })
-}
-
 /// The URL without a password, for messages.
 fn redact(url: &str) -> String {
     match url::Url::parse(url) {
@@ -366,6 +248,27 @@ fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// The row definitions and the migration describe the same tables, column for column.
+    #[tokio::test]
+    async fn the_rows_match_the_migrated_tables() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        for (table, columns) in [
+            (RequestRow::TABLE, RequestRow::COLUMNS),
+            (AttemptRow::TABLE, AttemptRow::COLUMNS),
+        ] {
+            let rows = sqlx::query(&format!(
+                "SELECT name FROM pragma_table_info('{table}') ORDER BY cid"
+            ))
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+            let migrated: Vec<String> = rows.iter().map(|r| r.try_get("name").unwrap()).collect();
+            assert_eq!(migrated, columns, "table {table}");
+        }
+    }
+
     #[test]
     fn batches_are_cut_into_few_statement_shapes() {
         let items: Vec<u32> = (0..139).collect();

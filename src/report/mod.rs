@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::ledger::{LedgerError, Picodollars, Store, StoredRequest};
+use crate::ledger::{LedgerError, Picodollars, RequestRow, Store};
 
 /// Reports and simulations reckon a month as 30 days, as the article's own table does.
 pub const DAYS_PER_MONTH: f64 = 30.0;
@@ -118,8 +118,8 @@ impl Report {
         Ok(Report::build(config, &rows, window))
     }
 
-    pub fn build(config: &Config, rows: &[StoredRequest], window: Window) -> Report {
-        let mut by_route: BTreeMap<&str, Vec<&StoredRequest>> = BTreeMap::new();
+    pub fn build(config: &Config, rows: &[RequestRow], window: Window) -> Report {
+        let mut by_route: BTreeMap<&str, Vec<&RequestRow>> = BTreeMap::new();
         for row in rows {
             by_route
                 .entry(row.route.as_deref().unwrap_or(NO_ROUTE))
@@ -340,23 +340,22 @@ impl Report {
 
 fn route_report(
     route: &str,
-    rows: &[&StoredRequest],
+    rows: &[&RequestRow],
     fixed: Picodollars,
     window: Window,
 ) -> RouteReport {
     let calls = rows.len() as u64;
-    let answered: Vec<&&StoredRequest> = rows.iter().filter(|r| r.tier.is_some()).collect();
+    let answered: Vec<&&RequestRow> = rows.iter().filter(|r| r.tier.is_some()).collect();
     let n = calls.max(1) as f64;
     let mut latencies: Vec<i64> = answered.iter().map(|r| r.latency_us).collect();
     latencies.sort_unstable();
     let models: BTreeSet<String> = answered.iter().filter_map(|r| r.model.clone()).collect();
-    let api_cost = Picodollars(rows.iter().filter_map(|r| r.cost_pusd).sum());
+    let api_cost: Picodollars = rows.iter().filter_map(|r| r.cost_pusd).sum();
     // Without a baseline model a call is its own baseline: no saving is claimed for it.
-    let baseline = Picodollars(
-        rows.iter()
-            .filter_map(|r| r.baseline_pusd.or(r.cost_pusd))
-            .sum(),
-    );
+    let baseline: Picodollars = rows
+        .iter()
+        .filter_map(|r| r.baseline_pusd.or(r.cost_pusd))
+        .sum();
     RouteReport {
         route: route.to_string(),
         calls,

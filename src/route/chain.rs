@@ -12,7 +12,7 @@ use http::StatusCode;
 
 use crate::config::{AllOpen, ChainTier, Tier};
 use crate::health::{Health, Lease};
-use crate::route::request::RequestBody;
+use crate::openai::RequestBody;
 use crate::upstream::{Reply, UpstreamError, UpstreamErrorKind, Upstreams};
 
 /// One call to one tier while serving a request, or a tier passed over without a call.
@@ -26,12 +26,19 @@ pub struct Attempt {
 
 /// A request some tier answered.
 pub struct Served {
-    pub tier: Arc<Tier>,
+    pub by: ServedBy,
     pub reply: Reply,
     /// The provider slot, held until a streamed answer ends.
     pub lease: Lease,
+}
+
+/// The tier that answered and how it came to.
+pub struct ServedBy {
+    pub tier: Arc<Tier>,
     /// Every attempt in order; the last one is the tier that answered.
     pub attempts: Vec<Attempt>,
+    /// The failed attempts before it, as `x-tierwise-fallback` shows them.
+    pub fallback: Option<String>,
 }
 
 /// A request no tier answered: the last failure decides what the client is told.
@@ -40,6 +47,18 @@ pub struct Unserved {
     pub tier: Arc<Tier>,
     pub error: UpstreamError,
     pub attempts: Vec<Attempt>,
+    pub fallback: Option<String>,
+}
+
+impl Unserved {
+    fn new(tier: Arc<Tier>, error: UpstreamError, attempts: Vec<Attempt>) -> Unserved {
+        Unserved {
+            tier,
+            error,
+            fallback: fallback_path(&attempts),
+            attempts,
+        }
+    }
 }
 
 /// What the chain needs besides the request: where to send it and what it may skip.
@@ -68,7 +87,7 @@ impl ChainRun<'_> {
             match self.call(step, body, lease, &mut attempts).await {
                 Ok(served) => return Ok(served),
                 Err(error) if !error.is_retryable() => {
-                    return Err(self.unserved(step, error, attempts));
+                    return Err(Unserved::new(step.tier.clone(), error, attempts));
                 }
                 Err(_) => {}
             }
@@ -85,7 +104,7 @@ impl ChainRun<'_> {
             let lease = self.health.of(&primary.tier.provider).force();
             return match self.call(primary, body, lease, &mut attempts).await {
                 Ok(served) => Ok(served),
-                Err(error) => Err(self.unserved(primary, error, attempts)),
+                Err(error) => Err(Unserved::new(primary.tier.clone(), error, attempts)),
             };
         }
         let last = attempts.last().expect("a chain is never empty");
@@ -93,11 +112,7 @@ impl ChainRun<'_> {
             last.tier.clone(),
             last.error.clone().expect("every attempt failed"),
         );
-        Err(Unserved {
-            tier,
-            error,
-            attempts,
-        })
+        Err(Unserved::new(tier, error, attempts))
     }
 
     /// Calls one tier, retrying once after a short `Retry-After` on 429.
@@ -129,11 +144,15 @@ impl ChainRun<'_> {
                         latency,
                         error: None,
                     });
+                    let attempts = std::mem::take(attempts);
                     return Ok(Served {
-                        tier: step.tier.clone(),
+                        by: ServedBy {
+                            tier: step.tier.clone(),
+                            fallback: fallback_path(&attempts),
+                            attempts,
+                        },
                         reply,
                         lease,
-                        attempts: std::mem::take(attempts),
                     });
                 }
                 Err(error) => {
@@ -164,19 +183,11 @@ impl ChainRun<'_> {
             }
         }
     }
-
-    fn unserved(&self, step: &ChainTier, error: UpstreamError, attempts: Vec<Attempt>) -> Unserved {
-        Unserved {
-            tier: step.tier.clone(),
-            error,
-            attempts,
-        }
-    }
 }
 
 /// `local:connect_refused,api_fast:http_503`: the failed attempts before the one that answered, as
 /// the `x-tierwise-fallback` header shows them.
-pub fn fallback_path(attempts: &[Attempt]) -> Option<String> {
+fn fallback_path(attempts: &[Attempt]) -> Option<String> {
     let failed: Vec<String> = attempts
         .iter()
         .filter_map(|attempt| {

@@ -4,7 +4,6 @@
 
 pub mod chain;
 pub mod contract;
-pub mod request;
 
 use std::collections::HashMap;
 use std::sync::Arc;

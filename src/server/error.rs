@@ -7,9 +7,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 
+use crate::openai::RequestError;
 use crate::route::ResolveError;
 use crate::route::chain::Unserved;
-use crate::route::request::RequestError;
 use crate::upstream::UpstreamErrorKind;
 
 #[derive(Debug)]

@@ -11,7 +11,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, App};
-use crate::health::BreakerState;
 use crate::report::{self, Report};
 use crate::route::TargetKind;
 
@@ -71,14 +70,7 @@ pub async fn providers(State(app): State<Arc<App>>) -> Json<Value> {
 
 /// Prometheus text format: requests, fallbacks, cost, ledger health, provider state.
 pub async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
-    for status in app.health.statuses() {
-        let open = match status.breaker.state {
-            BreakerState::Closed => 0.0,
-            BreakerState::HalfOpen => 0.5,
-            BreakerState::Open => 1.0,
-        };
-        metrics::gauge!("tierwise_provider_breaker_open", "provider" => status.name).set(open);
-    }
+    crate::metrics::breaker_states(&app.health.statuses());
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.metrics.render(),

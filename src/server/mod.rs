@@ -23,7 +23,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::health::{self, Health};
-use crate::ledger::{Ledger, LedgerError, LedgerWriter, Pricing, Store};
+use crate::ledger::{LedgerError, LedgerWriter, Pricing, Store};
+use crate::outcome::{Dispatcher, Outcomes};
 use crate::route::RouteTable;
 use crate::upstream::{UpstreamError, Upstreams};
 
@@ -39,19 +40,24 @@ pub struct App {
     pub routes: Arc<RouteTable>,
     pub upstreams: Arc<Upstreams>,
     pub health: Arc<Health>,
-    pub ledger: Ledger,
-    /// Read by reports and the admin API; the request path only ever uses `ledger`.
+    /// Where requests end up once finished.
+    pub outcomes: Outcomes,
+    /// Read by reports and the admin API; the request path never touches it.
     pub store: Store,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub started_unix: u64,
 }
 
 impl App {
-    pub fn new(config: Arc<Config>, ledger: Ledger, store: Store) -> Result<App, UpstreamError> {
+    pub fn new(
+        config: Arc<Config>,
+        outcomes: Outcomes,
+        store: Store,
+    ) -> Result<App, UpstreamError> {
         Ok(App {
-            ledger,
+            outcomes,
             store,
-            metrics: metrics_handle(),
+            metrics: crate::metrics::handle(),
 
             routes: Arc::new(RouteTable::new(&config)),
             upstreams: Arc::new(Upstreams::new(&config)?),
@@ -137,7 +143,7 @@ pub struct Gateway {
     pub addr: SocketAddr,
     workers: workers::Workers,
     probes: Vec<JoinHandle<()>>,
-    writer: LedgerWriter,
+    dispatcher: Dispatcher,
     grace: std::time::Duration,
 }
 
@@ -150,26 +156,22 @@ impl Gateway {
         let listen = config.server.listen;
         let threads = config.server.threads;
         let store = Store::connect(&config.ledger.url).await?;
-        let (pricing, warnings) = Pricing::new(&config);
-        for warning in warnings {
+        let pricing = Pricing::new(&config);
+        for warning in pricing.warnings(&config) {
             tracing::warn!("{warning}");
         }
         let pricing = Arc::new(pricing);
-        let (sender, writer) = LedgerWriter::spawn(
-            store.clone(),
-            config.ledger.queue,
-            config.ledger.request_log.clone(),
-            pricing.clone(),
-        );
-        let ledger = Ledger::new(sender, pricing, config.ledger.store_content);
-        let app = App::new(Arc::new(config), ledger, store).map_err(StartError::Client)?;
+        let writer = LedgerWriter::open(store.clone(), config.ledger.request_log.clone()).await;
+        let (sender, dispatcher) = Dispatcher::spawn(writer, config.ledger.queue, pricing.clone());
+        let outcomes = Outcomes::new(sender, pricing, config.ledger.store_content);
+        let app = App::new(Arc::new(config), outcomes, store).map_err(StartError::Client)?;
         let probes = health::spawn_probes(&app.config, app.health.clone(), app.upstreams.clone());
         let workers = workers::Workers::spawn(&app, listen, threads)?;
         Ok(Gateway {
             addr: workers.addr,
             workers,
             probes,
-            writer,
+            dispatcher,
             grace,
         })
     }
@@ -181,45 +183,12 @@ impl Gateway {
             probe.abort();
         }
         self.workers.shutdown(self.grace).await;
-        self.writer.finish(LEDGER_FLUSH_DEADLINE).await;
+        self.dispatcher.finish(LEDGER_FLUSH_DEADLINE).await;
     }
 }
 
-const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// How long shutdown waits for the ledger to store what is queued (a slow or unreachable database).
 const LEDGER_FLUSH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// The process-wide Prometheus recorder; installed once, so several gateways in one test process
-/// share it. Histogram samples pile up in the recorder until upkeep folds them in; a thread does
-/// that every few seconds, or memory grows with every request (it did: 20 bytes a request in the
-/// five-minute soak, docs/benchmarks.md) whenever nobody scrapes `/metrics`.
-fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
-        std::sync::OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!(
-                    "a metrics recorder was already installed; /metrics shows only tierwise's own"
-                );
-            }
-            let upkeep = handle.clone();
-            let spawned = std::thread::Builder::new()
-                .name("tierwise-metrics".into())
-                .spawn(move || loop {
-                    std::thread::sleep(METRICS_UPKEEP);
-                    upkeep.run_upkeep();
-                });
-            if let Err(err) = spawned {
-                tracing::warn!("cannot start metrics upkeep: {err}; latency histograms will grow until /metrics is scraped");
-            }
-            handle
-        })
-        .clone()
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

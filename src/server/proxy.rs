@@ -1,7 +1,7 @@
-//! The request path for `/v1/chat/completions` and `/v1/embeddings`, in the order DESIGN.md gives it:
-//! read the body (bounded) → read what routing needs → resolve the route → run the tier chain →
-//! answer, normalized to the route's output contract where it has one → hand the record to the
-//! ledger. Authentication has already happened in a layer in front.
+//! The request path of `/v1/chat/completions` and `/v1/embeddings`, in the order DESIGN.md gives
+//! it: read the body (bounded) → read what routing needs → resolve the route → run the tier chain →
+//! answer (normalized to the route's output contract where it has one) or relay the stream → end
+//! the request in [`crate::outcome`]. Authentication has already happened in a layer in front.
 
 use std::sync::Arc;
 
@@ -15,16 +15,16 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::auth::ClientKeyId;
 use super::error::ApiError;
-use super::relay::{SseRelay, StreamAccount};
+use super::relay::SseRelay;
 use super::{App, RequestId};
 use crate::config::AllOpen;
-use crate::ledger::tokens::{Answer, Uncounted};
-use crate::ledger::{Draft, Tokens};
+use crate::ledger::{Answer, RequestRow, Tokens, Uncounted};
+use crate::openai::{Endpoint, RequestBody};
+use crate::outcome::{Ending, Exchange, Start};
 use crate::route::Resolved;
-use crate::route::chain::{ChainRun, Served};
+use crate::route::chain::{ChainRun, Served, Unserved};
 use crate::route::contract;
-use crate::route::request::{Endpoint, RequestBody};
-use crate::upstream::{Reply, Usage};
+use crate::upstream::Reply;
 
 const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-tierwise-route");
 const TIER_HEADER: HeaderName = HeaderName::from_static("x-tierwise-tier");
@@ -60,7 +60,9 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    proxy(&app, Endpoint::ChatCompletions, caller, &headers, body).await
+    proxy(&app, Endpoint::ChatCompletions, caller, &headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 pub async fn embeddings(
@@ -69,7 +71,9 @@ pub async fn embeddings(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    proxy(&app, Endpoint::Embeddings, caller, &headers, body).await
+    proxy(&app, Endpoint::Embeddings, caller, &headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn proxy(
@@ -78,28 +82,19 @@ async fn proxy(
     caller: Caller,
     headers: &HeaderMap,
     body: Body,
-) -> Response {
-    let bytes = match read_body(body, headers, app.config.server.max_body_bytes).await {
-        Ok(bytes) => bytes,
-        Err(err) => return err.into_response(),
-    };
-    let request = match RequestBody::parse(endpoint, &bytes) {
-        Ok(request) => request,
-        Err(err) => return ApiError::from(err).into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let bytes = read_body(body, headers, app.config.server.max_body_bytes).await?;
+    let request = RequestBody::parse(endpoint, &bytes)?;
     let route_header = headers.get(&ROUTE_HEADER).and_then(|v| v.to_str().ok());
-    let resolved = match app.routes.resolve(&request.model, route_header) {
-        Ok(resolved) => resolved,
-        Err(err) => return ApiError::from(err).into_response(),
-    };
-    let route_name = resolved.route.map(|route| route.name.as_str());
-    let mut draft = Draft::new(caller.id.0, endpoint, request.stream);
-    draft.route = route_name.map(str::to_string);
-    draft.client_key = caller.key.map(|key| key.0);
-    if app.ledger.store_content {
-        draft.prompt = Some(String::from_utf8_lossy(&bytes).into_owned());
-    }
-
+    let resolved = app.routes.resolve(&request.model, route_header)?;
+    let exchange = app.outcomes.begin(Start {
+        id: caller.id.0,
+        endpoint,
+        stream: request.stream,
+        route: resolved.route.cloned(),
+        client_key: caller.key.map(|key| key.0),
+        body: bytes.clone(),
+    });
     let run = ChainRun {
         upstreams: &app.upstreams,
         health: &app.health,
@@ -110,135 +105,138 @@ async fn proxy(
             .as_ref()
             .map_or(AllOpen::TryPrimary, |route| route.when_all_open),
     };
-    match run.run(&request).await {
-        Ok(served) => answer(app, served, resolved, &request, bytes.clone(), draft).await,
-        Err(unserved) => {
-            let mut response = ApiError::unserved(&unserved, route_name).into_response();
-            let mut record = draft.record(response.status().as_u16(), &unserved.attempts);
-            record.error_kind = Some(unserved.error.reason());
-            record.cost = Some(Default::default());
-            let headers = response.headers_mut();
-            set(headers, ROUTE_HEADER, route_name);
-            set(headers, FALLBACK_HEADER, record.fallback.as_deref());
-            set(headers, COST_HEADER, Some("0"));
-            app.ledger.record(record).await;
-            response
-        }
-    }
+    Ok(match run.run(&request).await {
+        Ok(served) => answer(exchange, served, resolved, &request, bytes.clone()).await,
+        Err(unserved) => refuse(exchange, &unserved).await,
+    })
+}
+
+/// No tier answered: the client gets the error, the ledger the attempts.
+async fn refuse(exchange: Exchange, unserved: &Unserved) -> Response {
+    let mut response = ApiError::unserved(unserved, exchange.route_name()).into_response();
+    let ended = exchange.end(Ending::Unserved {
+        status: response.status().as_u16(),
+        failure: unserved,
+    });
+    set_headers(response.headers_mut(), Facts::from(&ended.outcome.request));
+    ended.deliver().await;
+    response
 }
 
 async fn answer(
-    app: &App,
+    exchange: Exchange,
     served: Served,
     resolved: Resolved<'_>,
     request: &RequestBody<'_>,
     request_bytes: Bytes,
-    draft: Draft,
 ) -> Response {
-    let Served {
-        tier,
-        reply,
-        lease,
-        attempts,
-    } = served;
-    let route = resolved.route.map(|route| route.as_ref());
-    let mut record = draft.record(200, &attempts);
-    record.tier = Some(tier.name.clone());
-    record.provider = Some(tier.provider.name.clone());
-    record.model = Some(tier.model.clone());
-    record.local = crate::ledger::record::is_local(&tier);
-    // Taken before the record moves to the ledger (or, for a stream, to its relay).
-    let fallback = record.fallback.clone();
-    let mut response = match reply {
+    let Served { by, reply, lease } = served;
+    match reply {
         Reply::Complete { body, usage } => {
             let tokens = match usage {
-                Some(usage) => tokens_of(&usage),
+                Some(usage) => Tokens::from(usage),
                 None => {
                     Uncounted {
                         endpoint: request.endpoint(),
-                        model: tier.model.clone(),
-                        request: request_bytes.clone(),
+                        model: by.tier.model.clone(),
+                        request: request_bytes,
                         answer: Answer::Body(body.clone()),
                     }
                     .count_off_loop()
                     .await
                 }
             };
+            // Only a route named by `model` sets the contract; `x-tierwise-route` attributes cost.
             let labels = resolved
                 .target
                 .route
                 .as_ref()
                 .and_then(|route| route.labels.as_deref())
-                .filter(|_| request.endpoint() == Endpoint::ChatCompletions);
-            let body = match labels {
+                .filter(|_| request.endpoint().spec().has_contract);
+            let (body, contract) = match labels {
                 Some(labels) => {
                     let (body, outcome) = contract::apply(body, labels);
-                    record.contract = Some(outcome.as_str());
-                    body
+                    (body, Some(outcome.as_str()))
                 }
-                None => body,
+                None => (body, None),
             };
-            record.tokens = tokens;
-            record.cost = app.ledger.pricing.cost(&tier, &tokens);
-            record.baseline = app.ledger.pricing.baseline(route, &tokens);
-            record.ttfb_us = Some(record.latency_us);
-            if app.ledger.store_content {
-                record.answer = Some(String::from_utf8_lossy(&body).into_owned());
-            }
+            let ended = exchange.end(Ending::Answered {
+                by: &by,
+                tokens,
+                contract,
+                answer: &body,
+            });
             let mut response = (StatusCode::OK, body).into_response();
             let headers = response.headers_mut();
             headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            set(
-                headers,
-                COST_HEADER,
-                record.cost.map(|cost| cost.to_string()).as_deref(),
-            );
-            set(headers, CONTRACT_HEADER, record.contract);
-            app.ledger.record(record).await;
+            set_headers(headers, Facts::from(&ended.outcome.request));
+            ended.deliver().await;
             response
         }
         Reply::Stream(stream) => {
-            record.ttfb_us = Some(record.latency_us);
-            let account = StreamAccount {
-                ledger: app.ledger.clone(),
-                record,
-                tier: tier.clone(),
-                baseline: route.and_then(|route| route.baseline.clone()),
-                request: request_bytes,
-                started: draft.started,
+            let facts = Facts {
+                route: exchange.route_name(),
+                tier: Some(&by.tier.name),
+                provider: Some(&by.tier.provider.name),
+                fallback: by.fallback.as_deref(),
+                cost: None,
+                contract: None,
             };
-            let relay = SseRelay::new(stream, lease, request.client_wants_usage, account);
-            let mut response = Response::new(Body::from_stream(relay.into_body()));
-            let headers = response.headers_mut();
+            let mut headers = HeaderMap::new();
+            set_headers(&mut headers, facts);
             headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/event-stream"),
             );
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            let relay = SseRelay::new(stream, lease, request.client_wants_usage, exchange, by);
+            let mut response = Response::new(Body::from_stream(relay.into_body()));
+            *response.headers_mut() = headers;
             response
         }
-    };
-    let headers = response.headers_mut();
-    set(
-        headers,
-        ROUTE_HEADER,
-        route.map(|route| route.name.as_str()),
-    );
-    set(headers, TIER_HEADER, Some(&tier.name));
-    set(headers, PROVIDER_HEADER, Some(&tier.provider.name));
-    set(headers, FALLBACK_HEADER, fallback.as_deref());
-    response
+    }
 }
 
-pub fn tokens_of(usage: &Usage) -> Tokens {
-    Tokens {
-        input: usage.prompt_tokens,
-        cached: usage.cached_tokens(),
-        output: usage.completion_tokens,
-        estimated: false,
+/// What the `x-tierwise-*` headers of a response say.
+struct Facts<'a> {
+    route: Option<&'a str>,
+    tier: Option<&'a str>,
+    provider: Option<&'a str>,
+    fallback: Option<&'a str>,
+    cost: Option<String>,
+    contract: Option<&'a str>,
+}
+
+impl<'a> From<&'a RequestRow> for Facts<'a> {
+    fn from(row: &'a RequestRow) -> Facts<'a> {
+        Facts {
+            route: row.route.as_deref(),
+            tier: row.tier.as_deref(),
+            provider: row.provider.as_deref(),
+            fallback: row.fallback.as_deref(),
+            cost: row.cost_pusd.map(|cost| cost.to_string()),
+            contract: row.contract.as_deref(),
+        }
+    }
+}
+
+/// The one place the `x-tierwise-*` headers are written.
+fn set_headers(headers: &mut HeaderMap, facts: Facts<'_>) {
+    let pairs = [
+        (ROUTE_HEADER, facts.route),
+        (TIER_HEADER, facts.tier),
+        (PROVIDER_HEADER, facts.provider),
+        (FALLBACK_HEADER, facts.fallback),
+        (COST_HEADER, facts.cost.as_deref()),
+        (CONTRACT_HEADER, facts.contract),
+    ];
+    for (name, value) in pairs {
+        if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+            headers.insert(name, value);
+        }
     }
 }
 
@@ -260,11 +258,5 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
         Err(err) => Err(ApiError::bad_body(format!(
             "could not read the request body: {err}"
         ))),
-    }
-}
-
-fn set(headers: &mut HeaderMap, name: HeaderName, value: Option<&str>) {
-    if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
-        headers.insert(name, value);
     }
 }

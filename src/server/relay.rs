@@ -1,72 +1,46 @@
 //! A stream relayed to the client one event at a time, as it arrives. tierwise always asks the
-//! upstream for usage; the usage-only chunk is dropped again here when the client did not ask for it,
-//! and carries `cost_usd` (the cost the ledger stores) when it did. A stream that breaks after the
-//! client has seen data cannot fall back, so it ends with a well-formed SSE error event instead of
-//! hanging or stopping mid-line, and the provider's breaker hears of it. When the stream ends — or
-//! the client goes away — its record goes to the ledger; where the upstream gave no usage, the
-//! ledger writer counts the tokens, off the serving thread.
+//! upstream for usage; the usage-only chunk is dropped again here when the client did not ask for
+//! it, and carries `cost_usd` (the cost the ledger stores) when it did. A stream that breaks after
+//! the client has seen data cannot fall back, so it ends with a well-formed SSE error event instead
+//! of hanging or stopping mid-line, and the provider's breaker hears of it.
+//!
+//! The relay is a state machine: [`Phase::Relaying`] until the upstream ends (or breaks), then
+//! [`Phase::Ended`] until the client has the last frame, then the request ends in
+//! [`crate::outcome`] and the relay is [`Phase::Closed`]. Dropped before that — the client went
+//! away — it ends the request as abandoned (499) with what was relayed.
 
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::Stream;
-use serde::Deserialize;
-use serde::de::IgnoredAny;
 use serde_json::Value;
 
-use super::proxy::tokens_of;
-use crate::config::Tier;
 use crate::health::Lease;
-use crate::ledger::tokens::{Answer, Uncounted};
-use crate::ledger::{Ledger, Picodollars, RequestRecord, ToCount, Tokens};
-use crate::route::request::Endpoint;
-use crate::upstream::{UpstreamStream, Usage};
+use crate::ledger::Tokens;
+use crate::openai::Usage;
+use crate::openai::chat::Chunk;
+use crate::outcome::{Ended, Ending, Exchange};
+use crate::route::chain::ServedBy;
+use crate::upstream::UpstreamStream;
 
 const DONE: &str = "[DONE]";
 
-/// What tierwise reads from each chunk: its usage, whether a choice has finished, and the text.
-#[derive(Deserialize)]
-struct ChunkProbe {
-    #[serde(default)]
-    choices: Vec<ChoiceProbe>,
-    usage: Option<Usage>,
+/// Where the relay is in the stream's life.
+enum Phase {
+    Relaying,
+    /// The upstream has ended; `error_kind` says why when it broke.
+    Ended {
+        error_kind: Option<String>,
+    },
+    /// The request's outcome has been delivered.
+    Closed,
 }
 
-#[derive(Deserialize)]
-struct ChoiceProbe {
-    finish_reason: Option<IgnoredAny>,
-    delta: Option<DeltaProbe>,
-}
-
-#[derive(Deserialize)]
-struct DeltaProbe {
-    content: Option<String>,
-}
-
-/// What the ledger needs to price and record a stream once it has ended.
-pub struct StreamAccount {
-    pub ledger: Ledger,
-    /// The record so far: route, tier, attempts, time to first byte.
-    pub record: RequestRecord,
-    pub tier: Arc<Tier>,
-    pub baseline: Option<Arc<Tier>>,
-    /// The client's request body, for counting prompt tokens when the upstream reports none.
-    pub request: Bytes,
-    pub started: Instant,
-}
-
-impl StreamAccount {
-    fn price(&self, tokens: &Tokens) -> (Option<Picodollars>, Option<Picodollars>) {
-        let pricing = &self.ledger.pricing;
-        let cost = pricing.cost(&self.tier, tokens);
-        let baseline = self
-            .baseline
-            .as_ref()
-            .and_then(|tier| pricing.cost(tier, tokens));
-        (cost, baseline)
-    }
+/// The request a stream belongs to, until the stream ends it.
+struct Pending {
+    exchange: Exchange,
+    by: ServedBy,
+    ttfb_us: i64,
 }
 
 /// Turns an upstream stream into the SSE frames the client receives.
@@ -75,13 +49,13 @@ pub struct SseRelay {
     /// Holds the provider's in-flight slot until the stream ends.
     lease: Lease,
     client_wants_usage: bool,
+    phase: Phase,
+    /// A choice finished: the answer is whole even if the upstream closes without `[DONE]`.
     finished: bool,
-    saw_finish_reason: bool,
     usage: Option<Usage>,
-    /// The answer's text, for counting output tokens when the upstream reports none.
+    /// The answer's text, for the ledger and for counting output tokens without usage.
     text: String,
-    interrupted: Option<String>,
-    account: Option<StreamAccount>,
+    pending: Option<Pending>,
 }
 
 impl SseRelay {
@@ -89,98 +63,100 @@ impl SseRelay {
         upstream: UpstreamStream,
         lease: Lease,
         client_wants_usage: bool,
-        account: StreamAccount,
+        exchange: Exchange,
+        by: ServedBy,
     ) -> SseRelay {
         SseRelay {
             upstream,
             lease,
             client_wants_usage,
+            phase: Phase::Relaying,
             finished: false,
-            saw_finish_reason: false,
             usage: None,
             text: String::new(),
-            interrupted: None,
-            account: Some(account),
+            pending: Some(Pending {
+                ttfb_us: exchange.elapsed_us(),
+                exchange,
+                by,
+            }),
         }
     }
 
     pub fn into_body(self) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
         futures_util::stream::unfold(self, |mut relay| async move {
-            match relay.next_frame().await {
-                Some(frame) => Some((Ok(frame), relay)),
-                None => {
-                    // The client has its last frame; now the ledger gets the record.
-                    let ledger = relay.account.as_ref().map(|a| a.ledger.clone());
-                    if let (Some(ledger), Some(record)) = (ledger, relay.finish_record(200)) {
-                        ledger.record(record).await;
-                    }
-                    None
-                }
-            }
+            let frame = relay.next_frame().await?;
+            Some((Ok(frame), relay))
         })
     }
 
     async fn next_frame(&mut self) -> Option<Bytes> {
         loop {
-            if self.finished {
-                return None;
+            match &mut self.phase {
+                Phase::Closed => return None,
+                Phase::Ended { error_kind } => {
+                    // The client has its last frame; now the request ends.
+                    let error_kind = error_kind.take();
+                    self.phase = Phase::Closed;
+                    if let Some(ended) = self.end(200, error_kind) {
+                        ended.deliver().await;
+                    }
+                    return None;
+                }
+                Phase::Relaying => {}
             }
             let data = match self.upstream.next_data().await {
                 Some(Ok(data)) => data,
                 Some(Err(err)) => {
-                    self.lease.broke(&err.reason());
-                    return Some(self.interrupt(&err.reason(), &err.to_string()));
+                    let reason = err.reason();
+                    self.lease.broke(&reason);
+                    return Some(self.interrupt(reason, &err.to_string()));
+                }
+                // Some servers close without `[DONE]` after the last choice finished; the answer
+                // is whole, so the client gets the terminator it expects.
+                None if self.finished => {
+                    self.phase = Phase::Ended { error_kind: None };
+                    return Some(frame(DONE));
                 }
                 None => {
-                    // Some servers close without `[DONE]` after the last choice finished; the
-                    // answer is whole, so the client gets the terminator it expects.
-                    if self.saw_finish_reason {
-                        self.finished = true;
-                        return Some(frame(DONE));
-                    }
                     self.lease.broke("stream_broken");
                     return Some(self.interrupt(
-                        "stream_broken",
+                        "stream_broken".into(),
                         "the stream ended before the answer was complete",
                     ));
                 }
             };
             if data == DONE {
-                self.finished = true;
+                self.phase = Phase::Ended { error_kind: None };
                 return Some(frame(DONE));
             }
-            let Ok(probe) = serde_json::from_str::<ChunkProbe>(&data) else {
+            let Some(chunk) = Chunk::read(&data) else {
                 return Some(frame(&data));
             };
-            for choice in &probe.choices {
-                self.saw_finish_reason |= choice.finish_reason.is_some();
-                if let Some(content) = choice.delta.as_ref().and_then(|d| d.content.as_deref()) {
-                    self.text.push_str(content);
-                }
-            }
-            let Some(usage) = probe.usage else {
+            self.finished |= chunk.finished;
+            self.text.push_str(&chunk.text);
+            let Some(usage) = chunk.usage else {
                 return Some(frame(&data));
             };
             self.usage = Some(usage);
-            if !probe.choices.is_empty() {
+            if chunk.has_choices {
                 return Some(frame(&data));
             }
-            if !self.client_wants_usage {
-                continue;
+            if self.client_wants_usage {
+                return Some(frame(&self.with_cost(&data, usage)));
             }
-            return Some(frame(&self.with_cost(&data, &usage)));
         }
     }
 
     /// The usage chunk with `usage.cost_usd` added: the same exact amount the ledger stores.
-    fn with_cost(&self, data: &str, usage: &Usage) -> String {
-        let Some(account) = &self.account else {
+    fn with_cost(&self, data: &str, usage: Usage) -> String {
+        let Some(pending) = &self.pending else {
             return data.to_string();
         };
-        let (Some(cost), Ok(mut chunk)) = (
-            account.price(&tokens_of(usage)).0,
-            serde_json::from_str::<Value>(data),
-        ) else {
+        let cost = pending
+            .exchange
+            .price(&pending.by.tier, &Tokens::from(usage))
+            .cost;
+        let (Some(cost), Ok(mut chunk)) = (cost, serde_json::from_str::<Value>(data)) else {
             return data.to_string();
         };
         if let Some(usage) = chunk.get_mut("usage").and_then(Value::as_object_mut)
@@ -191,10 +167,12 @@ impl SseRelay {
         chunk.to_string()
     }
 
-    fn interrupt(&mut self, reason: &str, why: &str) -> Bytes {
-        self.finished = true;
-        self.interrupted = Some(reason.to_string());
-        let tier = self.account.as_ref().map_or("?", |a| a.tier.name.as_str());
+    /// The error event that ends a stream broken after the client saw data.
+    fn interrupt(&mut self, reason: String, why: &str) -> Bytes {
+        let tier = self
+            .pending
+            .as_ref()
+            .map_or("?", |p| p.by.tier.name.as_str());
         let error = serde_json::json!({
             "error": {
                 "message": format!("the stream from tier '{tier}' was interrupted: {why}"),
@@ -203,62 +181,41 @@ impl SseRelay {
                 "code": "stream_interrupted",
             }
         });
+        self.phase = Phase::Ended {
+            error_kind: Some(reason),
+        };
         frame(&error.to_string())
     }
 
-    /// Completes the record once: tokens and cost from the upstream's usage (or, without usage,
-    /// left for the ledger writer to count), outcome.
-    fn finish_record(&mut self, status: u16) -> Option<RequestRecord> {
-        let account = self.account.take()?;
-        let text = std::mem::take(&mut self.text);
-        let store_content = account.ledger.store_content;
-        let latency_us = account.started.elapsed().as_micros() as i64;
-        let mut record = match &self.usage {
-            Some(usage) => {
-                let tokens = tokens_of(usage);
-                let (cost, baseline) = account.price(&tokens);
-                let mut record = account.record;
-                record.tokens = tokens;
-                record.cost = cost;
-                record.baseline = baseline;
-                record.answer = store_content.then_some(text);
-                record
-            }
-            None => {
-                let mut record = account.record;
-                record.answer = store_content.then(|| text.clone());
-                record.to_count = Some(ToCount {
-                    uncounted: Uncounted {
-                        endpoint: Endpoint::ChatCompletions,
-                        model: account.tier.model.clone(),
-                        request: account.request,
-                        answer: Answer::Text(text),
-                    },
-                    tier: account.tier,
-                    baseline: account.baseline,
-                });
-                record
-            }
-        };
-        record.status = status;
-        record.latency_us = latency_us;
-        record.error_kind = self.interrupted.clone();
-        Some(record)
+    /// Ends the request once, with what the stream carried.
+    fn end(&mut self, status: u16, error_kind: Option<String>) -> Option<Ended> {
+        let Pending {
+            exchange,
+            by,
+            ttfb_us,
+        } = self.pending.take()?;
+        Some(exchange.end(Ending::Streamed {
+            by: &by,
+            status,
+            error_kind,
+            usage: self.usage,
+            text: std::mem::take(&mut self.text),
+            ttfb_us,
+        }))
     }
 }
 
 impl Drop for SseRelay {
     fn drop(&mut self) {
-        let Some(ledger) = self.account.as_ref().map(|a| a.ledger.clone()) else {
-            return;
+        let (status, error_kind) = match std::mem::replace(&mut self.phase, Phase::Closed) {
+            Phase::Closed => return,
+            // The client went away mid-stream (499 in nginx's words): record what was relayed.
+            Phase::Relaying => (499, Some("client_closed".to_string())),
+            // The stream had ended; the client left before asking for the end of the body.
+            Phase::Ended { error_kind } => (200, error_kind),
         };
-        // The client went away mid-stream (499 in nginx's words): record what was relayed.
-        let status = if self.finished { 200 } else { 499 };
-        if let Some(mut record) = self.finish_record(status) {
-            if !self.finished {
-                record.error_kind = Some("client_closed".into());
-            }
-            ledger.record_detached(record);
+        if let Some(ended) = self.end(status, error_kind) {
+            ended.deliver_detached();
         }
     }
 }

@@ -13,33 +13,10 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::config::{Config, ProbePolicy, Provider, Tier};
-use crate::route::request::Endpoint;
+use crate::openai::{Endpoint, Usage};
 
 pub use error::{UpstreamError, UpstreamErrorKind};
 pub use stream::UpstreamStream;
-
-/// Token counts as an upstream reports them (`usage` of OpenAI's responses).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub struct Usage {
-    #[serde(default)]
-    pub prompt_tokens: u64,
-    #[serde(default)]
-    pub completion_tokens: u64,
-    #[serde(default)]
-    pub prompt_tokens_details: Option<PromptTokensDetails>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub struct PromptTokensDetails {
-    #[serde(default)]
-    pub cached_tokens: u64,
-}
-
-impl Usage {
-    pub fn cached_tokens(&self) -> u64 {
-        self.prompt_tokens_details.map_or(0, |d| d.cached_tokens)
-    }
-}
 
 /// A successful answer from one tier.
 pub enum Reply {
@@ -56,9 +33,8 @@ pub struct Upstreams {
 
 struct ProviderClient {
     http: reqwest::Client,
-    /// The endpoint URLs, joined once rather than on every request.
-    chat: reqwest::Url,
-    embeddings: reqwest::Url,
+    /// The endpoint URLs in [`Endpoint::ALL`] order, joined once rather than on every request.
+    urls: Vec<reqwest::Url>,
 }
 
 impl Upstreams {
@@ -75,8 +51,7 @@ impl Upstreams {
                 provider.name.clone(),
                 ProviderClient {
                     http: client_for(provider)?,
-                    chat: join(Endpoint::ChatCompletions.path()),
-                    embeddings: join(Endpoint::Embeddings.path()),
+                    urls: Endpoint::ALL.map(|e| join(e.path())).to_vec(),
                 },
             );
         }
@@ -108,10 +83,7 @@ impl Upstreams {
         let client = self.provider_client(provider);
         let request = client
             .http
-            .post(match endpoint {
-                Endpoint::ChatCompletions => client.chat.clone(),
-                Endpoint::Embeddings => client.embeddings.clone(),
-            })
+            .post(client.urls[endpoint as usize].clone())
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body);
         let head_limit = timeouts.first_byte.min(timeouts.total);
@@ -260,14 +232,10 @@ fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs_f64)
 }
 
-/// Checks that a successful body is JSON and reads its usage. A local server that answers 200 with
-/// a half-written body is a failure of that tier, not an answer.
+/// Checks that a successful body is a JSON object and reads its usage. A local server that answers
+/// 200 with a half-written body is a failure of that tier, not an answer; an unreadable usage block
+/// is not (its tokens are counted instead).
 fn parse_usage(body: &[u8]) -> Result<Option<Usage>, UpstreamError> {
-    #[derive(Deserialize)]
-    struct UsageOnly {
-        usage: Option<Usage>,
-    }
-    serde_json::from_slice::<UsageOnly>(body)
-        .map(|parsed| parsed.usage)
+    Usage::of_answer(body)
         .map_err(|err| UpstreamError::malformed(format!("answer is not valid JSON: {err}")))
 }

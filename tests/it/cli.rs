@@ -1,13 +1,15 @@
 //! The `tierwise` binary as a user runs it: `init`, `check`, and `serve` stopped by SIGTERM.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use tierwise::config::TaskKind;
+use tierwise::config::file::{ConfigFile, RawProvider, RawRoute, RawTier, text};
 use tierwise_fake::FakeUpstream;
+
+use crate::util::{TestConfig, postgres_url};
 
 fn tierwise() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tierwise"));
@@ -44,9 +46,15 @@ fn write_config(name: &str, toml: &str) -> (PathBuf, PathBuf) {
 
 /// One route `r` on one tier `t` of the provider at `upstream`.
 fn one_route(upstream: &str, ledger: &str) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[ledger]\nurl = \"{ledger}\"\n[providers.up]\nbase_url = \"{upstream}\"\n[tiers]\nt = {{ provider = \"up\", model = \"m\" }}\n[routes.r]\nkind = \"chat\"\ntiers = [\"t\"]\n"
-    )
+    let mut file = ConfigFile::default();
+    file.server.listen = Some(text("127.0.0.1:0"));
+    file.ledger.url = Some(text(ledger));
+    file.providers
+        .insert(text("up"), RawProvider::new(upstream));
+    file.tiers.insert(text("t"), RawTier::new("up", "m"));
+    file.routes
+        .insert(text("r"), RawRoute::new(TaskKind::Chat, &["t"]));
+    TestConfig(file).toml()
 }
 
 #[test]
@@ -123,13 +131,18 @@ async fn check_probes_each_provider() {
     let up = FakeUpstream::start().await;
     up.update(|b| b.models = vec!["served-model".into()]);
     let down = tierwise_fake::unused_addr().await;
-    let (dir, path) = write_config(
-        "probe",
-        &format!(
-            "[providers.up]\nbase_url = \"{}\"\napi_key = \"sk-probe-secret\"\n[providers.down]\nbase_url = \"http://{down}/v1\"\n\n[tiers]\na = {{ provider = \"up\", model = \"served-model\" }}\nb = {{ provider = \"up\", model = \"other-model\" }}\nc = {{ provider = \"down\", model = \"m\" }}\n",
-            up.base_url()
-        ),
-    );
+    let mut file = ConfigFile::default();
+    let mut provider = RawProvider::new(up.base_url());
+    provider.api_key = Some(text("sk-probe-secret"));
+    file.providers.insert(text("up"), provider);
+    file.providers
+        .insert(text("down"), RawProvider::new(format!("http://{down}/v1")));
+    file.tiers
+        .insert(text("a"), RawTier::new("up", "served-model"));
+    file.tiers
+        .insert(text("b"), RawTier::new("up", "other-model"));
+    file.tiers.insert(text("c"), RawTier::new("down", "m"));
+    let (dir, path) = write_config("probe", &TestConfig(file).toml());
     let out = tokio::task::spawn_blocking(move || {
         tierwise()
             .args(["check", "--config"])
@@ -217,7 +230,7 @@ async fn sigterm_flushes_every_record_the_writer_still_holds() {
     use sqlx::Connection;
     const N: usize = 40;
     let up = FakeUpstream::start().await;
-    let url = common::postgres_url().await;
+    let url = postgres_url().await;
     let (dir, path) = write_config("flush", &one_route(&up.base_url(), &url));
     let (child, gateway) = serve(&path).await;
 
@@ -335,13 +348,21 @@ async fn report_reads_the_ledger_a_gateway_wrote() {
         b.prompt_tokens = 1000;
         b.completion_tokens = 100;
     });
-    let (dir, path) = write_config(
-        "report",
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[ledger]\nurl = \"sqlite://ledger.db\"\n[providers.openai]\nbase_url = \"{}\"\n[tiers]\nfast = {{ provider = \"openai\", model = \"gpt-4o-mini\" }}\nfrontier = {{ provider = \"openai\", model = \"gpt-4o\" }}\n[routes.classification]\nkind = \"classification\"\ntiers = [\"fast\"]\nbaseline = \"frontier\"\n",
-            up.base_url()
-        ),
-    );
+    let mut file = ConfigFile::default();
+    file.server.listen = Some(text("127.0.0.1:0"));
+    file.ledger.url = Some(text("sqlite://ledger.db"));
+    file.providers
+        .insert(text("openai"), RawProvider::new(up.base_url()));
+    file.tiers
+        .insert(text("fast"), RawTier::new("openai", "gpt-4o-mini"));
+    file.tiers
+        .insert(text("frontier"), RawTier::new("openai", "gpt-4o"));
+    let route = RawRoute {
+        baseline: Some(text("frontier")),
+        ..RawRoute::new(TaskKind::Classification, &["fast"])
+    };
+    file.routes.insert(text("classification"), route);
+    let (dir, path) = write_config("report", &TestConfig(file).toml());
     let (child, url) = serve(&path).await;
     let http = reqwest::Client::new();
     for _ in 0..3 {

@@ -1,7 +1,6 @@
 //! Starting the real gateway in-process on a free port, against fake upstreams from
-//! `tests/support`, and talking to it over HTTP like a client would.
-
-#![allow(dead_code)]
+//! `tests/support`, and talking to it over HTTP like a client would; test configurations built
+//! from the configuration file's own types ([`TestConfig`]), so a renamed key breaks the build.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,8 +8,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tierwise::config::Config;
-use tierwise::ledger::{Store, StoredRequest};
+use tierwise::config::file::{
+    ConfigFile, RawOutput, RawProvider, RawRoute, RawTier, RawTimeouts, spanned, text,
+};
+use tierwise::config::{Config, TaskKind};
+use tierwise::ledger::{RequestRow, Store};
 use tierwise::server::Gateway;
 
 pub const PROVIDER_KEY: &str = "sk-upstream-secret-123";
@@ -78,50 +80,110 @@ impl Backend {
     }
 }
 
-/// A two-tier setup: `local` on one fake, `api_fast` and `api_frontier` on another, with the
-/// classification route of DESIGN.md. `extra` is appended to the file.
-pub fn two_tier_config(local_url: &str, api_url: &str, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-api_keys = ["${{CLIENT_KEY}}"]
+/// A configuration file built in code.
+pub struct TestConfig(pub ConfigFile);
 
-[ledger]
-url = "{ledger}"
+impl TestConfig {
+    /// A two-tier setup: `local` (and `embed_local`) on the `vllm` provider at `local_url`,
+    /// `api_fast` and `api_frontier` on `openai` at `api_url`, the classification route of
+    /// DESIGN.md, `summarize` and `embed`; a fresh SQLite ledger; client key `CLIENT_KEY`.
+    pub fn two_tier(local_url: &str, api_url: &str) -> TestConfig {
+        let mut file = ConfigFile::default();
+        file.server.listen = Some(text("127.0.0.1:0"));
+        file.server.api_keys = Some(vec![text("${CLIENT_KEY}")]);
+        file.ledger.url = Some(text(sqlite_url()));
 
-[providers.vllm]
-base_url = "{local_url}"
-api_key = "${{LOCAL_KEY}}"
-timeout = {{ connect_ms = 500, first_byte_ms = 2000, total_ms = 5000, idle_ms = 2000 }}
+        let mut vllm = RawProvider::new(local_url);
+        vllm.api_key = Some(text("${LOCAL_KEY}"));
+        vllm.timeout = RawTimeouts {
+            connect_ms: Some(500),
+            first_byte_ms: Some(2000),
+            total_ms: Some(5000),
+            idle_ms: Some(2000),
+        };
+        let mut openai = RawProvider::new(api_url);
+        openai.api_key = Some(text("sk-api-key-789"));
+        file.providers.insert(text("vllm"), vllm);
+        file.providers.insert(text("openai"), openai);
 
-[providers.openai]
-base_url = "{api_url}"
-api_key = "sk-api-key-789"
+        let mut local = RawTier::new("vllm", "mistral-7b");
+        local.max_tokens = Some(256);
+        local.temperature = Some(spanned(0.1));
+        let mut api_fast = RawTier::new("openai", "gpt-4o-mini");
+        api_fast.max_tokens = Some(1024);
+        file.tiers.insert(text("local"), local);
+        file.tiers.insert(text("api_fast"), api_fast);
+        file.tiers
+            .insert(text("api_frontier"), RawTier::new("openai", "gpt-4o"));
+        file.tiers.insert(
+            text("embed_local"),
+            RawTier::new("vllm", "nomic-embed-text"),
+        );
 
-[tiers]
-local        = {{ provider = "vllm", model = "mistral-7b", max_tokens = 256, temperature = 0.1 }}
-api_fast     = {{ provider = "openai", model = "gpt-4o-mini", max_tokens = 1024 }}
-api_frontier = {{ provider = "openai", model = "gpt-4o" }}
-embed_local  = {{ provider = "vllm", model = "nomic-embed-text" }}
+        let mut classification = RawRoute::new(TaskKind::Classification, &["local", "api_fast"]);
+        classification.baseline = Some(text("api_frontier"));
+        classification.output = Some(RawOutput {
+            labels: Some(spanned(
+                ["billing", "technical", "general"].map(text).to_vec(),
+            )),
+        });
+        file.routes.insert(text("classification"), classification);
+        file.routes.insert(
+            text("summarize"),
+            RawRoute::new(TaskKind::Summarization, &["local", "api_fast"]),
+        );
+        file.routes.insert(
+            text("embed"),
+            RawRoute::new(TaskKind::Embedding, &["embed_local"]),
+        );
+        TestConfig(file)
+    }
 
-[routes.classification]
-kind = "classification"
-tiers = ["local", "api_fast"]
-baseline = "api_frontier"
-output = {{ labels = ["billing", "technical", "general"] }}
+    pub fn provider(&mut self, name: &str) -> &mut RawProvider {
+        self.0
+            .providers
+            .get_mut(name)
+            .expect("a provider of the test config")
+    }
 
-[routes.summarize]
-kind = "summarization"
-tiers = ["local", "api_fast"]
+    pub fn route(&mut self, name: &str) -> &mut RawRoute {
+        self.0
+            .routes
+            .get_mut(name)
+            .expect("a route of the test config")
+    }
 
-[routes.embed]
-kind = "embedding"
-tiers = ["embed_local"]
-{extra}
-"#,
-        ledger = sqlite_url(),
-    )
+    /// Adds a route over the given tiers and returns it for more settings.
+    pub fn add_route(&mut self, name: &str, kind: TaskKind, tiers: &[&str]) -> &mut RawRoute {
+        self.0.routes.insert(text(name), RawRoute::new(kind, tiers));
+        self.route(name)
+    }
+
+    /// Switches active probing off on every provider.
+    pub fn without_probes(mut self) -> TestConfig {
+        for provider in self.0.providers.values_mut() {
+            provider.health.enabled = Some(false);
+        }
+        self
+    }
+
+    pub fn with(mut self, change: impl FnOnce(&mut TestConfig)) -> TestConfig {
+        change(&mut self);
+        self
+    }
+
+    /// The file as TOML, as a user would write it.
+    pub fn toml(&self) -> String {
+        toml::to_string(&self.0).expect("a test config serializes")
+    }
+
+    pub fn config(&self) -> Config {
+        parse(&self.toml())
+    }
+
+    pub fn config_in(&self, path: &Path) -> Config {
+        parse_in(&self.toml(), path)
+    }
 }
 
 pub struct TestGateway {
@@ -132,8 +194,8 @@ pub struct TestGateway {
 }
 
 impl TestGateway {
-    pub async fn start(toml: &str) -> TestGateway {
-        TestGateway::start_config(parse(toml)).await
+    pub async fn start(config: &TestConfig) -> TestGateway {
+        TestGateway::start_config(config.config()).await
     }
 
     pub async fn start_config(config: Config) -> TestGateway {
@@ -264,7 +326,7 @@ pub fn chat(model: &str, content: &str) -> Value {
 }
 
 /// Waits until the ledger holds request `id` (the writer is asynchronous).
-pub async fn stored(store: &Store, id: &str) -> StoredRequest {
+pub async fn stored(store: &Store, id: &str) -> RequestRow {
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(row) = store.request(id).await.expect("the ledger answers") {

@@ -1,45 +1,51 @@
 //! Never down because a tier is down: the fault matrix, the breaker, probes and recovery, warm-up,
 //! readiness, the in-flight cap and the all-open behaviour, each against in-process fakes.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::*;
+use crate::util::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use tierwise::config::file::{RawProvider, spanned};
+use tierwise::config::{AllOpen, TaskKind};
 use tierwise_fake::{FakeUpstream, Fault, wait_until};
 
-/// `local` on vllm (probed every 50 ms when `probe` is set) before `api_fast`; `knobs` lands in the
-/// vllm provider table.
-fn config(local: &str, api: &str, probe: bool, knobs: &str, extra: &str) -> String {
-    let health = if probe {
-        "health = { interval_ms = 50, timeout_ms = 300 }"
-    } else {
-        "health = { enabled = false }"
-    };
-    two_tier_config(local, api, extra).replace(
-        "api_key = \"${LOCAL_KEY}\"",
-        &format!("api_key = \"${{LOCAL_KEY}}\"\n{health}\n{knobs}"),
-    )
+/// `local` on vllm (probed every 50 ms when `probe` is set) before `api_fast`; `knobs` changes the
+/// vllm provider.
+fn config(local: &str, api: &str, probe: bool, knobs: impl FnOnce(&mut RawProvider)) -> TestConfig {
+    TestConfig::two_tier(local, api).with(|c| {
+        let vllm = c.provider("vllm");
+        if probe {
+            vllm.health.interval_ms = Some(spanned(50));
+            vllm.health.timeout_ms = Some(300);
+        } else {
+            vllm.health.enabled = Some(false);
+        }
+        knobs(vllm);
+    })
 }
 
-/// Two fresh fakes (local, api) and a gateway in front of them.
-async fn setup(probe: bool, knobs: &str, extra: &str) -> (FakeUpstream, FakeUpstream, TestGateway) {
+/// Two fresh fakes (local, api) and a gateway in front of them, probes off.
+async fn setup(
+    knobs: impl FnOnce(&mut RawProvider),
+    extra: impl FnOnce(&mut TestConfig),
+) -> (FakeUpstream, FakeUpstream, TestGateway) {
     let local = FakeUpstream::start().await;
     let api = FakeUpstream::start().await;
-    let gw = TestGateway::start(&config(
-        &local.base_url(),
-        &api.base_url(),
-        probe,
-        knobs,
-        extra,
-    ))
-    .await;
+    let config = config(&local.base_url(), &api.base_url(), false, knobs).with(extra);
+    let gw = TestGateway::start(&config).await;
     (local, api, gw)
+}
+
+/// Breaker knobs: consecutive failures that open it, and its first cool-down.
+fn breaker(failures: u32, cooldown_ms: Option<u64>) -> impl FnOnce(&mut RawProvider) {
+    move |p| {
+        p.breaker.failures = Some(spanned(failures));
+        p.breaker.cooldown_ms = cooldown_ms;
+    }
 }
 
 async fn providers(gw: &TestGateway) -> Value {
@@ -64,8 +70,11 @@ fn streaming(model: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_retryable_fault_falls_back_to_the_next_tier() {
-    let knobs = "breaker = { failures = 1000 }\nretry_429_max_wait_ms = 0";
-    let (local, api, gw) = setup(false, knobs, "").await;
+    let knobs = |p: &mut RawProvider| {
+        p.breaker.failures = Some(spanned(1000));
+        p.retry_429_max_wait_ms = Some(0);
+    };
+    let (local, api, gw) = setup(knobs, |_| {}).await;
     let cases = [
         (Fault::Hang, false, "local:timeout_first_byte"),
         (
@@ -163,15 +172,11 @@ async fn each_retryable_fault_falls_back_to_the_next_tier() {
 async fn a_stream_broken_after_the_first_chunk_ends_with_an_error_event_not_a_hang() {
     let local = FakeUpstream::start().await;
     let api = FakeUpstream::start().await;
-    let toml = config(
-        &local.base_url(),
-        &api.base_url(),
-        false,
-        "breaker = { failures = 1000 }",
-        "",
-    )
-    .replace("idle_ms = 2000", "idle_ms = 300");
-    let gw = TestGateway::start(&toml).await;
+    let config = config(&local.base_url(), &api.base_url(), false, |p| {
+        p.breaker.failures = Some(spanned(1000));
+        p.timeout.idle_ms = Some(300);
+    });
+    let gw = TestGateway::start(&config).await;
 
     local.set_fault(Fault::CutAfterChunks { chunks: 3 });
     let answer = Answer::of(
@@ -213,7 +218,7 @@ async fn a_stream_broken_after_the_first_chunk_ends_with_an_error_event_not_a_ha
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_with_a_short_retry_after_is_retried_once_on_the_same_tier() {
-    let (local, api, gw) = setup(false, "retry_429_max_wait_ms = 1500", "").await;
+    let (local, api, gw) = setup(|p| p.retry_429_max_wait_ms = Some(1500), |_| {}).await;
     local.update(|b| {
         b.fault = Fault::Status {
             status: 429,
@@ -242,8 +247,7 @@ async fn a_429_with_a_short_retry_after_is_retried_once_on_the_same_tier() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_breaker_stops_user_traffic_to_the_failing_provider() {
-    let knobs = "breaker = { failures = 3, cooldown_ms = 60000 }";
-    let (local, api, gw) = setup(false, knobs, "").await;
+    let (local, api, gw) = setup(breaker(3, Some(60_000)), |_| {}).await;
     local.set_fault(Fault::Status {
         status: 500,
         body: None,
@@ -292,8 +296,7 @@ async fn an_open_breaker_stops_user_traffic_to_the_failing_provider() {
         &healthy.base_url(),
         &api.base_url(),
         false,
-        "breaker = { failures = 1 }",
-        "",
+        breaker(1, None),
     ))
     .await;
     healthy.set_fault(Fault::Status {
@@ -317,8 +320,8 @@ async fn a_recovered_provider_gets_traffic_back_within_a_probe_interval_and_cool
     let local = FakeUpstream::start().await;
     let addr: SocketAddr = local.addr;
     let api = FakeUpstream::start().await;
-    let knobs = "breaker = { failures = 2, cooldown_ms = 200 }";
-    let gw = TestGateway::start(&config(&local.base_url(), &api.base_url(), true, knobs, "")).await;
+    let knobs = breaker(2, Some(200));
+    let gw = TestGateway::start(&config(&local.base_url(), &api.base_url(), true, knobs)).await;
     local.stop().await;
 
     // The probe finds it down before any user does.
@@ -354,13 +357,15 @@ async fn warm_up_runs_at_start_and_after_recovery_and_readyz_waits_for_it() {
     let api = FakeUpstream::start().await;
     // Down from the start.
     local.stop().await;
-    let knobs = "warmup = true\nbreaker = { cooldown_ms = 100 }";
+    let knobs = |p: &mut RawProvider| {
+        p.warmup = true;
+        p.breaker.cooldown_ms = Some(100);
+    };
     let gw = TestGateway::start(&config(
         &format!("http://{addr}/v1"),
         &api.base_url(),
         true,
         knobs,
-        "",
     ))
     .await;
     let ready = |gw: &TestGateway| {
@@ -425,8 +430,13 @@ async fn wait_until_state(gw: &TestGateway, state: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_max_in_flight_spills_to_the_next_tier_at_once() {
-    let only_local = "\n[routes.only_local]\nkind = \"chat\"\ntiers = [\"local\"]\n";
-    let (local, _api, gw) = setup(false, "max_in_flight = 1", only_local).await;
+    let (local, _api, gw) = setup(
+        |p| p.max_in_flight = Some(spanned(1)),
+        |c| {
+            c.add_route("only_local", TaskKind::Chat, &["local"]);
+        },
+    )
+    .await;
     let gate = local.hold_streams();
     let held = gw
         .post("/v1/chat/completions", &streaming("summarize"))
@@ -466,18 +476,12 @@ async fn over_max_in_flight_spills_to_the_next_tier_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_tier_is_open_a_route_tries_its_primary_or_fails_fast() {
-    let extra = r#"
-[routes.local_try]
-kind = "chat"
-tiers = ["local"]
-
-[routes.local_fast]
-kind = "chat"
-tiers = ["local"]
-when_all_open = "fail_fast"
-"#;
-    let knobs = "breaker = { failures = 1, cooldown_ms = 60000 }";
-    let (local, _api, gw) = setup(false, knobs, extra).await;
+    let (local, _api, gw) = setup(breaker(1, Some(60_000)), |c| {
+        c.add_route("local_try", TaskKind::Chat, &["local"]);
+        c.add_route("local_fast", TaskKind::Chat, &["local"])
+            .when_all_open = Some(AllOpen::FailFast);
+    })
+    .await;
     local.set_fault(Fault::Status {
         status: 503,
         body: None,
@@ -519,9 +523,9 @@ async fn killing_and_restarting_the_local_server_under_load_fails_no_request() {
     let local = FakeUpstream::start().await;
     let addr = local.addr;
     let api = FakeUpstream::start().await;
-    let knobs = "breaker = { failures = 3, cooldown_ms = 100 }";
+    let knobs = breaker(3, Some(100));
     let gw = Arc::new(
-        TestGateway::start(&config(&local.base_url(), &api.base_url(), true, knobs, "")).await,
+        TestGateway::start(&config(&local.base_url(), &api.base_url(), true, knobs)).await,
     );
 
     let next = Arc::new(AtomicUsize::new(0));

@@ -1,25 +1,24 @@
 //! The request path end to end: the real gateway on a free port, fake upstreams behind it.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::util::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use tierwise::config::file::{spanned, text};
 use tierwise_fake::{FakeUpstream, Fault};
 
-async fn setup(extra: &str) -> (FakeUpstream, FakeUpstream, TestGateway) {
+async fn setup() -> (FakeUpstream, FakeUpstream, TestGateway) {
     let local = FakeUpstream::start().await;
     let api = FakeUpstream::start().await;
     let gateway =
-        TestGateway::start(&two_tier_config(&local.base_url(), &api.base_url(), extra)).await;
+        TestGateway::start(&TestConfig::two_tier(&local.base_url(), &api.base_url())).await;
     (local, api, gateway)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_name_goes_to_its_primary_tier_with_the_tiers_model_and_defaults() {
-    let (local, api, gw) = setup("").await;
+    let (local, api, gw) = setup().await;
     let answer = Answer::of(
         gw.post("/v1/chat/completions", &chat("summarize", "Summarize this"))
             .await,
@@ -54,7 +53,7 @@ async fn a_route_name_goes_to_its_primary_tier_with_the_tiers_model_and_defaults
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_other_field_passes_through_untouched() {
-    let (local, _api, gw) = setup("").await;
+    let (local, _api, gw) = setup().await;
     let request = json!({
         "model": "summarize",
         "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi", "name": "ann"}],
@@ -77,7 +76,7 @@ async fn every_other_field_passes_through_untouched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_may_be_a_tier_or_a_model_id_and_the_route_header_attributes_it() {
-    let (local, api, gw) = setup("").await;
+    let (local, api, gw) = setup().await;
     let by_tier = gw.ask("api_fast").await;
     assert_eq!(by_tier.status, 200, "{}", by_tier.text);
     assert_eq!(by_tier.header("x-tierwise-tier"), Some("api_fast"));
@@ -123,7 +122,7 @@ async fn model_may_be_a_tier_or_a_model_id_and_the_route_header_attributes_it() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_model_is_404_model_not_found_listing_what_exists() {
-    let (_local, _api, gw) = setup("").await;
+    let (_local, _api, gw) = setup().await;
     let answer = gw.ask("gpt-5-ultra").await;
     let message = answer.error(404, Some("model_not_found"));
     for name in [
@@ -141,7 +140,7 @@ async fn an_unknown_model_is_404_model_not_found_listing_what_exists() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_is_relayed_chunk_by_chunk_with_usage_only_when_asked() {
-    let (local, _api, gw) = setup("").await;
+    let (local, _api, gw) = setup().await;
     let mut request = chat("summarize", "x");
     request["stream"] = json!(true);
     let answer = Answer::of(gw.post("/v1/chat/completions", &request).await).await;
@@ -184,7 +183,7 @@ async fn a_stream_is_relayed_chunk_by_chunk_with_usage_only_when_asked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_sees_the_first_chunk_before_the_upstream_has_finished() {
-    let (local, _api, gw) = setup("").await;
+    let (local, _api, gw) = setup().await;
     let gate = local.hold_streams();
     let mut request = chat("summarize", "x");
     request["stream"] = json!(true);
@@ -221,11 +220,12 @@ async fn prompt_overrides_replace_or_insert_the_system_message_with_labels_fille
     .unwrap();
     let local = FakeUpstream::start().await;
     let api = FakeUpstream::start().await;
-    let toml = two_tier_config(&local.base_url(), &api.base_url(), "").replace(
-        "baseline = \"api_frontier\"\n",
-        "baseline = \"api_frontier\"\nprompts.local = \"classify_local.txt\"\n",
-    );
-    let gw = TestGateway::start_config(parse_in(&toml, &dir.join("tierwise.toml"))).await;
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url()).with(|c| {
+        c.route("classification")
+            .prompts
+            .insert(text("local"), text("classify_local.txt"));
+    });
+    let gw = TestGateway::start_config(config.config_in(&dir.join("tierwise.toml"))).await;
 
     let with_system = json!({"model": "classification", "messages": [
         {"role": "system", "content": "You are GPT-4o. Think step by step."},
@@ -268,7 +268,7 @@ async fn prompt_overrides_replace_or_insert_the_system_message_with_labels_fille
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_label_contract_normalizes_and_flags_but_never_invents() {
-    let (local, _api, gw) = setup("").await;
+    let (local, _api, gw) = setup().await;
     local.update(|b| b.reply = "The category is: Technical.".into());
     let answer = gw.ask("classification").await;
     assert_eq!(answer.body["choices"][0]["message"]["content"], "technical");
@@ -296,7 +296,7 @@ async fn the_label_contract_normalizes_and_flags_but_never_invents() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embeddings_take_strings_and_arrays_and_pass_encoding_format() {
-    let (local, _api, gw) = setup("").await;
+    let (local, _api, gw) = setup().await;
     let answer = Answer::of(
         gw.post(
             "/v1/embeddings",
@@ -328,7 +328,7 @@ async fn embeddings_take_strings_and_arrays_and_pass_encoding_format() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn models_lists_routes_tiers_and_model_ids_and_probes_answer() {
-    let (_local, _api, gw) = setup("").await;
+    let (_local, _api, gw) = setup().await;
     let answer = Answer::of(gw.get("/v1/models").await).await;
     assert_eq!(answer.body["object"], "list");
     let ids: Vec<&str> = answer.body["data"]
@@ -374,7 +374,7 @@ async fn models_lists_routes_tiers_and_model_ids_and_probes_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_keys_are_required_when_configured() {
-    let (local, _api, gw) = setup("").await;
+    let (local, _api, gw) = setup().await;
     let url = format!("{}/v1/chat/completions", gw.url);
     let none = Answer::of(
         gw.http
@@ -419,9 +419,9 @@ async fn client_keys_are_required_when_configured() {
     );
 
     let open = FakeUpstream::start().await;
-    let toml = two_tier_config(&open.base_url(), &open.base_url(), "")
-        .replace("api_keys = [\"${CLIENT_KEY}\"]", "");
-    let config = parse(&toml);
+    let config = TestConfig::two_tier(&open.base_url(), &open.base_url())
+        .with(|c| c.0.server.api_keys = None)
+        .config();
     assert!(
         config.warnings.iter().any(|w| w.contains("api_keys")),
         "{:?}",
@@ -440,7 +440,7 @@ async fn client_keys_are_required_when_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_400_in_openai_shape() {
-    let (local, _api, gw) = setup("").await;
+    let (local, _api, gw) = setup().await;
     let cases: Vec<(Vec<u8>, Option<&str>)> = vec![
         (b"{not json".to_vec(), None),
         (b"[]".to_vec(), None),
@@ -505,11 +505,9 @@ async fn bad_requests_are_400_in_openai_shape() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_max_body_bytes_is_413() {
     let local = FakeUpstream::start().await;
-    let toml = two_tier_config(&local.base_url(), &local.base_url(), "").replace(
-        "listen = \"127.0.0.1:0\"",
-        "listen = \"127.0.0.1:0\"\nmax_body_bytes = 1000",
-    );
-    let gw = TestGateway::start(&toml).await;
+    let config = TestConfig::two_tier(&local.base_url(), &local.base_url())
+        .with(|c| c.0.server.max_body_bytes = Some(spanned(1000)));
+    let gw = TestGateway::start(&config).await;
     let big = chat("summarize", &"x".repeat(2000));
     let answer = Answer::of(gw.post("/v1/chat/completions", &big).await).await;
     answer.error(413, Some("request_too_large"));
@@ -534,7 +532,7 @@ async fn a_body_over_max_body_bytes_is_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_client_error_comes_back_as_it_came_without_fallback() {
-    let (local, api, gw) = setup("").await;
+    let (local, api, gw) = setup().await;
     let body = r#"{"error":{"message":"This model's maximum context length is 8192 tokens","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
     local.set_fault(Fault::Status {
         status: 400,
@@ -550,7 +548,7 @@ async fn an_upstream_client_error_comes_back_as_it_came_without_fallback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_primary_falls_back_and_says_so() {
-    let (local, api, gw) = setup("").await;
+    let (local, api, gw) = setup().await;
     local.set_fault(Fault::Status {
         status: 503,
         body: None,
@@ -570,14 +568,10 @@ async fn unreachable_upstreams_are_502_or_504_naming_the_tier_and_never_the_key(
     let hanging = FakeUpstream::start().await;
     hanging.set_fault(Fault::Hang);
     // Probes off: this test is about what one request meets, not what the breaker learns.
-    let toml = two_tier_config(&format!("http://{down}/v1"), &hanging.base_url(), "")
-        .replace(
-            "api_key = \"sk-api-key-789\"",
-            "api_key = \"sk-api-key-789\"\ntimeout = { first_byte_ms = 300 }\nhealth = { enabled = false }",
-        )
-        .replace("api_key = \"${LOCAL_KEY}\"", "api_key = \"${LOCAL_KEY}\"\nhealth = { enabled = false }");
-
-    let gw = TestGateway::start(&toml).await;
+    let config = TestConfig::two_tier(&format!("http://{down}/v1"), &hanging.base_url())
+        .without_probes()
+        .with(|c| c.provider("openai").timeout.first_byte_ms = Some(300));
+    let gw = TestGateway::start(&config).await;
     let answer = gw.ask("embed").await;
     // `embed` is a chat call on an embedding tier here; what matters is its one tier is down.
     let message = answer.error(502, Some("upstream_unavailable"));
@@ -604,7 +598,7 @@ async fn unreachable_upstreams_are_502_or_504_naming_the_tier_and_never_the_key(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_in_flight_requests_and_stops_accepting() {
-    let (local, _api, gw) = setup("").await;
+    let (local, _api, gw) = setup().await;
     local.set_fault(Fault::SlowFirstByte { ms: 300 });
     let url = format!("{}/v1/chat/completions", gw.url);
     let client = gw.http.clone();

@@ -17,6 +17,17 @@ fn error_of(toml: &str) -> String {
     }
 }
 
+/// `BASE` with `from` replaced by `to`; `from` must occur exactly once, so that a change to `BASE`
+/// cannot silently leave a test checking the unchanged file.
+fn patched(from: &str, to: &str) -> String {
+    assert_eq!(
+        BASE.matches(from).count(),
+        1,
+        "{from:?} must occur once in BASE"
+    );
+    BASE.replace(from, to)
+}
+
 const BASE: &str = r#"[providers.vllm]
 base_url = "http://localhost:8001/v1"
 
@@ -63,7 +74,7 @@ fn the_starter_config_loads_without_any_environment() {
         config.warnings
     );
     // Every tier is priced: the local ones by their provider's fixed cost, the API ones by the table.
-    let (_, unpriced) = tierwise::ledger::Pricing::new(&config);
+    let unpriced = tierwise::ledger::Pricing::new(&config).warnings(&config);
     assert!(unpriced.is_empty(), "{unpriced:?}");
 }
 
@@ -77,7 +88,7 @@ fn an_unknown_key_names_the_key_and_line() {
 
 #[test]
 fn a_tier_naming_a_missing_provider_lists_the_defined_ones() {
-    let err = error_of(&BASE.replace("provider = \"vllm\"", "provider = \"vlm\""));
+    let err = error_of(&patched("provider = \"vllm\"", "provider = \"vlm\""));
     assert!(
         err.contains("line 5: tiers.local.provider: no provider named \"vlm\" (defined: vllm)"),
         "{err}"
@@ -86,12 +97,15 @@ fn a_tier_naming_a_missing_provider_lists_the_defined_ones() {
 
 #[test]
 fn a_route_naming_a_missing_tier_or_an_empty_chain_is_refused() {
-    let err = error_of(&BASE.replace("tiers = [\"local\"]", "tiers = [\"local\", \"api\"]"));
+    let err = error_of(&patched(
+        "tiers = [\"local\"]",
+        "tiers = [\"local\", \"api\"]",
+    ));
     assert!(
         err.contains("line 9: routes.classification.tiers: no tier named \"api\" (defined: local)"),
         "{err}"
     );
-    let err = error_of(&BASE.replace("tiers = [\"local\"]", "tiers = []"));
+    let err = error_of(&patched("tiers = [\"local\"]", "tiers = []"));
     assert!(
         err.contains("line 9: routes.classification.tiers: the chain is empty"),
         "{err}"
@@ -106,17 +120,22 @@ fn a_bad_url_is_refused_with_an_example() {
         "not a url",
         "http://x/v1?key=1",
     ] {
-        let err = error_of(&BASE.replace("http://localhost:8001/v1", url));
+        let err = error_of(&patched("http://localhost:8001/v1", url));
         assert!(
             err.contains("line 2: providers.vllm.base_url"),
             "{url}: {err}"
+        );
+        assert!(
+            err.contains("e.g. \"http://localhost:8001/v1\"")
+                || err.contains("e.g. \"https://api.openai.com/v1\""),
+            "{url}: the message shows a URL that would be right: {err}"
         );
     }
 }
 
 #[test]
 fn an_api_key_a_header_cannot_carry_is_refused_without_echoing_it() {
-    let toml = BASE.replace(
+    let toml = patched(
         "base_url = \"http://localhost:8001/v1\"",
         "base_url = \"http://localhost:8001/v1\"\napi_key = \"sk-secret\\n\"",
     );
@@ -127,7 +146,7 @@ fn an_api_key_a_header_cannot_carry_is_refused_without_echoing_it() {
 
 #[test]
 fn an_unset_environment_variable_is_named() {
-    let err = error_of(&BASE.replace(
+    let err = error_of(&patched(
         "base_url = \"http://localhost:8001/v1\"",
         "base_url = \"http://localhost:8001/v1\"\napi_key = \"${VLLM_API_KEY}\"",
     ));
@@ -137,7 +156,7 @@ fn an_unset_environment_variable_is_named() {
         ),
         "{err}"
     );
-    let ok = load(&BASE.replace(
+    let ok = load(&patched(
         "base_url = \"http://localhost:8001/v1\"",
         "base_url = \"http://localhost:8001/v1\"\napi_key = \"${SET}\"",
     ))
@@ -166,21 +185,54 @@ fn duplicate_names_are_refused() {
         err.contains("line 11") && err.to_lowercase().contains("duplicate"),
         "{err}"
     );
-    let err = error_of(&BASE.replace("tiers = [\"local\"]", "tiers = [\"local\", \"local\"]"));
+    let err = error_of(&patched(
+        "tiers = [\"local\"]",
+        "tiers = [\"local\", \"local\"]",
+    ));
     assert!(err.contains("listed twice"), "{err}");
 }
 
 #[test]
-fn every_mistake_is_reported_at_once() {
-    let toml = BASE
-        .replace("provider = \"vllm\"", "provider = \"nope\"")
-        .replace("kind = \"classification\"", "kind = \"classify\"");
+fn every_mistake_is_reported_at_once_and_only_once() {
+    let toml = patched(
+        "local = { provider = \"vllm\", model = \"m\" }",
+        "local = { provider = \"nope\", model = \"m\", temperature = 3.0 }",
+    )
+    .replace(
+        "tiers = [\"local\"]",
+        "tiers = [\"local\"]\nbaseline = \"gpt\"",
+    );
     let err = load(&toml).unwrap_err();
-    assert_eq!(err.issues().len(), 3, "{err}");
     let text = err.to_string();
     assert!(
-        text.contains("unknown kind \"classify\"; use one of: classification"),
+        text.contains("line 5: tiers.local.provider: no provider named \"nope\""),
         "{text}"
+    );
+    assert!(text.contains("line 5: tiers.local.temperature"), "{text}");
+    assert!(
+        text.contains("line 10: routes.classification.baseline: no tier named \"gpt\""),
+        "{text}"
+    );
+    // The tier is defined, with a mistake of its own: the route naming it is not told otherwise.
+    assert_eq!(err.issues().len(), 3, "{text}");
+    assert!(!text.contains("no tier named \"local\""), "{text}");
+}
+
+#[test]
+fn a_closed_set_names_what_it_allows() {
+    let err = error_of(&patched("kind = \"classification\"", "kind = \"classify\""));
+    assert!(err.contains("line 8"), "{err}");
+    assert!(
+        err.contains("unknown variant `classify`") && err.contains("`classification`"),
+        "{err}"
+    );
+    let err = error_of(&patched(
+        "tiers = [\"local\"]",
+        "tiers = [\"local\"]\nwhen_all_open = \"wait\"",
+    ));
+    assert!(
+        err.contains("`try_primary`") && err.contains("`fail_fast`"),
+        "{err}"
     );
 }
 
@@ -215,7 +267,7 @@ fn route_details_are_checked() {
         (
             "tiers = [\"local\"]",
             "tiers = [\"local\"]\nprofile = { quality = \"best\" }",
-            "unknown quality bar \"best\"",
+            "unknown variant `best`, expected `good_enough` or `frontier`",
         ),
         (
             "model = \"m\" }",
@@ -224,7 +276,7 @@ fn route_details_are_checked() {
         ),
     ];
     for (from, to, expected) in cases {
-        let err = error_of(&BASE.replace(from, to));
+        let err = error_of(&patched(from, to));
         assert!(err.contains(expected), "expected {expected:?} in {err}");
     }
 }

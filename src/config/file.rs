@@ -1,0 +1,245 @@
+//! The configuration file exactly as written: serde structs that mirror the TOML, with spans kept on
+//! every value that is checked later, so that an error can point at its line. The gateway never runs
+//! on these types: [`super::Config::parse`] resolves them into the ones it does. They serialize too,
+//! so tests build configurations from typed values, and a renamed key breaks their build rather
+//! than leaving a test silently untested.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::{AllOpen, QualityBar, TaskKind};
+
+pub type Text = Spanned<String>;
+
+/// A spanned string for a file built in code (its span is meaningless until it is written out).
+pub fn text(value: impl Into<String>) -> Text {
+    Spanned::new(0..0, value.into())
+}
+
+/// A spanned value for a file built in code.
+pub fn spanned<T>(value: T) -> Spanned<T> {
+    Spanned::new(0..0, value)
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub ledger: RawLedger,
+    #[serde(default)]
+    pub providers: BTreeMap<Text, RawProvider>,
+    #[serde(default)]
+    pub tiers: BTreeMap<Text, RawTier>,
+    #[serde(default)]
+    pub routes: BTreeMap<Text, RawRoute>,
+    #[serde(default)]
+    pub prices: BTreeMap<Text, RawPrice>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<Text>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<Vec<Text>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_key: Option<Text>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<Spanned<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLedger {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<Text>,
+    #[serde(default)]
+    pub store_content: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_log: Option<Text>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_byte_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub base_url: Text,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<Text>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fixed_monthly_usd: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub warmup: bool,
+    #[serde(default)]
+    pub timeout: RawTimeouts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<Spanned<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_429_max_wait_ms: Option<u64>,
+    #[serde(default)]
+    pub breaker: RawBreaker,
+    #[serde(default)]
+    pub health: RawHealth,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failures: Option<Spanned<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<Spanned<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cooldown_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_cooldown_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<Text>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval_ms: Option<Spanned<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    pub provider: Text,
+    pub model: Text,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub timeout: RawTimeouts,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub kind: Spanned<TaskKind>,
+    pub tiers: Spanned<Vec<Text>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Text>,
+    #[serde(default)]
+    pub prompts: BTreeMap<Text, Text>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<RawOutput>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<RawShadow>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<RawProfile>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub when_all_open: Option<AllOpen>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutput {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Spanned<Vec<Text>>>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadow {
+    pub reference: Text,
+    pub sample_rate: Spanned<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_agreement: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProfile {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<QualityBar>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_tolerance_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    pub input: Spanned<f64>,
+    pub output: Spanned<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached_input: Option<Spanned<f64>>,
+}
+
+impl RawProvider {
+    pub fn new(base_url: impl Into<String>) -> RawProvider {
+        RawProvider {
+            base_url: text(base_url),
+            api_key: None,
+            fixed_monthly_usd: None,
+            warmup: false,
+            timeout: RawTimeouts::default(),
+            max_in_flight: None,
+            retry_429_max_wait_ms: None,
+            breaker: RawBreaker::default(),
+            health: RawHealth::default(),
+        }
+    }
+}
+
+impl RawTier {
+    pub fn new(provider: impl Into<String>, model: impl Into<String>) -> RawTier {
+        RawTier {
+            provider: text(provider),
+            model: text(model),
+            max_tokens: None,
+            temperature: None,
+            timeout: RawTimeouts::default(),
+        }
+    }
+}
+
+impl RawRoute {
+    pub fn new(kind: TaskKind, tiers: &[&str]) -> RawRoute {
+        RawRoute {
+            kind: spanned(kind),
+            tiers: spanned(tiers.iter().map(|t| text(*t)).collect()),
+            baseline: None,
+            prompts: BTreeMap::new(),
+            output: None,
+            shadow: None,
+            profile: None,
+            when_all_open: None,
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! File → resolved configuration: the order of resolution (server and ledger, providers, the tiers
+//! that name them, the routes that name tiers, prices) and the shared means of every step: reading
+//! `${ENV}` values, looking names up, and recording each mistake with its key and line. Each
+//! resolved type resolves itself in its own module; all mistakes are returned together.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use toml::Spanned;
+
+use super::file::{ConfigFile, Text};
+use super::{Config, ConfigIssue, EnvLookup};
+
+pub struct Resolver<'a> {
+    text: &'a str,
+    pub(super) base_dir: &'a Path,
+    env: EnvLookup<'a>,
+    issues: Vec<ConfigIssue>,
+    pub(super) warnings: Vec<String>,
+    /// Names that are defined but could not be resolved: their own mistake is already recorded,
+    /// so what refers to them is not told they do not exist.
+    invalid: HashSet<String>,
+}
+
+impl<'a> Resolver<'a> {
+    pub fn new(text: &'a str, base_dir: &'a Path, env: EnvLookup<'a>) -> Self {
+        Resolver {
+            text,
+            base_dir,
+            env,
+            issues: Vec::new(),
+            warnings: Vec::new(),
+            invalid: HashSet::new(),
+        }
+    }
+
+    pub fn resolve(mut self, file: ConfigFile) -> Result<Config, Vec<ConfigIssue>> {
+        let server = self.server(&file.server);
+        let ledger = self.ledger(&file.ledger);
+        let providers = self.providers(&file.providers);
+        let tiers = self.tiers(&file.tiers, &providers);
+        let routes = self.routes(&file, &tiers);
+        let prices = self.prices(&file.prices);
+        if self.issues.is_empty() {
+            Ok(Config {
+                server,
+                ledger,
+                providers: providers.into_values().collect(),
+                tiers: tiers.into_values().collect(),
+                routes,
+                prices,
+                warnings: self.warnings,
+            })
+        } else {
+            self.issues.sort_by_key(|issue| issue.line);
+            Err(self.issues)
+        }
+    }
+
+    /// Whether every step so far was free of mistakes.
+    pub(super) fn clean(&self) -> bool {
+        self.issues.is_empty()
+    }
+
+    pub(super) fn fraction(&mut self, value: &Spanned<f64>, key: &str) -> Option<f64> {
+        if (0.0..=1.0).contains(value.get_ref()) {
+            Some(*value.get_ref())
+        } else {
+            self.issue_at(value.span().start, key, "must be between 0 and 1");
+            None
+        }
+    }
+
+    /// A count that must be at least 1: `None` (with the mistake recorded) when it is 0.
+    pub(super) fn positive<T: Copy + PartialEq + Default>(
+        &mut self,
+        value: &Spanned<T>,
+        key: &str,
+        message: &str,
+    ) -> Option<T> {
+        if *value.get_ref() == T::default() {
+            self.issue_at(value.span().start, key, message);
+            None
+        } else {
+            Some(*value.get_ref())
+        }
+    }
+
+    /// `name` is defined in the file, but its definition has a mistake.
+    pub(super) fn defined_but_invalid(&mut self, what: &str, name: &str) {
+        self.invalid.insert(format!("{what} {name}"));
+    }
+
+    /// Finds `name` among `defined`, or records an error listing what is defined (unless it is
+    /// defined with a mistake of its own).
+    pub(super) fn lookup<T>(
+        &mut self,
+        defined: &BTreeMap<String, Arc<T>>,
+        name: &Text,
+        key: &str,
+        what: &str,
+    ) -> Option<Arc<T>> {
+        if let Some(found) = defined.get(name.get_ref()) {
+            return Some(found.clone());
+        }
+        if self.invalid.contains(&format!("{what} {}", name.get_ref())) {
+            return None;
+        }
+        let known: Vec<&str> = defined.keys().map(String::as_str).collect();
+        let known = if known.is_empty() {
+            format!("no {what} is defined")
+        } else {
+            format!("defined: {}", known.join(", "))
+        };
+        self.issue_at(
+            name.span().start,
+            key,
+            &format!("no {what} named {:?} ({known})", name.get_ref()),
+        );
+        None
+    }
+
+    /// A string value with its `${ENV}` references read.
+    pub(super) fn string(&mut self, text: &Text, key: &str) -> Option<String> {
+        match super::env::interpolate(text.get_ref(), self.env) {
+            Ok(value) => Some(value),
+            Err(message) => {
+                self.issue_at(text.span().start, key, &message);
+                None
+            }
+        }
+    }
+
+    pub(super) fn line(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    pub(super) fn issue_at(&mut self, offset: usize, key: &str, message: &str) {
+        let line = self.line(offset);
+        self.issue(Some(line), key, message);
+    }
+
+    pub(super) fn issue(&mut self, line: Option<usize>, key: &str, message: &str) {
+        self.issues.push(ConfigIssue {
+            line,
+            key: key.to_string(),
+            message: message.to_string(),
+        });
+    }
+}

@@ -1,0 +1,170 @@
+//! `[server]` and `[ledger]`: where the gateway listens, who may call it, and where its ledger is.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::file::{RawLedger, RawServer};
+use super::resolver::Resolver;
+use super::{ClientKey, Secret};
+
+#[derive(Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Keys clients must present as `Authorization: Bearer`; empty means the gateway is open.
+    pub api_keys: Vec<ClientKey>,
+    pub admin_key: Option<ClientKey>,
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+    /// Serving threads, each with its own event loop and upstream connections.
+    pub threads: usize,
+}
+
+impl ServerConfig {
+    pub const DEFAULT_LISTEN: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 4000);
+    pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+    pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+    /// One serving thread per core.
+    fn default_threads() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+#[derive(Debug)]
+pub struct LedgerConfig {
+    pub url: String,
+    pub store_content: bool,
+    /// Where one JSON line per completed request goes, if anywhere.
+    pub request_log: Option<RequestLog>,
+    /// Records that may wait for the writer before requests wait for it.
+    pub queue: usize,
+}
+
+impl LedgerConfig {
+    pub const DEFAULT_URL: &str = "sqlite://tierwise.db";
+    pub const DEFAULT_QUEUE: usize = 10_000;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestLog {
+    Stderr,
+    File(PathBuf),
+}
+
+impl Resolver<'_> {
+    pub(super) fn server(&mut self, raw: &RawServer) -> ServerConfig {
+        let listen = match &raw.listen {
+            Some(text) => self
+                .string(text, "server.listen")
+                .and_then(|value| match value.parse::<SocketAddr>() {
+                    Ok(addr) => Some(addr),
+                    Err(_) => {
+                        self.issue_at(
+                            text.span().start,
+                            "server.listen",
+                            &format!("{value:?} is not an address; write IP:PORT, e.g. \"127.0.0.1:4000\""),
+                        );
+                        None
+                    }
+                }),
+            None => None,
+        };
+        let api_keys: Vec<ClientKey> = raw
+            .api_keys
+            .iter()
+            .flatten()
+            .filter_map(|key| self.string(key, "server.api_keys"))
+            .filter(|key| !key.is_empty())
+            .map(|key| ClientKey::new(Secret::new(key)))
+            .collect();
+        if api_keys.is_empty() {
+            self.warnings.push(
+                "server.api_keys is empty: ANY client that can reach this port may call the gateway; \
+                 set api_keys = [\"${TIERWISE_API_KEY}\"] to require a bearer key"
+                    .to_string(),
+            );
+        }
+        let admin_key = raw
+            .admin_key
+            .as_ref()
+            .and_then(|key| self.string(key, "server.admin_key"))
+            .filter(|key| !key.is_empty())
+            .map(|key| ClientKey::new(Secret::new(key)));
+        let max_body_bytes = raw
+            .max_body_bytes
+            .as_ref()
+            .and_then(|size| self.positive(size, "server.max_body_bytes", "must be more than 0"))
+            .unwrap_or(ServerConfig::DEFAULT_MAX_BODY_BYTES);
+        let threads = raw
+            .threads
+            .as_ref()
+            .and_then(|threads| {
+                self.positive(
+                    threads,
+                    "server.threads",
+                    "must be at least 1 (leave it out for one per core)",
+                )
+            })
+            .map_or_else(ServerConfig::default_threads, |n| n as usize);
+        ServerConfig {
+            listen: listen.unwrap_or(ServerConfig::DEFAULT_LISTEN),
+            api_keys,
+            admin_key,
+            max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+            shutdown_grace: raw
+                .shutdown_grace_ms
+                .map_or(ServerConfig::DEFAULT_SHUTDOWN_GRACE, Duration::from_millis),
+            threads,
+        }
+    }
+
+    pub(super) fn ledger(&mut self, raw: &RawLedger) -> LedgerConfig {
+        let url = raw
+            .url
+            .as_ref()
+            .and_then(|url| {
+                let value = self.string(url, "ledger.url")?;
+                let known = ["sqlite:", "postgres://", "postgresql://"];
+                if let Some(path) = value.strip_prefix("sqlite://")
+                    && !path.starts_with('/')
+                    && !path.starts_with(":memory:")
+                {
+                    // Like prompt files, a relative ledger path is relative to the config file.
+                    Some(format!("sqlite://{}", self.base_dir.join(path).display()))
+                } else if known.iter().any(|scheme| value.starts_with(scheme)) {
+                    Some(value)
+                } else {
+                    self.issue_at(
+                        url.span().start,
+                        "ledger.url",
+                        "must start with sqlite:// (e.g. \"sqlite://tierwise.db\") or postgres://",
+                    );
+                    None
+                }
+            })
+            .unwrap_or_else(|| LedgerConfig::DEFAULT_URL.to_string());
+        let request_log = raw
+            .request_log
+            .as_ref()
+            .and_then(|log| self.string(log, "ledger.request_log"))
+            .filter(|log| !log.is_empty())
+            .map(|log| match log.as_str() {
+                "stderr" => RequestLog::Stderr,
+                path => RequestLog::File(self.base_dir.join(path)),
+            });
+        let queue = raw
+            .queue
+            .as_ref()
+            .and_then(|queue| self.positive(queue, "ledger.queue", "must be at least 1"))
+            .map_or(LedgerConfig::DEFAULT_QUEUE, |n| n as usize);
+        LedgerConfig {
+            url,
+            store_content: raw.store_content,
+            request_log,
+            queue,
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! `[tiers]`: a provider plus a model plus the defaults a tier adds to requests, and its timeouts
+//! (the provider's, with the tier's overrides).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::file::{RawTier, Text};
+use super::provider::{Provider, Timeouts};
+use super::resolver::Resolver;
+
+#[derive(Debug)]
+pub struct Tier {
+    pub name: String,
+    pub provider: Arc<Provider>,
+    pub model: String,
+    /// Sent where the client gave neither `max_tokens` nor `max_completion_tokens`.
+    pub max_tokens: Option<u32>,
+    /// Sent where the client gave no `temperature`.
+    pub temperature: Option<f64>,
+    /// The provider's timeouts with this tier's overrides applied.
+    pub timeouts: Timeouts,
+}
+
+impl Tier {
+    /// A tier is local when its provider is paid for as a fixed monthly cost rather than per token.
+    pub fn is_local(&self) -> bool {
+        self.provider.fixed_monthly_usd.is_some()
+    }
+}
+
+impl Resolver<'_> {
+    pub(super) fn tiers(
+        &mut self,
+        raw: &BTreeMap<Text, RawTier>,
+        providers: &BTreeMap<String, Arc<Provider>>,
+    ) -> BTreeMap<String, Arc<Tier>> {
+        let mut tiers = BTreeMap::new();
+        for (name, tier) in raw {
+            match self.tier(name, tier, providers) {
+                Some(resolved) => {
+                    tiers.insert(name.get_ref().clone(), Arc::new(resolved));
+                }
+                None => self.defined_but_invalid("tier", name.get_ref()),
+            }
+        }
+        tiers
+    }
+
+    fn tier(
+        &mut self,
+        name: &Text,
+        raw: &RawTier,
+        providers: &BTreeMap<String, Arc<Provider>>,
+    ) -> Option<Tier> {
+        let key = format!("tiers.{}", name.get_ref());
+        let provider = self.lookup(
+            providers,
+            &raw.provider,
+            &format!("{key}.provider"),
+            "provider",
+        );
+        let model = self.string(&raw.model, &format!("{key}.model"));
+        if let Some(temperature) = &raw.temperature
+            && !(0.0..=2.0).contains(temperature.get_ref())
+        {
+            self.issue_at(
+                temperature.span().start,
+                &format!("{key}.temperature"),
+                "must be between 0 and 2",
+            );
+        }
+        if raw.timeout.connect_ms.is_some() {
+            self.issue_at(
+                raw.provider.span().start,
+                &format!("{key}.timeout.connect_ms"),
+                "is set per provider, which owns the connection pool; move it to [providers.NAME] timeout",
+            );
+        }
+        let provider = provider?;
+        Some(Tier {
+            name: name.get_ref().clone(),
+            timeouts: provider.timeouts.with(&raw.timeout),
+            provider,
+            model: model?,
+            max_tokens: raw.max_tokens,
+            temperature: raw.temperature.as_ref().map(|t| *t.get_ref()),
+        })
+    }
+}

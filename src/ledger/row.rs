@@ -1,0 +1,250 @@
+//! The ledger's rows, each defined once: [`ledger_row!`] turns one struct definition into the
+//! struct, its table's column list, its binds and its reader, so a column cannot be added to one
+//! and forgotten in another; the request log line is the same struct through serde. A test checks
+//! the column lists against the migrated tables.
+
+use std::borrow::Cow;
+
+use serde::Serialize;
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::query::Query;
+use sqlx::{Any, Encode, Row, Type};
+
+use super::price::Picodollars;
+
+pub type AnyQuery<'q> = Query<'q, Any, AnyArguments<'q>>;
+
+/// A row of a ledger table.
+pub trait LedgerRow: Sized {
+    const TABLE: &'static str;
+    const COLUMNS: &'static [&'static str];
+    fn bind<'q>(&'q self, query: AnyQuery<'q>) -> AnyQuery<'q>;
+    fn read(row: &AnyRow) -> Result<Self, sqlx::Error>;
+}
+
+macro_rules! ledger_row {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident in $table:literal {
+            $( $(#[$field_meta:meta])* pub $field:ident : $ty:ty, )*
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $( $(#[$field_meta])* pub $field: $ty, )*
+        }
+
+        impl LedgerRow for $name {
+            const TABLE: &'static str = $table;
+            const COLUMNS: &'static [&'static str] = &[$(stringify!($field)),*];
+
+            fn bind<'q>(&'q self, query: AnyQuery<'q>) -> AnyQuery<'q> {
+                query $(.bind(Column::db(&self.$field)))*
+            }
+
+            fn read(row: &AnyRow) -> Result<Self, sqlx::Error> {
+                Ok($name { $( $field: Column::read(row, stringify!($field))?, )* })
+            }
+        }
+    };
+}
+
+ledger_row! {
+    /// One request: who asked, which tier answered, what it cost, how it ended. Serialized, it is
+    /// the request log's line (`ledger.request_log`), which leaves out keys and content.
+    #[derive(Debug, Clone, PartialEq, Serialize)]
+    pub struct RequestRow in "requests" {
+        #[serde(rename = "request_id")]
+        pub id: String,
+        pub ts_ms: i64,
+        #[serde(skip)]
+        pub endpoint: Cow<'static, str>,
+        pub route: Option<String>,
+        pub tier: Option<String>,
+        #[serde(skip)]
+        pub provider: Option<String>,
+        pub model: Option<String>,
+        pub status: u16,
+        #[serde(skip)]
+        pub error_kind: Option<String>,
+        pub fallback: Option<String>,
+        #[serde(skip)]
+        pub stream: bool,
+        pub tokens_in: u64,
+        #[serde(skip)]
+        pub tokens_cached: u64,
+        pub tokens_out: u64,
+        pub tokens_estimated: bool,
+        #[serde(rename = "duration_ms", serialize_with = "micros_as_ms")]
+        pub latency_us: i64,
+        #[serde(skip)]
+        pub ttfb_us: Option<i64>,
+        /// `None` when the model has no known price: never a silent zero.
+        #[serde(rename = "cost_usd", serialize_with = "usd")]
+        pub cost_pusd: Option<Picodollars>,
+        #[serde(skip)]
+        pub baseline_pusd: Option<Picodollars>,
+        #[serde(skip)]
+        pub local: bool,
+        /// The key's fingerprint (`key-…`), never the key.
+        #[serde(skip)]
+        pub client_key: Option<String>,
+        #[serde(skip)]
+        pub contract: Option<Cow<'static, str>>,
+        /// The request body, kept only with `ledger.store_content = true`.
+        #[serde(skip)]
+        pub prompt: Option<String>,
+        #[serde(skip)]
+        pub answer: Option<String>,
+    }
+}
+
+ledger_row! {
+    /// One attempt of a request that was not answered at its first try.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct AttemptRow in "attempts" {
+        pub request_id: String,
+        pub seq: i32,
+        pub tier: String,
+        pub provider: String,
+        pub model: String,
+        /// `ok`, or the failure reason (`connect_refused`, `http_503`, `breaker_open` …).
+        pub outcome: String,
+        pub latency_us: i64,
+    }
+}
+
+fn micros_as_ms<S: serde::Serializer>(us: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(*us as f64 / 1000.0)
+}
+
+fn usd<S: serde::Serializer>(amount: &Option<Picodollars>, s: S) -> Result<S::Ok, S::Error> {
+    match amount {
+        Some(amount) => s.collect_str(amount),
+        None => s.serialize_none(),
+    }
+}
+
+/// How a Rust value is stored in a column that SQLite and PostgreSQL both have: flags as 0/1
+/// integers, counts and money as BIGINT.
+pub trait Column: Sized {
+    type Db<'a>: Encode<'a, Any> + Type<Any> + 'a
+    where
+        Self: 'a;
+    fn db(&self) -> Self::Db<'_>;
+    fn read(row: &AnyRow, name: &str) -> Result<Self, sqlx::Error>;
+}
+
+impl Column for String {
+    type Db<'a> = &'a str;
+    fn db(&self) -> &str {
+        self
+    }
+    fn read(row: &AnyRow, name: &str) -> Result<Self, sqlx::Error> {
+        row.try_get(name)
+    }
+}
+
+impl Column for Option<String> {
+    type Db<'a> = Option<&'a str>;
+    fn db(&self) -> Option<&str> {
+        self.as_deref()
+    }
+    fn read(row: &AnyRow, name: &str) -> Result<Self, sqlx::Error> {
+        row.try_get(name)
+    }
+}
+
+impl Column for Cow<'static, str> {
+    type Db<'a> = &'a str;
+    fn db(&self) -> &str {
+        self
+    }
+    fn read(row: &AnyRow, name: &str) -> Result<Self, sqlx::Error> {
+        Ok(Cow::Owned(row.try_get(name)?))
+    }
+}
+
+impl Column for Option<Cow<'static, str>> {
+    type Db<'a> = Option<&'a str>;
+    fn db(&self) -> Option<&str> {
+        self.as_deref()
+    }
+    fn read(row: &AnyRow, name: &str) -> Result<Self, sqlx::Error> {
+        Ok(row.try_get::<Option<String>, _>(name)?.map(Cow::Owned))
+    }
+}
+
+impl Column for i64 {
+    type Db<'a> = i64;
+    fn db(&self) -> i64 {
+        *self
+    }
+    fn read(row: &AnyRow, name: &str) -> Result<Self, sqlx::Error> {
+        row.try_get(name)
+    }
+}
+
+impl Column for Option<i64> {
+    type Db<'a> = Option<i64>;
+    fn db(&self) -> Option<i64> {
+        *self
+    }
+    fn read(row: &AnyRow, name: &str) -> Result<Self, sqlx::Error> {
+        row.try_get(name)
+    }
+}
+
+impl Column for i32 {
+    type Db<'a> = i32;
+    fn db(&self) -> i32 {
+        *self
+    }
+    fn read(row: &AnyRow, name: &str) -> Result<Self, sqlx::Error> {
+        row.try_get(name)
+    }
+}
+
+impl Column for u16 {
+    type Db<'a> = i32;
+    fn db(&self) -> i32 {
+        i32::from(*self)
+    }
+    fn read(row: &AnyRow, name: &str) -> Result<Self, sqlx::Error> {
+        let value: i32 = row.try_get(name)?;
+        u16::try_from(value).map_err(|err| sqlx::Error::ColumnDecode {
+            index: name.to_string(),
+            source: Box::new(err),
+        })
+    }
+}
+
+impl Column for u64 {
+    type Db<'a> = i64;
+    fn db(&self) -> i64 {
+        i64::try_from(*self).unwrap_or(i64::MAX)
+    }
+    fn read(row: &AnyRow, name: &str) -> Result<Self, sqlx::Error> {
+        Ok(row.try_get::<i64, _>(name)?.max(0) as u64)
+    }
+}
+
+impl Column for bool {
+    type Db<'a> = i32;
+    fn db(&self) -> i32 {
+        i32::from(*self)
+    }
+    fn read(row: &AnyRow, name: &str) -> Result<Self, sqlx::Error> {
+        Ok(row.try_get::<i32, _>(name)? != 0)
+    }
+}
+
+impl Column for Option<Picodollars> {
+    type Db<'a> = Option<i64>;
+    fn db(&self) -> Option<i64> {
+        self.map(|amount| amount.0)
+    }
+    fn read(row: &AnyRow, name: &str) -> Result<Self, sqlx::Error> {
+        Ok(row.try_get::<Option<i64>, _>(name)?.map(Picodollars))
+    }
+}

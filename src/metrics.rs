@@ -1,0 +1,114 @@
+//! Every Prometheus series tierwise exports, recorded here and nowhere else: finished requests
+//! (counted per batch of outcomes, off the request path), the ledger's health, and the providers'
+//! breaker states. `/metrics` renders the process-wide recorder installed by [`handle`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::health::{BreakerState, ProviderStatus};
+use crate::ledger::RequestRow;
+
+const UPKEEP: Duration = Duration::from_secs(5);
+
+/// The process-wide Prometheus recorder; installed once, so several gateways in one test process
+/// share it. Histogram samples pile up in the recorder until upkeep folds them in; a thread does
+/// that every few seconds, or memory grows with every request (it did: 20 bytes a request in the
+/// five-minute soak, docs/benchmarks.md) whenever nobody scrapes `/metrics`.
+pub fn handle() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!(
+                    "a metrics recorder was already installed; /metrics shows only tierwise's own"
+                );
+            }
+            let upkeep = handle.clone();
+            let spawned = std::thread::Builder::new()
+                .name("tierwise-metrics".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP);
+                        upkeep.run_upkeep();
+                    }
+                });
+            if let Err(err) = spawned {
+                tracing::warn!(
+                    "cannot start metrics upkeep: {err}; latency histograms will grow until /metrics is scraped"
+                );
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Request series for a batch of finished requests, each label set touched once per batch.
+pub fn requests_finished(batch: &[&RequestRow]) {
+    let mut requests: HashMap<(&str, &str, u16), u64> = HashMap::new();
+    let mut fallbacks: HashMap<&str, u64> = HashMap::new();
+    let mut cost: HashMap<(&str, &str), u64> = HashMap::new();
+    let mut durations: HashMap<&str, Vec<f64>> = HashMap::new();
+    for row in batch {
+        let route = row.route.as_deref().unwrap_or("-");
+        let tier = row.tier.as_deref().unwrap_or("-");
+        *requests.entry((route, tier, row.status)).or_default() += 1;
+        if row.fallback.is_some() {
+            *fallbacks.entry(route).or_default() += 1;
+        }
+        if let Some(amount) = row.cost_pusd {
+            *cost.entry((route, tier)).or_default() += amount.0.max(0) as u64;
+        }
+        durations
+            .entry(route)
+            .or_default()
+            .push(row.latency_us as f64 / 1e6);
+    }
+    for (route, seconds) in durations {
+        let histogram =
+            metrics::histogram!("tierwise_request_duration_seconds", "route" => route.to_string());
+        for value in seconds {
+            histogram.record(value);
+        }
+    }
+    for ((route, tier, status), count) in requests {
+        metrics::counter!("tierwise_requests_total", "route" => route.to_string(), "tier" => tier.to_string(), "status" => status.to_string())
+            .increment(count);
+    }
+    for (route, count) in fallbacks {
+        metrics::counter!("tierwise_fallbacks_total", "route" => route.to_string())
+            .increment(count);
+    }
+    for ((route, tier), amount) in cost {
+        metrics::counter!("tierwise_cost_picodollars_total", "route" => route.to_string(), "tier" => tier.to_string())
+            .increment(amount);
+    }
+}
+
+pub fn ledger_queue_depth(depth: usize) {
+    metrics::gauge!("tierwise_ledger_queue_depth").set(depth as f64);
+}
+
+pub fn ledger_written(records: usize) {
+    metrics::counter!("tierwise_ledger_records_written_total").increment(records as u64);
+}
+
+pub fn ledger_write_failed() {
+    metrics::counter!("tierwise_ledger_write_errors_total").increment(1);
+}
+
+/// 0 closed, 0.5 half-open, 1 open, per provider.
+pub fn breaker_states(statuses: &[ProviderStatus]) {
+    for status in statuses {
+        let open = match status.breaker.state {
+            BreakerState::Closed => 0.0,
+            BreakerState::HalfOpen => 0.5,
+            BreakerState::Open => 1.0,
+        };
+        metrics::gauge!("tierwise_provider_breaker_open", "provider" => status.name.clone())
+            .set(open);
+    }
+}

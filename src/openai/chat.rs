@@ -1,0 +1,227 @@
+//! `/v1/chat/completions`: a body must hold a non-empty `messages` array; a tier sets its system
+//! prompt, fills in its `max_tokens` and `temperature` where the client gave none, and on streams
+//! asks for usage; prompts are counted the way OpenAI's cookbook does; stream chunks are read for
+//! their text, their finish and their usage.
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use super::request::raw;
+use super::tokens::{count, text_of};
+use super::{Edits, EndpointSpec, RequestBody, RequestError, Usage};
+use crate::config::ChainTier;
+
+pub const SPEC: EndpointSpec = EndpointSpec {
+    path: "chat/completions",
+    ledger_name: "chat.completions",
+    validate,
+    rewrite,
+    count_prompt,
+    count_answer,
+    warmup,
+    has_contract: true,
+};
+
+fn validate(body: &RequestBody<'_>) -> Result<(), RequestError> {
+    let messages = body
+        .field("messages")
+        .ok_or(RequestError::field("messages", "is required"))?;
+    // Already valid JSON (the parser checked it): only its shape is left to see, without walking
+    // every message again.
+    let text = messages.get().trim_start();
+    if !text.starts_with('[') {
+        return Err(RequestError::field(
+            "messages",
+            "must be an array of messages",
+        ));
+    }
+    if text[1..].trim_start().starts_with(']') {
+        return Err(RequestError::field(
+            "messages",
+            "must contain at least one message",
+        ));
+    }
+    Ok(())
+}
+
+fn rewrite(body: &RequestBody<'_>, step: &ChainTier, edits: &mut Edits) {
+    let tier = &step.tier;
+    if let Some(messages) = step
+        .system_prompt
+        .as_deref()
+        .and_then(|prompt| messages_with_system(body, prompt))
+    {
+        edits.set("messages", messages);
+    }
+    if body.stream {
+        edits.set("stream_options", stream_options_with_usage(body));
+    }
+    if let Some(max_tokens) = tier.max_tokens
+        && !body.has("max_tokens")
+        && !body.has("max_completion_tokens")
+    {
+        edits.set("max_tokens", raw(&max_tokens));
+    }
+    if let Some(temperature) = tier.temperature
+        && !body.has("temperature")
+    {
+        edits.set("temperature", raw(&temperature));
+    }
+}
+
+#[derive(Deserialize)]
+struct MessageRole<'a> {
+    #[serde(borrow)]
+    role: Option<&'a str>,
+}
+
+/// The client's messages with the first system message replaced by `prompt` (or `prompt` put
+/// first where the client sent none).
+fn messages_with_system(body: &RequestBody<'_>, prompt: &str) -> Option<Box<RawValue>> {
+    let list: Vec<&RawValue> = serde_json::from_str(body.field("messages")?.get()).ok()?;
+    let first_is_system = list
+        .first()
+        .and_then(|m| serde_json::from_str::<MessageRole>(m.get()).ok())
+        .is_some_and(|m| m.role == Some("system"));
+    let system = raw(&json!({ "role": "system", "content": prompt }));
+    let rest = if first_is_system {
+        &list[1..]
+    } else {
+        &list[..]
+    };
+    let mut messages: Vec<&RawValue> = Vec::with_capacity(rest.len() + 1);
+    messages.push(&system);
+    messages.extend_from_slice(rest);
+    Some(raw(&messages))
+}
+
+/// The client's `stream_options` with `include_usage` switched on, so that every stream tells
+/// tierwise what it cost.
+fn stream_options_with_usage(body: &RequestBody<'_>) -> Box<RawValue> {
+    let mut options = body
+        .field("stream_options")
+        .and_then(|raw| serde_json::from_str::<serde_json::Map<String, Value>>(raw.get()).ok())
+        .unwrap_or_default();
+    options.insert("include_usage".into(), Value::Bool(true));
+    raw(&options)
+}
+
+/// Each message's text plus 3 tokens of framing, plus 3 that prime the answer.
+fn count_prompt(model: &str, body: &[u8]) -> u64 {
+    #[derive(Deserialize)]
+    struct Chat {
+        #[serde(default)]
+        messages: Vec<Value>,
+    }
+    let Ok(chat) = serde_json::from_slice::<Chat>(body) else {
+        return 0;
+    };
+    let text: u64 = chat
+        .messages
+        .iter()
+        .map(|message| 3 + count(model, &text_of(&message["content"])))
+        .sum();
+    text + 3
+}
+
+/// The text of every choice of a non-streamed answer.
+fn count_answer(model: &str, body: &[u8]) -> u64 {
+    let Ok(answer) = serde_json::from_slice::<Value>(body) else {
+        return 0;
+    };
+    answer["choices"]
+        .as_array()
+        .map(|choices| {
+            choices
+                .iter()
+                .map(|choice| count(model, &text_of(&choice["message"]["content"])))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn warmup(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1})
+}
+
+/// What tierwise reads from one stream chunk.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    /// The chunk has choices (a usage-only chunk has none).
+    pub has_choices: bool,
+    /// A choice finished: the answer is whole even if `[DONE]` never comes.
+    pub finished: bool,
+    /// The content the chunk adds to the answer.
+    pub text: String,
+    pub usage: Option<Usage>,
+}
+
+impl Chunk {
+    /// Reads a chunk's data; `None` when it is not a JSON chunk (it is relayed as it came).
+    pub fn read(data: &str) -> Option<Chunk> {
+        #[derive(Deserialize)]
+        struct Wire<'a> {
+            #[serde(default)]
+            choices: Vec<Choice>,
+            #[serde(borrow, default)]
+            usage: Option<&'a RawValue>,
+        }
+        #[derive(Deserialize)]
+        struct Choice {
+            finish_reason: Option<IgnoredAny>,
+            delta: Option<Delta>,
+        }
+        #[derive(Deserialize)]
+        struct Delta {
+            content: Option<String>,
+        }
+        let wire: Wire<'_> = serde_json::from_str(data).ok()?;
+        let mut chunk = Chunk {
+            has_choices: !wire.choices.is_empty(),
+            usage: wire.usage.and_then(Usage::from_raw),
+            ..Chunk::default()
+        };
+        for choice in wire.choices {
+            chunk.finished |= choice.finish_reason.is_some();
+            if let Some(content) = choice.delta.and_then(|d| d.content) {
+                chunk.text.push_str(&content);
+            }
+        }
+        Some(chunk)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_and_answers_are_counted_like_the_cookbook() {
+        let body = br#"{"model":"x","messages":[{"role":"user","content":"hello world"}]}"#;
+        assert_eq!(count_prompt("gpt-4o", body), 3 + 2 + 3);
+        let parts =
+            br#"{"messages":[{"role":"user","content":[{"type":"text","text":"hello world"}]}]}"#;
+        assert_eq!(count_prompt("gpt-4o", parts), 8);
+        let answer = br#"{"choices":[{"message":{"content":"hello world"}}]}"#;
+        assert_eq!(count_answer("gpt-4o", answer), 2);
+        assert_eq!(count_answer("gpt-4o", b"not json"), 0);
+    }
+
+    #[test]
+    fn chunks_give_their_text_finish_and_usage() {
+        let chunk = Chunk::read(r#"{"choices":[{"delta":{"content":"Hi"},"finish_reason":null}]}"#)
+            .unwrap();
+        assert!(chunk.has_choices && !chunk.finished && chunk.usage.is_none());
+        assert_eq!(chunk.text, "Hi");
+        let last = Chunk::read(r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#).unwrap();
+        assert!(last.finished);
+        let usage =
+            Chunk::read(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#)
+                .unwrap();
+        assert!(!usage.has_choices);
+        assert_eq!(usage.usage.unwrap().completion_tokens, 1);
+        assert!(Chunk::read("not json").is_none());
+    }
+}

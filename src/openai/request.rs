@@ -1,0 +1,165 @@
+//! The client's request body as tierwise sees it: the top-level fields kept as raw JSON, with only
+//! what routing needs (`model`, `stream`, whether the client asked for usage) read out. Every other
+//! field — tools, response_format, seed, logprobs — travels to the upstream byte for byte; only the
+//! fields a tier changes are written anew.
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::value::{RawValue, to_raw_value};
+
+use super::Endpoint;
+use crate::config::ChainTier;
+
+/// Why a body cannot be forwarded; each becomes a 400 naming the offending parameter.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("the request body is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("'{param}' {problem}")]
+    Field {
+        param: &'static str,
+        problem: &'static str,
+    },
+}
+
+impl RequestError {
+    pub fn param(&self) -> Option<&'static str> {
+        match self {
+            RequestError::NotJson(_) => None,
+            RequestError::Field { param, .. } => Some(param),
+        }
+    }
+
+    pub(crate) fn field(param: &'static str, problem: &'static str) -> RequestError {
+        RequestError::Field { param, problem }
+    }
+}
+
+#[derive(Debug)]
+pub struct RequestBody<'a> {
+    endpoint: Endpoint,
+    fields: IndexMap<String, &'a RawValue>,
+    pub model: String,
+    pub stream: bool,
+    /// The client set `stream_options.include_usage`; otherwise the usage chunk tierwise asks the
+    /// upstream for is removed from what the client sees.
+    pub client_wants_usage: bool,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+impl<'a> RequestBody<'a> {
+    pub fn parse(endpoint: Endpoint, bytes: &'a [u8]) -> Result<Self, RequestError> {
+        let fields: IndexMap<String, &'a RawValue> =
+            serde_json::from_slice(bytes).map_err(|err| {
+                RequestError::NotJson(if err.is_data() {
+                    "expected a JSON object".to_string()
+                } else {
+                    err.to_string()
+                })
+            })?;
+        let model = match fields.get("model") {
+            Some(raw) => serde_json::from_str::<String>(raw.get()).map_err(|_| {
+                RequestError::field("model", "must be a string: a route, a tier or a model id")
+            })?,
+            None => {
+                return Err(RequestError::field(
+                    "model",
+                    "is required: name a route, a tier or a model id",
+                ));
+            }
+        };
+        let stream = match fields.get("stream") {
+            Some(raw) => serde_json::from_str::<Option<bool>>(raw.get())
+                .map_err(|_| RequestError::field("stream", "must be true or false"))?
+                .unwrap_or(false),
+            None => false,
+        };
+        let client_wants_usage = fields
+            .get("stream_options")
+            .and_then(|raw| serde_json::from_str::<Option<StreamOptions>>(raw.get()).ok())
+            .flatten()
+            .is_some_and(|options| options.include_usage);
+        let body = RequestBody {
+            endpoint,
+            fields,
+            model,
+            stream,
+            client_wants_usage,
+        };
+        (endpoint.spec().validate)(&body)?;
+        Ok(body)
+    }
+
+    pub fn endpoint(&self) -> Endpoint {
+        self.endpoint
+    }
+
+    /// The client's raw value of a top-level field.
+    pub fn field(&self, name: &str) -> Option<&'a RawValue> {
+        self.fields.get(name).copied()
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.fields.contains_key(name)
+    }
+
+    /// The body to send to `step`'s tier: its model, and whatever the endpoint changes for it.
+    pub fn for_tier(&self, step: &ChainTier) -> Vec<u8> {
+        let mut edits = Edits::default();
+        edits.set("model", raw(&step.tier.model));
+        (self.endpoint.spec().rewrite)(self, step, &mut edits);
+
+        let mut out: Vec<(&str, &RawValue)> = Vec::with_capacity(self.fields.len() + edits.0.len());
+        for (key, value) in &self.fields {
+            out.push((key, edits.get(key).unwrap_or(value)));
+        }
+        for (key, value) in &edits.0 {
+            if !self.fields.contains_key(*key) {
+                out.push((key, value));
+            }
+        }
+        serde_json::to_vec(&Fields(&out)).expect("raw JSON values always serialize")
+    }
+}
+
+/// Top-level fields a tier sets: a field the client sent is replaced where it stands, a new one is
+/// appended.
+#[derive(Default)]
+pub struct Edits(Vec<(&'static str, Box<RawValue>)>);
+
+impl Edits {
+    pub fn set(&mut self, key: &'static str, value: Box<RawValue>) {
+        self.0.push((key, value));
+    }
+
+    fn get(&self, key: &str) -> Option<&RawValue> {
+        self.0
+            .iter()
+            .find(|(name, _)| *name == key)
+            .map(|(_, value)| value.as_ref())
+    }
+}
+
+/// Serializes key/raw-value pairs as one JSON object, in order, without re-parsing the values.
+struct Fields<'a>(&'a [(&'a str, &'a RawValue)]);
+
+impl Serialize for Fields<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in self.0 {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+/// A value as a raw JSON value, ready to stand among the client's fields.
+pub fn raw<T: Serialize + ?Sized>(value: &T) -> Box<RawValue> {
+    to_raw_value(value).expect("tierwise's own values always serialize")
+}

@@ -1,0 +1,329 @@
+//! Where a request ends, whichever way it ends — answered, streamed to the end, abandoned by its
+//! client, or failed — in exactly one function, [`Exchange::end`]. It produces the request's
+//! [`Outcome`]: the ledger row with its cost and baseline priced by [`Pricing::price`], the attempt
+//! rows, and what is left to count where the upstream reported no usage. Outcomes go to a
+//! background task ([`dispatch`]) that hands them in batches to the ledger writer and the metrics,
+//! and to whatever else wants finished requests; the request path never waits on any of them
+//! except when the queue is full (backpressure).
+
+mod dispatch;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::config::{Route, Tier};
+use crate::ledger::{Answer, AttemptRow, Priced, Pricing, RequestRow, Tokens, Uncounted};
+use crate::openai::{Endpoint, Usage};
+use crate::route::chain::{Attempt, ServedBy, Unserved};
+
+pub use dispatch::Dispatcher;
+
+/// A finished request as everything downstream of the request path receives it.
+#[derive(Debug)]
+pub struct Outcome {
+    pub request: RequestRow,
+    /// Every attempt in order when the request was not answered at its first try; empty when it
+    /// was, since then the request row says which call served it. That is nearly every request,
+    /// and the attempt rows were a third of the ledger's cost per request (docs/benchmarks.md).
+    pub attempts: Vec<AttemptRow>,
+    /// A stream whose upstream reported no usage: its tokens are counted and priced in the
+    /// background before the row is written; until then its tokens and cost are unknown.
+    pub to_count: Option<ToCount>,
+}
+
+#[derive(Debug)]
+pub struct ToCount {
+    uncounted: Uncounted,
+    tier: Arc<Tier>,
+    baseline: Option<Arc<Tier>>,
+}
+
+impl Outcome {
+    /// Counts and prices what was left to count, if anything. Not on an event loop: the first use
+    /// of a tokenizer loads it.
+    pub fn count(&mut self, pricing: &Pricing) {
+        let Some(to_count) = self.to_count.take() else {
+            return;
+        };
+        let tokens = to_count.uncounted.count();
+        let priced = pricing.price(&to_count.tier, to_count.baseline.as_deref(), &tokens);
+        set_tokens(&mut self.request, tokens, priced);
+    }
+}
+
+/// The request path's handle: cheap to clone, never touches the database.
+#[derive(Clone)]
+pub struct Outcomes {
+    sender: mpsc::Sender<Outcome>,
+    pricing: Arc<Pricing>,
+    store_content: bool,
+}
+
+impl Outcomes {
+    pub fn new(sender: mpsc::Sender<Outcome>, pricing: Arc<Pricing>, store_content: bool) -> Self {
+        Outcomes {
+            sender,
+            pricing,
+            store_content,
+        }
+    }
+
+    /// What is known of a request once routing has read it.
+    pub fn begin(&self, start: Start) -> Exchange {
+        Exchange {
+            outcomes: self.clone(),
+            ts_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            started: Instant::now(),
+            start,
+        }
+    }
+}
+
+/// A request as it starts: who asked, for what, and the body they sent.
+pub struct Start {
+    pub id: String,
+    pub endpoint: Endpoint,
+    pub stream: bool,
+    /// The route the request's cost is attributed to.
+    pub route: Option<Arc<Route>>,
+    /// The client key's fingerprint, never the key.
+    pub client_key: Option<String>,
+    /// The client's body: counted where the upstream reports no usage, stored with
+    /// `ledger.store_content = true`.
+    pub body: Bytes,
+}
+
+/// How a request ended.
+pub enum Ending<'a> {
+    /// No tier answered, or the request was refused; `status` is what the client was told.
+    Unserved { status: u16, failure: &'a Unserved },
+    /// A whole answer.
+    Answered {
+        by: &'a ServedBy,
+        tokens: Tokens,
+        /// How the output contract judged the answer, where the route has one.
+        contract: Option<&'static str>,
+        answer: &'a [u8],
+    },
+    /// A stream ended: to its end (200), broken midway (200 with the reason), or abandoned by its
+    /// client (499).
+    Streamed {
+        by: &'a ServedBy,
+        status: u16,
+        error_kind: Option<String>,
+        usage: Option<Usage>,
+        /// The answer's text as relayed.
+        text: String,
+        ttfb_us: i64,
+    },
+}
+
+/// One request between its start and its end.
+pub struct Exchange {
+    outcomes: Outcomes,
+    ts_ms: i64,
+    started: Instant,
+    start: Start,
+}
+
+impl Exchange {
+    /// What `tokens` cost on `tier` and on the route's baseline.
+    pub fn price(&self, tier: &Tier, tokens: &Tokens) -> Priced {
+        let baseline = self
+            .start
+            .route
+            .as_ref()
+            .and_then(|r| r.baseline.as_deref());
+        self.outcomes.pricing.price(tier, baseline, tokens)
+    }
+
+    pub fn route_name(&self) -> Option<&str> {
+        self.start.route.as_ref().map(|route| route.name.as_str())
+    }
+
+    pub fn elapsed_us(&self) -> i64 {
+        self.started.elapsed().as_micros() as i64
+    }
+
+    /// The one place a request ends: its outcome, ready to be delivered.
+    pub fn end(self, ending: Ending<'_>) -> Ended {
+        let latency_us = self.elapsed_us();
+        let store_content = self.outcomes.store_content;
+        let start = &self.start;
+        let mut request = RequestRow {
+            id: start.id.clone(),
+            ts_ms: self.ts_ms,
+            endpoint: Cow::Borrowed(start.endpoint.spec().ledger_name),
+            route: start.route.as_ref().map(|route| route.name.clone()),
+            tier: None,
+            provider: None,
+            model: None,
+            status: 200,
+            error_kind: None,
+            fallback: None,
+            stream: start.stream,
+            tokens_in: 0,
+            tokens_cached: 0,
+            tokens_out: 0,
+            tokens_estimated: false,
+            latency_us,
+            ttfb_us: None,
+            cost_pusd: None,
+            baseline_pusd: None,
+            local: false,
+            client_key: start.client_key.clone(),
+            contract: None,
+            prompt: store_content.then(|| String::from_utf8_lossy(&start.body).into_owned()),
+            answer: None,
+        };
+        let (attempts, to_count) = match ending {
+            Ending::Unserved { status, failure } => {
+                request.status = status;
+                request.error_kind = Some(failure.error.reason());
+                request.fallback = failure.fallback.clone();
+                request.cost_pusd = Some(Default::default());
+                (attempt_rows(&start.id, &failure.attempts), None)
+            }
+            Ending::Answered {
+                by,
+                tokens,
+                contract,
+                answer,
+            } => {
+                served(&mut request, by);
+                set_tokens(&mut request, tokens, self.price(&by.tier, &tokens));
+                request.ttfb_us = Some(latency_us);
+                request.contract = contract.map(Cow::Borrowed);
+                request.answer =
+                    store_content.then(|| String::from_utf8_lossy(answer).into_owned());
+                (attempt_rows(&start.id, &by.attempts), None)
+            }
+            Ending::Streamed {
+                by,
+                status,
+                error_kind,
+                usage,
+                text,
+                ttfb_us,
+            } => {
+                served(&mut request, by);
+                request.status = status;
+                request.error_kind = error_kind;
+                request.ttfb_us = Some(ttfb_us);
+                let to_count = match usage {
+                    Some(usage) => {
+                        let tokens = Tokens::from(usage);
+                        set_tokens(&mut request, tokens, self.price(&by.tier, &tokens));
+                        request.answer = store_content.then_some(text);
+                        None
+                    }
+                    None => {
+                        request.answer = store_content.then(|| text.clone());
+                        Some(ToCount {
+                            uncounted: Uncounted {
+                                endpoint: start.endpoint,
+                                model: by.tier.model.clone(),
+                                request: start.body.clone(),
+                                answer: Answer::Text(text),
+                            },
+                            tier: by.tier.clone(),
+                            baseline: start.route.as_ref().and_then(|r| r.baseline.clone()),
+                        })
+                    }
+                };
+                (attempt_rows(&start.id, &by.attempts), to_count)
+            }
+        };
+        Ended {
+            outcome: Outcome {
+                request,
+                attempts,
+                to_count,
+            },
+            outcomes: self.outcomes,
+        }
+    }
+}
+
+/// An outcome on its way out of the request path.
+pub struct Ended {
+    pub outcome: Outcome,
+    outcomes: Outcomes,
+}
+
+impl Ended {
+    /// Queues the outcome; waits only while the queue is full (backpressure).
+    pub async fn deliver(self) {
+        if self.outcomes.sender.send(self.outcome).await.is_err() {
+            tracing::error!("the ledger writer has stopped; a request record was lost");
+        }
+    }
+
+    /// Queues the outcome from code that cannot wait (a stream dropped by its client).
+    pub fn deliver_detached(self) {
+        let Err(mpsc::error::TrySendError::Full(outcome)) =
+            self.outcomes.sender.try_send(self.outcome)
+        else {
+            return;
+        };
+        // A full queue: wait for room on a task, if a runtime is still there to run one.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let ended = Ended {
+                    outcome,
+                    outcomes: self.outcomes,
+                };
+                runtime.spawn(ended.deliver());
+            }
+            Err(_) => tracing::error!(
+                request_id = %outcome.request.id,
+                "the ledger queue is full and the runtime is stopping; a request record was lost"
+            ),
+        }
+    }
+}
+
+fn served(request: &mut RequestRow, by: &ServedBy) {
+    request.tier = Some(by.tier.name.clone());
+    request.provider = Some(by.tier.provider.name.clone());
+    request.model = Some(by.tier.model.clone());
+    request.local = by.tier.is_local();
+    request.fallback = by.fallback.clone();
+}
+
+fn set_tokens(request: &mut RequestRow, tokens: Tokens, priced: Priced) {
+    request.tokens_in = tokens.input;
+    request.tokens_cached = tokens.cached;
+    request.tokens_out = tokens.output;
+    request.tokens_estimated = tokens.estimated;
+    request.cost_pusd = priced.cost;
+    request.baseline_pusd = priced.baseline;
+}
+
+fn attempt_rows(request_id: &str, attempts: &[Attempt]) -> Vec<AttemptRow> {
+    if matches!(attempts, [only] if only.error.is_none()) {
+        return Vec::new();
+    }
+    attempts
+        .iter()
+        .enumerate()
+        .map(|(seq, attempt)| AttemptRow {
+            request_id: request_id.to_string(),
+            seq: seq as i32,
+            tier: attempt.tier.name.clone(),
+            provider: attempt.tier.provider.name.clone(),
+            model: attempt.tier.model.clone(),
+            outcome: attempt
+                .error
+                .as_ref()
+                .map_or_else(|| "ok".to_string(), |e| e.reason()),
+            latency_us: attempt.latency.as_micros() as i64,
+        })
+        .collect()
+}

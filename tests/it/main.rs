@@ -1,0 +1,10 @@
+//! The integration suite, one binary: the real gateway started in-process on a free port against
+//! the fake upstreams of `tests/support`, the CLI run as a user would, configurations built from
+//! typed values ([`util::TestConfig`]).
+
+mod cli;
+mod config;
+mod fallback;
+mod ledger;
+mod proxy;
+mod util;
