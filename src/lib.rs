@@ -9,15 +9,20 @@
 //!   request id, client auth, the request path of `/v1/chat/completions` and `/v1/embeddings`, the SSE
 //!   relay, and the one place errors become OpenAI-shaped answers; `/readyz`, `/metrics`,
 //!   `/admin/api/*`; graceful shutdown.
+//! - [`openai`]: the wire format every module may use — which endpoint a body is for and what that
+//!   endpoint requires, changes per tier, counts and streams; usage as upstreams report it.
 //! - [`route`]: what the client's `model` names (route, tier or model id) and its tier chain; the
-//!   request body rewritten per tier (model, defaults, prompt override); the chain run with fallback
-//!   on retryable failures; the output contract that normalizes labels.
+//!   chain run with fallback on retryable failures; the output contract that normalizes labels.
 //! - [`health`]: per provider, the circuit breaker and in-flight cap the chain consults before each
 //!   attempt, the active probes that feed the breakers, and warm-up.
 //! - [`upstream`]: the pooled HTTP client per provider, timeouts, failure classification, and
 //!   reading an upstream stream event by event.
-//! - [`ledger`]: the record of every request and attempt — prices, exact cost in picodollars,
-//!   baseline cost, token estimates — handed to a background writer over SQLite or PostgreSQL.
+//! - [`outcome`]: the one place a request ends, however it ends, producing the outcome that
+//!   everything downstream receives; the background task that batches outcomes to the ledger and
+//!   the metrics.
+//! - [`ledger`]: the rows of every request and attempt, prices and exact cost in picodollars, token
+//!   estimates, the SQLite or PostgreSQL store and its writer.
+//! - [`metrics`]: every Prometheus series, recorded in one place.
 //! - [`report`]: cost and savings per route read back from the ledger; `simulate` for workloads
 //!   not yet deployed.
 //!

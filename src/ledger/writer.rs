@@ -1,25 +1,22 @@
-//! Writing finished requests to the ledger, off the request path: one batch at a time, in one
-//! transaction, retried until it lands — loudly, in the log and in
-//! `tierwise_ledger_write_errors_total` — then one JSON line per request to the request log if one
-//! is configured. The batches come from [`crate::outcome`]'s background task.
-
-use std::time::Duration;
+//! Writing finished requests to the ledger, off the request path: one batch in one transaction, then
+//! one JSON line per request to the request log if one is configured. The batches, and what to do
+//! when a write fails, belong to [`crate::outcome`]'s background task.
 
 use tokio::io::AsyncWriteExt;
 
 use super::row::{AttemptRow, RequestRow};
-use super::store::Store;
+use super::store::{LedgerError, Store};
 use crate::config::RequestLog;
 
 /// Owns the database connection and the request log.
 pub struct LedgerWriter {
     store: Store,
-    log: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>>,
+    log: Option<Box<dyn tokio::io::AsyncWrite + Send + Sync + Unpin>>,
 }
 
 impl LedgerWriter {
     pub async fn open(store: Store, log: Option<RequestLog>) -> LedgerWriter {
-        let log: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>> = match log {
+        let log: Option<Box<dyn tokio::io::AsyncWrite + Send + Sync + Unpin>> = match log {
             None => None,
             Some(RequestLog::Stderr) => Some(Box::new(tokio::io::stderr())),
             Some(RequestLog::File(path)) => {
@@ -43,41 +40,17 @@ impl LedgerWriter {
         LedgerWriter { store, log }
     }
 
-    /// Writes one batch, retrying until it lands: a record the ledger accepted is never dropped.
-    pub async fn write(&mut self, requests: &[&RequestRow], attempts: &[&AttemptRow]) {
-        let mut wait = Duration::from_millis(50);
-        let mut failures = 0u32;
-        loop {
-            match self.store.insert(requests, attempts).await {
-                Ok(()) => {
-                    if failures > 0 {
-                        tracing::warn!(
-                            failures,
-                            records = requests.len(),
-                            "ledger write succeeded after retrying"
-                        );
-                    }
-                    crate::metrics::ledger_written(requests.len());
-                    break;
-                }
-                Err(err) => {
-                    failures += 1;
-                    crate::metrics::ledger_write_failed();
-                    tracing::error!(
-                        records = requests.len(),
-                        attempt = failures,
-                        "LEDGER WRITE FAILED, retrying in {} ms; requests wait once the queue is full: {err}",
-                        wait.as_millis()
-                    );
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-        self.log(requests).await;
+    /// Stores one batch: every request and attempt, or none.
+    pub async fn insert(
+        &self,
+        requests: &[&RequestRow],
+        attempts: &[&AttemptRow],
+    ) -> Result<(), LedgerError> {
+        self.store.insert(requests, attempts).await
     }
 
-    async fn log(&mut self, requests: &[&RequestRow]) {
+    /// One JSON line per stored request, if the request log is on.
+    pub async fn log(&mut self, requests: &[&RequestRow]) {
         let Some(out) = &mut self.log else { return };
         let mut lines = Vec::with_capacity(requests.len() * 300);
         for row in requests {

@@ -1,8 +1,10 @@
 //! The background side of a request's end. Outcomes queue on a bounded channel; this task takes
 //! whatever has queued up as one batch (gathered for a few milliseconds, and growing by itself
 //! while a write is in flight), counts the tokens of streams whose upstream gave no usage, writes
-//! the batch to the ledger, records the request metrics, and at shutdown drains the queue before
-//! it returns. A full queue makes requests wait (backpressure) rather than drop records.
+//! the batch to the ledger — retrying a failed write until it lands, loudly, in the log and in
+//! `tierwise_ledger_write_errors_total` — records the request metrics, and at shutdown drains the
+//! queue before it returns. A full queue makes requests wait (backpressure) rather than drop
+//! records.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,11 +93,45 @@ async fn run(
         }
         let requests: Vec<&RequestRow> = batch.iter().map(|o| &o.request).collect();
         let attempts: Vec<&AttemptRow> = batch.iter().flat_map(|o| &o.attempts).collect();
-        writer.write(&requests, &attempts).await;
+        store_batch(&writer, &requests, &attempts).await;
+        writer.log(&requests).await;
         crate::metrics::requests_finished(&requests);
         batch.clear();
     }
     writer.close().await;
+}
+
+/// Writes one batch, retrying until it lands: an outcome the queue accepted is never dropped.
+async fn store_batch(writer: &LedgerWriter, requests: &[&RequestRow], attempts: &[&AttemptRow]) {
+    let mut wait = Duration::from_millis(50);
+    let mut failures = 0u32;
+    loop {
+        match writer.insert(requests, attempts).await {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::warn!(
+                        failures,
+                        records = requests.len(),
+                        "ledger write succeeded after retrying"
+                    );
+                }
+                crate::metrics::ledger_written(requests.len());
+                return;
+            }
+            Err(err) => {
+                failures += 1;
+                crate::metrics::ledger_write_failed();
+                tracing::error!(
+                    records = requests.len(),
+                    attempt = failures,
+                    "LEDGER WRITE FAILED, retrying in {} ms; requests wait once the queue is full: {err}",
+                    wait.as_millis()
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 /// Moves whatever is queued into `batch`, up to `MAX_BATCH`, without waiting.
