@@ -199,12 +199,13 @@ tiers = ["embed_api"]
 """
 
 
-def start_tierwise(name, tmp, fake_port, dead_port, ledger):
+def start_tierwise(name, tmp, fake_port, dead_port, ledger, binary=None):
     port = free_port()
     path = tmp / f"{name}.toml"
     path.write_text(tierwise_config(tmp, fake_port, dead_port, ledger).replace("{port}", str(port)))
     env = dict(os.environ, TIERWISE_LOG="warn")
-    proc = Proc(name, [str(RELEASE / "tierwise"), "serve", "--config", str(path)], port, env=env, log=tmp / f"{name}.log")
+    binary = binary or str(RELEASE / "tierwise")
+    proc = Proc(name, [binary, "serve", "--config", str(path)], port, env=env, log=tmp / f"{name}.log")
     return proc
 
 
@@ -304,6 +305,8 @@ def main():
     parser.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432/test", help="'' to skip the PostgreSQL scenario")
     parser.add_argument("--soak-seconds", type=int, default=0, help="also run c=64 this long and sample tierwise's RSS")
     parser.add_argument("--json", default=None, help="write all figures to this file")
+    parser.add_argument("--compare-bin", default=None, help="another tierwise binary (say, an older commit's) measured as 'baseline' beside 'tierwise' in the chat scenarios")
+    parser.add_argument("--chat-only", action="store_true", help="only the non-streaming chat scenarios")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="tierwise-bench-"))
@@ -316,6 +319,10 @@ def main():
         dead_port = free_port()  # nothing listens: the local tier's breaker opens on its first probe
         tw = start_tierwise("tierwise", tmp, fake_port, dead_port, f"sqlite://{tmp}/ledger.db")
         procs.append(tw)
+        base = None
+        if args.compare_bin:
+            base = start_tierwise("baseline", tmp, fake_port, dead_port, f"sqlite://{tmp}/baseline.db", args.compare_bin)
+            procs.append(base)
         nginx = start_nginx(tmp, fake_port)
         procs.append(nginx)
         litellm = start_litellm(tmp, fake_port, args.litellm_venv) if args.litellm_venv else None
@@ -325,12 +332,16 @@ def main():
 
         body = tmp / "chat.json"
         body.write_bytes(chat_body())
-        targets = [("direct", fake), ("tierwise", tw), ("nginx", nginx)] + ([("litellm", litellm)] if litellm else [])
+        targets = [("direct", fake), ("tierwise", tw)] + ([("baseline", base)] if base else []) + [("nginx", nginx)] + ([("litellm", litellm)] if litellm else [])
         for c in (1, 16, 64, 256):
             lite = [t for t in targets if t[0] != "litellm" or c <= 64]
-            m = measure(lite, "/v1/chat/completions", body, c, args.seconds, args.rounds, cpu_of=("tierwise", "nginx", "litellm"))
+            m = measure(lite, "/v1/chat/completions", body, c, args.seconds, args.rounds, cpu_of=("tierwise", "baseline", "nginx", "litellm"))
             for name in m:
                 rows.append(row(f"chat, ~800 tokens, c={c}", name, m[name], None if name == "direct" else m["direct"]))
+        if args.chat_only:
+            print_table(rows, extra)
+            print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")
+            return
 
         embed = tmp / "embed.json"
         embed.write_text(json.dumps({"model": "embed", "input": ["a short document to embed"] * 8}))

@@ -86,7 +86,7 @@ impl ApiError {
         let error = &failure.error;
         if let UpstreamErrorKind::Status(status) = error.kind
             && status.is_client_error()
-            && status != StatusCode::TOO_MANY_REQUESTS
+            && !error.is_retryable()
         {
             let mut passed = ApiError::new(
                 status,

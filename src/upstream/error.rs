@@ -129,13 +129,14 @@ impl UpstreamError {
         }
     }
 
-    /// Whether another tier may answer where this one failed. A 4xx other than 429 is the request's
-    /// own fault: every tier would refuse it the same way, so it goes straight back to the client.
+    /// Whether another tier may answer where this one failed. Most 4xx are the request's own fault:
+    /// every tier would refuse it the same way, so it goes straight back to the client. A 429 is
+    /// the tier's load; 401 and 403 (a revoked or wrong provider key), 404 (a wrong base URL or
+    /// model) and any redirect (a misconfigured endpoint) are the gateway's configuration, which the
+    /// client can neither see nor fix: the next tier is tried and the breaker hears of it.
     pub fn is_retryable(&self) -> bool {
         match self.kind {
-            UpstreamErrorKind::Status(status) => {
-                status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
-            }
+            UpstreamErrorKind::Status(status) => provider_fault(status),
             _ => true,
         }
     }
@@ -166,6 +167,19 @@ impl fmt::Display for UpstreamError {
 }
 
 impl std::error::Error for UpstreamError {}
+
+/// An HTTP status that says the provider (or tierwise's configuration of it) failed, not the request.
+pub fn provider_fault(status: StatusCode) -> bool {
+    status.is_server_error()
+        || status.is_redirection()
+        || matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS
+                | StatusCode::UNAUTHORIZED
+                | StatusCode::FORBIDDEN
+                | StatusCode::NOT_FOUND
+        )
+}
 
 fn connect_kind(err: &reqwest::Error) -> UpstreamErrorKind {
     match io_kind(err) {

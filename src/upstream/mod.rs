@@ -86,7 +86,13 @@ impl Upstreams {
             .post(client.urls[endpoint as usize].clone())
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body);
-        let head_limit = timeouts.first_byte.min(timeouts.total);
+        // A non-streamed answer's headers come only once the whole answer is generated, so only
+        // `total` bounds the wait for them; `first_byte` is the time to a stream's first chunk.
+        let head_limit = if stream {
+            timeouts.first_byte.min(timeouts.total)
+        } else {
+            timeouts.total
+        };
         let response = match tokio::time::timeout(head_limit, request.send()).await {
             Ok(Ok(response)) => response,
             Ok(Err(err)) => return Err(UpstreamError::from_reqwest(err)),
@@ -129,8 +135,9 @@ impl Upstreams {
         Ok(Reply::Complete { body, usage })
     }
 
-    /// The health probe: does the provider answer at all? Any answer but a 5xx or 429 counts, so a
-    /// server without the probed path (llama.cpp without `/models`) is still seen as up.
+    /// The health probe: does the provider answer, with its key accepted? A 5xx, 429, 401, 403,
+    /// 404 or redirect is down (a server without `/models` wants `health.path` set); any other
+    /// answer is up.
     pub async fn probe(
         &self,
         provider: &Provider,
@@ -148,7 +155,7 @@ impl Upstreams {
             }
         };
         let status = response.status();
-        if status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS {
+        if error::provider_fault(status) {
             return Err(UpstreamError::status(status, Bytes::new(), None));
         }
         Ok(())
@@ -219,17 +226,24 @@ fn client_for(provider: &Provider) -> Result<reqwest::Client, UpstreamError> {
         .map_err(UpstreamError::from_reqwest)
 }
 
-/// `Retry-After` in seconds, as 429 and 503 answers carry it.
+/// The longest `Retry-After` tierwise believes; an upstream asking for more is told no sooner
+/// than this, and a breaker's cool-down caps what it waits anyway.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// `Retry-After` in seconds, as 429 and 503 answers carry it: any number an upstream sends (huge,
+/// negative, fractional, not a number) reads without a panic, clamped to a day.
 fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
-    headers
+    let secs = headers
         .get(http::header::RETRY_AFTER)?
         .to_str()
         .ok()?
         .trim()
         .parse::<f64>()
-        .ok()
-        .filter(|secs| secs.is_finite() && *secs >= 0.0)
-        .map(Duration::from_secs_f64)
+        .ok()?;
+    if secs.is_nan() || secs < 0.0 {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(secs).map_or(MAX_RETRY_AFTER, |d| d.min(MAX_RETRY_AFTER)))
 }
 
 /// Checks that a successful body is a JSON object and reads its usage. A local server that answers
@@ -238,4 +252,28 @@ fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
 fn parse_usage(body: &[u8]) -> Result<Option<Usage>, UpstreamError> {
     Usage::of_answer(body)
         .map_err(|err| UpstreamError::malformed(format!("answer is not valid JSON: {err}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    fn retry_after(value: &str) -> Option<Duration> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::RETRY_AFTER, value.parse().unwrap());
+        super::retry_after(&headers)
+    }
+
+    #[test]
+    fn any_retry_after_reads_without_a_panic_and_large_ones_are_clamped() {
+        assert_eq!(retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after(" 0.5 "), Some(Duration::from_millis(500)));
+        let day = Some(super::MAX_RETRY_AFTER);
+        for huge in ["1e20", "18446744073709551615", "inf", "1e308"] {
+            assert_eq!(retry_after(huge), day, "{huge}");
+        }
+        for bad in ["-1", "NaN", "soon", "Wed, 21 Oct 2015 07:28:00 GMT", ""] {
+            assert_eq!(retry_after(bad), None, "{bad}");
+        }
+    }
 }

@@ -73,13 +73,14 @@ async fn each_retryable_fault_falls_back_to_the_next_tier() {
     let knobs = |p: &mut RawProvider| {
         p.breaker.failures = Some(spanned(1000));
         p.retry_429_max_wait_ms = Some(0);
+        p.timeout.total_ms = Some(3000);
     };
     let (local, api, gw) = setup(knobs, |_| {}).await;
     let cases = [
-        (Fault::Hang, false, "local:timeout_first_byte"),
+        (Fault::Hang, false, "local:timeout_total"),
         (
             Fault::SlowFirstByte { ms: 2500 },
-            false,
+            true,
             "local:timeout_first_byte",
         ),
         (

@@ -5,6 +5,7 @@
 mod cli;
 mod config;
 mod fallback;
+mod faults;
 mod ledger;
 mod proxy;
 mod util;

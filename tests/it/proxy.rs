@@ -570,7 +570,7 @@ async fn unreachable_upstreams_are_502_or_504_naming_the_tier_and_never_the_key(
     // Probes off: this test is about what one request meets, not what the breaker learns.
     let config = TestConfig::two_tier(&format!("http://{down}/v1"), &hanging.base_url())
         .without_probes()
-        .with(|c| c.provider("openai").timeout.first_byte_ms = Some(300));
+        .with(|c| c.provider("openai").timeout.total_ms = Some(300));
     let gw = TestGateway::start(&config).await;
     let answer = gw.ask("embed").await;
     // `embed` is a chat call on an embedding tier here; what matters is its one tier is down.
@@ -583,13 +583,12 @@ async fn unreachable_upstreams_are_502_or_504_naming_the_tier_and_never_the_key(
     let answer = gw.ask("summarize").await;
     let message = answer.error(504, Some("upstream_timeout"));
     assert!(
-        message.contains("local: connect_refused")
-            && message.contains("api_fast: timeout_first_byte"),
+        message.contains("local: connect_refused") && message.contains("api_fast: timeout_total"),
         "{message}"
     );
     assert_eq!(
         answer.header("x-tierwise-fallback"),
-        Some("local:connect_refused,api_fast:timeout_first_byte")
+        Some("local:connect_refused,api_fast:timeout_total")
     );
     for secret in [PROVIDER_KEY, "sk-api-key-789", CLIENT_KEY] {
         assert!(!answer.text.contains(secret));

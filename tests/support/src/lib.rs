@@ -50,6 +50,9 @@ pub enum Fault {
     CutAfterChunks { chunks: usize },
     /// Answer without `usage`, as some local servers do.
     NoUsage,
+    /// Usage with `null` where numbers and objects belong, and fields OpenAI does not send, as some
+    /// servers' usage blocks have.
+    UsageWithNulls,
 }
 
 /// How the fake answers: the fault, the text, the usage it reports.
@@ -415,6 +418,16 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
 }
 
 fn usage_json(behavior: &Behavior) -> Value {
+    if behavior.fault == Fault::UsageWithNulls {
+        return json!({
+            "prompt_tokens": behavior.prompt_tokens,
+            "completion_tokens": behavior.completion_tokens,
+            "total_tokens": null,
+            "prompt_tokens_details": {"cached_tokens": null},
+            "completion_tokens_details": null,
+            "queue_time": 0.01,
+        });
+    }
     json!({
         "prompt_tokens": behavior.prompt_tokens,
         "completion_tokens": behavior.completion_tokens,

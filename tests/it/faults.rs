@@ -1,0 +1,185 @@
+//! Holes found by review where the promise "never down because a tier is down, every paid call
+//! recorded" broke: each test here failed against the code before its fix.
+
+use std::time::Duration;
+
+use tierwise::config::file::{RawProvider, spanned};
+use tierwise_fake::{FakeUpstream, Fault};
+
+use crate::util::*;
+
+/// Fresh fakes and a gateway without probes; `knobs` changes the local (vllm) provider.
+async fn gateway(
+    knobs: impl FnOnce(&mut RawProvider),
+) -> (FakeUpstream, FakeUpstream, TestGateway) {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| knobs(c.provider("vllm")));
+    let gw = TestGateway::start(&config).await;
+    (local, api, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_non_streamed_answer_is_waited_for_up_to_total_ms_not_first_byte_ms() {
+    let (local, api, gw) = gateway(|p| {
+        p.timeout.first_byte_ms = Some(300);
+        p.timeout.total_ms = Some(10_000);
+        p.breaker.failures = Some(spanned(1));
+    })
+    .await;
+    // The whole answer takes longer than first_byte_ms: its headers come only when it is done.
+    local.set_fault(Fault::SlowFirstByte { ms: 800 });
+    for _ in 0..2 {
+        let answer = gw.ask("summarize").await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert_eq!(answer.header("x-tierwise-tier"), Some("local"));
+        assert_eq!(answer.header("x-tierwise-fallback"), None);
+    }
+    assert_eq!(api.request_count(), 0, "a slow answer is not paid twice");
+    // A stream is still held to first_byte_ms.
+    let mut request = chat("summarize", "x");
+    request["stream"] = serde_json::json!(true);
+    let answer = Answer::of(gw.post("/v1/chat/completions", &request).await).await;
+    assert_eq!(
+        answer.header("x-tierwise-fallback"),
+        Some("local:timeout_first_byte")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_retry_after_is_clamped_and_the_answer_still_arrives() {
+    let (local, api, gw) = gateway(|_| {}).await;
+    local.set_fault(Fault::Status {
+        status: 429,
+        body: None,
+        retry_after: Some(u64::MAX),
+    });
+    let answer = gw.ask("summarize").await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"));
+    assert_eq!(answer.header("x-tierwise-fallback"), Some("local:http_429"));
+    assert_eq!(api.request_count(), 1);
+    // The serving thread is still there.
+    local.set_fault(Fault::None);
+    assert_eq!(gw.ask("summarize").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_with_nulls_is_read_and_never_refuses_a_good_answer() {
+    let (local, api, gw) = gateway(|_| {}).await;
+    local.update(|b| {
+        b.fault = Fault::UsageWithNulls;
+        b.prompt_tokens = 40;
+        b.completion_tokens = 9;
+    });
+    let store = gw.store().await;
+    let answer = gw.ask("summarize").await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.header("x-tierwise-tier"), Some("local"));
+    assert_eq!(api.request_count(), 0, "the next tier was not paid");
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(
+        (
+            row.tokens_in,
+            row.tokens_cached,
+            row.tokens_out,
+            row.tokens_estimated
+        ),
+        (40, 0, 9, false)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_providers_own_auth_and_url_errors_fall_back_and_never_reach_the_client() {
+    let (local, api, gw) = gateway(|p| p.breaker.failures = Some(spanned(4))).await;
+    let leaky = r#"{"error":{"message":"Incorrect API key provided: sk-proj-********LEAK","type":"invalid_request_error","code":"invalid_api_key"}}"#;
+    for status in [401, 403, 404, 301] {
+        local.set_fault(Fault::Status {
+            status,
+            body: Some(leaky.into()),
+            retry_after: None,
+        });
+        let answer = gw.ask("classification").await;
+        assert_eq!(answer.status, 200, "{status}: {}", answer.text);
+        assert_eq!(
+            answer.header("x-tierwise-tier"),
+            Some("api_fast"),
+            "{status}"
+        );
+        assert_eq!(
+            answer.header("x-tierwise-fallback"),
+            Some(format!("local:http_{status}").as_str())
+        );
+    }
+    // The four of them opened the local breaker: local is skipped without a call.
+    let calls = local.request_count();
+    let answer = gw.ask("classification").await;
+    assert_eq!(
+        answer.header("x-tierwise-fallback"),
+        Some("local:breaker_open")
+    );
+    assert_eq!(local.request_count(), calls);
+
+    // When the last tier fails the same way, the client gets a 502 naming tier and reason, not
+    // the provider's body.
+    api.set_fault(Fault::Status {
+        status: 401,
+        body: Some(leaky.into()),
+        retry_after: None,
+    });
+    let answer = gw.ask("api_fast").await;
+    let message = answer.error(502, Some("upstream_unavailable"));
+    assert!(
+        message.contains("api_fast") && message.contains("http_401"),
+        "{message}"
+    );
+    assert!(!answer.text.contains("LEAK"), "{}", answer.text);
+
+    // A request the provider refuses for its own content still goes straight back.
+    api.set_fault(Fault::Status {
+        status: 400,
+        body: None,
+        retry_after: None,
+    });
+    let answer = gw.ask("api_fast").await;
+    assert_eq!(answer.status, 400, "{}", answer.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_answered_401_reports_the_provider_down() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    local.set_fault(Fault::Status {
+        status: 401,
+        body: None,
+        retry_after: None,
+    });
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url()).with(|c| {
+        let vllm = c.provider("vllm");
+        vllm.health.interval_ms = Some(spanned(50));
+        vllm.health.timeout_ms = Some(300);
+    });
+    let gw = TestGateway::start(&config).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let providers = Answer::of(gw.get("/admin/api/providers").await).await.body;
+        let vllm = providers["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "vllm")
+            .unwrap()
+            .clone();
+        if vllm["breaker"]["state"] == "open" {
+            assert_eq!(vllm["up"], false);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reported down: {vllm}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
