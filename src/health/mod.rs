@@ -164,8 +164,9 @@ impl Lease {
         }
     }
 
-    /// A stream that broke after it had started: the provider's failure, recorded late.
-    pub fn broke(&self, reason: &str) {
+    /// A stream that broke after it had started: the provider's failure, recorded at its end.
+    pub fn broke(&mut self, reason: &str) {
+        self.settled = true;
         self.health.report(self.health.breaker.on_failure(reason));
     }
 }

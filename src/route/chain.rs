@@ -138,7 +138,11 @@ impl ChainRun<'_> {
             let latency = started.elapsed();
             match result {
                 Ok(reply) => {
-                    lease.succeeded();
+                    // A stream's outcome is known only at its end: the relay settles its lease
+                    // then, so a provider that breaks every stream midway opens its breaker.
+                    if !matches!(reply, Reply::Stream(_)) {
+                        lease.succeeded();
+                    }
                     attempts.push(Attempt {
                         tier: step.tier.clone(),
                         latency,

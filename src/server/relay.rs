@@ -46,7 +46,8 @@ struct Pending {
 /// Turns an upstream stream into the SSE frames the client receives.
 pub struct SseRelay {
     upstream: UpstreamStream,
-    /// Holds the provider's in-flight slot until the stream ends.
+    /// Holds the provider's in-flight slot until the stream ends, and tells its breaker how the
+    /// stream ended: whole, or broken. A stream its client abandons tells it nothing.
     lease: Lease,
     client_wants_usage: bool,
     phase: Phase,
@@ -114,6 +115,7 @@ impl SseRelay {
                 // Some servers close without `[DONE]` after the last choice finished; the answer
                 // is whole, so the client gets the terminator it expects.
                 None if self.finished => {
+                    self.lease.succeeded();
                     self.phase = Phase::Ended { error_kind: None };
                     return Some(frame(DONE));
                 }
@@ -126,6 +128,7 @@ impl SseRelay {
                 }
             };
             if data == DONE {
+                self.lease.succeeded();
                 self.phase = Phase::Ended { error_kind: None };
                 return Some(frame(DONE));
             }

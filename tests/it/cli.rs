@@ -253,9 +253,27 @@ async fn sigterm_flushes_every_record_the_writer_still_holds() {
             .unwrap();
         assert_eq!(response.status(), 200);
     }
+    // The writer has tried to store them and waits on the lock: they are in its hands, unwritten.
+    let waiting =
+        "SELECT COUNT(*) FROM pg_locks WHERE relation = 'requests'::regclass AND NOT granted";
+    let mut observer = sqlx::PgConnection::connect(&url).await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (blocked,): (i64,) = sqlx::query_as(waiting)
+            .fetch_one(&mut observer)
+            .await
+            .unwrap();
+        if blocked > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the writer never tried to store the records"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    observer.close().await.ok();
     let count = "SELECT COUNT(*) FROM requests";
-    let (held,): (i64,) = sqlx::query_as(count).fetch_one(&mut *lock).await.unwrap();
-    assert_eq!(held, 0, "the records are still in the writer's hands");
 
     send_sigterm(&child);
     // Release the table only once the gateway is shutting down (its listener is closed), so the

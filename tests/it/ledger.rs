@@ -4,6 +4,7 @@
 use crate::util::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use tierwise::config::TaskKind;
 use tierwise::config::file::{RawPrice, RawTier, spanned, text};
 use tierwise::ledger::Picodollars;
 use tierwise::report::{Report, Window};
@@ -464,16 +465,26 @@ async fn one_json_line_per_request_goes_to_the_request_log() {
     let (local, api) = fakes().await;
     let log =
         std::env::temp_dir().join(format!("tierwise-requests-{}.jsonl", uuid::Uuid::now_v7()));
-    let config = priced_config(&local.base_url(), &api.base_url(), &sqlite_url())
-        .with(|c| c.0.ledger.request_log = Some(text(log.display().to_string())));
+    // A route only this test uses, so the metrics it reads are its own in a process-wide recorder.
+    let route = "request_log_metrics";
+    let config = priced_config(&local.base_url(), &api.base_url(), &sqlite_url()).with(|c| {
+        c.0.ledger.request_log = Some(text(log.display().to_string()));
+        c.add_route(route, TaskKind::Chat, &["api_fast"]);
+    });
     let gw = TestGateway::start(&config).await;
     let mut ids = Vec::new();
-    for model in ["classification", "api_fast", "classification"] {
+    for model in ["classification", "api_fast", route] {
         ids.push(id_of(
             &Answer::of(gw.post("/v1/chat/completions", &chat(model, "x")).await).await,
         ));
     }
-    let metrics = gw.metrics().await;
+    // Metrics are counted once the writer has the batch: wait for them, do not race them.
+    let requests =
+        format!("tierwise_requests_total{{route=\"{route}\",tier=\"api_fast\",status=\"200\"}} 1");
+    let cost =
+        format!("tierwise_cost_picodollars_total{{route=\"{route}\",tier=\"api_fast\"}} 435000000");
+    gw.wait_for_metrics(|text| text.contains(&requests) && text.contains(&cost))
+        .await;
     gw.shutdown().await;
     let lines: Vec<Value> = std::fs::read_to_string(&log)
         .unwrap()
@@ -501,7 +512,7 @@ async fn one_json_line_per_request_goes_to_the_request_log() {
     assert_eq!(api_line["cost_usd"], "0.000435");
     assert!(api_line["duration_ms"].as_f64().unwrap() > 0.0);
     assert!(lines[0]["fallback"].is_null());
-    assert!(metrics.contains("tierwise_requests_total{"), "{metrics}");
+    assert_eq!(lines[2]["route"], route);
     std::fs::remove_file(log).ok();
 }
 

@@ -247,6 +247,19 @@ impl TestGateway {
         response.text().await.unwrap()
     }
 
+    /// Waits until `/metrics` satisfies `ready`, at most 10 s; returns the text.
+    pub async fn wait_for_metrics(&self, ready: impl Fn(&str) -> bool) -> String {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.metrics().await;
+            if ready(&text) {
+                return text;
+            }
+            assert!(Instant::now() < until, "/metrics never showed it:\n{text}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// A chat completion for `model` with a one-word prompt, read whole.
     pub async fn ask(&self, model: &str) -> Answer {
         Answer::of(self.post("/v1/chat/completions", &chat(model, "x")).await).await

@@ -68,15 +68,21 @@ max_body_bytes = 100000
 [ledger]
 url = "sqlite://ledger.db"
 
+# No probes and a breaker that does not open: each test sets the faults it needs, and what one test
+# did to a fake must not decide what the next one sees.
 [providers.vllm]
 base_url = "{local}"
 api_key = "{local_key}"
 timeout = {{ connect_ms = 500, first_byte_ms = 1000, total_ms = 3000 }}
+health = {{ enabled = false }}
+breaker = {{ failures = 1000000, min_requests = 1000000 }}
 
 [providers.openai]
 base_url = "{api}"
 api_key = "sk-api-secret"
 timeout = {{ first_byte_ms = 1000, total_ms = 3000 }}
+health = {{ enabled = false }}
+breaker = {{ failures = 1000000, min_requests = 1000000 }}
 
 [tiers]
 local       = {{ provider = "vllm", model = "mistral-7b", max_tokens = 256 }}

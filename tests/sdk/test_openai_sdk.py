@@ -48,6 +48,18 @@ def test_streaming_with_usage(client, fakes):
     assert len(usage) == 1 and usage[0].completion_tokens == 5
 
 
+def test_a_streams_usage_carries_the_cost_the_ledger_stores(client, fakes):
+    raw = client.chat.completions.with_raw_response.create(
+        model="api_only",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    usage = [c.usage for c in raw.parse() if c.usage is not None]
+    # gpt-4o-mini: 20 prompt tokens at $0.15 and 5 completion tokens at $0.60 per million.
+    assert len(usage) == 1 and usage[0].model_extra["cost_usd"] == 0.000006
+
+
 def test_streaming_without_usage_sees_no_usage_chunk(client, fakes):
     chunks = list(
         client.chat.completions.create(
@@ -82,10 +94,16 @@ def test_fallback_is_an_ordinary_success(client, fakes):
     assert raw.headers["x-tierwise-fallback"] == "local:http_503"
 
     local.behave(fault={"kind": "cut_before_first_chunk"})
-    stream = client.chat.completions.create(
+    _, api = fakes
+    api_calls = len(api.requests())
+    raw = client.chat.completions.with_raw_response.create(
         model="classification", messages=[{"role": "user", "content": "hi"}], stream=True
     )
-    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Hello from the fake upstream."
+    assert raw.headers["x-tierwise-tier"] == "api_fast"
+    assert raw.headers["x-tierwise-fallback"] == "local:stream_broken"
+    text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert text == "Hello from the fake upstream."
+    assert len(api.requests()) == api_calls + 1
 
 
 def test_bad_request_error(client):

@@ -44,6 +44,9 @@ pub enum Fault {
     SlowFirstByte { ms: u64 },
     /// 200 with a body that is not JSON (for streams: a first event that is not JSON).
     MalformedJson,
+    /// Non-streamed answers: send the headers and half the body, then break the connection, as a
+    /// server killed mid-answer does.
+    CutMidBody,
     /// Streams: send the headers, then close without any event.
     CutBeforeFirstChunk,
     /// Streams: send this many chunks, then close without `[DONE]`.
@@ -414,7 +417,29 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
     if let Some(usage) = usage {
         completion["usage"] = usage;
     }
-    json_response(Bytes::from(completion.to_string()))
+    let body = Bytes::from(completion.to_string());
+    if behavior.fault == Fault::CutMidBody {
+        return cut_mid_body(body);
+    }
+    json_response(body)
+}
+
+/// Declares the whole body's length, sends half of it, then fails the body: the server closes the
+/// connection with the answer cut short.
+fn cut_mid_body(body: Bytes) -> Response {
+    let half = body.slice(..body.len() / 2);
+    let parts: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(half),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "fake upstream: cut mid-body",
+        )),
+    ];
+    let mut response = Response::new(Body::from_stream(futures_util::stream::iter(parts)));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+    headers.insert(header::CONTENT_LENGTH, body.len().into());
+    response
 }
 
 fn usage_json(behavior: &Behavior) -> Value {
