@@ -50,7 +50,7 @@ pub struct RequestBody<'a> {
 #[derive(Deserialize)]
 struct StreamOptions {
     #[serde(default)]
-    include_usage: bool,
+    include_usage: Option<bool>,
 }
 
 impl<'a> RequestBody<'a> {
@@ -80,11 +80,17 @@ impl<'a> RequestBody<'a> {
                 .unwrap_or(false),
             None => false,
         };
-        let client_wants_usage = fields
-            .get("stream_options")
-            .and_then(|raw| serde_json::from_str::<Option<StreamOptions>>(raw.get()).ok())
-            .flatten()
-            .is_some_and(|options| options.include_usage);
+        let client_wants_usage = match fields.get("stream_options") {
+            Some(raw) => serde_json::from_str::<Option<StreamOptions>>(raw.get())
+                .map_err(|_| {
+                    RequestError::field(
+                        "stream_options",
+                        "must be an object, e.g. {\"include_usage\": true}",
+                    )
+                })?
+                .is_some_and(|options| options.include_usage == Some(true)),
+            None => false,
+        };
         let body = RequestBody {
             endpoint,
             fields,

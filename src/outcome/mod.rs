@@ -143,6 +143,16 @@ impl Exchange {
         self.outcomes.pricing.price(tier, baseline, tokens)
     }
 
+    /// This request's tokens, for counting where `tier`'s upstream reported no usage.
+    pub fn uncounted(&self, tier: &Tier, answer: Answer) -> Uncounted {
+        Uncounted {
+            endpoint: self.start.endpoint,
+            model: tier.model.clone(),
+            request: self.start.body.clone(),
+            answer,
+        }
+    }
+
     pub fn route_name(&self) -> Option<&str> {
         self.start.route.as_ref().map(|route| route.name.as_str())
     }
@@ -226,12 +236,7 @@ impl Exchange {
                     None => {
                         request.answer = store_content.then(|| text.clone());
                         Some(ToCount {
-                            uncounted: Uncounted {
-                                endpoint: start.endpoint,
-                                model: by.tier.model.clone(),
-                                request: start.body.clone(),
-                                answer: Answer::Text(text),
-                            },
+                            uncounted: self.uncounted(&by.tier, Answer::Text(text)),
                             tier: by.tier.clone(),
                             baseline: start.route.as_ref().and_then(|r| r.baseline.clone()),
                         })

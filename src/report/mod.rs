@@ -365,7 +365,8 @@ fn route_report(
         models: models.into_iter().collect(),
         local_share: answered.iter().filter(|r| r.local).count() as f64
             / answered.len().max(1) as f64,
-        fallbacks: rows.iter().filter(|r| r.fallback.is_some()).count() as u64,
+        // Answered by a later tier; a request no tier answered is an error, not a fallback.
+        fallbacks: answered.iter().filter(|r| r.fallback.is_some()).count() as u64,
         errors: rows.iter().filter(|r| r.status >= 400).count() as u64,
         estimated_calls: rows.iter().filter(|r| r.tokens_estimated).count() as u64,
         unpriced_calls: rows

@@ -52,10 +52,15 @@ pub struct Unserved {
 
 impl Unserved {
     fn new(tier: Arc<Tier>, error: UpstreamError, attempts: Vec<Attempt>) -> Unserved {
+        // A refusal passed straight back is the request's answer, not a tier to fall back from.
+        let moved_on = match attempts.split_last() {
+            Some((_, before)) if !error.is_retryable() => before,
+            _ => &attempts[..],
+        };
         Unserved {
             tier,
             error,
-            fallback: fallback_path(&attempts),
+            fallback: fallback_path(moved_on),
             attempts,
         }
     }
@@ -189,15 +194,22 @@ impl ChainRun<'_> {
     }
 }
 
-/// `local:connect_refused,api_fast:http_503`: the failed attempts before the one that answered, as
-/// the `x-tierwise-fallback` header shows them.
+/// `local:connect_refused,api_fast:http_503`: the tiers that failed before the one that answered,
+/// as the `x-tierwise-fallback` header shows them, each once with how it last failed (a primary
+/// skipped while open and then called as the last resort is named once). A tier that answered in
+/// the end is not among them.
 fn fallback_path(attempts: &[Attempt]) -> Option<String> {
-    let failed: Vec<String> = attempts
-        .iter()
-        .filter_map(|attempt| {
-            let error = attempt.error.as_ref()?;
-            Some(format!("{}:{}", attempt.tier.name, error.reason()))
-        })
+    let mut failed: Vec<(&str, String)> = Vec::new();
+    for attempt in attempts {
+        let name = attempt.tier.name.as_str();
+        failed.retain(|(tier, _)| *tier != name);
+        if let Some(error) = &attempt.error {
+            failed.push((name, error.reason()));
+        }
+    }
+    let path: Vec<String> = failed
+        .into_iter()
+        .map(|(tier, reason)| format!("{tier}:{reason}"))
         .collect();
-    (!failed.is_empty()).then(|| failed.join(","))
+    (!path.is_empty()).then(|| path.join(","))
 }

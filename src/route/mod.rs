@@ -142,6 +142,14 @@ impl RouteTable {
         &self.listing
     }
 
+    /// What `model` names, or the error a request naming it would get.
+    pub fn kind_of(&self, model: &str) -> Result<TargetKind, ResolveError> {
+        self.targets
+            .get(model)
+            .map(|target| target.kind)
+            .ok_or_else(|| self.unknown_model(model))
+    }
+
     fn names(&self, kind: TargetKind) -> String {
         let names: Vec<&str> = self
             .listing

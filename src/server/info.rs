@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use http::StatusCode;
 use serde::Deserialize;
@@ -15,21 +15,32 @@ use crate::report::{self, Report};
 use crate::route::TargetKind;
 
 pub async fn models(State(app): State<Arc<App>>) -> Json<Value> {
-    let created = app.started_unix;
     let data: Vec<Value> = app
         .routes
         .listing()
         .iter()
-        .map(|(id, kind)| {
-            let owned_by = match kind {
-                TargetKind::Route => "tierwise:route",
-                TargetKind::Tier => "tierwise:tier",
-                TargetKind::Model => "tierwise:model",
-            };
-            json!({ "id": id, "object": "model", "created": created, "owned_by": owned_by })
-        })
+        .map(|(id, kind)| model_object(&app, id, *kind))
         .collect();
     Json(json!({ "object": "list", "data": data }))
+}
+
+/// `GET /v1/models/{id}`: one route, tier or model id, as `client.models.retrieve` expects it. Ids
+/// may hold slashes (`mistralai/Mistral-7B-Instruct-v0.3`).
+pub async fn model(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let kind = app.routes.kind_of(&id)?;
+    Ok(Json(model_object(&app, &id, kind)))
+}
+
+fn model_object(app: &App, id: &str, kind: TargetKind) -> Value {
+    let owned_by = match kind {
+        TargetKind::Route => "tierwise:route",
+        TargetKind::Tier => "tierwise:tier",
+        TargetKind::Model => "tierwise:model",
+    };
+    json!({ "id": id, "object": "model", "created": app.started_unix, "owned_by": owned_by })
 }
 
 pub async fn healthz() -> Json<Value> {

@@ -85,6 +85,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/chat/completions", post(proxy::chat_completions))
         .route("/v1/embeddings", post(proxy::embeddings))
         .route("/v1/models", get(info::models))
+        .route("/v1/models/{*id}", get(info::model))
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             auth::require_client_key,

@@ -18,7 +18,7 @@ use super::error::ApiError;
 use super::relay::SseRelay;
 use super::{App, RequestId};
 use crate::config::AllOpen;
-use crate::ledger::{Answer, RequestRow, Tokens, Uncounted};
+use crate::ledger::{Answer, RequestRow, Tokens};
 use crate::openai::{Endpoint, RequestBody};
 use crate::outcome::{Ending, Exchange, Start};
 use crate::route::Resolved;
@@ -106,7 +106,7 @@ async fn proxy(
             .map_or(AllOpen::TryPrimary, |route| route.when_all_open),
     };
     Ok(match run.run(&request).await {
-        Ok(served) => answer(exchange, served, resolved, &request, bytes.clone()).await,
+        Ok(served) => answer(exchange, served, resolved, &request).await,
         Err(unserved) => refuse(exchange, &unserved).await,
     })
 }
@@ -128,7 +128,6 @@ async fn answer(
     served: Served,
     resolved: Resolved<'_>,
     request: &RequestBody<'_>,
-    request_bytes: Bytes,
 ) -> Response {
     let Served { by, reply, lease } = served;
     match reply {
@@ -136,14 +135,10 @@ async fn answer(
             let tokens = match usage {
                 Some(usage) => Tokens::from(usage),
                 None => {
-                    Uncounted {
-                        endpoint: request.endpoint(),
-                        model: by.tier.model.clone(),
-                        request: request_bytes,
-                        answer: Answer::Body(body.clone()),
-                    }
-                    .count_off_loop()
-                    .await
+                    exchange
+                        .uncounted(&by.tier, Answer::Body(body.clone()))
+                        .count_off_loop()
+                        .await
                 }
             };
             // Only a route named by `model` sets the contract; `x-tierwise-route` attributes cost.

@@ -262,7 +262,16 @@ async fn a_429_with_a_short_retry_after_is_retried_once_on_the_same_tier() {
     );
     assert_eq!(answer.status, 200);
     assert_eq!(answer.header("x-tierwise-tier"), Some("local"));
-    assert_eq!(answer.header("x-tierwise-fallback"), Some("local:http_429"));
+    assert_eq!(answer.header("x-tierwise-fallback"), None, "no other tier");
+    let store = gw.store().await;
+    let id = answer.header("x-tierwise-request-id").unwrap();
+    stored(&store, id).await;
+    let attempts = store.attempts(id).await.unwrap();
+    let attempts: Vec<(&str, &str)> = attempts
+        .iter()
+        .map(|(tier, outcome)| (tier.as_str(), outcome.as_str()))
+        .collect();
+    assert_eq!(attempts, [("local", "http_429"), ("local", "ok")]);
     assert_eq!(local.request_count(), 2);
     assert_eq!(api.request_count(), 0);
 
@@ -270,10 +279,7 @@ async fn a_429_with_a_short_retry_after_is_retried_once_on_the_same_tier() {
     local.update(rate_limited(2));
     let answer = gw.ask("summarize").await;
     assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"));
-    assert_eq!(
-        answer.header("x-tierwise-fallback"),
-        Some("local:http_429,local:http_429")
-    );
+    assert_eq!(answer.header("x-tierwise-fallback"), Some("local:http_429"));
     assert_eq!((local.request_count(), api.request_count()), (4, 1));
     local.set_fault(Fault::None);
     let local_before = local.request_count();
@@ -558,14 +564,21 @@ async fn when_every_tier_is_open_a_route_tries_its_primary_or_fails_fast() {
         "fail_fast does not call the open provider"
     );
 
+    // The last resort fails too: the primary is named once, with how it failed in the end.
+    let tried = gw.ask("local_try").await;
+    tried.error(502, Some("upstream_unavailable"));
+    assert_eq!(tried.header("x-tierwise-fallback"), Some("local:http_503"));
+    assert_eq!(local.request_count(), 2);
+
     local.set_fault(Fault::None);
     let tried = gw.ask("local_try").await;
     assert_eq!(tried.status, 200, "{}", tried.text);
     assert_eq!(
         tried.header("x-tierwise-fallback"),
-        Some("local:breaker_open")
+        None,
+        "the primary answered: nothing was fallen back from"
     );
-    assert_eq!(local.request_count(), 2);
+    assert_eq!(local.request_count(), 3);
     assert_eq!(
         state_of(&providers(&gw).await, "vllm"),
         "closed",

@@ -334,6 +334,13 @@ async fn report_totals(backend: Backend) {
     for _ in 0..2 {
         ids.push(id_of(&gw1.ask("classification").await));
     }
+    // No tier answers: an error, not a fallback.
+    api.set_fault(Fault::Status {
+        status: 503,
+        body: None,
+        retry_after: None,
+    });
+    ids.push(id_of(&gw1.ask("summarize").await));
     let store = gw1.store().await;
     for id in &ids {
         stored(&store, id).await;
@@ -351,6 +358,12 @@ async fn report_totals(backend: Backend) {
         .unwrap();
     assert_eq!(route.calls, 8);
     assert_eq!(route.fallbacks, 2);
+    let failed = report
+        .routes
+        .iter()
+        .find(|r| r.route == "summarize")
+        .unwrap();
+    assert_eq!((failed.calls, failed.fallbacks, failed.errors), (1, 0, 1));
     assert_eq!(route.local_share, 0.75);
     assert_eq!(
         route.models,

@@ -1,29 +1,39 @@
 //! `tierwise-fake`: the shared fake upstream as a process, for the Python SDK tests and the
-//! benchmark. Prints `listening on http://ADDR` on stdout once it accepts connections.
-//!
-//! `--no-record` stops keeping requests (the benchmark); `--chunk-delay-ms N` paces stream chunks;
-//! `--reply-words N` sets the answer's length.
+//! benchmark. Prints `listening on http://ADDR` on stdout once it accepts connections; its
+//! behaviour is changed over HTTP (`POST /_fake/behavior`, `GET /_fake/requests`).
 
 use std::net::SocketAddr;
 
+use clap::Parser;
+
+/// A fake OpenAI-compatible upstream with injectable faults, for tierwise's tests and benchmark.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Do not keep the requests received (the benchmark, where keeping them is the bottleneck).
+    #[arg(long)]
+    no_record: bool,
+    /// Pause between stream chunks, in milliseconds.
+    #[arg(long)]
+    chunk_delay_ms: Option<u64>,
+    /// Length of the answer in words.
+    #[arg(long)]
+    reply_words: Option<usize>,
+}
+
 #[tokio::main]
 async fn main() {
-    let listen: SocketAddr = std::env::args()
-        .skip_while(|arg| arg != "--listen")
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:0".to_string())
-        .parse()
-        .expect("--listen takes IP:PORT");
-    let flag = |name: &str| std::env::args().skip_while(|arg| arg != name).nth(1);
-    let fake = tierwise_fake::FakeUpstream::start_on(listen).await;
-    if std::env::args().any(|arg| arg == "--no-record") {
-        fake.set_recording(false);
-    }
+    let args = Args::parse();
+    let fake = tierwise_fake::FakeUpstream::start_on(args.listen).await;
+    fake.set_recording(!args.no_record);
     fake.update(|behavior| {
-        if let Some(ms) = flag("--chunk-delay-ms").and_then(|v| v.parse().ok()) {
+        if let Some(ms) = args.chunk_delay_ms {
             behavior.chunk_delay_ms = ms;
         }
-        if let Some(words) = flag("--reply-words").and_then(|v| v.parse::<usize>().ok()) {
+        if let Some(words) = args.reply_words {
             behavior.reply = vec!["token"; words].join(" ");
         }
     });
