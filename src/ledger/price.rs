@@ -81,9 +81,17 @@ impl Picodollars {
     }
 }
 
+impl Picodollars {
+    /// The amount, or the largest one representable when it is larger (about $9.2 million).
+    pub fn saturating(amount: i128) -> Picodollars {
+        Picodollars(amount.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64)
+    }
+}
+
 impl std::iter::Sum for Picodollars {
+    /// Summed wide, so that no number of rows wraps around; saturates rather than overflows.
     fn sum<I: Iterator<Item = Picodollars>>(amounts: I) -> Picodollars {
-        Picodollars(amounts.map(|amount| amount.0).sum())
+        Picodollars::saturating(amounts.map(|amount| i128::from(amount.0)).sum())
     }
 }
 
@@ -126,10 +134,12 @@ impl TokenPrice {
     /// price, and the output.
     pub fn cost(&self, input: u64, cached: u64, output: u64) -> Picodollars {
         let cached = cached.min(input);
-        let fresh = (input - cached) as i64;
-        Picodollars(
-            fresh * self.input + cached as i64 * self.cached_input + output as i64 * self.output,
-        )
+        let fresh = input - cached;
+        // Wide enough for any u64 count at any i64 price; beyond i64 is beyond any real bill.
+        let cost = i128::from(fresh) * i128::from(self.input)
+            + i128::from(cached) * i128::from(self.cached_input)
+            + i128::from(output) * i128::from(self.output);
+        Picodollars::saturating(cost)
     }
 }
 
@@ -217,6 +227,21 @@ mod tests {
         assert_eq!(gpt4o.cost(1000, 200, 500).to_string(), "0.00725");
         assert_eq!(table.get("gpt-4o-2024-08-06"), Some(gpt4o));
         assert_eq!(table.get("mistral-7b"), None);
+    }
+
+    #[test]
+    fn huge_counts_and_sums_never_wrap() {
+        let table = PriceTable::new([]);
+        let o1 = table.get("o1").unwrap();
+        // 10^13 output tokens at $60 per million: far past i64 picodollars, saturated not wrapped.
+        assert_eq!(o1.cost(0, 0, 10_000_000_000_000), Picodollars(i64::MAX));
+        assert_eq!(o1.cost(u64::MAX, u64::MAX, u64::MAX), Picodollars(i64::MAX));
+        let sum: Picodollars = [Picodollars(i64::MAX), Picodollars(1), Picodollars(5)]
+            .into_iter()
+            .sum();
+        assert_eq!(sum, Picodollars(i64::MAX));
+        let sum: Picodollars = [Picodollars(i64::MAX), Picodollars(-10)].into_iter().sum();
+        assert_eq!(sum, Picodollars(i64::MAX - 10));
     }
 
     #[test]

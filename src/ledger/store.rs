@@ -208,7 +208,7 @@ async fn insert_rows<R: LedgerRow>(
     Ok(())
 }
 
-/// A multi-row INSERT. SQLite gets anonymous `?` parameters: with numbered ones it looks each
+/// A multi-row INSERT that skips rows already stored. SQLite gets anonymous `?` parameters: with numbered ones it looks each
 /// parameter's name up in a list, which made a 4,800-parameter batch cost two thirds of the
 /// gateway's CPU (see docs/benchmarks.md).
 fn insert_sql(table: &str, columns: &[&str], rows: usize, sqlite: bool) -> String {
@@ -232,6 +232,9 @@ fn insert_sql(table: &str, columns: &[&str], rows: usize, sqlite: bool) -> Strin
         }
         sql.push(')');
     }
+    // A batch whose COMMIT succeeded but whose acknowledgement was lost is retried: the rows it
+    // already stored are skipped, not refused as duplicates forever (both databases, same SQL).
+    sql.push_str(" ON CONFLICT DO NOTHING");
     sql
 }
 
@@ -267,6 +270,53 @@ mod tests {
             let migrated: Vec<String> = rows.iter().map(|r| r.try_get("name").unwrap()).collect();
             assert_eq!(migrated, columns, "table {table}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_batch_written_twice_is_stored_once() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let row = RequestRow {
+            id: "r1".into(),
+            ts_ms: 1,
+            endpoint: "chat.completions".into(),
+            route: None,
+            tier: None,
+            provider: None,
+            model: None,
+            status: 200,
+            error_kind: None,
+            fallback: None,
+            stream: false,
+            tokens_in: 0,
+            tokens_cached: 0,
+            tokens_out: 0,
+            tokens_estimated: false,
+            latency_us: 1,
+            ttfb_us: None,
+            cost_pusd: None,
+            baseline_pusd: None,
+            local: false,
+            client_key: None,
+            contract: None,
+            prompt: None,
+            answer: None,
+        };
+        let attempt = AttemptRow {
+            request_id: "r1".into(),
+            seq: 0,
+            tier: "t".into(),
+            provider: "p".into(),
+            model: "m".into(),
+            outcome: "ok".into(),
+            latency_us: 1,
+        };
+        store.insert(&[&row], &[&attempt]).await.unwrap();
+        store.insert(&[&row], &[&attempt]).await.unwrap();
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM requests")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(count, 1);
     }
 
     #[test]

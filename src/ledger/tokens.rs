@@ -19,14 +19,56 @@ pub struct Tokens {
     pub estimated: bool,
 }
 
+/// More tokens than any call can have: the largest context windows are a few million tokens. A
+/// count over this is an upstream's bug, and priced as reported it could bill millions of dollars.
+pub const MAX_PLAUSIBLE_TOKENS: u64 = 1_000_000_000;
+
 impl From<Usage> for Tokens {
+    /// The upstream's counts; an implausible one is clamped to [`MAX_PLAUSIBLE_TOKENS`] and the
+    /// tokens are marked estimated, since they are no longer what the upstream said.
     fn from(usage: Usage) -> Tokens {
-        Tokens {
-            input: usage.prompt_tokens,
-            cached: usage.cached_tokens,
-            output: usage.completion_tokens,
-            estimated: false,
+        let counts = [
+            usage.prompt_tokens,
+            usage.cached_tokens,
+            usage.completion_tokens,
+        ];
+        let implausible = counts.iter().any(|&n| n > MAX_PLAUSIBLE_TOKENS);
+        if implausible {
+            tracing::warn!(
+                prompt_tokens = usage.prompt_tokens,
+                completion_tokens = usage.completion_tokens,
+                "an upstream reported an implausible token count; clamped to {MAX_PLAUSIBLE_TOKENS} and marked estimated"
+            );
         }
+        let clamp = |n: u64| n.min(MAX_PLAUSIBLE_TOKENS);
+        Tokens {
+            input: clamp(usage.prompt_tokens),
+            cached: clamp(usage.cached_tokens),
+            output: clamp(usage.completion_tokens),
+            estimated: implausible,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn implausible_counts_are_clamped_and_flagged() {
+        let usage = Usage {
+            prompt_tokens: 10,
+            completion_tokens: 10_000_000_000_000,
+            cached_tokens: 0,
+        };
+        let tokens = Tokens::from(usage);
+        assert_eq!((tokens.input, tokens.output), (10, MAX_PLAUSIBLE_TOKENS));
+        assert!(tokens.estimated);
+        let plain = Tokens::from(Usage {
+            completion_tokens: 7,
+            ..usage
+        });
+        assert_eq!((plain.output, plain.estimated), (7, false));
     }
 }
 

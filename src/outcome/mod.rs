@@ -189,7 +189,7 @@ impl Exchange {
             local: false,
             client_key: start.client_key.clone(),
             contract: None,
-            prompt: store_content.then(|| String::from_utf8_lossy(&start.body).into_owned()),
+            prompt: store_content.then(|| stored_text(&start.body)),
             answer: None,
         };
         let (attempts, to_count) = match ending {
@@ -210,8 +210,7 @@ impl Exchange {
                 set_tokens(&mut request, tokens, self.price(&by.tier, &tokens));
                 request.ttfb_us = Some(latency_us);
                 request.contract = contract.map(Cow::Borrowed);
-                request.answer =
-                    store_content.then(|| String::from_utf8_lossy(answer).into_owned());
+                request.answer = store_content.then(|| stored_text(answer));
                 (attempt_rows(&start.id, &by.attempts), None)
             }
             Ending::Streamed {
@@ -230,11 +229,11 @@ impl Exchange {
                     Some(usage) => {
                         let tokens = Tokens::from(usage);
                         set_tokens(&mut request, tokens, self.price(&by.tier, &tokens));
-                        request.answer = store_content.then_some(text);
+                        request.answer = store_content.then(|| stored_text(text.as_bytes()));
                         None
                     }
                     None => {
-                        request.answer = store_content.then(|| text.clone());
+                        request.answer = store_content.then(|| stored_text(text.as_bytes()));
                         Some(ToCount {
                             uncounted: self.uncounted(&by.tier, Answer::Text(text)),
                             tier: by.tier.clone(),
@@ -291,6 +290,17 @@ impl Ended {
                 "the ledger queue is full and the runtime is stopping; a request record was lost"
             ),
         }
+    }
+}
+
+/// Content as the ledger keeps it: UTF-8, without NUL characters, which PostgreSQL refuses in text
+/// (a client or model that sends one must not make the batch it is in unwritable).
+fn stored_text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    if text.contains('\0') {
+        text.replace('\0', "")
+    } else {
+        text.into_owned()
     }
 }
 

@@ -183,3 +183,22 @@ async fn a_probe_answered_401_reports_the_provider_down() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_implausible_token_count_is_clamped_flagged_and_never_wraps_the_cost() {
+    let (_local, api, gw) = gateway(|_| {}).await;
+    api.update(|b| {
+        b.prompt_tokens = 10;
+        b.completion_tokens = 10_000_000_000_000;
+    });
+    let store = gw.store().await;
+    let answer = gw.ask("api_fast").await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    // gpt-4o-mini: 10 × $0.15 + 10^9 (clamped) × $0.60 per million.
+    assert_eq!(answer.header("x-tierwise-cost-usd"), Some("600.0000015"));
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(
+        (row.tokens_out, row.tokens_estimated),
+        (tierwise::ledger::tokens::MAX_PLAUSIBLE_TOKENS, true)
+    );
+}

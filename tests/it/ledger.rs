@@ -575,3 +575,23 @@ async fn a_stream_its_client_abandons_is_recorded_with_what_was_relayed_counted_
     assert_eq!(row.cost_pusd, Some(Picodollars(15 * 150_000 + 3 * 600_000)));
     gate.open();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_with_a_nul_character_never_blocks_a_postgres_ledger() {
+    let (local, api) = fakes().await;
+    let ledger = postgres_url().await;
+    let config = priced_config(&local.base_url(), &api.base_url(), &ledger)
+        .with(|c| c.0.ledger.store_content = true);
+    let gw = TestGateway::start(&config).await;
+    let store = gw.store().await;
+    // A streamed answer's text is decoded: the NUL is a real character, which PostgreSQL refuses.
+    local.update(|b| b.reply = "null\u{0}byte".into());
+    let mut request = chat("summarize", "x");
+    request["stream"] = json!(true);
+    let streamed = Answer::of(gw.post("/v1/chat/completions", &request).await).await;
+    local.update(|b| b.reply = "after".into());
+    let after = gw.ask("summarize").await;
+    let row = stored(&store, &id_of(&streamed)).await;
+    assert_eq!(row.answer.as_deref(), Some("nullbyte"));
+    stored(&store, &id_of(&after)).await;
+}
