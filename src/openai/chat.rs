@@ -153,6 +153,8 @@ pub struct Chunk {
     pub has_choices: bool,
     /// A choice finished: the answer is whole even if `[DONE]` never comes.
     pub finished: bool,
+    /// The upstream reported an error in the middle of the stream (`{"error": …}`).
+    pub error: bool,
     /// The content the chunk adds to the answer.
     pub text: String,
     pub usage: Option<Usage>,
@@ -167,6 +169,8 @@ impl Chunk {
             choices: Vec<Choice>,
             #[serde(borrow, default)]
             usage: Option<&'a RawValue>,
+            #[serde(default)]
+            error: Option<IgnoredAny>,
         }
         #[derive(Deserialize)]
         struct Choice {
@@ -181,6 +185,7 @@ impl Chunk {
         let mut chunk = Chunk {
             has_choices: !wire.choices.is_empty(),
             usage: wire.usage.and_then(Usage::from_raw),
+            error: wire.error.is_some(),
             ..Chunk::default()
         };
         for choice in wire.choices {
@@ -223,5 +228,10 @@ mod tests {
         assert!(!usage.has_choices);
         assert_eq!(usage.usage.unwrap().completion_tokens, 1);
         assert!(Chunk::read("not json").is_none());
+        assert!(
+            Chunk::read(r#"{"error":{"message":"boom"}}"#)
+                .unwrap()
+                .error
+        );
     }
 }

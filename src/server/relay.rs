@@ -21,9 +21,11 @@ use crate::openai::Usage;
 use crate::openai::chat::Chunk;
 use crate::outcome::{Ended, Ending, Exchange};
 use crate::route::chain::ServedBy;
-use crate::upstream::UpstreamStream;
+use crate::upstream::{SseEvent, UpstreamStream};
 
 const DONE: &str = "[DONE]";
+/// How the ledger names a stream the upstream ended with its own error event.
+const UPSTREAM_ERROR: &str = "upstream_error_event";
 
 /// Where the relay is in the stream's life.
 enum Phase {
@@ -56,6 +58,8 @@ pub struct SseRelay {
     usage: Option<Usage>,
     /// The answer's text, for the ledger and for counting output tokens without usage.
     text: String,
+    /// The upstream sent an `{"error": …}` event mid-stream.
+    upstream_error: bool,
     pending: Option<Pending>,
 }
 
@@ -75,6 +79,7 @@ impl SseRelay {
             finished: false,
             usage: None,
             text: String::new(),
+            upstream_error: false,
             pending: Some(Pending {
                 ttfb_us: exchange.elapsed_us(),
                 exchange,
@@ -105,8 +110,8 @@ impl SseRelay {
                 }
                 Phase::Relaying => {}
             }
-            let data = match self.upstream.next_data().await {
-                Some(Ok(data)) => data,
+            let event = match self.upstream.next_event().await {
+                Some(Ok(event)) => event,
                 Some(Err(err)) => {
                     let reason = err.reason();
                     self.lease.broke(&reason);
@@ -114,11 +119,7 @@ impl SseRelay {
                 }
                 // Some servers close without `[DONE]` after the last choice finished; the answer
                 // is whole, so the client gets the terminator it expects.
-                None if self.finished => {
-                    self.lease.succeeded();
-                    self.phase = Phase::Ended { error_kind: None };
-                    return Some(frame(DONE));
-                }
+                None if self.finished => return Some(self.end_of_answer()),
                 None => {
                     self.lease.broke("stream_broken");
                     return Some(self.interrupt(
@@ -127,27 +128,45 @@ impl SseRelay {
                     ));
                 }
             };
-            if data == DONE {
-                self.lease.succeeded();
-                self.phase = Phase::Ended { error_kind: None };
-                return Some(frame(DONE));
+            if event.data == DONE {
+                return Some(self.end_of_answer());
             }
-            let Some(chunk) = Chunk::read(&data) else {
-                return Some(frame(&data));
+            let Some(chunk) = Chunk::read(&event.data) else {
+                return Some(frame(&event));
             };
+            // The upstream's own error event goes to the client as it came; the answer failed.
+            self.upstream_error |= chunk.error;
             self.finished |= chunk.finished;
             self.text.push_str(&chunk.text);
             let Some(usage) = chunk.usage else {
-                return Some(frame(&data));
+                return Some(frame(&event));
             };
             self.usage = Some(usage);
             if chunk.has_choices {
-                return Some(frame(&data));
+                return Some(frame(&event));
             }
             if self.client_wants_usage {
-                return Some(frame(&self.with_cost(&data, usage)));
+                let data = self.with_cost(&event.data, usage);
+                return Some(frame(&SseEvent { data, ..event }));
             }
         }
+    }
+
+    /// `[DONE]`, or a stream closed after its last choice finished: the answer is whole unless the
+    /// upstream said otherwise in an error event, and the client gets the terminator it expects.
+    fn end_of_answer(&mut self) -> Bytes {
+        let error_kind = if self.upstream_error {
+            self.lease.broke(UPSTREAM_ERROR);
+            Some(UPSTREAM_ERROR.to_string())
+        } else {
+            self.lease.succeeded();
+            None
+        };
+        self.phase = Phase::Ended { error_kind };
+        frame(&SseEvent {
+            name: None,
+            data: DONE.to_string(),
+        })
     }
 
     /// The usage chunk with `usage.cost_usd` added: the same exact amount the ledger stores.
@@ -187,7 +206,10 @@ impl SseRelay {
         self.phase = Phase::Ended {
             error_kind: Some(reason),
         };
-        frame(&error.to_string())
+        frame(&SseEvent {
+            name: None,
+            data: error.to_string(),
+        })
     }
 
     /// Ends the request once, with what the stream carried.
@@ -223,10 +245,20 @@ impl Drop for SseRelay {
     }
 }
 
-fn frame(data: &str) -> Bytes {
-    let mut out = String::with_capacity(data.len() + 8);
-    out.push_str("data: ");
-    out.push_str(data);
-    out.push_str("\n\n");
+/// An event as SSE frames it: its name where it has one, then every line of its data on a `data:`
+/// line of its own, then a blank line.
+fn frame(event: &SseEvent) -> Bytes {
+    let mut out = String::with_capacity(event.data.len() + 8);
+    if let Some(name) = &event.name {
+        out.push_str("event: ");
+        out.push_str(name);
+        out.push('\n');
+    }
+    for line in event.data.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
     Bytes::from(out)
 }

@@ -16,7 +16,7 @@ use crate::config::{Config, ProbePolicy, Provider, Tier};
 use crate::openai::{Endpoint, Usage};
 
 pub use error::{UpstreamError, UpstreamErrorKind};
-pub use stream::UpstreamStream;
+pub use stream::{SseEvent, UpstreamStream};
 
 /// A successful answer from one tier.
 pub enum Reply {

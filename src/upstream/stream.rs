@@ -19,9 +19,26 @@ type Events = Pin<
     >,
 >;
 
+/// One server-sent event: its name where it has one other than the default `message`, and its
+/// data (lines joined with `\n`, as SSE defines).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub name: Option<String>,
+    pub data: String,
+}
+
+impl From<eventsource_stream::Event> for SseEvent {
+    fn from(event: eventsource_stream::Event) -> SseEvent {
+        SseEvent {
+            name: (event.event != "message").then_some(event.event),
+            data: event.data,
+        }
+    }
+}
+
 /// An upstream stream that has produced its first event.
 pub struct UpstreamStream {
-    first: Option<String>,
+    first: Option<SseEvent>,
     events: Events,
     idle: Duration,
 }
@@ -50,14 +67,14 @@ impl UpstreamStream {
                     "the stream broke before its first event: {err}"
                 )));
             }
-            Ok(Some(Ok(event))) => event.data,
+            Ok(Some(Ok(event))) => SseEvent::from(event),
         };
-        if first != "[DONE]" && serde_json::from_str::<IgnoredAny>(&first).is_err() {
+        if first.data != "[DONE]" && serde_json::from_str::<IgnoredAny>(&first.data).is_err() {
             return Err(UpstreamError::malformed(
                 "the stream's first event is not valid JSON".into(),
             ));
         }
-        if is_error_event(&first) {
+        if is_error_event(&first.data) {
             return Err(UpstreamError::stream_broken(
                 "the stream's first event is an error".into(),
             ));
@@ -69,8 +86,8 @@ impl UpstreamStream {
         })
     }
 
-    /// The next event's data; `None` when the upstream closed the stream.
-    pub async fn next_data(&mut self) -> Option<Result<String, UpstreamError>> {
+    /// The next event; `None` when the upstream closed the stream.
+    pub async fn next_event(&mut self) -> Option<Result<SseEvent, UpstreamError>> {
         if let Some(first) = self.first.take() {
             return Some(Ok(first));
         }
@@ -81,7 +98,7 @@ impl UpstreamStream {
             ))),
             Ok(None) => None,
             Ok(Some(Err(err))) => Some(Err(UpstreamError::stream_broken(err.to_string()))),
-            Ok(Some(Ok(event))) => Some(Ok(event.data)),
+            Ok(Some(Ok(event))) => Some(Ok(SseEvent::from(event))),
         }
     }
 }

@@ -202,3 +202,88 @@ async fn an_implausible_token_count_is_clamped_flagged_and_never_wraps_the_cost(
         (tierwise::ledger::tokens::MAX_PLAUSIBLE_TOKENS, true)
     );
 }
+
+/// The events of an SSE body: (name, data with its lines joined), as a client reads them.
+fn sse_events(text: &str) -> Vec<(Option<String>, String)> {
+    text.split("\n\n")
+        .filter(|event| !event.is_empty())
+        .map(|event| {
+            let mut name = None;
+            let mut data = Vec::new();
+            for line in event.lines() {
+                if let Some(value) = line.strip_prefix("event: ") {
+                    name = Some(value.to_string());
+                } else if let Some(value) = line.strip_prefix("data: ") {
+                    data.push(value);
+                } else {
+                    panic!("a line that is neither event: nor data: {line:?} in {text:?}");
+                }
+            }
+            (name, data.join("\n"))
+        })
+        .collect()
+}
+
+fn streamed(model: &str) -> serde_json::Value {
+    let mut request = chat(model, "x");
+    request["stream"] = serde_json::json!(true);
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_line_events_and_event_names_reach_the_client_intact() {
+    let (local, _api, gw) = gateway(|_| {}).await;
+    local.set_fault(Fault::SseQuirks);
+    let answer = Answer::of(
+        gw.post("/v1/chat/completions", &streamed("summarize"))
+            .await,
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    let events = sse_events(&answer.text);
+    assert!(
+        events
+            .iter()
+            .any(|(name, data)| name.as_deref() == Some("ping") && data == "{}"),
+        "{events:?}"
+    );
+    let mut text = String::new();
+    for (_, data) in events.iter().filter(|(_, data)| data != "[DONE]") {
+        let chunk: serde_json::Value =
+            serde_json::from_str(data).expect("each event is whole JSON");
+        if let Some(content) = chunk["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(content);
+        }
+    }
+    assert_eq!(text, "Hello from the fake upstream.");
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_event_mid_stream_is_recorded_as_a_failure_even_before_done() {
+    let (local, _api, gw) = gateway(|_| {}).await;
+    local.set_fault(Fault::ErrorMidStream { after: 3 });
+    let store = gw.store().await;
+    let answer = Answer::of(
+        gw.post("/v1/chat/completions", &streamed("summarize"))
+            .await,
+    )
+    .await;
+    let events = sse_events(&answer.text);
+    assert_eq!(events.len(), 5, "3 chunks, the error, [DONE]: {events:?}");
+    assert!(events[3].1.contains("crashed mid-answer"), "{events:?}");
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(row.error_kind.as_deref(), Some("upstream_error_event"));
+    let providers = Answer::of(gw.get("/admin/api/providers").await).await.body;
+    let vllm = providers["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "vllm")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        vllm["breaker"]["consecutive_failures"], 1,
+        "the breaker heard of it"
+    );
+}

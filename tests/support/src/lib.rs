@@ -51,6 +51,11 @@ pub enum Fault {
     CutBeforeFirstChunk,
     /// Streams: send this many chunks, then close without `[DONE]`.
     CutAfterChunks { chunks: usize },
+    /// Streams: every chunk's JSON pretty-printed over several `data:` lines, and a named
+    /// `event: ping` after the first chunk — legal SSE that a relay must not mangle.
+    SseQuirks,
+    /// Streams: this many chunks, then an `{"error": …}` event, then `[DONE]`.
+    ErrorMidStream { after: usize },
     /// Answer without `usage`, as some local servers do.
     NoUsage,
     /// Usage with `null` where numbers and objects belong, and fields OpenAI does not send, as some
@@ -501,11 +506,36 @@ fn stream(
         Fault::CutBeforeFirstChunk => events.clear(),
         Fault::CutAfterChunks { chunks } => events.truncate(chunks),
         Fault::MalformedJson => events.insert(0, "{\"id\": \"chatcmpl-fake\", \"choi".to_string()),
+        Fault::ErrorMidStream { after } => {
+            events.truncate(after);
+            events.push(
+                json!({"error": {"message": "fake upstream: the model crashed mid-answer", "type": "server_error", "param": null, "code": null}})
+                    .to_string(),
+            );
+            events.push("[DONE]".to_string());
+        }
         _ => {}
+    }
+    let quirks = behavior.fault == Fault::SseQuirks;
+    let mut frames: Vec<String> = events
+        .into_iter()
+        .map(|event| {
+            let data = match serde_json::from_str::<Value>(&event) {
+                Ok(value) if quirks => serde_json::to_string_pretty(&value).unwrap(),
+                _ => event,
+            };
+            data.lines()
+                .map(|line| format!("data: {line}\n"))
+                .collect::<String>()
+                + "\n"
+        })
+        .collect();
+    if quirks && frames.len() > 1 {
+        frames.insert(1, "event: ping\ndata: {}\n\n".to_string());
     }
     let delay = Duration::from_millis(behavior.chunk_delay_ms);
     let body =
-        futures_util::stream::unfold((events.into_iter(), 0usize), move |(mut rest, sent)| {
+        futures_util::stream::unfold((frames.into_iter(), 0usize), move |(mut rest, sent)| {
             let gate = gate.clone();
             async move {
                 let event = rest.next()?;
@@ -517,8 +547,10 @@ fn stream(
                 if sent > 0 && !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                let frame = Bytes::from(format!("data: {event}\n\n"));
-                Some((Ok::<_, std::convert::Infallible>(frame), (rest, sent + 1)))
+                Some((
+                    Ok::<_, std::convert::Infallible>(Bytes::from(event)),
+                    (rest, sent + 1),
+                ))
             }
         });
     let mut response = Response::new(Body::from_stream(body));
