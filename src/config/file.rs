@@ -49,6 +49,11 @@ pub struct RawServer {
     pub api_keys: Option<Vec<Text>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_key: Option<Text>,
+    /// Without any key configured, `/admin` is closed unless this is set.
+    #[serde(default)]
+    pub open_admin: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_key: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<Spanned<u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -21,7 +21,7 @@ pub use error::{ConfigError, ConfigIssue};
 pub use price::Price;
 pub use provider::{BreakerPolicy, ProbePolicy, Provider, Timeouts};
 pub use route::{AllOpen, ChainTier, Profile, QualityBar, Route, Shadow, TaskKind};
-pub use server::{LedgerConfig, RequestLog, ServerConfig};
+pub use server::{AdminAccess, LedgerConfig, RequestLog, ServerConfig};
 pub use tier::Tier;
 
 /// The commented starter configuration that `tierwise init` writes; the same file is shipped as

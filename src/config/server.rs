@@ -13,7 +13,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Keys clients must present as `Authorization: Bearer`; empty means the gateway is open.
     pub api_keys: Vec<ClientKey>,
-    pub admin_key: Option<ClientKey>,
+    /// Who may read `/admin/api/*`.
+    pub admin: AdminAccess,
+    /// A bearer key `/metrics` requires, if set; open otherwise (scrapers run inside the network).
+    pub metrics_key: Option<ClientKey>,
     pub max_body_bytes: usize,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
@@ -31,6 +34,19 @@ impl ServerConfig {
     fn default_threads() -> usize {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     }
+}
+
+/// Who may read the admin API (costs, prompts' metadata, provider state).
+#[derive(Debug)]
+pub enum AdminAccess {
+    /// `server.admin_key`.
+    Key(ClientKey),
+    /// No admin key: any client key (warned about at start and by `tierwise check`).
+    ClientKeys,
+    /// No key at all and `server.open_admin = true`: anyone who reaches the port.
+    Open,
+    /// No key at all: closed.
+    Closed,
 }
 
 #[derive(Debug)]
@@ -93,6 +109,37 @@ impl Resolver<'_> {
             .and_then(|key| self.string(key, "server.admin_key"))
             .filter(|key| !key.is_empty())
             .map(|key| ClientKey::new(Secret::new(key)));
+        let admin = match (admin_key, api_keys.is_empty(), raw.open_admin) {
+            (Some(key), _, _) => AdminAccess::Key(key),
+            (None, false, _) => {
+                self.warnings.push(
+                    "server.admin_key is not set (or empty): EVERY client key can read /admin/api \
+                     (costs, routes, provider state); set admin_key = \"${TIERWISE_ADMIN_KEY}\""
+                        .to_string(),
+                );
+                AdminAccess::ClientKeys
+            }
+            (None, true, true) => {
+                self.warnings.push(
+                    "server.open_admin = true with no key: ANYONE who reaches this port can read /admin/api"
+                        .to_string(),
+                );
+                AdminAccess::Open
+            }
+            (None, true, false) => {
+                self.warnings.push(
+                    "/admin/api is closed: no key is configured; set server.admin_key, or open_admin = true on a trusted network"
+                        .to_string(),
+                );
+                AdminAccess::Closed
+            }
+        };
+        let metrics_key = raw
+            .metrics_key
+            .as_ref()
+            .and_then(|key| self.string(key, "server.metrics_key"))
+            .filter(|key| !key.is_empty())
+            .map(|key| ClientKey::new(Secret::new(key)));
         let max_body_bytes = raw
             .max_body_bytes
             .as_ref()
@@ -112,7 +159,8 @@ impl Resolver<'_> {
         ServerConfig {
             listen: listen.unwrap_or(ServerConfig::DEFAULT_LISTEN),
             api_keys,
-            admin_key,
+            admin,
+            metrics_key,
             max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
             shutdown_grace: raw
                 .shutdown_grace_ms

@@ -238,15 +238,30 @@ fn insert_sql(table: &str, columns: &[&str], rows: usize, sqlite: bool) -> Strin
     sql
 }
 
-/// The URL without a password, for messages.
+/// The URL without its password, for messages: the one in the user part and a `password=`
+/// query parameter (both forms PostgreSQL accepts). A URL that does not parse is not shown at all.
 fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_string(),
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "(a ledger URL that does not parse)".to_string();
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
     }
+    if parsed.query_pairs().any(|(key, _)| key == "password") {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if key == "password" {
+                    "***".into()
+                } else {
+                    value.into_owned()
+                };
+                (key.into_owned(), value)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 #[cfg(test)]
@@ -317,6 +332,23 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(count, 1);
+    }
+
+    #[test]
+    fn passwords_never_reach_a_message() {
+        for url in [
+            "postgres://tw:hunter2@db/ledger",
+            "postgres://tw@db/ledger?sslmode=require&password=hunter2",
+            "postgresql://db/ledger?password=hunter2",
+        ] {
+            let shown = redact(url);
+            assert!(
+                !shown.contains("hunter2") && shown.contains("***"),
+                "{shown}"
+            );
+        }
+        assert_eq!(redact("sqlite:///var/tw.db"), "sqlite:///var/tw.db");
+        assert!(!redact("postgres://a:hunter2@[bad").contains("hunter2"));
     }
 
     #[test]

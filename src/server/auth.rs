@@ -1,6 +1,7 @@
-//! Client authentication: a bearer key from `server.api_keys` on `/v1`, and `server.admin_key` on
-//! `/admin/api` (the client keys when no admin key is set), compared in constant time. With no key
-//! configured the gateway is open; start-up warns loudly about it.
+//! Who may call: a bearer key from `server.api_keys` on `/v1`, `server.admin_key` on `/admin/api`
+//! (the client keys when no admin key is set; closed when no key at all is, unless opened), an
+//! optional `server.metrics_key` on `/metrics`, all compared in constant time; and no browser
+//! pages on `/v1`. With no client key configured `/v1` is open; start-up warns loudly about it.
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use subtle::ConstantTimeEq;
 
 use super::App;
 use super::error::ApiError;
-use crate::config::ClientKey;
+use crate::config::{AdminAccess, ClientKey};
 
 pub async fn require_client_key(
     State(app): State<Arc<App>>,
@@ -26,10 +27,63 @@ pub async fn require_admin_key(
     request: Request,
     next: Next,
 ) -> Response {
-    match &app.config.server.admin_key {
-        Some(key) => check(std::slice::from_ref(key), request, next).await,
-        None => check(&app.config.server.api_keys, request, next).await,
+    match &app.config.server.admin {
+        AdminAccess::Key(key) => check(std::slice::from_ref(key), request, next).await,
+        AdminAccess::ClientKeys => check(&app.config.server.api_keys, request, next).await,
+        AdminAccess::Open => next.run(request).await,
+        AdminAccess::Closed => ApiError::forbidden(
+            "The admin API is closed: no key is configured. Set server.admin_key (or server.open_admin = true on a trusted network).",
+        )
+        .into_response(),
     }
+}
+
+pub async fn require_metrics_key(
+    State(app): State<Arc<App>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match &app.config.server.metrics_key {
+        Some(key) => check(std::slice::from_ref(key), request, next).await,
+        None => next.run(request).await,
+    }
+}
+
+/// The API is for backends, not for web pages: any page a user visits could otherwise POST to a
+/// gateway on localhost and spend its provider keys. A browser marks such a request with
+/// `Origin` (cross-origin) and can send it without a preflight only with a non-JSON content type;
+/// either is refused.
+pub async fn refuse_browsers(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let same_origin = |origin: &str| {
+        let host = headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok());
+        host.is_some_and(|host| {
+            origin
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest == host)
+        })
+    };
+    if let Some(origin) = headers.get(http::header::ORIGIN)
+        && !origin.to_str().is_ok_and(same_origin)
+    {
+        return ApiError::forbidden(
+            "Cross-origin browser requests are refused: call this gateway from your backend.",
+        )
+        .into_response();
+    }
+    if request.method() == http::Method::POST {
+        let json = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return ApiError::unsupported_media_type().into_response();
+        }
+    }
+    next.run(request).await
 }
 
 async fn check(keys: &[ClientKey], mut request: Request, next: Next) -> Response {

@@ -61,6 +61,19 @@ impl ApiError {
         .code("request_too_large")
     }
 
+    pub fn forbidden(message: &str) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "permission_error", message).code("forbidden")
+    }
+
+    pub fn unsupported_media_type() -> ApiError {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            "Send the request body as JSON with Content-Type: application/json.",
+        )
+        .code("unsupported_media_type")
+    }
+
     pub fn bad_body(message: String) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
     }

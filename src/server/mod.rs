@@ -89,7 +89,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             auth::require_client_key,
-        ));
+        ))
+        .route_layer(middleware::from_fn(auth::refuse_browsers));
     let admin = Router::new()
         .route("/admin/api/providers", get(info::providers))
         .route("/admin/api/report", get(info::report))
@@ -102,7 +103,14 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(admin)
         .route("/healthz", get(info::healthz))
         .route("/readyz", get(info::readyz))
-        .route("/metrics", get(info::metrics))
+        .merge(
+            Router::new()
+                .route("/metrics", get(info::metrics))
+                .route_layer(middleware::from_fn_with_state(
+                    app.clone(),
+                    auth::require_metrics_key,
+                )),
+        )
         .fallback(unknown_path)
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn(request_id))

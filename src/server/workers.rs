@@ -40,6 +40,7 @@ impl Workers {
             addr: listen,
             source,
         };
+        refuse_a_taken_port(listen).map_err(bind_error)?;
         let first = reuseport_listener(listen).map_err(bind_error)?;
         let addr = first.local_addr().map_err(bind_error)?;
         let mut listeners = vec![first];
@@ -154,6 +155,28 @@ async fn anchor_timers() {
     loop {
         tick.tick().await;
     }
+}
+
+/// SO_REUSEPORT would let a second tierwise (or anything else listening with it) share the port,
+/// silently splitting traffic between two configurations. A plain bind is refused by any listener
+/// on the port, so one is tried and dropped first. Port 0 is left to the first real bind.
+fn refuse_a_taken_port(addr: SocketAddr) -> std::io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // Only TIME_WAIT leftovers of an earlier run are let through, never a listener.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into()).map_err(|err| {
+        if err.kind() == std::io::ErrorKind::AddrInUse {
+            std::io::Error::new(
+                err.kind(),
+                "the port is already in use (another tierwise?); stop it or choose another server.listen",
+            )
+        } else {
+            err
+        }
+    })
 }
 
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {

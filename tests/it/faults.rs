@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tierwise::config::file::{RawProvider, spanned};
+use tierwise::config::file::{RawProvider, spanned, text};
 use tierwise_fake::{FakeUpstream, Fault};
 
 use crate::util::*;
@@ -286,4 +286,152 @@ async fn an_error_event_mid_stream_is_recorded_as_a_failure_even_before_done() {
         vllm["breaker"]["consecutive_failures"], 1,
         "the breaker heard of it"
     );
+}
+
+async fn admin_status(gw: &TestGateway, key: Option<&str>) -> u16 {
+    let mut request = gw.http.get(format!("{}/admin/api/providers", gw.url));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_is_never_silently_open() {
+    let up = FakeUpstream::start().await;
+    let base = || TestConfig::two_tier(&up.base_url(), &up.base_url()).without_probes();
+
+    // No key at all: closed, and said so at start.
+    let config = base().with(|c| c.0.server.api_keys = None).config();
+    assert!(
+        config
+            .warnings
+            .iter()
+            .any(|w| w.contains("/admin/api is closed")),
+        "{:?}",
+        config.warnings
+    );
+    let gw = TestGateway::start_config(config).await;
+    let closed = Answer::of(
+        gw.http
+            .get(format!("{}/admin/api/providers", gw.url))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    closed.error(403, Some("forbidden"));
+    gw.shutdown().await;
+
+    // Opened on purpose: open, and warned about.
+    let config = base()
+        .with(|c| {
+            c.0.server.api_keys = None;
+            c.0.server.open_admin = true;
+        })
+        .config();
+    assert!(config.warnings.iter().any(|w| w.contains("ANYONE")));
+    let gw = TestGateway::start_config(config).await;
+    assert_eq!(admin_status(&gw, None).await, 200);
+    gw.shutdown().await;
+
+    // Client keys but no admin key (here an empty ${VAR:-}): every client key, loudly.
+    let config = base()
+        .with(|c| c.0.server.admin_key = Some(text("${TIERWISE_ADMIN_KEY_UNSET:-}")))
+        .config();
+    assert!(
+        config
+            .warnings
+            .iter()
+            .any(|w| w.contains("EVERY client key"))
+    );
+    let gw = TestGateway::start_config(config).await;
+    assert_eq!(admin_status(&gw, Some(CLIENT_KEY)).await, 200);
+    assert_eq!(admin_status(&gw, None).await, 401);
+    gw.shutdown().await;
+
+    // An admin key: only it.
+    let config = base().with(|c| c.0.server.admin_key = Some(text("tw-admin-999")));
+    let gw = TestGateway::start(&config).await;
+    assert_eq!(admin_status(&gw, Some(CLIENT_KEY)).await, 401);
+    assert_eq!(admin_status(&gw, Some("tw-admin-999")).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_be_put_behind_a_key() {
+    let up = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&up.base_url(), &up.base_url())
+        .without_probes()
+        .with(|c| c.0.server.metrics_key = Some(text("tw-scrape-1")));
+    let gw = TestGateway::start(&config).await;
+    let url = format!("{}/metrics", gw.url);
+    assert_eq!(gw.http.get(&url).send().await.unwrap().status(), 401);
+    let scraped = gw
+        .http
+        .get(&url)
+        .bearer_auth("tw-scrape-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scraped.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_page_cannot_spend_the_gateways_keys() {
+    let (local, _api, gw) = gateway(|_| {}).await;
+    let body = chat("summarize", "x").to_string();
+    let url = format!("{}/v1/chat/completions", gw.url);
+    // What a page can send without a CORS preflight: a "simple" text/plain POST.
+    let simple = Answer::of(
+        gw.http
+            .post(&url)
+            .bearer_auth(CLIENT_KEY)
+            .header("content-type", "text/plain")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    simple.error(415, Some("unsupported_media_type"));
+    let cross_origin = Answer::of(
+        gw.http
+            .post(&url)
+            .bearer_auth(CLIENT_KEY)
+            .header("content-type", "application/json")
+            .header("origin", "https://evil.example")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    cross_origin.error(403, Some("forbidden"));
+    assert_eq!(local.request_count(), 0, "nothing reached a provider");
+    // A backend's JSON (charset included) goes through.
+    let ok = gw
+        .http
+        .post(&url)
+        .bearer_auth(CLIENT_KEY)
+        .header("content-type", "application/json; charset=utf-8")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_on_the_same_port_fails_to_start() {
+    let up = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&up.base_url(), &up.base_url()).without_probes();
+    let first = TestGateway::start(&config).await;
+    let port = first.url.rsplit(':').next().unwrap().to_string();
+    let second = config
+        .with(|c| c.0.server.listen = Some(text(format!("127.0.0.1:{port}"))))
+        .config();
+    match tierwise::server::Gateway::start(second).await {
+        Ok(_) => panic!("a second gateway started on port {port}"),
+        Err(err) => assert!(err.to_string().contains("already in use"), "{err}"),
+    }
 }

@@ -542,6 +542,7 @@ async fn a_body_over_max_body_bytes_is_413() {
         .http
         .post(format!("{}/v1/chat/completions", gw.url))
         .bearer_auth(CLIENT_KEY)
+        .header("content-type", "application/json")
         .body(reqwest::Body::wrap_stream(chunks))
         .send()
         .await
