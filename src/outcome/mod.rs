@@ -22,6 +22,9 @@ use crate::route::chain::{Attempt, ServedBy, Unserved};
 
 pub use dispatch::Dispatcher;
 
+/// How the ledger names a request whose client went away before its answer.
+pub const CLIENT_CLOSED: &str = "client_closed";
+
 /// A finished request as everything downstream of the request path receives it.
 #[derive(Debug)]
 pub struct Outcome {
@@ -81,6 +84,7 @@ impl Outcomes {
                 .map_or(0, |d| d.as_millis() as i64),
             started: Instant::now(),
             start,
+            client_left: false,
         }
     }
 }
@@ -130,6 +134,8 @@ pub struct Exchange {
     ts_ms: i64,
     started: Instant,
     start: Start,
+    /// The client went away before its answer was ready.
+    client_left: bool,
 }
 
 impl Exchange {
@@ -151,6 +157,12 @@ impl Exchange {
             request: self.start.body.clone(),
             answer,
         }
+    }
+
+    /// The client stopped waiting (499 in nginx's words): the request still ends with whatever
+    /// the upstream did and charged.
+    pub fn client_left(&mut self) {
+        self.client_left = true;
     }
 
     pub fn route_name(&self) -> Option<&str> {
@@ -244,6 +256,12 @@ impl Exchange {
                 (attempt_rows(&start.id, &by.attempts), to_count)
             }
         };
+        if self.client_left {
+            request.status = 499;
+            request
+                .error_kind
+                .get_or_insert_with(|| CLIENT_CLOSED.to_string());
+        }
         Ended {
             outcome: Outcome {
                 request,

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tokio::sync::oneshot;
 
 use super::auth::ClientKeyId;
 use super::error::ApiError;
@@ -60,9 +61,7 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    proxy(&app, Endpoint::ChatCompletions, caller, &headers, body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    handle(app, Endpoint::ChatCompletions, caller, headers, body).await
 }
 
 pub async fn embeddings(
@@ -71,23 +70,74 @@ pub async fn embeddings(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    proxy(&app, Endpoint::Embeddings, caller, &headers, body)
+    handle(app, Endpoint::Embeddings, caller, headers, body).await
+}
+
+/// Reads the body while the client is there, then runs the rest of the request in a task of its
+/// own. A client that goes away makes hyper drop this handler; the upstream call it started, and
+/// will be charged for, still runs to its end (bounded by the tier's timeouts) and is recorded as
+/// abandoned (499) with its real usage and cost.
+async fn handle(
+    app: Arc<App>,
+    endpoint: Endpoint,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let bytes = match read_body(body, &headers, app.config.server.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(err) => return err.into_response(),
+    };
+    let route_header = headers
+        .get(&ROUTE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (client, waiting) = oneshot::channel();
+    tokio::spawn(async move {
+        let client = Client(client);
+        let response = proxy(
+            &app,
+            endpoint,
+            caller,
+            route_header.as_deref(),
+            bytes,
+            &client,
+        )
         .await
-        .unwrap_or_else(IntoResponse::into_response)
+        .unwrap_or_else(IntoResponse::into_response);
+        client.respond(response);
+    });
+    waiting.await.unwrap_or_else(|_| {
+        ApiError::internal("the request failed inside the gateway; see its log".into())
+            .into_response()
+    })
+}
+
+/// The client waiting for the response, as long as it waits.
+struct Client(oneshot::Sender<Response>);
+
+impl Client {
+    fn gone(&self) -> bool {
+        self.0.is_closed()
+    }
+
+    fn respond(self, response: Response) {
+        // A client gone by now has its request recorded already; the response has nowhere to go.
+        let _ = self.0.send(response);
+    }
 }
 
 async fn proxy(
     app: &App,
     endpoint: Endpoint,
     caller: Caller,
-    headers: &HeaderMap,
-    body: Body,
+    route_header: Option<&str>,
+    bytes: Bytes,
+    client: &Client,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(body, headers, app.config.server.max_body_bytes).await?;
     let request = RequestBody::parse(endpoint, &bytes)?;
-    let route_header = headers.get(&ROUTE_HEADER).and_then(|v| v.to_str().ok());
     let resolved = app.routes.resolve(&request.model, route_header)?;
-    let exchange = app.outcomes.begin(Start {
+    let mut exchange = app.outcomes.begin(Start {
         id: caller.id.0,
         endpoint,
         stream: request.stream,
@@ -105,7 +155,11 @@ async fn proxy(
             .as_ref()
             .map_or(AllOpen::TryPrimary, |route| route.when_all_open),
     };
-    Ok(match run.run(&request).await {
+    let result = run.run(&request).await;
+    if client.gone() {
+        exchange.client_left();
+    }
+    Ok(match result {
         Ok(served) => answer(exchange, served, resolved, &request).await,
         Err(unserved) => refuse(exchange, &unserved).await,
     })

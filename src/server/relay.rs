@@ -19,7 +19,7 @@ use crate::health::Lease;
 use crate::ledger::Tokens;
 use crate::openai::Usage;
 use crate::openai::chat::Chunk;
-use crate::outcome::{Ended, Ending, Exchange};
+use crate::outcome::{CLIENT_CLOSED, Ended, Ending, Exchange};
 use crate::route::chain::ServedBy;
 use crate::upstream::{SseEvent, UpstreamStream};
 
@@ -235,7 +235,7 @@ impl Drop for SseRelay {
         let (status, error_kind) = match std::mem::replace(&mut self.phase, Phase::Closed) {
             Phase::Closed => return,
             // The client went away mid-stream (499 in nginx's words): record what was relayed.
-            Phase::Relaying => (499, Some("client_closed".to_string())),
+            Phase::Relaying => (499, Some(CLIENT_CLOSED.to_string())),
             // The stream had ended; the client left before asking for the end of the body.
             Phase::Ended { error_kind } => (200, error_kind),
         };

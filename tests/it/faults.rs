@@ -435,3 +435,49 @@ async fn a_second_gateway_on_the_same_port_fails_to_start() {
         Err(err) => assert!(err.to_string().contains("already in use"), "{err}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_streamed_request_its_client_abandons_is_recorded_with_its_real_cost() {
+    let (_local, api, gw) = gateway(|_| {}).await;
+    api.update(|b| {
+        b.fault = Fault::SlowFirstByte { ms: 600 };
+        b.prompt_tokens = 1000;
+        b.completion_tokens = 500;
+    });
+    let store = gw.store().await;
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // The client gives up long before the answer; the upstream still answers, and charges.
+    let gave_up = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat("api_fast", "x"))
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client was meant to give up");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let row = loop {
+        let rows = store.requests(since, i64::MAX, None).await.unwrap();
+        if let Some(row) = rows.into_iter().next() {
+            break row;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned request was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (row.status, row.error_kind.as_deref(), row.tier.as_deref()),
+        (499, Some("client_closed"), Some("api_fast"))
+    );
+    // gpt-4o-mini: 1000 × $0.15 + 500 × $0.60 per million.
+    assert_eq!(
+        (row.tokens_in, row.tokens_out, row.cost_pusd),
+        (1000, 500, Some(tierwise::ledger::Picodollars(450_000_000)))
+    );
+}
