@@ -57,6 +57,8 @@ pub struct RawServer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<Spanned<u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_answer_bytes: Option<Spanned<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_grace_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<Spanned<u32>>,

@@ -18,6 +18,9 @@ pub struct ServerConfig {
     /// A bearer key `/metrics` requires, if set; open otherwise (scrapers run inside the network).
     pub metrics_key: Option<ClientKey>,
     pub max_body_bytes: usize,
+    /// The largest answer read from an upstream (a non-streamed body), and the most of a stream's
+    /// text kept for the ledger and token counting.
+    pub max_answer_bytes: usize,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
     /// Serving threads, each with its own event loop and upstream connections.
@@ -28,6 +31,8 @@ impl ServerConfig {
     pub const DEFAULT_LISTEN: SocketAddr =
         SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 4000);
     pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+    /// Room for 2,048 embeddings of 3,072 floats as JSON, the largest answers OpenAI's API gives.
+    pub const DEFAULT_MAX_ANSWER_BYTES: u64 = 256 * 1024 * 1024;
     pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
     /// One serving thread per core.
@@ -145,6 +150,11 @@ impl Resolver<'_> {
             .as_ref()
             .and_then(|size| self.positive(size, "server.max_body_bytes", "must be more than 0"))
             .unwrap_or(ServerConfig::DEFAULT_MAX_BODY_BYTES);
+        let max_answer_bytes = raw
+            .max_answer_bytes
+            .as_ref()
+            .and_then(|size| self.positive(size, "server.max_answer_bytes", "must be more than 0"))
+            .unwrap_or(ServerConfig::DEFAULT_MAX_ANSWER_BYTES);
         let threads = raw
             .threads
             .as_ref()
@@ -162,6 +172,7 @@ impl Resolver<'_> {
             admin,
             metrics_key,
             max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+            max_answer_bytes: usize::try_from(max_answer_bytes).unwrap_or(usize::MAX),
             shutdown_grace: raw
                 .shutdown_grace_ms
                 .map_or(ServerConfig::DEFAULT_SHUTDOWN_GRACE, Duration::from_millis),

@@ -160,7 +160,10 @@ async fn proxy(
         exchange.client_left();
     }
     Ok(match result {
-        Ok(served) => answer(exchange, served, resolved, &request).await,
+        Ok(served) => {
+            let max_text = app.config.server.max_answer_bytes;
+            answer(exchange, served, resolved, &request, max_text).await
+        }
         Err(unserved) => refuse(exchange, &unserved).await,
     })
 }
@@ -182,6 +185,7 @@ async fn answer(
     served: Served,
     resolved: Resolved<'_>,
     request: &RequestBody<'_>,
+    max_text: usize,
 ) -> Response {
     let Served { by, reply, lease } = served;
     match reply {
@@ -241,7 +245,14 @@ async fn answer(
                 HeaderValue::from_static("text/event-stream"),
             );
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            let relay = SseRelay::new(stream, lease, request.client_wants_usage, exchange, by);
+            let relay = SseRelay::new(
+                stream,
+                lease,
+                request.client_wants_usage,
+                max_text,
+                exchange,
+                by,
+            );
             let mut response = Response::new(Body::from_stream(relay.into_body()));
             *response.headers_mut() = headers;
             response

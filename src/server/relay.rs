@@ -56,8 +56,10 @@ pub struct SseRelay {
     /// A choice finished: the answer is whole even if the upstream closes without `[DONE]`.
     finished: bool,
     usage: Option<Usage>,
-    /// The answer's text, for the ledger and for counting output tokens without usage.
+    /// The answer's text, for the ledger and for counting output tokens without usage; at most
+    /// `max_text` bytes of it (`server.max_answer_bytes`): the stream itself is not cut.
     text: String,
+    max_text: usize,
     /// The upstream sent an `{"error": …}` event mid-stream.
     upstream_error: bool,
     pending: Option<Pending>,
@@ -68,6 +70,7 @@ impl SseRelay {
         upstream: UpstreamStream,
         lease: Lease,
         client_wants_usage: bool,
+        max_text: usize,
         exchange: Exchange,
         by: ServedBy,
     ) -> SseRelay {
@@ -79,6 +82,7 @@ impl SseRelay {
             finished: false,
             usage: None,
             text: String::new(),
+            max_text,
             upstream_error: false,
             pending: Some(Pending {
                 ttfb_us: exchange.elapsed_us(),
@@ -137,7 +141,9 @@ impl SseRelay {
             // The upstream's own error event goes to the client as it came; the answer failed.
             self.upstream_error |= chunk.error;
             self.finished |= chunk.finished;
-            self.text.push_str(&chunk.text);
+            if self.text.len() + chunk.text.len() <= self.max_text {
+                self.text.push_str(&chunk.text);
+            }
             let Some(usage) = chunk.usage else {
                 return Some(frame(&event));
             };

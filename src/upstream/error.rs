@@ -21,6 +21,8 @@ pub enum UpstreamErrorKind {
     Status(StatusCode),
     /// A 2xx answer whose body is not the JSON it should be.
     MalformedJson,
+    /// An answer larger than `server.max_answer_bytes`.
+    AnswerTooLarge,
     /// A stream that ended or broke before its first event.
     StreamBroken,
     /// Anything else the HTTP client reports (a TLS failure, a body that stopped mid-way).
@@ -57,6 +59,15 @@ impl UpstreamError {
             detail: format!("answered HTTP {}", status.as_u16()),
             body,
             retry_after,
+        }
+    }
+
+    pub fn new_detail(kind: UpstreamErrorKind, detail: String) -> UpstreamError {
+        UpstreamError {
+            kind,
+            detail,
+            body: Bytes::new(),
+            retry_after: None,
         }
     }
 
@@ -122,6 +133,7 @@ impl UpstreamError {
             UpstreamErrorKind::TimeoutIdle => "timeout_idle".into(),
             UpstreamErrorKind::Status(status) => format!("http_{}", status.as_u16()),
             UpstreamErrorKind::MalformedJson => "malformed_json".into(),
+            UpstreamErrorKind::AnswerTooLarge => "answer_too_large".into(),
             UpstreamErrorKind::StreamBroken => "stream_broken".into(),
             UpstreamErrorKind::Transport => "transport".into(),
             UpstreamErrorKind::BreakerOpen => "breaker_open".into(),

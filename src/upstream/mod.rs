@@ -29,6 +29,8 @@ pub enum Reply {
 /// The HTTP clients, one per provider, shared by every request.
 pub struct Upstreams {
     clients: HashMap<String, ProviderClient>,
+    /// The largest non-streamed answer read (`server.max_answer_bytes`).
+    max_answer_bytes: usize,
 }
 
 struct ProviderClient {
@@ -55,7 +57,10 @@ impl Upstreams {
                 },
             );
         }
-        Ok(Upstreams { clients })
+        Ok(Upstreams {
+            clients,
+            max_answer_bytes: config.server.max_answer_bytes,
+        })
     }
 
     fn provider_client(&self, provider: &Provider) -> &ProviderClient {
@@ -112,15 +117,17 @@ impl Upstreams {
         let status = response.status();
         if stream && status.is_success() {
             let left = timeouts.first_byte.saturating_sub(started.elapsed());
-            return UpstreamStream::open(response, left, timeouts.idle)
+            let deadline = tokio::time::Instant::from_std(started + timeouts.total);
+            return UpstreamStream::open(response, left, timeouts.idle, deadline)
                 .await
                 .map(Reply::Stream);
         }
         let retry_after = retry_after(response.headers());
         let left = timeouts.total.saturating_sub(started.elapsed());
-        let body = match tokio::time::timeout(left, response.bytes()).await {
+        let read = read_capped(response, self.max_answer_bytes);
+        let body = match tokio::time::timeout(left, read).await {
             Ok(Ok(body)) => body,
-            Ok(Err(err)) => return Err(UpstreamError::from_reqwest(err)),
+            Ok(Err(err)) => return Err(err),
             Err(_) => {
                 return Err(UpstreamError::new(
                     UpstreamErrorKind::TimeoutTotal,
@@ -224,6 +231,36 @@ fn client_for(provider: &Provider) -> Result<reqwest::Client, UpstreamError> {
         .user_agent(concat!("tierwise/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(UpstreamError::from_reqwest)
+}
+
+/// Reads a whole answer, refusing one larger than `limit` (before reading it, where the upstream
+/// declared its length).
+async fn read_capped(response: reqwest::Response, limit: usize) -> Result<Bytes, UpstreamError> {
+    use http_body_util::{BodyExt, LengthLimitError, Limited};
+    let too_large = || {
+        UpstreamError::new_detail(
+            UpstreamErrorKind::AnswerTooLarge,
+            format!("the answer is larger than server.max_answer_bytes ({limit} bytes)"),
+        )
+    };
+    if response
+        .content_length()
+        .is_some_and(|len| len > limit as u64)
+    {
+        return Err(too_large());
+    }
+    let body = http::Response::from(response).into_body();
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(err) => match err.downcast::<reqwest::Error>() {
+            Ok(err) => Err(UpstreamError::from_reqwest(*err)),
+            Err(err) => Err(UpstreamError::new_detail(
+                UpstreamErrorKind::Transport,
+                err.to_string(),
+            )),
+        },
+    }
 }
 
 /// The longest `Retry-After` tierwise believes; an upstream asking for more is told no sooner

@@ -41,6 +41,8 @@ pub struct UpstreamStream {
     first: Option<SseEvent>,
     events: Events,
     idle: Duration,
+    /// `total_ms` after the call began: a stream that trickles forever is cut here.
+    deadline: tokio::time::Instant,
 }
 
 impl UpstreamStream {
@@ -48,6 +50,7 @@ impl UpstreamStream {
         response: reqwest::Response,
         first_event_limit: Duration,
         idle: Duration,
+        deadline: tokio::time::Instant,
     ) -> Result<UpstreamStream, UpstreamError> {
         let mut events: Events = Box::pin(response.bytes_stream().eventsource());
         let first = match tokio::time::timeout(first_event_limit, events.next()).await {
@@ -83,6 +86,7 @@ impl UpstreamStream {
             first: Some(first),
             events,
             idle,
+            deadline,
         })
     }
 
@@ -91,10 +95,15 @@ impl UpstreamStream {
         if let Some(first) = self.first.take() {
             return Some(Ok(first));
         }
-        match tokio::time::timeout(self.idle, self.events.next()).await {
-            Err(_) => Some(Err(UpstreamError::new(
+        let idle_until = tokio::time::Instant::now() + self.idle;
+        match tokio::time::timeout_at(idle_until.min(self.deadline), self.events.next()).await {
+            Err(_) if idle_until < self.deadline => Some(Err(UpstreamError::new(
                 UpstreamErrorKind::TimeoutIdle,
                 self.idle,
+            ))),
+            Err(_) => Some(Err(UpstreamError::new_detail(
+                UpstreamErrorKind::TimeoutTotal,
+                "the stream went on past total_ms".into(),
             ))),
             Ok(None) => None,
             Ok(Some(Err(err))) => Some(Err(UpstreamError::stream_broken(err.to_string()))),

@@ -481,3 +481,64 @@ async fn a_non_streamed_request_its_client_abandons_is_recorded_with_its_real_co
         (1000, 500, Some(tierwise::ledger::Picodollars(450_000_000)))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_trickles_on_is_cut_at_total_ms() {
+    let (local, _api, gw) = gateway(|p| {
+        p.timeout.total_ms = Some(800);
+        p.timeout.idle_ms = Some(2000);
+    })
+    .await;
+    // 30 words 150 ms apart: every gap is far under idle_ms, the whole far over total_ms.
+    local.update(|b| {
+        b.reply = vec!["word"; 30].join(" ");
+        b.chunk_delay_ms = 150;
+    });
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        Answer::of(
+            gw.post("/v1/chat/completions", &streamed("summarize"))
+                .await,
+        )
+        .await
+    })
+    .await
+    .expect("the stream is cut, not left to run");
+    assert!(
+        answer.text.contains("stream_interrupted") && answer.text.contains("timeout_total"),
+        "{}",
+        answer.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_read_up_to_max_answer_bytes() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            c.0.server.max_answer_bytes = Some(spanned(2000));
+            c.0.ledger.store_content = true;
+        });
+    let gw = TestGateway::start(&config).await;
+    let store = gw.store().await;
+    local.update(|b| b.reply = "x ".repeat(1500));
+    // A whole answer over the limit is the tier's failure: the next tier answers.
+    let answer = gw.ask("summarize").await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(
+        answer.header("x-tierwise-fallback"),
+        Some("local:answer_too_large")
+    );
+    // A stream is relayed whole, but only the limit of its text is kept.
+    let answer = Answer::of(
+        gw.post("/v1/chat/completions", &streamed("summarize"))
+            .await,
+    )
+    .await;
+    assert_eq!(answer.header("x-tierwise-tier"), Some("local"));
+    assert!(answer.text.ends_with("data: [DONE]\n\n"));
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    let kept = row.answer.unwrap().len();
+    assert!(kept > 1000 && kept <= 2000, "{kept} bytes kept");
+}
