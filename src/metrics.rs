@@ -96,6 +96,16 @@ pub fn ledger_written(records: usize) {
     metrics::counter!("tierwise_ledger_records_written_total").increment(records as u64);
 }
 
+/// Whether the ledger is spooling (its database away), and how many records wait in the spool.
+pub fn ledger_spool(degraded: bool, records: u64) {
+    metrics::gauge!("tierwise_ledger_degraded").set(if degraded { 1.0 } else { 0.0 });
+    metrics::gauge!("tierwise_ledger_spooled_records").set(records as f64);
+}
+
+pub fn ledger_dropped(records: usize) {
+    metrics::counter!("tierwise_ledger_records_dropped_total").increment(records as u64);
+}
+
 pub fn ledger_write_failed() {
     metrics::counter!("tierwise_ledger_write_errors_total").increment(1);
 }

@@ -75,6 +75,10 @@ pub struct RawLedger {
     pub request_log: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue: Option<Spanned<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spool: Option<Text>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spool_max_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]

@@ -62,11 +62,18 @@ pub struct LedgerConfig {
     pub request_log: Option<RequestLog>,
     /// Records that may wait for the writer before requests wait for it.
     pub queue: usize,
+    /// Where records go while the database is away: next to the SQLite file, or else next to the
+    /// config file.
+    pub spool: PathBuf,
+    /// The spool's size cap; past it, records are dropped (counted and logged).
+    pub spool_max_bytes: u64,
 }
 
 impl LedgerConfig {
     pub const DEFAULT_URL: &str = "sqlite://tierwise.db";
     pub const DEFAULT_QUEUE: usize = 10_000;
+    pub const DEFAULT_SPOOL: &str = "tierwise-ledger.spool";
+    pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,11 +226,31 @@ impl Resolver<'_> {
             .as_ref()
             .and_then(|queue| self.positive(queue, "ledger.queue", "must be at least 1"))
             .map_or(LedgerConfig::DEFAULT_QUEUE, |n| n as usize);
+        let spool = match &raw.spool {
+            Some(path) => self
+                .string(path, "ledger.spool")
+                .map(|path| self.base_dir.join(path)),
+            None => None,
+        }
+        .unwrap_or_else(|| match url.strip_prefix("sqlite://") {
+            Some(file) if !file.starts_with(":memory:") => {
+                let file = file.split('?').next().unwrap_or(file);
+                PathBuf::from(format!("{file}.spool"))
+            }
+            _ => self.base_dir.join(LedgerConfig::DEFAULT_SPOOL),
+        });
+        let spool_max_bytes = raw
+            .spool_max_bytes
+            .as_ref()
+            .and_then(|size| self.positive(size, "ledger.spool_max_bytes", "must be more than 0"))
+            .unwrap_or(LedgerConfig::DEFAULT_SPOOL_MAX_BYTES);
         LedgerConfig {
             url,
             store_content: raw.store_content,
             request_log,
             queue,
+            spool,
+            spool_max_bytes,
         }
     }
 }

@@ -1,17 +1,20 @@
 //! The ledger: the durable record of every request and attempt — tokens, cost, baseline cost,
 //! latency, outcome. Its rows are defined once in [`row`]; prices and the one function that turns
 //! tokens into a cost in [`price`]; token counts, and estimates where an upstream gave none, in
-//! [`tokens`]; SQLite or PostgreSQL behind [`Store`]; batches written by [`LedgerWriter`], which
-//! the request path never waits for (it hands finished requests to [`crate::outcome`]).
+//! [`tokens`]; SQLite or PostgreSQL behind [`Store`]; batches written by [`LedgerWriter`], or kept
+//! in the [`Spool`] while the database is away; the request path never waits for either (it hands
+//! finished requests to [`crate::outcome`]).
 
 pub mod price;
 pub mod row;
+mod spool;
 pub mod store;
 pub mod tokens;
 mod writer;
 
 pub use price::{Picodollars, Priced, Pricing};
 pub use row::{AttemptRow, RequestRow};
+pub use spool::{LedgerHealth, ReplayError, Spool};
 pub use store::{LedgerError, Store};
 pub use tokens::{Answer, Tokens, Uncounted};
 pub use writer::LedgerWriter;

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::query::Query;
 use sqlx::{Any, Encode, Row, Type};
@@ -20,6 +20,9 @@ pub trait LedgerRow: Sized {
     const COLUMNS: &'static [&'static str];
     fn bind<'q>(&'q self, query: AnyQuery<'q>) -> AnyQuery<'q>;
     fn read(row: &AnyRow) -> Result<Self, sqlx::Error>;
+    /// The row as its column values in [`Self::COLUMNS`] order, for the spool file.
+    fn to_json(&self) -> serde_json::Value;
+    fn from_json(values: &[serde_json::Value]) -> Option<Self>;
 }
 
 macro_rules! ledger_row {
@@ -44,6 +47,16 @@ macro_rules! ledger_row {
 
             fn read(row: &AnyRow) -> Result<Self, sqlx::Error> {
                 Ok($name { $( $field: Column::read(row, stringify!($field))?, )* })
+            }
+
+            fn to_json(&self) -> serde_json::Value {
+                serde_json::Value::Array(vec![$(Column::to_json(&self.$field)),*])
+            }
+
+            fn from_json(values: &[serde_json::Value]) -> Option<Self> {
+                let mut values = values.iter();
+                let row = $name { $( $field: Column::from_json(values.next()?)?, )* };
+                values.next().is_none().then_some(row)
             }
         }
     };
@@ -133,9 +146,24 @@ pub trait Column: Sized {
         Self: 'a;
     fn db(&self) -> Self::Db<'_>;
     fn read(row: &AnyRow, name: &str) -> Result<Self, sqlx::Error>;
+    fn to_json(&self) -> serde_json::Value;
+    fn from_json(value: &serde_json::Value) -> Option<Self>;
+}
+
+/// A column whose value is plain JSON through serde: the column types below that are not wrappers.
+macro_rules! json_column {
+    ($ty:ty) => {
+        fn to_json(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+        }
+        fn from_json(value: &serde_json::Value) -> Option<Self> {
+            <$ty>::deserialize(value).ok()
+        }
+    };
 }
 
 impl Column for String {
+    json_column!(String);
     type Db<'a> = &'a str;
     fn db(&self) -> &str {
         self
@@ -146,6 +174,7 @@ impl Column for String {
 }
 
 impl Column for Option<String> {
+    json_column!(Option<String>);
     type Db<'a> = Option<&'a str>;
     fn db(&self) -> Option<&str> {
         self.as_deref()
@@ -156,6 +185,7 @@ impl Column for Option<String> {
 }
 
 impl Column for Cow<'static, str> {
+    json_column!(Cow<'static, str>);
     type Db<'a> = &'a str;
     fn db(&self) -> &str {
         self
@@ -166,6 +196,7 @@ impl Column for Cow<'static, str> {
 }
 
 impl Column for Option<Cow<'static, str>> {
+    json_column!(Option<Cow<'static, str>>);
     type Db<'a> = Option<&'a str>;
     fn db(&self) -> Option<&str> {
         self.as_deref()
@@ -176,6 +207,7 @@ impl Column for Option<Cow<'static, str>> {
 }
 
 impl Column for i64 {
+    json_column!(i64);
     type Db<'a> = i64;
     fn db(&self) -> i64 {
         *self
@@ -186,6 +218,7 @@ impl Column for i64 {
 }
 
 impl Column for Option<i64> {
+    json_column!(Option<i64>);
     type Db<'a> = Option<i64>;
     fn db(&self) -> Option<i64> {
         *self
@@ -196,6 +229,7 @@ impl Column for Option<i64> {
 }
 
 impl Column for i32 {
+    json_column!(i32);
     type Db<'a> = i32;
     fn db(&self) -> i32 {
         *self
@@ -206,6 +240,7 @@ impl Column for i32 {
 }
 
 impl Column for u16 {
+    json_column!(u16);
     type Db<'a> = i32;
     fn db(&self) -> i32 {
         i32::from(*self)
@@ -220,6 +255,7 @@ impl Column for u16 {
 }
 
 impl Column for u64 {
+    json_column!(u64);
     type Db<'a> = i64;
     fn db(&self) -> i64 {
         i64::try_from(*self).unwrap_or(i64::MAX)
@@ -230,6 +266,7 @@ impl Column for u64 {
 }
 
 impl Column for bool {
+    json_column!(bool);
     type Db<'a> = i32;
     fn db(&self) -> i32 {
         i32::from(*self)
@@ -240,6 +277,15 @@ impl Column for bool {
 }
 
 impl Column for Option<Picodollars> {
+    fn to_json(&self) -> serde_json::Value {
+        self.map_or(serde_json::Value::Null, |amount| amount.0.into())
+    }
+    fn from_json(value: &serde_json::Value) -> Option<Self> {
+        match value {
+            serde_json::Value::Null => Some(None),
+            value => Some(Some(Picodollars(value.as_i64()?))),
+        }
+    }
     type Db<'a> = Option<i64>;
     fn db(&self) -> Option<i64> {
         self.map(|amount| amount.0)

@@ -52,7 +52,9 @@ impl Store {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(if sqlite { 1 } else { 4 })
-            .acquire_timeout(Duration::from_secs(10))
+            // The writer gives up on a store that does not answer within its own timeout and
+            // spools; a long wait for a connection would only hold the queue.
+            .acquire_timeout(Duration::from_secs(3))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if sqlite {
@@ -95,6 +97,12 @@ impl Store {
             insert_rows(&mut tx, chunk, self.sqlite).await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Whether the database answers at all.
+    pub async fn ping(&self) -> Result<(), LedgerError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 

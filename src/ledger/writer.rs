@@ -49,6 +49,10 @@ impl LedgerWriter {
         self.store.insert(requests, attempts).await
     }
 
+    pub async fn ping(&self) -> Result<(), LedgerError> {
+        self.store.ping().await
+    }
+
     /// One JSON line per stored request, if the request log is on.
     pub async fn log(&mut self, requests: &[&RequestRow]) {
         let Some(out) = &mut self.log else { return };

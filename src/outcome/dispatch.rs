@@ -1,19 +1,27 @@
 //! The background side of a request's end. Outcomes queue on a bounded channel; this task takes
 //! whatever has queued up as one batch (gathered for a few milliseconds, and growing by itself
 //! while a write is in flight), counts the tokens of streams whose upstream gave no usage, writes
-//! the batch to the ledger — retrying a failed write until it lands, loudly, in the log and in
-//! `tierwise_ledger_write_errors_total` — records the request metrics, and at shutdown drains the
-//! queue before it returns. A full queue makes requests wait (backpressure) rather than drop
-//! records.
+//! the batch to the ledger, records the request metrics, and at shutdown drains the queue before it
+//! returns.
+//!
+//! The database never holds the queue up: a write that fails, or takes longer than
+//! `WRITE_TIMEOUT`, puts the batch in the spool (loudly: log, `tierwise_ledger_write_errors_total`,
+//! `/readyz`), and while the ledger is degraded every batch goes to the spool behind it; once a
+//! second the task checks whether the database answers and, when it does, replays the spool in
+//! order. So the queue keeps draining, and requests wait only if the spool's own disk is slower
+//! than the traffic.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout};
 
 use super::Outcome;
-use crate::ledger::{AttemptRow, LedgerWriter, Pricing, RequestRow};
+use crate::ledger::{
+    AttemptRow, LedgerHealth, LedgerWriter, Pricing, ReplayError, RequestRow, Spool,
+};
 
 const MAX_BATCH: usize = 1000;
 /// How long outcomes gather unless a full batch is already waiting. Under light load this turns
@@ -24,6 +32,11 @@ const MAX_BATCH: usize = 1000;
 /// ~400 rows on SQLite's thread, which held a core the requests needed (p99 at c=1: 596 µs at
 /// 50 ms, 323 µs at 10 ms); not shorter: 5 ms and 2 ms cost more CPU and did not shorten the tail.
 const LINGER: Duration = Duration::from_millis(10);
+/// How long one write may take before its batch is spooled instead. A write that did land after
+/// all is skipped when the spool is replayed (inserts skip rows already stored).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a degraded ledger asks whether its database is back.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// The task and the means to stop it.
 pub struct Dispatcher {
@@ -34,12 +47,20 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn spawn(
         writer: LedgerWriter,
+        spool: Spool,
+        health: Arc<LedgerHealth>,
         queue: usize,
         pricing: Arc<Pricing>,
     ) -> (mpsc::Sender<Outcome>, Dispatcher) {
         let (sender, receiver) = mpsc::channel(queue);
         let (close, closed) = oneshot::channel();
-        let task = tokio::spawn(run(writer, receiver, closed, pricing));
+        let sink = Sink {
+            writer,
+            spool,
+            health,
+        };
+        sink.publish();
+        let task = tokio::spawn(run(sink, receiver, closed, pricing));
         (sender, Dispatcher { task, close })
     }
 
@@ -59,13 +80,14 @@ impl Dispatcher {
 }
 
 async fn run(
-    mut writer: LedgerWriter,
+    mut sink: Sink,
     mut receiver: mpsc::Receiver<Outcome>,
     mut closed: oneshot::Receiver<()>,
     pricing: Arc<Pricing>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut closing = false;
+    let mut next_retry = Instant::now();
     loop {
         let first = if closing {
             receiver.recv().await
@@ -76,6 +98,11 @@ async fn run(
                     closing = true;
                     // Refuse new outcomes; the ones already queued are still received.
                     receiver.close();
+                    continue;
+                }
+                _ = tokio::time::sleep_until(next_retry), if sink.degraded() => {
+                    sink.recover().await;
+                    next_retry = Instant::now() + RETRY_EVERY;
                     continue;
                 }
             }
@@ -93,44 +120,104 @@ async fn run(
         }
         let requests: Vec<&RequestRow> = batch.iter().map(|o| &o.request).collect();
         let attempts: Vec<&AttemptRow> = batch.iter().flat_map(|o| &o.attempts).collect();
-        store_batch(&writer, &requests, &attempts).await;
-        writer.log(&requests).await;
+        sink.store(&requests, &attempts).await;
+        sink.writer.log(&requests).await;
         crate::metrics::requests_finished(&requests);
         batch.clear();
     }
-    writer.close().await;
+    if sink.degraded() {
+        sink.recover().await;
+    }
+    if sink.degraded() {
+        tracing::error!(
+            records = sink.spool.records(),
+            spool = %sink.spool.path().display(),
+            "the ledger's database is still away at shutdown: the spooled records stay on disk and are written at the next start"
+        );
+    }
+    sink.writer.close().await;
 }
 
-/// Writes one batch, retrying until it lands: an outcome the queue accepted is never dropped.
-async fn store_batch(writer: &LedgerWriter, requests: &[&RequestRow], attempts: &[&AttemptRow]) {
-    let mut wait = Duration::from_millis(50);
-    let mut failures = 0u32;
-    loop {
-        match writer.insert(requests, attempts).await {
-            Ok(()) => {
-                if failures > 0 {
-                    tracing::warn!(
-                        failures,
-                        records = requests.len(),
-                        "ledger write succeeded after retrying"
-                    );
+/// The ledger as the dispatcher sees it: the database, and the spool while it is away.
+struct Sink {
+    writer: LedgerWriter,
+    spool: Spool,
+    health: Arc<LedgerHealth>,
+}
+
+impl Sink {
+    fn degraded(&self) -> bool {
+        !self.spool.is_empty()
+    }
+
+    /// Stores one batch, or spools it: never waits longer than `WRITE_TIMEOUT` on the database.
+    async fn store(&mut self, requests: &[&RequestRow], attempts: &[&AttemptRow]) {
+        if !self.degraded() {
+            let written = timeout(WRITE_TIMEOUT, self.writer.insert(requests, attempts)).await;
+            let failure = match written {
+                Ok(Ok(())) => {
+                    crate::metrics::ledger_written(requests.len());
+                    return;
                 }
-                crate::metrics::ledger_written(requests.len());
-                return;
-            }
-            Err(err) => {
-                failures += 1;
-                crate::metrics::ledger_write_failed();
-                tracing::error!(
-                    records = requests.len(),
-                    attempt = failures,
-                    "LEDGER WRITE FAILED, retrying in {} ms; requests wait once the queue is full: {err}",
-                    wait.as_millis()
-                );
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
+                Ok(Err(err)) => err.to_string(),
+                Err(_) => format!("no answer within {} ms", WRITE_TIMEOUT.as_millis()),
+            };
+            crate::metrics::ledger_write_failed();
+            tracing::error!(
+                records = requests.len(),
+                spool = %self.spool.path().display(),
+                "LEDGER WRITE FAILED ({failure}); spooling until the database answers again"
+            );
         }
+        match self.spool.append(requests, attempts).await {
+            Ok(true) => {}
+            Ok(false) => {
+                self.drop_batch(requests.len(), "the spool is full (ledger.spool_max_bytes)")
+            }
+            Err(err) => self.drop_batch(requests.len(), &format!("cannot write the spool: {err}")),
+        }
+        self.publish();
+    }
+
+    fn drop_batch(&self, records: usize, why: &str) {
+        self.health.add_dropped(records as u64);
+        crate::metrics::ledger_dropped(records);
+        tracing::error!(
+            records,
+            spool = %self.spool.path().display(),
+            "LEDGER RECORDS LOST: {why}"
+        );
+    }
+
+    /// Replays the spool if the database answers again.
+    async fn recover(&mut self) {
+        if !matches!(timeout(WRITE_TIMEOUT, self.writer.ping()).await, Ok(Ok(()))) {
+            return;
+        }
+        match self.spool.replay(&self.writer).await {
+            Ok(records) => {
+                crate::metrics::ledger_written(records as usize);
+                tracing::warn!(
+                    records,
+                    "the ledger's database answers again: every spooled record is written"
+                );
+            }
+            Err(ReplayError::Store(err)) => {
+                crate::metrics::ledger_write_failed();
+                tracing::warn!("the ledger's database is still refusing writes: {err}");
+            }
+            Err(ReplayError::Io(err)) => tracing::error!(
+                spool = %self.spool.path().display(),
+                "cannot read the spool: {err}"
+            ),
+        }
+        self.publish();
+    }
+
+    /// What `/readyz` and `/metrics` show.
+    fn publish(&self) {
+        self.health.set(self.degraded(), self.spool.records());
+        crate::metrics::ledger_spool(self.degraded(), self.spool.records());
     }
 }
 

@@ -67,10 +67,17 @@ pub async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, Json<Value>) {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // A ledger that spools is degraded, not down: requests are served and nothing is lost.
+    let ledger = &app.ledger_health;
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "routes": routes,
         "providers": app.health.statuses(),
+        "ledger": {
+            "status": if ledger.degraded() { "degraded" } else { "ok" },
+            "spooled_records": ledger.spooled(),
+            "dropped_records": ledger.dropped(),
+        },
     });
     (status, Json(body))
 }

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::health::{self, Health};
-use crate::ledger::{LedgerError, LedgerWriter, Pricing, Store};
+use crate::ledger::{LedgerError, LedgerHealth, LedgerWriter, Pricing, Spool, Store};
 use crate::outcome::{Dispatcher, Outcomes};
 use crate::route::RouteTable;
 use crate::upstream::{UpstreamError, Upstreams};
@@ -44,6 +44,8 @@ pub struct App {
     pub outcomes: Outcomes,
     /// Read by reports and the admin API; the request path never touches it.
     pub store: Store,
+    /// Whether the ledger is spooling, for `/readyz`.
+    pub ledger_health: Arc<LedgerHealth>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub started_unix: u64,
 }
@@ -57,6 +59,7 @@ impl App {
         Ok(App {
             outcomes,
             store,
+            ledger_health: Arc::default(),
             metrics: crate::metrics::handle(),
 
             routes: Arc::new(RouteTable::new(&config)),
@@ -171,9 +174,25 @@ impl Gateway {
         }
         let pricing = Arc::new(pricing);
         let writer = LedgerWriter::open(store.clone(), config.ledger.request_log.clone()).await;
-        let (sender, dispatcher) = Dispatcher::spawn(writer, config.ledger.queue, pricing.clone());
+        let spool = Spool::open(&config.ledger.spool, config.ledger.spool_max_bytes).await;
+        if !spool.is_empty() {
+            tracing::warn!(
+                records = spool.records(),
+                spool = %spool.path().display(),
+                "an earlier run left records in the ledger's spool; they are written now"
+            );
+        }
+        let ledger_health = Arc::new(LedgerHealth::default());
+        let (sender, dispatcher) = Dispatcher::spawn(
+            writer,
+            spool,
+            ledger_health.clone(),
+            config.ledger.queue,
+            pricing.clone(),
+        );
         let outcomes = Outcomes::new(sender, pricing, config.ledger.store_content);
-        let app = App::new(Arc::new(config), outcomes, store).map_err(StartError::Client)?;
+        let mut app = App::new(Arc::new(config), outcomes, store).map_err(StartError::Client)?;
+        app.ledger_health = ledger_health;
         let probes = health::spawn_probes(&app.config, app.health.clone(), app.upstreams.clone());
         let workers = workers::Workers::spawn(&app, listen, threads)?;
         Ok(Gateway {

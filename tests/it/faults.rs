@@ -542,3 +542,112 @@ async fn answers_are_read_up_to_max_answer_bytes() {
     let kept = row.answer.unwrap().len();
     assert!(kept > 1000 && kept <= 2000, "{kept} bytes kept");
 }
+
+/// Takes the ledger's `requests` table away (every insert fails) or brings it back.
+async fn ledger_table(ledger_url: &str, away: bool) {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(ledger_url).await.unwrap();
+    let sql = if away {
+        "ALTER TABLE requests RENAME TO requests_away"
+    } else {
+        "ALTER TABLE requests_away RENAME TO requests"
+    };
+    sqlx::query(sql).execute(&mut conn).await.unwrap();
+    conn.close().await.ok();
+}
+
+async fn ledger_ready(gw: &TestGateway) -> serde_json::Value {
+    Answer::of(gw.get("/readyz").await).await.body["ledger"].clone()
+}
+
+/// Asks `n` one-word questions, each bounded by a deadline: a request that waits on the ledger
+/// fails the test instead of hanging it.
+async fn ask_quickly(gw: &TestGateway, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let answer = tokio::time::timeout(Duration::from_secs(5), gw.ask("summarize"))
+            .await
+            .expect("a request never waits on the ledger");
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        ids.push(answer.header("x-tierwise-request-id").unwrap().to_string());
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_never_holds_a_request_and_loses_nothing() {
+    let up = FakeUpstream::start().await;
+    // A queue of one: with the database away, the second record would already make requests wait.
+    let config = TestConfig::two_tier(&up.base_url(), &up.base_url())
+        .without_probes()
+        .with(|c| c.0.ledger.queue = Some(spanned(1)));
+    let gw = TestGateway::start(&config).await;
+    let store = gw.store().await;
+    ledger_table(&gw.ledger_url, true).await;
+    let ids = ask_quickly(&gw, 30).await;
+
+    let ledger = ledger_ready(&gw).await;
+    assert_eq!(ledger["status"], "degraded", "{ledger}");
+    assert!(ledger["spooled_records"].as_u64().unwrap() > 0, "{ledger}");
+    let metrics = gw
+        .wait_for_metrics(|text| text.contains("tierwise_ledger_degraded 1"))
+        .await;
+    assert!(
+        metrics.contains("tierwise_ledger_spooled_records"),
+        "{metrics}"
+    );
+
+    ledger_table(&gw.ledger_url, false).await;
+    for id in &ids {
+        stored(&store, id).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ledger_ready(&gw).await["status"] != "ok" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ledger never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rows = store.requests(0, i64::MAX, None).await.unwrap();
+    assert_eq!(rows.len(), 30, "each record exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_spooled_when_the_gateway_stops_are_written_at_its_next_start() {
+    let up = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&up.base_url(), &up.base_url()).without_probes();
+    let gw = TestGateway::start(&config).await;
+    let ledger_url = gw.ledger_url.clone();
+    ledger_table(&ledger_url, true).await;
+    let ids = ask_quickly(&gw, 5).await;
+    gw.shutdown().await;
+
+    ledger_table(&ledger_url, false).await;
+    let gw = TestGateway::start(&config).await;
+    let store = gw.store().await;
+    for id in &ids {
+        stored(&store, id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_drops_and_counts_records_and_never_holds_a_request() {
+    let up = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&up.base_url(), &up.base_url())
+        .without_probes()
+        .with(|c| c.0.ledger.spool_max_bytes = Some(spanned(1)));
+    let gw = TestGateway::start(&config).await;
+    ledger_table(&gw.ledger_url, true).await;
+    ask_quickly(&gw, 5).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ledger = ledger_ready(&gw).await;
+        if ledger["dropped_records"].as_u64().unwrap() == 5 {
+            assert_eq!(ledger["spooled_records"], 0, "{ledger}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{ledger}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

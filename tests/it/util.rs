@@ -92,6 +92,9 @@ impl TestConfig {
         file.server.listen = Some(text("127.0.0.1:0"));
         file.server.api_keys = Some(vec![text("${CLIENT_KEY}")]);
         file.ledger.url = Some(text(sqlite_url()));
+        let spool =
+            std::env::temp_dir().join(format!("tierwise-test-{}.spool", uuid::Uuid::now_v7()));
+        file.ledger.spool = Some(text(spool.display().to_string()));
 
         let mut vllm = RawProvider::new(local_url);
         vllm.api_key = Some(text("${LOCAL_KEY}"));

@@ -1,0 +1,180 @@
+//! The ledger's spool: where finished requests go while the database is away, so that a request
+//! never waits on the database and nothing recorded is lost. An append-only file of batches, one
+//! JSON line each (every row as its column values, so the row is still defined once), synced to
+//! disk per batch; replayed in order once the store answers again (inserts skip rows already
+//! stored, so a replay cut short is simply replayed again), and at start-up if a crash left one.
+//!
+//! The file is capped (`ledger.spool_max_bytes`): past the cap new batches are dropped, counted
+//! and logged, rather than fill the disk the gateway runs on.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::row::{AttemptRow, LedgerRow, RequestRow};
+use super::store::LedgerError;
+use super::writer::LedgerWriter;
+
+/// What `/readyz` and `/metrics` show of the ledger.
+#[derive(Debug, Default)]
+pub struct LedgerHealth {
+    spooling: AtomicBool,
+    spooled: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl LedgerHealth {
+    /// The database is away and records go to the spool.
+    pub fn degraded(&self) -> bool {
+        self.spooling.load(Ordering::Relaxed)
+    }
+
+    /// Records in the spool, waiting for the database.
+    pub fn spooled(&self) -> u64 {
+        self.spooled.load(Ordering::Relaxed)
+    }
+
+    /// Records dropped because the spool was full, since start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Spool {
+    path: PathBuf,
+    max_bytes: u64,
+    bytes: u64,
+    records: u64,
+}
+
+/// Why a replay stopped.
+pub enum ReplayError {
+    /// The database is still away: the spool stays as it is.
+    Store(LedgerError),
+    Io(std::io::Error),
+}
+
+impl Spool {
+    /// The spool at `path`, with what an earlier run left in it.
+    pub async fn open(path: &Path, max_bytes: u64) -> Spool {
+        let mut spool = Spool {
+            path: path.to_path_buf(),
+            max_bytes,
+            bytes: 0,
+            records: 0,
+        };
+        if let Ok(file) = tokio::fs::File::open(path).await {
+            spool.bytes = file.metadata().await.map_or(0, |m| m.len());
+            let mut lines = BufReader::new(file).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                spool.records += parse(&line).map_or(0, |(requests, _)| requests.len() as u64);
+            }
+        }
+        spool
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Appends one batch and syncs it to disk. `Ok(false)`: the spool is full and the batch was
+    /// dropped.
+    pub async fn append(
+        &mut self,
+        requests: &[&RequestRow],
+        attempts: &[&AttemptRow],
+    ) -> std::io::Result<bool> {
+        let line = serde_json::json!({
+            "requests": requests.iter().map(|row| row.to_json()).collect::<Vec<_>>(),
+            "attempts": attempts.iter().map(|row| row.to_json()).collect::<Vec<_>>(),
+        });
+        let mut line = line.to_string();
+        line.push('\n');
+        if self.bytes + line.len() as u64 > self.max_bytes {
+            return Ok(false);
+        }
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .await?;
+        file.write_all(line.as_bytes()).await?;
+        file.sync_data().await?;
+        self.bytes += line.len() as u64;
+        self.records += requests.len() as u64;
+        Ok(true)
+    }
+
+    /// Stores every spooled batch in order, then empties the spool. Stops at the first batch the
+    /// store refuses, leaving the spool whole.
+    pub async fn replay(&mut self, writer: &LedgerWriter) -> Result<u64, ReplayError> {
+        let file = match tokio::fs::File::open(&self.path).await {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                self.records = 0;
+                return Ok(0);
+            }
+            Err(err) => return Err(ReplayError::Io(err)),
+        };
+        let mut lines = BufReader::new(file).lines();
+        let mut replayed = 0;
+        while let Some(line) = lines.next_line().await.map_err(ReplayError::Io)? {
+            let Some((requests, attempts)) = parse(&line) else {
+                tracing::error!(
+                    spool = %self.path.display(),
+                    "a spooled batch cannot be read and is skipped: {}",
+                    line.chars().take(200).collect::<String>()
+                );
+                continue;
+            };
+            let requests: Vec<&RequestRow> = requests.iter().collect();
+            let attempts: Vec<&AttemptRow> = attempts.iter().collect();
+            writer
+                .insert(&requests, &attempts)
+                .await
+                .map_err(ReplayError::Store)?;
+            replayed += requests.len() as u64;
+        }
+        tokio::fs::remove_file(&self.path)
+            .await
+            .map_err(ReplayError::Io)?;
+        self.bytes = 0;
+        self.records = 0;
+        Ok(replayed)
+    }
+}
+
+impl LedgerHealth {
+    pub fn set(&self, spooling: bool, spooled: u64) {
+        self.spooling.store(spooling, Ordering::Relaxed);
+        self.spooled.store(spooled, Ordering::Relaxed);
+    }
+
+    pub fn add_dropped(&self, records: u64) {
+        self.dropped.fetch_add(records, Ordering::Relaxed);
+    }
+}
+
+fn parse(line: &str) -> Option<(Vec<RequestRow>, Vec<AttemptRow>)> {
+    let batch: Value = serde_json::from_str(line).ok()?;
+    let rows = |key: &str| -> Option<Vec<Value>> { batch.get(key)?.as_array().cloned() };
+    let requests = rows("requests")?
+        .iter()
+        .map(|row| RequestRow::from_json(row.as_array()?))
+        .collect::<Option<Vec<_>>>()?;
+    let attempts = rows("attempts")?
+        .iter()
+        .map(|row| AttemptRow::from_json(row.as_array()?))
+        .collect::<Option<Vec<_>>>()?;
+    Some((requests, attempts))
+}
