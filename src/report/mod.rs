@@ -99,6 +99,8 @@ pub struct Totals {
 pub struct Report {
     pub window: Window,
     pub days: f64,
+    /// The window asked for began before the ledger's first record; it starts there instead.
+    pub starts_at_first_record: bool,
     pub routes: Vec<RouteReport>,
     pub fixed: Vec<FixedCost>,
     pub totals: Totals,
@@ -114,8 +116,24 @@ impl Report {
         window: Window,
         route: Option<&str>,
     ) -> Result<Report, LedgerError> {
+        // A window reaching back before the ledger's first record starts at that record: a month
+        // of fixed cost is not charged against minutes of traffic, nor calls per day spread over
+        // days with no gateway running.
+        let first = store.span().await?.map(|(first, _)| first);
+        let (window, clamped) = match first {
+            Some(first) if window.from_ms < first && first < window.to_ms => (
+                Window {
+                    from_ms: first,
+                    ..window
+                },
+                true,
+            ),
+            _ => (window, false),
+        };
         let rows = store.requests(window.from_ms, window.to_ms, route).await?;
-        Ok(Report::build(config, &rows, window))
+        let mut report = Report::build(config, &rows, window);
+        report.starts_at_first_record = clamped;
+        Ok(report)
     }
 
     pub fn build(config: &Config, rows: &[RequestRow], window: Window) -> Report {
@@ -208,6 +226,7 @@ impl Report {
         Report {
             window,
             days: window.days(),
+            starts_at_first_record: false,
             routes,
             fixed,
             totals,
@@ -257,10 +276,15 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "tierwise report: {} to {} ({:.2} days); costs projected to a {DAYS_PER_MONTH}-day month\n",
+            "tierwise report: {} to {} ({}{}); costs projected to a {DAYS_PER_MONTH}-day month\n",
             timestamp(self.window.from_ms),
             timestamp(self.window.to_ms),
-            self.days
+            span(self.days),
+            if self.starts_at_first_record {
+                ", from the ledger's first record"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             out,
@@ -450,6 +474,18 @@ fn parse_time(text: &str) -> Result<i64, String> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|_| format!("{text:?} is before 1970"))?
         .as_millis() as i64)
+}
+
+/// How long a window covers, in the unit a reader would use: `12 minutes`, `5.3 hours`, `3.00 days`.
+fn span(days: f64) -> String {
+    let minutes = days * 24.0 * 60.0;
+    if minutes < 120.0 {
+        format!("{minutes:.0} minutes")
+    } else if minutes < 48.0 * 60.0 {
+        format!("{:.1} hours", minutes / 60.0)
+    } else {
+        format!("{days:.2} days")
+    }
 }
 
 #[cfg(test)]

@@ -401,6 +401,9 @@ async fn report_reads_the_ledger_a_gateway_wrote() {
     );
     assert_eq!(report["routes"][0]["route"], "classification");
     assert_eq!(report["routes"][0]["calls"], 3);
+    // An hour asked for, seconds of ledger: the report covers the seconds, not the hour.
+    assert_eq!(report["starts_at_first_record"], true);
+    assert!(report["days"].as_f64().unwrap() < 0.01, "{report}");
     // gpt-4o-mini: 1000 × $0.15 + 100 × $0.60 per million = $0.00021 a call; gpt-4o: $0.0035.
     assert_eq!(report["totals"]["api_usd"], "0.00063");
     assert_eq!(report["totals"]["baseline_usd"], "0.0105");
@@ -413,6 +416,10 @@ async fn report_reads_the_ledger_a_gateway_wrote() {
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(
         table.contains("classification") && table.contains("net saving"),
+        "{table}"
+    );
+    assert!(
+        table.contains("minutes, from the ledger's first record"),
         "{table}"
     );
     let csv = tierwise()

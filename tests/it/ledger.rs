@@ -351,6 +351,9 @@ async fn report_totals(backend: Backend) {
     };
     let config = config.config();
     let report = Report::load(&config, &store, window, None).await.unwrap();
+    // The window asked for began before the first record: the report starts there.
+    assert!(report.starts_at_first_record);
+    assert!(report.window.from_ms >= started && report.window.to_ms == window.to_ms);
     let route = report
         .routes
         .iter()
@@ -375,8 +378,9 @@ async fn report_totals(backend: Backend) {
     assert_eq!(route.baseline_usd, "0.058");
     // The $90/month server over the window, all of it carried by the only route that used it.
     let fixed = &report.fixed[0];
-    let expected_fixed =
-        90_000_000_000_000i128 * (window.to_ms - window.from_ms) as i128 / (30 * 86_400_000);
+    let expected_fixed = 90_000_000_000_000i128
+        * (report.window.to_ms - report.window.from_ms) as i128
+        / (30 * 86_400_000);
     assert_eq!(
         fixed.window_usd,
         tierwise::ledger::Picodollars(expected_fixed as i64).to_string()
