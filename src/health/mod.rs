@@ -7,13 +7,13 @@ mod probe;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{Config, Provider};
+use crate::config::{Config, Provider, Tier};
 use crate::upstream::{UpstreamError, UpstreamErrorKind};
 
 pub use breaker::{Admission, Breaker, BreakerSnapshot, BreakerState, Transition};
@@ -31,8 +31,14 @@ pub struct ProviderHealth {
 /// Why a tier was passed over without calling it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Skip {
-    BreakerOpen { retry_in: Duration },
+    BreakerOpen {
+        retry_in: Duration,
+    },
     Saturated,
+    /// The tier's model was rate limited (429) and its `Retry-After` has not passed.
+    RateLimited {
+        retry_in: Duration,
+    },
 }
 
 impl Skip {
@@ -47,6 +53,11 @@ impl Skip {
                 UpstreamErrorKind::Saturated,
                 "max_in_flight reached".into(),
                 Duration::from_secs(1),
+            ),
+            Skip::RateLimited { retry_in } => UpstreamError::skipped(
+                UpstreamErrorKind::RateLimited,
+                "the model is rate limited".into(),
+                retry_in,
             ),
         }
     }
@@ -153,10 +164,11 @@ impl Lease {
         self.health.report(self.health.breaker.on_success());
     }
 
-    /// Records a failed call. A client error (a 4xx other than 429) says the provider is up.
+    /// Records a failed call. A client error says the provider is up, and so does a 429: rate
+    /// limits are per model, and the tier's own rest takes care of it.
     pub fn failed(&mut self, error: &UpstreamError) {
         self.settled = true;
-        if error.is_retryable() {
+        if error.is_retryable() && !error.is_rate_limit() {
             self.health
                 .report(self.health.breaker.on_failure(&error.reason()));
         } else {
@@ -190,10 +202,18 @@ pub struct ProviderStatus {
     pub breaker: BreakerSnapshot,
 }
 
-/// Every provider's health, keyed by provider name.
+/// Every provider's health, keyed by provider name, and each tier's rate limit. Rate limits are
+/// per model, so a 429 cools down the tier that met it, not every tier of its provider: the
+/// provider's breaker does not count it.
 pub struct Health {
     providers: HashMap<String, Arc<ProviderHealth>>,
+    /// Per tier: until when (milliseconds after `epoch`) it is rate limited.
+    rate_limited_until: HashMap<String, AtomicU64>,
+    epoch: Instant,
 }
+
+/// How long a tier rests after a 429 that gave no `Retry-After`.
+const DEFAULT_RATE_LIMIT_REST: Duration = Duration::from_secs(1);
 
 impl Health {
     pub fn new(config: &Config) -> Health {
@@ -203,6 +223,36 @@ impl Health {
                 .iter()
                 .map(|p| (p.name.clone(), Arc::new(ProviderHealth::new(p.clone()))))
                 .collect(),
+            rate_limited_until: config
+                .tiers
+                .iter()
+                .map(|tier| (tier.name.clone(), AtomicU64::new(0)))
+                .collect(),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Whether `tier` may be called now, as far as its rate limit goes.
+    pub fn rate_limit(&self, tier: &Tier) -> Result<(), Skip> {
+        let Some(until) = self.rate_limited_until.get(&tier.name) else {
+            return Ok(());
+        };
+        let until = until.load(Ordering::Relaxed);
+        let now = self.epoch.elapsed().as_millis() as u64;
+        if now < until {
+            return Err(Skip::RateLimited {
+                retry_in: Duration::from_millis(until - now),
+            });
+        }
+        Ok(())
+    }
+
+    /// `tier` answered 429: it rests for `retry_after` (or a second).
+    pub fn rate_limited(&self, tier: &Tier, retry_after: Option<Duration>) {
+        if let Some(until) = self.rate_limited_until.get(&tier.name) {
+            let rest = retry_after.unwrap_or(DEFAULT_RATE_LIMIT_REST);
+            let at = (self.epoch.elapsed() + rest).as_millis() as u64;
+            until.fetch_max(at, Ordering::Relaxed);
         }
     }
 

@@ -2,7 +2,8 @@
 //! open or whose provider is at `max_in_flight` is passed over at once. A retryable failure
 //! (connection, timeout, 429, 5xx, malformed body, a stream broken before its first event) moves on to
 //! the next tier; a client error goes straight back, because every tier would refuse it alike. A 429
-//! with a short `Retry-After` is retried once on the same tier first. Every attempt is kept, for the
+//! with a short `Retry-After` is retried once on the same tier first; after that the tier rests
+//! until its `Retry-After` has passed, without its provider's other tiers resting with it. Every attempt is kept, for the
 //! fallback header and the ledger.
 
 use std::sync::Arc;
@@ -78,7 +79,11 @@ impl ChainRun<'_> {
     pub async fn run(&self, body: &RequestBody<'_>) -> Result<Served, Unserved> {
         let mut attempts = Vec::with_capacity(self.chain.len());
         for step in self.chain {
-            let lease = match self.health.of(&step.tier.provider).admit() {
+            let admitted = self
+                .health
+                .rate_limit(&step.tier)
+                .and_then(|()| self.health.of(&step.tier.provider).admit());
+            let lease = match admitted {
                 Ok(lease) => lease,
                 Err(skip) => {
                     attempts.push(Attempt {
@@ -184,6 +189,9 @@ impl ChainRun<'_> {
                             tokio::time::sleep(wait).await;
                         }
                         _ => {
+                            if error.is_rate_limit() {
+                                self.health.rate_limited(&step.tier, error.retry_after);
+                            }
                             lease.failed(&error);
                             return Err(error);
                         }

@@ -135,7 +135,8 @@ impl ApiError {
                 "upstream_error",
                 "tiers_unavailable",
             ),
-            UpstreamErrorKind::Status(StatusCode::TOO_MANY_REQUESTS) => (
+            UpstreamErrorKind::Status(StatusCode::TOO_MANY_REQUESTS)
+            | UpstreamErrorKind::RateLimited => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limit_error",
                 "upstream_rate_limited",

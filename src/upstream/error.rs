@@ -31,6 +31,8 @@ pub enum UpstreamErrorKind {
     BreakerOpen,
     /// Not called: the provider already has `max_in_flight` calls running.
     Saturated,
+    /// Not called: the tier's model answered 429 and its `Retry-After` has not passed.
+    RateLimited,
 }
 
 #[derive(Debug, Clone)]
@@ -138,6 +140,7 @@ impl UpstreamError {
             UpstreamErrorKind::Transport => "transport".into(),
             UpstreamErrorKind::BreakerOpen => "breaker_open".into(),
             UpstreamErrorKind::Saturated => "saturated".into(),
+            UpstreamErrorKind::RateLimited => "rate_limited".into(),
         }
     }
 
@@ -157,8 +160,15 @@ impl UpstreamError {
     pub fn is_skip(&self) -> bool {
         matches!(
             self.kind,
-            UpstreamErrorKind::BreakerOpen | UpstreamErrorKind::Saturated
+            UpstreamErrorKind::BreakerOpen
+                | UpstreamErrorKind::Saturated
+                | UpstreamErrorKind::RateLimited
         )
+    }
+
+    /// The upstream answered 429.
+    pub fn is_rate_limit(&self) -> bool {
+        self.kind == UpstreamErrorKind::Status(StatusCode::TOO_MANY_REQUESTS)
     }
 
     pub fn is_timeout(&self) -> bool {

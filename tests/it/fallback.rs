@@ -101,15 +101,6 @@ async fn each_retryable_fault_falls_back_to_the_next_tier() {
             false,
             "local:http_503",
         ),
-        (
-            Fault::Status {
-                status: 429,
-                body: None,
-                retry_after: Some(30),
-            },
-            false,
-            "local:http_429",
-        ),
         (Fault::MalformedJson, false, "local:malformed_json"),
         (
             Fault::Status {
@@ -123,6 +114,16 @@ async fn each_retryable_fault_falls_back_to_the_next_tier() {
         (Fault::CutBeforeFirstChunk, true, "local:stream_broken"),
         (Fault::MalformedJson, true, "local:malformed_json"),
         (Fault::Hang, true, "local:timeout_first_byte"),
+        // Last: a 429 rests the tier for its Retry-After (below).
+        (
+            Fault::Status {
+                status: 429,
+                body: None,
+                retry_after: Some(30),
+            },
+            false,
+            "local:http_429",
+        ),
     ];
     for (fault, stream, expected) in cases {
         local.set_fault(fault.clone());
@@ -160,13 +161,22 @@ async fn each_retryable_fault_falls_back_to_the_next_tier() {
         }
     }
 
-    local.stop().await;
+    // Rate limited for 30 s: the tier is skipped without a call until then.
+    let calls = local.request_count();
     let answer = gw.ask("summarize").await;
     assert_eq!(
         answer.header("x-tierwise-fallback"),
-        Some("local:connect_refused")
+        Some("local:rate_limited")
     );
-    assert_eq!(answer.status, 200);
+    assert_eq!(local.request_count(), calls);
+
+    local.stop().await;
+    let answer = gw.ask("embed").await;
+    let message = answer.error(502, Some("upstream_unavailable"));
+    assert!(
+        message.contains("embed_local: connect_refused"),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,17 +251,17 @@ async fn a_stream_broken_after_the_first_chunk_ends_with_an_error_event_not_a_ha
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_with_a_short_retry_after_is_retried_once_on_the_same_tier() {
     let (local, api, gw) = setup(|p| p.retry_429_max_wait_ms = Some(1500), |_| {}).await;
-    let rate_limited = |times| {
+    let rate_limited = |times, retry_after| {
         move |b: &mut tierwise_fake::Behavior| {
             b.fault = Fault::Status {
                 status: 429,
                 body: None,
-                retry_after: Some(1),
+                retry_after: Some(retry_after),
             };
             b.fault_for = Some(times);
         }
     };
-    local.update(rate_limited(1));
+    local.update(rate_limited(1, 1));
     let started = std::time::Instant::now();
     let answer = gw.ask("summarize").await;
     // The retry waited for Retry-After (a lower bound on behaviour, not a speed figure).
@@ -275,8 +285,9 @@ async fn a_429_with_a_short_retry_after_is_retried_once_on_the_same_tier() {
     assert_eq!(local.request_count(), 2);
     assert_eq!(api.request_count(), 0);
 
-    // Once, not more: rate limited twice, the request moves on to the next tier.
-    local.update(rate_limited(2));
+    // Once, not more: rate limited twice, the request moves on to the next tier. (Retry-After 0,
+    // so the tier does not rest afterwards.)
+    local.update(rate_limited(2, 0));
     let answer = gw.ask("summarize").await;
     assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"));
     assert_eq!(answer.header("x-tierwise-fallback"), Some("local:http_429"));
@@ -292,6 +303,13 @@ async fn a_429_with_a_short_retry_after_is_retried_once_on_the_same_tier() {
     });
     let answer = gw.ask("summarize").await;
     assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"));
+    assert_eq!(local.request_count(), local_before + 1);
+    // ... and the tier rests for it, called again only once it has passed.
+    let answer = gw.ask("summarize").await;
+    assert_eq!(
+        answer.header("x-tierwise-fallback"),
+        Some("local:rate_limited")
+    );
     assert_eq!(local.request_count(), local_before + 1);
 }
 

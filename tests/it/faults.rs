@@ -651,3 +651,53 @@ async fn a_full_spool_drops_and_counts_records_and_never_holds_a_request() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_on_one_model_rests_that_tier_not_its_providers_other_tiers() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            c.provider("openai").breaker.failures = Some(spanned(1));
+            c.add_route(
+                "api_chain",
+                tierwise::config::TaskKind::Chat,
+                &["api_fast", "api_frontier"],
+            );
+        });
+    let gw = TestGateway::start(&config).await;
+    api.update(|b| {
+        b.fault = Fault::Status {
+            status: 429,
+            body: None,
+            retry_after: Some(30),
+        };
+        b.fault_model = Some("gpt-4o-mini".into());
+    });
+    let answer = gw.ask("api_chain").await;
+    assert_eq!(answer.header("x-tierwise-tier"), Some("api_frontier"));
+    assert_eq!(
+        answer.header("x-tierwise-fallback"),
+        Some("api_fast:http_429")
+    );
+    // The provider's breaker (one failure opens it) did not count the 429: its other model is
+    // called; the rate-limited tier rests without a call.
+    let calls = api.request_count();
+    let answer = gw.ask("api_chain").await;
+    assert_eq!(answer.header("x-tierwise-tier"), Some("api_frontier"));
+    assert_eq!(
+        answer.header("x-tierwise-fallback"),
+        Some("api_fast:rate_limited")
+    );
+    assert_eq!(
+        api.request_count(),
+        calls + 1,
+        "only api_frontier was called"
+    );
+    // Alone, the resting tier answers 429 with how long it rests.
+    let answer = gw.ask("api_fast").await;
+    answer.error(429, Some("upstream_rate_limited"));
+    let retry_after: u64 = answer.header("retry-after").unwrap().parse().unwrap();
+    assert!((20..=30).contains(&retry_after), "{retry_after}");
+}

@@ -79,6 +79,8 @@ pub struct Behavior {
     pub models: Vec<String>,
     /// When set, the fault applies to this many more chat/embedding requests, then clears.
     pub fault_for: Option<u32>,
+    /// When set, the fault applies only to requests for this model (rate limits are per model).
+    pub fault_model: Option<String>,
 }
 
 impl Default for Behavior {
@@ -92,6 +94,7 @@ impl Default for Behavior {
             chunk_delay_ms: 0,
             models: vec!["fake-model".to_string()],
             fault_for: None,
+            fault_model: None,
         }
     }
 }
@@ -283,9 +286,18 @@ fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// The behavior for one work request, counting down `fault_for`.
-fn behavior_for_request(shared: &Shared) -> Arc<Behavior> {
+/// The behavior for one work request for `model`, counting down `fault_for`.
+fn behavior_for_request(shared: &Shared, model: Option<&str>) -> Arc<Behavior> {
     let current = shared.behavior.read().unwrap().clone();
+    if current
+        .fault_model
+        .as_deref()
+        .is_some_and(|only| Some(only) != model)
+    {
+        let mut healthy = (*current).clone();
+        healthy.fault = Fault::None;
+        return Arc::new(healthy);
+    }
     if current.fault_for.is_none() {
         return current;
     }
@@ -392,7 +404,7 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         return (StatusCode::BAD_REQUEST, "fake upstream: body is not JSON").into_response();
     };
     record(&shared, "/v1/chat/completions", &headers, &body);
-    let behavior = behavior_for_request(&shared);
+    let behavior = behavior_for_request(&shared, request.model.as_deref());
     if let Some(response) = before_answer(&behavior.fault).await {
         return response;
     }
@@ -569,7 +581,7 @@ async fn embeddings(
         return (StatusCode::BAD_REQUEST, "fake upstream: body is not JSON").into_response();
     };
     record(&shared, "/v1/embeddings", &headers, &body);
-    let behavior = behavior_for_request(&shared);
+    let behavior = behavior_for_request(&shared, request.model.as_deref());
     if let Some(response) = before_answer(&behavior.fault).await {
         return response;
     }
@@ -607,7 +619,10 @@ async fn embeddings(
 async fn models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     record(&shared, "/v1/models", &headers, b"");
     let behavior = shared.behavior.read().unwrap().clone();
-    if let Some(response) = before_answer(&behavior.fault).await {
+    // A fault scoped to one model is not the server's: the listing answers.
+    if behavior.fault_model.is_none()
+        && let Some(response) = before_answer(&behavior.fault).await
+    {
         return response;
     }
     let data: Vec<Value> = behavior
