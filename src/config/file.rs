@@ -59,6 +59,12 @@ pub struct RawServer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_answer_bytes: Option<Spanned<u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_timeout_ms: Option<Spanned<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_timeout_ms: Option<Spanned<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<Spanned<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_grace_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<Spanned<u32>>,

@@ -21,6 +21,13 @@ pub struct ServerConfig {
     /// The largest answer read from an upstream (a non-streamed body), and the most of a stream's
     /// text kept for the ledger and token counting.
     pub max_answer_bytes: usize,
+    /// How long a client may take to send a request's headers, and how long a keep-alive
+    /// connection may wait idle for its next request.
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body.
+    pub body_timeout: Duration,
+    /// Open client connections at most, over all serving threads; more are closed at once.
+    pub max_connections: usize,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
     /// Serving threads, each with its own event loop and upstream connections.
@@ -34,6 +41,9 @@ impl ServerConfig {
     /// Room for 2,048 embeddings of 3,072 floats as JSON, the largest answers OpenAI's API gives.
     pub const DEFAULT_MAX_ANSWER_BYTES: u64 = 256 * 1024 * 1024;
     pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+    pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
     /// One serving thread per core.
     fn default_threads() -> usize {
@@ -162,6 +172,29 @@ impl Resolver<'_> {
             .as_ref()
             .and_then(|size| self.positive(size, "server.max_answer_bytes", "must be more than 0"))
             .unwrap_or(ServerConfig::DEFAULT_MAX_ANSWER_BYTES);
+        let ms = |this: &mut Self, value: &Option<toml::Spanned<u64>>, key: &str, default| {
+            value
+                .as_ref()
+                .and_then(|ms| this.positive(ms, key, "must be more than 0"))
+                .map_or(default, Duration::from_millis)
+        };
+        let header_timeout = ms(
+            self,
+            &raw.header_timeout_ms,
+            "server.header_timeout_ms",
+            ServerConfig::DEFAULT_HEADER_TIMEOUT,
+        );
+        let body_timeout = ms(
+            self,
+            &raw.body_timeout_ms,
+            "server.body_timeout_ms",
+            ServerConfig::DEFAULT_BODY_TIMEOUT,
+        );
+        let max_connections = raw
+            .max_connections
+            .as_ref()
+            .and_then(|n| self.positive(n, "server.max_connections", "must be at least 1"))
+            .map_or(ServerConfig::DEFAULT_MAX_CONNECTIONS, |n| n as usize);
         let threads = raw
             .threads
             .as_ref()
@@ -180,6 +213,9 @@ impl Resolver<'_> {
             metrics_key,
             max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
             max_answer_bytes: usize::try_from(max_answer_bytes).unwrap_or(usize::MAX),
+            header_timeout,
+            body_timeout,
+            max_connections,
             shutdown_grace: raw
                 .shutdown_grace_ms
                 .map_or(ServerConfig::DEFAULT_SHUTDOWN_GRACE, Duration::from_millis),

@@ -61,6 +61,18 @@ impl ApiError {
         .code("request_too_large")
     }
 
+    pub fn body_timeout(limit: std::time::Duration) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!(
+                "The request body did not arrive within {} ms (server.body_timeout_ms).",
+                limit.as_millis()
+            ),
+        )
+        .code("request_timeout")
+    }
+
     pub fn forbidden(message: &str) -> ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "permission_error", message).code("forbidden")
     }

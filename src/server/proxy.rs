@@ -84,9 +84,12 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let bytes = match read_body(body, &headers, app.config.server.max_body_bytes).await {
-        Ok(bytes) => bytes,
-        Err(err) => return err.into_response(),
+    let server = &app.config.server;
+    let read = read_body(body, &headers, server.max_body_bytes);
+    let bytes = match tokio::time::timeout(server.body_timeout, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(err)) => return err.into_response(),
+        Err(_) => return ApiError::body_timeout(server.body_timeout).into_response(),
     };
     let route_header = headers
         .get(&ROUTE_HEADER)

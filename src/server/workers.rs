@@ -10,9 +10,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 
 use super::{App, StartError, router};
 use crate::upstream::Upstreams;
@@ -121,25 +123,65 @@ fn serve_thread(
                 return;
             }
         };
-        let listener = listener.tap_io(|tcp| {
-            // Keep-alive clients on this host must not wait ~40 ms on Nagle's algorithm meeting
-            // delayed ACKs.
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::warn!("cannot set TCP_NODELAY on a client connection: {err}");
-            }
-        });
-        let serve = axum::serve(listener, router(app)).with_graceful_shutdown(async {
-            let _ = stopped.await;
-        });
         tokio::select! {
-            result = serve => if let Err(err) = result {
-                tracing::error!("server stopped with an error: {err}");
-            },
+            () = serve(app, listener, stopped) => {}
             _ = killed => {}
         }
     });
     // Dropping the runtime cancels whatever was still running after a kill.
     drop(runtime);
+}
+
+/// Accepts and serves connections until `stopped`, then lets the open ones finish their requests.
+/// Each connection has `server.header_timeout` to send a request's headers — which also closes a
+/// keep-alive connection left idle that long — and this thread holds at most its share of
+/// `server.max_connections`: a connection over it is closed at once rather than queued.
+async fn serve(
+    app: Arc<App>,
+    listener: tokio::net::TcpListener,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let server = &app.config.server;
+    let share = (server.max_connections / server.threads.max(1)).max(1);
+    let connections = Arc::new(Semaphore::new(share));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(server.header_timeout);
+    let router = router(app.clone());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors, most likely: give the open connections a moment.
+                    tracing::warn!("cannot accept a connection: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stopped => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!("server.max_connections reached: a new connection is closed");
+            continue;
+        };
+        // Keep-alive clients on this host must not wait ~40 ms on Nagle's algorithm meeting
+        // delayed ACKs.
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::warn!("cannot set TCP_NODELAY on a client connection: {err}");
+        }
+        let connection =
+            http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(router.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // A client that stops halfway is its own business, not a server error.
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// Keeps a timer due within `TIMER_ANCHOR` on this thread's runtime. tokio's time driver wakes its

@@ -701,3 +701,96 @@ async fn a_429_on_one_model_rests_that_tier_not_its_providers_other_tiers() {
     let retry_after: u64 = answer.header("retry-after").unwrap().parse().unwrap();
     assert!((20..=30).contains(&retry_after), "{retry_after}");
 }
+
+/// Waits until the server closes `tcp` (a read returns end of file or an error), at most 3 s;
+/// returns what it sent before closing.
+async fn closed_by_server(tcp: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return String::from_utf8_lossy(&seen).into_owned(),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "the server kept the connection open; it sent {:?}",
+                String::from_utf8_lossy(&seen)
+            ),
+        }
+    }
+}
+
+fn addr_of(gw: &TestGateway) -> String {
+    gw.url.trim_start_matches("http://").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_others_are_not_held_up() {
+    use tokio::io::AsyncWriteExt;
+    let up = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&up.base_url(), &up.base_url())
+        .without_probes()
+        .with(|c| {
+            c.0.server.header_timeout_ms = Some(spanned(300));
+            c.0.server.body_timeout_ms = Some(spanned(300));
+        });
+    let gw = TestGateway::start(&config).await;
+
+    // Headers dribbled and never finished: closed, without an answer, and without a key.
+    let mut slow_headers = tokio::net::TcpStream::connect(addr_of(&gw)).await.unwrap();
+    slow_headers
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // A body promised and never sent: 408 in OpenAI's shape.
+    let mut slow_body = tokio::net::TcpStream::connect(addr_of(&gw)).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"model\""
+    );
+    slow_body.write_all(head.as_bytes()).await.unwrap();
+
+    // Meanwhile a normal client is served.
+    assert_eq!(gw.ask("summarize").await.status, 200);
+
+    let sent = closed_by_server(&mut slow_headers).await;
+    assert!(!sent.contains("200 OK"), "{sent}");
+    let sent = closed_by_server(&mut slow_body).await;
+    assert!(sent.starts_with("HTTP/1.1 408"), "{sent}");
+    assert!(sent.contains("request_timeout"), "{sent}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_max_connections_are_closed_at_once() {
+    let up = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&up.base_url(), &up.base_url())
+        .without_probes()
+        .with(|c| {
+            c.0.server.threads = Some(spanned(1));
+            c.0.server.max_connections = Some(spanned(2));
+        });
+    let gw = TestGateway::start(&config).await;
+    let first = tokio::net::TcpStream::connect(addr_of(&gw)).await.unwrap();
+    let _second = tokio::net::TcpStream::connect(addr_of(&gw)).await.unwrap();
+    let mut third = tokio::net::TcpStream::connect(addr_of(&gw)).await.unwrap();
+    closed_by_server(&mut third).await;
+    // A slot freed is a slot to use: the client's pool reconnects.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let client = reqwest::Client::new();
+        let answered = client
+            .post(format!("{}/v1/chat/completions", gw.url))
+            .bearer_auth(CLIENT_KEY)
+            .json(&chat("summarize", "x"))
+            .send()
+            .await;
+        if answered.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the freed slot was never reused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -88,6 +88,8 @@ breaker = {{ failures = 1000000, min_requests = 1000000 }}
 local       = {{ provider = "vllm", model = "mistral-7b", max_tokens = 256 }}
 api_fast    = {{ provider = "openai", model = "gpt-4o-mini" }}
 embed_local = {{ provider = "vllm", model = "nomic-embed-text" }}
+# Its own tier for the rate-limit test: a 429 rests the tier that met it, and no other test's.
+api_limited = {{ provider = "openai", model = "gpt-4o-mini" }}
 
 [routes.classification]
 kind = "classification"
@@ -101,6 +103,10 @@ tiers = ["embed_local"]
 [routes.api_only]
 kind = "agentic"
 tiers = ["api_fast"]
+
+[routes.rate_limited]
+kind = "agentic"
+tiers = ["api_limited"]
 """
 
 

@@ -145,8 +145,14 @@ def test_upstream_rate_limit_is_a_rate_limit_error(client, fakes):
     _, api = fakes
     api.behave(fault={"kind": "status", "status": 429, "retry_after": 3})
     with pytest.raises(openai.RateLimitError) as raised:
-        client.chat.completions.create(model="api_only", messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(model="rate_limited", messages=[{"role": "user", "content": "hi"}])
     assert raised.value.response.headers["retry-after"] == "3"
+    # The tier now rests: the next call is refused the same way without reaching the API.
+    calls = len(api.requests())
+    with pytest.raises(openai.RateLimitError) as raised:
+        client.chat.completions.create(model="rate_limited", messages=[{"role": "user", "content": "hi"}])
+    assert raised.value.response.headers["x-tierwise-fallback"] == "api_limited:rate_limited"
+    assert len(api.requests()) == calls
 
 
 def test_timeout_is_a_gateway_timeout(client, fakes):
