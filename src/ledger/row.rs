@@ -112,6 +112,38 @@ ledger_row! {
     }
 }
 
+impl RequestRow {
+    /// A request as it starts: nothing answered, nothing counted or priced yet.
+    pub fn new(id: String, ts_ms: i64, endpoint: Cow<'static, str>) -> RequestRow {
+        RequestRow {
+            id,
+            ts_ms,
+            endpoint,
+            route: None,
+            tier: None,
+            provider: None,
+            model: None,
+            status: 200,
+            error_kind: None,
+            fallback: None,
+            stream: false,
+            tokens_in: 0,
+            tokens_cached: 0,
+            tokens_out: 0,
+            tokens_estimated: false,
+            latency_us: 0,
+            ttfb_us: None,
+            cost_pusd: None,
+            baseline_pusd: None,
+            local: false,
+            client_key: None,
+            contract: None,
+            prompt: None,
+            answer: None,
+        }
+    }
+}
+
 ledger_row! {
     /// One attempt of a request that was not answered at its first try.
     #[derive(Debug, Clone, PartialEq)]

@@ -298,32 +298,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_written_twice_is_stored_once() {
         let store = Store::connect("sqlite::memory:").await.unwrap();
-        let row = RequestRow {
-            id: "r1".into(),
-            ts_ms: 1,
-            endpoint: "chat.completions".into(),
-            route: None,
-            tier: None,
-            provider: None,
-            model: None,
-            status: 200,
-            error_kind: None,
-            fallback: None,
-            stream: false,
-            tokens_in: 0,
-            tokens_cached: 0,
-            tokens_out: 0,
-            tokens_estimated: false,
-            latency_us: 1,
-            ttfb_us: None,
-            cost_pusd: None,
-            baseline_pusd: None,
-            local: false,
-            client_key: None,
-            contract: None,
-            prompt: None,
-            answer: None,
-        };
+        let row = RequestRow::new("r1".into(), 1, "chat.completions".into());
         let attempt = AttemptRow {
             request_id: "r1".into(),
             seq: 0,

@@ -178,32 +178,16 @@ impl Exchange {
         let latency_us = self.elapsed_us();
         let store_content = self.outcomes.store_content;
         let start = &self.start;
-        let mut request = RequestRow {
-            id: start.id.clone(),
-            ts_ms: self.ts_ms,
-            endpoint: Cow::Borrowed(start.endpoint.spec().ledger_name),
-            route: start.route.as_ref().map(|route| route.name.clone()),
-            tier: None,
-            provider: None,
-            model: None,
-            status: 200,
-            error_kind: None,
-            fallback: None,
-            stream: start.stream,
-            tokens_in: 0,
-            tokens_cached: 0,
-            tokens_out: 0,
-            tokens_estimated: false,
-            latency_us,
-            ttfb_us: None,
-            cost_pusd: None,
-            baseline_pusd: None,
-            local: false,
-            client_key: start.client_key.clone(),
-            contract: None,
-            prompt: store_content.then(|| stored_text(&start.body)),
-            answer: None,
-        };
+        let mut request = RequestRow::new(
+            start.id.clone(),
+            self.ts_ms,
+            Cow::Borrowed(start.endpoint.spec().ledger_name),
+        );
+        request.route = start.route.as_ref().map(|route| route.name.clone());
+        request.stream = start.stream;
+        request.latency_us = latency_us;
+        request.client_key = start.client_key.clone();
+        request.prompt = store_content.then(|| stored_text(&start.body));
         let (attempts, to_count) = match ending {
             Ending::Unserved { status, failure } => {
                 request.status = status;

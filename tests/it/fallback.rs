@@ -62,12 +62,6 @@ fn state_of(providers: &Value, name: &str) -> String {
         .unwrap()
 }
 
-fn streaming(model: &str) -> Value {
-    let mut request = chat(model, "x");
-    request["stream"] = json!(true);
-    request
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_retryable_fault_falls_back_to_the_next_tier() {
     let knobs = |p: &mut RawProvider| {
@@ -128,7 +122,7 @@ async fn each_retryable_fault_falls_back_to_the_next_tier() {
     for (fault, stream, expected) in cases {
         local.set_fault(fault.clone());
         let request = if stream {
-            streaming("summarize")
+            chat_stream("summarize")
         } else {
             chat("summarize", "x")
         };
@@ -191,15 +185,7 @@ async fn a_stream_broken_after_the_first_chunk_ends_with_an_error_event_not_a_ha
     let store = gw.store().await;
 
     local.set_fault(Fault::CutAfterChunks { chunks: 3 });
-    let answer = tokio::time::timeout(Duration::from_secs(10), async {
-        Answer::of(
-            gw.post("/v1/chat/completions", &streaming("summarize"))
-                .await,
-        )
-        .await
-    })
-    .await
-    .expect("the broken stream ends instead of hanging");
+    let answer = gw.ask_stream("summarize").await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.header("x-tierwise-tier"), Some("local"));
     let events: Vec<&str> = answer
@@ -230,15 +216,7 @@ async fn a_stream_broken_after_the_first_chunk_ends_with_an_error_event_not_a_ha
     // An upstream that goes silent mid-stream is cut at idle_ms.
     local.set_fault(Fault::None);
     let _gate = local.hold_streams();
-    let answer = tokio::time::timeout(Duration::from_secs(10), async {
-        Answer::of(
-            gw.post("/v1/chat/completions", &streaming("summarize"))
-                .await,
-        )
-        .await
-    })
-    .await
-    .expect("the stream ends instead of hanging");
+    let answer = gw.ask_stream("summarize").await;
     assert!(
         answer.text.contains("stream_interrupted") && answer.text.contains("timeout_idle"),
         "{}",
@@ -507,7 +485,7 @@ async fn over_max_in_flight_spills_to_the_next_tier_at_once() {
     .await;
     let gate = local.hold_streams();
     let held = gw
-        .post("/v1/chat/completions", &streaming("summarize"))
+        .post("/v1/chat/completions", &chat_stream("summarize"))
         .await;
     assert_eq!(held.headers()["x-tierwise-tier"], "local");
     let mut held = held.bytes_stream();

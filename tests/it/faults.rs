@@ -224,21 +224,11 @@ fn sse_events(text: &str) -> Vec<(Option<String>, String)> {
         .collect()
 }
 
-fn streamed(model: &str) -> serde_json::Value {
-    let mut request = chat(model, "x");
-    request["stream"] = serde_json::json!(true);
-    request
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_line_events_and_event_names_reach_the_client_intact() {
     let (local, _api, gw) = gateway(|_| {}).await;
     local.set_fault(Fault::SseQuirks);
-    let answer = Answer::of(
-        gw.post("/v1/chat/completions", &streamed("summarize"))
-            .await,
-    )
-    .await;
+    let answer = gw.ask_stream("summarize").await;
     assert_eq!(answer.status, 200);
     let events = sse_events(&answer.text);
     assert!(
@@ -264,11 +254,7 @@ async fn an_error_event_mid_stream_is_recorded_as_a_failure_even_before_done() {
     let (local, _api, gw) = gateway(|_| {}).await;
     local.set_fault(Fault::ErrorMidStream { after: 3 });
     let store = gw.store().await;
-    let answer = Answer::of(
-        gw.post("/v1/chat/completions", &streamed("summarize"))
-            .await,
-    )
-    .await;
+    let answer = gw.ask_stream("summarize").await;
     let events = sse_events(&answer.text);
     assert_eq!(events.len(), 5, "3 chunks, the error, [DONE]: {events:?}");
     assert!(events[3].1.contains("crashed mid-answer"), "{events:?}");
@@ -494,15 +480,7 @@ async fn a_stream_that_trickles_on_is_cut_at_total_ms() {
         b.reply = vec!["word"; 30].join(" ");
         b.chunk_delay_ms = 150;
     });
-    let answer = tokio::time::timeout(Duration::from_secs(10), async {
-        Answer::of(
-            gw.post("/v1/chat/completions", &streamed("summarize"))
-                .await,
-        )
-        .await
-    })
-    .await
-    .expect("the stream is cut, not left to run");
+    let answer = gw.ask_stream("summarize").await;
     assert!(
         answer.text.contains("stream_interrupted") && answer.text.contains("timeout_total"),
         "{}",
@@ -531,11 +509,7 @@ async fn answers_are_read_up_to_max_answer_bytes() {
         Some("local:answer_too_large")
     );
     // A stream is relayed whole, but only the limit of its text is kept.
-    let answer = Answer::of(
-        gw.post("/v1/chat/completions", &streamed("summarize"))
-            .await,
-    )
-    .await;
+    let answer = gw.ask_stream("summarize").await;
     assert_eq!(answer.header("x-tierwise-tier"), Some("local"));
     assert!(answer.text.ends_with("data: [DONE]\n\n"));
     let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;

@@ -263,6 +263,16 @@ impl TestGateway {
         }
     }
 
+    /// A streamed chat completion for `model`, read whole within 10 s: a stream that hangs fails
+    /// the test instead of hanging it.
+    pub async fn ask_stream(&self, model: &str) -> Answer {
+        let request = chat_stream(model);
+        let answer = async { Answer::of(self.post("/v1/chat/completions", &request).await).await };
+        tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .expect("the stream ends instead of hanging")
+    }
+
     /// A chat completion for `model` with a one-word prompt, read whole.
     pub async fn ask(&self, model: &str) -> Answer {
         Answer::of(self.post("/v1/chat/completions", &chat(model, "x")).await).await
@@ -339,6 +349,13 @@ pub fn chat(model: &str, content: &str) -> Value {
         "model": model,
         "messages": [{"role": "user", "content": content}],
     })
+}
+
+/// A streamed chat request for `model` with a one-word prompt.
+pub fn chat_stream(model: &str) -> Value {
+    let mut request = chat(model, "x");
+    request["stream"] = serde_json::json!(true);
+    request
 }
 
 /// Waits until the ledger holds request `id` (the writer is asynchronous).
