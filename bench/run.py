@@ -307,6 +307,7 @@ def main():
     parser.add_argument("--json", default=None, help="write all figures to this file")
     parser.add_argument("--compare-bin", default=None, help="another tierwise binary (say, an older commit's) measured as 'baseline' beside 'tierwise' in the chat scenarios")
     parser.add_argument("--chat-only", action="store_true", help="only the non-streaming chat scenarios")
+    parser.add_argument("--concurrency", default="1,16,64,256", help="connection counts of the chat scenarios, comma-separated")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="tierwise-bench-"))
@@ -333,7 +334,7 @@ def main():
         body = tmp / "chat.json"
         body.write_bytes(chat_body())
         targets = [("direct", fake), ("tierwise", tw)] + ([("baseline", base)] if base else []) + [("nginx", nginx)] + ([("litellm", litellm)] if litellm else [])
-        for c in (1, 16, 64, 256):
+        for c in (int(n) for n in args.concurrency.split(",")):
             lite = [t for t in targets if t[0] != "litellm" or c <= 64]
             m = measure(lite, "/v1/chat/completions", body, c, args.seconds, args.rounds, cpu_of=("tierwise", "baseline", "nginx", "litellm"))
             for name in m:
