@@ -675,3 +675,69 @@ async fn killing_and_restarting_the_local_server_under_load_fails_no_request() {
         "traffic never returned to the restarted local server"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_walks_away_never_counts_against_the_provider() {
+    // One failure would open this breaker.
+    let (local, _api, gw) = setup(breaker(1, Some(60_000)), |_| {}).await;
+    let _gate = local.hold_streams_after(2);
+    for _ in 0..3 {
+        let response = gw
+            .post("/v1/chat/completions", &chat_stream("summarize"))
+            .await;
+        assert_eq!(response.headers()["x-tierwise-tier"], "local");
+        let mut body = response.bytes_stream();
+        tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .expect("a first chunk")
+            .expect("a chunk")
+            .unwrap();
+        drop(body);
+    }
+    let providers = providers(&gw).await;
+    assert_eq!(state_of(&providers, "vllm"), "closed");
+    let answer = gw.ask("summarize").await;
+    assert_eq!(answer.header("x-tierwise-tier"), Some("local"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_fall_back_and_are_priced() {
+    let (local, api, gw) = setup(
+        |_| {},
+        |c| {
+            c.0.tiers.insert(
+                tierwise::config::file::text("embed_api"),
+                tierwise::config::file::RawTier::new("openai", "text-embedding-3-small"),
+            );
+            c.route("embed").tiers = spanned(
+                ["embed_local", "embed_api"]
+                    .map(tierwise::config::file::text)
+                    .to_vec(),
+            );
+        },
+    )
+    .await;
+    api.update(|b| b.prompt_tokens = 1000);
+    local.set_fault(Fault::Status {
+        status: 503,
+        body: None,
+        retry_after: None,
+    });
+    let answer = Answer::of(
+        gw.post(
+            "/v1/embeddings",
+            &json!({"model": "embed", "input": ["a document"]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.header("x-tierwise-tier"), Some("embed_api"));
+    assert_eq!(
+        answer.header("x-tierwise-fallback"),
+        Some("embed_local:http_503")
+    );
+    // text-embedding-3-small: 1000 tokens at $0.02 per million.
+    assert_eq!(answer.header("x-tierwise-cost-usd"), Some("0.00002"));
+    assert_eq!(api.requests()[0].body["model"], "text-embedding-3-small");
+}
