@@ -599,3 +599,70 @@ async fn content_with_a_nul_character_never_blocks_a_postgres_ledger() {
     assert_eq!(row.answer.as_deref(), Some("nullbyte"));
     stored(&store, &id_of(&after)).await;
 }
+
+/// A USD amount as the report prints it, in picodollars.
+fn pusd(text: &str) -> i128 {
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    whole.parse::<i128>().unwrap() * 1_000_000_000_000
+        + format!("{frac:0<12}").parse::<i128>().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_servers_fixed_cost_is_shared_among_routes_by_tokens() {
+    let (local, api) = fakes().await;
+    let config = priced_config(&local.base_url(), &api.base_url(), &sqlite_url());
+    let gw = TestGateway::start(&config).await;
+    let store = gw.store().await;
+    let started = now_ms();
+    let mut ids = Vec::new();
+    // Both routes run on the local server with the same tokens per call (1,500): 3 calls to 1.
+    for model in [
+        "classification",
+        "classification",
+        "classification",
+        "summarize",
+    ] {
+        ids.push(id_of(&gw.ask(model).await));
+    }
+    for id in &ids {
+        stored(&store, id).await;
+    }
+    let config = config.config();
+    // A window whose fixed cost does not split into quarters, so the remainder is there to give:
+    // $90 a month over (to - from) ms, as the report computes it.
+    let cost_of = |ms: i64| 90_000_000_000_000i128 * ms as i128 / (30 * 86_400_000);
+    let (first, _) = store.span().await.unwrap().unwrap();
+    assert!(first >= started);
+    let mut to_ms = now_ms() + 1000;
+    while cost_of(to_ms - first) % 4 == 0 {
+        to_ms += 1;
+    }
+    let window = Window {
+        from_ms: first,
+        to_ms,
+    };
+    let report = Report::load(&config, &store, window, None).await.unwrap();
+    let whole = pusd(&report.fixed[0].window_usd);
+    assert_eq!(whole, cost_of(report.window.to_ms - report.window.from_ms));
+    let share = |route: &str| {
+        pusd(
+            &report
+                .routes
+                .iter()
+                .find(|r| r.route == route)
+                .unwrap()
+                .fixed_cost_usd,
+        )
+    };
+    assert!(whole > 0);
+    assert_eq!(
+        share("summarize"),
+        whole / 4,
+        "a quarter of the tokens, rounded down"
+    );
+    assert_eq!(
+        share("classification"),
+        whole - whole / 4,
+        "the largest user carries the remainder, so the shares sum exactly"
+    );
+}
