@@ -26,6 +26,9 @@ pub struct ProviderHealth {
     /// The probe has answered at least once (always true without a probe): until then the
     /// provider is not counted as up by `/readyz`.
     seen_up: AtomicBool,
+    /// A provider with a probe and warm-up is brought back by its probe, which warms it up first;
+    /// a user's request is never its half-open trial call, which would meet a cold model.
+    probe_recovers: bool,
 }
 
 /// Why a tier was passed over without calling it.
@@ -71,6 +74,7 @@ impl ProviderHealth {
                 .max_in_flight
                 .map(|limit| Arc::new(Semaphore::new(limit as usize))),
             seen_up: AtomicBool::new(provider.probe.is_none()),
+            probe_recovers: provider.probe.is_some() && provider.warmup,
             provider,
         }
     }
@@ -80,6 +84,15 @@ impl ProviderHealth {
     pub fn admit(self: &Arc<Self>) -> Result<Lease, Skip> {
         let trial = match self.breaker.admit() {
             Admission::Pass => false,
+            Admission::Trial if self.probe_recovers => {
+                self.breaker.trial_abandoned();
+                let retry_in = self
+                    .provider
+                    .probe
+                    .as_ref()
+                    .map_or(Duration::from_secs(1), |probe| probe.interval);
+                return Err(Skip::BreakerOpen { retry_in });
+            }
             Admission::Trial => true,
             Admission::Skip { retry_in } => return Err(Skip::BreakerOpen { retry_in }),
         };

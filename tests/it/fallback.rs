@@ -741,3 +741,52 @@ async fn embeddings_fall_back_and_are_priced() {
     assert_eq!(answer.header("x-tierwise-cost-usd"), Some("0.00002"));
     assert_eq!(api.requests()[0].body["model"], "text-embedding-3-small");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_are_not_sent_to_a_recovered_provider_until_its_warm_up_is_done() {
+    let local = FakeUpstream::start().await;
+    let addr = local.addr;
+    let api = FakeUpstream::start().await;
+    local.stop().await;
+    let knobs = |p: &mut RawProvider| {
+        p.warmup = true;
+        p.breaker.cooldown_ms = Some(100);
+        p.timeout.total_ms = Some(5000);
+    };
+    let gw = TestGateway::start(&config(
+        &format!("http://{addr}/v1"),
+        &api.base_url(),
+        true,
+        knobs,
+    ))
+    .await;
+    wait_until_state(&gw, "open").await;
+
+    // Back, answering its probe at once but its model slowly: the warm-up takes 1.5 s.
+    let local = FakeUpstream::start_on(addr).await;
+    local.update(|b| {
+        b.fault = Fault::SlowFirstByte { ms: 1500 };
+        b.fault_model = Some("mistral-7b".into());
+    });
+    wait_until("the warm-up call", Duration::from_secs(5), || {
+        local.request_count() > 0
+    })
+    .await;
+    // While it warms up, users go to the next tier without waiting on it.
+    let answer = tokio::time::timeout(Duration::from_secs(1), gw.ask("summarize"))
+        .await
+        .expect("not held by the warm-up");
+    assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"));
+    assert_eq!(
+        answer.header("x-tierwise-fallback"),
+        Some("local:breaker_open")
+    );
+
+    // Warmed up, the provider closes and gets users back.
+    local.update(|b| b.fault = Fault::None);
+    wait_for_state(&gw, "closed", Duration::from_secs(5)).await;
+    assert_eq!(
+        gw.ask("summarize").await.header("x-tierwise-tier"),
+        Some("local")
+    );
+}
