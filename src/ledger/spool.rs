@@ -40,6 +40,15 @@ impl LedgerHealth {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+
+    pub fn set(&self, spooling: bool, spooled: u64) {
+        self.spooling.store(spooling, Ordering::Relaxed);
+        self.spooled.store(spooled, Ordering::Relaxed);
+    }
+
+    pub fn add_dropped(&self, records: u64) {
+        self.dropped.fetch_add(records, Ordering::Relaxed);
+    }
 }
 
 pub struct Spool {
@@ -151,17 +160,6 @@ impl Spool {
         self.bytes = 0;
         self.records = 0;
         Ok(replayed)
-    }
-}
-
-impl LedgerHealth {
-    pub fn set(&self, spooling: bool, spooled: u64) {
-        self.spooling.store(spooling, Ordering::Relaxed);
-        self.spooled.store(spooled, Ordering::Relaxed);
-    }
-
-    pub fn add_dropped(&self, records: u64) {
-        self.dropped.fetch_add(records, Ordering::Relaxed);
     }
 }
 

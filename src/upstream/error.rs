@@ -156,16 +156,6 @@ impl UpstreamError {
         }
     }
 
-    /// The tier was passed over without a call.
-    pub fn is_skip(&self) -> bool {
-        matches!(
-            self.kind,
-            UpstreamErrorKind::BreakerOpen
-                | UpstreamErrorKind::Saturated
-                | UpstreamErrorKind::RateLimited
-        )
-    }
-
     /// The upstream answered 429.
     pub fn is_rate_limit(&self) -> bool {
         self.kind == UpstreamErrorKind::Status(StatusCode::TOO_MANY_REQUESTS)
