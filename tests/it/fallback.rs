@@ -40,26 +40,32 @@ async fn setup(
     (local, api, gw)
 }
 
+/// A local server that is down when the gateway starts, probed and warmed up on recovery (first
+/// cool-down 100 ms); `knobs` changes its provider further. Its address, to restart it on, the API
+/// fake and the gateway.
+async fn down_with_warm_up(
+    knobs: impl FnOnce(&mut RawProvider),
+) -> (SocketAddr, FakeUpstream, TestGateway) {
+    let local = FakeUpstream::start().await;
+    let addr = local.addr;
+    let api = FakeUpstream::start().await;
+    local.stop().await;
+    let knobs = |p: &mut RawProvider| {
+        p.warmup = true;
+        p.breaker.cooldown_ms = Some(100);
+        knobs(p);
+    };
+    let local_url = format!("http://{addr}/v1");
+    let gw = TestGateway::start(&config(&local_url, &api.base_url(), true, knobs)).await;
+    (addr, api, gw)
+}
+
 /// Breaker knobs: consecutive failures that open it, and its first cool-down.
 fn breaker(failures: u32, cooldown_ms: Option<u64>) -> impl FnOnce(&mut RawProvider) {
     move |p| {
         p.breaker.failures = Some(spanned(failures));
         p.breaker.cooldown_ms = cooldown_ms;
     }
-}
-
-async fn providers(gw: &TestGateway) -> Value {
-    Answer::of(gw.get("/admin/api/providers").await).await.body
-}
-
-fn state_of(providers: &Value, name: &str) -> String {
-    providers["providers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .map(|p| p["breaker"]["state"].as_str().unwrap().to_string())
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,14 +207,8 @@ async fn a_stream_broken_after_the_first_chunk_ends_with_an_error_event_not_a_ha
     assert!(!answer.text.contains("[DONE]"));
     assert_eq!(api.request_count(), 0, "a started stream cannot fall back");
     // The breaker heard of it, and the ledger says how the request ended.
-    let vllm = &providers(&gw).await["providers"][1];
-    assert_eq!(
-        (
-            vllm["name"].as_str(),
-            vllm["breaker"]["consecutive_failures"].as_u64()
-        ),
-        (Some("vllm"), Some(1))
-    );
+    let vllm = gw.provider("vllm").await;
+    assert_eq!(vllm["breaker"]["consecutive_failures"], 1);
     let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
     assert_eq!(
         (row.status, row.error_kind.as_deref(), row.tier.as_deref()),
@@ -225,7 +225,7 @@ async fn a_stream_broken_after_the_first_chunk_ends_with_an_error_event_not_a_ha
         answer.text
     );
     // The second broken stream in a row opened the breaker.
-    assert_eq!(state_of(&providers(&gw).await, "vllm"), "open");
+    assert_eq!(gw.breaker_state("vllm").await, "open");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,14 +321,8 @@ async fn an_open_breaker_stops_user_traffic_to_the_failing_provider() {
         3,
         "the provider saw only the calls that opened the breaker"
     );
-    let state = providers(&gw).await;
-    assert_eq!(state_of(&state, "vllm"), "open");
-    let vllm = state["providers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "vllm")
-        .unwrap();
+    let vllm = gw.provider("vllm").await;
+    assert_eq!(vllm["breaker"]["state"], "open");
     assert!(
         vllm["breaker"]["last_error"]
             .as_str()
@@ -336,7 +330,7 @@ async fn an_open_breaker_stops_user_traffic_to_the_failing_provider() {
             .contains("http_500")
     );
     assert!(vllm["breaker"]["retry_in_ms"].as_u64().unwrap() > 50_000);
-    assert_eq!(state_of(&state, "openai"), "closed");
+    assert_eq!(gw.breaker_state("openai").await, "closed");
 
     // Client errors are the request's fault and never open a breaker.
     let healthy = FakeUpstream::start().await;
@@ -360,7 +354,7 @@ async fn an_open_breaker_stops_user_traffic_to_the_failing_provider() {
             400
         );
     }
-    assert_eq!(state_of(&providers(&gw2).await, "vllm"), "closed");
+    assert_eq!(gw2.breaker_state("vllm").await, "closed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,7 +367,8 @@ async fn a_recovered_provider_gets_traffic_back_within_a_probe_interval_and_cool
     local.stop().await;
 
     // The probe finds it down before any user does.
-    wait_until_state(&gw, "open").await;
+    gw.wait_for_breaker("vllm", "open", Duration::from_secs(5))
+        .await;
     let answer = gw.ask("summarize").await;
     assert_eq!(
         answer.header("x-tierwise-fallback"),
@@ -383,7 +378,8 @@ async fn a_recovered_provider_gets_traffic_back_within_a_probe_interval_and_cool
     // With no user traffic at all, only the probe can close the breaker: one probe interval
     // (50 ms) after the cool-down (300 ms), with slack for a loaded machine.
     let local = FakeUpstream::start_on(addr).await;
-    wait_for_state(&gw, "closed", Duration::from_millis(1500)).await;
+    gw.wait_for_breaker("vllm", "closed", Duration::from_millis(1500))
+        .await;
     assert_eq!(
         local.request_count(),
         0,
@@ -396,22 +392,7 @@ async fn a_recovered_provider_gets_traffic_back_within_a_probe_interval_and_cool
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_up_runs_at_start_and_after_recovery_and_readyz_waits_for_it() {
-    let local = FakeUpstream::start().await;
-    let addr = local.addr;
-    let api = FakeUpstream::start().await;
-    // Down from the start.
-    local.stop().await;
-    let knobs = |p: &mut RawProvider| {
-        p.warmup = true;
-        p.breaker.cooldown_ms = Some(100);
-    };
-    let gw = TestGateway::start(&config(
-        &format!("http://{addr}/v1"),
-        &api.base_url(),
-        true,
-        knobs,
-    ))
-    .await;
+    let (addr, _api, gw) = down_with_warm_up(|_| {}).await;
     let ready = |gw: &TestGateway| {
         let url = format!("{}/readyz", gw.url);
         let http = gw.http.clone();
@@ -452,28 +433,15 @@ async fn warm_up_runs_at_start_and_after_recovery_and_readyz_waits_for_it() {
 
     // Down and back: warmed again before traffic returns.
     local.stop().await;
-    wait_until_state(&gw, "open").await;
+    gw.wait_for_breaker("vllm", "open", Duration::from_secs(5))
+        .await;
     let local = FakeUpstream::start_on(addr).await;
-    wait_until_state(&gw, "closed").await;
+    gw.wait_for_breaker("vllm", "closed", Duration::from_secs(5))
+        .await;
     assert!(
         local.requests().iter().any(|r| r.body["max_tokens"] == 1),
         "no warm-up after recovery"
     );
-}
-
-async fn wait_until_state(gw: &TestGateway, state: &str) {
-    wait_for_state(gw, state, Duration::from_secs(5)).await;
-}
-
-async fn wait_for_state(gw: &TestGateway, state: &str, within: Duration) {
-    let until = std::time::Instant::now() + within;
-    while state_of(&providers(gw).await, "vllm") != state {
-        assert!(
-            std::time::Instant::now() < until,
-            "vllm did not become {state} within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,14 +480,7 @@ async fn over_max_in_flight_spills_to_the_next_tier_at_once() {
         answer.header("x-tierwise-fallback"),
         Some("local:saturated")
     );
-    let status = providers(&gw).await;
-    let vllm = status["providers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "vllm")
-        .unwrap()
-        .clone();
+    let vllm = gw.provider("vllm").await;
     assert_eq!(
         (vllm["in_flight"].as_u64(), vllm["max_in_flight"].as_u64()),
         (Some(1), Some(1))
@@ -578,7 +539,7 @@ async fn when_every_tier_is_open_a_route_tries_its_primary_or_fails_fast() {
     );
     assert_eq!(local.request_count(), 3);
     assert_eq!(
-        state_of(&providers(&gw).await, "vllm"),
+        gw.breaker_state("vllm").await,
         "closed",
         "a successful last-resort call closes it"
     );
@@ -696,8 +657,7 @@ async fn a_client_that_walks_away_never_counts_against_the_provider() {
             .unwrap();
         drop(body);
     }
-    let providers = providers(&gw).await;
-    assert_eq!(state_of(&providers, "vllm"), "closed");
+    assert_eq!(gw.breaker_state("vllm").await, "closed");
     let answer = gw.ask("summarize").await;
     assert_eq!(answer.header("x-tierwise-tier"), Some("local"));
 }
@@ -746,23 +706,9 @@ async fn embeddings_fall_back_and_are_priced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_are_not_sent_to_a_recovered_provider_until_its_warm_up_is_done() {
-    let local = FakeUpstream::start().await;
-    let addr = local.addr;
-    let api = FakeUpstream::start().await;
-    local.stop().await;
-    let knobs = |p: &mut RawProvider| {
-        p.warmup = true;
-        p.breaker.cooldown_ms = Some(100);
-        p.timeout.total_ms = Some(5000);
-    };
-    let gw = TestGateway::start(&config(
-        &format!("http://{addr}/v1"),
-        &api.base_url(),
-        true,
-        knobs,
-    ))
-    .await;
-    wait_until_state(&gw, "open").await;
+    let (addr, _api, gw) = down_with_warm_up(|p| p.timeout.total_ms = Some(5000)).await;
+    gw.wait_for_breaker("vllm", "open", Duration::from_secs(5))
+        .await;
 
     // Back, answering its probe at once but its model slowly: the warm-up takes 1.5 s.
     let local = FakeUpstream::start_on(addr).await;
@@ -786,7 +732,8 @@ async fn users_are_not_sent_to_a_recovered_provider_until_its_warm_up_is_done() 
 
     // Warmed up, the provider closes and gets users back.
     local.update(|b| b.fault = Fault::None);
-    wait_for_state(&gw, "closed", Duration::from_secs(5)).await;
+    gw.wait_for_breaker("vllm", "closed", Duration::from_secs(5))
+        .await;
     assert_eq!(
         gw.ask("summarize").await.header("x-tierwise-tier"),
         Some("local")

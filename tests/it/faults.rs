@@ -8,6 +8,15 @@ use tierwise_fake::{FakeUpstream, Fault};
 
 use crate::util::*;
 
+/// One fake behind every provider, and a configuration without probes that `change` adjusts.
+async fn one_fake(change: impl FnOnce(&mut TestConfig)) -> (FakeUpstream, TestConfig) {
+    let up = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&up.base_url(), &up.base_url())
+        .without_probes()
+        .with(change);
+    (up, config)
+}
+
 /// Fresh fakes and a gateway without probes; `knobs` changes the local (vllm) provider.
 async fn gateway(
     knobs: impl FnOnce(&mut RawProvider),
@@ -162,26 +171,9 @@ async fn a_probe_answered_401_reports_the_provider_down() {
         vllm.health.timeout_ms = Some(300);
     });
     let gw = TestGateway::start(&config).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let providers = Answer::of(gw.get("/admin/api/providers").await).await.body;
-        let vllm = providers["providers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == "vllm")
-            .unwrap()
-            .clone();
-        if vllm["breaker"]["state"] == "open" {
-            assert_eq!(vllm["up"], false);
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never reported down: {vllm}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.wait_for_breaker("vllm", "open", Duration::from_secs(5))
+        .await;
+    assert_eq!(gw.provider("vllm").await["up"], false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,16 +252,9 @@ async fn an_error_event_mid_stream_is_recorded_as_a_failure_even_before_done() {
     assert!(events[3].1.contains("crashed mid-answer"), "{events:?}");
     let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
     assert_eq!(row.error_kind.as_deref(), Some("upstream_error_event"));
-    let providers = Answer::of(gw.get("/admin/api/providers").await).await.body;
-    let vllm = providers["providers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "vllm")
-        .unwrap()
-        .clone();
     assert_eq!(
-        vllm["breaker"]["consecutive_failures"], 1,
+        gw.provider("vllm").await["breaker"]["consecutive_failures"],
+        1,
         "the breaker heard of it"
     );
 }
@@ -345,10 +330,7 @@ async fn the_admin_api_is_never_silently_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_can_be_put_behind_a_key() {
-    let up = FakeUpstream::start().await;
-    let config = TestConfig::two_tier(&up.base_url(), &up.base_url())
-        .without_probes()
-        .with(|c| c.0.server.metrics_key = Some(text("tw-scrape-1")));
+    let (_up, config) = one_fake(|c| c.0.server.metrics_key = Some(text("tw-scrape-1"))).await;
     let gw = TestGateway::start(&config).await;
     let url = format!("{}/metrics", gw.url);
     assert_eq!(gw.http.get(&url).send().await.unwrap().status(), 401);
@@ -409,8 +391,7 @@ async fn a_web_page_cannot_spend_the_gateways_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_gateway_on_the_same_port_fails_to_start() {
-    let up = FakeUpstream::start().await;
-    let config = TestConfig::two_tier(&up.base_url(), &up.base_url()).without_probes();
+    let (_up, config) = one_fake(|_| {}).await;
     let first = TestGateway::start(&config).await;
     let port = first.url.rsplit(':').next().unwrap().to_string();
     let second = config
@@ -550,11 +531,8 @@ async fn ask_quickly(gw: &TestGateway, n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_never_holds_a_request_and_loses_nothing() {
-    let up = FakeUpstream::start().await;
     // A queue of one: with the database away, the second record would already make requests wait.
-    let config = TestConfig::two_tier(&up.base_url(), &up.base_url())
-        .without_probes()
-        .with(|c| c.0.ledger.queue = Some(spanned(1)));
+    let (_up, config) = one_fake(|c| c.0.ledger.queue = Some(spanned(1))).await;
     let gw = TestGateway::start(&config).await;
     let store = gw.store().await;
     ledger_table(&gw.ledger_url, true).await;
@@ -589,8 +567,7 @@ async fn a_database_outage_never_holds_a_request_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_spooled_when_the_gateway_stops_are_written_at_its_next_start() {
-    let up = FakeUpstream::start().await;
-    let config = TestConfig::two_tier(&up.base_url(), &up.base_url()).without_probes();
+    let (_up, config) = one_fake(|_| {}).await;
     let gw = TestGateway::start(&config).await;
     let ledger_url = gw.ledger_url.clone();
     ledger_table(&ledger_url, true).await;
@@ -607,10 +584,7 @@ async fn records_spooled_when_the_gateway_stops_are_written_at_its_next_start() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_drops_and_counts_records_and_never_holds_a_request() {
-    let up = FakeUpstream::start().await;
-    let config = TestConfig::two_tier(&up.base_url(), &up.base_url())
-        .without_probes()
-        .with(|c| c.0.ledger.spool_max_bytes = Some(spanned(1)));
+    let (_up, config) = one_fake(|c| c.0.ledger.spool_max_bytes = Some(spanned(1))).await;
     let gw = TestGateway::start(&config).await;
     ledger_table(&gw.ledger_url, true).await;
     ask_quickly(&gw, 5).await;
@@ -701,13 +675,11 @@ fn addr_of(gw: &TestGateway) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off_and_others_are_not_held_up() {
     use tokio::io::AsyncWriteExt;
-    let up = FakeUpstream::start().await;
-    let config = TestConfig::two_tier(&up.base_url(), &up.base_url())
-        .without_probes()
-        .with(|c| {
-            c.0.server.header_timeout_ms = Some(spanned(300));
-            c.0.server.body_timeout_ms = Some(spanned(300));
-        });
+    let (_up, config) = one_fake(|c| {
+        c.0.server.header_timeout_ms = Some(spanned(300));
+        c.0.server.body_timeout_ms = Some(spanned(300));
+    })
+    .await;
     let gw = TestGateway::start(&config).await;
 
     // Headers dribbled and never finished: closed, without an answer, and without a key.
@@ -735,13 +707,11 @@ async fn slow_clients_are_cut_off_and_others_are_not_held_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_max_connections_are_closed_at_once() {
-    let up = FakeUpstream::start().await;
-    let config = TestConfig::two_tier(&up.base_url(), &up.base_url())
-        .without_probes()
-        .with(|c| {
-            c.0.server.threads = Some(spanned(1));
-            c.0.server.max_connections = Some(spanned(2));
-        });
+    let (_up, config) = one_fake(|c| {
+        c.0.server.threads = Some(spanned(1));
+        c.0.server.max_connections = Some(spanned(2));
+    })
+    .await;
     let gw = TestGateway::start(&config).await;
     let first = tokio::net::TcpStream::connect(addr_of(&gw)).await.unwrap();
     let _second = tokio::net::TcpStream::connect(addr_of(&gw)).await.unwrap();

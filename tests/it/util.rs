@@ -273,6 +273,38 @@ impl TestGateway {
             .expect("the stream ends instead of hanging")
     }
 
+    /// One provider's status as `/admin/api/providers` shows it (state, breaker, in-flight).
+    pub async fn provider(&self, name: &str) -> Value {
+        let all = Answer::of(self.get("/admin/api/providers").await)
+            .await
+            .body;
+        all["providers"]
+            .as_array()
+            .expect("a provider list")
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no provider {name} in {all}"))
+            .clone()
+    }
+
+    /// The state of a provider's breaker: `closed`, `open` or `half_open`.
+    pub async fn breaker_state(&self, provider: &str) -> String {
+        let status = self.provider(provider).await;
+        status["breaker"]["state"].as_str().unwrap().to_string()
+    }
+
+    /// Waits until a provider's breaker is in `state`, at most `within`.
+    pub async fn wait_for_breaker(&self, provider: &str, state: &str, within: Duration) {
+        let until = Instant::now() + within;
+        while self.breaker_state(provider).await != state {
+            assert!(
+                Instant::now() < until,
+                "{provider} did not become {state} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// A chat completion for `model` with a one-word prompt, read whole.
     pub async fn ask(&self, model: &str) -> Answer {
         Answer::of(self.post("/v1/chat/completions", &chat(model, "x")).await).await
