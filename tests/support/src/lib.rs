@@ -242,14 +242,29 @@ impl Gate {
     }
 }
 
-/// An address on 127.0.0.1 where nothing listens: a provider that is down.
-pub async fn unused_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
+/// An address on 127.0.0.1 where nothing listens: a provider that is down. Its port stays bound
+/// (but not listening) while this lives, so connections to it are refused and no other test's
+/// server, started meanwhile on a free port, can be given it.
+pub struct DownAddr {
+    pub addr: SocketAddr,
+    _held: tokio::net::TcpSocket,
+}
+
+impl std::fmt::Display for DownAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+pub async fn unused_addr() -> DownAddr {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("a literal address"))
         .expect("bind a free port");
-    listener
-        .local_addr()
-        .expect("a bound listener has an address")
+    DownAddr {
+        addr: socket.local_addr().expect("a bound socket has an address"),
+        _held: socket,
+    }
 }
 
 /// Waits until `condition` holds, polling, or panics with `what` after `deadline`.
