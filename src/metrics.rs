@@ -106,6 +106,11 @@ pub fn ledger_dropped(records: usize) {
     metrics::counter!("tierwise_ledger_records_dropped_total").increment(records as u64);
 }
 
+/// Records the database refused for their content, set aside beside the spool.
+pub fn ledger_refused(records: usize) {
+    metrics::counter!("tierwise_ledger_records_refused_total").increment(records as u64);
+}
+
 pub fn ledger_write_failed() {
     metrics::counter!("tierwise_ledger_write_errors_total").increment(1);
 }

@@ -1,7 +1,8 @@
 //! The ledger: the durable record of every request and attempt — tokens, cost, baseline cost,
 //! latency, outcome. Its rows are defined once in [`row`]; prices and the one function that turns
 //! tokens into a cost in [`price`]; token counts, and estimates where an upstream gave none, in
-//! [`tokens`]; SQLite or PostgreSQL behind [`Store`]; batches written by [`LedgerWriter`], or kept
+//! [`tokens`]; SQLite or PostgreSQL behind [`Store`], summed there for reports
+//! ([`Summary`]); batches written by [`LedgerWriter`], or kept
 //! in the [`Spool`] while the database is away; the request path never waits for either (it hands
 //! finished requests to [`crate::outcome`]).
 
@@ -9,6 +10,7 @@ pub mod price;
 pub mod row;
 mod spool;
 pub mod store;
+mod summary;
 pub mod tokens;
 mod writer;
 
@@ -16,5 +18,6 @@ pub use price::{Picodollars, Priced, Pricing};
 pub use row::{AttemptRow, RequestRow};
 pub use spool::{LedgerHealth, ReplayError, Spool};
 pub use store::{LedgerError, Store};
+pub use summary::{LocalTokens, RouteSums, Summary};
 pub use tokens::{Answer, Tokens, Uncounted};
-pub use writer::LedgerWriter;
+pub use writer::{LedgerWriter, Refused};

@@ -5,9 +5,11 @@
 //! stored, so a replay cut short is simply replayed again), and at start-up if a crash left one.
 //!
 //! The file is capped (`ledger.spool_max_bytes`): past the cap new batches are dropped, counted
-//! and logged, rather than fill the disk the gateway runs on.
+//! and logged, rather than fill the disk the gateway runs on. Requests the database refuses for
+//! their content are set aside beside it ([`Spool::set_aside`]), so that they never block a replay.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde_json::Value;
@@ -15,7 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::row::{AttemptRow, LedgerRow, RequestRow};
 use super::store::LedgerError;
-use super::writer::LedgerWriter;
+use super::writer::{LedgerWriter, Refused};
 
 /// What `/readyz` and `/metrics` show of the ledger.
 #[derive(Debug, Default)]
@@ -23,6 +25,7 @@ pub struct LedgerHealth {
     spooling: AtomicBool,
     spooled: AtomicU64,
     dropped: AtomicU64,
+    refused: AtomicU64,
 }
 
 impl LedgerHealth {
@@ -41,6 +44,11 @@ impl LedgerHealth {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Records the database refused for their content and that were set aside, since start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
     pub fn set(&self, spooling: bool, spooled: u64) {
         self.spooling.store(spooling, Ordering::Relaxed);
         self.spooled.store(spooled, Ordering::Relaxed);
@@ -49,6 +57,10 @@ impl LedgerHealth {
     pub fn add_dropped(&self, records: u64) {
         self.dropped.fetch_add(records, Ordering::Relaxed);
     }
+
+    pub fn add_refused(&self, records: u64) {
+        self.refused.fetch_add(records, Ordering::Relaxed);
+    }
 }
 
 pub struct Spool {
@@ -56,6 +68,7 @@ pub struct Spool {
     max_bytes: u64,
     bytes: u64,
     records: u64,
+    health: Arc<LedgerHealth>,
 }
 
 /// Why a replay stopped.
@@ -67,12 +80,13 @@ pub enum ReplayError {
 
 impl Spool {
     /// The spool at `path`, with what an earlier run left in it.
-    pub async fn open(path: &Path, max_bytes: u64) -> Spool {
+    pub async fn open(path: &Path, max_bytes: u64, health: Arc<LedgerHealth>) -> Spool {
         let mut spool = Spool {
             path: path.to_path_buf(),
             max_bytes,
             bytes: 0,
             records: 0,
+            health,
         };
         if let Ok(file) = tokio::fs::File::open(path).await {
             spool.bytes = file.metadata().await.map_or(0, |m| m.len());
@@ -148,11 +162,12 @@ impl Spool {
             };
             let requests: Vec<&RequestRow> = requests.iter().collect();
             let attempts: Vec<&AttemptRow> = attempts.iter().collect();
-            writer
+            let refused = writer
                 .insert(&requests, &attempts)
                 .await
                 .map_err(ReplayError::Store)?;
-            replayed += requests.len() as u64;
+            replayed += (requests.len() - refused.len()) as u64;
+            self.set_aside(&refused).await;
         }
         tokio::fs::remove_file(&self.path)
             .await
@@ -160,6 +175,59 @@ impl Spool {
         self.bytes = 0;
         self.records = 0;
         Ok(replayed)
+    }
+}
+
+impl Spool {
+    /// Where requests the database refused are kept: beside the spool, in its format (one batch a
+    /// line, plus the database's reason), so that once the cause is fixed the file can be renamed
+    /// to the spool's and is replayed at the next start.
+    pub fn set_aside_path(&self) -> PathBuf {
+        let mut path = self.path.clone().into_os_string();
+        path.push(".refused");
+        PathBuf::from(path)
+    }
+
+    /// Keeps requests the database refused out of its way, loudly: a log line each, with the
+    /// database's reason, and `tierwise_ledger_records_refused_total`.
+    pub async fn set_aside(&self, refused: &[Refused<'_>]) {
+        if refused.is_empty() {
+            return;
+        }
+        let mut lines = String::new();
+        for row in refused {
+            tracing::error!(
+                request_id = %row.request.id,
+                set_aside = %self.set_aside_path().display(),
+                "LEDGER RECORD REFUSED by the database ({}); set aside, the rows behind it are stored",
+                row.reason
+            );
+            let line = serde_json::json!({
+                "requests": [row.request.to_json()],
+                "attempts": row.attempts.iter().map(|attempt| attempt.to_json()).collect::<Vec<_>>(),
+                "reason": row.reason,
+            });
+            lines.push_str(&line.to_string());
+            lines.push('\n');
+        }
+        crate::metrics::ledger_refused(refused.len());
+        self.health.add_refused(refused.len() as u64);
+        let written = async {
+            let mut file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.set_aside_path())
+                .await?;
+            file.write_all(lines.as_bytes()).await?;
+            file.sync_data().await
+        };
+        if let Err(err) = written.await {
+            tracing::error!(
+                records = refused.len(),
+                "LEDGER RECORDS LOST: cannot write {}: {err}",
+                self.set_aside_path().display()
+            );
+        }
     }
 }
 

@@ -4,9 +4,11 @@
 //! `attempts` table holds the attempts of requests that were not answered at their first try;
 //! [`Store::attempts`] gives every request's.
 
+use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::ConnectOptions;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor, Row};
 
 use super::row::{AttemptRow, LedgerRow, RequestRow};
@@ -26,6 +28,32 @@ pub enum LedgerError {
     Scheme(String),
 }
 
+impl LedgerError {
+    /// The database answered and refused what was written, not the writing: a constraint, a value
+    /// it cannot hold (PostgreSQL's data exceptions, class 22; integrity, 23; limits, 54), or
+    /// SQLite's constraint, too-big and mismatch codes. Writing the same rows again cannot succeed,
+    /// while a database that is away, locked or shutting down may take them later.
+    pub fn is_refusal(&self) -> bool {
+        let LedgerError::Query(sqlx::Error::Database(err)) = self else {
+            return false;
+        };
+        if !matches!(err.kind(), sqlx::error::ErrorKind::Other) {
+            return true;
+        }
+        let Some(code) = err.code() else { return false };
+        if err
+            .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+            .is_some()
+        {
+            // Extended result codes carry the primary code in their low byte.
+            return code
+                .parse::<i32>()
+                .is_ok_and(|code| matches!(code & 0xff, 18..=20));
+        }
+        matches!(code.get(..2), Some("22" | "23" | "54"))
+    }
+}
+
 /// Rows per INSERT, largest first. A batch is cut into these few shapes so that each is prepared
 /// once and then reused from the statement cache; 256 × 24 parameters stays under SQLite's (32,766)
 /// and PostgreSQL's (65,535) limits.
@@ -34,6 +62,9 @@ const STATEMENT_ROWS: [usize; 5] = [256, 64, 16, 4, 1];
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Reports read on connections of their own: a long aggregate never holds the one connection
+    /// SQLite's writer has (WAL lets them read while it writes), nor PostgreSQL's writers.
+    reads: AnyPool,
     sqlite: bool,
 }
 
@@ -50,23 +81,7 @@ impl Store {
         } else {
             url.to_string()
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(if sqlite { 1 } else { 4 })
-            // The writer gives up on a store that does not answer within its own timeout and
-            // spools; a long wait for a connection would only hold the queue.
-            .acquire_timeout(Duration::from_secs(3))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if sqlite {
-                        // WAL lets reports read while the writer writes; NORMAL is durable across
-                        // process crashes, which is what a gateway restart is.
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
-                        conn.execute("PRAGMA busy_timeout = 5000").await?;
-                    }
-                    Ok(())
-                })
-            })
+        let pool = pool_options(sqlite, if sqlite { 1 } else { 4 }, false)
             .connect(&connect_url)
             .await
             .map_err(|source| LedgerError::Connect {
@@ -80,7 +95,30 @@ impl Store {
                 url: redact(url),
                 source,
             })?;
-        Ok(Store { pool, sqlite })
+        // An in-memory database exists only on its own connection: there, reports share it.
+        // Elsewhere the report connections open when a report first asks.
+        let reads = if url.contains(":memory:") {
+            pool.clone()
+        } else {
+            let options = AnyConnectOptions::from_str(&connect_url)
+                .map_err(|source| LedgerError::Connect {
+                    url: redact(url),
+                    source,
+                })?
+                // A report over a month of traffic takes seconds by design; that is not news
+                // for the operator's log.
+                .log_slow_statements(log::LevelFilter::Off, Duration::ZERO);
+            pool_options(sqlite, 2, true).connect_lazy_with(options)
+        };
+        Ok(Store {
+            pool,
+            reads,
+            sqlite,
+        })
+    }
+
+    pub(super) fn reads(&self) -> &AnyPool {
+        &self.reads
     }
 
     /// Writes a batch in one transaction: every request and attempt, or none.
@@ -186,7 +224,31 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.reads.close().await;
     }
+}
+
+fn pool_options(sqlite: bool, connections: u32, read_only: bool) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(connections)
+        // The writer gives up on a store that does not answer within its own timeout and
+        // spools; a long wait for a connection would only hold the queue.
+        .acquire_timeout(Duration::from_secs(3))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if sqlite {
+                    // WAL lets reports read while the writer writes; NORMAL is durable across
+                    // process crashes, which is what a gateway restart is.
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    if read_only {
+                        conn.execute("PRAGMA query_only = 1").await?;
+                    }
+                }
+                Ok(())
+            })
+        })
 }
 
 /// `items` cut into runs of `STATEMENT_ROWS` sizes, largest first.

@@ -8,6 +8,13 @@ use super::row::{AttemptRow, RequestRow};
 use super::store::{LedgerError, Store};
 use crate::config::RequestLog;
 
+/// A request the database refused to store, with its attempts and the database's reason.
+pub struct Refused<'a> {
+    pub request: &'a RequestRow,
+    pub attempts: Vec<&'a AttemptRow>,
+    pub reason: String,
+}
+
 /// Owns the database connection and the request log.
 pub struct LedgerWriter {
     store: Store,
@@ -40,13 +47,44 @@ impl LedgerWriter {
         LedgerWriter { store, log }
     }
 
-    /// Stores one batch: every request and attempt, or none.
-    pub async fn insert(
+    /// Stores one batch in one transaction. A batch the database refuses for what is in it is
+    /// stored request by request instead, so that one row it cannot hold never keeps the others
+    /// out; the requests it still refuses are returned, to be set aside.
+    pub async fn insert<'a>(
         &self,
-        requests: &[&RequestRow],
-        attempts: &[&AttemptRow],
-    ) -> Result<(), LedgerError> {
-        self.store.insert(requests, attempts).await
+        requests: &[&'a RequestRow],
+        attempts: &[&'a AttemptRow],
+    ) -> Result<Vec<Refused<'a>>, LedgerError> {
+        match self.store.insert(requests, attempts).await {
+            Ok(()) => Ok(Vec::new()),
+            Err(err) if err.is_refusal() => self.insert_each(requests, attempts).await,
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn insert_each<'a>(
+        &self,
+        requests: &[&'a RequestRow],
+        attempts: &[&'a AttemptRow],
+    ) -> Result<Vec<Refused<'a>>, LedgerError> {
+        let mut refused = Vec::new();
+        for request in requests {
+            let own: Vec<&AttemptRow> = attempts
+                .iter()
+                .copied()
+                .filter(|attempt| attempt.request_id == request.id)
+                .collect();
+            match self.store.insert(&[request], &own).await {
+                Ok(()) => {}
+                Err(err) if err.is_refusal() => refused.push(Refused {
+                    request,
+                    attempts: own,
+                    reason: err.to_string(),
+                }),
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(refused)
     }
 
     pub async fn ping(&self) -> Result<(), LedgerError> {

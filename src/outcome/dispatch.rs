@@ -9,7 +9,8 @@
 //! `/readyz`), and while the ledger is degraded every batch goes to the spool behind it; once a
 //! second the task checks whether the database answers and, when it does, replays the spool in
 //! order. So the queue keeps draining, and requests wait only if the spool's own disk is slower
-//! than the traffic.
+//! than the traffic. A request the database refuses for what is in it is set aside, and the rest
+//! of its batch stored (see [`crate::ledger::LedgerWriter::insert`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -155,8 +156,9 @@ impl Sink {
         if !self.degraded() {
             let written = timeout(WRITE_TIMEOUT, self.writer.insert(requests, attempts)).await;
             let failure = match written {
-                Ok(Ok(())) => {
-                    crate::metrics::ledger_written(requests.len());
+                Ok(Ok(refused)) => {
+                    crate::metrics::ledger_written(requests.len() - refused.len());
+                    self.spool.set_aside(&refused).await;
                     return;
                 }
                 Ok(Err(err)) => err.to_string(),

@@ -1,17 +1,19 @@
 //! Cost and savings read back from the ledger: per route the traffic, the models, how much was served
 //! locally, fallbacks, latency and cost; below it the all-API baseline against what was actually
 //! spent (API calls plus the fixed cost of local servers, shared among routes by tokens), projected
-//! to a month. `tierwise report` prints it; `/admin/api/report` serves the same numbers.
+//! to a month. `tierwise report` prints it; `/admin/api/report` serves the same numbers. The
+//! ledger's database does the summing ([`crate::ledger::Summary`]); what is built here is a few
+//! numbers per route, whatever the window holds.
 
 pub mod simulate;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::ledger::{LedgerError, Picodollars, RequestRow, Store};
+use crate::ledger::{LedgerError, Picodollars, RouteSums, Store, Summary};
 
 /// Reports and simulations reckon a month as 30 days, as the article's own table does.
 pub const DAYS_PER_MONTH: f64 = 30.0;
@@ -130,21 +132,13 @@ impl Report {
             ),
             _ => (window, false),
         };
-        let rows = store.requests(window.from_ms, window.to_ms, route).await?;
-        let mut report = Report::build(config, &rows, window);
+        let summary = store.summary(window.from_ms, window.to_ms, route).await?;
+        let mut report = Report::build(config, &summary, window);
         report.starts_at_first_record = clamped;
         Ok(report)
     }
 
-    pub fn build(config: &Config, rows: &[RequestRow], window: Window) -> Report {
-        let mut by_route: BTreeMap<&str, Vec<&RequestRow>> = BTreeMap::new();
-        for row in rows {
-            by_route
-                .entry(row.route.as_deref().unwrap_or(NO_ROUTE))
-                .or_default()
-                .push(row);
-        }
-
+    pub fn build(config: &Config, summary: &Summary, window: Window) -> Report {
         // Fixed costs in the window, shared among routes by the tokens they ran on the provider.
         let mut fixed = Vec::new();
         let mut fixed_share: BTreeMap<&str, i128> = BTreeMap::new();
@@ -155,16 +149,13 @@ impl Report {
             let window_cost = Picodollars::from_usd(monthly).0 as i128
                 * (window.to_ms - window.from_ms) as i128
                 / (DAYS_PER_MONTH as i128 * DAY_MS as i128);
-            let mut tokens: BTreeMap<&str, i128> = BTreeMap::new();
-            for row in rows
+            let tokens: Vec<(&str, i128)> = summary
+                .local_tokens
                 .iter()
-                .filter(|r| r.provider.as_deref() == Some(provider.name.as_str()) && r.local)
-            {
-                *tokens
-                    .entry(row.route.as_deref().unwrap_or(NO_ROUTE))
-                    .or_default() += (row.tokens_in + row.tokens_out) as i128;
-            }
-            let total: i128 = tokens.values().sum();
+                .filter(|used| used.provider == provider.name)
+                .map(|used| (route_name(&used.route), used.tokens))
+                .collect();
+            let total: i128 = tokens.iter().map(|(_, used)| used).sum();
             if total > 0 {
                 // Shares are rounded down; the remainder goes to the largest user so they sum exactly.
                 let mut given = 0;
@@ -173,38 +164,42 @@ impl Report {
                     given += share;
                     *fixed_share.entry(route).or_default() += share;
                 }
-                if let Some((route, _)) = tokens.iter().max_by_key(|(_, used)| **used) {
+                if let Some((route, _)) = tokens.iter().max_by_key(|(_, used)| *used) {
                     *fixed_share.entry(route).or_default() += window_cost - given;
                 }
             }
             fixed.push(FixedCost {
                 provider: provider.name.clone(),
                 monthly_usd: monthly,
-                window_usd: Picodollars(window_cost as i64).to_string(),
+                window_usd: Picodollars::saturating(window_cost).to_string(),
                 unattributed: total == 0,
-                window: Picodollars(window_cost as i64),
+                window: Picodollars::saturating(window_cost),
             });
         }
 
-        let routes: Vec<RouteReport> = by_route
+        let mut routes: Vec<RouteReport> = summary
+            .routes
             .iter()
-            .map(|(route, rows)| {
+            .map(|sums| {
+                let route = route_name(&sums.route);
                 route_report(
                     route,
-                    rows,
-                    Picodollars(fixed_share.get(route).copied().unwrap_or(0) as i64),
+                    sums,
+                    Picodollars::saturating(fixed_share.get(route).copied().unwrap_or(0)),
                     window,
                 )
             })
             .collect();
+        routes.sort_by(|a, b| a.route.cmp(&b.route));
 
-        let sum =
-            |f: fn(&RouteReport) -> Picodollars| Picodollars(routes.iter().map(|r| f(r).0).sum());
+        let sum = |f: fn(&RouteReport) -> Picodollars| {
+            Picodollars::saturating(routes.iter().map(|r| f(r).0 as i128).sum())
+        };
         let baseline = sum(|r| r.baseline);
         let api = sum(|r| r.api_cost);
-        let fixed_total = Picodollars(fixed.iter().map(|f| f.window.0).sum());
-        let actual = Picodollars(api.0 + fixed_total.0);
-        let saving = Picodollars(baseline.0 - actual.0);
+        let fixed_total = Picodollars::saturating(fixed.iter().map(|f| f.window.0 as i128).sum());
+        let actual = Picodollars::saturating(api.0 as i128 + fixed_total.0 as i128);
+        let saving = Picodollars::saturating(baseline.0 as i128 - actual.0 as i128);
         let totals = Totals {
             baseline_usd: baseline.to_string(),
             api_usd: api.to_string(),
@@ -362,60 +357,54 @@ impl Report {
     }
 }
 
-fn route_report(
-    route: &str,
-    rows: &[&RequestRow],
-    fixed: Picodollars,
-    window: Window,
-) -> RouteReport {
-    let calls = rows.len() as u64;
-    let answered: Vec<&&RequestRow> = rows.iter().filter(|r| r.tier.is_some()).collect();
-    let n = calls.max(1) as f64;
-    let mut latencies: Vec<i64> = answered.iter().map(|r| r.latency_us).collect();
-    latencies.sort_unstable();
-    let models: BTreeSet<String> = answered.iter().filter_map(|r| r.model.clone()).collect();
-    let api_cost: Picodollars = rows.iter().filter_map(|r| r.cost_pusd).sum();
-    // Without a baseline model a call is its own baseline: no saving is claimed for it.
-    let baseline: Picodollars = rows
-        .iter()
-        .filter_map(|r| r.baseline_pusd.or(r.cost_pusd))
-        .sum();
+fn route_name(route: &Option<String>) -> &str {
+    route.as_deref().unwrap_or(NO_ROUTE)
+}
+
+fn route_report(route: &str, sums: &RouteSums, fixed: Picodollars, window: Window) -> RouteReport {
+    let n = sums.calls.max(1) as f64;
     RouteReport {
         route: route.to_string(),
-        calls,
-        calls_per_day: calls as f64 / window.days(),
-        avg_tokens_in: rows.iter().map(|r| r.tokens_in as f64).sum::<f64>() / n,
-        avg_tokens_out: rows.iter().map(|r| r.tokens_out as f64).sum::<f64>() / n,
-        models: models.into_iter().collect(),
-        local_share: answered.iter().filter(|r| r.local).count() as f64
-            / answered.len().max(1) as f64,
+        calls: sums.calls,
+        calls_per_day: sums.calls as f64 / window.days(),
+        avg_tokens_in: sums.tokens_in as f64 / n,
+        avg_tokens_out: sums.tokens_out as f64 / n,
+        models: sums.models.clone(),
+        local_share: sums.answered_locally as f64 / sums.answered.max(1) as f64,
         // Answered by a later tier; a request no tier answered is an error, not a fallback.
-        fallbacks: answered.iter().filter(|r| r.fallback.is_some()).count() as u64,
-        errors: rows.iter().filter(|r| r.status >= 400).count() as u64,
-        estimated_calls: rows.iter().filter(|r| r.tokens_estimated).count() as u64,
-        unpriced_calls: rows
-            .iter()
-            .filter(|r| r.tier.is_some() && r.cost_pusd.is_none())
-            .count() as u64,
-        p50_ms: percentile(&latencies, 50),
-        p95_ms: percentile(&latencies, 95),
-        api_cost_usd: api_cost.to_string(),
+        fallbacks: sums.fallbacks,
+        errors: sums.errors,
+        estimated_calls: sums.estimated,
+        unpriced_calls: sums.unpriced,
+        p50_ms: percentile(&sums.latency, 50),
+        p95_ms: percentile(&sums.latency, 95),
+        api_cost_usd: sums.cost.to_string(),
         fixed_cost_usd: fixed.to_string(),
-        baseline_usd: baseline.to_string(),
-        monthly_cost_usd: window.monthly(Picodollars(api_cost.0 + fixed.0)),
-        monthly_baseline_usd: window.monthly(baseline),
-        api_cost,
-        baseline,
+        baseline_usd: sums.baseline.to_string(),
+        monthly_cost_usd: window.monthly(Picodollars::saturating(
+            sums.cost.0 as i128 + fixed.0 as i128,
+        )),
+        monthly_baseline_usd: window.monthly(sums.baseline),
+        api_cost: sums.cost,
+        baseline: sums.baseline,
     }
 }
 
-/// Nearest-rank percentile of sorted microseconds, in milliseconds.
-fn percentile(sorted_us: &[i64], pct: usize) -> f64 {
-    if sorted_us.is_empty() {
+/// Nearest-rank percentile of a latency histogram (microseconds, ascending), in milliseconds.
+fn percentile(histogram: &[(i64, u64)], pct: u64) -> f64 {
+    let total: u64 = histogram.iter().map(|(_, calls)| calls).sum();
+    if total == 0 {
         return 0.0;
     }
-    let rank = (pct * sorted_us.len()).div_ceil(100).max(1);
-    sorted_us[rank - 1] as f64 / 1000.0
+    let rank = (pct * total).div_ceil(100).max(1);
+    let mut seen = 0;
+    for (latency_us, calls) in histogram {
+        seen += calls;
+        if seen >= rank {
+            return *latency_us as f64 / 1000.0;
+        }
+    }
+    0.0
 }
 
 fn usd(amount: f64) -> String {
@@ -494,10 +483,15 @@ mod tests {
 
     #[test]
     fn percentiles_use_nearest_rank() {
-        let sorted: Vec<i64> = (1..=100).map(|ms| ms * 1000).collect();
-        assert_eq!(percentile(&sorted, 50), 50.0);
-        assert_eq!(percentile(&sorted, 95), 95.0);
-        assert_eq!(percentile(&[7000], 95), 7.0);
+        let one_each: Vec<(i64, u64)> = (1..=100).map(|ms| (ms * 1000, 1)).collect();
+        assert_eq!(percentile(&one_each, 50), 50.0);
+        assert_eq!(percentile(&one_each, 95), 95.0);
+        assert_eq!(percentile(&[(7000, 1)], 95), 7.0);
+        // 90 calls at 1 ms, 10 at 40 ms: the 95th percentile is in the slow bucket.
+        let skewed = [(1000, 90), (40_000, 10)];
+        assert_eq!(percentile(&skewed, 50), 1.0);
+        assert_eq!(percentile(&skewed, 95), 40.0);
+        assert_eq!(percentile(&[], 95), 0.0);
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, Json<Value>) {
             "status": if ledger.degraded() { "degraded" } else { "ok" },
             "spooled_records": ledger.spooled(),
             "dropped_records": ledger.dropped(),
+            "refused_records": ledger.refused(),
         },
     });
     (status, Json(body))

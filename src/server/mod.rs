@@ -174,7 +174,13 @@ impl Gateway {
         }
         let pricing = Arc::new(pricing);
         let writer = LedgerWriter::open(store.clone(), config.ledger.request_log.clone()).await;
-        let spool = Spool::open(&config.ledger.spool, config.ledger.spool_max_bytes).await;
+        let ledger_health = Arc::new(LedgerHealth::default());
+        let spool = Spool::open(
+            &config.ledger.spool,
+            config.ledger.spool_max_bytes,
+            ledger_health.clone(),
+        )
+        .await;
         if !spool.is_empty() {
             tracing::warn!(
                 records = spool.records(),
@@ -182,7 +188,6 @@ impl Gateway {
                 "an earlier run left records in the ledger's spool; they are written now"
             );
         }
-        let ledger_health = Arc::new(LedgerHealth::default());
         let (sender, dispatcher) = Dispatcher::spawn(
             writer,
             spool,

@@ -500,13 +500,21 @@ async fn answers_are_read_up_to_max_answer_bytes() {
 
 /// Takes the ledger's `requests` table away (every insert fails) or brings it back.
 async fn ledger_table(ledger_url: &str, away: bool) {
+    ledger_sql(
+        ledger_url,
+        if away {
+            "ALTER TABLE requests RENAME TO requests_away"
+        } else {
+            "ALTER TABLE requests_away RENAME TO requests"
+        },
+    )
+    .await;
+}
+
+/// Runs one statement on the gateway's SQLite ledger from outside the gateway.
+async fn ledger_sql(ledger_url: &str, sql: &str) {
     use sqlx::Connection;
     let mut conn = sqlx::SqliteConnection::connect(ledger_url).await.unwrap();
-    let sql = if away {
-        "ALTER TABLE requests RENAME TO requests_away"
-    } else {
-        "ALTER TABLE requests_away RENAME TO requests"
-    };
     sqlx::query(sql).execute(&mut conn).await.unwrap();
     conn.close().await.ok();
 }
@@ -563,6 +571,52 @@ async fn a_database_outage_never_holds_a_request_and_loses_nothing() {
     }
     let rows = store.requests(0, i64::MAX, None).await.unwrap();
     assert_eq!(rows.len(), 30, "each record exactly once");
+}
+
+/// A row the database refuses for what is in it (here a trigger refuses one route's rows, as
+/// PostgreSQL refuses a value it cannot hold) is set aside, loudly; the rows of its batch and every
+/// row after it are stored, and the ledger is not left degraded behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_database_refuses_is_set_aside_and_never_blocks_the_rows_behind_it() {
+    let (_up, config) = one_fake(|_| {}).await;
+    let gw = TestGateway::start(&config).await;
+    let store = gw.store().await;
+    ledger_sql(
+        &gw.ledger_url,
+        "CREATE TRIGGER refuse_summaries BEFORE INSERT ON requests WHEN NEW.route = 'summarize' \
+         BEGIN SELECT RAISE(ABORT, 'summaries are refused here'); END",
+    )
+    .await;
+    // Asked together, so that the refused row most likely shares its batch with good ones.
+    let (first, refused, second) = tokio::join!(
+        gw.ask("classification"),
+        gw.ask("summarize"),
+        gw.ask("classification")
+    );
+    let id = |answer: &Answer| answer.header("x-tierwise-request-id").unwrap().to_string();
+    for answer in [&first, &refused, &second] {
+        assert_eq!(answer.status, 200, "{}", answer.text);
+    }
+    stored(&store, &id(&first)).await;
+    stored(&store, &id(&second)).await;
+    gw.wait_for_metrics(|text| text.contains("tierwise_ledger_records_refused_total 1"))
+        .await;
+    assert!(store.request(&id(&refused)).await.unwrap().is_none());
+    let ledger = ledger_ready(&gw).await;
+    assert_eq!(ledger["status"], "ok", "{ledger}");
+    assert_eq!(ledger["refused_records"], 1, "{ledger}");
+    let mut set_aside = config.config().ledger.spool.into_os_string();
+    set_aside.push(".refused");
+    let set_aside = std::fs::read_to_string(&set_aside).unwrap();
+    assert_eq!(set_aside.lines().count(), 1, "{set_aside}");
+    assert!(set_aside.contains(&id(&refused)), "{set_aside}");
+    assert!(
+        set_aside.contains("summaries are refused here"),
+        "{set_aside}"
+    );
+
+    let after = gw.ask("classification").await;
+    stored(&store, &id(&after)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

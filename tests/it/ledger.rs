@@ -666,3 +666,34 @@ async fn a_local_servers_fixed_cost_is_shared_among_routes_by_tokens() {
         "the largest user carries the remainder, so the shares sum exactly"
     );
 }
+
+/// PostgreSQL refuses text with a NUL (the gateway strips them before a row reaches the writer; a
+/// row written by anything else may still hold one). The writer stores the rest of the batch and
+/// hands back only the refused row; a database that is away is never taken for a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_a_row_and_the_writer_stores_the_rest_of_its_batch() {
+    use tierwise::ledger::{LedgerWriter, RequestRow};
+    let store = tierwise::ledger::Store::connect(&postgres_url().await)
+        .await
+        .unwrap();
+    let row = |id: &str| RequestRow::new(id.into(), now_ms(), "chat.completions".into());
+    let mut poisoned = row("poisoned");
+    poisoned.answer = Some("a\0b".into());
+    let good = [row("good-1"), row("good-2")];
+    let refusal = store.insert(&[&poisoned], &[]).await.unwrap_err();
+    assert!(refusal.is_refusal(), "{refusal}");
+
+    let writer = LedgerWriter::open(store.clone(), None).await;
+    let refused = writer
+        .insert(&[&good[0], &poisoned, &good[1]], &[])
+        .await
+        .unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].request.id, "poisoned");
+    for id in ["good-1", "good-2"] {
+        assert!(store.request(id).await.unwrap().is_some(), "{id} stored");
+    }
+    store.close().await;
+    let away = store.insert(&[&good[0]], &[]).await.unwrap_err();
+    assert!(!away.is_refusal(), "{away}");
+}
