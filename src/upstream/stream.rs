@@ -67,7 +67,8 @@ impl UpstreamStream {
             }
             Ok(Some(Err(err))) => {
                 return Err(UpstreamError::stream_broken(format!(
-                    "the stream broke before its first event: {err}"
+                    "the stream broke before its first event: {}",
+                    broken(&err)
                 )));
             }
             Ok(Some(Ok(event))) => SseEvent::from(event),
@@ -106,7 +107,7 @@ impl UpstreamStream {
                 "the stream went on past total_ms".into(),
             ))),
             Ok(None) => None,
-            Ok(Some(Err(err))) => Some(Err(UpstreamError::stream_broken(err.to_string()))),
+            Ok(Some(Err(err))) => Some(Err(UpstreamError::stream_broken(broken(&err)))),
             Ok(Some(Ok(event))) => Some(Ok(SseEvent::from(event))),
         }
     }
@@ -118,4 +119,17 @@ fn is_error_event(data: &str) -> bool {
         error: Option<IgnoredAny>,
     }
     serde_json::from_str::<ErrorProbe>(data).is_ok_and(|probe| probe.error.is_some())
+}
+
+/// Why an event stream broke, in words an operator can act on.
+fn broken(err: &EventStreamError<reqwest::Error>) -> String {
+    match err {
+        EventStreamError::Utf8(err) => {
+            format!("the upstream sent bytes that are not UTF-8 ({err})")
+        }
+        EventStreamError::Parser(err) => {
+            format!("the upstream sent malformed server-sent events ({err})")
+        }
+        EventStreamError::Transport(err) => err.to_string(),
+    }
 }

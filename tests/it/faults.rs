@@ -259,6 +259,34 @@ async fn an_error_event_mid_stream_is_recorded_as_a_failure_even_before_done() {
     );
 }
 
+/// Bytes that are not UTF-8 in an upstream's stream end the stream at once with a clear error
+/// event (not a stall until the idle timeout), and the request is recorded as a broken stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_mid_stream_ends_the_stream_with_a_clear_error() {
+    let (local, _api, gw) = gateway(|p| p.timeout.idle_ms = Some(60_000)).await;
+    local.set_fault(Fault::InvalidUtf8MidStream { after: 2 });
+    let store = gw.store().await;
+    let answer = tokio::time::timeout(Duration::from_secs(10), gw.ask_stream("summarize"))
+        .await
+        .expect("the stream ends without waiting for the idle timeout");
+    let events = sse_events(&answer.text);
+    assert_eq!(events.len(), 3, "2 chunks, then the error: {events:?}");
+    let error: serde_json::Value = serde_json::from_str(&events[2].1).unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("UTF-8"),
+        "{events:?}"
+    );
+    // Recorded as every stream broken after its 200: that status, and how it ended.
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(
+        (row.status, row.error_kind.as_deref()),
+        (200, Some("stream_broken"))
+    );
+}
+
 async fn admin_status(gw: &TestGateway, key: Option<&str>) -> u16 {
     let mut request = gw.http.get(format!("{}/admin/api/providers", gw.url));
     if let Some(key) = key {

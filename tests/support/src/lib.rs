@@ -56,6 +56,8 @@ pub enum Fault {
     SseQuirks,
     /// Streams: this many chunks, then an `{"error": …}` event, then `[DONE]`.
     ErrorMidStream { after: usize },
+    /// Streams: this many chunks, then an event whose bytes are not UTF-8, then the rest as usual.
+    InvalidUtf8MidStream { after: usize },
     /// Answer without `usage`, as some local servers do.
     NoUsage,
     /// Usage with `null` where numbers and objects belong, and fields OpenAI does not send, as some
@@ -544,21 +546,30 @@ fn stream(
         _ => {}
     }
     let quirks = behavior.fault == Fault::SseQuirks;
-    let mut frames: Vec<String> = events
+    let mut frames: Vec<Bytes> = events
         .into_iter()
         .map(|event| {
             let data = match serde_json::from_str::<Value>(&event) {
                 Ok(value) if quirks => serde_json::to_string_pretty(&value).unwrap(),
                 _ => event,
             };
-            data.lines()
-                .map(|line| format!("data: {line}\n"))
-                .collect::<String>()
-                + "\n"
+            Bytes::from(
+                data.lines()
+                    .map(|line| format!("data: {line}\n"))
+                    .collect::<String>()
+                    + "\n",
+            )
         })
         .collect();
     if quirks && frames.len() > 1 {
-        frames.insert(1, "event: ping\ndata: {}\n\n".to_string());
+        frames.insert(1, Bytes::from_static(b"event: ping\ndata: {}\n\n"));
+    }
+    if let Fault::InvalidUtf8MidStream { after } = behavior.fault {
+        let at = after.min(frames.len());
+        frames.insert(
+            at,
+            Bytes::from_static(b"data: {\"broken\": \"\xff\xfe\"}\n\n"),
+        );
     }
     let delay = Duration::from_millis(behavior.chunk_delay_ms);
     let body =
@@ -574,10 +585,7 @@ fn stream(
                 if sent > 0 && !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                Some((
-                    Ok::<_, std::convert::Infallible>(Bytes::from(event)),
-                    (rest, sent + 1),
-                ))
+                Some((Ok::<_, std::convert::Infallible>(event), (rest, sent + 1)))
             }
         });
     let mut response = Response::new(Body::from_stream(body));
