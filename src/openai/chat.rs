@@ -28,22 +28,93 @@ fn validate(body: &RequestBody<'_>) -> Result<(), RequestError> {
     let messages = body
         .field("messages")
         .ok_or(RequestError::field("messages", "is required"))?;
-    // Already valid JSON (the parser checked it): only its shape is left to see, without walking
-    // every message again.
-    let text = messages.get().trim_start();
-    if !text.starts_with('[') {
-        return Err(RequestError::field(
+    // Every message an object with a string role, which every OpenAI-compatible server needs; the
+    // rest of each message is skipped, within serde_json's nesting limit (128), so that a message
+    // nested thousands deep is refused here rather than handed to an upstream's parser.
+    let messages: Vec<MessageShape> = serde_json::from_str(messages.get()).map_err(|_| {
+        RequestError::field(
             "messages",
-            "must be an array of messages",
-        ));
-    }
-    if text[1..].trim_start().starts_with(']') {
+            "must be an array of messages, each an object with a string 'role'",
+        )
+    })?;
+    if messages.is_empty() {
         return Err(RequestError::field(
             "messages",
             "must contain at least one message",
         ));
     }
+    for name in ["max_tokens", "max_completion_tokens"] {
+        if let Some(value) = body.field(name)
+            && serde_json::from_str::<Option<u64>>(value.get()).is_err()
+        {
+            return Err(RequestError::field(
+                name,
+                "must be a whole number of tokens",
+            ));
+        }
+    }
     Ok(())
+}
+
+/// What validation reads of a message: its role, and its content walked without being kept.
+#[derive(Deserialize)]
+struct MessageShape<'a> {
+    #[serde(borrow, rename = "role")]
+    _role: std::borrow::Cow<'a, str>,
+    #[serde(default, rename = "content")]
+    _content: Option<Walked>,
+}
+
+/// Any JSON value, walked and dropped. Unlike a skipped field, a walk counts nesting, so serde_json
+/// refuses content nested past its limit of 128.
+struct Walked;
+
+impl<'de> Deserialize<'de> for Walked {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Walked, D::Error> {
+        deserializer.deserialize_any(Walked)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Walked {
+    type Value = Walked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Walked, E> {
+        Ok(Walked)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Walked, E> {
+        Ok(Walked)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Walked, E> {
+        Ok(Walked)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Walked, E> {
+        Ok(Walked)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Walked, E> {
+        Ok(Walked)
+    }
+
+    fn visit_unit<E>(self) -> Result<Walked, E> {
+        Ok(Walked)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Walked, A::Error> {
+        while seq.next_element::<Walked>()?.is_some() {}
+        Ok(Walked)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Walked, A::Error> {
+        while map.next_entry::<serde::de::IgnoredAny, Walked>()?.is_some() {}
+        Ok(Walked)
+    }
 }
 
 fn rewrite(body: &RequestBody<'_>, step: &ChainTier, edits: &mut Edits) {
@@ -200,6 +271,14 @@ impl Chunk {
 
 #[cfg(test)]
 mod tests {
+    proptest::proptest! {
+        /// Any text as a stream event's data: read or passed over, never a panic.
+        #[test]
+        fn any_stream_event_reads_without_a_panic(data in ".{0,200}") {
+            let _ = Chunk::read(&data);
+        }
+    }
+
     use super::*;
 
     #[test]

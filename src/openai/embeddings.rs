@@ -21,8 +21,14 @@ pub const SPEC: EndpointSpec = EndpointSpec {
 };
 
 fn validate(body: &RequestBody<'_>) -> Result<(), RequestError> {
-    if !body.has("input") {
+    let Some(input) = body.field("input") else {
         return Err(RequestError::field("input", "is required"));
+    };
+    if !input.get().trim_start().starts_with(['"', '[']) {
+        return Err(RequestError::field(
+            "input",
+            "must be a string, an array of strings or an array of token arrays",
+        ));
     }
     if body.stream {
         return Err(RequestError::field(

@@ -169,3 +169,67 @@ impl Serialize for Fields<'_> {
 pub fn raw<T: Serialize + ?Sized>(value: &T) -> Box<RawValue> {
     to_raw_value(value).expect("tierwise's own values always serialize")
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// Any JSON value, up to a few levels deep.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|x| json!(x)),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                prop::collection::btree_map("[a-z_]{1,8}", inner, 0..6)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Any bytes: a body or a clear error, never a panic.
+        #[test]
+        fn any_bytes_parse_or_are_refused(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+            for endpoint in Endpoint::ALL {
+                let _ = RequestBody::parse(endpoint, &bytes);
+            }
+        }
+
+        /// Any JSON object, with any value where tierwise reads a field: a body whose model and
+        /// stream flag are what was sent, or an error naming a parameter or the JSON.
+        #[test]
+        fn any_json_object_parses_or_names_what_is_wrong(
+            fields in prop::collection::btree_map(
+                prop_oneof![
+                    Just("model".to_string()), Just("messages".to_string()),
+                    Just("stream".to_string()), Just("stream_options".to_string()),
+                    Just("max_tokens".to_string()), Just("input".to_string()),
+                    "[a-z_]{1,10}",
+                ],
+                any_json(),
+                0..8,
+            ),
+        ) {
+            let object = Value::Object(fields.into_iter().collect());
+            let bytes = serde_json::to_vec(&object).unwrap();
+            for endpoint in Endpoint::ALL {
+                match RequestBody::parse(endpoint, &bytes) {
+                    Ok(body) => {
+                        prop_assert_eq!(Some(body.model.as_str()), object["model"].as_str());
+                        prop_assert_eq!(body.stream, object["stream"].as_bool() == Some(true));
+                    }
+                    Err(err) => prop_assert!(!err.to_string().is_empty()),
+                }
+            }
+        }
+    }
+}

@@ -173,3 +173,40 @@ impl RouteTable {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn table() -> RouteTable {
+        let config = Config::parse(
+            include_str!("../../examples/tierwise.toml"),
+            std::path::Path::new("examples/tierwise.toml"),
+            &|_| None,
+        )
+        .unwrap();
+        RouteTable::new(&config)
+    }
+
+    proptest! {
+        /// Any `model` and `x-tierwise-route` a client sends: resolved, or an error that quotes
+        /// no more than 200 characters of what was sent.
+        #[test]
+        fn any_model_and_route_header_resolve_or_are_refused(
+            model in prop_oneof![Just("classification".to_string()), Just("gpt-4o".to_string()), ".{0,300}"],
+            header in proptest::option::of(prop_oneof![Just("summarize".to_string()), ".{0,300}"]),
+        ) {
+            let table = table();
+            match table.resolve(&model, header.as_deref()) {
+                Ok(resolved) => prop_assert!(table.kind_of(&model).is_ok(), "{:?}", resolved.route.map(|r| &r.name)),
+                Err(err) => {
+                    prop_assert!(table.kind_of(&model).is_err() || header.is_some());
+                    let quoted = err.to_string();
+                    prop_assert!(quoted.chars().count() < 200 + 1000, "{quoted}");
+                }
+            }
+        }
+    }
+}

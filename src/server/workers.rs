@@ -132,6 +132,9 @@ fn serve_thread(
     drop(runtime);
 }
 
+/// The most a request's head (request line and headers) may take; nginx's default is 4 × 8 kB.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// Accepts and serves connections until `stopped`, then lets the open ones finish their requests.
 /// Each connection has `server.header_timeout` to send a request's headers — which also closes a
 /// keep-alive connection left idle that long — and this thread holds at most its share of
@@ -146,7 +149,11 @@ async fn serve(
     let connections = Arc::new(Semaphore::new(share));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(server.header_timeout);
+        .header_read_timeout(server.header_timeout)
+        // Headers are read into this buffer: a request whose headers outgrow it is refused with
+        // 431 (hyper's default, ~400 kB, let a 200 kB header line through). Bodies are streamed
+        // through it, so it does not cap them.
+        .max_buf_size(MAX_HEADER_BYTES);
     let router = router(app.clone());
     let graceful = GracefulShutdown::new();
     loop {

@@ -313,4 +313,26 @@ mod tests {
             assert_eq!(retry_after(bad), None, "{bad}");
         }
     }
+
+    proptest::proptest! {
+        /// Any header value an upstream can send (visible ASCII, as HTTP allows), and any number
+        /// written as one: read without a panic, never beyond a day.
+        #[test]
+        fn retry_after_never_panics(
+            text in "[ -~]{0,40}",
+            number in proptest::num::f64::ANY,
+        ) {
+            for value in [text, number.to_string()] {
+                if let Some(wait) = retry_after(&value) {
+                    proptest::prop_assert!(wait <= super::MAX_RETRY_AFTER, "{value}");
+                }
+            }
+        }
+
+        /// Any bytes as an answer body: an error or a reading of its usage, never a panic.
+        #[test]
+        fn answer_bodies_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let _ = super::parse_usage(&body);
+        }
+    }
 }

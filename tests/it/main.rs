@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod fallback;
 mod faults;
+mod hostile;
 mod ledger;
 mod proxy;
 mod util;
