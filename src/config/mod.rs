@@ -59,7 +59,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
         let file: file::ConfigFile = toml::from_str(text).map_err(|err| ConfigError::Syntax {
             path: path.to_path_buf(),
-            message: err.to_string().trim_end().to_string(),
+            message: syntax_message(text, &err),
         })?;
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         resolver::Resolver::new(text, &base_dir, env)
@@ -69,6 +69,24 @@ impl Config {
                 issues,
             })
     }
+}
+
+/// A TOML error as `line L, column C: what`, with the line's key shown and its value masked: the
+/// parser's own message quotes the whole line, and that line may hold an API key written inline.
+fn syntax_message(text: &str, err: &toml::de::Error) -> String {
+    let what = err.message().trim_end();
+    let Some(span) = err.span() else {
+        return what.to_string();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |at| at + 1) + 1;
+    let source = text.lines().nth(line - 1).unwrap_or("");
+    let shown = match source.split_once('=') {
+        Some((key, _)) => format!("{}= …", key),
+        None => source.to_string(),
+    };
+    format!("line {line}, column {column}: {what}\n  {line} | {shown}")
 }
 
 /// A value that must never be printed: upstream API keys and client keys.

@@ -8,5 +8,6 @@ mod fallback;
 mod faults;
 mod hostile;
 mod ledger;
+mod proof;
 mod proxy;
 mod util;

@@ -1,0 +1,299 @@
+//! The proof suite's short forms: the release promises tried against the `tierwise` binary as an
+//! operator runs it — secrets never leave it, a SIGKILL loses only what the durability window
+//! allows, a PostgreSQL outage under load loses nothing. (The soak is `tests/soak`.)
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tierwise::config::file::{spanned, text};
+use tierwise_fake::{FakeUpstream, Fault};
+
+use crate::util::*;
+
+/// A fresh directory for one run's config, ledger, spool and logs.
+fn run_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tierwise-proof-{name}-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `tierwise serve` on `config` with `env`, its stderr to `log`; returns it and its base URL.
+async fn serve(config: &Path, env: &[(&str, &str)], log: &Path) -> (Child, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tierwise"));
+    command
+        .env_remove("TIERWISE_CONFIG")
+        .env("TIERWISE_LOG", "warn")
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        // Keep reading so that the gateway never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        line
+    })
+    .await
+    .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("tierwise listening on ")
+        .unwrap_or_else(|| {
+            panic!(
+                "no address line: {line:?}; log: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        })
+        .to_string();
+    (child, url)
+}
+
+fn signal(child: &Child, signal: &str) {
+    let sent = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+async fn exited(mut child: Child) -> std::process::ExitStatus {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || child.wait().unwrap()),
+    )
+    .await
+    .expect("the gateway exits")
+    .unwrap()
+}
+
+const CLIENT: &str = "tw-client-SECRETCLIENT0a1b";
+const WRONG: &str = "tw-client-SECRETWRONG2c3d";
+const ADMIN: &str = "tw-admin-SECRETADMIN4e5f";
+const METRICS: &str = "tw-metrics-SECRETMETRICS6g7h";
+const UPSTREAM: &str = "sk-proj-SECRETUPSTREAM8i9j";
+const PG_PASSWORD: &str = "SECRETPGPASSWORDk0l1";
+/// What must never be found: the part of each secret no other text has.
+const MARKS: [&str; 6] = [
+    "SECRETCLIENT",
+    "SECRETWRONG",
+    "SECRETADMIN",
+    "SECRETMETRICS",
+    "SECRETUPSTREAM",
+    "SECRETPGPASSWORD",
+];
+
+fn leaks(what: &str, text: &str) -> Vec<String> {
+    MARKS
+        .iter()
+        .filter(|mark| text.contains(*mark))
+        .map(|mark| format!("{mark} in {what}"))
+        .collect()
+}
+
+/// Traffic that touches every surface with recognizable fake keys — answers, streams, embeddings,
+/// a wrong client key, an upstream 401 whose body quotes the key, fallbacks, the admin API,
+/// /metrics — then every log line at every level, the request log, the ledger's files, every body
+/// and header served, and `tierwise check` (its errors included) searched for them: zero hits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_a_log_the_ledger_metrics_admin_json_errors_or_check() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let dir = run_dir("secrets");
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url()).with(|c| {
+        c.0.server.api_keys = Some(vec![text("${TW_CLIENT}")]);
+        c.0.server.admin_key = Some(text("${TW_ADMIN}"));
+        c.0.server.metrics_key = Some(text("${TW_METRICS}"));
+        c.0.ledger.url = Some(text("sqlite://ledger.db"));
+        c.0.ledger.spool = Some(text("ledger.spool"));
+        c.0.ledger.request_log = Some(text("requests.jsonl"));
+        c.0.ledger.store_content = true;
+        for provider in ["vllm", "openai"] {
+            c.provider(provider).api_key = Some(text("${TW_UPSTREAM}"));
+        }
+        c.provider("vllm").health.interval_ms = Some(spanned(50));
+    });
+    let path = dir.join("tierwise.toml");
+    std::fs::write(&path, config.toml()).unwrap();
+    let env = [
+        ("TW_CLIENT", CLIENT),
+        ("TW_ADMIN", ADMIN),
+        ("TW_METRICS", METRICS),
+        ("TW_UPSTREAM", UPSTREAM),
+        // Everything the gateway and its crates log, at every level.
+        ("TIERWISE_LOG", "trace"),
+    ];
+    let log = dir.join("stderr.log");
+    let (child, url) = serve(&path, &env, &log).await;
+    let http = reqwest::Client::new();
+    let mut served = String::new();
+    let mut call = async |method: &str, path: &str, key: &str, body: Option<Value>| {
+        let mut request = http
+            .request(method.parse().unwrap(), format!("{url}{path}"))
+            .bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        served.push_str(&format!("{status} {:?}\n", response.headers()));
+        served.push_str(&response.text().await.unwrap());
+        served.push('\n');
+        status.as_u16()
+    };
+
+    assert_eq!(
+        call(
+            "POST",
+            "/v1/chat/completions",
+            CLIENT,
+            Some(chat("summarize", "hi"))
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        call(
+            "POST",
+            "/v1/chat/completions",
+            CLIENT,
+            Some(chat_stream("summarize"))
+        )
+        .await,
+        200
+    );
+    let embed = json!({"model": "embed", "input": "hi"});
+    assert_eq!(
+        call("POST", "/v1/embeddings", CLIENT, Some(embed)).await,
+        200
+    );
+    assert_eq!(
+        call(
+            "POST",
+            "/v1/chat/completions",
+            WRONG,
+            Some(chat("summarize", "hi"))
+        )
+        .await,
+        401
+    );
+    // OpenAI's 401 quotes the key it was given, masked; here, whole.
+    let quoting = Fault::Status {
+        status: 401,
+        body: Some(
+            json!({"error": {"message": format!("Incorrect API key provided: {UPSTREAM}"), "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}})
+                .to_string(),
+        ),
+        retry_after: None,
+    };
+    api.set_fault(quoting.clone());
+    local.set_fault(quoting);
+    assert_eq!(
+        call(
+            "POST",
+            "/v1/chat/completions",
+            CLIENT,
+            Some(chat("summarize", "hi"))
+        )
+        .await,
+        502
+    );
+    assert_eq!(
+        call(
+            "POST",
+            "/v1/chat/completions",
+            CLIENT,
+            Some(chat_stream("classification"))
+        )
+        .await,
+        502
+    );
+    local.set_fault(Fault::None);
+    api.set_fault(Fault::None);
+    for path in [
+        "/admin/api/providers",
+        "/admin/api/report?since=1h",
+        "/v1/models",
+        "/readyz",
+    ] {
+        let key = if path.starts_with("/admin") {
+            ADMIN
+        } else {
+            CLIENT
+        };
+        call("GET", path, key, None).await;
+    }
+    assert_eq!(call("GET", "/metrics", METRICS, None).await, 200);
+    assert_eq!(call("GET", "/admin/api/providers", CLIENT, None).await, 401);
+    signal(&child, "-TERM");
+    assert!(exited(child).await.success());
+    // Every upstream call carried the key: the gateway had it to leak.
+    assert_eq!(
+        api.requests()[0].authorization.as_deref(),
+        Some(format!("Bearer {UPSTREAM}").as_str())
+    );
+
+    let mut found = leaks("responses", &served);
+    for file in std::fs::read_dir(&dir).unwrap() {
+        let file = file.unwrap().path();
+        if file.file_name().unwrap() == "tierwise.toml" {
+            continue;
+        }
+        let bytes = std::fs::read(&file).unwrap();
+        found.extend(leaks(
+            &file.display().to_string(),
+            &String::from_utf8_lossy(&bytes),
+        ));
+    }
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.lines().count() > 50, "trace logging is on: {logged}");
+
+    // `check`, with the keys inline in the file, a PostgreSQL password in the ledger URL, and a
+    // mistake on the key's own line.
+    let mut inline = config.toml().replace("${TW_UPSTREAM}", UPSTREAM);
+    inline = inline
+        .replace("${TW_CLIENT}", CLIENT)
+        .replace("${TW_ADMIN}", ADMIN);
+    inline = inline.replace(
+        "sqlite://ledger.db",
+        &format!("postgres://postgres:{PG_PASSWORD}@127.0.0.1:1/test?password={PG_PASSWORD}"),
+    );
+    for (name, text) in [
+        ("valid", inline.clone()),
+        (
+            "key with a line break",
+            inline.replacen(UPSTREAM, &format!("{UPSTREAM}\\n"), 1),
+        ),
+        (
+            "unknown key beside a secret",
+            inline.replacen("api_key =", "api_kee =", 1),
+        ),
+    ] {
+        let path = dir.join(format!("{}.toml", name.replace(' ', "-")));
+        std::fs::write(&path, &text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_tierwise"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("TW_METRICS", METRICS)
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        found.extend(leaks(&format!("tierwise check ({name})"), &said));
+        std::fs::remove_file(path).ok();
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+    std::fs::remove_dir_all(dir).ok();
+}
