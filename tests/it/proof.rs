@@ -297,3 +297,189 @@ async fn no_secret_reaches_a_log_the_ledger_metrics_admin_json_errors_or_check()
     assert!(found.is_empty(), "{}", found.join("\n"));
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// One client asking in a loop until `stop`: each answered request's id and when it was answered.
+async fn keep_asking(
+    url: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<(String, std::time::Instant)> {
+    let http = reqwest::Client::new();
+    let mut answered = Vec::new();
+    while !*stop.borrow() {
+        let sent = http
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&chat("summarize", "hi"))
+            .send()
+            .await;
+        let Ok(response) = sent else { break };
+        let id = response.headers()["x-tierwise-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        if response.bytes().await.is_ok() {
+            answered.push((id, std::time::Instant::now()));
+        }
+    }
+    answered
+}
+
+async fn sqlite_ids(db: &Path, table: &str) -> Vec<String> {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(integrity, "ok");
+    let ids = sqlx::query_scalar(&format!("SELECT id FROM {table}"))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.ok();
+    ids
+}
+
+/// How long after its answer a request's record may still be only in memory: the writer's
+/// linger and one write, bounded by the write timeout after which the batch is spooled (see
+/// README, "Ledger"). A SIGKILL loses at most the records of requests answered this close to it.
+const DURABILITY_WINDOW: Duration = Duration::from_millis(2500);
+
+/// SIGKILL under load, then a restart on the same SQLite file: it starts, the file is intact,
+/// each request is recorded once, and every request answered longer than the durability window
+/// before the kill is there. Then the same while the database is away: the spool a SIGKILL
+/// leaves is replayed at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_loses_only_the_durability_window_and_the_spool_is_replayed_at_restart() {
+    let up = FakeUpstream::start().await;
+    let dir = run_dir("crash");
+    let config = TestConfig::two_tier(&up.base_url(), &up.base_url())
+        .without_probes()
+        .with(|c| {
+            c.0.ledger.url = Some(text("sqlite://ledger.db"));
+            c.0.ledger.spool = Some(text("ledger.spool"));
+        });
+    let path = dir.join("tierwise.toml");
+    std::fs::write(&path, config.toml()).unwrap();
+    let env = [("CLIENT_KEY", CLIENT_KEY), ("LOCAL_KEY", PROVIDER_KEY)];
+    let log = dir.join("stderr.log");
+    let db = dir.join("ledger.db");
+
+    let (child, url) = serve(&path, &env, &log).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let clients: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(keep_asking(url.clone(), stopped.clone())))
+        .collect();
+    // Load until enough requests are older than the window, then kill mid-stream of requests.
+    let started = std::time::Instant::now();
+    tokio::time::sleep(DURABILITY_WINDOW + Duration::from_secs(2)).await;
+    signal(&child, "-KILL");
+    let killed = std::time::Instant::now();
+    exited(child).await;
+    stop.send(true).unwrap();
+    let mut answered = Vec::new();
+    for client in clients {
+        answered.extend(client.await.unwrap());
+    }
+    let old: Vec<&String> = answered
+        .iter()
+        .filter(|(_, at)| *at + DURABILITY_WINDOW < killed)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(old.len() > 50, "{} requests in {:?}", old.len(), started.elapsed());
+
+    let (child, url) = serve(&path, &env, &log).await;
+    let ready = reqwest::get(format!("{url}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let stored = sqlite_ids(&db, "requests").await;
+    let unique: std::collections::HashSet<&String> = stored.iter().collect();
+    assert_eq!(unique.len(), stored.len(), "each request recorded once");
+    let missing: Vec<&&String> = old.iter().filter(|id| !unique.contains(**id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} requests answered over {DURABILITY_WINDOW:?} before the kill are missing",
+        missing.len(),
+        old.len()
+    );
+    let lost = answered.len() - answered.iter().filter(|(id, _)| unique.contains(id)).count();
+    eprintln!(
+        "SIGKILL under load: {} answered, {} recorded, {lost} lost (answered within {DURABILITY_WINDOW:?} of the kill)",
+        answered.len(),
+        stored.len()
+    );
+
+    // The database away: records go to the spool; a SIGKILL leaves it; the next start replays it.
+    let mut conn = {
+        use sqlx::Connection;
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap()
+    };
+    sqlx::query("ALTER TABLE requests RENAME TO requests_away")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let mut spooled_ids = Vec::new();
+    for _ in 0..20 {
+        let answer = Answer::of(
+            http.post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(CLIENT_KEY)
+                .json(&chat("summarize", "hi"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(answer.status, 200);
+        spooled_ids.push(answer.header("x-tierwise-request-id").unwrap().to_string());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready: Value = reqwest::get(format!("{url}/readyz"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready["ledger"]["spooled_records"] == 20 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{ready}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&child, "-KILL");
+    exited(child).await;
+    sqlx::query("ALTER TABLE requests_away RENAME TO requests")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let (child, url) = serve(&path, &env, &log).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stored = sqlite_ids(&db, "requests").await;
+        if spooled_ids.iter().all(|id| stored.contains(id)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spool was not replayed; log: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ready: Value = reqwest::get(format!("{url}/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["ledger"]["status"], "ok", "{ready}");
+    assert!(!dir.join("ledger.spool").exists(), "the spool is gone once replayed");
+    signal(&child, "-TERM");
+    exited(child).await;
+    std::fs::remove_dir_all(dir).ok();
+}
