@@ -313,6 +313,7 @@ async fn keep_asking(
             .send()
             .await;
         let Ok(response) = sent else { break };
+        assert_eq!(response.status(), 200, "every request is served");
         let id = response.headers()["x-tierwise-request-id"]
             .to_str()
             .unwrap()
@@ -388,7 +389,12 @@ async fn a_sigkill_loses_only_the_durability_window_and_the_spool_is_replayed_at
         .filter(|(_, at)| *at + DURABILITY_WINDOW < killed)
         .map(|(id, _)| id)
         .collect();
-    assert!(old.len() > 50, "{} requests in {:?}", old.len(), started.elapsed());
+    assert!(
+        old.len() > 50,
+        "{} requests in {:?}",
+        old.len(),
+        started.elapsed()
+    );
 
     let (child, url) = serve(&path, &env, &log).await;
     let ready = reqwest::get(format!("{url}/readyz")).await.unwrap();
@@ -403,7 +409,11 @@ async fn a_sigkill_loses_only_the_durability_window_and_the_spool_is_replayed_at
         missing.len(),
         old.len()
     );
-    let lost = answered.len() - answered.iter().filter(|(id, _)| unique.contains(id)).count();
+    let lost = answered.len()
+        - answered
+            .iter()
+            .filter(|(id, _)| unique.contains(id))
+            .count();
     eprintln!(
         "SIGKILL under load: {} answered, {} recorded, {lost} lost (answered within {DURABILITY_WINDOW:?} of the kill)",
         answered.len(),
@@ -478,8 +488,134 @@ async fn a_sigkill_loses_only_the_durability_window_and_the_spool_is_replayed_at
         .await
         .unwrap();
     assert_eq!(ready["ledger"]["status"], "ok", "{ready}");
-    assert!(!dir.join("ledger.spool").exists(), "the spool is gone once replayed");
+    assert!(
+        !dir.join("ledger.spool").exists(),
+        "the spool is gone once replayed"
+    );
     signal(&child, "-TERM");
     exited(child).await;
     std::fs::remove_dir_all(dir).ok();
+}
+
+/// A TCP proxy in front of PostgreSQL whose line can be cut (every connection through it closed,
+/// new ones refused) and restored: an outage as the gateway meets it, without stopping the server
+/// other tests share.
+struct Line {
+    addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Line {
+    async fn to(target: &str) -> Line {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let target = target.to_string();
+        let (accepting, connections) = (up.clone(), open.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !accepting.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                connections.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Line { addr, up, open }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for task in self.open.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// PostgreSQL cut off under load and brought back: every request is answered throughout, the
+/// ledger says it is degraded while the line is down, and afterwards holds every answered request
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_under_load_is_served_throughout_and_loses_nothing() {
+    use sqlx::Connection;
+    let up = FakeUpstream::start().await;
+    let direct = postgres_url().await;
+    let line = Line::to("127.0.0.1:5432").await;
+    let through_line = direct.replace("127.0.0.1:5432", &line.addr.to_string());
+    assert_ne!(through_line, direct);
+    let config = TestConfig::two_tier(&up.base_url(), &up.base_url())
+        .without_probes()
+        .with(|c| c.0.ledger.url = Some(text(&through_line)));
+    let gw = TestGateway::start(&config).await;
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let clients: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(keep_asking(gw.url.clone(), stopped.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    line.cut();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = Answer::of(gw.get("/readyz").await).await;
+        if ready.body["ledger"]["status"] == "degraded" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", ready.text);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let down = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    line.restore();
+    let restored = std::time::Instant::now();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let ready = Answer::of(gw.get("/readyz").await).await;
+        if ready.body["ledger"]["status"] == "ok" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", ready.text);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.send(true).unwrap();
+    let mut answered = Vec::new();
+    for client in clients {
+        answered.extend(client.await.unwrap());
+    }
+    gw.shutdown().await;
+
+    let mut conn = sqlx::PgConnection::connect(&direct).await.unwrap();
+    let stored: Vec<String> = sqlx::query_scalar("SELECT id FROM requests")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    let unique: std::collections::HashSet<&String> = stored.iter().collect();
+    assert_eq!(unique.len(), stored.len(), "each request recorded once");
+    assert_eq!(stored.len(), answered.len(), "every request recorded");
+    for (id, _) in &answered {
+        assert!(unique.contains(id), "{id} is missing");
+    }
+    assert!(answered.len() > 100, "{} requests", answered.len());
+    let during = answered
+        .iter()
+        .filter(|(_, at)| (down..restored).contains(at))
+        .count();
+    assert!(
+        during > 20,
+        "{during} requests answered while the database was away"
+    );
 }
