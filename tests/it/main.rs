@@ -10,4 +10,5 @@ mod hostile;
 mod ledger;
 mod proof;
 mod proxy;
+mod soak;
 mod util;

@@ -14,14 +14,14 @@ use tierwise_fake::{FakeUpstream, Fault};
 use crate::util::*;
 
 /// A fresh directory for one run's config, ledger, spool and logs.
-fn run_dir(name: &str) -> PathBuf {
+pub(crate) fn run_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tierwise-proof-{name}-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
 /// `tierwise serve` on `config` with `env`, its stderr to `log`; returns it and its base URL.
-async fn serve(config: &Path, env: &[(&str, &str)], log: &Path) -> (Child, String) {
+pub(crate) async fn serve(config: &Path, env: &[(&str, &str)], log: &Path) -> (Child, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tierwise"));
     command
         .env_remove("TIERWISE_CONFIG")
@@ -58,7 +58,7 @@ async fn serve(config: &Path, env: &[(&str, &str)], log: &Path) -> (Child, Strin
     (child, url)
 }
 
-fn signal(child: &Child, signal: &str) {
+pub(crate) fn signal(child: &Child, signal: &str) {
     let sent = Command::new("kill")
         .args([signal, &child.id().to_string()])
         .status()
@@ -66,7 +66,7 @@ fn signal(child: &Child, signal: &str) {
     assert!(sent.success());
 }
 
-async fn exited(mut child: Child) -> std::process::ExitStatus {
+pub(crate) async fn exited(mut child: Child) -> std::process::ExitStatus {
     tokio::time::timeout(
         Duration::from_secs(30),
         tokio::task::spawn_blocking(move || child.wait().unwrap()),
