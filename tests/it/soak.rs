@@ -241,7 +241,7 @@ async fn soak_mixed_traffic_through_random_faults_and_restarts() {
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(300)).await;
         tick += 1;
-        if tick % 10 == 0 {
+        if tick.is_multiple_of(10) {
             if let Some(fake) = local.take() {
                 fake.stop().await;
             }
@@ -252,7 +252,7 @@ async fn soak_mixed_traffic_through_random_faults_and_restarts() {
             fake.set_fault(local_fault(&mut rng));
         }
         api.set_fault(api_fault(&mut rng));
-        if tick % 3 == 0 {
+        if tick.is_multiple_of(3) {
             samples.push(fds_and_rss_kb(pid));
         }
     }
@@ -269,9 +269,9 @@ async fn soak_mixed_traffic_through_random_faults_and_restarts() {
     signal(&child, "-TERM");
     assert!(exited(child).await.success());
 
-    let wrong = wrong.lock().unwrap();
+    let wrong = std::mem::take(&mut *wrong.lock().unwrap());
     let sent = *sent.lock().unwrap();
-    let seen = seen.lock().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
     let half = &samples[samples.len() / 2..];
     let fds_late = half.iter().map(|s| s.0).max().unwrap_or(0);
     let rss_late = half.iter().map(|s| s.1).max().unwrap_or(0);
