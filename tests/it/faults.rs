@@ -176,6 +176,39 @@ async fn a_probe_answered_401_reports_the_provider_down() {
     assert_eq!(gw.provider("vllm").await["up"], false);
 }
 
+/// `health.path` is what the probe asks, from the host root when it starts with `/` (vLLM's
+/// `/health`); its answer is what marks the provider up or down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_asks_the_configured_path() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url()).with(|c| {
+        let vllm = c.provider("vllm");
+        vllm.health.interval_ms = Some(spanned(50));
+        vllm.health.timeout_ms = Some(300);
+        vllm.health.path = Some(text("/health"));
+    });
+    let gw = TestGateway::start(&config).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while local.listings().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no probe arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        local.listings().iter().all(|probe| probe.path == "/health"),
+        "{:?}",
+        local.listings().iter().map(|p| &p.path).collect::<Vec<_>>()
+    );
+    local.set_fault(Fault::Status {
+        status: 503,
+        body: None,
+        retry_after: None,
+    });
+    gw.wait_for_breaker("vllm", "open", Duration::from_secs(5))
+        .await;
+    assert_eq!(gw.provider("vllm").await["up"], false);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_implausible_token_count_is_clamped_flagged_and_never_wraps_the_cost() {
     let (_local, api, gw) = gateway(|_| {}).await;

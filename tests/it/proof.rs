@@ -619,3 +619,108 @@ async fn a_postgres_outage_under_load_is_served_throughout_and_loses_nothing() {
         "{during} requests answered while the database was away"
     );
 }
+
+/// SIGTERM with records the SQLite ledger could not take yet (another process holds its write
+/// lock): the gateway stops accepting, and by the time it exits every answered request is in the
+/// file — written by the shutdown flush, or spooled and replayed before exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_sqlite_writes_every_record_before_exit() {
+    use sqlx::Connection;
+    const N: usize = 30;
+    let up = FakeUpstream::start().await;
+    let dir = run_dir("sigterm-sqlite");
+    let config = TestConfig::two_tier(&up.base_url(), &up.base_url())
+        .without_probes()
+        .with(|c| {
+            c.0.ledger.url = Some(text("sqlite://ledger.db"));
+            c.0.ledger.spool = Some(text("ledger.spool"));
+        });
+    let path = dir.join("tierwise.toml");
+    std::fs::write(&path, config.toml()).unwrap();
+    let env = [("CLIENT_KEY", CLIENT_KEY), ("LOCAL_KEY", PROVIDER_KEY)];
+    let (child, url) = serve(&path, &env, &dir.join("stderr.log")).await;
+    let db = format!("sqlite://{}", dir.join("ledger.db").display());
+    let mut holder = sqlx::SqliteConnection::connect(&db).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    for _ in 0..N {
+        let response = http
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&chat("summarize", "hi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    signal(&child, "-TERM");
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while http.get(format!("{url}/healthz")).send().await.is_ok() {
+        assert!(
+            std::time::Instant::now() < until,
+            "still accepting after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    assert!(exited(child).await.success());
+    let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM requests")
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+    assert_eq!(rows as usize, N, "every answered request is in the file");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// `server.shutdown_grace_ms` bounds how long SIGTERM waits for requests in flight: with an
+/// upstream that never answers and a `total_ms` of a minute, the gateway still exits within the
+/// grace period (plus the ledger's flush), not at `total_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_waits_for_requests_in_flight_no_longer_than_the_grace_period() {
+    let up = FakeUpstream::start().await;
+    up.set_fault(Fault::Hang);
+    let dir = run_dir("grace");
+    let config = TestConfig::two_tier(&up.base_url(), &up.base_url())
+        .without_probes()
+        .with(|c| {
+            c.0.server.shutdown_grace_ms = Some(300);
+            c.0.ledger.url = Some(text("sqlite://ledger.db"));
+            c.0.ledger.spool = Some(text("ledger.spool"));
+            c.provider("vllm").timeout.total_ms = Some(60_000);
+        });
+    let path = dir.join("tierwise.toml");
+    std::fs::write(&path, config.toml()).unwrap();
+    let env = [("CLIENT_KEY", CLIENT_KEY), ("LOCAL_KEY", PROVIDER_KEY)];
+    let (child, url) = serve(&path, &env, &dir.join("stderr.log")).await;
+    let in_flight = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&chat("summarize", "hi"))
+            .send()
+            .await
+    });
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while up.request_count() == 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let asked = std::time::Instant::now();
+    signal(&child, "-TERM");
+    let status = exited(child).await;
+    let took = asked.elapsed();
+    assert!(status.success(), "{status:?}");
+    // Far under total_ms; the bound is loose because the machine is shared, not a timing claim.
+    assert!(took < Duration::from_secs(15), "exited after {took:?}");
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the request in flight was cut off"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -209,7 +209,7 @@ impl FakeUpstream {
         self.shared.requests.lock().unwrap().clone()
     }
 
-    /// The `GET /v1/models` calls received: health probes and `tierwise check`.
+    /// The `GET /v1/models` and `GET /health` calls received: health probes and `tierwise check`.
     pub fn listings(&self) -> Vec<Recorded> {
         self.shared.listings.lock().unwrap().clone()
     }
@@ -298,6 +298,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
+        .route("/health", get(health))
         .route("/_fake/behavior", post(set_behavior).get(get_behavior))
         .route("/_fake/requests", get(list_requests))
         .with_state(shared)
@@ -345,7 +346,7 @@ fn record(shared: &Shared, path: &str, headers: &HeaderMap, body: &[u8]) {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let log = if path == "/v1/models" {
+    let log = if path == "/v1/models" || path == "/health" {
         &shared.listings
     } else {
         &shared.requests
@@ -654,6 +655,16 @@ async fn models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
         .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "fake"}))
         .collect();
     Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// vLLM's and llama.cpp's health endpoint, at the host root: 200 with an empty body, or the fault.
+async fn health(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    record(&shared, "/health", &headers, b"");
+    let behavior = shared.behavior.read().unwrap().clone();
+    if let Some(response) = before_answer(&behavior.fault).await {
+        return response;
+    }
+    StatusCode::OK.into_response()
 }
 
 async fn set_behavior(
