@@ -375,11 +375,12 @@ async fn report_reads_the_ledger_a_gateway_wrote() {
         .insert(text("fast"), RawTier::new("openai", "gpt-4o-mini"));
     file.tiers
         .insert(text("frontier"), RawTier::new("openai", "gpt-4o"));
-    let route = RawRoute {
+    let route = || RawRoute {
         baseline: Some(text("frontier")),
         ..RawRoute::new(TaskKind::Classification, &["fast"])
     };
-    file.routes.insert(text("classification"), route);
+    file.routes.insert(text("classification"), route());
+    file.routes.insert(text("extraction"), route());
     let (dir, path) = write_config("report", &TestConfig(file).toml());
     let (child, url) = serve(&path).await;
     let http = reqwest::Client::new();
@@ -392,7 +393,36 @@ async fn report_reads_the_ledger_a_gateway_wrote() {
             .unwrap();
         assert_eq!(response.status(), 200);
     }
+    for _ in 0..2 {
+        let response = http
+            .post(format!("{url}/v1/chat/completions"))
+            .json(&serde_json::json!({"model": "extraction", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
     assert!(terminate(child).await.success());
+
+    // One route asked for: its calls and money only.
+    let one = json_of(
+        tierwise()
+            .args([
+                "report",
+                "--since",
+                "1h",
+                "--route",
+                "extraction",
+                "--format",
+                "json",
+                "--config",
+            ])
+            .arg(&path),
+    );
+    assert_eq!(one["routes"].as_array().unwrap().len(), 1, "{one}");
+    assert_eq!(one["routes"][0]["route"], "extraction");
+    assert_eq!(one["routes"][0]["calls"], 2);
+    assert_eq!(one["totals"]["api_usd"], "0.00042");
 
     let report = json_of(
         tierwise()
@@ -401,12 +431,44 @@ async fn report_reads_the_ledger_a_gateway_wrote() {
     );
     assert_eq!(report["routes"][0]["route"], "classification");
     assert_eq!(report["routes"][0]["calls"], 3);
+    assert_eq!(report["routes"][1]["calls"], 2);
+    // The projections follow from the window: calls a day, money a 30-day month, saving in %.
+    let days = report["days"].as_f64().unwrap();
+    let route = &report["routes"][0];
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+    assert!(
+        close(route["calls_per_day"].as_f64().unwrap(), 3.0 / days),
+        "{route}"
+    );
+    assert!(
+        close(
+            route["monthly_baseline_usd"].as_f64().unwrap(),
+            0.0105 * 30.0 / days
+        ),
+        "{route}"
+    );
+    let totals = &report["totals"];
+    assert!(
+        close(
+            totals["monthly_api_usd"].as_f64().unwrap(),
+            0.00105 * 30.0 / days
+        ),
+        "{totals}"
+    );
+    // Baseline $0.0175 for the five calls, spent $0.00105: 94% saved.
+    assert!(
+        close(totals["saving_pct"].as_f64().unwrap(), 94.0),
+        "{totals}"
+    );
+    let p50 = route["p50_ms"].as_f64().unwrap();
+    let p95 = route["p95_ms"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p50 <= p95 && p95 < 10_000.0, "{route}");
     // An hour asked for, seconds of ledger: the report covers the seconds, not the hour.
     assert_eq!(report["starts_at_first_record"], true);
     assert!(report["days"].as_f64().unwrap() < 0.01, "{report}");
     // gpt-4o-mini: 1000 × $0.15 + 100 × $0.60 per million = $0.00021 a call; gpt-4o: $0.0035.
-    assert_eq!(report["totals"]["api_usd"], "0.00063");
-    assert_eq!(report["totals"]["baseline_usd"], "0.0105");
+    assert_eq!(report["totals"]["api_usd"], "0.00105");
+    assert_eq!(report["totals"]["baseline_usd"], "0.0175");
 
     let table = tierwise()
         .args(["report", "--since", "1h", "--config"])
@@ -429,7 +491,7 @@ async fn report_reads_the_ledger_a_gateway_wrote() {
         .unwrap();
     let csv = String::from_utf8_lossy(&csv.stdout);
     assert!(
-        csv.starts_with("route,calls,") && csv.lines().count() == 3,
+        csv.starts_with("route,calls,") && csv.lines().count() == 4,
         "{csv}"
     );
     std::fs::remove_dir_all(dir).ok();
