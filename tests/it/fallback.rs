@@ -739,3 +739,85 @@ async fn users_are_not_sent_to_a_recovered_provider_until_its_warm_up_is_done() 
         Some("local")
     );
 }
+
+/// The breaker's error-rate rule through the gateway: with consecutive failures out of reach, it
+/// opens once `min_requests` calls in the window have failed at `error_rate`, not before; its
+/// gauge says so; failed trials double the cool-down up to `max_cooldown_ms` and no further.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_on_its_error_rate_and_caps_its_cool_down() {
+    let (local, _api, gw) = setup(
+        |p| {
+            p.breaker.failures = Some(spanned(1000));
+            p.breaker.error_rate = Some(spanned(0.5));
+            p.breaker.min_requests = Some(6);
+            p.breaker.window_ms = Some(60_000);
+            p.breaker.cooldown_ms = Some(200);
+            p.breaker.max_cooldown_ms = Some(300);
+        },
+        |_| {},
+    )
+    .await;
+    let fail_once = || {
+        local.update(|b| {
+            b.fault = Fault::Status {
+                status: 500,
+                body: None,
+                retry_after: None,
+            };
+            b.fault_for = Some(1);
+        })
+    };
+    // Five calls, two failed (40%): closed. The sixth fails: 3 of 6, 50% — open.
+    for fails in [true, false, true, false, false] {
+        if fails {
+            fail_once();
+        }
+        assert_eq!(gw.ask("summarize").await.status, 200);
+    }
+    assert_eq!(gw.breaker_state("vllm").await, "closed");
+    fail_once();
+    assert_eq!(gw.ask("summarize").await.status, 200);
+    let vllm = gw.provider("vllm").await;
+    assert_eq!(vllm["breaker"]["state"], "open", "{vllm}");
+    assert_eq!(
+        vllm["breaker"]["consecutive_failures"], 1,
+        "opened by the rate, not by a run of failures: {vllm}"
+    );
+    gw.wait_for_metrics(|text| {
+        text.contains("tierwise_provider_breaker_open{provider=\"vllm\"} 1")
+    })
+    .await;
+
+    // Down for good: each trial fails and the cool-down doubles, 200 → 300 (capped, not 400) → 300.
+    local.set_fault(Fault::Status {
+        status: 500,
+        body: None,
+        retry_after: None,
+    });
+    for _ in 0..2 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while gw.provider("vllm").await["breaker"]["retry_in_ms"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cool-down never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            gw.ask("summarize").await.status,
+            200,
+            "the trial failed over"
+        );
+        let vllm = gw.provider("vllm").await;
+        assert_eq!(vllm["breaker"]["state"], "open", "{vllm}");
+        let retry_in = vllm["breaker"]["retry_in_ms"].as_u64().unwrap();
+        assert!(
+            (200..=300).contains(&retry_in),
+            "cool-down {retry_in} ms: {vllm}"
+        );
+    }
+}
