@@ -821,3 +821,37 @@ async fn the_breaker_opens_on_its_error_rate_and_caps_its_cool_down() {
         );
     }
 }
+
+/// A provider whose probe passes but whose warm-up fails stays down: users keep going to the next
+/// tier, probe after probe, until a warm-up succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_warm_up_keeps_the_provider_down_until_one_succeeds() {
+    let (addr, _api, gw) = down_with_warm_up(|_| {}).await;
+    let local = FakeUpstream::start_on(addr).await;
+    // The listing (the probe) answers; the chat model does not.
+    local.update(|b| {
+        b.fault = Fault::Status {
+            status: 500,
+            body: None,
+            retry_after: None,
+        };
+        b.fault_model = Some("mistral-7b".into());
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while local.listings().len() < 5 {
+        assert!(std::time::Instant::now() < deadline, "probes stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        local.requests().iter().any(|r| r.body["max_tokens"] == 1),
+        "the warm-up was tried"
+    );
+    assert_ne!(gw.breaker_state("vllm").await, "closed");
+    let answer = gw.ask("summarize").await;
+    assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"), "{}", answer.text);
+
+    local.set_fault(Fault::None);
+    gw.wait_for_breaker("vllm", "closed", Duration::from_secs(5))
+        .await;
+    assert_eq!(gw.ask("summarize").await.header("x-tierwise-tier"), Some("local"));
+}
