@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::util::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tierwise::config::file::{RawProvider, spanned};
+use tierwise::config::file::{RawProvider, spanned, text};
 use tierwise::config::{AllOpen, TaskKind};
 use tierwise_fake::{FakeUpstream, Fault, wait_until};
 
@@ -854,4 +854,41 @@ async fn a_failed_warm_up_keeps_the_provider_down_until_one_succeeds() {
     gw.wait_for_breaker("vllm", "closed", Duration::from_secs(5))
         .await;
     assert_eq!(gw.ask("summarize").await.header("x-tierwise-tier"), Some("local"));
+}
+
+/// A tier's own `timeout.total_ms` overrides its provider's for that tier only: the chat tier gives
+/// up at its 300 ms and falls back, while the embedding tier on the same provider waits out the
+/// same slow server under the provider's 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiers_own_timeouts_override_its_providers_for_that_tier_only() {
+    let (local, api, gw) = setup(
+        |p| p.breaker.failures = Some(spanned(1000)),
+        |c| {
+            let tier = c.0.tiers.get_mut(&text("local")).unwrap();
+            tier.timeout.total_ms = Some(300);
+        },
+    )
+    .await;
+    local.set_fault(Fault::SlowFirstByte { ms: 1000 });
+    let answer = gw.ask("summarize").await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"));
+    assert!(
+        answer
+            .header("x-tierwise-fallback")
+            .is_some_and(|f| f.starts_with("local:timeout")),
+        "{:?}",
+        answer.header("x-tierwise-fallback")
+    );
+    let embedded = Answer::of(
+        gw.post(
+            "/v1/embeddings",
+            &json!({"model": "embed", "input": "slow but within the provider's 5 s"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(embedded.status, 200, "{}", embedded.text);
+    assert_eq!(embedded.header("x-tierwise-tier"), Some("embed_local"));
+    assert_eq!(api.requests().len(), 1, "only the chat call fell back");
 }
