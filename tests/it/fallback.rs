@@ -848,12 +848,20 @@ async fn a_failed_warm_up_keeps_the_provider_down_until_one_succeeds() {
     );
     assert_ne!(gw.breaker_state("vllm").await, "closed");
     let answer = gw.ask("summarize").await;
-    assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"), "{}", answer.text);
+    assert_eq!(
+        answer.header("x-tierwise-tier"),
+        Some("api_fast"),
+        "{}",
+        answer.text
+    );
 
     local.set_fault(Fault::None);
     gw.wait_for_breaker("vllm", "closed", Duration::from_secs(5))
         .await;
-    assert_eq!(gw.ask("summarize").await.header("x-tierwise-tier"), Some("local"));
+    assert_eq!(
+        gw.ask("summarize").await.header("x-tierwise-tier"),
+        Some("local")
+    );
 }
 
 /// A tier's own `timeout.total_ms` overrides its provider's for that tier only: the chat tier gives

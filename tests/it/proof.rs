@@ -460,6 +460,25 @@ async fn a_sigkill_loses_only_the_durability_window_and_the_spool_is_replayed_at
         assert!(std::time::Instant::now() < deadline, "{ready}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Loudly: a log line an operator greps for, and the counter alerts are built on.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("LEDGER WRITE FAILED"), "{logged}");
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(
+            |line| line.starts_with("tierwise_ledger_write_errors_total ") && !line.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tierwise_ledger_spooled_records 20"),
+        "{metrics}"
+    );
     signal(&child, "-KILL");
     exited(child).await;
     sqlx::query("ALTER TABLE requests_away RENAME TO requests")
