@@ -18,6 +18,9 @@ use tierwise_fake::{FakeUpstream, Fault};
 use crate::proof::{exited, run_dir, serve, signal};
 use crate::util::*;
 
+/// Clients sending at once.
+const CLIENTS: u64 = 8;
+
 fn local_fault(rng: &mut fastrand::Rng) -> Fault {
     let status = |status| Fault::Status {
         status,
@@ -152,9 +155,9 @@ fn fds_and_rss_kb(pid: u32) -> (usize, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_mixed_traffic_through_random_faults_and_restarts() {
-    let seconds: u64 = env("TIERWISE_SOAK_SECONDS").map_or(20, |s| s.parse().unwrap());
-    let seed: u64 =
-        env("TIERWISE_SOAK_SEED").map_or_else(|| fastrand::u64(..), |s| s.parse().unwrap());
+    let seconds: u64 = std::env::var("TIERWISE_SOAK_SECONDS").map_or(20, |s| s.parse().unwrap());
+    let seed: u64 = std::env::var("TIERWISE_SOAK_SEED")
+        .map_or_else(|_| fastrand::u64(..), |s| s.parse().unwrap());
     eprintln!("soak: {seconds} s, TIERWISE_SOAK_SEED={seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
 
@@ -214,7 +217,7 @@ async fn soak_mixed_traffic_through_random_faults_and_restarts() {
     let (fds_start, rss_start) = fds_and_rss_kb(pid);
 
     let until = Instant::now() + Duration::from_secs(seconds);
-    let clients: Vec<_> = (0..8)
+    let clients: Vec<_> = (0..CLIENTS)
         .map(|client| {
             let (url, sent, seen, wrong) = (url.clone(), sent.clone(), seen.clone(), wrong.clone());
             let mut rng = fastrand::Rng::with_seed(seed.wrapping_add(client + 1));
