@@ -342,10 +342,37 @@ fn simulate_reproduces_the_articles_rows_and_names_where_its_sums_disagree() {
     }
     assert!((sim["today_monthly_usd"].as_f64().unwrap() - 227.0).abs() < 0.01);
     assert!((sim["after_monthly_usd"].as_f64().unwrap() - 171.0).abs() < 0.01);
-    let discrepancies = sim["discrepancies"].to_string();
+    // Break-even, from the article's own numbers: an $85 server against $48 a month of
+    // classification at 2,000 calls a day pays for itself at 85 / 48 × 2,000 calls a day; against
+    // the $141.00 the moved tasks cost, at 85 / 141.00 of today's volume.
+    let classification = &sim["tasks"][0];
+    assert_eq!(classification["name"], "Document classification");
+    let break_even = classification["break_even_calls_per_day"].as_f64().unwrap();
     assert!(
-        discrepancies.contains("rows add up to $227.00"),
-        "{discrepancies}"
+        (break_even - 85.0 / 48.0 * 2000.0).abs() < 1e-6,
+        "{classification}"
+    );
+    assert!(
+        sim["tasks"][3]["break_even_calls_per_day"].is_null(),
+        "stays on the API"
+    );
+    let share = sim["break_even_volume_share"].as_f64().unwrap();
+    assert!((share - 85.0 / 141.0045).abs() < 1e-9, "{share}");
+    assert!((sim["saving_pct"].as_f64().unwrap() - 56.0045 * 100.0 / 227.0045).abs() < 1e-9);
+    let discrepancies: Vec<&str> = sim["discrepancies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        discrepancies,
+        [
+            "total: the source says ~$380.00/month, but its rows add up to $227.00",
+            "after, API: the source says ~$70.00/month; the tasks that stay on the API add up to $86.00",
+            "after, total: the source says ~$155.00/month; API $86.00 + fixed $85.00 = $171.00",
+            "saving: the source says ~$225.00/month; from its rows the saving is $56.00 (24.7%)",
+        ]
     );
 
     let table = tierwise()
