@@ -900,3 +900,60 @@ async fn a_tiers_own_timeouts_override_its_providers_for_that_tier_only() {
     assert_eq!(embedded.header("x-tierwise-tier"), Some("embed_local"));
     assert_eq!(api.requests().len(), 1, "only the chat call fell back");
 }
+
+/// A listener whose queue is full: the kernel drops further SYNs, so a connect to it hangs — a
+/// host that does not answer, on loopback. The held connections keep the queue full.
+fn unanswering_addr() -> (
+    std::net::SocketAddr,
+    socket2::Socket,
+    Vec<std::net::TcpStream>,
+) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut held = Vec::new();
+    // Fill the accept queue; a connect that does not complete at once means it is full.
+    for _ in 0..8 {
+        let stream =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        if stream
+            .connect_timeout(&addr.into(), Duration::from_millis(200))
+            .is_err()
+        {
+            break;
+        }
+        held.push(stream.into());
+    }
+    (addr, socket, held)
+}
+
+/// `connect_ms` bounds the connection to a host that does not answer: the call gives up there,
+/// falls back, and says it was the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_does_not_answer_is_given_up_at_connect_ms() {
+    let (addr, _listener, _held) = unanswering_addr();
+    let api = FakeUpstream::start().await;
+    let config = config(&format!("http://{addr}/v1"), &api.base_url(), false, |p| {
+        p.timeout.connect_ms = Some(300);
+        p.timeout.first_byte_ms = Some(20_000);
+        p.timeout.total_ms = Some(30_000);
+    });
+    let gw = TestGateway::start(&config).await;
+    let answer = tokio::time::timeout(Duration::from_secs(10), gw.ask("summarize"))
+        .await
+        .expect("given up long before total_ms");
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"));
+    assert_eq!(
+        answer.header("x-tierwise-fallback"),
+        Some("local:timeout_connect")
+    );
+}
