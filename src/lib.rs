@@ -25,6 +25,8 @@
 //! - [`metrics`]: every Prometheus series, recorded in one place.
 //! - [`report`]: cost and savings per route read back from the ledger; `simulate` for workloads
 //!   not yet deployed.
+//! - [`quality`]: whether a cheaper tier answers like the reference — the scorers (label, JSON,
+//!   text, tool calls).
 //!
 //! The command line (`tierwise serve`, `check`, `init`, `report`, `simulate`) lives in the binary,
 //! `src/main.rs` and `src/cli.rs`, the only place that uses `anyhow`.
@@ -35,6 +37,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod openai;
 pub mod outcome;
+pub mod quality;
 pub mod report;
 pub mod route;
 pub mod server;

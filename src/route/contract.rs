@@ -48,7 +48,7 @@ pub fn match_label<'l>(answer: &str, labels: &'l [String]) -> Option<(&'l str, b
 }
 
 /// Lower-case words separated by single spaces, punctuation dropped.
-fn words(text: &str) -> String {
+pub(crate) fn words(text: &str) -> String {
     text.to_lowercase()
         .split(|c: char| !c.is_alphanumeric())
         .filter(|word| !word.is_empty())
