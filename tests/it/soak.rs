@@ -285,14 +285,16 @@ async fn soak_mixed_traffic_through_random_faults_and_restarts() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     assert!(seen.values().all(|n| *n == 1), "request ids are unique");
     assert_eq!(seen.len(), sent, "every request was answered with its id");
-    // Connections come and go with the traffic; what stays open at the end is what was open at
-    // the start. Memory settles (allocator caches and pools) rather than grow with every request.
+    // Connections come and go with the traffic. What stays open at the end is what was open after
+    // the (one client) warm-up plus the upstream pools' idle connections, one per client at most
+    // for each upstream. Memory settles (allocator caches, pools) rather than grow per request.
+    let pooled = 2 * CLIENTS as usize;
     assert!(
-        fds_end <= fds_start + 8,
+        fds_end <= fds_start + pooled + 4,
         "open files grew: {fds_start} to {fds_end}"
     );
     assert!(
-        fds_late <= fds_start + 40,
+        fds_late <= fds_start + pooled + 40,
         "open files grew under load: {samples:?}"
     );
     assert!(
