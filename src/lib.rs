@@ -26,7 +26,7 @@
 //! - [`report`]: cost and savings per route read back from the ledger; `simulate` for workloads
 //!   not yet deployed.
 //! - [`quality`]: whether a cheaper tier answers like the reference — the scorers (label, JSON,
-//!   text, tool calls).
+//!   text, tool calls) and the monitor's interval and alert episodes.
 //!
 //! The command line (`tierwise serve`, `check`, `init`, `report`, `simulate`) lives in the binary,
 //! `src/main.rs` and `src/cli.rs`, the only place that uses `anyhow`.
