@@ -328,6 +328,64 @@ mod tests {
             breaker.on_failure("x");
         }
         assert_eq!(breaker.state(), BreakerState::Open, "5 of 10 failed");
+
+        let breaker = Breaker::new(BreakerPolicy {
+            failures: 100,
+            ..policy()
+        });
+        for _ in 0..9 {
+            breaker.on_success();
+        }
+        for _ in 0..3 {
+            breaker.on_failure("x");
+        }
+        assert_eq!(
+            breaker.state(),
+            BreakerState::Closed,
+            "3 of 12 is under 50%"
+        );
+    }
+
+    #[test]
+    fn failures_from_an_expired_window_do_not_count() {
+        let breaker = Breaker::new(BreakerPolicy {
+            failures: 100,
+            window: Duration::from_millis(20),
+            ..policy()
+        });
+        for _ in 0..4 {
+            breaker.on_failure("x");
+            breaker.on_success();
+        }
+        breaker.on_success();
+        // Letting the window run out is the point here, not a synchronization.
+        std::thread::sleep(Duration::from_millis(30));
+        breaker.on_failure("x");
+        assert_eq!(
+            breaker.state(),
+            BreakerState::Closed,
+            "1 call in the new window; 5 of 10 only if the old ones still counted"
+        );
+    }
+
+    #[test]
+    fn a_probe_may_close_only_once_the_cool_down_has_passed() {
+        let breaker = Breaker::new(BreakerPolicy {
+            failures: 1,
+            cooldown: Duration::from_secs(3600),
+            ..policy()
+        });
+        assert!(breaker.probe_may_close(), "closed already");
+        assert_eq!(breaker.snapshot().retry_in_ms, None);
+        breaker.on_failure("x");
+        assert!(!breaker.probe_may_close(), "an hour of cool-down left");
+        assert!(breaker.snapshot().retry_in_ms.unwrap() > 3_000_000);
+        let breaker = Breaker::new(BreakerPolicy {
+            failures: 1,
+            ..policy()
+        });
+        breaker.on_failure("x");
+        assert!(breaker.probe_may_close(), "no cool-down");
     }
 
     #[test]
