@@ -308,3 +308,27 @@ fn every_example_config_loads_without_any_environment() {
         "examples/ should hold the starter and the vLLM config"
     );
 }
+
+/// A tier billed per token whose model has no known price is a warning at start that names the
+/// tier and the model and says how to fix it; a priced or fixed-cost tier is not.
+#[test]
+fn a_tier_whose_model_has_no_price_is_warned_about() {
+    let config = load(BASE).unwrap();
+    let warnings = tierwise::ledger::Pricing::new(&config).warnings(&config);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("tier local uses model \"m\", which has no known price")
+            && warnings[0].contains("add [prices.\"m\"]"),
+        "{warnings:?}"
+    );
+    let fixed = load(&patched(
+        "base_url = \"http://localhost:8001/v1\"",
+        "base_url = \"http://localhost:8001/v1\"\nfixed_monthly_usd = 90",
+    ))
+    .unwrap();
+    assert!(
+        tierwise::ledger::Pricing::new(&fixed)
+            .warnings(&fixed)
+            .is_empty()
+    );
+}
