@@ -215,6 +215,52 @@ fn strip_date(model: &str) -> Option<&str> {
 mod tests {
     use super::*;
 
+    /// A tier billed per token, a local one (fixed cost) and one on a model with no price.
+    fn config() -> Config {
+        let toml = r#"
+[providers.openai]
+base_url = "http://127.0.0.1:9/v1"
+[providers.gpu]
+base_url = "http://127.0.0.1:9/v1"
+fixed_monthly_usd = 90.5
+[tiers]
+mini = { provider = "openai", model = "gpt-4o-mini" }
+frontier = { provider = "openai", model = "gpt-4o" }
+local = { provider = "gpu", model = "mistral-7b" }
+odd = { provider = "openai", model = "my-finetune" }
+[routes.r]
+kind = "chat"
+tiers = ["local", "mini", "odd"]
+"#;
+        Config::parse(toml, std::path::Path::new("t.toml"), &|_| None).unwrap()
+    }
+
+    #[test]
+    fn each_tier_is_priced_as_it_is_billed() {
+        let config = config();
+        let pricing = Pricing::new(&config);
+        let tier = |name: &str| config.tiers.iter().find(|t| t.name == name).unwrap();
+        let tokens = Tokens {
+            input: 1000,
+            cached: 0,
+            output: 100,
+            estimated: false,
+        };
+        // 1000 × $0.15 + 100 × $0.60 per million; on gpt-4o, 1000 × $2.50 + 100 × $10.
+        let mini = pricing.price(tier("mini"), Some(tier("frontier")), &tokens);
+        assert_eq!(mini.cost, Some(Picodollars(210_000_000)));
+        assert_eq!(mini.baseline, Some(Picodollars(3_500_000_000)));
+        let local = pricing.price(tier("local"), None, &tokens);
+        assert_eq!((local.cost, local.baseline), (Some(Picodollars(0)), None));
+        assert_eq!(
+            pricing.price(tier("odd"), None, &tokens).cost,
+            None,
+            "unknown, not zero"
+        );
+        assert_eq!(Picodollars::from_usd(90.5), Picodollars(90_500_000_000_000));
+        assert_eq!(Picodollars::from_usd(0.000_000_15), Picodollars(150_000));
+    }
+
     #[test]
     fn costs_are_exact_in_picodollars() {
         let table = PriceTable::new([]);
