@@ -259,6 +259,7 @@ tiers = ["local", "mini", "odd"]
         );
         assert_eq!(Picodollars::from_usd(90.5), Picodollars(90_500_000_000_000));
         assert_eq!(Picodollars::from_usd(0.000_000_15), Picodollars(150_000));
+        assert_eq!(Picodollars(90_500_000_000_000).as_usd_f64(), 90.5);
     }
 
     #[test]
