@@ -1,8 +1,7 @@
 //! The `tierwise` binary as a user runs it: `init`, `check`, and `serve` stopped by SIGTERM.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use tierwise::config::TaskKind;
@@ -181,27 +180,7 @@ async fn check_probes_each_provider() {
 
 /// Starts `tierwise serve` on `config` and returns the child and the address it printed.
 async fn serve(config: &std::path::Path) -> (std::process::Child, String) {
-    let mut child = tierwise()
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        line
-    })
-    .await
-    .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("tierwise listening on ")
-        .unwrap_or_else(|| panic!("no address line: {line:?}"))
-        .to_string();
-    (child, url)
+    crate::proof::serve(config, &[], std::path::Path::new("/dev/null")).await
 }
 
 fn send_sigterm(child: &std::process::Child) {

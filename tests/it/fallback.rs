@@ -60,6 +60,17 @@ async fn down_with_warm_up(
     (addr, api, gw)
 }
 
+/// Clears the local fake's fault, waits for its breaker to close, and sees users sent to it again.
+async fn back_to_local(local: &FakeUpstream, gw: &TestGateway) {
+    local.set_fault(Fault::None);
+    gw.wait_for_breaker("vllm", "closed", Duration::from_secs(5))
+        .await;
+    assert_eq!(
+        gw.ask("summarize").await.header("x-tierwise-tier"),
+        Some("local")
+    );
+}
+
 /// Breaker knobs: consecutive failures that open it, and its first cool-down.
 fn breaker(failures: u32, cooldown_ms: Option<u64>) -> impl FnOnce(&mut RawProvider) {
     move |p| {
@@ -731,13 +742,7 @@ async fn users_are_not_sent_to_a_recovered_provider_until_its_warm_up_is_done() 
     );
 
     // Warmed up, the provider closes and gets users back.
-    local.update(|b| b.fault = Fault::None);
-    gw.wait_for_breaker("vllm", "closed", Duration::from_secs(5))
-        .await;
-    assert_eq!(
-        gw.ask("summarize").await.header("x-tierwise-tier"),
-        Some("local")
-    );
+    back_to_local(&local, &gw).await;
 }
 
 /// The breaker's error-rate rule through the gateway: with consecutive failures out of reach, it
@@ -855,13 +860,7 @@ async fn a_failed_warm_up_keeps_the_provider_down_until_one_succeeds() {
         answer.text
     );
 
-    local.set_fault(Fault::None);
-    gw.wait_for_breaker("vllm", "closed", Duration::from_secs(5))
-        .await;
-    assert_eq!(
-        gw.ask("summarize").await.header("x-tierwise-tier"),
-        Some("local")
-    );
+    back_to_local(&local, &gw).await;
 }
 
 /// A tier's own `timeout.total_ms` overrides its provider's for that tier only: the chat tier gives

@@ -20,6 +20,23 @@ pub(crate) fn run_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// The environment the test configs' `${CLIENT_KEY}` and `${LOCAL_KEY}` read.
+pub(crate) const KEYS: [(&str, &str); 2] =
+    [("CLIENT_KEY", CLIENT_KEY), ("LOCAL_KEY", PROVIDER_KEY)];
+
+/// A directory for one run of the binary on `config`, with its SQLite ledger and spool inside it:
+/// the directory and the config file's path.
+pub(crate) fn with_ledger_in_dir(name: &str, config: TestConfig) -> (PathBuf, PathBuf) {
+    let dir = run_dir(name);
+    let config = config.with(|c| {
+        c.0.ledger.url = Some(text("sqlite://ledger.db"));
+        c.0.ledger.spool = Some(text("ledger.spool"));
+    });
+    let path = dir.join("tierwise.toml");
+    std::fs::write(&path, config.toml()).unwrap();
+    (dir, path)
+}
+
 /// `tierwise serve` on `config` with `env`, its stderr to `log`; returns it and its base URL.
 pub(crate) async fn serve(config: &Path, env: &[(&str, &str)], log: &Path) -> (Child, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tierwise"));
@@ -355,16 +372,11 @@ const DURABILITY_WINDOW: Duration = Duration::from_millis(2500);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkill_loses_only_the_durability_window_and_the_spool_is_replayed_at_restart() {
     let up = FakeUpstream::start().await;
-    let dir = run_dir("crash");
-    let config = TestConfig::two_tier(&up.base_url(), &up.base_url())
-        .without_probes()
-        .with(|c| {
-            c.0.ledger.url = Some(text("sqlite://ledger.db"));
-            c.0.ledger.spool = Some(text("ledger.spool"));
-        });
-    let path = dir.join("tierwise.toml");
-    std::fs::write(&path, config.toml()).unwrap();
-    let env = [("CLIENT_KEY", CLIENT_KEY), ("LOCAL_KEY", PROVIDER_KEY)];
+    let (dir, path) = with_ledger_in_dir(
+        "crash",
+        TestConfig::two_tier(&up.base_url(), &up.base_url()).without_probes(),
+    );
+    let env = KEYS;
     let log = dir.join("stderr.log");
     let db = dir.join("ledger.db");
 
@@ -647,17 +659,11 @@ async fn sigterm_on_sqlite_writes_every_record_before_exit() {
     use sqlx::Connection;
     const N: usize = 30;
     let up = FakeUpstream::start().await;
-    let dir = run_dir("sigterm-sqlite");
-    let config = TestConfig::two_tier(&up.base_url(), &up.base_url())
-        .without_probes()
-        .with(|c| {
-            c.0.ledger.url = Some(text("sqlite://ledger.db"));
-            c.0.ledger.spool = Some(text("ledger.spool"));
-        });
-    let path = dir.join("tierwise.toml");
-    std::fs::write(&path, config.toml()).unwrap();
-    let env = [("CLIENT_KEY", CLIENT_KEY), ("LOCAL_KEY", PROVIDER_KEY)];
-    let (child, url) = serve(&path, &env, &dir.join("stderr.log")).await;
+    let (dir, path) = with_ledger_in_dir(
+        "sigterm-sqlite",
+        TestConfig::two_tier(&up.base_url(), &up.base_url()).without_probes(),
+    );
+    let (child, url) = serve(&path, &KEYS, &dir.join("stderr.log")).await;
     let db = format!("sqlite://{}", dir.join("ledger.db").display());
     let mut holder = sqlx::SqliteConnection::connect(&db).await.unwrap();
     sqlx::query("BEGIN IMMEDIATE")
@@ -701,19 +707,14 @@ async fn sigterm_on_sqlite_writes_every_record_before_exit() {
 async fn sigterm_waits_for_requests_in_flight_no_longer_than_the_grace_period() {
     let up = FakeUpstream::start().await;
     up.set_fault(Fault::Hang);
-    let dir = run_dir("grace");
     let config = TestConfig::two_tier(&up.base_url(), &up.base_url())
         .without_probes()
         .with(|c| {
             c.0.server.shutdown_grace_ms = Some(300);
-            c.0.ledger.url = Some(text("sqlite://ledger.db"));
-            c.0.ledger.spool = Some(text("ledger.spool"));
             c.provider("vllm").timeout.total_ms = Some(60_000);
         });
-    let path = dir.join("tierwise.toml");
-    std::fs::write(&path, config.toml()).unwrap();
-    let env = [("CLIENT_KEY", CLIENT_KEY), ("LOCAL_KEY", PROVIDER_KEY)];
-    let (child, url) = serve(&path, &env, &dir.join("stderr.log")).await;
+    let (dir, path) = with_ledger_in_dir("grace", config);
+    let (child, url) = serve(&path, &KEYS, &dir.join("stderr.log")).await;
     let in_flight = tokio::spawn(async move {
         reqwest::Client::new()
             .post(format!("{url}/v1/chat/completions"))

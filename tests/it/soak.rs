@@ -12,10 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tierwise::config::file::text;
 use tierwise_fake::{FakeUpstream, Fault};
 
-use crate::proof::{exited, run_dir, serve, signal};
+use crate::proof::{KEYS, exited, serve, signal, with_ledger_in_dir};
 use crate::util::*;
 
 /// Clients sending at once.
@@ -167,15 +166,11 @@ async fn soak_mixed_traffic_through_random_faults_and_restarts() {
         .parse()
         .unwrap();
     let api = FakeUpstream::start().await;
-    let dir = run_dir("soak");
-    let config = TestConfig::two_tier(&local.base_url(), &api.base_url()).with(|c| {
-        c.0.ledger.url = Some(text("sqlite://ledger.db"));
-        c.0.ledger.spool = Some(text("ledger.spool"));
-    });
-    let path = dir.join("tierwise.toml");
-    std::fs::write(&path, config.toml()).unwrap();
-    let env = [("CLIENT_KEY", CLIENT_KEY), ("LOCAL_KEY", PROVIDER_KEY)];
-    let (child, url) = serve(&path, &env, &dir.join("stderr.log")).await;
+    let (dir, path) = with_ledger_in_dir(
+        "soak",
+        TestConfig::two_tier(&local.base_url(), &api.base_url()),
+    );
+    let (child, url) = serve(&path, &KEYS, &dir.join("stderr.log")).await;
     let pid = child.id();
 
     let sent = Arc::new(Mutex::new(0usize));
