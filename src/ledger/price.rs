@@ -274,6 +274,15 @@ tiers = ["local", "mini", "odd"]
         assert_eq!(gpt4o.cost(1000, 200, 500).to_string(), "0.00725");
         assert_eq!(table.get("gpt-4o-2024-08-06"), Some(gpt4o));
         assert_eq!(table.get("mistral-7b"), None);
+        // Only a real date is a snapshot suffix.
+        for not_dated in [
+            "gpt-4o-2024-08-xx",
+            "gpt-4o_2024_08_06",
+            "-2024-08-06",
+            "2024-08-06",
+        ] {
+            assert_eq!(table.get(not_dated), None, "{not_dated}");
+        }
     }
 
     #[test]
