@@ -263,6 +263,18 @@ tiers = ["local", "mini", "odd"]
     }
 
     #[test]
+    fn only_per_token_tiers_without_a_price_are_warned_about() {
+        let config = config();
+        let warnings = Pricing::new(&config).warnings(&config);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0]
+                .starts_with("tier odd uses model \"my-finetune\", which has no known price"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
     fn costs_are_exact_in_picodollars() {
         let table = PriceTable::new([]);
         let mini = table.get("gpt-4o-mini").unwrap();
