@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use tierwise::config::{self, Config};
 use tierwise::ledger::{Pricing, Store};
+use tierwise::quality::eval::{self, EvalOptions};
 use tierwise::report::simulate::Workload;
 use tierwise::report::{self, Report};
 use tierwise::server::Gateway;
@@ -86,6 +87,32 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Run a dataset through a route's candidate and reference tiers: accuracy against the expected
+    /// answers, agreement between the tiers, latency and cost of each; exit status 1 below
+    /// --min-agreement.
+    Eval {
+        #[arg(short, long, env = "TIERWISE_CONFIG", default_value_os_t = config::default_path())]
+        config: PathBuf,
+        #[arg(long)]
+        route: String,
+        /// JSON lines: {"messages": [...], "expected": "..."}; see examples/datasets/.
+        #[arg(long)]
+        dataset: PathBuf,
+        /// The tier on trial (default: the route's first).
+        #[arg(long)]
+        candidate: Option<String>,
+        /// The tier it is held to (default: the route's shadow reference, baseline or last tier).
+        #[arg(long)]
+        reference: Option<String>,
+        /// Lines in flight at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Fail (exit status 1) when agreement between the tiers is below this, e.g. 0.9.
+        #[arg(long)]
+        min_agreement: Option<f64>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Write a commented starter configuration.
     Init {
         #[arg(default_value_os_t = config::default_path())]
@@ -136,6 +163,44 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 Ok(ExitCode::SUCCESS)
             })
+        }
+        Command::Eval {
+            config,
+            route,
+            dataset,
+            candidate,
+            reference,
+            concurrency,
+            min_agreement,
+            format,
+        } => {
+            let config = load(&config)?;
+            let options = EvalOptions {
+                route,
+                candidate,
+                reference,
+                concurrency,
+            };
+            let report = runtime()?.block_on(eval::run(&config, &dataset, &options))?;
+            print!(
+                "{}",
+                match format {
+                    Format::Table => report.to_table(),
+                    Format::Json => report.to_json() + "\n",
+                    Format::Csv => bail!("eval prints --format table or json"),
+                }
+            );
+            match (min_agreement, report.agreement) {
+                (Some(bar), Some(agreement)) if agreement >= bar => Ok(ExitCode::SUCCESS),
+                (Some(bar), agreement) => {
+                    eprintln!(
+                        "agreement {} is below --min-agreement {bar}",
+                        agreement.map_or("unknown".to_string(), |a| format!("{a:.3}"))
+                    );
+                    Ok(ExitCode::from(1))
+                }
+                (None, _) => Ok(ExitCode::SUCCESS),
+            }
         }
         Command::Simulate { workload, format } => {
             let simulation = Workload::load(&workload)?

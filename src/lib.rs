@@ -26,9 +26,9 @@
 //! - [`report`]: cost and savings per route read back from the ledger; `simulate` for workloads
 //!   not yet deployed.
 //! - [`quality`]: whether a cheaper tier answers like the reference — the scorers (label, JSON,
-//!   text, tool calls) and the monitor's interval and alert episodes.
+//!   text, tool calls), the monitor's interval and alert episodes, and `tierwise eval`.
 //!
-//! The command line (`tierwise serve`, `check`, `init`, `report`, `simulate`) lives in the binary,
+//! The command line (`tierwise serve`, `check`, `init`, `report`, `simulate`, `eval`) lives in the binary,
 //! `src/main.rs` and `src/cli.rs`, the only place that uses `anyhow`.
 
 pub mod config;

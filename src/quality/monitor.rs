@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 const Z: f64 = 1.96;
 
 /// A Wilson score interval for a proportion.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Interval {
     pub low: f64,
     pub high: f64,

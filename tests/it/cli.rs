@@ -502,3 +502,100 @@ async fn report_reads_the_ledger_a_gateway_wrote() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// The support-ticket dataset with each message's true label in `[[…]]`, which the fake
+/// classifier reads (and answers rightly for its `label_accuracy` share of messages).
+fn hinted_dataset(dir: &std::path::Path) -> PathBuf {
+    let source = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/datasets/support-tickets.jsonl"
+    );
+    let mut out = String::new();
+    for line in std::fs::read_to_string(source).unwrap().lines() {
+        let mut case: serde_json::Value = serde_json::from_str(line).unwrap();
+        let label = case["expected"].as_str().unwrap().to_string();
+        let content = case["messages"][0]["content"].as_str().unwrap().to_string();
+        case["messages"][0]["content"] = format!("{content} [[{label}]]").into();
+        out.push_str(&case.to_string());
+        out.push('\n');
+    }
+    let path = dir.join("tickets.jsonl");
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+/// `tierwise eval` against fake tiers of known accuracy: a perfect reference and a candidate
+/// right on about 80% of lines. Accuracy, agreement and the worst lines are what the fakes
+/// answered; --min-agreement decides the exit status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_measures_tiers_of_known_accuracy_and_gates_on_agreement() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    local.update(|b| b.label_accuracy = Some(0.8));
+    api.update(|b| b.label_accuracy = Some(1.0));
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url()).without_probes();
+    let (dir, path) = write_config("eval", &config.toml());
+    let dataset = hinted_dataset(&dir);
+    let eval = |extra: &[&str]| {
+        let mut command = tierwise();
+        command
+            .env("CLIENT_KEY", "k")
+            .env("LOCAL_KEY", "k")
+            .args(["eval", "--route", "classification", "--dataset"])
+            .arg(&dataset)
+            .args(extra)
+            .arg("--config")
+            .arg(&path);
+        command.output().unwrap()
+    };
+    let out = eval(&["--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["lines"], 45);
+    assert_eq!(report["scorer"], "label");
+    assert_eq!(report["candidate"]["tier"], "local");
+    // The route's baseline is its reference when it has no shadow.
+    assert_eq!(report["reference"]["tier"], "api_frontier");
+    assert_eq!(report["reference"]["accuracy"], 1.0);
+    assert_eq!(report["candidate"]["answered"], 45);
+    // Every line the candidate got wrong is a disagreement with the perfect reference.
+    let accuracy = report["candidate"]["accuracy"].as_f64().unwrap();
+    let agreement = report["agreement"].as_f64().unwrap();
+    assert!((accuracy - agreement).abs() < 1e-12, "{report}");
+    assert!((0.6..0.95).contains(&accuracy), "{report}");
+    let wrong = (45.0 * (1.0 - accuracy)).round() as usize;
+    let worst = report["worst"].as_array().unwrap();
+    assert_eq!(worst.len(), wrong.min(5), "{report}");
+    for line in worst {
+        assert_eq!(line["agreement"], 0.0);
+        assert_eq!(line["reference"], line["expected"]);
+        assert_ne!(line["candidate"], line["expected"]);
+    }
+    assert_eq!(local.request_count(), 45);
+    // gpt-4o: 20 × $2.50 + 5 × $10 per million = $0.0001 a call, $0.10 a thousand.
+    assert_eq!(report["reference"]["cost_per_1k_usd"], "0.1");
+    assert!(
+        report["candidate"]["cost_per_1k_usd"].is_null(),
+        "mistral-7b has no price"
+    );
+
+    assert!(eval(&["--min-agreement", "0.5"]).status.success());
+    let failed = eval(&["--min-agreement", "0.99"]);
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("below --min-agreement 0.99"),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+    let table = String::from_utf8_lossy(&eval(&[]).stdout).into_owned();
+    assert!(
+        table.contains("agreement, candidate with reference")
+            && table.contains("worst disagreements"),
+        "{table}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -83,6 +83,10 @@ pub struct Behavior {
     pub fault_for: Option<u32>,
     /// When set, the fault applies only to requests for this model (rate limits are per model).
     pub fault_model: Option<String>,
+    /// A classifier of known accuracy: a last user message holding `[[label]]` is answered with
+    /// that label for this share of messages (chosen by a hash of the message, so the same
+    /// message always gets the same answer) and with another label for the rest.
+    pub label_accuracy: Option<f64>,
 }
 
 impl Default for Behavior {
@@ -97,8 +101,35 @@ impl Default for Behavior {
             models: vec!["fake-model".to_string()],
             fault_for: None,
             fault_model: None,
+            label_accuracy: None,
         }
     }
+}
+
+/// The labels the fake classifier knows, in the order it picks a wrong one from.
+const LABELS: [&str; 3] = ["billing", "technical", "general"];
+
+/// The fake classifier's answer to `body`'s last user message, when it holds `[[label]]`.
+fn classified(body: &[u8], accuracy: f64) -> Option<String> {
+    let request: Value = serde_json::from_slice(body).ok()?;
+    let text = request["messages"]
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")?["content"]
+        .as_str()?
+        .to_string();
+    let (_, rest) = text.split_once("[[")?;
+    let (label, _) = rest.split_once("]]")?;
+    // FNV-1a: the same message, the same verdict, run after run.
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    if (hash % 10_000) as f64 / 10_000.0 < accuracy {
+        return Some(label.to_string());
+    }
+    let at = LABELS.iter().position(|l| *l == label).unwrap_or(0);
+    Some(LABELS[(at + 1) % LABELS.len()].to_string())
 }
 
 /// One request as the fake received it.
@@ -427,6 +458,17 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         return response;
     }
     let model = request.model.unwrap_or_else(|| "fake-model".into());
+    let classified = behavior
+        .label_accuracy
+        .and_then(|accuracy| classified(&body, accuracy));
+    let behavior = match classified {
+        Some(label) => {
+            let mut answered = (*behavior).clone();
+            answered.reply = label;
+            Arc::new(answered)
+        }
+        None => behavior,
+    };
     let usage = (behavior.fault != Fault::NoUsage).then(|| usage_json(&behavior));
     if request.stream == Some(true) {
         let include_usage = request.stream_options.is_some_and(|o| o.include_usage);

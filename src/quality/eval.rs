@@ -1,0 +1,454 @@
+//! `tierwise eval`: a dataset run through a route's candidate tier and its reference tier — every
+//! line answered by both, the answers scored against each other and against the line's expected
+//! answer — so that a prompt or model change can be judged, and gated in CI, before it serves
+//! traffic. Calls go straight to the tiers' upstreams (with the route's per-tier prompts), not
+//! through a running gateway, and are not recorded in the ledger.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::monitor::{Interval, wilson};
+use super::score::{Answer, ScorerKind, score};
+use crate::config::{ChainTier, Config, Route, Tier};
+use crate::ledger::{Picodollars, Pricing, Tokens};
+use crate::openai::{Endpoint, RequestBody};
+use crate::upstream::{Reply, Upstreams};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("no route named {0:?} (defined: {1})")]
+    Route(String, String),
+    #[error(
+        "route {0:?} is an embedding route: its answers are vectors, which eval does not score"
+    )]
+    NotScored(String),
+    #[error("no tier named {0:?} (defined: {1})")]
+    Tier(String, String),
+    #[error(
+        "route {0:?} has no reference tier: name one with --reference, or give the route a shadow.reference or a baseline"
+    )]
+    NoReference(String),
+    #[error("cannot read the dataset {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} line {line}: {problem}")]
+    Line {
+        path: String,
+        line: usize,
+        problem: String,
+    },
+    #[error("cannot build the upstream clients: {0}")]
+    Client(String),
+}
+
+/// What to run: the route, and the tiers to compare if not its own.
+pub struct EvalOptions {
+    pub route: String,
+    /// Default: the route's first tier.
+    pub candidate: Option<String>,
+    /// Default: the route's shadow reference, else its baseline, else its last tier.
+    pub reference: Option<String>,
+    pub concurrency: usize,
+}
+
+/// One line of a dataset: the messages a client would send, and optionally the right answer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    messages: Value,
+    #[serde(default)]
+    expected: Option<Value>,
+}
+
+/// How one tier did.
+#[derive(Debug, Clone, Serialize)]
+pub struct TierResult {
+    pub tier: String,
+    pub model: String,
+    /// Agreement with the expected answers, over the lines that have one and that it answered.
+    pub accuracy: Option<f64>,
+    pub answered: usize,
+    pub failed: usize,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    /// What a thousand such calls cost at the tier's price; `None` when its model has no price.
+    pub cost_per_1k_usd: Option<String>,
+}
+
+/// A line where the tiers disagree, worst first.
+#[derive(Debug, Clone, Serialize)]
+pub struct Disagreement {
+    pub line: usize,
+    pub agreement: f64,
+    pub candidate: String,
+    pub reference: String,
+    pub expected: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub route: String,
+    pub scorer: ScorerKind,
+    pub lines: usize,
+    pub candidate: TierResult,
+    pub reference: TierResult,
+    /// Agreement between the two tiers over the lines both answered (and the reference's answer
+    /// could be scored), with its 95% interval.
+    pub agreement: Option<f64>,
+    pub interval: Option<Interval>,
+    pub compared: usize,
+    pub worst: Vec<Disagreement>,
+}
+
+/// One tier's answer to one line.
+struct Answered {
+    answer: Option<Answer>,
+    latency_us: u64,
+    cost: Option<Picodollars>,
+}
+
+pub async fn run(
+    config: &Config,
+    dataset: &Path,
+    options: &EvalOptions,
+) -> Result<EvalReport, EvalError> {
+    let route = config
+        .routes
+        .iter()
+        .find(|route| route.name == options.route)
+        .ok_or_else(|| {
+            EvalError::Route(
+                options.route.clone(),
+                names(config.routes.iter().map(|r| r.name.as_str())),
+            )
+        })?;
+    let scorer =
+        ScorerKind::for_task(route.kind).ok_or_else(|| EvalError::NotScored(route.name.clone()))?;
+    let candidate = match &options.candidate {
+        Some(name) => step(config, route, name)?,
+        None => route.chain[0].clone(),
+    };
+    let reference = match &options.reference {
+        Some(name) => step(config, route, name)?,
+        None => default_reference(route)?,
+    };
+    let lines = read_dataset(dataset)?;
+    let upstreams = Upstreams::new(config).map_err(|err| EvalError::Client(err.to_string()))?;
+    let pricing = Pricing::new(config);
+    let labels = route.labels.clone().unwrap_or_default();
+
+    let ask = |step: &ChainTier, messages: &Value| {
+        let body =
+            serde_json::to_vec(&serde_json::json!({"model": route.name, "messages": messages}))
+                .expect("a JSON value serializes");
+        let (upstreams, pricing, step) = (&upstreams, &pricing, step.clone());
+        async move {
+            let started = Instant::now();
+            let Ok(parsed) = RequestBody::parse(Endpoint::ChatCompletions, &body) else {
+                return Answered {
+                    answer: None,
+                    latency_us: 0,
+                    cost: None,
+                };
+            };
+            let sent = upstreams
+                .send(
+                    &step.tier,
+                    Endpoint::ChatCompletions,
+                    parsed.for_tier(&step),
+                    false,
+                )
+                .await;
+            let latency_us = started.elapsed().as_micros() as u64;
+            match sent {
+                Ok(Reply::Complete { body, usage }) => {
+                    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let cost = usage.and_then(|usage| {
+                        pricing.price(&step.tier, None, &Tokens::from(usage)).cost
+                    });
+                    Answered {
+                        answer: Some(Answer::of_completion(&value)),
+                        latency_us,
+                        cost,
+                    }
+                }
+                _ => Answered {
+                    answer: None,
+                    latency_us,
+                    cost: None,
+                },
+            }
+        }
+    };
+    let results: Vec<(usize, Answered, Answered)> =
+        futures_util::stream::iter(lines.iter().enumerate())
+            .map(|(index, line)| {
+                let (candidate, reference) = (&candidate, &reference);
+                let ask = &ask;
+                async move {
+                    let (a, b) = tokio::join!(
+                        ask(candidate, &line.messages),
+                        ask(reference, &line.messages)
+                    );
+                    (index, a, b)
+                }
+            })
+            .buffer_unordered(options.concurrency.max(1))
+            .collect()
+            .await;
+
+    let expected_of = |index: usize| -> Option<Answer> {
+        lines[index]
+            .expected
+            .as_ref()
+            .map(|expected| match expected {
+                Value::String(text) => Answer::text(text.clone()),
+                other => Answer::text(other.to_string()),
+            })
+    };
+    let tier_result = |step: &ChainTier, pick: fn(&(usize, Answered, Answered)) -> &Answered| {
+        let mut latencies: Vec<u64> = Vec::new();
+        let (mut accurate, mut judged, mut answered) = (0.0, 0usize, 0usize);
+        let mut costs = Vec::new();
+        for result in &results {
+            let mine = pick(result);
+            let Some(answer) = &mine.answer else { continue };
+            answered += 1;
+            latencies.push(mine.latency_us);
+            costs.push(mine.cost);
+            if let Some(expected) = expected_of(result.0)
+                && let Ok(scored) = score(scorer, answer, &expected, &labels)
+            {
+                accurate += scored.agreement;
+                judged += 1;
+            }
+        }
+        latencies.sort_unstable();
+        let priced = !costs.is_empty() && costs.iter().all(Option::is_some);
+        let total: i128 = costs.iter().flatten().map(|c| i128::from(c.0)).sum();
+        TierResult {
+            tier: step.tier.name.clone(),
+            model: step.tier.model.clone(),
+            accuracy: (judged > 0).then(|| accurate / judged as f64),
+            answered,
+            failed: results.len() - answered,
+            p50_ms: percentile(&latencies, 50),
+            p95_ms: percentile(&latencies, 95),
+            cost_per_1k_usd: priced
+                .then(|| Picodollars::saturating(total * 1000 / costs.len() as i128).to_string()),
+        }
+    };
+    let candidate_result = tier_result(&candidate, |r| &r.1);
+    let reference_result = tier_result(&reference, |r| &r.2);
+
+    let mut compared = Vec::new();
+    for (index, mine, theirs) in &results {
+        let (Some(mine), Some(theirs)) = (&mine.answer, &theirs.answer) else {
+            continue;
+        };
+        if let Ok(scored) = score(scorer, mine, theirs, &labels) {
+            compared.push(Disagreement {
+                line: index + 1,
+                agreement: scored.agreement,
+                candidate: shown(mine),
+                reference: shown(theirs),
+                expected: expected_of(*index).map(|e| e.text),
+            });
+        }
+    }
+    let sum: f64 = compared.iter().map(|d| d.agreement).sum();
+    let agreement = (!compared.is_empty()).then(|| sum / compared.len() as f64);
+    let interval = agreement.map(|_| wilson(sum, compared.len() as u64, 1.96));
+    let count = compared.len();
+    compared.retain(|d| d.agreement < 1.0);
+    compared.sort_by(|a, b| {
+        a.agreement
+            .total_cmp(&b.agreement)
+            .then(a.line.cmp(&b.line))
+    });
+    compared.truncate(5);
+    Ok(EvalReport {
+        route: route.name.clone(),
+        scorer,
+        lines: lines.len(),
+        candidate: candidate_result,
+        reference: reference_result,
+        agreement,
+        interval,
+        compared: count,
+        worst: compared,
+    })
+}
+
+impl EvalReport {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report always serializes")
+    }
+
+    pub fn to_table(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let percent = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{:.1}%", x * 100.0));
+        let _ = writeln!(
+            out,
+            "tierwise eval: route {}, {} lines, scorer {:?}\n",
+            self.route, self.lines, self.scorer
+        );
+        let _ = writeln!(
+            out,
+            "{:<10} {:<24} {:>9} {:>9} {:>7} {:>8} {:>8} {:>12}",
+            "", "tier (model)", "accuracy", "answered", "failed", "p50 ms", "p95 ms", "cost / 1k"
+        );
+        for (role, tier) in [
+            ("candidate", &self.candidate),
+            ("reference", &self.reference),
+        ] {
+            let _ = writeln!(
+                out,
+                "{role:<10} {:<24} {:>9} {:>9} {:>7} {:>8.1} {:>8.1} {:>12}",
+                format!("{} ({})", tier.tier, tier.model),
+                percent(tier.accuracy),
+                tier.answered,
+                tier.failed,
+                tier.p50_ms,
+                tier.p95_ms,
+                tier.cost_per_1k_usd
+                    .as_ref()
+                    .map_or("unpriced".to_string(), |usd| format!("${usd}")),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nagreement, candidate with reference: {} over {} lines{}",
+            percent(self.agreement),
+            self.compared,
+            self.interval.map_or(String::new(), |i| format!(
+                " (95% interval {:.1}% to {:.1}%)",
+                i.low * 100.0,
+                i.high * 100.0
+            ))
+        );
+        if !self.worst.is_empty() {
+            let _ = writeln!(out, "\nworst disagreements:");
+            for d in &self.worst {
+                let _ = writeln!(
+                    out,
+                    "  line {}: {:.2} candidate {:?}, reference {:?}{}",
+                    d.line,
+                    d.agreement,
+                    d.candidate,
+                    d.reference,
+                    d.expected
+                        .as_ref()
+                        .map_or(String::new(), |e| format!(", expected {e:?}"))
+                );
+            }
+        }
+        out
+    }
+}
+
+/// A tier by name, as the route calls it (with its prompt) when it is in the route's chain.
+fn step(config: &Config, route: &Route, name: &str) -> Result<ChainTier, EvalError> {
+    if let Some(step) = route.chain.iter().find(|step| step.tier.name == name) {
+        return Ok(step.clone());
+    }
+    let tier: &Arc<Tier> = config
+        .tiers
+        .iter()
+        .find(|tier| tier.name == name)
+        .ok_or_else(|| {
+            EvalError::Tier(
+                name.to_string(),
+                names(config.tiers.iter().map(|t| t.name.as_str())),
+            )
+        })?;
+    Ok(ChainTier {
+        tier: tier.clone(),
+        system_prompt: None,
+    })
+}
+
+fn default_reference(route: &Route) -> Result<ChainTier, EvalError> {
+    let tier = route
+        .shadow
+        .as_ref()
+        .map(|shadow| shadow.reference.clone())
+        .or_else(|| route.baseline.clone());
+    if let Some(tier) = tier {
+        return Ok(route
+            .chain
+            .iter()
+            .find(|step| step.tier.name == tier.name)
+            .cloned()
+            .unwrap_or(ChainTier {
+                tier,
+                system_prompt: None,
+            }));
+    }
+    match &route.chain[..] {
+        [_, .., last] => Ok(last.clone()),
+        _ => Err(EvalError::NoReference(route.name.clone())),
+    }
+}
+
+fn read_dataset(path: &Path) -> Result<Vec<Line>, EvalError> {
+    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| {
+            let problem = |problem: String| EvalError::Line {
+                path: path.display().to_string(),
+                line: index + 1,
+                problem,
+            };
+            let line: Line = serde_json::from_str(line).map_err(|err| {
+                problem(format!(
+                    "{err}; each line is {{\"messages\": [...], \"expected\": \"...\"}}"
+                ))
+            })?;
+            if !line.messages.is_array() {
+                return Err(problem("'messages' must be an array of messages".into()));
+            }
+            Ok(line)
+        })
+        .collect()
+}
+
+fn shown(answer: &Answer) -> String {
+    let text = if answer.text.is_empty() && !answer.tool_calls.is_empty() {
+        answer
+            .tool_calls
+            .iter()
+            .map(|call| format!("{}({})", call.name, call.arguments))
+            .collect::<Vec<_>>()
+            .join(", ")
+    } else {
+        answer.text.clone()
+    };
+    text.chars().take(120).collect()
+}
+
+fn names<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names.collect::<Vec<_>>().join(", ")
+}
+
+/// Nearest-rank percentile of sorted microseconds, in milliseconds.
+fn percentile(sorted_us: &[u64], pct: usize) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let rank = (pct * sorted_us.len()).div_ceil(100).max(1);
+    sorted_us[rank - 1] as f64 / 1000.0
+}
