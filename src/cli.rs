@@ -110,6 +110,10 @@ enum Command {
         /// Fail (exit status 1) when agreement between the tiers is below this, e.g. 0.9.
         #[arg(long)]
         min_agreement: Option<f64>,
+        /// A system prompt file to try on the candidate tier ({labels} is filled in); repeat to
+        /// rank several against the same reference answers.
+        #[arg(long = "prompt")]
+        prompts: Vec<PathBuf>,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -172,6 +176,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             reference,
             concurrency,
             min_agreement,
+            prompts,
             format,
         } => {
             let config = load(&config)?;
@@ -180,6 +185,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 candidate,
                 reference,
                 concurrency,
+                prompts,
             };
             let report = runtime()?.block_on(eval::run(&config, &dataset, &options))?;
             print!(

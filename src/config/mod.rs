@@ -20,7 +20,7 @@ use std::sync::Arc;
 pub use error::{ConfigError, ConfigIssue};
 pub use price::Price;
 pub use provider::{BreakerPolicy, ProbePolicy, Provider, Timeouts};
-pub use route::{AllOpen, ChainTier, Profile, QualityBar, Route, Shadow, TaskKind};
+pub use route::{AllOpen, ChainTier, Profile, QualityBar, Route, Shadow, TaskKind, with_labels};
 pub use server::{AdminAccess, LedgerConfig, RequestLog, ServerConfig};
 pub use tier::Tier;
 

@@ -275,7 +275,7 @@ impl Resolver<'_> {
         let relative = self.string(path, key)?;
         let full = self.base_dir.join(&relative);
         match std::fs::read_to_string(&full) {
-            Ok(prompt) if prompt.contains("{labels}") && labels.is_none() => {
+            Ok(prompt) if with_labels(&prompt, labels).is_none() => {
                 self.issue_at(
                     path.span().start,
                     key,
@@ -286,10 +286,7 @@ impl Resolver<'_> {
                 );
                 None
             }
-            Ok(prompt) => Some(match labels {
-                Some(labels) => prompt.replace("{labels}", &labels.join(", ")),
-                None => prompt,
-            }),
+            Ok(prompt) => with_labels(&prompt, labels),
             Err(err) => {
                 self.issue_at(
                     path.span().start,
@@ -302,5 +299,15 @@ impl Resolver<'_> {
                 None
             }
         }
+    }
+}
+
+/// A prompt with `{labels}` filled in with the route's labels; `None` when it asks for labels the
+/// route does not have.
+pub fn with_labels(prompt: &str, labels: Option<&[String]>) -> Option<String> {
+    match labels {
+        Some(labels) => Some(prompt.replace("{labels}", &labels.join(", "))),
+        None if prompt.contains("{labels}") => None,
+        None => Some(prompt.to_string()),
     }
 }

@@ -14,9 +14,10 @@ use serde_json::Value;
 
 use super::monitor::{Interval, wilson};
 use super::score::{Answer, ScorerKind, score};
-use crate::config::{ChainTier, Config, Route, Tier};
+use crate::config::{ChainTier, Config, Route, Tier, with_labels};
 use crate::ledger::{Picodollars, Pricing, Tokens};
 use crate::openai::{Endpoint, RequestBody};
+use crate::route::contract::match_label;
 use crate::upstream::{Reply, Upstreams};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,8 @@ pub enum EvalError {
         line: usize,
         problem: String,
     },
+    #[error("{0} uses {{labels}} but route {1:?} has no output.labels")]
+    Prompt(String, String),
     #[error("cannot build the upstream clients: {0}")]
     Client(String),
 }
@@ -56,6 +59,8 @@ pub struct EvalOptions {
     /// Default: the route's shadow reference, else its baseline, else its last tier.
     pub reference: Option<String>,
     pub concurrency: usize,
+    /// System prompt files to try on the candidate tier, each against the same reference answers.
+    pub prompts: Vec<std::path::PathBuf>,
 }
 
 /// One line of a dataset: the messages a client would send, and optionally the right answer.
@@ -105,6 +110,21 @@ pub struct EvalReport {
     pub interval: Option<Interval>,
     pub compared: usize,
     pub worst: Vec<Disagreement>,
+    /// With `--prompt`: each prompt of the candidate tier, best first (agreement, then fewer
+    /// contract rewrites, then fewer tokens).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prompts: Vec<Variant>,
+}
+
+/// A prompt variant of the candidate tier, as `--prompt` ranks them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Variant {
+    pub prompt: String,
+    pub agreement: Option<f64>,
+    pub accuracy: Option<f64>,
+    /// Answers the output contract would have had to rewrite (a label inside a longer answer).
+    pub contract_rewrites: usize,
+    pub tokens_per_call: f64,
 }
 
 /// One tier's answer to one line.
@@ -112,6 +132,7 @@ struct Answered {
     answer: Option<Answer>,
     latency_us: u64,
     cost: Option<Picodollars>,
+    tokens: u64,
 }
 
 pub async fn run(
@@ -139,134 +160,82 @@ pub async fn run(
         Some(name) => step(config, route, name)?,
         None => default_reference(route)?,
     };
-    let lines = read_dataset(dataset)?;
-    let upstreams = Upstreams::new(config).map_err(|err| EvalError::Client(err.to_string()))?;
-    let pricing = Pricing::new(config);
-    let labels = route.labels.clone().unwrap_or_default();
-
-    let ask = |step: &ChainTier, messages: &Value| {
-        let body =
-            serde_json::to_vec(&serde_json::json!({"model": route.name, "messages": messages}))
-                .expect("a JSON value serializes");
-        let (upstreams, pricing, step) = (&upstreams, &pricing, step.clone());
-        async move {
-            let started = Instant::now();
-            let Ok(parsed) = RequestBody::parse(Endpoint::ChatCompletions, &body) else {
-                return Answered {
-                    answer: None,
-                    latency_us: 0,
-                    cost: None,
-                };
-            };
-            let sent = upstreams
-                .send(
-                    &step.tier,
-                    Endpoint::ChatCompletions,
-                    parsed.for_tier(&step),
-                    false,
-                )
-                .await;
-            let latency_us = started.elapsed().as_micros() as u64;
-            match sent {
-                Ok(Reply::Complete { body, usage }) => {
-                    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    let cost = usage.and_then(|usage| {
-                        pricing.price(&step.tier, None, &Tokens::from(usage)).cost
-                    });
-                    Answered {
-                        answer: Some(Answer::of_completion(&value)),
-                        latency_us,
-                        cost,
-                    }
-                }
-                _ => Answered {
-                    answer: None,
-                    latency_us,
-                    cost: None,
+    let variants = options
+        .prompts
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path).map_err(|source| EvalError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let prompt = with_labels(&text, route.labels.as_deref())
+                .ok_or_else(|| EvalError::Prompt(path.display().to_string(), route.name.clone()))?;
+            Ok((
+                path.display().to_string(),
+                ChainTier {
+                    system_prompt: Some(prompt.into()),
+                    ..candidate.clone()
                 },
-            }
-        }
+            ))
+        })
+        .collect::<Result<Vec<_>, EvalError>>()?;
+    let lines = read_dataset(dataset)?;
+    let asker = Asker {
+        upstreams: Upstreams::new(config).map_err(|err| EvalError::Client(err.to_string()))?,
+        pricing: Pricing::new(config),
+        route: &route.name,
+        concurrency: options.concurrency.max(1),
     };
-    let results: Vec<(usize, Answered, Answered)> =
-        futures_util::stream::iter(lines.iter().enumerate())
-            .map(|(index, line)| {
-                let (candidate, reference) = (&candidate, &reference);
-                let ask = &ask;
-                async move {
-                    let (a, b) = tokio::join!(
-                        ask(candidate, &line.messages),
-                        ask(reference, &line.messages)
-                    );
-                    (index, a, b)
-                }
-            })
-            .buffer_unordered(options.concurrency.max(1))
-            .collect()
-            .await;
-
-    let expected_of = |index: usize| -> Option<Answer> {
-        lines[index]
-            .expected
-            .as_ref()
-            .map(|expected| match expected {
+    let labels = route.labels.clone().unwrap_or_default();
+    let expected: Vec<Option<Answer>> = lines
+        .iter()
+        .map(|line| {
+            line.expected.as_ref().map(|expected| match expected {
                 Value::String(text) => Answer::text(text.clone()),
                 other => Answer::text(other.to_string()),
             })
+        })
+        .collect();
+    let scoring = Scoring {
+        scorer,
+        labels: &labels,
+        expected: &expected,
     };
-    let tier_result = |step: &ChainTier, pick: fn(&(usize, Answered, Answered)) -> &Answered| {
-        let mut latencies: Vec<u64> = Vec::new();
-        let (mut accurate, mut judged, mut answered) = (0.0, 0usize, 0usize);
-        let mut costs = Vec::new();
-        for result in &results {
-            let mine = pick(result);
-            let Some(answer) = &mine.answer else { continue };
-            answered += 1;
-            latencies.push(mine.latency_us);
-            costs.push(mine.cost);
-            if let Some(expected) = expected_of(result.0)
-                && let Ok(scored) = score(scorer, answer, &expected, &labels)
-            {
-                accurate += scored.agreement;
-                judged += 1;
-            }
-        }
-        latencies.sort_unstable();
-        let priced = !costs.is_empty() && costs.iter().all(Option::is_some);
-        let total: i128 = costs.iter().flatten().map(|c| i128::from(c.0)).sum();
-        TierResult {
-            tier: step.tier.name.clone(),
-            model: step.tier.model.clone(),
-            accuracy: (judged > 0).then(|| accurate / judged as f64),
-            answered,
-            failed: results.len() - answered,
-            p50_ms: percentile(&latencies, 50),
-            p95_ms: percentile(&latencies, 95),
-            cost_per_1k_usd: priced
-                .then(|| Picodollars::saturating(total * 1000 / costs.len() as i128).to_string()),
-        }
-    };
-    let candidate_result = tier_result(&candidate, |r| &r.1);
-    let reference_result = tier_result(&reference, |r| &r.2);
 
-    let mut compared = Vec::new();
-    for (index, mine, theirs) in &results {
-        let (Some(mine), Some(theirs)) = (&mine.answer, &theirs.answer) else {
-            continue;
-        };
-        if let Ok(scored) = score(scorer, mine, theirs, &labels) {
-            compared.push(Disagreement {
-                line: index + 1,
-                agreement: scored.agreement,
-                candidate: shown(mine),
-                reference: shown(theirs),
-                expected: expected_of(*index).map(|e| e.text),
-            });
-        }
+    let theirs = asker.answers(&reference, &lines).await;
+    let mine = asker.answers(&candidate, &lines).await;
+    let mut ranked = Vec::new();
+    for (prompt, variant) in &variants {
+        let answers = asker.answers(variant, &lines).await;
+        let (agreement, _) = scoring.agreement(&answers, &theirs);
+        ranked.push(Variant {
+            prompt: prompt.clone(),
+            agreement,
+            accuracy: scoring.tier(variant, &answers).accuracy,
+            contract_rewrites: answers
+                .iter()
+                .filter_map(|a| a.answer.as_ref())
+                .filter(|a| {
+                    route.labels.as_deref().is_some_and(|labels| {
+                        match_label(&a.text, labels).is_some_and(|(_, rewrite)| rewrite)
+                    })
+                })
+                .count(),
+            tokens_per_call: answers.iter().map(|a| a.tokens as f64).sum::<f64>()
+                / answers.len().max(1) as f64,
+        });
     }
-    let sum: f64 = compared.iter().map(|d| d.agreement).sum();
-    let agreement = (!compared.is_empty()).then(|| sum / compared.len() as f64);
-    let interval = agreement.map(|_| wilson(sum, compared.len() as u64, 1.96));
+    ranked.sort_by(|a, b| {
+        b.agreement
+            .unwrap_or(0.0)
+            .total_cmp(&a.agreement.unwrap_or(0.0))
+            .then(a.contract_rewrites.cmp(&b.contract_rewrites))
+            .then(a.tokens_per_call.total_cmp(&b.tokens_per_call))
+    });
+
+    let (agreement, mut compared) = scoring.agreement(&mine, &theirs);
     let count = compared.len();
+    let interval = agreement.map(|a| wilson(a * count as f64, count as u64, 1.96));
     compared.retain(|d| d.agreement < 1.0);
     compared.sort_by(|a, b| {
         a.agreement
@@ -278,13 +247,140 @@ pub async fn run(
         route: route.name.clone(),
         scorer,
         lines: lines.len(),
-        candidate: candidate_result,
-        reference: reference_result,
+        candidate: scoring.tier(&candidate, &mine),
+        reference: scoring.tier(&reference, &theirs),
         agreement,
         interval,
         compared: count,
         worst: compared,
+        prompts: ranked,
     })
+}
+
+/// Sends dataset lines to a tier, a few at a time, answers in line order.
+struct Asker<'a> {
+    upstreams: Upstreams,
+    pricing: Pricing,
+    route: &'a str,
+    concurrency: usize,
+}
+
+impl Asker<'_> {
+    async fn answers(&self, step: &ChainTier, lines: &[Line]) -> Vec<Answered> {
+        futures_util::stream::iter(lines)
+            .map(|line| self.ask(step, &line.messages))
+            .buffered(self.concurrency)
+            .collect()
+            .await
+    }
+
+    async fn ask(&self, step: &ChainTier, messages: &Value) -> Answered {
+        let failed = |latency_us| Answered {
+            answer: None,
+            latency_us,
+            cost: None,
+            tokens: 0,
+        };
+        let body =
+            serde_json::to_vec(&serde_json::json!({"model": self.route, "messages": messages}))
+                .expect("a JSON value serializes");
+        let Ok(parsed) = RequestBody::parse(Endpoint::ChatCompletions, &body) else {
+            return failed(0);
+        };
+        let started = Instant::now();
+        let sent = self
+            .upstreams
+            .send(
+                &step.tier,
+                Endpoint::ChatCompletions,
+                parsed.for_tier(step),
+                false,
+            )
+            .await;
+        let latency_us = started.elapsed().as_micros() as u64;
+        let Ok(Reply::Complete { body, usage }) = sent else {
+            return failed(latency_us);
+        };
+        let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let tokens = usage.map(Tokens::from);
+        Answered {
+            answer: Some(Answer::of_completion(&value)),
+            latency_us,
+            cost: tokens
+                .as_ref()
+                .and_then(|tokens| self.pricing.price(&step.tier, None, tokens).cost),
+            tokens: tokens.map_or(0, |t| t.input + t.output),
+        }
+    }
+}
+
+/// How answers are scored: the route's scorer and labels, and each line's expected answer.
+struct Scoring<'a> {
+    scorer: ScorerKind,
+    labels: &'a [String],
+    expected: &'a [Option<Answer>],
+}
+
+impl Scoring<'_> {
+    fn tier(&self, step: &ChainTier, answers: &[Answered]) -> TierResult {
+        let mut latencies: Vec<u64> = Vec::new();
+        let (mut accurate, mut judged) = (0.0, 0usize);
+        let mut costs = Vec::new();
+        for (answered, expected) in answers.iter().zip(self.expected) {
+            let Some(answer) = &answered.answer else {
+                continue;
+            };
+            latencies.push(answered.latency_us);
+            costs.push(answered.cost);
+            if let Some(expected) = expected
+                && let Ok(scored) = score(self.scorer, answer, expected, self.labels)
+            {
+                accurate += scored.agreement;
+                judged += 1;
+            }
+        }
+        latencies.sort_unstable();
+        let answered = latencies.len();
+        let priced = answered > 0 && costs.iter().all(Option::is_some);
+        let total: i128 = costs.iter().flatten().map(|c| i128::from(c.0)).sum();
+        TierResult {
+            tier: step.tier.name.clone(),
+            model: step.tier.model.clone(),
+            accuracy: (judged > 0).then(|| accurate / judged as f64),
+            answered,
+            failed: answers.len() - answered,
+            p50_ms: percentile(&latencies, 50),
+            p95_ms: percentile(&latencies, 95),
+            cost_per_1k_usd: priced
+                .then(|| Picodollars::saturating(total * 1000 / answered as i128).to_string()),
+        }
+    }
+
+    /// Mean agreement of `mine` with `theirs` over the lines both answered and the reference's
+    /// answer could be scored, and each such line.
+    fn agreement(
+        &self,
+        mine: &[Answered],
+        theirs: &[Answered],
+    ) -> (Option<f64>, Vec<Disagreement>) {
+        let mut lines = Vec::new();
+        for (index, (a, b)) in mine.iter().zip(theirs).enumerate() {
+            let (Some(a), Some(b)) = (&a.answer, &b.answer) else {
+                continue;
+            };
+            if let Ok(scored) = score(self.scorer, a, b, self.labels) {
+                lines.push(Disagreement {
+                    line: index + 1,
+                    agreement: scored.agreement,
+                    candidate: shown(a),
+                    reference: shown(b),
+                    expected: self.expected[index].as_ref().map(|e| e.text.clone()),
+                });
+            }
+        }
+        let sum: f64 = lines.iter().map(|d| d.agreement).sum();
+        ((!lines.is_empty()).then(|| sum / lines.len() as f64), lines)
+    }
 }
 
 impl EvalReport {
@@ -335,6 +431,21 @@ impl EvalReport {
                 i.high * 100.0
             ))
         );
+        if !self.prompts.is_empty() {
+            let _ = writeln!(out, "\nprompts for {}, best first:", self.candidate.tier);
+            for (rank, v) in self.prompts.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "  {}. {}: agreement {}, accuracy {}, {} contract rewrites, {:.0} tokens a call",
+                    rank + 1,
+                    v.prompt,
+                    percent(v.agreement),
+                    percent(v.accuracy),
+                    v.contract_rewrites,
+                    v.tokens_per_call
+                );
+            }
+        }
         if !self.worst.is_empty() {
             let _ = writeln!(out, "\nworst disagreements:");
             for d in &self.worst {

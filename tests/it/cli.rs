@@ -599,3 +599,88 @@ async fn eval_measures_tiers_of_known_accuracy_and_gates_on_agreement() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `tierwise eval --prompt A --prompt B` tries each prompt on the candidate tier against the same
+/// reference answers and ranks them: here the fake classifies at 95% under one prompt and 60%
+/// under the other, and the ranking says so whichever order they are given in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_ranks_prompt_variants_by_agreement() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    local.update(|b| {
+        b.label_accuracy = Some(0.0);
+        b.prompt_accuracy = vec![("TERSE".into(), 0.6), ("CAREFUL".into(), 0.95)];
+    });
+    api.update(|b| b.label_accuracy = Some(1.0));
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url()).without_probes();
+    let (dir, path) = write_config("eval-prompts", &config.toml());
+    let dataset = hinted_dataset(&dir);
+    std::fs::write(
+        dir.join("terse.txt"),
+        "TERSE. Answer with one of: {labels}.",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("careful.txt"),
+        "CAREFUL. Read the ticket, then answer with exactly one of: {labels}.",
+    )
+    .unwrap();
+    let out = tierwise()
+        .env("CLIENT_KEY", "k")
+        .env("LOCAL_KEY", "k")
+        .args([
+            "eval",
+            "--route",
+            "classification",
+            "--format",
+            "json",
+            "--dataset",
+        ])
+        .arg(&dataset)
+        .arg("--prompt")
+        .arg(dir.join("terse.txt"))
+        .arg("--prompt")
+        .arg(dir.join("careful.txt"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let prompts = report["prompts"].as_array().unwrap();
+    assert_eq!(prompts.len(), 2, "{report}");
+    assert!(
+        prompts[0]["prompt"]
+            .as_str()
+            .unwrap()
+            .ends_with("careful.txt"),
+        "{report}"
+    );
+    let (best, worse) = (
+        prompts[0]["agreement"].as_f64().unwrap(),
+        prompts[1]["agreement"].as_f64().unwrap(),
+    );
+    assert!(best > 0.85 && worse < 0.8, "{report}");
+    // The labels reached the prompt, so the tier saw the route's real system message.
+    let system = local
+        .requests()
+        .iter()
+        .find_map(|r| {
+            r.body["messages"][0]["content"]
+                .as_str()
+                .filter(|c| c.starts_with("CAREFUL"))
+                .map(str::to_string)
+        })
+        .unwrap();
+    assert!(
+        system.ends_with("one of: billing, technical, general."),
+        "{system}"
+    );
+    // 45 lines for the route's own candidate, 45 for each prompt.
+    assert_eq!(local.request_count(), 135);
+    std::fs::remove_dir_all(dir).ok();
+}

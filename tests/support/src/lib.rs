@@ -87,6 +87,9 @@ pub struct Behavior {
     /// that label for this share of messages (chosen by a hash of the message, so the same
     /// message always gets the same answer) and with another label for the rest.
     pub label_accuracy: Option<f64>,
+    /// Accuracy by prompt: a request whose system message contains one of these texts is
+    /// classified with its accuracy instead of `label_accuracy`.
+    pub prompt_accuracy: Vec<(String, f64)>,
 }
 
 impl Default for Behavior {
@@ -102,6 +105,7 @@ impl Default for Behavior {
             fault_for: None,
             fault_model: None,
             label_accuracy: None,
+            prompt_accuracy: Vec::new(),
         }
     }
 }
@@ -110,8 +114,20 @@ impl Default for Behavior {
 const LABELS: [&str; 3] = ["billing", "technical", "general"];
 
 /// The fake classifier's answer to `body`'s last user message, when it holds `[[label]]`.
-fn classified(body: &[u8], accuracy: f64) -> Option<String> {
+fn classified(body: &[u8], behavior: &Behavior) -> Option<String> {
     let request: Value = serde_json::from_slice(body).ok()?;
+    let system = request["messages"]
+        .as_array()?
+        .iter()
+        .find(|m| m["role"] == "system")
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("");
+    let accuracy = behavior
+        .prompt_accuracy
+        .iter()
+        .find(|(marker, _)| system.contains(marker.as_str()))
+        .map(|(_, accuracy)| *accuracy)
+        .or(behavior.label_accuracy)?;
     let text = request["messages"]
         .as_array()?
         .iter()
@@ -458,9 +474,7 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         return response;
     }
     let model = request.model.unwrap_or_else(|| "fake-model".into());
-    let classified = behavior
-        .label_accuracy
-        .and_then(|accuracy| classified(&body, accuracy));
+    let classified = classified(&body, &behavior);
     let behavior = match classified {
         Some(label) => {
             let mut answered = (*behavior).clone();
