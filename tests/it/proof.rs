@@ -168,41 +168,16 @@ async fn no_secret_reaches_a_log_the_ledger_metrics_admin_json_errors_or_check()
         status.as_u16()
     };
 
-    assert_eq!(
-        call(
-            "POST",
-            "/v1/chat/completions",
-            CLIENT,
-            Some(chat("summarize", "hi"))
-        )
-        .await,
-        200
-    );
-    assert_eq!(
-        call(
-            "POST",
-            "/v1/chat/completions",
-            CLIENT,
-            Some(chat_stream("summarize"))
-        )
-        .await,
-        200
-    );
+    const CHAT: &str = "/v1/chat/completions";
     let embed = json!({"model": "embed", "input": "hi"});
-    assert_eq!(
-        call("POST", "/v1/embeddings", CLIENT, Some(embed)).await,
-        200
-    );
-    assert_eq!(
-        call(
-            "POST",
-            "/v1/chat/completions",
-            WRONG,
-            Some(chat("summarize", "hi"))
-        )
-        .await,
-        401
-    );
+    for (path, key, body, status) in [
+        (CHAT, CLIENT, chat("summarize", "hi"), 200),
+        (CHAT, CLIENT, chat_stream("summarize"), 200),
+        ("/v1/embeddings", CLIENT, embed, 200),
+        (CHAT, WRONG, chat("summarize", "hi"), 401),
+    ] {
+        assert_eq!(call("POST", path, key, Some(body)).await, status, "{path}");
+    }
     // OpenAI's 401 quotes the key it was given, masked; here, whole.
     let quoting = Fault::Status {
         status: 401,
@@ -214,26 +189,9 @@ async fn no_secret_reaches_a_log_the_ledger_metrics_admin_json_errors_or_check()
     };
     api.set_fault(quoting.clone());
     local.set_fault(quoting);
-    assert_eq!(
-        call(
-            "POST",
-            "/v1/chat/completions",
-            CLIENT,
-            Some(chat("summarize", "hi"))
-        )
-        .await,
-        502
-    );
-    assert_eq!(
-        call(
-            "POST",
-            "/v1/chat/completions",
-            CLIENT,
-            Some(chat_stream("classification"))
-        )
-        .await,
-        502
-    );
+    for body in [chat("summarize", "hi"), chat_stream("classification")] {
+        assert_eq!(call("POST", CHAT, CLIENT, Some(body)).await, 502);
+    }
     local.set_fault(Fault::None);
     api.set_fault(Fault::None);
     for path in [
