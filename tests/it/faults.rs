@@ -292,6 +292,26 @@ async fn an_error_event_mid_stream_is_recorded_as_a_failure_even_before_done() {
     );
 }
 
+/// A stream whose last choice finished but that closes without `[DONE]`, as some servers end
+/// one, is a whole answer: the client gets the `[DONE]` it expects, and the request and its tier
+/// count as a success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_stream_closed_without_done_is_a_whole_answer() {
+    let (local, _api, gw) = gateway(|_| {}).await;
+    local.set_fault(Fault::NoDone);
+    let store = gw.store().await;
+    let answer = gw.ask_stream("summarize").await;
+    let events = sse_events(&answer.text);
+    assert_eq!(events.last().unwrap().1, "[DONE]", "{events:?}");
+    assert!(!answer.text.contains("\"error\""), "{}", answer.text);
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!((row.status, row.error_kind), (200, None));
+    assert_eq!(
+        gw.provider("vllm").await["breaker"]["consecutive_failures"],
+        0
+    );
+}
+
 /// Bytes that are not UTF-8 in an upstream's stream end the stream at once with a clear error
 /// event (not a stall until the idle timeout), and the request is recorded as a broken stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

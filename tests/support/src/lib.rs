@@ -56,6 +56,9 @@ pub enum Fault {
     SseQuirks,
     /// Streams: this many chunks, then an `{"error": …}` event, then `[DONE]`.
     ErrorMidStream { after: usize },
+    /// Streams: every chunk, the last choice finished, then the connection closed without
+    /// `[DONE]`, as some servers end a stream.
+    NoDone,
     /// Streams: this many chunks, then an event whose bytes are not UTF-8, then the rest as usual.
     InvalidUtf8MidStream { after: usize },
     /// Answer without `usage`, as some local servers do.
@@ -591,6 +594,9 @@ fn stream(
     match behavior.fault {
         Fault::CutBeforeFirstChunk => events.clear(),
         Fault::CutAfterChunks { chunks } => events.truncate(chunks),
+        Fault::NoDone => {
+            events.pop();
+        }
         Fault::MalformedJson => events.insert(0, "{\"id\": \"chatcmpl-fake\", \"choi".to_string()),
         Fault::ErrorMidStream { after } => {
             events.truncate(after);
