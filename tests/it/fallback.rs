@@ -956,3 +956,32 @@ async fn a_host_that_does_not_answer_is_given_up_at_connect_ms() {
         Some("local:timeout_connect")
     );
 }
+
+/// A server that resets the connection once it has the request (a crashed worker behind a proxy):
+/// the call falls back, and says it was a reset, not some other transport failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_reset_before_the_answer_falls_back_and_is_named() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = [0u8; 4096];
+            // Read the request's head, then close with RST (linger 0) instead of answering.
+            let _ = std::io::Read::read(&mut stream, &mut buf);
+            let socket = socket2::Socket::from(stream);
+            let _ = socket.set_linger(Some(Duration::ZERO));
+            drop(socket);
+        }
+    });
+    let api = FakeUpstream::start().await;
+    let config = config(&format!("http://{addr}/v1"), &api.base_url(), false, |_| {});
+    let gw = TestGateway::start(&config).await;
+    let answer = gw.ask("summarize").await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"));
+    assert_eq!(
+        answer.header("x-tierwise-fallback"),
+        Some("local:connect_reset")
+    );
+}
