@@ -985,3 +985,23 @@ async fn a_connection_reset_before_the_answer_falls_back_and_is_named() {
         Some("local:connect_reset")
     );
 }
+
+/// A provider whose host name does not resolve falls back and says so (`dns`), not as some other
+/// connection failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_name_that_does_not_resolve_falls_back_and_is_named() {
+    let api = FakeUpstream::start().await;
+    // .invalid never resolves (RFC 2606).
+    let config = config(
+        "http://tierwise-test.invalid/v1",
+        &api.base_url(),
+        false,
+        |p| {
+            p.timeout.connect_ms = Some(5000);
+        },
+    );
+    let gw = TestGateway::start(&config).await;
+    let answer = gw.ask("summarize").await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.header("x-tierwise-fallback"), Some("local:dns"));
+}
