@@ -228,3 +228,48 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fmt;
+
+    /// An error that shows its cause in its own message, or does not.
+    #[derive(Debug)]
+    struct Wrapped {
+        quotes_cause: bool,
+        cause: std::io::Error,
+    }
+
+    impl fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            if self.quotes_cause {
+                write!(f, "client error: {}", self.cause)
+            } else {
+                f.write_str("client error")
+            }
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.cause)
+        }
+    }
+
+    /// Each cause once, on one line: a cause the message already quotes is not repeated.
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        let wrapped = |quotes_cause| Wrapped {
+            quotes_cause,
+            cause: std::io::Error::other("dns error: no such host"),
+        };
+        assert_eq!(
+            super::chain(&wrapped(false)),
+            "client error: dns error: no such host"
+        );
+        assert_eq!(
+            super::chain(&wrapped(true)),
+            "client error: dns error: no such host"
+        );
+    }
+}
