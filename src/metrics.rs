@@ -52,6 +52,7 @@ pub fn requests_finished(batch: &[&RequestRow]) {
     let mut fallbacks: HashMap<&str, u64> = HashMap::new();
     let mut cost: HashMap<(&str, &str), u64> = HashMap::new();
     let mut durations: HashMap<&str, Vec<f64>> = HashMap::new();
+    let mut contracts: HashMap<(&str, &str, &str), u64> = HashMap::new();
     for row in batch {
         let route = row.route.as_deref().unwrap_or("-");
         let tier = row.tier.as_deref().unwrap_or("-");
@@ -66,6 +67,16 @@ pub fn requests_finished(batch: &[&RequestRow]) {
             .entry(route)
             .or_default()
             .push(row.latency_us as f64 / 1e6);
+        if let Some(outcome) = row.contract.as_deref() {
+            let model = row.model.as_deref().unwrap_or("-");
+            *contracts.entry((route, model, outcome)).or_default() += 1;
+        }
+    }
+    // How often each model's answers met the label contract as they came, needed a label pulled
+    // out of a longer answer, or held none: the rewrites a smaller model costs, beside agreement.
+    for ((route, model, outcome), count) in contracts {
+        metrics::counter!("tierwise_contract_answers_total", "route" => route.to_string(), "model" => model.to_string(), "outcome" => outcome.to_string())
+            .increment(count);
     }
     for (route, seconds) in durations {
         let histogram =

@@ -5,7 +5,8 @@ use std::time::Duration;
 use crate::util::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tierwise::config::file::{spanned, text};
+use tierwise::config::TaskKind;
+use tierwise::config::file::{RawOutput, spanned, text};
 use tierwise_fake::{FakeUpstream, Fault};
 
 async fn setup() -> (FakeUpstream, FakeUpstream, TestGateway) {
@@ -268,20 +269,31 @@ async fn prompt_overrides_replace_or_insert_the_system_message_with_labels_fille
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_label_contract_normalizes_and_flags_but_never_invents() {
-    let (local, _api, gw) = setup().await;
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    // A labelled route only this test uses, so that its contract counts are its own.
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url()).with(|c| {
+        let labelled = c.add_route("labelled", TaskKind::Classification, &["local"]);
+        labelled.output = Some(RawOutput {
+            labels: Some(spanned(
+                ["billing", "technical", "general"].map(text).to_vec(),
+            )),
+        });
+    });
+    let gw = TestGateway::start(&config).await;
     local.update(|b| b.reply = "The category is: Technical.".into());
-    let answer = gw.ask("classification").await;
+    let answer = gw.ask("labelled").await;
     assert_eq!(answer.body["choices"][0]["message"]["content"], "technical");
     assert_eq!(answer.header("x-tierwise-contract"), Some("normalized"));
     assert_eq!(answer.body["id"], "chatcmpl-fake");
 
     local.update(|b| b.reply = "billing".into());
-    let answer = gw.ask("classification").await;
+    let answer = gw.ask("labelled").await;
     assert_eq!(answer.body["choices"][0]["message"]["content"], "billing");
     assert_eq!(answer.header("x-tierwise-contract"), Some("ok"));
 
     local.update(|b| b.reply = "I am not sure what this is about.".into());
-    let answer = gw.ask("classification").await;
+    let answer = gw.ask("labelled").await;
     assert_eq!(answer.status, 200);
     assert_eq!(
         answer.body["choices"][0]["message"]["content"],
@@ -292,6 +304,21 @@ async fn the_label_contract_normalizes_and_flags_but_never_invents() {
     // Routes without labels are untouched.
     let answer = gw.ask("summarize").await;
     assert_eq!(answer.header("x-tierwise-contract"), None);
+
+    // Counted per route and model: what a smaller model costs in rewrites.
+    let series = |outcome: &str| {
+        format!(
+            "tierwise_contract_answers_total{{route=\"labelled\",model=\"mistral-7b\",outcome=\"{outcome}\"}} 1"
+        )
+    };
+    let metrics = gw
+        .wait_for_metrics(|text| {
+            ["normalized", "ok", "violated"]
+                .iter()
+                .all(|outcome| text.contains(&series(outcome)))
+        })
+        .await;
+    assert!(!metrics.contains("tierwise_contract_answers_total{route=\"summarize\""));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
