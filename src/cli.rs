@@ -196,6 +196,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Format::Csv => bail!("eval prints --format table or json"),
                 }
             );
+            for tier in [&report.candidate, &report.reference] {
+                if tier.answered == 0 {
+                    eprintln!(
+                        "tier {} answered none of the {} lines: {}",
+                        tier.tier,
+                        report.lines,
+                        tier.first_error.as_deref().unwrap_or("no answer")
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+            }
             match (min_agreement, report.agreement) {
                 (Some(bar), Some(agreement)) if agreement >= bar => Ok(ExitCode::SUCCESS),
                 (Some(bar), agreement) => {

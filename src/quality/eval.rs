@@ -34,11 +34,8 @@ pub enum EvalError {
         "route {0:?} has no reference tier: name one with --reference, or give the route a shadow.reference or a baseline"
     )]
     NoReference(String),
-    #[error("cannot read the dataset {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{path} line {line}: {problem}")]
     Line {
         path: String,
@@ -85,6 +82,8 @@ pub struct TierResult {
     pub p95_ms: f64,
     /// What a thousand such calls cost at the tier's price; `None` when its model has no price.
     pub cost_per_1k_usd: Option<String>,
+    /// Why the first failed call failed, e.g. `connect_refused`.
+    pub first_error: Option<String>,
 }
 
 /// A line where the tiers disagree, worst first.
@@ -133,6 +132,7 @@ struct Answered {
     latency_us: u64,
     cost: Option<Picodollars>,
     tokens: u64,
+    error: Option<String>,
 }
 
 pub async fn run(
@@ -164,9 +164,9 @@ pub async fn run(
         .prompts
         .iter()
         .map(|path| {
-            let text = std::fs::read_to_string(path).map_err(|source| EvalError::Read {
+            let text = std::fs::read_to_string(path).map_err(|error| EvalError::Read {
                 path: path.display().to_string(),
-                source,
+                error,
             })?;
             let prompt = with_labels(&text, route.labels.as_deref())
                 .ok_or_else(|| EvalError::Prompt(path.display().to_string(), route.name.clone()))?;
@@ -275,17 +275,19 @@ impl Asker<'_> {
     }
 
     async fn ask(&self, step: &ChainTier, messages: &Value) -> Answered {
-        let failed = |latency_us| Answered {
+        let failed = |latency_us, error: String| Answered {
             answer: None,
             latency_us,
             cost: None,
             tokens: 0,
+            error: Some(error),
         };
         let body =
             serde_json::to_vec(&serde_json::json!({"model": self.route, "messages": messages}))
                 .expect("a JSON value serializes");
-        let Ok(parsed) = RequestBody::parse(Endpoint::ChatCompletions, &body) else {
-            return failed(0);
+        let parsed = match RequestBody::parse(Endpoint::ChatCompletions, &body) {
+            Ok(parsed) => parsed,
+            Err(err) => return failed(0, err.to_string()),
         };
         let started = Instant::now();
         let sent = self
@@ -298,8 +300,10 @@ impl Asker<'_> {
             )
             .await;
         let latency_us = started.elapsed().as_micros() as u64;
-        let Ok(Reply::Complete { body, usage }) = sent else {
-            return failed(latency_us);
+        let (body, usage) = match sent {
+            Ok(Reply::Complete { body, usage }) => (body, usage),
+            Ok(Reply::Stream(_)) => return failed(latency_us, "answered with a stream".into()),
+            Err(err) => return failed(latency_us, format!("{}: {}", err.reason(), err.detail)),
         };
         let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let tokens = usage.map(Tokens::from);
@@ -310,6 +314,7 @@ impl Asker<'_> {
                 .as_ref()
                 .and_then(|tokens| self.pricing.price(&step.tier, None, tokens).cost),
             tokens: tokens.map_or(0, |t| t.input + t.output),
+            error: None,
         }
     }
 }
@@ -353,6 +358,7 @@ impl Scoring<'_> {
             p95_ms: percentile(&latencies, 95),
             cost_per_1k_usd: priced
                 .then(|| Picodollars::saturating(total * 1000 / answered as i128).to_string()),
+            first_error: answers.iter().find_map(|a| a.error.clone()),
         }
     }
 
@@ -394,8 +400,11 @@ impl EvalReport {
         let percent = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{:.1}%", x * 100.0));
         let _ = writeln!(
             out,
-            "tierwise eval: route {}, {} lines, scorer {:?}\n",
-            self.route, self.lines, self.scorer
+            "tierwise eval: route {}, {} lines, scorer {}\n",
+            self.route,
+            self.lines,
+            serde_json::to_value(self.scorer)
+                .map_or(String::new(), |v| v.as_str().unwrap_or("").to_string())
         );
         let _ = writeln!(
             out,
@@ -419,6 +428,18 @@ impl EvalReport {
                     .as_ref()
                     .map_or("unpriced".to_string(), |usd| format!("${usd}")),
             );
+        }
+        for (role, tier) in [
+            ("candidate", &self.candidate),
+            ("reference", &self.reference),
+        ] {
+            if let Some(error) = &tier.first_error {
+                let _ = writeln!(
+                    out,
+                    "{role} {}: {} failed, first: {error}",
+                    tier.tier, tier.failed
+                );
+            }
         }
         let _ = writeln!(
             out,
@@ -511,9 +532,9 @@ fn default_reference(route: &Route) -> Result<ChainTier, EvalError> {
 }
 
 fn read_dataset(path: &Path) -> Result<Vec<Line>, EvalError> {
-    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| EvalError::Read {
         path: path.display().to_string(),
-        source,
+        error,
     })?;
     text.lines()
         .enumerate()
