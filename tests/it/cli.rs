@@ -684,3 +684,30 @@ async fn eval_ranks_prompt_variants_by_agreement() {
     assert_eq!(local.request_count(), 135);
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// A tier that answers no line is a failed evaluation, with its reason, not an empty table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_fails_when_a_tier_answers_nothing_and_says_why() {
+    let down = tierwise_fake::unused_addr().await;
+    let api = FakeUpstream::start().await;
+    let config =
+        TestConfig::two_tier(&format!("http://{down}/v1"), &api.base_url()).without_probes();
+    let (dir, path) = write_config("eval-down", &config.toml());
+    let dataset = hinted_dataset(&dir);
+    let out = tierwise()
+        .env("CLIENT_KEY", "k")
+        .env("LOCAL_KEY", "k")
+        .args(["eval", "--route", "classification", "--dataset"])
+        .arg(&dataset)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("tier local answered none of the 45 lines: connect_refused"),
+        "{said}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
