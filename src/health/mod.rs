@@ -181,7 +181,7 @@ impl Lease {
     /// limits are per model, and the tier's own rest takes care of it.
     pub fn failed(&mut self, error: &UpstreamError) {
         self.settled = true;
-        if error.is_retryable() && !error.is_rate_limit() {
+        if error.counts_against_provider() {
             self.health
                 .report(self.health.breaker.on_failure(&error.reason()));
         } else {

@@ -142,6 +142,12 @@ impl ApiError {
             None => format!("No tier could answer. {}", tried.join("; ")),
         };
         let (status, kind, code) = match error.kind {
+            // The last tier tried could not fit it either: the request's size, in OpenAI's words.
+            UpstreamErrorKind::ContextTooLong => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "context_length_exceeded",
+            ),
             UpstreamErrorKind::BreakerOpen | UpstreamErrorKind::Saturated => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream_error",

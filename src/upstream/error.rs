@@ -19,6 +19,9 @@ pub enum UpstreamErrorKind {
     TimeoutIdle,
     /// The upstream answered with a non-2xx status.
     Status(StatusCode),
+    /// A 400 that says the request does not fit the model's context window: the request's size,
+    /// not the provider's health, and a tier with a larger window may take it.
+    ContextTooLong,
     /// A 2xx answer whose body is not the JSON it should be.
     MalformedJson,
     /// An answer larger than `server.max_answer_bytes`.
@@ -56,6 +59,15 @@ impl UpstreamError {
     }
 
     pub fn status(status: StatusCode, body: Bytes, retry_after: Option<Duration>) -> UpstreamError {
+        if status == StatusCode::BAD_REQUEST && says_context_too_long(&body) {
+            return UpstreamError {
+                kind: UpstreamErrorKind::ContextTooLong,
+                detail: "answered HTTP 400: the request does not fit the model's context window"
+                    .into(),
+                body,
+                retry_after,
+            };
+        }
         UpstreamError {
             kind: UpstreamErrorKind::Status(status),
             detail: format!("answered HTTP {}", status.as_u16()),
@@ -134,6 +146,7 @@ impl UpstreamError {
             UpstreamErrorKind::TimeoutTotal => "timeout_total".into(),
             UpstreamErrorKind::TimeoutIdle => "timeout_idle".into(),
             UpstreamErrorKind::Status(status) => format!("http_{}", status.as_u16()),
+            UpstreamErrorKind::ContextTooLong => "context_too_long".into(),
             UpstreamErrorKind::MalformedJson => "malformed_json".into(),
             UpstreamErrorKind::AnswerTooLarge => "answer_too_large".into(),
             UpstreamErrorKind::StreamBroken => "stream_broken".into(),
@@ -154,6 +167,14 @@ impl UpstreamError {
             UpstreamErrorKind::Status(status) => provider_fault(status),
             _ => true,
         }
+    }
+
+    /// Whether the provider is to blame, so that its breaker hears of it: a retryable failure,
+    /// but not a rate limit (the tier rests instead) nor a request too long for its window.
+    pub fn counts_against_provider(&self) -> bool {
+        self.is_retryable()
+            && !self.is_rate_limit()
+            && self.kind != UpstreamErrorKind::ContextTooLong
     }
 
     /// The upstream answered 429.
@@ -191,6 +212,23 @@ pub fn provider_fault(status: StatusCode) -> bool {
                 | StatusCode::FORBIDDEN
                 | StatusCode::NOT_FOUND
         )
+}
+
+/// How servers say a request does not fit the context window, lower-cased: OpenAI's error code,
+/// llama.cpp's error type and messages, vLLM's and OpenAI's message, Ollama's.
+const CONTEXT_TOO_LONG: [&str; 5] = [
+    "context_length_exceeded",
+    "exceed_context_size_error",
+    "maximum context length is",
+    "exceeds the available context size",
+    "input length exceeds the context length",
+];
+
+/// Whether a 400's body says the request was too long for the model; only the start of a body is
+/// read, where every server puts its message.
+fn says_context_too_long(body: &[u8]) -> bool {
+    let head = String::from_utf8_lossy(&body[..body.len().min(2048)]).to_lowercase();
+    CONTEXT_TOO_LONG.iter().any(|words| head.contains(words))
 }
 
 fn connect_kind(err: &reqwest::Error) -> UpstreamErrorKind {
@@ -254,6 +292,47 @@ mod tests {
         fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
             Some(&self.cause)
         }
+    }
+
+    /// Each server's own words for a request too long for the model; and a 400 that is not one.
+    #[test]
+    fn context_too_long_is_read_in_each_servers_words() {
+        use super::{UpstreamError, UpstreamErrorKind};
+        use http::StatusCode;
+        let bodies = [
+            // OpenAI
+            r#"{"error": {"message": "This model's maximum context length is 128000 tokens. However, your messages resulted in 130512 tokens. Please reduce the length of the messages.", "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}"#,
+            // vLLM
+            r#"{"object": "error", "message": "This model's maximum context length is 8192 tokens. However, you requested 12000 tokens (11000 in the messages, 1000 in the completion). Please reduce the length of the messages or completion.", "type": "BadRequestError", "param": null, "code": 400}"#,
+            r#"{"error": {"message": "'max_tokens' or 'max_completion_tokens' is too large: 8000. This model's maximum context length is 4096 tokens and your request has 2778 input tokens (8000 > 4096 - 2778). None", "type": "BadRequestError", "param": null, "code": 400}}"#,
+            // llama.cpp server, newer and older
+            r#"{"error": {"code": 400, "message": "request (4476 tokens) exceeds the available context size (4096 tokens)", "type": "exceed_context_size_error", "n_prompt_tokens": 4476, "n_ctx": 4096}}"#,
+            r#"{"error": {"code": 400, "message": "the request exceeds the available context size, try increasing it", "type": "invalid_request_error"}}"#,
+            // Ollama
+            r#"{"error": {"message": "the input length exceeds the context length", "type": "api_error", "param": null, "code": null}}"#,
+        ];
+        for body in bodies {
+            let error = UpstreamError::status(StatusCode::BAD_REQUEST, body.into(), None);
+            assert_eq!(error.kind, UpstreamErrorKind::ContextTooLong, "{body}");
+            assert_eq!(error.reason(), "context_too_long");
+            assert!(error.is_retryable() && !error.counts_against_provider());
+        }
+        let other = UpstreamError::status(
+            StatusCode::BAD_REQUEST,
+            r#"{"error": {"message": "'messages' must contain at least one message"}}"#.into(),
+            None,
+        );
+        assert_eq!(
+            other.kind,
+            UpstreamErrorKind::Status(StatusCode::BAD_REQUEST)
+        );
+        assert!(!other.is_retryable());
+        let server_error =
+            UpstreamError::status(StatusCode::INTERNAL_SERVER_ERROR, bodies[0].into(), None);
+        assert!(
+            server_error.counts_against_provider(),
+            "only a 400 is the request's size"
+        );
     }
 
     /// Each cause once, on one line: a cause the message already quotes is not repeated.

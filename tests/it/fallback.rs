@@ -1005,3 +1005,45 @@ async fn a_host_name_that_does_not_resolve_falls_back_and_is_named() {
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert_eq!(answer.header("x-tierwise-fallback"), Some("local:dns"));
 }
+
+/// A tier that answers that the request does not fit its context window (vLLM's own 400) is
+/// passed over like a failure, without its breaker hearing of it — the request's size is not the
+/// provider's health; when no tier can fit it, the client gets OpenAI's `context_length_exceeded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_too_long_for_a_tier_moves_on_and_is_a_400_when_none_fits() {
+    let (local, api, gw) = setup(|_| {}, |_| {}).await;
+    let too_long = |max: u32| {
+        Fault::Status {
+        status: 400,
+        body: Some(
+            json!({"object": "error", "message": format!("This model's maximum context length is {max} tokens. However, you requested 12000 tokens (11000 in the messages, 1000 in the completion). Please reduce the length of the messages or completion."), "type": "BadRequestError", "param": null, "code": 400})
+                .to_string(),
+        ),
+        retry_after: None,
+    }
+    };
+    local.set_fault(too_long(8192));
+    let answer = gw.ask("summarize").await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"));
+    assert_eq!(
+        answer.header("x-tierwise-fallback"),
+        Some("local:context_too_long")
+    );
+    assert_eq!(
+        gw.provider("vllm").await["breaker"]["consecutive_failures"],
+        0
+    );
+
+    api.set_fault(too_long(128_000));
+    let answer = gw.ask("summarize").await;
+    let message = answer.error(400, Some("context_length_exceeded"));
+    assert!(
+        message.contains("local") && message.contains("api_fast"),
+        "{message}"
+    );
+    assert_eq!(
+        gw.provider("openai").await["breaker"]["consecutive_failures"],
+        0
+    );
+}
