@@ -161,6 +161,10 @@ pub struct RawTier {
     pub max_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature: Option<Spanned<f64>>,
+    /// The model's context window in tokens (prompt and answer), where the server has one smaller
+    /// than its requests may need, e.g. vLLM's `--max-model-len`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_tokens: Option<Spanned<u32>>,
     #[serde(default)]
     pub timeout: RawTimeouts,
 }
@@ -241,6 +245,7 @@ impl RawTier {
             model: text(model),
             max_tokens: None,
             temperature: None,
+            context_tokens: None,
             timeout: RawTimeouts::default(),
         }
     }

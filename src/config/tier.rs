@@ -17,6 +17,9 @@ pub struct Tier {
     pub max_tokens: Option<u32>,
     /// Sent where the client gave no `temperature`.
     pub temperature: Option<f64>,
+    /// The model's context window, where configured; the gateway also learns it from a server
+    /// that refuses a request as too long (see [`crate::health::Health::context_limit`]).
+    pub context_tokens: Option<u32>,
     /// The provider's timeouts with this tier's overrides applied.
     pub timeouts: Timeouts,
 }
@@ -69,6 +72,15 @@ impl Resolver<'_> {
                 "must be between 0 and 2",
             );
         }
+        if let Some(context) = &raw.context_tokens
+            && *context.get_ref() == 0
+        {
+            self.issue_at(
+                context.span().start,
+                &format!("{key}.context_tokens"),
+                "must be a positive number of tokens",
+            );
+        }
         if raw.timeout.connect_ms.is_some() {
             self.issue_at(
                 raw.provider.span().start,
@@ -84,6 +96,7 @@ impl Resolver<'_> {
             model: model?,
             max_tokens: raw.max_tokens,
             temperature: raw.temperature.as_ref().map(|t| *t.get_ref()),
+            context_tokens: raw.context_tokens.as_ref().map(|c| *c.get_ref()),
         })
     }
 }

@@ -7,7 +7,7 @@ mod probe;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -222,6 +222,8 @@ pub struct Health {
     providers: HashMap<String, Arc<ProviderHealth>>,
     /// Per tier: until when (milliseconds after `epoch`) it is rate limited.
     rate_limited_until: HashMap<String, AtomicU64>,
+    /// Per tier: its context window in tokens as configured or learned, 0 while unknown.
+    context_limits: HashMap<String, AtomicU32>,
     epoch: Instant,
 }
 
@@ -240,6 +242,16 @@ impl Health {
                 .tiers
                 .iter()
                 .map(|tier| (tier.name.clone(), AtomicU64::new(0)))
+                .collect(),
+            context_limits: config
+                .tiers
+                .iter()
+                .map(|tier| {
+                    (
+                        tier.name.clone(),
+                        AtomicU32::new(tier.context_tokens.unwrap_or(0)),
+                    )
+                })
                 .collect(),
             epoch: Instant::now(),
         }
@@ -270,6 +282,22 @@ impl Health {
             let rest = retry_after.unwrap_or(DEFAULT_RATE_LIMIT_REST);
             let at = (self.epoch.elapsed() + rest).as_millis() as u64;
             until.fetch_max(at, Ordering::Relaxed);
+        }
+    }
+
+    /// `tier`'s context window in tokens, if configured or learned.
+    pub fn context_limit(&self, tier: &Tier) -> Option<u32> {
+        let limit = self.context_limits.get(&tier.name)?.load(Ordering::Relaxed);
+        (limit > 0).then_some(limit)
+    }
+
+    /// `tier`'s server said its context window is `tokens`: later requests that cannot fit skip
+    /// it without a call.
+    pub fn learned_context_limit(&self, tier: &Tier, tokens: u32) {
+        if let Some(limit) = self.context_limits.get(&tier.name)
+            && limit.swap(tokens, Ordering::Relaxed) != tokens
+        {
+            tracing::info!(tier = %tier.name, tokens, "learned the tier's context window from its answer");
         }
     }
 

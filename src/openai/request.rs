@@ -115,6 +115,22 @@ impl<'a> RequestBody<'a> {
         self.fields.contains_key(name)
     }
 
+    /// About the body's length in bytes (its fields, keys and values), an upper bound on the
+    /// tokens its text can hold: every token is at least one byte.
+    pub fn byte_len(&self) -> usize {
+        self.fields
+            .iter()
+            .map(|(key, value)| key.len() + value.get().len() + 4)
+            .sum()
+    }
+
+    /// The answer budget the client asked for (`max_tokens` or `max_completion_tokens`).
+    pub fn max_tokens(&self) -> Option<u64> {
+        ["max_completion_tokens", "max_tokens"]
+            .iter()
+            .find_map(|name| serde_json::from_str::<u64>(self.field(name)?.get()).ok())
+    }
+
     /// The body to send to `step`'s tier: its model, and whatever the endpoint changes for it.
     pub fn for_tier(&self, step: &ChainTier) -> Vec<u8> {
         let mut edits = Edits::default();

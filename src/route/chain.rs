@@ -79,6 +79,14 @@ impl ChainRun<'_> {
     pub async fn run(&self, body: &RequestBody<'_>) -> Result<Served, Unserved> {
         let mut attempts = Vec::with_capacity(self.chain.len());
         for step in self.chain {
+            if let Some(error) = self.too_long_for(step, body) {
+                attempts.push(Attempt {
+                    tier: step.tier.clone(),
+                    latency: Duration::ZERO,
+                    error: Some(error),
+                });
+                continue;
+            }
             let admitted = self
                 .health
                 .rate_limit(&step.tier)
@@ -123,6 +131,30 @@ impl ChainRun<'_> {
             last.error.clone().expect("every attempt failed"),
         );
         Err(Unserved::new(tier, error, attempts))
+    }
+
+    /// The refusal a tier with a known context window would give, without calling it: the prompt
+    /// and the answer budget (the client's, else the tier's) do not fit. Most requests are far from
+    /// any window and are judged by their length in bytes alone; only one near it is counted.
+    fn too_long_for(&self, step: &ChainTier, body: &RequestBody<'_>) -> Option<UpstreamError> {
+        let limit = u64::from(self.health.context_limit(&step.tier)?);
+        let budget = body
+            .max_tokens()
+            .or(step.tier.max_tokens.map(u64::from))
+            .unwrap_or(0);
+        if body.byte_len() as u64 + budget <= limit {
+            return None;
+        }
+        let prompt = (body.endpoint().spec().count_prompt)(&step.tier.model, &body.for_tier(step));
+        (prompt + budget > limit).then(|| {
+            UpstreamError::new_detail(
+                UpstreamErrorKind::ContextTooLong,
+                format!(
+                    "needs about {} tokens ({prompt} prompt, {budget} answer); the tier holds {limit}",
+                    prompt + budget
+                ),
+            )
+        })
     }
 
     /// Calls one tier, retrying once after a short `Retry-After` on 429.
@@ -191,6 +223,9 @@ impl ChainRun<'_> {
                         _ => {
                             if error.is_rate_limit() {
                                 self.health.rate_limited(&step.tier, error.retry_after);
+                            }
+                            if let Some(tokens) = error.context_limit() {
+                                self.health.learned_context_limit(&step.tier, tokens);
                             }
                             lease.failed(&error);
                             return Err(error);

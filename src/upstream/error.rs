@@ -177,6 +177,27 @@ impl UpstreamError {
             && self.kind != UpstreamErrorKind::ContextTooLong
     }
 
+    /// The context window a too-long refusal names: vLLM's and OpenAI's "maximum context length
+    /// is N tokens", llama.cpp's "available context size (N tokens)" or its `n_ctx`.
+    pub fn context_limit(&self) -> Option<u32> {
+        if self.kind != UpstreamErrorKind::ContextTooLong {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&self.body[..self.body.len().min(2048)]).to_lowercase();
+        [
+            "maximum context length is ",
+            "available context size (",
+            "\"n_ctx\": ",
+            "\"n_ctx\":",
+        ]
+        .iter()
+        .find_map(|lead| {
+            let (_, after) = text.split_once(lead)?;
+            let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok().filter(|tokens| *tokens > 0)
+        })
+    }
+
     /// The upstream answered 429.
     pub fn is_rate_limit(&self) -> bool {
         self.kind == UpstreamErrorKind::Status(StatusCode::TOO_MANY_REQUESTS)
@@ -317,6 +338,23 @@ mod tests {
             assert_eq!(error.reason(), "context_too_long");
             assert!(error.is_retryable() && !error.counts_against_provider());
         }
+        let limits: Vec<Option<u32>> = bodies
+            .iter()
+            .map(|body| {
+                UpstreamError::status(StatusCode::BAD_REQUEST, (*body).into(), None).context_limit()
+            })
+            .collect();
+        assert_eq!(
+            limits,
+            [
+                Some(128_000),
+                Some(8192),
+                Some(4096),
+                Some(4096),
+                None,
+                None
+            ]
+        );
         let other = UpstreamError::status(
             StatusCode::BAD_REQUEST,
             r#"{"error": {"message": "'messages' must contain at least one message"}}"#.into(),

@@ -1047,3 +1047,96 @@ async fn a_request_too_long_for_a_tier_moves_on_and_is_a_400_when_none_fits() {
         0
     );
 }
+
+/// A chat request about `words` words long.
+fn long_chat(words: usize) -> Value {
+    chat(
+        "summarize",
+        &"lorem ipsum dolor sit amet ".repeat(words / 5),
+    )
+}
+
+/// A tier with a known context window is passed over, without a call, by a request that cannot
+/// fit it (prompt plus answer budget), and still gets the ones that can; the window is configured
+/// here (`context_tokens`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_cannot_fit_a_tiers_window_skips_it_without_a_call() {
+    let (local, _api, gw) = setup(
+        |_| {},
+        |c| {
+            let tier = c.0.tiers.get_mut(&text("local")).unwrap();
+            tier.context_tokens = Some(spanned(2000));
+        },
+    )
+    .await;
+    let short = Answer::of(gw.post("/v1/chat/completions", &long_chat(100)).await).await;
+    assert_eq!(
+        short.header("x-tierwise-tier"),
+        Some("local"),
+        "{}",
+        short.text
+    );
+    assert_eq!(local.request_count(), 1);
+
+    // ~4,000 tokens of prompt and the tier's 256 of answer: more than 2,000.
+    let long = Answer::of(gw.post("/v1/chat/completions", &long_chat(4000)).await).await;
+    assert_eq!(long.status, 200, "{}", long.text);
+    assert_eq!(long.header("x-tierwise-tier"), Some("api_fast"));
+    assert_eq!(
+        long.header("x-tierwise-fallback"),
+        Some("local:context_too_long")
+    );
+    assert_eq!(local.request_count(), 1, "local was not called");
+    let store = gw.store().await;
+    let id = long.header("x-tierwise-request-id").unwrap();
+    stored(&store, id).await;
+    let attempts = store.attempts(id).await.unwrap();
+    assert_eq!(
+        attempts[0],
+        ("local".to_string(), "context_too_long".to_string())
+    );
+}
+
+/// A tier's window is learned from its own refusal (vLLM's 400 names it): the next request that
+/// cannot fit skips it without a call, while short ones still go to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiers_window_is_learned_from_its_refusal() {
+    let (local, _api, gw) = setup(|_| {}, |_| {}).await;
+    local.update(|b| {
+        b.fault = Fault::Status {
+            status: 400,
+            body: Some(
+                json!({"object": "error", "message": "This model's maximum context length is 1000 tokens. However, you requested 4256 tokens (4000 in the messages, 256 in the completion). Please reduce the length of the messages or completion.", "type": "BadRequestError", "param": null, "code": 400})
+                    .to_string(),
+            ),
+            retry_after: None,
+        };
+        b.fault_for = Some(1);
+    });
+    let first = Answer::of(gw.post("/v1/chat/completions", &long_chat(4000)).await).await;
+    assert_eq!(
+        first.header("x-tierwise-fallback"),
+        Some("local:context_too_long")
+    );
+    assert_eq!(local.request_count(), 1);
+
+    let second = Answer::of(gw.post("/v1/chat/completions", &long_chat(4000)).await).await;
+    assert_eq!(second.header("x-tierwise-tier"), Some("api_fast"));
+    assert_eq!(
+        second.header("x-tierwise-fallback"),
+        Some("local:context_too_long")
+    );
+    assert_eq!(
+        local.request_count(),
+        1,
+        "skipped without a call once its window is known"
+    );
+
+    let short = Answer::of(gw.post("/v1/chat/completions", &long_chat(50)).await).await;
+    assert_eq!(
+        short.header("x-tierwise-tier"),
+        Some("local"),
+        "{}",
+        short.text
+    );
+}
