@@ -165,6 +165,15 @@ pub struct RawTier {
     /// than its requests may need, e.g. vLLM's `--max-model-len`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context_tokens: Option<Spanned<u32>>,
+    /// Whether the model can call tools (`tools` in a request); unset means it can.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tools: Option<bool>,
+    /// Whether the server honours `response_format` of type `json_schema`; unset means it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<bool>,
+    /// Whether the model reads images in messages; unset means it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vision: Option<bool>,
     #[serde(default)]
     pub timeout: RawTimeouts,
 }
@@ -246,6 +255,9 @@ impl RawTier {
             max_tokens: None,
             temperature: None,
             context_tokens: None,
+            tools: None,
+            json_schema: None,
+            vision: None,
             timeout: RawTimeouts::default(),
         }
     }

@@ -22,7 +22,7 @@ pub use price::Price;
 pub use provider::{BreakerPolicy, ProbePolicy, Provider, Timeouts};
 pub use route::{AllOpen, ChainTier, Profile, QualityBar, Route, Shadow, TaskKind, with_labels};
 pub use server::{AdminAccess, LedgerConfig, RequestLog, ServerConfig};
-pub use tier::Tier;
+pub use tier::{Abilities, Tier};
 
 /// The commented starter configuration that `tierwise init` writes; the same file is shipped as
 /// `examples/tierwise.toml`, so the example and the command can never drift apart.

@@ -20,8 +20,26 @@ pub struct Tier {
     /// The model's context window, where configured; the gateway also learns it from a server
     /// that refuses a request as too long (see [`crate::health::Health::context_limit`]).
     pub context_tokens: Option<u32>,
+    /// What the model can do beyond plain chat; a request that needs what it lacks skips it.
+    pub abilities: Abilities,
     /// The provider's timeouts with this tier's overrides applied.
     pub timeouts: Timeouts,
+}
+
+/// What a tier's model can do beyond plain chat. Each is assumed unless the config says not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Abilities {
+    pub tools: bool,
+    pub json_schema: bool,
+    pub vision: bool,
+}
+
+impl Abilities {
+    pub const ALL: Abilities = Abilities {
+        tools: true,
+        json_schema: true,
+        vision: true,
+    };
 }
 
 impl Tier {
@@ -97,6 +115,11 @@ impl Resolver<'_> {
             max_tokens: raw.max_tokens,
             temperature: raw.temperature.as_ref().map(|t| *t.get_ref()),
             context_tokens: raw.context_tokens.as_ref().map(|c| *c.get_ref()),
+            abilities: Abilities {
+                tools: raw.tools.unwrap_or(true),
+                json_schema: raw.json_schema.unwrap_or(true),
+                vision: raw.vision.unwrap_or(true),
+            },
         })
     }
 }

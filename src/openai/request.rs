@@ -9,7 +9,7 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::value::{RawValue, to_raw_value};
 
 use super::Endpoint;
-use crate::config::ChainTier;
+use crate::config::{Abilities, ChainTier};
 
 /// Why a body cannot be forwarded; each becomes a 400 naming the offending parameter.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -122,6 +122,39 @@ impl<'a> RequestBody<'a> {
             .iter()
             .map(|(key, value)| key.len() + value.get().len() + 4)
             .sum()
+    }
+
+    /// What the request needs of a tier beyond plain chat. Read only for a route with a tier that
+    /// lacks something, so other requests pay nothing for it.
+    pub fn needs(&self) -> Abilities {
+        let tools = self
+            .field("tools")
+            .is_some_and(|tools| !matches!(tools.get().trim(), "null" | "[]"));
+        #[derive(Deserialize)]
+        struct Format<'a> {
+            #[serde(borrow, rename = "type")]
+            kind: Option<std::borrow::Cow<'a, str>>,
+        }
+        let json_schema = self
+            .field("response_format")
+            .and_then(|format| serde_json::from_str::<Format>(format.get()).ok())
+            .is_some_and(|format| format.kind.as_deref() == Some("json_schema"));
+        let vision = self.field("messages").is_some_and(|messages| {
+            serde_json::from_str::<serde_json::Value>(messages.get()).is_ok_and(|messages| {
+                messages.as_array().is_some_and(|messages| {
+                    messages.iter().any(|message| {
+                        message["content"].as_array().is_some_and(|parts| {
+                            parts.iter().any(|part| part["type"] == "image_url")
+                        })
+                    })
+                })
+            })
+        });
+        Abilities {
+            tools,
+            json_schema,
+            vision,
+        }
     }
 
     /// The answer budget the client asked for (`max_tokens` or `max_completion_tokens`).

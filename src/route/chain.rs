@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 
-use crate::config::{AllOpen, ChainTier, Tier};
+use crate::config::{Abilities, AllOpen, ChainTier, Tier};
 use crate::health::{Health, Lease};
 use crate::openai::RequestBody;
-use crate::upstream::{Reply, UpstreamError, UpstreamErrorKind, Upstreams};
+use crate::upstream::{Lack, Reply, UpstreamError, UpstreamErrorKind, Upstreams};
 
 /// One call to one tier while serving a request, or a tier passed over without a call.
 #[derive(Debug)]
@@ -79,7 +79,7 @@ impl ChainRun<'_> {
     pub async fn run(&self, body: &RequestBody<'_>) -> Result<Served, Unserved> {
         let mut attempts = Vec::with_capacity(self.chain.len());
         for step in self.chain {
-            if let Some(error) = self.too_long_for(step, body) {
+            if let Some(error) = lacking(step, body).or_else(|| self.too_long_for(step, body)) {
                 attempts.push(Attempt {
                     tier: step.tier.clone(),
                     latency: Duration::ZERO,
@@ -235,6 +235,31 @@ impl ChainRun<'_> {
             }
         }
     }
+}
+
+/// The refusal a tier would give a request that needs what its model lacks, without calling it.
+fn lacking(step: &ChainTier, body: &RequestBody<'_>) -> Option<UpstreamError> {
+    let has = step.tier.abilities;
+    if has == Abilities::ALL {
+        return None;
+    }
+    let needs = body.needs();
+    let lack = if needs.tools && !has.tools {
+        Lack::Tools
+    } else if needs.json_schema && !has.json_schema {
+        Lack::JsonSchema
+    } else if needs.vision && !has.vision {
+        Lack::Vision
+    } else {
+        return None;
+    };
+    Some(UpstreamError::new_detail(
+        UpstreamErrorKind::Lacks(lack),
+        format!(
+            "the request needs {}, which the tier's model lacks",
+            lack.param()
+        ),
+    ))
 }
 
 /// `local:connect_refused,api_fast:http_503`: the tiers that failed before the one that answered,

@@ -148,6 +148,11 @@ impl ApiError {
                 "invalid_request_error",
                 "context_length_exceeded",
             ),
+            UpstreamErrorKind::Lacks(lack) => {
+                return ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+                    .code("unsupported_parameter")
+                    .param(Some(lack.param()));
+            }
             UpstreamErrorKind::BreakerOpen | UpstreamErrorKind::Saturated => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream_error",

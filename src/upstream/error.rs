@@ -22,6 +22,8 @@ pub enum UpstreamErrorKind {
     /// A 400 that says the request does not fit the model's context window: the request's size,
     /// not the provider's health, and a tier with a larger window may take it.
     ContextTooLong,
+    /// Not called: the request needs what the tier's model lacks (tools, a JSON schema, images).
+    Lacks(Lack),
     /// A 2xx answer whose body is not the JSON it should be.
     MalformedJson,
     /// An answer larger than `server.max_answer_bytes`.
@@ -36,6 +38,25 @@ pub enum UpstreamErrorKind {
     Saturated,
     /// Not called: the tier's model answered 429 and its `Retry-After` has not passed.
     RateLimited,
+}
+
+/// What a request needed that a tier lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lack {
+    Tools,
+    JsonSchema,
+    Vision,
+}
+
+impl Lack {
+    /// The request parameter that needs it, for the error a client gets when no tier has it.
+    pub fn param(self) -> &'static str {
+        match self {
+            Lack::Tools => "tools",
+            Lack::JsonSchema => "response_format",
+            Lack::Vision => "messages",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +168,9 @@ impl UpstreamError {
             UpstreamErrorKind::TimeoutIdle => "timeout_idle".into(),
             UpstreamErrorKind::Status(status) => format!("http_{}", status.as_u16()),
             UpstreamErrorKind::ContextTooLong => "context_too_long".into(),
+            UpstreamErrorKind::Lacks(Lack::Tools) => "no_tools".into(),
+            UpstreamErrorKind::Lacks(Lack::JsonSchema) => "no_json_schema".into(),
+            UpstreamErrorKind::Lacks(Lack::Vision) => "no_vision".into(),
             UpstreamErrorKind::MalformedJson => "malformed_json".into(),
             UpstreamErrorKind::AnswerTooLarge => "answer_too_large".into(),
             UpstreamErrorKind::StreamBroken => "stream_broken".into(),
@@ -174,7 +198,10 @@ impl UpstreamError {
     pub fn counts_against_provider(&self) -> bool {
         self.is_retryable()
             && !self.is_rate_limit()
-            && self.kind != UpstreamErrorKind::ContextTooLong
+            && !matches!(
+                self.kind,
+                UpstreamErrorKind::ContextTooLong | UpstreamErrorKind::Lacks(_)
+            )
     }
 
     /// The context window a too-long refusal names: vLLM's and OpenAI's "maximum context length

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::config::{Config, ProbePolicy, Provider, Tier};
 use crate::openai::{Endpoint, Usage};
 
-pub use error::{UpstreamError, UpstreamErrorKind};
+pub use error::{Lack, UpstreamError, UpstreamErrorKind};
 pub use stream::{SseEvent, UpstreamStream};
 
 /// A successful answer from one tier.

@@ -1140,3 +1140,65 @@ async fn a_tiers_window_is_learned_from_its_refusal() {
         short.text
     );
 }
+
+/// A tier whose model lacks tools, JSON schemas or vision is passed over, without a call, by a
+/// request that needs one, which reaches the next tier byte for byte; other requests still go to
+/// it; and a route with no tier able is a 400 naming the parameter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_needing_what_a_tier_lacks_skip_it_without_a_call() {
+    let (local, api, gw) = setup(
+        |_| {},
+        |c| {
+            let tier = c.0.tiers.get_mut(&text("local")).unwrap();
+            tier.tools = Some(false);
+            tier.json_schema = Some(false);
+            tier.vision = Some(false);
+            c.add_route("only_local", TaskKind::Chat, &["local"]);
+        },
+    )
+    .await;
+    let with = |extra: Value| {
+        let mut body = chat("summarize", "What is the weather in Paris?");
+        for (key, value) in extra.as_object().unwrap() {
+            body[key] = value.clone();
+        }
+        body
+    };
+    let tools = json!({"tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}], "tool_choice": "auto"});
+    let schema = json!({"response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "object"}}}});
+    let image = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]});
+    for (extra, reason) in [
+        (tools.clone(), "local:no_tools"),
+        (schema, "local:no_json_schema"),
+        (image, "local:no_vision"),
+    ] {
+        let body = with(extra);
+        let answer = Answer::of(gw.post("/v1/chat/completions", &body).await).await;
+        assert_eq!(
+            answer.header("x-tierwise-tier"),
+            Some("api_fast"),
+            "{}",
+            answer.text
+        );
+        assert_eq!(answer.header("x-tierwise-fallback"), Some(reason));
+        let sent = api.requests().last().unwrap().body.clone();
+        for key in ["tools", "response_format", "messages"] {
+            assert_eq!(sent[key], body[key], "{key} reached the next tier as sent");
+        }
+    }
+    assert_eq!(local.request_count(), 0, "never called for what it lacks");
+
+    let plain = with(json!({"response_format": {"type": "json_object"}}));
+    let answer = Answer::of(gw.post("/v1/chat/completions", &plain).await).await;
+    assert_eq!(answer.header("x-tierwise-tier"), Some("local"));
+
+    let mut only_local = with(tools);
+    only_local["model"] = "only_local".into();
+    let refused = Answer::of(gw.post("/v1/chat/completions", &only_local).await).await;
+    refused.error(400, Some("unsupported_parameter"));
+    assert_eq!(refused.body["error"]["param"], "tools");
+    assert_eq!(
+        gw.provider("vllm").await["breaker"]["consecutive_failures"],
+        0
+    );
+}
