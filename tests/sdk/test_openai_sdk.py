@@ -169,3 +169,31 @@ def test_upstream_client_error_passes_back(client, fakes):
     with pytest.raises(openai.UnprocessableEntityError) as raised:
         client.chat.completions.create(model="classification", messages=[{"role": "user", "content": "hi"}])
     assert raised.value.body["message"] == "bad schema"
+
+
+VLLM_TOO_LONG = (
+    '{"object": "error", "message": "This model\'s maximum context length is 8192 tokens. However, you '
+    'requested 12000 tokens (11000 in the messages, 1000 in the completion). Please reduce the length of '
+    'the messages or completion.", "type": "BadRequestError", "param": null, "code": 400}'
+)
+
+
+def test_a_request_too_long_for_the_local_model_is_an_ordinary_answer(client, fakes):
+    local, api = fakes
+    local.behave(fault={"kind": "status", "status": 400, "body": VLLM_TOO_LONG})
+    raw = client.chat.completions.with_raw_response.create(
+        model="classification", messages=[{"role": "user", "content": "a long document"}]
+    )
+    assert raw.parse().choices[0].message.content == "Hello from the fake upstream."
+    assert raw.headers["x-tierwise-fallback"] == "local:context_too_long"
+
+
+def test_a_request_no_tier_can_fit_is_context_length_exceeded(client, fakes):
+    local, api = fakes
+    for fake in (local, api):
+        fake.behave(fault={"kind": "status", "status": 400, "body": VLLM_TOO_LONG})
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(
+            model="classification", messages=[{"role": "user", "content": "a long document"}]
+        )
+    assert raised.value.code == "context_length_exceeded"
