@@ -29,6 +29,10 @@ pub struct ProviderHealth {
     /// A provider with a probe and warm-up is brought back by its probe, which warms it up first;
     /// a user's request is never its half-open trial call, which would meet a cold model.
     probe_recovers: bool,
+    /// Per tier of this provider: its model, its context window in tokens (0 while unknown) as
+    /// configured, discovered by the probe (vLLM's `max_model_len`) or learned from a refusal, and
+    /// whether the config set it (a discovery does not override the config).
+    context_windows: HashMap<String, (String, AtomicU32, bool)>,
 }
 
 /// Why a tier was passed over without calling it.
@@ -67,8 +71,21 @@ impl Skip {
 }
 
 impl ProviderHealth {
-    fn new(provider: Arc<Provider>) -> ProviderHealth {
+    fn new(provider: Arc<Provider>, tiers: &[Arc<Tier>]) -> ProviderHealth {
+        let context_windows = tiers
+            .iter()
+            .filter(|tier| tier.provider.name == provider.name)
+            .map(|tier| {
+                let configured = tier.context_tokens;
+                let window = AtomicU32::new(configured.unwrap_or(0));
+                (
+                    tier.name.clone(),
+                    (tier.model.clone(), window, configured.is_some()),
+                )
+            })
+            .collect();
         ProviderHealth {
+            context_windows,
             breaker: Breaker::new(provider.breaker),
             in_flight: provider
                 .max_in_flight
@@ -76,6 +93,40 @@ impl ProviderHealth {
             seen_up: AtomicBool::new(provider.probe.is_none()),
             probe_recovers: provider.probe.is_some() && provider.warmup,
             provider,
+        }
+    }
+
+    /// The context window of tier `tier`, if configured, discovered or learned.
+    pub fn context_window(&self, tier: &str) -> Option<u32> {
+        let (_, window, _) = self.context_windows.get(tier)?;
+        let tokens = window.load(Ordering::Relaxed);
+        (tokens > 0).then_some(tokens)
+    }
+
+    /// The server refused a request as too long for a window of `tokens`: that is its window.
+    pub fn learned_context_window(&self, tier: &str, tokens: u32) {
+        if let Some((_, window, _)) = self.context_windows.get(tier)
+            && window.swap(tokens, Ordering::Relaxed) != tokens
+        {
+            tracing::info!(
+                tier,
+                tokens,
+                "learned the tier's context window from its refusal"
+            );
+        }
+    }
+
+    /// The server lists `model` with a window of `tokens` (vLLM's `max_model_len`): the window of
+    /// each tier on that model, unless the config says otherwise.
+    pub fn discovered_context_window(&self, model: &str, tokens: u32) {
+        for (tier, (tier_model, window, configured)) in &self.context_windows {
+            if tier_model == model
+                && !configured
+                && tokens > 0
+                && window.swap(tokens, Ordering::Relaxed) != tokens
+            {
+                tracing::info!(tier = %tier, tokens, "discovered the tier's context window");
+            }
         }
     }
 
@@ -222,8 +273,6 @@ pub struct Health {
     providers: HashMap<String, Arc<ProviderHealth>>,
     /// Per tier: until when (milliseconds after `epoch`) it is rate limited.
     rate_limited_until: HashMap<String, AtomicU64>,
-    /// Per tier: its context window in tokens as configured or learned, 0 while unknown.
-    context_limits: HashMap<String, AtomicU32>,
     epoch: Instant,
 }
 
@@ -236,22 +285,17 @@ impl Health {
             providers: config
                 .providers
                 .iter()
-                .map(|p| (p.name.clone(), Arc::new(ProviderHealth::new(p.clone()))))
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        Arc::new(ProviderHealth::new(p.clone(), &config.tiers)),
+                    )
+                })
                 .collect(),
             rate_limited_until: config
                 .tiers
                 .iter()
                 .map(|tier| (tier.name.clone(), AtomicU64::new(0)))
-                .collect(),
-            context_limits: config
-                .tiers
-                .iter()
-                .map(|tier| {
-                    (
-                        tier.name.clone(),
-                        AtomicU32::new(tier.context_tokens.unwrap_or(0)),
-                    )
-                })
                 .collect(),
             epoch: Instant::now(),
         }
@@ -285,20 +329,16 @@ impl Health {
         }
     }
 
-    /// `tier`'s context window in tokens, if configured or learned.
+    /// `tier`'s context window in tokens, if configured, discovered or learned.
     pub fn context_limit(&self, tier: &Tier) -> Option<u32> {
-        let limit = self.context_limits.get(&tier.name)?.load(Ordering::Relaxed);
-        (limit > 0).then_some(limit)
+        self.of(&tier.provider).context_window(&tier.name)
     }
 
     /// `tier`'s server said its context window is `tokens`: later requests that cannot fit skip
     /// it without a call.
     pub fn learned_context_limit(&self, tier: &Tier, tokens: u32) {
-        if let Some(limit) = self.context_limits.get(&tier.name)
-            && limit.swap(tokens, Ordering::Relaxed) != tokens
-        {
-            tracing::info!(tier = %tier.name, tokens, "learned the tier's context window from its answer");
-        }
+        self.of(&tier.provider)
+            .learned_context_window(&tier.name, tokens);
     }
 
     pub fn of(&self, provider: &Provider) -> &Arc<ProviderHealth> {

@@ -87,6 +87,27 @@ async fn warm_up(upstreams: &Upstreams, warmups: &[Warmup]) -> Result<(), Upstre
     Ok(())
 }
 
+/// The context windows a model listing gives, as vLLM's `/v1/models` does (`max_model_len`).
+fn discover_windows(health: &ProviderHealth, listing: &[u8]) {
+    #[derive(serde::Deserialize)]
+    struct Listing {
+        data: Vec<Model>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Model {
+        id: String,
+        max_model_len: Option<u32>,
+    }
+    let Ok(listing) = serde_json::from_slice::<Listing>(listing) else {
+        return;
+    };
+    for model in listing.data {
+        if let Some(tokens) = model.max_model_len {
+            health.discovered_context_window(&model.id, tokens);
+        }
+    }
+}
+
 async fn probe_loop(
     health: Arc<ProviderHealth>,
     upstreams: Arc<Upstreams>,
@@ -98,7 +119,8 @@ async fn probe_loop(
     loop {
         ticker.tick().await;
         match upstreams.probe(&health.provider, &policy).await {
-            Ok(()) => {
+            Ok(listing) => {
+                discover_windows(&health, &listing);
                 let first = !health.seen_up.load(Ordering::Acquire);
                 let recovering = health.state() != BreakerState::Closed;
                 if (first || recovering) && !health.breaker.probe_may_close() {

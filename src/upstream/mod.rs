@@ -144,12 +144,13 @@ impl Upstreams {
 
     /// The health probe: does the provider answer, with its key accepted? A 5xx, 429, 401, 403,
     /// 404 or redirect is down (a server without `/models` wants `health.path` set); any other
-    /// answer is up.
+    /// answer is up, and its body (up to 1 MiB, read within the probe's timeout; empty if it is
+    /// not read in time) is returned for what it says of the models.
     pub async fn probe(
         &self,
         provider: &Provider,
         policy: &ProbePolicy,
-    ) -> Result<(), UpstreamError> {
+    ) -> Result<Bytes, UpstreamError> {
         let request = self.client(provider).get(policy.url.clone());
         let response = match tokio::time::timeout(policy.timeout, request.send()).await {
             Ok(Ok(response)) => response,
@@ -165,7 +166,11 @@ impl Upstreams {
         if error::provider_fault(status) {
             return Err(UpstreamError::status(status, Bytes::new(), None));
         }
-        Ok(())
+        let read = read_capped(response, PROBE_BODY_BYTES);
+        Ok(match tokio::time::timeout(policy.timeout, read).await {
+            Ok(Ok(body)) => body,
+            _ => Bytes::new(),
+        })
     }
 
     /// `GET {base_url}/models`: whether the provider answers, and the model ids it serves.
@@ -262,6 +267,9 @@ async fn read_capped(response: reqwest::Response, limit: usize) -> Result<Bytes,
         },
     }
 }
+
+/// The most of a probe's answer that is read: a model list, not an answer.
+const PROBE_BODY_BYTES: usize = 1 << 20;
 
 /// The longest `Retry-After` tierwise believes; an upstream asking for more is told no sooner
 /// than this, and a breaker's cool-down caps what it waits anyway.

@@ -1202,3 +1202,36 @@ async fn requests_needing_what_a_tier_lacks_skip_it_without_a_call() {
         0
     );
 }
+
+/// vLLM lists each model's `max_model_len` at `/v1/models`, which the probe reads: a request that
+/// cannot fit the discovered window skips the tier without a call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiers_window_is_discovered_from_vllms_model_listing() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    local.update(|b| {
+        b.models = vec!["mistral-7b".into()];
+        b.max_model_len = Some(2000);
+    });
+    let gw = TestGateway::start(&config(&local.base_url(), &api.base_url(), true, |_| {})).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    // Two probes: the first one's listing has been read.
+    while local.listings().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no probe arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let long = Answer::of(gw.post("/v1/chat/completions", &long_chat(4000)).await).await;
+    assert_eq!(
+        long.header("x-tierwise-tier"),
+        Some("api_fast"),
+        "{}",
+        long.text
+    );
+    assert_eq!(
+        long.header("x-tierwise-fallback"),
+        Some("local:context_too_long")
+    );
+    assert_eq!(local.request_count(), 0);
+    let short = Answer::of(gw.post("/v1/chat/completions", &long_chat(50)).await).await;
+    assert_eq!(short.header("x-tierwise-tier"), Some("local"));
+}

@@ -93,6 +93,8 @@ pub struct Behavior {
     /// Accuracy by prompt: a request whose system message contains one of these texts is
     /// classified with its accuracy instead of `label_accuracy`.
     pub prompt_accuracy: Vec<(String, f64)>,
+    /// Listed with each model by `/v1/models`, as vLLM does.
+    pub max_model_len: Option<u32>,
 }
 
 impl Default for Behavior {
@@ -109,6 +111,7 @@ impl Default for Behavior {
             fault_model: None,
             label_accuracy: None,
             prompt_accuracy: Vec::new(),
+            max_model_len: None,
         }
     }
 }
@@ -714,7 +717,13 @@ async fn models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
     let data: Vec<Value> = behavior
         .models
         .iter()
-        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "fake"}))
+        .map(|id| {
+            let mut model = json!({"id": id, "object": "model", "created": 0, "owned_by": "fake"});
+            if let Some(tokens) = behavior.max_model_len {
+                model["max_model_len"] = tokens.into();
+            }
+            model
+        })
         .collect();
     Json(json!({"object": "list", "data": data})).into_response()
 }
