@@ -18,6 +18,6 @@ pub use price::{Picodollars, Priced, Pricing};
 pub use row::{AttemptRow, RequestRow};
 pub use spool::{LedgerHealth, ReplayError, Spool};
 pub use store::{LedgerError, Store};
-pub use summary::{LocalTokens, RouteSums, Summary};
+pub use summary::{LocalTokens, Moved, RouteSums, Summary};
 pub use tokens::{Answer, Tokens, Uncounted};
 pub use writer::{LedgerWriter, Refused};

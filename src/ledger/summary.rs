@@ -55,6 +55,17 @@ pub struct LocalTokens {
 pub struct Summary {
     pub routes: Vec<RouteSums>,
     pub local_tokens: Vec<LocalTokens>,
+    /// Requests moved off their first tier, by route and by why (`context_too_long`, `http_503` …).
+    pub moved: Vec<Moved>,
+}
+
+/// Requests of a route whose first tier did not answer them, for one reason, and what they cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Moved {
+    pub route: Option<String>,
+    pub reason: String,
+    pub calls: u64,
+    pub cost: Picodollars,
 }
 
 impl Store {
@@ -116,7 +127,29 @@ impl Store {
                 .into_iter()
                 .collect();
         }
+        let sql = moved_sql(route.is_some());
+        let mut query = sqlx::query(&sql).bind(from_ms).bind(to_ms);
+        if let Some(route) = route {
+            query = query.bind(route.to_string());
+        }
+        let moved = query
+            .fetch_all(self.reads())
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(Moved {
+                    route: row.try_get("route")?,
+                    reason: row.try_get("outcome")?,
+                    calls: row.try_get::<i64, _>("calls")?.max(0) as u64,
+                    cost: Picodollars::saturating(
+                        i128::from(row.try_get::<i64, _>("cost_hi")?) * SPLIT as i128
+                            + i128::from(row.try_get::<i64, _>("cost_lo")?),
+                    ),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
         Ok(Summary {
+            moved,
             routes: routes.into_values().collect(),
             local_tokens: local_tokens
                 .into_iter()
@@ -223,6 +256,21 @@ fn latency_bucket() -> String {
     }
     bucket.push_str(" ELSE latency_us END");
     bucket
+}
+
+/// The first attempts that failed (attempt rows exist only for requests not answered at their
+/// first try), grouped by route and reason, with what those requests cost in the end.
+fn moved_sql(one_route: bool) -> String {
+    format!(
+        "SELECT r.route AS route, a.outcome AS outcome, COUNT(*) AS calls, \
+         {cost_hi} AS cost_hi, {cost_lo} AS cost_lo \
+         FROM attempts a JOIN requests r ON r.id = a.request_id \
+         WHERE a.seq = 0 AND a.outcome <> 'ok' AND r.ts_ms >= $1 AND r.ts_ms < $2{route} \
+         GROUP BY r.route, a.outcome ORDER BY r.route, calls DESC",
+        cost_hi = sum(&format!("r.cost_pusd / {SPLIT}")),
+        cost_lo = sum(&format!("r.cost_pusd % {SPLIT}")),
+        route = if one_route { " AND r.route = $3" } else { "" },
+    )
 }
 
 fn summary_sql(one_route: bool) -> String {

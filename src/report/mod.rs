@@ -62,10 +62,24 @@ pub struct RouteReport {
     pub baseline_usd: String,
     pub monthly_cost_usd: f64,
     pub monthly_baseline_usd: f64,
+    /// Requests the route's first tier did not answer, by why, with what they cost in the end:
+    /// "4% of summaries went to the API because they were too long, $12 a month".
+    pub moved_off_first_tier: Vec<MovedOff>,
     #[serde(skip)]
     api_cost: Picodollars,
     #[serde(skip)]
     baseline: Picodollars,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MovedOff {
+    pub reason: String,
+    pub calls: u64,
+    /// Their share of the route's calls.
+    pub share: f64,
+    /// What they cost in the window, exact, and over a month.
+    pub cost_usd: String,
+    pub monthly_cost_usd: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -182,12 +196,25 @@ impl Report {
             .iter()
             .map(|sums| {
                 let route = route_name(&sums.route);
-                route_report(
+                let mut report = route_report(
                     route,
                     sums,
                     Picodollars::saturating(fixed_share.get(route).copied().unwrap_or(0)),
                     window,
-                )
+                );
+                report.moved_off_first_tier = summary
+                    .moved
+                    .iter()
+                    .filter(|moved| moved.route == sums.route)
+                    .map(|moved| MovedOff {
+                        reason: moved.reason.clone(),
+                        calls: moved.calls,
+                        share: moved.calls as f64 / sums.calls.max(1) as f64,
+                        cost_usd: moved.cost.to_string(),
+                        monthly_cost_usd: window.monthly(moved.cost),
+                    })
+                    .collect();
+                report
             })
             .collect();
         routes.sort_by(|a, b| a.route.cmp(&b.route));
@@ -314,6 +341,19 @@ impl Report {
                 usd(r.monthly_baseline_usd),
             );
         }
+        for r in &self.routes {
+            for moved in &r.moved_off_first_tier {
+                let _ = writeln!(
+                    out,
+                    "  {}: {} calls ({:.1}%) moved off the first tier for {}, {}/mo",
+                    r.route,
+                    moved.calls,
+                    moved.share * 100.0,
+                    moved.reason,
+                    usd(moved.monthly_cost_usd)
+                );
+            }
+        }
         let t = &self.totals;
         let line = |out: &mut String, label: &str, amount: f64, note: &str| {
             let _ = writeln!(out, "{label:<34} {:>12}/mo{note}", usd(amount));
@@ -385,6 +425,7 @@ fn route_report(route: &str, sums: &RouteSums, fixed: Picodollars, window: Windo
             sums.cost.0 as i128 + fixed.0 as i128,
         )),
         monthly_baseline_usd: window.monthly(sums.baseline),
+        moved_off_first_tier: Vec::new(),
         api_cost: sums.cost,
         baseline: sums.baseline,
     }

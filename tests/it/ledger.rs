@@ -376,6 +376,19 @@ async fn report_totals(backend: Backend) {
     // API: 2 × $0.000435; baseline: 8 × $0.00725 (gpt-4o for the same tokens).
     assert_eq!(route.api_cost_usd, "0.00087");
     assert_eq!(route.baseline_usd, "0.058");
+    // Why requests left the first tier, and what they cost: the two local 503s, paid on the API.
+    let moved = &route.moved_off_first_tier;
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(
+        (
+            moved[0].reason.as_str(),
+            moved[0].calls,
+            moved[0].cost_usd.as_str()
+        ),
+        ("http_503", 2, "0.00087")
+    );
+    assert_eq!(moved[0].share, 0.25);
+    assert_eq!(failed.moved_off_first_tier[0].reason, "http_503");
     // The $90/month server over the window, all of it carried by the only route that used it.
     let fixed = &report.fixed[0];
     let expected_fixed = 90_000_000_000_000i128
