@@ -324,6 +324,31 @@ async fn check(config: Config, offline: bool) -> anyhow::Result<ExitCode> {
     {
         println!("warning: {warning}");
     }
+    for tier in &config.tiers {
+        let lacks: Vec<&str> = [
+            (tier.abilities.tools, "tools"),
+            (tier.abilities.json_schema, "json_schema"),
+            (tier.abilities.vision, "vision"),
+        ]
+        .iter()
+        .filter(|(has, _)| !has)
+        .map(|(_, name)| *name)
+        .collect();
+        if tier.context_tokens.is_some() || !lacks.is_empty() {
+            println!(
+                "tier {}: {}{}",
+                tier.name,
+                tier.context_tokens.map_or(String::new(), |tokens| format!(
+                    "context window {tokens} tokens; "
+                )),
+                if lacks.is_empty() {
+                    "tools, json_schema and vision".to_string()
+                } else {
+                    format!("without {}", lacks.join(", "))
+                }
+            );
+        }
+    }
     if offline {
         return Ok(ExitCode::SUCCESS);
     }
@@ -353,11 +378,21 @@ async fn check(config: Config, offline: bool) -> anyhow::Result<ExitCode> {
                     .iter()
                     .filter(|t| t.provider.name == provider.name)
                 {
-                    if !models.contains(&tier.model) {
-                        println!(
+                    match models.iter().find(|m| m.id == tier.model) {
+                        None => println!(
                             "  warning: tier {} asks for model {:?}, which {} does not list",
                             tier.name, tier.model, provider.name
-                        );
+                        ),
+                        Some(listed) => {
+                            if let (None, Some(tokens)) =
+                                (tier.context_tokens, listed.max_model_len)
+                            {
+                                println!(
+                                    "  tier {}: context window {tokens} tokens, as the server lists it",
+                                    tier.name
+                                );
+                            }
+                        }
                     }
                 }
             }

@@ -13,7 +13,7 @@ use tokio::time::MissedTickBehavior;
 use super::{BreakerState, Health, ProviderHealth};
 use crate::config::{Config, ProbePolicy, TaskKind, Tier};
 use crate::openai::Endpoint;
-use crate::upstream::{UpstreamError, Upstreams};
+use crate::upstream::{ListedModel, UpstreamError, Upstreams};
 
 /// One warm-up call: the smallest request the tier's model answers.
 struct Warmup {
@@ -89,19 +89,10 @@ async fn warm_up(upstreams: &Upstreams, warmups: &[Warmup]) -> Result<(), Upstre
 
 /// The context windows a model listing gives, as vLLM's `/v1/models` does (`max_model_len`).
 fn discover_windows(health: &ProviderHealth, listing: &[u8]) {
-    #[derive(serde::Deserialize)]
-    struct Listing {
-        data: Vec<Model>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Model {
-        id: String,
-        max_model_len: Option<u32>,
-    }
-    let Ok(listing) = serde_json::from_slice::<Listing>(listing) else {
+    let Ok(models) = ListedModel::parse(listing) else {
         return;
     };
-    for model in listing.data {
+    for model in models {
         if let Some(tokens) = model.max_model_len {
             health.discovered_context_window(&model.id, tokens);
         }

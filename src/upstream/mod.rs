@@ -173,16 +173,11 @@ impl Upstreams {
         })
     }
 
-    /// `GET {base_url}/models`: whether the provider answers, and the model ids it serves.
-    pub async fn list_models(&self, provider: &Provider) -> Result<Vec<String>, UpstreamError> {
-        #[derive(Deserialize)]
-        struct ModelList {
-            data: Vec<ModelEntry>,
-        }
-        #[derive(Deserialize)]
-        struct ModelEntry {
-            id: String,
-        }
+    /// `GET {base_url}/models`: whether the provider answers, and the models it serves.
+    pub async fn list_models(
+        &self,
+        provider: &Provider,
+    ) -> Result<Vec<ListedModel>, UpstreamError> {
         let request = self.client(provider).get(
             provider
                 .base_url
@@ -208,9 +203,8 @@ impl Upstreams {
         if !status.is_success() {
             return Err(UpstreamError::status(status, body, None));
         }
-        let list: ModelList = serde_json::from_slice(&body)
-            .map_err(|err| UpstreamError::malformed(format!("/models answer: {err}")))?;
-        Ok(list.data.into_iter().map(|entry| entry.id).collect())
+        ListedModel::parse(&body)
+            .map_err(|err| UpstreamError::malformed(format!("/models answer: {err}")))
     }
 }
 
@@ -265,6 +259,24 @@ async fn read_capped(response: reqwest::Response, limit: usize) -> Result<Bytes,
                 err.to_string(),
             )),
         },
+    }
+}
+
+/// A model as `/v1/models` lists it, with the context window vLLM gives (`max_model_len`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ListedModel {
+    pub id: String,
+    #[serde(default)]
+    pub max_model_len: Option<u32>,
+}
+
+impl ListedModel {
+    pub fn parse(body: &[u8]) -> Result<Vec<ListedModel>, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Listing {
+            data: Vec<ListedModel>,
+        }
+        Ok(serde_json::from_slice::<Listing>(body)?.data)
     }
 }
 

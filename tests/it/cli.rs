@@ -128,7 +128,10 @@ fn check_reports_every_mistake_with_its_line_and_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_probes_each_provider() {
     let up = FakeUpstream::start().await;
-    up.update(|b| b.models = vec!["served-model".into()]);
+    up.update(|b| {
+        b.models = vec!["served-model".into()];
+        b.max_model_len = Some(8192);
+    });
     let down = tierwise_fake::unused_addr().await;
     let mut file = ConfigFile::default();
     let mut provider = RawProvider::new(up.base_url());
@@ -140,7 +143,9 @@ async fn check_probes_each_provider() {
         .insert(text("a"), RawTier::new("up", "served-model"));
     file.tiers
         .insert(text("b"), RawTier::new("up", "other-model"));
-    file.tiers.insert(text("c"), RawTier::new("down", "m"));
+    let mut c = RawTier::new("down", "m");
+    c.vision = Some(false);
+    file.tiers.insert(text("c"), c);
     let (dir, path) = write_config("probe", &TestConfig(file).toml());
     let out = tokio::task::spawn_blocking(move || {
         tierwise()
@@ -155,6 +160,12 @@ async fn check_probes_each_provider() {
     assert!(
         !out.status.success(),
         "an unreachable provider must fail the check"
+    );
+    // What each tier can take: as configured, and as the server lists it.
+    assert!(stdout.contains("tier c: without vision"), "{stdout}");
+    assert!(
+        stdout.contains("tier a: context window 8192 tokens, as the server lists it"),
+        "{stdout}"
     );
     assert!(
         stdout.contains("provider up") && stdout.contains("ok, serves 1 models"),
