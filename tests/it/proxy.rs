@@ -583,7 +583,9 @@ async fn a_body_over_max_body_bytes_is_413() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_client_error_comes_back_as_it_came_without_fallback() {
     let (local, api, gw) = setup().await;
-    let body = r#"{"error":{"message":"This model's maximum context length is 8192 tokens","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
+    // (A 400 that says the request is too long for the model is the exception: see
+    // fallback::a_request_too_long_for_a_tier_moves_on_and_is_a_400_when_none_fits.)
+    let body = r#"{"error":{"message":"Invalid value for 'temperature': must be between 0 and 2","type":"invalid_request_error","param":"temperature","code":"invalid_value"}}"#;
     local.set_fault(Fault::Status {
         status: 400,
         body: Some(body.into()),
