@@ -601,10 +601,6 @@ async fn ledger_sql(ledger_url: &str, sql: &str) {
     conn.close().await.ok();
 }
 
-async fn ledger_ready(gw: &TestGateway) -> serde_json::Value {
-    Answer::of(gw.get("/readyz").await).await.body["ledger"].clone()
-}
-
 /// Asks `n` one-word questions, each bounded by a deadline: a request that waits on the ledger
 /// fails the test instead of hanging it.
 async fn ask_quickly(gw: &TestGateway, n: usize) -> Vec<String> {
@@ -628,7 +624,7 @@ async fn a_database_outage_never_holds_a_request_and_loses_nothing() {
     ledger_table(&gw.ledger_url, true).await;
     let ids = ask_quickly(&gw, 30).await;
 
-    let ledger = ledger_ready(&gw).await;
+    let ledger = gw.ledger().await;
     assert_eq!(ledger["status"], "degraded", "{ledger}");
     assert!(ledger["spooled_records"].as_u64().unwrap() > 0, "{ledger}");
     let metrics = gw
@@ -643,14 +639,7 @@ async fn a_database_outage_never_holds_a_request_and_loses_nothing() {
     for id in &ids {
         stored(&store, id).await;
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while ledger_ready(&gw).await["status"] != "ok" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the ledger never recovered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.wait_for_ledger("ok", Duration::from_secs(10)).await;
     let rows = store.requests(0, i64::MAX, None).await.unwrap();
     assert_eq!(rows.len(), 30, "each record exactly once");
 }
@@ -684,7 +673,7 @@ async fn a_row_the_database_refuses_is_set_aside_and_never_blocks_the_rows_behin
     gw.wait_for_metrics(|text| text.contains("tierwise_ledger_records_refused_total 1"))
         .await;
     assert!(store.request(&id(&refused)).await.unwrap().is_none());
-    let ledger = ledger_ready(&gw).await;
+    let ledger = gw.ledger().await;
     assert_eq!(ledger["status"], "ok", "{ledger}");
     assert_eq!(ledger["refused_records"], 1, "{ledger}");
     let mut set_aside = config.config().ledger.spool.into_os_string();
@@ -726,7 +715,7 @@ async fn a_full_spool_drops_and_counts_records_and_never_holds_a_request() {
     ask_quickly(&gw, 5).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let ledger = ledger_ready(&gw).await;
+        let ledger = gw.ledger().await;
         if ledger["dropped_records"].as_u64().unwrap() == 5 {
             assert_eq!(ledger["spooled_records"], 0, "{ledger}");
             break;

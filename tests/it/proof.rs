@@ -557,28 +557,13 @@ async fn a_postgres_outage_under_load_is_served_throughout_and_loses_nothing() {
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     line.cut();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let ready = Answer::of(gw.get("/readyz").await).await;
-        if ready.body["ledger"]["status"] == "degraded" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{}", ready.text);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.wait_for_ledger("degraded", Duration::from_secs(10))
+        .await;
     let down = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
     line.restore();
     let restored = std::time::Instant::now();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let ready = Answer::of(gw.get("/readyz").await).await;
-        if ready.body["ledger"]["status"] == "ok" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{}", ready.text);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.wait_for_ledger("ok", Duration::from_secs(15)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.send(true).unwrap();
     let mut answered = Vec::new();

@@ -305,6 +305,27 @@ impl TestGateway {
         }
     }
 
+    /// The ledger's part of `/readyz`.
+    pub async fn ledger(&self) -> Value {
+        Answer::of(self.get("/readyz").await).await.body["ledger"].clone()
+    }
+
+    /// Waits until `/readyz` shows the ledger in `status` (`ok`, `degraded`), at most `within`.
+    pub async fn wait_for_ledger(&self, status: &str, within: Duration) {
+        let until = Instant::now() + within;
+        loop {
+            let ledger = self.ledger().await;
+            if ledger["status"] == status {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "the ledger did not become {status} within {within:?}: {ledger}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// A chat completion for `model` with a one-word prompt, read whole.
     pub async fn ask(&self, model: &str) -> Answer {
         Answer::of(self.post("/v1/chat/completions", &chat(model, "x")).await).await
