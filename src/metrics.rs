@@ -1,6 +1,6 @@
 //! Every Prometheus series tierwise exports, recorded here and nowhere else: finished requests
 //! (counted per batch of outcomes, off the request path), the ledger's health, and the providers'
-//! breaker states. `/metrics` renders the process-wide recorder installed by [`handle`].
+//! breaker states, and the quality checks (shadow calls, agreement, alerts). `/metrics` renders the process-wide recorder installed by [`handle`].
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::health::{BreakerState, ProviderStatus};
-use crate::ledger::RequestRow;
+use crate::ledger::{Picodollars, Purpose, RequestRow};
 
 const UPKEEP: Duration = Duration::from_secs(5);
 
@@ -54,6 +54,10 @@ pub fn requests_finished(batch: &[&RequestRow]) {
     let mut durations: HashMap<&str, Vec<f64>> = HashMap::new();
     let mut contracts: HashMap<(&str, &str, &str), u64> = HashMap::new();
     for row in batch {
+        // Shadow and eval calls are counted by the quality series, not as client requests.
+        if row.purpose != Purpose::Product {
+            continue;
+        }
         let route = row.route.as_deref().unwrap_or("-");
         let tier = row.tier.as_deref().unwrap_or("-");
         *requests.entry((route, tier, row.status)).or_default() += 1;
@@ -137,4 +141,52 @@ pub fn breaker_states(statuses: &[ProviderStatus]) {
         metrics::gauge!("tierwise_provider_breaker_open", "provider" => status.name.clone())
             .set(open);
     }
+}
+
+/// A sample the shadow check did not take: `queue_full`, `busy` (the route's shadow calls are all
+/// in flight), `over_budget`, `provider_unavailable`.
+pub fn shadow_skipped(route: &str, reason: &'static str) {
+    metrics::counter!("tierwise_shadow_skipped_total", "route" => route.to_string(), "reason" => reason)
+        .increment(1);
+}
+
+/// One shadow check done: `scored`, `unscorable` (the reference gave nothing to compare against)
+/// or `failed` (a call failed); and what its calls cost.
+pub fn shadow_checked(route: &str, outcome: &'static str, cost: Picodollars) {
+    metrics::counter!("tierwise_shadow_checks_total", "route" => route.to_string(), "outcome" => outcome)
+        .increment(1);
+    metrics::counter!("tierwise_shadow_cost_picodollars_total", "route" => route.to_string())
+        .increment(cost.0.max(0) as u64);
+}
+
+/// A route's monitor as it stands: agreement with its 95% interval `(low, high)` over `samples`,
+/// and whether it is alerting and its candidate demoted.
+pub struct QualityState<'a> {
+    pub route: &'a str,
+    pub model: &'a str,
+    pub agreement: f64,
+    pub interval: (f64, f64),
+    pub samples: u64,
+    pub alerting: bool,
+    pub demoted: bool,
+}
+
+pub fn quality(state: &QualityState<'_>) {
+    let labels = [
+        ("route", state.route.to_string()),
+        ("model", state.model.to_string()),
+    ];
+    let flag = |on: bool| if on { 1.0 } else { 0.0 };
+    metrics::gauge!("tierwise_quality_agreement", &labels).set(state.agreement);
+    metrics::gauge!("tierwise_quality_agreement_low", &labels).set(state.interval.0);
+    metrics::gauge!("tierwise_quality_agreement_high", &labels).set(state.interval.1);
+    metrics::gauge!("tierwise_quality_samples", &labels).set(state.samples as f64);
+    metrics::gauge!("tierwise_quality_alert", &labels).set(flag(state.alerting));
+    metrics::gauge!("tierwise_quality_demoted", &labels).set(flag(state.demoted));
+}
+
+/// An alert episode began.
+pub fn quality_alert_fired(route: &str, model: &str) {
+    metrics::counter!("tierwise_quality_alerts_total", "route" => route.to_string(), "model" => model.to_string())
+        .increment(1);
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use super::{AllOpen, QualityBar, TaskKind};
+use super::{AllOpen, OnDrift, OnProof, QualityBar, ScorerKind, TaskKind};
 
 pub type Text = Spanned<String>;
 
@@ -38,6 +38,8 @@ pub struct ConfigFile {
     pub routes: BTreeMap<Text, RawRoute>,
     #[serde(default)]
     pub prices: BTreeMap<Text, RawPrice>,
+    #[serde(default)]
+    pub alerts: RawAlerts,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -211,6 +213,45 @@ pub struct RawShadow {
     pub sample_rate: Spanned<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_agreement: Option<Spanned<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scorer: Option<ScorerKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Spanned<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daily_budget_usd: Option<Spanned<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<Spanned<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_samples: Option<Spanned<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_drift: Option<OnDrift>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_proof: Option<OnProof>,
+}
+
+impl RawShadow {
+    pub fn new(reference: impl Into<String>, sample_rate: f64) -> RawShadow {
+        RawShadow {
+            reference: text(reference),
+            sample_rate: spanned(sample_rate),
+            min_agreement: None,
+            scorer: None,
+            concurrency: None,
+            daily_budget_usd: None,
+            window: None,
+            min_samples: None,
+            on_drift: None,
+            on_proof: None,
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    /// Where a quality alert is POSTed as JSON, once per episode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<Text>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

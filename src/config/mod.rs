@@ -20,9 +20,20 @@ use std::sync::Arc;
 pub use error::{ConfigError, ConfigIssue};
 pub use price::Price;
 pub use provider::{BreakerPolicy, ProbePolicy, Provider, Timeouts};
-pub use route::{AllOpen, ChainTier, Profile, QualityBar, Route, Shadow, TaskKind, with_labels};
+pub use route::{
+    AllOpen, ChainTier, OnDrift, OnProof, Profile, QualityBar, Route, ScorerKind, Shadow, TaskKind,
+    with_labels,
+};
 pub use server::{AdminAccess, LedgerConfig, RequestLog, ServerConfig};
 pub use tier::{Abilities, Tier};
+
+/// Where quality alerts go besides the log and the metrics.
+#[derive(Debug, Default)]
+pub struct Alerts {
+    /// POSTed once per alert episode. It may hold a secret (a chat webhook's token is in its path),
+    /// so it is never logged.
+    pub webhook: Option<reqwest::Url>,
+}
 
 /// The commented starter configuration that `tierwise init` writes; the same file is shipped as
 /// `examples/tierwise.toml`, so the example and the command can never drift apart.
@@ -39,6 +50,7 @@ pub struct Config {
     pub tiers: Vec<Arc<Tier>>,
     pub routes: Vec<Arc<Route>>,
     pub prices: BTreeMap<String, Price>,
+    pub alerts: Alerts,
     /// Things that are allowed but probably not meant (no client auth, an empty upstream key);
     /// logged at start-up and printed by `tierwise check`.
     pub warnings: Vec<String>,

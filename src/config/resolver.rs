@@ -42,6 +42,7 @@ impl<'a> Resolver<'a> {
         let tiers = self.tiers(&file.tiers, &providers);
         let routes = self.routes(&file, &tiers);
         let prices = self.prices(&file.prices);
+        let alerts = self.alerts(&file.alerts);
         if self.issues.is_empty() {
             Ok(Config {
                 server,
@@ -50,12 +51,32 @@ impl<'a> Resolver<'a> {
                 tiers: tiers.into_values().collect(),
                 routes,
                 prices,
+                alerts,
                 warnings: self.warnings,
             })
         } else {
             self.issues.sort_by_key(|issue| issue.line);
             Err(self.issues)
         }
+    }
+
+    fn alerts(&mut self, raw: &super::file::RawAlerts) -> super::Alerts {
+        let webhook = raw.webhook.as_ref().and_then(|url| {
+            let value = self.string(url, "alerts.webhook")?;
+            match reqwest::Url::parse(&value) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => Some(parsed),
+                // The value may carry a token: the message names the key, never the value.
+                _ => {
+                    self.issue_at(
+                        url.span().start,
+                        "alerts.webhook",
+                        "is not an http:// or https:// URL",
+                    );
+                    None
+                }
+            }
+        });
+        super::Alerts { webhook }
     }
 
     /// Whether every step so far was free of mistakes.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use super::file::{ConfigFile, RawRoute, Text};
+use super::file::{ConfigFile, RawRoute, RawShadow, Text};
 use super::resolver::Resolver;
 use super::tier::Tier;
 
@@ -60,15 +60,87 @@ pub enum AllOpen {
     FailFast,
 }
 
+/// A route's shadow check: a sampled share of the answers its primary (the candidate) gives are
+/// also asked of the reference tier, after the client has its answer, and the two scored.
 #[derive(Debug)]
 pub struct Shadow {
+    /// The route's primary tier, whose answers are checked.
+    pub candidate: Arc<Tier>,
     pub reference: Arc<Tier>,
     pub sample_rate: f64,
     pub min_agreement: f64,
+    pub scorer: ScorerKind,
+    /// Shadow calls of this route in flight at once; a sample that finds them all busy is skipped.
+    pub concurrency: u32,
+    /// What shadow calls may cost per UTC day; sampling stops once it is spent.
+    pub daily_budget_usd: f64,
+    /// The rolling window of scored samples the monitor judges, and how many it needs to judge.
+    pub window: u32,
+    pub min_samples: u32,
+    pub on_drift: OnDrift,
+    pub on_proof: OnProof,
 }
 
 impl Shadow {
     pub const DEFAULT_MIN_AGREEMENT: f64 = 0.9;
+    pub const DEFAULT_CONCURRENCY: u32 = 4;
+    pub const DEFAULT_DAILY_BUDGET_USD: f64 = 5.0;
+    pub const DEFAULT_WINDOW: u32 = 400;
+    pub const DEFAULT_MIN_SAMPLES: u32 = 50;
+}
+
+/// How answers are compared: one normalized label, JSON fields, free text, or tool calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScorerKind {
+    /// One normalized label, for classification and moderation.
+    Label,
+    /// Both answers parsed as JSON; the share of fields and nested values that match.
+    Json,
+    /// Free text: ROUGE-L between the answers, with token F1 beside it.
+    Text,
+    /// Tool calls compared by function name and parsed arguments.
+    ToolCalls,
+}
+
+impl ScorerKind {
+    /// The scorer a route of this kind gets unless it names another; `None` where answers are
+    /// vectors (embeddings), which agreement by text does not describe.
+    pub fn for_task(kind: TaskKind) -> Option<ScorerKind> {
+        match kind {
+            TaskKind::Classification | TaskKind::Moderation => Some(ScorerKind::Label),
+            TaskKind::Extraction => Some(ScorerKind::Json),
+            TaskKind::Summarization | TaskKind::Chat | TaskKind::Reasoning => {
+                Some(ScorerKind::Text)
+            }
+            TaskKind::Agentic => Some(ScorerKind::ToolCalls),
+            TaskKind::Embedding => None,
+        }
+    }
+}
+
+/// What a route does when its monitor says the candidate fell below the bar.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDrift {
+    /// Alert (log, metric, webhook) and keep serving from the candidate.
+    #[default]
+    Alert,
+    /// Alert, serve from the next tier, keep checking the candidate in reverse, and promote it
+    /// back once agreement is proven again.
+    Demote,
+}
+
+/// What a route does when its monitor proves the candidate at the bar.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnProof {
+    /// Only report it.
+    #[default]
+    Report,
+    /// The candidate starts demoted (the route serves from its next tier while the candidate is
+    /// checked in reverse) and is promoted once the lower bound of agreement clears the bar.
+    Promote,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,25 +202,10 @@ impl Resolver<'_> {
             .baseline
             .as_ref()
             .and_then(|baseline| self.lookup(tiers, baseline, &format!("{key}.baseline"), "tier"));
-        let shadow = raw.shadow.as_ref().and_then(|shadow| {
-            let reference = self.lookup(
-                tiers,
-                &shadow.reference,
-                &format!("{key}.shadow.reference"),
-                "tier",
-            );
-            let sample_rate =
-                self.fraction(&shadow.sample_rate, &format!("{key}.shadow.sample_rate"));
-            let min_agreement = match &shadow.min_agreement {
-                Some(value) => self.fraction(value, &format!("{key}.shadow.min_agreement")),
-                None => Some(Shadow::DEFAULT_MIN_AGREEMENT),
-            };
-            Some(Shadow {
-                reference: reference?,
-                sample_rate: sample_rate?,
-                min_agreement: min_agreement?,
-            })
-        });
+        let shadow = raw
+            .shadow
+            .as_ref()
+            .and_then(|shadow| self.shadow(shadow, raw, &key, tiers, &chain));
         let profile = Profile {
             quality: raw
                 .profile
@@ -173,6 +230,102 @@ impl Resolver<'_> {
             shadow,
             profile,
             when_all_open: raw.when_all_open.unwrap_or_default(),
+        })
+    }
+
+    fn shadow(
+        &mut self,
+        raw: &RawShadow,
+        route: &RawRoute,
+        key: &str,
+        tiers: &BTreeMap<String, Arc<Tier>>,
+        chain: &[ChainTier],
+    ) -> Option<Shadow> {
+        let key = format!("{key}.shadow");
+        let reference = self.lookup(tiers, &raw.reference, &format!("{key}.reference"), "tier");
+        let sample_rate = self.fraction(&raw.sample_rate, &format!("{key}.sample_rate"));
+        let min_agreement = match &raw.min_agreement {
+            Some(value) => self.fraction(value, &format!("{key}.min_agreement")),
+            None => Some(Shadow::DEFAULT_MIN_AGREEMENT),
+        };
+        let scorer = match raw.scorer {
+            Some(scorer) => Some(scorer),
+            None => {
+                let scorer = ScorerKind::for_task(*route.kind.get_ref());
+                if scorer.is_none() {
+                    self.issue_at(
+                        raw.reference.span().start,
+                        &key,
+                        "an embedding route's answers are vectors, which a shadow check cannot score; remove the shadow table",
+                    );
+                }
+                scorer
+            }
+        };
+        let count = |resolver: &mut Self, value: &Option<Spanned<u32>>, name: &str, default| {
+            value.as_ref().map_or(Some(default), |value| {
+                resolver.positive(value, &format!("{key}.{name}"), "must be at least 1")
+            })
+        };
+        let concurrency = count(
+            self,
+            &raw.concurrency,
+            "concurrency",
+            Shadow::DEFAULT_CONCURRENCY,
+        );
+        let window = count(self, &raw.window, "window", Shadow::DEFAULT_WINDOW);
+        let min_samples = count(
+            self,
+            &raw.min_samples,
+            "min_samples",
+            Shadow::DEFAULT_MIN_SAMPLES,
+        );
+        if let (Some(window), Some(min), Some(value)) = (window, min_samples, &raw.min_samples)
+            && min > window
+        {
+            self.issue_at(
+                value.span().start,
+                &format!("{key}.min_samples"),
+                &format!("is more than the window ({window}); the monitor could never judge"),
+            );
+        }
+        let daily_budget_usd = match &raw.daily_budget_usd {
+            Some(value) if !value.get_ref().is_finite() || *value.get_ref() < 0.0 => {
+                self.issue_at(
+                    value.span().start,
+                    &format!("{key}.daily_budget_usd"),
+                    "must be a number of dollars, 0 or more",
+                );
+                None
+            }
+            Some(value) => Some(*value.get_ref()),
+            None => Some(Shadow::DEFAULT_DAILY_BUDGET_USD),
+        };
+        let reference = reference?;
+        let candidate = chain.first()?.tier.clone();
+        if Arc::ptr_eq(&candidate, &reference) {
+            self.issue_at(
+                raw.reference.span().start,
+                &format!("{key}.reference"),
+                &format!(
+                    "{:?} is the route's primary tier; the reference must be another tier (usually the API the primary stands in for)",
+                    reference.name
+                ),
+            );
+            return None;
+        }
+        Some(Shadow {
+            candidate,
+            reference,
+            sample_rate: sample_rate?,
+            min_agreement: min_agreement?,
+            scorer: scorer?,
+            concurrency: concurrency?,
+            daily_budget_usd: daily_budget_usd?,
+            window: window?,
+            min_samples: min_samples?,
+            on_drift: raw.on_drift.unwrap_or_default(),
+            on_proof: raw.on_proof.unwrap_or_default(),
         })
     }
 

@@ -7,6 +7,7 @@
 //! finished requests to [`crate::outcome`]).
 
 pub mod price;
+pub mod quality;
 pub mod row;
 mod spool;
 pub mod store;
@@ -15,9 +16,9 @@ pub mod tokens;
 mod writer;
 
 pub use price::{Picodollars, Priced, Pricing};
-pub use row::{AttemptRow, RequestRow};
+pub use row::{AttemptRow, Purpose, RequestRow};
 pub use spool::{LedgerHealth, ReplayError, Spool};
 pub use store::{LedgerError, Store};
-pub use summary::{LocalTokens, Moved, RouteSums, Summary};
+pub use summary::{Checks, Contracts, LocalTokens, Moved, RouteSums, Summary};
 pub use tokens::{Answer, Tokens, Uncounted};
 pub use writer::{LedgerWriter, Refused};

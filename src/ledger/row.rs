@@ -109,6 +109,45 @@ ledger_row! {
         pub prompt: Option<String>,
         #[serde(skip)]
         pub answer: Option<String>,
+        /// Product traffic, or a call the gateway made to check quality.
+        #[serde(skip_serializing_if = "Purpose::is_product")]
+        pub purpose: Purpose,
+        /// A shadow call: the product request it checked.
+        #[serde(skip)]
+        pub sample_of: Option<String>,
+        /// A scored shadow check: the tier whose answer was judged.
+        #[serde(skip)]
+        pub candidate: Option<String>,
+        /// A scored shadow check: how far the candidate agreed with the reference, in parts per
+        /// million (exact in any database, and summed without rounding).
+        #[serde(skip)]
+        pub agreement_ppm: Option<i64>,
+    }
+}
+
+/// Why a call was made: for a client, or by the gateway to check a cheaper tier's quality.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    #[default]
+    Product,
+    /// A shadow check of live traffic.
+    Shadow,
+    /// A call of `tierwise eval`.
+    Eval,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Product => "product",
+            Purpose::Shadow => "shadow",
+            Purpose::Eval => "eval",
+        }
+    }
+
+    fn is_product(&self) -> bool {
+        *self == Purpose::Product
     }
 }
 
@@ -140,6 +179,10 @@ impl RequestRow {
             contract: None,
             prompt: None,
             answer: None,
+            purpose: Purpose::Product,
+            sample_of: None,
+            candidate: None,
+            agreement_ppm: None,
         }
     }
 }
@@ -305,6 +348,23 @@ impl Column for bool {
     }
     fn read(row: &AnyRow, name: &str) -> Result<Self, sqlx::Error> {
         Ok(row.try_get::<i32, _>(name)? != 0)
+    }
+}
+
+impl Column for Purpose {
+    json_column!(Purpose);
+    type Db<'a> = &'a str;
+    fn db(&self) -> &str {
+        self.as_str()
+    }
+    fn read(row: &AnyRow, name: &str) -> Result<Self, sqlx::Error> {
+        let text: String = row.try_get(name)?;
+        Purpose::deserialize(serde_json::Value::String(text.clone())).map_err(|_| {
+            sqlx::Error::ColumnDecode {
+                index: name.to_string(),
+                source: format!("unknown purpose {text:?}").into(),
+            }
+        })
     }
 }
 

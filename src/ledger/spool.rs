@@ -231,16 +231,59 @@ impl Spool {
     }
 }
 
+/// A request row as spooled by any version: one spooled before the quality columns were added
+/// (an upgrade with records still in the spool) gets the values their migration gives old rows.
+fn with_added_columns(row: &[Value]) -> Vec<Value> {
+    let added = [
+        Value::String("product".into()),
+        Value::Null,
+        Value::Null,
+        Value::Null,
+    ];
+    let mut row = row.to_vec();
+    let first_added = RequestRow::COLUMNS.len() - added.len();
+    if (first_added..RequestRow::COLUMNS.len()).contains(&row.len()) {
+        row.extend_from_slice(&added[row.len() - first_added..]);
+    }
+    row
+}
+
 fn parse(line: &str) -> Option<(Vec<RequestRow>, Vec<AttemptRow>)> {
     let batch: Value = serde_json::from_str(line).ok()?;
     let rows = |key: &str| -> Option<Vec<Value>> { batch.get(key)?.as_array().cloned() };
     let requests = rows("requests")?
         .iter()
-        .map(|row| RequestRow::from_json(row.as_array()?))
+        .map(|row| RequestRow::from_json(&with_added_columns(row.as_array()?)))
         .collect::<Option<Vec<_>>>()?;
     let attempts = rows("attempts")?
         .iter()
         .map(|row| AttemptRow::from_json(row.as_array()?))
         .collect::<Option<Vec<_>>>()?;
     Some((requests, attempts))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+    use crate::ledger::row::LedgerRow;
+
+    /// A spool left by a version before the quality columns replays after the upgrade, its rows
+    /// product traffic; a row with columns this version does not know is not guessed at.
+    #[test]
+    fn a_spool_written_before_the_quality_columns_replays() {
+        let row = RequestRow::new("r1".into(), 7, Cow::Borrowed("chat"));
+        let serde_json::Value::Array(mut values) = row.to_json() else {
+            panic!("a row is an array");
+        };
+        values.truncate(RequestRow::COLUMNS.len() - 4);
+        let old = serde_json::json!({ "requests": [values.clone()], "attempts": [] }).to_string();
+        let (requests, attempts) = parse(&old).expect("an old batch parses");
+        assert_eq!((requests, attempts.len()), (vec![row], 0));
+
+        values.truncate(RequestRow::COLUMNS.len() - 5);
+        let older = serde_json::json!({ "requests": [values], "attempts": [] }).to_string();
+        assert!(parse(&older).is_none());
+    }
 }

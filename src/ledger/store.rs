@@ -121,6 +121,10 @@ impl Store {
         &self.reads
     }
 
+    pub(super) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// Writes a batch in one transaction: every request and attempt, or none.
     pub async fn insert(
         &self,

@@ -57,6 +57,33 @@ pub struct Summary {
     pub local_tokens: Vec<LocalTokens>,
     /// Requests moved off their first tier, by route and by why (`context_too_long`, `http_503` …).
     pub moved: Vec<Moved>,
+    /// What checking quality cost and found, by route, purpose and candidate tier.
+    pub checks: Vec<Checks>,
+    /// How often each route's output contract rewrote or flagged an answer, by model.
+    pub contracts: Vec<Contracts>,
+}
+
+/// Calls the gateway made to check quality (shadow or eval) for one route and candidate tier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checks {
+    pub route: Option<String>,
+    pub purpose: String,
+    pub candidate: Option<String>,
+    pub calls: u64,
+    pub cost: Picodollars,
+    /// Samples scored, and the sum of their agreement in parts per million.
+    pub scored: u64,
+    pub agreement_ppm: i64,
+}
+
+/// Product answers of one route and model that went through its output contract.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contracts {
+    pub route: Option<String>,
+    pub model: Option<String>,
+    pub answers: u64,
+    pub normalized: u64,
+    pub violated: u64,
 }
 
 /// Requests of a route whose first tier did not answer them, for one reason, and what they cost.
@@ -127,13 +154,8 @@ impl Store {
                 .into_iter()
                 .collect();
         }
-        let sql = moved_sql(route.is_some());
-        let mut query = sqlx::query(&sql).bind(from_ms).bind(to_ms);
-        if let Some(route) = route {
-            query = query.bind(route.to_string());
-        }
-        let moved = query
-            .fetch_all(self.reads())
+        let moved = self
+            .window_query(&moved_sql(route.is_some()), from_ms, to_ms, route)
             .await?
             .iter()
             .map(|row| {
@@ -141,14 +163,43 @@ impl Store {
                     route: row.try_get("route")?,
                     reason: row.try_get("outcome")?,
                     calls: row.try_get::<i64, _>("calls")?.max(0) as u64,
-                    cost: Picodollars::saturating(
-                        i128::from(row.try_get::<i64, _>("cost_hi")?) * SPLIT as i128
-                            + i128::from(row.try_get::<i64, _>("cost_lo")?),
-                    ),
+                    cost: money(row, "cost")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        let checks = self
+            .window_query(&checks_sql(route.is_some()), from_ms, to_ms, route)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(Checks {
+                    route: row.try_get("route")?,
+                    purpose: row.try_get("purpose")?,
+                    candidate: row.try_get("candidate")?,
+                    calls: row.try_get::<i64, _>("calls")?.max(0) as u64,
+                    cost: money(row, "cost")?,
+                    scored: row.try_get::<i64, _>("scored")?.max(0) as u64,
+                    agreement_ppm: row.try_get("agreement_ppm")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        let contracts = self
+            .window_query(&contracts_sql(route.is_some()), from_ms, to_ms, route)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(Contracts {
+                    route: row.try_get("route")?,
+                    model: row.try_get("model")?,
+                    answers: row.try_get::<i64, _>("answers")?.max(0) as u64,
+                    normalized: row.try_get::<i64, _>("normalized")?.max(0) as u64,
+                    violated: row.try_get::<i64, _>("violated")?.max(0) as u64,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()?;
         Ok(Summary {
+            checks,
+            contracts,
             moved,
             routes: routes.into_values().collect(),
             local_tokens: local_tokens
@@ -161,6 +212,30 @@ impl Store {
                 .collect(),
         })
     }
+}
+
+impl Store {
+    /// Runs a statement over the window `$1 <= ts_ms < $2` (and route `$3`) on the read pool.
+    async fn window_query(
+        &self,
+        sql: &str,
+        from_ms: i64,
+        to_ms: i64,
+        route: Option<&str>,
+    ) -> Result<Vec<AnyRow>, LedgerError> {
+        let mut query = sqlx::query(sql).bind(from_ms).bind(to_ms);
+        if let Some(route) = route {
+            query = query.bind(route.to_string());
+        }
+        Ok(query.fetch_all(self.reads()).await?)
+    }
+}
+
+/// A money sum read back from its `{name}_hi` and `{name}_lo` halves.
+fn money(row: &AnyRow, name: &str) -> Result<Picodollars, sqlx::Error> {
+    let whole = i128::from(row.try_get::<i64, _>(format!("{name}_hi").as_str())?);
+    let rest = i128::from(row.try_get::<i64, _>(format!("{name}_lo").as_str())?);
+    Ok(Picodollars::saturating(whole * SPLIT as i128 + rest))
 }
 
 /// One group of the scan: requests of one route, provider, model, locality, answered or not, and
@@ -265,11 +340,39 @@ fn moved_sql(one_route: bool) -> String {
         "SELECT r.route AS route, a.outcome AS outcome, COUNT(*) AS calls, \
          {cost_hi} AS cost_hi, {cost_lo} AS cost_lo \
          FROM attempts a JOIN requests r ON r.id = a.request_id \
-         WHERE a.seq = 0 AND a.outcome <> 'ok' AND r.ts_ms >= $1 AND r.ts_ms < $2{route} \
+         WHERE a.seq = 0 AND a.outcome <> 'ok' AND r.purpose = 'product' AND r.ts_ms >= $1 AND r.ts_ms < $2{route} \
          GROUP BY r.route, a.outcome ORDER BY r.route, calls DESC",
         cost_hi = sum(&format!("r.cost_pusd / {SPLIT}")),
         cost_lo = sum(&format!("r.cost_pusd % {SPLIT}")),
         route = if one_route { " AND r.route = $3" } else { "" },
+    )
+}
+
+/// Calls made to check quality, by route, purpose and the candidate tier they judged.
+fn checks_sql(one_route: bool) -> String {
+    format!(
+        "SELECT route, purpose, candidate, COUNT(*) AS calls, {cost_hi} AS cost_hi, \
+         {cost_lo} AS cost_lo, {scored} AS scored, {agreement} AS agreement_ppm \
+         FROM requests WHERE purpose <> 'product' AND ts_ms >= $1 AND ts_ms < $2{route} \
+         GROUP BY route, purpose, candidate ORDER BY route, purpose, candidate",
+        cost_hi = sum(&format!("cost_pusd / {SPLIT}")),
+        cost_lo = sum(&format!("cost_pusd % {SPLIT}")),
+        scored = counted("agreement_ppm IS NOT NULL"),
+        agreement = sum("agreement_ppm"),
+        route = if one_route { " AND route = $3" } else { "" },
+    )
+}
+
+/// Product answers that went through an output contract, by route and model.
+fn contracts_sql(one_route: bool) -> String {
+    format!(
+        "SELECT route, model, COUNT(*) AS answers, {normalized} AS normalized, \
+         {violated} AS violated FROM requests \
+         WHERE purpose = 'product' AND contract IS NOT NULL AND ts_ms >= $1 AND ts_ms < $2{route} \
+         GROUP BY route, model ORDER BY route, model",
+        normalized = counted("contract = 'normalized'"),
+        violated = counted("contract = 'violated'"),
+        route = if one_route { " AND route = $3" } else { "" },
     )
 }
 
@@ -282,7 +385,8 @@ fn summary_sql(one_route: bool) -> String {
          {tokens_out} AS tokens_out, {cost_hi} AS cost_hi, {cost_lo} AS cost_lo, \
          {base_hi} AS baseline_hi, {base_lo} AS baseline_lo \
          FROM (SELECT route, provider, model, local, tier, fallback, status, tokens_estimated, \
-         tokens_in, tokens_out, cost_pusd, baseline_pusd, {bucket} AS bucket FROM requests WHERE ts_ms >= $1 AND ts_ms < $2{route}) AS window_rows \
+         tokens_in, tokens_out, cost_pusd, baseline_pusd, {bucket} AS bucket FROM requests \
+         WHERE purpose = 'product' AND ts_ms >= $1 AND ts_ms < $2{route}) AS window_rows \
          GROUP BY route, provider, model, local, bucket",
         answered = counted("tier IS NOT NULL"),
         fallbacks = counted("tier IS NOT NULL AND fallback IS NOT NULL"),

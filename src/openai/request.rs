@@ -166,16 +166,28 @@ impl<'a> RequestBody<'a> {
 
     /// The body to send to `step`'s tier: its model, and whatever the endpoint changes for it.
     pub fn for_tier(&self, step: &ChainTier) -> Vec<u8> {
+        self.body_for(step, &[])
+    }
+
+    /// The body for `step`'s tier asking for one whole answer, whether the client streamed or not:
+    /// what a shadow check sends.
+    pub fn for_tier_whole(&self, step: &ChainTier) -> Vec<u8> {
+        self.body_for(step, &["stream", "stream_options"])
+    }
+
+    fn body_for(&self, step: &ChainTier, without: &[&str]) -> Vec<u8> {
         let mut edits = Edits::default();
         edits.set("model", raw(&step.tier.model));
         (self.endpoint.spec().rewrite)(self, step, &mut edits);
 
         let mut out: Vec<(&str, &RawValue)> = Vec::with_capacity(self.fields.len() + edits.0.len());
         for (key, value) in &self.fields {
-            out.push((key, edits.get(key).unwrap_or(value)));
+            if !without.contains(&key.as_str()) {
+                out.push((key, edits.get(key).unwrap_or(value)));
+            }
         }
         for (key, value) in &edits.0 {
-            if !self.fields.contains_key(*key) {
+            if !self.fields.contains_key(*key) && !without.contains(key) {
                 out.push((key, value));
             }
         }

@@ -19,6 +19,7 @@ use crate::config::{Route, Tier};
 use crate::ledger::{Answer, AttemptRow, Priced, Pricing, RequestRow, Tokens, Uncounted};
 use crate::openai::{Endpoint, Usage};
 use crate::route::chain::{Attempt, ServedBy, Unserved};
+use crate::upstream::UpstreamErrorKind;
 
 pub use dispatch::Dispatcher;
 
@@ -64,6 +65,8 @@ pub struct Outcomes {
     sender: mpsc::Sender<Outcome>,
     pricing: Arc<Pricing>,
     store_content: bool,
+    /// Where requests chosen for a shadow check go once their client has its answer.
+    samples: Option<mpsc::Sender<Sample>>,
 }
 
 impl Outcomes {
@@ -72,6 +75,23 @@ impl Outcomes {
             sender,
             pricing,
             store_content,
+            samples: None,
+        }
+    }
+
+    /// Hands requests begun with `Start::sampled` to `samples` once they end answered.
+    pub fn with_samples(self, samples: mpsc::Sender<Sample>) -> Self {
+        Outcomes {
+            samples: Some(samples),
+            ..self
+        }
+    }
+
+    /// Queues an outcome that no client request produced (a shadow call); waits while the queue is
+    /// full, as a request would.
+    pub async fn record(&self, outcome: Outcome) {
+        if self.sender.send(outcome).await.is_err() {
+            tracing::error!("the ledger writer has stopped; a record was lost");
         }
     }
 
@@ -101,6 +121,30 @@ pub struct Start {
     /// The client's body: counted where the upstream reports no usage, stored with
     /// `ledger.store_content = true`.
     pub body: Bytes,
+    /// Chosen for the route's shadow check: if it ends answered, its answer is compared.
+    pub sampled: bool,
+}
+
+/// An answered request chosen for a shadow check: what the client asked and what it was told.
+#[derive(Debug)]
+pub struct Sample {
+    pub request_id: String,
+    pub route: Arc<Route>,
+    /// The client's body, as it came.
+    pub body: Bytes,
+    pub served_by: Arc<Tier>,
+    /// The route had demoted its primary when this request was served, so the primary was passed
+    /// over: the sample checks it in reverse, whatever the route's state when the check runs.
+    pub primary_demoted: bool,
+    pub answer: SampledAnswer,
+}
+
+#[derive(Debug)]
+pub enum SampledAnswer {
+    /// A whole chat completion, as the client received it.
+    Body(Bytes),
+    /// A stream's text, assembled.
+    Text(String),
 }
 
 /// How a request ended.
@@ -124,6 +168,8 @@ pub enum Ending<'a> {
         usage: Option<Usage>,
         /// The answer's text as relayed.
         text: String,
+        /// `text` holds all of it (not cut at `server.max_answer_bytes`).
+        text_whole: bool,
         ttfb_us: i64,
     },
 }
@@ -188,6 +234,7 @@ impl Exchange {
         request.latency_us = latency_us;
         request.client_key = start.client_key.clone();
         request.prompt = store_content.then(|| stored_text(&start.body));
+        let mut sample = None;
         let (attempts, to_count) = match ending {
             Ending::Unserved { status, failure } => {
                 request.status = status;
@@ -207,6 +254,7 @@ impl Exchange {
                 request.ttfb_us = Some(latency_us);
                 request.contract = contract.map(Cow::Borrowed);
                 request.answer = store_content.then(|| stored_text(answer));
+                sample = self.sample(by, || SampledAnswer::Body(Bytes::copy_from_slice(answer)));
                 (attempt_rows(&start.id, &by.attempts), None)
             }
             Ending::Streamed {
@@ -215,9 +263,13 @@ impl Exchange {
                 error_kind,
                 usage,
                 text,
+                text_whole,
                 ttfb_us,
             } => {
                 served(&mut request, by);
+                if status == 200 && error_kind.is_none() && text_whole {
+                    sample = self.sample(by, || SampledAnswer::Text(text.clone()));
+                }
                 request.status = status;
                 request.error_kind = error_kind;
                 request.ttfb_us = Some(ttfb_us);
@@ -252,27 +304,62 @@ impl Exchange {
                 attempts,
                 to_count,
             },
+            sample,
             outcomes: self.outcomes,
         }
+    }
+
+    /// The sample this request gives its route's shadow check, if it was chosen for one.
+    fn sample(&self, by: &ServedBy, answer: impl FnOnce() -> SampledAnswer) -> Option<Sample> {
+        let start = &self.start;
+        if !start.sampled || self.client_left {
+            return None;
+        }
+        Some(Sample {
+            request_id: start.id.clone(),
+            route: start.route.clone()?,
+            body: start.body.clone(),
+            served_by: by.tier.clone(),
+            primary_demoted: by.attempts.first().is_some_and(|attempt| {
+                attempt
+                    .error
+                    .as_ref()
+                    .is_some_and(|error| error.kind == UpstreamErrorKind::Demoted)
+            }),
+            answer: answer(),
+        })
     }
 }
 
 /// An outcome on its way out of the request path.
 pub struct Ended {
     pub outcome: Outcome,
+    sample: Option<Sample>,
     outcomes: Outcomes,
 }
 
 impl Ended {
     /// Queues the outcome; waits only while the queue is full (backpressure).
-    pub async fn deliver(self) {
+    pub async fn deliver(mut self) {
+        self.hand_over_sample();
         if self.outcomes.sender.send(self.outcome).await.is_err() {
             tracing::error!("the ledger writer has stopped; a request record was lost");
         }
     }
 
+    /// A shadow check never holds a request up: a sample that finds the queue full is skipped.
+    fn hand_over_sample(&mut self) {
+        let (Some(sample), Some(samples)) = (self.sample.take(), &self.outcomes.samples) else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(sample)) = samples.try_send(sample) {
+            crate::metrics::shadow_skipped(&sample.route.name, "queue_full");
+        }
+    }
+
     /// Queues the outcome from code that cannot wait (a stream dropped by its client).
-    pub fn deliver_detached(self) {
+    pub fn deliver_detached(mut self) {
+        self.hand_over_sample();
         let Err(mpsc::error::TrySendError::Full(outcome)) =
             self.outcomes.sender.try_send(self.outcome)
         else {
@@ -283,6 +370,7 @@ impl Ended {
             Ok(runtime) => {
                 let ended = Ended {
                     outcome,
+                    sample: None,
                     outcomes: self.outcomes,
                 };
                 runtime.spawn(ended.deliver());

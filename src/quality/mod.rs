@@ -1,9 +1,13 @@
 //! Knowing when a cheaper tier is good enough. [`score`] holds the scorers that say how far a
 //! candidate tier's answer agrees with the reference tier's; [`monitor`] turns scored samples into
 //! agreement with a confidence interval, and into alerts that fire and clear once per episode;
-//! [`eval`] runs a dataset through two tiers and scores them. The shadow checks that will feed the
-//! monitor from live traffic build on these (issue 11).
+//! [`watch`] keeps each shadowed route's state (sampling, budget, demotion) as the ledger has it;
+//! [`shadow`] checks sampled live requests against the other tier in the background; [`alert`]
+//! announces what changes; [`eval`] runs a dataset through two tiers and scores them.
 
+pub mod alert;
 pub mod eval;
 pub mod monitor;
 pub mod score;
+pub mod shadow;
+pub mod watch;

@@ -11,6 +11,8 @@
 
 use std::collections::VecDeque;
 
+use crate::config::Shadow;
+
 /// z for a two-sided 95% interval: an alert needs the whole interval below the bar.
 const Z: f64 = 1.96;
 
@@ -54,8 +56,13 @@ pub struct MonitorPolicy {
 }
 
 impl MonitorPolicy {
-    pub const DEFAULT_MIN_SAMPLES: u64 = 50;
-    pub const DEFAULT_WINDOW: usize = 400;
+    pub fn of(shadow: &Shadow) -> MonitorPolicy {
+        MonitorPolicy {
+            min_agreement: shadow.min_agreement,
+            min_samples: u64::from(shadow.min_samples),
+            window: shadow.window as usize,
+        }
+    }
 }
 
 /// A change the monitor reports; nothing is reported while the state holds.
@@ -92,6 +99,21 @@ impl Monitor {
             sum: 0.0,
             alerting: false,
         }
+    }
+
+    /// A monitor taken up where the ledger left it: `scores` oldest first (the last `window` are
+    /// kept), in or out of an alert episode. Restoring announces nothing: the episode was
+    /// announced when it began.
+    pub fn restore(policy: MonitorPolicy, scores: &[f64], alerting: bool) -> Monitor {
+        let mut monitor = Monitor::new(policy);
+        let keep = scores.len().saturating_sub(policy.window);
+        for score in &scores[keep..] {
+            let score = score.clamp(0.0, 1.0);
+            monitor.scores.push_back(score);
+            monitor.sum += score;
+        }
+        monitor.alerting = alerting;
+        monitor
     }
 
     /// Adds one scored sample (0 to 1); returns the episode it starts or ends, if any.
@@ -152,8 +174,8 @@ mod tests {
     fn policy() -> MonitorPolicy {
         MonitorPolicy {
             min_agreement: 0.90,
-            min_samples: MonitorPolicy::DEFAULT_MIN_SAMPLES,
-            window: MonitorPolicy::DEFAULT_WINDOW,
+            min_samples: u64::from(Shadow::DEFAULT_MIN_SAMPLES),
+            window: Shadow::DEFAULT_WINDOW as usize,
         }
     }
 
@@ -232,13 +254,13 @@ mod tests {
     #[test]
     fn nothing_fires_before_min_samples_and_proof_needs_the_whole_interval_above_the_bar() {
         let mut monitor = Monitor::new(policy());
-        for _ in 0..MonitorPolicy::DEFAULT_MIN_SAMPLES - 1 {
+        for _ in 0..u64::from(Shadow::DEFAULT_MIN_SAMPLES) - 1 {
             assert_eq!(monitor.record(0.0), None);
         }
         assert!(matches!(monitor.record(0.0), Some(Episode::Fired(_))));
 
         let mut monitor = Monitor::new(policy());
-        for _ in 0..MonitorPolicy::DEFAULT_MIN_SAMPLES {
+        for _ in 0..u64::from(Shadow::DEFAULT_MIN_SAMPLES) {
             monitor.record(1.0);
         }
         // 50 of 50: the interval's low end (0.929) clears a 90% bar.
@@ -247,7 +269,7 @@ mod tests {
             min_agreement: 0.95,
             ..policy()
         });
-        for _ in 0..MonitorPolicy::DEFAULT_MIN_SAMPLES {
+        for _ in 0..u64::from(Shadow::DEFAULT_MIN_SAMPLES) {
             monitor.record(1.0);
         }
         assert!(!monitor.proven(), "50 samples cannot prove 95%");

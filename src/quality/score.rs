@@ -8,40 +8,11 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::TaskKind;
+pub use crate::config::ScorerKind;
 use crate::route::contract::{match_label, words};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ScorerKind {
-    /// One normalized label, for classification and moderation.
-    Label,
-    /// Both answers parsed as JSON; the share of fields and nested values that match.
-    Json,
-    /// Free text: ROUGE-L between the answers, with token F1 beside it.
-    Text,
-    /// Tool calls compared by function name and parsed arguments.
-    ToolCalls,
-}
-
-impl ScorerKind {
-    /// The scorer a route of this kind gets unless it names another; `None` where answers are
-    /// vectors (embeddings), which agreement by text does not describe.
-    pub fn for_task(kind: TaskKind) -> Option<ScorerKind> {
-        match kind {
-            TaskKind::Classification | TaskKind::Moderation => Some(ScorerKind::Label),
-            TaskKind::Extraction => Some(ScorerKind::Json),
-            TaskKind::Summarization | TaskKind::Chat | TaskKind::Reasoning => {
-                Some(ScorerKind::Text)
-            }
-            TaskKind::Agentic => Some(ScorerKind::ToolCalls),
-            TaskKind::Embedding => None,
-        }
-    }
-}
 
 /// What a scorer found.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -390,6 +361,8 @@ fn lcs(a: &[String], b: &[String]) -> usize {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+
+    use crate::config::TaskKind;
 
     use super::*;
 

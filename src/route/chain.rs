@@ -73,13 +73,24 @@ pub struct ChainRun<'a> {
     pub health: &'a Health,
     pub chain: &'a [ChainTier],
     pub when_all_open: AllOpen,
+    /// The route's quality monitor demoted its primary: it is tried last, not first.
+    pub primary_demoted: bool,
 }
 
 impl ChainRun<'_> {
     pub async fn run(&self, body: &RequestBody<'_>) -> Result<Served, Unserved> {
-        let mut attempts = Vec::with_capacity(self.chain.len());
-        for step in self.chain {
-            if let Some(error) = lacking(step, body).or_else(|| self.too_long_for(step, body)) {
+        let mut attempts = Vec::with_capacity(self.chain.len() + 1);
+        for (index, step) in self.chain.iter().enumerate() {
+            let demoted = (index == 0 && self.primary_demoted && self.chain.len() > 1).then(|| {
+                UpstreamError::new_detail(
+                    UpstreamErrorKind::Demoted,
+                    "its answers fell below the route's agreement bar; it is tried last".into(),
+                )
+            });
+            if let Some(error) = demoted
+                .or_else(|| lacking(step, body))
+                .or_else(|| self.too_long_for(step, body))
+            {
                 attempts.push(Attempt {
                     tier: step.tier.clone(),
                     latency: Duration::ZERO,
@@ -108,6 +119,32 @@ impl ChainRun<'_> {
                     return Err(Unserved::new(step.tier.clone(), error, attempts));
                 }
                 Err(_) => {}
+            }
+        }
+        // A demoted primary still answers better than no tier at all.
+        if attempts.first().is_some_and(|a| {
+            a.error
+                .as_ref()
+                .is_some_and(|e| e.kind == UpstreamErrorKind::Demoted)
+        }) {
+            let primary = &self.chain[0];
+            let admitted = self
+                .health
+                .rate_limit(&primary.tier)
+                .and_then(|()| self.health.of(&primary.tier.provider).admit());
+            match admitted {
+                Ok(lease) => match self.call(primary, body, lease, &mut attempts).await {
+                    Ok(served) => return Ok(served),
+                    Err(error) if !error.is_retryable() => {
+                        return Err(Unserved::new(primary.tier.clone(), error, attempts));
+                    }
+                    Err(_) => {}
+                },
+                Err(skip) => attempts.push(Attempt {
+                    tier: primary.tier.clone(),
+                    latency: Duration::ZERO,
+                    error: Some(skip.into_error()),
+                }),
             }
         }
         // Only open breakers justify the last resort: a saturated provider stays capped.

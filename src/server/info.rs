@@ -124,3 +124,33 @@ pub async fn report(
         .map_err(|err| ApiError::internal(format!("cannot read the ledger: {err}")))?;
     Ok(Json(report))
 }
+
+/// `GET /admin/api/quality`: each shadowed route's monitor as it stands — agreement, its interval,
+/// alert and demotion state, the day's shadow spend — with its agreement per day over the last two
+/// weeks and its latest episodes and switches, as every replica sharing the ledger sees them.
+pub async fn quality(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    const DAYS: i64 = 14;
+    let from_ms = crate::quality::watch::now_ms() - DAYS * 86_400_000;
+    let unreadable = |err| ApiError::internal(format!("cannot read the ledger: {err}"));
+    let mut routes = Vec::new();
+    let mut watches: Vec<_> = app.watches.all().collect();
+    watches.sort_by(|a, b| a.route.name.cmp(&b.route.name));
+    for watch in watches {
+        let standing = watch.standing();
+        let days = app
+            .store
+            .daily_agreement(&standing.route, &standing.candidate, from_ms)
+            .await
+            .map_err(unreadable)?;
+        let events = app
+            .store
+            .quality_events(&standing.route, 20)
+            .await
+            .map_err(unreadable)?;
+        let mut entry = serde_json::to_value(&standing).unwrap_or(Value::Null);
+        entry["days"] = json!(days);
+        entry["events"] = json!(events);
+        routes.push(entry);
+    }
+    Ok(Json(json!({ "routes": routes })))
+}

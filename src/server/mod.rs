@@ -19,12 +19,16 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{HeaderName, HeaderValue};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::health::{self, Health};
 use crate::ledger::{LedgerError, LedgerHealth, LedgerWriter, Pricing, Spool, Store};
 use crate::outcome::{Dispatcher, Outcomes};
+use crate::quality::alert::Alerts;
+use crate::quality::shadow::{self, ShadowChecks};
+use crate::quality::watch::Watches;
 use crate::route::RouteTable;
 use crate::upstream::{UpstreamError, Upstreams};
 
@@ -46,6 +50,8 @@ pub struct App {
     pub store: Store,
     /// Whether the ledger is spooling, for `/readyz`.
     pub ledger_health: Arc<LedgerHealth>,
+    /// Each shadowed route's quality state: which requests are sampled, which primaries demoted.
+    pub watches: Arc<Watches>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub started_unix: u64,
 }
@@ -55,10 +61,12 @@ impl App {
         config: Arc<Config>,
         outcomes: Outcomes,
         store: Store,
+        watches: Arc<Watches>,
     ) -> Result<App, UpstreamError> {
         Ok(App {
             outcomes,
             store,
+            watches,
             ledger_health: Arc::default(),
             metrics: crate::metrics::handle(),
 
@@ -97,6 +105,7 @@ pub fn router(app: Arc<App>) -> Router {
     let admin = Router::new()
         .route("/admin/api/providers", get(info::providers))
         .route("/admin/api/report", get(info::report))
+        .route("/admin/api/quality", get(info::quality))
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             auth::require_admin_key,
@@ -155,6 +164,7 @@ pub struct Gateway {
     pub addr: SocketAddr,
     workers: workers::Workers,
     probes: Vec<JoinHandle<()>>,
+    shadow_checks: Option<ShadowChecks>,
     dispatcher: Dispatcher,
     grace: std::time::Duration,
 }
@@ -195,15 +205,38 @@ impl Gateway {
             config.ledger.queue,
             pricing.clone(),
         );
-        let outcomes = Outcomes::new(sender, pricing, config.ledger.store_content);
-        let mut app = App::new(Arc::new(config), outcomes, store).map_err(StartError::Client)?;
+        let mut outcomes = Outcomes::new(sender, pricing.clone(), config.ledger.store_content);
+        let watches = Arc::new(Watches::load(&config, &store).await?);
+        let samples = watches.all().next().is_some().then(|| {
+            let (samples, queued) = mpsc::channel(shadow::QUEUE);
+            outcomes = outcomes.clone().with_samples(samples);
+            queued
+        });
+        let mut app =
+            App::new(Arc::new(config), outcomes, store, watches).map_err(StartError::Client)?;
         app.ledger_health = ledger_health;
+        let shadow_checks = match samples {
+            Some(samples) => Some(ShadowChecks::spawn(
+                shadow::Checker {
+                    watches: app.watches.clone(),
+                    upstreams: Upstreams::new(&app.config).map_err(StartError::Client)?,
+                    health: app.health.clone(),
+                    pricing,
+                    outcomes: app.outcomes.clone(),
+                    store: app.store.clone(),
+                    alerts: Alerts::new(&app.config),
+                },
+                samples,
+            )),
+            None => None,
+        };
         let probes = health::spawn_probes(&app.config, app.health.clone(), app.upstreams.clone());
         let workers = workers::Workers::spawn(&app, listen, threads)?;
         Ok(Gateway {
             addr: workers.addr,
             workers,
             probes,
+            shadow_checks,
             dispatcher,
             grace,
         })
@@ -216,6 +249,9 @@ impl Gateway {
             probe.abort();
         }
         self.workers.shutdown(self.grace).await;
+        if let Some(checks) = self.shadow_checks {
+            checks.finish(self.grace).await;
+        }
         self.dispatcher.finish(LEDGER_FLUSH_DEADLINE).await;
     }
 }

@@ -147,6 +147,10 @@ async fn proxy(
         route: resolved.route.cloned(),
         client_key: caller.key.map(|key| key.0),
         body: bytes.clone(),
+        // Only a route named by `model` runs its own chain and prompts, which is what is checked.
+        sampled: resolved.target.route.as_ref().is_some_and(|route| {
+            endpoint == Endpoint::ChatCompletions && app.watches.sampled(route)
+        }),
     });
     let run = ChainRun {
         upstreams: &app.upstreams,
@@ -157,6 +161,11 @@ async fn proxy(
             .route
             .as_ref()
             .map_or(AllOpen::TryPrimary, |route| route.when_all_open),
+        primary_demoted: resolved
+            .target
+            .route
+            .as_ref()
+            .is_some_and(|route| app.watches.demoted(route)),
     };
     let result = run.run(&request).await;
     if client.gone() {

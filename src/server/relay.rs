@@ -60,6 +60,8 @@ pub struct SseRelay {
     /// `max_text` bytes of it (`server.max_answer_bytes`): the stream itself is not cut.
     text: String,
     max_text: usize,
+    /// Every chunk's text fit in `text`.
+    text_whole: bool,
     /// The upstream sent an `{"error": …}` event mid-stream.
     upstream_error: bool,
     pending: Option<Pending>,
@@ -83,6 +85,7 @@ impl SseRelay {
             usage: None,
             text: String::new(),
             max_text,
+            text_whole: true,
             upstream_error: false,
             pending: Some(Pending {
                 ttfb_us: exchange.elapsed_us(),
@@ -143,6 +146,8 @@ impl SseRelay {
             self.finished |= chunk.finished;
             if self.text.len() + chunk.text.len() <= self.max_text {
                 self.text.push_str(&chunk.text);
+            } else {
+                self.text_whole = false;
             }
             let Some(usage) = chunk.usage else {
                 return Some(frame(&event));
@@ -231,6 +236,7 @@ impl SseRelay {
             error_kind,
             usage: self.usage,
             text: std::mem::take(&mut self.text),
+            text_whole: self.text_whole,
             ttfb_us,
         }))
     }

@@ -38,6 +38,8 @@ pub enum UpstreamErrorKind {
     Saturated,
     /// Not called: the tier's model answered 429 and its `Retry-After` has not passed.
     RateLimited,
+    /// Not called first: the route's quality monitor demoted this tier (`shadow.on_drift`).
+    Demoted,
 }
 
 /// What a request needed that a tier lacks.
@@ -178,6 +180,7 @@ impl UpstreamError {
             UpstreamErrorKind::BreakerOpen => "breaker_open".into(),
             UpstreamErrorKind::Saturated => "saturated".into(),
             UpstreamErrorKind::RateLimited => "rate_limited".into(),
+            UpstreamErrorKind::Demoted => "quality_demoted".into(),
         }
     }
 
@@ -200,7 +203,9 @@ impl UpstreamError {
             && !self.is_rate_limit()
             && !matches!(
                 self.kind,
-                UpstreamErrorKind::ContextTooLong | UpstreamErrorKind::Lacks(_)
+                UpstreamErrorKind::ContextTooLong
+                    | UpstreamErrorKind::Lacks(_)
+                    | UpstreamErrorKind::Demoted
             )
     }
 

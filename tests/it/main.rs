@@ -10,5 +10,6 @@ mod hostile;
 mod ledger;
 mod proof;
 mod proxy;
+mod quality;
 mod soak;
 mod util;

@@ -1,0 +1,150 @@
+//! Where a route's quality changes go: the ledger's `quality_events` (which also decides, between
+//! replicas, who announces), a log line with the evidence, a metric, and a POST to
+//! `alerts.webhook`. Each change is announced once: an alert episode fires once and clears once,
+//! and a demotion or promotion is announced when it happens.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::monitor::Interval;
+use super::watch::{Change, Watch, now_ms};
+use crate::config::Config;
+use crate::ledger::Store;
+use crate::ledger::quality::EventKind;
+
+/// How long one webhook POST may take, and how many times it is tried.
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+const WEBHOOK_TRIES: u32 = 3;
+
+pub struct Alerts {
+    webhook: Option<(reqwest::Url, reqwest::Client)>,
+}
+
+/// What the webhook receives.
+#[derive(Debug, Clone, Serialize)]
+pub struct Notice {
+    /// `alert_fired`, `alert_cleared`, `demoted` or `promoted`.
+    pub event: EventKind,
+    pub route: String,
+    /// The tier judged and its model.
+    pub tier: String,
+    pub model: String,
+    pub reference: String,
+    pub agreement: f64,
+    pub interval: Interval,
+    pub samples: u64,
+    /// The rolling window, in samples.
+    pub window: u32,
+    pub min_agreement: f64,
+    pub ts_ms: i64,
+}
+
+impl Alerts {
+    pub fn new(config: &Config) -> Alerts {
+        let webhook = config.alerts.webhook.clone().and_then(|url| {
+            match reqwest::Client::builder().timeout(WEBHOOK_TIMEOUT).build() {
+                Ok(client) => Some((url, client)),
+                Err(err) => {
+                    tracing::error!("cannot build the alert webhook's client: {err}; alerts go to the log and metrics only");
+                    None
+                }
+            }
+        });
+        Alerts { webhook }
+    }
+
+    /// Stores the change and, if this replica stored it first, announces it.
+    pub async fn announce(&self, store: &Store, watch: &Watch, change: &Change) {
+        let ts_ms = now_ms();
+        let event = watch.event(change, ts_ms);
+        match store.record_event(&event).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(route = %event.route, seq = event.seq, "another replica announced this quality change");
+                return;
+            }
+            // The database is away: announcing twice beats not announcing.
+            Err(err) => tracing::warn!(route = %event.route, "cannot store a quality event: {err}"),
+        }
+        let shadow = watch.shadow();
+        let notice = Notice {
+            event: change.event,
+            route: watch.route.name.clone(),
+            tier: shadow.candidate.name.clone(),
+            model: shadow.candidate.model.clone(),
+            reference: shadow.reference.name.clone(),
+            agreement: change.evidence.agreement,
+            interval: change.evidence.interval,
+            samples: change.evidence.samples,
+            window: shadow.window,
+            min_agreement: shadow.min_agreement,
+            ts_ms,
+        };
+        log(&notice);
+        if change.event == EventKind::AlertFired {
+            crate::metrics::quality_alert_fired(&notice.route, &notice.model);
+        }
+        if let Some((url, client)) = &self.webhook {
+            tokio::spawn(post(client.clone(), url.clone(), notice));
+        }
+    }
+}
+
+fn log(notice: &Notice) {
+    let evidence = format!(
+        "agreement {:.1}% (95% interval {:.1}–{:.1}%) over the last {} samples; the bar is {:.1}%",
+        notice.agreement * 100.0,
+        notice.interval.low * 100.0,
+        notice.interval.high * 100.0,
+        notice.samples,
+        notice.min_agreement * 100.0,
+    );
+    let (route, tier) = (&notice.route, &notice.tier);
+    match notice.event {
+        EventKind::AlertFired => tracing::warn!(
+            route = %route, tier = %tier, model = %notice.model,
+            "QUALITY ALERT: {tier} ({}) no longer agrees with {} well enough: {evidence}",
+            notice.model, notice.reference
+        ),
+        EventKind::AlertCleared => tracing::info!(
+            route = %route, tier = %tier, model = %notice.model,
+            "quality recovered: {tier} agrees with {} again: {evidence}", notice.reference
+        ),
+        EventKind::Demoted => tracing::warn!(
+            route = %route, tier = %tier,
+            "DEMOTED {tier} on route {route}: the route serves from its next tier and checks {tier} in reverse: {evidence}"
+        ),
+        EventKind::Promoted => tracing::info!(
+            route = %route, tier = %tier,
+            "PROMOTED {tier} on route {route}: agreement is proven, the route serves from it: {evidence}"
+        ),
+    }
+}
+
+/// POSTs the notice, retrying twice; the URL is never logged (it may hold a token).
+async fn post(client: reqwest::Client, url: reqwest::Url, notice: Notice) {
+    let mut last = String::new();
+    for attempt in 0..WEBHOOK_TRIES {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+        }
+        let body = serde_json::to_vec(&notice).expect("a notice always serializes");
+        let sent = client
+            .post(url.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status().is_success() => return,
+            Ok(response) => last = format!("it answered HTTP {}", response.status().as_u16()),
+            Err(err) => last = format!("{}", err.without_url()),
+        }
+    }
+    tracing::error!(
+        route = %notice.route,
+        host = url.host_str().unwrap_or(""),
+        "the quality alert webhook was not delivered after {WEBHOOK_TRIES} tries: {last}"
+    );
+}

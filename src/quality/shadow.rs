@@ -1,0 +1,318 @@
+//! Shadow checks of live traffic. A request its route sampled ends in [`crate::outcome`] like any
+//! other; once its client has the answer, the sample comes here and the tier that did not answer
+//! it is asked the same thing as one whole (non-streamed) request: the reference tier when the
+//! candidate answered, the candidate when the route has demoted it and serves from the reference
+//! (both when the demoted route was served by a third tier). The two answers are scored, the calls
+//! priced and written to the ledger as `purpose = 'shadow'`, and the score goes to the route's
+//! [`Watch`], whose changes [`super::alert`] announces.
+//!
+//! A shadow check never touches a client request: samples arrive on a bounded queue the request
+//! path only `try_send`s to; each route runs at most `shadow.concurrency` checks and skips a sample
+//! that finds them all busy; calls go through the provider's breaker and in-flight cap like any
+//! call (a check never pushes a provider past `max_in_flight`); and a route stops sampling once
+//! its day's `shadow.daily_budget_usd` is spent. Shadow calls go straight to the upstreams, never
+//! through the request path, so they are never sampled themselves.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::alert::Alerts;
+use super::score::{Answer, score};
+use super::watch::{RESYNC, Watch, Watches, now_ms};
+use crate::config::{ChainTier, Tier};
+use crate::health::Health;
+use crate::ledger::{
+    Answer as CountedAnswer, Picodollars, Pricing, Purpose, RequestRow, Store, Tokens, Uncounted,
+};
+use crate::openai::{Endpoint, RequestBody};
+use crate::outcome::{Outcome, Outcomes, Sample, SampledAnswer};
+use crate::upstream::{Reply, UpstreamErrorKind, Upstreams};
+
+/// Samples waiting for a check; more are skipped (`queue_full`) rather than held.
+pub const QUEUE: usize = 1024;
+
+/// What the checks need, shared by every check task.
+pub struct Checker {
+    pub watches: Arc<Watches>,
+    pub upstreams: Upstreams,
+    pub health: Arc<Health>,
+    pub pricing: Arc<Pricing>,
+    pub outcomes: Outcomes,
+    pub store: Store,
+    pub alerts: Alerts,
+}
+
+/// The background task that takes samples and runs their checks.
+pub struct ShadowChecks {
+    task: JoinHandle<()>,
+    close: oneshot::Sender<()>,
+}
+
+impl ShadowChecks {
+    pub fn spawn(checker: Checker, samples: mpsc::Receiver<Sample>) -> ShadowChecks {
+        let (close, closed) = oneshot::channel();
+        let task = tokio::spawn(run(Arc::new(checker), samples, closed));
+        ShadowChecks { task, close }
+    }
+
+    /// Takes no more samples and waits for the checks in flight (their calls are paid for and
+    /// must reach the ledger), at most `deadline`.
+    pub async fn finish(self, deadline: Duration) {
+        let _ = self.close.send(());
+        let mut task = self.task;
+        if tokio::time::timeout(deadline, &mut task).await.is_err() {
+            tracing::warn!(
+                "shadow checks still running {} ms after shutdown began were cut off; their calls are not in the ledger",
+                deadline.as_millis()
+            );
+            task.abort();
+        }
+    }
+}
+
+async fn run(
+    checker: Arc<Checker>,
+    mut samples: mpsc::Receiver<Sample>,
+    mut closed: oneshot::Receiver<()>,
+) {
+    let mut checks = JoinSet::new();
+    let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + RESYNC, RESYNC);
+    loop {
+        tokio::select! {
+            sample = samples.recv() => {
+                let Some(sample) = sample else { break };
+                let Some(watch) = checker.watches.get(&sample.route.name).cloned() else {
+                    continue;
+                };
+                match watch.in_flight.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        checks.spawn(check(checker.clone(), watch, sample, permit));
+                    }
+                    Err(_) => crate::metrics::shadow_skipped(&sample.route.name, "busy"),
+                }
+            }
+            Some(_) = checks.join_next(), if !checks.is_empty() => {}
+            _ = resync.tick() => {
+                for watch in checker.watches.all() {
+                    if let Err(err) = watch.resync(&checker.store).await {
+                        tracing::warn!(route = %watch.route.name, "cannot read the quality state from the ledger: {err}");
+                    }
+                }
+            }
+            _ = &mut closed => break,
+        }
+    }
+    while checks.join_next().await.is_some() {}
+}
+
+/// One tier's answer to a sample, and the ledger row of the call that got it (none when it is the
+/// answer the client was given).
+struct Side {
+    answer: Answer,
+    row: Option<RequestRow>,
+}
+
+async fn check(
+    checker: Arc<Checker>,
+    watch: Arc<Watch>,
+    sample: Sample,
+    _permit: OwnedSemaphorePermit,
+) {
+    let shadow = watch.shadow();
+    let route = &watch.route.name;
+    let served = &sample.served_by;
+    let by_candidate = served.name == shadow.candidate.name;
+    let by_reference = served.name == shadow.reference.name;
+    // A route that fell back for an outage, not a demotion, says nothing about its candidate.
+    if !by_candidate && !sample.primary_demoted {
+        return;
+    }
+    let Ok(request) = RequestBody::parse(Endpoint::ChatCompletions, &sample.body) else {
+        return;
+    };
+    let given = Side {
+        answer: match &sample.answer {
+            SampledAnswer::Body(body) => {
+                Answer::of_completion(&serde_json::from_slice(body).unwrap_or(Value::Null))
+            }
+            SampledAnswer::Text(text) => Answer::text(text.clone()),
+        },
+        row: None,
+    };
+    let mut rows = Vec::new();
+    let ask = async |tier: &Arc<Tier>| -> Result<Side, &'static str> {
+        let side = call(&checker, &watch, &sample, &request, tier).await?;
+        Ok(side)
+    };
+    let sides = if by_candidate {
+        ask(&shadow.reference)
+            .await
+            .map(|reference| (given, reference))
+    } else if by_reference {
+        ask(&shadow.candidate)
+            .await
+            .map(|candidate| (candidate, given))
+    } else {
+        match ask(&shadow.candidate).await {
+            Ok(candidate) => ask(&shadow.reference)
+                .await
+                .map(|reference| (candidate, reference)),
+            Err(skipped) => Err(skipped),
+        }
+    };
+    let (candidate, reference) = match sides {
+        Ok(sides) => sides,
+        Err(skipped) => {
+            crate::metrics::shadow_skipped(route, skipped);
+            return;
+        }
+    };
+    let labels = watch.route.labels.as_deref().unwrap_or(&[]);
+    let failed = [&candidate, &reference]
+        .iter()
+        .any(|side| side.row.as_ref().is_some_and(|row| row.status != 200));
+    let scored = (!failed)
+        .then(|| score(shadow.scorer, &candidate.answer, &reference.answer, labels).ok())
+        .flatten();
+    let mut cost = Picodollars(0);
+    for side in [candidate, reference] {
+        if let Some(row) = side.row {
+            cost = Picodollars::saturating(
+                i128::from(cost.0) + i128::from(row.cost_pusd.unwrap_or_default().0),
+            );
+            rows.push(row);
+        }
+    }
+    let outcome = match (&scored, failed) {
+        (_, true) => "failed",
+        (Some(_), _) => "scored",
+        (None, _) => "unscorable",
+    };
+    crate::metrics::shadow_checked(route, outcome, cost);
+    // The score is kept on one row of the check, the last call's, so that a sample counts once.
+    if let (Some(scored), Some(last)) = (&scored, rows.last_mut()) {
+        last.agreement_ppm = Some((scored.agreement * 1e6).round() as i64);
+    }
+    for row in rows {
+        checker
+            .outcomes
+            .record(Outcome {
+                request: row,
+                attempts: Vec::new(),
+                to_count: None,
+            })
+            .await;
+    }
+    if let Some(scored) = scored {
+        for change in watch.record(scored.agreement) {
+            checker
+                .alerts
+                .announce(&checker.store, &watch, &change)
+                .await;
+        }
+    }
+}
+
+/// Asks `tier` the sample's question as one whole answer: `Err` names why the call was not made.
+async fn call(
+    checker: &Checker,
+    watch: &Watch,
+    sample: &Sample,
+    request: &RequestBody<'_>,
+    tier: &Arc<Tier>,
+) -> Result<Side, &'static str> {
+    let route = &watch.route;
+    if !watch.may_spend(now_ms()) {
+        return Err("over_budget");
+    }
+    let mut lease = checker
+        .health
+        .of(&tier.provider)
+        .admit()
+        .map_err(|_| "provider_unavailable")?;
+    let step = route
+        .chain
+        .iter()
+        .find(|step| step.tier.name == tier.name)
+        .cloned()
+        .unwrap_or_else(|| ChainTier {
+            tier: tier.clone(),
+            system_prompt: None,
+        });
+    let body = request.for_tier_whole(&step);
+    let ts_ms = now_ms();
+    let started = Instant::now();
+    let sent = checker
+        .upstreams
+        .send(tier, Endpoint::ChatCompletions, body.clone(), false)
+        .await;
+    let mut row = RequestRow::new(
+        uuid::Uuid::now_v7().to_string(),
+        ts_ms,
+        std::borrow::Cow::Borrowed(Endpoint::ChatCompletions.spec().ledger_name),
+    );
+    row.latency_us = started.elapsed().as_micros() as i64;
+    row.route = Some(route.name.clone());
+    row.tier = Some(tier.name.clone());
+    row.provider = Some(tier.provider.name.clone());
+    row.model = Some(tier.model.clone());
+    row.local = tier.is_local();
+    row.purpose = Purpose::Shadow;
+    row.sample_of = Some(sample.request_id.clone());
+    row.candidate = Some(watch.shadow().candidate.name.clone());
+    let answer = match sent {
+        Ok(Reply::Complete {
+            body: answer,
+            usage,
+        }) => {
+            lease.succeeded();
+            let tokens = match usage {
+                Some(usage) => Tokens::from(usage),
+                None => {
+                    Uncounted {
+                        endpoint: Endpoint::ChatCompletions,
+                        model: tier.model.clone(),
+                        request: Bytes::from(body),
+                        answer: CountedAnswer::Body(answer.clone()),
+                    }
+                    .count_off_loop()
+                    .await
+                }
+            };
+            let priced = checker.pricing.price(tier, None, &tokens);
+            row.tokens_in = tokens.input;
+            row.tokens_cached = tokens.cached;
+            row.tokens_out = tokens.output;
+            row.tokens_estimated = tokens.estimated;
+            row.cost_pusd = priced.cost;
+            row.ttfb_us = Some(row.latency_us);
+            watch.spend(ts_ms, priced.cost.unwrap_or_default());
+            Answer::of_completion(&serde_json::from_slice(&answer).unwrap_or(Value::Null))
+        }
+        Ok(Reply::Stream(_)) => {
+            lease.broke("answered a whole request with a stream");
+            row.status = 502;
+            row.error_kind = Some("stream_broken".into());
+            Answer::default()
+        }
+        Err(error) => {
+            lease.failed(&error);
+            row.status = match error.kind {
+                UpstreamErrorKind::Status(status) => status.as_u16(),
+                _ => 502,
+            };
+            row.error_kind = Some(error.reason());
+            row.cost_pusd = Some(Picodollars(0));
+            Answer::default()
+        }
+    };
+    Ok(Side {
+        answer,
+        row: Some(row),
+    })
+}

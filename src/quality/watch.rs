@@ -1,0 +1,331 @@
+//! Each shadowed route's quality state, shared by the request path and the shadow checks: whether a
+//! request is sampled, whether the candidate tier is demoted, the day's shadow spend against its
+//! budget, and the monitor that turns scored samples into episodes and switches.
+//!
+//! The request path only reads atomics here. The monitor sits behind a mutex that the shadow
+//! checks take for the length of one sample's arithmetic, never across an await.
+//!
+//! The state is the ledger's: at start-up and every [`RESYNC`] each watch takes up the latest
+//! scored samples and the latest stored episode and switch, whichever replica wrote them, so that
+//! several replicas judge one window and agree on whether a route is demoted.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use super::monitor::{Episode, Evidence, Interval, Monitor, MonitorPolicy};
+use crate::config::{Config, OnDrift, OnProof, Route, Shadow};
+use crate::ledger::quality::{EventKind, QualityEvent, StoredState, utc_day};
+use crate::ledger::{LedgerError, Picodollars, Purpose, Store};
+
+/// How often each watch takes up the ledger's view (other replicas' samples and switches).
+pub const RESYNC: Duration = Duration::from_secs(15);
+
+/// Every shadowed route's watch, by route name.
+pub struct Watches {
+    routes: HashMap<String, Arc<Watch>>,
+}
+
+impl Watches {
+    /// A watch for each route with a shadow check, each taken up where the ledger left it.
+    pub async fn load(config: &Config, store: &Store) -> Result<Watches, LedgerError> {
+        let mut routes = HashMap::new();
+        for route in &config.routes {
+            if route.shadow.is_some() {
+                let watch = Watch::new(route.clone());
+                watch.resync(store).await?;
+                routes.insert(route.name.clone(), Arc::new(watch));
+            }
+        }
+        Ok(Watches { routes })
+    }
+
+    pub fn get(&self, route: &str) -> Option<&Arc<Watch>> {
+        self.routes.get(route)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Watch>> {
+        self.routes.values()
+    }
+
+    /// Whether a request to `route` is chosen for its shadow check: its sample rate, unless the
+    /// day's budget is spent. Called on the request path: atomics and a random number.
+    pub fn sampled(&self, route: &Route) -> bool {
+        let Some(shadow) = &route.shadow else {
+            return false;
+        };
+        if shadow.sample_rate <= 0.0 || fastrand::f64() >= shadow.sample_rate {
+            return false;
+        }
+        self.routes
+            .get(&route.name)
+            .is_some_and(|watch| !watch.over_budget(now_ms()))
+    }
+
+    /// Whether `route`'s primary tier is demoted: the route serves from its next tier.
+    pub fn demoted(&self, route: &Route) -> bool {
+        route.shadow.is_some()
+            && self
+                .routes
+                .get(&route.name)
+                .is_some_and(|watch| watch.demoted())
+    }
+}
+
+/// One shadowed route's state.
+pub struct Watch {
+    pub route: Arc<Route>,
+    demoted: AtomicBool,
+    /// The UTC day the budget was found spent on; sampling resumes the next day.
+    spent_out_on: AtomicI64,
+    pub(super) in_flight: Arc<Semaphore>,
+    state: Mutex<State>,
+}
+
+struct State {
+    monitor: Monitor,
+    /// The latest event sequence number this watch knows of.
+    seq: i64,
+    /// The UTC day `spent` is for.
+    day: i64,
+    spent: Picodollars,
+}
+
+/// A change a sample brought: an episode began or ended, or the route switched tiers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub event: EventKind,
+    pub evidence: Evidence,
+    pub seq: i64,
+}
+
+/// A watch as `/admin/api/quality` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Standing {
+    pub route: String,
+    pub candidate: String,
+    pub candidate_model: String,
+    pub reference: String,
+    pub reference_model: String,
+    pub scorer: crate::config::ScorerKind,
+    pub sample_rate: f64,
+    pub min_agreement: f64,
+    pub window: u32,
+    pub min_samples: u32,
+    pub on_drift: OnDrift,
+    pub on_proof: OnProof,
+    /// Agreement over the window, and its 95% interval; `None` before the first sample.
+    pub agreement: Option<f64>,
+    pub interval: Option<Interval>,
+    pub samples: u64,
+    pub alerting: bool,
+    pub demoted: bool,
+    pub proven: bool,
+    pub spent_today_usd: String,
+    pub daily_budget_usd: f64,
+}
+
+impl Watch {
+    fn new(route: Arc<Route>) -> Watch {
+        let shadow = route
+            .shadow
+            .as_ref()
+            .expect("a watch is made only for a route with a shadow check");
+        Watch {
+            demoted: AtomicBool::new(shadow.on_proof == OnProof::Promote),
+            spent_out_on: AtomicI64::new(i64::MIN),
+            in_flight: Arc::new(Semaphore::new(shadow.concurrency as usize)),
+            state: Mutex::new(State {
+                monitor: Monitor::new(MonitorPolicy::of(shadow)),
+                seq: 0,
+                day: i64::MIN,
+                spent: Picodollars(0),
+            }),
+            route,
+        }
+    }
+
+    pub fn shadow(&self) -> &Shadow {
+        self.route
+            .shadow
+            .as_ref()
+            .expect("a watch is made only for a route with a shadow check")
+    }
+
+    pub fn demoted(&self) -> bool {
+        self.demoted.load(Ordering::Relaxed)
+    }
+
+    fn over_budget(&self, now_ms: i64) -> bool {
+        self.spent_out_on.load(Ordering::Relaxed) == utc_day(now_ms).0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding it leaves plain numbers behind, still worth reading.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether the day's budget allows another shadow call; records the day as spent if not.
+    pub fn may_spend(&self, now_ms: i64) -> bool {
+        let day = utc_day(now_ms).0;
+        let budget = Picodollars::from_usd(self.shadow().daily_budget_usd);
+        let mut state = self.lock();
+        if state.day != day {
+            state.day = day;
+            state.spent = Picodollars(0);
+        }
+        if state.spent >= budget {
+            self.spent_out_on.store(day, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    pub fn spend(&self, now_ms: i64, cost: Picodollars) {
+        let day = utc_day(now_ms).0;
+        let mut state = self.lock();
+        if state.day != day {
+            state.day = day;
+            state.spent = Picodollars(0);
+        }
+        state.spent = Picodollars::saturating(i128::from(state.spent.0) + i128::from(cost.0));
+    }
+
+    /// Adds a scored sample; returns what it changed, each change numbered for the ledger.
+    pub fn record(&self, agreement: f64) -> Vec<Change> {
+        let shadow = self.shadow();
+        let mut state = self.lock();
+        let mut events = Vec::new();
+        match state.monitor.record(agreement) {
+            Some(Episode::Fired(evidence)) => {
+                events.push((EventKind::AlertFired, evidence.clone()));
+                if shadow.on_drift == OnDrift::Demote && !self.demoted() {
+                    self.demoted.store(true, Ordering::Relaxed);
+                    events.push((EventKind::Demoted, evidence));
+                }
+            }
+            Some(Episode::Cleared(evidence)) => events.push((EventKind::AlertCleared, evidence)),
+            None => {}
+        }
+        let may_promote = shadow.on_drift == OnDrift::Demote || shadow.on_proof == OnProof::Promote;
+        if self.demoted() && may_promote && !state.monitor.alerting() && state.monitor.proven() {
+            self.demoted.store(false, Ordering::Relaxed);
+            events.push((EventKind::Promoted, state.monitor.evidence()));
+        }
+        let mut changes = Vec::with_capacity(events.len());
+        for (event, evidence) in events {
+            state.seq += 1;
+            changes.push(Change {
+                event,
+                evidence,
+                seq: state.seq,
+            });
+        }
+        self.publish(&state);
+        changes
+    }
+
+    /// Takes up the ledger's view: the latest window of scored samples, the latest episode and
+    /// switch, and the day's shadow spend.
+    pub async fn resync(&self, store: &Store) -> Result<(), LedgerError> {
+        let shadow = self.shadow();
+        let route = &self.route.name;
+        let candidate = &shadow.candidate.name;
+        let scores = store
+            .recent_agreement(route, candidate, i64::from(shadow.window))
+            .await?;
+        let stored: StoredState = store.quality_state(route, candidate).await?;
+        let now = now_ms();
+        let (day, day_start) = utc_day(now);
+        let spent = store.spent_since(route, Purpose::Shadow, day_start).await?;
+        let scores: Vec<f64> = scores.iter().map(|ppm| *ppm as f64 / 1e6).collect();
+        let alerting = stored.alert == Some(EventKind::AlertFired);
+        let mut state = self.lock();
+        if stored.seq >= state.seq {
+            state.seq = stored.seq;
+            state.monitor = Monitor::restore(MonitorPolicy::of(shadow), &scores, alerting);
+            let demoted = match stored.switch {
+                Some(switch) => switch == EventKind::Demoted,
+                None => shadow.on_proof == OnProof::Promote,
+            };
+            self.demoted.store(demoted, Ordering::Relaxed);
+        }
+        if state.day != day || spent > state.spent {
+            state.day = day;
+            state.spent = spent;
+        }
+        self.publish(&state);
+        Ok(())
+    }
+
+    /// The event a change is stored as.
+    pub fn event(&self, change: &Change, ts_ms: i64) -> QualityEvent {
+        let ppm = |x: f64| (x * 1e6).round() as i64;
+        QualityEvent {
+            route: self.route.name.clone(),
+            candidate: self.shadow().candidate.name.clone(),
+            seq: change.seq,
+            ts_ms,
+            event: change.event,
+            model: self.shadow().candidate.model.clone(),
+            agreement_ppm: ppm(change.evidence.agreement),
+            low_ppm: ppm(change.evidence.interval.low),
+            high_ppm: ppm(change.evidence.interval.high),
+            samples: change.evidence.samples as i64,
+        }
+    }
+
+    pub fn standing(&self) -> Standing {
+        let shadow = self.shadow();
+        let state = self.lock();
+        let evidence = state.monitor.evidence();
+        let seen = evidence.samples > 0;
+        Standing {
+            route: self.route.name.clone(),
+            candidate: shadow.candidate.name.clone(),
+            candidate_model: shadow.candidate.model.clone(),
+            reference: shadow.reference.name.clone(),
+            reference_model: shadow.reference.model.clone(),
+            scorer: shadow.scorer,
+            sample_rate: shadow.sample_rate,
+            min_agreement: shadow.min_agreement,
+            window: shadow.window,
+            min_samples: shadow.min_samples,
+            on_drift: shadow.on_drift,
+            on_proof: shadow.on_proof,
+            agreement: seen.then_some(evidence.agreement),
+            interval: seen.then_some(evidence.interval),
+            samples: evidence.samples,
+            alerting: state.monitor.alerting(),
+            demoted: self.demoted(),
+            proven: state.monitor.proven(),
+            spent_today_usd: state.spent.to_string(),
+            daily_budget_usd: shadow.daily_budget_usd,
+        }
+    }
+
+    fn publish(&self, state: &State) {
+        let evidence = state.monitor.evidence();
+        crate::metrics::quality(&crate::metrics::QualityState {
+            route: &self.route.name,
+            model: &self.shadow().candidate.model,
+            agreement: evidence.agreement,
+            interval: (evidence.interval.low, evidence.interval.high),
+            samples: evidence.samples,
+            alerting: state.monitor.alerting(),
+            demoted: self.demoted(),
+        });
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,416 @@
+//! Shadow checks of live traffic through the real gateway: a local classifier whose accuracy the
+//! test sets, a perfect API reference, and the whole loop — samples scored after the client has
+//! its answer, shadow calls priced apart from product traffic, an alert that fires once when the
+//! local model drops from 94% to 87%, the webhook, demotion to the next tier with the local tier
+//! checked in reverse, and promotion back once it recovers.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tierwise::config::file::{RawShadow, spanned, text};
+use tierwise::config::{OnDrift, OnProof};
+use tierwise_fake::{FakeUpstream, Fault};
+
+use crate::util::{Answer, TestConfig, TestGateway, chat};
+
+const ROUTE: &str = "classification";
+const LABELS: [&str; 3] = ["billing", "technical", "general"];
+
+/// A webhook receiver: every JSON body POSTed to it, in order.
+struct Hook {
+    url: String,
+    received: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Hook {
+    async fn start() -> Hook {
+        let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let kept = received.clone();
+        let app = axum::Router::new().route(
+            "/hook/secret-token-123",
+            axum::routing::post(move |body: axum::Json<Value>| {
+                let kept = kept.clone();
+                async move {
+                    kept.lock().unwrap().push(body.0);
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/hook/secret-token-123",
+            listener.local_addr().unwrap()
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Hook { url, received }
+    }
+
+    fn events(&self) -> Vec<String> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|notice| notice["event"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+}
+
+/// The drift scenario's gateway: the classification route on `local` then `api_fast`, every
+/// request shadowed against `api_frontier`, alerts to `hook`.
+fn drift_config(local: &FakeUpstream, api: &FakeUpstream, hook: &Hook) -> TestConfig {
+    TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            let mut shadow = RawShadow::new("api_frontier", 1.0);
+            shadow.min_agreement = Some(spanned(0.9));
+            shadow.window = Some(spanned(600));
+            shadow.min_samples = Some(spanned(100));
+            shadow.concurrency = Some(spanned(32));
+            shadow.on_drift = Some(OnDrift::Demote);
+            c.route(ROUTE).shadow = Some(shadow);
+            c.0.alerts.webhook = Some(text(hook.url.clone()));
+        })
+}
+
+/// Sends classification requests, each a new ticket whose true label the fake classifier reads,
+/// one at a time; returns the tiers that answered.
+struct Traffic {
+    sent: usize,
+}
+
+impl Traffic {
+    async fn send(&mut self, gateway: &TestGateway, n: usize) -> Vec<String> {
+        let mut tiers = Vec::with_capacity(n);
+        for _ in 0..n {
+            self.sent += 1;
+            let label = LABELS[self.sent % LABELS.len()];
+            let content = format!("ticket {} needs routing [[{label}]]", self.sent);
+            let answer = Answer::of(
+                gateway
+                    .post("/v1/chat/completions", &chat(ROUTE, &content))
+                    .await,
+            )
+            .await;
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            tiers.push(answer.header("x-tierwise-tier").unwrap_or("").to_string());
+        }
+        tiers
+    }
+}
+
+/// The route as `/admin/api/quality` shows it.
+async fn standing(gateway: &TestGateway) -> Value {
+    let all = Answer::of(gateway.get("/admin/api/quality").await).await;
+    assert_eq!(all.status, 200, "{}", all.body);
+    all.body["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == ROUTE)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {ROUTE} in {}", all.body))
+}
+
+/// Waits until today's scored samples in the ledger reach `n`: every check of the requests sent
+/// so far has been scored and stored.
+async fn wait_for_samples(gateway: &TestGateway, n: usize) -> Value {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let route = standing(gateway).await;
+        let scored: u64 = route["days"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["samples"].as_u64().unwrap())
+            .sum();
+        if scored as usize >= n {
+            assert_eq!(scored as usize, n, "a request was sampled twice: {route}");
+            return route;
+        }
+        assert!(
+            Instant::now() < until,
+            "only {scored} of {n} samples were scored: {route}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends traffic in steps of `step` until `done` holds for the route's standing; returns how many
+/// requests it took. Fails after `most` requests.
+async fn until(
+    gateway: &TestGateway,
+    traffic: &mut Traffic,
+    step: usize,
+    most: usize,
+    done: impl Fn(&Value) -> bool,
+) -> usize {
+    let mut sent = 0;
+    loop {
+        traffic.send(gateway, step).await;
+        sent += step;
+        let route = wait_for_samples(gateway, traffic.sent).await;
+        if done(&route) {
+            return sent;
+        }
+        assert!(sent < most, "not within {most} requests: {route}");
+    }
+}
+
+/// The scenario, step by step: a steady 94% against a 90% bar raises nothing; a drop to
+/// 87% fires once (log, metric, one webhook), demotes the local tier so that traffic moves to
+/// `api_fast` while `local` is checked in reverse; back at 94% the alert clears and `local` is
+/// promoted. Each step's number of samples is printed and bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drop_from_94_to_87_percent_alerts_once_demotes_and_recovery_promotes() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let hook = Hook::start().await;
+    local.update(|b| b.label_accuracy = Some(0.94));
+    api.update(|b| b.label_accuracy = Some(1.0));
+    let gateway = TestGateway::start(&drift_config(&local, &api, &hook)).await;
+    let mut traffic = Traffic { sent: 0 };
+
+    // Steady at 94%: the window fills and stays quiet.
+    let tiers = traffic.send(&gateway, 800).await;
+    assert!(tiers.iter().all(|t| t == "local"), "{tiers:?}");
+    let route = wait_for_samples(&gateway, 800).await;
+    assert_eq!(route["alerting"], false, "{route}");
+    assert_eq!(route["demoted"], false, "{route}");
+    assert_eq!(route["samples"], 600, "the window holds 600 samples");
+    let agreement = route["agreement"].as_f64().unwrap();
+    assert!((0.91..0.97).contains(&agreement), "{route}");
+    assert!(
+        hook.events().is_empty(),
+        "a false alarm: {:?}",
+        hook.events()
+    );
+    // Each sample cost one call to the reference, kept apart from product traffic.
+    let store = gateway.store().await;
+    let summary = store.summary(0, i64::MAX, Some(ROUTE)).await.unwrap();
+    assert_eq!(
+        summary.routes[0].calls, 800,
+        "shadow calls are not product calls"
+    );
+    let [checks] = &summary.checks[..] else {
+        panic!("{:?}", summary.checks)
+    };
+    assert_eq!(
+        (checks.purpose.as_str(), checks.calls, checks.scored),
+        ("shadow", 800, 800)
+    );
+    // gpt-4o at 20 prompt and 5 answer tokens: $0.0001 a call.
+    assert_eq!(checks.cost.to_string(), "0.08");
+
+    // The model update: 87%.
+    local.update(|b| b.label_accuracy = Some(0.87));
+    let to_fire = until(&gateway, &mut traffic, 20, 2_000, |r| r["alerting"] == true).await;
+    eprintln!("94% → 87%: the alert fired after {to_fire} samples");
+    let route = standing(&gateway).await;
+    assert_eq!(route["demoted"], true, "{route}");
+    wait_until(|| hook.events().len() >= 2).await;
+    assert_eq!(hook.events(), ["alert_fired", "demoted"]);
+    let fired = hook.received.lock().unwrap()[0].clone();
+    assert_eq!(fired["route"], ROUTE);
+    assert_eq!(fired["tier"], "local");
+    assert_eq!(fired["model"], "mistral-7b");
+    assert_eq!(fired["reference"], "api_frontier");
+    assert_eq!(fired["window"], 600);
+    assert!(fired["samples"].as_u64().unwrap() >= 100, "{fired}");
+    assert!(fired["interval"]["high"].as_f64().unwrap() < 0.9, "{fired}");
+
+    // Demoted: traffic goes to the next tier, saying why; `local` is still checked, in reverse.
+    let local_calls = local.request_count();
+    let answered = Answer::of(
+        gateway
+            .post("/v1/chat/completions", &chat(ROUTE, "ticket x [[billing]]"))
+            .await,
+    )
+    .await;
+    traffic.sent += 1;
+    assert_eq!(answered.header("x-tierwise-tier"), Some("api_fast"));
+    assert_eq!(
+        answered.header("x-tierwise-fallback"),
+        Some("local:quality_demoted")
+    );
+    wait_for_samples(&gateway, traffic.sent).await;
+    assert_eq!(
+        local.request_count(),
+        local_calls + 1,
+        "the reverse check asks local"
+    );
+    let tiers = traffic.send(&gateway, 200).await;
+    assert!(tiers.iter().all(|t| t == "api_fast"), "{tiers:?}");
+    assert_eq!(
+        hook.events().len(),
+        2,
+        "the alert fired once: {:?}",
+        hook.events()
+    );
+
+    // Recovery: back at 94%, agreement is proven again and local serves.
+    local.update(|b| b.label_accuracy = Some(0.94));
+    let to_promote = until(&gateway, &mut traffic, 20, 2_000, |r| r["demoted"] == false).await;
+    eprintln!("87% → 94%: promoted after {to_promote} samples");
+    let route = standing(&gateway).await;
+    assert_eq!(route["alerting"], false, "{route}");
+    assert!(route["interval"]["low"].as_f64().unwrap() >= 0.9, "{route}");
+    wait_until(|| hook.events().len() >= 4).await;
+    assert_eq!(
+        hook.events(),
+        ["alert_fired", "demoted", "alert_cleared", "promoted"]
+    );
+    let tiers = traffic.send(&gateway, 20).await;
+    assert!(tiers.iter().all(|t| t == "local"), "{tiers:?}");
+    let events: Vec<&str> = route["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        ["alert_fired", "demoted", "alert_cleared", "promoted"]
+    );
+    assert!(
+        to_fire <= 1_200 && to_promote <= 1_200,
+        "{to_fire} {to_promote}"
+    );
+
+    let metrics = gateway.metrics().await;
+    assert!(
+        metrics.contains(
+            "tierwise_quality_alerts_total{route=\"classification\",model=\"mistral-7b\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("secret-token-123"),
+        "the webhook URL may hold a token"
+    );
+    gateway.shutdown().await;
+}
+
+/// `on_proof = "promote"`: a route starts on its next tier while the local candidate is checked in
+/// reverse, and moves to local once agreement is proven; a restarted gateway takes the state up
+/// from the ledger instead of starting over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proof_promotes_a_route_that_starts_on_the_api_and_a_restart_keeps_it() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    local.update(|b| b.label_accuracy = Some(1.0));
+    api.update(|b| b.label_accuracy = Some(1.0));
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            let mut shadow = RawShadow::new("api_fast", 1.0);
+            shadow.min_samples = Some(spanned(40));
+            shadow.on_proof = Some(OnProof::Promote);
+            c.route(ROUTE).shadow = Some(shadow);
+        });
+    let gateway = TestGateway::start(&config).await;
+    let mut traffic = Traffic { sent: 0 };
+    let tiers = traffic.send(&gateway, 39).await;
+    assert!(tiers.iter().all(|t| t == "api_fast"), "{tiers:?}");
+    let route = wait_for_samples(&gateway, 39).await;
+    assert_eq!(
+        route["demoted"], true,
+        "not proven with 39 samples: {route}"
+    );
+    traffic.send(&gateway, 1).await;
+    let route = wait_for_samples(&gateway, 40).await;
+    assert_eq!(route["demoted"], false, "{route}");
+    assert_eq!(route["proven"], true, "{route}");
+    let tiers = traffic.send(&gateway, 5).await;
+    assert!(tiers.iter().all(|t| t == "local"), "{tiers:?}");
+    gateway.shutdown().await;
+
+    // The same ledger: the promotion is remembered.
+    let restarted = TestGateway::start(&config).await;
+    let route = standing(&restarted).await;
+    assert_eq!(route["demoted"], false, "{route}");
+    assert_eq!(route["samples"], 45, "{route}");
+    let tiers = traffic.send(&restarted, 3).await;
+    assert!(tiers.iter().all(|t| t == "local"), "{tiers:?}");
+    restarted.shutdown().await;
+}
+
+/// Streams are shadowed from their assembled text; a day's budget stops sampling once spent;
+/// shadow calls never delay or fail a client request, even when the reference is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_shadowed_the_budget_stops_sampling_and_a_down_reference_harms_no_one() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    local.update(|b| b.label_accuracy = Some(1.0));
+    api.update(|b| b.label_accuracy = Some(1.0));
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            let mut shadow = RawShadow::new("api_frontier", 1.0);
+            // Three gpt-4o calls at $0.0001 each.
+            shadow.daily_budget_usd = Some(spanned(0.0003));
+            c.route(ROUTE).shadow = Some(shadow);
+        });
+    let gateway = TestGateway::start(&config).await;
+    let mut request = chat(ROUTE, "my invoice is wrong [[billing]]");
+    request["stream"] = true.into();
+    let answer = Answer::of(gateway.post("/v1/chat/completions", &request).await).await;
+    assert_eq!(answer.status, 200);
+    let route = wait_for_samples(&gateway, 1).await;
+    assert_eq!(route["agreement"], 1.0, "{route}");
+    let shadow_call = api.requests().last().unwrap().body.clone();
+    assert_eq!(shadow_call["model"], "gpt-4o");
+    assert!(
+        shadow_call.get("stream").is_none() && shadow_call.get("stream_options").is_none(),
+        "a shadow call asks for one whole answer: {shadow_call}"
+    );
+
+    // The reference goes down: clients are served by local as before, nothing waits on it, and
+    // the failed checks score nothing.
+    api.update(|b| {
+        b.fault = Fault::Status {
+            status: 503,
+            body: None,
+            retry_after: None,
+        }
+    });
+    let mut traffic = Traffic { sent: 1 };
+    let tiers = traffic.send(&gateway, 3).await;
+    assert!(tiers.iter().all(|t| t == "local"), "{tiers:?}");
+    let calls = api.request_count();
+    wait_until(|| api.request_count() == calls).await;
+    api.update(|b| b.fault = Fault::None);
+
+    // Back up: two more calls spend the day's budget, and sampling stops.
+    traffic.send(&gateway, 2).await;
+    wait_for_samples(&gateway, 3).await;
+    let before = api.request_count();
+    traffic.send(&gateway, 5).await;
+    let route = standing(&gateway).await;
+    assert_eq!(route["spent_today_usd"], "0.0003", "{route}");
+    assert_eq!(
+        api.request_count(),
+        before,
+        "the budget is spent: no more shadow calls"
+    );
+    let summary = gateway
+        .store()
+        .await
+        .summary(0, i64::MAX, Some(ROUTE))
+        .await
+        .unwrap();
+    let [checks] = &summary.checks[..] else {
+        panic!("{:?}", summary.checks)
+    };
+    assert_eq!((checks.calls, checks.scored), (6, 3), "{checks:?}");
+    gateway.shutdown().await;
+}
+
+async fn wait_until(done: impl Fn() -> bool) {
+    let until = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < until, "the condition never held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
