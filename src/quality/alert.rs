@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 use super::monitor::Interval;
 use super::watch::{Change, Watch, now_ms};
@@ -18,7 +19,9 @@ const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 const WEBHOOK_TRIES: u32 = 3;
 
 pub struct Alerts {
-    webhook: Option<(reqwest::Url, reqwest::Client)>,
+    /// Notices on their way to the webhook, posted one after another so that it receives them in
+    /// the order they happened (a demotion never arrives before the alert that caused it).
+    webhook: Option<mpsc::UnboundedSender<Notice>>,
 }
 
 /// What the webhook receives.
@@ -41,10 +44,20 @@ pub struct Notice {
 }
 
 impl Alerts {
+    /// Must be called on a runtime: the webhook's sender runs as a task of it.
     pub fn new(config: &Config) -> Alerts {
         let webhook = config.alerts.webhook.clone().and_then(|url| {
             match reqwest::Client::builder().timeout(WEBHOOK_TIMEOUT).build() {
-                Ok(client) => Some((url, client)),
+                Ok(client) => {
+                    // Unbounded: a notice is a change of state, a handful a day.
+                    let (notices, mut queued) = mpsc::unbounded_channel();
+                    tokio::spawn(async move {
+                        while let Some(notice) = queued.recv().await {
+                            post(&client, &url, notice).await;
+                        }
+                    });
+                    Some(notices)
+                }
                 Err(err) => {
                     tracing::error!("cannot build the alert webhook's client: {err}; alerts go to the log and metrics only");
                     None
@@ -85,8 +98,8 @@ impl Alerts {
         if change.event == EventKind::AlertFired {
             crate::metrics::quality_alert_fired(&notice.route, &notice.model);
         }
-        if let Some((url, client)) = &self.webhook {
-            tokio::spawn(post(client.clone(), url.clone(), notice));
+        if let Some(webhook) = &self.webhook {
+            let _ = webhook.send(notice);
         }
     }
 }
@@ -123,7 +136,7 @@ fn log(notice: &Notice) {
 }
 
 /// POSTs the notice, retrying twice; the URL is never logged (it may hold a token).
-async fn post(client: reqwest::Client, url: reqwest::Url, notice: Notice) {
+async fn post(client: &reqwest::Client, url: &reqwest::Url, notice: Notice) {
     let mut last = String::new();
     for attempt in 0..WEBHOOK_TRIES {
         if attempt > 0 {

@@ -12,8 +12,10 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, ScorerKind};
 use crate::ledger::{LedgerError, Picodollars, RouteSums, Store, Summary};
+use crate::quality::feedback::Truth;
+use crate::quality::score::Answer;
 
 /// Reports and simulations reckon a month as 30 days, as the article's own table does.
 pub const DAYS_PER_MONTH: f64 = 30.0;
@@ -65,6 +67,8 @@ pub struct RouteReport {
     /// Requests the route's first tier did not answer, by why, with what they cost in the end:
     /// "4% of summaries went to the API because they were too long, $12 a month".
     pub moved_off_first_tier: Vec<MovedOff>,
+    /// What checking this route's quality cost and found.
+    pub quality: QualityReport,
     #[serde(skip)]
     api_cost: Picodollars,
     #[serde(skip)]
@@ -80,6 +84,47 @@ pub struct MovedOff {
     /// What they cost in the window, exact, and over a month.
     pub cost_usd: String,
     pub monthly_cost_usd: f64,
+}
+
+/// A route's quality in the window: agreement of each candidate tier with the reference (shadow
+/// checks), how often the output contract rewrote each model's answers, accuracy against the
+/// application's ground truth, and what the checking cost — apart from product traffic.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QualityReport {
+    pub agreement: Vec<Agreement>,
+    pub contract: Vec<ContractReport>,
+    /// Mean accuracy of the answers the application sent feedback for; `None` with none judged.
+    pub accuracy: Option<f64>,
+    pub feedback_judged: u64,
+    /// Feedback that could not be judged: a label or value for an answer the ledger does not hold
+    /// (`ledger.store_content` off).
+    pub feedback_unjudged: u64,
+    pub shadow_calls: u64,
+    pub eval_calls: u64,
+    /// Shadow and eval calls, exact, and over a month.
+    pub checks_cost_usd: String,
+    pub monthly_checks_cost_usd: f64,
+    #[serde(skip)]
+    checks_cost: Picodollars,
+}
+
+/// Shadow agreement of one candidate tier with its reference.
+#[derive(Debug, Clone, Serialize)]
+pub struct Agreement {
+    pub tier: String,
+    pub samples: u64,
+    pub agreement: f64,
+}
+
+/// The output contract's work on one model's answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContractReport {
+    pub model: String,
+    pub answers: u64,
+    /// Share whose label had to be pulled out of a longer answer.
+    pub rewritten_share: f64,
+    /// Share that held no allowed label (or several).
+    pub violated_share: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -99,11 +144,14 @@ pub struct Totals {
     pub baseline_usd: String,
     pub api_usd: String,
     pub fixed_usd: String,
+    /// Shadow and eval calls: what knowing the cheaper tiers are good enough costs.
+    pub checks_usd: String,
     pub actual_usd: String,
     pub saving_usd: String,
     pub monthly_baseline_usd: f64,
     pub monthly_api_usd: f64,
     pub monthly_fixed_usd: f64,
+    pub monthly_checks_usd: f64,
     pub monthly_actual_usd: f64,
     pub monthly_saving_usd: f64,
     /// Saving as a share of the baseline, in percent.
@@ -149,6 +197,48 @@ impl Report {
         let summary = store.summary(window.from_ms, window.to_ms, route).await?;
         let mut report = Report::build(config, &summary, window);
         report.starts_at_first_record = clamped;
+        for route in &mut report.routes {
+            let Some(configured) = config.routes.iter().find(|r| r.name == route.route) else {
+                continue;
+            };
+            let Some(scorer) = configured
+                .shadow
+                .as_ref()
+                .map(|shadow| shadow.scorer)
+                .or_else(|| ScorerKind::for_task(configured.kind))
+            else {
+                continue;
+            };
+            let labels = configured.labels.as_deref().unwrap_or(&[]);
+            let (mut sum, mut judged, mut unjudged) = (0.0, 0u64, 0u64);
+            for (_, truth, answer) in store
+                .feedback(window.from_ms, window.to_ms, &route.route)
+                .await?
+            {
+                // A whole answer is stored as the completion the client got, a stream as its text.
+                let answer =
+                    answer.map(
+                        |stored| match serde_json::from_str::<serde_json::Value>(&stored) {
+                            Ok(value) if value.get("choices").is_some() => {
+                                Answer::of_completion(&value)
+                            }
+                            _ => Answer::text(stored),
+                        },
+                    );
+                match Truth::from_stored(&truth)
+                    .and_then(|truth| truth.judge(answer.as_ref(), scorer, labels))
+                {
+                    Some(score) => {
+                        sum += score;
+                        judged += 1;
+                    }
+                    None => unjudged += 1,
+                }
+            }
+            route.quality.accuracy = (judged > 0).then(|| sum / judged as f64);
+            route.quality.feedback_judged = judged;
+            route.quality.feedback_unjudged = unjudged;
+        }
         Ok(report)
     }
 
@@ -214,6 +304,7 @@ impl Report {
                         monthly_cost_usd: window.monthly(moved.cost),
                     })
                     .collect();
+                report.quality = quality(summary, &sums.route, window);
                 report
             })
             .collect();
@@ -225,17 +316,21 @@ impl Report {
         let baseline = sum(|r| r.baseline);
         let api = sum(|r| r.api_cost);
         let fixed_total = Picodollars::saturating(fixed.iter().map(|f| f.window.0 as i128).sum());
-        let actual = Picodollars::saturating(api.0 as i128 + fixed_total.0 as i128);
+        let checks = sum(|r| r.quality.checks_cost);
+        let actual =
+            Picodollars::saturating(api.0 as i128 + fixed_total.0 as i128 + checks.0 as i128);
         let saving = Picodollars::saturating(baseline.0 as i128 - actual.0 as i128);
         let totals = Totals {
             baseline_usd: baseline.to_string(),
             api_usd: api.to_string(),
             fixed_usd: fixed_total.to_string(),
+            checks_usd: checks.to_string(),
             actual_usd: actual.to_string(),
             saving_usd: saving.to_string(),
             monthly_baseline_usd: window.monthly(baseline),
             monthly_api_usd: window.monthly(api),
             monthly_fixed_usd: window.monthly(fixed_total),
+            monthly_checks_usd: window.monthly(checks),
             monthly_actual_usd: window.monthly(actual),
             monthly_saving_usd: window.monthly(saving),
             saving_pct: if baseline.0 > 0 {
@@ -354,6 +449,58 @@ impl Report {
                 );
             }
         }
+        for r in &self.routes {
+            let q = &r.quality;
+            for agreement in &q.agreement {
+                let _ = writeln!(
+                    out,
+                    "  {}: {} agrees with the reference {:.1}% over {} shadow samples",
+                    r.route,
+                    agreement.tier,
+                    agreement.agreement * 100.0,
+                    agreement.samples
+                );
+            }
+            for contract in &q.contract {
+                let _ = writeln!(
+                    out,
+                    "  {}: the output contract rewrote {:.1}% of {}'s {} answers ({:.1}% held no allowed label)",
+                    r.route,
+                    contract.rewritten_share * 100.0,
+                    contract.model,
+                    contract.answers,
+                    contract.violated_share * 100.0
+                );
+            }
+            if let Some(accuracy) = q.accuracy {
+                let _ = writeln!(
+                    out,
+                    "  {}: {:.1}% accurate against ground truth over {} answers with feedback{}",
+                    r.route,
+                    accuracy * 100.0,
+                    q.feedback_judged,
+                    if q.feedback_unjudged > 0 {
+                        format!(
+                            " ({} more not judged: their answers are not stored)",
+                            q.feedback_unjudged
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            if q.shadow_calls + q.eval_calls > 0 {
+                let _ = writeln!(
+                    out,
+                    "  {}: quality checks {} calls ({} shadow, {} eval), {}/mo",
+                    r.route,
+                    q.shadow_calls + q.eval_calls,
+                    q.shadow_calls,
+                    q.eval_calls,
+                    usd(q.monthly_checks_cost_usd)
+                );
+            }
+        }
         let t = &self.totals;
         let line = |out: &mut String, label: &str, amount: f64, note: &str| {
             let _ = writeln!(out, "{label:<34} {:>12}/mo{note}", usd(amount));
@@ -379,6 +526,9 @@ impl Report {
                 note,
             );
         }
+        if t.monthly_checks_usd > 0.0 {
+            line(&mut out, "after: quality checks", t.monthly_checks_usd, "");
+        }
         line(&mut out, "after: total", t.monthly_actual_usd, "");
         line(
             &mut out,
@@ -395,6 +545,41 @@ impl Report {
         }
         out
     }
+}
+
+/// A route's shadow agreement, contract rewrites and checking cost, from the ledger's sums.
+fn quality(summary: &Summary, route: &Option<String>, window: Window) -> QualityReport {
+    let mut report = QualityReport::default();
+    let mut cost = 0i128;
+    for checks in summary.checks.iter().filter(|c| &c.route == route) {
+        cost += i128::from(checks.cost.0);
+        match checks.purpose.as_str() {
+            "eval" => report.eval_calls += checks.calls,
+            _ => report.shadow_calls += checks.calls,
+        }
+        if let (Some(tier), true) = (&checks.candidate, checks.scored > 0) {
+            report.agreement.push(Agreement {
+                tier: tier.clone(),
+                samples: checks.scored,
+                agreement: checks.agreement_ppm as f64 / 1e6 / checks.scored as f64,
+            });
+        }
+    }
+    report.contract = summary
+        .contracts
+        .iter()
+        .filter(|c| &c.route == route && c.answers > 0)
+        .map(|c| ContractReport {
+            model: c.model.clone().unwrap_or_default(),
+            answers: c.answers,
+            rewritten_share: c.normalized as f64 / c.answers as f64,
+            violated_share: c.violated as f64 / c.answers as f64,
+        })
+        .collect();
+    report.checks_cost = Picodollars::saturating(cost);
+    report.checks_cost_usd = report.checks_cost.to_string();
+    report.monthly_checks_cost_usd = window.monthly(report.checks_cost);
+    report
 }
 
 fn route_name(route: &Option<String>) -> &str {
@@ -426,6 +611,7 @@ fn route_report(route: &str, sums: &RouteSums, fixed: Picodollars, window: Windo
         )),
         monthly_baseline_usd: window.monthly(sums.baseline),
         moved_off_first_tier: Vec::new(),
+        quality: QualityReport::default(),
         api_cost: sums.cost,
         baseline: sums.baseline,
     }

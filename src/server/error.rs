@@ -94,6 +94,14 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", message).code("not_found")
     }
 
+    /// 503 with `Retry-After: 1`: a queue of the gateway's own is full.
+    pub fn busy(message: String) -> ApiError {
+        let mut error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+            .code("gateway_busy");
+        error.retry_after = Some(1);
+        error
+    }
+
     pub fn internal(message: String) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }

@@ -4,6 +4,7 @@
 
 mod auth;
 mod error;
+mod feedback;
 mod info;
 mod proxy;
 mod relay;
@@ -27,6 +28,7 @@ use crate::health::{self, Health};
 use crate::ledger::{LedgerError, LedgerHealth, LedgerWriter, Pricing, Spool, Store};
 use crate::outcome::{Dispatcher, Outcomes};
 use crate::quality::alert::Alerts;
+use crate::quality::feedback::{FeedbackQueue, FeedbackWriter};
 use crate::quality::shadow::{self, ShadowChecks};
 use crate::quality::watch::Watches;
 use crate::route::RouteTable;
@@ -52,6 +54,8 @@ pub struct App {
     pub ledger_health: Arc<LedgerHealth>,
     /// Each shadowed route's quality state: which requests are sampled, which primaries demoted.
     pub watches: Arc<Watches>,
+    /// Ground truth on its way to the ledger.
+    pub feedback: FeedbackQueue,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub started_unix: u64,
 }
@@ -62,11 +66,13 @@ impl App {
         outcomes: Outcomes,
         store: Store,
         watches: Arc<Watches>,
+        feedback: FeedbackQueue,
     ) -> Result<App, UpstreamError> {
         Ok(App {
             outcomes,
             store,
             watches,
+            feedback,
             ledger_health: Arc::default(),
             metrics: crate::metrics::handle(),
 
@@ -95,6 +101,7 @@ pub fn router(app: Arc<App>) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(proxy::chat_completions))
         .route("/v1/embeddings", post(proxy::embeddings))
+        .route("/v1/feedback", post(feedback::feedback))
         .route("/v1/models", get(info::models))
         .route("/v1/models/{*id}", get(info::model))
         .route_layer(middleware::from_fn_with_state(
@@ -165,6 +172,7 @@ pub struct Gateway {
     workers: workers::Workers,
     probes: Vec<JoinHandle<()>>,
     shadow_checks: Option<ShadowChecks>,
+    feedback_writer: FeedbackWriter,
     dispatcher: Dispatcher,
     grace: std::time::Duration,
 }
@@ -212,8 +220,9 @@ impl Gateway {
             outcomes = outcomes.clone().with_samples(samples);
             queued
         });
-        let mut app =
-            App::new(Arc::new(config), outcomes, store, watches).map_err(StartError::Client)?;
+        let (feedback, feedback_writer) = FeedbackWriter::spawn(store.clone());
+        let mut app = App::new(Arc::new(config), outcomes, store, watches, feedback)
+            .map_err(StartError::Client)?;
         app.ledger_health = ledger_health;
         let shadow_checks = match samples {
             Some(samples) => Some(ShadowChecks::spawn(
@@ -237,6 +246,7 @@ impl Gateway {
             workers,
             probes,
             shadow_checks,
+            feedback_writer,
             dispatcher,
             grace,
         })
@@ -252,6 +262,7 @@ impl Gateway {
         if let Some(checks) = self.shadow_checks {
             checks.finish(self.grace).await;
         }
+        self.feedback_writer.finish(LEDGER_FLUSH_DEADLINE).await;
         self.dispatcher.finish(LEDGER_FLUSH_DEADLINE).await;
     }
 }

@@ -256,6 +256,31 @@ fn route_details_are_checked() {
         ),
         (
             "tiers = [\"local\"]",
+            "tiers = [\"local\"]\nshadow = { reference = \"local\", sample_rate = 0.1 }",
+            "shadow.reference: \"local\" is the route's primary tier",
+        ),
+        (
+            "tiers = [\"local\"]",
+            "tiers = [\"local\"]\nshadow = { reference = \"local\", sample_rate = 0.1, window = 10, min_samples = 20 }",
+            "shadow.min_samples: is more than the window (10)",
+        ),
+        (
+            "tiers = [\"local\"]",
+            "tiers = [\"local\"]\nshadow = { reference = \"local\", sample_rate = 0.1, concurrency = 0 }",
+            "shadow.concurrency: must be at least 1",
+        ),
+        (
+            "tiers = [\"local\"]",
+            "tiers = [\"local\"]\nshadow = { reference = \"local\", sample_rate = 0.1, daily_budget_usd = -1.0 }",
+            "shadow.daily_budget_usd: must be a number of dollars, 0 or more",
+        ),
+        (
+            "tiers = [\"local\"]",
+            "tiers = [\"local\"]\nshadow = { reference = \"local\", sample_rate = 0.1, on_drift = \"panic\" }",
+            "unknown variant `panic`, expected `alert` or `demote`",
+        ),
+        (
+            "tiers = [\"local\"]",
             "tiers = [\"local\"]\nprompts.api = \"p.txt\"",
             "prompts.api: \"api\" is not in this route's tiers",
         ),
@@ -279,6 +304,25 @@ fn route_details_are_checked() {
         let err = error_of(&patched(from, to));
         assert!(err.contains(expected), "expected {expected:?} in {err}");
     }
+}
+
+/// A webhook URL may carry a token: a bad one is named by its key, never echoed.
+#[test]
+fn an_alert_webhook_must_be_http_and_is_never_echoed() {
+    let err = error_of(&format!(
+        "{BASE}\n[alerts]\nwebhook = \"ftp://hooks.example/T0KEN-77\"\n"
+    ));
+    assert!(
+        err.contains("alerts.webhook: is not an http:// or https:// URL"),
+        "{err}"
+    );
+    assert!(!err.contains("T0KEN-77"), "{err}");
+    let ok = format!("{BASE}\n[alerts]\nwebhook = \"https://hooks.example/T0KEN-77\"\n");
+    let config = Config::parse(&ok, std::path::Path::new("t.toml"), &|_| None).unwrap();
+    assert_eq!(
+        config.alerts.webhook.unwrap().as_str(),
+        "https://hooks.example/T0KEN-77"
+    );
 }
 
 #[test]

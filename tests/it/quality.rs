@@ -407,6 +407,102 @@ async fn streams_are_shadowed_the_budget_stops_sampling_and_a_down_reference_har
     gateway.shutdown().await;
 }
 
+/// Ground truth through `POST /v1/feedback`, and the report's quality section: agreement with the
+/// reference, contract rewrites, accuracy against the truth, and what the checks cost, counted in
+/// the money actually spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_and_shadow_checks_show_in_the_report_beside_cost() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    // Every answer wrapped in words, so the contract pulls the label out of each.
+    local.update(|b| b.reply = "The category is: billing.".into());
+    api.update(|b| b.reply = "billing".into());
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            c.0.ledger.store_content = true;
+            c.route(ROUTE).shadow = Some(RawShadow::new("api_frontier", 1.0));
+        });
+    let gateway = TestGateway::start(&config).await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let answer = Answer::of(
+            gateway
+                .post("/v1/chat/completions", &chat(ROUTE, &format!("ticket {i}")))
+                .await,
+        )
+        .await;
+        assert_eq!(answer.header("x-tierwise-contract"), Some("normalized"));
+        ids.push(answer.header("x-tierwise-request-id").unwrap().to_string());
+    }
+    wait_for_samples(&gateway, 4).await;
+    let truths = [
+        serde_json::json!({"request_id": ids[0], "label": "billing"}),
+        serde_json::json!({"request_id": ids[1], "label": "technical"}),
+        serde_json::json!({"request_id": ids[2], "correct": true}),
+        serde_json::json!({"request_id": ids[3], "score": 0.5}),
+    ];
+    for truth in &truths {
+        let accepted = Answer::of(gateway.post("/v1/feedback", truth).await).await;
+        assert_eq!(accepted.status, 202, "{}", accepted.body);
+    }
+    let refused = Answer::of(
+        gateway
+            .post(
+                "/v1/feedback",
+                &serde_json::json!({"request_id": ids[0], "label": "a", "correct": true}),
+            )
+            .await,
+    )
+    .await;
+    refused.error(400, None);
+    assert!(
+        refused.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exactly one of")
+    );
+
+    // Feedback is written in the background: wait until all four are judged.
+    let until = Instant::now() + Duration::from_secs(10);
+    let report = loop {
+        let report = Answer::of(gateway.get("/admin/api/report?since=1h").await)
+            .await
+            .body;
+        let route = report["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["route"] == ROUTE)
+            .cloned()
+            .unwrap();
+        if route["quality"]["feedback_judged"] == 4 {
+            break report;
+        }
+        assert!(Instant::now() < until, "feedback never judged: {route}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let route = &report["routes"][0];
+    let quality = &route["quality"];
+    // billing right (1), technical wrong (0), correct (1), a half score: 2.5 of 4.
+    assert_eq!(quality["accuracy"], 0.625, "{quality}");
+    assert_eq!(quality["agreement"][0]["tier"], "local");
+    assert_eq!(quality["agreement"][0]["samples"], 4);
+    assert_eq!(quality["agreement"][0]["agreement"], 1.0);
+    assert_eq!(quality["contract"][0]["model"], "mistral-7b");
+    assert_eq!(quality["contract"][0]["rewritten_share"], 1.0);
+    assert_eq!(quality["shadow_calls"], 4);
+    assert_eq!(quality["checks_cost_usd"], "0.0004");
+    assert_eq!(route["calls"], 4, "shadow calls are not the route's calls");
+    assert_eq!(report["totals"]["checks_usd"], "0.0004");
+    assert_eq!(report["totals"]["api_usd"], "0");
+    assert_eq!(
+        report["totals"]["actual_usd"], "0.0004",
+        "checks are money spent"
+    );
+    gateway.shutdown().await;
+}
+
 async fn wait_until(done: impl Fn() -> bool) {
     let until = Instant::now() + Duration::from_secs(20);
     while !done() {

@@ -1,0 +1,262 @@
+//! Ground truth from the application: `POST /v1/feedback` names a request the gateway answered and
+//! what the right answer was — a label, a JSON value, a score, or simply correct/incorrect — so that
+//! reports can show accuracy against the truth beside agreement with the reference tier.
+//!
+//! Feedback is queued and written by a background task, never by the handler: a slow or absent
+//! database makes the queue wait (and, full, refuse with 503 so the application retries), never the
+//! handler. A label or JSON value is judged against the answer the gateway gave, which the ledger
+//! holds only with `ledger.store_content = true`; without it such feedback is counted as unjudged.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::score::{Answer, ScorerKind, score};
+use crate::ledger::Store;
+use crate::ledger::quality::Feedback;
+
+/// Feedback waiting to be written; more is refused with 503 until the database catches up.
+pub const QUEUE: usize = 4096;
+/// How long a write that failed waits before it is tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// What the application says the right answer was.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Truth {
+    /// The right label (classification, moderation).
+    Label(String),
+    /// The right JSON value (extraction).
+    Value(Value),
+    /// A grade from 0 to 1.
+    Score(f64),
+    /// Whether the answer was right.
+    Correct(bool),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TruthError {
+    #[error("`request_id` must be the x-tierwise-request-id of an answered request")]
+    RequestId,
+    #[error("give exactly one of `label`, `value`, `score` or `correct` (found {0})")]
+    Kinds(usize),
+    #[error("`{0}` must be {1}")]
+    Type(&'static str, &'static str),
+}
+
+impl Truth {
+    /// The request id and the truth of a feedback body.
+    pub fn parse(body: &Value) -> Result<(String, Truth), TruthError> {
+        let id = body["request_id"]
+            .as_str()
+            .filter(|id| !id.is_empty() && id.len() <= 64)
+            .ok_or(TruthError::RequestId)?;
+        let given: Vec<&str> = ["label", "value", "score", "correct"]
+            .into_iter()
+            .filter(|key| body.get(key).is_some())
+            .collect();
+        let [kind] = given[..] else {
+            return Err(TruthError::Kinds(given.len()));
+        };
+        let truth = match kind {
+            "label" => Truth::Label(
+                body["label"]
+                    .as_str()
+                    .ok_or(TruthError::Type("label", "a string"))?
+                    .to_string(),
+            ),
+            "value" => Truth::Value(body["value"].clone()),
+            "score" => Truth::Score(
+                body["score"]
+                    .as_f64()
+                    .filter(|score| (0.0..=1.0).contains(score))
+                    .ok_or(TruthError::Type("score", "a number from 0 to 1"))?,
+            ),
+            _ => Truth::Correct(
+                body["correct"]
+                    .as_bool()
+                    .ok_or(TruthError::Type("correct", "true or false"))?,
+            ),
+        };
+        Ok((id.to_string(), truth))
+    }
+
+    pub fn from_stored(text: &str) -> Option<Truth> {
+        let value: Value = serde_json::from_str(text).ok()?;
+        let (kind, inner) = value.as_object()?.iter().next()?;
+        Some(match kind.as_str() {
+            "label" => Truth::Label(inner.as_str()?.to_string()),
+            "value" => Truth::Value(inner.clone()),
+            "score" => Truth::Score(inner.as_f64()?),
+            "correct" => Truth::Correct(inner.as_bool()?),
+            _ => return None,
+        })
+    }
+
+    pub fn to_stored(&self) -> String {
+        serde_json::to_string(self).expect("a truth always serializes")
+    }
+
+    /// How right the answer was, 0 to 1; `None` when it cannot be told (a label or value, and the
+    /// answer was not stored, or the answer cannot be scored).
+    pub fn judge(
+        &self,
+        answer: Option<&Answer>,
+        scorer: ScorerKind,
+        labels: &[String],
+    ) -> Option<f64> {
+        match self {
+            Truth::Correct(correct) => Some(if *correct { 1.0 } else { 0.0 }),
+            Truth::Score(score) => Some(*score),
+            Truth::Label(label) => score(scorer, answer?, &Answer::text(label.clone()), labels)
+                .ok()
+                .map(|s| s.agreement),
+            Truth::Value(value) => {
+                let expected = match value {
+                    Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                };
+                score(scorer, answer?, &Answer::text(expected), labels)
+                    .ok()
+                    .map(|s| s.agreement)
+            }
+        }
+    }
+}
+
+/// The handler's side of the queue.
+#[derive(Clone)]
+pub struct FeedbackQueue(mpsc::Sender<Feedback>);
+
+impl FeedbackQueue {
+    /// Queues feedback; `false` when the queue is full.
+    pub fn push(&self, feedback: Feedback) -> bool {
+        self.0.try_send(feedback).is_ok()
+    }
+}
+
+/// The task that writes feedback, and the means to stop it.
+pub struct FeedbackWriter {
+    task: JoinHandle<()>,
+    close: oneshot::Sender<()>,
+}
+
+impl FeedbackWriter {
+    pub fn spawn(store: Store) -> (FeedbackQueue, FeedbackWriter) {
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        let (close, closed) = oneshot::channel();
+        let task = tokio::spawn(write(store, receiver, closed));
+        (FeedbackQueue(sender), FeedbackWriter { task, close })
+    }
+
+    /// Writes what is queued, at most `deadline`.
+    pub async fn finish(self, deadline: Duration) {
+        let _ = self.close.send(());
+        let mut task = self.task;
+        if tokio::time::timeout(deadline, &mut task).await.is_err() {
+            tracing::error!("feedback still queued at shutdown could not be written; it is lost");
+            task.abort();
+        }
+    }
+}
+
+async fn write(
+    store: Store,
+    mut queue: mpsc::Receiver<Feedback>,
+    mut closed: oneshot::Receiver<()>,
+) {
+    loop {
+        let feedback = tokio::select! {
+            feedback = queue.recv() => feedback,
+            _ = &mut closed => {
+                queue.close();
+                continue;
+            }
+        };
+        let Some(feedback) = feedback else { break };
+        // Kept until the database takes it: the queue behind it fills, and the handler says 503.
+        while let Err(err) = store.record_feedback(&feedback).await {
+            tracing::warn!(request_id = %feedback.request_id, "cannot store feedback yet: {err}");
+            tokio::time::sleep(RETRY_EVERY).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn feedback_bodies_parse_into_one_truth_or_say_what_is_wrong() {
+        let parse = |body: Value| Truth::parse(&body);
+        assert_eq!(
+            parse(json!({"request_id": "r1", "label": "billing"})),
+            Ok(("r1".into(), Truth::Label("billing".into())))
+        );
+        assert_eq!(
+            parse(json!({"request_id": "r1", "correct": false})),
+            Ok(("r1".into(), Truth::Correct(false)))
+        );
+        assert_eq!(
+            parse(json!({"request_id": "r1", "score": 0.5})),
+            Ok(("r1".into(), Truth::Score(0.5)))
+        );
+        assert_eq!(
+            parse(json!({"label": "billing"})),
+            Err(TruthError::RequestId)
+        );
+        assert_eq!(
+            parse(json!({"request_id": "r1", "label": "a", "correct": true})),
+            Err(TruthError::Kinds(2))
+        );
+        assert_eq!(
+            parse(json!({"request_id": "r1"})),
+            Err(TruthError::Kinds(0))
+        );
+        assert_eq!(
+            parse(json!({"request_id": "r1", "score": 2})),
+            Err(TruthError::Type("score", "a number from 0 to 1"))
+        );
+        assert_eq!(
+            parse(json!({"request_id": "r1", "correct": "yes"})),
+            Err(TruthError::Type("correct", "true or false"))
+        );
+        for truth in [
+            Truth::Label("billing".into()),
+            Truth::Value(json!({"a": 1})),
+            Truth::Score(0.25),
+            Truth::Correct(true),
+        ] {
+            assert_eq!(Truth::from_stored(&truth.to_stored()), Some(truth));
+        }
+    }
+
+    #[test]
+    fn a_label_is_judged_against_the_stored_answer_and_unjudged_without_it() {
+        let labels = ["billing".to_string(), "technical".to_string()];
+        let truth = Truth::Label("billing".into());
+        let right = Answer::text("Billing.");
+        let wrong = Answer::text("technical");
+        assert_eq!(
+            truth.judge(Some(&right), ScorerKind::Label, &labels),
+            Some(1.0)
+        );
+        assert_eq!(
+            truth.judge(Some(&wrong), ScorerKind::Label, &labels),
+            Some(0.0)
+        );
+        assert_eq!(truth.judge(None, ScorerKind::Label, &labels), None);
+        assert_eq!(
+            Truth::Correct(false).judge(None, ScorerKind::Label, &labels),
+            Some(0.0)
+        );
+        let value = Truth::Value(json!({"name": "Ada", "city": "Paris"}));
+        let half = Answer::text(r#"{"name": "Ada", "city": "Rome"}"#);
+        assert_eq!(value.judge(Some(&half), ScorerKind::Json, &[]), Some(0.5));
+    }
+}
