@@ -101,6 +101,9 @@ pub enum ScorerKind {
     Text,
     /// Tool calls compared by function name and parsed arguments.
     ToolCalls,
+    /// The reference tier grades the candidate's answer against its own with a rubric, 0 to 10:
+    /// one more reference call per sample, for open-ended answers no fixed measure compares.
+    Judge,
 }
 
 impl ScorerKind {
@@ -115,6 +118,16 @@ impl ScorerKind {
             }
             TaskKind::Agentic => Some(ScorerKind::ToolCalls),
             TaskKind::Embedding => None,
+        }
+    }
+
+    /// How an answer is compared with a right answer someone wrote (a dataset's `expected`, an
+    /// application's feedback): as text where the route is graded by a judge, which grades only
+    /// against the reference tier's own answer.
+    pub fn against_truth(self) -> ScorerKind {
+        match self {
+            ScorerKind::Judge => ScorerKind::Text,
+            other => other,
         }
     }
 }

@@ -12,8 +12,9 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::judge;
 use super::monitor::{Interval, wilson};
-use super::score::{Answer, ScorerKind, score};
+use super::score::{Answer, Score, ScorerKind, Unscorable, score};
 use crate::config::{ChainTier, Config, Route, Tier, with_labels};
 use crate::ledger::{Picodollars, Pricing, Tokens};
 use crate::openai::{Endpoint, RequestBody};
@@ -150,8 +151,12 @@ pub async fn run(
                 names(config.routes.iter().map(|r| r.name.as_str())),
             )
         })?;
-    let scorer =
-        ScorerKind::for_task(route.kind).ok_or_else(|| EvalError::NotScored(route.name.clone()))?;
+    let scorer = route
+        .shadow
+        .as_ref()
+        .map(|shadow| shadow.scorer)
+        .or_else(|| ScorerKind::for_task(route.kind))
+        .ok_or_else(|| EvalError::NotScored(route.name.clone()))?;
     let candidate = match &options.candidate {
         Some(name) => step(config, route, name)?,
         None => route.chain[0].clone(),
@@ -207,7 +212,10 @@ pub async fn run(
     let mut ranked = Vec::new();
     for (prompt, variant) in &variants {
         let answers = asker.answers(variant, &lines).await;
-        let (agreement, _) = scoring.agreement(&answers, &theirs);
+        let grades = asker
+            .grades(scorer, &reference, &lines, &answers, &theirs)
+            .await;
+        let (agreement, _) = scoring.agreement(&answers, &theirs, &grades);
         ranked.push(Variant {
             prompt: prompt.clone(),
             agreement,
@@ -233,7 +241,10 @@ pub async fn run(
             .then(a.tokens_per_call.total_cmp(&b.tokens_per_call))
     });
 
-    let (agreement, mut compared) = scoring.agreement(&mine, &theirs);
+    let grades = asker
+        .grades(scorer, &reference, &lines, &mine, &theirs)
+        .await;
+    let (agreement, mut compared) = scoring.agreement(&mine, &theirs, &grades);
     let count = compared.len();
     let interval = agreement.map(|a| wilson(a * count as f64, count as u64, 1.96));
     compared.retain(|d| d.agreement < 1.0);
@@ -274,30 +285,54 @@ impl Asker<'_> {
             .await
     }
 
+    /// With the judge scorer, the reference tier's grade of each line's answer against its own;
+    /// nothing for the other scorers, which need no call.
+    async fn grades(
+        &self,
+        scorer: ScorerKind,
+        reference: &ChainTier,
+        lines: &[Line],
+        mine: &[Answered],
+        theirs: &[Answered],
+    ) -> Vec<Option<Score>> {
+        if scorer != ScorerKind::Judge {
+            return Vec::new();
+        }
+        futures_util::stream::iter(lines.iter().zip(mine.iter().zip(theirs)))
+            .map(|(line, (a, b))| async move {
+                let (Some(a), Some(b)) = (&a.answer, &b.answer) else {
+                    return None;
+                };
+                let asked = serde_json::json!({ "messages": line.messages });
+                let rubric = judge::rubric_request(&reference.tier.model, &asked, &a.text, &b.text);
+                let body = serde_json::to_vec(&rubric).expect("a JSON value serializes");
+                let graded = self.send(&reference.tier, body).await;
+                Some(match graded.answer {
+                    Some(answer) => judge::grade(&answer.text),
+                    None => Err(Unscorable(graded.error.unwrap_or_default())),
+                })
+            })
+            .buffered(self.concurrency)
+            .collect()
+            .await
+    }
+
     async fn ask(&self, step: &ChainTier, messages: &Value) -> Answered {
-        let failed = |latency_us, error: String| Answered {
-            answer: None,
-            latency_us,
-            cost: None,
-            tokens: 0,
-            error: Some(error),
-        };
         let body =
             serde_json::to_vec(&serde_json::json!({"model": self.route, "messages": messages}))
                 .expect("a JSON value serializes");
-        let parsed = match RequestBody::parse(Endpoint::ChatCompletions, &body) {
-            Ok(parsed) => parsed,
-            Err(err) => return failed(0, err.to_string()),
-        };
+        match RequestBody::parse(Endpoint::ChatCompletions, &body) {
+            Ok(parsed) => self.send(&step.tier, parsed.for_tier(step)).await,
+            Err(err) => failed(0, err.to_string()),
+        }
+    }
+
+    /// Sends a chat body to `tier` for one whole answer.
+    async fn send(&self, tier: &Arc<Tier>, body: Vec<u8>) -> Answered {
         let started = Instant::now();
         let sent = self
             .upstreams
-            .send(
-                &step.tier,
-                Endpoint::ChatCompletions,
-                parsed.for_tier(step),
-                false,
-            )
+            .send(tier, Endpoint::ChatCompletions, body, false)
             .await;
         let latency_us = started.elapsed().as_micros() as u64;
         let (body, usage) = match sent {
@@ -312,10 +347,20 @@ impl Asker<'_> {
             latency_us,
             cost: tokens
                 .as_ref()
-                .and_then(|tokens| self.pricing.price(&step.tier, None, tokens).cost),
+                .and_then(|tokens| self.pricing.price(tier, None, tokens).cost),
             tokens: tokens.map_or(0, |t| t.input + t.output),
             error: None,
         }
+    }
+}
+
+fn failed(latency_us: u64, error: String) -> Answered {
+    Answered {
+        answer: None,
+        latency_us,
+        cost: None,
+        tokens: 0,
+        error: Some(error),
     }
 }
 
@@ -338,7 +383,8 @@ impl Scoring<'_> {
             latencies.push(answered.latency_us);
             costs.push(answered.cost);
             if let Some(expected) = expected
-                && let Ok(scored) = score(self.scorer, answer, expected, self.labels)
+                && let Ok(scored) =
+                    score(self.scorer.against_truth(), answer, expected, self.labels)
             {
                 accurate += scored.agreement;
                 judged += 1;
@@ -363,18 +409,25 @@ impl Scoring<'_> {
     }
 
     /// Mean agreement of `mine` with `theirs` over the lines both answered and the reference's
-    /// answer could be scored, and each such line.
+    /// answer could be scored, and each such line; `grades` are the judge's, where it grades.
     fn agreement(
         &self,
         mine: &[Answered],
         theirs: &[Answered],
+        grades: &[Option<Score>],
     ) -> (Option<f64>, Vec<Disagreement>) {
         let mut lines = Vec::new();
         for (index, (a, b)) in mine.iter().zip(theirs).enumerate() {
             let (Some(a), Some(b)) = (&a.answer, &b.answer) else {
                 continue;
             };
-            if let Ok(scored) = score(self.scorer, a, b, self.labels) {
+            let scored = match grades.get(index) {
+                Some(grade) => grade
+                    .clone()
+                    .unwrap_or_else(|| Err(Unscorable("no grade".into()))),
+                None => score(self.scorer, a, b, self.labels),
+            };
+            if let Ok(scored) = scored {
                 lines.push(Disagreement {
                     line: index + 1,
                     agreement: scored.agreement,

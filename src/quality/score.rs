@@ -94,6 +94,10 @@ pub fn score(kind: ScorerKind, candidate: &Answer, reference: &Answer, labels: &
         ScorerKind::Json => json(&candidate.text, &reference.text),
         ScorerKind::Text => Ok(text(&candidate.text, &reference.text)),
         ScorerKind::ToolCalls => tool_calls(&candidate.tool_calls, &reference.tool_calls),
+        // Graded by a call to the reference tier (`super::judge`), which this function cannot make.
+        ScorerKind::Judge => Err(Unscorable(
+            "the judge scorer grades with a call to the reference tier".into(),
+        )),
     }
 }
 

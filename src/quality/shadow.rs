@@ -22,7 +22,8 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::alert::Alerts;
-use super::score::{Answer, score};
+use super::judge;
+use super::score::{Answer, ScorerKind, score};
 use super::watch::{RESYNC, Watch, Watches, now_ms};
 use crate::config::{ChainTier, Tier};
 use crate::health::Health;
@@ -146,8 +147,15 @@ async fn check(
     };
     let mut rows = Vec::new();
     let ask = async |tier: &Arc<Tier>| -> Result<Side, &'static str> {
-        let side = call(&checker, &watch, &sample, &request, tier).await?;
-        Ok(side)
+        let step = route_step(&watch, tier);
+        call(
+            &checker,
+            &watch,
+            &sample,
+            tier,
+            request.for_tier_whole(&step),
+        )
+        .await
     };
     let sides = if by_candidate {
         ask(&shadow.reference)
@@ -176,17 +184,36 @@ async fn check(
     let failed = [&candidate, &reference]
         .iter()
         .any(|side| side.row.as_ref().is_some_and(|row| row.status != 200));
-    let scored = (!failed)
+    let mut scored = (!failed && shadow.scorer != ScorerKind::Judge)
         .then(|| score(shadow.scorer, &candidate.answer, &reference.answer, labels).ok())
         .flatten();
-    let mut cost = Picodollars(0);
-    for side in [candidate, reference] {
-        if let Some(row) = side.row {
-            cost = Picodollars::saturating(
-                i128::from(cost.0) + i128::from(row.cost_pusd.unwrap_or_default().0),
-            );
-            rows.push(row);
+    let mut judged = None;
+    if !failed && shadow.scorer == ScorerKind::Judge {
+        let asked: Value = serde_json::from_slice(&sample.body).unwrap_or(Value::Null);
+        let rubric = judge::rubric_request(
+            &shadow.reference.model,
+            &asked,
+            &candidate.answer.text,
+            &reference.answer.text,
+        );
+        let body = serde_json::to_vec(&rubric).expect("a JSON value serializes");
+        match call(&checker, &watch, &sample, &shadow.reference, body).await {
+            Ok(grading) => {
+                if grading.row.as_ref().is_some_and(|row| row.status == 200) {
+                    scored = judge::grade(&grading.answer.text).ok();
+                }
+                judged = grading.row;
+            }
+            Err(skipped) => crate::metrics::shadow_skipped(route, skipped),
         }
+    }
+    let mut cost = Picodollars(0);
+    let sides = [candidate.row, reference.row, judged];
+    for row in sides.into_iter().flatten() {
+        cost = Picodollars::saturating(
+            i128::from(cost.0) + i128::from(row.cost_pusd.unwrap_or_default().0),
+        );
+        rows.push(row);
     }
     let outcome = match (&scored, failed) {
         (_, true) => "failed",
@@ -218,13 +245,27 @@ async fn check(
     }
 }
 
-/// Asks `tier` the sample's question as one whole answer: `Err` names why the call was not made.
+/// `tier` as the route calls it: with the route's prompt for it, where it is in the chain.
+fn route_step(watch: &Watch, tier: &Arc<Tier>) -> ChainTier {
+    watch
+        .route
+        .chain
+        .iter()
+        .find(|step| step.tier.name == tier.name)
+        .cloned()
+        .unwrap_or_else(|| ChainTier {
+            tier: tier.clone(),
+            system_prompt: None,
+        })
+}
+
+/// Sends `body` to `tier` for one whole answer: `Err` names why the call was not made.
 async fn call(
     checker: &Checker,
     watch: &Watch,
     sample: &Sample,
-    request: &RequestBody<'_>,
     tier: &Arc<Tier>,
+    body: Vec<u8>,
 ) -> Result<Side, &'static str> {
     let route = &watch.route;
     if !watch.may_spend(now_ms()) {
@@ -235,16 +276,6 @@ async fn call(
         .of(&tier.provider)
         .admit()
         .map_err(|_| "provider_unavailable")?;
-    let step = route
-        .chain
-        .iter()
-        .find(|step| step.tier.name == tier.name)
-        .cloned()
-        .unwrap_or_else(|| ChainTier {
-            tier: tier.clone(),
-            system_prompt: None,
-        });
-    let body = request.for_tier_whole(&step);
     let ts_ms = now_ms();
     let started = Instant::now();
     let sent = checker

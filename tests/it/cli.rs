@@ -722,3 +722,57 @@ async fn eval_fails_when_a_tier_answers_nothing_and_says_why() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `tierwise eval` on a route graded by a judge: each line answered by both tiers, then the
+/// reference grades the candidate's answer; agreement is the mean grade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_with_a_judge_asks_the_reference_for_a_grade_per_line() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    api.update(|b| b.reply = "9".into());
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            let mut shadow = tierwise::config::file::RawShadow::new("api_frontier", 0.0);
+            shadow.scorer = Some(tierwise::config::ScorerKind::Judge);
+            c.route("summarize").shadow = Some(shadow);
+        });
+    let (dir, path) = write_config("eval-judge", &config.toml());
+    let dataset = dir.join("open.jsonl");
+    let lines: Vec<String> = (0..3)
+        .map(|i| {
+            serde_json::json!({"messages": [{"role": "user", "content": format!("question {i}")}]})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(&dataset, lines.join("\n")).unwrap();
+    let out = tierwise()
+        .env("CLIENT_KEY", "k")
+        .env("LOCAL_KEY", "k")
+        .args([
+            "eval",
+            "--route",
+            "summarize",
+            "--format",
+            "json",
+            "--dataset",
+        ])
+        .arg(&dataset)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["scorer"], "judge");
+    assert_eq!(report["compared"], 3, "{report}");
+    assert!(
+        (report["agreement"].as_f64().unwrap() - 0.9).abs() < 1e-9,
+        "{report}"
+    );
+    assert_eq!(api.request_count(), 6, "three answers and three grades");
+}

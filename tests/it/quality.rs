@@ -503,6 +503,78 @@ async fn feedback_and_shadow_checks_show_in_the_report_beside_cost() {
     gateway.shutdown().await;
 }
 
+/// `scorer = "judge"`: the reference tier answers, then grades the candidate's answer against its
+/// own; the grade is the sample's agreement, and a reply without a grade scores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_judge_grades_open_answers_and_a_reply_without_a_grade_scores_nothing() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    local.update(|b| b.reply = "The sky scatters blue light most.".into());
+    api.update(|b| b.reply = "7".into());
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            let mut shadow = RawShadow::new("api_frontier", 1.0);
+            shadow.scorer = Some(tierwise::config::ScorerKind::Judge);
+            c.route("summarize").shadow = Some(shadow);
+        });
+    let gateway = TestGateway::start(&config).await;
+    let answer = Answer::of(
+        gateway
+            .post(
+                "/v1/chat/completions",
+                &chat("summarize", "Why is the sky blue?"),
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    let until = Instant::now() + Duration::from_secs(10);
+    let summary = loop {
+        let summary = gateway
+            .store()
+            .await
+            .summary(0, i64::MAX, Some("summarize"))
+            .await
+            .unwrap();
+        if summary.checks.first().is_some_and(|c| c.scored == 1) {
+            break summary;
+        }
+        assert!(Instant::now() < until, "{:?}", summary.checks);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let checks = &summary.checks[0];
+    assert_eq!(
+        (checks.calls, checks.agreement_ppm),
+        (2, 700_000),
+        "{checks:?}"
+    );
+    let grading = api.requests().last().unwrap().body.clone();
+    let asked = grading["messages"][1]["content"].as_str().unwrap();
+    assert!(asked.contains("Request:\nWhy is the sky blue?"), "{asked}");
+    assert!(
+        asked.contains("Candidate answer:\nThe sky scatters blue light most."),
+        "{asked}"
+    );
+    assert!(asked.contains("Reference answer:\n7"), "{asked}");
+
+    // A judge that answers in words gives no grade: the check is kept, unscored.
+    api.update(|b| b.reply = "Excellent answer.".into());
+    gateway
+        .post("/v1/chat/completions", &chat("summarize", "And sunsets?"))
+        .await;
+    wait_until(|| api.request_count() == 4).await;
+    let metrics = gateway
+        .wait_for_metrics(|m| {
+            m.contains("tierwise_shadow_checks_total{route=\"summarize\",outcome=\"unscorable\"} 1")
+        })
+        .await;
+    assert!(
+        metrics.contains("tierwise_shadow_checks_total{route=\"summarize\",outcome=\"scored\"} 1")
+    );
+    gateway.shutdown().await;
+}
+
 async fn wait_until(done: impl Fn() -> bool) {
     let until = Instant::now() + Duration::from_secs(20);
     while !done() {
