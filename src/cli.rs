@@ -114,6 +114,10 @@ enum Command {
         /// rank several against the same reference answers.
         #[arg(long = "prompt")]
         prompts: Vec<PathBuf>,
+        /// Do not store the run's calls in the ledger (by default they are kept there, priced,
+        /// with purpose `eval`, so reports show what evaluation costs).
+        #[arg(long)]
+        no_record: bool,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -177,6 +181,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             concurrency,
             min_agreement,
             prompts,
+            no_record,
             format,
         } => {
             let config = load(&config)?;
@@ -187,7 +192,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 concurrency,
                 prompts,
             };
-            let report = runtime()?.block_on(eval::run(&config, &dataset, &options))?;
+            let runtime = runtime()?;
+            let report = runtime.block_on(eval::run(&config, &dataset, &options))?;
+            if !no_record {
+                runtime.block_on(record_eval_calls(&config, &report.calls));
+            }
             print!(
                 "{}",
                 match format {
@@ -249,6 +258,27 @@ fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
         LogFormat::Json => builder.json().init(),
     }
     Ok(())
+}
+
+/// Stores an eval run's calls in the ledger; a ledger that cannot take them costs a warning, not
+/// the run's result.
+async fn record_eval_calls(config: &Config, calls: &[tierwise::ledger::RequestRow]) {
+    let stored = async {
+        let store = Store::connect(&config.ledger.url).await?;
+        for chunk in calls.chunks(500) {
+            let rows: Vec<_> = chunk.iter().collect();
+            store.insert(&rows, &[]).await?;
+        }
+        store.close().await;
+        Ok::<(), tierwise::ledger::LedgerError>(())
+    };
+    match stored.await {
+        Ok(()) => eprintln!(
+            "{} eval calls are recorded in the ledger (purpose eval); --no-record leaves them out",
+            calls.len()
+        ),
+        Err(err) => eprintln!("warning: the eval calls were not recorded in the ledger: {err}"),
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

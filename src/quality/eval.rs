@@ -2,10 +2,11 @@
 //! line answered by both, the answers scored against each other and against the line's expected
 //! answer — so that a prompt or model change can be judged, and gated in CI, before it serves
 //! traffic. Calls go straight to the tiers' upstreams (with the route's per-tier prompts), not
-//! through a running gateway, and are not recorded in the ledger.
+//! through a running gateway; each is priced and handed back as a ledger row with
+//! `purpose = 'eval'`, which `tierwise eval` stores unless told not to.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures_util::StreamExt;
@@ -16,7 +17,7 @@ use super::judge;
 use super::monitor::{Interval, wilson};
 use super::score::{Answer, Score, ScorerKind, Unscorable, score};
 use crate::config::{ChainTier, Config, Route, Tier, with_labels};
-use crate::ledger::{Picodollars, Pricing, Tokens};
+use crate::ledger::{Picodollars, Pricing, Purpose, RequestRow, Tokens};
 use crate::openai::{Endpoint, RequestBody};
 use crate::route::contract::match_label;
 use crate::upstream::{Reply, Upstreams};
@@ -114,6 +115,10 @@ pub struct EvalReport {
     /// contract rewrites, then fewer tokens).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub prompts: Vec<Variant>,
+    /// Every call the run made, priced, for the ledger (`purpose = 'eval'`), so that reports show
+    /// what evaluation cost beside product traffic.
+    #[serde(skip)]
+    pub calls: Vec<RequestRow>,
 }
 
 /// A prompt variant of the candidate tier, as `--prompt` ranks them.
@@ -189,7 +194,9 @@ pub async fn run(
         upstreams: Upstreams::new(config).map_err(|err| EvalError::Client(err.to_string()))?,
         pricing: Pricing::new(config),
         route: &route.name,
+        candidate: &candidate.tier.name,
         concurrency: options.concurrency.max(1),
+        calls: Mutex::default(),
     };
     let labels = route.labels.clone().unwrap_or_default();
     let expected: Vec<Option<Answer>> = lines
@@ -265,6 +272,10 @@ pub async fn run(
         compared: count,
         worst: compared,
         prompts: ranked,
+        calls: asker
+            .calls
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
     })
 }
 
@@ -273,7 +284,11 @@ struct Asker<'a> {
     upstreams: Upstreams,
     pricing: Pricing,
     route: &'a str,
+    /// The tier on trial, which every call's ledger row names.
+    candidate: &'a str,
     concurrency: usize,
+    /// Every call made, as ledger rows with `purpose = 'eval'`.
+    calls: Mutex<Vec<RequestRow>>,
 }
 
 impl Asker<'_> {
@@ -329,28 +344,53 @@ impl Asker<'_> {
 
     /// Sends a chat body to `tier` for one whole answer.
     async fn send(&self, tier: &Arc<Tier>, body: Vec<u8>) -> Answered {
+        let ts_ms = super::watch::now_ms();
         let started = Instant::now();
         let sent = self
             .upstreams
             .send(tier, Endpoint::ChatCompletions, body, false)
             .await;
         let latency_us = started.elapsed().as_micros() as u64;
-        let (body, usage) = match sent {
-            Ok(Reply::Complete { body, usage }) => (body, usage),
-            Ok(Reply::Stream(_)) => return failed(latency_us, "answered with a stream".into()),
-            Err(err) => return failed(latency_us, format!("{}: {}", err.reason(), err.detail)),
+        let mut row = super::check_row(
+            self.route,
+            tier,
+            Purpose::Eval,
+            self.candidate,
+            ts_ms,
+            latency_us as i64,
+        );
+        let answered = match sent {
+            Ok(Reply::Complete { body, usage }) => {
+                let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let tokens = usage.map(Tokens::from);
+                let priced = tokens
+                    .as_ref()
+                    .map(|tokens| self.pricing.price(tier, None, tokens));
+                if let (Some(tokens), Some(priced)) = (&tokens, &priced) {
+                    super::set_answered(&mut row, tokens, priced);
+                }
+                Answered {
+                    answer: Some(Answer::of_completion(&value)),
+                    latency_us,
+                    cost: priced.and_then(|priced| priced.cost),
+                    tokens: tokens.map_or(0, |t| t.input + t.output),
+                    error: None,
+                }
+            }
+            Ok(Reply::Stream(_)) => {
+                row.status = 502;
+                failed(latency_us, "answered with a stream".into())
+            }
+            Err(err) => {
+                super::set_failed(&mut row, &err);
+                failed(latency_us, format!("{}: {}", err.reason(), err.detail))
+            }
         };
-        let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let tokens = usage.map(Tokens::from);
-        Answered {
-            answer: Some(Answer::of_completion(&value)),
-            latency_us,
-            cost: tokens
-                .as_ref()
-                .and_then(|tokens| self.pricing.price(tier, None, tokens).cost),
-            tokens: tokens.map_or(0, |t| t.input + t.output),
-            error: None,
-        }
+        self.calls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(row);
+        answered
     }
 }
 

@@ -13,3 +13,57 @@ pub mod monitor;
 pub mod score;
 pub mod shadow;
 pub mod watch;
+
+use std::borrow::Cow;
+
+use crate::config::Tier;
+use crate::ledger::{Picodollars, Priced, Purpose, RequestRow, Tokens};
+use crate::openai::Endpoint;
+use crate::upstream::{UpstreamError, UpstreamErrorKind};
+
+/// The ledger row of a call the gateway made to check quality: a chat completion of `route` on
+/// `tier`, apart from product traffic by its `purpose`, judging `candidate`.
+pub(crate) fn check_row(
+    route: &str,
+    tier: &Tier,
+    purpose: Purpose,
+    candidate: &str,
+    ts_ms: i64,
+    latency_us: i64,
+) -> RequestRow {
+    let mut row = RequestRow::new(
+        uuid::Uuid::now_v7().to_string(),
+        ts_ms,
+        Cow::Borrowed(Endpoint::ChatCompletions.spec().ledger_name),
+    );
+    row.latency_us = latency_us;
+    row.ttfb_us = Some(latency_us);
+    row.route = Some(route.to_string());
+    row.tier = Some(tier.name.clone());
+    row.provider = Some(tier.provider.name.clone());
+    row.model = Some(tier.model.clone());
+    row.local = tier.is_local();
+    row.purpose = purpose;
+    row.candidate = Some(candidate.to_string());
+    row
+}
+
+/// A check's answered call: its tokens and what they cost.
+pub(crate) fn set_answered(row: &mut RequestRow, tokens: &Tokens, priced: &Priced) {
+    row.tokens_in = tokens.input;
+    row.tokens_cached = tokens.cached;
+    row.tokens_out = tokens.output;
+    row.tokens_estimated = tokens.estimated;
+    row.cost_pusd = priced.cost;
+}
+
+/// A check's call that failed: the status the upstream gave (502 where it gave none), why, and
+/// no cost.
+pub(crate) fn set_failed(row: &mut RequestRow, error: &UpstreamError) {
+    row.status = match error.kind {
+        UpstreamErrorKind::Status(status) => status.as_u16(),
+        _ => 502,
+    };
+    row.error_kind = Some(error.reason());
+    row.cost_pusd = Some(Picodollars(0));
+}

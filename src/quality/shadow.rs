@@ -32,7 +32,7 @@ use crate::ledger::{
 };
 use crate::openai::{Endpoint, RequestBody};
 use crate::outcome::{Outcome, Outcomes, Sample, SampledAnswer};
-use crate::upstream::{Reply, UpstreamErrorKind, Upstreams};
+use crate::upstream::{Reply, Upstreams};
 
 /// Samples waiting for a check; more are skipped (`queue_full`) rather than held.
 pub const QUEUE: usize = 1024;
@@ -282,20 +282,15 @@ async fn call(
         .upstreams
         .send(tier, Endpoint::ChatCompletions, body.clone(), false)
         .await;
-    let mut row = RequestRow::new(
-        uuid::Uuid::now_v7().to_string(),
+    let mut row = super::check_row(
+        &route.name,
+        tier,
+        Purpose::Shadow,
+        &watch.shadow().candidate.name,
         ts_ms,
-        std::borrow::Cow::Borrowed(Endpoint::ChatCompletions.spec().ledger_name),
+        started.elapsed().as_micros() as i64,
     );
-    row.latency_us = started.elapsed().as_micros() as i64;
-    row.route = Some(route.name.clone());
-    row.tier = Some(tier.name.clone());
-    row.provider = Some(tier.provider.name.clone());
-    row.model = Some(tier.model.clone());
-    row.local = tier.is_local();
-    row.purpose = Purpose::Shadow;
     row.sample_of = Some(sample.request_id.clone());
-    row.candidate = Some(watch.shadow().candidate.name.clone());
     let answer = match sent {
         Ok(Reply::Complete {
             body: answer,
@@ -316,12 +311,7 @@ async fn call(
                 }
             };
             let priced = checker.pricing.price(tier, None, &tokens);
-            row.tokens_in = tokens.input;
-            row.tokens_cached = tokens.cached;
-            row.tokens_out = tokens.output;
-            row.tokens_estimated = tokens.estimated;
-            row.cost_pusd = priced.cost;
-            row.ttfb_us = Some(row.latency_us);
+            super::set_answered(&mut row, &tokens, &priced);
             watch.spend(ts_ms, priced.cost.unwrap_or_default());
             Answer::of_completion(&serde_json::from_slice(&answer).unwrap_or(Value::Null))
         }
@@ -333,12 +323,7 @@ async fn call(
         }
         Err(error) => {
             lease.failed(&error);
-            row.status = match error.kind {
-                UpstreamErrorKind::Status(status) => status.as_u16(),
-                _ => 502,
-            };
-            row.error_kind = Some(error.reason());
-            row.cost_pusd = Some(Picodollars(0));
+            super::set_failed(&mut row, &error);
             Answer::default()
         }
     };

@@ -775,4 +775,21 @@ async fn eval_with_a_judge_asks_the_reference_for_a_grade_per_line() {
         "{report}"
     );
     assert_eq!(api.request_count(), 6, "three answers and three grades");
+    // Every call is in the ledger, priced, apart from product traffic.
+    let store = tierwise::ledger::Store::connect(&config.config().ledger.url)
+        .await
+        .unwrap();
+    let summary = store.summary(0, i64::MAX, Some("summarize")).await.unwrap();
+    assert!(summary.routes.is_empty(), "no product calls");
+    let [checks] = &summary.checks[..] else {
+        panic!("{:?}", summary.checks)
+    };
+    assert_eq!(
+        (checks.purpose.as_str(), checks.calls),
+        ("eval", 9),
+        "{checks:?}"
+    );
+    assert_eq!(checks.candidate.as_deref(), Some("local"));
+    // Six gpt-4o calls at $0.0001; mistral-7b has no price.
+    assert_eq!(checks.cost.to_string(), "0.0006");
 }
