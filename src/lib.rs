@@ -20,13 +20,16 @@
 //! - [`outcome`]: the one place a request ends, however it ends, producing the outcome that
 //!   everything downstream receives; the background task that batches outcomes to the ledger and
 //!   the metrics.
-//! - [`ledger`]: the rows of every request and attempt, prices and exact cost in picodollars, token
-//!   estimates, the SQLite or PostgreSQL store and its writer.
+//! - [`ledger`]: the rows of every request and attempt (product traffic, shadow and eval calls),
+//!   prices and exact cost in picodollars, token estimates, quality events and feedback, the SQLite
+//!   or PostgreSQL store and its writer.
 //! - [`metrics`]: every Prometheus series, recorded in one place.
 //! - [`report`]: cost and savings per route read back from the ledger; `simulate` for workloads
 //!   not yet deployed.
 //! - [`quality`]: whether a cheaper tier answers like the reference — the scorers (label, JSON,
-//!   text, tool calls), the monitor's interval and alert episodes, and `tierwise eval`.
+//!   text, tool calls, judge), the monitor's interval and episodes, the shadow checks that take
+//!   sampled requests from [`outcome`] once their client has its answer, each route's demotion
+//!   state the chain consults, alerts and their webhook, feedback, and `tierwise eval`.
 //!
 //! The command line (`tierwise serve`, `check`, `init`, `report`, `simulate`, `eval`) lives in the binary,
 //! `src/main.rs` and `src/cli.rs`, the only place that uses `anyhow`.

@@ -121,9 +121,9 @@ pub fn ledger_dropped(records: usize) {
     metrics::counter!("tierwise_ledger_records_dropped_total").increment(records as u64);
 }
 
-/// Records the database refused for their content, set aside beside the spool.
-pub fn ledger_refused(records: usize) {
-    metrics::counter!("tierwise_ledger_records_refused_total").increment(records as u64);
+/// Records the database refused for their content and set aside beside the spool, since start.
+pub fn ledger_refused_total(records: u64) {
+    metrics::counter!("tierwise_ledger_records_refused_total").absolute(records);
 }
 
 pub fn ledger_write_failed() {

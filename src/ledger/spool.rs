@@ -189,7 +189,7 @@ impl Spool {
     }
 
     /// Keeps requests the database refused out of its way, loudly: a log line each, with the
-    /// database's reason, and `tierwise_ledger_records_refused_total`.
+    /// database's reason, and the count `/readyz` and `tierwise_ledger_records_refused_total` show.
     pub async fn set_aside(&self, refused: &[Refused<'_>]) {
         if refused.is_empty() {
             return;
@@ -210,7 +210,6 @@ impl Spool {
             lines.push_str(&line.to_string());
             lines.push('\n');
         }
-        crate::metrics::ledger_refused(refused.len());
         self.health.add_refused(refused.len() as u64);
         let written = async {
             let mut file = tokio::fs::OpenOptions::new()

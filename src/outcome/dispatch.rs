@@ -159,6 +159,7 @@ impl Sink {
                 Ok(Ok(refused)) => {
                     crate::metrics::ledger_written(requests.len() - refused.len());
                     self.spool.set_aside(&refused).await;
+                    crate::metrics::ledger_refused_total(self.health.refused());
                     return;
                 }
                 Ok(Err(err)) => err.to_string(),
@@ -220,6 +221,7 @@ impl Sink {
     fn publish(&self) {
         self.health.set(self.degraded(), self.spool.records());
         crate::metrics::ledger_spool(self.degraded(), self.spool.records());
+        crate::metrics::ledger_refused_total(self.health.refused());
     }
 }
 
