@@ -182,6 +182,7 @@ breaker = {{ cooldown_ms = 600000, max_cooldown_ms = 600000 }}
 
 [tiers]
 api   = {{ provider = "fake", model = "gpt-4o-mini" }}
+api_ref = {{ provider = "fake", model = "gpt-4o" }}
 embed_api = {{ provider = "fake", model = "text-embedding-3-small" }}
 local = {{ provider = "dead_local", model = "mistral-7b" }}
 
@@ -196,6 +197,13 @@ tiers = ["local", "api"]
 [routes.embed]
 kind = "embedding"
 tiers = ["embed_api"]
+
+# The direct route again, every answer shadowed against api_ref (the same fake, another model),
+# with the default cap of 4 checks in flight.
+[routes.shadowed]
+kind = "classification"
+tiers = ["api"]
+shadow = {{ reference = "api_ref", sample_rate = 1.0, daily_budget_usd = 1000000.0 }}
 """
 
 
@@ -297,6 +305,51 @@ def print_table(rows, extra):
         print(line)
 
 
+def shadow_counts(proc):
+    """Shadow checks done and skipped so far, from tierwise's /metrics."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{proc.port}/metrics").read().decode()
+    counts = {"checked": 0, "skipped": 0}
+    for line in text.splitlines():
+        if line.startswith("tierwise_shadow_checks_total"):
+            counts["checked"] += int(float(line.rsplit(" ", 1)[1]))
+        elif line.startswith("tierwise_shadow_skipped_total"):
+            counts["skipped"] += int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
+def shadow_scenario(tw, tmp, body, args, rows, extra):
+    """The same request on the same gateway, unshadowed and with every answer shadowed, alternating
+    round by round: what a client sees of shadow sampling at 100%. The reference is the same fake
+    upstream, so shadow calls also add to the upstream's load on this machine."""
+    shadowed = tmp / "shadowed.json"
+    shadowed.write_bytes(chat_body(model="shadowed"))
+    for c in (1, 16):
+        plain, sampled = [], []
+        before = shadow_counts(tw)
+        for _ in range(args.rounds):
+            for runs, request in ((plain, body), (sampled, shadowed)):
+                cpu = tw.cpu_seconds()
+                run = wrk(tw.port, "/v1/chat/completions", request, c, args.seconds)
+                time.sleep(0.5)  # the checks of the last requests, counted with their run
+                run["cpu_us_per_req"] = (tw.cpu_seconds() - cpu) * 1e6 / max(run["requests"], 1)
+                runs.append(run)
+        after = shadow_counts(tw)
+        keys = ("rps", "p50_us", "p99_us", "cpu_us_per_req")
+        a = {k: median_of(plain, k) for k in keys}
+        s = {k: median_of(sampled, k) for k in keys}
+        a["errors"] = sum(r["socket_errors"] + r["non2xx"] for r in plain)
+        s["errors"] = sum(r["socket_errors"] + r["non2xx"] for r in sampled)
+        rows.append(row(f"no shadow, c={c}", "tierwise", a))
+        rows.append(row(f"shadow at 100%, c={c}", "tierwise", s, a))
+        requests = sum(r["requests"] for r in sampled)
+        extra.append(
+            f"shadow at 100%, c={c}: {requests} requests, {after['checked'] - before['checked']} checks done, "
+            f"{after['skipped'] - before['skipped']} skipped (all of the route's checks busy)"
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=5, help="length of one wrk run")
@@ -307,6 +360,7 @@ def main():
     parser.add_argument("--json", default=None, help="write all figures to this file")
     parser.add_argument("--compare-bin", default=None, help="another tierwise binary (say, an older commit's) measured as 'baseline' beside 'tierwise' in the chat scenarios")
     parser.add_argument("--chat-only", action="store_true", help="only the non-streaming chat scenarios")
+    parser.add_argument("--shadow-only", action="store_true", help="only the shadow-sampling scenario")
     parser.add_argument("--concurrency", default="1,16,64,256", help="connection counts of the chat scenarios, comma-separated")
     args = parser.parse_args()
 
@@ -333,6 +387,11 @@ def main():
 
         body = tmp / "chat.json"
         body.write_bytes(chat_body())
+        if args.shadow_only:
+            shadow_scenario(tw, tmp, body, args, rows, extra)
+            print_table(rows, extra)
+            print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")
+            return
         targets = [("direct", fake), ("tierwise", tw)] + ([("baseline", base)] if base else []) + [("nginx", nginx)] + ([("litellm", litellm)] if litellm else [])
         for c in (int(n) for n in args.concurrency.split(",")):
             lite = [t for t in targets if t[0] != "litellm" or c <= 64]
@@ -417,7 +476,7 @@ def main():
             )
 
         extra.append(f"tierwise peak RSS: {tw.peak_rss_mb():.1f} MB (VmHWM); nginx {nginx.peak_rss_mb():.1f} MB" + (f"; litellm {litellm.peak_rss_mb():.1f} MB" if litellm else ""))
-        extra.append("shadow sampling at 100%: not measured yet; shadow checks do not exist yet (DESIGN.md, Quality)")
+        shadow_scenario(tw, tmp, body, args, rows, extra)
         print_table(rows, extra)
         print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")
         if args.json:
