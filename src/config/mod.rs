@@ -5,6 +5,7 @@
 mod env;
 mod error;
 pub mod file;
+mod known;
 mod price;
 mod provider;
 mod resolver;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use error::{ConfigError, ConfigIssue};
+pub use known::{KnownModel, known_model, undated};
 pub use price::Price;
 pub use provider::{BreakerPolicy, ProbePolicy, Provider, Timeouts};
 pub use route::{

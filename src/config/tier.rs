@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::file::{RawTier, Text};
+use super::known::known_model;
 use super::provider::{Provider, Timeouts};
 use super::resolver::Resolver;
 
@@ -17,8 +18,9 @@ pub struct Tier {
     pub max_tokens: Option<u32>,
     /// Sent where the client gave no `temperature`.
     pub temperature: Option<f64>,
-    /// The model's context window, where configured; the gateway also learns it from a server
-    /// that refuses a request as too long (see [`crate::health::Health::context_limit`]).
+    /// The model's context window, where configured or built in (OpenAI's models); the gateway
+    /// also discovers it from a local server and learns it from a server that refuses a request
+    /// as too long (see [`crate::health::Health::context_limit`]).
     pub context_tokens: Option<u32>,
     /// What the model can do beyond plain chat; a request that needs what it lacks skips it.
     pub abilities: Abilities,
@@ -26,7 +28,8 @@ pub struct Tier {
     pub timeouts: Timeouts,
 }
 
-/// What a tier's model can do beyond plain chat. Each is assumed unless the config says not.
+/// What a tier's model can do beyond plain chat. Each is assumed unless the config, or the
+/// built-in facts of an OpenAI model, say not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Abilities {
     pub tools: bool,
@@ -107,19 +110,27 @@ impl Resolver<'_> {
             );
         }
         let provider = provider?;
+        let model = model?;
+        // What the config leaves unsaid about an OpenAI model, its built-in facts say.
+        let known = known_model(&model);
+        let can = known.map_or(Abilities::ALL, |known| known.abilities);
         Some(Tier {
             name: name.get_ref().clone(),
             timeouts: provider.timeouts.with(&raw.timeout),
             provider,
-            model: model?,
             max_tokens: raw.max_tokens,
             temperature: raw.temperature.as_ref().map(|t| *t.get_ref()),
-            context_tokens: raw.context_tokens.as_ref().map(|c| *c.get_ref()),
+            context_tokens: raw
+                .context_tokens
+                .as_ref()
+                .map(|c| *c.get_ref())
+                .or(known.map(|k| k.context_tokens)),
             abilities: Abilities {
-                tools: raw.tools.unwrap_or(true),
-                json_schema: raw.json_schema.unwrap_or(true),
-                vision: raw.vision.unwrap_or(true),
+                tools: raw.tools.unwrap_or(can.tools),
+                json_schema: raw.json_schema.unwrap_or(can.json_schema),
+                vision: raw.vision.unwrap_or(can.vision),
             },
+            model,
         })
     }
 }

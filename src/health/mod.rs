@@ -130,6 +130,19 @@ impl ProviderHealth {
         }
     }
 
+    /// The models of this provider's tiers whose window is neither configured nor discovered.
+    pub fn models_without_window(&self) -> Vec<String> {
+        let mut models: Vec<String> = self
+            .context_windows
+            .values()
+            .filter(|(_, window, configured)| !configured && window.load(Ordering::Relaxed) == 0)
+            .map(|(model, _, _)| model.clone())
+            .collect();
+        models.sort();
+        models.dedup();
+        models
+    }
+
     /// May this provider be called now? Skips at once rather than queueing: a saturated or dead
     /// local server should degrade to the next tier, not to slow answers.
     pub fn admit(self: &Arc<Self>) -> Result<Lease, Skip> {

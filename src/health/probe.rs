@@ -99,6 +99,24 @@ fn discover_windows(health: &ProviderHealth, listing: &[u8]) {
     }
 }
 
+/// The windows a local server gives outside its listing (Ollama, llama.cpp), for the models whose
+/// tiers have none yet: asked at start-up and after each recovery, as a restarted server may
+/// serve another window.
+async fn discover_server_windows(
+    health: &ProviderHealth,
+    upstreams: &Upstreams,
+    policy: &ProbePolicy,
+) {
+    for model in health.models_without_window() {
+        if let Some(tokens) = upstreams
+            .server_window(&health.provider, &model, policy.timeout)
+            .await
+        {
+            health.discovered_context_window(&model, tokens);
+        }
+    }
+}
+
 async fn probe_loop(
     health: Arc<ProviderHealth>,
     upstreams: Arc<Upstreams>,
@@ -116,6 +134,9 @@ async fn probe_loop(
                 let recovering = health.state() != BreakerState::Closed;
                 if (first || recovering) && !health.breaker.probe_may_close() {
                     continue;
+                }
+                if first || recovering {
+                    discover_server_windows(&health, &upstreams, &policy).await;
                 }
                 if (first || recovering)
                     && let Err(err) = warm_up(&upstreams, &warmups).await

@@ -194,21 +194,9 @@ impl PriceTable {
         if let Some(price) = self.prices.get(model) {
             return Some(*price);
         }
-        let undated = strip_date(model)?;
+        let undated = crate::config::undated(model)?;
         self.prices.get(undated).copied()
     }
-}
-
-/// `gpt-4o-2024-08-06` → `gpt-4o`.
-fn strip_date(model: &str) -> Option<&str> {
-    const SUFFIX: usize = "-YYYY-MM-DD".len();
-    let split = model.len().checked_sub(SUFFIX)?;
-    let (family, date) = (model.get(..split)?, model.get(split..)?.as_bytes());
-    let dashes = [0, 5, 8].iter().all(|&i| date[i] == b'-');
-    let digits = [1, 2, 3, 4, 6, 7, 9, 10]
-        .iter()
-        .all(|&i| date[i].is_ascii_digit());
-    (dashes && digits && !family.is_empty()).then_some(family)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! is tried.
 
 mod error;
+mod server_info;
 mod stream;
 
 use std::collections::HashMap;
@@ -171,6 +172,46 @@ impl Upstreams {
             Ok(Ok(body)) => body,
             _ => Bytes::new(),
         })
+    }
+
+    /// The context window a local server serves `model` with, where it says so outside OpenAI's
+    /// API: Ollama's `/api/show`, then llama.cpp's `/props` (see [`server_info`]). `None` when
+    /// neither answers within `limit`.
+    pub async fn server_window(
+        &self,
+        provider: &Provider,
+        model: &str,
+        limit: Duration,
+    ) -> Option<u32> {
+        let client = self.client(provider);
+        let root = |path: &str| provider.base_url.join(path).ok();
+        let ask = async |request: reqwest::RequestBuilder| -> Option<Bytes> {
+            let response = tokio::time::timeout(limit, request.send())
+                .await
+                .ok()?
+                .ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            tokio::time::timeout(limit, read_capped(response, PROBE_BODY_BYTES))
+                .await
+                .ok()?
+                .ok()
+        };
+        let show = serde_json::to_vec(&serde_json::json!({ "model": model }))
+            .expect("a JSON value serializes");
+        if let Some(url) = root("../api/show")
+            && let Some(body) = ask(client
+                .post(url)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(show))
+            .await
+            && let Some(tokens) = server_info::ollama_window(&body)
+        {
+            return Some(tokens);
+        }
+        let body = ask(client.get(root("../props")?)).await?;
+        server_info::llama_cpp_window(&body)
     }
 
     /// `GET {base_url}/models`: whether the provider answers, and the models it serves.

@@ -376,3 +376,32 @@ fn a_tier_whose_model_has_no_price_is_warned_about() {
             .is_empty()
     );
 }
+
+/// A tier on an OpenAI model takes its window and abilities from the built-in table wherever the
+/// config says nothing; what the config says wins; other models are assumed able and unbounded.
+#[test]
+fn openai_models_come_with_their_windows_and_abilities() {
+    let text = patched(
+        "local = { provider = \"vllm\", model = \"m\" }",
+        "local = { provider = \"vllm\", model = \"m\" }\nold = { provider = \"vllm\", model = \"gpt-3.5-turbo-2024-01-25\" }\n\
+         told = { provider = \"vllm\", model = \"gpt-4o\", context_tokens = 64000, vision = false }",
+    );
+    let config = Config::parse(&text, Path::new("t.toml"), &|_| None).unwrap();
+    let tier = |name: &str| {
+        config
+            .tiers
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap()
+            .clone()
+    };
+    let old = tier("old");
+    assert_eq!(old.context_tokens, Some(16_385));
+    assert!(old.abilities.tools && !old.abilities.json_schema && !old.abilities.vision);
+    let told = tier("told");
+    assert_eq!(told.context_tokens, Some(64_000));
+    assert!(told.abilities.json_schema && !told.abilities.vision);
+    let local = tier("local");
+    assert_eq!(local.context_tokens, None);
+    assert_eq!(local.abilities, tierwise::config::Abilities::ALL);
+}

@@ -1235,3 +1235,74 @@ async fn a_tiers_window_is_discovered_from_vllms_model_listing() {
     let short = Answer::of(gw.post("/v1/chat/completions", &long_chat(50)).await).await;
     assert_eq!(short.header("x-tierwise-tier"), Some("local"));
 }
+
+/// Waits until the probe loop has gone past its first discovery of `path` (the next probe's listing
+/// has arrived after it), so that what it read is in force.
+async fn wait_past_discovery(local: &FakeUpstream, path: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let paths: Vec<String> = local.listings().into_iter().map(|r| r.path).collect();
+        if let Some(at) = paths.iter().position(|p| p == path)
+            && paths[at..].iter().any(|p| p == "/v1/models")
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no discovery: {paths:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Ollama says its model's window at `POST /api/show` (the served `num_ctx`, else the trained
+/// length), llama.cpp at `GET /props`: either is read at start-up, and a request that cannot fit
+/// skips the local tier without a call while a short one is served there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiers_window_is_discovered_from_ollama_and_from_llama_cpp() {
+    for server in ["ollama", "llama.cpp"] {
+        let local = FakeUpstream::start().await;
+        let api = FakeUpstream::start().await;
+        local.update(|b| {
+            b.models = vec!["mistral-7b".into()];
+            if server == "ollama" {
+                b.ollama_show = Some(tierwise_fake::OllamaShow {
+                    context_length: 32_768,
+                    num_ctx: Some(2000),
+                });
+            } else {
+                b.llama_cpp_n_ctx = Some(2000);
+            }
+        });
+        let gw =
+            TestGateway::start(&config(&local.base_url(), &api.base_url(), true, |_| {})).await;
+        wait_past_discovery(
+            &local,
+            if server == "ollama" {
+                "/api/show"
+            } else {
+                "/props"
+            },
+        )
+        .await;
+        if server == "ollama" {
+            let asked = local
+                .listings()
+                .into_iter()
+                .find(|r| r.path == "/api/show")
+                .unwrap();
+            assert_eq!(asked.body["model"], "mistral-7b");
+        }
+        let long = Answer::of(gw.post("/v1/chat/completions", &long_chat(4000)).await).await;
+        assert_eq!(long.header("x-tierwise-tier"), Some("api_fast"), "{server}");
+        assert_eq!(
+            long.header("x-tierwise-fallback"),
+            Some("local:context_too_long"),
+            "{server}"
+        );
+        assert_eq!(local.request_count(), 0, "{server}");
+        let short = Answer::of(gw.post("/v1/chat/completions", &long_chat(50)).await).await;
+        assert_eq!(short.header("x-tierwise-tier"), Some("local"), "{server}");
+        gw.shutdown().await;
+    }
+}

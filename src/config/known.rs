@@ -1,0 +1,97 @@
+//! Models tierwise knows without being told: OpenAI's context windows and abilities, applied to a
+//! tier on such a model wherever its config says nothing (as the built-in prices are). A local
+//! server's window is discovered at run time instead (see [`crate::health`]).
+
+use super::tier::Abilities;
+
+/// What a known model holds and can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownModel {
+    /// Prompt and answer together, in tokens.
+    pub context_tokens: u32,
+    pub abilities: Abilities,
+}
+
+const ALL: Abilities = Abilities::ALL;
+/// Tools and images, but no structured outputs (`response_format` of type `json_schema`).
+const NO_SCHEMA: Abilities = Abilities {
+    json_schema: false,
+    ..Abilities::ALL
+};
+/// Tools and structured outputs, text only.
+const TEXT_ONLY: Abilities = Abilities {
+    vision: false,
+    ..Abilities::ALL
+};
+
+/// OpenAI's published windows and abilities of the models the price table also knows.
+const BUILT_IN: &[(&str, u32, Abilities)] = &[
+    ("gpt-4o", 128_000, ALL),
+    ("gpt-4o-mini", 128_000, ALL),
+    ("gpt-4.1", 1_047_576, ALL),
+    ("gpt-4.1-mini", 1_047_576, ALL),
+    ("gpt-4.1-nano", 1_047_576, ALL),
+    ("gpt-5", 400_000, ALL),
+    ("gpt-5-mini", 400_000, ALL),
+    ("gpt-5-nano", 400_000, ALL),
+    ("o1", 200_000, ALL),
+    ("o3", 200_000, ALL),
+    ("o3-mini", 200_000, TEXT_ONLY),
+    ("o4-mini", 200_000, ALL),
+    ("gpt-4-turbo", 128_000, NO_SCHEMA),
+    (
+        "gpt-3.5-turbo",
+        16_385,
+        Abilities {
+            tools: true,
+            json_schema: false,
+            vision: false,
+        },
+    ),
+];
+
+/// The built-in facts of `model`; a dated snapshot (`gpt-4o-2024-08-06`) is its family's.
+pub fn known_model(model: &str) -> Option<KnownModel> {
+    let find = |name: &str| {
+        BUILT_IN.iter().find(|(known, _, _)| *known == name).map(
+            |&(_, context_tokens, abilities)| KnownModel {
+                context_tokens,
+                abilities,
+            },
+        )
+    };
+    find(model).or_else(|| find(undated(model)?))
+}
+
+/// `gpt-4o-2024-08-06` → `gpt-4o`; `None` where the name ends in no date.
+pub fn undated(model: &str) -> Option<&str> {
+    const SUFFIX: usize = "-YYYY-MM-DD".len();
+    let split = model.len().checked_sub(SUFFIX)?;
+    let (family, date) = (model.get(..split)?, model.get(split..)?.as_bytes());
+    let dashes = [0, 5, 8].iter().all(|&i| date[i] == b'-');
+    let digits = [1, 2, 3, 4, 6, 7, 9, 10]
+        .iter()
+        .all(|&i| date[i].is_ascii_digit());
+    (dashes && digits && !family.is_empty()).then_some(family)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_models_and_their_dated_snapshots_resolve_and_others_do_not() {
+        assert_eq!(known_model("gpt-4o").unwrap().context_tokens, 128_000);
+        assert_eq!(
+            known_model("gpt-4o-2024-08-06"),
+            known_model("gpt-4o"),
+            "a snapshot is its family"
+        );
+        let old = known_model("gpt-3.5-turbo").unwrap();
+        assert!(old.abilities.tools && !old.abilities.json_schema && !old.abilities.vision);
+        assert_eq!(known_model("mistral-7b"), None);
+        assert_eq!(known_model("gpt-4o-2024-13"), None);
+        assert_eq!(undated("gpt-4o-mini-2024-07-18"), Some("gpt-4o-mini"));
+        assert_eq!(undated("gpt-4o"), None);
+    }
+}
