@@ -281,6 +281,9 @@ async fn record_eval_calls(config: &Config, calls: &[tierwise::ledger::RequestRo
     }
 }
 
+/// How long `check` waits for a server's own account of its window.
+const SERVER_INFO_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -413,16 +416,28 @@ async fn check(config: Config, offline: bool) -> anyhow::Result<ExitCode> {
                             "  warning: tier {} asks for model {:?}, which {} does not list",
                             tier.name, tier.model, provider.name
                         ),
-                        Some(listed) => {
-                            if let (None, Some(tokens)) =
-                                (tier.context_tokens, listed.max_model_len)
-                            {
-                                println!(
-                                    "  tier {}: context window {tokens} tokens, as the server lists it",
+                        Some(listed) if tier.context_tokens.is_none() => {
+                            let (tokens, source) = match listed.max_model_len {
+                                Some(tokens) => (Some(tokens), "as the server lists it"),
+                                None => (
+                                    upstreams
+                                        .server_window(&provider, &tier.model, SERVER_INFO_WAIT)
+                                        .await,
+                                    "as the server says (Ollama's /api/show or llama.cpp's /props)",
+                                ),
+                            };
+                            match tokens {
+                                Some(tokens) => println!(
+                                    "  tier {}: context window {tokens} tokens, {source}",
                                     tier.name
-                                );
+                                ),
+                                None => println!(
+                                    "  tier {}: context window unknown until a request is refused as too long; set context_tokens to skip it up front",
+                                    tier.name
+                                ),
                             }
                         }
+                        Some(_) => {}
                     }
                 }
             }

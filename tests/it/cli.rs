@@ -132,8 +132,20 @@ async fn check_probes_each_provider() {
         b.models = vec!["served-model".into()];
         b.max_model_len = Some(8192);
     });
+    let ollama = FakeUpstream::start().await;
+    ollama.update(|b| {
+        b.models = vec!["mistral".into()];
+        b.ollama_show = Some(tierwise_fake::OllamaShow {
+            context_length: 32_768,
+            num_ctx: Some(4096),
+        });
+    });
     let down = tierwise_fake::unused_addr().await;
     let mut file = ConfigFile::default();
+    file.providers
+        .insert(text("ollama"), RawProvider::new(ollama.base_url()));
+    file.tiers
+        .insert(text("o"), RawTier::new("ollama", "mistral"));
     let mut provider = RawProvider::new(up.base_url());
     provider.api_key = Some(text("sk-probe-secret"));
     file.providers.insert(text("up"), provider);
@@ -165,6 +177,10 @@ async fn check_probes_each_provider() {
     assert!(stdout.contains("tier c: without vision"), "{stdout}");
     assert!(
         stdout.contains("tier a: context window 8192 tokens, as the server lists it"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("tier o: context window 4096 tokens, as the server says"),
         "{stdout}"
     );
     assert!(
