@@ -135,9 +135,6 @@ async fn probe_loop(
                 if (first || recovering) && !health.breaker.probe_may_close() {
                     continue;
                 }
-                if first || recovering {
-                    discover_server_windows(&health, &upstreams, &policy).await;
-                }
                 if (first || recovering)
                     && let Err(err) = warm_up(&upstreams, &warmups).await
                 {
@@ -148,6 +145,9 @@ async fn probe_loop(
                             .probe_failed(&format!("warm-up: {}", err.reason())),
                     );
                     continue;
+                }
+                if first || recovering {
+                    discover_server_windows(&health, &upstreams, &policy).await;
                 }
                 if first {
                     tracing::info!(provider = %health.provider.name, "provider is up");

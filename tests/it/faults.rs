@@ -194,10 +194,18 @@ async fn the_probe_asks_the_configured_path() {
         assert!(std::time::Instant::now() < deadline, "no probe arrived");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Besides the probe, only the one-off questions about the model's window (Ollama, llama.cpp).
+    let paths: Vec<String> = local.listings().into_iter().map(|p| p.path).collect();
     assert!(
-        local.listings().iter().all(|probe| probe.path == "/health"),
-        "{:?}",
-        local.listings().iter().map(|p| &p.path).collect::<Vec<_>>()
+        paths
+            .iter()
+            .all(|path| matches!(path.as_str(), "/health" | "/api/show" | "/props")),
+        "{paths:?}"
+    );
+    // Once per model of the provider (mistral-7b, nomic-embed-text), not at every probe.
+    assert!(
+        paths.iter().filter(|p| *p == "/props").count() <= 2,
+        "{paths:?}"
     );
     local.set_fault(Fault::Status {
         status: 503,
