@@ -2,12 +2,13 @@
 //! (counted per batch of outcomes, off the request path), the ledger's health, and the providers'
 //! breaker states, and the quality checks (shadow calls, agreement, alerts). `/metrics` renders the process-wide recorder installed by [`handle`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::health::{BreakerState, ProviderStatus};
 use crate::ledger::{Picodollars, Purpose, RequestRow};
 
 const UPKEEP: Duration = Duration::from_secs(5);
@@ -46,14 +47,54 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
+/// A finished request as the metrics read it: its row, and how long its upstream calls took in
+/// all (for the time spent in the gateway itself), where known.
+pub struct Finished<'a> {
+    pub row: &'a RequestRow,
+    pub upstream_us: Option<i64>,
+}
+
+/// Money since start in picodollars, by series and rendered labels, shown in dollars at each
+/// scrape: the metrics crate's counters hold whole numbers, and a counter of whole dollars would
+/// hide every cheap call.
+static MONEY: Mutex<BTreeMap<(&'static str, String), i128>> = Mutex::new(BTreeMap::new());
+
+/// The money series and their help text, in the order they are rendered.
+const MONEY_SERIES: [(&str, &str); 2] = [
+    (
+        "tierwise_cost_usd_total",
+        "What answered client requests cost at their tier's price, in US dollars.",
+    ),
+    (
+        "tierwise_shadow_cost_usd_total",
+        "What shadow checks cost, in US dollars.",
+    ),
+];
+
+fn add_money(series: &'static str, labels: &[(&str, &str)], picodollars: i128) {
+    let labels = labels
+        .iter()
+        .map(|(name, value)| format!("{name}=\"{}\"", escape(value)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut money = MONEY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    *money.entry((series, labels)).or_default() += picodollars;
+}
+
 /// Request series for a batch of finished requests, each label set touched once per batch.
-pub fn requests_finished(batch: &[&RequestRow]) {
+pub fn requests_finished(batch: &[Finished<'_>]) {
     let mut requests: HashMap<(&str, &str, u16), u64> = HashMap::new();
-    let mut fallbacks: HashMap<&str, u64> = HashMap::new();
-    let mut cost: HashMap<(&str, &str), u64> = HashMap::new();
+    let mut fallbacks: HashMap<(&str, &str, &str, &str), u64> = HashMap::new();
+    let mut cost: HashMap<(&str, &str), i128> = HashMap::new();
+    let mut tokens: HashMap<(&str, &str, &'static str), u64> = HashMap::new();
     let mut durations: HashMap<&str, Vec<f64>> = HashMap::new();
+    let mut first_bytes: HashMap<&str, Vec<f64>> = HashMap::new();
+    let mut overheads: HashMap<&str, Vec<f64>> = HashMap::new();
     let mut contracts: HashMap<(&str, &str, &str), u64> = HashMap::new();
-    for row in batch {
+    for finished in batch {
+        let row = finished.row;
         // Shadow and eval calls are counted by the quality series, not as client requests.
         if row.purpose != Purpose::Product {
             continue;
@@ -61,16 +102,36 @@ pub fn requests_finished(batch: &[&RequestRow]) {
         let route = row.route.as_deref().unwrap_or("-");
         let tier = row.tier.as_deref().unwrap_or("-");
         *requests.entry((route, tier, row.status)).or_default() += 1;
-        if row.fallback.is_some() {
-            *fallbacks.entry(route).or_default() += 1;
+        // `local:http_503,api_fast:timeout_total`: each tier passed over, to the one that answered.
+        for step in row.fallback.as_deref().unwrap_or("").split(',') {
+            if let Some((from, reason)) = step.split_once(':') {
+                let to = row.tier.as_deref().unwrap_or("none");
+                *fallbacks.entry((route, from, to, reason)).or_default() += 1;
+            }
         }
         if let Some(amount) = row.cost_pusd {
-            *cost.entry((route, tier)).or_default() += amount.0.max(0) as u64;
+            *cost.entry((route, tier)).or_default() += i128::from(amount.0.max(0));
+        }
+        if row.tier.is_some() {
+            *tokens.entry((route, tier, "in")).or_default() += row.tokens_in;
+            *tokens.entry((route, tier, "out")).or_default() += row.tokens_out;
         }
         durations
             .entry(route)
             .or_default()
             .push(row.latency_us as f64 / 1e6);
+        if let Some(ttfb) = row.ttfb_us {
+            first_bytes
+                .entry(route)
+                .or_default()
+                .push(ttfb as f64 / 1e6);
+        }
+        if let Some(upstream) = finished.upstream_us {
+            overheads
+                .entry(route)
+                .or_default()
+                .push((row.latency_us - upstream).max(0) as f64 / 1e6);
+        }
         if let Some(outcome) = row.contract.as_deref() {
             let model = row.model.as_deref().unwrap_or("-");
             *contracts.entry((route, model, outcome)).or_default() += 1;
@@ -82,25 +143,64 @@ pub fn requests_finished(batch: &[&RequestRow]) {
         metrics::counter!("tierwise_contract_answers_total", "route" => route.to_string(), "model" => model.to_string(), "outcome" => outcome.to_string())
             .increment(count);
     }
-    for (route, seconds) in durations {
-        let histogram =
-            metrics::histogram!("tierwise_request_duration_seconds", "route" => route.to_string());
-        for value in seconds {
-            histogram.record(value);
+    for (name, samples) in [
+        ("tierwise_request_duration_seconds", durations),
+        ("tierwise_time_to_first_byte_seconds", first_bytes),
+        ("tierwise_gateway_overhead_seconds", overheads),
+    ] {
+        for (route, seconds) in samples {
+            let histogram = metrics::histogram!(name, "route" => route.to_string());
+            for value in seconds {
+                histogram.record(value);
+            }
         }
     }
     for ((route, tier, status), count) in requests {
         metrics::counter!("tierwise_requests_total", "route" => route.to_string(), "tier" => tier.to_string(), "status" => status.to_string())
             .increment(count);
     }
-    for (route, count) in fallbacks {
-        metrics::counter!("tierwise_fallbacks_total", "route" => route.to_string())
+    for ((route, from, to, reason), count) in fallbacks {
+        metrics::counter!("tierwise_fallbacks_total", "route" => route.to_string(), "from" => from.to_string(), "to" => to.to_string(), "reason" => reason.to_string())
+            .increment(count);
+    }
+    for ((route, tier, direction), count) in tokens {
+        metrics::counter!("tierwise_tokens_total", "route" => route.to_string(), "tier" => tier.to_string(), "direction" => direction)
             .increment(count);
     }
     for ((route, tier), amount) in cost {
-        metrics::counter!("tierwise_cost_picodollars_total", "route" => route.to_string(), "tier" => tier.to_string())
-            .increment(amount);
+        add_money(
+            "tierwise_cost_usd_total",
+            &[("route", route), ("tier", tier)],
+            amount,
+        );
     }
+}
+
+/// The money series in Prometheus' text format, exact to the picodollar.
+pub fn render_money() -> String {
+    let money = MONEY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut out = String::new();
+    for (series, help) in MONEY_SERIES {
+        let _ = writeln!(out, "# HELP {series} {help}\n# TYPE {series} counter");
+        for ((_, labels), picodollars) in money.iter().filter(|((name, _), _)| *name == series) {
+            let _ = writeln!(
+                out,
+                "{series}{{{labels}}} {}",
+                Picodollars::saturating(*picodollars)
+            );
+        }
+    }
+    out
+}
+
+/// A label value as Prometheus' text format writes it.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 pub fn ledger_queue_depth(depth: usize) {
@@ -130,17 +230,25 @@ pub fn ledger_write_failed() {
     metrics::counter!("tierwise_ledger_write_errors_total").increment(1);
 }
 
-/// 0 closed, 0.5 half-open, 1 open, per provider.
-pub fn breaker_states(statuses: &[ProviderStatus]) {
-    for status in statuses {
-        let open = match status.breaker.state {
-            BreakerState::Closed => 0.0,
-            BreakerState::HalfOpen => 0.5,
-            BreakerState::Open => 1.0,
-        };
-        metrics::gauge!("tierwise_provider_breaker_open", "provider" => status.name.clone())
-            .set(open);
+/// A provider's breaker: `tierwise_provider_breaker_open` 0 closed, 0.5 half-open, 1 open, set when
+/// it changes (and at each scrape), and `tierwise_breaker_transitions_total{provider,to}`.
+pub fn breaker_state(provider: &str, state: &'static str, changed: bool) {
+    let open = match state {
+        "closed" => 0.0,
+        "half_open" => 0.5,
+        _ => 1.0,
+    };
+    metrics::gauge!("tierwise_provider_breaker_open", "provider" => provider.to_string()).set(open);
+    if changed {
+        metrics::counter!("tierwise_breaker_transitions_total", "provider" => provider.to_string(), "to" => state)
+            .increment(1);
     }
+}
+
+/// Calls to a provider in flight now, where it has a cap (`max_in_flight`).
+pub fn provider_in_flight(provider: &str, in_flight: usize) {
+    metrics::gauge!("tierwise_provider_in_flight", "provider" => provider.to_string())
+        .set(in_flight as f64);
 }
 
 /// A sample the shadow check did not take: `queue_full`, `busy` (the route's shadow calls are all
@@ -155,8 +263,11 @@ pub fn shadow_skipped(route: &str, reason: &'static str) {
 pub fn shadow_checked(route: &str, outcome: &'static str, cost: Picodollars) {
     metrics::counter!("tierwise_shadow_checks_total", "route" => route.to_string(), "outcome" => outcome)
         .increment(1);
-    metrics::counter!("tierwise_shadow_cost_picodollars_total", "route" => route.to_string())
-        .increment(cost.0.max(0) as u64);
+    add_money(
+        "tierwise_shadow_cost_usd_total",
+        &[("route", route)],
+        i128::from(cost.0.max(0)),
+    );
 }
 
 /// A route's monitor as it stands: agreement with its 95% interval `(low, high)` over `samples`,

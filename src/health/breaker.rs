@@ -27,6 +27,15 @@ const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
 
 impl BreakerState {
+    /// As the admin API and the metrics name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+
     fn from_u8(value: u8) -> BreakerState {
         match value {
             OPEN => BreakerState::Open,

@@ -215,6 +215,7 @@ impl ProviderHealth {
 
     fn report(&self, transition: Option<Transition>) {
         if let Some(t) = transition {
+            crate::metrics::breaker_state(&self.provider.name, t.to.as_str(), true);
             let from = format!("{:?}", t.from).to_lowercase();
             let to = format!("{:?}", t.to).to_lowercase();
             if t.to == BreakerState::Closed {

@@ -123,7 +123,14 @@ async fn run(
         let attempts: Vec<&AttemptRow> = batch.iter().flat_map(|o| &o.attempts).collect();
         sink.store(&requests, &attempts).await;
         sink.writer.log(&requests).await;
-        crate::metrics::requests_finished(&requests);
+        let finished: Vec<crate::metrics::Finished<'_>> = batch
+            .iter()
+            .map(|outcome| crate::metrics::Finished {
+                row: &outcome.request,
+                upstream_us: outcome.upstream_us,
+            })
+            .collect();
+        crate::metrics::requests_finished(&finished);
         batch.clear();
     }
     if sink.degraded() {

@@ -37,6 +37,10 @@ pub struct Outcome {
     /// A stream whose upstream reported no usage: its tokens are counted and priced in the
     /// background before the row is written; until then its tokens and cost are unknown.
     pub to_count: Option<ToCount>,
+    /// How long the upstream calls of a whole (non-streamed) answer or a refusal took in all, so
+    /// that the rest of its latency is the gateway's own; `None` for streams, whose upstream time
+    /// runs on while the gateway relays.
+    pub upstream_us: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -235,8 +239,13 @@ impl Exchange {
         request.client_key = start.client_key.clone();
         request.prompt = store_content.then(|| stored_text(&start.body));
         let mut sample = None;
+        let upstream_us = |attempts: &[Attempt]| {
+            Some(attempts.iter().map(|a| a.latency.as_micros() as i64).sum())
+        };
+        let mut upstream = None;
         let (attempts, to_count) = match ending {
             Ending::Unserved { status, failure } => {
+                upstream = upstream_us(&failure.attempts);
                 request.status = status;
                 request.error_kind = Some(failure.error.reason());
                 request.fallback = failure.fallback.clone();
@@ -255,6 +264,7 @@ impl Exchange {
                 request.contract = contract.map(Cow::Borrowed);
                 request.answer = store_content.then(|| stored_text(answer));
                 sample = self.sample(by, || SampledAnswer::Body(Bytes::copy_from_slice(answer)));
+                upstream = upstream_us(&by.attempts);
                 (attempt_rows(&start.id, &by.attempts), None)
             }
             Ending::Streamed {
@@ -303,6 +313,7 @@ impl Exchange {
                 request,
                 attempts,
                 to_count,
+                upstream_us: upstream,
             },
             sample,
             outcomes: self.outcomes,

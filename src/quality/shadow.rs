@@ -232,6 +232,7 @@ async fn check(
                 request: row,
                 attempts: Vec::new(),
                 to_count: None,
+                upstream_us: None,
             })
             .await;
     }

@@ -87,12 +87,20 @@ pub async fn providers(State(app): State<Arc<App>>) -> Json<Value> {
     Json(json!({ "providers": app.health.statuses() }))
 }
 
-/// Prometheus text format: requests, fallbacks, cost, ledger health, provider state.
+/// Prometheus text format: requests, tokens, latencies, fallbacks, cost in dollars, ledger
+/// health, provider state, quality.
 pub async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
-    crate::metrics::breaker_states(&app.health.statuses());
+    for status in app.health.statuses() {
+        crate::metrics::breaker_state(&status.name, status.breaker.state.as_str(), false);
+        if let Some(in_flight) = status.in_flight {
+            crate::metrics::provider_in_flight(&status.name, in_flight);
+        }
+    }
+    let mut text = app.metrics.render();
+    text.push_str(&crate::metrics::render_money());
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(),
+        text,
     )
 }
 

@@ -511,8 +511,7 @@ async fn one_json_line_per_request_goes_to_the_request_log() {
     // Metrics are counted once the writer has the batch: wait for them, do not race them.
     let requests =
         format!("tierwise_requests_total{{route=\"{route}\",tier=\"api_fast\",status=\"200\"}} 1");
-    let cost =
-        format!("tierwise_cost_picodollars_total{{route=\"{route}\",tier=\"api_fast\"}} 435000000");
+    let cost = format!("tierwise_cost_usd_total{{route=\"{route}\",tier=\"api_fast\"}} 0.000435");
     gw.wait_for_metrics(|text| text.contains(&requests) && text.contains(&cost))
         .await;
     gw.shutdown().await;

@@ -8,6 +8,7 @@ mod fallback;
 mod faults;
 mod hostile;
 mod ledger;
+mod metrics;
 mod proof;
 mod proxy;
 mod quality;

@@ -1,0 +1,116 @@
+//! `/metrics` after known traffic: every series Prometheus users expect, with the values that
+//! traffic must give — requests, tokens, dollars to the picodollar, fallbacks by from/to/reason,
+//! latency histograms (including the time spent in the gateway itself), breaker state set when it
+//! changes — and no unbounded label values. The recorder is process-wide, so this test's routes and
+//! provider are its own.
+
+use tierwise::config::TaskKind;
+use tierwise::config::file::{RawProvider, RawTier, text};
+use tierwise_fake::{FakeUpstream, Fault};
+
+use crate::util::{Answer, TestConfig, TestGateway, chat};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_after_known_traffic_carry_the_values_it_gives() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            let mut provider = RawProvider::new(local.base_url());
+            provider.breaker.failures = Some(tierwise::config::file::spanned(2));
+            provider.health.enabled = Some(false);
+            c.0.providers.insert(text("metrics_gpu"), provider);
+            c.0.tiers.insert(
+                text("metrics_local"),
+                RawTier::new("metrics_gpu", "mistral-7b"),
+            );
+            c.add_route(
+                "metrics_route",
+                TaskKind::Chat,
+                &["metrics_local", "api_fast"],
+            );
+        });
+    let gw = TestGateway::start(&config).await;
+    // Three answered locally, then two the local server refuses with 503: they fall back to
+    // api_fast, and the second failure opens the provider's breaker.
+    for i in 0..3 {
+        let answer = Answer::of(
+            gw.post(
+                "/v1/chat/completions",
+                &chat("metrics_route", &format!("q{i}")),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(answer.header("x-tierwise-tier"), Some("metrics_local"));
+    }
+    local.set_fault(Fault::Status {
+        status: 503,
+        body: None,
+        retry_after: None,
+    });
+    for i in 0..2 {
+        let answer = Answer::of(
+            gw.post(
+                "/v1/chat/completions",
+                &chat("metrics_route", &format!("f{i}")),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"));
+    }
+    // Metrics are counted once the writer has the batch: wait for them, do not race them.
+    let text = gw
+        .wait_for_metrics(|m| {
+            m.contains("tierwise_requests_total{route=\"metrics_route\",tier=\"api_fast\",status=\"200\"} 2")
+        })
+        .await;
+    let has = |line: &str| assert!(text.contains(line), "no {line:?} in\n{text}");
+    has("tierwise_requests_total{route=\"metrics_route\",tier=\"metrics_local\",status=\"200\"} 3");
+    // The fake reports 20 prompt and 5 answer tokens a call.
+    has(
+        "tierwise_tokens_total{route=\"metrics_route\",tier=\"metrics_local\",direction=\"in\"} 60",
+    );
+    has(
+        "tierwise_tokens_total{route=\"metrics_route\",tier=\"metrics_local\",direction=\"out\"} 15",
+    );
+    has("tierwise_tokens_total{route=\"metrics_route\",tier=\"api_fast\",direction=\"in\"} 40");
+    has(
+        "tierwise_fallbacks_total{route=\"metrics_route\",from=\"metrics_local\",to=\"api_fast\",reason=\"http_503\"} 2",
+    );
+    // gpt-4o-mini: 20 × $0.15 + 5 × $0.60 per million = $0.000006 a call, exactly.
+    has("# TYPE tierwise_cost_usd_total counter");
+    has("tierwise_cost_usd_total{route=\"metrics_route\",tier=\"api_fast\"} 0.000012");
+    has("tierwise_request_duration_seconds_count{route=\"metrics_route\"} 5");
+    has("tierwise_time_to_first_byte_seconds_count{route=\"metrics_route\"} 5");
+    has("tierwise_gateway_overhead_seconds_count{route=\"metrics_route\"} 5");
+    // Set when the breaker opened, before any scrape asked.
+    has("tierwise_breaker_transitions_total{provider=\"metrics_gpu\",to=\"open\"} 1");
+    has("tierwise_provider_breaker_open{provider=\"metrics_gpu\"} 1");
+
+    // The time in the gateway itself is a small part of each request's latency.
+    let sum = |name: &str| -> f64 {
+        let prefix = format!("{name}_sum{{route=\"metrics_route\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        sum("tierwise_gateway_overhead_seconds") < sum("tierwise_request_duration_seconds"),
+        "{text}"
+    );
+    // Bounded labels: no request id (a UUID) and no prompt text in any series.
+    let uuid_like = text
+        .split(|c: char| !(c.is_ascii_hexdigit() || c == '-'))
+        .any(|word| word.len() == 36 && word.matches('-').count() == 4);
+    assert!(!uuid_like, "a request id in a label:\n{text}");
+    assert!(
+        !text.contains("q0") && !text.contains("f1"),
+        "prompt text in a label"
+    );
+    gw.shutdown().await;
+}
