@@ -114,3 +114,50 @@ async fn metrics_after_known_traffic_carry_the_values_it_gives() {
     );
     gw.shutdown().await;
 }
+
+/// The Grafana dashboard and the Prometheus alert rules in `examples/` name only series the gateway
+/// exports (every series is recorded in `src/metrics.rs`), and the rules file holds the alerts the
+/// issue asks for (drift, provider down, ledger degraded).
+#[test]
+fn the_example_dashboard_and_alert_rules_name_only_exported_series() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source = std::fs::read_to_string(root.join("src/metrics.rs")).unwrap();
+    let exported = |name: &str| {
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        source.contains(&format!("\"{base}\""))
+    };
+    for file in [
+        "examples/grafana/tierwise-dashboard.json",
+        "examples/prometheus/tierwise-alerts.yml",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let names: std::collections::BTreeSet<&str> = text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with("tierwise_"))
+            .collect();
+        assert!(names.len() >= 8, "{file}: {names:?}");
+        for name in names {
+            assert!(
+                exported(name),
+                "{file} names {name}, which tierwise does not export"
+            );
+        }
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("examples/grafana/tierwise-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(dashboard["panels"].as_array().unwrap().len() >= 10);
+    let rules =
+        std::fs::read_to_string(root.join("examples/prometheus/tierwise-alerts.yml")).unwrap();
+    for alert in [
+        "TierwiseQualityDrift",
+        "TierwiseProviderDown",
+        "TierwiseLedgerDegraded",
+    ] {
+        assert!(rules.contains(&format!("alert: {alert}")), "{alert}");
+    }
+}
