@@ -79,6 +79,18 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// For each route: move-to-local, keep-on-API or needs-evidence, with reasons, the monthly
+    /// saving and the break-even volume, from the ledger's traffic, the route's profile and its
+    /// shadow agreement.
+    Advise {
+        #[arg(short, long, env = "TIERWISE_CONFIG", default_value_os_t = config::default_path())]
+        config: PathBuf,
+        /// How much traffic to judge by, back from now, e.g. 30d, 12h.
+        #[arg(long, default_value = "30d")]
+        since: String,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Project the costs of a workload profile before anything is deployed.
     Simulate {
         /// A workload profile (TOML); see examples/workloads/.
@@ -167,6 +179,33 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         Format::Table => report.to_table(),
                         Format::Json => report.to_json() + "\n",
                         Format::Csv => report.to_csv(),
+                    }
+                );
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Advise {
+            config,
+            since,
+            format,
+        } => {
+            let config = load(&config)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as i64;
+            let window =
+                report::window(Some(&since), None, None, now).map_err(anyhow::Error::msg)?;
+            runtime()?.block_on(async {
+                let store = Store::connect(&config.ledger.url).await?;
+                let report = Report::load(&config, &store, window, None).await?;
+                store.close().await;
+                let advice = report::advise::Advise::build(&config, &report);
+                print!(
+                    "{}",
+                    match format {
+                        Format::Table => advice.to_table(),
+                        Format::Json => advice.to_json() + "\n",
+                        Format::Csv => bail!("advise prints --format table or json"),
                     }
                 );
                 Ok(ExitCode::SUCCESS)

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use super::{AllOpen, OnDrift, OnProof, QualityBar, ScorerKind, TaskKind};
+use super::{AllOpen, Changes, OnDrift, OnProof, QualityBar, ScorerKind, TaskKind, ToolCalling};
 
 pub type Text = Spanned<String>;
 
@@ -40,6 +40,8 @@ pub struct ConfigFile {
     pub prices: BTreeMap<Text, RawPrice>,
     #[serde(default)]
     pub alerts: RawAlerts,
+    #[serde(default)]
+    pub advise: RawAdvise,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -261,6 +263,24 @@ pub struct RawProfile {
     pub quality: Option<QualityBar>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_tolerance_ms: Option<u64>,
+    /// How much the task depends on calling tools right.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calling: Option<ToolCalling>,
+    /// How often the task's prompt or expected output changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changes: Option<Changes>,
+}
+
+/// `[advise]`: the thresholds of `tierwise advise`'s rules of thumb.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdvise {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_calls_per_day: Option<Spanned<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_context_tokens: Option<Spanned<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_latency_tolerance_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -23,8 +23,8 @@ pub use known::{KnownModel, known_model, undated};
 pub use price::Price;
 pub use provider::{BreakerPolicy, ProbePolicy, Provider, Timeouts};
 pub use route::{
-    AllOpen, ChainTier, OnDrift, OnProof, Profile, QualityBar, Route, ScorerKind, Shadow, TaskKind,
-    with_labels,
+    AllOpen, ChainTier, Changes, OnDrift, OnProof, Profile, QualityBar, Route, ScorerKind, Shadow,
+    TaskKind, ToolCalling, with_labels,
 };
 pub use server::{AdminAccess, LedgerConfig, RequestLog, ServerConfig};
 pub use tier::{Abilities, Tier};
@@ -35,6 +35,27 @@ pub struct Alerts {
     /// POSTed once per alert episode. It may hold a secret (a chat webhook's token is in its path),
     /// so it is never logged.
     pub webhook: Option<reqwest::Url>,
+}
+
+/// `tierwise advise`'s thresholds: DESIGN.md's rules of thumb unless `[advise]` says otherwise.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdviseRules {
+    /// Below this many calls a day a local server's fixed cost is not paid back.
+    pub min_calls_per_day: f64,
+    /// Prompts larger than this on average stay on the API.
+    pub max_context_tokens: u32,
+    /// A route that must answer faster than this stays on the API.
+    pub min_latency_tolerance: std::time::Duration,
+}
+
+impl Default for AdviseRules {
+    fn default() -> Self {
+        AdviseRules {
+            min_calls_per_day: 100.0,
+            max_context_tokens: 32_000,
+            min_latency_tolerance: std::time::Duration::from_millis(500),
+        }
+    }
 }
 
 /// The commented starter configuration that `tierwise init` writes; the same file is shipped as
@@ -53,6 +74,7 @@ pub struct Config {
     pub routes: Vec<Arc<Route>>,
     pub prices: BTreeMap<String, Price>,
     pub alerts: Alerts,
+    pub advise: AdviseRules,
     /// Things that are allowed but probably not meant (no client auth, an empty upstream key);
     /// logged at start-up and printed by `tierwise check`.
     pub warnings: Vec<String>,

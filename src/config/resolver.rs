@@ -43,6 +43,7 @@ impl<'a> Resolver<'a> {
         let routes = self.routes(&file, &tiers);
         let prices = self.prices(&file.prices);
         let alerts = self.alerts(&file.alerts);
+        let advise = self.advise(&file.advise);
         if self.issues.is_empty() {
             Ok(Config {
                 server,
@@ -52,6 +53,7 @@ impl<'a> Resolver<'a> {
                 routes,
                 prices,
                 alerts,
+                advise,
                 warnings: self.warnings,
             })
         } else {
@@ -77,6 +79,36 @@ impl<'a> Resolver<'a> {
             }
         });
         super::Alerts { webhook }
+    }
+
+    fn advise(&mut self, raw: &super::file::RawAdvise) -> super::AdviseRules {
+        let defaults = super::AdviseRules::default();
+        let min_calls_per_day = match &raw.min_calls_per_day {
+            Some(value) if !value.get_ref().is_finite() || *value.get_ref() < 0.0 => {
+                self.issue_at(
+                    value.span().start,
+                    "advise.min_calls_per_day",
+                    "must be a number of calls, 0 or more",
+                );
+                defaults.min_calls_per_day
+            }
+            Some(value) => *value.get_ref(),
+            None => defaults.min_calls_per_day,
+        };
+        super::AdviseRules {
+            min_calls_per_day,
+            max_context_tokens: raw
+                .max_context_tokens
+                .as_ref()
+                .and_then(|value| {
+                    self.positive(value, "advise.max_context_tokens", "must be at least 1")
+                })
+                .unwrap_or(defaults.max_context_tokens),
+            min_latency_tolerance: raw.min_latency_tolerance_ms.map_or(
+                defaults.min_latency_tolerance,
+                std::time::Duration::from_millis,
+            ),
+        }
     }
 
     /// Whether every step so far was free of mistakes.

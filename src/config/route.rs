@@ -168,6 +168,29 @@ pub enum QualityBar {
 pub struct Profile {
     pub quality: QualityBar,
     pub latency_tolerance: Duration,
+    pub tool_calling: ToolCalling,
+    pub changes: Changes,
+}
+
+/// How much a task depends on calling tools right.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolCalling {
+    #[default]
+    None,
+    Optional,
+    /// A wrong call is a wrong answer: the task stays on the API.
+    Critical,
+}
+
+/// How often a task's prompt or expected output changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Changes {
+    #[default]
+    Rarely,
+    /// Every change would need the local prompt re-tuned and re-validated.
+    Often,
 }
 
 impl Profile {
@@ -230,6 +253,16 @@ impl Resolver<'_> {
                 .as_ref()
                 .and_then(|p| p.latency_tolerance_ms)
                 .map_or(Profile::DEFAULT_LATENCY_TOLERANCE, Duration::from_millis),
+            tool_calling: raw
+                .profile
+                .as_ref()
+                .and_then(|p| p.tool_calling)
+                .unwrap_or_default(),
+            changes: raw
+                .profile
+                .as_ref()
+                .and_then(|p| p.changes)
+                .unwrap_or_default(),
         };
         if !self.clean() {
             return None;

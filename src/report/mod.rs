@@ -3,8 +3,10 @@
 //! spent (API calls plus the fixed cost of local servers, shared among routes by tokens), projected
 //! to a month. `tierwise report` prints it; `/admin/api/report` serves the same numbers. The
 //! ledger's database does the summing ([`crate::ledger::Summary`]); what is built here is a few
-//! numbers per route, whatever the window holds.
+//! numbers per route, whatever the window holds. [`advise`] turns the same numbers into a verdict
+//! per route.
 
+pub mod advise;
 pub mod simulate;
 
 use std::collections::BTreeMap;

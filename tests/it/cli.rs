@@ -809,3 +809,206 @@ async fn eval_with_a_judge_asks_the_reference_for_a_grade_per_line() {
     // Six gpt-4o calls at $0.0001; mistral-7b has no price.
     assert_eq!(checks.cost.to_string(), "0.0006");
 }
+
+/// `tierwise advise` on a ledger this test writes: each route's verdict is the one the rules of
+/// thumb imply, with the reason that decided it, a saving and a break-even volume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advise_gives_the_verdicts_the_rules_imply_with_reasons() {
+    use tierwise::config::file::{RawProfile, RawRoute};
+    use tierwise::config::{Changes, TaskKind};
+    use tierwise::ledger::{Picodollars, Purpose, RequestRow, Store};
+
+    let ledger = tierwise_test_sqlite_url();
+    let mut file = ConfigFile::default();
+    file.ledger.url = Some(text(&ledger));
+    let mut gpu = RawProvider::new("http://127.0.0.1:9/v1");
+    gpu.fixed_monthly_usd = Some(tierwise::config::file::spanned(85.0));
+    file.providers.insert(text("gpu"), gpu);
+    file.providers
+        .insert(text("openai"), RawProvider::new("http://127.0.0.1:9/v1"));
+    file.tiers
+        .insert(text("local"), RawTier::new("gpu", "mistral-7b"));
+    file.tiers
+        .insert(text("api_fast"), RawTier::new("openai", "gpt-4o-mini"));
+    file.tiers
+        .insert(text("api_frontier"), RawTier::new("openai", "gpt-4o"));
+    let mut route = |name: &str, kind: TaskKind, tiers: &[&str], profile: Option<RawProfile>| {
+        let mut raw = RawRoute::new(kind, tiers);
+        raw.baseline = Some(text("api_frontier"));
+        raw.profile = profile;
+        file.routes.insert(text(name), raw);
+    };
+    route(
+        "tickets",
+        TaskKind::Classification,
+        &["local", "api_fast"],
+        None,
+    );
+    route(
+        "drifting",
+        TaskKind::Classification,
+        &["local", "api_fast"],
+        None,
+    );
+    route("summaries", TaskKind::Summarization, &["api_fast"], None);
+    route("agent", TaskKind::Agentic, &["api_frontier"], None);
+    route("rare", TaskKind::Classification, &["api_fast"], None);
+    route("long", TaskKind::Extraction, &["api_fast"], None);
+    let profile = |latency: Option<u64>, changes: Option<Changes>| RawProfile {
+        quality: None,
+        latency_tolerance_ms: latency,
+        tool_calling: None,
+        changes,
+    };
+    route(
+        "fast",
+        TaskKind::Classification,
+        &["api_fast"],
+        Some(profile(Some(200), None)),
+    );
+    route(
+        "churning",
+        TaskKind::Moderation,
+        &["api_fast"],
+        Some(profile(None, Some(Changes::Often))),
+    );
+    let (dir, path) = write_config("advise", &TestConfig(file).toml());
+
+    // Two days of traffic: (route, tier, calls a day, prompt tokens), and shadow samples.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let span = 2 * 86_400_000i64;
+    let mut rows = Vec::new();
+    let mut add = |route: &str, tier: &str, per_day: usize, tokens_in: u64| {
+        let (model, local) = match tier {
+            "local" => ("mistral-7b", true),
+            "api_fast" => ("gpt-4o-mini", false),
+            _ => ("gpt-4o", false),
+        };
+        for i in 0..per_day * 2 {
+            // From a minute into the window, so the command's later `now` still holds every row.
+            let ts = now - span + 60_000 + (i as i64 * (span - 120_000)) / (per_day as i64 * 2);
+            let mut row = RequestRow::new(
+                uuid::Uuid::now_v7().to_string(),
+                ts,
+                "chat.completions".into(),
+            );
+            row.route = Some(route.into());
+            row.tier = Some(tier.into());
+            row.provider = Some(if local { "gpu" } else { "openai" }.into());
+            row.model = Some(model.into());
+            row.local = local;
+            row.tokens_in = tokens_in;
+            row.tokens_out = 20;
+            row.latency_us = 300_000;
+            row.cost_pusd = Some(Picodollars(if local { 0 } else { 100_000_000 }));
+            row.baseline_pusd = Some(Picodollars(10_000_000_000));
+            rows.push(row);
+        }
+    };
+    add("tickets", "local", 500, 300);
+    add("drifting", "local", 300, 300);
+    add("summaries", "api_fast", 300, 900);
+    add("agent", "api_frontier", 400, 2_000);
+    add("rare", "api_fast", 5, 200);
+    add("long", "api_fast", 200, 50_000);
+    add("fast", "api_fast", 300, 200);
+    add("churning", "api_fast", 300, 200);
+    let mut sample = |route: &str, n: usize, agreeing: usize| {
+        for i in 0..n {
+            let mut row = RequestRow::new(
+                uuid::Uuid::now_v7().to_string(),
+                now - 1000 - i as i64,
+                "chat.completions".into(),
+            );
+            row.route = Some(route.into());
+            row.tier = Some("api_frontier".into());
+            row.purpose = Purpose::Shadow;
+            row.candidate = Some("local".into());
+            row.cost_pusd = Some(Picodollars(0));
+            row.agreement_ppm = Some(if i < agreeing { 1_000_000 } else { 0 });
+            rows.push(row);
+        }
+    };
+    sample("tickets", 400, 388);
+    sample("drifting", 400, 320);
+    let store = Store::connect(&ledger).await.unwrap();
+    let refs: Vec<&RequestRow> = rows.iter().collect();
+    for chunk in refs.chunks(500) {
+        store.insert(chunk, &[]).await.unwrap();
+    }
+    store.close().await;
+
+    let out = tokio::task::spawn_blocking(move || {
+        tierwise()
+            .args(["advise", "--since", "2d", "--format", "json", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let advice: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let of = |route: &str| {
+        advice["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["route"] == route)
+            .unwrap_or_else(|| panic!("no {route} in {advice}"))
+            .clone()
+    };
+    let says = |route: &str, verdict: &str, reason: &str| {
+        let r = of(route);
+        assert_eq!(r["verdict"], verdict, "{route}: {r}");
+        assert!(
+            r["reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x.as_str().unwrap().contains(reason)),
+            "{route}: no reason with {reason:?} in {r}"
+        );
+        r
+    };
+    let tickets = says("tickets", "move-to-local", "agrees with the API 97.0%");
+    assert!(
+        (tickets["calls_per_day"].as_f64().unwrap() - 500.0).abs() < 5.0,
+        "{tickets}"
+    );
+    // The baseline is $0.01 a call: $85 a month is paid back at 85 / (30 × 0.01) ≈ 283 a day.
+    let break_even = tickets["break_even_calls_per_day"].as_f64().unwrap();
+    assert!((break_even - 283.3).abs() < 1.0, "{tickets}");
+    // Already local: the baseline it no longer pays (500 × 30 × $0.01) less its share of the
+    // server by tokens (500 of the 800 local calls a day: $53.13 of $85).
+    let saving = tickets["monthly_saving_usd"].as_f64().unwrap();
+    assert!((saving - 96.875).abs() < 1.0, "{tickets}");
+    says("drifting", "keep-on-API", "agrees with the API only 80.0%");
+    let summaries = says("summaries", "needs-evidence", "no shadow agreement yet");
+    // Its API spend, $0.0001 a call × 300 × 30, is what moving would save.
+    assert!(
+        (summaries["monthly_saving_usd"].as_f64().unwrap() - 0.9).abs() < 0.02,
+        "{summaries}"
+    );
+    says("agent", "keep-on-API", "agentic tasks stay on the API");
+    says("rare", "keep-on-API", "5.0 calls a day is under 100");
+    says(
+        "long",
+        "keep-on-API",
+        "prompts average 50000 tokens, over 32000",
+    );
+    says("fast", "keep-on-API", "must answer within 200 ms");
+    says("churning", "keep-on-API", "changes often");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+fn tierwise_test_sqlite_url() -> String {
+    crate::util::sqlite_url()
+}
