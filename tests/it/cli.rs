@@ -1012,3 +1012,37 @@ async fn advise_gives_the_verdicts_the_rules_imply_with_reasons() {
 fn tierwise_test_sqlite_url() -> String {
     crate::util::sqlite_url()
 }
+
+/// The compose file's tierwise config resolves — every key, provider, tier, route and prompt —
+/// with the environment the compose file gives it (no Docker engine runs here to try the rest).
+#[test]
+fn the_docker_compose_config_passes_check() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = tierwise()
+        .env("TIERWISE_CLIENT_KEY", "client-key")
+        .env("OPENAI_API_KEY", "sk-compose")
+        .env(
+            "TIERWISE_LEDGER_URL",
+            "postgres://tierwise:tierwise@postgres:5432/tierwise",
+        )
+        .args(["check", "--offline", "--config"])
+        .arg(root.join("examples/docker/tierwise.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let compose = std::fs::read_to_string(root.join("examples/docker-compose.yml")).unwrap();
+    for service in ["tierwise:", "vllm:", "ollama:", "postgres:"] {
+        assert!(compose.contains(service), "{service}");
+    }
+    assert!(compose.contains("TIERWISE_CONFIG: /etc/tierwise/docker/tierwise.toml"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains("USER tierwise"),
+        "the image runs as non-root"
+    );
+}
