@@ -24,6 +24,8 @@
 //!   prices and exact cost in picodollars, token estimates, quality events and feedback, the SQLite
 //!   or PostgreSQL store and its writer.
 //! - [`metrics`]: every Prometheus series, recorded in one place.
+//! - [`dashboard`]: the page at `/`, its script and style compiled into the binary; it reads the
+//!   admin API with the admin key the operator gives it.
 //! - [`report`]: cost and savings per route read back from the ledger; `simulate` for workloads
 //!   not yet deployed.
 //! - [`quality`]: whether a cheaper tier answers like the reference — the scorers (label, JSON,
@@ -35,6 +37,7 @@
 //! `src/main.rs` and `src/cli.rs`, the only place that uses `anyhow`.
 
 pub mod config;
+pub mod dashboard;
 pub mod health;
 pub mod ledger;
 pub mod metrics;

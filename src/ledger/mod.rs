@@ -8,6 +8,7 @@
 
 pub mod price;
 pub mod quality;
+pub mod recent;
 pub mod row;
 mod spool;
 pub mod store;

@@ -162,3 +162,44 @@ pub async fn quality(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiErro
     }
     Ok(Json(json!({ "routes": routes })))
 }
+
+#[derive(Debug, Deserialize)]
+pub struct DailyQuery {
+    days: Option<i64>,
+}
+
+/// `GET /admin/api/daily?days=14`: product traffic's calls and cost per UTC day, route and tier.
+pub async fn daily(
+    State(app): State<Arc<App>>,
+    Query(query): Query<DailyQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let days = query.days.unwrap_or(14).clamp(1, 366);
+    let (today, _) = crate::ledger::quality::utc_day(crate::quality::watch::now_ms());
+    let from_ms = (today - days + 1) * 86_400_000;
+    let rows = app
+        .store
+        .daily_cost(from_ms)
+        .await
+        .map_err(|err| ApiError::internal(format!("cannot read the ledger: {err}")))?;
+    Ok(Json(
+        json!({ "from_day": today - days + 1, "days": days, "rows": rows }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RecentQuery {
+    limit: Option<i64>,
+}
+
+/// `GET /admin/api/requests?limit=50`: the latest requests, without content or keys.
+pub async fn requests(
+    State(app): State<Arc<App>>,
+    Query(query): Query<RecentQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let rows = app
+        .store
+        .recent(query.limit.unwrap_or(50).clamp(1, 500))
+        .await
+        .map_err(|err| ApiError::internal(format!("cannot read the ledger: {err}")))?;
+    Ok(Json(json!({ "requests": rows })))
+}

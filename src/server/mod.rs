@@ -113,6 +113,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/admin/api/providers", get(info::providers))
         .route("/admin/api/report", get(info::report))
         .route("/admin/api/quality", get(info::quality))
+        .route("/admin/api/daily", get(info::daily))
+        .route("/admin/api/requests", get(info::requests))
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             auth::require_admin_key,
@@ -120,6 +122,9 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .merge(api)
         .merge(admin)
+        .route("/", get(crate::dashboard::page))
+        .route("/dashboard.js", get(crate::dashboard::script))
+        .route("/dashboard.css", get(crate::dashboard::style))
         .route("/healthz", get(info::healthz))
         .route("/readyz", get(info::readyz))
         .merge(

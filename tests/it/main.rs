@@ -4,6 +4,7 @@
 
 mod cli;
 mod config;
+mod dashboard;
 mod fallback;
 mod faults;
 mod hostile;

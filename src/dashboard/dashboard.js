@@ -1,0 +1,236 @@
+// tierwise's dashboard: reads /admin/api/* with the admin key and draws what it reads. Every value
+// from the ledger or the config is set as text (never as markup): route and tier names are the
+// operator's, but they are data here.
+'use strict';
+
+const REFRESH_MS = 10000;
+const DAY_MS = 86400000;
+const PALETTE = ['#3b6fd1', '#e08a2c', '#2f9e77', '#c0392b', '#8e5cc2', '#7f8c8d', '#d4a017', '#16a2b8'];
+const SVG = 'http://www.w3.org/2000/svg';
+
+let key = sessionStorage.getItem('tierwise-admin-key') || '';
+
+// A key passed as /#key=... is taken once and removed from the address bar; a fragment never
+// reaches the server or its logs.
+(function keyFromFragment() {
+  const match = location.hash.match(/key=([^&]+)/);
+  if (match) {
+    key = decodeURIComponent(match[1]);
+    sessionStorage.setItem('tierwise-admin-key', key);
+    history.replaceState(null, '', location.pathname);
+  }
+})();
+
+class Refused extends Error {}
+
+async function api(path) {
+  const response = await fetch(path, { headers: key ? { Authorization: 'Bearer ' + key } : {} });
+  if (response.status === 401 || response.status === 403) {
+    const body = await response.json().catch(() => ({}));
+    throw new Refused((body.error && body.error.message) || 'the admin key was refused');
+  }
+  if (!response.ok) {
+    throw new Error(path + ': HTTP ' + response.status);
+  }
+  return response.json();
+}
+
+function $(id) { return document.getElementById(id); }
+
+function text(id, value) { $(id).textContent = value; }
+
+function usd(value) {
+  const n = Number(value);
+  if (!isFinite(n)) return '-';
+  if (n !== 0 && Math.abs(n) < 0.01) return '$' + n.toPrecision(2);
+  return '$' + n.toLocaleString('en-US', { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+}
+
+function pct(value) { return (100 * value).toFixed(1) + '%'; }
+
+function dayLabel(day) { return new Date(day * DAY_MS).toISOString().slice(5, 10); }
+
+function el(tag, attrs, content) {
+  const node = tag.startsWith('svg:') ? document.createElementNS(SVG, tag.slice(4)) : document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) node.setAttribute(name, value);
+  if (content !== undefined) node.textContent = content;
+  return node;
+}
+
+function fillTable(id, rows) {
+  const body = $(id).querySelector('tbody');
+  body.replaceChildren(...rows.map((cells) => {
+    const tr = el('tr');
+    for (const cell of cells) {
+      const td = el('td', {}, cell === null || cell === undefined ? '-' : String(cell));
+      if (typeof cell === 'number') td.className = 'num';
+      tr.append(td);
+    }
+    return tr;
+  }));
+}
+
+function svg(width, height) {
+  return el('svg:svg', { viewBox: `0 0 ${width} ${height}`, role: 'img' });
+}
+
+// Stacked bars: one per day, one segment per route/tier, each with its figures as a tooltip.
+function drawCost(daily) {
+  const days = [];
+  for (let d = daily.from_day; d < daily.from_day + daily.days; d++) days.push(d);
+  const series = [...new Set(daily.rows.map((r) => (r.route || '(no route)') + ' / ' + (r.tier || 'none')))].sort();
+  const color = (name) => PALETTE[series.indexOf(name) % PALETTE.length];
+  const totals = days.map((d) => daily.rows.filter((r) => r.day === d).reduce((sum, r) => sum + Number(r.cost_usd), 0));
+  const max = Math.max(...totals, 1e-9);
+  const W = 800, H = 220, left = 50, bottom = 20, top = 10;
+  const chart = svg(W, H);
+  const band = (W - left) / days.length;
+  chart.append(el('svg:text', { x: 2, y: top + 10 }, usd(max)));
+  chart.append(el('svg:line', { x1: left, x2: W, y1: H - bottom, y2: H - bottom, stroke: '#e3e6ec' }));
+  days.forEach((day, i) => {
+    let y = H - bottom;
+    for (const row of daily.rows.filter((r) => r.day === day)) {
+      const name = (row.route || '(no route)') + ' / ' + (row.tier || 'none');
+      const h = (Number(row.cost_usd) / max) * (H - bottom - top);
+      y -= h;
+      const rect = el('svg:rect', {
+        x: left + i * band + band * 0.15, y, width: band * 0.7, height: Math.max(h, 0),
+        fill: color(name), 'data-series': name, 'data-cost': row.cost_usd,
+      });
+      rect.append(el('svg:title', {}, `${dayLabel(day)} ${name}: ${usd(row.cost_usd)} for ${row.calls} calls`));
+      chart.append(rect);
+    }
+    if (days.length <= 16 || i % 2 === 0) {
+      chart.append(el('svg:text', { x: left + i * band + band / 2, y: H - 4, 'text-anchor': 'middle' }, dayLabel(day)));
+    }
+  });
+  $('cost-chart').replaceChildren(chart);
+  $('cost-legend').replaceChildren(...series.map((name) => {
+    const total = daily.rows.filter((r) => (r.route || '(no route)') + ' / ' + (r.tier || 'none') === name)
+      .reduce((sum, r) => sum + Number(r.cost_usd), 0);
+    const item = el('span', { 'data-series': name }, `${name} ${usd(total)}`);
+    item.style.setProperty('--swatch', color(name));
+    return item;
+  }));
+}
+
+// One line per route: agreement per day, the route's bar dashed, alerts as red marks.
+function drawAgreement(quality) {
+  const W = 800, H = 220, left = 40, bottom = 20, top = 10;
+  const chart = svg(W, H);
+  const routes = quality.routes;
+  const allDays = routes.flatMap((r) => r.days.map((d) => d.day));
+  const today = Math.floor(Date.now() / DAY_MS);
+  const first = Math.min(today - 13, ...allDays);
+  const span = Math.max(today - first, 1);
+  const low = Math.min(0.8, ...routes.flatMap((r) => r.days.map((d) => d.agreement_ppm / 1e6)), ...routes.map((r) => r.min_agreement)) - 0.02;
+  const x = (day) => left + ((day - first) / span) * (W - left - 10);
+  const y = (value) => top + (1 - (value - low) / (1 - low)) * (H - top - bottom);
+  for (const tick of [low + 0.02, 1]) {
+    chart.append(el('svg:text', { x: 2, y: y(tick) + 4 }, pct(tick)));
+  }
+  routes.forEach((route, i) => {
+    const color = PALETTE[i % PALETTE.length];
+    chart.append(el('svg:line', {
+      x1: left, x2: W - 10, y1: y(route.min_agreement), y2: y(route.min_agreement),
+      stroke: color, 'stroke-dasharray': '4 4', 'stroke-width': 1,
+    }));
+    const points = route.days.map((d) => `${x(d.day)},${y(d.agreement_ppm / 1e6)}`).join(' ');
+    if (route.days.length) {
+      chart.append(el('svg:polyline', { points, fill: 'none', stroke: color, 'stroke-width': 2, 'data-route': route.route }));
+    }
+    for (const d of route.days) {
+      const dot = el('svg:circle', { cx: x(d.day), cy: y(d.agreement_ppm / 1e6), r: 3, fill: color });
+      dot.append(el('svg:title', {}, `${route.route} ${dayLabel(d.day)}: ${pct(d.agreement_ppm / 1e6)} over ${d.samples} samples`));
+      chart.append(dot);
+    }
+    for (const event of route.events.filter((e) => e.event === 'alert_fired')) {
+      const day = Math.floor(event.ts_ms / DAY_MS);
+      const mark = el('svg:rect', { x: x(day) - 3, y: top, width: 6, height: H - top - bottom, fill: '#c0392b', opacity: 0.25, 'data-alert': route.route });
+      mark.append(el('svg:title', {}, `${route.route}: alert at ${new Date(event.ts_ms).toLocaleString()}, agreement ${pct(event.agreement_ppm / 1e6)}`));
+      chart.append(mark);
+    }
+  });
+  $('agreement-chart').replaceChildren(chart);
+  fillTable('quality', routes.map((r) => [
+    r.route, `${r.candidate} (${r.candidate_model})`,
+    r.agreement === null ? null : pct(r.agreement),
+    r.interval ? `${pct(r.interval.low)} to ${pct(r.interval.high)}` : null,
+    r.samples, pct(r.min_agreement),
+    r.alerting ? (r.demoted ? 'ALERT, demoted' : 'ALERT') : (r.demoted ? 'demoted' : 'ok'),
+  ]));
+  for (const [i, r] of routes.entries()) {
+    const state = $('quality').querySelectorAll('tbody tr')[i].lastChild;
+    state.className = r.alerting ? 'state-alert' : 'state-ok';
+  }
+}
+
+function render(report, daily, quality, providers, requests) {
+  const t = report.totals;
+  text('window', `${report.days.toFixed(1)} days of traffic, projected to a month`);
+  text('saving', `${usd(t.monthly_saving_usd)}/mo`);
+  text('saving-detail', `${t.saving_pct.toFixed(1)}% of the all-API baseline, ${usd(t.monthly_baseline_usd)}/mo`);
+  text('spend', `${usd(t.monthly_actual_usd)}/mo`);
+  text('spend-detail', `API ${usd(t.monthly_api_usd)}, fixed ${usd(t.monthly_fixed_usd)}, checks ${usd(t.monthly_checks_usd)}`);
+  const calls = report.routes.reduce((sum, r) => sum + r.calls, 0);
+  const local = report.routes.reduce((sum, r) => sum + r.local_share * r.calls, 0);
+  text('local-share', calls ? pct(local / calls) : '-');
+  text('checks', `${usd(t.monthly_checks_usd)}/mo`);
+  const alerting = quality.routes.filter((r) => r.alerting).map((r) => r.route);
+  const checked = quality.routes.length === 1 ? '1 route checked' : `${quality.routes.length} routes checked`;
+  text('alerts', alerting.length ? `alert on ${alerting.join(', ')}` : `${checked}, no alert`);
+  $('alerts').className = alerting.length ? 'state-alert' : 'muted';
+
+  drawCost(daily);
+  drawAgreement(quality);
+  fillTable('routes', report.routes.map((r) => [
+    r.route, Number(r.calls_per_day.toFixed(1)), r.models.join(', '), pct(r.local_share), r.fallbacks,
+    Number(r.p50_ms.toFixed(1)), Number(r.p95_ms.toFixed(1)), usd(r.monthly_cost_usd), usd(r.monthly_baseline_usd),
+  ]));
+  fillTable('providers', providers.providers.map((p) => [
+    p.name, p.up ? 'up' : 'down', p.breaker.state, p.in_flight, p.breaker.last_failure,
+  ]));
+  fillTable('requests', requests.requests.map((r) => [
+    new Date(r.ts_ms).toLocaleTimeString(), r.route, r.tier, r.status, Number(r.latency_ms.toFixed(1)),
+    r.cost_usd === null ? 'unpriced' : usd(r.cost_usd), r.fallback,
+  ]));
+}
+
+async function refresh() {
+  try {
+    const [report, daily, quality, providers, requests] = await Promise.all([
+      api('/admin/api/report?since=14d'),
+      api('/admin/api/daily?days=14'),
+      api('/admin/api/quality'),
+      api('/admin/api/providers'),
+      api('/admin/api/requests?limit=25'),
+    ]);
+    render(report, daily, quality, providers, requests);
+    $('login').hidden = true;
+    $('error').hidden = true;
+    $('main').hidden = false;
+    text('updated', 'updated ' + new Date().toLocaleTimeString());
+    document.body.dataset.state = 'ready';
+  } catch (error) {
+    if (error instanceof Refused) {
+      $('main').hidden = true;
+      $('login').hidden = false;
+      text('login-error', key ? error.message : '');
+      document.body.dataset.state = 'login';
+    } else {
+      $('error').hidden = false;
+      text('error', 'Cannot read the gateway: ' + error.message);
+      document.body.dataset.state = 'error';
+    }
+  }
+}
+
+$('login').addEventListener('submit', (event) => {
+  event.preventDefault();
+  key = $('key').value;
+  sessionStorage.setItem('tierwise-admin-key', key);
+  refresh();
+});
+
+refresh();
+setInterval(refresh, REFRESH_MS);

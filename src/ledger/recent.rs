@@ -1,0 +1,112 @@
+//! What the dashboard reads besides the report: product traffic's cost per UTC day by route and
+//! tier, and the latest requests. Both are bounded (days × routes × tiers groups; a page of rows)
+//! and read on the store's report connections, never the writer's.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::price::Picodollars;
+use super::store::{LedgerError, Store};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// One UTC day of one route's calls on one tier.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DayCost {
+    /// Days since 1970-01-01.
+    pub day: i64,
+    pub route: Option<String>,
+    pub tier: Option<String>,
+    pub local: bool,
+    pub calls: u64,
+    pub cost_usd: String,
+    pub baseline_usd: String,
+}
+
+/// A request as the dashboard lists it: no content, no key.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recent {
+    pub id: String,
+    pub ts_ms: i64,
+    pub route: Option<String>,
+    pub tier: Option<String>,
+    pub model: Option<String>,
+    pub status: i64,
+    pub stream: bool,
+    pub latency_ms: f64,
+    /// `None` when the model has no known price.
+    pub cost_usd: Option<String>,
+    pub fallback: Option<String>,
+    pub error_kind: Option<String>,
+}
+
+impl Store {
+    /// Product traffic since `from_ms`, per UTC day, route and tier, oldest first.
+    pub async fn daily_cost(&self, from_ms: i64) -> Result<Vec<DayCost>, LedgerError> {
+        let sum = |expr: &str| format!("CAST(COALESCE(SUM({expr}), 0) AS BIGINT)");
+        let baseline = "COALESCE(baseline_pusd, cost_pusd)";
+        let rows = sqlx::query(&format!(
+            "SELECT ts_ms / {DAY_MS} AS day, route, tier, local AS is_local, COUNT(*) AS calls, \
+             {cost_hi} AS cost_hi, {cost_lo} AS cost_lo, {base_hi} AS base_hi, {base_lo} AS base_lo \
+             FROM requests WHERE purpose = 'product' AND ts_ms >= $1 \
+             GROUP BY ts_ms / {DAY_MS}, route, tier, local ORDER BY day, route, tier",
+            cost_hi = sum("cost_pusd / 1000000"),
+            cost_lo = sum("cost_pusd % 1000000"),
+            base_hi = sum(&format!("{baseline} / 1000000")),
+            base_lo = sum(&format!("{baseline} % 1000000")),
+        ))
+        .bind(from_ms)
+        .fetch_all(self.reads())
+        .await?;
+        let money = |row: &sqlx::any::AnyRow, hi: &str, lo: &str| -> Result<String, sqlx::Error> {
+            let hi = i128::from(row.try_get::<i64, _>(hi)?);
+            let lo = i128::from(row.try_get::<i64, _>(lo)?);
+            Ok(Picodollars::saturating(hi * 1_000_000 + lo).to_string())
+        };
+        rows.iter()
+            .map(|row| {
+                Ok(DayCost {
+                    day: row.try_get("day")?,
+                    route: row.try_get("route")?,
+                    tier: row.try_get("tier")?,
+                    local: row.try_get::<i64, _>("is_local")? == 1,
+                    calls: row.try_get::<i64, _>("calls")?.max(0) as u64,
+                    cost_usd: money(row, "cost_hi", "cost_lo")?,
+                    baseline_usd: money(row, "base_hi", "base_lo")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// The latest `limit` product requests, newest first.
+    pub async fn recent(&self, limit: i64) -> Result<Vec<Recent>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT id, ts_ms, route, tier, model, status, stream, latency_us, cost_pusd, fallback, \
+             error_kind FROM requests WHERE purpose = 'product' ORDER BY ts_ms DESC, id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.reads())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Recent {
+                    id: row.try_get("id")?,
+                    ts_ms: row.try_get("ts_ms")?,
+                    route: row.try_get("route")?,
+                    tier: row.try_get("tier")?,
+                    model: row.try_get("model")?,
+                    status: i64::from(row.try_get::<i32, _>("status")?),
+                    stream: row.try_get::<i32, _>("stream")? != 0,
+                    latency_ms: row.try_get::<i64, _>("latency_us")? as f64 / 1000.0,
+                    cost_usd: row
+                        .try_get::<Option<i64>, _>("cost_pusd")?
+                        .map(|cost| Picodollars(cost).to_string()),
+                    fallback: row.try_get("fallback")?,
+                    error_kind: row.try_get("error_kind")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+}
