@@ -133,6 +133,26 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// The whole product in one command, with no model server and no key: the gateway in front of
+    /// two simulated providers, a mixed workload with a local outage and a quality drop, then the
+    /// report; `--serve` keeps the gateway and its dashboard up afterwards.
+    Demo {
+        /// How long the workload runs, e.g. 20s or 2m.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Keep the gateway and its dashboard up after the workload, until Ctrl-C.
+        #[arg(long)]
+        serve: bool,
+        /// Where the gateway listens (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:4000")]
+        listen: std::net::SocketAddr,
+        /// Virtual clients sending requests at once.
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Where the demo's ledger and configuration go.
+        #[arg(long, default_value_os_t = std::env::temp_dir().join("tierwise-demo"))]
+        dir: PathBuf,
+    },
     /// Write a commented starter configuration.
     Init {
         #[arg(default_value_os_t = config::default_path())]
@@ -155,6 +175,31 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check { config, offline } => runtime()?.block_on(check(load(&config)?, offline)),
         Command::Init { path, force } => init(&path, force),
+        Command::Demo {
+            duration,
+            serve,
+            listen,
+            clients,
+            dir,
+        } => runtime()?.block_on(async {
+            let demo = tierwise::demo::run(tierwise::demo::DemoOptions {
+                duration,
+                listen,
+                clients,
+                dir,
+            })
+            .await?;
+            println!("{}", demo.report);
+            if serve {
+                eprintln!(
+                    "The gateway and its dashboard stay up: {}\nCtrl-C stops them.",
+                    demo.dashboard
+                );
+                tokio::signal::ctrl_c().await?;
+            }
+            demo.gateway.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Report {
             config,
             since,

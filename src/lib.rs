@@ -33,11 +33,15 @@
 //!   sampled requests from [`outcome`] once their client has its answer, each route's demotion
 //!   state the chain consults, alerts and their webhook, feedback, and `tierwise eval`.
 //!
-//! The command line (`tierwise serve`, `check`, `init`, `report`, `simulate`, `eval`) lives in the binary,
+//! [`demo`] runs all of it against two simulated providers in-process (`tierwise demo`).
+//!
+//! The command line (`tierwise serve`, `check`, `init`, `report`, `advise`, `simulate`, `eval`,
+//! `demo`) lives in the binary,
 //! `src/main.rs` and `src/cli.rs`, the only place that uses `anyhow`.
 
 pub mod config;
 pub mod dashboard;
+pub mod demo;
 pub mod health;
 pub mod ledger;
 pub mod metrics;

@@ -1046,3 +1046,50 @@ fn the_docker_compose_config_passes_check() {
         "the image runs as non-root"
     );
 }
+
+/// `tierwise demo` runs to completion on its own, with no model server and no key: its report shows
+/// the fallbacks of the local outage, the alert of the quality drop and a saving.
+#[test]
+fn the_demo_runs_to_completion_and_shows_a_fallback_an_alert_and_a_saving() {
+    let dir = temp_dir("demo");
+    let out = tierwise()
+        .env("TIERWISE_LOG", "warn")
+        .args([
+            "demo",
+            "--duration",
+            "15s",
+            "--listen",
+            "127.0.0.1:0",
+            "--dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("SIMULATED providers"), "{stderr}");
+    assert!(stderr.contains("QUALITY ALERT"), "{stderr}");
+    assert!(
+        stdout.contains("moved off the first tier for breaker_open")
+            || stdout.contains("moved off the first tier for http_503"),
+        "no outage fallback in the report:\n{stdout}"
+    );
+    assert!(stdout.contains("alert_fired: agreement"), "{stdout}");
+    assert!(
+        stdout.contains("moved off the first tier for quality_demoted"),
+        "{stdout}"
+    );
+    let saving = stdout
+        .lines()
+        .find(|line| line.starts_with("net saving"))
+        .unwrap_or_else(|| panic!("no saving line:\n{stdout}"));
+    assert!(!saving.contains("-$") && !saving.contains("$-"), "{saving}");
+    // Every model is named as simulated wherever it appears.
+    assert!(stdout.contains("simulated-mistral-7b"), "{stdout}");
+    assert!(
+        !stdout.contains(" gpt-4o") && !stdout.contains(" mistral"),
+        "{stdout}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
