@@ -582,3 +582,76 @@ async fn wait_until(done: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Two replicas on one ledger: each takes up the same window of scored samples from it, both see
+/// the same drop, both try to announce it — and the ledger lets one, so the webhook hears of the
+/// episode once. A third replica started afterwards serves from the next tier at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_a_ledger_share_one_view_and_announce_once() {
+    use tierwise::ledger::{Picodollars, Purpose, RequestRow, Store};
+    use tierwise::quality::alert::Alerts;
+    use tierwise::quality::watch::Watches;
+
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let hook = Hook::start().await;
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .with(|c| {
+            let mut shadow = RawShadow::new("api_frontier", 1.0);
+            shadow.window = Some(spanned(100));
+            shadow.min_samples = Some(spanned(30));
+            shadow.on_drift = Some(OnDrift::Demote);
+            c.route(ROUTE).shadow = Some(shadow);
+            c.0.alerts.webhook = Some(text(hook.url.clone()));
+        })
+        .config();
+    let store = Store::connect(&config.ledger.url).await.unwrap();
+    // The samples both replicas' checks wrote: 70% agreement.
+    let now = tierwise::quality::watch::now_ms();
+    let rows: Vec<RequestRow> = (0..100)
+        .map(|i| {
+            let mut row = RequestRow::new(
+                uuid::Uuid::now_v7().to_string(),
+                now - 10_000 + i,
+                "chat.completions".into(),
+            );
+            row.route = Some(ROUTE.into());
+            row.purpose = Purpose::Shadow;
+            row.candidate = Some("local".into());
+            row.cost_pusd = Some(Picodollars(0));
+            row.agreement_ppm = Some(if i % 10 < 7 { 1_000_000 } else { 0 });
+            row
+        })
+        .collect();
+    store
+        .insert(&rows.iter().collect::<Vec<_>>(), &[])
+        .await
+        .unwrap();
+    let a = Watches::load(&config, &store).await.unwrap();
+    let b = Watches::load(&config, &store).await.unwrap();
+    let (wa, wb) = (a.get(ROUTE).unwrap(), b.get(ROUTE).unwrap());
+    for watch in [wa, wb] {
+        let standing = watch.standing();
+        assert_eq!(standing.samples, 100, "the window is the ledger's");
+        assert!(!standing.alerting, "taking a window up announces nothing");
+    }
+    // The next sample tips both over the bar's interval at once.
+    let alerts = Alerts::new(&config);
+    let changes_a = wa.record(0.0);
+    let changes_b = wb.record(0.0);
+    assert_eq!(changes_a, changes_b, "one view, the same changes");
+    for change in &changes_a {
+        alerts.announce(&store, wa, change).await;
+    }
+    for change in &changes_b {
+        alerts.announce(&store, wb, change).await;
+    }
+    wait_until(|| hook.events().len() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hook.events(), ["alert_fired", "demoted"], "announced once");
+    assert!(wa.demoted() && wb.demoted());
+
+    let c = Watches::load(&config, &store).await.unwrap();
+    let standing = c.get(ROUTE).unwrap().standing();
+    assert!(standing.demoted && standing.alerting, "{standing:?}");
+}
