@@ -161,8 +161,21 @@ def chat_body(stream=False, model="direct", words=600):
     return json.dumps(body).encode()
 
 
-def tierwise_config(directory, fake_port, dead_port, ledger):
-    return f"""
+def tierwise_config(directory, fake_port, dead_port, ledger, spaced_port=None):
+    spaced = "" if spaced_port is None else f"""
+[providers.spaced]
+base_url = "http://127.0.0.1:{spaced_port}/v1"
+api_key = "sk-bench"
+
+[tiers.spaced]
+provider = "spaced"
+model = "gpt-4o-mini"
+
+[routes.spaced]
+kind = "chat"
+tiers = ["spaced"]
+"""
+    return spaced + f"""
 [server]
 listen = "127.0.0.1:{{port}}"
 api_keys = ["{KEY}"]
@@ -207,24 +220,26 @@ shadow = {{ reference = "api_ref", sample_rate = 1.0, daily_budget_usd = 1000000
 """
 
 
-def start_tierwise(name, tmp, fake_port, dead_port, ledger, binary=None):
+def start_tierwise(name, tmp, fake_port, dead_port, ledger, binary=None, spaced_port=None):
     port = free_port()
     path = tmp / f"{name}.toml"
-    path.write_text(tierwise_config(tmp, fake_port, dead_port, ledger).replace("{port}", str(port)))
+    path.write_text(tierwise_config(tmp, fake_port, dead_port, ledger, spaced_port).replace("{port}", str(port)))
     env = dict(os.environ, TIERWISE_LOG="warn")
     binary = binary or str(RELEASE / "tierwise")
     proc = Proc(name, [binary, "serve", "--config", str(path)], port, env=env, log=tmp / f"{name}.log")
     return proc
 
 
-def start_nginx(tmp, fake_port):
+def start_nginx(tmp, fake_port, name="nginx"):
     port = free_port()
     conf = (ROOT / "bench" / "nginx.conf.in").read_text()
-    conf = conf.replace("@DIR@", str(tmp)).replace("@UPSTREAM_PORT@", str(fake_port)).replace("@PORT@", str(port))
-    path = tmp / "nginx.conf"
+    work = tmp / name
+    work.mkdir(exist_ok=True)
+    conf = conf.replace("@DIR@", str(work)).replace("@UPSTREAM_PORT@", str(fake_port)).replace("@PORT@", str(port))
+    path = work / "nginx.conf"
     path.write_text(conf)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    return Proc("nginx", [nginx, "-c", str(path), "-e", str(tmp / "nginx-error.log")], port)
+    return Proc(name, [nginx, "-c", str(path), "-e", str(work / "error.log")], port)
 
 
 def start_litellm(tmp, fake_port, venv):
@@ -305,6 +320,36 @@ def print_table(rows, extra):
         print(line)
 
 
+def spaced_streams(tw, spaced, tmp, args, rows, extra, procs):
+    """Streams of 20 content chunks ~3 ms apart at high concurrency: DIRECT, THROUGH tierwise and
+    through nginx to the same fake, alternating; CPU per stream of each proxy, req/s, p50/p99, RSS;
+    time to first chunk one stream at a time over keep-alive."""
+    nginx = start_nginx(tmp, spaced.port, name="nginx-spaced")
+    procs.append(nginx)
+    body = tmp / "spaced.json"
+    stream_body = chat_body(stream=True, model="spaced")
+    body.write_bytes(stream_body)
+    targets = [("direct", spaced), ("tierwise", tw), ("nginx", nginx)]
+    for c in (int(n) for n in args.stream_concurrency.split(",")):
+        m = measure(targets, "/v1/chat/completions", body, c, args.seconds, args.rounds, cpu_of=("tierwise", "nginx"))
+        for name in m:
+            rows.append(row(f"streams 20x3ms, c={c}", name, m[name], None if name == "direct" else m["direct"]))
+        if "cpu_us_per_req" in m["tierwise"] and m["nginx"].get("cpu_us_per_req"):
+            extra.append(
+                f"streams 20x3ms, c={c}: tierwise/nginx CPU per stream {m['tierwise']['cpu_us_per_req'] / m['nginx']['cpu_us_per_req']:.2f}x, "
+                f"req/s {m['tierwise']['rps'] / m['nginx']['rps'] * 100:.0f}% of nginx's, p50 {m['tierwise']['p50_us'] / m['nginx']['p50_us']:.2f}x"
+            )
+    ttfc = {name: [] for name, _ in targets}
+    for _ in range(args.rounds):
+        for name, target in targets:
+            ttfc[name].append(stream_ttfc(target.port, "/v1/chat/completions", stream_body, 50))
+    for name in ttfc:
+        first = statistics.median(x[0] for x in ttfc[name])
+        last = statistics.median(x[1] for x in ttfc[name])
+        extra.append(f"streams 20x3ms, c=1, {name:<8} first chunk p50 {first:7.0f} us, last chunk p50 {last:7.0f} us")
+    extra.append(f"tierwise RSS {tw.rss_mb():.1f} MB now, peak {tw.peak_rss_mb():.1f} MB (VmHWM); nginx {nginx.peak_rss_mb():.1f} MB")
+
+
 def shadow_counts(proc):
     """Shadow checks done and skipped so far, from tierwise's /metrics."""
     import urllib.request
@@ -361,6 +406,8 @@ def main():
     parser.add_argument("--compare-bin", default=None, help="another tierwise binary (say, an older commit's) measured as 'baseline' beside 'tierwise' in the chat scenarios")
     parser.add_argument("--chat-only", action="store_true", help="only the non-streaming chat scenarios")
     parser.add_argument("--shadow-only", action="store_true", help="only the shadow-sampling scenario")
+    parser.add_argument("--streams-only", action="store_true", help="only the spaced-chunk streams scenario")
+    parser.add_argument("--stream-concurrency", default="64,256,1024", help="connection counts of the spaced-chunk streams")
     parser.add_argument("--concurrency", default="1,16,64,256", help="connection counts of the chat scenarios, comma-separated")
     args = parser.parse_args()
 
@@ -372,7 +419,11 @@ def main():
         fake = Proc("fake", [str(RELEASE / "tierwise-fake"), "--listen", f"127.0.0.1:{fake_port}", "--no-record", "--reply-words", "40"], fake_port)
         procs.append(fake)
         dead_port = free_port()  # nothing listens: the local tier's breaker opens on its first probe
-        tw = start_tierwise("tierwise", tmp, fake_port, dead_port, f"sqlite://{tmp}/ledger.db")
+        # Streams as chat products see them: 20 content chunks about 3 ms apart, from a fake of their own.
+        spaced_port = free_port()
+        spaced = Proc("spaced", [str(RELEASE / "tierwise-fake"), "--listen", f"127.0.0.1:{spaced_port}", "--no-record", "--reply-words", "20", "--chunk-delay-ms", "3"], spaced_port)
+        procs.append(spaced)
+        tw = start_tierwise("tierwise", tmp, fake_port, dead_port, f"sqlite://{tmp}/ledger.db", spaced_port=spaced_port)
         procs.append(tw)
         base = None
         if args.compare_bin:
@@ -387,6 +438,11 @@ def main():
 
         body = tmp / "chat.json"
         body.write_bytes(chat_body())
+        if args.streams_only:
+            spaced_streams(tw, spaced, tmp, args, rows, extra, procs)
+            print_table(rows, extra)
+            print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")
+            return
         if args.shadow_only:
             shadow_scenario(tw, tmp, body, args, rows, extra)
             print_table(rows, extra)
@@ -477,6 +533,7 @@ def main():
 
         extra.append(f"tierwise peak RSS: {tw.peak_rss_mb():.1f} MB (VmHWM); nginx {nginx.peak_rss_mb():.1f} MB" + (f"; litellm {litellm.peak_rss_mb():.1f} MB" if litellm else ""))
         shadow_scenario(tw, tmp, body, args, rows, extra)
+        spaced_streams(tw, spaced, tmp, args, rows, extra, procs)
         print_table(rows, extra)
         print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")
         if args.json:

@@ -252,7 +252,8 @@ pub fn provider_in_flight(provider: &str, in_flight: usize) {
 }
 
 /// A sample the shadow check did not take: `queue_full`, `busy` (the route's shadow calls are all
-/// in flight), `over_budget`, `provider_unavailable`.
+/// in flight), `over_budget`, `provider_unavailable`, `stream_tool_calls` (a streamed answer of a
+/// route scored by its tool calls, which the relay does not keep).
 pub fn shadow_skipped(route: &str, reason: &'static str) {
     metrics::counter!("tierwise_shadow_skipped_total", "route" => route.to_string(), "reason" => reason)
         .increment(1);

@@ -133,6 +133,12 @@ async fn check(
     if !by_candidate && !sample.primary_demoted {
         return;
     }
+    // A relayed stream keeps its text, not its tool calls: comparing those would count every
+    // streamed tool call as a disagreement.
+    if shadow.scorer == ScorerKind::ToolCalls && matches!(sample.answer, SampledAnswer::Text(_)) {
+        crate::metrics::shadow_skipped(route, "stream_tool_calls");
+        return;
+    }
     let Ok(request) = RequestBody::parse(Endpoint::ChatCompletions, &sample.body) else {
         return;
     };

@@ -655,3 +655,35 @@ async fn replicas_sharing_a_ledger_share_one_view_and_announce_once() {
     let standing = c.get(ROUTE).unwrap().standing();
     assert!(standing.demoted && standing.alerting, "{standing:?}");
 }
+
+/// A route scored by its tool calls does not shadow its streams: the relay keeps a stream's text,
+/// not its tool calls, and every streamed call would count as a disagreement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_answers_of_a_tool_calling_route_are_not_scored_without_their_calls() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            c.add_route(
+                "tools_route",
+                tierwise::config::TaskKind::Agentic,
+                &["local", "api_fast"],
+            )
+            .shadow = Some(RawShadow::new("api_frontier", 1.0));
+        });
+    let gateway = TestGateway::start(&config).await;
+    let mut request = chat("tools_route", "look up order 1042");
+    request["stream"] = true.into();
+    let answer = Answer::of(gateway.post("/v1/chat/completions", &request).await).await;
+    assert_eq!(answer.status, 200);
+    gateway
+        .wait_for_metrics(|m| {
+            m.contains(
+                "tierwise_shadow_skipped_total{route=\"tools_route\",reason=\"stream_tool_calls\"} 1",
+            )
+        })
+        .await;
+    assert_eq!(api.request_count(), 0, "no shadow call was made");
+    gateway.shutdown().await;
+}
