@@ -209,15 +209,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
         } => {
             let config = load(&config)?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_millis() as i64;
-            let window = report::window(since.as_deref(), from.as_deref(), to.as_deref(), now)
-                .map_err(anyhow::Error::msg)?;
+            let window =
+                report::window(since.as_deref(), from.as_deref(), to.as_deref(), now_ms()?)
+                    .map_err(anyhow::Error::msg)?;
             runtime()?.block_on(async {
-                let store = Store::connect(&config.ledger.url).await?;
-                let report = Report::load(&config, &store, window, route.as_deref()).await?;
-                store.close().await;
+                let report = read_report(&config, window, route.as_deref()).await?;
                 print!(
                     "{}",
                     match format {
@@ -235,15 +231,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
         } => {
             let config = load(&config)?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_millis() as i64;
             let window =
-                report::window(Some(&since), None, None, now).map_err(anyhow::Error::msg)?;
+                report::window(Some(&since), None, None, now_ms()?).map_err(anyhow::Error::msg)?;
             runtime()?.block_on(async {
-                let store = Store::connect(&config.ledger.url).await?;
-                let report = Report::load(&config, &store, window, None).await?;
-                store.close().await;
+                let report = read_report(&config, window, None).await?;
                 let advice = report::advise::Advise::build(&config, &report);
                 print!(
                     "{}",
@@ -342,6 +333,24 @@ fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
         LogFormat::Json => builder.json().init(),
     }
     Ok(())
+}
+
+fn now_ms() -> anyhow::Result<i64> {
+    Ok(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64)
+}
+
+/// The report of `window` from the configured ledger, on a connection of its own.
+async fn read_report(
+    config: &Config,
+    window: report::Window,
+    route: Option<&str>,
+) -> anyhow::Result<Report> {
+    let store = Store::connect(&config.ledger.url).await?;
+    let report = Report::load(config, &store, window, route).await?;
+    store.close().await;
+    Ok(report)
 }
 
 /// Stores an eval run's calls in the ledger; a ledger that cannot take them costs a warning, not

@@ -56,6 +56,15 @@ impl Hook {
     }
 }
 
+/// A fake local classifier and a fake reference, right on the given shares of tickets.
+async fn classifiers(local_accuracy: f64, api_accuracy: f64) -> (FakeUpstream, FakeUpstream) {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    local.update(|b| b.label_accuracy = Some(local_accuracy));
+    api.update(|b| b.label_accuracy = Some(api_accuracy));
+    (local, api)
+}
+
 /// The drift scenario's gateway: the classification route on `local` then `api_fast`, every
 /// request shadowed against `api_frontier`, alerts to `hook`.
 fn drift_config(local: &FakeUpstream, api: &FakeUpstream, hook: &Hook) -> TestConfig {
@@ -163,11 +172,8 @@ async fn until(
 /// promoted. Each step's number of samples is printed and bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_drop_from_94_to_87_percent_alerts_once_demotes_and_recovery_promotes() {
-    let local = FakeUpstream::start().await;
-    let api = FakeUpstream::start().await;
+    let (local, api) = classifiers(0.94, 1.0).await;
     let hook = Hook::start().await;
-    local.update(|b| b.label_accuracy = Some(0.94));
-    api.update(|b| b.label_accuracy = Some(1.0));
     let gateway = TestGateway::start(&drift_config(&local, &api, &hook)).await;
     let mut traffic = Traffic { sent: 0 };
 
@@ -297,10 +303,7 @@ async fn a_drop_from_94_to_87_percent_alerts_once_demotes_and_recovery_promotes(
 /// from the ledger instead of starting over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn proof_promotes_a_route_that_starts_on_the_api_and_a_restart_keeps_it() {
-    let local = FakeUpstream::start().await;
-    let api = FakeUpstream::start().await;
-    local.update(|b| b.label_accuracy = Some(1.0));
-    api.update(|b| b.label_accuracy = Some(1.0));
+    let (local, api) = classifiers(1.0, 1.0).await;
     let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
         .without_probes()
         .with(|c| {
@@ -340,10 +343,7 @@ async fn proof_promotes_a_route_that_starts_on_the_api_and_a_restart_keeps_it() 
 /// shadow calls never delay or fail a client request, even when the reference is down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_are_shadowed_the_budget_stops_sampling_and_a_down_reference_harms_no_one() {
-    let local = FakeUpstream::start().await;
-    let api = FakeUpstream::start().await;
-    local.update(|b| b.label_accuracy = Some(1.0));
-    api.update(|b| b.label_accuracy = Some(1.0));
+    let (local, api) = classifiers(1.0, 1.0).await;
     let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
         .without_probes()
         .with(|c| {
