@@ -591,6 +591,8 @@ async fn replicas_sharing_a_ledger_share_one_view_and_announce_once() {
     use tierwise::ledger::{Picodollars, Purpose, RequestRow, Store};
     use tierwise::quality::alert::Alerts;
     use tierwise::quality::watch::Watches;
+    // A route of its own: the alert counter it raises is process-wide.
+    const REPLICATED: &str = "replicated";
 
     let local = FakeUpstream::start().await;
     let api = FakeUpstream::start().await;
@@ -601,7 +603,12 @@ async fn replicas_sharing_a_ledger_share_one_view_and_announce_once() {
             shadow.window = Some(spanned(100));
             shadow.min_samples = Some(spanned(30));
             shadow.on_drift = Some(OnDrift::Demote);
-            c.route(ROUTE).shadow = Some(shadow);
+            c.add_route(
+                REPLICATED,
+                tierwise::config::TaskKind::Classification,
+                &["local", "api_fast"],
+            )
+            .shadow = Some(shadow);
             c.0.alerts.webhook = Some(text(hook.url.clone()));
         })
         .config();
@@ -615,7 +622,7 @@ async fn replicas_sharing_a_ledger_share_one_view_and_announce_once() {
                 now - 10_000 + i,
                 "chat.completions".into(),
             );
-            row.route = Some(ROUTE.into());
+            row.route = Some(REPLICATED.into());
             row.purpose = Purpose::Shadow;
             row.candidate = Some("local".into());
             row.cost_pusd = Some(Picodollars(0));
@@ -629,7 +636,7 @@ async fn replicas_sharing_a_ledger_share_one_view_and_announce_once() {
         .unwrap();
     let a = Watches::load(&config, &store).await.unwrap();
     let b = Watches::load(&config, &store).await.unwrap();
-    let (wa, wb) = (a.get(ROUTE).unwrap(), b.get(ROUTE).unwrap());
+    let (wa, wb) = (a.get(REPLICATED).unwrap(), b.get(REPLICATED).unwrap());
     for watch in [wa, wb] {
         let standing = watch.standing();
         assert_eq!(standing.samples, 100, "the window is the ledger's");
@@ -652,7 +659,7 @@ async fn replicas_sharing_a_ledger_share_one_view_and_announce_once() {
     assert!(wa.demoted() && wb.demoted());
 
     let c = Watches::load(&config, &store).await.unwrap();
-    let standing = c.get(ROUTE).unwrap().standing();
+    let standing = c.get(REPLICATED).unwrap().standing();
     assert!(standing.demoted && standing.alerting, "{standing:?}");
 }
 
