@@ -167,13 +167,13 @@ def tierwise_config(directory, fake_port, dead_port, ledger, spaced_port=None):
 base_url = "http://127.0.0.1:{spaced_port}/v1"
 api_key = "sk-bench"
 
-[tiers.spaced]
+[tiers.spaced_api]
 provider = "spaced"
 model = "gpt-4o-mini"
 
 [routes.spaced]
 kind = "chat"
-tiers = ["spaced"]
+tiers = ["spaced_api"]
 """
     return spaced + f"""
 [server]

@@ -1,4 +1,5 @@
-//! A stream relayed to the client one event at a time, as it arrives. tierwise always asks the
+//! A stream relayed to the client as it arrives: each event as it came, and the events that
+//! arrived together in one write. tierwise always asks the
 //! upstream for usage; the usage-only chunk is dropped again here when the client did not ask for
 //! it, and carries `cost_usd` (the cost the ledger stores) when it did. A stream that breaks after
 //! the client has seen data cannot fall back, so it ends with a well-formed SSE error event instead
@@ -12,7 +13,7 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{FutureExt, Stream};
 use serde_json::Value;
 
 use crate::health::Lease;
@@ -21,7 +22,7 @@ use crate::openai::Usage;
 use crate::openai::chat::Chunk;
 use crate::outcome::{CLIENT_CLOSED, Ended, Ending, Exchange};
 use crate::route::chain::ServedBy;
-use crate::upstream::{SseEvent, UpstreamStream};
+use crate::upstream::{SseEvent, UpstreamError, UpstreamStream};
 
 const DONE: &str = "[DONE]";
 /// How the ledger names a stream the upstream ended with its own error event.
@@ -117,50 +118,75 @@ impl SseRelay {
                 }
                 Phase::Relaying => {}
             }
-            let event = match self.upstream.next_event().await {
-                Some(Ok(event)) => event,
-                Some(Err(err)) => {
-                    let reason = err.reason();
-                    self.lease.broke(&reason);
-                    return Some(self.interrupt(reason, &err.to_string()));
+            let polled = self.upstream.next_event().await;
+            let Some(first) = self.relay(polled) else {
+                continue;
+            };
+            // Events the upstream sent together go to the client together: one write where they
+            // came in one read, as a plain proxy writes them (under load most reads hold several).
+            let mut frames: Option<bytes::BytesMut> = None;
+            while matches!(self.phase, Phase::Relaying) {
+                let Some(polled) = self.upstream.next_event().now_or_never() else {
+                    break;
+                };
+                if let Some(more) = self.relay(polled) {
+                    frames
+                        .get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
+                        .extend_from_slice(&more);
                 }
-                // Some servers close without `[DONE]` after the last choice finished; the answer
-                // is whole, so the client gets the terminator it expects.
-                None if self.finished => return Some(self.end_of_answer()),
-                None => {
-                    self.lease.broke("stream_broken");
-                    return Some(self.interrupt(
-                        "stream_broken".into(),
-                        "the stream ended before the answer was complete",
-                    ));
-                }
-            };
-            if event.data == DONE {
-                return Some(self.end_of_answer());
             }
-            let Some(chunk) = Chunk::read(&event.data) else {
-                return Some(frame(&event));
-            };
-            // The upstream's own error event goes to the client as it came; the answer failed.
-            self.upstream_error |= chunk.error;
-            self.finished |= chunk.finished;
-            if self.text.len() + chunk.text.len() <= self.max_text {
-                self.text.push_str(&chunk.text);
-            } else {
-                self.text_whole = false;
-            }
-            let Some(usage) = chunk.usage else {
-                return Some(frame(&event));
-            };
-            self.usage = Some(usage);
-            if chunk.has_choices {
-                return Some(frame(&event));
-            }
-            if self.client_wants_usage {
-                let data = self.with_cost(&event.data, usage);
-                return Some(frame(&SseEvent { data, ..event }));
-            }
+            return Some(frames.map_or(first, bytes::BytesMut::freeze));
         }
+    }
+
+    /// What the client gets for one upstream event (`None`: the end of the stream), if anything:
+    /// the event as it came, the usage chunk with its cost, the terminator, or the error event of a
+    /// broken stream. A usage chunk the client did not ask for gives nothing.
+    fn relay(&mut self, polled: Option<Result<SseEvent, UpstreamError>>) -> Option<Bytes> {
+        let event = match polled {
+            Some(Ok(event)) => event,
+            Some(Err(err)) => {
+                let reason = err.reason();
+                self.lease.broke(&reason);
+                return Some(self.interrupt(reason, &err.to_string()));
+            }
+            // Some servers close without `[DONE]` after the last choice finished; the answer is
+            // whole, so the client gets the terminator it expects.
+            None if self.finished => return Some(self.end_of_answer()),
+            None => {
+                self.lease.broke("stream_broken");
+                return Some(self.interrupt(
+                    "stream_broken".into(),
+                    "the stream ended before the answer was complete",
+                ));
+            }
+        };
+        if event.data == DONE {
+            return Some(self.end_of_answer());
+        }
+        let Some(chunk) = Chunk::read(&event.data) else {
+            return Some(frame(&event));
+        };
+        // The upstream's own error event goes to the client as it came; the answer failed.
+        self.upstream_error |= chunk.error;
+        self.finished |= chunk.finished;
+        if self.text.len() + chunk.text.len() <= self.max_text {
+            self.text.push_str(&chunk.text);
+        } else {
+            self.text_whole = false;
+        }
+        let Some(usage) = chunk.usage else {
+            return Some(frame(&event));
+        };
+        self.usage = Some(usage);
+        if chunk.has_choices {
+            return Some(frame(&event));
+        }
+        if self.client_wants_usage {
+            let data = self.with_cost(&event.data, usage);
+            return Some(frame(&SseEvent { data, ..event }));
+        }
+        None
     }
 
     /// `[DONE]`, or a stream closed after its last choice finished: the answer is whole unless the

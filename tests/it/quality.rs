@@ -394,14 +394,18 @@ async fn streams_are_shadowed_the_budget_stops_sampling_and_a_down_reference_har
         before,
         "the budget is spent: no more shadow calls"
     );
-    let summary = gateway
-        .store()
-        .await
-        .summary(0, i64::MAX, Some(ROUTE))
-        .await
-        .unwrap();
-    let [checks] = &summary.checks[..] else {
-        panic!("{:?}", summary.checks)
+    // The failed checks' rows reach the ledger after their calls: wait for all six.
+    let store = gateway.store().await;
+    let until = Instant::now() + Duration::from_secs(10);
+    let checks = loop {
+        let summary = store.summary(0, i64::MAX, Some(ROUTE)).await.unwrap();
+        if let [checks] = &summary.checks[..]
+            && checks.calls >= 6
+        {
+            break checks.clone();
+        }
+        assert!(Instant::now() < until, "{:?}", summary.checks);
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!((checks.calls, checks.scored), (6, 3), "{checks:?}");
     gateway.shutdown().await;
