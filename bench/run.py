@@ -320,7 +320,7 @@ def print_table(rows, extra):
         print(line)
 
 
-def spaced_streams(tw, spaced, tmp, args, rows, extra, procs):
+def spaced_streams(tw, spaced, tmp, args, rows, extra, procs, base=None):
     """Streams of 20 content chunks ~3 ms apart at high concurrency: DIRECT, THROUGH tierwise and
     through nginx to the same fake, alternating; CPU per stream of each proxy, req/s, p50/p99, RSS;
     time to first chunk one stream at a time over keep-alive."""
@@ -329,9 +329,9 @@ def spaced_streams(tw, spaced, tmp, args, rows, extra, procs):
     body = tmp / "spaced.json"
     stream_body = chat_body(stream=True, model="spaced")
     body.write_bytes(stream_body)
-    targets = [("direct", spaced), ("tierwise", tw), ("nginx", nginx)]
+    targets = [("direct", spaced), ("tierwise", tw)] + ([("baseline", base)] if base else []) + [("nginx", nginx)]
     for c in (int(n) for n in args.stream_concurrency.split(",")):
-        m = measure(targets, "/v1/chat/completions", body, c, args.seconds, args.rounds, cpu_of=("tierwise", "nginx"))
+        m = measure(targets, "/v1/chat/completions", body, c, args.seconds, args.rounds, cpu_of=("tierwise", "baseline", "nginx"))
         for name in m:
             rows.append(row(f"streams 20x3ms, c={c}", name, m[name], None if name == "direct" else m["direct"]))
         if "cpu_us_per_req" in m["tierwise"] and m["nginx"].get("cpu_us_per_req"):
@@ -427,7 +427,7 @@ def main():
         procs.append(tw)
         base = None
         if args.compare_bin:
-            base = start_tierwise("baseline", tmp, fake_port, dead_port, f"sqlite://{tmp}/baseline.db", args.compare_bin)
+            base = start_tierwise("baseline", tmp, fake_port, dead_port, f"sqlite://{tmp}/baseline.db", args.compare_bin, spaced_port=spaced_port)
             procs.append(base)
         nginx = start_nginx(tmp, fake_port)
         procs.append(nginx)
@@ -439,7 +439,7 @@ def main():
         body = tmp / "chat.json"
         body.write_bytes(chat_body())
         if args.streams_only:
-            spaced_streams(tw, spaced, tmp, args, rows, extra, procs)
+            spaced_streams(tw, spaced, tmp, args, rows, extra, procs, base)
             print_table(rows, extra)
             print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")
             return
@@ -533,7 +533,7 @@ def main():
 
         extra.append(f"tierwise peak RSS: {tw.peak_rss_mb():.1f} MB (VmHWM); nginx {nginx.peak_rss_mb():.1f} MB" + (f"; litellm {litellm.peak_rss_mb():.1f} MB" if litellm else ""))
         shadow_scenario(tw, tmp, body, args, rows, extra)
-        spaced_streams(tw, spaced, tmp, args, rows, extra, procs)
+        spaced_streams(tw, spaced, tmp, args, rows, extra, procs, base)
         print_table(rows, extra)
         print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")
         if args.json:
