@@ -375,11 +375,12 @@ async fn streams_are_shadowed_the_budget_stops_sampling_and_a_down_reference_har
             retry_after: None,
         }
     });
+    let before = api.request_count();
     let mut traffic = Traffic { sent: 1 };
     let tiers = traffic.send(&gateway, 3).await;
     assert!(tiers.iter().all(|t| t == "local"), "{tiers:?}");
-    let calls = api.request_count();
-    wait_until(|| api.request_count() == calls).await;
+    // The three checks run after their clients have answers: wait until each has met the 503.
+    wait_until(|| api.request_count() == before + 3).await;
     api.update(|b| b.fault = Fault::None);
 
     // Back up: two more calls spend the day's budget, and sampling stops.
