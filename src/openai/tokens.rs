@@ -125,8 +125,8 @@ mod tests {
             !O200K.release_if_idle(Duration::from_secs(3600)),
             "just used"
         );
+        // Released under the slot's lock (another test's count may load it again at once).
         assert!(O200K.release_if_idle(Duration::ZERO));
-        assert!(!O200K.is_loaded());
         assert_eq!(count("gpt-4o", "hello world"), 2);
         assert!(O200K.is_loaded());
     }
