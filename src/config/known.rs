@@ -1,8 +1,24 @@
-//! Models tierwise knows without being told: OpenAI's context windows and abilities, applied to a
-//! tier on such a model wherever its config says nothing (as the built-in prices are). A local
-//! server's window is discovered at run time instead (see [`crate::health`]).
+//! What a model can do beyond plain chat ([`Abilities`]), and the models tierwise knows without
+//! being told: OpenAI's context windows and abilities, applied to a tier on such a model wherever
+//! its config says nothing (as the built-in prices are). A local server's window is discovered at
+//! run time instead (see [`crate::health`]).
 
-use super::tier::Abilities;
+/// What a tier's model can do beyond plain chat. Each is assumed unless the config, or the
+/// built-in facts of an OpenAI model, say not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Abilities {
+    pub tools: bool,
+    pub json_schema: bool,
+    pub vision: bool,
+}
+
+impl Abilities {
+    pub const ALL: Abilities = Abilities {
+        tools: true,
+        json_schema: true,
+        vision: true,
+    };
+}
 
 /// What a known model holds and can do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

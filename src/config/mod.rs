@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use error::{ConfigError, ConfigIssue};
-pub use known::{KnownModel, known_model, undated};
+pub use known::{Abilities, KnownModel, known_model, undated};
 pub use price::Price;
 pub use provider::{BreakerPolicy, ProbePolicy, Provider, Timeouts};
 pub use route::{
@@ -27,7 +27,7 @@ pub use route::{
     TaskKind, ToolCalling, with_labels,
 };
 pub use server::{AdminAccess, LedgerConfig, RequestLog, ServerConfig};
-pub use tier::{Abilities, Tier};
+pub use tier::Tier;
 
 /// Where quality alerts go besides the log and the metrics.
 #[derive(Debug, Default)]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::file::{RawTier, Text};
-use super::known::known_model;
+use super::known::{Abilities, known_model};
 use super::provider::{Provider, Timeouts};
 use super::resolver::Resolver;
 
@@ -26,23 +26,6 @@ pub struct Tier {
     pub abilities: Abilities,
     /// The provider's timeouts with this tier's overrides applied.
     pub timeouts: Timeouts,
-}
-
-/// What a tier's model can do beyond plain chat. Each is assumed unless the config, or the
-/// built-in facts of an OpenAI model, say not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Abilities {
-    pub tools: bool,
-    pub json_schema: bool,
-    pub vision: bool,
-}
-
-impl Abilities {
-    pub const ALL: Abilities = Abilities {
-        tools: true,
-        json_schema: true,
-        vision: true,
-    };
 }
 
 impl Tier {
