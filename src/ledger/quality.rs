@@ -10,6 +10,7 @@ use sqlx::Row;
 
 use super::price::Picodollars;
 use super::store::{LedgerError, Store};
+use super::summary::{money, money_sum};
 
 /// One change of a route's quality state, as stored and as `/admin/api/quality` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -238,19 +239,16 @@ impl Store {
         purpose: super::Purpose,
         from_ms: i64,
     ) -> Result<Picodollars, LedgerError> {
-        let row = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(cost_pusd / 1000000), 0) AS BIGINT) AS hi, \
-             CAST(COALESCE(SUM(cost_pusd % 1000000), 0) AS BIGINT) AS lo FROM requests \
-             WHERE purpose = $1 AND route = $2 AND ts_ms >= $3",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {} FROM requests WHERE purpose = $1 AND route = $2 AND ts_ms >= $3",
+            money_sum("cost_pusd", "spent")
+        ))
         .bind(purpose.as_str())
         .bind(route.to_string())
         .bind(from_ms)
         .fetch_one(self.reads())
         .await?;
-        let hi = i128::from(row.try_get::<i64, _>("hi")?);
-        let lo = i128::from(row.try_get::<i64, _>("lo")?);
-        Ok(Picodollars::saturating(hi * 1_000_000 + lo))
+        Ok(money(&row, "spent")?)
     }
 
     /// Stores ground truth for a request; a later report for the same request replaces it.

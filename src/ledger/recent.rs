@@ -7,6 +7,7 @@ use sqlx::Row;
 
 use super::price::Picodollars;
 use super::store::{LedgerError, Store};
+use super::summary::{money, money_sum};
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -43,26 +44,16 @@ pub struct Recent {
 impl Store {
     /// Product traffic since `from_ms`, per UTC day, route and tier, oldest first.
     pub async fn daily_cost(&self, from_ms: i64) -> Result<Vec<DayCost>, LedgerError> {
-        let sum = |expr: &str| format!("CAST(COALESCE(SUM({expr}), 0) AS BIGINT)");
-        let baseline = "COALESCE(baseline_pusd, cost_pusd)";
         let rows = sqlx::query(&format!(
             "SELECT ts_ms / {DAY_MS} AS day, route, tier, local AS is_local, COUNT(*) AS calls, \
-             {cost_hi} AS cost_hi, {cost_lo} AS cost_lo, {base_hi} AS base_hi, {base_lo} AS base_lo \
-             FROM requests WHERE purpose = 'product' AND ts_ms >= $1 \
+             {cost}, {baseline} FROM requests WHERE purpose = 'product' AND ts_ms >= $1 \
              GROUP BY ts_ms / {DAY_MS}, route, tier, local ORDER BY day, route, tier",
-            cost_hi = sum("cost_pusd / 1000000"),
-            cost_lo = sum("cost_pusd % 1000000"),
-            base_hi = sum(&format!("{baseline} / 1000000")),
-            base_lo = sum(&format!("{baseline} % 1000000")),
+            cost = money_sum("cost_pusd", "cost"),
+            baseline = money_sum("COALESCE(baseline_pusd, cost_pusd)", "base"),
         ))
         .bind(from_ms)
         .fetch_all(self.reads())
         .await?;
-        let money = |row: &sqlx::any::AnyRow, hi: &str, lo: &str| -> Result<String, sqlx::Error> {
-            let hi = i128::from(row.try_get::<i64, _>(hi)?);
-            let lo = i128::from(row.try_get::<i64, _>(lo)?);
-            Ok(Picodollars::saturating(hi * 1_000_000 + lo).to_string())
-        };
         rows.iter()
             .map(|row| {
                 Ok(DayCost {
@@ -71,8 +62,8 @@ impl Store {
                     tier: row.try_get("tier")?,
                     local: row.try_get::<i64, _>("is_local")? == 1,
                     calls: row.try_get::<i64, _>("calls")?.max(0) as u64,
-                    cost_usd: money(row, "cost_hi", "cost_lo")?,
-                    baseline_usd: money(row, "base_hi", "base_lo")?,
+                    cost_usd: money(row, "cost")?.to_string(),
+                    baseline_usd: money(row, "base")?.to_string(),
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

@@ -232,7 +232,7 @@ impl Store {
 }
 
 /// A money sum read back from its `{name}_hi` and `{name}_lo` halves.
-fn money(row: &AnyRow, name: &str) -> Result<Picodollars, sqlx::Error> {
+pub(super) fn money(row: &AnyRow, name: &str) -> Result<Picodollars, sqlx::Error> {
     let whole = i128::from(row.try_get::<i64, _>(format!("{name}_hi").as_str())?);
     let rest = i128::from(row.try_get::<i64, _>(format!("{name}_lo").as_str())?);
     Ok(Picodollars::saturating(whole * SPLIT as i128 + rest))
@@ -312,6 +312,16 @@ fn sum(expression: &str) -> String {
     format!("CAST(COALESCE(SUM({expression}), 0) AS BIGINT)")
 }
 
+/// The exact sum of a picodollar `expression` as the two columns `{name}_hi` and `{name}_lo` that
+/// [`money`] reads back.
+pub(super) fn money_sum(expression: &str, name: &str) -> String {
+    format!(
+        "{} AS {name}_hi, {} AS {name}_lo",
+        sum(&format!("{expression} / {SPLIT}")),
+        sum(&format!("{expression} % {SPLIT}"))
+    )
+}
+
 fn counted(condition: &str) -> String {
     sum(&format!("CASE WHEN {condition} THEN 1 ELSE 0 END"))
 }
@@ -351,12 +361,11 @@ fn moved_sql(one_route: bool) -> String {
 /// Calls made to check quality, by route, purpose and the candidate tier they judged.
 fn checks_sql(one_route: bool) -> String {
     format!(
-        "SELECT route, purpose, candidate, COUNT(*) AS calls, {cost_hi} AS cost_hi, \
-         {cost_lo} AS cost_lo, {scored} AS scored, {agreement} AS agreement_ppm \
+        "SELECT route, purpose, candidate, COUNT(*) AS calls, {cost}, \
+         {scored} AS scored, {agreement} AS agreement_ppm \
          FROM requests WHERE purpose <> 'product' AND ts_ms >= $1 AND ts_ms < $2{route} \
          GROUP BY route, purpose, candidate ORDER BY route, purpose, candidate",
-        cost_hi = sum(&format!("cost_pusd / {SPLIT}")),
-        cost_lo = sum(&format!("cost_pusd % {SPLIT}")),
+        cost = money_sum("cost_pusd", "cost"),
         scored = counted("agreement_ppm IS NOT NULL"),
         agreement = sum("agreement_ppm"),
         route = if one_route { " AND route = $3" } else { "" },
