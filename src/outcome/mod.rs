@@ -51,8 +51,8 @@ pub struct ToCount {
 }
 
 impl Outcome {
-    /// Counts and prices what was left to count, if anything. Not on an event loop: the first use
-    /// of a tokenizer loads it.
+    /// Counts and prices what was left to count, if anything. Not on an event loop: a long text
+    /// takes milliseconds to count.
     pub fn count(&mut self, pricing: &Pricing) {
         let Some(to_count) = self.to_count.take() else {
             return;

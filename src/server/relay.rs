@@ -13,7 +13,7 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use futures_util::{FutureExt, Stream};
+use futures_util::Stream;
 use serde_json::Value;
 
 use crate::health::Lease;
@@ -25,6 +25,13 @@ use crate::route::chain::ServedBy;
 use crate::upstream::{SseEvent, UpstreamError, UpstreamStream};
 
 const DONE: &str = "[DONE]";
+/// Turns of the thread's queue the relay waits for the upstream's next event before it writes.
+/// Measured at c=256: of the events already read, 9 in 10 were handed over in the second turn
+/// (hyper's connection task is woken, then polled), almost none later but those of a new read.
+const TURNS: u32 = 2;
+/// Events that arrived together are written together up to this much; a fast upstream's events
+/// then still reach the client in writes of a useful size rather than one at the very end.
+const COALESCE_BYTES: usize = 16 * 1024;
 /// How the ledger names a stream the upstream ended with its own error event.
 const UPSTREAM_ERROR: &str = "upstream_error_event";
 
@@ -122,21 +129,38 @@ impl SseRelay {
             let Some(first) = self.relay(polled) else {
                 continue;
             };
-            // Events the upstream sent together go to the client together: one write where they
-            // came in one read, as a plain proxy writes them (under load most reads hold several).
-            let mut frames: Option<bytes::BytesMut> = None;
+            return Some(self.with_ready_events(first).await);
+        }
+    }
+
+    /// `first` and the events the upstream sent with it, as one write, the way a plain proxy writes
+    /// what one read brought. Those events reach the relay one at a time: hyper's client
+    /// connection task hands over one body frame, then decodes the next only when it runs again.
+    /// So the relay steps aside for a turn of the thread's queue (no system call) and takes what
+    /// was handed over, until [`TURNS`] turns bring nothing. Without this each event was a write of
+    /// its own: 23.6 writes per 20-chunk stream against nginx's 8.4 (strace, c=256).
+    async fn with_ready_events(&mut self, first: Bytes) -> Bytes {
+        let mut frames: Option<bytes::BytesMut> = None;
+        let mut idle_turns = 0;
+        while idle_turns < TURNS
+            && matches!(self.phase, Phase::Relaying)
+            && frames.as_ref().map_or(first.len(), |f| f.len()) < COALESCE_BYTES
+        {
+            step_aside().await;
+            idle_turns += 1;
             while matches!(self.phase, Phase::Relaying) {
-                let Some(polled) = self.upstream.next_event().now_or_never() else {
+                let Some(polled) = self.upstream.ready_event() else {
                     break;
                 };
+                idle_turns = 0;
                 if let Some(more) = self.relay(polled) {
                     frames
                         .get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
                         .extend_from_slice(&more);
                 }
             }
-            return Some(frames.map_or(first, bytes::BytesMut::freeze));
         }
+        frames.map_or(first, bytes::BytesMut::freeze)
     }
 
     /// What the client gets for one upstream event (`None`: the end of the stream), if anything:
@@ -165,7 +189,7 @@ impl SseRelay {
             return Some(self.end_of_answer());
         }
         let Some(chunk) = Chunk::read(&event.data) else {
-            return Some(frame(&event));
+            return Some(event.raw);
         };
         // The upstream's own error event goes to the client as it came; the answer failed.
         self.upstream_error |= chunk.error;
@@ -176,15 +200,15 @@ impl SseRelay {
             self.text_whole = false;
         }
         let Some(usage) = chunk.usage else {
-            return Some(frame(&event));
+            return Some(event.raw);
         };
         self.usage = Some(usage);
         if chunk.has_choices {
-            return Some(frame(&event));
+            return Some(event.raw);
         }
         if self.client_wants_usage {
             let data = self.with_cost(&event.data, usage);
-            return Some(frame(&SseEvent { data, ..event }));
+            return Some(frame(event.name.as_deref(), &data));
         }
         None
     }
@@ -200,10 +224,7 @@ impl SseRelay {
             None
         };
         self.phase = Phase::Ended { error_kind };
-        frame(&SseEvent {
-            name: None,
-            data: DONE.to_string(),
-        })
+        frame(None, DONE)
     }
 
     /// The usage chunk with `usage.cost_usd` added: the same exact amount the ledger stores.
@@ -243,10 +264,7 @@ impl SseRelay {
         self.phase = Phase::Ended {
             error_kind: Some(reason),
         };
-        frame(&SseEvent {
-            name: None,
-            data: error.to_string(),
-        })
+        frame(None, &error.to_string())
     }
 
     /// Ends the request once, with what the stream carried.
@@ -268,6 +286,22 @@ impl SseRelay {
     }
 }
 
+/// Lets the other tasks queued on this thread run once before the caller goes on: the task wakes
+/// itself and steps aside, which puts it behind the tasks already woken (tokio's `yield_now`
+/// would also wait for the next poll of the I/O driver, a system call).
+async fn step_aside() {
+    let mut stepped_aside = false;
+    std::future::poll_fn(|cx| {
+        if stepped_aside {
+            return std::task::Poll::Ready(());
+        }
+        stepped_aside = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
+}
+
 impl Drop for SseRelay {
     fn drop(&mut self) {
         let (status, error_kind) = match std::mem::replace(&mut self.phase, Phase::Closed) {
@@ -283,16 +317,16 @@ impl Drop for SseRelay {
     }
 }
 
-/// An event as SSE frames it: its name where it has one, then every line of its data on a `data:`
-/// line of its own, then a blank line.
-fn frame(event: &SseEvent) -> Bytes {
-    let mut out = String::with_capacity(event.data.len() + 8);
-    if let Some(name) = &event.name {
+/// An event of tierwise's own making as SSE frames it: its name where it has one, then every line
+/// of its data on a `data:` line of its own, then a blank line.
+fn frame(name: Option<&str>, data: &str) -> Bytes {
+    let mut out = String::with_capacity(data.len() + 8);
+    if let Some(name) = name {
         out.push_str("event: ");
         out.push_str(name);
         out.push('\n');
     }
-    for line in event.data.split('\n') {
+    for line in data.split('\n') {
         out.push_str("data: ");
         out.push_str(line);
         out.push('\n');
@@ -317,16 +351,17 @@ mod tests {
             name in proptest::option::of("[a-z_]{1,10}"),
             data in "[^\r]{0,80}",
         ) {
-            let event = SseEvent { name: name.filter(|n| n != "message"), data };
-            let framed = frame(&event);
+            let name = name.filter(|n| n != "message");
+            let framed = frame(name.as_deref(), &data);
             let parsed: Vec<_> = futures_util::stream::iter([Ok::<_, std::io::Error>(framed)])
                 .eventsource()
                 .collect::<Vec<_>>()
                 .now_or_never()
                 .unwrap();
             prop_assert_eq!(parsed.len(), 1);
-            let read = SseEvent::from(parsed.into_iter().next().unwrap().unwrap());
-            prop_assert_eq!(read, event);
+            let read = parsed.into_iter().next().unwrap().unwrap();
+            prop_assert_eq!(read.event, name.unwrap_or_else(|| "message".into()));
+            prop_assert_eq!(read.data, data);
         }
     }
 }

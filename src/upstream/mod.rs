@@ -119,9 +119,15 @@ impl Upstreams {
         if stream && status.is_success() {
             let left = timeouts.first_byte.saturating_sub(started.elapsed());
             let deadline = tokio::time::Instant::from_std(started + timeouts.total);
-            return UpstreamStream::open(response, left, timeouts.idle, deadline)
-                .await
-                .map(Reply::Stream);
+            return UpstreamStream::open(
+                response,
+                left,
+                timeouts.idle,
+                deadline,
+                self.max_answer_bytes,
+            )
+            .await
+            .map(Reply::Stream);
         }
         let retry_after = retry_after(response.headers());
         let left = timeouts.total.saturating_sub(started.elapsed());
