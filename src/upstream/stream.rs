@@ -228,7 +228,8 @@ impl UpstreamStream {
         if let Some(first) = self.first.take() {
             return Some(Some(Ok(first)));
         }
-        self.next_event().now_or_never()
+        let polled = std::future::poll_fn(|cx| self.poll_event(cx)).now_or_never()?;
+        Some(polled.map(|event| event.map_err(UpstreamError::stream_broken)))
     }
 
     async fn read_event(&mut self) -> Option<Result<SseEvent, String>> {
