@@ -218,7 +218,7 @@ fn warmup(model: &str) -> Value {
 }
 
 /// What tierwise reads from one stream chunk.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Chunk {
     /// The chunk has choices (a usage-only chunk has none).
     pub has_choices: bool,
@@ -233,7 +233,61 @@ pub struct Chunk {
 
 impl Chunk {
     /// Reads a chunk's data; `None` when it is not a JSON chunk (it is relayed as it came).
+    /// Most chunks are one choice adding some text and nothing else; those are read by
+    /// [`Chunk::scan`] without parsing the whole chunk, the rest in full.
     pub fn read(data: &str) -> Option<Chunk> {
+        Chunk::scan(data).or_else(|| Chunk::parse(data))
+    }
+
+    /// The usual chunk read from its bytes: one choice whose delta has at most one `content`, no
+    /// usage, no error and no finish. `None` for anything else, or anything this cannot be sure
+    /// of (the text has escapes, a key appears twice), which [`Chunk::parse`] then reads.
+    ///
+    /// A key found as `"name"` followed by `:` is a key: a quote inside a JSON string is escaped,
+    /// so the bytes of a string never hold `"name":`.
+    fn scan(data: &str) -> Option<Chunk> {
+        let bytes = data.as_bytes();
+        if !bytes.starts_with(b"{") || !bytes.ends_with(b"}") {
+            return None;
+        }
+        for key in [&b"\"usage\""[..], b"\"error\"", b"\"finish_reason\""] {
+            if values_of(bytes, key).any(|value| !value.starts_with(b"null")) {
+                return None;
+            }
+        }
+        values_of(bytes, b"\"choices\"")
+            .next()?
+            .strip_prefix(b"[{")?;
+        // One choice's delta, and the text only from within it.
+        let mut deltas = memchr::memmem::find_iter(bytes, b"\"delta\"");
+        let delta = deltas.next()?;
+        if deltas.next().is_some() || values_of(&bytes[..delta], b"\"content\"").next().is_some() {
+            return None;
+        }
+        let mut contents = values_of(&bytes[delta..], b"\"content\"");
+        let text = match contents.next() {
+            None => String::new(),
+            Some(value) if value.starts_with(b"null") => String::new(),
+            Some(value) => {
+                let text = value.strip_prefix(b"\"")?;
+                let end = memchr::memchr2(b'"', b'\\', text)?;
+                if text[end] != b'"' {
+                    return None;
+                }
+                std::str::from_utf8(&text[..end]).ok()?.to_string()
+            }
+        };
+        if contents.next().is_some() {
+            return None;
+        }
+        Some(Chunk {
+            has_choices: true,
+            text,
+            ..Chunk::default()
+        })
+    }
+
+    fn parse(data: &str) -> Option<Chunk> {
         #[derive(Deserialize)]
         struct Wire<'a> {
             #[serde(default)]
@@ -269,6 +323,15 @@ impl Chunk {
     }
 }
 
+/// What follows each `key` in `bytes` that is followed by a colon: the value's bytes and the rest,
+/// from the first byte after the colon and any whitespace.
+fn values_of<'a>(bytes: &'a [u8], key: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    memchr::memmem::find_iter(bytes, key).filter_map(move |at| {
+        let rest = bytes[at + key.len()..].trim_ascii_start();
+        Some(rest.strip_prefix(b":")?.trim_ascii_start())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     proptest::proptest! {
@@ -291,6 +354,109 @@ mod tests {
         let answer = br#"{"choices":[{"message":{"content":"hello world"}}]}"#;
         assert_eq!(count_answer("gpt-4o", answer), 2);
         assert_eq!(count_answer("gpt-4o", b"not json"), 0);
+    }
+
+    /// A chunk as servers write it, from its parts.
+    fn chunk_json(
+        choices: &[(Option<String>, Option<&str>, bool)],
+        usage: u8,
+        error: u8,
+        logprobs: bool,
+        pretty: bool,
+    ) -> String {
+        let choices: Vec<Value> = choices
+            .iter()
+            .enumerate()
+            .map(|(index, (content, finish, tools))| {
+                let mut delta = json!({"role": "assistant"});
+                if let Some(content) = content {
+                    delta["content"] = json!(content);
+                }
+                if *tools {
+                    delta["tool_calls"] =
+                        json!([{"index": 0, "function": {"arguments": "{\"content\": 1}"}}]);
+                }
+                let mut choice = json!({"index": index, "delta": delta, "finish_reason": finish});
+                if logprobs {
+                    choice["logprobs"] = json!({"content": [{"token": "a", "logprob": -0.1}]});
+                }
+                choice
+            })
+            .collect();
+        let mut chunk = json!({"id": "c-1", "object": "chat.completion.chunk", "choices": choices});
+        match usage {
+            0 => {}
+            1 => chunk["usage"] = Value::Null,
+            _ => chunk["usage"] = json!({"prompt_tokens": 5, "completion_tokens": 2}),
+        }
+        match error {
+            0 => {}
+            1 => chunk["error"] = Value::Null,
+            _ => chunk["error"] = json!({"message": "boom"}),
+        }
+        if pretty {
+            serde_json::to_string_pretty(&chunk).unwrap()
+        } else {
+            chunk.to_string()
+        }
+    }
+
+    proptest::proptest! {
+        /// Read from its bytes or parsed in full, a chunk says the same.
+        #[test]
+        fn scanned_chunks_read_as_parsed_ones(
+            choices in proptest::collection::vec(
+                (
+                    proptest::option::of("\\PC{0,12}|[a-z\"\\\\:{} ]{0,12}"),
+                    proptest::option::of(proptest::sample::select(vec!["stop", "length"])),
+                    proptest::bool::ANY,
+                ),
+                0..3,
+            ),
+            usage in 0u8..3,
+            error in 0u8..3,
+            logprobs in proptest::bool::ANY,
+            pretty in proptest::bool::ANY,
+        ) {
+            let data = chunk_json(&choices, usage, error, logprobs, pretty);
+            proptest::prop_assert_eq!(Chunk::read(&data), Chunk::parse(&data), "{}", data);
+        }
+    }
+
+    #[test]
+    fn the_usual_chunk_is_read_from_its_bytes() {
+        let data = chunk_json(
+            &[(Some("Hi there".into()), None, false)],
+            0,
+            0,
+            false,
+            false,
+        );
+        let chunk = Chunk::scan(&data).expect("one choice adding text needs no full parse");
+        assert_eq!(chunk.text, "Hi there");
+        // What the scan cannot be sure of, it leaves to the parse.
+        let x = || Some("x".to_string());
+        for unsure in [
+            chunk_json(
+                &[(Some("a \"quoted\" word".into()), None, false)],
+                0,
+                0,
+                false,
+                false,
+            ),
+            chunk_json(&[(x(), Some("stop"), false)], 0, 0, false, false),
+            chunk_json(&[(x(), None, false)], 2, 0, false, false),
+            chunk_json(
+                &[(x(), None, false), (x(), None, false)],
+                0,
+                0,
+                false,
+                false,
+            ),
+            chunk_json(&[(x(), None, false)], 0, 0, true, false),
+        ] {
+            assert!(Chunk::scan(&unsure).is_none(), "{unsure}");
+        }
     }
 
     #[test]
