@@ -348,6 +348,26 @@ def spaced_streams(tw, spaced, tmp, args, rows, extra, procs, base=None):
         last = statistics.median(x[1] for x in ttfc[name])
         extra.append(f"streams 20x3ms, c=1, {name:<8} first chunk p50 {first:7.0f} us, last chunk p50 {last:7.0f} us")
     extra.append(f"tierwise RSS {tw.rss_mb():.1f} MB now, peak {tw.peak_rss_mb():.1f} MB (VmHWM); nginx {nginx.peak_rss_mb():.1f} MB")
+    if args.soak_seconds and args.streams_only:
+        extra.append(soak(tw, body, 256, args.soak_seconds, "streams 20x3ms soak c=256"))
+
+
+def soak(tw, body, connections, seconds, label):
+    """One long wrk run against tierwise, its RSS sampled every 10 s."""
+    samples = []
+    proc = subprocess.Popen(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(ROOT / "bench" / "post.lua"), f"http://127.0.0.1:{tw.port}/v1/chat/completions"],
+        stdout=subprocess.PIPE, text=True, env=dict(os.environ, BODY_FILE=str(body), BENCH_KEY=KEY),
+    )
+    while proc.poll() is None:
+        samples.append(tw.rss_mb())
+        time.sleep(10)
+    out = proc.stdout.read()
+    summary = json.loads([l for l in out.splitlines() if l.startswith("{")][-1])
+    return (
+        f"{label} for {seconds}s: {summary['requests']} requests, {summary['non2xx'] + summary['socket_errors']} errors, "
+        f"tierwise RSS every 10s (MB): {' '.join(f'{s:.1f}' for s in samples)}; peak {tw.peak_rss_mb():.1f} MB (VmHWM)"
+    )
 
 
 def shadow_counts(proc):
@@ -401,7 +421,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per scenario (medians are quoted)")
     parser.add_argument("--litellm-venv", default=None, help="a venv with litellm[proxy]; omitted = no LiteLLM column")
     parser.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432/test", help="'' to skip the PostgreSQL scenario")
-    parser.add_argument("--soak-seconds", type=int, default=0, help="also run c=64 this long and sample tierwise's RSS")
+    parser.add_argument("--soak-seconds", type=int, default=0, help="also run c=64 (c=256 streams with --streams-only) this long and sample tierwise's RSS")
     parser.add_argument("--json", default=None, help="write all figures to this file")
     parser.add_argument("--compare-bin", default=None, help="another tierwise binary (say, an older commit's) measured as 'baseline' beside 'tierwise' in the chat scenarios")
     parser.add_argument("--chat-only", action="store_true", help="only the non-streaming chat scenarios")
@@ -516,20 +536,7 @@ def main():
             subprocess.run(["psql", args.postgres, "-qc", f"DROP SCHEMA {schema} CASCADE"], check=False)
 
         if args.soak_seconds:
-            samples = []
-            proc = subprocess.Popen(
-                ["wrk", "-t2", "-c64", f"-d{args.soak_seconds}s", "-s", str(ROOT / "bench" / "post.lua"), f"http://127.0.0.1:{tw.port}/v1/chat/completions"],
-                stdout=subprocess.PIPE, text=True, env=dict(os.environ, BODY_FILE=str(body), BENCH_KEY=KEY),
-            )
-            while proc.poll() is None:
-                samples.append(tw.rss_mb())
-                time.sleep(10)
-            out = proc.stdout.read()
-            summary = json.loads([l for l in out.splitlines() if l.startswith("{")][-1])
-            extra.append(
-                f"soak c=64 for {args.soak_seconds}s: {summary['requests']} requests, {summary['non2xx'] + summary['socket_errors']} errors, "
-                f"tierwise RSS every 10s (MB): {' '.join(f'{s:.1f}' for s in samples)}"
-            )
+            extra.append(soak(tw, body, 64, args.soak_seconds, "soak c=64"))
 
         extra.append(f"tierwise peak RSS: {tw.peak_rss_mb():.1f} MB (VmHWM); nginx {nginx.peak_rss_mb():.1f} MB" + (f"; litellm {litellm.peak_rss_mb():.1f} MB" if litellm else ""))
         shadow_scenario(tw, tmp, body, args, rows, extra)

@@ -3,6 +3,9 @@
 //! asks for usage; prompts are counted the way OpenAI's cookbook does; stream chunks are read for
 //! their text, their finish and their usage.
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
@@ -250,21 +253,19 @@ impl Chunk {
         if !bytes.starts_with(b"{") || !bytes.ends_with(b"}") {
             return None;
         }
-        for key in [&b"\"usage\""[..], b"\"error\"", b"\"finish_reason\""] {
+        for key in [&USAGE, &ERROR, &FINISH_REASON] {
             if values_of(bytes, key).any(|value| !value.starts_with(b"null")) {
                 return None;
             }
         }
-        values_of(bytes, b"\"choices\"")
-            .next()?
-            .strip_prefix(b"[{")?;
+        values_of(bytes, &CHOICES).next()?.strip_prefix(b"[{")?;
         // One choice's delta, and the text only from within it.
-        let mut deltas = memchr::memmem::find_iter(bytes, b"\"delta\"");
+        let mut deltas = DELTA.find_iter(bytes);
         let delta = deltas.next()?;
-        if deltas.next().is_some() || values_of(&bytes[..delta], b"\"content\"").next().is_some() {
+        if deltas.next().is_some() || values_of(&bytes[..delta], &CONTENT).next().is_some() {
             return None;
         }
-        let mut contents = values_of(&bytes[delta..], b"\"content\"");
+        let mut contents = values_of(&bytes[delta..], &CONTENT);
         let text = match contents.next() {
             None => String::new(),
             Some(value) if value.starts_with(b"null") => String::new(),
@@ -323,11 +324,20 @@ impl Chunk {
     }
 }
 
+/// The keys [`Chunk::scan`] looks for, each searcher built once rather than per chunk.
+static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
+static FINISH_REASON: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(b"\"finish_reason\""));
+static CHOICES: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"choices\""));
+static DELTA: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"delta\""));
+static CONTENT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content\""));
+
 /// What follows each `key` in `bytes` that is followed by a colon: the value's bytes and the rest,
 /// from the first byte after the colon and any whitespace.
-fn values_of<'a>(bytes: &'a [u8], key: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
-    memchr::memmem::find_iter(bytes, key).filter_map(move |at| {
-        let rest = bytes[at + key.len()..].trim_ascii_start();
+fn values_of<'a>(bytes: &'a [u8], key: &'a Finder<'static>) -> impl Iterator<Item = &'a [u8]> + 'a {
+    key.find_iter(bytes).filter_map(move |at| {
+        let rest = bytes[at + key.needle().len()..].trim_ascii_start();
         Some(rest.strip_prefix(b":")?.trim_ascii_start())
     })
 }

@@ -137,8 +137,10 @@ pub struct UpstreamStream {
     body: Body,
     splitter: Splitter,
     idle: Duration,
-    /// One timer for the stream's life, set again for each wait rather than made anew.
+    /// One timer for the stream's life; it fires at or before `idle_until`.
     timer: Pin<Box<Sleep>>,
+    /// When the current wait for an event times out.
+    idle_until: Instant,
     /// `total_ms` after the call began: a stream that trickles forever is cut here.
     deadline: Instant,
 }
@@ -157,6 +159,7 @@ impl UpstreamStream {
             splitter: Splitter::new(max_event),
             idle,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
+            idle_until: deadline,
             deadline,
         };
         let first = match tokio::time::timeout(first_event_limit, stream.read_event()).await {
@@ -197,21 +200,32 @@ impl UpstreamStream {
         if let Some(first) = self.first.take() {
             return Some(Ok(first));
         }
-        let mut armed = false;
+        let mut waiting = false;
         std::future::poll_fn(|cx| {
             if let Poll::Ready(event) = self.poll_event(cx) {
                 return Poll::Ready(event.map(|event| event.map_err(UpstreamError::stream_broken)));
             }
-            // The timer is set only when the wait is real: most events are already here.
-            if !armed {
-                armed = true;
-                let idle_until = Instant::now() + self.idle;
-                self.timer.as_mut().reset(idle_until.min(self.deadline));
+            // Only a real wait moves the idle limit: most events are already here. The timer
+            // itself is moved only when it fires early, so a stream of chunks costs the timer
+            // wheel one entry per idle period rather than one per chunk.
+            if !waiting {
+                waiting = true;
+                self.idle_until = (Instant::now() + self.idle).min(self.deadline);
+                if self.timer.deadline() > self.idle_until {
+                    self.timer.as_mut().reset(self.idle_until);
+                }
             }
-            if self.timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
+            loop {
+                if self.timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if Instant::now() >= self.idle_until {
+                    break;
+                }
+                let idle_until = self.idle_until;
+                self.timer.as_mut().reset(idle_until);
             }
-            Poll::Ready(Some(Err(if self.timer.deadline() < self.deadline {
+            Poll::Ready(Some(Err(if self.idle_until < self.deadline {
                 UpstreamError::new(UpstreamErrorKind::TimeoutIdle, self.idle)
             } else {
                 UpstreamError::new_detail(

@@ -539,6 +539,27 @@ async fn a_non_streamed_request_its_client_abandons_is_recorded_with_its_real_co
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_longer_than_idle_ms_with_short_gaps_is_never_cut() {
+    let (local, _api, gw) = gateway(|p| {
+        p.timeout.total_ms = Some(10_000);
+        p.timeout.idle_ms = Some(300);
+    })
+    .await;
+    // 24 words 50 ms apart: 1.2 s in all, four times idle_ms, but no gap near it. The idle limit
+    // is measured from the last event, whatever the timer behind it was set to first.
+    local.update(|b| {
+        b.reply = vec!["word"; 24].join(" ");
+        b.chunk_delay_ms = 50;
+    });
+    let answer = gw.ask_stream("summarize").await;
+    assert!(
+        !answer.text.contains("stream_interrupted") && answer.text.contains("[DONE]"),
+        "{}",
+        answer.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_trickles_on_is_cut_at_total_ms() {
     let (local, _api, gw) = gateway(|p| {
         p.timeout.total_ms = Some(800);
