@@ -1,9 +1,8 @@
 //! Writes OpenAI's token tables (o200k_base, cl100k_base) in the compact form
-//! `src/openai/tokens.rs` counts with: every token's bytes end to end, where each starts, and the
-//! tokens in byte order for a binary search. The tables come from tiktoken-rs, the same ones its
-//! tokenizer loads; held as tiktoken-rs holds them (hash maps both ways, a sorted copy and 128
-//! regex clones) o200k costs 25 MB resident and 50 MB at its peak while loading, a compact table
-//! in the binary about 3 MB, and only the pages a count touches.
+//! `src/openai/tokens.rs` counts with: every token's bytes end to end, and where each starts. The
+//! tables come from tiktoken-rs, the same ones its tokenizer loads; held as tiktoken-rs holds them
+//! (hash maps both ways, a sorted copy and 128 regex clones) o200k costs 25 MB resident and 50 MB
+//! at its peak while loading, in the binary 2.2 MB.
 
 use std::path::Path;
 
@@ -20,8 +19,8 @@ fn main() {
     }
 }
 
-/// `[n: u32][starts: (n + 1) × u32][by_bytes: n × u32][bytes]`, little-endian; token `r` is
-/// `bytes[starts[r]..starts[r + 1]]`, and `by_bytes` lists the ranks in the order of their bytes.
+/// `[n: u32][starts: (n + 1) × u32][bytes]`, little-endian; token `r` is
+/// `bytes[starts[r]..starts[r + 1]]`.
 fn write_table(path: &Path, bpe: &tiktoken_rs::CoreBPE) {
     let specials = bpe.special_tokens();
     let mut tokens: Vec<Vec<u8>> = Vec::new();
@@ -32,8 +31,6 @@ fn write_table(path: &Path, bpe: &tiktoken_rs::CoreBPE) {
         }
         tokens.push(bytes);
     }
-    let mut by_bytes: Vec<u32> = (0..tokens.len() as u32).collect();
-    by_bytes.sort_by(|a, b| tokens[*a as usize].cmp(&tokens[*b as usize]));
     let mut out = Vec::new();
     out.extend_from_slice(&(tokens.len() as u32).to_le_bytes());
     let mut start = 0u32;
@@ -42,9 +39,6 @@ fn write_table(path: &Path, bpe: &tiktoken_rs::CoreBPE) {
         start += token.len() as u32;
     }
     out.extend_from_slice(&start.to_le_bytes());
-    for rank in by_bytes {
-        out.extend_from_slice(&rank.to_le_bytes());
-    }
     for token in &tokens {
         out.extend_from_slice(token);
     }

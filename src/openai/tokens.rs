@@ -6,23 +6,35 @@
 //!
 //! Why not tiktoken-rs itself: its tokenizer holds each table as two hash maps, a sorted copy and
 //! 128 regex clones, 25 MB resident for o200k and 50 MB at the peak of its 90 ms load, for a count
-//! a gateway needs rarely (streams cut by their client, upstreams without usage). Here a table is
-//! read where it lies in the binary (3 MB for o200k, only the pages a count touches) and a token is
-//! found by binary search; the one thing built at first use is the pattern's regex.
+//! a gateway needs rarely (streams cut by their client, upstreams without usage, prompts near a
+//! tier's window). Here a table is read where it lies in the binary (2.2 MB for o200k); built at
+//! first use are the pattern's regex and an index of ranks by the tokens' hashes (1.2 MB), which
+//! finds a token as fast as tiktoken-rs's map does.
 
+use std::hash::BuildHasher;
 use std::sync::OnceLock;
+
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use serde_json::Value;
 
 /// One encoding: its table as `build.rs` wrote it, its pattern, its special tokens.
 struct Encoding {
-    /// `[n][starts: n + 1][by_bytes: n]` as little-endian u32s, then the tokens' bytes.
+    /// `[n][starts: n + 1]` as little-endian u32s, then the tokens' bytes.
     table: &'static [u8],
     pattern: &'static str,
     /// Counted as one token each where they appear in a text, as tiktoken's
     /// `encode_with_special_tokens` does.
     specials: &'static [&'static str],
     regex: OnceLock<Option<fancy_regex::Regex>>,
+    index: OnceLock<Index>,
+}
+
+/// Every rank, found by the hash of its token's bytes: a table of ranks rather than of keys, since
+/// the keys are already in the binary.
+struct Index {
+    ranks: HashTable<u32>,
+    hasher: DefaultHashBuilder,
 }
 
 static O200K: Encoding = Encoding {
@@ -34,6 +46,7 @@ static O200K: Encoding = Encoding {
     ),
     specials: &["<|endoftext|>", "<|endofprompt|>"],
     regex: OnceLock::new(),
+    index: OnceLock::new(),
 };
 
 static CL100K: Encoding = Encoding {
@@ -47,6 +60,7 @@ static CL100K: Encoding = Encoding {
         "<|endofprompt|>",
     ],
     regex: OnceLock::new(),
+    index: OnceLock::new(),
 };
 
 impl Encoding {
@@ -66,19 +80,28 @@ impl Encoding {
 
     /// The bytes of the token ranked `rank`.
     fn token(&self, rank: usize) -> &'static [u8] {
-        let bytes = 4 * (2 * self.len() + 2);
+        let bytes = 4 * (self.len() + 2);
         &self.table[bytes + self.word(1 + rank)..bytes + self.word(2 + rank)]
     }
 
     /// The rank of the token made of exactly `bytes`, if there is one.
     fn rank(&self, bytes: &[u8]) -> Option<u32> {
-        let n = self.len();
-        let table: &'static [u8] = self.table;
-        let (by_bytes, _) = table[4 * (n + 2)..4 * (2 * n + 2)].as_chunks::<4>();
-        by_bytes
-            .binary_search_by(|rank| self.token(u32::from_le_bytes(*rank) as usize).cmp(bytes))
-            .ok()
-            .map(|at| u32::from_le_bytes(by_bytes[at]))
+        let index = self.index.get_or_init(|| {
+            let hasher = DefaultHashBuilder::default();
+            let mut ranks = HashTable::with_capacity(self.len());
+            for rank in 0..self.len() {
+                let hash = hasher.hash_one(self.token(rank));
+                ranks.insert_unique(hash, rank as u32, |&r| {
+                    hasher.hash_one(self.token(r as usize))
+                });
+            }
+            Index { ranks, hasher }
+        });
+        let hash = index.hasher.hash_one(bytes);
+        index
+            .ranks
+            .find(hash, |&rank| self.token(rank as usize) == bytes)
+            .copied()
     }
 
     fn count(&self, text: &str) -> u64 {

@@ -67,6 +67,10 @@ impl Unserved {
     }
 }
 
+/// A prompt up to this long is counted where the request runs (~0.3 ms); a longer one on the
+/// blocking pool.
+const COUNT_HERE_BYTES: usize = 16 * 1024;
+
 /// What the chain needs besides the request: where to send it and what it may skip.
 pub struct ChainRun<'a> {
     pub upstreams: &'a Upstreams,
@@ -87,10 +91,11 @@ impl ChainRun<'_> {
                     "its answers fell below the route's agreement bar; it is tried last".into(),
                 )
             });
-            if let Some(error) = demoted
-                .or_else(|| lacking(step, body))
-                .or_else(|| self.too_long_for(step, body))
-            {
+            let skip = match demoted.or_else(|| lacking(step, body)) {
+                Some(error) => Some(error),
+                None => self.too_long_for(step, body).await,
+            };
+            if let Some(error) = skip {
                 attempts.push(Attempt {
                     tier: step.tier.clone(),
                     latency: Duration::ZERO,
@@ -172,8 +177,14 @@ impl ChainRun<'_> {
 
     /// The refusal a tier with a known context window would give, without calling it: the prompt
     /// and the answer budget (the client's, else the tier's) do not fit. Most requests are far from
-    /// any window and are judged by their length in bytes alone; only one near it is counted.
-    fn too_long_for(&self, step: &ChainTier, body: &RequestBody<'_>) -> Option<UpstreamError> {
+    /// any window and are judged by their length in bytes alone; only one near it is counted, and
+    /// a long one on the blocking pool (a 100k-token prompt takes ~7 ms to count, which the other
+    /// requests of this serving thread should not wait out).
+    async fn too_long_for(
+        &self,
+        step: &ChainTier,
+        body: &RequestBody<'_>,
+    ) -> Option<UpstreamError> {
         let limit = u64::from(self.health.context_limit(&step.tier)?);
         let budget = body
             .max_tokens()
@@ -182,7 +193,17 @@ impl ChainRun<'_> {
         if body.byte_len() as u64 + budget <= limit {
             return None;
         }
-        let prompt = (body.endpoint().spec().count_prompt)(&step.tier.model, &body.for_tier(step));
+        let count = body.endpoint().spec().count_prompt;
+        let bytes = body.for_tier(step);
+        let prompt = if bytes.len() <= COUNT_HERE_BYTES {
+            count(&step.tier.model, &bytes)
+        } else {
+            let model = step.tier.model.clone();
+            // A count that cannot finish leaves the tier to judge the request itself.
+            tokio::task::spawn_blocking(move || count(&model, &bytes))
+                .await
+                .ok()?
+        };
         (prompt + budget > limit).then(|| {
             UpstreamError::new_detail(
                 UpstreamErrorKind::ContextTooLong,

@@ -788,10 +788,23 @@ async fn the_breaker_opens_on_its_error_rate_and_caps_its_cool_down() {
         vllm["breaker"]["consecutive_failures"], 1,
         "opened by the rate, not by a run of failures: {vllm}"
     );
-    gw.wait_for_metrics(|text| {
-        text.contains("tierwise_provider_breaker_open{provider=\"vllm\"} 1")
-    })
-    .await;
+    // The gauge is set when the breaker opens. Once the 200 ms cool-down is over the breaker reads
+    // half-open and the gauge 0, so on a machine busy enough to delay the first scrape that long
+    // the open state can no longer be seen (a run of the suite once failed so). tests/it/metrics.rs
+    // checks the gauge on a breaker that stays open.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !gw
+        .metrics()
+        .await
+        .contains("tierwise_provider_breaker_open{provider=\"vllm\"} 1")
+        && gw.provider("vllm").await["breaker"]["state"] == "open"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/metrics never showed the open breaker"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // Down for good: each trial fails and the cool-down doubles, 200 → 300 (capped, not 400) → 300.
     local.set_fault(Fault::Status {

@@ -61,34 +61,29 @@ async fn metrics_after_known_traffic_carry_the_values_it_gives() {
         .await;
         assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"));
     }
-    // Metrics are counted once the writer has the batch: wait for them, do not race them.
-    let text = gw
-        .wait_for_metrics(|m| {
-            m.contains("tierwise_requests_total{route=\"metrics_route\",tier=\"api_fast\",status=\"200\"} 2")
-        })
-        .await;
-    let has = |line: &str| assert!(text.contains(line), "no {line:?} in\n{text}");
-    has("tierwise_requests_total{route=\"metrics_route\",tier=\"metrics_local\",status=\"200\"} 3");
-    // The fake reports 20 prompt and 5 answer tokens a call.
-    has(
+    // gpt-4o-mini: 20 × $0.15 + 5 × $0.60 per million = $0.000006 a call, exactly. The fake
+    // reports 20 prompt and 5 answer tokens a call.
+    let expected = [
+        "tierwise_requests_total{route=\"metrics_route\",tier=\"api_fast\",status=\"200\"} 2",
+        "tierwise_requests_total{route=\"metrics_route\",tier=\"metrics_local\",status=\"200\"} 3",
         "tierwise_tokens_total{route=\"metrics_route\",tier=\"metrics_local\",direction=\"in\"} 60",
-    );
-    has(
         "tierwise_tokens_total{route=\"metrics_route\",tier=\"metrics_local\",direction=\"out\"} 15",
-    );
-    has("tierwise_tokens_total{route=\"metrics_route\",tier=\"api_fast\",direction=\"in\"} 40");
-    has(
+        "tierwise_tokens_total{route=\"metrics_route\",tier=\"api_fast\",direction=\"in\"} 40",
         "tierwise_fallbacks_total{route=\"metrics_route\",from=\"metrics_local\",to=\"api_fast\",reason=\"http_503\"} 2",
-    );
-    // gpt-4o-mini: 20 × $0.15 + 5 × $0.60 per million = $0.000006 a call, exactly.
-    has("# TYPE tierwise_cost_usd_total counter");
-    has("tierwise_cost_usd_total{route=\"metrics_route\",tier=\"api_fast\"} 0.000012");
-    has("tierwise_request_duration_seconds_count{route=\"metrics_route\"} 5");
-    has("tierwise_time_to_first_byte_seconds_count{route=\"metrics_route\"} 5");
-    has("tierwise_gateway_overhead_seconds_count{route=\"metrics_route\"} 5");
-    // Set when the breaker opened, before any scrape asked.
-    has("tierwise_breaker_transitions_total{provider=\"metrics_gpu\",to=\"open\"} 1");
-    has("tierwise_provider_breaker_open{provider=\"metrics_gpu\"} 1");
+        "# TYPE tierwise_cost_usd_total counter",
+        "tierwise_cost_usd_total{route=\"metrics_route\",tier=\"api_fast\"} 0.000012",
+        "tierwise_request_duration_seconds_count{route=\"metrics_route\"} 5",
+        "tierwise_time_to_first_byte_seconds_count{route=\"metrics_route\"} 5",
+        "tierwise_gateway_overhead_seconds_count{route=\"metrics_route\"} 5",
+        // Set when the breaker opened, before any scrape asked.
+        "tierwise_breaker_transitions_total{provider=\"metrics_gpu\",to=\"open\"} 1",
+        "tierwise_provider_breaker_open{provider=\"metrics_gpu\"} 1",
+    ];
+    // Metrics are counted once the writer has the batch, one series after another: wait for all
+    // of them (a scrape between two series of one batch once saw the requests but not the tokens).
+    let text = gw
+        .wait_for_metrics(|m| expected.iter().all(|line| m.contains(line)))
+        .await;
 
     // The time in the gateway itself is a small part of each request's latency.
     let sum = |name: &str| -> f64 {
