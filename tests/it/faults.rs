@@ -283,6 +283,22 @@ async fn multi_line_events_and_event_names_reach_the_client_intact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_event_reaches_the_client_byte_for_byte() {
+    let (local, _api, gw) = gateway(|_| {}).await;
+    local.set_fault(Fault::SseExtras);
+    let answer = gw.ask_stream("summarize").await;
+    assert_eq!(answer.status, 200);
+    // Its id line, its comment and its CRLF endings are the upstream's, not tierwise's framing.
+    let extras = std::str::from_utf8(tierwise_fake::SSE_EXTRAS_EVENT).unwrap();
+    assert!(answer.text.contains(extras), "{:?}", answer.text);
+    assert!(
+        answer.text.ends_with("data: [DONE]\n\n"),
+        "{:?}",
+        answer.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_error_event_mid_stream_is_recorded_as_a_failure_even_before_done() {
     let (local, _api, gw) = gateway(|_| {}).await;
     local.set_fault(Fault::ErrorMidStream { after: 3 });

@@ -54,6 +54,10 @@ pub enum Fault {
     /// Streams: every chunk's JSON pretty-printed over several `data:` lines, and a named
     /// `event: ping` after the first chunk — legal SSE that a relay must not mangle.
     SseQuirks,
+    /// Streams: after the first chunk, one more event with an `id:` line, a comment and CRLF line
+    /// endings ([`SSE_EXTRAS_EVENT`]), as some servers write them; a relay passing the upstream's
+    /// bytes through delivers it byte for byte.
+    SseExtras,
     /// Streams: this many chunks, then an `{"error": …}` event, then `[DONE]`.
     ErrorMidStream { after: usize },
     /// Streams: every chunk, the last choice finished, then the connection closed without
@@ -67,6 +71,10 @@ pub enum Fault {
     /// servers' usage blocks have.
     UsageWithNulls,
 }
+
+/// The event [`Fault::SseExtras`] adds: a chunk that adds no text, with an id and a comment.
+pub const SSE_EXTRAS_EVENT: &[u8] =
+    b"id: 7\r\n: the fake's comment\r\ndata: {\"choices\":[{\"index\":0,\"delta\":{}}]}\r\n\r\n";
 
 /// How the fake answers: the fault, the text, the usage it reports.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -646,6 +654,9 @@ fn stream(
         .collect();
     if quirks && frames.len() > 1 {
         frames.insert(1, Bytes::from_static(b"event: ping\ndata: {}\n\n"));
+    }
+    if behavior.fault == Fault::SseExtras && frames.len() > 1 {
+        frames.insert(1, Bytes::from_static(SSE_EXTRAS_EVENT));
     }
     if let Fault::InvalidUtf8MidStream { after } = behavior.fault {
         let at = after.min(frames.len());
