@@ -15,7 +15,6 @@ use std::hash::BuildHasher;
 use std::sync::OnceLock;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
-
 use serde_json::Value;
 
 /// One encoding: its table as `build.rs` wrote it, its pattern, its special tokens.
