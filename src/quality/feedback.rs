@@ -156,9 +156,15 @@ impl FeedbackWriter {
     pub async fn finish(self, deadline: Duration) {
         let _ = self.close.send(());
         let mut task = self.task;
-        if tokio::time::timeout(deadline, &mut task).await.is_err() {
-            tracing::error!("feedback still queued at shutdown could not be written; it is lost");
-            task.abort();
+        match tokio::time::timeout(deadline, &mut task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!("the feedback writer failed at shutdown: {err}"),
+            Err(_) => {
+                tracing::error!(
+                    "feedback still queued at shutdown could not be written; it is lost"
+                );
+                task.abort();
+            }
         }
     }
 }
@@ -168,10 +174,13 @@ async fn write(
     mut queue: mpsc::Receiver<Feedback>,
     mut closed: oneshot::Receiver<()>,
 ) {
+    // A finished oneshot must not be polled again: once closing, only the queue is read.
+    let mut closing = false;
     loop {
         let feedback = tokio::select! {
             feedback = queue.recv() => feedback,
-            _ = &mut closed => {
+            _ = &mut closed, if !closing => {
+                closing = true;
                 queue.close();
                 continue;
             }
@@ -190,6 +199,31 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// Feedback still queued when the gateway stops is written, all of it. The writer once polled
+    /// its finished close signal again and panicked halfway through the queue.
+    #[tokio::test]
+    async fn feedback_queued_at_shutdown_is_all_written() {
+        let path =
+            std::env::temp_dir().join(format!("tierwise-feedback-{}.db", uuid::Uuid::now_v7()));
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let store = Store::connect(&url).await.unwrap();
+        let (queue, writer) = FeedbackWriter::spawn(store);
+        for n in 0..200 {
+            assert!(queue.push(Feedback {
+                request_id: format!("r{n}"),
+                ts_ms: n,
+                truth: r#"{"label": "billing"}"#.into(),
+            }));
+        }
+        writer.finish(Duration::from_secs(30)).await;
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM feedback")
+            .fetch_one(&sqlx::SqlitePool::connect(&url).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(count, 200);
+        std::fs::remove_file(path).ok();
+    }
 
     #[test]
     fn feedback_bodies_parse_into_one_truth_or_say_what_is_wrong() {
