@@ -111,6 +111,8 @@ pub struct RawProvider {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<Text>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fixed_monthly_usd: Option<Spanned<f64>>,
     #[serde(default)]
     pub warmup: bool,
@@ -297,6 +299,7 @@ impl RawProvider {
         RawProvider {
             base_url: text(base_url),
             api_key: None,
+            proxy: None,
             fixed_monthly_usd: None,
             warmup: false,
             timeout: RawTimeouts::default(),

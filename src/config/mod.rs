@@ -8,6 +8,7 @@ pub mod file;
 mod known;
 mod price;
 mod provider;
+mod proxy;
 mod resolver;
 mod route;
 mod server;
@@ -22,6 +23,7 @@ pub use error::{ConfigError, ConfigIssue};
 pub use known::{Abilities, KnownModel, known_model, undated};
 pub use price::Price;
 pub use provider::{BreakerPolicy, ProbePolicy, Provider, Timeouts};
+pub use proxy::Proxy;
 pub use route::{
     AllOpen, ChainTier, Changes, OnDrift, OnProof, Profile, QualityBar, Route, ScorerKind, Shadow,
     TaskKind, ToolCalling, with_labels,

@@ -9,6 +9,7 @@ use url::Url;
 
 use super::Secret;
 use super::file::{RawProvider, RawTimeouts, Text};
+use super::proxy::Proxy;
 use super::resolver::Resolver;
 
 #[derive(Debug)]
@@ -17,6 +18,8 @@ pub struct Provider {
     /// Always ends in `/`, so that `join("chat/completions")` keeps the path prefix (`/v1/`).
     pub base_url: Url,
     pub api_key: Option<Secret>,
+    /// The HTTP proxy the provider is reached through, if any.
+    pub proxy: Option<Proxy>,
     pub fixed_monthly_usd: Option<f64>,
     pub warmup: bool,
     pub timeouts: Timeouts,
@@ -158,10 +161,12 @@ impl Resolver<'_> {
         });
         let breaker = self.breaker(raw, &key);
         let probe = self.probe(raw, &key, &base_url, &timeouts);
+        let proxy = self.proxy(raw.proxy.as_ref(), &key, &base_url);
         Some(Provider {
             name: name.get_ref().clone(),
             base_url,
             api_key,
+            proxy,
             fixed_monthly_usd: raw.fixed_monthly_usd.as_ref().map(|c| *c.get_ref()),
             warmup: raw.warmup,
             timeouts,

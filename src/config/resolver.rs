@@ -15,7 +15,7 @@ use super::{Config, ConfigIssue, EnvLookup};
 pub struct Resolver<'a> {
     text: &'a str,
     pub(super) base_dir: &'a Path,
-    env: EnvLookup<'a>,
+    pub(super) env: EnvLookup<'a>,
     issues: Vec<ConfigIssue>,
     pub(super) warnings: Vec<String>,
     /// Names that are defined but could not be resolved: their own mistake is already recorded,

@@ -136,21 +136,25 @@ impl UpstreamError {
         }
     }
 
-    pub fn from_reqwest(err: reqwest::Error) -> UpstreamError {
-        let err = err.without_url();
-        let kind = if err.is_timeout() && err.is_connect() {
-            UpstreamErrorKind::TimeoutConnect
-        } else if err.is_timeout() {
-            UpstreamErrorKind::TimeoutTotal
-        } else if err.is_connect() {
+    /// A failure of the HTTP client: the connection, the TLS handshake, or the exchange on it.
+    pub fn from_client(err: hyper_util::client::legacy::Error) -> UpstreamError {
+        let kind = if err.is_connect() {
             connect_kind(&err)
-        } else if io_kind(&err).is_some_and(|k| k == std::io::ErrorKind::ConnectionReset) {
-            UpstreamErrorKind::ConnectReset
         } else {
-            UpstreamErrorKind::Transport
+            exchange_kind(&err)
         };
         UpstreamError {
             kind,
+            detail: chain(&err),
+            body: Bytes::new(),
+            retry_after: None,
+        }
+    }
+
+    /// A failure while reading an answer's body, after its head arrived.
+    pub fn from_body(err: hyper::Error) -> UpstreamError {
+        UpstreamError {
+            kind: exchange_kind(&err),
             detail: chain(&err),
             body: Bytes::new(),
             retry_after: None,
@@ -284,12 +288,23 @@ fn says_context_too_long(body: &[u8]) -> bool {
     CONTEXT_TOO_LONG.iter().any(|words| head.contains(words))
 }
 
-fn connect_kind(err: &reqwest::Error) -> UpstreamErrorKind {
+/// Why a connection could not be made. The connector's own timeout (`connect_ms`) shows as an
+/// I/O error of kind `TimedOut` beneath the connect error.
+fn connect_kind(err: &(dyn std::error::Error + 'static)) -> UpstreamErrorKind {
     match io_kind(err) {
+        Some(std::io::ErrorKind::TimedOut) => UpstreamErrorKind::TimeoutConnect,
         Some(std::io::ErrorKind::ConnectionRefused) => UpstreamErrorKind::ConnectRefused,
         Some(std::io::ErrorKind::ConnectionReset) => UpstreamErrorKind::ConnectReset,
         _ if chain(err).contains("dns error") => UpstreamErrorKind::Dns,
         _ => UpstreamErrorKind::Connect,
+    }
+}
+
+/// A failure on a connection that was made: a reset is named, anything else is transport.
+fn exchange_kind(err: &(dyn std::error::Error + 'static)) -> UpstreamErrorKind {
+    match io_kind(err) {
+        Some(std::io::ErrorKind::ConnectionReset) => UpstreamErrorKind::ConnectReset,
+        _ => UpstreamErrorKind::Transport,
     }
 }
 

@@ -3,6 +3,7 @@
 //! applied, and every failure classified, because the classification decides whether the next tier
 //! is tried.
 
+mod client;
 mod error;
 mod server_info;
 mod stream;
@@ -11,11 +12,14 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::Response;
+use hyper::body::Incoming;
 use serde::Deserialize;
 
 use crate::config::{Config, ProbePolicy, Provider, Tier};
 use crate::openai::{Endpoint, Usage};
 
+use client::ProviderClient;
 pub use error::{Lack, UpstreamError, UpstreamErrorKind};
 pub use stream::{SseEvent, UpstreamStream};
 
@@ -34,29 +38,11 @@ pub struct Upstreams {
     max_answer_bytes: usize,
 }
 
-struct ProviderClient {
-    http: reqwest::Client,
-    /// The endpoint URLs in [`Endpoint::ALL`] order, joined once rather than on every request.
-    urls: Vec<reqwest::Url>,
-}
-
 impl Upstreams {
     pub fn new(config: &Config) -> Result<Upstreams, UpstreamError> {
         let mut clients = HashMap::new();
         for provider in &config.providers {
-            let join = |path: &str| {
-                provider
-                    .base_url
-                    .join(path)
-                    .expect("a relative path always joins")
-            };
-            clients.insert(
-                provider.name.clone(),
-                ProviderClient {
-                    http: client_for(provider)?,
-                    urls: Endpoint::ALL.map(|e| join(e.path())).to_vec(),
-                },
-            );
+            clients.insert(provider.name.clone(), ProviderClient::new(provider)?);
         }
         Ok(Upstreams {
             clients,
@@ -64,14 +50,10 @@ impl Upstreams {
         })
     }
 
-    fn provider_client(&self, provider: &Provider) -> &ProviderClient {
+    fn client(&self, provider: &Provider) -> &ProviderClient {
         self.clients
             .get(&provider.name)
             .expect("a client exists for every configured provider")
-    }
-
-    fn client(&self, provider: &Provider) -> &reqwest::Client {
-        &self.provider_client(provider).http
     }
 
     /// Sends `body` to `tier` and waits for its answer: the whole body, or for a stream its first
@@ -86,12 +68,7 @@ impl Upstreams {
         let provider = &tier.provider;
         let timeouts = tier.timeouts;
         let started = Instant::now();
-        let client = self.provider_client(provider);
-        let request = client
-            .http
-            .post(client.urls[endpoint as usize].clone())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body);
+        let request = self.client(provider).post(endpoint, body);
         // A non-streamed answer's headers come only once the whole answer is generated, so only
         // `total` bounds the wait for them; `first_byte` is the time to a stream's first chunk.
         let head_limit = if stream {
@@ -99,9 +76,9 @@ impl Upstreams {
         } else {
             timeouts.total
         };
-        let response = match tokio::time::timeout(head_limit, request.send()).await {
+        let response = match tokio::time::timeout(head_limit, request).await {
             Ok(Ok(response)) => response,
-            Ok(Err(err)) => return Err(UpstreamError::from_reqwest(err)),
+            Ok(Err(err)) => return Err(err),
             Err(_) if head_limit == timeouts.total => {
                 return Err(UpstreamError::new(
                     UpstreamErrorKind::TimeoutTotal,
@@ -158,10 +135,10 @@ impl Upstreams {
         provider: &Provider,
         policy: &ProbePolicy,
     ) -> Result<Bytes, UpstreamError> {
-        let request = self.client(provider).get(policy.url.clone());
-        let response = match tokio::time::timeout(policy.timeout, request.send()).await {
+        let request = self.client(provider).get(&policy.url)?;
+        let response = match tokio::time::timeout(policy.timeout, request).await {
             Ok(Ok(response)) => response,
-            Ok(Err(err)) => return Err(UpstreamError::from_reqwest(err)),
+            Ok(Err(err)) => return Err(err),
             Err(_) => {
                 return Err(UpstreamError::new(
                     UpstreamErrorKind::TimeoutFirstByte,
@@ -191,11 +168,8 @@ impl Upstreams {
     ) -> Option<u32> {
         let client = self.client(provider);
         let root = |path: &str| provider.base_url.join(path).ok();
-        let ask = async |request: reqwest::RequestBuilder| -> Option<Bytes> {
-            let response = tokio::time::timeout(limit, request.send())
-                .await
-                .ok()?
-                .ok()?;
+        let ask = async |request: client::Call| -> Option<Bytes> {
+            let response = tokio::time::timeout(limit, request).await.ok()?.ok()?;
             if !response.status().is_success() {
                 return None;
             }
@@ -207,16 +181,14 @@ impl Upstreams {
         let show = serde_json::to_vec(&serde_json::json!({ "model": model }))
             .expect("a JSON value serializes");
         if let Some(url) = root("../api/show")
-            && let Some(body) = ask(client
-                .post(url)
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(show))
-            .await
+            && let Ok(request) = client.post_to(&url, show)
+            && let Some(body) = ask(request).await
             && let Some(tokens) = server_info::ollama_window(&body)
         {
             return Some(tokens);
         }
-        let body = ask(client.get(root("../props")?)).await?;
+        let props = client.get(&root("../props")?).ok()?;
+        let body = ask(props).await?;
         server_info::llama_cpp_window(&body)
     }
 
@@ -226,15 +198,15 @@ impl Upstreams {
         provider: &Provider,
     ) -> Result<Vec<ListedModel>, UpstreamError> {
         let request = self.client(provider).get(
-            provider
+            &provider
                 .base_url
                 .join("models")
                 .expect("a relative path always joins"),
-        );
+        )?;
         let limit = provider.timeouts.first_byte.min(Duration::from_secs(10));
-        let response = match tokio::time::timeout(limit, request.send()).await {
+        let response = match tokio::time::timeout(limit, request).await {
             Ok(Ok(response)) => response,
-            Ok(Err(err)) => return Err(UpstreamError::from_reqwest(err)),
+            Ok(Err(err)) => return Err(err),
             Err(_) => {
                 return Err(UpstreamError::new(
                     UpstreamErrorKind::TimeoutFirstByte,
@@ -243,10 +215,11 @@ impl Upstreams {
             }
         };
         let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(UpstreamError::from_reqwest)?;
+        let read = read_capped(response, PROBE_BODY_BYTES);
+        let body = match tokio::time::timeout(limit, read).await {
+            Ok(body) => body?,
+            Err(_) => return Err(UpstreamError::new(UpstreamErrorKind::TimeoutTotal, limit)),
+        };
         if !status.is_success() {
             return Err(UpstreamError::status(status, body, None));
         }
@@ -255,33 +228,9 @@ impl Upstreams {
     }
 }
 
-/// The provider's client. Its key goes into the default headers, built once and marked sensitive,
-/// rather than formatted into a new header on every request.
-fn client_for(provider: &Provider) -> Result<reqwest::Client, UpstreamError> {
-    let mut headers = http::HeaderMap::new();
-    if let Some(key) = &provider.api_key {
-        let mut value = http::HeaderValue::try_from(format!("Bearer {}", key.expose()))
-            .expect("configuration admits only header-safe keys");
-        value.set_sensitive(true);
-        headers.insert(http::header::AUTHORIZATION, value);
-    }
-    reqwest::Client::builder()
-        .default_headers(headers)
-        // A local model server runs on the same host; Nagle's algorithm meeting delayed ACKs would
-        // add ~40 ms to every keep-alive request.
-        .tcp_nodelay(true)
-        .connect_timeout(provider.timeouts.connect)
-        .pool_idle_timeout(Duration::from_secs(90))
-        // An upstream that redirects is misconfigured; following it would resend the key.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("tierwise/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(UpstreamError::from_reqwest)
-}
-
 /// Reads a whole answer, refusing one larger than `limit` (before reading it, where the upstream
 /// declared its length).
-async fn read_capped(response: reqwest::Response, limit: usize) -> Result<Bytes, UpstreamError> {
+async fn read_capped(response: Response<Incoming>, limit: usize) -> Result<Bytes, UpstreamError> {
     use http_body_util::{BodyExt, LengthLimitError, Limited};
     let too_large = || {
         UpstreamError::new_detail(
@@ -289,18 +238,17 @@ async fn read_capped(response: reqwest::Response, limit: usize) -> Result<Bytes,
             format!("the answer is larger than server.max_answer_bytes ({limit} bytes)"),
         )
     };
-    if response
-        .content_length()
+    if hyper::body::Body::size_hint(response.body())
+        .exact()
         .is_some_and(|len| len > limit as u64)
     {
         return Err(too_large());
     }
-    let body = http::Response::from(response).into_body();
-    match Limited::new(body, limit).collect().await {
+    match Limited::new(response.into_body(), limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(err) => match err.downcast::<reqwest::Error>() {
-            Ok(err) => Err(UpstreamError::from_reqwest(*err)),
+        Err(err) => match err.downcast::<hyper::Error>() {
+            Ok(err) => Err(UpstreamError::from_body(*err)),
             Err(err) => Err(UpstreamError::new_detail(
                 UpstreamErrorKind::Transport,
                 err.to_string(),

@@ -13,14 +13,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{FutureExt, Stream, StreamExt};
+use futures_util::FutureExt;
+use http::Response;
+use hyper::body::{Body as _, Incoming};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use tokio::time::{Instant, Sleep};
 
 use super::{UpstreamError, UpstreamErrorKind};
-
-type Body = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
 
 /// One server-sent event: the bytes the upstream sent for it, its name where it has one other
 /// than the default `message`, and its data (lines joined with `\n`, as SSE defines).
@@ -134,7 +134,7 @@ fn parse(raw: Bytes) -> Result<Option<SseEvent>, String> {
 /// An upstream stream that has produced its first event.
 pub struct UpstreamStream {
     first: Option<SseEvent>,
-    body: Body,
+    body: Incoming,
     splitter: Splitter,
     idle: Duration,
     /// One timer for the stream's life; it fires at or before `idle_until`.
@@ -147,7 +147,7 @@ pub struct UpstreamStream {
 
 impl UpstreamStream {
     pub(super) async fn open(
-        response: reqwest::Response,
+        response: Response<Incoming>,
         first_event_limit: Duration,
         idle: Duration,
         deadline: Instant,
@@ -155,7 +155,7 @@ impl UpstreamStream {
     ) -> Result<UpstreamStream, UpstreamError> {
         let mut stream = UpstreamStream {
             first: None,
-            body: Box::pin(response.bytes_stream()),
+            body: response.into_body(),
             splitter: Splitter::new(max_event),
             idle,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
@@ -259,9 +259,14 @@ impl UpstreamStream {
                 Ok(None) if self.splitter.closed => return Poll::Ready(None),
                 Ok(None) => {}
             }
-            match self.body.poll_next_unpin(cx) {
+            match Pin::new(&mut self.body).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(bytes))) => self.splitter.push(&bytes),
+                Poll::Ready(Some(Ok(frame))) => {
+                    // An HTTP/2 upstream may end with trailers; they carry no event.
+                    if let Some(bytes) = frame.data_ref() {
+                        self.splitter.push(bytes);
+                    }
+                }
                 Poll::Ready(Some(Err(err))) => return Poll::Ready(Some(Err(err.to_string()))),
                 Poll::Ready(None) => self.splitter.closed = true,
             }

@@ -405,3 +405,103 @@ fn openai_models_come_with_their_windows_and_abilities() {
     assert_eq!(local.context_tokens, None);
     assert_eq!(local.abilities, tierwise::config::Abilities::ALL);
 }
+
+/// A provider's proxy comes from its `proxy` key, or else from the environment as curl reads it:
+/// the variable for the URL's scheme, then `ALL_PROXY`, unless `NO_PROXY` names the host. A
+/// proxy's password shows nowhere, and one tierwise cannot use is said, not silently ignored.
+#[test]
+fn proxies_come_from_the_key_or_the_environment_and_no_proxy_is_honoured() {
+    const PROVIDERS: &str = r#"[providers.local]
+base_url = "http://10.1.2.3:8000/v1"
+[providers.openai]
+base_url = "https://api.openai.com/v1"
+[providers.pinned]
+base_url = "https://api.example.com/v1"
+proxy = "http://tw:key-pw@egress.internal:8080"
+[providers.direct]
+base_url = "https://api.example.org/v1"
+proxy = ""
+[tiers]
+local = { provider = "local", model = "m" }
+api = { provider = "openai", model = "m" }
+pinned = { provider = "pinned", model = "m" }
+direct = { provider = "direct", model = "m" }
+[routes.classification]
+kind = "classification"
+tiers = ["local", "api", "pinned", "direct"]
+"#;
+    let proxies = |vars: &[(&str, &str)]| {
+        let config = Config::parse(PROVIDERS, Path::new("t.toml"), &|name| {
+            vars.iter()
+                .find(|(var, _)| *var == name)
+                .map(|(_, value)| value.to_string())
+        })
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("env-pw") && !debug.contains("key-pw"),
+            "a proxy password shows: {debug}"
+        );
+        let of = |name: &str| {
+            let provider = config.providers.iter().find(|p| p.name == name).unwrap();
+            provider.proxy.as_ref().map(|proxy| format!("{proxy:?}"))
+        };
+        (
+            [of("local"), of("openai"), of("pinned"), of("direct")],
+            config.warnings,
+        )
+    };
+    let pinned = Some("http://egress.internal:8080/ from the proxy key (with credentials)".into());
+
+    let (none, _) = proxies(&[]);
+    assert_eq!(none, [None, None, pinned.clone(), None]);
+
+    let (https_only, _) = proxies(&[("HTTPS_PROXY", "http://u:env-pw@squid:3128")]);
+    assert_eq!(
+        https_only,
+        [
+            None,
+            Some("http://squid:3128/ from HTTPS_PROXY (with credentials)".into()),
+            pinned.clone(),
+            None
+        ]
+    );
+
+    let (all, _) = proxies(&[
+        ("all_proxy", "squid:3128"),
+        ("NO_PROXY", "api.openai.com, 10.0.0.0/8"),
+    ]);
+    assert_eq!(all, [None, None, pinned.clone(), None]);
+
+    let (http, _) = proxies(&[("http_proxy", "http://squid:3128")]);
+    assert_eq!(
+        http[0].as_deref(),
+        Some("http://squid:3128/ from http_proxy")
+    );
+
+    let (socks, warnings) = proxies(&[("ALL_PROXY", "socks5://u:env-pw@socks:1080")]);
+    assert_eq!(socks, [None, None, pinned, None]);
+    assert!(
+        warnings.iter().any(
+            |w| w.contains("ALL_PROXY is set but is not an HTTP proxy URL")
+                && w.contains("providers.openai is reached directly")
+        ),
+        "{warnings:?}"
+    );
+    assert!(!warnings.iter().any(|w| w.contains("env-pw")));
+
+    let wrong = PROVIDERS.replace(
+        "proxy = \"http://tw:key-pw@egress.internal:8080\"",
+        "proxy = \"socks5://tw:key-pw@egress.internal:1080\"",
+    );
+    let err = Config::parse(&wrong, Path::new("t.toml"), &|_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("providers.pinned.proxy")
+            && err.contains("line 7")
+            && err.contains("is not an HTTP proxy URL"),
+        "{err}"
+    );
+    assert!(!err.contains("key-pw"), "{err}");
+}

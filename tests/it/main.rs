@@ -5,6 +5,7 @@
 mod cli;
 mod config;
 mod dashboard;
+mod egress;
 mod fallback;
 mod faults;
 mod hostile;

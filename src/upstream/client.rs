@@ -1,0 +1,206 @@
+//! One provider's HTTP client: hyper-util's pooled client over rustls, with the provider's key,
+//! connect timeout and endpoint URLs resolved once, so that a call builds only its request.
+//!
+//! This replaced reqwest on the request path. reqwest did, per call, what tierwise never needs:
+//! re-parse the URL into a `Uri`, match it against the environment's proxies, merge default
+//! headers, arm a redirect policy and box the body twice; profiled, that was ~14% of a
+//! non-streamed request's CPU. What reqwest gave that we keep is here, set as reqwest set it:
+//! the platform's certificate verifier (rustls-platform-verifier, aws-lc-rs), HTTP/2 by ALPN,
+//! TCP keep-alive, a pool per provider, and `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY`
+//! (resolved with the configuration, see `config::provider`; a proxied provider is reached
+//! through a CONNECT tunnel).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, USER_AGENT};
+use http::{Method, Request, Response, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use super::{UpstreamError, UpstreamErrorKind};
+use crate::config::Provider;
+use crate::openai::Endpoint;
+
+/// How long an idle pooled connection is kept, as reqwest kept it.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+/// TCP keep-alive on upstream connections, as reqwest sets it: a connection through a NAT or a
+/// load balancer that dropped it is found out before a request waits on it.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
+
+static USER_AGENT_VALUE: HeaderValue =
+    HeaderValue::from_static(concat!("tierwise/", env!("CARGO_PKG_VERSION")));
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
+static ANY: HeaderValue = HeaderValue::from_static("*/*");
+
+/// The TLS settings every provider shares. Loading the platform's roots is done once.
+static TLS: LazyLock<Result<rustls::ClientConfig, String>> = LazyLock::new(|| {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .and_then(|builder| builder.with_platform_verifier())
+    .map(|builder| builder.with_no_client_auth())
+    .map_err(|err| format!("TLS could not be set up with the platform's certificates: {err}"))
+});
+
+pub(super) struct ProviderClient {
+    http: Client<Connector, Full<Bytes>>,
+    /// `Bearer <key>`, marked sensitive so that no debug output shows it.
+    auth: Option<HeaderValue>,
+    /// The endpoint URLs in [`Endpoint::ALL`] order, parsed once rather than on every request.
+    urls: Vec<Uri>,
+}
+
+impl ProviderClient {
+    pub(super) fn new(provider: &Provider) -> Result<ProviderClient, UpstreamError> {
+        let auth = provider.api_key.as_ref().map(|key| {
+            let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose()))
+                .expect("configuration admits only header-safe keys");
+            value.set_sensitive(true);
+            value
+        });
+        let urls = Endpoint::ALL
+            .iter()
+            .map(|endpoint| uri(&provider.base_url, endpoint.path()))
+            .collect::<Result<_, _>>()?;
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .build(Connector::new(provider)?);
+        Ok(ProviderClient { http, auth, urls })
+    }
+
+    /// `POST`s a JSON body to one of the provider's endpoints.
+    pub(super) fn post(&self, endpoint: Endpoint, body: Vec<u8>) -> Call {
+        let uri = self.urls[endpoint as usize].clone();
+        Call(self.http.request(self.request(Method::POST, uri, body)))
+    }
+
+    /// `POST`s a JSON body to any URL of the provider (a server's own API beside OpenAI's).
+    pub(super) fn post_to(&self, url: &url::Url, body: Vec<u8>) -> Result<Call, UpstreamError> {
+        let request = self.request(Method::POST, uri(url, "")?, body);
+        Ok(Call(self.http.request(request)))
+    }
+
+    pub(super) fn get(&self, url: &url::Url) -> Result<Call, UpstreamError> {
+        let request = self.request(Method::GET, uri(url, "")?, Vec::new());
+        Ok(Call(self.http.request(request)))
+    }
+
+    fn request(&self, method: Method, uri: Uri, body: Vec<u8>) -> Request<Full<Bytes>> {
+        let has_body = method == Method::POST;
+        let mut request = Request::new(Full::new(Bytes::from(body)));
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        headers.insert(USER_AGENT, USER_AGENT_VALUE.clone());
+        headers.insert(ACCEPT, ANY.clone());
+        if has_body {
+            headers.insert(CONTENT_TYPE, JSON.clone());
+        }
+        if let Some(auth) = &self.auth {
+            headers.insert(AUTHORIZATION, auth.clone());
+        }
+        request
+    }
+}
+
+/// A call under way: its answer's head, or the failure classified.
+pub(super) struct Call(ResponseFuture);
+
+impl Future for Call {
+    type Output = Result<Response<Incoming>, UpstreamError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map_err(UpstreamError::from_client)
+    }
+}
+
+/// `base` joined with `path`, as the `Uri` hyper sends.
+fn uri(base: &url::Url, path: &str) -> Result<Uri, UpstreamError> {
+    let joined = base.join(path).map_err(|err| {
+        UpstreamError::new_detail(UpstreamErrorKind::Connect, format!("bad URL: {err}"))
+    })?;
+    Uri::try_from(joined.as_str()).map_err(|err| {
+        UpstreamError::new_detail(UpstreamErrorKind::Connect, format!("bad URL: {err}"))
+    })
+}
+
+type Stream = MaybeHttpsStream<TokioIo<TcpStream>>;
+type Connecting = Pin<Box<dyn Future<Output = Result<Stream, BoxError>> + Send>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A provider's connector: straight to the host, or through its proxy's CONNECT tunnel. A
+/// connection is made once per pooled connection, so the one box per connect costs nothing per
+/// request.
+#[derive(Clone)]
+enum Connector {
+    Direct(HttpsConnector<HttpConnector>),
+    Tunnel(HttpsConnector<Tunnel<HttpConnector>>),
+}
+
+impl Connector {
+    fn new(provider: &Provider) -> Result<Connector, UpstreamError> {
+        let mut tcp = HttpConnector::new();
+        // hyper-rustls does TLS on top; this connector must let `https` through.
+        tcp.enforce_http(false);
+        // A local model server runs on the same host; Nagle's algorithm meeting delayed ACKs
+        // would add ~40 ms to every keep-alive request.
+        tcp.set_nodelay(true);
+        tcp.set_keepalive(Some(TCP_KEEPALIVE));
+        tcp.set_connect_timeout(Some(provider.timeouts.connect));
+        let tls = TLS
+            .as_ref()
+            .map_err(|err| UpstreamError::new_detail(UpstreamErrorKind::Connect, err.clone()))?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .enable_http2();
+        Ok(match &provider.proxy {
+            None => Connector::Direct(https.wrap_connector(tcp)),
+            Some(proxy) => {
+                let mut tunnel = Tunnel::new(proxy.uri.clone(), tcp);
+                if let Some(auth) = &proxy.auth {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                Connector::Tunnel(https.wrap_connector(tunnel))
+            }
+        })
+    }
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = Stream;
+    type Error = BoxError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            Connector::Direct(connector) => connector.poll_ready(cx),
+            Connector::Tunnel(connector) => connector.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, destination: Uri) -> Connecting {
+        match self {
+            Connector::Direct(connector) => Box::pin(connector.call(destination)),
+            Connector::Tunnel(connector) => Box::pin(connector.call(destination)),
+        }
+    }
+}
