@@ -32,6 +32,13 @@ pub struct Cli {
     command: Command,
 }
 
+impl Cli {
+    /// Whether this run is the long-running server (and not a one-off command).
+    pub fn serves(&self) -> bool {
+        matches!(self.command, Command::Serve { .. })
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,

@@ -327,6 +327,39 @@ async fn serve_answers_then_stops_cleanly_on_sigterm() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// `serve` runs with mimalloc returning freed pages after 10 ms rather than 1 s (src/memory.rs),
+/// set by executing itself once more; an operator's own value is kept. Same process, same PID:
+/// the address line and SIGTERM reach the server as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_with_its_allocator_setting_unless_the_operator_gave_one() {
+    let up = FakeUpstream::start().await;
+    let (dir, path) = write_config(
+        "allocator",
+        &one_route(&up.base_url(), "sqlite://ledger.db"),
+    );
+    let environ = |child: &std::process::Child| {
+        let raw = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
+        raw.split(|b| *b == 0)
+            .map(|var| String::from_utf8_lossy(var).into_owned())
+            .filter(|var| var.starts_with("MIMALLOC_PURGE_DELAY="))
+            .collect::<Vec<_>>()
+    };
+    for (given, expected) in [
+        (None, "MIMALLOC_PURGE_DELAY=10"),
+        (Some("250"), "MIMALLOC_PURGE_DELAY=250"),
+    ] {
+        let env: Vec<(&str, &str)> = given
+            .map(|v| ("MIMALLOC_PURGE_DELAY", v))
+            .into_iter()
+            .collect();
+        let (child, _url) = crate::proof::serve(&path, &env, &dir.join("log")).await;
+        assert_eq!(environ(&child), [expected]);
+        let status = terminate(child).await;
+        assert!(status.success(), "{status:?}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[test]
 fn simulate_reproduces_the_articles_rows_and_names_where_its_sums_disagree() {
     let workload = concat!(
