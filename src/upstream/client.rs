@@ -145,11 +145,18 @@ type Stream = MaybeHttpsStream<TokioIo<TcpStream>>;
 type Connecting = Pin<Box<dyn Future<Output = Result<Stream, BoxError>> + Send>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A provider's connector: straight to the host, or through its proxy's CONNECT tunnel. A
-/// connection is made once per pooled connection, so the one box per connect costs nothing per
-/// request.
+/// A provider's connector: straight to the host, or through its proxy's CONNECT tunnel; either
+/// way `connect_ms` bounds all of it (TCP, the proxy's answer, the TLS handshake), as it did
+/// with reqwest. A connection is made once per pooled connection, so the one box per connect
+/// costs nothing per request.
 #[derive(Clone)]
-enum Connector {
+struct Connector {
+    route: Route,
+    timeout: Duration,
+}
+
+#[derive(Clone)]
+enum Route {
     Direct(HttpsConnector<HttpConnector>),
     Tunnel(HttpsConnector<Tunnel<HttpConnector>>),
 }
@@ -172,15 +179,19 @@ impl Connector {
             .https_or_http()
             .enable_http1()
             .enable_http2();
-        Ok(match &provider.proxy {
-            None => Connector::Direct(https.wrap_connector(tcp)),
+        let route = match &provider.proxy {
+            None => Route::Direct(https.wrap_connector(tcp)),
             Some(proxy) => {
                 let mut tunnel = Tunnel::new(proxy.uri.clone(), tcp);
                 if let Some(auth) = &proxy.auth {
                     tunnel = tunnel.with_auth(auth.clone());
                 }
-                Connector::Tunnel(https.wrap_connector(tunnel))
+                Route::Tunnel(https.wrap_connector(tunnel))
             }
+        };
+        Ok(Connector {
+            route,
+            timeout: provider.timeouts.connect,
         })
     }
 }
@@ -191,16 +202,26 @@ impl tower_service::Service<Uri> for Connector {
     type Future = Connecting;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        match self {
-            Connector::Direct(connector) => connector.poll_ready(cx),
-            Connector::Tunnel(connector) => connector.poll_ready(cx),
+        match &mut self.route {
+            Route::Direct(connector) => connector.poll_ready(cx),
+            Route::Tunnel(connector) => connector.poll_ready(cx),
         }
     }
 
     fn call(&mut self, destination: Uri) -> Connecting {
-        match self {
-            Connector::Direct(connector) => Box::pin(connector.call(destination)),
-            Connector::Tunnel(connector) => Box::pin(connector.call(destination)),
-        }
+        let connecting: Connecting = match &mut self.route {
+            Route::Direct(connector) => Box::pin(connector.call(destination)),
+            Route::Tunnel(connector) => Box::pin(connector.call(destination)),
+        };
+        let limit = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(connected) => connected,
+                Err(_) => Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within connect_ms ({} ms)", limit.as_millis()),
+                )) as BoxError),
+            }
+        })
     }
 }

@@ -229,3 +229,48 @@ tiers = ["local"]
     assert_eq!(local.requests().len(), 1);
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// A TLS server that takes the connection and never answers the handshake (or a proxy that never
+/// answers CONNECT) is given up at `connect_ms`, named as a connect timeout, not left to the much
+/// longer first-byte limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_that_never_completes_is_given_up_at_connect_ms() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            open.push(tcp);
+        }
+    });
+    let api = FakeUpstream::start().await;
+    let local = FakeUpstream::start().await;
+    for (name, base_url, proxy) in [
+        ("tls", format!("https://localhost:{port}/v1"), None),
+        (
+            "proxy",
+            local.base_url(),
+            Some(format!("http://127.0.0.1:{port}")),
+        ),
+    ] {
+        let config = TestConfig::two_tier(&base_url, &api.base_url()).with(|c| {
+            let vllm = c.provider("vllm");
+            vllm.health.enabled = Some(false);
+            vllm.proxy = proxy.as_deref().map(text);
+            vllm.timeout.connect_ms = Some(300);
+            vllm.timeout.first_byte_ms = Some(20_000);
+            vllm.timeout.total_ms = Some(30_000);
+        });
+        let gw = TestGateway::start(&config).await;
+        let answer = tokio::time::timeout(Duration::from_secs(10), gw.ask("summarize"))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: not given up long before first_byte_ms"));
+        assert_eq!(answer.status, 200, "{name}: {}", answer.text);
+        assert_eq!(
+            answer.header("x-tierwise-fallback"),
+            Some("local:timeout_connect"),
+            "{name}"
+        );
+    }
+    held.abort();
+}
