@@ -65,10 +65,14 @@ impl Resolver<'_> {
                 source: "the proxy key",
             });
         }
+        // An empty variable is how a proxy is switched off in a shell: it is not there.
         let first = |names: [&'static str; 2]| {
             names
                 .into_iter()
-                .find_map(|name| Some((name, (self.env)(name)?)))
+                .find_map(|name| {
+                    let value = (self.env)(name).filter(|value| !value.trim().is_empty())?;
+                    Some((name, value))
+                })
                 .unwrap_or(("", String::new()))
         };
         let (all_name, all) = first(ENV_ALL);

@@ -3,12 +3,12 @@
 //!
 //! This replaced reqwest on the request path. reqwest did, per call, what tierwise never needs:
 //! re-parse the URL into a `Uri`, match it against the environment's proxies, merge default
-//! headers, arm a redirect policy and box the body twice; profiled, that was ~14% of a
-//! non-streamed request's CPU. What reqwest gave that we keep is here, set as reqwest set it:
-//! the platform's certificate verifier (rustls-platform-verifier, aws-lc-rs), HTTP/2 by ALPN,
-//! TCP keep-alive, a pool per provider, and `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY`
-//! (resolved with the configuration, see `config::provider`; a proxied provider is reached
-//! through a CONNECT tunnel).
+//! headers, arm a redirect policy and box the body twice; without it a non-streamed request costs
+//! ~15% less CPU at c=64 (docs/benchmarks.md). What reqwest gave that we keep is here, set as
+//! reqwest set it: the platform's certificate verifier (rustls-platform-verifier, aws-lc-rs),
+//! HTTP/2 by ALPN, TCP keep-alive, a pool per provider, `connect_ms` over the whole connect, and
+//! `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY` (resolved with the configuration, see
+//! `config::proxy`; a proxied provider is reached through a CONNECT tunnel).
 
 use std::future::Future;
 use std::pin::Pin;

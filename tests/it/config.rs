@@ -473,6 +473,13 @@ tiers = ["local", "api", "pinned", "direct"]
     ]);
     assert_eq!(all, [None, None, pinned.clone(), None]);
 
+    let (switched_off, warnings) = proxies(&[("HTTPS_PROXY", ""), ("ALL_PROXY", "")]);
+    assert_eq!(switched_off, [None, None, pinned.clone(), None]);
+    assert!(
+        !warnings.iter().any(|w| w.contains("PROXY")),
+        "{warnings:?}"
+    );
+
     let (http, _) = proxies(&[("http_proxy", "http://squid:3128")]);
     assert_eq!(
         http[0].as_deref(),
