@@ -367,6 +367,19 @@ impl Answer {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// Asserts a 200 from `tier` after the tiers before it failed as `fallback` says
+    /// (`x-tierwise-fallback`, e.g. `local:connect_error`).
+    pub fn assert_served_by(&self, tier: &str, fallback: &str) {
+        assert_eq!(self.status, 200, "{}", self.text);
+        assert_eq!(self.header("x-tierwise-tier"), Some(tier), "{}", self.text);
+        assert_eq!(
+            self.header("x-tierwise-fallback"),
+            Some(fallback),
+            "{}",
+            self.text
+        );
+    }
+
     /// Asserts an OpenAI-shaped error with this status and `code`, and returns its message.
     pub fn error(&self, status: u16, code: Option<&str>) -> &str {
         assert_eq!(
