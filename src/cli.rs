@@ -198,11 +198,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await?;
             println!("{}", demo.report);
             if serve {
+                let stop = StopSignals::listen()?;
                 eprintln!(
                     "The gateway and its dashboard stay up: {}\nCtrl-C stops them.",
                     demo.dashboard
                 );
-                tokio::signal::ctrl_c().await?;
+                stop.recv().await;
             }
             demo.gateway.shutdown().await;
             Ok(ExitCode::SUCCESS)
@@ -414,32 +415,40 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         config.tiers.len(),
         config.providers.len()
     );
+    let stop = StopSignals::listen()?;
     let gateway = Gateway::start(config).await?;
     // On stdout, so that scripts and tests that start the gateway on port 0 can read the address.
     println!("tierwise listening on http://{}", gateway.addr);
     tracing::info!(addr = %gateway.addr, "tierwise serving {summary}");
-    shutdown_signal().await;
+    stop.recv().await;
     tracing::info!("shutting down: finishing in-flight requests");
     gateway.shutdown().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing a SIGTERM handler cannot fail on unix");
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
+/// SIGINT and SIGTERM, listened for before the gateway says it is up: until a handler is
+/// installed a signal has its default action, and a supervisor that stops the gateway as soon as
+/// the address line appears would kill it outright instead of having it shut down cleanly.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+        })
     }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
+
+    async fn recv(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
     }
 }
 
