@@ -3,6 +3,7 @@
 //! accepting, finish in-flight requests, flush the ledger).
 
 mod auth;
+mod detach;
 mod error;
 mod feedback;
 mod info;

@@ -12,9 +12,9 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use tokio::sync::oneshot;
 
 use super::auth::ClientKeyId;
+use super::detach::{Detachable, Waiting};
 use super::error::ApiError;
 use super::relay::SseRelay;
 use super::{App, RequestId};
@@ -73,10 +73,9 @@ pub async fn embeddings(
     handle(app, Endpoint::Embeddings, caller, headers, body).await
 }
 
-/// Reads the body while the client is there, then runs the rest of the request in a task of its
-/// own. A client that goes away makes hyper drop this handler; the upstream call it started, and
-/// will be charged for, still runs to its end (bounded by the tier's timeouts) and is recorded as
-/// abandoned (499) with its real usage and cost.
+/// Reads the body, then runs the rest of the request; a client that goes away leaves the rest
+/// running to its end, recorded as abandoned (499) with its real usage and cost (see
+/// [`super::detach`]).
 async fn handle(
     app: Arc<App>,
     endpoint: Endpoint,
@@ -95,10 +94,8 @@ async fn handle(
         .get(&ROUTE_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let (client, waiting) = oneshot::channel();
-    tokio::spawn(async move {
-        let client = Client(client);
-        let response = proxy(
+    let rest = Detachable::new(|client| async move {
+        proxy(
             &app,
             endpoint,
             caller,
@@ -107,27 +104,12 @@ async fn handle(
             &client,
         )
         .await
-        .unwrap_or_else(IntoResponse::into_response);
-        client.respond(response);
+        .unwrap_or_else(IntoResponse::into_response)
     });
-    waiting.await.unwrap_or_else(|_| {
+    rest.await.unwrap_or_else(|_| {
         ApiError::internal("the request failed inside the gateway; see its log".into())
             .into_response()
     })
-}
-
-/// The client waiting for the response, as long as it waits.
-struct Client(oneshot::Sender<Response>);
-
-impl Client {
-    fn gone(&self) -> bool {
-        self.0.is_closed()
-    }
-
-    fn respond(self, response: Response) {
-        // A client gone by now has its request recorded already; the response has nowhere to go.
-        let _ = self.0.send(response);
-    }
 }
 
 async fn proxy(
@@ -136,7 +118,7 @@ async fn proxy(
     caller: Caller,
     route_header: Option<&str>,
     bytes: Bytes,
-    client: &Client,
+    client: &Waiting,
 ) -> Result<Response, ApiError> {
     let request = RequestBody::parse(endpoint, &bytes)?;
     let resolved = app.routes.resolve(&request.model, route_header)?;
