@@ -137,7 +137,24 @@ impl SseRelay {
             let Some(first) = self.relay(polled) else {
                 continue;
             };
-            return Some(self.with_ready_events(first).await);
+            let frames = self.with_ready_events(first).await;
+            if matches!(self.phase, Phase::Ended { .. }) {
+                self.release_upstream().await;
+            }
+            return Some(frames);
+        }
+    }
+
+    /// The answer is whole: what is left of the upstream's body (the terminating chunk, as a rule
+    /// read with `[DONE]`) is taken so that hyper can put the connection back in its pool, and the
+    /// relay steps aside while hyper-util's task does that, before the client sees the end. A
+    /// client sends its next request as soon as it has the end; if the connection is not back by
+    /// then, that request opens another one, and under load the pools grew to twice the streams
+    /// in flight, each spare connection holding ~30 KB (docs/benchmarks.md).
+    async fn release_upstream(&mut self) {
+        for _ in 0..TURNS {
+            while let Some(Some(_)) = self.upstream.ready_event() {}
+            step_aside().await;
         }
     }
 
