@@ -334,6 +334,10 @@ def spaced_streams(tw, spaced, tmp, args, rows, extra, procs, base=None):
         m = measure(targets, "/v1/chat/completions", body, c, args.seconds, args.rounds, cpu_of=("tierwise", "baseline", "nginx"))
         for name in m:
             rows.append(row(f"streams 20x3ms, c={c}", name, m[name], None if name == "direct" else m["direct"]))
+        held = ", ".join(
+            f"{name} {upstream_connections(target, spaced.port, body, c)}" for name, target in targets if name != "direct"
+        )
+        extra.append(f"streams 20x3ms, c={c}: upstream connections held under load: {held}")
         if "cpu_us_per_req" in m["tierwise"] and m["nginx"].get("cpu_us_per_req"):
             extra.append(
                 f"streams 20x3ms, c={c}: tierwise/nginx CPU per stream {m['tierwise']['cpu_us_per_req'] / m['nginx']['cpu_us_per_req']:.2f}x, "
@@ -350,6 +354,25 @@ def spaced_streams(tw, spaced, tmp, args, rows, extra, procs, base=None):
     extra.append(f"tierwise RSS {tw.rss_mb():.1f} MB now, peak {tw.peak_rss_mb():.1f} MB (VmHWM); nginx {nginx.peak_rss_mb():.1f} MB")
     if args.soak_seconds and args.streams_only:
         extra.append(soak(tw, body, 256, args.soak_seconds, "streams 20x3ms soak c=256"))
+
+
+def upstream_connections(proxy, upstream_port, body, connections):
+    """How many connections `proxy` holds to the upstream two seconds into a 3 s run at this
+    concurrency: one per stream in flight is the floor, the rest are spares its pool opened."""
+    cmd = [
+        "wrk", f"-t{1 if connections < 64 else 2}", f"-c{connections}", "-d3s", "--timeout", "10s",
+        "-s", str(ROOT / "bench" / "post.lua"), f"http://127.0.0.1:{proxy.port}/v1/chat/completions",
+    ]
+    load = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=dict(os.environ, BODY_FILE=str(body), BENCH_KEY=KEY))
+    time.sleep(2)
+    pids = {f"pid={pid}," for pid in [proxy.popen.pid] + proxy.children()}
+    sockets = subprocess.run(["ss", "-tnpH", "state", "established"], capture_output=True, text=True).stdout
+    held = sum(
+        1 for line in sockets.splitlines()
+        if line.split()[3].endswith(f":{upstream_port}") and any(pid in line for pid in pids)
+    )
+    load.wait()
+    return held
 
 
 def soak(tw, body, connections, seconds, label):
