@@ -145,12 +145,13 @@ impl SseRelay {
         }
     }
 
-    /// The answer is whole: what is left of the upstream's body (the terminating chunk, as a rule
-    /// read with `[DONE]`) is taken so that hyper can put the connection back in its pool, and the
-    /// relay steps aside while hyper-util's task does that, before the client sees the end. A
-    /// client sends its next request as soon as it has the end; if the connection is not back by
-    /// then, that request opens another one, and under load the pools grew to twice the streams
-    /// in flight, each spare connection holding ~30 KB (docs/benchmarks.md).
+    /// The stream has ended: what of the upstream's body is already here (after `[DONE]`, as a
+    /// rule its terminating chunk) is taken so that hyper can put the connection back in its
+    /// pool, and the relay steps aside while hyper-util's task does that, before the client sees
+    /// the end. A client sends its next request as soon as it has the end; if the connection is
+    /// not back by then, that request opens another one, and under load the pools grew to twice
+    /// the streams in flight, each spare connection holding ~30 KB (docs/benchmarks.md). Nothing
+    /// here waits on the upstream: only what was handed over is read, for two turns at most.
     async fn release_upstream(&mut self) {
         for _ in 0..TURNS {
             while let Some(Some(_)) = self.upstream.ready_event() {}
