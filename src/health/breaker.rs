@@ -3,11 +3,15 @@
 //! each failed trial, capped) one trial call is let through (half-open); its success closes the
 //! breaker, its failure opens it again. The active probe can close or open it as well.
 //!
+//! Each state is numbered (its epoch), and a call keeps the epoch it was admitted in: its outcome
+//! is heard only while that state lasts. So a call that started before the breaker opened, or a
+//! last-resort call through an open breaker, cannot close it; only the trial or the probe can.
+//!
 //! The closed state — nearly every request — is read and updated with atomics only; the mutex is
 //! taken on failures and transitions, never across an await.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -22,12 +26,14 @@ pub enum BreakerState {
     HalfOpen,
 }
 
-const CLOSED: u8 = 0;
-const OPEN: u8 = 1;
-const HALF_OPEN: u8 = 2;
+const CLOSED: u64 = 0;
+const OPEN: u64 = 1;
+const HALF_OPEN: u64 = 2;
+/// The state is the low two bits of the breaker's word, its epoch the rest: one load reads both.
+const STATE_BITS: u32 = 2;
 
 impl BreakerState {
-    /// As the admin API and the metrics name it.
+    /// As the admin API, the metrics and the log name it.
     pub fn as_str(self) -> &'static str {
         match self {
             BreakerState::Closed => "closed",
@@ -36,15 +42,15 @@ impl BreakerState {
         }
     }
 
-    fn from_u8(value: u8) -> BreakerState {
-        match value {
+    fn from_bits(value: u64) -> BreakerState {
+        match value & ((1 << STATE_BITS) - 1) {
             OPEN => BreakerState::Open,
             HALF_OPEN => BreakerState::HalfOpen,
             _ => BreakerState::Closed,
         }
     }
 
-    fn as_u8(self) -> u8 {
+    fn bits(self) -> u64 {
         match self {
             BreakerState::Closed => CLOSED,
             BreakerState::Open => OPEN,
@@ -53,16 +59,28 @@ impl BreakerState {
     }
 }
 
+/// What a call was let through as: the state's epoch it was admitted in, and whether it is the
+/// half-open breaker's one trial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    epoch: u64,
+    trial: bool,
+}
+
+impl Ticket {
+    pub fn is_trial(self) -> bool {
+        self.trial
+    }
+}
+
 /// Whether a call may go to the provider now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    Pass,
-    /// The one call allowed through a half-open breaker; its outcome decides the state.
-    Trial,
-    /// Open: skip this provider; it may be tried again after `retry_in`.
-    Skip {
-        retry_in: Duration,
-    },
+    /// Call it; report the outcome with this ticket.
+    Call(Ticket),
+    /// Open: skip this provider; it may be tried again after `retry_in` (zero: the cool-down is
+    /// over but no trial may go now).
+    Skip { retry_in: Duration },
 }
 
 /// A change of state, for the log line and the admin API.
@@ -75,7 +93,8 @@ pub struct Transition {
 
 pub struct Breaker {
     policy: BreakerPolicy,
-    state: AtomicU8,
+    /// `epoch << STATE_BITS | state`; written only under `inner`'s lock.
+    word: AtomicU64,
     consecutive: AtomicU32,
     window_calls: AtomicU32,
     inner: Mutex<Inner>,
@@ -106,7 +125,7 @@ impl Breaker {
         let now = Instant::now();
         Breaker {
             policy,
-            state: AtomicU8::new(CLOSED),
+            word: AtomicU64::new(CLOSED),
             consecutive: AtomicU32::new(0),
             window_calls: AtomicU32::new(0),
             inner: Mutex::new(Inner {
@@ -122,59 +141,117 @@ impl Breaker {
     }
 
     pub fn state(&self) -> BreakerState {
-        BreakerState::from_u8(self.state.load(Ordering::Acquire))
+        self.current().0
     }
 
-    pub fn admit(&self) -> Admission {
-        if self.state.load(Ordering::Acquire) == CLOSED {
-            return Admission::Pass;
+    /// The state and its epoch, read together.
+    fn current(&self) -> (BreakerState, u64) {
+        let word = self.word.load(Ordering::Acquire);
+        (BreakerState::from_bits(word), word >> STATE_BITS)
+    }
+
+    /// May a call go now? `trials`: whether a call may be the half-open trial once the cool-down
+    /// is over (not for a provider its probe brings back after warming it up). The transition is
+    /// open → half-open, when this call is its trial.
+    pub fn admit(&self, trials: bool) -> (Admission, Option<Transition>) {
+        let (state, epoch) = self.current();
+        if state == BreakerState::Closed {
+            return (
+                Admission::Call(Ticket {
+                    epoch,
+                    trial: false,
+                }),
+                None,
+            );
         }
         let mut inner = self.lock();
         let now = Instant::now();
-        match self.state() {
-            BreakerState::Closed => Admission::Pass,
-            BreakerState::Open if now >= inner.open_until && !inner.trial_out => {
+        let (state, epoch) = self.current();
+        let cooled = now >= inner.open_until;
+        match state {
+            BreakerState::Closed => (
+                Admission::Call(Ticket {
+                    epoch,
+                    trial: false,
+                }),
+                None,
+            ),
+            BreakerState::Open if cooled && trials => {
                 inner.trial_out = true;
-                self.set(&mut inner, BreakerState::HalfOpen);
-                Admission::Trial
+                let epoch = self.set(&mut inner, BreakerState::HalfOpen);
+                let transition = Transition {
+                    from: BreakerState::Open,
+                    to: BreakerState::HalfOpen,
+                    reason: "cool-down over: one trial call goes through".into(),
+                };
+                (
+                    Admission::Call(Ticket { epoch, trial: true }),
+                    Some(transition),
+                )
             }
-            BreakerState::HalfOpen if !inner.trial_out => {
+            BreakerState::HalfOpen if !inner.trial_out && trials => {
                 inner.trial_out = true;
-                Admission::Trial
+                (Admission::Call(Ticket { epoch, trial: true }), None)
             }
-            BreakerState::Open | BreakerState::HalfOpen => Admission::Skip {
-                retry_in: inner.open_until.saturating_duration_since(now),
-            },
+            BreakerState::Open | BreakerState::HalfOpen => (
+                Admission::Skip {
+                    retry_in: inner.open_until.saturating_duration_since(now),
+                },
+                None,
+            ),
         }
     }
 
-    /// A call (or trial) succeeded.
-    pub fn on_success(&self) -> Option<Transition> {
-        self.window_calls.fetch_add(1, Ordering::Relaxed);
-        if self.consecutive.load(Ordering::Relaxed) != 0 {
-            self.consecutive.store(0, Ordering::Relaxed);
+    /// A ticket for a call let through whatever the state (the last resort when every tier is
+    /// open): it reports to the state it finds, and an open breaker hears nothing of it.
+    pub fn bypass(&self) -> Ticket {
+        Ticket {
+            epoch: self.current().1,
+            trial: false,
         }
-        if self.state.load(Ordering::Acquire) == CLOSED {
+    }
+
+    /// A call succeeded. Only the trial closes a breaker; a call admitted in an earlier state
+    /// (a stream that began before the opening) says nothing about the provider now.
+    pub fn on_success(&self, ticket: Ticket) -> Option<Transition> {
+        let (state, epoch) = self.current();
+        if epoch != ticket.epoch {
             return None;
         }
-        self.close("a call succeeded")
+        match state {
+            BreakerState::Closed => {
+                self.window_calls.fetch_add(1, Ordering::Relaxed);
+                if self.consecutive.load(Ordering::Relaxed) != 0 {
+                    self.consecutive.store(0, Ordering::Relaxed);
+                }
+                None
+            }
+            BreakerState::HalfOpen if ticket.trial => {
+                self.close(Some(ticket), "the trial call succeeded")
+            }
+            BreakerState::Open | BreakerState::HalfOpen => None,
+        }
     }
 
     /// A call failed in a way that is the provider's fault.
-    pub fn on_failure(&self, reason: &str) -> Option<Transition> {
-        self.window_calls.fetch_add(1, Ordering::Relaxed);
-        let consecutive = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+    pub fn on_failure(&self, ticket: Ticket, reason: &str) -> Option<Transition> {
         let mut inner = self.lock();
-        inner.last_error = Some(reason.to_string());
-        let now = Instant::now();
-        if now.duration_since(inner.window_start) > self.policy.window {
-            inner.window_start = now;
-            inner.window_failures = 0;
-            self.window_calls.store(1, Ordering::Relaxed);
+        let (state, epoch) = self.current();
+        if epoch != ticket.epoch {
+            return None;
         }
-        inner.window_failures += 1;
-        match self.state() {
+        inner.last_error = Some(reason.to_string());
+        match state {
             BreakerState::Closed => {
+                let consecutive = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+                self.window_calls.fetch_add(1, Ordering::Relaxed);
+                let now = Instant::now();
+                if now.duration_since(inner.window_start) > self.policy.window {
+                    inner.window_start = now;
+                    inner.window_failures = 0;
+                    self.window_calls.store(1, Ordering::Relaxed);
+                }
+                inner.window_failures += 1;
                 let calls = self.window_calls.load(Ordering::Relaxed).max(1);
                 let rate = f64::from(inner.window_failures) / f64::from(calls);
                 let why = if consecutive >= self.policy.failures {
@@ -190,29 +267,40 @@ impl Breaker {
                 inner.cooldown = self.policy.cooldown;
                 Some(self.open(&mut inner, why))
             }
-            // A call that started before the breaker opened, or a last-resort call: no news.
-            BreakerState::Open => None,
             // A failed trial: the provider is still down, so wait longer before the next one.
-            BreakerState::HalfOpen => {
+            BreakerState::HalfOpen if ticket.trial => {
                 inner.cooldown = (inner.cooldown * 2).min(self.policy.max_cooldown);
                 Some(self.open(&mut inner, format!("trial failed: {reason}")))
             }
+            // A last-resort call through an open breaker: no news.
+            BreakerState::Open | BreakerState::HalfOpen => None,
         }
     }
 
-    /// The trial call ended without an outcome (the client went away): let another one through.
-    pub fn trial_abandoned(&self) {
-        self.lock().trial_out = false;
+    /// The trial call ended without an outcome (the client went away, or the request was
+    /// refused as the client's fault): let another one through.
+    pub fn trial_abandoned(&self, ticket: Ticket) {
+        if !ticket.trial {
+            return;
+        }
+        let mut inner = self.lock();
+        if self.current() == (BreakerState::HalfOpen, ticket.epoch) {
+            inner.trial_out = false;
+        }
     }
 
-    /// The active probe failed: open at once, so that users do not find out first.
+    /// The active probe failed: open at once, so that users do not find out first. A half-open
+    /// breaker opens again as after a failed trial; its trial, if one is out, is no longer heard.
     pub fn probe_failed(&self, reason: &str) -> Option<Transition> {
         let mut inner = self.lock();
         inner.last_error = Some(reason.to_string());
-        if self.state() != BreakerState::Closed {
-            return None;
+        match self.state() {
+            BreakerState::Closed => inner.cooldown = self.policy.cooldown,
+            BreakerState::HalfOpen => {
+                inner.cooldown = (inner.cooldown * 2).min(self.policy.max_cooldown);
+            }
+            BreakerState::Open => return None,
         }
-        inner.cooldown = self.policy.cooldown;
         Some(self.open(&mut inner, format!("health probe failed: {reason}")))
     }
 
@@ -224,7 +312,7 @@ impl Breaker {
 
     /// The provider answered its probe (and its warm-up): close.
     pub fn probe_recovered(&self) -> Option<Transition> {
-        self.close("health probe succeeded")
+        self.close(None, "health probe succeeded")
     }
 
     pub fn snapshot(&self) -> BreakerSnapshot {
@@ -247,10 +335,11 @@ impl Breaker {
         }
     }
 
-    fn close(&self, reason: &str) -> Option<Transition> {
+    /// Closes the breaker; with `ticket`, only if the state it was admitted in still lasts.
+    fn close(&self, ticket: Option<Ticket>, reason: &str) -> Option<Transition> {
         let mut inner = self.lock();
-        let from = self.state();
-        if from == BreakerState::Closed {
+        let (from, epoch) = self.current();
+        if from == BreakerState::Closed || ticket.is_some_and(|t| t.epoch != epoch) {
             return None;
         }
         inner.trial_out = false;
@@ -279,9 +368,14 @@ impl Breaker {
         }
     }
 
-    fn set(&self, inner: &mut Inner, state: BreakerState) {
+    /// Moves to `state` in a new epoch, which it returns. Only under `inner`'s lock, so no other
+    /// writer races the read-then-store.
+    fn set(&self, inner: &mut Inner, state: BreakerState) -> u64 {
         inner.since = SystemTime::now();
-        self.state.store(state.as_u8(), Ordering::Release);
+        let epoch = self.current().1 + 1;
+        self.word
+            .store(epoch << STATE_BITS | state.bits(), Ordering::Release);
+        epoch
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -307,16 +401,32 @@ mod tests {
         }
     }
 
+    /// A call admitted now (trials allowed), which must be let through.
+    fn call(breaker: &Breaker) -> Ticket {
+        match breaker.admit(true).0 {
+            Admission::Call(ticket) => ticket,
+            skip => panic!("not admitted: {skip:?}"),
+        }
+    }
+
+    fn fail(breaker: &Breaker, reason: &str) -> Option<Transition> {
+        breaker.on_failure(call(breaker), reason)
+    }
+
+    fn succeed(breaker: &Breaker) -> Option<Transition> {
+        breaker.on_success(call(breaker))
+    }
+
     #[test]
     fn opens_after_consecutive_failures_and_a_success_resets_the_count() {
         let breaker = Breaker::new(policy());
-        breaker.on_failure("x");
-        breaker.on_failure("x");
-        breaker.on_success();
-        breaker.on_failure("x");
-        breaker.on_failure("x");
+        fail(&breaker, "x");
+        fail(&breaker, "x");
+        succeed(&breaker);
+        fail(&breaker, "x");
+        fail(&breaker, "x");
         assert_eq!(breaker.state(), BreakerState::Closed);
-        let transition = breaker.on_failure("http_503").expect("opens");
+        let transition = fail(&breaker, "http_503").expect("opens");
         assert_eq!(transition.to, BreakerState::Open);
         assert!(
             transition
@@ -333,8 +443,8 @@ mod tests {
         });
         for _ in 0..5 {
             assert_eq!(breaker.state(), BreakerState::Closed);
-            breaker.on_success();
-            breaker.on_failure("x");
+            succeed(&breaker);
+            fail(&breaker, "x");
         }
         assert_eq!(breaker.state(), BreakerState::Open, "5 of 10 failed");
 
@@ -343,10 +453,10 @@ mod tests {
             ..policy()
         });
         for _ in 0..9 {
-            breaker.on_success();
+            succeed(&breaker);
         }
         for _ in 0..3 {
-            breaker.on_failure("x");
+            fail(&breaker, "x");
         }
         assert_eq!(
             breaker.state(),
@@ -363,13 +473,13 @@ mod tests {
             ..policy()
         });
         for _ in 0..4 {
-            breaker.on_failure("x");
-            breaker.on_success();
+            fail(&breaker, "x");
+            succeed(&breaker);
         }
-        breaker.on_success();
+        succeed(&breaker);
         // Letting the window run out is the point here, not a synchronization.
         std::thread::sleep(Duration::from_millis(30));
-        breaker.on_failure("x");
+        fail(&breaker, "x");
         assert_eq!(
             breaker.state(),
             BreakerState::Closed,
@@ -386,14 +496,14 @@ mod tests {
         });
         assert!(breaker.probe_may_close(), "closed already");
         assert_eq!(breaker.snapshot().retry_in_ms, None);
-        breaker.on_failure("x");
+        fail(&breaker, "x");
         assert!(!breaker.probe_may_close(), "an hour of cool-down left");
         assert!(breaker.snapshot().retry_in_ms.unwrap() > 3_000_000);
         let breaker = Breaker::new(BreakerPolicy {
             failures: 1,
             ..policy()
         });
-        breaker.on_failure("x");
+        fail(&breaker, "x");
         assert!(breaker.probe_may_close(), "no cool-down");
     }
 
@@ -403,30 +513,94 @@ mod tests {
             failures: 1,
             ..policy()
         });
-        breaker.on_failure("x");
+        fail(&breaker, "x");
+        let (admission, transition) = breaker.admit(true);
+        let Admission::Call(trial) = admission else {
+            panic!("zero cool-down: trial at once");
+        };
+        assert!(trial.is_trial());
         assert_eq!(
-            breaker.admit(),
-            Admission::Trial,
-            "zero cool-down: trial at once"
+            transition.map(|t| (t.from, t.to)),
+            Some((BreakerState::Open, BreakerState::HalfOpen)),
+            "open → half-open is a transition like any other"
         );
         assert!(
-            matches!(breaker.admit(), Admission::Skip { .. }),
+            matches!(breaker.admit(true).0, Admission::Skip { .. }),
             "only one trial at a time"
         );
-        breaker.on_failure("still down");
+        breaker.on_failure(trial, "still down");
         assert_eq!(breaker.state(), BreakerState::Open);
-        assert_eq!(breaker.admit(), Admission::Trial);
-        breaker.trial_abandoned();
+        let trial = call(&breaker);
+        breaker.trial_abandoned(trial);
+        let trial = call(&breaker);
+        assert!(trial.is_trial(), "an abandoned trial frees the slot");
         assert_eq!(
-            breaker.admit(),
-            Admission::Trial,
-            "an abandoned trial frees the slot"
-        );
-        assert_eq!(
-            breaker.on_success().map(|t| t.to),
+            breaker.on_success(trial).map(|t| t.to),
             Some(BreakerState::Closed)
         );
-        assert_eq!(breaker.admit(), Admission::Pass);
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        assert!(!call(&breaker).is_trial());
+    }
+
+    #[test]
+    fn only_the_trial_or_the_probe_closes_an_open_breaker() {
+        let breaker = Breaker::new(BreakerPolicy {
+            failures: 1,
+            cooldown: Duration::from_secs(3600),
+            ..policy()
+        });
+        let before = call(&breaker);
+        let last_resort_before = breaker.bypass();
+        fail(&breaker, "x");
+        assert_eq!(breaker.state(), BreakerState::Open);
+        assert_eq!(
+            breaker.on_success(before),
+            None,
+            "a call admitted before the opening"
+        );
+        assert_eq!(breaker.on_success(last_resort_before), None);
+        assert_eq!(breaker.on_success(breaker.bypass()), None, "a last resort");
+        assert_eq!(breaker.state(), BreakerState::Open);
+
+        // Half-open: a last resort while the trial is out is not the trial.
+        breaker.lock().open_until = Instant::now();
+        let trial = call(&breaker);
+        assert_eq!(breaker.on_success(breaker.bypass()), None);
+        assert_eq!(breaker.on_failure(breaker.bypass(), "x"), None);
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        // A trial from an earlier half-open state is not this one's.
+        breaker.probe_failed("down");
+        breaker.lock().open_until = Instant::now();
+        let second = call(&breaker);
+        assert_eq!(breaker.on_success(trial), None);
+        breaker.trial_abandoned(trial);
+        assert!(
+            matches!(breaker.admit(true).0, Admission::Skip { .. }),
+            "an old trial does not free the slot of the one out now"
+        );
+        assert_eq!(
+            breaker.on_success(second).map(|t| t.to),
+            Some(BreakerState::Closed)
+        );
+    }
+
+    #[test]
+    fn without_trials_a_cooled_breaker_stays_open_for_its_probe() {
+        let breaker = Breaker::new(BreakerPolicy {
+            failures: 1,
+            ..policy()
+        });
+        fail(&breaker, "x");
+        assert_eq!(
+            breaker.admit(false),
+            (
+                Admission::Skip {
+                    retry_in: Duration::ZERO
+                },
+                None
+            )
+        );
+        assert_eq!(breaker.state(), BreakerState::Open);
     }
 
     #[test]
@@ -437,17 +611,15 @@ mod tests {
             max_cooldown: Duration::from_millis(25),
             ..policy()
         });
-        breaker.on_failure("x");
+        fail(&breaker, "x");
         assert!(
-            matches!(breaker.admit(), Admission::Skip { retry_in } if retry_in <= Duration::from_millis(10))
+            matches!(breaker.admit(true).0, Admission::Skip { retry_in } if retry_in <= Duration::from_millis(10))
         );
         breaker.lock().open_until = Instant::now();
-        assert_eq!(breaker.admit(), Admission::Trial);
-        breaker.on_failure("x");
+        fail(&breaker, "x");
         assert_eq!(breaker.lock().cooldown, Duration::from_millis(20));
         breaker.lock().open_until = Instant::now();
-        assert_eq!(breaker.admit(), Admission::Trial);
-        breaker.on_failure("x");
+        fail(&breaker, "x");
         assert_eq!(breaker.lock().cooldown, Duration::from_millis(25), "capped");
     }
 
@@ -467,5 +639,26 @@ mod tests {
             Some(BreakerState::Closed)
         );
         assert_eq!(breaker.probe_recovered(), None);
+    }
+
+    #[test]
+    fn a_failing_probe_opens_a_half_open_breaker_again() {
+        let breaker = Breaker::new(BreakerPolicy {
+            failures: 1,
+            cooldown: Duration::from_millis(10),
+            ..policy()
+        });
+        fail(&breaker, "x");
+        breaker.lock().open_until = Instant::now();
+        let trial = call(&breaker);
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        let transition = breaker.probe_failed("connect_refused").expect("opens");
+        assert_eq!(
+            (transition.from, transition.to),
+            (BreakerState::HalfOpen, BreakerState::Open)
+        );
+        assert_eq!(breaker.lock().cooldown, Duration::from_millis(20));
+        assert_eq!(breaker.on_success(trial), None, "the trial is not heard");
+        assert_eq!(breaker.state(), BreakerState::Open);
     }
 }

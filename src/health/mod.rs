@@ -16,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::config::{Config, Provider, Tier};
 use crate::upstream::{UpstreamError, UpstreamErrorKind};
 
-pub use breaker::{Admission, Breaker, BreakerSnapshot, BreakerState, Transition};
+pub use breaker::{Admission, Breaker, BreakerSnapshot, BreakerState, Ticket, Transition};
 pub use probe::spawn_probes;
 
 pub struct ProviderHealth {
@@ -146,10 +146,11 @@ impl ProviderHealth {
     /// May this provider be called now? Skips at once rather than queueing: a saturated or dead
     /// local server should degrade to the next tier, not to slow answers.
     pub fn admit(self: &Arc<Self>) -> Result<Lease, Skip> {
-        let trial = match self.breaker.admit() {
-            Admission::Pass => false,
-            Admission::Trial if self.probe_recovers => {
-                self.breaker.trial_abandoned();
+        let (admission, opening) = self.breaker.admit(!self.probe_recovers);
+        self.report(opening);
+        let ticket = match admission {
+            Admission::Call(ticket) => ticket,
+            Admission::Skip { retry_in } if retry_in.is_zero() && self.probe_recovers => {
                 let retry_in = self
                     .provider
                     .probe
@@ -157,7 +158,6 @@ impl ProviderHealth {
                     .map_or(Duration::from_secs(1), |probe| probe.interval);
                 return Err(Skip::BreakerOpen { retry_in });
             }
-            Admission::Trial => true,
             Admission::Skip { retry_in } => return Err(Skip::BreakerOpen { retry_in }),
         };
         let permit = match &self.in_flight {
@@ -165,26 +165,25 @@ impl ProviderHealth {
             Some(semaphore) => match semaphore.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
-                    if trial {
-                        self.breaker.trial_abandoned();
-                    }
+                    self.breaker.trial_abandoned(ticket);
                     return Err(Skip::Saturated);
                 }
             },
         };
         Ok(Lease {
             health: self.clone(),
-            trial,
+            ticket,
             settled: false,
             _permit: permit,
         })
     }
 
-    /// A lease that ignores the breaker and the cap: the last resort when every tier is open.
+    /// A lease that ignores the breaker and the cap: the last resort when every tier is open. Its
+    /// outcome is the open breaker's business no more than any other call's: it cannot close it.
     pub fn force(self: &Arc<Self>) -> Lease {
         Lease {
             health: self.clone(),
-            trial: false,
+            ticket: self.breaker.bypass(),
             settled: false,
             _permit: None,
         }
@@ -194,9 +193,10 @@ impl ProviderHealth {
         self.breaker.state()
     }
 
-    /// Up for `/readyz`: probed at least once and not open.
+    /// Up for `/readyz`: probed at least once and closed. Half-open is not up: the trial that
+    /// would say so has not answered yet.
     pub fn is_up(&self) -> bool {
-        self.seen_up.load(Ordering::Acquire) && self.breaker.state() != BreakerState::Open
+        self.seen_up.load(Ordering::Acquire) && self.breaker.state() == BreakerState::Closed
     }
 
     pub fn status(&self) -> ProviderStatus {
@@ -216,9 +216,8 @@ impl ProviderHealth {
     fn report(&self, transition: Option<Transition>) {
         if let Some(t) = transition {
             crate::metrics::breaker_state(&self.provider.name, t.to.as_str(), true);
-            let from = format!("{:?}", t.from).to_lowercase();
-            let to = format!("{:?}", t.to).to_lowercase();
-            if t.to == BreakerState::Closed {
+            let (from, to) = (t.from.as_str(), t.to.as_str());
+            if t.to != BreakerState::Open {
                 tracing::info!(provider = %self.provider.name, from, to, reason = %t.reason, "provider state changed");
             } else {
                 tracing::warn!(provider = %self.provider.name, from, to, reason = %t.reason, "provider state changed");
@@ -231,7 +230,7 @@ impl ProviderHealth {
 /// client went away mid-call) is not counted as the provider's failure.
 pub struct Lease {
     health: Arc<ProviderHealth>,
-    trial: bool,
+    ticket: Ticket,
     settled: bool,
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -239,32 +238,35 @@ pub struct Lease {
 impl Lease {
     pub fn succeeded(&mut self) {
         self.settled = true;
-        self.health.report(self.health.breaker.on_success());
+        self.health
+            .report(self.health.breaker.on_success(self.ticket));
     }
 
-    /// Records a failed call. A client error says the provider is up, and so does a 429: rate
-    /// limits are per model, and the tier's own rest takes care of it.
+    /// Records a failed call. A client error is the request's fault and a 429 the tier's (the
+    /// tier's own rest takes care of it): neither is the provider's failure, nor its success, so
+    /// the breaker does not hear of them, and a trial that met one frees its slot.
     pub fn failed(&mut self, error: &UpstreamError) {
         self.settled = true;
         if error.counts_against_provider() {
             self.health
-                .report(self.health.breaker.on_failure(&error.reason()));
+                .report(self.health.breaker.on_failure(self.ticket, &error.reason()));
         } else {
-            self.health.report(self.health.breaker.on_success());
+            self.health.breaker.trial_abandoned(self.ticket);
         }
     }
 
     /// A stream that broke after it had started: the provider's failure, recorded at its end.
     pub fn broke(&mut self, reason: &str) {
         self.settled = true;
-        self.health.report(self.health.breaker.on_failure(reason));
+        self.health
+            .report(self.health.breaker.on_failure(self.ticket, reason));
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.trial && !self.settled {
-            self.health.breaker.trial_abandoned();
+        if !self.settled {
+            self.health.breaker.trial_abandoned(self.ticket);
         }
     }
 }

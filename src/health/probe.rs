@@ -2,7 +2,8 @@
 //! answers (`GET {base_url}/models` unless configured otherwise), so that a dead local server is
 //! skipped before a user meets it and a recovered one is used again without waiting for traffic.
 //! Providers with `warmup = true` get one tiny call per tier at start-up and after each recovery, so
-//! that the model is loaded before traffic depends on it.
+//! that the model is loaded before traffic depends on it. A tier the server refuses (a 4xx) is
+//! that tier's problem, logged, not its provider's outage: the provider's other tiers still serve.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,13 +14,14 @@ use tokio::time::MissedTickBehavior;
 use super::{BreakerState, Health, ProviderHealth};
 use crate::config::{Config, ProbePolicy, TaskKind, Tier};
 use crate::openai::Endpoint;
-use crate::upstream::{ListedModel, UpstreamError, Upstreams};
+use crate::upstream::{ListedModel, UpstreamError, UpstreamErrorKind, Upstreams};
 
-/// One warm-up call: the smallest request the tier's model answers.
+/// The warm-up of one tier: the smallest request its model answers, on the endpoint its routes
+/// use. A tier no route names is called by clients on an endpoint the config does not say: it is
+/// tried with chat, then with embeddings, as an embedding model refuses chat.
 struct Warmup {
     tier: Arc<Tier>,
-    endpoint: Endpoint,
-    body: Vec<u8>,
+    calls: Vec<(Endpoint, Vec<u8>)>,
 }
 
 /// Starts the probe loop of every provider that has one, and the one-off warm-up of those that
@@ -57,34 +59,70 @@ fn warmups(config: &Config, provider: &str) -> Vec<Warmup> {
         .iter()
         .filter(|tier| tier.provider.name == provider)
         .map(|tier| {
-            let embeds = config.routes.iter().any(|route| {
-                route.kind == TaskKind::Embedding
-                    && route.chain.iter().any(|step| step.tier.name == tier.name)
-            });
-            let endpoint = if embeds {
-                Endpoint::Embeddings
+            let kinds: Vec<TaskKind> = config
+                .routes
+                .iter()
+                .filter(|route| route.chain.iter().any(|step| step.tier.name == tier.name))
+                .map(|route| route.kind)
+                .collect();
+            let endpoints: &[Endpoint] = if kinds.contains(&TaskKind::Embedding) {
+                &[Endpoint::Embeddings]
+            } else if kinds.is_empty() {
+                &[Endpoint::ChatCompletions, Endpoint::Embeddings]
             } else {
-                Endpoint::ChatCompletions
+                &[Endpoint::ChatCompletions]
             };
             Warmup {
                 tier: tier.clone(),
-                endpoint,
-                body: (endpoint.spec().warmup)(&tier.model)
-                    .to_string()
-                    .into_bytes(),
+                calls: endpoints
+                    .iter()
+                    .map(|&endpoint| (endpoint, warmup_body(endpoint, tier)))
+                    .collect(),
             }
         })
         .collect()
 }
 
+fn warmup_body(endpoint: Endpoint, tier: &Tier) -> Vec<u8> {
+    (endpoint.spec().warmup)(&tier.model)
+        .to_string()
+        .into_bytes()
+}
+
+/// Warms every tier up. The provider's own failure (down, timing out, 5xx) is returned: it is not
+/// ready. A tier it refuses with a 4xx stays cold and is logged; its calls meet the same refusal
+/// and fall back, while the provider's other tiers serve.
 async fn warm_up(upstreams: &Upstreams, warmups: &[Warmup]) -> Result<(), UpstreamError> {
     for warmup in warmups {
-        upstreams
-            .send(&warmup.tier, warmup.endpoint, warmup.body.clone(), false)
-            .await?;
-        tracing::info!(tier = %warmup.tier.name, model = %warmup.tier.model, "warmed up");
+        let mut refused = None;
+        for (endpoint, body) in &warmup.calls {
+            match upstreams
+                .send(&warmup.tier, *endpoint, body.clone(), false)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(tier = %warmup.tier.name, model = %warmup.tier.model, "warmed up");
+                    refused = None;
+                    break;
+                }
+                Err(err) if refused_by_server(&err) => refused = Some(err),
+                Err(err) => return Err(err),
+            }
+        }
+        if let Some(err) = refused {
+            tracing::warn!(
+                tier = %warmup.tier.name,
+                model = %warmup.tier.model,
+                "the server refused the tier's warm-up, so it stays cold (its provider is up): {err}"
+            );
+        }
     }
     Ok(())
+}
+
+/// A 4xx: the server is up and answered, about this tier's model or endpoint.
+fn refused_by_server(err: &UpstreamError) -> bool {
+    matches!(err.kind, UpstreamErrorKind::Status(status) if status.is_client_error())
 }
 
 /// The context windows a model listing gives, as vLLM's `/v1/models` does (`max_model_len`).

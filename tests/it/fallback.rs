@@ -551,8 +551,8 @@ async fn when_every_tier_is_open_a_route_tries_its_primary_or_fails_fast() {
     assert_eq!(local.request_count(), 3);
     assert_eq!(
         gw.breaker_state("vllm").await,
-        "closed",
-        "a successful last-resort call closes it"
+        "open",
+        "a last-resort call cannot close it: only its trial or its probe can (issue 31.1)"
     );
 }
 

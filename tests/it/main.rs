@@ -2,6 +2,7 @@
 //! the fake upstreams of `tests/support`, the CLI run as a user would, configurations built from
 //! typed values ([`util::TestConfig`]).
 
+mod breaker;
 mod cli;
 mod config;
 mod dashboard;

@@ -108,6 +108,9 @@ pub struct Behavior {
     pub ollama_show: Option<OllamaShow>,
     /// Served as llama.cpp's `GET /props` does (`default_generation_settings.n_ctx`).
     pub llama_cpp_n_ctx: Option<u32>,
+    /// Embedding models: a chat request for one is refused with a 400, as Ollama refuses it
+    /// ("does not support chat"); embeddings for it are answered.
+    pub embedding_models: Vec<String>,
 }
 
 /// What the fake's `/api/show` says of every model.
@@ -134,6 +137,7 @@ impl Default for Behavior {
             max_model_len: None,
             ollama_show: None,
             llama_cpp_n_ctx: None,
+            embedding_models: Vec::new(),
         }
     }
 }
@@ -505,6 +509,14 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         return response;
     }
     let model = request.model.unwrap_or_else(|| "fake-model".into());
+    if behavior.embedding_models.contains(&model) {
+        let message = format!("\"{model}\" does not support chat");
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {"message": message, "type": "api_error"}})),
+        )
+            .into_response();
+    }
     let classified = classified(&body, &behavior);
     let behavior = match classified {
         Some(label) => {
