@@ -358,6 +358,12 @@ async fn read_report(
     let store = Store::connect(&config.ledger.url).await?;
     let report = Report::load(config, &store, window, route).await?;
     store.close().await;
+    if let Some(route) = route
+        && report.routes.is_empty()
+        && let Some(unknown) = report::unknown_route(config, route)
+    {
+        bail!("{unknown}");
+    }
     Ok(report)
 }
 

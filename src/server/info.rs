@@ -130,6 +130,12 @@ pub async fn report(
     let report = Report::load(&app.config, &app.store, window, query.route.as_deref())
         .await
         .map_err(|err| ApiError::internal(format!("cannot read the ledger: {err}")))?;
+    if let Some(route) = query.route.as_deref()
+        && report.routes.is_empty()
+        && let Some(unknown) = report::unknown_route(&app.config, route)
+    {
+        return Err(ApiError::not_found(unknown));
+    }
     Ok(Json(report))
 }
 
