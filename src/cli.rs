@@ -200,8 +200,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if serve {
                 let stop = StopSignals::listen()?;
                 eprintln!(
-                    "The gateway and its dashboard stay up: {}\nCtrl-C stops them.",
-                    demo.dashboard
+                    "The gateway and its dashboard stay up: {}\nCall it:\n{}\nCtrl-C stops them.",
+                    demo.dashboard, demo.snippet
                 );
                 stop.recv().await;
             }
