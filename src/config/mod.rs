@@ -25,9 +25,8 @@ pub use price::Price;
 pub use provider::{BreakerPolicy, ProbePolicy, Provider, Timeouts};
 pub use proxy::Proxy;
 pub use route::{
-    AllOpen, ChainTier, Changes, Declared, OnDrift, OnProof, Profile, QualityBar, Route, ScorerKind,
-    Shadow,
-    TaskKind, ToolCalling, with_labels,
+    AllOpen, ChainTier, Changes, Declared, OnDrift, OnProof, Profile, QualityBar, Route,
+    ScorerKind, Shadow, TaskKind, ToolCalling, with_labels,
 };
 pub use server::{AdminAccess, LedgerConfig, RequestLog, ServerConfig};
 pub use tier::Tier;

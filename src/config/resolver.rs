@@ -117,7 +117,9 @@ impl<'a> Resolver<'a> {
         let defaults = super::ReportRules::default();
         let project_after = match &raw.project_after_hours {
             // A year is the most a window can usefully hold before a month is projected from it.
-            Some(hours) if hours.get_ref().is_finite() && (0.0..=8766.0).contains(hours.get_ref()) => {
+            Some(hours)
+                if hours.get_ref().is_finite() && (0.0..=8766.0).contains(hours.get_ref()) =>
+            {
                 std::time::Duration::from_secs_f64(hours.get_ref() * 3600.0)
             }
             Some(hours) => {

@@ -274,12 +274,15 @@ impl Resolver<'_> {
                 .as_ref()
                 .and_then(|p| p.changes)
                 .unwrap_or_default(),
-            declared: raw.profile.as_ref().map_or_else(Declared::default, |p| Declared {
-                quality: p.quality.is_some(),
-                latency_tolerance: p.latency_tolerance_ms.is_some(),
-                tool_calling: p.tool_calling.is_some(),
-                changes: p.changes.is_some(),
-            }),
+            declared: raw
+                .profile
+                .as_ref()
+                .map_or_else(Declared::default, |p| Declared {
+                    quality: p.quality.is_some(),
+                    latency_tolerance: p.latency_tolerance_ms.is_some(),
+                    tool_calling: p.tool_calling.is_some(),
+                    changes: p.changes.is_some(),
+                }),
         };
         if !self.clean() {
             return None;

@@ -173,9 +173,7 @@ fn advise(
     if profile.quality == QualityBar::Frontier {
         against.push("its quality bar is frontier".into());
     } else if !declared.quality {
-        assumed.push(format!(
-            "a good-enough quality bar (declare {key}.quality)"
-        ));
+        assumed.push(format!("a good-enough quality bar (declare {key}.quality)"));
     }
     if profile.tool_calling == ToolCalling::Critical {
         against.push("it depends on calling tools right".into());

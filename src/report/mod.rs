@@ -216,7 +216,6 @@ pub struct Report {
     pub totals: Totals,
 }
 
-
 impl Report {
     pub async fn load(
         config: &Config,
@@ -546,20 +545,17 @@ impl Report {
             let _ = writeln!(out, "(no requests in this window)");
         }
         for r in &self.routes {
-            let (volume, cost, baseline) = match (
-                r.calls_per_day,
-                r.monthly_cost_usd,
-                r.monthly_baseline_usd,
-            ) {
-                (Some(per_day), Some(cost), Some(baseline)) => {
-                    (format!("{per_day:.1}"), usd(cost), usd(baseline))
-                }
-                _ => (
-                    r.calls.to_string(),
-                    usd_exact(&r.api_cost_usd, &r.fixed_cost_usd),
-                    usd_exact(&r.baseline_usd, "0"),
-                ),
-            };
+            let (volume, cost, baseline) =
+                match (r.calls_per_day, r.monthly_cost_usd, r.monthly_baseline_usd) {
+                    (Some(per_day), Some(cost), Some(baseline)) => {
+                        (format!("{per_day:.1}"), usd(cost), usd(baseline))
+                    }
+                    _ => (
+                        r.calls.to_string(),
+                        usd_exact(&r.api_cost_usd, &r.fixed_cost_usd),
+                        usd_exact(&r.baseline_usd, "0"),
+                    ),
+                };
             let _ = writeln!(
                 out,
                 "{:<width$} {:>9} {:>6} {:>15} {:>5.1}% {:>9} {:>8.1} {:>8.1} {:>12} {:>12}  {}",
@@ -594,7 +590,7 @@ impl Report {
                 };
                 let _ = writeln!(
                     out,
-                    "  {}: {} ({:.1}%) failed on the first tier with {}: {outcome}; {money}",
+                    "  {}: {} ({:.1}%) left the first tier for {}: {outcome}; {money}",
                     r.route,
                     plural(moved.calls, "call", "calls"),
                     moved.share * 100.0,
@@ -679,14 +675,7 @@ impl Report {
             t.monthly_actual_usd,
             t.monthly_saving_usd,
         ) {
-            (
-                Some(baseline),
-                Some(api),
-                Some(_),
-                Some(checks),
-                Some(actual),
-                Some(saving),
-            ) => {
+            (Some(baseline), Some(api), Some(_), Some(checks), Some(actual), Some(saving)) => {
                 let mo = |amount: f64| format!("{}/mo", usd(amount));
                 line(&mut out, "before (all-API baseline)", mo(baseline), "");
                 line(&mut out, "after: API spend", mo(api), "");
@@ -727,7 +716,12 @@ impl Report {
                     t.saving_pct,
                 );
                 let exact = |amount: &str| usd_exact(amount, "0");
-                line(&mut out, "before (all-API baseline)", exact(&t.baseline_usd), "");
+                line(
+                    &mut out,
+                    "before (all-API baseline)",
+                    exact(&t.baseline_usd),
+                    "",
+                );
                 line(&mut out, "after: API spend", exact(&t.api_usd), "");
                 for f in &self.fixed {
                     line(
@@ -949,15 +943,25 @@ pub fn span_of(duration: std::time::Duration) -> String {
     } else if seconds < 2.0 * 3600.0 {
         plural((seconds / 60.0).round() as u64, "minute", "minutes")
     } else if seconds < 48.0 * 3600.0 {
-        format!("{:.1} hours", seconds / 3600.0)
+        format!("{} hours", tenths(seconds / 3600.0))
     } else {
-        format!("{:.1} days", seconds / 86_400.0)
+        format!("{} days", tenths(seconds / 86_400.0))
     }
+}
+
+/// A number to a tenth, without a trailing `.0`.
+fn tenths(value: f64) -> String {
+    let text = format!("{value:.1}");
+    text.strip_suffix(".0").map_or(text.clone(), str::to_string)
 }
 
 /// `1 call`, `2 calls`, `0 calls`, with thousands separated.
 pub fn plural(count: u64, one: &str, many: &str) -> String {
-    format!("{} {}", thousands(count), if count == 1 { one } else { many })
+    format!(
+        "{} {}",
+        thousands(count),
+        if count == 1 { one } else { many }
+    )
 }
 
 fn thousands(count: u64) -> String {

@@ -208,10 +208,20 @@ pub async fn costs(
     const HOUR: i64 = 3_600_000;
     const DAY: i64 = 86_400_000;
     let now = crate::quality::watch::now_ms();
-    let window = report::window(Some(query.since.as_deref().unwrap_or("14d")), None, None, now)
-        .map_err(ApiError::bad_body)?;
+    let window = report::window(
+        Some(query.since.as_deref().unwrap_or("14d")),
+        None,
+        None,
+        now,
+    )
+    .map_err(ApiError::bad_body)?;
     let unreadable = |err| ApiError::internal(format!("cannot read the ledger: {err}"));
-    let first = app.store.span().await.map_err(unreadable)?.map(|(first, _)| first);
+    let first = app
+        .store
+        .span()
+        .await
+        .map_err(unreadable)?
+        .map(|(first, _)| first);
     let from_ms = first.map_or(window.from_ms, |first| first.max(window.from_ms));
     let (bucket_ms, unit) = match now - from_ms {
         age if age <= 2 * HOUR => (MINUTE, "minute"),

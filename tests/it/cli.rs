@@ -504,7 +504,7 @@ async fn report_reads_the_ledger_a_gateway_wrote() {
         report["not_projected_because"]
             .as_str()
             .unwrap()
-            .contains("under the 24.0 hours a projection needs ([report] project_after_hours)"),
+            .contains("under the 24 hours a projection needs ([report] project_after_hours)"),
         "{report}"
     );
     for projected in [
@@ -524,11 +524,13 @@ async fn report_reads_the_ledger_a_gateway_wrote() {
 
     // The same ledger with projections allowed from any window: the figures follow from it.
     let projecting = dir.join("projecting.toml");
-    std::fs::write(
-        &projecting,
-        std::fs::read_to_string(&path).unwrap() + "\n[report]\nproject_after_hours = 0\n",
-    )
-    .unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = if text.contains("[report]\n") {
+        text.replace("[report]\n", "[report]\nproject_after_hours = 0\n")
+    } else {
+        text + "\n[report]\nproject_after_hours = 0\n"
+    };
+    std::fs::write(&projecting, text).unwrap();
     let report = json_of(
         tierwise()
             .args(["report", "--since", "1h", "--format", "json", "--config"])
@@ -589,13 +591,21 @@ async fn report_reads_the_ledger_a_gateway_wrote() {
         "{table}"
     );
     // Observed money only, no month: "in 2 seconds: 5 calls, 0 failed, $0.0011 spent, …".
-    assert!(table.contains("figures are what the window saw, not projected"), "{table}");
+    assert!(
+        table.contains("figures are what the window saw, not projected"),
+        "{table}"
+    );
     assert!(
         table.contains(": 5 calls, 0 failed, $") && table.contains("saved against all-API (94.0%)"),
         "{table}"
     );
     assert!(!table.contains("/mo"), "{table}");
-    assert!(table.lines().any(|l| l.contains("errors") && l.trim_end().ends_with("models")), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("errors") && l.trim_end().ends_with("models")),
+        "{table}"
+    );
 
     // A route that does not exist is named, with the ones that do.
     let nope = tierwise()
@@ -606,7 +616,8 @@ async fn report_reads_the_ledger_a_gateway_wrote() {
     assert!(!nope.status.success());
     let said = String::from_utf8_lossy(&nope.stderr);
     assert!(
-        said.contains("no route \"nope\"") && said.contains("the routes are: classification, extraction"),
+        said.contains("no route \"nope\"")
+            && said.contains("the routes are: classification, extraction"),
         "{said}"
     );
     let csv = tierwise()
@@ -1163,13 +1174,13 @@ fn the_demo_runs_to_completion_and_shows_a_fallback_an_alert_and_a_saving() {
     assert!(stderr.contains("SIMULATED providers"), "{stderr}");
     assert!(stderr.contains("QUALITY ALERT"), "{stderr}");
     assert!(
-        stdout.contains("moved off the first tier for breaker_open")
-            || stdout.contains("moved off the first tier for http_503"),
+        stdout.contains("left the first tier for breaker_open")
+            || stdout.contains("left the first tier for http_503"),
         "no outage fallback in the report:\n{stdout}"
     );
     assert!(stdout.contains("alert_fired: agreement"), "{stdout}");
     assert!(
-        stdout.contains("moved off the first tier for quality_demoted"),
+        stdout.contains("left the first tier for quality_demoted"),
         "{stdout}"
     );
     let saving = stdout

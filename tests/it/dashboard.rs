@@ -273,6 +273,9 @@ async fn a_young_ledger_shows_observed_figures_per_minute_and_says_why_nothing_i
     has("Cost per minute by route and tier (UTC)");
     has("No route has a shadow check");
     has("<th class=\"volume\">calls</th>");
-    assert!(!dom.contains("/mo"), "a projected figure on a young ledger:\n{dom}");
+    assert!(
+        !dom.contains("/mo"),
+        "a projected figure on a young ledger:\n{dom}"
+    );
     gw.shutdown().await;
 }
