@@ -200,8 +200,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if serve {
                 let stop = StopSignals::listen()?;
                 eprintln!(
-                    "The gateway and its dashboard stay up: {}\nCtrl-C stops them.",
-                    demo.dashboard
+                    "The gateway and its dashboard stay up: {}\nCall it:\n{}\nCtrl-C stops them.",
+                    demo.dashboard, demo.snippet
                 );
                 stop.recv().await;
             }
@@ -358,6 +358,12 @@ async fn read_report(
     let store = Store::connect(&config.ledger.url).await?;
     let report = Report::load(config, &store, window, route).await?;
     store.close().await;
+    if let Some(route) = route
+        && report.routes.is_empty()
+        && let Some(unknown) = report::unknown_route(config, route)
+    {
+        bail!("{unknown}");
+    }
     Ok(report)
 }
 

@@ -99,7 +99,7 @@ pub fn requests_finished(batch: &[Finished<'_>]) {
         if row.purpose != Purpose::Product {
             continue;
         }
-        let route = row.route.as_deref().unwrap_or("-");
+        let route = row.route.as_deref().unwrap_or(crate::ledger::NO_ROUTE);
         let tier = row.tier.as_deref().unwrap_or("-");
         *requests.entry((route, tier, row.status)).or_default() += 1;
         // `local:http_503,api_fast:timeout_total`: each tier passed over, to the one that answered.

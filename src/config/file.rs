@@ -42,6 +42,8 @@ pub struct ConfigFile {
     pub alerts: RawAlerts,
     #[serde(default)]
     pub advise: RawAdvise,
+    #[serde(default)]
+    pub report: RawReport,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -283,6 +285,15 @@ pub struct RawAdvise {
     pub max_context_tokens: Option<Spanned<u32>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_latency_tolerance_ms: Option<u64>,
+}
+
+/// `[report]`: how reports, `advise` and the dashboard turn the ledger into figures.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReport {
+    /// Hours of traffic a window must span before its figures are projected to a month.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project_after_hours: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -25,8 +25,8 @@ pub use price::Price;
 pub use provider::{BreakerPolicy, ProbePolicy, Provider, Timeouts};
 pub use proxy::Proxy;
 pub use route::{
-    AllOpen, ChainTier, Changes, OnDrift, OnProof, Profile, QualityBar, Route, ScorerKind, Shadow,
-    TaskKind, ToolCalling, with_labels,
+    AllOpen, ChainTier, Changes, Declared, OnDrift, OnProof, Profile, QualityBar, Route,
+    ScorerKind, Shadow, TaskKind, ToolCalling, with_labels,
 };
 pub use server::{AdminAccess, LedgerConfig, RequestLog, ServerConfig};
 pub use tier::Tier;
@@ -60,6 +60,22 @@ impl Default for AdviseRules {
     }
 }
 
+/// How reports turn the ledger into figures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReportRules {
+    /// A window must hold this much traffic (from its first record to its last) before a figure
+    /// is projected to a month or a day: minutes of traffic say nothing about a month.
+    pub project_after: std::time::Duration,
+}
+
+impl Default for ReportRules {
+    fn default() -> Self {
+        ReportRules {
+            project_after: std::time::Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
 /// The commented starter configuration that `tierwise init` writes; the same file is shipped as
 /// `examples/tierwise.toml`, so the example and the command can never drift apart.
 pub const STARTER: &str = include_str!("../../examples/tierwise.toml");
@@ -77,6 +93,7 @@ pub struct Config {
     pub prices: BTreeMap<String, Price>,
     pub alerts: Alerts,
     pub advise: AdviseRules,
+    pub report: ReportRules,
     /// Things that are allowed but probably not meant (no client auth, an empty upstream key);
     /// logged at start-up and printed by `tierwise check`.
     pub warnings: Vec<String>,

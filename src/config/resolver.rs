@@ -44,6 +44,7 @@ impl<'a> Resolver<'a> {
         let prices = self.prices(&file.prices);
         let alerts = self.alerts(&file.alerts);
         let advise = self.advise(&file.advise);
+        let report = self.report(&file.report);
         if self.issues.is_empty() {
             Ok(Config {
                 server,
@@ -54,6 +55,7 @@ impl<'a> Resolver<'a> {
                 prices,
                 alerts,
                 advise,
+                report,
                 warnings: self.warnings,
             })
         } else {
@@ -109,6 +111,28 @@ impl<'a> Resolver<'a> {
                 std::time::Duration::from_millis,
             ),
         }
+    }
+
+    fn report(&mut self, raw: &super::file::RawReport) -> super::ReportRules {
+        let defaults = super::ReportRules::default();
+        let project_after = match &raw.project_after_hours {
+            // A year is the most a window can usefully hold before a month is projected from it.
+            Some(hours)
+                if hours.get_ref().is_finite() && (0.0..=8766.0).contains(hours.get_ref()) =>
+            {
+                std::time::Duration::from_secs_f64(hours.get_ref() * 3600.0)
+            }
+            Some(hours) => {
+                self.issue_at(
+                    hours.span().start,
+                    "report.project_after_hours",
+                    "must be a number of hours from 0 to 8766 (a year)",
+                );
+                defaults.project_after
+            }
+            None => defaults.project_after,
+        };
+        super::ReportRules { project_after }
     }
 
     /// Whether every step so far was free of mistakes.

@@ -170,6 +170,17 @@ pub struct Profile {
     pub latency_tolerance: Duration,
     pub tool_calling: ToolCalling,
     pub changes: Changes,
+    /// Which of the above the file set; the rest are defaults, and `advise` says so.
+    pub declared: Declared,
+}
+
+/// The profile fields a route declared.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Declared {
+    pub quality: bool,
+    pub latency_tolerance: bool,
+    pub tool_calling: bool,
+    pub changes: bool,
 }
 
 /// How much a task depends on calling tools right.
@@ -263,6 +274,15 @@ impl Resolver<'_> {
                 .as_ref()
                 .and_then(|p| p.changes)
                 .unwrap_or_default(),
+            declared: raw
+                .profile
+                .as_ref()
+                .map_or_else(Declared::default, |p| Declared {
+                    quality: p.quality.is_some(),
+                    latency_tolerance: p.latency_tolerance_ms.is_some(),
+                    tool_calling: p.tool_calling.is_some(),
+                    changes: p.changes.is_some(),
+                }),
         };
         if !self.clean() {
             return None;

@@ -50,6 +50,14 @@ function pct(value) { return (100 * value).toFixed(1) + '%'; }
 
 function dayLabel(day) { return new Date(day * DAY_MS).toISOString().slice(5, 10); }
 
+// A bucket's label in the unit the series was cut in: a day as MM-DD, an hour or minute as HH:MM (UTC).
+function bucketLabel(startMs, unit) {
+  const iso = new Date(startMs).toISOString();
+  return unit === 'day' ? iso.slice(5, 10) : iso.slice(11, 16);
+}
+
+function plural(n, one, many) { return `${n.toLocaleString('en-US')} ${n === 1 ? one : many}`; }
+
 function el(tag, attrs, content) {
   const node = tag.startsWith('svg:') ? document.createElementNS(SVG, tag.slice(4)) : document.createElement(tag);
   for (const [name, value] of Object.entries(attrs || {})) node.setAttribute(name, value);
@@ -74,13 +82,15 @@ function svg(width, height) {
   return el('svg:svg', { viewBox: `0 0 ${width} ${height}`, role: 'img' });
 }
 
-// Stacked bars: one per day, one segment per route/tier, each with its figures as a tooltip.
-function drawCost(daily) {
+// Stacked bars: one per bucket (a minute, an hour or a day, as the gateway chose for the ledger's
+// age), one segment per route/tier, each with its figures as a tooltip.
+function drawCost(costs) {
   const days = [];
-  for (let d = daily.from_day; d < daily.from_day + daily.days; d++) days.push(d);
-  const series = [...new Set(daily.rows.map((r) => (r.route || '(no route)') + ' / ' + (r.tier || 'none')))].sort();
+  for (let start = costs.from_ms; start <= costs.to_ms; start += costs.bucket_ms) days.push(start);
+  text('cost-title', `Cost per ${costs.unit} by route and tier` + (costs.unit === 'day' ? '' : ' (UTC)'));
+  const series = [...new Set(costs.rows.map((r) => (r.route || '(no route)') + ' / ' + (r.tier || 'none')))].sort();
   const color = (name) => PALETTE[series.indexOf(name) % PALETTE.length];
-  const totals = days.map((d) => daily.rows.filter((r) => r.day === d).reduce((sum, r) => sum + Number(r.cost_usd), 0));
+  const totals = days.map((d) => costs.rows.filter((r) => r.start_ms === d).reduce((sum, r) => sum + Number(r.cost_usd), 0));
   const max = Math.max(...totals, 1e-9);
   const W = 800, H = 220, left = 50, bottom = 20, top = 10;
   const chart = svg(W, H);
@@ -89,7 +99,7 @@ function drawCost(daily) {
   chart.append(el('svg:line', { x1: left, x2: W, y1: H - bottom, y2: H - bottom, stroke: '#e3e6ec' }));
   days.forEach((day, i) => {
     let y = H - bottom;
-    for (const row of daily.rows.filter((r) => r.day === day)) {
+    for (const row of costs.rows.filter((r) => r.start_ms === day)) {
       const name = (row.route || '(no route)') + ' / ' + (row.tier || 'none');
       const h = (Number(row.cost_usd) / max) * (H - bottom - top);
       y -= h;
@@ -97,16 +107,17 @@ function drawCost(daily) {
         x: left + i * band + band * 0.15, y, width: band * 0.7, height: Math.max(h, 0),
         fill: color(name), 'data-series': name, 'data-cost': row.cost_usd,
       });
-      rect.append(el('svg:title', {}, `${dayLabel(day)} ${name}: ${usd(row.cost_usd)} for ${row.calls} calls`));
+      rect.append(el('svg:title', {}, `${bucketLabel(day, costs.unit)} ${name}: ${usd(row.cost_usd)} for ${plural(row.calls, 'call', 'calls')}`));
       chart.append(rect);
     }
-    if (days.length <= 16 || i % 2 === 0) {
-      chart.append(el('svg:text', { x: left + i * band + band / 2, y: H - 4, 'text-anchor': 'middle' }, dayLabel(day)));
+    const every = Math.max(1, Math.ceil(days.length / 16));
+    if (i % every === 0) {
+      chart.append(el('svg:text', { x: left + i * band + band / 2, y: H - 4, 'text-anchor': 'middle' }, bucketLabel(day, costs.unit)));
     }
   });
   $('cost-chart').replaceChildren(chart);
   $('cost-legend').replaceChildren(...series.map((name) => {
-    const total = daily.rows.filter((r) => (r.route || '(no route)') + ' / ' + (r.tier || 'none') === name)
+    const total = costs.rows.filter((r) => (r.route || '(no route)') + ' / ' + (r.tier || 'none') === name)
       .reduce((sum, r) => sum + Number(r.cost_usd), 0);
     const item = el('span', { 'data-series': name }, `${name} ${usd(total)}`);
     item.style.setProperty('--swatch', color(name));
@@ -119,6 +130,19 @@ function drawAgreement(quality) {
   const W = 800, H = 220, left = 40, bottom = 20, top = 10;
   const chart = svg(W, H);
   const routes = quality.routes;
+  // An empty chart says why: nothing is checked, or nothing has been sampled yet.
+  const samples = routes.reduce((sum, r) => sum + r.days.reduce((s, d) => s + d.samples, 0), 0);
+  const note = $('agreement-note');
+  if (!routes.length) {
+    note.textContent = 'No route has a shadow check, so nothing compares a cheaper tier with the API. '
+      + 'Add shadow = { reference = "<api tier>", sample_rate = 0.02 } to a route to start.';
+  } else if (!samples) {
+    note.textContent = `No shadow sample scored yet on ${plural(routes.length, 'checked route', 'checked routes')}: `
+      + 'samples arrive as sampled requests are answered.';
+  } else {
+    note.textContent = '';
+  }
+  note.hidden = !note.textContent;
   const allDays = routes.flatMap((r) => r.days.map((d) => d.day));
   const today = Math.floor(Date.now() / DAY_MS);
   const first = Math.min(today - 13, ...allDays);
@@ -165,27 +189,53 @@ function drawAgreement(quality) {
   }
 }
 
-function render(report, daily, quality, providers, requests) {
+// How long a window is, as a reader would say it.
+function spanText(ms) {
+  const s = ms / 1000;
+  if (s < 120) return plural(Math.round(s), 'second', 'seconds');
+  if (s < 7200) return plural(Math.round(s / 60), 'minute', 'minutes');
+  if (s < 172800) return `${(s / 3600).toFixed(1)} hours`;
+  return `${(s / 86400).toFixed(1)} days`;
+}
+
+function render(report, costs, quality, providers, requests) {
   const t = report.totals;
-  text('window', `${report.days.toFixed(1)} days of traffic, projected to a month`);
-  text('saving', `${usd(t.monthly_saving_usd)}/mo`);
-  text('saving-detail', `${t.saving_pct.toFixed(1)}% of the all-API baseline, ${usd(t.monthly_baseline_usd)}/mo`);
-  text('spend', `${usd(t.monthly_actual_usd)}/mo`);
-  text('spend-detail', `API ${usd(t.monthly_api_usd)}, fixed ${usd(t.monthly_fixed_usd)}, checks ${usd(t.monthly_checks_usd)}`);
+  const held = spanText(report.window.to_ms - report.window.from_ms);
+  // Below the minimum the report projects nothing, and the page shows what the window saw.
+  if (report.projected) {
+    text('window', `${held} of traffic, projected to a month`);
+    text('saving', `${usd(t.monthly_saving_usd)}/mo`);
+    text('saving-detail', `${t.saving_pct.toFixed(1)}% of the all-API baseline, ${usd(t.monthly_baseline_usd)}/mo`);
+    text('spend', `${usd(t.monthly_actual_usd)}/mo`);
+    text('spend-detail', `API ${usd(t.monthly_api_usd)}, fixed ${usd(t.monthly_fixed_usd)}, checks ${usd(t.monthly_checks_usd)}`);
+    text('checks', `${usd(t.monthly_checks_usd)}/mo`);
+  } else {
+    text('window', `${held} of traffic, not projected: ${report.not_projected_because}`);
+    text('saving', usd(t.saving_usd));
+    text('saving-detail', `in ${held}: ${t.saving_pct.toFixed(1)}% of the all-API baseline, ${usd(t.baseline_usd)}`);
+    text('spend', usd(t.actual_usd));
+    text('spend-detail', `in ${held}: API ${usd(t.api_usd)}, fixed ${usd(t.fixed_usd)}, checks ${usd(t.checks_usd)}`);
+    text('checks', usd(t.checks_usd));
+  }
   const calls = report.routes.reduce((sum, r) => sum + r.calls, 0);
   const local = report.routes.reduce((sum, r) => sum + r.local_share * r.calls, 0);
   text('local-share', calls ? pct(local / calls) : '-');
-  text('checks', `${usd(t.monthly_checks_usd)}/mo`);
   const alerting = quality.routes.filter((r) => r.alerting).map((r) => r.route);
   const checked = quality.routes.length === 1 ? '1 route checked' : `${quality.routes.length} routes checked`;
   text('alerts', alerting.length ? `alert on ${alerting.join(', ')}` : `${checked}, no alert`);
   $('alerts').className = alerting.length ? 'state-alert' : 'muted';
 
-  drawCost(daily);
+  drawCost(costs);
   drawAgreement(quality);
+  const headings = report.projected ? ['calls/day', 'cost/mo', 'baseline/mo'] : ['calls', 'cost', 'baseline'];
+  $('routes').querySelectorAll('th.volume').forEach((th, i) => { th.textContent = headings[i]; });
   fillTable('routes', report.routes.map((r) => [
-    r.route, Number(r.calls_per_day.toFixed(1)), r.models.join(', '), pct(r.local_share), r.fallbacks,
-    Number(r.p50_ms.toFixed(1)), Number(r.p95_ms.toFixed(1)), usd(r.monthly_cost_usd), usd(r.monthly_baseline_usd),
+    r.route,
+    report.projected ? Number(r.calls_per_day.toFixed(1)) : r.calls,
+    r.errors, r.models.join(', '), pct(r.local_share), r.fallbacks,
+    Number(r.p50_ms.toFixed(1)), Number(r.p95_ms.toFixed(1)),
+    report.projected ? usd(r.monthly_cost_usd) : usd(Number(r.api_cost_usd) + Number(r.fixed_cost_usd)),
+    report.projected ? usd(r.monthly_baseline_usd) : usd(r.baseline_usd),
   ]));
   fillTable('providers', providers.providers.map((p) => [
     p.name, p.up ? 'up' : 'down', p.breaker.state, p.in_flight, p.breaker.last_failure,
@@ -198,14 +248,14 @@ function render(report, daily, quality, providers, requests) {
 
 async function refresh() {
   try {
-    const [report, daily, quality, providers, requests] = await Promise.all([
+    const [report, costs, quality, providers, requests] = await Promise.all([
       api('/admin/api/report?since=14d'),
-      api('/admin/api/daily?days=14'),
+      api('/admin/api/costs?since=14d'),
       api('/admin/api/quality'),
       api('/admin/api/providers'),
       api('/admin/api/requests?limit=25'),
     ]);
-    render(report, daily, quality, providers, requests);
+    render(report, costs, quality, providers, requests);
     $('login').hidden = true;
     $('error').hidden = true;
     $('main').hidden = false;

@@ -54,6 +54,39 @@ pub struct Demo {
     pub gateway: Gateway,
     pub dashboard: String,
     pub report: String,
+    /// A curl command and a Python one that call the gateway as printed.
+    pub snippet: String,
+}
+
+/// The demo's client key. It is fixed so that README.md's example works against the demo as
+/// written; nothing behind it is real (both providers are simulated in-process).
+pub const CLIENT_KEY: &str = "tierwise-demo-key";
+
+/// The prompt each route's tiers get in place of the client's system message, as an operator
+/// would tune one per tier (`routes.<r>.prompts.<tier>`); without one, a bare question such as
+/// README.md's example would reach the simulated models with no task to do.
+const PROMPTS: [(&str, &str); 3] = [
+    (
+        "classify.txt",
+        "Classify the support ticket into one label: {labels}. Answer with the label only.",
+    ),
+    (
+        "extract.txt",
+        "Extract the order number and its status from the message as JSON.",
+    ),
+    (
+        "summarize.txt",
+        "Summarize the conversation in two sentences.",
+    ),
+];
+
+/// What to paste into a shell to call the demo at `base`, with the demo's client key.
+pub fn snippet(base: &str) -> String {
+    let body = r#"{"model": "classification", "messages": [{"role": "user", "content": "My card was charged twice"}]}"#;
+    format!(
+        "curl -s {base}/v1/chat/completions -H 'Authorization: Bearer {CLIENT_KEY}' -H 'Content-Type: application/json' -d '{body}'\n\
+         python3 -c 'from openai import OpenAI; c = OpenAI(base_url=\"{base}/v1\", api_key=\"{CLIENT_KEY}\"); print(c.chat.completions.create(model=\"classification\", messages=[{{\"role\": \"user\", \"content\": \"My card was charged twice\"}}]).choices[0].message.content)'"
+    )
 }
 
 /// What the workload saw, counted as it ran.
@@ -184,17 +217,20 @@ kind = "classification"
 tiers = ["local", "api_fast"]
 baseline = "api_frontier"
 output = {{ labels = ["billing", "technical", "general"] }}
+prompts = {{ local = "classify.txt", api_fast = "classify.txt" }}
 shadow = {{ reference = "api_frontier", sample_rate = 1.0, window = 100, min_samples = 30, on_drift = "demote" }}
 
 [routes.extraction]
 kind = "extraction"
 tiers = ["local", "api_fast"]
 baseline = "api_frontier"
+prompts = {{ local = "extract.txt", api_fast = "extract.txt" }}
 
 [routes.summarize]
 kind = "summarization"
 tiers = ["local", "api_fast"]
 baseline = "api_frontier"
+prompts = {{ local = "summarize.txt", api_fast = "summarize.txt" }}
 
 [routes.embed]
 kind = "embedding"
@@ -243,7 +279,11 @@ pub async fn run(options: DemoOptions) -> Result<Demo, DemoError> {
     ));
     let local_url = local.serve().await.map_err(DemoError::Simulator)?;
     let api_url = api.serve().await.map_err(DemoError::Simulator)?;
-    let client_key = format!("demo-client-{}", uuid::Uuid::now_v7().simple());
+    let client_key = CLIENT_KEY.to_string();
+    for (file, prompt) in PROMPTS {
+        let path = options.dir.join(file);
+        std::fs::write(&path, prompt).map_err(|err| DemoError::Dir(path, err))?;
+    }
     let admin_key = format!("demo-admin-{}", uuid::Uuid::now_v7().simple());
     let text = config_text(
         &local_url,
@@ -260,11 +300,14 @@ pub async fn run(options: DemoOptions) -> Result<Demo, DemoError> {
     let gateway = Gateway::start(config).await?;
     let base = format!("http://{}", gateway.addr);
     let dashboard = format!("{base}/#key={admin_key}");
+    let snippet = snippet(&base);
     eprintln!(
         "tierwise demo: the gateway is at {base}, in front of two SIMULATED providers (simulated-local: a 7B model \
          on your own GPU; simulated-api: a paid API). Nothing real is called and nothing is paid.\n\
-         dashboard: {dashboard}\n\
-         configuration: {}\n",
+         client key: {client_key}\n\
+         dashboard (with the admin key): {dashboard}\n\
+         configuration: {}\n\
+         call it yourself, now or after the workload with --serve:\n{snippet}\n",
         path.display()
     );
 
@@ -421,6 +464,7 @@ pub async fn run(options: DemoOptions) -> Result<Demo, DemoError> {
         gateway,
         dashboard,
         report: out,
+        snippet,
     })
 }
 

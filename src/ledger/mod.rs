@@ -17,7 +17,7 @@ pub mod tokens;
 mod writer;
 
 pub use price::{Picodollars, Priced, Pricing};
-pub use row::{AttemptRow, Purpose, RequestRow};
+pub use row::{AttemptRow, NO_ROUTE, Purpose, RequestRow};
 pub use spool::{LedgerHealth, ReplayError, Spool};
 pub use store::{LedgerError, Store};
 pub use summary::{Checks, Contracts, LocalTokens, Moved, RouteSums, Summary};

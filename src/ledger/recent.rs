@@ -1,6 +1,7 @@
-//! What the dashboard reads besides the report: product traffic's cost per UTC day by route and
-//! tier, and the latest requests. Both are bounded (days × routes × tiers groups; a page of rows)
-//! and read on the store's report connections, never the writer's.
+//! What the dashboard reads besides the report: product traffic's cost per time bucket (a minute,
+//! an hour or a UTC day) by route and tier, and the latest requests. Both are bounded (buckets ×
+//! routes × tiers groups; a page of rows) and read on the store's report connections, never the
+//! writer's.
 
 use serde::Serialize;
 use sqlx::Row;
@@ -16,6 +17,19 @@ const DAY_MS: i64 = 86_400_000;
 pub struct DayCost {
     /// Days since 1970-01-01.
     pub day: i64,
+    pub route: Option<String>,
+    pub tier: Option<String>,
+    pub local: bool,
+    pub calls: u64,
+    pub cost_usd: String,
+    pub baseline_usd: String,
+}
+
+/// One time bucket of one route's calls on one tier.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BucketCost {
+    /// Where the bucket starts, in Unix milliseconds (a multiple of the bucket's length).
+    pub start_ms: i64,
     pub route: Option<String>,
     pub tier: Option<String>,
     pub local: bool,
@@ -44,10 +58,35 @@ pub struct Recent {
 impl Store {
     /// Product traffic since `from_ms`, per UTC day, route and tier, oldest first.
     pub async fn daily_cost(&self, from_ms: i64) -> Result<Vec<DayCost>, LedgerError> {
+        Ok(self
+            .cost_series(from_ms, DAY_MS)
+            .await?
+            .into_iter()
+            .map(|bucket| DayCost {
+                day: bucket.start_ms / DAY_MS,
+                route: bucket.route,
+                tier: bucket.tier,
+                local: bucket.local,
+                calls: bucket.calls,
+                cost_usd: bucket.cost_usd,
+                baseline_usd: bucket.baseline_usd,
+            })
+            .collect())
+    }
+
+    /// Product traffic since `from_ms` in buckets of `bucket_ms` (aligned to multiples of it), by
+    /// route and tier, oldest first.
+    pub async fn cost_series(
+        &self,
+        from_ms: i64,
+        bucket_ms: i64,
+    ) -> Result<Vec<BucketCost>, LedgerError> {
+        let bucket_ms = bucket_ms.max(1);
         let rows = sqlx::query(&format!(
-            "SELECT ts_ms / {DAY_MS} AS day, route, tier, local AS is_local, COUNT(*) AS calls, \
-             {cost}, {baseline} FROM requests WHERE purpose = 'product' AND ts_ms >= $1 \
-             GROUP BY ts_ms / {DAY_MS}, route, tier, local ORDER BY day, route, tier",
+            "SELECT ts_ms / {bucket_ms} AS bucket, route, tier, local AS is_local, \
+             COUNT(*) AS calls, {cost}, {baseline} FROM requests \
+             WHERE purpose = 'product' AND ts_ms >= $1 \
+             GROUP BY ts_ms / {bucket_ms}, route, tier, local ORDER BY bucket, route, tier",
             cost = money_sum("cost_pusd", "cost"),
             baseline = money_sum("COALESCE(baseline_pusd, cost_pusd)", "base"),
         ))
@@ -56,8 +95,8 @@ impl Store {
         .await?;
         rows.iter()
             .map(|row| {
-                Ok(DayCost {
-                    day: row.try_get("day")?,
+                Ok(BucketCost {
+                    start_ms: row.try_get::<i64, _>("bucket")? * bucket_ms,
                     route: row.try_get("route")?,
                     tier: row.try_get("tier")?,
                     local: row.try_get::<i64, _>("is_local")? == 1,

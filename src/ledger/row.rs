@@ -14,6 +14,10 @@ use super::price::Picodollars;
 
 pub type AnyQuery<'q> = Query<'q, Any, AnyArguments<'q>>;
 
+/// How reports, the dashboard and the metrics name requests made without a route (a tier or
+/// model id called without `x-tierwise-route`).
+pub const NO_ROUTE: &str = "(no route)";
+
 /// A row of a ledger table.
 pub trait LedgerRow: Sized {
     const TABLE: &'static str;

@@ -92,6 +92,8 @@ pub struct Moved {
     pub route: Option<String>,
     pub reason: String,
     pub calls: u64,
+    /// Of those, the ones a later tier answered.
+    pub answered: u64,
     pub cost: Picodollars,
 }
 
@@ -163,6 +165,7 @@ impl Store {
                     route: row.try_get("route")?,
                     reason: row.try_get("outcome")?,
                     calls: row.try_get::<i64, _>("calls")?.max(0) as u64,
+                    answered: row.try_get::<i64, _>("answered")?.max(0) as u64,
                     cost: money(row, "cost")?,
                 })
             })
@@ -348,10 +351,11 @@ fn latency_bucket() -> String {
 fn moved_sql(one_route: bool) -> String {
     format!(
         "SELECT r.route AS route, a.outcome AS outcome, COUNT(*) AS calls, \
-         {cost_hi} AS cost_hi, {cost_lo} AS cost_lo \
+         {answered} AS answered, {cost_hi} AS cost_hi, {cost_lo} AS cost_lo \
          FROM attempts a JOIN requests r ON r.id = a.request_id \
          WHERE a.seq = 0 AND a.outcome <> 'ok' AND r.purpose = 'product' AND r.ts_ms >= $1 AND r.ts_ms < $2{route} \
          GROUP BY r.route, a.outcome ORDER BY r.route, calls DESC",
+        answered = counted("r.tier IS NOT NULL"),
         cost_hi = sum(&format!("r.cost_pusd / {SPLIT}")),
         cost_lo = sum(&format!("r.cost_pusd % {SPLIT}")),
         route = if one_route { " AND r.route = $3" } else { "" },

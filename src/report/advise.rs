@@ -1,7 +1,7 @@
 //! `tierwise advise`: for each route, move-to-local, keep-on-API or needs-evidence, from the traffic
 //! the ledger saw (calls a day, prompt size, latency), the route's declared profile (task kind,
 //! quality bar, latency tolerance, tool calling, how often it changes) and its shadow agreement,
-//! by DESIGN.md's rules of thumb: well-defined tasks with a "good enough" bar, latency tolerance
+//! by the rules of thumb in docs/design.md: well-defined tasks with a "good enough" bar, latency tolerance
 //! over 500 ms, prompts under 32K tokens and more than 100 calls a day move local; agentic and
 //! reasoning tasks, critical tool calling, huge prompts, low volume and fast-changing tasks stay on
 //! the API. A route the rules would move still needs evidence until shadow checks (or an eval)
@@ -41,12 +41,17 @@ pub struct Advice {
     pub route: String,
     pub verdict: Verdict,
     pub reasons: Vec<String>,
-    pub calls_per_day: f64,
+    /// What the verdict took as given because the route's profile does not say it: defaults, not
+    /// facts about the route.
+    pub assumed: Vec<String>,
+    /// `None` when the window is too short to project ([`Report::projected`]).
+    pub calls_per_day: Option<f64>,
     /// Share of its answers already served locally.
     pub local_share: f64,
     /// What moving (or having moved) the route to its local tier saves a month at the traffic seen:
-    /// its API spend on calls a local tier could take, or the saving already made.
-    pub monthly_saving_usd: f64,
+    /// its API spend on calls a local tier could take, or the saving already made. `None` for a
+    /// route kept on the API (no saving), or when the window is too short to project.
+    pub monthly_saving_usd: Option<f64>,
     /// Calls a day at which the local server's fixed monthly cost equals what those calls cost on
     /// the API; `None` without a local provider with `fixed_monthly_usd`, or without priced calls.
     pub break_even_calls_per_day: Option<f64>,
@@ -59,6 +64,8 @@ pub struct Advice {
 #[derive(Debug, Clone, Serialize)]
 pub struct Advise {
     pub days: f64,
+    /// Why calls a day and savings are not projected, when they are not.
+    pub not_projected_because: Option<String>,
     pub routes: Vec<Advice>,
 }
 
@@ -69,11 +76,18 @@ impl Advise {
             .iter()
             .map(|route| {
                 let traffic = report.routes.iter().find(|r| r.route == route.name);
-                advise(config, &config.advise, route, traffic)
+                advise(
+                    config,
+                    &config.advise,
+                    route,
+                    traffic,
+                    report.not_projected_because.as_deref(),
+                )
             })
             .collect();
         Advise {
             days: report.days,
+            not_projected_because: report.not_projected_because.clone(),
             routes,
         }
     }
@@ -84,25 +98,41 @@ impl Advise {
 
     pub fn to_table(&self) -> String {
         let mut out = String::new();
+        let held = std::time::Duration::from_secs_f64(self.days * 86_400.0);
         let _ = writeln!(
             out,
-            "tierwise advise: over the last {:.1} days of traffic\n",
-            self.days
+            "tierwise advise: over {} of traffic",
+            super::span_of(held)
         );
+        if let Some(why) = &self.not_projected_because {
+            let _ = writeln!(out, "volumes and savings are not projected: {why}");
+        }
+        let _ = writeln!(out);
         for advice in &self.routes {
+            let volume = advice
+                .calls_per_day
+                .map_or("calls/day not known".to_string(), |calls| {
+                    format!("{calls:.1} calls/day")
+                });
+            let saving = match (advice.verdict, advice.monthly_saving_usd) {
+                (Verdict::KeepOnApi, _) => "no saving".to_string(),
+                (_, Some(saving)) => format!("saving {}/mo", usd(saving)),
+                (_, None) => "saving not projected".to_string(),
+            };
             let _ = writeln!(
                 out,
-                "{:<16} {:<15} {:>8.1} calls/day  saving {}/mo  break-even {}",
+                "{:<16} {:<15} {volume}  {saving}  break-even {}",
                 advice.route,
                 advice.verdict.as_str(),
-                advice.calls_per_day,
-                usd(advice.monthly_saving_usd),
                 advice
                     .break_even_calls_per_day
                     .map_or("-".to_string(), |calls| format!("{calls:.0} calls/day")),
             );
             for reason in &advice.reasons {
                 let _ = writeln!(out, "    - {reason}");
+            }
+            for assumed in &advice.assumed {
+                let _ = writeln!(out, "    - assumed: {assumed}");
             }
         }
         out
@@ -114,9 +144,13 @@ fn advise(
     rules: &AdviseRules,
     route: &Route,
     traffic: Option<&RouteReport>,
+    not_projected: Option<&str>,
 ) -> Advice {
     let mut against = Vec::new();
     let mut for_local = Vec::new();
+    let mut assumed = Vec::new();
+    // Evidence that is missing rather than against the move: not enough traffic to know the volume.
+    let mut unknown = Vec::new();
     match route.kind {
         TaskKind::Agentic | TaskKind::Reasoning => against.push(format!(
             "{} tasks stay on the API",
@@ -134,17 +168,27 @@ fn advise(
         )),
     }
     let profile = &route.profile;
+    let declared = profile.declared;
+    let key = format!("routes.{}.profile", route.name);
     if profile.quality == QualityBar::Frontier {
         against.push("its quality bar is frontier".into());
+    } else if !declared.quality {
+        assumed.push(format!("a good-enough quality bar (declare {key}.quality)"));
     }
     if profile.tool_calling == ToolCalling::Critical {
         against.push("it depends on calling tools right".into());
+    } else if !declared.tool_calling {
+        assumed.push(format!(
+            "it does not depend on calling tools (declare {key}.tool_calling)"
+        ));
     }
     if profile.changes == Changes::Often {
         against.push(
             "it changes often, and each change would need the local prompt re-tuned and re-validated"
                 .into(),
         );
+    } else if !declared.changes {
+        assumed.push(format!("it rarely changes (declare {key}.changes)"));
     }
     let tolerance = profile.latency_tolerance.as_millis();
     if profile.latency_tolerance < rules.min_latency_tolerance {
@@ -152,21 +196,29 @@ fn advise(
             "it must answer within {tolerance} ms (under {} ms)",
             rules.min_latency_tolerance.as_millis()
         ));
+    } else if declared.latency_tolerance {
+        for_local.push(format!("it declares a latency tolerance of {tolerance} ms"));
     } else {
-        for_local.push(format!("it tolerates {tolerance} ms"));
+        assumed.push(format!(
+            "it tolerates {tolerance} ms, the default (declare {key}.latency_tolerance_ms)"
+        ));
     }
 
-    let calls_per_day = traffic.map_or(0.0, |t| t.calls_per_day);
+    let calls_per_day = traffic.and_then(|t| t.calls_per_day);
     match traffic {
         None => against.push("no traffic in the window".into()),
         Some(t) => {
-            if t.calls_per_day < rules.min_calls_per_day {
-                against.push(format!(
-                    "{:.1} calls a day is under {:.0}: a local server would not pay for itself",
-                    t.calls_per_day, rules.min_calls_per_day
-                ));
-            } else {
-                for_local.push(format!("{:.0} calls a day", t.calls_per_day));
+            match t.calls_per_day {
+                None => unknown.push(format!(
+                    "{} so far: too little traffic to judge its volume ({})",
+                    super::plural(t.calls, "call", "calls"),
+                    not_projected.unwrap_or("the window is too short to project")
+                )),
+                Some(per_day) if per_day < rules.min_calls_per_day => against.push(format!(
+                    "{per_day:.1} calls a day is under {:.0}: a local server would not pay for itself",
+                    rules.min_calls_per_day
+                )),
+                Some(per_day) => for_local.push(format!("{per_day:.0} calls a day")),
             }
             if t.avg_tokens_in > f64::from(rules.max_context_tokens) {
                 against.push(format!(
@@ -201,6 +253,9 @@ fn advise(
         });
     let verdict = if !against.is_empty() {
         Verdict::KeepOnApi
+    } else if !unknown.is_empty() {
+        for_local.append(&mut unknown);
+        Verdict::NeedsEvidence
     } else {
         match interval {
             Some(interval) if interval.low >= bar => {
@@ -242,6 +297,7 @@ fn advise(
     let (monthly_saving_usd, break_even) = money(config, route, traffic);
     if verdict != Verdict::KeepOnApi
         && let Some(break_even) = break_even
+        && let Some(calls_per_day) = calls_per_day
         && calls_per_day < break_even
     {
         for_local.push(format!(
@@ -259,9 +315,10 @@ fn advise(
         route: route.name.clone(),
         verdict,
         reasons,
+        assumed,
         calls_per_day,
         local_share: traffic.map_or(0.0, |t| t.local_share),
-        monthly_saving_usd,
+        monthly_saving_usd: monthly_saving_usd.filter(|_| verdict != Verdict::KeepOnApi),
         break_even_calls_per_day: break_even,
         agreement,
         interval,
@@ -275,16 +332,25 @@ fn has_local_tier(route: &Route) -> bool {
 
 /// The monthly saving of serving the route locally, and the calls a day at which the local
 /// server's fixed cost is paid back by what those calls cost on the API.
-fn money(config: &Config, route: &Route, traffic: Option<&RouteReport>) -> (f64, Option<f64>) {
+fn money(
+    config: &Config,
+    route: &Route,
+    traffic: Option<&RouteReport>,
+) -> (Option<f64>, Option<f64>) {
     let Some(t) = traffic else {
-        return (0.0, None);
+        return (None, None);
+    };
+    let (Some(calls_per_day), Some(monthly_cost), Some(monthly_baseline)) =
+        (t.calls_per_day, t.monthly_cost_usd, t.monthly_baseline_usd)
+    else {
+        return (None, None);
     };
     // Already local: the saving made against the all-API baseline. Not yet: what its API calls
     // that a local tier could take cost a month.
     let saving = if t.local_share >= 0.5 {
-        (t.monthly_baseline_usd - t.monthly_cost_usd).max(0.0)
+        (monthly_baseline - monthly_cost).max(0.0)
     } else {
-        t.monthly_cost_usd * (1.0 - t.local_share)
+        monthly_cost * (1.0 - t.local_share)
     };
     let fixed = route
         .chain
@@ -297,13 +363,13 @@ fn money(config: &Config, route: &Route, traffic: Option<&RouteReport>) -> (f64,
                 .filter_map(|p| p.fixed_monthly_usd)
                 .min_by(f64::total_cmp)
         });
-    let monthly_calls = t.calls_per_day * DAYS_PER_MONTH;
-    let api_per_call = (monthly_calls > 0.0).then(|| t.monthly_baseline_usd / monthly_calls);
+    let monthly_calls = calls_per_day * DAYS_PER_MONTH;
+    let api_per_call = (monthly_calls > 0.0).then(|| monthly_baseline / monthly_calls);
     let break_even = match (fixed, api_per_call) {
         (Some(fixed), Some(per_call)) if per_call > 0.0 => {
             Some(fixed / (DAYS_PER_MONTH * per_call))
         }
         _ => None,
     };
-    (saving, break_even)
+    (Some(saving), break_even)
 }

@@ -1,7 +1,9 @@
 //! Cost and savings read back from the ledger: per route the traffic, the models, how much was served
-//! locally, fallbacks, latency and cost; below it the all-API baseline against what was actually
-//! spent (API calls plus the fixed cost of local servers, shared among routes by tokens), projected
-//! to a month. `tierwise report` prints it; `/admin/api/report` serves the same numbers. The
+//! locally, fallbacks, errors, latency and cost; below it the all-API baseline against what was
+//! actually spent (API calls plus the fixed cost of local servers, shared among routes by tokens).
+//! Figures are what the window observed; they are projected to a month only when the window holds
+//! enough traffic to carry it (`[report] project_after_hours`, a day by default), and a projection
+//! never exceeds what the config bounds (shadow checks their daily budget). `tierwise report` prints it; `/admin/api/report` serves the same numbers. The
 //! ledger's database does the summing ([`crate::ledger::Summary`]); what is built here is a few
 //! numbers per route, whatever the window holds. [`advise`] turns the same numbers into a verdict
 //! per route.
@@ -15,7 +17,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::config::{Config, ScorerKind};
-use crate::ledger::{LedgerError, Picodollars, RouteSums, Store, Summary};
+use crate::ledger::{LedgerError, NO_ROUTE, Picodollars, RouteSums, Store, Summary};
 use crate::quality::feedback::Truth;
 use crate::quality::score::Answer;
 
@@ -41,11 +43,30 @@ impl Window {
     }
 }
 
+/// A window and whether it holds enough traffic to be projected: every per-day and per-month
+/// figure of a report goes through here, so none can be made from a window too short to carry it.
+#[derive(Debug, Clone, Copy)]
+struct Projection {
+    window: Window,
+    on: bool,
+}
+
+impl Projection {
+    fn month(&self, amount: Picodollars) -> Option<f64> {
+        self.on.then(|| self.window.monthly(amount))
+    }
+
+    fn per_day(&self, count: u64) -> Option<f64> {
+        self.on.then(|| count as f64 / self.window.days())
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RouteReport {
     pub route: String,
     pub calls: u64,
-    pub calls_per_day: f64,
+    /// `None` when the window is too short to project ([`Report::projected`]).
+    pub calls_per_day: Option<f64>,
     pub avg_tokens_in: f64,
     pub avg_tokens_out: f64,
     pub models: Vec<String>,
@@ -64,8 +85,9 @@ pub struct RouteReport {
     /// This route's share of local servers' fixed cost in the window.
     pub fixed_cost_usd: String,
     pub baseline_usd: String,
-    pub monthly_cost_usd: f64,
-    pub monthly_baseline_usd: f64,
+    /// API spend and fixed share over a month; `None` when the window is too short to project.
+    pub monthly_cost_usd: Option<f64>,
+    pub monthly_baseline_usd: Option<f64>,
     /// Requests the route's first tier did not answer, by why, with what they cost in the end:
     /// "4% of summaries went to the API because they were too long, $12 a month".
     pub moved_off_first_tier: Vec<MovedOff>,
@@ -81,11 +103,14 @@ pub struct RouteReport {
 pub struct MovedOff {
     pub reason: String,
     pub calls: u64,
+    /// Of `calls`, those a later tier answered (counted in the route's `fallbacks`); the rest
+    /// failed (counted in its `errors`).
+    pub answered: u64,
     /// Their share of the route's calls.
     pub share: f64,
-    /// What they cost in the window, exact, and over a month.
+    /// What they cost in the window, exact, and over a month (`None`: not projected).
     pub cost_usd: String,
-    pub monthly_cost_usd: f64,
+    pub monthly_cost_usd: Option<f64>,
 }
 
 /// A route's quality in the window: agreement of each candidate tier with the reference (shadow
@@ -103,11 +128,17 @@ pub struct QualityReport {
     pub feedback_unjudged: u64,
     pub shadow_calls: u64,
     pub eval_calls: u64,
-    /// Shadow and eval calls, exact, and over a month.
+    /// Shadow and eval calls in the window, exact.
     pub checks_cost_usd: String,
-    pub monthly_checks_cost_usd: f64,
+    /// Shadow checks over a month, at most the route's shadow `daily_budget_usd` × 30; eval runs
+    /// are occasional and not projected. `None` when the window is too short to project.
+    pub monthly_checks_cost_usd: Option<f64>,
+    /// The projection met the shadow budget and stands at it.
+    pub monthly_checks_capped: bool,
     #[serde(skip)]
     checks_cost: Picodollars,
+    #[serde(skip)]
+    shadow_cost: Picodollars,
 }
 
 /// Shadow agreement of one candidate tier with its reference.
@@ -150,13 +181,18 @@ pub struct Totals {
     pub checks_usd: String,
     pub actual_usd: String,
     pub saving_usd: String,
-    pub monthly_baseline_usd: f64,
-    pub monthly_api_usd: f64,
-    pub monthly_fixed_usd: f64,
-    pub monthly_checks_usd: f64,
-    pub monthly_actual_usd: f64,
-    pub monthly_saving_usd: f64,
-    /// Saving as a share of the baseline, in percent.
+    /// Calls in the window and those that failed, over every route.
+    pub calls: u64,
+    pub errors: u64,
+    /// Over a month; each `None` when the window is too short to project. `monthly_actual_usd` is
+    /// the sum of the three above it, and the saving the baseline less that.
+    pub monthly_baseline_usd: Option<f64>,
+    pub monthly_api_usd: Option<f64>,
+    pub monthly_fixed_usd: Option<f64>,
+    pub monthly_checks_usd: Option<f64>,
+    pub monthly_actual_usd: Option<f64>,
+    pub monthly_saving_usd: Option<f64>,
+    /// Saving as a share of the baseline, in percent, over the window.
     pub saving_pct: f64,
     pub unpriced_calls: u64,
 }
@@ -167,13 +203,18 @@ pub struct Report {
     pub days: f64,
     /// The window asked for began before the ledger's first record; it starts there instead.
     pub starts_at_first_record: bool,
+    /// The window asked for ran past the ledger's last record; it ends there instead, so that
+    /// hours without traffic do not shrink what the traffic shows.
+    pub ends_at_last_record: bool,
+    /// Whether per-day and per-month figures are given: only when the window holds at least
+    /// `[report] project_after_hours` of traffic.
+    pub projected: bool,
+    /// Why they are not, when they are not.
+    pub not_projected_because: Option<String>,
     pub routes: Vec<RouteReport>,
     pub fixed: Vec<FixedCost>,
     pub totals: Totals,
 }
-
-/// Requests with no route (a tier or model id called without `x-tierwise-route`).
-const NO_ROUTE: &str = "(no route)";
 
 impl Report {
     pub async fn load(
@@ -182,23 +223,23 @@ impl Report {
         window: Window,
         route: Option<&str>,
     ) -> Result<Report, LedgerError> {
-        // A window reaching back before the ledger's first record starts at that record: a month
-        // of fixed cost is not charged against minutes of traffic, nor calls per day spread over
-        // days with no gateway running.
-        let first = store.span().await?.map(|(first, _)| first);
-        let (window, clamped) = match first {
-            Some(first) if window.from_ms < first && first < window.to_ms => (
-                Window {
-                    from_ms: first,
-                    ..window
-                },
-                true,
-            ),
-            _ => (window, false),
-        };
+        // A window reaching back before the ledger's first record starts at that record, and one
+        // running past its last record ends there: a month of fixed cost is not charged against
+        // minutes of traffic, calls per day are not spread over days with no gateway running, and
+        // a projection does not shrink while no traffic arrives.
+        let (mut window, mut starts, mut ends) = (window, false, false);
+        if let Some((first, last)) = store.span().await? {
+            if window.from_ms < first && first < window.to_ms {
+                (window.from_ms, starts) = (first, true);
+            }
+            if window.from_ms <= last && last + 1 < window.to_ms {
+                (window.to_ms, ends) = (last + 1, true);
+            }
+        }
         let summary = store.summary(window.from_ms, window.to_ms, route).await?;
         let mut report = Report::build(config, &summary, window);
-        report.starts_at_first_record = clamped;
+        report.starts_at_first_record = starts;
+        report.ends_at_last_record = ends;
         for route in &mut report.routes {
             let Some(configured) = config.routes.iter().find(|r| r.name == route.route) else {
                 continue;
@@ -245,6 +286,19 @@ impl Report {
     }
 
     pub fn build(config: &Config, summary: &Summary, window: Window) -> Report {
+        let needed = config.report.project_after;
+        let held = std::time::Duration::from_millis((window.to_ms - window.from_ms).max(0) as u64);
+        let projection = Projection {
+            window,
+            on: held >= needed,
+        };
+        let not_projected_because = (!projection.on).then(|| {
+            format!(
+                "{} of traffic is under the {} a projection needs ([report] project_after_hours)",
+                span_of(held),
+                span_of(needed)
+            )
+        });
         // Fixed costs in the window, shared among routes by the tokens they ran on the provider.
         let mut fixed = Vec::new();
         let mut fixed_share: BTreeMap<&str, i128> = BTreeMap::new();
@@ -292,7 +346,7 @@ impl Report {
                     route,
                     sums,
                     Picodollars::saturating(fixed_share.get(route).copied().unwrap_or(0)),
-                    window,
+                    projection,
                 );
                 report.moved_off_first_tier = summary
                     .moved
@@ -301,12 +355,19 @@ impl Report {
                     .map(|moved| MovedOff {
                         reason: moved.reason.clone(),
                         calls: moved.calls,
+                        answered: moved.answered,
                         share: moved.calls as f64 / sums.calls.max(1) as f64,
                         cost_usd: moved.cost.to_string(),
-                        monthly_cost_usd: window.monthly(moved.cost),
+                        monthly_cost_usd: projection.month(moved.cost),
                     })
                     .collect();
-                report.quality = quality(summary, &sums.route, window);
+                let shadow_budget = config
+                    .routes
+                    .iter()
+                    .find(|r| Some(&r.name) == sums.route.as_ref())
+                    .and_then(|r| r.shadow.as_ref())
+                    .map(|shadow| shadow.daily_budget_usd);
+                report.quality = quality(summary, &sums.route, projection, shadow_budget);
                 report
             })
             .collect();
@@ -322,6 +383,20 @@ impl Report {
         let actual =
             Picodollars::saturating(api.0 as i128 + fixed_total.0 as i128 + checks.0 as i128);
         let saving = Picodollars::saturating(baseline.0 as i128 - actual.0 as i128);
+        let monthly_baseline = projection.month(baseline);
+        let monthly_api = projection.month(api);
+        let monthly_fixed = projection.month(fixed_total);
+        // Each route's checks are capped by its own budget, so the month's checks are their sum.
+        let monthly_checks = projection.on.then(|| {
+            routes
+                .iter()
+                .filter_map(|r| r.quality.monthly_checks_cost_usd)
+                .sum::<f64>()
+        });
+        let monthly_actual = monthly_api
+            .zip(monthly_fixed)
+            .zip(monthly_checks)
+            .map(|((api, fixed), checks)| api + fixed + checks);
         let totals = Totals {
             baseline_usd: baseline.to_string(),
             api_usd: api.to_string(),
@@ -329,12 +404,16 @@ impl Report {
             checks_usd: checks.to_string(),
             actual_usd: actual.to_string(),
             saving_usd: saving.to_string(),
-            monthly_baseline_usd: window.monthly(baseline),
-            monthly_api_usd: window.monthly(api),
-            monthly_fixed_usd: window.monthly(fixed_total),
-            monthly_checks_usd: window.monthly(checks),
-            monthly_actual_usd: window.monthly(actual),
-            monthly_saving_usd: window.monthly(saving),
+            calls: routes.iter().map(|r| r.calls).sum(),
+            errors: routes.iter().map(|r| r.errors).sum(),
+            monthly_baseline_usd: monthly_baseline,
+            monthly_api_usd: monthly_api,
+            monthly_fixed_usd: monthly_fixed,
+            monthly_checks_usd: monthly_checks,
+            monthly_actual_usd: monthly_actual,
+            monthly_saving_usd: monthly_baseline
+                .zip(monthly_actual)
+                .map(|(baseline, actual)| baseline - actual),
             saving_pct: if baseline.0 > 0 {
                 saving.0 as f64 * 100.0 / baseline.0 as f64
             } else {
@@ -346,6 +425,9 @@ impl Report {
             window,
             days: window.days(),
             starts_at_first_record: false,
+            ends_at_last_record: false,
+            projected: projection.on,
+            not_projected_because,
             routes,
             fixed,
             totals,
@@ -360,13 +442,17 @@ impl Report {
         let mut out = String::from(
             "route,calls,calls_per_day,avg_tokens_in,avg_tokens_out,models,local_share,fallbacks,errors,p50_ms,p95_ms,api_cost_usd,fixed_cost_usd,baseline_usd,monthly_cost_usd,monthly_baseline_usd\n",
         );
+        // An empty cell where a figure is not projected: the window cannot carry it.
+        let cell = |value: Option<f64>, places: usize| {
+            value.map_or(String::new(), |v| format!("{v:.places$}"))
+        };
         for r in &self.routes {
             let _ = writeln!(
                 out,
-                "{},{},{:.2},{:.1},{:.1},{},{:.4},{},{},{:.1},{:.1},{},{},{},{:.2},{:.2}",
+                "{},{},{},{:.1},{:.1},{},{:.4},{},{},{:.1},{:.1},{},{},{},{},{}",
                 csv_field(&r.route),
                 r.calls,
-                r.calls_per_day,
+                cell(r.calls_per_day, 2),
                 r.avg_tokens_in,
                 r.avg_tokens_out,
                 csv_field(&r.models.join(" ")),
@@ -378,76 +464,137 @@ impl Report {
                 r.api_cost_usd,
                 r.fixed_cost_usd,
                 r.baseline_usd,
-                r.monthly_cost_usd,
-                r.monthly_baseline_usd
+                cell(r.monthly_cost_usd, 2),
+                cell(r.monthly_baseline_usd, 2)
             );
         }
         let t = &self.totals;
         let _ = writeln!(
             out,
-            "TOTAL,,,,,,,,,,,{},{},{},{:.2},{:.2}",
-            t.api_usd, t.fixed_usd, t.baseline_usd, t.monthly_actual_usd, t.monthly_baseline_usd
+            "TOTAL,{},,,,,,,{},,,{},{},{},{},{}",
+            t.calls,
+            t.errors,
+            t.api_usd,
+            t.fixed_usd,
+            t.baseline_usd,
+            cell(t.monthly_actual_usd, 2),
+            cell(t.monthly_baseline_usd, 2)
         );
         out
     }
 
     pub fn to_table(&self) -> String {
         let mut out = String::new();
+        let held = std::time::Duration::from_millis(
+            (self.window.to_ms - self.window.from_ms).max(0) as u64,
+        );
+        let clamped = match (self.starts_at_first_record, self.ends_at_last_record) {
+            (true, true) => ", from the ledger's first record to its last",
+            (true, false) => ", from the ledger's first record",
+            (false, true) => ", to the ledger's last record",
+            (false, false) => "",
+        };
         let _ = writeln!(
             out,
-            "tierwise report: {} to {} ({}{}); costs projected to a {DAYS_PER_MONTH}-day month\n",
+            "tierwise report: {} to {} ({}{clamped})",
             timestamp(self.window.from_ms),
             timestamp(self.window.to_ms),
-            span(self.days),
-            if self.starts_at_first_record {
-                ", from the ledger's first record"
-            } else {
-                ""
-            }
+            span_of(held),
         );
+        match &self.not_projected_because {
+            Some(why) => {
+                let _ = writeln!(
+                    out,
+                    "figures are what the window saw, not projected: {why}\n"
+                );
+            }
+            None => {
+                let _ = writeln!(out, "costs projected to a {DAYS_PER_MONTH}-day month\n");
+            }
+        }
+        // The route column fits the longest name; models go last, so a long list of them
+        // cannot push the other columns out of line.
+        let width = self
+            .routes
+            .iter()
+            .map(|r| r.route.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(16);
+        let (volume, cost, baseline) = if self.projected {
+            ("calls/day", "cost/mo", "baseline/mo")
+        } else {
+            ("calls", "cost", "baseline")
+        };
         let _ = writeln!(
             out,
-            "{:<16} {:>9} {:>15} {:<28} {:>6} {:>9} {:>8} {:>8} {:>12} {:>12}",
+            "{:<width$} {:>9} {:>6} {:>15} {:>6} {:>9} {:>8} {:>8} {:>12} {:>12}  {}",
             "route",
-            "calls/day",
+            volume,
+            "errors",
             "avg tok in/out",
-            "models",
             "local",
             "fallbacks",
             "p50 ms",
             "p95 ms",
-            "cost/mo",
-            "baseline/mo"
+            cost,
+            baseline,
+            "models"
         );
         if self.routes.is_empty() {
             let _ = writeln!(out, "(no requests in this window)");
         }
         for r in &self.routes {
+            let (volume, cost, baseline) =
+                match (r.calls_per_day, r.monthly_cost_usd, r.monthly_baseline_usd) {
+                    (Some(per_day), Some(cost), Some(baseline)) => {
+                        (format!("{per_day:.1}"), usd(cost), usd(baseline))
+                    }
+                    _ => (
+                        r.calls.to_string(),
+                        usd_exact(&r.api_cost_usd, &r.fixed_cost_usd),
+                        usd_exact(&r.baseline_usd, "0"),
+                    ),
+                };
             let _ = writeln!(
                 out,
-                "{:<16} {:>9.1} {:>15} {:<28} {:>5.1}% {:>9} {:>8.1} {:>8.1} {:>12} {:>12}",
+                "{:<width$} {:>9} {:>6} {:>15} {:>5.1}% {:>9} {:>8.1} {:>8.1} {:>12} {:>12}  {}",
                 r.route,
-                r.calls_per_day,
+                volume,
+                r.errors,
                 format!("{:.0} / {:.0}", r.avg_tokens_in, r.avg_tokens_out),
-                r.models.join(", "),
                 r.local_share * 100.0,
                 r.fallbacks,
                 r.p50_ms,
                 r.p95_ms,
-                usd(r.monthly_cost_usd),
-                usd(r.monthly_baseline_usd),
+                cost,
+                baseline,
+                r.models.join(", "),
             );
         }
         for r in &self.routes {
             for moved in &r.moved_off_first_tier {
+                let failed = moved.calls - moved.answered.min(moved.calls);
+                let outcome = match (moved.answered, failed) {
+                    (_, 0) => "all answered by a later tier".to_string(),
+                    (0, _) => "no later tier answered".to_string(),
+                    (answered, failed) => format!(
+                        "{} by a later tier, {} failed",
+                        plural(answered, "answered", "answered"),
+                        failed
+                    ),
+                };
+                let money = match moved.monthly_cost_usd {
+                    Some(monthly) => format!("{}/mo", usd(monthly)),
+                    None => format!("{} in the window", usd_exact(&moved.cost_usd, "0")),
+                };
                 let _ = writeln!(
                     out,
-                    "  {}: {} calls ({:.1}%) moved off the first tier for {}, {}/mo",
+                    "  {}: {} ({:.1}%) left the first tier for {}: {outcome}; {money}",
                     r.route,
-                    moved.calls,
+                    plural(moved.calls, "call", "calls"),
                     moved.share * 100.0,
                     moved.reason,
-                    usd(moved.monthly_cost_usd)
                 );
             }
         }
@@ -456,31 +603,31 @@ impl Report {
             for agreement in &q.agreement {
                 let _ = writeln!(
                     out,
-                    "  {}: {} agrees with the reference {:.1}% over {} shadow samples",
+                    "  {}: {} agrees with the reference {:.1}% over {}",
                     r.route,
                     agreement.tier,
                     agreement.agreement * 100.0,
-                    agreement.samples
+                    plural(agreement.samples, "shadow sample", "shadow samples")
                 );
             }
             for contract in &q.contract {
                 let _ = writeln!(
                     out,
-                    "  {}: the output contract rewrote {:.1}% of {}'s {} answers ({:.1}% held no allowed label)",
+                    "  {}: the output contract rewrote {:.1}% of {}'s {} ({:.1}% held no allowed label)",
                     r.route,
                     contract.rewritten_share * 100.0,
                     contract.model,
-                    contract.answers,
+                    plural(contract.answers, "answer", "answers"),
                     contract.violated_share * 100.0
                 );
             }
             if let Some(accuracy) = q.accuracy {
                 let _ = writeln!(
                     out,
-                    "  {}: {:.1}% accurate against ground truth over {} answers with feedback{}",
+                    "  {}: {:.1}% accurate against ground truth over {} with feedback{}",
                     r.route,
                     accuracy * 100.0,
-                    q.feedback_judged,
+                    plural(q.feedback_judged, "answer", "answers"),
                     if q.feedback_unjudged > 0 {
                         format!(
                             " ({} more not judged: their answers are not stored)",
@@ -492,57 +639,115 @@ impl Report {
                 );
             }
             if q.shadow_calls + q.eval_calls > 0 {
+                let money = match q.monthly_checks_cost_usd {
+                    Some(monthly) if q.monthly_checks_capped => format!(
+                        "{} in the window; shadow checks {}/mo at most (their daily budget)",
+                        usd_exact(&q.checks_cost_usd, "0"),
+                        usd(monthly)
+                    ),
+                    Some(monthly) => format!(
+                        "{} in the window; shadow checks {}/mo",
+                        usd_exact(&q.checks_cost_usd, "0"),
+                        usd(monthly)
+                    ),
+                    None => format!("{} in the window", usd_exact(&q.checks_cost_usd, "0")),
+                };
                 let _ = writeln!(
                     out,
-                    "  {}: quality checks {} calls ({} shadow, {} eval), {}/mo",
+                    "  {}: quality checks {} ({} shadow, {} eval), {money}",
                     r.route,
-                    q.shadow_calls + q.eval_calls,
+                    plural(q.shadow_calls + q.eval_calls, "call", "calls"),
                     q.shadow_calls,
                     q.eval_calls,
-                    usd(q.monthly_checks_cost_usd)
                 );
             }
         }
         let t = &self.totals;
-        let line = |out: &mut String, label: &str, amount: f64, note: &str| {
-            let _ = writeln!(out, "{label:<34} {:>12}/mo{note}", usd(amount));
-        };
         let _ = writeln!(out);
-        line(
-            &mut out,
-            "before (all-API baseline)",
+        let line = |out: &mut String, label: &str, amount: String, note: &str| {
+            let _ = writeln!(out, "{label:<34} {amount:>15}{note}");
+        };
+        match (
             t.monthly_baseline_usd,
-            "",
-        );
-        line(&mut out, "after: API spend", t.monthly_api_usd, "");
-        for f in &self.fixed {
-            let note = if f.unattributed {
-                " (unused in this window)"
-            } else {
-                ""
-            };
-            line(
-                &mut out,
-                &format!("after: fixed, {}", f.provider),
-                f.monthly_usd,
-                note,
-            );
-        }
-        if t.monthly_checks_usd > 0.0 {
-            line(&mut out, "after: quality checks", t.monthly_checks_usd, "");
-        }
-        line(&mut out, "after: total", t.monthly_actual_usd, "");
-        line(
-            &mut out,
-            "net saving",
+            t.monthly_api_usd,
+            t.monthly_fixed_usd,
+            t.monthly_checks_usd,
+            t.monthly_actual_usd,
             t.monthly_saving_usd,
-            &format!(" ({:.1}%)", t.saving_pct),
-        );
+        ) {
+            (Some(baseline), Some(api), Some(_), Some(checks), Some(actual), Some(saving)) => {
+                let mo = |amount: f64| format!("{}/mo", usd(amount));
+                line(&mut out, "before (all-API baseline)", mo(baseline), "");
+                line(&mut out, "after: API spend", mo(api), "");
+                for f in &self.fixed {
+                    let note = if f.unattributed {
+                        " (unused in this window)"
+                    } else {
+                        ""
+                    };
+                    line(
+                        &mut out,
+                        &format!("after: fixed, {}", f.provider),
+                        mo(f.monthly_usd),
+                        note,
+                    );
+                }
+                if checks > 0.0 {
+                    line(&mut out, "after: quality checks", mo(checks), "");
+                }
+                line(&mut out, "after: total", mo(actual), "");
+                line(
+                    &mut out,
+                    "net saving",
+                    mo(saving),
+                    &format!(" ({:.1}%)", t.saving_pct),
+                );
+            }
+            _ => {
+                // Observed money only: what the window spent, and what it saved against all-API.
+                let _ = writeln!(
+                    out,
+                    "in {}: {}, {} failed, {} spent, {} saved against all-API ({:.1}%)",
+                    span_of(held),
+                    plural(t.calls, "call", "calls"),
+                    t.errors,
+                    usd_exact(&t.actual_usd, "0"),
+                    usd_exact(&t.saving_usd, "0"),
+                    t.saving_pct,
+                );
+                let exact = |amount: &str| usd_exact(amount, "0");
+                line(
+                    &mut out,
+                    "before (all-API baseline)",
+                    exact(&t.baseline_usd),
+                    "",
+                );
+                line(&mut out, "after: API spend", exact(&t.api_usd), "");
+                for f in &self.fixed {
+                    line(
+                        &mut out,
+                        &format!("after: fixed, {}", f.provider),
+                        exact(&f.window_usd),
+                        &format!(" (its {}/mo over the window)", usd(f.monthly_usd)),
+                    );
+                }
+                if t.checks_usd != "0" {
+                    line(&mut out, "after: quality checks", exact(&t.checks_usd), "");
+                }
+                line(&mut out, "after: total", exact(&t.actual_usd), "");
+                line(
+                    &mut out,
+                    "net saving",
+                    exact(&t.saving_usd),
+                    &format!(" ({:.1}%)", t.saving_pct),
+                );
+            }
+        }
         if t.unpriced_calls > 0 {
             let _ = writeln!(
                 out,
-                "\n{} calls used a model with no known price; their cost is not in these sums (add [prices.\"model\"])",
-                t.unpriced_calls
+                "\n{} used a model with no known price; their cost is not in these sums (add [prices.\"model\"])",
+                plural(t.unpriced_calls, "call", "calls")
             );
         }
         out
@@ -550,14 +755,22 @@ impl Report {
 }
 
 /// A route's shadow agreement, contract rewrites and checking cost, from the ledger's sums.
-fn quality(summary: &Summary, route: &Option<String>, window: Window) -> QualityReport {
+fn quality(
+    summary: &Summary,
+    route: &Option<String>,
+    projection: Projection,
+    shadow_budget_usd: Option<f64>,
+) -> QualityReport {
     let mut report = QualityReport::default();
-    let mut cost = 0i128;
+    let (mut cost, mut shadow) = (0i128, 0i128);
     for checks in summary.checks.iter().filter(|c| &c.route == route) {
         cost += i128::from(checks.cost.0);
         match checks.purpose.as_str() {
             "eval" => report.eval_calls += checks.calls,
-            _ => report.shadow_calls += checks.calls,
+            _ => {
+                report.shadow_calls += checks.calls;
+                shadow += i128::from(checks.cost.0);
+            }
         }
         if let (Some(tier), true) = (&checks.candidate, checks.scored > 0) {
             report.agreement.push(Agreement {
@@ -579,21 +792,48 @@ fn quality(summary: &Summary, route: &Option<String>, window: Window) -> Quality
         })
         .collect();
     report.checks_cost = Picodollars::saturating(cost);
+    report.shadow_cost = Picodollars::saturating(shadow);
     report.checks_cost_usd = report.checks_cost.to_string();
-    report.monthly_checks_cost_usd = window.monthly(report.checks_cost);
+    report.monthly_checks_cost_usd = projection.month(report.shadow_cost).map(|monthly| {
+        match shadow_budget_usd.map(|daily| daily * DAYS_PER_MONTH) {
+            Some(cap) if monthly > cap => {
+                report.monthly_checks_capped = true;
+                cap
+            }
+            _ => monthly,
+        }
+    });
     report
+}
+
+/// Why `--route NAME` names nothing: no configured route has that name (and the window holds no
+/// traffic of a route since removed). `None` when it is a route.
+pub fn unknown_route(config: &Config, name: &str) -> Option<String> {
+    if name == NO_ROUTE || config.routes.iter().any(|route| route.name == name) {
+        return None;
+    }
+    let names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+    Some(format!(
+        "there is no route {name:?} in the config or in this window's traffic; the routes are: {} (and {NO_ROUTE:?} for calls made without one)",
+        names.join(", ")
+    ))
 }
 
 fn route_name(route: &Option<String>) -> &str {
     route.as_deref().unwrap_or(NO_ROUTE)
 }
 
-fn route_report(route: &str, sums: &RouteSums, fixed: Picodollars, window: Window) -> RouteReport {
+fn route_report(
+    route: &str,
+    sums: &RouteSums,
+    fixed: Picodollars,
+    projection: Projection,
+) -> RouteReport {
     let n = sums.calls.max(1) as f64;
     RouteReport {
         route: route.to_string(),
         calls: sums.calls,
-        calls_per_day: sums.calls as f64 / window.days(),
+        calls_per_day: projection.per_day(sums.calls),
         avg_tokens_in: sums.tokens_in as f64 / n,
         avg_tokens_out: sums.tokens_out as f64 / n,
         models: sums.models.clone(),
@@ -608,10 +848,10 @@ fn route_report(route: &str, sums: &RouteSums, fixed: Picodollars, window: Windo
         api_cost_usd: sums.cost.to_string(),
         fixed_cost_usd: fixed.to_string(),
         baseline_usd: sums.baseline.to_string(),
-        monthly_cost_usd: window.monthly(Picodollars::saturating(
+        monthly_cost_usd: projection.month(Picodollars::saturating(
             sums.cost.0 as i128 + fixed.0 as i128,
         )),
-        monthly_baseline_usd: window.monthly(sums.baseline),
+        monthly_baseline_usd: projection.month(sums.baseline),
         moved_off_first_tier: Vec::new(),
         quality: QualityReport::default(),
         api_cost: sums.cost,
@@ -694,15 +934,57 @@ fn parse_time(text: &str) -> Result<i64, String> {
         .as_millis() as i64)
 }
 
-/// How long a window covers, in the unit a reader would use: `12 minutes`, `5.3 hours`, `3.00 days`.
-fn span(days: f64) -> String {
-    let minutes = days * 24.0 * 60.0;
-    if minutes < 120.0 {
-        format!("{minutes:.0} minutes")
-    } else if minutes < 48.0 * 60.0 {
-        format!("{:.1} hours", minutes / 60.0)
+/// How long a window covers, in the unit a reader would use: `20 seconds`, `1 minute`,
+/// `5.3 hours`, `3.0 days`.
+pub fn span_of(duration: std::time::Duration) -> String {
+    let seconds = duration.as_secs_f64();
+    if seconds < 120.0 {
+        plural(seconds.round() as u64, "second", "seconds")
+    } else if seconds < 2.0 * 3600.0 {
+        plural((seconds / 60.0).round() as u64, "minute", "minutes")
+    } else if seconds < 48.0 * 3600.0 {
+        format!("{} hours", tenths(seconds / 3600.0))
     } else {
-        format!("{days:.2} days")
+        format!("{} days", tenths(seconds / 86_400.0))
+    }
+}
+
+/// A number to a tenth, without a trailing `.0`.
+fn tenths(value: f64) -> String {
+    let text = format!("{value:.1}");
+    text.strip_suffix(".0").map_or(text.clone(), str::to_string)
+}
+
+/// `1 call`, `2 calls`, `0 calls`, with thousands separated.
+pub fn plural(count: u64, one: &str, many: &str) -> String {
+    format!(
+        "{} {}",
+        thousands(count),
+        if count == 1 { one } else { many }
+    )
+}
+
+fn thousands(count: u64) -> String {
+    let digits = count.to_string();
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+/// An exact amount (a ledger sum in dollars, as text) plus another, shown to the cent, or to two
+/// significant figures below a cent so a small spend does not read as nothing.
+fn usd_exact(amount: &str, plus: &str) -> String {
+    let value = amount.parse::<f64>().unwrap_or(0.0) + plus.parse::<f64>().unwrap_or(0.0);
+    if value != 0.0 && value.abs() < 0.01 {
+        let places = (-value.abs().log10()).ceil() as usize + 1;
+        format!("${value:.places$}")
+    } else {
+        usd(value)
     }
 }
 

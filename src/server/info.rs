@@ -130,6 +130,12 @@ pub async fn report(
     let report = Report::load(&app.config, &app.store, window, query.route.as_deref())
         .await
         .map_err(|err| ApiError::internal(format!("cannot read the ledger: {err}")))?;
+    if let Some(route) = query.route.as_deref()
+        && report.routes.is_empty()
+        && let Some(unknown) = report::unknown_route(&app.config, route)
+    {
+        return Err(ApiError::not_found(unknown));
+    }
     Ok(Json(report))
 }
 
@@ -184,6 +190,57 @@ pub async fn daily(
     Ok(Json(
         json!({ "from_day": today - days + 1, "days": days, "rows": rows }),
     ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CostsQuery {
+    since: Option<String>,
+}
+
+/// `GET /admin/api/costs?since=14d`: product traffic's calls and cost by route and tier, in buckets
+/// as long as the traffic is old — minutes for the first two hours of a ledger, hours for its first
+/// two days, UTC days after that — so a young ledger shows its shape instead of one bar.
+pub async fn costs(
+    State(app): State<Arc<App>>,
+    Query(query): Query<CostsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    const MINUTE: i64 = 60_000;
+    const HOUR: i64 = 3_600_000;
+    const DAY: i64 = 86_400_000;
+    let now = crate::quality::watch::now_ms();
+    let window = report::window(
+        Some(query.since.as_deref().unwrap_or("14d")),
+        None,
+        None,
+        now,
+    )
+    .map_err(ApiError::bad_body)?;
+    let unreadable = |err| ApiError::internal(format!("cannot read the ledger: {err}"));
+    let first = app
+        .store
+        .span()
+        .await
+        .map_err(unreadable)?
+        .map(|(first, _)| first);
+    let from_ms = first.map_or(window.from_ms, |first| first.max(window.from_ms));
+    let (bucket_ms, unit) = match now - from_ms {
+        age if age <= 2 * HOUR => (MINUTE, "minute"),
+        age if age <= 2 * DAY => (HOUR, "hour"),
+        _ => (DAY, "day"),
+    };
+    let from_ms = from_ms.min(now) / bucket_ms * bucket_ms;
+    let rows = app
+        .store
+        .cost_series(from_ms, bucket_ms)
+        .await
+        .map_err(unreadable)?;
+    Ok(Json(json!({
+        "from_ms": from_ms,
+        "to_ms": now,
+        "bucket_ms": bucket_ms,
+        "unit": unit,
+        "rows": rows,
+    })))
 }
 
 #[derive(Debug, Deserialize)]

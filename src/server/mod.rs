@@ -113,6 +113,7 @@ pub fn router(app: Arc<App>) -> Router {
     let admin = Router::new()
         .route("/admin/api/providers", get(info::providers))
         .route("/admin/api/report", get(info::report))
+        .route("/admin/api/costs", get(info::costs))
         .route("/admin/api/quality", get(info::quality))
         .route("/admin/api/daily", get(info::daily))
         .route("/admin/api/requests", get(info::requests))

@@ -498,6 +498,45 @@ async fn report_reads_the_ledger_a_gateway_wrote() {
     assert_eq!(report["routes"][0]["route"], "classification");
     assert_eq!(report["routes"][0]["calls"], 3);
     assert_eq!(report["routes"][1]["calls"], 2);
+    // Seconds of traffic carry no month: nothing is projected, and the report says why.
+    assert_eq!(report["projected"], false, "{report}");
+    assert!(
+        report["not_projected_because"]
+            .as_str()
+            .unwrap()
+            .contains("under the 24 hours a projection needs ([report] project_after_hours)"),
+        "{report}"
+    );
+    for projected in [
+        &report["routes"][0]["calls_per_day"],
+        &report["routes"][0]["monthly_cost_usd"],
+        &report["routes"][0]["monthly_baseline_usd"],
+        &report["totals"]["monthly_saving_usd"],
+        &report["totals"]["monthly_checks_usd"],
+    ] {
+        assert!(projected.is_null(), "a projection from seconds: {report}");
+    }
+    assert_eq!(report["totals"]["calls"], 5);
+    assert_eq!(report["totals"]["errors"], 0);
+    // The window runs from the ledger's first record to its last, not to now.
+    assert_eq!(report["starts_at_first_record"], true);
+    assert_eq!(report["ends_at_last_record"], true);
+
+    // The same ledger with projections allowed from any window: the figures follow from it.
+    let projecting = dir.join("projecting.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = if text.contains("[report]\n") {
+        text.replace("[report]\n", "[report]\nproject_after_hours = 0\n")
+    } else {
+        text + "\n[report]\nproject_after_hours = 0\n"
+    };
+    std::fs::write(&projecting, text).unwrap();
+    let report = json_of(
+        tierwise()
+            .args(["report", "--since", "1h", "--format", "json", "--config"])
+            .arg(&projecting),
+    );
+    assert_eq!(report["projected"], true, "{report}");
     // The projections follow from the window: calls a day, money a 30-day month, saving in %.
     let days = report["days"].as_f64().unwrap();
     let route = &report["routes"][0];
@@ -547,8 +586,39 @@ async fn report_reads_the_ledger_a_gateway_wrote() {
         "{table}"
     );
     assert!(
-        table.contains("minutes, from the ledger's first record"),
+        table.contains("seconds, from the ledger's first record to its last)")
+            || table.contains("second, from the ledger's first record to its last)"),
         "{table}"
+    );
+    // Observed money only, no month: "in 2 seconds: 5 calls, 0 failed, $0.0011 spent, …".
+    assert!(
+        table.contains("figures are what the window saw, not projected"),
+        "{table}"
+    );
+    assert!(
+        table.contains(": 5 calls, 0 failed, $") && table.contains("saved against all-API (94.0%)"),
+        "{table}"
+    );
+    assert!(!table.contains("/mo"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("errors") && l.trim_end().ends_with("models")),
+        "{table}"
+    );
+
+    // A route that does not exist is named, with the ones that do.
+    let nope = tierwise()
+        .args(["report", "--since", "1h", "--route", "nope", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!nope.status.success());
+    let said = String::from_utf8_lossy(&nope.stderr);
+    assert!(
+        said.contains("no route \"nope\"")
+            && said.contains("the routes are: classification, extraction"),
+        "{said}"
     );
     let csv = tierwise()
         .args(["report", "--since", "1h", "--format", "csv", "--config"])
@@ -1104,13 +1174,13 @@ fn the_demo_runs_to_completion_and_shows_a_fallback_an_alert_and_a_saving() {
     assert!(stderr.contains("SIMULATED providers"), "{stderr}");
     assert!(stderr.contains("QUALITY ALERT"), "{stderr}");
     assert!(
-        stdout.contains("moved off the first tier for breaker_open")
-            || stdout.contains("moved off the first tier for http_503"),
+        stdout.contains("left the first tier for breaker_open")
+            || stdout.contains("left the first tier for http_503"),
         "no outage fallback in the report:\n{stdout}"
     );
     assert!(stdout.contains("alert_fired: agreement"), "{stdout}");
     assert!(
-        stdout.contains("moved off the first tier for quality_demoted"),
+        stdout.contains("left the first tier for quality_demoted"),
         "{stdout}"
     );
     let saving = stdout

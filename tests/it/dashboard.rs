@@ -227,3 +227,55 @@ async fn the_dashboard_renders_the_ledgers_figures_in_a_real_browser() {
     assert!(Path::new(&shot).parent().is_some());
     gw.shutdown().await;
 }
+
+/// A ledger minutes old: the page shows what the window saw, says why nothing is projected, draws
+/// its cost per minute (not one bar for the day), and says why the agreement chart is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_young_ledger_shows_observed_figures_per_minute_and_says_why_nothing_is_projected() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| c.0.server.admin_key = Some(text(ADMIN_KEY)));
+    let gw = TestGateway::start(&config).await;
+    for i in 0..3 {
+        let answer = Answer::of(
+            gw.post(
+                "/v1/chat/completions",
+                &chat("classification", &format!("young {i}")),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(answer.status, 200);
+    }
+    let store = gw.store().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.recent(5).await.unwrap().len() < 3 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = gw.url.clone();
+    let dom = tokio::task::spawn_blocking(move || {
+        browse(&format!("{url}/#key={ADMIN_KEY}"), &["--dump-dom"])
+    })
+    .await
+    .unwrap();
+    let has = |needle: &str| {
+        assert!(
+            dom.contains(needle),
+            "no {needle:?} in the rendered page:\n{dom}"
+        )
+    };
+    has("data-state=\"ready\"");
+    has("of traffic, not projected:");
+    has("a projection needs ([report] project_after_hours)");
+    has("Cost per minute by route and tier (UTC)");
+    has("No route has a shadow check");
+    has("<th class=\"volume\">calls</th>");
+    assert!(
+        !dom.contains("/mo"),
+        "a projected figure on a young ledger:\n{dom}"
+    );
+    gw.shutdown().await;
+}
