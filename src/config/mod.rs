@@ -5,6 +5,7 @@
 mod env;
 mod error;
 pub mod file;
+mod kinds;
 mod known;
 mod price;
 mod provider;
@@ -20,14 +21,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use error::{ConfigError, ConfigIssue};
+pub use kinds::{
+    AllOpen, Changes, OnDrift, OnProof, QualityBar, ScorerKind, TaskKind, ToolCalling,
+};
 pub use known::{Abilities, KnownModel, known_model, undated};
 pub use price::Price;
 pub use provider::{BreakerPolicy, ProbePolicy, Provider, Timeouts};
 pub use proxy::Proxy;
-pub use route::{
-    AllOpen, ChainTier, Changes, Declared, OnDrift, OnProof, Profile, QualityBar, Route,
-    ScorerKind, Shadow, TaskKind, ToolCalling, with_labels,
-};
+pub use route::{ChainTier, Declared, Profile, Route, Shadow, with_labels};
 pub use server::{AdminAccess, LedgerConfig, RequestLog, ServerConfig};
 pub use tier::Tier;
 

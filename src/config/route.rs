@@ -5,10 +5,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::file::{ConfigFile, RawRoute, RawShadow, Text};
+use super::kinds::{
+    AllOpen, Changes, OnDrift, OnProof, QualityBar, ScorerKind, TaskKind, ToolCalling,
+};
 use super::resolver::Resolver;
 use super::tier::Tier;
 
@@ -27,37 +29,12 @@ pub struct Route {
     pub when_all_open: AllOpen,
 }
 
-/// What a route does, which decides its scorer and whether it may move to a local model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskKind {
-    Classification,
-    Extraction,
-    Summarization,
-    Moderation,
-    Embedding,
-    Chat,
-    Agentic,
-    Reasoning,
-}
-
 /// One tier in a route's chain, with what the route changes about calls to it.
 #[derive(Debug, Clone)]
 pub struct ChainTier {
     pub tier: Arc<Tier>,
     /// Replaces the client's system message on this tier (`{labels}` already filled in).
     pub system_prompt: Option<Arc<str>>,
-}
-
-/// What a route does when every tier's breaker is open.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AllOpen {
-    /// Call the primary anyway: it may have recovered, and a failure costs one request.
-    #[default]
-    TryPrimary,
-    /// Answer 503 at once with `Retry-After`.
-    FailFast,
 }
 
 /// A route's shadow check: a sampled share of the answers its primary (the candidate) gives are
@@ -89,81 +66,6 @@ impl Shadow {
     pub const DEFAULT_MIN_SAMPLES: u32 = 50;
 }
 
-/// How answers are compared: one normalized label, JSON fields, free text, or tool calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ScorerKind {
-    /// One normalized label, for classification and moderation.
-    Label,
-    /// Both answers parsed as JSON; the share of fields and nested values that match.
-    Json,
-    /// Free text: ROUGE-L between the answers, with token F1 beside it.
-    Text,
-    /// Tool calls compared by function name and parsed arguments.
-    ToolCalls,
-    /// The reference tier grades the candidate's answer against its own with a rubric, 0 to 10:
-    /// one more reference call per sample, for open-ended answers no fixed measure compares.
-    Judge,
-}
-
-impl ScorerKind {
-    /// The scorer a route of this kind gets unless it names another; `None` where answers are
-    /// vectors (embeddings), which agreement by text does not describe.
-    pub fn for_task(kind: TaskKind) -> Option<ScorerKind> {
-        match kind {
-            TaskKind::Classification | TaskKind::Moderation => Some(ScorerKind::Label),
-            TaskKind::Extraction => Some(ScorerKind::Json),
-            TaskKind::Summarization | TaskKind::Chat | TaskKind::Reasoning => {
-                Some(ScorerKind::Text)
-            }
-            TaskKind::Agentic => Some(ScorerKind::ToolCalls),
-            TaskKind::Embedding => None,
-        }
-    }
-
-    /// How an answer is compared with a right answer someone wrote (a dataset's `expected`, an
-    /// application's feedback): as text where the route is graded by a judge, which grades only
-    /// against the reference tier's own answer.
-    pub fn against_truth(self) -> ScorerKind {
-        match self {
-            ScorerKind::Judge => ScorerKind::Text,
-            other => other,
-        }
-    }
-}
-
-/// What a route does when its monitor says the candidate fell below the bar.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnDrift {
-    /// Alert (log, metric, webhook) and keep serving from the candidate.
-    #[default]
-    Alert,
-    /// Alert, serve from the next tier, keep checking the candidate in reverse, and promote it
-    /// back once agreement is proven again.
-    Demote,
-}
-
-/// What a route does when its monitor proves the candidate at the bar.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnProof {
-    /// Only report it.
-    #[default]
-    Report,
-    /// The candidate starts demoted (the route serves from its next tier while the candidate is
-    /// checked in reverse) and is promoted once the lower bound of agreement clears the bar.
-    Promote,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum QualityBar {
-    #[default]
-    GoodEnough,
-    Frontier,
-}
-
 #[derive(Debug, Clone, Copy)]
 pub struct Profile {
     pub quality: QualityBar,
@@ -181,27 +83,6 @@ pub struct Declared {
     pub latency_tolerance: bool,
     pub tool_calling: bool,
     pub changes: bool,
-}
-
-/// How much a task depends on calling tools right.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ToolCalling {
-    #[default]
-    None,
-    Optional,
-    /// A wrong call is a wrong answer: the task stays on the API.
-    Critical,
-}
-
-/// How often a task's prompt or expected output changes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Changes {
-    #[default]
-    Rarely,
-    /// Every change would need the local prompt re-tuned and re-validated.
-    Often,
 }
 
 impl Profile {
