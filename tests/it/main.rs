@@ -5,6 +5,7 @@
 mod cli;
 mod config;
 mod dashboard;
+mod docs;
 mod egress;
 mod fallback;
 mod faults;
