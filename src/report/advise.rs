@@ -1,7 +1,7 @@
 //! `tierwise advise`: for each route, move-to-local, keep-on-API or needs-evidence, from the traffic
 //! the ledger saw (calls a day, prompt size, latency), the route's declared profile (task kind,
 //! quality bar, latency tolerance, tool calling, how often it changes) and its shadow agreement,
-//! by DESIGN.md's rules of thumb: well-defined tasks with a "good enough" bar, latency tolerance
+//! by the rules of thumb in docs/design.md: well-defined tasks with a "good enough" bar, latency tolerance
 //! over 500 ms, prompts under 32K tokens and more than 100 calls a day move local; agentic and
 //! reasoning tasks, critical tool calling, huge prompts, low volume and fast-changing tasks stay on
 //! the API. A route the rules would move still needs evidence until shadow checks (or an eval)

@@ -648,3 +648,20 @@ fn the_readmes_run_command_serves_the_demo_and_stops_on_ctrl_c() {
     assert!(status.success(), "{status}:\n{}", seen.join("\n"));
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// The README's small config is one a newcomer can copy: it resolves, with its `${VAR}`s set.
+#[test]
+fn the_readmes_small_config_resolves() {
+    let readme = read(&root().join("README.md"));
+    let toml: String = readme
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a toml block in the README")
+        .to_string();
+    let config = tierwise::config::Config::parse(&toml, Path::new("tierwise.toml"), &|_| {
+        Some("set".to_string())
+    })
+    .unwrap_or_else(|err| panic!("the README's config: {err}"));
+    assert!(!config.routes.is_empty());
+}
