@@ -358,10 +358,7 @@ fn file_keys() -> Keys {
         text: "",
     };
     ConfigFile::deserialize(walker).expect("the raw config types can be walked");
-    Rc::try_unwrap(keys)
-        .ok()
-        .expect("the walk is over")
-        .into_inner()
+    Rc::into_inner(keys).expect("the walk is over").into_inner()
 }
 
 /// The keys `docs/configuration.md` documents: a heading that names a table in backticks
@@ -526,7 +523,10 @@ fn every_relative_link_in_the_readme_and_docs_resolves() {
             files.push(path);
         }
     }
-    let broken: Vec<String> = files.iter().flat_map(|f| broken_links(f)).collect();
+    let broken: Vec<String> = files
+        .iter()
+        .flat_map(|f| broken_links(f.as_path()))
+        .collect();
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
 
