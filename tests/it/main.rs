@@ -6,6 +6,7 @@ mod breaker;
 mod cli;
 mod config;
 mod dashboard;
+mod docs;
 mod egress;
 mod fallback;
 mod faults;
