@@ -113,6 +113,10 @@ mod tests {
             match_label(" Billing.\n", &labels()),
             Some(("billing", true))
         );
+        // A label keeps the case it was configured in, both ways.
+        let upper = ["SPAM", "HAM"].map(String::from).to_vec();
+        assert_eq!(match_label("SPAM", &upper), Some(("SPAM", false)));
+        assert_eq!(match_label("spam", &upper), Some(("SPAM", true)));
     }
 
     #[test]

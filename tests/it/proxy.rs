@@ -691,3 +691,35 @@ fn sse_data(text: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// A gateway whose `labelled` route (local tier only) allows `labels`, as configured.
+async fn labelled(labels: &[&str]) -> (FakeUpstream, FakeUpstream, TestGateway) {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let labels: Vec<_> = labels.iter().map(|label| text(*label)).collect();
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            c.add_route("labelled", TaskKind::Classification, &["local"])
+                .output = Some(RawOutput {
+                labels: Some(spanned(labels)),
+            });
+        });
+    let gw = TestGateway::start(&config).await;
+    (local, api, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_is_exactly_a_label_keeps_its_case_and_is_never_rewritten() {
+    let (local, _api, gw) = labelled(&["SPAM", "HAM"]).await;
+    local.update(|b| b.reply = "SPAM".into());
+    let answer = gw.ask("labelled").await;
+    assert_eq!(answer.body["choices"][0]["message"]["content"], "SPAM");
+    assert_eq!(answer.header("x-tierwise-contract"), Some("ok"));
+
+    // Matching ignores case; the label the client gets is the one configured.
+    local.update(|b| b.reply = "The message is spam.".into());
+    let answer = gw.ask("labelled").await;
+    assert_eq!(answer.body["choices"][0]["message"]["content"], "SPAM");
+    assert_eq!(answer.header("x-tierwise-contract"), Some("normalized"));
+}
