@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use error::{ConfigError, ConfigIssue};
-pub use known::{Abilities, KnownModel, known_model, undated};
+pub use known::{Abilities, KnownModel, known_model, takes_max_completion_tokens, undated};
 pub use price::Price;
 pub use provider::{BreakerPolicy, ProbePolicy, Provider, Timeouts};
 pub use proxy::Proxy;
