@@ -79,6 +79,19 @@ pub fn known_model(model: &str) -> Option<KnownModel> {
     find(model).or_else(|| find(undated(model)?))
 }
 
+/// Whether `model` is one of OpenAI's reasoning models (o1, o3, o4-mini, gpt-5 and their variants
+/// and snapshots). OpenAI refuses `max_tokens` for them ("Unsupported parameter: 'max_tokens' is
+/// not supported with this model. Use 'max_completion_tokens' instead."), so an answer's budget
+/// goes to them as `max_completion_tokens`, which also bounds their hidden reasoning tokens.
+pub fn takes_max_completion_tokens(model: &str) -> bool {
+    let family = undated(model).unwrap_or(model);
+    ["o1", "o3", "o4", "gpt-5"].iter().any(|prefix| {
+        family
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('-') || rest.starts_with('.'))
+    })
+}
+
 /// `gpt-4o-2024-08-06` → `gpt-4o`; `None` where the name ends in no date.
 pub fn undated(model: &str) -> Option<&str> {
     const SUFFIX: usize = "-YYYY-MM-DD".len();
@@ -109,5 +122,31 @@ mod tests {
         assert_eq!(known_model("gpt-4o-2024-13"), None);
         assert_eq!(undated("gpt-4o-mini-2024-07-18"), Some("gpt-4o-mini"));
         assert_eq!(undated("gpt-4o"), None);
+    }
+
+    #[test]
+    fn reasoning_models_and_only_they_take_max_completion_tokens() {
+        for model in [
+            "o1",
+            "o3",
+            "o3-mini",
+            "o4-mini",
+            "o4-mini-2025-04-16",
+            "gpt-5",
+            "gpt-5-mini",
+            "gpt-5.1",
+        ] {
+            assert!(takes_max_completion_tokens(model), "{model}");
+        }
+        for model in [
+            "gpt-4o",
+            "gpt-4o-mini",
+            "gpt-4.1",
+            "o10",
+            "mistral-7b",
+            "gpt-50",
+        ] {
+            assert!(!takes_max_completion_tokens(model), "{model}");
+        }
     }
 }

@@ -24,7 +24,7 @@ pub use error::{ConfigError, ConfigIssue};
 pub use kinds::{
     AllOpen, Changes, OnDrift, OnProof, QualityBar, ScorerKind, TaskKind, ToolCalling,
 };
-pub use known::{Abilities, KnownModel, known_model, undated};
+pub use known::{Abilities, KnownModel, known_model, takes_max_completion_tokens, undated};
 pub use price::Price;
 pub use provider::{BreakerPolicy, ProbePolicy, Provider, Timeouts};
 pub use proxy::Proxy;

@@ -21,7 +21,8 @@ pub struct Route {
     /// Never empty: the first is the primary, the rest are fallbacks in order.
     pub chain: Vec<ChainTier>,
     pub baseline: Option<Arc<Tier>>,
-    /// Allowed labels, lower-cased, when the route declares an output contract.
+    /// Allowed labels as configured (trimmed), when the route declares an output contract. Answers
+    /// match them in any case; an answer that is one of them exactly is passed on untouched.
     pub labels: Option<Vec<String>>,
     pub shadow: Option<Shadow>,
     pub profile: Profile,
@@ -352,10 +353,15 @@ impl Resolver<'_> {
         }
         let mut out: Vec<String> = Vec::new();
         for label in labels.get_ref() {
-            let normalized = label.get_ref().trim().to_lowercase();
-            if normalized.is_empty() {
+            // Kept in its configured case: a client expecting `SPAM` must get `SPAM`, never a
+            // rewrite to `spam` (issue 31.10).
+            let trimmed = label.get_ref().trim();
+            if trimmed.is_empty() {
                 self.issue_at(label.span().start, &key, "a label may not be empty");
-            } else if out.contains(&normalized) {
+            } else if out
+                .iter()
+                .any(|known| known.to_lowercase() == trimmed.to_lowercase())
+            {
                 self.issue_at(
                     label.span().start,
                     &key,
@@ -365,7 +371,7 @@ impl Resolver<'_> {
                     ),
                 );
             } else {
-                out.push(normalized);
+                out.push(trimmed.to_string());
             }
         }
         Some(out)

@@ -86,8 +86,8 @@ pub struct Uncounted {
 pub enum Answer {
     /// A whole JSON answer.
     Body(Bytes),
-    /// The text a stream carried.
-    Text(String),
+    /// The text a stream carried, each choice's apart.
+    Text(Vec<String>),
 }
 
 impl Uncounted {
@@ -98,7 +98,10 @@ impl Uncounted {
             input: (spec.count_prompt)(&self.model, &self.request),
             cached: 0,
             output: match &self.answer {
-                Answer::Text(text) => crate::openai::tokens::count(&self.model, text),
+                Answer::Text(texts) => texts
+                    .iter()
+                    .map(|text| crate::openai::tokens::count(&self.model, text))
+                    .sum(),
                 Answer::Body(body) => (spec.count_answer)(&self.model, body),
             },
             estimated: true,

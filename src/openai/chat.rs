@@ -1,7 +1,8 @@
 //! `/v1/chat/completions`: a body must hold a non-empty `messages` array; a tier sets its system
-//! prompt, fills in its `max_tokens` and `temperature` where the client gave none, and on streams
-//! asks for usage; prompts are counted the way OpenAI's cookbook does; stream chunks are read for
-//! their text, their finish and their usage.
+//! prompt, fills in its `max_tokens` and `temperature` where the client gave none (the limit as
+//! `max_completion_tokens` for OpenAI's reasoning models, which refuse `max_tokens`, a client's
+//! `max_tokens` renamed too), and on streams asks for usage; prompts are counted the way OpenAI's
+//! cookbook does; stream chunks are read for each choice's text, their finish and their usage.
 
 use std::sync::LazyLock;
 
@@ -14,7 +15,7 @@ use serde_json::{Value, json};
 use super::request::raw;
 use super::tokens::{count, text_of};
 use super::{Edits, EndpointSpec, RequestBody, RequestError, Usage};
-use crate::config::ChainTier;
+use crate::config::{ChainTier, takes_max_completion_tokens};
 
 pub const SPEC: EndpointSpec = EndpointSpec {
     path: "chat/completions",
@@ -132,11 +133,22 @@ fn rewrite(body: &RequestBody<'_>, step: &ChainTier, edits: &mut Edits) {
     if body.stream {
         edits.set("stream_options", stream_options_with_usage(body));
     }
+    let limit = token_limit_field(&tier.model);
+    if limit == "max_completion_tokens"
+        && let Some(client_limit) = body.field("max_tokens")
+    {
+        // The client wrote for models that take `max_tokens`; this tier's refuses it, and takes
+        // the same budget under the other name.
+        edits.remove("max_tokens");
+        if !body.has("max_completion_tokens") {
+            edits.set("max_completion_tokens", client_limit.to_owned());
+        }
+    }
     if let Some(max_tokens) = tier.max_tokens
         && !body.has("max_tokens")
         && !body.has("max_completion_tokens")
     {
-        edits.set("max_tokens", raw(&max_tokens));
+        edits.set(limit, raw(&max_tokens));
     }
     if let Some(temperature) = tier.temperature
         && !body.has("temperature")
@@ -217,7 +229,19 @@ fn count_answer(model: &str, body: &[u8]) -> u64 {
 }
 
 fn warmup(model: &str) -> Value {
-    json!({"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1})
+    let mut body = json!({"model": model, "messages": [{"role": "user", "content": "Hi"}]});
+    body[token_limit_field(model)] = json!(1);
+    body
+}
+
+/// The field that bounds an answer's tokens for `model`: `max_tokens`, which every
+/// OpenAI-compatible server takes, except on OpenAI's reasoning models, which refuse it.
+fn token_limit_field(model: &str) -> &'static str {
+    if takes_max_completion_tokens(model) {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    }
 }
 
 /// What tierwise reads from one stream chunk.
@@ -229,8 +253,9 @@ pub struct Chunk {
     pub finished: bool,
     /// The upstream reported an error in the middle of the stream (`{"error": …}`).
     pub error: bool,
-    /// The content the chunk adds to the answer.
-    pub text: String,
+    /// The content the chunk adds to each choice's answer, by the choice's `index`: as a rule one
+    /// piece, of choice 0; a request for `n` > 1 choices gets its choices' chunks interleaved.
+    pub texts: Vec<(u32, String)>,
     pub usage: Option<Usage>,
 }
 
@@ -242,9 +267,10 @@ impl Chunk {
         Chunk::scan(data).or_else(|| Chunk::parse(data))
     }
 
-    /// The usual chunk read from its bytes: one choice whose delta has at most one `content`, no
-    /// usage, no error and no finish. `None` for anything else, or anything this cannot be sure
-    /// of (the text has escapes, a key appears twice), which [`Chunk::parse`] then reads.
+    /// The usual chunk read from its bytes: one choice, choice 0, whose delta has at most one
+    /// `content`, no usage, no error and no finish. `None` for anything else, or anything this
+    /// cannot be sure of (the text has escapes, a key appears twice, an `index` other than 0),
+    /// which [`Chunk::parse`] then reads.
     ///
     /// A key found as `"name"` followed by `:` is a key: a quote inside a JSON string is escaped,
     /// so the bytes of a string never hold `"name":`.
@@ -257,6 +283,16 @@ impl Chunk {
             if values_of(bytes, key).any(|value| !value.starts_with(b"null")) {
                 return None;
             }
+        }
+        // Every index 0, the choice's among them: its text is choice 0's.
+        let zero = |value: &[u8]| {
+            value.strip_prefix(b"0").is_some_and(|rest| {
+                rest.first()
+                    .is_none_or(|&b| matches!(b, b',' | b'}' | b']') || b.is_ascii_whitespace())
+            })
+        };
+        if !values_of(bytes, &INDEX).all(zero) {
+            return None;
         }
         values_of(bytes, &CHOICES).next()?.strip_prefix(b"[{")?;
         // One choice's delta, and the text only from within it.
@@ -283,7 +319,11 @@ impl Chunk {
         }
         Some(Chunk {
             has_choices: true,
-            text,
+            texts: if text.is_empty() {
+                Vec::new()
+            } else {
+                vec![(0, text)]
+            },
             ..Chunk::default()
         })
     }
@@ -300,6 +340,8 @@ impl Chunk {
         }
         #[derive(Deserialize)]
         struct Choice {
+            #[serde(default)]
+            index: u32,
             finish_reason: Option<IgnoredAny>,
             delta: Option<Delta>,
         }
@@ -316,11 +358,75 @@ impl Chunk {
         };
         for choice in wire.choices {
             chunk.finished |= choice.finish_reason.is_some();
-            if let Some(content) = choice.delta.and_then(|d| d.content) {
-                chunk.text.push_str(&content);
+            if let Some(content) = choice.delta.and_then(|d| d.content)
+                && !content.is_empty()
+            {
+                chunk.texts.push((choice.index, content));
             }
         }
         Some(chunk)
+    }
+}
+
+/// A streamed answer's text, each choice's apart: a request for `n` > 1 choices gets their chunks
+/// interleaved, and one string of them all would read "A-one B-one A-two …".
+#[derive(Debug, Default)]
+pub struct ChoiceTexts {
+    /// By the choice's index, in the order the choices first added text; as a rule one.
+    choices: Vec<(u32, String)>,
+    bytes: usize,
+}
+
+impl ChoiceTexts {
+    /// Adds a chunk's texts; `false`, adding nothing, when that would hold more than `max` bytes.
+    pub fn add(&mut self, texts: Vec<(u32, String)>, max: usize) -> bool {
+        let adding: usize = texts.iter().map(|(_, text)| text.len()).sum();
+        if self.bytes + adding > max {
+            return false;
+        }
+        self.bytes += adding;
+        for (index, text) in texts {
+            match self.choices.iter_mut().find(|(known, _)| *known == index) {
+                Some((_, answer)) => answer.push_str(&text),
+                None => self.choices.push((index, text)),
+            }
+        }
+        true
+    }
+
+    /// Choice 0's text: what a non-streamed answer's scorers read too (its first choice).
+    pub fn first(&self) -> &str {
+        self.choices
+            .iter()
+            .find(|(index, _)| *index == 0)
+            .map_or("", |(_, text)| text.as_str())
+    }
+
+    /// Each choice's text, in index order.
+    pub fn each(&self) -> impl Iterator<Item = &str> {
+        let mut choices: Vec<&(u32, String)> = self.choices.iter().collect();
+        choices.sort_by_key(|(index, _)| *index);
+        choices.into_iter().map(|(_, text)| text.as_str())
+    }
+
+    /// The text as the ledger keeps it: one choice's as it is; several each under a line
+    /// `[choice N]`, in index order, so that none reads as part of another.
+    pub fn stored(&self) -> String {
+        if let [(_, only)] = &self.choices[..] {
+            return only.clone();
+        }
+        let mut choices: Vec<&(u32, String)> = self.choices.iter().collect();
+        choices.sort_by_key(|(index, _)| *index);
+        choices
+            .iter()
+            .map(|(index, text)| format!("[choice {index}]\n{text}"))
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    }
+
+    /// Each choice's text, for counting its tokens.
+    pub fn into_texts(self) -> Vec<String> {
+        self.choices.into_iter().map(|(_, text)| text).collect()
     }
 }
 
@@ -332,6 +438,7 @@ static FINISH_REASON: LazyLock<Finder<'static>> =
 static CHOICES: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"choices\""));
 static DELTA: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"delta\""));
 static CONTENT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content\""));
+static INDEX: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"index\""));
 
 /// What follows each `key` in `bytes` that is followed by a colon: the value's bytes and the rest,
 /// from the first byte after the colon and any whitespace.
@@ -368,6 +475,7 @@ mod tests {
 
     /// A chunk as servers write it, from its parts.
     fn chunk_json(
+        first_index: usize,
         choices: &[(Option<String>, Option<&str>, bool)],
         usage: u8,
         error: u8,
@@ -386,6 +494,7 @@ mod tests {
                     delta["tool_calls"] =
                         json!([{"index": 0, "function": {"arguments": "{\"content\": 1}"}}]);
                 }
+                let index = first_index + index;
                 let mut choice = json!({"index": index, "delta": delta, "finish_reason": finish});
                 if logprobs {
                     choice["logprobs"] = json!({"content": [{"token": "a", "logprob": -0.1}]});
@@ -423,12 +532,13 @@ mod tests {
                 ),
                 0..3,
             ),
+            first_index in 0usize..3,
             usage in 0u8..3,
             error in 0u8..3,
             logprobs in proptest::bool::ANY,
             pretty in proptest::bool::ANY,
         ) {
-            let data = chunk_json(&choices, usage, error, logprobs, pretty);
+            let data = chunk_json(first_index, &choices, usage, error, logprobs, pretty);
             proptest::prop_assert_eq!(Chunk::read(&data), Chunk::parse(&data), "{}", data);
         }
     }
@@ -436,6 +546,7 @@ mod tests {
     #[test]
     fn the_usual_chunk_is_read_from_its_bytes() {
         let data = chunk_json(
+            0,
             &[(Some("Hi there".into()), None, false)],
             0,
             0,
@@ -443,27 +554,31 @@ mod tests {
             false,
         );
         let chunk = Chunk::scan(&data).expect("one choice adding text needs no full parse");
-        assert_eq!(chunk.text, "Hi there");
+        assert_eq!(chunk.texts, [(0, "Hi there".to_string())]);
         // What the scan cannot be sure of, it leaves to the parse.
         let x = || Some("x".to_string());
         for unsure in [
             chunk_json(
+                0,
                 &[(Some("a \"quoted\" word".into()), None, false)],
                 0,
                 0,
                 false,
                 false,
             ),
-            chunk_json(&[(x(), Some("stop"), false)], 0, 0, false, false),
-            chunk_json(&[(x(), None, false)], 2, 0, false, false),
+            chunk_json(0, &[(x(), Some("stop"), false)], 0, 0, false, false),
+            chunk_json(0, &[(x(), None, false)], 2, 0, false, false),
             chunk_json(
+                0,
                 &[(x(), None, false), (x(), None, false)],
                 0,
                 0,
                 false,
                 false,
             ),
-            chunk_json(&[(x(), None, false)], 0, 0, true, false),
+            chunk_json(0, &[(x(), None, false)], 0, 0, true, false),
+            // Another choice's text: the scan reads choice 0's only.
+            chunk_json(1, &[(x(), None, false)], 0, 0, false, false),
         ] {
             assert!(Chunk::scan(&unsure).is_none(), "{unsure}");
         }
@@ -474,7 +589,7 @@ mod tests {
         let chunk = Chunk::read(r#"{"choices":[{"delta":{"content":"Hi"},"finish_reason":null}]}"#)
             .unwrap();
         assert!(chunk.has_choices && !chunk.finished && chunk.usage.is_none());
-        assert_eq!(chunk.text, "Hi");
+        assert_eq!(chunk.texts, [(0, "Hi".to_string())]);
         let last = Chunk::read(r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#).unwrap();
         assert!(last.finished);
         let usage =

@@ -180,13 +180,14 @@ impl<'a> RequestBody<'a> {
         edits.set("model", raw(&step.tier.model));
         (self.endpoint.spec().rewrite)(self, step, &mut edits);
 
-        let mut out: Vec<(&str, &RawValue)> = Vec::with_capacity(self.fields.len() + edits.0.len());
+        let mut out: Vec<(&str, &RawValue)> =
+            Vec::with_capacity(self.fields.len() + edits.values.len());
         for (key, value) in &self.fields {
-            if !without.contains(&key.as_str()) {
+            if !without.contains(&key.as_str()) && !edits.removed.contains(&key.as_str()) {
                 out.push((key, edits.get(key).unwrap_or(value)));
             }
         }
-        for (key, value) in &edits.0 {
+        for (key, value) in &edits.values {
             if !self.fields.contains_key(*key) && !without.contains(key) {
                 out.push((key, value));
             }
@@ -196,17 +197,24 @@ impl<'a> RequestBody<'a> {
 }
 
 /// Top-level fields a tier sets: a field the client sent is replaced where it stands, a new one is
-/// appended.
+/// appended; and the client's fields a tier leaves out.
 #[derive(Default)]
-pub struct Edits(Vec<(&'static str, Box<RawValue>)>);
+pub struct Edits {
+    values: Vec<(&'static str, Box<RawValue>)>,
+    removed: Vec<&'static str>,
+}
 
 impl Edits {
     pub fn set(&mut self, key: &'static str, value: Box<RawValue>) {
-        self.0.push((key, value));
+        self.values.push((key, value));
+    }
+
+    pub fn remove(&mut self, key: &'static str) {
+        self.removed.push(key);
     }
 
     fn get(&self, key: &str) -> Option<&RawValue> {
-        self.0
+        self.values
             .iter()
             .find(|(name, _)| *name == key)
             .map(|(_, value)| value.as_ref())

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{Route, Tier};
 use crate::ledger::{Answer, AttemptRow, Priced, Pricing, RequestRow, Tokens, Uncounted};
+use crate::openai::chat::ChoiceTexts;
 use crate::openai::{Endpoint, Usage};
 use crate::route::chain::{Attempt, ServedBy, Unserved};
 use crate::upstream::UpstreamErrorKind;
@@ -170,11 +171,13 @@ pub enum Ending<'a> {
         status: u16,
         error_kind: Option<String>,
         usage: Option<Usage>,
-        /// The answer's text as relayed.
-        text: String,
+        /// The answer's text as relayed, each choice's apart.
+        text: ChoiceTexts,
         /// `text` holds all of it (not cut at `server.max_answer_bytes`).
         text_whole: bool,
         ttfb_us: i64,
+        /// How the output contract judged the whole text, where the route has one.
+        contract: Option<&'static str>,
     },
 }
 
@@ -275,10 +278,13 @@ impl Exchange {
                 text,
                 text_whole,
                 ttfb_us,
+                contract,
             } => {
                 served(&mut request, by);
+                request.contract = contract.map(Cow::Borrowed);
                 if status == 200 && error_kind.is_none() && text_whole {
-                    sample = self.sample(by, || SampledAnswer::Text(text.clone()));
+                    // Choice 0, as a whole answer's scorers read its first choice.
+                    sample = self.sample(by, || SampledAnswer::Text(text.first().to_string()));
                 }
                 request.status = status;
                 request.error_kind = error_kind;
@@ -287,13 +293,15 @@ impl Exchange {
                     Some(usage) => {
                         let tokens = Tokens::from(usage);
                         set_tokens(&mut request, tokens, self.price(&by.tier, &tokens));
-                        request.answer = store_content.then(|| stored_text(text.as_bytes()));
+                        request.answer =
+                            store_content.then(|| stored_text(text.stored().as_bytes()));
                         None
                     }
                     None => {
-                        request.answer = store_content.then(|| stored_text(text.as_bytes()));
+                        request.answer =
+                            store_content.then(|| stored_text(text.stored().as_bytes()));
                         Some(ToCount {
-                            uncounted: self.uncounted(&by.tier, Answer::Text(text)),
+                            uncounted: self.uncounted(&by.tier, Answer::Text(text.into_texts())),
                             tier: by.tier.clone(),
                             baseline: start.route.as_ref().and_then(|r| r.baseline.clone()),
                         })

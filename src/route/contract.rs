@@ -15,6 +15,9 @@ pub enum ContractOutcome {
     Normalized,
     /// Some answer holds no allowed label, or more than one.
     Violated,
+    /// A stream's answer holds an allowed label inside a longer text: it was relayed as it came,
+    /// since its headers had left before its text existed, so nothing was rewritten.
+    Normalizable,
 }
 
 impl ContractOutcome {
@@ -23,6 +26,7 @@ impl ContractOutcome {
             ContractOutcome::Ok => "ok",
             ContractOutcome::Normalized => "normalized",
             ContractOutcome::Violated => "violated",
+            ContractOutcome::Normalizable => "normalizable",
         }
     }
 }
@@ -45,6 +49,28 @@ pub fn match_label<'l>(answer: &str, labels: &'l [String]) -> Option<(&'l str, b
         .iter()
         .all(|label| words(longest).contains(&words(label)));
     all_inside_longest.then_some((longest.as_str(), true))
+}
+
+/// The contract's verdict on answers it cannot rewrite, a stream's choices as relayed: exactly
+/// labels ([`ContractOutcome::Ok`]), a label inside a longer text in some
+/// ([`ContractOutcome::Normalizable`]), or no single label in some ([`ContractOutcome::Violated`]).
+pub fn judge<'a>(answers: impl IntoIterator<Item = &'a str>, labels: &[String]) -> ContractOutcome {
+    let mut outcome = ContractOutcome::Ok;
+    let mut judged = false;
+    for answer in answers {
+        judged = true;
+        match match_label(answer, labels) {
+            Some((_, false)) => {}
+            Some((_, true)) => outcome = ContractOutcome::Normalizable,
+            None => return ContractOutcome::Violated,
+        }
+    }
+    // A stream that carried no text at all answered no label.
+    if judged {
+        outcome
+    } else {
+        ContractOutcome::Violated
+    }
 }
 
 /// Lower-case words separated by single spaces, punctuation dropped.
@@ -113,6 +139,10 @@ mod tests {
             match_label(" Billing.\n", &labels()),
             Some(("billing", true))
         );
+        // A label keeps the case it was configured in, both ways.
+        let upper = ["SPAM", "HAM"].map(String::from).to_vec();
+        assert_eq!(match_label("SPAM", &upper), Some(("SPAM", false)));
+        assert_eq!(match_label("spam", &upper), Some(("SPAM", true)));
     }
 
     #[test]
@@ -132,6 +162,20 @@ mod tests {
         assert_eq!(match_label("I cannot tell.", &labels()), None);
         assert_eq!(match_label("billing or technical", &labels()), None);
         assert_eq!(match_label("nontechnical", &labels()), None);
+    }
+
+    #[test]
+    fn a_stream_is_judged_without_being_rewritten() {
+        assert_eq!(judge(["billing"], &labels()), ContractOutcome::Ok);
+        assert_eq!(
+            judge(["billing", "It is technical."], &labels()),
+            ContractOutcome::Normalizable
+        );
+        assert_eq!(
+            judge(["billing", "no idea"], &labels()),
+            ContractOutcome::Violated
+        );
+        assert_eq!(judge([], &labels()), ContractOutcome::Violated);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The request path of `/v1/chat/completions` and `/v1/embeddings`, in the order DESIGN.md gives
 //! it: read the body (bounded) → read what routing needs → resolve the route → run the tier chain →
-//! answer (normalized to the route's output contract where it has one) or relay the stream → end
-//! the request in [`crate::outcome`]. Authentication has already happened in a layer in front.
+//! answer (normalized to the route's output contract where it has one) or relay the stream (as it
+//! came; the contract's verdict is recorded at its end) → end the request in [`crate::outcome`].
+//! Authentication has already happened in a layer in front.
 
 use std::sync::Arc;
 
@@ -182,6 +183,12 @@ async fn answer(
     max_text: usize,
 ) -> Response {
     let Served { by, reply, lease } = served;
+    // Only a route named by `model` sets the contract; `x-tierwise-route` attributes cost.
+    let contract_route = resolved
+        .target
+        .route
+        .clone()
+        .filter(|route| route.labels.is_some() && request.endpoint().spec().has_contract);
     match reply {
         Reply::Complete { body, usage } => {
             let tokens = match usage {
@@ -193,13 +200,7 @@ async fn answer(
                         .await
                 }
             };
-            // Only a route named by `model` sets the contract; `x-tierwise-route` attributes cost.
-            let labels = resolved
-                .target
-                .route
-                .as_ref()
-                .and_then(|route| route.labels.as_deref())
-                .filter(|_| request.endpoint().spec().has_contract);
+            let labels = contract_route.as_ref().and_then(|r| r.labels.as_deref());
             let (body, contract) = match labels {
                 Some(labels) => {
                     let (body, outcome) = contract::apply(body, labels);
@@ -244,6 +245,7 @@ async fn answer(
                 lease,
                 request.client_wants_usage,
                 max_text,
+                contract_route,
                 exchange,
                 by,
             );

@@ -3,7 +3,9 @@
 //! upstream for usage; the usage-only chunk is dropped again here when the client did not ask for
 //! it, and carries `cost_usd` (the cost the ledger stores) when it did. A stream that breaks after
 //! the client has seen data cannot fall back, so it ends with a well-formed SSE error event instead
-//! of hanging or stopping mid-line, and the provider's breaker hears of it.
+//! of hanging or stopping mid-line, and the provider's breaker hears of it. On a route with an
+//! output contract the text is relayed as it came (the headers left before it existed) and the
+//! contract's verdict on the whole text is recorded when the stream ends.
 //!
 //! The relay is a state machine: [`Phase::Relaying`] until the upstream ends (or breaks), then
 //! [`Phase::Ended`] until the client has the last frame, then the request ends in
@@ -11,17 +13,20 @@
 //! away — it ends the request as abandoned (499) with what was relayed.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::Stream;
 use serde_json::Value;
 
+use crate::config::Route;
 use crate::health::Lease;
 use crate::ledger::Tokens;
 use crate::openai::Usage;
-use crate::openai::chat::Chunk;
+use crate::openai::chat::{ChoiceTexts, Chunk};
 use crate::outcome::{CLIENT_CLOSED, Ended, Ending, Exchange};
 use crate::route::chain::ServedBy;
+use crate::route::contract;
 use crate::upstream::{SseEvent, UpstreamError, UpstreamStream};
 
 const DONE: &str = "[DONE]";
@@ -66,9 +71,10 @@ pub struct SseRelay {
     /// A choice finished: the answer is whole even if the upstream closes without `[DONE]`.
     finished: bool,
     usage: Option<Usage>,
-    /// The answer's text, for the ledger and for counting output tokens without usage; at most
-    /// `max_text` bytes of it (`server.max_answer_bytes`): the stream itself is not cut.
-    text: String,
+    /// The answer's text, each choice's apart, for the ledger, the shadow check and counting
+    /// output tokens without usage; at most `max_text` bytes of it (`server.max_answer_bytes`):
+    /// the stream itself is not cut.
+    text: ChoiceTexts,
     max_text: usize,
     /// Every chunk's text fit in `text`.
     text_whole: bool,
@@ -78,6 +84,8 @@ pub struct SseRelay {
     writes_since_wait: u32,
     /// The last wait for more events brought some: the upstream's events are coming in bursts.
     bursts: bool,
+    /// The route whose output contract judges the whole text once the stream has ended.
+    contract: Option<Arc<Route>>,
     pending: Option<Pending>,
 }
 
@@ -87,6 +95,7 @@ impl SseRelay {
         lease: Lease,
         client_wants_usage: bool,
         max_text: usize,
+        contract: Option<Arc<Route>>,
         exchange: Exchange,
         by: ServedBy,
     ) -> SseRelay {
@@ -97,12 +106,13 @@ impl SseRelay {
             phase: Phase::Relaying,
             finished: false,
             usage: None,
-            text: String::new(),
+            text: ChoiceTexts::default(),
             max_text,
             text_whole: true,
             upstream_error: false,
             writes_since_wait: 0,
             bursts: false,
+            contract,
             pending: Some(Pending {
                 ttfb_us: exchange.elapsed_us(),
                 exchange,
@@ -231,9 +241,7 @@ impl SseRelay {
         // The upstream's own error event goes to the client as it came; the answer failed.
         self.upstream_error |= chunk.error;
         self.finished |= chunk.finished;
-        if self.text.len() + chunk.text.len() <= self.max_text {
-            self.text.push_str(&chunk.text);
-        } else {
+        if !chunk.texts.is_empty() && !self.text.add(chunk.texts, self.max_text) {
             self.text_whole = false;
         }
         let Some(usage) = chunk.usage else {
@@ -311,6 +319,13 @@ impl SseRelay {
             by,
             ttfb_us,
         } = self.pending.take()?;
+        // Judged only as a whole answer: a broken or cut stream's text is not one.
+        let verdict = self
+            .contract
+            .as_ref()
+            .and_then(|route| route.labels.as_deref())
+            .filter(|_| status == 200 && error_kind.is_none() && self.text_whole)
+            .map(|labels| contract::judge(self.text.each(), labels).as_str());
         Some(exchange.end(Ending::Streamed {
             by: &by,
             status,
@@ -319,6 +334,7 @@ impl SseRelay {
             text: std::mem::take(&mut self.text),
             text_whole: self.text_whole,
             ttfb_us,
+            contract: verdict,
         }))
     }
 }

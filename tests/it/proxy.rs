@@ -6,7 +6,7 @@ use crate::util::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tierwise::config::TaskKind;
-use tierwise::config::file::{RawOutput, spanned, text};
+use tierwise::config::file::{RawOutput, RawShadow, RawTier, spanned, text};
 use tierwise_fake::{FakeUpstream, Fault};
 
 async fn setup() -> (FakeUpstream, FakeUpstream, TestGateway) {
@@ -690,4 +690,193 @@ fn sse_data(text: &str) -> Vec<String> {
         .filter_map(|event| event.strip_prefix("data: "))
         .map(str::to_string)
         .collect()
+}
+
+/// A gateway whose `route` (local tier only) allows `labels`, as configured. Each test names its
+/// own route, so that its contract counts in `/metrics` are its own.
+async fn labelled(route: &str, labels: &[&str]) -> (FakeUpstream, FakeUpstream, TestGateway) {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let labels: Vec<_> = labels.iter().map(|label| text(*label)).collect();
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            c.add_route(route, TaskKind::Classification, &["local"])
+                .output = Some(RawOutput {
+                labels: Some(spanned(labels)),
+            });
+        });
+    let gw = TestGateway::start(&config).await;
+    (local, api, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_is_exactly_a_label_keeps_its_case_and_is_never_rewritten() {
+    let (local, _api, gw) = labelled("labelled_case", &["SPAM", "HAM"]).await;
+    local.update(|b| b.reply = "SPAM".into());
+    let answer = gw.ask("labelled_case").await;
+    assert_eq!(answer.body["choices"][0]["message"]["content"], "SPAM");
+    assert_eq!(answer.header("x-tierwise-contract"), Some("ok"));
+
+    // Matching ignores case; the label the client gets is the one configured.
+    local.update(|b| b.reply = "The message is spam.".into());
+    let answer = gw.ask("labelled_case").await;
+    assert_eq!(answer.body["choices"][0]["message"]["content"], "SPAM");
+    assert_eq!(answer.header("x-tierwise-contract"), Some("normalized"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reasoning_model_gets_its_limit_and_warm_up_as_max_completion_tokens() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            c.provider("openai").warmup = true;
+            let mut reasoning = RawTier::new("openai", "o4-mini");
+            reasoning.max_tokens = Some(2000);
+            c.0.tiers.insert(text("api_reasoning"), reasoning);
+        });
+    let gw = TestGateway::start(&config).await;
+    let sent_to = |model: &str| {
+        api.requests()
+            .into_iter()
+            .filter(|r| r.body["model"] == model)
+            .collect::<Vec<_>>()
+    };
+    // OpenAI refuses `max_tokens` for o1, o3, o4-mini and gpt-5: the warm-up too.
+    tierwise_fake::wait_until(
+        "the reasoning tier's warm-up",
+        Duration::from_secs(5),
+        || !sent_to("o4-mini").is_empty(),
+    )
+    .await;
+    let warmup = sent_to("o4-mini")[0].body.clone();
+    assert_eq!(warmup["max_completion_tokens"], 1, "{warmup}");
+    assert!(warmup.get("max_tokens").is_none(), "{warmup}");
+
+    assert_eq!(gw.ask("api_reasoning").await.status, 200);
+    let sent = sent_to("o4-mini")[1].body.clone();
+    assert_eq!(sent["max_completion_tokens"], 2000, "{sent}");
+    assert!(sent.get("max_tokens").is_none(), "{sent}");
+
+    // A client that sends `max_tokens` has it translated, its budget kept.
+    let mut request = chat("api_reasoning", "x");
+    request["max_tokens"] = json!(50);
+    let answer = Answer::of(gw.post("/v1/chat/completions", &request).await).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let sent = sent_to("o4-mini")[2].body.clone();
+    assert_eq!(sent["max_completion_tokens"], 50, "{sent}");
+    assert!(sent.get("max_tokens").is_none(), "{sent}");
+
+    // Other models keep `max_tokens`, the parameter every OpenAI-compatible server takes.
+    assert_eq!(gw.ask("api_fast").await.status, 200);
+    let sent = sent_to("gpt-4o-mini").last().unwrap().body.clone();
+    assert_eq!(sent["max_tokens"], 1024, "{sent}");
+    tierwise_fake::wait_until("gpt-4o-mini's warm-up", Duration::from_secs(5), || {
+        sent_to("gpt-4o-mini")
+            .iter()
+            .any(|r| r.body["max_tokens"] == 1 && r.body.get("max_completion_tokens").is_none())
+    })
+    .await;
+}
+
+/// The text of every choice of an SSE body, each choice's apart, by its index.
+fn streamed_choices(text: &str) -> Vec<String> {
+    let mut choices: Vec<String> = Vec::new();
+    for data in sse_data(text) {
+        let Ok(chunk) = serde_json::from_str::<Value>(&data) else {
+            continue;
+        };
+        for choice in chunk["choices"].as_array().into_iter().flatten() {
+            let index = choice["index"].as_u64().unwrap_or(0) as usize;
+            if choices.len() <= index {
+                choices.resize(index + 1, String::new());
+            }
+            choices[index].push_str(choice["delta"]["content"].as_str().unwrap_or(""));
+        }
+    }
+    choices
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_several_choices_keeps_each_choices_text_apart() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            c.0.ledger.store_content = true;
+            c.route("summarize").shadow = Some(RawShadow::new("api_frontier", 1.0));
+        });
+    let gw = TestGateway::start(&config).await;
+    local.update(|b| {
+        b.reply = "alpha beta gamma".into();
+        b.more_replies = vec!["delta epsilon zeta".into()];
+    });
+    api.update(|b| b.reply = "alpha beta gamma".into());
+    let mut request = chat_stream("summarize");
+    request["n"] = json!(2);
+    let answer = Answer::of(gw.post("/v1/chat/completions", &request).await).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    // The client gets the upstream's interleaved chunks as they came.
+    assert_eq!(
+        streamed_choices(&answer.text),
+        ["alpha beta gamma", "delta epsilon zeta"]
+    );
+
+    // The ledger keeps each choice under its own line, never "alpha delta beta …".
+    let store = gw.store().await;
+    let id = answer.header("x-tierwise-request-id").unwrap();
+    let row = stored(&store, id).await;
+    assert_eq!(
+        row.answer.as_deref(),
+        Some("[choice 0]\nalpha beta gamma\n\n[choice 1]\ndelta epsilon zeta")
+    );
+
+    // The shadow check scores choice 0, as for a whole answer: the reference says the same.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let checks = loop {
+        let summary = store.summary(0, i64::MAX, Some("summarize")).await.unwrap();
+        if let [checks] = &summary.checks[..]
+            && checks.scored == 1
+        {
+            break checks.clone();
+        }
+        assert!(std::time::Instant::now() < until, "{:?}", summary.checks);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(checks.agreement_ppm, 1_000_000, "{checks:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_answer_on_a_labelled_route_passes_unchanged_and_its_verdict_is_recorded() {
+    let (local, _api, gw) = labelled("labelled_stream", &["SPAM", "HAM"]).await;
+    let store = gw.store().await;
+    let mut verdicts = Vec::new();
+    for reply in ["SPAM", "This one is spam.", "No idea."] {
+        local.update(|b| b.reply = reply.into());
+        let answer = gw.ask_stream("labelled_stream").await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        // The headers left before the text existed: no verdict there, and no rewrite.
+        assert_eq!(answer.header("x-tierwise-contract"), None);
+        assert_eq!(streamed_choices(&answer.text), [reply]);
+        let id = answer.header("x-tierwise-request-id").unwrap();
+        verdicts.push(stored(&store, id).await.contract.map(|c| c.to_string()));
+    }
+    assert_eq!(
+        verdicts,
+        [Some("ok"), Some("normalizable"), Some("violated")].map(|v| v.map(String::from))
+    );
+    let series = |outcome: &str| {
+        format!(
+            "tierwise_contract_answers_total{{route=\"labelled_stream\",model=\"mistral-7b\",outcome=\"{outcome}\"}} 1"
+        )
+    };
+    gw.wait_for_metrics(|text| {
+        ["ok", "normalizable", "violated"]
+            .iter()
+            .all(|outcome| text.contains(&series(outcome)))
+    })
+    .await;
 }

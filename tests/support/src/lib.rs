@@ -111,6 +111,10 @@ pub struct Behavior {
     /// Embedding models: a chat request for one is refused with a 400, as Ollama refuses it
     /// ("does not support chat"); embeddings for it are answered.
     pub embedding_models: Vec<String>,
+    /// The answers of choices 1, 2, … of a request for `n` > 1 choices (choice 0 answers
+    /// `reply`, as does a choice past the list); streams interleave the choices' chunks word by
+    /// word, as OpenAI does.
+    pub more_replies: Vec<String>,
 }
 
 /// What the fake's `/api/show` says of every model.
@@ -138,6 +142,7 @@ impl Default for Behavior {
             ollama_show: None,
             llama_cpp_n_ctx: None,
             embedding_models: Vec::new(),
+            more_replies: Vec::new(),
         }
     }
 }
@@ -484,6 +489,8 @@ struct Probe {
     stream_options: Option<StreamOptions>,
     input: Option<EmbeddingInput>,
     encoding_format: Option<String>,
+    /// How many choices a chat request asks for.
+    n: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -527,10 +534,24 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         None => behavior,
     };
     let usage = (behavior.fault != Fault::NoUsage).then(|| usage_json(&behavior));
+    let replies: Vec<&str> = (0..request.n.unwrap_or(1).clamp(1, 16))
+        .map(|i| {
+            i.checked_sub(1)
+                .and_then(|more| behavior.more_replies.get(more))
+                .unwrap_or(&behavior.reply)
+                .as_str()
+        })
+        .collect();
     if request.stream == Some(true) {
         let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
         let gate = shared.gate.lock().unwrap().clone();
-        return stream(&behavior, model, usage.filter(|_| include_usage), gate);
+        return stream(
+            &behavior,
+            &replies,
+            model,
+            usage.filter(|_| include_usage),
+            gate,
+        );
     }
     if behavior.fault == Fault::MalformedJson {
         return json_response(Bytes::from_static(
@@ -542,11 +563,11 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         "object": "chat.completion",
         "created": 1_700_000_000,
         "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": behavior.reply},
+        "choices": replies.iter().enumerate().map(|(index, reply)| json!({
+            "index": index,
+            "message": {"role": "assistant", "content": reply},
             "finish_reason": "stop",
-        }],
+        })).collect::<Vec<_>>(),
     });
     if let Some(usage) = usage {
         completion["usage"] = usage;
@@ -605,25 +626,37 @@ fn json_response(body: Bytes) -> Response {
 
 fn stream(
     behavior: &Behavior,
+    replies: &[&str],
     model: String,
     usage: Option<Value>,
     gate: Option<(Arc<Semaphore>, usize)>,
 ) -> Response {
-    let chunk = |delta: Value, finish: Option<&str>| {
+    let chunk = |index: usize, delta: Value, finish: Option<&str>| {
         json!({
             "id": "chatcmpl-fake",
             "object": "chat.completion.chunk",
             "created": 1_700_000_000,
             "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
         })
         .to_string()
     };
-    let mut events: Vec<String> = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
-    for word in behavior.reply.split_inclusive(' ') {
-        events.push(chunk(json!({"content": word}), None));
+    let mut events: Vec<String> = (0..replies.len())
+        .map(|index| chunk(index, json!({"role": "assistant", "content": ""}), None))
+        .collect();
+    let words: Vec<Vec<&str>> = replies
+        .iter()
+        .map(|reply| reply.split_inclusive(' ').collect())
+        .collect();
+    let longest = words.iter().map(Vec::len).max().unwrap_or(0);
+    for at in 0..longest {
+        for (index, words) in words.iter().enumerate() {
+            if let Some(word) = words.get(at) {
+                events.push(chunk(index, json!({"content": word}), None));
+            }
+        }
     }
-    events.push(chunk(json!({}), Some("stop")));
+    events.extend((0..replies.len()).map(|index| chunk(index, json!({}), Some("stop"))));
     if let Some(usage) = usage {
         events.push(
             json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [], "usage": usage})
