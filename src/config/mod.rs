@@ -28,7 +28,7 @@ pub use route::{
     AllOpen, ChainTier, Changes, OnDrift, OnProof, Profile, QualityBar, Route, ScorerKind, Shadow,
     TaskKind, ToolCalling, with_labels,
 };
-pub use server::{AdminAccess, LedgerConfig, RequestLog, ServerConfig};
+pub use server::{AdminAccess, AllowedHosts, LedgerConfig, RequestLog, ServerConfig};
 pub use tier::Tier;
 
 /// Where quality alerts go besides the log and the metrics.

@@ -14,5 +14,6 @@ mod metrics;
 mod proof;
 mod proxy;
 mod quality;
+mod serving;
 mod soak;
 mod util;
