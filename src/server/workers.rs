@@ -21,6 +21,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Semaphore, oneshot};
 
+use super::detach::Detached;
 use super::{App, StartError, router};
 use crate::upstream::Upstreams;
 
@@ -128,13 +129,29 @@ fn serve_thread(
                 return;
             }
         };
+        let detached = Detached::on_this_thread();
+        let served = async {
+            serve(app, listener, stopped).await;
+            // Requests whose clients left are still paid for: they get the same grace.
+            detached.finished().await;
+        };
         tokio::select! {
-            () = serve(app, listener, stopped) => {}
-            _ = killed => {}
+            () = served => {}
+            _ = killed => {
+                let cut = detached.running();
+                if cut > 0 {
+                    tracing::warn!(
+                        cut,
+                        "requests whose clients had left were cut at the end of \
+                         server.shutdown_grace_ms; their upstream calls are not in the ledger"
+                    );
+                }
+            }
         }
     });
-    // Dropping the runtime cancels whatever was still running after a kill.
-    drop(runtime);
+    // What is still running after a kill is dropped, and blocking work (a token count) is left
+    // to end with the process: the grace bounds the shutdown, whatever runs on this thread.
+    runtime.shutdown_background();
 }
 
 /// The most a request's head (request line and headers) may take; nginx's default is 4 × 8 kB.

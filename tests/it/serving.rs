@@ -207,3 +207,92 @@ async fn allowed_hosts_lists_the_names_the_api_answers_to() {
     let answer = raw_exchange(&gw, "GET /v1/models HTTP/1.1\r\nHost: evil.example", "").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_client_left_is_given_the_shutdown_grace_and_recorded() {
+    let (_local, api, gw) = gateway(|_| {}, |c| c.0.server.shutdown_grace_ms = Some(5_000)).await;
+    api.update(|b| {
+        b.fault = tierwise_fake::Fault::SlowFirstByte { ms: 800 };
+        b.prompt_tokens = 1000;
+        b.completion_tokens = 500;
+    });
+    let store = gw.store().await;
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let gave_up = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat("api_fast", "x"))
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client was meant to give up");
+    // Stopped while the upstream still works on the answer the client left: the call is paid
+    // for, so it runs to its end within the grace and is recorded.
+    gw.shutdown().await;
+    let rows = store.requests(since, i64::MAX, None).await.unwrap();
+    let row = rows
+        .first()
+        .expect("the abandoned request was recorded before the gateway stopped");
+    assert_eq!(
+        (row.status, row.error_kind.as_deref(), row.tier.as_deref()),
+        (499, Some("client_closed"), Some("api_fast"))
+    );
+    assert_eq!((row.tokens_in, row.tokens_out), (1000, 500));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_within_the_grace_while_a_token_count_runs() {
+    let up = FakeUpstream::start().await;
+    // An answer without usage, long enough that counting its tokens takes seconds.
+    up.update(|b| {
+        b.fault = tierwise_fake::Fault::NoUsage;
+        b.reply = "Tokens are counted here one by one, 42 times over. ".repeat(400_000);
+    });
+    let dir = std::env::temp_dir().join(format!("tierwise-serving-grace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut config = TestConfig::two_tier(&up.base_url(), &up.base_url()).without_probes();
+    config.0.server.api_keys = None;
+    config.0.server.shutdown_grace_ms = Some(500);
+    config.0.ledger.url = Some(text("sqlite://ledger.db"));
+    let path = dir.join("tierwise.toml");
+    std::fs::write(&path, config.toml()).unwrap();
+    let (mut child, url) =
+        crate::proof::serve(&path, &[("LOCAL_KEY", "k")], &dir.join("log")).await;
+    let asked = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{url}/v1/chat/completions"))
+            .json(&chat("local", "x"))
+            .send()
+            .await
+    });
+    tierwise_fake::wait_until("the answer to be asked for", Duration::from_secs(5), || {
+        up.request_count() == 1
+    })
+    .await;
+    let terminated = std::time::Instant::now();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || child.wait().unwrap()),
+    )
+    .await
+    .expect("the gateway exits")
+    .unwrap();
+    let took = terminated.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took < Duration::from_millis(500 + 2_500),
+        "SIGTERM took {took:?} with a grace of 500 ms; log: {}",
+        std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+    );
+    asked.abort();
+    std::fs::remove_dir_all(dir).ok();
+}
