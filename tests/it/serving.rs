@@ -66,11 +66,6 @@ async fn a_client_that_stops_reading_a_stream_loses_its_slot_within_write_timeou
     // reads nothing (4 MB of send buffer at most here, 4 kB of receive buffer).
     let word = "w".repeat(4000);
     local.update(|b| b.reply = vec![word.as_str(); 3000].join(" "));
-    let store = gw.store().await;
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
 
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
@@ -103,21 +98,6 @@ async fn a_client_that_stops_reading_a_stream_loses_its_slot_within_write_timeou
             "the stream of a client that reads nothing still holds the local slot"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // The stream cut off is recorded with what was relayed, as a client that left.
-    let until = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let rows = store.requests(since, i64::MAX, None).await.unwrap();
-        if let Some(row) = rows.iter().find(|row| row.status == 499) {
-            assert_eq!(row.tier.as_deref(), Some("local"));
-            assert_eq!(row.error_kind.as_deref(), Some("client_closed"));
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "the cut stream was never recorded: {rows:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(stalled);
 }
