@@ -178,7 +178,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for warning in &config.warnings {
                 tracing::warn!("{warning}");
             }
-            runtime()?.block_on(serve(config))
+            let runtime = runtime()?;
+            let served = runtime.block_on(serve(config));
+            // Blocking work still running (a token count on the blocking pool) would hold a plain
+            // drop of the runtime until it ends; the shutdown has already had its grace.
+            runtime.shutdown_timeout(EXIT_MARGIN);
+            served
         }
         Command::Check { config, offline } => runtime()?.block_on(check(load(&config)?, offline)),
         Command::Init { path, force } => init(&path, force),
@@ -390,6 +395,9 @@ async fn record_eval_calls(config: &Config, calls: &[tierwise::ledger::RequestRo
 
 /// How long `check` waits for a server's own account of its window.
 const SERVER_INFO_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long the process waits at exit, after the shutdown, for work on the blocking pool.
+const EXIT_MARGIN: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()

@@ -76,6 +76,11 @@ pub struct RawServer {
     pub shutdown_grace_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<Spanned<u32>>,
+    /// Host names `/v1` and `/admin/api` answer to (DNS rebinding); `"*"` for any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_hosts: Option<Vec<Text>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_timeout_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

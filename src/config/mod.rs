@@ -29,7 +29,7 @@ pub use price::Price;
 pub use provider::{BreakerPolicy, ProbePolicy, Provider, Timeouts};
 pub use proxy::Proxy;
 pub use route::{ChainTier, Declared, Profile, Route, Shadow, with_labels};
-pub use server::{AdminAccess, LedgerConfig, RequestLog, ServerConfig};
+pub use server::{AdminAccess, AllowedHosts, LedgerConfig, RequestLog, ServerConfig};
 pub use tier::Tier;
 
 /// Where quality alerts go besides the log and the metrics.

@@ -32,6 +32,11 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Serving threads, each with its own event loop and upstream connections.
     pub threads: usize,
+    /// Which `Host` names `/v1` and `/admin/api` answer to.
+    pub allowed_hosts: AllowedHosts,
+    /// How long a write to a client may make no progress (a client that stopped reading) before
+    /// its connection is closed, and the upstream call and in-flight slot it held with it.
+    pub write_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -44,10 +49,61 @@ impl ServerConfig {
     pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
     pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
     pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+    /// A client that takes no byte for this long, while the kernel's buffers of its connection
+    /// (hundreds of kB) are full, has stopped reading; a stream it holds also holds an upstream
+    /// call and one of the provider's `max_in_flight` slots, which send other requests to the
+    /// next (paid) tier meanwhile. nginx's `send_timeout` is 60 s, but nginx holds nothing scarce.
+    pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
     /// One serving thread per core.
     fn default_threads() -> usize {
         std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+/// The `Host` names the API answers to. A web page that rebinds its own name to this gateway's
+/// address (DNS rebinding) sends requests the browser thinks same-origin, with its name in
+/// `Host`: only a name check stops it. An IP literal in `Host` is never a rebound name, so it is
+/// always let through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedHosts {
+    /// `"*"`, or the default on a listener that is not loopback: a gateway on all interfaces is
+    /// reached by names tierwise cannot know (a service name, a load balancer's), and there its
+    /// client keys are what keeps a page out.
+    Any,
+    /// Lowercase names without a trailing dot; `localhost` alone by default on a loopback
+    /// listener, where a rebinding page is the one way in from the outside.
+    Names(Vec<String>),
+}
+
+impl AllowedHosts {
+    /// Whether a request whose `Host` header is `host` may be served. No `Host` (HTTP/1.0) is let
+    /// through: browsers always send one, and rebinding needs a browser.
+    pub fn allows(&self, host: Option<&str>) -> bool {
+        let (AllowedHosts::Names(names), Some(host)) = (self, host) else {
+            return true;
+        };
+        let name = host_name(host);
+        if name.parse::<std::net::IpAddr>().is_ok() {
+            return true;
+        }
+        let name = name.trim_end_matches('.');
+        names
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(name))
+    }
+}
+
+/// `host` without its port: `name:port`, `[v6]:port`, `[v6]`, or a bare name or address.
+fn host_name(host: &str) -> &str {
+    let host = host.trim();
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(ip, _)| ip);
+    }
+    match host.rsplit_once(':') {
+        // More than one colon and no brackets: a bare IPv6 address.
+        Some((name, _)) if !name.contains(':') => name,
+        _ => host,
     }
 }
 
@@ -206,8 +262,27 @@ impl Resolver<'_> {
                 )
             })
             .map_or_else(ServerConfig::default_threads, |n| n as usize);
+        let write_timeout = ms(
+            self,
+            &raw.write_timeout_ms,
+            "server.write_timeout_ms",
+            ServerConfig::DEFAULT_WRITE_TIMEOUT,
+        );
+        let listen = listen.unwrap_or(ServerConfig::DEFAULT_LISTEN);
+        let allowed_hosts = self.allowed_hosts(raw.allowed_hosts.as_deref(), listen);
+        if api_keys.is_empty()
+            && allowed_hosts == AllowedHosts::Any
+            && raw.allowed_hosts.is_none()
+            && !listen.ip().is_loopback()
+        {
+            self.warnings.push(format!(
+                "server.listen = \"{listen}\" with no api_keys and no server.allowed_hosts: a web page \
+                 a user on this network visits can call the gateway through DNS rebinding; set \
+                 api_keys, or allowed_hosts = [\"the names clients use\"]"
+            ));
+        }
         ServerConfig {
-            listen: listen.unwrap_or(ServerConfig::DEFAULT_LISTEN),
+            listen,
             api_keys,
             admin,
             metrics_key,
@@ -220,7 +295,46 @@ impl Resolver<'_> {
                 .shutdown_grace_ms
                 .map_or(ServerConfig::DEFAULT_SHUTDOWN_GRACE, Duration::from_millis),
             threads,
+            allowed_hosts,
+            write_timeout,
         }
+    }
+
+    fn allowed_hosts(
+        &mut self,
+        raw: Option<&[super::file::Text]>,
+        listen: SocketAddr,
+    ) -> AllowedHosts {
+        let Some(raw) = raw else {
+            return if listen.ip().is_loopback() {
+                AllowedHosts::Names(vec!["localhost".to_string()])
+            } else {
+                AllowedHosts::Any
+            };
+        };
+        let mut names = Vec::with_capacity(raw.len());
+        for entry in raw {
+            let Some(value) = self.string(entry, "server.allowed_hosts") else {
+                continue;
+            };
+            let name = value.trim().trim_end_matches('.').to_ascii_lowercase();
+            if name == "*" {
+                return AllowedHosts::Any;
+            }
+            if name.is_empty() || name.contains(['/', ':', ' ', '[']) {
+                self.issue_at(
+                    entry.span().start,
+                    "server.allowed_hosts",
+                    &format!(
+                        "{value:?} is not a host name; write names as clients send them in Host, \
+                         without scheme or port (e.g. \"tierwise.internal\"; IP addresses are always allowed), or \"*\" for any"
+                    ),
+                );
+                continue;
+            }
+            names.push(name);
+        }
+        AllowedHosts::Names(names)
     }
 
     pub(super) fn ledger(&mut self, raw: &RawLedger) -> LedgerConfig {

@@ -1,7 +1,8 @@
 //! Who may call: a bearer key from `server.api_keys` on `/v1`, `server.admin_key` on `/admin/api`
 //! (the client keys when no admin key is set; closed when no key at all is, unless opened), an
 //! optional `server.metrics_key` on `/metrics`, all compared in constant time; and no browser
-//! pages on `/v1`. With no client key configured `/v1` is open; start-up warns loudly about it.
+//! pages on `/v1`, nor on either of them under a name `server.allowed_hosts` does not list. With no
+//! client key configured `/v1` is open; start-up warns loudly about it.
 
 use std::sync::Arc;
 
@@ -36,6 +37,29 @@ pub async fn require_admin_key(
         )
         .into_response(),
     }
+}
+
+/// A page on `http://evil.example:4000` whose name the attacker's DNS then points at 127.0.0.1
+/// reaches a gateway on the user's machine as "same origin": its `Origin` matches its `Host`, and
+/// the browser lets it read the answers. Only the name in `Host` gives it away.
+pub async fn require_allowed_host(
+    State(app): State<Arc<App>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .map(|host| host.to_str().unwrap_or("?"));
+    if app.config.server.allowed_hosts.allows(host) {
+        return next.run(request).await;
+    }
+    let host: String = host.unwrap_or_default().chars().take(100).collect();
+    ApiError::forbidden(&format!(
+        "This gateway does not answer to the host name in `Host: {host}` (a guard against DNS \
+         rebinding). If clients reach it by that name, add it to server.allowed_hosts."
+    ))
+    .into_response()
 }
 
 pub async fn require_metrics_key(

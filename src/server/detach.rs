@@ -7,16 +7,72 @@
 //! that, at the price of a task, a channel and a hop between tasks on every request (~3% of the
 //! gateway's CPU on non-streamed requests, docs/benchmarks.md); clients rarely leave, so the
 //! task is made only when one does.
+//!
+//! Such a task is counted on its serving thread ([`Detached`]), so that shutdown gives it the same
+//! grace as a request whose client still waits.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
 use futures_util::future::CatchUnwind;
+use tokio::sync::Notify;
+
+/// The rests running on their own on one serving thread.
+#[derive(Clone, Default)]
+pub struct Detached(Arc<Count>);
+
+#[derive(Default)]
+struct Count {
+    running: AtomicUsize,
+    none_left: Notify,
+}
+
+thread_local! {
+    static ON_THIS_THREAD: Detached = Detached::default();
+}
+
+impl Detached {
+    /// This thread's rests: each serving thread has its own runtime, which runs them.
+    pub fn on_this_thread() -> Detached {
+        ON_THIS_THREAD.with(Detached::clone)
+    }
+
+    pub fn running(&self) -> usize {
+        self.0.running.load(Ordering::Acquire)
+    }
+
+    /// Returns once none is running.
+    pub async fn finished(&self) {
+        loop {
+            let none_left = self.0.none_left.notified();
+            if self.running() == 0 {
+                return;
+            }
+            none_left.await;
+        }
+    }
+
+    fn track(&self) -> Tracked {
+        self.0.running.fetch_add(1, Ordering::AcqRel);
+        Tracked(self.clone())
+    }
+}
+
+/// One rest running on its own; it stops counting when its task ends or is dropped.
+struct Tracked(Detached);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if self.0.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.0.none_left.notify_waiters();
+        }
+    }
+}
 
 /// Whether the client still waits for the response. The rest of the request asks it once the
 /// upstream has answered, to record the request as abandoned.
@@ -69,8 +125,10 @@ impl<F: Future + Send + 'static> Drop for Detachable<F> {
         self.waiting.0.store(true, Ordering::Relaxed);
         // Outside a runtime (it is shutting down and dropping its tasks) nothing can run it on.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let tracked = Detached::on_this_thread().track();
             runtime.spawn(async move {
                 let _ = rest.await;
+                drop(tracked);
             });
         }
     }

@@ -109,7 +109,11 @@ pub fn router(app: Arc<App>) -> Router {
             app.clone(),
             auth::require_client_key,
         ))
-        .route_layer(middleware::from_fn(auth::refuse_browsers));
+        .route_layer(middleware::from_fn(auth::refuse_browsers))
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_allowed_host,
+        ));
     let admin = Router::new()
         .route("/admin/api/providers", get(info::providers))
         .route("/admin/api/report", get(info::report))
@@ -120,6 +124,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             auth::require_admin_key,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_allowed_host,
         ));
     Router::new()
         .merge(api)

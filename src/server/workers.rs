@@ -6,16 +6,22 @@
 //! (docs/benchmarks.md). What the threads share — configuration, health, ledger queue — is
 //! behind `Arc`s and atomics.
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Semaphore, oneshot};
 
+use super::detach::Detached;
 use super::{App, StartError, router};
 use crate::upstream::Upstreams;
 
@@ -123,13 +129,29 @@ fn serve_thread(
                 return;
             }
         };
+        let detached = Detached::on_this_thread();
+        let served = async {
+            serve(app, listener, stopped).await;
+            // Requests whose clients left are still paid for: they get the same grace.
+            detached.finished().await;
+        };
         tokio::select! {
-            () = serve(app, listener, stopped) => {}
-            _ = killed => {}
+            () = served => {}
+            _ = killed => {
+                let cut = detached.running();
+                if cut > 0 {
+                    tracing::warn!(
+                        cut,
+                        "requests whose clients had left were cut at the end of \
+                         server.shutdown_grace_ms; their upstream calls are not in the ledger"
+                    );
+                }
+            }
         }
     });
-    // Dropping the runtime cancels whatever was still running after a kill.
-    drop(runtime);
+    // What is still running after a kill is dropped, and blocking work (a token count) is left
+    // to end with the process: the grace bounds the shutdown, whatever runs on this thread.
+    runtime.shutdown_background();
 }
 
 /// The most a request's head (request line and headers) may take; nginx's default is 4 × 8 kB.
@@ -178,6 +200,7 @@ async fn serve(
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::warn!("cannot set TCP_NODELAY on a client connection: {err}");
         }
+        let tcp = StallLimit::new(tcp, server.write_timeout);
         let connection =
             http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(router.clone()));
         let connection = graceful.watch(connection);
@@ -189,6 +212,101 @@ async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// A client connection whose writes fail once one has made no progress for `limit`
+/// (`server.write_timeout_ms`). hyper polls a response's body only when the socket takes its
+/// bytes, so a client that stops reading stops the body's own deadlines too: its stream would hold
+/// its upstream call and in-flight slot for as long as the client keeps the socket open. The
+/// failed write ends the connection; the dropped body records the request and frees the slot.
+struct StallLimit {
+    tcp: tokio::net::TcpStream,
+    limit: Duration,
+    /// Armed while a write waits; made at the first stall, reset at the next.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl StallLimit {
+    fn new(tcp: tokio::net::TcpStream, limit: Duration) -> StallLimit {
+        StallLimit {
+            tcp,
+            limit,
+            stalled: None,
+            armed: false,
+        }
+    }
+
+    /// `polled` as the socket gave it, unless it is one more wait of a write stalled for `limit`.
+    fn bounded<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.armed = false;
+            return polled;
+        }
+        let deadline = tokio::time::Instant::now() + self.limit;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            timer.as_mut().reset(deadline);
+            self.armed = true;
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took no bytes for server.write_timeout_ms",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for StallLimit {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for StallLimit {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        self.bounded(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        self.bounded(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.tcp).poll_flush(cx);
+        self.bounded(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.tcp).poll_shutdown(cx);
+        self.bounded(cx, polled)
+    }
 }
 
 /// Keeps a timer due within `TIMER_ANCHOR` on this thread's runtime. tokio's time driver wakes its

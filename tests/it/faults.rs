@@ -855,13 +855,13 @@ async fn slow_clients_are_cut_off_and_others_are_not_held_up() {
     // Headers dribbled and never finished: closed, without an answer, and without a key.
     let mut slow_headers = tokio::net::TcpStream::connect(addr_of(&gw)).await.unwrap();
     slow_headers
-        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n")
         .await
         .unwrap();
     // A body promised and never sent: 408 in OpenAI's shape.
     let mut slow_body = tokio::net::TcpStream::connect(addr_of(&gw)).await.unwrap();
     let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"model\""
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {CLIENT_KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"model\""
     );
     slow_body.write_all(head.as_bytes()).await.unwrap();
 

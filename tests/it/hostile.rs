@@ -190,7 +190,7 @@ fn cases() -> Vec<Case> {
             name: "a 12 MB message",
             send: Send::Raw(
                 format!(
-                    "POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{huge}",
+                    "POST {CHAT} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {CLIENT_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{huge}",
                     huge.len()
                 )
                 .into_bytes(),
@@ -261,7 +261,7 @@ fn cases() -> Vec<Case> {
             name: "a 200 kB header line",
             send: Send::Raw(
                 format!(
-                    "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                    "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
                     "b".repeat(200_000)
                 )
                 .into_bytes(),
@@ -272,7 +272,7 @@ fn cases() -> Vec<Case> {
             name: "a bad chunk size",
             send: Send::Raw(
                 format!(
-                    "POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n{{}}\r\n0\r\n\r\n"
+                    "POST {CHAT} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {CLIENT_KEY}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n{{}}\r\n0\r\n\r\n"
                 )
                 .into_bytes(),
             ),
@@ -282,7 +282,7 @@ fn cases() -> Vec<Case> {
             name: "both Content-Length and chunked (request smuggling)",
             send: Send::Raw(
                 format!(
-                    "POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\nContent-Type: application/json\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin/api/providers HTTP/1.1\r\nHost: x\r\n\r\n"
+                    "POST {CHAT} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {CLIENT_KEY}\r\nContent-Type: application/json\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin/api/providers HTTP/1.1\r\nHost: localhost\r\n\r\n"
                 )
                 .into_bytes(),
             ),
@@ -291,7 +291,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "a Content-Length that is not a number",
             send: Send::Raw(
-                format!("POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\n\r\n")
+                format!("POST {CHAT} HTTP/1.1\r\nHost: localhost\r\nContent-Length: lots\r\n\r\n")
                     .into_bytes(),
             ),
             expect: Expect::Refused,

@@ -16,5 +16,6 @@ mod metrics;
 mod proof;
 mod proxy;
 mod quality;
+mod serving;
 mod soak;
 mod util;
