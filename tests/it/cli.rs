@@ -125,6 +125,117 @@ fn check_reports_every_mistake_with_its_line_and_fails() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// Runs `tierwise check --offline` on `toml` with `env` set; returns whether it passed and what
+/// it printed to stderr.
+fn check_offline(name: &str, toml: &str, env: &[(&str, &str)]) -> (bool, String) {
+    let (dir, path) = write_config(name, toml);
+    let out = tierwise()
+        .args(["check", "--offline", "--config"])
+        .arg(&path)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(dir).ok();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const CHECKED: &str = "[providers.p]\nbase_url = \"http://127.0.0.1:9/v1\"\n\n[tiers]\nt = { provider = \"p\", model = \"m\" }\n\n[routes.r]\nkind = \"chat\"\ntiers = [\"t\"]\n";
+
+/// A default that is itself a reference is read (and must be set), never kept as the literal
+/// `${B}`; a `${` that survives expansion is refused with its key and line, not kept.
+#[test]
+fn check_reads_a_reference_nested_in_a_default_and_never_keeps_a_dollar_brace() {
+    let toml = format!(
+        "[server]\napi_keys = [\"k\"]\nadmin_key = \"${{TW_NESTED_ADMIN:-${{TW_NESTED_FALLBACK}}}}\"\n\n{CHECKED}"
+    );
+    let (ok, stderr) = check_offline("nested-unset", &toml, &[]);
+    assert!(!ok, "an admin key read from an unset variable passed");
+    assert!(
+        stderr.contains(
+            "line 3: server.admin_key: environment variable TW_NESTED_FALLBACK is not set"
+        ),
+        "{stderr}"
+    );
+    let (ok, stderr) = check_offline(
+        "nested-set",
+        &toml,
+        &[("TW_NESTED_FALLBACK", "admin-secret-1")],
+    );
+    assert!(ok, "{stderr}");
+    let (ok, stderr) = check_offline(
+        "nested-dollar",
+        &toml,
+        &[("TW_NESTED_FALLBACK", "admin-${secret}")],
+    );
+    assert!(!ok, "a value holding `${{` was kept");
+    assert!(stderr.contains("line 3: server.admin_key:"), "{stderr}");
+    assert!(!stderr.contains("admin-$"), "the value leaked: {stderr}");
+}
+
+/// A shadow window shorter than `min_samples` could never judge: refused even when
+/// `min_samples` is left at its default (50), at the window's line, with what would be right.
+#[test]
+fn check_refuses_a_shadow_window_under_the_default_min_samples() {
+    let toml = CHECKED.replace(
+        "tiers = [\"t\"]\n",
+        "tiers = [\"t\"]\nshadow = { reference = \"u\", sample_rate = 0.1, window = 20 }\n",
+    ) + "\n[tiers.u]\nprovider = \"p\"\nmodel = \"n\"\n";
+    let toml = toml.replace(
+        "[tiers]\nt = { provider = \"p\", model = \"m\" }\n",
+        "[tiers.t]\nprovider = \"p\"\nmodel = \"m\"\n",
+    );
+    let (ok, stderr) = check_offline("window-default", &toml, &[]);
+    assert!(
+        !ok,
+        "a window of 20 under the default min_samples of 50 passed"
+    );
+    assert!(
+        stderr.contains("line 11: routes.r.shadow.window: is under min_samples (50, its default)"),
+        "{stderr}"
+    );
+    let (ok, stderr) = check_offline(
+        "window-fits",
+        &toml.replace("window = 20", "window = 20, min_samples = 20"),
+        &[],
+    );
+    assert!(ok, "{stderr}");
+}
+
+/// A timeout of 0 fails every call (every stream, every probe): each one is refused with its
+/// key and line, the provider's and a tier's own.
+#[test]
+fn check_refuses_each_timeout_that_would_fail_every_call() {
+    let toml = CHECKED
+        .replace(
+            "base_url = \"http://127.0.0.1:9/v1\"\n",
+            "base_url = \"http://127.0.0.1:9/v1\"\ntimeout = { connect_ms = 0, first_byte_ms = 0, total_ms = 0, idle_ms = 0 }\nhealth = { timeout_ms = 0 }\n",
+        )
+        .replace(
+            "t = { provider = \"p\", model = \"m\" }",
+            "t = { provider = \"p\", model = \"m\", timeout = { total_ms = 0 } }",
+        );
+    let (ok, stderr) = check_offline("zero-timeouts", &toml, &[]);
+    assert!(!ok, "timeouts of 0 passed");
+    for (line, key) in [
+        (3, "providers.p.timeout.connect_ms"),
+        (3, "providers.p.timeout.first_byte_ms"),
+        (4, "providers.p.health.timeout_ms"),
+        (3, "providers.p.timeout.total_ms"),
+        (3, "providers.p.timeout.idle_ms"),
+        (7, "tiers.t.timeout.total_ms"),
+    ] {
+        assert!(
+            stderr.contains(&format!("line {line}: {key}: must be more than 0")),
+            "{key} at line {line}: {stderr}"
+        );
+    }
+    let (ok, stderr) = check_offline("timeouts-fine", &toml.replace("= 0", "= 1"), &[]);
+    assert!(ok, "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_probes_each_provider() {
     let up = FakeUpstream::start().await;
@@ -423,6 +534,88 @@ fn simulate_reproduces_the_articles_rows_and_names_where_its_sums_disagree() {
         table.contains("Document classification") && table.contains("break-even"),
         "{table}"
     );
+}
+
+/// The cells of RFC 4180 CSV text, row by row (quoted cells may hold commas, quotes, newlines).
+fn csv_cells(text: &str) -> Vec<Vec<String>> {
+    let (mut rows, mut row, mut cell) = (Vec::new(), Vec::new(), String::new());
+    let mut chars = text.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                cell.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => cell.push(c),
+            (false, '"') if cell.is_empty() => quoted = true,
+            (false, '"') => panic!("a quote inside an unquoted cell: {text}"),
+            (false, ',') => row.push(std::mem::take(&mut cell)),
+            (false, '\n') => {
+                row.push(std::mem::take(&mut cell));
+                rows.push(std::mem::take(&mut row));
+            }
+            (false, c) => cell.push(c),
+        }
+    }
+    assert!(!quoted && cell.is_empty() && row.is_empty(), "{text}");
+    rows
+}
+
+/// Text cells of `simulate --format csv` (task, model, after) are quoted where they hold a comma
+/// and neutralised where a spreadsheet would run them as a formula; numbers stay numbers; and a
+/// negative or NaN volume is refused, named, rather than priced.
+#[test]
+fn simulate_writes_csv_a_spreadsheet_reads_safely_and_refuses_impossible_volumes() {
+    let dir = temp_dir("simulate-csv");
+    let workload = dir.join("workload.toml");
+    let write = |task: &str| {
+        std::fs::write(
+            &workload,
+            format!(
+                "[prices.\"-x,y\"]\ninput = 1.0\noutput = 1.0\n\n[[task]]\n{task}\ninput_tokens = 1000\nmodel = \"@SUM(A1)\"\nusd_per_million = 1.0\nmove_to = \"-x,y\"\n"
+            ),
+        )
+        .unwrap();
+    };
+    write("name = \"=HYPERLINK(\\\"http://e\\\",\\\"c\\\")\"\ncalls_per_day = 10");
+    let out = tierwise()
+        .args(["simulate", "--format", "csv", "--workload"])
+        .arg(&workload)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rows = csv_cells(&text);
+    assert!(rows.iter().all(|row| row.len() == 9), "{text}");
+    let task = &rows[1];
+    assert_eq!(task[0], "'=HYPERLINK(\"http://e\",\"c\")", "{text}");
+    assert_eq!(task[3], "'@SUM(A1)", "{text}");
+    assert_eq!(task[4], "'-x,y", "{text}");
+    assert!(task[5].parse::<f64>().unwrap() > 0.0, "{text}");
+
+    for (volume, shown) in [("-5.0", "-5"), ("nan", "NaN")] {
+        write(&format!("name = \"n\"\ncalls_per_day = {volume}"));
+        let out = tierwise()
+            .args(["simulate", "--workload"])
+            .arg(&workload)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{volume} calls a day was priced");
+        assert!(
+            stderr.contains(&format!(
+                "task \"n\": calls_per_day is {shown}; it must be a number, 0 or more"
+            )),
+            "{stderr}"
+        );
+    }
+    std::fs::remove_dir_all(dir).ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
