@@ -965,6 +965,78 @@ async fn eval_fails_when_a_tier_answers_nothing_and_says_why() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// `--min-agreement` cannot pass on failures: with 27 of 30 candidate calls failing, the 3 lines
+/// that agree perfectly do not make "100%": the failed lines count as disagreements and the gate
+/// says so. A dataset of 0 lines is named as the reason there is no agreement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_gate_counts_failed_lines_against_the_candidate_and_names_an_empty_dataset() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    local.update(|b| {
+        b.label_accuracy = Some(1.0);
+        b.fault = tierwise_fake::Fault::Status {
+            status: 500,
+            body: None,
+            retry_after: None,
+        };
+        b.fault_for = Some(27);
+    });
+    api.update(|b| b.label_accuracy = Some(1.0));
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url()).without_probes();
+    let (dir, path) = write_config("eval-gate", &config.toml());
+    let dataset = dir.join("thirty.jsonl");
+    let lines: String = (0..30)
+        .map(|i| {
+            format!(
+                "{{\"messages\": [{{\"role\": \"user\", \"content\": \"invoice {i} [[billing]]\"}}], \"expected\": \"billing\"}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(&dataset, lines).unwrap();
+    let eval = |dataset: &std::path::Path| {
+        tierwise()
+            .env("CLIENT_KEY", "k")
+            .env("LOCAL_KEY", "k")
+            .args(["eval", "--route", "classification", "--no-record"])
+            .args(["--concurrency", "1", "--min-agreement", "0.9", "--dataset"])
+            .arg(dataset)
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = eval(&dataset);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("100.0% over 3 lines") && stdout.contains("27 lines left out"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("agreement 10.0% over all 30 lines (3 compared, 27 left out")
+            && stderr.contains("27 where the candidate's call failed")
+            && stderr.contains("below --min-agreement 0.9"),
+        "{stderr}"
+    );
+
+    let empty = dir.join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let out = eval(&empty);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("no line compared: the dataset has no lines"),
+        "{stdout}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no lines: there is nothing to evaluate")
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
 /// `tierwise eval` on a route graded by a judge: each line answered by both tiers, then the
 /// reference grades the candidate's answer; agreement is the mean grade.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1232,6 +1304,159 @@ async fn advise_gives_the_verdicts_the_rules_imply_with_reasons() {
     );
     says("fast", "keep-on-API", "must answer within 200 ms");
     says("churning", "keep-on-API", "changes often");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// `advise` judges quality on each route's current window and live state, not the report's days
+/// of samples: a route whose month of good samples hides a drop in its latest window, with its
+/// alert firing, and a route demoted now (though its window looks good again) are both kept on
+/// the API, and say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advise_never_moves_a_route_alerting_or_demoted_now_and_judges_its_current_window() {
+    use tierwise::config::TaskKind;
+    use tierwise::ledger::quality::{EventKind, QualityEvent};
+    use tierwise::ledger::{Picodollars, Purpose, RequestRow, Store};
+
+    let ledger = tierwise_test_sqlite_url();
+    let mut file = ConfigFile::default();
+    file.ledger.url = Some(text(&ledger));
+    let mut gpu = RawProvider::new("http://127.0.0.1:9/v1");
+    gpu.fixed_monthly_usd = Some(tierwise::config::file::spanned(85.0));
+    file.providers.insert(text("gpu"), gpu);
+    file.providers
+        .insert(text("openai"), RawProvider::new("http://127.0.0.1:9/v1"));
+    file.tiers
+        .insert(text("local"), RawTier::new("gpu", "mistral-7b"));
+    file.tiers
+        .insert(text("api_fast"), RawTier::new("openai", "gpt-4o-mini"));
+    file.tiers
+        .insert(text("api_frontier"), RawTier::new("openai", "gpt-4o"));
+    for name in ["slipping", "demoted"] {
+        let mut raw = RawRoute::new(TaskKind::Classification, &["local", "api_fast"]);
+        raw.baseline = Some(text("api_frontier"));
+        file.routes.insert(text(name), raw);
+    }
+    let (dir, path) = write_config("advise-live", &TestConfig(file).toml());
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let day = 86_400_000i64;
+    let mut rows = Vec::new();
+    for route in ["slipping", "demoted"] {
+        for i in 0..600 {
+            let mut row = RequestRow::new(
+                uuid::Uuid::now_v7().to_string(),
+                now - 2 * day + 60_000 + i * 200_000,
+                "chat.completions".into(),
+            );
+            row.route = Some(route.into());
+            row.tier = Some("local".into());
+            row.provider = Some("gpu".into());
+            row.model = Some("mistral-7b".into());
+            row.local = true;
+            row.tokens_in = 300;
+            row.tokens_out = 20;
+            row.latency_us = 300_000;
+            row.cost_pusd = Some(Picodollars(0));
+            row.baseline_pusd = Some(Picodollars(10_000_000_000));
+            rows.push(row);
+        }
+    }
+    // Oldest first: 2,000 samples that agree over the month, then the current window of 400.
+    let mut sample = |route: &str, ts: i64, agrees: bool| {
+        let mut row = RequestRow::new(
+            uuid::Uuid::now_v7().to_string(),
+            ts,
+            "chat.completions".into(),
+        );
+        row.route = Some(route.into());
+        row.tier = Some("api_frontier".into());
+        row.purpose = Purpose::Shadow;
+        row.candidate = Some("local".into());
+        row.cost_pusd = Some(Picodollars(0));
+        row.agreement_ppm = Some(if agrees { 1_000_000 } else { 0 });
+        rows.push(row);
+    };
+    for route in ["slipping", "demoted"] {
+        for i in 0..2000 {
+            sample(route, now - 2 * day + 120_000 + i * 60_000, true);
+        }
+    }
+    for i in 0..400 {
+        sample("slipping", now - 60_000 + i, i % 5 != 0);
+        sample("demoted", now - 60_000 + i, i % 40 != 0);
+    }
+    let store = Store::connect(&ledger).await.unwrap();
+    let refs: Vec<&RequestRow> = rows.iter().collect();
+    for chunk in refs.chunks(500) {
+        store.insert(chunk, &[]).await.unwrap();
+    }
+    for (route, seq, event) in [
+        ("slipping", 1, EventKind::AlertFired),
+        ("demoted", 1, EventKind::AlertFired),
+        ("demoted", 2, EventKind::Demoted),
+        ("demoted", 3, EventKind::AlertCleared),
+    ] {
+        let stored = store
+            .record_event(&QualityEvent {
+                route: route.into(),
+                candidate: "local".into(),
+                seq,
+                ts_ms: now - 30_000 + seq,
+                event,
+                model: "mistral-7b".into(),
+                agreement_ppm: 800_000,
+                low_ppm: 760_000,
+                high_ppm: 840_000,
+                samples: 400,
+            })
+            .await
+            .unwrap();
+        assert!(stored);
+    }
+    store.close().await;
+
+    let advice = tokio::task::spawn_blocking(move || {
+        json_of(
+            tierwise()
+                .args(["advise", "--since", "2d", "--format", "json", "--config"])
+                .arg(&path),
+        )
+    })
+    .await
+    .unwrap();
+    let of = |route: &str| {
+        advice["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["route"] == route)
+            .unwrap_or_else(|| panic!("no {route} in {advice}"))
+            .clone()
+    };
+    let has = |r: &serde_json::Value, reason: &str| {
+        r["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x.as_str().unwrap().contains(reason))
+    };
+    let slipping = of("slipping");
+    assert_eq!(slipping["verdict"], "keep-on-API", "{slipping}");
+    assert_eq!(slipping["samples"], 400, "{slipping}");
+    assert!(
+        (slipping["agreement"].as_f64().unwrap() - 0.8).abs() < 1e-9,
+        "{slipping}"
+    );
+    assert!(
+        has(&slipping, "a quality alert on local is firing now"),
+        "{slipping}"
+    );
+    let demoted = of("demoted");
+    assert_eq!(demoted["verdict"], "keep-on-API", "{demoted}");
+    assert!(has(&demoted, "local is demoted now"), "{demoted}");
     std::fs::remove_dir_all(dir).ok();
 }
 
