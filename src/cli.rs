@@ -126,7 +126,9 @@ enum Command {
         /// Lines in flight at once.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
-        /// Fail (exit status 1) when agreement between the tiers is below this, e.g. 0.9.
+        /// Fail (exit status 1) unless agreement between the tiers is above this with 95%
+        /// confidence, over every line (a line left out by a failed call counts against it),
+        /// e.g. 0.9.
         #[arg(long)]
         min_agreement: Option<f64>,
         /// A system prompt file to try on the candidate tier ({labels} is filled in); repeat to
@@ -247,8 +249,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let window =
                 report::window(Some(&since), None, None, now_ms()?).map_err(anyhow::Error::msg)?;
             runtime()?.block_on(async {
-                let report = read_report(&config, window, None).await?;
-                let advice = report::advise::Advise::build(&config, &report);
+                let store = Store::connect(&config.ledger.url).await?;
+                let report = Report::load(&config, &store, window, None).await?;
+                // Quality as the gateway judges it now, not over the report's days.
+                let live = report::advise::Live::load(&config, &store).await?;
+                store.close().await;
+                let advice = report::advise::Advise::build(&config, &report, &live);
                 print!(
                     "{}",
                     match format {
@@ -293,6 +299,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Format::Csv => bail!("eval prints --format table or json"),
                 }
             );
+            if report.lines == 0 {
+                eprintln!(
+                    "{} has no lines: there is nothing to evaluate",
+                    dataset.display()
+                );
+                return Ok(ExitCode::from(1));
+            }
             for tier in [&report.candidate, &report.reference] {
                 if tier.answered == 0 {
                     eprintln!(
@@ -304,16 +317,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(1));
                 }
             }
-            match (min_agreement, report.agreement) {
-                (Some(bar), Some(agreement)) if agreement >= bar => Ok(ExitCode::SUCCESS),
-                (Some(bar), agreement) => {
-                    eprintln!(
-                        "agreement {} is below --min-agreement {bar}",
-                        agreement.map_or("unknown".to_string(), |a| format!("{a:.3}"))
-                    );
+            match min_agreement.map(|bar| report.gate(bar)) {
+                Some(Err(why)) => {
+                    eprintln!("{why}");
                     Ok(ExitCode::from(1))
                 }
-                (None, _) => Ok(ExitCode::SUCCESS),
+                Some(Ok(())) | None => Ok(ExitCode::SUCCESS),
             }
         }
         Command::Simulate { workload, format } => {

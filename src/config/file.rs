@@ -101,7 +101,7 @@ pub struct RawLedger {
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "SpannedTimeouts")]
 pub struct RawTimeouts {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_ms: Option<u64>,
@@ -111,6 +111,47 @@ pub struct RawTimeouts {
     pub total_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_ms: Option<u64>,
+    /// Where each value was written, for errors. Kept beside the plain numbers rather than in
+    /// them, so that code building a file sets `total_ms = Some(300)` as before.
+    #[serde(skip)]
+    pub at: TimeoutSpans,
+}
+
+/// The byte offset of each timeout in the file, where it was read from one.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TimeoutSpans {
+    pub connect_ms: Option<usize>,
+    pub first_byte_ms: Option<usize>,
+    pub total_ms: Option<usize>,
+    pub idle_ms: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpannedTimeouts {
+    connect_ms: Option<Spanned<u64>>,
+    first_byte_ms: Option<Spanned<u64>>,
+    total_ms: Option<Spanned<u64>>,
+    idle_ms: Option<Spanned<u64>>,
+}
+
+impl From<SpannedTimeouts> for RawTimeouts {
+    fn from(raw: SpannedTimeouts) -> RawTimeouts {
+        let value = |v: &Option<Spanned<u64>>| v.as_ref().map(|v| *v.get_ref());
+        let at = |v: &Option<Spanned<u64>>| v.as_ref().map(|v| v.span().start);
+        RawTimeouts {
+            connect_ms: value(&raw.connect_ms),
+            first_byte_ms: value(&raw.first_byte_ms),
+            total_ms: value(&raw.total_ms),
+            idle_ms: value(&raw.idle_ms),
+            at: TimeoutSpans {
+                connect_ms: at(&raw.connect_ms),
+                first_byte_ms: at(&raw.first_byte_ms),
+                total_ms: at(&raw.total_ms),
+                idle_ms: at(&raw.idle_ms),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -155,7 +196,7 @@ pub struct RawBreaker {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "SpannedHealth")]
 pub struct RawHealth {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
@@ -165,6 +206,30 @@ pub struct RawHealth {
     pub interval_ms: Option<Spanned<u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Where `timeout_ms` was written, for errors (kept apart, as [`RawTimeouts::at`] is).
+    #[serde(skip)]
+    pub timeout_at: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpannedHealth {
+    enabled: Option<bool>,
+    path: Option<Text>,
+    interval_ms: Option<Spanned<u64>>,
+    timeout_ms: Option<Spanned<u64>>,
+}
+
+impl From<SpannedHealth> for RawHealth {
+    fn from(raw: SpannedHealth) -> RawHealth {
+        RawHealth {
+            enabled: raw.enabled,
+            path: raw.path,
+            interval_ms: raw.interval_ms,
+            timeout_ms: raw.timeout_ms.as_ref().map(|t| *t.get_ref()),
+            timeout_at: raw.timeout_ms.as_ref().map(|t| t.span().start),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]

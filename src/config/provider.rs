@@ -151,6 +151,7 @@ impl Resolver<'_> {
             );
         }
         let base_url = base_url?;
+        self.timeouts_may_pass(&raw.timeout, &key);
         let timeouts = Timeouts::DEFAULT.with(&raw.timeout);
         let max_in_flight = raw.max_in_flight.as_ref().and_then(|limit| {
             self.positive(
@@ -177,6 +178,43 @@ impl Resolver<'_> {
             breaker,
             probe,
         })
+    }
+
+    /// Records each timeout of `raw` that no call could meet: 0 ms fails every call (every
+    /// stream, for `idle_ms`) before an upstream could answer. `key` is the provider's or tier's.
+    pub(super) fn timeouts_may_pass(&mut self, raw: &RawTimeouts, key: &str) {
+        let default = Timeouts::DEFAULT;
+        for (name, value, at, default) in [
+            (
+                "connect_ms",
+                raw.connect_ms,
+                raw.at.connect_ms,
+                default.connect,
+            ),
+            (
+                "first_byte_ms",
+                raw.first_byte_ms,
+                raw.at.first_byte_ms,
+                default.first_byte,
+            ),
+            ("total_ms", raw.total_ms, raw.at.total_ms, default.total),
+            ("idle_ms", raw.idle_ms, raw.at.idle_ms, default.idle),
+        ] {
+            if value == Some(0) {
+                self.zero_timeout(at, &format!("{key}.timeout.{name}"), default);
+            }
+        }
+    }
+
+    fn zero_timeout(&mut self, at: Option<usize>, key: &str, default: Duration) {
+        let message = format!(
+            "must be more than 0: every call would time out before the upstream could answer; leave it out for the default ({} ms)",
+            default.as_millis()
+        );
+        match at {
+            Some(at) => self.issue_at(at, key, &message),
+            None => self.issue(None, key, &message),
+        }
     }
 
     /// The key; `None` for an empty one (with a warning) or an unusable one (with an issue).
@@ -262,6 +300,15 @@ impl Resolver<'_> {
             )?),
             None => ProbePolicy::DEFAULT_INTERVAL,
         };
+        if raw.timeout_ms == Some(0) {
+            // Every probe would fail, and the breaker keep the provider open for good.
+            self.zero_timeout(
+                raw.timeout_at,
+                &format!("{key}.health.timeout_ms"),
+                timeouts.first_byte.min(ProbePolicy::MAX_DEFAULT_TIMEOUT),
+            );
+            return None;
+        }
         Some(ProbePolicy {
             url,
             interval,

@@ -228,14 +228,26 @@ impl Resolver<'_> {
             "min_samples",
             Shadow::DEFAULT_MIN_SAMPLES,
         );
-        if let (Some(window), Some(min), Some(value)) = (window, min_samples, &raw.min_samples)
+        // A window shorter than min_samples never holds enough samples: the monitor would never
+        // fire, clear or promote, whichever of the two was left at its default.
+        if let (Some(window), Some(min)) = (window, min_samples)
             && min > window
         {
-            self.issue_at(
-                value.span().start,
-                &format!("{key}.min_samples"),
-                &format!("is more than the window ({window}); the monitor could never judge"),
-            );
+            match (&raw.min_samples, &raw.window) {
+                (Some(value), _) => self.issue_at(
+                    value.span().start,
+                    &format!("{key}.min_samples"),
+                    &format!("is more than the window ({window}); the monitor could never judge"),
+                ),
+                (None, Some(value)) => self.issue_at(
+                    value.span().start,
+                    &format!("{key}.window"),
+                    &format!(
+                        "is under min_samples ({min}, its default): the monitor could never judge; make the window at least {min}, or set min_samples to at most {window}"
+                    ),
+                ),
+                (None, None) => {}
+            }
         }
         let daily_budget_usd = match &raw.daily_budget_usd {
             Some(value) if !value.get_ref().is_finite() || *value.get_ref() < 0.0 => {

@@ -92,6 +92,7 @@ impl Resolver<'_> {
                 "is set per provider, which owns the connection pool; move it to [providers.NAME] timeout",
             );
         }
+        self.timeouts_may_pass(&raw.timeout, &key);
         let provider = provider?;
         let model = model?;
         // What the config leaves unsaid about an OpenAI model, its built-in facts say.

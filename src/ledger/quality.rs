@@ -87,7 +87,8 @@ pub struct Feedback {
     pub truth: String,
 }
 
-const DAY_MS: i64 = 86_400_000;
+/// A UTC day in milliseconds.
+pub const DAY_MS: i64 = 86_400_000;
 
 impl Store {
     /// Stores `event` unless its sequence number is taken; `true` when this call stored it (and so
@@ -178,17 +179,20 @@ impl Store {
             .collect()
     }
 
-    /// The agreement of a candidate's latest `limit` scored samples, oldest first.
+    /// The agreement of a candidate's latest `limit` scored samples, oldest first. Latest by the
+    /// order they were stored in, not by `ts_ms`: samples a clock dated in the future would
+    /// otherwise hold the window until that future came, and freeze the monitor on them.
     pub async fn recent_agreement(
         &self,
         route: &str,
         candidate: &str,
         limit: i64,
     ) -> Result<Vec<i64>, LedgerError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(&format!(
             "SELECT agreement_ppm FROM requests WHERE purpose = 'shadow' AND route = $1 \
-             AND candidate = $2 AND agreement_ppm IS NOT NULL ORDER BY ts_ms DESC, id DESC LIMIT $3",
-        )
+             AND candidate = $2 AND agreement_ppm IS NOT NULL ORDER BY {} DESC LIMIT $3",
+            self.stored_order()
+        ))
         .bind(route.to_string())
         .bind(candidate.to_string())
         .bind(limit)
@@ -232,20 +236,24 @@ impl Store {
             .collect()
     }
 
-    /// What a route's calls of one purpose cost since `from_ms`.
-    pub async fn spent_since(
+    /// What a route's calls of one purpose cost with `from_ms <= ts_ms < to_ms`. Bounded above, so
+    /// that rows a clock dated in the future do not count as spent today.
+    pub async fn spent_between(
         &self,
         route: &str,
         purpose: super::Purpose,
         from_ms: i64,
+        to_ms: i64,
     ) -> Result<Picodollars, LedgerError> {
         let row = sqlx::query(&format!(
-            "SELECT {} FROM requests WHERE purpose = $1 AND route = $2 AND ts_ms >= $3",
+            "SELECT {} FROM requests WHERE purpose = $1 AND route = $2 AND ts_ms >= $3 \
+             AND ts_ms < $4",
             money_sum("cost_pusd", "spent")
         ))
         .bind(purpose.as_str())
         .bind(route.to_string())
         .bind(from_ms)
+        .bind(to_ms)
         .fetch_one(self.reads())
         .await?;
         Ok(money(&row, "spent")?)

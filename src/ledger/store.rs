@@ -125,6 +125,13 @@ impl Store {
         &self.pool
     }
 
+    /// The column that numbers `requests` rows in the order they were stored, which only grows
+    /// whatever the clocks say: SQLite's own `rowid`, PostgreSQL's `stored_seq` (see the
+    /// migration `20261203000002_stored_order.sql`).
+    pub(super) fn stored_order(&self) -> &'static str {
+        if self.sqlite { "rowid" } else { "stored_seq" }
+    }
+
     /// Writes a batch in one transaction: every request and attempt, or none.
     pub async fn insert(
         &self,
@@ -356,7 +363,12 @@ mod tests {
             .fetch_all(&store.pool)
             .await
             .unwrap();
-            let migrated: Vec<String> = rows.iter().map(|r| r.try_get("name").unwrap()).collect();
+            // `stored_seq` is filled by PostgreSQL itself and never written (SQLite has rowid).
+            let migrated: Vec<String> = rows
+                .iter()
+                .map(|r| r.try_get::<String, _>("name").unwrap())
+                .filter(|name| name != "stored_seq")
+                .collect();
             assert_eq!(migrated, columns, "table {table}");
         }
     }

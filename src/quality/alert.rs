@@ -47,7 +47,15 @@ impl Alerts {
     /// Must be called on a runtime: the webhook's sender runs as a task of it.
     pub fn new(config: &Config) -> Alerts {
         let webhook = config.alerts.webhook.clone().and_then(|url| {
-            match reqwest::Client::builder().timeout(WEBHOOK_TIMEOUT).build() {
+            // Redirects are not followed: the URL often holds the token, and a redirect would
+            // carry it on to another host in `Referer` (and the notice with it). A 3xx is a
+            // failed delivery, logged with the host, never the URL.
+            match reqwest::Client::builder()
+                .timeout(WEBHOOK_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+                .referer(false)
+                .build()
+            {
                 Ok(client) => {
                     // Unbounded: a notice is a change of state, a handful a day.
                     let (notices, mut queued) = mpsc::unbounded_channel();

@@ -110,6 +110,13 @@ pub struct EvalReport {
     pub agreement: Option<f64>,
     pub interval: Option<Interval>,
     pub compared: usize,
+    /// The lines that were not compared, and why.
+    pub left_out: LeftOut,
+    /// Agreement over every line, a line left out counting as a disagreement, with its 95%
+    /// interval: what `--min-agreement` holds the candidate to (the interval's low end), so that
+    /// failed calls or a handful of lines can never pass the gate.
+    pub agreement_all_lines: Option<f64>,
+    pub interval_all_lines: Option<Interval>,
     pub worst: Vec<Disagreement>,
     /// With `--prompt`: each prompt of the candidate tier, best first (agreement, then fewer
     /// contract rewrites, then fewer tokens).
@@ -119,6 +126,23 @@ pub struct EvalReport {
     /// what evaluation cost beside product traffic.
     #[serde(skip)]
     pub calls: Vec<RequestRow>,
+}
+
+/// Lines not compared, each counted once, under the first reason that applies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LeftOut {
+    /// The candidate's call failed.
+    pub candidate_failed: usize,
+    /// The reference's call (or the judge's grading) failed.
+    pub reference_failed: usize,
+    /// Both answered, but the answers could not be scored (e.g. not JSON for the JSON scorer).
+    pub unscorable: usize,
+}
+
+impl LeftOut {
+    fn total(&self) -> usize {
+        self.candidate_failed + self.reference_failed + self.unscorable
+    }
 }
 
 /// A prompt variant of the candidate tier, as `--prompt` ranks them.
@@ -254,6 +278,11 @@ pub async fn run(
     let (agreement, mut compared) = scoring.agreement(&mine, &theirs, &grades);
     let count = compared.len();
     let interval = agreement.map(|a| wilson(a * count as f64, count as u64, 1.96));
+    let left_out = left_out(&mine, &theirs, &grades, &compared);
+    let agreeing: f64 = compared.iter().map(|d| d.agreement).sum();
+    let all = lines.len();
+    let agreement_all_lines = (all > 0).then(|| agreeing / all as f64);
+    let interval_all_lines = (all > 0).then(|| wilson(agreeing, all as u64, 1.96));
     compared.retain(|d| d.agreement < 1.0);
     compared.sort_by(|a, b| {
         a.agreement
@@ -270,6 +299,9 @@ pub async fn run(
         agreement,
         interval,
         compared: count,
+        left_out,
+        agreement_all_lines,
+        interval_all_lines,
         worst: compared,
         prompts: ranked,
         calls: asker
@@ -277,6 +309,33 @@ pub async fn run(
             .into_inner()
             .unwrap_or_else(|poisoned| poisoned.into_inner()),
     })
+}
+
+/// Why each line missing from `compared` is missing.
+fn left_out(
+    mine: &[Answered],
+    theirs: &[Answered],
+    grades: &[Option<Score>],
+    compared: &[Disagreement],
+) -> LeftOut {
+    let mut out = LeftOut::default();
+    for (index, (a, b)) in mine.iter().zip(theirs).enumerate() {
+        // `compared` is in line order here.
+        if compared
+            .binary_search_by_key(&(index + 1), |d| d.line)
+            .is_ok()
+        {
+            continue;
+        }
+        if a.answer.is_none() {
+            out.candidate_failed += 1;
+        } else if b.answer.is_none() || grades.get(index).is_some_and(Option::is_none) {
+            out.reference_failed += 1;
+        } else {
+            out.unscorable += 1;
+        }
+    }
+    out
 }
 
 /// Sends dataset lines to a tier, a few at a time, answers in line order.
@@ -483,6 +542,75 @@ impl Scoring<'_> {
 }
 
 impl EvalReport {
+    /// Whether the candidate passes `--min-agreement bar`: the low end of the interval of its
+    /// agreement over every line (a line left out is a disagreement) must reach the bar. `Err`
+    /// says why not, with what would change it.
+    pub fn gate(&self, bar: f64) -> Result<(), String> {
+        let (Some(agreement), Some(interval)) = (self.agreement_all_lines, self.interval_all_lines)
+        else {
+            return Err(format!(
+                "agreement over 0 lines cannot reach --min-agreement {bar}: {}",
+                self.why_none()
+            ));
+        };
+        if interval.low >= bar {
+            return Ok(());
+        }
+        let left_out = self.left_out.total();
+        Err(format!(
+            "agreement {:.1}% over all {} lines ({} compared{}) has a 95% interval from {:.1}%, below --min-agreement {bar}: {}",
+            agreement * 100.0,
+            self.lines,
+            self.compared,
+            if left_out > 0 {
+                format!(
+                    ", {} left out and counted as disagreements: {}",
+                    left_out,
+                    self.left_out_reasons()
+                )
+            } else {
+                String::new()
+            },
+            interval.low * 100.0,
+            if agreement >= bar {
+                "more lines would narrow the interval"
+            } else {
+                "the candidate disagrees too often"
+            }
+        ))
+    }
+
+    /// Why no line was compared.
+    fn why_none(&self) -> String {
+        if self.lines == 0 {
+            "the dataset has no lines".into()
+        } else {
+            format!(
+                "all {} lines were left out: {}",
+                self.lines,
+                self.left_out_reasons()
+            )
+        }
+    }
+
+    fn left_out_reasons(&self) -> String {
+        let LeftOut {
+            candidate_failed,
+            reference_failed,
+            unscorable,
+        } = self.left_out;
+        [
+            (candidate_failed, "the candidate's call failed"),
+            (reference_failed, "the reference's call failed"),
+            (unscorable, "the answers could not be scored"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, why)| format!("{n} where {why}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a report always serializes")
     }
@@ -545,6 +673,18 @@ impl EvalReport {
                 i.high * 100.0
             ))
         );
+        if self.compared == 0 {
+            let _ = writeln!(out, "  no line compared: {}", self.why_none());
+        } else if self.left_out.total() > 0 {
+            let _ = writeln!(
+                out,
+                "  {} lines left out ({}); counted as disagreements, agreement over all {} lines is {}",
+                self.left_out.total(),
+                self.left_out_reasons(),
+                self.lines,
+                percent(self.agreement_all_lines)
+            );
+        }
         if !self.prompts.is_empty() {
             let _ = writeln!(out, "\nprompts for {}, best first:", self.candidate.tier);
             for (rank, v) in self.prompts.iter().enumerate() {

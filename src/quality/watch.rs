@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 
 use super::monitor::{Episode, Evidence, Interval, Monitor, MonitorPolicy};
 use crate::config::{Config, OnDrift, OnProof, Route, Shadow};
-use crate::ledger::quality::{EventKind, QualityEvent, StoredState, utc_day};
+use crate::ledger::quality::{DAY_MS, EventKind, QualityEvent, StoredState, utc_day};
 use crate::ledger::{LedgerError, Picodollars, Purpose, Store};
 
 /// How often each watch takes up the ledger's view (other replicas' samples and switches).
@@ -88,6 +88,9 @@ pub struct Watch {
 
 struct State {
     monitor: Monitor,
+    /// The window of scored samples the ledger held at the last resync (parts per million,
+    /// oldest first); `None` before the first.
+    stored_window: Option<Vec<i64>>,
     /// The latest event sequence number this watch knows of.
     seq: i64,
     /// The UTC day `spent` is for.
@@ -141,6 +144,7 @@ impl Watch {
             in_flight: Arc::new(Semaphore::new(shadow.concurrency as usize)),
             state: Mutex::new(State {
                 monitor: Monitor::new(MonitorPolicy::of(shadow)),
+                stored_window: None,
                 seq: 0,
                 day: i64::MIN,
                 spent: Picodollars(0),
@@ -232,7 +236,10 @@ impl Watch {
     }
 
     /// Takes up the ledger's view: the latest window of scored samples, the latest episode and
-    /// switch, and the day's shadow spend.
+    /// switch, and the day's shadow spend. The monitor is replaced only when the ledger has
+    /// something it has not: a window that changed since the last resync, or a later event.
+    /// Replaced at every resync, it would lose the samples it scored that the ledger's writer has
+    /// not stored yet, and judge a window older than its own.
     pub async fn resync(&self, store: &Store) -> Result<(), LedgerError> {
         let shadow = self.shadow();
         let route = &self.route.name;
@@ -243,13 +250,19 @@ impl Watch {
         let stored: StoredState = store.quality_state(route, candidate).await?;
         let now = now_ms();
         let (day, day_start) = utc_day(now);
-        let spent = store.spent_since(route, Purpose::Shadow, day_start).await?;
-        let scores: Vec<f64> = scores.iter().map(|ppm| *ppm as f64 / 1e6).collect();
+        let spent = store
+            .spent_between(route, Purpose::Shadow, day_start, day_start + DAY_MS)
+            .await?;
         let alerting = stored.alert == Some(EventKind::AlertFired);
         let mut state = self.lock();
         if stored.seq >= state.seq {
+            let changed = state.stored_window.as_ref() != Some(&scores);
+            if changed || stored.seq > state.seq {
+                let window: Vec<f64> = scores.iter().map(|ppm| *ppm as f64 / 1e6).collect();
+                state.monitor = Monitor::restore(MonitorPolicy::of(shadow), &window, alerting);
+                state.stored_window = Some(scores);
+            }
             state.seq = stored.seq;
-            state.monitor = Monitor::restore(MonitorPolicy::of(shadow), &scores, alerting);
             let demoted = match stored.switch {
                 Some(switch) => switch == EventKind::Demoted,
                 None => shadow.on_proof == OnProof::Promote,

@@ -7,13 +7,23 @@
 //! the API. A route the rules would move still needs evidence until shadow checks (or an eval)
 //! show the local tier agrees with the API well enough. Each verdict carries its reasons, the
 //! monthly saving, and the volume at which a local server's fixed cost is paid back.
+//!
+//! Quality is judged as the gateway judges it now, not over the report's days: the candidate's
+//! current window of scored samples and its live alert and switch, read from the ledger as every
+//! replica takes them up ([`Live`]). A month of good samples cannot outvote a drop this week, and a
+//! route alerting or demoted now is never told to move.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
 use super::{DAYS_PER_MONTH, Report, RouteReport, usd};
-use crate::config::{AdviseRules, Changes, Config, QualityBar, Route, TaskKind, ToolCalling};
+use crate::config::{
+    AdviseRules, Changes, Config, QualityBar, Route, Shadow, TaskKind, ToolCalling,
+};
+use crate::ledger::quality::EventKind;
+use crate::ledger::{LedgerError, Store};
 use crate::quality::monitor::{Interval, wilson};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -55,10 +65,57 @@ pub struct Advice {
     /// Calls a day at which the local server's fixed monthly cost equals what those calls cost on
     /// the API; `None` without a local provider with `fixed_monthly_usd`, or without priced calls.
     pub break_even_calls_per_day: Option<f64>,
-    /// Shadow agreement over the window, with its 95% interval.
+    /// Shadow agreement over the candidate's current window, with its 95% interval.
     pub agreement: Option<f64>,
     pub interval: Option<Interval>,
     pub samples: u64,
+}
+
+/// A route's quality as the gateway judges it now.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Live {
+    /// The tier judged: the shadow check's candidate, or the route's first tier.
+    pub candidate: String,
+    /// The agreement of each scored sample in the current window, 0 to 1.
+    pub scores: Vec<f64>,
+    /// The latest episode is an alert that has not cleared.
+    pub alerting: bool,
+    /// The latest switch demoted the candidate: the route serves from its next tier.
+    pub demoted: bool,
+}
+
+impl Live {
+    /// Each route's live quality, by route name: the window is the route's shadow window (the
+    /// default where it has none, for samples an earlier configuration left).
+    pub async fn load(
+        config: &Config,
+        store: &Store,
+    ) -> Result<HashMap<String, Live>, LedgerError> {
+        let mut live = HashMap::new();
+        for route in &config.routes {
+            let (candidate, window) = match &route.shadow {
+                Some(shadow) => (&shadow.candidate, shadow.window),
+                None => match route.chain.first() {
+                    Some(step) => (&step.tier, Shadow::DEFAULT_WINDOW),
+                    None => continue,
+                },
+            };
+            let scores = store
+                .recent_agreement(&route.name, &candidate.name, i64::from(window))
+                .await?;
+            let state = store.quality_state(&route.name, &candidate.name).await?;
+            live.insert(
+                route.name.clone(),
+                Live {
+                    candidate: candidate.name.clone(),
+                    scores: scores.iter().map(|ppm| *ppm as f64 / 1e6).collect(),
+                    alerting: state.alert == Some(EventKind::AlertFired),
+                    demoted: state.switch == Some(EventKind::Demoted),
+                },
+            );
+        }
+        Ok(live)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -70,7 +127,7 @@ pub struct Advise {
 }
 
 impl Advise {
-    pub fn build(config: &Config, report: &Report) -> Advise {
+    pub fn build(config: &Config, report: &Report, live: &HashMap<String, Live>) -> Advise {
         let routes = config
             .routes
             .iter()
@@ -82,6 +139,7 @@ impl Advise {
                     route,
                     traffic,
                     report.not_projected_because.as_deref(),
+                    live.get(&route.name),
                 )
             })
             .collect();
@@ -145,6 +203,7 @@ fn advise(
     route: &Route,
     traffic: Option<&RouteReport>,
     not_projected: Option<&str>,
+    live: Option<&Live>,
 ) -> Advice {
     let mut against = Vec::new();
     let mut for_local = Vec::new();
@@ -237,14 +296,32 @@ fn advise(
         }
     }
 
-    // The candidate's agreement over the window, where shadow checks measured it.
+    // The candidate's agreement over its current window, where shadow checks measured it.
     let (agreement, interval, samples) =
-        traffic
-            .and_then(|t| t.quality.agreement.first())
-            .map_or((None, None, 0), |a| {
-                let interval = wilson(a.agreement * a.samples as f64, a.samples, 1.96);
-                (Some(a.agreement), Some(interval), a.samples)
+        live.filter(|live| !live.scores.is_empty())
+            .map_or((None, None, 0), |live| {
+                let sum: f64 = live.scores.iter().sum();
+                let samples = live.scores.len() as u64;
+                (
+                    Some(sum / samples as f64),
+                    Some(wilson(sum, samples, 1.96)),
+                    samples,
+                )
             });
+    if let Some(live) = live {
+        if live.alerting {
+            against.push(format!(
+                "a quality alert on {} is firing now: it no longer agrees with the API well enough",
+                live.candidate
+            ));
+        }
+        if live.demoted {
+            against.push(format!(
+                "{} is demoted now: the route serves from its next tier until agreement is proven again",
+                live.candidate
+            ));
+        }
+    }
     let bar = route
         .shadow
         .as_ref()

@@ -880,9 +880,19 @@ fn usd(amount: f64) -> String {
     format!("${amount:.2}")
 }
 
+/// One text cell of a CSV row (RFC 4180): quoted where it holds a comma, a quote or a line
+/// break. A cell a spreadsheet would run as a formula (one beginning with `=`, `+`, `-`, `@`, a tab
+/// or a carriage return) gets a leading `'` and quotes, as OWASP's advice on CSV injection has it.
+/// Only names and other text pass through here: the reports write their numbers themselves, so a
+/// negative figure such as -1.5 stays a number a spreadsheet can add up.
 fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
+    let formula = text.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    if formula || text.contains([',', '"', '\n', '\r']) {
+        format!(
+            "\"{}{}\"",
+            if formula { "'" } else { "" },
+            text.replace('"', "\"\"")
+        )
     } else {
         text.to_string()
     }

@@ -123,7 +123,42 @@ impl Workload {
         })
     }
 
+    /// Numbers a month could not hold: a negative or NaN volume would turn into a saving that
+    /// does not exist (NaN passes every comparison the verdicts make).
+    fn check(&self) -> Result<(), String> {
+        let amount = |value: f64, what: String| {
+            if value.is_finite() && value >= 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{what} is {value}; it must be a number, 0 or more"))
+            }
+        };
+        if !(self.days_per_month.is_finite() && self.days_per_month > 0.0) {
+            return Err(format!(
+                "days_per_month is {}; it must be a number of days above 0",
+                self.days_per_month
+            ));
+        }
+        if let Some(local) = &self.local {
+            amount(local.fixed_monthly_usd, "local.fixed_monthly_usd".into())?;
+        }
+        for task in &self.tasks {
+            let name = &task.name;
+            amount(task.calls_per_day, format!("task {name:?}: calls_per_day"))?;
+            for (field, value) in [
+                ("usd_per_million", task.usd_per_million),
+                ("monthly_usd", task.monthly_usd),
+            ] {
+                if let Some(value) = value {
+                    amount(value, format!("task {name:?}: {field}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn simulate(&self) -> Result<Simulation, String> {
+        self.check()?;
         let table = PriceTable::new(&self.prices);
         let days = self.days_per_month;
         let fixed = self.local.as_ref().map_or(0.0, |l| l.fixed_monthly_usd);
@@ -264,12 +299,12 @@ impl Simulation {
         for t in &self.tasks {
             let _ = writeln!(
                 out,
-                "\"{}\",{},{},{},{},{:.2},{:.2},{},{}",
-                t.name.replace('"', "\"\""),
+                "{},{},{},{},{},{:.2},{:.2},{},{}",
+                super::csv_field(&t.name),
                 t.calls_per_day,
                 t.tokens_per_call,
-                t.model.as_deref().unwrap_or(""),
-                t.after,
+                super::csv_field(t.model.as_deref().unwrap_or("")),
+                super::csv_field(&t.after),
                 t.today_monthly_usd,
                 t.after_monthly_usd,
                 t.reported_monthly_usd

@@ -125,6 +125,117 @@ fn check_reports_every_mistake_with_its_line_and_fails() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// Runs `tierwise check --offline` on `toml` with `env` set; returns whether it passed and what
+/// it printed to stderr.
+fn check_offline(name: &str, toml: &str, env: &[(&str, &str)]) -> (bool, String) {
+    let (dir, path) = write_config(name, toml);
+    let out = tierwise()
+        .args(["check", "--offline", "--config"])
+        .arg(&path)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(dir).ok();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const CHECKED: &str = "[providers.p]\nbase_url = \"http://127.0.0.1:9/v1\"\n\n[tiers]\nt = { provider = \"p\", model = \"m\" }\n\n[routes.r]\nkind = \"chat\"\ntiers = [\"t\"]\n";
+
+/// A default that is itself a reference is read (and must be set), never kept as the literal
+/// `${B}`; a `${` that survives expansion is refused with its key and line, not kept.
+#[test]
+fn check_reads_a_reference_nested_in_a_default_and_never_keeps_a_dollar_brace() {
+    let toml = format!(
+        "[server]\napi_keys = [\"k\"]\nadmin_key = \"${{TW_NESTED_ADMIN:-${{TW_NESTED_FALLBACK}}}}\"\n\n{CHECKED}"
+    );
+    let (ok, stderr) = check_offline("nested-unset", &toml, &[]);
+    assert!(!ok, "an admin key read from an unset variable passed");
+    assert!(
+        stderr.contains(
+            "line 3: server.admin_key: environment variable TW_NESTED_FALLBACK is not set"
+        ),
+        "{stderr}"
+    );
+    let (ok, stderr) = check_offline(
+        "nested-set",
+        &toml,
+        &[("TW_NESTED_FALLBACK", "admin-secret-1")],
+    );
+    assert!(ok, "{stderr}");
+    let (ok, stderr) = check_offline(
+        "nested-dollar",
+        &toml,
+        &[("TW_NESTED_FALLBACK", "admin-${secret}")],
+    );
+    assert!(!ok, "a value holding `${{` was kept");
+    assert!(stderr.contains("line 3: server.admin_key:"), "{stderr}");
+    assert!(!stderr.contains("admin-$"), "the value leaked: {stderr}");
+}
+
+/// A shadow window shorter than `min_samples` could never judge: refused even when
+/// `min_samples` is left at its default (50), at the window's line, with what would be right.
+#[test]
+fn check_refuses_a_shadow_window_under_the_default_min_samples() {
+    let toml = CHECKED.replace(
+        "tiers = [\"t\"]\n",
+        "tiers = [\"t\"]\nshadow = { reference = \"u\", sample_rate = 0.1, window = 20 }\n",
+    ) + "\n[tiers.u]\nprovider = \"p\"\nmodel = \"n\"\n";
+    let toml = toml.replace(
+        "[tiers]\nt = { provider = \"p\", model = \"m\" }\n",
+        "[tiers.t]\nprovider = \"p\"\nmodel = \"m\"\n",
+    );
+    let (ok, stderr) = check_offline("window-default", &toml, &[]);
+    assert!(
+        !ok,
+        "a window of 20 under the default min_samples of 50 passed"
+    );
+    assert!(
+        stderr.contains("line 11: routes.r.shadow.window: is under min_samples (50, its default)"),
+        "{stderr}"
+    );
+    let (ok, stderr) = check_offline(
+        "window-fits",
+        &toml.replace("window = 20", "window = 20, min_samples = 20"),
+        &[],
+    );
+    assert!(ok, "{stderr}");
+}
+
+/// A timeout of 0 fails every call (every stream, every probe): each one is refused with its
+/// key and line, the provider's and a tier's own.
+#[test]
+fn check_refuses_each_timeout_that_would_fail_every_call() {
+    let toml = CHECKED
+        .replace(
+            "base_url = \"http://127.0.0.1:9/v1\"\n",
+            "base_url = \"http://127.0.0.1:9/v1\"\ntimeout = { connect_ms = 0, first_byte_ms = 0, total_ms = 0, idle_ms = 0 }\nhealth = { timeout_ms = 0 }\n",
+        )
+        .replace(
+            "t = { provider = \"p\", model = \"m\" }",
+            "t = { provider = \"p\", model = \"m\", timeout = { total_ms = 0 } }",
+        );
+    let (ok, stderr) = check_offline("zero-timeouts", &toml, &[]);
+    assert!(!ok, "timeouts of 0 passed");
+    for (line, key) in [
+        (3, "providers.p.timeout.connect_ms"),
+        (3, "providers.p.timeout.first_byte_ms"),
+        (4, "providers.p.health.timeout_ms"),
+        (3, "providers.p.timeout.total_ms"),
+        (3, "providers.p.timeout.idle_ms"),
+        (7, "tiers.t.timeout.total_ms"),
+    ] {
+        assert!(
+            stderr.contains(&format!("line {line}: {key}: must be more than 0")),
+            "{key} at line {line}: {stderr}"
+        );
+    }
+    let (ok, stderr) = check_offline("timeouts-fine", &toml.replace("= 0", "= 1"), &[]);
+    assert!(ok, "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_probes_each_provider() {
     let up = FakeUpstream::start().await;
@@ -423,6 +534,88 @@ fn simulate_reproduces_the_articles_rows_and_names_where_its_sums_disagree() {
         table.contains("Document classification") && table.contains("break-even"),
         "{table}"
     );
+}
+
+/// The cells of RFC 4180 CSV text, row by row (quoted cells may hold commas, quotes, newlines).
+fn csv_cells(text: &str) -> Vec<Vec<String>> {
+    let (mut rows, mut row, mut cell) = (Vec::new(), Vec::new(), String::new());
+    let mut chars = text.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                cell.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => cell.push(c),
+            (false, '"') if cell.is_empty() => quoted = true,
+            (false, '"') => panic!("a quote inside an unquoted cell: {text}"),
+            (false, ',') => row.push(std::mem::take(&mut cell)),
+            (false, '\n') => {
+                row.push(std::mem::take(&mut cell));
+                rows.push(std::mem::take(&mut row));
+            }
+            (false, c) => cell.push(c),
+        }
+    }
+    assert!(!quoted && cell.is_empty() && row.is_empty(), "{text}");
+    rows
+}
+
+/// Text cells of `simulate --format csv` (task, model, after) are quoted where they hold a comma
+/// and neutralised where a spreadsheet would run them as a formula; numbers stay numbers; and a
+/// negative or NaN volume is refused, named, rather than priced.
+#[test]
+fn simulate_writes_csv_a_spreadsheet_reads_safely_and_refuses_impossible_volumes() {
+    let dir = temp_dir("simulate-csv");
+    let workload = dir.join("workload.toml");
+    let write = |task: &str| {
+        std::fs::write(
+            &workload,
+            format!(
+                "[prices.\"-x,y\"]\ninput = 1.0\noutput = 1.0\n\n[[task]]\n{task}\ninput_tokens = 1000\nmodel = \"@SUM(A1)\"\nusd_per_million = 1.0\nmove_to = \"-x,y\"\n"
+            ),
+        )
+        .unwrap();
+    };
+    write("name = \"=HYPERLINK(\\\"http://e\\\",\\\"c\\\")\"\ncalls_per_day = 10");
+    let out = tierwise()
+        .args(["simulate", "--format", "csv", "--workload"])
+        .arg(&workload)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rows = csv_cells(&text);
+    assert!(rows.iter().all(|row| row.len() == 9), "{text}");
+    let task = &rows[1];
+    assert_eq!(task[0], "'=HYPERLINK(\"http://e\",\"c\")", "{text}");
+    assert_eq!(task[3], "'@SUM(A1)", "{text}");
+    assert_eq!(task[4], "'-x,y", "{text}");
+    assert!(task[5].parse::<f64>().unwrap() > 0.0, "{text}");
+
+    for (volume, shown) in [("-5.0", "-5"), ("nan", "NaN")] {
+        write(&format!("name = \"n\"\ncalls_per_day = {volume}"));
+        let out = tierwise()
+            .args(["simulate", "--workload"])
+            .arg(&workload)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{volume} calls a day was priced");
+        assert!(
+            stderr.contains(&format!(
+                "task \"n\": calls_per_day is {shown}; it must be a number, 0 or more"
+            )),
+            "{stderr}"
+        );
+    }
+    std::fs::remove_dir_all(dir).ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -842,6 +1035,78 @@ async fn eval_fails_when_a_tier_answers_nothing_and_says_why() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// `--min-agreement` cannot pass on failures: with 27 of 30 candidate calls failing, the 3 lines
+/// that agree perfectly do not make "100%": the failed lines count as disagreements and the gate
+/// says so. A dataset of 0 lines is named as the reason there is no agreement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_gate_counts_failed_lines_against_the_candidate_and_names_an_empty_dataset() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    local.update(|b| {
+        b.label_accuracy = Some(1.0);
+        b.fault = tierwise_fake::Fault::Status {
+            status: 500,
+            body: None,
+            retry_after: None,
+        };
+        b.fault_for = Some(27);
+    });
+    api.update(|b| b.label_accuracy = Some(1.0));
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url()).without_probes();
+    let (dir, path) = write_config("eval-gate", &config.toml());
+    let dataset = dir.join("thirty.jsonl");
+    let lines: String = (0..30)
+        .map(|i| {
+            format!(
+                "{{\"messages\": [{{\"role\": \"user\", \"content\": \"invoice {i} [[billing]]\"}}], \"expected\": \"billing\"}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(&dataset, lines).unwrap();
+    let eval = |dataset: &std::path::Path| {
+        tierwise()
+            .env("CLIENT_KEY", "k")
+            .env("LOCAL_KEY", "k")
+            .args(["eval", "--route", "classification", "--no-record"])
+            .args(["--concurrency", "1", "--min-agreement", "0.9", "--dataset"])
+            .arg(dataset)
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = eval(&dataset);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("100.0% over 3 lines") && stdout.contains("27 lines left out"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("agreement 10.0% over all 30 lines (3 compared, 27 left out")
+            && stderr.contains("27 where the candidate's call failed")
+            && stderr.contains("below --min-agreement 0.9"),
+        "{stderr}"
+    );
+
+    let empty = dir.join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let out = eval(&empty);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("no line compared: the dataset has no lines"),
+        "{stdout}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no lines: there is nothing to evaluate")
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
 /// `tierwise eval` on a route graded by a judge: each line answered by both tiers, then the
 /// reference grades the candidate's answer; agreement is the mean grade.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1109,6 +1374,159 @@ async fn advise_gives_the_verdicts_the_rules_imply_with_reasons() {
     );
     says("fast", "keep-on-API", "must answer within 200 ms");
     says("churning", "keep-on-API", "changes often");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// `advise` judges quality on each route's current window and live state, not the report's days
+/// of samples: a route whose month of good samples hides a drop in its latest window, with its
+/// alert firing, and a route demoted now (though its window looks good again) are both kept on
+/// the API, and say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advise_never_moves_a_route_alerting_or_demoted_now_and_judges_its_current_window() {
+    use tierwise::config::TaskKind;
+    use tierwise::ledger::quality::{EventKind, QualityEvent};
+    use tierwise::ledger::{Picodollars, Purpose, RequestRow, Store};
+
+    let ledger = tierwise_test_sqlite_url();
+    let mut file = ConfigFile::default();
+    file.ledger.url = Some(text(&ledger));
+    let mut gpu = RawProvider::new("http://127.0.0.1:9/v1");
+    gpu.fixed_monthly_usd = Some(tierwise::config::file::spanned(85.0));
+    file.providers.insert(text("gpu"), gpu);
+    file.providers
+        .insert(text("openai"), RawProvider::new("http://127.0.0.1:9/v1"));
+    file.tiers
+        .insert(text("local"), RawTier::new("gpu", "mistral-7b"));
+    file.tiers
+        .insert(text("api_fast"), RawTier::new("openai", "gpt-4o-mini"));
+    file.tiers
+        .insert(text("api_frontier"), RawTier::new("openai", "gpt-4o"));
+    for name in ["slipping", "demoted"] {
+        let mut raw = RawRoute::new(TaskKind::Classification, &["local", "api_fast"]);
+        raw.baseline = Some(text("api_frontier"));
+        file.routes.insert(text(name), raw);
+    }
+    let (dir, path) = write_config("advise-live", &TestConfig(file).toml());
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let day = 86_400_000i64;
+    let mut rows = Vec::new();
+    for route in ["slipping", "demoted"] {
+        for i in 0..600 {
+            let mut row = RequestRow::new(
+                uuid::Uuid::now_v7().to_string(),
+                now - 2 * day + 60_000 + i * 200_000,
+                "chat.completions".into(),
+            );
+            row.route = Some(route.into());
+            row.tier = Some("local".into());
+            row.provider = Some("gpu".into());
+            row.model = Some("mistral-7b".into());
+            row.local = true;
+            row.tokens_in = 300;
+            row.tokens_out = 20;
+            row.latency_us = 300_000;
+            row.cost_pusd = Some(Picodollars(0));
+            row.baseline_pusd = Some(Picodollars(10_000_000_000));
+            rows.push(row);
+        }
+    }
+    // Oldest first: 2,000 samples that agree over the month, then the current window of 400.
+    let mut sample = |route: &str, ts: i64, agrees: bool| {
+        let mut row = RequestRow::new(
+            uuid::Uuid::now_v7().to_string(),
+            ts,
+            "chat.completions".into(),
+        );
+        row.route = Some(route.into());
+        row.tier = Some("api_frontier".into());
+        row.purpose = Purpose::Shadow;
+        row.candidate = Some("local".into());
+        row.cost_pusd = Some(Picodollars(0));
+        row.agreement_ppm = Some(if agrees { 1_000_000 } else { 0 });
+        rows.push(row);
+    };
+    for route in ["slipping", "demoted"] {
+        for i in 0..2000 {
+            sample(route, now - 2 * day + 120_000 + i * 60_000, true);
+        }
+    }
+    for i in 0..400 {
+        sample("slipping", now - 60_000 + i, i % 5 != 0);
+        sample("demoted", now - 60_000 + i, i % 40 != 0);
+    }
+    let store = Store::connect(&ledger).await.unwrap();
+    let refs: Vec<&RequestRow> = rows.iter().collect();
+    for chunk in refs.chunks(500) {
+        store.insert(chunk, &[]).await.unwrap();
+    }
+    for (route, seq, event) in [
+        ("slipping", 1, EventKind::AlertFired),
+        ("demoted", 1, EventKind::AlertFired),
+        ("demoted", 2, EventKind::Demoted),
+        ("demoted", 3, EventKind::AlertCleared),
+    ] {
+        let stored = store
+            .record_event(&QualityEvent {
+                route: route.into(),
+                candidate: "local".into(),
+                seq,
+                ts_ms: now - 30_000 + seq,
+                event,
+                model: "mistral-7b".into(),
+                agreement_ppm: 800_000,
+                low_ppm: 760_000,
+                high_ppm: 840_000,
+                samples: 400,
+            })
+            .await
+            .unwrap();
+        assert!(stored);
+    }
+    store.close().await;
+
+    let advice = tokio::task::spawn_blocking(move || {
+        json_of(
+            tierwise()
+                .args(["advise", "--since", "2d", "--format", "json", "--config"])
+                .arg(&path),
+        )
+    })
+    .await
+    .unwrap();
+    let of = |route: &str| {
+        advice["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["route"] == route)
+            .unwrap_or_else(|| panic!("no {route} in {advice}"))
+            .clone()
+    };
+    let has = |r: &serde_json::Value, reason: &str| {
+        r["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x.as_str().unwrap().contains(reason))
+    };
+    let slipping = of("slipping");
+    assert_eq!(slipping["verdict"], "keep-on-API", "{slipping}");
+    assert_eq!(slipping["samples"], 400, "{slipping}");
+    assert!(
+        (slipping["agreement"].as_f64().unwrap() - 0.8).abs() < 1e-9,
+        "{slipping}"
+    );
+    assert!(
+        has(&slipping, "a quality alert on local is firing now"),
+        "{slipping}"
+    );
+    let demoted = of("demoted");
+    assert_eq!(demoted["verdict"], "keep-on-API", "{demoted}");
+    assert!(has(&demoted, "local is demoted now"), "{demoted}");
     std::fs::remove_dir_all(dir).ok();
 }
 

@@ -588,6 +588,85 @@ async fn wait_until(done: impl Fn() -> bool) {
     }
 }
 
+/// The webhook client does not follow a redirect: the URL may hold a token, which a followed
+/// redirect would hand to another host in `Referer`, with the notice. The 307 is a failed
+/// delivery, retried at the webhook's own URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_webhook_does_not_follow_a_redirect() {
+    use axum::response::IntoResponse;
+    let elsewhere: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = elsewhere.clone();
+    let other = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let seen = seen.clone();
+        async move {
+            let referer = headers
+                .get("referer")
+                .map(|r| r.to_str().unwrap_or("").to_string());
+            seen.lock().unwrap().push(referer.unwrap_or_default());
+            "ok"
+        }
+    });
+    let other_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_url = format!("http://{}/collect", other_listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(other_listener, other).await });
+
+    // The webhook's host redirects its first POST elsewhere and takes the next one itself.
+    let posts = Arc::new(Mutex::new(0usize));
+    let counted = posts.clone();
+    let hook_app = axum::Router::new().route(
+        "/hook/secret-token-123",
+        axum::routing::post(move || {
+            let counted = counted.clone();
+            let other_url = other_url.clone();
+            async move {
+                let mut posts = counted.lock().unwrap();
+                *posts += 1;
+                if *posts == 1 {
+                    axum::response::Redirect::temporary(&other_url).into_response()
+                } else {
+                    "ok".into_response()
+                }
+            }
+        }),
+    );
+    let hook_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = Hook {
+        url: format!(
+            "http://{}/hook/secret-token-123",
+            hook_listener.local_addr().unwrap()
+        ),
+        received: Arc::default(),
+    };
+    tokio::spawn(async move { axum::serve(hook_listener, hook_app).await });
+
+    let (local, api) = classifiers(0.0, 1.0).await;
+    let config = drift_config(&local, &api, &hook).with(|c| {
+        let shadow = c.route(ROUTE).shadow.as_mut().unwrap();
+        shadow.window = Some(spanned(20));
+        shadow.min_samples = Some(spanned(10));
+        shadow.on_drift = None;
+    });
+    let gateway = TestGateway::start(&config).await;
+    let mut traffic = Traffic { sent: 0 };
+    traffic.send(&gateway, 10).await;
+    tierwise_fake::wait_until(
+        "the alert's delivery, at the webhook or elsewhere",
+        Duration::from_secs(15),
+        || *posts.lock().unwrap() >= 2 || !elsewhere.lock().unwrap().is_empty(),
+    )
+    .await;
+    assert_eq!(
+        *elsewhere.lock().unwrap(),
+        Vec::<String>::new(),
+        "the redirect was followed, Referer shown"
+    );
+    assert_eq!(
+        *posts.lock().unwrap(),
+        2,
+        "the 307 was retried at the webhook"
+    );
+}
+
 /// Two replicas on one ledger: each takes up the same window of scored samples from it, both see
 /// the same drop, both try to announce it — and the ledger lets one, so the webhook hears of the
 /// episode once. A third replica started afterwards serves from the next tier at once.
@@ -666,6 +745,117 @@ async fn replicas_sharing_a_ledger_share_one_view_and_announce_once() {
     let c = Watches::load(&config, &store).await.unwrap();
     let standing = c.get(REPLICATED).unwrap().standing();
     assert!(standing.demoted && standing.alerting, "{standing:?}");
+}
+
+/// A clock that jumped ahead a year and back left rows dated in the future: 20 samples that all
+/// agree and a shadow call that cost $10. The window is still the latest 20 samples as stored
+/// (which all disagree), not the future-dated ones, and the future call is not today's spend.
+/// A resync that finds the stored window unchanged keeps the samples the monitor scored since,
+/// and one that finds it changed takes it up.
+async fn a_clock_that_jumps_neither_freezes_the_window_nor_spends_the_budget(
+    backend: crate::util::Backend,
+) {
+    use tierwise::ledger::{Picodollars, Purpose, RequestRow, Store};
+    use tierwise::quality::watch::{Watches, now_ms};
+
+    let (local, api) = classifiers(0.0, 1.0).await;
+    let url = backend.url().await;
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            let mut shadow = RawShadow::new("api_frontier", 1.0);
+            shadow.window = Some(spanned(20));
+            shadow.min_samples = Some(spanned(10));
+            // No bar: nothing fires, so only the window decides what a resync does.
+            shadow.min_agreement = Some(spanned(0.0));
+            c.route(ROUTE).shadow = Some(shadow);
+            c.0.ledger.url = Some(text(url));
+        });
+    let now = now_ms();
+    let year = 365 * 86_400_000i64;
+    let row = |ts: i64, agreement: Option<i64>, cost: i64| {
+        let mut row = RequestRow::new(
+            uuid::Uuid::now_v7().to_string(),
+            ts,
+            "chat.completions".into(),
+        );
+        row.route = Some(ROUTE.into());
+        row.tier = Some("api_frontier".into());
+        row.purpose = Purpose::Shadow;
+        row.candidate = Some("local".into());
+        row.cost_pusd = Some(Picodollars(cost));
+        row.agreement_ppm = agreement;
+        row
+    };
+    let store = Store::connect(&config.config().ledger.url).await.unwrap();
+    // Written while the clock was a year ahead, then, once it was set right, today's.
+    let future: Vec<RequestRow> = (0..20)
+        .map(|i| row(now + year + i, Some(1_000_000), 0))
+        .chain([row(now + year + 100, None, 10_000_000_000_000)])
+        .collect();
+    store
+        .insert(&future.iter().collect::<Vec<_>>(), &[])
+        .await
+        .unwrap();
+    let today: Vec<RequestRow> = (0..20).map(|i| row(now - 20 + i, Some(0), 0)).collect();
+    store
+        .insert(&today.iter().collect::<Vec<_>>(), &[])
+        .await
+        .unwrap();
+
+    let gateway = TestGateway::start(&config).await;
+    let route = standing(&gateway).await;
+    assert_eq!(route["samples"], 20, "{route}");
+    assert_eq!(
+        route["agreement"], 0.0,
+        "the window is the latest stored: {route}"
+    );
+    assert_eq!(
+        route["spent_today_usd"], "0",
+        "a future-dated call is not today's spend: {route}"
+    );
+    gateway.shutdown().await;
+
+    // The watch itself, as the shadow checks drive it between resyncs.
+    let watches = Watches::load(&config.config(), &store).await.unwrap();
+    let watch = watches.get(ROUTE).unwrap();
+    for _ in 0..5 {
+        watch.record(1.0);
+    }
+    assert_eq!(watch.standing().agreement, Some(0.25));
+    watch.resync(&store).await.unwrap();
+    assert_eq!(
+        watch.standing().agreement,
+        Some(0.25),
+        "an unchanged stored window replaced the monitor's newer samples"
+    );
+    store
+        .insert(&[&row(now, Some(1_000_000), 0)], &[])
+        .await
+        .unwrap();
+    watch.resync(&store).await.unwrap();
+    assert_eq!(
+        watch.standing().agreement,
+        Some(0.05),
+        "a changed stored window is taken up"
+    );
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_that_jumps_neither_freezes_the_window_nor_spends_the_budget_sqlite() {
+    a_clock_that_jumps_neither_freezes_the_window_nor_spends_the_budget(
+        crate::util::Backend::Sqlite,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_that_jumps_neither_freezes_the_window_nor_spends_the_budget_postgres() {
+    a_clock_that_jumps_neither_freezes_the_window_nor_spends_the_budget(
+        crate::util::Backend::Postgres,
+    )
+    .await;
 }
 
 /// A route scored by its tool calls does not shadow its streams: the relay keeps a stream's text,

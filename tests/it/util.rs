@@ -103,6 +103,7 @@ impl TestConfig {
             first_byte_ms: Some(2000),
             total_ms: Some(5000),
             idle_ms: Some(2000),
+            ..RawTimeouts::default()
         };
         let mut openai = RawProvider::new(api_url);
         openai.api_key = Some(text("sk-api-key-789"));
