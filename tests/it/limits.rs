@@ -26,7 +26,7 @@ async fn gateway(
 }
 
 fn vllm(change: impl FnOnce(&mut RawProvider)) -> impl FnOnce(&mut TestConfig) {
-    |c| change(c.provider("vllm"))
+    move |c| change(c.provider("vllm"))
 }
 
 /// The answer to `request` within `limit`: a bound on failure (a count or a stream that does not
