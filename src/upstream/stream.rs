@@ -178,6 +178,9 @@ pub struct UpstreamStream {
     idle_until: Instant,
     /// `total_ms` after the call began: a stream that trickles forever is cut here.
     deadline: Instant,
+    /// It has failed: it ends there, however much more is read (an event over the limit would
+    /// otherwise be refused again at every read, and the relay reads to the end).
+    failed: bool,
 }
 
 impl UpstreamStream {
@@ -196,6 +199,7 @@ impl UpstreamStream {
             timer: Box::pin(tokio::time::sleep_until(deadline)),
             idle_until: deadline,
             deadline,
+            failed: false,
         };
         // Keep-alives before the first event are not relayed: nothing is committed to this tier
         // until an event with data arrives.
@@ -300,10 +304,16 @@ impl UpstreamStream {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<SseEvent, UpstreamError>>> {
+        if self.failed {
+            return Poll::Ready(None);
+        }
         loop {
             match self.splitter.next() {
                 Ok(Some(event)) => return Poll::Ready(Some(Ok(event))),
-                Err(err) => return Poll::Ready(Some(Err(err))),
+                Err(err) => {
+                    self.failed = true;
+                    return Poll::Ready(Some(Err(err)));
+                }
                 // What is left of an event without its blank line is discarded, as SSE says.
                 Ok(None) if self.splitter.closed => return Poll::Ready(None),
                 Ok(None) => {}
@@ -317,6 +327,7 @@ impl UpstreamStream {
                     }
                 }
                 Poll::Ready(Some(Err(err))) => {
+                    self.failed = true;
                     return Poll::Ready(Some(Err(UpstreamError::stream_broken(err.to_string()))));
                 }
                 Poll::Ready(None) => self.splitter.closed = true,

@@ -44,19 +44,20 @@ async fn answer_within(gw: &TestGateway, request: &serde_json::Value, limit: Dur
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prompt_and_an_answer_of_one_long_run_of_letters_are_counted_in_bounded_time() {
     let (local, _api, gw) = gateway(|c| {
-        c.0.tiers.get_mut("local").unwrap().context_tokens = Some(spanned(1_000_000));
+        c.0.tiers.get_mut("local").unwrap().context_tokens = Some(spanned(500_000));
     })
     .await;
-    let letters = "a".repeat(2 << 20);
-    // Over the window in bytes, so it is counted: about 262k tokens, which fit.
-    let answer = answer_within(&gw, &chat("summarize", &letters), Duration::from_secs(60)).await;
+    // Over the window in bytes, so it is counted: about 188k tokens, which fit (the fake takes
+    // bodies up to 2 MB).
+    let prompt = "a".repeat(1_500_000);
+    let answer = answer_within(&gw, &chat("summarize", &prompt), Duration::from_secs(60)).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert_eq!(answer.header("x-tierwise-tier"), Some("local"));
     assert_eq!(answer.header("x-tierwise-fallback"), None);
 
     local.update(|b| {
         b.fault = Fault::NoUsage;
-        b.reply = letters.clone();
+        b.reply = "a".repeat(2 << 20);
     });
     let mut request = chat("summarize", "x");
     request["stream"] = json!(true);
