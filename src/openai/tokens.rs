@@ -2,7 +2,10 @@
 //! and o-series families, cl100k otherwise. Counts made here are always marked estimated, and are
 //! tiktoken's own: the same tables (written into the binary by `build.rs` from tiktoken-rs), the
 //! same pattern that splits text into pieces, the same merges within a piece; a test compares
-//! every count with tiktoken-rs's.
+//! every count with tiktoken-rs's. Only where tiktoken's work would grow faster than the text do
+//! the counts part from it, within a token or so per KiB: a piece longer than
+//! [`MAX_EXACT_PIECE`] (one run of a letter, which tiktoken merges in time quadratic in its
+//! length: 20 minutes for 2 MB) and a text longer than [`MAX_COUNTED_BYTES`].
 //!
 //! Why not tiktoken-rs itself: its tokenizer holds each table as two hash maps, a sorted copy and
 //! 128 regex clones, 25 MB resident for o200k and 50 MB at the peak of its 90 ms load, for a count
@@ -11,6 +14,8 @@
 //! first use are the pattern's regex and an index of ranks by the tokens' hashes (1.2 MB), which
 //! finds a token as fast as tiktoken-rs's map does.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::hash::BuildHasher;
 use std::sync::OnceLock;
 
@@ -104,19 +109,33 @@ impl Encoding {
     }
 
     fn count(&self, text: &str) -> u64 {
+        // Where each special token next occurs at or after `from`, found once and searched again
+        // only once passed: searching the whole rest for every special at every special found was
+        // quadratic in a text made of them.
+        let next = |special: &str, from: usize| text[from..].find(special).map(|at| from + at);
+        let mut found: Vec<Option<usize>> = self
+            .specials
+            .iter()
+            .map(|special| next(special, 0))
+            .collect();
         let mut total = 0;
-        let mut rest = text;
+        let mut from = 0;
         loop {
-            let special = self
-                .specials
+            let first = found
                 .iter()
-                .filter_map(|special| rest.find(special).map(|at| (at, special.len())))
+                .zip(self.specials)
+                .filter_map(|(at, special)| at.map(|at| (at, special.len())))
                 .min();
-            let Some((at, len)) = special else {
-                return total + self.count_ordinary(rest);
+            let Some((at, len)) = first else {
+                return total + self.count_ordinary(&text[from..]);
             };
-            total += self.count_ordinary(&rest[..at]) + 1;
-            rest = &rest[at + len..];
+            total += self.count_ordinary(&text[from..at]) + 1;
+            from = at + len;
+            for (at, special) in found.iter_mut().zip(self.specials) {
+                if at.is_some_and(|at| at < from) {
+                    *at = next(special, from);
+                }
+            }
         }
     }
 
@@ -140,42 +159,80 @@ impl Encoding {
         total
     }
 
-    /// Byte-pair merges within one piece: starting from single bytes, the adjacent pair that
-    /// forms the lowest-ranked token is merged first (the leftmost of equals), until no adjacent
-    /// pair forms a token; what is left is the piece's tokens.
+    /// The tokens of one piece: tiktoken's merges (see [`Encoding::merge`]) where the piece is at
+    /// most [`MAX_EXACT_PIECE`] bytes, as the pieces of real text are; a longer one (a run of one
+    /// letter, of punctuation, of newlines) is merged in parts of that size, which bounds the work
+    /// and is off from tiktoken's count by at most a token or so at each cut.
     fn piece_tokens(&self, piece: &[u8]) -> u64 {
+        if piece.len() <= MAX_EXACT_PIECE {
+            return self.merge(piece);
+        }
+        piece
+            .chunks(MAX_EXACT_PIECE)
+            .map(|part| self.merge(part))
+            .sum()
+    }
+
+    /// Byte-pair merges: starting from single bytes, the adjacent pair that forms the
+    /// lowest-ranked token is merged first (the leftmost of equals), until no adjacent pair forms
+    /// a token; what is left is the piece's tokens.
+    ///
+    /// tiktoken finds each merge by scanning every pair, quadratic in the piece. Here the pairs
+    /// wait in a heap ordered as tiktoken chooses (rank, then position). A pair is known by where
+    /// it starts and ends: parts only grow, so once either of its parts has merged with another
+    /// no pair spans those same bytes again, and an entry that no longer matches is skipped.
+    fn merge(&self, piece: &[u8]) -> u64 {
         if piece.len() < 2 || self.rank(piece).is_some() {
             return 1;
         }
-        // `bounds[i]..bounds[i + 1]` is a part; `pair[i]` the rank of parts i and i + 1 as one.
-        let mut bounds: Vec<usize> = (0..=piece.len()).collect();
-        let pair_rank = |bounds: &[usize], i: usize| {
-            bounds
-                .get(i + 2)
-                .and_then(|&end| self.rank(&piece[bounds[i]..end]))
-                .unwrap_or(u32::MAX)
+        let n = piece.len();
+        // A part is known by its first byte: `next[i]` is where the part starting at `i` ends and
+        // the next one starts (n for the last), `prev[i]` where the one before starts.
+        let mut next: Vec<usize> = (1..=n).collect();
+        let mut prev: Vec<Option<usize>> = (0..n).map(|i| i.checked_sub(1)).collect();
+        let mut alive = vec![true; n];
+        // A pair as one number ordered as tiktoken chooses: rank, then where it starts (then where
+        // it ends, which never decides). A part's bounds fit in 16 bits (see MAX_EXACT_PIECE).
+        let pair_at = |next: &[usize], i: usize| -> Option<Reverse<u64>> {
+            let end = *next.get(next[i])?;
+            let rank = self.rank(&piece[i..end])?;
+            Some(Reverse(
+                (u64::from(rank) << 32) | ((i as u64) << 16) | end as u64,
+            ))
         };
-        let mut pair: Vec<u32> = (0..bounds.len()).map(|i| pair_rank(&bounds, i)).collect();
-        loop {
-            let mut best = (u32::MAX, 0);
-            for (i, &rank) in pair.iter().enumerate() {
-                if rank < best.0 {
-                    best = (rank, i);
-                }
+        let mut heap: BinaryHeap<_> = (0..n - 1).filter_map(|i| pair_at(&next, i)).collect();
+        let mut parts = n as u64;
+        while let Some(Reverse(pair)) = heap.pop() {
+            let (i, end) = ((pair >> 16) as u16 as usize, pair as u16 as usize);
+            if !alive[i] || next.get(next[i]) != Some(&end) {
+                continue;
             }
-            let (rank, i) = best;
-            if rank == u32::MAX {
-                return (bounds.len() - 1) as u64;
+            alive[next[i]] = false;
+            next[i] = end;
+            if end < n {
+                prev[end] = Some(i);
             }
-            bounds.remove(i + 1);
-            pair.remove(i + 1);
-            pair[i] = pair_rank(&bounds, i);
-            if i > 0 {
-                pair[i - 1] = pair_rank(&bounds, i - 1);
+            parts -= 1;
+            heap.extend(pair_at(&next, i));
+            if let Some(before) = prev[i] {
+                heap.extend(pair_at(&next, before));
             }
         }
+        parts
     }
 }
+
+/// The longest piece merged as tiktoken merges it: far longer than any word, number or line of
+/// real text, and short enough that merging it stays in cache.
+const MAX_EXACT_PIECE: usize = 1024;
+const _: () = assert!(MAX_EXACT_PIECE < 1 << 16);
+
+/// The most of one text counted token by token; the rest is counted at the same bytes per token.
+/// A count is then bounded (~0.1 s in a release build, whatever the text), so that neither a
+/// request nor the ledger nor a shutdown waits long on one: a stream's text may be
+/// `server.max_answer_bytes` (256 MiB by default), and a count on tokio's blocking pool cannot
+/// be stopped once begun.
+const MAX_COUNTED_BYTES: usize = 4 << 20;
 
 /// About four bytes a token: only where the pattern cannot be used.
 fn estimate(text: &str) -> u64 {
@@ -192,7 +249,16 @@ fn encoding(model: &str) -> &'static Encoding {
 }
 
 pub fn count(model: &str, text: &str) -> u64 {
-    encoding(model).count(text)
+    if text.len() <= MAX_COUNTED_BYTES {
+        return encoding(model).count(text);
+    }
+    let mut cut = MAX_COUNTED_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let counted = encoding(model).count(&text[..cut]);
+    let rest = (text.len() - cut) as u128 * u128::from(counted);
+    counted.saturating_add(u64::try_from(rest.div_ceil(cut as u128)).unwrap_or(u64::MAX))
 }
 
 /// The text of a message's `content`: a string, or the text parts of a list of parts.
@@ -268,6 +334,46 @@ mod tests {
                 prop_assert_eq!(count(model, &text), tiktoken(model, &text));
             }
         }
+    }
+
+    #[test]
+    fn long_pieces_are_tiktokens_up_to_the_exact_length_and_merged_in_parts_beyond() {
+        for model in ["gpt-4o", "gpt-3.5-turbo"] {
+            for unit in ["a", "ab", "!", "\n", " ", "你", "7"] {
+                let exact = unit.repeat(MAX_EXACT_PIECE / unit.len());
+                assert_eq!(
+                    count(model, &exact),
+                    tiktoken(model, &exact),
+                    "{model}: {unit:?}"
+                );
+            }
+            // One piece of many parts: each part merged as a piece of its own, so the work is
+            // bounded by the parts' length (a run of 2 MB took 20 minutes merged whole).
+            let part = "a".repeat(MAX_EXACT_PIECE);
+            let run = "a".repeat(3 * MAX_EXACT_PIECE + 5);
+            assert_eq!(
+                count(model, &run),
+                3 * count(model, &part) + count(model, "aaaaa"),
+                "{model}"
+            );
+        }
+    }
+
+    #[test]
+    fn special_tokens_are_found_in_one_pass_and_counted_as_tiktoken_does() {
+        let text = "<|endoftext|>x<|endofprompt|>".repeat(1000) + "<|fim_prefix|>end";
+        for model in ["gpt-4o", "gpt-3.5-turbo"] {
+            assert_eq!(count(model, &text), tiktoken(model, &text), "{model}");
+        }
+    }
+
+    #[test]
+    fn a_text_past_the_counted_bytes_is_counted_at_the_same_bytes_per_token() {
+        let mut half =
+            "The quick brown fox jumps over the lazy dog. ".repeat(MAX_COUNTED_BYTES / 45 + 1);
+        half.truncate(MAX_COUNTED_BYTES);
+        let whole = half.repeat(2);
+        assert_eq!(count("gpt-4o", &whole), 2 * count("gpt-4o", &half));
     }
 
     #[test]

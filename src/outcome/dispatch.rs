@@ -244,7 +244,9 @@ fn drain(receiver: &mut mpsc::Receiver<Outcome>, batch: &mut Vec<Outcome>) {
 
 /// Counts and prices the outcomes left uncounted, on the blocking pool: counting takes ~0.3 ms per
 /// 1,000 tokens (and compiling a tokenizer's pattern ~4 ms the first time), which the runtime this
-/// task shares should not wait out.
+/// task shares should not wait out. A count's work is bounded whatever the text (see
+/// [`crate::openai::tokens`]), so a batch, and a shutdown draining the queue, never waits long on
+/// one.
 async fn count_tokens(mut batch: Vec<Outcome>, pricing: Arc<Pricing>) -> Vec<Outcome> {
     let counted = tokio::task::spawn_blocking(move || {
         for outcome in &mut batch {

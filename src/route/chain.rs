@@ -190,7 +190,9 @@ impl ChainRun<'_> {
             .max_tokens()
             .or(step.tier.max_tokens.map(u64::from))
             .unwrap_or(0);
-        if body.byte_len() as u64 + budget <= limit {
+        // A client may ask for up to u64::MAX tokens: the sums saturate rather than wrap past
+        // the window.
+        if (body.byte_len() as u64).saturating_add(budget) <= limit {
             return None;
         }
         let count = body.endpoint().spec().count_prompt;
@@ -204,12 +206,12 @@ impl ChainRun<'_> {
                 .await
                 .ok()?
         };
-        (prompt + budget > limit).then(|| {
+        let needed = prompt.saturating_add(budget);
+        (needed > limit).then(|| {
             UpstreamError::new_detail(
                 UpstreamErrorKind::ContextTooLong,
                 format!(
-                    "needs about {} tokens ({prompt} prompt, {budget} answer); the tier holds {limit}",
-                    prompt + budget
+                    "needs about {needed} tokens ({prompt} prompt, {budget} answer); the tier holds {limit}"
                 ),
             )
         })

@@ -232,6 +232,9 @@ impl SseRelay {
                 ));
             }
         };
+        if event.keep_alive {
+            return Some(event.raw);
+        }
         if event.data == DONE {
             return Some(self.end_of_answer());
         }

@@ -101,7 +101,7 @@ impl Upstreams {
                 left,
                 timeouts.idle,
                 deadline,
-                self.max_answer_bytes,
+                self.max_answer_bytes.min(MAX_EVENT_BYTES),
             )
             .await
             .map(Reply::Stream);
@@ -274,6 +274,12 @@ impl ListedModel {
         Ok(serde_json::from_slice::<Listing>(body)?.data)
     }
 }
+
+/// The largest server-sent event read from a stream. A chunk is a few hundred bytes, and a server
+/// that sends a whole long answer as one event sends well under a megabyte; an event is buffered
+/// whole before it is relayed, so `server.max_answer_bytes` (sized for the largest non-streamed
+/// answers) would let one stream hold hundreds of megabytes.
+pub const MAX_EVENT_BYTES: usize = 4 << 20;
 
 /// The most of a probe's answer that is read: a model list, not an answer.
 const PROBE_BODY_BYTES: usize = 1 << 20;

@@ -5,8 +5,19 @@
 //! Events are split here rather than by an SSE crate because the relay passes each event on as
 //! the bytes the upstream sent (a proxy's cost: no re-framing), and the crates we looked at
 //! (eventsource-stream, which this replaced) hand over only the parsed fields. Splitting is the
-//! small part of the SSE format: lines end in LF, CRLF or CR, a blank line ends an event, and an
-//! event without `data` (a comment, a keep-alive) is none.
+//! small part of the SSE format: lines end in LF, CRLF or CR, and a blank line ends an event.
+//!
+//! An event without `data` (a comment such as `: keep-alive`) carries nothing, but says the
+//! upstream is alive: after the first event it restarts `idle_ms` and is relayed as it came, so a
+//! provider that sends heartbeats while it thinks is not cut. Before the first event it does not
+//! count as the first byte: `first_byte_ms` bounds the wait for the first real event, which is what
+//! fallback is for (a queued provider that only heartbeats falls back to the next tier), and
+//! committing to a tier on a heartbeat would leave a provider that heartbeats forever to `total_ms`
+//! with no fallback left.
+//!
+//! One event is at most [`super::MAX_EVENT_BYTES`], and a line arriving in many reads is searched
+//! for its end once, not from its start at every read: a long event costs time and memory in
+//! proportion to its length, and one over the limit is the tier's failure.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -29,6 +40,9 @@ pub struct SseEvent {
     pub raw: Bytes,
     pub name: Option<String>,
     pub data: String,
+    /// No `data` line: a comment (`: keep-alive`) or fields alone. Passed on as it came; it
+    /// carries no answer.
+    pub keep_alive: bool,
 }
 
 /// Splits a byte stream into events, keeping each event's bytes.
@@ -36,6 +50,8 @@ struct Splitter {
     buffer: BytesMut,
     /// Where the next unread line of the event being received starts.
     line_start: usize,
+    /// How far that line has been searched for its end.
+    scanned: usize,
     /// The upstream's byte-order mark, if it sends one, is not part of the first event.
     started: bool,
     /// An event longer than this is refused rather than buffered without end.
@@ -49,6 +65,7 @@ impl Splitter {
         Splitter {
             buffer: BytesMut::new(),
             line_start: 0,
+            scanned: 0,
             started: false,
             max_event,
             closed: false,
@@ -61,52 +78,69 @@ impl Splitter {
             self.started = true;
             if self.buffer.starts_with(b"\xEF\xBB\xBF") {
                 let _ = self.buffer.split_to(3);
+                // Nothing searched so far was past the mark, which holds no line ending.
+                self.scanned = 0;
             }
         }
     }
 
     /// The next whole event in what has arrived; `Ok(None)` when more bytes are needed.
-    fn next(&mut self) -> Result<Option<SseEvent>, String> {
+    fn next(&mut self) -> Result<Option<SseEvent>, UpstreamError> {
         loop {
-            let rest = &self.buffer[self.line_start..];
-            let Some(at) = memchr::memchr2(b'\n', b'\r', rest) else {
-                return self.within_limit().map(|()| None);
+            let Some(at) = memchr::memchr2(b'\n', b'\r', &self.buffer[self.scanned..]) else {
+                self.scanned = self.buffer.len();
+                return self.within_limit(self.buffer.len()).map(|()| None);
             };
-            let end = self.line_start + at;
+            let end = self.scanned + at;
             // A CR at the end of what has arrived may be the first half of a CRLF.
             let terminator = match (self.buffer[end], self.buffer.get(end + 1)) {
                 (b'\r', Some(b'\n')) => 2,
-                (b'\r', None) if !self.closed => return self.within_limit().map(|()| None),
+                (b'\r', None) if !self.closed => {
+                    self.scanned = end;
+                    return self.within_limit(self.buffer.len()).map(|()| None);
+                }
                 _ => 1,
             };
             let blank = end == self.line_start;
             self.line_start = end + terminator;
+            self.scanned = self.line_start;
             if !blank {
                 continue;
             }
+            // One read may bring a whole event over the limit.
+            self.within_limit(self.line_start)?;
             let raw = self.buffer.split_to(self.line_start).freeze();
             self.line_start = 0;
-            if let Some(event) = parse(raw)? {
-                return Ok(Some(event));
+            self.scanned = 0;
+            // A blank line with nothing before it ends no event.
+            if end > 0 {
+                return parse(raw).map(Some);
             }
         }
     }
 
-    fn within_limit(&self) -> Result<(), String> {
-        if self.buffer.len() > self.max_event {
-            return Err(format!(
-                "the upstream sent malformed server-sent events (an event over {} bytes)",
-                self.max_event
+    /// An event of `len` bytes so far is within the limit.
+    fn within_limit(&self, len: usize) -> Result<(), UpstreamError> {
+        if len > self.max_event {
+            return Err(UpstreamError::new_detail(
+                UpstreamErrorKind::AnswerTooLarge,
+                format!(
+                    "one server-sent event is over {} bytes, the most one event may be",
+                    self.max_event
+                ),
             ));
         }
         Ok(())
     }
 }
 
-/// An event's fields from its bytes; `None` for an event without data.
-fn parse(raw: Bytes) -> Result<Option<SseEvent>, String> {
-    let text = std::str::from_utf8(&raw)
-        .map_err(|err| format!("the upstream sent bytes that are not UTF-8 ({err})"))?;
+/// An event's fields from its bytes.
+fn parse(raw: Bytes) -> Result<SseEvent, UpstreamError> {
+    let text = std::str::from_utf8(&raw).map_err(|err| {
+        UpstreamError::stream_broken(format!(
+            "the upstream sent bytes that are not UTF-8 ({err})"
+        ))
+    })?;
     let mut name = None;
     let mut data: Option<String> = None;
     for line in text.split(['\n', '\r']) {
@@ -124,11 +158,12 @@ fn parse(raw: Bytes) -> Result<Option<SseEvent>, String> {
             _ => {}
         }
     }
-    Ok(data.map(|data| SseEvent {
+    Ok(SseEvent {
         name: name.filter(|name| name != "message"),
-        data,
+        keep_alive: data.is_none(),
+        data: data.unwrap_or_default(),
         raw,
-    }))
+    })
 }
 
 /// An upstream stream that has produced its first event.
@@ -143,6 +178,9 @@ pub struct UpstreamStream {
     idle_until: Instant,
     /// `total_ms` after the call began: a stream that trickles forever is cut here.
     deadline: Instant,
+    /// It has failed: it ends there, however much more is read (an event over the limit would
+    /// otherwise be refused again at every read, and the relay reads to the end).
+    failed: bool,
 }
 
 impl UpstreamStream {
@@ -161,8 +199,19 @@ impl UpstreamStream {
             timer: Box::pin(tokio::time::sleep_until(deadline)),
             idle_until: deadline,
             deadline,
+            failed: false,
         };
-        let first = match tokio::time::timeout(first_event_limit, stream.read_event()).await {
+        // Keep-alives before the first event are not relayed: nothing is committed to this tier
+        // until an event with data arrives.
+        let first_event = async {
+            loop {
+                match stream.read_event().await {
+                    Some(Ok(event)) if event.keep_alive => {}
+                    polled => return polled,
+                }
+            }
+        };
+        let first = match tokio::time::timeout(first_event_limit, first_event).await {
             Err(_) => {
                 return Err(UpstreamError::new(
                     UpstreamErrorKind::TimeoutFirstByte,
@@ -174,11 +223,13 @@ impl UpstreamStream {
                     "the stream ended before its first event".into(),
                 ));
             }
-            Ok(Some(Err(why))) => {
+            Ok(Some(Err(err))) if err.kind == UpstreamErrorKind::StreamBroken => {
                 return Err(UpstreamError::stream_broken(format!(
-                    "the stream broke before its first event: {why}"
+                    "the stream broke before its first event: {}",
+                    err.detail
                 )));
             }
+            Ok(Some(Err(err))) => return Err(err),
             Ok(Some(Ok(event))) => event,
         };
         if first.data != "[DONE]" && serde_json::from_str::<IgnoredAny>(&first.data).is_err() {
@@ -203,7 +254,7 @@ impl UpstreamStream {
         let mut waiting = false;
         std::future::poll_fn(|cx| {
             if let Poll::Ready(event) = self.poll_event(cx) {
-                return Poll::Ready(event.map(|event| event.map_err(UpstreamError::stream_broken)));
+                return Poll::Ready(event);
             }
             // Only a real wait moves the idle limit: most events are already here. The timer
             // itself is moved only when it fires early, so a stream of chunks costs the timer
@@ -242,19 +293,27 @@ impl UpstreamStream {
         if let Some(first) = self.first.take() {
             return Some(Some(Ok(first)));
         }
-        let polled = std::future::poll_fn(|cx| self.poll_event(cx)).now_or_never()?;
-        Some(polled.map(|event| event.map_err(UpstreamError::stream_broken)))
+        std::future::poll_fn(|cx| self.poll_event(cx)).now_or_never()
     }
 
-    async fn read_event(&mut self) -> Option<Result<SseEvent, String>> {
+    async fn read_event(&mut self) -> Option<Result<SseEvent, UpstreamError>> {
         std::future::poll_fn(|cx| self.poll_event(cx)).await
     }
 
-    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<SseEvent, String>>> {
+    fn poll_event(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<SseEvent, UpstreamError>>> {
+        if self.failed {
+            return Poll::Ready(None);
+        }
         loop {
             match self.splitter.next() {
                 Ok(Some(event)) => return Poll::Ready(Some(Ok(event))),
-                Err(why) => return Poll::Ready(Some(Err(why))),
+                Err(err) => {
+                    self.failed = true;
+                    return Poll::Ready(Some(Err(err)));
+                }
                 // What is left of an event without its blank line is discarded, as SSE says.
                 Ok(None) if self.splitter.closed => return Poll::Ready(None),
                 Ok(None) => {}
@@ -267,7 +326,10 @@ impl UpstreamStream {
                         self.splitter.push(bytes);
                     }
                 }
-                Poll::Ready(Some(Err(err))) => return Poll::Ready(Some(Err(err.to_string()))),
+                Poll::Ready(Some(Err(err))) => {
+                    self.failed = true;
+                    return Poll::Ready(Some(Err(UpstreamError::stream_broken(err.to_string()))));
+                }
                 Poll::Ready(None) => self.splitter.closed = true,
             }
         }
@@ -286,7 +348,7 @@ fn is_error_event(data: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn split_all(pieces: &[&[u8]]) -> Vec<Result<SseEvent, String>> {
+    fn split_all(pieces: &[&[u8]]) -> Vec<Result<SseEvent, UpstreamError>> {
         let mut splitter = Splitter::new(1 << 20);
         let mut events = Vec::new();
         for (n, piece) in pieces.iter().enumerate() {
@@ -313,30 +375,73 @@ mod tests {
                 .into_iter()
                 .map(Result::unwrap)
                 .collect();
-            assert_eq!(events.len(), 3, "cut at {cut}");
+            assert_eq!(events.len(), 4, "cut at {cut}");
             assert_eq!(&events[0].raw[..], b"data: {\"a\":1}\n\n");
             assert_eq!(events[0].data, "{\"a\":1}");
             assert_eq!(events[0].name, None);
-            assert_eq!(events[1].name.as_deref(), Some("ping"));
-            assert_eq!(events[1].data, "x\ny");
+            assert!(!events[0].keep_alive);
+            // A comment is a keep-alive, passed on as it came.
+            assert!(events[1].keep_alive);
+            assert_eq!(&events[1].raw[..], b": keep-alive\n\n");
+            assert_eq!(events[2].name.as_deref(), Some("ping"));
+            assert_eq!(events[2].data, "x\ny");
             assert_eq!(
-                &events[1].raw[..],
+                &events[2].raw[..],
                 b"event: ping\r\ndata: x\r\ndata:y\r\n\r\n"
             );
-            assert_eq!(events[2].data, "z");
+            assert_eq!(events[3].data, "z");
         }
     }
 
     #[test]
     fn bad_bytes_and_endless_events_are_refused() {
         let bad = split_all(&[b"data: \xff\xfe\n\n"]);
-        assert!(bad[0].as_ref().unwrap_err().contains("not UTF-8"));
+        assert!(
+            bad[0]
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("not UTF-8")
+        );
         let mut splitter = Splitter::new(64);
         splitter.push(&[b'a'; 100]);
-        assert!(splitter.next().unwrap_err().contains("over 64 bytes"));
+        let endless = splitter.next().unwrap_err();
+        assert_eq!(endless.kind, UpstreamErrorKind::AnswerTooLarge);
+        assert!(endless.to_string().contains("over 64 bytes"), "{endless}");
+        // Also when one read brings the whole event.
+        let mut splitter = Splitter::new(64);
+        splitter.push(format!("data: {}\n\n", "a".repeat(100)).as_bytes());
+        assert!(
+            splitter
+                .next()
+                .unwrap_err()
+                .to_string()
+                .contains("over 64 bytes")
+        );
         let bom = split_all(&[b"\xEF\xBB\xBFdata: 1\n\n"]);
         assert_eq!(bom[0].as_ref().unwrap().data, "1");
         // An event cut off by the end of the stream is not one.
         assert_eq!(split_all(&[b"data: 1\n\ndata: 2\n"]).len(), 1);
+        // Blank lines alone end no event.
+        assert_eq!(split_all(&[b"\n\r\ndata: 1\n\n\n\n"]).len(), 1);
+    }
+
+    #[test]
+    fn a_line_arriving_in_many_reads_is_searched_once() {
+        let mut splitter = Splitter::new(1 << 20);
+        splitter.push(b"data: ");
+        for _ in 0..1000 {
+            splitter.push(b"aaaaaaaa");
+            assert_eq!(splitter.next().unwrap(), None);
+            // The next search starts where this one stopped, not at the line's start: searching
+            // from there at every read made a long event cost its length squared.
+            assert_eq!(splitter.scanned, splitter.buffer.len());
+        }
+        splitter.push(b"\r");
+        assert_eq!(splitter.next().unwrap(), None);
+        splitter.push(b"\n\r\n");
+        let event = splitter.next().unwrap().unwrap();
+        assert_eq!(event.data.len(), 8000);
+        assert_eq!(splitter.scanned, 0);
     }
 }

@@ -12,6 +12,7 @@ mod fallback;
 mod faults;
 mod hostile;
 mod ledger;
+mod limits;
 mod metrics;
 mod proof;
 mod proxy;

@@ -65,6 +65,17 @@ pub enum Fault {
     NoDone,
     /// Streams: this many chunks, then an event whose bytes are not UTF-8, then the rest as usual.
     InvalidUtf8MidStream { after: usize },
+    /// Streams: this many chunks, then one chunk whose text is `bytes` letters, then the rest.
+    HugeEvent { after: usize, bytes: usize },
+    /// Streams: this many chunks, then a comment (`: keep-alive`) every `every_ms`, `count` of
+    /// them (without end when absent), then the rest, as providers send heartbeats while a model
+    /// thinks.
+    Heartbeats {
+        after: usize,
+        every_ms: u64,
+        #[serde(default)]
+        count: Option<u64>,
+    },
     /// Answer without `usage`, as some local servers do.
     NoUsage,
     /// Usage with `null` where numbers and objects belong, and fields OpenAI does not send, as some
@@ -671,6 +682,10 @@ fn stream(
             events.pop();
         }
         Fault::MalformedJson => events.insert(0, "{\"id\": \"chatcmpl-fake\", \"choi".to_string()),
+        Fault::HugeEvent { after, bytes } => events.insert(
+            after.min(events.len()),
+            chunk(json!({"content": "a".repeat(bytes)}), None),
+        ),
         Fault::ErrorMidStream { after } => {
             events.truncate(after);
             events.push(
@@ -710,6 +725,14 @@ fn stream(
             Bytes::from_static(b"data: {\"broken\": \"\xff\xfe\"}\n\n"),
         );
     }
+    if let Fault::Heartbeats {
+        after,
+        every_ms,
+        count,
+    } = behavior.fault
+    {
+        return heartbeats(frames, after, Duration::from_millis(every_ms), count);
+    }
     let delay = Duration::from_millis(behavior.chunk_delay_ms);
     let body =
         futures_util::stream::unfold((frames.into_iter(), 0usize), move |(mut rest, sent)| {
@@ -727,6 +750,34 @@ fn stream(
                 Some((Ok::<_, std::convert::Infallible>(event), (rest, sent + 1)))
             }
         });
+    let mut response = Response::new(Body::from_stream(body));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, "text/event-stream".parse().unwrap());
+    response
+}
+
+/// `frames` with `count` comments (without end when `None`) after the first `after`, one every
+/// `every`.
+fn heartbeats(
+    mut frames: Vec<Bytes>,
+    after: usize,
+    every: Duration,
+    count: Option<u64>,
+) -> Response {
+    use futures_util::StreamExt;
+    let rest = frames.split_off(after.min(frames.len()));
+    let beats = futures_util::stream::unfold(0u64, move |sent| async move {
+        if count.is_some_and(|count| sent >= count) {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+        Some((Bytes::from_static(b": keep-alive\n\n"), sent + 1))
+    });
+    let body = futures_util::stream::iter(frames)
+        .chain(beats)
+        .chain(futures_util::stream::iter(rest))
+        .map(Ok::<_, std::convert::Infallible>);
     let mut response = Response::new(Body::from_stream(body));
     response
         .headers_mut()
