@@ -4,6 +4,7 @@
 
 mod cli;
 mod config;
+mod context;
 mod dashboard;
 mod egress;
 mod fallback;
