@@ -16,4 +16,5 @@ mod proof;
 mod proxy;
 mod quality;
 mod soak;
+mod spool;
 mod util;
