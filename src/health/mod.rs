@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, Provider, Tier};
-use crate::upstream::{UpstreamError, UpstreamErrorKind};
+use crate::upstream::{ContextRefusal, UpstreamError, UpstreamErrorKind};
 
 pub use breaker::{Admission, Breaker, BreakerSnapshot, BreakerState, Ticket, Transition};
 pub use probe::spawn_probes;
@@ -29,10 +29,8 @@ pub struct ProviderHealth {
     /// A provider with a probe and warm-up is brought back by its probe, which warms it up first;
     /// a user's request is never its half-open trial call, which would meet a cold model.
     probe_recovers: bool,
-    /// Per tier of this provider: its model, its context window in tokens (0 while unknown) as
-    /// configured, discovered by the probe (vLLM's `max_model_len`) or learned from a refusal, and
-    /// whether the config set it (a discovery does not override the config).
-    context_windows: HashMap<String, (String, AtomicU32, bool)>,
+    /// Per tier of this provider, what is known of its context window.
+    context_windows: HashMap<String, TierWindow>,
 }
 
 /// Why a tier was passed over without calling it.
@@ -75,14 +73,7 @@ impl ProviderHealth {
         let context_windows = tiers
             .iter()
             .filter(|tier| tier.provider.name == provider.name)
-            .map(|tier| {
-                let configured = tier.context_tokens;
-                let window = AtomicU32::new(configured.unwrap_or(0));
-                (
-                    tier.name.clone(),
-                    (tier.model.clone(), window, configured.is_some()),
-                )
-            })
+            .map(|tier| (tier.name.clone(), TierWindow::new(tier)))
             .collect();
         ProviderHealth {
             context_windows,
@@ -96,51 +87,101 @@ impl ProviderHealth {
         }
     }
 
-    /// The context window of tier `tier`, if configured, discovered or learned.
+    /// The context window of tier `tier`: configured, else as its server states it, else as a
+    /// refusal taught it while that lasts.
     pub fn context_window(&self, tier: &str) -> Option<u32> {
-        let (_, window, _) = self.context_windows.get(tier)?;
-        let tokens = window.load(Ordering::Relaxed);
-        (tokens > 0).then_some(tokens)
+        self.context_windows
+            .get(tier)?
+            .tokens()
+            .map(|(tokens, _)| tokens)
     }
 
-    /// The server refused a request as too long for a window of `tokens`: that is its window.
-    pub fn learned_context_window(&self, tier: &str, tokens: u32) {
-        if let Some((_, window, _)) = self.context_windows.get(tier)
-            && window.swap(tokens, Ordering::Relaxed) != tokens
-        {
-            tracing::info!(
+    /// The server refused a request of tier `tier` as too long, saying `refusal`; `counted_prompt`
+    /// is tierwise's own count of the prompt it was sent. The window is taken only where the
+    /// refusal is plausible (see [`TierWindow::judge`]); either way the log says which request
+    /// taught it or tried to.
+    pub fn learned_context_window(
+        &self,
+        tier: &str,
+        refusal: ContextRefusal,
+        counted_prompt: u64,
+        request_id: &str,
+    ) {
+        let Some(window) = self.context_windows.get(tier) else {
+            return;
+        };
+        match window.judge(refusal, counted_prompt) {
+            Ok(tokens) => {
+                window.learn(tokens, request_id);
+                tracing::info!(
+                    tier,
+                    tokens,
+                    request_id,
+                    expires_in_s = LEARNED_WINDOW_LIFETIME.as_secs(),
+                    "learned the tier's context window from its refusal"
+                );
+            }
+            Err(why) => tracing::info!(
                 tier,
-                tokens,
-                "learned the tier's context window from its refusal"
-            );
+                stated = refusal.window,
+                request_id,
+                "a refusal's context window is not taken: {why}"
+            ),
         }
     }
 
-    /// The server lists `model` with a window of `tokens` (vLLM's `max_model_len`): the window of
-    /// each tier on that model, unless the config says otherwise.
+    /// Tier `tier` answered a call of `tokens` (prompt and answer): its window is at least that.
+    pub fn served_tokens(&self, tier: &str, tokens: u64) {
+        if let Some(window) = self.context_windows.get(tier) {
+            window.served.fetch_max(tokens, Ordering::Relaxed);
+        }
+    }
+
+    /// The server states `model`'s window as `tokens` (vLLM's `max_model_len` in its listing,
+    /// Ollama's `/api/show`, llama.cpp's `/props`): the window of each tier on that model, unless
+    /// the config says otherwise. It replaces whatever a refusal taught.
     pub fn discovered_context_window(&self, model: &str, tokens: u32) {
-        for (tier, (tier_model, window, configured)) in &self.context_windows {
-            if tier_model == model
-                && !configured
+        for (tier, window) in &self.context_windows {
+            if window.model == model
+                && window.configured.is_none()
                 && tokens > 0
-                && window.swap(tokens, Ordering::Relaxed) != tokens
+                && window.discovered.swap(tokens, Ordering::Relaxed) != tokens
             {
                 tracing::info!(tier = %tier, tokens, "discovered the tier's context window");
             }
         }
     }
 
-    /// The models of this provider's tiers whose window is neither configured nor discovered.
-    pub fn models_without_window(&self) -> Vec<String> {
+    /// The models of this provider's tiers whose window its server should be asked for (Ollama,
+    /// llama.cpp): with `everything`, each one the config does not set; otherwise only those the
+    /// server stated before (re-read, as a restarted server may serve another window) or a
+    /// refusal taught (the server's word replaces it before it expires).
+    pub fn models_to_size(&self, everything: bool) -> Vec<String> {
         let mut models: Vec<String> = self
             .context_windows
             .values()
-            .filter(|(_, window, configured)| !configured && window.load(Ordering::Relaxed) == 0)
-            .map(|(model, _, _)| model.clone())
+            .filter(|window| {
+                window.configured.is_none()
+                    && (everything
+                        || window.discovered.load(Ordering::Relaxed) > 0
+                        || window.learned.load(Ordering::Relaxed) > 0)
+            })
+            .map(|window| window.model.clone())
             .collect();
         models.sort();
         models.dedup();
         models
+    }
+
+    /// Each tier's window as `/admin/api/providers` shows it.
+    pub fn context_windows(&self) -> Vec<WindowStatus> {
+        let mut windows: Vec<WindowStatus> = self
+            .context_windows
+            .iter()
+            .map(|(tier, window)| window.status(tier))
+            .collect();
+        windows.sort_by(|a, b| a.tier.cmp(&b.tier));
+        windows
     }
 
     /// May this provider be called now? Skips at once rather than queueing: a saturated or dead
@@ -210,6 +251,7 @@ impl ProviderHealth {
             }),
             max_in_flight: self.provider.max_in_flight,
             breaker: snapshot,
+            context_windows: self.context_windows(),
         }
     }
 
@@ -263,6 +305,13 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// The call answered `tokens`, prompt and answer, on tier `tier`: its window is at least that.
+    pub fn served_tokens(&self, tier: &str, tokens: u64) {
+        self.health.served_tokens(tier, tokens);
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         if !self.settled {
@@ -280,6 +329,7 @@ pub struct ProviderStatus {
     pub in_flight: Option<usize>,
     pub max_in_flight: Option<u32>,
     pub breaker: BreakerSnapshot,
+    pub context_windows: Vec<WindowStatus>,
 }
 
 /// Every provider's health, keyed by provider name, and each tier's rate limit. Rate limits are
@@ -350,11 +400,26 @@ impl Health {
         self.of(&tier.provider).context_window(&tier.name)
     }
 
-    /// `tier`'s server said its context window is `tokens`: later requests that cannot fit skip
-    /// it without a call.
-    pub fn learned_context_limit(&self, tier: &Tier, tokens: u32) {
-        self.of(&tier.provider)
-            .learned_context_window(&tier.name, tokens);
+    /// `tier`'s server refused a request as too long for its window: once the refusal is judged
+    /// plausible, later requests that cannot fit skip it without a call.
+    pub fn learned_context_limit(
+        &self,
+        tier: &Tier,
+        refusal: ContextRefusal,
+        counted_prompt: u64,
+        request_id: &str,
+    ) {
+        self.of(&tier.provider).learned_context_window(
+            &tier.name,
+            refusal,
+            counted_prompt,
+            request_id,
+        );
+    }
+
+    /// `tier` answered a call of `tokens`, prompt and answer.
+    pub fn served_tokens(&self, tier: &Tier, tokens: u64) {
+        self.of(&tier.provider).served_tokens(&tier.name, tokens);
     }
 
     pub fn of(&self, provider: &Provider) -> &Arc<ProviderHealth> {
@@ -368,5 +433,158 @@ impl Health {
             self.providers.values().map(|p| p.status()).collect();
         statuses.sort_by(|a, b| a.name.cmp(&b.name));
         statuses
+    }
+}
+
+/// The smallest window a refusal may teach. No chat model served today has less, and a window
+/// taught wrong shuts the tier to every client: a few tokens of floor cost nothing, a tier closed
+/// by one request's refusal costs everyone.
+pub const LEARNED_WINDOW_FLOOR: u32 = 1024;
+/// How long a window a refusal taught holds. The server's own word (its listing, Ollama's
+/// `/api/show`, llama.cpp's `/props`) is re-read by the probe and replaces it; where a server says
+/// nothing, the next refusal teaches it again.
+pub const LEARNED_WINDOW_LIFETIME: Duration = Duration::from_secs(600);
+/// How far a server's count of a prompt may stand from tierwise's own and still be a count of the
+/// same request: tierwise counts with OpenAI's tokenizers, a local model with its own (Llama's and
+/// Mistral's spend up to ~1.5x the tokens on the same text), and chat templates add their tokens.
+const COUNT_RATIO: u64 = 2;
+const COUNT_SLACK: u64 = 64;
+
+/// What is known of one tier's context window, and where it came from.
+struct TierWindow {
+    model: String,
+    /// `context_tokens`: always wins.
+    configured: Option<u32>,
+    /// As the server states it (0 while it has not), re-read by the probe.
+    discovered: AtomicU32,
+    /// As a plausible refusal taught it (0 while none), until `learned_until_ms` after `epoch`.
+    learned: AtomicU32,
+    learned_until_ms: AtomicU64,
+    /// The request whose refusal taught it; read only by `/admin/api/providers`.
+    learned_from: std::sync::Mutex<String>,
+    /// The most tokens (prompt and answer) the tier has answered in one call: its window is at
+    /// least that.
+    served: AtomicU64,
+    epoch: Instant,
+}
+
+/// Each tier's window as `/admin/api/providers` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowStatus {
+    pub tier: String,
+    pub model: String,
+    /// The window in force, if any.
+    pub tokens: Option<u32>,
+    /// `configured`, `server` or `learned`.
+    pub source: Option<&'static str>,
+    /// For a learned window: the request whose refusal taught it, and how long it holds.
+    pub learned_from: Option<String>,
+    pub expires_in_s: Option<u64>,
+    /// The most tokens the tier has answered in one call since start.
+    pub largest_served: u64,
+}
+
+impl TierWindow {
+    fn new(tier: &Tier) -> TierWindow {
+        TierWindow {
+            model: tier.model.clone(),
+            configured: tier.context_tokens,
+            discovered: AtomicU32::new(0),
+            learned: AtomicU32::new(0),
+            learned_until_ms: AtomicU64::new(0),
+            learned_from: std::sync::Mutex::new(String::new()),
+            served: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// The window in force and where it came from. Only a tier with a learned window reads the
+    /// clock, and a learned window below what the tier has since answered is no longer believed.
+    fn tokens(&self) -> Option<(u32, &'static str)> {
+        if let Some(tokens) = self.configured {
+            return Some((tokens, "configured"));
+        }
+        let discovered = self.discovered.load(Ordering::Relaxed);
+        if discovered > 0 {
+            return Some((discovered, "server"));
+        }
+        let learned = self.learned.load(Ordering::Relaxed);
+        (learned > 0
+            && self.learned_remaining().is_some()
+            && u64::from(learned) >= self.served.load(Ordering::Relaxed))
+        .then_some((learned, "learned"))
+    }
+
+    fn learned_remaining(&self) -> Option<Duration> {
+        let until = Duration::from_millis(self.learned_until_ms.load(Ordering::Relaxed));
+        until
+            .checked_sub(self.epoch.elapsed())
+            .filter(|left| !left.is_zero())
+    }
+
+    /// The window a refusal may teach, or why it may not: the config and the server's own word
+    /// win; the window is at least the floor and what the tier has answered; the refusal is
+    /// consistent (the request it counted does not fit the window it names); and the prompt it
+    /// counted is, within the tokenizers' difference, the prompt tierwise sent.
+    fn judge(&self, refusal: ContextRefusal, counted_prompt: u64) -> Result<u32, String> {
+        let served = self.served.load(Ordering::Relaxed);
+        let stated = refusal.window;
+        if let Some(configured) = self.configured {
+            return Err(format!("the config sets it ({configured} tokens)"));
+        }
+        if self.discovered.load(Ordering::Relaxed) > 0 {
+            return Err("the server states its window itself".into());
+        }
+        if stated < LEARNED_WINDOW_FLOOR {
+            return Err(format!("below the floor of {LEARNED_WINDOW_FLOOR} tokens"));
+        }
+        if u64::from(stated) < served {
+            return Err(format!("the tier has answered a call of {served} tokens"));
+        }
+        if refusal.prompt + refusal.completion < u64::from(stated) {
+            return Err(format!(
+                "the request it counted ({} tokens) fits that window",
+                refusal.prompt + refusal.completion
+            ));
+        }
+        let (low, high) = (
+            (counted_prompt / COUNT_RATIO).saturating_sub(COUNT_SLACK),
+            counted_prompt * COUNT_RATIO + COUNT_SLACK,
+        );
+        if !(low..=high).contains(&refusal.prompt) {
+            return Err(format!(
+                "it counted a prompt of {} tokens, the request sent had about {counted_prompt}",
+                refusal.prompt
+            ));
+        }
+        Ok(stated)
+    }
+
+    fn learn(&self, tokens: u32, request_id: &str) {
+        let until = self.epoch.elapsed() + LEARNED_WINDOW_LIFETIME;
+        if let Ok(mut from) = self.learned_from.lock() {
+            request_id.clone_into(&mut from);
+        }
+        self.learned_until_ms
+            .store(until.as_millis() as u64, Ordering::Relaxed);
+        self.learned.store(tokens, Ordering::Relaxed);
+    }
+
+    fn status(&self, tier: &str) -> WindowStatus {
+        let in_force = self.tokens();
+        let learned = in_force.is_some_and(|(_, source)| source == "learned");
+        WindowStatus {
+            tier: tier.to_string(),
+            model: self.model.clone(),
+            tokens: in_force.map(|(tokens, _)| tokens),
+            source: in_force.map(|(_, source)| source),
+            learned_from: learned
+                .then(|| self.learned_from.lock().ok().map(|from| from.clone()))
+                .flatten(),
+            expires_in_s: learned
+                .then(|| self.learned_remaining().map(|left| left.as_secs()))
+                .flatten(),
+            largest_served: self.served.load(Ordering::Relaxed),
+        }
     }
 }

@@ -125,27 +125,37 @@ fn refused_by_server(err: &UpstreamError) -> bool {
     matches!(err.kind, UpstreamErrorKind::Status(status) if status.is_client_error())
 }
 
-/// The context windows a model listing gives, as vLLM's `/v1/models` does (`max_model_len`).
-fn discover_windows(health: &ProviderHealth, listing: &[u8]) {
+/// The context windows a model listing gives, as vLLM's `/v1/models` does (`max_model_len`); the
+/// models it gave one for.
+fn discover_windows(health: &ProviderHealth, listing: &[u8]) -> Vec<String> {
     let Ok(models) = ListedModel::parse(listing) else {
-        return;
+        return Vec::new();
     };
+    let mut sized = Vec::new();
     for model in models {
         if let Some(tokens) = model.max_model_len {
             health.discovered_context_window(&model.id, tokens);
+            sized.push(model.id);
         }
     }
+    sized
 }
 
-/// The windows a local server gives outside its listing (Ollama, llama.cpp), for the models whose
-/// tiers have none yet: asked at start-up and after each recovery, as a restarted server may
-/// serve another window.
+/// The windows a local server gives outside its listing (Ollama, llama.cpp), for the models its
+/// listing did not size: each one at start-up and after each recovery (`everything`), as a
+/// restarted server may serve another window; on every other probe, those the server stated
+/// before or a refusal taught, so that the server's word stays current and replaces a taught one.
 async fn discover_server_windows(
     health: &ProviderHealth,
     upstreams: &Upstreams,
     policy: &ProbePolicy,
+    everything: bool,
+    listed: &[String],
 ) {
-    for model in health.models_without_window() {
+    for model in health.models_to_size(everything) {
+        if listed.contains(&model) {
+            continue;
+        }
         if let Some(tokens) = upstreams
             .server_window(&health.provider, &model, policy.timeout)
             .await
@@ -167,7 +177,7 @@ async fn probe_loop(
         ticker.tick().await;
         match upstreams.probe(&health.provider, &policy).await {
             Ok(listing) => {
-                discover_windows(&health, &listing);
+                let listed = discover_windows(&health, &listing);
                 let first = !health.seen_up.load(Ordering::Acquire);
                 let recovering = health.state() != BreakerState::Closed;
                 if (first || recovering) && !health.breaker.probe_may_close() {
@@ -184,9 +194,8 @@ async fn probe_loop(
                     );
                     continue;
                 }
-                if first || recovering {
-                    discover_server_windows(&health, &upstreams, &policy).await;
-                }
+                discover_server_windows(&health, &upstreams, &policy, first || recovering, &listed)
+                    .await;
                 if first {
                     tracing::info!(provider = %health.provider.name, "provider is up");
                 }

@@ -7,13 +7,21 @@
 //! The file is capped (`ledger.spool_max_bytes`): past the cap new batches are dropped, counted
 //! and logged, rather than fill the disk the gateway runs on. Requests the database refuses for
 //! their content are set aside beside it ([`Spool::set_aside`]), so that they never block a replay.
+//!
+//! A crash or a full disk can cut a batch's line anywhere, even inside a character. A torn line
+//! is set aside too, with its reason, and counted; the lines after it are replayed; and the next
+//! batch starts on a line of its own instead of being glued to the torn one. Each batch of a replay
+//! has `limit` to be stored (a database that answers its ping but blocks on writes stays degraded);
+//! a replay cut short resumes after the batches it already stored.
 
+use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt, BufReader};
 
 use super::row::{AttemptRow, LedgerRow, RequestRow};
 use super::store::LedgerError;
@@ -26,6 +34,7 @@ pub struct LedgerHealth {
     spooled: AtomicU64,
     dropped: AtomicU64,
     refused: AtomicU64,
+    torn: AtomicU64,
 }
 
 impl LedgerHealth {
@@ -49,6 +58,11 @@ impl LedgerHealth {
         self.refused.load(Ordering::Relaxed)
     }
 
+    /// Spool lines that were cut mid-way (a crash, a full disk) and set aside, since start.
+    pub fn torn(&self) -> u64 {
+        self.torn.load(Ordering::Relaxed)
+    }
+
     pub fn set(&self, spooling: bool, spooled: u64) {
         self.spooling.store(spooling, Ordering::Relaxed);
         self.spooled.store(spooled, Ordering::Relaxed);
@@ -69,12 +83,19 @@ pub struct Spool {
     bytes: u64,
     records: u64,
     health: Arc<LedgerHealth>,
+    /// The bytes at the file's start that a replay cut short has already stored or set aside.
+    replayed: u64,
+    /// The file does not end with a line's end: its last batch was cut, and the next one must not
+    /// be appended onto it.
+    torn_tail: bool,
 }
 
 /// Why a replay stopped.
 pub enum ReplayError {
     /// The database is still away: the spool stays as it is.
     Store(LedgerError),
+    /// The database took longer than the limit to store one batch.
+    Timeout(Duration),
     Io(std::io::Error),
 }
 
@@ -87,12 +108,19 @@ impl Spool {
             bytes: 0,
             records: 0,
             health,
+            replayed: 0,
+            torn_tail: false,
         };
         if let Ok(file) = tokio::fs::File::open(path).await {
-            spool.bytes = file.metadata().await.map_or(0, |m| m.len());
-            let mut lines = BufReader::new(file).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                spool.records += parse(&line).map_or(0, |(requests, _)| requests.len() as u64);
+            let mut lines = BufReader::new(file);
+            let mut line = Vec::new();
+            while let Ok(read) = lines.read_until(b'\n', &mut line).await
+                && read > 0
+            {
+                spool.bytes += read as u64;
+                spool.torn_tail = line.last() != Some(&b'\n');
+                spool.records += batch(&line).map_or(0, |(requests, _)| requests.len() as u64);
+                line.clear();
             }
         }
         spool
@@ -102,8 +130,9 @@ impl Spool {
         &self.path
     }
 
+    /// Nothing waits to be replayed: no record, and no torn line to set aside.
     pub fn is_empty(&self) -> bool {
-        self.records == 0
+        self.records == 0 && self.bytes == 0
     }
 
     pub fn records(&self) -> u64 {
@@ -121,60 +150,96 @@ impl Spool {
             "requests": requests.iter().map(|row| row.to_json()).collect::<Vec<_>>(),
             "attempts": attempts.iter().map(|row| row.to_json()).collect::<Vec<_>>(),
         });
-        let mut line = line.to_string();
+        let mut line = if self.torn_tail {
+            format!("\n{line}")
+        } else {
+            line.to_string()
+        };
         line.push('\n');
         if self.bytes + line.len() as u64 > self.max_bytes {
             return Ok(false);
         }
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .await?;
-        file.write_all(line.as_bytes()).await?;
-        file.sync_data().await?;
+        let written = async {
+            let mut file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .await?;
+            file.write_all(line.as_bytes()).await?;
+            file.sync_data().await
+        };
+        if let Err(err) = written.await {
+            // Part of the line may have reached the file (a full disk): whatever comes next
+            // starts on a line of its own.
+            self.torn_tail = true;
+            return Err(err);
+        }
+        self.torn_tail = false;
         self.bytes += line.len() as u64;
         self.records += requests.len() as u64;
         Ok(true)
     }
 
     /// Stores every spooled batch in order, then empties the spool. Stops at the first batch the
-    /// store refuses, leaving the spool whole.
-    pub async fn replay(&mut self, writer: &LedgerWriter) -> Result<u64, ReplayError> {
-        let file = match tokio::fs::File::open(&self.path).await {
+    /// store refuses or does not store within `limit`, leaving the rest for the next replay; a
+    /// torn line is set aside and the replay goes on.
+    pub async fn replay(
+        &mut self,
+        writer: &LedgerWriter,
+        limit: Duration,
+    ) -> Result<u64, ReplayError> {
+        let mut file = match tokio::fs::File::open(&self.path).await {
             Ok(file) => file,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                self.records = 0;
+                self.forget();
                 return Ok(0);
             }
             Err(err) => return Err(ReplayError::Io(err)),
         };
-        let mut lines = BufReader::new(file).lines();
+        file.seek(SeekFrom::Start(self.replayed))
+            .await
+            .map_err(ReplayError::Io)?;
+        let mut lines = BufReader::new(file);
+        let mut line = Vec::new();
         let mut replayed = 0;
-        while let Some(line) = lines.next_line().await.map_err(ReplayError::Io)? {
-            let Some((requests, attempts)) = parse(&line) else {
-                tracing::error!(
-                    spool = %self.path.display(),
-                    "a spooled batch cannot be read and is skipped: {}",
-                    line.chars().take(200).collect::<String>()
-                );
-                continue;
-            };
-            let requests: Vec<&RequestRow> = requests.iter().collect();
-            let attempts: Vec<&AttemptRow> = attempts.iter().collect();
-            let refused = writer
-                .insert(&requests, &attempts)
+        loop {
+            line.clear();
+            let read = lines
+                .read_until(b'\n', &mut line)
                 .await
-                .map_err(ReplayError::Store)?;
-            replayed += (requests.len() - refused.len()) as u64;
-            self.set_aside(&refused).await;
+                .map_err(ReplayError::Io)?;
+            if read == 0 {
+                break;
+            }
+            match batch(&line) {
+                Ok((requests, attempts)) => {
+                    let requests: Vec<&RequestRow> = requests.iter().collect();
+                    let attempts: Vec<&AttemptRow> = attempts.iter().collect();
+                    let refused = tokio::time::timeout(limit, writer.insert(&requests, &attempts))
+                        .await
+                        .map_err(|_| ReplayError::Timeout(limit))?
+                        .map_err(ReplayError::Store)?;
+                    replayed += (requests.len() - refused.len()) as u64;
+                    self.records = self.records.saturating_sub(requests.len() as u64);
+                    self.set_aside(&refused).await;
+                }
+                Err(Torn::Blank) => {}
+                Err(Torn::Cut(why)) => self.set_aside_torn(&line, why).await,
+            }
+            self.replayed += read as u64;
         }
         tokio::fs::remove_file(&self.path)
             .await
             .map_err(ReplayError::Io)?;
+        self.forget();
+        Ok(replayed)
+    }
+
+    fn forget(&mut self) {
         self.bytes = 0;
         self.records = 0;
-        Ok(replayed)
+        self.replayed = 0;
+        self.torn_tail = false;
     }
 }
 
@@ -228,6 +293,56 @@ impl Spool {
             );
         }
     }
+}
+
+impl Spool {
+    /// Sets a torn spool line aside, as lossy text with the reason, and counts it: a line cut by
+    /// a crash or a full disk is not a batch, but what is left of it may still be read by hand.
+    async fn set_aside_torn(&self, line: &[u8], why: &str) {
+        let text = String::from_utf8_lossy(line);
+        tracing::error!(
+            spool = %self.path.display(),
+            set_aside = %self.set_aside_path().display(),
+            bytes = line.len(),
+            "LEDGER SPOOL LINE TORN ({why}); set aside, the batches behind it are replayed: {}",
+            text.chars().take(200).collect::<String>()
+        );
+        self.health.torn.fetch_add(1, Ordering::Relaxed);
+        let mut entry = serde_json::json!({ "torn": text, "reason": why }).to_string();
+        entry.push('\n');
+        let written = async {
+            let mut file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.set_aside_path())
+                .await?;
+            file.write_all(entry.as_bytes()).await?;
+            file.sync_data().await
+        };
+        if let Err(err) = written.await {
+            tracing::error!(
+                "LEDGER SPOOL LINE LOST: cannot write {}: {err}",
+                self.set_aside_path().display()
+            );
+        }
+    }
+}
+
+/// Why a spool line is not a batch.
+enum Torn {
+    /// Nothing but a line's end (where a batch was started on a fresh line after a torn one).
+    Blank,
+    Cut(&'static str),
+}
+
+/// One spool line (its line end included, if it has one) as the batch it holds.
+fn batch(line: &[u8]) -> Result<(Vec<RequestRow>, Vec<AttemptRow>), Torn> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Err(Torn::Blank);
+    }
+    let text = std::str::from_utf8(line).map_err(|_| Torn::Cut("not UTF-8: cut mid-character"))?;
+    parse(text).ok_or(Torn::Cut("not a whole batch"))
 }
 
 /// A request row as spooled by any version: one spooled before the quality columns were added

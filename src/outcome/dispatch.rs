@@ -8,7 +8,8 @@
 //! `WRITE_TIMEOUT`, puts the batch in the spool (loudly: log, `tierwise_ledger_write_errors_total`,
 //! `/readyz`), and while the ledger is degraded every batch goes to the spool behind it; once a
 //! second the task checks whether the database answers and, when it does, replays the spool in
-//! order. So the queue keeps draining, and requests wait only if the spool's own disk is slower
+//! order, each batch held to `WRITE_TIMEOUT` too (a database that answers its ping but blocks on
+//! writes leaves the ledger degraded, not the task waiting). So the queue keeps draining, and requests wait only if the spool's own disk is slower
 //! than the traffic. A request the database refuses for what is in it is set aside, and the rest
 //! of its batch stored (see [`crate::ledger::LedgerWriter::insert`]).
 
@@ -204,7 +205,7 @@ impl Sink {
         if !matches!(timeout(WRITE_TIMEOUT, self.writer.ping()).await, Ok(Ok(()))) {
             return;
         }
-        match self.spool.replay(&self.writer).await {
+        match self.spool.replay(&self.writer, WRITE_TIMEOUT).await {
             Ok(records) => {
                 crate::metrics::ledger_written(records as usize);
                 tracing::warn!(
@@ -215,6 +216,13 @@ impl Sink {
             Err(ReplayError::Store(err)) => {
                 crate::metrics::ledger_write_failed();
                 tracing::warn!("the ledger's database is still refusing writes: {err}");
+            }
+            Err(ReplayError::Timeout(limit)) => {
+                crate::metrics::ledger_write_failed();
+                tracing::warn!(
+                    "the ledger's database answers but did not store a spooled batch within {} ms; still spooling",
+                    limit.as_millis()
+                );
             }
             Err(ReplayError::Io(err)) => tracing::error!(
                 spool = %self.spool.path().display(),

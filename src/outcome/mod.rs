@@ -222,6 +222,11 @@ impl Exchange {
         self.start.route.as_ref().map(|route| route.name.as_str())
     }
 
+    /// The request id the client sees in `x-tierwise-request-id`.
+    pub fn id(&self) -> &str {
+        &self.start.id
+    }
+
     pub fn elapsed_us(&self) -> i64 {
         self.started.elapsed().as_micros() as i64
     }

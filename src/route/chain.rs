@@ -79,6 +79,8 @@ pub struct ChainRun<'a> {
     pub when_all_open: AllOpen,
     /// The route's quality monitor demoted its primary: it is tried last, not first.
     pub primary_demoted: bool,
+    /// Named in the log when a tier's refusal teaches its context window.
+    pub request_id: &'a str,
 }
 
 impl ChainRun<'_> {
@@ -195,19 +197,9 @@ impl ChainRun<'_> {
         if (body.byte_len() as u64).saturating_add(budget) <= limit {
             return None;
         }
-        let count = body.endpoint().spec().count_prompt;
-        let bytes = body.for_tier(step);
-        let prompt = if bytes.len() <= COUNT_HERE_BYTES {
-            count(&step.tier.model, &bytes)
-        } else {
-            let model = step.tier.model.clone();
-            // A count that cannot finish leaves the tier to judge the request itself.
-            tokio::task::spawn_blocking(move || count(&model, &bytes))
-                .await
-                .ok()?
-        };
-        let needed = prompt.saturating_add(budget);
-        (needed > limit).then(|| {
+        // A count that cannot finish leaves the tier to judge the request itself.
+        let prompt = count_prompt(step, body).await?;
+        (prompt.saturating_add(budget) > limit).then(|| {
             UpstreamError::new_detail(
                 UpstreamErrorKind::ContextTooLong,
                 format!(
@@ -244,6 +236,15 @@ impl ChainRun<'_> {
                     // then, so a provider that breaks every stream midway opens its breaker.
                     if !matches!(reply, Reply::Stream(_)) {
                         lease.succeeded();
+                    }
+                    if let Reply::Complete {
+                        usage: Some(usage), ..
+                    } = &reply
+                    {
+                        self.health.served_tokens(
+                            &step.tier,
+                            usage.prompt_tokens + usage.completion_tokens,
+                        );
                     }
                     attempts.push(Attempt {
                         tier: step.tier.clone(),
@@ -284,8 +285,15 @@ impl ChainRun<'_> {
                             if error.is_rate_limit() {
                                 self.health.rate_limited(&step.tier, error.retry_after);
                             }
-                            if let Some(tokens) = error.context_limit() {
-                                self.health.learned_context_limit(&step.tier, tokens);
+                            if let Some(refusal) = error.context_refusal()
+                                && let Some(counted) = count_prompt(step, body).await
+                            {
+                                self.health.learned_context_limit(
+                                    &step.tier,
+                                    refusal,
+                                    counted,
+                                    self.request_id,
+                                );
                             }
                             lease.failed(&error);
                             return Err(error);
@@ -295,6 +303,20 @@ impl ChainRun<'_> {
             }
         }
     }
+}
+
+/// The request's prompt in tokens as tierwise counts it for `step`: where the request runs when it
+/// is short, on the blocking pool when it is long; `None` if the count could not finish.
+async fn count_prompt(step: &ChainTier, body: &RequestBody<'_>) -> Option<u64> {
+    let count = body.endpoint().spec().count_prompt;
+    let bytes = body.for_tier(step);
+    if bytes.len() <= COUNT_HERE_BYTES {
+        return Some(count(&step.tier.model, &bytes));
+    }
+    let model = step.tier.model.clone();
+    tokio::task::spawn_blocking(move || count(&model, &bytes))
+        .await
+        .ok()
 }
 
 /// The refusal a tier would give a request that needs what its model lacks, without calling it.

@@ -78,6 +78,7 @@ pub async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, Json<Value>) {
             "spooled_records": ledger.spooled(),
             "dropped_records": ledger.dropped(),
             "refused_records": ledger.refused(),
+            "torn_spool_lines": ledger.torn(),
         },
     });
     (status, Json(body))

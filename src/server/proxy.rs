@@ -149,6 +149,7 @@ async fn proxy(
             .route
             .as_ref()
             .is_some_and(|route| app.watches.demoted(route)),
+        request_id: exchange.id(),
     };
     let result = run.run(&request).await;
     if client.gone() {

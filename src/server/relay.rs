@@ -269,6 +269,12 @@ impl SseRelay {
             Some(UPSTREAM_ERROR.to_string())
         } else {
             self.lease.succeeded();
+            if let (Some(usage), Some(pending)) = (self.usage, &self.pending) {
+                self.lease.served_tokens(
+                    &pending.by.tier.name,
+                    usage.prompt_tokens + usage.completion_tokens,
+                );
+            }
             None
         };
         self.phase = Phase::Ended { error_kind };

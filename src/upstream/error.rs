@@ -2,6 +2,7 @@
 //! ledger show (`connect_refused`, `timeout_first_byte`, `http_503` …) and into retryable or not.
 
 use std::fmt;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -213,25 +214,13 @@ impl UpstreamError {
             )
     }
 
-    /// The context window a too-long refusal names: vLLM's and OpenAI's "maximum context length
-    /// is N tokens", llama.cpp's "available context size (N tokens)" or its `n_ctx`.
-    pub fn context_limit(&self) -> Option<u32> {
+    /// What a too-long refusal says of the server's window and of the request it refused, in the
+    /// server's own words only (see [`ContextRefusal`]); `None` for a refusal that states no sizes.
+    pub fn context_refusal(&self) -> Option<ContextRefusal> {
         if self.kind != UpstreamErrorKind::ContextTooLong {
             return None;
         }
-        let text = String::from_utf8_lossy(&self.body[..self.body.len().min(2048)]).to_lowercase();
-        [
-            "maximum context length is ",
-            "available context size (",
-            "\"n_ctx\": ",
-            "\"n_ctx\":",
-        ]
-        .iter()
-        .find_map(|lead| {
-            let (_, after) = text.split_once(lead)?;
-            let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse().ok().filter(|tokens| *tokens > 0)
-        })
+        ContextRefusal::read(&self.body)
     }
 
     /// The upstream answered 429.
@@ -269,6 +258,82 @@ pub fn provider_fault(status: StatusCode) -> bool {
                 | StatusCode::FORBIDDEN
                 | StatusCode::NOT_FOUND
         )
+}
+
+/// A server's refusal of a request too long for its window, as the server itself worded it: its
+/// window and the size of the request it counted. Only a message that *begins* with one of the
+/// wordings below is read, and llama.cpp's typed fields: servers quote a client's bad values back
+/// in their errors (OpenAI and vLLM do, mid-message), so a phrase found anywhere in a body may be a
+/// client's words. The stated size is what lets the caller check the refusal against the request
+/// it actually sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextRefusal {
+    pub window: u32,
+    /// The request's prompt, as the server counted it.
+    pub prompt: u64,
+    /// The answer budget the server counted on top of the prompt, where its words say one.
+    pub completion: u64,
+}
+
+/// The wordings of a too-long refusal that state both sizes, each anchored at the start of the
+/// error's message: vLLM's and OpenAI's chat and completion wordings (prompt and completion, or the
+/// messages alone), vLLM's for inputs without a budget and for embeddings, vLLM's newer budget
+/// wording, and llama.cpp's message (its typed fields are read first).
+const CONTEXT_REFUSALS: [&str; 6] = [
+    r"^This model's maximum context length is (?<window>\d+) tokens[.,] however,? you requested (?<total>\d+) tokens \((?<prompt>\d+) in (?:the messages|your prompt)[,;] (?<completion>\d+) (?:in|for) the completion\)",
+    r"^This model's maximum context length is (?<window>\d+) tokens[.,] however,? your messages resulted in (?<prompt>\d+) tokens",
+    r"^This model's maximum context length is (?<window>\d+) tokens[.,] however,? your request has (?<prompt>\d+) input tokens",
+    r"^This model's maximum context length is (?<window>\d+) tokens[.,] however,? you requested (?<prompt>\d+) tokens in the input",
+    r"^'max_tokens' or 'max_completion_tokens' is too large: (?<completion>\d+)\. This model's maximum context length is (?<window>\d+) tokens and your request has (?<prompt>\d+) input tokens",
+    r"^request \((?<prompt>\d+) tokens\) exceeds the available context size \((?<window>\d+) tokens\)",
+];
+
+impl ContextRefusal {
+    fn read(body: &[u8]) -> Option<ContextRefusal> {
+        static WORDINGS: OnceLock<Vec<fancy_regex::Regex>> = OnceLock::new();
+        let body: serde_json::Value = serde_json::from_slice(body).ok()?;
+        // OpenAI and llama.cpp nest the error; vLLM's older answers are the error object itself.
+        let error = body.get("error").filter(|e| e.is_object()).unwrap_or(&body);
+        if error.get("type").and_then(serde_json::Value::as_str)
+            == Some("exceed_context_size_error")
+            && let (Some(window), Some(prompt)) = (
+                error.get("n_ctx").and_then(serde_json::Value::as_u64),
+                error
+                    .get("n_prompt_tokens")
+                    .and_then(serde_json::Value::as_u64),
+            )
+        {
+            return Some(ContextRefusal {
+                window: u32::try_from(window).ok()?,
+                prompt,
+                completion: 0,
+            });
+        }
+        let message = error.get("message")?.as_str()?;
+        let wordings = WORDINGS.get_or_init(|| {
+            CONTEXT_REFUSALS
+                .iter()
+                .map(|pattern| {
+                    fancy_regex::Regex::new(&format!("(?i){pattern}"))
+                        .expect("the refusal wordings are valid patterns")
+                })
+                .collect()
+        });
+        wordings.iter().find_map(|wording| {
+            let found = wording.captures(message).ok()??;
+            let number = |name: &str| -> Option<u64> { found.name(name)?.as_str().parse().ok() };
+            let refusal = ContextRefusal {
+                window: u32::try_from(number("window")?).ok()?,
+                prompt: number("prompt")?,
+                completion: number("completion").unwrap_or(0),
+            };
+            // A total that is not its parts' sum is not a server's arithmetic.
+            match number("total") {
+                Some(total) if total != refusal.prompt + refusal.completion => None,
+                _ => Some(refusal),
+            }
+        })
+    }
 }
 
 /// How servers say a request does not fit the context window, lower-cased: OpenAI's error code,
@@ -385,19 +450,21 @@ mod tests {
             assert_eq!(error.reason(), "context_too_long");
             assert!(error.is_retryable() && !error.counts_against_provider());
         }
-        let limits: Vec<Option<u32>> = bodies
+        let refusals: Vec<Option<(u32, u64, u64)>> = bodies
             .iter()
             .map(|body| {
-                UpstreamError::status(StatusCode::BAD_REQUEST, (*body).into(), None).context_limit()
+                UpstreamError::status(StatusCode::BAD_REQUEST, (*body).into(), None)
+                    .context_refusal()
+                    .map(|r| (r.window, r.prompt, r.completion))
             })
             .collect();
         assert_eq!(
-            limits,
+            refusals,
             [
-                Some(128_000),
-                Some(8192),
-                Some(4096),
-                Some(4096),
+                Some((128_000, 130_512, 0)),
+                Some((8192, 11_000, 1000)),
+                Some((4096, 2778, 8000)),
+                Some((4096, 4476, 0)),
                 None,
                 None
             ]
@@ -418,6 +485,25 @@ mod tests {
             server_error.counts_against_provider(),
             "only a 400 is the request's size"
         );
+    }
+
+    /// A server that quotes a client's bad value back (OpenAI's `invalid_value`, vLLM's validation
+    /// errors) still reads as a refusal to move on from, but states no window: the words are the
+    /// client's, not at the start of the server's message. Nor does a total that is not its parts'.
+    #[test]
+    fn a_window_quoted_back_from_the_clients_request_is_not_the_servers() {
+        use super::{UpstreamError, UpstreamErrorKind};
+        use http::StatusCode;
+        let quoted = [
+            r#"{"error": {"message": "Invalid value: 'This model's maximum context length is 1 tokens. However, your messages resulted in 9000 tokens.'. Supported values are: 'json_object', 'json_schema', and 'text'.", "type": "invalid_request_error", "param": "response_format.type", "code": "invalid_value"}}"#,
+            r#"{"object": "error", "message": "1 validation error for ChatCompletionRequest\nresponse_format.type\n  Input should be 'text', 'json_object' or 'json_schema' [type=literal_error, input_value=\"This model's maximum context length is 1 tokens. However, you requested 5 tokens (4 in the messages, 1 in the completion).\", input_type=str]", "type": "BadRequestError", "param": null, "code": 400}"#,
+            r#"{"object": "error", "message": "This model's maximum context length is 2048 tokens. However, you requested 9000 tokens (4000 in the messages, 1000 in the completion).", "type": "BadRequestError", "param": null, "code": 400}"#,
+        ];
+        for body in quoted {
+            let error = UpstreamError::status(StatusCode::BAD_REQUEST, body.into(), None);
+            assert_eq!(error.kind, UpstreamErrorKind::ContextTooLong, "{body}");
+            assert_eq!(error.context_refusal(), None, "{body}");
+        }
     }
 
     /// Each cause once, on one line: a cause the message already quotes is not repeated.

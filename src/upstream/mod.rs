@@ -20,7 +20,7 @@ use crate::config::{Config, ProbePolicy, Provider, Tier};
 use crate::openai::{Endpoint, Usage};
 
 use client::ProviderClient;
-pub use error::{Lack, UpstreamError, UpstreamErrorKind};
+pub use error::{ContextRefusal, Lack, UpstreamError, UpstreamErrorKind};
 pub use stream::{SseEvent, UpstreamStream};
 
 /// A successful answer from one tier.

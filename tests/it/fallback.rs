@@ -1127,7 +1127,7 @@ async fn a_tiers_window_is_learned_from_its_refusal() {
         b.fault = Fault::Status {
             status: 400,
             body: Some(
-                json!({"object": "error", "message": "This model's maximum context length is 1000 tokens. However, you requested 4256 tokens (4000 in the messages, 256 in the completion). Please reduce the length of the messages or completion.", "type": "BadRequestError", "param": null, "code": 400})
+                json!({"object": "error", "message": "This model's maximum context length is 2000 tokens. However, you requested 4256 tokens (4000 in the messages, 256 in the completion). Please reduce the length of the messages or completion.", "type": "BadRequestError", "param": null, "code": 400})
                     .to_string(),
             ),
             retry_after: None,

@@ -5,6 +5,7 @@
 mod breaker;
 mod cli;
 mod config;
+mod context;
 mod dashboard;
 mod docs;
 mod egress;
@@ -19,4 +20,5 @@ mod proxy;
 mod quality;
 mod serving;
 mod soak;
+mod spool;
 mod util;
