@@ -8,6 +8,7 @@ mod dashboard;
 mod egress;
 mod fallback;
 mod faults;
+mod feedback;
 mod hostile;
 mod ledger;
 mod metrics;
