@@ -56,8 +56,9 @@ impl Resolver<'_> {
     }
 
     /// A shadow check's daily budget holds only if each call's cost is known before it is made:
-    /// a shadowed route whose reference (or, checked in reverse once demoted, whose primary) is
-    /// a paid model without a price is refused, with the price to add.
+    /// a shadowed route whose reference is a paid model without a price is refused, with the
+    /// price to add. (Its primary, checked in reverse once demoted, is usually a local server;
+    /// without a price its calls are recorded without cost, as on the request path.)
     pub(super) fn shadow_prices(
         &mut self,
         file: &ConfigFile,
@@ -74,10 +75,8 @@ impl Resolver<'_> {
             ) else {
                 continue;
             };
-            for tier in [&shadow.reference, &shadow.candidate] {
-                if tier.is_local() || table.get(&tier.model).is_some() {
-                    continue;
-                }
+            let tier = &shadow.reference;
+            if !tier.is_local() && table.get(&tier.model).is_none() {
                 self.issue_at(
                     raw.reference.span().start,
                     &format!("routes.{}.shadow.reference", route.name),

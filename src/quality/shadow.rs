@@ -292,8 +292,7 @@ pub const MAX_TOKENS: u64 = 4096;
 const SPEND_READ_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The most a call of `body` to `tier`, answered in at most `max_tokens`, can cost: every token
-/// of the prompt is at least one byte of the body. `None` when the tier's model has no price
-/// (`tierwise check` refuses such a shadowed route).
+/// of the prompt is at least one byte of the body. `None` when the tier's model has no price.
 fn worst_cost(
     pricing: &Pricing,
     tier: &Tier,
@@ -321,8 +320,10 @@ async fn call(
 ) -> Result<Side, &'static str> {
     let route = &watch.route;
     let pricing = &checker.pricing;
-    let worst = worst_cost(pricing, tier, body.len(), max_tokens).ok_or("unpriced")?;
-    let floor = worst_cost(pricing, tier, 0, max_tokens).ok_or("unpriced")?;
+    // Only a primary checked in reverse can be unpriced (start-up refuses such a reference): its
+    // calls are recorded without cost, and hold none of the budget.
+    let worst = worst_cost(pricing, tier, body.len(), max_tokens).unwrap_or_default();
+    let floor = worst_cost(pricing, tier, 0, max_tokens).unwrap_or_default();
     let (_, day_start) = utc_day(now_ms());
     let ledger = tokio::time::timeout(
         SPEND_READ_TIMEOUT,
