@@ -277,22 +277,26 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// The ground truth sent for a route's product requests answered in the window, with the
-    /// answer the gateway gave where it was stored: `(model, truth, answer)`.
+    /// The ground truth sent for a route's product requests answered in the window, the latest
+    /// `limit` reports, with the answer the gateway gave where it was stored:
+    /// `(model, truth, answer)`.
     pub async fn feedback(
         &self,
         from_ms: i64,
         to_ms: i64,
         route: &str,
+        limit: i64,
     ) -> Result<Vec<(Option<String>, String, Option<String>)>, LedgerError> {
         let rows = sqlx::query(
             "SELECT r.model AS model, f.truth AS truth, r.answer AS answer FROM feedback f \
              JOIN requests r ON r.id = f.request_id WHERE r.purpose = 'product' \
-             AND r.ts_ms >= $1 AND r.ts_ms < $2 AND r.route = $3",
+             AND r.ts_ms >= $1 AND r.ts_ms < $2 AND r.route = $3 \
+             ORDER BY f.ts_ms DESC, f.request_id DESC LIMIT $4",
         )
         .bind(from_ms)
         .bind(to_ms)
         .bind(route.to_string())
+        .bind(limit)
         .fetch_all(self.reads())
         .await?;
         rows.iter()

@@ -15,5 +15,7 @@ mod metrics;
 mod proof;
 mod proxy;
 mod quality;
+mod scoring;
+mod shadow_budget;
 mod soak;
 mod util;
