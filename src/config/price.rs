@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::file::{RawPrice, Text};
+use super::Route;
+use super::file::{ConfigFile, RawPrice, Text};
 use super::resolver::Resolver;
+use crate::ledger::price::PriceTable;
 
 /// USD per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -51,5 +53,39 @@ impl Resolver<'_> {
             );
         }
         prices
+    }
+
+    /// A shadow check's daily budget holds only if each call's cost is known before it is made:
+    /// a shadowed route whose reference is a paid model without a price is refused, with the
+    /// price to add. (Its primary, checked in reverse once demoted, is usually a local server;
+    /// without a price its calls are recorded without cost, as on the request path.)
+    pub(super) fn shadow_prices(
+        &mut self,
+        file: &ConfigFile,
+        routes: &[std::sync::Arc<Route>],
+        prices: &BTreeMap<String, Price>,
+    ) {
+        let table = PriceTable::new(prices);
+        for route in routes {
+            let (Some(shadow), Some(raw)) = (
+                &route.shadow,
+                file.routes
+                    .get(route.name.as_str())
+                    .and_then(|raw| raw.shadow.as_ref()),
+            ) else {
+                continue;
+            };
+            let tier = &shadow.reference;
+            if !tier.is_local() && table.get(&tier.model).is_none() {
+                self.issue_at(
+                    raw.reference.span().start,
+                    &format!("routes.{}.shadow.reference", route.name),
+                    &format!(
+                        "tier {} calls model {:?}, which has no known price, so the shadow check's daily_budget_usd cannot be held; add [prices.{:?}] with input and output in USD per million tokens",
+                        tier.name, tier.model, tier.model
+                    ),
+                );
+            }
+        }
     }
 }

@@ -42,6 +42,7 @@ impl<'a> Resolver<'a> {
         let tiers = self.tiers(&file.tiers, &providers);
         let routes = self.routes(&file, &tiers);
         let prices = self.prices(&file.prices);
+        self.shadow_prices(&file, &routes, &prices);
         let alerts = self.alerts(&file.alerts);
         let advise = self.advise(&file.advise);
         let report = self.report(&file.report);

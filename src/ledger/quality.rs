@@ -259,36 +259,52 @@ impl Store {
         Ok(money(&row, "spent")?)
     }
 
-    /// Stores ground truth for a request; a later report for the same request replaces it.
-    pub async fn record_feedback(&self, feedback: &Feedback) -> Result<(), LedgerError> {
-        sqlx::query(
-            "INSERT INTO feedback (request_id, ts_ms, truth) VALUES ($1, $2, $3) \
+    /// Stores ground truth for a product request made with `client_key` (the key's id, `None`
+    /// on a gateway without keys); a later report for the same request replaces it. `false` when
+    /// the ledger holds no such request of that key: another key's request is not told apart
+    /// from one that does not exist. One statement, so no report lands for a request whose
+    /// ownership was not checked.
+    pub async fn record_feedback(
+        &self,
+        feedback: &Feedback,
+        client_key: Option<&str>,
+    ) -> Result<bool, LedgerError> {
+        // `WHERE` before `ON CONFLICT` also keeps SQLite from reading the conflict clause as a
+        // join constraint of the `SELECT`.
+        let done = sqlx::query(
+            "INSERT INTO feedback (request_id, ts_ms, truth) SELECT id, $2, $3 FROM requests \
+             WHERE id = $1 AND purpose = 'product' AND COALESCE(client_key, '') = $4 \
              ON CONFLICT (request_id) DO UPDATE SET ts_ms = excluded.ts_ms, truth = excluded.truth",
         )
         .bind(feedback.request_id.clone())
         .bind(feedback.ts_ms)
         .bind(feedback.truth.clone())
+        .bind(client_key.unwrap_or_default().to_string())
         .execute(self.pool())
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
-    /// The ground truth sent for a route's product requests answered in the window, with the
-    /// answer the gateway gave where it was stored: `(model, truth, answer)`.
+    /// The ground truth sent for a route's product requests answered in the window, the latest
+    /// `limit` reports, with the answer the gateway gave where it was stored:
+    /// `(model, truth, answer)`.
     pub async fn feedback(
         &self,
         from_ms: i64,
         to_ms: i64,
         route: &str,
+        limit: i64,
     ) -> Result<Vec<(Option<String>, String, Option<String>)>, LedgerError> {
         let rows = sqlx::query(
             "SELECT r.model AS model, f.truth AS truth, r.answer AS answer FROM feedback f \
              JOIN requests r ON r.id = f.request_id WHERE r.purpose = 'product' \
-             AND r.ts_ms >= $1 AND r.ts_ms < $2 AND r.route = $3",
+             AND r.ts_ms >= $1 AND r.ts_ms < $2 AND r.route = $3 \
+             ORDER BY f.ts_ms DESC, f.request_id DESC LIMIT $4",
         )
         .bind(from_ms)
         .bind(to_ms)
         .bind(route.to_string())
+        .bind(limit)
         .fetch_all(self.reads())
         .await?;
         rows.iter()

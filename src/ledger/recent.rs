@@ -109,15 +109,28 @@ impl Store {
             .map_err(Into::into)
     }
 
-    /// The latest `limit` product requests, newest first.
-    pub async fn recent(&self, limit: i64) -> Result<Vec<Recent>, LedgerError> {
-        let rows = sqlx::query(
+    /// The latest `limit` product requests, newest first; only those made with `client_key` (a
+    /// key's id) where one is given.
+    pub async fn recent(
+        &self,
+        limit: i64,
+        client_key: Option<&str>,
+    ) -> Result<Vec<Recent>, LedgerError> {
+        let of_key = if client_key.is_some() {
+            "AND client_key = $2"
+        } else {
+            ""
+        };
+        let sql = format!(
             "SELECT id, ts_ms, route, tier, model, status, stream, latency_us, cost_pusd, fallback, \
-             error_kind FROM requests WHERE purpose = 'product' ORDER BY ts_ms DESC, id DESC LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(self.reads())
-        .await?;
+             error_kind FROM requests WHERE purpose = 'product' {of_key} \
+             ORDER BY ts_ms DESC, id DESC LIMIT $1"
+        );
+        let mut query = sqlx::query(&sql).bind(limit);
+        if let Some(key) = client_key {
+            query = query.bind(key.to_string());
+        }
+        let rows = query.fetch_all(self.reads()).await?;
         rows.iter()
             .map(|row| {
                 Ok(Recent {

@@ -166,16 +166,40 @@ impl<'a> RequestBody<'a> {
 
     /// The body to send to `step`'s tier: its model, and whatever the endpoint changes for it.
     pub fn for_tier(&self, step: &ChainTier) -> Vec<u8> {
-        self.body_for(step, &[])
+        self.body_for(step, &[], None)
     }
 
-    /// The body for `step`'s tier asking for one whole answer, whether the client streamed or not:
-    /// what a shadow check sends.
-    pub fn for_tier_whole(&self, step: &ChainTier) -> Vec<u8> {
-        self.body_for(step, &["stream", "stream_options"])
+    /// The body for `step`'s tier asking for one whole answer of at most `max_tokens`, whether
+    /// the client streamed or not, and however many choices or tokens it asked for: what a shadow
+    /// check sends, whose cost is reserved before it is sent. The limit goes in the parameter the
+    /// client used (`max_completion_tokens` is the one reasoning models take), else `max_tokens`.
+    pub fn for_tier_whole(&self, step: &ChainTier, max_tokens: u64) -> Vec<u8> {
+        let limit = if self.has("max_completion_tokens") {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        self.body_for(
+            step,
+            &[
+                "stream",
+                "stream_options",
+                "n",
+                "max_tokens",
+                "max_completion_tokens",
+            ],
+            Some((limit, raw(&max_tokens))),
+        )
     }
 
-    fn body_for(&self, step: &ChainTier, without: &[&str]) -> Vec<u8> {
+    /// `step`'s body without the fields in `without` (the client's and the tier's), and with
+    /// `extra` last.
+    fn body_for(
+        &self,
+        step: &ChainTier,
+        without: &[&str],
+        extra: Option<(&'static str, Box<RawValue>)>,
+    ) -> Vec<u8> {
         let mut edits = Edits::default();
         edits.set("model", raw(&step.tier.model));
         (self.endpoint.spec().rewrite)(self, step, &mut edits);
@@ -191,6 +215,9 @@ impl<'a> RequestBody<'a> {
             if !self.fields.contains_key(*key) && !without.contains(key) {
                 out.push((key, value));
             }
+        }
+        if let Some((key, value)) = &extra {
+            out.push((key, value));
         }
         serde_json::to_vec(&Fields(&out)).expect("raw JSON values always serialize")
     }
@@ -262,6 +289,40 @@ mod tests {
                     .prop_map(|map| Value::Object(map.into_iter().collect())),
             ]
         })
+    }
+
+    /// A shadow check asks for one whole answer of bounded length: the client's `n`, stream and
+    /// its own limit are not forwarded; the limit is set in the parameter the client used.
+    #[test]
+    fn a_whole_body_drops_n_and_the_clients_limit_and_sets_its_own() {
+        let config = crate::config::Config::parse(
+            "[providers.openai]\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+             [tiers]\napi = { provider = \"openai\", model = \"gpt-4o\", max_tokens = 10 }\n\
+             [routes.r]\nkind = \"classification\"\ntiers = [\"api\"]\n",
+            std::path::Path::new("tierwise.toml"),
+            &|_| None,
+        )
+        .unwrap();
+        let step = config.routes[0].chain[0].clone();
+        let whole = |body: Value| -> Value {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let parsed = RequestBody::parse(Endpoint::ChatCompletions, &bytes).unwrap();
+            serde_json::from_slice(&parsed.for_tier_whole(&step, 64)).unwrap()
+        };
+        let messages = json!([{"role": "user", "content": "hi"}]);
+        let sent = whole(
+            json!({"model": "r", "messages": messages, "n": 5, "max_tokens": 100000,
+            "stream": true, "stream_options": {"include_usage": true}, "seed": 7}),
+        );
+        assert_eq!(
+            sent,
+            json!({"model": "gpt-4o", "messages": messages, "seed": 7, "max_tokens": 64})
+        );
+        let sent = whole(json!({"model": "r", "messages": messages, "max_completion_tokens": 9}));
+        assert_eq!(
+            sent,
+            json!({"model": "gpt-4o", "messages": messages, "max_completion_tokens": 64})
+        );
     }
 
     proptest! {

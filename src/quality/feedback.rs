@@ -2,9 +2,13 @@
 //! what the right answer was — a label, a JSON value, a score, or simply correct/incorrect — so that
 //! reports can show accuracy against the truth beside agreement with the reference tier.
 //!
-//! Feedback is queued and written by a background task, never by the handler: a slow or absent
-//! database makes the queue wait (and, full, refuse with 503 so the application retries), never the
-//! handler. A label or JSON value is judged against the answer the gateway gave, which the ledger
+//! Feedback belongs to the key that made the request. The handler never touches the database: it
+//! hands the report to the writer task, which stores it only if the ledger holds a product request
+//! of that id made with that key (one statement, see [`Store::record_feedback`]) and tells the
+//! handler what became of it, so that the application hears 404 for a request that is not its
+//! own, 400 for a value the database refuses and 503 while the database is away — each report is
+//! tried once, never retried by the writer, so a report the database cannot take holds up no other.
+//! A label or JSON value is judged against the answer the gateway gave, which the ledger
 //! holds only with `ledger.store_content = true`; without it such feedback is counted as unjudged.
 
 use std::time::Duration;
@@ -20,8 +24,8 @@ use crate::ledger::quality::Feedback;
 
 /// Feedback waiting to be written; more is refused with 503 until the database catches up.
 pub const QUEUE: usize = 4096;
-/// How long a write that failed waits before it is tried again.
-const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How long one report may take to store before the application is told to retry.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the application says the right answer was.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -41,6 +45,8 @@ pub enum Truth {
 pub enum TruthError {
     #[error("`request_id` must be the x-tierwise-request-id of an answered request")]
     RequestId,
+    #[error("`{0}` must not hold a NUL character (\\u0000)")]
+    Nul(&'static str),
     #[error("give exactly one of `label`, `value`, `score` or `correct` (found {0})")]
     Kinds(usize),
     #[error("`{0}` must be {1}")]
@@ -50,9 +56,12 @@ pub enum TruthError {
 impl Truth {
     /// The request id and the truth of a feedback body.
     pub fn parse(body: &Value) -> Result<(String, Truth), TruthError> {
+        // Ids are the gateway's own UUIDs: anything else names no request, and a NUL is a value
+        // PostgreSQL refuses to store.
         let id = body["request_id"]
             .as_str()
             .filter(|id| !id.is_empty() && id.len() <= 64)
+            .filter(|id| id.bytes().all(|b| b.is_ascii_graphic()))
             .ok_or(TruthError::RequestId)?;
         let given: Vec<&str> = ["label", "value", "score", "correct"]
             .into_iter()
@@ -81,6 +90,11 @@ impl Truth {
                     .ok_or(TruthError::Type("correct", "true or false"))?,
             ),
         };
+        match &truth {
+            Truth::Label(label) if label.contains('\0') => return Err(TruthError::Nul("label")),
+            Truth::Value(value) if holds_nul(value) => return Err(TruthError::Nul("value")),
+            _ => {}
+        }
         Ok((id.to_string(), truth))
     }
 
@@ -127,14 +141,58 @@ impl Truth {
     }
 }
 
+/// Whether any string in `value`, key or value, holds a NUL.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map
+            .iter()
+            .any(|(key, value)| key.contains('\0') || holds_nul(value)),
+        _ => false,
+    }
+}
+
+/// What became of one report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Stored,
+    /// The ledger holds no product request of that id made with the caller's key.
+    NoSuchRequest,
+    /// The database refused the value; sending it again cannot succeed.
+    Refused(String),
+    /// The database is away or slow; the same report may succeed later.
+    Unavailable(String),
+}
+
+/// A report on its way to the writer, with the key it came with and where the verdict goes.
+struct Submission {
+    feedback: Feedback,
+    client_key: Option<String>,
+    verdict: oneshot::Sender<Verdict>,
+}
+
 /// The handler's side of the queue.
 #[derive(Clone)]
-pub struct FeedbackQueue(mpsc::Sender<Feedback>);
+pub struct FeedbackQueue(mpsc::Sender<Submission>);
 
 impl FeedbackQueue {
-    /// Queues feedback; `false` when the queue is full.
-    pub fn push(&self, feedback: Feedback) -> bool {
-        self.0.try_send(feedback).is_ok()
+    /// Queues a report made with `client_key` (the key's id); `None` when the queue is full, else
+    /// where the writer's verdict will come.
+    pub fn submit(
+        &self,
+        feedback: Feedback,
+        client_key: Option<String>,
+    ) -> Option<oneshot::Receiver<Verdict>> {
+        let (verdict, receiver) = oneshot::channel();
+        self.0
+            .try_send(Submission {
+                feedback,
+                client_key,
+                verdict,
+            })
+            .ok()?;
+        Some(receiver)
     }
 }
 
@@ -171,7 +229,7 @@ impl FeedbackWriter {
 
 async fn write(
     store: Store,
-    mut queue: mpsc::Receiver<Feedback>,
+    mut queue: mpsc::Receiver<Submission>,
     mut closed: oneshot::Receiver<()>,
 ) {
     // A finished oneshot must not be polled again: once closing, only the queue is read.
@@ -185,12 +243,34 @@ async fn write(
                 continue;
             }
         };
-        let Some(feedback) = feedback else { break };
-        // Kept until the database takes it: the queue behind it fills, and the handler says 503.
-        while let Err(err) = store.record_feedback(&feedback).await {
-            tracing::warn!(request_id = %feedback.request_id, "cannot store feedback yet: {err}");
-            tokio::time::sleep(RETRY_EVERY).await;
-        }
+        let Some(Submission {
+            feedback,
+            client_key,
+            verdict,
+        }) = feedback
+        else {
+            break;
+        };
+        let stored = tokio::time::timeout(
+            WRITE_TIMEOUT,
+            store.record_feedback(&feedback, client_key.as_deref()),
+        )
+        .await;
+        let outcome = match stored {
+            Ok(Ok(true)) => Verdict::Stored,
+            Ok(Ok(false)) => Verdict::NoSuchRequest,
+            Ok(Err(err)) if err.is_refusal() => Verdict::Refused(err.to_string()),
+            Ok(Err(err)) => {
+                tracing::warn!(request_id = %feedback.request_id, "cannot store feedback: {err}");
+                Verdict::Unavailable(err.to_string())
+            }
+            Err(_) => Verdict::Unavailable(format!(
+                "the ledger did not answer within {} s",
+                WRITE_TIMEOUT.as_secs()
+            )),
+        };
+        // The handler may have stopped waiting; the report is stored all the same.
+        let _ = verdict.send(outcome);
     }
 }
 
@@ -199,6 +279,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::ledger::RequestRow;
 
     /// Feedback still queued when the gateway stops is written, all of it. The writer once polled
     /// its finished close signal again and panicked halfway through the queue.
@@ -208,13 +289,21 @@ mod tests {
             std::env::temp_dir().join(format!("tierwise-feedback-{}.db", uuid::Uuid::now_v7()));
         let url = format!("sqlite://{}?mode=rwc", path.display());
         let store = Store::connect(&url).await.unwrap();
+        let rows: Vec<RequestRow> = (0..200)
+            .map(|n| RequestRow::new(format!("r{n}"), n, "chat.completions".into()))
+            .collect();
+        store
+            .insert(&rows.iter().collect::<Vec<_>>(), &[])
+            .await
+            .unwrap();
         let (queue, writer) = FeedbackWriter::spawn(store);
         for n in 0..200 {
-            assert!(queue.push(Feedback {
+            let feedback = Feedback {
                 request_id: format!("r{n}"),
                 ts_ms: n,
                 truth: r#"{"label": "billing"}"#.into(),
-            }));
+            };
+            assert!(queue.submit(feedback, None).is_some());
         }
         writer.finish(Duration::from_secs(30)).await;
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM feedback")
@@ -259,6 +348,18 @@ mod tests {
         assert_eq!(
             parse(json!({"request_id": "r1", "correct": "yes"})),
             Err(TruthError::Type("correct", "true or false"))
+        );
+        assert_eq!(
+            parse(json!({"request_id": "r\u{0}1", "correct": true})),
+            Err(TruthError::RequestId)
+        );
+        assert_eq!(
+            parse(json!({"request_id": "r1", "label": "bill\u{0}ing"})),
+            Err(TruthError::Nul("label"))
+        );
+        assert_eq!(
+            parse(json!({"request_id": "r1", "value": {"a": ["x\u{0}"]}})),
+            Err(TruthError::Nul("value"))
         );
         for truth in [
             Truth::Label("billing".into()),

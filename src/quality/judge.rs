@@ -12,6 +12,10 @@ const RUBRIC: &str = "You grade answers. Compare the candidate answer with the r
 Judge substance, not style or length: the same facts, the same decision, the same label or values. \
 Reply with one integer from 0 (wrong or unrelated) to 10 (as good as the reference), and nothing else.";
 
+/// The grade is one number: what a grading call may answer with, and what its cost reservation
+/// counts.
+pub const GRADE_TOKENS: u64 = 5;
+
 /// The grading request for `model`: the client's last user message, then both answers.
 pub fn rubric_request(model: &str, request: &Value, candidate: &str, reference: &str) -> Value {
     let asked = request["messages"]
@@ -22,7 +26,7 @@ pub fn rubric_request(model: &str, request: &Value, candidate: &str, reference: 
     json!({
         "model": model,
         "temperature": 0,
-        "max_tokens": 5,
+        "max_tokens": GRADE_TOKENS,
         "messages": [
             { "role": "system", "content": RUBRIC },
             { "role": "user", "content": format!(

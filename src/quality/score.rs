@@ -188,11 +188,18 @@ pub fn json(candidate: &str, reference: &str) -> Score {
     })
 }
 
+/// Words of each answer the text scorer reads. ROUGE-L is quadratic: 2,048 words a side is 4.2
+/// million steps, a few milliseconds, where two 30,000-word answers took seconds. A longer answer
+/// is scored on its first 2,048 words, and the detail says so: the sample still counts, judged on
+/// the part of the answers a reader meets first.
+pub const MAX_TEXT_WORDS: usize = 2048;
+
 /// Free text: ROUGE-L (the longest common subsequence of words, as an F-measure) is the agreement;
-/// token F1 (shared words regardless of order) is in the detail.
+/// token F1 (shared words regardless of order) is in the detail. Each side is read up to
+/// [`MAX_TEXT_WORDS`].
 pub fn text(candidate: &str, reference: &str) -> Scored {
-    let candidate = tokens(candidate);
-    let reference = tokens(reference);
+    let (candidate, candidate_cut) = tokens(candidate);
+    let (reference, reference_cut) = tokens(reference);
     let (rouge, f1) = match (candidate.is_empty(), reference.is_empty()) {
         (true, true) => (1.0, 1.0),
         (true, false) | (false, true) => (0.0, 0.0),
@@ -209,9 +216,14 @@ pub fn text(candidate: &str, reference: &str) -> Scored {
             ),
         ),
     };
+    let cut = if candidate_cut || reference_cut {
+        format!(" (first {MAX_TEXT_WORDS} words of each answer)")
+    } else {
+        String::new()
+    };
     Scored {
         agreement: rouge,
-        detail: format!("ROUGE-L {rouge:.3}, token F1 {f1:.3}"),
+        detail: format!("ROUGE-L {rouge:.3}, token F1 {f1:.3}{cut}"),
         parts: Vec::new(),
     }
 }
@@ -255,13 +267,16 @@ fn clip(text: &str) -> String {
     text.chars().take(80).collect()
 }
 
-/// Lower-case words, punctuation dropped.
-fn tokens(text: &str) -> Vec<String> {
-    text.to_lowercase()
+/// Lower-case words, punctuation dropped, at most [`MAX_TEXT_WORDS`] of them (read no further than
+/// that), and whether the text had more.
+fn tokens(text: &str) -> (Vec<String>, bool) {
+    let mut words = text
         .split(|c: char| !c.is_alphanumeric())
         .filter(|word| !word.is_empty())
-        .map(str::to_string)
-        .collect()
+        .map(str::to_lowercase);
+    let kept: Vec<String> = words.by_ref().take(MAX_TEXT_WORDS).collect();
+    let cut = words.next().is_some();
+    (kept, cut)
 }
 
 fn unfenced(text: &str) -> &str {
@@ -456,6 +471,23 @@ mod tests {
         assert_eq!(text("", "something").agreement, 0.0);
         assert_eq!(text("", "").agreement, 1.0);
         assert_eq!(text("!!!", "...").agreement, 1.0, "no words on either side");
+    }
+
+    /// Answers past the cap are scored on their first `MAX_TEXT_WORDS` words: two answers that
+    /// differ only after it agree fully, and the detail says they were cut.
+    #[test]
+    fn long_answers_are_scored_on_their_first_words_and_say_so() {
+        let head: Vec<String> = (0..MAX_TEXT_WORDS).map(|n| format!("w{n}")).collect();
+        let candidate = format!("{} {}", head.join(" "), "tail ".repeat(30_000));
+        let reference = format!("{} {}", head.join(" "), "other ".repeat(50_000));
+        let scored = text(&candidate, &reference);
+        assert_eq!(scored.agreement, 1.0, "{}", scored.detail);
+        assert!(
+            scored.detail.ends_with("(first 2048 words of each answer)"),
+            "{}",
+            scored.detail
+        );
+        assert!(!text("a b", "a b").detail.contains("first"));
     }
 
     #[test]

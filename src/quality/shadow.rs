@@ -27,6 +27,7 @@ use super::score::{Answer, ScorerKind, score};
 use super::watch::{RESYNC, Watch, Watches, now_ms};
 use crate::config::{ChainTier, Tier};
 use crate::health::Health;
+use crate::ledger::quality::utc_day;
 use crate::ledger::{
     Answer as CountedAnswer, Picodollars, Pricing, Purpose, RequestRow, Store, Tokens, Uncounted,
 };
@@ -121,7 +122,7 @@ struct Side {
 async fn check(
     checker: Arc<Checker>,
     watch: Arc<Watch>,
-    sample: Sample,
+    mut sample: Sample,
     _permit: OwnedSemaphorePermit,
 ) {
     let shadow = watch.shadow();
@@ -142,26 +143,26 @@ async fn check(
     let Ok(request) = RequestBody::parse(Endpoint::ChatCompletions, &sample.body) else {
         return;
     };
-    let given = Side {
-        answer: match &sample.answer {
-            SampledAnswer::Body(body) => {
-                Answer::of_completion(&serde_json::from_slice(body).unwrap_or(Value::Null))
-            }
-            SampledAnswer::Text(text) => Answer::text(text.clone()),
-        },
-        row: None,
+    // Reading the answer is a parse of up to `server.max_answer_bytes`: off this runtime too.
+    let answered = std::mem::replace(&mut sample.answer, SampledAnswer::Text(String::new()));
+    let Ok(answer) = tokio::task::spawn_blocking(move || match answered {
+        SampledAnswer::Body(body) => {
+            Answer::of_completion(&serde_json::from_slice(&body).unwrap_or(Value::Null))
+        }
+        SampledAnswer::Text(text) => Answer::text(text),
+    })
+    .await
+    else {
+        return;
     };
+    let given = Side { answer, row: None };
     let mut rows = Vec::new();
     let ask = async |tier: &Arc<Tier>| -> Result<Side, &'static str> {
         let step = route_step(&watch, tier);
-        call(
-            &checker,
-            &watch,
-            &sample,
-            tier,
-            request.for_tier_whole(&step),
-        )
-        .await
+        let cap = tier.max_tokens.map_or(MAX_TOKENS, u64::from);
+        let max_tokens = request.max_tokens().map_or(cap, |asked| asked.min(cap));
+        let body = request.for_tier_whole(&step, max_tokens);
+        call(&checker, &watch, &sample, tier, body, max_tokens).await
     };
     let sides = if by_candidate {
         ask(&shadow.reference)
@@ -190,9 +191,17 @@ async fn check(
     let failed = [&candidate, &reference]
         .iter()
         .any(|side| side.row.as_ref().is_some_and(|row| row.status != 200));
-    let mut scored = (!failed && shadow.scorer != ScorerKind::Judge)
-        .then(|| score(shadow.scorer, &candidate.answer, &reference.answer, labels).ok())
-        .flatten();
+    // Scoring is CPU work (ROUGE-L is quadratic up to its cap): on a blocking thread, never on
+    // the runtime that runs the ledger writer, the probes and the feedback writer.
+    let mut scored = None;
+    if !failed && shadow.scorer != ScorerKind::Judge {
+        let (kind, labels) = (shadow.scorer, labels.to_vec());
+        let (a, b) = (candidate.answer.clone(), reference.answer.clone());
+        scored = tokio::task::spawn_blocking(move || score(kind, &a, &b, &labels).ok())
+            .await
+            .ok()
+            .flatten();
+    }
     let mut judged = None;
     if !failed && shadow.scorer == ScorerKind::Judge {
         let asked: Value = serde_json::from_slice(&sample.body).unwrap_or(Value::Null);
@@ -203,7 +212,16 @@ async fn check(
             &reference.answer.text,
         );
         let body = serde_json::to_vec(&rubric).expect("a JSON value serializes");
-        match call(&checker, &watch, &sample, &shadow.reference, body).await {
+        match call(
+            &checker,
+            &watch,
+            &sample,
+            &shadow.reference,
+            body,
+            judge::GRADE_TOKENS,
+        )
+        .await
+        {
             Ok(grading) => {
                 if grading.row.as_ref().is_some_and(|row| row.status == 200) {
                     scored = judge::grade(&grading.answer.text).ok();
@@ -266,23 +284,63 @@ fn route_step(watch: &Watch, tier: &Arc<Tier>) -> ChainTier {
         })
 }
 
-/// Sends `body` to `tier` for one whole answer: `Err` names why the call was not made.
+/// What a shadow call asks of a tier that sets no `max_tokens`: the check wants one answer of
+/// bounded length, and its cost reserved before it is sent.
+pub const MAX_TOKENS: u64 = 4096;
+/// How long a check waits for the ledger's sum of the day's shadow spend before it judges the
+/// budget by what this replica knows.
+const SPEND_READ_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The most a call of `body` to `tier`, answered in at most `max_tokens`, can cost: every token
+/// of the prompt is at least one byte of the body. `None` when the tier's model has no price.
+fn worst_cost(
+    pricing: &Pricing,
+    tier: &Tier,
+    prompt_bytes: usize,
+    max_tokens: u64,
+) -> Option<Picodollars> {
+    let tokens = Tokens {
+        input: prompt_bytes as u64,
+        cached: 0,
+        output: max_tokens,
+        estimated: false,
+    };
+    pricing.price(tier, None, &tokens).cost
+}
+
+/// Sends `body` to `tier` for one whole answer of at most `max_tokens`, once its worst-case cost
+/// is reserved against the route's daily budget: `Err` names why the call was not made.
 async fn call(
     checker: &Checker,
     watch: &Watch,
     sample: &Sample,
     tier: &Arc<Tier>,
     body: Vec<u8>,
+    max_tokens: u64,
 ) -> Result<Side, &'static str> {
     let route = &watch.route;
-    if !watch.may_spend(now_ms()) {
-        return Err("over_budget");
-    }
-    let mut lease = checker
-        .health
-        .of(&tier.provider)
-        .admit()
-        .map_err(|_| "provider_unavailable")?;
+    let pricing = &checker.pricing;
+    // Only a primary checked in reverse can be unpriced (start-up refuses such a reference): its
+    // calls are recorded without cost, and hold none of the budget.
+    let worst = worst_cost(pricing, tier, body.len(), max_tokens).unwrap_or_default();
+    let floor = worst_cost(pricing, tier, 0, max_tokens).unwrap_or_default();
+    let (_, day_start) = utc_day(now_ms());
+    let ledger = tokio::time::timeout(
+        SPEND_READ_TIMEOUT,
+        checker
+            .store
+            .spent_since(&route.name, Purpose::Shadow, day_start),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok);
+    let reservation = watch
+        .reserve(now_ms(), worst, floor, ledger)
+        .ok_or("over_budget")?;
+    let Ok(mut lease) = checker.health.of(&tier.provider).admit() else {
+        watch.settle(reservation, Picodollars(0));
+        return Err("provider_unavailable");
+    };
     let ts_ms = now_ms();
     let started = Instant::now();
     let sent = checker
@@ -319,7 +377,6 @@ async fn call(
             };
             let priced = checker.pricing.price(tier, None, &tokens);
             super::set_answered(&mut row, &tokens, &priced);
-            watch.spend(ts_ms, priced.cost.unwrap_or_default());
             Answer::of_completion(&serde_json::from_slice(&answer).unwrap_or(Value::Null))
         }
         Ok(Reply::Stream(_)) => {
@@ -334,6 +391,7 @@ async fn call(
             Answer::default()
         }
     };
+    watch.settle(reservation, row.cost_pusd.unwrap_or_default());
     Ok(Side {
         answer,
         row: Some(row),

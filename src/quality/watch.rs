@@ -93,9 +93,21 @@ struct State {
     stored_window: Option<Vec<i64>>,
     /// The latest event sequence number this watch knows of.
     seq: i64,
-    /// The UTC day `spent` is for.
+    /// The UTC day `spent` and `reserved` are for.
     day: i64,
+    /// The day's shadow spend: this replica's settled calls, or the ledger's sum over every
+    /// replica where that is more.
     spent: Picodollars,
+    /// The worst-case cost of this replica's shadow calls in flight.
+    reserved: Picodollars,
+}
+
+/// A shadow call's worst-case cost, held against its day's budget until the call is settled.
+#[derive(Debug)]
+#[must_use = "a reservation holds budget until it is settled"]
+pub struct Reservation {
+    day: i64,
+    amount: Picodollars,
 }
 
 /// A change a sample brought: an episode began or ended, or the route switched tiers.
@@ -148,6 +160,7 @@ impl Watch {
                 seq: 0,
                 day: i64::MIN,
                 spent: Picodollars(0),
+                reserved: Picodollars(0),
             }),
             route,
         }
@@ -175,29 +188,54 @@ impl Watch {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Whether the day's budget allows another shadow call; records the day as spent if not.
-    pub fn may_spend(&self, now_ms: i64) -> bool {
+    /// Holds `worst`, a call's worst-case cost, against the day's budget; `None` when the day's
+    /// spend, the calls in flight and `worst` would pass it. `ledger` is the day's shadow spend of
+    /// every replica as the ledger has it, read just before, where it could be read: other
+    /// replicas' calls count once they are stored, so together they overrun the budget by at most
+    /// what their calls in flight hold (`shadow.concurrency` reservations each). `floor` is what
+    /// the smallest call costs at worst: once even that does not fit, sampling stops for the day.
+    pub fn reserve(
+        &self,
+        now_ms: i64,
+        worst: Picodollars,
+        floor: Picodollars,
+        ledger: Option<Picodollars>,
+    ) -> Option<Reservation> {
         let day = utc_day(now_ms).0;
-        let budget = Picodollars::from_usd(self.shadow().daily_budget_usd);
+        let budget = i128::from(Picodollars::from_usd(self.shadow().daily_budget_usd).0);
         let mut state = self.lock();
         if state.day != day {
             state.day = day;
             state.spent = Picodollars(0);
+            state.reserved = Picodollars(0);
         }
-        if state.spent >= budget {
+        if let Some(ledger) = ledger
+            && ledger > state.spent
+        {
+            state.spent = ledger;
+        }
+        let committed = i128::from(state.spent.0) + i128::from(state.reserved.0);
+        if committed + i128::from(floor.0) > budget && state.reserved.0 == 0 {
             self.spent_out_on.store(day, Ordering::Relaxed);
-            return false;
         }
-        true
+        if committed + i128::from(worst.0) > budget {
+            return None;
+        }
+        state.reserved =
+            Picodollars::saturating(i128::from(state.reserved.0) + i128::from(worst.0));
+        Some(Reservation { day, amount: worst })
     }
 
-    pub fn spend(&self, now_ms: i64, cost: Picodollars) {
-        let day = utc_day(now_ms).0;
+    /// Releases a reservation and counts what the call really cost against the day it was made.
+    pub fn settle(&self, reservation: Reservation, cost: Picodollars) {
         let mut state = self.lock();
-        if state.day != day {
-            state.day = day;
-            state.spent = Picodollars(0);
+        // A call that began before midnight belongs to a day whose budget is closed.
+        if state.day != reservation.day {
+            return;
         }
+        state.reserved = Picodollars::saturating(
+            (i128::from(state.reserved.0) - i128::from(reservation.amount.0)).max(0),
+        );
         state.spent = Picodollars::saturating(i128::from(state.spent.0) + i128::from(cost.0));
     }
 
@@ -269,8 +307,11 @@ impl Watch {
             };
             self.demoted.store(demoted, Ordering::Relaxed);
         }
-        if state.day != day || spent > state.spent {
+        if state.day != day {
             state.day = day;
+            state.spent = spent;
+            state.reserved = Picodollars(0);
+        } else if spent > state.spent {
             state.spent = spent;
         }
         self.publish(&state);

@@ -216,6 +216,40 @@ pub struct Report {
     pub totals: Totals,
 }
 
+/// Feedback reports judged per route and report: the latest in the window. Each is an answer
+/// scored, so the work a report asks for is bounded whatever the traffic was.
+pub const FEEDBACK_JUDGED: i64 = 10_000;
+
+/// Judges each report against the answer it is about: the sum of the scores, how many were
+/// judged, and how many could not be (the answer was not stored).
+fn judge_feedback(
+    reports: Vec<(Option<String>, String, Option<String>)>,
+    scorer: ScorerKind,
+    labels: &[String],
+) -> (f64, u64, u64) {
+    let (mut sum, mut judged, mut unjudged) = (0.0, 0u64, 0u64);
+    for (_, truth, answer) in reports {
+        // A whole answer is stored as the completion the client got, a stream as its text.
+        let answer =
+            answer.map(
+                |stored| match serde_json::from_str::<serde_json::Value>(&stored) {
+                    Ok(value) if value.get("choices").is_some() => Answer::of_completion(&value),
+                    _ => Answer::text(stored),
+                },
+            );
+        match Truth::from_stored(&truth)
+            .and_then(|truth| truth.judge(answer.as_ref(), scorer, labels))
+        {
+            Some(score) => {
+                sum += score;
+                judged += 1;
+            }
+            None => unjudged += 1,
+        }
+    }
+    (sum, judged, unjudged)
+}
+
 impl Report {
     pub async fn load(
         config: &Config,
@@ -252,32 +286,15 @@ impl Report {
             else {
                 continue;
             };
-            let labels = configured.labels.as_deref().unwrap_or(&[]);
-            let (mut sum, mut judged, mut unjudged) = (0.0, 0u64, 0u64);
-            for (_, truth, answer) in store
-                .feedback(window.from_ms, window.to_ms, &route.route)
-                .await?
-            {
-                // A whole answer is stored as the completion the client got, a stream as its text.
-                let answer =
-                    answer.map(
-                        |stored| match serde_json::from_str::<serde_json::Value>(&stored) {
-                            Ok(value) if value.get("choices").is_some() => {
-                                Answer::of_completion(&value)
-                            }
-                            _ => Answer::text(stored),
-                        },
-                    );
-                match Truth::from_stored(&truth)
-                    .and_then(|truth| truth.judge(answer.as_ref(), scorer, labels))
-                {
-                    Some(score) => {
-                        sum += score;
-                        judged += 1;
-                    }
-                    None => unjudged += 1,
-                }
-            }
+            let labels = configured.labels.clone().unwrap_or_default();
+            let reports = store
+                .feedback(window.from_ms, window.to_ms, &route.route, FEEDBACK_JUDGED)
+                .await?;
+            // Judging is scoring, CPU work on as many answers as there are reports: on a blocking
+            // thread, never the serving thread an admin request arrived on.
+            let judging =
+                tokio::task::spawn_blocking(move || judge_feedback(reports, scorer, &labels));
+            let (sum, judged, unjudged) = judging.await.unwrap_or_default();
             route.quality.accuracy = (judged > 0).then(|| sum / judged as f64);
             route.quality.feedback_judged = judged;
             route.quality.feedback_unjudged = unjudged;

@@ -249,14 +249,23 @@ pub struct RecentQuery {
     limit: Option<i64>,
 }
 
-/// `GET /admin/api/requests?limit=50`: the latest requests, without content or keys.
+/// `GET /admin/api/requests?limit=50`: the latest requests, without content or keys. Without an
+/// admin key any client key reads the admin API, and then sees only its own requests: their ids
+/// are what feedback names, and another application's traffic is not its business.
 pub async fn requests(
     State(app): State<Arc<App>>,
+    caller: Option<axum::Extension<super::auth::ClientKeyId>>,
     Query(query): Query<RecentQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    let own = match app.config.server.admin {
+        crate::config::AdminAccess::ClientKeys => {
+            Some(caller.map(|key| key.0.0).unwrap_or_default())
+        }
+        _ => None,
+    };
     let rows = app
         .store
-        .recent(query.limit.unwrap_or(50).clamp(1, 500))
+        .recent(query.limit.unwrap_or(50).clamp(1, 500), own.as_deref())
         .await
         .map_err(|err| ApiError::internal(format!("cannot read the ledger: {err}")))?;
     Ok(Json(json!({ "requests": rows })))

@@ -38,7 +38,7 @@ const COST_HEADER: HeaderName = HeaderName::from_static("x-tierwise-cost-usd");
 /// Who is calling: the request id and the key's fingerprint, set by the layers in front.
 pub struct Caller {
     id: RequestId,
-    key: Option<ClientKeyId>,
+    pub(super) key: Option<ClientKeyId>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -299,7 +299,11 @@ fn set_headers(headers: &mut HeaderMap, facts: Facts<'_>) {
 
 /// Reads the whole body, refusing more than `limit` bytes before reading them where the client
 /// declared its length.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

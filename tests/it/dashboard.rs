@@ -151,7 +151,7 @@ async fn the_dashboard_renders_the_ledgers_figures_in_a_real_browser() {
     // The two requests are in the ledger before the browser looks.
     let store = gw.store().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while store.recent(5).await.unwrap().len() < 2 {
+    while store.recent(5, None).await.unwrap().len() < 2 {
         assert!(std::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
