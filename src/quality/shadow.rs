@@ -27,7 +27,7 @@ use super::score::{Answer, ScorerKind, score};
 use super::watch::{RESYNC, Watch, Watches, now_ms};
 use crate::config::{ChainTier, Tier};
 use crate::health::Health;
-use crate::ledger::quality::utc_day;
+use crate::ledger::quality::{DAY_MS, utc_day};
 use crate::ledger::{
     Answer as CountedAnswer, Picodollars, Pricing, Purpose, RequestRow, Store, Tokens, Uncounted,
 };
@@ -329,7 +329,7 @@ async fn call(
         SPEND_READ_TIMEOUT,
         checker
             .store
-            .spent_since(&route.name, Purpose::Shadow, day_start),
+            .spent_between(&route.name, Purpose::Shadow, day_start, day_start + DAY_MS),
     )
     .await
     .ok()

@@ -545,7 +545,7 @@ impl Report {
         };
         let _ = writeln!(
             out,
-            "{:<width$} {:>9} {:>6} {:>15} {:>6} {:>9} {:>8} {:>8} {:>12} {:>12}  {}",
+            "{:<width$} {:>9} {:>6} {:>15} {:>6} {:>9} {:>8} {:>8} {:>12} {:>12}  models",
             "route",
             volume,
             "errors",
@@ -556,7 +556,6 @@ impl Report {
             "p95 ms",
             cost,
             baseline,
-            "models"
         );
         if self.routes.is_empty() {
             let _ = writeln!(out, "(no requests in this window)");
@@ -995,7 +994,7 @@ fn thousands(count: u64) -> String {
     let digits = count.to_string();
     let mut out = String::new();
     for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(digit);

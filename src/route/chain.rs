@@ -199,7 +199,8 @@ impl ChainRun<'_> {
         }
         // A count that cannot finish leaves the tier to judge the request itself.
         let prompt = count_prompt(step, body).await?;
-        (prompt.saturating_add(budget) > limit).then(|| {
+        let needed = prompt.saturating_add(budget);
+        (needed > limit).then(|| {
             UpstreamError::new_detail(
                 UpstreamErrorKind::ContextTooLong,
                 format!(

@@ -251,7 +251,7 @@ async fn a_young_ledger_shows_observed_figures_per_minute_and_says_why_nothing_i
     }
     let store = gw.store().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while store.recent(5).await.unwrap().len() < 3 {
+    while store.recent(5, None).await.unwrap().len() < 3 {
         assert!(std::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -684,7 +684,7 @@ fn stream(
         Fault::MalformedJson => events.insert(0, "{\"id\": \"chatcmpl-fake\", \"choi".to_string()),
         Fault::HugeEvent { after, bytes } => events.insert(
             after.min(events.len()),
-            chunk(json!({"content": "a".repeat(bytes)}), None),
+            chunk(0, json!({"content": "a".repeat(bytes)}), None),
         ),
         Fault::ErrorMidStream { after } => {
             events.truncate(after);
