@@ -14,6 +14,7 @@ mod resolver;
 mod route;
 mod server;
 mod tier;
+mod unknown;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -113,17 +114,47 @@ impl Config {
     /// Resolves configuration text; `path` names the file in messages and anchors relative prompt
     /// paths.
     pub fn parse(text: &str, path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
-        let file: file::ConfigFile = toml::from_str(text).map_err(|err| ConfigError::Syntax {
-            path: path.to_path_buf(),
-            message: syntax_message(text, &err),
-        })?;
-        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        resolver::Resolver::new(text, &base_dir, env)
-            .resolve(file)
-            .map_err(|issues| ConfigError::Invalid {
+        let invalid = |mut issues: Vec<ConfigIssue>| {
+            issues.sort_by_key(|issue| issue.line);
+            ConfigError::Invalid {
                 path: path.to_path_buf(),
                 issues,
-            })
+            }
+        };
+        // Every unknown key is listed, not only the first: the file is read again without each.
+        let (file, mut unknown) = unknown::read(text);
+        let file = match file {
+            Ok(file) => file,
+            Err((read, err)) if unknown.is_empty() => {
+                return Err(ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    message: syntax_message(&read, &err),
+                });
+            }
+            Err((read, err)) => {
+                let (line, message) = syntax_message(&read, &err)
+                    .split_once(", ")
+                    .and_then(|(line, rest)| {
+                        Some((line.strip_prefix("line ")?.parse().ok()?, rest.to_string()))
+                    })
+                    .unwrap_or((0, err.message().to_string()));
+                unknown.push(ConfigIssue {
+                    line: (line > 0).then_some(line),
+                    key: "(file)".into(),
+                    message,
+                });
+                return Err(invalid(unknown));
+            }
+        };
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        match resolver::Resolver::new(text, &base_dir, env).resolve(file) {
+            Ok(config) if unknown.is_empty() => Ok(config),
+            Ok(_) => Err(invalid(unknown)),
+            Err(issues) => {
+                unknown.extend(issues);
+                Err(invalid(unknown))
+            }
+        }
     }
 }
 

@@ -212,11 +212,6 @@ api_frontier = {{ provider = "simulated-api", model = "simulated-gpt-4o" }}
 embed_local  = {{ provider = "simulated-local", model = "simulated-nomic-embed-text" }}
 embed_api    = {{ provider = "simulated-api", model = "simulated-text-embedding-3-small" }}
 
-# The simulated reference is priced as gpt-4o, so that its shadow checks hold their daily budget.
-[prices."simulated-gpt-4o"]
-input = 2.50
-output = 10.00
-
 [routes.classification]
 kind = "classification"
 tiers = ["local", "api_fast"]

@@ -182,7 +182,7 @@ fn check_refuses_a_shadow_window_under_the_default_min_samples() {
     let toml = CHECKED.replace(
         "tiers = [\"t\"]\n",
         "tiers = [\"t\"]\nshadow = { reference = \"u\", sample_rate = 0.1, window = 20 }\n",
-    ) + "\n[tiers.u]\nprovider = \"p\"\nmodel = \"n\"\n";
+    ) + "\n[tiers.u]\nprovider = \"p\"\nmodel = \"n\"\n\n[prices.n]\ninput = 1.0\noutput = 2.0\n";
     let toml = toml.replace(
         "[tiers]\nt = { provider = \"p\", model = \"m\" }\n",
         "[tiers.t]\nprovider = \"p\"\nmodel = \"m\"\n",
@@ -1613,4 +1613,23 @@ fn the_demo_runs_to_completion_and_shows_a_fallback_an_alert_and_a_saving() {
         "{stdout}"
     );
     std::fs::remove_dir_all(dir).ok();
+}
+
+/// `check` lists every unknown key of the file with its line in one run, with the semantic
+/// mistakes beside them, not only the first key serde stops at.
+#[test]
+fn check_lists_every_unknown_key_and_every_other_mistake_in_one_run() {
+    let toml = "[server]\nlistn = \"127.0.0.1:4000\"\n\n[providers.p]\nbase_url = \"http://127.0.0.1:9/v1\"\ntimeout = { connect_ms = 0, totl_ms = 9 }\n\n[tiers]\nt = { provider = \"p\", model = \"m\", max_tokns = 5 }\n\n[routes.r]\nkind = \"classification\"\ntiers = [\"t\", \"nope\"]\n";
+    let (ok, stderr) = check_offline("unknown-keys", toml, &[]);
+    assert!(!ok, "{stderr}");
+    for expected in [
+        "line 2: listn: is not a key here",
+        "line 6: totl_ms: is not a key here",
+        "line 9: max_tokns: is not a key here",
+        "line 13: routes.r.tiers",
+        "line 6: providers.p.timeout.connect_ms: must be more than 0",
+        "5 errors",
+    ] {
+        assert!(stderr.contains(expected), "no {expected:?} in:\n{stderr}");
+    }
 }

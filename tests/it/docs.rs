@@ -560,7 +560,7 @@ fn readme_first_commands() -> Vec<String> {
 }
 
 /// The README opens with two commands: the test command is exactly what CI's `.ci/run` execs,
-/// and the run command is `cargo run --release -- <tierwise arguments>`, which the next test runs.
+/// and the run command is `cargo run -- <tierwise arguments>`, which the next test runs.
 #[test]
 fn the_readmes_test_command_is_the_one_ci_runs() {
     let commands = readme_first_commands();
@@ -578,7 +578,7 @@ fn the_readmes_test_command_is_the_one_ci_runs() {
     assert!(
         commands
             .iter()
-            .any(|command| command.starts_with("cargo run --release -- ")),
+            .any(|command| command.starts_with("cargo run -- ")),
         "no run command in the README's first block: {commands:?}"
     );
 }
@@ -590,7 +590,7 @@ fn the_readmes_run_command_serves_the_demo_and_stops_on_ctrl_c() {
     let commands = readme_first_commands();
     let run = commands
         .iter()
-        .find_map(|command| command.strip_prefix("cargo run --release -- "))
+        .find_map(|command| command.strip_prefix("cargo run -- "))
         .expect("a run command in the README's first block");
     let args: Vec<&str> = run.split_whitespace().collect();
     assert_eq!(args.first(), Some(&"demo"), "{run}");

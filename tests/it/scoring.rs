@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tierwise::config::TaskKind;
 use tierwise::config::file::{RawShadow, spanned};
 use tierwise_fake::FakeUpstream;
 
@@ -51,20 +52,29 @@ async fn scoring_a_long_summary_leaves_the_control_runtime_free() {
     api.update(|b| b.reply = words("b", 20_000));
     let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
         .without_probes()
-        .with(|c| c.route("summarize").shadow = Some(RawShadow::new("api_frontier", 1.0)));
+        // A route of its own: the metrics are shared with every test, and the judge test counts
+        // `summarize`'s shadow checks.
+        .with(|c| {
+            c.add_route(
+                "long_summary",
+                TaskKind::Summarization,
+                &["local", "api_fast"],
+            )
+            .shadow = Some(RawShadow::new("api_frontier", 1.0))
+        });
     let gateway = TestGateway::start(&config).await;
     let store = gateway.store().await;
     let stall = longest_stall();
     let answer = Answer::of(
         gateway
-            .post("/v1/chat/completions", &chat("summarize", "the report"))
+            .post("/v1/chat/completions", &chat("long_summary", "the report"))
             .await,
     )
     .await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     let until = Instant::now() + Duration::from_secs(60);
     while store
-        .recent_agreement("summarize", "local", 10)
+        .recent_agreement("long_summary", "local", 10)
         .await
         .unwrap()
         .is_empty()

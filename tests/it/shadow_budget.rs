@@ -7,12 +7,15 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tierwise::config::TaskKind;
 use tierwise::config::file::{RawShadow, spanned, text};
 use tierwise_fake::{FakeUpstream, Fault};
 
 use crate::util::{Answer, TestConfig, TestGateway, env};
 
-const ROUTE: &str = "classification";
+/// A route of its own: the metrics are the test binary's, shared with every other test, and the
+/// drift tests count the alerts of `classification`.
+const ROUTE: &str = "budgeted";
 
 /// Each gpt-4o check costs $0.00125 (100 tokens in, 100 out) and reserves about $0.0013 (100
 /// tokens out, and a prompt of about 95 bytes at $2.50 per million): $0.0048 a day takes three
@@ -37,7 +40,8 @@ fn budgeted(local: &FakeUpstream, api: &FakeUpstream) -> TestConfig {
             let mut shadow = RawShadow::new("api_frontier", 1.0);
             shadow.daily_budget_usd = Some(spanned(BUDGET));
             shadow.concurrency = Some(spanned(32));
-            c.route(ROUTE).shadow = Some(shadow);
+            c.add_route(ROUTE, TaskKind::Classification, &["local", "api_fast"])
+                .shadow = Some(shadow);
             c.0.tiers.get_mut("api_frontier").unwrap().max_tokens = Some(100);
         })
 }
@@ -156,7 +160,8 @@ async fn replicas_on_one_ledger_share_the_shadow_budget() {
 #[test]
 fn an_unpriced_shadow_reference_is_refused_until_it_is_priced() {
     let config = TestConfig::two_tier("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1").with(|c| {
-        c.route(ROUTE).shadow = Some(RawShadow::new("api_frontier", 0.1));
+        c.add_route(ROUTE, TaskKind::Classification, &["local", "api_fast"])
+            .shadow = Some(RawShadow::new("api_frontier", 0.1));
         c.0.tiers.get_mut("api_frontier").unwrap().model = text("acme-large");
     });
     let path = std::path::Path::new("tierwise.toml");
@@ -165,7 +170,7 @@ fn an_unpriced_shadow_reference_is_refused_until_it_is_priced() {
         .expect_err("an unpriced reference is refused")
         .to_string();
     assert!(
-        err.contains("routes.classification.shadow.reference")
+        err.contains("routes.budgeted.shadow.reference")
             && err.contains("line")
             && err.contains("[prices.\"acme-large\"]"),
         "{err}"
