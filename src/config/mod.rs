@@ -26,7 +26,7 @@ pub use kinds::{
     AllOpen, Changes, OnDrift, OnProof, QualityBar, ScorerKind, TaskKind, ToolCalling,
 };
 pub use known::{Abilities, KnownModel, known_model, takes_max_completion_tokens, undated};
-pub use price::Price;
+pub use price::{BUILT_IN_PRICES, Price};
 pub use provider::{BreakerPolicy, ProbePolicy, Provider, Timeouts};
 pub use proxy::Proxy;
 pub use route::{ChainTier, Declared, Profile, Route, Shadow, with_labels};

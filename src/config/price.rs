@@ -9,7 +9,35 @@ use toml::Spanned;
 use super::Route;
 use super::file::{ConfigFile, RawPrice, Text};
 use super::resolver::Resolver;
-use crate::ledger::price::PriceTable;
+
+/// USD per million tokens (input, cached input, output) of current OpenAI models.
+pub const BUILT_IN_PRICES: &[(&str, f64, Option<f64>, f64)] = &[
+    ("gpt-4o", 2.50, Some(1.25), 10.00),
+    ("gpt-4o-mini", 0.15, Some(0.075), 0.60),
+    ("gpt-4.1", 2.00, Some(0.50), 8.00),
+    ("gpt-4.1-mini", 0.40, Some(0.10), 1.60),
+    ("gpt-4.1-nano", 0.10, Some(0.025), 0.40),
+    ("gpt-5", 1.25, Some(0.125), 10.00),
+    ("gpt-5-mini", 0.25, Some(0.025), 2.00),
+    ("gpt-5-nano", 0.05, Some(0.005), 0.40),
+    ("o1", 15.00, Some(7.50), 60.00),
+    ("o3", 2.00, Some(0.50), 8.00),
+    ("o3-mini", 1.10, Some(0.55), 4.40),
+    ("o4-mini", 1.10, Some(0.275), 4.40),
+    ("gpt-4-turbo", 10.00, None, 30.00),
+    ("gpt-3.5-turbo", 0.50, None, 1.50),
+    ("text-embedding-3-small", 0.02, None, 0.0),
+    ("text-embedding-3-large", 0.13, None, 0.0),
+    ("text-embedding-ada-002", 0.10, None, 0.0),
+];
+
+/// Whether `model` has a price: one the file sets or a built-in one, a dated snapshot
+/// (`gpt-4o-2024-08-06`) by its family's.
+pub fn has_price(model: &str, overrides: &BTreeMap<String, Price>) -> bool {
+    let known =
+        |name: &str| overrides.contains_key(name) || BUILT_IN_PRICES.iter().any(|p| p.0 == name);
+    known(model) || super::undated(model).is_some_and(known)
+}
 
 /// USD per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -65,7 +93,6 @@ impl Resolver<'_> {
         routes: &[std::sync::Arc<Route>],
         prices: &BTreeMap<String, Price>,
     ) {
-        let table = PriceTable::new(prices);
         for route in routes {
             let (Some(shadow), Some(raw)) = (
                 &route.shadow,
@@ -76,7 +103,7 @@ impl Resolver<'_> {
                 continue;
             };
             let tier = &shadow.reference;
-            if !tier.is_local() && table.get(&tier.model).is_none() {
+            if !tier.is_local() && !has_price(&tier.model, prices) {
                 self.issue_at(
                     raw.reference.span().start,
                     &format!("routes.{}.shadow.reference", route.name),

@@ -143,27 +143,6 @@ impl TokenPrice {
     }
 }
 
-/// USD per million tokens (input, cached input, output) of current OpenAI models.
-const BUILT_IN: &[(&str, f64, Option<f64>, f64)] = &[
-    ("gpt-4o", 2.50, Some(1.25), 10.00),
-    ("gpt-4o-mini", 0.15, Some(0.075), 0.60),
-    ("gpt-4.1", 2.00, Some(0.50), 8.00),
-    ("gpt-4.1-mini", 0.40, Some(0.10), 1.60),
-    ("gpt-4.1-nano", 0.10, Some(0.025), 0.40),
-    ("gpt-5", 1.25, Some(0.125), 10.00),
-    ("gpt-5-mini", 0.25, Some(0.025), 2.00),
-    ("gpt-5-nano", 0.05, Some(0.005), 0.40),
-    ("o1", 15.00, Some(7.50), 60.00),
-    ("o3", 2.00, Some(0.50), 8.00),
-    ("o3-mini", 1.10, Some(0.55), 4.40),
-    ("o4-mini", 1.10, Some(0.275), 4.40),
-    ("gpt-4-turbo", 10.00, None, 30.00),
-    ("gpt-3.5-turbo", 0.50, None, 1.50),
-    ("text-embedding-3-small", 0.02, None, 0.0),
-    ("text-embedding-3-large", 0.13, None, 0.0),
-    ("text-embedding-ada-002", 0.10, None, 0.0),
-];
-
 /// The prices in force: built-in defaults with the configuration's overrides on top.
 #[derive(Debug, Clone)]
 pub struct PriceTable {
@@ -172,7 +151,7 @@ pub struct PriceTable {
 
 impl PriceTable {
     pub fn new<'a>(overrides: impl IntoIterator<Item = (&'a String, &'a Price)>) -> PriceTable {
-        let mut prices: HashMap<String, TokenPrice> = BUILT_IN
+        let mut prices: HashMap<String, TokenPrice> = crate::config::BUILT_IN_PRICES
             .iter()
             .map(|&(model, input, cached_input, output)| {
                 let price = Price {

@@ -276,16 +276,7 @@ impl Spool {
             lines.push('\n');
         }
         self.health.add_refused(refused.len() as u64);
-        let written = async {
-            let mut file = tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.set_aside_path())
-                .await?;
-            file.write_all(lines.as_bytes()).await?;
-            file.sync_data().await
-        };
-        if let Err(err) = written.await {
+        if let Err(err) = self.append_set_aside(lines.as_bytes()).await {
             tracing::error!(
                 records = refused.len(),
                 "LEDGER RECORDS LOST: cannot write {}: {err}",
@@ -296,30 +287,33 @@ impl Spool {
 }
 
 impl Spool {
+    /// Appends to the set-aside file, synced: what is there is all that is left of those records.
+    async fn append_set_aside(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.set_aside_path())
+            .await?;
+        file.write_all(bytes).await?;
+        file.sync_data().await
+    }
+
     /// Sets a torn spool line aside, as lossy text with the reason, and counts it: a line cut by
     /// a crash or a full disk is not a batch, but what is left of it may still be read by hand.
     async fn set_aside_torn(&self, line: &[u8], why: &str) {
         let text = String::from_utf8_lossy(line);
+        // The line's text is not logged: with `ledger.store_content` it holds prompts and answers,
+        // which go only where the ledger's own rows go (the set-aside file).
         tracing::error!(
             spool = %self.path.display(),
             set_aside = %self.set_aside_path().display(),
             bytes = line.len(),
-            "LEDGER SPOOL LINE TORN ({why}); set aside, the batches behind it are replayed: {}",
-            text.chars().take(200).collect::<String>()
+            "LEDGER SPOOL LINE TORN ({why}); set aside, the batches behind it are replayed"
         );
         self.health.torn.fetch_add(1, Ordering::Relaxed);
         let mut entry = serde_json::json!({ "torn": text, "reason": why }).to_string();
         entry.push('\n');
-        let written = async {
-            let mut file = tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.set_aside_path())
-                .await?;
-            file.write_all(entry.as_bytes()).await?;
-            file.sync_data().await
-        };
-        if let Err(err) = written.await {
+        if let Err(err) = self.append_set_aside(entry.as_bytes()).await {
             tracing::error!(
                 "LEDGER SPOOL LINE LOST: cannot write {}: {err}",
                 self.set_aside_path().display()

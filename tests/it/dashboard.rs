@@ -65,6 +65,16 @@ fn browse(url: &str, extra: &[&str]) -> String {
     out
 }
 
+/// Waits until the gateway's latest `requests` are in its ledger, so the browser sees them.
+async fn in_the_ledger(gw: &TestGateway, requests: usize) {
+    let store = gw.store().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.recent(5, None).await.unwrap().len() < requests {
+        assert!(std::time::Instant::now() < deadline, "the ledger lags");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Known traffic two days ago and yesterday: classification on local (free) and api_fast.
 async fn write_history(ledger: &str) {
     let now = tierwise::quality::watch::now_ms();
@@ -149,12 +159,7 @@ async fn the_dashboard_renders_the_ledgers_figures_in_a_real_browser() {
         assert_eq!(answer.status, 200);
     }
     // The two requests are in the ledger before the browser looks.
-    let store = gw.store().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while store.recent(5, None).await.unwrap().len() < 2 {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    in_the_ledger(&gw, 2).await;
 
     let url = gw.url.clone();
     let dom = tokio::task::spawn_blocking(move || {
@@ -249,12 +254,7 @@ async fn a_young_ledger_shows_observed_figures_per_minute_and_says_why_nothing_i
         .await;
         assert_eq!(answer.status, 200);
     }
-    let store = gw.store().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while store.recent(5, None).await.unwrap().len() < 3 {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    in_the_ledger(&gw, 3).await;
     let url = gw.url.clone();
     let dom = tokio::task::spawn_blocking(move || {
         browse(&format!("{url}/#key={ADMIN_KEY}"), &["--dump-dom"])
