@@ -327,9 +327,9 @@ impl Resolver<'_> {
                 self.issue_at(
                     text.span().start,
                     &key,
-                    &format!(
-                        "{value:?} is not an http(s) URL; write e.g. \"http://localhost:8001/v1\""
-                    ),
+                    // The value is not echoed: a URL may carry a password, and one that does
+                    // not parse cannot have it masked.
+                    "is not an http(s) URL; write e.g. \"http://localhost:8001/v1\"",
                 );
                 return None;
             }

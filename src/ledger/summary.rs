@@ -392,7 +392,10 @@ fn contracts_sql(one_route: bool) -> String {
 }
 
 fn summary_sql(one_route: bool) -> String {
-    let baseline = "COALESCE(baseline_pusd, cost_pusd)";
+    // A call on an unpriced model has no cost in the sums, so neither has it a baseline: the
+    // saving compares like with like (the report counts such calls apart).
+    let baseline = "CASE WHEN tier IS NOT NULL AND cost_pusd IS NULL THEN 0 \
+                    ELSE COALESCE(baseline_pusd, cost_pusd) END";
     format!(
         "SELECT route, provider, model, local AS is_local, bucket, COUNT(*) AS calls, \
          {answered} AS answered, {fallbacks} AS fallbacks, {errors} AS errors, \

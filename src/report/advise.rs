@@ -197,6 +197,9 @@ impl Advise {
     }
 }
 
+/// The evidence a route that could move still lacks, when nothing has compared it with the API.
+const NO_AGREEMENT: &str = "no shadow agreement yet: add a shadow check to the route, or run tierwise eval on a labelled dataset";
+
 fn advise(
     config: &Config,
     rules: &AdviseRules,
@@ -332,6 +335,9 @@ fn advise(
         Verdict::KeepOnApi
     } else if !unknown.is_empty() {
         for_local.append(&mut unknown);
+        if interval.is_none() {
+            for_local.push(NO_AGREEMENT.into());
+        }
         Verdict::NeedsEvidence
     } else {
         match interval {
@@ -362,10 +368,7 @@ fn advise(
                 Verdict::NeedsEvidence
             }
             None => {
-                for_local.push(
-                    "no shadow agreement yet: add a shadow check to the route, or run tierwise eval on a labelled dataset"
-                        .into(),
-                );
+                for_local.push(NO_AGREEMENT.into());
                 Verdict::NeedsEvidence
             }
         }

@@ -164,7 +164,8 @@ pub struct ContractReport {
 pub struct FixedCost {
     pub provider: String,
     pub monthly_usd: f64,
-    /// The part of the monthly cost that falls in the window, exact.
+    /// The part of the monthly cost that falls in the window, exact; in a report of one route,
+    /// that route's share of it.
     pub window_usd: String,
     /// Set when no route used the provider in the window, so no route carries its cost.
     pub unattributed: bool,
@@ -270,7 +271,14 @@ impl Report {
                 (window.to_ms, ends) = (last + 1, true);
             }
         }
-        let summary = store.summary(window.from_ms, window.to_ms, route).await?;
+        let mut summary = store.summary(window.from_ms, window.to_ms, route).await?;
+        if route.is_some() {
+            // A server's fixed cost is shared by every route's tokens on it.
+            summary.local_tokens = store
+                .summary(window.from_ms, window.to_ms, None)
+                .await?
+                .local_tokens;
+        }
         let mut report = Report::build(config, &summary, window);
         report.starts_at_first_record = starts;
         report.ends_at_last_record = ends;
@@ -307,16 +315,31 @@ impl Report {
         let held = std::time::Duration::from_millis((window.to_ms - window.from_ms).max(0) as u64);
         let projection = Projection {
             window,
-            on: held >= needed,
+            on: held >= needed && !summary.routes.is_empty(),
         };
         let not_projected_because = (!projection.on).then(|| {
-            format!(
-                "{} of traffic is under the {} a projection needs ([report] project_after_hours)",
-                span_of(held),
-                span_of(needed)
-            )
+            if summary.routes.is_empty() {
+                "the window holds no traffic".to_string()
+            } else {
+                format!(
+                    "{} of traffic is under the {} a projection needs ([report] project_after_hours)",
+                    span_of(held),
+                    span_of(needed)
+                )
+            }
         });
         // Fixed costs in the window, shared among routes by the tokens they ran on the provider.
+        // A report of one route holds the tokens of every route (see `load`), so its share is its
+        // own, not the whole server's; the server's cost counts in full only in a whole report.
+        let in_report: std::collections::BTreeSet<&str> = summary
+            .routes
+            .iter()
+            .map(|r| route_name(&r.route))
+            .collect();
+        let whole = summary
+            .local_tokens
+            .iter()
+            .all(|used| in_report.contains(route_name(&used.route)));
         let mut fixed = Vec::new();
         let mut fixed_share: BTreeMap<&str, i128> = BTreeMap::new();
         for provider in &config.providers {
@@ -333,24 +356,37 @@ impl Report {
                 .map(|used| (route_name(&used.route), used.tokens))
                 .collect();
             let total: i128 = tokens.iter().map(|(_, used)| used).sum();
+            let mut shares: BTreeMap<&str, i128> = BTreeMap::new();
             if total > 0 {
                 // Shares are rounded down; the remainder goes to the largest user so they sum exactly.
                 let mut given = 0;
                 for (route, used) in &tokens {
                     let share = window_cost * used / total;
                     given += share;
-                    *fixed_share.entry(route).or_default() += share;
+                    *shares.entry(route).or_default() += share;
                 }
                 if let Some((route, _)) = tokens.iter().max_by_key(|(_, used)| *used) {
-                    *fixed_share.entry(route).or_default() += window_cost - given;
+                    *shares.entry(route).or_default() += window_cost - given;
                 }
+            }
+            let here: i128 = if total == 0 {
+                if whole { window_cost } else { 0 }
+            } else {
+                shares
+                    .iter()
+                    .filter(|(route, _)| in_report.contains(*route))
+                    .map(|(_, share)| share)
+                    .sum()
+            };
+            for (route, share) in shares {
+                *fixed_share.entry(route).or_default() += share;
             }
             fixed.push(FixedCost {
                 provider: provider.name.clone(),
                 monthly_usd: monthly,
-                window_usd: Picodollars::saturating(window_cost).to_string(),
+                window_usd: Picodollars::saturating(here).to_string(),
                 unattributed: total == 0,
-                window: Picodollars::saturating(window_cost),
+                window: Picodollars::saturating(here),
             });
         }
 
@@ -538,6 +574,24 @@ impl Report {
             .max()
             .unwrap_or(0)
             .max(16);
+        let t = &self.totals;
+        let places = places_for(
+            [
+                &t.baseline_usd,
+                &t.api_usd,
+                &t.fixed_usd,
+                &t.checks_usd,
+                &t.actual_usd,
+                &t.saving_usd,
+            ]
+            .into_iter()
+            .chain(
+                self.routes
+                    .iter()
+                    .flat_map(|r| [&r.api_cost_usd, &r.baseline_usd]),
+            )
+            .map(String::as_str),
+        );
         let (volume, cost, baseline) = if self.projected {
             ("calls/day", "cost/mo", "baseline/mo")
         } else {
@@ -568,8 +622,8 @@ impl Report {
                     }
                     _ => (
                         r.calls.to_string(),
-                        usd_exact(&r.api_cost_usd, &r.fixed_cost_usd),
-                        usd_exact(&r.baseline_usd, "0"),
+                        usd_exact(&r.api_cost_usd, &r.fixed_cost_usd, places),
+                        usd_exact(&r.baseline_usd, "0", places),
                     ),
                 };
             let _ = writeln!(
@@ -593,7 +647,7 @@ impl Report {
                 let failed = moved.calls - moved.answered.min(moved.calls);
                 let outcome = match (moved.answered, failed) {
                     (_, 0) => "all answered by a later tier".to_string(),
-                    (0, _) => "no later tier answered".to_string(),
+                    (0, _) => "all failed".to_string(),
                     (answered, failed) => format!(
                         "{} by a later tier, {} failed",
                         plural(answered, "answered", "answered"),
@@ -602,7 +656,7 @@ impl Report {
                 };
                 let money = match moved.monthly_cost_usd {
                     Some(monthly) => format!("{}/mo", usd(monthly)),
-                    None => format!("{} in the window", usd_exact(&moved.cost_usd, "0")),
+                    None => format!("{} in the window", usd_exact(&moved.cost_usd, "0", places)),
                 };
                 let _ = writeln!(
                     out,
@@ -658,15 +712,18 @@ impl Report {
                 let money = match q.monthly_checks_cost_usd {
                     Some(monthly) if q.monthly_checks_capped => format!(
                         "{} in the window; shadow checks {}/mo at most (their daily budget)",
-                        usd_exact(&q.checks_cost_usd, "0"),
+                        usd_exact(&q.checks_cost_usd, "0", places),
                         usd(monthly)
                     ),
                     Some(monthly) => format!(
                         "{} in the window; shadow checks {}/mo",
-                        usd_exact(&q.checks_cost_usd, "0"),
+                        usd_exact(&q.checks_cost_usd, "0", places),
                         usd(monthly)
                     ),
-                    None => format!("{} in the window", usd_exact(&q.checks_cost_usd, "0")),
+                    None => format!(
+                        "{} in the window",
+                        usd_exact(&q.checks_cost_usd, "0", places)
+                    ),
                 };
                 let _ = writeln!(
                     out,
@@ -704,7 +761,7 @@ impl Report {
                     line(
                         &mut out,
                         &format!("after: fixed, {}", f.provider),
-                        mo(f.monthly_usd),
+                        mo(self.window.monthly(f.window)),
                         note,
                     );
                 }
@@ -727,11 +784,11 @@ impl Report {
                     span_of(held),
                     plural(t.calls, "call", "calls"),
                     t.errors,
-                    usd_exact(&t.actual_usd, "0"),
-                    usd_exact(&t.saving_usd, "0"),
+                    usd_exact(&t.actual_usd, "0", places),
+                    usd_exact(&t.saving_usd, "0", places),
                     t.saving_pct,
                 );
-                let exact = |amount: &str| usd_exact(amount, "0");
+                let exact = |amount: &str| usd_exact(amount, "0", places);
                 line(
                     &mut out,
                     "before (all-API baseline)",
@@ -893,7 +950,13 @@ fn percentile(histogram: &[(i64, u64)], pct: u64) -> f64 {
 }
 
 fn usd(amount: f64) -> String {
-    format!("${amount:.2}")
+    usd_at(amount, 2)
+}
+
+/// `$1.50`, `-$0.0044`: the sign before the dollar, `places` decimals.
+fn usd_at(amount: f64, places: usize) -> String {
+    let sign = if amount < 0.0 { "-" } else { "" };
+    format!("{sign}${:.places$}", amount.abs())
 }
 
 /// One text cell of a CSV row (RFC 4180): quoted where it holds a comma, a quote or a line
@@ -1004,19 +1067,76 @@ fn thousands(count: u64) -> String {
 
 /// An exact amount (a ledger sum in dollars, as text) plus another, shown to the cent, or to two
 /// significant figures below a cent so a small spend does not read as nothing.
-fn usd_exact(amount: &str, plus: &str) -> String {
+fn usd_exact(amount: &str, plus: &str, places: usize) -> String {
     let value = amount.parse::<f64>().unwrap_or(0.0) + plus.parse::<f64>().unwrap_or(0.0);
-    if value != 0.0 && value.abs() < 0.01 {
-        let places = (-value.abs().log10()).ceil() as usize + 1;
-        format!("${value:.places$}")
+    usd_at(value, places)
+}
+
+/// Decimals that show the smallest of `amounts` (exact dollar texts) to two significant figures,
+/// cents at least: every amount of one table at the same precision, so that they add up.
+fn places_for<'a>(amounts: impl IntoIterator<Item = &'a str>) -> usize {
+    let smallest = amounts
+        .into_iter()
+        .filter_map(|amount| amount.parse::<f64>().ok())
+        .map(f64::abs)
+        .filter(|amount| *amount > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    if smallest < 0.01 {
+        ((-smallest.log10()).ceil() as usize + 1).min(6)
     } else {
-        usd(value)
+        2
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::LocalTokens;
+
+    /// A report of one route carries its share of a shared server, not the whole server; a
+    /// report of every route carries all of it.
+    #[test]
+    fn a_report_of_one_route_carries_its_share_of_a_shared_server() {
+        let config = Config::parse(
+            "[providers.gpu]\nbase_url = \"http://127.0.0.1:9/v1\"\nfixed_monthly_usd = 300.0\n\
+             [tiers]\nlocal = { provider = \"gpu\", model = \"m\" }\n\
+             [routes.a]\nkind = \"classification\"\ntiers = [\"local\"]\n\
+             [routes.b]\nkind = \"classification\"\ntiers = [\"local\"]\n",
+            std::path::Path::new("t.toml"),
+            &|_| None,
+        )
+        .unwrap();
+        let sums = |route: &str| RouteSums {
+            route: Some(route.into()),
+            calls: 1,
+            answered: 1,
+            ..RouteSums::default()
+        };
+        let used = |route: &str, tokens| LocalTokens {
+            provider: "gpu".into(),
+            route: Some(route.into()),
+            tokens,
+        };
+        let mut summary = Summary {
+            routes: vec![sums("a"), sums("b")],
+            local_tokens: vec![used("a", 1), used("b", 3)],
+            moved: Vec::new(),
+            checks: Vec::new(),
+            contracts: Vec::new(),
+        };
+        // A day of a $300 month: $10, a quarter of it a's.
+        let window = Window {
+            from_ms: 0,
+            to_ms: DAY_MS,
+        };
+        let all = Report::build(&config, &summary, window);
+        assert_eq!(all.totals.fixed_usd, "10");
+        summary.routes.remove(1);
+        let one = Report::build(&config, &summary, window);
+        assert_eq!(one.routes[0].fixed_cost_usd, "2.5");
+        assert_eq!(one.totals.fixed_usd, "2.5");
+        assert_eq!(one.fixed[0].window_usd, "2.5");
+    }
 
     #[test]
     fn percentiles_use_nearest_rank() {
