@@ -41,7 +41,7 @@ pub struct Alerts {
     pub webhook: Option<reqwest::Url>,
 }
 
-/// `tierwise advise`'s thresholds: DESIGN.md's rules of thumb unless `[advise]` says otherwise.
+/// `tierwise advise`'s thresholds: the rules of thumb of docs/design.md unless `[advise]` says otherwise.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdviseRules {
     /// Below this many calls a day a local server's fixed cost is not paid back.

@@ -1,4 +1,4 @@
-//! The request path of `/v1/chat/completions` and `/v1/embeddings`, in the order DESIGN.md gives
+//! The request path of `/v1/chat/completions` and `/v1/embeddings`, in the order docs/design.md gives
 //! it: read the body (bounded) → read what routing needs → resolve the route → run the tier chain →
 //! answer (normalized to the route's output contract where it has one) or relay the stream (as it
 //! came; the contract's verdict is recorded at its end) → end the request in [`crate::outcome`].

@@ -1358,7 +1358,33 @@ async fn advise_gives_the_verdicts_the_rules_imply_with_reasons() {
     // server by tokens (500 of the 800 local calls a day: $53.13 of $85).
     let saving = tickets["monthly_saving_usd"].as_f64().unwrap();
     assert!((saving - 96.875).abs() < 1.0, "{tickets}");
-    says("drifting", "keep-on-API", "agrees with the API only 80.0%");
+    let drifting = says("drifting", "keep-on-API", "agrees with the API only 80.0%");
+    // A route kept on the API has no saving to show, and the JSON says so with null.
+    assert!(drifting["monthly_saving_usd"].is_null(), "{drifting}");
+    // What a verdict took as given is listed apart from what the route declared.
+    let assumed: Vec<String> = advice["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["assumed"].as_array().unwrap().clone())
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        assumed
+            .iter()
+            .any(|a| a.contains("the default (declare routes.")
+                && a.contains("latency_tolerance_ms")),
+        "{assumed:?}"
+    );
+    assert!(
+        advice["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["reasons"].as_array().unwrap())
+            .all(|reason| !reason.as_str().unwrap().starts_with("it tolerates")),
+        "an assumed tolerance among the reasons: {advice}"
+    );
     let summaries = says("summaries", "needs-evidence", "no shadow agreement yet");
     // Its API spend, $0.0001 a call × 300 × 30, is what moving would save.
     assert!(

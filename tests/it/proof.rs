@@ -320,7 +320,7 @@ async fn sqlite_ids(db: &Path, table: &str) -> Vec<String> {
 
 /// How long after its answer a request's record may still be only in memory: the writer's
 /// linger and one write, bounded by the write timeout after which the batch is spooled (see
-/// README, "Ledger"). A SIGKILL loses at most the records of requests answered this close to it.
+/// docs/failures.md, "When the database is away"). A SIGKILL loses at most the records of requests answered this close to it.
 const DURABILITY_WINDOW: Duration = Duration::from_millis(2500);
 
 /// SIGKILL under load, then a restart on the same SQLite file: it starts, the file is intact,

@@ -86,7 +86,7 @@ pub struct TestConfig(pub ConfigFile);
 impl TestConfig {
     /// A two-tier setup: `local` (and `embed_local`) on the `vllm` provider at `local_url`,
     /// `api_fast` and `api_frontier` on `openai` at `api_url`, the classification route of
-    /// DESIGN.md, `summarize` and `embed`; a fresh SQLite ledger; client key `CLIENT_KEY`.
+    /// docs/design.md, `summarize` and `embed`; a fresh SQLite ledger; client key `CLIENT_KEY`.
     pub fn two_tier(local_url: &str, api_url: &str) -> TestConfig {
         let mut file = ConfigFile::default();
         file.server.listen = Some(text("127.0.0.1:0"));
