@@ -807,7 +807,14 @@ async fn a_stream_of_several_choices_keeps_each_choices_text_apart() {
         .without_probes()
         .with(|c| {
             c.0.ledger.store_content = true;
-            c.route("summarize").shadow = Some(RawShadow::new("api_frontier", 1.0));
+            // A route of its own: the binary's metrics are shared, and the judge test counts
+            // `summarize`'s shadow checks.
+            c.add_route(
+                "several_choices",
+                tierwise::config::TaskKind::Summarization,
+                &["local", "api_fast"],
+            )
+            .shadow = Some(RawShadow::new("api_frontier", 1.0));
         });
     let gw = TestGateway::start(&config).await;
     local.update(|b| {
@@ -815,7 +822,7 @@ async fn a_stream_of_several_choices_keeps_each_choices_text_apart() {
         b.more_replies = vec!["delta epsilon zeta".into()];
     });
     api.update(|b| b.reply = "alpha beta gamma".into());
-    let mut request = chat_stream("summarize");
+    let mut request = chat_stream("several_choices");
     request["n"] = json!(2);
     let answer = Answer::of(gw.post("/v1/chat/completions", &request).await).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
@@ -837,7 +844,10 @@ async fn a_stream_of_several_choices_keeps_each_choices_text_apart() {
     // The shadow check scores choice 0, as for a whole answer: the reference says the same.
     let until = std::time::Instant::now() + Duration::from_secs(10);
     let checks = loop {
-        let summary = store.summary(0, i64::MAX, Some("summarize")).await.unwrap();
+        let summary = store
+            .summary(0, i64::MAX, Some("several_choices"))
+            .await
+            .unwrap();
         if let [checks] = &summary.checks[..]
             && checks.scored == 1
         {
