@@ -801,7 +801,7 @@ impl Report {
                         &mut out,
                         &format!("after: fixed, {}", f.provider),
                         exact(&f.window_usd),
-                        &format!(" (its {}/mo over the window)", usd(f.monthly_usd)),
+                        &format!(" (its {} a month, over the window)", usd(f.monthly_usd)),
                     );
                 }
                 if t.checks_usd != "0" {
