@@ -1178,17 +1178,11 @@ async fn eval_with_a_judge_asks_the_reference_for_a_grade_per_line() {
     assert_eq!(checks.cost.to_string(), "0.0006");
 }
 
-/// `tierwise advise` on a ledger this test writes: each route's verdict is the one the rules of
-/// thumb imply, with the reason that decided it, a saving and a break-even volume.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn advise_gives_the_verdicts_the_rules_imply_with_reasons() {
-    use tierwise::config::file::{RawProfile, RawRoute};
-    use tierwise::config::{Changes, TaskKind};
-    use tierwise::ledger::{Picodollars, Purpose, RequestRow, Store};
-
-    let ledger = tierwise_test_sqlite_url();
+/// The providers and tiers the advise tests share: a GPU server at $85 a month with the local
+/// tier, and the API tiers, on the ledger at `ledger`.
+fn advise_file(ledger: &str) -> ConfigFile {
     let mut file = ConfigFile::default();
-    file.ledger.url = Some(text(&ledger));
+    file.ledger.url = Some(text(ledger));
     let mut gpu = RawProvider::new("http://127.0.0.1:9/v1");
     gpu.fixed_monthly_usd = Some(tierwise::config::file::spanned(85.0));
     file.providers.insert(text("gpu"), gpu);
@@ -1200,6 +1194,19 @@ async fn advise_gives_the_verdicts_the_rules_imply_with_reasons() {
         .insert(text("api_fast"), RawTier::new("openai", "gpt-4o-mini"));
     file.tiers
         .insert(text("api_frontier"), RawTier::new("openai", "gpt-4o"));
+    file
+}
+
+/// `tierwise advise` on a ledger this test writes: each route's verdict is the one the rules of
+/// thumb imply, with the reason that decided it, a saving and a break-even volume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advise_gives_the_verdicts_the_rules_imply_with_reasons() {
+    use tierwise::config::file::{RawProfile, RawRoute};
+    use tierwise::config::{Changes, TaskKind};
+    use tierwise::ledger::{Picodollars, Purpose, RequestRow, Store};
+
+    let ledger = tierwise_test_sqlite_url();
+    let mut file = advise_file(&ledger);
     let mut route = |name: &str, kind: TaskKind, tiers: &[&str], profile: Option<RawProfile>| {
         let mut raw = RawRoute::new(kind, tiers);
         raw.baseline = Some(text("api_frontier"));
@@ -1414,19 +1421,7 @@ async fn advise_never_moves_a_route_alerting_or_demoted_now_and_judges_its_curre
     use tierwise::ledger::{Picodollars, Purpose, RequestRow, Store};
 
     let ledger = tierwise_test_sqlite_url();
-    let mut file = ConfigFile::default();
-    file.ledger.url = Some(text(&ledger));
-    let mut gpu = RawProvider::new("http://127.0.0.1:9/v1");
-    gpu.fixed_monthly_usd = Some(tierwise::config::file::spanned(85.0));
-    file.providers.insert(text("gpu"), gpu);
-    file.providers
-        .insert(text("openai"), RawProvider::new("http://127.0.0.1:9/v1"));
-    file.tiers
-        .insert(text("local"), RawTier::new("gpu", "mistral-7b"));
-    file.tiers
-        .insert(text("api_fast"), RawTier::new("openai", "gpt-4o-mini"));
-    file.tiers
-        .insert(text("api_frontier"), RawTier::new("openai", "gpt-4o"));
+    let mut file = advise_file(&ledger);
     for name in ["slipping", "demoted"] {
         let mut raw = RawRoute::new(TaskKind::Classification, &["local", "api_fast"]);
         raw.baseline = Some(text("api_frontier"));
