@@ -84,7 +84,8 @@ impl AllowedHosts {
             return true;
         };
         let name = host_name(host);
-        if name.parse::<std::net::IpAddr>().is_ok() {
+        // An empty `Host` is no browser's (a page always sends its name), as a missing one is not.
+        if name.is_empty() || name.parse::<std::net::IpAddr>().is_ok() {
             return true;
         }
         let name = name.trim_end_matches('.');

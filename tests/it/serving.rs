@@ -137,8 +137,10 @@ async fn a_name_rebound_to_a_loopback_gateway_is_refused_and_addresses_are_serve
         }
     }
     // The names a loopback gateway is reached by: loopback, its addresses with and without a
-    // port, IPv6 literals, and no Host at all (HTTP/1.0, never a browser).
+    // port, IPv6 literals, and no Host at all or an empty one (HTTP/1.0 or a script, never a
+    // browser).
     for host in [
+        String::new(),
         format!("localhost:{port}"),
         "LocalHost.".to_string(),
         format!("127.0.0.1:{port}"),
