@@ -132,7 +132,11 @@ impl ProviderHealth {
 
     /// Tier `tier` answered a call of `tokens` (prompt and answer): its window is at least that.
     pub fn served_tokens(&self, tier: &str, tokens: u64) {
-        if let Some(window) = self.context_windows.get(tier) {
+        // A read first: every request passes here, and most serve no more than the largest
+        // already seen, so the shared line is written only when the figure grows.
+        if let Some(window) = self.context_windows.get(tier)
+            && window.served.load(Ordering::Relaxed) < tokens
+        {
             window.served.fetch_max(tokens, Ordering::Relaxed);
         }
     }
