@@ -12,17 +12,13 @@ use super::summary::{money, money_sum};
 
 const DAY_MS: i64 = 86_400_000;
 
-/// One UTC day of one route's calls on one tier.
+/// One UTC day of one route's calls on one tier: a bucket a day long, with its day number.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DayCost {
     /// Days since 1970-01-01.
     pub day: i64,
-    pub route: Option<String>,
-    pub tier: Option<String>,
-    pub local: bool,
-    pub calls: u64,
-    pub cost_usd: String,
-    pub baseline_usd: String,
+    #[serde(flatten)]
+    pub bucket: BucketCost,
 }
 
 /// One time bucket of one route's calls on one tier.
@@ -64,12 +60,7 @@ impl Store {
             .into_iter()
             .map(|bucket| DayCost {
                 day: bucket.start_ms / DAY_MS,
-                route: bucket.route,
-                tier: bucket.tier,
-                local: bucket.local,
-                calls: bucket.calls,
-                cost_usd: bucket.cost_usd,
-                baseline_usd: bucket.baseline_usd,
+                bucket,
             })
             .collect())
     }

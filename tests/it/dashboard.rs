@@ -255,6 +255,43 @@ async fn a_young_ledger_shows_observed_figures_per_minute_and_says_why_nothing_i
         assert_eq!(answer.status, 200);
     }
     in_the_ledger(&gw, 3).await;
+    // The JSON behind the chart: minute buckets for a ledger minutes old, and the same calls per
+    // day from the older endpoint.
+    let admin = |path: &str| {
+        let request = gw
+            .http
+            .get(format!("{}{path}", gw.url))
+            .bearer_auth(ADMIN_KEY);
+        async move {
+            request
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let calls = |rows: &serde_json::Value| -> u64 {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["calls"].as_u64().unwrap())
+            .sum()
+    };
+    let costs = admin("/admin/api/costs?since=14d").await;
+    assert_eq!(
+        (costs["unit"].as_str(), costs["bucket_ms"].as_i64()),
+        (Some("minute"), Some(60_000)),
+        "{costs}"
+    );
+    assert_eq!(calls(&costs["rows"]), 3, "{costs}");
+    let daily = admin("/admin/api/daily?days=2").await;
+    assert_eq!(calls(&daily["rows"]), 3, "{daily}");
+    assert!(
+        daily["rows"][0]["day"].as_i64().unwrap() > 20_000,
+        "{daily}"
+    );
     let url = gw.url.clone();
     let dom = tokio::task::spawn_blocking(move || {
         browse(&format!("{url}/#key={ADMIN_KEY}"), &["--dump-dom"])
