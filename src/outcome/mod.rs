@@ -19,13 +19,20 @@ use crate::config::{Route, Tier};
 use crate::ledger::{Answer, AttemptRow, Priced, Pricing, RequestRow, Tokens, Uncounted};
 use crate::openai::chat::ChoiceTexts;
 use crate::openai::{Endpoint, Usage};
-use crate::route::chain::{Attempt, ServedBy, Unserved};
+use crate::route::chain::{Attempt, Called, ServedBy, Unserved};
 use crate::upstream::UpstreamErrorKind;
 
 pub use dispatch::Dispatcher;
 
 /// How the ledger names a request whose client went away before its answer.
 pub const CLIENT_CLOSED: &str = "client_closed";
+
+/// How the ledger names a request still running when `server.shutdown_grace_ms` ran out (its
+/// client had left, or is cut off with it): what it cost is unknown.
+pub const CUT_AT_SHUTDOWN: &str = "cut_at_shutdown";
+
+/// How the ledger names a request the gateway failed while serving (a bug: see its log).
+pub const GATEWAY_FAILED: &str = "gateway_failed";
 
 /// A finished request as everything downstream of the request path receives it.
 #[derive(Debug)]
@@ -110,6 +117,8 @@ impl Outcomes {
             started: Instant::now(),
             start,
             client_left: false,
+            called: Called::default(),
+            ended: false,
         }
     }
 }
@@ -189,6 +198,9 @@ pub struct Exchange {
     start: Start,
     /// The client went away before its answer was ready.
     client_left: bool,
+    called: Called,
+    /// [`Exchange::end`] ran: dropped before it, the request was cut off (see `Drop`).
+    ended: bool,
 }
 
 impl Exchange {
@@ -231,10 +243,13 @@ impl Exchange {
         self.started.elapsed().as_micros() as i64
     }
 
-    /// The one place a request ends: its outcome, ready to be delivered.
-    pub fn end(self, ending: Ending<'_>) -> Ended {
-        let latency_us = self.elapsed_us();
-        let store_content = self.outcomes.store_content;
+    /// Where the chain notes each tier it calls.
+    pub fn called(&self) -> &Called {
+        &self.called
+    }
+
+    /// The row as far as the request's start and its latency tell it.
+    fn row(&self, latency_us: i64) -> RequestRow {
         let start = &self.start;
         let mut request = RequestRow::new(
             start.id.clone(),
@@ -245,7 +260,20 @@ impl Exchange {
         request.stream = start.stream;
         request.latency_us = latency_us;
         request.client_key = start.client_key.clone();
-        request.prompt = store_content.then(|| stored_text(&start.body));
+        request.prompt = self
+            .outcomes
+            .store_content
+            .then(|| stored_text(&start.body));
+        request
+    }
+
+    /// The one place a request ends: its outcome, ready to be delivered.
+    pub fn end(mut self, ending: Ending<'_>) -> Ended {
+        self.ended = true;
+        let latency_us = self.elapsed_us();
+        let store_content = self.outcomes.store_content;
+        let start = &self.start;
+        let mut request = self.row(latency_us);
         let mut sample = None;
         let upstream_us = |attempts: &[Attempt]| {
             Some(attempts.iter().map(|a| a.latency.as_micros() as i64).sum())
@@ -329,7 +357,7 @@ impl Exchange {
                 upstream_us: upstream,
             },
             sample,
-            outcomes: self.outcomes,
+            outcomes: self.outcomes.clone(),
         }
     }
 
@@ -352,6 +380,52 @@ impl Exchange {
             }),
             answer: answer(),
         })
+    }
+}
+
+/// A request dropped before its end: its serving thread was stopped at the end of
+/// `server.shutdown_grace_ms` (a request whose client had left, still waiting on its upstream), or
+/// the gateway failed it (a panic, answered 500). It is recorded with what is known — who asked,
+/// for what, how long it ran, and the tier it last called, whose cost is unknown (the report counts
+/// it unpriced) — rather than vanish from the ledger.
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let mut request = self.row(self.elapsed_us());
+        let (status, kind) = if std::thread::panicking() {
+            (500, GATEWAY_FAILED)
+        } else {
+            (499, CUT_AT_SHUTDOWN)
+        };
+        request.status = status;
+        request.error_kind = Some(kind.to_string());
+        match self.called.last() {
+            Some(tier) => {
+                request.tier = Some(tier.name.clone());
+                request.provider = Some(tier.provider.name.clone());
+                request.model = Some(tier.model.clone());
+                request.local = tier.is_local();
+            }
+            None => request.cost_pusd = Some(Default::default()),
+        }
+        tracing::warn!(
+            request_id = %request.id,
+            tier = request.tier.as_deref().unwrap_or("-"),
+            "request recorded as {kind}: it ended before its answer"
+        );
+        Ended {
+            outcome: Outcome {
+                request,
+                attempts: Vec::new(),
+                to_count: None,
+                upstream_us: None,
+            },
+            sample: None,
+            outcomes: self.outcomes.clone(),
+        }
+        .deliver_detached();
     }
 }
 
@@ -455,4 +529,83 @@ fn attempt_rows(request_id: &str, attempts: &[Attempt]) -> Vec<AttemptRow> {
             latency_us: attempt.latency.as_micros() as i64,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn config() -> Config {
+        Config::parse(
+            include_str!("../../examples/tierwise.toml"),
+            std::path::Path::new("examples/tierwise.toml"),
+            &|_| None,
+        )
+        .unwrap()
+    }
+
+    fn outcomes() -> (Outcomes, mpsc::Receiver<Outcome>) {
+        let (sender, receiver) = mpsc::channel(4);
+        let pricing = Arc::new(Pricing::new(&config()));
+        (Outcomes::new(sender, pricing, false), receiver)
+    }
+
+    fn start() -> Start {
+        Start {
+            id: "req-1".into(),
+            endpoint: Endpoint::ChatCompletions,
+            stream: false,
+            route: None,
+            client_key: None,
+            body: Bytes::from_static(b"{}"),
+            sampled: false,
+        }
+    }
+
+    #[test]
+    fn a_request_the_gateway_fails_is_recorded_as_failed_not_lost() {
+        let (outcomes, mut receiver) = outcomes();
+        let exchange = outcomes.begin(start());
+        let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _exchange = exchange;
+            panic!("a bug in the request path");
+        }));
+        assert!(failed.is_err());
+        let outcome = receiver.try_recv().expect("the failed request is recorded");
+        assert_eq!(
+            (
+                outcome.request.status,
+                outcome.request.error_kind.as_deref()
+            ),
+            (500, Some(GATEWAY_FAILED))
+        );
+        // No upstream call was made: nothing can have been charged.
+        assert_eq!(outcome.request.cost_pusd, Some(Default::default()));
+    }
+
+    #[test]
+    fn a_request_that_ends_is_recorded_once() {
+        let (outcomes, mut receiver) = outcomes();
+        let exchange = outcomes.begin(start());
+        let failure = Unserved {
+            tier: config().tiers[0].clone(),
+            error: crate::upstream::UpstreamError::new_detail(
+                UpstreamErrorKind::BreakerOpen,
+                "open".into(),
+            ),
+            attempts: Vec::new(),
+            fallback: None,
+        };
+        let ended = exchange.end(Ending::Unserved {
+            status: 503,
+            failure: &failure,
+        });
+        ended.deliver_detached();
+        assert_eq!(receiver.try_recv().unwrap().request.status, 503);
+        assert!(
+            receiver.try_recv().is_err(),
+            "an ended request is not cut too"
+        );
+    }
 }

@@ -67,6 +67,24 @@ impl Unserved {
     }
 }
 
+/// The tier a request last sent an upstream call to, for the record of a request cut off before
+/// its end (a shutdown's grace ran out): that call may have been charged for. Written once per
+/// call and read only when a request is cut, so its lock is never contended.
+#[derive(Debug, Default)]
+pub struct Called(std::sync::Mutex<Option<Arc<Tier>>>);
+
+impl Called {
+    fn set(&self, tier: &Arc<Tier>) {
+        if let Ok(mut called) = self.0.lock() {
+            *called = Some(tier.clone());
+        }
+    }
+
+    pub fn last(&self) -> Option<Arc<Tier>> {
+        self.0.lock().ok().and_then(|called| called.clone())
+    }
+}
+
 /// A prompt up to this long is counted where the request runs (~0.3 ms); a longer one on the
 /// blocking pool.
 const COUNT_HERE_BYTES: usize = 16 * 1024;
@@ -81,6 +99,7 @@ pub struct ChainRun<'a> {
     pub primary_demoted: bool,
     /// Named in the log when a tier's refusal teaches its context window.
     pub request_id: &'a str,
+    pub called: &'a Called,
 }
 
 impl ChainRun<'_> {
@@ -220,6 +239,7 @@ impl ChainRun<'_> {
     ) -> Result<Served, UpstreamError> {
         let mut retried = false;
         loop {
+            self.called.set(&step.tier);
             let started = Instant::now();
             let result = self
                 .upstreams

@@ -150,6 +150,7 @@ async fn proxy(
             .as_ref()
             .is_some_and(|route| app.watches.demoted(route)),
         request_id: exchange.id(),
+        called: exchange.called(),
     };
     let result = run.run(&request).await;
     if client.gone() {
