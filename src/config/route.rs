@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::budget::Budget;
 use super::file::{ConfigFile, RawRoute, RawShadow, Text};
 use super::kinds::{
     AllOpen, Changes, OnDrift, OnProof, QualityBar, ScorerKind, TaskKind, ToolCalling,
@@ -28,6 +29,8 @@ pub struct Route {
     pub profile: Profile,
     /// Default: [`AllOpen::TryPrimary`].
     pub when_all_open: AllOpen,
+    /// What the route's API calls may cost a month.
+    pub budget: Option<Budget>,
 }
 
 /// One tier in a route's chain, with what the route changes about calls to it.
@@ -166,6 +169,10 @@ impl Resolver<'_> {
                     changes: p.changes.is_some(),
                 }),
         };
+        let budget = raw
+            .budget
+            .as_ref()
+            .and_then(|budget| self.budget(budget, &format!("{key}.budget")));
         if !self.clean() {
             return None;
         }
@@ -178,6 +185,7 @@ impl Resolver<'_> {
             shadow,
             profile,
             when_all_open: raw.when_all_open.unwrap_or_default(),
+            budget,
         })
     }
 
