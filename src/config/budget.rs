@@ -21,10 +21,72 @@ pub struct Budget {
     pub alert_at: f64,
 }
 
+/// What a budget covers.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BudgetScope {
+    /// Every API call (`[budget]`).
+    All,
+    /// The calls of one route (`routes.<name>.budget`).
+    Route(String),
+    /// The calls made with one named key (`keys.<name>.budget`).
+    Key(String),
+}
+
+impl BudgetScope {
+    /// `all`, `route` or `key`, as stored.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BudgetScope::All => "all",
+            BudgetScope::Route(_) => "route",
+            BudgetScope::Key(_) => "key",
+        }
+    }
+
+    /// The route's or key's name; empty for all API spend.
+    pub fn name(&self) -> &str {
+        match self {
+            BudgetScope::All => "",
+            BudgetScope::Route(name) | BudgetScope::Key(name) => name,
+        }
+    }
+
+    pub fn from_parts(kind: &str, name: &str) -> Option<BudgetScope> {
+        match kind {
+            "all" => Some(BudgetScope::All),
+            "route" => Some(BudgetScope::Route(name.to_string())),
+            "key" => Some(BudgetScope::Key(name.to_string())),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for BudgetScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BudgetScope::All => f.write_str("all API spend"),
+            BudgetScope::Route(name) => write!(f, "route {name}"),
+            BudgetScope::Key(name) => write!(f, "key {name}"),
+        }
+    }
+}
+
 impl Budget {
     pub const DEFAULT_ALERT_AT: f64 = 0.8;
     /// Nine million dollars: about the most a 64-bit count of picodollars holds.
     pub const MAX_USD: f64 = 9_000_000.0;
+}
+
+impl super::Config {
+    /// Every budget configured, all API spend first, then the routes' in order.
+    pub fn budgets(&self) -> impl Iterator<Item = (BudgetScope, Budget)> + '_ {
+        let all = self.budget.map(|budget| (BudgetScope::All, budget));
+        let routes = self.routes.iter().filter_map(|route| {
+            route
+                .budget
+                .map(|budget| (BudgetScope::Route(route.name.clone()), budget))
+        });
+        all.into_iter().chain(routes)
+    }
 }
 
 impl Resolver<'_> {

@@ -22,7 +22,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use budget::Budget;
+pub use budget::{Budget, BudgetScope};
 pub use error::{ConfigError, ConfigIssue};
 pub use kinds::{
     AllOpen, Changes, OnDrift, OnExhausted, OnProof, QualityBar, ScorerKind, TaskKind, ToolCalling,

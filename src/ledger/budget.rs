@@ -15,6 +15,7 @@ use super::price::Picodollars;
 use super::row::{LedgerRow, ledger_row};
 use super::store::{LedgerError, Store};
 use super::summary::{money, money_sum};
+use crate::config::BudgetScope as Scope;
 
 /// A calendar month in UTC, numbered from January 1970.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -67,55 +68,6 @@ impl fmt::Display for Month {
     }
 }
 
-/// What a budget covers.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Scope {
-    /// Every API call (`[budget]`).
-    All,
-    /// The calls of one route (`routes.<name>.budget`).
-    Route(String),
-    /// The calls made with one named key (`keys.<name>.budget`).
-    Key(String),
-}
-
-impl Scope {
-    /// `all`, `route` or `key`, as stored.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Scope::All => "all",
-            Scope::Route(_) => "route",
-            Scope::Key(_) => "key",
-        }
-    }
-
-    /// The route's or key's name; empty for all API spend.
-    pub fn name(&self) -> &str {
-        match self {
-            Scope::All => "",
-            Scope::Route(name) | Scope::Key(name) => name,
-        }
-    }
-
-    pub fn from_parts(kind: &str, name: &str) -> Option<Scope> {
-        match kind {
-            "all" => Some(Scope::All),
-            "route" => Some(Scope::Route(name.to_string())),
-            "key" => Some(Scope::Key(name.to_string())),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Scope::All => f.write_str("all API spend"),
-            Scope::Route(name) => write!(f, "route {name}"),
-            Scope::Key(name) => write!(f, "key {name}"),
-        }
-    }
-}
-
 /// Amounts of one month by what they cover: in all, per route, per key name.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ByScope {
@@ -163,21 +115,20 @@ impl MonthSpend {
     }
 }
 
-/// How an adjustment changed a month's spend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AdjustmentKind {
-    /// The spend set back to zero.
+/// What a correction does to a month's spend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Sets it back to zero: takes off what the ledger holds (calls and earlier corrections).
     Reset,
-    /// An amount added or taken off.
-    Adjust,
+    /// Adds an amount (negative: takes it off).
+    Add(Picodollars),
 }
 
-impl AdjustmentKind {
+impl Change {
     pub fn as_str(self) -> &'static str {
         match self {
-            AdjustmentKind::Reset => "reset",
-            AdjustmentKind::Adjust => "adjust",
+            Change::Reset => "reset",
+            Change::Add(_) => "adjust",
         }
     }
 }
@@ -212,28 +163,10 @@ ledger_row! {
 pub struct Correction<'a> {
     pub month: Month,
     pub scope: &'a Scope,
-    pub kind: AdjustmentKind,
-    pub delta: Picodollars,
-    pub spent_before: Picodollars,
+    pub change: Change,
     pub reason: &'a str,
+    /// `cli` and the user, or `admin` and the key's fingerprint.
     pub actor: &'a str,
-}
-
-impl AdjustmentRow {
-    pub fn new(ts_ms: i64, correction: Correction<'_>) -> AdjustmentRow {
-        AdjustmentRow {
-            id: uuid::Uuid::now_v7().to_string(),
-            ts_ms,
-            month: correction.month.to_string(),
-            scope: correction.scope.kind().to_string(),
-            name: correction.scope.name().to_string(),
-            kind: correction.kind.as_str().to_string(),
-            delta_pusd: correction.delta.0,
-            spent_before_pusd: correction.spent_before.0,
-            reason: correction.reason.to_string(),
-            actor: correction.actor.to_string(),
-        }
-    }
 }
 
 /// The level of a budget alert: its `alert_at` share, or the whole budget.
@@ -317,10 +250,35 @@ impl Store {
         Ok(spend)
     }
 
-    /// Stores a correction of a month's spend.
-    pub async fn record_adjustment(&self, row: &AdjustmentRow) -> Result<(), LedgerError> {
-        self.insert_one(row).await?;
-        Ok(())
+    /// Corrects a month's spend against a budget and returns the audit row it wrote. A reset
+    /// takes off what the ledger holds at this moment; calls still on their way to it count after.
+    pub async fn correct_budget(
+        &self,
+        now_ms: i64,
+        correction: &Correction<'_>,
+    ) -> Result<AdjustmentRow, LedgerError> {
+        let before = self
+            .month_spend(correction.month, i64::MAX)
+            .await?
+            .total(correction.scope);
+        let delta = match correction.change {
+            Change::Reset => Picodollars(-before.0),
+            Change::Add(amount) => amount,
+        };
+        let row = AdjustmentRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            ts_ms: now_ms,
+            month: correction.month.to_string(),
+            scope: correction.scope.kind().to_string(),
+            name: correction.scope.name().to_string(),
+            kind: correction.change.as_str().to_string(),
+            delta_pusd: delta.0,
+            spent_before_pusd: before.0,
+            reason: correction.reason.to_string(),
+            actor: correction.actor.to_string(),
+        };
+        self.insert_one(&row).await?;
+        Ok(row)
     }
 
     /// A month's corrections, oldest first.
@@ -416,19 +374,26 @@ mod tests {
         ];
         let rows: Vec<&RequestRow> = rows.iter().collect();
         store.insert(&rows, &[]).await.unwrap();
-        let adjust = AdjustmentRow::new(
-            start + 20,
-            Correction {
-                month,
-                scope: &Scope::Route("a".into()),
-                kind: AdjustmentKind::Adjust,
-                delta: Picodollars(-450),
-                spent_before: Picodollars(500),
-                reason: "mispriced",
-                actor: "cli",
-            },
+        let route = Scope::Route("a".into());
+        let correct = |change| Correction {
+            month,
+            scope: &route,
+            change,
+            reason: "mispriced",
+            actor: "cli",
+        };
+        let adjust = store
+            .correct_budget(start + 20, &correct(Change::Add(Picodollars(-450))))
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                adjust.delta_pusd,
+                adjust.spent_before_pusd,
+                adjust.kind.as_str()
+            ),
+            (-450, 500, "adjust")
         );
-        store.record_adjustment(&adjust).await.unwrap();
         let spend = store.month_spend(month, i64::MAX).await.unwrap();
         assert_eq!(spend.calls.all, Picodollars(518));
         assert_eq!(spend.calls.of(&Scope::Route("a".into())), Picodollars(500));
@@ -436,9 +401,25 @@ mod tests {
         assert_eq!(spend.total(&Scope::Route("b".into())), Picodollars(7));
         assert_eq!(spend.total(&Scope::All), Picodollars(518));
         assert_eq!(spend.first_ms, Some(start));
-        assert_eq!(store.adjustments(month).await.unwrap(), vec![adjust]);
         let early = store.month_spend(month, start + 6).await.unwrap();
         assert_eq!(early.calls.all, Picodollars(500));
+        let reset = store
+            .correct_budget(start + 30, &correct(Change::Reset))
+            .await
+            .unwrap();
+        assert_eq!((reset.delta_pusd, reset.spent_before_pusd), (-50, 50));
+        let spend = store.month_spend(month, i64::MAX).await.unwrap();
+        assert_eq!(spend.total(&route), Picodollars(0));
+        assert_eq!(
+            spend.total(&Scope::All),
+            Picodollars(518),
+            "only the route's"
+        );
+        assert_eq!(
+            store.adjustments(month).await.unwrap(),
+            vec![adjust, reset],
+            "every correction is kept"
+        );
     }
 
     #[tokio::test]
