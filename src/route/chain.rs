@@ -13,6 +13,7 @@ use http::StatusCode;
 
 use crate::config::{Abilities, AllOpen, ChainTier, Tier};
 use crate::health::{Health, Lease};
+use crate::limits::Skips;
 use crate::openai::RequestBody;
 use crate::upstream::{Lack, Reply, UpstreamError, UpstreamErrorKind, Upstreams};
 
@@ -97,6 +98,8 @@ pub struct ChainRun<'a> {
     pub when_all_open: AllOpen,
     /// The route's quality monitor demoted its primary: it is tried last, not first.
     pub primary_demoted: bool,
+    /// The tiers admission passed over for this request: never called, not even as a last resort.
+    pub skips: &'a Skips,
     /// Named in the log when a tier's refusal teaches its context window.
     pub request_id: &'a str,
     pub called: &'a Called,
@@ -112,7 +115,13 @@ impl ChainRun<'_> {
                     "its answers fell below the route's agreement bar; it is tried last".into(),
                 )
             });
-            let skip = match demoted.or_else(|| lacking(step, body)) {
+            let skipped = self.skips.reason(&step.tier).map(|reason| {
+                UpstreamError::new_detail(
+                    UpstreamErrorKind::Skipped(reason),
+                    format!("passed over at admission ({reason})"),
+                )
+            });
+            let skip = match skipped.or(demoted).or_else(|| lacking(step, body)) {
                 Some(error) => Some(error),
                 None => self.too_long_for(step, body).await,
             };

@@ -41,6 +41,9 @@ pub enum UpstreamErrorKind {
     RateLimited,
     /// Not called first: the route's quality monitor demoted this tier (`shadow.on_drift`).
     Demoted,
+    /// Not called: admission passed over it for this request, for the reason given
+    /// (`budget_spent`); see [`crate::limits::Skips`].
+    Skipped(&'static str),
 }
 
 /// What a request needed that a tier lacks.
@@ -186,6 +189,7 @@ impl UpstreamError {
             UpstreamErrorKind::Saturated => "saturated".into(),
             UpstreamErrorKind::RateLimited => "rate_limited".into(),
             UpstreamErrorKind::Demoted => "quality_demoted".into(),
+            UpstreamErrorKind::Skipped(reason) => reason.into(),
         }
     }
 
@@ -211,6 +215,7 @@ impl UpstreamError {
                 UpstreamErrorKind::ContextTooLong
                     | UpstreamErrorKind::Lacks(_)
                     | UpstreamErrorKind::Demoted
+                    | UpstreamErrorKind::Skipped(_)
             )
     }
 
