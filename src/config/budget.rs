@@ -2,14 +2,9 @@
 //! route (`routes.<name>.budget`) or of a named key — what a request meets once one is spent
 //! (`on_exhausted`), and the share at which it first alerts.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
-use super::file::{ConfigFile, RawBudget};
+use super::file::RawBudget;
 use super::kinds::OnExhausted;
-use super::price::{Price, has_price};
 use super::resolver::Resolver;
-use super::{Route, Tier};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Budget {
@@ -127,68 +122,5 @@ impl Resolver<'_> {
                 .map_or(OnExhausted::default(), |value| *value.get_ref()),
             alert_at: alert_at?,
         })
-    }
-
-    /// A budget is held by pricing each call: one over a tier whose model has no price could never
-    /// be spent. Warns where a route has no local tier to fall back to once its budget is spent.
-    pub(super) fn budget_prices(
-        &mut self,
-        file: &ConfigFile,
-        routes: &[Arc<Route>],
-        tiers: &[Arc<Tier>],
-        prices: &BTreeMap<String, Price>,
-    ) {
-        let unpriced = |tier: &&Arc<Tier>| !tier.is_local() && !has_price(&tier.model, prices);
-        let listed = |tiers: Vec<&Arc<Tier>>| {
-            tiers
-                .iter()
-                .map(|tier| format!("{} ({:?})", tier.name, tier.model))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        if let Some(raw) = &file.budget {
-            let missing: Vec<&Arc<Tier>> = tiers.iter().filter(unpriced).collect();
-            if !missing.is_empty() {
-                self.issue_at(
-                    raw.monthly_usd.span().start,
-                    "budget.monthly_usd",
-                    &format!(
-                        "cannot be held: tiers {} call models with no known price; add [prices.\"<model>\"] for each, or fixed_monthly_usd on their provider if it is not billed per token",
-                        listed(missing)
-                    ),
-                );
-            }
-        }
-        for route in routes {
-            let Some(raw) = file
-                .routes
-                .get(route.name.as_str())
-                .and_then(|raw| raw.budget.as_ref())
-            else {
-                continue;
-            };
-            let key = format!("routes.{}.budget", route.name);
-            let chain: Vec<&Arc<Tier>> = route.chain.iter().map(|step| &step.tier).collect();
-            let missing: Vec<&Arc<Tier>> = chain.iter().copied().filter(unpriced).collect();
-            if !missing.is_empty() {
-                self.issue_at(
-                    raw.monthly_usd.span().start,
-                    &format!("{key}.monthly_usd"),
-                    &format!(
-                        "cannot be held: tiers {} call models with no known price; add [prices.\"<model>\"] for each, or fixed_monthly_usd on their provider if it is not billed per token",
-                        listed(missing)
-                    ),
-                );
-            }
-            let on_exhausted = raw.on_exhausted.as_ref().map(|value| *value.get_ref());
-            if on_exhausted != Some(OnExhausted::Reject)
-                && !chain.iter().any(|tier| tier.is_local())
-            {
-                self.warnings.push(format!(
-                    "{key}: route {} has no local tier, so once its budget is spent it answers 429 insufficient_quota; add a local tier to its chain to keep serving, or set on_exhausted = \"reject\" to say so",
-                    route.name
-                ));
-            }
-        }
     }
 }

@@ -1,14 +1,18 @@
 //! `[prices."model"]`: USD per million tokens that extend and override the built-in price table
-//! ([`crate::ledger::price`]).
+//! ([`crate::ledger::price`]); and what needs a price to be held: a shadow check's reference, a
+//! budget's API tiers.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::Route;
+use std::sync::Arc;
+
 use super::file::{ConfigFile, RawPrice, Text};
+use super::kinds::OnExhausted;
 use super::resolver::Resolver;
+use super::{Route, Tier};
 
 /// USD per million tokens (input, cached input, output) of current OpenAI models.
 pub const BUILT_IN_PRICES: &[(&str, f64, Option<f64>, f64)] = &[
@@ -90,7 +94,7 @@ impl Resolver<'_> {
     pub(super) fn shadow_prices(
         &mut self,
         file: &ConfigFile,
-        routes: &[std::sync::Arc<Route>],
+        routes: &[Arc<Route>],
         prices: &BTreeMap<String, Price>,
     ) {
         for route in routes {
@@ -112,6 +116,69 @@ impl Resolver<'_> {
                         tier.name, tier.model, tier.model
                     ),
                 );
+            }
+        }
+    }
+
+    /// A budget is held by pricing each call: one over a tier whose model has no price could never
+    /// be spent. Warns where a route has no local tier to fall back to once its budget is spent.
+    pub(super) fn budget_prices(
+        &mut self,
+        file: &ConfigFile,
+        routes: &[Arc<Route>],
+        tiers: &[Arc<Tier>],
+        prices: &BTreeMap<String, Price>,
+    ) {
+        let unpriced = |tier: &&Arc<Tier>| !tier.is_local() && !has_price(&tier.model, prices);
+        let listed = |tiers: Vec<&Arc<Tier>>| {
+            tiers
+                .iter()
+                .map(|tier| format!("{} ({:?})", tier.name, tier.model))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if let Some(raw) = &file.budget {
+            let missing: Vec<&Arc<Tier>> = tiers.iter().filter(unpriced).collect();
+            if !missing.is_empty() {
+                self.issue_at(
+                    raw.monthly_usd.span().start,
+                    "budget.monthly_usd",
+                    &format!(
+                        "cannot be held: tiers {} call models with no known price; add [prices.\"<model>\"] for each, or fixed_monthly_usd on their provider if it is not billed per token",
+                        listed(missing)
+                    ),
+                );
+            }
+        }
+        for route in routes {
+            let Some(raw) = file
+                .routes
+                .get(route.name.as_str())
+                .and_then(|raw| raw.budget.as_ref())
+            else {
+                continue;
+            };
+            let key = format!("routes.{}.budget", route.name);
+            let chain: Vec<&Arc<Tier>> = route.chain.iter().map(|step| &step.tier).collect();
+            let missing: Vec<&Arc<Tier>> = chain.iter().copied().filter(unpriced).collect();
+            if !missing.is_empty() {
+                self.issue_at(
+                    raw.monthly_usd.span().start,
+                    &format!("{key}.monthly_usd"),
+                    &format!(
+                        "cannot be held: tiers {} call models with no known price; add [prices.\"<model>\"] for each, or fixed_monthly_usd on their provider if it is not billed per token",
+                        listed(missing)
+                    ),
+                );
+            }
+            let on_exhausted = raw.on_exhausted.as_ref().map(|value| *value.get_ref());
+            if on_exhausted != Some(OnExhausted::Reject)
+                && !chain.iter().any(|tier| tier.is_local())
+            {
+                self.warnings.push(format!(
+                    "{key}: route {} has no local tier, so once its budget is spent it answers 429 insufficient_quota; add a local tier to its chain to keep serving, or set on_exhausted = \"reject\" to say so",
+                    route.name
+                ));
             }
         }
     }

@@ -47,7 +47,7 @@ impl<'a> Resolver<'a> {
             .budget
             .as_ref()
             .and_then(|budget| self.budget(budget, "budget"));
-        let all_tiers: Vec<Arc<super::Tier>> = tiers.values().cloned().collect();
+        let all_tiers: Vec<_> = tiers.values().cloned().collect();
         self.budget_prices(&file, &routes, &all_tiers, &prices);
         let alerts = self.alerts(&file.alerts);
         let advise = self.advise(&file.advise);

@@ -7,10 +7,15 @@
 //!   with tiers its chain must pass over ([`Skips`]: each shows as a skipped attempt with its
 //!   reason, in `x-tierwise-fallback` and the attempt rows).
 //!
+//! The monthly budgets ([`budget`]) hold each request's worst-case cost against every budget that
+//! applies; one that cannot hold it passes over the API tiers (`budget_spent`) or refuses the
+//! request (429 `insufficient_quota`).
+//!
 //! The reservation mechanism ([`Reservation`], [`Meter`]) is the one every limit uses, the shadow
 //! checks' daily budget ([`crate::quality::watch`]) included. Limits do not know how a request
 //! ends: [`crate::outcome`] settles the hold as one of the consumers of a finished request.
 
+pub mod budget;
 mod reservation;
 
 use std::sync::Arc;
@@ -18,23 +23,69 @@ use std::sync::Arc;
 use crate::config::{ChainTier, ClientKey, Config, Route, Tier};
 use crate::openai::RequestBody;
 
+pub use budget::{Budgets, Clock, Crossing, Spent};
 pub use reservation::{Hold, Meter, Reservation, Unit, Used};
 
 /// The limits' state for the life of the process, shared by every serving thread.
-#[derive(Debug, Default)]
-pub struct Limits {}
+pub struct Limits {
+    budgets: Arc<Budgets>,
+}
 
 impl Limits {
-    pub fn new(_config: &Config) -> Limits {
-        Limits {}
+    pub fn new(config: &Config) -> Limits {
+        Limits::with_clock(config, Clock::system())
+    }
+
+    /// Budgets read the month from `clock` (a test moves it across a month's end).
+    pub fn with_clock(config: &Config, clock: Clock) -> Limits {
+        Limits {
+            budgets: Arc::new(Budgets::new(config, clock)),
+        }
+    }
+
+    pub fn budgets(&self) -> &Arc<Budgets> {
+        &self.budgets
     }
 
     /// Decides whether `ask` may go on. Called on the request path once per request: reads and
     /// updates counters, never waits.
-    pub fn admit(&self, _ask: &Ask<'_>) -> Admission {
-        Admission::Admitted(Admitted::default())
+    pub fn admit(&self, ask: &Ask<'_>) -> Admission {
+        let mut admitted = Admitted::default();
+        let verdict = self.budgets.admit(&budget::Spending {
+            route: ask.route.map(|route| &**route),
+            key: None,
+            chain: ask.chain,
+            request: ask.request,
+            primary_demoted: ask.primary_demoted,
+        });
+        match verdict {
+            budget::Verdict::Held(reservations) => {
+                for reservation in reservations {
+                    admitted.hold.add(reservation);
+                }
+            }
+            budget::Verdict::Moved { demoted_too } => {
+                admitted.skips.add(Skip {
+                    which: Which::ApiTiers,
+                    reason: BUDGET_SPENT,
+                });
+                if let (true, Some(primary)) = (demoted_too, ask.chain.first()) {
+                    admitted.skips.add(Skip {
+                        which: Which::Tier(primary.tier.clone()),
+                        reason: "quality_demoted",
+                    });
+                }
+            }
+            budget::Verdict::Refused(spent) => {
+                return Admission::Refused(Refusal::BudgetSpent(spent));
+            }
+        }
+        Admission::Admitted(admitted)
     }
 }
+
+/// Why a tier was passed over for a budget, in `x-tierwise-fallback` and the attempt rows.
+pub const BUDGET_SPENT: &str = "budget_spent";
 
 /// What admission knows of a request.
 pub struct Ask<'a> {
@@ -45,6 +96,8 @@ pub struct Ask<'a> {
     /// The tiers the chain will try, in order.
     pub chain: &'a [ChainTier],
     pub request: &'a RequestBody<'a>,
+    /// The route's shadow check has demoted its primary tier (it is tried last).
+    pub primary_demoted: bool,
 }
 
 /// What admission decided.
@@ -68,37 +121,47 @@ pub struct Admitted {
 /// Why a request is answered without running its chain; [`crate::server`] turns each into its
 /// OpenAI-shaped error.
 #[derive(Debug)]
-pub enum Refusal {}
+pub enum Refusal {
+    /// A budget cannot hold the request and nothing may serve instead: 429 `insufficient_quota`.
+    BudgetSpent(Box<Spent>),
+}
 
 impl Refusal {
     /// The HTTP status the client gets, as the ledger records it.
     pub fn status(&self) -> u16 {
-        match *self {}
+        match self {
+            Refusal::BudgetSpent(_) => 429,
+        }
     }
 
     /// The short reason the ledger's `error_kind` keeps.
     pub fn reason(&self) -> &'static str {
-        match *self {}
+        match self {
+            Refusal::BudgetSpent(_) => "insufficient_quota",
+        }
     }
 }
 
 /// Which tiers a [`Skip`] passes over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Which {
     /// Every tier that is not local: the ones a provider bills for.
     ApiTiers,
+    /// One tier.
+    Tier(Arc<Tier>),
 }
 
 impl Which {
-    fn covers(self, tier: &Tier) -> bool {
+    fn covers(&self, tier: &Tier) -> bool {
         match self {
             Which::ApiTiers => !tier.is_local(),
+            Which::Tier(one) => std::ptr::eq(&**one, tier),
         }
     }
 }
 
 /// Tiers passed over and why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Skip {
     pub which: Which,
     /// What the attempt row and `x-tierwise-fallback` show, e.g. `budget_spent`.
