@@ -482,7 +482,7 @@ async fn budget(action: BudgetAction) -> anyhow::Result<ExitCode> {
         "{scope}, {month}: spend ${before} -> ${after} ({} recorded as audit row {}); a running gateway takes it up within {}s",
         row.kind,
         row.id,
-        tierwise::quality::watch::RESYNC.as_secs()
+        tierwise::limits::budget::RESYNC.as_secs()
     );
     Ok(ExitCode::SUCCESS)
 }
