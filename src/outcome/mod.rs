@@ -156,6 +156,8 @@ pub struct Start {
     pub route: Option<Arc<Route>>,
     /// The client key's fingerprint, never the key.
     pub client_key: Option<String>,
+    /// The client key's name (`keys.NAME`), never the key.
+    pub key_name: Option<String>,
     /// The client's body: counted where the upstream reports no usage, stored with
     /// `ledger.store_content = true`.
     pub body: Bytes,
@@ -288,6 +290,7 @@ impl Exchange {
         request.stream = start.stream;
         request.latency_us = latency_us;
         request.client_key = start.client_key.clone();
+        request.key_name = start.key_name.clone();
         request.prompt = store_content.then(|| stored_text(&start.body));
         let mut sample = None;
         let upstream_us = |attempts: &[Attempt]| {

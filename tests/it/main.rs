@@ -19,6 +19,7 @@ mod metrics;
 mod proof;
 mod proxy;
 mod quality;
+mod rate_limits;
 mod scoring;
 mod serving;
 mod shadow_budget;
