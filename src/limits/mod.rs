@@ -161,6 +161,16 @@ impl Limits {
         }
     }
 
+    /// Where the counts are judged, as `/readyz` says it: `memory` (no `limits.store`), `shared`,
+    /// or `down` (the store is unreachable; each replica judges from its own memory).
+    pub fn store_status(&self) -> &'static str {
+        match &self.shared {
+            None => "memory",
+            Some(store) if store.is_up() => "shared",
+            Some(_) => "down",
+        }
+    }
+
     /// Decides whether `ask` may go on. Called on the request path once per request: reads and
     /// updates counters without a lock; with a shared store, one round trip to it, bounded by
     /// `limits.store_timeout_ms`.

@@ -23,6 +23,7 @@ mod rate_limits;
 mod scoring;
 mod serving;
 mod shadow_budget;
+mod shared_limits;
 mod soak;
 mod spool;
 mod util;
