@@ -111,6 +111,7 @@ async fn one_keys_traffic_never_consumes_another_keys_limit_nor_the_routes() {
     let (_local, _api, gw) = gateway(|c| {
         key(c, "noisy", Some(2), None);
         key(c, "quiet", Some(2), None);
+        key(c, "roomy", Some(3), None);
         c.add_route("shared_rpm", TaskKind::Chat, &["local"]).rpm = Some(spanned(4));
     })
     .await;
@@ -133,6 +134,20 @@ async fn one_keys_traffic_never_consumes_another_keys_limit_nor_the_routes() {
     let other = Answer::of(other).await;
     let message = other.error(429, Some("rate_limit_exceeded"));
     assert!(message.contains("route 'shared_rpm'"), "{message}");
+    // A key with room of its own, refused by the full route, keeps that room for other routes.
+    for _ in 0..3 {
+        let refused = post_as(&gw, "roomy", &ask).await;
+        let message = refused.error(429, Some("rate_limit_exceeded"));
+        assert!(message.contains("route 'shared_rpm'"), "{message}");
+    }
+    for remaining in [2, 1, 0] {
+        let answer = post_as(&gw, "roomy", &chat("classification", "x")).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert_eq!(
+            header_u64(&answer, "x-ratelimit-remaining-requests"),
+            remaining
+        );
+    }
     gw.shutdown().await;
 }
 
