@@ -72,7 +72,7 @@ impl Budget {
 }
 
 impl super::Config {
-    /// Every budget configured, all API spend first, then the routes' in order.
+    /// Every budget configured: all API spend first, then the routes' and the keys' in order.
     pub fn budgets(&self) -> impl Iterator<Item = (BudgetScope, Budget)> + '_ {
         let all = self.budget.map(|budget| (BudgetScope::All, budget));
         let routes = self.routes.iter().filter_map(|route| {
@@ -80,7 +80,11 @@ impl super::Config {
                 .budget
                 .map(|budget| (BudgetScope::Route(route.name.clone()), budget))
         });
-        all.into_iter().chain(routes)
+        let keys =
+            self.server.api_keys.iter().filter_map(|key| {
+                Some((BudgetScope::Key(key.terms.name.clone()?), key.terms.budget?))
+            });
+        all.into_iter().chain(routes).chain(keys)
     }
 }
 

@@ -49,6 +49,53 @@ pub struct ConfigFile {
     /// All API spend, whatever route or key it is for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<RawBudget>,
+    /// `[keys.NAME]`: named client keys.
+    #[serde(default)]
+    pub keys: BTreeMap<Text, RawKey>,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// `[keys.NAME]`: a client key with a name the ledger and reports show, the routes it may call and
+/// its own rate limits.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub key: Text,
+    /// The routes this key may call; every route (and tier) when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Vec<Text>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<Spanned<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<Spanned<u64>>,
+    /// What the key's calls may cost a month.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<RawBudget>,
+}
+
+impl RawKey {
+    pub fn new(key: impl Into<String>) -> RawKey {
+        RawKey {
+            key: text(key),
+            routes: None,
+            rpm: None,
+            tpm: None,
+            budget: None,
+        }
+    }
+}
+
+/// `[limits]`: where the rate-limit counters live.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// `redis://…`: counters shared by every replica; in this process's memory when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<Text>,
+    /// How long admission waits for the store before it judges from this replica's memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_timeout_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -280,6 +327,12 @@ pub struct RawRoute {
     pub when_all_open: Option<AllOpen>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<RawBudget>,
+    /// Requests per minute to this route, over every key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<Spanned<u64>>,
+    /// Tokens (prompt and completion) per minute to this route, over every key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -450,6 +503,8 @@ impl RawRoute {
             profile: None,
             when_all_open: None,
             budget: None,
+            rpm: None,
+            tpm: None,
         }
     }
 }

@@ -8,6 +8,7 @@ mod error;
 pub mod file;
 mod kinds;
 mod known;
+mod limits;
 mod price;
 mod provider;
 mod proxy;
@@ -28,6 +29,7 @@ pub use kinds::{
     AllOpen, Changes, OnDrift, OnExhausted, OnProof, QualityBar, ScorerKind, TaskKind, ToolCalling,
 };
 pub use known::{Abilities, KnownModel, known_model, takes_max_completion_tokens, undated};
+pub use limits::{KeyTerms, LimitsConfig, Rate};
 pub use price::{BUILT_IN_PRICES, Price};
 pub use provider::{BreakerPolicy, ProbePolicy, Provider, Timeouts};
 pub use proxy::Proxy;
@@ -91,6 +93,7 @@ pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 pub struct Config {
     pub server: ServerConfig,
     pub ledger: LedgerConfig,
+    pub limits: LimitsConfig,
     pub providers: Vec<Arc<Provider>>,
     pub tiers: Vec<Arc<Tier>>,
     pub routes: Vec<Arc<Route>>,
@@ -200,12 +203,13 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// A key clients present, with the id the ledger records instead of the key.
+/// A key clients present, with the id the ledger records instead of the key, and what it may do.
 #[derive(Debug, Clone)]
 pub struct ClientKey {
     pub secret: Secret,
     /// `key-` and the first 12 hex digits of the key's SHA-256.
     pub id: String,
+    pub terms: KeyTerms,
 }
 
 impl ClientKey {
@@ -216,6 +220,7 @@ impl ClientKey {
         ClientKey {
             secret,
             id: format!("key-{hex}"),
+            terms: KeyTerms::default(),
         }
     }
 }

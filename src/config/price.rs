@@ -182,4 +182,56 @@ impl Resolver<'_> {
             }
         }
     }
+
+    /// A key's budget is held over the tiers the key may reach: its routes' chains, or every tier
+    /// where it may call any.
+    pub(super) fn key_budget_prices(
+        &mut self,
+        file: &ConfigFile,
+        keys: &[Arc<super::ClientKey>],
+        routes: &[Arc<Route>],
+        tiers: &[Arc<Tier>],
+        prices: &BTreeMap<String, Price>,
+    ) {
+        for key in keys {
+            let (Some(name), Some(_)) = (&key.terms.name, key.terms.budget) else {
+                continue;
+            };
+            let Some(raw) = file
+                .keys
+                .get(name.as_str())
+                .and_then(|raw| raw.budget.as_ref())
+            else {
+                continue;
+            };
+            let reached: Vec<&Arc<Tier>> = match &key.terms.routes {
+                Some(allowed) => routes
+                    .iter()
+                    .filter(|route| allowed.contains(&route.name))
+                    .flat_map(|route| route.chain.iter().map(|step| &step.tier))
+                    .collect(),
+                None => tiers.iter().collect(),
+            };
+            let mut missing: Vec<&Arc<Tier>> = reached
+                .into_iter()
+                .filter(|tier| !tier.is_local() && !has_price(&tier.model, prices))
+                .collect();
+            missing.sort_by(|a, b| a.name.cmp(&b.name));
+            missing.dedup_by(|a, b| a.name == b.name);
+            if !missing.is_empty() {
+                let listed: Vec<String> = missing
+                    .iter()
+                    .map(|tier| format!("{} ({:?})", tier.name, tier.model))
+                    .collect();
+                self.issue_at(
+                    raw.monthly_usd.span().start,
+                    &format!("keys.{name}.budget.monthly_usd"),
+                    &format!(
+                        "cannot be held: tiers {} call models with no known price; add [prices.\"<model>\"] for each, or fixed_monthly_usd on their provider if it is not billed per token",
+                        listed.join(", ")
+                    ),
+                );
+            }
+        }
+    }
 }

@@ -36,8 +36,9 @@ impl<'a> Resolver<'a> {
     }
 
     pub fn resolve(mut self, file: ConfigFile) -> Result<Config, Vec<ConfigIssue>> {
-        let server = self.server(&file.server);
+        let server = self.server(&file.server, &file.keys, &file.routes);
         let ledger = self.ledger(&file.ledger);
+        let limits = self.limits(&file.limits);
         let providers = self.providers(&file.providers);
         let tiers = self.tiers(&file.tiers, &providers);
         let routes = self.routes(&file, &tiers);
@@ -49,6 +50,7 @@ impl<'a> Resolver<'a> {
             .and_then(|budget| self.budget(budget, "budget"));
         let all_tiers: Vec<_> = tiers.values().cloned().collect();
         self.budget_prices(&file, &routes, &all_tiers, &prices);
+        self.key_budget_prices(&file, &server.api_keys, &routes, &all_tiers, &prices);
         let alerts = self.alerts(&file.alerts);
         let advise = self.advise(&file.advise);
         let report = self.report(&file.report);
@@ -56,6 +58,7 @@ impl<'a> Resolver<'a> {
             Ok(Config {
                 server,
                 ledger,
+                limits,
                 providers: providers.into_values().collect(),
                 tiers: tiers.into_values().collect(),
                 routes,

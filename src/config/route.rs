@@ -31,6 +31,8 @@ pub struct Route {
     pub when_all_open: AllOpen,
     /// What the route's API calls may cost a month.
     pub budget: Option<Budget>,
+    /// Requests and tokens per minute to this route, over every key.
+    pub rate: super::Rate,
 }
 
 /// One tier in a route's chain, with what the route changes about calls to it.
@@ -173,10 +175,12 @@ impl Resolver<'_> {
             .budget
             .as_ref()
             .and_then(|budget| self.budget(budget, &format!("{key}.budget")));
+        let rate = self.rate(&raw.rpm, &raw.tpm, &key);
         if !self.clean() {
             return None;
         }
         Some(Route {
+            rate,
             name: name.get_ref().clone(),
             kind: *raw.kind.get_ref(),
             chain,

@@ -62,7 +62,11 @@ macro_rules! ledger_row {
 
             fn from_json(values: &[serde_json::Value]) -> Option<Self> {
                 let mut values = values.iter();
-                let row = $name { $( $field: $crate::ledger::row::Column::from_json(values.next()?)?, )* };
+                // A spool written before a column was added lacks its value: an optional column
+                // reads it as empty, so an upgrade does not strand the spooled records.
+                let row = $name {
+                    $( $field: $crate::ledger::row::Column::from_json(values.next().unwrap_or(&serde_json::Value::Null))?, )*
+                };
                 values.next().is_none().then_some(row)
             }
         }
@@ -132,6 +136,10 @@ ledger_row! {
         /// million (exact in any database, and summed without rounding).
         #[serde(skip)]
         pub agreement_ppm: Option<i64>,
+        /// The name of the client's key (`keys.NAME`), never the key; `None` for a key of the bare
+        /// `server.api_keys` list and on an open gateway.
+        #[serde(rename = "key", skip_serializing_if = "Option::is_none")]
+        pub key_name: Option<String>,
     }
 }
 
@@ -193,6 +201,7 @@ impl RequestRow {
             sample_of: None,
             candidate: None,
             agreement_ppm: None,
+            key_name: None,
         }
     }
 }

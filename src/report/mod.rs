@@ -10,6 +10,7 @@
 
 pub mod advise;
 pub mod budget;
+pub mod keys;
 pub mod simulate;
 
 use std::collections::BTreeMap;
