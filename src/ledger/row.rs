@@ -62,11 +62,7 @@ macro_rules! ledger_row {
 
             fn from_json(values: &[serde_json::Value]) -> Option<Self> {
                 let mut values = values.iter();
-                // A spool written before a column was added lacks its value: an optional column
-                // reads it as empty, so an upgrade does not strand the spooled records.
-                let row = $name {
-                    $( $field: $crate::ledger::row::Column::from_json(values.next().unwrap_or(&serde_json::Value::Null))?, )*
-                };
+                let row = $name { $( $field: $crate::ledger::row::Column::from_json(values.next()?)?, )* };
                 values.next().is_none().then_some(row)
             }
         }
