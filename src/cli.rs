@@ -217,13 +217,16 @@ enum BudgetAction {
 
 /// Which budget a correction is for, and why.
 #[derive(Debug, Args)]
-#[group(id = "scope", required = true, multiple = false, args = ["route", "all"])]
+#[group(id = "scope", required = true, multiple = false, args = ["route", "key", "all"])]
 struct BudgetTarget {
     #[arg(short, long, env = "TIERWISE_CONFIG", default_value_os_t = config::default_path())]
     config: PathBuf,
     /// The route's budget (`routes.<name>.budget`).
     #[arg(long)]
     route: Option<String>,
+    /// The named key's budget (`keys.<name>.budget`).
+    #[arg(long)]
+    key: Option<String>,
     /// The budget of all API spend (`[budget]`).
     #[arg(long)]
     all: bool,
@@ -466,9 +469,10 @@ async fn budget(action: BudgetAction) -> anyhow::Result<ExitCode> {
     };
     let config = load(&target.config)?;
     let month = month_of(target.month.as_deref())?;
-    let scope = match &target.route {
-        Some(route) => BudgetScope::Route(route.clone()),
-        None => BudgetScope::All,
+    let scope = match (&target.route, &target.key) {
+        (Some(route), _) => BudgetScope::Route(route.clone()),
+        (None, Some(key)) => BudgetScope::Key(key.clone()),
+        (None, None) => BudgetScope::All,
     };
     if !config.budgets().any(|(configured, _)| configured == scope) {
         let configured: Vec<String> = config

@@ -1,7 +1,7 @@
 //! What budgets read from the ledger and keep in it. A month's spend (calendar month, UTC) is the
 //! sum of `requests.cost_pusd` — every call of every purpose (product traffic and its fallbacks,
 //! shadow checks, evals), by the tier that answered, at the price it was recorded with, so a later
-//! price change rewrites nothing — per route, per key name and in all, plus the corrections
+//! price change rewrites nothing — per route, per key name (`key_name`) and in all, plus the corrections
 //! operators made (`budget_adjustments`, one audit row each, only ever added). `budget_alerts`
 //! holds the alerts announced, which lets one replica announce each once a month.
 
@@ -216,8 +216,8 @@ impl Store {
     pub async fn month_spend(&self, month: Month, to_ms: i64) -> Result<MonthSpend, LedgerError> {
         let mut spend = MonthSpend::default();
         let rows = sqlx::query(&format!(
-            "SELECT route, MIN(ts_ms) AS first_ms, {} FROM requests \
-             WHERE ts_ms >= $1 AND ts_ms < $2 AND cost_pusd IS NOT NULL GROUP BY route",
+            "SELECT route, key_name, MIN(ts_ms) AS first_ms, {} FROM requests \
+             WHERE ts_ms >= $1 AND ts_ms < $2 AND cost_pusd IS NOT NULL GROUP BY route, key_name",
             money_sum("cost_pusd", "spent")
         ))
         .bind(month.start_ms())
@@ -229,6 +229,9 @@ impl Store {
             spend.calls.add(&Scope::All, spent);
             if let Some(route) = row.try_get::<Option<String>, _>("route")? {
                 spend.calls.add(&Scope::Route(route), spent);
+            }
+            if let Some(key) = row.try_get::<Option<String>, _>("key_name")? {
+                spend.calls.add(&Scope::Key(key), spent);
             }
             let first: i64 = row.try_get("first_ms")?;
             spend.first_ms = Some(spend.first_ms.map_or(first, |known| known.min(first)));
@@ -354,6 +357,9 @@ mod tests {
         RequestRow {
             route: route.map(str::to_string),
             cost_pusd: cost.map(Picodollars),
+            key_name: route
+                .is_some_and(|route| route == "b")
+                .then(|| "batch".to_string()),
             ..RequestRow::new(id.into(), ts_ms, "chat.completions".into())
         }
     }
@@ -399,6 +405,7 @@ mod tests {
         assert_eq!(spend.calls.of(&Scope::Route("a".into())), Picodollars(500));
         assert_eq!(spend.total(&Scope::Route("a".into())), Picodollars(50));
         assert_eq!(spend.total(&Scope::Route("b".into())), Picodollars(7));
+        assert_eq!(spend.total(&Scope::Key("batch".into())), Picodollars(7));
         assert_eq!(spend.total(&Scope::All), Picodollars(518));
         assert_eq!(spend.first_ms, Some(start));
         let early = store.month_spend(month, start + 6).await.unwrap();
