@@ -211,6 +211,30 @@ async fn a_spent_route_budget_serves_from_local_and_without_a_local_tier_answers
         )
     );
     assert_eq!(api.request_count(), 2);
+
+    // The report counts both, and prices the moved call on the tier it was moved off: the local
+    // tier's 20 prompt and 5 completion tokens on gpt-4o-mini.
+    let report = admin_get(&gateway, "/admin/api/report?since=1d").await;
+    let route = |name: &str| {
+        report.body["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|route| route["route"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {}", report.text))["budget"]
+            .clone()
+    };
+    assert_eq!(
+        route(ROUTE),
+        json!({
+            "moved_to_local": 1,
+            "answered_locally": 1,
+            "would_have_cost_usd": "0.000006",
+            "passed_over": ["api_fast"],
+            "refused": 0,
+        })
+    );
+    assert_eq!(route("budget_api_only")["refused"], 1);
     gateway.shutdown().await;
 }
 
