@@ -544,16 +544,19 @@ impl MonthCounts {
             <= i128::from(self.info.budget.monthly_pusd)
     }
 
-    /// Holds `amount` if it fits. The amount is added first and judged after, so two requests
-    /// racing each see the other's: either may be refused, never both admitted past the budget.
+    /// Holds `amount` if it fits beside the spend and what is held, in one compare-and-swap: two
+    /// requests racing cannot both take the last of the budget, and no amount (a client may ask
+    /// for 2^60 tokens) can wrap the count around.
     fn try_reserve(&self, amount: i64) -> bool {
-        let reserved = self.reserved.fetch_add(amount, Ordering::AcqRel) + amount;
-        let fits = i128::from(self.spent().0) + i128::from(reserved)
-            <= i128::from(self.info.budget.monthly_pusd);
-        if !fits {
-            self.reserved.fetch_sub(amount, Ordering::AcqRel);
-        }
-        fits
+        let limit = i128::from(self.info.budget.monthly_pusd);
+        self.reserved
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |reserved| {
+                let after = i128::from(reserved) + i128::from(amount);
+                (i128::from(self.spent().0) + after <= limit)
+                    .then(|| i64::try_from(after).ok())
+                    .flatten()
+            })
+            .is_ok()
     }
 
     /// The budget could not hold a request: it is spent, as far as requests are concerned.
@@ -593,10 +596,14 @@ impl MonthCounts {
 /// that the two never both look smaller than they are), and the alerts are checked.
 impl Meter for MonthCounts {
     fn settle(&self, _month: i64, held: u64, used: u64) {
-        self.calls
-            .fetch_add(used.min(i64::MAX as u64) as i64, Ordering::AcqRel);
-        self.reserved
-            .fetch_sub(held.min(i64::MAX as u64) as i64, Ordering::AcqRel);
+        let used = i64::try_from(used).unwrap_or(i64::MAX);
+        let held = i64::try_from(held).unwrap_or(i64::MAX);
+        let _ = self
+            .calls
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |calls| {
+                Some(calls.saturating_add(used))
+            });
+        self.reserved.fetch_sub(held, Ordering::AcqRel);
         self.check_alerts();
     }
 }
@@ -717,6 +724,33 @@ tiers = ["mini"]
             (Picodollars(10 * (worst - 1_000)), Picodollars(0))
         );
         assert!(spent.0 <= (usd * 1e12) as i64);
+    }
+
+    /// A request asking for more tokens than any budget could pay for is moved, and its worst
+    /// case (saturated at the largest amount) does not wrap the count around for the next.
+    #[test]
+    fn an_absurd_answer_budget_is_moved_and_wraps_nothing() {
+        let config = config("{ monthly_usd = 1 }", "");
+        let budgets = Budgets::new(&config, clock_at(JAN_END).0);
+        let route = config.routes.iter().find(|r| r.name == "r").unwrap();
+        let huge = br#"{"model":"r","max_tokens":1152921504606846976,"n":128,"messages":[{"role":"user","content":"x"}]}"#;
+        let request = RequestBody::parse(Endpoint::ChatCompletions, huge).unwrap();
+        let held = admit(&budgets, &config, "r", false);
+        assert!(matches!(held, Verdict::Held(_)));
+        for _ in 0..3 {
+            let verdict = budgets.admit(&Spending {
+                route: Some(route),
+                key: None,
+                chain: &route.chain,
+                request: &request,
+                primary_demoted: false,
+            });
+            assert!(matches!(verdict, Verdict::Moved { .. }), "{verdict:?}");
+        }
+        assert_eq!(
+            budgets.live(&BudgetScope::Route("r".into())),
+            Some((Picodollars(0), Picodollars(WORST)))
+        );
     }
 
     #[test]
