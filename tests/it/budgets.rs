@@ -640,3 +640,121 @@ async fn a_new_month_starts_its_budget_from_nothing() {
     assert_eq!(budget["spent_usd"].as_f64(), Some(usd(ACTUAL)));
     gateway.shutdown().await;
 }
+
+/// A named key's budget holds its own calls, whatever route they call, and only its own: another
+/// client on the same route is served. Its spend is the ledger's by key name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_budget_holds_that_keys_calls_only() {
+    const ROUTE: &str = "budget_keyed";
+    const BATCH_KEY: &str = "tw-batch-job-key-31";
+    let (local, api) = fakes().await;
+    let config = budgeted(
+        &local,
+        &api,
+        ROUTE,
+        &["api_fast"],
+        1_000_000_000_000,
+        OnExhausted::Reject,
+    )
+    .with(|c| {
+        let mut batch = tierwise::config::file::RawKey::new(BATCH_KEY);
+        // One reservation fits; after one call, a second does not.
+        batch.budget = Some(RawBudget::new(
+            usd(reservation(&ask(ROUTE))),
+            OnExhausted::Reject,
+        ));
+        c.0.keys.insert(text("batch"), batch);
+    });
+    let gateway = TestGateway::start(&config).await;
+    let as_batch = || async {
+        let response = gateway
+            .http
+            .post(format!("{}/v1/chat/completions", gateway.url))
+            .bearer_auth(BATCH_KEY)
+            .json(&ask(ROUTE))
+            .send()
+            .await
+            .unwrap();
+        Answer::of(response).await
+    };
+    assert_eq!(as_batch().await.status, 200);
+    let key = |budgets: &Value| {
+        budgets["budgets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|budget| budget["scope"] == "key")
+            .cloned()
+            .unwrap()
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    while key(&admin_get(&gateway, "/admin/api/budgets").await.body)["reserved_usd"] != 0.0 {
+        assert!(Instant::now() < until, "the key's call never settled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused = as_batch().await;
+    let message = refused.error(429, Some("insufficient_quota"));
+    assert!(message.contains("key batch"), "{message}");
+    // Another client on the same route is not the batch key.
+    assert_eq!(send(&gateway, &ask(ROUTE)).await.status, 200);
+    let shown = key(&admin_get(&gateway, "/admin/api/budgets").await.body);
+    assert_eq!(
+        (&shown["name"], shown["spent_usd"].as_f64()),
+        (&json!("batch"), Some(usd(ACTUAL)))
+    );
+    gateway.shutdown().await;
+    // Read back from the ledger by key name, as a restart would.
+    let store =
+        tierwise::ledger::Store::connect(&config.0.ledger.url.as_ref().unwrap().get_ref().clone())
+            .await
+            .unwrap();
+    let now = tierwise::quality::watch::now_ms();
+    let spend = store.month_spend(Month::of(now), now + 1).await.unwrap();
+    assert_eq!(
+        spend
+            .total(&tierwise::config::BudgetScope::Key("batch".into()))
+            .0,
+        ACTUAL
+    );
+}
+
+/// Shadow checks are API calls like any other: they count against their route's budget, and stop
+/// once it cannot hold another (`budget_spent`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_checks_spend_the_routes_budget_and_stop_when_it_is_spent() {
+    const ROUTE: &str = "budget_shadowed";
+    let (local, api) = fakes().await;
+    // A check on gpt-4o (100 tokens at most) holds about $0.0013 and costs $0.00105: one fits
+    // $0.002, a second does not.
+    let config = budgeted(
+        &local,
+        &api,
+        ROUTE,
+        &["local", "api_fast"],
+        2_000_000_000,
+        OnExhausted::LocalOnly,
+    )
+    .with(|c| {
+        c.route(ROUTE).kind = spanned(TaskKind::Classification);
+        c.route(ROUTE).shadow = Some(RawShadow::new("api_frontier", 1.0));
+        c.0.tiers.get_mut("api_frontier").unwrap().max_tokens = Some(100);
+    });
+    let gateway = TestGateway::start(&config).await;
+    for i in 0..3 {
+        let body = json!({"model": ROUTE, "messages": [{"role": "user", "content": format!("ticket {i}")}]});
+        let answer = send(&gateway, &body).await;
+        assert_eq!(answer.header("x-tierwise-tier"), Some("local"));
+    }
+    let series =
+        format!("tierwise_shadow_skipped_total{{route=\"{ROUTE}\",reason=\"budget_spent\"}} 2");
+    gateway
+        .wait_for_metrics(|text| text.contains(&series))
+        .await;
+    assert_eq!(api.request_count(), 1, "one check was sent");
+    let budget = settled(&gateway, ROUTE).await;
+    assert_eq!(
+        budget["spent_usd"].as_f64(),
+        Some(usd(20 * 2_500_000 + 100 * 10_000_000))
+    );
+    gateway.shutdown().await;
+}
