@@ -1,5 +1,5 @@
-//! The `tierwise` command line: `serve`, `check`, `init`. This is the binary's edge, where errors
-//! become messages and exit codes.
+//! The `tierwise` command line: `serve`, `check`, `init`, `report`, `budget` and the rest. This is
+//! the binary's edge, where errors become messages and exit codes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
