@@ -758,3 +758,111 @@ async fn shadow_checks_spend_the_routes_budget_and_stop_when_it_is_spent() {
     );
     gateway.shutdown().await;
 }
+
+/// The budget tables and sums read the same on PostgreSQL as on SQLite: a month's spend by route
+/// and key, its corrections, an alert stored once, the calls a budget moved and refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_sums_read_the_same_on_sqlite_and_postgresql() {
+    use tierwise::config::BudgetScope;
+    use tierwise::ledger::budget::{AlertLevel, AlertRow, Change, Correction};
+    use tierwise::ledger::{AttemptRow, Picodollars, RequestRow, Store};
+    for backend in [crate::util::Backend::Sqlite, crate::util::Backend::Postgres] {
+        let store = Store::connect(&backend.url().await).await.unwrap();
+        let month = Month::parse("2026-12").unwrap();
+        let start = month.start_ms();
+        let row = |id: &str, route: &str, key: Option<&str>, cost: i64| RequestRow {
+            route: Some(route.into()),
+            key_name: key.map(str::to_string),
+            tier: Some("local".into()),
+            cost_pusd: Some(Picodollars(cost)),
+            tokens_in: 20,
+            tokens_out: 5,
+            ..RequestRow::new(id.into(), start + 1, "chat.completions".into())
+        };
+        let refused = RequestRow {
+            status: 429,
+            error_kind: Some("insufficient_quota".into()),
+            route: Some("r".into()),
+            ..RequestRow::new("refused".into(), start + 2, "chat.completions".into())
+        };
+        let rows = [
+            row("a", "r", Some("batch"), 300),
+            row("b", "r", None, 0),
+            row("c", "s", None, 7),
+            refused,
+        ];
+        let attempt = |seq: i32, tier: &str, outcome: &str| AttemptRow {
+            request_id: "b".into(),
+            seq,
+            tier: tier.into(),
+            provider: "p".into(),
+            model: "m".into(),
+            outcome: outcome.into(),
+            latency_us: 0,
+        };
+        let attempts = [
+            attempt(0, "api_fast", "budget_spent"),
+            attempt(1, "api_frontier", "budget_spent"),
+            attempt(2, "local", "ok"),
+        ];
+        store
+            .insert(
+                &rows.iter().collect::<Vec<_>>(),
+                &attempts.iter().collect::<Vec<_>>(),
+            )
+            .await
+            .unwrap();
+        let route = BudgetScope::Route("r".into());
+        store
+            .correct_budget(
+                start + 3,
+                &Correction {
+                    month,
+                    scope: &route,
+                    change: Change::Add(Picodollars(-100)),
+                    reason: "test",
+                    actor: "cli:test",
+                },
+            )
+            .await
+            .unwrap();
+        let spend = store.month_spend(month, i64::MAX).await.unwrap();
+        assert_eq!(
+            (
+                spend.total(&route),
+                spend.total(&BudgetScope::Key("batch".into())),
+                spend.total(&BudgetScope::All)
+            ),
+            (Picodollars(200), Picodollars(300), Picodollars(307)),
+            "{backend:?}"
+        );
+        let alert = AlertRow {
+            month: month.to_string(),
+            scope: "route".into(),
+            name: "r".into(),
+            level: AlertLevel::AlertAt.as_str().into(),
+            ts_ms: start,
+            spent_pusd: 1,
+            limit_pusd: 2,
+        };
+        assert!(store.record_budget_alert(&alert).await.unwrap());
+        assert!(!store.record_budget_alert(&alert).await.unwrap());
+        let (moves, refusals) = store
+            .budget_effects(start, month.end_ms(), Some("r"))
+            .await
+            .unwrap();
+        assert_eq!(moves.len(), 1, "{backend:?}: {moves:?}");
+        assert_eq!(
+            (
+                moves[0].tier.as_str(),
+                moves[0].calls,
+                moves[0].answered,
+                moves[0].tokens_in
+            ),
+            ("api_fast", 1, 1, 20),
+            "{backend:?}: the tier passed over first"
+        );
+        assert_eq!(refusals, [(Some("r".to_string()), 1)], "{backend:?}");
+        store.close().await;
+    }
+}
