@@ -425,11 +425,22 @@ fn reserve_all(months: &[Arc<MonthCounts>], worst: i64) -> Result<Vec<Reservatio
 /// Reads the ledger's account of the month every [`RESYNC`] and hands it to `budgets`; for as
 /// long as the gateway runs. A ledger that does not answer leaves the counts as they are.
 pub async fn keep_in_step(budgets: Arc<Budgets>, store: Store) {
+    let mut failing = false;
     loop {
-        if let Err(err) = take_up_ledger(&budgets, &store).await {
-            tracing::warn!(
-                "cannot read this month's spend from the ledger: {err}; budgets count on from what this replica has seen"
-            );
+        match take_up_ledger(&budgets, &store).await {
+            // Said once per outage, not every 15 s of it.
+            Err(err) if !failing => {
+                tracing::warn!(
+                    "cannot read this month's spend from the ledger: {err}; budgets count on from what this replica has seen until it answers"
+                );
+                failing = true;
+            }
+            Err(_) => {}
+            Ok(()) if failing => {
+                tracing::info!("the ledger answers again: budgets take up its month's spend");
+                failing = false;
+            }
+            Ok(()) => {}
         }
         tokio::time::sleep(RESYNC).await;
     }
