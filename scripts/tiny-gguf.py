@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Writes a tiny llama-architecture GGUF model for the tests of the local tier (tests/it/llama.rs):
-2 layers, 64 wide, 4 heads, a 512-token context, random weights from a fixed seed, and an SPM
-(llama) vocabulary of <unk>, <s>, </s>, the 256 byte tokens <0x00>..<0xFF> and a few words, so any
-text tokenizes (bytes it has no word for fall back to byte tokens). Its answers are noise; what the
-tests want is llama-server's real protocol around it, and a model small enough (about 0.5 MB) to
-load in a blink. Run by scripts/llama-server with the pinned gguf package.
+2 layers, 64 wide, 4 heads, trained context 2,048 tokens (the tests serve it at 512 with `-c`, and at
+2,048 where a window must be above tierwise's floor for learned windows), random weights from a
+fixed seed, and an SPM (llama) vocabulary of <unk>, <s>, </s>, the 256 byte tokens <0x00>..<0xFF>
+and about 200 common English words, so any text tokenizes (bytes it has no word for fall back to
+byte tokens). Its answers are noise; what the tests want is llama-server's real protocol around it,
+and a model small enough (about 0.6 MB) to load in a blink. Run by scripts/llama-server with the pinned gguf package.
 
 Usage: tiny-gguf.py OUTPUT
 """
@@ -14,12 +15,44 @@ import sys
 import numpy as np
 from gguf import GGUFWriter, TokenType
 
-N_CTX = 512
+N_CTX = 2048
 N_EMBD = 64
 N_HEAD = 4
 N_LAYER = 2
 N_FF = 128
-WORDS = ["▁the", "▁a", "▁is", "▁hello", "▁world", "▁say", "▁ok", "▁tier", "▁cost", "▁token"]
+# Common English words, so that a prompt made of them tokenizes about as OpenAI's tokenizers count
+# it (one token a word) and a server's count of a prompt can be set beside tierwise's own; any
+# other text falls back to bytes.
+WORDS = list(
+    dict.fromkeys(
+        "the of and to a in is it you that he was for on are with as I his they be at one have"
+        " this from or had by word but what some we can out other were all there when up use"
+        " your how said an each she which do their time if will way about many then them write"
+        " would like so these her long make thing see him two has look more day could go come"
+        " did number sound no most people my over know water than call first who may down side"
+        " been now find any new work part take get place made live where after back little only"
+        " round man year came show every good me give our under name very through just form"
+        " sentence great think say help low line differ turn cause much mean before move right"
+        " boy old too same tell does set three want air well also play small end put home read"
+        " hand port large spell add even land here must big high such follow act why ask men"
+        " change went light kind off need house picture try us again animal point mother world"
+        " near build self earth father hello cost tier token model answer".split()
+    )
+)
+# ChatML's markers, as the chat template llama-server applies without one in the model uses them:
+# one token each, as in the models that use that template.
+CONTROL = ["<|im_start|>", "<|im_end|>"]
+
+
+def pieces():
+    """Every word with its leading space (SPM's "▁"), and each of its prefixes: SPM builds a word by
+    merging adjacent pieces that are themselves in the vocabulary, so each step must be there."""
+    found = {"▁": None}
+    for word in WORDS:
+        piece = "▁" + word
+        for end in range(2, len(piece) + 1):
+            found.setdefault(piece[:end], None)
+    return list(found)
 
 
 def vocabulary():
@@ -28,11 +61,16 @@ def vocabulary():
     for byte in range(256):
         tokens.append(f"<0x{byte:02X}>".encode())
         types.append(TokenType.BYTE)
-    for word in WORDS:
-        tokens.append(word.encode())
+    for marker in CONTROL:
+        tokens.append(marker.encode())
+        types.append(TokenType.CONTROL)
+    words = pieces()
+    for piece in words:
+        tokens.append(piece.encode())
         types.append(TokenType.NORMAL)
-    # SPM merges by score: longer words win over their bytes.
-    scores = [0.0] * (3 + 256) + [-float(i) for i in range(len(WORDS))]
+    # SPM merges the pair whose merged piece scores highest first: longer pieces score higher, so
+    # a word is built whole before anything else is tried.
+    scores = [0.0] * (3 + 256 + len(CONTROL)) + [float(len(piece)) for piece in words]
     return tokens, scores, types
 
 

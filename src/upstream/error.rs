@@ -202,10 +202,12 @@ impl UpstreamError {
     }
 
     /// Whether the provider is to blame, so that its breaker hears of it: a retryable failure,
-    /// but not a rate limit (the tier rests instead) nor a request too long for its window.
+    /// but not a rate limit (the tier rests instead), an endpoint the server does not serve, nor
+    /// a request too long for its window.
     pub fn counts_against_provider(&self) -> bool {
         self.is_retryable()
             && !self.is_rate_limit()
+            && !self.is_not_served()
             && !matches!(
                 self.kind,
                 UpstreamErrorKind::ContextTooLong
@@ -226,6 +228,15 @@ impl UpstreamError {
     /// The upstream answered 429.
     pub fn is_rate_limit(&self) -> bool {
         self.kind == UpstreamErrorKind::Status(StatusCode::TOO_MANY_REQUESTS)
+    }
+
+    /// The upstream answered 501: it is up and says it does not serve this endpoint, as
+    /// llama.cpp's server answers embeddings when started without `--embeddings`. Another tier
+    /// may serve it (the request falls back), but the provider has not failed: its breaker would
+    /// otherwise open on one client's requests for an endpoint it was never meant to serve, and
+    /// take its other tiers down with it.
+    pub fn is_not_served(&self) -> bool {
+        self.kind == UpstreamErrorKind::Status(StatusCode::NOT_IMPLEMENTED)
     }
 
     pub fn is_timeout(&self) -> bool {
