@@ -449,8 +449,9 @@ mod tests {
             // vLLM
             r#"{"object": "error", "message": "This model's maximum context length is 8192 tokens. However, you requested 12000 tokens (11000 in the messages, 1000 in the completion). Please reduce the length of the messages or completion.", "type": "BadRequestError", "param": null, "code": 400}"#,
             r#"{"error": {"message": "'max_tokens' or 'max_completion_tokens' is too large: 8000. This model's maximum context length is 4096 tokens and your request has 2778 input tokens (8000 > 4096 - 2778). None", "type": "BadRequestError", "param": null, "code": 400}}"#,
-            // llama.cpp server, newer and older
-            r#"{"error": {"code": 400, "message": "request (4476 tokens) exceeds the available context size (4096 tokens)", "type": "exceed_context_size_error", "n_prompt_tokens": 4476, "n_ctx": 4096}}"#,
+            // llama.cpp server, newer (byte for byte as llama-server of llama-cpp-python 0.3.36
+            // answers, tests/it/llama.rs) and older
+            r#"{"error":{"code":400,"message":"request (4476 tokens) exceeds the available context size (4096 tokens), try increasing it","type":"exceed_context_size_error","n_prompt_tokens":4476,"n_ctx":4096}}"#,
             r#"{"error": {"code": 400, "message": "the request exceeds the available context size, try increasing it", "type": "invalid_request_error"}}"#,
             // Ollama
             r#"{"error": {"message": "the input length exceeds the context length", "type": "api_error", "param": null, "code": null}}"#,
@@ -496,6 +497,27 @@ mod tests {
             server_error.counts_against_provider(),
             "only a 400 is the request's size"
         );
+    }
+
+    /// A 501 is a server that is up saying it does not serve the endpoint (llama.cpp's words, as
+    /// it answers embeddings without `--embeddings`): another tier may, but the provider has not
+    /// failed. Any other 5xx has.
+    #[test]
+    fn an_endpoint_the_server_does_not_serve_falls_back_without_counting_against_it() {
+        use super::UpstreamError;
+        use http::StatusCode;
+        let body = r#"{"error":{"code":501,"message":"This server does not support embeddings. Start it with `--embeddings`","type":"not_supported_error"}}"#;
+        let not_served = UpstreamError::status(StatusCode::NOT_IMPLEMENTED, body.into(), None);
+        assert_eq!(not_served.reason(), "http_501");
+        assert!(not_served.is_retryable() && not_served.is_not_served());
+        assert!(!not_served.counts_against_provider());
+        for status in [
+            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ] {
+            let failed = UpstreamError::status(status, body.into(), None);
+            assert!(!failed.is_not_served() && failed.counts_against_provider());
+        }
     }
 
     /// A server that quotes a client's bad value back (OpenAI's `invalid_value`, vLLM's validation
