@@ -92,6 +92,14 @@ impl UpstreamError {
                 retry_after,
             };
         }
+        if status == StatusCode::INTERNAL_SERVER_ERROR && says_no_images(&body) {
+            return UpstreamError {
+                kind: UpstreamErrorKind::Lacks(Lack::Vision),
+                detail: "answered HTTP 500: the model does not read images".into(),
+                body,
+                retry_after,
+            };
+        }
         UpstreamError {
             kind: UpstreamErrorKind::Status(status),
             detail: format!("answered HTTP {}", status.as_u16()),
@@ -364,6 +372,19 @@ fn says_context_too_long(body: &[u8]) -> bool {
     CONTEXT_TOO_LONG.iter().any(|words| head.contains(words))
 }
 
+/// Whether a 500's body is llama.cpp's server saying its model reads no images (a text model, or
+/// one served without its `--mmproj`): the request's need, like a tier configured `vision =
+/// false`, not the server's failure, so that one client's images cannot open the breaker of a
+/// text model every other client uses. Only the start of the server's own message is read.
+fn says_no_images(body: &[u8]) -> bool {
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    body["error"]["message"]
+        .as_str()
+        .is_some_and(|message| message.starts_with("image input is not supported"))
+}
+
 /// Why a connection could not be made. The connector's own timeout (`connect_ms`) shows as an
 /// I/O error of kind `TimedOut` beneath the connect error.
 fn connect_kind(err: &(dyn std::error::Error + 'static)) -> UpstreamErrorKind {
@@ -518,6 +539,22 @@ mod tests {
             let failed = UpstreamError::status(status, body.into(), None);
             assert!(!failed.is_not_served() && failed.counts_against_provider());
         }
+    }
+
+    /// llama.cpp's server answers an image sent to a text model with a 500 in its own words: the
+    /// model lacks vision, as a tier configured `vision = false` does; any other 500 is a failure.
+    #[test]
+    fn a_text_models_refusal_of_images_is_a_lack_not_a_failure() {
+        use super::{Lack, UpstreamError, UpstreamErrorKind};
+        use http::StatusCode;
+        let body = r#"{"error":{"code":500,"message":"image input is not supported - hint: if this is unexpected, you may need to provide the mmproj","type":"server_error"}}"#;
+        let refused = UpstreamError::status(StatusCode::INTERNAL_SERVER_ERROR, body.into(), None);
+        assert_eq!(refused.kind, UpstreamErrorKind::Lacks(Lack::Vision));
+        assert_eq!(refused.reason(), "no_vision");
+        assert!(refused.is_retryable() && !refused.counts_against_provider());
+        let quoted = r#"{"error":{"code":500,"message":"failed: image input is not supported","type":"server_error"}}"#;
+        let failed = UpstreamError::status(StatusCode::INTERNAL_SERVER_ERROR, quoted.into(), None);
+        assert!(failed.counts_against_provider());
     }
 
     /// A server that quotes a client's bad value back (OpenAI's `invalid_value`, vLLM's validation

@@ -779,3 +779,48 @@ async fn a_chat_servers_refusal_of_embeddings_is_not_its_outage() {
     );
     gw.shutdown().await;
 }
+
+/// A text model served by llama.cpp answers an image with a 500 in its own words ("image input is
+/// not supported"): the model lacks vision, as a tier configured `vision = false` does. The request
+/// moves on to a tier that may read it (`local:no_vision`), and however many a client sends, the
+/// breaker the text model's other users depend on stays closed; with no tier left the client is
+/// told which parameter no tier could take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_sent_to_a_real_text_model_fall_back_without_opening_its_breaker() {
+    let llama = LlamaServer::start(&["-c", "512"]).await;
+    let mut with_image = chat("summarize", "hello");
+    with_image["messages"][0]["content"] = json!([
+        {"type": "text", "text": "what is this"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+    ]);
+    let (status, refusal) = llama.post("/v1/chat/completions", &with_image).await;
+    assert_eq!(status, 500, "{refusal}");
+
+    let api = FakeUpstream::start().await;
+    let config = config(&llama.base_url(), &api)
+        .without_probes()
+        .with(|c| c.provider("llama").breaker.failures = Some(spanned(2)));
+    let gw = TestGateway::start(&config).await;
+    for _ in 0..3 {
+        let answer = Answer::of(gw.post("/v1/chat/completions", &with_image).await).await;
+        answer.assert_served_by("api_fast", "local:no_vision");
+    }
+    assert_eq!(gw.breaker_state("llama").await, "closed");
+    with_image["model"] = json!("local");
+    let answer = Answer::of(gw.post("/v1/chat/completions", &with_image).await).await;
+    answer.error(400, Some("unsupported_parameter"));
+    let answer = gw.ask("summarize").await;
+    assert_eq!(
+        answer.header("x-tierwise-tier"),
+        Some("local"),
+        "{}",
+        answer.text
+    );
+    assert_eq!(
+        answer.header("x-tierwise-fallback"),
+        None,
+        "{}",
+        answer.text
+    );
+    gw.shutdown().await;
+}
