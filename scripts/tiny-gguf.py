@@ -2,10 +2,10 @@
 """Writes a tiny llama-architecture GGUF model for the tests of the local tier (tests/it/llama.rs):
 2 layers, 64 wide, 4 heads, trained context 2,048 tokens (the tests serve it at 512 with `-c`, and at
 2,048 where a window must be above tierwise's floor for learned windows), random weights from a
-fixed seed, and an SPM (llama) vocabulary of <unk>, <s>, </s>, the 256 byte tokens <0x00>..<0xFF>
-and about 200 common English words, so any text tokenizes (bytes it has no word for fall back to
-byte tokens). Its answers are noise; what the tests want is llama-server's real protocol around it,
-and a model small enough (about 0.6 MB) to load in a blink. Run by scripts/llama-server with the pinned gguf package.
+fixed seed, and an SPM (llama) vocabulary of <unk>, <s>, </s>, the 256 byte tokens <0x00>..<0xFF>,
+ChatML's two markers and about 200 common English words with their prefixes, so any text tokenizes
+(what it has no word for falls back to byte tokens). Its answers are noise; what the tests want is
+llama-server's real protocol around it, and a model small enough (730 kB) to load in a blink. Run by scripts/llama-server with the pinned gguf package.
 
 Usage: tiny-gguf.py OUTPUT
 """
