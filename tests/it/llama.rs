@@ -127,9 +127,10 @@ impl LlamaServer {
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("a second handle on the log"))
             .stderr(file);
-        let child = command
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot start {}: {err}", artifacts.server.display()));
+        let child = command.spawn().unwrap_or_else(|err| {
+            let _ = std::fs::remove_file(&log);
+            panic!("cannot start {}: {err}", artifacts.server.display())
+        });
         let mut server = LlamaServer {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
