@@ -97,7 +97,7 @@ impl Traffic {
         for _ in 0..n {
             // Checks beyond `shadow.concurrency` in flight are skipped (`busy`), by design: a
             // machine slower to check than to answer must not make this test lose samples.
-            if self.sent > 0 && self.sent % CONCURRENCY == 0 {
+            if self.sent > 0 && self.sent.is_multiple_of(CONCURRENCY) {
                 wait_for_samples(gateway, self.sent).await;
             }
             self.sent += 1;
