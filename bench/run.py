@@ -22,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE = ROOT / "target" / "release"
 KEY = "bench-key"
+# A named key with rate limits, for the limits scenario.
+LIMITED_KEY = "bench-limited-key"
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -99,13 +101,13 @@ class Proc:
             self.popen.kill()
 
 
-def wrk(port, path, body_file, connections, seconds):
+def wrk(port, path, body_file, connections, seconds, key=KEY):
     threads = 1 if connections < 64 else 2
     cmd = [
         "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
         "-s", str(ROOT / "bench" / "post.lua"), f"http://127.0.0.1:{port}{path}",
     ]
-    env = dict(os.environ, BODY_FILE=str(body_file), BENCH_KEY=KEY)
+    env = dict(os.environ, BODY_FILE=str(body_file), BENCH_KEY=key)
     out = subprocess.run(cmd, capture_output=True, text=True, env=env).stdout
     line = [l for l in out.splitlines() if l.startswith("{")]
     if not line:
@@ -161,7 +163,7 @@ def chat_body(stream=False, model="direct", words=600):
     return json.dumps(body).encode()
 
 
-def tierwise_config(directory, fake_port, dead_port, ledger, spaced_port=None):
+def tierwise_config(directory, fake_port, dead_port, ledger, spaced_port=None, limits_store=None):
     spaced = "" if spaced_port is None else f"""
 [providers.spaced]
 base_url = "http://127.0.0.1:{spaced_port}/v1"
@@ -175,7 +177,11 @@ model = "gpt-4o-mini"
 kind = "chat"
 tiers = ["spaced_api"]
 """
-    return spaced + f"""
+    store = "" if limits_store is None else f"""
+[limits]
+store = "{limits_store}"
+"""
+    return spaced + store + f"""
 [server]
 listen = "127.0.0.1:{{port}}"
 api_keys = ["{KEY}"]
@@ -203,6 +209,19 @@ local = {{ provider = "dead_local", model = "mistral-7b" }}
 kind = "classification"
 tiers = ["api"]
 
+# The direct route with rate limits no benchmark reaches, called with a key that has its own:
+# every request is judged by four limits (key and route, requests and tokens) and settles two.
+[routes.limited]
+kind = "classification"
+tiers = ["api"]
+rpm = 1000000000
+tpm = 1000000000000
+
+[keys.bench_limited]
+key = "{LIMITED_KEY}"
+rpm = 1000000000
+tpm = 1000000000000
+
 [routes.fallback]
 kind = "classification"
 tiers = ["local", "api"]
@@ -220,10 +239,10 @@ shadow = {{ reference = "api_ref", sample_rate = 1.0, daily_budget_usd = 1000000
 """
 
 
-def start_tierwise(name, tmp, fake_port, dead_port, ledger, binary=None, spaced_port=None):
+def start_tierwise(name, tmp, fake_port, dead_port, ledger, binary=None, spaced_port=None, limits_store=None):
     port = free_port()
     path = tmp / f"{name}.toml"
-    path.write_text(tierwise_config(tmp, fake_port, dead_port, ledger, spaced_port).replace("{port}", str(port)))
+    path.write_text(tierwise_config(tmp, fake_port, dead_port, ledger, spaced_port, limits_store).replace("{port}", str(port)))
     env = dict(os.environ, TIERWISE_LOG="warn")
     binary = binary or str(RELEASE / "tierwise")
     proc = Proc(name, [binary, "serve", "--config", str(path)], port, env=env, log=tmp / f"{name}.log")
@@ -438,6 +457,48 @@ def shadow_scenario(tw, tmp, body, args, rows, extra):
         )
 
 
+def limits_scenario(tw, tmp, fake_port, dead_port, args, rows, extra, procs):
+    """What admission costs a request: the same gateway's direct route without limits and its
+    limited route with a limited key (four limits judged, two settled), alternating round by round;
+    with the counters in memory, then in a Redis of the scenario's own on this machine."""
+    limited = tmp / "limited.json"
+    limited.write_bytes(chat_body(model="limited"))
+    plain = tmp / "plain.json"
+    plain.write_bytes(chat_body())
+    redis_port = free_port()
+    redis = Proc("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], redis_port)
+    procs.append(redis)
+    tw_redis = start_tierwise("tierwise-redis", tmp, fake_port, dead_port, f"sqlite://{tmp}/redis-ledger.db", limits_store=f"redis://127.0.0.1:{redis_port}")
+    procs.append(tw_redis)
+    time.sleep(1.0)  # the store's first probe
+    for store, gw in (("memory", tw), ("redis", tw_redis)):
+        for c in (int(n) for n in args.limits_concurrency.split(",")):
+            off, on = [], []
+            for _ in range(args.rounds):
+                for runs, request, key in ((off, plain, KEY), (on, limited, LIMITED_KEY)):
+                    cpu = gw.cpu_seconds()
+                    redis_cpu = redis.cpu_seconds()
+                    run = wrk(gw.port, "/v1/chat/completions", request, c, args.seconds, key)
+                    run["cpu_us_per_req"] = (gw.cpu_seconds() - cpu) * 1e6 / max(run["requests"], 1)
+                    run["redis_us_per_req"] = (redis.cpu_seconds() - redis_cpu) * 1e6 / max(run["requests"], 1)
+                    runs.append(run)
+            keys = ("rps", "p50_us", "p99_us", "cpu_us_per_req", "redis_us_per_req")
+            a = {k: median_of(off, k) for k in keys}
+            b = {k: median_of(on, k) for k in keys}
+            a["errors"] = sum(r["socket_errors"] + r["non2xx"] for r in off)
+            b["errors"] = sum(r["socket_errors"] + r["non2xx"] for r in on)
+            rows.append(row(f"limits off ({store} gw), c={c}", "tierwise", a))
+            rows.append(row(f"limits on, {store}, c={c}", "tierwise", b, a))
+            extra.append(
+                f"limits on, {store}, c={c}: {b['cpu_us_per_req']:.1f} vs {a['cpu_us_per_req']:.1f} us CPU/req "
+                f"(x{b['cpu_us_per_req'] / a['cpu_us_per_req']:.3f}), p50 {b['p50_us']:.0f} vs {a['p50_us']:.0f} us, "
+                f"rps {b['rps']:.0f} vs {a['rps']:.0f}"
+                + (f", redis-server {b['redis_us_per_req']:.1f} us CPU/req" if store == "redis" else "")
+            )
+    tw_redis.stop()
+    procs.remove(tw_redis)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=5, help="length of one wrk run")
@@ -450,6 +511,8 @@ def main():
     parser.add_argument("--chat-only", action="store_true", help="only the non-streaming chat scenarios")
     parser.add_argument("--shadow-only", action="store_true", help="only the shadow-sampling scenario")
     parser.add_argument("--streams-only", action="store_true", help="only the spaced-chunk streams scenario")
+    parser.add_argument("--limits-only", action="store_true", help="only the rate-limits scenario (memory and Redis)")
+    parser.add_argument("--limits-concurrency", default="1,64", help="connection counts of the rate-limits scenario")
     parser.add_argument("--stream-concurrency", default="64,256,1024", help="connection counts of the spaced-chunk streams")
     parser.add_argument("--concurrency", default="1,16,64,256", help="connection counts of the chat scenarios, comma-separated")
     args = parser.parse_args()
@@ -483,6 +546,11 @@ def main():
         body.write_bytes(chat_body())
         if args.streams_only:
             spaced_streams(tw, spaced, tmp, args, rows, extra, procs, base)
+            print_table(rows, extra)
+            print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")
+            return
+        if args.limits_only:
+            limits_scenario(tw, tmp, fake_port, dead_port, args, rows, extra, procs)
             print_table(rows, extra)
             print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")
             return
@@ -563,6 +631,7 @@ def main():
 
         extra.append(f"tierwise peak RSS: {tw.peak_rss_mb():.1f} MB (VmHWM); nginx {nginx.peak_rss_mb():.1f} MB" + (f"; litellm {litellm.peak_rss_mb():.1f} MB" if litellm else ""))
         shadow_scenario(tw, tmp, body, args, rows, extra)
+        limits_scenario(tw, tmp, fake_port, dead_port, args, rows, extra, procs)
         spaced_streams(tw, spaced, tmp, args, rows, extra, procs, base)
         print_table(rows, extra)
         print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")

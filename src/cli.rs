@@ -52,6 +52,13 @@ enum Format {
     Csv,
 }
 
+/// What one line of `tierwise report` sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum By {
+    Route,
+    Key,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start the gateway.
@@ -83,6 +90,9 @@ enum Command {
         /// Only this route.
         #[arg(long)]
         route: Option<String>,
+        /// What each line sums: a route (cost and savings) or a client key (`keys.NAME`).
+        #[arg(long, value_enum, default_value_t = By::Route)]
+        by: By,
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -221,12 +231,30 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             from,
             to,
             route,
+            by,
             format,
         } => {
             let config = load(&config)?;
             let window =
                 report::window(since.as_deref(), from.as_deref(), to.as_deref(), now_ms()?)
                     .map_err(anyhow::Error::msg)?;
+            if by == By::Key {
+                return runtime()?.block_on(async {
+                    let store = Store::connect(&config.ledger.url).await?;
+                    let keys =
+                        report::keys::KeyReport::load(&store, window, route.as_deref()).await?;
+                    store.close().await;
+                    print!(
+                        "{}",
+                        match format {
+                            Format::Table => keys.to_table(),
+                            Format::Json => keys.to_json() + "\n",
+                            Format::Csv => keys.to_csv(),
+                        }
+                    );
+                    Ok(ExitCode::SUCCESS)
+                });
+            }
             runtime()?.block_on(async {
                 let report = read_report(&config, window, route.as_deref()).await?;
                 print!(

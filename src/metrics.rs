@@ -251,6 +251,25 @@ pub fn provider_in_flight(provider: &str, in_flight: usize) {
         .set(in_flight as f64);
 }
 
+/// Whether the shared rate-limit store (`limits.store`) answers: 1, or 0 while limits are enforced
+/// per replica from memory.
+pub fn limits_store_up(up: bool) {
+    metrics::gauge!("tierwise_limits_store_up").set(if up { 1.0 } else { 0.0 });
+}
+
+/// A token settlement the shared store's queue had no room for (the minute keeps what was
+/// reserved).
+pub fn limits_settlement_dropped() {
+    metrics::counter!("tierwise_limits_settlements_dropped_total").increment(1);
+}
+
+/// A request refused by a rate limit: `scope` `key` or `route`, `name` the key's or route's name,
+/// `measure` `requests` or `tokens`.
+pub fn rate_limited(scope: &'static str, name: &str, measure: &'static str) {
+    metrics::counter!("tierwise_rate_limited_total", "scope" => scope, "name" => name.to_string(), "measure" => measure)
+        .increment(1);
+}
+
 /// A sample the shadow check did not take: `queue_full`, `busy` (the route's shadow calls are all
 /// in flight), `over_budget`, `provider_unavailable`, `stream_tool_calls` (a streamed answer of a
 /// route scored by its tool calls, which the relay does not keep).

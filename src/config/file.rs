@@ -46,6 +46,49 @@ pub struct ConfigFile {
     pub advise: RawAdvise,
     #[serde(default)]
     pub report: RawReport,
+    /// `[keys.NAME]`: named client keys.
+    #[serde(default)]
+    pub keys: BTreeMap<Text, RawKey>,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// `[keys.NAME]`: a client key with a name the ledger and reports show, the routes it may call and
+/// its own rate limits.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub key: Text,
+    /// The routes this key may call; every route (and tier) when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Vec<Text>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<Spanned<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<Spanned<u64>>,
+}
+
+impl RawKey {
+    pub fn new(key: impl Into<String>) -> RawKey {
+        RawKey {
+            key: text(key),
+            routes: None,
+            rpm: None,
+            tpm: None,
+        }
+    }
+}
+
+/// `[limits]`: where the rate-limit counters live.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// `redis://…`: counters shared by every replica; in this process's memory when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<Text>,
+    /// How long admission waits for the store before it judges from this replica's memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_timeout_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -275,6 +318,12 @@ pub struct RawRoute {
     pub profile: Option<RawProfile>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub when_all_open: Option<AllOpen>,
+    /// Requests per minute to this route, over every key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<Spanned<u64>>,
+    /// Tokens (prompt and completion) per minute to this route, over every key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -421,6 +470,8 @@ impl RawRoute {
             shadow: None,
             profile: None,
             when_all_open: None,
+            rpm: None,
+            tpm: None,
         }
     }
 }

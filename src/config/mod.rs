@@ -7,6 +7,7 @@ mod error;
 pub mod file;
 mod kinds;
 mod known;
+mod limits;
 mod price;
 mod provider;
 mod proxy;
@@ -26,6 +27,7 @@ pub use kinds::{
     AllOpen, Changes, OnDrift, OnProof, QualityBar, ScorerKind, TaskKind, ToolCalling,
 };
 pub use known::{Abilities, KnownModel, known_model, takes_max_completion_tokens, undated};
+pub use limits::{KeyTerms, LimitsConfig, Rate};
 pub use price::{BUILT_IN_PRICES, Price};
 pub use provider::{BreakerPolicy, ProbePolicy, Provider, Timeouts};
 pub use proxy::Proxy;
@@ -89,6 +91,7 @@ pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 pub struct Config {
     pub server: ServerConfig,
     pub ledger: LedgerConfig,
+    pub limits: LimitsConfig,
     pub providers: Vec<Arc<Provider>>,
     pub tiers: Vec<Arc<Tier>>,
     pub routes: Vec<Arc<Route>>,
@@ -196,12 +199,13 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// A key clients present, with the id the ledger records instead of the key.
+/// A key clients present, with the id the ledger records instead of the key, and what it may do.
 #[derive(Debug, Clone)]
 pub struct ClientKey {
     pub secret: Secret,
     /// `key-` and the first 12 hex digits of the key's SHA-256.
     pub id: String,
+    pub terms: KeyTerms,
 }
 
 impl ClientKey {
@@ -212,6 +216,7 @@ impl ClientKey {
         ClientKey {
             secret,
             id: format!("key-{hex}"),
+            terms: KeyTerms::default(),
         }
     }
 }

@@ -36,8 +36,9 @@ impl<'a> Resolver<'a> {
     }
 
     pub fn resolve(mut self, file: ConfigFile) -> Result<Config, Vec<ConfigIssue>> {
-        let server = self.server(&file.server);
+        let server = self.server(&file.server, &file.keys, &file.routes);
         let ledger = self.ledger(&file.ledger);
+        let limits = self.limits(&file.limits);
         let providers = self.providers(&file.providers);
         let tiers = self.tiers(&file.tiers, &providers);
         let routes = self.routes(&file, &tiers);
@@ -50,6 +51,7 @@ impl<'a> Resolver<'a> {
             Ok(Config {
                 server,
                 ledger,
+                limits,
                 providers: providers.into_values().collect(),
                 tiers: tiers.into_values().collect(),
                 routes,

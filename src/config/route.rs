@@ -28,6 +28,8 @@ pub struct Route {
     pub profile: Profile,
     /// Default: [`AllOpen::TryPrimary`].
     pub when_all_open: AllOpen,
+    /// Requests and tokens per minute to this route, over every key.
+    pub rate: super::Rate,
 }
 
 /// One tier in a route's chain, with what the route changes about calls to it.
@@ -166,10 +168,12 @@ impl Resolver<'_> {
                     changes: p.changes.is_some(),
                 }),
         };
+        let rate = self.rate(&raw.rpm, &raw.tpm, &key);
         if !self.clean() {
             return None;
         }
         Some(Route {
+            rate,
             name: name.get_ref().clone(),
             kind: *raw.kind.get_ref(),
             chain,

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::file::{RawLedger, RawServer};
+use std::collections::BTreeMap;
+
+use super::file::{RawKey, RawLedger, RawRoute, RawServer, Text};
 use super::resolver::Resolver;
 use super::{ClientKey, Secret};
 
@@ -151,7 +153,12 @@ pub enum RequestLog {
 }
 
 impl Resolver<'_> {
-    pub(super) fn server(&mut self, raw: &RawServer) -> ServerConfig {
+    pub(super) fn server(
+        &mut self,
+        raw: &RawServer,
+        keys: &BTreeMap<Text, RawKey>,
+        routes: &BTreeMap<Text, RawRoute>,
+    ) -> ServerConfig {
         let listen = match &raw.listen {
             Some(text) => self
                 .string(text, "server.listen")
@@ -168,7 +175,7 @@ impl Resolver<'_> {
                 }),
             None => None,
         };
-        let api_keys: Vec<Arc<ClientKey>> = raw
+        let mut api_keys: Vec<Arc<ClientKey>> = raw
             .api_keys
             .iter()
             .flatten()
@@ -176,9 +183,11 @@ impl Resolver<'_> {
             .filter(|key| !key.is_empty())
             .map(|key| Arc::new(ClientKey::new(Secret::new(key))))
             .collect();
+        let named = self.keys(keys, routes, &api_keys);
+        api_keys.extend(named);
         if api_keys.is_empty() {
             self.warnings.push(
-                "server.api_keys is empty: ANY client that can reach this port may call the gateway; \
+                "server.api_keys is empty and no [keys.NAME] is set: ANY client that can reach this port may call the gateway; \
                  set api_keys = [\"${TIERWISE_API_KEY}\"] to require a bearer key"
                     .to_string(),
             );

@@ -126,6 +126,10 @@ ledger_row! {
         /// million (exact in any database, and summed without rounding).
         #[serde(skip)]
         pub agreement_ppm: Option<i64>,
+        /// The name of the client's key (`keys.NAME`), never the key; `None` for a key of the bare
+        /// `server.api_keys` list and on an open gateway.
+        #[serde(rename = "key", skip_serializing_if = "Option::is_none")]
+        pub key_name: Option<String>,
     }
 }
 
@@ -187,6 +191,7 @@ impl RequestRow {
             sample_of: None,
             candidate: None,
             agreement_ppm: None,
+            key_name: None,
         }
     }
 }

@@ -339,11 +339,13 @@ fn batch(line: &[u8]) -> Result<(Vec<RequestRow>, Vec<AttemptRow>), Torn> {
     parse(text).ok_or(Torn::Cut("not a whole batch"))
 }
 
-/// A request row as spooled by any version: one spooled before the quality columns were added
-/// (an upgrade with records still in the spool) gets the values their migration gives old rows.
+/// A request row as spooled by any version: one spooled before the quality columns or the key's
+/// name were added (an upgrade with records still in the spool) gets the values their migrations
+/// give old rows.
 fn with_added_columns(row: &[Value]) -> Vec<Value> {
     let added = [
         Value::String("product".into()),
+        Value::Null,
         Value::Null,
         Value::Null,
         Value::Null,
@@ -385,12 +387,16 @@ mod tests {
         let serde_json::Value::Array(mut values) = row.to_json() else {
             panic!("a row is an array");
         };
-        values.truncate(RequestRow::COLUMNS.len() - 4);
-        let old = serde_json::json!({ "requests": [values.clone()], "attempts": [] }).to_string();
-        let (requests, attempts) = parse(&old).expect("an old batch parses");
-        assert_eq!((requests, attempts.len()), (vec![row], 0));
+        // Before `key_name`, then before the quality columns too.
+        for missing in [1, 5] {
+            values.truncate(RequestRow::COLUMNS.len() - missing);
+            let old =
+                serde_json::json!({ "requests": [values.clone()], "attempts": [] }).to_string();
+            let (requests, attempts) = parse(&old).expect("an old batch parses");
+            assert_eq!((requests, attempts.len()), (vec![row.clone()], 0));
+        }
 
-        values.truncate(RequestRow::COLUMNS.len() - 5);
+        values.truncate(RequestRow::COLUMNS.len() - 6);
         let older = serde_json::json!({ "requests": [values], "attempts": [] }).to_string();
         assert!(parse(&older).is_none());
     }

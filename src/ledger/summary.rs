@@ -235,6 +235,72 @@ impl Store {
     }
 }
 
+/// The ledger's sums for one client key's product requests in a window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeySums {
+    /// `keys.NAME`; `None` for requests made with a key of the bare `server.api_keys` list or
+    /// without a key.
+    pub key: Option<String>,
+    pub calls: u64,
+    pub answered: u64,
+    /// Refused by a rate limit (status 429 with no tier called).
+    pub rate_limited: u64,
+    pub errors: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub cost: Picodollars,
+}
+
+impl Store {
+    /// Product requests of `from_ms <= ts_ms < to_ms` (optionally one route) summed by key name.
+    pub async fn by_key(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        route: Option<&str>,
+    ) -> Result<Vec<KeySums>, LedgerError> {
+        let sql = format!(
+            "SELECT key_name, COUNT(*) AS calls, {answered} AS answered, {limited} AS limited, \
+             {errors} AS errors, {tokens_in} AS tokens_in, {tokens_out} AS tokens_out, {cost} \
+             FROM requests WHERE purpose = 'product' AND ts_ms >= $1 AND ts_ms < $2{route} \
+             GROUP BY key_name ORDER BY key_name",
+            answered = counted("tier IS NOT NULL"),
+            limited =
+                counted("status = 429 AND tier IS NULL AND error_kind = 'rate_limit_exceeded'"),
+            errors = counted("status >= 400"),
+            tokens_in = sum("tokens_in"),
+            tokens_out = sum("tokens_out"),
+            cost = money_sum("cost_pusd", "cost"),
+            route = if route.is_some() {
+                " AND route = $3"
+            } else {
+                ""
+            },
+        );
+        let mut query = sqlx::query(&sql).bind(from_ms).bind(to_ms);
+        if let Some(route) = route {
+            query = query.bind(route.to_string());
+        }
+        let count = |row: &AnyRow, column: &str| -> Result<u64, sqlx::Error> {
+            Ok(row.try_get::<i64, _>(column)?.max(0) as u64)
+        };
+        let mut keys = Vec::new();
+        for row in query.fetch_all(self.reads()).await? {
+            keys.push(KeySums {
+                key: row.try_get("key_name")?,
+                calls: count(&row, "calls")?,
+                answered: count(&row, "answered")?,
+                rate_limited: count(&row, "limited")?,
+                errors: count(&row, "errors")?,
+                tokens_in: count(&row, "tokens_in")?,
+                tokens_out: count(&row, "tokens_out")?,
+                cost: money(&row, "cost")?,
+            });
+        }
+        Ok(keys)
+    }
+}
+
 /// A money sum read back from its `{name}_hi` and `{name}_lo` halves.
 pub(super) fn money(row: &AnyRow, name: &str) -> Result<Picodollars, sqlx::Error> {
     let whole = i128::from(row.try_get::<i64, _>(format!("{name}_hi").as_str())?);

@@ -1,47 +1,353 @@
 //! Admission: the step between resolving a request's route and running its tier chain that decides
 //! whether the request may go on, and on what terms. [`Limits::admit`] may
-//! - refuse it ([`Admission::Refused`]: the client gets the OpenAI-shaped answer
+//! - refuse it (a key calling a route it may not: 403; a rate limit without room: 429) ([`Admission::Refused`]: the client gets the OpenAI-shaped answer
 //!   [`crate::server`] makes of the [`Refusal`], and the ledger a row with that status), or
 //! - admit it ([`Admission::Admitted`]) holding part of its limits for it ([`Hold`]: reservations
 //!   that travel with the request and are settled with what it really used when it ends), and
 //!   with tiers its chain must pass over ([`Skips`]: each shows as a skipped attempt with its
 //!   reason, in `x-tierwise-fallback` and the attempt rows).
 //!
+//! The rate limits (`rpm`, `tpm` of `keys.NAME` and `routes.NAME`) count requests and tokens per
+//! minute in [`window`]s: in memory, shared by the serving threads without a lock, and in Redis
+//! ([`shared`]) when `limits.store` is set, so that replicas share one count. A request is judged
+//! by every limit that applies and takes from all of them or from none; a refused request counts
+//! against nothing. Tokens are reserved from an estimate ([`estimate_tokens`]) and settled with
+//! the real usage.
+//!
 //! The reservation mechanism ([`Reservation`], [`Meter`]) is the one every limit uses, the shadow
 //! checks' daily budget ([`crate::quality::watch`]) included. Limits do not know how a request
 //! ends: [`crate::outcome`] settles the hold as one of the consumers of a finished request.
 
 mod reservation;
+mod shared;
+mod window;
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::{ChainTier, ClientKey, Config, Route, Tier};
+use crate::config::{ChainTier, ClientKey, Config, Rate, Route, Tier};
 use crate::openai::RequestBody;
 
 pub use reservation::{Hold, Meter, Reservation, Unit, Used};
+pub use window::{Counts, Now, Standing, Window};
 
-/// The limits' state for the life of the process, shared by every serving thread.
-#[derive(Debug, Default)]
-pub struct Limits {}
+use shared::{Judged, Shared, SharedLimit, SharedMeter};
+
+/// The limits' state for the life of the process, shared by every serving thread: each limited
+/// key's and route's counters, and the shared store where there is one.
+pub struct Limits {
+    /// By the key's fingerprint.
+    keys: HashMap<String, Scope>,
+    routes: HashMap<String, Scope>,
+    shared: Option<Arc<Shared>>,
+}
+
+/// A key or a route with limits.
+struct Scope {
+    kind: &'static str,
+    name: String,
+    requests: Option<Counter>,
+    tokens: Option<Counter>,
+}
+
+/// One limit: its count in memory, and in the shared store where there is one.
+struct Counter {
+    window: Arc<Window>,
+    shared: Option<(SharedLimit, Arc<SharedMeter>)>,
+}
+
+/// What a request is measured in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    Requests,
+    Tokens,
+}
+
+impl Measure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Measure::Requests => "requests",
+            Measure::Tokens => "tokens",
+        }
+    }
+}
+
+/// Where a request's limits stand, as the `x-ratelimit-*` headers tell the client: for each
+/// measure, the tightest of the key's and the route's limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    pub requests: Option<Standing>,
+    pub tokens: Option<Standing>,
+}
+
+impl Quota {
+    fn add(&mut self, measure: Measure, standing: Standing) {
+        let slot = match measure {
+            Measure::Requests => &mut self.requests,
+            Measure::Tokens => &mut self.tokens,
+        };
+        if slot.is_none_or(|held| standing.remaining < held.remaining) {
+            *slot = Some(standing);
+        }
+    }
+}
+
+/// One limit a request is judged by, and what it would take of it.
+struct Judge<'a> {
+    scope: &'a Scope,
+    measure: Measure,
+    counter: &'a Counter,
+    cost: u64,
+}
 
 impl Limits {
-    pub fn new(_config: &Config) -> Limits {
-        Limits {}
+    /// Every limited key and route, counted in memory, and in `limits.store` where it is set.
+    /// Starts the store's tasks on the current runtime.
+    pub fn new(config: &Config) -> Limits {
+        let shared = config.limits.store.as_ref().and_then(|url| {
+            Shared::start(url, config.limits.store_timeout)
+                .map_err(|err| tracing::error!("{err}; rate limits are kept in memory"))
+                .ok()
+        });
+        let scope = |kind: &'static str, name: &str, rate: Rate| -> Option<Scope> {
+            if rate.is_none() {
+                return None;
+            }
+            let counter = |measure: Measure, limit: Option<u64>| {
+                let limit = limit?;
+                let window = Arc::new(Window::new(limit));
+                let shared = shared.as_ref().map(|store| {
+                    let limit = SharedLimit {
+                        prefix: format!("tierwise:limits:{kind}:{name}:{}", measure.as_str()),
+                        limit: window.limit(),
+                    };
+                    let meter = Arc::new(SharedMeter {
+                        window: window.clone(),
+                        limit: limit.clone(),
+                        shared: store.clone(),
+                    });
+                    (limit, meter)
+                });
+                Some(Counter { window, shared })
+            };
+            Some(Scope {
+                kind,
+                name: name.to_string(),
+                requests: counter(Measure::Requests, rate.rpm),
+                tokens: counter(Measure::Tokens, rate.tpm),
+            })
+        };
+        let keys = config
+            .server
+            .api_keys
+            .iter()
+            .filter_map(|key| {
+                let name = key.terms.name.as_deref()?;
+                Some((key.id.clone(), scope("key", name, key.terms.rate)?))
+            })
+            .collect();
+        let routes = config
+            .routes
+            .iter()
+            .filter_map(|route| {
+                Some((route.name.clone(), scope("route", &route.name, route.rate)?))
+            })
+            .collect();
+        Limits {
+            keys,
+            routes,
+            shared,
+        }
+    }
+
+    /// Where the counts are judged, as `/readyz` says it: `memory` (no `limits.store`), `shared`,
+    /// or `down` (the store is unreachable; each replica judges from its own memory).
+    pub fn store_status(&self) -> &'static str {
+        match &self.shared {
+            None => "memory",
+            Some(store) if store.is_up() => "shared",
+            Some(_) => "down",
+        }
     }
 
     /// Decides whether `ask` may go on. Called on the request path once per request: reads and
-    /// updates counters, never waits.
-    pub fn admit(&self, _ask: &Ask<'_>) -> Admission {
-        Admission::Admitted(Admitted::default())
+    /// updates counters without a lock; with a shared store, one round trip to it, bounded by
+    /// `limits.store_timeout_ms`.
+    pub async fn admit(&self, ask: &Ask<'_>) -> Admission {
+        if let Some(key) = ask.key
+            && let Some(allowed) = &key.terms.routes
+            && ask
+                .called
+                .is_none_or(|route| allowed.binary_search(&route.name).is_err())
+        {
+            return Admission::Refused(Refusal::NotAllowed {
+                key: key.terms.name.clone().unwrap_or_default(),
+                asked: ask.request.model.clone(),
+                allowed: allowed.clone(),
+            });
+        }
+        let key = ask.key.and_then(|key| self.keys.get(&key.id));
+        let route = ask.route.and_then(|route| self.routes.get(&route.name));
+        if key.is_none() && route.is_none() {
+            return Admission::Admitted(Admitted::default());
+        }
+        let estimate = estimate_tokens(ask);
+        let mut judges = Vec::with_capacity(4);
+        for scope in [key, route].into_iter().flatten() {
+            if let Some(counter) = &scope.requests {
+                judges.push(Judge {
+                    scope,
+                    measure: Measure::Requests,
+                    counter,
+                    cost: 1,
+                });
+            }
+            if let Some(counter) = &scope.tokens {
+                judges.push(Judge {
+                    scope,
+                    measure: Measure::Tokens,
+                    counter,
+                    // A request that alone asks for more than the limit is admitted only into an
+                    // empty minute, and then fills it: an estimate is no reason to refuse forever.
+                    cost: estimate.min(counter.window.limit()),
+                });
+            }
+        }
+        let now = Now::read();
+        let judged = match &self.shared {
+            Some(store) if store.is_up() => shared_judgement(store, now, &judges).await,
+            _ => None,
+        };
+        let shared = matches!(judged, Some(Judged::Taken(_)));
+        let (taken, counts) = match judged {
+            Some(Judged::Taken(counts)) => {
+                // Mirrored in memory, which judges alone while the store is away.
+                for (judge, _) in judges.iter().zip(&counts) {
+                    judge.counter.window.add(now, judge.cost);
+                }
+                (true, counts)
+            }
+            Some(Judged::Refused(counts)) => (false, counts),
+            None => memory_judgement(now, &judges),
+        };
+        let mut quota = Quota::default();
+        let mut refused = None;
+        for (judge, counts) in judges.iter().zip(&counts) {
+            let limit = judge.counter.window.limit();
+            quota.add(judge.measure, counts.standing(now, limit));
+            if !taken && refused.is_none() && !counts.fits(now, judge.cost, limit) {
+                refused = Some((judge, *counts));
+            }
+        }
+        if !taken {
+            let (judge, counts) = refused.unwrap_or((&judges[0], counts[0]));
+            crate::metrics::rate_limited(
+                judge.scope.kind,
+                &judge.scope.name,
+                judge.measure.as_str(),
+            );
+            return Admission::Refused(Refusal::RateLimited(Box::new(RateLimited {
+                scope: format!("{} '{}'", judge.scope.kind, judge.scope.name),
+                measure: judge.measure,
+                limit: judge.counter.window.limit(),
+                used: {
+                    let standing = counts.standing(now, judge.counter.window.limit());
+                    standing.limit - standing.remaining
+                },
+                requested: judge.cost,
+                retry_after: counts.retry_after(now, judge.cost, judge.counter.window.limit()),
+                quota,
+            })));
+        }
+        let mut hold = Hold::default();
+        for judge in judges.iter().filter(|j| j.measure == Measure::Tokens) {
+            let meter: Arc<dyn Meter> = match &judge.counter.shared {
+                Some((_, meter)) if shared => meter.clone(),
+                _ => judge.counter.window.clone(),
+            };
+            hold.add(Reservation::new(
+                meter,
+                Unit::Tokens,
+                now.minute,
+                judge.cost,
+            ));
+        }
+        Admission::Admitted(Admitted {
+            hold,
+            skips: Skips::default(),
+            quota: Some(quota),
+        })
     }
+}
+
+/// The store's judgement of every limit at once; `None` when it did not answer.
+async fn shared_judgement(store: &Shared, now: Now, judges: &[Judge<'_>]) -> Option<Judged> {
+    let limits: Vec<(&SharedLimit, u64)> = judges
+        .iter()
+        .map(|judge| {
+            let (limit, _) = judge.counter.shared.as_ref()?;
+            Some((limit, judge.cost))
+        })
+        .collect::<Option<_>>()?;
+    store.take(now, &limits).await
+}
+
+/// Takes every limit from memory, or none: what one took is given back when a later one refuses.
+fn memory_judgement(now: Now, judges: &[Judge<'_>]) -> (bool, Vec<Counts>) {
+    let mut counts = Vec::with_capacity(judges.len());
+    for (at, judge) in judges.iter().enumerate() {
+        match judge.counter.window.take(now, judge.cost) {
+            Ok(after) => counts.push(after),
+            Err(before) => {
+                for taken in &judges[..at] {
+                    taken.counter.window.give_back(now.minute, taken.cost);
+                }
+                // The others as they stand without this request.
+                let mut all: Vec<Counts> = judges[..at]
+                    .iter()
+                    .map(|j| j.counter.window.counts(now))
+                    .collect();
+                all.push(before);
+                all.extend(
+                    judges[at + 1..]
+                        .iter()
+                        .map(|j| j.counter.window.counts(now)),
+                );
+                return (false, all);
+            }
+        }
+    }
+    (true, counts)
+}
+
+/// The tokens a request is held to before it runs: its prompt at about four bytes a token (the
+/// length of `messages` or `input` as sent, read without parsing it, so that a huge prompt costs
+/// no more than a short one to judge), plus the answer budget — the client's `max_tokens`, else
+/// the first tier's. It is settled with the real usage when the request ends.
+fn estimate_tokens(ask: &Ask<'_>) -> u64 {
+    let request = ask.request;
+    let prompt_bytes = ["messages", "input"]
+        .iter()
+        .find_map(|field| request.field(field))
+        .map_or(0, |raw| raw.get().len() as u64);
+    let budget = request.max_tokens().or_else(|| {
+        ask.chain
+            .first()
+            .and_then(|step| step.tier.max_tokens)
+            .map(u64::from)
+    });
+    prompt_bytes.div_ceil(4).saturating_add(budget.unwrap_or(0))
 }
 
 /// What admission knows of a request.
 pub struct Ask<'a> {
     /// The key the client presented; `None` on a gateway with no client keys.
     pub key: Option<&'a Arc<ClientKey>>,
-    /// The route the request's cost is attributed to.
+    /// The route the request's cost is attributed to (named by `model` or `x-tierwise-route`).
     pub route: Option<&'a Arc<Route>>,
+    /// The route named by `model`, whose chain runs; `None` when `model` names a tier or a model.
+    pub called: Option<&'a Arc<Route>>,
     /// The tiers the chain will try, in order.
     pub chain: &'a [ChainTier],
     pub request: &'a RequestBody<'a>,
@@ -63,22 +369,65 @@ pub struct Admitted {
     pub hold: Hold,
     /// Tiers its chain passes over.
     pub skips: Skips,
+    /// Where its rate limits stand, counting it; `None` when none applies.
+    pub quota: Option<Quota>,
 }
 
 /// Why a request is answered without running its chain; [`crate::server`] turns each into its
 /// OpenAI-shaped error.
 #[derive(Debug)]
-pub enum Refusal {}
+pub enum Refusal {
+    /// The key may not call what the request names: 403.
+    NotAllowed {
+        /// `keys.NAME`.
+        key: String,
+        /// The request's `model`.
+        asked: String,
+        /// The routes the key may call.
+        allowed: Vec<String>,
+    },
+    /// A rate limit has no room for the request: 429 `rate_limit_exceeded`.
+    RateLimited(Box<RateLimited>),
+}
+
+/// A request over a rate limit, as the client is told.
+#[derive(Debug)]
+pub struct RateLimited {
+    /// `key 'batch'`, `route 'chat'`.
+    pub scope: String,
+    pub measure: Measure,
+    pub limit: u64,
+    /// Of the limit, in the trailing minute.
+    pub used: u64,
+    pub requested: u64,
+    /// Until the request would fit, if nothing more comes.
+    pub retry_after: Duration,
+    pub quota: Quota,
+}
 
 impl Refusal {
     /// The HTTP status the client gets, as the ledger records it.
     pub fn status(&self) -> u16 {
-        match *self {}
+        match self {
+            Refusal::NotAllowed { .. } => 403,
+            Refusal::RateLimited(_) => 429,
+        }
     }
 
     /// The short reason the ledger's `error_kind` keeps.
     pub fn reason(&self) -> &'static str {
-        match *self {}
+        match self {
+            Refusal::NotAllowed { .. } => "route_not_allowed",
+            Refusal::RateLimited(_) => "rate_limit_exceeded",
+        }
+    }
+
+    /// Where the request's limits stand, for the `x-ratelimit-*` headers.
+    pub fn quota(&self) -> Option<Quota> {
+        match self {
+            Refusal::NotAllowed { .. } => None,
+            Refusal::RateLimited(limited) => Some(limited.quota),
+        }
     }
 }
 

@@ -194,6 +194,8 @@ pub struct Start {
     pub route: Option<Arc<Route>>,
     /// The client key's fingerprint, never the key.
     pub client_key: Option<String>,
+    /// The client key's name (`keys.NAME`), never the key.
+    pub key_name: Option<String>,
     /// The client's body: counted where the upstream reports no usage, stored with
     /// `ledger.store_content = true`.
     pub body: Bytes,
@@ -331,6 +333,7 @@ impl Exchange {
         request.stream = start.stream;
         request.latency_us = latency_us;
         request.client_key = start.client_key.clone();
+        request.key_name = start.key_name.clone();
         request.prompt = self
             .outcomes
             .store_content
@@ -723,6 +726,7 @@ mod tests {
             stream: false,
             route: None,
             client_key: None,
+            key_name: None,
             body: Bytes::from_static(b"{}"),
             sampled: false,
             hold: Hold::default(),

@@ -9,6 +9,7 @@
 //! per route.
 
 pub mod advise;
+pub mod keys;
 pub mod simulate;
 
 use std::collections::BTreeMap;

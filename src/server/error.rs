@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 
-use crate::limits::Refusal;
+use crate::limits::{Measure, Refusal};
 use crate::openai::RequestError;
 use crate::route::ResolveError;
 use crate::route::chain::Unserved;
@@ -192,7 +192,47 @@ impl ApiError {
 
 impl From<Refusal> for ApiError {
     fn from(refusal: Refusal) -> ApiError {
-        match refusal {}
+        match refusal {
+            Refusal::NotAllowed {
+                key,
+                asked,
+                allowed,
+            } => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                format!(
+                    "The key '{key}' may not call '{asked}'. It may call the routes: {}. Ask the gateway's operator to add the route to keys.{key}.routes, or use a key that may call it.",
+                    allowed.join(", ")
+                ),
+            )
+            .param(Some("model"))
+            .code("route_not_allowed"),
+            // OpenAI's words and type, so that clients that read them (the SDKs' retry logic,
+            // dashboards) read these alike.
+            Refusal::RateLimited(limited) => {
+                let per = match limited.measure {
+                    Measure::Requests => "requests per min (RPM)",
+                    Measure::Tokens => "tokens per min (TPM)",
+                };
+                let wait = limited.retry_after;
+                let mut error = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    limited.measure.as_str(),
+                    format!(
+                        "Rate limit reached for {} on {per}: Limit {}, Used {}, Requested {}. Please try again in {:.3}s.",
+                        limited.scope,
+                        limited.limit,
+                        limited.used,
+                        limited.requested,
+                        wait.as_secs_f64()
+                    ),
+                )
+                .code("rate_limit_exceeded");
+                // Whole seconds, rounded up: a client that waits this long finds room.
+                error.retry_after = Some(wait.as_millis().div_ceil(1000).max(1) as u64);
+                error
+            }
+        }
     }
 }
 

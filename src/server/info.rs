@@ -80,6 +80,8 @@ pub async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, Json<Value>) {
             "refused_records": ledger.refused(),
             "torn_spool_lines": ledger.torn(),
         },
+        // A shared store that is away is degraded too: limits are enforced per replica.
+        "limits_store": app.limits.store_status(),
     });
     (status, Json(body))
 }

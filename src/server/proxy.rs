@@ -22,7 +22,7 @@ use super::relay::SseRelay;
 use super::{App, RequestId};
 use crate::config::{AllOpen, ClientKey};
 use crate::ledger::{Answer, RequestRow, Tokens};
-use crate::limits::{Admission, Admitted, Ask, Refusal};
+use crate::limits::{Admission, Admitted, Ask, Quota, Refusal};
 use crate::openai::{Endpoint, RequestBody};
 use crate::outcome::{Ending, Exchange, Start};
 use crate::route::Resolved;
@@ -125,23 +125,28 @@ async fn proxy(
 ) -> Result<Response, ApiError> {
     let request = RequestBody::parse(endpoint, &bytes)?;
     let resolved = app.routes.resolve(&request.model, route_header)?;
-    let admission = app.limits.admit(&Ask {
-        key: caller.key.as_ref(),
-        route: resolved.route,
-        chain: &resolved.target.chain,
-        request: &request,
-    });
+    let admission = app
+        .limits
+        .admit(&Ask {
+            key: caller.key.as_ref(),
+            route: resolved.route,
+            called: resolved.target.route.as_ref(),
+            chain: &resolved.target.chain,
+            request: &request,
+        })
+        .await;
     let (admitted, refusal) = match admission {
         Admission::Admitted(admitted) => (admitted, None),
         Admission::Refused(refusal) => (Admitted::default(), Some(refusal)),
     };
-    let Admitted { hold, skips } = admitted;
+    let Admitted { hold, skips, quota } = admitted;
     let mut exchange = app.outcomes.begin(Start {
         id: caller.id.0,
         endpoint,
         stream: request.stream,
         route: resolved.route.cloned(),
-        client_key: caller.key.map(|key| key.id.clone()),
+        client_key: caller.key.as_ref().map(|key| key.id.clone()),
+        key_name: caller.key.as_ref().and_then(|key| key.terms.name.clone()),
         body: bytes.clone(),
         // Only a route named by `model` runs its own chain and prompts, which is what is checked.
         sampled: refusal.is_none()
@@ -175,13 +180,17 @@ async fn proxy(
     if client.gone() {
         exchange.client_left();
     }
-    Ok(match result {
+    let mut response = match result {
         Ok(served) => {
             let max_text = app.config.server.max_answer_bytes;
             answer(exchange, served, resolved, &request, max_text).await
         }
         Err(unserved) => refuse(exchange, &unserved).await,
-    })
+    };
+    if let Some(quota) = quota {
+        set_quota(response.headers_mut(), &quota);
+    }
+    Ok(response)
 }
 
 /// Admission answered: the client gets the refusal, the ledger a row with its status.
@@ -190,7 +199,11 @@ async fn refuse_at_admission(exchange: Exchange, refusal: Refusal) -> Response {
         status: refusal.status(),
         reason: refusal.reason(),
     });
+    let quota = refusal.quota();
     let mut response = ApiError::from(refusal).into_response();
+    if let Some(quota) = quota {
+        set_quota(response.headers_mut(), &quota);
+    }
     set_headers(response.headers_mut(), Facts::from(&ended.outcome.request));
     ended.deliver().await;
     response
@@ -326,6 +339,60 @@ fn set_headers(headers: &mut HeaderMap, facts: Facts<'_>) {
         if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
             headers.insert(name, value);
         }
+    }
+}
+
+/// The `x-ratelimit-*` headers as OpenAI sends them: each measure's limit, what is left of it
+/// counting this request, and how long until the limit is whole again (`1m30s`, `2.5s`, `20ms`).
+fn set_quota(headers: &mut HeaderMap, quota: &Quota) {
+    for (standing, names) in [
+        (
+            quota.requests,
+            [
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+            ],
+        ),
+        (
+            quota.tokens,
+            [
+                "x-ratelimit-limit-tokens",
+                "x-ratelimit-remaining-tokens",
+                "x-ratelimit-reset-tokens",
+            ],
+        ),
+    ] {
+        let Some(standing) = standing else { continue };
+        let values = [
+            HeaderValue::from(standing.limit),
+            HeaderValue::from(standing.remaining),
+            HeaderValue::from_str(&reset_text(standing.reset))
+                .unwrap_or(HeaderValue::from_static("0s")),
+        ];
+        for (name, value) in names.into_iter().zip(values) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
+}
+
+/// A duration as OpenAI's reset headers write it: `6m0s`, `1s`, `8.64s`, `20ms`.
+fn reset_text(wait: std::time::Duration) -> String {
+    let ms = wait.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (minutes, ms) = (ms / 60_000, ms % 60_000);
+    let seconds = if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        let text = format!("{:.3}", ms as f64 / 1000.0);
+        format!("{}s", text.trim_end_matches('0'))
+    };
+    if minutes > 0 {
+        format!("{minutes}m{seconds}")
+    } else {
+        seconds
     }
 }
 

@@ -13,6 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_KEY = "tw-sdk-client-key"
+# A named key with 2 requests a minute, for the rate-limit test.
+LIMITED_KEY = "tw-sdk-limited-key"
 LOCAL_KEY = "sk-local-secret"
 
 
@@ -68,6 +70,10 @@ max_body_bytes = 100000
 [ledger]
 url = "sqlite://ledger.db"
 
+[keys.sdk_limited]
+key = "{limited_key}"
+rpm = 2
+
 # No probes and a breaker that does not open: each test sets the faults it needs, and what one test
 # did to a fake must not decide what the next one sees.
 [providers.vllm]
@@ -122,7 +128,7 @@ def upstreams():
 def gateway_url(upstreams, tmp_path_factory):
     local, api = upstreams
     path = tmp_path_factory.mktemp("gateway") / "tierwise.toml"
-    path.write_text(CONFIG.format(client_key=CLIENT_KEY, local_key=LOCAL_KEY, local=local.base_url, api=api.base_url))
+    path.write_text(CONFIG.format(client_key=CLIENT_KEY, limited_key=LIMITED_KEY, local_key=LOCAL_KEY, local=local.base_url, api=api.base_url))
     env = dict(os.environ, TIERWISE_LOG="warn")
     proc, url = _start([_binary("TIERWISE_BIN", "tierwise"), "serve", "--config", str(path)], env=env)
     yield url

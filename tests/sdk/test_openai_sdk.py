@@ -5,7 +5,7 @@ import base64
 import openai
 import pytest
 
-from conftest import CLIENT_KEY, LOCAL_KEY
+from conftest import CLIENT_KEY, LIMITED_KEY, LOCAL_KEY
 
 
 def test_chat_completion_through_a_route(client, fakes):
@@ -197,3 +197,19 @@ def test_a_request_no_tier_can_fit_is_context_length_exceeded(client, fakes):
             model="classification", messages=[{"role": "user", "content": "a long document"}]
         )
     assert raised.value.code == "context_length_exceeded"
+
+
+def test_a_key_over_its_rpm_raises_rate_limit_error_with_openais_headers(gateway_url, fakes):
+    limited = openai.OpenAI(base_url=gateway_url + "/v1", api_key=LIMITED_KEY, max_retries=0)
+    ask = dict(model="classification", messages=[{"role": "user", "content": "hi"}])
+    first = limited.chat.completions.with_raw_response.create(**ask)
+    assert first.headers["x-ratelimit-limit-requests"] == "2"
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
+    limited.chat.completions.create(**ask)
+    with pytest.raises(openai.RateLimitError) as raised:
+        limited.chat.completions.create(**ask)
+    assert raised.value.code == "rate_limit_exceeded"
+    assert raised.value.type == "requests"
+    headers = raised.value.response.headers
+    assert int(headers["retry-after"]) >= 1
+    assert headers["x-ratelimit-remaining-requests"] == "0"
