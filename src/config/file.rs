@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::kinds::{
-    AllOpen, Changes, OnDrift, OnProof, QualityBar, ScorerKind, TaskKind, ToolCalling,
+    AllOpen, Api, Changes, OnDrift, OnProof, QualityBar, ScorerKind, TaskKind, ToolCalling,
 };
 
 pub type Text = Spanned<String>;
@@ -158,6 +158,8 @@ impl From<SpannedTimeouts> for RawTimeouts {
 #[serde(deny_unknown_fields)]
 pub struct RawProvider {
     pub base_url: Text,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<Api>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -381,6 +383,7 @@ impl RawProvider {
     pub fn new(base_url: impl Into<String>) -> RawProvider {
         RawProvider {
             base_url: text(base_url),
+            api: None,
             api_key: None,
             proxy: None,
             fixed_monthly_usd: None,

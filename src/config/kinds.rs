@@ -1,9 +1,20 @@
 //! The kinds a route's settings choose among — its task, its quality bar, its scorer, what it does
-//! when every tier is open or its monitor decides — shared by the file's raw types
+//! when every tier is open or its monitor decides — and the wire format a provider speaks, shared
+//! by the file's raw types
 //! ([`super::file`]) and the resolved route ([`super::route`]). A leaf: it uses no other part of
 //! the configuration, so the raw file and the resolver never depend on each other through it.
 
 use serde::{Deserialize, Serialize};
+
+/// The wire format a provider speaks (`providers.<name>.api`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    /// OpenAI's own API and every server that copies it (vLLM, Ollama's `/v1`, llama.cpp).
+    #[default]
+    #[serde(rename = "openai")]
+    OpenAi,
+}
 
 /// What a route does, which decides its scorer and whether it may move to a local model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,16 +7,18 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::Secret;
 use super::file::{RawProvider, RawTimeouts, Text};
 use super::proxy::Proxy;
 use super::resolver::Resolver;
+use super::{Api, Secret};
 
 #[derive(Debug)]
 pub struct Provider {
     pub name: String,
     /// Always ends in `/`, so that `join("chat/completions")` keeps the path prefix (`/v1/`).
     pub base_url: Url,
+    /// The wire format it speaks; OpenAI's unless the file says otherwise.
+    pub api: Api,
     pub api_key: Option<Secret>,
     /// The HTTP proxy the provider is reached through, if any.
     pub proxy: Option<Proxy>,
@@ -166,6 +168,7 @@ impl Resolver<'_> {
         Some(Provider {
             name: name.get_ref().clone(),
             base_url,
+            api: raw.api.unwrap_or_default(),
             api_key,
             proxy,
             fixed_monthly_usd: raw.fixed_monthly_usd.as_ref().map(|c| *c.get_ref()),

@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, USER_AGENT};
+use http::header::{ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
 use http::{Method, Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -28,6 +28,7 @@ use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use super::wire::Wire;
 use super::{UpstreamError, UpstreamErrorKind};
 use crate::config::Provider;
 use crate::openai::Endpoint;
@@ -57,30 +58,31 @@ static TLS: LazyLock<Result<rustls::ClientConfig, String>> = LazyLock::new(|| {
 
 pub(super) struct ProviderClient {
     http: Client<Connector, Full<Bytes>>,
-    /// `Bearer <key>`, marked sensitive so that no debug output shows it.
-    auth: Option<HeaderValue>,
+    /// The provider's wire format.
+    pub(super) wire: Wire,
+    /// The headers every call carries (the key, marked sensitive so that no debug output shows
+    /// it), built once.
+    headers: Vec<(HeaderName, HeaderValue)>,
     /// The endpoint URLs in [`Endpoint::ALL`] order, parsed once rather than on every request.
     urls: Vec<Uri>,
 }
 
 impl ProviderClient {
     pub(super) fn new(provider: &Provider) -> Result<ProviderClient, UpstreamError> {
-        let auth = provider.api_key.as_ref().map(|key| {
-            let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose()))
-                .expect("configuration admits only header-safe keys");
-            value.set_sensitive(true);
-            value
-        });
-        let urls = Endpoint::ALL
-            .iter()
-            .map(|endpoint| uri(&provider.base_url, endpoint.path()))
-            .collect::<Result<_, _>>()?;
+        let wire = Wire::new(provider);
+        let headers = wire.headers(provider);
+        let urls = wire.urls(provider)?;
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .build(Connector::new(provider)?);
-        Ok(ProviderClient { http, auth, urls })
+        Ok(ProviderClient {
+            http,
+            wire,
+            headers,
+            urls,
+        })
     }
 
     /// `POST`s a JSON body to one of the provider's endpoints.
@@ -111,8 +113,8 @@ impl ProviderClient {
         if has_body {
             headers.insert(CONTENT_TYPE, JSON.clone());
         }
-        if let Some(auth) = &self.auth {
-            headers.insert(AUTHORIZATION, auth.clone());
+        for (name, value) in &self.headers {
+            headers.insert(name.clone(), value.clone());
         }
         request
     }
@@ -132,7 +134,7 @@ impl Future for Call {
 }
 
 /// `base` joined with `path`, as the `Uri` hyper sends.
-fn uri(base: &url::Url, path: &str) -> Result<Uri, UpstreamError> {
+pub(super) fn uri(base: &url::Url, path: &str) -> Result<Uri, UpstreamError> {
     let joined = base.join(path).map_err(|err| {
         UpstreamError::new_detail(UpstreamErrorKind::Connect, format!("bad URL: {err}"))
     })?;
