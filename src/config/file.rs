@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::kinds::{
-    AllOpen, Api, Changes, OnDrift, OnProof, QualityBar, ScorerKind, TaskKind, ToolCalling,
+    AllOpen, Api, Changes, KeyHeader, OnDrift, OnProof, QualityBar, ScorerKind, TaskKind,
+    ToolCalling,
 };
 
 pub type Text = Spanned<String>;
@@ -160,6 +161,10 @@ pub struct RawProvider {
     pub base_url: Text,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api: Option<Api>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<Text>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<KeyHeader>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -377,6 +382,8 @@ pub struct RawPrice {
     pub output: Spanned<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cached_input: Option<Spanned<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_write: Option<Spanned<f64>>,
 }
 
 impl RawProvider {
@@ -384,6 +391,8 @@ impl RawProvider {
         RawProvider {
             base_url: text(base_url),
             api: None,
+            api_version: None,
+            auth: None,
             api_key: None,
             proxy: None,
             fixed_monthly_usd: None,

@@ -14,6 +14,38 @@ pub enum Api {
     #[default]
     #[serde(rename = "openai")]
     OpenAi,
+    /// Anthropic's Messages API: requests and answers translated at the provider's seam.
+    Anthropic,
+}
+
+impl Api {
+    /// The API version a provider of this format is called with when its `api_version` is unset.
+    pub fn default_version(self) -> Option<&'static str> {
+        match self {
+            Api::OpenAi => None,
+            // The only version of the Messages API's `anthropic-version` header.
+            Api::Anthropic => Some("2023-06-01"),
+        }
+    }
+
+    /// The header the provider's key travels in unless its `auth` says otherwise.
+    pub fn default_auth(self) -> KeyHeader {
+        match self {
+            Api::OpenAi => KeyHeader::Bearer,
+            Api::Anthropic => KeyHeader::XApiKey,
+        }
+    }
+}
+
+/// The header a provider's key travels in (`providers.<name>.auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyHeader {
+    /// `Authorization: Bearer <key>`.
+    #[serde(rename = "bearer")]
+    Bearer,
+    /// `x-api-key: <key>`, Anthropic's.
+    #[serde(rename = "x-api-key")]
+    XApiKey,
 }
 
 /// What a route does, which decides its scorer and whether it may move to a local model.

@@ -23,7 +23,8 @@ use std::sync::Arc;
 
 pub use error::{ConfigError, ConfigIssue};
 pub use kinds::{
-    AllOpen, Api, Changes, OnDrift, OnProof, QualityBar, ScorerKind, TaskKind, ToolCalling,
+    AllOpen, Api, Changes, KeyHeader, OnDrift, OnProof, QualityBar, ScorerKind, TaskKind,
+    ToolCalling,
 };
 pub use known::{Abilities, KnownModel, known_model, takes_max_completion_tokens, undated};
 pub use price::{BUILT_IN_PRICES, Price};

@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
 use url::Url;
 
 use super::file::{RawProvider, RawTimeouts, Text};
 use super::proxy::Proxy;
 use super::resolver::Resolver;
-use super::{Api, Secret};
+use super::{Api, KeyHeader, Secret};
 
 #[derive(Debug)]
 pub struct Provider {
@@ -19,6 +20,10 @@ pub struct Provider {
     pub base_url: Url,
     /// The wire format it speaks; OpenAI's unless the file says otherwise.
     pub api: Api,
+    /// The format's API version (Anthropic's `anthropic-version`), where it has one.
+    pub api_version: Option<String>,
+    /// The header the key travels in.
+    pub auth: KeyHeader,
     pub api_key: Option<Secret>,
     /// The HTTP proxy the provider is reached through, if any.
     pub proxy: Option<Proxy>,
@@ -152,6 +157,8 @@ impl Resolver<'_> {
                 "must be a number of dollars, 0 or more",
             );
         }
+        let api = raw.api.unwrap_or_default();
+        let api_version = self.api_version(raw, api, &key);
         let base_url = base_url?;
         self.timeouts_may_pass(&raw.timeout, &key);
         let timeouts = Timeouts::DEFAULT.with(&raw.timeout);
@@ -168,7 +175,9 @@ impl Resolver<'_> {
         Some(Provider {
             name: name.get_ref().clone(),
             base_url,
-            api: raw.api.unwrap_or_default(),
+            api,
+            api_version,
+            auth: raw.auth.unwrap_or(api.default_auth()),
             api_key,
             proxy,
             fixed_monthly_usd: raw.fixed_monthly_usd.as_ref().map(|c| *c.get_ref()),
@@ -181,6 +190,35 @@ impl Resolver<'_> {
             breaker,
             probe,
         })
+    }
+
+    /// The API version a provider is called with: its own, else its format's; refused on a format
+    /// that has none.
+    fn api_version(&mut self, raw: &RawProvider, api: Api, key: &str) -> Option<String> {
+        let Some(text) = &raw.api_version else {
+            return api.default_version().map(str::to_string);
+        };
+        if api.default_version().is_none() {
+            self.issue_at(
+                text.span().start,
+                &format!("{key}.api_version"),
+                "is only for a provider whose api has versions (\"anthropic\"); leave it out",
+            );
+            return None;
+        }
+        let version = self.string(text, &format!("{key}.api_version"))?;
+        if version.is_empty()
+            || HeaderValue::from_str(&version).is_err()
+            || version.contains(['&', '#', ' '])
+        {
+            self.issue_at(
+                text.span().start,
+                &format!("{key}.api_version"),
+                "must be a version such as \"2023-06-01\"",
+            );
+            return None;
+        }
+        Some(version)
     }
 
     /// Records each timeout of `raw` that no call could meet: 0 ms fails every call (every

@@ -29,6 +29,11 @@ pub struct Tier {
 }
 
 impl Tier {
+    /// The model its calls are priced as: the model it names.
+    pub fn priced_as(&self) -> &str {
+        &self.model
+    }
+
     /// A tier is local when its provider is paid for as a fixed monthly cost rather than per token.
     pub fn is_local(&self) -> bool {
         self.provider.fixed_monthly_usd.is_some()

@@ -126,6 +126,10 @@ ledger_row! {
         /// million (exact in any database, and summed without rounding).
         #[serde(skip)]
         pub agreement_ppm: Option<i64>,
+        /// Input written to the provider's prompt cache (counted in `tokens_in`, as cache reads
+        /// are), priced at its own price. Last, as the migration that added it put it.
+        #[serde(skip)]
+        pub tokens_cache_write: u64,
     }
 }
 
@@ -187,6 +191,7 @@ impl RequestRow {
             sample_of: None,
             candidate: None,
             agreement_ppm: None,
+            tokens_cache_write: 0,
         }
     }
 }

@@ -339,14 +339,16 @@ fn batch(line: &[u8]) -> Result<(Vec<RequestRow>, Vec<AttemptRow>), Torn> {
     parse(text).ok_or(Torn::Cut("not a whole batch"))
 }
 
-/// A request row as spooled by any version: one spooled before the quality columns were added
-/// (an upgrade with records still in the spool) gets the values their migration gives old rows.
+/// A request row as spooled by any version: one spooled before the quality columns or the cache
+/// writes were added (an upgrade with records still in the spool) gets the values their
+/// migrations give old rows.
 fn with_added_columns(row: &[Value]) -> Vec<Value> {
     let added = [
         Value::String("product".into()),
         Value::Null,
         Value::Null,
         Value::Null,
+        Value::from(0),
     ];
     let mut row = row.to_vec();
     let first_added = RequestRow::COLUMNS.len() - added.len();
@@ -385,12 +387,12 @@ mod tests {
         let serde_json::Value::Array(mut values) = row.to_json() else {
             panic!("a row is an array");
         };
-        values.truncate(RequestRow::COLUMNS.len() - 4);
+        values.truncate(RequestRow::COLUMNS.len() - 5);
         let old = serde_json::json!({ "requests": [values.clone()], "attempts": [] }).to_string();
         let (requests, attempts) = parse(&old).expect("an old batch parses");
         assert_eq!((requests, attempts.len()), (vec![row], 0));
 
-        values.truncate(RequestRow::COLUMNS.len() - 5);
+        values.truncate(RequestRow::COLUMNS.len() - 6);
         let older = serde_json::json!({ "requests": [values], "attempts": [] }).to_string();
         assert!(parse(&older).is_none());
     }

@@ -63,8 +63,9 @@ pub(super) struct ProviderClient {
     /// The headers every call carries (the key, marked sensitive so that no debug output shows
     /// it), built once.
     headers: Vec<(HeaderName, HeaderValue)>,
-    /// The endpoint URLs in [`Endpoint::ALL`] order, parsed once rather than on every request.
-    urls: Vec<Uri>,
+    /// The endpoint URLs in [`Endpoint::ALL`] order, parsed once rather than on every request;
+    /// `None` for an endpoint the provider's format does not serve.
+    urls: Vec<Option<Uri>>,
 }
 
 impl ProviderClient {
@@ -85,10 +86,17 @@ impl ProviderClient {
         })
     }
 
+    /// The URL of one of the provider's endpoints, where its format serves it.
+    pub(super) fn url(&self, endpoint: Endpoint) -> Option<&Uri> {
+        self.urls[endpoint as usize].as_ref()
+    }
+
     /// `POST`s a JSON body to one of the provider's endpoints.
-    pub(super) fn post(&self, endpoint: Endpoint, body: Vec<u8>) -> Call {
-        let uri = self.urls[endpoint as usize].clone();
-        Call(self.http.request(self.request(Method::POST, uri, body)))
+    pub(super) fn post(&self, uri: &Uri, body: Vec<u8>) -> Call {
+        Call(
+            self.http
+                .request(self.request(Method::POST, uri.clone(), body)),
+        )
     }
 
     /// `POST`s a JSON body to any URL of the provider (a server's own API beside OpenAI's).

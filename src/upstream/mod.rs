@@ -1,7 +1,7 @@
 //! Calls to providers: one pooled keep-alive HTTP client per provider (its connect timeout is the
 //! provider's), the provider's key injected and the client's never forwarded, the tier's timeouts
-//! applied, and every failure classified, because the classification decides whether the next tier
-//! is tried.
+//! applied, the provider's wire format spoken ([`wire`]), and every failure classified, because the
+//! classification decides whether the next tier is tried.
 
 mod client;
 mod error;
@@ -17,7 +17,7 @@ use http::Response;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use crate::config::{Config, ProbePolicy, Provider, Tier};
+use crate::config::{Api, Config, ProbePolicy, Provider, Tier};
 use crate::openai::{Endpoint, Usage};
 
 use client::{ProviderClient, uri};
@@ -70,8 +70,17 @@ impl Upstreams {
         let timeouts = tier.timeouts;
         let started = Instant::now();
         let client = self.client(provider);
-        let body = client.wire.encode(endpoint, body)?;
-        let request = client.post(endpoint, body);
+        let Some(url) = client.url(endpoint) else {
+            return Err(UpstreamError::new_detail(
+                UpstreamErrorKind::Lacks(Lack::Endpoint),
+                format!(
+                    "the provider's API has no {} endpoint",
+                    endpoint.spec().ledger_name
+                ),
+            ));
+        };
+        let body = client.wire.encode(body)?;
+        let request = client.post(url, body);
         // A non-streamed answer's headers come only once the whole answer is generated, so only
         // `total` bounds the wait for them; `first_byte` is the time to a stream's first chunk.
         let head_limit = if stream {
@@ -105,6 +114,7 @@ impl Upstreams {
                 timeouts.idle,
                 deadline,
                 self.max_answer_bytes.min(MAX_EVENT_BYTES),
+                client.wire.events(),
             )
             .await
             .map(Reply::Stream);
@@ -162,13 +172,17 @@ impl Upstreams {
 
     /// The context window a local server serves `model` with, where it says so outside OpenAI's
     /// API: Ollama's `/api/show`, then llama.cpp's `/props` (see [`server_info`]). `None` when
-    /// neither answers within `limit`.
+    /// neither answers within `limit`, and at once for a provider of another wire format (a
+    /// hosted API, which serves neither).
     pub async fn server_window(
         &self,
         provider: &Provider,
         model: &str,
         limit: Duration,
     ) -> Option<u32> {
+        if provider.api != Api::OpenAi {
+            return None;
+        }
         let client = self.client(provider);
         let root = |path: &str| provider.base_url.join(path).ok();
         let ask = async |request: client::Call| -> Option<Bytes> {

@@ -17,6 +17,7 @@ mod ledger;
 mod limits;
 mod metrics;
 mod proof;
+mod providers;
 mod proxy;
 mod quality;
 mod scoring;

@@ -84,7 +84,17 @@ timeout = {{ first_byte_ms = 1000, total_ms = 3000 }}
 health = {{ enabled = false }}
 breaker = {{ failures = 1000000, min_requests = 1000000 }}
 
+# The API fake speaks Anthropic's Messages API too (POST /v1/messages).
+[providers.anthropic]
+api = "anthropic"
+base_url = "{api}"
+api_key = "sk-ant-secret"
+timeout = {{ first_byte_ms = 1000, total_ms = 3000 }}
+health = {{ enabled = false }}
+breaker = {{ failures = 1000000, min_requests = 1000000 }}
+
 [tiers]
+claude      = {{ provider = "anthropic", model = "claude-sonnet-4-5" }}
 local       = {{ provider = "vllm", model = "mistral-7b", max_tokens = 256 }}
 api_fast    = {{ provider = "openai", model = "gpt-4o-mini" }}
 embed_local = {{ provider = "vllm", model = "nomic-embed-text" }}
@@ -103,6 +113,10 @@ tiers = ["embed_local"]
 [routes.api_only]
 kind = "agentic"
 tiers = ["api_fast"]
+
+[routes.claude_fallback]
+kind = "agentic"
+tiers = ["local", "claude"]
 
 [routes.rate_limited]
 kind = "agentic"

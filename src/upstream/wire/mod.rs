@@ -1,56 +1,65 @@
 //! The wire formats providers speak, behind one seam. A provider's `api` picks its [`Wire`], which
 //! owns everything that differs between formats: the URL and the headers that carry the key, how
 //! the gateway's request (OpenAI's chat completion, as the client sent it with the tier's changes)
-//! is written for the upstream, how its whole answer is read back, and what its error statuses
-//! mean. The chain, the relay, the ledger and the quality checks see only what this module hands
-//! back, so they name no format.
+//! is written for the upstream, how its answer — whole, or a stream event by event — is read back
+//! into the gateway's own model ([`model`]) and written in OpenAI's shapes, and what its error
+//! statuses mean. The chain, the relay, the ledger and the quality checks see only what this module
+//! hands back, so they name no format.
 //!
 //! OpenAI's format is the gateway's own: an OpenAI-compatible provider is passed through byte for
-//! byte, and its arms below do no work beyond what the gateway did before the seam existed.
+//! byte, its stream's events relayed as they came; the translation path costs only the providers
+//! that need it.
 
+mod anthropic;
+mod model;
 mod openai;
+
+use std::collections::VecDeque;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 
-use super::UpstreamError;
+use super::{SseEvent, UpstreamError};
 use crate::config::{Api, Provider};
-use crate::openai::{Endpoint, Usage};
+use crate::openai::Usage;
 
 /// How one provider is spoken to.
 pub(super) enum Wire {
     OpenAi,
+    Anthropic,
 }
 
 impl Wire {
     pub(super) fn new(provider: &Provider) -> Wire {
         match provider.api {
             Api::OpenAi => Wire::OpenAi,
+            Api::Anthropic => Wire::Anthropic,
         }
     }
 
-    /// The headers every call carries: the provider's key in the header its format reads.
+    /// The headers every call carries: the provider's key in the header its format reads, and
+    /// the format's version where it has one.
     pub(super) fn headers(&self, provider: &Provider) -> Vec<(HeaderName, HeaderValue)> {
         match self {
             Wire::OpenAi => openai::headers(provider),
+            Wire::Anthropic => anthropic::headers(provider),
         }
     }
 
-    /// The URL of each endpoint, in [`Endpoint::ALL`] order, resolved once per provider.
-    pub(super) fn urls(&self, provider: &Provider) -> Result<Vec<Uri>, UpstreamError> {
+    /// The URL of each endpoint, in [`crate::openai::Endpoint::ALL`] order, resolved once per
+    /// provider; `None` for an endpoint the format does not serve.
+    pub(super) fn urls(&self, provider: &Provider) -> Result<Vec<Option<Uri>>, UpstreamError> {
         match self {
             Wire::OpenAi => openai::urls(provider),
+            Wire::Anthropic => anthropic::urls(provider),
         }
     }
 
-    /// The body to send for `endpoint`, from the gateway's own (OpenAI's) request body.
-    pub(super) fn encode(
-        &self,
-        _endpoint: Endpoint,
-        body: Vec<u8>,
-    ) -> Result<Vec<u8>, UpstreamError> {
+    /// The body to send, from the gateway's own (OpenAI's) request body.
+    pub(super) fn encode(&self, body: Vec<u8>) -> Result<Vec<u8>, UpstreamError> {
         match self {
             Wire::OpenAi => Ok(body),
+            Wire::Anthropic => anthropic::encode(&body),
         }
     }
 
@@ -58,6 +67,25 @@ impl Wire {
     pub(super) fn answer(&self, body: Bytes) -> Result<(Bytes, Option<Usage>), UpstreamError> {
         match self {
             Wire::OpenAi => openai::answer(body),
+            Wire::Anthropic => {
+                let answer = anthropic::decode_answer(&body)?;
+                Ok((openai::write_answer(&answer, openai::now()), answer.usage))
+            }
+        }
+    }
+
+    /// How a stream's events are read: `None` where they are relayed as they came.
+    pub(super) fn events(&self) -> Option<Box<EventReader>> {
+        match self {
+            Wire::OpenAi => None,
+            Wire::Anthropic => Some(Box::new(EventReader {
+                reader: Reader::Anthropic {
+                    events: anthropic::Events::default(),
+                    writer: openai::ChunkWriter::new(),
+                    pieces: Vec::new(),
+                },
+                translated: VecDeque::new(),
+            })),
         }
     }
 
@@ -70,6 +98,50 @@ impl Wire {
     ) -> UpstreamError {
         match self {
             Wire::OpenAi => openai::refusal(status, body, headers),
+            Wire::Anthropic => anthropic::refusal(status, body, headers),
         }
+    }
+}
+
+/// Turns a translated stream's events into the OpenAI chunks the relay reads and the client gets.
+pub(super) struct EventReader {
+    reader: Reader,
+    /// Translated events not yet handed over (one upstream event may become several).
+    translated: VecDeque<SseEvent>,
+}
+
+enum Reader {
+    Anthropic {
+        events: anthropic::Events,
+        writer: openai::ChunkWriter,
+        /// The pieces of the event being read, kept to spare an allocation per event.
+        pieces: Vec<model::Delta>,
+    },
+}
+
+impl EventReader {
+    /// The next translated event not yet handed over.
+    pub(super) fn next(&mut self) -> Option<SseEvent> {
+        self.translated.pop_front()
+    }
+
+    /// Reads one upstream event into the events it becomes, handed over by [`EventReader::next`].
+    pub(super) fn read(&mut self, event: SseEvent) -> Result<(), UpstreamError> {
+        let out = &mut self.translated;
+        if event.keep_alive {
+            out.push_back(event);
+            return Ok(());
+        }
+        match &mut self.reader {
+            Reader::Anthropic {
+                events,
+                writer,
+                pieces,
+            } => {
+                events.read(&event.data, pieces)?;
+                out.extend(pieces.drain(..).map(|piece| writer.write(piece)));
+            }
+        }
+        Ok(())
     }
 }
