@@ -17,7 +17,7 @@
 //!   attempt, the active probes that feed the breakers, and warm-up.
 //! - [`upstream`]: the pooled HTTP client per provider (hyper-util over rustls, through the
 //!   provider's proxy where it has one), timeouts, failure classification, the wire format each
-//!   provider speaks (OpenAI's passed through; Anthropic's translated at one seam), and
+//!   provider speaks (OpenAI's and Azure's passed through; Anthropic's translated at one seam), and
 //!   reading an upstream stream event by event, each event with the bytes it came as.
 //! - [`outcome`]: the one place a request ends, however it ends, producing the outcome that
 //!   everything downstream receives; the background task that batches outcomes to the ledger and

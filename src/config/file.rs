@@ -244,6 +244,12 @@ impl From<SpannedHealth> for RawHealth {
 pub struct RawTier {
     pub provider: Text,
     pub model: Text,
+    /// Azure OpenAI: the deployment that serves `model`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<Text>,
+    /// The model the tier is priced as and known by, where `model` names something else.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_model: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -411,6 +417,8 @@ impl RawTier {
         RawTier {
             provider: text(provider),
             model: text(model),
+            deployment: None,
+            base_model: None,
             max_tokens: None,
             temperature: None,
             context_tokens: None,

@@ -14,6 +14,8 @@ pub enum Api {
     #[default]
     #[serde(rename = "openai")]
     OpenAi,
+    /// Azure OpenAI: OpenAI's format at a deployment's URL, with Azure's key header and version.
+    Azure,
     /// Anthropic's Messages API: requests and answers translated at the provider's seam.
     Anthropic,
 }
@@ -23,6 +25,8 @@ impl Api {
     pub fn default_version(self) -> Option<&'static str> {
         match self {
             Api::OpenAi => None,
+            // Azure OpenAI's latest generally available version, which takes `stream_options`.
+            Api::Azure => Some("2024-10-21"),
             // The only version of the Messages API's `anthropic-version` header.
             Api::Anthropic => Some("2023-06-01"),
         }
@@ -32,6 +36,7 @@ impl Api {
     pub fn default_auth(self) -> KeyHeader {
         match self {
             Api::OpenAi => KeyHeader::Bearer,
+            Api::Azure => KeyHeader::ApiKey,
             Api::Anthropic => KeyHeader::XApiKey,
         }
     }
@@ -46,6 +51,9 @@ pub enum KeyHeader {
     /// `x-api-key: <key>`, Anthropic's.
     #[serde(rename = "x-api-key")]
     XApiKey,
+    /// `api-key: <key>`, Azure's.
+    #[serde(rename = "api-key")]
+    ApiKey,
 }
 
 /// What a route does, which decides its scorer and whether it may move to a local model.

@@ -115,6 +115,15 @@ impl ProbePolicy {
     pub const MAX_DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 }
 
+/// Where a provider of `api` lists its models, under its base URL: `models`, or Azure OpenAI's
+/// `openai/models?api-version=…`.
+pub fn models_path(api: Api, version: Option<&str>) -> String {
+    match api {
+        Api::Azure => format!("openai/models?api-version={}", version.unwrap_or_default()),
+        Api::OpenAi | Api::Anthropic => ProbePolicy::DEFAULT_PATH.to_string(),
+    }
+}
+
 impl Resolver<'_> {
     pub(super) fn providers(
         &mut self,
@@ -170,7 +179,7 @@ impl Resolver<'_> {
             )
         });
         let breaker = self.breaker(raw, &key);
-        let probe = self.probe(raw, &key, &base_url, &timeouts);
+        let probe = self.probe(raw, &key, &base_url, &timeouts, api_version.as_deref());
         let proxy = self.proxy(raw.proxy.as_ref(), &key, &base_url);
         Some(Provider {
             name: name.get_ref().clone(),
@@ -202,7 +211,7 @@ impl Resolver<'_> {
             self.issue_at(
                 text.span().start,
                 &format!("{key}.api_version"),
-                "is only for a provider whose api has versions (\"anthropic\"); leave it out",
+                "is only for a provider whose api has versions (\"azure\", \"anthropic\"); leave it out",
             );
             return None;
         }
@@ -315,14 +324,16 @@ impl Resolver<'_> {
         key: &str,
         base_url: &Url,
         timeouts: &Timeouts,
+        version: Option<&str>,
     ) -> Option<ProbePolicy> {
+        let api = raw.api.unwrap_or_default();
         let raw = &raw.health;
         if raw.enabled == Some(false) {
             return None;
         }
         let path = match &raw.path {
             Some(path) => self.string(path, &format!("{key}.health.path"))?,
-            None => ProbePolicy::DEFAULT_PATH.to_string(),
+            None => models_path(api, version),
         };
         let Ok(url) = base_url.join(&path) else {
             let span = raw.path.as_ref().map_or(0, |p| p.span().start);

@@ -10,6 +10,7 @@
 //! `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY` (resolved with the configuration, see
 //! `config::proxy`; a proxied provider is reached through a CONNECT tunnel).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
@@ -30,7 +31,7 @@ use tokio::net::TcpStream;
 
 use super::wire::Wire;
 use super::{UpstreamError, UpstreamErrorKind};
-use crate::config::Provider;
+use crate::config::{Provider, Tier};
 use crate::openai::Endpoint;
 
 /// How long an idle pooled connection is kept, as reqwest kept it.
@@ -66,13 +67,22 @@ pub(super) struct ProviderClient {
     /// The endpoint URLs in [`Endpoint::ALL`] order, parsed once rather than on every request;
     /// `None` for an endpoint the provider's format does not serve.
     urls: Vec<Option<Uri>>,
+    /// Azure OpenAI's: each deployment's endpoint URLs, in the same order.
+    deployments: HashMap<String, Vec<Option<Uri>>>,
 }
 
 impl ProviderClient {
-    pub(super) fn new(provider: &Provider) -> Result<ProviderClient, UpstreamError> {
+    /// The client of `provider`, which serves the Azure `deployments` its tiers name.
+    pub(super) fn new<'a>(
+        provider: &Provider,
+        deployments: impl Iterator<Item = &'a str>,
+    ) -> Result<ProviderClient, UpstreamError> {
         let wire = Wire::new(provider);
         let headers = wire.headers(provider);
         let urls = wire.urls(provider)?;
+        let deployments = deployments
+            .map(|name| Ok((name.to_string(), wire.deployment_urls(provider, name)?)))
+            .collect::<Result<_, UpstreamError>>()?;
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
             .timer(TokioTimer::new())
@@ -83,12 +93,17 @@ impl ProviderClient {
             wire,
             headers,
             urls,
+            deployments,
         })
     }
 
-    /// The URL of one of the provider's endpoints, where its format serves it.
-    pub(super) fn url(&self, endpoint: Endpoint) -> Option<&Uri> {
-        self.urls[endpoint as usize].as_ref()
+    /// The URL of one of the provider's endpoints for `tier`, where its format serves it.
+    pub(super) fn url(&self, endpoint: Endpoint, tier: &Tier) -> Option<&Uri> {
+        let urls = match &tier.deployment {
+            Some(deployment) => self.deployments.get(deployment)?,
+            None => &self.urls,
+        };
+        urls[endpoint as usize].as_ref()
     }
 
     /// `POST`s a JSON body to one of the provider's endpoints.

@@ -17,7 +17,7 @@ use http::Response;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use crate::config::{Api, Config, ProbePolicy, Provider, Tier};
+use crate::config::{Api, Config, ProbePolicy, Provider, Tier, models_path};
 use crate::openai::{Endpoint, Usage};
 
 use client::{ProviderClient, uri};
@@ -43,7 +43,15 @@ impl Upstreams {
     pub fn new(config: &Config) -> Result<Upstreams, UpstreamError> {
         let mut clients = HashMap::new();
         for provider in &config.providers {
-            clients.insert(provider.name.clone(), ProviderClient::new(provider)?);
+            let deployments = config
+                .tiers
+                .iter()
+                .filter(|tier| tier.provider.name == provider.name)
+                .filter_map(|tier| tier.deployment.as_deref());
+            clients.insert(
+                provider.name.clone(),
+                ProviderClient::new(provider, deployments)?,
+            );
         }
         Ok(Upstreams {
             clients,
@@ -70,7 +78,7 @@ impl Upstreams {
         let timeouts = tier.timeouts;
         let started = Instant::now();
         let client = self.client(provider);
-        let Some(url) = client.url(endpoint) else {
+        let Some(url) = client.url(endpoint, tier) else {
             return Err(UpstreamError::new_detail(
                 UpstreamErrorKind::Lacks(Lack::Endpoint),
                 format!(
@@ -209,7 +217,8 @@ impl Upstreams {
         server_info::llama_cpp_window(&body)
     }
 
-    /// `GET {base_url}/models`: whether the provider answers, and the models it serves.
+    /// `GET {base_url}/models` (Azure's `openai/models?api-version=…`): whether the provider
+    /// answers, and the models it serves.
     pub async fn list_models(
         &self,
         provider: &Provider,
@@ -217,7 +226,7 @@ impl Upstreams {
         let request = self.client(provider).get(
             &provider
                 .base_url
-                .join("models")
+                .join(&models_path(provider.api, provider.api_version.as_deref()))
                 .expect("a relative path always joins"),
         )?;
         let limit = provider.timeouts.first_byte.min(Duration::from_secs(10));

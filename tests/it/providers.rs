@@ -392,3 +392,183 @@ async fn anthropic_stream_faults_fall_back_before_the_first_event_and_end_cleanl
     assert_eq!(row.error_kind.as_deref(), Some("upstream_error_event"));
     gw.shutdown().await;
 }
+
+/// `local` on a server that is down, then `azure` (deployment `gpt4o-prod` of gpt-4o) on an
+/// Azure-shaped fake; `azure_first` over `azure` then `api_fast` (OpenAI-shaped).
+async fn azure_setup() -> (TestGateway, FakeUpstream, FakeUpstream, DownAddr) {
+    let down = unused_addr().await;
+    let azure = FakeUpstream::start().await;
+    let openai = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&format!("http://{down}/v1"), &openai.base_url())
+        .without_probes()
+        .with(|c| {
+            // The resource's URL, as Azure's portal gives it.
+            let mut provider = RawProvider::new(format!("http://{}", azure.addr));
+            provider.api = Some(Api::Azure);
+            provider.api_key = Some(text("azure-secret"));
+            provider.health.enabled = Some(false);
+            c.0.providers.insert(text("azure"), provider);
+            let mut tier = RawTier::new("azure", "gpt-4o");
+            tier.deployment = Some(text("gpt4o-prod"));
+            c.0.tiers.insert(text("azure"), tier);
+            c.add_route("agent", TaskKind::Agentic, &["local", "azure"]);
+            c.add_route("azure_first", TaskKind::Agentic, &["azure", "api_fast"]);
+        });
+    let gw = TestGateway::start(&config).await;
+    (gw, azure, openai, down)
+}
+
+#[tokio::test]
+async fn fallback_to_azure_reaches_the_deployment_and_prices_the_model_not_the_deployment() {
+    let (gw, azure, _openai, _down) = azure_setup().await;
+    azure.set_behavior(Behavior {
+        cache_write_tokens: 0,
+        ..weather_behavior()
+    });
+    // gpt-4o at $2.50 input, $1.25 cached input and $10 output per million: 800 × 2.5 + 200 ×
+    // 1.25 + 50 × 10 µUSD = 0.00275 USD.
+    let answer = Answer::of(
+        gw.post("/v1/chat/completions", &weather_request("agent", false))
+            .await,
+    )
+    .await;
+    answer.assert_served_by("azure", "local:connect_refused");
+    let call = &answer.body["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["id"], "toolu_01A");
+    assert_eq!(
+        call["function"]["arguments"],
+        r#"{"city":"Paris","unit":"celsius"}"#
+    );
+    assert_eq!(answer.header("x-tierwise-cost-usd"), Some("0.00275"));
+    let sent = azure.requests().pop().unwrap();
+    assert_eq!(sent.path, "/openai/deployments/gpt4o-prod/chat/completions");
+    assert_eq!(sent.query.as_deref(), Some("api-version=2024-10-21"));
+    assert_eq!(sent.api_key.as_deref(), Some("azure-secret"));
+    assert_eq!(sent.authorization, None);
+
+    // Streamed: Azure's first chunk, which has no choice, never reaches the client.
+    let answer = Answer::of(
+        gw.post("/v1/chat/completions", &weather_request("agent", true))
+            .await,
+    )
+    .await;
+    answer.assert_served_by("azure", "local:connect_refused");
+    assert!(
+        !answer.text.contains("prompt_filter_results"),
+        "{}",
+        answer.text
+    );
+    let stream = streamed(&answer.text);
+    assert!(stream.done && stream.errors.is_empty(), "{}", answer.text);
+    assert_eq!(stream.text, "Checking the weather.");
+    assert_eq!(stream.tools[0].0, "toolu_01A");
+    assert_eq!(stream.tools[0].2, r#"{"city":"Paris","unit":"celsius"}"#);
+    let usage = stream.usage.expect("a usage chunk");
+    assert_eq!(usage["cost_usd"], json!(0.00275));
+    let store = gw.store().await;
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(
+        (row.tokens_in, row.tokens_cached, row.tokens_out),
+        (1000, 200, 50)
+    );
+    assert_eq!(row.cost_pusd.map(|c| c.0), Some(2_750_000_000));
+    gw.shutdown().await;
+}
+
+/// A prompt Azure's content filter refuses is the request's: the client gets Azure's refusal with
+/// its findings, no other tier is asked, the breaker hears nothing.
+#[tokio::test]
+async fn an_azure_content_filter_refusal_is_the_requests_not_the_providers() {
+    let (gw, azure, openai, _down) = azure_setup().await;
+    azure.set_fault(Fault::ContentFilter);
+    for _ in 0..6 {
+        let answer = gw.ask("azure_first").await;
+        answer.error(400, Some("content_filter"));
+        assert_eq!(
+            answer.body["error"]["innererror"]["code"], "ResponsibleAIPolicyViolation",
+            "{}",
+            answer.text
+        );
+        assert_eq!(answer.header("x-tierwise-fallback"), None);
+    }
+    assert_eq!(openai.request_count(), 0);
+    assert_eq!(gw.breaker_state("azure").await, "closed");
+    gw.shutdown().await;
+}
+
+/// Azure's stream faults: a stream cut after only its prompt-filter chunk has given no answer and
+/// falls back; cut after data, or an error event mid-answer, ends the client's stream cleanly.
+#[tokio::test]
+async fn azure_stream_faults_fall_back_before_the_first_answer_chunk_and_end_cleanly_after() {
+    let (gw, azure, _openai, _down) = azure_setup().await;
+    azure.set_fault(Fault::CutAfterChunks { chunks: 1 });
+    gw.ask_stream("azure_first")
+        .await
+        .assert_served_by("api_fast", "azure:stream_broken");
+    azure.set_fault(Fault::Status {
+        status: 503,
+        body: None,
+        retry_after: None,
+    });
+    gw.ask_stream("azure_first")
+        .await
+        .assert_served_by("api_fast", "azure:http_503");
+
+    let store = gw.store().await;
+    azure.set_fault(Fault::CutAfterChunks { chunks: 3 });
+    let answer = gw.ask_stream("azure_first").await;
+    assert_eq!(answer.header("x-tierwise-tier"), Some("azure"));
+    let stream = streamed(&answer.text);
+    assert_eq!(
+        stream.errors[0]["error"]["code"], "stream_interrupted",
+        "{}",
+        answer.text
+    );
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(row.error_kind.as_deref(), Some("stream_broken"));
+
+    azure.set_fault(Fault::ErrorMidStream { after: 3 });
+    let answer = gw.ask_stream("azure_first").await;
+    let stream = streamed(&answer.text);
+    assert!(stream.done && stream.errors.len() == 1, "{}", answer.text);
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(row.error_kind.as_deref(), Some("upstream_error_event"));
+    gw.shutdown().await;
+}
+
+/// An Azure tier must name its deployment, and only an Azure tier may.
+#[test]
+fn a_deployment_is_required_on_azure_and_refused_elsewhere() {
+    let load = |change: fn(&mut TestConfig)| {
+        let config =
+            TestConfig::two_tier("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1").with(change);
+        tierwise::config::Config::parse(
+            &config.toml(),
+            std::path::Path::new("t.toml"),
+            &crate::util::env,
+        )
+        .map(|_| ())
+        .map_err(|err| err.to_string())
+    };
+    let missing = load(|c| {
+        let mut provider = RawProvider::new("https://res.openai.azure.com");
+        provider.api = Some(Api::Azure);
+        c.0.providers.insert(text("azure"), provider);
+        c.0.tiers
+            .insert(text("azure"), RawTier::new("azure", "gpt-4o"));
+    })
+    .unwrap_err();
+    assert!(missing.contains("tiers.azure.deployment"), "{missing}");
+    assert!(missing.contains("is required"), "{missing}");
+    let elsewhere = load(|c| {
+        let mut tier = RawTier::new("openai", "gpt-4o");
+        tier.deployment = Some(text("gpt4o-prod"));
+        c.0.tiers.insert(text("odd"), tier);
+    })
+    .unwrap_err();
+    assert!(elsewhere.contains("tiers.odd.deployment"), "{elsewhere}");
+    assert!(
+        elsewhere.contains("only for a tier on an Azure"),
+        "{elsewhere}"
+    );
+}

@@ -92,3 +92,44 @@ def test_anthropic_overloaded_mid_stream_reaches_the_sdk_as_an_error(client, fak
     with pytest.raises(openai.APIError, match="Overloaded"):
         for _ in stream:
             pass
+
+
+def test_fallback_to_azure_plain_and_streamed(client, fakes):
+    local, api = fakes
+    local.behave(fault={"kind": "status", "status": 503})
+    api.behave(**dict(WEATHER, cache_write_tokens=0))
+    raw = client.chat.completions.with_raw_response.create(
+        model="azure_fallback", messages=[{"role": "user", "content": "Weather in Paris?"}], tools=TOOLS
+    )
+    completion = raw.parse()
+    assert raw.headers["x-tierwise-tier"] == "azure"
+    assert completion.choices[0].message.tool_calls[0].id == "toolu_01A"
+    # gpt-4o, not the deployment's name: 800 × $2.50 + 200 × $1.25 + 50 × $10 per million.
+    assert float(raw.headers["x-tierwise-cost-usd"]) == pytest.approx(0.00275, abs=1e-12)
+    sent = api.requests()[-1]
+    assert sent["path"] == "/openai/deployments/gpt4o-prod/chat/completions"
+    assert sent["query"] == "api-version=2024-10-21" and sent["api_key"] == "azure-secret"
+
+    chunks = list(
+        client.chat.completions.create(
+            model="azure_fallback",
+            messages=[{"role": "user", "content": "Weather in Paris?"}],
+            tools=TOOLS,
+            stream=True,
+        )
+    )
+    # Azure's first chunk has no choice; an SDK user reading choices[0] of every chunk must not
+    # meet it.
+    assert all(c.choices for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Checking."
+
+
+def test_an_azure_content_filter_refusal_reaches_the_sdk_as_a_bad_request(client, fakes):
+    import openai
+
+    local, api = fakes
+    local.behave(fault={"kind": "status", "status": 503})
+    api.behave(fault={"kind": "content_filter"})
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="azure_fallback", messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.code == "content_filter"

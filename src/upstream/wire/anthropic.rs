@@ -27,15 +27,13 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use http::{HeaderMap, StatusCode, Uri};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::super::{Lack, UpstreamError, UpstreamErrorKind, retry_after, uri};
 use super::model::{Answer, Delta, Finish, ToolCall};
-use super::openai::bearer;
-use crate::config::{KeyHeader, Provider};
+use crate::config::Provider;
 use crate::openai::{Endpoint, Usage};
 
 /// The answer budget sent when neither the client nor the tier gave one; Anthropic requires one.
@@ -44,32 +42,6 @@ const DEFAULT_MAX_TOKENS: u64 = 4096;
 
 /// What the system prompt gains for OpenAI's `response_format: {"type": "json_object"}`.
 const JSON_OBJECT: &str = "Answer with a single JSON object and nothing else.";
-
-const VERSION_HEADER: HeaderName = HeaderName::from_static("anthropic-version");
-const KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
-
-pub(super) fn headers(provider: &Provider) -> Vec<(HeaderName, HeaderValue)> {
-    let mut headers = Vec::with_capacity(2);
-    if let Some(key) = &provider.api_key {
-        headers.push(match provider.auth {
-            KeyHeader::Bearer => (AUTHORIZATION, bearer(key.expose())),
-            KeyHeader::XApiKey => {
-                let mut value = HeaderValue::try_from(key.expose())
-                    .expect("configuration admits only header-safe keys");
-                value.set_sensitive(true);
-                (KEY_HEADER, value)
-            }
-        });
-    }
-    if let Some(version) = &provider.api_version {
-        headers.push((
-            VERSION_HEADER,
-            HeaderValue::try_from(version.as_str())
-                .expect("configuration admits only header-safe versions"),
-        ));
-    }
-    headers
-}
 
 /// Chat goes to `messages`; Anthropic serves no embeddings.
 pub(super) fn urls(provider: &Provider) -> Result<Vec<Option<Uri>>, UpstreamError> {

@@ -4,22 +4,13 @@
 //! chat completion, and the stream's chunks with the usage chunk last.
 
 use bytes::Bytes;
-use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use serde_json::{Value, json};
 
 use super::super::{SseEvent, UpstreamError, retry_after, uri};
 use super::model::{Answer, Delta};
 use crate::config::Provider;
 use crate::openai::{Endpoint, Usage};
-
-pub(super) fn headers(provider: &Provider) -> Vec<(HeaderName, HeaderValue)> {
-    provider
-        .api_key
-        .iter()
-        .map(|key| (AUTHORIZATION, bearer(key.expose())))
-        .collect()
-}
 
 /// `Bearer <key>`, marked sensitive so that no debug output shows it.
 pub(super) fn bearer(key: &str) -> HeaderValue {
