@@ -166,6 +166,8 @@ pub struct RawProvider {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<KeyHeader>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawTls>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy: Option<Text>,
@@ -183,6 +185,20 @@ pub struct RawProvider {
     pub breaker: RawBreaker,
     #[serde(default)]
     pub health: RawHealth,
+}
+
+/// `providers.<name>.tls`: PEM files, relative to the config file.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<Text>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<Text>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<Text>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_roots: Option<bool>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -399,6 +415,7 @@ impl RawProvider {
             api: None,
             api_version: None,
             auth: None,
+            tls: None,
             api_key: None,
             proxy: None,
             fixed_monthly_usd: None,

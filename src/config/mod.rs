@@ -14,6 +14,7 @@ mod resolver;
 mod route;
 mod server;
 mod tier;
+mod tls;
 mod unknown;
 
 use std::collections::BTreeMap;
@@ -33,6 +34,7 @@ pub use proxy::Proxy;
 pub use route::{ChainTier, Declared, Profile, Route, Shadow, with_labels};
 pub use server::{AdminAccess, AllowedHosts, LedgerConfig, RequestLog, ServerConfig};
 pub use tier::Tier;
+pub use tls::{ClientIdentity, Tls};
 
 /// Where quality alerts go besides the log and the metrics.
 #[derive(Debug, Default)]

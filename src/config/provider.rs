@@ -27,6 +27,8 @@ pub struct Provider {
     pub api_key: Option<Secret>,
     /// The HTTP proxy the provider is reached through, if any.
     pub proxy: Option<Proxy>,
+    /// Its own CA and client certificate, where it has them.
+    pub tls: Option<super::Tls>,
     pub fixed_monthly_usd: Option<f64>,
     pub warmup: bool,
     pub timeouts: Timeouts,
@@ -181,6 +183,10 @@ impl Resolver<'_> {
         let breaker = self.breaker(raw, &key);
         let probe = self.probe(raw, &key, &base_url, &timeouts, api_version.as_deref());
         let proxy = self.proxy(raw.proxy.as_ref(), &key, &base_url);
+        let tls = match &raw.tls {
+            Some(tls) => Some(self.tls(tls, &key, raw.base_url.span().start)?),
+            None => None,
+        };
         Some(Provider {
             name: name.get_ref().clone(),
             base_url,
@@ -189,6 +195,7 @@ impl Resolver<'_> {
             auth: raw.auth.unwrap_or(api.default_auth()),
             api_key,
             proxy,
+            tls,
             fixed_monthly_usd: raw.fixed_monthly_usd.as_ref().map(|c| *c.get_ref()),
             warmup: raw.warmup,
             timeouts,

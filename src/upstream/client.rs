@@ -143,6 +143,50 @@ impl ProviderClient {
     }
 }
 
+/// The TLS a provider is called with: the platform's roots, or as its `tls` says — its own CA beside
+/// them (or instead of them) and its client certificate for mutual TLS. Built once per provider,
+/// at start; a certificate and key that cannot be used together fail the start, naming the files.
+fn tls_config(provider: &Provider) -> Result<rustls::ClientConfig, UpstreamError> {
+    let failed = |detail: String| UpstreamError::new_detail(UpstreamErrorKind::Connect, detail);
+    let Some(tls) = &provider.tls else {
+        return TLS.clone().map_err(failed);
+    };
+    let key = format!("providers.{}.tls", provider.name);
+    let crypto = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(crypto.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|err| failed(format!("{key}: TLS could not be set up: {err}")))?;
+    let builder = if tls.system_roots {
+        let verifier =
+            rustls_platform_verifier::Verifier::new_with_extra_roots(tls.roots.clone(), crypto)
+                .map_err(|err| failed(format!("{key}.ca_file cannot be trusted: {err}")))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for root in &tls.roots {
+            roots.add(root.clone()).map_err(|err| {
+                failed(format!(
+                    "{key}.ca_file holds a certificate that is not a CA's: {err}"
+                ))
+            })?;
+        }
+        builder.with_root_certificates(roots)
+    };
+    match &tls.client {
+        None => Ok(builder.with_no_client_auth()),
+        Some(client) => builder
+            .with_client_auth_cert(client.chain.clone(), client.key.clone_key())
+            .map_err(|err| {
+                failed(format!(
+                    "{key}: the client certificate {} and the key {} cannot be used together: {err}",
+                    client.cert_file, client.key_file
+                ))
+            }),
+    }
+}
+
 /// A call under way: its answer's head, or the failure classified.
 pub(super) struct Call(ResponseFuture);
 
@@ -196,11 +240,9 @@ impl Connector {
         tcp.set_nodelay(true);
         tcp.set_keepalive(Some(TCP_KEEPALIVE));
         tcp.set_connect_timeout(Some(provider.timeouts.connect));
-        let tls = TLS
-            .as_ref()
-            .map_err(|err| UpstreamError::new_detail(UpstreamErrorKind::Connect, err.clone()))?;
+        let tls = tls_config(provider)?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls.clone())
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2();

@@ -25,4 +25,5 @@ mod serving;
 mod shadow_budget;
 mod soak;
 mod spool;
+mod tls;
 mod util;
