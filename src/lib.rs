@@ -13,6 +13,9 @@
 //!   endpoint requires, changes per tier, counts and streams; usage as upstreams report it.
 //! - [`route`]: what the client's `model` names (route, tier or model id) and its tier chain; the
 //!   chain run with fallback on retryable failures; the output contract that normalizes labels.
+//! - [`limits`]: admission, between the route and its chain — whether a request may go on, what it
+//!   reserves of its limits until it ends (the one reservation mechanism, the shadow checks' daily
+//!   budget's too), and which tiers its chain passes over.
 //! - [`health`]: per provider, the circuit breaker and in-flight cap the chain consults before each
 //!   attempt, the active probes that feed the breakers, and warm-up.
 //! - [`upstream`]: the pooled HTTP client per provider (hyper-util over rustls, through the
@@ -20,8 +23,9 @@
 //!   provider speaks (OpenAI's and Azure's passed through; Anthropic's translated at one seam), and
 //!   reading an upstream stream event by event, each event with the bytes it came as.
 //! - [`outcome`]: the one place a request ends, however it ends, producing the outcome that
-//!   everything downstream receives; the background task that batches outcomes to the ledger and
-//!   the metrics.
+//!   everything downstream receives; the consumers it hands each finished request to (the limits'
+//!   settlement, shadow sampling), and the background task that batches outcomes to the ledger
+//!   and the metrics.
 //! - [`ledger`]: the rows of every request and attempt (product traffic, shadow and eval calls),
 //!   prices and exact cost in picodollars, token estimates, quality events and feedback, the SQLite
 //!   or PostgreSQL store and its writer.
@@ -46,6 +50,7 @@ pub mod dashboard;
 pub mod demo;
 pub mod health;
 pub mod ledger;
+pub mod limits;
 pub mod metrics;
 pub mod openai;
 pub mod outcome;

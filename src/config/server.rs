@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::file::{RawLedger, RawServer};
@@ -12,11 +13,11 @@ use super::{ClientKey, Secret};
 pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Keys clients must present as `Authorization: Bearer`; empty means the gateway is open.
-    pub api_keys: Vec<ClientKey>,
+    pub api_keys: Vec<Arc<ClientKey>>,
     /// Who may read `/admin/api/*`.
     pub admin: AdminAccess,
     /// A bearer key `/metrics` requires, if set; open otherwise (scrapers run inside the network).
-    pub metrics_key: Option<ClientKey>,
+    pub metrics_key: Option<Arc<ClientKey>>,
     pub max_body_bytes: usize,
     /// The largest answer read from an upstream (a non-streamed body), and the most of a stream's
     /// text kept for the ledger and token counting.
@@ -112,7 +113,7 @@ fn host_name(host: &str) -> &str {
 #[derive(Debug)]
 pub enum AdminAccess {
     /// `server.admin_key`.
-    Key(ClientKey),
+    Key(Arc<ClientKey>),
     /// No admin key: any client key (warned about at start and by `tierwise check`).
     ClientKeys,
     /// No key at all and `server.open_admin = true`: anyone who reaches the port.
@@ -167,13 +168,13 @@ impl Resolver<'_> {
                 }),
             None => None,
         };
-        let api_keys: Vec<ClientKey> = raw
+        let api_keys: Vec<Arc<ClientKey>> = raw
             .api_keys
             .iter()
             .flatten()
             .filter_map(|key| self.string(key, "server.api_keys"))
             .filter(|key| !key.is_empty())
-            .map(|key| ClientKey::new(Secret::new(key)))
+            .map(|key| Arc::new(ClientKey::new(Secret::new(key))))
             .collect();
         if api_keys.is_empty() {
             self.warnings.push(
@@ -187,7 +188,7 @@ impl Resolver<'_> {
             .as_ref()
             .and_then(|key| self.string(key, "server.admin_key"))
             .filter(|key| !key.is_empty())
-            .map(|key| ClientKey::new(Secret::new(key)));
+            .map(|key| Arc::new(ClientKey::new(Secret::new(key))));
         let admin = match (admin_key, api_keys.is_empty(), raw.open_admin) {
             (Some(key), _, _) => AdminAccess::Key(key),
             (None, false, _) => {
@@ -218,7 +219,7 @@ impl Resolver<'_> {
             .as_ref()
             .and_then(|key| self.string(key, "server.metrics_key"))
             .filter(|key| !key.is_empty())
-            .map(|key| ClientKey::new(Secret::new(key)));
+            .map(|key| Arc::new(ClientKey::new(Secret::new(key))));
         let max_body_bytes = raw
             .max_body_bytes
             .as_ref()

@@ -1,11 +1,16 @@
-//! Where a request ends, whichever way it ends — answered, streamed to the end, abandoned by its
-//! client, or failed — in exactly one function, [`Exchange::end`]. It produces the request's
-//! [`Outcome`]: the ledger row with its cost and baseline priced by [`Pricing::price`], the attempt
-//! rows, and what is left to count where the upstream reported no usage. Outcomes go to a
-//! background task ([`dispatch`]) that hands them in batches to the ledger writer and the metrics,
-//! and to whatever else wants finished requests; the request path never waits on any of them
-//! except when the queue is full (backpressure).
+//! Where a request ends, whichever way it ends — refused at admission, answered, streamed to the
+//! end, abandoned by its client, or failed — in exactly one function, [`Exchange::end`]. It
+//! produces the request's [`Outcome`]: the ledger row with its cost and baseline priced by
+//! [`Pricing::price`], the attempt rows, what is left to count where the upstream reported no
+//! usage, and what the request held of its limits since admission.
+//!
+//! The finished request is handed to its consumers ([`consumers`]): first, on the request path,
+//! each registered [`Consumer`] in turn — the limits' settlement, the shadow checks' sampling —
+//! each taking what it needs without waiting; then the outcome goes on a queue to a background
+//! task ([`dispatch`]) that hands outcomes in batches to the ledger writer and the metrics. The
+//! request path never waits on any of them except when that queue is full (backpressure).
 
+pub mod consumers;
 mod dispatch;
 
 use std::borrow::Cow;
@@ -17,15 +22,24 @@ use tokio::sync::mpsc;
 
 use crate::config::{Route, Tier};
 use crate::ledger::{Answer, AttemptRow, Priced, Pricing, RequestRow, Tokens, Uncounted};
+use crate::limits::{Hold, Used};
 use crate::openai::chat::ChoiceTexts;
 use crate::openai::{Endpoint, Usage};
-use crate::route::chain::{Attempt, ServedBy, Unserved};
+use crate::route::chain::{Attempt, Called, ServedBy, Unserved};
 use crate::upstream::UpstreamErrorKind;
 
+pub use consumers::{Consumer, Sampling, Settlement};
 pub use dispatch::Dispatcher;
 
 /// How the ledger names a request whose client went away before its answer.
 pub const CLIENT_CLOSED: &str = "client_closed";
+
+/// How the ledger names a request still running when `server.shutdown_grace_ms` ran out (its
+/// client had left, or is cut off with it): what it cost is unknown.
+pub const CUT_AT_SHUTDOWN: &str = "cut_at_shutdown";
+
+/// How the ledger names a request the gateway failed while serving (a bug: see its log).
+pub const GATEWAY_FAILED: &str = "gateway_failed";
 
 /// A finished request as everything downstream of the request path receives it.
 #[derive(Debug)]
@@ -42,6 +56,9 @@ pub struct Outcome {
     /// that the rest of its latency is the gateway's own; `None` for streams, whose upstream time
     /// runs on while the gateway relays.
     pub upstream_us: Option<i64>,
+    /// What the request held of its limits, until [`Settlement`] settles it: at the request's end,
+    /// or once its tokens are counted where they were left to count.
+    pub hold: Hold,
 }
 
 #[derive(Debug)]
@@ -61,33 +78,56 @@ impl Outcome {
         let tokens = to_count.uncounted.count();
         let priced = pricing.price(&to_count.tier, to_count.baseline.as_deref(), &tokens);
         set_tokens(&mut self.request, tokens, priced);
+        if let Some(used) = self.used() {
+            std::mem::take(&mut self.hold).settle(used);
+        }
+    }
+
+    /// What the request used, once known: `None` while its tokens are left to count.
+    pub fn used(&self) -> Option<Used> {
+        if self.to_count.is_some() {
+            return None;
+        }
+        let row = &self.request;
+        Some(Used {
+            tokens: row.tokens_in.saturating_add(row.tokens_out),
+            picodollars: row.cost_pusd.map_or(0, |cost| cost.0.max(0) as u64),
+        })
     }
 }
 
 /// The request path's handle: cheap to clone, never touches the database.
 #[derive(Clone)]
 pub struct Outcomes {
+    /// The queue to the ledger and the metrics.
     sender: mpsc::Sender<Outcome>,
     pricing: Arc<Pricing>,
     store_content: bool,
-    /// Where requests chosen for a shadow check go once their client has its answer.
-    samples: Option<mpsc::Sender<Sample>>,
+    /// Who is handed each finished request before it is queued, in order.
+    consumers: Arc<[Arc<dyn Consumer>]>,
 }
 
 impl Outcomes {
+    /// Finished requests go to the limits' [`Settlement`], then to `sender`.
     pub fn new(sender: mpsc::Sender<Outcome>, pricing: Arc<Pricing>, store_content: bool) -> Self {
         Outcomes {
             sender,
             pricing,
             store_content,
-            samples: None,
+            consumers: Arc::new([Arc::new(Settlement) as Arc<dyn Consumer>]),
         }
     }
 
-    /// Hands requests begun with `Start::sampled` to `samples` once they end answered.
-    pub fn with_samples(self, samples: mpsc::Sender<Sample>) -> Self {
+    /// Hands every finished request to `consumer` too, after those registered before it.
+    pub fn with_consumer(self, consumer: Arc<dyn Consumer>) -> Self {
+        let consumers: Vec<Arc<dyn Consumer>> = self
+            .consumers
+            .iter()
+            .cloned()
+            .chain(std::iter::once(consumer))
+            .collect();
         Outcomes {
-            samples: Some(samples),
+            consumers: consumers.into(),
             ..self
         }
     }
@@ -110,6 +150,8 @@ impl Outcomes {
             started: Instant::now(),
             start,
             client_left: false,
+            called: Called::default(),
+            ended: false,
         }
     }
 }
@@ -128,6 +170,9 @@ pub struct Start {
     pub body: Bytes,
     /// Chosen for the route's shadow check: if it ends answered, its answer is compared.
     pub sampled: bool,
+    /// What admission reserved for the request; settled when it ends, and counted in full if it
+    /// never does (see [`crate::limits::Reservation`]).
+    pub hold: Hold,
 }
 
 /// An answered request chosen for a shadow check: what the client asked and what it was told.
@@ -154,6 +199,12 @@ pub enum SampledAnswer {
 
 /// How a request ended.
 pub enum Ending<'a> {
+    /// Admission answered it (a limit); no tier was called.
+    Refused {
+        status: u16,
+        /// The short reason the ledger's `error_kind` keeps.
+        reason: &'static str,
+    },
     /// No tier answered, or the request was refused; `status` is what the client was told.
     Unserved { status: u16, failure: &'a Unserved },
     /// A whole answer.
@@ -189,6 +240,9 @@ pub struct Exchange {
     start: Start,
     /// The client went away before its answer was ready.
     client_left: bool,
+    called: Called,
+    /// [`Exchange::end`] ran: dropped before it, the request was cut off (see `Drop`).
+    ended: bool,
 }
 
 impl Exchange {
@@ -231,10 +285,13 @@ impl Exchange {
         self.started.elapsed().as_micros() as i64
     }
 
-    /// The one place a request ends: its outcome, ready to be delivered.
-    pub fn end(self, ending: Ending<'_>) -> Ended {
-        let latency_us = self.elapsed_us();
-        let store_content = self.outcomes.store_content;
+    /// Where the chain notes each tier it calls.
+    pub fn called(&self) -> &Called {
+        &self.called
+    }
+
+    /// The row as far as the request's start and its latency tell it.
+    fn row(&self, latency_us: i64) -> RequestRow {
         let start = &self.start;
         let mut request = RequestRow::new(
             start.id.clone(),
@@ -245,13 +302,33 @@ impl Exchange {
         request.stream = start.stream;
         request.latency_us = latency_us;
         request.client_key = start.client_key.clone();
-        request.prompt = store_content.then(|| stored_text(&start.body));
+        request.prompt = self
+            .outcomes
+            .store_content
+            .then(|| stored_text(&start.body));
+        request
+    }
+
+    /// The one place a request ends: its outcome, ready to be delivered.
+    pub fn end(mut self, ending: Ending<'_>) -> Ended {
+        self.ended = true;
+        let hold = std::mem::take(&mut self.start.hold);
+        let latency_us = self.elapsed_us();
+        let store_content = self.outcomes.store_content;
+        let start = &self.start;
+        let mut request = self.row(latency_us);
         let mut sample = None;
         let upstream_us = |attempts: &[Attempt]| {
             Some(attempts.iter().map(|a| a.latency.as_micros() as i64).sum())
         };
         let mut upstream = None;
         let (attempts, to_count) = match ending {
+            Ending::Refused { status, reason } => {
+                request.status = status;
+                request.error_kind = Some(reason.to_string());
+                request.cost_pusd = Some(Default::default());
+                (Vec::new(), None)
+            }
             Ending::Unserved { status, failure } => {
                 upstream = upstream_us(&failure.attempts);
                 request.status = status;
@@ -327,9 +404,10 @@ impl Exchange {
                 attempts,
                 to_count,
                 upstream_us: upstream,
+                hold,
             },
             sample,
-            outcomes: self.outcomes,
+            outcomes: self.outcomes.clone(),
         }
     }
 
@@ -355,35 +433,89 @@ impl Exchange {
     }
 }
 
+/// A request dropped before its end: its serving thread was stopped at the end of
+/// `server.shutdown_grace_ms` (a request whose client had left, still waiting on its upstream), or
+/// the gateway failed it (a panic, answered 500). It is recorded with what is known — who asked,
+/// for what, how long it ran, and the tier it last called, whose cost is unknown (the report counts
+/// it unpriced) — rather than vanish from the ledger.
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let mut request = self.row(self.elapsed_us());
+        let (status, kind) = if std::thread::panicking() {
+            (500, GATEWAY_FAILED)
+        } else {
+            (499, CUT_AT_SHUTDOWN)
+        };
+        request.status = status;
+        request.error_kind = Some(kind.to_string());
+        let hold = std::mem::take(&mut self.start.hold);
+        let hold = match self.called.last() {
+            Some(tier) => {
+                request.tier = Some(tier.name.clone());
+                request.provider = Some(tier.provider.name.clone());
+                request.model = Some(tier.model.clone());
+                request.local = tier.is_local();
+                // What the call used is unknown: its reservations count in full, as dropped.
+                drop(hold);
+                Hold::default()
+            }
+            None => {
+                request.cost_pusd = Some(Default::default());
+                hold
+            }
+        };
+        tracing::warn!(
+            request_id = %request.id,
+            tier = request.tier.as_deref().unwrap_or("-"),
+            "request recorded as {kind}: it ended before its answer"
+        );
+        Ended {
+            outcome: Outcome {
+                request,
+                attempts: Vec::new(),
+                to_count: None,
+                upstream_us: None,
+                hold,
+            },
+            sample: None,
+            outcomes: self.outcomes.clone(),
+        }
+        .deliver_detached();
+    }
+}
+
 /// An outcome on its way out of the request path.
 pub struct Ended {
     pub outcome: Outcome,
-    sample: Option<Sample>,
+    /// The shadow check's sample, for [`Sampling`] to take.
+    pub sample: Option<Sample>,
     outcomes: Outcomes,
 }
 
 impl Ended {
-    /// Queues the outcome; waits only while the queue is full (backpressure).
+    /// Hands the request to each consumer in turn.
+    fn hand_to_consumers(&mut self) {
+        let consumers = self.outcomes.consumers.clone();
+        for consumer in consumers.iter() {
+            consumer.finished(self);
+        }
+    }
+
+    /// Hands the request to its consumers and queues the outcome; waits only while the queue is
+    /// full (backpressure).
     pub async fn deliver(mut self) {
-        self.hand_over_sample();
+        self.hand_to_consumers();
         if self.outcomes.sender.send(self.outcome).await.is_err() {
             tracing::error!("the ledger writer has stopped; a request record was lost");
         }
     }
 
-    /// A shadow check never holds a request up: a sample that finds the queue full is skipped.
-    fn hand_over_sample(&mut self) {
-        let (Some(sample), Some(samples)) = (self.sample.take(), &self.outcomes.samples) else {
-            return;
-        };
-        if let Err(mpsc::error::TrySendError::Full(sample)) = samples.try_send(sample) {
-            crate::metrics::shadow_skipped(&sample.route.name, "queue_full");
-        }
-    }
-
-    /// Queues the outcome from code that cannot wait (a stream dropped by its client).
+    /// The same from code that cannot wait (a stream dropped by its client).
     pub fn deliver_detached(mut self) {
-        self.hand_over_sample();
+        self.hand_to_consumers();
         let Err(mpsc::error::TrySendError::Full(outcome)) =
             self.outcomes.sender.try_send(self.outcome)
         else {
@@ -392,12 +524,12 @@ impl Ended {
         // A full queue: wait for room on a task, if a runtime is still there to run one.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                let ended = Ended {
-                    outcome,
-                    sample: None,
-                    outcomes: self.outcomes,
-                };
-                runtime.spawn(ended.deliver());
+                let sender = self.outcomes.sender.clone();
+                runtime.spawn(async move {
+                    if sender.send(outcome).await.is_err() {
+                        tracing::error!("the ledger writer has stopped; a request record was lost");
+                    }
+                });
             }
             Err(_) => tracing::error!(
                 request_id = %outcome.request.id,
@@ -456,4 +588,84 @@ fn attempt_rows(request_id: &str, attempts: &[Attempt]) -> Vec<AttemptRow> {
             latency_us: attempt.latency.as_micros() as i64,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn config() -> Config {
+        Config::parse(
+            include_str!("../../examples/tierwise.toml"),
+            std::path::Path::new("examples/tierwise.toml"),
+            &|_| None,
+        )
+        .unwrap()
+    }
+
+    fn outcomes() -> (Outcomes, mpsc::Receiver<Outcome>) {
+        let (sender, receiver) = mpsc::channel(4);
+        let pricing = Arc::new(Pricing::new(&config()));
+        (Outcomes::new(sender, pricing, false), receiver)
+    }
+
+    fn start() -> Start {
+        Start {
+            id: "req-1".into(),
+            endpoint: Endpoint::ChatCompletions,
+            stream: false,
+            route: None,
+            client_key: None,
+            body: Bytes::from_static(b"{}"),
+            sampled: false,
+            hold: Hold::default(),
+        }
+    }
+
+    #[test]
+    fn a_request_the_gateway_fails_is_recorded_as_failed_not_lost() {
+        let (outcomes, mut receiver) = outcomes();
+        let exchange = outcomes.begin(start());
+        let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _exchange = exchange;
+            panic!("a bug in the request path");
+        }));
+        assert!(failed.is_err());
+        let outcome = receiver.try_recv().expect("the failed request is recorded");
+        assert_eq!(
+            (
+                outcome.request.status,
+                outcome.request.error_kind.as_deref()
+            ),
+            (500, Some(GATEWAY_FAILED))
+        );
+        // No upstream call was made: nothing can have been charged.
+        assert_eq!(outcome.request.cost_pusd, Some(Default::default()));
+    }
+
+    #[test]
+    fn a_request_that_ends_is_recorded_once() {
+        let (outcomes, mut receiver) = outcomes();
+        let exchange = outcomes.begin(start());
+        let failure = Unserved {
+            tier: config().tiers[0].clone(),
+            error: crate::upstream::UpstreamError::new_detail(
+                UpstreamErrorKind::BreakerOpen,
+                "open".into(),
+            ),
+            attempts: Vec::new(),
+            fallback: None,
+        };
+        let ended = exchange.end(Ending::Unserved {
+            status: 503,
+            failure: &failure,
+        });
+        ended.deliver_detached();
+        assert_eq!(receiver.try_recv().unwrap().request.status, 503);
+        assert!(
+            receiver.try_recv().is_err(),
+            "an ended request is not cut too"
+        );
+    }
 }

@@ -257,6 +257,7 @@ async fn check(
                 attempts: Vec::new(),
                 to_count: None,
                 upstream_us: None,
+                hold: Default::default(),
             })
             .await;
     }
@@ -313,7 +314,7 @@ fn worst_cost(
 /// is reserved against the route's daily budget: `Err` names why the call was not made.
 async fn call(
     checker: &Checker,
-    watch: &Watch,
+    watch: &Arc<Watch>,
     sample: &Sample,
     tier: &Arc<Tier>,
     body: Vec<u8>,
@@ -339,7 +340,7 @@ async fn call(
         .reserve(now_ms(), worst, floor, ledger)
         .ok_or("over_budget")?;
     let Ok(mut lease) = checker.health.of(&tier.provider).admit() else {
-        watch.settle(reservation, Picodollars(0));
+        reservation.settle(0);
         return Err("provider_unavailable");
     };
     let ts_ms = now_ms();
@@ -392,7 +393,7 @@ async fn call(
             Answer::default()
         }
     };
-    watch.settle(reservation, row.cost_pusd.unwrap_or_default());
+    reservation.settle(row.cost_pusd.map_or(0, |cost| cost.0.max(0) as u64));
     Ok(Side {
         answer,
         row: Some(row),

@@ -21,6 +21,7 @@ use super::monitor::{Episode, Evidence, Interval, Monitor, MonitorPolicy};
 use crate::config::{Config, OnDrift, OnProof, Route, Shadow};
 use crate::ledger::quality::{DAY_MS, EventKind, QualityEvent, StoredState, utc_day};
 use crate::ledger::{LedgerError, Picodollars, Purpose, Store};
+use crate::limits::{Meter, Reservation, Unit};
 
 /// How often each watch takes up the ledger's view (other replicas' samples and switches).
 pub const RESYNC: Duration = Duration::from_secs(15);
@@ -102,14 +103,6 @@ struct State {
     reserved: Picodollars,
 }
 
-/// A shadow call's worst-case cost, held against its day's budget until the call is settled.
-#[derive(Debug)]
-#[must_use = "a reservation holds budget until it is settled"]
-pub struct Reservation {
-    day: i64,
-    amount: Picodollars,
-}
-
 /// A change a sample brought: an episode began or ended, or the route switched tiers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
@@ -188,14 +181,15 @@ impl Watch {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Holds `worst`, a call's worst-case cost, against the day's budget; `None` when the day's
+    /// Holds `worst`, a call's worst-case cost, against the day's budget until the reservation is
+    /// settled with what the call really cost (see [`Meter`]); `None` when the day's
     /// spend, the calls in flight and `worst` would pass it. `ledger` is the day's shadow spend of
     /// every replica as the ledger has it, read just before, where it could be read: other
     /// replicas' calls count once they are stored, so together they overrun the budget by at most
     /// what their calls in flight hold (`shadow.concurrency` reservations each). `floor` is what
     /// the smallest call costs at worst: once even that does not fit, sampling stops for the day.
     pub fn reserve(
-        &self,
+        self: &Arc<Self>,
         now_ms: i64,
         worst: Picodollars,
         floor: Picodollars,
@@ -223,20 +217,12 @@ impl Watch {
         }
         state.reserved =
             Picodollars::saturating(i128::from(state.reserved.0) + i128::from(worst.0));
-        Some(Reservation { day, amount: worst })
-    }
-
-    /// Releases a reservation and counts what the call really cost against the day it was made.
-    pub fn settle(&self, reservation: Reservation, cost: Picodollars) {
-        let mut state = self.lock();
-        // A call that began before midnight belongs to a day whose budget is closed.
-        if state.day != reservation.day {
-            return;
-        }
-        state.reserved = Picodollars::saturating(
-            (i128::from(state.reserved.0) - i128::from(reservation.amount.0)).max(0),
-        );
-        state.spent = Picodollars::saturating(i128::from(state.spent.0) + i128::from(cost.0));
+        Some(Reservation::new(
+            self.clone(),
+            Unit::Picodollars,
+            day,
+            worst.0.max(0) as u64,
+        ))
     }
 
     /// Adds a scored sample; returns what it changed, each change numbered for the ledger.
@@ -375,6 +361,21 @@ impl Watch {
             alerting: state.monitor.alerting(),
             demoted: self.demoted(),
         });
+    }
+}
+
+/// A shadow call's reservation, settled: released, and what the call really cost counted against
+/// the day it was made.
+impl Meter for Watch {
+    fn settle(&self, day: i64, held: u64, used: u64) {
+        let mut state = self.lock();
+        // A call that began before midnight belongs to a day whose budget is closed.
+        if state.day != day {
+            return;
+        }
+        state.reserved =
+            Picodollars::saturating((i128::from(state.reserved.0) - i128::from(held)).max(0));
+        state.spent = Picodollars::saturating(i128::from(state.spent.0) + i128::from(used));
     }
 }
 

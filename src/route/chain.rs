@@ -13,6 +13,7 @@ use http::StatusCode;
 
 use crate::config::{Abilities, AllOpen, ChainTier, Tier};
 use crate::health::{Health, Lease};
+use crate::limits::Skips;
 use crate::openai::RequestBody;
 use crate::upstream::{Lack, Reply, UpstreamError, UpstreamErrorKind, Upstreams};
 
@@ -67,6 +68,24 @@ impl Unserved {
     }
 }
 
+/// The tier a request last sent an upstream call to, for the record of a request cut off before
+/// its end (a shutdown's grace ran out): that call may have been charged for. Written once per
+/// call and read only when a request is cut, so its lock is never contended.
+#[derive(Debug, Default)]
+pub struct Called(std::sync::Mutex<Option<Arc<Tier>>>);
+
+impl Called {
+    fn set(&self, tier: &Arc<Tier>) {
+        if let Ok(mut called) = self.0.lock() {
+            *called = Some(tier.clone());
+        }
+    }
+
+    pub fn last(&self) -> Option<Arc<Tier>> {
+        self.0.lock().ok().and_then(|called| called.clone())
+    }
+}
+
 /// A prompt up to this long is counted where the request runs (~0.3 ms); a longer one on the
 /// blocking pool.
 const COUNT_HERE_BYTES: usize = 16 * 1024;
@@ -79,8 +98,11 @@ pub struct ChainRun<'a> {
     pub when_all_open: AllOpen,
     /// The route's quality monitor demoted its primary: it is tried last, not first.
     pub primary_demoted: bool,
+    /// The tiers admission passed over for this request: never called, not even as a last resort.
+    pub skips: &'a Skips,
     /// Named in the log when a tier's refusal teaches its context window.
     pub request_id: &'a str,
+    pub called: &'a Called,
 }
 
 impl ChainRun<'_> {
@@ -93,7 +115,13 @@ impl ChainRun<'_> {
                     "its answers fell below the route's agreement bar; it is tried last".into(),
                 )
             });
-            let skip = match demoted.or_else(|| lacking(step, body)) {
+            let skipped = self.skips.reason(&step.tier).map(|reason| {
+                UpstreamError::new_detail(
+                    UpstreamErrorKind::Skipped(reason),
+                    format!("passed over at admission ({reason})"),
+                )
+            });
+            let skip = match skipped.or(demoted).or_else(|| lacking(step, body)) {
                 Some(error) => Some(error),
                 None => self.too_long_for(step, body).await,
             };
@@ -220,6 +248,7 @@ impl ChainRun<'_> {
     ) -> Result<Served, UpstreamError> {
         let mut retried = false;
         loop {
+            self.called.set(&step.tier);
             let started = Instant::now();
             let result = self
                 .upstreams

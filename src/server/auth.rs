@@ -110,7 +110,7 @@ pub async fn refuse_browsers(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-async fn check(keys: &[ClientKey], mut request: Request, next: Next) -> Response {
+async fn check(keys: &[Arc<ClientKey>], mut request: Request, next: Next) -> Response {
     if keys.is_empty() {
         return next.run(request).await;
     }
@@ -134,17 +134,17 @@ async fn check(keys: &[ClientKey], mut request: Request, next: Next) -> Response
     let mut matched = None;
     for key in keys {
         if bool::from(key.secret.expose().as_bytes().ct_eq(presented.as_bytes())) {
-            matched = Some(key.id.clone());
+            matched = Some(key.clone());
         }
     }
-    if let Some(id) = matched {
-        request.extensions_mut().insert(ClientKeyId(id));
+    if let Some(key) = matched {
+        request.extensions_mut().insert(CallerKey(key));
         next.run(request).await
     } else {
         ApiError::unauthorized("Incorrect API key provided.").into_response()
     }
 }
 
-/// Which configured key a request came with: its fingerprint, never the key.
+/// Which configured key a request came with.
 #[derive(Debug, Clone)]
-pub struct ClientKeyId(pub String);
+pub struct CallerKey(pub Arc<ClientKey>);

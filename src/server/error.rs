@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 
+use crate::limits::Refusal;
 use crate::openai::RequestError;
 use crate::route::ResolveError;
 use crate::route::chain::Unserved;
@@ -186,6 +187,12 @@ impl ApiError {
         let mut api = ApiError::new(status, kind, message).code(code);
         api.retry_after = error.retry_after.map(|d| d.as_secs().max(1));
         api
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> ApiError {
+        match refusal {}
     }
 }
 

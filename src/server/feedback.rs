@@ -49,7 +49,7 @@ pub async fn feedback(
         Truth::parse(&value).map_err(|err| ApiError::bad_body(err.to_string()))?;
     let arrived = tokio::time::Instant::now();
     let recent = minted_ms(&request_id).is_some_and(|ts| (now_ms() - ts).abs() < RECENT_MS);
-    let client_key = caller.key.map(|key| key.0);
+    let client_key = caller.key.map(|key| key.id.clone());
     loop {
         let feedback = Feedback {
             request_id: request_id.clone(),

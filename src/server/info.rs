@@ -254,12 +254,12 @@ pub struct RecentQuery {
 /// are what feedback names, and another application's traffic is not its business.
 pub async fn requests(
     State(app): State<Arc<App>>,
-    caller: Option<axum::Extension<super::auth::ClientKeyId>>,
+    caller: Option<axum::Extension<super::auth::CallerKey>>,
     Query(query): Query<RecentQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let own = match app.config.server.admin {
         crate::config::AdminAccess::ClientKeys => {
-            Some(caller.map(|key| key.0.0).unwrap_or_default())
+            Some(caller.map(|key| key.0.0.id.clone()).unwrap_or_default())
         }
         _ => None,
     };

@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::health::{self, Health};
 use crate::ledger::{LedgerError, LedgerHealth, LedgerWriter, Pricing, Spool, Store};
+use crate::limits::Limits;
 use crate::outcome::{Dispatcher, Outcomes};
 use crate::quality::alert::Alerts;
 use crate::quality::feedback::{FeedbackQueue, FeedbackWriter};
@@ -47,6 +48,8 @@ pub struct App {
     pub routes: Arc<RouteTable>,
     pub upstreams: Arc<Upstreams>,
     pub health: Arc<Health>,
+    /// Admission's counters, for the life of the process.
+    pub limits: Arc<Limits>,
     /// Where requests end up once finished.
     pub outcomes: Outcomes,
     /// Read by reports and the admin API; the request path never touches it.
@@ -78,6 +81,7 @@ impl App {
             metrics: crate::metrics::handle(),
 
             routes: Arc::new(RouteTable::new(&config)),
+            limits: Arc::new(Limits::new(&config)),
             upstreams: Arc::new(Upstreams::new(&config)?),
             health: Arc::new(Health::new(&config)),
             started_unix: SystemTime::now()
@@ -232,7 +236,9 @@ impl Gateway {
         let watches = Arc::new(Watches::load(&config, &store).await?);
         let samples = watches.all().next().is_some().then(|| {
             let (samples, queued) = mpsc::channel(shadow::QUEUE);
-            outcomes = outcomes.clone().with_samples(samples);
+            outcomes = outcomes
+                .clone()
+                .with_consumer(Arc::new(crate::outcome::Sampling(samples)));
             queued
         });
         let (feedback, feedback_writer) = FeedbackWriter::spawn(store.clone());

@@ -1,5 +1,6 @@
 //! The request path of `/v1/chat/completions` and `/v1/embeddings`, in the order docs/design.md gives
-//! it: read the body (bounded) → read what routing needs → resolve the route → run the tier chain →
+//! it: read the body (bounded) → read what routing needs → resolve the route → admission (the
+//! limits: refuse, reserve, or pass over tiers; [`crate::limits`]) → run the tier chain →
 //! answer (normalized to the route's output contract where it has one) or relay the stream (as it
 //! came; the contract's verdict is recorded at its end) → end the request in [`crate::outcome`].
 //! Authentication has already happened in a layer in front.
@@ -14,13 +15,14 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use super::auth::ClientKeyId;
+use super::auth::CallerKey;
 use super::detach::{Detachable, Waiting};
 use super::error::ApiError;
 use super::relay::SseRelay;
 use super::{App, RequestId};
-use crate::config::AllOpen;
+use crate::config::{AllOpen, ClientKey};
 use crate::ledger::{Answer, RequestRow, Tokens};
+use crate::limits::{Admission, Admitted, Ask, Refusal};
 use crate::openai::{Endpoint, RequestBody};
 use crate::outcome::{Ending, Exchange, Start};
 use crate::route::Resolved;
@@ -35,10 +37,10 @@ const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-tierwise-fallback
 const CONTRACT_HEADER: HeaderName = HeaderName::from_static("x-tierwise-contract");
 const COST_HEADER: HeaderName = HeaderName::from_static("x-tierwise-cost-usd");
 
-/// Who is calling: the request id and the key's fingerprint, set by the layers in front.
+/// Who is calling: the request id and the key, set by the layers in front.
 pub struct Caller {
     id: RequestId,
-    pub(super) key: Option<ClientKeyId>,
+    pub(super) key: Option<Arc<ClientKey>>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -51,7 +53,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
                 .get::<RequestId>()
                 .cloned()
                 .unwrap_or_else(RequestId::generate),
-            key: parts.extensions.get::<ClientKeyId>().cloned(),
+            key: parts.extensions.get::<CallerKey>().map(|key| key.0.clone()),
         })
     }
 }
@@ -123,18 +125,34 @@ async fn proxy(
 ) -> Result<Response, ApiError> {
     let request = RequestBody::parse(endpoint, &bytes)?;
     let resolved = app.routes.resolve(&request.model, route_header)?;
+    let admission = app.limits.admit(&Ask {
+        key: caller.key.as_ref(),
+        route: resolved.route,
+        chain: &resolved.target.chain,
+        request: &request,
+    });
+    let (admitted, refusal) = match admission {
+        Admission::Admitted(admitted) => (admitted, None),
+        Admission::Refused(refusal) => (Admitted::default(), Some(refusal)),
+    };
+    let Admitted { hold, skips } = admitted;
     let mut exchange = app.outcomes.begin(Start {
         id: caller.id.0,
         endpoint,
         stream: request.stream,
         route: resolved.route.cloned(),
-        client_key: caller.key.map(|key| key.0),
+        client_key: caller.key.map(|key| key.id.clone()),
         body: bytes.clone(),
         // Only a route named by `model` runs its own chain and prompts, which is what is checked.
-        sampled: resolved.target.route.as_ref().is_some_and(|route| {
-            endpoint == Endpoint::ChatCompletions && app.watches.sampled(route)
-        }),
+        sampled: refusal.is_none()
+            && resolved.target.route.as_ref().is_some_and(|route| {
+                endpoint == Endpoint::ChatCompletions && app.watches.sampled(route)
+            }),
+        hold,
     });
+    if let Some(refusal) = refusal {
+        return Ok(refuse_at_admission(exchange, refusal).await);
+    }
     let run = ChainRun {
         upstreams: &app.upstreams,
         health: &app.health,
@@ -149,7 +167,9 @@ async fn proxy(
             .route
             .as_ref()
             .is_some_and(|route| app.watches.demoted(route)),
+        skips: &skips,
         request_id: exchange.id(),
+        called: exchange.called(),
     };
     let result = run.run(&request).await;
     if client.gone() {
@@ -162,6 +182,18 @@ async fn proxy(
         }
         Err(unserved) => refuse(exchange, &unserved).await,
     })
+}
+
+/// Admission answered: the client gets the refusal, the ledger a row with its status.
+async fn refuse_at_admission(exchange: Exchange, refusal: Refusal) -> Response {
+    let ended = exchange.end(Ending::Refused {
+        status: refusal.status(),
+        reason: refusal.reason(),
+    });
+    let mut response = ApiError::from(refusal).into_response();
+    set_headers(response.headers_mut(), Facts::from(&ended.outcome.request));
+    ended.deliver().await;
+    response
 }
 
 /// No tier answered: the client gets the error, the ledger the attempts.

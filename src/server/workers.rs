@@ -143,7 +143,8 @@ fn serve_thread(
                     tracing::warn!(
                         cut,
                         "requests whose clients had left were cut at the end of \
-                         server.shutdown_grace_ms; their upstream calls are not in the ledger"
+                         server.shutdown_grace_ms; the ledger records them as cut_at_shutdown, \
+                         their cost unknown"
                     );
                 }
             }

@@ -317,7 +317,7 @@ async fn check_probes_each_provider() {
 }
 
 /// Starts `tierwise serve` on `config` and returns the child and the address it printed.
-async fn serve(config: &std::path::Path) -> (std::process::Child, String) {
+async fn serve(config: &std::path::Path) -> (crate::proof::Served, String) {
     crate::proof::serve(config, &[], std::path::Path::new("/dev/null")).await
 }
 
@@ -327,7 +327,7 @@ fn send_sigterm(child: &std::process::Child) {
     assert!(sent.success(), "kill -TERM {pid} failed");
 }
 
-async fn wait_for_exit(mut child: std::process::Child, what: &str) -> std::process::ExitStatus {
+async fn wait_for_exit(mut child: crate::proof::Served, what: &str) -> std::process::ExitStatus {
     tokio::time::timeout(
         Duration::from_secs(30),
         tokio::task::spawn_blocking(move || child.wait().unwrap()),
@@ -337,7 +337,7 @@ async fn wait_for_exit(mut child: std::process::Child, what: &str) -> std::proce
     .unwrap()
 }
 
-async fn terminate(child: std::process::Child) -> std::process::ExitStatus {
+async fn terminate(child: crate::proof::Served) -> std::process::ExitStatus {
     send_sigterm(&child);
     wait_for_exit(child, "the gateway exits after SIGTERM").await
 }

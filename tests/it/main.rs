@@ -15,6 +15,7 @@ mod feedback;
 mod hostile;
 mod ledger;
 mod limits;
+mod llama;
 mod metrics;
 mod proof;
 mod providers;

@@ -37,8 +37,34 @@ pub(crate) fn with_ledger_in_dir(name: &str, config: TestConfig) -> (PathBuf, Pa
     (dir, path)
 }
 
+/// A `tierwise serve` process, killed when dropped: a test that fails midway leaves no gateway
+/// running behind it (holding its port, its CPU, and whatever its parent had open).
+pub(crate) struct Served(Child);
+
+impl std::ops::Deref for Served {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Served {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        // Both are no-ops for a process the test already waited for.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `tierwise serve` on `config` with `env`, its stderr to `log`; returns it and its base URL.
-pub(crate) async fn serve(config: &Path, env: &[(&str, &str)], log: &Path) -> (Child, String) {
+pub(crate) async fn serve(config: &Path, env: &[(&str, &str)], log: &Path) -> (Served, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tierwise"));
     command
         .env_remove("TIERWISE_CONFIG")
@@ -50,7 +76,7 @@ pub(crate) async fn serve(config: &Path, env: &[(&str, &str)], log: &Path) -> (C
     for (name, value) in env {
         command.env(name, value);
     }
-    let mut child = command.spawn().unwrap();
+    let mut child = Served(command.spawn().unwrap());
     let stdout = child.stdout.take().unwrap();
     let line = tokio::task::spawn_blocking(move || {
         let mut reader = BufReader::new(stdout);
@@ -83,7 +109,7 @@ pub(crate) fn signal(child: &Child, signal: &str) {
     assert!(sent.success());
 }
 
-pub(crate) async fn exited(mut child: Child) -> std::process::ExitStatus {
+pub(crate) async fn exited(mut child: Served) -> std::process::ExitStatus {
     tokio::time::timeout(
         Duration::from_secs(30),
         tokio::task::spawn_blocking(move || child.wait().unwrap()),

@@ -75,12 +75,15 @@ fn drift_config(local: &FakeUpstream, api: &FakeUpstream, hook: &Hook) -> TestCo
             shadow.min_agreement = Some(spanned(0.9));
             shadow.window = Some(spanned(600));
             shadow.min_samples = Some(spanned(100));
-            shadow.concurrency = Some(spanned(32));
+            shadow.concurrency = Some(spanned(CONCURRENCY as u32));
             shadow.on_drift = Some(OnDrift::Demote);
             c.route(ROUTE).shadow = Some(shadow);
             c.0.alerts.webhook = Some(text(hook.url.clone()));
         })
 }
+
+/// Shadow checks the drift scenario's route runs at once.
+const CONCURRENCY: usize = 32;
 
 /// Sends classification requests, each a new ticket whose true label the fake classifier reads,
 /// one at a time; returns the tiers that answered.
@@ -92,6 +95,11 @@ impl Traffic {
     async fn send(&mut self, gateway: &TestGateway, n: usize) -> Vec<String> {
         let mut tiers = Vec::with_capacity(n);
         for _ in 0..n {
+            // Checks beyond `shadow.concurrency` in flight are skipped (`busy`), by design: a
+            // machine slower to check than to answer must not make this test lose samples.
+            if self.sent > 0 && self.sent.is_multiple_of(CONCURRENCY) {
+                wait_for_samples(gateway, self.sent).await;
+            }
             self.sent += 1;
             let label = LABELS[self.sent % LABELS.len()];
             let content = format!("ticket {} needs routing [[{label}]]", self.sent);

@@ -226,6 +226,45 @@ async fn a_request_whose_client_left_is_given_the_shutdown_grace_and_recorded() 
     assert_eq!((row.tokens_in, row.tokens_out), (1000, 500));
 }
 
+#[tokio::test]
+async fn a_request_whose_client_left_and_cut_at_the_end_of_the_grace_is_recorded_as_cut() {
+    let (_local, api, gw) = gateway(|_| {}, |c| c.0.server.shutdown_grace_ms = Some(300)).await;
+    // The upstream answers long after the grace: the call is cut off, paid for or not.
+    api.update(|b| b.fault = tierwise_fake::Fault::SlowFirstByte { ms: 10_000 });
+    let store = gw.store().await;
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let gave_up = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat("api_fast", "x"))
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client was meant to give up");
+    tierwise_fake::wait_until(
+        "the upstream call to be made",
+        Duration::from_secs(5),
+        || api.request_count() == 1,
+    )
+    .await;
+    gw.shutdown().await;
+    let rows = store.requests(since, i64::MAX, None).await.unwrap();
+    let row = rows
+        .first()
+        .expect("the request cut at the end of the grace is in the ledger");
+    assert_eq!(
+        (row.status, row.error_kind.as_deref(), row.tier.as_deref()),
+        (499, Some("cut_at_shutdown"), Some("api_fast"))
+    );
+    // The upstream may have charged for a call nobody saw end: unknown, not zero.
+    assert_eq!(row.cost_pusd, None);
+    assert!(row.latency_us >= 300_000, "{}", row.latency_us);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_within_the_grace_while_a_token_count_runs() {
     let up = FakeUpstream::start().await;

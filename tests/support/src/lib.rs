@@ -131,7 +131,8 @@ pub struct Behavior {
     /// Served as Ollama's `POST /api/show` does: the model's trained window in `model_info`
     /// (`llama.context_length`) and, when set, the served `num_ctx` in `parameters`.
     pub ollama_show: Option<OllamaShow>,
-    /// Served as llama.cpp's `GET /props` does (`default_generation_settings.n_ctx`).
+    /// Served as llama.cpp's `GET /props` does (`default_generation_settings.n_ctx`), and listed
+    /// with each model's `meta.n_ctx` as its `/v1/models` does.
     pub llama_cpp_n_ctx: Option<u32>,
     /// Embedding models: a chat request for one is refused with a 400, as Ollama refuses it
     /// ("does not support chat"); embeddings for it are answered.
@@ -1020,6 +1021,11 @@ async fn models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
             if let Some(tokens) = behavior.max_model_len {
                 model["max_model_len"] = tokens.into();
             }
+            // llama-server lists its slot's window too, under `meta`, beside the trained one.
+            if let Some(n_ctx) = behavior.llama_cpp_n_ctx {
+                model["owned_by"] = "llamacpp".into();
+                model["meta"] = json!({"vocab_type": 1, "n_vocab": 32_000, "n_ctx": n_ctx, "n_ctx_train": 32_768, "n_embd": 4096});
+            }
             model
         })
         .collect();
@@ -1066,10 +1072,20 @@ async fn llama_cpp_props(State(shared): State<Arc<Shared>>, headers: HeaderMap) 
     let Some(n_ctx) = behavior.llama_cpp_n_ctx else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    // The shape llama-server (llama-cpp-python 0.3.36's llama.cpp) answers, abridged: the sampling
+    // settings under `params`, the slot's window beside them.
     Json(json!({
-        "default_generation_settings": {"n_ctx": n_ctx, "temperature": 0.8, "top_k": 40},
+        "default_generation_settings": {
+            "params": {"seed": 4_294_967_295u32, "temperature": 0.8, "top_k": 40, "n_predict": -1},
+            "n_ctx": n_ctx,
+        },
         "total_slots": 1,
+        "model_alias": "mistral-7b-instruct",
         "model_path": "models/mistral-7b-instruct-v0.2.Q4_K_M.gguf",
+        "modalities": {"vision": false, "video": false, "audio": false},
+        "endpoint_slots": true,
+        "endpoint_props": false,
+        "endpoint_metrics": false,
         "chat_template": "",
     }))
     .into_response()
