@@ -615,6 +615,7 @@ fn served(request: &mut RequestRow, by: &ServedBy) {
 fn set_tokens(request: &mut RequestRow, tokens: Tokens, priced: Priced) {
     request.tokens_in = tokens.input;
     request.tokens_cached = tokens.cached;
+    request.tokens_cache_write = tokens.cache_write;
     request.tokens_out = tokens.output;
     request.tokens_estimated = tokens.estimated;
     request.cost_pusd = priced.cost;

@@ -52,6 +52,10 @@ pub enum Lack {
     Tools,
     JsonSchema,
     Vision,
+    /// The tier's wire format has no such endpoint (Anthropic's has no embeddings).
+    Endpoint,
+    /// The tier's wire format cannot carry this parameter of the request.
+    Format(&'static str),
 }
 
 impl Lack {
@@ -61,6 +65,8 @@ impl Lack {
             Lack::Tools => "tools",
             Lack::JsonSchema => "response_format",
             Lack::Vision => "messages",
+            Lack::Endpoint => "model",
+            Lack::Format(param) => param,
         }
     }
 }
@@ -189,6 +195,8 @@ impl UpstreamError {
             UpstreamErrorKind::Lacks(Lack::Tools) => "no_tools".into(),
             UpstreamErrorKind::Lacks(Lack::JsonSchema) => "no_json_schema".into(),
             UpstreamErrorKind::Lacks(Lack::Vision) => "no_vision".into(),
+            UpstreamErrorKind::Lacks(Lack::Endpoint) => "no_endpoint".into(),
+            UpstreamErrorKind::Lacks(Lack::Format(_)) => "untranslatable".into(),
             UpstreamErrorKind::MalformedJson => "malformed_json".into(),
             UpstreamErrorKind::AnswerTooLarge => "answer_too_large".into(),
             UpstreamErrorKind::StreamBroken => "stream_broken".into(),
@@ -303,13 +311,14 @@ pub struct ContextRefusal {
 /// error's message: vLLM's and OpenAI's chat and completion wordings (prompt and completion, or the
 /// messages alone), vLLM's for inputs without a budget and for embeddings, vLLM's newer budget
 /// wording, and llama.cpp's message (its typed fields are read first).
-const CONTEXT_REFUSALS: [&str; 6] = [
+const CONTEXT_REFUSALS: [&str; 7] = [
     r"^This model's maximum context length is (?<window>\d+) tokens[.,] however,? you requested (?<total>\d+) tokens \((?<prompt>\d+) in (?:the messages|your prompt)[,;] (?<completion>\d+) (?:in|for) the completion\)",
     r"^This model's maximum context length is (?<window>\d+) tokens[.,] however,? your messages resulted in (?<prompt>\d+) tokens",
     r"^This model's maximum context length is (?<window>\d+) tokens[.,] however,? your request has (?<prompt>\d+) input tokens",
     r"^This model's maximum context length is (?<window>\d+) tokens[.,] however,? you requested (?<prompt>\d+) tokens in the input",
     r"^'max_tokens' or 'max_completion_tokens' is too large: (?<completion>\d+)\. This model's maximum context length is (?<window>\d+) tokens and your request has (?<prompt>\d+) input tokens",
     r"^request \((?<prompt>\d+) tokens\) exceeds the available context size \((?<window>\d+) tokens\)",
+    r"^prompt is too long: (?<prompt>\d+) tokens > (?<window>\d+) maximum",
 ];
 
 impl ContextRefusal {
@@ -361,13 +370,14 @@ impl ContextRefusal {
 }
 
 /// How servers say a request does not fit the context window, lower-cased: OpenAI's error code,
-/// llama.cpp's error type and messages, vLLM's and OpenAI's message, Ollama's.
-const CONTEXT_TOO_LONG: [&str; 5] = [
+/// llama.cpp's error type and messages, vLLM's and OpenAI's message, Ollama's, Anthropic's.
+const CONTEXT_TOO_LONG: [&str; 6] = [
     "context_length_exceeded",
     "exceed_context_size_error",
     "maximum context length is",
     "exceeds the available context size",
     "input length exceeds the context length",
+    "prompt is too long",
 ];
 
 /// Whether a 400's body says the request was too long for the model; only the start of a body is

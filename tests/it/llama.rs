@@ -301,6 +301,7 @@ fn config(llama_url: &str, api: &FakeUpstream) -> TestConfig {
                 input: spanned(1.0),
                 output: spanned(2.0),
                 cached_input: Some(spanned(0.5)),
+                cache_write: None,
             },
         );
     })
