@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use tierwise::config::{self, Config};
 use tierwise::ledger::{Pricing, Store};
 use tierwise::quality::eval::{self, EvalOptions};
@@ -172,6 +172,12 @@ enum Command {
         #[arg(long, default_value_os_t = std::env::temp_dir().join("tierwise-demo"))]
         dir: PathBuf,
     },
+    /// This month's spend against each budget, and corrections to it (each an audit row in the
+    /// ledger).
+    Budget {
+        #[command(subcommand)]
+        action: BudgetAction,
+    },
     /// Write a commented starter configuration.
     Init {
         #[arg(default_value_os_t = config::default_path())]
@@ -180,6 +186,56 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BudgetAction {
+    /// Each budget's spend, share and projected month-end spend, from the ledger.
+    Show {
+        #[arg(short, long, env = "TIERWISE_CONFIG", default_value_os_t = config::default_path())]
+        config: PathBuf,
+        /// The month, e.g. 2026-12 (default: this month, UTC).
+        #[arg(long)]
+        month: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Set a month's spend against a budget back to zero, e.g. after calls were mispriced.
+    Reset {
+        #[command(flatten)]
+        target: BudgetTarget,
+    },
+    /// Add to a month's spend against a budget, or take off with a negative amount.
+    Adjust {
+        #[command(flatten)]
+        target: BudgetTarget,
+        /// Dollars added to the spend; negative takes them off, e.g. --usd=-12.50.
+        #[arg(long, allow_hyphen_values = true)]
+        usd: f64,
+    },
+}
+
+/// Which budget a correction is for, and why.
+#[derive(Debug, Args)]
+#[group(id = "scope", required = true, multiple = false, args = ["route", "key", "all"])]
+struct BudgetTarget {
+    #[arg(short, long, env = "TIERWISE_CONFIG", default_value_os_t = config::default_path())]
+    config: PathBuf,
+    /// The route's budget (`routes.<name>.budget`).
+    #[arg(long)]
+    route: Option<String>,
+    /// The named key's budget (`keys.<name>.budget`).
+    #[arg(long)]
+    key: Option<String>,
+    /// The budget of all API spend (`[budget]`).
+    #[arg(long)]
+    all: bool,
+    /// The month, e.g. 2026-12 (default: this month, UTC).
+    #[arg(long)]
+    month: Option<String>,
+    /// Why, kept in the audit row.
+    #[arg(long)]
+    reason: String,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -353,6 +409,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(Ok(())) | None => Ok(ExitCode::SUCCESS),
             }
         }
+        Command::Budget { action } => runtime()?.block_on(budget(action)),
         Command::Simulate { workload, format } => {
             let simulation = Workload::load(&workload)?
                 .simulate()
@@ -368,6 +425,98 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn budget(action: BudgetAction) -> anyhow::Result<ExitCode> {
+    use tierwise::config::BudgetScope;
+    use tierwise::ledger::Picodollars;
+    use tierwise::ledger::budget::{Change, Correction, Month};
+    let now = now_ms()?;
+    let month_of = |month: Option<&str>| match month {
+        None => Ok(Month::of(now)),
+        Some(text) => Month::parse(text)
+            .ok_or_else(|| anyhow::anyhow!("--month {text:?} is not a month such as 2026-12")),
+    };
+    let (target, change) = match action {
+        BudgetAction::Show {
+            config,
+            month,
+            format,
+        } => {
+            let config = load(&config)?;
+            let month = month_of(month.as_deref())?;
+            let store = Store::connect(&config.ledger.url).await?;
+            let spend = store.month_spend(month, now).await?;
+            store.close().await;
+            let figures = report::budget::figures(&config, month, &spend, now, &|_| None);
+            print!(
+                "{}",
+                match format {
+                    Format::Table => report::budget::to_table(&figures),
+                    Format::Json => serde_json::to_string_pretty(&figures)? + "\n",
+                    Format::Csv => bail!("budget show prints --format table or json"),
+                }
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        BudgetAction::Reset { target } => (target, Change::Reset),
+        BudgetAction::Adjust { target, usd } => {
+            if !usd.is_finite() || usd.abs() > tierwise::config::Budget::MAX_USD {
+                bail!("--usd must be a number of dollars, e.g. --usd=-12.50");
+            }
+            (target, Change::Add(Picodollars::from_usd(usd)))
+        }
+    };
+    let config = load(&target.config)?;
+    let month = month_of(target.month.as_deref())?;
+    let scope = match (&target.route, &target.key) {
+        (Some(route), _) => BudgetScope::Route(route.clone()),
+        (None, Some(key)) => BudgetScope::Key(key.clone()),
+        (None, None) => BudgetScope::All,
+    };
+    if !config.budgets().any(|(configured, _)| configured == scope) {
+        let configured: Vec<String> = config
+            .budgets()
+            .map(|(scope, _)| scope.to_string())
+            .collect();
+        bail!(
+            "{scope} has no budget in {}, so its spend decides nothing; budgets configured: {}",
+            target.config.display(),
+            if configured.is_empty() {
+                "none".to_string()
+            } else {
+                configured.join(", ")
+            }
+        );
+    }
+    let actor = format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    );
+    let store = Store::connect(&config.ledger.url).await?;
+    let row = store
+        .correct_budget(
+            now,
+            &Correction {
+                month,
+                scope: &scope,
+                change,
+                reason: &target.reason,
+                actor: &actor,
+            },
+        )
+        .await;
+    store.close().await;
+    let row = row?;
+    let before = Picodollars(row.spent_before_pusd);
+    let after = Picodollars::saturating(i128::from(before.0) + i128::from(row.delta_pusd));
+    println!(
+        "{scope}, {month}: spend ${before} -> ${after} ({} recorded as audit row {}); a running gateway takes it up within {}s",
+        row.kind,
+        row.id,
+        tierwise::limits::budget::RESYNC.as_secs()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {

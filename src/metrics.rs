@@ -1,6 +1,7 @@
 //! Every Prometheus series tierwise exports, recorded here and nowhere else: finished requests
 //! (counted per batch of outcomes, off the request path), the ledger's health, and the providers'
-//! breaker states, and the quality checks (shadow calls, agreement, alerts). `/metrics` renders the process-wide recorder installed by [`handle`].
+//! breaker states, the quality checks (shadow calls, agreement, alerts), and budgets (spend, limit,
+//! alerts). `/metrics` renders the process-wide recorder installed by [`handle`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -271,8 +272,9 @@ pub fn rate_limited(scope: &'static str, name: &str, measure: &'static str) {
 }
 
 /// A sample the shadow check did not take: `queue_full`, `busy` (the route's shadow calls are all
-/// in flight), `over_budget`, `provider_unavailable`, `stream_tool_calls` (a streamed answer of a
-/// route scored by its tool calls, which the relay does not keep).
+/// in flight), `over_budget` (the day's shadow budget), `budget_spent` (a monthly budget),
+/// `provider_unavailable`, `stream_tool_calls` (a streamed answer of a route scored by its tool
+/// calls, which the relay does not keep).
 pub fn shadow_skipped(route: &str, reason: &'static str) {
     metrics::counter!("tierwise_shadow_skipped_total", "route" => route.to_string(), "reason" => reason)
         .increment(1);
@@ -319,5 +321,26 @@ pub fn quality(state: &QualityState<'_>) {
 /// An alert episode began.
 pub fn quality_alert_fired(route: &str, model: &str) {
     metrics::counter!("tierwise_quality_alerts_total", "route" => route.to_string(), "model" => model.to_string())
+        .increment(1);
+}
+
+/// A budget as it stands this month, at a scrape: what it allows, what was spent (calls and
+/// corrections) and what requests in flight hold of it, in US dollars.
+pub fn budget(
+    scope: &'static str,
+    name: &str,
+    spent: Picodollars,
+    reserved: Picodollars,
+    limit_pusd: i64,
+) {
+    let labels = [("scope", scope.to_string()), ("name", name.to_string())];
+    metrics::gauge!("tierwise_budget_limit_usd", &labels).set(Picodollars(limit_pusd).as_usd_f64());
+    metrics::gauge!("tierwise_budget_spent_usd", &labels).set(spent.as_usd_f64());
+    metrics::gauge!("tierwise_budget_reserved_usd", &labels).set(reserved.as_usd_f64());
+}
+
+/// A budget alert announced: `level` is `alert_at` or `spent`.
+pub fn budget_alert(scope: &'static str, name: &str, level: &'static str) {
+    metrics::counter!("tierwise_budget_alerts_total", "scope" => scope, "name" => name.to_string(), "level" => level)
         .increment(1);
 }

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::kinds::{
-    AllOpen, Api, Changes, KeyHeader, OnDrift, OnProof, QualityBar, ScorerKind, TaskKind,
-    ToolCalling,
+    AllOpen, Api, Changes, KeyHeader, OnDrift, OnExhausted, OnProof, QualityBar, ScorerKind,
+    TaskKind, ToolCalling,
 };
 
 pub type Text = Spanned<String>;
@@ -47,6 +47,9 @@ pub struct ConfigFile {
     pub advise: RawAdvise,
     #[serde(default)]
     pub report: RawReport,
+    /// All API spend, whatever route or key it is for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<RawBudget>,
     /// `[keys.NAME]`: named client keys.
     #[serde(default)]
     pub keys: BTreeMap<Text, RawKey>,
@@ -67,6 +70,9 @@ pub struct RawKey {
     pub rpm: Option<Spanned<u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tpm: Option<Spanned<u64>>,
+    /// What the key's calls may cost a month.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<RawBudget>,
 }
 
 impl RawKey {
@@ -76,6 +82,7 @@ impl RawKey {
             routes: None,
             rpm: None,
             tpm: None,
+            budget: None,
         }
     }
 }
@@ -347,6 +354,8 @@ pub struct RawRoute {
     pub profile: Option<RawProfile>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub when_all_open: Option<AllOpen>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<RawBudget>,
     /// Requests per minute to this route, over every key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rpm: Option<Spanned<u64>>,
@@ -398,6 +407,29 @@ impl RawShadow {
             min_samples: None,
             on_drift: None,
             on_proof: None,
+        }
+    }
+}
+
+/// Dollars a calendar month (UTC) of API spend: `[budget]`, `routes.<name>.budget`, and a named
+/// key's `budget`, all of one shape.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub monthly_usd: Spanned<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_exhausted: Option<Spanned<OnExhausted>>,
+    /// The share of the budget at which the first alert fires; the second fires at 100%.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert_at: Option<Spanned<f64>>,
+}
+
+impl RawBudget {
+    pub fn new(monthly_usd: f64, on_exhausted: OnExhausted) -> RawBudget {
+        RawBudget {
+            monthly_usd: spanned(monthly_usd),
+            on_exhausted: Some(spanned(on_exhausted)),
+            alert_at: None,
         }
     }
 }
@@ -507,6 +539,7 @@ impl RawRoute {
             shadow: None,
             profile: None,
             when_all_open: None,
+            budget: None,
             rpm: None,
             tpm: None,
         }

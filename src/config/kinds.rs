@@ -176,3 +176,28 @@ pub enum Changes {
     /// Every change would need the local prompt re-tuned and re-validated.
     Often,
 }
+
+/// What a budget does once it cannot hold a request's worst-case cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExhausted {
+    /// Skip the API tiers (`budget_spent`) and serve from the route's local tiers, unless the
+    /// local tier is demoted by its shadow check (known to be worse): then answer 429
+    /// `insufficient_quota`, as when the route has no local tier.
+    #[default]
+    LocalOnly,
+    /// As `local_only`, but serve from a local tier even while its shadow check has demoted it.
+    LocalAny,
+    /// Answer 429 `insufficient_quota` at once.
+    Reject,
+}
+
+impl OnExhausted {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnExhausted::LocalOnly => "local_only",
+            OnExhausted::LocalAny => "local_any",
+            OnExhausted::Reject => "reject",
+        }
+    }
+}

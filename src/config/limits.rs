@@ -1,5 +1,5 @@
 //! `[keys.NAME]`, the rate limits of keys and routes, and `[limits]`: who may call which route, how
-//! much of it per minute, and where the counts are kept.
+//! much of it per minute (and, [`super::Budget`], a month), and where the counts are kept.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -32,6 +32,8 @@ pub struct KeyTerms {
     /// The routes it may call (sorted); every route and tier when `None`.
     pub routes: Option<Vec<String>>,
     pub rate: Rate,
+    /// What the key's calls may cost a month.
+    pub budget: Option<super::Budget>,
 }
 
 /// Where the rate-limit counters are kept.
@@ -105,11 +107,16 @@ impl Resolver<'_> {
                 allowed
             });
             let rate = self.rate(&key.rpm, &key.tpm, &at);
+            let budget = key
+                .budget
+                .as_ref()
+                .and_then(|budget| self.budget(budget, &format!("{at}.budget")));
             let mut client = ClientKey::new(Secret::new(secret));
             client.terms = KeyTerms {
                 name: Some(name.get_ref().clone()),
                 routes: allowed,
                 rate,
+                budget,
             };
             keys.push(Arc::new(client));
         }

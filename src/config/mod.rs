@@ -2,6 +2,7 @@
 //! types where a route holds its tiers, a tier holds its provider, every `${ENV}` has been read and
 //! every name checked. Code outside this module never sees an unresolved name.
 
+mod budget;
 mod env;
 mod error;
 pub mod file;
@@ -23,10 +24,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use budget::{Budget, BudgetScope};
 pub use error::{ConfigError, ConfigIssue};
 pub use kinds::{
-    AllOpen, Api, Changes, KeyHeader, OnDrift, OnProof, QualityBar, ScorerKind, TaskKind,
-    ToolCalling,
+    AllOpen, Api, Changes, KeyHeader, OnDrift, OnExhausted, OnProof, QualityBar, ScorerKind,
+    TaskKind, ToolCalling,
 };
 pub use known::{Abilities, KnownModel, known_model, takes_max_completion_tokens, undated};
 pub use limits::{KeyTerms, LimitsConfig, Rate};
@@ -102,6 +104,8 @@ pub struct Config {
     pub alerts: Alerts,
     pub advise: AdviseRules,
     pub report: ReportRules,
+    /// What all API calls together may cost a month (`[budget]`).
+    pub budget: Option<Budget>,
     /// Things that are allowed but probably not meant (no client auth, an empty upstream key);
     /// logged at start-up and printed by `tierwise check`.
     pub warnings: Vec<String>,

@@ -1,14 +1,18 @@
 //! `[prices."model"]`: USD per million tokens that extend and override the built-in price table
-//! ([`crate::ledger::price`]).
+//! ([`crate::ledger::price`]); and what needs a price to be held: a shadow check's reference, a
+//! budget's API tiers.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::Route;
+use std::sync::Arc;
+
 use super::file::{ConfigFile, RawPrice, Text};
+use super::kinds::OnExhausted;
 use super::resolver::Resolver;
+use super::{Route, Tier};
 
 /// USD per million tokens of current models: input, input read from the prompt cache, input
 /// written to it, output. Where a cache price is `None` it costs as much as input.
@@ -121,7 +125,7 @@ impl Resolver<'_> {
     pub(super) fn shadow_prices(
         &mut self,
         file: &ConfigFile,
-        routes: &[std::sync::Arc<Route>],
+        routes: &[Arc<Route>],
         prices: &BTreeMap<String, Price>,
     ) {
         for route in routes {
@@ -143,6 +147,121 @@ impl Resolver<'_> {
                         tier.name,
                         tier.priced_as(),
                         tier.priced_as()
+                    ),
+                );
+            }
+        }
+    }
+
+    /// A budget is held by pricing each call: one over a tier whose model has no price could never
+    /// be spent. Warns where a route has no local tier to fall back to once its budget is spent.
+    pub(super) fn budget_prices(
+        &mut self,
+        file: &ConfigFile,
+        routes: &[Arc<Route>],
+        tiers: &[Arc<Tier>],
+        prices: &BTreeMap<String, Price>,
+    ) {
+        let unpriced = |tier: &&Arc<Tier>| !tier.is_local() && !has_price(&tier.model, prices);
+        let listed = |tiers: Vec<&Arc<Tier>>| {
+            tiers
+                .iter()
+                .map(|tier| format!("{} ({:?})", tier.name, tier.model))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if let Some(raw) = &file.budget {
+            let missing: Vec<&Arc<Tier>> = tiers.iter().filter(unpriced).collect();
+            if !missing.is_empty() {
+                self.issue_at(
+                    raw.monthly_usd.span().start,
+                    "budget.monthly_usd",
+                    &format!(
+                        "cannot be held: tiers {} call models with no known price; add [prices.\"<model>\"] for each, or fixed_monthly_usd on their provider if it is not billed per token",
+                        listed(missing)
+                    ),
+                );
+            }
+        }
+        for route in routes {
+            let Some(raw) = file
+                .routes
+                .get(route.name.as_str())
+                .and_then(|raw| raw.budget.as_ref())
+            else {
+                continue;
+            };
+            let key = format!("routes.{}.budget", route.name);
+            let chain: Vec<&Arc<Tier>> = route.chain.iter().map(|step| &step.tier).collect();
+            let missing: Vec<&Arc<Tier>> = chain.iter().copied().filter(unpriced).collect();
+            if !missing.is_empty() {
+                self.issue_at(
+                    raw.monthly_usd.span().start,
+                    &format!("{key}.monthly_usd"),
+                    &format!(
+                        "cannot be held: tiers {} call models with no known price; add [prices.\"<model>\"] for each, or fixed_monthly_usd on their provider if it is not billed per token",
+                        listed(missing)
+                    ),
+                );
+            }
+            let on_exhausted = raw.on_exhausted.as_ref().map(|value| *value.get_ref());
+            if on_exhausted != Some(OnExhausted::Reject)
+                && !chain.iter().any(|tier| tier.is_local())
+            {
+                self.warnings.push(format!(
+                    "{key}: route {} has no local tier, so once its budget is spent it answers 429 insufficient_quota; add a local tier to its chain to keep serving, or set on_exhausted = \"reject\" to say so",
+                    route.name
+                ));
+            }
+        }
+    }
+
+    /// A key's budget is held over the tiers the key may reach: its routes' chains, or every tier
+    /// where it may call any.
+    pub(super) fn key_budget_prices(
+        &mut self,
+        file: &ConfigFile,
+        keys: &[Arc<super::ClientKey>],
+        routes: &[Arc<Route>],
+        tiers: &[Arc<Tier>],
+        prices: &BTreeMap<String, Price>,
+    ) {
+        for key in keys {
+            let (Some(name), Some(_)) = (&key.terms.name, key.terms.budget) else {
+                continue;
+            };
+            let Some(raw) = file
+                .keys
+                .get(name.as_str())
+                .and_then(|raw| raw.budget.as_ref())
+            else {
+                continue;
+            };
+            let reached: Vec<&Arc<Tier>> = match &key.terms.routes {
+                Some(allowed) => routes
+                    .iter()
+                    .filter(|route| allowed.contains(&route.name))
+                    .flat_map(|route| route.chain.iter().map(|step| &step.tier))
+                    .collect(),
+                None => tiers.iter().collect(),
+            };
+            let mut missing: Vec<&Arc<Tier>> = reached
+                .into_iter()
+                .filter(|tier| !tier.is_local() && !has_price(&tier.model, prices))
+                .collect();
+            missing.sort_by(|a, b| a.name.cmp(&b.name));
+            missing.dedup_by(|a, b| a.name == b.name);
+            if !missing.is_empty() {
+                let listed: Vec<String> = missing
+                    .iter()
+                    .map(|tier| format!("{} ({:?})", tier.name, tier.model))
+                    .collect();
+                self.issue_at(
+                    raw.monthly_usd.span().start,
+                    &format!("keys.{name}.budget.monthly_usd"),
+                    &format!(
+                        "cannot be held: tiers {} call models with no known price; add [prices.\"<model>\"] for each, or fixed_monthly_usd on their provider if it is not billed per token",
+                        listed.join(", ")
                     ),
                 );
             }

@@ -44,6 +44,13 @@ impl<'a> Resolver<'a> {
         let routes = self.routes(&file, &tiers);
         let prices = self.prices(&file.prices);
         self.shadow_prices(&file, &routes, &prices);
+        let budget = file
+            .budget
+            .as_ref()
+            .and_then(|budget| self.budget(budget, "budget"));
+        let all_tiers: Vec<_> = tiers.values().cloned().collect();
+        self.budget_prices(&file, &routes, &all_tiers, &prices);
+        self.key_budget_prices(&file, &server.api_keys, &routes, &all_tiers, &prices);
         let alerts = self.alerts(&file.alerts);
         let advise = self.advise(&file.advise);
         let report = self.report(&file.report);
@@ -59,6 +66,7 @@ impl<'a> Resolver<'a> {
                 alerts,
                 advise,
                 report,
+                budget,
                 warnings: self.warnings,
             })
         } else {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::budget::Budget;
 use super::file::{ConfigFile, RawRoute, RawShadow, Text};
 use super::kinds::{
     AllOpen, Changes, OnDrift, OnProof, QualityBar, ScorerKind, TaskKind, ToolCalling,
@@ -28,6 +29,8 @@ pub struct Route {
     pub profile: Profile,
     /// Default: [`AllOpen::TryPrimary`].
     pub when_all_open: AllOpen,
+    /// What the route's API calls may cost a month.
+    pub budget: Option<Budget>,
     /// Requests and tokens per minute to this route, over every key.
     pub rate: super::Rate,
 }
@@ -168,6 +171,10 @@ impl Resolver<'_> {
                     changes: p.changes.is_some(),
                 }),
         };
+        let budget = raw
+            .budget
+            .as_ref()
+            .and_then(|budget| self.budget(budget, &format!("{key}.budget")));
         let rate = self.rate(&raw.rpm, &raw.tpm, &key);
         if !self.clean() {
             return None;
@@ -182,6 +189,7 @@ impl Resolver<'_> {
             shadow,
             profile,
             when_all_open: raw.when_all_open.unwrap_or_default(),
+            budget,
         })
     }
 

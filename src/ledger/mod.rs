@@ -1,11 +1,13 @@
 //! The ledger: the durable record of every request and attempt — tokens, cost, baseline cost,
-//! latency, outcome. Its rows are defined once in [`row`]; prices and the one function that turns
+//! latency, outcome — and what budgets read back from it ([`budget`]: a month's spend, the
+//! operators' corrections, the alerts announced). Its rows are defined once in [`row`]; prices and the one function that turns
 //! tokens into a cost in [`price`]; token counts, and estimates where an upstream gave none, in
 //! [`tokens`]; SQLite or PostgreSQL behind [`Store`], summed there for reports
 //! ([`Summary`]); batches written by [`LedgerWriter`], or kept
 //! in the [`Spool`] while the database is away; the request path never waits for either (it hands
 //! finished requests to [`crate::outcome`]).
 
+pub mod budget;
 pub mod price;
 pub mod quality;
 pub mod recent;

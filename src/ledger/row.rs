@@ -41,30 +41,36 @@ macro_rules! ledger_row {
             $( $(#[$field_meta])* pub $field: $ty, )*
         }
 
-        impl LedgerRow for $name {
+        impl $crate::ledger::row::LedgerRow for $name {
             const TABLE: &'static str = $table;
             const COLUMNS: &'static [&'static str] = &[$(stringify!($field)),*];
 
-            fn bind<'q>(&'q self, query: AnyQuery<'q>) -> AnyQuery<'q> {
-                query $(.bind(Column::db(&self.$field)))*
+            fn bind<'q>(
+                &'q self,
+                query: $crate::ledger::row::AnyQuery<'q>,
+            ) -> $crate::ledger::row::AnyQuery<'q> {
+                query $(.bind($crate::ledger::row::Column::db(&self.$field)))*
             }
 
-            fn read(row: &AnyRow) -> Result<Self, sqlx::Error> {
-                Ok($name { $( $field: Column::read(row, stringify!($field))?, )* })
+            fn read(row: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
+                Ok($name { $( $field: $crate::ledger::row::Column::read(row, stringify!($field))?, )* })
             }
 
             fn to_json(&self) -> serde_json::Value {
-                serde_json::Value::Array(vec![$(Column::to_json(&self.$field)),*])
+                serde_json::Value::Array(vec![$($crate::ledger::row::Column::to_json(&self.$field)),*])
             }
 
             fn from_json(values: &[serde_json::Value]) -> Option<Self> {
                 let mut values = values.iter();
-                let row = $name { $( $field: Column::from_json(values.next()?)?, )* };
+                let row = $name { $( $field: $crate::ledger::row::Column::from_json(values.next()?)?, )* };
                 values.next().is_none().then_some(row)
             }
         }
     };
 }
+
+/// For the ledger's other tables' rows.
+pub(crate) use ledger_row;
 
 ledger_row! {
     /// One request: who asked, which tier answered, what it cost, how it ended. Serialized, it is

@@ -149,6 +149,13 @@ impl Store {
         Ok(())
     }
 
+    /// Writes one row of any ledger table; `false` when a row with its key was stored already.
+    pub(super) async fn insert_one<R: LedgerRow>(&self, row: &R) -> Result<bool, LedgerError> {
+        let sql = insert_sql(R::TABLE, R::COLUMNS, 1, self.sqlite);
+        let done = row.bind(sqlx::query(&sql)).execute(&self.pool).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Whether the database answers at all.
     pub async fn ping(&self) -> Result<(), LedgerError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -356,6 +363,14 @@ mod tests {
         for (table, columns) in [
             (RequestRow::TABLE, RequestRow::COLUMNS),
             (AttemptRow::TABLE, AttemptRow::COLUMNS),
+            (
+                super::super::budget::AdjustmentRow::TABLE,
+                super::super::budget::AdjustmentRow::COLUMNS,
+            ),
+            (
+                super::super::budget::AlertRow::TABLE,
+                super::super::budget::AlertRow::COLUMNS,
+            ),
         ] {
             let rows = sqlx::query(&format!(
                 "SELECT name FROM pragma_table_info('{table}') ORDER BY cid"

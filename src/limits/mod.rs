@@ -14,10 +14,17 @@
 //! against nothing. Tokens are reserved from an estimate ([`estimate_tokens`]) and settled with
 //! the real usage.
 //!
+//! The monthly budgets ([`budget`]) hold each request's worst-case cost against every budget that
+//! applies (its route's, its key's, all API spend's); one that cannot hold it passes over the API
+//! tiers (`budget_spent`) or refuses the request (429 `insufficient_quota`). Budgets are judged
+//! before the rate limits, and what they hold is given back if a rate limit then refuses: a
+//! refused request counts against nothing.
+//!
 //! The reservation mechanism ([`Reservation`], [`Meter`]) is the one every limit uses, the shadow
 //! checks' daily budget ([`crate::quality::watch`]) included. Limits do not know how a request
 //! ends: [`crate::outcome`] settles the hold as one of the consumers of a finished request.
 
+pub mod budget;
 mod reservation;
 mod shared;
 mod window;
@@ -29,6 +36,7 @@ use std::time::Duration;
 use crate::config::{ChainTier, ClientKey, Config, Rate, Route, Tier};
 use crate::openai::RequestBody;
 
+pub use budget::{Budgets, Clock, Crossing, Spent};
 pub use reservation::{Hold, Meter, Reservation, Unit, Used};
 pub use window::{Counts, Now, Standing, Window};
 
@@ -41,6 +49,7 @@ pub struct Limits {
     keys: HashMap<String, Scope>,
     routes: HashMap<String, Scope>,
     shared: Option<Arc<Shared>>,
+    budgets: Arc<Budgets>,
 }
 
 /// A key or a route with limits.
@@ -105,6 +114,12 @@ impl Limits {
     /// Every limited key and route, counted in memory, and in `limits.store` where it is set.
     /// Starts the store's tasks on the current runtime.
     pub fn new(config: &Config) -> Limits {
+        Limits::with_clock(config, Clock::system())
+    }
+
+    /// The same, with budgets reading the month from `clock` (a test moves it across a month's
+    /// end).
+    pub fn with_clock(config: &Config, clock: Clock) -> Limits {
         let shared = config.limits.store.as_ref().and_then(|url| {
             Shared::start(url, config.limits.store_timeout)
                 .map_err(|err| tracing::error!("{err}; rate limits are kept in memory"))
@@ -158,7 +173,12 @@ impl Limits {
             keys,
             routes,
             shared,
+            budgets: Arc::new(Budgets::new(config, clock)),
         }
+    }
+
+    pub fn budgets(&self) -> &Arc<Budgets> {
+        &self.budgets
     }
 
     /// Where the counts are judged, as `/readyz` says it: `memory` (no `limits.store`), `shared`,
@@ -187,6 +207,52 @@ impl Limits {
                 allowed: allowed.clone(),
             });
         }
+        let mut skips = Skips::default();
+        let mut held = Vec::new();
+        match self.budgets.admit(&budget::Spending {
+            route: ask.route.map(|route| &**route),
+            key: ask.key.and_then(|key| key.terms.name.as_deref()),
+            chain: ask.chain,
+            request: ask.request,
+            primary_demoted: ask.primary_demoted,
+        }) {
+            budget::Verdict::Held(reservations) => held = reservations,
+            budget::Verdict::Moved { demoted_too } => {
+                skips.add(Skip {
+                    which: Which::ApiTiers,
+                    reason: BUDGET_SPENT,
+                });
+                if let (true, Some(primary)) = (demoted_too, ask.chain.first()) {
+                    skips.add(Skip {
+                        which: Which::Tier(primary.tier.clone()),
+                        reason: "quality_demoted",
+                    });
+                }
+            }
+            budget::Verdict::Refused(spent) => {
+                return Admission::Refused(Refusal::BudgetSpent(spent));
+            }
+        }
+        match self.rates(ask).await {
+            Admission::Admitted(mut admitted) => {
+                for reservation in held {
+                    admitted.hold.add(reservation);
+                }
+                admitted.skips = skips;
+                Admission::Admitted(admitted)
+            }
+            refused @ Admission::Refused(_) => {
+                // Refused by a rate limit: what the budgets held is given back, not counted.
+                for reservation in held {
+                    reservation.settle(0);
+                }
+                refused
+            }
+        }
+    }
+
+    /// The rate limits' judgement of `ask`: every limit that applies takes from it, or none does.
+    async fn rates(&self, ask: &Ask<'_>) -> Admission {
         let key = ask.key.and_then(|key| self.keys.get(&key.id));
         let route = ask.route.and_then(|route| self.routes.get(&route.name));
         if key.is_none() && route.is_none() {
@@ -351,6 +417,8 @@ pub struct Ask<'a> {
     /// The tiers the chain will try, in order.
     pub chain: &'a [ChainTier],
     pub request: &'a RequestBody<'a>,
+    /// The route's shadow check has demoted its primary tier (it is tried last).
+    pub primary_demoted: bool,
 }
 
 /// What admission decided.
@@ -388,6 +456,8 @@ pub enum Refusal {
     },
     /// A rate limit has no room for the request: 429 `rate_limit_exceeded`.
     RateLimited(Box<RateLimited>),
+    /// A budget cannot hold the request and nothing may serve instead: 429 `insufficient_quota`.
+    BudgetSpent(Box<Spent>),
 }
 
 /// A request over a rate limit, as the client is told.
@@ -410,7 +480,7 @@ impl Refusal {
     pub fn status(&self) -> u16 {
         match self {
             Refusal::NotAllowed { .. } => 403,
-            Refusal::RateLimited(_) => 429,
+            Refusal::RateLimited(_) | Refusal::BudgetSpent(_) => 429,
         }
     }
 
@@ -419,35 +489,42 @@ impl Refusal {
         match self {
             Refusal::NotAllowed { .. } => "route_not_allowed",
             Refusal::RateLimited(_) => "rate_limit_exceeded",
+            Refusal::BudgetSpent(_) => "insufficient_quota",
         }
     }
 
     /// Where the request's limits stand, for the `x-ratelimit-*` headers.
     pub fn quota(&self) -> Option<Quota> {
         match self {
-            Refusal::NotAllowed { .. } => None,
+            Refusal::NotAllowed { .. } | Refusal::BudgetSpent(_) => None,
             Refusal::RateLimited(limited) => Some(limited.quota),
         }
     }
 }
 
 /// Which tiers a [`Skip`] passes over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Which {
     /// Every tier that is not local: the ones a provider bills for.
     ApiTiers,
+    /// One tier.
+    Tier(Arc<Tier>),
 }
 
 impl Which {
-    fn covers(self, tier: &Tier) -> bool {
+    fn covers(&self, tier: &Tier) -> bool {
         match self {
             Which::ApiTiers => !tier.is_local(),
+            Which::Tier(one) => std::ptr::eq(&**one, tier),
         }
     }
 }
 
+/// Why a tier was passed over for a budget, in `x-tierwise-fallback` and the attempt rows.
+pub const BUDGET_SPENT: &str = "budget_spent";
+
 /// Tiers passed over and why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Skip {
     pub which: Which,
     /// What the attempt row and `x-tierwise-fallback` show, e.g. `budget_spent`.

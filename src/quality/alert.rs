@@ -2,6 +2,10 @@
 //! replicas, who announces), a log line with the evidence, a metric, and a POST to
 //! `alerts.webhook`. Each change is announced once: an alert episode fires once and clears once,
 //! and a demotion or promotion is announced when it happens.
+//!
+//! Budget alerts ([`crate::limits::Crossing`]: a budget reached its `alert_at` share, or is spent)
+//! go the same ways, once per budget, month and level: `budget_alerts` in the ledger decides
+//! between replicas and restarts who announces.
 
 use std::time::Duration;
 
@@ -10,9 +14,11 @@ use tokio::sync::mpsc;
 
 use super::monitor::Interval;
 use super::watch::{Change, Watch, now_ms};
-use crate::config::Config;
+use crate::config::{BudgetScope, Config};
 use crate::ledger::Store;
+use crate::ledger::budget::{AlertLevel, AlertRow};
 use crate::ledger::quality::EventKind;
+use crate::limits::Crossing;
 
 /// How long one webhook POST may take, and how many times it is tried.
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -21,7 +27,47 @@ const WEBHOOK_TRIES: u32 = 3;
 pub struct Alerts {
     /// Notices on their way to the webhook, posted one after another so that it receives them in
     /// the order they happened (a demotion never arrives before the alert that caused it).
-    webhook: Option<mpsc::UnboundedSender<Notice>>,
+    webhook: Option<mpsc::UnboundedSender<Posted>>,
+}
+
+/// What the webhook is sent: a quality change or a budget alert.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+enum Posted {
+    Quality(Notice),
+    Budget(BudgetNotice),
+}
+
+impl Posted {
+    /// What the log says a failed delivery was about.
+    fn about(&self) -> String {
+        match self {
+            Posted::Quality(notice) => format!("route {}", notice.route),
+            Posted::Budget(notice) => match &notice.name {
+                Some(name) => format!("{} {name}", notice.scope),
+                None => "all API spend".to_string(),
+            },
+        }
+    }
+}
+
+/// What the webhook receives of a budget alert.
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetNotice {
+    /// `budget_alert_at` (the spend reached `alert_at` of the budget) or `budget_spent` (it
+    /// cannot hold another request: API tiers are passed over, or requests refused).
+    pub event: &'static str,
+    /// `all`, `route` or `key`.
+    pub scope: &'static str,
+    /// The route's or key's name; `null` for all API spend.
+    pub name: Option<String>,
+    /// `2026-12`.
+    pub month: String,
+    pub spent_usd: f64,
+    pub monthly_usd: f64,
+    pub alert_at: f64,
+    pub on_exhausted: &'static str,
+    pub ts_ms: i64,
 }
 
 /// What the webhook receives.
@@ -107,8 +153,85 @@ impl Alerts {
             crate::metrics::quality_alert_fired(&notice.route, &notice.model);
         }
         if let Some(webhook) = &self.webhook {
-            let _ = webhook.send(notice);
+            let _ = webhook.send(Posted::Quality(notice));
         }
+    }
+
+    /// Stores a budget alert and, if this replica stored it first (no other replica, nor this
+    /// one before a restart, announced it this month), announces it.
+    pub async fn announce_budget(&self, store: &Store, crossing: &Crossing) {
+        let ts_ms = now_ms();
+        let row = AlertRow {
+            month: crossing.month.to_string(),
+            scope: crossing.scope.kind().to_string(),
+            name: crossing.scope.name().to_string(),
+            level: crossing.level.as_str().to_string(),
+            ts_ms,
+            spent_pusd: crossing.spent.0,
+            limit_pusd: crossing.budget.monthly_pusd,
+        };
+        match store.record_budget_alert(&row).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(budget = %crossing.scope, level = crossing.level.as_str(), "this budget alert was announced already this month");
+                return;
+            }
+            // The database is away: announcing twice beats not announcing.
+            Err(err) => {
+                tracing::warn!(budget = %crossing.scope, "cannot store a budget alert: {err}")
+            }
+        }
+        let budget = &crossing.budget;
+        let share = if budget.monthly_pusd > 0 {
+            format!(
+                " ({:.0}%)",
+                crossing.spent.0 as f64 / budget.monthly_pusd as f64 * 100.0
+            )
+        } else {
+            String::new()
+        };
+        let scope = &crossing.scope;
+        match crossing.level {
+            AlertLevel::AlertAt => tracing::warn!(
+                budget = %scope, month = %crossing.month,
+                "BUDGET ALERT: {scope} has spent ${}{share} of its ${} for {}, past its alert_at of {:.0}%",
+                crossing.spent, budget.monthly_usd, crossing.month, budget.alert_at * 100.0
+            ),
+            AlertLevel::Spent => tracing::warn!(
+                budget = %scope, month = %crossing.month,
+                "BUDGET SPENT: {scope} has spent ${}{share} of its ${} for {} and cannot hold another request: on_exhausted = {} until the month ends or the budget is corrected (tierwise budget reset|adjust)",
+                crossing.spent, budget.monthly_usd, crossing.month, budget.on_exhausted.as_str()
+            ),
+        }
+        crate::metrics::budget_alert(scope.kind(), scope.name(), crossing.level.as_str());
+        if let Some(webhook) = &self.webhook {
+            let _ = webhook.send(Posted::Budget(BudgetNotice {
+                event: match crossing.level {
+                    AlertLevel::AlertAt => "budget_alert_at",
+                    AlertLevel::Spent => "budget_spent",
+                },
+                scope: scope.kind(),
+                name: (*scope != BudgetScope::All).then(|| scope.name().to_string()),
+                month: crossing.month.to_string(),
+                spent_usd: crossing.spent.as_usd_f64(),
+                monthly_usd: budget.monthly_usd,
+                alert_at: budget.alert_at,
+                on_exhausted: budget.on_exhausted.as_str(),
+                ts_ms,
+            }));
+        }
+    }
+}
+
+/// Announces the budget alerts noticed on the request path, one after another, for as long as the
+/// gateway runs.
+pub async fn announce_budgets(
+    alerts: std::sync::Arc<Alerts>,
+    store: Store,
+    mut crossings: mpsc::UnboundedReceiver<Crossing>,
+) {
+    while let Some(crossing) = crossings.recv().await {
+        alerts.announce_budget(&store, &crossing).await;
     }
 }
 
@@ -144,7 +267,7 @@ fn log(notice: &Notice) {
 }
 
 /// POSTs the notice, retrying twice; the URL is never logged (it may hold a token).
-async fn post(client: &reqwest::Client, url: &reqwest::Url, notice: Notice) {
+async fn post(client: &reqwest::Client, url: &reqwest::Url, notice: Posted) {
     let mut last = String::new();
     for attempt in 0..WEBHOOK_TRIES {
         if attempt > 0 {
@@ -164,8 +287,8 @@ async fn post(client: &reqwest::Client, url: &reqwest::Url, notice: Notice) {
         }
     }
     tracing::error!(
-        route = %notice.route,
+        about = %notice.about(),
         host = url.host_str().unwrap_or(""),
-        "the quality alert webhook was not delivered after {WEBHOOK_TRIES} tries: {last}"
+        "the alert webhook was not delivered after {WEBHOOK_TRIES} tries: {last}"
     );
 }

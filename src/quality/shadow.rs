@@ -31,6 +31,7 @@ use crate::ledger::quality::{DAY_MS, utc_day};
 use crate::ledger::{
     Answer as CountedAnswer, Picodollars, Pricing, Purpose, RequestRow, Store, Tokens, Uncounted,
 };
+use crate::limits::{BUDGET_SPENT, Budgets, Hold, Used};
 use crate::openai::{Endpoint, RequestBody};
 use crate::outcome::{Outcome, Outcomes, Sample, SampledAnswer};
 use crate::upstream::{Reply, Upstreams};
@@ -46,7 +47,9 @@ pub struct Checker {
     pub pricing: Arc<Pricing>,
     pub outcomes: Outcomes,
     pub store: Store,
-    pub alerts: Alerts,
+    pub alerts: Arc<Alerts>,
+    /// The monthly budgets a shadow call counts against: its route's and all API spend's.
+    pub budgets: Arc<Budgets>,
 }
 
 /// The background task that takes samples and runs their checks.
@@ -339,8 +342,18 @@ async fn call(
     let reservation = watch
         .reserve(now_ms(), worst, floor, ledger)
         .ok_or("over_budget")?;
+    // A spent monthly budget stops the checks too: they are API calls like any other.
+    let Some(held) = checker.budgets.reserve_call(&route.name, worst) else {
+        reservation.settle(0);
+        return Err(BUDGET_SPENT);
+    };
+    let mut monthly = Hold::default();
+    for reservation in held {
+        monthly.add(reservation);
+    }
     let Ok(mut lease) = checker.health.of(&tier.provider).admit() else {
         reservation.settle(0);
+        monthly.settle(Used::default());
         return Err("provider_unavailable");
     };
     let ts_ms = now_ms();
@@ -393,7 +406,12 @@ async fn call(
             Answer::default()
         }
     };
-    reservation.settle(row.cost_pusd.map_or(0, |cost| cost.0.max(0) as u64));
+    let cost = row.cost_pusd.map_or(0, |cost| cost.0.max(0) as u64);
+    reservation.settle(cost);
+    monthly.settle(Used {
+        tokens: 0,
+        picodollars: cost,
+    });
     Ok(Side {
         answer,
         row: Some(row),

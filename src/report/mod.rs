@@ -9,6 +9,7 @@
 //! per route.
 
 pub mod advise;
+pub mod budget;
 pub mod keys;
 pub mod simulate;
 

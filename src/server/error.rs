@@ -23,6 +23,9 @@ pub struct ApiError {
     /// An upstream's own 4xx body, passed back as it came.
     upstream_body: Option<Bytes>,
     retry_after: Option<u64>,
+    /// `x-should-retry: false`: retrying cannot help, and OpenAI's SDKs read this header before
+    /// the status that would have them retry.
+    final_answer: bool,
 }
 
 impl ApiError {
@@ -35,6 +38,7 @@ impl ApiError {
             code: None,
             upstream_body: None,
             retry_after: None,
+            final_answer: false,
         }
     }
 
@@ -232,6 +236,30 @@ impl From<Refusal> for ApiError {
                 error.retry_after = Some(wait.as_millis().div_ceil(1000).max(1) as u64);
                 error
             }
+            // OpenAI's own answer to an exhausted quota: 429 with type and code
+            // `insufficient_quota`, which its SDKs raise as RateLimitError and must not retry.
+            Refusal::BudgetSpent(spent) => {
+                let why = if spent.why.is_empty() {
+                    String::new()
+                } else {
+                    format!(", and {}", spent.why)
+                };
+                let mut error = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "insufficient_quota",
+                    format!(
+                        "The budget of {} (${} for {}) is spent: ${} so far (on_exhausted = {}){why}. It starts again with the next month (UTC), or when an operator corrects it (tierwise budget reset|adjust).",
+                        spent.scope,
+                        spent.budget.monthly_usd,
+                        spent.month,
+                        spent.spent,
+                        spent.budget.on_exhausted.as_str(),
+                    ),
+                )
+                .code("insufficient_quota");
+                error.final_answer = true;
+                error
+            }
         }
     }
 }
@@ -284,6 +312,12 @@ impl IntoResponse for ApiError {
         );
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.final_answer {
+            headers.insert(
+                http::HeaderName::from_static("x-should-retry"),
+                HeaderValue::from_static("false"),
+            );
         }
         response
     }

@@ -99,6 +99,7 @@ pub async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
             crate::metrics::provider_in_flight(&status.name, in_flight);
         }
     }
+    app.limits.budgets().publish();
     let mut text = app.metrics.render();
     text.push_str(&crate::metrics::render_money());
     (

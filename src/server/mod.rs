@@ -3,6 +3,7 @@
 //! accepting, finish in-flight requests, flush the ledger).
 
 mod auth;
+mod budgets;
 mod detach;
 mod error;
 mod feedback;
@@ -27,7 +28,8 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::health::{self, Health};
 use crate::ledger::{LedgerError, LedgerHealth, LedgerWriter, Pricing, Spool, Store};
-use crate::limits::Limits;
+use crate::limits::budget;
+use crate::limits::{Clock, Limits};
 use crate::outcome::{Dispatcher, Outcomes};
 use crate::quality::alert::Alerts;
 use crate::quality::feedback::{FeedbackQueue, FeedbackWriter};
@@ -71,8 +73,10 @@ impl App {
         store: Store,
         watches: Arc<Watches>,
         feedback: FeedbackQueue,
+        limits: Arc<Limits>,
     ) -> Result<App, UpstreamError> {
         Ok(App {
+            limits,
             outcomes,
             store,
             watches,
@@ -81,7 +85,6 @@ impl App {
             metrics: crate::metrics::handle(),
 
             routes: Arc::new(RouteTable::new(&config)),
-            limits: Arc::new(Limits::new(&config)),
             upstreams: Arc::new(Upstreams::new(&config)?),
             health: Arc::new(Health::new(&config)),
             started_unix: SystemTime::now()
@@ -125,6 +128,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/admin/api/quality", get(info::quality))
         .route("/admin/api/daily", get(info::daily))
         .route("/admin/api/requests", get(info::requests))
+        .route("/admin/api/budgets", get(budgets::budgets))
+        .route(
+            "/admin/api/budgets/adjust",
+            post(budgets::adjust).route_layer(middleware::from_fn(auth::refuse_browsers)),
+        )
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             auth::require_admin_key,
@@ -189,7 +197,8 @@ async fn unknown_path(request: Request) -> Response {
 pub struct Gateway {
     pub addr: SocketAddr,
     workers: workers::Workers,
-    probes: Vec<JoinHandle<()>>,
+    /// Probes, the budgets' resync and their alerts: stopped at shutdown.
+    background: Vec<JoinHandle<()>>,
     shadow_checks: Option<ShadowChecks>,
     feedback_writer: FeedbackWriter,
     dispatcher: Dispatcher,
@@ -201,6 +210,11 @@ impl Gateway {
     /// thread, and starts probing providers. The ledger writer and the probes run on the caller's
     /// runtime; requests are served on the gateway's own threads.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        Gateway::start_with_clock(config, Clock::system()).await
+    }
+
+    /// The same, with budgets reading the month from `clock` rather than the system's.
+    pub async fn start_with_clock(config: Config, clock: Clock) -> Result<Gateway, StartError> {
         let grace = config.server.shutdown_grace;
         let listen = config.server.listen;
         let threads = config.server.threads;
@@ -242,9 +256,27 @@ impl Gateway {
             queued
         });
         let (feedback, feedback_writer) = FeedbackWriter::spawn(store.clone());
-        let mut app = App::new(Arc::new(config), outcomes, store, watches, feedback)
+        let limits = Arc::new(Limits::with_clock(&config, clock));
+        // Budgets start from the month's spend in the ledger, so a restart forgets nothing.
+        budget::take_up_ledger(limits.budgets(), &store).await?;
+        let mut app = App::new(Arc::new(config), outcomes, store, watches, feedback, limits)
             .map_err(StartError::Client)?;
         app.ledger_health = ledger_health;
+        let alerts = Arc::new(Alerts::new(&app.config));
+        let mut background = Vec::new();
+        if !app.limits.budgets().is_empty() {
+            background.push(tokio::spawn(budget::keep_in_step(
+                app.limits.budgets().clone(),
+                app.store.clone(),
+            )));
+            if let Some(crossings) = app.limits.budgets().take_crossings() {
+                background.push(tokio::spawn(crate::quality::alert::announce_budgets(
+                    alerts.clone(),
+                    app.store.clone(),
+                    crossings,
+                )));
+            }
+        }
         let shadow_checks = match samples {
             Some(samples) => Some(ShadowChecks::spawn(
                 shadow::Checker {
@@ -254,18 +286,22 @@ impl Gateway {
                     pricing,
                     outcomes: app.outcomes.clone(),
                     store: app.store.clone(),
-                    alerts: Alerts::new(&app.config),
+                    alerts,
+                    budgets: app.limits.budgets().clone(),
                 },
                 samples,
             )),
             None => None,
         };
-        let probes = health::spawn_probes(&app.config, app.health.clone(), app.upstreams.clone());
+        let mut probes =
+            health::spawn_probes(&app.config, app.health.clone(), app.upstreams.clone());
+        probes.extend(background);
+        let background = probes;
         let workers = workers::Workers::spawn(&app, listen, threads)?;
         Ok(Gateway {
             addr: workers.addr,
             workers,
-            probes,
+            background,
             shadow_checks,
             feedback_writer,
             dispatcher,
@@ -276,8 +312,8 @@ impl Gateway {
     /// Stops accepting connections and waits for in-flight requests, at most the configured grace
     /// period (whatever is still running then is cut off); then writes every queued ledger record.
     pub async fn shutdown(self) {
-        for probe in &self.probes {
-            probe.abort();
+        for task in &self.background {
+            task.abort();
         }
         self.workers.shutdown(self.grace).await;
         if let Some(checks) = self.shadow_checks {

@@ -125,6 +125,11 @@ async fn proxy(
 ) -> Result<Response, ApiError> {
     let request = RequestBody::parse(endpoint, &bytes)?;
     let resolved = app.routes.resolve(&request.model, route_header)?;
+    let primary_demoted = resolved
+        .target
+        .route
+        .as_ref()
+        .is_some_and(|route| app.watches.demoted(route));
     let admission = app
         .limits
         .admit(&Ask {
@@ -133,6 +138,7 @@ async fn proxy(
             called: resolved.target.route.as_ref(),
             chain: &resolved.target.chain,
             request: &request,
+            primary_demoted,
         })
         .await;
     let (admitted, refusal) = match admission {
@@ -167,11 +173,7 @@ async fn proxy(
             .route
             .as_ref()
             .map_or(AllOpen::TryPrimary, |route| route.when_all_open),
-        primary_demoted: resolved
-            .target
-            .route
-            .as_ref()
-            .is_some_and(|route| app.watches.demoted(route)),
+        primary_demoted,
         skips: &skips,
         request_id: exchange.id(),
         called: exchange.called(),

@@ -512,3 +512,86 @@ tiers = ["local", "api", "pinned", "direct"]
     );
     assert!(!err.contains("key-pw"), "{err}");
 }
+
+#[test]
+fn budgets_are_checked_with_their_key_and_line() {
+    let api = "[providers.openai]\nbase_url = \"https://api.openai.com/v1\"\n\n[tiers.api_fast]\nprovider = \"openai\"\nmodel = \"gpt-4o-mini\"\n";
+    let with = |route_budget: &str, budget: &str| {
+        format!(
+            "{}\n{api}\n{budget}\n",
+            patched(
+                "tiers = [\"local\"]",
+                &format!("tiers = [\"local\"]\n{route_budget}")
+            )
+            .replace(
+                "base_url = \"http://localhost:8001/v1\"",
+                "base_url = \"http://localhost:8001/v1\"\nfixed_monthly_usd = 0",
+            )
+        )
+    };
+    let config = load(&with(
+        "budget = { monthly_usd = 200, on_exhausted = \"local_any\", alert_at = 0.5 }",
+        "[budget]\nmonthly_usd = 1000",
+    ))
+    .unwrap();
+    let route = &config.routes[0];
+    let budget = route.budget.unwrap();
+    assert_eq!(
+        (budget.monthly_pusd, budget.on_exhausted, budget.alert_at),
+        (
+            200_000_000_000_000,
+            tierwise::config::OnExhausted::LocalAny,
+            0.5
+        )
+    );
+    let all = config.budget.unwrap();
+    assert_eq!(
+        (all.monthly_usd, all.on_exhausted, all.alert_at),
+        (1000.0, tierwise::config::OnExhausted::LocalOnly, 0.8)
+    );
+
+    let err = error_of(&with(
+        "budget = { monthly_usd = -1, alert_at = 1.5 }",
+        "[budget]\nmonthly_usd = 1e12",
+    ));
+    for expected in [
+        "line 11: routes.classification.budget.monthly_usd: must be a number of dollars from 0 to 9000000",
+        "line 11: routes.classification.budget.alert_at: must be a share of the budget above 0 and at most 1",
+        "line 21: budget.monthly_usd: must be a number of dollars",
+    ] {
+        assert!(err.contains(expected), "{expected:?} in\n{err}");
+    }
+    let err = error_of(&with(
+        "",
+        "[budget]\nmonthly_usd = 1\non_exhausted = \"fail\"",
+    ));
+    assert!(
+        err.contains("line 22")
+            && err.contains(
+                "unknown variant `fail`, expected one of `local_only`, `local_any`, `reject`"
+            ),
+        "{err}"
+    );
+
+    // A budget over a tier whose model has no price could never be spent.
+    let unpriced = with("", "[budget]\nmonthly_usd = 10")
+        .replace("model = \"gpt-4o-mini\"", "model = \"my-finetune\"");
+    let err = error_of(&unpriced);
+    assert!(
+        err.contains("budget.monthly_usd: cannot be held: tiers api_fast (\"my-finetune\")"),
+        "{err}"
+    );
+
+    // Once spent, a route without a local tier can only refuse: said at start.
+    let api_only = with("", "").replace(
+        "tiers = [\"local\"]",
+        "tiers = [\"api_fast\"]\nbudget = { monthly_usd = 5 }",
+    );
+    let config = load(&api_only).unwrap();
+    assert!(
+        config.warnings.iter().any(|w| w
+            .starts_with("routes.classification.budget: route classification has no local tier")),
+        "{:?}",
+        config.warnings
+    );
+}

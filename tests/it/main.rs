@@ -3,6 +3,7 @@
 //! typed values ([`util::TestConfig`]).
 
 mod breaker;
+mod budgets;
 mod cli;
 mod config;
 mod context;

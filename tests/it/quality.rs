@@ -12,49 +12,10 @@ use tierwise::config::file::{RawShadow, spanned, text};
 use tierwise::config::{OnDrift, OnProof};
 use tierwise_fake::{FakeUpstream, Fault};
 
-use crate::util::{Answer, TestConfig, TestGateway, chat};
+use crate::util::{Answer, Hook, TestConfig, TestGateway, chat};
 
 const ROUTE: &str = "classification";
 const LABELS: [&str; 3] = ["billing", "technical", "general"];
-
-/// A webhook receiver: every JSON body POSTed to it, in order.
-struct Hook {
-    url: String,
-    received: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Hook {
-    async fn start() -> Hook {
-        let received: Arc<Mutex<Vec<Value>>> = Arc::default();
-        let kept = received.clone();
-        let app = axum::Router::new().route(
-            "/hook/secret-token-123",
-            axum::routing::post(move |body: axum::Json<Value>| {
-                let kept = kept.clone();
-                async move {
-                    kept.lock().unwrap().push(body.0);
-                    "ok"
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!(
-            "http://{}/hook/secret-token-123",
-            listener.local_addr().unwrap()
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Hook { url, received }
-    }
-
-    fn events(&self) -> Vec<String> {
-        self.received
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|notice| notice["event"].as_str().unwrap_or("").to_string())
-            .collect()
-    }
-}
 
 /// A fake local classifier and a fake reference, right on the given shares of tickets.
 async fn classifiers(local_accuracy: f64, api_accuracy: f64) -> (FakeUpstream, FakeUpstream) {

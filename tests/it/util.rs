@@ -203,8 +203,15 @@ impl TestGateway {
     }
 
     pub async fn start_config(config: Config) -> TestGateway {
+        TestGateway::start_with_clock(config, tierwise::limits::Clock::system()).await
+    }
+
+    /// A gateway whose budgets read the month from `clock`.
+    pub async fn start_with_clock(config: Config, clock: tierwise::limits::Clock) -> TestGateway {
         let ledger_url = config.ledger.url.clone();
-        let gateway = Gateway::start(config).await.expect("gateway starts");
+        let gateway = Gateway::start_with_clock(config, clock)
+            .await
+            .expect("gateway starts");
         TestGateway {
             url: format!("http://{}", gateway.addr),
             http: reqwest::Client::new(),
@@ -444,5 +451,44 @@ pub async fn stored(store: &Store, id: &str) -> RequestRow {
             "request {id} never reached the ledger"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A webhook receiver: every JSON body POSTed to it, in order.
+pub struct Hook {
+    pub url: String,
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Hook {
+    pub async fn start() -> Hook {
+        let received: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
+        let kept = received.clone();
+        let app = axum::Router::new().route(
+            "/hook/secret-token-123",
+            axum::routing::post(move |body: axum::Json<Value>| {
+                let kept = kept.clone();
+                async move {
+                    kept.lock().unwrap().push(body.0);
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/hook/secret-token-123",
+            listener.local_addr().unwrap()
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Hook { url, received }
+    }
+
+    pub fn events(&self) -> Vec<String> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|notice| notice["event"].as_str().unwrap_or("").to_string())
+            .collect()
     }
 }

@@ -1,0 +1,885 @@
+//! Budgets: dollars a calendar month (UTC) of API spend, per route, per named key and in all
+//! ([`crate::config::Budget`]). Each request reserves its worst case — its prompt's bytes (every
+//! token is at least one byte) and its answer budget (`max_tokens` × `n`; else the tier's
+//! `max_tokens`; else [`DEFAULT_ANSWER_TOKENS`]) at the price of the dearest API tier its chain may
+//! call — against every budget that applies, and settles with what it really cost when it ends.
+//! A request is admitted only while the month's spend, what requests in flight hold and its own
+//! worst case fit the budget, so requests in parallel cannot all pass a check made before any of
+//! them has cost anything: the spend passes the budget only by what reservations under-estimated.
+//!
+//! A budget that cannot hold a request decides by its `on_exhausted`: the API tiers are passed
+//! over (`budget_spent`) and the route's local tiers serve, or the request is refused (429
+//! `insufficient_quota`) — at once (`reject`), where the route has no local tier, or where its only
+//! local tier is demoted by its shadow check (`local_only`; `local_any` serves from it anyway).
+//!
+//! The counts live in this process's memory: per budget, one set of atomics per month behind an
+//! [`ArcSwap`] that a new month replaces, so serving threads share them without a lock and a
+//! reservation settles into the month it was made in. They start from the ledger's account of
+//! the month and take it up again every [`RESYNC`] ([`keep_in_step`]): calls of other replicas and
+//! of `tierwise eval`, and corrections (`tierwise budget reset|adjust`). The alerts at `alert_at`
+//! and at 100% are noticed here, on the request path, by an atomic flag each, and announced by
+//! [`crate::quality::alert`] once per budget and month.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
+
+use super::reservation::{Meter, Reservation, Unit};
+use crate::config::{Budget, BudgetScope, ChainTier, Config, OnExhausted, Route, Tier};
+use crate::ledger::budget::{AlertLevel, Month, MonthSpend};
+use crate::ledger::{Picodollars, Pricing, Store, Tokens};
+use crate::openai::{Endpoint, RequestBody};
+
+/// The answer a request is assumed to take when neither it nor its tier bounds it.
+pub const DEFAULT_ANSWER_TOKENS: u64 = 4096;
+/// How often the counts take up the ledger's account of the month.
+pub const RESYNC: Duration = Duration::from_secs(15);
+
+/// Where budgets read the time: the system clock, or one a test moves.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Clock {
+        Clock(Arc::new(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as i64)
+        }))
+    }
+
+    /// A clock that reads `ms`, which the caller moves.
+    pub fn manual(ms: Arc<AtomicI64>) -> Clock {
+        Clock(Arc::new(move || ms.load(Ordering::Relaxed)))
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
+/// Every budget configured, for the life of the process.
+pub struct Budgets {
+    all: Option<Arc<BudgetMeter>>,
+    routes: HashMap<String, Arc<BudgetMeter>>,
+    keys: HashMap<String, Arc<BudgetMeter>>,
+    pricing: Pricing,
+    clock: Clock,
+    /// Where alerts go, taken once by the gateway's announcer.
+    crossings: Mutex<Option<mpsc::UnboundedReceiver<Crossing>>>,
+}
+
+/// A budget reached one of its alert levels this month.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Crossing {
+    pub scope: BudgetScope,
+    pub month: Month,
+    pub level: AlertLevel,
+    pub spent: Picodollars,
+    pub budget: Budget,
+}
+
+/// What a request asks of budgets.
+pub struct Spending<'a> {
+    /// The route its cost is attributed to.
+    pub route: Option<&'a Route>,
+    /// The name of its client key (`keys.NAME`).
+    pub key: Option<&'a str>,
+    pub chain: &'a [ChainTier],
+    pub request: &'a RequestBody<'a>,
+    /// The route's shadow check has demoted its primary tier.
+    pub primary_demoted: bool,
+}
+
+/// What budgets decided of a request.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Every budget that applies holds its worst case until it ends (none, where none applies or
+    /// its chain calls no API tier).
+    Held(Vec<Reservation>),
+    /// A budget is spent: the API tiers are passed over, and also the demoted primary where
+    /// `demoted_too`; the route's other local tiers serve.
+    Moved { demoted_too: bool },
+    /// A budget is spent and nothing may serve instead.
+    Refused(Box<Spent>),
+}
+
+/// A request refused by a budget, as the client is told.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spent {
+    pub scope: BudgetScope,
+    pub month: Month,
+    pub spent: Picodollars,
+    pub budget: Budget,
+    /// Why the route's local tiers could not serve instead, where that was tried.
+    pub why: &'static str,
+}
+
+impl Budgets {
+    pub fn new(config: &Config, clock: Clock) -> Budgets {
+        let (notices, crossings) = mpsc::unbounded_channel();
+        let now = clock.now_ms();
+        let meter = |scope: BudgetScope, budget: Budget| {
+            Arc::new(BudgetMeter::new(
+                Arc::new(Info {
+                    scope,
+                    budget,
+                    notices: notices.clone(),
+                }),
+                Month::of(now),
+            ))
+        };
+        let mut budgets = Budgets {
+            all: None,
+            routes: HashMap::new(),
+            keys: HashMap::new(),
+            pricing: Pricing::new(config),
+            clock,
+            crossings: Mutex::new(Some(crossings)),
+        };
+        for (scope, budget) in config.budgets() {
+            match &scope {
+                BudgetScope::All => budgets.all = Some(meter(scope, budget)),
+                BudgetScope::Route(name) => {
+                    budgets
+                        .routes
+                        .insert(name.clone(), meter(scope.clone(), budget));
+                }
+                BudgetScope::Key(name) => {
+                    budgets
+                        .keys
+                        .insert(name.clone(), meter(scope.clone(), budget));
+                }
+            }
+        }
+        budgets
+    }
+
+    /// The alerts noticed, for the one task that announces them; `None` after the first call.
+    pub fn take_crossings(&self) -> Option<mpsc::UnboundedReceiver<Crossing>> {
+        self.crossings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all.is_none() && self.routes.is_empty() && self.keys.is_empty()
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn meter(&self, scope: &BudgetScope) -> Option<&Arc<BudgetMeter>> {
+        match scope {
+            BudgetScope::All => self.all.as_ref(),
+            BudgetScope::Route(name) => self.routes.get(name),
+            BudgetScope::Key(name) => self.keys.get(name),
+        }
+    }
+
+    /// The budgets a call of `route` with key `key` counts against.
+    fn applying(&self, route: Option<&str>, key: Option<&str>) -> Vec<&Arc<BudgetMeter>> {
+        let route = route.and_then(|route| self.routes.get(route));
+        let key = key.and_then(|key| self.keys.get(key));
+        [route, key, self.all.as_ref()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Decides a request. On the request path: reads and changes atomics, never waits.
+    pub fn admit(&self, spending: &Spending<'_>) -> Verdict {
+        let meters = self.applying(
+            spending.route.map(|route| route.name.as_str()),
+            spending.key,
+        );
+        if meters.is_empty() {
+            return Verdict::Held(Vec::new());
+        }
+        let Some(worst) = self.worst_case(spending) else {
+            // Only local tiers: nothing it does is billed.
+            return Verdict::Held(Vec::new());
+        };
+        let now = self.clock.now_ms();
+        let months: Vec<Arc<MonthCounts>> = meters.iter().map(|meter| meter.at(now)).collect();
+        match reserve_all(&months, worst) {
+            Ok(held) => Verdict::Held(held),
+            Err(()) => self.exhausted(spending, &months, worst),
+        }
+    }
+
+    /// Some budget cannot hold `worst`: the strictest `on_exhausted` among those that cannot
+    /// decides, and each of them alerts that it is spent.
+    fn exhausted(
+        &self,
+        spending: &Spending<'_>,
+        months: &[Arc<MonthCounts>],
+        worst: i64,
+    ) -> Verdict {
+        let mut deciding: Option<&Arc<MonthCounts>> = None;
+        for counts in months.iter().filter(|counts| !counts.fits(worst)) {
+            counts.turned_away();
+            let strictness = |counts: &MonthCounts| match counts.info.budget.on_exhausted {
+                OnExhausted::Reject => 2,
+                OnExhausted::LocalOnly => 1,
+                OnExhausted::LocalAny => 0,
+            };
+            if deciding.is_none_or(|known| strictness(counts) > strictness(known)) {
+                deciding = Some(counts);
+            }
+        }
+        // Every one fitted once the others had given theirs back: the race was lost to requests
+        // now settled. Judged as spent all the same: it did not fit when it was asked.
+        let deciding = deciding.unwrap_or(&months[0]);
+        let refuse = |why: &'static str| {
+            Verdict::Refused(Box::new(Spent {
+                scope: deciding.info.scope.clone(),
+                month: deciding.month,
+                spent: deciding.spent(),
+                budget: deciding.info.budget,
+                why,
+            }))
+        };
+        let policy = deciding.info.budget.on_exhausted;
+        if policy == OnExhausted::Reject {
+            return refuse("");
+        }
+        let locals: Vec<usize> = spending
+            .chain
+            .iter()
+            .enumerate()
+            .filter(|(_, step)| step.tier.is_local())
+            .map(|(at, _)| at)
+            .collect();
+        let demoted_too = policy == OnExhausted::LocalOnly
+            && spending.primary_demoted
+            && locals.first() == Some(&0);
+        let serving = locals.len() - usize::from(demoted_too);
+        match (serving, demoted_too) {
+            (0, false) => refuse("the route has no local tier to serve instead"),
+            (0, true) => refuse(
+                "its local tier is demoted by its shadow check, known to answer worse (on_exhausted = \"local_any\" serves from it anyway)",
+            ),
+            _ => Verdict::Moved { demoted_too },
+        }
+    }
+
+    /// The most the request can cost on any API tier of its chain; `None` when it has none.
+    fn worst_case(&self, spending: &Spending<'_>) -> Option<i64> {
+        let request = spending.request;
+        let prompt = request.byte_len() as u64;
+        let choices = request
+            .field("n")
+            .and_then(|n| serde_json::from_str::<u64>(n.get()).ok())
+            .unwrap_or(1)
+            .max(1);
+        spending
+            .chain
+            .iter()
+            .filter(|step| !step.tier.is_local())
+            .map(|step| {
+                let answer = if request.endpoint() == Endpoint::Embeddings {
+                    0
+                } else {
+                    request
+                        .max_tokens()
+                        .or(step.tier.max_tokens.map(u64::from))
+                        .unwrap_or(DEFAULT_ANSWER_TOKENS)
+                        .saturating_mul(choices)
+                };
+                self.worst_on(&step.tier, prompt, answer)
+            })
+            .max()
+    }
+
+    fn worst_on(&self, tier: &Tier, prompt: u64, answer: u64) -> i64 {
+        let tokens = Tokens {
+            input: prompt,
+            cached: 0,
+            cache_write: 0,
+            output: answer,
+            estimated: false,
+        };
+        // A model without a price has no budget over it (the configuration refuses one).
+        self.pricing
+            .price(tier, None, &tokens)
+            .cost
+            .map_or(0, |cost| cost.0.max(0))
+    }
+
+    /// Holds a shadow call's worst case against the budgets of its route and of all API spend;
+    /// `None` when one of them cannot hold it (the check is skipped, `budget_spent`).
+    pub fn reserve_call(&self, route: &str, worst: Picodollars) -> Option<Vec<Reservation>> {
+        let meters = self.applying(Some(route), None);
+        let now = self.clock.now_ms();
+        let months: Vec<Arc<MonthCounts>> = meters.iter().map(|meter| meter.at(now)).collect();
+        reserve_all(&months, worst.0.max(0)).ok()
+    }
+
+    /// A budget's spend and what requests in flight hold of it, as this process counts them now.
+    pub fn live(&self, scope: &BudgetScope) -> Option<(Picodollars, Picodollars)> {
+        let counts = self.meter(scope)?.at(self.clock.now_ms());
+        Some((
+            counts.spent(),
+            Picodollars(counts.reserved.load(Ordering::Acquire).max(0)),
+        ))
+    }
+
+    /// A correction just stored in the ledger, counted at once rather than at the next resync.
+    pub fn corrected(&self, scope: &BudgetScope, month: Month, delta: Picodollars) {
+        if let Some(meter) = self.meter(scope) {
+            let counts = meter.at(self.clock.now_ms());
+            if counts.month == month {
+                counts.adjusted.fetch_add(delta.0, Ordering::AcqRel);
+                counts.check_alerts();
+            }
+        }
+    }
+
+    /// Takes up the ledger's account of `month`: its calls where they are more than this process
+    /// counted (other replicas', `tierwise eval`'s), its corrections as stored, and the alerts
+    /// already announced.
+    pub fn take_up(
+        &self,
+        month: Month,
+        spend: &MonthSpend,
+        announced: &[(BudgetScope, AlertLevel)],
+    ) {
+        let now = self.clock.now_ms();
+        for meter in self
+            .all
+            .iter()
+            .chain(self.routes.values())
+            .chain(self.keys.values())
+        {
+            let counts = meter.at(now);
+            if counts.month != month {
+                continue;
+            }
+            let scope = &meter.info.scope;
+            for (_, level) in announced.iter().filter(|(known, _)| known == scope) {
+                counts.alerted.fetch_or(level_bit(*level), Ordering::AcqRel);
+            }
+            counts
+                .calls
+                .fetch_max(spend.calls.of(scope).0, Ordering::AcqRel);
+            counts
+                .adjusted
+                .store(spend.adjustments.of(scope).0, Ordering::Release);
+            counts.check_alerts();
+        }
+    }
+
+    /// Sets each budget's gauges; called when `/metrics` is scraped.
+    pub fn publish(&self) {
+        let now = self.clock.now_ms();
+        for meter in self
+            .all
+            .iter()
+            .chain(self.routes.values())
+            .chain(self.keys.values())
+        {
+            let counts = meter.at(now);
+            let scope = &meter.info.scope;
+            crate::metrics::budget(
+                scope.kind(),
+                scope.name(),
+                counts.spent(),
+                Picodollars(counts.reserved.load(Ordering::Acquire).max(0)),
+                meter.info.budget.monthly_pusd,
+            );
+        }
+    }
+}
+
+/// Holds `worst` of every one of `months`, or of none.
+fn reserve_all(months: &[Arc<MonthCounts>], worst: i64) -> Result<Vec<Reservation>, ()> {
+    for (at, counts) in months.iter().enumerate() {
+        if !counts.try_reserve(worst) {
+            for taken in &months[..at] {
+                taken.reserved.fetch_sub(worst, Ordering::AcqRel);
+            }
+            return Err(());
+        }
+    }
+    Ok(months
+        .iter()
+        .map(|counts| {
+            let meter: Arc<dyn Meter> = counts.clone();
+            Reservation::new(meter, Unit::Picodollars, counts.month.0, worst as u64)
+        })
+        .collect())
+}
+
+/// Reads the ledger's account of the month every [`RESYNC`] and hands it to `budgets`; for as
+/// long as the gateway runs. A ledger that does not answer leaves the counts as they are.
+pub async fn keep_in_step(budgets: Arc<Budgets>, store: Store) {
+    loop {
+        if let Err(err) = take_up_ledger(&budgets, &store).await {
+            tracing::warn!(
+                "cannot read this month's spend from the ledger: {err}; budgets count on from what this replica has seen"
+            );
+        }
+        tokio::time::sleep(RESYNC).await;
+    }
+}
+
+/// Reads the month's spend and announced alerts from the ledger into `budgets`.
+pub async fn take_up_ledger(
+    budgets: &Budgets,
+    store: &Store,
+) -> Result<(), crate::ledger::LedgerError> {
+    if budgets.is_empty() {
+        return Ok(());
+    }
+    let now = budgets.now_ms();
+    let month = Month::of(now);
+    let spend = store.month_spend(month, now).await?;
+    let announced = store.budget_alerts(month).await?;
+    budgets.take_up(month, &spend, &announced);
+    Ok(())
+}
+
+/// What does not change about a budget.
+#[derive(Debug)]
+struct Info {
+    scope: BudgetScope,
+    budget: Budget,
+    notices: mpsc::UnboundedSender<Crossing>,
+}
+
+/// One budget: its counts for the month now running, replaced when a new one begins.
+struct BudgetMeter {
+    info: Arc<Info>,
+    current: ArcSwap<MonthCounts>,
+}
+
+impl BudgetMeter {
+    fn new(info: Arc<Info>, month: Month) -> BudgetMeter {
+        BudgetMeter {
+            current: ArcSwap::from_pointee(MonthCounts::new(info.clone(), month)),
+            info,
+        }
+    }
+
+    /// The counts of the month `now_ms` falls in: a new month starts from nothing (the ledger's
+    /// corrections for it, if any, come at the next resync).
+    fn at(&self, now_ms: i64) -> Arc<MonthCounts> {
+        let current = self.current.load_full();
+        if (current.start_ms..current.end_ms).contains(&now_ms) {
+            return current;
+        }
+        let month = Month::of(now_ms);
+        let fresh = Arc::new(MonthCounts::new(self.info.clone(), month));
+        let seen = self.current.compare_and_swap(&current, fresh.clone());
+        if Arc::ptr_eq(&seen, &current) {
+            fresh
+        } else {
+            // Another thread began the month first: its counts are the month's.
+            arc_swap::Guard::into_inner(seen)
+        }
+    }
+}
+
+/// Alerts already noticed this month, one bit each.
+fn level_bit(level: AlertLevel) -> u8 {
+    match level {
+        AlertLevel::AlertAt => 1,
+        AlertLevel::Spent => 2,
+    }
+}
+
+/// One budget's month, in picodollars.
+struct MonthCounts {
+    info: Arc<Info>,
+    month: Month,
+    start_ms: i64,
+    end_ms: i64,
+    /// What the month's calls cost: settled here, or the ledger's sum where that is more.
+    calls: AtomicI64,
+    /// The ledger's corrections (`tierwise budget reset|adjust`).
+    adjusted: AtomicI64,
+    /// What requests in flight hold.
+    reserved: AtomicI64,
+    /// [`level_bit`]s of the alerts noticed.
+    alerted: AtomicU8,
+}
+
+impl MonthCounts {
+    fn new(info: Arc<Info>, month: Month) -> MonthCounts {
+        MonthCounts {
+            info,
+            month,
+            start_ms: month.start_ms(),
+            end_ms: month.end_ms(),
+            calls: AtomicI64::new(0),
+            adjusted: AtomicI64::new(0),
+            reserved: AtomicI64::new(0),
+            alerted: AtomicU8::new(0),
+        }
+    }
+
+    fn spent(&self) -> Picodollars {
+        Picodollars::saturating(
+            i128::from(self.calls.load(Ordering::Acquire))
+                + i128::from(self.adjusted.load(Ordering::Acquire)),
+        )
+    }
+
+    /// Whether `amount` more fits beside the spend and what is held.
+    fn fits(&self, amount: i64) -> bool {
+        let reserved = self.reserved.load(Ordering::Acquire);
+        i128::from(self.spent().0) + i128::from(reserved) + i128::from(amount)
+            <= i128::from(self.info.budget.monthly_pusd)
+    }
+
+    /// Holds `amount` if it fits. The amount is added first and judged after, so two requests
+    /// racing each see the other's: either may be refused, never both admitted past the budget.
+    fn try_reserve(&self, amount: i64) -> bool {
+        let reserved = self.reserved.fetch_add(amount, Ordering::AcqRel) + amount;
+        let fits = i128::from(self.spent().0) + i128::from(reserved)
+            <= i128::from(self.info.budget.monthly_pusd);
+        if !fits {
+            self.reserved.fetch_sub(amount, Ordering::AcqRel);
+        }
+        fits
+    }
+
+    /// The budget could not hold a request: it is spent, as far as requests are concerned.
+    fn turned_away(&self) {
+        self.notice(AlertLevel::Spent);
+    }
+
+    fn check_alerts(&self) {
+        let spent = self.spent().0;
+        let budget = &self.info.budget;
+        let threshold = (budget.monthly_pusd as f64 * budget.alert_at).ceil() as i64;
+        if spent > 0 && spent >= threshold {
+            self.notice(AlertLevel::AlertAt);
+        }
+        if spent > 0 && spent >= budget.monthly_pusd {
+            self.notice(AlertLevel::Spent);
+        }
+    }
+
+    /// Sends the alert once a month: the first thread to set its bit sends it.
+    fn notice(&self, level: AlertLevel) {
+        let bit = level_bit(level);
+        if self.alerted.fetch_or(bit, Ordering::AcqRel) & bit != 0 {
+            return;
+        }
+        let _ = self.info.notices.send(Crossing {
+            scope: self.info.scope.clone(),
+            month: self.month,
+            level,
+            spent: self.spent(),
+            budget: self.info.budget,
+        });
+    }
+}
+
+/// A request's reservation settled: what it cost counts (added before the hold is given back, so
+/// that the two never both look smaller than they are), and the alerts are checked.
+impl Meter for MonthCounts {
+    fn settle(&self, _month: i64, held: u64, used: u64) {
+        self.calls
+            .fetch_add(used.min(i64::MAX as u64) as i64, Ordering::AcqRel);
+        self.reserved
+            .fetch_sub(held.min(i64::MAX as u64) as i64, Ordering::AcqRel);
+        self.check_alerts();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::reservation::Used;
+
+    /// 2030-01-31T23:59:00Z.
+    const JAN_END: i64 = 1_896_134_340_000;
+
+    fn config(route_budget: &str, all_budget: &str) -> Config {
+        let toml = format!(
+            r#"
+[providers.openai]
+base_url = "http://127.0.0.1:9/v1"
+[providers.gpu]
+base_url = "http://127.0.0.1:9/v1"
+fixed_monthly_usd = 0
+[tiers]
+mini = {{ provider = "openai", model = "gpt-4o-mini" }}
+local = {{ provider = "gpu", model = "m" }}
+[routes.r]
+kind = "chat"
+tiers = ["mini", "local"]
+budget = {route_budget}
+[routes.api_only]
+kind = "chat"
+tiers = ["mini"]
+{all_budget}
+"#
+        );
+        Config::parse(&toml, std::path::Path::new("t.toml"), &|_| None).unwrap()
+    }
+
+    /// 83 bytes of body and 1000 answer tokens on gpt-4o-mini: 83 × $0.15 + 1000 × $0.60 per
+    /// million, $0.00061245.
+    const BODY: &[u8] =
+        br#"{"model":"r","max_tokens":1000,"messages":[{"role":"user","content":"hello there"}]}"#;
+    const WORST: i64 = 612_450_000;
+
+    fn admit(budgets: &Budgets, config: &Config, route: &str, demoted: bool) -> Verdict {
+        let route = config.routes.iter().find(|r| r.name == route).unwrap();
+        let request = RequestBody::parse(Endpoint::ChatCompletions, BODY).unwrap();
+        budgets.admit(&Spending {
+            route: Some(route),
+            key: None,
+            chain: &route.chain,
+            request: &request,
+            primary_demoted: demoted,
+        })
+    }
+
+    fn clock_at(ms: i64) -> (Clock, Arc<AtomicI64>) {
+        let now = Arc::new(AtomicI64::new(ms));
+        (Clock::manual(now.clone()), now)
+    }
+
+    #[test]
+    fn the_worst_case_is_the_prompts_bytes_and_the_answer_budget_at_the_dearest_api_price() {
+        let config = config("{ monthly_usd = 1 }", "");
+        let (clock, _) = clock_at(JAN_END);
+        let budgets = Budgets::new(&config, clock);
+        assert_eq!(
+            RequestBody::parse(Endpoint::ChatCompletions, BODY)
+                .unwrap()
+                .byte_len(),
+            83
+        );
+        let Verdict::Held(held) = admit(&budgets, &config, "r", false) else {
+            panic!("a dollar holds it")
+        };
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].amount(), WORST as u64);
+    }
+
+    /// Eight threads race for a budget that holds exactly ten worst cases: ten are admitted, and
+    /// once they have cost what they really cost, the spend is within the budget.
+    #[test]
+    fn racing_requests_never_hold_more_than_the_budget() {
+        let worst = WORST;
+        let usd = (10 * worst) as f64 / 1e12;
+        let config = config(&format!("{{ monthly_usd = {usd} }}"), "");
+        let (clock, _) = clock_at(JAN_END);
+        let budgets = Budgets::new(&config, clock);
+        let held: Vec<Reservation> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut held = Vec::new();
+                        for _ in 0..50 {
+                            if let Verdict::Held(mut one) = admit(&budgets, &config, "r", false) {
+                                held.append(&mut one);
+                            }
+                        }
+                        held
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .flat_map(|thread| thread.join().unwrap())
+                .collect()
+        });
+        assert_eq!(held.len(), 10);
+        let scope = BudgetScope::Route("r".into());
+        assert_eq!(
+            budgets.live(&scope),
+            Some((Picodollars(0), Picodollars(10 * worst)))
+        );
+        for reservation in held {
+            reservation.settle(worst as u64 - 1_000);
+        }
+        let (spent, reserved) = budgets.live(&scope).unwrap();
+        assert_eq!(
+            (spent, reserved),
+            (Picodollars(10 * (worst - 1_000)), Picodollars(0))
+        );
+        assert!(spent.0 <= (usd * 1e12) as i64);
+    }
+
+    #[test]
+    fn a_spent_budget_moves_to_local_or_refuses_as_configured() {
+        let config = config(
+            "{ monthly_usd = 0, on_exhausted = \"local_only\" }",
+            "[budget]\nmonthly_usd = 0\non_exhausted = \"local_any\"",
+        );
+        let (clock, _) = clock_at(JAN_END);
+        let budgets = Budgets::new(&config, clock);
+        assert!(matches!(
+            admit(&budgets, &config, "r", false),
+            Verdict::Moved { demoted_too: false }
+        ));
+        // The route's local tier is its fallback, not its demoted primary: it serves.
+        assert!(matches!(
+            admit(&budgets, &config, "r", true),
+            Verdict::Moved { demoted_too: false }
+        ));
+        let Verdict::Refused(spent) = admit(&budgets, &config, "api_only", false) else {
+            panic!("no local tier: refused")
+        };
+        assert_eq!(spent.scope, BudgetScope::All);
+        assert_eq!(spent.why, "the route has no local tier to serve instead");
+
+        let reject = self::config("{ monthly_usd = 0, on_exhausted = \"reject\" }", "");
+        let budgets = Budgets::new(&reject, clock_at(JAN_END).0);
+        let Verdict::Refused(spent) = admit(&budgets, &reject, "r", false) else {
+            panic!("reject refuses")
+        };
+        assert_eq!(spent.scope, BudgetScope::Route("r".into()));
+    }
+
+    #[test]
+    fn a_demoted_local_primary_does_not_serve_a_spent_budget_unless_local_any() {
+        let toml = |policy: &str| {
+            format!(
+                r#"
+[providers.openai]
+base_url = "http://127.0.0.1:9/v1"
+[providers.gpu]
+base_url = "http://127.0.0.1:9/v1"
+fixed_monthly_usd = 0
+[tiers]
+mini = {{ provider = "openai", model = "gpt-4o-mini" }}
+local = {{ provider = "gpu", model = "m" }}
+[routes.r]
+kind = "chat"
+tiers = ["local", "mini"]
+budget = {{ monthly_usd = 0, on_exhausted = "{policy}" }}
+"#
+            )
+        };
+        let only = Config::parse(&toml("local_only"), std::path::Path::new("t.toml"), &|_| {
+            None
+        })
+        .unwrap();
+        let budgets = Budgets::new(&only, clock_at(JAN_END).0);
+        assert!(matches!(
+            admit(&budgets, &only, "r", false),
+            Verdict::Moved { demoted_too: false }
+        ));
+        let Verdict::Refused(spent) = admit(&budgets, &only, "r", true) else {
+            panic!("a demoted local tier does not serve")
+        };
+        assert!(spent.why.contains("demoted"), "{}", spent.why);
+        let any = Config::parse(&toml("local_any"), std::path::Path::new("t.toml"), &|_| {
+            None
+        })
+        .unwrap();
+        let budgets = Budgets::new(&any, clock_at(JAN_END).0);
+        assert!(matches!(
+            admit(&budgets, &any, "r", true),
+            Verdict::Moved { demoted_too: false }
+        ));
+    }
+
+    /// A month's end starts the next from nothing; a request admitted in the old month settles
+    /// into the old month.
+    #[test]
+    fn a_new_month_starts_from_nothing() {
+        let config = config("{ monthly_usd = 0.001 }", "");
+        let (clock, now) = clock_at(JAN_END);
+        let budgets = Budgets::new(&config, clock);
+        let scope = BudgetScope::Route("r".into());
+        let Verdict::Held(first) = admit(&budgets, &config, "r", false) else {
+            panic!("fits")
+        };
+        assert!(matches!(
+            admit(&budgets, &config, "r", false),
+            Verdict::Moved { .. }
+        ));
+        now.store(JAN_END + 60_000, Ordering::Relaxed);
+        assert_eq!(budgets.live(&scope), Some((Picodollars(0), Picodollars(0))));
+        let Verdict::Held(second) = admit(&budgets, &config, "r", false) else {
+            panic!("February has its own budget")
+        };
+        let mut hold = crate::limits::Hold::default();
+        for reservation in first.into_iter().chain(second) {
+            hold.add(reservation);
+        }
+        hold.settle(Used {
+            tokens: 0,
+            picodollars: 500_000_000,
+        });
+        // January's request counted in January: February holds only its own.
+        assert_eq!(
+            budgets.live(&scope),
+            Some((Picodollars(500_000_000), Picodollars(0)))
+        );
+    }
+
+    /// Each level alerts once a month, and not at all once the ledger says it was announced.
+    #[test]
+    fn alerts_are_noticed_once_a_month() {
+        let config = config("{ monthly_usd = 0.002, alert_at = 0.5 }", "");
+        let (clock, now) = clock_at(JAN_END);
+        let budgets = Budgets::new(&config, clock);
+        let mut crossings = budgets.take_crossings().unwrap();
+        let spend = |amount: u64| {
+            let Verdict::Held(held) = admit(&budgets, &config, "r", false) else {
+                panic!("fits")
+            };
+            for reservation in held {
+                reservation.settle(amount);
+            }
+        };
+        spend(400_000_000);
+        assert!(crossings.try_recv().is_err(), "20% is under the alert");
+        spend(700_000_000);
+        let crossing = crossings.try_recv().unwrap();
+        assert_eq!(crossing.level, AlertLevel::AlertAt);
+        assert_eq!(crossing.spent, Picodollars(1_100_000_000));
+        spend(800_000_000);
+        assert!(crossings.try_recv().is_err(), "alert_at is announced once");
+        // It no longer holds a worst case: spent, once.
+        for _ in 0..2 {
+            assert!(matches!(
+                admit(&budgets, &config, "r", false),
+                Verdict::Moved { .. }
+            ));
+        }
+        assert_eq!(crossings.try_recv().unwrap().level, AlertLevel::Spent);
+        assert!(crossings.try_recv().is_err());
+        // February: the ledger says another replica announced its alert_at already.
+        now.store(JAN_END + 60_000, Ordering::Relaxed);
+        let february = Month::of(JAN_END + 60_000);
+        let mut ledger = MonthSpend::default();
+        ledger
+            .calls
+            .routes
+            .insert("r".into(), Picodollars(700_000_000));
+        budgets.take_up(
+            february,
+            &ledger,
+            &[(BudgetScope::Route("r".into()), AlertLevel::AlertAt)],
+        );
+        assert!(crossings.try_recv().is_err());
+        assert_eq!(
+            budgets.live(&BudgetScope::Route("r".into())).unwrap().0,
+            Picodollars(700_000_000),
+            "another replica's spend, taken up"
+        );
+    }
+}

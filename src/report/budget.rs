@@ -1,0 +1,144 @@
+//! Budgets as an operator reads them: for each budget configured, this month's spend (its calls and
+//! the corrections made to it), its limit and the share spent, what requests in flight hold of it
+//! (only the gateway knows), and the month-end spend projected at the rate seen so far — only once
+//! the month holds `[report] project_after_hours` of traffic, as reports project, and otherwise no
+//! figure but the reason. `tierwise budget show` and `/admin/api/budgets` give the same figures.
+
+use serde::Serialize;
+
+use super::span_of;
+use crate::config::{BudgetScope, Config};
+use crate::ledger::Picodollars;
+use crate::ledger::budget::{Month, MonthSpend};
+
+/// One budget this month.
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetFigures {
+    /// `all`, `route` or `key`.
+    pub scope: &'static str,
+    /// The route's or key's name; `null` for all API spend.
+    pub name: Option<String>,
+    /// `2026-12`.
+    pub month: String,
+    pub monthly_usd: f64,
+    /// The month's spend: its calls and the corrections made to it.
+    pub spent_usd: f64,
+    /// The corrections alone (`tierwise budget reset|adjust`), already in `spent_usd`.
+    pub adjusted_usd: f64,
+    /// What requests in flight hold of the budget until they end; `null` where only the ledger
+    /// was read (`tierwise budget show`).
+    pub reserved_usd: Option<f64>,
+    /// `spent_usd / monthly_usd`; `null` for a budget of 0.
+    pub share: Option<f64>,
+    pub on_exhausted: &'static str,
+    pub alert_at: f64,
+    /// The spend at the month's end at the rate seen so far; `null` until the month holds enough
+    /// traffic, and then `projection` says why.
+    pub projected_usd: Option<f64>,
+    pub projection: Option<String>,
+}
+
+/// A budget's spend and reservations as the gateway holds them now, where it is the gateway asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Live {
+    pub spent: Picodollars,
+    pub reserved: Picodollars,
+}
+
+/// Every budget of `config` for `month`, from the ledger's `spend`, with what the gateway holds
+/// (`live`) where it is asked.
+pub fn figures(
+    config: &Config,
+    month: Month,
+    spend: &MonthSpend,
+    now_ms: i64,
+    live: &dyn Fn(&BudgetScope) -> Option<Live>,
+) -> Vec<BudgetFigures> {
+    let needed = config.report.project_after;
+    // The rate is that of the month's traffic, from its first call: a gateway first started on
+    // the 20th has not spent nothing for nineteen days.
+    let seen_from = spend.first_ms.unwrap_or(now_ms).max(month.start_ms());
+    let seen = std::time::Duration::from_millis((now_ms - seen_from).max(0) as u64);
+    let left_ms = (month.end_ms() - now_ms).max(0);
+    config
+        .budgets()
+        .map(|(scope, budget)| {
+            let now = live(&scope);
+            let spent = now.map_or_else(|| spend.total(&scope), |live| live.spent);
+            let calls = spend.calls.of(&scope).as_usd_f64();
+            let (projected_usd, projection) = if spend.first_ms.is_none() {
+                (None, Some("no call this month yet".to_string()))
+            } else if seen < needed || seen.is_zero() {
+                (
+                    None,
+                    Some(format!(
+                        "{} of the month's traffic is under the {} a projection needs ([report] project_after_hours)",
+                        span_of(seen),
+                        span_of(needed)
+                    )),
+                )
+            } else {
+                let rate = calls / seen.as_millis() as f64;
+                (Some(spent.as_usd_f64() + rate * left_ms as f64), None)
+            };
+            BudgetFigures {
+                scope: scope.kind(),
+                name: (scope != BudgetScope::All).then(|| scope.name().to_string()),
+                month: month.to_string(),
+                monthly_usd: budget.monthly_usd,
+                spent_usd: spent.as_usd_f64(),
+                adjusted_usd: spend.adjustments.of(&scope).as_usd_f64(),
+                reserved_usd: now.map(|live| live.reserved.as_usd_f64()),
+                share: (budget.monthly_pusd > 0)
+                    .then(|| spent.0 as f64 / budget.monthly_pusd as f64),
+                on_exhausted: budget.on_exhausted.as_str(),
+                alert_at: budget.alert_at,
+                projected_usd,
+                projection,
+            }
+        })
+        .collect()
+}
+
+/// The figures as `tierwise budget show` prints them.
+pub fn to_table(figures: &[BudgetFigures]) -> String {
+    use std::fmt::Write as _;
+    if figures.is_empty() {
+        return "no budget is configured ([budget], routes.<name>.budget)\n".to_string();
+    }
+    let mut out = format!(
+        "{:<24} {:>8} {:>12} {:>12} {:>7} {:>14}  {}\n",
+        "budget", "month", "spent", "budget", "share", "month-end", "once spent"
+    );
+    for row in figures {
+        let name = match &row.name {
+            Some(name) => format!("{} {name}", row.scope),
+            None => "all API spend".to_string(),
+        };
+        let share = row
+            .share
+            .map_or("-".to_string(), |share| format!("{:.1}%", share * 100.0));
+        let projected = row
+            .projected_usd
+            .map_or("-".to_string(), |usd| format!("${usd:.2}"));
+        let _ = writeln!(
+            out,
+            "{name:<24} {:>8} {:>12} {:>12} {share:>7} {projected:>14}  {}",
+            row.month,
+            format!("${:.4}", row.spent_usd),
+            format!("${:.2}", row.monthly_usd),
+            row.on_exhausted,
+        );
+        if row.adjusted_usd != 0.0 {
+            let _ = writeln!(
+                out,
+                "  of which corrections: ${:.4} (tierwise budget reset|adjust)",
+                row.adjusted_usd
+            );
+        }
+    }
+    if let Some(why) = figures.iter().find_map(|row| row.projection.as_ref()) {
+        let _ = writeln!(out, "month-end not projected: {why}");
+    }
+    out
+}
