@@ -141,6 +141,12 @@ tiers = ["local", "claude"]
 [routes.rate_limited]
 kind = "agentic"
 tiers = ["api_limited"]
+
+# A budget already spent (of nothing) on a route with no local tier to serve instead.
+[routes.budget_spent]
+kind = "agentic"
+tiers = ["api_fast"]
+budget = {{ monthly_usd = 0, on_exhausted = "local_only" }}
 """
 
 

@@ -213,3 +213,22 @@ def test_a_key_over_its_rpm_raises_rate_limit_error_with_openais_headers(gateway
     headers = raised.value.response.headers
     assert int(headers["retry-after"]) >= 1
     assert headers["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_a_spent_budget_raises_rate_limit_error_with_insufficient_quota(gateway_url, fakes):
+    """OpenAI's own answer to an exhausted quota, so an application handles a spent budget as it
+    handles OpenAI's: RateLimitError, code and type insufficient_quota, and no retry (the SDK reads
+    x-should-retry before the status that would have it retry)."""
+    _, api = fakes
+    retrying = openai.OpenAI(base_url=gateway_url + "/v1", api_key=CLIENT_KEY, max_retries=2)
+    before = len(api.requests())
+    with pytest.raises(openai.RateLimitError) as raised:
+        retrying.chat.completions.create(
+            model="budget_spent", messages=[{"role": "user", "content": "hi"}], max_tokens=10
+        )
+    assert raised.value.code == "insufficient_quota"
+    assert raised.value.type == "insufficient_quota"
+    assert "budget" in raised.value.message
+    assert raised.value.response.headers["x-should-retry"] == "false"
+    assert len(api.requests()) == before, "no tier was called"
+
