@@ -20,7 +20,8 @@
 //! - [`health`]: per provider, the circuit breaker and in-flight cap the chain consults before each
 //!   attempt, the active probes that feed the breakers, and warm-up.
 //! - [`upstream`]: the pooled HTTP client per provider (hyper-util over rustls, through the
-//!   provider's proxy where it has one), timeouts, failure classification, and
+//!   provider's proxy where it has one), timeouts, failure classification, the wire format each
+//!   provider speaks (OpenAI's and Azure's passed through; Anthropic's translated at one seam), and
 //!   reading an upstream stream event by event, each event with the bytes it came as.
 //! - [`outcome`]: the one place a request ends, however it ends, producing the outcome that
 //!   everything downstream receives; the consumers it hands each finished request to (the limits'

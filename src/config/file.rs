@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::kinds::{
-    AllOpen, Changes, OnDrift, OnExhausted, OnProof, QualityBar, ScorerKind, TaskKind, ToolCalling,
+    AllOpen, Api, Changes, KeyHeader, OnDrift, OnExhausted, OnProof, QualityBar, ScorerKind,
+    TaskKind, ToolCalling,
 };
 
 pub type Text = Spanned<String>;
@@ -209,6 +210,14 @@ impl From<SpannedTimeouts> for RawTimeouts {
 pub struct RawProvider {
     pub base_url: Text,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<Api>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<Text>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<KeyHeader>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawTls>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy: Option<Text>,
@@ -226,6 +235,20 @@ pub struct RawProvider {
     pub breaker: RawBreaker,
     #[serde(default)]
     pub health: RawHealth,
+}
+
+/// `providers.<name>.tls`: PEM files, relative to the config file.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<Text>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<Text>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<Text>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_roots: Option<bool>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -287,6 +310,12 @@ impl From<SpannedHealth> for RawHealth {
 pub struct RawTier {
     pub provider: Text,
     pub model: Text,
+    /// Azure OpenAI: the deployment that serves `model`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<Text>,
+    /// The model the tier is priced as and known by, where `model` names something else.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_model: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -456,12 +485,18 @@ pub struct RawPrice {
     pub output: Spanned<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cached_input: Option<Spanned<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_write: Option<Spanned<f64>>,
 }
 
 impl RawProvider {
     pub fn new(base_url: impl Into<String>) -> RawProvider {
         RawProvider {
             base_url: text(base_url),
+            api: None,
+            api_version: None,
+            auth: None,
+            tls: None,
             api_key: None,
             proxy: None,
             fixed_monthly_usd: None,
@@ -480,6 +515,8 @@ impl RawTier {
         RawTier {
             provider: text(provider),
             model: text(model),
+            deployment: None,
+            base_model: None,
             max_tokens: None,
             temperature: None,
             context_tokens: None,

@@ -1,9 +1,60 @@
 //! The kinds a route's settings choose among — its task, its quality bar, its scorer, what it does
-//! when every tier is open or its monitor decides — shared by the file's raw types
+//! when every tier is open or its monitor decides — and the wire format a provider speaks, shared
+//! by the file's raw types
 //! ([`super::file`]) and the resolved route ([`super::route`]). A leaf: it uses no other part of
 //! the configuration, so the raw file and the resolver never depend on each other through it.
 
 use serde::{Deserialize, Serialize};
+
+/// The wire format a provider speaks (`providers.<name>.api`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    /// OpenAI's own API and every server that copies it (vLLM, Ollama's `/v1`, llama.cpp).
+    #[default]
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// Azure OpenAI: OpenAI's format at a deployment's URL, with Azure's key header and version.
+    Azure,
+    /// Anthropic's Messages API: requests and answers translated at the provider's seam.
+    Anthropic,
+}
+
+impl Api {
+    /// The API version a provider of this format is called with when its `api_version` is unset.
+    pub fn default_version(self) -> Option<&'static str> {
+        match self {
+            Api::OpenAi => None,
+            // Azure OpenAI's latest generally available version, which takes `stream_options`.
+            Api::Azure => Some("2024-10-21"),
+            // The only version of the Messages API's `anthropic-version` header.
+            Api::Anthropic => Some("2023-06-01"),
+        }
+    }
+
+    /// The header the provider's key travels in unless its `auth` says otherwise.
+    pub fn default_auth(self) -> KeyHeader {
+        match self {
+            Api::OpenAi => KeyHeader::Bearer,
+            Api::Azure => KeyHeader::ApiKey,
+            Api::Anthropic => KeyHeader::XApiKey,
+        }
+    }
+}
+
+/// The header a provider's key travels in (`providers.<name>.auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyHeader {
+    /// `Authorization: Bearer <key>`.
+    #[serde(rename = "bearer")]
+    Bearer,
+    /// `x-api-key: <key>`, Anthropic's.
+    #[serde(rename = "x-api-key")]
+    XApiKey,
+    /// `api-key: <key>`, Azure's.
+    #[serde(rename = "api-key")]
+    ApiKey,
+}
 
 /// What a route does, which decides its scorer and whether it may move to a local model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,5 +1,5 @@
 //! What a model can do beyond plain chat ([`Abilities`]), and the models tierwise knows without
-//! being told: OpenAI's context windows and abilities, applied to a tier on such a model wherever
+//! being told: OpenAI's and Anthropic's context windows and abilities, applied to a tier on such a model wherever
 //! its config says nothing (as the built-in prices are). A local server's window is discovered at
 //! run time instead (see [`crate::health`]).
 
@@ -40,7 +40,9 @@ const TEXT_ONLY: Abilities = Abilities {
     ..Abilities::ALL
 };
 
-/// OpenAI's published windows and abilities of the models the price table also knows.
+/// OpenAI's and Anthropic's published windows and abilities of the models the price table also
+/// knows (Anthropic's from platform.claude.com's model pages, read 2026-12; every current Claude
+/// model takes tools, images and a JSON schema).
 const BUILT_IN: &[(&str, u32, Abilities)] = &[
     ("gpt-4o", 128_000, ALL),
     ("gpt-4o-mini", 128_000, ALL),
@@ -55,6 +57,21 @@ const BUILT_IN: &[(&str, u32, Abilities)] = &[
     ("o3-mini", 200_000, TEXT_ONLY),
     ("o4-mini", 200_000, ALL),
     ("gpt-4-turbo", 128_000, NO_SCHEMA),
+    ("claude-fable-5-2", 1_000_000, ALL),
+    ("claude-fable-5-1", 1_000_000, ALL),
+    ("claude-fable-5", 1_000_000, ALL),
+    ("claude-opus-5-5", 1_000_000, ALL),
+    ("claude-opus-5", 1_000_000, ALL),
+    ("claude-opus-4-8", 1_000_000, ALL),
+    ("claude-opus-4-7", 1_000_000, ALL),
+    ("claude-opus-4-6", 1_000_000, ALL),
+    ("claude-opus-4-5", 200_000, ALL),
+    ("claude-sonnet-5-5", 1_000_000, ALL),
+    ("claude-sonnet-5", 1_000_000, ALL),
+    ("claude-sonnet-4-6", 1_000_000, ALL),
+    ("claude-sonnet-4-5", 200_000, ALL),
+    ("claude-haiku-5-5", 1_000_000, ALL),
+    ("claude-haiku-4-5", 200_000, ALL),
     (
         "gpt-3.5-turbo",
         16_385,
@@ -92,8 +109,21 @@ pub fn takes_max_completion_tokens(model: &str) -> bool {
     })
 }
 
-/// `gpt-4o-2024-08-06` → `gpt-4o`; `None` where the name ends in no date.
+/// `gpt-4o-2024-08-06` → `gpt-4o`, `claude-haiku-4-5-20251001` → `claude-haiku-4-5` (OpenAI's
+/// and Anthropic's ways of dating a snapshot); `None` where the name ends in no date.
 pub fn undated(model: &str) -> Option<&str> {
+    openai_undated(model).or_else(|| anthropic_undated(model))
+}
+
+/// `claude-haiku-4-5-20251001` → `claude-haiku-4-5`.
+fn anthropic_undated(model: &str) -> Option<&str> {
+    let split = model.len().checked_sub("-YYYYMMDD".len())?;
+    let (family, date) = (model.get(..split)?, model.get(split..)?.as_bytes());
+    let dated = date[0] == b'-' && date[1..].iter().all(u8::is_ascii_digit) && date[1] == b'2';
+    (dated && !family.is_empty()).then_some(family)
+}
+
+fn openai_undated(model: &str) -> Option<&str> {
     const SUFFIX: usize = "-YYYY-MM-DD".len();
     let split = model.len().checked_sub(SUFFIX)?;
     let (family, date) = (model.get(..split)?, model.get(split..)?.as_bytes());
@@ -122,6 +152,18 @@ mod tests {
         assert_eq!(known_model("gpt-4o-2024-13"), None);
         assert_eq!(undated("gpt-4o-mini-2024-07-18"), Some("gpt-4o-mini"));
         assert_eq!(undated("gpt-4o"), None);
+        assert_eq!(
+            undated("claude-haiku-4-5-20251001"),
+            Some("claude-haiku-4-5")
+        );
+        assert_eq!(
+            known_model("claude-haiku-4-5-20251001")
+                .unwrap()
+                .context_tokens,
+            200_000
+        );
+        assert_eq!(undated("claude-opus-4-5"), None);
+        assert_eq!(undated("model-1234567"), None);
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod resolver;
 mod route;
 mod server;
 mod tier;
+mod tls;
 mod unknown;
 
 use std::collections::BTreeMap;
@@ -26,16 +27,18 @@ use std::sync::Arc;
 pub use budget::{Budget, BudgetScope};
 pub use error::{ConfigError, ConfigIssue};
 pub use kinds::{
-    AllOpen, Changes, OnDrift, OnExhausted, OnProof, QualityBar, ScorerKind, TaskKind, ToolCalling,
+    AllOpen, Api, Changes, KeyHeader, OnDrift, OnExhausted, OnProof, QualityBar, ScorerKind,
+    TaskKind, ToolCalling,
 };
 pub use known::{Abilities, KnownModel, known_model, takes_max_completion_tokens, undated};
 pub use limits::{KeyTerms, LimitsConfig, Rate};
 pub use price::{BUILT_IN_PRICES, Price};
-pub use provider::{BreakerPolicy, ProbePolicy, Provider, Timeouts};
+pub use provider::{BreakerPolicy, ProbePolicy, Provider, Timeouts, models_path};
 pub use proxy::Proxy;
 pub use route::{ChainTier, Declared, Profile, Route, Shadow, with_labels};
 pub use server::{AdminAccess, AllowedHosts, LedgerConfig, RequestLog, ServerConfig};
 pub use tier::Tier;
+pub use tls::{ClientIdentity, Tls};
 
 /// Where quality alerts go besides the log and the metrics.
 #[derive(Debug, Default)]

@@ -14,26 +14,52 @@ use super::kinds::OnExhausted;
 use super::resolver::Resolver;
 use super::{Route, Tier};
 
-/// USD per million tokens (input, cached input, output) of current OpenAI models.
-pub const BUILT_IN_PRICES: &[(&str, f64, Option<f64>, f64)] = &[
-    ("gpt-4o", 2.50, Some(1.25), 10.00),
-    ("gpt-4o-mini", 0.15, Some(0.075), 0.60),
-    ("gpt-4.1", 2.00, Some(0.50), 8.00),
-    ("gpt-4.1-mini", 0.40, Some(0.10), 1.60),
-    ("gpt-4.1-nano", 0.10, Some(0.025), 0.40),
-    ("gpt-5", 1.25, Some(0.125), 10.00),
-    ("gpt-5-mini", 0.25, Some(0.025), 2.00),
-    ("gpt-5-nano", 0.05, Some(0.005), 0.40),
-    ("o1", 15.00, Some(7.50), 60.00),
-    ("o3", 2.00, Some(0.50), 8.00),
-    ("o3-mini", 1.10, Some(0.55), 4.40),
-    ("o4-mini", 1.10, Some(0.275), 4.40),
-    ("gpt-4-turbo", 10.00, None, 30.00),
-    ("gpt-3.5-turbo", 0.50, None, 1.50),
-    ("text-embedding-3-small", 0.02, None, 0.0),
-    ("text-embedding-3-large", 0.13, None, 0.0),
-    ("text-embedding-ada-002", 0.10, None, 0.0),
+/// USD per million tokens of current models: input, input read from the prompt cache, input
+/// written to it, output. Where a cache price is `None` it costs as much as input.
+///
+/// OpenAI's from its pricing page; OpenAI bills no cache writes. Anthropic's from
+/// platform.claude.com's pricing and model pages (read 2026-12): a cache write at the 5-minute
+/// price (1.25× input; a 1-hour write, 2× input, is reported by Anthropic in the same count and is
+/// priced here as a 5-minute one); Sonnet 5.5's cache reads at $0.10 since Anthropic's cut of
+/// 2026-10-07. Claude Haiku 5.5 is left out: it is billed at two prices by the prompt's length
+/// (five times as much above 100K tokens), which one price per token would state falsely for
+/// long prompts; give it a `[prices]` entry knowing that.
+pub const BUILT_IN_PRICES: &[BuiltInPrice] = &[
+    ("gpt-4o", 2.50, Some(1.25), None, 10.00),
+    ("gpt-4o-mini", 0.15, Some(0.075), None, 0.60),
+    ("gpt-4.1", 2.00, Some(0.50), None, 8.00),
+    ("gpt-4.1-mini", 0.40, Some(0.10), None, 1.60),
+    ("gpt-4.1-nano", 0.10, Some(0.025), None, 0.40),
+    ("gpt-5", 1.25, Some(0.125), None, 10.00),
+    ("gpt-5-mini", 0.25, Some(0.025), None, 2.00),
+    ("gpt-5-nano", 0.05, Some(0.005), None, 0.40),
+    ("o1", 15.00, Some(7.50), None, 60.00),
+    ("o3", 2.00, Some(0.50), None, 8.00),
+    ("o3-mini", 1.10, Some(0.55), None, 4.40),
+    ("o4-mini", 1.10, Some(0.275), None, 4.40),
+    ("gpt-4-turbo", 10.00, None, None, 30.00),
+    ("gpt-3.5-turbo", 0.50, None, None, 1.50),
+    ("text-embedding-3-small", 0.02, None, None, 0.0),
+    ("text-embedding-3-large", 0.13, None, None, 0.0),
+    ("text-embedding-ada-002", 0.10, None, None, 0.0),
+    ("claude-fable-5-2", 8.00, Some(0.20), Some(10.00), 40.00),
+    ("claude-fable-5-1", 10.00, Some(0.25), Some(12.50), 50.00),
+    ("claude-fable-5", 10.00, Some(1.00), Some(12.50), 50.00),
+    ("claude-opus-5-5", 4.00, Some(0.20), Some(5.00), 20.00),
+    ("claude-opus-5", 5.00, Some(0.50), Some(6.25), 25.00),
+    ("claude-opus-4-8", 5.00, Some(0.50), Some(6.25), 25.00),
+    ("claude-opus-4-7", 5.00, Some(0.50), Some(6.25), 25.00),
+    ("claude-opus-4-6", 5.00, Some(0.50), Some(6.25), 25.00),
+    ("claude-opus-4-5", 5.00, Some(0.50), Some(6.25), 25.00),
+    ("claude-sonnet-5-5", 2.00, Some(0.10), Some(2.50), 10.00),
+    ("claude-sonnet-5", 2.00, Some(0.20), Some(2.50), 10.00),
+    ("claude-sonnet-4-6", 3.00, Some(0.30), Some(3.75), 15.00),
+    ("claude-sonnet-4-5", 3.00, Some(0.30), Some(3.75), 15.00),
+    ("claude-haiku-4-5", 1.00, Some(0.10), Some(1.25), 5.00),
 ];
+
+/// A model and its USD per million tokens: input, cache reads, cache writes, output.
+pub type BuiltInPrice = (&'static str, f64, Option<f64>, Option<f64>, f64);
 
 /// Whether `model` has a price: one the file sets or a built-in one, a dated snapshot
 /// (`gpt-4o-2024-08-06`) by its family's.
@@ -51,6 +77,9 @@ pub struct Price {
     pub output: f64,
     /// Input served from the provider's prompt cache; the input price where none is given.
     pub cached_input: Option<f64>,
+    /// Input written to the provider's prompt cache (Anthropic's); the input price where none is
+    /// given.
+    pub cache_write: Option<f64>,
 }
 
 impl Resolver<'_> {
@@ -75,12 +104,14 @@ impl Resolver<'_> {
                 .cached_input
                 .as_ref()
                 .map(|c| amount(c, "cached_input"));
+            let cache_write = price.cache_write.as_ref().map(|c| amount(c, "cache_write"));
             prices.insert(
                 model.get_ref().clone(),
                 Price {
                     input,
                     output,
                     cached_input,
+                    cache_write,
                 },
             );
         }
@@ -107,13 +138,15 @@ impl Resolver<'_> {
                 continue;
             };
             let tier = &shadow.reference;
-            if !tier.is_local() && !has_price(&tier.model, prices) {
+            if !tier.is_local() && !has_price(tier.priced_as(), prices) {
                 self.issue_at(
                     raw.reference.span().start,
                     &format!("routes.{}.shadow.reference", route.name),
                     &format!(
                         "tier {} calls model {:?}, which has no known price, so the shadow check's daily_budget_usd cannot be held; add [prices.{:?}] with input and output in USD per million tokens",
-                        tier.name, tier.model, tier.model
+                        tier.name,
+                        tier.priced_as(),
+                        tier.priced_as()
                     ),
                 );
             }

@@ -5,21 +5,30 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
 use url::Url;
 
-use super::Secret;
 use super::file::{RawProvider, RawTimeouts, Text};
 use super::proxy::Proxy;
 use super::resolver::Resolver;
+use super::{Api, KeyHeader, Secret};
 
 #[derive(Debug)]
 pub struct Provider {
     pub name: String,
     /// Always ends in `/`, so that `join("chat/completions")` keeps the path prefix (`/v1/`).
     pub base_url: Url,
+    /// The wire format it speaks; OpenAI's unless the file says otherwise.
+    pub api: Api,
+    /// The format's API version (Anthropic's `anthropic-version`), where it has one.
+    pub api_version: Option<String>,
+    /// The header the key travels in.
+    pub auth: KeyHeader,
     pub api_key: Option<Secret>,
     /// The HTTP proxy the provider is reached through, if any.
     pub proxy: Option<Proxy>,
+    /// Its own CA and client certificate, where it has them.
+    pub tls: Option<super::Tls>,
     pub fixed_monthly_usd: Option<f64>,
     pub warmup: bool,
     pub timeouts: Timeouts,
@@ -108,6 +117,15 @@ impl ProbePolicy {
     pub const MAX_DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 }
 
+/// Where a provider of `api` lists its models, under its base URL: `models`, or Azure OpenAI's
+/// `openai/models?api-version=…`.
+pub fn models_path(api: Api, version: Option<&str>) -> String {
+    match api {
+        Api::Azure => format!("openai/models?api-version={}", version.unwrap_or_default()),
+        Api::OpenAi | Api::Anthropic => ProbePolicy::DEFAULT_PATH.to_string(),
+    }
+}
+
 impl Resolver<'_> {
     pub(super) fn providers(
         &mut self,
@@ -150,6 +168,8 @@ impl Resolver<'_> {
                 "must be a number of dollars, 0 or more",
             );
         }
+        let api = raw.api.unwrap_or_default();
+        let api_version = self.api_version(raw, api, &key);
         let base_url = base_url?;
         self.timeouts_may_pass(&raw.timeout, &key);
         let timeouts = Timeouts::DEFAULT.with(&raw.timeout);
@@ -161,13 +181,21 @@ impl Resolver<'_> {
             )
         });
         let breaker = self.breaker(raw, &key);
-        let probe = self.probe(raw, &key, &base_url, &timeouts);
+        let probe = self.probe(raw, &key, &base_url, &timeouts, api_version.as_deref());
         let proxy = self.proxy(raw.proxy.as_ref(), &key, &base_url);
+        let tls = match &raw.tls {
+            Some(tls) => Some(self.tls(tls, &key, raw.base_url.span().start)?),
+            None => None,
+        };
         Some(Provider {
             name: name.get_ref().clone(),
             base_url,
+            api,
+            api_version,
+            auth: raw.auth.unwrap_or(api.default_auth()),
             api_key,
             proxy,
+            tls,
             fixed_monthly_usd: raw.fixed_monthly_usd.as_ref().map(|c| *c.get_ref()),
             warmup: raw.warmup,
             timeouts,
@@ -178,6 +206,35 @@ impl Resolver<'_> {
             breaker,
             probe,
         })
+    }
+
+    /// The API version a provider is called with: its own, else its format's; refused on a format
+    /// that has none.
+    fn api_version(&mut self, raw: &RawProvider, api: Api, key: &str) -> Option<String> {
+        let Some(text) = &raw.api_version else {
+            return api.default_version().map(str::to_string);
+        };
+        if api.default_version().is_none() {
+            self.issue_at(
+                text.span().start,
+                &format!("{key}.api_version"),
+                "is only for a provider whose api has versions (\"azure\", \"anthropic\"); leave it out",
+            );
+            return None;
+        }
+        let version = self.string(text, &format!("{key}.api_version"))?;
+        if version.is_empty()
+            || HeaderValue::from_str(&version).is_err()
+            || version.contains(['&', '#', ' '])
+        {
+            self.issue_at(
+                text.span().start,
+                &format!("{key}.api_version"),
+                "must be a version such as \"2023-06-01\"",
+            );
+            return None;
+        }
+        Some(version)
     }
 
     /// Records each timeout of `raw` that no call could meet: 0 ms fails every call (every
@@ -274,14 +331,16 @@ impl Resolver<'_> {
         key: &str,
         base_url: &Url,
         timeouts: &Timeouts,
+        version: Option<&str>,
     ) -> Option<ProbePolicy> {
+        let api = raw.api.unwrap_or_default();
         let raw = &raw.health;
         if raw.enabled == Some(false) {
             return None;
         }
         let path = match &raw.path {
             Some(path) => self.string(path, &format!("{key}.health.path"))?,
-            None => ProbePolicy::DEFAULT_PATH.to_string(),
+            None => models_path(api, version),
         };
         let Ok(url) = base_url.join(&path) else {
             let span = raw.path.as_ref().map_or(0, |p| p.span().start);

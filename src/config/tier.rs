@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::Api;
 use super::file::{RawTier, Text};
 use super::known::{Abilities, known_model};
 use super::provider::{Provider, Timeouts};
@@ -14,6 +15,10 @@ pub struct Tier {
     pub name: String,
     pub provider: Arc<Provider>,
     pub model: String,
+    /// Azure OpenAI's deployment that serves the model; `None` on any other provider.
+    pub deployment: Option<String>,
+    /// The model the tier is priced as and known by, where `model` names something else.
+    pub base_model: Option<String>,
     /// Sent where the client gave neither `max_tokens` nor `max_completion_tokens`.
     pub max_tokens: Option<u32>,
     /// Sent where the client gave no `temperature`.
@@ -29,6 +34,12 @@ pub struct Tier {
 }
 
 impl Tier {
+    /// The model its calls are priced as and its built-in facts are read for: its `base_model`,
+    /// else its `model`; never an Azure deployment's name.
+    pub fn priced_as(&self) -> &str {
+        self.base_model.as_deref().unwrap_or(&self.model)
+    }
+
     /// A tier is local when its provider is paid for as a fixed monthly cost rather than per token.
     pub fn is_local(&self) -> bool {
         self.provider.fixed_monthly_usd.is_some()
@@ -36,6 +47,52 @@ impl Tier {
 }
 
 impl Resolver<'_> {
+    /// An Azure tier's deployment, which it must name; refused on any other provider.
+    fn deployment(&mut self, raw: &RawTier, provider: &Provider, key: &str) -> Option<String> {
+        let key = format!("{key}.deployment");
+        match (&raw.deployment, provider.api) {
+            (None, Api::Azure) => {
+                self.issue_at(
+                    raw.provider.span().start,
+                    &key,
+                    &format!(
+                        "is required: provider {} is Azure OpenAI, which serves a model through a deployment; name the deployment, e.g. deployment = \"gpt-4o-prod\"",
+                        provider.name
+                    ),
+                );
+                None
+            }
+            (None, _) => None,
+            (Some(text), Api::Azure) => {
+                let name = self.string(text, &key)?;
+                let valid = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+                if !valid {
+                    self.issue_at(
+                        text.span().start,
+                        &key,
+                        "must be a deployment name: letters, digits, '-', '_' and '.'",
+                    );
+                    return None;
+                }
+                Some(name)
+            }
+            (Some(text), _) => {
+                self.issue_at(
+                    text.span().start,
+                    &key,
+                    &format!(
+                        "is only for a tier on an Azure OpenAI provider (api = \"azure\"); provider {} is not one",
+                        provider.name
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     pub(super) fn tiers(
         &mut self,
         raw: &BTreeMap<Text, RawTier>,
@@ -93,15 +150,22 @@ impl Resolver<'_> {
             );
         }
         self.timeouts_may_pass(&raw.timeout, &key);
+        let base_model = raw
+            .base_model
+            .as_ref()
+            .and_then(|text| self.string(text, &format!("{key}.base_model")));
         let provider = provider?;
+        let deployment = self.deployment(raw, &provider, &key);
         let model = model?;
-        // What the config leaves unsaid about an OpenAI model, its built-in facts say.
-        let known = known_model(&model);
+        // What the config leaves unsaid about a known model, its built-in facts say.
+        let known = known_model(base_model.as_deref().unwrap_or(&model));
         let can = known.map_or(Abilities::ALL, |known| known.abilities);
         Some(Tier {
             name: name.get_ref().clone(),
             timeouts: provider.timeouts.with(&raw.timeout),
             provider,
+            deployment,
+            base_model,
             max_tokens: raw.max_tokens,
             temperature: raw.temperature.as_ref().map(|t| *t.get_ref()),
             context_tokens: raw

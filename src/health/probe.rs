@@ -2,8 +2,9 @@
 //! answers (`GET {base_url}/models` unless configured otherwise), so that a dead local server is
 //! skipped before a user meets it and a recovered one is used again without waiting for traffic.
 //! Providers with `warmup = true` get one tiny call per tier at start-up and after each recovery, so
-//! that the model is loaded before traffic depends on it. A tier the server refuses (a 4xx) is
-//! that tier's problem, logged, not its provider's outage: the provider's other tiers still serve.
+//! that the model is loaded before traffic depends on it. A tier the server refuses (a 4xx, or a
+//! 501 for an endpoint it does not serve) is that tier's problem, logged, not its provider's
+//! outage: the provider's other tiers still serve.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -90,7 +91,7 @@ fn warmup_body(endpoint: Endpoint, tier: &Tier) -> Vec<u8> {
 }
 
 /// Warms every tier up. The provider's own failure (down, timing out, 5xx) is returned: it is not
-/// ready. A tier it refuses with a 4xx stays cold and is logged; its calls meet the same refusal
+/// ready. A tier it refuses with a 4xx or a 501 stays cold and is logged; its calls meet the same refusal
 /// and fall back, while the provider's other tiers serve.
 async fn warm_up(upstreams: &Upstreams, warmups: &[Warmup]) -> Result<(), UpstreamError> {
     for warmup in warmups {
@@ -120,9 +121,11 @@ async fn warm_up(upstreams: &Upstreams, warmups: &[Warmup]) -> Result<(), Upstre
     Ok(())
 }
 
-/// A 4xx: the server is up and answered, about this tier's model or endpoint.
+/// A 4xx, or a 501 (an endpoint the server does not serve): the server is up and answered,
+/// about this tier's model or endpoint.
 fn refused_by_server(err: &UpstreamError) -> bool {
-    matches!(err.kind, UpstreamErrorKind::Status(status) if status.is_client_error())
+    err.is_not_served()
+        || matches!(err.kind, UpstreamErrorKind::Status(status) if status.is_client_error())
 }
 
 /// The context windows a model listing gives, as vLLM's `/v1/models` does (`max_model_len`); the

@@ -36,11 +36,12 @@ impl Pricing {
         config
             .tiers
             .iter()
-            .filter(|tier| !tier.is_local() && self.table.get(&tier.model).is_none())
+            .filter(|tier| !tier.is_local() && self.table.get(tier.priced_as()).is_none())
             .map(|tier| {
+                let model = tier.priced_as();
                 format!(
-                    "tier {} uses model {:?}, which has no known price: its calls are recorded with cost null; add [prices.{:?}] (or fixed_monthly_usd on provider {} if it is not billed per token)",
-                    tier.name, tier.model, tier.model, tier.provider.name
+                    "tier {} uses model {model:?}, which has no known price: its calls are recorded with cost null; add [prices.{model:?}] (or fixed_monthly_usd on provider {} if it is not billed per token)",
+                    tier.name, tier.provider.name
                 )
             })
             .collect()
@@ -60,8 +61,8 @@ impl Pricing {
         if tier.is_local() {
             return Some(Picodollars(0));
         }
-        let price = self.table.get(&tier.model)?;
-        Some(price.cost(tokens.input, tokens.cached, tokens.output))
+        let price = self.table.get(tier.priced_as())?;
+        Some(price.cost_of(tokens))
     }
 }
 
@@ -110,35 +111,51 @@ impl fmt::Display for Picodollars {
     }
 }
 
-/// Picodollars per token for input, cached input and output.
+/// Picodollars per token for input, cached input, input written to the cache, and output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenPrice {
     pub input: i64,
     pub cached_input: i64,
+    pub cache_write: i64,
     pub output: i64,
 }
 
 impl TokenPrice {
-    /// From USD per million tokens; cached input costs as much as input where no price is given.
+    /// From USD per million tokens; cached input and cache writes cost as much as input where no
+    /// price is given.
     pub fn from_per_million(price: &Price) -> TokenPrice {
         // USD per million tokens × 10¹² pUSD/USD ÷ 10⁶ tokens = price × 10⁶ pUSD per token.
         let per_token = |usd: f64| (usd * 1_000_000.0).round() as i64;
         TokenPrice {
             input: per_token(price.input),
             cached_input: per_token(price.cached_input.unwrap_or(price.input)),
+            cache_write: per_token(price.cache_write.unwrap_or(price.input)),
             output: per_token(price.output),
         }
     }
 
-    /// The cost of one call: cached input at its own price, the rest of the input at the input
-    /// price, and the output.
+    /// The cost of a call that wrote nothing to a prompt cache (see [`TokenPrice::cost_of`]).
     pub fn cost(&self, input: u64, cached: u64, output: u64) -> Picodollars {
-        let cached = cached.min(input);
-        let fresh = input - cached;
+        self.cost_of(&Tokens {
+            input,
+            cached,
+            cache_write: 0,
+            output,
+            estimated: false,
+        })
+    }
+
+    /// The cost of one call: input read from the cache and input written to it each at its own
+    /// price, the rest of the input at the input price, and the output.
+    pub fn cost_of(&self, tokens: &Tokens) -> Picodollars {
+        let cached = tokens.cached.min(tokens.input);
+        let written = tokens.cache_write.min(tokens.input - cached);
+        let fresh = tokens.input - cached - written;
         // Wide enough for any u64 count at any i64 price; beyond i64 is beyond any real bill.
         let cost = i128::from(fresh) * i128::from(self.input)
             + i128::from(cached) * i128::from(self.cached_input)
-            + i128::from(output) * i128::from(self.output);
+            + i128::from(written) * i128::from(self.cache_write)
+            + i128::from(tokens.output) * i128::from(self.output);
         Picodollars::saturating(cost)
     }
 }
@@ -153,11 +170,12 @@ impl PriceTable {
     pub fn new<'a>(overrides: impl IntoIterator<Item = (&'a String, &'a Price)>) -> PriceTable {
         let mut prices: HashMap<String, TokenPrice> = crate::config::BUILT_IN_PRICES
             .iter()
-            .map(|&(model, input, cached_input, output)| {
+            .map(|&(model, input, cached_input, cache_write, output)| {
                 let price = Price {
                     input,
                     output,
                     cached_input,
+                    cache_write,
                 };
                 (model.to_string(), TokenPrice::from_per_million(&price))
             })
@@ -210,6 +228,7 @@ tiers = ["local", "mini", "odd"]
         let tokens = Tokens {
             input: 1000,
             cached: 0,
+            cache_write: 0,
             output: 100,
             estimated: false,
         };
@@ -285,6 +304,7 @@ tiers = ["local", "mini", "odd"]
             input: 0.0375,
             output: 0.075,
             cached_input: None,
+            cache_write: None,
         };
         let model = "gpt-4o".to_string();
         let table = PriceTable::new([(&model, &custom)]);

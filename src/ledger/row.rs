@@ -136,6 +136,10 @@ ledger_row! {
         /// `server.api_keys` list and on an open gateway.
         #[serde(rename = "key", skip_serializing_if = "Option::is_none")]
         pub key_name: Option<String>,
+        /// Input written to the provider's prompt cache (counted in `tokens_in`, as cache reads
+        /// are), priced at its own price. Last, as the migration that added it put it.
+        #[serde(skip)]
+        pub tokens_cache_write: u64,
     }
 }
 
@@ -198,6 +202,7 @@ impl RequestRow {
             candidate: None,
             agreement_ppm: None,
             key_name: None,
+            tokens_cache_write: 0,
         }
     }
 }

@@ -339,9 +339,9 @@ fn batch(line: &[u8]) -> Result<(Vec<RequestRow>, Vec<AttemptRow>), Torn> {
     parse(text).ok_or(Torn::Cut("not a whole batch"))
 }
 
-/// A request row as spooled by any version: one spooled before the quality columns or the key's
-/// name were added (an upgrade with records still in the spool) gets the values their migrations
-/// give old rows.
+/// A request row as spooled by any version: one spooled before the quality columns, the key's
+/// name or the cache writes were added (an upgrade with records still in the spool) gets the
+/// values their migrations give old rows.
 fn with_added_columns(row: &[Value]) -> Vec<Value> {
     let added = [
         Value::String("product".into()),
@@ -349,6 +349,7 @@ fn with_added_columns(row: &[Value]) -> Vec<Value> {
         Value::Null,
         Value::Null,
         Value::Null,
+        Value::from(0),
     ];
     let mut row = row.to_vec();
     let first_added = RequestRow::COLUMNS.len() - added.len();
@@ -387,8 +388,8 @@ mod tests {
         let serde_json::Value::Array(mut values) = row.to_json() else {
             panic!("a row is an array");
         };
-        // Before `key_name`, then before the quality columns too.
-        for missing in [1, 5] {
+        // Before the cache writes, before `key_name` too, then before the quality columns too.
+        for missing in [1, 2, 6] {
             values.truncate(RequestRow::COLUMNS.len() - missing);
             let old =
                 serde_json::json!({ "requests": [values.clone()], "attempts": [] }).to_string();
@@ -396,7 +397,7 @@ mod tests {
             assert_eq!((requests, attempts.len()), (vec![row.clone()], 0));
         }
 
-        values.truncate(RequestRow::COLUMNS.len() - 6);
+        values.truncate(RequestRow::COLUMNS.len() - 7);
         let older = serde_json::json!({ "requests": [values], "attempts": [] }).to_string();
         assert!(parse(&older).is_none());
     }

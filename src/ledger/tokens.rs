@@ -12,8 +12,12 @@ use crate::openai::{Endpoint, Usage};
 /// Token counts of one answered request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tokens {
+    /// Every input token, cache reads and writes included.
     pub input: u64,
+    /// Input read from the provider's prompt cache.
     pub cached: u64,
+    /// Input written to the provider's prompt cache.
+    pub cache_write: u64,
     pub output: u64,
     /// Counted by tierwise's tokenizer because the upstream reported no usage.
     pub estimated: bool,
@@ -30,6 +34,7 @@ impl From<Usage> for Tokens {
         let counts = [
             usage.prompt_tokens,
             usage.cached_tokens,
+            usage.cache_write_tokens,
             usage.completion_tokens,
         ];
         let implausible = counts.iter().any(|&n| n > MAX_PLAUSIBLE_TOKENS);
@@ -44,6 +49,7 @@ impl From<Usage> for Tokens {
         Tokens {
             input: clamp(usage.prompt_tokens),
             cached: clamp(usage.cached_tokens),
+            cache_write: clamp(usage.cache_write_tokens),
             output: clamp(usage.completion_tokens),
             estimated: implausible,
         }
@@ -60,6 +66,7 @@ mod tests {
             prompt_tokens: 10,
             completion_tokens: 10_000_000_000_000,
             cached_tokens: 0,
+            cache_write_tokens: 0,
         };
         let tokens = Tokens::from(usage);
         assert_eq!((tokens.input, tokens.output), (10, MAX_PLAUSIBLE_TOKENS));
@@ -97,6 +104,7 @@ impl Uncounted {
         Tokens {
             input: (spec.count_prompt)(&self.model, &self.request),
             cached: 0,
+            cache_write: 0,
             output: match &self.answer {
                 Answer::Text(texts) => texts
                     .iter()

@@ -308,6 +308,7 @@ impl Budgets {
         let tokens = Tokens {
             input: prompt,
             cached: 0,
+            cache_write: 0,
             output: answer,
             estimated: false,
         };

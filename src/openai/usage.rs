@@ -8,9 +8,14 @@ use serde_json::value::RawValue;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Every input token, those read from and written to a prompt cache included.
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Input read from the provider's prompt cache (OpenAI's `cached_tokens`).
     pub cached_tokens: u64,
+    /// Input written to the provider's prompt cache, which Anthropic bills above the input price:
+    /// `prompt_tokens_details.cache_write_tokens`, as OpenAI's own SDK names it.
+    pub cache_write_tokens: u64,
 }
 
 impl Usage {
@@ -25,7 +30,12 @@ impl Usage {
             completion_tokens: wire.completion_tokens.unwrap_or(0),
             cached_tokens: wire
                 .prompt_tokens_details
+                .as_ref()
                 .and_then(|details| details.cached_tokens)
+                .unwrap_or(0),
+            cache_write_tokens: wire
+                .prompt_tokens_details
+                .and_then(|details| details.cache_write_tokens)
                 .unwrap_or(0),
         })
     }
@@ -56,6 +66,8 @@ struct WireUsage {
 struct Details {
     #[serde(default, deserialize_with = "count")]
     cached_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "count")]
+    cache_write_tokens: Option<u64>,
 }
 
 /// A token count: a non-negative integer, or nothing (null, a string, a negative or fractional
@@ -86,7 +98,8 @@ mod tests {
             Some(Usage {
                 prompt_tokens: 10,
                 completion_tokens: 2,
-                cached_tokens: 4
+                cached_tokens: 4,
+                cache_write_tokens: 0,
             })
         );
         let vllm_null_details =

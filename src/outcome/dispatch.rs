@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 
-use super::Outcome;
+use super::{Outcome, Queue};
 use crate::ledger::{
     AttemptRow, LedgerHealth, LedgerWriter, Pricing, ReplayError, RequestRow, Spool,
 };
@@ -53,8 +53,9 @@ impl Dispatcher {
         health: Arc<LedgerHealth>,
         queue: usize,
         pricing: Arc<Pricing>,
-    ) -> (mpsc::Sender<Outcome>, Dispatcher) {
+    ) -> (Queue, Dispatcher) {
         let (sender, receiver) = mpsc::channel(queue);
+        let (late, late_receiver) = mpsc::unbounded_channel();
         let (close, closed) = oneshot::channel();
         let sink = Sink {
             writer,
@@ -62,8 +63,12 @@ impl Dispatcher {
             health,
         };
         sink.publish();
-        let task = tokio::spawn(run(sink, receiver, closed, pricing));
-        (sender, Dispatcher { task, close })
+        let queues = Queues {
+            receiver,
+            late: late_receiver,
+        };
+        let task = tokio::spawn(run(sink, queues, closed, pricing));
+        (Queue { sender, late }, Dispatcher { task, close })
     }
 
     /// Stops taking outcomes, writes everything queued, and returns once it is stored (or after
@@ -81,9 +86,15 @@ impl Dispatcher {
     }
 }
 
+/// The queue and the late queue beside it (see [`Queue`]).
+struct Queues {
+    receiver: mpsc::Receiver<Outcome>,
+    late: mpsc::UnboundedReceiver<Outcome>,
+}
+
 async fn run(
     mut sink: Sink,
-    mut receiver: mpsc::Receiver<Outcome>,
+    mut queues: Queues,
     mut closed: oneshot::Receiver<()>,
     pricing: Arc<Pricing>,
 ) {
@@ -92,14 +103,19 @@ async fn run(
     let mut next_retry = Instant::now();
     loop {
         let first = if closing {
-            receiver.recv().await
+            // Every serving thread has stopped: what is on the late queue is all there will be.
+            match queues.receiver.recv().await {
+                Some(outcome) => Some(outcome),
+                None => queues.late.try_recv().ok(),
+            }
         } else {
             tokio::select! {
-                outcome = receiver.recv() => outcome,
+                outcome = queues.receiver.recv() => outcome,
+                Some(outcome) = queues.late.recv() => Some(outcome),
                 _ = &mut closed => {
                     closing = true;
                     // Refuse new outcomes; the ones already queued are still received.
-                    receiver.close();
+                    queues.receiver.close();
                     continue;
                 }
                 _ = tokio::time::sleep_until(next_retry), if sink.degraded() => {
@@ -111,12 +127,12 @@ async fn run(
         };
         let Some(first) = first else { break };
         batch.push(first);
-        drain(&mut receiver, &mut batch);
+        drain(&mut queues, &mut batch);
         if !closing && batch.len() < MAX_BATCH {
             tokio::time::sleep(LINGER).await;
-            drain(&mut receiver, &mut batch);
+            drain(&mut queues, &mut batch);
         }
-        crate::metrics::ledger_queue_depth(receiver.len());
+        crate::metrics::ledger_queue_depth(queues.receiver.len());
         if batch.iter().any(|outcome| outcome.to_count.is_some()) {
             batch = count_tokens(batch, pricing.clone()).await;
         }
@@ -241,9 +257,15 @@ impl Sink {
 }
 
 /// Moves whatever is queued into `batch`, up to `MAX_BATCH`, without waiting.
-fn drain(receiver: &mut mpsc::Receiver<Outcome>, batch: &mut Vec<Outcome>) {
+fn drain(queues: &mut Queues, batch: &mut Vec<Outcome>) {
     while batch.len() < MAX_BATCH {
-        match receiver.try_recv() {
+        match queues.late.try_recv() {
+            Ok(outcome) => batch.push(outcome),
+            Err(_) => break,
+        }
+    }
+    while batch.len() < MAX_BATCH {
+        match queues.receiver.try_recv() {
             Ok(outcome) => batch.push(outcome),
             Err(_) => break,
         }

@@ -96,11 +96,39 @@ impl Outcome {
     }
 }
 
+/// Where finished requests go to the ledger writer. Most wait for room in the bounded queue
+/// (backpressure); a record that cannot wait — its request dropped by a client that left, or cut
+/// off at the end of the shutdown grace, while the queue is full — goes on `late`, which the
+/// writer drains with every batch and before it stops. It is unbounded, but only requests that
+/// were in flight can land there, so it holds at most the connections the gateway admits.
+pub struct Queue {
+    pub sender: mpsc::Sender<Outcome>,
+    pub late: mpsc::UnboundedSender<Outcome>,
+}
+
+thread_local! {
+    /// This serving thread was stopped at the end of the shutdown grace: what is dropped on it now
+    /// was cut off, not left by its client.
+    static CUTTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this serving thread as cutting off what still runs on it (the grace has ended).
+pub fn cutting_off_this_thread() {
+    CUTTING.set(true);
+}
+
+/// Whether a request dropped on this thread now is being cut off at shutdown.
+pub fn cut_off() -> bool {
+    CUTTING.get()
+}
+
 /// The request path's handle: cheap to clone, never touches the database.
 #[derive(Clone)]
 pub struct Outcomes {
     /// The queue to the ledger and the metrics.
     sender: mpsc::Sender<Outcome>,
+    /// Beside it, for a record that cannot wait for room in `sender` (see [`Queue`]).
+    late: mpsc::UnboundedSender<Outcome>,
     pricing: Arc<Pricing>,
     store_content: bool,
     /// Who is handed each finished request before it is queued, in order.
@@ -109,9 +137,10 @@ pub struct Outcomes {
 
 impl Outcomes {
     /// Finished requests go to the limits' [`Settlement`], then to `sender`.
-    pub fn new(sender: mpsc::Sender<Outcome>, pricing: Arc<Pricing>, store_content: bool) -> Self {
+    pub fn new(queue: Queue, pricing: Arc<Pricing>, store_content: bool) -> Self {
         Outcomes {
-            sender,
+            sender: queue.sender,
+            late: queue.late,
             pricing,
             store_content,
             consumers: Arc::new([Arc::new(Settlement) as Arc<dyn Consumer>]),
@@ -447,7 +476,7 @@ impl Drop for Exchange {
             return;
         }
         let mut request = self.row(self.elapsed_us());
-        let (status, kind) = if std::thread::panicking() {
+        let (status, kind) = if std::thread::panicking() && !cut_off() {
             (500, GATEWAY_FAILED)
         } else {
             (499, CUT_AT_SHUTDOWN)
@@ -508,36 +537,58 @@ impl Ended {
     }
 
     /// Hands the request to its consumers and queues the outcome; waits only while the queue is
-    /// full (backpressure).
+    /// full (backpressure). Dropped while it waits (its serving thread cut off at shutdown), it
+    /// puts the outcome on the late queue rather than lose it.
     pub async fn deliver(mut self) {
         self.hand_to_consumers();
-        if self.outcomes.sender.send(self.outcome).await.is_err() {
-            tracing::error!("the ledger writer has stopped; a request record was lost");
+        let mut unsent = Unsent {
+            outcome: Some(self.outcome),
+            late: &self.outcomes.late,
+        };
+        match self.outcomes.sender.reserve().await {
+            Ok(permit) => {
+                if let Some(outcome) = unsent.outcome.take() {
+                    permit.send(outcome);
+                }
+            }
+            Err(_) => {
+                unsent.outcome = None;
+                tracing::error!("the ledger writer has stopped; a request record was lost");
+            }
         }
     }
 
-    /// The same from code that cannot wait (a stream dropped by its client).
+    /// The same from code that cannot wait (a stream dropped by its client, a request cut off).
     pub fn deliver_detached(mut self) {
         self.hand_to_consumers();
-        let Err(mpsc::error::TrySendError::Full(outcome)) =
-            self.outcomes.sender.try_send(self.outcome)
-        else {
-            return;
-        };
-        // A full queue: wait for room on a task, if a runtime is still there to run one.
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                let sender = self.outcomes.sender.clone();
-                runtime.spawn(async move {
-                    if sender.send(outcome).await.is_err() {
-                        tracing::error!("the ledger writer has stopped; a request record was lost");
-                    }
-                });
+        match self.outcomes.sender.try_send(self.outcome) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(outcome)) => {
+                if self.outcomes.late.send(outcome).is_err() {
+                    tracing::error!("the ledger writer has stopped; a request record was lost");
+                }
             }
-            Err(_) => tracing::error!(
+            Err(mpsc::error::TrySendError::Closed(outcome)) => tracing::error!(
                 request_id = %outcome.request.id,
-                "the ledger queue is full and the runtime is stopping; a request record was lost"
+                "the ledger writer has stopped; a request record was lost"
             ),
+        }
+    }
+}
+
+/// An outcome on its way into the queue: if the wait for room is dropped, it goes on the late
+/// queue instead of being lost.
+struct Unsent<'a> {
+    outcome: Option<Outcome>,
+    late: &'a mpsc::UnboundedSender<Outcome>,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        if let Some(outcome) = self.outcome.take()
+            && self.late.send(outcome).is_err()
+        {
+            tracing::error!("the ledger writer has stopped; a request record was lost");
         }
     }
 }
@@ -564,6 +615,7 @@ fn served(request: &mut RequestRow, by: &ServedBy) {
 fn set_tokens(request: &mut RequestRow, tokens: Tokens, priced: Priced) {
     request.tokens_in = tokens.input;
     request.tokens_cached = tokens.cached;
+    request.tokens_cache_write = tokens.cache_write;
     request.tokens_out = tokens.output;
     request.tokens_estimated = tokens.estimated;
     request.cost_pusd = priced.cost;
@@ -607,9 +659,65 @@ mod tests {
     }
 
     fn outcomes() -> (Outcomes, mpsc::Receiver<Outcome>) {
-        let (sender, receiver) = mpsc::channel(4);
+        let (outcomes, receiver, _) = queued(4);
+        (outcomes, receiver)
+    }
+
+    fn queued(
+        capacity: usize,
+    ) -> (
+        Outcomes,
+        mpsc::Receiver<Outcome>,
+        mpsc::UnboundedReceiver<Outcome>,
+    ) {
+        let (sender, receiver) = mpsc::channel(capacity);
+        let (late, late_receiver) = mpsc::unbounded_channel();
         let pricing = Arc::new(Pricing::new(&config()));
-        (Outcomes::new(sender, pricing, false), receiver)
+        let outcomes = Outcomes::new(Queue { sender, late }, pricing, false);
+        (outcomes, receiver, late_receiver)
+    }
+
+    fn start_as(id: &str) -> Start {
+        Start {
+            id: id.into(),
+            ..start()
+        }
+    }
+
+    fn refused(exchange: Exchange) -> Ended {
+        exchange.end(Ending::Refused {
+            status: 429,
+            reason: "rate_limit_exceeded",
+        })
+    }
+
+    #[test]
+    fn a_record_that_cannot_wait_for_room_in_a_full_queue_is_not_lost() {
+        let (outcomes, mut queue, mut late) = queued(1);
+        refused(outcomes.begin(start_as("fills-the-queue"))).deliver_detached();
+        // Cut off (or left by its client) while the queue is full.
+        drop(outcomes.begin(start_as("cut")));
+        refused(outcomes.begin(start_as("left"))).deliver_detached();
+        assert_eq!(queue.try_recv().unwrap().request.id, "fills-the-queue");
+        let late: Vec<String> = std::iter::from_fn(|| late.try_recv().ok())
+            .map(|outcome| outcome.request.id)
+            .collect();
+        assert_eq!(late, ["cut", "left"]);
+    }
+
+    #[test]
+    fn a_delivery_dropped_while_it_waits_for_room_keeps_its_record() {
+        use futures_util::FutureExt;
+        let (outcomes, _queue, mut late) = queued(1);
+        refused(outcomes.begin(start_as("fills-the-queue"))).deliver_detached();
+        let mut waiting = Box::pin(refused(outcomes.begin(start_as("waiting"))).deliver());
+        assert!(
+            waiting.as_mut().now_or_never().is_none(),
+            "the queue is full"
+        );
+        // Its serving thread is cut off at shutdown: the wait is dropped.
+        drop(waiting);
+        assert_eq!(late.try_recv().unwrap().request.id, "waiting");
     }
 
     fn start() -> Start {

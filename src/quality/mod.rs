@@ -52,6 +52,7 @@ pub(crate) fn check_row(
 pub(crate) fn set_answered(row: &mut RequestRow, tokens: &Tokens, priced: &Priced) {
     row.tokens_in = tokens.input;
     row.tokens_cached = tokens.cached;
+    row.tokens_cache_write = tokens.cache_write;
     row.tokens_out = tokens.output;
     row.tokens_estimated = tokens.estimated;
     row.cost_pusd = priced.cost;

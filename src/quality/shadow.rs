@@ -306,6 +306,7 @@ fn worst_cost(
     let tokens = Tokens {
         input: prompt_bytes as u64,
         cached: 0,
+        cache_write: 0,
         output: max_tokens,
         estimated: false,
     };

@@ -181,6 +181,7 @@ impl Workload {
                 let usage = Tokens {
                     input: task.input_tokens,
                     cached: 0,
+                    cache_write: 0,
                     output: task.output_tokens,
                     estimated: false,
                 };

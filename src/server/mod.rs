@@ -239,14 +239,14 @@ impl Gateway {
                 "an earlier run left records in the ledger's spool; they are written now"
             );
         }
-        let (sender, dispatcher) = Dispatcher::spawn(
+        let (queue, dispatcher) = Dispatcher::spawn(
             writer,
             spool,
             ledger_health.clone(),
             config.ledger.queue,
             pricing.clone(),
         );
-        let mut outcomes = Outcomes::new(sender, pricing.clone(), config.ledger.store_content);
+        let mut outcomes = Outcomes::new(queue, pricing.clone(), config.ledger.store_content);
         let watches = Arc::new(Watches::load(&config, &store).await?);
         let samples = watches.all().next().is_some().then(|| {
             let (samples, queued) = mpsc::channel(shadow::QUEUE);

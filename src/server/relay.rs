@@ -368,6 +368,10 @@ impl Drop for SseRelay {
     fn drop(&mut self) {
         let (status, error_kind) = match std::mem::replace(&mut self.phase, Phase::Closed) {
             Phase::Closed => return,
+            // Cut off at the end of the shutdown grace: record what was relayed, and why it ended.
+            Phase::Relaying if crate::outcome::cut_off() => {
+                (499, Some(crate::outcome::CUT_AT_SHUTDOWN.to_string()))
+            }
             // The client went away mid-stream (499 in nginx's words): record what was relayed.
             Phase::Relaying => (499, Some(CLIENT_CLOSED.to_string())),
             // The stream had ended; the client left before asking for the end of the body.

@@ -138,6 +138,8 @@ fn serve_thread(
         tokio::select! {
             () = served => {}
             _ = killed => {
+                // What the runtime drops from here on is cut off: its records say so.
+                crate::outcome::cutting_off_this_thread();
                 let cut = detached.running();
                 if cut > 0 {
                     tracing::warn!(

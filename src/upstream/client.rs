@@ -10,6 +10,7 @@
 //! `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY` (resolved with the configuration, see
 //! `config::proxy`; a proxied provider is reached through a CONNECT tunnel).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
@@ -17,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, USER_AGENT};
+use http::header::{ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT};
 use http::{Method, Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -28,8 +29,9 @@ use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use super::wire::Wire;
 use super::{UpstreamError, UpstreamErrorKind};
-use crate::config::Provider;
+use crate::config::{Provider, Tier};
 use crate::openai::Endpoint;
 
 /// How long an idle pooled connection is kept, as reqwest kept it.
@@ -57,36 +59,59 @@ static TLS: LazyLock<Result<rustls::ClientConfig, String>> = LazyLock::new(|| {
 
 pub(super) struct ProviderClient {
     http: Client<Connector, Full<Bytes>>,
-    /// `Bearer <key>`, marked sensitive so that no debug output shows it.
-    auth: Option<HeaderValue>,
-    /// The endpoint URLs in [`Endpoint::ALL`] order, parsed once rather than on every request.
-    urls: Vec<Uri>,
+    /// The provider's wire format.
+    pub(super) wire: Wire,
+    /// The headers every call carries (the key, marked sensitive so that no debug output shows
+    /// it), built once.
+    headers: Vec<(HeaderName, HeaderValue)>,
+    /// The endpoint URLs in [`Endpoint::ALL`] order, parsed once rather than on every request;
+    /// `None` for an endpoint the provider's format does not serve.
+    urls: Vec<Option<Uri>>,
+    /// Azure OpenAI's: each deployment's endpoint URLs, in the same order.
+    deployments: HashMap<String, Vec<Option<Uri>>>,
 }
 
 impl ProviderClient {
-    pub(super) fn new(provider: &Provider) -> Result<ProviderClient, UpstreamError> {
-        let auth = provider.api_key.as_ref().map(|key| {
-            let mut value = HeaderValue::try_from(format!("Bearer {}", key.expose()))
-                .expect("configuration admits only header-safe keys");
-            value.set_sensitive(true);
-            value
-        });
-        let urls = Endpoint::ALL
-            .iter()
-            .map(|endpoint| uri(&provider.base_url, endpoint.path()))
-            .collect::<Result<_, _>>()?;
+    /// The client of `provider`, which serves the Azure `deployments` its tiers name.
+    pub(super) fn new<'a>(
+        provider: &Provider,
+        deployments: impl Iterator<Item = &'a str>,
+    ) -> Result<ProviderClient, UpstreamError> {
+        let wire = Wire::new(provider);
+        let headers = wire.headers(provider);
+        let urls = wire.urls(provider)?;
+        let deployments = deployments
+            .map(|name| Ok((name.to_string(), wire.deployment_urls(provider, name)?)))
+            .collect::<Result<_, UpstreamError>>()?;
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .build(Connector::new(provider)?);
-        Ok(ProviderClient { http, auth, urls })
+        Ok(ProviderClient {
+            http,
+            wire,
+            headers,
+            urls,
+            deployments,
+        })
+    }
+
+    /// The URL of one of the provider's endpoints for `tier`, where its format serves it.
+    pub(super) fn url(&self, endpoint: Endpoint, tier: &Tier) -> Option<&Uri> {
+        let urls = match &tier.deployment {
+            Some(deployment) => self.deployments.get(deployment)?,
+            None => &self.urls,
+        };
+        urls[endpoint as usize].as_ref()
     }
 
     /// `POST`s a JSON body to one of the provider's endpoints.
-    pub(super) fn post(&self, endpoint: Endpoint, body: Vec<u8>) -> Call {
-        let uri = self.urls[endpoint as usize].clone();
-        Call(self.http.request(self.request(Method::POST, uri, body)))
+    pub(super) fn post(&self, uri: &Uri, body: Vec<u8>) -> Call {
+        Call(
+            self.http
+                .request(self.request(Method::POST, uri.clone(), body)),
+        )
     }
 
     /// `POST`s a JSON body to any URL of the provider (a server's own API beside OpenAI's).
@@ -111,10 +136,54 @@ impl ProviderClient {
         if has_body {
             headers.insert(CONTENT_TYPE, JSON.clone());
         }
-        if let Some(auth) = &self.auth {
-            headers.insert(AUTHORIZATION, auth.clone());
+        for (name, value) in &self.headers {
+            headers.insert(name.clone(), value.clone());
         }
         request
+    }
+}
+
+/// The TLS a provider is called with: the platform's roots, or as its `tls` says — its own CA beside
+/// them (or instead of them) and its client certificate for mutual TLS. Built once per provider,
+/// at start; a certificate and key that cannot be used together fail the start, naming the files.
+fn tls_config(provider: &Provider) -> Result<rustls::ClientConfig, UpstreamError> {
+    let failed = |detail: String| UpstreamError::new_detail(UpstreamErrorKind::Connect, detail);
+    let Some(tls) = &provider.tls else {
+        return TLS.clone().map_err(failed);
+    };
+    let key = format!("providers.{}.tls", provider.name);
+    let crypto = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(crypto.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|err| failed(format!("{key}: TLS could not be set up: {err}")))?;
+    let builder = if tls.system_roots {
+        let verifier =
+            rustls_platform_verifier::Verifier::new_with_extra_roots(tls.roots.clone(), crypto)
+                .map_err(|err| failed(format!("{key}.ca_file cannot be trusted: {err}")))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for root in &tls.roots {
+            roots.add(root.clone()).map_err(|err| {
+                failed(format!(
+                    "{key}.ca_file holds a certificate that is not a CA's: {err}"
+                ))
+            })?;
+        }
+        builder.with_root_certificates(roots)
+    };
+    match &tls.client {
+        None => Ok(builder.with_no_client_auth()),
+        Some(client) => builder
+            .with_client_auth_cert(client.chain.clone(), client.key.clone_key())
+            .map_err(|err| {
+                failed(format!(
+                    "{key}: the client certificate {} and the key {} cannot be used together: {err}",
+                    client.cert_file, client.key_file
+                ))
+            }),
     }
 }
 
@@ -132,7 +201,7 @@ impl Future for Call {
 }
 
 /// `base` joined with `path`, as the `Uri` hyper sends.
-fn uri(base: &url::Url, path: &str) -> Result<Uri, UpstreamError> {
+pub(super) fn uri(base: &url::Url, path: &str) -> Result<Uri, UpstreamError> {
     let joined = base.join(path).map_err(|err| {
         UpstreamError::new_detail(UpstreamErrorKind::Connect, format!("bad URL: {err}"))
     })?;
@@ -171,11 +240,9 @@ impl Connector {
         tcp.set_nodelay(true);
         tcp.set_keepalive(Some(TCP_KEEPALIVE));
         tcp.set_connect_timeout(Some(provider.timeouts.connect));
-        let tls = TLS
-            .as_ref()
-            .map_err(|err| UpstreamError::new_detail(UpstreamErrorKind::Connect, err.clone()))?;
+        let tls = tls_config(provider)?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls.clone())
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2();

@@ -52,6 +52,10 @@ pub enum Lack {
     Tools,
     JsonSchema,
     Vision,
+    /// The tier's wire format has no such endpoint (Anthropic's has no embeddings).
+    Endpoint,
+    /// The tier's wire format cannot carry this parameter of the request.
+    Format(&'static str),
 }
 
 impl Lack {
@@ -61,6 +65,8 @@ impl Lack {
             Lack::Tools => "tools",
             Lack::JsonSchema => "response_format",
             Lack::Vision => "messages",
+            Lack::Endpoint => "model",
+            Lack::Format(param) => param,
         }
     }
 }
@@ -91,6 +97,14 @@ impl UpstreamError {
                 kind: UpstreamErrorKind::ContextTooLong,
                 detail: "answered HTTP 400: the request does not fit the model's context window"
                     .into(),
+                body,
+                retry_after,
+            };
+        }
+        if status == StatusCode::INTERNAL_SERVER_ERROR && says_no_images(&body) {
+            return UpstreamError {
+                kind: UpstreamErrorKind::Lacks(Lack::Vision),
+                detail: "answered HTTP 500: the model does not read images".into(),
                 body,
                 retry_after,
             };
@@ -181,6 +195,8 @@ impl UpstreamError {
             UpstreamErrorKind::Lacks(Lack::Tools) => "no_tools".into(),
             UpstreamErrorKind::Lacks(Lack::JsonSchema) => "no_json_schema".into(),
             UpstreamErrorKind::Lacks(Lack::Vision) => "no_vision".into(),
+            UpstreamErrorKind::Lacks(Lack::Endpoint) => "no_endpoint".into(),
+            UpstreamErrorKind::Lacks(Lack::Format(_)) => "untranslatable".into(),
             UpstreamErrorKind::MalformedJson => "malformed_json".into(),
             UpstreamErrorKind::AnswerTooLarge => "answer_too_large".into(),
             UpstreamErrorKind::StreamBroken => "stream_broken".into(),
@@ -206,10 +222,12 @@ impl UpstreamError {
     }
 
     /// Whether the provider is to blame, so that its breaker hears of it: a retryable failure,
-    /// but not a rate limit (the tier rests instead) nor a request too long for its window.
+    /// but not a rate limit (the tier rests instead), an endpoint the server does not serve, nor
+    /// a request too long for its window.
     pub fn counts_against_provider(&self) -> bool {
         self.is_retryable()
             && !self.is_rate_limit()
+            && !self.is_not_served()
             && !matches!(
                 self.kind,
                 UpstreamErrorKind::ContextTooLong
@@ -231,6 +249,15 @@ impl UpstreamError {
     /// The upstream answered 429.
     pub fn is_rate_limit(&self) -> bool {
         self.kind == UpstreamErrorKind::Status(StatusCode::TOO_MANY_REQUESTS)
+    }
+
+    /// The upstream answered 501: it is up and says it does not serve this endpoint, as
+    /// llama.cpp's server answers embeddings when started without `--embeddings`. Another tier
+    /// may serve it (the request falls back), but the provider has not failed: its breaker would
+    /// otherwise open on one client's requests for an endpoint it was never meant to serve, and
+    /// take its other tiers down with it.
+    pub fn is_not_served(&self) -> bool {
+        self.kind == UpstreamErrorKind::Status(StatusCode::NOT_IMPLEMENTED)
     }
 
     pub fn is_timeout(&self) -> bool {
@@ -284,13 +311,14 @@ pub struct ContextRefusal {
 /// error's message: vLLM's and OpenAI's chat and completion wordings (prompt and completion, or the
 /// messages alone), vLLM's for inputs without a budget and for embeddings, vLLM's newer budget
 /// wording, and llama.cpp's message (its typed fields are read first).
-const CONTEXT_REFUSALS: [&str; 6] = [
+const CONTEXT_REFUSALS: [&str; 7] = [
     r"^This model's maximum context length is (?<window>\d+) tokens[.,] however,? you requested (?<total>\d+) tokens \((?<prompt>\d+) in (?:the messages|your prompt)[,;] (?<completion>\d+) (?:in|for) the completion\)",
     r"^This model's maximum context length is (?<window>\d+) tokens[.,] however,? your messages resulted in (?<prompt>\d+) tokens",
     r"^This model's maximum context length is (?<window>\d+) tokens[.,] however,? your request has (?<prompt>\d+) input tokens",
     r"^This model's maximum context length is (?<window>\d+) tokens[.,] however,? you requested (?<prompt>\d+) tokens in the input",
     r"^'max_tokens' or 'max_completion_tokens' is too large: (?<completion>\d+)\. This model's maximum context length is (?<window>\d+) tokens and your request has (?<prompt>\d+) input tokens",
     r"^request \((?<prompt>\d+) tokens\) exceeds the available context size \((?<window>\d+) tokens\)",
+    r"^prompt is too long: (?<prompt>\d+) tokens > (?<window>\d+) maximum",
 ];
 
 impl ContextRefusal {
@@ -342,13 +370,14 @@ impl ContextRefusal {
 }
 
 /// How servers say a request does not fit the context window, lower-cased: OpenAI's error code,
-/// llama.cpp's error type and messages, vLLM's and OpenAI's message, Ollama's.
-const CONTEXT_TOO_LONG: [&str; 5] = [
+/// llama.cpp's error type and messages, vLLM's and OpenAI's message, Ollama's, Anthropic's.
+const CONTEXT_TOO_LONG: [&str; 6] = [
     "context_length_exceeded",
     "exceed_context_size_error",
     "maximum context length is",
     "exceeds the available context size",
     "input length exceeds the context length",
+    "prompt is too long",
 ];
 
 /// Whether a 400's body says the request was too long for the model; only the start of a body is
@@ -356,6 +385,19 @@ const CONTEXT_TOO_LONG: [&str; 5] = [
 fn says_context_too_long(body: &[u8]) -> bool {
     let head = String::from_utf8_lossy(&body[..body.len().min(2048)]).to_lowercase();
     CONTEXT_TOO_LONG.iter().any(|words| head.contains(words))
+}
+
+/// Whether a 500's body is llama.cpp's server saying its model reads no images (a text model, or
+/// one served without its `--mmproj`): the request's need, like a tier configured `vision =
+/// false`, not the server's failure, so that one client's images cannot open the breaker of a
+/// text model every other client uses. Only the start of the server's own message is read.
+fn says_no_images(body: &[u8]) -> bool {
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    body["error"]["message"]
+        .as_str()
+        .is_some_and(|message| message.starts_with("image input is not supported"))
 }
 
 /// Why a connection could not be made. The connector's own timeout (`connect_ms`) shows as an
@@ -443,8 +485,9 @@ mod tests {
             // vLLM
             r#"{"object": "error", "message": "This model's maximum context length is 8192 tokens. However, you requested 12000 tokens (11000 in the messages, 1000 in the completion). Please reduce the length of the messages or completion.", "type": "BadRequestError", "param": null, "code": 400}"#,
             r#"{"error": {"message": "'max_tokens' or 'max_completion_tokens' is too large: 8000. This model's maximum context length is 4096 tokens and your request has 2778 input tokens (8000 > 4096 - 2778). None", "type": "BadRequestError", "param": null, "code": 400}}"#,
-            // llama.cpp server, newer and older
-            r#"{"error": {"code": 400, "message": "request (4476 tokens) exceeds the available context size (4096 tokens)", "type": "exceed_context_size_error", "n_prompt_tokens": 4476, "n_ctx": 4096}}"#,
+            // llama.cpp server, newer (byte for byte as llama-server of llama-cpp-python 0.3.36
+            // answers, tests/it/llama.rs) and older
+            r#"{"error":{"code":400,"message":"request (4476 tokens) exceeds the available context size (4096 tokens), try increasing it","type":"exceed_context_size_error","n_prompt_tokens":4476,"n_ctx":4096}}"#,
             r#"{"error": {"code": 400, "message": "the request exceeds the available context size, try increasing it", "type": "invalid_request_error"}}"#,
             // Ollama
             r#"{"error": {"message": "the input length exceeds the context length", "type": "api_error", "param": null, "code": null}}"#,
@@ -490,6 +533,43 @@ mod tests {
             server_error.counts_against_provider(),
             "only a 400 is the request's size"
         );
+    }
+
+    /// A 501 is a server that is up saying it does not serve the endpoint (llama.cpp's words, as
+    /// it answers embeddings without `--embeddings`): another tier may, but the provider has not
+    /// failed. Any other 5xx has.
+    #[test]
+    fn an_endpoint_the_server_does_not_serve_falls_back_without_counting_against_it() {
+        use super::UpstreamError;
+        use http::StatusCode;
+        let body = r#"{"error":{"code":501,"message":"This server does not support embeddings. Start it with `--embeddings`","type":"not_supported_error"}}"#;
+        let not_served = UpstreamError::status(StatusCode::NOT_IMPLEMENTED, body.into(), None);
+        assert_eq!(not_served.reason(), "http_501");
+        assert!(not_served.is_retryable() && not_served.is_not_served());
+        assert!(!not_served.counts_against_provider());
+        for status in [
+            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ] {
+            let failed = UpstreamError::status(status, body.into(), None);
+            assert!(!failed.is_not_served() && failed.counts_against_provider());
+        }
+    }
+
+    /// llama.cpp's server answers an image sent to a text model with a 500 in its own words: the
+    /// model lacks vision, as a tier configured `vision = false` does; any other 500 is a failure.
+    #[test]
+    fn a_text_models_refusal_of_images_is_a_lack_not_a_failure() {
+        use super::{Lack, UpstreamError, UpstreamErrorKind};
+        use http::StatusCode;
+        let body = r#"{"error":{"code":500,"message":"image input is not supported - hint: if this is unexpected, you may need to provide the mmproj","type":"server_error"}}"#;
+        let refused = UpstreamError::status(StatusCode::INTERNAL_SERVER_ERROR, body.into(), None);
+        assert_eq!(refused.kind, UpstreamErrorKind::Lacks(Lack::Vision));
+        assert_eq!(refused.reason(), "no_vision");
+        assert!(refused.is_retryable() && !refused.counts_against_provider());
+        let quoted = r#"{"error":{"code":500,"message":"failed: image input is not supported","type":"server_error"}}"#;
+        let failed = UpstreamError::status(StatusCode::INTERNAL_SERVER_ERROR, quoted.into(), None);
+        assert!(failed.counts_against_provider());
     }
 
     /// A server that quotes a client's bad value back (OpenAI's `invalid_value`, vLLM's validation

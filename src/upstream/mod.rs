@@ -1,12 +1,13 @@
 //! Calls to providers: one pooled keep-alive HTTP client per provider (its connect timeout is the
 //! provider's), the provider's key injected and the client's never forwarded, the tier's timeouts
-//! applied, and every failure classified, because the classification decides whether the next tier
-//! is tried.
+//! applied, the provider's wire format spoken ([`wire`]), and every failure classified, because the
+//! classification decides whether the next tier is tried.
 
 mod client;
 mod error;
 mod server_info;
 mod stream;
+mod wire;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -16,10 +17,10 @@ use http::Response;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use crate::config::{Config, ProbePolicy, Provider, Tier};
+use crate::config::{Api, Config, ProbePolicy, Provider, Tier, models_path};
 use crate::openai::{Endpoint, Usage};
 
-use client::ProviderClient;
+use client::{ProviderClient, uri};
 pub use error::{ContextRefusal, Lack, UpstreamError, UpstreamErrorKind};
 pub use stream::{SseEvent, UpstreamStream};
 
@@ -42,7 +43,15 @@ impl Upstreams {
     pub fn new(config: &Config) -> Result<Upstreams, UpstreamError> {
         let mut clients = HashMap::new();
         for provider in &config.providers {
-            clients.insert(provider.name.clone(), ProviderClient::new(provider)?);
+            let deployments = config
+                .tiers
+                .iter()
+                .filter(|tier| tier.provider.name == provider.name)
+                .filter_map(|tier| tier.deployment.as_deref());
+            clients.insert(
+                provider.name.clone(),
+                ProviderClient::new(provider, deployments)?,
+            );
         }
         Ok(Upstreams {
             clients,
@@ -68,7 +77,18 @@ impl Upstreams {
         let provider = &tier.provider;
         let timeouts = tier.timeouts;
         let started = Instant::now();
-        let request = self.client(provider).post(endpoint, body);
+        let client = self.client(provider);
+        let Some(url) = client.url(endpoint, tier) else {
+            return Err(UpstreamError::new_detail(
+                UpstreamErrorKind::Lacks(Lack::Endpoint),
+                format!(
+                    "the provider's API has no {} endpoint",
+                    endpoint.spec().ledger_name
+                ),
+            ));
+        };
+        let body = client.wire.encode(body)?;
+        let request = client.post(url, body);
         // A non-streamed answer's headers come only once the whole answer is generated, so only
         // `total` bounds the wait for them; `first_byte` is the time to a stream's first chunk.
         let head_limit = if stream {
@@ -102,11 +122,12 @@ impl Upstreams {
                 timeouts.idle,
                 deadline,
                 self.max_answer_bytes.min(MAX_EVENT_BYTES),
+                client.wire.events(),
             )
             .await
             .map(Reply::Stream);
         }
-        let retry_after = retry_after(response.headers());
+        let headers = (!status.is_success()).then(|| response.headers().clone());
         let left = timeouts.total.saturating_sub(started.elapsed());
         let read = read_capped(response, self.max_answer_bytes);
         let body = match tokio::time::timeout(left, read).await {
@@ -119,10 +140,10 @@ impl Upstreams {
                 ));
             }
         };
-        if !status.is_success() {
-            return Err(UpstreamError::status(status, body, retry_after));
+        if let Some(headers) = headers {
+            return Err(client.wire.refusal(status, body, &headers));
         }
-        let usage = parse_usage(&body)?;
+        let (body, usage) = client.wire.answer(body)?;
         Ok(Reply::Complete { body, usage })
     }
 
@@ -159,13 +180,17 @@ impl Upstreams {
 
     /// The context window a local server serves `model` with, where it says so outside OpenAI's
     /// API: Ollama's `/api/show`, then llama.cpp's `/props` (see [`server_info`]). `None` when
-    /// neither answers within `limit`.
+    /// neither answers within `limit`, and at once for a provider of another wire format (a
+    /// hosted API, which serves neither).
     pub async fn server_window(
         &self,
         provider: &Provider,
         model: &str,
         limit: Duration,
     ) -> Option<u32> {
+        if provider.api != Api::OpenAi {
+            return None;
+        }
         let client = self.client(provider);
         let root = |path: &str| provider.base_url.join(path).ok();
         let ask = async |request: client::Call| -> Option<Bytes> {
@@ -192,7 +217,8 @@ impl Upstreams {
         server_info::llama_cpp_window(&body)
     }
 
-    /// `GET {base_url}/models`: whether the provider answers, and the models it serves.
+    /// `GET {base_url}/models` (Azure's `openai/models?api-version=…`): whether the provider
+    /// answers, and the models it serves.
     pub async fn list_models(
         &self,
         provider: &Provider,
@@ -200,7 +226,7 @@ impl Upstreams {
         let request = self.client(provider).get(
             &provider
                 .base_url
-                .join("models")
+                .join(&models_path(provider.api, provider.api_version.as_deref()))
                 .expect("a relative path always joins"),
         )?;
         let limit = provider.timeouts.first_byte.min(Duration::from_secs(10));
@@ -304,14 +330,6 @@ fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
     Some(Duration::try_from_secs_f64(secs).map_or(MAX_RETRY_AFTER, |d| d.min(MAX_RETRY_AFTER)))
 }
 
-/// Checks that a successful body is a JSON object and reads its usage. A local server that answers
-/// 200 with a half-written body is a failure of that tier, not an answer; an unreadable usage block
-/// is not (its tokens are counted instead).
-fn parse_usage(body: &[u8]) -> Result<Option<Usage>, UpstreamError> {
-    Usage::of_answer(body)
-        .map_err(|err| UpstreamError::malformed(format!("answer is not valid JSON: {err}")))
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -348,12 +366,6 @@ mod tests {
                     proptest::prop_assert!(wait <= super::MAX_RETRY_AFTER, "{value}");
                 }
             }
-        }
-
-        /// Any bytes as an answer body: an error or a reading of its usage, never a panic.
-        #[test]
-        fn answer_bodies_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
-            let _ = super::parse_usage(&body);
         }
     }
 }

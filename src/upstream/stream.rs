@@ -15,6 +15,10 @@
 //! committing to a tier on a heartbeat would leave a provider that heartbeats forever to `total_ms`
 //! with no fallback left.
 //!
+//! A provider of another wire format has its events translated here, as they are split, into the
+//! OpenAI chunks the relay reads ([`super::wire::EventReader`]); an OpenAI-compatible provider's
+//! pass as they came.
+//!
 //! One event is at most [`super::MAX_EVENT_BYTES`], and a line arriving in many reads is searched
 //! for its end once, not from its start at every read: a long event costs time and memory in
 //! proportion to its length, and one over the limit is the tier's failure.
@@ -31,6 +35,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use tokio::time::{Instant, Sleep};
 
+use super::wire::EventReader;
 use super::{UpstreamError, UpstreamErrorKind};
 
 /// One server-sent event: the bytes the upstream sent for it, its name where it has one other
@@ -181,6 +186,8 @@ pub struct UpstreamStream {
     /// It has failed: it ends there, however much more is read (an event over the limit would
     /// otherwise be refused again at every read, and the relay reads to the end).
     failed: bool,
+    /// Translates another format's events; `None` for OpenAI's, which pass as they came.
+    reader: Option<Box<EventReader>>,
 }
 
 impl UpstreamStream {
@@ -190,6 +197,7 @@ impl UpstreamStream {
         idle: Duration,
         deadline: Instant,
         max_event: usize,
+        reader: Option<Box<EventReader>>,
     ) -> Result<UpstreamStream, UpstreamError> {
         let mut stream = UpstreamStream {
             first: None,
@@ -200,6 +208,7 @@ impl UpstreamStream {
             idle_until: deadline,
             deadline,
             failed: false,
+            reader,
         };
         // Keep-alives before the first event are not relayed: nothing is committed to this tier
         // until an event with data arrives.
@@ -308,8 +317,19 @@ impl UpstreamStream {
             return Poll::Ready(None);
         }
         loop {
+            if let Some(event) = self.reader.as_mut().and_then(|reader| reader.next()) {
+                return Poll::Ready(Some(Ok(event)));
+            }
             match self.splitter.next() {
-                Ok(Some(event)) => return Poll::Ready(Some(Ok(event))),
+                Ok(Some(event)) => match &mut self.reader {
+                    None => return Poll::Ready(Some(Ok(event))),
+                    Some(reader) => {
+                        if let Err(err) = reader.read(event) {
+                            self.failed = true;
+                            return Poll::Ready(Some(Err(err)));
+                        }
+                    }
+                },
                 Err(err) => {
                     self.failed = true;
                     return Poll::Ready(Some(Err(err)));

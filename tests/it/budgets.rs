@@ -421,6 +421,7 @@ async fn a_restart_keeps_the_months_spend_and_a_price_change_does_not_rewrite_it
                 input: spanned(0.075),
                 output: spanned(0.30),
                 cached_input: None,
+                cache_write: None,
             },
         );
     });

@@ -254,6 +254,7 @@ async fn custom_prices_apply_and_unknown_prices_are_null_not_zero() {
                     input: spanned(1.0),
                     output: spanned(2.0),
                     cached_input: None,
+                    cache_write: None,
                 },
             );
         })

@@ -253,9 +253,9 @@ async fn a_request_whose_client_left_and_cut_at_the_end_of_the_grace_is_recorded
     .await;
     gw.shutdown().await;
     let rows = store.requests(since, i64::MAX, None).await.unwrap();
-    let row = rows
-        .first()
-        .expect("the request cut at the end of the grace is in the ledger");
+    let [row] = &rows[..] else {
+        panic!("one row for the request cut at the end of the grace: {rows:?}")
+    };
     assert_eq!(
         (row.status, row.error_kind.as_deref(), row.tier.as_deref()),
         (499, Some("cut_at_shutdown"), Some("api_fast"))
@@ -263,6 +263,45 @@ async fn a_request_whose_client_left_and_cut_at_the_end_of_the_grace_is_recorded
     // The upstream may have charged for a call nobody saw end: unknown, not zero.
     assert_eq!(row.cost_pusd, None);
     assert!(row.latency_us >= 300_000, "{}", row.latency_us);
+}
+
+#[tokio::test]
+async fn a_stream_still_relayed_when_the_grace_ends_is_recorded_as_cut_not_as_left() {
+    use futures_util::StreamExt;
+    let (_local, api, gw) = gateway(|_| {}, |c| c.0.server.shutdown_grace_ms = Some(300)).await;
+    // A chunk every 10 s: the stream outlasts the grace while its client reads on.
+    api.update(|b| b.chunk_delay_ms = 10_000);
+    let store = gw.store().await;
+    let response = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(CLIENT_KEY)
+        .json(&crate::util::chat_stream("api_fast"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let id = response
+        .headers()
+        .get("x-tierwise-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut body = response.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.next()).await;
+    assert!(matches!(first, Ok(Some(Ok(_)))), "the first chunk arrives");
+    gw.shutdown().await;
+    let row = store
+        .request(&id)
+        .await
+        .unwrap()
+        .expect("the stream cut at the end of the grace is in the ledger");
+    assert_eq!(
+        (row.status, row.error_kind.as_deref(), row.stream),
+        (499, Some("cut_at_shutdown"), true)
+    );
+    drop(body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

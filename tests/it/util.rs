@@ -388,6 +388,13 @@ impl Answer {
         );
     }
 
+    /// Asserts a 200 from `tier` with no fallback before it.
+    pub fn assert_served_by_first(&self, tier: &str) {
+        assert_eq!(self.status, 200, "{}", self.text);
+        assert_eq!(self.header("x-tierwise-tier"), Some(tier), "{}", self.text);
+        assert_eq!(self.header("x-tierwise-fallback"), None, "{}", self.text);
+    }
+
     /// Asserts an OpenAI-shaped error with this status and `code`, and returns its message.
     pub fn error(&self, status: u16, code: Option<&str>) -> &str {
         assert_eq!(

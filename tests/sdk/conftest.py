@@ -90,7 +90,27 @@ timeout = {{ first_byte_ms = 1000, total_ms = 3000 }}
 health = {{ enabled = false }}
 breaker = {{ failures = 1000000, min_requests = 1000000 }}
 
+# The API fake speaks Anthropic's Messages API too (POST /v1/messages).
+[providers.anthropic]
+api = "anthropic"
+base_url = "{api}"
+api_key = "sk-ant-secret"
+timeout = {{ first_byte_ms = 1000, total_ms = 3000 }}
+health = {{ enabled = false }}
+breaker = {{ failures = 1000000, min_requests = 1000000 }}
+
+# ... and Azure OpenAI's deployments (the resource is the fake's root).
+[providers.azure]
+api = "azure"
+base_url = "{api_root}"
+api_key = "azure-secret"
+timeout = {{ first_byte_ms = 1000, total_ms = 3000 }}
+health = {{ enabled = false }}
+breaker = {{ failures = 1000000, min_requests = 1000000 }}
+
 [tiers]
+claude      = {{ provider = "anthropic", model = "claude-sonnet-4-5" }}
+azure       = {{ provider = "azure", model = "gpt-4o", deployment = "gpt4o-prod" }}
 local       = {{ provider = "vllm", model = "mistral-7b", max_tokens = 256 }}
 api_fast    = {{ provider = "openai", model = "gpt-4o-mini" }}
 embed_local = {{ provider = "vllm", model = "nomic-embed-text" }}
@@ -109,6 +129,14 @@ tiers = ["embed_local"]
 [routes.api_only]
 kind = "agentic"
 tiers = ["api_fast"]
+
+[routes.azure_fallback]
+kind = "agentic"
+tiers = ["local", "azure"]
+
+[routes.claude_fallback]
+kind = "agentic"
+tiers = ["local", "claude"]
 
 [routes.rate_limited]
 kind = "agentic"
@@ -134,7 +162,9 @@ def upstreams():
 def gateway_url(upstreams, tmp_path_factory):
     local, api = upstreams
     path = tmp_path_factory.mktemp("gateway") / "tierwise.toml"
-    path.write_text(CONFIG.format(client_key=CLIENT_KEY, limited_key=LIMITED_KEY, local_key=LOCAL_KEY, local=local.base_url, api=api.base_url))
+    path.write_text(CONFIG.format(
+            client_key=CLIENT_KEY, limited_key=LIMITED_KEY, local_key=LOCAL_KEY, local=local.base_url, api=api.base_url, api_root=api.url
+        ))
     env = dict(os.environ, TIERWISE_LOG="warn")
     proc, url = _start([_binary("TIERWISE_BIN", "tierwise"), "serve", "--config", str(path)], env=env)
     yield url

@@ -1,6 +1,11 @@
 //! A fake OpenAI-compatible upstream (`/v1/chat/completions`, `/v1/embeddings`, `/v1/models`) with
 //! the faults tests need set as data: down, hanging, slow, 5xx, 429, malformed JSON, a stream cut
-//! before or after its first chunk, no usage. Every integration test, the Python SDK tests (through
+//! before or after its first chunk, no usage. The same fake speaks Anthropic's Messages API
+//! (`POST /v1/messages`, its stream events, its usage and its error bodies) and Azure OpenAI's
+//! deployments (`/openai/deployments/{deployment}/chat/completions?api-version=…` with an `api-key`
+//! header, the first stream chunk carrying only `prompt_filter_results`, Azure's error bodies and
+//! content-filter refusal), each as its public API reference documents it; the faults mean the same
+//! in every format. Every integration test, the Python SDK tests (through
 //! the `tierwise-fake` binary and its `/_fake/*` control endpoints) and the benchmark use this one
 //! fake, so what "a fault" means is written down once.
 
@@ -81,6 +86,8 @@ pub enum Fault {
     /// Usage with `null` where numbers and objects belong, and fields OpenAI does not send, as some
     /// servers' usage blocks have.
     UsageWithNulls,
+    /// Azure: the prompt is refused by the content filter (400, `content_filter`); elsewhere a 400.
+    ContentFilter,
 }
 
 /// The event [`Fault::SseExtras`] adds: a chunk that adds no text, with an id and a comment.
@@ -96,7 +103,14 @@ pub struct Behavior {
     pub reply: String,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Input read from the prompt cache, counted in `prompt_tokens` (Anthropic's
+    /// `cache_read_input_tokens`, which its `input_tokens` leaves out).
     pub cached_tokens: u64,
+    /// Input written to the prompt cache, counted in `prompt_tokens` (Anthropic's
+    /// `cache_creation_input_tokens`; OpenAI's format has none).
+    pub cache_write_tokens: u64,
+    /// The answer calls these tools (after `reply`, where it is not empty).
+    pub tool_calls: Vec<FakeToolCall>,
     /// Pause between stream chunks.
     pub chunk_delay_ms: u64,
     /// Model ids listed by `/v1/models`.
@@ -117,7 +131,8 @@ pub struct Behavior {
     /// Served as Ollama's `POST /api/show` does: the model's trained window in `model_info`
     /// (`llama.context_length`) and, when set, the served `num_ctx` in `parameters`.
     pub ollama_show: Option<OllamaShow>,
-    /// Served as llama.cpp's `GET /props` does (`default_generation_settings.n_ctx`).
+    /// Served as llama.cpp's `GET /props` does (`default_generation_settings.n_ctx`), and listed
+    /// with each model's `meta.n_ctx` as its `/v1/models` does.
     pub llama_cpp_n_ctx: Option<u32>,
     /// Embedding models: a chat request for one is refused with a 400, as Ollama refuses it
     /// ("does not support chat"); embeddings for it are answered.
@@ -126,6 +141,15 @@ pub struct Behavior {
     /// `reply`, as does a choice past the list); streams interleave the choices' chunks word by
     /// word, as OpenAI does.
     pub more_replies: Vec<String>,
+}
+
+/// A tool call the fake's answer makes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FakeToolCall {
+    pub id: String,
+    pub name: String,
+    /// A JSON object, as OpenAI's `arguments` string.
+    pub arguments: String,
 }
 
 /// What the fake's `/api/show` says of every model.
@@ -143,6 +167,8 @@ impl Default for Behavior {
             prompt_tokens: 20,
             completion_tokens: 5,
             cached_tokens: 0,
+            cache_write_tokens: 0,
+            tool_calls: Vec::new(),
             chunk_delay_ms: 0,
             models: vec!["fake-model".to_string()],
             fault_for: None,
@@ -200,7 +226,13 @@ fn classified(body: &[u8], behavior: &Behavior) -> Option<String> {
 #[derive(Debug, Clone, Serialize)]
 pub struct Recorded {
     pub path: String,
+    /// The query string, where there was one (Azure's `api-version=…`).
+    pub query: Option<String>,
     pub authorization: Option<String>,
+    /// Anthropic's `x-api-key` and `anthropic-version`, Azure's `api-key`, where sent.
+    pub x_api_key: Option<String>,
+    pub anthropic_version: Option<String>,
+    pub api_key: Option<String>,
     pub body: Value,
 }
 
@@ -393,6 +425,12 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
+        .route("/v1/messages", post(anthropic_messages))
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(azure_chat),
+        )
+        .route("/openai/models", get(models))
         .route("/health", get(health))
         .route("/api/show", post(ollama_show))
         .route("/props", get(llama_cpp_props))
@@ -431,6 +469,16 @@ fn behavior_for_request(shared: &Shared, model: Option<&str>) -> Arc<Behavior> {
 }
 
 fn record(shared: &Shared, path: &str, headers: &HeaderMap, body: &[u8]) {
+    record_query(shared, path, None, headers, body);
+}
+
+fn record_query(
+    shared: &Shared,
+    path: &str,
+    query: Option<String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) {
     if !shared.record.load(Ordering::Relaxed) {
         return;
     }
@@ -439,10 +487,12 @@ fn record(shared: &Shared, path: &str, headers: &HeaderMap, body: &[u8]) {
     } else {
         serde_json::from_slice(body).unwrap_or(Value::Null)
     };
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     // What a server is asked about itself, not work: kept apart from the work requests.
     let log = if matches!(path, "/v1/models" | "/health" | "/api/show" | "/props") {
         &shared.listings
@@ -451,23 +501,75 @@ fn record(shared: &Shared, path: &str, headers: &HeaderMap, body: &[u8]) {
     };
     log.lock().unwrap().push(Recorded {
         path: path.to_string(),
-        authorization,
+        query,
+        authorization: get("authorization"),
+        x_api_key: get("x-api-key"),
+        anthropic_version: get("anthropic-version"),
+        api_key: get("api-key"),
         body,
     });
 }
 
+/// The API a request came in on, which decides the shape of its answers and errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    OpenAi,
+    Azure,
+    Anthropic,
+}
+
+/// An error body as each API writes one.
+fn error_body(format: Format, status: StatusCode) -> String {
+    let message = format!("fake upstream fault: HTTP {}", status.as_u16());
+    match format {
+        Format::OpenAi => json!({"error": {"message": message, "type": "fake_error", "param": null, "code": null}}),
+        // Azure's own errors carry a code and a message, the code often the status itself.
+        Format::Azure => json!({"error": {"code": status.as_u16().to_string(), "message": message}}),
+        Format::Anthropic => {
+            let kind = match status.as_u16() {
+                400 => "invalid_request_error",
+                401 => "authentication_error",
+                403 => "permission_error",
+                404 => "not_found_error",
+                413 => "request_too_large",
+                429 => "rate_limit_error",
+                529 => "overloaded_error",
+                _ => "api_error",
+            };
+            json!({"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_fake"})
+        }
+    }
+    .to_string()
+}
+
+/// Azure's answer to a prompt its content filter refuses, as its documentation shows it.
+const AZURE_CONTENT_FILTER: &str = r#"{"error": {"message": "The response was filtered due to the prompt triggering Azure OpenAI's content management policy. Please modify your prompt and retry.", "type": null, "param": "prompt", "code": "content_filter", "status": 400, "innererror": {"code": "ResponsibleAIPolicyViolation", "content_filter_result": {"hate": {"filtered": false, "severity": "safe"}, "self_harm": {"filtered": false, "severity": "safe"}, "sexual": {"filtered": false, "severity": "safe"}, "violence": {"filtered": true, "severity": "high"}}}}}"#;
+
 /// Applies the faults that happen before any answer; `Some` is the answer to send instead.
 async fn before_answer(fault: &Fault) -> Option<Response> {
+    before_answer_in(Format::OpenAi, fault).await
+}
+
+async fn before_answer_in(format: Format, fault: &Fault) -> Option<Response> {
     match fault {
+        Fault::ContentFilter => {
+            let body = match format {
+                Format::Azure => AZURE_CONTENT_FILTER.to_string(),
+                _ => error_body(format, StatusCode::BAD_REQUEST),
+            };
+            let mut response = (StatusCode::BAD_REQUEST, body).into_response();
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+            Some(response)
+        }
         Fault::Status {
             status,
             body,
             retry_after,
         } => {
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let body = body.clone().unwrap_or_else(|| {
-                json!({"error": {"message": format!("fake upstream fault: HTTP {}", status.as_u16()), "type": "fake_error", "param": null, "code": null}}).to_string()
-            });
+            let body = body.clone().unwrap_or_else(|| error_body(format, status));
             let mut response = (status, body).into_response();
             response
                 .headers_mut()
@@ -518,12 +620,49 @@ enum EmbeddingInput {
 }
 
 async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    chat_in(
+        Format::OpenAi,
+        &shared,
+        "/v1/chat/completions",
+        None,
+        &headers,
+        body,
+    )
+    .await
+}
+
+/// Azure OpenAI's chat completions: OpenAI's body at a deployment's URL, with its API version in
+/// the query, which Azure requires.
+async fn azure_chat(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path(deployment): axum::extract::Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("/openai/deployments/{deployment}/chat/completions");
+    if !query.as_deref().unwrap_or("").contains("api-version=") {
+        record_query(&shared, &path, query, &headers, &body);
+        let missing = json!({"error": {"code": "404", "message": "Resource not found"}});
+        return (StatusCode::NOT_FOUND, Json(missing)).into_response();
+    }
+    chat_in(Format::Azure, &shared, &path, query, &headers, body).await
+}
+
+async fn chat_in(
+    format: Format,
+    shared: &Arc<Shared>,
+    path: &str,
+    query: Option<String>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
     let Ok(request) = serde_json::from_slice::<Probe>(&body) else {
         return (StatusCode::BAD_REQUEST, "fake upstream: body is not JSON").into_response();
     };
-    record(&shared, "/v1/chat/completions", &headers, &body);
-    let behavior = behavior_for_request(&shared, request.model.as_deref());
-    if let Some(response) = before_answer(&behavior.fault).await {
+    record_query(shared, path, query, headers, &body);
+    let behavior = behavior_for_request(shared, request.model.as_deref());
+    if let Some(response) = before_answer_in(format, &behavior.fault).await {
         return response;
     }
     let model = request.model.unwrap_or_else(|| "fake-model".into());
@@ -557,6 +696,7 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
         let gate = shared.gate.lock().unwrap().clone();
         return stream(
+            format,
             &behavior,
             &replies,
             model,
@@ -574,11 +714,21 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         "object": "chat.completion",
         "created": 1_700_000_000,
         "model": model,
-        "choices": replies.iter().enumerate().map(|(index, reply)| json!({
-            "index": index,
-            "message": {"role": "assistant", "content": reply},
-            "finish_reason": "stop",
-        })).collect::<Vec<_>>(),
+        "choices": replies.iter().enumerate().map(|(index, reply)| {
+            let mut message = json!({"role": "assistant", "content": reply});
+            if !behavior.tool_calls.is_empty() {
+                message["content"] = if reply.is_empty() { Value::Null } else { json!(reply) };
+                message["tool_calls"] = behavior.tool_calls.iter().map(|call| json!({
+                    "id": call.id, "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                })).collect();
+            }
+            json!({
+                "index": index,
+                "message": message,
+                "finish_reason": if behavior.tool_calls.is_empty() { "stop" } else { "tool_calls" },
+            })
+        }).collect::<Vec<_>>(),
     });
     if let Some(usage) = usage {
         completion["usage"] = usage;
@@ -636,6 +786,7 @@ fn json_response(body: Bytes) -> Response {
 }
 
 fn stream(
+    format: Format,
     behavior: &Behavior,
     replies: &[&str],
     model: String,
@@ -667,7 +818,31 @@ fn stream(
             }
         }
     }
-    events.extend((0..replies.len()).map(|index| chunk(index, json!({}), Some("stop"))));
+    for (at, call) in behavior.tool_calls.iter().enumerate() {
+        events.push(chunk(0, json!({"tool_calls": [{"index": at, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}]}), None));
+        let (first, rest) = call.arguments.split_at(call.arguments.len() / 2);
+        for piece in [first, rest] {
+            events.push(chunk(
+                0,
+                json!({"tool_calls": [{"index": at, "function": {"arguments": piece}}]}),
+                None,
+            ));
+        }
+    }
+    let finish = if behavior.tool_calls.is_empty() {
+        "stop"
+    } else {
+        "tool_calls"
+    };
+    events.extend((0..replies.len()).map(|index| chunk(index, json!({}), Some(finish))));
+    if format == Format::Azure {
+        // Azure's first chunk carries no choice, only what its filter found in the prompt.
+        events.insert(
+            0,
+            json!({"choices": [], "created": 0, "id": "", "model": "", "object": "", "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {"hate": {"filtered": false, "severity": "safe"}, "self_harm": {"filtered": false, "severity": "safe"}, "sexual": {"filtered": false, "severity": "safe"}, "violence": {"filtered": false, "severity": "safe"}}}]})
+                .to_string(),
+        );
+    }
     if let Some(usage) = usage {
         events.push(
             json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [], "usage": usage})
@@ -846,6 +1021,11 @@ async fn models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
             if let Some(tokens) = behavior.max_model_len {
                 model["max_model_len"] = tokens.into();
             }
+            // llama-server lists its slot's window too, under `meta`, beside the trained one.
+            if let Some(n_ctx) = behavior.llama_cpp_n_ctx {
+                model["owned_by"] = "llamacpp".into();
+                model["meta"] = json!({"vocab_type": 1, "n_vocab": 32_000, "n_ctx": n_ctx, "n_ctx_train": 32_768, "n_embd": 4096});
+            }
             model
         })
         .collect();
@@ -892,10 +1072,20 @@ async fn llama_cpp_props(State(shared): State<Arc<Shared>>, headers: HeaderMap) 
     let Some(n_ctx) = behavior.llama_cpp_n_ctx else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    // The shape llama-server (llama-cpp-python 0.3.36's llama.cpp) answers, abridged: the sampling
+    // settings under `params`, the slot's window beside them.
     Json(json!({
-        "default_generation_settings": {"n_ctx": n_ctx, "temperature": 0.8, "top_k": 40},
+        "default_generation_settings": {
+            "params": {"seed": 4_294_967_295u32, "temperature": 0.8, "top_k": 40, "n_predict": -1},
+            "n_ctx": n_ctx,
+        },
         "total_slots": 1,
+        "model_alias": "mistral-7b-instruct",
         "model_path": "models/mistral-7b-instruct-v0.2.Q4_K_M.gguf",
+        "modalities": {"vision": false, "video": false, "audio": false},
+        "endpoint_slots": true,
+        "endpoint_props": false,
+        "endpoint_metrics": false,
         "chat_template": "",
     }))
     .into_response()
@@ -925,4 +1115,150 @@ async fn get_behavior(State(shared): State<Arc<Shared>>) -> Json<Behavior> {
 
 async fn list_requests(State(shared): State<Arc<Shared>>) -> Json<Vec<Recorded>> {
     Json(shared.requests.lock().unwrap().clone())
+}
+
+/// Anthropic's Messages API: the answer as a message, or as its stream of named events (a ping
+/// among them), usage with the input the prompt cache read and wrote counted apart, as Anthropic's
+/// reference documents them. `Fault::ErrorMidStream` ends a stream with Anthropic's
+/// `overloaded_error` event, as its API does when it is overloaded mid-answer.
+async fn anthropic_messages(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "fake upstream: body is not JSON").into_response();
+    };
+    record(&shared, "/v1/messages", &headers, &body);
+    let model = request["model"]
+        .as_str()
+        .unwrap_or("claude-fake")
+        .to_string();
+    let behavior = behavior_for_request(&shared, Some(&model));
+    if let Some(response) = before_answer_in(Format::Anthropic, &behavior.fault).await {
+        return response;
+    }
+    if request["max_tokens"].as_u64().is_none() {
+        let error = json!({"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: Field required"}});
+        return (StatusCode::BAD_REQUEST, Json(error)).into_response();
+    }
+    let usage = |output: u64| {
+        json!({
+            "input_tokens": behavior.prompt_tokens.saturating_sub(behavior.cached_tokens + behavior.cache_write_tokens),
+            "cache_creation_input_tokens": behavior.cache_write_tokens,
+            "cache_read_input_tokens": behavior.cached_tokens,
+            "output_tokens": output,
+        })
+    };
+    let stop_reason = if behavior.tool_calls.is_empty() {
+        "end_turn"
+    } else {
+        "tool_use"
+    };
+    if request["stream"].as_bool() != Some(true) {
+        if behavior.fault == Fault::MalformedJson {
+            return json_response(Bytes::from_static(b"{\"id\": \"msg_fake\", \"cont"));
+        }
+        let mut content = Vec::new();
+        if !behavior.reply.is_empty() {
+            content.push(json!({"type": "text", "text": behavior.reply}));
+        }
+        for call in &behavior.tool_calls {
+            let input: Value = serde_json::from_str(&call.arguments).unwrap_or(json!({}));
+            content.push(
+                json!({"type": "tool_use", "id": call.id, "name": call.name, "input": input}),
+            );
+        }
+        let message = json!({
+            "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+            "content": content, "stop_reason": stop_reason, "stop_sequence": null,
+            "usage": usage(behavior.completion_tokens),
+        });
+        let body = Bytes::from(message.to_string());
+        if behavior.fault == Fault::CutMidBody {
+            return cut_mid_body(body);
+        }
+        return json_response(body);
+    }
+    let mut events: Vec<(&str, Value)> = vec![(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": "msg_fake", "type": "message", "role": "assistant", "content": [], "model": model, "stop_reason": null, "stop_sequence": null, "usage": usage(1)}}),
+    )];
+    let mut block = 0;
+    if !behavior.reply.is_empty() {
+        events.push((
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ));
+        events.push(("ping", json!({"type": "ping"})));
+        for word in behavior.reply.split_inclusive(' ') {
+            events.push((
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}}),
+            ));
+        }
+        events.push((
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ));
+        block = 1;
+    }
+    for call in &behavior.tool_calls {
+        events.push((
+            "content_block_start",
+            json!({"type": "content_block_start", "index": block, "content_block": {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}}),
+        ));
+        let (first, rest) = call.arguments.split_at(call.arguments.len() / 2);
+        for piece in ["", first, rest] {
+            events.push((
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": block, "delta": {"type": "input_json_delta", "partial_json": piece}}),
+            ));
+        }
+        events.push((
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": block}),
+        ));
+        block += 1;
+    }
+    events.push((
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": behavior.completion_tokens}}),
+    ));
+    events.push(("message_stop", json!({"type": "message_stop"})));
+    let overloaded =
+        json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
+    let mut frames: Vec<Bytes> = events
+        .into_iter()
+        .map(|(name, data)| Bytes::from(format!("event: {name}\ndata: {data}\n\n")))
+        .collect();
+    match behavior.fault {
+        Fault::CutBeforeFirstChunk => frames.clear(),
+        Fault::CutAfterChunks { chunks } => frames.truncate(chunks),
+        Fault::MalformedJson => frames.insert(
+            0,
+            Bytes::from_static(b"event: message_start\ndata: {\"type\": \"message_st\n\n"),
+        ),
+        Fault::ErrorMidStream { after } => {
+            frames.truncate(after);
+            frames.push(Bytes::from(format!("event: error\ndata: {overloaded}\n\n")));
+        }
+        _ => {}
+    }
+    let delay = Duration::from_millis(behavior.chunk_delay_ms);
+    let body = futures_util::stream::unfold(
+        (frames.into_iter(), 0usize),
+        move |(mut rest, sent)| async move {
+            let frame = rest.next()?;
+            if sent > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Some((Ok::<_, std::convert::Infallible>(frame), (rest, sent + 1)))
+        },
+    );
+    let mut response = Response::new(Body::from_stream(body));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, "text/event-stream".parse().unwrap());
+    response
 }

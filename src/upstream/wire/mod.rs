@@ -1,0 +1,207 @@
+//! The wire formats providers speak, behind one seam. A provider's `api` picks its [`Wire`], which
+//! owns everything that differs between formats: the URL and the headers that carry the key, how
+//! the gateway's request (OpenAI's chat completion, as the client sent it with the tier's changes)
+//! is written for the upstream, how its answer — whole, or a stream event by event — is read back
+//! into the gateway's own model ([`model`]) and written in OpenAI's shapes, and what its error
+//! statuses mean. The chain, the relay, the ledger and the quality checks see only what this module
+//! hands back, so they name no format.
+//!
+//! OpenAI's format is the gateway's own: an OpenAI-compatible provider is passed through byte for
+//! byte, its stream's events relayed as they came; Azure's too, but for its URL, its key header,
+//! its error bodies and the prompt-filter chunk that opens its streams. The translation path costs
+//! only the providers that need it.
+
+mod anthropic;
+mod azure;
+mod model;
+mod openai;
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+
+use super::{SseEvent, UpstreamError};
+use crate::config::{Api, KeyHeader, Provider};
+use crate::openai::Usage;
+
+/// How one provider is spoken to.
+pub(super) enum Wire {
+    OpenAi,
+    Azure,
+    Anthropic,
+}
+
+impl Wire {
+    pub(super) fn new(provider: &Provider) -> Wire {
+        match provider.api {
+            Api::OpenAi => Wire::OpenAi,
+            Api::Azure => Wire::Azure,
+            Api::Anthropic => Wire::Anthropic,
+        }
+    }
+
+    /// The headers every call carries: the provider's key in the header its format reads, and
+    /// the format's version where it has one.
+    pub(super) fn headers(&self, provider: &Provider) -> Vec<(HeaderName, HeaderValue)> {
+        match self {
+            Wire::OpenAi | Wire::Azure | Wire::Anthropic => key_headers(provider),
+        }
+    }
+
+    /// The URL of each endpoint, in [`crate::openai::Endpoint::ALL`] order, resolved once per
+    /// provider; `None` for an endpoint the format does not serve. Azure's are per deployment
+    /// ([`Wire::deployment_urls`]).
+    pub(super) fn urls(&self, provider: &Provider) -> Result<Vec<Option<Uri>>, UpstreamError> {
+        match self {
+            Wire::OpenAi => openai::urls(provider),
+            Wire::Azure => Ok(vec![None; crate::openai::Endpoint::ALL.len()]),
+            Wire::Anthropic => anthropic::urls(provider),
+        }
+    }
+
+    /// The URL of each endpoint of one Azure deployment, in the same order.
+    pub(super) fn deployment_urls(
+        &self,
+        provider: &Provider,
+        deployment: &str,
+    ) -> Result<Vec<Option<Uri>>, UpstreamError> {
+        azure::urls(provider, deployment)
+    }
+
+    /// The body to send, from the gateway's own (OpenAI's) request body.
+    pub(super) fn encode(&self, body: Vec<u8>) -> Result<Vec<u8>, UpstreamError> {
+        match self {
+            Wire::OpenAi | Wire::Azure => Ok(body),
+            Wire::Anthropic => anthropic::encode(&body),
+        }
+    }
+
+    /// A successful whole answer as the gateway's own (OpenAI's) body, and its usage.
+    pub(super) fn answer(&self, body: Bytes) -> Result<(Bytes, Option<Usage>), UpstreamError> {
+        match self {
+            Wire::OpenAi | Wire::Azure => openai::answer(body),
+            Wire::Anthropic => {
+                let answer = anthropic::decode_answer(&body)?;
+                Ok((openai::write_answer(&answer, openai::now()), answer.usage))
+            }
+        }
+    }
+
+    /// How a stream's events are read: `None` where they are relayed as they came.
+    pub(super) fn events(&self) -> Option<Box<EventReader>> {
+        match self {
+            Wire::OpenAi => None,
+            Wire::Azure => Some(Box::new(EventReader {
+                reader: Reader::Azure,
+                translated: VecDeque::new(),
+            })),
+            Wire::Anthropic => Some(Box::new(EventReader {
+                reader: Reader::Anthropic {
+                    events: anthropic::Events::default(),
+                    writer: openai::ChunkWriter::new(),
+                    pieces: Vec::new(),
+                },
+                translated: VecDeque::new(),
+            })),
+        }
+    }
+
+    /// What an answer with a status other than 2xx means.
+    pub(super) fn refusal(
+        &self,
+        status: StatusCode,
+        body: Bytes,
+        headers: &HeaderMap,
+    ) -> UpstreamError {
+        match self {
+            Wire::OpenAi => openai::refusal(status, body, headers),
+            Wire::Azure => azure::refusal(status, body, headers),
+            Wire::Anthropic => anthropic::refusal(status, body, headers),
+        }
+    }
+}
+
+/// The provider's key in the header its `auth` names (the format's own unless it says otherwise),
+/// marked sensitive so that no debug output shows it; and the format's version header, where it
+/// has one.
+fn key_headers(provider: &Provider) -> Vec<(HeaderName, HeaderValue)> {
+    let mut headers = Vec::with_capacity(2);
+    if let Some(key) = &provider.api_key {
+        let name = match provider.auth {
+            KeyHeader::Bearer => AUTHORIZATION,
+            KeyHeader::XApiKey => HeaderName::from_static("x-api-key"),
+            KeyHeader::ApiKey => HeaderName::from_static("api-key"),
+        };
+        let value = if name == AUTHORIZATION {
+            openai::bearer(key.expose())
+        } else {
+            let mut value = HeaderValue::try_from(key.expose())
+                .expect("configuration admits only header-safe keys");
+            value.set_sensitive(true);
+            value
+        };
+        headers.push((name, value));
+    }
+    if provider.api == Api::Anthropic
+        && let Some(version) = &provider.api_version
+    {
+        headers.push((
+            HeaderName::from_static("anthropic-version"),
+            HeaderValue::try_from(version.as_str())
+                .expect("configuration admits only header-safe versions"),
+        ));
+    }
+    headers
+}
+
+/// Turns a translated stream's events into the OpenAI chunks the relay reads and the client gets.
+pub(super) struct EventReader {
+    reader: Reader,
+    /// Translated events not yet handed over (one upstream event may become several).
+    translated: VecDeque<SseEvent>,
+}
+
+enum Reader {
+    /// Azure's events pass as they came, but for its prompt-filter chunk.
+    Azure,
+    Anthropic {
+        events: anthropic::Events,
+        writer: openai::ChunkWriter,
+        /// The pieces of the event being read, kept to spare an allocation per event.
+        pieces: Vec<model::Delta>,
+    },
+}
+
+impl EventReader {
+    /// The next translated event not yet handed over.
+    pub(super) fn next(&mut self) -> Option<SseEvent> {
+        self.translated.pop_front()
+    }
+
+    /// Reads one upstream event into the events it becomes, handed over by [`EventReader::next`].
+    pub(super) fn read(&mut self, event: SseEvent) -> Result<(), UpstreamError> {
+        let out = &mut self.translated;
+        if event.keep_alive {
+            out.push_back(event);
+            return Ok(());
+        }
+        match &mut self.reader {
+            Reader::Azure => {
+                if !azure::is_prompt_filter_chunk(&event) {
+                    out.push_back(event);
+                }
+            }
+            Reader::Anthropic {
+                events,
+                writer,
+                pieces,
+            } => {
+                events.read(&event.data, pieces)?;
+                out.extend(pieces.drain(..).map(|piece| writer.write(piece)));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,574 @@
+//! Providers that speak another wire format, through the gateway: a client speaking OpenAI's
+//! format falls back from a local server to Anthropic's Messages API or to Azure OpenAI (each
+//! played by the shared fake in that format), plain and streamed, tool calls intact, usage and
+//! cost exact (the ledger's == the answer's == tokens × price); and the stream faults of each
+//! format (cut before and after the first event, an error event, overload).
+
+use serde_json::{Value, json};
+use tierwise::config::Api;
+use tierwise::config::file::{RawProvider, RawTier, text};
+use tierwise::config::{KeyHeader, TaskKind};
+use tierwise_fake::{Behavior, DownAddr, FakeToolCall, FakeUpstream, Fault, unused_addr};
+
+use crate::util::{Answer, TestConfig, TestGateway, stored};
+
+/// The fake's answer: some text, one tool call, and usage with cache reads and writes.
+fn weather_behavior() -> Behavior {
+    Behavior {
+        reply: "Checking the weather.".into(),
+        tool_calls: vec![FakeToolCall {
+            id: "toolu_01A".into(),
+            name: "weather".into(),
+            arguments: r#"{"city":"Paris","unit":"celsius"}"#.into(),
+        }],
+        prompt_tokens: 1000,
+        cached_tokens: 200,
+        cache_write_tokens: 100,
+        completion_tokens: 50,
+        ..Behavior::default()
+    }
+}
+
+/// claude-sonnet-4-5 at $3 input, $0.30 cache reads, $3.75 cache writes and $15 output per
+/// million: 700 × 3 + 200 × 0.30 + 100 × 3.75 + 50 × 15 µUSD.
+const WEATHER_COST_PUSD: i64 =
+    (700 * 3_000_000) + (200 * 300_000) + (100 * 3_750_000) + (50 * 15_000_000);
+
+/// `local` on a server that is down, then `claude` on an Anthropic-shaped fake; the route `agent`
+/// over both, and `claude_first` over `claude` then `api_fast` (OpenAI-shaped).
+async fn anthropic_setup() -> (TestGateway, FakeUpstream, FakeUpstream, DownAddr) {
+    let down = unused_addr().await;
+    let anthropic = FakeUpstream::start().await;
+    let openai = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&format!("http://{down}/v1"), &openai.base_url())
+        .without_probes()
+        .with(|c| {
+            let mut provider = RawProvider::new(anthropic.base_url());
+            provider.api = Some(Api::Anthropic);
+            provider.api_key = Some(text("sk-ant-secret"));
+            provider.health.enabled = Some(false);
+            c.0.providers.insert(text("anthropic"), provider);
+            c.0.tiers.insert(
+                text("claude"),
+                RawTier::new("anthropic", "claude-sonnet-4-5"),
+            );
+            c.add_route("agent", TaskKind::Agentic, &["local", "claude"]);
+            c.add_route("claude_first", TaskKind::Agentic, &["claude", "api_fast"]);
+        });
+    let gw = TestGateway::start(&config).await;
+    (gw, anthropic, openai, down)
+}
+
+fn weather_request(model: &str, stream: bool) -> Value {
+    let mut request = json!({
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "You report the weather."},
+            {"role": "user", "content": "Weather in Paris?"},
+        ],
+        "tools": [{"type": "function", "function": {
+            "name": "weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string"}}},
+        }}],
+        "tool_choice": "auto",
+    });
+    if stream {
+        request["stream"] = json!(true);
+        request["stream_options"] = json!({"include_usage": true});
+    }
+    request
+}
+
+/// The data of each event of an SSE body.
+fn events(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|event| {
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|line| line.strip_prefix("data: "))
+                .collect();
+            (!data.is_empty()).then(|| data.join("\n"))
+        })
+        .collect()
+}
+
+/// A streamed chat answer put back together: its text, its tool calls (id, name, arguments), its
+/// finish reason, its usage chunk, and whether `[DONE]` ended it.
+struct Streamed {
+    text: String,
+    tools: Vec<(String, String, String)>,
+    finish: Option<String>,
+    usage: Option<Value>,
+    done: bool,
+    errors: Vec<Value>,
+}
+
+fn streamed(text: &str) -> Streamed {
+    let mut out = Streamed {
+        text: String::new(),
+        tools: Vec::new(),
+        finish: None,
+        usage: None,
+        done: false,
+        errors: Vec::new(),
+    };
+    for data in events(text) {
+        assert!(!out.done, "an event after [DONE]: {text}");
+        if data == "[DONE]" {
+            out.done = true;
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(&data).unwrap_or_else(|_| panic!("{data}"));
+        if chunk.get("error").is_some() {
+            out.errors.push(chunk);
+            continue;
+        }
+        assert!(
+            out.usage.is_none(),
+            "the usage chunk is the last one: {text}"
+        );
+        if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
+            assert_eq!(chunk["choices"], json!([]), "{data}");
+            out.usage = Some(usage.clone());
+        }
+        for choice in chunk["choices"].as_array().unwrap() {
+            let delta = &choice["delta"];
+            out.text.push_str(delta["content"].as_str().unwrap_or(""));
+            for call in delta["tool_calls"].as_array().into_iter().flatten() {
+                let index = call["index"].as_u64().unwrap() as usize;
+                if let Some(id) = call["id"].as_str() {
+                    assert_eq!(index, out.tools.len(), "{data}");
+                    out.tools.push((
+                        id.to_string(),
+                        call["function"]["name"].as_str().unwrap().to_string(),
+                        String::new(),
+                    ));
+                }
+                out.tools[index]
+                    .2
+                    .push_str(call["function"]["arguments"].as_str().unwrap_or(""));
+            }
+            if let Some(finish) = choice["finish_reason"].as_str() {
+                out.finish = Some(finish.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Usage in OpenAI's terms: every input token in `prompt_tokens`, cache reads and writes apart.
+fn assert_weather_usage(usage: &Value) {
+    assert_eq!(usage["prompt_tokens"], 1000, "{usage}");
+    assert_eq!(usage["completion_tokens"], 50, "{usage}");
+    assert_eq!(usage["total_tokens"], 1050, "{usage}");
+    assert_eq!(
+        usage["prompt_tokens_details"]["cached_tokens"], 200,
+        "{usage}"
+    );
+    assert_eq!(
+        usage["prompt_tokens_details"]["cache_write_tokens"], 100,
+        "{usage}"
+    );
+}
+
+/// The row the ledger keeps of `answer`'s request: its tokens and its cost, which must be the
+/// answer's, at the model's prices.
+async fn assert_weather_row(gw: &TestGateway, answer: &Answer) {
+    let store = gw.store().await;
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(
+        (
+            row.tokens_in,
+            row.tokens_cached,
+            row.tokens_cache_write,
+            row.tokens_out
+        ),
+        (1000, 200, 100, 50)
+    );
+    assert!(!row.tokens_estimated);
+    assert_eq!(row.cost_pusd.map(|c| c.0), Some(WEATHER_COST_PUSD));
+    assert_eq!(row.tier.as_deref(), Some("claude"));
+}
+
+#[tokio::test]
+async fn fallback_to_anthropic_keeps_tool_calls_and_prices_cache_reads_and_writes_apart() {
+    let (gw, anthropic, _openai, _down) = anthropic_setup().await;
+    anthropic.set_behavior(weather_behavior());
+
+    let answer = Answer::of(
+        gw.post("/v1/chat/completions", &weather_request("agent", false))
+            .await,
+    )
+    .await;
+    answer.assert_served_by("claude", "local:connect_refused");
+    let message = &answer.body["choices"][0]["message"];
+    assert_eq!(message["content"], "Checking the weather.");
+    let call = &message["tool_calls"][0];
+    assert_eq!(call["id"], "toolu_01A");
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "weather");
+    let arguments: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(arguments, json!({"city": "Paris", "unit": "celsius"}));
+    assert_eq!(answer.body["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(answer.body["object"], "chat.completion");
+    assert_weather_usage(&answer.body["usage"]);
+    // 0.003285 USD: the header the client gets is the cost the ledger stores.
+    assert_eq!(answer.header("x-tierwise-cost-usd"), Some("0.003285"));
+    assert_weather_row(&gw, &answer).await;
+
+    // What Anthropic was sent: its own shape, its own headers, the key never as a Bearer token.
+    let sent = anthropic.requests().pop().unwrap();
+    assert_eq!(sent.path, "/v1/messages");
+    assert_eq!(sent.x_api_key.as_deref(), Some("sk-ant-secret"));
+    assert_eq!(sent.anthropic_version.as_deref(), Some("2023-06-01"));
+    assert_eq!(sent.authorization, None);
+    assert_eq!(sent.body["system"], "You report the weather.");
+    assert_eq!(
+        sent.body["messages"],
+        json!([{"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]}])
+    );
+    assert_eq!(sent.body["tool_choice"], json!({"type": "auto"}));
+    assert_eq!(sent.body["tools"][0]["name"], "weather");
+    assert_eq!(
+        sent.body["max_tokens"], 4096,
+        "the stated default where none is given"
+    );
+    assert_eq!(sent.body["model"], "claude-sonnet-4-5");
+
+    // The same, streamed: Anthropic's events come out as OpenAI's chunks, usage last, with the
+    // same cost.
+    let answer = Answer::of(
+        gw.post("/v1/chat/completions", &weather_request("agent", true))
+            .await,
+    )
+    .await;
+    answer.assert_served_by("claude", "local:connect_refused");
+    let stream = streamed(&answer.text);
+    assert!(stream.done && stream.errors.is_empty(), "{}", answer.text);
+    assert_eq!(stream.text, "Checking the weather.");
+    assert_eq!(
+        stream.tools,
+        [(
+            "toolu_01A".to_string(),
+            "weather".to_string(),
+            r#"{"city":"Paris","unit":"celsius"}"#.to_string()
+        )]
+    );
+    assert_eq!(stream.finish.as_deref(), Some("tool_calls"));
+    let usage = stream.usage.expect("a usage chunk");
+    assert_weather_usage(&usage);
+    assert_eq!(usage["cost_usd"], json!(0.003285));
+    assert_weather_row(&gw, &answer).await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tiers_max_tokens_and_the_clients_reach_anthropic_and_bearer_auth_is_honoured() {
+    let anthropic = FakeUpstream::start().await;
+    let openai = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&openai.base_url(), &openai.base_url())
+        .without_probes()
+        .with(|c| {
+            let mut provider = RawProvider::new(anthropic.base_url());
+            provider.api = Some(Api::Anthropic);
+            provider.auth = Some(KeyHeader::Bearer);
+            provider.api_version = Some(text("2023-06-01"));
+            provider.api_key = Some(text("sk-ant-oauth"));
+            provider.health.enabled = Some(false);
+            c.0.providers.insert(text("anthropic"), provider);
+            let mut tier = RawTier::new("anthropic", "claude-haiku-4-5-20251001");
+            tier.max_tokens = Some(300);
+            c.0.tiers.insert(text("claude"), tier);
+        });
+    let gw = TestGateway::start(&config).await;
+    let answer = gw.ask("claude").await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    // claude-haiku-4-5 is $1 in and $5 out per million, the dated snapshot priced as its family.
+    assert_eq!(answer.header("x-tierwise-cost-usd"), Some("0.000045"));
+    let sent = anthropic.requests().pop().unwrap();
+    assert_eq!(sent.body["max_tokens"], 300);
+    assert_eq!(sent.authorization.as_deref(), Some("Bearer sk-ant-oauth"));
+    assert_eq!(sent.x_api_key, None);
+
+    let mut request = crate::util::chat("claude", "x");
+    request["max_tokens"] = json!(7);
+    request["temperature"] = json!(1.7);
+    let answer = Answer::of(gw.post("/v1/chat/completions", &request).await).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let sent = anthropic.requests().pop().unwrap();
+    assert_eq!(
+        sent.body["max_tokens"], 7,
+        "the client's limit wins over the tier's"
+    );
+    assert_eq!(sent.body["temperature"], 1.0, "at most Anthropic's ceiling");
+
+    // Anthropic serves no embeddings: the tier passes, and the client is told why.
+    let answer = Answer::of(
+        gw.post("/v1/embeddings", &json!({"model": "claude", "input": "x"}))
+            .await,
+    )
+    .await;
+    answer.error(400, Some("unsupported_parameter"));
+    assert!(answer.text.contains("no_endpoint"), "{}", answer.text);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn anthropic_refusals_reach_the_client_in_openais_shape_and_overload_falls_back() {
+    let (gw, anthropic, openai, _down) = anthropic_setup().await;
+
+    // A refusal of the request itself goes straight back, in OpenAI's words and shape.
+    anthropic.set_fault(Fault::Status {
+        status: 400,
+        body: Some(r#"{"type":"error","error":{"type":"invalid_request_error","message":"messages.0.content: Input should be a valid list"},"request_id":"req_1"}"#.into()),
+        retry_after: None,
+    });
+    let answer = gw.ask("claude_first").await;
+    let message = answer.error(400, Some("invalid_request_error"));
+    assert_eq!(message, "messages.0.content: Input should be a valid list");
+    assert_eq!(answer.body["error"]["type"], "invalid_request_error");
+    assert_eq!(
+        openai.request_count(),
+        0,
+        "a request's own fault is not retried elsewhere"
+    );
+
+    // 529 is Anthropic's overload: the provider's failure, as a 503, and the next tier answers.
+    anthropic.set_fault(Fault::Status {
+        status: 529,
+        body: None,
+        retry_after: None,
+    });
+    gw.ask("claude_first")
+        .await
+        .assert_served_by("api_fast", "claude:http_503");
+    gw.ask_stream("claude_first")
+        .await
+        .assert_served_by("api_fast", "claude:http_503");
+    gw.shutdown().await;
+}
+
+/// Anthropic's stream faults: cut before any event and an error as the first event fall back;
+/// cut mid-answer and an error event mid-answer end the client's stream with an error, recorded.
+#[tokio::test]
+async fn anthropic_stream_faults_fall_back_before_the_first_event_and_end_cleanly_after() {
+    let (gw, anthropic, _openai, _down) = anthropic_setup().await;
+    anthropic.set_fault(Fault::CutBeforeFirstChunk);
+    gw.ask_stream("claude_first")
+        .await
+        .assert_served_by("api_fast", "claude:stream_broken");
+    anthropic.set_fault(Fault::ErrorMidStream { after: 0 });
+    gw.ask_stream("claude_first")
+        .await
+        .assert_served_by("api_fast", "claude:stream_broken");
+
+    let store = gw.store().await;
+    // Cut after message_start, a text block's start, a ping and a word: the client has seen data,
+    // so its stream ends with the gateway's error event.
+    anthropic.set_fault(Fault::CutAfterChunks { chunks: 4 });
+    let answer = gw.ask_stream("claude_first").await;
+    assert_eq!(answer.header("x-tierwise-tier"), Some("claude"));
+    let stream = streamed(&answer.text);
+    assert_eq!(stream.text, "Hello ");
+    assert_eq!(stream.errors.len(), 1, "{}", answer.text);
+    assert_eq!(stream.errors[0]["error"]["code"], "stream_interrupted");
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(row.error_kind.as_deref(), Some("stream_broken"));
+
+    // Overloaded mid-answer: Anthropic's error event reaches the client in OpenAI's shape, then
+    // the stream ends; the ledger records the upstream's error.
+    anthropic.set_fault(Fault::ErrorMidStream { after: 5 });
+    let answer = gw.ask_stream("claude_first").await;
+    let stream = streamed(&answer.text);
+    assert!(stream.done, "{}", answer.text);
+    assert_eq!(
+        stream.errors,
+        [
+            json!({"error": {"message": "Overloaded", "type": "overloaded_error", "param": null, "code": null}})
+        ]
+    );
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(row.error_kind.as_deref(), Some("upstream_error_event"));
+    gw.shutdown().await;
+}
+
+/// `local` on a server that is down, then `azure` (deployment `gpt4o-prod` of gpt-4o) on an
+/// Azure-shaped fake; `azure_first` over `azure` then `api_fast` (OpenAI-shaped).
+async fn azure_setup() -> (TestGateway, FakeUpstream, FakeUpstream, DownAddr) {
+    let down = unused_addr().await;
+    let azure = FakeUpstream::start().await;
+    let openai = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&format!("http://{down}/v1"), &openai.base_url())
+        .without_probes()
+        .with(|c| {
+            // The resource's URL, as Azure's portal gives it.
+            let mut provider = RawProvider::new(format!("http://{}", azure.addr));
+            provider.api = Some(Api::Azure);
+            provider.api_key = Some(text("azure-secret"));
+            provider.health.enabled = Some(false);
+            c.0.providers.insert(text("azure"), provider);
+            let mut tier = RawTier::new("azure", "gpt-4o");
+            tier.deployment = Some(text("gpt4o-prod"));
+            c.0.tiers.insert(text("azure"), tier);
+            c.add_route("agent", TaskKind::Agentic, &["local", "azure"]);
+            c.add_route("azure_first", TaskKind::Agentic, &["azure", "api_fast"]);
+        });
+    let gw = TestGateway::start(&config).await;
+    (gw, azure, openai, down)
+}
+
+#[tokio::test]
+async fn fallback_to_azure_reaches_the_deployment_and_prices_the_model_not_the_deployment() {
+    let (gw, azure, _openai, _down) = azure_setup().await;
+    azure.set_behavior(Behavior {
+        cache_write_tokens: 0,
+        ..weather_behavior()
+    });
+    // gpt-4o at $2.50 input, $1.25 cached input and $10 output per million: 800 × 2.5 + 200 ×
+    // 1.25 + 50 × 10 µUSD = 0.00275 USD.
+    let answer = Answer::of(
+        gw.post("/v1/chat/completions", &weather_request("agent", false))
+            .await,
+    )
+    .await;
+    answer.assert_served_by("azure", "local:connect_refused");
+    let call = &answer.body["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["id"], "toolu_01A");
+    assert_eq!(
+        call["function"]["arguments"],
+        r#"{"city":"Paris","unit":"celsius"}"#
+    );
+    assert_eq!(answer.header("x-tierwise-cost-usd"), Some("0.00275"));
+    let sent = azure.requests().pop().unwrap();
+    assert_eq!(sent.path, "/openai/deployments/gpt4o-prod/chat/completions");
+    assert_eq!(sent.query.as_deref(), Some("api-version=2024-10-21"));
+    assert_eq!(sent.api_key.as_deref(), Some("azure-secret"));
+    assert_eq!(sent.authorization, None);
+
+    // Streamed: Azure's first chunk, which has no choice, never reaches the client.
+    let answer = Answer::of(
+        gw.post("/v1/chat/completions", &weather_request("agent", true))
+            .await,
+    )
+    .await;
+    answer.assert_served_by("azure", "local:connect_refused");
+    assert!(
+        !answer.text.contains("prompt_filter_results"),
+        "{}",
+        answer.text
+    );
+    let stream = streamed(&answer.text);
+    assert!(stream.done && stream.errors.is_empty(), "{}", answer.text);
+    assert_eq!(stream.text, "Checking the weather.");
+    assert_eq!(stream.tools[0].0, "toolu_01A");
+    assert_eq!(stream.tools[0].2, r#"{"city":"Paris","unit":"celsius"}"#);
+    let usage = stream.usage.expect("a usage chunk");
+    assert_eq!(usage["cost_usd"], json!(0.00275));
+    let store = gw.store().await;
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(
+        (row.tokens_in, row.tokens_cached, row.tokens_out),
+        (1000, 200, 50)
+    );
+    assert_eq!(row.cost_pusd.map(|c| c.0), Some(2_750_000_000));
+    gw.shutdown().await;
+}
+
+/// A prompt Azure's content filter refuses is the request's: the client gets Azure's refusal with
+/// its findings, no other tier is asked, the breaker hears nothing.
+#[tokio::test]
+async fn an_azure_content_filter_refusal_is_the_requests_not_the_providers() {
+    let (gw, azure, openai, _down) = azure_setup().await;
+    azure.set_fault(Fault::ContentFilter);
+    for _ in 0..6 {
+        let answer = gw.ask("azure_first").await;
+        answer.error(400, Some("content_filter"));
+        assert_eq!(
+            answer.body["error"]["innererror"]["code"], "ResponsibleAIPolicyViolation",
+            "{}",
+            answer.text
+        );
+        assert_eq!(answer.header("x-tierwise-fallback"), None);
+    }
+    assert_eq!(openai.request_count(), 0);
+    assert_eq!(gw.breaker_state("azure").await, "closed");
+    gw.shutdown().await;
+}
+
+/// Azure's stream faults: a stream cut after only its prompt-filter chunk has given no answer and
+/// falls back; cut after data, or an error event mid-answer, ends the client's stream cleanly.
+#[tokio::test]
+async fn azure_stream_faults_fall_back_before_the_first_answer_chunk_and_end_cleanly_after() {
+    let (gw, azure, _openai, _down) = azure_setup().await;
+    azure.set_fault(Fault::CutAfterChunks { chunks: 1 });
+    gw.ask_stream("azure_first")
+        .await
+        .assert_served_by("api_fast", "azure:stream_broken");
+    azure.set_fault(Fault::Status {
+        status: 503,
+        body: None,
+        retry_after: None,
+    });
+    gw.ask_stream("azure_first")
+        .await
+        .assert_served_by("api_fast", "azure:http_503");
+
+    let store = gw.store().await;
+    azure.set_fault(Fault::CutAfterChunks { chunks: 3 });
+    let answer = gw.ask_stream("azure_first").await;
+    assert_eq!(answer.header("x-tierwise-tier"), Some("azure"));
+    let stream = streamed(&answer.text);
+    assert_eq!(
+        stream.errors[0]["error"]["code"], "stream_interrupted",
+        "{}",
+        answer.text
+    );
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(row.error_kind.as_deref(), Some("stream_broken"));
+
+    azure.set_fault(Fault::ErrorMidStream { after: 3 });
+    let answer = gw.ask_stream("azure_first").await;
+    let stream = streamed(&answer.text);
+    assert!(stream.done && stream.errors.len() == 1, "{}", answer.text);
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(row.error_kind.as_deref(), Some("upstream_error_event"));
+    gw.shutdown().await;
+}
+
+/// An Azure tier must name its deployment, and only an Azure tier may.
+#[test]
+fn a_deployment_is_required_on_azure_and_refused_elsewhere() {
+    let load = |change: fn(&mut TestConfig)| {
+        let config =
+            TestConfig::two_tier("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1").with(change);
+        tierwise::config::Config::parse(
+            &config.toml(),
+            std::path::Path::new("t.toml"),
+            &crate::util::env,
+        )
+        .map(|_| ())
+        .map_err(|err| err.to_string())
+    };
+    let missing = load(|c| {
+        let mut provider = RawProvider::new("https://res.openai.azure.com");
+        provider.api = Some(Api::Azure);
+        c.0.providers.insert(text("azure"), provider);
+        c.0.tiers
+            .insert(text("azure"), RawTier::new("azure", "gpt-4o"));
+    })
+    .unwrap_err();
+    assert!(missing.contains("tiers.azure.deployment"), "{missing}");
+    assert!(missing.contains("is required"), "{missing}");
+    let elsewhere = load(|c| {
+        let mut tier = RawTier::new("openai", "gpt-4o");
+        tier.deployment = Some(text("gpt4o-prod"));
+        c.0.tiers.insert(text("odd"), tier);
+    })
+    .unwrap_err();
+    assert!(elsewhere.contains("tiers.odd.deployment"), "{elsewhere}");
+    assert!(
+        elsewhere.contains("only for a tier on an Azure"),
+        "{elsewhere}"
+    );
+}
