@@ -304,19 +304,24 @@ impl Budgets {
             .max()
     }
 
+    /// The prompt at the dearer of its input price and the price of writing it to a provider's
+    /// prompt cache (Anthropic's, dearer than input), and the answer.
     fn worst_on(&self, tier: &Tier, prompt: u64, answer: u64) -> i64 {
-        let tokens = Tokens {
-            input: prompt,
-            cached: 0,
-            cache_write: 0,
-            output: answer,
-            estimated: false,
+        let cost = |cache_write: u64| {
+            let tokens = Tokens {
+                input: prompt,
+                cached: 0,
+                cache_write,
+                output: answer,
+                estimated: false,
+            };
+            // A model without a price has no budget over it (the configuration refuses one).
+            self.pricing
+                .price(tier, None, &tokens)
+                .cost
+                .map_or(0, |cost| cost.0.max(0))
         };
-        // A model without a price has no budget over it (the configuration refuses one).
-        self.pricing
-            .price(tier, None, &tokens)
-            .cost
-            .map_or(0, |cost| cost.0.max(0))
+        cost(0).max(cost(prompt))
     }
 
     /// Holds a shadow call's worst case against the budgets of its route and of all API spend;
@@ -691,6 +696,32 @@ tiers = ["mini"]
         };
         assert_eq!(held.len(), 1);
         assert_eq!(held[0].amount(), WORST as u64);
+    }
+
+    /// A prompt that a provider may write to its prompt cache is held at the cache-write price
+    /// where that is dearer than input.
+    #[test]
+    fn a_prompt_is_held_at_the_dearer_of_input_and_cache_write() {
+        let toml = r#"
+[providers.anthropic]
+base_url = "http://127.0.0.1:9/v1"
+[tiers]
+claude = { provider = "anthropic", model = "claude-x" }
+[prices."claude-x"]
+input = 3.0
+cache_write = 3.75
+output = 15.0
+[routes.r]
+kind = "chat"
+tiers = ["claude"]
+budget = { monthly_usd = 1 }
+"#;
+        let config = Config::parse(toml, std::path::Path::new("t.toml"), &|_| None).unwrap();
+        let budgets = Budgets::new(&config, clock_at(JAN_END).0);
+        let Verdict::Held(held) = admit(&budgets, &config, "r", false) else {
+            panic!("a dollar holds it")
+        };
+        assert_eq!(held[0].amount(), 83 * 3_750_000 + 1000 * 15_000_000);
     }
 
     /// Eight threads race for a budget that holds exactly ten worst cases: ten are admitted, and

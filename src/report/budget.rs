@@ -208,6 +208,8 @@ pub fn add_effects(
                 input: moved.tokens_in,
                 cached: moved.tokens_cached,
                 output: moved.tokens_out,
+                // Served locally: nothing was written to a provider's prompt cache.
+                cache_write: 0,
                 estimated: false,
             };
             let priced = config
