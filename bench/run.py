@@ -209,18 +209,21 @@ local = {{ provider = "dead_local", model = "mistral-7b" }}
 kind = "classification"
 tiers = ["api"]
 
-# The direct route with rate limits no benchmark reaches, called with a key that has its own:
-# every request is judged by four limits (key and route, requests and tokens) and settles two.
+# The direct route with rate limits and budgets no benchmark reaches, called with a key that has
+# its own: every request is judged by four limits (key and route, requests and tokens) and two
+# budgets (the route's, the key's), and settles four reservations.
 [routes.limited]
 kind = "classification"
 tiers = ["api"]
 rpm = 1000000000
 tpm = 1000000000000
+budget = {{ monthly_usd = 9000000 }}
 
 [keys.bench_limited]
 key = "{LIMITED_KEY}"
 rpm = 1000000000
 tpm = 1000000000000
+budget = {{ monthly_usd = 9000000 }}
 
 [routes.fallback]
 kind = "classification"

@@ -1,5 +1,5 @@
-//! The `tierwise` command line: `serve`, `check`, `init`. This is the binary's edge, where errors
-//! become messages and exit codes.
+//! The `tierwise` command line: `serve`, `check`, `init`, `report`, `budget` and the rest. This is
+//! the binary's edge, where errors become messages and exit codes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -217,10 +217,23 @@ enum BudgetAction {
 
 /// Which budget a correction is for, and why.
 #[derive(Debug, Args)]
-#[group(id = "scope", required = true, multiple = false, args = ["route", "key", "all"])]
 struct BudgetTarget {
     #[arg(short, long, env = "TIERWISE_CONFIG", default_value_os_t = config::default_path())]
     config: PathBuf,
+    #[command(flatten)]
+    scope: ScopeArgs,
+    /// The month, e.g. 2026-12 (default: this month, UTC).
+    #[arg(long)]
+    month: Option<String>,
+    /// Why, kept in the audit row.
+    #[arg(long)]
+    reason: String,
+}
+
+/// One budget: a route's, a key's, or all API spend's.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct ScopeArgs {
     /// The route's budget (`routes.<name>.budget`).
     #[arg(long)]
     route: Option<String>,
@@ -230,12 +243,6 @@ struct BudgetTarget {
     /// The budget of all API spend (`[budget]`).
     #[arg(long)]
     all: bool,
-    /// The month, e.g. 2026-12 (default: this month, UTC).
-    #[arg(long)]
-    month: Option<String>,
-    /// Why, kept in the audit row.
-    #[arg(long)]
-    reason: String,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -469,7 +476,7 @@ async fn budget(action: BudgetAction) -> anyhow::Result<ExitCode> {
     };
     let config = load(&target.config)?;
     let month = month_of(target.month.as_deref())?;
-    let scope = match (&target.route, &target.key) {
+    let scope = match (&target.scope.route, &target.scope.key) {
         (Some(route), _) => BudgetScope::Route(route.clone()),
         (None, Some(key)) => BudgetScope::Key(key.clone()),
         (None, None) => BudgetScope::All,

@@ -15,7 +15,8 @@
 //!   chain run with fallback on retryable failures; the output contract that normalizes labels.
 //! - [`limits`]: admission, between the route and its chain — whether a request may go on, what it
 //!   reserves of its limits until it ends (the one reservation mechanism, the shadow checks' daily
-//!   budget's too), and which tiers its chain passes over.
+//!   budget's too), and which tiers its chain passes over: rate limits per minute and monthly
+//!   budgets that, once spent, move a route to its local tiers or refuse.
 //! - [`health`]: per provider, the circuit breaker and in-flight cap the chain consults before each
 //!   attempt, the active probes that feed the breakers, and warm-up.
 //! - [`upstream`]: the pooled HTTP client per provider (hyper-util over rustls, through the
@@ -27,22 +28,23 @@
 //!   settlement, shadow sampling), and the background task that batches outcomes to the ledger
 //!   and the metrics.
 //! - [`ledger`]: the rows of every request and attempt (product traffic, shadow and eval calls),
-//!   prices and exact cost in picodollars, token estimates, quality events and feedback, the SQLite
-//!   or PostgreSQL store and its writer.
+//!   prices and exact cost in picodollars, token estimates, quality events and feedback, a month's
+//!   spend and its corrections for budgets, the SQLite or PostgreSQL store and its writer.
 //! - [`metrics`]: every Prometheus series, recorded in one place.
 //! - [`dashboard`]: the page at `/`, its script and style compiled into the binary; it reads the
 //!   admin API with the admin key the operator gives it.
-//! - [`report`]: cost and savings per route read back from the ledger; `simulate` for workloads
-//!   not yet deployed.
+//! - [`report`]: cost and savings per route read back from the ledger, each budget's month;
+//!   `simulate` for workloads not yet deployed.
 //! - [`quality`]: whether a cheaper tier answers like the reference — the scorers (label, JSON,
 //!   text, tool calls, judge), the monitor's interval and episodes, the shadow checks that take
 //!   sampled requests from [`outcome`] once their client has its answer, each route's demotion
-//!   state the chain consults, alerts and their webhook, feedback, and `tierwise eval`.
+//!   state the chain consults, alerts (budgets' too) and their webhook, feedback, and
+//!   `tierwise eval`.
 //!
 //! [`demo`] runs all of it against two simulated providers in-process (`tierwise demo`).
 //!
 //! The command line (`tierwise serve`, `check`, `init`, `report`, `advise`, `simulate`, `eval`,
-//! `demo`) lives in the binary,
+//! `budget`, `demo`) lives in the binary,
 //! `src/main.rs` and `src/cli.rs`, the only place that uses `anyhow`.
 
 pub mod config;

@@ -246,16 +246,41 @@ function render(report, costs, quality, providers, requests) {
   ]));
 }
 
+// Each budget's month: spend against it, what requests in flight hold, and the month-end spend
+// where enough of the month has been seen to project it (else why not). A budget past its
+// alert_at share is marked.
+function renderBudgets(budgets) {
+  const rows = budgets.budgets;
+  $('budgets-note').hidden = rows.length > 0;
+  text('budgets-note', 'No budget is configured ([budget], routes.<name>.budget, keys.<name>.budget).');
+  fillTable('budgets', rows.map((b) => [
+    b.name === null ? 'all API spend' : `${b.scope} ${b.name}`,
+    b.month,
+    usd(b.spent_usd),
+    usd(b.monthly_usd),
+    b.share === null ? null : pct(b.share),
+    b.reserved_usd === null ? null : usd(b.reserved_usd),
+    b.projected_usd === null ? `not projected: ${b.projection}` : usd(b.projected_usd),
+    b.on_exhausted,
+  ]));
+  $('budgets').querySelectorAll('tbody tr').forEach((tr, i) => {
+    const b = rows[i];
+    if (b.share !== null && b.share >= b.alert_at) tr.className = 'state-alert';
+  });
+}
+
 async function refresh() {
   try {
-    const [report, costs, quality, providers, requests] = await Promise.all([
+    const [report, costs, quality, providers, requests, budgets] = await Promise.all([
       api('/admin/api/report?since=14d'),
       api('/admin/api/costs?since=14d'),
       api('/admin/api/quality'),
       api('/admin/api/providers'),
       api('/admin/api/requests?limit=25'),
+      api('/admin/api/budgets'),
     ]);
     render(report, costs, quality, providers, requests);
+    renderBudgets(budgets);
     $('login').hidden = true;
     $('error').hidden = true;
     $('main').hidden = false;

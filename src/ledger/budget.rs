@@ -210,7 +210,95 @@ ledger_row! {
     }
 }
 
+/// Requests a spent budget moved off one API tier (to a local one), in a window, by route: the
+/// tier passed over first, and the tokens the requests used where they were served, which that
+/// tier would have been paid for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetMoves {
+    pub route: Option<String>,
+    pub tier: String,
+    pub calls: u64,
+    /// Of those, the ones a local tier answered.
+    pub answered: u64,
+    pub tokens_in: u64,
+    pub tokens_cached: u64,
+    pub tokens_out: u64,
+}
+
 impl Store {
+    /// Product requests moved by a spent budget, by route and the API tier first passed over; and
+    /// the requests a budget refused (429 `insufficient_quota`), by route.
+    pub async fn budget_effects(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        route: Option<&str>,
+    ) -> Result<(Vec<BudgetMoves>, Vec<(Option<String>, u64)>), LedgerError> {
+        let one_route = if route.is_some() {
+            " AND r.route = $3"
+        } else {
+            ""
+        };
+        let sum = |column: &str| format!("CAST(COALESCE(SUM(r.{column}), 0) AS BIGINT)");
+        let moved_sql = format!(
+            "SELECT r.route AS route, a.tier AS tier, COUNT(*) AS calls, \
+             CAST(COALESCE(SUM(CASE WHEN r.tier IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS answered, \
+             {} AS tokens_in, {} AS tokens_cached, {} AS tokens_out \
+             FROM attempts a JOIN requests r ON r.id = a.request_id \
+             WHERE a.outcome = 'budget_spent' AND r.purpose = 'product' \
+             AND r.ts_ms >= $1 AND r.ts_ms < $2{one_route} \
+             AND a.seq = (SELECT MIN(b.seq) FROM attempts b WHERE b.request_id = a.request_id \
+             AND b.outcome = 'budget_spent') \
+             GROUP BY r.route, a.tier ORDER BY r.route, a.tier",
+            sum("tokens_in"),
+            sum("tokens_cached"),
+            sum("tokens_out"),
+        );
+        let refused_sql = format!(
+            "SELECT r.route AS route, COUNT(*) AS calls FROM requests r \
+             WHERE r.error_kind = 'insufficient_quota' AND r.tier IS NULL AND r.purpose = 'product' \
+             AND r.ts_ms >= $1 AND r.ts_ms < $2{one_route} GROUP BY r.route ORDER BY r.route"
+        );
+        fn window<'q>(
+            sql: &'q str,
+            from_ms: i64,
+            to_ms: i64,
+            route: Option<&str>,
+        ) -> super::row::AnyQuery<'q> {
+            let mut query = sqlx::query(sql).bind(from_ms).bind(to_ms);
+            if let Some(route) = route {
+                query = query.bind(route.to_string());
+            }
+            query
+        }
+        let count = |row: &sqlx::any::AnyRow, column: &str| -> Result<u64, sqlx::Error> {
+            Ok(row.try_get::<i64, _>(column)?.max(0) as u64)
+        };
+        let mut moves = Vec::new();
+        for row in window(&moved_sql, from_ms, to_ms, route)
+            .fetch_all(self.reads())
+            .await?
+        {
+            moves.push(BudgetMoves {
+                route: row.try_get("route")?,
+                tier: row.try_get("tier")?,
+                calls: count(&row, "calls")?,
+                answered: count(&row, "answered")?,
+                tokens_in: count(&row, "tokens_in")?,
+                tokens_cached: count(&row, "tokens_cached")?,
+                tokens_out: count(&row, "tokens_out")?,
+            });
+        }
+        let mut refused = Vec::new();
+        for row in window(&refused_sql, from_ms, to_ms, route)
+            .fetch_all(self.reads())
+            .await?
+        {
+            refused.push((row.try_get("route")?, count(&row, "calls")?));
+        }
+        Ok((moves, refused))
+    }
+
     /// The spend of `month` up to `to_ms` (rows a clock dated later do not count yet) and its
     /// adjustments.
     pub async fn month_spend(&self, month: Month, to_ms: i64) -> Result<MonthSpend, LedgerError> {

@@ -304,19 +304,24 @@ impl Budgets {
             .max()
     }
 
+    /// The prompt at the dearer of its input price and the price of writing it to a provider's
+    /// prompt cache (Anthropic's, dearer than input), and the answer.
     fn worst_on(&self, tier: &Tier, prompt: u64, answer: u64) -> i64 {
-        let tokens = Tokens {
-            input: prompt,
-            cached: 0,
-            cache_write: 0,
-            output: answer,
-            estimated: false,
+        let cost = |cache_write: u64| {
+            let tokens = Tokens {
+                input: prompt,
+                cached: 0,
+                cache_write,
+                output: answer,
+                estimated: false,
+            };
+            // A model without a price has no budget over it (the configuration refuses one).
+            self.pricing
+                .price(tier, None, &tokens)
+                .cost
+                .map_or(0, |cost| cost.0.max(0))
         };
-        // A model without a price has no budget over it (the configuration refuses one).
-        self.pricing
-            .price(tier, None, &tokens)
-            .cost
-            .map_or(0, |cost| cost.0.max(0))
+        cost(0).max(cost(prompt))
     }
 
     /// Holds a shadow call's worst case against the budgets of its route and of all API spend;
@@ -426,11 +431,22 @@ fn reserve_all(months: &[Arc<MonthCounts>], worst: i64) -> Result<Vec<Reservatio
 /// Reads the ledger's account of the month every [`RESYNC`] and hands it to `budgets`; for as
 /// long as the gateway runs. A ledger that does not answer leaves the counts as they are.
 pub async fn keep_in_step(budgets: Arc<Budgets>, store: Store) {
+    let mut failing = false;
     loop {
-        if let Err(err) = take_up_ledger(&budgets, &store).await {
-            tracing::warn!(
-                "cannot read this month's spend from the ledger: {err}; budgets count on from what this replica has seen"
-            );
+        match take_up_ledger(&budgets, &store).await {
+            // Said once per outage, not every 15 s of it.
+            Err(err) if !failing => {
+                tracing::warn!(
+                    "cannot read this month's spend from the ledger: {err}; budgets count on from what this replica has seen until it answers"
+                );
+                failing = true;
+            }
+            Err(_) => {}
+            Ok(()) if failing => {
+                tracing::info!("the ledger answers again: budgets take up its month's spend");
+                failing = false;
+            }
+            Ok(()) => {}
         }
         tokio::time::sleep(RESYNC).await;
     }
@@ -545,16 +561,19 @@ impl MonthCounts {
             <= i128::from(self.info.budget.monthly_pusd)
     }
 
-    /// Holds `amount` if it fits. The amount is added first and judged after, so two requests
-    /// racing each see the other's: either may be refused, never both admitted past the budget.
+    /// Holds `amount` if it fits beside the spend and what is held, in one compare-and-swap: two
+    /// requests racing cannot both take the last of the budget, and no amount (a client may ask
+    /// for 2^60 tokens) can wrap the count around.
     fn try_reserve(&self, amount: i64) -> bool {
-        let reserved = self.reserved.fetch_add(amount, Ordering::AcqRel) + amount;
-        let fits = i128::from(self.spent().0) + i128::from(reserved)
-            <= i128::from(self.info.budget.monthly_pusd);
-        if !fits {
-            self.reserved.fetch_sub(amount, Ordering::AcqRel);
-        }
-        fits
+        let limit = i128::from(self.info.budget.monthly_pusd);
+        self.reserved
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |reserved| {
+                let after = i128::from(reserved) + i128::from(amount);
+                (i128::from(self.spent().0) + after <= limit)
+                    .then(|| i64::try_from(after).ok())
+                    .flatten()
+            })
+            .is_ok()
     }
 
     /// The budget could not hold a request: it is spent, as far as requests are concerned.
@@ -594,10 +613,14 @@ impl MonthCounts {
 /// that the two never both look smaller than they are), and the alerts are checked.
 impl Meter for MonthCounts {
     fn settle(&self, _month: i64, held: u64, used: u64) {
-        self.calls
-            .fetch_add(used.min(i64::MAX as u64) as i64, Ordering::AcqRel);
-        self.reserved
-            .fetch_sub(held.min(i64::MAX as u64) as i64, Ordering::AcqRel);
+        let used = i64::try_from(used).unwrap_or(i64::MAX);
+        let held = i64::try_from(held).unwrap_or(i64::MAX);
+        let _ = self
+            .calls
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |calls| {
+                Some(calls.saturating_add(used))
+            });
+        self.reserved.fetch_sub(held, Ordering::AcqRel);
         self.check_alerts();
     }
 }
@@ -675,6 +698,32 @@ tiers = ["mini"]
         assert_eq!(held[0].amount(), WORST as u64);
     }
 
+    /// A prompt that a provider may write to its prompt cache is held at the cache-write price
+    /// where that is dearer than input.
+    #[test]
+    fn a_prompt_is_held_at_the_dearer_of_input_and_cache_write() {
+        let toml = r#"
+[providers.anthropic]
+base_url = "http://127.0.0.1:9/v1"
+[tiers]
+claude = { provider = "anthropic", model = "claude-x" }
+[prices."claude-x"]
+input = 3.0
+cache_write = 3.75
+output = 15.0
+[routes.r]
+kind = "chat"
+tiers = ["claude"]
+budget = { monthly_usd = 1 }
+"#;
+        let config = Config::parse(toml, std::path::Path::new("t.toml"), &|_| None).unwrap();
+        let budgets = Budgets::new(&config, clock_at(JAN_END).0);
+        let Verdict::Held(held) = admit(&budgets, &config, "r", false) else {
+            panic!("a dollar holds it")
+        };
+        assert_eq!(held[0].amount(), 83 * 3_750_000 + 1000 * 15_000_000);
+    }
+
     /// Eight threads race for a budget that holds exactly ten worst cases: ten are admitted, and
     /// once they have cost what they really cost, the spend is within the budget.
     #[test]
@@ -718,6 +767,33 @@ tiers = ["mini"]
             (Picodollars(10 * (worst - 1_000)), Picodollars(0))
         );
         assert!(spent.0 <= (usd * 1e12) as i64);
+    }
+
+    /// A request asking for more tokens than any budget could pay for is moved, and its worst
+    /// case (saturated at the largest amount) does not wrap the count around for the next.
+    #[test]
+    fn an_absurd_answer_budget_is_moved_and_wraps_nothing() {
+        let config = config("{ monthly_usd = 1 }", "");
+        let budgets = Budgets::new(&config, clock_at(JAN_END).0);
+        let route = config.routes.iter().find(|r| r.name == "r").unwrap();
+        let huge = br#"{"model":"r","max_tokens":1152921504606846976,"n":128,"messages":[{"role":"user","content":"x"}]}"#;
+        let request = RequestBody::parse(Endpoint::ChatCompletions, huge).unwrap();
+        let held = admit(&budgets, &config, "r", false);
+        assert!(matches!(held, Verdict::Held(_)));
+        for _ in 0..3 {
+            let verdict = budgets.admit(&Spending {
+                route: Some(route),
+                key: None,
+                chain: &route.chain,
+                request: &request,
+                primary_demoted: false,
+            });
+            assert!(matches!(verdict, Verdict::Moved { .. }), "{verdict:?}");
+        }
+        assert_eq!(
+            budgets.live(&BudgetScope::Route("r".into())),
+            Some((Picodollars(0), Picodollars(WORST)))
+        );
     }
 
     #[test]

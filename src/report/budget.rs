@@ -3,13 +3,16 @@
 //! (only the gateway knows), and the month-end spend projected at the rate seen so far — only once
 //! the month holds `[report] project_after_hours` of traffic, as reports project, and otherwise no
 //! figure but the reason. `tierwise budget show` and `/admin/api/budgets` give the same figures.
+//!
+//! In a report, each route's [`BudgetEffects`]: the requests a spent budget moved to a local tier
+//! and what they would have cost on the API tier passed over, and the requests it refused.
 
 use serde::Serialize;
 
-use super::span_of;
+use super::{RouteReport, plural, span_of};
 use crate::config::{BudgetScope, Config};
-use crate::ledger::Picodollars;
-use crate::ledger::budget::{Month, MonthSpend};
+use crate::ledger::budget::{BudgetMoves, Month, MonthSpend};
+use crate::ledger::{NO_ROUTE, Picodollars, Pricing, Tokens};
 
 /// One budget this month.
 #[derive(Debug, Clone, Serialize)]
@@ -141,4 +144,91 @@ pub fn to_table(figures: &[BudgetFigures]) -> String {
         let _ = writeln!(out, "month-end not projected: {why}");
     }
     out
+}
+
+/// What budgets did to one route's requests in a report's window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BudgetEffects {
+    /// Requests a spent budget moved off the API tiers to a local one.
+    pub moved_to_local: u64,
+    /// Of those, the ones the local tier answered.
+    pub answered_locally: u64,
+    /// What the moved requests would have cost on the API tier passed over first, for the tokens
+    /// they used, at its model's price today; `null` where that model has no price.
+    pub would_have_cost_usd: Option<String>,
+    /// The API tiers passed over first.
+    pub passed_over: Vec<String>,
+    /// Requests a budget refused (429 `insufficient_quota`).
+    pub refused: u64,
+}
+
+impl BudgetEffects {
+    /// One line of `tierwise report`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.moved_to_local > 0 {
+            let cost = match &self.would_have_cost_usd {
+                Some(usd) => format!("${usd}"),
+                None => "an unknown amount (no price)".to_string(),
+            };
+            parts.push(format!(
+                "a spent budget moved {} to local ({} answered), which would have cost {cost} on {}",
+                plural(self.moved_to_local, "call", "calls"),
+                self.answered_locally,
+                self.passed_over.join(", ")
+            ));
+        }
+        if self.refused > 0 {
+            parts.push(format!(
+                "a spent budget refused {} (429 insufficient_quota)",
+                plural(self.refused, "call", "calls")
+            ));
+        }
+        parts.join("; ")
+    }
+}
+
+/// Sets each route's budget effects from the ledger's sums.
+pub fn add_effects(
+    config: &Config,
+    routes: &mut [RouteReport],
+    moves: &[BudgetMoves],
+    refused: &[(Option<String>, u64)],
+) {
+    let pricing = Pricing::new(config);
+    for report in routes {
+        let named = |route: &Option<String>| route.as_deref().unwrap_or(NO_ROUTE) == report.route;
+        let mut effects = BudgetEffects::default();
+        let mut cost = Some(Picodollars(0));
+        for moved in moves.iter().filter(|moved| named(&moved.route)) {
+            effects.moved_to_local += moved.calls;
+            effects.answered_locally += moved.answered;
+            effects.passed_over.push(moved.tier.clone());
+            let tokens = Tokens {
+                input: moved.tokens_in,
+                cached: moved.tokens_cached,
+                output: moved.tokens_out,
+                // Served locally: nothing was written to a provider's prompt cache.
+                cache_write: 0,
+                estimated: false,
+            };
+            let priced = config
+                .tiers
+                .iter()
+                .find(|tier| tier.name == moved.tier)
+                .and_then(|tier| pricing.price(tier, None, &tokens).cost);
+            cost = cost
+                .zip(priced)
+                .map(|(sum, one)| Picodollars::saturating(i128::from(sum.0) + i128::from(one.0)));
+        }
+        effects.would_have_cost_usd = cost.map(|cost| cost.to_string());
+        effects.refused = refused
+            .iter()
+            .filter(|(route, _)| named(route))
+            .map(|(_, calls)| calls)
+            .sum();
+        if effects.moved_to_local > 0 || effects.refused > 0 {
+            report.budget = Some(effects);
+        }
+    }
 }

@@ -6,7 +6,7 @@
 //! never exceeds what the config bounds (shadow checks their daily budget). `tierwise report` prints it; `/admin/api/report` serves the same numbers. The
 //! ledger's database does the summing ([`crate::ledger::Summary`]); what is built here is a few
 //! numbers per route, whatever the window holds. [`advise`] turns the same numbers into a verdict
-//! per route.
+//! per route. [`budget`] shows each budget's month, and what budgets did to each route's traffic.
 
 pub mod advise;
 pub mod budget;
@@ -93,6 +93,9 @@ pub struct RouteReport {
     /// Requests the route's first tier did not answer, by why, with what they cost in the end:
     /// "4% of summaries went to the API because they were too long, $12 a month".
     pub moved_off_first_tier: Vec<MovedOff>,
+    /// What its budgets did to it: requests moved to local, and refused; `None` where they did
+    /// nothing.
+    pub budget: Option<budget::BudgetEffects>,
     /// What checking this route's quality cost and found.
     pub quality: QualityReport,
     #[serde(skip)]
@@ -284,6 +287,10 @@ impl Report {
         let mut report = Report::build(config, &summary, window);
         report.starts_at_first_record = starts;
         report.ends_at_last_record = ends;
+        let (moves, refused) = store
+            .budget_effects(window.from_ms, window.to_ms, route)
+            .await?;
+        budget::add_effects(config, &mut report.routes, &moves, &refused);
         for route in &mut report.routes {
             let Some(configured) = config.routes.iter().find(|r| r.name == route.route) else {
                 continue;
@@ -671,6 +678,11 @@ impl Report {
             }
         }
         for r in &self.routes {
+            if let Some(effects) = &r.budget {
+                let _ = writeln!(out, "  {}: {}", r.route, effects.describe());
+            }
+        }
+        for r in &self.routes {
             let q = &r.quality;
             for agreement in &q.agreement {
                 let _ = writeln!(
@@ -928,6 +940,7 @@ fn route_report(
         )),
         monthly_baseline_usd: projection.month(sums.baseline),
         moved_off_first_tier: Vec::new(),
+        budget: None,
         quality: QualityReport::default(),
         api_cost: sums.cost,
         baseline: sums.baseline,

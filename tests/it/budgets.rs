@@ -211,6 +211,30 @@ async fn a_spent_route_budget_serves_from_local_and_without_a_local_tier_answers
         )
     );
     assert_eq!(api.request_count(), 2);
+
+    // The report counts both, and prices the moved call on the tier it was moved off: the local
+    // tier's 20 prompt and 5 completion tokens on gpt-4o-mini.
+    let report = admin_get(&gateway, "/admin/api/report?since=1d").await;
+    let route = |name: &str| {
+        report.body["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|route| route["route"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {}", report.text))["budget"]
+            .clone()
+    };
+    assert_eq!(
+        route(ROUTE),
+        json!({
+            "moved_to_local": 1,
+            "answered_locally": 1,
+            "would_have_cost_usd": "0.000006",
+            "passed_over": ["api_fast"],
+            "refused": 0,
+        })
+    );
+    assert_eq!(route("budget_api_only")["refused"], 1);
     gateway.shutdown().await;
 }
 
@@ -616,4 +640,230 @@ async fn a_new_month_starts_its_budget_from_nothing() {
     assert_eq!(budget["month"], "2030-02");
     assert_eq!(budget["spent_usd"].as_f64(), Some(usd(ACTUAL)));
     gateway.shutdown().await;
+}
+
+/// A named key's budget holds its own calls, whatever route they call, and only its own: another
+/// client on the same route is served. Its spend is the ledger's by key name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_budget_holds_that_keys_calls_only() {
+    const ROUTE: &str = "budget_keyed";
+    const BATCH_KEY: &str = "tw-batch-job-key-31";
+    let (local, api) = fakes().await;
+    let config = budgeted(
+        &local,
+        &api,
+        ROUTE,
+        &["api_fast"],
+        1_000_000_000_000,
+        OnExhausted::Reject,
+    )
+    .with(|c| {
+        let mut batch = tierwise::config::file::RawKey::new(BATCH_KEY);
+        // One reservation fits; after one call, a second does not.
+        batch.budget = Some(RawBudget::new(
+            usd(reservation(&ask(ROUTE))),
+            OnExhausted::Reject,
+        ));
+        c.0.keys.insert(text("batch"), batch);
+    });
+    let gateway = TestGateway::start(&config).await;
+    let as_batch = || async {
+        let response = gateway
+            .http
+            .post(format!("{}/v1/chat/completions", gateway.url))
+            .bearer_auth(BATCH_KEY)
+            .json(&ask(ROUTE))
+            .send()
+            .await
+            .unwrap();
+        Answer::of(response).await
+    };
+    assert_eq!(as_batch().await.status, 200);
+    let key = |budgets: &Value| {
+        budgets["budgets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|budget| budget["scope"] == "key")
+            .cloned()
+            .unwrap()
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    while key(&admin_get(&gateway, "/admin/api/budgets").await.body)["reserved_usd"] != 0.0 {
+        assert!(Instant::now() < until, "the key's call never settled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused = as_batch().await;
+    let message = refused.error(429, Some("insufficient_quota"));
+    assert!(message.contains("key batch"), "{message}");
+    // Another client on the same route is not the batch key.
+    assert_eq!(send(&gateway, &ask(ROUTE)).await.status, 200);
+    let shown = key(&admin_get(&gateway, "/admin/api/budgets").await.body);
+    assert_eq!(
+        (&shown["name"], shown["spent_usd"].as_f64()),
+        (&json!("batch"), Some(usd(ACTUAL)))
+    );
+    gateway.shutdown().await;
+    // Read back from the ledger by key name, as a restart would.
+    let store =
+        tierwise::ledger::Store::connect(&config.0.ledger.url.as_ref().unwrap().get_ref().clone())
+            .await
+            .unwrap();
+    let now = tierwise::quality::watch::now_ms();
+    let spend = store.month_spend(Month::of(now), now + 1).await.unwrap();
+    assert_eq!(
+        spend
+            .total(&tierwise::config::BudgetScope::Key("batch".into()))
+            .0,
+        ACTUAL
+    );
+}
+
+/// Shadow checks are API calls like any other: they count against their route's budget, and stop
+/// once it cannot hold another (`budget_spent`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_checks_spend_the_routes_budget_and_stop_when_it_is_spent() {
+    const ROUTE: &str = "budget_shadowed";
+    let (local, api) = fakes().await;
+    // A check on gpt-4o (100 tokens at most) holds about $0.0013 and costs $0.00105: one fits
+    // $0.002, a second does not.
+    let config = budgeted(
+        &local,
+        &api,
+        ROUTE,
+        &["local", "api_fast"],
+        2_000_000_000,
+        OnExhausted::LocalOnly,
+    )
+    .with(|c| {
+        c.route(ROUTE).kind = spanned(TaskKind::Classification);
+        c.route(ROUTE).shadow = Some(RawShadow::new("api_frontier", 1.0));
+        c.0.tiers.get_mut("api_frontier").unwrap().max_tokens = Some(100);
+    });
+    let gateway = TestGateway::start(&config).await;
+    for i in 0..3 {
+        let body = json!({"model": ROUTE, "messages": [{"role": "user", "content": format!("ticket {i}")}]});
+        let answer = send(&gateway, &body).await;
+        assert_eq!(answer.header("x-tierwise-tier"), Some("local"));
+    }
+    let series =
+        format!("tierwise_shadow_skipped_total{{route=\"{ROUTE}\",reason=\"budget_spent\"}} 2");
+    gateway
+        .wait_for_metrics(|text| text.contains(&series))
+        .await;
+    assert_eq!(api.request_count(), 1, "one check was sent");
+    let budget = settled(&gateway, ROUTE).await;
+    assert_eq!(
+        budget["spent_usd"].as_f64(),
+        Some(usd(20 * 2_500_000 + 100 * 10_000_000))
+    );
+    gateway.shutdown().await;
+}
+
+/// The budget tables and sums read the same on PostgreSQL as on SQLite: a month's spend by route
+/// and key, its corrections, an alert stored once, the calls a budget moved and refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_sums_read_the_same_on_sqlite_and_postgresql() {
+    use tierwise::config::BudgetScope;
+    use tierwise::ledger::budget::{AlertLevel, AlertRow, Change, Correction};
+    use tierwise::ledger::{AttemptRow, Picodollars, RequestRow, Store};
+    for backend in [crate::util::Backend::Sqlite, crate::util::Backend::Postgres] {
+        let store = Store::connect(&backend.url().await).await.unwrap();
+        let month = Month::parse("2026-12").unwrap();
+        let start = month.start_ms();
+        let row = |id: &str, route: &str, key: Option<&str>, cost: i64| RequestRow {
+            route: Some(route.into()),
+            key_name: key.map(str::to_string),
+            tier: Some("local".into()),
+            cost_pusd: Some(Picodollars(cost)),
+            tokens_in: 20,
+            tokens_out: 5,
+            ..RequestRow::new(id.into(), start + 1, "chat.completions".into())
+        };
+        let refused = RequestRow {
+            status: 429,
+            error_kind: Some("insufficient_quota".into()),
+            route: Some("r".into()),
+            ..RequestRow::new("refused".into(), start + 2, "chat.completions".into())
+        };
+        let rows = [
+            row("a", "r", Some("batch"), 300),
+            row("b", "r", None, 0),
+            row("c", "s", None, 7),
+            refused,
+        ];
+        let attempt = |seq: i32, tier: &str, outcome: &str| AttemptRow {
+            request_id: "b".into(),
+            seq,
+            tier: tier.into(),
+            provider: "p".into(),
+            model: "m".into(),
+            outcome: outcome.into(),
+            latency_us: 0,
+        };
+        let attempts = [
+            attempt(0, "api_fast", "budget_spent"),
+            attempt(1, "api_frontier", "budget_spent"),
+            attempt(2, "local", "ok"),
+        ];
+        store
+            .insert(
+                &rows.iter().collect::<Vec<_>>(),
+                &attempts.iter().collect::<Vec<_>>(),
+            )
+            .await
+            .unwrap();
+        let route = BudgetScope::Route("r".into());
+        store
+            .correct_budget(
+                start + 3,
+                &Correction {
+                    month,
+                    scope: &route,
+                    change: Change::Add(Picodollars(-100)),
+                    reason: "test",
+                    actor: "cli:test",
+                },
+            )
+            .await
+            .unwrap();
+        let spend = store.month_spend(month, i64::MAX).await.unwrap();
+        assert_eq!(
+            (
+                spend.total(&route),
+                spend.total(&BudgetScope::Key("batch".into())),
+                spend.total(&BudgetScope::All)
+            ),
+            (Picodollars(200), Picodollars(300), Picodollars(307)),
+            "{backend:?}"
+        );
+        let alert = AlertRow {
+            month: month.to_string(),
+            scope: "route".into(),
+            name: "r".into(),
+            level: AlertLevel::AlertAt.as_str().into(),
+            ts_ms: start,
+            spent_pusd: 1,
+            limit_pusd: 2,
+        };
+        assert!(store.record_budget_alert(&alert).await.unwrap());
+        assert!(!store.record_budget_alert(&alert).await.unwrap());
+        let (moves, refusals) = store
+            .budget_effects(start, month.end_ms(), Some("r"))
+            .await
+            .unwrap();
+        assert_eq!(moves.len(), 1, "{backend:?}: {moves:?}");
+        assert_eq!(
+            (
+                moves[0].tier.as_str(),
+                moves[0].calls,
+                moves[0].answered,
+                moves[0].tokens_in
+            ),
+            ("api_fast", 1, 1, 20),
+            "{backend:?}: the tier passed over first"
+        );
+        assert_eq!(refusals, [(Some("r".to_string()), 1)], "{backend:?}");
+        store.close().await;
+    }
 }

@@ -1654,3 +1654,144 @@ fn check_lists_every_unknown_key_and_every_other_mistake_in_one_run() {
         assert!(stderr.contains(expected), "no {expected:?} in:\n{stderr}");
     }
 }
+
+/// `tierwise budget show|reset|adjust` against the ledger a gateway wrote: show prints the month's
+/// spend, reset writes an audit row that takes it back to zero, adjust adds to it, and a scope
+/// without a budget is refused naming the ones configured. `tierwise report` says what the
+/// budget moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_commands_show_and_correct_a_months_spend_with_an_audit_row() {
+    use tierwise::config::OnExhausted;
+    use tierwise::config::file::{RawBudget, spanned};
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    api.update(|b| {
+        b.prompt_tokens = 20;
+        b.completion_tokens = 100;
+    });
+    let dir = temp_dir("budget");
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            c.provider("vllm").fixed_monthly_usd = Some(spanned(0.0));
+            c.0.ledger.url = Some(text(format!(
+                "sqlite://{}",
+                dir.join("ledger.db").display()
+            )));
+            c.add_route("cli_budget", TaskKind::Chat, &["api_fast", "local"])
+                .budget = Some(RawBudget::new(0.0001, OnExhausted::LocalOnly));
+        });
+    let path = dir.join("tierwise.toml");
+    std::fs::write(&path, config.toml()).unwrap();
+    let gateway = crate::util::TestGateway::start_config(config.config_in(&path)).await;
+    let ask = serde_json::json!({"model": "cli_budget", "max_tokens": 100,
+        "messages": [{"role": "user", "content": "x"}]});
+    for tier in ["api_fast", "local"] {
+        let response = gateway.post("/v1/chat/completions", &ask).await;
+        assert_eq!(response.headers()["x-tierwise-tier"], tier);
+    }
+    gateway.shutdown().await;
+    let budget = |args: &[&str]| {
+        let mut command = tierwise();
+        command
+            .arg("budget")
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .env("CLIENT_KEY", crate::util::CLIENT_KEY)
+            .env("LOCAL_KEY", crate::util::PROVIDER_KEY)
+            .env("USER", "ops");
+        command
+    };
+    let shown = json_of(&mut budget(&["show", "--format", "json"]));
+    assert_eq!(shown[0]["name"], "cli_budget");
+    assert_eq!(shown[0]["spent_usd"].as_f64(), Some(0.000063));
+    assert_eq!(shown[0]["reserved_usd"], serde_json::Value::Null);
+    assert!(
+        shown[0]["projection"]
+            .as_str()
+            .unwrap()
+            .contains("project_after_hours"),
+        "{shown}"
+    );
+
+    let out = budget(&["reset", "--route", "cli_budget", "--reason", "mispriced"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("route cli_budget") && said.contains("$0.000063 -> $0"),
+        "{said}"
+    );
+    let out = budget(&[
+        "adjust",
+        "--route",
+        "cli_budget",
+        "--usd=0.00002",
+        "--reason",
+        "a bill paid elsewhere",
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = json_of(&mut budget(&["show", "--format", "json"]));
+    assert_eq!(shown[0]["spent_usd"].as_f64(), Some(0.00002));
+    assert_eq!(shown[0]["adjusted_usd"].as_f64(), Some(0.00002 - 0.000063));
+    let store =
+        tierwise::ledger::Store::connect(&format!("sqlite://{}", dir.join("ledger.db").display()))
+            .await
+            .unwrap();
+    let month = tierwise::ledger::budget::Month::of(tierwise::quality::watch::now_ms());
+    let rows = store.adjustments(month).await.unwrap();
+    let audit: Vec<(&str, i64, &str, &str)> = rows
+        .iter()
+        .map(|row| {
+            (
+                row.kind.as_str(),
+                row.delta_pusd,
+                row.reason.as_str(),
+                row.actor.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        audit,
+        [
+            ("reset", -63_000_000, "mispriced", "cli:ops"),
+            ("adjust", 20_000_000, "a bill paid elsewhere", "cli:ops")
+        ]
+    );
+    store.close().await;
+
+    let out = budget(&["adjust", "--all", "--usd", "1", "--reason", "x"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("all API spend has no budget") && stderr.contains("route cli_budget"),
+        "{stderr}"
+    );
+
+    let mut report = tierwise();
+    report
+        .args(["report", "--config"])
+        .arg(&path)
+        .env("CLIENT_KEY", crate::util::CLIENT_KEY)
+        .env("LOCAL_KEY", crate::util::PROVIDER_KEY);
+    let out = report.output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("cli_budget: a spent budget moved 1 call to local (1 answered), which would have cost $0.000006 on api_fast"),
+        "{table}"
+    );
+}

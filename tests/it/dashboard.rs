@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use tierwise::config::file::{RawShadow, text};
+use tierwise::config::OnExhausted;
+use tierwise::config::file::{RawBudget, RawShadow, spanned, text};
+use tierwise::ledger::budget::Month;
 use tierwise::ledger::{Picodollars, Purpose, RequestRow, Store};
 use tierwise_fake::FakeUpstream;
 
@@ -241,7 +243,37 @@ async fn a_young_ledger_shows_observed_figures_per_minute_and_says_why_nothing_i
     let api = FakeUpstream::start().await;
     let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
         .without_probes()
-        .with(|c| c.0.server.admin_key = Some(text(ADMIN_KEY)));
+        .with(|c| {
+            c.0.server.admin_key = Some(text(ADMIN_KEY));
+            c.provider("vllm").fixed_monthly_usd = Some(spanned(0.0));
+            c.route("classification").budget = Some(RawBudget::new(1.0, OnExhausted::LocalOnly));
+            c.0.budget = Some(RawBudget::new(5.0, OnExhausted::Reject));
+        });
+    // An eval run a minute ago spent half the route's budget: it counts in the month's spend (not
+    // in the product traffic the cost charts show).
+    let ledger = config.0.ledger.url.as_ref().unwrap().get_ref().clone();
+    let now = tierwise::quality::watch::now_ms();
+    let store = Store::connect(&ledger).await.unwrap();
+    let evals: Vec<RequestRow> = (0..2)
+        .map(|i| {
+            let ts = (now - 60_000).max(Month::of(now).start_ms()) + i;
+            let mut row = RequestRow::new(
+                uuid::Uuid::now_v7().to_string(),
+                ts,
+                "chat.completions".into(),
+            );
+            row.route = Some("classification".into());
+            row.tier = Some("api_fast".into());
+            row.purpose = Purpose::Eval;
+            row.cost_pusd = Some(Picodollars(250_000_000_000));
+            row
+        })
+        .collect();
+    store
+        .insert(&evals.iter().collect::<Vec<_>>(), &[])
+        .await
+        .unwrap();
+    store.close().await;
     let gw = TestGateway::start(&config).await;
     for i in 0..3 {
         let answer = Answer::of(
@@ -310,6 +342,14 @@ async fn a_young_ledger_shows_observed_figures_per_minute_and_says_why_nothing_i
     has("Cost per minute by route and tier (UTC)");
     has("No route has a shadow check");
     has("<th class=\"volume\">calls</th>");
+    // The budgets: the eval run's $0.50 of the route's $1.00, past no alert yet, and no month-end
+    // figure from a minute of the month.
+    has("<tr><td>route classification</td>");
+    has("<td>$0.50</td><td>$1.00</td><td>50.0%</td><td>$0.00</td><td>not projected:");
+    has("<td>all API spend</td>");
+    has("<td>$5.00</td><td>10.0%</td>");
+    has("of the month's traffic is under the 24 hours a projection needs");
+    has("<td>reject</td>");
     assert!(
         !dom.contains("/mo"),
         "a projected figure on a young ledger:\n{dom}"
