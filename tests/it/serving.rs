@@ -199,19 +199,7 @@ async fn a_request_whose_client_left_is_given_the_shutdown_grace_and_recorded() 
         b.completion_tokens = 500;
     });
     let store = gw.store().await;
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let gave_up = gw
-        .http
-        .post(format!("{}/v1/chat/completions", gw.url))
-        .bearer_auth(CLIENT_KEY)
-        .json(&chat("api_fast", "x"))
-        .timeout(Duration::from_millis(100))
-        .send()
-        .await;
-    assert!(gave_up.is_err(), "the client was meant to give up");
+    let since = give_up_on_api_fast(&gw).await;
     // Stopped while the upstream still works on the answer the client left: the call is paid
     // for, so it runs to its end within the grace and is recorded.
     gw.shutdown().await;
@@ -226,12 +214,8 @@ async fn a_request_whose_client_left_is_given_the_shutdown_grace_and_recorded() 
     assert_eq!((row.tokens_in, row.tokens_out), (1000, 500));
 }
 
-#[tokio::test]
-async fn a_request_whose_client_left_and_cut_at_the_end_of_the_grace_is_recorded_as_cut() {
-    let (_local, api, gw) = gateway(|_| {}, |c| c.0.server.shutdown_grace_ms = Some(300)).await;
-    // The upstream answers long after the grace: the call is cut off, paid for or not.
-    api.update(|b| b.fault = tierwise_fake::Fault::SlowFirstByte { ms: 10_000 });
-    let store = gw.store().await;
+/// Asks `api_fast` and gives up after 100 ms, before its answer; returns when it was asked (ms).
+async fn give_up_on_api_fast(gw: &TestGateway) -> i64 {
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -245,6 +229,16 @@ async fn a_request_whose_client_left_and_cut_at_the_end_of_the_grace_is_recorded
         .send()
         .await;
     assert!(gave_up.is_err(), "the client was meant to give up");
+    since
+}
+
+#[tokio::test]
+async fn a_request_whose_client_left_and_cut_at_the_end_of_the_grace_is_recorded_as_cut() {
+    let (_local, api, gw) = gateway(|_| {}, |c| c.0.server.shutdown_grace_ms = Some(300)).await;
+    // The upstream answers long after the grace: the call is cut off, paid for or not.
+    api.update(|b| b.fault = tierwise_fake::Fault::SlowFirstByte { ms: 10_000 });
+    let store = gw.store().await;
+    let since = give_up_on_api_fast(&gw).await;
     tierwise_fake::wait_until(
         "the upstream call to be made",
         Duration::from_secs(5),
