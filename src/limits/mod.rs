@@ -27,6 +27,7 @@
 pub mod budget;
 mod reservation;
 mod shared;
+mod shared_budget;
 mod window;
 
 use std::collections::HashMap;
@@ -122,7 +123,7 @@ impl Limits {
     pub fn with_clock(config: &Config, clock: Clock) -> Limits {
         let shared = config.limits.store.as_ref().and_then(|url| {
             Shared::start(url, config.limits.store_timeout)
-                .map_err(|err| tracing::error!("{err}; rate limits are kept in memory"))
+                .map_err(|err| tracing::error!("{err}; rate limits and budgets are kept in memory"))
                 .ok()
         });
         let scope = |kind: &'static str, name: &str, rate: Rate| -> Option<Scope> {
@@ -172,8 +173,8 @@ impl Limits {
         Limits {
             keys,
             routes,
+            budgets: Arc::new(Budgets::new(config, clock, shared.clone())),
             shared,
-            budgets: Arc::new(Budgets::new(config, clock)),
         }
     }
 
@@ -209,13 +210,17 @@ impl Limits {
         }
         let mut skips = Skips::default();
         let mut held = Vec::new();
-        match self.budgets.admit(&budget::Spending {
-            route: ask.route.map(|route| &**route),
-            key: ask.key.and_then(|key| key.terms.name.as_deref()),
-            chain: ask.chain,
-            request: ask.request,
-            primary_demoted: ask.primary_demoted,
-        }) {
+        match self
+            .budgets
+            .admit(&budget::Spending {
+                route: ask.route.map(|route| &**route),
+                key: ask.key.and_then(|key| key.terms.name.as_deref()),
+                chain: ask.chain,
+                request: ask.request,
+                primary_demoted: ask.primary_demoted,
+            })
+            .await
+        {
             budget::Verdict::Held(reservations) => held = reservations,
             budget::Verdict::Moved { demoted_too } => {
                 skips.add(Skip {
