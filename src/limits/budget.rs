@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 
 use super::reservation::{Meter, Reservation, Unit};
 use super::shared::Shared;
-use super::shared_budget::{Account, InStore, Reserved, SharedBudgets};
+use super::shared_budget::{Account, HEARTBEAT, InStore, Reserved, SharedBudgets};
 use crate::config::{Budget, BudgetScope, ChainTier, Config, OnExhausted, Route, Tier};
 use crate::ledger::budget::{AlertLevel, Month, MonthSpend};
 use crate::ledger::{Picodollars, Pricing, Store, Tokens};
@@ -539,6 +539,12 @@ impl Budgets {
         }
     }
 
+    /// Whether budgets are judged in the count replicas share; `true` where there is no such
+    /// count to wait for (no budgets, no store).
+    pub fn shared_usable(&self) -> bool {
+        self.shared.as_ref().is_none_or(|shared| shared.usable())
+    }
+
     /// Waits until the limits store comes back; never, without one.
     async fn store_came_back(&self) {
         match &self.shared {
@@ -602,35 +608,48 @@ fn reserve_all(
         .collect())
 }
 
-/// Reads the ledger's account of the month every [`RESYNC`] and hands it to `budgets`; for as
-/// long as the gateway runs. A ledger that does not answer leaves the counts as they are.
+/// Reads the ledger's account of the month every [`RESYNC`] and hands it to `budgets`; with a
+/// limits store, gives it this replica's account every [`HEARTBEAT`] (and the ledger's at once
+/// when it comes back); for as long as the gateway runs. A ledger that does not answer leaves the
+/// counts as they are.
 pub async fn keep_in_step(budgets: Arc<Budgets>, store: Store) {
     let mut failing = false;
+    let mut read_at: Option<tokio::time::Instant> = None;
     loop {
-        let taken_up = take_up_ledger(&budgets, &store).await;
-        if taken_up.is_err() {
-            // The ledger away is no reason to keep the shared count from what this replica saw.
+        if read_at.is_none_or(|at| at.elapsed() >= RESYNC) {
+            read_at = Some(tokio::time::Instant::now());
+            let taken_up = take_up_ledger(&budgets, &store).await;
+            if taken_up.is_err() {
+                // The ledger away is no reason to keep the shared count from what this replica saw.
+                budgets.give_account(Month::of(budgets.now_ms())).await;
+            }
+            match taken_up {
+                // Said once per outage, not every 15 s of it.
+                Err(err) if !failing => {
+                    tracing::warn!(
+                        "cannot read this month's spend from the ledger: {err}; budgets count on from what this replica has seen until it answers"
+                    );
+                    failing = true;
+                }
+                Err(_) => {}
+                Ok(()) if failing => {
+                    tracing::info!("the ledger answers again: budgets take up its month's spend");
+                    failing = false;
+                }
+                Ok(()) => {}
+            }
+        } else {
             budgets.give_account(Month::of(budgets.now_ms())).await;
         }
-        match taken_up {
-            // Said once per outage, not every 15 s of it.
-            Err(err) if !failing => {
-                tracing::warn!(
-                    "cannot read this month's spend from the ledger: {err}; budgets count on from what this replica has seen until it answers"
-                );
-                failing = true;
-            }
-            Err(_) => {}
-            Ok(()) if failing => {
-                tracing::info!("the ledger answers again: budgets take up its month's spend");
-                failing = false;
-            }
-            Ok(()) => {}
-        }
-        // The store back (perhaps empty) is given the ledger's account at once.
+        let pause = if budgets.shared.is_some() {
+            HEARTBEAT
+        } else {
+            RESYNC
+        };
         tokio::select! {
-            () = tokio::time::sleep(RESYNC) => {}
-            () = budgets.store_came_back() => {}
+            () = tokio::time::sleep(pause) => {}
+            // The store back (perhaps empty) is given the ledger's account at once.
+            () = budgets.store_came_back() => read_at = None,
         }
     }
 }

@@ -183,12 +183,15 @@ impl Limits {
     }
 
     /// Where the counts are judged, as `/readyz` says it: `memory` (no `limits.store`), `shared`,
-    /// or `down` (the store is unreachable; each replica judges from its own memory).
+    /// `syncing` (the store answers, and budgets judge in memory until this replica has given it
+    /// the ledger's account), or `down` (the store is unreachable; each replica judges from its
+    /// own memory).
     pub fn store_status(&self) -> &'static str {
         match &self.shared {
             None => "memory",
-            Some(store) if store.is_up() => "shared",
-            Some(_) => "down",
+            Some(store) if !store.is_up() => "down",
+            Some(_) if !self.budgets.shared_usable() => "syncing",
+            Some(_) => "shared",
         }
     }
 

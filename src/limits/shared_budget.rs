@@ -8,7 +8,8 @@
 //! off the request path.
 //!
 //! Holds are per replica under a lease, not per request: a replica renews its lease every
-//! [`HEARTBEAT`], and a replica that dies (or cannot reach Redis) for [`LEASE`] has its holds
+//! [`HEARTBEAT`] (when it gives Redis its account, and takes up the shared count in return, so
+//! that its memory is never more than that behind), and a replica that dies (or cannot reach Redis) for [`LEASE`] has its holds
 //! dropped by the next request that reads them. A lease, once lapsed, is never renewed: the
 //! replica takes a new one (a new generation), so a late settlement of a dropped hold gives
 //! nothing back twice. Per-request hold keys with a TTL would need the TTL to outlast the longest
@@ -26,8 +27,8 @@
 //! Amounts are picodollars. Redis adds them as 64-bit integers; the script compares them as Lua
 //! numbers (doubles), exact up to 2^53 pusd ($9,007) and within a millionth of a cent above.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -47,18 +48,6 @@ const LEASES: &str = "tierwise:budget:leases";
 /// Settlements waiting to be sent; one that finds the queue full is dropped (and the replica
 /// takes a new lease, so what it held is not held forever).
 const SETTLE_QUEUE: usize = 4096;
-
-/// Renews `ARGV[1]`'s lease in `KEYS[1]` for `ARGV[2]` ms, unless it lapsed (then 0). Leases
-/// lapsed for a day are forgotten.
-const RENEW: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local mine = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if mine and tonumber(mine) < now then return 0 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 86400000)
-return 1
-";
 
 /// Holds ARGV[3] picodollars against every budget hash of KEYS[2..] if each can hold it beside
 /// its spend and what live leases hold (holds of lapsed leases are dropped as they are read), for
@@ -116,13 +105,20 @@ redis.call('PEXPIREAT', KEYS[1], ARGV[4])
 return 1
 ";
 
-/// Gives each budget hash of KEYS its account (ARGV in fours: calls, adjusted, corrections,
-/// expiry): calls where more than Redis has, the corrections where they are more of them than
-/// Redis saw. Returns per budget its calls, adjusted and corrections after.
+/// Renews lease ARGV[1] in KEYS[1] for ARGV[2] ms ({-1} if it lapsed; leases lapsed for a day
+/// are forgotten), and gives each budget hash of KEYS[2..] its account (ARGV[3..] in fours:
+/// calls, adjusted, corrections, expiry): calls where more than Redis has, the corrections where
+/// they are more of them than Redis saw. Returns per budget its calls, adjusted and corrections.
 const RESYNC: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local mine = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if mine and tonumber(mine) < now then return {-1} end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 86400000)
 local out = {}
-for i = 1, #KEYS do
-  local base = (i - 1) * 4
+for i = 2, #KEYS do
+  local base = (i - 2) * 4 + 2
   local calls = tonumber(redis.call('HGET', KEYS[i], 'calls') or '0')
   if tonumber(ARGV[base + 1]) > calls then
     redis.call('HSET', KEYS[i], 'calls', ARGV[base + 1])
@@ -196,7 +192,7 @@ pub struct SharedBudgets {
 }
 
 impl SharedBudgets {
-    /// Starts the lease's heartbeat and the settlement task on the current runtime.
+    /// Starts the settlement task on the current runtime.
     pub fn start(store: Arc<Shared>) -> Arc<SharedBudgets> {
         let (settlements, queued) = mpsc::channel(SETTLE_QUEUE);
         let shared = Arc::new(SharedBudgets {
@@ -208,7 +204,6 @@ impl SharedBudgets {
             resync: redis::Script::new(RESYNC),
             settlements,
         });
-        tokio::spawn(heartbeat(Arc::downgrade(&shared)));
         tokio::spawn(send_settlements(
             shared.store.clone(),
             shared.generation.clone(),
@@ -303,9 +298,9 @@ impl SharedBudgets {
         None
     }
 
-    /// Gives Redis this replica's account of each budget's month; returns what Redis holds after,
-    /// in the same order (calls, adjusted, corrections), or `None` when it did not answer. Once
-    /// given, budgets are judged in Redis.
+    /// Renews this replica's lease and gives Redis its account of each budget's month; returns
+    /// what Redis holds after, in the same order (calls, adjusted, corrections), or `None` when
+    /// it did not answer. Once given, budgets are judged in Redis. Called every [`HEARTBEAT`].
     pub async fn give_account(&self, accounts: &[Account]) -> Option<Vec<InStore>> {
         let ups = self.store.ups();
         if !self.store.is_up() {
@@ -316,18 +311,30 @@ impl SharedBudgets {
             // settlements meanwhile. A new lease lets the old one's holds go at its end.
             self.generation.fetch_add(1, Ordering::AcqRel);
         }
-        let mut invocation = self.resync.prepare_invoke();
-        for account in accounts {
+        let mut values = Vec::new();
+        for _ in 0..2 {
+            let mut invocation = self.resync.prepare_invoke();
             invocation
-                .key(&account.key)
-                .arg(account.calls)
-                .arg(account.adjusted)
-                .arg(account.corrections)
-                .arg(account.expire_at);
+                .key(LEASES)
+                .arg(self.lease())
+                .arg(LEASE.as_millis() as u64);
+            for account in accounts {
+                invocation
+                    .key(&account.key)
+                    .arg(account.calls)
+                    .arg(account.adjusted)
+                    .arg(account.corrections)
+                    .arg(account.expire_at);
+            }
+            values = self
+                .call(invocation.invoke_async::<Vec<i64>>(&mut self.store.connection()))
+                .await?;
+            if values.first() != Some(&-1) {
+                break;
+            }
+            // A lease that lapsed is never renewed: a new one.
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
-        let values: Vec<i64> = self
-            .call(invocation.invoke_async(&mut self.store.connection()))
-            .await?;
         if values.len() != 3 * accounts.len() {
             self.store.mark(false, "an answer of the wrong shape");
             return None;
@@ -394,32 +401,6 @@ fn lost_settlement(generation: &AtomicU64) {
     generation.fetch_add(1, Ordering::AcqRel);
 }
 
-/// Renews the lease every [`HEARTBEAT`] while the store answers, for as long as the budgets exist.
-async fn heartbeat(shared: Weak<SharedBudgets>) {
-    let renew = redis::Script::new(RENEW);
-    loop {
-        let Some(budgets) = shared.upgrade() else {
-            return;
-        };
-        if budgets.store.is_up() {
-            let mut invocation = renew.prepare_invoke();
-            invocation
-                .key(LEASES)
-                .arg(budgets.lease())
-                .arg(LEASE.as_millis() as u64);
-            let mut connection = budgets.store.connection();
-            if let Some(0) = budgets
-                .call(invocation.invoke_async::<i64>(&mut connection))
-                .await
-            {
-                budgets.generation.fetch_add(1, Ordering::AcqRel);
-            }
-        }
-        drop(budgets);
-        tokio::time::sleep(HEARTBEAT).await;
-    }
-}
-
 /// Sends queued settlements in pipelines; ends when the budgets are gone.
 async fn send_settlements(
     store: Arc<Shared>,
@@ -430,6 +411,9 @@ async fn send_settlements(
     let mut batch = Vec::with_capacity(256);
     while queued.recv_many(&mut batch, 256).await > 0 {
         let mut pipe = redis::pipe();
+        // A pipeline's scripts are sent by their hash alone (EVALSHA), which a Redis that has not
+        // seen them (one just started, or restarted) refuses: the script goes first, every time.
+        pipe.cmd("SCRIPT").arg("LOAD").arg(SETTLE).ignore();
         for settle in batch.drain(..) {
             pipe.invoke_script(
                 script
