@@ -1227,4 +1227,106 @@ budget = {{ monthly_usd = 0, on_exhausted = "{policy}" }}
             "another replica's spend, taken up"
         );
     }
+
+    /// The spent alert fires at the first request a budget cannot hold, and says how much is
+    /// really spent (short of the budget), what is held and the worst case that did not fit.
+    #[test]
+    fn the_spent_alert_says_what_is_really_spent() {
+        let config = config("{ monthly_usd = 0.001 }", "");
+        let budgets = Budgets::new(&config, clock_at(JAN_END).0, None);
+        let mut crossings = budgets.take_crossings().unwrap();
+        let Verdict::Held(held) = admit(&budgets, &config, "r", false) else {
+            panic!("fits")
+        };
+        for reservation in held {
+            reservation.settle(300_000_000);
+        }
+        // $0.0003 spent: one more worst case ($0.00061245) fits, the next does not.
+        let Verdict::Held(in_flight) = admit(&budgets, &config, "r", false) else {
+            panic!("fits")
+        };
+        assert!(matches!(
+            admit(&budgets, &config, "r", false),
+            Verdict::Moved { .. }
+        ));
+        let crossing = crossings.try_recv().unwrap();
+        assert_eq!(
+            (
+                crossing.level,
+                crossing.spent,
+                crossing.held,
+                crossing.worst
+            ),
+            (
+                AlertLevel::Spent,
+                Picodollars(300_000_000),
+                Picodollars(WORST),
+                Some(Picodollars(WORST))
+            )
+        );
+        drop(in_flight);
+    }
+
+    /// A correction that takes the spend back under a level arms it again: the next crossing is
+    /// noticed, keyed by the correction it follows, and is not noticed again once announced. A
+    /// correction that leaves the spend above a level does not.
+    #[test]
+    fn a_correction_under_a_level_arms_it_again() {
+        let config = config("{ monthly_usd = 0.002, alert_at = 0.5 }", "");
+        let budgets = Budgets::new(&config, clock_at(JAN_END).0, None);
+        let mut crossings = budgets.take_crossings().unwrap();
+        let scope = BudgetScope::Route("r".into());
+        let month = Month::of(JAN_END);
+        let spend = |amount: u64| {
+            let Verdict::Held(held) = admit(&budgets, &config, "r", false) else {
+                panic!("fits")
+            };
+            for reservation in held {
+                reservation.settle(amount);
+            }
+        };
+        spend(1_200_000_000);
+        assert_eq!(crossings.try_recv().unwrap().armed_after, 0);
+        let mut ledger = MonthSpend::default();
+        ledger
+            .calls
+            .routes
+            .insert("r".into(), Picodollars(1_200_000_000));
+        let announced = vec![(scope.clone(), AlertLevel::AlertAt, 0)];
+        // Adjusted by +$0.0001: still past alert_at, not armed again.
+        ledger
+            .adjustments
+            .routes
+            .insert("r".into(), Picodollars(100_000_000));
+        ledger
+            .corrections
+            .push((scope.clone(), Picodollars(1_300_000_000)));
+        budgets.take_up(month, &ledger, &announced);
+        assert!(crossings.try_recv().is_err());
+        // Reset: under it again; crossing it once more is noticed, after the second correction.
+        ledger
+            .adjustments
+            .routes
+            .insert("r".into(), Picodollars(-1_200_000_000));
+        ledger.corrections.push((scope.clone(), Picodollars(0)));
+        budgets.take_up(month, &ledger, &announced);
+        assert!(crossings.try_recv().is_err(), "nothing crossed yet");
+        spend(1_100_000_000);
+        let again = crossings.try_recv().unwrap();
+        assert_eq!((again.level, again.armed_after), (AlertLevel::AlertAt, 2));
+        // Announced (here or by another replica): the ledger says so, and it is not again.
+        let mut announced = announced;
+        announced.push((scope.clone(), AlertLevel::AlertAt, 2));
+        ledger
+            .calls
+            .routes
+            .insert("r".into(), Picodollars(2_300_000_000));
+        let fresh = Budgets::new(&config, clock_at(JAN_END).0, None);
+        let mut fresh_crossings = fresh.take_crossings().unwrap();
+        fresh.take_up(month, &ledger, &announced);
+        assert!(
+            fresh_crossings.try_recv().is_err(),
+            "a restarted gateway does not announce it again"
+        );
+    }
 }

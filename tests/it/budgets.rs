@@ -378,6 +378,92 @@ async fn the_alert_at_80_percent_fires_once_a_month_across_a_restart() {
     restarted.shutdown().await;
 }
 
+/// Waits until the webhook has heard `events`, in order.
+async fn heard(hook: &Hook, events: &[&str]) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while hook.events() != events {
+        assert!(
+            Instant::now() < until,
+            "the webhook heard {:?}, not {events:?}",
+            hook.events()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The spent alert fires at the first request the budget cannot hold, and says how much is really
+/// spent — 94.5%, not 100% — with the worst case that no longer fitted. A reset in the month arms
+/// both alerts again: the operator who reset a mispriced month hears when the real spend crosses
+/// 80% and can no longer hold a request again, told it follows a correction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spent_alert_says_the_true_share_and_a_reset_month_alerts_again() {
+    const ROUTE: &str = "budget_rearmed";
+    let (local, api) = fakes().await;
+    let hook = Hook::start().await;
+    // Six calls (378 µUSD) fit 400 µUSD; the seventh's reservation would not.
+    let config = budgeted(
+        &local,
+        &api,
+        ROUTE,
+        &["api_fast", "local"],
+        400_000_000,
+        OnExhausted::LocalOnly,
+    )
+    .with(|c| c.0.alerts.webhook = Some(text(hook.url.clone())));
+    let gateway = TestGateway::start(&config).await;
+    let store = gateway.store().await;
+    let spend_it = || async {
+        for _ in 0..6 {
+            let answer = send(&gateway, &ask(ROUTE)).await;
+            assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"));
+            stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+        }
+        send(&gateway, &ask(ROUTE))
+            .await
+            .assert_served_by("local", "api_fast:budget_spent");
+    };
+    spend_it().await;
+    heard(&hook, &["budget_alert_at", "budget_spent"]).await;
+    let spent = hook.received.lock().unwrap()[1].clone();
+    assert_eq!(spent["share"].as_f64(), Some(6.0 * ACTUAL as f64 / 400e6));
+    assert_eq!(spent["spent_usd"].as_f64(), Some(usd(6 * ACTUAL)));
+    assert_eq!(
+        spent["worst_case_usd"].as_f64(),
+        Some(usd(reservation(&ask(ROUTE))))
+    );
+    assert_eq!(spent["after_corrections"], 0);
+
+    let reset = admin_post(
+        &gateway,
+        "/admin/api/budgets/adjust",
+        &json!({"scope": "route", "name": ROUTE, "reset": true, "reason": "mispriced"}),
+        ADMIN_KEY,
+    )
+    .await;
+    assert_eq!(reset.status, 200, "{}", reset.text);
+    spend_it().await;
+    heard(
+        &hook,
+        &[
+            "budget_alert_at",
+            "budget_spent",
+            "budget_alert_at",
+            "budget_spent",
+        ],
+    )
+    .await;
+    let again = hook.received.lock().unwrap()[2].clone();
+    assert_eq!(
+        (
+            again["after_corrections"].as_u64(),
+            again["spent_usd"].as_f64()
+        ),
+        (Some(1), Some(usd(6 * ACTUAL))),
+        "{again}"
+    );
+    gateway.shutdown().await;
+}
+
 /// A second gateway on the same SQLite ledger starts from the month's spend: the budget the first
 /// spent stays spent. It prices gpt-4o-mini at half: the month's spend is what the calls cost when
 /// they were made, not a repricing.
