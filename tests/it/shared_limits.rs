@@ -476,3 +476,56 @@ async fn a_correction_on_one_replica_is_judged_by_the_other_at_once() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Token reservations are settled in Redis with the real usage: a request that reserved its
+/// `max_tokens` of 5,000 leaves the minute at the 120 tokens it used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_settlements_reach_redis() {
+    let redis = Redis::start();
+    let api = FakeUpstream::start().await;
+    api.update(|b| {
+        b.prompt_tokens = 20;
+        b.completion_tokens = 100;
+    });
+    let store = redis.url();
+    let config = TestConfig::two_tier(&api.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            key(c, "tokens_job", None, Some(1_000_000));
+            c.0.limits.store = Some(text(store));
+            c.0.limits.store_timeout_ms = Some(spanned(100));
+        });
+    let gw = TestGateway::start(&config).await;
+    wait_for_store(&gw, "shared").await;
+    let mut ask = chat("classification", "x");
+    ask["max_tokens"] = json!(5000);
+    let answer = post_as(&gw, "tokens_job", &ask).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let mut connection = redis.connection().await;
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("tierwise:limits:key:tokens_job:tokens:*")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let mut counted = 0;
+        for key in &keys {
+            let count: i64 = redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+            counted += count;
+        }
+        if counted == 120 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the minute holds {counted} tokens in Redis, not the 120 used"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.shutdown().await;
+}
