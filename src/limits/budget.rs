@@ -246,7 +246,9 @@ impl Budgets {
         }
         match reserve_all(&months, worst, self.shared.as_ref()) {
             Ok(held) => Verdict::Held(held),
-            Err(()) => self.exhausted(spending, &months, worst, &|counts| counts.fits(worst)),
+            Err(()) => self.exhausted(spending, &months, worst, &|counts| {
+                (!counts.fits(worst)).then(|| counts.reserved.load(Ordering::Acquire))
+            }),
         }
     }
 
@@ -301,12 +303,14 @@ impl Budgets {
                         (counts.clone(), state)
                     })
                     .collect();
-                let fitted = |counts: &MonthCounts| {
+                // What every replica holds, as the store counted it, is what the alert tells.
+                let unfit = |counts: &MonthCounts| {
                     fits.iter()
                         .find(|(known, _)| std::ptr::eq(&**known, counts))
-                        .is_none_or(|(_, state)| state.fits)
+                        .filter(|(_, state)| !state.fits)
+                        .map(|(_, state)| state.held)
                 };
-                Some(self.exhausted(spending, months, worst, &fitted))
+                Some(self.exhausted(spending, months, worst, &unfit))
             }
         }
     }
@@ -318,11 +322,14 @@ impl Budgets {
         spending: &Spending<'_>,
         months: &[Arc<MonthCounts>],
         worst: i64,
-        fits: &dyn Fn(&MonthCounts) -> bool,
+        unfit: &dyn Fn(&MonthCounts) -> Option<i64>,
     ) -> Verdict {
         let mut deciding: Option<&Arc<MonthCounts>> = None;
-        for counts in months.iter().filter(|counts| !fits(counts)) {
-            counts.turned_away(worst);
+        for (counts, held) in months
+            .iter()
+            .filter_map(|counts| Some((counts, unfit(counts)?)))
+        {
+            counts.turned_away(worst, held);
             let strictness = |counts: &MonthCounts| match counts.info.budget.on_exhausted {
                 OnExhausted::Reject => 2,
                 OnExhausted::LocalOnly => 1,
@@ -808,8 +815,8 @@ impl MonthCounts {
 
     /// The budget could not hold a request's `worst` case: it is spent as far as requests are
     /// concerned, whatever share of it the settled spend is.
-    fn turned_away(&self, worst: i64) {
-        self.notice(AlertLevel::Spent, Some(worst));
+    fn turned_away(&self, worst: i64, held: i64) {
+        self.notice(AlertLevel::Spent, Some((worst, held)));
     }
 
     fn check_alerts(&self) {
@@ -823,7 +830,8 @@ impl MonthCounts {
 
     /// Sends the alert once a month (once more after each correction that arms it again): the
     /// first thread to set its bit sends it.
-    fn notice(&self, level: AlertLevel, worst: Option<i64>) {
+    /// `refused`: the worst case that did not fit, and what requests in flight held then.
+    fn notice(&self, level: AlertLevel, refused: Option<(i64, i64)>) {
         let bit = level_bit(level);
         if self.alerted.fetch_or(bit, Ordering::AcqRel) & bit != 0 {
             return;
@@ -833,8 +841,12 @@ impl MonthCounts {
             month: self.month,
             level,
             spent: self.spent(),
-            held: Picodollars(self.reserved.load(Ordering::Acquire).max(0)),
-            worst: worst.map(Picodollars),
+            held: Picodollars(
+                refused
+                    .map_or_else(|| self.reserved.load(Ordering::Acquire), |(_, held)| held)
+                    .max(0),
+            ),
+            worst: refused.map(|(worst, _)| Picodollars(worst)),
             armed_after: self.arms[usize::from(bit - 1)].load(Ordering::Acquire),
             budget: self.info.budget,
         });
