@@ -557,8 +557,10 @@ def main():
         if args.compare_bin:
             base = start_tierwise("baseline", tmp, fake_port, dead_port, f"sqlite://{tmp}/baseline.db", args.compare_bin, spaced_port=spaced_port)
             procs.append(base)
-        nginx = start_nginx(tmp, fake_port)
-        procs.append(nginx)
+        # The limits scenario measures tierwise against itself: no nginx needed.
+        if not args.limits_only:
+            nginx = start_nginx(tmp, fake_port)
+            procs.append(nginx)
         litellm = start_litellm(tmp, fake_port, args.litellm_venv) if args.litellm_venv else None
         if litellm:
             procs.append(litellm)
