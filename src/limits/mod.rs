@@ -15,7 +15,8 @@
 //! the real usage.
 //!
 //! The monthly budgets ([`budget`]) hold each request's worst-case cost against every budget that
-//! applies (its route's, its key's, all API spend's); one that cannot hold it passes over the API
+//! applies (its route's, its key's, all API spend's) — in memory, and in Redis
+//! ([`shared_budget`]) when `limits.store` is set; one that cannot hold it passes over the API
 //! tiers (`budget_spent`) or refuses the request (429 `insufficient_quota`). Budgets are judged
 //! before the rate limits, and what they hold is given back if a rate limit then refuses: a
 //! refused request counts against nothing.
