@@ -225,6 +225,13 @@ rpm = 1000000000
 tpm = 1000000000000
 budget = {{ monthly_usd = 9000000 }}
 
+# The direct route with a budget alone, called with the plain key: one budget judged and settled
+# (in Redis, where the gateway has a limits store).
+[routes.budgeted]
+kind = "classification"
+tiers = ["api"]
+budget = {{ monthly_usd = 9000000 }}
+
 [routes.fallback]
 kind = "classification"
 tiers = ["local", "api"]
@@ -461,11 +468,14 @@ def shadow_scenario(tw, tmp, body, args, rows, extra):
 
 
 def limits_scenario(tw, tmp, fake_port, dead_port, args, rows, extra, procs):
-    """What admission costs a request: the same gateway's direct route without limits and its
-    limited route with a limited key (four limits judged, two settled), alternating round by round;
-    with the counters in memory, then in a Redis of the scenario's own on this machine."""
+    """What admission costs a request: the same gateway's direct route without limits, its
+    limited route with a limited key (four rate limits and two budgets judged, four reservations
+    settled) and its budgeted route (one budget), alternating round by round; with the counters in
+    memory, then in a Redis of the scenario's own on this machine."""
     limited = tmp / "limited.json"
     limited.write_bytes(chat_body(model="limited"))
+    budgeted = tmp / "budgeted.json"
+    budgeted.write_bytes(chat_body(model="budgeted"))
     plain = tmp / "plain.json"
     plain.write_bytes(chat_body())
     redis_port = free_port()
@@ -476,9 +486,9 @@ def limits_scenario(tw, tmp, fake_port, dead_port, args, rows, extra, procs):
     time.sleep(1.0)  # the store's first probe
     for store, gw in (("memory", tw), ("redis", tw_redis)):
         for c in (int(n) for n in args.limits_concurrency.split(",")):
-            off, on = [], []
+            off, on, budget_only = [], [], []
             for _ in range(args.rounds):
-                for runs, request, key in ((off, plain, KEY), (on, limited, LIMITED_KEY)):
+                for runs, request, key in ((off, plain, KEY), (on, limited, LIMITED_KEY), (budget_only, budgeted, KEY)):
                     cpu = gw.cpu_seconds()
                     redis_cpu = redis.cpu_seconds()
                     run = wrk(gw.port, "/v1/chat/completions", request, c, args.seconds, key)
@@ -488,10 +498,19 @@ def limits_scenario(tw, tmp, fake_port, dead_port, args, rows, extra, procs):
             keys = ("rps", "p50_us", "p99_us", "cpu_us_per_req", "redis_us_per_req")
             a = {k: median_of(off, k) for k in keys}
             b = {k: median_of(on, k) for k in keys}
+            d = {k: median_of(budget_only, k) for k in keys}
             a["errors"] = sum(r["socket_errors"] + r["non2xx"] for r in off)
             b["errors"] = sum(r["socket_errors"] + r["non2xx"] for r in on)
+            d["errors"] = sum(r["socket_errors"] + r["non2xx"] for r in budget_only)
             rows.append(row(f"limits off ({store} gw), c={c}", "tierwise", a))
             rows.append(row(f"limits on, {store}, c={c}", "tierwise", b, a))
+            rows.append(row(f"one budget alone, {store}, c={c}", "tierwise", d, a))
+            extra.append(
+                f"one budget alone, {store}, c={c}: {d['cpu_us_per_req']:.1f} vs {a['cpu_us_per_req']:.1f} us CPU/req "
+                f"(x{d['cpu_us_per_req'] / a['cpu_us_per_req']:.3f}), p50 {d['p50_us']:.0f} vs {a['p50_us']:.0f} us, "
+                f"rps {d['rps']:.0f} vs {a['rps']:.0f}"
+                + (f", redis-server {d['redis_us_per_req']:.1f} us CPU/req" if store == "redis" else "")
+            )
             extra.append(
                 f"limits on, {store}, c={c}: {b['cpu_us_per_req']:.1f} vs {a['cpu_us_per_req']:.1f} us CPU/req "
                 f"(x{b['cpu_us_per_req'] / a['cpu_us_per_req']:.3f}), p50 {b['p50_us']:.0f} vs {a['p50_us']:.0f} us, "
@@ -538,8 +557,10 @@ def main():
         if args.compare_bin:
             base = start_tierwise("baseline", tmp, fake_port, dead_port, f"sqlite://{tmp}/baseline.db", args.compare_bin, spaced_port=spaced_port)
             procs.append(base)
-        nginx = start_nginx(tmp, fake_port)
-        procs.append(nginx)
+        # The limits scenario measures tierwise against itself: no nginx needed.
+        if not args.limits_only:
+            nginx = start_nginx(tmp, fake_port)
+            procs.append(nginx)
         litellm = start_litellm(tmp, fake_port, args.litellm_venv) if args.litellm_venv else None
         if litellm:
             procs.append(litellm)

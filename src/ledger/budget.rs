@@ -102,6 +102,9 @@ pub struct MonthSpend {
     pub calls: ByScope,
     /// What operators added to it (negative: took off).
     pub adjustments: ByScope,
+    /// Each correction, oldest first: its budget and the spend just after it (as whoever made
+    /// it saw the spend).
+    pub corrections: Vec<(Scope, Picodollars)>,
     /// The first call of the month, if any: how much of the month the spend was seen over.
     pub first_ms: Option<i64>,
 }
@@ -175,7 +178,9 @@ pub struct Correction<'a> {
 pub enum AlertLevel {
     /// The spend reached the budget's `alert_at` share.
     AlertAt,
-    /// The budget no longer holds a request's worst case: requests move or are refused.
+    /// The budget can no longer hold a request's worst case (or its spend reached it): requests
+    /// move or are refused. The spend may then be short of the budget by up to a worst case and
+    /// what requests in flight hold.
     Spent,
 }
 
@@ -197,7 +202,8 @@ impl AlertLevel {
 }
 
 ledger_row! {
-    /// A budget alert announced; one per budget, month and level.
+    /// A budget alert announced; one per budget, month, level and the correction that armed
+    /// the level again.
     #[derive(Debug, Clone, PartialEq)]
     pub struct AlertRow in "budget_alerts" {
         pub month: String,
@@ -207,6 +213,8 @@ ledger_row! {
         pub ts_ms: i64,
         pub spent_pusd: i64,
         pub limit_pusd: i64,
+        /// How many of the month's corrections of the budget the level was armed after.
+        pub armed_after: i64,
     }
 }
 
@@ -338,6 +346,14 @@ impl Store {
                 spend.adjustments.add(&scope, money(row, "delta")?);
             }
         }
+        for row in self.adjustments(month).await? {
+            if let Some(scope) = Scope::from_parts(&row.scope, &row.name) {
+                let after = i128::from(row.spent_before_pusd) + i128::from(row.delta_pusd);
+                spend
+                    .corrections
+                    .push((scope, Picodollars::saturating(after)));
+            }
+        }
         Ok(spend)
     }
 
@@ -393,15 +409,17 @@ impl Store {
         self.insert_one(row).await
     }
 
-    /// The alerts of a month already announced, as `(scope, level)`.
+    /// The alerts of a month already announced, as `(scope, level, armed_after)`.
     pub async fn budget_alerts(
         &self,
         month: Month,
-    ) -> Result<Vec<(Scope, AlertLevel)>, LedgerError> {
-        let rows = sqlx::query("SELECT scope, name, level FROM budget_alerts WHERE month = $1")
-            .bind(month.to_string())
-            .fetch_all(self.reads())
-            .await?;
+    ) -> Result<Vec<(Scope, AlertLevel, u64)>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT scope, name, level, armed_after FROM budget_alerts WHERE month = $1",
+        )
+        .bind(month.to_string())
+        .fetch_all(self.reads())
+        .await?;
         let mut alerts = Vec::new();
         for row in &rows {
             let (scope, name, level): (String, String, String) = (
@@ -409,10 +427,11 @@ impl Store {
                 row.try_get("name")?,
                 row.try_get("level")?,
             );
+            let armed_after: i64 = row.try_get("armed_after")?;
             if let (Some(scope), Some(level)) =
                 (Scope::from_parts(&scope, &name), AlertLevel::parse(&level))
             {
-                alerts.push((scope, level));
+                alerts.push((scope, level, armed_after.max(0) as u64));
             }
         }
         Ok(alerts)
@@ -529,12 +548,25 @@ mod tests {
             ts_ms: 1,
             spent_pusd: 8,
             limit_pusd: 10,
+            armed_after: 0,
         };
         assert!(store.record_budget_alert(&row).await.unwrap());
         assert!(!store.record_budget_alert(&row).await.unwrap());
+        // Armed again by a correction: stored once more.
+        let again = AlertRow {
+            armed_after: 1,
+            ..row.clone()
+        };
+        assert!(store.record_budget_alert(&again).await.unwrap());
+        assert!(!store.record_budget_alert(&again).await.unwrap());
+        let mut alerts = store.budget_alerts(month).await.unwrap();
+        alerts.sort();
         assert_eq!(
-            store.budget_alerts(month).await.unwrap(),
-            vec![(Scope::Route("a".into()), AlertLevel::AlertAt)]
+            alerts,
+            vec![
+                (Scope::Route("a".into()), AlertLevel::AlertAt, 0),
+                (Scope::Route("a".into()), AlertLevel::AlertAt, 1)
+            ]
         );
     }
 }

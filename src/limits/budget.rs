@@ -16,12 +16,15 @@
 //! [`ArcSwap`] that a new month replaces, so serving threads share them without a lock and a
 //! reservation settles into the month it was made in. They start from the ledger's account of
 //! the month and take it up again every [`RESYNC`] ([`keep_in_step`]): calls of other replicas and
-//! of `tierwise eval`, and corrections (`tierwise budget reset|adjust`). The alerts at `alert_at`
-//! and at 100% are noticed here, on the request path, by an atomic flag each, and announced by
-//! [`crate::quality::alert`] once per budget and month.
+//! of `tierwise eval`, and corrections (`tierwise budget reset|adjust`). With a limits store,
+//! replicas judge in one shared count ([`super::shared_budget`]) and the memory mirrors it, judging
+//! alone only while the store does not answer. The alerts at `alert_at` and when a budget cannot
+//! hold a request are noticed here, on the request path, by an atomic flag each, and announced by
+//! [`crate::quality::alert`] once per budget and month — again after a correction that took the
+//! spend back under the level.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +32,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 
 use super::reservation::{Meter, Reservation, Unit};
+use super::shared::Shared;
+use super::shared_budget::{Account, HEARTBEAT, InStore, Reserved, SharedBudgets};
 use crate::config::{Budget, BudgetScope, ChainTier, Config, OnExhausted, Route, Tier};
 use crate::ledger::budget::{AlertLevel, Month, MonthSpend};
 use crate::ledger::{Picodollars, Pricing, Store, Tokens};
@@ -75,6 +80,8 @@ pub struct Budgets {
     keys: HashMap<String, Arc<BudgetMeter>>,
     pricing: Pricing,
     clock: Clock,
+    /// The count every replica shares, where `limits.store` is set.
+    shared: Option<Arc<SharedBudgets>>,
     /// Where alerts go, taken once by the gateway's announcer.
     crossings: Mutex<Option<mpsc::UnboundedReceiver<Crossing>>>,
 }
@@ -85,7 +92,16 @@ pub struct Crossing {
     pub scope: BudgetScope,
     pub month: Month,
     pub level: AlertLevel,
+    /// The month's spend (calls and corrections) when it was noticed.
     pub spent: Picodollars,
+    /// What requests in flight held then.
+    pub held: Picodollars,
+    /// The worst case of the request the budget could not hold; `None` where the spend itself
+    /// reached the level.
+    pub worst: Option<Picodollars>,
+    /// The corrections of the month the level was armed after (0: none): a correction that takes
+    /// the spend back under a level arms it again.
+    pub armed_after: u64,
     pub budget: Budget,
 }
 
@@ -126,7 +142,9 @@ pub struct Spent {
 }
 
 impl Budgets {
-    pub fn new(config: &Config, clock: Clock) -> Budgets {
+    /// Every budget of `config`, counted in memory, and shared through `store` where there is
+    /// one (its tasks start on the current runtime).
+    pub fn new(config: &Config, clock: Clock, store: Option<Arc<Shared>>) -> Budgets {
         let (notices, crossings) = mpsc::unbounded_channel();
         let now = clock.now_ms();
         let meter = |scope: BudgetScope, budget: Budget| {
@@ -145,8 +163,14 @@ impl Budgets {
             keys: HashMap::new(),
             pricing: Pricing::new(config),
             clock,
+            shared: None,
             crossings: Mutex::new(Some(crossings)),
         };
+        if let Some(store) = store
+            && config.budgets().next().is_some()
+        {
+            budgets.shared = Some(SharedBudgets::start(store));
+        }
         for (scope, budget) in config.budgets() {
             match &scope {
                 BudgetScope::All => budgets.all = Some(meter(scope, budget)),
@@ -199,8 +223,9 @@ impl Budgets {
             .collect()
     }
 
-    /// Decides a request. On the request path: reads and changes atomics, never waits.
-    pub fn admit(&self, spending: &Spending<'_>) -> Verdict {
+    /// Decides a request. On the request path: reads and changes atomics; with a limits store
+    /// that answers, one round trip to it, bounded by `limits.store_timeout_ms`.
+    pub async fn admit(&self, spending: &Spending<'_>) -> Verdict {
         let meters = self.applying(
             spending.route.map(|route| route.name.as_str()),
             spending.key,
@@ -214,9 +239,79 @@ impl Budgets {
         };
         let now = self.clock.now_ms();
         let months: Vec<Arc<MonthCounts>> = meters.iter().map(|meter| meter.at(now)).collect();
-        match reserve_all(&months, worst) {
+        if let Some(shared) = self.shared.as_ref().filter(|shared| shared.usable())
+            && let Some(verdict) = self.admit_shared(shared, spending, &months, worst).await
+        {
+            return verdict;
+        }
+        match reserve_all(&months, worst, self.shared.as_ref()) {
             Ok(held) => Verdict::Held(held),
-            Err(()) => self.exhausted(spending, &months, worst),
+            Err(()) => self.exhausted(spending, &months, worst, &|counts| {
+                (!counts.fits(worst)).then(|| counts.reserved.load(Ordering::Acquire))
+            }),
+        }
+    }
+
+    /// Judges in the count every replica shares; `None` when the store did not answer (the
+    /// request is judged from memory).
+    async fn admit_shared(
+        &self,
+        shared: &Arc<SharedBudgets>,
+        spending: &Spending<'_>,
+        months: &[Arc<MonthCounts>],
+        worst: i64,
+    ) -> Option<Verdict> {
+        let month = months[0].month;
+        let keys: Vec<(String, i64)> = months
+            .iter()
+            .map(|counts| {
+                (
+                    SharedBudgets::key(&counts.info.scope, counts.month),
+                    counts.info.budget.monthly_pusd,
+                )
+            })
+            .collect();
+        let expire_at = SharedBudgets::expire_at(month);
+        match shared.reserve(&keys, worst, expire_at).await? {
+            Reserved::Taken { field, budgets } => {
+                let held = months
+                    .iter()
+                    .zip(budgets)
+                    .zip(keys)
+                    .map(|((counts, state), (key, _))| {
+                        // Mirrored in memory, which judges alone while the store is away.
+                        counts.reserved.fetch_add(worst, Ordering::AcqRel);
+                        counts.mirror(&state);
+                        let meter: Arc<dyn Meter> = Arc::new(HeldInStore {
+                            counts: counts.clone(),
+                            key,
+                            field: Some(field.clone()),
+                            expire_at,
+                            shared: shared.clone(),
+                        });
+                        Reservation::new(meter, Unit::Picodollars, counts.month.0, worst as u64)
+                    })
+                    .collect();
+                Some(Verdict::Held(held))
+            }
+            Reserved::Refused(budgets) => {
+                let fits: Vec<(Arc<MonthCounts>, InStore)> = months
+                    .iter()
+                    .zip(budgets)
+                    .map(|(counts, state)| {
+                        counts.mirror(&state);
+                        (counts.clone(), state)
+                    })
+                    .collect();
+                // What every replica holds, as the store counted it, is what the alert tells.
+                let unfit = |counts: &MonthCounts| {
+                    fits.iter()
+                        .find(|(known, _)| std::ptr::eq(&**known, counts))
+                        .filter(|(_, state)| !state.fits)
+                        .map(|(_, state)| state.held)
+                };
+                Some(self.exhausted(spending, months, worst, &unfit))
+            }
         }
     }
 
@@ -227,10 +322,14 @@ impl Budgets {
         spending: &Spending<'_>,
         months: &[Arc<MonthCounts>],
         worst: i64,
+        unfit: &dyn Fn(&MonthCounts) -> Option<i64>,
     ) -> Verdict {
         let mut deciding: Option<&Arc<MonthCounts>> = None;
-        for counts in months.iter().filter(|counts| !counts.fits(worst)) {
-            counts.turned_away();
+        for (counts, held) in months
+            .iter()
+            .filter_map(|counts| Some((counts, unfit(counts)?)))
+        {
+            counts.turned_away(worst, held);
             let strictness = |counts: &MonthCounts| match counts.info.budget.on_exhausted {
                 OnExhausted::Reject => 2,
                 OnExhausted::LocalOnly => 1,
@@ -330,7 +429,7 @@ impl Budgets {
         let meters = self.applying(Some(route), None);
         let now = self.clock.now_ms();
         let months: Vec<Arc<MonthCounts>> = meters.iter().map(|meter| meter.at(now)).collect();
-        reserve_all(&months, worst.0.max(0)).ok()
+        reserve_all(&months, worst.0.max(0), self.shared.as_ref()).ok()
     }
 
     /// A budget's spend and what requests in flight hold of it, as this process counts them now.
@@ -348,6 +447,7 @@ impl Budgets {
             let counts = meter.at(self.clock.now_ms());
             if counts.month == month {
                 counts.adjusted.fetch_add(delta.0, Ordering::AcqRel);
+                counts.corrections.fetch_add(1, Ordering::AcqRel);
                 counts.check_alerts();
             }
         }
@@ -360,7 +460,7 @@ impl Budgets {
         &self,
         month: Month,
         spend: &MonthSpend,
-        announced: &[(BudgetScope, AlertLevel)],
+        announced: &[(BudgetScope, AlertLevel, u64)],
     ) {
         let now = self.clock.now_ms();
         for meter in self
@@ -374,8 +474,31 @@ impl Budgets {
                 continue;
             }
             let scope = &meter.info.scope;
-            for (_, level) in announced.iter().filter(|(known, _)| known == scope) {
-                counts.alerted.fetch_or(level_bit(*level), Ordering::AcqRel);
+            let corrections: Vec<i64> = spend
+                .corrections
+                .iter()
+                .filter(|(known, _)| known == scope)
+                .map(|(_, after)| after.0)
+                .collect();
+            for level in [AlertLevel::AlertAt, AlertLevel::Spent] {
+                // A level is armed again by the last correction that took the spend under it.
+                let threshold = counts.threshold(level);
+                let armed_after = corrections
+                    .iter()
+                    .rposition(|after| *after < threshold)
+                    .map_or(0, |at| at as u64 + 1);
+                let bit = level_bit(level);
+                if counts.arms[usize::from(bit - 1)].swap(armed_after, Ordering::AcqRel)
+                    != armed_after
+                {
+                    counts.alerted.fetch_and(!bit, Ordering::AcqRel);
+                }
+                if announced
+                    .iter()
+                    .any(|known| (&known.0, known.1, known.2) == (scope, level, armed_after))
+                {
+                    counts.alerted.fetch_or(bit, Ordering::AcqRel);
+                }
             }
             counts
                 .calls
@@ -383,7 +506,57 @@ impl Budgets {
             counts
                 .adjusted
                 .store(spend.adjustments.of(scope).0, Ordering::Release);
+            counts
+                .corrections
+                .store(corrections.len() as u64, Ordering::Release);
             counts.check_alerts();
+        }
+    }
+
+    /// Gives the limits store this replica's account of `month` (the ledger's, taken up, and what
+    /// it counted since), and mirrors what the store holds after; nothing without a store, or
+    /// while it does not answer.
+    pub async fn give_account(&self, month: Month) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let now = self.clock.now_ms();
+        let months: Vec<Arc<MonthCounts>> = self
+            .all
+            .iter()
+            .chain(self.routes.values())
+            .chain(self.keys.values())
+            .map(|meter| meter.at(now))
+            .filter(|counts| counts.month == month)
+            .collect();
+        let accounts: Vec<Account> = months
+            .iter()
+            .map(|counts| Account {
+                key: SharedBudgets::key(&counts.info.scope, month),
+                calls: counts.calls.load(Ordering::Acquire),
+                adjusted: counts.adjusted.load(Ordering::Acquire),
+                corrections: counts.corrections.load(Ordering::Acquire),
+                expire_at: SharedBudgets::expire_at(month),
+            })
+            .collect();
+        if let Some(states) = shared.give_account(&accounts).await {
+            for (counts, state) in months.iter().zip(states) {
+                counts.mirror(&state);
+            }
+        }
+    }
+
+    /// Whether budgets are judged in the count replicas share; `true` where there is no such
+    /// count to wait for (no budgets, no store).
+    pub fn shared_usable(&self) -> bool {
+        self.shared.as_ref().is_none_or(|shared| shared.usable())
+    }
+
+    /// Waits until the limits store comes back; never, without one.
+    async fn store_came_back(&self) {
+        match &self.shared {
+            Some(shared) => shared.store().came_back().await,
+            None => std::future::pending().await,
         }
     }
 
@@ -409,8 +582,13 @@ impl Budgets {
     }
 }
 
-/// Holds `worst` of every one of `months`, or of none.
-fn reserve_all(months: &[Arc<MonthCounts>], worst: i64) -> Result<Vec<Reservation>, ()> {
+/// Holds `worst` of every one of `months`, or of none, in memory; with a limits store, what the
+/// reservations are settled with is added to the shared count too.
+fn reserve_all(
+    months: &[Arc<MonthCounts>],
+    worst: i64,
+    shared: Option<&Arc<SharedBudgets>>,
+) -> Result<Vec<Reservation>, ()> {
     for (at, counts) in months.iter().enumerate() {
         if !counts.try_reserve(worst) {
             for taken in &months[..at] {
@@ -422,33 +600,64 @@ fn reserve_all(months: &[Arc<MonthCounts>], worst: i64) -> Result<Vec<Reservatio
     Ok(months
         .iter()
         .map(|counts| {
-            let meter: Arc<dyn Meter> = counts.clone();
+            let meter: Arc<dyn Meter> = match shared {
+                Some(shared) => Arc::new(HeldInStore {
+                    counts: counts.clone(),
+                    key: SharedBudgets::key(&counts.info.scope, counts.month),
+                    field: None,
+                    expire_at: SharedBudgets::expire_at(counts.month),
+                    shared: shared.clone(),
+                }),
+                None => counts.clone(),
+            };
             Reservation::new(meter, Unit::Picodollars, counts.month.0, worst as u64)
         })
         .collect())
 }
 
-/// Reads the ledger's account of the month every [`RESYNC`] and hands it to `budgets`; for as
-/// long as the gateway runs. A ledger that does not answer leaves the counts as they are.
+/// Reads the ledger's account of the month every [`RESYNC`] and hands it to `budgets`; with a
+/// limits store, gives it this replica's account every [`HEARTBEAT`] (and the ledger's at once
+/// when it comes back); for as long as the gateway runs. A ledger that does not answer leaves the
+/// counts as they are.
 pub async fn keep_in_step(budgets: Arc<Budgets>, store: Store) {
     let mut failing = false;
+    let mut read_at: Option<tokio::time::Instant> = None;
     loop {
-        match take_up_ledger(&budgets, &store).await {
-            // Said once per outage, not every 15 s of it.
-            Err(err) if !failing => {
-                tracing::warn!(
-                    "cannot read this month's spend from the ledger: {err}; budgets count on from what this replica has seen until it answers"
-                );
-                failing = true;
+        if read_at.is_none_or(|at| at.elapsed() >= RESYNC) {
+            read_at = Some(tokio::time::Instant::now());
+            let taken_up = take_up_ledger(&budgets, &store).await;
+            if taken_up.is_err() {
+                // The ledger away is no reason to keep the shared count from what this replica saw.
+                budgets.give_account(Month::of(budgets.now_ms())).await;
             }
-            Err(_) => {}
-            Ok(()) if failing => {
-                tracing::info!("the ledger answers again: budgets take up its month's spend");
-                failing = false;
+            match taken_up {
+                // Said once per outage, not every 15 s of it.
+                Err(err) if !failing => {
+                    tracing::warn!(
+                        "cannot read this month's spend from the ledger: {err}; budgets count on from what this replica has seen until it answers"
+                    );
+                    failing = true;
+                }
+                Err(_) => {}
+                Ok(()) if failing => {
+                    tracing::info!("the ledger answers again: budgets take up its month's spend");
+                    failing = false;
+                }
+                Ok(()) => {}
             }
-            Ok(()) => {}
+        } else {
+            budgets.give_account(Month::of(budgets.now_ms())).await;
         }
-        tokio::time::sleep(RESYNC).await;
+        let pause = if budgets.shared.is_some() {
+            HEARTBEAT
+        } else {
+            RESYNC
+        };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            // The store back (perhaps empty) is given the ledger's account at once.
+            () = budgets.store_came_back() => read_at = None,
+        }
     }
 }
 
@@ -465,6 +674,7 @@ pub async fn take_up_ledger(
     let spend = store.month_spend(month, now).await?;
     let announced = store.budget_alerts(month).await?;
     budgets.take_up(month, &spend, &announced);
+    budgets.give_account(month).await;
     Ok(())
 }
 
@@ -529,8 +739,12 @@ struct MonthCounts {
     adjusted: AtomicI64,
     /// What requests in flight hold.
     reserved: AtomicI64,
+    /// How many corrections `adjusted` sums.
+    corrections: AtomicU64,
     /// [`level_bit`]s of the alerts noticed.
     alerted: AtomicU8,
+    /// Per level ([`level_bit`] - 1), the corrections it was armed again after.
+    arms: [AtomicU64; 2],
 }
 
 impl MonthCounts {
@@ -543,7 +757,30 @@ impl MonthCounts {
             calls: AtomicI64::new(0),
             adjusted: AtomicI64::new(0),
             reserved: AtomicI64::new(0),
+            corrections: AtomicU64::new(0),
             alerted: AtomicU8::new(0),
+            arms: [AtomicU64::new(0), AtomicU64::new(0)],
+        }
+    }
+
+    /// Takes up the count every replica shares, as the store just gave it: its calls where they
+    /// are more than this replica counted, its corrections where it has seen more of them.
+    fn mirror(&self, state: &InStore) {
+        self.calls.fetch_max(state.calls, Ordering::AcqRel);
+        if state.corrections >= self.corrections.load(Ordering::Acquire) {
+            self.adjusted.store(state.adjusted, Ordering::Release);
+            self.corrections
+                .fetch_max(state.corrections, Ordering::AcqRel);
+        }
+        self.check_alerts();
+    }
+
+    /// The spend at which `level` alerts.
+    fn threshold(&self, level: AlertLevel) -> i64 {
+        let budget = &self.info.budget;
+        match level {
+            AlertLevel::AlertAt => (budget.monthly_pusd as f64 * budget.alert_at).ceil() as i64,
+            AlertLevel::Spent => budget.monthly_pusd,
         }
     }
 
@@ -576,25 +813,25 @@ impl MonthCounts {
             .is_ok()
     }
 
-    /// The budget could not hold a request: it is spent, as far as requests are concerned.
-    fn turned_away(&self) {
-        self.notice(AlertLevel::Spent);
+    /// The budget could not hold a request's `worst` case: it is spent as far as requests are
+    /// concerned, whatever share of it the settled spend is.
+    fn turned_away(&self, worst: i64, held: i64) {
+        self.notice(AlertLevel::Spent, Some((worst, held)));
     }
 
     fn check_alerts(&self) {
         let spent = self.spent().0;
-        let budget = &self.info.budget;
-        let threshold = (budget.monthly_pusd as f64 * budget.alert_at).ceil() as i64;
-        if spent > 0 && spent >= threshold {
-            self.notice(AlertLevel::AlertAt);
-        }
-        if spent > 0 && spent >= budget.monthly_pusd {
-            self.notice(AlertLevel::Spent);
+        for level in [AlertLevel::AlertAt, AlertLevel::Spent] {
+            if spent > 0 && spent >= self.threshold(level) {
+                self.notice(level, None);
+            }
         }
     }
 
-    /// Sends the alert once a month: the first thread to set its bit sends it.
-    fn notice(&self, level: AlertLevel) {
+    /// Sends the alert once a month (once more after each correction that arms it again): the
+    /// first thread to set its bit sends it.
+    /// `refused`: the worst case that did not fit, and what requests in flight held then.
+    fn notice(&self, level: AlertLevel, refused: Option<(i64, i64)>) {
         let bit = level_bit(level);
         if self.alerted.fetch_or(bit, Ordering::AcqRel) & bit != 0 {
             return;
@@ -604,8 +841,44 @@ impl MonthCounts {
             month: self.month,
             level,
             spent: self.spent(),
+            held: Picodollars(
+                refused
+                    .map_or_else(|| self.reserved.load(Ordering::Acquire), |(_, held)| held)
+                    .max(0),
+            ),
+            worst: refused.map(|(worst, _)| Picodollars(worst)),
+            armed_after: self.arms[usize::from(bit - 1)].load(Ordering::Acquire),
             budget: self.info.budget,
         });
+    }
+}
+
+/// A reservation in the count every replica shares (held there, or judged from memory while the
+/// store was away): settled in memory at once, and in the store by its settlement task.
+struct HeldInStore {
+    counts: Arc<MonthCounts>,
+    key: String,
+    /// The hold field in the store; `None` where the store holds nothing for it.
+    field: Option<String>,
+    expire_at: i64,
+    shared: Arc<SharedBudgets>,
+}
+
+impl Meter for HeldInStore {
+    fn settle(&self, period: i64, held: u64, used: u64) {
+        self.counts.settle(period, held, used);
+        let amount = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        self.shared.settle(
+            &self.key,
+            self.field.as_deref(),
+            if self.field.is_some() {
+                amount(held)
+            } else {
+                0
+            },
+            amount(used),
+            self.expire_at,
+        );
     }
 }
 
@@ -627,6 +900,8 @@ impl Meter for MonthCounts {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt;
+
     use super::*;
     use crate::limits::reservation::Used;
 
@@ -666,13 +941,16 @@ tiers = ["mini"]
     fn admit(budgets: &Budgets, config: &Config, route: &str, demoted: bool) -> Verdict {
         let route = config.routes.iter().find(|r| r.name == route).unwrap();
         let request = RequestBody::parse(Endpoint::ChatCompletions, BODY).unwrap();
-        budgets.admit(&Spending {
-            route: Some(route),
-            key: None,
-            chain: &route.chain,
-            request: &request,
-            primary_demoted: demoted,
-        })
+        budgets
+            .admit(&Spending {
+                route: Some(route),
+                key: None,
+                chain: &route.chain,
+                request: &request,
+                primary_demoted: demoted,
+            })
+            .now_or_never()
+            .expect("without a store, judged in memory at once")
     }
 
     fn clock_at(ms: i64) -> (Clock, Arc<AtomicI64>) {
@@ -684,7 +962,7 @@ tiers = ["mini"]
     fn the_worst_case_is_the_prompts_bytes_and_the_answer_budget_at_the_dearest_api_price() {
         let config = config("{ monthly_usd = 1 }", "");
         let (clock, _) = clock_at(JAN_END);
-        let budgets = Budgets::new(&config, clock);
+        let budgets = Budgets::new(&config, clock, None);
         assert_eq!(
             RequestBody::parse(Endpoint::ChatCompletions, BODY)
                 .unwrap()
@@ -717,7 +995,7 @@ tiers = ["claude"]
 budget = { monthly_usd = 1 }
 "#;
         let config = Config::parse(toml, std::path::Path::new("t.toml"), &|_| None).unwrap();
-        let budgets = Budgets::new(&config, clock_at(JAN_END).0);
+        let budgets = Budgets::new(&config, clock_at(JAN_END).0, None);
         let Verdict::Held(held) = admit(&budgets, &config, "r", false) else {
             panic!("a dollar holds it")
         };
@@ -732,7 +1010,7 @@ budget = { monthly_usd = 1 }
         let usd = (10 * worst) as f64 / 1e12;
         let config = config(&format!("{{ monthly_usd = {usd} }}"), "");
         let (clock, _) = clock_at(JAN_END);
-        let budgets = Budgets::new(&config, clock);
+        let budgets = Budgets::new(&config, clock, None);
         let held: Vec<Reservation> = std::thread::scope(|scope| {
             let threads: Vec<_> = (0..8)
                 .map(|_| {
@@ -774,20 +1052,23 @@ budget = { monthly_usd = 1 }
     #[test]
     fn an_absurd_answer_budget_is_moved_and_wraps_nothing() {
         let config = config("{ monthly_usd = 1 }", "");
-        let budgets = Budgets::new(&config, clock_at(JAN_END).0);
+        let budgets = Budgets::new(&config, clock_at(JAN_END).0, None);
         let route = config.routes.iter().find(|r| r.name == "r").unwrap();
         let huge = br#"{"model":"r","max_tokens":1152921504606846976,"n":128,"messages":[{"role":"user","content":"x"}]}"#;
         let request = RequestBody::parse(Endpoint::ChatCompletions, huge).unwrap();
         let held = admit(&budgets, &config, "r", false);
         assert!(matches!(held, Verdict::Held(_)));
         for _ in 0..3 {
-            let verdict = budgets.admit(&Spending {
-                route: Some(route),
-                key: None,
-                chain: &route.chain,
-                request: &request,
-                primary_demoted: false,
-            });
+            let verdict = budgets
+                .admit(&Spending {
+                    route: Some(route),
+                    key: None,
+                    chain: &route.chain,
+                    request: &request,
+                    primary_demoted: false,
+                })
+                .now_or_never()
+                .unwrap();
             assert!(matches!(verdict, Verdict::Moved { .. }), "{verdict:?}");
         }
         assert_eq!(
@@ -803,7 +1084,7 @@ budget = { monthly_usd = 1 }
             "[budget]\nmonthly_usd = 0\non_exhausted = \"local_any\"",
         );
         let (clock, _) = clock_at(JAN_END);
-        let budgets = Budgets::new(&config, clock);
+        let budgets = Budgets::new(&config, clock, None);
         assert!(matches!(
             admit(&budgets, &config, "r", false),
             Verdict::Moved { demoted_too: false }
@@ -820,7 +1101,7 @@ budget = { monthly_usd = 1 }
         assert_eq!(spent.why, "the route has no local tier to serve instead");
 
         let reject = self::config("{ monthly_usd = 0, on_exhausted = \"reject\" }", "");
-        let budgets = Budgets::new(&reject, clock_at(JAN_END).0);
+        let budgets = Budgets::new(&reject, clock_at(JAN_END).0, None);
         let Verdict::Refused(spent) = admit(&budgets, &reject, "r", false) else {
             panic!("reject refuses")
         };
@@ -851,7 +1132,7 @@ budget = {{ monthly_usd = 0, on_exhausted = "{policy}" }}
             None
         })
         .unwrap();
-        let budgets = Budgets::new(&only, clock_at(JAN_END).0);
+        let budgets = Budgets::new(&only, clock_at(JAN_END).0, None);
         assert!(matches!(
             admit(&budgets, &only, "r", false),
             Verdict::Moved { demoted_too: false }
@@ -864,7 +1145,7 @@ budget = {{ monthly_usd = 0, on_exhausted = "{policy}" }}
             None
         })
         .unwrap();
-        let budgets = Budgets::new(&any, clock_at(JAN_END).0);
+        let budgets = Budgets::new(&any, clock_at(JAN_END).0, None);
         assert!(matches!(
             admit(&budgets, &any, "r", true),
             Verdict::Moved { demoted_too: false }
@@ -877,7 +1158,7 @@ budget = {{ monthly_usd = 0, on_exhausted = "{policy}" }}
     fn a_new_month_starts_from_nothing() {
         let config = config("{ monthly_usd = 0.001 }", "");
         let (clock, now) = clock_at(JAN_END);
-        let budgets = Budgets::new(&config, clock);
+        let budgets = Budgets::new(&config, clock, None);
         let scope = BudgetScope::Route("r".into());
         let Verdict::Held(first) = admit(&budgets, &config, "r", false) else {
             panic!("fits")
@@ -911,7 +1192,7 @@ budget = {{ monthly_usd = 0, on_exhausted = "{policy}" }}
     fn alerts_are_noticed_once_a_month() {
         let config = config("{ monthly_usd = 0.002, alert_at = 0.5 }", "");
         let (clock, now) = clock_at(JAN_END);
-        let budgets = Budgets::new(&config, clock);
+        let budgets = Budgets::new(&config, clock, None);
         let mut crossings = budgets.take_crossings().unwrap();
         let spend = |amount: u64| {
             let Verdict::Held(held) = admit(&budgets, &config, "r", false) else {
@@ -949,13 +1230,115 @@ budget = {{ monthly_usd = 0, on_exhausted = "{policy}" }}
         budgets.take_up(
             february,
             &ledger,
-            &[(BudgetScope::Route("r".into()), AlertLevel::AlertAt)],
+            &[(BudgetScope::Route("r".into()), AlertLevel::AlertAt, 0)],
         );
         assert!(crossings.try_recv().is_err());
         assert_eq!(
             budgets.live(&BudgetScope::Route("r".into())).unwrap().0,
             Picodollars(700_000_000),
             "another replica's spend, taken up"
+        );
+    }
+
+    /// The spent alert fires at the first request a budget cannot hold, and says how much is
+    /// really spent (short of the budget), what is held and the worst case that did not fit.
+    #[test]
+    fn the_spent_alert_says_what_is_really_spent() {
+        let config = config("{ monthly_usd = 0.001 }", "");
+        let budgets = Budgets::new(&config, clock_at(JAN_END).0, None);
+        let mut crossings = budgets.take_crossings().unwrap();
+        let Verdict::Held(held) = admit(&budgets, &config, "r", false) else {
+            panic!("fits")
+        };
+        for reservation in held {
+            reservation.settle(300_000_000);
+        }
+        // $0.0003 spent: one more worst case ($0.00061245) fits, the next does not.
+        let Verdict::Held(in_flight) = admit(&budgets, &config, "r", false) else {
+            panic!("fits")
+        };
+        assert!(matches!(
+            admit(&budgets, &config, "r", false),
+            Verdict::Moved { .. }
+        ));
+        let crossing = crossings.try_recv().unwrap();
+        assert_eq!(
+            (
+                crossing.level,
+                crossing.spent,
+                crossing.held,
+                crossing.worst
+            ),
+            (
+                AlertLevel::Spent,
+                Picodollars(300_000_000),
+                Picodollars(WORST),
+                Some(Picodollars(WORST))
+            )
+        );
+        drop(in_flight);
+    }
+
+    /// A correction that takes the spend back under a level arms it again: the next crossing is
+    /// noticed, keyed by the correction it follows, and is not noticed again once announced. A
+    /// correction that leaves the spend above a level does not.
+    #[test]
+    fn a_correction_under_a_level_arms_it_again() {
+        let config = config("{ monthly_usd = 0.002, alert_at = 0.5 }", "");
+        let budgets = Budgets::new(&config, clock_at(JAN_END).0, None);
+        let mut crossings = budgets.take_crossings().unwrap();
+        let scope = BudgetScope::Route("r".into());
+        let month = Month::of(JAN_END);
+        let spend = |amount: u64| {
+            let Verdict::Held(held) = admit(&budgets, &config, "r", false) else {
+                panic!("fits")
+            };
+            for reservation in held {
+                reservation.settle(amount);
+            }
+        };
+        spend(1_200_000_000);
+        assert_eq!(crossings.try_recv().unwrap().armed_after, 0);
+        let mut ledger = MonthSpend::default();
+        ledger
+            .calls
+            .routes
+            .insert("r".into(), Picodollars(1_200_000_000));
+        let announced = vec![(scope.clone(), AlertLevel::AlertAt, 0)];
+        // Adjusted by +$0.0001: still past alert_at, not armed again.
+        ledger
+            .adjustments
+            .routes
+            .insert("r".into(), Picodollars(100_000_000));
+        ledger
+            .corrections
+            .push((scope.clone(), Picodollars(1_300_000_000)));
+        budgets.take_up(month, &ledger, &announced);
+        assert!(crossings.try_recv().is_err());
+        // Reset: under it again; crossing it once more is noticed, after the second correction.
+        ledger
+            .adjustments
+            .routes
+            .insert("r".into(), Picodollars(-1_200_000_000));
+        ledger.corrections.push((scope.clone(), Picodollars(0)));
+        budgets.take_up(month, &ledger, &announced);
+        assert!(crossings.try_recv().is_err(), "nothing crossed yet");
+        spend(1_100_000_000);
+        let again = crossings.try_recv().unwrap();
+        assert_eq!((again.level, again.armed_after), (AlertLevel::AlertAt, 2));
+        // Announced (here or by another replica): the ledger says so, and it is not again.
+        let mut announced = announced;
+        announced.push((scope.clone(), AlertLevel::AlertAt, 2));
+        ledger
+            .calls
+            .routes
+            .insert("r".into(), Picodollars(2_300_000_000));
+        let fresh = Budgets::new(&config, clock_at(JAN_END).0, None);
+        let mut fresh_crossings = fresh.take_crossings().unwrap();
+        fresh.take_up(month, &ledger, &announced);
+        assert!(
+            fresh_crossings.try_recv().is_err(),
+            "a restarted gateway does not announce it again"
         );
     }
 }

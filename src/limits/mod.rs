@@ -15,7 +15,8 @@
 //! the real usage.
 //!
 //! The monthly budgets ([`budget`]) hold each request's worst-case cost against every budget that
-//! applies (its route's, its key's, all API spend's); one that cannot hold it passes over the API
+//! applies (its route's, its key's, all API spend's) — in memory, and in Redis
+//! ([`shared_budget`]) when `limits.store` is set; one that cannot hold it passes over the API
 //! tiers (`budget_spent`) or refuses the request (429 `insufficient_quota`). Budgets are judged
 //! before the rate limits, and what they hold is given back if a rate limit then refuses: a
 //! refused request counts against nothing.
@@ -27,6 +28,7 @@
 pub mod budget;
 mod reservation;
 mod shared;
+mod shared_budget;
 mod window;
 
 use std::collections::HashMap;
@@ -122,7 +124,7 @@ impl Limits {
     pub fn with_clock(config: &Config, clock: Clock) -> Limits {
         let shared = config.limits.store.as_ref().and_then(|url| {
             Shared::start(url, config.limits.store_timeout)
-                .map_err(|err| tracing::error!("{err}; rate limits are kept in memory"))
+                .map_err(|err| tracing::error!("{err}; rate limits and budgets are kept in memory"))
                 .ok()
         });
         let scope = |kind: &'static str, name: &str, rate: Rate| -> Option<Scope> {
@@ -172,8 +174,8 @@ impl Limits {
         Limits {
             keys,
             routes,
+            budgets: Arc::new(Budgets::new(config, clock, shared.clone())),
             shared,
-            budgets: Arc::new(Budgets::new(config, clock)),
         }
     }
 
@@ -182,12 +184,15 @@ impl Limits {
     }
 
     /// Where the counts are judged, as `/readyz` says it: `memory` (no `limits.store`), `shared`,
-    /// or `down` (the store is unreachable; each replica judges from its own memory).
+    /// `syncing` (the store answers, and budgets judge in memory until this replica has given it
+    /// the ledger's account), or `down` (the store is unreachable; each replica judges from its
+    /// own memory).
     pub fn store_status(&self) -> &'static str {
         match &self.shared {
             None => "memory",
-            Some(store) if store.is_up() => "shared",
-            Some(_) => "down",
+            Some(store) if !store.is_up() => "down",
+            Some(_) if !self.budgets.shared_usable() => "syncing",
+            Some(_) => "shared",
         }
     }
 
@@ -209,13 +214,17 @@ impl Limits {
         }
         let mut skips = Skips::default();
         let mut held = Vec::new();
-        match self.budgets.admit(&budget::Spending {
-            route: ask.route.map(|route| &**route),
-            key: ask.key.and_then(|key| key.terms.name.as_deref()),
-            chain: ask.chain,
-            request: ask.request,
-            primary_demoted: ask.primary_demoted,
-        }) {
+        match self
+            .budgets
+            .admit(&budget::Spending {
+                route: ask.route.map(|route| &**route),
+                key: ask.key.and_then(|key| key.terms.name.as_deref()),
+                chain: ask.chain,
+                request: ask.request,
+                primary_demoted: ask.primary_demoted,
+            })
+            .await
+        {
             budget::Verdict::Held(reservations) => held = reservations,
             budget::Verdict::Moved { demoted_too } => {
                 skips.add(Skip {

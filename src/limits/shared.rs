@@ -8,7 +8,7 @@
 //! while it is down admission judges from this replica's memory alone — the limits are enforced
 //! per replica — and a probe asks Redis once a second until it answers again.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -82,6 +82,11 @@ pub struct Shared {
     manager: ConnectionManager,
     timeout: Duration,
     up: AtomicBool,
+    /// How many times the store has been marked up: budgets judge in it only once they have
+    /// given it the ledger's account since it last came back (it may have come back empty).
+    ups: AtomicU64,
+    /// Woken when the store comes back, for budgets to give it that account at once.
+    came_back: tokio::sync::Notify,
     admit: redis::Script,
     settlements: mpsc::Sender<(String, i64)>,
 }
@@ -118,6 +123,8 @@ impl Shared {
             timeout,
             // Judged down until the first answer: requests meanwhile are judged from memory.
             up: AtomicBool::new(false),
+            ups: AtomicU64::new(0),
+            came_back: tokio::sync::Notify::new(),
             admit: redis::Script::new(ADMIT),
             settlements,
         });
@@ -131,16 +138,37 @@ impl Shared {
         self.up.load(Ordering::Relaxed)
     }
 
-    fn mark(&self, up: bool, why: &str) {
+    /// How many times the store has come back (been marked up).
+    pub fn ups(&self) -> u64 {
+        self.ups.load(Ordering::Acquire)
+    }
+
+    /// Waits until the store is next marked up.
+    pub async fn came_back(&self) {
+        self.came_back.notified().await;
+    }
+
+    pub fn connection(&self) -> ConnectionManager {
+        self.manager.clone()
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Marks the store down after a call to it failed (`why`); logged once per outage.
+    pub fn mark(&self, up: bool, why: &str) {
         if self.up.swap(up, Ordering::Relaxed) != up {
             crate::metrics::limits_store_up(up);
             if up {
+                self.ups.fetch_add(1, Ordering::AcqRel);
+                self.came_back.notify_one();
                 tracing::warn!(
-                    "the limits store answers again: rate limits are shared by every replica"
+                    "the limits store answers again: rate limits and budgets are shared by every replica"
                 );
             } else {
                 tracing::error!(
-                    "the limits store is unreachable ({why}): rate limits are enforced per replica, from this replica's memory, until it answers"
+                    "the limits store is unreachable ({why}): rate limits and budgets are enforced per replica, from this replica's memory, until it answers"
                 );
             }
         }
@@ -240,6 +268,9 @@ async fn send_settlements(manager: ConnectionManager, mut queued: mpsc::Receiver
     let mut batch = Vec::with_capacity(256);
     while queued.recv_many(&mut batch, 256).await > 0 {
         let mut pipe = redis::pipe();
+        // A pipeline's scripts are sent by their hash alone (EVALSHA), which a Redis that has not
+        // seen them (one just started, or restarted) refuses: the script goes first, every time.
+        pipe.cmd("SCRIPT").arg("LOAD").arg(SETTLE).ignore();
         for (key, change) in batch.drain(..) {
             pipe.invoke_script(script.key(key).arg(change));
         }

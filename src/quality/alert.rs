@@ -15,9 +15,9 @@ use tokio::sync::mpsc;
 use super::monitor::Interval;
 use super::watch::{Change, Watch, now_ms};
 use crate::config::{BudgetScope, Config};
-use crate::ledger::Store;
 use crate::ledger::budget::{AlertLevel, AlertRow};
 use crate::ledger::quality::EventKind;
+use crate::ledger::{Picodollars, Store};
 use crate::limits::Crossing;
 
 /// How long one webhook POST may take, and how many times it is tried.
@@ -55,7 +55,8 @@ impl Posted {
 #[derive(Debug, Clone, Serialize)]
 pub struct BudgetNotice {
     /// `budget_alert_at` (the spend reached `alert_at` of the budget) or `budget_spent` (it
-    /// cannot hold another request: API tiers are passed over, or requests refused).
+    /// can no longer hold a request's worst case, or the spend reached it: API tiers are passed
+    /// over, or requests refused — `share` says how much of it is really spent).
     pub event: &'static str,
     /// `all`, `route` or `key`.
     pub scope: &'static str,
@@ -65,6 +66,16 @@ pub struct BudgetNotice {
     pub month: String,
     pub spent_usd: f64,
     pub monthly_usd: f64,
+    /// `spent_usd` / `monthly_usd`: under 1 where a request's worst case no longer fitted.
+    pub share: f64,
+    /// What requests in flight held when it was noticed.
+    pub held_usd: f64,
+    /// The worst case of the request the budget could not hold; `null` where the spend itself
+    /// reached the level.
+    pub worst_case_usd: Option<f64>,
+    /// How many of the month's corrections came before the level was armed again (0: the
+    /// month's first announcement of this level).
+    pub after_corrections: u64,
     pub alert_at: f64,
     pub on_exhausted: &'static str,
     pub ts_ms: i64,
@@ -169,6 +180,7 @@ impl Alerts {
             ts_ms,
             spent_pusd: crossing.spent.0,
             limit_pusd: crossing.budget.monthly_pusd,
+            armed_after: i64::try_from(crossing.armed_after).unwrap_or(i64::MAX),
         };
         match store.record_budget_alert(&row).await {
             Ok(true) => {}
@@ -182,24 +194,37 @@ impl Alerts {
             }
         }
         let budget = &crossing.budget;
+        let ratio = if budget.monthly_pusd > 0 {
+            crossing.spent.0 as f64 / budget.monthly_pusd as f64
+        } else {
+            1.0
+        };
         let share = if budget.monthly_pusd > 0 {
-            format!(
-                " ({:.0}%)",
-                crossing.spent.0 as f64 / budget.monthly_pusd as f64 * 100.0
-            )
+            // Floored: 99.97% spent is not "100%".
+            format!(" ({:.1}%)", (ratio * 1000.0).floor() / 10.0)
         } else {
             String::new()
         };
+        let again = if crossing.armed_after > 0 {
+            " (again: a correction this month had taken the spend back under it)"
+        } else {
+            ""
+        };
         let scope = &crossing.scope;
-        match crossing.level {
-            AlertLevel::AlertAt => tracing::warn!(
+        match (crossing.level, crossing.worst) {
+            (AlertLevel::AlertAt, _) => tracing::warn!(
                 budget = %scope, month = %crossing.month,
-                "BUDGET ALERT: {scope} has spent ${}{share} of its ${} for {}, past its alert_at of {:.0}%",
+                "BUDGET ALERT: {scope} has spent ${}{share} of its ${} for {}, past its alert_at of {:.0}%{again}",
                 crossing.spent, budget.monthly_usd, crossing.month, budget.alert_at * 100.0
             ),
-            AlertLevel::Spent => tracing::warn!(
+            (AlertLevel::Spent, Some(worst)) => tracing::warn!(
                 budget = %scope, month = %crossing.month,
-                "BUDGET SPENT: {scope} has spent ${}{share} of its ${} for {} and cannot hold another request: on_exhausted = {} until the month ends or the budget is corrected (tierwise budget reset|adjust)",
+                "BUDGET SPENT: {scope} can no longer hold a request's worst case (${worst}) within its ${} for {}: ${}{share} spent and ${} held by requests in flight{again}; on_exhausted = {} until the month ends or the budget is corrected (tierwise budget reset|adjust)",
+                budget.monthly_usd, crossing.month, crossing.spent, crossing.held, budget.on_exhausted.as_str()
+            ),
+            (AlertLevel::Spent, None) => tracing::warn!(
+                budget = %scope, month = %crossing.month,
+                "BUDGET SPENT: {scope} has spent ${}{share} of its ${} for {}{again}; on_exhausted = {} until the month ends or the budget is corrected (tierwise budget reset|adjust)",
                 crossing.spent, budget.monthly_usd, crossing.month, budget.on_exhausted.as_str()
             ),
         }
@@ -215,6 +240,10 @@ impl Alerts {
                 month: crossing.month.to_string(),
                 spent_usd: crossing.spent.as_usd_f64(),
                 monthly_usd: budget.monthly_usd,
+                share: ratio,
+                held_usd: crossing.held.as_usd_f64(),
+                worst_case_usd: crossing.worst.map(Picodollars::as_usd_f64),
+                after_corrections: crossing.armed_after,
                 alert_at: budget.alert_at,
                 on_exhausted: budget.on_exhausted.as_str(),
                 ts_ms,

@@ -145,6 +145,15 @@ pub async fn adjust(
         .await
         .map_err(|err| ApiError::internal(format!("cannot store the correction: {err}")))?;
     budgets.corrected(&scope, month, Picodollars(row.delta_pusd));
+    // The ledger's account now, with the correction, to the count every replica shares (where
+    // there is one), so that the others judge by it at once, not at their next resync.
+    if month == Month::of(now)
+        && let Err(err) = crate::limits::budget::take_up_ledger(budgets, &app.store).await
+    {
+        tracing::warn!(
+            "cannot read the month back after a correction: {err}; it is taken up at the next resync"
+        );
+    }
     tracing::warn!(budget = %scope, month = %month, delta = %Picodollars(row.delta_pusd), reason = %row.reason, actor = %row.actor, "budget corrected");
     Ok(Json(json!({ "adjustment": row })))
 }

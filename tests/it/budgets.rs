@@ -22,15 +22,15 @@ use tierwise_fake::{FakeUpstream, Fault};
 
 use crate::util::{Answer, Hook, TestConfig, TestGateway, stored};
 
-const ADMIN_KEY: &str = "tw-admin-key-budgets";
+pub const ADMIN_KEY: &str = "tw-admin-key-budgets";
 /// Picodollars per token of gpt-4o-mini.
-const IN: i64 = 150_000;
-const OUT: i64 = 600_000;
+pub const IN: i64 = 150_000;
+pub const OUT: i64 = 600_000;
 /// What one call costs: 20 prompt and 100 completion tokens.
-const ACTUAL: i64 = 20 * IN + 100 * OUT;
+pub const ACTUAL: i64 = 20 * IN + 100 * OUT;
 
 /// A request of `route` asking for at most 100 tokens.
-fn ask(route: &str) -> Value {
+pub fn ask(route: &str) -> Value {
     json!({
         "model": route,
         "messages": [{"role": "user", "content": "x"}],
@@ -40,7 +40,7 @@ fn ask(route: &str) -> Value {
 
 /// What admission reserves for `body`: every byte of its fields a prompt token, and its
 /// `max_tokens`, at gpt-4o-mini's price.
-fn reservation(body: &Value) -> i64 {
+pub fn reservation(body: &Value) -> i64 {
     let bytes: usize = body
         .as_object()
         .unwrap()
@@ -50,11 +50,11 @@ fn reservation(body: &Value) -> i64 {
     bytes as i64 * IN + body["max_tokens"].as_i64().unwrap() * OUT
 }
 
-fn usd(picodollars: i64) -> f64 {
+pub fn usd(picodollars: i64) -> f64 {
     picodollars as f64 / 1e12
 }
 
-async fn fakes() -> (FakeUpstream, FakeUpstream) {
+pub async fn fakes() -> (FakeUpstream, FakeUpstream) {
     let local = FakeUpstream::start().await;
     let api = FakeUpstream::start().await;
     api.update(|b| {
@@ -66,7 +66,7 @@ async fn fakes() -> (FakeUpstream, FakeUpstream) {
 
 /// The two-tier gateway with `local` local (a fixed cost) and an admin key, and `route` over
 /// `tiers` with a budget of `monthly` picodollars.
-fn budgeted(
+pub fn budgeted(
     local: &FakeUpstream,
     api: &FakeUpstream,
     route: &str,
@@ -84,7 +84,7 @@ fn budgeted(
         })
 }
 
-async fn admin_get(gateway: &TestGateway, path: &str) -> Answer {
+pub async fn admin_get(gateway: &TestGateway, path: &str) -> Answer {
     let response = gateway
         .http
         .get(format!("{}{path}", gateway.url))
@@ -95,7 +95,7 @@ async fn admin_get(gateway: &TestGateway, path: &str) -> Answer {
     Answer::of(response).await
 }
 
-async fn admin_post(gateway: &TestGateway, path: &str, body: &Value, key: &str) -> Answer {
+pub async fn admin_post(gateway: &TestGateway, path: &str, body: &Value, key: &str) -> Answer {
     let response = gateway
         .http
         .post(format!("{}{path}", gateway.url))
@@ -108,7 +108,7 @@ async fn admin_post(gateway: &TestGateway, path: &str, body: &Value, key: &str) 
 }
 
 /// A budget of `/admin/api/budgets` by its route's name.
-async fn budget_of(gateway: &TestGateway, route: &str) -> Value {
+pub async fn budget_of(gateway: &TestGateway, route: &str) -> Value {
     let all = admin_get(gateway, "/admin/api/budgets").await;
     assert_eq!(all.status, 200, "{}", all.text);
     all.body["budgets"]
@@ -121,7 +121,7 @@ async fn budget_of(gateway: &TestGateway, route: &str) -> Value {
 }
 
 /// Waits until nothing is held of the route's budget: every request in flight has settled.
-async fn settled(gateway: &TestGateway, route: &str) -> Value {
+pub async fn settled(gateway: &TestGateway, route: &str) -> Value {
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         let budget = budget_of(gateway, route).await;
@@ -133,7 +133,7 @@ async fn settled(gateway: &TestGateway, route: &str) -> Value {
     }
 }
 
-async fn send(gateway: &TestGateway, body: &Value) -> Answer {
+pub async fn send(gateway: &TestGateway, body: &Value) -> Answer {
     Answer::of(gateway.post("/v1/chat/completions", body).await).await
 }
 
@@ -376,6 +376,92 @@ async fn the_alert_at_80_percent_fires_once_a_month_across_a_restart() {
         (&json!("all"), &Value::Null)
     );
     restarted.shutdown().await;
+}
+
+/// Waits until the webhook has heard `events`, in order.
+async fn heard(hook: &Hook, events: &[&str]) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while hook.events() != events {
+        assert!(
+            Instant::now() < until,
+            "the webhook heard {:?}, not {events:?}",
+            hook.events()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The spent alert fires at the first request the budget cannot hold, and says how much is really
+/// spent — 94.5%, not 100% — with the worst case that no longer fitted. A reset in the month arms
+/// both alerts again: the operator who reset a mispriced month hears when the real spend crosses
+/// 80% and can no longer hold a request again, told it follows a correction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spent_alert_says_the_true_share_and_a_reset_month_alerts_again() {
+    const ROUTE: &str = "budget_rearmed";
+    let (local, api) = fakes().await;
+    let hook = Hook::start().await;
+    // Six calls (378 µUSD) fit 400 µUSD; the seventh's reservation would not.
+    let config = budgeted(
+        &local,
+        &api,
+        ROUTE,
+        &["api_fast", "local"],
+        400_000_000,
+        OnExhausted::LocalOnly,
+    )
+    .with(|c| c.0.alerts.webhook = Some(text(hook.url.clone())));
+    let gateway = TestGateway::start(&config).await;
+    let store = gateway.store().await;
+    let spend_it = || async {
+        for _ in 0..6 {
+            let answer = send(&gateway, &ask(ROUTE)).await;
+            assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"));
+            stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+        }
+        send(&gateway, &ask(ROUTE))
+            .await
+            .assert_served_by("local", "api_fast:budget_spent");
+    };
+    spend_it().await;
+    heard(&hook, &["budget_alert_at", "budget_spent"]).await;
+    let spent = hook.received.lock().unwrap()[1].clone();
+    assert_eq!(spent["share"].as_f64(), Some(6.0 * ACTUAL as f64 / 400e6));
+    assert_eq!(spent["spent_usd"].as_f64(), Some(usd(6 * ACTUAL)));
+    assert_eq!(
+        spent["worst_case_usd"].as_f64(),
+        Some(usd(reservation(&ask(ROUTE))))
+    );
+    assert_eq!(spent["after_corrections"], 0);
+
+    let reset = admin_post(
+        &gateway,
+        "/admin/api/budgets/adjust",
+        &json!({"scope": "route", "name": ROUTE, "reset": true, "reason": "mispriced"}),
+        ADMIN_KEY,
+    )
+    .await;
+    assert_eq!(reset.status, 200, "{}", reset.text);
+    spend_it().await;
+    heard(
+        &hook,
+        &[
+            "budget_alert_at",
+            "budget_spent",
+            "budget_alert_at",
+            "budget_spent",
+        ],
+    )
+    .await;
+    let again = hook.received.lock().unwrap()[2].clone();
+    assert_eq!(
+        (
+            again["after_corrections"].as_u64(),
+            again["spent_usd"].as_f64()
+        ),
+        (Some(1), Some(usd(6 * ACTUAL))),
+        "{again}"
+    );
+    gateway.shutdown().await;
 }
 
 /// A second gateway on the same SQLite ledger starts from the month's spend: the budget the first
@@ -845,9 +931,17 @@ async fn budget_sums_read_the_same_on_sqlite_and_postgresql() {
             ts_ms: start,
             spent_pusd: 1,
             limit_pusd: 2,
+            armed_after: 0,
         };
         assert!(store.record_budget_alert(&alert).await.unwrap());
         assert!(!store.record_budget_alert(&alert).await.unwrap());
+        // Armed again by a correction: once more, and once only.
+        let again = AlertRow {
+            armed_after: 1,
+            ..alert.clone()
+        };
+        assert!(store.record_budget_alert(&again).await.unwrap());
+        assert!(!store.record_budget_alert(&again).await.unwrap());
         let (moves, refusals) = store
             .budget_effects(start, month.end_ms(), Some("r"))
             .await

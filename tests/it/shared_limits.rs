@@ -1,15 +1,22 @@
-//! Rate limits shared by replicas through a real Redis (`[limits] store`), started by each test
-//! on a free port and killed when the test ends: two gateways enforce one limit between them,
-//! and a Redis that dies, or hangs, never fails a request.
+//! Rate limits and budgets shared by replicas through a real Redis (`[limits] store`), started by
+//! each test on a free port and killed when the test ends: two gateways enforce one limit and hold
+//! one budget between them, and a Redis that dies, hangs, or comes back empty never fails a
+//! request; a replica that dies holding reservations does not hold them forever; a correction on
+//! one replica is judged by the other at once.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
+use tierwise::config::OnExhausted;
 use tierwise::config::file::{spanned, text};
-use tierwise_fake::FakeUpstream;
+use tierwise::ledger::budget::Month;
+use tierwise_fake::{FakeUpstream, Fault};
 
+use crate::budgets::{
+    ACTUAL, ADMIN_KEY, admin_post, ask, budget_of, budgeted, fakes, reservation, send, usd,
+};
 use crate::rate_limits::{key, post_as};
 use crate::util::*;
 
@@ -26,6 +33,11 @@ impl Redis {
             .local_addr()
             .unwrap()
             .port();
+        Redis::start_on(port)
+    }
+
+    /// A Redis on `port`, empty: as one restarted without persistence comes back.
+    fn start_on(port: u16) -> Redis {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -44,6 +56,27 @@ impl Redis {
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// The fields of a budget's month, as the replicas share it.
+    async fn budget(&self, route: &str) -> std::collections::HashMap<String, i64> {
+        let key = format!(
+            "tierwise:budget:route:{route}:{}",
+            Month::of(tierwise::quality::watch::now_ms())
+        );
+        redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut self.connection().await)
+            .await
+            .unwrap()
     }
 }
 
@@ -175,4 +208,324 @@ async fn a_redis_that_never_answers_holds_no_request_longer_than_its_timeout() {
     assert_eq!(readyz(&gw).await["limits_store"], "down");
     gw.shutdown().await;
     drop(held);
+}
+
+/// A replica of `route` (API tier first, then local) with a budget of `monthly` picodollars,
+/// sharing `store`.
+fn budget_replica(
+    local: &FakeUpstream,
+    api: &FakeUpstream,
+    route: &str,
+    monthly: i64,
+    store: &str,
+) -> TestConfig {
+    let store = store.to_string();
+    budgeted(
+        local,
+        api,
+        route,
+        &["api_fast", "local"],
+        monthly,
+        OnExhausted::LocalOnly,
+    )
+    .with(|c| {
+        c.0.limits.store = Some(text(store));
+        c.0.limits.store_timeout_ms = Some(spanned(100));
+    })
+}
+
+/// Two replicas, each with its own ledger, share one budget of ten reservations through Redis: 64
+/// requests at once, half to each, send 10 or 11 to the API between them — not 10 each — and the
+/// spend stays within the budget (the overshoot, at most one reservation's error, is reported).
+/// Redis killed: both keep serving, judging from memory, which mirrors the shared spend (the
+/// budget stays spent on both). Redis back, empty: the replicas give it their account before
+/// judging in it, so the budget is still spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_sharing_redis_hold_one_budget_and_keep_serving_when_it_dies() {
+    const ROUTE: &str = "budget_shared";
+    let redis = Redis::start();
+    let (local, api) = fakes().await;
+    api.update(|b| b.fault = Fault::SlowFirstByte { ms: 500 });
+    let held = reservation(&ask(ROUTE));
+    let monthly = 10 * held;
+    let a = TestGateway::start(&budget_replica(&local, &api, ROUTE, monthly, &redis.url())).await;
+    let b = TestGateway::start(&budget_replica(&local, &api, ROUTE, monthly, &redis.url())).await;
+    wait_for_store(&a, "shared").await;
+    wait_for_store(&b, "shared").await;
+    let answers = futures_util::future::join_all((0..64).map(|i| {
+        let gateway = if i % 2 == 0 { &a } else { &b };
+        async move { send(gateway, &ask(ROUTE)).await }
+    }))
+    .await;
+    assert!(answers.iter().all(|answer| answer.status == 200));
+    let on_api = answers
+        .iter()
+        .filter(|answer| answer.header("x-tierwise-tier") == Some("api_fast"))
+        .count();
+    let moved = answers
+        .iter()
+        .filter(|answer| answer.header("x-tierwise-fallback") == Some("api_fast:budget_spent"))
+        .count();
+    assert_eq!(on_api + moved, 64);
+    assert_eq!(api.request_count(), on_api);
+    // The shared count once every request has settled.
+    let until = Instant::now() + Duration::from_secs(10);
+    let shared = loop {
+        let fields = redis.budget(ROUTE).await;
+        if fields
+            .iter()
+            .all(|(field, held)| !field.starts_with("held:") || *held == 0)
+            && fields.get("calls") == Some(&(on_api as i64 * ACTUAL))
+        {
+            break fields;
+        }
+        assert!(Instant::now() < until, "not settled in Redis: {fields:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let spent = shared["calls"];
+    let over = (spent - monthly).max(0);
+    let error = ACTUAL - held;
+    println!(
+        "two replicas, one Redis, 64 concurrent requests, budget ${} (10 reservations of ${}): \
+         {on_api} answered by the API, {moved} moved to local; spent ${} of ${}, over by ${}; one \
+         reservation's error ${} (a call costs ${})",
+        usd(monthly),
+        usd(held),
+        usd(spent),
+        usd(monthly),
+        usd(over),
+        usd(error),
+        usd(ACTUAL),
+    );
+    assert!(
+        (10..=11).contains(&on_api),
+        "{on_api} on the API: one budget, not one each"
+    );
+    assert!(over <= error.max(0), "over by ${}", usd(over));
+
+    // What is left of the budget, spent through one replica until it holds no more.
+    api.update(|b| b.fault = Fault::None);
+    let mut on_api = on_api;
+    while send(&a, &ask(ROUTE)).await.header("x-tierwise-tier") == Some("api_fast") {
+        on_api += 1;
+        assert!(
+            on_api <= 11,
+            "{on_api} calls on a budget that holds 10 reservations"
+        );
+    }
+    let spent = on_api as i64 * ACTUAL;
+    // Each replica's memory takes up the shared count within a heartbeat: both know what both
+    // spent.
+    for gateway in [&a, &b] {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let live = budget_of(gateway, ROUTE).await;
+            if live["spent_usd"].as_f64() == Some(usd(spent)) {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "the shared spend not mirrored: {live}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Redis dies: no request fails, and each replica still knows the budget is spent.
+    let port = redis.port;
+    drop(redis);
+    for gateway in [&a, &b] {
+        let started = Instant::now();
+        send(gateway, &ask(ROUTE))
+            .await
+            .assert_served_by("local", "api_fast:budget_spent");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        wait_for_store(gateway, "down").await;
+        send(gateway, &ask(ROUTE))
+            .await
+            .assert_served_by("local", "api_fast:budget_spent");
+    }
+    // Back, empty: given the replicas' account before budgets are judged in it.
+    let redis = Redis::start_on(port);
+    wait_for_store(&a, "shared").await;
+    wait_for_store(&b, "shared").await;
+    assert!(
+        redis.budget(ROUTE).await["calls"] >= on_api as i64 * ACTUAL,
+        "{:?}",
+        redis.budget(ROUTE).await
+    );
+    for gateway in [&a, &b] {
+        send(gateway, &ask(ROUTE))
+            .await
+            .assert_served_by("local", "api_fast:budget_spent");
+    }
+    assert_eq!(api.request_count(), on_api, "the API was not called again");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// What a replica that died held is dropped once its lease lapses: a hold under a lapsed lease
+/// is not counted (and is deleted), one under a live lease is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_dies_holding_reservations_does_not_hold_them_forever() {
+    const ROUTE: &str = "budget_leases";
+    let redis = Redis::start();
+    let (local, api) = fakes().await;
+    let monthly = 10 * reservation(&ask(ROUTE));
+    let gateway =
+        TestGateway::start(&budget_replica(&local, &api, ROUTE, monthly, &redis.url())).await;
+    wait_for_store(&gateway, "shared").await;
+    let key = format!(
+        "tierwise:budget:route:{ROUTE}:{}",
+        Month::of(tierwise::quality::watch::now_ms())
+    );
+    let mut connection = redis.connection().await;
+    let (seconds, micros): (i64, i64) = redis::cmd("TIME")
+        .query_async::<(String, String)>(&mut connection)
+        .await
+        .map(|(s, us)| (s.parse().unwrap(), us.parse().unwrap()))
+        .unwrap();
+    let now = seconds * 1000 + micros / 1000;
+    // A live replica holds the whole budget for a request in flight: nothing else fits.
+    let _: () = redis::pipe()
+        .cmd("ZADD")
+        .arg("tierwise:budget:leases")
+        .arg(now + 1_500)
+        .arg("other:0")
+        .cmd("HSET")
+        .arg(&key)
+        .arg("held:other:0")
+        .arg(monthly)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    send(&gateway, &ask(ROUTE))
+        .await
+        .assert_served_by("local", "api_fast:budget_spent");
+    // It dies: its lease lapses without a word, and what it held goes with it.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = send(&gateway, &ask(ROUTE)).await;
+        if answer.header("x-tierwise-tier") == Some("api_fast") {
+            break;
+        }
+        answer.assert_served_by("local", "api_fast:budget_spent");
+        assert!(
+            Instant::now() < until,
+            "the dead replica's hold was never dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !redis.budget(ROUTE).await.contains_key("held:other:0"),
+        "{:?}",
+        redis.budget(ROUTE).await
+    );
+    gateway.shutdown().await;
+}
+
+/// A reset through one replica's admin API is judged by the other at once, not at its next
+/// resync; and a new month starts from nothing in Redis too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correction_on_one_replica_is_judged_by_the_other_at_once() {
+    const ROUTE: &str = "budget_corrected";
+    let redis = Redis::start();
+    let (local, api) = fakes().await;
+    // One reservation fits; after its call, not another.
+    let monthly = reservation(&ask(ROUTE)) + ACTUAL - 1;
+    let a = TestGateway::start(&budget_replica(&local, &api, ROUTE, monthly, &redis.url())).await;
+    let b = TestGateway::start(&budget_replica(&local, &api, ROUTE, monthly, &redis.url())).await;
+    wait_for_store(&a, "shared").await;
+    wait_for_store(&b, "shared").await;
+    let first = send(&a, &ask(ROUTE)).await;
+    assert_eq!(first.header("x-tierwise-tier"), Some("api_fast"));
+    // A reset takes off what the ledger holds: the call is in it.
+    stored(
+        &a.store().await,
+        first.header("x-tierwise-request-id").unwrap(),
+    )
+    .await;
+    // Settled in Redis: the next reservation no longer fits, on either replica.
+    let until = Instant::now() + Duration::from_secs(10);
+    while redis.budget(ROUTE).await.get("calls") != Some(&ACTUAL) {
+        assert!(Instant::now() < until, "{:?}", redis.budget(ROUTE).await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    send(&b, &ask(ROUTE))
+        .await
+        .assert_served_by("local", "api_fast:budget_spent");
+    let reset = admin_post(
+        &a,
+        "/admin/api/budgets/adjust",
+        &json!({"scope": "route", "name": ROUTE, "reset": true, "reason": "mispriced"}),
+        ADMIN_KEY,
+    )
+    .await;
+    assert_eq!(reset.status, 200, "{}", reset.text);
+    let answer = send(&b, &ask(ROUTE)).await;
+    assert_eq!(
+        answer.header("x-tierwise-tier"),
+        Some("api_fast"),
+        "the other replica judges the reset at once: {:?}",
+        answer.header("x-tierwise-fallback")
+    );
+    assert_eq!(api.request_count(), 2);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Token reservations are settled in Redis with the real usage: a request that reserved its
+/// `max_tokens` of 5,000 leaves the minute at the 120 tokens it used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_settlements_reach_redis() {
+    let redis = Redis::start();
+    let api = FakeUpstream::start().await;
+    api.update(|b| {
+        b.prompt_tokens = 20;
+        b.completion_tokens = 100;
+    });
+    let store = redis.url();
+    let config = TestConfig::two_tier(&api.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            key(c, "tokens_job", None, Some(1_000_000));
+            c.0.limits.store = Some(text(store));
+            c.0.limits.store_timeout_ms = Some(spanned(100));
+        });
+    let gw = TestGateway::start(&config).await;
+    wait_for_store(&gw, "shared").await;
+    let mut ask = chat("classification", "x");
+    ask["max_tokens"] = json!(5000);
+    let answer = post_as(&gw, "tokens_job", &ask).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let mut connection = redis.connection().await;
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("tierwise:limits:key:tokens_job:tokens:*")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let mut counted = 0;
+        for key in &keys {
+            let count: i64 = redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+            counted += count;
+        }
+        if counted == 120 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the minute holds {counted} tokens in Redis, not the 120 used"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.shutdown().await;
 }
