@@ -268,6 +268,9 @@ async fn send_settlements(manager: ConnectionManager, mut queued: mpsc::Receiver
     let mut batch = Vec::with_capacity(256);
     while queued.recv_many(&mut batch, 256).await > 0 {
         let mut pipe = redis::pipe();
+        // A pipeline's scripts are sent by their hash alone (EVALSHA), which a Redis that has not
+        // seen them (one just started, or restarted) refuses: the script goes first, every time.
+        pipe.cmd("SCRIPT").arg("LOAD").arg(SETTLE).ignore();
         for (key, change) in batch.drain(..) {
             pipe.invoke_script(script.key(key).arg(change));
         }

@@ -22,15 +22,15 @@ use tierwise_fake::{FakeUpstream, Fault};
 
 use crate::util::{Answer, Hook, TestConfig, TestGateway, stored};
 
-const ADMIN_KEY: &str = "tw-admin-key-budgets";
+pub const ADMIN_KEY: &str = "tw-admin-key-budgets";
 /// Picodollars per token of gpt-4o-mini.
-const IN: i64 = 150_000;
-const OUT: i64 = 600_000;
+pub const IN: i64 = 150_000;
+pub const OUT: i64 = 600_000;
 /// What one call costs: 20 prompt and 100 completion tokens.
-const ACTUAL: i64 = 20 * IN + 100 * OUT;
+pub const ACTUAL: i64 = 20 * IN + 100 * OUT;
 
 /// A request of `route` asking for at most 100 tokens.
-fn ask(route: &str) -> Value {
+pub fn ask(route: &str) -> Value {
     json!({
         "model": route,
         "messages": [{"role": "user", "content": "x"}],
@@ -40,7 +40,7 @@ fn ask(route: &str) -> Value {
 
 /// What admission reserves for `body`: every byte of its fields a prompt token, and its
 /// `max_tokens`, at gpt-4o-mini's price.
-fn reservation(body: &Value) -> i64 {
+pub fn reservation(body: &Value) -> i64 {
     let bytes: usize = body
         .as_object()
         .unwrap()
@@ -50,11 +50,11 @@ fn reservation(body: &Value) -> i64 {
     bytes as i64 * IN + body["max_tokens"].as_i64().unwrap() * OUT
 }
 
-fn usd(picodollars: i64) -> f64 {
+pub fn usd(picodollars: i64) -> f64 {
     picodollars as f64 / 1e12
 }
 
-async fn fakes() -> (FakeUpstream, FakeUpstream) {
+pub async fn fakes() -> (FakeUpstream, FakeUpstream) {
     let local = FakeUpstream::start().await;
     let api = FakeUpstream::start().await;
     api.update(|b| {
@@ -66,7 +66,7 @@ async fn fakes() -> (FakeUpstream, FakeUpstream) {
 
 /// The two-tier gateway with `local` local (a fixed cost) and an admin key, and `route` over
 /// `tiers` with a budget of `monthly` picodollars.
-fn budgeted(
+pub fn budgeted(
     local: &FakeUpstream,
     api: &FakeUpstream,
     route: &str,
@@ -84,7 +84,7 @@ fn budgeted(
         })
 }
 
-async fn admin_get(gateway: &TestGateway, path: &str) -> Answer {
+pub async fn admin_get(gateway: &TestGateway, path: &str) -> Answer {
     let response = gateway
         .http
         .get(format!("{}{path}", gateway.url))
@@ -95,7 +95,7 @@ async fn admin_get(gateway: &TestGateway, path: &str) -> Answer {
     Answer::of(response).await
 }
 
-async fn admin_post(gateway: &TestGateway, path: &str, body: &Value, key: &str) -> Answer {
+pub async fn admin_post(gateway: &TestGateway, path: &str, body: &Value, key: &str) -> Answer {
     let response = gateway
         .http
         .post(format!("{}{path}", gateway.url))
@@ -108,7 +108,7 @@ async fn admin_post(gateway: &TestGateway, path: &str, body: &Value, key: &str) 
 }
 
 /// A budget of `/admin/api/budgets` by its route's name.
-async fn budget_of(gateway: &TestGateway, route: &str) -> Value {
+pub async fn budget_of(gateway: &TestGateway, route: &str) -> Value {
     let all = admin_get(gateway, "/admin/api/budgets").await;
     assert_eq!(all.status, 200, "{}", all.text);
     all.body["budgets"]
@@ -121,7 +121,7 @@ async fn budget_of(gateway: &TestGateway, route: &str) -> Value {
 }
 
 /// Waits until nothing is held of the route's budget: every request in flight has settled.
-async fn settled(gateway: &TestGateway, route: &str) -> Value {
+pub async fn settled(gateway: &TestGateway, route: &str) -> Value {
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         let budget = budget_of(gateway, route).await;
@@ -133,7 +133,7 @@ async fn settled(gateway: &TestGateway, route: &str) -> Value {
     }
 }
 
-async fn send(gateway: &TestGateway, body: &Value) -> Answer {
+pub async fn send(gateway: &TestGateway, body: &Value) -> Answer {
     Answer::of(gateway.post("/v1/chat/completions", body).await).await
 }
 
@@ -845,9 +845,17 @@ async fn budget_sums_read_the_same_on_sqlite_and_postgresql() {
             ts_ms: start,
             spent_pusd: 1,
             limit_pusd: 2,
+            armed_after: 0,
         };
         assert!(store.record_budget_alert(&alert).await.unwrap());
         assert!(!store.record_budget_alert(&alert).await.unwrap());
+        // Armed again by a correction: once more, and once only.
+        let again = AlertRow {
+            armed_after: 1,
+            ..alert.clone()
+        };
+        assert!(store.record_budget_alert(&again).await.unwrap());
+        assert!(!store.record_budget_alert(&again).await.unwrap());
         let (moves, refusals) = store
             .budget_effects(start, month.end_ms(), Some("r"))
             .await
