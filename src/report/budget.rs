@@ -194,11 +194,16 @@ pub struct BudgetEffects {
     pub passed_over: Vec<String>,
     /// Requests a budget refused (429 `insufficient_quota`).
     pub refused: u64,
+    /// The budgets over the route's calls, any of which may have been the spent one: the
+    /// route's, those of the keys that may call it, all API spend's (`route summarize`, `key
+    /// batch`, `all API spend`).
+    pub budgets: Vec<String>,
 }
 
 impl BudgetEffects {
     /// One line of `tierwise report`.
     pub fn describe(&self) -> String {
+        use std::fmt::Write as _;
         let mut parts = Vec::new();
         if self.moved_to_local > 0 {
             let cost = match &self.would_have_cost_usd {
@@ -218,8 +223,37 @@ impl BudgetEffects {
                 plural(self.refused, "call", "calls")
             ));
         }
-        parts.join("; ")
+        let mut line = parts.join("; ");
+        if !self.budgets.is_empty() {
+            let _ = write!(
+                line,
+                " — budgets over these calls: {}",
+                self.budgets.join(", ")
+            );
+        }
+        line
     }
+}
+
+/// The budgets over `route`'s calls: its own, those of the keys that may call it, and all API
+/// spend's.
+fn budgets_over(config: &Config, route: &str) -> Vec<String> {
+    config
+        .budgets()
+        .filter(|(scope, _)| match scope {
+            BudgetScope::All => true,
+            BudgetScope::Route(name) => name == route,
+            BudgetScope::Key(name) => config.server.api_keys.iter().any(|key| {
+                key.terms.name.as_deref() == Some(name.as_str())
+                    && key
+                        .terms
+                        .routes
+                        .as_ref()
+                        .is_none_or(|routes| routes.iter().any(|allowed| allowed == route))
+            }),
+        })
+        .map(|(scope, _)| scope.to_string())
+        .collect()
 }
 
 /// Sets each route's budget effects from the ledger's sums.
@@ -262,6 +296,7 @@ pub fn add_effects(
             .map(|(_, calls)| calls)
             .sum();
         if effects.moved_to_local > 0 || effects.refused > 0 {
+            effects.budgets = budgets_over(config, &report.route);
             report.budget = Some(effects);
         }
     }
@@ -314,5 +349,38 @@ mod tests {
         let projected = wide.projected_usd.unwrap();
         assert!((projected - 0.062).abs() < 1e-9, "{wide:?}");
         assert_eq!(wide.spent_on, None);
+    }
+
+    /// A report's line names the budgets over a route's calls: a route without a budget of its
+    /// own is not said to have one.
+    #[test]
+    fn a_report_names_the_budgets_over_a_routes_calls() {
+        let config = Config::parse(
+            "[providers.openai]\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+             [tiers]\napi = { provider = \"openai\", model = \"gpt-4o-mini\" }\n\
+             [routes.open]\nkind = \"chat\"\ntiers = [\"api\"]\n\
+             [routes.capped]\nkind = \"chat\"\ntiers = [\"api\"]\n\
+             budget = { monthly_usd = 1 }\n\
+             [keys.kb]\nkey = \"tw-kb-1\"\nbudget = { monthly_usd = 1 }\n\
+             [keys.scoped]\nkey = \"tw-scoped-1\"\nroutes = [\"capped\"]\n\
+             budget = { monthly_usd = 1 }\n",
+            std::path::Path::new("tierwise.toml"),
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(budgets_over(&config, "open"), ["key kb"]);
+        assert_eq!(
+            budgets_over(&config, "capped"),
+            ["route capped", "key kb", "key scoped"]
+        );
+        let effects = BudgetEffects {
+            refused: 4,
+            budgets: budgets_over(&config, "open"),
+            ..BudgetEffects::default()
+        };
+        assert_eq!(
+            effects.describe(),
+            "a spent budget refused 4 calls (429 insufficient_quota) — budgets over these calls: key kb"
+        );
     }
 }
