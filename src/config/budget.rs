@@ -117,6 +117,12 @@ impl Resolver<'_> {
             None => Some(Budget::DEFAULT_ALERT_AT),
         };
         let monthly_usd = monthly_usd?;
+        if monthly_usd == 0.0 {
+            // Meant at times (API tiers closed to a route), so a warning, not an error.
+            self.warnings.push(format!(
+                "{key}.monthly_usd = 0: no API call is ever admitted under this budget (each request is moved to a local tier or refused); leave the budget out for no limit"
+            ));
+        }
         Some(Budget {
             monthly_usd,
             monthly_pusd: (monthly_usd * 1e12).round() as i64,

@@ -83,6 +83,14 @@ impl Resolver<'_> {
                 );
                 continue;
             }
+            if key.routes.as_ref().is_some_and(|names| names.is_empty()) {
+                self.issue_at(
+                    key.key.span().start,
+                    &format!("{at}.routes"),
+                    "is empty: the key could call nothing; leave routes out to allow every route",
+                );
+                continue;
+            }
             let allowed = key.routes.as_ref().map(|names| {
                 let mut allowed = Vec::new();
                 for route in names {

@@ -204,6 +204,13 @@ impl Resolver<'_> {
                     ),
                 );
             }
+            if chain.iter().all(|tier| tier.is_local()) {
+                self.warnings.push(format!(
+                    "{key}: route {} has no API tier, and local calls cost nothing at the margin: this budget never applies; remove it, or add the API tier it is meant to bound",
+                    route.name
+                ));
+                continue;
+            }
             let on_exhausted = raw.on_exhausted.as_ref().map(|value| *value.get_ref());
             if on_exhausted != Some(OnExhausted::Reject)
                 && !chain.iter().any(|tier| tier.is_local())

@@ -198,6 +198,18 @@ impl Resolver<'_> {
             .and_then(|key| self.string(key, "server.admin_key"))
             .filter(|key| !key.is_empty())
             .map(|key| Arc::new(ClientKey::new(Secret::new(key))));
+        if let (Some(admin), Some(text)) = (&admin_key, &raw.admin_key)
+            && api_keys
+                .iter()
+                .any(|key| key.secret.expose() == admin.secret.expose())
+        {
+            // A client holding the admin key could correct its own budgets. Names, never the value.
+            self.issue_at(
+                text.span().start,
+                "server.admin_key",
+                "is the same key as one in keys or server.api_keys; the admin key must be its own",
+            );
+        }
         let admin = match (admin_key, api_keys.is_empty(), raw.open_admin) {
             (Some(key), _, _) => AdminAccess::Key(key),
             (None, false, _) => {

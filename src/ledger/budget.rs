@@ -370,7 +370,9 @@ impl Store {
             .total(correction.scope);
         let delta = match correction.change {
             Change::Reset => Picodollars(-before.0),
-            Change::Add(amount) => amount,
+            // Floored: a month's spend never goes below zero, which would silently raise the
+            // budget; the audit row keeps the change made.
+            Change::Add(amount) => Picodollars(amount.0.max(-before.0.max(0))),
         };
         let row = AdjustmentRow {
             id: uuid::Uuid::now_v7().to_string(),

@@ -139,6 +139,12 @@ pub struct Spent {
     pub budget: Budget,
     /// Why the route's local tiers could not serve instead, where that was tried.
     pub why: &'static str,
+    /// What requests in flight held, and this one's worst case, when it was refused.
+    pub held: Picodollars,
+    pub worst: Picodollars,
+    /// Whether the month is spent ([`MonthCounts::spent_for`]) rather than full for a moment
+    /// (requests in flight) or for one request asking for more than most.
+    pub month_spent: bool,
 }
 
 impl Budgets {
@@ -281,6 +287,7 @@ impl Budgets {
                     .map(|((counts, state), (key, _))| {
                         // Mirrored in memory, which judges alone while the store is away.
                         counts.reserved.fetch_add(worst, Ordering::AcqRel);
+                        counts.smallest_held.fetch_min(worst, Ordering::AcqRel);
                         counts.mirror(&state);
                         let meter: Arc<dyn Meter> = Arc::new(HeldInStore {
                             counts: counts.clone(),
@@ -349,6 +356,9 @@ impl Budgets {
                 spent: deciding.spent(),
                 budget: deciding.info.budget,
                 why,
+                held: Picodollars(deciding.reserved.load(Ordering::Acquire).max(0)),
+                worst: Picodollars(worst),
+                month_spent: deciding.spent_for(worst).is_some(),
             }))
         };
         let policy = deciding.info.budget.on_exhausted;
@@ -745,6 +755,8 @@ struct MonthCounts {
     alerted: AtomicU8,
     /// Per level ([`level_bit`] - 1), the corrections it was armed again after.
     arms: [AtomicU64; 2],
+    /// The smallest worst case held this month: what a usual request needs.
+    smallest_held: AtomicI64,
 }
 
 impl MonthCounts {
@@ -760,6 +772,7 @@ impl MonthCounts {
             corrections: AtomicU64::new(0),
             alerted: AtomicU8::new(0),
             arms: [AtomicU64::new(0), AtomicU64::new(0)],
+            smallest_held: AtomicI64::new(i64::MAX),
         }
     }
 
@@ -803,20 +816,38 @@ impl MonthCounts {
     /// for 2^60 tokens) can wrap the count around.
     fn try_reserve(&self, amount: i64) -> bool {
         let limit = i128::from(self.info.budget.monthly_pusd);
-        self.reserved
+        let taken = self
+            .reserved
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |reserved| {
                 let after = i128::from(reserved) + i128::from(amount);
                 (i128::from(self.spent().0) + after <= limit)
                     .then(|| i64::try_from(after).ok())
                     .flatten()
             })
-            .is_ok()
+            .is_ok();
+        if taken {
+            self.smallest_held.fetch_min(amount, Ordering::AcqRel);
+        }
+        taken
     }
 
-    /// The budget could not hold a request's `worst` case: it is spent as far as requests are
-    /// concerned, whatever share of it the settled spend is.
+    /// Whether the month is spent for a request refused with `worst`: the settled spend, with
+    /// nothing held, cannot hold a usual request — the smaller of `worst` and the smallest worst
+    /// case held this month. Requests in flight give back what they hold, and one request asking
+    /// for more than most does not make the month spent. Returns that usual worst case.
+    fn spent_for(&self, worst: i64) -> Option<i64> {
+        let usual = worst.min(self.smallest_held.load(Ordering::Acquire));
+        (i128::from(self.spent().0) + i128::from(usual) > i128::from(self.info.budget.monthly_pusd))
+            .then_some(usual)
+    }
+
+    /// The budget could not hold a request's `worst` case while requests in flight held `held`:
+    /// the month's one spent alert is sent only where the month is spent
+    /// ([`MonthCounts::spent_for`]), not merely busy.
     fn turned_away(&self, worst: i64, held: i64) {
-        self.notice(AlertLevel::Spent, Some((worst, held)));
+        if let Some(usual) = self.spent_for(worst) {
+            self.notice(AlertLevel::Spent, Some((usual, held)));
+        }
     }
 
     fn check_alerts(&self) {

@@ -399,7 +399,8 @@ fn memory_judgement(now: Now, judges: &[Judge<'_>]) -> (bool, Vec<Counts>) {
 /// The tokens a request is held to before it runs: its prompt at about four bytes a token (the
 /// length of `messages` or `input` as sent, read without parsing it, so that a huge prompt costs
 /// no more than a short one to judge), plus the answer budget — the client's `max_tokens`, else
-/// the first tier's. It is settled with the real usage when the request ends.
+/// the first tier's, else the [`budget::DEFAULT_ANSWER_TOKENS`] budgets assume too (an unbounded
+/// answer is not a free one). It is settled with the real usage when the request ends.
 fn estimate_tokens(ask: &Ask<'_>) -> u64 {
     let request = ask.request;
     let prompt_bytes = ["messages", "input"]
@@ -412,7 +413,12 @@ fn estimate_tokens(ask: &Ask<'_>) -> u64 {
             .and_then(|step| step.tier.max_tokens)
             .map(u64::from)
     });
-    prompt_bytes.div_ceil(4).saturating_add(budget.unwrap_or(0))
+    let answer = if request.endpoint() == crate::openai::Endpoint::Embeddings {
+        0
+    } else {
+        budget.unwrap_or(budget::DEFAULT_ANSWER_TOKENS)
+    };
+    prompt_bytes.div_ceil(4).saturating_add(answer)
 }
 
 /// What admission knows of a request.

@@ -161,11 +161,18 @@ impl Shared {
         if self.up.swap(up, Ordering::Relaxed) != up {
             crate::metrics::limits_store_up(up);
             if up {
-                self.ups.fetch_add(1, Ordering::AcqRel);
+                let before = self.ups.fetch_add(1, Ordering::AcqRel);
                 self.came_back.notify_one();
-                tracing::warn!(
-                    "the limits store answers again: rate limits and budgets are shared by every replica"
-                );
+                // The first answer is the first connect, not a recovery.
+                if before == 0 {
+                    tracing::info!(
+                        "the limits store answers: rate limits and budgets are shared by every replica"
+                    );
+                } else {
+                    tracing::warn!(
+                        "the limits store answers again: rate limits and budgets are shared by every replica"
+                    );
+                }
             } else {
                 tracing::error!(
                     "the limits store is unreachable ({why}): rate limits and budgets are enforced per replica, from this replica's memory, until it answers"

@@ -140,13 +140,14 @@ fn rewrite(body: &RequestBody<'_>, step: &ChainTier, edits: &mut Edits) {
         // The client wrote for models that take `max_tokens`; this tier's refuses it, and takes
         // the same budget under the other name.
         edits.remove("max_tokens");
-        if !body.has("max_completion_tokens") {
+        if !body.gives("max_completion_tokens") && body.gives("max_tokens") {
             edits.set("max_completion_tokens", client_limit.to_owned());
         }
     }
+    // A `null` limit is no limit: the tier's applies, as budgets and tpm reserved it.
     if let Some(max_tokens) = tier.max_tokens
-        && !body.has("max_tokens")
-        && !body.has("max_completion_tokens")
+        && !body.gives("max_tokens")
+        && !body.gives("max_completion_tokens")
     {
         edits.set(limit, raw(&max_tokens));
     }

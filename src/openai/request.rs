@@ -115,6 +115,11 @@ impl<'a> RequestBody<'a> {
         self.fields.contains_key(name)
     }
 
+    /// Whether the client gave `name` a value: `null` is OpenAI's way of leaving a field unset.
+    pub fn gives(&self, name: &str) -> bool {
+        self.field(name).is_some_and(|value| value.get() != "null")
+    }
+
     /// About the body's length in bytes (its fields, keys and values), an upper bound on the
     /// tokens its text can hold: every token is at least one byte.
     pub fn byte_len(&self) -> usize {
@@ -323,6 +328,36 @@ mod tests {
             sent,
             json!({"model": "gpt-4o", "messages": messages, "max_completion_tokens": 64})
         );
+    }
+
+    /// `"max_tokens": null` leaves the answer unbounded upstream: the tier's limit applies as if
+    /// the field were absent, since budgets and tpm reserve that limit as the worst case.
+    #[test]
+    fn a_null_limit_gets_the_tiers_limit() {
+        let config = crate::config::Config::parse(
+            "[providers.openai]\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+             [tiers]\napi = { provider = \"openai\", model = \"gpt-4o\", max_tokens = 10 }\n\
+             o3 = { provider = \"openai\", model = \"o3-mini\", max_tokens = 20 }\n\
+             [routes.r]\nkind = \"classification\"\ntiers = [\"api\", \"o3\"]\n",
+            std::path::Path::new("tierwise.toml"),
+            &|_| None,
+        )
+        .unwrap();
+        let sent = |step: usize, body: Value| -> Value {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let parsed = RequestBody::parse(Endpoint::ChatCompletions, &bytes).unwrap();
+            serde_json::from_slice(&parsed.for_tier(&config.routes[0].chain[step])).unwrap()
+        };
+        let messages = json!([{"role": "user", "content": "hi"}]);
+        for field in ["max_tokens", "max_completion_tokens"] {
+            let mut body = json!({"model": "r", "messages": messages});
+            body[field] = Value::Null;
+            let to_api = sent(0, body.clone());
+            assert_eq!(to_api["max_tokens"], 10, "{field}: {to_api}");
+            let to_o3 = sent(1, body);
+            assert_eq!(to_o3["max_completion_tokens"], 20, "{field}: {to_o3}");
+            assert!(to_o3.get("max_tokens").is_none(), "{field}: {to_o3}");
+        }
     }
 
     proptest! {

@@ -54,8 +54,8 @@ impl Posted {
 /// What the webhook receives of a budget alert.
 #[derive(Debug, Clone, Serialize)]
 pub struct BudgetNotice {
-    /// `budget_alert_at` (the spend reached `alert_at` of the budget) or `budget_spent` (it
-    /// can no longer hold a request's worst case, or the spend reached it: API tiers are passed
+    /// `budget_alert_at` (the spend reached `alert_at` of the budget) or `budget_spent` (its
+    /// settled spend can no longer hold a usual request's worst case, or reached it: API tiers are passed
     /// over, or requests refused — `share` says how much of it is really spent).
     pub event: &'static str,
     /// `all`, `route` or `key`.
@@ -70,8 +70,8 @@ pub struct BudgetNotice {
     pub share: f64,
     /// What requests in flight held when it was noticed.
     pub held_usd: f64,
-    /// The worst case of the request the budget could not hold; `null` where the spend itself
-    /// reached the level.
+    /// The usual worst case (the smaller of the refused request's and the smallest held this
+    /// month) the settled spend could not hold; `null` where the spend itself reached the level.
     pub worst_case_usd: Option<f64>,
     /// How many of the month's corrections came before the level was armed again (0: the
     /// month's first announcement of this level).
@@ -219,7 +219,7 @@ impl Alerts {
             ),
             (AlertLevel::Spent, Some(worst)) => tracing::warn!(
                 budget = %scope, month = %crossing.month,
-                "BUDGET SPENT: {scope} can no longer hold a request's worst case (${worst}) within its ${} for {}: ${}{share} spent and ${} held by requests in flight{again}; on_exhausted = {} until the month ends or the budget is corrected (tierwise budget reset|adjust)",
+                "BUDGET SPENT: {scope} can no longer hold a usual request's worst case (${worst}, with nothing held) within its ${} for {}: ${}{share} spent and ${} held by requests in flight{again}; on_exhausted = {} until the month ends or the budget is corrected (tierwise budget reset|adjust)",
                 budget.monthly_usd, crossing.month, crossing.spent, crossing.held, budget.on_exhausted.as_str()
             ),
             (AlertLevel::Spent, None) => tracing::warn!(

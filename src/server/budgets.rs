@@ -83,8 +83,16 @@ pub struct Adjust {
 /// `POST /admin/api/budgets/adjust`.
 pub async fn adjust(
     State(app): State<Arc<App>>,
-    Json(body): Json<Adjust>,
+    body: Result<Json<Adjust>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    // A body that does not read is answered in OpenAI's shape, naming what was wrong (a missing
+    // "reason", an unknown field), not with axum's plain text.
+    let Json(body) = body.map_err(|rejection| {
+        ApiError::bad_body(format!(
+            "{}; send {{\"scope\", \"name\", \"usd\" or \"reset\": true, \"reason\"}}",
+            rejection.body_text()
+        ))
+    })?;
     let actor = match &app.config.server.admin {
         AdminAccess::Key(key) => format!("admin:{}", key.id),
         AdminAccess::Open => "admin:open".to_string(),
@@ -116,6 +124,12 @@ pub async fn adjust(
             Change::Add(Picodollars::from_usd(usd))
         }
         (None, true) => Change::Reset,
+        (Some(usd), false) => {
+            return Err(ApiError::bad_body(format!(
+                "\"usd\" must be a number of dollars from -{max} to {max}, not {usd}",
+                max = Budget::MAX_USD
+            )));
+        }
         _ => {
             return Err(ApiError::bad_body(
                 "give either \"usd\" (dollars added to the month's spend; negative takes them off) or \"reset\": true".into(),

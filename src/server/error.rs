@@ -244,9 +244,7 @@ impl From<Refusal> for ApiError {
                 } else {
                     format!(", and {}", spent.why)
                 };
-                let mut error = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "insufficient_quota",
+                let message = if spent.month_spent {
                     format!(
                         "The budget of {} (${} for {}) is spent: ${} so far (on_exhausted = {}){why}. It starts again with the next month (UTC), or when an operator corrects it (tierwise budget reset|adjust).",
                         spent.scope,
@@ -254,8 +252,22 @@ impl From<Refusal> for ApiError {
                         spent.month,
                         spent.spent,
                         spent.budget.on_exhausted.as_str(),
-                    ),
-                )
+                    )
+                } else {
+                    // Not spent: full for now, or this request asks for more than most.
+                    format!(
+                        "The budget of {} (${} for {}) cannot hold this request's worst case (${}): ${} spent, ${} held by requests in flight (on_exhausted = {}){why}. Retry when requests in flight have finished, or ask for fewer tokens (max_tokens).",
+                        spent.scope,
+                        spent.budget.monthly_usd,
+                        spent.month,
+                        spent.worst,
+                        spent.spent,
+                        spent.held,
+                        spent.budget.on_exhausted.as_str(),
+                    )
+                };
+                let mut error =
+                    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", message)
                 .code("insufficient_quota");
                 error.final_answer = true;
                 error

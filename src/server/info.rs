@@ -10,15 +10,27 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::auth::CallerKey;
 use super::{ApiError, App};
 use crate::report::{self, Report};
 use crate::route::TargetKind;
 
-pub async fn models(State(app): State<Arc<App>>) -> Json<Value> {
+pub async fn models(
+    State(app): State<Arc<App>>,
+    caller: Option<axum::Extension<CallerKey>>,
+) -> Json<Value> {
+    // A key limited to some routes may call only them (not a tier, nor a model id): it is shown
+    // only them.
+    let allowed = caller
+        .as_ref()
+        .and_then(|caller| caller.0.0.terms.routes.as_deref());
     let data: Vec<Value> = app
         .routes
         .listing()
         .iter()
+        .filter(|(id, kind)| {
+            allowed.is_none_or(|routes| *kind == TargetKind::Route && routes.contains(id))
+        })
         .map(|(id, kind)| model_object(&app, id, *kind))
         .collect();
     Json(json!({ "object": "list", "data": data }))

@@ -580,6 +580,157 @@ async fn sixty_four_requests_at_once_spend_no_more_than_a_budget_of_ten() {
     gateway.shutdown().await;
 }
 
+/// The month's one spent alert means the month is spent: 64 requests at once against a budget
+/// of ten, at $0 settled, refuse 54 saying the budget cannot hold them *now* (what is held, what is
+/// spent) and send no spent alert; neither does one request asking for far more than most. Only
+/// when the settled spend cannot hold a usual request does the alert go, and the 429 says spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_moment_or_one_oversized_request_is_not_a_spent_month() {
+    const ROUTE: &str = "budget_busy";
+    let (local, api) = fakes().await;
+    // Slow enough that all 64 are asked before any of the ten admitted ends.
+    api.update(|b| b.fault = Fault::SlowFirstByte { ms: 1500 });
+    let hook = Hook::start().await;
+    let held = reservation(&ask(ROUTE));
+    let monthly = 10 * held;
+    let config = budgeted(
+        &local,
+        &api,
+        ROUTE,
+        &["api_fast"],
+        monthly,
+        OnExhausted::Reject,
+    )
+    .with(|c| c.0.alerts.webhook = Some(text(hook.url.clone())));
+    let gateway = TestGateway::start(&config).await;
+    let answers = futures_util::future::join_all(
+        (0..64).map(|_| async { send(&gateway, &ask(ROUTE)).await }),
+    )
+    .await;
+    let refused: Vec<&Answer> = answers.iter().filter(|a| a.status == 429).collect();
+    assert_eq!(refused.len(), 54, "{} refused", refused.len());
+    for answer in &refused {
+        answer.error(429, Some("insufficient_quota"));
+        let message = answer.body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("cannot hold this request's worst case")
+                && message.contains("held by requests in flight"),
+            "{message}"
+        );
+    }
+    settled(&gateway, ROUTE).await;
+    api.update(|b| b.fault = Fault::None);
+    // One request asking for 100 times the tokens: refused, the month not spent.
+    let mut oversized = ask(ROUTE);
+    oversized["max_tokens"] = json!(10_000);
+    let answer = send(&gateway, &oversized).await;
+    answer.error(429, Some("insufficient_quota"));
+    assert!(
+        answer.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot hold this request's worst case"),
+        "{}",
+        answer.text
+    );
+    // 10 calls cost 87% of the budget: the 80% alert is heard, and nothing before it.
+    let wait_for = |events: &'static [&'static str]| {
+        let hook = &hook;
+        async move {
+            let until = Instant::now() + Duration::from_secs(10);
+            while hook.events() != events {
+                assert!(
+                    Instant::now() < until,
+                    "the webhook heard {:?}, not {events:?}",
+                    hook.events()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for(&["budget_alert_at"]).await;
+    // Now it is spent: one more call fits, then a usual request no longer does.
+    assert_eq!(send(&gateway, &ask(ROUTE)).await.status, 200);
+    settled(&gateway, ROUTE).await;
+    let answer = send(&gateway, &ask(ROUTE)).await;
+    answer.error(429, Some("insufficient_quota"));
+    assert!(
+        answer.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is spent"),
+        "{}",
+        answer.text
+    );
+    wait_for(&["budget_alert_at", "budget_spent"]).await;
+    gateway.shutdown().await;
+}
+
+/// A correction never takes a month's spend below zero (which would silently raise the budget):
+/// it is floored, and its audit row keeps the change made. A correction the admin API cannot read
+/// is answered in OpenAI's shape and says what was wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correction_is_floored_at_zero_and_a_bad_one_is_told_why() {
+    const ROUTE: &str = "budget_floor";
+    let (local, api) = fakes().await;
+    let config = budgeted(
+        &local,
+        &api,
+        ROUTE,
+        &["api_fast", "local"],
+        100 * ACTUAL,
+        OnExhausted::LocalOnly,
+    );
+    let gateway = TestGateway::start(&config).await;
+    let store = gateway.store().await;
+    let first = send(&gateway, &ask(ROUTE)).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    // The floor is the ledger's spend: the call must be there.
+    stored(&store, first.header("x-tierwise-request-id").unwrap()).await;
+    settled(&gateway, ROUTE).await;
+    let path = "/admin/api/budgets/adjust";
+    let taken = admin_post(
+        &gateway,
+        path,
+        &json!({"scope": "route", "name": ROUTE, "usd": -1.0, "reason": "mispriced"}),
+        ADMIN_KEY,
+    )
+    .await;
+    assert_eq!(taken.status, 200, "{}", taken.text);
+    assert_eq!(
+        taken.body["adjustment"]["delta_pusd"], -ACTUAL,
+        "{}",
+        taken.text
+    );
+    assert_eq!(settled(&gateway, ROUTE).await["spent_usd"], 0.0);
+
+    let no_reason = admin_post(
+        &gateway,
+        path,
+        &json!({"scope": "route", "name": ROUTE, "usd": 1.0}),
+        ADMIN_KEY,
+    )
+    .await;
+    no_reason.error(400, None);
+    assert!(no_reason.text.contains("reason"), "{}", no_reason.text);
+    let absurd = admin_post(
+        &gateway,
+        path,
+        &json!({"scope": "route", "name": ROUTE, "usd": 1e300, "reason": "x"}),
+        ADMIN_KEY,
+    )
+    .await;
+    absurd.error(400, None);
+    assert!(
+        absurd
+            .text
+            .contains("\\\"usd\\\" must be a number of dollars from -9000000 to 9000000"),
+        "{}",
+        absurd.text
+    );
+    gateway.shutdown().await;
+}
+
 /// A reset through the admin API writes its audit row and lets the API serve again at once; an
 /// adjustment adds spend back and moves requests again. A client key may read the admin API on a
 /// gateway without an admin key, but never correct a budget.

@@ -1791,7 +1791,7 @@ async fn budget_commands_show_and_correct_a_months_spend_with_an_audit_row() {
     let out = report.output().unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
-        table.contains("cli_budget: a spent budget moved 1 call to local (1 answered), which would have cost $0.000006 on api_fast"),
+        table.contains("cli_budget: a spent budget moved 1 call to local (1 answered), which would have cost $0.000006 on api_fast — budgets over these calls: route cli_budget"),
         "{table}"
     );
 }

@@ -595,3 +595,55 @@ fn budgets_are_checked_with_their_key_and_line() {
         config.warnings
     );
 }
+
+/// The admin key may correct budgets: a client key with the same value would let that client
+/// reset its own. Refused, whether the client key is bare or named, and never echoed.
+#[test]
+fn an_admin_key_equal_to_a_client_key_is_refused() {
+    for clients in [
+        "[server]\napi_keys = [\"tw-dup-secret-42\"]\nadmin_key = \"tw-dup-secret-42\"\n",
+        "[server]\nadmin_key = \"tw-dup-secret-42\"\n\n[keys.batch]\nkey = \"tw-dup-secret-42\"\n",
+    ] {
+        let err = error_of(&format!("{clients}\n{BASE}"));
+        assert!(
+            err.contains("server.admin_key: is the same key as one in keys or server.api_keys"),
+            "{err}"
+        );
+        assert!(!err.contains("tw-dup-secret-42"), "{err}");
+    }
+}
+
+/// What `tierwise check` says of limits that cannot mean what they say: a key that may call no
+/// route is refused; a budget of $0 (meant at times: API tiers closed) and a budget over a route
+/// with no API tier (it never applies) are warned about.
+#[test]
+fn limits_that_cannot_mean_what_they_say_are_refused_or_warned_about() {
+    let err = error_of(&format!(
+        "[keys.batch]\nkey = \"tw-batch-1\"\nroutes = []\n\n{BASE}"
+    ));
+    assert!(
+        err.contains("keys.batch.routes: is empty: the key could call nothing"),
+        "{err}"
+    );
+    let config = load(
+        &patched(
+            "tiers = [\"local\"]",
+            "tiers = [\"local\"]\nbudget = { monthly_usd = 0 }",
+        )
+        .replace(
+            "base_url = \"http://localhost:8001/v1\"",
+            "base_url = \"http://localhost:8001/v1\"\nfixed_monthly_usd = 0",
+        ),
+    )
+    .unwrap();
+    for expected in [
+        "routes.classification.budget.monthly_usd = 0: no API call is ever admitted",
+        "routes.classification.budget: route classification has no API tier",
+    ] {
+        assert!(
+            config.warnings.iter().any(|w| w.starts_with(expected)),
+            "{expected:?} in {:?}",
+            config.warnings
+        );
+    }
+}

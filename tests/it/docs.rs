@@ -659,8 +659,9 @@ fn the_readmes_small_config_resolves() {
         .and_then(|rest| rest.split("```").next())
         .expect("a toml block in the README")
         .to_string();
-    let config = tierwise::config::Config::parse(&toml, Path::new("tierwise.toml"), &|_| {
-        Some("set".to_string())
+    // Each variable its own value: a client key equal to the admin key is refused.
+    let config = tierwise::config::Config::parse(&toml, Path::new("tierwise.toml"), &|name| {
+        Some(format!("set-{name}"))
     })
     .unwrap_or_else(|err| panic!("the README's config: {err}"));
     assert!(!config.routes.is_empty());

@@ -198,6 +198,35 @@ async fn a_tpm_limit_reserves_the_estimate_and_counts_the_real_usage() {
     gw.shutdown().await;
 }
 
+/// An answer with no limit from the client or the tier is not a free one: tpm holds the default
+/// answer budget budgets assume ([`tierwise::limits::budget::DEFAULT_ANSWER_TOKENS`]), and a
+/// `"max_tokens": null` is no limit: the tier's applies upstream, and is what tpm held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpm_holds_an_unbounded_answers_worst_case_and_a_null_limit_gets_the_tiers() {
+    let (local, _api, gw) = gateway(|c| {
+        key(c, "tpm_unbounded", None, Some(100_000));
+    })
+    .await;
+    // api_frontier sets no max_tokens, nor does the client.
+    let unbounded = post_as(&gw, "tpm_unbounded", &chat("api_frontier", "x")).await;
+    assert_eq!(unbounded.status, 200, "{}", unbounded.text);
+    let held = 100_000 - header_u64(&unbounded, "x-ratelimit-remaining-tokens");
+    let default = tierwise::limits::budget::DEFAULT_ANSWER_TOKENS;
+    assert!(
+        (default..default + 20).contains(&held),
+        "{held} held for an answer of unbounded length"
+    );
+    // The route's first tier, local, answers at most 256: a null limit gets that, upstream too.
+    let mut ask = chat("classification", "x");
+    ask["max_tokens"] = Value::Null;
+    let before = local.request_count();
+    let nulled = post_as(&gw, "tpm_unbounded", &ask).await;
+    assert_eq!(nulled.status, 200, "{}", nulled.text);
+    let sent = &local.requests()[before].body;
+    assert_eq!(sent["max_tokens"], 256, "{sent}");
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_may_call_only_its_routes_and_is_told_which() {
     let (local, _api, gw) = gateway(|c| {
@@ -231,6 +260,40 @@ async fn a_key_may_call_only_its_routes_and_is_told_which() {
     )
     .await;
     assert_eq!(bare.status, 200);
+    gw.shutdown().await;
+}
+
+/// `/v1/models` lists to a key limited to some routes only those routes (it may call no tier nor
+/// model id); to a key without `routes`, everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_key_is_listed_only_the_routes_it_may_call() {
+    let (_local, _api, gw) = gateway(|c| {
+        key(c, "listed", None, None).routes = Some(vec![text("classification")]);
+    })
+    .await;
+    let ids = |answer: &Answer| -> Vec<String> {
+        answer.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|model| model["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let scoped = Answer::of(
+        gw.http
+            .get(format!("{}/v1/models", gw.url))
+            .bearer_auth("tw-listed-key")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ids(&scoped), ["classification"], "{}", scoped.text);
+    let everything = ids(&Answer::of(gw.get("/v1/models").await).await);
+    assert!(
+        everything.len() > 1 && everything.iter().any(|id| id == "local"),
+        "{everything:?}"
+    );
     gw.shutdown().await;
 }
 

@@ -181,6 +181,86 @@ async fn two_replicas_sharing_redis_enforce_one_limit_and_keep_serving_when_it_d
     b.shutdown().await;
 }
 
+/// The tokens a key has in Redis, over every minute it counts.
+async fn shared_tokens(redis: &Redis, key: &str) -> i64 {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let minutes: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("tierwise:limits:key:{key}:tokens:*"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let mut sum = 0;
+    for minute in minutes {
+        let count: i64 = redis::cmd("GET")
+            .arg(minute)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        sum += count;
+    }
+    sum
+}
+
+/// A tpm limit shared through Redis counts what requests really used, not what they reserved:
+/// the settlement reaches Redis (its script loaded first: a fresh Redis knows none), and the other
+/// replica's `x-ratelimit-remaining-tokens` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_sharing_a_tpm_limit_count_real_usage_not_reservations() {
+    let redis = Redis::start();
+    let api = FakeUpstream::start().await;
+    let replica = |store: String| {
+        TestConfig::two_tier(&api.base_url(), &api.base_url())
+            .without_probes()
+            .with(move |c| {
+                key(c, "shared_tpm", None, Some(3000));
+                c.0.limits.store = Some(text(store.clone()));
+                c.0.limits.store_timeout_ms = Some(spanned(500));
+            })
+    };
+    let a = TestGateway::start(&replica(redis.url())).await;
+    let b = TestGateway::start(&replica(redis.url())).await;
+    wait_for_store(&a, "shared").await;
+    wait_for_store(&b, "shared").await;
+    // The fake reports 20 prompt and 5 completion tokens: 25 a request, ~110 reserved.
+    let mut ask = chat("classification", "x");
+    ask["max_tokens"] = serde_json::json!(100);
+    let remaining = |answer: &Answer| -> i64 {
+        answer
+            .header("x-ratelimit-remaining-tokens")
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let first = post_as(&a, "shared_tpm", &ask).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let reserved = 3000 - remaining(&first);
+    assert!((100..=120).contains(&reserved), "{reserved}");
+    // Settled off the request path: Redis comes to hold the real 25.
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let held = shared_tokens(&redis, "shared_tpm").await;
+        if held == 25 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "Redis holds {held} tokens for the key: the reservation ({reserved}), not the 25 used"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The other replica counts the first request's 25, not its reservation.
+    let second = post_as(&b, "shared_tpm", &ask).await;
+    assert_eq!(second.status, 200, "{}", second.text);
+    let used = 3000 - remaining(&second);
+    assert!(
+        used <= 25 + reserved,
+        "{used} used: the first request's reservation is still counted"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_never_answers_holds_no_request_longer_than_its_timeout() {
     // Accepts connections and says nothing, as a hung Redis does.
