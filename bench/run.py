@@ -581,7 +581,7 @@ def formats_scenario(fake, tmp, args, rows, extra, procs):
     time.sleep(1.0)  # the providers' first probes
     formats = [("openai", "tierwise", "direct"), ("azure", "tierwise", "azure"), ("anthropic", "tierwise", "anthropic")]
     if args.compare_bin:
-        formats.append(("openai (baseline)", "baseline", "direct"))
+        formats.append(("openai (old)", "baseline", "direct"))
     procs_by_name = dict(gateways)
     for stream in (False, True):
         kind = "stream (42 chunks)" if stream else "chat, ~800 tokens"
