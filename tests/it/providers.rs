@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 use tierwise::config::Api;
-use tierwise::config::file::{RawProvider, RawTier, text};
+use tierwise::config::file::{RawProvider, RawTier, spanned, text};
 use tierwise::config::{KeyHeader, TaskKind};
 use tierwise_fake::{Behavior, DownAddr, FakeToolCall, FakeUpstream, Fault, unused_addr};
 
@@ -47,6 +47,8 @@ async fn anthropic_setup() -> (TestGateway, FakeUpstream, FakeUpstream, DownAddr
             provider.api = Some(Api::Anthropic);
             provider.api_key = Some(text("sk-ant-secret"));
             provider.health.enabled = Some(false);
+            // The stream fault tests meet more failures in a row than the default lets through.
+            provider.breaker.failures = Some(spanned(100));
             c.0.providers.insert(text("anthropic"), provider);
             c.0.tiers.insert(
                 text("claude"),
@@ -349,8 +351,9 @@ async fn anthropic_refusals_reach_the_client_in_openais_shape_and_overload_falls
     gw.shutdown().await;
 }
 
-/// Anthropic's stream faults: cut before any event and an error as the first event fall back;
-/// cut mid-answer and an error event mid-answer end the client's stream with an error, recorded.
+/// Anthropic's stream faults: cut before any event, an error as the first event, and either right
+/// after `message_start` (before the answer began) fall back; cut mid-answer and an error event
+/// mid-answer end the client's stream with an error, recorded.
 #[tokio::test]
 async fn anthropic_stream_faults_fall_back_before_the_first_event_and_end_cleanly_after() {
     let (gw, anthropic, _openai, _down) = anthropic_setup().await;
@@ -362,6 +365,17 @@ async fn anthropic_stream_faults_fall_back_before_the_first_event_and_end_cleanl
     gw.ask_stream("claude_first")
         .await
         .assert_served_by("api_fast", "claude:stream_broken");
+    // Overloaded, or cut, right after `message_start` and before the answer began: nothing of it
+    // has reached the client, so the request still falls back.
+    for fault in [
+        Fault::ErrorMidStream { after: 1 },
+        Fault::CutAfterChunks { chunks: 1 },
+    ] {
+        anthropic.set_fault(fault);
+        gw.ask_stream("claude_first")
+            .await
+            .assert_served_by("api_fast", "claude:stream_broken");
+    }
 
     let store = gw.store().await;
     // Cut after message_start, a text block's start, a ping and a word: the client has seen data,

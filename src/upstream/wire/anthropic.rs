@@ -448,10 +448,18 @@ fn arguments(input: &Value) -> String {
 /// Reads a stream's events into the gateway's pieces of an answer. Anthropic numbers content
 /// blocks (text and tool calls together); OpenAI numbers tool calls alone, so each tool block is
 /// given the next tool index.
+///
+/// `message_start` is held back until the model begins its answer (its first content block, of
+/// any kind, thinking too) or the message ends: the stream is committed to this tier on its first
+/// piece, and Anthropic may send an `overloaded_error` right after `message_start`, or the
+/// connection break there, before any of the answer exists. Then the first piece is the error (or
+/// there is none), and the request falls back instead of ending the client's stream in an error.
 #[derive(Default)]
 pub(super) struct Events {
     tool_index: HashMap<u64, u32>,
     usage: WireUsage,
+    /// `message_start`'s piece, until the answer begins.
+    start: Option<Delta>,
 }
 
 impl Events {
@@ -515,12 +523,21 @@ impl Events {
         let event: Event = serde_json::from_str(data).map_err(|err| {
             UpstreamError::stream_broken(format!("an event that is not Anthropic's: {err}"))
         })?;
+        if matches!(
+            event,
+            Event::ContentBlockStart { .. }
+                | Event::ContentBlockDelta { .. }
+                | Event::MessageDelta { .. }
+                | Event::MessageStop {}
+        ) {
+            out.extend(self.start.take());
+        }
         match event {
             Event::MessageStart { message } => {
                 if let Some(usage) = message.usage {
                     self.usage.update(usage);
                 }
-                out.push(Delta::Start {
+                self.start = Some(Delta::Start {
                     id: message.id,
                     model: message.model,
                 });
@@ -578,8 +595,10 @@ impl Events {
             Event::MessageStop {} => out.push(Delta::Done),
             Event::Ping {} => out.push(Delta::KeepAlive),
             // Anthropic ends a stream after its error event; the gateway's stream ends there too,
-            // as OpenAI's does after one.
+            // as OpenAI's does after one. Before the answer began, the error is the first piece
+            // and `message_start`'s is dropped: nothing of this tier reaches the client.
             Event::Error { error } => {
+                self.start = None;
                 out.push(Delta::Error {
                     kind: error.kind,
                     message: error.message,
@@ -899,6 +918,29 @@ mod tests {
             ]
         );
         assert!(Events::default().read("not json", &mut Vec::new()).is_err());
+
+        // Overloaded right after `message_start`: the error is the first piece, so the request
+        // can still fall back; so is a ping's keep-alive no start of the answer.
+        let mut reader = Events::default();
+        let mut pieces = Vec::new();
+        for event in [
+            r#"{"type":"message_start","message":{"id":"msg_02","model":"claude-haiku-4-5","usage":{"input_tokens":5,"output_tokens":1}}}"#,
+            r#"{"type":"ping"}"#,
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        ] {
+            reader.read(event, &mut pieces).unwrap();
+        }
+        assert_eq!(
+            pieces,
+            [
+                Delta::KeepAlive,
+                Delta::Error {
+                    kind: "overloaded_error".into(),
+                    message: "Overloaded".into()
+                },
+                Delta::Done
+            ]
+        );
     }
 
     /// A usage that lacks a count is no usage (the gateway then counts the tokens and says they
