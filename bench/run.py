@@ -259,6 +259,61 @@ def start_tierwise(name, tmp, fake_port, dead_port, ledger, binary=None, spaced_
     return proc
 
 
+def formats_config(fake_port, ledger, translated):
+    """A gateway with one route per wire format, every provider on the same fake: `direct` on an
+    OpenAI-compatible provider (passed through), and where `translated`, `azure` on an Azure
+    deployment and `anthropic` on Anthropic's Messages API. An older build that knows no `api`
+    key gets only the first."""
+    formats = "" if not translated else f"""
+[providers.azure_fake]
+api = "azure"
+base_url = "http://127.0.0.1:{fake_port}"
+api_key = "sk-bench"
+
+[providers.anthropic_fake]
+api = "anthropic"
+base_url = "http://127.0.0.1:{fake_port}/v1"
+api_key = "sk-bench"
+
+[tiers.azure_api]
+provider = "azure_fake"
+model = "gpt-4o-mini"
+deployment = "bench-mini"
+
+[tiers.claude]
+provider = "anthropic_fake"
+model = "claude-haiku-4-5"
+
+[routes.azure]
+kind = "classification"
+tiers = ["azure_api"]
+
+[routes.anthropic]
+kind = "classification"
+tiers = ["claude"]
+"""
+    return formats + f"""
+[server]
+listen = "127.0.0.1:{{port}}"
+api_keys = ["{KEY}"]
+
+[ledger]
+url = "{ledger}"
+
+[providers.fake]
+base_url = "http://127.0.0.1:{fake_port}/v1"
+api_key = "sk-bench"
+
+[tiers.api]
+provider = "fake"
+model = "gpt-4o-mini"
+
+[routes.direct]
+kind = "classification"
+tiers = ["api"]
+"""
+
+
 def start_nginx(tmp, fake_port, name="nginx"):
     port = free_port()
     conf = (ROOT / "bench" / "nginx.conf.in").read_text()
@@ -521,6 +576,62 @@ def limits_scenario(tw, tmp, fake_port, dead_port, args, rows, extra, procs):
     procs.remove(tw_redis)
 
 
+def formats_scenario(fake, tmp, args, rows, extra, procs):
+    """What translation costs: one gateway's CPU per request for the same chat request to the same
+    fake upstream, which answers each wire format, through its OpenAI-compatible provider (passed
+    through byte for byte), its Azure provider (passed through, its URL and key header its own) and
+    its Anthropic provider (the request written as a Messages request, the answer or each stream
+    event read back and written as OpenAI's), plain and streamed, alternating round by round; with
+    `--compare-bin`, the same pass-through request on that older build too, alternating with them."""
+    port = free_port()
+    config = tmp / "formats.toml"
+    config.write_text(formats_config(fake.port, f"sqlite://{tmp}/formats.db", True).replace("{port}", str(port)))
+    env = dict(os.environ, TIERWISE_LOG="warn")
+    tw = Proc("tierwise", [str(RELEASE / "tierwise"), "serve", "--config", str(config)], port, env=env, log=tmp / "formats.log")
+    procs.append(tw)
+    gateways = [("tierwise", tw)]
+    if args.compare_bin:
+        base_port = free_port()
+        base_config = tmp / "formats-base.toml"
+        base_config.write_text(formats_config(fake.port, f"sqlite://{tmp}/formats-base.db", False).replace("{port}", str(base_port)))
+        base = Proc("baseline", [args.compare_bin, "serve", "--config", str(base_config)], base_port, env=env, log=tmp / "formats-base.log")
+        procs.append(base)
+        gateways.append(("baseline", base))
+    time.sleep(1.0)  # the providers' first probes
+    formats = [("openai", "tierwise", "direct"), ("azure", "tierwise", "azure"), ("anthropic", "tierwise", "anthropic")]
+    if args.compare_bin:
+        formats.append(("openai (old)", "baseline", "direct"))
+    procs_by_name = dict(gateways)
+    for stream in (False, True):
+        kind = "stream (42 chunks)" if stream else "chat, ~800 tokens"
+        bodies = {}
+        for name, _, route in formats:
+            path = tmp / f"formats-{route}-{'stream' if stream else 'plain'}.json"
+            path.write_bytes(chat_body(stream=stream, model=route))
+            bodies[name] = path
+        for c in (int(n) for n in args.formats_concurrency.split(",")):
+            runs = {name: [] for name, _, _ in formats}
+            for _ in range(args.rounds):
+                for name, gateway, _ in formats:
+                    proc = procs_by_name[gateway]
+                    cpu = proc.cpu_seconds()
+                    run = wrk(proc.port, "/v1/chat/completions", bodies[name], c, args.seconds)
+                    run["cpu_us_per_req"] = (proc.cpu_seconds() - cpu) * 1e6 / max(run["requests"], 1)
+                    runs[name].append(run)
+            summary = {}
+            for name, _, _ in formats:
+                m = {k: median_of(runs[name], k) for k in ("rps", "p50_us", "p99_us", "cpu_us_per_req")}
+                m["errors"] = sum(r["socket_errors"] + r["non2xx"] for r in runs[name])
+                summary[name] = m
+                rows.append(row(f"{kind} by format, c={c}", name, m, None if name == "openai" else summary["openai"]))
+            passthrough = summary["openai"]["cpu_us_per_req"]
+            ratios = ", ".join(
+                f"{name} {summary[name]['cpu_us_per_req']:.1f} us ({summary[name]['cpu_us_per_req'] / passthrough:.2f}x)"
+                for name, _, _ in formats if name != "openai"
+            )
+            extra.append(f"{kind} by format, c={c}: CPU per request, openai pass-through {passthrough:.1f} us; {ratios}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=5, help="length of one wrk run")
@@ -534,6 +645,8 @@ def main():
     parser.add_argument("--shadow-only", action="store_true", help="only the shadow-sampling scenario")
     parser.add_argument("--streams-only", action="store_true", help="only the spaced-chunk streams scenario")
     parser.add_argument("--limits-only", action="store_true", help="only the rate-limits scenario (memory and Redis)")
+    parser.add_argument("--formats-only", action="store_true", help="only the wire-format scenario: pass-through against Azure and Anthropic translation")
+    parser.add_argument("--formats-concurrency", default="1,16", help="connection counts of the wire-format scenario")
     parser.add_argument("--limits-concurrency", default="1,64", help="connection counts of the rate-limits scenario")
     parser.add_argument("--stream-concurrency", default="64,256,1024", help="connection counts of the spaced-chunk streams")
     parser.add_argument("--concurrency", default="1,16,64,256", help="connection counts of the chat scenarios, comma-separated")
@@ -546,6 +659,13 @@ def main():
         fake_port = free_port()
         fake = Proc("fake", [str(RELEASE / "tierwise-fake"), "--listen", f"127.0.0.1:{fake_port}", "--no-record", "--reply-words", "40"], fake_port)
         procs.append(fake)
+        if args.formats_only:
+            formats_scenario(fake, tmp, args, rows, extra, procs)
+            print_table(rows, extra)
+            print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")
+            if args.json:
+                Path(args.json).write_text(json.dumps({"rows": rows, "notes": extra}, indent=2))
+            return
         dead_port = free_port()  # nothing listens: the local tier's breaker opens on its first probe
         # Streams as chat products see them: 20 content chunks about 3 ms apart, from a fake of their own.
         spaced_port = free_port()
@@ -657,6 +777,7 @@ def main():
         shadow_scenario(tw, tmp, body, args, rows, extra)
         limits_scenario(tw, tmp, fake_port, dead_port, args, rows, extra, procs)
         spaced_streams(tw, spaced, tmp, args, rows, extra, procs, base)
+        formats_scenario(fake, tmp, args, rows, extra, procs)
         print_table(rows, extra)
         print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")
         if args.json:

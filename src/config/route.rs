@@ -10,7 +10,7 @@ use toml::Spanned;
 use super::budget::Budget;
 use super::file::{ConfigFile, RawRoute, RawShadow, Text};
 use super::kinds::{
-    AllOpen, Changes, OnDrift, OnProof, QualityBar, ScorerKind, TaskKind, ToolCalling,
+    AllOpen, Api, Changes, OnDrift, OnProof, QualityBar, ScorerKind, TaskKind, ToolCalling,
 };
 use super::resolver::Resolver;
 use super::tier::Tier;
@@ -329,6 +329,20 @@ impl Resolver<'_> {
                 continue;
             }
             if let Some(tier) = self.lookup(tiers, tier_name, &tier_key, "tier") {
+                // Anthropic's API has no embeddings: such a tier could only ever be passed over,
+                // which a route built for embeddings should hear of now, not from every request.
+                if *raw.kind.get_ref() == TaskKind::Embedding && tier.provider.api == Api::Anthropic
+                {
+                    self.issue_at(
+                        tier_name.span().start,
+                        &tier_key,
+                        &format!(
+                            "tier {:?} is on provider {:?}, which speaks Anthropic's Messages API, and Anthropic serves no embeddings; list tiers on OpenAI-compatible or Azure providers in an embedding route",
+                            tier.name, tier.provider.name
+                        ),
+                    );
+                    continue;
+                }
                 chain.push(ChainTier {
                     tier,
                     system_prompt: None,

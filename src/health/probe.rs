@@ -121,10 +121,10 @@ async fn warm_up(upstreams: &Upstreams, warmups: &[Warmup]) -> Result<(), Upstre
     Ok(())
 }
 
-/// A 4xx, or a 501 (an endpoint the server does not serve): the server is up and answered,
-/// about this tier's model or endpoint.
+/// A 4xx, or a 5xx about the request (a 501, an endpoint the server does not serve; a 500 in
+/// the words of a refusal): the server is up and answered, about this tier's model or endpoint.
 fn refused_by_server(err: &UpstreamError) -> bool {
-    err.is_not_served()
+    err.is_the_requests()
         || matches!(err.kind, UpstreamErrorKind::Status(status) if status.is_client_error())
 }
 

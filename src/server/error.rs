@@ -166,6 +166,13 @@ impl ApiError {
                     .code("unsupported_parameter")
                     .param(Some(lack.param()));
             }
+            // The last tier's server refused the request itself, in a 500: the client's to
+            // change, and a 5xx would have the SDKs send it again, to the same refusal.
+            UpstreamErrorKind::RequestRefused(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "request_refused",
+            ),
             UpstreamErrorKind::BreakerOpen | UpstreamErrorKind::Saturated => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream_error",

@@ -25,6 +25,10 @@ pub enum UpstreamErrorKind {
     ContextTooLong,
     /// Not called: the request needs what the tier's model lacks (tools, a JSON schema, images).
     Lacks(Lack),
+    /// A 500 in one of the wordings a server uses for a request it cannot take, not for its own
+    /// failure ([`REQUEST_SHAPED_500`]): the wording matched, a constant, never the server's
+    /// message, which may quote the request.
+    RequestRefused(&'static str),
     /// A 2xx answer whose body is not the JSON it should be.
     MalformedJson,
     /// An answer larger than `server.max_answer_bytes`.
@@ -105,6 +109,18 @@ impl UpstreamError {
             return UpstreamError {
                 kind: UpstreamErrorKind::Lacks(Lack::Vision),
                 detail: "answered HTTP 500: the model does not read images".into(),
+                body,
+                retry_after,
+            };
+        }
+        if status == StatusCode::INTERNAL_SERVER_ERROR
+            && let Some(wording) = request_shaped(&body)
+        {
+            return UpstreamError {
+                kind: UpstreamErrorKind::RequestRefused(wording),
+                detail: format!(
+                    "answered HTTP 500 in words that refuse the request, not report a failure: \"{wording}…\""
+                ),
                 body,
                 retry_after,
             };
@@ -197,6 +213,7 @@ impl UpstreamError {
             UpstreamErrorKind::Lacks(Lack::Vision) => "no_vision".into(),
             UpstreamErrorKind::Lacks(Lack::Endpoint) => "no_endpoint".into(),
             UpstreamErrorKind::Lacks(Lack::Format(_)) => "untranslatable".into(),
+            UpstreamErrorKind::RequestRefused(_) => "request_refused".into(),
             UpstreamErrorKind::MalformedJson => "malformed_json".into(),
             UpstreamErrorKind::AnswerTooLarge => "answer_too_large".into(),
             UpstreamErrorKind::StreamBroken => "stream_broken".into(),
@@ -222,12 +239,12 @@ impl UpstreamError {
     }
 
     /// Whether the provider is to blame, so that its breaker hears of it: a retryable failure,
-    /// but not a rate limit (the tier rests instead), an endpoint the server does not serve, nor
-    /// a request too long for its window.
+    /// but not a rate limit (the tier rests instead), nor an answer about the request rather than
+    /// the server ([`UpstreamError::is_the_requests`]), nor a request too long for its window.
     pub fn counts_against_provider(&self) -> bool {
         self.is_retryable()
             && !self.is_rate_limit()
-            && !self.is_not_served()
+            && !self.is_the_requests()
             && !matches!(
                 self.kind,
                 UpstreamErrorKind::ContextTooLong
@@ -258,6 +275,18 @@ impl UpstreamError {
     /// take its other tiers down with it.
     pub fn is_not_served(&self) -> bool {
         self.kind == UpstreamErrorKind::Status(StatusCode::NOT_IMPLEMENTED)
+    }
+
+    /// A 5xx that speaks of the request, not of the server's health. The rule: a 501 is always
+    /// the request's (the server is up and does not implement what this request asks: an
+    /// endpoint, a parameter — llama.cpp's `not_supported_error`, vLLM's `NotImplementedError`);
+    /// a 500 is the server's failure unless its message begins with one of the wordings servers
+    /// use when they refuse a request ([`REQUEST_SHAPED_500`]). Such an answer moves the request
+    /// on to the next tier, which may take it (an API reads audio, a larger batch fits the
+    /// input), and is never counted by the breaker: one client sending what a local server
+    /// cannot take must not take the server down for every other client.
+    pub fn is_the_requests(&self) -> bool {
+        self.is_not_served() || matches!(self.kind, UpstreamErrorKind::RequestRefused(_))
     }
 
     pub fn is_timeout(&self) -> bool {
@@ -398,6 +427,57 @@ fn says_no_images(body: &[u8]) -> bool {
     body["error"]["message"]
         .as_str()
         .is_some_and(|message| message.starts_with("image input is not supported"))
+}
+
+/// How llama.cpp's server words a request it refuses with a 500 (it answers any exception but
+/// `std::invalid_argument` with 500 and `server_error`), each a pattern anchored at the start of
+/// the error's message, as written in the vendored sources of llama-cpp-python 0.3.36
+/// (`tools/server/server-common.cpp`, `server-context.cpp`, `common/chat.cpp`): media the model
+/// has no projector for; an unknown `reasoning_format`; an input longer than the physical batch
+/// (embeddings and reranking cannot split one); `tools` without `--jinja`; a schema or grammar it
+/// cannot use; bad image data; a field of the wrong JSON type (nlohmann's exception, thrown while
+/// the request is read); a prompt that needs more context than the slot with context shift off.
+/// The image wording is read first, as the tier's lack of vision ([`says_no_images`]). vLLM
+/// answers a client's mistake with 400 (`ValueError`, `TypeError`, a template error) and what it
+/// does not implement with 501 (vLLM's `create_error_response`): its 500s are its own failures,
+/// so none of its wordings are here.
+pub const REQUEST_SHAPED_500: [&str; 14] = [
+    "audio input is not supported",
+    "video input is not supported",
+    "Multimodal data provided, but model does not support multimodal requests",
+    "Unknown reasoning format",
+    "input (N tokens) is too large to process",
+    "input is too large to process",
+    "tools param requires --jinja flag",
+    "tool_choice param requires --jinja flag",
+    "Cannot use both json_schema and grammar",
+    "\"json_schema\": ",
+    "Invalid base64 value",
+    "Failed to load image or audio file",
+    "[json.exception.",
+    "context shift is disabled",
+];
+
+/// The wording of [`REQUEST_SHAPED_500`] a 500's message begins with, if any. Only the message of
+/// the server's own error object is read, from its start: a wording found further in may be the
+/// client's words quoted back.
+fn request_shaped(body: &[u8]) -> Option<&'static str> {
+    let body: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let message = body["error"]["message"].as_str()?;
+    REQUEST_SHAPED_500.iter().copied().find(|wording| {
+        match wording.strip_prefix("input (N tokens)") {
+            // The count varies: "input (4391 tokens) is too large to process. …".
+            Some(rest) => message
+                .strip_prefix("input (")
+                .and_then(|after| after.split_once(" tokens)"))
+                .is_some_and(|(count, tail)| {
+                    !count.is_empty()
+                        && count.bytes().all(|b| b.is_ascii_digit())
+                        && tail.starts_with(rest)
+                }),
+            None => message.starts_with(wording),
+        }
+    })
 }
 
 /// Why a connection could not be made. The connector's own timeout (`connect_ms`) shows as an
@@ -570,6 +650,86 @@ mod tests {
         let quoted = r#"{"error":{"code":500,"message":"failed: image input is not supported","type":"server_error"}}"#;
         let failed = UpstreamError::status(StatusCode::INTERNAL_SERVER_ERROR, quoted.into(), None);
         assert!(failed.counts_against_provider());
+    }
+
+    /// llama.cpp's 500s that refuse a request, byte for byte as its server writes them, are the
+    /// request's: they move on to the next tier and the breaker never hears of them. The same
+    /// words quoted mid-message, in another status, or a 500 in other words are failures.
+    #[test]
+    fn a_500_in_the_words_of_a_refusal_is_the_requests_not_the_servers() {
+        use super::{UpstreamError, UpstreamErrorKind};
+        use http::StatusCode;
+        let llama = |message: &str| {
+            serde_json::json!({"error": {"code": 500, "message": message, "type": "server_error"}})
+                .to_string()
+        };
+        for message in [
+            "audio input is not supported - hint: if this is unexpected, you may need to provide the mmproj",
+            "video input is not supported - hint: if this is unexpected, you may need to provide the mmproj",
+            "Multimodal data provided, but model does not support multimodal requests.",
+            "Unknown reasoning format: deep_think",
+            "input (3926 tokens) is too large to process. increase the physical batch size (current batch size: 2048)",
+            "input is too large to process. increase the physical batch size",
+            "tools param requires --jinja flag",
+            "Cannot use both json_schema and grammar",
+            "\"json_schema\": Unrecognized schema: []",
+            "Invalid base64 value",
+            "[json.exception.type_error.302] type must be string, but is number",
+            "context shift is disabled",
+        ] {
+            let refused = UpstreamError::status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                llama(message).into(),
+                None,
+            );
+            assert!(
+                matches!(refused.kind, UpstreamErrorKind::RequestRefused(_)),
+                "{message}"
+            );
+            assert_eq!(refused.reason(), "request_refused");
+            assert!(refused.is_retryable() && refused.is_the_requests());
+            assert!(!refused.counts_against_provider(), "{message}");
+            assert!(
+                !refused.detail.contains("deep_think") && !refused.detail.contains("3926"),
+                "the detail names the wording, never the server's message: {}",
+                refused.detail
+            );
+        }
+        let failures = [
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                llama("failed to decode the batch: audio input is not supported"),
+            ),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                llama("input (many tokens) is too large to process"),
+            ),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                llama("got exception: std::bad_alloc"),
+            ),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "audio input is not supported".to_string(),
+            ),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                r#"{"message": "audio input is not supported"}"#.to_string(),
+            ),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                llama("audio input is not supported"),
+            ),
+            (
+                StatusCode::BAD_GATEWAY,
+                llama("Unknown reasoning format: x"),
+            ),
+        ];
+        for (status, body) in failures {
+            let failed = UpstreamError::status(status, body.clone().into(), None);
+            assert_eq!(failed.kind, UpstreamErrorKind::Status(status), "{body}");
+            assert!(failed.counts_against_provider(), "{status} {body}");
+        }
     }
 
     /// A server that quotes a client's bad value back (OpenAI's `invalid_value`, vLLM's validation

@@ -458,3 +458,85 @@ fn field(line: &str, name: &str) -> String {
         .trim_matches('"')
         .to_string()
 }
+
+/// llama.cpp's 500 in its own words for a request it cannot take.
+fn llama_refusal(message: &str) -> Fault {
+    Fault::Status {
+        status: 500,
+        body: Some(
+            json!({"error": {"code": 500, "message": message, "type": "server_error"}}).to_string(),
+        ),
+        retry_after: None,
+    }
+}
+
+/// A 5xx about the request is not the server's health (issue 30's hole): llama.cpp answers audio
+/// sent to a model without a projector, an unknown `reasoning_format` or an input over its batch
+/// with a 500 in its own words, and any server answers 501 for what it does not implement. However
+/// many of them one client sends, plain or streamed, they move on to the next tier, reach the
+/// client as a 400 where no tier is left, and the breaker every other client depends on stays
+/// closed (one failure opens it here); a 500 in other words still opens it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_shaped_5xx_never_open_the_breaker_but_a_real_500_does() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let gw = TestGateway::start(&config(&local, &api, "refusing_gpu", |_| {})).await;
+    let refusals = [
+        (
+            llama_refusal(
+                "audio input is not supported - hint: if this is unexpected, you may need to provide the mmproj",
+            ),
+            "local:request_refused",
+        ),
+        (
+            llama_refusal("Unknown reasoning format: deep_think"),
+            "local:request_refused",
+        ),
+        (
+            llama_refusal(
+                "input (3926 tokens) is too large to process. increase the physical batch size (current batch size: 2048)",
+            ),
+            "local:request_refused",
+        ),
+        (
+            Fault::Status {
+                status: 501,
+                body: Some(r#"{"error":{"code":501,"message":"The current model does not support audio input.","type":"not_supported_error"}}"#.into()),
+                retry_after: None,
+            },
+            "local:http_501",
+        ),
+    ];
+    for (fault, fallback) in refusals {
+        local.set_fault(fault);
+        for _ in 0..3 {
+            gw.ask("summarize")
+                .await
+                .assert_served_by("api_fast", fallback);
+        }
+        gw.ask_stream("summarize")
+            .await
+            .assert_served_by("api_fast", fallback);
+    }
+    assert_eq!(gw.breaker_state("refusing_gpu").await, "closed");
+
+    // No tier left: the client's to change, as a 400 its SDK does not retry.
+    local.set_fault(llama_refusal("Unknown reasoning format: deep_think"));
+    let answer = gw.ask("local").await;
+    let message = answer.error(400, Some("request_refused"));
+    assert!(message.contains("Unknown reasoning format"), "{message}");
+    assert!(
+        !message.contains("deep_think"),
+        "the server's message is not repeated: {message}"
+    );
+    assert_eq!(gw.breaker_state("refusing_gpu").await, "closed");
+
+    // The same words quoted inside another failure are that failure.
+    local.set_fault(llama_refusal(
+        "failed to decode the batch: audio input is not supported",
+    ));
+    gw.ask("summarize")
+        .await
+        .assert_served_by("api_fast", "local:http_500");
+    assert_eq!(gw.breaker_state("refusing_gpu").await, "open");
+}

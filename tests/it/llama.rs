@@ -821,3 +821,60 @@ async fn images_sent_to_a_real_text_model_fall_back_without_opening_its_breaker(
     );
     gw.shutdown().await;
 }
+
+/// The real server answers two client mistakes with a 500 in its own words: audio sent to a model
+/// without a projector ("audio input is not supported") and an unknown `reasoning_format`
+/// ("Unknown reasoning format: …"). They are the request's: however many one client sends, they
+/// move on to the next tier (`local:request_refused`), the breaker the model's other users depend
+/// on stays closed (two failures would open it), and the local tier keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_servers_500s_that_refuse_a_request_do_not_open_its_breaker() {
+    let llama = LlamaServer::start(&["-c", "512"]).await;
+    let mut with_audio = chat("summarize", "hello");
+    with_audio["messages"][0]["content"] = json!([
+        {"type": "text", "text": "what is said here"},
+        {"type": "input_audio", "input_audio": {"data": "UklGRiQAAABXQVZFZm10IBAAAAABAAEAQB8AAIA+AAACABAAZGF0YQAAAAA=", "format": "wav"}},
+    ]);
+    let mut odd_reasoning = chat("summarize", "hello");
+    odd_reasoning["reasoning_format"] = json!("deep_think");
+    for (request, words) in [
+        (&with_audio, "audio input is not supported"),
+        (&odd_reasoning, "Unknown reasoning format"),
+    ] {
+        let (status, refusal) = llama.post("/v1/chat/completions", request).await;
+        assert_eq!(status, 500, "{refusal}");
+        assert!(
+            refusal["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(words)),
+            "{refusal}"
+        );
+    }
+
+    let api = FakeUpstream::start().await;
+    let config = config(&llama.base_url(), &api)
+        .without_probes()
+        .with(|c| c.provider("llama").breaker.failures = Some(spanned(2)));
+    let gw = TestGateway::start(&config).await;
+    for _ in 0..3 {
+        for request in [&with_audio, &odd_reasoning] {
+            let answer = Answer::of(gw.post("/v1/chat/completions", request).await).await;
+            answer.assert_served_by("api_fast", "local:request_refused");
+        }
+    }
+    assert_eq!(gw.breaker_state("llama").await, "closed");
+    let answer = gw.ask("summarize").await;
+    assert_eq!(
+        answer.header("x-tierwise-tier"),
+        Some("local"),
+        "{}",
+        answer.text
+    );
+    assert_eq!(
+        answer.header("x-tierwise-fallback"),
+        None,
+        "{}",
+        answer.text
+    );
+    gw.shutdown().await;
+}

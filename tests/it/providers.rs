@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 use tierwise::config::Api;
-use tierwise::config::file::{RawProvider, RawTier, text};
+use tierwise::config::file::{RawProvider, RawTier, spanned, text};
 use tierwise::config::{KeyHeader, TaskKind};
 use tierwise_fake::{Behavior, DownAddr, FakeToolCall, FakeUpstream, Fault, unused_addr};
 
@@ -47,6 +47,8 @@ async fn anthropic_setup() -> (TestGateway, FakeUpstream, FakeUpstream, DownAddr
             provider.api = Some(Api::Anthropic);
             provider.api_key = Some(text("sk-ant-secret"));
             provider.health.enabled = Some(false);
+            // The stream fault tests meet more failures in a row than the default lets through.
+            provider.breaker.failures = Some(spanned(100));
             c.0.providers.insert(text("anthropic"), provider);
             c.0.tiers.insert(
                 text("claude"),
@@ -349,8 +351,9 @@ async fn anthropic_refusals_reach_the_client_in_openais_shape_and_overload_falls
     gw.shutdown().await;
 }
 
-/// Anthropic's stream faults: cut before any event and an error as the first event fall back;
-/// cut mid-answer and an error event mid-answer end the client's stream with an error, recorded.
+/// Anthropic's stream faults: cut before any event, an error as the first event, and either right
+/// after `message_start` (before the answer began) fall back; cut mid-answer and an error event
+/// mid-answer end the client's stream with an error, recorded.
 #[tokio::test]
 async fn anthropic_stream_faults_fall_back_before_the_first_event_and_end_cleanly_after() {
     let (gw, anthropic, _openai, _down) = anthropic_setup().await;
@@ -362,6 +365,17 @@ async fn anthropic_stream_faults_fall_back_before_the_first_event_and_end_cleanl
     gw.ask_stream("claude_first")
         .await
         .assert_served_by("api_fast", "claude:stream_broken");
+    // Overloaded, or cut, right after `message_start` and before the answer began: nothing of it
+    // has reached the client, so the request still falls back.
+    for fault in [
+        Fault::ErrorMidStream { after: 1 },
+        Fault::CutAfterChunks { chunks: 1 },
+    ] {
+        anthropic.set_fault(fault);
+        gw.ask_stream("claude_first")
+            .await
+            .assert_served_by("api_fast", "claude:stream_broken");
+    }
 
     let store = gw.store().await;
     // Cut after message_start, a text block's start, a ping and a word: the client has seen data,
@@ -394,7 +408,9 @@ async fn anthropic_stream_faults_fall_back_before_the_first_event_and_end_cleanl
 }
 
 /// `local` on a server that is down, then `azure` (deployment `gpt4o-prod` of gpt-4o) on an
-/// Azure-shaped fake; `azure_first` over `azure` then `api_fast` (OpenAI-shaped).
+/// Azure-shaped fake; `azure_first` over `azure` then `api_fast` (OpenAI-shaped); the embedding
+/// route `vectors` over `embed_local` (down) then `azure_embed` (deployment `embed-prod`, priced as
+/// text-embedding-3-large).
 async fn azure_setup() -> (TestGateway, FakeUpstream, FakeUpstream, DownAddr) {
     let down = unused_addr().await;
     let azure = FakeUpstream::start().await;
@@ -413,6 +429,16 @@ async fn azure_setup() -> (TestGateway, FakeUpstream, FakeUpstream, DownAddr) {
             c.0.tiers.insert(text("azure"), tier);
             c.add_route("agent", TaskKind::Agentic, &["local", "azure"]);
             c.add_route("azure_first", TaskKind::Agentic, &["azure", "api_fast"]);
+            // An embedding deployment whose name is neither its tier's model nor a priced model.
+            let mut embed = RawTier::new("azure", "corp-embedder");
+            embed.deployment = Some(text("embed-prod"));
+            embed.base_model = Some(text("text-embedding-3-large"));
+            c.0.tiers.insert(text("azure_embed"), embed);
+            c.add_route(
+                "vectors",
+                TaskKind::Embedding,
+                &["embed_local", "azure_embed"],
+            );
         });
     let gw = TestGateway::start(&config).await;
     (gw, azure, openai, down)
@@ -571,4 +597,131 @@ fn a_deployment_is_required_on_azure_and_refused_elsewhere() {
         elsewhere.contains("only for a tier on an Azure"),
         "{elsewhere}"
     );
+}
+
+/// Embeddings through an Azure deployment: the deployment's URL with the API version and the
+/// `api-key` header, OpenAI's answer passed back, priced as the tier's `base_model` (never as the
+/// deployment nor the tier's own model name), stored as returned; Azure's refusal of the request
+/// reaches the client in OpenAI's shape.
+#[tokio::test]
+async fn azure_embeddings_reach_the_deployment_and_are_priced_as_the_base_model() {
+    let (gw, azure, _openai, _down) = azure_setup().await;
+    azure.update(|b| b.prompt_tokens = 1000);
+    let request = json!({"model": "vectors", "input": ["one document", "another"]});
+    let answer = Answer::of(gw.post("/v1/embeddings", &request).await).await;
+    answer.assert_served_by("azure_embed", "embed_local:connect_refused");
+    assert_eq!(answer.body["data"].as_array().unwrap().len(), 2);
+    assert_eq!(answer.body["data"][1]["index"], 1);
+    assert_eq!(answer.body["usage"]["prompt_tokens"], 1000);
+    // text-embedding-3-large at $0.13 per million: 1000 × 0.13 µUSD.
+    assert_eq!(answer.header("x-tierwise-cost-usd"), Some("0.00013"));
+    let sent = azure.requests().pop().unwrap();
+    assert_eq!(sent.path, "/openai/deployments/embed-prod/embeddings");
+    assert_eq!(sent.query.as_deref(), Some("api-version=2024-10-21"));
+    assert_eq!(sent.api_key.as_deref(), Some("azure-secret"));
+    assert_eq!(sent.authorization, None);
+    assert_eq!(sent.body["input"], json!(["one document", "another"]));
+    let store = gw.store().await;
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(row.tier.as_deref(), Some("azure_embed"));
+    assert_eq!((row.tokens_in, row.tokens_out), (1000, 0));
+    assert!(!row.tokens_estimated);
+    assert_eq!(row.cost_pusd.map(|c| c.0), Some(130_000_000));
+
+    azure.set_fault(Fault::Status {
+        status: 400,
+        body: None,
+        retry_after: None,
+    });
+    let answer = Answer::of(gw.post("/v1/embeddings", &request).await).await;
+    answer.error(400, Some("400"));
+    assert_eq!(
+        answer.body["error"]["type"], "invalid_request_error",
+        "{}",
+        answer.text
+    );
+    gw.shutdown().await;
+}
+
+/// Anthropic serves no embeddings: an embedding route that lists a tier on an Anthropic provider
+/// is refused by `tierwise check`, naming the route's key and saying why; the same tier in a chat
+/// route is fine (and a client naming it for embeddings is told it has no such endpoint, above).
+#[test]
+fn check_refuses_an_embedding_route_over_an_anthropic_tier() {
+    let with_claude = |kind: TaskKind| {
+        TestConfig::two_tier("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1").with(move |c| {
+            let mut provider = RawProvider::new("https://api.anthropic.com/v1");
+            provider.api = Some(Api::Anthropic);
+            c.0.providers.insert(text("anthropic"), provider);
+            c.0.tiers.insert(
+                text("claude"),
+                RawTier::new("anthropic", "claude-haiku-4-5"),
+            );
+            c.add_route("vectors", kind, &["embed_local", "claude"]);
+        })
+    };
+    let check = |config: &TestConfig| {
+        let dir = std::env::temp_dir().join(format!(
+            "tierwise-providers-check-{}-{}",
+            std::process::id(),
+            config.toml().len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tierwise.toml");
+        std::fs::write(&path, config.toml()).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tierwise"))
+            .env_remove("TIERWISE_CONFIG")
+            .env("TIERWISE_LOG", "warn")
+            .envs(["CLIENT_KEY", "LOCAL_KEY"].map(|name| (name, crate::util::env(name).unwrap())))
+            .args(["check", "--offline", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        std::fs::remove_dir_all(dir).ok();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stderr) = check(&with_claude(TaskKind::Embedding));
+    assert!(!ok, "an embedding route over an Anthropic tier passed");
+    assert!(
+        stderr.contains("routes.vectors.tiers: tier \"claude\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Anthropic serves no embeddings"),
+        "{stderr}"
+    );
+    let (ok, stderr) = check(&with_claude(TaskKind::Agentic));
+    assert!(ok, "{stderr}");
+}
+
+/// An Anthropic answer whose usage lacks the output count — a whole message without
+/// `output_tokens`, a stream whose `message_delta` carries none, leaving only `message_start`'s
+/// early count of 1 — is not billed as that count: the gateway counts the tokens itself and the
+/// ledger says they were estimated.
+#[tokio::test]
+async fn an_anthropic_usage_without_its_output_count_is_estimated_not_billed_as_given() {
+    let (gw, anthropic, _openai, _down) = anthropic_setup().await;
+    anthropic.update(|b| {
+        b.fault = Fault::NoUsage;
+        b.reply = "one two three four five six seven eight nine ten eleven twelve".into();
+    });
+    let store = gw.store().await;
+    for answer in [
+        gw.ask("claude_first").await,
+        gw.ask_stream("claude_first").await,
+    ] {
+        assert_eq!(
+            answer.header("x-tierwise-tier"),
+            Some("claude"),
+            "{}",
+            answer.text
+        );
+        let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+        assert!(row.tokens_estimated, "{}", answer.text);
+        assert!(row.tokens_out >= 12, "{} output tokens", row.tokens_out);
+    }
+    gw.shutdown().await;
 }

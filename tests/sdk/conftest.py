@@ -111,6 +111,7 @@ breaker = {{ failures = 1000000, min_requests = 1000000 }}
 [tiers]
 claude      = {{ provider = "anthropic", model = "claude-sonnet-4-5" }}
 azure       = {{ provider = "azure", model = "gpt-4o", deployment = "gpt4o-prod" }}
+azure_embed = {{ provider = "azure", model = "corp-embedder", deployment = "embed-prod", base_model = "text-embedding-3-large" }}
 local       = {{ provider = "vllm", model = "mistral-7b", max_tokens = 256 }}
 api_fast    = {{ provider = "openai", model = "gpt-4o-mini" }}
 embed_local = {{ provider = "vllm", model = "nomic-embed-text" }}
@@ -133,6 +134,10 @@ tiers = ["api_fast"]
 [routes.azure_fallback]
 kind = "agentic"
 tiers = ["local", "azure"]
+
+[routes.azure_vectors]
+kind = "embedding"
+tiers = ["embed_local", "azure_embed"]
 
 [routes.claude_fallback]
 kind = "agentic"

@@ -1,6 +1,7 @@
 """The official OpenAI SDK against the gateway when a tier's provider speaks another wire format:
 the local tier fails and the request falls back to Anthropic's Messages API (played by the fake in
-that format), plain and streamed, with tool calls, usage and cost as the SDK reads them."""
+that format), plain and streamed, with tool calls, usage and cost as the SDK reads them; and
+embeddings through an Azure deployment."""
 
 import json
 
@@ -133,3 +134,22 @@ def test_an_azure_content_filter_refusal_reaches_the_sdk_as_a_bad_request(client
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model="azure_fallback", messages=[{"role": "user", "content": "hi"}])
     assert refused.value.code == "content_filter"
+
+
+def test_embeddings_fall_back_to_an_azure_deployment(client, fakes):
+    local, api = fakes
+    local.behave(fault={"kind": "status", "status": 503})
+    api.behave(prompt_tokens=1000)
+    raw = client.embeddings.with_raw_response.create(model="azure_vectors", input=["one document", "another"])
+    embeddings = raw.parse()
+    assert raw.headers["x-tierwise-tier"] == "azure_embed"
+    assert raw.headers["x-tierwise-fallback"] == "embed_local:http_503"
+    assert [e.index for e in embeddings.data] == [0, 1]
+    assert len(embeddings.data[0].embedding) == 3
+    assert embeddings.usage.prompt_tokens == 1000
+    # Priced as the tier's base_model, text-embedding-3-large at $0.13 per million tokens.
+    assert float(raw.headers["x-tierwise-cost-usd"]) == pytest.approx(0.00013, abs=1e-12)
+    sent = api.requests()[-1]
+    assert sent["path"] == "/openai/deployments/embed-prod/embeddings"
+    assert sent["query"] == "api-version=2024-10-21" and sent["api_key"] == "azure-secret"
+    assert sent["authorization"] is None

@@ -351,20 +351,18 @@ impl WireUsage {
             .or(self.cache_read_input_tokens);
     }
 
-    /// In the gateway's terms (see the module's documentation for the rule).
+    /// In the gateway's terms (see the module's documentation for the rule). A usage without
+    /// both counts is none: a missing count read as 0 would be recorded as exact and bill a call
+    /// as free, where without usage the gateway counts the tokens itself and says so.
     fn usage(self) -> Option<Usage> {
-        if self.input_tokens.is_none() && self.output_tokens.is_none() {
+        let (Some(input), Some(output)) = (self.input_tokens, self.output_tokens) else {
             return None;
-        }
+        };
         let read = self.cache_read_input_tokens.unwrap_or(0);
         let written = self.cache_creation_input_tokens.unwrap_or(0);
         Some(Usage {
-            prompt_tokens: self
-                .input_tokens
-                .unwrap_or(0)
-                .saturating_add(read)
-                .saturating_add(written),
-            completion_tokens: self.output_tokens.unwrap_or(0),
+            prompt_tokens: input.saturating_add(read).saturating_add(written),
+            completion_tokens: output,
             cached_tokens: read,
             cache_write_tokens: written,
         })
@@ -450,10 +448,18 @@ fn arguments(input: &Value) -> String {
 /// Reads a stream's events into the gateway's pieces of an answer. Anthropic numbers content
 /// blocks (text and tool calls together); OpenAI numbers tool calls alone, so each tool block is
 /// given the next tool index.
+///
+/// `message_start` is held back until the model begins its answer (its first content block, of
+/// any kind, thinking too) or the message ends: the stream is committed to this tier on its first
+/// piece, and Anthropic may send an `overloaded_error` right after `message_start`, or the
+/// connection break there, before any of the answer exists. Then the first piece is the error (or
+/// there is none), and the request falls back instead of ending the client's stream in an error.
 #[derive(Default)]
 pub(super) struct Events {
     tool_index: HashMap<u64, u32>,
     usage: WireUsage,
+    /// `message_start`'s piece, until the answer begins.
+    start: Option<Delta>,
 }
 
 impl Events {
@@ -517,12 +523,21 @@ impl Events {
         let event: Event = serde_json::from_str(data).map_err(|err| {
             UpstreamError::stream_broken(format!("an event that is not Anthropic's: {err}"))
         })?;
+        if matches!(
+            event,
+            Event::ContentBlockStart { .. }
+                | Event::ContentBlockDelta { .. }
+                | Event::MessageDelta { .. }
+                | Event::MessageStop {}
+        ) {
+            out.extend(self.start.take());
+        }
         match event {
             Event::MessageStart { message } => {
                 if let Some(usage) = message.usage {
                     self.usage.update(usage);
                 }
-                out.push(Delta::Start {
+                self.start = Some(Delta::Start {
                     id: message.id,
                     model: message.model,
                 });
@@ -564,21 +579,26 @@ impl Events {
                 _ => {}
             },
             Event::MessageDelta { delta, usage } => {
+                // The answer's length is known only here: `message_start`'s output count is the
+                // few tokens written so far, so a delta without one leaves the usage unknown.
+                let counted = usage.is_some_and(|usage| usage.output_tokens.is_some());
                 if let Some(usage) = usage {
                     self.usage.update(usage);
                 }
                 if let Some(stop_reason) = delta.stop_reason {
                     out.push(Delta::Finish(finish(&stop_reason)));
                 }
-                if let Some(usage) = self.usage.usage() {
+                if counted && let Some(usage) = self.usage.usage() {
                     out.push(Delta::Usage(usage));
                 }
             }
             Event::MessageStop {} => out.push(Delta::Done),
             Event::Ping {} => out.push(Delta::KeepAlive),
             // Anthropic ends a stream after its error event; the gateway's stream ends there too,
-            // as OpenAI's does after one.
+            // as OpenAI's does after one. Before the answer began, the error is the first piece
+            // and `message_start`'s is dropped: nothing of this tier reaches the client.
             Event::Error { error } => {
+                self.start = None;
                 out.push(Delta::Error {
                     kind: error.kind,
                     message: error.message,
@@ -898,6 +918,74 @@ mod tests {
             ]
         );
         assert!(Events::default().read("not json", &mut Vec::new()).is_err());
+
+        // Overloaded right after `message_start`: the error is the first piece, so the request
+        // can still fall back; so is a ping's keep-alive no start of the answer.
+        let mut reader = Events::default();
+        let mut pieces = Vec::new();
+        for event in [
+            r#"{"type":"message_start","message":{"id":"msg_02","model":"claude-haiku-4-5","usage":{"input_tokens":5,"output_tokens":1}}}"#,
+            r#"{"type":"ping"}"#,
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        ] {
+            reader.read(event, &mut pieces).unwrap();
+        }
+        assert_eq!(
+            pieces,
+            [
+                Delta::KeepAlive,
+                Delta::Error {
+                    kind: "overloaded_error".into(),
+                    message: "Overloaded".into()
+                },
+                Delta::Done
+            ]
+        );
+    }
+
+    /// A usage that lacks a count is no usage (the gateway then counts the tokens and says they
+    /// are estimated), never a count of 0: a whole message without `output_tokens`, and a stream
+    /// whose `message_delta` carries no output count, which `message_start`'s early count of 1
+    /// must not stand in for. Thinking blocks, their deltas and their signatures are passed over.
+    #[test]
+    fn a_usage_missing_a_count_is_left_to_the_gateways_estimate() {
+        let message = json!({
+            "id": "msg_01", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+            "content": [{"type": "redacted_thinking", "data": "EmwKAhgBEgy"}, {"type": "text", "text": "Hi."}],
+            "stop_reason": "end_turn", "usage": {"input_tokens": 100},
+        });
+        let answer = decode_answer(message.to_string().as_bytes()).unwrap();
+        assert_eq!(answer.text.as_deref(), Some("Hi."));
+        assert_eq!(answer.usage, None);
+
+        let events = [
+            r#"{"type":"message_start","message":{"id":"msg_01","model":"claude-haiku-4-5","usage":{"input_tokens":25,"output_tokens":1}}}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Let me think"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EqQBCgIYAhIM"}}"#,
+            r#"{"type":"content_block_stop","index":0}"#,
+            r#"{"type":"content_block_start","index":1,"content_block":{"type":"text","text":""}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"Hi."}}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null}}"#,
+            r#"{"type":"message_stop"}"#,
+        ];
+        let mut reader = Events::default();
+        let mut pieces = Vec::new();
+        for event in events {
+            reader.read(event, &mut pieces).unwrap();
+        }
+        assert_eq!(
+            pieces,
+            [
+                Delta::Start {
+                    id: "msg_01".into(),
+                    model: "claude-haiku-4-5".into()
+                },
+                Delta::Text("Hi.".into()),
+                Delta::Finish(Finish::Stop),
+                Delta::Done,
+            ]
+        );
     }
 
     /// Anthropic's errors in OpenAI's shape; 529 is the provider's overload, as 503; a prompt too

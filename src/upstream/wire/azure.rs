@@ -1,9 +1,10 @@
 //! Azure OpenAI: OpenAI's format at a deployment's URL. The resource is the provider's `base_url`,
 //! each tier names its deployment, and calls go to
-//! `{base_url}/openai/deployments/{deployment}/chat/completions?api-version={api_version}` with the
-//! key in the `api-key` header (or a Bearer token, an Entra ID one, where `auth` says so). Requests
-//! and answers pass as they are; the deployment is not the model, so a tier is priced by its
-//! `model` (or `base_model`), never by the deployment's name.
+//! `{base_url}/openai/deployments/{deployment}/chat/completions?api-version={api_version}` (and
+//! `…/embeddings?…` for an embedding deployment) with the key in the `api-key` header (or a
+//! Bearer token, an Entra ID one, where `auth` says so). Requests and answers pass as they are;
+//! the deployment is not the model, so a tier is priced by its `model` (or `base_model`), never by
+//! the deployment's name.
 //!
 //! What differs from OpenAI is read here: a stream opens with a chunk that has no choice and only
 //! `prompt_filter_results` (what the content filter found in the prompt), which is dropped, since

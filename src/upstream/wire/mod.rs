@@ -99,7 +99,7 @@ impl Wire {
             })),
             Wire::Anthropic => Some(Box::new(EventReader {
                 reader: Reader::Anthropic {
-                    events: anthropic::Events::default(),
+                    events: Box::default(),
                     writer: openai::ChunkWriter::new(),
                     pieces: Vec::new(),
                 },
@@ -167,7 +167,7 @@ enum Reader {
     /// Azure's events pass as they came, but for its prompt-filter chunk.
     Azure,
     Anthropic {
-        events: anthropic::Events,
+        events: Box<anthropic::Events>,
         writer: openai::ChunkWriter,
         /// The pieces of the event being read, kept to spare an allocation per event.
         pieces: Vec<model::Delta>,

@@ -2,10 +2,10 @@
 //! the faults tests need set as data: down, hanging, slow, 5xx, 429, malformed JSON, a stream cut
 //! before or after its first chunk, no usage. The same fake speaks Anthropic's Messages API
 //! (`POST /v1/messages`, its stream events, its usage and its error bodies) and Azure OpenAI's
-//! deployments (`/openai/deployments/{deployment}/chat/completions?api-version=…` with an `api-key`
-//! header, the first stream chunk carrying only `prompt_filter_results`, Azure's error bodies and
-//! content-filter refusal), each as its public API reference documents it; the faults mean the same
-//! in every format. Every integration test, the Python SDK tests (through
+//! deployments (`/openai/deployments/{deployment}/chat/completions` and `…/embeddings`, with
+//! `?api-version=…` and an `api-key` header, the first stream chunk carrying only
+//! `prompt_filter_results`, Azure's error bodies and content-filter refusal), each as its public
+//! API reference documents it; the faults mean the same in every format. Every integration test, the Python SDK tests (through
 //! the `tierwise-fake` binary and its `/_fake/*` control endpoints) and the benchmark use this one
 //! fake, so what "a fault" means is written down once.
 
@@ -81,7 +81,8 @@ pub enum Fault {
         #[serde(default)]
         count: Option<u64>,
     },
-    /// Answer without `usage`, as some local servers do.
+    /// Answer without `usage`, as some local servers do. Anthropic's format: a message whose
+    /// usage has no `output_tokens`, a stream whose `message_delta` has no usage.
     NoUsage,
     /// Usage with `null` where numbers and objects belong, and fields OpenAI does not send, as some
     /// servers' usage blocks have.
@@ -429,6 +430,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/openai/deployments/{deployment}/chat/completions",
             post(azure_chat),
+        )
+        .route(
+            "/openai/deployments/{deployment}/embeddings",
+            post(azure_embeddings),
         )
         .route("/openai/models", get(models))
         .route("/health", get(health))
@@ -965,12 +970,50 @@ async fn embeddings(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    embeddings_in(
+        Format::OpenAi,
+        &shared,
+        "/v1/embeddings",
+        None,
+        &headers,
+        body,
+    )
+    .await
+}
+
+/// Azure OpenAI's embeddings: OpenAI's body and answer at a deployment's URL, the API version in
+/// the query. The deployment decides the model; the body's `model`, where sent, is answered back
+/// as Azure does.
+async fn azure_embeddings(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path(deployment): axum::extract::Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("/openai/deployments/{deployment}/embeddings");
+    if !query.as_deref().unwrap_or("").contains("api-version=") {
+        record_query(&shared, &path, query, &headers, &body);
+        let missing = json!({"error": {"code": "404", "message": "Resource not found"}});
+        return (StatusCode::NOT_FOUND, Json(missing)).into_response();
+    }
+    embeddings_in(Format::Azure, &shared, &path, query, &headers, body).await
+}
+
+async fn embeddings_in(
+    format: Format,
+    shared: &Arc<Shared>,
+    path: &str,
+    query: Option<String>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
     let Ok(request) = serde_json::from_slice::<Probe>(&body) else {
         return (StatusCode::BAD_REQUEST, "fake upstream: body is not JSON").into_response();
     };
-    record(&shared, "/v1/embeddings", &headers, &body);
-    let behavior = behavior_for_request(&shared, request.model.as_deref());
-    if let Some(response) = before_answer(&behavior.fault).await {
+    record_query(shared, path, query, headers, &body);
+    let behavior = behavior_for_request(shared, request.model.as_deref());
+    if let Some(response) = before_answer_in(format, &behavior.fault).await {
         return response;
     }
     if behavior.fault == Fault::MalformedJson {
@@ -1169,11 +1212,14 @@ async fn anthropic_messages(
                 json!({"type": "tool_use", "id": call.id, "name": call.name, "input": input}),
             );
         }
-        let message = json!({
+        let mut message = json!({
             "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
             "content": content, "stop_reason": stop_reason, "stop_sequence": null,
             "usage": usage(behavior.completion_tokens),
         });
+        if behavior.fault == Fault::NoUsage {
+            message["usage"] = json!({"input_tokens": behavior.prompt_tokens});
+        }
         let body = Bytes::from(message.to_string());
         if behavior.fault == Fault::CutMidBody {
             return cut_mid_body(body);
@@ -1221,10 +1267,13 @@ async fn anthropic_messages(
         ));
         block += 1;
     }
-    events.push((
-        "message_delta",
-        json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": behavior.completion_tokens}}),
-    ));
+    let mut delta = json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": behavior.completion_tokens}});
+    if behavior.fault == Fault::NoUsage {
+        // Only `message_start`'s early count (1) is left, as some Anthropic-compatible servers
+        // end a stream.
+        delta.as_object_mut().unwrap().remove("usage");
+    }
+    events.push(("message_delta", delta));
     events.push(("message_stop", json!({"type": "message_stop"})));
     let overloaded =
         json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
