@@ -6,9 +6,9 @@
 //! - [`config`]: the TOML file, read once at start-up into resolved types (a route holds its tiers, a
 //!   tier its provider); every mistake is reported here with its key and line.
 //! - [`server`]: the HTTP surface — one single-threaded event loop per core on a shared port, router,
-//!   request id, client auth, the request path of `/v1/chat/completions` and `/v1/embeddings`, the SSE
-//!   relay, and the one place errors become OpenAI-shaped answers; `/readyz`, `/metrics`,
-//!   `/admin/api/*`; graceful shutdown.
+//!   request id, client auth, the request path of every endpoint (its routes registered from
+//!   [`openai::Endpoint::ALL`]), the SSE relay, and the one place errors become OpenAI-shaped
+//!   answers; `/readyz`, `/metrics`, `/admin/api/*`; graceful shutdown.
 //! - [`openai`]: the wire format every module may use — which endpoint a body is for and what that
 //!   endpoint requires, changes per tier, counts and streams; usage as upstreams report it.
 //! - [`route`]: what the client's `model` names (route, tier or model id) and its tier chain; the
