@@ -122,6 +122,11 @@ fn validate(body: &RequestBody<'_>) -> Result<(), RequestError> {
 
 fn rewrite(body: &RequestBody<'_>, step: &ChainTier, edits: &mut Edits) {
     let tier = &step.tier;
+    // OpenAI keeps a response unless told not to; tierwise's default is not to (see
+    // docs/endpoints.md), and a server the request is passed through to is told so.
+    if !body.has("store") {
+        edits.set("store", raw(&false));
+    }
     if let Some(prompt) = &step.system_prompt {
         edits.set("instructions", raw(prompt));
     }

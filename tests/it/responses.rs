@@ -347,3 +347,128 @@ async fn stateful_fields_and_a_missing_input_are_clear_400s() {
     assert_eq!(local.request_count(), 1);
     gw.shutdown().await;
 }
+
+/// Two fakes; `openai` (the API fake) serves Responses itself; `api_first` tries `api_fast`, then
+/// `local`.
+async fn native_setup() -> (FakeUpstream, FakeUpstream, TestGateway) {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            c.provider("openai").responses = Some(tierwise::config::file::spanned(true));
+            c.add_route(
+                "api_first",
+                tierwise::config::TaskKind::Agentic,
+                &["api_fast", "local"],
+            );
+        });
+    let gw = TestGateway::start(&config).await;
+    (local, api, gw)
+}
+
+/// A provider whose server serves Responses gets the request as the client wrote it (the tier's
+/// model and limit, `store: false`), and the answer as its server wrote it; its usage is read from
+/// the answer, and from `response.completed` in a stream relayed event by event. A fallback from
+/// it lands on a chat-only tier, translated.
+#[tokio::test]
+async fn a_server_that_serves_responses_gets_them_passed_through() {
+    let (local, api, gw) = native_setup().await;
+    let store = gw.store().await;
+    let answer = respond(
+        &gw,
+        json!({"model": "api_first", "input": "Hi", "tools": [weather_tool()]}),
+    )
+    .await;
+    answer.assert_served_by_first("api_fast");
+    assert_eq!(answer.body["id"], "resp_fake", "the server's own answer");
+    let sent = &api.requests()[0];
+    assert_eq!(sent.path, "/v1/responses");
+    assert_eq!(
+        sent.body,
+        json!({"model": "gpt-4o-mini", "input": "Hi", "tools": [weather_tool()], "store": false,
+            "max_output_tokens": 1024})
+    );
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(
+        (row.tokens_in, row.tokens_out, row.tokens_estimated),
+        (20, 5, false)
+    );
+    assert!(row.cost_pusd.is_some_and(|cost| cost.0 > 0), "{row:?}");
+
+    let answer = respond(
+        &gw,
+        json!({"model": "api_first", "input": "Hi", "stream": true}),
+    )
+    .await;
+    let events = events_of(&answer.text);
+    assert_eq!(events[0].1["response"]["id"], "resp_fake");
+    assert_eq!(events.last().unwrap().0, "response.completed");
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(
+        (row.tokens_in, row.tokens_out, row.error_kind.as_deref()),
+        (20, 5, None)
+    );
+
+    // The server's own failure mid-answer reaches the client as it sent it; the ledger says so.
+    api.set_fault(Fault::ErrorMidStream { after: 4 });
+    let answer = respond(
+        &gw,
+        json!({"model": "api_first", "input": "Hi", "stream": true}),
+    )
+    .await;
+    assert_eq!(events_of(&answer.text).last().unwrap().0, "response.failed");
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(row.error_kind.as_deref(), Some("upstream_error_event"));
+
+    // Down: the fallback goes to the chat-only tier, translated.
+    api.set_fault(Fault::Status {
+        status: 503,
+        body: None,
+        retry_after: None,
+    });
+    let answer = respond(&gw, json!({"model": "api_first", "input": "Hi"})).await;
+    answer.assert_served_by("local", "api_fast:http_503");
+    assert!(answer.body["id"].as_str().unwrap().starts_with("resp_"));
+    assert_ne!(answer.body["id"], "resp_fake");
+    assert_eq!(local.requests()[0].path, "/v1/chat/completions");
+    gw.shutdown().await;
+}
+
+/// OpenAI's own API serves Responses without being told; any other OpenAI-format server only
+/// when its provider says so; a provider of another format cannot say so.
+#[test]
+fn which_providers_serve_responses() {
+    let config = parse(
+        "[providers.openai]\nbase_url = \"https://api.openai.com/v1\"\n\
+         [providers.vllm]\nbase_url = \"http://127.0.0.1:8000/v1\"\n\
+         [providers.vllm_new]\nbase_url = \"http://127.0.0.1:8001/v1\"\nresponses = true\n\
+         [tiers]\na = { provider = \"openai\", model = \"gpt-4o\" }\n\
+         b = { provider = \"vllm\", model = \"m\" }\nc = { provider = \"vllm_new\", model = \"m\" }\n\
+         [routes.r]\nkind = \"agentic\"\ntiers = [\"a\", \"b\", \"c\"]\n",
+    );
+    let serves: Vec<bool> = ["openai", "vllm", "vllm_new"]
+        .iter()
+        .map(|name| {
+            config
+                .providers
+                .iter()
+                .find(|p| p.name == *name)
+                .unwrap()
+                .serves_responses
+        })
+        .collect();
+    assert_eq!(serves, [true, false, true]);
+    let refused = tierwise::config::Config::parse(
+        "[providers.claude]\napi = \"anthropic\"\nbase_url = \"https://api.anthropic.com/v1\"\nresponses = true\n\
+         [tiers]\na = { provider = \"claude\", model = \"claude-sonnet-4-5\" }\n\
+         [routes.r]\nkind = \"agentic\"\ntiers = [\"a\"]\n",
+        std::path::Path::new("tierwise.toml"),
+        &env,
+    )
+    .expect_err("Anthropic's format cannot pass Responses through");
+    assert!(
+        refused.to_string().contains("providers.claude.responses"),
+        "{refused}"
+    );
+}

@@ -24,8 +24,8 @@ pub(super) fn urls(provider: &Provider) -> Result<Vec<Option<Uri>>, UpstreamErro
     Endpoint::ALL
         .iter()
         .map(|endpoint| match endpoint {
-            // Served through chat completions until a provider says its server serves Responses.
-            Endpoint::Responses => Ok(None),
+            // Served through chat completions unless the provider's server serves Responses.
+            Endpoint::Responses if !provider.serves_responses => Ok(None),
             _ => uri(&provider.base_url, endpoint.path()).map(Some),
         })
         .collect()
