@@ -17,10 +17,11 @@ async fn setup() -> (FakeUpstream, FakeUpstream, TestGateway) {
     (local, api, gw)
 }
 
-/// A stream's events, each its `event:` name and its data as JSON.
+/// A stream's events, each its `event:` name and its data as JSON; comments (keep-alives) are
+/// passed over, as SSE clients do.
 fn events_of(text: &str) -> Vec<(String, Value)> {
     text.split("\n\n")
-        .filter(|event| !event.trim().is_empty())
+        .filter(|event| event.lines().any(|line| line.starts_with("data: ")))
         .map(|event| {
             let mut name = String::new();
             let mut data = String::new();
@@ -471,4 +472,80 @@ fn which_providers_serve_responses() {
         refused.to_string().contains("providers.claude.responses"),
         "{refused}"
     );
+}
+
+/// A Responses request to an Anthropic tier is translated twice (Responses → chat → Messages) and
+/// its answer back twice: text, tool calls and usage, plain and streamed.
+#[tokio::test]
+async fn an_anthropic_tier_answers_responses_translated_twice() {
+    let anthropic = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let down = tierwise_fake::unused_addr().await;
+    let config = TestConfig::two_tier(&format!("http://{}/v1", down.addr), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            let mut provider = tierwise::config::file::RawProvider::new(anthropic.base_url());
+            provider.api = Some(tierwise::config::Api::Anthropic);
+            provider.api_key = Some(tierwise::config::file::text("sk-ant-secret"));
+            provider.health.enabled = Some(false);
+            c.0.providers
+                .insert(tierwise::config::file::text("anthropic"), provider);
+            c.0.tiers.insert(
+                tierwise::config::file::text("claude"),
+                tierwise::config::file::RawTier::new("anthropic", "claude-sonnet-4-5"),
+            );
+            c.add_route(
+                "agent",
+                tierwise::config::TaskKind::Agentic,
+                &["local", "claude"],
+            );
+        });
+    let gw = TestGateway::start(&config).await;
+    anthropic.update(|b| {
+        b.tool_calls = vec![FakeToolCall {
+            id: "toolu_1".into(),
+            name: "weather".into(),
+            arguments: r#"{"city":"Paris"}"#.into(),
+        }];
+    });
+    let request = json!({"model": "agent", "instructions": "Be brief.", "input": "Weather?",
+        "tools": [weather_tool()], "max_output_tokens": 100});
+    let answer = respond(&gw, request.clone()).await;
+    answer.assert_served_by("claude", "local:connect_refused");
+    let output = answer.body["output"].as_array().unwrap();
+    assert_eq!(
+        output[0]["content"][0]["text"],
+        "Hello from the fake upstream."
+    );
+    assert_eq!(output[1]["type"], "function_call");
+    assert_eq!(output[1]["call_id"], "toolu_1");
+    assert_eq!(output[1]["arguments"], r#"{"city":"Paris"}"#);
+    assert_eq!(answer.body["usage"]["input_tokens"], 20);
+    let sent = &anthropic.requests()[0];
+    assert_eq!(sent.path, "/v1/messages");
+    assert_eq!(sent.body["system"], "Be brief.");
+    assert_eq!(sent.body["max_tokens"], 100);
+    assert_eq!(sent.body["tools"][0]["name"], "weather");
+
+    let mut streamed = request;
+    streamed["stream"] = json!(true);
+    let answer = respond(&gw, streamed).await;
+    let events = events_of(&answer.text);
+    let text: String = events
+        .iter()
+        .filter(|(name, _)| name == "response.output_text.delta")
+        .map(|(_, event)| event["delta"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(text, "Hello from the fake upstream.");
+    let arguments: String = events
+        .iter()
+        .filter(|(name, _)| name == "response.function_call_arguments.delta")
+        .map(|(_, event)| event["delta"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(arguments, r#"{"city":"Paris"}"#);
+    let (last, completed) = events.last().unwrap();
+    assert_eq!(last, "response.completed");
+    assert_eq!(completed["response"]["output"][1]["call_id"], "toolu_1");
+    assert_eq!(completed["response"]["usage"]["output_tokens"], 5);
+    gw.shutdown().await;
 }
