@@ -1035,3 +1035,112 @@ impl ChatEvents {
         self.emit(out, kind, json!({"response": response}));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Any JSON value, up to a few levels deep, with the keys the translation reads among others.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            prop_oneof![
+                Just("message".to_string()),
+                Just("function_call".to_string()),
+                Just("function_call_output".to_string()),
+                Just("input_image".to_string()),
+                Just("json_schema".to_string()),
+                Just("function".to_string()),
+                ".{0,8}",
+            ]
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("type".to_string()),
+                        Just("role".to_string()),
+                        Just("content".to_string()),
+                        Just("input".to_string()),
+                        Just("tools".to_string()),
+                        Just("text".to_string()),
+                        Just("format".to_string()),
+                        Just("call_id".to_string()),
+                        Just("output".to_string()),
+                        Just("name".to_string()),
+                        "[a-z_]{1,8}",
+                    ],
+                    inner,
+                    0..6,
+                )
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Any request body: a chat completion or an error naming what cannot be carried, never
+        /// a panic; whatever it writes is a JSON object with messages.
+        #[test]
+        fn any_body_translates_or_is_refused(body in any_json()) {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            if let Ok(chat) = to_chat(&bytes, "m") {
+                let chat: Value = serde_json::from_slice(&chat).unwrap();
+                prop_assert!(chat["messages"].is_array());
+            }
+            let _ = from_chat(&bytes, &bytes);
+        }
+
+        /// Any chat events, in any order: events or an error, never a panic; the events a stream
+        /// ends with are numbered in sequence.
+        #[test]
+        fn any_chat_events_translate_without_a_panic(chunks in prop::collection::vec(any_json(), 0..8)) {
+            let mut events = ChatEvents::new(b"{}");
+            let mut out = Vec::new();
+            for chunk in &chunks {
+                let _ = events.read(&chunk.to_string(), &mut out);
+            }
+            let _ = events.read("[DONE]", &mut out);
+            for (at, (_, data)) in out.iter().enumerate() {
+                let event: Value = serde_json::from_str(data).unwrap();
+                prop_assert_eq!(event["sequence_number"].as_u64(), Some(at as u64));
+            }
+        }
+
+        /// Any text as a stream event's data: read or passed over, never a panic.
+        #[test]
+        fn any_event_reads_without_a_panic(data in ".{0,200}") {
+            let _ = read_event(&data);
+        }
+    }
+
+    /// A chat stream that ran out of its budget ends `response.incomplete`, with the reason.
+    #[test]
+    fn a_chat_stream_cut_by_its_limit_ends_incomplete() {
+        let mut events = ChatEvents::new(br#"{"max_output_tokens": 3}"#);
+        let mut out = Vec::new();
+        for chunk in [
+            r#"{"model":"m","choices":[{"index":0,"delta":{"content":"Hi"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":3}}"#,
+            "[DONE]",
+        ] {
+            events.read(chunk, &mut out).unwrap();
+        }
+        let (name, last) = out.last().unwrap();
+        assert_eq!(*name, "response.incomplete");
+        let last: Value = serde_json::from_str(last).unwrap();
+        assert_eq!(
+            last["response"]["incomplete_details"]["reason"],
+            "max_output_tokens"
+        );
+        assert_eq!(last["response"]["usage"]["output_tokens"], 3);
+        assert_eq!(last["response"]["max_output_tokens"], 3);
+    }
+}
