@@ -148,3 +148,29 @@ def test_state_tierwise_does_not_keep_is_a_400(client, fakes):
     with pytest.raises(openai.BadRequestError) as refused:
         client.responses.create(model="classification", input="hi", previous_response_id="resp_1")
     assert refused.value.param == "previous_response_id"
+
+
+def test_a_server_that_serves_responses_gets_them_passed_through(client, fakes):
+    _, api = fakes
+    response = client.responses.create(model="native_first", input="hi")
+    assert response.id == "resp_fake", "the server's own answer"
+    assert response.output_text == "Hello from the fake upstream."
+    sent = api.requests()[-1]
+    assert sent["path"] == "/v1/responses"
+    assert sent["body"]["store"] is False and sent["body"]["model"] == "gpt-4o-mini"
+
+    events = list(client.responses.create(model="native_first", input="hi", stream=True))
+    assert events[0].response.id == "resp_fake"
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.usage.output_tokens == 5
+
+
+def test_a_fallback_from_a_passed_through_tier_lands_translated(client, fakes):
+    local, api = fakes
+    api.behave(fault={"kind": "status", "status": 503})
+    raw = client.responses.with_raw_response.create(model="native_first", input="hi")
+    assert raw.headers["x-tierwise-tier"] == "local"
+    assert raw.headers["x-tierwise-fallback"] == "api_native:http_503"
+    response = raw.parse()
+    assert response.id.startswith("resp_") and response.id != "resp_fake"
+    assert local.requests()[-1]["path"] == "/v1/chat/completions"
