@@ -1,7 +1,8 @@
 //! Calls to providers: one pooled keep-alive HTTP client per provider (its connect timeout is the
 //! provider's), the provider's key injected and the client's never forwarded, the tier's timeouts
-//! applied, the provider's wire format spoken ([`wire`]), and every failure classified, because the
-//! classification decides whether the next tier is tried.
+//! applied, the provider's wire format spoken ([`wire`]) — an endpoint the provider's server does
+//! not serve sent as a chat completion where the endpoint says how — and every failure
+//! classified, because the classification decides whether the next tier is tried.
 
 mod client;
 mod error;
