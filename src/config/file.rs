@@ -213,6 +213,9 @@ pub struct RawProvider {
     pub api: Option<Api>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_version: Option<Text>,
+    /// Its server serves OpenAI's Responses API (`/responses`) itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub responses: Option<Spanned<bool>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<KeyHeader>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -495,6 +498,7 @@ impl RawProvider {
             base_url: text(base_url),
             api: None,
             api_version: None,
+            responses: None,
             auth: None,
             tls: None,
             api_key: None,

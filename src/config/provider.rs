@@ -22,6 +22,9 @@ pub struct Provider {
     pub api: Api,
     /// The format's API version (Anthropic's `anthropic-version`), where it has one.
     pub api_version: Option<String>,
+    /// Its server serves OpenAI's Responses API, so a Responses request is passed through rather
+    /// than served through chat completions.
+    pub serves_responses: bool,
     /// The header the key travels in.
     pub auth: KeyHeader,
     pub api_key: Option<Secret>,
@@ -171,6 +174,7 @@ impl Resolver<'_> {
         let api = raw.api.unwrap_or_default();
         let api_version = self.api_version(raw, api, &key);
         let base_url = base_url?;
+        let serves_responses = self.serves_responses(raw, api, &base_url, &key);
         self.timeouts_may_pass(&raw.timeout, &key);
         let timeouts = Timeouts::DEFAULT.with(&raw.timeout);
         let max_in_flight = raw.max_in_flight.as_ref().and_then(|limit| {
@@ -192,6 +196,7 @@ impl Resolver<'_> {
             base_url,
             api,
             api_version,
+            serves_responses,
             auth: raw.auth.unwrap_or(api.default_auth()),
             api_key,
             proxy,
@@ -206,6 +211,24 @@ impl Resolver<'_> {
             breaker,
             probe,
         })
+    }
+
+    /// Whether a provider's server serves Responses: as its `responses` says, else only OpenAI's
+    /// own API (`api.openai.com`), which does; vLLM serves it only in recent versions, so a
+    /// provider says so itself. Anthropic's and Azure's formats are served through chat.
+    fn serves_responses(&mut self, raw: &RawProvider, api: Api, base_url: &Url, key: &str) -> bool {
+        match &raw.responses {
+            Some(responses) if *responses.get_ref() && api != Api::OpenAi => {
+                self.issue_at(
+                    responses.span().start,
+                    &format!("{key}.responses"),
+                    "only a provider of OpenAI's format passes Responses through; Anthropic's and Azure's are served through chat completions (leave it out)",
+                );
+                false
+            }
+            Some(responses) => *responses.get_ref(),
+            None => api == Api::OpenAi && base_url.host_str() == Some("api.openai.com"),
+        }
     }
 
     /// The API version a provider is called with: its own, else its format's; refused on a format

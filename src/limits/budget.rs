@@ -37,7 +37,7 @@ use super::shared_budget::{Account, HEARTBEAT, InStore, Reserved, SharedBudgets}
 use crate::config::{Budget, BudgetScope, ChainTier, Config, OnExhausted, Route, Tier};
 use crate::ledger::budget::{AlertLevel, Month, MonthSpend};
 use crate::ledger::{Picodollars, Pricing, Store, Tokens};
-use crate::openai::{Endpoint, RequestBody};
+use crate::openai::RequestBody;
 
 /// The answer a request is assumed to take when neither it nor its tier bounds it.
 pub const DEFAULT_ANSWER_TOKENS: u64 = 4096;
@@ -399,15 +399,11 @@ impl Budgets {
             .iter()
             .filter(|step| !step.tier.is_local())
             .map(|step| {
-                let answer = if request.endpoint() == Endpoint::Embeddings {
-                    0
-                } else {
-                    request
-                        .max_tokens()
-                        .or(step.tier.max_tokens.map(u64::from))
-                        .unwrap_or(DEFAULT_ANSWER_TOKENS)
-                        .saturating_mul(choices)
-                };
+                let answer = request
+                    .max_tokens()
+                    .or(step.tier.max_tokens.map(u64::from))
+                    .unwrap_or(DEFAULT_ANSWER_TOKENS)
+                    .saturating_mul(choices);
                 self.worst_on(&step.tier, prompt, answer)
             })
             .max()
@@ -935,6 +931,7 @@ mod tests {
 
     use super::*;
     use crate::limits::reservation::Used;
+    use crate::openai::Endpoint;
 
     /// 2030-01-31T23:59:00Z.
     const JAN_END: i64 = 1_896_134_340_000;

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 
 use super::request::raw;
 use super::tokens::{count, text_of};
-use super::{Edits, EndpointSpec, RequestBody, RequestError, Usage};
-use crate::config::{ChainTier, takes_max_completion_tokens};
+use super::{Edits, EndpointSpec, RequestBody, RequestError, StreamMarks, Usage};
+use crate::config::{Abilities, ChainTier, takes_max_completion_tokens};
 
 pub const SPEC: EndpointSpec = EndpointSpec {
     path: "chat/completions",
@@ -26,6 +26,14 @@ pub const SPEC: EndpointSpec = EndpointSpec {
     count_answer,
     warmup,
     has_contract: true,
+    shadowable: true,
+    needs,
+    answer_budget,
+    answer_usage: Usage::of_answer,
+    read_event: Chunk::read,
+    done: Some("[DONE]"),
+    interrupted,
+    via_chat: None,
 };
 
 fn validate(body: &RequestBody<'_>) -> Result<(), RequestError> {
@@ -119,6 +127,45 @@ impl<'de> serde::de::Visitor<'de> for Walked {
         while map.next_entry::<serde::de::IgnoredAny, Walked>()?.is_some() {}
         Ok(Walked)
     }
+}
+
+/// Tools, a `json_schema` response format, image parts in any message.
+fn needs(body: &RequestBody<'_>) -> Abilities {
+    let tools = body
+        .field("tools")
+        .is_some_and(|tools| !matches!(tools.get().trim(), "null" | "[]"));
+    #[derive(Deserialize)]
+    struct Format<'a> {
+        #[serde(borrow, rename = "type")]
+        kind: Option<std::borrow::Cow<'a, str>>,
+    }
+    let json_schema = body
+        .field("response_format")
+        .and_then(|format| serde_json::from_str::<Format>(format.get()).ok())
+        .is_some_and(|format| format.kind.as_deref() == Some("json_schema"));
+    let vision = body.field("messages").is_some_and(|messages| {
+        serde_json::from_str::<Value>(messages.get()).is_ok_and(|messages| {
+            messages.as_array().is_some_and(|messages| {
+                messages.iter().any(|message| {
+                    message["content"]
+                        .as_array()
+                        .is_some_and(|parts| parts.iter().any(|part| part["type"] == "image_url"))
+                })
+            })
+        })
+    });
+    Abilities {
+        tools,
+        json_schema,
+        vision,
+    }
+}
+
+/// `max_completion_tokens`, else `max_tokens`.
+fn answer_budget(body: &RequestBody<'_>) -> Option<u64> {
+    ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|name| serde_json::from_str::<u64>(body.field(name)?.get()).ok())
 }
 
 fn rewrite(body: &RequestBody<'_>, step: &ChainTier, edits: &mut Edits) {
@@ -245,7 +292,21 @@ fn token_limit_field(model: &str) -> &'static str {
     }
 }
 
-/// What tierwise reads from one stream chunk.
+/// A stream broken after the client saw chunks ends with an OpenAI-shaped error event, which
+/// OpenAI's SDKs raise as an error.
+fn interrupted(_: &StreamMarks, message: &str) -> (Option<&'static str>, String) {
+    let error = json!({
+        "error": {
+            "message": message,
+            "type": "upstream_error",
+            "param": null,
+            "code": "stream_interrupted",
+        }
+    });
+    (None, error.to_string())
+}
+
+/// What tierwise reads from one stream event (a chat chunk, or another endpoint's event).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Chunk {
     /// The chunk has choices (a usage-only chunk has none).
@@ -258,6 +319,10 @@ pub struct Chunk {
     /// piece, of choice 0; a request for `n` > 1 choices gets its choices' chunks interleaved.
     pub texts: Vec<(u32, String)>,
     pub usage: Option<Usage>,
+    /// The answer's id, where the event announces it (Responses' `response.created`).
+    pub response_id: Option<String>,
+    /// The event's sequence number, where events are numbered (Responses').
+    pub sequence: Option<u64>,
 }
 
 impl Chunk {

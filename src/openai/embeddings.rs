@@ -6,8 +6,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::tokens::count;
-use super::{Edits, EndpointSpec, RequestBody, RequestError};
-use crate::config::ChainTier;
+use super::{Edits, EndpointSpec, RequestBody, RequestError, Usage};
+use crate::config::{Abilities, ChainTier};
 
 pub const SPEC: EndpointSpec = EndpointSpec {
     path: "embeddings",
@@ -18,6 +18,20 @@ pub const SPEC: EndpointSpec = EndpointSpec {
     count_answer,
     warmup,
     has_contract: false,
+    shadowable: false,
+    needs: |_| Abilities {
+        tools: false,
+        json_schema: false,
+        vision: false,
+    },
+    // An embedding has no output tokens.
+    answer_budget: |_| Some(0),
+    answer_usage: Usage::of_answer,
+    // Embeddings are never streamed (`validate` refuses it).
+    read_event: |_| None,
+    done: None,
+    interrupted: |_, _| (None, String::new()),
+    via_chat: None,
 };
 
 fn validate(body: &RequestBody<'_>) -> Result<(), RequestError> {

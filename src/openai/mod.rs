@@ -1,19 +1,23 @@
 //! OpenAI's wire format, as every other module may use it: which endpoint a body is for, the
 //! request fields routing reads, usage as upstreams report it, and OpenAI's tokenizers. Each
 //! endpoint owns its whole life in one file — what its body must hold, what a tier changes in it,
-//! how its prompt and answer are counted, what its warm-up call is and how its stream is read — so
-//! that a new endpoint is a new file and one line in [`Endpoint::spec`].
+//! how its prompt and answer are counted, how its answer's usage and its stream's events are read,
+//! what it needs of a tier, its answer budget, whether it can be shadowed and what its warm-up
+//! call is — so that a new endpoint is a new file and one line in [`Endpoint::spec`] (the server
+//! registers its routes from [`Endpoint::ALL`]).
 
 pub mod chat;
 pub mod embeddings;
 mod request;
+pub mod responses;
 pub mod tokens;
 mod usage;
 
 use serde_json::Value;
 
-use crate::config::ChainTier;
+use crate::config::{Abilities, ChainTier};
 
+pub use chat::{ChoiceTexts, Chunk};
 pub use request::{Edits, RequestBody, RequestError};
 pub use usage::Usage;
 
@@ -22,6 +26,7 @@ pub use usage::Usage;
 pub enum Endpoint {
     ChatCompletions,
     Embeddings,
+    Responses,
 }
 
 /// What differs between endpoints, as data: every module asks this instead of matching on the
@@ -43,15 +48,75 @@ pub struct EndpointSpec {
     pub warmup: fn(model: &str) -> Value,
     /// Whether a route's output contract (labels) reads this endpoint's answers.
     pub has_contract: bool,
+    /// Whether a route's shadow check may sample this endpoint's requests (it sends them again,
+    /// as they are, to its reference tier and scores the answers).
+    pub shadowable: bool,
+    /// What a request needs of a tier beyond plain chat (tools, a JSON schema, images).
+    pub needs: fn(&RequestBody<'_>) -> Abilities,
+    /// The answer budget the client asked for, in tokens; `Some(0)` for an endpoint whose answer
+    /// has no output tokens; `None` when the client left it to the tier.
+    pub answer_budget: fn(&RequestBody<'_>) -> Option<u64>,
+    /// The usage of a whole answer, or `Err` when the body is not a JSON object at all.
+    pub answer_usage: fn(&[u8]) -> Result<Option<Usage>, serde_json::Error>,
+    /// Reads one stream event's data; `None` when it is not one of the endpoint's JSON events
+    /// (it is relayed as it came).
+    pub read_event: fn(&str) -> Option<Chunk>,
+    /// The event data that ends a stream (chat's `[DONE]`); `None` where the last event says so.
+    pub done: Option<&'static str>,
+    /// The event (its name, its data) that ends a stream broken after the client saw events.
+    pub interrupted: fn(&StreamMarks, message: &str) -> (Option<&'static str>, String),
+    /// How a tier whose server does not serve this endpoint is served through chat completions;
+    /// `None` where such a tier cannot take the request.
+    pub via_chat: Option<ViaChat>,
+}
+
+/// What a relay has read of a stream so far, for the event that ends it when it breaks.
+#[derive(Debug, Default)]
+pub struct StreamMarks {
+    /// The id the stream's events gave the answer.
+    pub response_id: Option<String>,
+    /// The last event's sequence number, where events are numbered.
+    pub sequence: Option<u64>,
+}
+
+/// An endpoint served through chat completions: its request written as one, and the chat answer
+/// written back in the endpoint's shapes.
+#[derive(Clone, Copy)]
+pub struct ViaChat {
+    /// The endpoint's request (as the tier gets it) as a chat completion for `model`; an error
+    /// names what chat cannot carry.
+    pub request: fn(body: &[u8], model: &str) -> Result<Vec<u8>, RequestError>,
+    /// A whole chat completion as the endpoint's answer to `request`.
+    pub answer: AnswerFromChat,
+    /// A writer of the endpoint's stream events from chat chunks, for `request`.
+    pub stream: fn(request: &[u8]) -> Box<dyn StreamTranslator>,
+}
+
+/// Writes a whole chat completion (`chat`) as another endpoint's answer to `request`; an error
+/// says why the chat completion cannot be read.
+pub type AnswerFromChat = fn(chat: &[u8], request: &[u8]) -> Result<Vec<u8>, String>;
+
+/// Writes a stream of chat chunks as another endpoint's events (each its name and its data).
+pub trait StreamTranslator: Send {
+    /// One chat event's data (`[DONE]` included); an error when it is not a chat chunk, or the
+    /// upstream's own error event.
+    fn read(&mut self, data: &str, out: &mut Vec<(&'static str, String)>) -> Result<(), String>;
+    /// The chat stream closed without `[DONE]`: the closing events, if its answer finished.
+    fn close(&mut self, out: &mut Vec<(&'static str, String)>);
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 2] = [Endpoint::ChatCompletions, Endpoint::Embeddings];
+    pub const ALL: [Endpoint; 3] = [
+        Endpoint::ChatCompletions,
+        Endpoint::Embeddings,
+        Endpoint::Responses,
+    ];
 
     pub fn spec(self) -> &'static EndpointSpec {
         match self {
             Endpoint::ChatCompletions => &chat::SPEC,
             Endpoint::Embeddings => &embeddings::SPEC,
+            Endpoint::Responses => &responses::SPEC,
         }
     }
 

@@ -132,41 +132,12 @@ impl<'a> RequestBody<'a> {
     /// What the request needs of a tier beyond plain chat. Read only for a route with a tier that
     /// lacks something, so other requests pay nothing for it.
     pub fn needs(&self) -> Abilities {
-        let tools = self
-            .field("tools")
-            .is_some_and(|tools| !matches!(tools.get().trim(), "null" | "[]"));
-        #[derive(Deserialize)]
-        struct Format<'a> {
-            #[serde(borrow, rename = "type")]
-            kind: Option<std::borrow::Cow<'a, str>>,
-        }
-        let json_schema = self
-            .field("response_format")
-            .and_then(|format| serde_json::from_str::<Format>(format.get()).ok())
-            .is_some_and(|format| format.kind.as_deref() == Some("json_schema"));
-        let vision = self.field("messages").is_some_and(|messages| {
-            serde_json::from_str::<serde_json::Value>(messages.get()).is_ok_and(|messages| {
-                messages.as_array().is_some_and(|messages| {
-                    messages.iter().any(|message| {
-                        message["content"].as_array().is_some_and(|parts| {
-                            parts.iter().any(|part| part["type"] == "image_url")
-                        })
-                    })
-                })
-            })
-        });
-        Abilities {
-            tools,
-            json_schema,
-            vision,
-        }
+        (self.endpoint.spec().needs)(self)
     }
 
-    /// The answer budget the client asked for (`max_tokens` or `max_completion_tokens`).
+    /// The answer budget the client asked for (see [`super::EndpointSpec::answer_budget`]).
     pub fn max_tokens(&self) -> Option<u64> {
-        ["max_completion_tokens", "max_tokens"]
-            .iter()
-            .find_map(|name| serde_json::from_str::<u64>(self.field(name)?.get()).ok())
+        (self.endpoint.spec().answer_budget)(self)
     }
 
     /// The body to send to `step`'s tier: its model, and whatever the endpoint changes for it.

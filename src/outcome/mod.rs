@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use crate::config::{Route, Tier};
 use crate::ledger::{Answer, AttemptRow, Priced, Pricing, RequestRow, Tokens, Uncounted};
 use crate::limits::{Hold, Used};
-use crate::openai::chat::ChoiceTexts;
+use crate::openai::ChoiceTexts;
 use crate::openai::{Endpoint, Usage};
 use crate::route::chain::{Attempt, Called, ServedBy, Unserved};
 use crate::upstream::UpstreamErrorKind;

@@ -30,6 +30,7 @@ use crate::health::{self, Health};
 use crate::ledger::{LedgerError, LedgerHealth, LedgerWriter, Pricing, Spool, Store};
 use crate::limits::budget;
 use crate::limits::{Clock, Limits};
+use crate::openai::Endpoint;
 use crate::outcome::{Dispatcher, Outcomes};
 use crate::quality::alert::Alerts;
 use crate::quality::feedback::{FeedbackQueue, FeedbackWriter};
@@ -106,9 +107,13 @@ impl App {
 }
 
 pub fn router(app: Arc<App>) -> Router {
-    let api = Router::new()
-        .route("/v1/chat/completions", post(proxy::chat_completions))
-        .route("/v1/embeddings", post(proxy::embeddings))
+    let endpoints = Endpoint::ALL.iter().fold(Router::new(), |api, &endpoint| {
+        api.route(
+            &format!("/v1/{}", endpoint.path()),
+            post(proxy::handler(endpoint)),
+        )
+    });
+    let api = endpoints
         .route("/v1/feedback", post(feedback::feedback))
         .route("/v1/models", get(info::models))
         .route("/v1/models/{*id}", get(info::model))
@@ -185,10 +190,15 @@ impl RequestId {
 }
 
 async fn unknown_path(request: Request) -> Response {
+    let served: Vec<String> = Endpoint::ALL
+        .iter()
+        .map(|endpoint| format!("/v1/{}", endpoint.path()))
+        .collect();
     ApiError::not_found(format!(
-        "Unknown request URL: {} {}. This gateway serves /v1/chat/completions, /v1/embeddings and /v1/models.",
+        "Unknown request URL: {} {}. This gateway serves {} and /v1/models.",
         request.method(),
-        request.uri().path()
+        request.uri().path(),
+        served.join(", ")
     ))
     .into_response()
 }

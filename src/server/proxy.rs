@@ -1,4 +1,4 @@
-//! The request path of `/v1/chat/completions` and `/v1/embeddings`, in the order docs/design.md gives
+//! The request path of every endpoint in [`Endpoint::ALL`], in the order docs/design.md gives
 //! it: read the body (bounded) → read what routing needs → resolve the route → admission (the
 //! limits: refuse, reserve, or pass over tiers; [`crate::limits`]) → run the tier chain →
 //! answer (normalized to the route's output contract where it has one) or relay the stream (as it
@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::extract::{FromRequestParts, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -18,7 +19,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use super::auth::CallerKey;
 use super::detach::{Detachable, Waiting};
 use super::error::ApiError;
-use super::relay::SseRelay;
+use super::relay::{RelayTerms, SseRelay};
 use super::{App, RequestId};
 use crate::config::{AllOpen, ClientKey};
 use crate::ledger::{Answer, RequestRow, Tokens};
@@ -58,27 +59,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-pub async fn chat_completions(
-    State(app): State<Arc<App>>,
-    caller: Caller,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    handle(app, Endpoint::ChatCompletions, caller, headers, body).await
+/// The handler of `endpoint`'s route: reads the body, then runs the rest of the request; a client
+/// that goes away leaves the rest running to its end, recorded as abandoned (499) with its real
+/// usage and cost (see [`super::detach`]).
+pub fn handler(
+    endpoint: Endpoint,
+) -> impl Fn(State<Arc<App>>, Caller, HeaderMap, Body) -> BoxFuture<'static, Response>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |State(app), caller, headers, body| Box::pin(handle(app, endpoint, caller, headers, body))
 }
 
-pub async fn embeddings(
-    State(app): State<Arc<App>>,
-    caller: Caller,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    handle(app, Endpoint::Embeddings, caller, headers, body).await
-}
-
-/// Reads the body, then runs the rest of the request; a client that goes away leaves the rest
-/// running to its end, recorded as abandoned (499) with its real usage and cost (see
-/// [`super::detach`]).
 async fn handle(
     app: Arc<App>,
     endpoint: Endpoint,
@@ -156,9 +149,11 @@ async fn proxy(
         body: bytes.clone(),
         // Only a route named by `model` runs its own chain and prompts, which is what is checked.
         sampled: refusal.is_none()
-            && resolved.target.route.as_ref().is_some_and(|route| {
-                endpoint == Endpoint::ChatCompletions && app.watches.sampled(route)
-            }),
+            && resolved
+                .target
+                .route
+                .as_ref()
+                .is_some_and(|route| endpoint.spec().shadowable && app.watches.sampled(route)),
         hold,
     });
     if let Some(refusal) = refusal {
@@ -288,15 +283,13 @@ async fn answer(
                 HeaderValue::from_static("text/event-stream"),
             );
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            let relay = SseRelay::new(
-                stream,
-                lease,
-                request.client_wants_usage,
+            let terms = RelayTerms {
+                spec: request.endpoint().spec(),
+                client_wants_usage: request.client_wants_usage,
                 max_text,
-                contract_route,
-                exchange,
-                by,
-            );
+                contract: contract_route,
+            };
+            let relay = SseRelay::new(stream, lease, terms, exchange, by);
             let mut response = Response::new(Body::from_stream(relay.into_body()));
             *response.headers_mut() = headers;
             response

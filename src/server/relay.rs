@@ -22,14 +22,12 @@ use serde_json::Value;
 use crate::config::Route;
 use crate::health::Lease;
 use crate::ledger::Tokens;
-use crate::openai::Usage;
-use crate::openai::chat::{ChoiceTexts, Chunk};
+use crate::openai::{ChoiceTexts, EndpointSpec, StreamMarks, Usage};
 use crate::outcome::{CLIENT_CLOSED, Ended, Ending, Exchange};
 use crate::route::chain::ServedBy;
 use crate::route::contract;
 use crate::upstream::{SseEvent, UpstreamError, UpstreamStream};
 
-const DONE: &str = "[DONE]";
 /// Turns of the thread's queue the relay waits for the upstream's next event before it writes.
 /// Measured at c=256: of the events already read, 9 in 10 were handed over in the second turn
 /// (hyper's connection task is woken, then polled), almost none later but those of a new read.
@@ -63,6 +61,10 @@ struct Pending {
 /// Turns an upstream stream into the SSE frames the client receives.
 pub struct SseRelay {
     upstream: UpstreamStream,
+    /// How the endpoint's stream events are read, and how its streams end.
+    spec: &'static EndpointSpec,
+    /// What the events said of the answer, for the event that ends a broken stream.
+    marks: StreamMarks,
     /// Holds the provider's in-flight slot until the stream ends, and tells its breaker how the
     /// stream ended: whole, or broken. A stream its client abandons tells it nothing.
     lease: Lease,
@@ -89,18 +91,36 @@ pub struct SseRelay {
     pending: Option<Pending>,
 }
 
+/// What a relay is asked to do besides relaying: the request's terms.
+pub struct RelayTerms {
+    /// The endpoint whose stream events are relayed.
+    pub spec: &'static EndpointSpec,
+    /// The client set `stream_options.include_usage`.
+    pub client_wants_usage: bool,
+    /// The most of the answer's text kept (`server.max_answer_bytes`).
+    pub max_text: usize,
+    /// The route whose output contract judges the whole text once the stream has ended.
+    pub contract: Option<Arc<Route>>,
+}
+
 impl SseRelay {
     pub fn new(
         upstream: UpstreamStream,
         lease: Lease,
-        client_wants_usage: bool,
-        max_text: usize,
-        contract: Option<Arc<Route>>,
+        terms: RelayTerms,
         exchange: Exchange,
         by: ServedBy,
     ) -> SseRelay {
+        let RelayTerms {
+            spec,
+            client_wants_usage,
+            max_text,
+            contract,
+        } = terms;
         SseRelay {
             upstream,
+            spec,
+            marks: StreamMarks::default(),
             lease,
             client_wants_usage,
             phase: Phase::Relaying,
@@ -223,7 +243,7 @@ impl SseRelay {
             }
             // Some servers close without `[DONE]` after the last choice finished; the answer is
             // whole, so the client gets the terminator it expects.
-            None if self.finished => return Some(self.end_of_answer()),
+            None if self.finished => return self.end_of_answer(),
             None => {
                 self.lease.broke("stream_broken");
                 return Some(self.interrupt(
@@ -235,12 +255,18 @@ impl SseRelay {
         if event.keep_alive {
             return Some(event.raw);
         }
-        if event.data == DONE {
-            return Some(self.end_of_answer());
+        if self.spec.done == Some(event.data.as_str()) {
+            return self.end_of_answer();
         }
-        let Some(chunk) = Chunk::read(&event.data) else {
+        let Some(chunk) = (self.spec.read_event)(&event.data) else {
             return Some(event.raw);
         };
+        if chunk.response_id.is_some() {
+            self.marks.response_id = chunk.response_id;
+        }
+        if chunk.sequence.is_some() {
+            self.marks.sequence = chunk.sequence;
+        }
         // The upstream's own error event goes to the client as it came; the answer failed.
         self.upstream_error |= chunk.error;
         self.finished |= chunk.finished;
@@ -262,8 +288,9 @@ impl SseRelay {
     }
 
     /// `[DONE]`, or a stream closed after its last choice finished: the answer is whole unless the
-    /// upstream said otherwise in an error event, and the client gets the terminator it expects.
-    fn end_of_answer(&mut self) -> Bytes {
+    /// upstream said otherwise in an error event, and the client gets the terminator it expects,
+    /// where its endpoint has one.
+    fn end_of_answer(&mut self) -> Option<Bytes> {
         let error_kind = if self.upstream_error {
             self.lease.broke(UPSTREAM_ERROR);
             Some(UPSTREAM_ERROR.to_string())
@@ -278,7 +305,7 @@ impl SseRelay {
             None
         };
         self.phase = Phase::Ended { error_kind };
-        frame(None, DONE)
+        self.spec.done.map(|done| frame(None, done))
     }
 
     /// The usage chunk with `usage.cost_usd` added: the same exact amount the ledger stores.
@@ -307,18 +334,12 @@ impl SseRelay {
             .pending
             .as_ref()
             .map_or("?", |p| p.by.tier.name.as_str());
-        let error = serde_json::json!({
-            "error": {
-                "message": format!("the stream from tier '{tier}' was interrupted: {why}"),
-                "type": "upstream_error",
-                "param": null,
-                "code": "stream_interrupted",
-            }
-        });
+        let message = format!("the stream from tier '{tier}' was interrupted: {why}");
+        let (name, data) = (self.spec.interrupted)(&self.marks, &message);
         self.phase = Phase::Ended {
             error_kind: Some(reason),
         };
-        frame(None, &error.to_string())
+        frame(name, &data)
     }
 
     /// Ends the request once, with what the stream carried.

@@ -1,7 +1,8 @@
 //! Calls to providers: one pooled keep-alive HTTP client per provider (its connect timeout is the
 //! provider's), the provider's key injected and the client's never forwarded, the tier's timeouts
-//! applied, the provider's wire format spoken ([`wire`]), and every failure classified, because the
-//! classification decides whether the next tier is tried.
+//! applied, the provider's wire format spoken ([`wire`]) — an endpoint the provider's server does
+//! not serve sent as a chat completion where the endpoint says how — and every failure
+//! classified, because the classification decides whether the next tier is tried.
 
 mod client;
 mod error;
@@ -30,6 +31,17 @@ pub enum Reply {
     Complete { body: Bytes, usage: Option<Usage> },
     /// A stream whose first event has arrived, so that it is now safe to commit to this tier.
     Stream(UpstreamStream),
+}
+
+/// The refusal of a provider whose format has no way to serve `endpoint`.
+fn lacks_endpoint(endpoint: Endpoint) -> UpstreamError {
+    UpstreamError::new_detail(
+        UpstreamErrorKind::Lacks(Lack::Endpoint),
+        format!(
+            "the provider's API has no {} endpoint",
+            endpoint.spec().ledger_name
+        ),
+    )
 }
 
 /// The HTTP clients, one per provider, shared by every request.
@@ -78,14 +90,24 @@ impl Upstreams {
         let timeouts = tier.timeouts;
         let started = Instant::now();
         let client = self.client(provider);
-        let Some(url) = client.url(endpoint, tier) else {
-            return Err(UpstreamError::new_detail(
-                UpstreamErrorKind::Lacks(Lack::Endpoint),
-                format!(
-                    "the provider's API has no {} endpoint",
-                    endpoint.spec().ledger_name
-                ),
-            ));
+        // An endpoint the provider does not serve goes as a chat completion where it can.
+        let (url, via_chat) = match (client.url(endpoint, tier), endpoint.spec().via_chat) {
+            (Some(url), _) => (url, None),
+            (None, Some(via)) => match client.url(Endpoint::ChatCompletions, tier) {
+                Some(url) => (url, Some((via, body.clone()))),
+                None => return Err(lacks_endpoint(endpoint)),
+            },
+            (None, None) => return Err(lacks_endpoint(endpoint)),
+        };
+        let body = match &via_chat {
+            Some((via, request)) => (via.request)(request, &tier.model).map_err(|err| {
+                let param = err.param().unwrap_or("input");
+                UpstreamError::new_detail(
+                    UpstreamErrorKind::Lacks(Lack::Format(param)),
+                    format!("a chat completions server cannot take it: {err}"),
+                )
+            })?,
+            None => body,
         };
         let body = client.wire.encode(body)?;
         let request = client.post(url, body);
@@ -122,7 +144,10 @@ impl Upstreams {
                 timeouts.idle,
                 deadline,
                 self.max_answer_bytes.min(MAX_EVENT_BYTES),
-                client.wire.events(),
+                wire::EventReader::of(
+                    client.wire.events(),
+                    via_chat.map(|(via, request)| (via.stream)(&request)),
+                ),
             )
             .await
             .map(Reply::Stream);
@@ -143,8 +168,16 @@ impl Upstreams {
         if let Some(headers) = headers {
             return Err(client.wire.refusal(status, body, &headers));
         }
-        let (body, usage) = client.wire.answer(body)?;
-        Ok(Reply::Complete { body, usage })
+        let Some((via, request)) = via_chat else {
+            let (body, usage) = client.wire.answer(endpoint, body)?;
+            return Ok(Reply::Complete { body, usage });
+        };
+        let (chat, usage) = client.wire.answer(Endpoint::ChatCompletions, body)?;
+        let body = (via.answer)(&chat, &request).map_err(UpstreamError::malformed)?;
+        Ok(Reply::Complete {
+            body: Bytes::from(body),
+            usage,
+        })
     }
 
     /// The health probe: does the provider answer, with its key accepted? A 5xx, 429, 401, 403,

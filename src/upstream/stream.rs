@@ -335,7 +335,14 @@ impl UpstreamStream {
                     return Poll::Ready(Some(Err(err)));
                 }
                 // What is left of an event without its blank line is discarded, as SSE says.
-                Ok(None) if self.splitter.closed => return Poll::Ready(None),
+                Ok(None) if self.splitter.closed => {
+                    // A translator may still owe the stream's closing events.
+                    let owed = self.reader.as_mut().and_then(|reader| {
+                        reader.close();
+                        reader.next()
+                    });
+                    return Poll::Ready(owed.map(Ok));
+                }
                 Ok(None) => {}
             }
             match Pin::new(&mut self.body).poll_frame(cx) {

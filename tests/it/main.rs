@@ -23,6 +23,7 @@ mod providers;
 mod proxy;
 mod quality;
 mod rate_limits;
+mod responses;
 mod scoring;
 mod serving;
 mod shadow_budget;

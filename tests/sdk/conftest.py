@@ -90,6 +90,15 @@ timeout = {{ first_byte_ms = 1000, total_ms = 3000 }}
 health = {{ enabled = false }}
 breaker = {{ failures = 1000000, min_requests = 1000000 }}
 
+# The API fake serves OpenAI's Responses API too (POST /v1/responses): passed through to it.
+[providers.openai_native]
+base_url = "{api}"
+api_key = "sk-api-secret"
+responses = true
+timeout = {{ first_byte_ms = 1000, total_ms = 3000 }}
+health = {{ enabled = false }}
+breaker = {{ failures = 1000000, min_requests = 1000000 }}
+
 # The API fake speaks Anthropic's Messages API too (POST /v1/messages).
 [providers.anthropic]
 api = "anthropic"
@@ -114,6 +123,7 @@ azure       = {{ provider = "azure", model = "gpt-4o", deployment = "gpt4o-prod"
 azure_embed = {{ provider = "azure", model = "corp-embedder", deployment = "embed-prod", base_model = "text-embedding-3-large" }}
 local       = {{ provider = "vllm", model = "mistral-7b", max_tokens = 256 }}
 api_fast    = {{ provider = "openai", model = "gpt-4o-mini" }}
+api_native  = {{ provider = "openai_native", model = "gpt-4o-mini" }}
 embed_local = {{ provider = "vllm", model = "nomic-embed-text" }}
 # Its own tier for the rate-limit test: a 429 rests the tier that met it, and no other test's.
 api_limited = {{ provider = "openai", model = "gpt-4o-mini" }}
@@ -126,6 +136,10 @@ output = {{ labels = ["billing", "technical", "general"] }}
 [routes.embed]
 kind = "embedding"
 tiers = ["embed_local"]
+
+[routes.native_first]
+kind = "agentic"
+tiers = ["api_native", "local"]
 
 [routes.api_only]
 kind = "agentic"

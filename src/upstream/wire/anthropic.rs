@@ -43,13 +43,14 @@ const DEFAULT_MAX_TOKENS: u64 = 4096;
 /// What the system prompt gains for OpenAI's `response_format: {"type": "json_object"}`.
 const JSON_OBJECT: &str = "Answer with a single JSON object and nothing else.";
 
-/// Chat goes to `messages`; Anthropic serves no embeddings.
+/// Chat goes to `messages`; Anthropic serves no embeddings, and Responses only through chat.
 pub(super) fn urls(provider: &Provider) -> Result<Vec<Option<Uri>>, UpstreamError> {
     Endpoint::ALL
         .iter()
         .map(|endpoint| match endpoint {
             Endpoint::ChatCompletions => uri(&provider.base_url, "messages").map(Some),
-            Endpoint::Embeddings => Ok(None),
+            // Responses reach Anthropic as chat completions, translated twice.
+            Endpoint::Embeddings | Endpoint::Responses => Ok(None),
         })
         .collect()
 }

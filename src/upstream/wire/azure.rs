@@ -35,6 +35,10 @@ pub(super) fn urls(
     Endpoint::ALL
         .iter()
         .map(|endpoint| {
+            if *endpoint == Endpoint::Responses {
+                // Azure serves Responses per resource, not per deployment: through chat here.
+                return Ok(None);
+            }
             uri(
                 &provider.base_url,
                 &format!(

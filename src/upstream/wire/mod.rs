@@ -24,7 +24,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 
 use super::{SseEvent, UpstreamError};
 use crate::config::{Api, KeyHeader, Provider};
-use crate::openai::Usage;
+use crate::openai::{Endpoint, StreamTranslator, Usage};
 
 /// How one provider is spoken to.
 pub(super) enum Wire {
@@ -78,10 +78,15 @@ impl Wire {
         }
     }
 
-    /// A successful whole answer as the gateway's own (OpenAI's) body, and its usage.
-    pub(super) fn answer(&self, body: Bytes) -> Result<(Bytes, Option<Usage>), UpstreamError> {
+    /// A successful whole answer to `endpoint` as the gateway's own (OpenAI's) body, and its
+    /// usage.
+    pub(super) fn answer(
+        &self,
+        endpoint: Endpoint,
+        body: Bytes,
+    ) -> Result<(Bytes, Option<Usage>), UpstreamError> {
         match self {
-            Wire::OpenAi | Wire::Azure => openai::answer(body),
+            Wire::OpenAi | Wire::Azure => openai::answer(endpoint, body),
             Wire::Anthropic => {
                 let answer = anthropic::decode_answer(&body)?;
                 Ok((openai::write_answer(&answer, openai::now()), answer.usage))
@@ -96,6 +101,7 @@ impl Wire {
             Wire::Azure => Some(Box::new(EventReader {
                 reader: Reader::Azure,
                 translated: VecDeque::new(),
+                endpoint: None,
             })),
             Wire::Anthropic => Some(Box::new(EventReader {
                 reader: Reader::Anthropic {
@@ -104,6 +110,7 @@ impl Wire {
                     pieces: Vec::new(),
                 },
                 translated: VecDeque::new(),
+                endpoint: None,
             })),
         }
     }
@@ -156,14 +163,28 @@ fn key_headers(provider: &Provider) -> Vec<(HeaderName, HeaderValue)> {
     headers
 }
 
-/// Turns a translated stream's events into the OpenAI chunks the relay reads and the client gets.
+/// Turns a translated stream's events into the OpenAI chunks the relay reads and the client gets,
+/// and those chunks, where the client asked another endpoint served through chat, into that
+/// endpoint's events.
 pub(super) struct EventReader {
     reader: Reader,
     /// Translated events not yet handed over (one upstream event may become several).
     translated: VecDeque<SseEvent>,
+    /// Writes the chat chunks as the client's endpoint's events.
+    endpoint: Option<Endpointed>,
+}
+
+struct Endpointed {
+    translator: Box<dyn StreamTranslator>,
+    /// Chat chunks read, not yet written as the endpoint's events.
+    chunks: VecDeque<SseEvent>,
+    /// The endpoint's events of one chunk, kept to spare an allocation per chunk.
+    written: Vec<(&'static str, String)>,
 }
 
 enum Reader {
+    /// Chat chunks as they came (an OpenAI-compatible server's, for a translated endpoint).
+    AsCame,
     /// Azure's events pass as they came, but for its prompt-filter chunk.
     Azure,
     Anthropic {
@@ -175,19 +196,85 @@ enum Reader {
 }
 
 impl EventReader {
+    /// The reader of a stream: the wire's (`None` where its events pass as they came), then the
+    /// endpoint's translator where the endpoint is served through chat.
+    pub(super) fn of(
+        wire: Option<Box<EventReader>>,
+        translator: Option<Box<dyn StreamTranslator>>,
+    ) -> Option<Box<EventReader>> {
+        let Some(translator) = translator else {
+            return wire;
+        };
+        let mut reader = wire.unwrap_or_else(|| {
+            Box::new(EventReader {
+                reader: Reader::AsCame,
+                translated: VecDeque::new(),
+                endpoint: None,
+            })
+        });
+        reader.endpoint = Some(Endpointed {
+            translator,
+            chunks: VecDeque::new(),
+            written: Vec::new(),
+        });
+        Some(reader)
+    }
+
     /// The next translated event not yet handed over.
     pub(super) fn next(&mut self) -> Option<SseEvent> {
         self.translated.pop_front()
     }
 
+    /// The upstream closed its stream: the closing events a translator still owes, if any.
+    pub(super) fn close(&mut self) {
+        if let Some(endpoint) = &mut self.endpoint {
+            endpoint.translator.close(&mut endpoint.written);
+            self.translated.extend(
+                endpoint
+                    .written
+                    .drain(..)
+                    .map(|(name, data)| named(name, data)),
+            );
+        }
+    }
+
     /// Reads one upstream event into the events it becomes, handed over by [`EventReader::next`].
     pub(super) fn read(&mut self, event: SseEvent) -> Result<(), UpstreamError> {
-        let out = &mut self.translated;
         if event.keep_alive {
-            out.push_back(event);
+            self.translated.push_back(event);
             return Ok(());
         }
-        match &mut self.reader {
+        let Some(endpoint) = &mut self.endpoint else {
+            return Self::read_wire(&mut self.reader, event, &mut self.translated);
+        };
+        Self::read_wire(&mut self.reader, event, &mut endpoint.chunks)?;
+        while let Some(chunk) = endpoint.chunks.pop_front() {
+            if chunk.keep_alive {
+                self.translated.push_back(chunk);
+                continue;
+            }
+            endpoint
+                .translator
+                .read(&chunk.data, &mut endpoint.written)
+                .map_err(UpstreamError::stream_broken)?;
+            self.translated.extend(
+                endpoint
+                    .written
+                    .drain(..)
+                    .map(|(name, data)| named(name, data)),
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads one upstream event into the chat chunks it becomes.
+    fn read_wire(
+        reader: &mut Reader,
+        event: SseEvent,
+        out: &mut VecDeque<SseEvent>,
+    ) -> Result<(), UpstreamError> {
+        match reader {
+            Reader::AsCame => out.push_back(event),
             Reader::Azure => {
                 if !azure::is_prompt_filter_chunk(&event) {
                     out.push_back(event);
@@ -203,5 +290,15 @@ impl EventReader {
             }
         }
         Ok(())
+    }
+}
+
+/// An event of the gateway's writing, named as the endpoint names it.
+fn named(name: &'static str, data: String) -> SseEvent {
+    SseEvent {
+        raw: bytes::Bytes::from(format!("event: {name}\ndata: {data}\n\n")),
+        name: Some(name.to_string()),
+        data,
+        keep_alive: false,
     }
 }

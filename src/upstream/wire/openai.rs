@@ -23,15 +23,22 @@ pub(super) fn bearer(key: &str) -> HeaderValue {
 pub(super) fn urls(provider: &Provider) -> Result<Vec<Option<Uri>>, UpstreamError> {
     Endpoint::ALL
         .iter()
-        .map(|endpoint| uri(&provider.base_url, endpoint.path()).map(Some))
+        .map(|endpoint| match endpoint {
+            // Served through chat completions unless the provider's server serves Responses.
+            Endpoint::Responses if !provider.serves_responses => Ok(None),
+            _ => uri(&provider.base_url, endpoint.path()).map(Some),
+        })
         .collect()
 }
 
 /// Checks that a successful body is a JSON object and reads its usage. A local server that answers
 /// 200 with a half-written body is a failure of that tier, not an answer; an unreadable usage block
 /// is not (its tokens are counted instead).
-pub(super) fn answer(body: Bytes) -> Result<(Bytes, Option<Usage>), UpstreamError> {
-    let usage = Usage::of_answer(&body)
+pub(super) fn answer(
+    endpoint: Endpoint,
+    body: Bytes,
+) -> Result<(Bytes, Option<Usage>), UpstreamError> {
+    let usage = (endpoint.spec().answer_usage)(&body)
         .map_err(|err| UpstreamError::malformed(format!("answer is not valid JSON: {err}")))?;
     Ok((body, usage))
 }
@@ -189,7 +196,9 @@ mod tests {
         /// Any bytes as an answer body: an error or a reading of its usage, never a panic.
         #[test]
         fn answer_bodies_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
-            let _ = super::answer(bytes::Bytes::from(body));
+            for endpoint in crate::openai::Endpoint::ALL {
+                let _ = super::answer(endpoint, bytes::Bytes::from(body.clone()));
+            }
         }
     }
 }

@@ -427,6 +427,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/v1/messages", post(anthropic_messages))
+        .route("/v1/responses", post(responses))
         .route(
             "/openai/deployments/{deployment}/chat/completions",
             post(azure_chat),
@@ -1306,6 +1307,124 @@ async fn anthropic_messages(
         },
     );
     let mut response = Response::new(Body::from_stream(body));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, "text/event-stream".parse().unwrap());
+    response
+}
+
+/// OpenAI's Responses API, as OpenAI and recent vLLM serve it: the answer as a response (the text
+/// as a message item, each tool call as a `function_call` item), or as its stream of named events
+/// in the documented order, usage in `response.completed`. `Fault::ErrorMidStream` ends a stream
+/// with `response.failed`, as OpenAI ends a response that failed while it was generated.
+async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "fake upstream: body is not JSON").into_response();
+    };
+    record(&shared, "/v1/responses", &headers, &body);
+    let model = request["model"]
+        .as_str()
+        .unwrap_or("fake-model")
+        .to_string();
+    let behavior = behavior_for_request(&shared, Some(&model));
+    if let Some(response) = before_answer(&behavior.fault).await {
+        return response;
+    }
+    let usage = (behavior.fault != Fault::NoUsage).then(|| {
+        json!({
+            "input_tokens": behavior.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": behavior.cached_tokens},
+            "output_tokens": behavior.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": behavior.prompt_tokens + behavior.completion_tokens,
+        })
+    });
+    let text_part = |text: &str| json!({"type": "output_text", "text": text, "annotations": []});
+    let message = |status: &str, content: Vec<Value>| json!({"id": "msg_fake", "type": "message", "status": status, "role": "assistant", "content": content});
+    let call_item = |index: usize, call: &FakeToolCall, status: &str, arguments: &str| {
+        json!({"id": format!("fc_fake_{index}"), "type": "function_call", "status": status,
+            "call_id": call.id, "name": call.name, "arguments": arguments})
+    };
+    let mut output = Vec::new();
+    if !behavior.reply.is_empty() {
+        output.push(message("completed", vec![text_part(&behavior.reply)]));
+    }
+    for (index, call) in behavior.tool_calls.iter().enumerate() {
+        output.push(call_item(index, call, "completed", &call.arguments));
+    }
+    let response = |status: &str, output: Vec<Value>, usage: Option<Value>| {
+        json!({"id": "resp_fake", "object": "response", "created_at": 1_700_000_000, "status": status,
+            "error": null, "incomplete_details": null, "model": model, "output": output, "usage": usage})
+    };
+    if request["stream"].as_bool() != Some(true) {
+        if behavior.fault == Fault::MalformedJson {
+            return json_response(Bytes::from_static(b"{\"id\": \"resp_fake\", \"outp"));
+        }
+        let body = Bytes::from(response("completed", output, usage).to_string());
+        if behavior.fault == Fault::CutMidBody {
+            return cut_mid_body(body);
+        }
+        return json_response(body);
+    }
+    let mut events: Vec<Value> = vec![
+        json!({"type": "response.created", "response": response("in_progress", Vec::new(), None)}),
+        json!({"type": "response.in_progress", "response": response("in_progress", Vec::new(), None)}),
+    ];
+    let mut index = 0;
+    if !behavior.reply.is_empty() {
+        events.push(json!({"type": "response.output_item.added", "output_index": 0, "item": message("in_progress", Vec::new())}));
+        events.push(json!({"type": "response.content_part.added", "item_id": "msg_fake", "output_index": 0, "content_index": 0, "part": text_part("")}));
+        for word in behavior.reply.split_inclusive(' ') {
+            events.push(json!({"type": "response.output_text.delta", "item_id": "msg_fake", "output_index": 0, "content_index": 0, "delta": word}));
+        }
+        events.push(json!({"type": "response.output_text.done", "item_id": "msg_fake", "output_index": 0, "content_index": 0, "text": behavior.reply}));
+        events.push(json!({"type": "response.content_part.done", "item_id": "msg_fake", "output_index": 0, "content_index": 0, "part": text_part(&behavior.reply)}));
+        events.push(
+            json!({"type": "response.output_item.done", "output_index": 0, "item": output[0]}),
+        );
+        index = 1;
+    }
+    for (call_index, call) in behavior.tool_calls.iter().enumerate() {
+        let item_id = format!("fc_fake_{call_index}");
+        events.push(json!({"type": "response.output_item.added", "output_index": index, "item": call_item(call_index, call, "in_progress", "")}));
+        events.push(json!({"type": "response.function_call_arguments.delta", "item_id": item_id, "output_index": index, "delta": call.arguments}));
+        events.push(json!({"type": "response.function_call_arguments.done", "item_id": item_id, "output_index": index, "arguments": call.arguments}));
+        events.push(json!({"type": "response.output_item.done", "output_index": index, "item": output[index]}));
+        index += 1;
+    }
+    events.push(
+        json!({"type": "response.completed", "response": response("completed", output, usage)}),
+    );
+    let mut frames: Vec<Bytes> = events
+        .into_iter()
+        .enumerate()
+        .map(|(sequence, mut event)| {
+            event["sequence_number"] = sequence.into();
+            Bytes::from(format!(
+                "event: {}\ndata: {event}\n\n",
+                event["type"].as_str().unwrap()
+            ))
+        })
+        .collect();
+    match behavior.fault {
+        Fault::CutBeforeFirstChunk => frames.clear(),
+        Fault::CutAfterChunks { chunks } => frames.truncate(chunks),
+        Fault::MalformedJson => frames.insert(
+            0,
+            Bytes::from_static(b"event: response.created\ndata: {\"type\": \"response.cr\n\n"),
+        ),
+        Fault::ErrorMidStream { after } => {
+            frames.truncate(after);
+            let failed = json!({"type": "response.failed", "sequence_number": after, "response": {"id": "resp_fake", "object": "response", "status": "failed", "error": {"code": "server_error", "message": "The model failed"}, "output": [], "usage": null}});
+            frames.push(Bytes::from(format!(
+                "event: response.failed\ndata: {failed}\n\n"
+            )));
+        }
+        _ => {}
+    }
+    let mut response = Response::new(Body::from_stream(futures_util::stream::iter(
+        frames.into_iter().map(Ok::<_, std::convert::Infallible>),
+    )));
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, "text/event-stream".parse().unwrap());

@@ -1,0 +1,1146 @@
+//! `/v1/responses`, OpenAI's Responses API: a body must hold `input` (a string or a list of
+//! items); a tier sets its system prompt as `instructions` and fills in its `max_output_tokens` and
+//! `temperature` where the client gave none; prompts and answers are counted item by item; stream
+//! events are read for the output text, the end of the response and its usage.
+//!
+//! A tier whose server does not serve Responses gets the request as a chat completion
+//! ([`VIA_CHAT`]), and its answer — whole, or a stream of chat chunks — is written back in
+//! Responses' shapes by the gateway, with one `resp_…` id and the stream events in the order
+//! OpenAI documents them: `response.created`, `response.in_progress`, then per output item
+//! `response.output_item.added`, its content (`response.content_part.added`,
+//! `response.output_text.delta`… `.done`, `response.content_part.done`, or
+//! `response.function_call_arguments.delta`… `.done`), `response.output_item.done`, and last
+//! `response.completed` (`response.incomplete` when the answer budget ran out) with the usage.
+//!
+//! What is carried to chat: `instructions` as the system message; `input` as a user message, or
+//! its items — messages (text and image parts), `function_call` as the assistant's tool calls,
+//! `function_call_output` as tool messages; `reasoning` items are left out (chat servers take no
+//! thinking back). Function `tools`, `tool_choice`, `parallel_tool_calls`; `text.format` as
+//! `response_format`; `max_output_tokens` as the limit the model takes; `temperature`, `top_p`,
+//! `user`; `reasoning.effort` as `reasoning_effort`, except to OpenAI's models that are not
+//! reasoning models (gpt-4o, gpt-4.1…), which refuse it. What only OpenAI's servers can do
+//! (built-in tools such as web search, `item_reference`) makes a translated tier pass the request
+//! on. State the gateway does not keep (`previous_response_id`, `store: true`, `background`,
+//! `conversation`, stored `prompt`s) is refused with a 400 naming the field, never dropped.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::request::raw;
+use super::tokens::{count, text_of};
+use super::{
+    Chunk, Edits, EndpointSpec, RequestBody, RequestError, StreamMarks, StreamTranslator, Usage,
+    ViaChat,
+};
+use crate::config::{Abilities, ChainTier, takes_max_completion_tokens};
+
+pub const SPEC: EndpointSpec = EndpointSpec {
+    path: "responses",
+    ledger_name: "responses",
+    validate,
+    rewrite,
+    count_prompt,
+    count_answer,
+    warmup,
+    // The output contract and the shadow check read chat completions.
+    has_contract: false,
+    shadowable: false,
+    needs,
+    answer_budget,
+    answer_usage,
+    read_event,
+    done: None,
+    interrupted,
+    via_chat: Some(VIA_CHAT),
+};
+
+/// How a tier that serves only chat completions is spoken to.
+pub const VIA_CHAT: ViaChat = ViaChat {
+    request: to_chat,
+    answer: from_chat,
+    stream: |request| Box::new(ChatEvents::new(request)),
+};
+
+/// Fields of OpenAI's Responses API that need state the gateway does not keep.
+const STATEFUL: [(&str, &str); 4] = [
+    (
+        "previous_response_id",
+        "is not supported: tierwise keeps no responses; send the whole conversation as `input` items",
+    ),
+    (
+        "background",
+        "is not supported: tierwise answers while the request is open; leave it out or set it to false",
+    ),
+    (
+        "conversation",
+        "is not supported: tierwise keeps no conversations; send the whole conversation as `input` items",
+    ),
+    (
+        "prompt",
+        "is not supported: stored prompt templates live on OpenAI's servers; send the prompt as `input`",
+    ),
+];
+
+fn validate(body: &RequestBody<'_>) -> Result<(), RequestError> {
+    let Some(input) = body.field("input") else {
+        return Err(RequestError::field("input", "is required"));
+    };
+    if !input.get().trim_start().starts_with(['"', '[']) {
+        return Err(RequestError::field(
+            "input",
+            "must be a string or an array of input items",
+        ));
+    }
+    for (name, problem) in STATEFUL {
+        if let Some(value) = body.field(name)
+            && !matches!(value.get().trim(), "null" | "false")
+        {
+            return Err(RequestError::field(name, problem));
+        }
+    }
+    if body
+        .field("store")
+        .is_some_and(|store| store.get().trim() == "true")
+    {
+        return Err(RequestError::field(
+            "store",
+            "is not supported: tierwise keeps no responses; set it to false or leave it out",
+        ));
+    }
+    if let Some(value) = body.field("max_output_tokens")
+        && serde_json::from_str::<Option<u64>>(value.get()).is_err()
+    {
+        return Err(RequestError::field(
+            "max_output_tokens",
+            "must be a whole number of tokens",
+        ));
+    }
+    Ok(())
+}
+
+fn rewrite(body: &RequestBody<'_>, step: &ChainTier, edits: &mut Edits) {
+    let tier = &step.tier;
+    // OpenAI keeps a response unless told not to; tierwise's default is not to (see
+    // docs/endpoints.md), and a server the request is passed through to is told so.
+    if !body.has("store") {
+        edits.set("store", raw(&false));
+    }
+    if let Some(prompt) = &step.system_prompt {
+        edits.set("instructions", raw(prompt));
+    }
+    if let Some(max_tokens) = tier.max_tokens
+        && !body.has("max_output_tokens")
+    {
+        edits.set("max_output_tokens", raw(&max_tokens));
+    }
+    if let Some(temperature) = tier.temperature
+        && !body.has("temperature")
+    {
+        edits.set("temperature", raw(&temperature));
+    }
+}
+
+/// Function tools, a `json_schema` text format, image parts in any input item.
+fn needs(body: &RequestBody<'_>) -> Abilities {
+    let tools = body
+        .field("tools")
+        .is_some_and(|tools| !matches!(tools.get().trim(), "null" | "[]"));
+    let json_schema = body
+        .field("text")
+        .and_then(|text| serde_json::from_str::<Value>(text.get()).ok())
+        .is_some_and(|text| text["format"]["type"] == "json_schema");
+    let vision = body.field("input").is_some_and(|input| {
+        serde_json::from_str::<Value>(input.get()).is_ok_and(|input| {
+            input.as_array().is_some_and(|items| {
+                items.iter().any(|item| {
+                    item["content"]
+                        .as_array()
+                        .is_some_and(|parts| parts.iter().any(|part| part["type"] == "input_image"))
+                })
+            })
+        })
+    });
+    Abilities {
+        tools,
+        json_schema,
+        vision,
+    }
+}
+
+fn answer_budget(body: &RequestBody<'_>) -> Option<u64> {
+    serde_json::from_str::<u64>(body.field("max_output_tokens")?.get()).ok()
+}
+
+/// Responses' usage (`input_tokens`, `output_tokens`, their details) in the gateway's terms.
+fn usage_of(usage: &Value) -> Option<Usage> {
+    let input = usage["input_tokens"].as_u64();
+    let output = usage["output_tokens"].as_u64();
+    if input.is_none() && output.is_none() {
+        return None;
+    }
+    let details = &usage["input_tokens_details"];
+    Some(Usage {
+        prompt_tokens: input.unwrap_or(0),
+        completion_tokens: output.unwrap_or(0),
+        cached_tokens: details["cached_tokens"].as_u64().unwrap_or(0),
+        cache_write_tokens: details["cache_write_tokens"].as_u64().unwrap_or(0),
+    })
+}
+
+/// Usage in Responses' shape.
+fn usage_json(usage: &Usage) -> Value {
+    let mut details = json!({"cached_tokens": usage.cached_tokens});
+    if usage.cache_write_tokens > 0 {
+        details["cache_write_tokens"] = usage.cache_write_tokens.into();
+    }
+    json!({
+        "input_tokens": usage.prompt_tokens,
+        "input_tokens_details": details,
+        "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    })
+}
+
+fn answer_usage(body: &[u8]) -> Result<Option<Usage>, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        usage: Value,
+    }
+    let answer: Answer = serde_json::from_slice(body)?;
+    Ok(usage_of(&answer.usage))
+}
+
+/// The text of an input: a string, or each item's text and tool call, each with 3 tokens of
+/// framing, as chat messages are counted; the instructions as one more.
+fn count_prompt(model: &str, body: &[u8]) -> u64 {
+    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+        return 0;
+    };
+    let instructions = match request["instructions"].as_str() {
+        Some(text) => 3 + count(model, text),
+        None => 0,
+    };
+    let input = match &request["input"] {
+        Value::String(text) => 3 + count(model, text),
+        Value::Array(items) => items
+            .iter()
+            .map(|item| {
+                let text = match item["type"].as_str() {
+                    Some("function_call") => item["arguments"].as_str().unwrap_or("").to_string(),
+                    Some("function_call_output") => text_of(&item["output"]),
+                    _ => parts_text(&item["content"]),
+                };
+                3 + count(model, &text)
+            })
+            .sum(),
+        _ => 0,
+    };
+    instructions + input + 3
+}
+
+/// The text of a content value: a string, or its parts' `text` joined.
+fn parts_text(content: &Value) -> String {
+    match content {
+        Value::String(text) => text.clone(),
+        Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect(),
+        _ => String::new(),
+    }
+}
+
+/// Every output item's text and every function call's arguments.
+fn count_answer(model: &str, body: &[u8]) -> u64 {
+    let Ok(answer) = serde_json::from_slice::<Value>(body) else {
+        return 0;
+    };
+    answer["output"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|item| match item["type"].as_str() {
+                    Some("function_call") => count(model, item["arguments"].as_str().unwrap_or("")),
+                    _ => count(model, &parts_text(&item["content"])),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// 16 tokens is the least OpenAI's Responses API takes.
+fn warmup(model: &str) -> Value {
+    json!({"model": model, "input": "Hi", "max_output_tokens": 16})
+}
+
+/// A stream event: its type, the text it adds, the response's id, the end and the usage.
+fn read_event(data: &str) -> Option<Chunk> {
+    #[derive(Deserialize)]
+    struct Event<'a> {
+        #[serde(borrow, rename = "type")]
+        kind: Cow<'a, str>,
+        #[serde(default)]
+        sequence_number: Option<u64>,
+        #[serde(default)]
+        delta: Option<String>,
+        #[serde(default)]
+        response: Option<Value>,
+    }
+    let event: Event<'_> = serde_json::from_str(data).ok()?;
+    let mut chunk = Chunk {
+        has_choices: true,
+        sequence: event.sequence_number,
+        ..Chunk::default()
+    };
+    match event.kind.as_ref() {
+        "response.created" => {
+            chunk.response_id = event
+                .response
+                .as_ref()
+                .and_then(|r| r["id"].as_str())
+                .map(str::to_string);
+        }
+        "response.output_text.delta" => {
+            if let Some(delta) = event.delta.filter(|d| !d.is_empty()) {
+                chunk.texts.push((0, delta));
+            }
+        }
+        "response.completed" | "response.incomplete" => {
+            chunk.finished = true;
+            chunk.usage = event.response.as_ref().and_then(|r| usage_of(&r["usage"]));
+        }
+        "response.failed" => {
+            chunk.finished = true;
+            chunk.error = true;
+            chunk.usage = event.response.as_ref().and_then(|r| usage_of(&r["usage"]));
+        }
+        "error" => chunk.error = true,
+        _ => {}
+    }
+    Some(chunk)
+}
+
+/// A stream broken after the client saw events ends with `response.failed`, as OpenAI ends a
+/// response that failed while it was generated.
+fn interrupted(marks: &StreamMarks, message: &str) -> (Option<&'static str>, String) {
+    let event = json!({
+        "type": "response.failed",
+        "sequence_number": marks.sequence.map_or(0, |last| last + 1),
+        "response": {
+            "id": marks.response_id,
+            "object": "response",
+            "status": "failed",
+            "error": {"code": "server_error", "message": message},
+            "incomplete_details": null,
+            "output": [],
+            "usage": null,
+        },
+    });
+    (Some("response.failed"), event.to_string())
+}
+
+/// Why a request cannot be written as a chat completion.
+fn cannot(param: &'static str, problem: &'static str) -> RequestError {
+    RequestError::field(param, problem)
+}
+
+/// The Responses request (as the tier gets it) as a chat completion for `model`.
+fn to_chat(body: &[u8], model: &str) -> Result<Vec<u8>, RequestError> {
+    let request: Map<String, Value> =
+        serde_json::from_slice(body).map_err(|_| cannot("input", "is not a JSON object"))?;
+    let field = |name: &str| request.get(name).filter(|value| !value.is_null());
+    let mut chat = Map::new();
+    chat.insert("model".into(), model.into());
+    let mut messages = Vec::new();
+    if let Some(instructions) = field("instructions") {
+        let text = instructions
+            .as_str()
+            .ok_or(cannot("instructions", "must be a string"))?;
+        messages.push(json!({"role": "system", "content": text}));
+    }
+    match field("input") {
+        Some(Value::String(text)) => messages.push(json!({"role": "user", "content": text})),
+        Some(Value::Array(items)) => {
+            for item in items {
+                input_item(item, &mut messages)?;
+            }
+        }
+        _ => return Err(cannot("input", "must be a string or an array of items")),
+    }
+    chat.insert("messages".into(), Value::Array(messages));
+    if let Some(tools) = field("tools").and_then(Value::as_array) {
+        let tools = tools.iter().map(tool).collect::<Result<Vec<_>, _>>()?;
+        if !tools.is_empty() {
+            chat.insert("tools".into(), Value::Array(tools));
+        }
+    }
+    if let Some(choice) = field("tool_choice") {
+        let choice = match choice {
+            Value::String(_) => choice.clone(),
+            Value::Object(_) if choice["type"] == "function" => {
+                json!({"type": "function", "function": {"name": choice["name"]}})
+            }
+            _ => return Err(cannot("tool_choice", "names a tool other than a function")),
+        };
+        chat.insert("tool_choice".into(), choice);
+    }
+    if let Some(format) = field("text").map(|text| &text["format"]) {
+        match format["type"].as_str() {
+            None | Some("text") => {}
+            Some("json_object") => {
+                chat.insert("response_format".into(), json!({"type": "json_object"}));
+            }
+            Some("json_schema") => {
+                let mut schema = json!({"name": format["name"], "schema": format["schema"]});
+                for key in ["strict", "description"] {
+                    if !format[key].is_null() {
+                        schema[key] = format[key].clone();
+                    }
+                }
+                chat.insert(
+                    "response_format".into(),
+                    json!({"type": "json_schema", "json_schema": schema}),
+                );
+            }
+            Some(_) => return Err(cannot("text", "has a format other than text or JSON")),
+        }
+    }
+    if let Some(limit) = field("max_output_tokens") {
+        let name = if takes_max_completion_tokens(model) {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        chat.insert(name.into(), limit.clone());
+    }
+    for name in ["temperature", "top_p", "user", "parallel_tool_calls"] {
+        if let Some(value) = field(name) {
+            chat.insert(name.into(), value.clone());
+        }
+    }
+    if let Some(effort) = field("reasoning").map(|reasoning| &reasoning["effort"])
+        && !effort.is_null()
+        && takes_reasoning_effort(model)
+    {
+        chat.insert("reasoning_effort".into(), effort.clone());
+    }
+    if field("stream").and_then(Value::as_bool) == Some(true) {
+        chat.insert("stream".into(), Value::Bool(true));
+        chat.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    Ok(serde_json::to_vec(&chat).expect("JSON values always serialize"))
+}
+
+/// OpenAI's chat models that are not reasoning models refuse `reasoning_effort`; its reasoning
+/// models and other servers' models take it (or ignore it).
+fn takes_reasoning_effort(model: &str) -> bool {
+    takes_max_completion_tokens(model)
+        || !(model.starts_with("gpt-") || model.starts_with("chatgpt-"))
+}
+
+/// One input item as chat messages, appended to `messages`: consecutive function calls (and the
+/// text before them) are one assistant message, as chat servers expect.
+fn input_item(item: &Value, messages: &mut Vec<Value>) -> Result<(), RequestError> {
+    let kind = item["type"]
+        .as_str()
+        .unwrap_or(if item.get("role").is_some() {
+            "message"
+        } else {
+            ""
+        });
+    match kind {
+        "message" => {
+            let role = match item["role"].as_str() {
+                Some("system" | "developer") => "system",
+                Some("user") => "user",
+                Some("assistant") => "assistant",
+                _ => {
+                    return Err(cannot(
+                        "input",
+                        "has a message whose role is not user, assistant, system or developer",
+                    ));
+                }
+            };
+            let content = message_content(&item["content"], role == "assistant")?;
+            messages.push(json!({"role": role, "content": content}));
+        }
+        "function_call" => {
+            let call = json!({
+                "id": item["call_id"].as_str().ok_or(cannot("input", "has a function_call without a call_id"))?,
+                "type": "function",
+                "function": {
+                    "name": item["name"].as_str().ok_or(cannot("input", "has a function_call without a name"))?,
+                    "arguments": item["arguments"].as_str().unwrap_or("{}"),
+                },
+            });
+            match messages.last_mut() {
+                Some(last) if last["role"] == "assistant" => {
+                    if !last["tool_calls"].is_array() {
+                        last["tool_calls"] = json!([]);
+                    }
+                    last["tool_calls"]
+                        .as_array_mut()
+                        .expect("just made an array")
+                        .push(call);
+                }
+                _ => messages
+                    .push(json!({"role": "assistant", "content": null, "tool_calls": [call]})),
+            }
+        }
+        "function_call_output" => {
+            let output = match &item["output"] {
+                Value::String(text) => text.clone(),
+                parts @ Value::Array(_) => parts_text(parts),
+                _ => {
+                    return Err(cannot(
+                        "input",
+                        "has a function_call_output without an output",
+                    ));
+                }
+            };
+            messages.push(json!({
+                "role": "tool",
+                "tool_call_id": item["call_id"].as_str().ok_or(cannot("input", "has a function_call_output without a call_id"))?,
+                "content": output,
+            }));
+        }
+        // The model's own thinking from an earlier turn: chat servers take none back.
+        "reasoning" => {}
+        _ => {
+            return Err(cannot(
+                "input",
+                "has an item other than a message, function_call, function_call_output or reasoning",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A message's content for chat: a string where it is all text (which every chat server takes),
+/// else text and image parts.
+fn message_content(content: &Value, assistant: bool) -> Result<Value, RequestError> {
+    let parts = match content {
+        Value::String(_) => return Ok(content.clone()),
+        Value::Array(parts) => parts,
+        _ => {
+            return Err(cannot(
+                "input",
+                "has a message whose content is neither text nor parts",
+            ));
+        }
+    };
+    let mut out = Vec::with_capacity(parts.len());
+    for part in parts {
+        match part["type"].as_str() {
+            Some("input_text" | "output_text" | "text") => {
+                out.push(json!({"type": "text", "text": part["text"].as_str().unwrap_or("")}));
+            }
+            Some("refusal") => {
+                out.push(json!({"type": "text", "text": part["refusal"].as_str().unwrap_or("")}));
+            }
+            Some("input_image") => {
+                let url = part["image_url"].as_str().ok_or(cannot(
+                    "input",
+                    "has an image part without an image_url (file ids live on OpenAI's servers)",
+                ))?;
+                let mut image = json!({"url": url});
+                if let Some(detail) = part["detail"].as_str() {
+                    image["detail"] = detail.into();
+                }
+                out.push(json!({"type": "image_url", "image_url": image}));
+            }
+            _ => {
+                return Err(cannot(
+                    "input",
+                    "has a content part other than text and images",
+                ));
+            }
+        }
+    }
+    if assistant || out.iter().all(|part| part["type"] == "text") {
+        let text: String = out
+            .iter()
+            .filter_map(|part| part["text"].as_str())
+            .collect();
+        return Ok(Value::String(text));
+    }
+    Ok(Value::Array(out))
+}
+
+/// A Responses function tool as chat's.
+fn tool(tool: &Value) -> Result<Value, RequestError> {
+    if tool["type"] != "function" {
+        return Err(cannot(
+            "tools",
+            "has a tool other than a function (built-in tools run on OpenAI's servers)",
+        ));
+    }
+    let mut function = json!({
+        "name": tool["name"].as_str().ok_or(cannot("tools", "has a function without a name"))?,
+    });
+    for key in ["description", "parameters", "strict"] {
+        if !tool[key].is_null() {
+            function[key] = tool[key].clone();
+        }
+    }
+    Ok(json!({"type": "function", "function": function}))
+}
+
+/// An id of the gateway's making, `prefix_` and 32 hex digits, time-ordered.
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// The fields a response repeats from its request, with OpenAI's defaults where it has none.
+fn echo(request: &[u8]) -> Map<String, Value> {
+    let request: Map<String, Value> = serde_json::from_slice(request).unwrap_or_default();
+    let mut out = Map::new();
+    for (name, default) in [
+        ("instructions", Value::Null),
+        ("max_output_tokens", Value::Null),
+        ("metadata", json!({})),
+        ("parallel_tool_calls", Value::Bool(true)),
+        ("previous_response_id", Value::Null),
+        ("reasoning", json!({"effort": null, "summary": null})),
+        ("temperature", Value::Null),
+        ("text", json!({"format": {"type": "text"}})),
+        ("tool_choice", json!("auto")),
+        ("tools", json!([])),
+        ("top_p", Value::Null),
+        ("truncation", json!("disabled")),
+        ("user", Value::Null),
+    ] {
+        let value = request.get(name).filter(|v| !v.is_null()).cloned();
+        out.insert(name.into(), value.unwrap_or(default));
+    }
+    out.insert("store".into(), Value::Bool(false));
+    out
+}
+
+/// A response object: `status`, `output`, `usage` and the echoed request fields.
+fn response_object(
+    id: &str,
+    created_at: u64,
+    model: &str,
+    echo: &Map<String, Value>,
+    status: &str,
+    output: Vec<Value>,
+    usage: Option<&Usage>,
+) -> Value {
+    let mut response = json!({
+        "id": id,
+        "object": "response",
+        "created_at": created_at,
+        "status": status,
+        "error": null,
+        "incomplete_details": match status {
+            "incomplete" => json!({"reason": "max_output_tokens"}),
+            _ => Value::Null,
+        },
+        "model": model,
+        "output": output,
+        "usage": usage.map(usage_json),
+    });
+    let object = response.as_object_mut().expect("built as an object");
+    for (name, value) in echo {
+        object.insert(name.clone(), value.clone());
+    }
+    response
+}
+
+fn message_item(id: &str, status: &str, text: &str) -> Value {
+    json!({
+        "id": id,
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": [output_text(text)],
+    })
+}
+
+fn output_text(text: &str) -> Value {
+    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
+}
+
+fn function_call_item(id: &str, status: &str, call_id: &str, name: &str, arguments: &str) -> Value {
+    json!({
+        "id": id,
+        "type": "function_call",
+        "status": status,
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+    })
+}
+
+/// A whole chat completion (choice 0) as a response to `request`.
+fn from_chat(chat: &[u8], request: &[u8]) -> Result<Vec<u8>, String> {
+    let chat: Value =
+        serde_json::from_slice(chat).map_err(|err| format!("the answer is not JSON: {err}"))?;
+    let choice = &chat["choices"][0];
+    let message = &choice["message"];
+    let mut output = Vec::new();
+    if let Some(text) = message["content"].as_str().filter(|text| !text.is_empty()) {
+        output.push(message_item(&new_id("msg"), "completed", text));
+    }
+    for call in message["tool_calls"].as_array().into_iter().flatten() {
+        let function = &call["function"];
+        output.push(function_call_item(
+            &new_id("fc"),
+            "completed",
+            call["id"].as_str().unwrap_or_default(),
+            function["name"].as_str().unwrap_or_default(),
+            function["arguments"].as_str().unwrap_or("{}"),
+        ));
+    }
+    let status = match choice["finish_reason"].as_str() {
+        Some("length") => "incomplete",
+        _ => "completed",
+    };
+    let usage = chat
+        .get("usage")
+        .and_then(|usage| Usage::from_raw(&raw(usage)));
+    let response = response_object(
+        &new_id("resp"),
+        chat["created"].as_u64().unwrap_or_else(now),
+        chat["model"].as_str().unwrap_or_default(),
+        &echo(request),
+        status,
+        output,
+        usage.as_ref(),
+    );
+    Ok(serde_json::to_vec(&response).expect("JSON values always serialize"))
+}
+
+/// An output item being streamed.
+struct OpenItem {
+    id: String,
+    output_index: usize,
+    kind: ItemKind,
+}
+
+enum ItemKind {
+    Message {
+        text: String,
+    },
+    FunctionCall {
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
+}
+
+/// Writes a stream of chat chunks as Responses' events.
+struct ChatEvents {
+    id: String,
+    created_at: u64,
+    model: String,
+    echo: Map<String, Value>,
+    sequence: u64,
+    started: bool,
+    /// The output items: those done (by their output index), and those still open (their chat
+    /// tool index beside them).
+    done: Vec<(usize, Value)>,
+    open: Vec<(Option<u64>, OpenItem)>,
+    next_index: usize,
+    status: &'static str,
+    /// A choice finished: the answer is whole even if `[DONE]` never comes.
+    finished: bool,
+    usage: Option<Usage>,
+    ended: bool,
+}
+
+impl ChatEvents {
+    fn new(request: &[u8]) -> ChatEvents {
+        ChatEvents {
+            id: new_id("resp"),
+            created_at: now(),
+            model: String::new(),
+            echo: echo(request),
+            sequence: 0,
+            started: false,
+            done: Vec::new(),
+            open: Vec::new(),
+            next_index: 0,
+            status: "completed",
+            finished: false,
+            usage: None,
+            ended: false,
+        }
+    }
+
+    fn emit(
+        &mut self,
+        out: &mut Vec<(&'static str, String)>,
+        kind: &'static str,
+        mut event: Value,
+    ) {
+        event["type"] = kind.into();
+        event["sequence_number"] = self.sequence.into();
+        self.sequence += 1;
+        out.push((kind, event.to_string()));
+    }
+
+    fn response(&self, status: &str, output: Vec<Value>) -> Value {
+        response_object(
+            &self.id,
+            self.created_at,
+            &self.model,
+            &self.echo,
+            status,
+            output,
+            self.usage.as_ref(),
+        )
+    }
+
+    fn start(&mut self, out: &mut Vec<(&'static str, String)>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let response = self.response("in_progress", Vec::new());
+        self.emit(out, "response.created", json!({"response": response}));
+        self.emit(out, "response.in_progress", json!({"response": response}));
+    }
+
+    /// Opens an output item, closing the message before a function call (text comes first).
+    fn open(&mut self, out: &mut Vec<(&'static str, String)>, tool: Option<u64>, kind: ItemKind) {
+        let (id, item) = match &kind {
+            ItemKind::Message { .. } => {
+                let id = new_id("msg");
+                let item = json!({"id": id, "type": "message", "status": "in_progress", "role": "assistant", "content": []});
+                (id, item)
+            }
+            ItemKind::FunctionCall { call_id, name, .. } => {
+                let id = new_id("fc");
+                let item = function_call_item(&id, "in_progress", call_id, name, "");
+                (id, item)
+            }
+        };
+        let output_index = self.next_index;
+        self.next_index += 1;
+        self.emit(
+            out,
+            "response.output_item.added",
+            json!({"output_index": output_index, "item": item}),
+        );
+        if matches!(kind, ItemKind::Message { .. }) {
+            self.emit(
+                out,
+                "response.content_part.added",
+                json!({"item_id": id, "output_index": output_index, "content_index": 0, "part": output_text("")}),
+            );
+        }
+        self.open.push((
+            tool,
+            OpenItem {
+                id,
+                output_index,
+                kind,
+            },
+        ));
+    }
+
+    fn close(&mut self, out: &mut Vec<(&'static str, String)>, item: OpenItem) {
+        let OpenItem {
+            id,
+            output_index,
+            kind,
+        } = item;
+        let done = match kind {
+            ItemKind::Message { text } => {
+                self.emit(
+                    out,
+                    "response.output_text.done",
+                    json!({"item_id": id, "output_index": output_index, "content_index": 0, "text": text, "logprobs": []}),
+                );
+                self.emit(
+                    out,
+                    "response.content_part.done",
+                    json!({"item_id": id, "output_index": output_index, "content_index": 0, "part": output_text(&text)}),
+                );
+                message_item(&id, "completed", &text)
+            }
+            ItemKind::FunctionCall {
+                call_id,
+                name,
+                arguments,
+            } => {
+                self.emit(
+                    out,
+                    "response.function_call_arguments.done",
+                    json!({"item_id": id, "output_index": output_index, "name": name, "arguments": arguments}),
+                );
+                function_call_item(&id, "completed", &call_id, &name, &arguments)
+            }
+        };
+        self.emit(
+            out,
+            "response.output_item.done",
+            json!({"output_index": output_index, "item": done}),
+        );
+        self.done.push((output_index, done));
+    }
+
+    fn close_message(&mut self, out: &mut Vec<(&'static str, String)>) {
+        if let Some(at) = self.open.iter().position(|(tool, _)| tool.is_none()) {
+            let (_, item) = self.open.remove(at);
+            self.close(out, item);
+        }
+    }
+
+    fn text(&mut self, out: &mut Vec<(&'static str, String)>, delta: &str) {
+        if !self.open.iter().any(|(tool, _)| tool.is_none()) {
+            self.open(
+                out,
+                None,
+                ItemKind::Message {
+                    text: String::new(),
+                },
+            );
+        }
+        let (_, item) = self
+            .open
+            .iter_mut()
+            .find(|(tool, _)| tool.is_none())
+            .expect("just opened");
+        let ItemKind::Message { text } = &mut item.kind else {
+            unreachable!("the item without a tool index is the message")
+        };
+        text.push_str(delta);
+        let (id, output_index) = (item.id.clone(), item.output_index);
+        self.emit(
+            out,
+            "response.output_text.delta",
+            json!({"item_id": id, "output_index": output_index, "content_index": 0, "delta": delta, "logprobs": []}),
+        );
+    }
+
+    fn tool_call(&mut self, out: &mut Vec<(&'static str, String)>, call: &Value) {
+        let index = call["index"].as_u64().unwrap_or(0);
+        let function = &call["function"];
+        if !self.open.iter().any(|(tool, _)| *tool == Some(index)) {
+            self.close_message(out);
+            let kind = ItemKind::FunctionCall {
+                call_id: call["id"].as_str().unwrap_or_default().to_string(),
+                name: function["name"].as_str().unwrap_or_default().to_string(),
+                arguments: String::new(),
+            };
+            self.open(out, Some(index), kind);
+        }
+        let Some(fragment) = function["arguments"].as_str().filter(|f| !f.is_empty()) else {
+            return;
+        };
+        let (_, item) = self
+            .open
+            .iter_mut()
+            .find(|(tool, _)| *tool == Some(index))
+            .expect("just opened");
+        if let ItemKind::FunctionCall { arguments, .. } = &mut item.kind {
+            arguments.push_str(fragment);
+        }
+        let (id, output_index) = (item.id.clone(), item.output_index);
+        self.emit(
+            out,
+            "response.function_call_arguments.delta",
+            json!({"item_id": id, "output_index": output_index, "delta": fragment}),
+        );
+    }
+}
+
+impl StreamTranslator for ChatEvents {
+    fn read(&mut self, data: &str, out: &mut Vec<(&'static str, String)>) -> Result<(), String> {
+        if data == "[DONE]" {
+            self.finish(out);
+            return Ok(());
+        }
+        let chunk: Value = serde_json::from_str(data)
+            .map_err(|err| format!("a chat chunk that is not JSON: {err}"))?;
+        if let Some(error) = chunk.get("error").filter(|error| !error.is_null()) {
+            return Err(format!(
+                "the upstream's stream reported an error: {}",
+                error["message"].as_str().unwrap_or("no message")
+            ));
+        }
+        if let Some(model) = chunk["model"].as_str()
+            && self.model.is_empty()
+        {
+            self.model = model.to_string();
+        }
+        self.start(out);
+        if let Some(usage) = chunk
+            .get("usage")
+            .and_then(|usage| Usage::from_raw(&raw(usage)))
+        {
+            self.usage = Some(usage);
+        }
+        // Choice 0 only: a response has one answer.
+        for choice in chunk["choices"].as_array().into_iter().flatten() {
+            if choice["index"].as_u64().unwrap_or(0) != 0 {
+                continue;
+            }
+            let delta = &choice["delta"];
+            if let Some(text) = delta["content"].as_str().filter(|text| !text.is_empty()) {
+                self.text(out, text);
+            }
+            for call in delta["tool_calls"].as_array().into_iter().flatten() {
+                self.tool_call(out, call);
+            }
+            if let Some(reason) = choice["finish_reason"].as_str() {
+                self.finished = true;
+                if reason == "length" {
+                    self.status = "incomplete";
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, out: &mut Vec<(&'static str, String)>) {
+        if self.finished {
+            self.finish(out);
+        }
+    }
+}
+
+impl ChatEvents {
+    /// Closes the open items and ends the response with its usage.
+    fn finish(&mut self, out: &mut Vec<(&'static str, String)>) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        self.start(out);
+        for (_, item) in std::mem::take(&mut self.open) {
+            self.close(out, item);
+        }
+        let mut done = std::mem::take(&mut self.done);
+        done.sort_by_key(|(index, _)| *index);
+        let output = done.into_iter().map(|(_, item)| item).collect();
+        let status = self.status;
+        let response = self.response(status, output);
+        let kind = if status == "incomplete" {
+            "response.incomplete"
+        } else {
+            "response.completed"
+        };
+        self.emit(out, kind, json!({"response": response}));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Any JSON value, up to a few levels deep, with the keys the translation reads among others.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            prop_oneof![
+                Just("message".to_string()),
+                Just("function_call".to_string()),
+                Just("function_call_output".to_string()),
+                Just("input_image".to_string()),
+                Just("json_schema".to_string()),
+                Just("function".to_string()),
+                ".{0,8}",
+            ]
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("type".to_string()),
+                        Just("role".to_string()),
+                        Just("content".to_string()),
+                        Just("input".to_string()),
+                        Just("tools".to_string()),
+                        Just("text".to_string()),
+                        Just("format".to_string()),
+                        Just("call_id".to_string()),
+                        Just("output".to_string()),
+                        Just("name".to_string()),
+                        "[a-z_]{1,8}",
+                    ],
+                    inner,
+                    0..6,
+                )
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Any request body: a chat completion or an error naming what cannot be carried, never
+        /// a panic; whatever it writes is a JSON object with messages.
+        #[test]
+        fn any_body_translates_or_is_refused(body in any_json()) {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            if let Ok(chat) = to_chat(&bytes, "m") {
+                let chat: Value = serde_json::from_slice(&chat).unwrap();
+                prop_assert!(chat["messages"].is_array());
+            }
+            let _ = from_chat(&bytes, &bytes);
+        }
+
+        /// Any chat events, in any order: events or an error, never a panic; the events a stream
+        /// ends with are numbered in sequence.
+        #[test]
+        fn any_chat_events_translate_without_a_panic(chunks in prop::collection::vec(any_json(), 0..8)) {
+            let mut events = ChatEvents::new(b"{}");
+            let mut out = Vec::new();
+            for chunk in &chunks {
+                let _ = events.read(&chunk.to_string(), &mut out);
+            }
+            let _ = events.read("[DONE]", &mut out);
+            for (at, (_, data)) in out.iter().enumerate() {
+                let event: Value = serde_json::from_str(data).unwrap();
+                prop_assert_eq!(event["sequence_number"].as_u64(), Some(at as u64));
+            }
+        }
+
+        /// Any text as a stream event's data: read or passed over, never a panic.
+        #[test]
+        fn any_event_reads_without_a_panic(data in ".{0,200}") {
+            let _ = read_event(&data);
+        }
+    }
+
+    /// A chat stream that ran out of its budget ends `response.incomplete`, with the reason.
+    #[test]
+    fn a_chat_stream_cut_by_its_limit_ends_incomplete() {
+        let mut events = ChatEvents::new(br#"{"max_output_tokens": 3}"#);
+        let mut out = Vec::new();
+        for chunk in [
+            r#"{"model":"m","choices":[{"index":0,"delta":{"content":"Hi"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":3}}"#,
+            "[DONE]",
+        ] {
+            events.read(chunk, &mut out).unwrap();
+        }
+        let (name, last) = out.last().unwrap();
+        assert_eq!(*name, "response.incomplete");
+        let last: Value = serde_json::from_str(last).unwrap();
+        assert_eq!(
+            last["response"]["incomplete_details"]["reason"],
+            "max_output_tokens"
+        );
+        assert_eq!(last["response"]["usage"]["output_tokens"], 3);
+        assert_eq!(last["response"]["max_output_tokens"], 3);
+    }
+}

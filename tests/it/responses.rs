@@ -1,0 +1,551 @@
+//! `POST /v1/responses` served through chat completions: the request as the chat server gets it,
+//! the answer and the stream events in Responses' shapes with one id, tools both ways, the ledger
+//! row; and the faults — a stream cut mid-answer, malformed upstream JSON, a fallback mid-route,
+//! state the gateway does not keep.
+
+use std::time::Duration;
+
+use crate::util::*;
+use serde_json::{Value, json};
+use tierwise_fake::{FakeToolCall, FakeUpstream, Fault};
+
+async fn setup() -> (FakeUpstream, FakeUpstream, TestGateway) {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url()).without_probes();
+    let gw = TestGateway::start(&config).await;
+    (local, api, gw)
+}
+
+/// A stream's events, each its `event:` name and its data as JSON; comments (keep-alives) are
+/// passed over, as SSE clients do.
+fn events_of(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter(|event| event.lines().any(|line| line.starts_with("data: ")))
+        .map(|event| {
+            let mut name = String::new();
+            let mut data = String::new();
+            for line in event.lines() {
+                if let Some(rest) = line.strip_prefix("event: ") {
+                    name = rest.to_string();
+                } else if let Some(rest) = line.strip_prefix("data: ") {
+                    data.push_str(rest);
+                }
+            }
+            let data: Value =
+                serde_json::from_str(&data).unwrap_or_else(|_| panic!("not JSON: {event}"));
+            assert_eq!(data["type"], name.as_str(), "named as its type: {event}");
+            (name, data)
+        })
+        .collect()
+}
+
+async fn respond(gw: &TestGateway, request: Value) -> Answer {
+    let answer = async { Answer::of(gw.post("/v1/responses", &request).await).await };
+    tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .expect("the answer comes instead of hanging")
+}
+
+/// A plain request: the chat server gets the instructions as the system message, the input as
+/// the user's, the tier's limit as `max_tokens`; the client gets a response with a `resp_` id, the
+/// text as an output message and the usage in Responses' words; the ledger names the endpoint.
+#[tokio::test]
+async fn a_plain_request_is_sent_as_chat_and_answered_as_a_response() {
+    let (local, _api, gw) = setup().await;
+    let answer = respond(
+        &gw,
+        json!({"model": "summarize", "instructions": "Be brief.", "input": "Hi there"}),
+    )
+    .await;
+    answer.assert_served_by_first("local");
+    let body = &answer.body;
+    assert!(body["id"].as_str().unwrap().starts_with("resp_"), "{body}");
+    assert_eq!(body["object"], "response");
+    assert_eq!(body["status"], "completed");
+    assert_eq!(body["instructions"], "Be brief.");
+    let output = body["output"].as_array().unwrap();
+    assert_eq!(output.len(), 1, "{body}");
+    assert_eq!(output[0]["type"], "message");
+    assert_eq!(output[0]["role"], "assistant");
+    assert_eq!(
+        output[0]["content"][0],
+        json!({"type": "output_text", "text": "Hello from the fake upstream.", "annotations": [], "logprobs": []})
+    );
+    assert_eq!(body["usage"]["input_tokens"], 20);
+    assert_eq!(body["usage"]["output_tokens"], 5);
+    assert_eq!(body["usage"]["total_tokens"], 25);
+
+    let sent = &local.requests()[0];
+    assert_eq!(sent.path, "/v1/chat/completions");
+    assert_eq!(
+        sent.body["messages"],
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}])
+    );
+    assert_eq!(sent.body["max_tokens"], 256);
+    assert_eq!(sent.body["model"], "mistral-7b");
+
+    let row = stored(
+        &gw.store().await,
+        answer.header("x-tierwise-request-id").unwrap(),
+    )
+    .await;
+    assert_eq!(row.endpoint, "responses");
+    assert_eq!((row.tokens_in, row.tokens_out), (20, 5));
+    assert_eq!(row.tier.as_deref(), Some("local"));
+    gw.shutdown().await;
+}
+
+/// A stream: the events in the documented order, every one numbered in sequence and naming the
+/// same response and item; the deltas make the text; `response.completed` carries the usage.
+#[tokio::test]
+async fn a_stream_has_the_documented_events_in_order_with_one_id() {
+    let (_local, _api, gw) = setup().await;
+    let answer = respond(
+        &gw,
+        json!({"model": "summarize", "input": "Hi", "stream": true}),
+    )
+    .await;
+    answer.assert_served_by_first("local");
+    let events = events_of(&answer.text);
+    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+    let deltas = names
+        .iter()
+        .filter(|n| **n == "response.output_text.delta")
+        .count();
+    assert!(deltas > 1, "{names:?}");
+    let mut expected = vec![
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ];
+    expected.extend(std::iter::repeat_n("response.output_text.delta", deltas));
+    expected.extend([
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]);
+    assert_eq!(names, expected);
+    for (at, (_, event)) in events.iter().enumerate() {
+        assert_eq!(event["sequence_number"], at as u64, "{event}");
+    }
+    let id = events[0].1["response"]["id"].as_str().unwrap();
+    assert!(id.starts_with("resp_"));
+    let item = events[2].1["item"]["id"].as_str().unwrap();
+    let text: String = events
+        .iter()
+        .filter(|(name, _)| name == "response.output_text.delta")
+        .map(|(_, event)| {
+            assert_eq!(event["item_id"], item);
+            event["delta"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(text, "Hello from the fake upstream.");
+    let completed = &events.last().unwrap().1["response"];
+    assert_eq!(completed["id"], id);
+    assert_eq!(completed["status"], "completed");
+    assert_eq!(completed["output"][0]["content"][0]["text"], text);
+    assert_eq!(completed["usage"]["input_tokens"], 20);
+    assert_eq!(completed["usage"]["output_tokens"], 5);
+
+    let row = stored(
+        &gw.store().await,
+        answer.header("x-tierwise-request-id").unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (row.endpoint.as_ref(), row.status, row.error_kind.as_deref()),
+        ("responses", 200, None)
+    );
+    assert_eq!((row.tokens_in, row.tokens_out), (20, 5));
+    gw.shutdown().await;
+}
+
+fn weather_tool() -> Value {
+    json!({"type": "function", "name": "weather", "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}})
+}
+
+/// Tools both ways: function tools and an earlier turn's call and output go to chat as chat's
+/// tools, tool calls and tool message; the answer's calls come back as `function_call` items,
+/// whole and streamed (their arguments as deltas, then done).
+#[tokio::test]
+async fn tools_and_function_call_items_translate_both_ways() {
+    let (local, _api, gw) = setup().await;
+    local.update(|b| {
+        b.reply = String::new();
+        b.tool_calls = vec![FakeToolCall {
+            id: "call_1".into(),
+            name: "weather".into(),
+            arguments: r#"{"city": "Paris"}"#.into(),
+        }];
+    });
+    let request = json!({
+        "model": "summarize",
+        "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]},
+            {"type": "function_call", "call_id": "call_0", "name": "weather", "arguments": "{\"city\":\"Rome\"}"},
+            {"type": "function_call_output", "call_id": "call_0", "output": "sunny"},
+        ],
+        "tools": [weather_tool()],
+        "tool_choice": {"type": "function", "name": "weather"},
+        "text": {"format": {"type": "json_schema", "name": "w", "schema": {"type": "object"}, "strict": true}},
+        "max_output_tokens": 50,
+    });
+    let answer = respond(&gw, request.clone()).await;
+    answer.assert_served_by_first("local");
+    let output = answer.body["output"].as_array().unwrap();
+    assert_eq!(output.len(), 1, "{}", answer.text);
+    assert_eq!(output[0]["type"], "function_call");
+    assert_eq!(output[0]["call_id"], "call_1");
+    assert_eq!(output[0]["name"], "weather");
+    assert_eq!(output[0]["arguments"], r#"{"city": "Paris"}"#);
+
+    let sent = &local.requests()[0].body;
+    assert_eq!(
+        sent["messages"],
+        json!([
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_0", "type": "function",
+                "function": {"name": "weather", "arguments": "{\"city\":\"Rome\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_0", "content": "sunny"},
+        ])
+    );
+    assert_eq!(sent["tools"][0]["function"]["name"], "weather");
+    assert_eq!(
+        sent["tool_choice"],
+        json!({"type": "function", "function": {"name": "weather"}})
+    );
+    assert_eq!(
+        sent["response_format"],
+        json!({"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "object"}, "strict": true}})
+    );
+    assert_eq!(sent["max_tokens"], 50);
+
+    let mut streamed = request;
+    streamed["stream"] = json!(true);
+    let answer = respond(&gw, streamed).await;
+    let events = events_of(&answer.text);
+    let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names[2], "response.output_item.added");
+    assert_eq!(events[2].1["item"]["type"], "function_call");
+    let arguments: String = events
+        .iter()
+        .filter(|(name, _)| name == "response.function_call_arguments.delta")
+        .map(|(_, event)| event["delta"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(arguments, r#"{"city": "Paris"}"#);
+    let done = names
+        .iter()
+        .position(|n| *n == "response.function_call_arguments.done")
+        .expect("the arguments end");
+    assert_eq!(events[done].1["arguments"], arguments);
+    assert_eq!(names[done + 1], "response.output_item.done");
+    assert_eq!(*names.last().unwrap(), "response.completed");
+    gw.shutdown().await;
+}
+
+/// Faults: a stream cut after the client saw events ends with `response.failed` naming the same
+/// response, and the ledger says it broke; malformed JSON from the first tier falls back, plain
+/// and streamed; a tier that is down falls back mid-route.
+#[tokio::test]
+async fn faults_end_the_stream_with_response_failed_or_fall_back() {
+    let (local, api, gw) = setup().await;
+    let store = gw.store().await;
+    local.set_fault(Fault::CutAfterChunks { chunks: 3 });
+    let answer = respond(
+        &gw,
+        json!({"model": "summarize", "input": "Hi", "stream": true}),
+    )
+    .await;
+    assert_eq!(answer.header("x-tierwise-tier"), Some("local"));
+    let events = events_of(&answer.text);
+    let (name, failed) = events.last().unwrap();
+    assert_eq!(name, "response.failed", "{}", answer.text);
+    assert_eq!(failed["response"]["id"], events[0].1["response"]["id"]);
+    assert_eq!(failed["response"]["status"], "failed");
+    assert!(
+        failed["response"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted"),
+        "{failed}"
+    );
+    assert_eq!(
+        failed["sequence_number"],
+        events[events.len() - 2].1["sequence_number"]
+            .as_u64()
+            .unwrap()
+            + 1
+    );
+    assert!(
+        !answer.text.contains("response.completed"),
+        "{}",
+        answer.text
+    );
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(
+        (row.status, row.error_kind.as_deref()),
+        (200, Some("stream_broken"))
+    );
+
+    local.set_fault(Fault::MalformedJson);
+    let answer = respond(&gw, json!({"model": "summarize", "input": "Hi"})).await;
+    answer.assert_served_by("api_fast", "local:malformed_json");
+    assert_eq!(answer.body["object"], "response");
+    let answer = respond(
+        &gw,
+        json!({"model": "summarize", "input": "Hi", "stream": true}),
+    )
+    .await;
+    assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"));
+    assert_eq!(
+        events_of(&answer.text).last().unwrap().0,
+        "response.completed"
+    );
+
+    local.set_fault(Fault::Status {
+        status: 503,
+        body: None,
+        retry_after: None,
+    });
+    let answer = respond(&gw, json!({"model": "summarize", "input": "Hi"})).await;
+    answer.assert_served_by("api_fast", "local:http_503");
+    assert_eq!(api.requests().last().unwrap().path, "/v1/chat/completions");
+    gw.shutdown().await;
+}
+
+/// State the gateway does not keep is refused with a 400 naming the field, never dropped; so is a
+/// body without `input`.
+#[tokio::test]
+async fn stateful_fields_and_a_missing_input_are_clear_400s() {
+    let (local, _api, gw) = setup().await;
+    for (field, value) in [
+        ("previous_response_id", json!("resp_123")),
+        ("store", json!(true)),
+        ("background", json!(true)),
+        ("conversation", json!("conv_1")),
+    ] {
+        let mut request = json!({"model": "summarize", "input": "Hi"});
+        request[field] = value;
+        let answer = respond(&gw, request).await;
+        answer.error(400, None);
+        assert_eq!(answer.body["error"]["param"], field, "{}", answer.text);
+    }
+    let answer = respond(&gw, json!({"model": "summarize"})).await;
+    answer.error(400, None);
+    assert_eq!(answer.body["error"]["param"], "input");
+    // `store: false` is what tierwise does anyway.
+    let answer = respond(
+        &gw,
+        json!({"model": "summarize", "input": "Hi", "store": false}),
+    )
+    .await;
+    answer.assert_served_by_first("local");
+    assert_eq!(answer.body["store"], false);
+    assert_eq!(local.request_count(), 1);
+    gw.shutdown().await;
+}
+
+/// Two fakes; `openai` (the API fake) serves Responses itself; `api_first` tries `api_fast`, then
+/// `local`.
+async fn native_setup() -> (FakeUpstream, FakeUpstream, TestGateway) {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            c.provider("openai").responses = Some(tierwise::config::file::spanned(true));
+            c.add_route(
+                "api_first",
+                tierwise::config::TaskKind::Agentic,
+                &["api_fast", "local"],
+            );
+        });
+    let gw = TestGateway::start(&config).await;
+    (local, api, gw)
+}
+
+/// A provider whose server serves Responses gets the request as the client wrote it (the tier's
+/// model and limit, `store: false`), and the answer as its server wrote it; its usage is read from
+/// the answer, and from `response.completed` in a stream relayed event by event. A fallback from
+/// it lands on a chat-only tier, translated.
+#[tokio::test]
+async fn a_server_that_serves_responses_gets_them_passed_through() {
+    let (local, api, gw) = native_setup().await;
+    let store = gw.store().await;
+    let answer = respond(
+        &gw,
+        json!({"model": "api_first", "input": "Hi", "tools": [weather_tool()]}),
+    )
+    .await;
+    answer.assert_served_by_first("api_fast");
+    assert_eq!(answer.body["id"], "resp_fake", "the server's own answer");
+    let sent = &api.requests()[0];
+    assert_eq!(sent.path, "/v1/responses");
+    assert_eq!(
+        sent.body,
+        json!({"model": "gpt-4o-mini", "input": "Hi", "tools": [weather_tool()], "store": false,
+            "max_output_tokens": 1024})
+    );
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(
+        (row.tokens_in, row.tokens_out, row.tokens_estimated),
+        (20, 5, false)
+    );
+    assert!(row.cost_pusd.is_some_and(|cost| cost.0 > 0), "{row:?}");
+
+    let answer = respond(
+        &gw,
+        json!({"model": "api_first", "input": "Hi", "stream": true}),
+    )
+    .await;
+    let events = events_of(&answer.text);
+    assert_eq!(events[0].1["response"]["id"], "resp_fake");
+    assert_eq!(events.last().unwrap().0, "response.completed");
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(
+        (row.tokens_in, row.tokens_out, row.error_kind.as_deref()),
+        (20, 5, None)
+    );
+
+    // The server's own failure mid-answer reaches the client as it sent it; the ledger says so.
+    api.set_fault(Fault::ErrorMidStream { after: 4 });
+    let answer = respond(
+        &gw,
+        json!({"model": "api_first", "input": "Hi", "stream": true}),
+    )
+    .await;
+    assert_eq!(events_of(&answer.text).last().unwrap().0, "response.failed");
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(row.error_kind.as_deref(), Some("upstream_error_event"));
+
+    // Down: the fallback goes to the chat-only tier, translated.
+    api.set_fault(Fault::Status {
+        status: 503,
+        body: None,
+        retry_after: None,
+    });
+    let answer = respond(&gw, json!({"model": "api_first", "input": "Hi"})).await;
+    answer.assert_served_by("local", "api_fast:http_503");
+    assert!(answer.body["id"].as_str().unwrap().starts_with("resp_"));
+    assert_ne!(answer.body["id"], "resp_fake");
+    assert_eq!(local.requests()[0].path, "/v1/chat/completions");
+    gw.shutdown().await;
+}
+
+/// OpenAI's own API serves Responses without being told; any other OpenAI-format server only
+/// when its provider says so; a provider of another format cannot say so.
+#[test]
+fn which_providers_serve_responses() {
+    let config = parse(
+        "[providers.openai]\nbase_url = \"https://api.openai.com/v1\"\n\
+         [providers.vllm]\nbase_url = \"http://127.0.0.1:8000/v1\"\n\
+         [providers.vllm_new]\nbase_url = \"http://127.0.0.1:8001/v1\"\nresponses = true\n\
+         [tiers]\na = { provider = \"openai\", model = \"gpt-4o\" }\n\
+         b = { provider = \"vllm\", model = \"m\" }\nc = { provider = \"vllm_new\", model = \"m\" }\n\
+         [routes.r]\nkind = \"agentic\"\ntiers = [\"a\", \"b\", \"c\"]\n",
+    );
+    let serves: Vec<bool> = ["openai", "vllm", "vllm_new"]
+        .iter()
+        .map(|name| {
+            config
+                .providers
+                .iter()
+                .find(|p| p.name == *name)
+                .unwrap()
+                .serves_responses
+        })
+        .collect();
+    assert_eq!(serves, [true, false, true]);
+    let refused = tierwise::config::Config::parse(
+        "[providers.claude]\napi = \"anthropic\"\nbase_url = \"https://api.anthropic.com/v1\"\nresponses = true\n\
+         [tiers]\na = { provider = \"claude\", model = \"claude-sonnet-4-5\" }\n\
+         [routes.r]\nkind = \"agentic\"\ntiers = [\"a\"]\n",
+        std::path::Path::new("tierwise.toml"),
+        &env,
+    )
+    .expect_err("Anthropic's format cannot pass Responses through");
+    assert!(
+        refused.to_string().contains("providers.claude.responses"),
+        "{refused}"
+    );
+}
+
+/// A Responses request to an Anthropic tier is translated twice (Responses → chat → Messages) and
+/// its answer back twice: text, tool calls and usage, plain and streamed.
+#[tokio::test]
+async fn an_anthropic_tier_answers_responses_translated_twice() {
+    let anthropic = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let down = tierwise_fake::unused_addr().await;
+    let config = TestConfig::two_tier(&format!("http://{}/v1", down.addr), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            let mut provider = tierwise::config::file::RawProvider::new(anthropic.base_url());
+            provider.api = Some(tierwise::config::Api::Anthropic);
+            provider.api_key = Some(tierwise::config::file::text("sk-ant-secret"));
+            provider.health.enabled = Some(false);
+            c.0.providers
+                .insert(tierwise::config::file::text("anthropic"), provider);
+            c.0.tiers.insert(
+                tierwise::config::file::text("claude"),
+                tierwise::config::file::RawTier::new("anthropic", "claude-sonnet-4-5"),
+            );
+            c.add_route(
+                "agent",
+                tierwise::config::TaskKind::Agentic,
+                &["local", "claude"],
+            );
+        });
+    let gw = TestGateway::start(&config).await;
+    anthropic.update(|b| {
+        b.tool_calls = vec![FakeToolCall {
+            id: "toolu_1".into(),
+            name: "weather".into(),
+            arguments: r#"{"city":"Paris"}"#.into(),
+        }];
+    });
+    let request = json!({"model": "agent", "instructions": "Be brief.", "input": "Weather?",
+        "tools": [weather_tool()], "max_output_tokens": 100});
+    let answer = respond(&gw, request.clone()).await;
+    answer.assert_served_by("claude", "local:connect_refused");
+    let output = answer.body["output"].as_array().unwrap();
+    assert_eq!(
+        output[0]["content"][0]["text"],
+        "Hello from the fake upstream."
+    );
+    assert_eq!(output[1]["type"], "function_call");
+    assert_eq!(output[1]["call_id"], "toolu_1");
+    assert_eq!(output[1]["arguments"], r#"{"city":"Paris"}"#);
+    assert_eq!(answer.body["usage"]["input_tokens"], 20);
+    let sent = &anthropic.requests()[0];
+    assert_eq!(sent.path, "/v1/messages");
+    assert_eq!(sent.body["system"], "Be brief.");
+    assert_eq!(sent.body["max_tokens"], 100);
+    assert_eq!(sent.body["tools"][0]["name"], "weather");
+
+    let mut streamed = request;
+    streamed["stream"] = json!(true);
+    let answer = respond(&gw, streamed).await;
+    let events = events_of(&answer.text);
+    let text: String = events
+        .iter()
+        .filter(|(name, _)| name == "response.output_text.delta")
+        .map(|(_, event)| event["delta"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(text, "Hello from the fake upstream.");
+    let arguments: String = events
+        .iter()
+        .filter(|(name, _)| name == "response.function_call_arguments.delta")
+        .map(|(_, event)| event["delta"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(arguments, r#"{"city":"Paris"}"#);
+    let (last, completed) = events.last().unwrap();
+    assert_eq!(last, "response.completed");
+    assert_eq!(completed["response"]["output"][1]["call_id"], "toolu_1");
+    assert_eq!(completed["response"]["usage"]["output_tokens"], 5);
+    gw.shutdown().await;
+}
