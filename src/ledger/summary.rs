@@ -434,7 +434,7 @@ fn checks_sql(one_route: bool) -> String {
     format!(
         "SELECT route, purpose, candidate, COUNT(*) AS calls, {cost}, \
          {scored} AS scored, {agreement} AS agreement_ppm \
-         FROM requests WHERE purpose <> 'product' AND ts_ms >= $1 AND ts_ms < $2{route} \
+         FROM requests WHERE purpose IN ('shadow', 'eval') AND ts_ms >= $1 AND ts_ms < $2{route} \
          GROUP BY route, purpose, candidate ORDER BY route, purpose, candidate",
         cost = money_sum("cost_pusd", "cost"),
         scored = counted("agreement_ppm IS NOT NULL"),
