@@ -166,6 +166,23 @@ async fn the_same_request_twice_calls_the_upstream_once_and_the_hit_is_recorded_
     assert_eq!(api.request_count(), 2);
     let hit = stored(&store, third.header("x-tierwise-request-id").unwrap()).await;
     assert_eq!((hit.purpose, hit.stream), (Purpose::CacheHit, true));
+    let streamed = stored(&store, first.header("x-tierwise-request-id").unwrap()).await;
+    let saved = Picodollars(paid.0 + 2 * streamed.cost_pusd.unwrap().0);
+
+    // The report shows what the hits saved apart from routing's saving, which counts the two
+    // calls that filled the cache only.
+    let report = Answer::of(gw.get("/admin/api/report").await).await.body;
+    let faq = report["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "faq")
+        .unwrap_or_else(|| panic!("no faq in {report}"));
+    assert_eq!(faq["calls"], 2, "{faq}");
+    assert_eq!(faq["cache_hits"], 3, "{faq}");
+    assert_eq!(faq["saved_by_cache_usd"], saved.to_string(), "{faq}");
+    assert_eq!(report["totals"]["cache_hits"], 3);
+    assert_eq!(report["totals"]["saved_by_cache_usd"], saved.to_string());
     gw.shutdown().await;
 }
 
