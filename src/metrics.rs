@@ -358,3 +358,8 @@ pub fn cache_size(bytes: u64, entries: usize) {
     metrics::gauge!("tierwise_cache_bytes").set(bytes as f64);
     metrics::gauge!("tierwise_cache_entries").set(entries as f64);
 }
+
+/// Whether the shared cache store (`cache.store`) answers: 1, or 0 while every lookup is a miss.
+pub fn cache_store_up(up: bool) {
+    metrics::gauge!("tierwise_cache_store_up").set(if up { 1.0 } else { 0.0 });
+}

@@ -13,11 +13,14 @@
 //! default) is neither read nor filled unless the route says `nondeterministic = true`; a
 //! client's `Cache-Control: no-cache` skips the read, `no-store` the read and the fill. Only a
 //! whole, successful answer fills (see [`fillable`]); the fill is a consumer of finished requests
-//! ([`CacheFill`]), so it never holds the request up.
+//! ([`crate::outcome::CacheFill`]), so it never holds the request up.
 //!
-//! Answers are kept in this process's memory, bounded in bytes (quick_cache: sharded, a lookup
+//! Answers are kept in Redis for replicas where `[cache] store` says so ([`shared`]), else in
+//! this process's memory, bounded in bytes (quick_cache: sharded, a lookup
 //! takes one shard's read lock, so threads never queue behind one lock; eviction is CLOCK-Pro, an
 //! LRU approximation that a burst of one-off requests does not flush), each with its expiry.
+
+mod shared;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +34,6 @@ use sha2::{Digest, Sha256};
 use crate::config::{CacheConfig, CacheScope, Route};
 use crate::ledger::{Picodollars, Tokens};
 use crate::openai::{Endpoint, RequestBody};
-use crate::outcome::{Consumer, Ended};
 
 /// What a client's `Cache-Control` asks of the cache.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -147,6 +149,13 @@ pub struct Fill {
 }
 
 impl Fill {
+    /// Keeps the answer: in memory, taking one shard's lock for a moment, or sent to the shared
+    /// store by a task of its own. Never waits.
+    pub fn keep(self) {
+        let cache = self.ticket.cache.clone();
+        cache.fill(self);
+    }
+
     pub fn new(ticket: Ticket, answer: Stored, served: Served<'_>) -> Fill {
         let expires_at = tokio::time::Instant::now() + ticket.ttl;
         Fill {
@@ -187,6 +196,8 @@ impl quick_cache::Weighter<Key, Arc<Entry>> for Weigh {
 /// The answers kept, for every route that caches.
 pub struct ResponseCache {
     memory: quick_cache::sync::Cache<Key, Arc<Entry>, Weigh>,
+    /// Where answers are kept instead of `memory` when `cache.store` is set.
+    shared: Option<Arc<shared::SharedAnswers>>,
     /// The largest answer kept: an eighth of the cache, so that one answer cannot flush it.
     max_entry: usize,
 }
@@ -195,7 +206,13 @@ impl ResponseCache {
     pub fn new(config: &CacheConfig) -> Arc<ResponseCache> {
         // quick_cache sizes its table from the expected count: answers of ~4 KB.
         let items = (config.max_bytes / 4096).clamp(16, 1 << 20) as usize;
+        let shared = config.store.as_ref().and_then(|url| {
+            shared::SharedAnswers::start(url, config.store_timeout)
+                .map_err(|err| tracing::error!("{err}; cached answers are kept in memory"))
+                .ok()
+        });
         Arc::new(ResponseCache {
+            shared,
             memory: quick_cache::sync::Cache::with_weighter(items, config.max_bytes, Weigh),
             max_entry: (config.max_bytes / 8).min(usize::MAX as u64) as usize,
         })
@@ -203,7 +220,7 @@ impl ResponseCache {
 
     /// Reads `request`'s answer from `route`'s cache, if the route keeps answers and the request
     /// may use them. `key_id` is the client key's fingerprint (`None` on an open gateway).
-    pub fn lookup(
+    pub async fn lookup(
         self: &Arc<Self>,
         route: &Route,
         key_id: Option<&str>,
@@ -235,6 +252,18 @@ impl ResponseCache {
             crate::metrics::cache_lookup(&route.name, "bypass");
             return Lookup::Miss(Some(ticket));
         }
+        if let Some(shared) = &self.shared {
+            return match shared.get(&key).await {
+                Some(entry) => {
+                    crate::metrics::cache_lookup(&route.name, "hit");
+                    Lookup::Hit(Arc::new(entry))
+                }
+                None => {
+                    crate::metrics::cache_lookup(&route.name, "miss");
+                    Lookup::Miss(Some(ticket))
+                }
+            };
+        }
         match self.memory.get(&key) {
             Some(entry) if entry.expires_at > tokio::time::Instant::now() => {
                 crate::metrics::cache_lookup(&route.name, "hit");
@@ -254,6 +283,10 @@ impl ResponseCache {
 
     fn fill(&self, fill: Fill) {
         if fill.entry.weight() as usize > self.max_entry {
+            return;
+        }
+        if let Some(shared) = &self.shared {
+            shared.put(fill.ticket.key, &fill.entry, fill.ticket.ttl);
             return;
         }
         self.memory.insert(fill.ticket.key, Arc::new(fill.entry));
@@ -372,20 +405,6 @@ pub fn event_data(event: &[u8]) -> Option<String> {
         }
     }
     data
-}
-
-/// Keeps the answers of requests that end with a fill: on the request path, without waiting (an
-/// insert takes one shard's lock for a moment).
-pub struct CacheFill;
-
-impl Consumer for CacheFill {
-    fn finished(&self, ended: &mut Ended) {
-        let Some(fill) = ended.fill.take() else {
-            return;
-        };
-        let cache = fill.ticket.cache.clone();
-        cache.fill(fill);
-    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::Secret;
 use super::file::{RawCache, RawRouteCache};
 use super::kinds::CacheScope;
 use super::resolver::Resolver;
@@ -21,11 +22,18 @@ pub struct RouteCache {
 pub struct CacheConfig {
     /// What this process keeps in memory, in bytes of answers.
     pub max_bytes: u64,
+    /// `redis://…`, shared by every replica; this process's memory when `None`. It may hold a
+    /// password: never logged.
+    pub store: Option<Secret>,
+    pub store_timeout: Duration,
 }
 
 impl CacheConfig {
     /// Enough for tens of thousands of typical answers, little beside a gateway's other memory.
     pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+    /// As `limits.store_timeout_ms`: a Redis on the same network answers in ~0.1 ms; a hung one
+    /// costs a request little before the lookup counts as a miss.
+    pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(50);
 }
 
 impl Resolver<'_> {
@@ -35,7 +43,30 @@ impl Resolver<'_> {
             .as_ref()
             .and_then(|bytes| self.positive(bytes, "cache.max_bytes", "must be more than 0"))
             .unwrap_or(CacheConfig::DEFAULT_MAX_BYTES);
-        CacheConfig { max_bytes }
+        let store = raw.store.as_ref().and_then(|store| {
+            let value = self.string(store, "cache.store")?;
+            // The URL may carry a password: the message names the key, never the value.
+            let scheme_ok = value.starts_with("redis://") || value.starts_with("rediss://");
+            if !scheme_ok || url::Url::parse(&value).is_err() {
+                self.issue_at(
+                    store.span().start,
+                    "cache.store",
+                    "is not a redis:// (or rediss://) URL; leave it out to keep answers in memory",
+                );
+                return None;
+            }
+            Some(Secret::new(value))
+        });
+        let store_timeout = raw
+            .store_timeout_ms
+            .as_ref()
+            .and_then(|ms| self.positive(ms, "cache.store_timeout_ms", "must be more than 0"))
+            .map_or(CacheConfig::DEFAULT_STORE_TIMEOUT, Duration::from_millis);
+        CacheConfig {
+            max_bytes,
+            store,
+            store_timeout,
+        }
     }
 
     pub(super) fn route_cache(&mut self, raw: &RawRouteCache, key: &str) -> Option<RouteCache> {

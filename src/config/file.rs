@@ -97,6 +97,12 @@ pub struct RawCache {
     /// The most this process keeps in memory, in bytes of answers; least recently used first out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_bytes: Option<Spanned<u64>>,
+    /// `redis://…`: answers shared by every replica; in this process's memory when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<Text>,
+    /// How long a lookup waits for the store before it counts as a miss.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_timeout_ms: Option<Spanned<u64>>,
 }
 
 /// `routes.NAME.cache`: the route's answers are kept and given again to identical requests.

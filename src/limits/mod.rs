@@ -29,6 +29,8 @@ mod reservation;
 mod shared;
 mod window;
 
+pub(crate) use shared::connect as connect_redis;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -29,7 +29,7 @@ use crate::openai::{Endpoint, Usage};
 use crate::route::chain::{Attempt, Called, ServedBy, Unserved};
 use crate::upstream::UpstreamErrorKind;
 
-pub use consumers::{Consumer, Sampling, Settlement};
+pub use consumers::{CacheFill, Consumer, Sampling, Settlement};
 pub use dispatch::Dispatcher;
 
 /// How the ledger names a request whose client went away before its answer.
@@ -589,7 +589,7 @@ pub struct Ended {
     pub outcome: Outcome,
     /// The shadow check's sample, for [`Sampling`] to take.
     pub sample: Option<Sample>,
-    /// The answer the route's cache keeps, for [`crate::cache::CacheFill`] to take.
+    /// The answer the route's cache keeps, for [`CacheFill`] to take.
     pub fill: Option<Fill>,
     outcomes: Outcomes,
 }

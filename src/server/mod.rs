@@ -79,7 +79,7 @@ impl App {
     ) -> Result<App, UpstreamError> {
         let cache = crate::cache::ResponseCache::new(&config.cache);
         let outcomes = if config.routes.iter().any(|route| route.cache.is_some()) {
-            outcomes.with_consumer(Arc::new(crate::cache::CacheFill))
+            outcomes.with_consumer(Arc::new(crate::outcome::CacheFill))
         } else {
             outcomes
         };

@@ -153,12 +153,16 @@ async fn proxy(
     let Admitted { hold, skips, quota } = admitted;
     // Only a route named by `model` runs its own chain and prompts, which is what its cache keeps.
     let lookup = match (&refusal, &resolved.target.route) {
-        (None, Some(route)) => app.cache.lookup(
-            route,
-            caller.key.as_ref().map(|key| key.id.as_str()),
-            &request,
-            directives,
-        ),
+        (None, Some(route)) => {
+            app.cache
+                .lookup(
+                    route,
+                    caller.key.as_ref().map(|key| key.id.as_str()),
+                    &request,
+                    directives,
+                )
+                .await
+        }
         _ => Lookup::Off,
     };
     let cache_header = lookup.header();

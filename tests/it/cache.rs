@@ -298,3 +298,53 @@ async fn a_cut_stream_an_error_or_a_sampling_request_is_not_cached() {
     assert_eq!(api.request_count(), calls + 2);
     gw.shutdown().await;
 }
+
+/// Two replicas share their answers through Redis (`[cache] store`); a Redis that dies makes every
+/// lookup a miss, never a failed request, and says so once (`tierwise_cache_store_up` 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_answers_through_redis_and_a_dead_redis_is_a_miss() {
+    let redis = crate::shared_limits::Redis::start();
+    let api = FakeUpstream::start().await;
+    let replica = |url: String| {
+        TestConfig::two_tier(&api.base_url(), &api.base_url())
+            .without_probes()
+            .with(faq("1h", None))
+            .with(move |c| c.0.cache.store = Some(text(url)))
+    };
+    let one = TestGateway::start(&replica(redis.url())).await;
+    let two = TestGateway::start(&replica(redis.url())).await;
+    let body = question("shared?");
+    assert_eq!(cache_header(&ask(&one, &body).await), Some("miss"));
+    // The fill is sent off the request path: the other replica sees it shortly.
+    let until = Instant::now() + Duration::from_secs(10);
+    let hit = loop {
+        let answer = ask(&two, &body).await;
+        if cache_header(&answer) == Some("hit") {
+            break answer;
+        }
+        assert!(
+            Instant::now() < until,
+            "replica two never read replica one's answer"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(hit.header("x-tierwise-tier"), Some("api_fast"));
+    let row = stored(
+        &two.store().await,
+        hit.header("x-tierwise-request-id").unwrap(),
+    )
+    .await;
+    assert_eq!(row.purpose, Purpose::CacheHit);
+    assert!(row.avoided_pusd.is_some_and(|saved| saved > Picodollars(0)));
+
+    drop(redis);
+    for _ in 0..3 {
+        let answer = ask(&one, &body).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert_eq!(cache_header(&answer), Some("miss"));
+    }
+    one.wait_for_metrics(|text| text.contains("tierwise_cache_store_up 0"))
+        .await;
+    one.shutdown().await;
+    two.shutdown().await;
+}
