@@ -18,6 +18,9 @@
 //!   reserves of its limits until it ends (the one reservation mechanism, the shadow checks' daily
 //!   budget's too), and which tiers its chain passes over: rate limits per minute and monthly
 //!   budgets that, once spent, move a route to its local tiers or refuse.
+//! - [`cache`]: the response cache of the routes that opt in — the key (the request as every
+//!   tier would receive it, scoped to the client key), the memory it is kept in, what may fill it
+//!   (a consumer of finished requests) — read after admission, where a hit answers.
 //! - [`health`]: per provider, the circuit breaker and in-flight cap the chain consults before each
 //!   attempt, the active probes that feed the breakers, and warm-up.
 //! - [`upstream`]: the pooled HTTP client per provider (hyper-util over rustls, through the
@@ -26,7 +29,7 @@
 //!   reading an upstream stream event by event, each event with the bytes it came as.
 //! - [`outcome`]: the one place a request ends, however it ends, producing the outcome that
 //!   everything downstream receives; the consumers it hands each finished request to (the limits'
-//!   settlement, shadow sampling), and the background task that batches outcomes to the ledger
+//!   settlement, shadow sampling, the cache fill), and the background task that batches outcomes to the ledger
 //!   and the metrics.
 //! - [`ledger`]: the rows of every request and attempt (product traffic, shadow and eval calls),
 //!   prices and exact cost in picodollars, token estimates, quality events and feedback, a month's
@@ -48,6 +51,7 @@
 //! `budget`, `demo`) lives in the binary,
 //! `src/main.rs` and `src/cli.rs`, the only place that uses `anyhow`.
 
+pub mod cache;
 pub mod config;
 pub mod dashboard;
 pub mod demo;

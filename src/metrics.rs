@@ -96,8 +96,9 @@ pub fn requests_finished(batch: &[Finished<'_>]) {
     let mut contracts: HashMap<(&str, &str, &str), u64> = HashMap::new();
     for finished in batch {
         let row = finished.row;
-        // Shadow and eval calls are counted by the quality series, not as client requests.
-        if row.purpose != Purpose::Product {
+        // Shadow and eval calls are counted by the quality series, not as client requests; a
+        // cache hit is a client request, under the tier that filled the cache.
+        if !matches!(row.purpose, Purpose::Product | Purpose::CacheHit) {
             continue;
         }
         let route = row.route.as_deref().unwrap_or(crate::ledger::NO_ROUTE);
@@ -343,4 +344,22 @@ pub fn budget(
 pub fn budget_alert(scope: &'static str, name: &str, level: &'static str) {
     metrics::counter!("tierwise_budget_alerts_total", "scope" => scope, "name" => name.to_string(), "level" => level)
         .increment(1);
+}
+
+/// A lookup in a route's response cache: `hit`, `miss`, or `bypass` (the client's
+/// `Cache-Control`, or a request that samples).
+pub fn cache_lookup(route: &str, result: &'static str) {
+    metrics::counter!("tierwise_cache_lookups_total", "route" => route.to_string(), "result" => result)
+        .increment(1);
+}
+
+/// What this process's response cache holds.
+pub fn cache_size(bytes: u64, entries: usize) {
+    metrics::gauge!("tierwise_cache_bytes").set(bytes as f64);
+    metrics::gauge!("tierwise_cache_entries").set(entries as f64);
+}
+
+/// Whether the shared cache store (`cache.store`) answers: 1, or 0 while every lookup is a miss.
+pub fn cache_store_up(up: bool) {
+    metrics::gauge!("tierwise_cache_store_up").set(if up { 1.0 } else { 0.0 });
 }

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::kinds::{
-    AllOpen, Api, Changes, KeyHeader, OnDrift, OnExhausted, OnProof, QualityBar, ScorerKind,
-    TaskKind, ToolCalling,
+    AllOpen, Api, CacheScope, Changes, KeyHeader, OnDrift, OnExhausted, OnProof, QualityBar,
+    ScorerKind, TaskKind, ToolCalling,
 };
 
 pub type Text = Spanned<String>;
@@ -55,6 +55,9 @@ pub struct ConfigFile {
     pub keys: BTreeMap<Text, RawKey>,
     #[serde(default)]
     pub limits: RawLimits,
+    /// `[cache]`: where the routes' cached answers are kept.
+    #[serde(default)]
+    pub cache: RawCache,
 }
 
 /// `[keys.NAME]`: a client key with a name the ledger and reports show, the routes it may call and
@@ -85,6 +88,35 @@ impl RawKey {
             budget: None,
         }
     }
+}
+
+/// `[cache]`: where cached answers are kept, for the routes that opt in with `routes.NAME.cache`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// The most this process keeps in memory, in bytes of answers; least recently used first out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<Spanned<u64>>,
+    /// `redis://…`: answers shared by every replica; in this process's memory when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<Text>,
+    /// How long a lookup waits for the store before it counts as a miss.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_timeout_ms: Option<Spanned<u64>>,
+}
+
+/// `routes.NAME.cache`: the route's answers are kept and given again to identical requests.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteCache {
+    /// How long an answer is given again: `"1h"`, `"10m"`, `"30s"`.
+    pub ttl: Text,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<CacheScope>,
+    /// Also cache requests that sample (`temperature` > 0, `n` > 1): their answers differ from call
+    /// to call, so a hit gives one of them again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nondeterministic: Option<bool>,
 }
 
 /// `[limits]`: where the rate-limit counters live.
@@ -365,6 +397,9 @@ pub struct RawRoute {
     /// Tokens (prompt and completion) per minute to this route, over every key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tpm: Option<Spanned<u64>>,
+    /// Answers kept for identical requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<RawRouteCache>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -546,6 +581,7 @@ impl RawRoute {
             budget: None,
             rpm: None,
             tpm: None,
+            cache: None,
         }
     }
 }

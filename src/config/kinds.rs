@@ -201,3 +201,15 @@ impl OnExhausted {
         }
     }
 }
+
+/// Whose requests share a route's cached answers (`routes.<name>.cache.scope`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheScope {
+    /// Each client key reads only the answers its own requests filled: one key never sees
+    /// another's answers, whatever they asked.
+    #[default]
+    Key,
+    /// Every key calling the route shares its answers (a public FAQ bot, a classifier).
+    Route,
+}

@@ -3,6 +3,7 @@
 //! every name checked. Code outside this module never sees an unresolved name.
 
 mod budget;
+mod cache;
 mod env;
 mod error;
 pub mod file;
@@ -25,10 +26,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use budget::{Budget, BudgetScope};
+pub use cache::{CacheConfig, RouteCache};
 pub use error::{ConfigError, ConfigIssue};
 pub use kinds::{
-    AllOpen, Api, Changes, KeyHeader, OnDrift, OnExhausted, OnProof, QualityBar, ScorerKind,
-    TaskKind, ToolCalling,
+    AllOpen, Api, CacheScope, Changes, KeyHeader, OnDrift, OnExhausted, OnProof, QualityBar,
+    ScorerKind, TaskKind, ToolCalling,
 };
 pub use known::{Abilities, KnownModel, known_model, takes_max_completion_tokens, undated};
 pub use limits::{KeyTerms, LimitsConfig, Rate};
@@ -97,6 +99,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub ledger: LedgerConfig,
     pub limits: LimitsConfig,
+    pub cache: CacheConfig,
     pub providers: Vec<Arc<Provider>>,
     pub tiers: Vec<Arc<Tier>>,
     pub routes: Vec<Arc<Route>>,

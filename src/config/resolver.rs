@@ -39,6 +39,7 @@ impl<'a> Resolver<'a> {
         let server = self.server(&file.server, &file.keys, &file.routes);
         let ledger = self.ledger(&file.ledger);
         let limits = self.limits(&file.limits);
+        let cache = self.cache(&file.cache);
         let providers = self.providers(&file.providers);
         let tiers = self.tiers(&file.tiers, &providers);
         let routes = self.routes(&file, &tiers);
@@ -59,6 +60,7 @@ impl<'a> Resolver<'a> {
                 server,
                 ledger,
                 limits,
+                cache,
                 providers: providers.into_values().collect(),
                 tiers: tiers.into_values().collect(),
                 routes,

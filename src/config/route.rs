@@ -33,6 +33,8 @@ pub struct Route {
     pub budget: Option<Budget>,
     /// Requests and tokens per minute to this route, over every key.
     pub rate: super::Rate,
+    /// Answers kept for identical requests, where the route opts in.
+    pub cache: Option<super::RouteCache>,
 }
 
 /// One tier in a route's chain, with what the route changes about calls to it.
@@ -176,6 +178,10 @@ impl Resolver<'_> {
             .as_ref()
             .and_then(|budget| self.budget(budget, &format!("{key}.budget")));
         let rate = self.rate(&raw.rpm, &raw.tpm, &key);
+        let cache = raw
+            .cache
+            .as_ref()
+            .and_then(|cache| self.route_cache(cache, &key));
         if !self.clean() {
             return None;
         }
@@ -190,6 +196,7 @@ impl Resolver<'_> {
             profile,
             when_all_open: raw.when_all_open.unwrap_or_default(),
             budget,
+            cache,
         })
     }
 

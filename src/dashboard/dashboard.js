@@ -217,6 +217,10 @@ function render(report, costs, quality, providers, requests) {
     text('spend-detail', `in ${held}: API ${usd(t.api_usd)}, fixed ${usd(t.fixed_usd)}, checks ${usd(t.checks_usd)}`);
     text('checks', usd(t.checks_usd));
   }
+  // Apart from the net saving, which compares product calls with their baseline.
+  text('cache-saved', report.projected && t.monthly_saved_by_cache_usd != null
+    ? `${usd(t.monthly_saved_by_cache_usd)}/mo` : usd(t.saved_by_cache_usd));
+  text('cache-detail', `${plural(t.cache_hits, 'request', 'requests')} answered from a route's cache, apart from the net saving`);
   const calls = report.routes.reduce((sum, r) => sum + r.calls, 0);
   const local = report.routes.reduce((sum, r) => sum + r.local_share * r.calls, 0);
   text('local-share', calls ? pct(local / calls) : '-');

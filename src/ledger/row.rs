@@ -140,6 +140,10 @@ ledger_row! {
         /// are), priced at its own price. Last, as the migration that added it put it.
         #[serde(skip)]
         pub tokens_cache_write: u64,
+        /// A cache hit: what the call that filled the cache cost, which this request did not pay
+        /// again ("saved by the cache", apart from routing's savings). Last, as its migration put it.
+        #[serde(skip)]
+        pub avoided_pusd: Option<Picodollars>,
     }
 }
 
@@ -153,6 +157,9 @@ pub enum Purpose {
     Shadow,
     /// A call of `tierwise eval`.
     Eval,
+    /// A request answered from the route's cache: no upstream call, cost 0, `avoided_pusd` what
+    /// it would have cost again.
+    CacheHit,
 }
 
 impl Purpose {
@@ -161,6 +168,7 @@ impl Purpose {
             Purpose::Product => "product",
             Purpose::Shadow => "shadow",
             Purpose::Eval => "eval",
+            Purpose::CacheHit => "cache_hit",
         }
     }
 
@@ -203,6 +211,7 @@ impl RequestRow {
             agreement_ppm: None,
             key_name: None,
             tokens_cache_write: 0,
+            avoided_pusd: None,
         }
     }
 }

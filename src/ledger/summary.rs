@@ -61,6 +61,18 @@ pub struct Summary {
     pub checks: Vec<Checks>,
     /// How often each route's output contract rewrote or flagged an answer, by model.
     pub contracts: Vec<Contracts>,
+    /// Requests each route's response cache answered, and what they did not pay again.
+    pub cache_hits: Vec<CacheHits>,
+}
+
+/// A route's cache hits in the window: apart from its product calls, whose baseline they do not
+/// enter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheHits {
+    pub route: Option<String>,
+    pub hits: u64,
+    /// What the calls that filled the cache cost, once per hit.
+    pub avoided: Picodollars,
 }
 
 /// Calls the gateway made to check quality (shadow or eval) for one route and candidate tier.
@@ -201,7 +213,20 @@ impl Store {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()?;
+        let cache_hits = self
+            .window_query(&cache_hits_sql(route.is_some()), from_ms, to_ms, route)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(CacheHits {
+                    route: row.try_get("route")?,
+                    hits: row.try_get::<i64, _>("hits")?.max(0) as u64,
+                    avoided: money(row, "avoided")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
         Ok(Summary {
+            cache_hits,
             checks,
             contracts,
             moved,
@@ -434,11 +459,22 @@ fn checks_sql(one_route: bool) -> String {
     format!(
         "SELECT route, purpose, candidate, COUNT(*) AS calls, {cost}, \
          {scored} AS scored, {agreement} AS agreement_ppm \
-         FROM requests WHERE purpose <> 'product' AND ts_ms >= $1 AND ts_ms < $2{route} \
+         FROM requests WHERE purpose IN ('shadow', 'eval') AND ts_ms >= $1 AND ts_ms < $2{route} \
          GROUP BY route, purpose, candidate ORDER BY route, purpose, candidate",
         cost = money_sum("cost_pusd", "cost"),
         scored = counted("agreement_ppm IS NOT NULL"),
         agreement = sum("agreement_ppm"),
+        route = if one_route { " AND route = $3" } else { "" },
+    )
+}
+
+/// Requests a route's cache answered, by route.
+fn cache_hits_sql(one_route: bool) -> String {
+    format!(
+        "SELECT route, COUNT(*) AS hits, {avoided} FROM requests \
+         WHERE purpose = 'cache_hit' AND ts_ms >= $1 AND ts_ms < $2{route} \
+         GROUP BY route ORDER BY route",
+        avoided = money_sum("COALESCE(avoided_pusd, 0)", "avoided"),
         route = if one_route { " AND route = $3" } else { "" },
     )
 }

@@ -31,6 +31,8 @@ mod shared;
 mod shared_budget;
 mod window;
 
+pub(crate) use shared::connect as connect_redis;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

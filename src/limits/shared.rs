@@ -104,19 +104,7 @@ impl Shared {
     /// the settlement and probe tasks on the current runtime. `url` may hold a password: it is
     /// never logged.
     pub fn start(url: &Secret, timeout: Duration) -> Result<Arc<Shared>, String> {
-        let client = redis::Client::open(url.expose()).map_err(|err| {
-            format!(
-                "limits.store is not a Redis URL this client reads: {}",
-                err.category()
-            )
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let manager = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|err| format!("cannot set up the limits store: {}", err.category()))?;
+        let manager = connect(url, timeout, "limits.store")?;
         let (settlements, queued) = mpsc::channel(SETTLE_QUEUE);
         let shared = Arc::new(Shared {
             manager,
@@ -242,6 +230,29 @@ impl Shared {
             crate::metrics::limits_settlement_dropped();
         }
     }
+}
+
+/// A connection to the Redis at `url` (the value of the config key `key`), made lazily so that a
+/// Redis away at start-up does not stop the gateway, each call held to `timeout`. `url` may hold
+/// a password: no message names it.
+pub(crate) fn connect(
+    url: &Secret,
+    timeout: Duration,
+    key: &str,
+) -> Result<ConnectionManager, String> {
+    let client = redis::Client::open(url.expose()).map_err(|err| {
+        format!(
+            "{key} is not a Redis URL this client reads: {}",
+            err.category()
+        )
+    })?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client, config)
+        .map_err(|err| format!("cannot set up {key}: {}", err.category()))
 }
 
 /// Asks a store marked down whether it answers, once a second, for as long as the store is used.

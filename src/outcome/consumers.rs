@@ -47,3 +47,15 @@ impl Consumer for Sampling {
         }
     }
 }
+
+/// Keeps the answers of requests that end with a fill (a route's cache missed and the answer was
+/// whole): the cache's part of a request's end.
+pub struct CacheFill;
+
+impl Consumer for CacheFill {
+    fn finished(&self, ended: &mut Ended) {
+        if let Some(fill) = ended.fill.take() {
+            fill.keep();
+        }
+    }
+}

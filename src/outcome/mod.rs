@@ -20,15 +20,16 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::cache::{Entry, Fill, Stored, Ticket};
 use crate::config::{Route, Tier};
-use crate::ledger::{Answer, AttemptRow, Priced, Pricing, RequestRow, Tokens, Uncounted};
+use crate::ledger::{Answer, AttemptRow, Priced, Pricing, Purpose, RequestRow, Tokens, Uncounted};
 use crate::limits::{Hold, Used};
 use crate::openai::ChoiceTexts;
 use crate::openai::{Endpoint, Usage};
 use crate::route::chain::{Attempt, Called, ServedBy, Unserved};
 use crate::upstream::UpstreamErrorKind;
 
-pub use consumers::{Consumer, Sampling, Settlement};
+pub use consumers::{CacheFill, Consumer, Sampling, Settlement};
 pub use dispatch::Dispatcher;
 
 /// How the ledger names a request whose client went away before its answer.
@@ -83,12 +84,16 @@ impl Outcome {
         }
     }
 
-    /// What the request used, once known: `None` while its tokens are left to count.
+    /// What the request used, once known: `None` while its tokens are left to count. A cache hit
+    /// used nothing: no tokens of any upstream's capacity, no money.
     pub fn used(&self) -> Option<Used> {
         if self.to_count.is_some() {
             return None;
         }
         let row = &self.request;
+        if row.purpose == Purpose::CacheHit {
+            return Some(Used::default());
+        }
         Some(Used {
             tokens: row.tokens_in.saturating_add(row.tokens_out),
             picodollars: row.cost_pusd.map_or(0, |cost| cost.0.max(0) as u64),
@@ -204,6 +209,8 @@ pub struct Start {
     /// What admission reserved for the request; settled when it ends, and counted in full if it
     /// never does (see [`crate::limits::Reservation`]).
     pub hold: Hold,
+    /// The route's cache missed: a whole answer fills it.
+    pub cache: Option<Ticket>,
 }
 
 /// An answered request chosen for a shadow check: what the client asked and what it was told.
@@ -238,6 +245,8 @@ pub enum Ending<'a> {
     },
     /// No tier answered, or the request was refused; `status` is what the client was told.
     Unserved { status: u16, failure: &'a Unserved },
+    /// The route's cache answered; no tier was called.
+    CacheHit { entry: &'a Entry },
     /// A whole answer.
     Answered {
         by: &'a ServedBy,
@@ -260,6 +269,8 @@ pub enum Ending<'a> {
         ttfb_us: i64,
         /// How the output contract judged the whole text, where the route has one.
         contract: Option<&'static str>,
+        /// The upstream's events, for the cache, where the request holds a ticket and they fit.
+        recorded: Option<Vec<Bytes>>,
     },
 }
 
@@ -347,9 +358,11 @@ impl Exchange {
         let hold = std::mem::take(&mut self.start.hold);
         let latency_us = self.elapsed_us();
         let store_content = self.outcomes.store_content;
+        let mut ticket = self.start.cache.take();
         let start = &self.start;
         let mut request = self.row(latency_us);
         let mut sample = None;
+        let mut fill = None;
         let upstream_us = |attempts: &[Attempt]| {
             Some(attempts.iter().map(|a| a.latency.as_micros() as i64).sum())
         };
@@ -369,6 +382,23 @@ impl Exchange {
                 request.cost_pusd = Some(Default::default());
                 (attempt_rows(&start.id, &failure.attempts), None)
             }
+            Ending::CacheHit { entry } => {
+                request.purpose = Purpose::CacheHit;
+                request.tier = Some(entry.tier.clone());
+                request.provider = Some(entry.provider.clone());
+                request.model = Some(entry.model.clone());
+                request.local = entry.local;
+                let tokens = entry.tokens;
+                request.tokens_in = tokens.input;
+                request.tokens_cached = tokens.cached;
+                request.tokens_cache_write = tokens.cache_write;
+                request.tokens_out = tokens.output;
+                request.tokens_estimated = tokens.estimated;
+                request.cost_pusd = Some(Default::default());
+                request.avoided_pusd = entry.cost;
+                request.ttfb_us = Some(latency_us);
+                (Vec::new(), None)
+            }
             Ending::Answered {
                 by,
                 tokens,
@@ -381,6 +411,12 @@ impl Exchange {
                 request.contract = contract.map(Cow::Borrowed);
                 request.answer = store_content.then(|| stored_text(answer));
                 sample = self.sample(by, || SampledAnswer::Body(Bytes::copy_from_slice(answer)));
+                if contract != Some("violated")
+                    && let Some(ticket) = ticket.take()
+                {
+                    let stored = Stored::Body(Bytes::copy_from_slice(answer));
+                    fill = Some((ticket, stored, tokens));
+                }
                 upstream = upstream_us(&by.attempts);
                 (attempt_rows(&start.id, &by.attempts), None)
             }
@@ -393,8 +429,19 @@ impl Exchange {
                 text_whole,
                 ttfb_us,
                 contract,
+                recorded,
             } => {
                 served(&mut request, by);
+                // A stream cut, broken or refused by its contract is not an answer to keep; one
+                // without usage is not either, since what a hit saves would be unknown.
+                if status == 200
+                    && error_kind.is_none()
+                    && contract != Some("violated")
+                    && let (Some(recorded), Some(usage)) = (recorded, usage)
+                    && let Some(ticket) = ticket.take()
+                {
+                    fill = Some((ticket, Stored::Events(recorded), Tokens::from(usage)));
+                }
                 request.contract = contract.map(Cow::Borrowed);
                 if status == 200 && error_kind.is_none() && text_whole {
                     // Choice 0, as a whole answer's scorers read its first choice.
@@ -430,6 +477,22 @@ impl Exchange {
                 .error_kind
                 .get_or_insert_with(|| CLIENT_CLOSED.to_string());
         }
+        let fill = fill
+            .filter(|(_, stored, _)| crate::cache::fillable(self.start.endpoint, stored))
+            .map(|(ticket, stored, tokens)| {
+                Fill::new(
+                    ticket,
+                    stored,
+                    crate::cache::Served {
+                        tier: request.tier.as_deref().unwrap_or_default(),
+                        provider: request.provider.as_deref().unwrap_or_default(),
+                        model: request.model.as_deref().unwrap_or_default(),
+                        local: request.local,
+                        tokens,
+                        cost: request.cost_pusd,
+                    },
+                )
+            });
         Ended {
             outcome: Outcome {
                 request,
@@ -439,6 +502,7 @@ impl Exchange {
                 hold,
             },
             sample,
+            fill,
             outcomes: self.outcomes.clone(),
         }
     }
@@ -513,6 +577,7 @@ impl Drop for Exchange {
                 hold,
             },
             sample: None,
+            fill: None,
             outcomes: self.outcomes.clone(),
         }
         .deliver_detached();
@@ -524,6 +589,8 @@ pub struct Ended {
     pub outcome: Outcome,
     /// The shadow check's sample, for [`Sampling`] to take.
     pub sample: Option<Sample>,
+    /// The answer the route's cache keeps, for [`CacheFill`] to take.
+    pub fill: Option<Fill>,
     outcomes: Outcomes,
 }
 
@@ -731,6 +798,7 @@ mod tests {
             body: Bytes::from_static(b"{}"),
             sampled: false,
             hold: Hold::default(),
+            cache: None,
         }
     }
 

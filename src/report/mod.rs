@@ -98,6 +98,13 @@ pub struct RouteReport {
     pub budget: Option<budget::BudgetEffects>,
     /// What checking this route's quality cost and found.
     pub quality: QualityReport,
+    /// Requests its response cache answered (not among `calls`), and what they did not pay again:
+    /// saved by the cache, apart from routing's saving against the baseline.
+    pub cache_hits: u64,
+    pub saved_by_cache_usd: String,
+    pub monthly_saved_by_cache_usd: Option<f64>,
+    #[serde(skip)]
+    saved_by_cache: Picodollars,
     #[serde(skip)]
     api_cost: Picodollars,
     #[serde(skip)]
@@ -201,6 +208,12 @@ pub struct Totals {
     /// Saving as a share of the baseline, in percent, over the window.
     pub saving_pct: f64,
     pub unpriced_calls: u64,
+    /// Requests the routes' response caches answered, and what they did not pay again: saved by
+    /// the cache, beside (not in) the routing saving above, which compares product calls with
+    /// their baseline.
+    pub cache_hits: u64,
+    pub saved_by_cache_usd: String,
+    pub monthly_saved_by_cache_usd: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -430,6 +443,12 @@ impl Report {
                     .and_then(|r| r.shadow.as_ref())
                     .map(|shadow| shadow.daily_budget_usd);
                 report.quality = quality(summary, &sums.route, projection, shadow_budget);
+                if let Some(hits) = summary.cache_hits.iter().find(|c| c.route == sums.route) {
+                    report.cache_hits = hits.hits;
+                    report.saved_by_cache = hits.avoided;
+                    report.saved_by_cache_usd = hits.avoided.to_string();
+                    report.monthly_saved_by_cache_usd = projection.month(hits.avoided);
+                }
                 report
             })
             .collect();
@@ -442,6 +461,7 @@ impl Report {
         let api = sum(|r| r.api_cost);
         let fixed_total = Picodollars::saturating(fixed.iter().map(|f| f.window.0 as i128).sum());
         let checks = sum(|r| r.quality.checks_cost);
+        let saved_by_cache = sum(|r| r.saved_by_cache);
         let actual =
             Picodollars::saturating(api.0 as i128 + fixed_total.0 as i128 + checks.0 as i128);
         let saving = Picodollars::saturating(baseline.0 as i128 - actual.0 as i128);
@@ -482,6 +502,9 @@ impl Report {
                 0.0
             },
             unpriced_calls: routes.iter().map(|r| r.unpriced_calls).sum(),
+            cache_hits: routes.iter().map(|r| r.cache_hits).sum(),
+            saved_by_cache_usd: saved_by_cache.to_string(),
+            monthly_saved_by_cache_usd: projection.month(saved_by_cache),
         };
         Report {
             window,
@@ -830,6 +853,17 @@ impl Report {
                 );
             }
         }
+        if t.cache_hits > 0 {
+            let monthly = t
+                .monthly_saved_by_cache_usd
+                .map_or(String::new(), |monthly| format!(", {}/mo", usd(monthly)));
+            let _ = writeln!(
+                out,
+                "saved by the cache: {}{monthly} ({} answered from a route's cache, apart from the saving above)",
+                usd_exact(&t.saved_by_cache_usd, "0", places),
+                plural(t.cache_hits, "request", "requests"),
+            );
+        }
         if t.unpriced_calls > 0 {
             let _ = writeln!(
                 out,
@@ -942,6 +976,10 @@ fn route_report(
         moved_off_first_tier: Vec::new(),
         budget: None,
         quality: QualityReport::default(),
+        cache_hits: 0,
+        saved_by_cache_usd: "0".into(),
+        monthly_saved_by_cache_usd: projection.month(Picodollars(0)),
+        saved_by_cache: Picodollars(0),
         api_cost: sums.cost,
         baseline: sums.baseline,
     }
@@ -1138,6 +1176,7 @@ mod tests {
             moved: Vec::new(),
             checks: Vec::new(),
             contracts: Vec::new(),
+            cache_hits: Vec::new(),
         };
         // A day of a $300 month: $10, a quarter of it a's.
         let window = Window {

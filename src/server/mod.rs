@@ -55,6 +55,8 @@ pub struct App {
     pub limits: Arc<Limits>,
     /// Where requests end up once finished.
     pub outcomes: Outcomes,
+    /// The answers of the routes that cache them, for the life of the process.
+    pub cache: Arc<crate::cache::ResponseCache>,
     /// Read by reports and the admin API; the request path never touches it.
     pub store: Store,
     /// Whether the ledger is spooling, for `/readyz`.
@@ -76,9 +78,16 @@ impl App {
         feedback: FeedbackQueue,
         limits: Arc<Limits>,
     ) -> Result<App, UpstreamError> {
+        let cache = crate::cache::ResponseCache::new(&config.cache);
+        let outcomes = if config.routes.iter().any(|route| route.cache.is_some()) {
+            outcomes.with_consumer(Arc::new(crate::outcome::CacheFill))
+        } else {
+            outcomes
+        };
         Ok(App {
             limits,
             outcomes,
+            cache,
             store,
             watches,
             feedback,

@@ -21,6 +21,7 @@ use super::detach::{Detachable, Waiting};
 use super::error::ApiError;
 use super::relay::{RelayTerms, SseRelay};
 use super::{App, RequestId};
+use crate::cache::{Directives, Entry, Lookup, Stored};
 use crate::config::{AllOpen, ClientKey};
 use crate::ledger::{Answer, RequestRow, Tokens};
 use crate::limits::{Admission, Admitted, Ask, Quota, Refusal};
@@ -37,6 +38,7 @@ const PROVIDER_HEADER: HeaderName = HeaderName::from_static("x-tierwise-provider
 const FALLBACK_HEADER: HeaderName = HeaderName::from_static("x-tierwise-fallback");
 const CONTRACT_HEADER: HeaderName = HeaderName::from_static("x-tierwise-contract");
 const COST_HEADER: HeaderName = HeaderName::from_static("x-tierwise-cost-usd");
+const CACHE_HEADER: HeaderName = HeaderName::from_static("x-tierwise-cache");
 
 /// Who is calling: the request id and the key, set by the layers in front.
 pub struct Caller {
@@ -90,12 +92,14 @@ async fn handle(
         .get(&ROUTE_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let directives = Directives::of(&headers);
     let rest = Detachable::new(|client| async move {
         proxy(
             &app,
             endpoint,
             caller,
             route_header.as_deref(),
+            directives,
             bytes,
             &client,
         )
@@ -113,6 +117,7 @@ async fn proxy(
     endpoint: Endpoint,
     caller: Caller,
     route_header: Option<&str>,
+    directives: Directives,
     bytes: Bytes,
     client: &Waiting,
 ) -> Result<Response, ApiError> {
@@ -139,6 +144,27 @@ async fn proxy(
         Admission::Refused(refusal) => (Admitted::default(), Some(refusal)),
     };
     let Admitted { hold, skips, quota } = admitted;
+    // Only a route named by `model` runs its own chain and prompts, which is what its cache keeps.
+    let lookup = match (&refusal, &resolved.target.route) {
+        (None, Some(route)) => {
+            app.cache
+                .lookup(
+                    route,
+                    caller.key.as_ref().map(|key| key.id.as_str()),
+                    &request,
+                    directives,
+                )
+                .await
+        }
+        _ => Lookup::Off,
+    };
+    let cache_header = lookup.header();
+    let (hit, ticket) = match lookup {
+        Lookup::Hit(entry) => (Some(entry), None),
+        Lookup::Miss(ticket) => (None, ticket),
+        Lookup::Off => (None, None),
+    };
+    let record = ticket.as_ref().map(|ticket| ticket.max_bytes());
     let mut exchange = app.outcomes.begin(Start {
         id: caller.id.0,
         endpoint,
@@ -148,16 +174,26 @@ async fn proxy(
         key_name: caller.key.as_ref().and_then(|key| key.terms.name.clone()),
         body: bytes.clone(),
         // Only a route named by `model` runs its own chain and prompts, which is what is checked.
+        // A cache hit is not checked: its answer was, if at all, when it filled the cache.
         sampled: refusal.is_none()
+            && hit.is_none()
             && resolved
                 .target
                 .route
                 .as_ref()
                 .is_some_and(|route| endpoint.spec().shadowable && app.watches.sampled(route)),
         hold,
+        cache: ticket,
     });
     if let Some(refusal) = refusal {
         return Ok(refuse_at_admission(exchange, refusal).await);
+    }
+    if let Some(entry) = hit {
+        let mut response = from_cache(exchange, &entry, &request).await;
+        if let Some(quota) = quota {
+            set_quota(response.headers_mut(), &quota);
+        }
+        return Ok(response);
     }
     let run = ChainRun {
         upstreams: &app.upstreams,
@@ -180,10 +216,15 @@ async fn proxy(
     let mut response = match result {
         Ok(served) => {
             let max_text = app.config.server.max_answer_bytes;
-            answer(exchange, served, resolved, &request, max_text).await
+            answer(exchange, served, resolved, &request, max_text, record).await
         }
         Err(unserved) => refuse(exchange, &unserved).await,
     };
+    if let Some(value) = cache_header {
+        response
+            .headers_mut()
+            .insert(CACHE_HEADER, HeaderValue::from_static(value));
+    }
     if let Some(quota) = quota {
         set_quota(response.headers_mut(), &quota);
     }
@@ -224,6 +265,7 @@ async fn answer(
     resolved: Resolved<'_>,
     request: &RequestBody<'_>,
     max_text: usize,
+    record: Option<usize>,
 ) -> Response {
     let Served { by, reply, lease } = served;
     // Only a route named by `model` sets the contract; `x-tierwise-route` attributes cost.
@@ -289,12 +331,47 @@ async fn answer(
                 max_text,
                 contract: contract_route,
             };
-            let relay = SseRelay::new(stream, lease, terms, exchange, by);
+            let relay = SseRelay::new(stream, lease, terms, exchange, by).recording(record);
             let mut response = Response::new(Body::from_stream(relay.into_body()));
             *response.headers_mut() = headers;
             response
         }
     }
+}
+
+/// The route's cache answered: the answer as it was first given, a stream replayed event by event
+/// (its usage chunk only for a client that asked, with this request's cost, 0), and a ledger row
+/// that says what the hit saved.
+async fn from_cache(exchange: Exchange, entry: &Entry, request: &RequestBody<'_>) -> Response {
+    let ended = exchange.end(Ending::CacheHit { entry });
+    let mut response = match &entry.answer {
+        Stored::Body(body) => {
+            let mut response = (StatusCode::OK, body.clone()).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Stored::Events(events) => {
+            let frames = super::relay::replay(events, request.client_wants_usage);
+            let mut response = Response::new(Body::from_stream(futures_util::stream::iter(
+                frames.into_iter().map(Ok::<_, std::convert::Infallible>),
+            )));
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            response
+        }
+    };
+    let headers = response.headers_mut();
+    set_headers(headers, Facts::from(&ended.outcome.request));
+    headers.insert(CACHE_HEADER, HeaderValue::from_static("hit"));
+    ended.deliver().await;
+    response
 }
 
 /// What the `x-tierwise-*` headers of a response say.

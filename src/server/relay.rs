@@ -22,7 +22,7 @@ use serde_json::Value;
 use crate::config::Route;
 use crate::health::Lease;
 use crate::ledger::Tokens;
-use crate::openai::{ChoiceTexts, EndpointSpec, StreamMarks, Usage};
+use crate::openai::{ChoiceTexts, Chunk, EndpointSpec, StreamMarks, Usage};
 use crate::outcome::{CLIENT_CLOSED, Ended, Ending, Exchange};
 use crate::route::chain::ServedBy;
 use crate::route::contract;
@@ -88,6 +88,8 @@ pub struct SseRelay {
     bursts: bool,
     /// The route whose output contract judges the whole text once the stream has ended.
     contract: Option<Arc<Route>>,
+    /// The upstream's events, for the route's cache to keep; dropped once past its bound.
+    recording: Option<Recording>,
     pending: Option<Pending>,
 }
 
@@ -101,6 +103,13 @@ pub struct RelayTerms {
     pub max_text: usize,
     /// The route whose output contract judges the whole text once the stream has ended.
     pub contract: Option<Arc<Route>>,
+}
+
+/// A stream's events as they came, up to `max` bytes.
+struct Recording {
+    events: Vec<Bytes>,
+    bytes: usize,
+    max: usize,
 }
 
 impl SseRelay {
@@ -133,12 +142,23 @@ impl SseRelay {
             writes_since_wait: 0,
             bursts: false,
             contract,
+            recording: None,
             pending: Some(Pending {
                 ttfb_us: exchange.elapsed_us(),
                 exchange,
                 by,
             }),
         }
+    }
+
+    /// Keeps the upstream's events, up to `max` bytes, for the route's cache.
+    pub fn recording(mut self, max: Option<usize>) -> SseRelay {
+        self.recording = max.map(|max| Recording {
+            events: Vec::new(),
+            bytes: 0,
+            max,
+        });
+        self
     }
 
     pub fn into_body(self) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
@@ -258,6 +278,14 @@ impl SseRelay {
         if self.spec.done == Some(event.data.as_str()) {
             return self.end_of_answer();
         }
+        if let Some(recording) = &mut self.recording {
+            recording.bytes += event.raw.len();
+            if recording.bytes > recording.max {
+                self.recording = None;
+            } else {
+                recording.events.push(event.raw.clone());
+            }
+        }
         let Some(chunk) = (self.spec.read_event)(&event.data) else {
             return Some(event.raw);
         };
@@ -365,6 +393,7 @@ impl SseRelay {
             text_whole: self.text_whole,
             ttfb_us,
             contract: verdict,
+            recorded: self.recording.take().map(|recording| recording.events),
         }))
     }
 }
@@ -402,6 +431,36 @@ impl Drop for SseRelay {
             ended.deliver_detached();
         }
     }
+}
+
+/// A stream the response cache kept, as a client receives it again: each event as it first came,
+/// the usage-only chunk only where the client asked for usage (with `cost_usd` 0: a hit costs
+/// nothing), then `[DONE]`.
+pub(super) fn replay(events: &[Bytes], client_wants_usage: bool) -> Vec<Bytes> {
+    let mut frames = Vec::with_capacity(events.len() + 1);
+    for event in events {
+        let usage_only = crate::cache::event_data(event).and_then(|data| {
+            let chunk = Chunk::read(&data)?;
+            (chunk.usage.is_some() && !chunk.has_choices).then_some(data)
+        });
+        match usage_only {
+            None => frames.push(event.clone()),
+            Some(data) if client_wants_usage => {
+                let Ok(mut chunk) = serde_json::from_str::<Value>(&data) else {
+                    frames.push(event.clone());
+                    continue;
+                };
+                if let Some(usage) = chunk.get_mut("usage").and_then(Value::as_object_mut) {
+                    usage.insert("cost_usd".into(), Value::from(0));
+                }
+                frames.push(frame(None, &chunk.to_string()));
+            }
+            Some(_) => {}
+        }
+    }
+    // The cache keeps chat completions only (`cache::fillable`), whose stream ends so.
+    frames.push(frame(None, "[DONE]"));
+    frames
 }
 
 /// An event of tierwise's own making as SSE frames it: its name where it has one, then every line

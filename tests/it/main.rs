@@ -4,6 +4,7 @@
 
 mod breaker;
 mod budgets;
+mod cache;
 mod cli;
 mod config;
 mod context;

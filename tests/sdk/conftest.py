@@ -127,6 +127,7 @@ api_native  = {{ provider = "openai_native", model = "gpt-4o-mini" }}
 embed_local = {{ provider = "vllm", model = "nomic-embed-text" }}
 # Its own tier for the rate-limit test: a 429 rests the tier that met it, and no other test's.
 api_limited = {{ provider = "openai", model = "gpt-4o-mini" }}
+api_cached  = {{ provider = "openai", model = "gpt-4o-mini" }}
 
 [routes.classification]
 kind = "classification"
@@ -156,6 +157,12 @@ tiers = ["embed_local", "azure_embed"]
 [routes.claude_fallback]
 kind = "agentic"
 tiers = ["local", "claude"]
+
+# Kept answers, for the cache test: its own tier, so no other test's requests fill it.
+[routes.cached]
+kind = "chat"
+tiers = ["api_cached"]
+cache = {{ ttl = "1h" }}
 
 [routes.rate_limited]
 kind = "agentic"

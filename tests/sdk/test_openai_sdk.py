@@ -232,3 +232,34 @@ def test_a_spent_budget_raises_rate_limit_error_with_insufficient_quota(gateway_
     assert raised.value.response.headers["x-should-retry"] == "false"
     assert len(api.requests()) == before, "no tier was called"
 
+
+
+def test_a_cached_answer_reaches_the_sdk_as_an_ordinary_answer_plain_and_streamed(client, fakes):
+    _, api = fakes
+    api.behave(reply="Kept for an hour.")
+    messages = [{"role": "user", "content": "what does the cache keep?"}]
+    calls = len(api.requests())
+    first = client.chat.completions.with_raw_response.create(model="cached", messages=messages)
+    second = client.chat.completions.with_raw_response.create(model="cached", messages=messages)
+    assert first.headers["x-tierwise-cache"] == "miss"
+    assert second.headers["x-tierwise-cache"] == "hit"
+    assert second.parse().choices[0].message.content == "Kept for an hour."
+    assert second.parse().model_dump() == first.parse().model_dump()
+    assert len(api.requests()) == calls + 1
+
+    def streamed():
+        stream = client.chat.completions.create(
+            model="cached", messages=messages, stream=True, stream_options={"include_usage": True}
+        )
+        chunks = list(stream)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        usage = [c.usage for c in chunks if c.usage is not None]
+        return text, usage
+
+    text, usage = streamed()
+    again, usage_again = streamed()
+    assert text == again == "Kept for an hour."
+    assert len(usage_again) == 1 and usage_again[0].completion_tokens == usage[0].completion_tokens
+    # A hit costs nothing.
+    assert usage_again[0].model_extra["cost_usd"] == 0
+    assert len(api.requests()) == calls + 2

@@ -1,0 +1,460 @@
+//! The response cache: a route that opts in (`routes.NAME.cache`) answers a request identical to
+//! one it answered before from the stored answer, without calling a tier.
+//!
+//! Identical means the same bytes every tier of the route's chain would receive — model, messages
+//! with the system prompt the route applies, tools, response_format, temperature, seed and every
+//! other field — so a changed prompt, tool or parameter never hits; and, under the default scope,
+//! the same client key, so one key never reads another's answers. The key is the SHA-256 of those
+//! bytes: a collision-resistant hash, because a crafted request that collided with another key's
+//! would read its answer (SHA-256 is already in the tree; hashing is ~2 µs per KB, beside the
+//! upstream call it saves, and paid only on routes that cache).
+//!
+//! A request that samples (`n` > 1, or a temperature above 0 whether the client's or the tier's
+//! default) is neither read nor filled unless the route says `nondeterministic = true`; a
+//! client's `Cache-Control: no-cache` skips the read, `no-store` the read and the fill. Only a
+//! whole, successful answer fills (see [`fillable`]); the fill is a consumer of finished requests
+//! ([`crate::outcome::CacheFill`]), so it never holds the request up.
+//!
+//! Answers are kept in Redis for replicas where `[cache] store` says so ([`shared`]), else in
+//! this process's memory, bounded in bytes (quick_cache: sharded, a lookup
+//! takes one shard's read lock, so threads never queue behind one lock; eviction is CLOCK-Pro, an
+//! LRU approximation that a burst of one-off requests does not flush), each with its expiry.
+
+mod shared;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use sha2::{Digest, Sha256};
+
+use crate::config::{CacheConfig, CacheScope, Route};
+use crate::ledger::{Picodollars, Tokens};
+use crate::openai::{Endpoint, RequestBody};
+
+/// What a client's `Cache-Control` asks of the cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Directives {
+    /// `no-cache`: do not answer from the cache (a fresh answer still fills it).
+    pub no_cache: bool,
+    /// `no-store`: neither read nor keep this request's answer.
+    pub no_store: bool,
+}
+
+impl Directives {
+    pub fn of(headers: &HeaderMap) -> Directives {
+        let mut directives = Directives::default();
+        for value in headers.get_all(http::header::CACHE_CONTROL) {
+            let Ok(value) = value.to_str() else { continue };
+            for directive in value.split(',') {
+                let name = directive.split('=').next().unwrap_or("").trim();
+                if name.eq_ignore_ascii_case("no-cache") {
+                    directives.no_cache = true;
+                } else if name.eq_ignore_ascii_case("no-store") {
+                    directives.no_store = true;
+                }
+            }
+        }
+        directives
+    }
+}
+
+/// Where a request stands with its route's cache.
+pub enum Lookup {
+    /// The route keeps no answers, or the request may not use them: neither read nor filled.
+    Off,
+    /// Not read (the client's `no-cache`, a sampling request), or not found: the answer fills
+    /// the cache if the ticket is there (not after `no-store`).
+    Miss(Option<Ticket>),
+    Hit(Arc<Entry>),
+}
+
+impl Lookup {
+    /// The `x-tierwise-cache` header's value.
+    pub fn header(&self) -> Option<&'static str> {
+        match self {
+            Lookup::Off => None,
+            Lookup::Miss(Some(_)) => Some("miss"),
+            Lookup::Miss(None) => Some("bypass"),
+            Lookup::Hit(_) => Some("hit"),
+        }
+    }
+}
+
+/// What a missed request needs to fill the cache once it has its answer.
+pub struct Ticket {
+    key: Key,
+    ttl: Duration,
+    cache: Arc<ResponseCache>,
+}
+
+impl Ticket {
+    /// The most a streamed answer's events may hold to be kept: recording stops past it.
+    pub fn max_bytes(&self) -> usize {
+        self.cache.max_entry
+    }
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket").field("ttl", &self.ttl).finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key([u8; 32]);
+
+/// A kept answer and what the call that gave it was.
+#[derive(Debug)]
+pub struct Entry {
+    pub answer: Stored,
+    pub tier: String,
+    pub provider: String,
+    pub model: String,
+    pub local: bool,
+    pub tokens: Tokens,
+    /// What the call cost: what each hit saves. `None` when its model has no price.
+    pub cost: Option<Picodollars>,
+    expires_at: tokio::time::Instant,
+}
+
+impl Entry {
+    fn weight(&self) -> u64 {
+        let answer = match &self.answer {
+            Stored::Body(body) => body.len(),
+            Stored::Events(events) => events.iter().map(|e| e.len() + 16).sum(),
+        };
+        (answer + self.tier.len() + self.provider.len() + self.model.len() + 128) as u64
+    }
+}
+
+/// An answer as the client received it.
+#[derive(Debug, Clone)]
+pub enum Stored {
+    /// A whole JSON answer.
+    Body(Bytes),
+    /// A stream's events as the upstream framed them, `[DONE]` left out, the usage-only chunk
+    /// among them (the replay drops it, as the relay does, for a client that did not ask).
+    Events(Vec<Bytes>),
+}
+
+/// What a finished request leaves in the cache, taken by [`CacheFill`].
+#[derive(Debug)]
+pub struct Fill {
+    pub ticket: Ticket,
+    pub entry: Entry,
+}
+
+impl Fill {
+    /// Keeps the answer: in memory, taking one shard's lock for a moment, or sent to the shared
+    /// store by a task of its own. Never waits.
+    pub fn keep(self) {
+        let cache = self.ticket.cache.clone();
+        cache.fill(self);
+    }
+
+    pub fn new(ticket: Ticket, answer: Stored, served: Served<'_>) -> Fill {
+        let expires_at = tokio::time::Instant::now() + ticket.ttl;
+        Fill {
+            ticket,
+            entry: Entry {
+                answer,
+                tier: served.tier.to_string(),
+                provider: served.provider.to_string(),
+                model: served.model.to_string(),
+                local: served.local,
+                tokens: served.tokens,
+                cost: served.cost,
+                expires_at,
+            },
+        }
+    }
+}
+
+/// Who answered a request that fills the cache.
+pub struct Served<'a> {
+    pub tier: &'a str,
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub local: bool,
+    pub tokens: Tokens,
+    pub cost: Option<Picodollars>,
+}
+
+#[derive(Clone)]
+struct Weigh;
+
+impl quick_cache::Weighter<Key, Arc<Entry>> for Weigh {
+    fn weight(&self, _: &Key, entry: &Arc<Entry>) -> u64 {
+        entry.weight()
+    }
+}
+
+/// The answers kept, for every route that caches.
+pub struct ResponseCache {
+    memory: quick_cache::sync::Cache<Key, Arc<Entry>, Weigh>,
+    /// Where answers are kept instead of `memory` when `cache.store` is set.
+    shared: Option<Arc<shared::SharedAnswers>>,
+    /// The largest answer kept: an eighth of the cache, so that one answer cannot flush it.
+    max_entry: usize,
+}
+
+impl ResponseCache {
+    pub fn new(config: &CacheConfig) -> Arc<ResponseCache> {
+        // quick_cache sizes its table from the expected count: answers of ~4 KB.
+        let items = (config.max_bytes / 4096).clamp(16, 1 << 20) as usize;
+        let shared = config.store.as_ref().and_then(|url| {
+            shared::SharedAnswers::start(url, config.store_timeout)
+                .map_err(|err| tracing::error!("{err}; cached answers are kept in memory"))
+                .ok()
+        });
+        Arc::new(ResponseCache {
+            shared,
+            memory: quick_cache::sync::Cache::with_weighter(items, config.max_bytes, Weigh),
+            max_entry: (config.max_bytes / 8).min(usize::MAX as u64) as usize,
+        })
+    }
+
+    /// Reads `request`'s answer from `route`'s cache, if the route keeps answers and the request
+    /// may use them. `key_id` is the client key's fingerprint (`None` on an open gateway).
+    pub async fn lookup(
+        self: &Arc<Self>,
+        route: &Route,
+        key_id: Option<&str>,
+        request: &RequestBody<'_>,
+        directives: Directives,
+    ) -> Lookup {
+        let Some(config) = route.cache else {
+            return Lookup::Off;
+        };
+        if !config.nondeterministic && samples(route, request) {
+            crate::metrics::cache_lookup(&route.name, "bypass");
+            return Lookup::Miss(None);
+        }
+        if directives.no_store {
+            crate::metrics::cache_lookup(&route.name, "bypass");
+            return Lookup::Miss(None);
+        }
+        let scope = match config.scope {
+            CacheScope::Key => key_id.unwrap_or(""),
+            CacheScope::Route => "",
+        };
+        let key = key_of(route, scope, request);
+        let ticket = Ticket {
+            key,
+            ttl: config.ttl,
+            cache: self.clone(),
+        };
+        if directives.no_cache {
+            crate::metrics::cache_lookup(&route.name, "bypass");
+            return Lookup::Miss(Some(ticket));
+        }
+        if let Some(shared) = &self.shared {
+            return match shared.get(&key).await {
+                Some(entry) => {
+                    crate::metrics::cache_lookup(&route.name, "hit");
+                    Lookup::Hit(Arc::new(entry))
+                }
+                None => {
+                    crate::metrics::cache_lookup(&route.name, "miss");
+                    Lookup::Miss(Some(ticket))
+                }
+            };
+        }
+        match self.memory.get(&key) {
+            Some(entry) if entry.expires_at > tokio::time::Instant::now() => {
+                crate::metrics::cache_lookup(&route.name, "hit");
+                Lookup::Hit(entry)
+            }
+            Some(_) => {
+                self.memory.remove(&key);
+                crate::metrics::cache_lookup(&route.name, "miss");
+                Lookup::Miss(Some(ticket))
+            }
+            None => {
+                crate::metrics::cache_lookup(&route.name, "miss");
+                Lookup::Miss(Some(ticket))
+            }
+        }
+    }
+
+    fn fill(&self, fill: Fill) {
+        if fill.entry.weight() as usize > self.max_entry {
+            return;
+        }
+        if let Some(shared) = &self.shared {
+            shared.put(fill.ticket.key, &fill.entry, fill.ticket.ttl);
+            return;
+        }
+        self.memory.insert(fill.ticket.key, Arc::new(fill.entry));
+        crate::metrics::cache_size(self.memory.weight(), self.memory.len());
+    }
+}
+
+/// The request as every tier of `route` would receive it, scoped, hashed. The route's name is in
+/// it, so two routes whose chains send the same bytes keep their answers apart (each route's
+/// answers are recorded against it).
+fn key_of(route: &Route, scope: &str, request: &RequestBody<'_>) -> Key {
+    let mut hash = Sha256::new();
+    // Each part behind its length: no two different sets of parts hash the same bytes.
+    let mut part = |bytes: &[u8]| {
+        hash.update((bytes.len() as u64).to_le_bytes());
+        hash.update(bytes);
+    };
+    part(b"tierwise-cache-1");
+    part(request.endpoint().spec().ledger_name.as_bytes());
+    part(route.name.as_bytes());
+    part(scope.as_bytes());
+    for step in &route.chain {
+        part(step.tier.name.as_bytes());
+        part(&request.for_tier(step));
+    }
+    Key(hash.finalize().into())
+}
+
+/// Whether the request's answer differs from call to call by design: several choices, or a
+/// temperature above 0 (the client's, else the primary tier's default). A request that sets no
+/// temperature anywhere is taken at its word: it did not ask to sample.
+fn samples(route: &Route, request: &RequestBody<'_>) -> bool {
+    let n = request
+        .field("n")
+        .and_then(|n| serde_json::from_str::<Option<u64>>(n.get()).ok())
+        .flatten()
+        .unwrap_or(1);
+    let temperature = match request.field("temperature") {
+        Some(value) => serde_json::from_str::<Option<f64>>(value.get())
+            .ok()
+            .flatten(),
+        None => route.chain[0].tier.temperature,
+    };
+    n > 1 || temperature.is_some_and(|t| t > 0.0)
+}
+
+/// Whether an answer may be kept: a chat completion whose every choice finished (`stop`,
+/// `length`, `tool_calls`), never one cut short, refused by a content filter or reporting an
+/// error; embeddings as they came (a 200 is whole).
+pub fn fillable(endpoint: Endpoint, answer: &Stored) -> bool {
+    if endpoint != Endpoint::ChatCompletions {
+        return matches!(answer, Stored::Body(_));
+    }
+    #[derive(Deserialize)]
+    struct Answer<'a> {
+        #[serde(borrow, default)]
+        choices: Vec<Choice<'a>>,
+        #[serde(default)]
+        error: Option<IgnoredAny>,
+    }
+    #[derive(Deserialize)]
+    struct Choice<'a> {
+        #[serde(borrow, default)]
+        finish_reason: Option<std::borrow::Cow<'a, str>>,
+    }
+    let whole = |reason: &str| matches!(reason, "stop" | "length" | "tool_calls");
+    match answer {
+        Stored::Body(body) => serde_json::from_slice::<Answer<'_>>(body).is_ok_and(|answer| {
+            answer.error.is_none()
+                && !answer.choices.is_empty()
+                && answer
+                    .choices
+                    .iter()
+                    .all(|c| c.finish_reason.as_deref().is_some_and(whole))
+        }),
+        Stored::Events(events) => {
+            let mut finished = false;
+            for event in events {
+                let Some(data) = event_data(event) else {
+                    continue;
+                };
+                let Ok(chunk) = serde_json::from_str::<Answer<'_>>(&data) else {
+                    continue;
+                };
+                if chunk.error.is_some() {
+                    return false;
+                }
+                for choice in &chunk.choices {
+                    match choice.finish_reason.as_deref() {
+                        None => {}
+                        Some(reason) if whole(reason) => finished = true,
+                        Some(_) => return false,
+                    }
+                }
+            }
+            finished
+        }
+    }
+}
+
+/// The data of one SSE event as the upstream framed it: its `data:` lines joined.
+pub fn event_data(event: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(event).ok()?;
+    let mut data: Option<String> = None;
+    for line in text.lines() {
+        let Some(value) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match &mut data {
+            Some(data) => {
+                data.push('\n');
+                data.push_str(value);
+            }
+            None => data = Some(value.to_string()),
+        }
+    }
+    data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_control_is_read_in_any_case_among_other_directives() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            "max-age=0, No-Cache".parse().unwrap(),
+        );
+        assert_eq!(
+            Directives::of(&headers),
+            Directives {
+                no_cache: true,
+                no_store: false
+            }
+        );
+        headers.append(http::header::CACHE_CONTROL, "no-store".parse().unwrap());
+        assert!(Directives::of(&headers).no_store);
+    }
+
+    #[test]
+    fn only_whole_answers_fill() {
+        let body = |reason: &str| {
+            Stored::Body(Bytes::from(format!(
+                r#"{{"choices":[{{"index":0,"message":{{"content":"x"}},"finish_reason":"{reason}"}}]}}"#
+            )))
+        };
+        let chat = Endpoint::ChatCompletions;
+        assert!(fillable(chat, &body("stop")));
+        assert!(fillable(chat, &body("tool_calls")));
+        assert!(!fillable(chat, &body("content_filter")));
+        let events = |last: &str| {
+            Stored::Events(vec![
+                Bytes::from_static(
+                    b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\n",
+                ),
+                Bytes::from(format!(
+                    "data: {{\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":{last}}}]}}\n\n"
+                )),
+            ])
+        };
+        assert!(fillable(chat, &events("\"stop\"")));
+        assert!(
+            !fillable(chat, &events("null")),
+            "a stream that never finished"
+        );
+        assert!(!fillable(chat, &events("\"content_filter\"")));
+    }
+}

@@ -1,0 +1,350 @@
+//! The response cache (issue 28): a route that opts in answers a request identical to one it
+//! answered before without calling a tier — never across client keys unless the route says so,
+//! never for a changed prompt, tool or parameter, not past its ttl, not when the client says
+//! `no-cache`/`no-store`, and never with an answer that was cut, refused or an error.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tierwise::config::CacheScope;
+use tierwise::config::TaskKind;
+use tierwise::config::file::{RawKey, RawRouteCache, text};
+use tierwise::ledger::{Picodollars, Purpose};
+use tierwise_fake::{FakeUpstream, Fault};
+
+use crate::util::*;
+
+/// The `faq` route: `api_fast` alone (no default temperature), baseline `api_frontier`, cached
+/// for `ttl` in `scope`; two named keys `a` and `b` besides the bare client key.
+fn faq(ttl: &str, scope: Option<CacheScope>) -> impl FnOnce(&mut TestConfig) {
+    let ttl = ttl.to_string();
+    move |c| {
+        let route = c.add_route("faq", TaskKind::Chat, &["api_fast"]);
+        route.baseline = Some(text("api_frontier"));
+        route.cache = Some(RawRouteCache {
+            ttl: text(ttl),
+            scope,
+            nondeterministic: None,
+        });
+        c.0.keys.insert(text("a"), RawKey::new(KEY_A));
+        c.0.keys.insert(text("b"), RawKey::new(KEY_B));
+    }
+}
+
+const KEY_A: &str = "tw-key-a-1111";
+const KEY_B: &str = "tw-key-b-2222";
+
+async fn gateway(change: impl FnOnce(&mut TestConfig)) -> (FakeUpstream, TestGateway) {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(change);
+    let gw = TestGateway::start(&config).await;
+    (api, gw)
+}
+
+/// POSTs `body` to chat completions with `key` and these extra headers; the answer read whole
+/// within 10 s.
+async fn ask_as(gw: &TestGateway, key: &str, body: &Value, headers: &[(&str, &str)]) -> Answer {
+    let mut request = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(key)
+        .json(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let answer = async { Answer::of(request.send().await.expect("the gateway answers")).await };
+    tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .expect("the answer ends instead of hanging")
+}
+
+async fn ask(gw: &TestGateway, body: &Value) -> Answer {
+    ask_as(gw, CLIENT_KEY, body, &[]).await
+}
+
+fn cache_header(answer: &Answer) -> Option<&str> {
+    answer.header("x-tierwise-cache")
+}
+
+fn question(content: &str) -> Value {
+    chat("faq", content)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_never_reads_the_answer_another_key_filled() {
+    let (api, gw) = gateway(faq("1h", None)).await;
+    let body = question("what are your opening hours?");
+    let first = ask_as(&gw, KEY_A, &body, &[]).await;
+    assert_eq!(cache_header(&first), Some("miss"), "{}", first.text);
+    let again = ask_as(&gw, KEY_A, &body, &[]).await;
+    assert_eq!(cache_header(&again), Some("hit"));
+    let other = ask_as(&gw, KEY_B, &body, &[]).await;
+    assert_eq!(other.status, 200, "{}", other.text);
+    assert_eq!(
+        cache_header(&other),
+        Some("miss"),
+        "key b read the answer key a filled"
+    );
+    assert_eq!(api.request_count(), 2);
+    gw.shutdown().await;
+
+    // A route that shares its answers among keys says so.
+    let (api, gw) = gateway(faq("1h", Some(CacheScope::Route))).await;
+    ask_as(&gw, KEY_A, &body, &[]).await;
+    let other = ask_as(&gw, KEY_B, &body, &[]).await;
+    assert_eq!(cache_header(&other), Some("hit"));
+    assert_eq!(api.request_count(), 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_request_twice_calls_the_upstream_once_and_the_hit_is_recorded_with_what_it_saved()
+{
+    let (api, gw) = gateway(faq("1h", None)).await;
+    api.update(|b| b.reply = "We open at nine.".into());
+    let body = question("when do you open?");
+    let first = ask(&gw, &body).await;
+    let second = ask(&gw, &body).await;
+    assert_eq!(api.request_count(), 1);
+    assert_eq!(
+        (cache_header(&first), cache_header(&second)),
+        (Some("miss"), Some("hit"))
+    );
+    assert_eq!(
+        first.text, second.text,
+        "the hit answers as the first call did"
+    );
+    assert_eq!(second.header("x-tierwise-tier"), Some("api_fast"));
+    assert_eq!(second.header("x-tierwise-cost-usd"), Some("0"));
+
+    let store = gw.store().await;
+    let filled = stored(&store, first.header("x-tierwise-request-id").unwrap()).await;
+    let hit = stored(&store, second.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(filled.purpose, Purpose::Product);
+    let paid = filled.cost_pusd.expect("gpt-4o-mini is priced");
+    assert!(paid > Picodollars(0));
+    assert_eq!(hit.purpose, Purpose::CacheHit);
+    assert_eq!(hit.cost_pusd, Some(Picodollars(0)));
+    assert_eq!(
+        hit.avoided_pusd,
+        Some(paid),
+        "a hit saves what the fill paid"
+    );
+    assert_eq!(
+        (hit.tier.as_deref(), hit.tokens_in, hit.tokens_out),
+        (Some("api_fast"), filled.tokens_in, filled.tokens_out)
+    );
+
+    // Streamed: replayed chunk for chunk, with the usage chunk for a client that asks for it and
+    // without it for one that does not.
+    let mut stream = body.clone();
+    stream["stream"] = json!(true);
+    stream["stream_options"] = json!({"include_usage": true});
+    let first = ask(&gw, &stream).await;
+    let second = ask(&gw, &stream).await;
+    assert_eq!(api.request_count(), 2);
+    assert_eq!(
+        (cache_header(&first), cache_header(&second)),
+        (Some("miss"), Some("hit"))
+    );
+    assert!(second.text.ends_with("data: [DONE]\n\n"), "{}", second.text);
+    assert!(second.text.contains("\"usage\""), "{}", second.text);
+    assert_eq!(
+        first.text.replace(&cost_of(&first.text), "0"),
+        second.text,
+        "the replay is the stream as first relayed, at this request's cost"
+    );
+    let mut without_usage = stream.clone();
+    without_usage["stream_options"] = json!({"include_usage": false});
+    let third = ask(&gw, &without_usage).await;
+    assert_eq!(cache_header(&third), Some("hit"));
+    assert!(!third.text.contains("\"usage\""), "{}", third.text);
+    assert!(third.text.contains("nine"), "{}", third.text);
+    assert_eq!(api.request_count(), 2);
+    let hit = stored(&store, third.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!((hit.purpose, hit.stream), (Purpose::CacheHit, true));
+    let streamed = stored(&store, first.header("x-tierwise-request-id").unwrap()).await;
+    let saved = Picodollars(paid.0 + 2 * streamed.cost_pusd.unwrap().0);
+
+    // The report shows what the hits saved apart from routing's saving, which counts the two
+    // calls that filled the cache only.
+    let report = Answer::of(gw.get("/admin/api/report").await).await.body;
+    let faq = report["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "faq")
+        .unwrap_or_else(|| panic!("no faq in {report}"));
+    assert_eq!(faq["calls"], 2, "{faq}");
+    assert_eq!(faq["cache_hits"], 3, "{faq}");
+    assert_eq!(faq["saved_by_cache_usd"], saved.to_string(), "{faq}");
+    assert_eq!(report["totals"]["cache_hits"], 3);
+    assert_eq!(report["totals"]["saved_by_cache_usd"], saved.to_string());
+    gw.shutdown().await;
+}
+
+/// The `cost_usd` a relayed stream's usage chunk carries, as written.
+fn cost_of(text: &str) -> String {
+    let at = text
+        .find("\"cost_usd\":")
+        .expect("a usage chunk with its cost")
+        + 11;
+    text[at..]
+        .chars()
+        .take_while(|c| !matches!(c, ',' | '}'))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_system_prompt_tool_or_parameter_misses() {
+    let (api, gw) = gateway(faq("1h", None)).await;
+    let base = json!({
+        "model": "faq",
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "hours?"}
+        ],
+        "tools": [{"type": "function", "function": {"name": "hours", "parameters": {}}}],
+    });
+    assert_eq!(cache_header(&ask(&gw, &base).await), Some("miss"));
+    assert_eq!(cache_header(&ask(&gw, &base).await), Some("hit"));
+    let mut system = base.clone();
+    system["messages"][0]["content"] = json!("You are chatty.");
+    let mut tool = base.clone();
+    tool["tools"][0]["function"]["name"] = json!("opening_hours");
+    let mut seed = base.clone();
+    seed["seed"] = json!(7);
+    for changed in [&system, &tool, &seed] {
+        let answer = ask(&gw, changed).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert_eq!(cache_header(&answer), Some("miss"), "{changed}");
+    }
+    assert_eq!(api.request_count(), 4);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_is_not_given_again_past_its_ttl() {
+    let (api, gw) = gateway(faq("300ms", None)).await;
+    let body = question("ttl?");
+    let filled_at = Instant::now();
+    assert_eq!(cache_header(&ask(&gw, &body).await), Some("miss"));
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = ask(&gw, &body).await;
+        if cache_header(&answer) == Some("miss") {
+            break;
+        }
+        assert_eq!(cache_header(&answer), Some("hit"));
+        assert!(Instant::now() < until, "the answer never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(filled_at.elapsed() >= Duration::from_millis(300));
+    assert_eq!(api.request_count(), 2);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_no_cache_skips_the_read_and_no_store_the_fill_too() {
+    let (api, gw) = gateway(faq("1h", None)).await;
+    let body = question("fresh?");
+    let no_store = [("cache-control", "no-store")];
+    let answer = ask_as(&gw, CLIENT_KEY, &body, &no_store).await;
+    assert_eq!(cache_header(&answer), Some("bypass"));
+    // Nothing was kept.
+    assert_eq!(cache_header(&ask(&gw, &body).await), Some("miss"));
+    let no_cache = [("cache-control", "no-cache")];
+    let answer = ask_as(&gw, CLIENT_KEY, &body, &no_cache).await;
+    assert_eq!(cache_header(&answer), Some("miss"));
+    assert_eq!(api.request_count(), 3);
+    // The fresh answer was kept.
+    assert_eq!(cache_header(&ask(&gw, &body).await), Some("hit"));
+    assert_eq!(api.request_count(), 3);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_stream_an_error_or_a_sampling_request_is_not_cached() {
+    let (api, gw) = gateway(faq("1h", None)).await;
+    let mut stream = question("cut?");
+    stream["stream"] = json!(true);
+    api.set_fault(Fault::CutAfterChunks { chunks: 2 });
+    let cut = ask(&gw, &stream).await;
+    assert!(cut.text.contains("stream_interrupted"), "{}", cut.text);
+    api.set_fault(Fault::None);
+    assert_eq!(cache_header(&ask(&gw, &stream).await), Some("miss"));
+    assert_eq!(api.request_count(), 2);
+
+    let body = question("error?");
+    api.set_fault(Fault::Status {
+        status: 500,
+        body: None,
+        retry_after: None,
+    });
+    assert_eq!(ask(&gw, &body).await.status, 502);
+    api.set_fault(Fault::None);
+    assert_eq!(cache_header(&ask(&gw, &body).await), Some("miss"));
+
+    // A request that samples gets a fresh answer each time, unless the route says otherwise.
+    let mut sampled = question("a poem?");
+    sampled["temperature"] = json!(0.8);
+    let calls = api.request_count();
+    for _ in 0..2 {
+        assert_eq!(cache_header(&ask(&gw, &sampled).await), Some("bypass"));
+    }
+    assert_eq!(api.request_count(), calls + 2);
+    gw.shutdown().await;
+}
+
+/// Two replicas share their answers through Redis (`[cache] store`); a Redis that dies makes every
+/// lookup a miss, never a failed request, and says so once (`tierwise_cache_store_up` 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_answers_through_redis_and_a_dead_redis_is_a_miss() {
+    let redis = crate::shared_limits::Redis::start();
+    let api = FakeUpstream::start().await;
+    let replica = |url: String| {
+        TestConfig::two_tier(&api.base_url(), &api.base_url())
+            .without_probes()
+            .with(faq("1h", None))
+            .with(move |c| c.0.cache.store = Some(text(url)))
+    };
+    let one = TestGateway::start(&replica(redis.url())).await;
+    let two = TestGateway::start(&replica(redis.url())).await;
+    let body = question("shared?");
+    assert_eq!(cache_header(&ask(&one, &body).await), Some("miss"));
+    // The fill is sent off the request path: the other replica sees it shortly.
+    let until = Instant::now() + Duration::from_secs(10);
+    let hit = loop {
+        let answer = ask(&two, &body).await;
+        if cache_header(&answer) == Some("hit") {
+            break answer;
+        }
+        assert!(
+            Instant::now() < until,
+            "replica two never read replica one's answer"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(hit.header("x-tierwise-tier"), Some("api_fast"));
+    let row = stored(
+        &two.store().await,
+        hit.header("x-tierwise-request-id").unwrap(),
+    )
+    .await;
+    assert_eq!(row.purpose, Purpose::CacheHit);
+    assert!(row.avoided_pusd.is_some_and(|saved| saved > Picodollars(0)));
+
+    drop(redis);
+    for _ in 0..3 {
+        let answer = ask(&one, &body).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert_eq!(cache_header(&answer), Some("miss"));
+    }
+    one.wait_for_metrics(|text| text.contains("tierwise_cache_store_up 0"))
+        .await;
+    one.shutdown().await;
+    two.shutdown().await;
+}
