@@ -17,9 +17,10 @@
 //!   reserves of its limits until it ends (the one reservation mechanism, the shadow checks' daily
 //!   budget's too), and which tiers its chain passes over: rate limits per minute and monthly
 //!   budgets that, once spent, move a route to its local tiers or refuse.
-//! - [`health`]: per provider, the circuit breaker and in-flight cap the chain consults before each
-//!   attempt, the active probes that feed the breakers, and warm-up.
-//! - [`upstream`]: the pooled HTTP client per provider (hyper-util over rustls, through the
+//! - [`health`]: per server of each provider, the circuit breaker and in-flight count and cap the
+//!   chain consults before each attempt, the active probes that feed the breakers, and warm-up;
+//!   which of a provider's servers takes a call (least in flight of two random choices).
+//! - [`upstream`]: the pooled HTTP client per server of each provider (hyper-util over rustls, through the
 //!   provider's proxy where it has one), timeouts, failure classification, the wire format each
 //!   provider speaks (OpenAI's and Azure's passed through; Anthropic's translated at one seam), and
 //!   reading an upstream stream event by event, each event with the bytes it came as.

@@ -208,7 +208,12 @@ impl From<SpannedTimeouts> for RawTimeouts {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProvider {
-    pub base_url: Text,
+    /// One server; `servers` for several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<Text>,
+    /// Several servers behind the provider, each with its own health and load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub servers: Option<Spanned<Vec<RawUpstreamServer>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api: Option<Api>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -235,6 +240,29 @@ pub struct RawProvider {
     pub breaker: RawBreaker,
     #[serde(default)]
     pub health: RawHealth,
+}
+
+/// One entry of `providers.<name>.servers`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamServer {
+    pub url: Text,
+    /// Its share of the load relative to the others' (its capacity): 1 unless set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<Spanned<u32>>,
+    /// How the header, the ledger and the metrics name it; `PROVIDER@host:port` unless set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<Text>,
+}
+
+impl RawUpstreamServer {
+    pub fn new(url: impl Into<String>) -> RawUpstreamServer {
+        RawUpstreamServer {
+            url: text(url),
+            weight: None,
+            name: None,
+        }
+    }
 }
 
 /// `providers.<name>.tls`: PEM files, relative to the config file.
@@ -492,7 +520,8 @@ pub struct RawPrice {
 impl RawProvider {
     pub fn new(base_url: impl Into<String>) -> RawProvider {
         RawProvider {
-            base_url: text(base_url),
+            base_url: Some(text(base_url)),
+            servers: None,
             api: None,
             api_version: None,
             auth: None,

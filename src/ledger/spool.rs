@@ -340,8 +340,8 @@ fn batch(line: &[u8]) -> Result<(Vec<RequestRow>, Vec<AttemptRow>), Torn> {
 }
 
 /// A request row as spooled by any version: one spooled before the quality columns, the key's
-/// name or the cache writes were added (an upgrade with records still in the spool) gets the
-/// values their migrations give old rows.
+/// name, the cache writes or the server were added (an upgrade with records still in the spool)
+/// gets the values their migrations give old rows.
 fn with_added_columns(row: &[Value]) -> Vec<Value> {
     let added = [
         Value::String("product".into()),
@@ -350,6 +350,7 @@ fn with_added_columns(row: &[Value]) -> Vec<Value> {
         Value::Null,
         Value::Null,
         Value::from(0),
+        Value::Null,
     ];
     let mut row = row.to_vec();
     let first_added = RequestRow::COLUMNS.len() - added.len();
@@ -368,7 +369,14 @@ fn parse(line: &str) -> Option<(Vec<RequestRow>, Vec<AttemptRow>)> {
         .collect::<Option<Vec<_>>>()?;
     let attempts = rows("attempts")?
         .iter()
-        .map(|row| AttemptRow::from_json(row.as_array()?))
+        .map(|row| {
+            let mut row = row.as_array()?.clone();
+            // Spooled before the server column: the migration gives old rows NULL.
+            if row.len() == AttemptRow::COLUMNS.len() - 1 {
+                row.push(Value::Null);
+            }
+            AttemptRow::from_json(&row)
+        })
         .collect::<Option<Vec<_>>>()?;
     Some((requests, attempts))
 }
@@ -388,8 +396,9 @@ mod tests {
         let serde_json::Value::Array(mut values) = row.to_json() else {
             panic!("a row is an array");
         };
-        // Before the cache writes, before `key_name` too, then before the quality columns too.
-        for missing in [1, 2, 6] {
+        // Before the server, before the cache writes too, before `key_name` too, then before the
+        // quality columns too.
+        for missing in [1, 2, 3, 7] {
             values.truncate(RequestRow::COLUMNS.len() - missing);
             let old =
                 serde_json::json!({ "requests": [values.clone()], "attempts": [] }).to_string();
@@ -397,7 +406,7 @@ mod tests {
             assert_eq!((requests, attempts.len()), (vec![row.clone()], 0));
         }
 
-        values.truncate(RequestRow::COLUMNS.len() - 7);
+        values.truncate(RequestRow::COLUMNS.len() - 8);
         let older = serde_json::json!({ "requests": [values], "attempts": [] }).to_string();
         assert!(parse(&older).is_none());
     }

@@ -50,6 +50,7 @@ fn the_starter_config_loads_without_any_environment() {
             .iter()
             .find(|p| p.name == "ollama")
             .unwrap()
+            .servers[0]
             .base_url
             .as_str(),
         "http://localhost:11434/v1/"
@@ -444,7 +445,10 @@ tiers = ["local", "api", "pinned", "direct"]
         );
         let of = |name: &str| {
             let provider = config.providers.iter().find(|p| p.name == name).unwrap();
-            provider.proxy.as_ref().map(|proxy| format!("{proxy:?}"))
+            provider.servers[0]
+                .proxy
+                .as_ref()
+                .map(|proxy| format!("{proxy:?}"))
         };
         (
             [of("local"), of("openai"), of("pinned"), of("direct")],

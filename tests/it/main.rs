@@ -24,6 +24,7 @@ mod proxy;
 mod quality;
 mod rate_limits;
 mod scoring;
+mod servers;
 mod serving;
 mod shadow_budget;
 mod shared_limits;

@@ -9,7 +9,6 @@ use serde_json::{Value, json};
 
 use super::super::{SseEvent, UpstreamError, retry_after, uri};
 use super::model::{Answer, Delta};
-use crate::config::Provider;
 use crate::openai::{Endpoint, Usage};
 
 /// `Bearer <key>`, marked sensitive so that no debug output shows it.
@@ -20,10 +19,10 @@ pub(super) fn bearer(key: &str) -> HeaderValue {
     value
 }
 
-pub(super) fn urls(provider: &Provider) -> Result<Vec<Option<Uri>>, UpstreamError> {
+pub(super) fn urls(base: &url::Url) -> Result<Vec<Option<Uri>>, UpstreamError> {
     Endpoint::ALL
         .iter()
-        .map(|endpoint| uri(&provider.base_url, endpoint.path()).map(Some))
+        .map(|endpoint| uri(base, endpoint.path()).map(Some))
         .collect()
 }
 
