@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::kinds::{
-    AllOpen, Api, Changes, KeyHeader, OnDrift, OnExhausted, OnProof, QualityBar, ScorerKind,
-    TaskKind, ToolCalling,
+    Affinity, AllOpen, Api, Changes, KeyHeader, OnDrift, OnExhausted, OnProof, QualityBar,
+    ScorerKind, TaskKind, ToolCalling,
 };
 
 pub type Text = Spanned<String>;
@@ -230,6 +230,12 @@ pub struct RawProvider {
     pub fixed_monthly_usd: Option<Spanned<f64>>,
     #[serde(default)]
     pub warmup: bool,
+    /// `"prefix"`: calls whose prompts begin alike go to the same server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// How many bytes of the prompt make the prefix `affinity` keys on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity_prefix_bytes: Option<Spanned<u32>>,
     #[serde(default)]
     pub timeout: RawTimeouts,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -530,6 +536,8 @@ impl RawProvider {
             proxy: None,
             fixed_monthly_usd: None,
             warmup: false,
+            affinity: None,
+            affinity_prefix_bytes: None,
             timeout: RawTimeouts::default(),
             max_in_flight: None,
             retry_429_max_wait_ms: None,

@@ -30,6 +30,9 @@ pub struct Provider {
     pub tls: Option<super::Tls>,
     pub fixed_monthly_usd: Option<f64>,
     pub warmup: bool,
+    /// Where calls whose prompts begin alike go to the same server: the prompt's first bytes
+    /// that make the key.
+    pub prefix_affinity: Option<PrefixAffinity>,
     pub timeouts: Timeouts,
     /// Requests over this many at once on one server go to another, or spill to the next tier,
     /// instead of queueing.
@@ -43,6 +46,22 @@ pub struct Provider {
 
 impl Provider {
     pub const DEFAULT_RETRY_429_MAX_WAIT: Duration = Duration::from_secs(1);
+}
+
+/// `affinity = "prefix"`: a call goes to the server its prompt's first `bytes` bytes hash to
+/// among those that may be called, unless that server is busier than the least loaded by more
+/// than [`PrefixAffinity::MAX_EXTRA_IN_FLIGHT`] calls per unit of weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefixAffinity {
+    pub bytes: usize,
+}
+
+impl PrefixAffinity {
+    /// About 500 tokens of English: a system prompt and the start of a conversation.
+    pub const DEFAULT_BYTES: u32 = 2048;
+    /// How much busier than the least loaded server the preferred one may be before a call goes
+    /// by load instead: a prefix cache hit saves a prefill, not a wait behind this many calls.
+    pub const MAX_EXTRA_IN_FLIGHT: u32 = 8;
 }
 
 /// One server of a provider: a vLLM replica, a GPU box.
@@ -229,6 +248,7 @@ impl Resolver<'_> {
             tls,
             fixed_monthly_usd: raw.fixed_monthly_usd.as_ref().map(|c| *c.get_ref()),
             warmup: raw.warmup,
+            prefix_affinity: self.prefix_affinity(raw, &key),
             timeouts,
             max_in_flight,
             retry_429_max_wait: raw
@@ -500,6 +520,31 @@ impl Resolver<'_> {
                 Duration::from_millis,
             ),
         })
+    }
+
+    fn prefix_affinity(&mut self, raw: &RawProvider, key: &str) -> Option<PrefixAffinity> {
+        let bytes = raw.affinity_prefix_bytes.as_ref().and_then(|bytes| {
+            self.positive(
+                bytes,
+                &format!("{key}.affinity_prefix_bytes"),
+                "must be at least 1 (how many bytes of the prompt make its prefix)",
+            )
+        });
+        match raw.affinity {
+            Some(super::Affinity::Prefix) => Some(PrefixAffinity {
+                bytes: bytes.unwrap_or(PrefixAffinity::DEFAULT_BYTES) as usize,
+            }),
+            None => {
+                if let Some(set) = &raw.affinity_prefix_bytes {
+                    self.issue_at(
+                        set.span().start,
+                        &format!("{key}.affinity_prefix_bytes"),
+                        "is set without affinity = \"prefix\"; set that too, or leave this out",
+                    );
+                }
+                None
+            }
+        }
     }
 
     /// Where the probe of the server at `base_url` asks.

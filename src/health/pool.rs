@@ -6,14 +6,21 @@
 //! is passed over by its own breaker (which may grant it its half-open trial), and when both
 //! choices cannot take the call the others are tried, least loaded first. The provider is down
 //! only when every server is.
+//!
+//! With `affinity = "prefix"`, a call goes first to the server its prompt's first bytes hash to
+//! (rendezvous hashing over the servers that may be called, weighted: a server that dies moves
+//! only its own prompts, and gets them back when it returns), unless that server is busier than
+//! the least loaded by more than [`PrefixAffinity::MAX_EXTRA_IN_FLIGHT`] calls per unit of weight;
+//! then by load as above.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use super::{BreakerSnapshot, BreakerState, Lease, ServerHealth, Skip, WindowStatus};
-use crate::config::Provider;
+use crate::config::{PrefixAffinity, Provider};
 
 pub struct ProviderHealth {
     pub provider: Arc<Provider>,
@@ -33,6 +40,52 @@ impl ProviderHealth {
     /// A server that may be called now, or why none may.
     pub fn admit(&self) -> Result<Lease, Skip> {
         self.admit_except(None)
+    }
+
+    /// A server other than the one at `tried` that may be called now for a call whose prompt is
+    /// `prompt` (the raw JSON of its messages or input): by its prefix where the provider has
+    /// `affinity = "prefix"`, else by load.
+    pub fn admit_for(&self, prompt: Option<&[u8]>, tried: Option<usize>) -> Result<Lease, Skip> {
+        match (self.provider.prefix_affinity, prompt) {
+            (Some(affinity), Some(prompt)) if self.servers.len() > 1 => {
+                self.admit_by_prefix(affinity, prompt, tried)
+            }
+            _ => self.admit_except(tried),
+        }
+    }
+
+    fn admit_by_prefix(
+        &self,
+        affinity: PrefixAffinity,
+        prompt: &[u8],
+        tried: Option<usize>,
+    ) -> Result<Lease, Skip> {
+        let key = prefix_key(&prompt[..prompt.len().min(affinity.bytes)]);
+        // Rendezvous: each server's score for this key; the highest that may be called wins.
+        let mut ranked: Vec<(f64, &Arc<ServerHealth>)> = self
+            .servers
+            .iter()
+            .filter(|server| Some(server.index) != tried)
+            .map(|server| (rendezvous_score(key, server), server))
+            .collect();
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let least = self
+            .servers
+            .iter()
+            .filter(|s| s.state() == super::BreakerState::Closed)
+            .map(|s| per_weight(s))
+            .min()
+            .unwrap_or(0);
+        for (_, server) in ranked {
+            if per_weight(server) > least + u64::from(PrefixAffinity::MAX_EXTRA_IN_FLIGHT) {
+                // The preferred server is too busy: this call goes by load.
+                return self.admit_except(tried);
+            }
+            if let Ok(lease) = server.admit() {
+                return Ok(lease);
+            }
+        }
+        self.admit_except(tried)
     }
 
     /// A server other than the one at `tried` (a call to it just failed), or why none may.
@@ -175,6 +228,31 @@ fn load_order(a: &ServerHealth, b: &ServerHealth) -> std::cmp::Ordering {
     load(a, b).cmp(&load(b, a))
 }
 
+/// Calls in flight per unit of weight, rounded down.
+fn per_weight(server: &ServerHealth) -> u64 {
+    u64::from(server.in_flight()) / u64::from(server.server.weight)
+}
+
+/// std's SipHash with its fixed keys: the same in every process.
+const FIXED: std::hash::BuildHasherDefault<std::hash::DefaultHasher> =
+    std::hash::BuildHasherDefault::new();
+
+/// The hash of a prompt's prefix. The same in every process and across restarts (std's SipHash
+/// with its fixed keys), so that replicas of the gateway send a prefix to the same server.
+fn prefix_key(prefix: &[u8]) -> u64 {
+    FIXED.hash_one(prefix)
+}
+
+/// A server's weighted rendezvous score for `key`: `-weight / ln(u)`, `u` uniform in (0, 1) from
+/// the key and the server's name, so that each server's share of keys follows its weight and a
+/// server's removal moves only the keys it had.
+fn rendezvous_score(key: u64, server: &ServerHealth) -> f64 {
+    let hash = FIXED.hash_one((key, &server.server.name));
+    // 53 bits of the hash, kept off 0 and 1.
+    let unit = ((hash >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    -f64::from(server.server.weight) / unit.ln()
+}
+
 /// What the provider is told when no server may be called: full where any server is full (it
 /// stays capped, rather than being forced as the last resort), else open, the soonest retry.
 fn worse(so_far: Option<Skip>, next: Skip) -> Skip {
@@ -226,11 +304,15 @@ mod tests {
     use crate::config::Config;
 
     fn pool(servers: usize) -> Arc<ProviderHealth> {
+        pool_with(servers, "")
+    }
+
+    fn pool_with(servers: usize, provider: &str) -> Arc<ProviderHealth> {
         let list: Vec<String> = (0..servers)
             .map(|i| format!("{{ url = \"http://127.0.0.1:{}/v1\" }}", 9000 + i))
             .collect();
         let toml = format!(
-            "[ledger]\nurl = \"sqlite::memory:\"\n[providers.gpu]\nservers = [{}]\nhealth = {{ enabled = false }}\n\
+            "[ledger]\nurl = \"sqlite::memory:\"\n[providers.gpu]\nservers = [{}]\nhealth = {{ enabled = false }}\n{provider}\
              [tiers]\nlocal = {{ provider = \"gpu\", model = \"m\" }}\n\
              [routes.r]\nkind = \"classification\"\ntiers = [\"local\"]\n",
             list.join(", ")
@@ -256,6 +338,36 @@ mod tests {
             seen[b] += 1;
         }
         assert!(seen.iter().all(|&n| n > 100), "{seen:?}");
+    }
+
+    #[test]
+    fn a_prefix_keeps_its_server_until_that_server_is_too_busy() {
+        let pool = pool_with(3, "affinity = \"prefix\"\naffinity_prefix_bytes = 8\n");
+        let prompt = b"same start, then anything";
+        let preferred = pool.admit_for(Some(prompt), None).unwrap().server_index();
+        for _ in 0..20 {
+            assert_eq!(
+                pool.admit_for(Some(b"same start, other end"), None)
+                    .unwrap()
+                    .server_index(),
+                preferred
+            );
+        }
+        // Up to MAX_EXTRA_IN_FLIGHT calls more than the others, it keeps its prompts.
+        let extra = PrefixAffinity::MAX_EXTRA_IN_FLIGHT as usize;
+        let mut held: Vec<Lease> = (0..extra)
+            .map(|_| pool.servers[preferred].admit().unwrap())
+            .collect();
+        assert_eq!(
+            pool.admit_for(Some(prompt), None).unwrap().server_index(),
+            preferred
+        );
+        // One more, and the call goes by load.
+        held.push(pool.servers[preferred].admit().unwrap());
+        assert_ne!(
+            pool.admit_for(Some(prompt), None).unwrap().server_index(),
+            preferred
+        );
     }
 
     #[test]

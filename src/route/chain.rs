@@ -142,10 +142,11 @@ impl ChainRun<'_> {
                 });
                 continue;
             }
-            let admitted = self
-                .health
-                .rate_limit(&step.tier)
-                .and_then(|()| self.health.of(&step.tier.provider).admit());
+            let admitted = self.health.rate_limit(&step.tier).and_then(|()| {
+                self.health
+                    .of(&step.tier.provider)
+                    .admit_for(prompt(body), None)
+            });
             let lease = match admitted {
                 Ok(lease) => lease,
                 Err(skip) => {
@@ -173,10 +174,11 @@ impl ChainRun<'_> {
                 .is_some_and(|e| e.kind == UpstreamErrorKind::Demoted)
         }) {
             let primary = &self.chain[0];
-            let admitted = self
-                .health
-                .rate_limit(&primary.tier)
-                .and_then(|()| self.health.of(&primary.tier.provider).admit());
+            let admitted = self.health.rate_limit(&primary.tier).and_then(|()| {
+                self.health
+                    .of(&primary.tier.provider)
+                    .admit_for(prompt(body), None)
+            });
             match admitted {
                 Ok(lease) => match self.call_tier(primary, body, lease, &mut attempts).await {
                     Ok(served) => return Ok(served),
@@ -264,7 +266,7 @@ impl ChainRun<'_> {
                 match self
                     .health
                     .of(&step.tier.provider)
-                    .admit_except(Some(tried))
+                    .admit_for(prompt(body), Some(tried))
                 {
                     Ok(lease) => self.call(step, body, lease, attempts).await,
                     Err(_) => Err(error),
@@ -388,6 +390,15 @@ async fn count_prompt(step: &ChainTier, body: &RequestBody<'_>) -> Option<u64> {
     tokio::task::spawn_blocking(move || count(&model, &bytes))
         .await
         .ok()
+}
+
+/// What prefix affinity keys on: the request's messages (chat) or input (embeddings) as the
+/// client sent them; bytes, not tokens, as counting would cost the hot path a tokenizer run and
+/// a prompt whose bytes begin alike begins with the same tokens.
+fn prompt<'a>(body: &RequestBody<'a>) -> Option<&'a [u8]> {
+    body.field("messages")
+        .or_else(|| body.field("input"))
+        .map(|raw| raw.get().as_bytes())
 }
 
 /// The refusal a tier would give a request that needs what its model lacks, without calling it.

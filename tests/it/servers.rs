@@ -258,3 +258,90 @@ async fn every_server_down_falls_back_to_the_next_tier() {
         .assert_served_by("api_fast", "local:breaker_open");
     gw.shutdown().await;
 }
+
+/// The server that answered one chat for `summarize` whose prompt is `content`.
+async fn server_for(gw: &TestGateway, content: &str) -> String {
+    let answer = Answer::of(
+        gw.post("/v1/chat/completions", &chat("summarize", content))
+            .await,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(
+        answer.header("x-tierwise-tier"),
+        Some("local"),
+        "{}",
+        answer.text
+    );
+    answer.header("x-tierwise-provider").unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_that_begin_alike_go_to_one_server_and_move_only_while_it_is_down() {
+    let fakes = three().await;
+    let api = FakeUpstream::start().await;
+    let urls: Vec<String> = fakes.iter().map(FakeUpstream::base_url).collect();
+    let config = pool_config(&urls, &api.base_url(), |p| {
+        p.affinity = Some(tierwise::config::Affinity::Prefix);
+        p.affinity_prefix_bytes = Some(spanned(64));
+        p.breaker.failures = Some(spanned(1));
+        p.breaker.cooldown_ms = Some(100);
+    });
+    let gw = TestGateway::start(&config).await;
+
+    // One long shared beginning, different endings past the prefix: one server for all.
+    let shared = "You are a support assistant for ACME. Summarize the ticket below in one line.";
+    let preferred = server_for(&gw, &format!("{shared} ticket 0")).await;
+    for i in 1..20 {
+        assert_eq!(
+            server_for(&gw, &format!("{shared} ticket {i}")).await,
+            preferred
+        );
+    }
+    // Prompts that differ from their first bytes spread over the servers.
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..30 {
+        seen.insert(server_for(&gw, &format!("{i} {shared}")).await);
+    }
+    assert!(seen.len() >= 2, "30 different prompts all went to {seen:?}");
+
+    // The preferred server dies: its prompts go to one other server, with no request failing.
+    let index = fakes
+        .iter()
+        .position(|f| server_name(f) == preferred)
+        .unwrap();
+    let [a, b, c] = fakes;
+    let mut fakes = [Some(a), Some(b), Some(c)];
+    let dead = fakes[index].take().unwrap();
+    let addr = dead.addr;
+    dead.stop().await;
+    let moved = server_for(&gw, &format!("{shared} ticket 20")).await;
+    assert_ne!(moved, preferred);
+    for i in 21..30 {
+        assert_eq!(
+            server_for(&gw, &format!("{shared} ticket {i}")).await,
+            moved
+        );
+    }
+
+    // Back on its port: once its breaker lets a trial through, the prompts return to it.
+    let _back = FakeUpstream::start_on(addr).await;
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        if server_for(&gw, &format!("{shared} ticket again")).await == preferred {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the prompts never returned to {preferred}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..10 {
+        assert_eq!(
+            server_for(&gw, &format!("{shared} ticket {i}")).await,
+            preferred
+        );
+    }
+    gw.shutdown().await;
+}
