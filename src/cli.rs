@@ -702,24 +702,33 @@ async fn check(config: Config, offline: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let upstreams = Arc::new(Upstreams::new(&config)?);
-    let probes = config.providers.iter().map(|provider| {
-        let upstreams = upstreams.clone();
-        let provider = provider.clone();
-        async move {
-            let result = upstreams.list_models(&provider).await;
-            (provider, result)
-        }
+    // Every server of every provider: one that does not answer fails the check, as it would
+    // serve no request until it does.
+    let probes = config.providers.iter().flat_map(|provider| {
+        (0..provider.servers.len()).map(|server| {
+            let upstreams = upstreams.clone();
+            let provider = provider.clone();
+            async move {
+                let result = upstreams.list_models(&provider, server).await;
+                (provider, server, result)
+            }
+        })
     });
     let mut unreachable = 0;
-    for (provider, result) in futures_util::future::join_all(probes).await {
-        let mut url = provider.base_url.clone();
+    for (provider, server, result) in futures_util::future::join_all(probes).await {
+        let mut url = provider.servers[server].base_url.clone();
         let _ = url.set_password(None);
         let _ = url.set_username("");
+        let what = if provider.servers.len() == 1 {
+            "provider"
+        } else {
+            "server  "
+        };
+        let name = &provider.servers[server].name;
         match result {
             Ok(models) => {
                 println!(
-                    "provider {:<12} {url}  ok, serves {} models",
-                    provider.name,
+                    "{what} {name:<12} {url}  ok, serves {} models",
                     models.len()
                 );
                 for tier in config
@@ -729,15 +738,20 @@ async fn check(config: Config, offline: bool) -> anyhow::Result<ExitCode> {
                 {
                     match models.iter().find(|m| m.id == tier.model) {
                         None => println!(
-                            "  warning: tier {} asks for model {:?}, which {} does not list",
-                            tier.name, tier.model, provider.name
+                            "  warning: tier {} asks for model {:?}, which {name} does not list",
+                            tier.name, tier.model
                         ),
                         Some(listed) if tier.context_tokens.is_none() => {
                             let (tokens, source) = match listed.max_model_len {
                                 Some(tokens) => (Some(tokens), "as the server lists it"),
                                 None => (
                                     upstreams
-                                        .server_window(&provider, &tier.model, SERVER_INFO_WAIT)
+                                        .server_window(
+                                            &provider,
+                                            server,
+                                            &tier.model,
+                                            SERVER_INFO_WAIT,
+                                        )
                                         .await,
                                     "as the server says (Ollama's /api/show or llama.cpp's /props)",
                                 ),
@@ -759,7 +773,7 @@ async fn check(config: Config, offline: bool) -> anyhow::Result<ExitCode> {
             }
             Err(err) => {
                 unreachable += 1;
-                println!("provider {:<12} {url}  FAILED: {err}", provider.name);
+                println!("{what} {name:<12} {url}  FAILED: {err}");
             }
         }
     }

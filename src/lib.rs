@@ -21,9 +21,10 @@
 //! - [`cache`]: the response cache of the routes that opt in — the key (the request as every
 //!   tier would receive it, scoped to the client key), the memory it is kept in, what may fill it
 //!   (a consumer of finished requests) — read after admission, where a hit answers.
-//! - [`health`]: per provider, the circuit breaker and in-flight cap the chain consults before each
-//!   attempt, the active probes that feed the breakers, and warm-up.
-//! - [`upstream`]: the pooled HTTP client per provider (hyper-util over rustls, through the
+//! - [`health`]: per server of each provider, the circuit breaker and in-flight count and cap the
+//!   chain consults before each attempt, the active probes that feed the breakers, and warm-up;
+//!   which of a provider's servers takes a call (least in flight of two random choices).
+//! - [`upstream`]: the pooled HTTP client per server of each provider (hyper-util over rustls, through the
 //!   provider's proxy where it has one), timeouts, failure classification, the wire format each
 //!   provider speaks (OpenAI's and Azure's passed through; Anthropic's translated at one seam), and
 //!   reading an upstream stream event by event, each event with the bytes it came as.

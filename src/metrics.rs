@@ -232,19 +232,42 @@ pub fn ledger_write_failed() {
     metrics::counter!("tierwise_ledger_write_errors_total").increment(1);
 }
 
-/// A provider's breaker: `tierwise_provider_breaker_open` 0 closed, 0.5 half-open, 1 open, set when
-/// it changes (and at each scrape), and `tierwise_breaker_transitions_total{provider,to}`.
-pub fn breaker_state(provider: &str, state: &'static str, changed: bool) {
-    let open = match state {
-        "closed" => 0.0,
-        "half_open" => 0.5,
-        _ => 1.0,
-    };
-    metrics::gauge!("tierwise_provider_breaker_open", "provider" => provider.to_string()).set(open);
+/// A provider's breaker: `tierwise_provider_breaker_open` 0 closed, 0.5 half-open, 1 open (its
+/// healthiest server's state), set at each scrape.
+pub fn breaker_state(provider: &str, state: &'static str) {
+    metrics::gauge!("tierwise_provider_breaker_open", "provider" => provider.to_string())
+        .set(openness(state));
+}
+
+/// One server's breaker: `tierwise_server_breaker_open{provider,server}`, set when it changes and
+/// at each scrape, and `tierwise_breaker_transitions_total{provider,to}` for each of its changes.
+pub fn server_breaker_state(provider: &str, server: &str, state: &'static str, changed: bool) {
+    metrics::gauge!("tierwise_server_breaker_open", "provider" => provider.to_string(), "server" => server.to_string())
+        .set(openness(state));
     if changed {
         metrics::counter!("tierwise_breaker_transitions_total", "provider" => provider.to_string(), "to" => state)
             .increment(1);
     }
+}
+
+fn openness(state: &str) -> f64 {
+    match state {
+        "closed" => 0.0,
+        "half_open" => 0.5,
+        _ => 1.0,
+    }
+}
+
+/// One server's load and failures, set at each scrape: `tierwise_server_in_flight`, and
+/// `tierwise_server_calls_total` and `tierwise_server_failures_total` since start.
+pub fn server_load(provider: &str, server: &str, in_flight: usize, calls: u64, failures: u64) {
+    let labels = [
+        ("provider", provider.to_string()),
+        ("server", server.to_string()),
+    ];
+    metrics::gauge!("tierwise_server_in_flight", &labels).set(in_flight as f64);
+    metrics::counter!("tierwise_server_calls_total", &labels).absolute(calls);
+    metrics::counter!("tierwise_server_failures_total", &labels).absolute(failures);
 }
 
 /// Calls to a provider in flight now, where it has a cap (`max_in_flight`).

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::kinds::{
-    AllOpen, Api, CacheScope, Changes, KeyHeader, OnDrift, OnExhausted, OnProof, QualityBar,
-    ScorerKind, TaskKind, ToolCalling,
+    Affinity, AllOpen, Api, CacheScope, Changes, KeyHeader, OnDrift, OnExhausted, OnProof,
+    QualityBar, ScorerKind, TaskKind, ToolCalling,
 };
 
 pub type Text = Spanned<String>;
@@ -240,7 +240,12 @@ impl From<SpannedTimeouts> for RawTimeouts {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProvider {
-    pub base_url: Text,
+    /// One server; `servers` for several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<Text>,
+    /// Several servers behind the provider, each with its own health and load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub servers: Option<Spanned<Vec<RawUpstreamServer>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api: Option<Api>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -260,6 +265,12 @@ pub struct RawProvider {
     pub fixed_monthly_usd: Option<Spanned<f64>>,
     #[serde(default)]
     pub warmup: bool,
+    /// `"prefix"`: calls whose prompts begin alike go to the same server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// How many bytes of the prompt make the prefix `affinity` keys on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity_prefix_bytes: Option<Spanned<u32>>,
     #[serde(default)]
     pub timeout: RawTimeouts,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -270,6 +281,29 @@ pub struct RawProvider {
     pub breaker: RawBreaker,
     #[serde(default)]
     pub health: RawHealth,
+}
+
+/// One entry of `providers.<name>.servers`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamServer {
+    pub url: Text,
+    /// Its share of the load relative to the others' (its capacity): 1 unless set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<Spanned<u32>>,
+    /// How the header, the ledger and the metrics name it; `PROVIDER@host:port` unless set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<Text>,
+}
+
+impl RawUpstreamServer {
+    pub fn new(url: impl Into<String>) -> RawUpstreamServer {
+        RawUpstreamServer {
+            url: text(url),
+            weight: None,
+            name: None,
+        }
+    }
 }
 
 /// `providers.<name>.tls`: PEM files, relative to the config file.
@@ -530,7 +564,8 @@ pub struct RawPrice {
 impl RawProvider {
     pub fn new(base_url: impl Into<String>) -> RawProvider {
         RawProvider {
-            base_url: text(base_url),
+            base_url: Some(text(base_url)),
+            servers: None,
             api: None,
             api_version: None,
             responses: None,
@@ -540,6 +575,8 @@ impl RawProvider {
             proxy: None,
             fixed_monthly_usd: None,
             warmup: false,
+            affinity: None,
+            affinity_prefix_bytes: None,
             timeout: RawTimeouts::default(),
             max_in_flight: None,
             retry_429_max_wait_ms: None,

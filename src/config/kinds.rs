@@ -6,6 +6,14 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Which server of a provider takes a call beyond its load (`providers.<name>.affinity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Affinity {
+    /// Calls whose prompts begin alike go to the same server, whose prefix cache holds them.
+    Prefix,
+}
+
 /// The wire format a provider speaks (`providers.<name>.api`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -29,13 +29,15 @@ pub use budget::{Budget, BudgetScope};
 pub use cache::{CacheConfig, RouteCache};
 pub use error::{ConfigError, ConfigIssue};
 pub use kinds::{
-    AllOpen, Api, CacheScope, Changes, KeyHeader, OnDrift, OnExhausted, OnProof, QualityBar,
-    ScorerKind, TaskKind, ToolCalling,
+    Affinity, AllOpen, Api, CacheScope, Changes, KeyHeader, OnDrift, OnExhausted, OnProof,
+    QualityBar, ScorerKind, TaskKind, ToolCalling,
 };
 pub use known::{Abilities, KnownModel, known_model, takes_max_completion_tokens, undated};
 pub use limits::{KeyTerms, LimitsConfig, Rate};
 pub use price::{BUILT_IN_PRICES, Price};
-pub use provider::{BreakerPolicy, ProbePolicy, Provider, Timeouts, models_path};
+pub use provider::{
+    BreakerPolicy, PrefixAffinity, ProbePolicy, Provider, Timeouts, UpstreamServer, models_path,
+};
 pub use proxy::Proxy;
 pub use route::{ChainTier, Declared, Profile, Route, Shadow, with_labels};
 pub use server::{AdminAccess, AllowedHosts, LedgerConfig, RequestLog, ServerConfig};

@@ -1,5 +1,6 @@
-//! `[providers.NAME]`: one upstream endpoint — its URL and key, its timeouts, its circuit breaker,
-//! its health probe, its in-flight cap — each default beside the field it fills.
+//! `[providers.NAME]`: one upstream service — its server or servers (`base_url`, or `servers` with
+//! their weights), its key, its timeouts, its circuit breaker, its health probe, its in-flight cap —
+//! each default beside the field it fills.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use url::Url;
 
-use super::file::{RawProvider, RawTimeouts, Text};
+use super::file::{RawProvider, RawTimeouts, RawUpstreamServer, Text};
 use super::proxy::Proxy;
 use super::resolver::Resolver;
 use super::{Api, KeyHeader, Secret};
@@ -16,8 +17,8 @@ use super::{Api, KeyHeader, Secret};
 #[derive(Debug)]
 pub struct Provider {
     pub name: String,
-    /// Always ends in `/`, so that `join("chat/completions")` keeps the path prefix (`/v1/`).
-    pub base_url: Url,
+    /// One or more, in the file's order; each has its own breaker, probe, load and windows.
+    pub servers: Vec<Arc<UpstreamServer>>,
     /// The wire format it speaks; OpenAI's unless the file says otherwise.
     pub api: Api,
     /// The format's API version (Anthropic's `anthropic-version`), where it has one.
@@ -28,14 +29,16 @@ pub struct Provider {
     /// The header the key travels in.
     pub auth: KeyHeader,
     pub api_key: Option<Secret>,
-    /// The HTTP proxy the provider is reached through, if any.
-    pub proxy: Option<Proxy>,
     /// Its own CA and client certificate, where it has them.
     pub tls: Option<super::Tls>,
     pub fixed_monthly_usd: Option<f64>,
     pub warmup: bool,
+    /// Where calls whose prompts begin alike go to the same server: the prompt's first bytes
+    /// that make the key.
+    pub prefix_affinity: Option<PrefixAffinity>,
     pub timeouts: Timeouts,
-    /// Requests over this many at once spill to the next tier instead of queueing.
+    /// Requests over this many at once on one server go to another, or spill to the next tier,
+    /// instead of queueing.
     pub max_in_flight: Option<u32>,
     /// A 429 whose `Retry-After` is at most this long is retried once on the same tier.
     pub retry_429_max_wait: Duration,
@@ -46,6 +49,41 @@ pub struct Provider {
 
 impl Provider {
     pub const DEFAULT_RETRY_429_MAX_WAIT: Duration = Duration::from_secs(1);
+}
+
+/// `affinity = "prefix"`: a call goes to the server its prompt's first `bytes` bytes hash to
+/// among those that may be called, unless that server is busier than the least loaded by more
+/// than [`PrefixAffinity::MAX_EXTRA_IN_FLIGHT`] calls per unit of weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefixAffinity {
+    pub bytes: usize,
+}
+
+impl PrefixAffinity {
+    /// About 500 tokens of English: a system prompt and the start of a conversation.
+    pub const DEFAULT_BYTES: u32 = 2048;
+    /// How much busier than the least loaded server the preferred one may be before a call goes
+    /// by load instead: a prefix cache hit saves a prefill, not a wait behind this many calls.
+    pub const MAX_EXTRA_IN_FLIGHT: u32 = 8;
+}
+
+/// One server of a provider: a vLLM replica, a GPU box.
+#[derive(Debug)]
+pub struct UpstreamServer {
+    /// The provider's name for a provider of one server (what the header and the ledger always
+    /// said); otherwise its `name`, else `PROVIDER@host:port`, stable across reloads that add or
+    /// remove other servers.
+    pub name: String,
+    /// Always ends in `/`, so that `join("chat/completions")` keeps the path prefix (`/v1/`).
+    pub base_url: Url,
+    /// Its capacity relative to the provider's other servers: load is compared as calls in
+    /// flight per unit of weight.
+    pub weight: u32,
+    /// The HTTP proxy it is reached through, if any (`NO_PROXY` may exempt one server and not
+    /// another).
+    pub proxy: Option<Proxy>,
+    /// Where its probe asks, when the provider is probed.
+    pub probe_url: Option<Url>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,9 +144,9 @@ impl BreakerPolicy {
 /// The active health probe of a provider.
 #[derive(Debug, Clone)]
 pub struct ProbePolicy {
-    /// `{base_url}/models` by default; a path starting with `/` is taken from the host root
-    /// (vLLM's `/health`).
-    pub url: Url,
+    /// `models` (under each server's base URL) by default; a path starting with `/` is taken
+    /// from the host root (vLLM's `/health`). Each server's URL is [`UpstreamServer::probe_url`].
+    pub path: String,
     pub interval: Duration,
     pub timeout: Duration,
 }
@@ -155,9 +193,7 @@ impl Resolver<'_> {
 
     fn provider(&mut self, name: &Text, raw: &RawProvider) -> Option<Provider> {
         let key = format!("providers.{}", name.get_ref());
-        let base_url = self
-            .string(&raw.base_url, &format!("{key}.base_url"))
-            .and_then(|url| self.base_url(&url, &raw.base_url, &key));
+        let servers = self.server_urls(name.get_ref(), raw, &key);
         let api_key = raw
             .api_key
             .as_ref()
@@ -173,8 +209,8 @@ impl Resolver<'_> {
         }
         let api = raw.api.unwrap_or_default();
         let api_version = self.api_version(raw, api, &key);
-        let base_url = base_url?;
-        let serves_responses = self.serves_responses(raw, api, &base_url, &key);
+        let servers = servers?;
+        let serves_responses = self.serves_responses(raw, api, &servers, &key);
         self.timeouts_may_pass(&raw.timeout, &key);
         let timeouts = Timeouts::DEFAULT.with(&raw.timeout);
         let max_in_flight = raw.max_in_flight.as_ref().and_then(|limit| {
@@ -185,24 +221,39 @@ impl Resolver<'_> {
             )
         });
         let breaker = self.breaker(raw, &key);
-        let probe = self.probe(raw, &key, &base_url, &timeouts, api_version.as_deref());
-        let proxy = self.proxy(raw.proxy.as_ref(), &key, &base_url);
+        let probe = self.probe(raw, &key, &timeouts, api_version.as_deref());
+        let servers = servers
+            .into_iter()
+            .map(|(server_name, base_url, weight)| {
+                let probe_url = match &probe {
+                    Some(policy) => Some(self.probe_url(raw, &key, &base_url, &policy.path)?),
+                    None => None,
+                };
+                Some(Arc::new(UpstreamServer {
+                    proxy: self.proxy(raw.proxy.as_ref(), &key, &base_url),
+                    name: server_name,
+                    base_url,
+                    weight,
+                    probe_url,
+                }))
+            })
+            .collect::<Option<Vec<_>>>()?;
         let tls = match &raw.tls {
-            Some(tls) => Some(self.tls(tls, &key, raw.base_url.span().start)?),
+            Some(tls) => Some(self.tls(tls, &key, url_span(raw))?),
             None => None,
         };
         Some(Provider {
             name: name.get_ref().clone(),
-            base_url,
+            servers,
             api,
             api_version,
             serves_responses,
             auth: raw.auth.unwrap_or(api.default_auth()),
             api_key,
-            proxy,
             tls,
             fixed_monthly_usd: raw.fixed_monthly_usd.as_ref().map(|c| *c.get_ref()),
             warmup: raw.warmup,
+            prefix_affinity: self.prefix_affinity(raw, &key),
             timeouts,
             max_in_flight,
             retry_429_max_wait: raw
@@ -214,9 +265,16 @@ impl Resolver<'_> {
     }
 
     /// Whether a provider's server serves Responses: as its `responses` says, else only OpenAI's
-    /// own API (`api.openai.com`), which does; vLLM serves it only in recent versions, so a
-    /// provider says so itself. Anthropic's and Azure's formats are served through chat.
-    fn serves_responses(&mut self, raw: &RawProvider, api: Api, base_url: &Url, key: &str) -> bool {
+    /// own API (`api.openai.com`, every server of the provider), which does; vLLM serves it only
+    /// in recent versions, so a provider says so itself. Anthropic's and Azure's formats are
+    /// served through chat.
+    fn serves_responses(
+        &mut self,
+        raw: &RawProvider,
+        api: Api,
+        servers: &[(String, Url, u32)],
+        key: &str,
+    ) -> bool {
         match &raw.responses {
             Some(responses) if *responses.get_ref() && api != Api::OpenAi => {
                 self.issue_at(
@@ -227,8 +285,116 @@ impl Resolver<'_> {
                 false
             }
             Some(responses) => *responses.get_ref(),
-            None => api == Api::OpenAi && base_url.host_str() == Some("api.openai.com"),
+            None => {
+                api == Api::OpenAi
+                    && servers
+                        .iter()
+                        .all(|(_, url, _)| url.host_str() == Some("api.openai.com"))
+            }
         }
+    }
+
+    /// Each server's name, URL and weight: `base_url` is one server named after the provider;
+    /// `servers` lists several. Exactly one of the two.
+    fn server_urls(
+        &mut self,
+        provider: &str,
+        raw: &RawProvider,
+        key: &str,
+    ) -> Option<Vec<(String, Url, u32)>> {
+        let list = match (&raw.base_url, &raw.servers) {
+            (Some(text), None) => {
+                let url = self.string(text, &format!("{key}.base_url"))?;
+                let url = self.base_url(&url, text, &format!("{key}.base_url"))?;
+                return Some(vec![(provider.to_string(), url, 1)]);
+            }
+            (Some(text), Some(_)) => {
+                self.issue_at(
+                    text.span().start,
+                    &format!("{key}.base_url"),
+                    "is set beside servers; give one server as base_url, or all of them in servers",
+                );
+                return None;
+            }
+            (None, None) => {
+                self.issue(
+                    None,
+                    &format!("{key}.base_url"),
+                    "is missing; give the server's API root, e.g. base_url = \"http://localhost:8001/v1\" (or servers = [{ url = … }, …] for several)",
+                );
+                return None;
+            }
+            (None, Some(list)) => list,
+        };
+        if list.get_ref().is_empty() {
+            self.issue_at(
+                list.span().start,
+                &format!("{key}.servers"),
+                "is empty; list at least one server, e.g. [{ url = \"http://gpu1:8001/v1\" }]",
+            );
+            return None;
+        }
+        let mut servers: Vec<(String, Url, u32)> = Vec::new();
+        let mut valid = true;
+        for (index, entry) in list.get_ref().iter().enumerate() {
+            match self.server_entry(provider, entry, &format!("{key}.servers[{index}]")) {
+                Some(server) => {
+                    if let Some((name, _, _)) =
+                        servers.iter().find(|(name, _, _)| *name == server.0)
+                    {
+                        self.issue_at(
+                            entry.url.span().start,
+                            &format!("{key}.servers[{index}]"),
+                            &format!(
+                                "is named {name:?} like another server of the provider; give each server its own name = \"…\""
+                            ),
+                        );
+                        valid = false;
+                    }
+                    servers.push(server);
+                }
+                None => valid = false,
+            }
+        }
+        valid.then_some(servers)
+    }
+
+    fn server_entry(
+        &mut self,
+        provider: &str,
+        entry: &RawUpstreamServer,
+        key: &str,
+    ) -> Option<(String, Url, u32)> {
+        let url = self.string(&entry.url, &format!("{key}.url"))?;
+        let url = self.base_url(&url, &entry.url, &format!("{key}.url"))?;
+        let weight = match &entry.weight {
+            Some(weight) => self.positive(
+                weight,
+                &format!("{key}.weight"),
+                "must be at least 1 (a server's share of the load against the others' weights)",
+            )?,
+            None => 1,
+        };
+        let name = match &entry.name {
+            Some(name) => {
+                let name = self.string(name, &format!("{key}.name"))?;
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
+                    self.issue_at(
+                        entry.name.as_ref().map_or(0, |n| n.span().start),
+                        &format!("{key}.name"),
+                        "must be a word without spaces, e.g. \"gpu2\"",
+                    );
+                    return None;
+                }
+                name
+            }
+            None => format!(
+                "{provider}@{}:{}",
+                url.host_str().unwrap_or_default(),
+                url.port_or_known_default().unwrap_or_default()
+            ),
+        };
+        Some((name, url, weight))
     }
 
     /// The API version a provider is called with: its own, else its format's; refused on a format
@@ -352,7 +518,6 @@ impl Resolver<'_> {
         &mut self,
         raw: &RawProvider,
         key: &str,
-        base_url: &Url,
         timeouts: &Timeouts,
         version: Option<&str>,
     ) -> Option<ProbePolicy> {
@@ -364,15 +529,6 @@ impl Resolver<'_> {
         let path = match &raw.path {
             Some(path) => self.string(path, &format!("{key}.health.path"))?,
             None => models_path(api, version),
-        };
-        let Ok(url) = base_url.join(&path) else {
-            let span = raw.path.as_ref().map_or(0, |p| p.span().start);
-            self.issue_at(
-                span,
-                &format!("{key}.health.path"),
-                "is not a URL path; write e.g. \"/health\" or \"models\"",
-            );
-            return None;
         };
         let interval = match &raw.interval_ms {
             Some(interval) => Duration::from_millis(self.positive(
@@ -392,7 +548,7 @@ impl Resolver<'_> {
             return None;
         }
         Some(ProbePolicy {
-            url,
+            path,
             interval,
             timeout: raw.timeout_ms.map_or_else(
                 || timeouts.first_byte.min(ProbePolicy::MAX_DEFAULT_TIMEOUT),
@@ -401,8 +557,54 @@ impl Resolver<'_> {
         })
     }
 
+    fn prefix_affinity(&mut self, raw: &RawProvider, key: &str) -> Option<PrefixAffinity> {
+        let bytes = raw.affinity_prefix_bytes.as_ref().and_then(|bytes| {
+            self.positive(
+                bytes,
+                &format!("{key}.affinity_prefix_bytes"),
+                "must be at least 1 (how many bytes of the prompt make its prefix)",
+            )
+        });
+        match raw.affinity {
+            Some(super::Affinity::Prefix) => Some(PrefixAffinity {
+                bytes: bytes.unwrap_or(PrefixAffinity::DEFAULT_BYTES) as usize,
+            }),
+            None => {
+                if let Some(set) = &raw.affinity_prefix_bytes {
+                    self.issue_at(
+                        set.span().start,
+                        &format!("{key}.affinity_prefix_bytes"),
+                        "is set without affinity = \"prefix\"; set that too, or leave this out",
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// Where the probe of the server at `base_url` asks.
+    fn probe_url(
+        &mut self,
+        raw: &RawProvider,
+        key: &str,
+        base_url: &Url,
+        path: &str,
+    ) -> Option<Url> {
+        let Ok(url) = base_url.join(path) else {
+            let span = raw.health.path.as_ref().map_or(0, |p| p.span().start);
+            self.issue_at(
+                span,
+                &format!("{key}.health.path"),
+                "is not a URL path; write e.g. \"/health\" or \"models\"",
+            );
+            return None;
+        };
+        Some(url)
+    }
+
+    /// A server's API root; `key` is the key that gave it (`base_url` or `servers[i].url`).
     fn base_url(&mut self, value: &str, text: &Text, key: &str) -> Option<Url> {
-        let key = format!("{key}.base_url");
+        let key = key.to_string();
         let mut url = match Url::parse(value) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => url,
             Ok(_) | Err(_) => {
@@ -429,5 +631,14 @@ impl Resolver<'_> {
             url.set_path(&path);
         }
         Some(url)
+    }
+}
+
+/// Where the file gives the provider's first server, for mistakes about the provider as a whole.
+fn url_span(raw: &RawProvider) -> usize {
+    match (&raw.base_url, &raw.servers) {
+        (Some(text), _) => text.span().start,
+        (None, Some(list)) => list.span().start,
+        (None, None) => 0,
     }
 }

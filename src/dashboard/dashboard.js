@@ -241,8 +241,14 @@ function render(report, costs, quality, providers, requests) {
     report.projected ? usd(r.monthly_cost_usd) : usd(Number(r.api_cost_usd) + Number(r.fixed_cost_usd)),
     report.projected ? usd(r.monthly_baseline_usd) : usd(r.baseline_usd),
   ]));
-  fillTable('providers', providers.providers.map((p) => [
-    p.name, p.up ? 'up' : 'down', p.breaker.state, p.in_flight, p.breaker.last_failure,
+  // A provider of several servers is followed by a row per server: its own state, load and
+  // failures (calls settled since start, and how many failed through its fault).
+  fillTable('providers', providers.providers.flatMap((p) => [
+    [p.name, p.up ? 'up' : 'down', p.breaker.state, p.in_flight, p.breaker.last_error],
+    ...(p.servers.length > 1 ? p.servers.map((s) => [
+      `↳ ${s.name}`, s.up ? 'up' : 'down', s.breaker.state, s.in_flight,
+      `${s.failures} of ${s.calls} failed${s.breaker.last_error ? `; last ${s.breaker.last_error}` : ''}`,
+    ]) : []),
   ]));
   fillTable('requests', requests.requests.map((r) => [
     new Date(r.ts_ms).toLocaleTimeString(), r.route, r.tier, r.status, Number(r.latency_ms.toFixed(1)),

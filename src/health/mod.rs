@@ -1,8 +1,11 @@
-//! Provider health: a circuit breaker and an in-flight cap per provider, the active probes that
-//! feed the breakers, and warm-up. The tier chain asks here before each attempt whether a provider
-//! may be called now; the answer is a [`Lease`] that records the attempt's outcome.
+//! Provider health: each provider is a pool of servers ([`ProviderHealth`]), each server with its
+//! own circuit breaker, in-flight count and cap, probe, warm-up and context windows
+//! ([`ServerHealth`]); a provider is down only when every server is. The tier chain asks here
+//! before each attempt whether a provider may be called now; the answer is a [`Lease`] on one of
+//! its servers ([`pool`] picks which), which records the attempt's outcome.
 
 mod breaker;
+mod pool;
 mod probe;
 
 use std::collections::HashMap;
@@ -11,25 +14,34 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{Config, Provider, Tier};
+use crate::config::{Config, Provider, Tier, UpstreamServer};
 use crate::upstream::{ContextRefusal, UpstreamError, UpstreamErrorKind};
 
 pub use breaker::{Admission, Breaker, BreakerSnapshot, BreakerState, Ticket, Transition};
+pub use pool::{ProviderHealth, ProviderStatus, ServerStatus};
 pub use probe::spawn_probes;
 
-pub struct ProviderHealth {
+/// One server of a provider: its breaker, the calls it has in flight, what its probe has seen,
+/// and what is known of each tier's context window on it.
+pub struct ServerHealth {
     pub provider: Arc<Provider>,
+    pub server: Arc<UpstreamServer>,
+    /// Its place in `provider.servers`, which the upstream clients share.
+    pub index: usize,
     breaker: Breaker,
-    in_flight: Option<Arc<Semaphore>>,
+    /// Calls in flight now: the load the pool compares, and what `max_in_flight` caps.
+    in_flight: AtomicU32,
+    /// Calls it answered and calls that failed through its fault, since start.
+    calls: AtomicU64,
+    failures: AtomicU64,
     /// The probe has answered at least once (always true without a probe): until then the
-    /// provider is not counted as up by `/readyz`.
+    /// server is not counted as up by `/readyz`.
     seen_up: AtomicBool,
     /// A provider with a probe and warm-up is brought back by its probe, which warms it up first;
     /// a user's request is never its half-open trial call, which would meet a cold model.
     probe_recovers: bool,
-    /// Per tier of this provider, what is known of its context window.
+    /// Per tier of this provider, what is known of its context window on this server.
     context_windows: HashMap<String, TierWindow>,
 }
 
@@ -68,27 +80,29 @@ impl Skip {
     }
 }
 
-impl ProviderHealth {
-    fn new(provider: Arc<Provider>, tiers: &[Arc<Tier>]) -> ProviderHealth {
+impl ServerHealth {
+    fn new(provider: Arc<Provider>, index: usize, tiers: &[Arc<Tier>]) -> ServerHealth {
         let context_windows = tiers
             .iter()
             .filter(|tier| tier.provider.name == provider.name)
             .map(|tier| (tier.name.clone(), TierWindow::new(tier)))
             .collect();
-        ProviderHealth {
+        ServerHealth {
             context_windows,
+            server: provider.servers[index].clone(),
+            index,
             breaker: Breaker::new(provider.breaker),
-            in_flight: provider
-                .max_in_flight
-                .map(|limit| Arc::new(Semaphore::new(limit as usize))),
+            in_flight: AtomicU32::new(0),
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
             seen_up: AtomicBool::new(provider.probe.is_none()),
             probe_recovers: provider.probe.is_some() && provider.warmup,
             provider,
         }
     }
 
-    /// The context window of tier `tier`: configured, else as its server states it, else as a
-    /// refusal taught it while that lasts.
+    /// The context window of tier `tier` on this server: configured, else as the server states
+    /// it, else as a refusal taught it while that lasts.
     pub fn context_window(&self, tier: &str) -> Option<u32> {
         self.context_windows
             .get(tier)?
@@ -96,10 +110,10 @@ impl ProviderHealth {
             .map(|(tokens, _)| tokens)
     }
 
-    /// The server refused a request of tier `tier` as too long, saying `refusal`; `counted_prompt`
-    /// is tierwise's own count of the prompt it was sent. The window is taken only where the
-    /// refusal is plausible (see [`TierWindow::judge`]); either way the log says which request
-    /// taught it or tried to.
+    /// This server refused a request of tier `tier` as too long, saying `refusal`;
+    /// `counted_prompt` is tierwise's own count of the prompt it was sent. The window is taken
+    /// only where the refusal is plausible (see [`TierWindow::judge`]); either way the log says
+    /// which request taught it or tried to.
     pub fn learned_context_window(
         &self,
         tier: &str,
@@ -110,11 +124,13 @@ impl ProviderHealth {
         let Some(window) = self.context_windows.get(tier) else {
             return;
         };
+        let server = self.server.name.as_str();
         match window.judge(refusal, counted_prompt) {
             Ok(tokens) => {
                 window.learn(tokens, request_id);
                 tracing::info!(
                     tier,
+                    server,
                     tokens,
                     request_id,
                     expires_in_s = LEARNED_WINDOW_LIFETIME.as_secs(),
@@ -123,6 +139,7 @@ impl ProviderHealth {
             }
             Err(why) => tracing::info!(
                 tier,
+                server,
                 stated = refusal.window,
                 request_id,
                 "a refusal's context window is not taken: {why}"
@@ -151,15 +168,15 @@ impl ProviderHealth {
                 && tokens > 0
                 && window.discovered.swap(tokens, Ordering::Relaxed) != tokens
             {
-                tracing::info!(tier = %tier, tokens, "discovered the tier's context window");
+                tracing::info!(tier = %tier, server = %self.server.name, tokens, "discovered the tier's context window");
             }
         }
     }
 
-    /// The models of this provider's tiers whose window its server should be asked for (Ollama,
-    /// llama.cpp): with `everything`, each one the config does not set; otherwise only those the
-    /// server stated before (re-read, as a restarted server may serve another window) or a
-    /// refusal taught (the server's word replaces it before it expires).
+    /// The models of this provider's tiers whose window this server should be asked for
+    /// (Ollama, llama.cpp): with `everything`, each one the config does not set; otherwise only
+    /// those the server stated before (re-read, as a restarted server may serve another window)
+    /// or a refusal taught (the server's word replaces it before it expires).
     pub fn models_to_size(&self, everything: bool) -> Vec<String> {
         let mut models: Vec<String> = self
             .context_windows
@@ -177,7 +194,7 @@ impl ProviderHealth {
         models
     }
 
-    /// Each tier's window as `/admin/api/providers` shows it.
+    /// Each tier's window on this server as `/admin/api/providers` shows it.
     pub fn context_windows(&self) -> Vec<WindowStatus> {
         let mut windows: Vec<WindowStatus> = self
             .context_windows
@@ -188,8 +205,9 @@ impl ProviderHealth {
         windows
     }
 
-    /// May this provider be called now? Skips at once rather than queueing: a saturated or dead
-    /// local server should degrade to the next tier, not to slow answers.
+    /// May this server be called now? Skips at once rather than queueing: a saturated or dead
+    /// server should leave the call to another, or degrade to the next tier, not to slow
+    /// answers.
     pub fn admit(self: &Arc<Self>) -> Result<Lease, Skip> {
         let (admission, opening) = self.breaker.admit(!self.probe_recovers);
         self.report(opening);
@@ -205,32 +223,32 @@ impl ProviderHealth {
             }
             Admission::Skip { retry_in } => return Err(Skip::BreakerOpen { retry_in }),
         };
-        let permit = match &self.in_flight {
-            None => None,
-            Some(semaphore) => match semaphore.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    self.breaker.trial_abandoned(ticket);
-                    return Err(Skip::Saturated);
-                }
-            },
-        };
+        // One atomic add claims the slot; a call over the cap gives it back at once.
+        let in_flight = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        if self
+            .provider
+            .max_in_flight
+            .is_some_and(|cap| in_flight > cap)
+        {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.breaker.trial_abandoned(ticket);
+            return Err(Skip::Saturated);
+        }
         Ok(Lease {
             health: self.clone(),
             ticket,
             settled: false,
-            _permit: permit,
         })
     }
 
     /// A lease that ignores the breaker and the cap: the last resort when every tier is open. Its
     /// outcome is the open breaker's business no more than any other call's: it cannot close it.
     pub fn force(self: &Arc<Self>) -> Lease {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
         Lease {
             health: self.clone(),
             ticket: self.breaker.bypass(),
             settled: false,
-            _permit: None,
         }
     }
 
@@ -244,56 +262,78 @@ impl ProviderHealth {
         self.seen_up.load(Ordering::Acquire) && self.breaker.state() == BreakerState::Closed
     }
 
-    pub fn status(&self) -> ProviderStatus {
-        let snapshot = self.breaker.snapshot();
-        ProviderStatus {
-            name: self.provider.name.clone(),
+    /// Calls in flight now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn status(&self) -> ServerStatus {
+        let mut url = self.server.base_url.clone();
+        let _ = url.set_password(None);
+        let _ = url.set_username("");
+        ServerStatus {
+            name: self.server.name.clone(),
+            url: url.to_string(),
+            weight: self.server.weight,
             up: self.is_up(),
             probed: self.seen_up.load(Ordering::Acquire),
-            in_flight: self.in_flight.as_ref().map(|semaphore| {
-                self.provider.max_in_flight.unwrap_or(0) as usize - semaphore.available_permits()
-            }),
-            max_in_flight: self.provider.max_in_flight,
-            breaker: snapshot,
+            in_flight: self.in_flight() as usize,
+            calls: self.calls.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            breaker: self.breaker.snapshot(),
             context_windows: self.context_windows(),
         }
     }
 
     fn report(&self, transition: Option<Transition>) {
         if let Some(t) = transition {
-            crate::metrics::breaker_state(&self.provider.name, t.to.as_str(), true);
+            let (provider, server) = (&self.provider.name, &self.server.name);
+            crate::metrics::server_breaker_state(provider, server, t.to.as_str(), true);
             let (from, to) = (t.from.as_str(), t.to.as_str());
             if t.to != BreakerState::Open {
-                tracing::info!(provider = %self.provider.name, from, to, reason = %t.reason, "provider state changed");
+                tracing::info!(provider = %provider, server = %server, from, to, reason = %t.reason, "provider state changed");
             } else {
-                tracing::warn!(provider = %self.provider.name, from, to, reason = %t.reason, "provider state changed");
+                tracing::warn!(provider = %provider, server = %server, from, to, reason = %t.reason, "provider state changed");
             }
         }
     }
 }
 
-/// The right to call a provider once. Its outcome feeds the breaker; dropping it unsettled (the
-/// client went away mid-call) is not counted as the provider's failure.
+/// The right to call one server once. Its outcome feeds the server's breaker; dropping it
+/// unsettled (the client went away mid-call) is not counted as the server's failure. It holds
+/// the server's in-flight slot until it is dropped.
 pub struct Lease {
-    health: Arc<ProviderHealth>,
+    health: Arc<ServerHealth>,
     ticket: Ticket,
     settled: bool,
-    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Lease {
+    /// The server this lease calls.
+    pub fn server(&self) -> &Arc<UpstreamServer> {
+        &self.health.server
+    }
+
+    /// Its place among its provider's servers, which the upstream clients share.
+    pub fn server_index(&self) -> usize {
+        self.health.index
+    }
+
     pub fn succeeded(&mut self) {
         self.settled = true;
+        self.health.calls.fetch_add(1, Ordering::Relaxed);
         self.health
             .report(self.health.breaker.on_success(self.ticket));
     }
 
     /// Records a failed call. A client error is the request's fault and a 429 the tier's (the
-    /// tier's own rest takes care of it): neither is the provider's failure, nor its success, so
+    /// tier's own rest takes care of it): neither is the server's failure, nor its success, so
     /// the breaker does not hear of them, and a trial that met one frees its slot.
     pub fn failed(&mut self, error: &UpstreamError) {
         self.settled = true;
+        self.health.calls.fetch_add(1, Ordering::Relaxed);
         if error.counts_against_provider() {
+            self.health.failures.fetch_add(1, Ordering::Relaxed);
             self.health
                 .report(self.health.breaker.on_failure(self.ticket, &error.reason()));
         } else {
@@ -301,39 +341,41 @@ impl Lease {
         }
     }
 
-    /// A stream that broke after it had started: the provider's failure, recorded at its end.
+    /// A stream that broke after it had started: the server's failure, recorded at its end.
     pub fn broke(&mut self, reason: &str) {
         self.settled = true;
+        self.health.calls.fetch_add(1, Ordering::Relaxed);
+        self.health.failures.fetch_add(1, Ordering::Relaxed);
         self.health
             .report(self.health.breaker.on_failure(self.ticket, reason));
     }
-}
 
-impl Lease {
-    /// The call answered `tokens`, prompt and answer, on tier `tier`: its window is at least that.
+    /// The call answered `tokens`, prompt and answer, on tier `tier`: its window on this server
+    /// is at least that.
     pub fn served_tokens(&self, tier: &str, tokens: u64) {
         self.health.served_tokens(tier, tokens);
+    }
+
+    /// This server refused the call as too long for tier `tier`'s window.
+    pub fn learned_context_window(
+        &self,
+        tier: &str,
+        refusal: ContextRefusal,
+        counted_prompt: u64,
+        request_id: &str,
+    ) {
+        self.health
+            .learned_context_window(tier, refusal, counted_prompt, request_id);
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        self.health.in_flight.fetch_sub(1, Ordering::AcqRel);
         if !self.settled {
             self.health.breaker.trial_abandoned(self.ticket);
         }
     }
-}
-
-/// What `/admin/api/providers` and `/readyz` show of one provider.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProviderStatus {
-    pub name: String,
-    pub up: bool,
-    pub probed: bool,
-    pub in_flight: Option<usize>,
-    pub max_in_flight: Option<u32>,
-    pub breaker: BreakerSnapshot,
-    pub context_windows: Vec<WindowStatus>,
 }
 
 /// Every provider's health, keyed by provider name, and each tier's rate limit. Rate limits are
@@ -356,9 +398,12 @@ impl Health {
                 .providers
                 .iter()
                 .map(|p| {
+                    let servers = (0..p.servers.len())
+                        .map(|index| Arc::new(ServerHealth::new(p.clone(), index, &config.tiers)))
+                        .collect();
                     (
                         p.name.clone(),
-                        Arc::new(ProviderHealth::new(p.clone(), &config.tiers)),
+                        Arc::new(ProviderHealth::new(p.clone(), servers)),
                     )
                 })
                 .collect(),
@@ -399,31 +444,10 @@ impl Health {
         }
     }
 
-    /// `tier`'s context window in tokens, if configured, discovered or learned.
+    /// `tier`'s context window in tokens, if configured, discovered or learned (see
+    /// [`ProviderHealth::context_window`] for a provider of several servers).
     pub fn context_limit(&self, tier: &Tier) -> Option<u32> {
         self.of(&tier.provider).context_window(&tier.name)
-    }
-
-    /// `tier`'s server refused a request as too long for its window: once the refusal is judged
-    /// plausible, later requests that cannot fit skip it without a call.
-    pub fn learned_context_limit(
-        &self,
-        tier: &Tier,
-        refusal: ContextRefusal,
-        counted_prompt: u64,
-        request_id: &str,
-    ) {
-        self.of(&tier.provider).learned_context_window(
-            &tier.name,
-            refusal,
-            counted_prompt,
-            request_id,
-        );
-    }
-
-    /// `tier` answered a call of `tokens`, prompt and answer.
-    pub fn served_tokens(&self, tier: &Tier, tokens: u64) {
-        self.of(&tier.provider).served_tokens(&tier.name, tokens);
     }
 
     pub fn of(&self, provider: &Provider) -> &Arc<ProviderHealth> {

@@ -1,7 +1,8 @@
-//! Active health probes and warm-up. Each provider with a probe is asked on an interval whether it
-//! answers (`GET {base_url}/models` unless configured otherwise), so that a dead local server is
+//! Active health probes and warm-up. Each server of a provider with a probe is asked on an interval
+//! whether it answers (`GET {base_url}/models` unless configured otherwise), so that a dead server is
 //! skipped before a user meets it and a recovered one is used again without waiting for traffic.
-//! Providers with `warmup = true` get one tiny call per tier at start-up and after each recovery, so
+//! Providers with `warmup = true` get one tiny call per tier on each server at start-up and after each
+//! server's recovery, so
 //! that the model is loaded before traffic depends on it. A tier the server refuses (a 4xx, or a
 //! 501 for an endpoint it does not serve) is that tier's problem, logged, not its provider's
 //! outage: the provider's other tiers still serve.
@@ -12,7 +13,7 @@ use std::sync::atomic::Ordering;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
-use super::{BreakerState, Health, ProviderHealth};
+use super::{BreakerState, Health, ServerHealth};
 use crate::config::{Config, ProbePolicy, TaskKind, Tier};
 use crate::openai::Endpoint;
 use crate::upstream::{ListedModel, UpstreamError, UpstreamErrorKind, Upstreams};
@@ -25,8 +26,8 @@ struct Warmup {
     calls: Vec<(Endpoint, Vec<u8>)>,
 }
 
-/// Starts the probe loop of every provider that has one, and the one-off warm-up of those that
-/// have none. The handles are aborted at shutdown.
+/// Starts the probe loop of every server of each provider that has one, and the one-off warm-up
+/// of those that have none. The handles are aborted at shutdown.
 pub fn spawn_probes(
     config: &Config,
     health: Arc<Health>,
@@ -34,21 +35,24 @@ pub fn spawn_probes(
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     for provider in &config.providers {
-        let provider_health = health.of(provider).clone();
         let warmups = if provider.warmup {
-            warmups(config, &provider.name)
+            Arc::new(warmups(config, &provider.name))
         } else {
-            Vec::new()
+            Arc::new(Vec::new())
         };
-        let upstreams = upstreams.clone();
-        match provider.probe.clone() {
-            Some(policy) => tasks.push(tokio::spawn(probe_loop(provider_health, upstreams, policy, warmups))),
-            None if !warmups.is_empty() => tasks.push(tokio::spawn(async move {
-                if let Err(err) = warm_up(&upstreams, &warmups).await {
-                    tracing::warn!(provider = %provider_health.provider.name, "warm-up failed: {err}");
+        for server in health.of(provider).servers() {
+            let (server, upstreams, warmups) = (server.clone(), upstreams.clone(), warmups.clone());
+            match provider.probe.clone() {
+                Some(policy) => {
+                    tasks.push(tokio::spawn(probe_loop(server, upstreams, policy, warmups)));
                 }
-            })),
-            None => {}
+                None if !warmups.is_empty() => tasks.push(tokio::spawn(async move {
+                    if let Err(err) = warm_up(&upstreams, server.index, &warmups).await {
+                        tracing::warn!(provider = %server.provider.name, server = %server.server.name, "warm-up failed: {err}");
+                    }
+                })),
+                None => {}
+            }
         }
     }
     tasks
@@ -90,15 +94,19 @@ fn warmup_body(endpoint: Endpoint, tier: &Tier) -> Vec<u8> {
         .into_bytes()
 }
 
-/// Warms every tier up. The provider's own failure (down, timing out, 5xx) is returned: it is not
+/// Warms every tier up on the server at `server`. The server's own failure (down, timing out, 5xx) is returned: it is not
 /// ready. A tier it refuses with a 4xx or a 501 stays cold and is logged; its calls meet the same refusal
 /// and fall back, while the provider's other tiers serve.
-async fn warm_up(upstreams: &Upstreams, warmups: &[Warmup]) -> Result<(), UpstreamError> {
+async fn warm_up(
+    upstreams: &Upstreams,
+    server: usize,
+    warmups: &[Warmup],
+) -> Result<(), UpstreamError> {
     for warmup in warmups {
         let mut refused = None;
         for (endpoint, body) in &warmup.calls {
             match upstreams
-                .send(&warmup.tier, *endpoint, body.clone(), false)
+                .send(&warmup.tier, server, *endpoint, body.clone(), false)
                 .await
             {
                 Ok(_) => {
@@ -130,7 +138,7 @@ fn refused_by_server(err: &UpstreamError) -> bool {
 
 /// The context windows a model listing gives, as vLLM's `/v1/models` does (`max_model_len`); the
 /// models it gave one for.
-fn discover_windows(health: &ProviderHealth, listing: &[u8]) -> Vec<String> {
+fn discover_windows(health: &ServerHealth, listing: &[u8]) -> Vec<String> {
     let Ok(models) = ListedModel::parse(listing) else {
         return Vec::new();
     };
@@ -149,7 +157,7 @@ fn discover_windows(health: &ProviderHealth, listing: &[u8]) -> Vec<String> {
 /// restarted server may serve another window; on every other probe, those the server stated
 /// before or a refusal taught, so that the server's word stays current and replaces a taught one.
 async fn discover_server_windows(
-    health: &ProviderHealth,
+    health: &ServerHealth,
     upstreams: &Upstreams,
     policy: &ProbePolicy,
     everything: bool,
@@ -160,7 +168,7 @@ async fn discover_server_windows(
             continue;
         }
         if let Some(tokens) = upstreams
-            .server_window(&health.provider, &model, policy.timeout)
+            .server_window(&health.provider, health.index, &model, policy.timeout)
             .await
         {
             health.discovered_context_window(&model, tokens);
@@ -169,16 +177,19 @@ async fn discover_server_windows(
 }
 
 async fn probe_loop(
-    health: Arc<ProviderHealth>,
+    health: Arc<ServerHealth>,
     upstreams: Arc<Upstreams>,
     policy: ProbePolicy,
-    warmups: Vec<Warmup>,
+    warmups: Arc<Vec<Warmup>>,
 ) {
     let mut ticker = tokio::time::interval(policy.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        match upstreams.probe(&health.provider, &policy).await {
+        match upstreams
+            .probe(&health.provider, health.index, &policy)
+            .await
+        {
             Ok(listing) => {
                 let listed = discover_windows(&health, &listing);
                 let first = !health.seen_up.load(Ordering::Acquire);
@@ -187,9 +198,9 @@ async fn probe_loop(
                     continue;
                 }
                 if (first || recovering)
-                    && let Err(err) = warm_up(&upstreams, &warmups).await
+                    && let Err(err) = warm_up(&upstreams, health.index, &warmups).await
                 {
-                    tracing::warn!(provider = %health.provider.name, "answers its probe but warm-up failed: {err}");
+                    tracing::warn!(provider = %health.provider.name, server = %health.server.name, "answers its probe but warm-up failed: {err}");
                     health.report(
                         health
                             .breaker
@@ -200,13 +211,13 @@ async fn probe_loop(
                 discover_server_windows(&health, &upstreams, &policy, first || recovering, &listed)
                     .await;
                 if first {
-                    tracing::info!(provider = %health.provider.name, "provider is up");
+                    tracing::info!(provider = %health.provider.name, server = %health.server.name, "server is up");
                 }
                 health.seen_up.store(true, Ordering::Release);
                 health.report(health.breaker.probe_recovered());
             }
             Err(err) => {
-                tracing::debug!(provider = %health.provider.name, "probe failed: {err}");
+                tracing::debug!(provider = %health.provider.name, server = %health.server.name, "probe failed: {err}");
                 health.report(health.breaker.probe_failed(&err.reason()));
             }
         }

@@ -21,7 +21,7 @@ mod writer;
 pub use price::{Picodollars, Priced, Pricing};
 pub use row::{AttemptRow, NO_ROUTE, Purpose, RequestRow};
 pub use spool::{LedgerHealth, ReplayError, Spool};
-pub use store::{LedgerError, Store};
+pub use store::{LedgerError, ServerLoad, Store};
 pub use summary::{Checks, Contracts, KeySums, LocalTokens, Moved, RouteSums, Summary};
 pub use tokens::{Answer, Tokens, Uncounted};
 pub use writer::{LedgerWriter, Refused};

@@ -140,6 +140,10 @@ ledger_row! {
         /// are), priced at its own price. Last, as the migration that added it put it.
         #[serde(skip)]
         pub tokens_cache_write: u64,
+        /// The server of the provider that answered (`x-tierwise-provider`). Before the
+        /// cache's avoided cost, as the migrations put them.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub server: Option<String>,
         /// A cache hit: what the call that filled the cache cost, which this request did not pay
         /// again ("saved by the cache", apart from routing's savings). Last, as its migration put it.
         #[serde(skip)]
@@ -211,6 +215,7 @@ impl RequestRow {
             agreement_ppm: None,
             key_name: None,
             tokens_cache_write: 0,
+            server: None,
             avoided_pusd: None,
         }
     }
@@ -228,6 +233,8 @@ ledger_row! {
         /// `ok`, or the failure reason (`connect_refused`, `http_503`, `breaker_open` …).
         pub outcome: String,
         pub latency_us: i64,
+        /// The server called; `None` for a tier passed over without a call.
+        pub server: Option<String>,
     }
 }
 

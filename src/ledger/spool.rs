@@ -340,8 +340,8 @@ fn batch(line: &[u8]) -> Result<(Vec<RequestRow>, Vec<AttemptRow>), Torn> {
 }
 
 /// A request row as spooled by any version: one spooled before the quality columns, the key's
-/// name, the cache writes or the cache's avoided cost were added (an upgrade with records still in the spool) gets the
-/// values their migrations give old rows.
+/// name, the cache writes, the server or the cache's avoided cost were added (an upgrade with
+/// records still in the spool) gets the values their migrations give old rows.
 fn with_added_columns(row: &[Value]) -> Vec<Value> {
     let added = [
         Value::String("product".into()),
@@ -350,6 +350,7 @@ fn with_added_columns(row: &[Value]) -> Vec<Value> {
         Value::Null,
         Value::Null,
         Value::from(0),
+        Value::Null,
         Value::Null,
     ];
     let mut row = row.to_vec();
@@ -369,7 +370,14 @@ fn parse(line: &str) -> Option<(Vec<RequestRow>, Vec<AttemptRow>)> {
         .collect::<Option<Vec<_>>>()?;
     let attempts = rows("attempts")?
         .iter()
-        .map(|row| AttemptRow::from_json(row.as_array()?))
+        .map(|row| {
+            let mut row = row.as_array()?.clone();
+            // Spooled before the server column: the migration gives old rows NULL.
+            if row.len() == AttemptRow::COLUMNS.len() - 1 {
+                row.push(Value::Null);
+            }
+            AttemptRow::from_json(&row)
+        })
         .collect::<Option<Vec<_>>>()?;
     Some((requests, attempts))
 }
@@ -389,9 +397,9 @@ mod tests {
         let serde_json::Value::Array(mut values) = row.to_json() else {
             panic!("a row is an array");
         };
-        // Before the avoided cost, the cache writes too, before `key_name` too, then before the
+        // Before the avoided cost, the server too, the cache writes too, before `key_name` too, then before the
         // quality columns too.
-        for missing in [1, 2, 3, 7] {
+        for missing in [1, 2, 3, 4, 8] {
             values.truncate(RequestRow::COLUMNS.len() - missing);
             let old =
                 serde_json::json!({ "requests": [values.clone()], "attempts": [] }).to_string();
@@ -399,7 +407,7 @@ mod tests {
             assert_eq!((requests, attempts.len()), (vec![row.clone()], 0));
         }
 
-        values.truncate(RequestRow::COLUMNS.len() - 8);
+        values.truncate(RequestRow::COLUMNS.len() - 9);
         let older = serde_json::json!({ "requests": [values], "attempts": [] }).to_string();
         assert!(parse(&older).is_none());
     }

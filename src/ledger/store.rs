@@ -13,6 +13,17 @@ use sqlx::{AnyPool, Executor, Row};
 
 use super::row::{AttemptRow, LedgerRow, RequestRow};
 
+/// One server's share of a window's traffic, as the report shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServerLoad {
+    pub provider: String,
+    pub server: String,
+    /// Requests it answered.
+    pub answered: u64,
+    /// Attempts on it that failed.
+    pub failed: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("cannot open the ledger at {url}: {source}")]
@@ -230,6 +241,57 @@ impl Store {
             .collect()
     }
 
+    /// Per server of each provider, in `[from_ms, to_ms)`: the requests it answered and the
+    /// attempts on it that failed (a failure another server or tier then answered included).
+    pub async fn server_load(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<ServerLoad>, LedgerError> {
+        let mut load: std::collections::BTreeMap<(String, String), ServerLoad> =
+            std::collections::BTreeMap::new();
+        let answered = sqlx::query(
+            "SELECT provider, server, COUNT(*) AS n FROM requests \
+             WHERE ts_ms >= $1 AND ts_ms < $2 AND server IS NOT NULL AND provider IS NOT NULL \
+             GROUP BY provider, server",
+        )
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let failed = sqlx::query(
+            "SELECT a.provider AS provider, a.server AS server, COUNT(*) AS n \
+             FROM attempts a JOIN requests r ON r.id = a.request_id \
+             WHERE r.ts_ms >= $1 AND r.ts_ms < $2 AND a.server IS NOT NULL AND a.outcome <> 'ok' \
+             GROUP BY a.provider, a.server",
+        )
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        for (rows, answered) in [(answered, true), (failed, false)] {
+            for row in rows {
+                let (provider, server): (String, String) =
+                    (row.try_get("provider")?, row.try_get("server")?);
+                let n = row.try_get::<i64, _>("n")?.max(0) as u64;
+                let entry = load
+                    .entry((provider.clone(), server.clone()))
+                    .or_insert(ServerLoad {
+                        provider,
+                        server,
+                        answered: 0,
+                        failed: 0,
+                    });
+                if answered {
+                    entry.answered = n;
+                } else {
+                    entry.failed = n;
+                }
+            }
+        }
+        Ok(load.into_values().collect())
+    }
+
     /// The first and last request times, for reports over "everything so far".
     pub async fn span(&self) -> Result<Option<(i64, i64)>, LedgerError> {
         let row = sqlx::query("SELECT MIN(ts_ms) AS first, MAX(ts_ms) AS last FROM requests")
@@ -400,6 +462,7 @@ mod tests {
             model: "m".into(),
             outcome: "ok".into(),
             latency_us: 1,
+            server: Some("p".into()),
         };
         store.insert(&[&row], &[&attempt]).await.unwrap();
         store.insert(&[&row], &[&attempt]).await.unwrap();

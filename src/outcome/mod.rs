@@ -674,6 +674,7 @@ fn stored_text(bytes: &[u8]) -> String {
 fn served(request: &mut RequestRow, by: &ServedBy) {
     request.tier = Some(by.tier.name.clone());
     request.provider = Some(by.tier.provider.name.clone());
+    request.server = Some(by.server.name.clone());
     request.model = Some(by.tier.model.clone());
     request.local = by.tier.is_local();
     request.fallback = by.fallback.clone();
@@ -707,6 +708,7 @@ fn attempt_rows(request_id: &str, attempts: &[Attempt]) -> Vec<AttemptRow> {
                 .as_ref()
                 .map_or_else(|| "ok".to_string(), |e| e.reason()),
             latency_us: attempt.latency.as_micros() as i64,
+            server: attempt.server.as_ref().map(|server| server.name.clone()),
         })
         .collect()
 }

@@ -401,13 +401,15 @@ impl Asker<'_> {
         }
     }
 
-    /// Sends a chat body to `tier` for one whole answer.
+    /// Sends a chat body to `tier` for one whole answer. An offline run keeps no health, so a
+    /// provider of several servers has its calls spread over them at random.
     async fn send(&self, tier: &Arc<Tier>, body: Vec<u8>) -> Answered {
         let ts_ms = super::watch::now_ms();
         let started = Instant::now();
+        let server = fastrand::usize(..tier.provider.servers.len());
         let sent = self
             .upstreams
-            .send(tier, Endpoint::ChatCompletions, body, false)
+            .send(tier, server, Endpoint::ChatCompletions, body, false)
             .await;
         let latency_us = started.elapsed().as_micros() as u64;
         let mut row = super::check_row(

@@ -360,7 +360,13 @@ async fn call(
     let started = Instant::now();
     let sent = checker
         .upstreams
-        .send(tier, Endpoint::ChatCompletions, body.clone(), false)
+        .send(
+            tier,
+            lease.server_index(),
+            Endpoint::ChatCompletions,
+            body.clone(),
+            false,
+        )
         .await;
     let mut row = super::check_row(
         &route.name,

@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::config::{Config, ScorerKind};
-use crate::ledger::{LedgerError, NO_ROUTE, Picodollars, RouteSums, Store, Summary};
+use crate::ledger::{LedgerError, NO_ROUTE, Picodollars, RouteSums, ServerLoad, Store, Summary};
 use crate::quality::feedback::Truth;
 use crate::quality::score::Answer;
 
@@ -233,6 +233,8 @@ pub struct Report {
     pub routes: Vec<RouteReport>,
     pub fixed: Vec<FixedCost>,
     pub totals: Totals,
+    /// Per server of each provider: requests answered and attempts failed.
+    pub servers: Vec<ServerLoad>,
 }
 
 /// Feedback reports judged per route and report: the latest in the window. Each is an answer
@@ -298,6 +300,7 @@ impl Report {
                 .local_tokens;
         }
         let mut report = Report::build(config, &summary, window);
+        report.servers = store.server_load(window.from_ms, window.to_ms).await?;
         report.starts_at_first_record = starts;
         report.ends_at_last_record = ends;
         let (moves, refused) = store
@@ -516,6 +519,7 @@ impl Report {
             routes,
             fixed,
             totals,
+            servers: Vec::new(),
         }
     }
 
@@ -870,6 +874,18 @@ impl Report {
                 "\n{} used a model with no known price; their cost is not in these sums (add [prices.\"model\"])",
                 plural(t.unpriced_calls, "call", "calls")
             );
+        }
+        // Only where a provider has several servers: one server's load is its provider's.
+        let pooled: Vec<&ServerLoad> = self
+            .servers
+            .iter()
+            .filter(|s| s.server != s.provider)
+            .collect();
+        if !pooled.is_empty() {
+            let _ = writeln!(out, "\nservers                          answered    failed");
+            for s in pooled {
+                let _ = writeln!(out, "  {:<30} {:>8} {:>9}", s.server, s.answered, s.failed);
+            }
         }
         out
     }

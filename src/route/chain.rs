@@ -3,15 +3,19 @@
 //! (connection, timeout, 429, 5xx, malformed body, a stream broken before its first event) moves on to
 //! the next tier; a client error goes straight back, because every tier would refuse it alike. A 429
 //! with a short `Retry-After` is retried once on the same tier first; after that the tier rests
-//! until its `Retry-After` has passed, without its provider's other tiers resting with it. Every attempt is kept, for the
-//! fallback header and the ledger.
+//! until its `Retry-After` has passed, without its provider's other tiers resting with it. A tier
+//! whose provider has several servers is called on the one [`crate::health`] picks; where that
+//! server could not be reached, answered 5xx or broke before answering, the tier is tried once more
+//! on another of its servers before the chain moves on (a timeout moves on: the tier's time is
+//! spent). Every attempt is kept, with the server it went to, for the fallback header and the
+//! ledger.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
 
-use crate::config::{Abilities, AllOpen, ChainTier, Tier};
+use crate::config::{Abilities, AllOpen, ChainTier, Tier, UpstreamServer};
 use crate::health::{Health, Lease};
 use crate::limits::Skips;
 use crate::openai::RequestBody;
@@ -21,6 +25,8 @@ use crate::upstream::{Lack, Reply, UpstreamError, UpstreamErrorKind, Upstreams};
 #[derive(Debug)]
 pub struct Attempt {
     pub tier: Arc<Tier>,
+    /// The server called; `None` for a tier passed over without a call.
+    pub server: Option<Arc<UpstreamServer>>,
     pub latency: Duration,
     /// `None` when this tier answered.
     pub error: Option<UpstreamError>,
@@ -37,6 +43,8 @@ pub struct Served {
 /// The tier that answered and how it came to.
 pub struct ServedBy {
     pub tier: Arc<Tier>,
+    /// The server of the tier's provider that answered.
+    pub server: Arc<UpstreamServer>,
     /// Every attempt in order; the last one is the tier that answered.
     pub attempts: Vec<Attempt>,
     /// The failed attempts before it, as `x-tierwise-fallback` shows them.
@@ -128,27 +136,30 @@ impl ChainRun<'_> {
             if let Some(error) = skip {
                 attempts.push(Attempt {
                     tier: step.tier.clone(),
+                    server: None,
                     latency: Duration::ZERO,
                     error: Some(error),
                 });
                 continue;
             }
-            let admitted = self
-                .health
-                .rate_limit(&step.tier)
-                .and_then(|()| self.health.of(&step.tier.provider).admit());
+            let admitted = self.health.rate_limit(&step.tier).and_then(|()| {
+                self.health
+                    .of(&step.tier.provider)
+                    .admit_for(prompt(body), None)
+            });
             let lease = match admitted {
                 Ok(lease) => lease,
                 Err(skip) => {
                     attempts.push(Attempt {
                         tier: step.tier.clone(),
+                        server: None,
                         latency: Duration::ZERO,
                         error: Some(skip.into_error()),
                     });
                     continue;
                 }
             };
-            match self.call(step, body, lease, &mut attempts).await {
+            match self.call_tier(step, body, lease, &mut attempts).await {
                 Ok(served) => return Ok(served),
                 Err(error) if !error.is_retryable() => {
                     return Err(Unserved::new(step.tier.clone(), error, attempts));
@@ -163,12 +174,13 @@ impl ChainRun<'_> {
                 .is_some_and(|e| e.kind == UpstreamErrorKind::Demoted)
         }) {
             let primary = &self.chain[0];
-            let admitted = self
-                .health
-                .rate_limit(&primary.tier)
-                .and_then(|()| self.health.of(&primary.tier.provider).admit());
+            let admitted = self.health.rate_limit(&primary.tier).and_then(|()| {
+                self.health
+                    .of(&primary.tier.provider)
+                    .admit_for(prompt(body), None)
+            });
             match admitted {
-                Ok(lease) => match self.call(primary, body, lease, &mut attempts).await {
+                Ok(lease) => match self.call_tier(primary, body, lease, &mut attempts).await {
                     Ok(served) => return Ok(served),
                     Err(error) if !error.is_retryable() => {
                         return Err(Unserved::new(primary.tier.clone(), error, attempts));
@@ -177,6 +189,7 @@ impl ChainRun<'_> {
                 },
                 Err(skip) => attempts.push(Attempt {
                     tier: primary.tier.clone(),
+                    server: None,
                     latency: Duration::ZERO,
                     error: Some(skip.into_error()),
                 }),
@@ -238,7 +251,33 @@ impl ChainRun<'_> {
         })
     }
 
-    /// Calls one tier, retrying once after a short `Retry-After` on 429.
+    /// Calls one tier on the server `lease` holds; where that server failed in a way another of
+    /// the provider's servers may not, once more on another that may be called now.
+    async fn call_tier(
+        &self,
+        step: &ChainTier,
+        body: &RequestBody<'_>,
+        lease: Lease,
+        attempts: &mut Vec<Attempt>,
+    ) -> Result<Served, UpstreamError> {
+        let tried = lease.server_index();
+        match self.call(step, body, lease, attempts).await {
+            Err(error) if error.another_server_may_answer() => {
+                match self
+                    .health
+                    .of(&step.tier.provider)
+                    .admit_for(prompt(body), Some(tried))
+                {
+                    Ok(lease) => self.call(step, body, lease, attempts).await,
+                    Err(_) => Err(error),
+                }
+            }
+            answered_or_not => answered_or_not,
+        }
+    }
+
+    /// Calls one tier on the server `lease` holds, retrying once after a short `Retry-After` on
+    /// 429.
     async fn call(
         &self,
         step: &ChainTier,
@@ -254,6 +293,7 @@ impl ChainRun<'_> {
                 .upstreams
                 .send(
                     &step.tier,
+                    lease.server_index(),
                     body.endpoint(),
                     body.for_tier(step),
                     body.stream,
@@ -271,13 +311,14 @@ impl ChainRun<'_> {
                         usage: Some(usage), ..
                     } = &reply
                     {
-                        self.health.served_tokens(
-                            &step.tier,
+                        lease.served_tokens(
+                            &step.tier.name,
                             usage.prompt_tokens + usage.completion_tokens,
                         );
                     }
                     attempts.push(Attempt {
                         tier: step.tier.clone(),
+                        server: Some(lease.server().clone()),
                         latency,
                         error: None,
                     });
@@ -285,6 +326,7 @@ impl ChainRun<'_> {
                     return Ok(Served {
                         by: ServedBy {
                             tier: step.tier.clone(),
+                            server: lease.server().clone(),
                             fallback: fallback_path(&attempts),
                             attempts,
                         },
@@ -296,6 +338,7 @@ impl ChainRun<'_> {
                     tracing::debug!(tier = %step.tier.name, reason = %error, "attempt failed");
                     attempts.push(Attempt {
                         tier: step.tier.clone(),
+                        server: Some(lease.server().clone()),
                         latency,
                         error: Some(error.clone()),
                     });
@@ -318,8 +361,8 @@ impl ChainRun<'_> {
                             if let Some(refusal) = error.context_refusal()
                                 && let Some(counted) = count_prompt(step, body).await
                             {
-                                self.health.learned_context_limit(
-                                    &step.tier,
+                                lease.learned_context_window(
+                                    &step.tier.name,
                                     refusal,
                                     counted,
                                     self.request_id,
@@ -347,6 +390,15 @@ async fn count_prompt(step: &ChainTier, body: &RequestBody<'_>) -> Option<u64> {
     tokio::task::spawn_blocking(move || count(&model, &bytes))
         .await
         .ok()
+}
+
+/// What prefix affinity keys on: the request's messages (chat) or input (embeddings) as the
+/// client sent them; bytes, not tokens, as counting would cost the hot path a tokenizer run and
+/// a prompt whose bytes begin alike begins with the same tokens.
+fn prompt<'a>(body: &RequestBody<'a>) -> Option<&'a [u8]> {
+    body.field("messages")
+        .or_else(|| body.field("input"))
+        .map(|raw| raw.get().as_bytes())
 }
 
 /// The refusal a tier would give a request that needs what its model lacks, without calling it.

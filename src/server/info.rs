@@ -106,9 +106,24 @@ pub async fn providers(State(app): State<Arc<App>>) -> Json<Value> {
 /// health, provider state, quality.
 pub async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     for status in app.health.statuses() {
-        crate::metrics::breaker_state(&status.name, status.breaker.state.as_str(), false);
+        crate::metrics::breaker_state(&status.name, status.breaker.state.as_str());
         if let Some(in_flight) = status.in_flight {
             crate::metrics::provider_in_flight(&status.name, in_flight);
+        }
+        for server in &status.servers {
+            crate::metrics::server_breaker_state(
+                &status.name,
+                &server.name,
+                server.breaker.state.as_str(),
+                false,
+            );
+            crate::metrics::server_load(
+                &status.name,
+                &server.name,
+                server.in_flight,
+                server.calls,
+                server.failures,
+            );
         }
     }
     app.limits.budgets().publish();

@@ -313,7 +313,7 @@ async fn answer(
             let facts = Facts {
                 route: exchange.route_name(),
                 tier: Some(&by.tier.name),
-                provider: Some(&by.tier.provider.name),
+                provider: Some(&by.server.name),
                 fallback: by.fallback.as_deref(),
                 cost: None,
                 contract: None,
@@ -389,7 +389,9 @@ impl<'a> From<&'a RequestRow> for Facts<'a> {
         Facts {
             route: row.route.as_deref(),
             tier: row.tier.as_deref(),
-            provider: row.provider.as_deref(),
+            // The server that answered names the provider: the provider's own name where it
+            // has one server.
+            provider: row.server.as_deref().or(row.provider.as_deref()),
             fallback: row.fallback.as_deref(),
             cost: row.cost_pusd.map(|cost| cost.to_string()),
             contract: row.contract.as_deref(),

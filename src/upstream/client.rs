@@ -1,4 +1,4 @@
-//! One provider's HTTP client: hyper-util's pooled client over rustls, with the provider's key,
+//! One server's HTTP client (a provider has one per server): hyper-util's pooled client over rustls, with the provider's key,
 //! connect timeout and endpoint URLs resolved once, so that a call builds only its request.
 //!
 //! This replaced reqwest on the request path. reqwest did, per call, what tierwise never needs:
@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 
 use super::wire::Wire;
 use super::{UpstreamError, UpstreamErrorKind};
-use crate::config::{Provider, Tier};
+use crate::config::{Provider, Tier, UpstreamServer};
 use crate::openai::Endpoint;
 
 /// How long an idle pooled connection is kept, as reqwest kept it.
@@ -72,22 +72,29 @@ pub(super) struct ProviderClient {
 }
 
 impl ProviderClient {
-    /// The client of `provider`, which serves the Azure `deployments` its tiers name.
+    /// The client of `provider`'s `server`, which serves the Azure `deployments` its tiers name.
     pub(super) fn new<'a>(
         provider: &Provider,
+        server: &UpstreamServer,
         deployments: impl Iterator<Item = &'a str>,
     ) -> Result<ProviderClient, UpstreamError> {
         let wire = Wire::new(provider);
         let headers = wire.headers(provider);
-        let urls = wire.urls(provider)?;
+        let base = &server.base_url;
+        let urls = wire.urls(provider, base)?;
         let deployments = deployments
-            .map(|name| Ok((name.to_string(), wire.deployment_urls(provider, name)?)))
+            .map(|name| {
+                Ok((
+                    name.to_string(),
+                    wire.deployment_urls(provider, base, name)?,
+                ))
+            })
             .collect::<Result<_, UpstreamError>>()?;
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .build(Connector::new(provider)?);
+            .build(Connector::new(provider, server)?);
         Ok(ProviderClient {
             http,
             wire,
@@ -231,7 +238,7 @@ enum Route {
 }
 
 impl Connector {
-    fn new(provider: &Provider) -> Result<Connector, UpstreamError> {
+    fn new(provider: &Provider, server: &UpstreamServer) -> Result<Connector, UpstreamError> {
         let mut tcp = HttpConnector::new();
         // hyper-rustls does TLS on top; this connector must let `https` through.
         tcp.enforce_http(false);
@@ -246,7 +253,7 @@ impl Connector {
             .https_or_http()
             .enable_http1()
             .enable_http2();
-        let route = match &provider.proxy {
+        let route = match &server.proxy {
             None => Route::Direct(https.wrap_connector(tcp)),
             Some(proxy) => {
                 let mut tunnel = Tunnel::new(proxy.uri.clone(), tcp);

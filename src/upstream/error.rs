@@ -254,6 +254,25 @@ impl UpstreamError {
             )
     }
 
+    /// Whether another server of the same provider may answer what this one could not: it could
+    /// not be reached, answered 5xx, or broke before answering. Not a timeout: the tier's time is
+    /// spent, and a second wait as long would double what the client waits before the next tier;
+    /// nor anything about the request or the model, which every server would answer alike.
+    pub fn another_server_may_answer(&self) -> bool {
+        match self.kind {
+            UpstreamErrorKind::ConnectRefused
+            | UpstreamErrorKind::ConnectReset
+            | UpstreamErrorKind::Dns
+            | UpstreamErrorKind::Connect
+            | UpstreamErrorKind::TimeoutConnect
+            | UpstreamErrorKind::StreamBroken
+            | UpstreamErrorKind::Transport
+            | UpstreamErrorKind::MalformedJson => true,
+            UpstreamErrorKind::Status(status) => status.is_server_error() && !self.is_not_served(),
+            _ => false,
+        }
+    }
+
     /// What a too-long refusal says of the server's window and of the request it refused, in the
     /// server's own words only (see [`ContextRefusal`]); `None` for a refusal that states no sizes.
     pub fn context_refusal(&self) -> Option<ContextRefusal> {

@@ -1,8 +1,8 @@
-//! Calls to providers: one pooled keep-alive HTTP client per provider (its connect timeout is the
-//! provider's), the provider's key injected and the client's never forwarded, the tier's timeouts
-//! applied, the provider's wire format spoken ([`wire`]) — an endpoint the provider's server does
-//! not serve sent as a chat completion where the endpoint says how — and every failure
-//! classified, because the classification decides whether the next tier is tried.
+//! Calls to providers: one pooled keep-alive HTTP client per server of each provider (its connect
+//! timeout is the provider's), the provider's key injected and the client's never forwarded, the
+//! tier's timeouts applied, the provider's wire format spoken ([`wire`]) — an endpoint the
+//! provider's server does not serve sent as a chat completion where the endpoint says how — and
+//! every failure classified, because the classification decides whether the next tier is tried.
 
 mod client;
 mod error;
@@ -44,9 +44,10 @@ fn lacks_endpoint(endpoint: Endpoint) -> UpstreamError {
     )
 }
 
-/// The HTTP clients, one per provider, shared by every request.
+/// The HTTP clients, one per server of each provider (in the provider's order of servers),
+/// shared by every request.
 pub struct Upstreams {
-    clients: HashMap<String, ProviderClient>,
+    clients: HashMap<String, Vec<ProviderClient>>,
     /// The largest non-streamed answer read (`server.max_answer_bytes`).
     max_answer_bytes: usize,
 }
@@ -60,10 +61,12 @@ impl Upstreams {
                 .iter()
                 .filter(|tier| tier.provider.name == provider.name)
                 .filter_map(|tier| tier.deployment.as_deref());
-            clients.insert(
-                provider.name.clone(),
-                ProviderClient::new(provider, deployments)?,
-            );
+            let servers = provider
+                .servers
+                .iter()
+                .map(|server| ProviderClient::new(provider, server, deployments.clone()))
+                .collect::<Result<_, _>>()?;
+            clients.insert(provider.name.clone(), servers);
         }
         Ok(Upstreams {
             clients,
@@ -71,17 +74,20 @@ impl Upstreams {
         })
     }
 
-    fn client(&self, provider: &Provider) -> &ProviderClient {
-        self.clients
+    /// The client of the provider's server at `server` (its index in `provider.servers`).
+    fn client(&self, provider: &Provider, server: usize) -> &ProviderClient {
+        &self
+            .clients
             .get(&provider.name)
-            .expect("a client exists for every configured provider")
+            .expect("a client exists for every configured provider")[server]
     }
 
-    /// Sends `body` to `tier` and waits for its answer: the whole body, or for a stream its first
+    /// Sends `body` to `tier` on its provider's server at `server` and waits for its answer: the whole body, or for a stream its first
     /// event. A failure anywhere before that point is returned, so the caller may try another tier.
     pub async fn send(
         &self,
         tier: &Tier,
+        server: usize,
         endpoint: Endpoint,
         body: Vec<u8>,
         stream: bool,
@@ -89,7 +95,7 @@ impl Upstreams {
         let provider = &tier.provider;
         let timeouts = tier.timeouts;
         let started = Instant::now();
-        let client = self.client(provider);
+        let client = self.client(provider, server);
         // An endpoint the provider does not serve goes as a chat completion where it can.
         let (url, via_chat) = match (client.url(endpoint, tier), endpoint.spec().via_chat) {
             (Some(url), _) => (url, None),
@@ -180,16 +186,21 @@ impl Upstreams {
         })
     }
 
-    /// The health probe: does the provider answer, with its key accepted? A 5xx, 429, 401, 403,
+    /// The health probe of one server: does it answer, with its key accepted? A 5xx, 429, 401, 403,
     /// 404 or redirect is down (a server without `/models` wants `health.path` set); any other
     /// answer is up, and its body (up to 1 MiB, read within the probe's timeout; empty if it is
     /// not read in time) is returned for what it says of the models.
     pub async fn probe(
         &self,
         provider: &Provider,
+        server: usize,
         policy: &ProbePolicy,
     ) -> Result<Bytes, UpstreamError> {
-        let request = self.client(provider).get(&policy.url)?;
+        let url = provider.servers[server]
+            .probe_url
+            .as_ref()
+            .expect("each server of a probed provider has its probe's URL");
+        let request = self.client(provider, server).get(url)?;
         let response = match tokio::time::timeout(policy.timeout, request).await {
             Ok(Ok(response)) => response,
             Ok(Err(err)) => return Err(err),
@@ -218,14 +229,16 @@ impl Upstreams {
     pub async fn server_window(
         &self,
         provider: &Provider,
+        server: usize,
         model: &str,
         limit: Duration,
     ) -> Option<u32> {
         if provider.api != Api::OpenAi {
             return None;
         }
-        let client = self.client(provider);
-        let root = |path: &str| provider.base_url.join(path).ok();
+        let client = self.client(provider, server);
+        let base = &provider.servers[server].base_url;
+        let root = |path: &str| base.join(path).ok();
         let ask = async |request: client::Call| -> Option<Bytes> {
             let response = tokio::time::timeout(limit, request).await.ok()?.ok()?;
             if !response.status().is_success() {
@@ -250,14 +263,15 @@ impl Upstreams {
         server_info::llama_cpp_window(&body)
     }
 
-    /// `GET {base_url}/models` (Azure's `openai/models?api-version=…`): whether the provider
-    /// answers, and the models it serves.
+    /// `GET {base_url}/models` (Azure's `openai/models?api-version=…`): whether one server of
+    /// the provider answers, and the models it serves.
     pub async fn list_models(
         &self,
         provider: &Provider,
+        server: usize,
     ) -> Result<Vec<ListedModel>, UpstreamError> {
-        let request = self.client(provider).get(
-            &provider
+        let request = self.client(provider, server).get(
+            &provider.servers[server]
                 .base_url
                 .join(&models_path(provider.api, provider.api_version.as_deref()))
                 .expect("a relative path always joins"),

@@ -50,6 +50,7 @@ fn the_starter_config_loads_without_any_environment() {
             .iter()
             .find(|p| p.name == "ollama")
             .unwrap()
+            .servers[0]
             .base_url
             .as_str(),
         "http://localhost:11434/v1/"
@@ -444,7 +445,10 @@ tiers = ["local", "api", "pinned", "direct"]
         );
         let of = |name: &str| {
             let provider = config.providers.iter().find(|p| p.name == name).unwrap();
-            provider.proxy.as_ref().map(|proxy| format!("{proxy:?}"))
+            provider.servers[0]
+                .proxy
+                .as_ref()
+                .map(|proxy| format!("{proxy:?}"))
         };
         (
             [of("local"), of("openai"), of("pinned"), of("direct")],
@@ -646,4 +650,42 @@ fn limits_that_cannot_mean_what_they_say_are_refused_or_warned_about() {
             config.warnings
         );
     }
+}
+
+#[test]
+fn a_providers_server_list_is_checked_whole() {
+    let url = "base_url = \"http://localhost:8001/v1\"";
+    let cases = [
+        ("servers = []", "providers.vllm.servers: is empty"),
+        (
+            "base_url = \"http://a:1/v1\"\nservers = [{ url = \"http://b:1/v1\" }]",
+            "providers.vllm.base_url: is set beside servers",
+        ),
+        (
+            "servers = [{ url = \"http://a:1/v1\" }, { url = \"http://a:1/other/v1\" }]",
+            "providers.vllm.servers[1]: is named \"vllm@a:1\" like another server",
+        ),
+        (
+            "servers = [{ url = \"http://a:1/v1\", weight = 0 }]",
+            "providers.vllm.servers[0].weight: must be at least 1",
+        ),
+        (
+            "servers = [{ url = \"a:1\" }]",
+            "providers.vllm.servers[0].url: is not an http(s) URL",
+        ),
+        (
+            "base_url = \"http://a:1/v1\"\naffinity_prefix_bytes = 64",
+            "providers.vllm.affinity_prefix_bytes: is set without affinity",
+        ),
+    ];
+    for (servers, expected) in cases {
+        let err = error_of(&patched(url, servers));
+        assert!(err.contains(expected), "{servers}: {err}");
+    }
+    // Two servers on one host and port are told apart by their names.
+    let named = "servers = [{ url = \"http://a:1/v1\" }, { url = \"http://a:1/other/v1\", name = \"other\" }]";
+    let config = load(&patched(url, named)).expect("named servers load");
+    let vllm = config.providers.iter().find(|p| p.name == "vllm").unwrap();
+    let names: Vec<&str> = vllm.servers.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["vllm@a:1", "other"]);
 }

@@ -26,6 +26,7 @@ mod quality;
 mod rate_limits;
 mod responses;
 mod scoring;
+mod servers;
 mod serving;
 mod shadow_budget;
 mod shared_limits;

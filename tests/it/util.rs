@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tierwise::config::file::{
-    ConfigFile, RawOutput, RawProvider, RawRoute, RawTier, RawTimeouts, spanned, text,
+    ConfigFile, RawOutput, RawProvider, RawRoute, RawTier, RawTimeouts, RawUpstreamServer, spanned,
+    text,
 };
 use tierwise::config::{Config, TaskKind};
 use tierwise::ledger::{RequestRow, Store};
@@ -161,6 +162,14 @@ impl TestConfig {
     pub fn add_route(&mut self, name: &str, kind: TaskKind, tiers: &[&str]) -> &mut RawRoute {
         self.0.routes.insert(text(name), RawRoute::new(kind, tiers));
         self.route(name)
+    }
+
+    /// Puts provider `name` on several servers, one per URL, in place of its `base_url`.
+    pub fn servers(&mut self, name: &str, urls: &[String]) -> &mut RawProvider {
+        let provider = self.provider(name);
+        provider.base_url = None;
+        provider.servers = Some(spanned(urls.iter().map(RawUpstreamServer::new).collect()));
+        provider
     }
 
     /// Switches active probing off on every provider.

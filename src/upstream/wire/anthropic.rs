@@ -33,7 +33,6 @@ use serde_json::{Map, Value, json};
 
 use super::super::{Lack, UpstreamError, UpstreamErrorKind, retry_after, uri};
 use super::model::{Answer, Delta, Finish, ToolCall};
-use crate::config::Provider;
 use crate::openai::{Endpoint, Usage};
 
 /// The answer budget sent when neither the client nor the tier gave one; Anthropic requires one.
@@ -44,11 +43,11 @@ const DEFAULT_MAX_TOKENS: u64 = 4096;
 const JSON_OBJECT: &str = "Answer with a single JSON object and nothing else.";
 
 /// Chat goes to `messages`; Anthropic serves no embeddings, and Responses only through chat.
-pub(super) fn urls(provider: &Provider) -> Result<Vec<Option<Uri>>, UpstreamError> {
+pub(super) fn urls(base: &url::Url) -> Result<Vec<Option<Uri>>, UpstreamError> {
     Endpoint::ALL
         .iter()
         .map(|endpoint| match endpoint {
-            Endpoint::ChatCompletions => uri(&provider.base_url, "messages").map(Some),
+            Endpoint::ChatCompletions => uri(base, "messages").map(Some),
             // Responses reach Anthropic as chat completions, translated twice.
             Endpoint::Embeddings | Endpoint::Responses => Ok(None),
         })

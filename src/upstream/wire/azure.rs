@@ -29,6 +29,7 @@ use crate::openai::Endpoint;
 /// The URL of each endpoint of one deployment, in [`Endpoint::ALL`] order.
 pub(super) fn urls(
     provider: &Provider,
+    base: &url::Url,
     deployment: &str,
 ) -> Result<Vec<Option<Uri>>, UpstreamError> {
     let version = provider.api_version.as_deref().unwrap_or_default();
@@ -40,7 +41,7 @@ pub(super) fn urls(
                 return Ok(None);
             }
             uri(
-                &provider.base_url,
+                base,
                 &format!(
                     "openai/deployments/{deployment}/{}?api-version={version}",
                     endpoint.path()

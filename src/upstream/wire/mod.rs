@@ -21,6 +21,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use url::Url;
 
 use super::{SseEvent, UpstreamError};
 use crate::config::{Api, KeyHeader, Provider};
@@ -51,13 +52,17 @@ impl Wire {
     }
 
     /// The URL of each endpoint, in [`crate::openai::Endpoint::ALL`] order, resolved once per
-    /// provider; `None` for an endpoint the format does not serve. Azure's are per deployment
+    /// server; `None` for an endpoint the format does not serve. Azure's are per deployment
     /// ([`Wire::deployment_urls`]).
-    pub(super) fn urls(&self, provider: &Provider) -> Result<Vec<Option<Uri>>, UpstreamError> {
+    pub(super) fn urls(
+        &self,
+        provider: &Provider,
+        base: &Url,
+    ) -> Result<Vec<Option<Uri>>, UpstreamError> {
         match self {
-            Wire::OpenAi => openai::urls(provider),
+            Wire::OpenAi => openai::urls(provider, base),
             Wire::Azure => Ok(vec![None; crate::openai::Endpoint::ALL.len()]),
-            Wire::Anthropic => anthropic::urls(provider),
+            Wire::Anthropic => anthropic::urls(base),
         }
     }
 
@@ -65,9 +70,10 @@ impl Wire {
     pub(super) fn deployment_urls(
         &self,
         provider: &Provider,
+        base: &Url,
         deployment: &str,
     ) -> Result<Vec<Option<Uri>>, UpstreamError> {
-        azure::urls(provider, deployment)
+        azure::urls(provider, base, deployment)
     }
 
     /// The body to send, from the gateway's own (OpenAI's) request body.

@@ -20,13 +20,16 @@ pub(super) fn bearer(key: &str) -> HeaderValue {
     value
 }
 
-pub(super) fn urls(provider: &Provider) -> Result<Vec<Option<Uri>>, UpstreamError> {
+pub(super) fn urls(
+    provider: &Provider,
+    base: &url::Url,
+) -> Result<Vec<Option<Uri>>, UpstreamError> {
     Endpoint::ALL
         .iter()
         .map(|endpoint| match endpoint {
             // Served through chat completions unless the provider's server serves Responses.
             Endpoint::Responses if !provider.serves_responses => Ok(None),
-            _ => uri(&provider.base_url, endpoint.path()).map(Some),
+            _ => uri(base, endpoint.path()).map(Some),
         })
         .collect()
 }

@@ -1,0 +1,347 @@
+//! A provider of several servers behind one tier: one server killed, slow, stalled or all of them
+//! down, each against three fakes; the header, the admin API and the ledger naming the server.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+use tierwise::config::file::{RawProvider, spanned};
+use tierwise_fake::{DownAddr, FakeUpstream, Fault, unused_addr};
+
+/// `local` on the vllm provider with one server per URL, probes off, before `api_fast`; `knobs`
+/// changes the vllm provider further.
+fn pool_config(urls: &[String], api: &str, knobs: impl FnOnce(&mut RawProvider)) -> TestConfig {
+    TestConfig::two_tier(&urls[0], api).with(|c| {
+        let vllm = c.servers("vllm", urls);
+        vllm.health.enabled = Some(false);
+        knobs(vllm);
+    })
+}
+
+/// How the gateway names the server of the vllm provider at `addr`.
+fn server_name(fake: &FakeUpstream) -> String {
+    format!("vllm@{}", fake.addr)
+}
+
+/// What one request got: its status, the tier and the server that answered.
+struct Got {
+    status: u16,
+    tier: Option<String>,
+    server: Option<String>,
+    text: String,
+    took: Duration,
+}
+
+/// `total` requests for `summarize`, `concurrency` at a time.
+async fn burst(gw: &Arc<TestGateway>, total: usize, concurrency: usize) -> Vec<Got> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (gw, next) = (gw.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
+                    let started = Instant::now();
+                    let answer = gw.ask("summarize").await;
+                    got.push(Got {
+                        status: answer.status,
+                        tier: answer.header("x-tierwise-tier").map(str::to_string),
+                        server: answer.header("x-tierwise-provider").map(str::to_string),
+                        text: answer.text,
+                        took: started.elapsed(),
+                    });
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for worker in workers {
+        all.extend(worker.await.unwrap());
+    }
+    all
+}
+
+fn served_by(got: &[Got], server: &str) -> usize {
+    got.iter()
+        .filter(|g| g.server.as_deref() == Some(server))
+        .count()
+}
+
+async fn three() -> [FakeUpstream; 3] {
+    [
+        FakeUpstream::start().await,
+        FakeUpstream::start().await,
+        FakeUpstream::start().await,
+    ]
+}
+
+/// The admin API's status of the server named `name` of provider vllm.
+async fn server_status(gw: &TestGateway, name: &str) -> serde_json::Value {
+    let provider = gw.provider("vllm").await;
+    provider["servers"]
+        .as_array()
+        .expect("a server list")
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no server {name} in {provider}"))
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_server_killed_fails_no_request_and_opens_its_breaker_alone() {
+    let fakes = three().await;
+    let api = FakeUpstream::start().await;
+    let urls: Vec<String> = fakes.iter().map(FakeUpstream::base_url).collect();
+    let names: Vec<String> = fakes.iter().map(server_name).collect();
+    let config = pool_config(&urls, &api.base_url(), |p| {
+        p.breaker.failures = Some(spanned(3));
+        p.breaker.cooldown_ms = Some(60_000);
+    });
+    let gw = Arc::new(TestGateway::start(&config).await);
+
+    let [a, b, killed] = fakes;
+    killed.stop().await;
+    let got = burst(&gw, 60, 6).await;
+
+    for g in &got {
+        assert_eq!(g.status, 200, "{}", g.text);
+        // Another server of the tier answered: no fall back to the API.
+        assert_eq!(g.tier.as_deref(), Some("local"), "{}", g.text);
+    }
+    assert_eq!(api.request_count(), 0, "the API tier was called");
+    assert_eq!(served_by(&got, &names[2]), 0);
+    assert_eq!(
+        served_by(&got, &names[0]) + served_by(&got, &names[1]),
+        60,
+        "every answer names the server that gave it"
+    );
+    assert!(a.request_count() > 10 && b.request_count() > 10);
+
+    assert_eq!(
+        server_status(&gw, &names[2]).await["breaker"]["state"],
+        "open"
+    );
+    for live in &names[..2] {
+        let status = server_status(&gw, live).await;
+        assert_eq!(status["breaker"]["state"], "closed", "{status}");
+        assert_eq!(status["failures"], 0, "{status}");
+    }
+    let provider = gw.provider("vllm").await;
+    assert_eq!(provider["breaker"]["state"], "closed", "{provider}");
+    assert_eq!(provider["up"], true, "{provider}");
+
+    // The ledger names the server of each attempt: the killed one's refusals are counted
+    // against it, the answers against the others.
+    let store = gw.store().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut load = Vec::new();
+    for _ in 0..500 {
+        load = store.server_load(0, now + 60_000).await.unwrap();
+        if load.iter().map(|s| s.answered).sum::<u64>() == 60 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let of = |name: &str| load.iter().find(|s| s.server == name).cloned();
+    let killed_load = of(&names[2]).expect("the killed server is in the ledger");
+    assert_eq!(killed_load.answered, 0);
+    assert!(killed_load.failed > 0, "{load:?}");
+    for live in &names[..2] {
+        let live = of(live).expect("a live server is in the ledger");
+        assert_eq!(live.failed, 0, "{load:?}");
+    }
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "tierwise_server_breaker_open{{provider=\"vllm\",server=\"{}\"}} 1",
+            names[2]
+        )),
+        "{metrics}"
+    );
+    Arc::try_unwrap(gw).ok().unwrap().shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_server_gets_less_of_the_traffic() {
+    let fakes = three().await;
+    let api = FakeUpstream::start().await;
+    let urls: Vec<String> = fakes.iter().map(FakeUpstream::base_url).collect();
+    let slow = server_name(&fakes[2]);
+    fakes[2].set_fault(Fault::SlowFirstByte { ms: 200 });
+    let gw = Arc::new(TestGateway::start(&pool_config(&urls, &api.base_url(), |_| {})).await);
+
+    let got = burst(&gw, 150, 9).await;
+    assert!(
+        got.iter()
+            .all(|g| g.status == 200 && g.tier.as_deref() == Some("local"))
+    );
+    let share = served_by(&got, &slow) as f64 / got.len() as f64;
+    // Spread evenly it would take a third; least in flight leaves it the calls that find the
+    // others at least as busy.
+    assert!(share < 0.12, "the slow server took {share:.2} of the calls");
+    Arc::try_unwrap(gw).ok().unwrap().shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_server_holds_no_more_than_its_cap_and_its_timeout() {
+    let fakes = three().await;
+    let api = FakeUpstream::start().await;
+    let urls: Vec<String> = fakes.iter().map(FakeUpstream::base_url).collect();
+    let stalled = server_name(&fakes[0]);
+    fakes[0].set_fault(Fault::Hang);
+    let config = pool_config(&urls, &api.base_url(), |p| {
+        p.max_in_flight = Some(spanned(4));
+        p.timeout.total_ms = Some(800);
+    });
+    let gw = Arc::new(TestGateway::start(&config).await);
+
+    let got = burst(&gw, 60, 12).await;
+    for g in &got {
+        assert_eq!(g.status, 200, "{}", g.text);
+        // Bounded by the timeout: nothing waits on the stalled server longer than total_ms.
+        assert!(
+            g.took < Duration::from_secs(3),
+            "a request took {:?}",
+            g.took
+        );
+    }
+    assert!(
+        fakes[0].request_count() <= 4,
+        "the stalled server was sent {} calls, over its cap of 4",
+        fakes[0].request_count()
+    );
+    assert_eq!(served_by(&got, &stalled), 0);
+    let on_api = got
+        .iter()
+        .filter(|g| g.tier.as_deref() == Some("api_fast"))
+        .count();
+    assert_eq!(
+        on_api,
+        fakes[0].request_count(),
+        "only the calls the stalled server held fell back"
+    );
+    Arc::try_unwrap(gw).ok().unwrap().shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_server_down_falls_back_to_the_next_tier() {
+    let down: Vec<DownAddr> = vec![
+        unused_addr().await,
+        unused_addr().await,
+        unused_addr().await,
+    ];
+    let urls: Vec<String> = down.iter().map(|d| format!("http://{d}/v1")).collect();
+    let api = FakeUpstream::start().await;
+    let config = pool_config(&urls, &api.base_url(), |p| {
+        p.breaker.failures = Some(spanned(1));
+        p.breaker.cooldown_ms = Some(60_000);
+    });
+    let gw = TestGateway::start(&config).await;
+
+    // The first call meets a refused connection, retries once on another server, then moves on.
+    gw.ask("summarize")
+        .await
+        .assert_served_by("api_fast", "local:connect_refused");
+    gw.ask("summarize")
+        .await
+        .assert_served_by("api_fast", "local:connect_refused");
+    // Every server open: the provider is, and the tier is passed over without a call.
+    let provider = gw.provider("vllm").await;
+    assert_eq!(provider["breaker"]["state"], "open", "{provider}");
+    assert_eq!(provider["up"], false, "{provider}");
+    gw.ask("summarize")
+        .await
+        .assert_served_by("api_fast", "local:breaker_open");
+    gw.shutdown().await;
+}
+
+/// The server that answered one chat for `summarize` whose prompt is `content`.
+async fn server_for(gw: &TestGateway, content: &str) -> String {
+    let answer = Answer::of(
+        gw.post("/v1/chat/completions", &chat("summarize", content))
+            .await,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(
+        answer.header("x-tierwise-tier"),
+        Some("local"),
+        "{}",
+        answer.text
+    );
+    answer.header("x-tierwise-provider").unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_that_begin_alike_go_to_one_server_and_move_only_while_it_is_down() {
+    let fakes = three().await;
+    let api = FakeUpstream::start().await;
+    let urls: Vec<String> = fakes.iter().map(FakeUpstream::base_url).collect();
+    let config = pool_config(&urls, &api.base_url(), |p| {
+        p.affinity = Some(tierwise::config::Affinity::Prefix);
+        p.affinity_prefix_bytes = Some(spanned(64));
+        p.breaker.failures = Some(spanned(1));
+        p.breaker.cooldown_ms = Some(100);
+    });
+    let gw = TestGateway::start(&config).await;
+
+    // One long shared beginning, different endings past the prefix: one server for all.
+    let shared = "You are a support assistant for ACME. Summarize the ticket below in one line.";
+    let preferred = server_for(&gw, &format!("{shared} ticket 0")).await;
+    for i in 1..20 {
+        assert_eq!(
+            server_for(&gw, &format!("{shared} ticket {i}")).await,
+            preferred
+        );
+    }
+    // Prompts that differ from their first bytes spread over the servers.
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..30 {
+        seen.insert(server_for(&gw, &format!("{i} {shared}")).await);
+    }
+    assert!(seen.len() >= 2, "30 different prompts all went to {seen:?}");
+
+    // The preferred server dies: its prompts go to one other server, with no request failing.
+    let index = fakes
+        .iter()
+        .position(|f| server_name(f) == preferred)
+        .unwrap();
+    let [a, b, c] = fakes;
+    let mut fakes = [Some(a), Some(b), Some(c)];
+    let dead = fakes[index].take().unwrap();
+    let addr = dead.addr;
+    dead.stop().await;
+    let moved = server_for(&gw, &format!("{shared} ticket 20")).await;
+    assert_ne!(moved, preferred);
+    for i in 21..30 {
+        assert_eq!(
+            server_for(&gw, &format!("{shared} ticket {i}")).await,
+            moved
+        );
+    }
+
+    // Back on its port: once its breaker lets a trial through, the prompts return to it.
+    let _back = FakeUpstream::start_on(addr).await;
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        if server_for(&gw, &format!("{shared} ticket again")).await == preferred {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the prompts never returned to {preferred}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..10 {
+        assert_eq!(
+            server_for(&gw, &format!("{shared} ticket {i}")).await,
+            preferred
+        );
+    }
+    gw.shutdown().await;
+}
