@@ -1268,23 +1268,25 @@ budget = {{ monthly_usd = 0, on_exhausted = "{policy}" }}
         );
     }
 
-    /// The spent alert fires at the first request a budget cannot hold, and says how much is
-    /// really spent (short of the budget), what is held and the worst case that did not fit.
+    /// The spent alert fires at the first request a budget cannot hold once its settled spend,
+    /// with nothing held, cannot hold a usual request, and says how much is really spent (short of
+    /// the budget), what is held and the worst case that did not fit.
     #[test]
     fn the_spent_alert_says_what_is_really_spent() {
-        let config = config("{ monthly_usd = 0.001 }", "");
+        let config = config("{ monthly_usd = 0.002 }", "");
         let budgets = Budgets::new(&config, clock_at(JAN_END).0, None);
         let mut crossings = budgets.take_crossings().unwrap();
-        let Verdict::Held(held) = admit(&budgets, &config, "r", false) else {
+        let Verdict::Held(first) = admit(&budgets, &config, "r", false) else {
             panic!("fits")
         };
-        for reservation in held {
-            reservation.settle(300_000_000);
-        }
-        // $0.0003 spent: one more worst case ($0.00061245) fits, the next does not.
         let Verdict::Held(in_flight) = admit(&budgets, &config, "r", false) else {
             panic!("fits")
         };
+        // The first costs more than it held: $0.0015 spent (75%, under the alert) and one worst
+        // case ($0.00061245) held; the settled spend alone can no longer hold a usual request.
+        for reservation in first {
+            reservation.settle(1_500_000_000);
+        }
         assert!(matches!(
             admit(&budgets, &config, "r", false),
             Verdict::Moved { .. }
@@ -1299,7 +1301,7 @@ budget = {{ monthly_usd = 0, on_exhausted = "{policy}" }}
             ),
             (
                 AlertLevel::Spent,
-                Picodollars(300_000_000),
+                Picodollars(1_500_000_000),
                 Picodollars(WORST),
                 Some(Picodollars(WORST))
             )
