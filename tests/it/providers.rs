@@ -54,6 +54,7 @@ async fn anthropic_setup() -> (TestGateway, FakeUpstream, FakeUpstream, DownAddr
             );
             c.add_route("agent", TaskKind::Agentic, &["local", "claude"]);
             c.add_route("claude_first", TaskKind::Agentic, &["claude", "api_fast"]);
+            c.add_route("fast_first", TaskKind::Agentic, &["api_fast", "claude"]);
         });
     let gw = TestGateway::start(&config).await;
     (gw, anthropic, openai, down)
@@ -346,6 +347,66 @@ async fn anthropic_refusals_reach_the_client_in_openais_shape_and_overload_falls
     gw.ask_stream("claude_first")
         .await
         .assert_served_by("api_fast", "claude:http_503");
+    gw.shutdown().await;
+}
+
+/// A provider whose account's money is spent — Anthropic's 402 `billing_error`, OpenAI's 429
+/// `insufficient_quota` — is neither the client's fault nor an outage: the next tier answers,
+/// the tier rests (no call until its rest is over) and its breaker hears nothing. (Anthropic's
+/// 400 wordings of the same are read in `wire::anthropic`'s unit tests.)
+#[tokio::test]
+async fn a_spent_provider_account_falls_back_and_rests_the_tier_without_the_breaker() {
+    let (gw, anthropic, openai, _down) = anthropic_setup().await;
+    anthropic.set_fault(Fault::Status {
+        status: 402,
+        body: None,
+        retry_after: None,
+    });
+    gw.ask("claude_first")
+        .await
+        .assert_served_by("api_fast", "claude:quota_exhausted");
+    assert_eq!(anthropic.request_count(), 1);
+    // Resting: the next request does not call the spent account at all.
+    gw.ask_stream("claude_first")
+        .await
+        .assert_served_by("api_fast", "claude:rate_limited");
+    assert_eq!(anthropic.request_count(), 1);
+    let status = gw.provider("anthropic").await;
+    assert_eq!(status["breaker"]["consecutive_failures"], 0, "{status}");
+    assert_eq!(status["breaker"]["state"], "closed", "{status}");
+
+    // OpenAI's own: a 429 that no wait ends, from an OpenAI-compatible upstream.
+    openai.set_fault(Fault::Status {
+        status: 429,
+        body: Some(r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#.into()),
+        retry_after: Some(1),
+    });
+    // `claude` is still resting, so no tier answers; the client is told why.
+    let before = openai.request_count();
+    let answer = gw.ask("fast_first").await;
+    assert!(
+        answer.status >= 500 || answer.status == 429,
+        "{}",
+        answer.text
+    );
+    assert!(
+        answer.text.contains("api_fast: quota_exhausted"),
+        "{}",
+        answer.text
+    );
+    assert_eq!(
+        openai.request_count(),
+        before + 1,
+        "not retried after its Retry-After"
+    );
+    gw.ask("fast_first").await;
+    assert_eq!(
+        openai.request_count(),
+        before + 1,
+        "resting past its Retry-After"
+    );
+    let status = gw.provider("openai").await;
+    assert_eq!(status["breaker"]["consecutive_failures"], 0, "{status}");
     gw.shutdown().await;
 }
 

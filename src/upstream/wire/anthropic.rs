@@ -612,7 +612,11 @@ pub(super) fn refusal(status: StatusCode, body: Bytes, headers: &HeaderMap) -> U
     } else {
         status
     };
-    let body = match serde_json::from_slice::<Envelope>(&body) {
+    let parsed = serde_json::from_slice::<Envelope>(&body);
+    let spent = parsed
+        .as_ref()
+        .is_ok_and(|Envelope { error }| quota_spent(status, error));
+    let body = match parsed {
         Ok(Envelope { error }) => Bytes::from(
             json!({"error": {
                 "message": error.message,
@@ -624,7 +628,28 @@ pub(super) fn refusal(status: StatusCode, body: Bytes, headers: &HeaderMap) -> U
         ),
         Err(_) => body,
     };
+    if spent || status == StatusCode::PAYMENT_REQUIRED {
+        return UpstreamError::quota_exhausted(status, body, retry_after(headers));
+    }
     UpstreamError::status(status, body, retry_after(headers))
+}
+
+/// The wordings in which Anthropic refuses for the account's money rather than the request: its
+/// credit spent, or the spend limit the organisation set reached. Older answers give them as a
+/// 400 `invalid_request_error`, newer ones as a 402 `billing_error`; each is anchored at the
+/// start of Anthropic's message, since a message may quote the client's words further on.
+const QUOTA_SPENT: [&str; 3] = [
+    "Your credit balance is too low",
+    "You have reached your specified API usage limits",
+    "Usage is blocked due to insufficient credits",
+];
+
+fn quota_spent(status: StatusCode, error: &ErrorBody) -> bool {
+    error.kind == "billing_error"
+        || (status == StatusCode::BAD_REQUEST
+            && QUOTA_SPENT
+                .iter()
+                .any(|wording| error.message.starts_with(wording)))
 }
 
 /// Anthropic's error type as the OpenAI type an SDK expects beside the same status.
@@ -635,6 +660,7 @@ fn openai_type(kind: &str) -> &'static str {
         | "not_found_error"
         | "invalid_request_error"
         | "request_too_large" => "invalid_request_error",
+        "billing_error" => "insufficient_quota",
         "rate_limit_error" => "rate_limit_error",
         "overloaded_error" | "api_error" => "server_error",
         _ => "upstream_error",
@@ -932,6 +958,49 @@ mod tests {
         assert_eq!(too_long.kind, UpstreamErrorKind::ContextTooLong);
         let refusal = too_long.context_refusal().unwrap();
         assert_eq!((refusal.window, refusal.prompt), (200_000, 208_310));
+    }
+
+    /// The account's money spent, in each of Anthropic's wordings, is the provider's state: the
+    /// request moves on, the tier rests (a rate limit's rest, at least a minute), the breaker
+    /// hears nothing. The same words quoted later in a message are the client's.
+    #[test]
+    fn a_spent_account_is_a_rest_not_the_clients_error() {
+        for (status, body) in [
+            (
+                402,
+                r#"{"type":"error","error":{"type":"billing_error","message":"Your credit balance is too low to access the Anthropic API."}}"#,
+            ),
+            (
+                400,
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."}}"#,
+            ),
+            (
+                400,
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"You have reached your specified API usage limits. You will regain access on 2027-01-01 at 00:00 UTC."}}"#,
+            ),
+        ] {
+            let error = refusal(
+                StatusCode::from_u16(status).unwrap(),
+                Bytes::from_static(body.as_bytes()),
+                &HeaderMap::new(),
+            );
+            assert_eq!(error.kind, UpstreamErrorKind::QuotaExhausted, "{body}");
+            assert!(error.is_retryable() && error.is_rate_limit(), "{body}");
+            assert!(!error.counts_against_provider(), "{body}");
+            assert!(
+                error.retry_after >= Some(crate::upstream::QUOTA_REST),
+                "{body}"
+            );
+        }
+        let quoted = refusal(
+            StatusCode::BAD_REQUEST,
+            Bytes::from_static(br#"{"type":"error","error":{"type":"invalid_request_error","message":"messages.0: 'Your credit balance is too low' is not a tool name"}}"#),
+            &HeaderMap::new(),
+        );
+        assert_eq!(
+            quoted.kind,
+            UpstreamErrorKind::Status(StatusCode::BAD_REQUEST)
+        );
     }
 
     proptest::proptest! {

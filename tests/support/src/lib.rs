@@ -529,6 +529,7 @@ fn error_body(format: Format, status: StatusCode) -> String {
             let kind = match status.as_u16() {
                 400 => "invalid_request_error",
                 401 => "authentication_error",
+                402 => "billing_error",
                 403 => "permission_error",
                 404 => "not_found_error",
                 413 => "request_too_large",
