@@ -22,7 +22,7 @@ use crate::openai::{Endpoint, Usage};
 
 use client::{ProviderClient, uri};
 pub use error::{ContextRefusal, Lack, QUOTA_REST, UpstreamError, UpstreamErrorKind};
-pub use stream::{SseEvent, UpstreamStream};
+pub use stream::{SseEvent, UpstreamStream, UsageSoFar};
 
 /// A successful answer from one tier.
 pub enum Reply {

@@ -414,12 +414,44 @@ async fn a_spent_provider_account_falls_back_and_rests_the_tier_without_the_brea
 /// cut mid-answer and an error event mid-answer end the client's stream with an error, recorded.
 #[tokio::test]
 async fn anthropic_stream_faults_fall_back_before_the_first_event_and_end_cleanly_after() {
-    let (gw, anthropic, _openai, _down) = anthropic_setup().await;
+    let (gw, anthropic, openai, _down) = anthropic_setup().await;
     anthropic.set_fault(Fault::CutBeforeFirstChunk);
     gw.ask_stream("claude_first")
         .await
         .assert_served_by("api_fast", "claude:stream_broken");
-    anthropic.set_fault(Fault::ErrorMidStream { after: 0 });
+    // An OpenAI-compatible upstream passed through: its role-only first chunk, then an error,
+    // falls back (the role chunk held, not relayed).
+    anthropic.set_fault(Fault::None);
+    openai.set_fault(Fault::ErrorMidStream { after: 1 });
+    gw.ask_stream("fast_first")
+        .await
+        .assert_served_by("claude", "api_fast:stream_broken");
+    openai.set_fault(Fault::None);
+    // An error or the end right after `message_start` (before any text or tool call, a ping or
+    // an empty text block between): the client has nothing yet, so the next tier answers.
+    for fault in [
+        Fault::ErrorMidStream { after: 0 },
+        Fault::ErrorMidStream { after: 1 },
+        Fault::ErrorMidStream { after: 3 },
+    ] {
+        anthropic.set_fault(fault.clone());
+        let answer = gw.ask_stream("claude_first").await;
+        answer.assert_served_by("api_fast", "claude:stream_broken");
+        assert_eq!(
+            streamed(&answer.text).errors,
+            Vec::<Value>::new(),
+            "{fault:?}"
+        );
+    }
+    anthropic.set_fault(Fault::None);
+
+    // A whole answer between: the breaker has heard of four failures in a row, one short of
+    // opening.
+    anthropic.set_fault(Fault::None);
+    gw.ask_stream("claude_first")
+        .await
+        .assert_served_by_first("claude");
+    anthropic.set_fault(Fault::CutAfterChunks { chunks: 1 });
     gw.ask_stream("claude_first")
         .await
         .assert_served_by("api_fast", "claude:stream_broken");
@@ -437,20 +469,74 @@ async fn anthropic_stream_faults_fall_back_before_the_first_event_and_end_cleanl
     let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
     assert_eq!(row.error_kind.as_deref(), Some("stream_broken"));
 
-    // Overloaded mid-answer: Anthropic's error event reaches the client in OpenAI's shape, then
-    // the stream ends; the ledger records the upstream's error.
+    // Overloaded mid-answer: Anthropic's error event reaches the client in OpenAI's shape (the
+    // type OpenAI's, Anthropic's own as the code, as in a refusal) and ends the stream, as a cut
+    // ends it: no `[DONE]`, no second error; the ledger records the upstream's error.
     anthropic.set_fault(Fault::ErrorMidStream { after: 5 });
     let answer = gw.ask_stream("claude_first").await;
     let stream = streamed(&answer.text);
-    assert!(stream.done, "{}", answer.text);
+    assert!(!stream.done, "{}", answer.text);
     assert_eq!(
         stream.errors,
         [
-            json!({"error": {"message": "Overloaded", "type": "overloaded_error", "param": null, "code": null}})
+            json!({"error": {"message": "Overloaded", "type": "server_error", "param": null, "code": "overloaded_error"}})
         ]
     );
     let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
     assert_eq!(row.error_kind.as_deref(), Some("upstream_error_event"));
+    gw.shutdown().await;
+}
+
+/// A stream that fails after Anthropic's `message_start` keeps what it said exactly: the input,
+/// the cache reads and the cache writes, priced at their own prices; only the output is counted
+/// (and the row says estimated). A whole stream's usage chunk comes once, the last before
+/// `[DONE]`.
+#[tokio::test]
+async fn a_failed_anthropic_stream_keeps_message_starts_exact_input_and_cache_figures() {
+    let (gw, anthropic, _openai, _down) = anthropic_setup().await;
+    let store = gw.store().await;
+    for fault in [
+        Fault::CutAfterChunks { chunks: 4 },
+        Fault::ErrorMidStream { after: 5 },
+    ] {
+        anthropic.set_behavior(Behavior {
+            fault: fault.clone(),
+            ..weather_behavior()
+        });
+        let answer = gw.ask_stream("claude_first").await;
+        assert_eq!(
+            answer.header("x-tierwise-tier"),
+            Some("claude"),
+            "{fault:?}"
+        );
+        assert_eq!(streamed(&answer.text).errors.len(), 1, "{}", answer.text);
+        let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+        assert_eq!(
+            (row.tokens_in, row.tokens_cached, row.tokens_cache_write),
+            (1000, 200, 100),
+            "{fault:?}"
+        );
+        assert!(row.tokens_estimated, "the output was counted: {fault:?}");
+        let output = row.tokens_out as i64;
+        assert!(output > 0, "{fault:?}");
+        assert_eq!(
+            row.cost_pusd.map(|c| c.0),
+            Some(WEATHER_COST_PUSD - 50 * 15_000_000 + output * 15_000_000),
+            "{fault:?}"
+        );
+    }
+    anthropic.set_behavior(weather_behavior());
+    let answer = Answer::of(
+        gw.post(
+            "/v1/chat/completions",
+            &weather_request("claude_first", true),
+        )
+        .await,
+    )
+    .await;
+    let stream = streamed(&answer.text);
+    assert!(stream.done);
+    assert_weather_usage(stream.usage.as_ref().unwrap());
     gw.shutdown().await;
 }
 

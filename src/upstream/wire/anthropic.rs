@@ -454,6 +454,9 @@ fn arguments(input: &Value) -> String {
 pub(super) struct Events {
     tool_index: HashMap<u64, u32>,
     usage: WireUsage,
+    /// A `message_delta` gave the output count: the usage is the whole answer's, not
+    /// `message_start`'s early figures.
+    counted: bool,
 }
 
 impl Events {
@@ -563,31 +566,53 @@ impl Events {
                 }
                 _ => {}
             },
+            // Anthropic may send several, each with the counts so far; the usage chunk waits for
+            // `message_stop`, so that the client gets one, the last before `[DONE]`.
             Event::MessageDelta { delta, usage } => {
                 if let Some(usage) = usage {
+                    self.counted |= usage.output_tokens.is_some();
                     self.usage.update(usage);
                 }
                 if let Some(stop_reason) = delta.stop_reason {
                     out.push(Delta::Finish(finish(&stop_reason)));
                 }
-                if let Some(usage) = self.usage.usage() {
+            }
+            Event::MessageStop {} => {
+                // Without an output count from a `message_delta`, `message_start`'s early one
+                // would pass for the answer's: the gateway counts the answer instead.
+                if self.counted
+                    && let Some(usage) = self.usage.usage()
+                {
                     out.push(Delta::Usage(usage));
                 }
-            }
-            Event::MessageStop {} => out.push(Delta::Done),
-            Event::Ping {} => out.push(Delta::KeepAlive),
-            // Anthropic ends a stream after its error event; the gateway's stream ends there too,
-            // as OpenAI's does after one.
-            Event::Error { error } => {
-                out.push(Delta::Error {
-                    kind: error.kind,
-                    message: error.message,
-                });
                 out.push(Delta::Done);
             }
+            Event::Ping {} => out.push(Delta::KeepAlive),
+            // Anthropic ends a stream after its error event; the gateway's stream ends with it,
+            // without `[DONE]`, as a stream cut short ends (the relay's one rule for a failed
+            // stream: its error event is the last). Its type is OpenAI's, as in a refusal.
+            Event::Error { error } => out.push(Delta::Error {
+                kind: openai_type(&error.kind),
+                code: error.kind,
+                message: error.message,
+            }),
             Event::Other => {}
         }
         Ok(())
+    }
+}
+
+impl Events {
+    /// What is known of the usage so far, for a stream that ends without its usage chunk: the
+    /// whole answer's once a `message_delta` counted it, else `message_start`'s input figures
+    /// (exact, cache reads and writes included), the output left to count.
+    pub(super) fn usage_so_far(&self) -> Option<crate::upstream::UsageSoFar> {
+        let usage = self.usage.usage()?;
+        Some(if self.counted {
+            crate::upstream::UsageSoFar::Whole(usage)
+        } else {
+            crate::upstream::UsageSoFar::Prompt(usage)
+        })
     }
 }
 
@@ -915,15 +940,77 @@ mod tests {
             .unwrap();
         assert_eq!(
             pieces,
-            [
-                Delta::Error {
-                    kind: "overloaded_error".into(),
-                    message: "Overloaded".into()
-                },
-                Delta::Done
-            ]
+            [Delta::Error {
+                kind: "server_error",
+                code: "overloaded_error".into(),
+                message: "Overloaded".into()
+            }]
         );
         assert!(Events::default().read("not json", &mut Vec::new()).is_err());
+    }
+
+    /// Usage reaches the client once, when the message stops, with the last counts, however many
+    /// `message_delta` events carried them; a `message_delta` without an output count leaves the
+    /// answer to be counted (never `message_start`'s early 1 as if exact), while the input
+    /// figures `message_start` gave stay known for the ledger.
+    #[test]
+    fn usage_comes_once_at_the_end_and_only_when_counted() {
+        let start = r#"{"type":"message_start","message":{"id":"msg_01","model":"claude-haiku-4-5","usage":{"input_tokens":1000,"output_tokens":1,"cache_read_input_tokens":50000,"cache_creation_input_tokens":3000}}}"#;
+        let text = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi."}}"#;
+        let usages = |events: &[&str]| {
+            let mut reader = Events::default();
+            let mut pieces = Vec::new();
+            for event in events {
+                reader.read(event, &mut pieces).unwrap();
+            }
+            let usages: Vec<Usage> = pieces
+                .iter()
+                .filter_map(|piece| match piece {
+                    Delta::Usage(usage) => Some(*usage),
+                    _ => None,
+                })
+                .collect();
+            (usages, pieces.last().cloned(), reader.usage_so_far())
+        };
+        let whole = Usage {
+            prompt_tokens: 54_000,
+            completion_tokens: 20,
+            cached_tokens: 50_000,
+            cache_write_tokens: 3000,
+        };
+        let (once, last, _) = usages(&[
+            start,
+            text,
+            r#"{"type":"message_delta","delta":{"stop_reason":null},"usage":{"output_tokens":10}}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":20}}"#,
+            r#"{"type":"message_stop"}"#,
+        ]);
+        assert_eq!((once, last), (vec![whole], Some(Delta::Done)));
+
+        let (none, _, so_far) = usages(&[
+            start,
+            text,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"}}"#,
+            r#"{"type":"message_stop"}"#,
+        ]);
+        assert_eq!(none, Vec::new());
+        let Some(crate::upstream::UsageSoFar::Prompt(prompt)) = so_far else {
+            panic!("{so_far:?}");
+        };
+        assert_eq!(
+            (
+                prompt.prompt_tokens,
+                prompt.cached_tokens,
+                prompt.cache_write_tokens
+            ),
+            (54_000, 50_000, 3000)
+        );
+        // Cut after a counted delta, before `message_stop`: the counts are the whole answer's.
+        let (_, _, so_far) = usages(&[
+            start,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":20}}"#,
+        ]);
+        assert_eq!(so_far, Some(crate::upstream::UsageSoFar::Whole(whole)));
     }
 
     /// Anthropic's errors in OpenAI's shape; 529 is the provider's overload, as 503; a prompt too

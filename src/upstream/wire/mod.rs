@@ -180,6 +180,15 @@ impl EventReader {
         self.translated.pop_front()
     }
 
+    /// What the translated stream has said of its usage so far (`None` where it passes usage on
+    /// in its own chunks).
+    pub(super) fn usage_so_far(&self) -> Option<super::UsageSoFar> {
+        match &self.reader {
+            Reader::Azure => None,
+            Reader::Anthropic { events, .. } => events.usage_so_far(),
+        }
+    }
+
     /// Reads one upstream event into the events it becomes, handed over by [`EventReader::next`].
     pub(super) fn read(&mut self, event: SseEvent) -> Result<(), UpstreamError> {
         let out = &mut self.translated;

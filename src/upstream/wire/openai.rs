@@ -176,8 +176,12 @@ impl ChunkWriter {
             ),
             Delta::Finish(finish) => (choice(json!({}), Some(finish.openai())), None),
             Delta::Usage(usage) => (json!([]), Some(usage_json(&usage))),
-            Delta::Error { kind, message } => {
-                let error = json!({"error": {"message": message, "type": kind, "param": null, "code": null}});
+            Delta::Error {
+                kind,
+                code,
+                message,
+            } => {
+                let error = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
                 return event(error.to_string());
             }
             Delta::KeepAlive => {

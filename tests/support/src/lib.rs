@@ -318,10 +318,12 @@ impl FakeUpstream {
         self.shared.record.store(on, Ordering::Relaxed);
     }
 
-    /// Makes streams stop after their first chunk until the returned gate is opened, so a test can
-    /// see that the first chunk reached the client while the upstream had not finished.
+    /// Makes streams stop after their first chunk of the answer (the role chunk and the first
+    /// word: the gateway holds a role-only chunk until the answer begins) until the returned gate
+    /// is opened, so a test can see that the answer reached the client while the upstream had not
+    /// finished.
     pub fn hold_streams(&self) -> Gate {
-        self.hold_streams_after(1)
+        self.hold_streams_after(2)
     }
 
     /// Makes streams stop after `chunks` chunks (the first carries only the role; each later one a
