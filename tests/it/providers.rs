@@ -684,6 +684,48 @@ async fn azure_stream_faults_fall_back_before_the_first_answer_chunk_and_end_cle
 }
 
 /// An Azure tier must name its deployment, and only an Azure tier may.
+/// An Azure API version older than the first that takes `stream_options` (2024-09-01-preview)
+/// refuses the field: tierwise leaves it out there, so streams work, and counts their tokens
+/// (marked estimated); a newer version gets it and reports exact usage.
+#[tokio::test]
+async fn an_older_azure_api_version_streams_without_stream_options_and_counts_the_tokens() {
+    let down = unused_addr().await;
+    let azure = FakeUpstream::start().await;
+    let openai = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&format!("http://{down}/v1"), &openai.base_url())
+        .without_probes()
+        .with(|c| {
+            let mut provider = RawProvider::new(format!("http://{}", azure.addr));
+            provider.api = Some(Api::Azure);
+            provider.api_key = Some(text("azure-secret"));
+            provider.api_version = Some(text("2024-06-01"));
+            provider.health.enabled = Some(false);
+            c.0.providers.insert(text("azure"), provider);
+            let mut tier = RawTier::new("azure", "gpt-4o");
+            tier.deployment = Some(text("gpt4o-prod"));
+            c.0.tiers.insert(text("azure"), tier);
+            c.add_route("azure_first", TaskKind::Agentic, &["azure", "api_fast"]);
+        });
+    let gw = TestGateway::start(&config).await;
+    let store = gw.store().await;
+    let answer = Answer::of(
+        gw.post(
+            "/v1/chat/completions",
+            &weather_request("azure_first", true),
+        )
+        .await,
+    )
+    .await;
+    answer.assert_served_by_first("azure");
+    let stream = streamed(&answer.text);
+    assert!(stream.done, "{}", answer.text);
+    let sent = azure.requests().pop().unwrap();
+    assert!(sent.body.get("stream_options").is_none(), "{}", sent.body);
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert!(row.tokens_estimated && row.tokens_out > 0);
+    gw.shutdown().await;
+}
+
 #[test]
 fn a_deployment_is_required_on_azure_and_refused_elsewhere() {
     let load = |change: fn(&mut TestConfig)| {

@@ -649,6 +649,19 @@ async fn azure_chat(
         let missing = json!({"error": {"code": "404", "message": "Resource not found"}});
         return (StatusCode::NOT_FOUND, Json(missing)).into_response();
     }
+    // Versions before 2024-09-01(-preview) do not know `stream_options`, and say so.
+    let version = query
+        .as_deref()
+        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("api-version=")))
+        .unwrap_or("");
+    if version.as_bytes().first().is_some_and(u8::is_ascii_digit)
+        && version < "2024-09-01"
+        && serde_json::from_slice::<Value>(&body).is_ok_and(|b| b.get("stream_options").is_some())
+    {
+        record_query(&shared, &path, query, &headers, &body);
+        let refused = json!({"error": {"code": null, "message": "Unrecognized request argument supplied: stream_options", "param": null, "type": "invalid_request_error"}});
+        return (StatusCode::BAD_REQUEST, Json(refused)).into_response();
+    }
     chat_in(Format::Azure, &shared, &path, query, &headers, body).await
 }
 
