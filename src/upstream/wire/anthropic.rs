@@ -122,17 +122,25 @@ pub(super) fn encode(body: &[u8]) -> Result<Vec<u8>, UpstreamError> {
         // OpenAI's range is 0–2, Anthropic's 0–1: the hottest OpenAI asks for is Anthropic's hottest.
         out.insert("temperature".into(), json!(temperature.min(1.0)));
     }
-    if let Some(top_p) = field("top_p") {
+    // Current Claude models refuse `temperature` and `top_p` together; OpenAI takes both. The
+    // temperature is kept, as Anthropic advises altering one of the two.
+    if let Some(top_p) = field("top_p")
+        && !out.contains_key("temperature")
+    {
         out.insert("top_p".into(), top_p.clone());
     }
-    match field("stop") {
-        Some(Value::String(stop)) => {
-            out.insert("stop_sequences".into(), json!([stop]));
-        }
-        Some(Value::Array(stops)) if !stops.is_empty() => {
-            out.insert("stop_sequences".into(), Value::Array(stops.clone()));
-        }
-        _ => {}
+    // Anthropic refuses a stop sequence of whitespace alone (OpenAI's common `"\n"`): such a
+    // sequence is left out, the others kept.
+    let stops: Vec<Value> = match field("stop") {
+        Some(Value::String(stop)) => vec![Value::String(stop.clone())],
+        Some(Value::Array(stops)) => stops.clone(),
+        _ => Vec::new(),
+    }
+    .into_iter()
+    .filter(|stop| stop.as_str().is_some_and(|stop| !stop.trim().is_empty()))
+    .collect();
+    if !stops.is_empty() {
+        out.insert("stop_sequences".into(), Value::Array(stops));
     }
     if let Some(user) = field("user") {
         out.insert("metadata".into(), json!({"user_id": user}));
@@ -156,8 +164,12 @@ pub(super) fn encode(body: &[u8]) -> Result<Vec<u8>, UpstreamError> {
             None => return Err(untranslatable("tool_choice", "an unknown tool_choice")),
         },
     };
+    // `none` takes no other field: with no tool called, there is nothing to run in parallel.
     if field("parallel_tool_calls").and_then(Value::as_bool) == Some(false)
         && out.contains_key("tools")
+        && choice
+            .as_ref()
+            .is_none_or(|choice| choice["type"] != "none")
     {
         let choice = choice.get_or_insert_with(|| json!({"type": "auto"}));
         choice["disable_parallel_tool_use"] = Value::Bool(true);
@@ -763,7 +775,6 @@ mod tests {
                 ],
                 "max_tokens": 300,
                 "temperature": 1.0,
-                "top_p": 0.9,
                 "stop_sequences": ["END"],
                 "metadata": {"user_id": "u-42"},
                 "tools": [{
@@ -807,6 +818,29 @@ mod tests {
                 json!({"type": "object", "properties": {}})
             );
         }
+    }
+
+    /// What OpenAI takes and Claude refuses is written so Claude takes it: `temperature` with
+    /// `top_p` keeps the temperature alone; a whitespace-only stop sequence is left out;
+    /// `tool_choice: "none"` carries no `disable_parallel_tool_use`.
+    #[test]
+    fn what_claude_refuses_is_not_sent() {
+        let hi = json!([{"role": "user", "content": "hi"}]);
+        let both = encoded(json!({"model": "m", "messages": hi, "temperature": 0.2, "top_p": 0.9}));
+        assert_eq!(
+            (both["temperature"].as_f64(), both.get("top_p")),
+            (Some(0.2), None)
+        );
+        let alone = encoded(json!({"model": "m", "messages": hi, "top_p": 0.9}));
+        assert_eq!(alone["top_p"], 0.9);
+        let stops = encoded(json!({"model": "m", "messages": hi, "stop": ["\n", " ", "END"]}));
+        assert_eq!(stops["stop_sequences"], json!(["END"]));
+        let newline = encoded(json!({"model": "m", "messages": hi, "stop": "\n"}));
+        assert!(newline.get("stop_sequences").is_none());
+        let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+        let none = encoded(json!({"model": "m", "messages": hi, "tools": tools,
+            "tool_choice": "none", "parallel_tool_calls": false}));
+        assert_eq!(none["tool_choice"], json!({"type": "none"}));
     }
 
     /// What would change the answer's shape is not dropped: the tier passes the request on.
