@@ -286,7 +286,7 @@ fn blocks(content: &Value) -> Result<Vec<Value>, UpstreamError> {
             .filter(|part| part["type"] != "text" || part["text"] != "")
             .map(|part| match part["type"].as_str() {
                 Some("text") => match part["text"].as_str() {
-                    Some(text) => Ok(json!({"type": "text", "text": text})),
+                    Some(text) => Ok(with_cache_control(json!({"type": "text", "text": text}), part)),
                     None => Err(bad("a text part without text")),
                 },
                 Some("image_url") => {
@@ -300,6 +300,18 @@ fn blocks(content: &Value) -> Result<Vec<Value>, UpstreamError> {
             .collect(),
         _ => Err(bad("content that is neither text nor parts")),
     }
+}
+
+/// A block with the client's `cache_control` breakpoint, where its part has one (Anthropic caches
+/// a prompt only up to the breakpoints a request marks).
+fn with_cache_control(mut block: Value, part: &Value) -> Value {
+    if let Some(control) = part
+        .get("cache_control")
+        .filter(|control| control.is_object())
+    {
+        block["cache_control"] = control.clone();
+    }
+    block
 }
 
 /// An image URL as Anthropic's source: a `data:` URL as base64, any other as a URL.
@@ -841,6 +853,24 @@ mod tests {
         let none = encoded(json!({"model": "m", "messages": hi, "tools": tools,
             "tool_choice": "none", "parallel_tool_calls": false}));
         assert_eq!(none["tool_choice"], json!({"type": "none"}));
+    }
+
+    /// A client's `cache_control` breakpoint on a text part reaches Anthropic on its block.
+    #[test]
+    fn a_cache_breakpoint_on_a_text_part_is_carried() {
+        let sent = encoded(
+            json!({"model": "m", "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "a long document", "cache_control": {"type": "ephemeral"}},
+                {"type": "text", "text": "the question"},
+            ]}]}),
+        );
+        assert_eq!(
+            sent["messages"][0]["content"],
+            json!([
+                {"type": "text", "text": "a long document", "cache_control": {"type": "ephemeral"}},
+                {"type": "text", "text": "the question"},
+            ])
+        );
     }
 
     /// What would change the answer's shape is not dropped: the tier passes the request on.
