@@ -49,6 +49,21 @@ pub struct Provider {
 
 impl Provider {
     pub const DEFAULT_RETRY_429_MAX_WAIT: Duration = Duration::from_secs(1);
+
+    /// Whether a stream may ask for its usage with `stream_options`. Azure OpenAI refuses the
+    /// field (400 "Unrecognized request argument supplied: stream_options") before API version
+    /// 2024-09-01-preview, the first preview with it (2024-10-21 the first GA); dated versions
+    /// sort as text. Undated ones (`v1`, `latest`, `preview`) are the current API, which has it.
+    pub fn takes_stream_options(&self) -> bool {
+        match (self.api, self.api_version.as_deref()) {
+            (super::Api::Azure, Some(version))
+                if version.starts_with(|c: char| c.is_ascii_digit()) =>
+            {
+                version >= "2024-09-01"
+            }
+            _ => true,
+        }
+    }
 }
 
 /// `affinity = "prefix"`: a call goes to the server its prompt's first `bytes` bytes hash to

@@ -177,8 +177,12 @@ fn rewrite(body: &RequestBody<'_>, step: &ChainTier, edits: &mut Edits) {
     {
         edits.set("messages", messages);
     }
-    if body.stream {
+    if body.stream && tier.provider.takes_stream_options() {
         edits.set("stream_options", stream_options_with_usage(body));
+    } else if body.stream {
+        // An older Azure API version refuses the field, even the client's own: the stream goes
+        // without it, and its tokens are counted and marked estimated.
+        edits.remove("stream_options");
     }
     let limit = token_limit_field(&tier.model);
     if limit == "max_completion_tokens"

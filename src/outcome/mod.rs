@@ -67,6 +67,8 @@ pub struct ToCount {
     uncounted: Uncounted,
     tier: Arc<Tier>,
     baseline: Option<Arc<Tier>>,
+    /// Input counts the upstream gave exactly, which win over counting the request.
+    prompt: Option<Usage>,
 }
 
 impl Outcome {
@@ -76,7 +78,13 @@ impl Outcome {
         let Some(to_count) = self.to_count.take() else {
             return;
         };
-        let tokens = to_count.uncounted.count();
+        let mut tokens = to_count.uncounted.count();
+        if let Some(prompt) = to_count.prompt {
+            let exact = Tokens::from(prompt);
+            tokens.input = exact.input;
+            tokens.cached = exact.cached;
+            tokens.cache_write = exact.cache_write;
+        }
         let priced = pricing.price(&to_count.tier, to_count.baseline.as_deref(), &tokens);
         set_tokens(&mut self.request, tokens, priced);
         if let Some(used) = self.used() {
@@ -262,6 +270,8 @@ pub enum Ending<'a> {
         status: u16,
         error_kind: Option<String>,
         usage: Option<Usage>,
+        /// Without `usage`: the input counts the upstream gave exactly, the output left to count.
+        prompt: Option<Usage>,
         /// The answer's text as relayed, each choice's apart.
         text: ChoiceTexts,
         /// `text` holds all of it (not cut at `server.max_answer_bytes`).
@@ -425,6 +435,7 @@ impl Exchange {
                 status,
                 error_kind,
                 usage,
+                prompt,
                 text,
                 text_whole,
                 ttfb_us,
@@ -465,6 +476,7 @@ impl Exchange {
                             uncounted: self.uncounted(&by.tier, Answer::Text(text.into_texts())),
                             tier: by.tier.clone(),
                             baseline: start.route.as_ref().and_then(|r| r.baseline.clone()),
+                            prompt,
                         })
                     }
                 };

@@ -26,7 +26,7 @@ use crate::openai::{ChoiceTexts, Chunk, EndpointSpec, StreamMarks, Usage};
 use crate::outcome::{CLIENT_CLOSED, Ended, Ending, Exchange};
 use crate::route::chain::ServedBy;
 use crate::route::contract;
-use crate::upstream::{SseEvent, UpstreamError, UpstreamStream};
+use crate::upstream::{SseEvent, UpstreamError, UpstreamStream, UsageSoFar};
 
 /// Turns of the thread's queue the relay waits for the upstream's next event before it writes.
 /// Measured at c=256: of the events already read, 9 in 10 were handed over in the second turn
@@ -261,6 +261,15 @@ impl SseRelay {
                 self.lease.broke(&reason);
                 return Some(self.interrupt(reason, &err.to_string()));
             }
+            // The upstream's error event was the stream's last: it has reached the client, and
+            // a failed stream ends with its error event, as one cut short does.
+            None if self.upstream_error => {
+                self.lease.broke(UPSTREAM_ERROR);
+                self.phase = Phase::Ended {
+                    error_kind: Some(UPSTREAM_ERROR.to_string()),
+                };
+                return None;
+            }
             // Some servers close without `[DONE]` after the last choice finished; the answer is
             // whole, so the client gets the terminator it expects.
             None if self.finished => return self.end_of_answer(),
@@ -384,11 +393,19 @@ impl SseRelay {
             .and_then(|route| route.labels.as_deref())
             .filter(|_| status == 200 && error_kind.is_none() && self.text_whole)
             .map(|labels| contract::judge(self.text.each(), labels).as_str());
+        // A translated stream that ended without its usage chunk may still have said what it
+        // used (Anthropic's `message_start` gives the input, cache reads and writes exactly).
+        let (usage, prompt) = match (self.usage, self.upstream.usage_so_far()) {
+            (None, Some(UsageSoFar::Whole(usage))) => (Some(usage), None),
+            (None, Some(UsageSoFar::Prompt(prompt))) => (None, Some(prompt)),
+            (usage, _) => (usage, None),
+        };
         Some(exchange.end(Ending::Streamed {
             by: &by,
             status,
             error_kind,
-            usage: self.usage,
+            usage,
+            prompt,
             text: std::mem::take(&mut self.text),
             text_whole: self.text_whole,
             ttfb_us,

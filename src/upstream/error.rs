@@ -8,6 +8,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 
+/// How long a tier rests after its provider said its account's money is spent: long enough that
+/// a busy route does not spend a call per request on the same refusal, short enough that traffic
+/// returns soon after someone tops the account up.
+pub const QUOTA_REST: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamErrorKind {
     ConnectRefused,
@@ -20,6 +25,8 @@ pub enum UpstreamErrorKind {
     TimeoutIdle,
     /// The upstream answered with a non-2xx status.
     Status(StatusCode),
+    /// The provider account's credit or spend limit is used up ([`UpstreamError::quota_exhausted`]).
+    QuotaExhausted,
     /// A 400 that says the request does not fit the model's context window: the request's size,
     /// not the provider's health, and a tier with a larger window may take it.
     ContextTooLong,
@@ -142,6 +149,28 @@ impl UpstreamError {
         }
     }
 
+    /// The provider refused because its account has no credit left or reached its spend limit
+    /// (a 402; OpenAI's 429 `insufficient_quota`; Anthropic's billing errors). Neither the client
+    /// nor the request can change that, and the servers are healthy: another tier answers, and
+    /// the tier rests as after a 429 — but for [`QUOTA_REST`] at least, since only a person
+    /// topping up the account ends it — rather than open its breaker, whose probes would find the
+    /// servers up and close it again.
+    pub fn quota_exhausted(
+        status: StatusCode,
+        body: Bytes,
+        retry_after: Option<Duration>,
+    ) -> UpstreamError {
+        UpstreamError {
+            kind: UpstreamErrorKind::QuotaExhausted,
+            detail: format!(
+                "answered HTTP {}: the provider account's credit or spend limit is used up",
+                status.as_u16()
+            ),
+            body,
+            retry_after: Some(retry_after.map_or(QUOTA_REST, |wait| wait.max(QUOTA_REST))),
+        }
+    }
+
     pub fn malformed(detail: String) -> UpstreamError {
         UpstreamError {
             kind: UpstreamErrorKind::MalformedJson,
@@ -207,6 +236,7 @@ impl UpstreamError {
             UpstreamErrorKind::TimeoutTotal => "timeout_total".into(),
             UpstreamErrorKind::TimeoutIdle => "timeout_idle".into(),
             UpstreamErrorKind::Status(status) => format!("http_{}", status.as_u16()),
+            UpstreamErrorKind::QuotaExhausted => "quota_exhausted".into(),
             UpstreamErrorKind::ContextTooLong => "context_too_long".into(),
             UpstreamErrorKind::Lacks(Lack::Tools) => "no_tools".into(),
             UpstreamErrorKind::Lacks(Lack::JsonSchema) => "no_json_schema".into(),
@@ -282,9 +312,14 @@ impl UpstreamError {
         ContextRefusal::read(&self.body)
     }
 
-    /// The upstream answered 429.
+    /// The upstream answered 429, or its account's money is spent: the tier rests, its breaker
+    /// hears nothing.
     pub fn is_rate_limit(&self) -> bool {
-        self.kind == UpstreamErrorKind::Status(StatusCode::TOO_MANY_REQUESTS)
+        matches!(
+            self.kind,
+            UpstreamErrorKind::Status(StatusCode::TOO_MANY_REQUESTS)
+                | UpstreamErrorKind::QuotaExhausted
+        )
     }
 
     /// The upstream answered 501: it is up and says it does not serve this endpoint, as

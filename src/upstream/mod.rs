@@ -22,8 +22,8 @@ use crate::config::{Api, Config, ProbePolicy, Provider, Tier, models_path};
 use crate::openai::{Endpoint, Usage};
 
 use client::{ProviderClient, uri};
-pub use error::{ContextRefusal, Lack, UpstreamError, UpstreamErrorKind};
-pub use stream::{SseEvent, UpstreamStream};
+pub use error::{ContextRefusal, Lack, QUOTA_REST, UpstreamError, UpstreamErrorKind};
+pub use stream::{SseEvent, UpstreamStream, UsageSoFar};
 
 /// A successful answer from one tier.
 pub enum Reply {

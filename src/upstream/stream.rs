@@ -1,6 +1,7 @@
 //! An upstream's server-sent events, read one event at a time with the tier's idle timeout between
-//! them. A stream counts as answered only once its first event has arrived: until then a failure is
-//! the tier's and the chain may try the next one.
+//! them. A stream counts as answered only once its first event has arrived — and where that event
+//! is an opening chunk with only the role, once the next has: until then a failure is the tier's
+//! and the chain may try the next one.
 //!
 //! Events are split here rather than by an SSE crate because the relay passes each event on as
 //! the bytes the upstream sent (a proxy's cost: no re-framing), and the crates we looked at
@@ -171,9 +172,20 @@ fn parse(raw: Bytes) -> Result<SseEvent, UpstreamError> {
     })
 }
 
+/// What a translated stream said of its usage before it ended without a usage chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageSoFar {
+    /// The whole answer's counts.
+    Whole(crate::openai::Usage),
+    /// Exact input counts (cache reads and writes included); the output is left to count.
+    Prompt(crate::openai::Usage),
+}
+
 /// An upstream stream that has produced its first event.
 pub struct UpstreamStream {
     first: Option<SseEvent>,
+    /// The event after a first one that carried nothing of the answer ([`says_nothing_yet`]).
+    then: Option<Box<SseEvent>>,
     body: Incoming,
     splitter: Splitter,
     idle: Duration,
@@ -201,6 +213,7 @@ impl UpstreamStream {
     ) -> Result<UpstreamStream, UpstreamError> {
         let mut stream = UpstreamStream {
             first: None,
+            then: None,
             body: response.into_body(),
             splitter: Splitter::new(max_event),
             idle,
@@ -251,14 +264,55 @@ impl UpstreamStream {
                 "the stream's first event is an error".into(),
             ));
         }
+        // A first chunk with only the role says nothing of the answer (vLLM and OpenAI send it
+        // before the first token; Anthropic's `message_start` becomes one): an error or the end
+        // right after it leaves the client with nothing, so the tier is not committed to until
+        // the next event shows the answer has begun. The wait is the one the relay would have
+        // had (`idle_ms`, restarted by keep-alives), and the bytes pass on as they came.
+        let holds_nothing = says_nothing_yet(&first.data);
         stream.first = Some(first);
+        if holds_nothing {
+            loop {
+                match stream.read_held().await {
+                    Some(Ok(event)) if event.keep_alive => {}
+                    Some(Ok(event)) if is_error_event(&event.data) => {
+                        return Err(UpstreamError::stream_broken(
+                            "the stream's first event after its opening chunk is an error".into(),
+                        ));
+                    }
+                    Some(Ok(event)) => {
+                        stream.then = Some(Box::new(event));
+                        break;
+                    }
+                    Some(Err(err)) => return Err(err),
+                    None => {
+                        return Err(UpstreamError::stream_broken(
+                            "the stream ended after its opening chunk, before its answer began"
+                                .into(),
+                        ));
+                    }
+                }
+            }
+        }
         Ok(stream)
+    }
+
+    /// The next event while the first is held: [`UpstreamStream::next_event`] without handing
+    /// the first over.
+    async fn read_held(&mut self) -> Option<Result<SseEvent, UpstreamError>> {
+        let first = self.first.take();
+        let event = self.next_event().await;
+        self.first = first;
+        event
     }
 
     /// The next event; `None` when the upstream closed the stream.
     pub async fn next_event(&mut self) -> Option<Result<SseEvent, UpstreamError>> {
         if let Some(first) = self.first.take() {
             return Some(Ok(first));
+        }
+        if let Some(then) = self.then.take() {
+            return Some(Ok(*then));
         }
         let mut waiting = false;
         std::future::poll_fn(|cx| {
@@ -297,10 +351,19 @@ impl UpstreamStream {
         .await
     }
 
+    /// What a translated stream has said of its usage so far; `None` for one passed through,
+    /// whose usage is in its own chunks.
+    pub fn usage_so_far(&self) -> Option<UsageSoFar> {
+        self.reader.as_ref()?.usage_so_far()
+    }
+
     /// The next event if it has already arrived, without waiting or setting a timer.
     pub fn ready_event(&mut self) -> Option<Option<Result<SseEvent, UpstreamError>>> {
         if let Some(first) = self.first.take() {
             return Some(Some(Ok(first)));
+        }
+        if let Some(then) = self.then.take() {
+            return Some(Some(Ok(*then)));
         }
         std::future::poll_fn(|cx| self.poll_event(cx)).now_or_never()
     }
@@ -361,6 +424,37 @@ impl UpstreamStream {
             }
         }
     }
+}
+
+/// Whether a first chunk carries nothing of the answer: every choice's delta only its role, an
+/// empty `content` or nulls, no finish, no usage. Only a chunk that names a role is parsed, so
+/// the usual first chunk of text costs a scan for `"role"`.
+fn says_nothing_yet(data: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Chunk {
+        #[serde(default)]
+        choices: Vec<Choice>,
+        #[serde(default)]
+        usage: Option<IgnoredAny>,
+    }
+    #[derive(Deserialize)]
+    struct Choice {
+        #[serde(default)]
+        delta: serde_json::Map<String, serde_json::Value>,
+        #[serde(default)]
+        finish_reason: Option<IgnoredAny>,
+    }
+    data.contains("\"role\"")
+        && serde_json::from_str::<Chunk>(data).is_ok_and(|chunk| {
+            chunk.usage.is_none()
+                && !chunk.choices.is_empty()
+                && chunk.choices.iter().all(|choice| {
+                    choice.finish_reason.is_none()
+                        && choice.delta.iter().all(|(key, value)| {
+                            key == "role" || value.is_null() || (key == "content" && value == "")
+                        })
+                })
+        })
 }
 
 fn is_error_event(data: &str) -> bool {

@@ -56,6 +56,7 @@ async fn anthropic_setup() -> (TestGateway, FakeUpstream, FakeUpstream, DownAddr
             );
             c.add_route("agent", TaskKind::Agentic, &["local", "claude"]);
             c.add_route("claude_first", TaskKind::Agentic, &["claude", "api_fast"]);
+            c.add_route("fast_first", TaskKind::Agentic, &["api_fast", "claude"]);
         });
     let gw = TestGateway::start(&config).await;
     (gw, anthropic, openai, down)
@@ -351,17 +352,109 @@ async fn anthropic_refusals_reach_the_client_in_openais_shape_and_overload_falls
     gw.shutdown().await;
 }
 
+/// A provider whose account's money is spent — Anthropic's 402 `billing_error`, OpenAI's 429
+/// `insufficient_quota` — is neither the client's fault nor an outage: the next tier answers,
+/// the tier rests (no call until its rest is over) and its breaker hears nothing. (Anthropic's
+/// 400 wordings of the same are read in `wire::anthropic`'s unit tests.)
+#[tokio::test]
+async fn a_spent_provider_account_falls_back_and_rests_the_tier_without_the_breaker() {
+    let (gw, anthropic, openai, _down) = anthropic_setup().await;
+    anthropic.set_fault(Fault::Status {
+        status: 402,
+        body: None,
+        retry_after: None,
+    });
+    gw.ask("claude_first")
+        .await
+        .assert_served_by("api_fast", "claude:quota_exhausted");
+    assert_eq!(anthropic.request_count(), 1);
+    // Resting: the next request does not call the spent account at all.
+    gw.ask_stream("claude_first")
+        .await
+        .assert_served_by("api_fast", "claude:rate_limited");
+    assert_eq!(anthropic.request_count(), 1);
+    let status = gw.provider("anthropic").await;
+    assert_eq!(status["breaker"]["consecutive_failures"], 0, "{status}");
+    assert_eq!(status["breaker"]["state"], "closed", "{status}");
+
+    // OpenAI's own: a 429 that no wait ends, from an OpenAI-compatible upstream.
+    openai.set_fault(Fault::Status {
+        status: 429,
+        body: Some(r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#.into()),
+        retry_after: Some(1),
+    });
+    // `claude` is still resting, so no tier answers; the client is told why.
+    let before = openai.request_count();
+    let answer = gw.ask("fast_first").await;
+    assert!(
+        answer.status >= 500 || answer.status == 429,
+        "{}",
+        answer.text
+    );
+    assert!(
+        answer.text.contains("api_fast: quota_exhausted"),
+        "{}",
+        answer.text
+    );
+    assert_eq!(
+        openai.request_count(),
+        before + 1,
+        "not retried after its Retry-After"
+    );
+    gw.ask("fast_first").await;
+    assert_eq!(
+        openai.request_count(),
+        before + 1,
+        "resting past its Retry-After"
+    );
+    let status = gw.provider("openai").await;
+    assert_eq!(status["breaker"]["consecutive_failures"], 0, "{status}");
+    gw.shutdown().await;
+}
+
 /// Anthropic's stream faults: cut before any event, an error as the first event, and either right
 /// after `message_start` (before the answer began) fall back; cut mid-answer and an error event
 /// mid-answer end the client's stream with an error, recorded.
 #[tokio::test]
 async fn anthropic_stream_faults_fall_back_before_the_first_event_and_end_cleanly_after() {
-    let (gw, anthropic, _openai, _down) = anthropic_setup().await;
+    let (gw, anthropic, openai, _down) = anthropic_setup().await;
     anthropic.set_fault(Fault::CutBeforeFirstChunk);
     gw.ask_stream("claude_first")
         .await
         .assert_served_by("api_fast", "claude:stream_broken");
-    anthropic.set_fault(Fault::ErrorMidStream { after: 0 });
+    // An OpenAI-compatible upstream passed through: its role-only first chunk, then an error,
+    // falls back (the role chunk held, not relayed).
+    anthropic.set_fault(Fault::None);
+    openai.set_fault(Fault::ErrorMidStream { after: 1 });
+    gw.ask_stream("fast_first")
+        .await
+        .assert_served_by("claude", "api_fast:stream_broken");
+    openai.set_fault(Fault::None);
+    // An error or the end right after `message_start` (before any text or tool call, a ping or
+    // an empty text block between): the client has nothing yet, so the next tier answers.
+    for fault in [
+        Fault::ErrorMidStream { after: 0 },
+        Fault::ErrorMidStream { after: 1 },
+        Fault::ErrorMidStream { after: 3 },
+    ] {
+        anthropic.set_fault(fault.clone());
+        let answer = gw.ask_stream("claude_first").await;
+        answer.assert_served_by("api_fast", "claude:stream_broken");
+        assert_eq!(
+            streamed(&answer.text).errors,
+            Vec::<Value>::new(),
+            "{fault:?}"
+        );
+    }
+    anthropic.set_fault(Fault::None);
+
+    // A whole answer between: the breaker has heard of four failures in a row, one short of
+    // opening.
+    anthropic.set_fault(Fault::None);
+    gw.ask_stream("claude_first")
+        .await
+        .assert_served_by_first("claude");
+    anthropic.set_fault(Fault::CutAfterChunks { chunks: 1 });
     gw.ask_stream("claude_first")
         .await
         .assert_served_by("api_fast", "claude:stream_broken");
@@ -390,20 +483,74 @@ async fn anthropic_stream_faults_fall_back_before_the_first_event_and_end_cleanl
     let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
     assert_eq!(row.error_kind.as_deref(), Some("stream_broken"));
 
-    // Overloaded mid-answer: Anthropic's error event reaches the client in OpenAI's shape, then
-    // the stream ends; the ledger records the upstream's error.
+    // Overloaded mid-answer: Anthropic's error event reaches the client in OpenAI's shape (the
+    // type OpenAI's, Anthropic's own as the code, as in a refusal) and ends the stream, as a cut
+    // ends it: no `[DONE]`, no second error; the ledger records the upstream's error.
     anthropic.set_fault(Fault::ErrorMidStream { after: 5 });
     let answer = gw.ask_stream("claude_first").await;
     let stream = streamed(&answer.text);
-    assert!(stream.done, "{}", answer.text);
+    assert!(!stream.done, "{}", answer.text);
     assert_eq!(
         stream.errors,
         [
-            json!({"error": {"message": "Overloaded", "type": "overloaded_error", "param": null, "code": null}})
+            json!({"error": {"message": "Overloaded", "type": "server_error", "param": null, "code": "overloaded_error"}})
         ]
     );
     let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
     assert_eq!(row.error_kind.as_deref(), Some("upstream_error_event"));
+    gw.shutdown().await;
+}
+
+/// A stream that fails after Anthropic's `message_start` keeps what it said exactly: the input,
+/// the cache reads and the cache writes, priced at their own prices; only the output is counted
+/// (and the row says estimated). A whole stream's usage chunk comes once, the last before
+/// `[DONE]`.
+#[tokio::test]
+async fn a_failed_anthropic_stream_keeps_message_starts_exact_input_and_cache_figures() {
+    let (gw, anthropic, _openai, _down) = anthropic_setup().await;
+    let store = gw.store().await;
+    for fault in [
+        Fault::CutAfterChunks { chunks: 4 },
+        Fault::ErrorMidStream { after: 5 },
+    ] {
+        anthropic.set_behavior(Behavior {
+            fault: fault.clone(),
+            ..weather_behavior()
+        });
+        let answer = gw.ask_stream("claude_first").await;
+        assert_eq!(
+            answer.header("x-tierwise-tier"),
+            Some("claude"),
+            "{fault:?}"
+        );
+        assert_eq!(streamed(&answer.text).errors.len(), 1, "{}", answer.text);
+        let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+        assert_eq!(
+            (row.tokens_in, row.tokens_cached, row.tokens_cache_write),
+            (1000, 200, 100),
+            "{fault:?}"
+        );
+        assert!(row.tokens_estimated, "the output was counted: {fault:?}");
+        let output = row.tokens_out as i64;
+        assert!(output > 0, "{fault:?}");
+        assert_eq!(
+            row.cost_pusd.map(|c| c.0),
+            Some(WEATHER_COST_PUSD - 50 * 15_000_000 + output * 15_000_000),
+            "{fault:?}"
+        );
+    }
+    anthropic.set_behavior(weather_behavior());
+    let answer = Answer::of(
+        gw.post(
+            "/v1/chat/completions",
+            &weather_request("claude_first", true),
+        )
+        .await,
+    )
+    .await;
+    let stream = streamed(&answer.text);
+    assert!(stream.done);
+    assert_weather_usage(stream.usage.as_ref().unwrap());
     gw.shutdown().await;
 }
 
@@ -563,6 +710,48 @@ async fn azure_stream_faults_fall_back_before_the_first_answer_chunk_and_end_cle
 }
 
 /// An Azure tier must name its deployment, and only an Azure tier may.
+/// An Azure API version older than the first that takes `stream_options` (2024-09-01-preview)
+/// refuses the field: tierwise leaves it out there, so streams work, and counts their tokens
+/// (marked estimated); a newer version gets it and reports exact usage.
+#[tokio::test]
+async fn an_older_azure_api_version_streams_without_stream_options_and_counts_the_tokens() {
+    let down = unused_addr().await;
+    let azure = FakeUpstream::start().await;
+    let openai = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&format!("http://{down}/v1"), &openai.base_url())
+        .without_probes()
+        .with(|c| {
+            let mut provider = RawProvider::new(format!("http://{}", azure.addr));
+            provider.api = Some(Api::Azure);
+            provider.api_key = Some(text("azure-secret"));
+            provider.api_version = Some(text("2024-06-01"));
+            provider.health.enabled = Some(false);
+            c.0.providers.insert(text("azure"), provider);
+            let mut tier = RawTier::new("azure", "gpt-4o");
+            tier.deployment = Some(text("gpt4o-prod"));
+            c.0.tiers.insert(text("azure"), tier);
+            c.add_route("azure_first", TaskKind::Agentic, &["azure", "api_fast"]);
+        });
+    let gw = TestGateway::start(&config).await;
+    let store = gw.store().await;
+    let answer = Answer::of(
+        gw.post(
+            "/v1/chat/completions",
+            &weather_request("azure_first", true),
+        )
+        .await,
+    )
+    .await;
+    answer.assert_served_by_first("azure");
+    let stream = streamed(&answer.text);
+    assert!(stream.done, "{}", answer.text);
+    let sent = azure.requests().pop().unwrap();
+    assert!(sent.body.get("stream_options").is_none(), "{}", sent.body);
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert!(row.tokens_estimated && row.tokens_out > 0);
+    gw.shutdown().await;
+}
+
 #[test]
 fn a_deployment_is_required_on_azure_and_refused_elsewhere() {
     let load = |change: fn(&mut TestConfig)| {

@@ -122,17 +122,25 @@ pub(super) fn encode(body: &[u8]) -> Result<Vec<u8>, UpstreamError> {
         // OpenAI's range is 0–2, Anthropic's 0–1: the hottest OpenAI asks for is Anthropic's hottest.
         out.insert("temperature".into(), json!(temperature.min(1.0)));
     }
-    if let Some(top_p) = field("top_p") {
+    // Current Claude models refuse `temperature` and `top_p` together; OpenAI takes both. The
+    // temperature is kept, as Anthropic advises altering one of the two.
+    if let Some(top_p) = field("top_p")
+        && !out.contains_key("temperature")
+    {
         out.insert("top_p".into(), top_p.clone());
     }
-    match field("stop") {
-        Some(Value::String(stop)) => {
-            out.insert("stop_sequences".into(), json!([stop]));
-        }
-        Some(Value::Array(stops)) if !stops.is_empty() => {
-            out.insert("stop_sequences".into(), Value::Array(stops.clone()));
-        }
-        _ => {}
+    // Anthropic refuses a stop sequence of whitespace alone (OpenAI's common `"\n"`): such a
+    // sequence is left out, the others kept.
+    let stops: Vec<Value> = match field("stop") {
+        Some(Value::String(stop)) => vec![Value::String(stop.clone())],
+        Some(Value::Array(stops)) => stops.clone(),
+        _ => Vec::new(),
+    }
+    .into_iter()
+    .filter(|stop| stop.as_str().is_some_and(|stop| !stop.trim().is_empty()))
+    .collect();
+    if !stops.is_empty() {
+        out.insert("stop_sequences".into(), Value::Array(stops));
     }
     if let Some(user) = field("user") {
         out.insert("metadata".into(), json!({"user_id": user}));
@@ -156,8 +164,12 @@ pub(super) fn encode(body: &[u8]) -> Result<Vec<u8>, UpstreamError> {
             None => return Err(untranslatable("tool_choice", "an unknown tool_choice")),
         },
     };
+    // `none` takes no other field: with no tool called, there is nothing to run in parallel.
     if field("parallel_tool_calls").and_then(Value::as_bool) == Some(false)
         && out.contains_key("tools")
+        && choice
+            .as_ref()
+            .is_none_or(|choice| choice["type"] != "none")
     {
         let choice = choice.get_or_insert_with(|| json!({"type": "auto"}));
         choice["disable_parallel_tool_use"] = Value::Bool(true);
@@ -274,7 +286,7 @@ fn blocks(content: &Value) -> Result<Vec<Value>, UpstreamError> {
             .filter(|part| part["type"] != "text" || part["text"] != "")
             .map(|part| match part["type"].as_str() {
                 Some("text") => match part["text"].as_str() {
-                    Some(text) => Ok(json!({"type": "text", "text": text})),
+                    Some(text) => Ok(with_cache_control(json!({"type": "text", "text": text}), part)),
                     None => Err(bad("a text part without text")),
                 },
                 Some("image_url") => {
@@ -288,6 +300,18 @@ fn blocks(content: &Value) -> Result<Vec<Value>, UpstreamError> {
             .collect(),
         _ => Err(bad("content that is neither text nor parts")),
     }
+}
+
+/// A block with the client's `cache_control` breakpoint, where its part has one (Anthropic caches
+/// a prompt only up to the breakpoints a request marks).
+fn with_cache_control(mut block: Value, part: &Value) -> Value {
+    if let Some(control) = part
+        .get("cache_control")
+        .filter(|control| control.is_object())
+    {
+        block["cache_control"] = control.clone();
+    }
+    block
 }
 
 /// An image URL as Anthropic's source: a `data:` URL as base64, any other as a URL.
@@ -460,6 +484,9 @@ pub(super) struct Events {
     usage: WireUsage,
     /// `message_start`'s piece, until the answer begins.
     start: Option<Delta>,
+    /// A `message_delta` gave the output count: the usage is the whole answer's, not
+    /// `message_start`'s early figures.
+    counted: bool,
 }
 
 impl Events {
@@ -578,36 +605,60 @@ impl Events {
                 }
                 _ => {}
             },
+            // Anthropic may send several, each with the counts so far; the usage chunk waits for
+            // `message_stop`, so that the client gets one, the last before `[DONE]`.
             Event::MessageDelta { delta, usage } => {
                 // The answer's length is known only here: `message_start`'s output count is the
                 // few tokens written so far, so a delta without one leaves the usage unknown.
-                let counted = usage.is_some_and(|usage| usage.output_tokens.is_some());
                 if let Some(usage) = usage {
+                    self.counted |= usage.output_tokens.is_some();
                     self.usage.update(usage);
                 }
                 if let Some(stop_reason) = delta.stop_reason {
                     out.push(Delta::Finish(finish(&stop_reason)));
                 }
-                if counted && let Some(usage) = self.usage.usage() {
+            }
+            Event::MessageStop {} => {
+                // Without an output count from a `message_delta`, `message_start`'s early one
+                // would pass for the answer's: the gateway counts the answer instead.
+                if self.counted
+                    && let Some(usage) = self.usage.usage()
+                {
                     out.push(Delta::Usage(usage));
                 }
+                out.push(Delta::Done);
             }
-            Event::MessageStop {} => out.push(Delta::Done),
             Event::Ping {} => out.push(Delta::KeepAlive),
-            // Anthropic ends a stream after its error event; the gateway's stream ends there too,
-            // as OpenAI's does after one. Before the answer began, the error is the first piece
-            // and `message_start`'s is dropped: nothing of this tier reaches the client.
+            // Anthropic ends a stream after its error event; the gateway's stream ends with it,
+            // without `[DONE]`, as a stream cut short ends (the relay's one rule for a failed
+            // stream: its error event is the last). Its type is OpenAI's, as in a refusal. Before
+            // the answer began, the error is the first piece and `message_start`'s is dropped:
+            // nothing of this tier reaches the client, which may then fall back.
             Event::Error { error } => {
                 self.start = None;
                 out.push(Delta::Error {
-                    kind: error.kind,
+                    kind: openai_type(&error.kind),
+                    code: error.kind,
                     message: error.message,
                 });
-                out.push(Delta::Done);
             }
             Event::Other => {}
         }
         Ok(())
+    }
+}
+
+impl Events {
+    /// What is known of the usage so far, for a stream that ends without its usage chunk: the
+    /// whole answer's once a `message_delta` counted it, else `message_start`'s input figures
+    /// (exact, cache reads and writes included), the output left to count.
+    pub(super) fn usage_so_far(&self) -> Option<crate::upstream::UsageSoFar> {
+        let usage = self.usage.usage()?;
+        Some(if self.counted {
+            crate::upstream::UsageSoFar::Whole(usage)
+        } else {
+            crate::upstream::UsageSoFar::Prompt(usage)
+        })
     }
 }
 
@@ -632,7 +683,11 @@ pub(super) fn refusal(status: StatusCode, body: Bytes, headers: &HeaderMap) -> U
     } else {
         status
     };
-    let body = match serde_json::from_slice::<Envelope>(&body) {
+    let parsed = serde_json::from_slice::<Envelope>(&body);
+    let spent = parsed
+        .as_ref()
+        .is_ok_and(|Envelope { error }| quota_spent(status, error));
+    let body = match parsed {
         Ok(Envelope { error }) => Bytes::from(
             json!({"error": {
                 "message": error.message,
@@ -644,7 +699,28 @@ pub(super) fn refusal(status: StatusCode, body: Bytes, headers: &HeaderMap) -> U
         ),
         Err(_) => body,
     };
+    if spent || status == StatusCode::PAYMENT_REQUIRED {
+        return UpstreamError::quota_exhausted(status, body, retry_after(headers));
+    }
     UpstreamError::status(status, body, retry_after(headers))
+}
+
+/// The wordings in which Anthropic refuses for the account's money rather than the request: its
+/// credit spent, or the spend limit the organisation set reached. Older answers give them as a
+/// 400 `invalid_request_error`, newer ones as a 402 `billing_error`; each is anchored at the
+/// start of Anthropic's message, since a message may quote the client's words further on.
+const QUOTA_SPENT: [&str; 3] = [
+    "Your credit balance is too low",
+    "You have reached your specified API usage limits",
+    "Usage is blocked due to insufficient credits",
+];
+
+fn quota_spent(status: StatusCode, error: &ErrorBody) -> bool {
+    error.kind == "billing_error"
+        || (status == StatusCode::BAD_REQUEST
+            && QUOTA_SPENT
+                .iter()
+                .any(|wording| error.message.starts_with(wording)))
 }
 
 /// Anthropic's error type as the OpenAI type an SDK expects beside the same status.
@@ -655,6 +731,7 @@ fn openai_type(kind: &str) -> &'static str {
         | "not_found_error"
         | "invalid_request_error"
         | "request_too_large" => "invalid_request_error",
+        "billing_error" => "insufficient_quota",
         "rate_limit_error" => "rate_limit_error",
         "overloaded_error" | "api_error" => "server_error",
         _ => "upstream_error",
@@ -732,7 +809,6 @@ mod tests {
                 ],
                 "max_tokens": 300,
                 "temperature": 1.0,
-                "top_p": 0.9,
                 "stop_sequences": ["END"],
                 "metadata": {"user_id": "u-42"},
                 "tools": [{
@@ -776,6 +852,47 @@ mod tests {
                 json!({"type": "object", "properties": {}})
             );
         }
+    }
+
+    /// What OpenAI takes and Claude refuses is written so Claude takes it: `temperature` with
+    /// `top_p` keeps the temperature alone; a whitespace-only stop sequence is left out;
+    /// `tool_choice: "none"` carries no `disable_parallel_tool_use`.
+    #[test]
+    fn what_claude_refuses_is_not_sent() {
+        let hi = json!([{"role": "user", "content": "hi"}]);
+        let both = encoded(json!({"model": "m", "messages": hi, "temperature": 0.2, "top_p": 0.9}));
+        assert_eq!(
+            (both["temperature"].as_f64(), both.get("top_p")),
+            (Some(0.2), None)
+        );
+        let alone = encoded(json!({"model": "m", "messages": hi, "top_p": 0.9}));
+        assert_eq!(alone["top_p"], 0.9);
+        let stops = encoded(json!({"model": "m", "messages": hi, "stop": ["\n", " ", "END"]}));
+        assert_eq!(stops["stop_sequences"], json!(["END"]));
+        let newline = encoded(json!({"model": "m", "messages": hi, "stop": "\n"}));
+        assert!(newline.get("stop_sequences").is_none());
+        let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+        let none = encoded(json!({"model": "m", "messages": hi, "tools": tools,
+            "tool_choice": "none", "parallel_tool_calls": false}));
+        assert_eq!(none["tool_choice"], json!({"type": "none"}));
+    }
+
+    /// A client's `cache_control` breakpoint on a text part reaches Anthropic on its block.
+    #[test]
+    fn a_cache_breakpoint_on_a_text_part_is_carried() {
+        let sent = encoded(
+            json!({"model": "m", "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "a long document", "cache_control": {"type": "ephemeral"}},
+                {"type": "text", "text": "the question"},
+            ]}]}),
+        );
+        assert_eq!(
+            sent["messages"][0]["content"],
+            json!([
+                {"type": "text", "text": "a long document", "cache_control": {"type": "ephemeral"}},
+                {"type": "text", "text": "the question"},
+            ])
+        );
     }
 
     /// What would change the answer's shape is not dropped: the tier passes the request on.
@@ -909,13 +1026,11 @@ mod tests {
             .unwrap();
         assert_eq!(
             pieces,
-            [
-                Delta::Error {
-                    kind: "overloaded_error".into(),
-                    message: "Overloaded".into()
-                },
-                Delta::Done
-            ]
+            [Delta::Error {
+                kind: "server_error",
+                code: "overloaded_error".into(),
+                message: "Overloaded".into()
+            }]
         );
         assert!(Events::default().read("not json", &mut Vec::new()).is_err());
 
@@ -935,10 +1050,10 @@ mod tests {
             [
                 Delta::KeepAlive,
                 Delta::Error {
-                    kind: "overloaded_error".into(),
+                    kind: "server_error",
+                    code: "overloaded_error".into(),
                     message: "Overloaded".into()
                 },
-                Delta::Done
             ]
         );
     }
@@ -988,6 +1103,70 @@ mod tests {
         );
     }
 
+    /// Usage reaches the client once, when the message stops, with the last counts, however many
+    /// `message_delta` events carried them; a `message_delta` without an output count leaves the
+    /// answer to be counted (never `message_start`'s early 1 as if exact), while the input
+    /// figures `message_start` gave stay known for the ledger.
+    #[test]
+    fn usage_comes_once_at_the_end_and_only_when_counted() {
+        let start = r#"{"type":"message_start","message":{"id":"msg_01","model":"claude-haiku-4-5","usage":{"input_tokens":1000,"output_tokens":1,"cache_read_input_tokens":50000,"cache_creation_input_tokens":3000}}}"#;
+        let text = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi."}}"#;
+        let usages = |events: &[&str]| {
+            let mut reader = Events::default();
+            let mut pieces = Vec::new();
+            for event in events {
+                reader.read(event, &mut pieces).unwrap();
+            }
+            let usages: Vec<Usage> = pieces
+                .iter()
+                .filter_map(|piece| match piece {
+                    Delta::Usage(usage) => Some(*usage),
+                    _ => None,
+                })
+                .collect();
+            (usages, pieces.last().cloned(), reader.usage_so_far())
+        };
+        let whole = Usage {
+            prompt_tokens: 54_000,
+            completion_tokens: 20,
+            cached_tokens: 50_000,
+            cache_write_tokens: 3000,
+        };
+        let (once, last, _) = usages(&[
+            start,
+            text,
+            r#"{"type":"message_delta","delta":{"stop_reason":null},"usage":{"output_tokens":10}}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":20}}"#,
+            r#"{"type":"message_stop"}"#,
+        ]);
+        assert_eq!((once, last), (vec![whole], Some(Delta::Done)));
+
+        let (none, _, so_far) = usages(&[
+            start,
+            text,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"}}"#,
+            r#"{"type":"message_stop"}"#,
+        ]);
+        assert_eq!(none, Vec::new());
+        let Some(crate::upstream::UsageSoFar::Prompt(prompt)) = so_far else {
+            panic!("{so_far:?}");
+        };
+        assert_eq!(
+            (
+                prompt.prompt_tokens,
+                prompt.cached_tokens,
+                prompt.cache_write_tokens
+            ),
+            (54_000, 50_000, 3000)
+        );
+        // Cut after a counted delta, before `message_stop`: the counts are the whole answer's.
+        let (_, _, so_far) = usages(&[
+            start,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":20}}"#,
+        ]);
+        assert_eq!(so_far, Some(crate::upstream::UsageSoFar::Whole(whole)));
+    }
+
     /// Anthropic's errors in OpenAI's shape; 529 is the provider's overload, as 503; a prompt too
     /// long is the request's size, with the window it states.
     #[test]
@@ -1020,6 +1199,49 @@ mod tests {
         assert_eq!(too_long.kind, UpstreamErrorKind::ContextTooLong);
         let refusal = too_long.context_refusal().unwrap();
         assert_eq!((refusal.window, refusal.prompt), (200_000, 208_310));
+    }
+
+    /// The account's money spent, in each of Anthropic's wordings, is the provider's state: the
+    /// request moves on, the tier rests (a rate limit's rest, at least a minute), the breaker
+    /// hears nothing. The same words quoted later in a message are the client's.
+    #[test]
+    fn a_spent_account_is_a_rest_not_the_clients_error() {
+        for (status, body) in [
+            (
+                402,
+                r#"{"type":"error","error":{"type":"billing_error","message":"Your credit balance is too low to access the Anthropic API."}}"#,
+            ),
+            (
+                400,
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."}}"#,
+            ),
+            (
+                400,
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"You have reached your specified API usage limits. You will regain access on 2027-01-01 at 00:00 UTC."}}"#,
+            ),
+        ] {
+            let error = refusal(
+                StatusCode::from_u16(status).unwrap(),
+                Bytes::from_static(body.as_bytes()),
+                &HeaderMap::new(),
+            );
+            assert_eq!(error.kind, UpstreamErrorKind::QuotaExhausted, "{body}");
+            assert!(error.is_retryable() && error.is_rate_limit(), "{body}");
+            assert!(!error.counts_against_provider(), "{body}");
+            assert!(
+                error.retry_after >= Some(crate::upstream::QUOTA_REST),
+                "{body}"
+            );
+        }
+        let quoted = refusal(
+            StatusCode::BAD_REQUEST,
+            Bytes::from_static(br#"{"type":"error","error":{"type":"invalid_request_error","message":"messages.0: 'Your credit balance is too low' is not a tool name"}}"#),
+            &HeaderMap::new(),
+        );
+        assert_eq!(
+            quoted.kind,
+            UpstreamErrorKind::Status(StatusCode::BAD_REQUEST)
+        );
     }
 
     proptest::proptest! {

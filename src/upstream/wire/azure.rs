@@ -80,6 +80,9 @@ pub(super) fn refusal(status: StatusCode, body: Bytes, headers: &HeaderMap) -> U
         .and_then(|ms| ms.trim().parse::<u64>().ok())
         .map(|ms| Duration::from_millis(ms).min(super::super::MAX_RETRY_AFTER))
         .or_else(|| retry_after(headers));
+    if super::openai::quota_spent(status, &body) {
+        return UpstreamError::quota_exhausted(status, openai_shaped(body), wait);
+    }
     UpstreamError::status(status, openai_shaped(body), wait)
 }
 

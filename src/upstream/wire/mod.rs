@@ -244,6 +244,15 @@ impl EventReader {
         }
     }
 
+    /// What the translated stream has said of its usage so far (`None` where it passes usage on
+    /// in its own chunks).
+    pub(super) fn usage_so_far(&self) -> Option<super::UsageSoFar> {
+        match &self.reader {
+            Reader::AsCame | Reader::Azure => None,
+            Reader::Anthropic { events, .. } => events.usage_so_far(),
+        }
+    }
+
     /// Reads one upstream event into the events it becomes, handed over by [`EventReader::next`].
     pub(super) fn read(&mut self, event: SseEvent) -> Result<(), UpstreamError> {
         if event.keep_alive {

@@ -68,9 +68,11 @@ pub enum Delta {
     Finish(Finish),
     /// What the whole answer used, once it is known.
     Usage(Usage),
-    /// The upstream failed mid-answer, in its own words.
+    /// The upstream failed mid-answer: OpenAI's error type for it, the upstream's own type as
+    /// the code, and its words.
     Error {
-        kind: String,
+        kind: &'static str,
+        code: String,
         message: String,
     },
     /// The upstream is alive and has nothing to add.

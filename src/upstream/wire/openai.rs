@@ -47,7 +47,38 @@ pub(super) fn answer(
 }
 
 pub(super) fn refusal(status: StatusCode, body: Bytes, headers: &HeaderMap) -> UpstreamError {
+    if quota_spent(status, &body) {
+        return UpstreamError::quota_exhausted(status, body, retry_after(headers));
+    }
     UpstreamError::status(status, body, retry_after(headers))
+}
+
+/// Whether an OpenAI-shaped refusal says the provider account's money is spent: 402 Payment
+/// Required (OpenRouter's and other resellers' "insufficient credits"), or OpenAI's 429 whose
+/// code is `insufficient_quota` ("You exceeded your current quota"), which no wait ends, unlike
+/// its other 429s.
+pub(super) fn quota_spent(status: StatusCode, body: &[u8]) -> bool {
+    if status == StatusCode::PAYMENT_REQUIRED {
+        return true;
+    }
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        error: Detail,
+    }
+    #[derive(serde::Deserialize)]
+    struct Detail {
+        #[serde(default)]
+        code: Option<Value>,
+        #[serde(rename = "type", default)]
+        kind: Option<Value>,
+    }
+    status == StatusCode::TOO_MANY_REQUESTS
+        && serde_json::from_slice::<Envelope>(body).is_ok_and(|envelope| {
+            [envelope.error.code, envelope.error.kind]
+                .iter()
+                .flatten()
+                .any(|value| value == "insufficient_quota")
+        })
 }
 
 /// Seconds since the epoch, as OpenAI dates an answer.
@@ -155,8 +186,12 @@ impl ChunkWriter {
             ),
             Delta::Finish(finish) => (choice(json!({}), Some(finish.openai())), None),
             Delta::Usage(usage) => (json!([]), Some(usage_json(&usage))),
-            Delta::Error { kind, message } => {
-                let error = json!({"error": {"message": message, "type": kind, "param": null, "code": null}});
+            Delta::Error {
+                kind,
+                code,
+                message,
+            } => {
+                let error = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
                 return event(error.to_string());
             }
             Delta::KeepAlive => {
@@ -195,6 +230,22 @@ fn event(data: String) -> SseEvent {
 
 #[cfg(test)]
 mod tests {
+    /// A 402 and OpenAI's `insufficient_quota` 429 say the account's money is spent; any other
+    /// 429 is a rate limit that a wait ends.
+    #[test]
+    fn spent_quota_is_told_from_a_rate_limit() {
+        use http::StatusCode;
+        let quota = br#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
+        let limit = br#"{"error":{"message":"Rate limit reached for gpt-4o","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
+        assert!(super::quota_spent(StatusCode::TOO_MANY_REQUESTS, quota));
+        assert!(super::quota_spent(
+            StatusCode::PAYMENT_REQUIRED,
+            b"Insufficient credits"
+        ));
+        assert!(!super::quota_spent(StatusCode::TOO_MANY_REQUESTS, limit));
+        assert!(!super::quota_spent(StatusCode::BAD_REQUEST, quota));
+    }
+
     proptest::proptest! {
         /// Any bytes as an answer body: an error or a reading of its usage, never a panic.
         #[test]

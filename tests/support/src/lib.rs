@@ -319,10 +319,12 @@ impl FakeUpstream {
         self.shared.record.store(on, Ordering::Relaxed);
     }
 
-    /// Makes streams stop after their first chunk until the returned gate is opened, so a test can
-    /// see that the first chunk reached the client while the upstream had not finished.
+    /// Makes streams stop after their first chunk of the answer (the role chunk and the first
+    /// word: the gateway holds a role-only chunk until the answer begins) until the returned gate
+    /// is opened, so a test can see that the answer reached the client while the upstream had not
+    /// finished.
     pub fn hold_streams(&self) -> Gate {
-        self.hold_streams_after(1)
+        self.hold_streams_after(2)
     }
 
     /// Makes streams stop after `chunks` chunks (the first carries only the role; each later one a
@@ -535,6 +537,7 @@ fn error_body(format: Format, status: StatusCode) -> String {
             let kind = match status.as_u16() {
                 400 => "invalid_request_error",
                 401 => "authentication_error",
+                402 => "billing_error",
                 403 => "permission_error",
                 404 => "not_found_error",
                 413 => "request_too_large",
@@ -651,6 +654,19 @@ async fn azure_chat(
         record_query(&shared, &path, query, &headers, &body);
         let missing = json!({"error": {"code": "404", "message": "Resource not found"}});
         return (StatusCode::NOT_FOUND, Json(missing)).into_response();
+    }
+    // Versions before 2024-09-01(-preview) do not know `stream_options`, and say so.
+    let version = query
+        .as_deref()
+        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("api-version=")))
+        .unwrap_or("");
+    if version.as_bytes().first().is_some_and(u8::is_ascii_digit)
+        && version < "2024-09-01"
+        && serde_json::from_slice::<Value>(&body).is_ok_and(|b| b.get("stream_options").is_some())
+    {
+        record_query(&shared, &path, query, &headers, &body);
+        let refused = json!({"error": {"code": null, "message": "Unrecognized request argument supplied: stream_options", "param": null, "type": "invalid_request_error"}});
+        return (StatusCode::BAD_REQUEST, Json(refused)).into_response();
     }
     chat_in(Format::Azure, &shared, &path, query, &headers, body).await
 }
