@@ -232,6 +232,7 @@ async fn a_spent_route_budget_serves_from_local_and_without_a_local_tier_answers
             "would_have_cost_usd": "0.000006",
             "passed_over": ["api_fast"],
             "refused": 0,
+            "budgets": ["route budget_local"],
         })
     );
     assert_eq!(route("budget_api_only")["refused"], 1);
