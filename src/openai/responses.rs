@@ -130,13 +130,14 @@ fn rewrite(body: &RequestBody<'_>, step: &ChainTier, edits: &mut Edits) {
     if let Some(prompt) = &step.system_prompt {
         edits.set("instructions", raw(prompt));
     }
+    // `null` is no limit: the tier's applies, as admission (budgets, tpm) reserved it.
     if let Some(max_tokens) = tier.max_tokens
-        && !body.has("max_output_tokens")
+        && !body.gives("max_output_tokens")
     {
         edits.set("max_output_tokens", raw(&max_tokens));
     }
     if let Some(temperature) = tier.temperature
-        && !body.has("temperature")
+        && !body.gives("temperature")
     {
         edits.set("temperature", raw(&temperature));
     }
@@ -1041,6 +1042,28 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// `"max_output_tokens": null` leaves the answer unbounded upstream: the tier's limit applies
+    /// as if the field were absent, since budgets and tpm reserve that limit as the worst case.
+    #[test]
+    fn a_null_limit_gets_the_tiers_limit() {
+        let config = crate::config::Config::parse(
+            "[providers.openai]\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+             [tiers]\napi = { provider = \"openai\", model = \"gpt-4o\", max_tokens = 10 }\n\
+             [routes.r]\nkind = \"classification\"\ntiers = [\"api\"]\n",
+            std::path::Path::new("tierwise.toml"),
+            &|_| None,
+        )
+        .unwrap();
+        let body = serde_json::to_vec(
+            &serde_json::json!({"model": "r", "input": "hi", "max_output_tokens": null}),
+        )
+        .unwrap();
+        let parsed = RequestBody::parse(crate::openai::Endpoint::Responses, &body).unwrap();
+        let sent: Value =
+            serde_json::from_slice(&parsed.for_tier(&config.routes[0].chain[0])).unwrap();
+        assert_eq!(sent["max_output_tokens"], 10, "{sent}");
+    }
 
     /// Any JSON value, up to a few levels deep, with the keys the translation reads among others.
     fn any_json() -> impl Strategy<Value = Value> {
