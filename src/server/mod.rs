@@ -10,12 +10,14 @@ mod feedback;
 mod info;
 mod proxy;
 mod relay;
+mod snapshot;
 mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::Request;
 use axum::middleware::{self, Next};
@@ -36,25 +38,22 @@ use crate::quality::alert::Alerts;
 use crate::quality::feedback::{FeedbackQueue, FeedbackWriter};
 use crate::quality::shadow::{self, ShadowChecks};
 use crate::quality::watch::Watches;
-use crate::route::RouteTable;
 use crate::upstream::{UpstreamError, Upstreams};
 
 pub use error::ApiError;
+pub use snapshot::{Snapshot, Version};
 
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-tierwise-request-id");
 
-/// Everything a request needs, built once at start-up and shared read-only; each serving thread
-/// gets its own copy with its own upstream connections.
+/// Everything a request needs, shared by every serving thread: what the config decides, in a
+/// snapshot a reload swaps whole, and what lives for the process beside it. Each serving thread
+/// gets its own copy naming its own upstream clients in the snapshot.
 #[derive(Clone)]
 pub struct App {
-    pub config: Arc<Config>,
-    pub routes: Arc<RouteTable>,
-    pub upstreams: Arc<Upstreams>,
-    pub health: Arc<Health>,
-    /// Admission's counters, for the life of the process.
-    pub limits: Arc<Limits>,
-    /// Where requests end up once finished.
-    pub outcomes: Outcomes,
+    /// What the config decides; a request loads it once ([`App::snapshot`]) and keeps it.
+    pub live: Arc<ArcSwap<Snapshot>>,
+    /// Which of the snapshot's sets of upstream clients this thread calls with.
+    pub thread: usize,
     /// The answers of the routes that cache them, for the life of the process.
     pub cache: Arc<crate::cache::ResponseCache>,
     /// Read by reports and the admin API; the request path never touches it.
@@ -71,45 +70,33 @@ pub struct App {
 
 impl App {
     pub fn new(
-        config: Arc<Config>,
-        outcomes: Outcomes,
+        snapshot: Snapshot,
         store: Store,
         watches: Arc<Watches>,
         feedback: FeedbackQueue,
-        limits: Arc<Limits>,
-    ) -> Result<App, UpstreamError> {
-        let cache = crate::cache::ResponseCache::new(&config.cache);
-        let outcomes = if config.routes.iter().any(|route| route.cache.is_some()) {
-            outcomes.with_consumer(Arc::new(crate::outcome::CacheFill))
-        } else {
-            outcomes
-        };
-        Ok(App {
-            limits,
-            outcomes,
-            cache,
+    ) -> App {
+        App {
+            cache: crate::cache::ResponseCache::new(&snapshot.config.cache),
+            live: Arc::new(ArcSwap::from_pointee(snapshot)),
+            thread: 0,
             store,
             watches,
             feedback,
             ledger_health: Arc::default(),
             metrics: crate::metrics::handle(),
-
-            routes: Arc::new(RouteTable::new(&config)),
-            upstreams: Arc::new(Upstreams::new(&config)?),
-            health: Arc::new(Health::new(&config)),
-            started_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            config,
-        })
+            started_unix: unix_now(),
+        }
     }
-}
 
-impl App {
-    /// This app with a serving thread's own upstream clients.
-    fn with_upstreams(&self, upstreams: Arc<Upstreams>) -> App {
+    /// The snapshot a request runs on, from its start to its end.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.live.load_full()
+    }
+
+    /// This app on serving thread `thread`, which calls with that thread's upstream clients.
+    fn on_thread(&self, thread: usize) -> App {
         App {
-            upstreams,
+            thread,
             ..self.clone()
         }
     }
@@ -278,17 +265,28 @@ impl Gateway {
         let limits = Arc::new(Limits::with_clock(&config, clock));
         // Budgets start from the month's spend in the ledger, so a restart forgets nothing.
         budget::take_up_ledger(limits.budgets(), &store).await?;
-        let mut app = App::new(Arc::new(config), outcomes, store, watches, feedback, limits)
+        let threads = threads.max(1);
+        let config = Arc::new(config);
+        let health = Arc::new(Health::new(&config));
+        let version = Version {
+            number: 1,
+            hash: config.source.hash.clone(),
+            loaded_unix: unix_now(),
+        };
+        let snapshot = Snapshot::new(config, health, limits, &outcomes, threads, version)
             .map_err(StartError::Client)?;
+        let mut app = App::new(snapshot, store, watches, feedback);
         app.ledger_health = ledger_health;
-        let alerts = Arc::new(Alerts::new(&app.config));
+        let snapshot = app.snapshot();
+        let alerts = Arc::new(Alerts::new(&snapshot.config));
         let mut background = Vec::new();
-        if !app.limits.budgets().is_empty() {
+        let budgets = snapshot.limits.budgets();
+        if !budgets.is_empty() {
             background.push(tokio::spawn(budget::keep_in_step(
-                app.limits.budgets().clone(),
+                budgets.clone(),
                 app.store.clone(),
             )));
-            if let Some(crossings) = app.limits.budgets().take_crossings() {
+            if let Some(crossings) = budgets.take_crossings() {
                 background.push(tokio::spawn(crate::quality::alert::announce_budgets(
                     alerts.clone(),
                     app.store.clone(),
@@ -300,20 +298,23 @@ impl Gateway {
             Some(samples) => Some(ShadowChecks::spawn(
                 shadow::Checker {
                     watches: app.watches.clone(),
-                    upstreams: Upstreams::new(&app.config).map_err(StartError::Client)?,
-                    health: app.health.clone(),
+                    upstreams: Upstreams::new(&snapshot.config).map_err(StartError::Client)?,
+                    health: snapshot.health.clone(),
                     pricing,
-                    outcomes: app.outcomes.clone(),
+                    outcomes: snapshot.outcomes.clone(),
                     store: app.store.clone(),
                     alerts,
-                    budgets: app.limits.budgets().clone(),
+                    budgets: budgets.clone(),
                 },
                 samples,
             )),
             None => None,
         };
-        let mut probes =
-            health::spawn_probes(&app.config, app.health.clone(), app.upstreams.clone());
+        let mut probes = health::spawn_probes(
+            &snapshot.config,
+            snapshot.health.clone(),
+            snapshot.probe_upstreams().clone(),
+        );
         probes.extend(background);
         let background = probes;
         let workers = workers::Workers::spawn(&app, listen, threads)?;
@@ -341,6 +342,12 @@ impl Gateway {
         self.feedback_writer.finish(LEDGER_FLUSH_DEADLINE).await;
         self.dispatcher.finish(LEDGER_FLUSH_DEADLINE).await;
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// How long shutdown waits for the ledger to store what is queued (a slow or unreachable database).
