@@ -161,9 +161,14 @@ pub async fn report(
         now,
     )
     .map_err(ApiError::bad_body)?;
-    let report = Report::load(&app.snapshot().config, &app.store, window, query.route.as_deref())
-        .await
-        .map_err(|err| ApiError::internal(format!("cannot read the ledger: {err}")))?;
+    let report = Report::load(
+        &app.snapshot().config,
+        &app.store,
+        window,
+        query.route.as_deref(),
+    )
+    .await
+    .map_err(|err| ApiError::internal(format!("cannot read the ledger: {err}")))?;
     if let Some(route) = query.route.as_deref()
         && report.routes.is_empty()
         && let Some(unknown) = report::unknown_route(&app.snapshot().config, route)

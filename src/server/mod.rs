@@ -10,6 +10,7 @@ mod feedback;
 mod info;
 mod proxy;
 mod relay;
+mod reload;
 mod snapshot;
 mod workers;
 
@@ -28,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::health::{self, Health};
+use crate::health::Health;
 use crate::ledger::{LedgerError, LedgerHealth, LedgerWriter, Pricing, Spool, Store};
 use crate::limits::budget;
 use crate::limits::{Clock, Limits};
@@ -41,6 +42,7 @@ use crate::quality::watch::Watches;
 use crate::upstream::{UpstreamError, Upstreams};
 
 pub use error::ApiError;
+pub use reload::{ReloadError, Reloaded};
 pub use snapshot::{Snapshot, Version};
 
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-tierwise-request-id");
@@ -66,18 +68,27 @@ pub struct App {
     pub feedback: FeedbackQueue,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub started_unix: u64,
+    /// Swaps the snapshot for the file's new content (`POST /admin/api/reload`, `SIGHUP`).
+    pub reloads: Arc<reload::Reloads>,
 }
 
 impl App {
+    /// `base`: the outcomes every snapshot's are made of (the queue, the consumers that live for
+    /// the process); `threads`: how many serving threads the snapshots have clients for.
     pub fn new(
         snapshot: Snapshot,
+        base: Outcomes,
+        threads: usize,
         store: Store,
         watches: Arc<Watches>,
         feedback: FeedbackQueue,
     ) -> App {
+        let cache = crate::cache::ResponseCache::new(&snapshot.config.cache);
+        let live = Arc::new(ArcSwap::from_pointee(snapshot));
         App {
-            cache: crate::cache::ResponseCache::new(&snapshot.config.cache),
-            live: Arc::new(ArcSwap::from_pointee(snapshot)),
+            cache,
+            reloads: Arc::new(reload::Reloads::new(live.clone(), base, threads)),
+            live,
             thread: 0,
             store,
             watches,
@@ -130,6 +141,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/admin/api/daily", get(info::daily))
         .route("/admin/api/requests", get(info::requests))
         .route("/admin/api/budgets", get(budgets::budgets))
+        .route("/admin/api/config", get(reload::config))
+        .route(
+            "/admin/api/reload",
+            post(reload::reload).route_layer(middleware::from_fn(auth::refuse_browsers)),
+        )
         .route(
             "/admin/api/budgets/adjust",
             post(budgets::adjust).route_layer(middleware::from_fn(auth::refuse_browsers)),
@@ -209,6 +225,7 @@ pub struct Gateway {
     feedback_writer: FeedbackWriter,
     dispatcher: Dispatcher,
     grace: std::time::Duration,
+    reloads: Arc<reload::Reloads>,
 }
 
 impl Gateway {
@@ -275,7 +292,7 @@ impl Gateway {
         };
         let snapshot = Snapshot::new(config, health, limits, &outcomes, threads, version)
             .map_err(StartError::Client)?;
-        let mut app = App::new(snapshot, store, watches, feedback);
+        let mut app = App::new(snapshot, outcomes, threads, store, watches, feedback);
         app.ledger_health = ledger_health;
         let snapshot = app.snapshot();
         let alerts = Arc::new(Alerts::new(&snapshot.config));
@@ -310,15 +327,13 @@ impl Gateway {
             )),
             None => None,
         };
-        let mut probes = health::spawn_probes(
-            &snapshot.config,
-            snapshot.health.clone(),
-            snapshot.probe_upstreams().clone(),
-        );
-        probes.extend(background);
-        let background = probes;
+        app.reloads.start_probes().await;
+        if snapshot.config.server.watch_config {
+            background.extend(reload::watch(app.reloads.clone()));
+        }
         let workers = workers::Workers::spawn(&app, listen, threads)?;
         Ok(Gateway {
+            reloads: app.reloads.clone(),
             addr: workers.addr,
             workers,
             background,
@@ -329,12 +344,18 @@ impl Gateway {
         })
     }
 
+    /// Reads the config's file again and serves it if it is valid (what `SIGHUP` does).
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        self.reloads.reload().await
+    }
+
     /// Stops accepting connections and waits for in-flight requests, at most the configured grace
     /// period (whatever is still running then is cut off); then writes every queued ledger record.
     pub async fn shutdown(self) {
         for task in &self.background {
             task.abort();
         }
+        self.reloads.stop_probes().await;
         self.workers.shutdown(self.grace).await;
         if let Some(checks) = self.shadow_checks {
             checks.finish(self.grace).await;
