@@ -11,8 +11,9 @@
 //! live: a reload that changes one still applies the rest, and names each such setting as needing a
 //! restart, in the log, in its answer and in `/admin/api/config` until the process restarts.
 //!
-//! One reload runs at a time; a storm of signals queues, and each reload reads the file as it is
-//! when its turn comes, so the last one reads the last write.
+//! One reload runs at a time: callers take turns on a lock, and signals that arrive while one runs
+//! are one pending signal (tokio folds them), so a storm of them never piles reloads up; each
+//! reload reads the file as it is when its turn comes, so the last one reads the last write.
 
 use std::sync::Arc;
 
