@@ -1,5 +1,6 @@
 //! A provider's servers as one pool, and which of them takes a call: the less loaded of two
-//! picked at random (power of two choices), load being calls in flight per unit of weight. Two
+//! picked at random (power of two choices), load being calls in flight per unit of weight, plus
+//! the calls the server says it has queued where it exports vLLM's metrics ([`super::queue`]). Two
 //! random choices rather than a scan of all: a scan sends every request of a burst to the same
 //! least-loaded server before its count moves, while two choices spread them, and cost the same
 //! for eight servers as for two. The picking reads atomics only; a server whose breaker is open
@@ -222,15 +223,13 @@ impl ProviderHealth {
 /// about to be placed counted, so that an idle server of weight 3 goes before an idle one of
 /// weight 1.
 fn load_order(a: &ServerHealth, b: &ServerHealth) -> std::cmp::Ordering {
-    let load = |s: &ServerHealth, other: &ServerHealth| {
-        (u64::from(s.in_flight()) + 1) * u64::from(other.server.weight)
-    };
-    load(a, b).cmp(&load(b, a))
+    let (load_a, load_b) = (a.load_milli() + 1000, b.load_milli() + 1000);
+    (load_a * u64::from(b.server.weight)).cmp(&(load_b * u64::from(a.server.weight)))
 }
 
-/// Calls in flight per unit of weight, rounded down.
+/// Load (calls in flight and queued on the server) per unit of weight, in calls, rounded down.
 fn per_weight(server: &ServerHealth) -> u64 {
-    u64::from(server.in_flight()) / u64::from(server.server.weight)
+    server.load_milli() / 1000 / u64::from(server.server.weight)
 }
 
 /// std's SipHash with its fixed keys: the same in every process.
@@ -291,6 +290,8 @@ pub struct ServerStatus {
     pub up: bool,
     pub probed: bool,
     pub in_flight: usize,
+    /// What its own metrics say of its queue, while a reading holds.
+    pub queue: Option<super::QueueDepth>,
     /// Calls it settled since start, and those of them that failed through its fault.
     pub calls: u64,
     pub failures: u64,
