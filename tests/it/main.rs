@@ -24,6 +24,7 @@ mod providers;
 mod proxy;
 mod quality;
 mod rate_limits;
+mod replicas;
 mod responses;
 mod scoring;
 mod servers;
