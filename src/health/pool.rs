@@ -14,7 +14,6 @@
 //! the least loaded by more than [`PrefixAffinity::MAX_EXTRA_IN_FLIGHT`] calls per unit of weight;
 //! then by load as above.
 
-use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -219,9 +218,9 @@ impl ProviderHealth {
     }
 }
 
-/// `a` before `b` when `a` is less loaded: fewer calls in flight per unit of weight, the call
-/// about to be placed counted, so that an idle server of weight 3 goes before an idle one of
-/// weight 1.
+/// `a` before `b` when `a` is less loaded: fewer calls in flight and queued per unit of weight,
+/// the call about to be placed counted, so that an idle server of weight 3 goes before an idle
+/// one of weight 1.
 fn load_order(a: &ServerHealth, b: &ServerHealth) -> std::cmp::Ordering {
     let (load_a, load_b) = (a.load_milli() + 1000, b.load_milli() + 1000);
     (load_a * u64::from(b.server.weight)).cmp(&(load_b * u64::from(a.server.weight)))
@@ -232,21 +231,21 @@ fn per_weight(server: &ServerHealth) -> u64 {
     server.load_milli() / 1000 / u64::from(server.server.weight)
 }
 
-/// std's SipHash with its fixed keys: the same in every process.
-const FIXED: std::hash::BuildHasherDefault<std::hash::DefaultHasher> =
-    std::hash::BuildHasherDefault::new();
-
-/// The hash of a prompt's prefix. The same in every process and across restarts (std's SipHash
-/// with its fixed keys), so that replicas of the gateway send a prefix to the same server.
+/// The hash of a prompt's prefix: XXH3, whose output is fixed by its specification, so the same
+/// in every process, across restarts and versions, and so replicas of the gateway send a prefix to
+/// the same server. XXH3 rather than std's SipHash (also fixed with its fixed keys): the prefix is
+/// up to `affinity_prefix_bytes` long on every request, and SipHash spent ~700 ns of the pick on
+/// 2 KiB where XXH3 spends a tenth of that (docs/benchmarks.md).
 fn prefix_key(prefix: &[u8]) -> u64 {
-    FIXED.hash_one(prefix)
+    xxhash_rust::xxh3::xxh3_64(prefix)
 }
 
 /// A server's weighted rendezvous score for `key`: `-weight / ln(u)`, `u` uniform in (0, 1) from
 /// the key and the server's name, so that each server's share of keys follows its weight and a
 /// server's removal moves only the keys it had.
 fn rendezvous_score(key: u64, server: &ServerHealth) -> f64 {
-    let hash = FIXED.hash_one((key, &server.server.name));
+    let seed = xxhash_rust::xxh3::xxh3_64(server.server.name.as_bytes());
+    let hash = xxhash_rust::xxh3::xxh3_64_with_seed(&key.to_le_bytes(), seed);
     // 53 bits of the hash, kept off 0 and 1.
     let unit = ((hash >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     -f64::from(server.server.weight) / unit.ln()
