@@ -410,11 +410,22 @@ mod tests {
         let load_ns = median_ns(&|_| by_load.admit().unwrap());
         let by_prefix = pool_with(8, "affinity = \"prefix\"\n");
         let prompts: Vec<Vec<u8>> = (0..64)
-            .map(|i| format!("[{{\"role\":\"system\",\"content\":\"You are assistant {i}. {}\"}}]", "x".repeat(2000)).into_bytes())
+            .map(|i| {
+                format!(
+                    "[{{\"role\":\"system\",\"content\":\"You are assistant {i}. {}\"}}]",
+                    "x".repeat(2000)
+                )
+                .into_bytes()
+            })
             .collect();
-        let prefix_ns =
-            median_ns(&|i| by_prefix.admit_for(Some(&prompts[i as usize % 64]), None).unwrap());
-        println!("pick among 8 servers: by load {load_ns:.0} ns, by prefix (2 KiB) {prefix_ns:.0} ns");
+        let prefix_ns = median_ns(&|i| {
+            by_prefix
+                .admit_for(Some(&prompts[i as usize % 64]), None)
+                .unwrap()
+        });
+        println!(
+            "pick among 8 servers: by load {load_ns:.0} ns, by prefix (2 KiB) {prefix_ns:.0} ns"
+        );
         assert!(load_ns < 1000.0 && prefix_ns < 1000.0);
     }
 }

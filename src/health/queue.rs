@@ -66,7 +66,12 @@ impl QueueDepth {
     /// not vLLM's, or not Prometheus text at all).
     pub fn parse(page: &[u8]) -> Option<QueueDepth> {
         let page = std::str::from_utf8(page).ok()?;
-        let (mut waiting, mut running, mut kv, mut kv_old): (Option<f64>, Option<f64>, Option<f64>, Option<f64>) = (None, None, None, None);
+        let (mut waiting, mut running, mut kv, mut kv_old): (
+            Option<f64>,
+            Option<f64>,
+            Option<f64>,
+            Option<f64>,
+        ) = (None, None, None, None);
         for line in page.lines() {
             let Some(rest) = line.strip_prefix("vllm:") else {
                 continue;

@@ -1617,8 +1617,7 @@ fn the_replicas_compose_config_passes_check() {
         assert!(compose.contains(service), "{service}");
     }
     assert!(compose.contains("TIERWISE_CONFIG: /etc/tierwise/docker/replicas.toml"));
-    let nginx =
-        std::fs::read_to_string(root.join("examples/docker/nginx-replicas.conf")).unwrap();
+    let nginx = std::fs::read_to_string(root.join("examples/docker/nginx-replicas.conf")).unwrap();
     assert!(nginx.contains("tierwise-a:4000") && nginx.contains("tierwise-b:4000"));
 }
 

@@ -19,7 +19,9 @@ const LABELS: [&str; 3] = ["billing", "technical", "general"];
 /// A replica on `config`, with a spool of its own in `dir`: its process and base URL.
 async fn replica(config: TestConfig, dir: &Path, name: &str) -> (Served, String) {
     let config = config.with(|c| {
-        c.0.ledger.spool = Some(text(dir.join(format!("{name}.spool")).display().to_string()));
+        c.0.ledger.spool = Some(text(
+            dir.join(format!("{name}.spool")).display().to_string(),
+        ));
     });
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, config.toml()).unwrap();
@@ -76,17 +78,17 @@ async fn two_replicas_on_one_postgres_report_once_alert_once_and_drain_alone() {
     let dir = run_dir("replicas");
     let config = || {
         TestConfig::two_tier(&local.base_url(), &api.base_url())
-        .without_probes()
-        .with(|c| {
-            let mut shadow = RawShadow::new("api_frontier", 1.0);
-            shadow.min_agreement = Some(spanned(0.9));
-            shadow.window = Some(spanned(40));
-            shadow.min_samples = Some(spanned(10));
-            c.route(ROUTE).shadow = Some(shadow);
-            c.0.alerts.webhook = Some(text(hook.url.clone()));
-            c.0.ledger.url = Some(text(ledger.clone()));
-            c.0.server.shutdown_grace_ms = Some(20_000);
-        })
+            .without_probes()
+            .with(|c| {
+                let mut shadow = RawShadow::new("api_frontier", 1.0);
+                shadow.min_agreement = Some(spanned(0.9));
+                shadow.window = Some(spanned(40));
+                shadow.min_samples = Some(spanned(10));
+                c.route(ROUTE).shadow = Some(shadow);
+                c.0.alerts.webhook = Some(text(hook.url.clone()));
+                c.0.ledger.url = Some(text(ledger.clone()));
+                c.0.server.shutdown_grace_ms = Some(20_000);
+            })
     };
     let (mut a_process, a) = replica(config(), &dir, "a").await;
     let (b_process, b) = replica(config(), &dir, "b").await;
@@ -99,7 +101,10 @@ async fn two_replicas_on_one_postgres_report_once_alert_once_and_drain_alone() {
         let response = http
             .post(format!("{}/v1/chat/completions", at))
             .bearer_auth(CLIENT_KEY)
-            .json(&chat(ROUTE, &format!("ticket {i} needs routing [[{label}]]")))
+            .json(&chat(
+                ROUTE,
+                &format!("ticket {i} needs routing [[{label}]]"),
+            ))
             .send()
             .await
             .unwrap();
@@ -107,9 +112,13 @@ async fn two_replicas_on_one_postgres_report_once_alert_once_and_drain_alone() {
     }
 
     // One report: either replica reads both replicas' calls from the ledger.
-    until("both replicas' 60 calls in each replica's report", async || {
-        reported_calls(&http, &a, ROUTE).await == 60 && reported_calls(&http, &b, ROUTE).await == 60
-    })
+    until(
+        "both replicas' 60 calls in each replica's report",
+        async || {
+            reported_calls(&http, &a, ROUTE).await == 60
+                && reported_calls(&http, &b, ROUTE).await == 60
+        },
+    )
     .await;
 
     // Both replicas' monitors are in the alert (each fired it or took it up from the ledger).
@@ -173,10 +182,7 @@ async fn two_replicas_on_one_postgres_report_once_alert_once_and_drain_alone() {
     {
         text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
     }
-    assert!(
-        text.contains("[DONE]"),
-        "the stream ended whole: {text:?}"
-    );
+    assert!(text.contains("[DONE]"), "the stream ended whole: {text:?}");
     let status = exited(a_process).await;
     assert!(status.success(), "a exited {status:?}");
 

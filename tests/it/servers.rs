@@ -357,14 +357,21 @@ fn probed_pool_config(urls: &[String], api: &str) -> TestConfig {
 
 /// Waits until the admin API shows a queue reading of the server named `name` that `ready`
 /// accepts.
-async fn until_queue_read(gw: &TestGateway, name: &str, ready: impl Fn(&serde_json::Value) -> bool) {
+async fn until_queue_read(
+    gw: &TestGateway,
+    name: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) {
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         let status = server_status(gw, name).await;
         if ready(&status["queue"]) {
             return;
         }
-        assert!(Instant::now() < until, "no queue reading for {name}: {status}");
+        assert!(
+            Instant::now() < until,
+            "no queue reading for {name}: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -406,7 +413,10 @@ async fn a_server_with_a_deep_queue_or_a_full_kv_cache_gets_less_of_the_traffic(
     // servers drawn for a call the less loaded takes it: the deep queue never; the full cache
     // only when drawn with the deep queue, a third of the draws (half of them by in-flight alone).
     let got = burst(&gw, 300, 4).await;
-    assert!(got.iter().all(|g| g.status == 200 && g.tier.as_deref() == Some("local")));
+    assert!(
+        got.iter()
+            .all(|g| g.status == 200 && g.tier.as_deref() == Some("local"))
+    );
     let shares: Vec<usize> = names.iter().map(|n| served_by(&got, n)).collect();
     assert_eq!(shares[0], 0, "calls per server: {shares:?}");
     assert!(shares[1] < 126, "calls per server: {shares:?}");
@@ -422,7 +432,10 @@ async fn a_server_with_a_deep_queue_or_a_full_kv_cache_gets_less_of_the_traffic(
     });
     until_queue_read(&gw, &names[0], |q| q["waiting"] == 0.0).await;
     let got = burst(&gw, 60, 4).await;
-    assert!(served_by(&got, &names[0]) > 10, "the drained server is used again");
+    assert!(
+        served_by(&got, &names[0]) > 10,
+        "the drained server is used again"
+    );
     Arc::try_unwrap(gw).ok().unwrap().shutdown().await;
 }
 
@@ -437,9 +450,8 @@ async fn garbage_hanging_or_absent_metrics_change_nothing_and_a_404_is_not_asked
     fakes[1].update(|b| b.metrics = FakeMetrics::Hang);
     // fakes[2] answers 404, as Ollama or llama.cpp without --metrics.
     let gw = Arc::new(TestGateway::start(&probed_pool_config(&urls, &api.base_url())).await);
-    let asked = |fake: &FakeUpstream, path: &str| {
-        fake.listings().iter().filter(|r| r.path == path).count()
-    };
+    let asked =
+        |fake: &FakeUpstream, path: &str| fake.listings().iter().filter(|r| r.path == path).count();
     // Several reads of each: ten probes of every server, garbage read five times, and a hanging
     // read timed out twice (a third asked).
     tierwise_fake::wait_until("reads of every server", Duration::from_secs(10), || {
@@ -459,9 +471,16 @@ async fn garbage_hanging_or_absent_metrics_change_nothing_and_a_404_is_not_asked
         assert_eq!(status["breaker"]["state"], "closed", "{status}");
         assert_eq!(status["failures"], 0, "{status}");
         assert!(status["queue"].is_null(), "{status}");
-        assert!(served_by(&got, name) > 10, "{name} was passed over: {status}");
+        assert!(
+            served_by(&got, name) > 10,
+            "{name} was passed over: {status}"
+        );
     }
-    assert_eq!(asked(&fakes[2], "/metrics"), 1, "a 404 is not asked again at once");
+    assert_eq!(
+        asked(&fakes[2], "/metrics"),
+        1,
+        "a 404 is not asked again at once"
+    );
     assert!(asked(&fakes[0], "/metrics") >= 5, "garbage is asked again");
     Arc::try_unwrap(gw).ok().unwrap().shutdown().await;
 }

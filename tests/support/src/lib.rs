@@ -1193,7 +1193,10 @@ async fn prometheus_metrics(State(shared): State<Arc<Shared>>, headers: HeaderMa
          vllm:time_to_first_token_seconds_sum{{{labels}}} 0.42\n"
     );
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response()
