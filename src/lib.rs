@@ -25,7 +25,8 @@
 //!   (a consumer of finished requests) — read after admission, where a hit answers.
 //! - [`health`]: per server of each provider, the circuit breaker and in-flight count and cap the
 //!   chain consults before each attempt, the active probes that feed the breakers, and warm-up;
-//!   which of a provider's servers takes a call (least in flight of two random choices).
+//!   which of a provider's servers takes a call (least loaded of two random choices, load being
+//!   calls in flight and the queue a server's vLLM metrics report, read off the request path).
 //! - [`upstream`]: the pooled HTTP client per server of each provider (hyper-util over rustls, through the
 //!   provider's proxy where it has one), timeouts, failure classification, the wire format each
 //!   provider speaks (OpenAI's and Azure's passed through; Anthropic's translated at one seam), and

@@ -1,7 +1,9 @@
 //! Active health probes and warm-up. Each server of a provider with a probe is asked on an interval
 //! whether it answers (`GET {base_url}/models` unless configured otherwise), so that a dead server is
 //! skipped before a user meets it and a recovered one is used again without waiting for traffic.
-//! Providers with `warmup = true` get one tiny call per tier on each server at start-up and after each
+//! Where `health.metrics` is on, each server's queue is read from its vLLM metrics on the same
+//! interval, by a task of its own ([`super::queue`]), so that a slow metrics page never delays a
+//! probe. Providers with `warmup = true` get one tiny call per tier on each server at start-up and after each
 //! server's recovery, so
 //! that the model is loaded before traffic depends on it. A tier the server refuses (a 4xx, or a
 //! 501 for an endpoint it does not serve) is that tier's problem, logged, not its provider's
@@ -46,6 +48,13 @@ pub fn spawn_probes(
             let (server, upstreams, warmups) = (server.clone(), upstreams.clone(), warmups.clone());
             match provider.probe.clone() {
                 Some(policy) => {
+                    if policy.metrics {
+                        tasks.push(tokio::spawn(super::queue::read_loop(
+                            server.clone(),
+                            upstreams.clone(),
+                            policy.clone(),
+                        )));
+                    }
                     tasks.push(tokio::spawn(probe_loop(server, upstreams, policy, warmups)));
                 }
                 None if !warmups.is_empty() && !before.is_some_and(|b| b.holds(&server)) => {

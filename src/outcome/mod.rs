@@ -566,9 +566,10 @@ impl Drop for Exchange {
         request.error_kind = Some(kind.to_string());
         let hold = std::mem::take(&mut self.start.hold);
         let hold = match self.called.last() {
-            Some(tier) => {
+            Some((tier, server)) => {
                 request.tier = Some(tier.name.clone());
                 request.provider = Some(tier.provider.name.clone());
+                request.server = Some(server.name.clone());
                 request.model = Some(tier.model.clone());
                 request.local = tier.is_local();
                 // What the call used is unknown: its reservations count in full, as dropped.

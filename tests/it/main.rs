@@ -25,6 +25,7 @@ mod proxy;
 mod quality;
 mod rate_limits;
 mod reload;
+mod replicas;
 mod responses;
 mod scoring;
 mod servers;
