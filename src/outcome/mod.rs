@@ -225,6 +225,8 @@ pub struct Start {
 #[derive(Debug)]
 pub struct Sample {
     pub request_id: String,
+    /// The endpoint the client called, which the check calls too.
+    pub endpoint: Endpoint,
     pub route: Arc<Route>,
     /// The client's body, as it came.
     pub body: Bytes,
@@ -237,7 +239,7 @@ pub struct Sample {
 
 #[derive(Debug)]
 pub enum SampledAnswer {
-    /// A whole chat completion, as the client received it.
+    /// A whole answer, as the client received it.
     Body(Bytes),
     /// A stream's text, assembled.
     Text(String),
@@ -527,6 +529,7 @@ impl Exchange {
         }
         Some(Sample {
             request_id: start.id.clone(),
+            endpoint: start.endpoint,
             route: start.route.clone()?,
             body: start.body.clone(),
             served_by: by.tier.clone(),
