@@ -270,11 +270,13 @@ async fn answer(
     let Served { by, reply, lease } = served;
     // Only a route named by `model` sets the contract; `x-tierwise-route` attributes cost.
     let texts = request.endpoint().spec().answer_texts;
+    // A request that gave its own JSON schema is held to that: its answer is JSON, which a label
+    // pulled out of it would break.
     let contract_route = resolved
         .target
         .route
         .clone()
-        .filter(|route| route.labels.is_some() && texts.is_some());
+        .filter(|route| route.labels.is_some() && texts.is_some() && !request.needs().json_schema);
     match reply {
         Reply::Complete { body, usage } => {
             let tokens = match usage {

@@ -714,3 +714,22 @@ async fn a_sampled_responses_request_is_shadow_checked_against_the_reference() {
     assert_eq!(shadow, ["responses", "responses"], "{rows:?}");
     gw.shutdown().await;
 }
+
+/// A request with its own JSON schema on a labelled route is held to the schema, not the labels:
+/// its JSON answer, which holds a label, is passed on whole (it failed with the contract applied
+/// to it: the answer became the bare label).
+#[tokio::test]
+async fn a_json_schema_request_on_a_labelled_route_keeps_its_json() {
+    let (local, _api, gw) = setup().await;
+    local.update(|b| b.reply = r#"{"label": "billing"}"#.into());
+    let schema = json!({"type": "object", "properties": {"label": {"type": "string"}}});
+    let answer = respond(
+        &gw,
+        json!({"model": "classification", "input": "Charged twice.",
+            "text": {"format": {"type": "json_schema", "name": "ticket", "schema": schema}}}),
+    )
+    .await;
+    assert_eq!(output_text(&answer.body), r#"{"label": "billing"}"#);
+    assert_eq!(answer.header("x-tierwise-contract"), None);
+    gw.shutdown().await;
+}

@@ -66,7 +66,11 @@ test('the SDK stream helper assembles the final response', async () => {
   await behave({ reply: 'Streamed through the helper.' });
   const stream = client.responses.stream({ model: 'local', input: 'Hi' });
   const final = await stream.finalResponse();
-  assert.equal(final.output_text, 'Streamed through the helper.');
+  // The helper's final response is the `response.completed` snapshot (without the SDK's
+  // `output_text` convenience, as from OpenAI's own API).
+  assert.match(final.id, /^resp_/);
+  assert.equal(final.status, 'completed');
+  assert.equal(final.output[0].content[0].text, 'Streamed through the helper.');
 });
 
 test('tools: a function call comes back as a function_call item, its output goes back', async () => {
