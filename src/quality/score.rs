@@ -75,8 +75,7 @@ impl From<Said> for Answer {
             .into_iter()
             .map(|(name, arguments)| ToolCall {
                 name,
-                arguments: serde_json::from_str(&arguments)
-                    .unwrap_or(Value::String(arguments)),
+                arguments: serde_json::from_str(&arguments).unwrap_or(Value::String(arguments)),
             })
             .collect();
         Answer {

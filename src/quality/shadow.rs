@@ -375,13 +375,7 @@ async fn call(
     let started = Instant::now();
     let sent = checker
         .upstreams
-        .send(
-            tier,
-            lease.server_index(),
-            endpoint,
-            body.clone(),
-            false,
-        )
+        .send(tier, lease.server_index(), endpoint, body.clone(), false)
         .await;
     let mut row = super::check_row(
         &route.name,

@@ -1335,7 +1335,14 @@ mod tests {
         let by: Vec<(&str, u64, u64, &str)> = report
             .endpoints
             .iter()
-            .map(|e| (e.endpoint.as_str(), e.calls, e.errors, e.api_cost_usd.as_str()))
+            .map(|e| {
+                (
+                    e.endpoint.as_str(),
+                    e.calls,
+                    e.errors,
+                    e.api_cost_usd.as_str(),
+                )
+            })
             .collect();
         assert_eq!(
             by,
@@ -1358,7 +1365,10 @@ mod tests {
             table.contains("responses                2  33.3%      1"),
             "{table}"
         );
-        assert!(table.contains("all endpoints            6 100.0%      1"), "{table}");
+        assert!(
+            table.contains("all endpoints            6 100.0%      1"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -165,26 +165,25 @@ async fn proxy(
         Lookup::Off => (None, None),
     };
     let record = ticket.as_ref().map(|ticket| ticket.max_bytes());
-    let mut exchange = app.outcomes.begin(Start {
-        id: caller.id.0,
-        endpoint,
-        stream: request.stream,
-        route: resolved.route.cloned(),
-        client_key: caller.key.as_ref().map(|key| key.id.clone()),
-        key_name: caller.key.as_ref().and_then(|key| key.terms.name.clone()),
-        body: bytes.clone(),
-        // Only a route named by `model` runs its own chain and prompts, which is what is checked.
-        // A cache hit is not checked: its answer was, if at all, when it filled the cache.
-        sampled: refusal.is_none()
-            && hit.is_none()
-            && resolved
-                .target
-                .route
-                .as_ref()
-                .is_some_and(|route| endpoint.spec().said.is_some() && app.watches.sampled(route)),
-        hold,
-        cache: ticket,
-    });
+    let mut exchange =
+        app.outcomes.begin(Start {
+            id: caller.id.0,
+            endpoint,
+            stream: request.stream,
+            route: resolved.route.cloned(),
+            client_key: caller.key.as_ref().map(|key| key.id.clone()),
+            key_name: caller.key.as_ref().and_then(|key| key.terms.name.clone()),
+            body: bytes.clone(),
+            // Only a route named by `model` runs its own chain and prompts, which is what is checked.
+            // A cache hit is not checked: its answer was, if at all, when it filled the cache.
+            sampled: refusal.is_none()
+                && hit.is_none()
+                && resolved.target.route.as_ref().is_some_and(|route| {
+                    endpoint.spec().said.is_some() && app.watches.sampled(route)
+                }),
+            hold,
+            cache: ticket,
+        });
     if let Some(refusal) = refusal {
         return Ok(refuse_at_admission(exchange, refusal).await);
     }
@@ -272,11 +271,10 @@ async fn answer(
     let texts = request.endpoint().spec().answer_texts;
     // A request that gave its own JSON schema is held to that: its answer is JSON, which a label
     // pulled out of it would break.
-    let contract_route = resolved
-        .target
-        .route
-        .clone()
-        .filter(|route| route.labels.is_some() && texts.is_some() && !request.needs().json_schema);
+    let contract_route =
+        resolved.target.route.clone().filter(|route| {
+            route.labels.is_some() && texts.is_some() && !request.needs().json_schema
+        });
     match reply {
         Reply::Complete { body, usage } => {
             let tokens = match usage {

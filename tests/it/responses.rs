@@ -595,9 +595,22 @@ async fn a_labelled_route_holds_responses_answers_to_its_contract() {
         fake.update(|b| b.reply = "The category is: Technical.".into());
         let answer = respond(&gw, ask(route)).await;
         assert_eq!(answer.status, 200, "{}", answer.text);
-        assert_eq!(output_text(&answer.body), "technical", "{route}: {}", answer.text);
-        assert_eq!(answer.header("x-tierwise-contract"), Some("normalized"), "{route}");
-        assert_eq!(answer.body["object"], "response", "still a response: {}", answer.text);
+        assert_eq!(
+            output_text(&answer.body),
+            "technical",
+            "{route}: {}",
+            answer.text
+        );
+        assert_eq!(
+            answer.header("x-tierwise-contract"),
+            Some("normalized"),
+            "{route}"
+        );
+        assert_eq!(
+            answer.body["object"], "response",
+            "still a response: {}",
+            answer.text
+        );
 
         fake.update(|b| b.reply = "billing".into());
         let answer = respond(&gw, ask(route)).await;
@@ -608,7 +621,11 @@ async fn a_labelled_route_holds_responses_answers_to_its_contract() {
         let answer = respond(&gw, ask(route)).await;
         assert_eq!(answer.status, 200);
         assert_eq!(output_text(&answer.body), "I cannot tell.");
-        assert_eq!(answer.header("x-tierwise-contract"), Some("violated"), "{route}");
+        assert_eq!(
+            answer.header("x-tierwise-contract"),
+            Some("violated"),
+            "{route}"
+        );
     }
 
     // A stream is relayed as it came; its verdict is recorded when it ends.
@@ -700,7 +717,12 @@ async fn a_sampled_responses_request_is_shadow_checked_against_the_reference() {
     assert_eq!(checks.agreement_ppm, 1_500_000, "{checks:?}");
     let sent = api.requests();
     assert_eq!(sent.len(), 2);
-    assert_eq!(sent[1].body.get("stream"), None, "a whole answer: {:?}", sent[1].body);
+    assert_eq!(
+        sent[1].body.get("stream"),
+        None,
+        "a whole answer: {:?}",
+        sent[1].body
+    );
 
     let rows = store
         .requests(0, i64::MAX, Some("shadowed_responses"))
