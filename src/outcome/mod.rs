@@ -230,6 +230,8 @@ pub struct Start {
 #[derive(Debug)]
 pub struct Sample {
     pub request_id: String,
+    /// The endpoint the client called, which the check calls too.
+    pub endpoint: Endpoint,
     pub route: Arc<Route>,
     /// The client's body, as it came.
     pub body: Bytes,
@@ -242,7 +244,7 @@ pub struct Sample {
 
 #[derive(Debug)]
 pub enum SampledAnswer {
-    /// A whole chat completion, as the client received it.
+    /// A whole answer, as the client received it.
     Body(Bytes),
     /// A stream's text, assembled.
     Text(String),
@@ -532,6 +534,7 @@ impl Exchange {
         }
         Some(Sample {
             request_id: start.id.clone(),
+            endpoint: start.endpoint,
             route: start.route.clone()?,
             body: start.body.clone(),
             served_by: by.tier.clone(),

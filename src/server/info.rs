@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 
 use super::auth::CallerKey;
 use super::{ApiError, App};
+use crate::config::TaskKind;
+use crate::openai::Endpoint;
 use crate::report::{self, Report};
 use crate::route::TargetKind;
 
@@ -47,13 +49,43 @@ pub async fn model(
     Ok(Json(model_object(&app, &id, kind)))
 }
 
+/// A route, tier or model id in OpenAI's model shape, with one field of the gateway's own that
+/// SDKs pass over: `endpoints`, the paths it may be called on.
 fn model_object(app: &App, id: &str, kind: TargetKind) -> Value {
     let owned_by = match kind {
         TargetKind::Route => "tierwise:route",
         TargetKind::Tier => "tierwise:tier",
         TargetKind::Model => "tierwise:model",
     };
-    json!({ "id": id, "object": "model", "created": app.started_unix, "owned_by": owned_by })
+    json!({
+        "id": id,
+        "object": "model",
+        "created": app.started_unix,
+        "owned_by": owned_by,
+        "endpoints": endpoints(app, id, kind),
+    })
+}
+
+/// The paths `id` may be called on. A route's task kind says whether it embeds or answers in
+/// text: an embedding route takes the endpoints whose answers hold no text, any other route those
+/// whose answers do (chat completions, Responses, and any such endpoint added to
+/// [`Endpoint::ALL`]). A tier or a model id is the client's own choice of model, which the gateway
+/// cannot know to embed or not: every endpoint.
+fn endpoints(app: &App, id: &str, kind: TargetKind) -> Vec<String> {
+    let embeds = (kind == TargetKind::Route).then(|| {
+        app.config
+            .routes
+            .iter()
+            .any(|route| route.name == id && route.kind == TaskKind::Embedding)
+    });
+    Endpoint::ALL
+        .iter()
+        .filter(|endpoint| match embeds {
+            Some(embeds) => embeds != endpoint.spec().answer_texts.is_some(),
+            None => true,
+        })
+        .map(|endpoint| format!("/v1/{}", endpoint.path()))
+        .collect()
 }
 
 pub async fn healthz() -> Json<Value> {

@@ -187,7 +187,7 @@ async fn proxy(
                 .target
                 .route
                 .as_ref()
-                .is_some_and(|route| endpoint.spec().shadowable && app.watches.sampled(route)),
+                .is_some_and(|route| endpoint.spec().said.is_some() && app.watches.sampled(route)),
         hold,
         cache: ticket,
     });
@@ -277,11 +277,13 @@ async fn answer(
 ) -> Response {
     let Served { by, reply, lease } = served;
     // Only a route named by `model` sets the contract; `x-tierwise-route` attributes cost.
-    let contract_route = resolved
-        .target
-        .route
-        .clone()
-        .filter(|route| route.labels.is_some() && request.endpoint().spec().has_contract);
+    let texts = request.endpoint().spec().answer_texts;
+    // A request that gave its own JSON schema is held to that: its answer is JSON, which a label
+    // pulled out of it would break.
+    let contract_route =
+        resolved.target.route.clone().filter(|route| {
+            route.labels.is_some() && texts.is_some() && !request.needs().json_schema
+        });
     match reply {
         Reply::Complete { body, usage } => {
             let tokens = match usage {
@@ -294,9 +296,9 @@ async fn answer(
                 }
             };
             let labels = contract_route.as_ref().and_then(|r| r.labels.as_deref());
-            let (body, contract) = match labels {
-                Some(labels) => {
-                    let (body, outcome) = contract::apply(body, labels);
+            let (body, contract) = match labels.zip(texts) {
+                Some((labels, texts)) => {
+                    let (body, outcome) = contract::apply(body, labels, texts);
                     (body, Some(outcome.as_str()))
                 }
                 None => (body, None),
