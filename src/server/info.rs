@@ -73,7 +73,8 @@ fn model_object(app: &App, id: &str, kind: TargetKind) -> Value {
 /// cannot know to embed or not: every endpoint.
 fn endpoints(app: &App, id: &str, kind: TargetKind) -> Vec<String> {
     let embeds = (kind == TargetKind::Route).then(|| {
-        app.config
+        app.snapshot()
+            .config
             .routes
             .iter()
             .any(|route| route.name == id && route.kind == TaskKind::Embedding)
