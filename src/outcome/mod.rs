@@ -2,16 +2,20 @@
 //! end, abandoned by its client, or failed — in exactly one function, [`Exchange::end`]. It
 //! produces the request's [`Outcome`]: the ledger row with its cost and baseline priced by
 //! [`Pricing::price`], the attempt rows, what is left to count where the upstream reported no
-//! usage, and what the request held of its limits since admission.
+//! usage, and what the request held of its limits since admission. The calls the gateway makes
+//! itself (shadow checks, eval) end here too ([`own`]), their rows built by the same parts.
 //!
 //! The finished request is handed to its consumers ([`consumers`]): first, on the request path,
-//! each registered [`Consumer`] in turn — the limits' settlement, the shadow checks' sampling —
-//! each taking what it needs without waiting; then the outcome goes on a queue to a background
-//! task ([`dispatch`]) that hands outcomes in batches to the ledger writer and the metrics. The
-//! request path never waits on any of them except when that queue is full (backpressure).
+//! each registered [`Consumer`] in turn — the limits' settlement, the shadow checks' sampling, the
+//! cache fill — each taking what it needs without waiting; then the outcome goes on a queue to a
+//! background task ([`dispatch`]) that counts what is left to count and hands outcomes in batches
+//! to each [`Recorder`]: the ledger ([`ledger`]: database, spool), then the metrics. The request
+//! path never waits on any of them except when that queue is full (backpressure).
 
 pub mod consumers;
 mod dispatch;
+mod ledger;
+mod own;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -29,8 +33,9 @@ use crate::openai::{Endpoint, Usage};
 use crate::route::chain::{Attempt, Called, ServedBy, Unserved};
 use crate::upstream::UpstreamErrorKind;
 
-pub use consumers::{CacheFill, Consumer, Sampling, Settlement};
+pub use consumers::{CacheFill, Consumer, Metrics, Recorder, Sampling, Settlement};
 pub use dispatch::Dispatcher;
+pub use own::OwnCall;
 
 /// How the ledger names a request whose client went away before its answer.
 pub const CLIENT_CLOSED: &str = "client_closed";
@@ -174,12 +179,17 @@ impl Outcomes {
         }
     }
 
-    /// Queues an outcome that no client request produced (a shadow call); waits while the queue is
-    /// full, as a request would.
+    /// Ends a call the gateway made itself ([`OwnCall`]: a shadow check's) where a request ends:
+    /// its consumers, then the queue; waits while the queue is full, as a request would.
     pub async fn record(&self, outcome: Outcome) {
-        if self.sender.send(outcome).await.is_err() {
-            tracing::error!("the ledger writer has stopped; a record was lost");
+        Ended {
+            outcome,
+            sample: None,
+            fill: None,
+            outcomes: self.clone(),
         }
+        .deliver()
+        .await;
     }
 
     /// What is known of a request once routing has read it.
