@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio::time::MissedTickBehavior;
 
 use super::ledger::Ledger;
 use super::{Metrics, Outcome, Queue, Recorder};
@@ -90,7 +89,6 @@ async fn run(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut closing = false;
     let mut ticks = tokio::time::interval(TICK_EVERY);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         let first = if closing {
             // Every serving thread has stopped: what is on the late queue is all there will be.
@@ -112,6 +110,10 @@ async fn run(
                     for recorder in &mut recorders {
                         recorder.tick().await;
                     }
+                    // A second from the tick's end, not its start: a tick can take the ledger's
+                    // write timeout (a replay into a blocked database), and the queue must drain
+                    // between two.
+                    ticks.reset();
                     continue;
                 }
             }

@@ -74,6 +74,9 @@ pub struct ToCount {
     baseline: Option<Arc<Tier>>,
     /// Input counts the upstream gave exactly, which win over counting the request.
     prompt: Option<Usage>,
+    /// The route's cache missed and the stream was whole: it fills once its tokens are counted,
+    /// so that a hit records the counted (estimated) tokens and the cost it avoided.
+    fill: Option<(Ticket, Stored)>,
 }
 
 impl Outcome {
@@ -83,6 +86,7 @@ impl Outcome {
         let Some(to_count) = self.to_count.take() else {
             return;
         };
+        let endpoint = to_count.uncounted.endpoint;
         let mut tokens = to_count.uncounted.count();
         if let Some(prompt) = to_count.prompt {
             let exact = Tokens::from(prompt);
@@ -92,6 +96,24 @@ impl Outcome {
         }
         let priced = pricing.price(&to_count.tier, to_count.baseline.as_deref(), &tokens);
         set_tokens(&mut self.request, tokens, priced);
+        if let Some((ticket, stored)) = to_count.fill
+            && crate::cache::fillable(endpoint, &stored)
+        {
+            let request = &self.request;
+            Fill::new(
+                ticket,
+                stored,
+                crate::cache::Served {
+                    tier: request.tier.as_deref().unwrap_or_default(),
+                    provider: request.provider.as_deref().unwrap_or_default(),
+                    model: request.model.as_deref().unwrap_or_default(),
+                    local: request.local,
+                    tokens,
+                    cost: request.cost_pusd,
+                },
+            )
+            .keep();
+        }
         if let Some(used) = self.used() {
             std::mem::take(&mut self.hold).settle(used);
         }
@@ -453,15 +475,20 @@ impl Exchange {
                 recorded,
             } => {
                 served(&mut request, by);
-                // A stream cut, broken or refused by its contract is not an answer to keep; one
-                // without usage is not either, since what a hit saves would be unknown.
+                // A stream cut, broken or refused by its contract is not an answer to keep. One
+                // without usage fills once its tokens are counted (see `ToCount::fill`).
+                let mut pending = None;
                 if status == 200
                     && error_kind.is_none()
                     && contract != Some("violated")
-                    && let (Some(recorded), Some(usage)) = (recorded, usage)
+                    && let Some(recorded) = recorded
                     && let Some(ticket) = ticket.take()
                 {
-                    fill = Some((ticket, Stored::Events(recorded), Tokens::from(usage)));
+                    let stored = Stored::Events(recorded);
+                    match usage {
+                        Some(usage) => fill = Some((ticket, stored, Tokens::from(usage))),
+                        None => pending = Some((ticket, stored)),
+                    }
                 }
                 request.contract = contract.map(Cow::Borrowed);
                 if status == 200 && error_kind.is_none() && text_whole {
@@ -487,6 +514,7 @@ impl Exchange {
                             tier: by.tier.clone(),
                             baseline: start.route.as_ref().and_then(|r| r.baseline.clone()),
                             prompt,
+                            fill: pending,
                         })
                     }
                 };
