@@ -46,8 +46,10 @@ impl Dispatcher {
         queue: usize,
         pricing: Arc<Pricing>,
     ) -> (Queue, Dispatcher) {
-        let recorders: Vec<Box<dyn Recorder>> =
-            vec![Box::new(Ledger::new(writer, spool, health)), Box::new(Metrics)];
+        let recorders: Vec<Box<dyn Recorder>> = vec![
+            Box::new(Ledger::new(writer, spool, health)),
+            Box::new(Metrics),
+        ];
         let (sender, receiver) = mpsc::channel(queue);
         let (late, late_receiver) = mpsc::unbounded_channel();
         let (close, closed) = oneshot::channel();

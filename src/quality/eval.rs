@@ -19,8 +19,8 @@ use super::score::{Answer, Score, ScorerKind, Unscorable, score};
 use crate::config::{ChainTier, Config, Route, Tier, with_labels};
 use crate::ledger::{Picodollars, Pricing, Purpose, Tokens};
 use crate::openai::{Endpoint, RequestBody};
-use crate::route::contract::match_label;
 use crate::outcome::{Outcome, OwnCall};
+use crate::route::contract::match_label;
 use crate::upstream::{Reply, UpstreamError, Upstreams};
 
 #[derive(Debug, thiserror::Error)]

@@ -191,9 +191,11 @@ async fn check(
         }
     };
     let labels = watch.route.labels.as_deref().unwrap_or(&[]);
-    let failed = [&candidate, &reference]
-        .iter()
-        .any(|side| side.call.as_ref().is_some_and(|call| call.request.status != 200));
+    let failed = [&candidate, &reference].iter().any(|side| {
+        side.call
+            .as_ref()
+            .is_some_and(|call| call.request.status != 200)
+    });
     // Scoring is CPU work (ROUGE-L is quadratic up to its cap): on a blocking thread, never on
     // the runtime that runs the ledger writer, the probes and the feedback writer.
     let mut scored = None;
@@ -395,7 +397,8 @@ async fn call(
         }
         Ok(Reply::Stream(_)) => {
             lease.broke("answered a whole request with a stream");
-            let error = UpstreamError::stream_broken("answered a whole request with a stream".into());
+            let error =
+                UpstreamError::stream_broken("answered a whole request with a stream".into());
             (Answer::default(), own.failed(&error))
         }
         Err(error) => {
@@ -403,7 +406,10 @@ async fn call(
             (Answer::default(), own.failed(&error))
         }
     };
-    let cost = call.request.cost_pusd.map_or(0, |cost| cost.0.max(0) as u64);
+    let cost = call
+        .request
+        .cost_pusd
+        .map_or(0, |cost| cost.0.max(0) as u64);
     reservation.settle(cost);
     monthly.settle(Used {
         tokens: 0,

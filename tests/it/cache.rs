@@ -396,7 +396,10 @@ async fn a_stream_without_usage_is_kept_with_the_gateways_count_flagged_estimate
     let row = stored(&store, hit.header("x-tierwise-request-id").unwrap()).await;
     assert!(filled.tokens_estimated);
     assert_eq!(row.purpose, Purpose::CacheHit);
-    assert!(row.tokens_estimated, "the hit's tokens are the gateway's count");
+    assert!(
+        row.tokens_estimated,
+        "the hit's tokens are the gateway's count"
+    );
     assert_eq!(
         (row.tokens_in, row.tokens_out),
         (filled.tokens_in, filled.tokens_out)
@@ -443,7 +446,11 @@ async fn identical_requests_in_flight_together_call_the_upstream_once() {
     api.set_fault(Fault::SlowFirstByte { ms: 600 });
     let body = question("together?");
     let answers = futures_util::future::join_all((0..3).map(|_| ask(&gw, &body))).await;
-    assert_eq!(api.request_count(), 1, "identical requests each went upstream");
+    assert_eq!(
+        api.request_count(),
+        1,
+        "identical requests each went upstream"
+    );
     let mut headers: Vec<_> = answers.iter().map(|a| cache_header(a).unwrap()).collect();
     headers.sort();
     assert_eq!(headers, ["hit", "hit", "miss"]);
@@ -484,7 +491,8 @@ async fn identical_requests_in_flight_together_call_the_upstream_once() {
 async fn an_answer_kept_under_one_tier_prompt_is_not_given_under_another() {
     let redis = crate::shared_limits::Redis::start();
     let api = FakeUpstream::start().await;
-    let prompt_file = std::env::temp_dir().join(format!("tierwise-cache-{}.txt", std::process::id()));
+    let prompt_file =
+        std::env::temp_dir().join(format!("tierwise-cache-{}.txt", std::process::id()));
     std::fs::write(&prompt_file, "Answer in French.").unwrap();
     let replica = |url: String, prompt: Option<&std::path::Path>| {
         let prompt = prompt.map(|path| path.display().to_string());
