@@ -567,12 +567,13 @@ async fn read_report(
 }
 
 /// Stores an eval run's calls in the ledger; a ledger that cannot take them costs a warning, not
-/// the run's result.
-async fn record_eval_calls(config: &Config, calls: &[tierwise::ledger::RequestRow]) {
+/// the run's result. Straight to the store, not through the gateway's queue and spool: the spool
+/// file is a running gateway's (with the same config), which a second process must not append to.
+async fn record_eval_calls(config: &Config, calls: &[tierwise::outcome::Outcome]) {
     let stored = async {
         let store = Store::connect(&config.ledger.url).await?;
         for chunk in calls.chunks(500) {
-            let rows: Vec<_> = chunk.iter().collect();
+            let rows: Vec<_> = chunk.iter().map(|call| &call.request).collect();
             store.insert(&rows, &[]).await?;
         }
         store.close().await;

@@ -21,8 +21,9 @@
 //!   budget's too), and which tiers its chain passes over: rate limits per minute and monthly
 //!   budgets that, once spent, move a route to its local tiers or refuse.
 //! - [`cache`]: the response cache of the routes that opt in — the key (the request as every
-//!   tier would receive it, scoped to the client key), the memory it is kept in, what may fill it
-//!   (a consumer of finished requests) — read after admission, where a hit answers.
+//!   tier would receive it, scoped to the client key), the memory or Redis it is kept in, what may
+//!   fill it (a consumer of finished requests), identical requests in flight together answered
+//!   once — read after admission, where a hit answers.
 //! - [`health`]: per server of each provider, the circuit breaker and in-flight count and cap the
 //!   chain consults before each attempt, the active probes that feed the breakers, and warm-up;
 //!   which of a provider's servers takes a call (least loaded of two random choices, load being
@@ -31,10 +32,11 @@
 //!   provider's proxy where it has one), timeouts, failure classification, the wire format each
 //!   provider speaks (OpenAI's and Azure's passed through; Anthropic's translated at one seam), and
 //!   reading an upstream stream event by event, each event with the bytes it came as.
-//! - [`outcome`]: the one place a request ends, however it ends, producing the outcome that
-//!   everything downstream receives; the consumers it hands each finished request to (the limits'
-//!   settlement, shadow sampling, the cache fill), and the background task that batches outcomes to the ledger
-//!   and the metrics.
+//! - [`outcome`]: the one place a request ends, however it ends — and where the gateway's own
+//!   calls (shadow checks, eval) end too — producing the outcome that everything downstream
+//!   receives; the consumers it hands each finished request to, on the request path (the limits'
+//!   settlement, shadow sampling, the cache fill) and, through a queue, in background batches
+//!   (the ledger with its spool, then the metrics).
 //! - [`ledger`]: the rows of every request and attempt (product traffic, shadow and eval calls),
 //!   prices and exact cost in picodollars, token estimates, quality events and feedback, a month's
 //!   spend and its corrections for budgets, the SQLite or PostgreSQL store and its writer.

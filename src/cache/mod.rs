@@ -22,7 +22,8 @@
 
 mod shared;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,6 +31,7 @@ use http::HeaderMap;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
 use crate::config::{CacheConfig, CacheScope, Route};
 use crate::ledger::{Picodollars, Tokens};
@@ -89,6 +91,41 @@ pub struct Ticket {
     key: Key,
     ttl: Duration,
     cache: Arc<ResponseCache>,
+    /// This request leads its key's flight: identical requests that arrive meanwhile wait for its
+    /// answer.
+    flight: Option<Flight>,
+}
+
+/// A plain request that missed and went upstream, for the identical requests (same key: same
+/// route, scope and bytes) that arrive before it ends: they wait for its answer instead of paying
+/// for it again (single-flight). It ends with the request: handed the answer by the fill, or
+/// dropped with a request that did not fill, which sends each waiter upstream on its own.
+struct Flight {
+    key: Key,
+    answer: watch::Sender<Option<Arc<Entry>>>,
+    cache: Arc<ResponseCache>,
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        let mut flying = self
+            .cache
+            .flying
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if flying
+            .get(&self.key)
+            .is_some_and(|waiting| waiting.same_channel(&self.answer.subscribe()))
+        {
+            flying.remove(&self.key);
+        }
+    }
+}
+
+/// Where a missed plain request stands with the flights of its key.
+enum Boarding {
+    Lead(Flight),
+    Wait(watch::Receiver<Option<Arc<Entry>>>),
 }
 
 impl Ticket {
@@ -200,6 +237,9 @@ pub struct ResponseCache {
     shared: Option<Arc<shared::SharedAnswers>>,
     /// The largest answer kept: an eighth of the cache, so that one answer cannot flush it.
     max_entry: usize,
+    /// The flights in the air, by key (see [`Flight`]); the lock is held for a map operation,
+    /// never across an await.
+    flying: Mutex<HashMap<Key, watch::Receiver<Option<Arc<Entry>>>>>,
 }
 
 impl ResponseCache {
@@ -215,6 +255,7 @@ impl ResponseCache {
             shared,
             memory: quick_cache::sync::Cache::with_weighter(items, config.max_bytes, Weigh),
             max_entry: (config.max_bytes / 8).min(usize::MAX as u64) as usize,
+            flying: Mutex::default(),
         })
     }
 
@@ -234,63 +275,107 @@ impl ResponseCache {
             crate::metrics::cache_lookup(&route.name, "bypass");
             return Lookup::Miss(None);
         }
-        if directives.no_store {
-            crate::metrics::cache_lookup(&route.name, "bypass");
-            return Lookup::Miss(None);
-        }
         let scope = match config.scope {
             CacheScope::Key => key_id.unwrap_or(""),
             CacheScope::Route => "",
         };
         let key = key_of(route, scope, request);
-        let ticket = Ticket {
+        let ticket = |flight| Ticket {
             key,
             ttl: config.ttl,
             cache: self.clone(),
+            flight,
         };
+        // As RFC 9111 reads a request's directives: `no-cache`, do not answer from the cache (the
+        // fresh answer may be kept); `no-store`, keep nothing of this exchange (a kept answer may
+        // still answer it).
         if directives.no_cache {
             crate::metrics::cache_lookup(&route.name, "bypass");
-            return Lookup::Miss(Some(ticket));
+            return Lookup::Miss((!directives.no_store).then(|| ticket(None)));
         }
+        if let Some(entry) = self.read(&key).await {
+            crate::metrics::cache_lookup(&route.name, "hit");
+            return Lookup::Hit(entry);
+        }
+        if directives.no_store {
+            crate::metrics::cache_lookup(&route.name, "bypass");
+            return Lookup::Miss(None);
+        }
+        // A stream waiting on another would give its client nothing until that one ended: each
+        // goes upstream.
+        let flight = if request.stream {
+            None
+        } else {
+            match self.board(key) {
+                Boarding::Lead(flight) => Some(flight),
+                Boarding::Wait(mut waiting) => {
+                    let answer = waiting
+                        .wait_for(Option::is_some)
+                        .await
+                        .ok()
+                        .and_then(|answer| answer.clone());
+                    if let Some(entry) = answer {
+                        crate::metrics::cache_lookup(&route.name, "hit");
+                        return Lookup::Hit(entry);
+                    }
+                    // The request it waited on did not fill: this one goes upstream itself, and
+                    // does not wait again (a failing upstream must not line identical requests
+                    // up one behind another).
+                    None
+                }
+            }
+        };
+        crate::metrics::cache_lookup(&route.name, "miss");
+        Lookup::Miss(Some(ticket(flight)))
+    }
+
+    /// The answer kept under `key`, if any and not expired.
+    async fn read(&self, key: &Key) -> Option<Arc<Entry>> {
         if let Some(shared) = &self.shared {
-            return match shared.get(&key).await {
-                Some(entry) => {
-                    crate::metrics::cache_lookup(&route.name, "hit");
-                    Lookup::Hit(Arc::new(entry))
-                }
-                None => {
-                    crate::metrics::cache_lookup(&route.name, "miss");
-                    Lookup::Miss(Some(ticket))
-                }
-            };
+            return shared.get(key).await.map(Arc::new);
         }
-        match self.memory.get(&key) {
-            Some(entry) if entry.expires_at > tokio::time::Instant::now() => {
-                crate::metrics::cache_lookup(&route.name, "hit");
-                Lookup::Hit(entry)
-            }
+        match self.memory.get(key) {
+            Some(entry) if entry.expires_at > tokio::time::Instant::now() => Some(entry),
             Some(_) => {
-                self.memory.remove(&key);
-                crate::metrics::cache_lookup(&route.name, "miss");
-                Lookup::Miss(Some(ticket))
+                self.memory.remove(key);
+                None
             }
-            None => {
-                crate::metrics::cache_lookup(&route.name, "miss");
-                Lookup::Miss(Some(ticket))
-            }
+            None => None,
         }
     }
 
+    /// Leads `key`'s flight, or joins the one in the air.
+    fn board(self: &Arc<Self>, key: Key) -> Boarding {
+        let mut flying = self.flying.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(waiting) = flying.get(&key) {
+            return Boarding::Wait(waiting.clone());
+        }
+        let (answer, waiting) = watch::channel(None);
+        flying.insert(key, waiting);
+        Boarding::Lead(Flight {
+            key,
+            answer,
+            cache: self.clone(),
+        })
+    }
+
     fn fill(&self, fill: Fill) {
-        if fill.entry.weight() as usize > self.max_entry {
-            return;
+        let Fill { mut ticket, entry } = fill;
+        let entry = Arc::new(entry);
+        if entry.weight() as usize <= self.max_entry {
+            match &self.shared {
+                Some(shared) => shared.put(ticket.key, &entry, ticket.ttl),
+                None => {
+                    self.memory.insert(ticket.key, entry.clone());
+                    crate::metrics::cache_size(self.memory.weight(), self.memory.len());
+                }
+            }
         }
-        if let Some(shared) = &self.shared {
-            shared.put(fill.ticket.key, &fill.entry, fill.ticket.ttl);
-            return;
+        // Kept first, then the flight lands: a request that arrives in between finds the answer.
+        // Those waiting take it even when it was too large to keep.
+        if let Some(flight) = ticket.flight.take() {
+            flight.answer.send_replace(Some(entry));
         }
-        self.memory.insert(fill.ticket.key, Arc::new(fill.entry));
-        crate::metrics::cache_size(self.memory.weight(), self.memory.len());
     }
 }
 

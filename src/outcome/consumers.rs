@@ -1,13 +1,19 @@
-//! Who is handed a finished request at its end, besides the ledger and the metrics behind the
-//! queue: each [`Consumer`] registered on [`super::Outcomes`], in order. A new one (a cache fill,
-//! a trace exporter) is one registration, not a field threaded through the request path.
+//! Who is handed a finished request at its end. Two kinds of consumer, each a list in order:
 //!
-//! Consumers run on the request path, once per request: each takes its part of the [`Ended`]
-//! request and returns without waiting (a channel's `try_send`, an atomic).
+//! - a [`Consumer`], registered on [`super::Outcomes`], runs on the request path, once per request:
+//!   it takes its part of the [`Ended`] request and returns without waiting (a channel's
+//!   `try_send`, an atomic) — the limits' [`Settlement`], shadow [`Sampling`], the [`CacheFill`];
+//! - a [`Recorder`] runs in the background task behind the queue ([`super::dispatch`]) and takes
+//!   the outcomes in batches once their tokens are counted, where it may wait a moment — the
+//!   ledger ([`super::ledger::Ledger`]), then the [`Metrics`].
+//!
+//! A new consumer (a trace exporter, a limit) is one registration, not a field threaded through
+//! the request path.
 
+use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
-use super::{Ended, Sample};
+use super::{Ended, Outcome, Sample};
 
 /// Something that wants every finished request.
 pub trait Consumer: Send + Sync {
@@ -57,5 +63,41 @@ impl Consumer for CacheFill {
         if let Some(fill) = ended.fill.take() {
             fill.keep();
         }
+    }
+}
+
+/// Something that wants every finished request once its tokens are counted: off the request path,
+/// in batches, in the background task. It may wait (a database write), but never long: the queue
+/// behind it waits too.
+pub trait Recorder: Send {
+    /// Takes a batch of outcomes, in the order they ended (near enough: the late queue's first).
+    fn record<'a>(&'a mut self, batch: &'a [Outcome]) -> BoxFuture<'a, ()>;
+
+    /// Called about once a second whatever the traffic.
+    fn tick(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
+    /// At shutdown, after the last batch.
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// The request series of `/metrics`, recorded a batch at a time once each row is whole (a stream
+/// without usage has its tokens counted by then).
+pub struct Metrics;
+
+impl Recorder for Metrics {
+    fn record<'a>(&'a mut self, batch: &'a [Outcome]) -> BoxFuture<'a, ()> {
+        let finished: Vec<crate::metrics::Finished<'_>> = batch
+            .iter()
+            .map(|outcome| crate::metrics::Finished {
+                row: &outcome.request,
+                upstream_us: outcome.upstream_us,
+            })
+            .collect();
+        crate::metrics::requests_finished(&finished);
+        Box::pin(std::future::ready(()))
     }
 }

@@ -2,16 +2,20 @@
 //! end, abandoned by its client, or failed — in exactly one function, [`Exchange::end`]. It
 //! produces the request's [`Outcome`]: the ledger row with its cost and baseline priced by
 //! [`Pricing::price`], the attempt rows, what is left to count where the upstream reported no
-//! usage, and what the request held of its limits since admission.
+//! usage, and what the request held of its limits since admission. The calls the gateway makes
+//! itself (shadow checks, eval) end here too ([`own`]), their rows built by the same parts.
 //!
 //! The finished request is handed to its consumers ([`consumers`]): first, on the request path,
-//! each registered [`Consumer`] in turn — the limits' settlement, the shadow checks' sampling —
-//! each taking what it needs without waiting; then the outcome goes on a queue to a background
-//! task ([`dispatch`]) that hands outcomes in batches to the ledger writer and the metrics. The
-//! request path never waits on any of them except when that queue is full (backpressure).
+//! each registered [`Consumer`] in turn — the limits' settlement, the shadow checks' sampling, the
+//! cache fill — each taking what it needs without waiting; then the outcome goes on a queue to a
+//! background task ([`dispatch`]) that counts what is left to count and hands outcomes in batches
+//! to each [`Recorder`]: the ledger ([`ledger`]: database, spool), then the metrics. The request
+//! path never waits on any of them except when that queue is full (backpressure).
 
 pub mod consumers;
 mod dispatch;
+mod ledger;
+mod own;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -29,8 +33,9 @@ use crate::openai::{Endpoint, Usage};
 use crate::route::chain::{Attempt, Called, ServedBy, Unserved};
 use crate::upstream::UpstreamErrorKind;
 
-pub use consumers::{CacheFill, Consumer, Sampling, Settlement};
+pub use consumers::{CacheFill, Consumer, Metrics, Recorder, Sampling, Settlement};
 pub use dispatch::Dispatcher;
+pub use own::OwnCall;
 
 /// How the ledger names a request whose client went away before its answer.
 pub const CLIENT_CLOSED: &str = "client_closed";
@@ -69,6 +74,9 @@ pub struct ToCount {
     baseline: Option<Arc<Tier>>,
     /// Input counts the upstream gave exactly, which win over counting the request.
     prompt: Option<Usage>,
+    /// The route's cache missed and the stream was whole: it fills once its tokens are counted,
+    /// so that a hit records the counted (estimated) tokens and the cost it avoided.
+    fill: Option<(Ticket, Stored)>,
 }
 
 impl Outcome {
@@ -78,6 +86,7 @@ impl Outcome {
         let Some(to_count) = self.to_count.take() else {
             return;
         };
+        let endpoint = to_count.uncounted.endpoint;
         let mut tokens = to_count.uncounted.count();
         if let Some(prompt) = to_count.prompt {
             let exact = Tokens::from(prompt);
@@ -87,6 +96,24 @@ impl Outcome {
         }
         let priced = pricing.price(&to_count.tier, to_count.baseline.as_deref(), &tokens);
         set_tokens(&mut self.request, tokens, priced);
+        if let Some((ticket, stored)) = to_count.fill
+            && crate::cache::fillable(endpoint, &stored)
+        {
+            let request = &self.request;
+            Fill::new(
+                ticket,
+                stored,
+                crate::cache::Served {
+                    tier: request.tier.as_deref().unwrap_or_default(),
+                    provider: request.provider.as_deref().unwrap_or_default(),
+                    model: request.model.as_deref().unwrap_or_default(),
+                    local: request.local,
+                    tokens,
+                    cost: request.cost_pusd,
+                },
+            )
+            .keep();
+        }
         if let Some(used) = self.used() {
             std::mem::take(&mut self.hold).settle(used);
         }
@@ -179,12 +206,17 @@ impl Outcomes {
         }
     }
 
-    /// Queues an outcome that no client request produced (a shadow call); waits while the queue is
-    /// full, as a request would.
+    /// Ends a call the gateway made itself ([`OwnCall`]: a shadow check's) where a request ends:
+    /// its consumers, then the queue; waits while the queue is full, as a request would.
     pub async fn record(&self, outcome: Outcome) {
-        if self.sender.send(outcome).await.is_err() {
-            tracing::error!("the ledger writer has stopped; a record was lost");
+        Ended {
+            outcome,
+            sample: None,
+            fill: None,
+            outcomes: self.clone(),
         }
+        .deliver()
+        .await;
     }
 
     /// What is known of a request once routing has read it.
@@ -450,15 +482,20 @@ impl Exchange {
                 recorded,
             } => {
                 served(&mut request, by);
-                // A stream cut, broken or refused by its contract is not an answer to keep; one
-                // without usage is not either, since what a hit saves would be unknown.
+                // A stream cut, broken or refused by its contract is not an answer to keep. One
+                // without usage fills once its tokens are counted (see `ToCount::fill`).
+                let mut pending = None;
                 if status == 200
                     && error_kind.is_none()
                     && contract != Some("violated")
-                    && let (Some(recorded), Some(usage)) = (recorded, usage)
+                    && let Some(recorded) = recorded
                     && let Some(ticket) = ticket.take()
                 {
-                    fill = Some((ticket, Stored::Events(recorded), Tokens::from(usage)));
+                    let stored = Stored::Events(recorded);
+                    match usage {
+                        Some(usage) => fill = Some((ticket, stored, Tokens::from(usage))),
+                        None => pending = Some((ticket, stored)),
+                    }
                 }
                 request.contract = contract.map(Cow::Borrowed);
                 if status == 200 && error_kind.is_none() && text_whole {
@@ -484,6 +521,7 @@ impl Exchange {
                             tier: by.tier.clone(),
                             baseline: start.route.as_ref().and_then(|r| r.baseline.clone()),
                             prompt,
+                            fill: pending,
                         })
                     }
                 };

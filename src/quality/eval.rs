@@ -2,8 +2,8 @@
 //! line answered by both, the answers scored against each other and against the line's expected
 //! answer — so that a prompt or model change can be judged, and gated in CI, before it serves
 //! traffic. Calls go straight to the tiers' upstreams (with the route's per-tier prompts), not
-//! through a running gateway; each is priced and handed back as a ledger row with
-//! `purpose = 'eval'`, which `tierwise eval` stores unless told not to.
+//! through a running gateway; each ends as the gateway's own calls end ([`OwnCall`],
+//! `purpose = 'eval'`), and `tierwise eval` hands the outcomes to the ledger unless told not to.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -17,10 +17,11 @@ use super::judge;
 use super::monitor::{Interval, wilson};
 use super::score::{Answer, Score, ScorerKind, Unscorable, score};
 use crate::config::{ChainTier, Config, Route, Tier, with_labels};
-use crate::ledger::{Picodollars, Pricing, Purpose, RequestRow, Tokens};
+use crate::ledger::{Picodollars, Pricing, Purpose, Tokens};
 use crate::openai::{Endpoint, RequestBody};
+use crate::outcome::{Outcome, OwnCall};
 use crate::route::contract::match_label;
-use crate::upstream::{Reply, Upstreams};
+use crate::upstream::{Reply, UpstreamError, Upstreams};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -98,7 +99,7 @@ pub struct Disagreement {
     pub expected: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct EvalReport {
     pub route: String,
     pub scorer: ScorerKind,
@@ -122,10 +123,11 @@ pub struct EvalReport {
     /// contract rewrites, then fewer tokens).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub prompts: Vec<Variant>,
-    /// Every call the run made, priced, for the ledger (`purpose = 'eval'`), so that reports show
-    /// what evaluation cost beside product traffic.
+    /// Every call the run made, priced and ended as the gateway's own calls end
+    /// ([`OwnCall`], `purpose = 'eval'`), for the ledger, so that reports show what evaluation
+    /// cost beside product traffic.
     #[serde(skip)]
-    pub calls: Vec<RequestRow>,
+    pub calls: Vec<Outcome>,
 }
 
 /// Lines not compared, each counted once, under the first reason that applies.
@@ -346,8 +348,8 @@ struct Asker<'a> {
     /// The tier on trial, which every call's ledger row names.
     candidate: &'a str,
     concurrency: usize,
-    /// Every call made, as ledger rows with `purpose = 'eval'`.
-    calls: Mutex<Vec<RequestRow>>,
+    /// Every call made, ended with `purpose = 'eval'`.
+    calls: Mutex<Vec<Outcome>>,
 }
 
 impl Asker<'_> {
@@ -404,53 +406,45 @@ impl Asker<'_> {
     /// Sends a chat body to `tier` for one whole answer. An offline run keeps no health, so a
     /// provider of several servers has its calls spread over them at random.
     async fn send(&self, tier: &Arc<Tier>, body: Vec<u8>) -> Answered {
-        let ts_ms = super::watch::now_ms();
+        let mut own = OwnCall::begin(self.route, tier, Purpose::Eval, self.candidate);
         let started = Instant::now();
         let server = fastrand::usize(..tier.provider.servers.len());
         let sent = self
             .upstreams
             .send(tier, server, Endpoint::ChatCompletions, body, false)
             .await;
+        own.replied();
         let latency_us = started.elapsed().as_micros() as u64;
-        let mut row = super::check_row(
-            self.route,
-            tier,
-            Purpose::Eval,
-            self.candidate,
-            ts_ms,
-            latency_us as i64,
-        );
-        let answered = match sent {
+        let (answered, call) = match sent {
             Ok(Reply::Complete { body, usage }) => {
                 let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 let tokens = usage.map(Tokens::from);
-                let priced = tokens
-                    .as_ref()
-                    .map(|tokens| self.pricing.price(tier, None, tokens));
-                if let (Some(tokens), Some(priced)) = (&tokens, &priced) {
-                    super::set_answered(&mut row, tokens, priced);
-                }
-                Answered {
+                let call = own.answered(&self.pricing, tokens.as_ref());
+                let answered = Answered {
                     answer: Some(Answer::of_completion(&value)),
                     latency_us,
-                    cost: priced.and_then(|priced| priced.cost),
+                    cost: call.request.cost_pusd,
                     tokens: tokens.map_or(0, |t| t.input + t.output),
                     error: None,
-                }
+                };
+                (answered, call)
             }
             Ok(Reply::Stream(_)) => {
-                row.status = 502;
-                failed(latency_us, "answered with a stream".into())
+                let error = UpstreamError::stream_broken("answered with a stream".into());
+                (
+                    failed(latency_us, "answered with a stream".into()),
+                    own.failed(&error),
+                )
             }
-            Err(err) => {
-                super::set_failed(&mut row, &err);
-                failed(latency_us, format!("{}: {}", err.reason(), err.detail))
-            }
+            Err(err) => (
+                failed(latency_us, format!("{}: {}", err.reason(), err.detail)),
+                own.failed(&err),
+            ),
         };
         self.calls
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(row);
+            .push(call);
         answered
     }
 }

@@ -2,8 +2,8 @@
 //! other; once its client has the answer, the sample comes here and the tier that did not answer
 //! it is asked the same thing as one whole (non-streamed) request: the reference tier when the
 //! candidate answered, the candidate when the route has demoted it and serves from the reference
-//! (both when the demoted route was served by a third tier). The two answers are scored, the calls
-//! priced and written to the ledger as `purpose = 'shadow'`, and the score goes to the route's
+//! (both when the demoted route was served by a third tier). The two answers are scored, and the
+//! calls end where every request ends ([`OwnCall`], `purpose = 'shadow'`), and the score goes to the route's
 //! [`Watch`], whose changes [`super::alert`] announces.
 //!
 //! A shadow check never touches a client request: samples arrive on a bounded queue the request
@@ -13,9 +13,8 @@
 //! its day's `shadow.daily_budget_usd` is spent. Shadow calls go straight to the upstreams, never
 //! through the request path, so they are never sampled themselves.
 
-use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -30,12 +29,12 @@ use crate::config::{ChainTier, Tier};
 use crate::health::Health;
 use crate::ledger::quality::{DAY_MS, utc_day};
 use crate::ledger::{
-    Answer as CountedAnswer, Picodollars, Pricing, Purpose, RequestRow, Store, Tokens, Uncounted,
+    Answer as CountedAnswer, Picodollars, Pricing, Purpose, Store, Tokens, Uncounted,
 };
 use crate::limits::{BUDGET_SPENT, Budgets, Hold, Used};
 use crate::openai::{Endpoint, RequestBody};
-use crate::outcome::{Outcome, Outcomes, Sample, SampledAnswer};
-use crate::upstream::{Reply, Upstreams};
+use crate::outcome::{Outcome, Outcomes, OwnCall, Sample, SampledAnswer};
+use crate::upstream::{Reply, UpstreamError, Upstreams};
 
 /// Samples waiting for a check; more are skipped (`queue_full`) rather than held.
 pub const QUEUE: usize = 1024;
@@ -116,11 +115,11 @@ async fn run(
     while checks.join_next().await.is_some() {}
 }
 
-/// One tier's answer to a sample, and the ledger row of the call that got it (none when it is the
+/// One tier's answer to a sample, and the outcome of the call that got it (none when it is the
 /// answer the client was given).
 struct Side {
     answer: Answer,
-    row: Option<RequestRow>,
+    call: Option<Outcome>,
 }
 
 async fn check(
@@ -163,8 +162,8 @@ async fn check(
     else {
         return;
     };
-    let given = Side { answer, row: None };
-    let mut rows = Vec::new();
+    let given = Side { answer, call: None };
+    let mut calls = Vec::new();
     let ask = async |tier: &Arc<Tier>| -> Result<Side, &'static str> {
         let step = route_step(&watch, tier);
         let cap = tier.max_tokens.map_or(MAX_TOKENS, u64::from);
@@ -196,9 +195,11 @@ async fn check(
         }
     };
     let labels = watch.route.labels.as_deref().unwrap_or(&[]);
-    let failed = [&candidate, &reference]
-        .iter()
-        .any(|side| side.row.as_ref().is_some_and(|row| row.status != 200));
+    let failed = [&candidate, &reference].iter().any(|side| {
+        side.call
+            .as_ref()
+            .is_some_and(|call| call.request.status != 200)
+    });
     // Scoring is CPU work (ROUGE-L is quadratic up to its cap): on a blocking thread, never on
     // the runtime that runs the ledger writer, the probes and the feedback writer.
     let mut scored = None;
@@ -240,21 +241,25 @@ async fn check(
         .await
         {
             Ok(grading) => {
-                if grading.row.as_ref().is_some_and(|row| row.status == 200) {
+                if grading
+                    .call
+                    .as_ref()
+                    .is_some_and(|call| call.request.status == 200)
+                {
                     scored = judge::grade(&grading.answer.text).ok();
                 }
-                judged = grading.row;
+                judged = grading.call;
             }
             Err(skipped) => crate::metrics::shadow_skipped(route, skipped),
         }
     }
     let mut cost = Picodollars(0);
-    let sides = [candidate.row, reference.row, judged];
-    for row in sides.into_iter().flatten() {
+    let sides = [candidate.call, reference.call, judged];
+    for call in sides.into_iter().flatten() {
         cost = Picodollars::saturating(
-            i128::from(cost.0) + i128::from(row.cost_pusd.unwrap_or_default().0),
+            i128::from(cost.0) + i128::from(call.request.cost_pusd.unwrap_or_default().0),
         );
-        rows.push(row);
+        calls.push(call);
     }
     let outcome = match (&scored, failed) {
         (_, true) => "failed",
@@ -263,20 +268,11 @@ async fn check(
     };
     crate::metrics::shadow_checked(route, outcome, cost);
     // The score is kept on one row of the check, the last call's, so that a sample counts once.
-    if let (Some(scored), Some(last)) = (&scored, rows.last_mut()) {
-        last.agreement_ppm = Some((scored.agreement * 1e6).round() as i64);
+    if let (Some(scored), Some(last)) = (&scored, calls.last_mut()) {
+        last.request.agreement_ppm = Some((scored.agreement * 1e6).round() as i64);
     }
-    for row in rows {
-        checker
-            .outcomes
-            .record(Outcome {
-                request: row,
-                attempts: Vec::new(),
-                to_count: None,
-                upstream_us: None,
-                hold: Default::default(),
-            })
-            .await;
+    for call in calls {
+        checker.outcomes.record(call).await;
     }
     if let Some(scored) = scored {
         for change in watch.record(scored.agreement) {
@@ -371,23 +367,20 @@ async fn call(
         monthly.settle(Used::default());
         return Err("provider_unavailable");
     };
-    let ts_ms = now_ms();
-    let started = Instant::now();
-    let sent = checker
-        .upstreams
-        .send(tier, lease.server_index(), endpoint, body.clone(), false)
-        .await;
-    let mut row = super::check_row(
+    let mut own = OwnCall::begin(
         &route.name,
         tier,
         Purpose::Shadow,
         &watch.shadow().candidate.name,
-        ts_ms,
-        started.elapsed().as_micros() as i64,
-    );
-    row.sample_of = Some(sample.request_id.clone());
-    row.endpoint = Cow::Borrowed(endpoint.spec().ledger_name);
-    let answer = match sent {
+    )
+    .checking(&sample.request_id)
+    .on(endpoint);
+    let sent = checker
+        .upstreams
+        .send(tier, lease.server_index(), endpoint, body.clone(), false)
+        .await;
+    own.replied();
+    let (answer, call) = match sent {
         Ok(Reply::Complete {
             body: answer,
             usage,
@@ -406,26 +399,28 @@ async fn call(
                     .await
                 }
             };
-            let priced = checker.pricing.price(tier, None, &tokens);
-            super::set_answered(&mut row, &tokens, &priced);
+            let call = own.answered(&checker.pricing, Some(&tokens));
             let said = endpoint.spec().said.unwrap_or(crate::openai::chat::said);
-            Answer::from(said(
+            let answer = Answer::from(said(
                 &serde_json::from_slice(&answer).unwrap_or(Value::Null),
-            ))
+            ));
+            (answer, call)
         }
         Ok(Reply::Stream(_)) => {
             lease.broke("answered a whole request with a stream");
-            row.status = 502;
-            row.error_kind = Some("stream_broken".into());
-            Answer::default()
+            let error =
+                UpstreamError::stream_broken("answered a whole request with a stream".into());
+            (Answer::default(), own.failed(&error))
         }
         Err(error) => {
             lease.failed(&error);
-            super::set_failed(&mut row, &error);
-            Answer::default()
+            (Answer::default(), own.failed(&error))
         }
     };
-    let cost = row.cost_pusd.map_or(0, |cost| cost.0.max(0) as u64);
+    let cost = call
+        .request
+        .cost_pusd
+        .map_or(0, |cost| cost.0.max(0) as u64);
     reservation.settle(cost);
     monthly.settle(Used {
         tokens: 0,
@@ -433,6 +428,6 @@ async fn call(
     });
     Ok(Side {
         answer,
-        row: Some(row),
+        call: Some(call),
     })
 }

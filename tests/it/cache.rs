@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tierwise::config::CacheScope;
 use tierwise::config::TaskKind;
-use tierwise::config::file::{RawKey, RawRouteCache, text};
+use tierwise::config::file::{RawKey, RawRouteCache, spanned, text};
 use tierwise::ledger::{Picodollars, Purpose};
 use tierwise_fake::{FakeUpstream, Fault};
 
@@ -263,6 +263,14 @@ async fn a_clients_no_cache_skips_the_read_and_no_store_the_fill_too() {
     // The fresh answer was kept.
     assert_eq!(cache_header(&ask(&gw, &body).await), Some("hit"));
     assert_eq!(api.request_count(), 3);
+    // `no-store` keeps nothing of its own exchange, but a kept answer may answer it (RFC 9111,
+    // 5.2.1.5); with `no-cache` too it goes upstream.
+    let answer = ask_as(&gw, CLIENT_KEY, &body, &no_store).await;
+    assert_eq!(cache_header(&answer), Some("hit"));
+    let both = [("cache-control", "no-cache, no-store")];
+    let answer = ask_as(&gw, CLIENT_KEY, &body, &both).await;
+    assert_eq!(cache_header(&answer), Some("bypass"));
+    assert_eq!(api.request_count(), 4);
     gw.shutdown().await;
 }
 
@@ -347,4 +355,202 @@ async fn replicas_share_answers_through_redis_and_a_dead_redis_is_a_miss() {
         .await;
     one.shutdown().await;
     two.shutdown().await;
+}
+
+/// Asks `body` until an answer is a hit (a fill lands after the answer, off the request path),
+/// within 10 s.
+async fn until_hit(gw: &TestGateway, body: &Value) -> Answer {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = ask(gw, body).await;
+        if cache_header(&answer) == Some("hit") {
+            return answer;
+        }
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert!(Instant::now() < until, "the answer was never kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A stream whose upstream reports no usage (a local server's, often) fills once the gateway has
+/// counted its tokens: the hit records them, flagged estimated as the ledger flags them, and what
+/// they would have cost. Before, such streams were never kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_usage_is_kept_with_the_gateways_count_flagged_estimated() {
+    let (api, gw) = gateway(faq("1h", None)).await;
+    api.set_fault(Fault::NoUsage);
+    api.update(|b| b.reply = "We open at nine every day.".into());
+    let mut stream = question("when do you open, streamed?");
+    stream["stream"] = json!(true);
+    let first = ask(&gw, &stream).await;
+    assert_eq!(cache_header(&first), Some("miss"), "{}", first.text);
+    // It fills from the background, once counted.
+    gw.wait_for_metrics(|text| text.contains("tierwise_cache_entries 1"))
+        .await;
+    let hit = ask(&gw, &stream).await;
+    assert_eq!(cache_header(&hit), Some("hit"), "{}", hit.text);
+    assert_eq!(api.request_count(), 1);
+    assert!(hit.text.contains("nine"), "{}", hit.text);
+    let store = gw.store().await;
+    let filled = stored(&store, first.header("x-tierwise-request-id").unwrap()).await;
+    let row = stored(&store, hit.header("x-tierwise-request-id").unwrap()).await;
+    assert!(filled.tokens_estimated);
+    assert_eq!(row.purpose, Purpose::CacheHit);
+    assert!(
+        row.tokens_estimated,
+        "the hit's tokens are the gateway's count"
+    );
+    assert_eq!(
+        (row.tokens_in, row.tokens_out),
+        (filled.tokens_in, filled.tokens_out)
+    );
+    assert!(row.tokens_out > 0);
+    assert_eq!(row.avoided_pusd, filled.cost_pusd);
+    assert!(row.avoided_pusd.is_some_and(|saved| saved > Picodollars(0)));
+    gw.shutdown().await;
+}
+
+/// An answer larger than an eighth of `cache.max_bytes` is not kept (one answer must not empty the
+/// cache), plain or streamed; a small one is, in the same cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_larger_than_an_eighth_of_max_bytes_is_not_kept() {
+    let (api, gw) = gateway(|c| {
+        faq("1h", None)(c);
+        c.0.cache.max_bytes = Some(spanned(16 * 1024));
+    })
+    .await;
+    api.update(|b| b.reply = "long ".repeat(600));
+    let mut stream = question("long, streamed?");
+    stream["stream"] = json!(true);
+    for body in [question("long?"), stream] {
+        for _ in 0..2 {
+            let answer = ask(&gw, &body).await;
+            assert_eq!(answer.status, 200, "{}", answer.text);
+            assert_eq!(cache_header(&answer), Some("miss"));
+        }
+    }
+    assert_eq!(api.request_count(), 4);
+    api.update(|b| b.reply = "short".into());
+    let short = question("short?");
+    ask(&gw, &short).await;
+    until_hit(&gw, &short).await;
+    gw.shutdown().await;
+}
+
+/// Identical plain requests in flight together call the upstream once: the later ones wait for
+/// the first one's answer (single-flight). Streams each go upstream (a waiting stream would get
+/// nothing until the other ended), and when the first one fails, the others go on their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_requests_in_flight_together_call_the_upstream_once() {
+    let (api, gw) = gateway(faq("1h", None)).await;
+    api.set_fault(Fault::SlowFirstByte { ms: 600 });
+    let body = question("together?");
+    let answers = futures_util::future::join_all((0..3).map(|_| ask(&gw, &body))).await;
+    assert_eq!(
+        api.request_count(),
+        1,
+        "identical requests each went upstream"
+    );
+    let mut headers: Vec<_> = answers.iter().map(|a| cache_header(a).unwrap()).collect();
+    headers.sort();
+    assert_eq!(headers, ["hit", "hit", "miss"]);
+    assert!(answers.iter().all(|a| a.text == answers[0].text));
+
+    // The first one fails (an upstream that answers 500 after a while): each other goes upstream.
+    api.update(|b| {
+        b.fault = Fault::Status {
+            status: 500,
+            body: None,
+            retry_after: None,
+        };
+        b.fault_for = Some(1);
+    });
+    let slow = question("failing together?");
+    let first = tokio::spawn({
+        let (url, http, slow) = (gw.url.clone(), gw.http.clone(), slow.clone());
+        async move {
+            http.post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(CLIENT_KEY)
+                .json(&slow)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    let answer = ask(&gw, &slow).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    first.await.unwrap();
+    gw.shutdown().await;
+}
+
+/// The key is the request as each tier of the route would receive it, so an answer kept under one
+/// configuration is not given under another that sends a tier different bytes (here its system
+/// prompt) — across replicas, or across a restart, sharing one Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_kept_under_one_tier_prompt_is_not_given_under_another() {
+    let redis = crate::shared_limits::Redis::start();
+    let api = FakeUpstream::start().await;
+    let prompt_file =
+        std::env::temp_dir().join(format!("tierwise-cache-{}.txt", std::process::id()));
+    std::fs::write(&prompt_file, "Answer in French.").unwrap();
+    let replica = |url: String, prompt: Option<&std::path::Path>| {
+        let prompt = prompt.map(|path| path.display().to_string());
+        TestConfig::two_tier(&api.base_url(), &api.base_url())
+            .without_probes()
+            .with(faq("1h", None))
+            .with(move |c| {
+                c.0.cache.store = Some(text(url));
+                if let Some(prompt) = prompt {
+                    let route = c.route("faq");
+                    route.prompts.insert(text("api_fast"), text(prompt));
+                }
+            })
+    };
+    let body = question("configured?");
+    let before = TestGateway::start(&replica(redis.url(), None)).await;
+    assert_eq!(cache_header(&ask(&before, &body).await), Some("miss"));
+    until_hit(&before, &body).await;
+    let calls = api.request_count();
+    let after = TestGateway::start(&replica(redis.url(), Some(&prompt_file))).await;
+    let answer = ask(&after, &body).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(cache_header(&answer), Some("miss"));
+    assert_eq!(api.request_count(), calls + 1);
+    before.shutdown().await;
+    after.shutdown().await;
+    std::fs::remove_file(&prompt_file).ok();
+}
+
+/// A Redis that takes the connection and never answers (hung, or a black hole on the network):
+/// each request waits at most `cache.store_timeout_ms` for it, then goes on as a miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_never_answers_delays_a_request_by_its_store_timeout_at_most() {
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", hung.local_addr().unwrap());
+    let api = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&api.base_url(), &api.base_url())
+        .without_probes()
+        .with(faq("1h", None))
+        .with(move |c| {
+            c.0.cache.store = Some(text(url));
+            c.0.cache.store_timeout_ms = Some(spanned(100));
+        });
+    let gw = TestGateway::start(&config).await;
+    for n in 0..3 {
+        let started = Instant::now();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(3),
+            ask(&gw, &question(&format!("hung {n}?"))),
+        )
+        .await
+        .expect("a hung cache store held the request up");
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert_eq!(cache_header(&answer), Some("miss"));
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    gw.wait_for_metrics(|text| text.contains("tierwise_cache_store_up 0"))
+        .await;
+    drop(hung);
+    gw.shutdown().await;
 }
