@@ -404,24 +404,57 @@ fn key_of(route: &Route, scope: &str, request: &RequestBody<'_>) -> Key {
 /// temperature above 0 (the client's, else the primary tier's default). A request that sets no
 /// temperature anywhere is taken at its word: it did not ask to sample.
 fn samples(route: &Route, request: &RequestBody<'_>) -> bool {
+    // Read as numbers, not integers: lenient servers take `"n": 2.0` as two choices.
     let n = request
         .field("n")
-        .and_then(|n| serde_json::from_str::<Option<u64>>(n.get()).ok())
+        .and_then(|n| serde_json::from_str::<Option<f64>>(n.get()).ok())
         .flatten()
-        .unwrap_or(1);
-    let temperature = match request.field("temperature") {
-        Some(value) => serde_json::from_str::<Option<f64>>(value.get())
-            .ok()
-            .flatten(),
-        None => route.chain[0].tier.temperature,
+        .unwrap_or(1.0);
+    // A `null` temperature is no temperature: the tier's default is what the upstream gets.
+    let temperature = request
+        .field("temperature")
+        .and_then(|value| serde_json::from_str::<Option<f64>>(value.get()).ok())
+        .flatten()
+        .or(route.chain[0].tier.temperature);
+    n > 1.0 || temperature.is_some_and(|t| t > 0.0)
+}
+
+/// Whether a whole Responses answer may be kept: completed, or cut at its token limit (as a chat
+/// answer that finished for `length` is), never one a content filter withheld, that failed or that
+/// is still in progress. Streamed Responses are not kept.
+fn responses_fillable(answer: &Stored) -> bool {
+    #[derive(Deserialize)]
+    struct Response<'a> {
+        #[serde(borrow)]
+        status: std::borrow::Cow<'a, str>,
+        #[serde(default)]
+        incomplete_details: Option<Incomplete<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Incomplete<'a> {
+        #[serde(borrow, default)]
+        reason: Option<std::borrow::Cow<'a, str>>,
+    }
+    let Stored::Body(body) = answer else {
+        return false;
     };
-    n > 1 || temperature.is_some_and(|t| t > 0.0)
+    serde_json::from_slice::<Response<'_>>(body).is_ok_and(|response| match &*response.status {
+        "completed" => true,
+        "incomplete" => response
+            .incomplete_details
+            .and_then(|details| details.reason)
+            .is_some_and(|reason| reason == "max_output_tokens"),
+        _ => false,
+    })
 }
 
 /// Whether an answer may be kept: a chat completion whose every choice finished (`stop`,
 /// `length`, `tool_calls`), never one cut short, refused by a content filter or reporting an
 /// error; embeddings as they came (a 200 is whole).
 pub fn fillable(endpoint: Endpoint, answer: &Stored) -> bool {
+    if endpoint == Endpoint::Responses {
+        return responses_fillable(answer);
+    }
     if endpoint != Endpoint::ChatCompletions {
         return matches!(answer, Stored::Body(_));
     }
@@ -541,5 +574,26 @@ mod tests {
             "a stream that never finished"
         );
         assert!(!fillable(chat, &events("\"content_filter\"")));
+    }
+
+    #[test]
+    fn only_completed_responses_fill() {
+        let response = |status: &str, reason: &str| {
+            Stored::Body(Bytes::from(format!(
+                r#"{{"object":"response","status":"{status}","incomplete_details":{reason},"output":[]}}"#
+            )))
+        };
+        let responses = Endpoint::Responses;
+        assert!(fillable(responses, &response("completed", "null")));
+        assert!(fillable(
+            responses,
+            &response("incomplete", r#"{"reason":"max_output_tokens"}"#)
+        ));
+        assert!(!fillable(
+            responses,
+            &response("incomplete", r#"{"reason":"content_filter"}"#)
+        ));
+        assert!(!fillable(responses, &response("failed", "null")));
+        assert!(!fillable(responses, &Stored::Events(Vec::new())));
     }
 }

@@ -674,6 +674,16 @@ fn echo(request: &[u8]) -> Map<String, Value> {
     out
 }
 
+/// Why a chat answer that finished for `finish_reason` is an incomplete response, if it is: cut at
+/// its token limit, or withheld by a content filter (never told as completed, so never cached).
+fn incomplete_reason(finish_reason: Option<&str>) -> Option<&'static str> {
+    match finish_reason {
+        Some("length") => Some("max_output_tokens"),
+        Some("content_filter") => Some("content_filter"),
+        _ => None,
+    }
+}
+
 /// A response object: `status`, `output`, `usage` and the echoed request fields.
 fn response_object(
     id: &str,
@@ -681,6 +691,7 @@ fn response_object(
     model: &str,
     echo: &Map<String, Value>,
     status: &str,
+    incomplete: Option<&str>,
     output: Vec<Value>,
     usage: Option<&Usage>,
 ) -> Value {
@@ -690,10 +701,7 @@ fn response_object(
         "created_at": created_at,
         "status": status,
         "error": null,
-        "incomplete_details": match status {
-            "incomplete" => json!({"reason": "max_output_tokens"}),
-            _ => Value::Null,
-        },
+        "incomplete_details": incomplete.map_or(Value::Null, |reason| json!({"reason": reason})),
         "model": model,
         "output": output,
         "usage": usage.map(usage_json),
@@ -750,9 +758,11 @@ fn from_chat(chat: &[u8], request: &[u8]) -> Result<Vec<u8>, String> {
             function["arguments"].as_str().unwrap_or("{}"),
         ));
     }
-    let status = match choice["finish_reason"].as_str() {
-        Some("length") => "incomplete",
-        _ => "completed",
+    let incomplete = incomplete_reason(choice["finish_reason"].as_str());
+    let status = if incomplete.is_some() {
+        "incomplete"
+    } else {
+        "completed"
     };
     let usage = chat
         .get("usage")
@@ -763,6 +773,7 @@ fn from_chat(chat: &[u8], request: &[u8]) -> Result<Vec<u8>, String> {
         chat["model"].as_str().unwrap_or_default(),
         &echo(request),
         status,
+        incomplete,
         output,
         usage.as_ref(),
     );
@@ -801,6 +812,8 @@ struct ChatEvents {
     open: Vec<(Option<u64>, OpenItem)>,
     next_index: usize,
     status: &'static str,
+    /// Why the answer is incomplete, once a choice finished short of its end.
+    incomplete: Option<&'static str>,
     /// A choice finished: the answer is whole even if `[DONE]` never comes.
     finished: bool,
     usage: Option<Usage>,
@@ -820,6 +833,7 @@ impl ChatEvents {
             open: Vec::new(),
             next_index: 0,
             status: "completed",
+            incomplete: None,
             finished: false,
             usage: None,
             ended: false,
@@ -845,6 +859,7 @@ impl ChatEvents {
             &self.model,
             &self.echo,
             status,
+            self.incomplete.filter(|_| status == "incomplete"),
             output,
             self.usage.as_ref(),
         )
@@ -1045,8 +1060,9 @@ impl StreamTranslator for ChatEvents {
             }
             if let Some(reason) = choice["finish_reason"].as_str() {
                 self.finished = true;
-                if reason == "length" {
+                if let Some(why) = incomplete_reason(Some(reason)) {
                     self.status = "incomplete";
+                    self.incomplete = Some(why);
                 }
             }
         }
@@ -1213,5 +1229,32 @@ mod tests {
         );
         assert_eq!(last["response"]["usage"]["output_tokens"], 3);
         assert_eq!(last["response"]["max_output_tokens"], 3);
+    }
+
+    /// A chat answer a content filter withheld is an incomplete response saying so, streamed or
+    /// not: never `completed`, which a client would take for an answer (and the cache keep).
+    #[test]
+    fn a_content_filter_refusal_is_incomplete_not_completed() {
+        let mut events = ChatEvents::new(b"{}");
+        let mut out = Vec::new();
+        for chunk in [
+            r#"{"model":"m","choices":[{"index":0,"delta":{"content":"I"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"content_filter"}]}"#,
+            "[DONE]",
+        ] {
+            events.read(chunk, &mut out).unwrap();
+        }
+        let (name, last) = out.last().unwrap();
+        assert_eq!(*name, "response.incomplete");
+        let last: Value = serde_json::from_str(last).unwrap();
+        assert_eq!(
+            last["response"]["incomplete_details"]["reason"],
+            "content_filter"
+        );
+        assert_eq!(
+            incomplete_reason(Some("content_filter")),
+            Some("content_filter")
+        );
+        assert_eq!(incomplete_reason(Some("stop")), None);
     }
 }
