@@ -16,6 +16,7 @@ mod proxy;
 mod resolver;
 mod route;
 mod server;
+mod telemetry;
 mod tier;
 mod tls;
 mod unknown;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 
 pub use budget::{Budget, BudgetScope};
 pub use cache::{CacheConfig, RouteCache};
+pub use telemetry::{Otlp, Telemetry};
 pub use error::{ConfigError, ConfigIssue};
 pub use kinds::{
     Affinity, AllOpen, Api, CacheScope, Changes, KeyHeader, OnDrift, OnExhausted, OnProof,
@@ -102,6 +104,8 @@ pub struct Config {
     pub ledger: LedgerConfig,
     pub limits: LimitsConfig,
     pub cache: CacheConfig,
+    /// Traces, exported where `[telemetry]` says.
+    pub telemetry: Telemetry,
     pub providers: Vec<Arc<Provider>>,
     pub tiers: Vec<Arc<Tier>>,
     pub routes: Vec<Arc<Route>>,

@@ -27,6 +27,7 @@ use crate::limits::{Hold, Used};
 use crate::openai::ChoiceTexts;
 use crate::openai::{Endpoint, Usage};
 use crate::route::chain::{Attempt, Called, ServedBy, Unserved};
+use crate::traces::{Finished, RequestTrace};
 use crate::upstream::UpstreamErrorKind;
 
 pub use consumers::{CacheFill, Consumer, Sampling, Settlement};
@@ -219,6 +220,8 @@ pub struct Start {
     pub hold: Hold,
     /// The route's cache missed: a whole answer fills it.
     pub cache: Option<Ticket>,
+    /// Its trace, where traces are exported (`[telemetry]`).
+    pub trace: Option<Box<RequestTrace>>,
 }
 
 /// An answered request chosen for a shadow check: what the client asked and what it was told.
@@ -342,6 +345,11 @@ impl Exchange {
         &self.called
     }
 
+    /// The request's trace, where it is traced: the chain's calls are its spans.
+    pub fn trace(&self) -> Option<&RequestTrace> {
+        self.start.trace.as_deref()
+    }
+
     /// The row as far as the request's start and its latency tell it.
     fn row(&self, latency_us: i64) -> RequestRow {
         let start = &self.start;
@@ -369,6 +377,17 @@ impl Exchange {
         let latency_us = self.elapsed_us();
         let store_content = self.outcomes.store_content;
         let mut ticket = self.start.cache.take();
+        let trace = self.start.trace.take().and_then(|trace| {
+            let start = &self.start;
+            Finished::new(
+                trace,
+                &ending,
+                start.endpoint,
+                start.stream,
+                ticket.is_some(),
+                &start.body,
+            )
+        });
         let start = &self.start;
         let mut request = self.row(latency_us);
         let mut sample = None;
@@ -515,6 +534,7 @@ impl Exchange {
             },
             sample,
             fill,
+            trace,
             outcomes: self.outcomes.clone(),
         }
     }
@@ -590,6 +610,7 @@ impl Drop for Exchange {
             },
             sample: None,
             fill: None,
+            trace: None,
             outcomes: self.outcomes.clone(),
         }
         .deliver_detached();
@@ -603,6 +624,8 @@ pub struct Ended {
     pub sample: Option<Sample>,
     /// The answer the route's cache keeps, for [`CacheFill`] to take.
     pub fill: Option<Fill>,
+    /// The request's trace, for [`crate::traces::Traces`] to take.
+    pub trace: Option<Box<Finished>>,
     outcomes: Outcomes,
 }
 
@@ -813,6 +836,7 @@ mod tests {
             sampled: false,
             hold: Hold::default(),
             cache: None,
+            trace: None,
         }
     }
 

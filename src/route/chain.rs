@@ -20,6 +20,7 @@ use crate::health::{Health, Lease};
 use crate::limits::Skips;
 use crate::openai::RequestBody;
 use crate::upstream::{Lack, Reply, UpstreamError, UpstreamErrorKind, Upstreams};
+use crate::traces::{AttemptTrace, RequestTrace};
 
 /// One call to one tier while serving a request, or a tier passed over without a call.
 #[derive(Debug)]
@@ -30,6 +31,8 @@ pub struct Attempt {
     pub latency: Duration,
     /// `None` when this tier answered.
     pub error: Option<UpstreamError>,
+    /// Its span, where the request is traced and the tier was called.
+    pub trace: Option<AttemptTrace>,
 }
 
 /// A request some tier answered.
@@ -111,6 +114,8 @@ pub struct ChainRun<'a> {
     /// Named in the log when a tier's refusal teaches its context window.
     pub request_id: &'a str,
     pub called: &'a Called,
+    /// The request's trace, where it is traced: each call is a span of it, and carries it upstream.
+    pub trace: Option<&'a RequestTrace>,
 }
 
 impl ChainRun<'_> {
@@ -139,6 +144,7 @@ impl ChainRun<'_> {
                     server: None,
                     latency: Duration::ZERO,
                     error: Some(error),
+                    trace: None,
                 });
                 continue;
             }
@@ -155,6 +161,7 @@ impl ChainRun<'_> {
                         server: None,
                         latency: Duration::ZERO,
                         error: Some(skip.into_error()),
+                        trace: None,
                     });
                     continue;
                 }
@@ -192,6 +199,7 @@ impl ChainRun<'_> {
                     server: None,
                     latency: Duration::ZERO,
                     error: Some(skip.into_error()),
+                    trace: None,
                 }),
             }
         }
@@ -288,17 +296,20 @@ impl ChainRun<'_> {
         let mut retried = false;
         loop {
             self.called.set(&step.tier);
+            let trace = self.trace.map(RequestTrace::attempt);
             let started = Instant::now();
             let result = self
                 .upstreams
-                .send(
+                .send_traced(
                     &step.tier,
                     lease.server_index(),
                     body.endpoint(),
                     body.for_tier(step),
                     body.stream,
+                    trace.as_ref().map(|(_, propagation)| propagation),
                 )
                 .await;
+            let trace = trace.map(|(attempt, _)| attempt);
             let latency = started.elapsed();
             match result {
                 Ok(reply) => {
@@ -321,6 +332,7 @@ impl ChainRun<'_> {
                         server: Some(lease.server().clone()),
                         latency,
                         error: None,
+                        trace,
                     });
                     let attempts = std::mem::take(attempts);
                     return Ok(Served {
@@ -341,6 +353,7 @@ impl ChainRun<'_> {
                         server: Some(lease.server().clone()),
                         latency,
                         error: Some(error.clone()),
+                        trace,
                     });
                     let wait = error
                         .retry_after

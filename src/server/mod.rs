@@ -57,6 +57,8 @@ pub struct App {
     pub outcomes: Outcomes,
     /// The answers of the routes that cache them, for the life of the process.
     pub cache: Arc<crate::cache::ResponseCache>,
+    /// How a request's trace begins, where traces are exported (`[telemetry]`).
+    pub tracing: Option<crate::traces::Tracing>,
     /// Read by reports and the admin API; the request path never touches it.
     pub store: Store,
     /// Whether the ledger is spooling, for `/readyz`.
@@ -88,6 +90,11 @@ impl App {
             limits,
             outcomes,
             cache,
+            tracing: config
+                .telemetry
+                .otlp
+                .as_ref()
+                .map(crate::traces::Tracing::new),
             store,
             watches,
             feedback,
@@ -221,6 +228,8 @@ pub struct Gateway {
     shadow_checks: Option<ShadowChecks>,
     feedback_writer: FeedbackWriter,
     dispatcher: Dispatcher,
+    /// The trace exporter, where `[telemetry]` has an endpoint.
+    traces: Option<crate::traces::Exporter>,
     grace: std::time::Duration,
 }
 
@@ -274,6 +283,14 @@ impl Gateway {
                 .with_consumer(Arc::new(crate::outcome::Sampling(samples)));
             queued
         });
+        let traces = match &config.telemetry.otlp {
+            Some(otlp) => {
+                let (traces, exporter) = crate::traces::Exporter::spawn(otlp)?;
+                outcomes = outcomes.clone().with_consumer(Arc::new(traces));
+                Some(exporter)
+            }
+            None => None,
+        };
         let (feedback, feedback_writer) = FeedbackWriter::spawn(store.clone());
         let limits = Arc::new(Limits::with_clock(&config, clock));
         // Budgets start from the month's spend in the ledger, so a restart forgets nothing.
@@ -324,6 +341,7 @@ impl Gateway {
             shadow_checks,
             feedback_writer,
             dispatcher,
+            traces,
             grace,
         })
     }
@@ -340,8 +358,14 @@ impl Gateway {
         }
         self.feedback_writer.finish(LEDGER_FLUSH_DEADLINE).await;
         self.dispatcher.finish(LEDGER_FLUSH_DEADLINE).await;
+        if let Some(traces) = self.traces {
+            traces.finish(TRACE_FLUSH_DEADLINE).await;
+        }
     }
 }
+
+/// How long shutdown waits for the last spans to reach the trace collector.
+const TRACE_FLUSH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long shutdown waits for the ledger to store what is queued (a slow or unreachable database).
 const LEDGER_FLUSH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -357,4 +381,6 @@ pub enum StartError {
     Ledger(#[from] LedgerError),
     #[error("cannot build the upstream HTTP client: {0}")]
     Client(UpstreamError),
+    #[error(transparent)]
+    Traces(#[from] crate::traces::TraceError),
 }

@@ -30,6 +30,7 @@ use crate::outcome::{Ending, Exchange, Start};
 use crate::route::Resolved;
 use crate::route::chain::{ChainRun, Served, Unserved};
 use crate::route::contract;
+use crate::traces::RequestTrace;
 use crate::upstream::Reply;
 
 const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-tierwise-route");
@@ -93,6 +94,7 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let directives = Directives::of(&headers);
+    let trace = app.tracing.map(|tracing| tracing.begin(&headers));
     let rest = Detachable::new(|client| async move {
         proxy(
             &app,
@@ -101,6 +103,7 @@ async fn handle(
             route_header.as_deref(),
             directives,
             bytes,
+            trace,
             &client,
         )
         .await
@@ -119,9 +122,13 @@ async fn proxy(
     route_header: Option<&str>,
     directives: Directives,
     bytes: Bytes,
+    mut trace: Option<Box<RequestTrace>>,
     client: &Waiting,
 ) -> Result<Response, ApiError> {
     let request = RequestBody::parse(endpoint, &bytes)?;
+    if let Some(trace) = &mut trace {
+        trace.requested_model = request.model.to_string();
+    }
     let resolved = app.routes.resolve(&request.model, route_header)?;
     let primary_demoted = resolved
         .target
@@ -184,6 +191,7 @@ async fn proxy(
                 .is_some_and(|route| endpoint.spec().shadowable && app.watches.sampled(route)),
         hold,
         cache: ticket,
+        trace,
     });
     if let Some(refusal) = refusal {
         return Ok(refuse_at_admission(exchange, refusal).await);
@@ -208,6 +216,7 @@ async fn proxy(
         skips: &skips,
         request_id: exchange.id(),
         called: exchange.called(),
+        trace: exchange.trace(),
     };
     let result = run.run(&request).await;
     if client.gone() {
