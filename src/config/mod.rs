@@ -28,7 +28,6 @@ use std::sync::Arc;
 
 pub use budget::{Budget, BudgetScope};
 pub use cache::{CacheConfig, RouteCache};
-pub use telemetry::{Otlp, Telemetry};
 pub use error::{ConfigError, ConfigIssue};
 pub use kinds::{
     Affinity, AllOpen, Api, CacheScope, Changes, KeyHeader, OnDrift, OnExhausted, OnProof,
@@ -43,6 +42,7 @@ pub use provider::{
 pub use proxy::Proxy;
 pub use route::{ChainTier, Declared, Profile, Route, Shadow, with_labels};
 pub use server::{AdminAccess, AllowedHosts, LedgerConfig, RequestLog, ServerConfig};
+pub use telemetry::{Otlp, Telemetry};
 pub use tier::Tier;
 pub use tls::{ClientIdentity, Tls};
 

@@ -54,13 +54,13 @@ impl Resolver<'_> {
                 return Telemetry::default();
             }
         };
-        let protocol = raw.otlp_protocol.unwrap_or(
-            if url.port_or_known_default() == Some(Otlp::GRPC_PORT) {
-                OtlpProtocol::Grpc
-            } else {
-                OtlpProtocol::Http
-            },
-        );
+        let protocol =
+            raw.otlp_protocol
+                .unwrap_or(if url.port_or_known_default() == Some(Otlp::GRPC_PORT) {
+                    OtlpProtocol::Grpc
+                } else {
+                    OtlpProtocol::Http
+                });
         if protocol == OtlpProtocol::Http && matches!(url.path(), "" | "/") {
             url.set_path("/v1/traces");
         }

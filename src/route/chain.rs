@@ -19,8 +19,8 @@ use crate::config::{Abilities, AllOpen, ChainTier, Tier, UpstreamServer};
 use crate::health::{Health, Lease};
 use crate::limits::Skips;
 use crate::openai::RequestBody;
-use crate::upstream::{Lack, Reply, UpstreamError, UpstreamErrorKind, Upstreams};
 use crate::traces::{AttemptTrace, RequestTrace};
+use crate::upstream::{Lack, Reply, UpstreamError, UpstreamErrorKind, Upstreams};
 
 /// One call to one tier while serving a request, or a tier passed over without a call.
 #[derive(Debug)]

@@ -89,25 +89,18 @@ async fn handle(
         Ok(Err(err)) => return err.into_response(),
         Err(_) => return ApiError::body_timeout(server.body_timeout).into_response(),
     };
-    let route_header = headers
-        .get(&ROUTE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let directives = Directives::of(&headers);
-    let trace = app.tracing.map(|tracing| tracing.begin(&headers));
+    let asks = Asks {
+        route: headers
+            .get(&ROUTE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        directives: Directives::of(&headers),
+        trace: app.tracing.map(|tracing| tracing.begin(&headers)),
+    };
     let rest = Detachable::new(|client| async move {
-        proxy(
-            &app,
-            endpoint,
-            caller,
-            route_header.as_deref(),
-            directives,
-            bytes,
-            trace,
-            &client,
-        )
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+        proxy(&app, endpoint, caller, asks, bytes, &client)
+            .await
+            .unwrap_or_else(IntoResponse::into_response)
     });
     rest.await.unwrap_or_else(|_| {
         ApiError::internal("the request failed inside the gateway; see its log".into())
@@ -115,21 +108,36 @@ async fn handle(
     })
 }
 
+/// What the client's headers ask of a request besides its body.
+struct Asks {
+    /// `x-tierwise-route`: the route its cost is attributed to.
+    route: Option<String>,
+    /// `Cache-Control`, as the route's cache reads it.
+    directives: Directives,
+    /// The request's trace, where traces are exported: the client's `traceparent` continued.
+    trace: Option<Box<RequestTrace>>,
+}
+
 async fn proxy(
     app: &App,
     endpoint: Endpoint,
     caller: Caller,
-    route_header: Option<&str>,
-    directives: Directives,
+    asks: Asks,
     bytes: Bytes,
-    mut trace: Option<Box<RequestTrace>>,
     client: &Waiting,
 ) -> Result<Response, ApiError> {
+    let Asks {
+        route: route_header,
+        directives,
+        mut trace,
+    } = asks;
     let request = RequestBody::parse(endpoint, &bytes)?;
     if let Some(trace) = &mut trace {
         trace.requested_model = request.model.to_string();
     }
-    let resolved = app.routes.resolve(&request.model, route_header)?;
+    let resolved = app
+        .routes
+        .resolve(&request.model, route_header.as_deref())?;
     let primary_demoted = resolved
         .target
         .route

@@ -146,8 +146,12 @@ fn parse(value: &[u8]) -> Option<Parent> {
     if !(lower_hex(trace) && lower_hex(span) && lower_hex(flags) && flags.len() == 2) {
         return None;
     }
-    let trace_id = TraceId::from_hex(trace).ok().filter(|id| *id != TraceId::INVALID)?;
-    let span_id = SpanId::from_hex(span).ok().filter(|id| *id != SpanId::INVALID)?;
+    let trace_id = TraceId::from_hex(trace)
+        .ok()
+        .filter(|id| *id != TraceId::INVALID)?;
+    let span_id = SpanId::from_hex(span)
+        .ok()
+        .filter(|id| *id != SpanId::INVALID)?;
     let flags = u8::from_str_radix(flags, 16).ok()?;
     Some(Parent {
         trace_id,
@@ -180,7 +184,10 @@ mod tests {
             trace.trace_id,
             TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap()
         );
-        assert_eq!(trace.parent, Some(SpanId::from_hex("00f067aa0ba902b7").unwrap()));
+        assert_eq!(
+            trace.parent,
+            Some(SpanId::from_hex("00f067aa0ba902b7").unwrap())
+        );
         assert!(trace.sampled);
         let (attempt, propagation) = trace.attempt();
         assert_eq!(
@@ -194,7 +201,15 @@ mod tests {
     fn a_parent_that_did_not_sample_is_followed() {
         let trace = with("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
         assert!(!trace.sampled);
-        assert!(trace.attempt().1.traceparent.to_str().unwrap().ends_with("-00"));
+        assert!(
+            trace
+                .attempt()
+                .1
+                .traceparent
+                .to_str()
+                .unwrap()
+                .ends_with("-00")
+        );
     }
 
     #[test]
@@ -212,7 +227,10 @@ mod tests {
         ] {
             let trace = with(bad);
             assert_eq!(trace.parent, None, "{bad:?}");
-            assert!(trace.state.is_none(), "{bad:?}: no tracestate without its parent");
+            assert!(
+                trace.state.is_none(),
+                "{bad:?}: no tracestate without its parent"
+            );
             assert_ne!(trace.trace_id, TraceId::INVALID);
         }
         // A later version may add fields.

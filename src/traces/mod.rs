@@ -154,10 +154,12 @@ fn build(otlp: &Otlp) -> Result<opentelemetry_otlp::SpanExporter, TraceError> {
             // The config checked each header's name and value; a message never shows a value.
             let mut headers = http::HeaderMap::new();
             for (name, value) in &otlp.headers {
-                let name = http::HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|_| TraceError(format!("telemetry.otlp_headers.{name}: not a header name")))?;
-                let value = http::HeaderValue::from_str(value.expose())
-                    .map_err(|_| TraceError(format!("telemetry.otlp_headers.{name}: not a header value")))?;
+                let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    TraceError(format!("telemetry.otlp_headers.{name}: not a header name"))
+                })?;
+                let value = http::HeaderValue::from_str(value.expose()).map_err(|_| {
+                    TraceError(format!("telemetry.otlp_headers.{name}: not a header value"))
+                })?;
                 headers.insert(name, value);
             }
             let metadata = MetadataMap::from_headers(headers);
@@ -227,7 +229,10 @@ async fn run(
         let failure = match tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(batch)).await {
             Ok(Ok(())) => None,
             Ok(Err(err)) => Some(err.to_string()),
-            Err(_) => Some(format!("no answer within {} ms", EXPORT_TIMEOUT.as_millis())),
+            Err(_) => Some(format!(
+                "no answer within {} ms",
+                EXPORT_TIMEOUT.as_millis()
+            )),
         };
         match failure {
             None => {

@@ -83,8 +83,14 @@ pub(super) fn spans(finished: Finished, scope: &InstrumentationScope) -> Vec<Spa
     }
     // Tokens a stream without usage has yet to count are unknown here: none rather than zero.
     if row.tokens_in > 0 || row.tokens_out > 0 {
-        response.push(KeyValue::new("gen_ai.usage.input_tokens", row.tokens_in as i64));
-        response.push(KeyValue::new("gen_ai.usage.output_tokens", row.tokens_out as i64));
+        response.push(KeyValue::new(
+            "gen_ai.usage.input_tokens",
+            row.tokens_in as i64,
+        ));
+        response.push(KeyValue::new(
+            "gen_ai.usage.output_tokens",
+            row.tokens_out as i64,
+        ));
     }
     attributes.extend(response.iter().cloned());
     let optional = [
@@ -104,7 +110,10 @@ pub(super) fn spans(finished: Finished, scope: &InstrumentationScope) -> Vec<Spa
         attributes.push(KeyValue::new("tierwise.cost_usd", cost as f64 / 1e12));
     }
     attributes.push(KeyValue::new("tierwise.stream", stream));
-    if let Some(input) = input.as_deref().and_then(|body| input_messages(endpoint, body)) {
+    if let Some(input) = input
+        .as_deref()
+        .and_then(|body| input_messages(endpoint, body))
+    {
         attributes.push(KeyValue::new("gen_ai.input.messages", input));
     }
     if trace.capture_content {
@@ -121,7 +130,9 @@ pub(super) fn spans(finished: Finished, scope: &InstrumentationScope) -> Vec<Spa
     let mut spans = Vec::with_capacity(1 + attempts.len());
     spans.push(SpanData {
         span_context: context(trace.span_id),
-        parent_span_id: trace.parent.unwrap_or(opentelemetry::trace::SpanId::INVALID),
+        parent_span_id: trace
+            .parent
+            .unwrap_or(opentelemetry::trace::SpanId::INVALID),
         parent_span_is_remote: trace.parent.is_some(),
         span_kind: SpanKind::Server,
         name: Cow::Owned(format!("{operation} {}", trace.requested_model)),
@@ -324,7 +335,9 @@ fn input_messages(endpoint: Endpoint, body: &[u8]) -> Option<String> {
             })
             .collect(),
         Endpoint::Responses => match body.get("input")? {
-            Json::String(text) => vec![json!({"role": "user", "parts": part(&Json::String(text.clone()))})],
+            Json::String(text) => {
+                vec![json!({"role": "user", "parts": part(&Json::String(text.clone()))})]
+            }
             Json::Array(items) => items
                 .iter()
                 .map(|item| {

@@ -182,7 +182,8 @@ async fn setup(endpoint: &str) -> (FakeUpstream, FakeUpstream, TestGateway) {
         let telemetry = &mut c.0.telemetry;
         telemetry.otlp_endpoint = Some(text(endpoint));
         telemetry.service_name = Some(text("gateway-under-test"));
-        telemetry.otlp_headers = Some([(text("Authorization"), text("Bearer collector-token"))].into());
+        telemetry.otlp_headers =
+            Some([(text("Authorization"), text("Bearer collector-token"))].into());
     });
     let gw = TestGateway::start(&config).await;
     (local, api, gw)
@@ -229,9 +230,17 @@ async fn a_request_is_a_server_span_with_a_client_span_for_its_call() {
     ] {
         assert_eq!(attr(request, key), Some(value), "{key}");
     }
-    assert_eq!(attr(request, "tierwise.cost_usd"), None, "the local tier has no price");
+    assert_eq!(
+        attr(request, "tierwise.cost_usd"),
+        None,
+        "the local tier has no price"
+    );
     assert_eq!(attr(request, "error.type"), None);
-    assert_eq!(attr(request, "gen_ai.input.messages"), None, "content is off by default");
+    assert_eq!(
+        attr(request, "gen_ai.input.messages"),
+        None,
+        "content is off by default"
+    );
 
     let [call] = &trace.calls[..] else {
         panic!("one call: {:?}", trace.calls)
@@ -239,7 +248,10 @@ async fn a_request_is_a_server_span_with_a_client_span_for_its_call() {
     assert_eq!(call.name, "chat mistral-7b");
     assert_eq!(call.kind, SpanKind::Client as i32);
     assert_eq!(call.trace_id, request.trace_id);
-    assert_eq!(attr(call, "gen_ai.request.model"), Some(json!("mistral-7b")));
+    assert_eq!(
+        attr(call, "gen_ai.request.model"),
+        Some(json!("mistral-7b"))
+    );
     assert_eq!(attr(call, "server.address"), Some(json!("127.0.0.1")));
     assert_eq!(attr(call, "server.port"), Some(json!(local.addr.port())));
     assert!(call.start_time_unix_nano >= request.start_time_unix_nano);
@@ -320,7 +332,9 @@ async fn a_streams_spans_end_when_the_stream_ends() {
         b.reply = "one two three four five".into();
         b.chunk_delay_ms = 50;
     });
-    let response = gw.post("/v1/chat/completions", &chat_stream("summarize")).await;
+    let response = gw
+        .post("/v1/chat/completions", &chat_stream("summarize"))
+        .await;
     let first_byte = SystemTime::now();
     let answer = Answer::of(response).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
@@ -363,7 +377,11 @@ async fn a_fallback_is_two_call_spans_the_first_failed() {
     };
     assert_eq!(attr(failed, "tierwise.tier"), Some(json!("local")));
     assert!(attr(failed, "error.type").is_some(), "{failed:?}");
-    assert_eq!(failed.status.as_ref().map(|s| s.code), Some(2), "status error");
+    assert_eq!(
+        failed.status.as_ref().map(|s| s.code),
+        Some(2),
+        "status error"
+    );
     assert_eq!(attr(served, "tierwise.tier"), Some(json!("api_fast")));
     assert_eq!(attr(served, "error.type"), None);
     assert_eq!(attr(served, "server.port"), Some(json!(api.addr.port())));
@@ -373,10 +391,24 @@ async fn a_fallback_is_two_call_spans_the_first_failed() {
         attr(request, "tierwise.fallback_reason"),
         answer.header("x-tierwise-fallback").map(|f| json!(f))
     );
-    assert_eq!(attr(request, "error.type"), None, "the request was answered");
-    let cost: f64 = answer.header("x-tierwise-cost-usd").unwrap().parse().unwrap();
-    let traced = attr(request, "tierwise.cost_usd").unwrap().as_f64().unwrap();
-    assert!(cost > 0.0 && (traced - cost).abs() < 1e-12, "{traced} vs {cost}");
+    assert_eq!(
+        attr(request, "error.type"),
+        None,
+        "the request was answered"
+    );
+    let cost: f64 = answer
+        .header("x-tierwise-cost-usd")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let traced = attr(request, "tierwise.cost_usd")
+        .unwrap()
+        .as_f64()
+        .unwrap();
+    assert!(
+        cost > 0.0 && (traced - cost).abs() < 1e-12,
+        "{traced} vs {cost}"
+    );
     // Each call carried its own span as the upstream's parent.
     let parent = |fake: &FakeUpstream| fake.requests()[0].traceparent.clone().unwrap();
     assert!(parent(&local).contains(&hex(&failed.span_id)));
@@ -398,19 +430,29 @@ async fn content_is_in_the_spans_only_when_configured() {
     });
     let gw = TestGateway::start(&config).await;
     let answer = gw
-        .post("/v1/chat/completions", &chat("summarize", "the secret prompt"))
+        .post(
+            "/v1/chat/completions",
+            &chat("summarize", "the secret prompt"),
+        )
         .await;
     let answer = Answer::of(answer).await;
     let trace = receiver.trace_of(&id_of(&answer), 2).await;
-    let input: serde_json::Value =
-        serde_json::from_str(attr(trace.request(), "gen_ai.input.messages").unwrap().as_str().unwrap())
-            .unwrap();
+    let input: serde_json::Value = serde_json::from_str(
+        attr(trace.request(), "gen_ai.input.messages")
+            .unwrap()
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(
         input,
         json!([{"role": "user", "parts": [{"type": "text", "content": "the secret prompt"}]}])
     );
     let output: serde_json::Value = serde_json::from_str(
-        attr(trace.request(), "gen_ai.output.messages").unwrap().as_str().unwrap(),
+        attr(trace.request(), "gen_ai.output.messages")
+            .unwrap()
+            .as_str()
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(
