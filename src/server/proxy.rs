@@ -83,6 +83,8 @@ async fn handle(
     body: Body,
 ) -> Response {
     let server = &app.config.server;
+    // The request's span starts as it arrives, before its body is read.
+    let trace = app.tracing.map(|tracing| tracing.begin(&headers));
     let read = read_body(body, &headers, server.max_body_bytes);
     let bytes = match tokio::time::timeout(server.body_timeout, read).await {
         Ok(Ok(bytes)) => bytes,
@@ -95,7 +97,7 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
         directives: Directives::of(&headers),
-        trace: app.tracing.map(|tracing| tracing.begin(&headers)),
+        trace,
     };
     let rest = Detachable::new(|client| async move {
         proxy(&app, endpoint, caller, asks, bytes, &client)
