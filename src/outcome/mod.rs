@@ -264,7 +264,7 @@ pub enum Ending<'a> {
         tokens: Tokens,
         /// How the output contract judged the answer, where the route has one.
         contract: Option<&'static str>,
-        answer: &'a [u8],
+        answer: &'a Bytes,
     },
     /// A stream ended: to its end (200), broken midway (200 with the reason), or abandoned by its
     /// client (499).
@@ -439,11 +439,11 @@ impl Exchange {
                 request.ttfb_us = Some(latency_us);
                 request.contract = contract.map(Cow::Borrowed);
                 request.answer = store_content.then(|| stored_text(answer));
-                sample = self.sample(by, || SampledAnswer::Body(Bytes::copy_from_slice(answer)));
+                sample = self.sample(by, || SampledAnswer::Body(answer.clone()));
                 if contract != Some("violated")
                     && let Some(ticket) = ticket.take()
                 {
-                    let stored = Stored::Body(Bytes::copy_from_slice(answer));
+                    let stored = Stored::Body(answer.clone());
                     fill = Some((ticket, stored, tokens));
                 }
                 upstream = upstream_us(&by.attempts);

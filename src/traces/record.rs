@@ -99,7 +99,8 @@ impl Finished {
             }
             Ending::Answered { by, answer, .. } => {
                 finished.called(&by.attempts);
-                finished.answer = Some(Bytes::copy_from_slice(answer));
+                // The answer's own buffer, shared: its fields are read off the request path.
+                finished.answer = Some(Bytes::clone(answer));
             }
             Ending::Streamed { by, text, .. } => {
                 finished.called(&by.attempts);

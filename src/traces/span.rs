@@ -10,6 +10,7 @@ use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceFlags, TraceState
 use opentelemetry::{InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::record::{Called, Finished};
 use crate::config::{Api, Provider, UpstreamServer};
@@ -34,7 +35,7 @@ pub(super) fn spans(finished: Finished, scope: &InstrumentationScope) -> Vec<Spa
     let answer = answer.as_deref().and_then(Answer::read);
     let response_model = answer
         .as_ref()
-        .and_then(|answer| answer.model.clone())
+        .and_then(|answer| answer.model.as_deref().map(str::to_string))
         .or(cached_model);
     let finish_reasons = answer.as_ref().map(Answer::finish_reasons);
     let failed = row.status >= 400 || row.error_kind.is_some();
@@ -72,8 +73,8 @@ pub(super) fn spans(finished: Finished, scope: &InstrumentationScope) -> Vec<Spa
     if let Some(model) = &response_model {
         response.push(KeyValue::new("gen_ai.response.model", model.clone()));
     }
-    if let Some(id) = answer.as_ref().and_then(|answer| answer.id.clone()) {
-        response.push(KeyValue::new("gen_ai.response.id", id));
+    if let Some(id) = answer.as_ref().and_then(|answer| answer.id.as_deref()) {
+        response.push(KeyValue::new("gen_ai.response.id", id.to_string()));
     }
     if let Some(reasons) = finish_reasons.filter(|reasons| !reasons.is_empty()) {
         response.push(KeyValue::new(
@@ -229,21 +230,29 @@ fn provider_name(provider: &Provider, server: &UpstreamServer) -> String {
 }
 
 /// What a whole answer says about itself: chat's and the Responses API's fields, and Anthropic's.
+/// Read in one pass over the answer's bytes, borrowing its strings where they have no escapes and
+/// skipping everything else (a message is kept as its raw text, read only to capture content).
 #[derive(Deserialize)]
-struct Answer {
-    id: Option<String>,
-    model: Option<String>,
-    #[serde(default)]
-    choices: Vec<Choice>,
+struct Answer<'a> {
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    choices: Vec<Choice<'a>>,
     /// Anthropic's Messages and the Responses API.
-    stop_reason: Option<String>,
-    status: Option<String>,
+    #[serde(borrow)]
+    stop_reason: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    status: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
-struct Choice {
-    finish_reason: Option<String>,
-    message: Option<Message>,
+struct Choice<'a> {
+    #[serde(borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    message: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -251,8 +260,8 @@ struct Message {
     content: Option<String>,
 }
 
-impl Answer {
-    fn read(body: &[u8]) -> Option<Answer> {
+impl<'a> Answer<'a> {
+    fn read(body: &'a [u8]) -> Option<Answer<'a>> {
         serde_json::from_slice(body).ok()
     }
 
@@ -263,24 +272,28 @@ impl Answer {
                 .iter()
                 .chain(&self.status)
                 .take(1)
-                .map(|reason| StringValue::from(reason.clone()))
+                .map(|reason| StringValue::from(reason.to_string()))
                 .collect();
         }
         self.choices
             .iter()
-            .filter_map(|choice| choice.finish_reason.clone())
-            .map(StringValue::from)
+            .filter_map(|choice| choice.finish_reason.as_deref())
+            .map(|reason| StringValue::from(reason.to_string()))
             .collect()
     }
 
     fn output(&self) -> Option<String> {
-        let texts: Vec<(&str, Option<&str>)> = self
+        let messages: Vec<(Message, Option<&str>)> = self
             .choices
             .iter()
             .filter_map(|choice| {
-                let text = choice.message.as_ref()?.content.as_deref()?;
-                Some((text, choice.finish_reason.as_deref()))
+                let message = serde_json::from_str(choice.message?.get()).ok()?;
+                Some((message, choice.finish_reason.as_deref()))
             })
+            .collect();
+        let texts: Vec<(&str, Option<&str>)> = messages
+            .iter()
+            .filter_map(|(message, finish)| Some((message.content.as_deref()?, *finish)))
             .collect();
         (!texts.is_empty()).then(|| output_messages(&texts))
     }
