@@ -27,7 +27,7 @@ use crate::limits::{Hold, Used};
 use crate::openai::ChoiceTexts;
 use crate::openai::{Endpoint, Usage};
 use crate::route::chain::{Attempt, Called, ServedBy, Unserved};
-use crate::traces::{Finished, RequestTrace};
+use crate::traces::{Finished, RequestTrace, StreamFacts};
 use crate::upstream::UpstreamErrorKind;
 
 pub use consumers::{CacheFill, Consumer, Sampling, Settlement};
@@ -284,6 +284,8 @@ pub enum Ending<'a> {
         contract: Option<&'static str>,
         /// The upstream's events, for the cache, where the request holds a ticket and they fit.
         recorded: Option<Vec<Bytes>>,
+        /// What the events said of the answer, where the request is traced.
+        facts: Option<StreamFacts>,
     },
 }
 
@@ -460,6 +462,7 @@ impl Exchange {
                 ttfb_us,
                 contract,
                 recorded,
+                facts: _,
             } => {
                 served(&mut request, by);
                 // A stream cut, broken or refused by its contract is not an answer to keep; one

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 pub use context::{AttemptTrace, Propagation, RequestTrace};
-pub use record::Finished;
+pub use record::{Finished, StreamFacts};
 
 use crate::config::Otlp;
 use crate::config::file::OtlpProtocol;

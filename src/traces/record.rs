@@ -31,7 +31,63 @@ pub struct Finished {
     /// With `capture_content`: the client's body, and a stream's text.
     pub(super) input: Option<Bytes>,
     pub(super) streamed_text: Option<String>,
+    /// What a stream's events said of the answer.
+    pub(super) stream_facts: Option<StreamFacts>,
     pub(super) row: Row,
+}
+
+/// What a traced stream's events said of the answer: its id and model (from the first event that
+/// names them) and each choice's finish reason. Only the events that can carry them are read
+/// again — until the id and model are known, and those that finish a choice — each with one
+/// borrowing pass that skips the rest.
+#[derive(Debug, Default, Clone)]
+pub struct StreamFacts {
+    pub(super) id: Option<String>,
+    pub(super) model: Option<String>,
+    pub(super) finish_reasons: Vec<String>,
+}
+
+impl StreamFacts {
+    /// Reads an event's `data` that the relay has read as a chunk; `finished` where a choice
+    /// finished in it.
+    pub fn read(&mut self, data: &str, finished: bool) {
+        if !finished && self.id.is_some() && self.model.is_some() {
+            return;
+        }
+        #[derive(serde::Deserialize)]
+        struct Event<'a> {
+            #[serde(borrow)]
+            id: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow)]
+            model: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow, default)]
+            choices: Vec<Choice<'a>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Choice<'a> {
+            #[serde(borrow)]
+            finish_reason: Option<std::borrow::Cow<'a, str>>,
+        }
+        let Ok(event) = serde_json::from_str::<Event<'_>>(data) else {
+            return;
+        };
+        // Azure's first event names neither (`"id": ""`, `"model": ""`).
+        let named = |name: Option<std::borrow::Cow<'_, str>>| {
+            name.filter(|name| !name.is_empty()).map(|name| name.into_owned())
+        };
+        if self.id.is_none() {
+            self.id = named(event.id);
+        }
+        if self.model.is_none() {
+            self.model = named(event.model);
+        }
+        self.finish_reasons.extend(
+            event
+                .choices
+                .into_iter()
+                .filter_map(|choice| Some(choice.finish_reason?.into_owned())),
+        );
+    }
 }
 
 /// One upstream call of the request.
@@ -84,6 +140,7 @@ impl Finished {
             cached_model: None,
             input: capture.then(|| body.clone()),
             streamed_text: None,
+            stream_facts: None,
             row: Row::default(),
             trace,
         };
@@ -102,8 +159,11 @@ impl Finished {
                 // The answer's own buffer, shared: its fields are read off the request path.
                 finished.answer = Some(Bytes::clone(answer));
             }
-            Ending::Streamed { by, text, .. } => {
+            Ending::Streamed {
+                by, text, facts, ..
+            } => {
                 finished.called(&by.attempts);
+                finished.stream_facts = facts.clone();
                 finished.streamed_text = capture.then(|| text.first().to_string());
             }
         }

@@ -29,15 +29,27 @@ pub(super) fn spans(finished: Finished, scope: &InstrumentationScope) -> Vec<Spa
         cached_model,
         input,
         streamed_text,
+        stream_facts,
         row,
     } = finished;
     let operation = operation(endpoint);
     let answer = answer.as_deref().and_then(Answer::read);
+    let (streamed_id, streamed_model, streamed_reasons) = match stream_facts {
+        Some(facts) => (facts.id, facts.model, Some(facts.finish_reasons)),
+        None => (None, None, None),
+    };
     let response_model = answer
         .as_ref()
         .and_then(|answer| answer.model.as_deref().map(str::to_string))
+        .or(streamed_model)
         .or(cached_model);
-    let finish_reasons = answer.as_ref().map(Answer::finish_reasons);
+    let response_id = answer
+        .as_ref()
+        .and_then(|answer| answer.id.as_deref().map(str::to_string))
+        .or(streamed_id);
+    let finish_reasons = answer.as_ref().map(Answer::finish_reasons).or_else(|| {
+        streamed_reasons.map(|reasons| reasons.into_iter().map(StringValue::from).collect())
+    });
     let failed = row.status >= 400 || row.error_kind.is_some();
     let error_type = failed.then(|| {
         row.error_kind
@@ -73,8 +85,8 @@ pub(super) fn spans(finished: Finished, scope: &InstrumentationScope) -> Vec<Spa
     if let Some(model) = &response_model {
         response.push(KeyValue::new("gen_ai.response.model", model.clone()));
     }
-    if let Some(id) = answer.as_ref().and_then(|answer| answer.id.as_deref()) {
-        response.push(KeyValue::new("gen_ai.response.id", id.to_string()));
+    if let Some(id) = response_id {
+        response.push(KeyValue::new("gen_ai.response.id", id));
     }
     if let Some(reasons) = finish_reasons.filter(|reasons| !reasons.is_empty()) {
         response.push(KeyValue::new(

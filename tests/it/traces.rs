@@ -354,6 +354,18 @@ async fn a_streams_spans_end_when_the_stream_ends() {
     assert_eq!(attr(request, "tierwise.stream"), Some(json!(true)));
     assert_eq!(attr(request, "tierwise.tier"), Some(json!("local")));
     assert!(attr(request, "gen_ai.usage.output_tokens").is_some());
+    // What the stream's events said of the answer, on the request's span and the call's.
+    for span in [request, &trace.calls[0]] {
+        assert_eq!(attr(span, "gen_ai.response.id"), Some(json!("chatcmpl-fake")));
+        assert_eq!(
+            attr(span, "gen_ai.response.model"),
+            attr(&trace.calls[0], "gen_ai.request.model")
+        );
+        assert_eq!(
+            attr(span, "gen_ai.response.finish_reasons"),
+            Some(json!(["stop"]))
+        );
+    }
     gw.shutdown().await;
     local.stop().await;
     api.stop().await;
