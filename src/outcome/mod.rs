@@ -613,7 +613,9 @@ impl Drop for Exchange {
             },
             sample: None,
             fill: None,
-            trace: None,
+            trace: self.start.trace.take().and_then(|trace| {
+                Finished::cut(trace, self.start.endpoint, self.start.stream, &self.start.body)
+            }),
             outcomes: self.outcomes.clone(),
         }
         .deliver_detached();

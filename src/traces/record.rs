@@ -170,6 +170,34 @@ impl Finished {
         Some(Box::new(finished))
     }
 
+    /// The trace of a request cut off before it ended (at the end of the shutdown grace, or by a
+    /// panic): its own span only, since its calls' spans were never closed; `None` where it is not
+    /// sampled.
+    pub fn cut(
+        trace: Box<RequestTrace>,
+        endpoint: Endpoint,
+        stream: bool,
+        body: &Bytes,
+    ) -> Option<Box<Finished>> {
+        if !trace.sampled {
+            return None;
+        }
+        Some(Box::new(Finished {
+            ended: SystemTime::now(),
+            endpoint,
+            stream,
+            cache: None,
+            attempts: Vec::new(),
+            answer: None,
+            cached_model: None,
+            input: trace.capture_content.then(|| body.clone()),
+            streamed_text: None,
+            stream_facts: None,
+            row: Row::default(),
+            trace,
+        }))
+    }
+
     fn called(&mut self, attempts: &[Attempt]) {
         self.attempts = attempts
             .iter()

@@ -528,3 +528,43 @@ async fn without_an_endpoint_nothing_is_traced_or_passed_on() {
     local.stop().await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_cut_at_shutdown_is_a_span_too() {
+    let receiver = Receiver::start().await;
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url()).with(|c| {
+        c.provider("vllm").health.enabled = Some(false);
+        c.provider("openai").health.enabled = Some(false);
+        c.0.telemetry.otlp_endpoint = Some(text(&receiver.url));
+        c.0.server.shutdown_grace_ms = Some(300);
+    });
+    let gw = TestGateway::start(&config).await;
+    // The upstream answers long after the grace: the request is cut off at shutdown.
+    local.update(|b| b.fault = Fault::SlowFirstByte { ms: 10_000 });
+    let asked = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat("summarize", "x"))
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await;
+    assert!(asked.is_err(), "the client was meant to give up");
+    wait_until("the upstream call", Duration::from_secs(5), || {
+        local.request_count() == 1
+    })
+    .await;
+    gw.shutdown().await;
+    wait_until("the cut request's span", Duration::from_secs(10), || {
+        receiver.spans.lock().unwrap().iter().any(|(_, span)| {
+            attr(span, "error.type") == Some(json!("cut_at_shutdown"))
+                && attr(span, "http.response.status_code") == Some(json!(499))
+                && attr(span, "tierwise.tier") == Some(json!("local"))
+        })
+    })
+    .await;
+    local.stop().await;
+    api.stop().await;
+}
