@@ -614,7 +614,12 @@ impl Drop for Exchange {
             sample: None,
             fill: None,
             trace: self.start.trace.take().and_then(|trace| {
-                Finished::cut(trace, self.start.endpoint, self.start.stream, &self.start.body)
+                Finished::cut(
+                    trace,
+                    self.start.endpoint,
+                    self.start.stream,
+                    &self.start.body,
+                )
             }),
             outcomes: self.outcomes.clone(),
         }

@@ -73,7 +73,8 @@ impl StreamFacts {
         };
         // Azure's first event names neither (`"id": ""`, `"model": ""`).
         let named = |name: Option<std::borrow::Cow<'_, str>>| {
-            name.filter(|name| !name.is_empty()).map(|name| name.into_owned())
+            name.filter(|name| !name.is_empty())
+                .map(|name| name.into_owned())
         };
         if self.id.is_none() {
             self.id = named(event.id);

@@ -356,7 +356,10 @@ async fn a_streams_spans_end_when_the_stream_ends() {
     assert!(attr(request, "gen_ai.usage.output_tokens").is_some());
     // What the stream's events said of the answer, on the request's span and the call's.
     for span in [request, &trace.calls[0]] {
-        assert_eq!(attr(span, "gen_ai.response.id"), Some(json!("chatcmpl-fake")));
+        assert_eq!(
+            attr(span, "gen_ai.response.id"),
+            Some(json!("chatcmpl-fake"))
+        );
         assert_eq!(
             attr(span, "gen_ai.response.model"),
             attr(&trace.calls[0], "gen_ai.request.model")
