@@ -164,7 +164,7 @@ def chat_body(stream=False, model="direct", words=600):
     return json.dumps(body).encode()
 
 
-def tierwise_config(directory, fake_port, dead_port, ledger, spaced_port=None, limits_store=None):
+def tierwise_config(directory, fake_port, dead_port, ledger, spaced_port=None, limits_store=None, otlp=None):
     spaced = "" if spaced_port is None else f"""
 [providers.spaced]
 base_url = "http://127.0.0.1:{spaced_port}/v1"
@@ -182,7 +182,11 @@ tiers = ["spaced_api"]
 [limits]
 store = "{limits_store}"
 """
-    return spaced + store + f"""
+    telemetry = "" if otlp is None else f"""
+[telemetry]
+otlp_endpoint = "{otlp}"
+"""
+    return spaced + store + telemetry + f"""
 [server]
 listen = "127.0.0.1:{{port}}"
 api_keys = ["{KEY}"]
@@ -250,10 +254,10 @@ shadow = {{ reference = "api_ref", sample_rate = 1.0, daily_budget_usd = 1000000
 """
 
 
-def start_tierwise(name, tmp, fake_port, dead_port, ledger, binary=None, spaced_port=None, limits_store=None):
+def start_tierwise(name, tmp, fake_port, dead_port, ledger, binary=None, spaced_port=None, limits_store=None, otlp=None):
     port = free_port()
     path = tmp / f"{name}.toml"
-    path.write_text(tierwise_config(tmp, fake_port, dead_port, ledger, spaced_port, limits_store).replace("{port}", str(port)))
+    path.write_text(tierwise_config(tmp, fake_port, dead_port, ledger, spaced_port, limits_store, otlp).replace("{port}", str(port)))
     env = dict(os.environ, TIERWISE_LOG="warn")
     binary = binary or str(RELEASE / "tierwise")
     proc = Proc(name, [binary, "serve", "--config", str(path)], port, env=env, log=tmp / f"{name}.log")
@@ -632,6 +636,50 @@ def reload_scenario(tw, tmp, args, rows, extra):
         )
     path.write_text(base)
 
+# A local OTLP/HTTP sink: takes every export and answers 200 with an empty
+# ExportTraceServiceResponse (zero bytes), counting the bytes it was sent.
+OTLP_SINK = """
+import http.server, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get('content-length', 0)))
+        self.send_response(200)
+        self.send_header('content-type', 'application/x-protobuf')
+        self.send_header('content-length', '0')
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), Sink).serve_forever()
+"""
+
+
+def tracing_scenario(tw, tmp, fake_port, dead_port, args, rows, extra, procs):
+    """What traces cost: the gateway's CPU per request with traces exported to a local OTLP sink
+    (every request sampled, a span per request and per call) against the same gateway without
+    `[telemetry]`, alternating round by round. The CPU is the gateway process's own (utime +
+    stime from /proc), so other work on a shared machine does not count in it."""
+    sink_port = free_port()
+    sink = Proc("otlp-sink", [sys.executable, "-c", OTLP_SINK, str(sink_port)], sink_port)
+    procs.append(sink)
+    traced = start_tierwise("tierwise-traced", tmp, fake_port, dead_port, f"sqlite://{tmp}/traced-ledger.db", otlp=f"http://127.0.0.1:{sink_port}")
+    procs.append(traced)
+    time.sleep(1.0)  # the dead local tier's breaker opens on its first probe
+    for kind, stream in (("chat", False), ("stream", True)):
+        request = tmp / f"tracing-{kind}.json"
+        request.write_bytes(chat_body(stream=stream))
+        for c in (int(n) for n in args.tracing_concurrency.split(",")):
+            m = measure([("off", tw), ("traced", traced)], "/v1/chat/completions", request, c, args.seconds, args.rounds, cpu_of=("off", "traced"))
+            off, on = m["off"], m["traced"]
+            rows.append(row(f"{kind}, traces off, c={c}", "tierwise", off))
+            rows.append(row(f"{kind}, traces on, c={c}", "tierwise", on, off))
+            extra.append(
+                f"{kind}, traces on, c={c}: {on['cpu_us_per_req']:.1f} vs {off['cpu_us_per_req']:.1f} us CPU/req "
+                f"(x{on['cpu_us_per_req'] / off['cpu_us_per_req']:.3f}), p50 {on['p50_us']:.0f} vs {off['p50_us']:.0f} us, "
+                f"rps {on['rps']:.0f} vs {off['rps']:.0f}"
+            )
+    traced.stop()
+    procs.remove(traced)
+
 
 def formats_scenario(fake, tmp, args, rows, extra, procs):
     """What translation costs: one gateway's CPU per request for the same chat request to the same
@@ -781,6 +829,8 @@ def main():
     parser.add_argument("--limits-only", action="store_true", help="only the rate-limits scenario (memory and Redis)")
     parser.add_argument("--reload-only", action="store_true", help="only the reload scenario: SIGHUP every --reload-every-ms under load at c=64")
     parser.add_argument("--reload-every-ms", type=int, default=50, help="how often the reload scenario rewrites the config and sends SIGHUP")
+    parser.add_argument("--tracing-only", action="store_true", help="only the tracing scenario: traces exported to a local OTLP sink against none")
+    parser.add_argument("--tracing-concurrency", default="1,16", help="connection counts of the tracing scenario")
     parser.add_argument("--formats-only", action="store_true", help="only the wire-format scenario: pass-through against Azure and Anthropic translation")
     parser.add_argument("--responses-only", action="store_true", help="only the Responses scenario: chat pass-through against Responses translated and passed through")
     parser.add_argument("--formats-concurrency", default="1,16", help="connection counts of the wire-format and Responses scenarios")
@@ -821,8 +871,8 @@ def main():
         if args.compare_bin:
             base = start_tierwise("baseline", tmp, fake_port, dead_port, f"sqlite://{tmp}/baseline.db", args.compare_bin, spaced_port=spaced_port)
             procs.append(base)
-        # The limits scenario measures tierwise against itself: no nginx needed.
-        if not (args.limits_only or args.reload_only):
+        # The limits, reload and tracing scenarios measure tierwise against itself: no nginx needed.
+        if not (args.limits_only or args.reload_only or args.tracing_only):
             nginx = start_nginx(tmp, fake_port)
             procs.append(nginx)
         litellm = start_litellm(tmp, fake_port, args.litellm_venv) if args.litellm_venv else None
@@ -834,6 +884,11 @@ def main():
         body.write_bytes(chat_body())
         if args.streams_only:
             spaced_streams(tw, spaced, tmp, args, rows, extra, procs, base)
+            print_table(rows, extra)
+            print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")
+            return
+        if args.tracing_only:
+            tracing_scenario(tw, tmp, fake_port, dead_port, args, rows, extra, procs)
             print_table(rows, extra)
             print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")
             return

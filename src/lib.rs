@@ -37,6 +37,10 @@
 //!   receives; the consumers it hands each finished request to, on the request path (the limits'
 //!   settlement, shadow sampling, the cache fill) and, through a queue, in background batches
 //!   (the ledger with its spool, then the metrics).
+//! - [`traces`]: each request as an OpenTelemetry trace (a span per request and per upstream
+//!   call, GenAI semantic conventions), the W3C trace context taken from the client and passed
+//!   upstream, and the OTLP exporter's task, fed by a consumer of finished requests; nothing
+//!   runs without `[telemetry] otlp_endpoint`.
 //! - [`ledger`]: the rows of every request and attempt (product traffic, shadow and eval calls),
 //!   prices and exact cost in picodollars, token estimates, quality events and feedback, a month's
 //!   spend and its corrections for budgets, the SQLite or PostgreSQL store and its writer.
@@ -71,4 +75,5 @@ pub mod quality;
 pub mod report;
 pub mod route;
 pub mod server;
+pub mod traces;
 pub mod upstream;

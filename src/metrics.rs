@@ -386,3 +386,16 @@ pub fn cache_size(bytes: u64, entries: usize) {
 pub fn cache_store_up(up: bool) {
     metrics::gauge!("tierwise_cache_store_up").set(if up { 1.0 } else { 0.0 });
 }
+
+/// Spans the trace exporter dropped: `queue_full` (finished requests came faster than the
+/// collector took them) or `export_failed` (the collector refused the batch, was unreachable, or
+/// did not answer in time). Requests are never held up for a trace.
+pub fn trace_spans_dropped(spans: usize, reason: &'static str) {
+    metrics::counter!("tierwise_trace_spans_dropped_total", "reason" => reason)
+        .increment(spans as u64);
+}
+
+/// Spans the collector took.
+pub fn trace_spans_exported(spans: usize) {
+    metrics::counter!("tierwise_trace_spans_exported_total").increment(spans as u64);
+}

@@ -58,6 +58,41 @@ pub struct ConfigFile {
     /// `[cache]`: where the routes' cached answers are kept.
     #[serde(default)]
     pub cache: RawCache,
+    /// `[telemetry]`: where traces are exported.
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+}
+
+/// `[telemetry]`: traces of every request over OTLP, when an endpoint is set.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    /// The collector's URL; no traces when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<Text>,
+    /// `"grpc"` or `"http"` (protobuf over HTTP); by the endpoint's port when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_protocol: Option<OtlpProtocol>,
+    /// Sent with every export (a collector's token): never logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_headers: Option<BTreeMap<Text, Text>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<Text>,
+    /// The share of requests traced, 0 to 1, where the client sent no sampled parent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_ratio: Option<Spanned<f64>>,
+    /// Prompts and answers in the spans.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capture_content: Option<bool>,
+}
+
+/// How traces travel to the collector (`telemetry.otlp_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpProtocol {
+    Grpc,
+    /// Protobuf over HTTP (`/v1/traces`).
+    Http,
 }
 
 /// `[keys.NAME]`: a client key with a name the ledger and reports show, the routes it may call and

@@ -16,6 +16,7 @@ mod proxy;
 mod resolver;
 mod route;
 mod server;
+mod telemetry;
 mod tier;
 mod tls;
 mod unknown;
@@ -41,6 +42,7 @@ pub use provider::{
 pub use proxy::Proxy;
 pub use route::{ChainTier, Declared, Profile, Route, Shadow, with_labels};
 pub use server::{AdminAccess, AllowedHosts, LedgerConfig, RequestLog, ServerConfig};
+pub use telemetry::{Otlp, Telemetry};
 pub use tier::Tier;
 pub use tls::{ClientIdentity, Tls};
 
@@ -102,6 +104,8 @@ pub struct Config {
     pub ledger: LedgerConfig,
     pub limits: LimitsConfig,
     pub cache: CacheConfig,
+    /// Traces, exported where `[telemetry]` says.
+    pub telemetry: Telemetry,
     pub providers: Vec<Arc<Provider>>,
     pub tiers: Vec<Arc<Tier>>,
     pub routes: Vec<Arc<Route>>,

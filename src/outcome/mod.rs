@@ -31,6 +31,7 @@ use crate::limits::{Hold, Used};
 use crate::openai::ChoiceTexts;
 use crate::openai::{Endpoint, Usage};
 use crate::route::chain::{Attempt, Called, ServedBy, Unserved};
+use crate::traces::{Finished, RequestTrace, StreamFacts};
 use crate::upstream::UpstreamErrorKind;
 
 pub use consumers::{CacheFill, Consumer, Metrics, Recorder, Sampling, Settlement};
@@ -213,6 +214,8 @@ impl Outcomes {
             outcome,
             sample: None,
             fill: None,
+            // The gateway's own calls are not traced: no client asked for them.
+            trace: None,
             outcomes: self.clone(),
         }
         .deliver()
@@ -256,6 +259,8 @@ pub struct Start {
     pub hold: Hold,
     /// The route's cache missed: a whole answer fills it.
     pub cache: Option<Ticket>,
+    /// Its trace, where traces are exported (`[telemetry]`).
+    pub trace: Option<Box<RequestTrace>>,
 }
 
 /// An answered request chosen for a shadow check: what the client asked and what it was told.
@@ -300,7 +305,7 @@ pub enum Ending<'a> {
         tokens: Tokens,
         /// How the output contract judged the answer, where the route has one.
         contract: Option<&'static str>,
-        answer: &'a [u8],
+        answer: &'a Bytes,
     },
     /// A stream ended: to its end (200), broken midway (200 with the reason), or abandoned by its
     /// client (499).
@@ -320,6 +325,8 @@ pub enum Ending<'a> {
         contract: Option<&'static str>,
         /// The upstream's events, for the cache, where the request holds a ticket and they fit.
         recorded: Option<Vec<Bytes>>,
+        /// What the events said of the answer, where the request is traced.
+        facts: Option<StreamFacts>,
     },
 }
 
@@ -381,6 +388,11 @@ impl Exchange {
         &self.called
     }
 
+    /// The request's trace, where it is traced: the chain's calls are its spans.
+    pub fn trace(&self) -> Option<&RequestTrace> {
+        self.start.trace.as_deref()
+    }
+
     /// The row as far as the request's start and its latency tell it.
     fn row(&self, latency_us: i64) -> RequestRow {
         let start = &self.start;
@@ -408,6 +420,17 @@ impl Exchange {
         let latency_us = self.elapsed_us();
         let store_content = self.outcomes.store_content;
         let mut ticket = self.start.cache.take();
+        let trace = self.start.trace.take().and_then(|trace| {
+            let start = &self.start;
+            Finished::new(
+                trace,
+                &ending,
+                start.endpoint,
+                start.stream,
+                ticket.is_some(),
+                &start.body,
+            )
+        });
         let start = &self.start;
         let mut request = self.row(latency_us);
         let mut sample = None;
@@ -459,11 +482,11 @@ impl Exchange {
                 request.ttfb_us = Some(latency_us);
                 request.contract = contract.map(Cow::Borrowed);
                 request.answer = store_content.then(|| stored_text(answer));
-                sample = self.sample(by, || SampledAnswer::Body(Bytes::copy_from_slice(answer)));
+                sample = self.sample(by, || SampledAnswer::Body(answer.clone()));
                 if contract != Some("violated")
                     && let Some(ticket) = ticket.take()
                 {
-                    let stored = Stored::Body(Bytes::copy_from_slice(answer));
+                    let stored = Stored::Body(answer.clone());
                     fill = Some((ticket, stored, tokens));
                 }
                 upstream = upstream_us(&by.attempts);
@@ -480,6 +503,7 @@ impl Exchange {
                 ttfb_us,
                 contract,
                 recorded,
+                facts: _,
             } => {
                 served(&mut request, by);
                 // A stream cut, broken or refused by its contract is not an answer to keep. One
@@ -560,6 +584,7 @@ impl Exchange {
             },
             sample,
             fill,
+            trace,
             outcomes: self.outcomes.clone(),
         }
     }
@@ -637,6 +662,14 @@ impl Drop for Exchange {
             },
             sample: None,
             fill: None,
+            trace: self.start.trace.take().and_then(|trace| {
+                Finished::cut(
+                    trace,
+                    self.start.endpoint,
+                    self.start.stream,
+                    &self.start.body,
+                )
+            }),
             outcomes: self.outcomes.clone(),
         }
         .deliver_detached();
@@ -650,6 +683,8 @@ pub struct Ended {
     pub sample: Option<Sample>,
     /// The answer the route's cache keeps, for [`CacheFill`] to take.
     pub fill: Option<Fill>,
+    /// The request's trace, for [`crate::traces::Traces`] to take.
+    pub trace: Option<Box<Finished>>,
     outcomes: Outcomes,
 }
 
@@ -860,6 +895,7 @@ mod tests {
             sampled: false,
             hold: Hold::default(),
             cache: None,
+            trace: None,
         }
     }
 

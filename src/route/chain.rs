@@ -19,6 +19,7 @@ use crate::config::{Abilities, AllOpen, ChainTier, Tier, UpstreamServer};
 use crate::health::{Health, Lease};
 use crate::limits::Skips;
 use crate::openai::RequestBody;
+use crate::traces::{AttemptTrace, RequestTrace};
 use crate::upstream::{Lack, Reply, UpstreamError, UpstreamErrorKind, Upstreams};
 
 /// One call to one tier while serving a request, or a tier passed over without a call.
@@ -30,6 +31,8 @@ pub struct Attempt {
     pub latency: Duration,
     /// `None` when this tier answered.
     pub error: Option<UpstreamError>,
+    /// Its span, where the request is traced and the tier was called.
+    pub trace: Option<AttemptTrace>,
 }
 
 /// A request some tier answered.
@@ -112,6 +115,8 @@ pub struct ChainRun<'a> {
     /// Named in the log when a tier's refusal teaches its context window.
     pub request_id: &'a str,
     pub called: &'a Called,
+    /// The request's trace, where it is traced: each call is a span of it, and carries it upstream.
+    pub trace: Option<&'a RequestTrace>,
 }
 
 impl ChainRun<'_> {
@@ -140,6 +145,7 @@ impl ChainRun<'_> {
                     server: None,
                     latency: Duration::ZERO,
                     error: Some(error),
+                    trace: None,
                 });
                 continue;
             }
@@ -156,6 +162,7 @@ impl ChainRun<'_> {
                         server: None,
                         latency: Duration::ZERO,
                         error: Some(skip.into_error()),
+                        trace: None,
                     });
                     continue;
                 }
@@ -193,6 +200,7 @@ impl ChainRun<'_> {
                     server: None,
                     latency: Duration::ZERO,
                     error: Some(skip.into_error()),
+                    trace: None,
                 }),
             }
         }
@@ -289,17 +297,20 @@ impl ChainRun<'_> {
         let mut retried = false;
         loop {
             self.called.set(&step.tier, lease.server());
+            let trace = self.trace.map(RequestTrace::attempt);
             let started = Instant::now();
             let result = self
                 .upstreams
-                .send(
+                .send_traced(
                     &step.tier,
                     lease.server_index(),
                     body.endpoint(),
                     body.for_tier(step),
                     body.stream,
+                    trace.as_ref().map(|(_, propagation)| propagation),
                 )
                 .await;
+            let trace = trace.map(|(attempt, _)| attempt);
             let latency = started.elapsed();
             match result {
                 Ok(reply) => {
@@ -322,6 +333,7 @@ impl ChainRun<'_> {
                         server: Some(lease.server().clone()),
                         latency,
                         error: None,
+                        trace,
                     });
                     let attempts = std::mem::take(attempts);
                     return Ok(Served {
@@ -342,6 +354,7 @@ impl ChainRun<'_> {
                         server: Some(lease.server().clone()),
                         latency,
                         error: Some(error.clone()),
+                        trace,
                     });
                     let wait = error
                         .retry_after

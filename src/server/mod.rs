@@ -58,6 +58,8 @@ pub struct App {
     pub thread: usize,
     /// The answers of the routes that cache them, for the life of the process.
     pub cache: Arc<crate::cache::ResponseCache>,
+    /// How a request's trace begins, where traces are exported (`[telemetry]`).
+    pub tracing: Option<crate::traces::Tracing>,
     /// Read by reports and the admin API; the request path never touches it.
     pub store: Store,
     /// Whether the ledger is spooling, for `/readyz`.
@@ -84,9 +86,17 @@ impl App {
         feedback: FeedbackQueue,
     ) -> App {
         let cache = crate::cache::ResponseCache::new(&snapshot.config.cache);
+        // Traces are set up for the process: `[telemetry]` needs a restart to change.
+        let tracing = snapshot
+            .config
+            .telemetry
+            .otlp
+            .as_ref()
+            .map(crate::traces::Tracing::new);
         let live = Arc::new(ArcSwap::from_pointee(snapshot));
         App {
             cache,
+            tracing,
             reloads: Arc::new(reload::Reloads::new(live.clone(), base, threads)),
             live,
             thread: 0,
@@ -224,6 +234,8 @@ pub struct Gateway {
     shadow_checks: Option<ShadowChecks>,
     feedback_writer: FeedbackWriter,
     dispatcher: Dispatcher,
+    /// The trace exporter, where `[telemetry]` has an endpoint.
+    traces: Option<crate::traces::Exporter>,
     grace: std::time::Duration,
     reloads: Arc<reload::Reloads>,
 }
@@ -278,6 +290,14 @@ impl Gateway {
                 .with_consumer(Arc::new(crate::outcome::Sampling(samples)));
             queued
         });
+        let traces = match &config.telemetry.otlp {
+            Some(otlp) => {
+                let (traces, exporter) = crate::traces::Exporter::spawn(otlp)?;
+                outcomes = outcomes.clone().with_consumer(Arc::new(traces));
+                Some(exporter)
+            }
+            None => None,
+        };
         let (feedback, feedback_writer) = FeedbackWriter::spawn(store.clone());
         let limits = Arc::new(Limits::with_clock(&config, clock));
         // Budgets start from the month's spend in the ledger, so a restart forgets nothing.
@@ -340,6 +360,7 @@ impl Gateway {
             shadow_checks,
             feedback_writer,
             dispatcher,
+            traces,
             grace,
         })
     }
@@ -362,6 +383,9 @@ impl Gateway {
         }
         self.feedback_writer.finish(LEDGER_FLUSH_DEADLINE).await;
         self.dispatcher.finish(LEDGER_FLUSH_DEADLINE).await;
+        if let Some(traces) = self.traces {
+            traces.finish(TRACE_FLUSH_DEADLINE).await;
+        }
     }
 }
 
@@ -370,6 +394,9 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+/// How long shutdown waits for the last spans to reach the trace collector.
+const TRACE_FLUSH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long shutdown waits for the ledger to store what is queued (a slow or unreachable database).
 const LEDGER_FLUSH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -385,4 +412,6 @@ pub enum StartError {
     Ledger(#[from] LedgerError),
     #[error("cannot build the upstream HTTP client: {0}")]
     Client(UpstreamError),
+    #[error(transparent)]
+    Traces(#[from] crate::traces::TraceError),
 }

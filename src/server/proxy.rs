@@ -31,6 +31,7 @@ use crate::outcome::{Ending, Exchange, Start};
 use crate::route::Resolved;
 use crate::route::chain::{ChainRun, Served, Unserved};
 use crate::route::contract;
+use crate::traces::RequestTrace;
 use crate::upstream::Reply;
 
 const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-tierwise-route");
@@ -85,30 +86,26 @@ async fn handle(
     // The snapshot this request runs on to its end, whatever a reload swaps in meanwhile.
     let snapshot = app.snapshot();
     let server = &snapshot.config.server;
+    // The request's span starts as it arrives, before its body is read.
+    let trace = app.tracing.map(|tracing| tracing.begin(&headers));
     let read = read_body(body, &headers, server.max_body_bytes);
     let bytes = match tokio::time::timeout(server.body_timeout, read).await {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(err)) => return err.into_response(),
         Err(_) => return ApiError::body_timeout(server.body_timeout).into_response(),
     };
-    let route_header = headers
-        .get(&ROUTE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let directives = Directives::of(&headers);
+    let asks = Asks {
+        route: headers
+            .get(&ROUTE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        directives: Directives::of(&headers),
+        trace,
+    };
     let rest = Detachable::new(|client| async move {
-        proxy(
-            &app,
-            &snapshot,
-            endpoint,
-            caller,
-            route_header.as_deref(),
-            directives,
-            bytes,
-            &client,
-        )
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+        proxy(&app, &snapshot, endpoint, caller, asks, bytes, &client)
+            .await
+            .unwrap_or_else(IntoResponse::into_response)
     });
     rest.await.unwrap_or_else(|_| {
         ApiError::internal("the request failed inside the gateway; see its log".into())
@@ -116,19 +113,37 @@ async fn handle(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the client's headers ask of a request besides its body.
+struct Asks {
+    /// `x-tierwise-route`: the route its cost is attributed to.
+    route: Option<String>,
+    /// `Cache-Control`, as the route's cache reads it.
+    directives: Directives,
+    /// The request's trace, where traces are exported: the client's `traceparent` continued.
+    trace: Option<Box<RequestTrace>>,
+}
+
 async fn proxy(
     app: &App,
     snapshot: &Arc<Snapshot>,
     endpoint: Endpoint,
     caller: Caller,
-    route_header: Option<&str>,
-    directives: Directives,
+    asks: Asks,
     bytes: Bytes,
     client: &Waiting,
 ) -> Result<Response, ApiError> {
+    let Asks {
+        route: route_header,
+        directives,
+        mut trace,
+    } = asks;
     let request = RequestBody::parse(endpoint, &bytes)?;
-    let resolved = snapshot.routes.resolve(&request.model, route_header)?;
+    if let Some(trace) = &mut trace {
+        trace.requested_model = request.model.to_string();
+    }
+    let resolved = snapshot
+        .routes
+        .resolve(&request.model, route_header.as_deref())?;
     let primary_demoted = resolved
         .target
         .route
@@ -189,6 +204,7 @@ async fn proxy(
                 }),
             hold,
             cache: ticket,
+            trace,
         });
     if let Some(refusal) = refusal {
         return Ok(refuse_at_admission(exchange, refusal).await);
@@ -213,6 +229,7 @@ async fn proxy(
         skips: &skips,
         request_id: exchange.id(),
         called: exchange.called(),
+        trace: exchange.trace(),
     };
     let result = run.run(&request).await;
     if client.gone() {

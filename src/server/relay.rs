@@ -26,6 +26,7 @@ use crate::openai::{ChoiceTexts, Chunk, EndpointSpec, StreamMarks, Usage};
 use crate::outcome::{CLIENT_CLOSED, Ended, Ending, Exchange};
 use crate::route::chain::ServedBy;
 use crate::route::contract;
+use crate::traces::StreamFacts;
 use crate::upstream::{SseEvent, UpstreamError, UpstreamStream, UsageSoFar};
 
 /// Turns of the thread's queue the relay waits for the upstream's next event before it writes.
@@ -90,6 +91,8 @@ pub struct SseRelay {
     contract: Option<Arc<Route>>,
     /// The upstream's events, for the route's cache to keep; dropped once past its bound.
     recording: Option<Recording>,
+    /// What the events say of the answer, for the request's span, where it is traced.
+    facts: Option<StreamFacts>,
     pending: Option<Pending>,
 }
 
@@ -143,6 +146,7 @@ impl SseRelay {
             bursts: false,
             contract,
             recording: None,
+            facts: exchange.trace().map(|_| StreamFacts::default()),
             pending: Some(Pending {
                 ttfb_us: exchange.elapsed_us(),
                 exchange,
@@ -307,6 +311,9 @@ impl SseRelay {
         // The upstream's own error event goes to the client as it came; the answer failed.
         self.upstream_error |= chunk.error;
         self.finished |= chunk.finished;
+        if let Some(facts) = &mut self.facts {
+            facts.read(&event.data, chunk.finished);
+        }
         if !chunk.texts.is_empty() && !self.text.add(chunk.texts, self.max_text) {
             self.text_whole = false;
         }
@@ -411,6 +418,7 @@ impl SseRelay {
             ttfb_us,
             contract: verdict,
             recorded: self.recording.take().map(|recording| recording.events),
+            facts: self.facts.take(),
         }))
     }
 }

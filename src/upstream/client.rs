@@ -113,12 +113,18 @@ impl ProviderClient {
         urls[endpoint as usize].as_ref()
     }
 
-    /// `POST`s a JSON body to one of the provider's endpoints.
-    pub(super) fn post(&self, uri: &Uri, body: Vec<u8>) -> Call {
-        Call(
-            self.http
-                .request(self.request(Method::POST, uri.clone(), body)),
-        )
+    /// `POST`s a JSON body to one of the provider's endpoints, with the call's trace context.
+    pub(super) fn post(
+        &self,
+        uri: &Uri,
+        body: Vec<u8>,
+        trace: Option<&crate::traces::Propagation>,
+    ) -> Call {
+        let mut request = self.request(Method::POST, uri.clone(), body);
+        if let Some(trace) = trace {
+            trace.insert_into(request.headers_mut());
+        }
+        Call(self.http.request(request))
     }
 
     /// `POST`s a JSON body to any URL of the provider (a server's own API beside OpenAI's).

@@ -92,6 +92,20 @@ impl Upstreams {
         body: Vec<u8>,
         stream: bool,
     ) -> Result<Reply, UpstreamError> {
+        self.send_traced(tier, server, endpoint, body, stream, None)
+            .await
+    }
+
+    /// [`Upstreams::send`] with the trace context the call carries (`traceparent`, `tracestate`).
+    pub async fn send_traced(
+        &self,
+        tier: &Tier,
+        server: usize,
+        endpoint: Endpoint,
+        body: Vec<u8>,
+        stream: bool,
+        trace: Option<&crate::traces::Propagation>,
+    ) -> Result<Reply, UpstreamError> {
         let provider = &tier.provider;
         let timeouts = tier.timeouts;
         let started = Instant::now();
@@ -116,7 +130,7 @@ impl Upstreams {
             None => body,
         };
         let body = client.wire.encode(body)?;
-        let request = client.post(url, body);
+        let request = client.post(url, body, trace);
         // A non-streamed answer's headers come only once the whole answer is generated, so only
         // `total` bounds the wait for them; `first_byte` is the time to a stream's first chunk.
         let head_limit = if stream {

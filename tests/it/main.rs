@@ -35,4 +35,5 @@ mod shared_limits;
 mod soak;
 mod spool;
 mod tls;
+mod traces;
 mod util;

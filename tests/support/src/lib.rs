@@ -255,6 +255,9 @@ pub struct Recorded {
     pub x_api_key: Option<String>,
     pub anthropic_version: Option<String>,
     pub api_key: Option<String>,
+    /// The W3C trace context the gateway passed on.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
     pub body: Value,
 }
 
@@ -539,6 +542,8 @@ fn record_query(
         x_api_key: get("x-api-key"),
         anthropic_version: get("anthropic-version"),
         api_key: get("api-key"),
+        traceparent: get("traceparent"),
+        tracestate: get("tracestate"),
         body,
     });
 }
