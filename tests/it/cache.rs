@@ -470,6 +470,7 @@ async fn identical_requests_in_flight_together_call_the_upstream_once() {
         b.fault_for = Some(1);
     });
     let slow = question("failing together?");
+    let seen = api.request_count();
     let first = tokio::spawn({
         let (url, http, slow) = (gw.url.clone(), gw.http.clone(), slow.clone());
         async move {
@@ -482,6 +483,12 @@ async fn identical_requests_in_flight_together_call_the_upstream_once() {
                 .status()
         }
     });
+    // The failing call must be the first one upstream: the fault is for one request only.
+    let until = Instant::now() + Duration::from_secs(10);
+    while api.request_count() == seen {
+        assert!(Instant::now() < until, "the first request never reached the upstream");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let answer = ask(&gw, &slow).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     first.await.unwrap();
