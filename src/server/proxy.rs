@@ -85,8 +85,12 @@ async fn handle(
     let read = read_body(body, &headers, server.max_body_bytes);
     let bytes = match tokio::time::timeout(server.body_timeout, read).await {
         Ok(Ok(bytes)) => bytes,
-        Ok(Err(err)) => return err.into_response(),
-        Err(_) => return ApiError::body_timeout(server.body_timeout).into_response(),
+        Ok(Err(err)) => return err.on(endpoint).into_response(),
+        Err(_) => {
+            return ApiError::body_timeout(server.body_timeout)
+                .on(endpoint)
+                .into_response();
+        }
     };
     let route_header = headers
         .get(&ROUTE_HEADER)
@@ -104,10 +108,11 @@ async fn handle(
             &client,
         )
         .await
-        .unwrap_or_else(IntoResponse::into_response)
+        .unwrap_or_else(|err| err.on(endpoint).into_response())
     });
     rest.await.unwrap_or_else(|_| {
         ApiError::internal("the request failed inside the gateway; see its log".into())
+            .on(endpoint)
             .into_response()
     })
 }
@@ -186,7 +191,7 @@ async fn proxy(
         cache: ticket,
     });
     if let Some(refusal) = refusal {
-        return Ok(refuse_at_admission(exchange, refusal).await);
+        return Ok(refuse_at_admission(exchange, endpoint, refusal).await);
     }
     if let Some(entry) = hit {
         let mut response = from_cache(exchange, &entry, &request).await;
@@ -218,7 +223,7 @@ async fn proxy(
             let max_text = app.config.server.max_answer_bytes;
             answer(exchange, served, resolved, &request, max_text, record).await
         }
-        Err(unserved) => refuse(exchange, &unserved).await,
+        Err(unserved) => refuse(exchange, endpoint, &unserved).await,
     };
     if let Some(value) = cache_header {
         response
@@ -232,13 +237,13 @@ async fn proxy(
 }
 
 /// Admission answered: the client gets the refusal, the ledger a row with its status.
-async fn refuse_at_admission(exchange: Exchange, refusal: Refusal) -> Response {
+async fn refuse_at_admission(exchange: Exchange, endpoint: Endpoint, refusal: Refusal) -> Response {
     let ended = exchange.end(Ending::Refused {
         status: refusal.status(),
         reason: refusal.reason(),
     });
     let quota = refusal.quota();
-    let mut response = ApiError::from(refusal).into_response();
+    let mut response = ApiError::from(refusal).on(endpoint).into_response();
     if let Some(quota) = quota {
         set_quota(response.headers_mut(), &quota);
     }
@@ -248,8 +253,10 @@ async fn refuse_at_admission(exchange: Exchange, refusal: Refusal) -> Response {
 }
 
 /// No tier answered: the client gets the error, the ledger the attempts.
-async fn refuse(exchange: Exchange, unserved: &Unserved) -> Response {
-    let mut response = ApiError::unserved(unserved, exchange.route_name()).into_response();
+async fn refuse(exchange: Exchange, endpoint: Endpoint, unserved: &Unserved) -> Response {
+    let mut response = ApiError::unserved(unserved, exchange.route_name())
+        .on(endpoint)
+        .into_response();
     let ended = exchange.end(Ending::Unserved {
         status: response.status().as_u16(),
         failure: unserved,
