@@ -378,7 +378,7 @@ async fn a_fallback_and_a_cut_stream() {
     });
     let answer = message(
         &gw,
-        json!({"model": "summarize", "max_tokens": 9, "messages": hi}),
+        json!({"model": "summarize", "max_tokens": 9, "messages": hi, "top_k": 5}),
     )
     .await;
     answer.assert_served_by("api_fast", "local:http_503");
