@@ -273,8 +273,8 @@ fn count_answer(model: &str, body: &[u8]) -> u64 {
 /// The estimate `/v1/messages/count_tokens` answers with: the request as `step`'s tier would get
 /// it (its system prompt in place of the client's), counted with the tier's tokenizer.
 pub fn count_tokens(body: &[u8], step: &ChainTier) -> Result<u64, RequestError> {
-    let mut request: Map<String, Value> = serde_json::from_slice(body)
-        .map_err(|err| RequestError::NotJson(err.to_string()))?;
+    let mut request: Map<String, Value> =
+        serde_json::from_slice(body).map_err(|err| RequestError::NotJson(err.to_string()))?;
     if !request.get("messages").is_some_and(Value::is_array) {
         return Err(RequestError::field(
             "messages",
@@ -504,13 +504,18 @@ fn system_text(system: &Value) -> Result<String, RequestError> {
         Value::String(text) => Ok(text.clone()),
         Value::Array(blocks) => blocks
             .iter()
-            .map(|block| match (block["type"].as_str(), block["text"].as_str()) {
-                (Some("text"), Some(text)) => Ok(text),
-                _ => Err(cannot("system", "has a block other than text")),
-            })
+            .map(
+                |block| match (block["type"].as_str(), block["text"].as_str()) {
+                    (Some("text"), Some(text)) => Ok(text),
+                    _ => Err(cannot("system", "has a block other than text")),
+                },
+            )
             .collect::<Result<Vec<_>, _>>()
             .map(|texts| texts.join("\n\n")),
-        _ => Err(cannot("system", "must be a string or an array of text blocks")),
+        _ => Err(cannot(
+            "system",
+            "must be a string or an array of text blocks",
+        )),
     }
 }
 

@@ -80,8 +80,11 @@ pub struct EndpointSpec {
     pub key_header: Option<&'static str>,
     /// Counts a request's input tokens as `step`'s tier would get it, for the endpoint's
     /// `…/count_tokens` route; `None` where the endpoint has none.
-    pub count_tokens: Option<fn(&[u8], &ChainTier) -> Result<u64, RequestError>>,
+    pub count_tokens: Option<CountTokens>,
 }
+
+/// Counts a request body's input tokens as a chain step's tier would get them.
+pub type CountTokens = fn(&[u8], &ChainTier) -> Result<u64, RequestError>;
 
 /// What the client is told of a failure, before its endpoint writes it.
 pub struct ErrorReply<'a> {

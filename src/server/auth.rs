@@ -161,7 +161,10 @@ async fn check(keys: &[Arc<ClientKey>], mut request: Request, next: Next) -> Res
         request.extensions_mut().insert(CallerKey(key));
         next.run(request).await
     } else {
-        shaped(ApiError::unauthorized("Incorrect API key provided."), &request)
+        shaped(
+            ApiError::unauthorized("Incorrect API key provided."),
+            &request,
+        )
     }
 }
 

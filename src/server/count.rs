@@ -91,7 +91,9 @@ async fn count(
     // A tokenizer over a large body is CPU work the event loop must not wait on.
     let tokens = tokio::task::spawn_blocking(move || counter(&bytes, &step))
         .await
-        .map_err(|_| ApiError::internal("counting failed inside the gateway; see its log".into()))??;
+        .map_err(|_| {
+            ApiError::internal("counting failed inside the gateway; see its log".into())
+        })??;
     let mut response = (
         StatusCode::OK,
         serde_json::json!({"input_tokens": tokens}).to_string(),

@@ -504,7 +504,11 @@ async fn count_tokens_estimates_without_calling_upstream() {
             "messages": [{"role": "user", "content": "Hi"}], "tools": [weather_tool()]}),
     )
     .await;
-    assert!(long.body["input_tokens"].as_u64().unwrap() > short + 10, "{}", long.text);
+    assert!(
+        long.body["input_tokens"].as_u64().unwrap() > short + 10,
+        "{}",
+        long.text
+    );
     let refused = send(
         &gw,
         "/v1/messages/count_tokens",

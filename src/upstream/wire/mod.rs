@@ -78,7 +78,11 @@ impl Wire {
 
     /// The body to send for `endpoint`, from the gateway's own request body: a chat completion
     /// translated where the format has its own, an endpoint of the format's own passed as it is.
-    pub(super) fn encode(&self, endpoint: Endpoint, body: Vec<u8>) -> Result<Vec<u8>, UpstreamError> {
+    pub(super) fn encode(
+        &self,
+        endpoint: Endpoint,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, UpstreamError> {
         match self {
             Wire::OpenAi | Wire::Azure => Ok(body),
             Wire::Anthropic if anthropic::own(endpoint) => Ok(body),
