@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -576,6 +577,62 @@ def limits_scenario(tw, tmp, fake_port, dead_port, args, rows, extra, procs):
     procs.remove(tw_redis)
 
 
+def reload_scenario(tw, tmp, args, rows, extra):
+    """Reloads under load: wrk at c=64 on the direct route (then streams on the spaced route, if
+    the gateway has one) while the config file is rewritten and the gateway sent SIGHUP every
+    --reload-every-ms; each rewrite adds or drops a route, so each reload that reads a whole file
+    swaps a new snapshot in. The file is written in place, not renamed: a signal may catch it half
+    written, and that reload is refused while the old config serves. Counted: requests, failed
+    requests (socket errors and non-2xx), reloads that took (the version /admin/api/config ends
+    on) and reloads refused (the log's lines)."""
+    import threading
+    import urllib.request
+
+    path = tmp / "tierwise.toml"
+    base = path.read_text()
+    extra_route = '\n[routes.reloaded]\nkind = "chat"\ntiers = ["api"]\n'
+    stop = threading.Event()
+    sent = [0]
+
+    def hup():
+        flip = False
+        while not stop.wait(args.reload_every_ms / 1000):
+            flip = not flip
+            path.write_text(base + (extra_route if flip else "") + f"\n# rewrite {sent[0]}\n")
+            tw.popen.send_signal(signal.SIGHUP)
+            sent[0] += 1
+
+    def version():
+        request = urllib.request.Request(f"http://127.0.0.1:{tw.port}/admin/api/config", headers={"authorization": f"Bearer {KEY}"})
+        with urllib.request.urlopen(request) as answer:
+            return json.loads(answer.read())["version"]
+
+    def refused():
+        return (tmp / "tierwise.log").read_text().count("reload refused")
+
+    loads = [("chat, ~800 tokens", tmp / "chat.json")]
+    if (tmp / "spaced.json").exists():
+        loads.append(("streams, 20 chunks", tmp / "spaced.json"))
+    for label, body in loads:
+        before, refused_before = version(), refused()
+        sent[0] = 0
+        stop.clear()
+        thread = threading.Thread(target=hup)
+        thread.start()
+        run = wrk(tw.port, "/v1/chat/completions", body, 64, args.seconds)
+        stop.set()
+        thread.join()
+        failed = run["socket_errors"] + run["non2xx"]
+        taken, not_taken = version() - before, refused() - refused_before
+        run["errors"] = failed
+        rows.append(row(f"{label}, c=64, SIGHUP every {args.reload_every_ms} ms", "tierwise", run))
+        extra.append(
+            f"reload under load, {label}, c=64: {run['requests']} requests, {failed} failed; "
+            f"{sent[0]} SIGHUPs, {taken} reloads took, {not_taken} refused (file caught half written)"
+        )
+    path.write_text(base)
+
+
 def formats_scenario(fake, tmp, args, rows, extra, procs):
     """What translation costs: one gateway's CPU per request for the same chat request to the same
     fake upstream, which answers each wire format, through its OpenAI-compatible provider (passed
@@ -632,6 +689,83 @@ def formats_scenario(fake, tmp, args, rows, extra, procs):
             extra.append(f"{kind} by format, c={c}: CPU per request, openai pass-through {passthrough:.1f} us; {ratios}")
 
 
+def responses_body(stream=False, model="direct", words=600):
+    """The chat body's request in the Responses API's words: the system message as
+    `instructions`, the user's text as `input`."""
+    chat = json.loads(chat_body(stream=stream, model=model, words=words))
+    body = {
+        "model": model,
+        "instructions": chat["messages"][0]["content"],
+        "input": chat["messages"][1]["content"],
+        "temperature": 0.1,
+    }
+    if stream:
+        body["stream"] = True
+    return json.dumps(body).encode()
+
+
+def responses_scenario(fake, tmp, args, rows, extra, procs):
+    """What the Responses API costs the gateway: one gateway's CPU per request, read from /proc of
+    its process (not latency, which a shared machine skews), for the same request to the same fake
+    upstream as a chat completion passed through byte for byte, as a Responses request translated
+    to chat and back (the path every chat-only tier takes), and as a Responses request passed
+    through to a server that serves Responses; plain and streamed, alternating round by round."""
+    port = free_port()
+    config = tmp / "responses.toml"
+    native = f"""
+[providers.native]
+base_url = "http://127.0.0.1:{fake.port}/v1"
+api_key = "sk-bench"
+responses = true
+
+[tiers.api_native]
+provider = "native"
+model = "gpt-4o-mini"
+
+[routes.native]
+kind = "classification"
+tiers = ["api_native"]
+"""
+    config.write_text(native + formats_config(fake.port, f"sqlite://{tmp}/responses.db", False).replace("{port}", str(port)))
+    env = dict(os.environ, TIERWISE_LOG="warn")
+    tw = Proc("tierwise", [str(RELEASE / "tierwise"), "serve", "--config", str(config)], port, env=env, log=tmp / "responses.log")
+    procs.append(tw)
+    time.sleep(1.0)  # the providers' first probes
+    paths = [
+        ("chat pass-through", "/v1/chat/completions", chat_body, "direct"),
+        ("responses translated", "/v1/responses", responses_body, "direct"),
+        ("responses pass-through", "/v1/responses", responses_body, "native"),
+    ]
+    for stream in (False, True):
+        kind = "stream" if stream else "plain, ~800 tokens"
+        bodies = {}
+        for name, _, make, route in paths:
+            path = tmp / f"responses-{name.replace(' ', '-')}-{'stream' if stream else 'plain'}.json"
+            path.write_bytes(make(stream=stream, model=route))
+            bodies[name] = path
+        for c in (int(n) for n in args.formats_concurrency.split(",")):
+            runs = {name: [] for name, _, _, _ in paths}
+            for _ in range(args.rounds):
+                for name, url, _, _ in paths:
+                    cpu = tw.cpu_seconds()
+                    run = wrk(tw.port, url, bodies[name], c, args.seconds)
+                    run["cpu_us_per_req"] = (tw.cpu_seconds() - cpu) * 1e6 / max(run["requests"], 1)
+                    runs[name].append(run)
+            summary = {}
+            for name, _, _, _ in paths:
+                m = {k: median_of(runs[name], k) for k in ("rps", "p50_us", "p99_us", "cpu_us_per_req")}
+                m["errors"] = sum(r["socket_errors"] + r["non2xx"] for r in runs[name])
+                summary[name] = m
+                base = None if name == "chat pass-through" else summary["chat pass-through"]
+                rows.append(row(f"{kind} by endpoint, c={c}", name, m, base))
+            chat = summary["chat pass-through"]["cpu_us_per_req"]
+            ratios = ", ".join(
+                f"{name} {summary[name]['cpu_us_per_req']:.1f} us ({summary[name]['cpu_us_per_req'] / chat:.2f}x)"
+                for name, _, _, _ in paths if name != "chat pass-through"
+            )
+            extra.append(f"{kind} by endpoint, c={c}: CPU per request, chat pass-through {chat:.1f} us; {ratios}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=5, help="length of one wrk run")
@@ -645,8 +779,11 @@ def main():
     parser.add_argument("--shadow-only", action="store_true", help="only the shadow-sampling scenario")
     parser.add_argument("--streams-only", action="store_true", help="only the spaced-chunk streams scenario")
     parser.add_argument("--limits-only", action="store_true", help="only the rate-limits scenario (memory and Redis)")
+    parser.add_argument("--reload-only", action="store_true", help="only the reload scenario: SIGHUP every --reload-every-ms under load at c=64")
+    parser.add_argument("--reload-every-ms", type=int, default=50, help="how often the reload scenario rewrites the config and sends SIGHUP")
     parser.add_argument("--formats-only", action="store_true", help="only the wire-format scenario: pass-through against Azure and Anthropic translation")
-    parser.add_argument("--formats-concurrency", default="1,16", help="connection counts of the wire-format scenario")
+    parser.add_argument("--responses-only", action="store_true", help="only the Responses scenario: chat pass-through against Responses translated and passed through")
+    parser.add_argument("--formats-concurrency", default="1,16", help="connection counts of the wire-format and Responses scenarios")
     parser.add_argument("--limits-concurrency", default="1,64", help="connection counts of the rate-limits scenario")
     parser.add_argument("--stream-concurrency", default="64,256,1024", help="connection counts of the spaced-chunk streams")
     parser.add_argument("--concurrency", default="1,16,64,256", help="connection counts of the chat scenarios, comma-separated")
@@ -659,6 +796,13 @@ def main():
         fake_port = free_port()
         fake = Proc("fake", [str(RELEASE / "tierwise-fake"), "--listen", f"127.0.0.1:{fake_port}", "--no-record", "--reply-words", "40"], fake_port)
         procs.append(fake)
+        if args.responses_only:
+            responses_scenario(fake, tmp, args, rows, extra, procs)
+            print_table(rows, extra)
+            print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")
+            if args.json:
+                Path(args.json).write_text(json.dumps({"rows": rows, "notes": extra}, indent=2))
+            return
         if args.formats_only:
             formats_scenario(fake, tmp, args, rows, extra, procs)
             print_table(rows, extra)
@@ -678,7 +822,7 @@ def main():
             base = start_tierwise("baseline", tmp, fake_port, dead_port, f"sqlite://{tmp}/baseline.db", args.compare_bin, spaced_port=spaced_port)
             procs.append(base)
         # The limits scenario measures tierwise against itself: no nginx needed.
-        if not args.limits_only:
+        if not (args.limits_only or args.reload_only):
             nginx = start_nginx(tmp, fake_port)
             procs.append(nginx)
         litellm = start_litellm(tmp, fake_port, args.litellm_venv) if args.litellm_venv else None
@@ -695,6 +839,12 @@ def main():
             return
         if args.limits_only:
             limits_scenario(tw, tmp, fake_port, dead_port, args, rows, extra, procs)
+            print_table(rows, extra)
+            print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")
+            return
+        if args.reload_only:
+            (tmp / "spaced.json").write_bytes(chat_body(stream=True, model="spaced"))
+            reload_scenario(tw, tmp, args, rows, extra)
             print_table(rows, extra)
             print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")
             return
@@ -777,7 +927,10 @@ def main():
         shadow_scenario(tw, tmp, body, args, rows, extra)
         limits_scenario(tw, tmp, fake_port, dead_port, args, rows, extra, procs)
         spaced_streams(tw, spaced, tmp, args, rows, extra, procs, base)
+        (tmp / "spaced.json").write_bytes(chat_body(stream=True, model="spaced"))
+        reload_scenario(tw, tmp, args, rows, extra)
         formats_scenario(fake, tmp, args, rows, extra, procs)
+        responses_scenario(fake, tmp, args, rows, extra, procs)
         print_table(rows, extra)
         print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")
         if args.json:

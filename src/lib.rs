@@ -3,14 +3,16 @@
 //!
 //! The modules, in the order a request meets them:
 //!
-//! - [`config`]: the TOML file, read once at start-up into resolved types (a route holds its tiers, a
-//!   tier its provider); every mistake is reported here with its key and line.
+//! - [`config`]: the TOML file, read at start-up and at each reload into resolved types (a route
+//!   holds its tiers, a tier its provider); every mistake is reported here with its key and line.
 //! - [`server`]: the HTTP surface — one single-threaded event loop per core on a shared port, router,
 //!   request id, client auth, the request path of every endpoint (its routes registered from
 //!   [`openai::Endpoint::ALL`]), the SSE relay, the one place errors become OpenAI-shaped
 //!   answers (or the endpoint's own shape: Anthropic's on `/v1/messages`), counting a request's
 //!   tokens without sending it (`count_tokens`); `/readyz`, `/metrics`, `/admin/api/*`; graceful
-//!   shutdown.
+//!   shutdown; the snapshot of what the config decides, which a request reads once and holds to its
+//!   end, and its reload (`SIGHUP`, `POST /admin/api/reload`), which swaps it whole and carries
+//!   health and counters over by name.
 //! - [`openai`]: the wire format every module may use — which endpoint a body is for and what that
 //!   endpoint requires, changes per tier, counts and streams; usage as upstreams report it; for
 //!   an endpoint a tier's server may not serve (Responses, Anthropic's Messages), its translation
@@ -26,7 +28,8 @@
 //!   (a consumer of finished requests) — read after admission, where a hit answers.
 //! - [`health`]: per server of each provider, the circuit breaker and in-flight count and cap the
 //!   chain consults before each attempt, the active probes that feed the breakers, and warm-up;
-//!   which of a provider's servers takes a call (least in flight of two random choices).
+//!   which of a provider's servers takes a call (least loaded of two random choices, load being
+//!   calls in flight and the queue a server's vLLM metrics report, read off the request path).
 //! - [`upstream`]: the pooled HTTP client per server of each provider (hyper-util over rustls, through the
 //!   provider's proxy where it has one), timeouts, failure classification, the wire format each
 //!   provider speaks (OpenAI's and Azure's passed through; Anthropic's translated at one seam), and

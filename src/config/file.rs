@@ -164,6 +164,9 @@ pub struct RawServer {
     pub allowed_hosts: Option<Vec<Text>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub write_timeout_ms: Option<Spanned<u64>>,
+    /// Reload the file when it changes, as `SIGHUP` does.
+    #[serde(default)]
+    pub watch_config: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -348,6 +351,9 @@ pub struct RawHealth {
     pub interval_ms: Option<Spanned<u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Whether each server's queue is read from its vLLM metrics (`GET /metrics`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<bool>,
     /// Where `timeout_ms` was written, for errors (kept apart, as [`RawTimeouts::at`] is).
     #[serde(skip)]
     pub timeout_at: Option<usize>,
@@ -360,6 +366,7 @@ struct SpannedHealth {
     path: Option<Text>,
     interval_ms: Option<Spanned<u64>>,
     timeout_ms: Option<Spanned<u64>>,
+    metrics: Option<bool>,
 }
 
 impl From<SpannedHealth> for RawHealth {
@@ -369,6 +376,7 @@ impl From<SpannedHealth> for RawHealth {
             path: raw.path,
             interval_ms: raw.interval_ms,
             timeout_ms: raw.timeout_ms.as_ref().map(|t| *t.get_ref()),
+            metrics: raw.metrics,
             timeout_at: raw.timeout_ms.as_ref().map(|t| t.span().start),
         }
     }

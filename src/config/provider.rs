@@ -164,6 +164,10 @@ pub struct ProbePolicy {
     pub path: String,
     pub interval: Duration,
     pub timeout: Duration,
+    /// Each server's queue is read from its vLLM metrics on the probe's schedule
+    /// (`health.metrics`; by default where the provider has several servers, the pick's
+    /// business).
+    pub metrics: bool,
 }
 
 impl ProbePolicy {
@@ -236,7 +240,7 @@ impl Resolver<'_> {
             )
         });
         let breaker = self.breaker(raw, &key);
-        let probe = self.probe(raw, &key, &timeouts, api_version.as_deref());
+        let probe = self.probe(raw, &key, &timeouts, api_version.as_deref(), servers.len());
         let servers = servers
             .into_iter()
             .map(|(server_name, base_url, weight)| {
@@ -535,6 +539,7 @@ impl Resolver<'_> {
         key: &str,
         timeouts: &Timeouts,
         version: Option<&str>,
+        servers: usize,
     ) -> Option<ProbePolicy> {
         let api = raw.api.unwrap_or_default();
         let raw = &raw.health;
@@ -569,6 +574,7 @@ impl Resolver<'_> {
                 || timeouts.first_byte.min(ProbePolicy::MAX_DEFAULT_TIMEOUT),
                 Duration::from_millis,
             ),
+            metrics: raw.metrics.unwrap_or(servers > 1),
         })
     }
 

@@ -241,6 +241,21 @@ function render(report, costs, quality, providers, requests) {
     report.projected ? usd(r.monthly_cost_usd) : usd(Number(r.api_cost_usd) + Number(r.fixed_cost_usd)),
     report.projected ? usd(r.monthly_baseline_usd) : usd(r.baseline_usd),
   ]));
+  // The same calls by the endpoint the clients called, as the ledger names them (whatever
+  // endpoints it holds), in the window's exact figures, and the line they add up to: the totals
+  // the cards are made of.
+  const endpointRow = (name, calls, share, errors, spend, monthly) => [
+    name, calls, pct(share), errors, usd(spend), monthly === null ? null : usd(monthly),
+  ];
+  fillTable('endpoints', report.endpoints.map((e) => endpointRow(
+    e.endpoint, e.calls, e.share, e.errors, e.api_cost_usd, e.monthly_api_usd)));
+  const total = el('tr');
+  if (report.endpoints.length) {
+    for (const cell of endpointRow('all endpoints', t.calls, 1, t.errors, t.api_usd, t.monthly_api_usd)) {
+      total.append(el('td', {}, cell === null ? '-' : String(cell)));
+    }
+  }
+  $('endpoints').querySelector('tfoot').replaceChildren(...(report.endpoints.length ? [total] : []));
   // A provider of several servers is followed by a row per server: its own state, load and
   // failures (calls settled since start, and how many failed through its fault).
   fillTable('providers', providers.providers.flatMap((p) => [

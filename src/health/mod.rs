@@ -5,8 +5,10 @@
 //! its servers ([`pool`] picks which), which records the attempt's outcome.
 
 mod breaker;
+mod carry;
 mod pool;
 mod probe;
+mod queue;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use crate::upstream::{ContextRefusal, UpstreamError, UpstreamErrorKind};
 pub use breaker::{Admission, Breaker, BreakerSnapshot, BreakerState, Ticket, Transition};
 pub use pool::{ProviderHealth, ProviderStatus, ServerStatus};
 pub use probe::spawn_probes;
+pub use queue::QueueDepth;
 
 /// One server of a provider: its breaker, the calls it has in flight, what its probe has seen,
 /// and what is known of each tier's context window on it.
@@ -43,6 +46,8 @@ pub struct ServerHealth {
     probe_recovers: bool,
     /// Per tier of this provider, what is known of its context window on this server.
     context_windows: HashMap<String, TierWindow>,
+    /// What the server says it has queued, where it exports vLLM's metrics.
+    queue: queue::QueueReading,
 }
 
 /// Why a tier was passed over without calling it.
@@ -97,6 +102,7 @@ impl ServerHealth {
             failures: AtomicU64::new(0),
             seen_up: AtomicBool::new(provider.probe.is_none()),
             probe_recovers: provider.probe.is_some() && provider.warmup,
+            queue: queue::QueueReading::default(),
             provider,
         }
     }
@@ -267,6 +273,12 @@ impl ServerHealth {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Its load in thousandths of a call: its calls in flight, and what its own metrics say it
+    /// has queued (see [`queue`]).
+    pub fn load_milli(&self) -> u64 {
+        u64::from(self.in_flight()) * 1000 + self.queue.extra_milli()
+    }
+
     pub fn status(&self) -> ServerStatus {
         let mut url = self.server.base_url.clone();
         let _ = url.set_password(None);
@@ -278,6 +290,7 @@ impl ServerHealth {
             up: self.is_up(),
             probed: self.seen_up.load(Ordering::Acquire),
             in_flight: self.in_flight() as usize,
+            queue: self.queue.current(),
             calls: self.calls.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             breaker: self.breaker.snapshot(),

@@ -1,7 +1,9 @@
 //! Active health probes and warm-up. Each server of a provider with a probe is asked on an interval
 //! whether it answers (`GET {base_url}/models` unless configured otherwise), so that a dead server is
 //! skipped before a user meets it and a recovered one is used again without waiting for traffic.
-//! Providers with `warmup = true` get one tiny call per tier on each server at start-up and after each
+//! Where `health.metrics` is on, each server's queue is read from its vLLM metrics on the same
+//! interval, by a task of its own ([`super::queue`]), so that a slow metrics page never delays a
+//! probe. Providers with `warmup = true` get one tiny call per tier on each server at start-up and after each
 //! server's recovery, so
 //! that the model is loaded before traffic depends on it. A tier the server refuses (a 4xx, or a
 //! 501 for an endpoint it does not serve) is that tier's problem, logged, not its provider's
@@ -27,11 +29,13 @@ struct Warmup {
 }
 
 /// Starts the probe loop of every server of each provider that has one, and the one-off warm-up
-/// of those that have none. The handles are aborted at shutdown.
+/// of those that have none — except a server `before` holds too, which a reload kept and which was
+/// warmed up already. The handles are aborted at shutdown, and at a reload that starts new ones.
 pub fn spawn_probes(
     config: &Config,
     health: Arc<Health>,
     upstreams: Arc<Upstreams>,
+    before: Option<&Health>,
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     for provider in &config.providers {
@@ -44,13 +48,22 @@ pub fn spawn_probes(
             let (server, upstreams, warmups) = (server.clone(), upstreams.clone(), warmups.clone());
             match provider.probe.clone() {
                 Some(policy) => {
+                    if policy.metrics {
+                        tasks.push(tokio::spawn(super::queue::read_loop(
+                            server.clone(),
+                            upstreams.clone(),
+                            policy.clone(),
+                        )));
+                    }
                     tasks.push(tokio::spawn(probe_loop(server, upstreams, policy, warmups)));
                 }
-                None if !warmups.is_empty() => tasks.push(tokio::spawn(async move {
-                    if let Err(err) = warm_up(&upstreams, server.index, &warmups).await {
-                        tracing::warn!(provider = %server.provider.name, server = %server.server.name, "warm-up failed: {err}");
-                    }
-                })),
+                None if !warmups.is_empty() && !before.is_some_and(|b| b.holds(&server)) => {
+                    tasks.push(tokio::spawn(async move {
+                        if let Err(err) = warm_up(&upstreams, server.index, &warmups).await {
+                            tracing::warn!(provider = %server.provider.name, server = %server.server.name, "warm-up failed: {err}");
+                        }
+                    }))
+                }
                 None => {}
             }
         }

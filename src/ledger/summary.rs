@@ -51,9 +51,23 @@ pub struct LocalTokens {
     pub tokens: i128,
 }
 
+/// The ledger's sums for one endpoint (its ledger name: `chat.completions`, `responses`, …) in a
+/// window, from the same scan as the routes' sums, so that both add up to the same totals.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EndpointSums {
+    pub endpoint: String,
+    pub calls: u64,
+    pub errors: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub cost: Picodollars,
+}
+
 /// What a report needs from the ledger for `from_ms <= ts_ms < to_ms`, optionally one route.
 pub struct Summary {
     pub routes: Vec<RouteSums>,
+    /// Product calls by the endpoint the client called, whichever endpoints the ledger holds.
+    pub endpoints: Vec<EndpointSums>,
     pub local_tokens: Vec<LocalTokens>,
     /// Requests moved off their first tier, by route and by why (`context_too_long`, `http_503` …).
     pub moved: Vec<Moved>,
@@ -129,8 +143,15 @@ impl Store {
         let mut latency: BTreeMap<Option<String>, BTreeMap<i64, u64>> = BTreeMap::new();
         let mut models: BTreeMap<Option<String>, BTreeSet<String>> = BTreeMap::new();
         let mut local_tokens: BTreeMap<(String, Option<String>), i128> = BTreeMap::new();
+        let mut endpoints: BTreeMap<String, EndpointSums> = BTreeMap::new();
         for row in query.fetch_all(self.reads()).await? {
             let group = Group::read(&row)?;
+            let by_endpoint = endpoints.entry(group.endpoint.clone()).or_default();
+            by_endpoint.calls += group.calls;
+            by_endpoint.errors += group.errors;
+            by_endpoint.tokens_in += group.tokens_in;
+            by_endpoint.tokens_out += group.tokens_out;
+            by_endpoint.cost = Picodollars::saturating(by_endpoint.cost.0 as i128 + group.cost);
             let sums = routes.entry(group.route.clone()).or_default();
             sums.add(&group);
             if let Some(bucket) = group.latency_bucket {
@@ -226,6 +247,10 @@ impl Store {
             })
             .collect::<Result<_, sqlx::Error>>()?;
         Ok(Summary {
+            endpoints: endpoints
+                .into_iter()
+                .map(|(endpoint, sums)| EndpointSums { endpoint, ..sums })
+                .collect(),
             cache_hits,
             checks,
             contracts,
@@ -333,10 +358,11 @@ pub(super) fn money(row: &AnyRow, name: &str) -> Result<Picodollars, sqlx::Error
     Ok(Picodollars::saturating(whole * SPLIT as i128 + rest))
 }
 
-/// One group of the scan: requests of one route, provider, model, locality, answered or not, and
-/// (answered) latency bucket.
+/// One group of the scan: requests of one route, endpoint, provider, model, locality, answered or
+/// not, and (answered) latency bucket.
 struct Group {
     route: Option<String>,
+    endpoint: String,
     provider: Option<String>,
     model: Option<String>,
     local: bool,
@@ -365,6 +391,7 @@ impl Group {
         };
         Ok(Group {
             route: row.try_get("route")?,
+            endpoint: row.try_get("endpoint")?,
             provider: row.try_get("provider")?,
             model: row.try_get("model")?,
             local: row.try_get::<i64, _>("is_local")? == 1,
@@ -499,15 +526,15 @@ fn summary_sql(one_route: bool) -> String {
     let baseline = "CASE WHEN tier IS NOT NULL AND cost_pusd IS NULL THEN 0 \
                     ELSE COALESCE(baseline_pusd, cost_pusd) END";
     format!(
-        "SELECT route, provider, model, local AS is_local, bucket, COUNT(*) AS calls, \
+        "SELECT route, endpoint, provider, model, local AS is_local, bucket, COUNT(*) AS calls, \
          {answered} AS answered, {fallbacks} AS fallbacks, {errors} AS errors, \
          {estimated} AS estimated, {unpriced} AS unpriced, {tokens_in} AS tokens_in, \
          {tokens_out} AS tokens_out, {cost_hi} AS cost_hi, {cost_lo} AS cost_lo, \
          {base_hi} AS baseline_hi, {base_lo} AS baseline_lo \
-         FROM (SELECT route, provider, model, local, tier, fallback, status, tokens_estimated, \
+         FROM (SELECT route, endpoint, provider, model, local, tier, fallback, status, tokens_estimated, \
          tokens_in, tokens_out, cost_pusd, baseline_pusd, {bucket} AS bucket FROM requests \
          WHERE purpose = 'product' AND ts_ms >= $1 AND ts_ms < $2{route}) AS window_rows \
-         GROUP BY route, provider, model, local, bucket",
+         GROUP BY route, endpoint, provider, model, local, bucket",
         answered = counted("tier IS NOT NULL"),
         fallbacks = counted("tier IS NOT NULL AND fallback IS NOT NULL"),
         errors = counted("status >= 400"),

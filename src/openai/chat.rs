@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::request::raw;
 use super::tokens::{count, text_of};
-use super::{Edits, EndpointSpec, RequestBody, RequestError, StreamMarks, Usage};
+use super::{Edits, EndpointSpec, RequestBody, RequestError, Said, StreamMarks, Usage};
 use crate::config::{Abilities, ChainTier, takes_max_completion_tokens};
 
 pub const SPEC: EndpointSpec = EndpointSpec {
@@ -25,9 +25,10 @@ pub const SPEC: EndpointSpec = EndpointSpec {
     count_prompt,
     count_answer,
     warmup,
-    has_contract: true,
-    shadowable: true,
+    answer_texts: Some(answer_texts),
+    said: Some(said),
     needs,
+    answer_limits: &["max_tokens", "max_completion_tokens"],
     answer_budget,
     answer_usage: Usage::of_answer,
     read_event: Chunk::read,
@@ -38,6 +39,41 @@ pub const SPEC: EndpointSpec = EndpointSpec {
     key_header: None,
     count_tokens: None,
 };
+
+/// Each choice's message content, where it is a string (a tool call's `null` is no text).
+fn answer_texts(answer: &mut Value) -> Vec<Vec<&mut String>> {
+    answer
+        .get_mut("choices")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+        .map(|choice| match choice.pointer_mut("/message/content") {
+            Some(Value::String(text)) => vec![text],
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+/// The first choice's message: its content and its tool calls.
+pub fn said(answer: &Value) -> Said {
+    let message = &answer["choices"][0]["message"];
+    let tool_calls = message["tool_calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|call| {
+            let function = &call["function"];
+            (
+                function["name"].as_str().unwrap_or("").to_string(),
+                function["arguments"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    Said {
+        text: message["content"].as_str().unwrap_or("").to_string(),
+        tool_calls,
+    }
+}
 
 fn validate(body: &RequestBody<'_>) -> Result<(), RequestError> {
     let messages = body

@@ -17,13 +17,14 @@ pub const SPEC: EndpointSpec = EndpointSpec {
     count_prompt,
     count_answer,
     warmup,
-    has_contract: false,
-    shadowable: false,
+    answer_texts: None,
+    said: None,
     needs: |_| Abilities {
         tools: false,
         json_schema: false,
         vision: false,
     },
+    answer_limits: &[],
     // An embedding has no output tokens.
     answer_budget: |_| Some(0),
     answer_usage: Usage::of_answer,

@@ -43,10 +43,11 @@ pub const SPEC: EndpointSpec = EndpointSpec {
     count_prompt,
     count_answer,
     warmup,
-    // The output contract and the shadow check read chat completions.
-    has_contract: false,
-    shadowable: false,
+    answer_texts: Some(answer_texts),
+    // Never sampled: a shadow check's scorers read chat's and Responses' answers.
+    said: None,
     needs,
+    answer_limits: &["max_tokens"],
     answer_budget,
     answer_usage,
     read_event,
@@ -57,6 +58,22 @@ pub const SPEC: EndpointSpec = EndpointSpec {
     key_header: Some("x-api-key"),
     count_tokens: Some(count_tokens),
 };
+
+/// A message is one answer: its text is its `text` blocks in order (what the SDKs join).
+fn answer_texts(answer: &mut Value) -> Vec<Vec<&mut String>> {
+    let parts = answer
+        .get_mut("content")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+        .filter(|block| block["type"] == "text")
+        .filter_map(|block| match block.get_mut("text") {
+            Some(Value::String(text)) => Some(text),
+            _ => None,
+        })
+        .collect();
+    vec![parts]
+}
 
 /// How a tier that serves only chat completions is spoken to.
 pub const VIA_CHAT: ViaChat = ViaChat {

@@ -50,13 +50,18 @@ pub struct EndpointSpec {
     pub count_answer: fn(model: &str, body: &[u8]) -> u64,
     /// The smallest request the model answers, to load it before traffic depends on it.
     pub warmup: fn(model: &str) -> Value,
-    /// Whether a route's output contract (labels) reads this endpoint's answers.
-    pub has_contract: bool,
-    /// Whether a route's shadow check may sample this endpoint's requests (it sends them again,
-    /// as they are, to its reference tier and scores the answers).
-    pub shadowable: bool,
+    /// The texts of a whole answer a route's output contract (labels) reads and rewrites: one
+    /// entry per answer the body holds (chat's choices), each the strings its text is made of, in
+    /// order; `None` where the endpoint's answers have no text to hold to a contract.
+    pub answer_texts: Option<AnswerTexts>,
+    /// What a whole answer said, for the scorers of a route's shadow check, which sends the
+    /// request again, through this endpoint, to the tier that did not answer it; `None` where
+    /// the endpoint's requests are never sampled.
+    pub said: Option<fn(&Value) -> Said>,
     /// What a request needs of a tier beyond plain chat (tools, a JSON schema, images).
     pub needs: fn(&RequestBody<'_>) -> Abilities,
+    /// The fields that bound an answer's length, the usual one first.
+    pub answer_limits: &'static [&'static str],
     /// The answer budget the client asked for, in tokens; `Some(0)` for an endpoint whose answer
     /// has no output tokens; `None` when the client left it to the tier.
     pub answer_budget: fn(&RequestBody<'_>) -> Option<u64>,
@@ -114,6 +119,17 @@ pub fn openai_error(reply: ErrorReply<'_>) -> Bytes {
         })
         .to_string(),
     )
+}
+
+/// See [`EndpointSpec::answer_texts`].
+pub type AnswerTexts = fn(&mut Value) -> Vec<Vec<&mut String>>;
+
+/// What a whole answer said, as the shadow check's scorers compare it: the text of its first
+/// answer and each tool call's name and arguments (as sent, JSON or not).
+#[derive(Debug, Default, PartialEq)]
+pub struct Said {
+    pub text: String,
+    pub tool_calls: Vec<(String, String)>,
 }
 
 /// What a relay has read of a stream so far, for the event that ends it when it breaks.

@@ -156,24 +156,19 @@ impl<'a> RequestBody<'a> {
     /// The body for `step`'s tier asking for one whole answer of at most `max_tokens`, whether
     /// the client streamed or not, and however many choices or tokens it asked for: what a shadow
     /// check sends, whose cost is reserved before it is sent. The limit goes in the parameter the
-    /// client used (`max_completion_tokens` is the one reasoning models take), else `max_tokens`.
+    /// client used (`max_completion_tokens` is the one reasoning models take), else the
+    /// endpoint's usual one.
     pub fn for_tier_whole(&self, step: &ChainTier, max_tokens: u64) -> Vec<u8> {
-        let limit = if self.has("max_completion_tokens") {
-            "max_completion_tokens"
-        } else {
-            "max_tokens"
-        };
-        self.body_for(
-            step,
-            &[
-                "stream",
-                "stream_options",
-                "n",
-                "max_tokens",
-                "max_completion_tokens",
-            ],
-            Some((limit, raw(&max_tokens))),
-        )
+        let limits = self.endpoint.spec().answer_limits;
+        let limit = limits
+            .iter()
+            .copied()
+            .find(|name| self.has(name))
+            .or(limits.first().copied())
+            .unwrap_or("max_tokens");
+        let mut without = vec!["stream", "stream_options", "n"];
+        without.extend_from_slice(limits);
+        self.body_for(step, &without, Some((limit, raw(&max_tokens))))
     }
 
     /// `step`'s body without the fields in `without` (the client's and the tier's), and with

@@ -31,8 +31,8 @@ use serde_json::{Map, Value, json};
 use super::request::raw;
 use super::tokens::{count, text_of};
 use super::{
-    Chunk, Edits, EndpointSpec, RequestBody, RequestError, StreamMarks, StreamTranslator, Usage,
-    ViaChat,
+    Chunk, Edits, EndpointSpec, RequestBody, RequestError, Said, StreamMarks, StreamTranslator,
+    Usage, ViaChat,
 };
 use crate::config::{Abilities, ChainTier, takes_max_completion_tokens};
 
@@ -44,10 +44,10 @@ pub const SPEC: EndpointSpec = EndpointSpec {
     count_prompt,
     count_answer,
     warmup,
-    // The output contract and the shadow check read chat completions.
-    has_contract: false,
-    shadowable: false,
+    answer_texts: Some(answer_texts),
+    said: Some(said),
     needs,
+    answer_limits: &["max_output_tokens"],
     answer_budget,
     answer_usage,
     read_event,
@@ -272,6 +272,54 @@ fn count_answer(model: &str, body: &[u8]) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// A response is one answer: its text is every output message's `output_text` parts in order
+/// (what the SDKs' `output_text` joins).
+fn answer_texts(answer: &mut Value) -> Vec<Vec<&mut String>> {
+    let parts = answer
+        .get_mut("output")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+        .filter(|item| item["type"] == "message")
+        .filter_map(|item| item.get_mut("content").and_then(Value::as_array_mut))
+        .flatten()
+        .filter(|part| part["type"] == "output_text")
+        .filter_map(|part| match part.get_mut("text") {
+            Some(Value::String(text)) => Some(text),
+            _ => None,
+        })
+        .collect();
+    vec![parts]
+}
+
+/// The output messages' text and the `function_call` items.
+fn said(answer: &Value) -> Said {
+    let items = answer["output"].as_array().map_or(&[][..], Vec::as_slice);
+    let mut said = Said::default();
+    for item in items {
+        match item["type"].as_str() {
+            Some("message") => said.text.push_str(&output_text_of(&item["content"])),
+            Some("function_call") => said.tool_calls.push((
+                item["name"].as_str().unwrap_or("").to_string(),
+                item["arguments"].as_str().unwrap_or("").to_string(),
+            )),
+            _ => {}
+        }
+    }
+    said
+}
+
+/// A message's `output_text` parts joined (a refusal part is no answer text).
+fn output_text_of(content: &Value) -> String {
+    content
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|part| part["type"] == "output_text")
+        .filter_map(|part| part["text"].as_str())
+        .collect()
 }
 
 /// 16 tokens is the least OpenAI's Responses API takes.

@@ -160,6 +160,11 @@ impl Outcomes {
         }
     }
 
+    /// The same queue and consumers, pricing at `pricing` (a reloaded config's prices).
+    pub fn with_pricing(self, pricing: Arc<Pricing>) -> Self {
+        Outcomes { pricing, ..self }
+    }
+
     /// Hands every finished request to `consumer` too, after those registered before it.
     pub fn with_consumer(self, consumer: Arc<dyn Consumer>) -> Self {
         let consumers: Vec<Arc<dyn Consumer>> = self
@@ -225,6 +230,8 @@ pub struct Start {
 #[derive(Debug)]
 pub struct Sample {
     pub request_id: String,
+    /// The endpoint the client called, which the check calls too.
+    pub endpoint: Endpoint,
     pub route: Arc<Route>,
     /// The client's body, as it came.
     pub body: Bytes,
@@ -237,7 +244,7 @@ pub struct Sample {
 
 #[derive(Debug)]
 pub enum SampledAnswer {
-    /// A whole chat completion, as the client received it.
+    /// A whole answer, as the client received it.
     Body(Bytes),
     /// A stream's text, assembled.
     Text(String),
@@ -527,6 +534,7 @@ impl Exchange {
         }
         Some(Sample {
             request_id: start.id.clone(),
+            endpoint: start.endpoint,
             route: start.route.clone()?,
             body: start.body.clone(),
             served_by: by.tier.clone(),
@@ -561,9 +569,10 @@ impl Drop for Exchange {
         request.error_kind = Some(kind.to_string());
         let hold = std::mem::take(&mut self.start.hold);
         let hold = match self.called.last() {
-            Some(tier) => {
+            Some((tier, server)) => {
                 request.tier = Some(tier.name.clone());
                 request.provider = Some(tier.provider.name.clone());
+                request.server = Some(server.name.clone());
                 request.model = Some(tier.model.clone());
                 request.local = tier.is_local();
                 // What the call used is unknown: its reservations count in full, as dropped.

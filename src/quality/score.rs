@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use crate::config::ScorerKind;
+use crate::openai::Said;
 use crate::route::contract::{match_label, words};
 
 /// What a scorer found.
@@ -63,25 +64,22 @@ impl Answer {
 
     /// The first choice's message of a chat completion body.
     pub fn of_completion(body: &Value) -> Answer {
-        let message = &body["choices"][0]["message"];
-        let tool_calls = message["tool_calls"]
-            .as_array()
-            .map(|calls| {
-                calls
-                    .iter()
-                    .map(|call| {
-                        let arguments = call["function"]["arguments"].as_str().unwrap_or("");
-                        ToolCall {
-                            name: call["function"]["name"].as_str().unwrap_or("").to_string(),
-                            arguments: serde_json::from_str(arguments)
-                                .unwrap_or_else(|_| Value::String(arguments.to_string())),
-                        }
-                    })
-                    .collect()
+        Answer::from(crate::openai::chat::said(body))
+    }
+}
+
+impl From<Said> for Answer {
+    fn from(said: Said) -> Answer {
+        let tool_calls = said
+            .tool_calls
+            .into_iter()
+            .map(|(name, arguments)| ToolCall {
+                name,
+                arguments: serde_json::from_str(&arguments).unwrap_or(Value::String(arguments)),
             })
-            .unwrap_or_default();
+            .collect();
         Answer {
-            text: message["content"].as_str().unwrap_or("").to_string(),
+            text: said.text,
             tool_calls,
         }
     }

@@ -13,6 +13,7 @@
 //! its day's `shadow.daily_budget_usd` is spent. Shadow calls go straight to the upstreams, never
 //! through the request path, so they are never sampled themselves.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -143,14 +144,18 @@ async fn check(
         crate::metrics::shadow_skipped(route, "stream_tool_calls");
         return;
     }
-    let Ok(request) = RequestBody::parse(Endpoint::ChatCompletions, &sample.body) else {
+    let endpoint = sample.endpoint;
+    let Some(said) = endpoint.spec().said else {
+        return;
+    };
+    let Ok(request) = RequestBody::parse(endpoint, &sample.body) else {
         return;
     };
     // Reading the answer is a parse of up to `server.max_answer_bytes`: off this runtime too.
     let answered = std::mem::replace(&mut sample.answer, SampledAnswer::Text(String::new()));
     let Ok(answer) = tokio::task::spawn_blocking(move || match answered {
         SampledAnswer::Body(body) => {
-            Answer::of_completion(&serde_json::from_slice(&body).unwrap_or(Value::Null))
+            Answer::from(said(&serde_json::from_slice(&body).unwrap_or(Value::Null)))
         }
         SampledAnswer::Text(text) => Answer::text(text),
     })
@@ -165,7 +170,7 @@ async fn check(
         let cap = tier.max_tokens.map_or(MAX_TOKENS, u64::from);
         let max_tokens = request.max_tokens().map_or(cap, |asked| asked.min(cap));
         let body = request.for_tier_whole(&step, max_tokens);
-        call(&checker, &watch, &sample, tier, body, max_tokens).await
+        call(&checker, &watch, &sample, endpoint, tier, body, max_tokens).await
     };
     let sides = if by_candidate {
         ask(&shadow.reference)
@@ -207,7 +212,15 @@ async fn check(
     }
     let mut judged = None;
     if !failed && shadow.scorer == ScorerKind::Judge {
-        let asked: Value = serde_json::from_slice(&sample.body).unwrap_or(Value::Null);
+        // The judge reads the question as a chat request: an endpoint served through chat is
+        // written as one first.
+        let asked = match endpoint.spec().via_chat {
+            Some(via) => (via.request)(&sample.body, &shadow.reference.model)
+                .ok()
+                .and_then(|chat| serde_json::from_slice(&chat).ok()),
+            None => serde_json::from_slice(&sample.body).ok(),
+        }
+        .unwrap_or(Value::Null);
         let rubric = judge::rubric_request(
             &shadow.reference.model,
             &asked,
@@ -219,6 +232,7 @@ async fn check(
             &checker,
             &watch,
             &sample,
+            Endpoint::ChatCompletions,
             &shadow.reference,
             body,
             judge::GRADE_TOKENS,
@@ -319,6 +333,7 @@ async fn call(
     checker: &Checker,
     watch: &Arc<Watch>,
     sample: &Sample,
+    endpoint: Endpoint,
     tier: &Arc<Tier>,
     body: Vec<u8>,
     max_tokens: u64,
@@ -360,13 +375,7 @@ async fn call(
     let started = Instant::now();
     let sent = checker
         .upstreams
-        .send(
-            tier,
-            lease.server_index(),
-            Endpoint::ChatCompletions,
-            body.clone(),
-            false,
-        )
+        .send(tier, lease.server_index(), endpoint, body.clone(), false)
         .await;
     let mut row = super::check_row(
         &route.name,
@@ -377,6 +386,7 @@ async fn call(
         started.elapsed().as_micros() as i64,
     );
     row.sample_of = Some(sample.request_id.clone());
+    row.endpoint = Cow::Borrowed(endpoint.spec().ledger_name);
     let answer = match sent {
         Ok(Reply::Complete {
             body: answer,
@@ -387,7 +397,7 @@ async fn call(
                 Some(usage) => Tokens::from(usage),
                 None => {
                     Uncounted {
-                        endpoint: Endpoint::ChatCompletions,
+                        endpoint,
                         model: tier.model.clone(),
                         request: Bytes::from(body),
                         answer: CountedAnswer::Body(answer.clone()),
@@ -398,7 +408,10 @@ async fn call(
             };
             let priced = checker.pricing.price(tier, None, &tokens);
             super::set_answered(&mut row, &tokens, &priced);
-            Answer::of_completion(&serde_json::from_slice(&answer).unwrap_or(Value::Null))
+            let said = endpoint.spec().said.unwrap_or(crate::openai::chat::said);
+            Answer::from(said(
+                &serde_json::from_slice(&answer).unwrap_or(Value::Null),
+            ))
         }
         Ok(Reply::Stream(_)) => {
             lease.broke("answered a whole request with a stream");

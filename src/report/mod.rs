@@ -111,6 +111,22 @@ pub struct RouteReport {
     baseline: Picodollars,
 }
 
+/// Product calls of one endpoint the clients called (its ledger name), over every route: the
+/// same calls and API spend as the routes', cut the other way, so both add up to the totals.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointReport {
+    pub endpoint: String,
+    pub calls: u64,
+    /// Its share of the window's calls.
+    pub share: f64,
+    pub errors: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// API spend in the window, exact, and over a month (`None`: not projected).
+    pub api_cost_usd: String,
+    pub monthly_api_usd: Option<f64>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct MovedOff {
     pub reason: String,
@@ -231,6 +247,8 @@ pub struct Report {
     /// Why they are not, when they are not.
     pub not_projected_because: Option<String>,
     pub routes: Vec<RouteReport>,
+    /// The same calls by the endpoint called (`chat.completions`, `responses`, `embeddings`…).
+    pub endpoints: Vec<EndpointReport>,
     pub fixed: Vec<FixedCost>,
     pub totals: Totals,
     /// Per server of each provider: requests answered and attempts failed.
@@ -456,6 +474,21 @@ impl Report {
             })
             .collect();
         routes.sort_by(|a, b| a.route.cmp(&b.route));
+        let all_calls: u64 = summary.endpoints.iter().map(|e| e.calls).sum();
+        let endpoints = summary
+            .endpoints
+            .iter()
+            .map(|sums| EndpointReport {
+                endpoint: sums.endpoint.clone(),
+                calls: sums.calls,
+                share: sums.calls as f64 / all_calls.max(1) as f64,
+                errors: sums.errors,
+                tokens_in: sums.tokens_in,
+                tokens_out: sums.tokens_out,
+                api_cost_usd: sums.cost.to_string(),
+                monthly_api_usd: projection.month(sums.cost),
+            })
+            .collect();
 
         let sum = |f: fn(&RouteReport) -> Picodollars| {
             Picodollars::saturating(routes.iter().map(|r| f(r).0 as i128).sum())
@@ -517,10 +550,54 @@ impl Report {
             projected: projection.on,
             not_projected_because,
             routes,
+            endpoints,
             fixed,
             totals,
             servers: Vec::new(),
         }
+    }
+
+    /// The calls and API spend by endpoint, with the totals' line they add up to; nothing where
+    /// the window holds no calls.
+    fn endpoint_table(&self, out: &mut String, places: usize) {
+        if self.endpoints.is_empty() {
+            return;
+        }
+        let width = self
+            .endpoints
+            .iter()
+            .map(|e| e.endpoint.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(16);
+        let _ = writeln!(
+            out,
+            "\n{:<width$} {:>9} {:>6} {:>6} {:>19} {:>12}",
+            "endpoint", "calls", "share", "errors", "tokens in / out", "API spend",
+        );
+        for e in &self.endpoints {
+            let _ = writeln!(
+                out,
+                "{:<width$} {:>9} {:>5.1}% {:>6} {:>19} {:>12}",
+                e.endpoint,
+                e.calls,
+                e.share * 100.0,
+                e.errors,
+                format!("{} / {}", e.tokens_in, e.tokens_out),
+                usd_exact(&e.api_cost_usd, "0", places),
+            );
+        }
+        let t = &self.totals;
+        let _ = writeln!(
+            out,
+            "{:<width$} {:>9} {:>5.1}% {:>6} {:>19} {:>12}",
+            "all endpoints",
+            t.calls,
+            100.0,
+            t.errors,
+            "",
+            usd_exact(&t.api_usd, "0", places),
+        );
     }
 
     pub fn to_json(&self) -> String {
@@ -776,6 +853,7 @@ impl Report {
                 );
             }
         }
+        self.endpoint_table(&mut out, places);
         let t = &self.totals;
         let _ = writeln!(out);
         let line = |out: &mut String, label: &str, amount: String, note: &str| {
@@ -1160,7 +1238,7 @@ fn places_for<'a>(amounts: impl IntoIterator<Item = &'a str>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::LocalTokens;
+    use crate::ledger::{LocalTokens, RequestRow};
 
     /// A report of one route carries its share of a shared server, not the whole server; a
     /// report of every route carries all of it.
@@ -1187,6 +1265,7 @@ mod tests {
             tokens,
         };
         let mut summary = Summary {
+            endpoints: Vec::new(),
             routes: vec![sums("a"), sums("b")],
             local_tokens: vec![used("a", 1), used("b", 3)],
             moved: Vec::new(),
@@ -1206,6 +1285,90 @@ mod tests {
         assert_eq!(one.routes[0].fixed_cost_usd, "2.5");
         assert_eq!(one.totals.fixed_usd, "2.5");
         assert_eq!(one.fixed[0].window_usd, "2.5");
+    }
+
+    /// Calls and API spend by endpoint come from whatever endpoints the ledger names (one no
+    /// build knows included), and add up to the totals in the JSON and in the table.
+    #[tokio::test]
+    async fn calls_and_spend_by_endpoint_add_up_to_the_totals() {
+        let config = Config::parse(
+            "[providers.api]\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+             [tiers]\nfast = { provider = \"api\", model = \"gpt-4o-mini\" }\n\
+             [routes.a]\nkind = \"classification\"\ntiers = [\"fast\"]\n",
+            std::path::Path::new("t.toml"),
+            &|_| None,
+        )
+        .unwrap();
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let mut rows = Vec::new();
+        for (i, (endpoint, route, cost, status)) in [
+            ("chat.completions", Some("a"), 1_000_000, 200),
+            ("chat.completions", None, 3_000_000, 200),
+            ("responses", Some("a"), 20_000_000, 200),
+            ("responses", Some("a"), 0, 502),
+            ("embeddings", None, 7, 200),
+            ("messages", Some("a"), 400_000_000, 200),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut row = RequestRow::new(format!("r{i}"), 1_000 + i as i64, endpoint.into());
+            row.route = route.map(str::to_string);
+            row.status = status;
+            if status == 200 {
+                row.tier = Some("fast".into());
+                row.model = Some("gpt-4o-mini".into());
+                row.cost_pusd = Some(Picodollars(cost));
+            }
+            row.tokens_in = 10;
+            row.tokens_out = 2;
+            rows.push(row);
+        }
+        let refs: Vec<&RequestRow> = rows.iter().collect();
+        store.insert(&refs, &[]).await.unwrap();
+        let window = Window {
+            from_ms: 0,
+            to_ms: 10_000,
+        };
+        let summary = store.summary(0, 10_000, None).await.unwrap();
+        let report = Report::build(&config, &summary, window);
+        let by: Vec<(&str, u64, u64, &str)> = report
+            .endpoints
+            .iter()
+            .map(|e| {
+                (
+                    e.endpoint.as_str(),
+                    e.calls,
+                    e.errors,
+                    e.api_cost_usd.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            by,
+            [
+                ("chat.completions", 2, 0, "0.000004"),
+                ("embeddings", 1, 0, "0.000000000007"),
+                ("messages", 1, 0, "0.0004"),
+                ("responses", 2, 1, "0.00002"),
+            ]
+        );
+        let calls: u64 = report.endpoints.iter().map(|e| e.calls).sum();
+        assert_eq!(calls, report.totals.calls);
+        let spend: i64 = summary.endpoints.iter().map(|e| e.cost.0).sum();
+        assert_eq!(Picodollars(spend).to_string(), report.totals.api_usd);
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["endpoints"][3]["endpoint"], "responses");
+        assert_eq!(json["endpoints"][3]["calls"], 2);
+        let table = report.to_table();
+        assert!(
+            table.contains("responses                2  33.3%      1"),
+            "{table}"
+        );
+        assert!(
+            table.contains("all endpoints            6 100.0%      1"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -76,20 +76,21 @@ impl Unserved {
     }
 }
 
-/// The tier a request last sent an upstream call to, for the record of a request cut off before
-/// its end (a shutdown's grace ran out): that call may have been charged for. Written once per
+/// The tier a request last sent an upstream call to, and the server of its provider that took
+/// it, for the record of a request cut off before its end (a shutdown's grace ran out): that call
+/// may have been charged for, and the report counts it against that server. Written once per
 /// call and read only when a request is cut, so its lock is never contended.
 #[derive(Debug, Default)]
-pub struct Called(std::sync::Mutex<Option<Arc<Tier>>>);
+pub struct Called(std::sync::Mutex<Option<(Arc<Tier>, Arc<UpstreamServer>)>>);
 
 impl Called {
-    fn set(&self, tier: &Arc<Tier>) {
+    fn set(&self, tier: &Arc<Tier>, server: &Arc<UpstreamServer>) {
         if let Ok(mut called) = self.0.lock() {
-            *called = Some(tier.clone());
+            *called = Some((tier.clone(), server.clone()));
         }
     }
 
-    pub fn last(&self) -> Option<Arc<Tier>> {
+    pub fn last(&self) -> Option<(Arc<Tier>, Arc<UpstreamServer>)> {
         self.0.lock().ok().and_then(|called| called.clone())
     }
 }
@@ -287,7 +288,7 @@ impl ChainRun<'_> {
     ) -> Result<Served, UpstreamError> {
         let mut retried = false;
         loop {
-            self.called.set(&step.tier);
+            self.called.set(&step.tier, lease.server());
             let started = Instant::now();
             let result = self
                 .upstreams

@@ -6,6 +6,8 @@
 use bytes::Bytes;
 use serde_json::Value;
 
+use crate::openai::AnswerTexts;
+
 /// What the contract did to an answer; sent to the client as `x-tierwise-contract`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContractOutcome {
@@ -82,38 +84,41 @@ pub(crate) fn words(text: &str) -> String {
         .join(" ")
 }
 
-/// Applies the contract to a chat completion body. The body is rewritten only when a label had to be
-/// pulled out; otherwise the upstream's bytes go to the client untouched.
-pub fn apply(body: Bytes, labels: &[String]) -> (Bytes, ContractOutcome) {
-    let Ok(mut completion) = serde_json::from_slice::<Value>(&body) else {
+/// Applies the contract to a whole answer, whose texts `texts` finds (the endpoint's
+/// [`crate::openai::EndpointSpec::answer_texts`]). The body is rewritten only when a label had to
+/// be pulled out — the label in the text's first string, its other strings emptied — otherwise
+/// the upstream's bytes go to the client untouched.
+pub fn apply(body: Bytes, labels: &[String], texts: AnswerTexts) -> (Bytes, ContractOutcome) {
+    let Ok(mut answer) = serde_json::from_slice::<Value>(&body) else {
         return (body, ContractOutcome::Violated);
     };
-    let Some(choices) = completion.get_mut("choices").and_then(Value::as_array_mut) else {
+    let mut answers = texts(&mut answer);
+    // An answer with nothing to read (no choices at all) answered no label.
+    if answers.is_empty() {
         return (body, ContractOutcome::Violated);
-    };
+    }
     let mut outcome = ContractOutcome::Ok;
-    let mut rewritten = Vec::new();
-    for (index, choice) in choices.iter().enumerate() {
-        let content = choice
-            .pointer("/message/content")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        match match_label(content, labels) {
+    for parts in &mut answers {
+        let text: String = parts.iter().map(|part| part.as_str()).collect();
+        match match_label(&text, labels) {
             Some((_, false)) => {}
-            Some((label, true)) => rewritten.push((index, label.to_string())),
+            Some((label, true)) => {
+                if let Some((first, rest)) = parts.split_first_mut() {
+                    **first = label.to_string();
+                    for part in rest {
+                        part.clear();
+                    }
+                    outcome = ContractOutcome::Normalized;
+                }
+            }
             None => return (body, ContractOutcome::Violated),
         }
     }
-    if rewritten.is_empty() {
+    drop(answers);
+    if outcome == ContractOutcome::Ok {
         return (body, outcome);
     }
-    for (index, label) in rewritten {
-        if let Some(content) = choices[index].pointer_mut("/message/content") {
-            *content = Value::String(label);
-            outcome = ContractOutcome::Normalized;
-        }
-    }
-    match serde_json::to_vec(&completion) {
+    match serde_json::to_vec(&answer) {
         Ok(bytes) => (Bytes::from(bytes), outcome),
         Err(_) => (body, ContractOutcome::Violated),
     }
@@ -183,18 +188,20 @@ mod tests {
         let body = Bytes::from_static(
             br#"{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"The category is: Technical."}}]}"#,
         );
-        let (out, outcome) = apply(body, &labels());
+        let chat = crate::openai::Endpoint::ChatCompletions.spec();
+        let texts = chat.answer_texts.unwrap();
+        let (out, outcome) = apply(body, &labels(), texts);
         assert_eq!(outcome, ContractOutcome::Normalized);
         let value: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(value["choices"][0]["message"]["content"], "technical");
         assert_eq!(value["id"], "x");
 
         let exact = Bytes::from_static(br#"{"choices":[{"message":{"content":"billing"}}]}"#);
-        let (out, outcome) = apply(exact.clone(), &labels());
+        let (out, outcome) = apply(exact.clone(), &labels(), texts);
         assert_eq!((out, outcome), (exact, ContractOutcome::Ok));
 
         let none = Bytes::from_static(br#"{"choices":[{"message":{"content":"no idea"}}]}"#);
-        let (out, outcome) = apply(none.clone(), &labels());
+        let (out, outcome) = apply(none.clone(), &labels(), texts);
         assert_eq!((out, outcome), (none, ContractOutcome::Violated));
     }
 }

@@ -42,7 +42,8 @@ async fn count(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let server = &app.config.server;
+    let snapshot = app.snapshot();
+    let server = &snapshot.config.server;
     let bytes = tokio::time::timeout(
         server.body_timeout,
         read_body(body, headers, server.max_body_bytes),
@@ -63,7 +64,7 @@ async fn count(
     let route_header = headers
         .get("x-tierwise-route")
         .and_then(|value| value.to_str().ok());
-    let resolved = app.routes.resolve(&model, route_header)?;
+    let resolved = snapshot.routes.resolve(&model, route_header)?;
     if let Some(key) = &caller.key
         && let Some(allowed) = &key.terms.routes
         && resolved

@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::extract::{FromRequestParts, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -20,7 +21,7 @@ use super::auth::CallerKey;
 use super::detach::{Detachable, Waiting};
 use super::error::ApiError;
 use super::relay::{RelayTerms, SseRelay};
-use super::{App, RequestId};
+use super::{App, RequestId, Snapshot};
 use crate::cache::{Directives, Entry, Lookup, Stored};
 use crate::config::{AllOpen, ClientKey};
 use crate::ledger::{Answer, RequestRow, Tokens};
@@ -81,7 +82,9 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let server = &app.config.server;
+    // The snapshot this request runs on to its end, whatever a reload swaps in meanwhile.
+    let snapshot = app.snapshot();
+    let server = &snapshot.config.server;
     let read = read_body(body, &headers, server.max_body_bytes);
     let bytes = match tokio::time::timeout(server.body_timeout, read).await {
         Ok(Ok(bytes)) => bytes,
@@ -100,6 +103,7 @@ async fn handle(
     let rest = Detachable::new(|client| async move {
         proxy(
             &app,
+            &snapshot,
             endpoint,
             caller,
             route_header.as_deref(),
@@ -117,8 +121,10 @@ async fn handle(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn proxy(
     app: &App,
+    snapshot: &Arc<Snapshot>,
     endpoint: Endpoint,
     caller: Caller,
     route_header: Option<&str>,
@@ -127,13 +133,13 @@ async fn proxy(
     client: &Waiting,
 ) -> Result<Response, ApiError> {
     let request = RequestBody::parse(endpoint, &bytes)?;
-    let resolved = app.routes.resolve(&request.model, route_header)?;
+    let resolved = snapshot.routes.resolve(&request.model, route_header)?;
     let primary_demoted = resolved
         .target
         .route
         .as_ref()
         .is_some_and(|route| app.watches.demoted(route));
-    let admission = app
+    let admission = snapshot
         .limits
         .admit(&Ask {
             key: caller.key.as_ref(),
@@ -170,7 +176,7 @@ async fn proxy(
         Lookup::Off => (None, None),
     };
     let record = ticket.as_ref().map(|ticket| ticket.max_bytes());
-    let mut exchange = app.outcomes.begin(Start {
+    let mut exchange = snapshot.outcomes.begin(Start {
         id: caller.id.0,
         endpoint,
         stream: request.stream,
@@ -186,7 +192,7 @@ async fn proxy(
                 .target
                 .route
                 .as_ref()
-                .is_some_and(|route| endpoint.spec().shadowable && app.watches.sampled(route)),
+                .is_some_and(|route| endpoint.spec().said.is_some() && app.watches.sampled(route)),
         hold,
         cache: ticket,
     });
@@ -201,8 +207,8 @@ async fn proxy(
         return Ok(response);
     }
     let run = ChainRun {
-        upstreams: &app.upstreams,
-        health: &app.health,
+        upstreams: snapshot.upstreams(app.thread),
+        health: &snapshot.health,
         chain: &resolved.target.chain,
         when_all_open: resolved
             .target
@@ -220,8 +226,9 @@ async fn proxy(
     }
     let mut response = match result {
         Ok(served) => {
-            let max_text = app.config.server.max_answer_bytes;
-            answer(exchange, served, resolved, &request, max_text, record).await
+            let max_text = snapshot.config.server.max_answer_bytes;
+            let held = snapshot.clone();
+            answer(exchange, served, resolved, &request, max_text, record, held).await
         }
         Err(unserved) => refuse(exchange, endpoint, &unserved).await,
     };
@@ -273,14 +280,17 @@ async fn answer(
     request: &RequestBody<'_>,
     max_text: usize,
     record: Option<usize>,
+    snapshot: Arc<Snapshot>,
 ) -> Response {
     let Served { by, reply, lease } = served;
     // Only a route named by `model` sets the contract; `x-tierwise-route` attributes cost.
-    let contract_route = resolved
-        .target
-        .route
-        .clone()
-        .filter(|route| route.labels.is_some() && request.endpoint().spec().has_contract);
+    let texts = request.endpoint().spec().answer_texts;
+    // A request that gave its own JSON schema is held to that: its answer is JSON, which a label
+    // pulled out of it would break.
+    let contract_route =
+        resolved.target.route.clone().filter(|route| {
+            route.labels.is_some() && texts.is_some() && !request.needs().json_schema
+        });
     match reply {
         Reply::Complete { body, usage } => {
             let tokens = match usage {
@@ -293,9 +303,9 @@ async fn answer(
                 }
             };
             let labels = contract_route.as_ref().and_then(|r| r.labels.as_deref());
-            let (body, contract) = match labels {
-                Some(labels) => {
-                    let (body, outcome) = contract::apply(body, labels);
+            let (body, contract) = match labels.zip(texts) {
+                Some((labels, texts)) => {
+                    let (body, outcome) = contract::apply(body, labels, texts);
                     (body, Some(outcome.as_str()))
                 }
                 None => (body, None),
@@ -339,7 +349,12 @@ async fn answer(
                 contract: contract_route,
             };
             let relay = SseRelay::new(stream, lease, terms, exchange, by).recording(record);
-            let mut response = Response::new(Body::from_stream(relay.into_body()));
+            // A stream ends on the snapshot it started with, however many reloads it outlives.
+            let body = relay.into_body().map(move |frame| {
+                let _running_on: &Arc<Snapshot> = &snapshot;
+                frame
+            });
+            let mut response = Response::new(Body::from_stream(body));
             *response.headers_mut() = headers;
             response
         }

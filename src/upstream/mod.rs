@@ -227,6 +227,48 @@ impl Upstreams {
         })
     }
 
+    /// One server's Prometheus metrics page (`GET /metrics` at its host root, as vLLM serves it),
+    /// read within `limit` and up to [`METRICS_BODY_BYTES`]. Only an OpenAI-format provider is
+    /// asked: the hosted formats have no such page.
+    pub async fn server_metrics(
+        &self,
+        provider: &Provider,
+        server: usize,
+        limit: Duration,
+    ) -> ServerMetrics {
+        if provider.api != Api::OpenAi {
+            return ServerMetrics::NotServed;
+        }
+        let url = provider.servers[server]
+            .base_url
+            .join("/metrics")
+            .expect("an absolute path always joins");
+        let request = match self.client(provider, server).get(&url) {
+            Ok(request) => request,
+            Err(err) => return ServerMetrics::Failed(err.reason()),
+        };
+        let read = async {
+            let response = request.await.map_err(|err| err.reason())?;
+            let status = response.status();
+            if matches!(status.as_u16(), 404 | 405 | 501) {
+                return Ok(None);
+            }
+            if !status.is_success() {
+                return Err(format!("answered {status}"));
+            }
+            read_capped(response, METRICS_BODY_BYTES)
+                .await
+                .map(Some)
+                .map_err(|err| err.reason())
+        };
+        match tokio::time::timeout(limit, read).await {
+            Ok(Ok(Some(page))) => ServerMetrics::Page(page),
+            Ok(Ok(None)) => ServerMetrics::NotServed,
+            Ok(Err(reason)) => ServerMetrics::Failed(reason),
+            Err(_) => ServerMetrics::Failed(format!("no answer within {} ms", limit.as_millis())),
+        }
+    }
+
     /// The context window a local server serves `model` with, where it says so outside OpenAI's
     /// API: Ollama's `/api/show`, then llama.cpp's `/props` (see [`server_info`]). `None` when
     /// neither answers within `limit`, and at once for a provider of another wire format (a
@@ -361,6 +403,18 @@ pub const MAX_EVENT_BYTES: usize = 4 << 20;
 
 /// The most of a probe's answer that is read: a model list, not an answer.
 const PROBE_BODY_BYTES: usize = 1 << 20;
+/// A vLLM server's metrics page is tens to hundreds of kilobytes (a histogram per model and
+/// LoRA adapter); a larger one is not read.
+const METRICS_BODY_BYTES: usize = 4 << 20;
+
+/// What one server's `GET /metrics` gave.
+pub enum ServerMetrics {
+    Page(Bytes),
+    /// 404, 405 or 501: it has no such page.
+    NotServed,
+    /// No answer in time, a refusal, a broken connection or a page too large.
+    Failed(String),
+}
 
 /// The longest `Retry-After` tierwise believes; an upstream asking for more is told no sooner
 /// than this, and a breaker's cool-down caps what it waits anyway.

@@ -1589,6 +1589,38 @@ fn the_docker_compose_config_passes_check() {
     );
 }
 
+/// The replicas compose file's config resolves as the first one's does, and the file runs two
+/// replicas behind nginx on one PostgreSQL and one Redis.
+#[test]
+fn the_replicas_compose_config_passes_check() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = tierwise()
+        .env("TIERWISE_CLIENT_KEY", "client-key")
+        .env("OPENAI_API_KEY", "sk-compose")
+        .env(
+            "TIERWISE_LEDGER_URL",
+            "postgres://tierwise:tierwise@postgres:5432/tierwise",
+        )
+        .args(["check", "--offline", "--config"])
+        .arg(root.join("examples/docker/replicas.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let compose =
+        std::fs::read_to_string(root.join("examples/docker-compose.replicas.yml")).unwrap();
+    for service in ["tierwise-a:", "tierwise-b:", "lb:", "postgres:", "redis:"] {
+        assert!(compose.contains(service), "{service}");
+    }
+    assert!(compose.contains("TIERWISE_CONFIG: /etc/tierwise/docker/replicas.toml"));
+    let nginx = std::fs::read_to_string(root.join("examples/docker/nginx-replicas.conf")).unwrap();
+    assert!(nginx.contains("tierwise-a:4000") && nginx.contains("tierwise-b:4000"));
+}
+
 /// `tierwise demo` runs to completion on its own, with no model server and no key: its report shows
 /// the fallbacks of the local outage, the alert of the quality drop and a saving.
 #[test]

@@ -115,6 +115,23 @@ async fn write_history(ledger: &str) {
             rows.push(row);
         }
     }
+    // Yesterday's Responses calls on summarize: $0.0005 each.
+    for i in 0..2 {
+        let mut row = RequestRow::new(
+            uuid::Uuid::now_v7().to_string(),
+            (today - 1) * DAY_MS + 5_400_000 + i,
+            "responses".into(),
+        );
+        row.route = Some("summarize".into());
+        row.tier = Some("api_fast".into());
+        row.provider = Some("openai".into());
+        row.model = Some("gpt-4o-mini".into());
+        row.tokens_in = 300;
+        row.tokens_out = 5;
+        row.latency_us = 80_000;
+        row.cost_pusd = Some(Picodollars(500_000_000));
+        rows.push(row);
+    }
     // Yesterday's shadow samples: 19 of 20 agree.
     for i in 0..20 {
         let mut row = RequestRow::new(
@@ -191,6 +208,12 @@ async fn the_dashboard_renders_the_ledgers_figures_in_a_real_browser() {
         dom.matches("<td>local</td>").count() >= 2,
         "the two latest requests, served by local:\n{dom}"
     );
+    // Calls and API spend by endpoint, the ledger's names, adding up to the totals: 84 chat
+    // calls in the history and the 2 just made, 2 Responses calls.
+    has("<td>chat.completions</td><td class=\"num\">86</td><td>97.7%</td>");
+    has("<td>responses</td><td class=\"num\">2</td><td>2.3%</td>");
+    has("<td>$0.0010</td>");
+    has("<tfoot><tr><td>all endpoints</td><td>88</td><td>100.0%</td><td>0</td><td>$0.0045</td>");
     // Agreement: 19 of 20 yesterday, the route's 90% bar, no alert.
     has("95.0% over 20 samples");
     has("<td>90.0%</td>");

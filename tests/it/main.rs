@@ -25,6 +25,8 @@ mod providers;
 mod proxy;
 mod quality;
 mod rate_limits;
+mod reload;
+mod replicas;
 mod responses;
 mod scoring;
 mod servers;

@@ -383,6 +383,28 @@ async fn models_lists_routes_tiers_and_model_ids_and_probes_answer() {
             .all(|m| m["object"] == "model" && m["owned_by"].is_string())
     );
 
+    // Each says, in a field SDKs pass over, the paths it may be called on: an embedding route
+    // the embeddings endpoint, any other route the endpoints that answer in text, a tier or a
+    // model id every endpoint.
+    let endpoints = |id: &str| {
+        let entry = answer.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .unwrap();
+        entry["endpoints"].clone()
+    };
+    assert_eq!(endpoints("embed"), json!(["/v1/embeddings"]));
+    assert_eq!(
+        endpoints("classification"),
+        json!(["/v1/chat/completions", "/v1/responses"])
+    );
+    assert_eq!(
+        endpoints("gpt-4o"),
+        json!(["/v1/chat/completions", "/v1/embeddings", "/v1/responses"])
+    );
+
     // One of them, as `client.models.retrieve` asks; a model id may hold slashes.
     let route = Answer::of(gw.get("/v1/models/classification").await).await;
     assert_eq!(

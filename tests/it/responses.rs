@@ -549,3 +549,209 @@ async fn an_anthropic_tier_answers_responses_translated_twice() {
     assert_eq!(completed["response"]["usage"]["output_tokens"], 5);
     gw.shutdown().await;
 }
+
+/// The text of a response: its output messages' `output_text` parts joined.
+fn output_text(body: &Value) -> String {
+    body["output"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|item| item["type"] == "message")
+        .flat_map(|item| item["content"].as_array().unwrap().iter())
+        .filter_map(|part| part["text"].as_str())
+        .collect()
+}
+
+/// A labelled route holds Responses answers to its output contract as it holds chat's: a label
+/// pulled out of a longer answer is the response's text (translated from chat, or passed through
+/// from a server that serves Responses), an exact label leaves the bytes alone, no label is
+/// flagged; a stream's verdict is recorded at its end.
+#[tokio::test]
+async fn a_labelled_route_holds_responses_answers_to_its_contract() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let labels = || {
+        Some(tierwise::config::file::RawOutput {
+            labels: Some(tierwise::config::file::spanned(
+                ["billing", "technical", "general"]
+                    .map(tierwise::config::file::text)
+                    .to_vec(),
+            )),
+        })
+    };
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            c.provider("openai").responses = Some(tierwise::config::file::spanned(true));
+            let kind = tierwise::config::TaskKind::Classification;
+            c.add_route("labelled_responses", kind, &["local"]).output = labels();
+            c.add_route("labelled_native", kind, &["api_fast"]).output = labels();
+        });
+    let gw = TestGateway::start(&config).await;
+    let store = gw.store().await;
+    let ask = |route: &str| json!({"model": route, "input": "My card was charged twice."});
+
+    for (route, fake) in [("labelled_responses", &local), ("labelled_native", &api)] {
+        fake.update(|b| b.reply = "The category is: Technical.".into());
+        let answer = respond(&gw, ask(route)).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert_eq!(
+            output_text(&answer.body),
+            "technical",
+            "{route}: {}",
+            answer.text
+        );
+        assert_eq!(
+            answer.header("x-tierwise-contract"),
+            Some("normalized"),
+            "{route}"
+        );
+        assert_eq!(
+            answer.body["object"], "response",
+            "still a response: {}",
+            answer.text
+        );
+
+        fake.update(|b| b.reply = "billing".into());
+        let answer = respond(&gw, ask(route)).await;
+        assert_eq!(output_text(&answer.body), "billing");
+        assert_eq!(answer.header("x-tierwise-contract"), Some("ok"), "{route}");
+
+        fake.update(|b| b.reply = "I cannot tell.".into());
+        let answer = respond(&gw, ask(route)).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(output_text(&answer.body), "I cannot tell.");
+        assert_eq!(
+            answer.header("x-tierwise-contract"),
+            Some("violated"),
+            "{route}"
+        );
+    }
+
+    // A stream is relayed as it came; its verdict is recorded when it ends.
+    let mut verdicts = Vec::new();
+    for reply in ["general", "It is about billing.", "No idea."] {
+        local.update(|b| b.reply = reply.into());
+        let mut request = ask("labelled_responses");
+        request["stream"] = json!(true);
+        let answer = respond(&gw, request).await;
+        assert_eq!(answer.header("x-tierwise-contract"), None);
+        let events = events_of(&answer.text);
+        let completed = &events.last().unwrap().1;
+        assert_eq!(output_text(&completed["response"]), reply);
+        let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+        verdicts.push(row.contract.map(|c| c.to_string()));
+    }
+    assert_eq!(
+        verdicts,
+        [Some("ok"), Some("normalizable"), Some("violated")].map(|v| v.map(String::from))
+    );
+    gw.shutdown().await;
+}
+
+/// A sampled Responses request is shadow-checked as a chat request is: the reference tier gets
+/// the same request through the Responses endpoint (passed through here, its server serving
+/// Responses) as one whole answer, both answers are read as responses and scored; the check's
+/// row says `responses`. A streamed request is checked on its streamed text.
+#[tokio::test]
+async fn a_sampled_responses_request_is_shadow_checked_against_the_reference() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            c.provider("openai").responses = Some(tierwise::config::file::spanned(true));
+            c.add_route(
+                "shadowed_responses",
+                tierwise::config::TaskKind::Summarization,
+                &["local", "api_fast"],
+            )
+            .shadow = Some(tierwise::config::file::RawShadow::new("api_frontier", 1.0));
+        });
+    let gw = TestGateway::start(&config).await;
+    let store = gw.store().await;
+    local.update(|b| b.reply = "alpha beta gamma delta".into());
+    // Three words of four in common: the score says both answers were read.
+    api.update(|b| b.reply = "alpha beta gamma epsilon".into());
+
+    let scored_checks = async |count: u64| {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let summary = store
+                .summary(0, i64::MAX, Some("shadowed_responses"))
+                .await
+                .unwrap();
+            if let [checks] = &summary.checks[..]
+                && checks.scored == count
+            {
+                return checks.clone();
+            }
+            assert!(std::time::Instant::now() < until, "{:?}", summary.checks);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+
+    let answer = respond(
+        &gw,
+        json!({"model": "shadowed_responses", "input": "Summarize this.", "max_output_tokens": 40}),
+    )
+    .await;
+    answer.assert_served_by_first("local");
+    let checks = scored_checks(1).await;
+    assert_eq!(checks.agreement_ppm, 750_000, "{checks:?}");
+    let sent = api.requests();
+    assert_eq!(sent.len(), 1, "one shadow call");
+    assert_eq!(sent[0].path, "/v1/responses");
+    assert_eq!(sent[0].body["model"], "gpt-4o");
+    assert_eq!(sent[0].body["input"], "Summarize this.");
+    assert_eq!(sent[0].body["max_output_tokens"], 40);
+    assert_eq!(sent[0].body.get("stream"), None);
+
+    let answer = respond(
+        &gw,
+        json!({"model": "shadowed_responses", "input": "Summarize that.", "stream": true}),
+    )
+    .await;
+    answer.assert_served_by_first("local");
+    let checks = scored_checks(2).await;
+    assert_eq!(checks.agreement_ppm, 1_500_000, "{checks:?}");
+    let sent = api.requests();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(
+        sent[1].body.get("stream"),
+        None,
+        "a whole answer: {:?}",
+        sent[1].body
+    );
+
+    let rows = store
+        .requests(0, i64::MAX, Some("shadowed_responses"))
+        .await
+        .unwrap();
+    let shadow: Vec<_> = rows
+        .iter()
+        .filter(|row| row.purpose == tierwise::ledger::Purpose::Shadow)
+        .map(|row| row.endpoint.as_ref())
+        .collect();
+    assert_eq!(shadow, ["responses", "responses"], "{rows:?}");
+    gw.shutdown().await;
+}
+
+/// A request with its own JSON schema on a labelled route is held to the schema, not the labels:
+/// its JSON answer, which holds a label, is passed on whole (it failed with the contract applied
+/// to it: the answer became the bare label).
+#[tokio::test]
+async fn a_json_schema_request_on_a_labelled_route_keeps_its_json() {
+    let (local, _api, gw) = setup().await;
+    local.update(|b| b.reply = r#"{"label": "billing"}"#.into());
+    let schema = json!({"type": "object", "properties": {"label": {"type": "string"}}});
+    let answer = respond(
+        &gw,
+        json!({"model": "classification", "input": "Charged twice.",
+            "text": {"format": {"type": "json_schema", "name": "ticket", "schema": schema}}}),
+    )
+    .await;
+    assert_eq!(output_text(&answer.body), r#"{"label": "billing"}"#);
+    assert_eq!(answer.header("x-tierwise-contract"), None);
+    gw.shutdown().await;
+}

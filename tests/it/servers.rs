@@ -345,3 +345,142 @@ async fn prompts_that_begin_alike_go_to_one_server_and_move_only_while_it_is_dow
     }
     gw.shutdown().await;
 }
+
+/// `pool_config` with probes every 50 ms, whose metrics reads time out after 300 ms.
+fn probed_pool_config(urls: &[String], api: &str) -> TestConfig {
+    pool_config(urls, api, |p| {
+        p.health.enabled = Some(true);
+        p.health.interval_ms = Some(spanned(50));
+        p.health.timeout_ms = Some(300);
+    })
+}
+
+/// Waits until the admin API shows a queue reading of the server named `name` that `ready`
+/// accepts.
+async fn until_queue_read(
+    gw: &TestGateway,
+    name: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = server_status(gw, name).await;
+        if ready(&status["queue"]) {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "no queue reading for {name}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_a_deep_queue_or_a_full_kv_cache_gets_less_of_the_traffic() {
+    use tierwise_fake::FakeMetrics;
+    let fakes = three().await;
+    let api = FakeUpstream::start().await;
+    let urls: Vec<String> = fakes.iter().map(FakeUpstream::base_url).collect();
+    let names: Vec<String> = fakes.iter().map(server_name).collect();
+    // Another gateway's (or client's) calls queue on the first; the second's cache is full.
+    fakes[0].update(|b| {
+        b.metrics = FakeMetrics::Vllm {
+            running: 64,
+            waiting: 30,
+            kv_cache_usage: 0.5,
+        }
+    });
+    fakes[1].update(|b| {
+        b.metrics = FakeMetrics::Vllm {
+            running: 40,
+            waiting: 0,
+            kv_cache_usage: 1.0,
+        }
+    });
+    fakes[2].update(|b| {
+        b.metrics = FakeMetrics::Vllm {
+            running: 0,
+            waiting: 0,
+            kv_cache_usage: 0.1,
+        }
+    });
+    let gw = Arc::new(TestGateway::start(&probed_pool_config(&urls, &api.base_url())).await);
+    until_queue_read(&gw, &names[0], |q| q["waiting"] == 30.0).await;
+    until_queue_read(&gw, &names[1], |q| q["kv_cache_usage"] == 1.0).await;
+
+    // Four at a time, the idle server never has the 8 calls a full cache counts as. Of the two
+    // servers drawn for a call the less loaded takes it: the deep queue never; the full cache
+    // only when drawn with the deep queue, a third of the draws (half of them by in-flight alone).
+    let got = burst(&gw, 300, 4).await;
+    assert!(
+        got.iter()
+            .all(|g| g.status == 200 && g.tier.as_deref() == Some("local"))
+    );
+    let shares: Vec<usize> = names.iter().map(|n| served_by(&got, n)).collect();
+    assert_eq!(shares[0], 0, "calls per server: {shares:?}");
+    assert!(shares[1] < 126, "calls per server: {shares:?}");
+    assert_eq!(shares.iter().sum::<usize>(), 300);
+
+    // The queue drains: its reading is replaced on the next interval, and it takes calls again.
+    fakes[0].update(|b| {
+        b.metrics = FakeMetrics::Vllm {
+            running: 0,
+            waiting: 0,
+            kv_cache_usage: 0.0,
+        }
+    });
+    until_queue_read(&gw, &names[0], |q| q["waiting"] == 0.0).await;
+    let got = burst(&gw, 60, 4).await;
+    assert!(
+        served_by(&got, &names[0]) > 10,
+        "the drained server is used again"
+    );
+    Arc::try_unwrap(gw).ok().unwrap().shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_hanging_or_absent_metrics_change_nothing_and_a_404_is_not_asked_again() {
+    use tierwise_fake::FakeMetrics;
+    let fakes = three().await;
+    let api = FakeUpstream::start().await;
+    let urls: Vec<String> = fakes.iter().map(FakeUpstream::base_url).collect();
+    let names: Vec<String> = fakes.iter().map(server_name).collect();
+    fakes[0].update(|b| b.metrics = FakeMetrics::Garbage);
+    fakes[1].update(|b| b.metrics = FakeMetrics::Hang);
+    // fakes[2] answers 404, as Ollama or llama.cpp without --metrics.
+    let gw = Arc::new(TestGateway::start(&probed_pool_config(&urls, &api.base_url())).await);
+    let asked =
+        |fake: &FakeUpstream, path: &str| fake.listings().iter().filter(|r| r.path == path).count();
+    // Several reads of each: ten probes of every server, garbage read five times, and a hanging
+    // read timed out twice (a third asked).
+    tierwise_fake::wait_until("reads of every server", Duration::from_secs(10), || {
+        fakes.iter().all(|f| asked(f, "/v1/models") >= 10)
+            && asked(&fakes[0], "/metrics") >= 5
+            && asked(&fakes[1], "/metrics") >= 3
+    })
+    .await;
+
+    let got = burst(&gw, 90, 3).await;
+    for g in &got {
+        assert_eq!(g.status, 200, "{}", g.text);
+        assert_eq!(g.tier.as_deref(), Some("local"), "{}", g.text);
+    }
+    for name in &names {
+        let status = server_status(&gw, name).await;
+        assert_eq!(status["breaker"]["state"], "closed", "{status}");
+        assert_eq!(status["failures"], 0, "{status}");
+        assert!(status["queue"].is_null(), "{status}");
+        assert!(
+            served_by(&got, name) > 10,
+            "{name} was passed over: {status}"
+        );
+    }
+    assert_eq!(
+        asked(&fakes[2], "/metrics"),
+        1,
+        "a 404 is not asked again at once"
+    );
+    assert!(asked(&fakes[0], "/metrics") >= 5, "garbage is asked again");
+    Arc::try_unwrap(gw).ok().unwrap().shutdown().await;
+}

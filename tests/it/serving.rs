@@ -254,6 +254,8 @@ async fn a_request_whose_client_left_and_cut_at_the_end_of_the_grace_is_recorded
         (row.status, row.error_kind.as_deref(), row.tier.as_deref()),
         (499, Some("cut_at_shutdown"), Some("api_fast"))
     );
+    // The server it was cut on is named, as an answered request's is.
+    assert_eq!(row.server.as_deref(), Some("openai"));
     // The upstream may have charged for a call nobody saw end: unknown, not zero.
     assert_eq!(row.cost_pusd, None);
     assert!(row.latency_us >= 300_000, "{}", row.latency_us);

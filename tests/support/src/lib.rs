@@ -142,9 +142,29 @@ pub struct Behavior {
     /// `reply`, as does a choice past the list); streams interleave the choices' chunks word by
     /// word, as OpenAI does.
     pub more_replies: Vec<String>,
+    /// What `GET /metrics` (at the host root) answers: vLLM's Prometheus metrics, or not.
+    pub metrics: FakeMetrics,
 }
 
-/// A tool call the fake's answer makes.
+/// What the fake's `GET /metrics` answers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub enum FakeMetrics {
+    /// 404, as a server without Prometheus metrics (Ollama, llama.cpp without `--metrics`).
+    #[default]
+    NotServed,
+    /// vLLM's text exposition of its scheduler gauges, as vLLM 0.10+ writes them (with the
+    /// `engine` and `model_name` labels, the current `kv_cache_usage_perc` and the deprecated
+    /// `gpu_cache_usage_perc` beside it), among histograms the reader must skip.
+    Vllm {
+        running: u32,
+        waiting: u32,
+        kv_cache_usage: f64,
+    },
+    /// 200 with a body that is no Prometheus text.
+    Garbage,
+    /// Accept the request and never answer.
+    Hang,
+}
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FakeToolCall {
     pub id: String,
@@ -181,6 +201,7 @@ impl Default for Behavior {
             llama_cpp_n_ctx: None,
             embedding_models: Vec::new(),
             more_replies: Vec::new(),
+            metrics: FakeMetrics::NotServed,
         }
     }
 }
@@ -442,6 +463,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/health", get(health))
         .route("/api/show", post(ollama_show))
         .route("/props", get(llama_cpp_props))
+        .route("/metrics", get(prometheus_metrics))
         .route("/_fake/behavior", post(set_behavior).get(get_behavior))
         .route("/_fake/requests", get(list_requests))
         .with_state(shared)
@@ -502,7 +524,10 @@ fn record_query(
             .map(str::to_string)
     };
     // What a server is asked about itself, not work: kept apart from the work requests.
-    let log = if matches!(path, "/v1/models" | "/health" | "/api/show" | "/props") {
+    let log = if matches!(
+        path,
+        "/v1/models" | "/health" | "/api/show" | "/props" | "/metrics"
+    ) {
         &shared.listings
     } else {
         &shared.requests
@@ -1123,6 +1148,58 @@ async fn ollama_show(
         "capabilities": ["completion", "tools"],
     }))
     .into_response()
+}
+
+/// vLLM's Prometheus metrics, abridged to the scheduler's gauges and one histogram, as
+/// `vllm serve` (0.10, V1 engine) writes them.
+async fn prometheus_metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    record(&shared, "/metrics", &headers, b"");
+    let behavior = shared.behavior.read().unwrap().clone();
+    let (running, waiting, kv) = match &behavior.metrics {
+        FakeMetrics::NotServed => return StatusCode::NOT_FOUND.into_response(),
+        FakeMetrics::Garbage => {
+            return (StatusCode::OK, "<html><body>not metrics {{{ 1e9999 NaN\n").into_response();
+        }
+        FakeMetrics::Hang => std::future::pending().await,
+        FakeMetrics::Vllm {
+            running,
+            waiting,
+            kv_cache_usage,
+        } => (*running, *waiting, *kv_cache_usage),
+    };
+    let model = behavior.models.first().cloned().unwrap_or_default();
+    let labels = format!("engine=\"0\",model_name=\"{model}\"");
+    let text = format!(
+        "# HELP python_gc_objects_collected_total Objects collected during gc\n\
+         # TYPE python_gc_objects_collected_total counter\n\
+         python_gc_objects_collected_total{{generation=\"0\"}} 12345.0\n\
+         # HELP vllm:num_requests_running Number of requests in model execution batches.\n\
+         # TYPE vllm:num_requests_running gauge\n\
+         vllm:num_requests_running{{{labels}}} {running}.0\n\
+         # HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n\
+         # TYPE vllm:num_requests_waiting gauge\n\
+         vllm:num_requests_waiting{{{labels}}} {waiting}.0\n\
+         # HELP vllm:gpu_cache_usage_perc GPU KV-cache usage. 1 means 100 percent usage. DEPRECATED: Use vllm:kv_cache_usage_perc instead.\n\
+         # TYPE vllm:gpu_cache_usage_perc gauge\n\
+         vllm:gpu_cache_usage_perc{{{labels}}} {kv}\n\
+         # HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n\
+         # TYPE vllm:kv_cache_usage_perc gauge\n\
+         vllm:kv_cache_usage_perc{{{labels}}} {kv}\n\
+         # HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.\n\
+         # TYPE vllm:time_to_first_token_seconds histogram\n\
+         vllm:time_to_first_token_seconds_bucket{{{labels},le=\"0.001\"}} 0.0\n\
+         vllm:time_to_first_token_seconds_bucket{{{labels},le=\"+Inf\"}} 7.0\n\
+         vllm:time_to_first_token_seconds_count{{{labels}}} 7.0\n\
+         vllm:time_to_first_token_seconds_sum{{{labels}}} 0.42\n"
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// llama.cpp's server properties: 404 unless the behavior sets its context size.
