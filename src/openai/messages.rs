@@ -22,7 +22,8 @@
 //! `stop`, `temperature`, `top_p`, `metadata.user_id` as `user`; `top_k` to every server but
 //! OpenAI's, which has no such parameter. What only Anthropic's servers can do (server tools,
 //! documents, enabled `thinking`, `container`, `mcp_servers`…) makes a translated tier pass the
-//! request on. A field that is not Anthropic's is refused with a 400 naming it, never dropped.
+//! request on, as does any field the gateway does not know: a tier of Anthropic's format takes
+//! every field, a translated tier drops none.
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -92,7 +93,8 @@ const ANTHROPIC_ONLY: [&str; 5] = [
     "output_format",
 ];
 
-/// Fields of Anthropic's API that every tier is given (translated for chat).
+/// Fields of Anthropic's API that every tier is given (translated for chat); any other field
+/// reaches only a tier of Anthropic's format.
 const KNOWN: [&str; 13] = [
     "model",
     "messages",
@@ -109,14 +111,11 @@ const KNOWN: [&str; 13] = [
     "thinking",
 ];
 
+/// Any top-level field is taken: Anthropic adds fields often (`output_config`, `inference_geo`,
+/// `speed`, a top-level `cache_control`…), and a tier of Anthropic's format passes them on as they
+/// are. A translated tier refuses what it does not know ([`to_chat`]), so the request moves to a
+/// tier that can take it, or the client gets a 400 naming the field.
 fn validate(body: &RequestBody<'_>) -> Result<(), RequestError> {
-    for name in body.names() {
-        if !KNOWN.contains(&name) && !ANTHROPIC_ONLY.contains(&name) {
-            return Err(RequestError::Unknown(format!(
-                "'{name}': Extra inputs are not permitted (not a field of Anthropic's Messages API that this gateway knows; leave it out)"
-            )));
-        }
-    }
     let messages: Vec<Map<String, Value>> = body
         .field("messages")
         .ok_or(RequestError::field("messages", "Field required"))
@@ -222,7 +221,9 @@ fn usage_of(usage: &Value) -> Option<Usage> {
 fn usage_json(usage: Option<&Usage>) -> Value {
     let usage = usage.copied().unwrap_or_default();
     json!({
-        "input_tokens": usage.prompt_tokens.saturating_sub(usage.cached_tokens + usage.cache_write_tokens),
+        "input_tokens": usage
+            .prompt_tokens
+            .saturating_sub(usage.cached_tokens.saturating_add(usage.cache_write_tokens)),
         "cache_creation_input_tokens": usage.cache_write_tokens,
         "cache_read_input_tokens": usage.cached_tokens,
         "output_tokens": usage.completion_tokens,
@@ -441,6 +442,15 @@ fn to_chat(body: &[u8], model: &str) -> Result<Vec<u8>, RequestError> {
                 "is served only by Anthropic's own API",
             ));
         }
+    }
+    if let Some(name) = request
+        .iter()
+        .find(|(name, value)| !value.is_null() && !KNOWN.contains(&name.as_str()))
+        .map(|(name, _)| name)
+    {
+        return Err(RequestError::Unknown(format!(
+            "'{name}' is served only by Anthropic's own API (a chat completions server has no such field): send it to a route with a tier of Anthropic's format, or leave it out"
+        )));
     }
     if let Some(thinking) = field("thinking")
         && thinking["type"] != "disabled"
@@ -783,6 +793,9 @@ struct ChatEvents {
     finish: Option<String>,
     matched: Value,
     usage: Option<Usage>,
+    /// The text and tool arguments written, to estimate the output for the client when the
+    /// upstream reports no usage.
+    written: String,
     ended: bool,
 }
 
@@ -791,6 +804,7 @@ impl ChatEvents {
         ChatEvents {
             id: new_id("msg"),
             model: String::new(),
+            written: String::new(),
             stops: stop_sequences(request),
             started: false,
             pinged: false,
@@ -859,6 +873,7 @@ impl ChatEvents {
         if !matches!(self.open, Open::Text) {
             self.start_block(out, Open::Text, json!({"type": "text", "text": ""}));
         }
+        self.written.push_str(text);
         Self::emit(
             out,
             "content_block_delta",
@@ -886,6 +901,7 @@ impl ChatEvents {
             .as_str()
             .filter(|f| !f.is_empty())
         {
+            self.written.push_str(fragment);
             Self::emit(
                 out,
                 "content_block_delta",
@@ -903,12 +919,19 @@ impl ChatEvents {
         self.start(out);
         self.stop_block(out);
         let (reason, sequence) = stop_reason(self.finish.as_deref(), &self.matched, &self.stops);
+        // Without the upstream's usage the output is the gateway's estimate and the input is left
+        // out, so the relay reads no usage here and books its own estimate (flagged so), as for
+        // chat, never 0.
+        let usage = match &self.usage {
+            Some(usage) => usage_json(Some(usage)),
+            None => json!({"output_tokens": count(&self.model, &self.written)}),
+        };
         Self::emit(
             out,
             "message_delta",
             json!({
                 "delta": {"stop_reason": reason, "stop_sequence": sequence},
-                "usage": usage_json(self.usage.as_ref()),
+                "usage": usage,
             }),
         );
         Self::emit(out, "message_stop", json!({}));

@@ -151,7 +151,7 @@ async fn a_plain_request_is_sent_as_chat_and_answered_as_a_message() {
 /// the text, `message_delta` with the stop reason and the usage; the ledger has the tokens.
 #[tokio::test]
 async fn a_stream_has_anthropics_events_in_order() {
-    let (_local, _api, _anthropic, gw) = setup().await;
+    let (local, _api, _anthropic, gw) = setup().await;
     let answer = message(
         &gw,
         json!({"model": "summarize", "max_tokens": 64, "stream": true,
@@ -204,6 +204,26 @@ async fn a_stream_has_anthropics_events_in_order() {
         (row.tokens_in, row.tokens_out, row.tokens_estimated),
         (20, 5, false)
     );
+
+    // A server that reports no usage: the gateway's estimate is booked (and flagged), never 0,
+    // and the client's final usage says the estimated output.
+    local.update(|b| b.stream_without_usage = true);
+    let answer = message(
+        &gw,
+        json!({"model": "summarize", "max_tokens": 64, "stream": true,
+            "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    let events = events_of(&answer.text);
+    let delta = &events[events.len() - 2].1;
+    assert!(delta["usage"]["output_tokens"].as_u64().unwrap() > 0, "{delta}");
+    let row = stored(
+        &gw.store().await,
+        answer.header("x-tierwise-request-id").unwrap(),
+    )
+    .await;
+    assert!(row.tokens_estimated, "{row:?}");
+    assert!(row.tokens_in > 0 && row.tokens_out > 0, "{row:?}");
     gw.shutdown().await;
 }
 
@@ -430,7 +450,10 @@ async fn an_anthropic_tier_gets_messages_passed_through() {
     });
     let request = json!({"model": "agent", "max_tokens": 100, "system": "Be brief.",
         "messages": [{"role": "user", "content": "Hi"}], "service_tier": "auto",
-        "thinking": {"type": "enabled", "budget_tokens": 1024}});
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        // Fields newer than the gateway, which Anthropic takes: passed on as they are.
+        "output_config": {"effort": "low"}, "inference_geo": "us",
+        "cache_control": {"type": "ephemeral"}});
     let answer = message(&gw, request.clone()).await;
     answer.assert_served_by_first("claude");
     assert_eq!(answer.body["id"], "msg_fake", "the server's own answer");
@@ -475,6 +498,13 @@ async fn an_anthropic_tier_gets_messages_passed_through() {
     let mut plain = request;
     plain.as_object_mut().unwrap().remove("thinking");
     plain.as_object_mut().unwrap().remove("service_tier");
+    plain.as_object_mut().unwrap().remove("cache_control");
+    plain.as_object_mut().unwrap().remove("inference_geo");
+    let answer = message(&gw, plain.clone()).await;
+    let said = anthropic_error(&answer, 400, "invalid_request_error");
+    assert!(said.contains("output_config"), "{said}");
+    assert_eq!(local.request_count(), 0);
+    plain.as_object_mut().unwrap().remove("output_config");
     let answer = message(&gw, plain).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert_eq!(answer.header("x-tierwise-tier"), Some("local"));
