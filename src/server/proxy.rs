@@ -176,26 +176,25 @@ async fn proxy(
         Lookup::Off => (None, None),
     };
     let record = ticket.as_ref().map(|ticket| ticket.max_bytes());
-    let mut exchange = snapshot.outcomes.begin(Start {
-        id: caller.id.0,
-        endpoint,
-        stream: request.stream,
-        route: resolved.route.cloned(),
-        client_key: caller.key.as_ref().map(|key| key.id.clone()),
-        key_name: caller.key.as_ref().and_then(|key| key.terms.name.clone()),
-        body: bytes.clone(),
-        // Only a route named by `model` runs its own chain and prompts, which is what is checked.
-        // A cache hit is not checked: its answer was, if at all, when it filled the cache.
-        sampled: refusal.is_none()
-            && hit.is_none()
-            && resolved
-                .target
-                .route
-                .as_ref()
-                .is_some_and(|route| endpoint.spec().said.is_some() && app.watches.sampled(route)),
-        hold,
-        cache: ticket,
-    });
+    let mut exchange =
+        snapshot.outcomes.begin(Start {
+            id: caller.id.0,
+            endpoint,
+            stream: request.stream,
+            route: resolved.route.cloned(),
+            client_key: caller.key.as_ref().map(|key| key.id.clone()),
+            key_name: caller.key.as_ref().and_then(|key| key.terms.name.clone()),
+            body: bytes.clone(),
+            // Only a route named by `model` runs its own chain and prompts, which is what is checked.
+            // A cache hit is not checked: its answer was, if at all, when it filled the cache.
+            sampled: refusal.is_none()
+                && hit.is_none()
+                && resolved.target.route.as_ref().is_some_and(|route| {
+                    endpoint.spec().said.is_some() && app.watches.sampled(route)
+                }),
+            hold,
+            cache: ticket,
+        });
     if let Some(refusal) = refusal {
         return Ok(refuse_at_admission(exchange, endpoint, refusal).await);
     }

@@ -216,7 +216,10 @@ async fn a_stream_has_anthropics_events_in_order() {
     .await;
     let events = events_of(&answer.text);
     let delta = &events[events.len() - 2].1;
-    assert!(delta["usage"]["output_tokens"].as_u64().unwrap() > 0, "{delta}");
+    assert!(
+        delta["usage"]["output_tokens"].as_u64().unwrap() > 0,
+        "{delta}"
+    );
     let row = stored(
         &gw.store().await,
         answer.header("x-tierwise-request-id").unwrap(),
