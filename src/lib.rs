@@ -7,13 +7,16 @@
 //!   holds its tiers, a tier its provider); every mistake is reported here with its key and line.
 //! - [`server`]: the HTTP surface — one single-threaded event loop per core on a shared port, router,
 //!   request id, client auth, the request path of every endpoint (its routes registered from
-//!   [`openai::Endpoint::ALL`]), the SSE relay, and the one place errors become OpenAI-shaped
-//!   answers; `/readyz`, `/metrics`, `/admin/api/*`; graceful shutdown; the snapshot of what the
-//!   config decides, which a request reads once and holds to its end, and its reload (`SIGHUP`,
-//!   `POST /admin/api/reload`), which swaps it whole and carries health and counters over by name.
+//!   [`openai::Endpoint::ALL`]), the SSE relay, the one place errors become OpenAI-shaped
+//!   answers (or the endpoint's own shape: Anthropic's on `/v1/messages`), counting a request's
+//!   tokens without sending it (`count_tokens`); `/readyz`, `/metrics`, `/admin/api/*`; graceful
+//!   shutdown; the snapshot of what the config decides, which a request reads once and holds to its
+//!   end, and its reload (`SIGHUP`, `POST /admin/api/reload`), which swaps it whole and carries
+//!   health and counters over by name.
 //! - [`openai`]: the wire format every module may use — which endpoint a body is for and what that
 //!   endpoint requires, changes per tier, counts and streams; usage as upstreams report it; for
-//!   an endpoint a tier's server may not serve (Responses), its translation to and from chat.
+//!   an endpoint a tier's server may not serve (Responses, Anthropic's Messages), its translation
+//!   to and from chat.
 //! - [`route`]: what the client's `model` names (route, tier or model id) and its tier chain; the
 //!   chain run with fallback on retryable failures; the output contract that normalizes labels.
 //! - [`limits`]: admission, between the route and its chain — whether a request may go on, what it

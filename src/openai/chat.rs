@@ -35,6 +35,9 @@ pub const SPEC: EndpointSpec = EndpointSpec {
     done: Some("[DONE]"),
     interrupted,
     via_chat: None,
+    error_body: super::openai_error,
+    key_header: None,
+    count_tokens: None,
 };
 
 /// Each choice's message content, where it is a string (a tool call's `null` is no text).
@@ -363,6 +366,12 @@ pub struct Chunk {
     pub response_id: Option<String>,
     /// The event's sequence number, where events are numbered (Responses').
     pub sequence: Option<u64>,
+    /// The exact input counts of an answer whose output is still to come (Anthropic's
+    /// `message_start`).
+    pub prompt_usage: Option<Usage>,
+    /// The output so far of the answer whose input `prompt_usage` gave (Anthropic's
+    /// `message_delta` where it leaves out the input).
+    pub output_tokens: Option<u64>,
 }
 
 impl Chunk {

@@ -33,6 +33,9 @@ pub const SPEC: EndpointSpec = EndpointSpec {
     done: None,
     interrupted: |_, _| (None, String::new()),
     via_chat: None,
+    error_body: super::openai_error,
+    key_header: None,
+    count_tokens: None,
 };
 
 fn validate(body: &RequestBody<'_>) -> Result<(), RequestError> {

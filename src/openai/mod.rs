@@ -2,17 +2,20 @@
 //! request fields routing reads, usage as upstreams report it, and OpenAI's tokenizers. Each
 //! endpoint owns its whole life in one file — what its body must hold, what a tier changes in it,
 //! how its prompt and answer are counted, how its answer's usage and its stream's events are read,
-//! what it needs of a tier, its answer budget, whether it can be shadowed and what its warm-up
-//! call is — so that a new endpoint is a new file and one line in [`Endpoint::spec`] (the server
-//! registers its routes from [`Endpoint::ALL`]).
+//! what it needs of a tier, its answer budget, whether it can be shadowed, what its warm-up call
+//! is, how its errors are written and which header may carry the client's key — so that a new
+//! endpoint is a new file and one line in [`Endpoint::spec`] (the server registers its routes from
+//! [`Endpoint::ALL`]).
 
 pub mod chat;
 pub mod embeddings;
+pub mod messages;
 mod request;
 pub mod responses;
 pub mod tokens;
 mod usage;
 
+use bytes::Bytes;
 use serde_json::Value;
 
 use crate::config::{Abilities, ChainTier};
@@ -27,6 +30,7 @@ pub enum Endpoint {
     ChatCompletions,
     Embeddings,
     Responses,
+    Messages,
 }
 
 /// What differs between endpoints, as data: every module asks this instead of matching on the
@@ -73,6 +77,48 @@ pub struct EndpointSpec {
     /// How a tier whose server does not serve this endpoint is served through chat completions;
     /// `None` where such a tier cannot take the request.
     pub via_chat: Option<ViaChat>,
+    /// An error as the endpoint's clients read it (OpenAI's shape, or Anthropic's on its
+    /// endpoint); the status stays the caller's.
+    pub error_body: fn(ErrorReply<'_>) -> Bytes,
+    /// A header besides `Authorization: Bearer` that carries the client's key on this endpoint
+    /// (Anthropic's SDKs send `x-api-key`).
+    pub key_header: Option<&'static str>,
+    /// Counts a request's input tokens as `step`'s tier would get it, for the endpoint's
+    /// `…/count_tokens` route; `None` where the endpoint has none.
+    pub count_tokens: Option<CountTokens>,
+}
+
+/// Counts a request body's input tokens as a chain step's tier would get them.
+pub type CountTokens = fn(&[u8], &ChainTier) -> Result<u64, RequestError>;
+
+/// What the client is told of a failure, before its endpoint writes it.
+pub struct ErrorReply<'a> {
+    pub status: u16,
+    pub kind: &'a str,
+    pub message: &'a str,
+    pub param: Option<&'a str>,
+    pub code: Option<&'a str>,
+    /// An upstream's own refusal, OpenAI-shaped, passed back as it came where the endpoint can.
+    pub upstream_body: Option<&'a Bytes>,
+}
+
+/// OpenAI's error shape (`{"error": {"message", "type", "param", "code"}}`); an upstream's own
+/// refusal as it came.
+pub fn openai_error(reply: ErrorReply<'_>) -> Bytes {
+    if let Some(body) = reply.upstream_body {
+        return body.clone();
+    }
+    Bytes::from(
+        serde_json::json!({
+            "error": {
+                "message": reply.message,
+                "type": reply.kind,
+                "param": reply.param,
+                "code": reply.code,
+            }
+        })
+        .to_string(),
+    )
 }
 
 /// See [`EndpointSpec::answer_texts`].
@@ -122,10 +168,11 @@ pub trait StreamTranslator: Send {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 3] = [
+    pub const ALL: [Endpoint; 4] = [
         Endpoint::ChatCompletions,
         Endpoint::Embeddings,
         Endpoint::Responses,
+        Endpoint::Messages,
     ];
 
     pub fn spec(self) -> &'static EndpointSpec {
@@ -133,7 +180,17 @@ impl Endpoint {
             Endpoint::ChatCompletions => &chat::SPEC,
             Endpoint::Embeddings => &embeddings::SPEC,
             Endpoint::Responses => &responses::SPEC,
+            Endpoint::Messages => &messages::SPEC,
         }
+    }
+
+    /// The endpoint whose path `path` is, or lies under (`/v1/messages/count_tokens`).
+    pub fn at(path: &str) -> Option<Endpoint> {
+        let path = path.strip_prefix("/v1/")?;
+        Endpoint::ALL.into_iter().find(|endpoint| {
+            path.strip_prefix(endpoint.path())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
     }
 
     pub fn path(self) -> &'static str {

@@ -21,12 +21,15 @@ pub enum RequestError {
         param: &'static str,
         problem: &'static str,
     },
+    /// A field the endpoint does not know, named in the message.
+    #[error("{0}")]
+    Unknown(String),
 }
 
 impl RequestError {
     pub fn param(&self) -> Option<&'static str> {
         match self {
-            RequestError::NotJson(_) => None,
+            RequestError::NotJson(_) | RequestError::Unknown(_) => None,
             RequestError::Field { param, .. } => Some(param),
         }
     }
@@ -109,6 +112,11 @@ impl<'a> RequestBody<'a> {
     /// The client's raw value of a top-level field.
     pub fn field(&self, name: &str) -> Option<&'a RawValue> {
         self.fields.get(name).copied()
+    }
+
+    /// The names of the client's top-level fields.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.fields.keys().map(String::as_str)
     }
 
     pub fn has(&self, name: &str) -> bool {

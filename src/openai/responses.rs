@@ -54,6 +54,9 @@ pub const SPEC: EndpointSpec = EndpointSpec {
     done: None,
     interrupted,
     via_chat: Some(VIA_CHAT),
+    error_body: super::openai_error,
+    key_header: None,
+    count_tokens: None,
 };
 
 /// How a tier that serves only chat completions is spoken to.

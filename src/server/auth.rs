@@ -1,4 +1,5 @@
-//! Who may call: a bearer key from `server.api_keys` on `/v1`, `server.admin_key` on `/admin/api`
+//! Who may call: a bearer key from `server.api_keys` on `/v1` (or in the header the endpoint's
+//! clients send it in, `x-api-key` on Anthropic's `/v1/messages`), `server.admin_key` on `/admin/api`
 //! (the client keys when no admin key is set; closed when no key at all is, unless opened), an
 //! optional `server.metrics_key` on `/metrics`, all compared in constant time; and no browser
 //! pages on `/v1`, nor on either of them under a name `server.allowed_hosts` does not list. With no
@@ -14,6 +15,15 @@ use subtle::ConstantTimeEq;
 use super::App;
 use super::error::ApiError;
 use crate::config::{AdminAccess, ClientKey};
+use crate::openai::Endpoint;
+
+/// An error in the shape of the endpoint `request` is for.
+fn shaped(error: ApiError, request: &Request) -> Response {
+    match Endpoint::at(request.uri().path()) {
+        Some(endpoint) => error.on(endpoint).into_response(),
+        None => error.into_response(),
+    }
+}
 
 pub async fn require_client_key(
     State(app): State<Arc<App>>,
@@ -55,11 +65,11 @@ pub async fn require_allowed_host(
         return next.run(request).await;
     }
     let host: String = host.unwrap_or_default().chars().take(100).collect();
-    ApiError::forbidden(&format!(
+    let error = ApiError::forbidden(&format!(
         "This gateway does not answer to the host name in `Host: {host}` (a guard against DNS \
          rebinding). If clients reach it by that name, add it to server.allowed_hosts."
-    ))
-    .into_response()
+    ));
+    shaped(error, &request)
 }
 
 pub async fn require_metrics_key(
@@ -92,10 +102,10 @@ pub async fn refuse_browsers(request: Request, next: Next) -> Response {
     if let Some(origin) = headers.get(http::header::ORIGIN)
         && !origin.to_str().is_ok_and(same_origin)
     {
-        return ApiError::forbidden(
+        let error = ApiError::forbidden(
             "Cross-origin browser requests are refused: call this gateway from your backend.",
-        )
-        .into_response();
+        );
+        return shaped(error, &request);
     }
     if request.method() == http::Method::POST {
         let json = headers
@@ -104,7 +114,7 @@ pub async fn refuse_browsers(request: Request, next: Next) -> Response {
             .and_then(|value| value.split(';').next())
             .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
         if !json {
-            return ApiError::unsupported_media_type().into_response();
+            return shaped(ApiError::unsupported_media_type(), &request);
         }
     }
     next.run(request).await
@@ -114,8 +124,9 @@ async fn check(keys: &[Arc<ClientKey>], mut request: Request, next: Next) -> Res
     if keys.is_empty() {
         return next.run(request).await;
     }
-    let presented = request
-        .headers()
+    let key_header = Endpoint::at(request.uri().path()).and_then(|e| e.spec().key_header);
+    let headers = request.headers();
+    let presented = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| {
@@ -123,12 +134,21 @@ async fn check(keys: &[Arc<ClientKey>], mut request: Request, next: Next) -> Res
                 .strip_prefix("Bearer ")
                 .or_else(|| value.strip_prefix("bearer "))
         })
-        .map(str::trim);
+        .or_else(|| {
+            key_header
+                .and_then(|name| headers.get(name))
+                .and_then(|value| value.to_str().ok())
+        })
+        .map(str::trim)
+        .map(str::to_owned);
     let Some(presented) = presented else {
-        return ApiError::unauthorized(
-            "Missing API key: send `Authorization: Bearer <key>` with a key this gateway accepts.",
-        )
-        .into_response();
+        let message = match key_header {
+            Some(name) => format!(
+                "Missing API key: send `{name}: <key>` or `Authorization: Bearer <key>` with a key this gateway accepts."
+            ),
+            None => "Missing API key: send `Authorization: Bearer <key>` with a key this gateway accepts.".to_string(),
+        };
+        return shaped(ApiError::unauthorized(&message), &request);
     };
     // Every key is compared, so the time taken does not tell which one came close.
     let mut matched = None;
@@ -141,7 +161,10 @@ async fn check(keys: &[Arc<ClientKey>], mut request: Request, next: Next) -> Res
         request.extensions_mut().insert(CallerKey(key));
         next.run(request).await
     } else {
-        ApiError::unauthorized("Incorrect API key provided.").into_response()
+        shaped(
+            ApiError::unauthorized("Incorrect API key provided."),
+            &request,
+        )
     }
 }
 

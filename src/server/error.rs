@@ -1,14 +1,15 @@
 //! The one place where failures become what the client sees: OpenAI's error shape
 //! (`{"error": {"message", "type", "param", "code"}}`) with the status that makes an OpenAI SDK raise
-//! the matching exception. Messages name the tier and the reason, never a URL with credentials or a
-//! key.
+//! the matching exception, or the shape of the endpoint the error is [`ApiError::on`] where it has
+//! its own (Anthropic's, on `/v1/messages`). Messages name the tier and the reason, never a URL
+//! with credentials or a key.
 
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 
 use crate::limits::{Measure, Refusal};
-use crate::openai::RequestError;
+use crate::openai::{Endpoint, ErrorReply, RequestError};
 use crate::route::ResolveError;
 use crate::route::chain::Unserved;
 use crate::upstream::UpstreamErrorKind;
@@ -26,6 +27,8 @@ pub struct ApiError {
     /// `x-should-retry: false`: retrying cannot help, and OpenAI's SDKs read this header before
     /// the status that would have them retry.
     final_answer: bool,
+    /// The endpoint whose shape the error is written in; OpenAI's where none.
+    endpoint: Option<Endpoint>,
 }
 
 impl ApiError {
@@ -39,7 +42,14 @@ impl ApiError {
             upstream_body: None,
             retry_after: None,
             final_answer: false,
+            endpoint: None,
         }
+    }
+
+    /// The error as `endpoint`'s clients read it.
+    pub fn on(mut self, endpoint: Endpoint) -> ApiError {
+        self.endpoint = Some(endpoint);
+        self
     }
 
     fn code(mut self, code: &'static str) -> ApiError {
@@ -319,20 +329,19 @@ impl From<ResolveError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = match self.upstream_body {
-            Some(body) => body,
-            None => Bytes::from(
-                serde_json::json!({
-                    "error": {
-                        "message": self.message,
-                        "type": self.kind,
-                        "param": self.param,
-                        "code": self.code,
-                    }
-                })
-                .to_string(),
-            ),
-        };
+        let write: fn(ErrorReply<'_>) -> Bytes = self
+            .endpoint
+            .map_or(crate::openai::openai_error, |endpoint| {
+                endpoint.spec().error_body
+            });
+        let body = write(ErrorReply {
+            status: self.status.as_u16(),
+            kind: self.kind,
+            message: &self.message,
+            param: self.param,
+            code: self.code,
+            upstream_body: self.upstream_body.as_ref(),
+        });
         let mut response = (self.status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(

@@ -4,6 +4,7 @@
 
 mod auth;
 mod budgets;
+mod count;
 mod detach;
 mod error;
 mod feedback;
@@ -125,10 +126,17 @@ impl App {
 
 pub fn router(app: Arc<App>) -> Router {
     let endpoints = Endpoint::ALL.iter().fold(Router::new(), |api, &endpoint| {
-        api.route(
+        let api = api.route(
             &format!("/v1/{}", endpoint.path()),
             post(proxy::handler(endpoint)),
-        )
+        );
+        match endpoint.spec().count_tokens {
+            Some(_) => api.route(
+                &format!("/v1/{}/count_tokens", endpoint.path()),
+                post(count::handler(endpoint)),
+            ),
+            None => api,
+        }
     });
     let api = endpoints
         .route("/v1/feedback", post(feedback::feedback))

@@ -91,8 +91,12 @@ async fn handle(
     let read = read_body(body, &headers, server.max_body_bytes);
     let bytes = match tokio::time::timeout(server.body_timeout, read).await {
         Ok(Ok(bytes)) => bytes,
-        Ok(Err(err)) => return err.into_response(),
-        Err(_) => return ApiError::body_timeout(server.body_timeout).into_response(),
+        Ok(Err(err)) => return err.on(endpoint).into_response(),
+        Err(_) => {
+            return ApiError::body_timeout(server.body_timeout)
+                .on(endpoint)
+                .into_response();
+        }
     };
     let asks = Asks {
         route: headers
@@ -105,10 +109,11 @@ async fn handle(
     let rest = Detachable::new(|client| async move {
         proxy(&app, &snapshot, endpoint, caller, asks, bytes, &client)
             .await
-            .unwrap_or_else(IntoResponse::into_response)
+            .unwrap_or_else(|err| err.on(endpoint).into_response())
     });
     rest.await.unwrap_or_else(|_| {
         ApiError::internal("the request failed inside the gateway; see its log".into())
+            .on(endpoint)
             .into_response()
     })
 }
@@ -207,7 +212,7 @@ async fn proxy(
             trace,
         });
     if let Some(refusal) = refusal {
-        return Ok(refuse_at_admission(exchange, refusal).await);
+        return Ok(refuse_at_admission(exchange, endpoint, refusal).await);
     }
     if let Some(entry) = hit {
         let mut response = from_cache(exchange, &entry, &request).await;
@@ -241,7 +246,7 @@ async fn proxy(
             let held = snapshot.clone();
             answer(exchange, served, resolved, &request, max_text, record, held).await
         }
-        Err(unserved) => refuse(exchange, &unserved).await,
+        Err(unserved) => refuse(exchange, endpoint, &unserved).await,
     };
     if let Some(value) = cache_header {
         response
@@ -255,13 +260,13 @@ async fn proxy(
 }
 
 /// Admission answered: the client gets the refusal, the ledger a row with its status.
-async fn refuse_at_admission(exchange: Exchange, refusal: Refusal) -> Response {
+async fn refuse_at_admission(exchange: Exchange, endpoint: Endpoint, refusal: Refusal) -> Response {
     let ended = exchange.end(Ending::Refused {
         status: refusal.status(),
         reason: refusal.reason(),
     });
     let quota = refusal.quota();
-    let mut response = ApiError::from(refusal).into_response();
+    let mut response = ApiError::from(refusal).on(endpoint).into_response();
     if let Some(quota) = quota {
         set_quota(response.headers_mut(), &quota);
     }
@@ -271,8 +276,10 @@ async fn refuse_at_admission(exchange: Exchange, refusal: Refusal) -> Response {
 }
 
 /// No tier answered: the client gets the error, the ledger the attempts.
-async fn refuse(exchange: Exchange, unserved: &Unserved) -> Response {
-    let mut response = ApiError::unserved(unserved, exchange.route_name()).into_response();
+async fn refuse(exchange: Exchange, endpoint: Endpoint, unserved: &Unserved) -> Response {
+    let mut response = ApiError::unserved(unserved, exchange.route_name())
+        .on(endpoint)
+        .into_response();
     let ended = exchange.end(Ending::Unserved {
         status: response.status().as_u16(),
         failure: unserved,

@@ -74,6 +74,8 @@ pub struct SseRelay {
     /// A choice finished: the answer is whole even if the upstream closes without `[DONE]`.
     finished: bool,
     usage: Option<Usage>,
+    /// The exact input of an answer whose output is still to come, where the events say so.
+    prompt_usage: Option<Usage>,
     /// The answer's text, each choice's apart, for the ledger, the shadow check and counting
     /// output tokens without usage; at most `max_text` bytes of it (`server.max_answer_bytes`):
     /// the stream itself is not cut.
@@ -138,6 +140,7 @@ impl SseRelay {
             phase: Phase::Relaying,
             finished: false,
             usage: None,
+            prompt_usage: None,
             text: ChoiceTexts::default(),
             max_text,
             text_whole: true,
@@ -317,6 +320,15 @@ impl SseRelay {
         if !chunk.texts.is_empty() && !self.text.add(chunk.texts, self.max_text) {
             self.text_whole = false;
         }
+        if chunk.prompt_usage.is_some() {
+            self.prompt_usage = chunk.prompt_usage;
+        }
+        if let (Some(output), Some(prompt)) = (chunk.output_tokens, self.prompt_usage) {
+            self.usage = Some(Usage {
+                completion_tokens: output,
+                ..prompt
+            });
+        }
         let Some(usage) = chunk.usage else {
             return Some(event.raw);
         };
@@ -405,6 +417,7 @@ impl SseRelay {
         let (usage, prompt) = match (self.usage, self.upstream.usage_so_far()) {
             (None, Some(UsageSoFar::Whole(usage))) => (Some(usage), None),
             (None, Some(UsageSoFar::Prompt(prompt))) => (None, Some(prompt)),
+            (None, None) => (None, self.prompt_usage),
             (usage, _) => (usage, None),
         };
         Some(exchange.end(Ending::Streamed {

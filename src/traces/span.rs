@@ -223,7 +223,7 @@ fn status(error_type: Option<String>) -> Status {
 /// `gen_ai.operation.name`'s well-known value for the endpoint.
 fn operation(endpoint: Endpoint) -> &'static str {
     match endpoint {
-        Endpoint::ChatCompletions | Endpoint::Responses => "chat",
+        Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages => "chat",
         Endpoint::Embeddings => "embeddings",
     }
 }
@@ -348,7 +348,8 @@ fn input_messages(endpoint: Endpoint, body: &[u8]) -> Option<String> {
         }
     };
     let messages: Vec<Json> = match endpoint {
-        Endpoint::ChatCompletions => body
+        // Anthropic's messages are chat's in shape: a role, and text or parts with text.
+        Endpoint::ChatCompletions | Endpoint::Messages => body
             .get("messages")?
             .as_array()?
             .iter()

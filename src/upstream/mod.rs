@@ -129,7 +129,12 @@ impl Upstreams {
             })?,
             None => body,
         };
-        let body = client.wire.encode(body)?;
+        let sent = if via_chat.is_some() {
+            Endpoint::ChatCompletions
+        } else {
+            endpoint
+        };
+        let body = client.wire.encode(sent, body)?;
         let request = client.post(url, body, trace);
         // A non-streamed answer's headers come only once the whole answer is generated, so only
         // `total` bounds the wait for them; `first_byte` is the time to a stream's first chunk.
@@ -165,7 +170,7 @@ impl Upstreams {
                 deadline,
                 self.max_answer_bytes.min(MAX_EVENT_BYTES),
                 wire::EventReader::of(
-                    client.wire.events(),
+                    client.wire.events(sent),
                     via_chat.map(|(via, request)| (via.stream)(&request)),
                 ),
             )

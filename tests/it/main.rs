@@ -18,6 +18,7 @@ mod hostile;
 mod ledger;
 mod limits;
 mod llama;
+mod messages;
 mod metrics;
 mod proof;
 mod providers;

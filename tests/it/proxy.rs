@@ -398,11 +398,16 @@ async fn models_lists_routes_tiers_and_model_ids_and_probes_answer() {
     assert_eq!(endpoints("embed"), json!(["/v1/embeddings"]));
     assert_eq!(
         endpoints("classification"),
-        json!(["/v1/chat/completions", "/v1/responses"])
+        json!(["/v1/chat/completions", "/v1/responses", "/v1/messages"])
     );
     assert_eq!(
         endpoints("gpt-4o"),
-        json!(["/v1/chat/completions", "/v1/embeddings", "/v1/responses"])
+        json!([
+            "/v1/chat/completions",
+            "/v1/embeddings",
+            "/v1/responses",
+            "/v1/messages"
+        ])
     );
 
     // One of them, as `client.models.retrieve` asks; a model id may hold slashes.

@@ -158,6 +158,11 @@ tiers = ["embed_local", "azure_embed"]
 kind = "agentic"
 tiers = ["local", "claude"]
 
+# Anthropic's Messages API in front, passed through to the Anthropic tier first.
+[routes.claude_first]
+kind = "agentic"
+tiers = ["claude", "local"]
+
 # Kept answers, for the cache test: its own tier, so no other test's requests fill it.
 [routes.cached]
 kind = "chat"

@@ -42,12 +42,18 @@ const DEFAULT_MAX_TOKENS: u64 = 4096;
 /// What the system prompt gains for OpenAI's `response_format: {"type": "json_object"}`.
 const JSON_OBJECT: &str = "Answer with a single JSON object and nothing else.";
 
-/// Chat goes to `messages`; Anthropic serves no embeddings, and Responses only through chat.
+/// Whether `endpoint` is Anthropic's own, passed through as it came rather than translated.
+pub(super) fn own(endpoint: Endpoint) -> bool {
+    endpoint == Endpoint::Messages
+}
+
+/// Chat and Messages go to `messages`; Anthropic serves no embeddings, and Responses only through
+/// chat.
 pub(super) fn urls(base: &url::Url) -> Result<Vec<Option<Uri>>, UpstreamError> {
     Endpoint::ALL
         .iter()
         .map(|endpoint| match endpoint {
-            Endpoint::ChatCompletions => uri(base, "messages").map(Some),
+            Endpoint::ChatCompletions | Endpoint::Messages => uri(base, "messages").map(Some),
             // Responses reach Anthropic as chat completions, translated twice.
             Endpoint::Embeddings | Endpoint::Responses => Ok(None),
         })

@@ -36,8 +36,9 @@ pub(super) fn urls(
     Endpoint::ALL
         .iter()
         .map(|endpoint| {
-            if *endpoint == Endpoint::Responses {
-                // Azure serves Responses per resource, not per deployment: through chat here.
+            // Azure serves Responses per resource, not per deployment, and no Messages: through
+            // chat here.
+            if matches!(endpoint, Endpoint::Responses | Endpoint::Messages) {
                 return Ok(None);
             }
             uri(

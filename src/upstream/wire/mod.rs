@@ -76,10 +76,16 @@ impl Wire {
         azure::urls(provider, base, deployment)
     }
 
-    /// The body to send, from the gateway's own (OpenAI's) request body.
-    pub(super) fn encode(&self, body: Vec<u8>) -> Result<Vec<u8>, UpstreamError> {
+    /// The body to send for `endpoint`, from the gateway's own request body: a chat completion
+    /// translated where the format has its own, an endpoint of the format's own passed as it is.
+    pub(super) fn encode(
+        &self,
+        endpoint: Endpoint,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, UpstreamError> {
         match self {
             Wire::OpenAi | Wire::Azure => Ok(body),
+            Wire::Anthropic if anthropic::own(endpoint) => Ok(body),
             Wire::Anthropic => anthropic::encode(&body),
         }
     }
@@ -93,6 +99,7 @@ impl Wire {
     ) -> Result<(Bytes, Option<Usage>), UpstreamError> {
         match self {
             Wire::OpenAi | Wire::Azure => openai::answer(endpoint, body),
+            Wire::Anthropic if anthropic::own(endpoint) => openai::answer(endpoint, body),
             Wire::Anthropic => {
                 let answer = anthropic::decode_answer(&body)?;
                 Ok((openai::write_answer(&answer, openai::now()), answer.usage))
@@ -100,10 +107,11 @@ impl Wire {
         }
     }
 
-    /// How a stream's events are read: `None` where they are relayed as they came.
-    pub(super) fn events(&self) -> Option<Box<EventReader>> {
+    /// How a stream's events for `endpoint` are read: `None` where they are relayed as they came.
+    pub(super) fn events(&self, endpoint: Endpoint) -> Option<Box<EventReader>> {
         match self {
             Wire::OpenAi => None,
+            Wire::Anthropic if anthropic::own(endpoint) => None,
             Wire::Azure => Some(Box::new(EventReader {
                 reader: Reader::Azure,
                 translated: VecDeque::new(),

@@ -29,6 +29,8 @@ pub(super) fn urls(
         .map(|endpoint| match endpoint {
             // Served through chat completions unless the provider's server serves Responses.
             Endpoint::Responses if !provider.serves_responses => Ok(None),
+            // Anthropic's format in front reaches OpenAI-compatible servers as chat completions.
+            Endpoint::Messages => Ok(None),
             _ => uri(base, endpoint.path()).map(Some),
         })
         .collect()

@@ -114,6 +114,8 @@ pub struct Behavior {
     pub tool_calls: Vec<FakeToolCall>,
     /// Pause between stream chunks.
     pub chunk_delay_ms: u64,
+    /// A stream reports no usage even when asked to, as servers that ignore `stream_options` do.
+    pub stream_without_usage: bool,
     /// Model ids listed by `/v1/models`.
     pub models: Vec<String>,
     /// When set, the fault applies to this many more chat/embedding requests, then clears.
@@ -191,6 +193,7 @@ impl Default for Behavior {
             cache_write_tokens: 0,
             tool_calls: Vec::new(),
             chunk_delay_ms: 0,
+            stream_without_usage: false,
             models: vec!["fake-model".to_string()],
             fault_for: None,
             fault_model: None,
@@ -745,7 +748,8 @@ async fn chat_in(
         })
         .collect();
     if request.stream == Some(true) {
-        let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
+        let include_usage = request.stream_options.is_some_and(|o| o.include_usage)
+            && !behavior.stream_without_usage;
         let gate = shared.gate.lock().unwrap().clone();
         return stream(
             format,

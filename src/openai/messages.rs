@@ -1,0 +1,1175 @@
+//! `/v1/messages`, Anthropic's Messages API in front: a body must hold `messages` and
+//! `max_tokens` (Anthropic requires it), and only fields of Anthropic's API; a tier sets its system
+//! prompt as `system` and fills in its `temperature` where the client gave none; prompts and
+//! answers are counted block by block; stream events are read for the text, the end and the usage;
+//! errors are written in Anthropic's shape (`{"type": "error", "error": {"type", "message"}}`).
+//!
+//! A tier whose provider speaks Anthropic's format gets the request as it came (with the tier's
+//! changes) and its answer goes back as it came. Any other tier gets it as a chat completion
+//! ([`VIA_CHAT`]), and its answer — whole, or a stream of chat chunks — is written back in
+//! Anthropic's shapes by the gateway: one message with a `msg_…` id, and the stream events in the
+//! order Anthropic documents them: `message_start`, per content block `content_block_start` (the
+//! first followed by a `ping`), its `content_block_delta`s (`text_delta` or `input_json_delta`) and
+//! `content_block_stop`, then `message_delta` with the stop reason and the usage, and
+//! `message_stop`.
+//!
+//! What is carried to chat: `system` (a string or text blocks) as the system message; user and
+//! assistant turns with text and image blocks (base64 as a data URL, a URL source as it is);
+//! `tool_use` blocks as the assistant's tool calls, `tool_result` blocks as tool messages (before
+//! the turn's other blocks, as chat wants them right after the call); `thinking` blocks of earlier
+//! turns are left out (chat servers take no thinking back). Custom `tools`, `tool_choice` (its
+//! `disable_parallel_tool_use` as `parallel_tool_calls: false`), `max_tokens`, `stop_sequences` as
+//! `stop`, `temperature`, `top_p`, `metadata.user_id` as `user`; `top_k` to every server but
+//! OpenAI's, which has no such parameter. What only Anthropic's servers can do (server tools,
+//! documents, enabled `thinking`, `container`, `mcp_servers`…) makes a translated tier pass the
+//! request on, as does any field the gateway does not know: a tier of Anthropic's format takes
+//! every field, a translated tier drops none.
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::request::raw;
+use super::tokens::count;
+use super::{
+    Chunk, Edits, EndpointSpec, ErrorReply, RequestBody, RequestError, StreamMarks,
+    StreamTranslator, Usage, ViaChat,
+};
+use crate::config::{Abilities, ChainTier, takes_max_completion_tokens};
+
+pub const SPEC: EndpointSpec = EndpointSpec {
+    path: "messages",
+    ledger_name: "messages",
+    validate,
+    rewrite,
+    count_prompt,
+    count_answer,
+    warmup,
+    answer_texts: Some(answer_texts),
+    // Never sampled: a shadow check's scorers read chat's and Responses' answers.
+    said: None,
+    needs,
+    answer_limits: &["max_tokens"],
+    answer_budget,
+    answer_usage,
+    read_event,
+    done: None,
+    interrupted,
+    via_chat: Some(VIA_CHAT),
+    error_body,
+    key_header: Some("x-api-key"),
+    count_tokens: Some(count_tokens),
+};
+
+/// A message is one answer: its text is its `text` blocks in order (what the SDKs join).
+fn answer_texts(answer: &mut Value) -> Vec<Vec<&mut String>> {
+    let parts = answer
+        .get_mut("content")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+        .filter(|block| block["type"] == "text")
+        .filter_map(|block| match block.get_mut("text") {
+            Some(Value::String(text)) => Some(text),
+            _ => None,
+        })
+        .collect();
+    vec![parts]
+}
+
+/// How a tier that serves only chat completions is spoken to.
+pub const VIA_CHAT: ViaChat = ViaChat {
+    request: to_chat,
+    answer: from_chat,
+    stream: |request| Box::new(ChatEvents::new(request)),
+};
+
+/// Fields of Anthropic's API that a chat completions server has no way to honour: a translated
+/// tier passes the request on to the next, and a tier of Anthropic's format takes them as they are.
+const ANTHROPIC_ONLY: [&str; 5] = [
+    "container",
+    "mcp_servers",
+    "context_management",
+    "service_tier",
+    "output_format",
+];
+
+/// Fields of Anthropic's API that every tier is given (translated for chat); any other field
+/// reaches only a tier of Anthropic's format.
+const KNOWN: [&str; 13] = [
+    "model",
+    "messages",
+    "system",
+    "max_tokens",
+    "stop_sequences",
+    "stream",
+    "temperature",
+    "top_p",
+    "top_k",
+    "metadata",
+    "tools",
+    "tool_choice",
+    "thinking",
+];
+
+/// Any top-level field is taken: Anthropic adds fields often (`output_config`, `inference_geo`,
+/// `speed`, a top-level `cache_control`…), and a tier of Anthropic's format passes them on as they
+/// are. A translated tier refuses what it does not know ([`to_chat`]), so the request moves to a
+/// tier that can take it, or the client gets a 400 naming the field.
+fn validate(body: &RequestBody<'_>) -> Result<(), RequestError> {
+    let messages: Vec<Map<String, Value>> = body
+        .field("messages")
+        .ok_or(RequestError::field("messages", "Field required"))
+        .and_then(|messages| {
+            serde_json::from_str(messages.get()).map_err(|_| {
+                RequestError::field(
+                    "messages",
+                    "must be an array of messages, each an object with a role and content",
+                )
+            })
+        })?;
+    if messages.is_empty() {
+        return Err(RequestError::field(
+            "messages",
+            "must contain at least one message",
+        ));
+    }
+    for message in &messages {
+        if !matches!(
+            message.get("role").and_then(Value::as_str),
+            Some("user" | "assistant")
+        ) {
+            return Err(RequestError::field(
+                "messages",
+                "has a message whose role is not 'user' or 'assistant' (the system prompt goes in 'system')",
+            ));
+        }
+    }
+    match body.field("max_tokens") {
+        None => return Err(RequestError::field("max_tokens", "Field required")),
+        Some(value) if serde_json::from_str::<u64>(value.get()).is_ok_and(|n| n > 0) => {}
+        Some(_) => {
+            return Err(RequestError::field(
+                "max_tokens",
+                "must be a whole number of tokens, at least 1",
+            ));
+        }
+    }
+    if let Some(system) = body.field("system")
+        && !system.get().trim_start().starts_with(['"', '['])
+    {
+        return Err(RequestError::field(
+            "system",
+            "must be a string or an array of text blocks",
+        ));
+    }
+    Ok(())
+}
+
+fn rewrite(body: &RequestBody<'_>, step: &ChainTier, edits: &mut Edits) {
+    if let Some(prompt) = &step.system_prompt {
+        edits.set("system", raw(prompt));
+    }
+    if let Some(temperature) = step.tier.temperature
+        && !body.gives("temperature")
+    {
+        // Anthropic's range is 0–1.
+        edits.set("temperature", raw(&temperature.min(1.0)));
+    }
+}
+
+/// Custom tools, image blocks in any message.
+fn needs(body: &RequestBody<'_>) -> Abilities {
+    let tools = body
+        .field("tools")
+        .is_some_and(|tools| !matches!(tools.get().trim(), "null" | "[]"));
+    let vision = body.field("messages").is_some_and(|messages| {
+        serde_json::from_str::<Vec<Value>>(messages.get()).is_ok_and(|messages| {
+            messages.iter().any(|message| {
+                message["content"]
+                    .as_array()
+                    .is_some_and(|blocks| blocks.iter().any(|block| block["type"] == "image"))
+            })
+        })
+    });
+    Abilities {
+        tools,
+        json_schema: false,
+        vision,
+    }
+}
+
+fn answer_budget(body: &RequestBody<'_>) -> Option<u64> {
+    serde_json::from_str::<u64>(body.field("max_tokens")?.get()).ok()
+}
+
+/// Anthropic's usage in the gateway's terms: its `input_tokens` leaves out the cache's reads and
+/// writes, which the gateway's prompt tokens hold.
+fn usage_of(usage: &Value) -> Option<Usage> {
+    let input = usage["input_tokens"].as_u64()?;
+    let output = usage["output_tokens"].as_u64()?;
+    let read = usage["cache_read_input_tokens"].as_u64().unwrap_or(0);
+    let written = usage["cache_creation_input_tokens"].as_u64().unwrap_or(0);
+    Some(Usage {
+        prompt_tokens: input.saturating_add(read).saturating_add(written),
+        completion_tokens: output,
+        cached_tokens: read,
+        cache_write_tokens: written,
+    })
+}
+
+/// Usage in Anthropic's shape.
+fn usage_json(usage: Option<&Usage>) -> Value {
+    let usage = usage.copied().unwrap_or_default();
+    json!({
+        "input_tokens": usage
+            .prompt_tokens
+            .saturating_sub(usage.cached_tokens.saturating_add(usage.cache_write_tokens)),
+        "cache_creation_input_tokens": usage.cache_write_tokens,
+        "cache_read_input_tokens": usage.cached_tokens,
+        "output_tokens": usage.completion_tokens,
+    })
+}
+
+fn answer_usage(body: &[u8]) -> Result<Option<Usage>, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        usage: Value,
+    }
+    let answer: Answer = serde_json::from_slice(body)?;
+    Ok(usage_of(&answer.usage))
+}
+
+/// The text of a block list or string.
+fn blocks_text(content: &Value) -> String {
+    match content {
+        Value::String(text) => text.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .map(|block| match block["type"].as_str() {
+                Some("tool_use") => block["input"].to_string(),
+                Some("tool_result") => blocks_text(&block["content"]),
+                _ => block["text"].as_str().unwrap_or_default().to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// The system prompt, each message with 3 tokens of framing as chat messages are counted, and
+/// the tools' definitions.
+fn count_prompt(model: &str, body: &[u8]) -> u64 {
+    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+        return 0;
+    };
+    let system = match &request["system"] {
+        Value::Null => 0,
+        system => 3 + count(model, &blocks_text(system)),
+    };
+    let messages: u64 = request["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|message| 3 + count(model, &blocks_text(&message["content"])))
+        .sum();
+    let tools = match &request["tools"] {
+        Value::Array(tools) if !tools.is_empty() => count(model, &request["tools"].to_string()),
+        _ => 0,
+    };
+    system + messages + tools + 3
+}
+
+/// Every text block and every tool call's input.
+fn count_answer(model: &str, body: &[u8]) -> u64 {
+    let Ok(answer) = serde_json::from_slice::<Value>(body) else {
+        return 0;
+    };
+    count(model, &blocks_text(&answer["content"]))
+}
+
+/// The estimate `/v1/messages/count_tokens` answers with: the request as `step`'s tier would get
+/// it (its system prompt in place of the client's), counted with the tier's tokenizer.
+pub fn count_tokens(body: &[u8], step: &ChainTier) -> Result<u64, RequestError> {
+    let mut request: Map<String, Value> =
+        serde_json::from_slice(body).map_err(|err| RequestError::NotJson(err.to_string()))?;
+    if !request.get("messages").is_some_and(Value::is_array) {
+        return Err(RequestError::field(
+            "messages",
+            "Field required: an array of messages",
+        ));
+    }
+    if let Some(prompt) = &step.system_prompt {
+        request.insert("system".into(), json!(prompt));
+    }
+    let body = serde_json::to_vec(&request).expect("JSON values always serialize");
+    Ok(count_prompt(&step.tier.model, &body))
+}
+
+fn warmup(model: &str) -> Value {
+    json!({"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "Hi"}]})
+}
+
+/// A stream event: its text, the message's id, the end, the usage, an error.
+fn read_event(data: &str) -> Option<Chunk> {
+    #[derive(Deserialize)]
+    struct Event {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        message: Value,
+        #[serde(default)]
+        delta: Value,
+        #[serde(default)]
+        usage: Value,
+    }
+    let event: Event = serde_json::from_str(data).ok()?;
+    let mut chunk = Chunk {
+        has_choices: true,
+        ..Chunk::default()
+    };
+    match event.kind.as_str() {
+        "message_start" => {
+            chunk.response_id = event.message["id"].as_str().map(str::to_string);
+            // The gateway's own `message_start` knows no usage yet and says 0; Anthropic's gives
+            // the input exactly, the output to come in `message_delta`.
+            chunk.prompt_usage = usage_of(&event.message["usage"])
+                .filter(|usage| usage.prompt_tokens > 0)
+                .map(|usage| Usage {
+                    completion_tokens: 0,
+                    ..usage
+                });
+        }
+        "content_block_delta" if event.delta["type"] == "text_delta" => {
+            if let Some(text) = event.delta["text"].as_str().filter(|t| !t.is_empty()) {
+                chunk.texts.push((0, text.to_string()));
+            }
+        }
+        "message_delta" => {
+            // Anthropic's totals; where they leave out the input, the output adds to what
+            // `message_start` said.
+            chunk.usage = usage_of(&event.usage);
+            if chunk.usage.is_none()
+                && let Some(output) = event.usage["output_tokens"].as_u64()
+            {
+                chunk.output_tokens = Some(output);
+            }
+        }
+        "message_stop" => chunk.finished = true,
+        "error" => chunk.error = true,
+        _ => {}
+    }
+    Some(chunk)
+}
+
+/// A stream broken after the client saw events ends with an `error` event, as Anthropic ends a
+/// stream that failed while it was generated.
+fn interrupted(_marks: &StreamMarks, message: &str) -> (Option<&'static str>, String) {
+    let event = json!({"type": "error", "error": {"type": "api_error", "message": message}});
+    (Some("error"), event.to_string())
+}
+
+/// An error in Anthropic's shape, its type read from the status as Anthropic's SDKs read it. An
+/// upstream's own refusal (OpenAI-shaped by then, Anthropic's type as its `code` where it came
+/// from Anthropic) gives its message and, where it has one, its type.
+fn error_body(reply: ErrorReply<'_>) -> bytes::Bytes {
+    let upstream = reply
+        .upstream_body
+        .and_then(|body| serde_json::from_slice::<Value>(body).ok());
+    let upstream_error = upstream.as_ref().map(|body| &body["error"]);
+    let message = upstream_error
+        .and_then(|error| error["message"].as_str())
+        .map_or_else(
+            || reply.message.to_string(),
+            |said| format!("{}: {said}", reply.message),
+        );
+    let kind = upstream_error
+        .and_then(|error| error["code"].as_str().or(error["type"].as_str()))
+        .filter(|kind| ANTHROPIC_TYPES.contains(kind))
+        .unwrap_or(match reply.status {
+            400 | 413 | 415 | 422 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            408 | 504 => "timeout_error",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            _ => "api_error",
+        });
+    let kind = match (reply.status, kind) {
+        (413, _) => "request_too_large",
+        (_, kind) => kind,
+    };
+    let body = json!({"type": "error", "error": {"type": kind, "message": message}});
+    bytes::Bytes::from(body.to_string())
+}
+
+/// The error types Anthropic's API answers with.
+const ANTHROPIC_TYPES: [&str; 10] = [
+    "invalid_request_error",
+    "authentication_error",
+    "billing_error",
+    "permission_error",
+    "not_found_error",
+    "request_too_large",
+    "rate_limit_error",
+    "timeout_error",
+    "api_error",
+    "overloaded_error",
+];
+
+/// Why a request cannot be written as a chat completion.
+fn cannot(param: &'static str, problem: &'static str) -> RequestError {
+    RequestError::field(param, problem)
+}
+
+/// OpenAI's own models take no `top_k`; other chat servers (vLLM, llama.cpp, Ollama) do.
+fn takes_top_k(model: &str) -> bool {
+    !(model.starts_with("gpt-")
+        || model.starts_with("chatgpt-")
+        || takes_max_completion_tokens(model))
+}
+
+/// The Messages request (as the tier gets it) as a chat completion for `model`.
+fn to_chat(body: &[u8], model: &str) -> Result<Vec<u8>, RequestError> {
+    let request: Map<String, Value> =
+        serde_json::from_slice(body).map_err(|_| cannot("messages", "is not a JSON object"))?;
+    let field = |name: &str| request.get(name).filter(|value| !value.is_null());
+    for name in ANTHROPIC_ONLY {
+        if field(name).is_some() {
+            return Err(RequestError::field(
+                name,
+                "is served only by Anthropic's own API",
+            ));
+        }
+    }
+    if let Some(name) = request
+        .iter()
+        .find(|(name, value)| !value.is_null() && !KNOWN.contains(&name.as_str()))
+        .map(|(name, _)| name)
+    {
+        return Err(RequestError::Unknown(format!(
+            "'{name}' is served only by Anthropic's own API (a chat completions server has no such field): send it to a route with a tier of Anthropic's format, or leave it out"
+        )));
+    }
+    if let Some(thinking) = field("thinking")
+        && thinking["type"] != "disabled"
+    {
+        return Err(cannot(
+            "thinking",
+            "is served only by Anthropic's own API (a chat server returns no thinking blocks)",
+        ));
+    }
+    let mut chat = Map::new();
+    chat.insert("model".into(), model.into());
+    let mut messages = Vec::new();
+    if let Some(system) = field("system") {
+        messages.push(json!({"role": "system", "content": system_text(system)?}));
+    }
+    for message in field("messages")
+        .and_then(Value::as_array)
+        .ok_or(cannot("messages", "must be an array"))?
+    {
+        turn(message, &mut messages)?;
+    }
+    chat.insert("messages".into(), Value::Array(messages));
+    if let Some(tools) = field("tools").and_then(Value::as_array) {
+        let tools = tools.iter().map(tool).collect::<Result<Vec<_>, _>>()?;
+        if !tools.is_empty() {
+            chat.insert("tools".into(), Value::Array(tools));
+        }
+    }
+    if let Some(choice) = field("tool_choice") {
+        let mapped = match choice["type"].as_str() {
+            Some("auto") => json!("auto"),
+            Some("any") => json!("required"),
+            Some("none") => json!("none"),
+            Some("tool") => json!({"type": "function", "function": {"name": choice["name"]}}),
+            _ => return Err(cannot("tool_choice", "must be auto, any, tool or none")),
+        };
+        chat.insert("tool_choice".into(), mapped);
+        if choice["disable_parallel_tool_use"] == true && chat.contains_key("tools") {
+            chat.insert("parallel_tool_calls".into(), false.into());
+        }
+    }
+    if let Some(limit) = field("max_tokens") {
+        let name = if takes_max_completion_tokens(model) {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        chat.insert(name.into(), limit.clone());
+    }
+    if let Some(stops) = field("stop_sequences") {
+        chat.insert("stop".into(), stops.clone());
+    }
+    for name in ["temperature", "top_p"] {
+        if let Some(value) = field(name) {
+            chat.insert(name.into(), value.clone());
+        }
+    }
+    if let Some(top_k) = field("top_k")
+        && takes_top_k(model)
+    {
+        chat.insert("top_k".into(), top_k.clone());
+    }
+    if let Some(user) = field("metadata").and_then(|metadata| metadata.get("user_id"))
+        && user.is_string()
+    {
+        chat.insert("user".into(), user.clone());
+    }
+    if field("stream").and_then(Value::as_bool) == Some(true) {
+        chat.insert("stream".into(), Value::Bool(true));
+        chat.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    Ok(serde_json::to_vec(&chat).expect("JSON values always serialize"))
+}
+
+/// `system` as one text: a string, or its text blocks joined.
+fn system_text(system: &Value) -> Result<String, RequestError> {
+    match system {
+        Value::String(text) => Ok(text.clone()),
+        Value::Array(blocks) => blocks
+            .iter()
+            .map(
+                |block| match (block["type"].as_str(), block["text"].as_str()) {
+                    (Some("text"), Some(text)) => Ok(text),
+                    _ => Err(cannot("system", "has a block other than text")),
+                },
+            )
+            .collect::<Result<Vec<_>, _>>()
+            .map(|texts| texts.join("\n\n")),
+        _ => Err(cannot(
+            "system",
+            "must be a string or an array of text blocks",
+        )),
+    }
+}
+
+/// One turn as chat messages, appended to `messages`: a user turn's tool results first, as tool
+/// messages, then its other blocks as a user message; an assistant turn's text and tool uses as
+/// one assistant message.
+fn turn(message: &Value, messages: &mut Vec<Value>) -> Result<(), RequestError> {
+    let assistant = message["role"] == "assistant";
+    let blocks = match &message["content"] {
+        Value::String(text) => {
+            let role = if assistant { "assistant" } else { "user" };
+            messages.push(json!({"role": role, "content": text}));
+            return Ok(());
+        }
+        Value::Array(blocks) => blocks,
+        _ => {
+            return Err(cannot(
+                "messages",
+                "has a message whose content is neither text nor blocks",
+            ));
+        }
+    };
+    let mut parts = Vec::new();
+    let mut calls = Vec::new();
+    for block in blocks {
+        match block["type"].as_str() {
+            Some("text") => parts.push(json!({"type": "text", "text": block["text"].as_str().unwrap_or_default()})),
+            Some("image") if !assistant => parts.push(json!({"type": "image_url", "image_url": {"url": image_url(&block["source"])?}})),
+            Some("tool_use") if assistant => calls.push(json!({
+                "id": block["id"].as_str().ok_or(cannot("messages", "has a tool_use block without an id"))?,
+                "type": "function",
+                "function": {
+                    "name": block["name"].as_str().ok_or(cannot("messages", "has a tool_use block without a name"))?,
+                    "arguments": match &block["input"] {
+                        Value::Null => "{}".to_string(),
+                        input => input.to_string(),
+                    },
+                },
+            })),
+            Some("tool_result") if !assistant => {
+                let mut content = tool_result_text(&block["content"])?;
+                // Chat has no flag for a failed tool: the model reads it in the text.
+                if block["is_error"] == true {
+                    content = format!("Error: {content}");
+                }
+                messages.push(json!({
+                    "role": "tool",
+                    "tool_call_id": block["tool_use_id"].as_str().ok_or(cannot("messages", "has a tool_result block without a tool_use_id"))?,
+                    "content": content,
+                }));
+            }
+            // The model's own thinking from an earlier turn: chat servers take none back.
+            Some("thinking" | "redacted_thinking") if assistant => {}
+            _ => {
+                return Err(cannot(
+                    "messages",
+                    "has a block a chat server cannot take (only text, image, tool_use, tool_result and thinking are carried)",
+                ));
+            }
+        }
+    }
+    if assistant {
+        let text: String = parts.iter().filter_map(|p| p["text"].as_str()).collect();
+        let mut out = json!({"role": "assistant", "content": text});
+        if !calls.is_empty() {
+            if text.is_empty() {
+                out["content"] = Value::Null;
+            }
+            out["tool_calls"] = Value::Array(calls);
+        }
+        messages.push(out);
+    } else if !parts.is_empty() {
+        let content = if parts.iter().all(|part| part["type"] == "text") {
+            Value::String(parts.iter().filter_map(|p| p["text"].as_str()).collect())
+        } else {
+            Value::Array(parts)
+        };
+        messages.push(json!({"role": "user", "content": content}));
+    }
+    Ok(())
+}
+
+/// An image block's source as a URL chat takes: base64 as a data URL.
+fn image_url(source: &Value) -> Result<String, RequestError> {
+    match source["type"].as_str() {
+        Some("base64") => match (source["media_type"].as_str(), source["data"].as_str()) {
+            (Some(media_type), Some(data)) => Ok(format!("data:{media_type};base64,{data}")),
+            _ => Err(cannot(
+                "messages",
+                "has a base64 image without media_type or data",
+            )),
+        },
+        Some("url") => source["url"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or(cannot("messages", "has a URL image without a url")),
+        _ => Err(cannot(
+            "messages",
+            "has an image whose source is not base64 or a URL (files live on Anthropic's servers)",
+        )),
+    }
+}
+
+/// A tool result's content as text: a string, or its text blocks.
+fn tool_result_text(content: &Value) -> Result<String, RequestError> {
+    match content {
+        Value::Null => Ok(String::new()),
+        Value::String(text) => Ok(text.clone()),
+        Value::Array(blocks) => blocks
+            .iter()
+            .map(|block| match (block["type"].as_str(), block["text"].as_str()) {
+                (Some("text"), Some(text)) => Ok(text),
+                _ => Err(cannot(
+                    "messages",
+                    "has a tool_result with a block other than text (a chat tool message holds text)",
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|texts| texts.join("\n")),
+        _ => Err(cannot("messages", "has a tool_result whose content is not text")),
+    }
+}
+
+/// A custom tool as chat's function; Anthropic's server tools run on its servers.
+fn tool(tool: &Value) -> Result<Value, RequestError> {
+    if !matches!(tool["type"].as_str(), None | Some("custom")) {
+        return Err(cannot(
+            "tools",
+            "has a server tool (it runs on Anthropic's servers)",
+        ));
+    }
+    let mut function = json!({
+        "name": tool["name"].as_str().ok_or(cannot("tools", "has a tool without a name"))?,
+        "parameters": match &tool["input_schema"] {
+            Value::Null => json!({"type": "object", "properties": {}}),
+            schema => schema.clone(),
+        },
+    });
+    if let Some(description) = tool["description"].as_str() {
+        function["description"] = description.into();
+    }
+    Ok(json!({"type": "function", "function": function}))
+}
+
+/// An id of the gateway's making, `msg_` and 32 hex digits, time-ordered.
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Chat's finish reason as Anthropic's stop reason; `stop` is a stop sequence where the server
+/// says which one matched (vLLM's `stop_reason`) and it is one the client asked for.
+fn stop_reason(finish: Option<&str>, matched: &Value, stops: &[String]) -> (Value, Value) {
+    match finish {
+        Some("length") => (json!("max_tokens"), Value::Null),
+        Some("tool_calls" | "function_call") => (json!("tool_use"), Value::Null),
+        Some("content_filter") => (json!("refusal"), Value::Null),
+        _ => match matched.as_str().filter(|m| stops.iter().any(|s| s == m)) {
+            Some(stop) => (json!("stop_sequence"), json!(stop)),
+            None => (json!("end_turn"), Value::Null),
+        },
+    }
+}
+
+/// The stop sequences a request asked for.
+fn stop_sequences(request: &[u8]) -> Vec<String> {
+    #[derive(Deserialize)]
+    struct Stops {
+        #[serde(default)]
+        stop_sequences: Option<Vec<String>>,
+    }
+    serde_json::from_slice::<Stops>(request)
+        .ok()
+        .and_then(|stops| stops.stop_sequences)
+        .unwrap_or_default()
+}
+
+/// A tool call's arguments as a `tool_use` block's input; arguments that are not a JSON object
+/// are the tier's failure (another tier may answer).
+fn tool_input(arguments: &str) -> Result<Value, String> {
+    if arguments.trim().is_empty() {
+        return Ok(json!({}));
+    }
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(input @ Value::Object(_)) => Ok(input),
+        _ => Err("a tool call whose arguments are not a JSON object".into()),
+    }
+}
+
+/// A whole chat completion (choice 0) as a message answering `request`.
+fn from_chat(chat: &[u8], request: &[u8]) -> Result<Vec<u8>, String> {
+    let chat: Value =
+        serde_json::from_slice(chat).map_err(|err| format!("the answer is not JSON: {err}"))?;
+    let choice = &chat["choices"][0];
+    let message = &choice["message"];
+    let mut content = Vec::new();
+    if let Some(text) = message["content"].as_str().filter(|text| !text.is_empty()) {
+        content.push(json!({"type": "text", "text": text}));
+    }
+    for call in message["tool_calls"].as_array().into_iter().flatten() {
+        let function = &call["function"];
+        content.push(json!({
+            "type": "tool_use",
+            "id": call["id"].as_str().unwrap_or_default(),
+            "name": function["name"].as_str().unwrap_or_default(),
+            "input": tool_input(function["arguments"].as_str().unwrap_or_default())?,
+        }));
+    }
+    let (reason, sequence) = stop_reason(
+        choice["finish_reason"].as_str(),
+        &choice["stop_reason"],
+        &stop_sequences(request),
+    );
+    let usage = chat
+        .get("usage")
+        .and_then(|usage| Usage::from_raw(&raw(usage)));
+    let message = json!({
+        "id": new_id("msg"),
+        "type": "message",
+        "role": "assistant",
+        "model": chat["model"].as_str().unwrap_or_default(),
+        "content": content,
+        "stop_reason": reason,
+        "stop_sequence": sequence,
+        "usage": usage_json(usage.as_ref()),
+    });
+    Ok(serde_json::to_vec(&message).expect("JSON values always serialize"))
+}
+
+/// The content block being streamed.
+enum Open {
+    None,
+    Text,
+    Tool,
+}
+
+/// Writes a stream of chat chunks as Anthropic's events.
+struct ChatEvents {
+    id: String,
+    model: String,
+    stops: Vec<String>,
+    started: bool,
+    pinged: bool,
+    open: Open,
+    /// The next content block's index.
+    next_index: u64,
+    /// Each chat tool index's block index, for argument fragments.
+    tools: Vec<(u64, u64)>,
+    finish: Option<String>,
+    matched: Value,
+    usage: Option<Usage>,
+    /// The text and tool arguments written, to estimate the output for the client when the
+    /// upstream reports no usage.
+    written: String,
+    ended: bool,
+}
+
+impl ChatEvents {
+    fn new(request: &[u8]) -> ChatEvents {
+        ChatEvents {
+            id: new_id("msg"),
+            model: String::new(),
+            written: String::new(),
+            stops: stop_sequences(request),
+            started: false,
+            pinged: false,
+            open: Open::None,
+            next_index: 0,
+            tools: Vec::new(),
+            finish: None,
+            matched: Value::Null,
+            usage: None,
+            ended: false,
+        }
+    }
+
+    fn emit(out: &mut Vec<(&'static str, String)>, kind: &'static str, mut event: Value) {
+        event["type"] = kind.into();
+        out.push((kind, event.to_string()));
+    }
+
+    fn start(&mut self, out: &mut Vec<(&'static str, String)>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let message = json!({
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": null,
+            "stop_sequence": null,
+            "usage": usage_json(None),
+        });
+        Self::emit(out, "message_start", json!({"message": message}));
+    }
+
+    fn stop_block(&mut self, out: &mut Vec<(&'static str, String)>) {
+        if matches!(self.open, Open::None) {
+            return;
+        }
+        self.open = Open::None;
+        Self::emit(
+            out,
+            "content_block_stop",
+            json!({"index": self.next_index - 1}),
+        );
+    }
+
+    fn start_block(&mut self, out: &mut Vec<(&'static str, String)>, open: Open, block: Value) {
+        self.stop_block(out);
+        self.open = open;
+        let index = self.next_index;
+        self.next_index += 1;
+        Self::emit(
+            out,
+            "content_block_start",
+            json!({"index": index, "content_block": block}),
+        );
+        if !self.pinged {
+            self.pinged = true;
+            Self::emit(out, "ping", json!({}));
+        }
+    }
+
+    fn text(&mut self, out: &mut Vec<(&'static str, String)>, text: &str) {
+        if !matches!(self.open, Open::Text) {
+            self.start_block(out, Open::Text, json!({"type": "text", "text": ""}));
+        }
+        self.written.push_str(text);
+        Self::emit(
+            out,
+            "content_block_delta",
+            json!({"index": self.next_index - 1, "delta": {"type": "text_delta", "text": text}}),
+        );
+    }
+
+    fn tool_call(&mut self, out: &mut Vec<(&'static str, String)>, call: &Value) {
+        let tool = call["index"].as_u64().unwrap_or(0);
+        let index = match self.tools.iter().find(|(t, _)| *t == tool) {
+            Some((_, index)) => *index,
+            None => {
+                let block = json!({
+                    "type": "tool_use",
+                    "id": call["id"].as_str().unwrap_or_default(),
+                    "name": call["function"]["name"].as_str().unwrap_or_default(),
+                    "input": {},
+                });
+                self.start_block(out, Open::Tool, block);
+                self.tools.push((tool, self.next_index - 1));
+                self.next_index - 1
+            }
+        };
+        if let Some(fragment) = call["function"]["arguments"]
+            .as_str()
+            .filter(|f| !f.is_empty())
+        {
+            self.written.push_str(fragment);
+            Self::emit(
+                out,
+                "content_block_delta",
+                json!({"index": index, "delta": {"type": "input_json_delta", "partial_json": fragment}}),
+            );
+        }
+    }
+
+    /// Closes the open block and ends the message with its stop reason and usage.
+    fn finish(&mut self, out: &mut Vec<(&'static str, String)>) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        self.start(out);
+        self.stop_block(out);
+        let (reason, sequence) = stop_reason(self.finish.as_deref(), &self.matched, &self.stops);
+        // Without the upstream's usage the output is the gateway's estimate and the input is left
+        // out, so the relay reads no usage here and books its own estimate (flagged so), as for
+        // chat, never 0.
+        let usage = match &self.usage {
+            Some(usage) => usage_json(Some(usage)),
+            None => json!({"output_tokens": count(&self.model, &self.written)}),
+        };
+        Self::emit(
+            out,
+            "message_delta",
+            json!({
+                "delta": {"stop_reason": reason, "stop_sequence": sequence},
+                "usage": usage,
+            }),
+        );
+        Self::emit(out, "message_stop", json!({}));
+    }
+}
+
+impl StreamTranslator for ChatEvents {
+    fn read(&mut self, data: &str, out: &mut Vec<(&'static str, String)>) -> Result<(), String> {
+        if data == "[DONE]" {
+            self.finish(out);
+            return Ok(());
+        }
+        let chunk: Value = serde_json::from_str(data)
+            .map_err(|err| format!("a chat chunk that is not JSON: {err}"))?;
+        if let Some(error) = chunk.get("error").filter(|error| !error.is_null()) {
+            return Err(format!(
+                "the upstream's stream reported an error: {}",
+                error["message"].as_str().unwrap_or("no message")
+            ));
+        }
+        if let Some(model) = chunk["model"].as_str()
+            && self.model.is_empty()
+        {
+            self.model = model.to_string();
+        }
+        self.start(out);
+        if let Some(usage) = chunk
+            .get("usage")
+            .and_then(|usage| Usage::from_raw(&raw(usage)))
+        {
+            self.usage = Some(usage);
+        }
+        // Choice 0 only: a message is one answer.
+        for choice in chunk["choices"].as_array().into_iter().flatten() {
+            if choice["index"].as_u64().unwrap_or(0) != 0 {
+                continue;
+            }
+            let delta = &choice["delta"];
+            if let Some(text) = delta["content"].as_str().filter(|text| !text.is_empty()) {
+                self.text(out, text);
+            }
+            for call in delta["tool_calls"].as_array().into_iter().flatten() {
+                self.tool_call(out, call);
+            }
+            if let Some(reason) = choice["finish_reason"].as_str() {
+                self.finish = Some(reason.to_string());
+                self.matched = choice["stop_reason"].clone();
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, out: &mut Vec<(&'static str, String)>) {
+        if self.finish.is_some() {
+            self.finish(out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn events(chunks: &[&str]) -> Vec<(&'static str, Value)> {
+        let mut events = ChatEvents::new(br#"{"stop_sequences": ["END"]}"#);
+        let mut out = Vec::new();
+        for chunk in chunks {
+            events.read(chunk, &mut out).unwrap();
+        }
+        out.into_iter()
+            .map(|(name, data)| (name, serde_json::from_str(&data).unwrap()))
+            .collect()
+    }
+
+    /// Text then a tool call: the events in Anthropic's order, one block after the other, the
+    /// stop reason and the usage (the cache's reads apart from the input) at the end.
+    #[test]
+    fn a_chat_stream_becomes_anthropics_events_in_order() {
+        let out = events(&[
+            r#"{"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"Let me look."}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get","arguments":""}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"q\":1}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":4}}}"#,
+            "[DONE]",
+        ]);
+        let names: Vec<&str> = out.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "ping",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop",
+            ]
+        );
+        assert_eq!(out[5].1["content_block"]["type"], "tool_use");
+        assert_eq!(out[5].1["index"], 1);
+        assert_eq!(out[6].1["delta"]["partial_json"], "{\"q\":1}");
+        let delta = &out[8].1;
+        assert_eq!(delta["delta"]["stop_reason"], "tool_use");
+        assert_eq!(
+            delta["usage"],
+            json!({"input_tokens": 6, "cache_read_input_tokens": 4, "cache_creation_input_tokens": 0, "output_tokens": 5})
+        );
+    }
+
+    /// vLLM says which stop string matched: a requested one is a stop sequence.
+    #[test]
+    fn a_matched_stop_sequence_is_named() {
+        let out = events(&[
+            r#"{"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":"stop","stop_reason":"END"}]}"#,
+            "[DONE]",
+        ]);
+        let delta = &out[out.len() - 2].1;
+        assert_eq!(delta["delta"]["stop_reason"], "stop_sequence");
+        assert_eq!(delta["delta"]["stop_sequence"], "END");
+    }
+
+    /// A tool call whose arguments are not JSON is the tier's failure, not a client's answer.
+    #[test]
+    fn broken_tool_arguments_fail_the_tier() {
+        let chat = json!({"choices": [{"message": {"tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{oops"}}]}, "finish_reason": "tool_calls"}]});
+        assert!(from_chat(chat.to_string().as_bytes(), b"{}").is_err());
+    }
+
+    /// A user turn's tool results go first, as tool messages right after the assistant's calls.
+    #[test]
+    fn tool_results_come_before_the_turns_text() {
+        let body = json!({
+            "model": "m", "max_tokens": 10,
+            "system": [{"type": "text", "text": "Be brief."}],
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "w", "input": {"city": "Oslo"}}]},
+                {"role": "user", "content": [{"type": "text", "text": "thanks"}, {"type": "tool_result", "tool_use_id": "t1", "content": "sunny"}]},
+            ],
+            "tool_choice": {"type": "any", "disable_parallel_tool_use": true},
+            "tools": [{"name": "w", "input_schema": {"type": "object"}}],
+        });
+        let chat: Value =
+            serde_json::from_slice(&to_chat(body.to_string().as_bytes(), "m").unwrap()).unwrap();
+        let roles: Vec<&str> = chat["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["system", "user", "assistant", "tool", "user"]);
+        assert_eq!(
+            chat["messages"][2]["tool_calls"][0]["function"]["arguments"],
+            "{\"city\":\"Oslo\"}"
+        );
+        assert_eq!(chat["tool_choice"], "required");
+        assert_eq!(chat["parallel_tool_calls"], false);
+    }
+
+    /// Any JSON value, up to a few levels deep, with the keys the translation reads among others.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            prop_oneof![
+                Just("text".to_string()),
+                Just("tool_use".to_string()),
+                Just("tool_result".to_string()),
+                Just("image".to_string()),
+                Just("user".to_string()),
+                Just("assistant".to_string()),
+                ".{0,8}",
+            ]
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("type".to_string()),
+                        Just("role".to_string()),
+                        Just("content".to_string()),
+                        Just("messages".to_string()),
+                        Just("tools".to_string()),
+                        Just("system".to_string()),
+                        Just("source".to_string()),
+                        Just("input".to_string()),
+                        "[a-z_]{1,8}",
+                    ],
+                    inner,
+                    0..6,
+                )
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Any request body: a chat completion or an error naming what cannot be carried, never
+        /// a panic.
+        #[test]
+        fn any_body_translates_or_is_refused(body in any_json()) {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            if let Ok(chat) = to_chat(&bytes, "m") {
+                let chat: Value = serde_json::from_slice(&chat).unwrap();
+                prop_assert!(chat["messages"].is_array());
+            }
+            let _ = from_chat(&bytes, &bytes);
+            let _ = count_prompt("m", &bytes);
+        }
+
+        /// Any chat events: events or an error, never a panic; a stream that is read to its end
+        /// ends with `message_stop`.
+        #[test]
+        fn any_chat_events_translate_without_a_panic(chunks in prop::collection::vec(any_json(), 0..8)) {
+            let mut events = ChatEvents::new(b"{}");
+            let mut out = Vec::new();
+            for chunk in &chunks {
+                let _ = events.read(&chunk.to_string(), &mut out);
+            }
+            events.read("[DONE]", &mut out).unwrap();
+            prop_assert_eq!(out.last().map(|(name, _)| *name), Some("message_stop"));
+            prop_assert_eq!(out.first().map(|(name, _)| *name), Some("message_start"));
+        }
+
+        /// Any text as a stream event's data: read or passed over, never a panic.
+        #[test]
+        fn any_event_reads_without_a_panic(data in ".{0,200}") {
+            let _ = read_event(&data);
+        }
+    }
+}

@@ -1,0 +1,138 @@
+"""The official `anthropic` Python SDK against tierwise's `/v1/messages`: served through chat
+completions on chat tiers (plain, `messages.stream`, `stream=True`, tools with a `tool_result`
+turn), passed through to an Anthropic tier, `count_tokens`, and errors raised as the SDK's own
+exception classes."""
+
+import anthropic
+import pytest
+
+from conftest import CLIENT_KEY
+
+
+@pytest.fixture
+def claude(gateway_url):
+    # The SDK sends the key as `x-api-key` and adds `/v1/messages` to the base URL itself.
+    return anthropic.Anthropic(base_url=gateway_url, api_key=CLIENT_KEY, max_retries=0)
+
+
+HI = [{"role": "user", "content": "My card was charged twice"}]
+
+
+def test_a_plain_message(claude, fakes):
+    local, _ = fakes
+    raw = claude.messages.with_raw_response.create(
+        model="classification", max_tokens=64, system="Be brief.", messages=HI
+    )
+    message = raw.parse()
+    assert message.id.startswith("msg_")
+    assert message.type == "message" and message.role == "assistant"
+    assert message.content[0].type == "text"
+    assert message.content[0].text == "Hello from the fake upstream."
+    assert message.stop_reason == "end_turn"
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (20, 5)
+    assert raw.headers["x-tierwise-tier"] == "local"
+    sent = local.requests()[-1]
+    assert sent["path"] == "/v1/chat/completions"
+    assert sent["body"]["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert sent["body"]["max_tokens"] == 64
+
+
+def test_the_streaming_helper_assembles_the_final_message(claude, fakes):
+    with claude.messages.stream(model="classification", max_tokens=64, messages=HI) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "Hello from the fake upstream."
+    assert final.content[0].text == text
+    assert final.stop_reason == "end_turn"
+    assert final.usage.output_tokens == 5
+
+
+def test_stream_true_yields_anthropics_events_in_order(claude, fakes):
+    events = list(claude.messages.create(model="classification", max_tokens=64, messages=HI, stream=True))
+    types = [event.type for event in events]
+    assert types[:3] == ["message_start", "content_block_start", "content_block_delta"]
+    assert types[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    assert events[0].message.id.startswith("msg_")
+    text = "".join(e.delta.text for e in events if e.type == "content_block_delta")
+    assert text == "Hello from the fake upstream."
+    delta = events[-2]
+    assert delta.delta.stop_reason == "end_turn"
+    assert delta.usage.output_tokens == 5
+
+
+def test_tools_and_a_second_turn_with_the_tool_result(claude, fakes):
+    local, _ = fakes
+    local.behave(reply="", tool_calls=[{"id": "call_1", "name": "weather", "arguments": '{"city": "Paris"}'}])
+    tools = [
+        {
+            "name": "weather",
+            "description": "The weather in a city.",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+        }
+    ]
+    first = claude.messages.create(
+        model="classification", max_tokens=64, tools=tools, messages=[{"role": "user", "content": "Weather in Paris?"}]
+    )
+    assert first.stop_reason == "tool_use"
+    use = first.content[0]
+    assert (use.type, use.id, use.name, use.input) == ("tool_use", "call_1", "weather", {"city": "Paris"})
+
+    local.behave(reply="It is sunny in Paris.")
+    second = claude.messages.create(
+        model="classification",
+        max_tokens=64,
+        tools=tools,
+        messages=[
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": first.content},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny"}]},
+        ],
+    )
+    assert second.content[0].text == "It is sunny in Paris."
+    sent = local.requests()[-1]["body"]["messages"]
+    assert sent[1]["tool_calls"][0]["id"] == "call_1"
+    assert sent[2] == {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
+
+    local.behave(reply="", tool_calls=[{"id": "call_2", "name": "weather", "arguments": '{"city": "Oslo"}'}])
+    with claude.messages.stream(
+        model="classification", max_tokens=64, tools=tools, messages=[{"role": "user", "content": "Weather?"}]
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "tool_use"
+    assert (final.content[0].id, final.content[0].input) == ("call_2", {"city": "Oslo"})
+
+
+def test_an_anthropic_tier_answers_as_it_came(claude, fakes):
+    _, api = fakes
+    message = claude.messages.create(model="claude_first", max_tokens=64, messages=HI)
+    assert message.id == "msg_fake"
+    assert api.requests()[-1]["path"] == "/v1/messages"
+    with claude.messages.stream(model="claude_first", max_tokens=64, messages=HI) as stream:
+        final = stream.get_final_message()
+    assert final.id == "msg_fake"
+    assert final.usage.output_tokens == 5
+
+
+def test_count_tokens(claude, fakes):
+    counted = claude.messages.count_tokens(model="classification", messages=HI)
+    assert counted.input_tokens > 0
+    longer = claude.messages.count_tokens(model="classification", system="Answer at length. " * 20, messages=HI)
+    assert longer.input_tokens > counted.input_tokens
+
+
+def test_errors_are_the_sdks_own_exceptions(claude, fakes, gateway_url):
+    with pytest.raises(anthropic.NotFoundError) as refused:
+        claude.messages.create(model="no-such-model", max_tokens=9, messages=HI)
+    assert refused.value.body["error"]["type"] == "not_found_error"
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        claude.messages.create(model="classification", max_tokens=9, messages=HI, extra_body={"logprobs": True})
+    assert "logprobs" in refused.value.message
+    wrong = anthropic.Anthropic(base_url=gateway_url, api_key="sk-wrong", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError):
+        wrong.messages.create(model="classification", max_tokens=9, messages=HI)
+    local, api = fakes
+    local.behave(fault={"kind": "status", "status": 503})
+    api.behave(fault={"kind": "status", "status": 503})
+    with pytest.raises(anthropic.InternalServerError) as failed:
+        claude.messages.create(model="classification", max_tokens=9, messages=HI)
+    assert failed.value.body["type"] == "error"
