@@ -21,9 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 
 use super::{Outcome, Queue};
-use crate::ledger::{
-    AttemptRow, LedgerHealth, LedgerWriter, Pricing, ReplayError, RequestRow, Spool,
-};
+use crate::ledger::{AttemptRow, LedgerHealth, LedgerWriter, ReplayError, RequestRow, Spool};
 
 const MAX_BATCH: usize = 1000;
 /// How long outcomes gather unless a full batch is already waiting. Under light load this turns
@@ -52,7 +50,6 @@ impl Dispatcher {
         spool: Spool,
         health: Arc<LedgerHealth>,
         queue: usize,
-        pricing: Arc<Pricing>,
     ) -> (Queue, Dispatcher) {
         let (sender, receiver) = mpsc::channel(queue);
         let (late, late_receiver) = mpsc::unbounded_channel();
@@ -67,7 +64,7 @@ impl Dispatcher {
             receiver,
             late: late_receiver,
         };
-        let task = tokio::spawn(run(sink, queues, closed, pricing));
+        let task = tokio::spawn(run(sink, queues, closed));
         (Queue { sender, late }, Dispatcher { task, close })
     }
 
@@ -92,12 +89,7 @@ struct Queues {
     late: mpsc::UnboundedReceiver<Outcome>,
 }
 
-async fn run(
-    mut sink: Sink,
-    mut queues: Queues,
-    mut closed: oneshot::Receiver<()>,
-    pricing: Arc<Pricing>,
-) {
+async fn run(mut sink: Sink, mut queues: Queues, mut closed: oneshot::Receiver<()>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut closing = false;
     let mut next_retry = Instant::now();
@@ -134,7 +126,7 @@ async fn run(
         }
         crate::metrics::ledger_queue_depth(queues.receiver.len());
         if batch.iter().any(|outcome| outcome.to_count.is_some()) {
-            batch = count_tokens(batch, pricing.clone()).await;
+            batch = count_tokens(batch).await;
         }
         let requests: Vec<&RequestRow> = batch.iter().map(|o| &o.request).collect();
         let attempts: Vec<&AttemptRow> = batch.iter().flat_map(|o| &o.attempts).collect();
@@ -277,10 +269,10 @@ fn drain(queues: &mut Queues, batch: &mut Vec<Outcome>) {
 /// task shares should not wait out. A count's work is bounded whatever the text (see
 /// [`crate::openai::tokens`]), so a batch, and a shutdown draining the queue, never waits long on
 /// one.
-async fn count_tokens(mut batch: Vec<Outcome>, pricing: Arc<Pricing>) -> Vec<Outcome> {
+async fn count_tokens(mut batch: Vec<Outcome>) -> Vec<Outcome> {
     let counted = tokio::task::spawn_blocking(move || {
         for outcome in &mut batch {
-            outcome.count(&pricing);
+            outcome.count();
         }
         batch
     })

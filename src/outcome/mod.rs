@@ -69,12 +69,15 @@ pub struct ToCount {
     baseline: Option<Arc<Tier>>,
     /// Input counts the upstream gave exactly, which win over counting the request.
     prompt: Option<Usage>,
+    /// The prices of the config the request was served under: a reload between its start and its
+    /// count must not price it at another config's prices, nor leave a tier it added unpriced.
+    pricing: Arc<Pricing>,
 }
 
 impl Outcome {
     /// Counts and prices what was left to count, if anything. Not on an event loop: a long text
     /// takes milliseconds to count.
-    pub fn count(&mut self, pricing: &Pricing) {
+    pub fn count(&mut self) {
         let Some(to_count) = self.to_count.take() else {
             return;
         };
@@ -85,7 +88,9 @@ impl Outcome {
             tokens.cached = exact.cached;
             tokens.cache_write = exact.cache_write;
         }
-        let priced = pricing.price(&to_count.tier, to_count.baseline.as_deref(), &tokens);
+        let priced = to_count
+            .pricing
+            .price(&to_count.tier, to_count.baseline.as_deref(), &tokens);
         set_tokens(&mut self.request, tokens, priced);
         if let Some(used) = self.used() {
             std::mem::take(&mut self.hold).settle(used);
@@ -482,6 +487,7 @@ impl Exchange {
                             tier: by.tier.clone(),
                             baseline: start.route.as_ref().and_then(|r| r.baseline.clone()),
                             prompt,
+                            pricing: self.outcomes.pricing.clone(),
                         })
                     }
                 };
