@@ -126,23 +126,35 @@ pub struct Config {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Source {
     pub path: PathBuf,
-    /// The first 12 hex digits of the text's SHA-256.
+    /// The first 12 hex digits of the SHA-256 of the text and of each file it refers to (prompts,
+    /// TLS certificates and keys), so that a changed prompt file is a changed config.
     pub hash: String,
     /// The file as `/admin/api/config` shows it: its tables and values, every secret masked.
     pub shown: Arc<serde_json::Value>,
 }
 
 impl Source {
-    fn of(text: &str, path: &Path) -> Source {
+    /// `text` and the files it refers to, as read; the path is the caller's to set.
+    pub(super) fn of(text: &str, files: &[(PathBuf, Vec<u8>)]) -> Source {
         use sha2::{Digest, Sha256};
-        let digest = Sha256::digest(text.as_bytes());
+        let mut hasher = Sha256::new();
+        hasher.update(text.as_bytes());
+        for (path, bytes) in files {
+            // Lengths delimit each part, so no two different sets of inputs hash alike.
+            let path = path.to_string_lossy();
+            hasher.update((path.len() as u64).to_le_bytes());
+            hasher.update(path.as_bytes());
+            hasher.update((bytes.len() as u64).to_le_bytes());
+            hasher.update(bytes);
+        }
+        let digest = hasher.finalize();
         let mut shown = toml::from_str::<toml::Value>(text)
             .ok()
             .and_then(|value| serde_json::to_value(value).ok())
             .unwrap_or_default();
         mask_secrets(&mut shown);
         Source {
-            path: path.to_path_buf(),
+            path: PathBuf::new(),
             hash: digest.iter().take(6).map(|b| format!("{b:02x}")).collect(),
             shown: Arc::new(shown),
         }
@@ -154,14 +166,18 @@ impl Source {
 const SECRET_KEYS: &[&str] = &["api_key", "api_keys", "admin_key", "metrics_key", "key"];
 const SECRET_URLS: &[&str] = &["webhook"];
 
-/// Masks every secret in a file's values: the keys' values, a webhook's URL, and the password and
-/// query of any other URL (`postgres://user:password@…`, `redis://:password@…`, `?api-key=…`).
+/// Masks every secret in a file's values: the keys' values and everything in a table of that name, a
+/// webhook's URL, and the user, password and query of any other URL (`postgres://user:password@…`,
+/// `https://token@…`, `?api-key=…`).
 fn mask_secrets(value: &mut serde_json::Value) {
     use serde_json::Value;
+    // Everything under a secret's name is masked, a table's values too (`[keys.key]`,
+    // `[providers.webhook]`): a name alone cannot tell a table of secrets from a table of settings.
     fn mask_all(value: &mut Value) {
         match value {
             Value::String(text) => *text = "***".into(),
             Value::Array(items) => items.iter_mut().for_each(mask_all),
+            Value::Object(table) => table.values_mut().for_each(mask_all),
             _ => {}
         }
     }
@@ -179,8 +195,12 @@ fn mask_secrets(value: &mut serde_json::Value) {
         Value::String(text) => {
             if let Ok(mut url) = url::Url::parse(text)
                 && url.has_host()
-                && (url.password().is_some() || url.query().is_some())
+                && (url.password().is_some() || !url.username().is_empty() || url.query().is_some())
             {
+                // A token is often written as the user (`https://TOKEN@host`).
+                if !url.username().is_empty() {
+                    let _ = url.set_username("***");
+                }
                 if url.password().is_some() {
                     let _ = url.set_password(Some("***"));
                 }
@@ -242,7 +262,10 @@ impl Config {
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         match resolver::Resolver::new(text, &base_dir, env).resolve(file) {
             Ok(config) if unknown.is_empty() => Ok(Config {
-                source: Source::of(text, path),
+                source: Source {
+                    path: path.to_path_buf(),
+                    ..config.source.clone()
+                },
                 ..config
             }),
             Ok(_) => Err(invalid(unknown)),
@@ -317,4 +340,31 @@ impl ClientKey {
 /// The path `tierwise serve` and `tierwise check` read when none is given.
 pub fn default_path() -> PathBuf {
     PathBuf::from("tierwise.toml")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Source;
+
+    #[test]
+    fn the_shown_file_masks_tables_named_like_secrets_and_tokens_in_urls() {
+        let text = r#"
+[keys.key]
+key = "sk-client-secret"
+[providers.webhook]
+api_key = "sk-webhook-secret"
+base_url = "http://hook.example"
+[providers.vllm]
+base_url = "http://user-token@vllm.example:8000/v1"
+model = "kept"
+"#;
+        let shown = Source::of(text, &[]).shown.to_string();
+        for secret in ["sk-client-secret", "sk-webhook-secret", "user-token"] {
+            assert!(!shown.contains(secret), "{secret} shown in {shown}");
+        }
+        assert!(
+            shown.contains("vllm.example") && shown.contains("kept"),
+            "{shown}"
+        );
+    }
 }

@@ -21,6 +21,9 @@ pub struct Resolver<'a> {
     /// Names that are defined but could not be resolved: their own mistake is already recorded,
     /// so what refers to them is not told they do not exist.
     invalid: HashSet<String>,
+    /// The files the config refers to (prompts, TLS), as read: part of the config's hash, so a
+    /// reload sees a prompt or certificate changed while the TOML text is the same.
+    pub(super) read: Vec<(std::path::PathBuf, Vec<u8>)>,
 }
 
 impl<'a> Resolver<'a> {
@@ -28,6 +31,7 @@ impl<'a> Resolver<'a> {
         Resolver {
             text,
             base_dir,
+            read: Vec::new(),
             env,
             issues: Vec::new(),
             warnings: Vec::new(),
@@ -72,7 +76,7 @@ impl<'a> Resolver<'a> {
                 report,
                 budget,
                 warnings: self.warnings,
-                source: super::Source::default(),
+                source: super::Source::of(self.text, &self.read),
             })
         } else {
             self.issues.sort_by_key(|issue| issue.line);

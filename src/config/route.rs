@@ -425,7 +425,11 @@ impl Resolver<'_> {
     fn prompt(&mut self, path: &Text, key: &str, labels: Option<&[String]>) -> Option<String> {
         let relative = self.string(path, key)?;
         let full = self.base_dir.join(&relative);
-        match std::fs::read_to_string(&full) {
+        let read = std::fs::read_to_string(&full);
+        if let Ok(prompt) = &read {
+            self.read.push((full.clone(), prompt.clone().into_bytes()));
+        }
+        match read {
             Ok(prompt) if with_labels(&prompt, labels).is_none() => {
                 self.issue_at(
                     path.span().start,

@@ -97,7 +97,10 @@ impl Resolver<'_> {
         let path = self.base_dir.join(self.string(text, key)?);
         let shown = path.display().to_string();
         let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
+            Ok(bytes) => {
+                self.read.push((path.clone(), bytes.clone()));
+                bytes
+            }
             Err(err) => {
                 self.issue_at(
                     text.span().start,
@@ -137,7 +140,10 @@ impl Resolver<'_> {
         let path = self.base_dir.join(self.string(text, key)?);
         let shown = path.display().to_string();
         let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
+            Ok(bytes) => {
+                self.read.push((path.clone(), bytes.clone()));
+                bytes
+            }
             Err(err) => {
                 self.issue_at(
                     text.span().start,

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use super::{BreakerState, Health, ServerHealth};
-use crate::config::{Config, ProbePolicy, TaskKind, Tier};
+use crate::config::{Config, ProbePolicy, Provider, TaskKind, Tier};
 use crate::openai::Endpoint;
 use crate::upstream::{ListedModel, UpstreamError, UpstreamErrorKind, Upstreams};
 
@@ -46,6 +46,9 @@ pub fn spawn_probes(
         };
         for server in health.of(provider).servers() {
             let (server, upstreams, warmups) = (server.clone(), upstreams.clone(), warmups.clone());
+            // A server a reload kept was probed a moment ago: it waits its interval, so that a
+            // storm of reloads is not a storm of probes.
+            let kept = before.is_some_and(|b| b.holds(&server));
             match provider.probe.clone() {
                 Some(policy) => {
                     if policy.metrics {
@@ -55,9 +58,12 @@ pub fn spawn_probes(
                             policy.clone(),
                         )));
                     }
-                    tasks.push(tokio::spawn(probe_loop(server, upstreams, policy, warmups)));
+                    let provider = provider.clone();
+                    tasks.push(tokio::spawn(probe_loop(
+                        server, provider, upstreams, policy, warmups, kept,
+                    )));
                 }
-                None if !warmups.is_empty() && !before.is_some_and(|b| b.holds(&server)) => {
+                None if !warmups.is_empty() && !kept => {
                     tasks.push(tokio::spawn(async move {
                         if let Err(err) = warm_up(&upstreams, server.index, &warmups).await {
                             tracing::warn!(provider = %server.provider.name, server = %server.server.name, "warm-up failed: {err}");
@@ -189,20 +195,24 @@ async fn discover_server_windows(
     }
 }
 
+/// Probes `health`'s server as the serving config's `provider` says (its URL and path: a server
+/// kept by a reload whose probe path changed probes the new one).
 async fn probe_loop(
     health: Arc<ServerHealth>,
+    provider: Arc<Provider>,
     upstreams: Arc<Upstreams>,
     policy: ProbePolicy,
     warmups: Arc<Vec<Warmup>>,
+    kept: bool,
 ) {
     let mut ticker = tokio::time::interval(policy.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    if kept {
+        ticker.reset();
+    }
     loop {
         ticker.tick().await;
-        match upstreams
-            .probe(&health.provider, health.index, &policy)
-            .await
-        {
+        match upstreams.probe(&provider, health.index, &policy).await {
             Ok(listing) => {
                 let listed = discover_windows(&health, &listing);
                 let first = !health.seen_up.load(Ordering::Acquire);

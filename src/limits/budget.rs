@@ -78,7 +78,6 @@ pub struct Budgets {
     all: Option<Arc<BudgetMeter>>,
     routes: HashMap<String, Arc<BudgetMeter>>,
     keys: HashMap<String, Arc<BudgetMeter>>,
-    pricing: Pricing,
     clock: Clock,
     /// The count every replica shares, where `limits.store` is set.
     shared: Option<Arc<SharedBudgets>>,
@@ -115,6 +114,8 @@ pub struct Spending<'a> {
     pub request: &'a RequestBody<'a>,
     /// The route's shadow check has demoted its primary tier.
     pub primary_demoted: bool,
+    /// The prices of the config serving the request (a reload may have changed them).
+    pub pricing: &'a Pricing,
 }
 
 /// What budgets decided of a request.
@@ -167,7 +168,6 @@ impl Budgets {
             all: None,
             routes: HashMap::new(),
             keys: HashMap::new(),
-            pricing: Pricing::new(config),
             clock,
             shared: None,
             crossings: Mutex::new(Some(crossings)),
@@ -404,29 +404,9 @@ impl Budgets {
                     .or(step.tier.max_tokens.map(u64::from))
                     .unwrap_or(DEFAULT_ANSWER_TOKENS)
                     .saturating_mul(choices);
-                self.worst_on(&step.tier, prompt, answer)
+                worst_on(spending.pricing, &step.tier, prompt, answer)
             })
             .max()
-    }
-
-    /// The prompt at the dearer of its input price and the price of writing it to a provider's
-    /// prompt cache (Anthropic's, dearer than input), and the answer.
-    fn worst_on(&self, tier: &Tier, prompt: u64, answer: u64) -> i64 {
-        let cost = |cache_write: u64| {
-            let tokens = Tokens {
-                input: prompt,
-                cached: 0,
-                cache_write,
-                output: answer,
-                estimated: false,
-            };
-            // A model without a price has no budget over it (the configuration refuses one).
-            self.pricing
-                .price(tier, None, &tokens)
-                .cost
-                .map_or(0, |cost| cost.0.max(0))
-        };
-        cost(0).max(cost(prompt))
     }
 
     /// Holds a shadow call's worst case against the budgets of its route and of all API spend;
@@ -925,6 +905,26 @@ impl Meter for MonthCounts {
     }
 }
 
+/// The prompt at the dearer of its input price and the price of writing it to a provider's
+/// prompt cache (Anthropic's, dearer than input), and the answer.
+fn worst_on(pricing: &Pricing, tier: &Tier, prompt: u64, answer: u64) -> i64 {
+    let cost = |cache_write: u64| {
+        let tokens = Tokens {
+            input: prompt,
+            cached: 0,
+            cache_write,
+            output: answer,
+            estimated: false,
+        };
+        // A model without a price has no budget over it (the configuration refuses one).
+        pricing
+            .price(tier, None, &tokens)
+            .cost
+            .map_or(0, |cost| cost.0.max(0))
+    };
+    cost(0).max(cost(prompt))
+}
+
 #[cfg(test)]
 mod tests {
     use futures_util::FutureExt;
@@ -976,6 +976,7 @@ tiers = ["mini"]
                 chain: &route.chain,
                 request: &request,
                 primary_demoted: demoted,
+                pricing: &Pricing::new(config),
             })
             .now_or_never()
             .expect("without a store, judged in memory at once")
@@ -1094,6 +1095,7 @@ budget = { monthly_usd = 1 }
                     chain: &route.chain,
                     request: &request,
                     primary_demoted: false,
+                    pricing: &Pricing::new(&config),
                 })
                 .now_or_never()
                 .unwrap();

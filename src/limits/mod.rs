@@ -55,6 +55,9 @@ pub struct Limits {
     routes: HashMap<String, Scope>,
     shared: Option<Arc<Shared>>,
     budgets: Arc<Budgets>,
+    /// This config's prices, which a request's worst case is judged at: the budgets outlive a
+    /// reload, the prices they judge at are the serving config's.
+    pricing: crate::ledger::Pricing,
 }
 
 /// A key or a route with limits.
@@ -187,6 +190,7 @@ impl Limits {
             routes,
             budgets,
             shared,
+            pricing: crate::ledger::Pricing::new(config),
         }
     }
 
@@ -233,6 +237,7 @@ impl Limits {
                 chain: ask.chain,
                 request: ask.request,
                 primary_demoted: ask.primary_demoted,
+                pricing: &self.pricing,
             })
             .await
         {

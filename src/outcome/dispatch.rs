@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::ledger::Ledger;
 use super::{Metrics, Outcome, Queue, Recorder};
-use crate::ledger::{LedgerHealth, LedgerWriter, Pricing, Spool};
+use crate::ledger::{LedgerHealth, LedgerWriter, Spool};
 
 const MAX_BATCH: usize = 1000;
 /// How long outcomes gather unless a full batch is already waiting. Under light load this turns
@@ -44,7 +44,6 @@ impl Dispatcher {
         spool: Spool,
         health: Arc<LedgerHealth>,
         queue: usize,
-        pricing: Arc<Pricing>,
     ) -> (Queue, Dispatcher) {
         let recorders: Vec<Box<dyn Recorder>> = vec![
             Box::new(Ledger::new(writer, spool, health)),
@@ -57,7 +56,7 @@ impl Dispatcher {
             receiver,
             late: late_receiver,
         };
-        let task = tokio::spawn(run(recorders, queues, closed, pricing));
+        let task = tokio::spawn(run(recorders, queues, closed));
         (Queue { sender, late }, Dispatcher { task, close })
     }
 
@@ -86,7 +85,6 @@ async fn run(
     mut recorders: Vec<Box<dyn Recorder>>,
     mut queues: Queues,
     mut closed: oneshot::Receiver<()>,
-    pricing: Arc<Pricing>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut closing = false;
@@ -129,7 +127,7 @@ async fn run(
         }
         crate::metrics::ledger_queue_depth(queues.receiver.len());
         if batch.iter().any(|outcome| outcome.to_count.is_some()) {
-            batch = count_tokens(batch, pricing.clone()).await;
+            batch = count_tokens(batch).await;
         }
         for recorder in &mut recorders {
             recorder.record(&batch).await;
@@ -162,10 +160,10 @@ fn drain(queues: &mut Queues, batch: &mut Vec<Outcome>) {
 /// task shares should not wait out. A count's work is bounded whatever the text (see
 /// [`crate::openai::tokens`]), so a batch, and a shutdown draining the queue, never waits long on
 /// one.
-async fn count_tokens(mut batch: Vec<Outcome>, pricing: Arc<Pricing>) -> Vec<Outcome> {
+async fn count_tokens(mut batch: Vec<Outcome>) -> Vec<Outcome> {
     let counted = tokio::task::spawn_blocking(move || {
         for outcome in &mut batch {
-            outcome.count(&pricing);
+            outcome.count();
         }
         batch
     })

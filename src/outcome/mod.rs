@@ -78,12 +78,15 @@ pub struct ToCount {
     /// The route's cache missed and the stream was whole: it fills once its tokens are counted,
     /// so that a hit records the counted (estimated) tokens and the cost it avoided.
     fill: Option<(Ticket, Stored)>,
+    /// The prices of the config the request was served under: a reload between its start and its
+    /// count must not price it at another config's prices, nor leave a tier it added unpriced.
+    pricing: Arc<Pricing>,
 }
 
 impl Outcome {
     /// Counts and prices what was left to count, if anything. Not on an event loop: a long text
     /// takes milliseconds to count.
-    pub fn count(&mut self, pricing: &Pricing) {
+    pub fn count(&mut self) {
         let Some(to_count) = self.to_count.take() else {
             return;
         };
@@ -95,7 +98,9 @@ impl Outcome {
             tokens.cached = exact.cached;
             tokens.cache_write = exact.cache_write;
         }
-        let priced = pricing.price(&to_count.tier, to_count.baseline.as_deref(), &tokens);
+        let priced = to_count
+            .pricing
+            .price(&to_count.tier, to_count.baseline.as_deref(), &tokens);
         set_tokens(&mut self.request, tokens, priced);
         if let Some((ticket, stored)) = to_count.fill
             && crate::cache::fillable(endpoint, &stored)
@@ -546,6 +551,7 @@ impl Exchange {
                             baseline: start.route.as_ref().and_then(|r| r.baseline.clone()),
                             prompt,
                             fill: pending,
+                            pricing: self.outcomes.pricing.clone(),
                         })
                     }
                 };

@@ -88,6 +88,22 @@ pub async fn require_metrics_key(
 /// `Origin` (cross-origin) and can send it without a preflight only with a non-JSON content type;
 /// either is refused.
 pub async fn refuse_browsers(request: Request, next: Next) -> Response {
+    match browser_refusal(&request, true) {
+        Some(refusal) => refusal,
+        None => next.run(request).await,
+    }
+}
+
+/// The same for a POST that takes no body (`/admin/api/reload`): it may come without a content
+/// type (`curl -X POST`), but one it has must be JSON, and a cross-origin page is refused.
+pub async fn refuse_browsers_bodyless(request: Request, next: Next) -> Response {
+    match browser_refusal(&request, false) {
+        Some(refusal) => refusal,
+        None => next.run(request).await,
+    }
+}
+
+fn browser_refusal(request: &Request, content_type_required: bool) -> Option<Response> {
     let headers = request.headers();
     let same_origin = |origin: &str| {
         let host = headers
@@ -105,19 +121,19 @@ pub async fn refuse_browsers(request: Request, next: Next) -> Response {
         let error = ApiError::forbidden(
             "Cross-origin browser requests are refused: call this gateway from your backend.",
         );
-        return shaped(error, &request);
+        return Some(shaped(error, request));
     }
     if request.method() == http::Method::POST {
-        let json = headers
-            .get(http::header::CONTENT_TYPE)
+        let content_type = headers.get(http::header::CONTENT_TYPE);
+        let json = content_type
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.split(';').next())
             .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-        if !json {
-            return shaped(ApiError::unsupported_media_type(), &request);
+        if !json && (content_type_required || content_type.is_some()) {
+            return Some(shaped(ApiError::unsupported_media_type(), request));
         }
     }
-    next.run(request).await
+    None
 }
 
 async fn check(keys: &[Arc<ClientKey>], mut request: Request, next: Next) -> Response {

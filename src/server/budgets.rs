@@ -59,7 +59,9 @@ pub async fn budgets(
     Ok(Json(json!({
         "month": month.to_string(),
         "now_ms": now,
-        "budgets": figures(&app.snapshot().config, month, &spend, as_of, &live),
+        // The figures the budgets enforce: those the process started with, which a reload does
+        // not change (it names `budgets` as needing a restart).
+        "budgets": figures(app.reloads.started(), month, &spend, as_of, &live),
         "adjustments": adjustments,
     })))
 }

@@ -162,7 +162,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/admin/api/config", get(reload::config))
         .route(
             "/admin/api/reload",
-            post(reload::reload).route_layer(middleware::from_fn(auth::refuse_browsers)),
+            post(reload::reload).route_layer(middleware::from_fn(auth::refuse_browsers_bodyless)),
         )
         .route(
             "/admin/api/budgets/adjust",
@@ -282,13 +282,8 @@ impl Gateway {
                 "an earlier run left records in the ledger's spool; they are written now"
             );
         }
-        let (queue, dispatcher) = Dispatcher::spawn(
-            writer,
-            spool,
-            ledger_health.clone(),
-            config.ledger.queue,
-            pricing.clone(),
-        );
+        let (queue, dispatcher) =
+            Dispatcher::spawn(writer, spool, ledger_health.clone(), config.ledger.queue);
         let mut outcomes = Outcomes::new(queue, pricing.clone(), config.ledger.store_content);
         let watches = Arc::new(Watches::load(&config, &store).await?);
         let samples = watches.all().next().is_some().then(|| {

@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 
 use super::snapshot::{Snapshot, Version};
 use super::{ApiError, App};
-use crate::config::{Config, ConfigError};
+use crate::config::{AdminAccess, Config, ConfigError};
 use crate::health;
 use crate::outcome::Outcomes;
 use crate::upstream::UpstreamError;
@@ -97,10 +97,31 @@ impl Reloads {
         }
     }
 
-    /// Reads the file the serving config came from and, if it is valid, serves it.
+    /// Reads the file the serving config came from and, if it is valid, serves it. Whatever
+    /// refuses it — a mistake in the file, or clients that cannot be built from it (a TLS key
+    /// that does not match its certificate) — is logged and counted the same, by every trigger.
     pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
         let mut probes = self.probes.lock().await;
         let old = self.live.load_full();
+        let reloaded = self.swap(&old, &mut probes).await;
+        if let Err(err) = &reloaded {
+            tracing::error!(
+                version = old.version.number,
+                hash = %old.version.hash,
+                "reload refused; the configuration that served still serves: {err}"
+            );
+            if let Ok(mut refused) = self.refused.lock() {
+                *refused = (refused.0 + 1, Some(err.to_string()));
+            }
+        }
+        reloaded
+    }
+
+    async fn swap(
+        &self,
+        old: &Arc<Snapshot>,
+        probes: &mut Vec<JoinHandle<()>>,
+    ) -> Result<Reloaded, ReloadError> {
         let path = old.config.source.path.clone();
         // Reading the file and its prompt files is blocking I/O: off the serving threads.
         let config = tokio::task::spawn_blocking(move || Config::load(&path))
@@ -110,21 +131,7 @@ impl Reloads {
                     path: old.config.source.path.clone(),
                     source: std::io::Error::other(join.to_string()),
                 })
-            });
-        let config = match config {
-            Ok(config) => config,
-            Err(err) => {
-                tracing::error!(
-                    version = old.version.number,
-                    hash = %old.version.hash,
-                    "reload refused; the configuration that served still serves: {err}"
-                );
-                if let Ok(mut refused) = self.refused.lock() {
-                    *refused = (refused.0 + 1, Some(err.to_string()));
-                }
-                return Err(err.into());
-            }
-        };
+            })?;
         let needs_restart = needs_restart(&self.started, &config);
         if config.source.hash == old.version.hash {
             return Ok(Reloaded::of(&old.version, true, needs_restart));
@@ -171,6 +178,12 @@ impl Reloads {
             );
         }
         Ok(reloaded)
+    }
+
+    /// The config the process started with: what its start-only settings (budgets among them)
+    /// enforce until a restart.
+    pub fn started(&self) -> &Arc<Config> {
+        &self.started
     }
 
     /// How many reloads were refused since start, and why the last one was.
@@ -279,7 +292,10 @@ pub fn watch(reloads: Arc<Reloads>) -> Option<JoinHandle<()>> {
     let file = path.file_name().map(ToOwned::to_owned);
     let mut watcher =
         match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            // Only what changes the file's content: its reading (an Access event, which the
+            // reload's own read causes) or a touch of its metadata is no change.
             if let Ok(event) = event
+                && changes_content(&event.kind)
                 && event
                     .paths
                     .iter()
@@ -312,17 +328,55 @@ pub fn watch(reloads: Arc<Reloads>) -> Option<JoinHandle<()>> {
     }
     Some(tokio::spawn(async move {
         let _watching = watcher;
+        // The content last seen, so that one change is one reload: a rewrite with the same bytes
+        // (or events an editor sends for nothing) reloads nothing, and a file refused once is not
+        // refused again until it changes.
+        let mut seen = None;
         while changes.recv().await.is_some() {
             while let Ok(Some(())) = tokio::time::timeout(SETTLE, changes.recv()).await {}
+            let now = digest_of(path.clone()).await;
+            if now == seen {
+                continue;
+            }
+            seen = now;
             // Its outcome is logged where the reload runs.
             let _ = reloads.reload().await;
         }
     }))
 }
 
+/// Whether a watched event can mean the file's content changed: written, created, removed, or
+/// renamed into place.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::ModifyKind;
+    matches!(
+        kind,
+        EventKind::Any
+            | EventKind::Create(_)
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Any | ModifyKind::Data(_) | ModifyKind::Name(_))
+    )
+}
+
+/// The SHA-256 of the file's bytes (`None` while it cannot be read), read off the serving threads.
+async fn digest_of(path: std::path::PathBuf) -> Option<Vec<u8>> {
+    use sha2::{Digest, Sha256};
+    tokio::task::spawn_blocking(move || std::fs::read(path).ok())
+        .await
+        .ok()
+        .flatten()
+        .map(|bytes| Sha256::digest(bytes).to_vec())
+}
+
 /// `POST /admin/api/reload`: the version now serving, or the new file's errors (422) while the
 /// old one serves.
 pub async fn reload(State(app): State<Arc<App>>) -> Result<Json<Reloaded>, ApiError> {
+    if let AdminAccess::ClientKeys | AdminAccess::Closed = &app.snapshot().config.server.admin {
+        return Err(ApiError::forbidden(
+            "Reloading the config needs server.admin_key: without it any client key reads the admin API, and a client must not swap the config (SIGHUP reloads too).",
+        ));
+    }
     match app.reloads.reload().await {
         Ok(reloaded) => Ok(Json(reloaded)),
         Err(ReloadError::Config(err)) => Err(ApiError::reload_refused(err.to_string())),
