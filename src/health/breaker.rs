@@ -1,7 +1,9 @@
 //! A circuit breaker per provider. Closed: calls pass, failures are counted. Open: the provider is
 //! skipped at once, so a dead local server costs requests nothing. After a cool-down (doubling on
 //! each failed trial, capped) one trial call is let through (half-open); its success closes the
-//! breaker, its failure opens it again. The active probe can close or open it as well.
+//! breaker, its failure opens it again. The active probe can open it, and close one it opened;
+//! a breaker that calls opened its probe only moves to half-open, so a real call decides: a server
+//! that answers `/models` while its completions hang must not be let back in by its probe alone.
 //!
 //! Each state is numbered (its epoch), and a call keeps the epoch it was admitted in: its outcome
 //! is heard only while that state lasts. So a call that started before the breaker opened, or a
@@ -106,6 +108,9 @@ struct Inner {
     open_until: Instant,
     cooldown: Duration,
     trial_out: bool,
+    /// Calls' failures opened it (not the probe) since it was last closed: the probe's answer
+    /// says nothing of them, so only a trial call closes it.
+    by_calls: bool,
     since: SystemTime,
     last_error: Option<String>,
 }
@@ -134,6 +139,7 @@ impl Breaker {
                 open_until: now,
                 cooldown: policy.cooldown,
                 trial_out: false,
+                by_calls: false,
                 since: SystemTime::now(),
                 last_error: None,
             }),
@@ -189,7 +195,9 @@ impl Breaker {
                     Some(transition),
                 )
             }
-            BreakerState::HalfOpen if !inner.trial_out && trials => {
+            // Half-open by the cool-down (a trial went) or by a probe that warmed the server up:
+            // either way a user's call may be the trial now.
+            BreakerState::HalfOpen if !inner.trial_out => {
                 inner.trial_out = true;
                 (Admission::Call(Ticket { epoch, trial: true }), None)
             }
@@ -265,6 +273,7 @@ impl Breaker {
                     return None;
                 };
                 inner.cooldown = self.policy.cooldown;
+                inner.by_calls = true;
                 Some(self.open(&mut inner, why))
             }
             // A failed trial: the provider is still down, so wait longer before the next one.
@@ -310,9 +319,25 @@ impl Breaker {
         self.state() == BreakerState::Closed || Instant::now() >= self.lock().open_until
     }
 
-    /// The provider answered its probe (and its warm-up): close.
+    /// The provider answered its probe (and its warm-up): close, or where calls' failures opened
+    /// the breaker, move to half-open so that the next call is the trial that decides.
     pub fn probe_recovered(&self) -> Option<Transition> {
-        self.close(None, "health probe succeeded")
+        let mut inner = self.lock();
+        if !inner.by_calls {
+            drop(inner);
+            return self.close(None, "health probe succeeded");
+        }
+        if self.state() != BreakerState::Open {
+            // Half-open already: its trial decides.
+            return None;
+        }
+        inner.trial_out = false;
+        self.set(&mut inner, BreakerState::HalfOpen);
+        Some(Transition {
+            from: BreakerState::Open,
+            to: BreakerState::HalfOpen,
+            reason: "health probe succeeded, but calls failed: one trial call decides".into(),
+        })
     }
 
     pub fn snapshot(&self) -> BreakerSnapshot {
@@ -343,6 +368,7 @@ impl Breaker {
             return None;
         }
         inner.trial_out = false;
+        inner.by_calls = false;
         inner.cooldown = self.policy.cooldown;
         inner.window_start = Instant::now();
         inner.window_failures = 0;
@@ -639,6 +665,46 @@ mod tests {
             Some(BreakerState::Closed)
         );
         assert_eq!(breaker.probe_recovered(), None);
+    }
+
+    #[test]
+    fn a_probe_moves_a_breaker_calls_opened_to_half_open_and_only_a_trial_closes_it() {
+        let breaker = Breaker::new(BreakerPolicy {
+            failures: 1,
+            ..policy()
+        });
+        fail(&breaker, "timeout_total");
+        let transition = breaker.probe_recovered().expect("half-opens");
+        assert_eq!(
+            (transition.from, transition.to),
+            (BreakerState::Open, BreakerState::HalfOpen)
+        );
+        assert_eq!(breaker.probe_recovered(), None, "a second probe: no change");
+        // No trials for a warmed-up provider's cool-down, but the probe's half-open takes one.
+        let Admission::Call(trial) = breaker.admit(false).0 else {
+            panic!("half-open by the probe: a trial may go");
+        };
+        assert!(trial.is_trial());
+        breaker.on_failure(trial, "timeout_total");
+        assert_eq!(breaker.state(), BreakerState::Open, "the failed trial");
+        breaker.probe_failed("down");
+        breaker.lock().open_until = Instant::now();
+        assert_eq!(
+            breaker.probe_recovered().map(|t| t.to),
+            Some(BreakerState::HalfOpen),
+            "a probe's failure in between does not make the calls' failures forgotten"
+        );
+        let trial = call(&breaker);
+        assert_eq!(
+            breaker.on_success(trial).map(|t| t.to),
+            Some(BreakerState::Closed)
+        );
+        breaker.probe_failed("down");
+        assert_eq!(
+            breaker.probe_recovered().map(|t| t.to),
+            Some(BreakerState::Closed),
+            "once closed, what the probe opens the probe closes"
+        );
     }
 
     #[test]

@@ -216,10 +216,13 @@ async fn probe_loop(
             Ok(listing) => {
                 let listed = discover_windows(&health, &listing);
                 let first = !health.seen_up.load(Ordering::Acquire);
-                let recovering = health.state() != BreakerState::Closed;
-                if (first || recovering) && !health.breaker.probe_may_close() {
+                let state = health.state();
+                if (first || state != BreakerState::Closed) && !health.breaker.probe_may_close() {
                     continue;
                 }
+                // Half-open: warmed up when it left open; a trial call decides, or this probe
+                // closes it where the probe opened it.
+                let recovering = state == BreakerState::Open;
                 if (first || recovering)
                     && let Err(err) = warm_up(&upstreams, health.index, &warmups).await
                 {

@@ -87,6 +87,8 @@ impl QueueDepth {
                 "gpu_cache_usage_perc" => &mut kv_old,
                 _ => continue,
             };
+            // +Inf is a server saying it is past counting: the most loaded, not idle.
+            let value = value.map(|v| if v == f64::INFINITY { MAX_QUEUED } else { v });
             let Some(value) = value.filter(|v| v.is_finite() && *v >= 0.0) else {
                 continue;
             };
@@ -272,6 +274,11 @@ mod tests {
         .unwrap();
         assert_eq!(depth.waiting, MAX_QUEUED);
         assert!(depth.extra_milli() > 0);
+        let depth = QueueDepth::parse(b"vllm:num_requests_waiting +Inf\n").unwrap();
+        assert_eq!(
+            depth.waiting, MAX_QUEUED,
+            "+Inf is the most loaded, not idle"
+        );
     }
 
     #[test]

@@ -241,7 +241,8 @@ impl Store {
             .collect()
     }
 
-    /// Per server of each provider, in `[from_ms, to_ms)`: the requests it answered and the
+    /// Per server of each provider, in `[from_ms, to_ms)`: the requests it answered (status 200
+    /// only: not a request cut at shutdown, nor one whose last call failed there) and the
     /// attempts on it that failed (a failure another server or tier then answered included).
     pub async fn server_load(
         &self,
@@ -253,6 +254,7 @@ impl Store {
         let answered = sqlx::query(
             "SELECT provider, server, COUNT(*) AS n FROM requests \
              WHERE ts_ms >= $1 AND ts_ms < $2 AND server IS NOT NULL AND provider IS NOT NULL \
+             AND status = 200 \
              GROUP BY provider, server",
         )
         .bind(from_ms)

@@ -457,6 +457,11 @@ impl Exchange {
                 request.error_kind = Some(failure.error.reason());
                 request.fallback = failure.fallback.clone();
                 request.cost_pusd = Some(Default::default());
+                // The server of its last call (a 504's timed-out one), for the operator to find.
+                if let Some(last) = failure.attempts.iter().rev().find(|a| a.server.is_some()) {
+                    request.provider = Some(last.tier.provider.name.clone());
+                    request.server = last.server.as_ref().map(|s| s.name.clone());
+                }
                 (attempt_rows(&start.id, &failure.attempts), None)
             }
             Ending::CacheHit { entry } => {

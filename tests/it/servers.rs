@@ -484,3 +484,79 @@ async fn garbage_hanging_or_absent_metrics_change_nothing_and_a_404_is_not_asked
     assert!(asked(&fakes[0], "/metrics") >= 5, "garbage is asked again");
     Arc::try_unwrap(gw).ok().unwrap().shutdown().await;
 }
+
+/// A server whose completions hang while its `/v1/models` answers (production-stack #749): the
+/// calls that opened its breaker fail over, and after that one trial call per cool-down, as its
+/// probe's answer only moves the breaker to half-open; the probe never closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_calls_hang_while_its_probe_answers_is_not_let_back_by_the_probe() {
+    let fakes = three().await;
+    let api = FakeUpstream::start().await;
+    let urls: Vec<String> = fakes.iter().map(FakeUpstream::base_url).collect();
+    let stalled = server_name(&fakes[0]);
+    fakes[0].update(|b| {
+        b.fault = Fault::Hang;
+        // Scoped to the tier's model, so `/v1/models` answers.
+        b.fault_model = Some("mistral-7b".into());
+    });
+    let config = probed_pool_config(&urls, &api.base_url()).with(|c| {
+        let vllm = c.provider("vllm");
+        vllm.breaker.failures = Some(spanned(2));
+        vllm.breaker.cooldown_ms = Some(200);
+        vllm.timeout.total_ms = Some(300);
+    });
+    let gw = Arc::new(TestGateway::start(&config).await);
+
+    let until = Instant::now() + Duration::from_millis(2500);
+    let load: Vec<_> = (0..6)
+        .map(|_| {
+            let gw = gw.clone();
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                while Instant::now() < until {
+                    statuses.push(gw.ask("summarize").await.status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    while Instant::now() < until {
+        let state = server_status(&gw, &stalled).await["breaker"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if seen.last() != Some(&state) {
+            seen.push(state);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for worker in load {
+        for status in worker.await.unwrap() {
+            assert_eq!(
+                status, 200,
+                "the API tier answers what the stalled server could not"
+            );
+        }
+    }
+    let opened = seen
+        .iter()
+        .position(|s| s == "open")
+        .expect("its breaker opened");
+    assert!(
+        !seen[opened..].iter().any(|s| s == "closed"),
+        "the probe closed a breaker its calls opened: {seen:?}"
+    );
+    assert!(
+        seen[opened..].iter().any(|s| s == "half_open"),
+        "the probe moves it to half-open: {seen:?}"
+    );
+    // The opening batch (at most one call per worker) and one trial per cool-down (doubling:
+    // 0.2, 0.4, 0.8 s… in 2.5 s).
+    assert!(
+        fakes[0].request_count() <= 6 + 4,
+        "the stalled server was sent {} calls",
+        fakes[0].request_count()
+    );
+    Arc::try_unwrap(gw).ok().unwrap().shutdown().await;
+}
