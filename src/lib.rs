@@ -12,6 +12,9 @@
 //! - [`openai`]: the wire format every module may use — which endpoint a body is for and what that
 //!   endpoint requires, changes per tier, counts and streams; usage as upstreams report it; for
 //!   an endpoint a tier's server may not serve (Responses), its translation to and from chat.
+//! - [`stored`]: the Responses API's state — responses kept for their next turn
+//!   (`previous_response_id`) and for `GET`/`DELETE /v1/responses/{id}`, per client key, in the
+//!   ledger's database, written in the background, expired after `responses.retention`.
 //! - [`route`]: what the client's `model` names (route, tier or model id) and its tier chain; the
 //!   chain run with fallback on retryable failures; the output contract that normalizes labels.
 //! - [`limits`]: admission, between the route and its chain — whether a request may go on, what it
@@ -66,4 +69,5 @@ pub mod quality;
 pub mod report;
 pub mod route;
 pub mod server;
+pub mod stored;
 pub mod upstream;

@@ -14,6 +14,7 @@ mod price;
 mod provider;
 mod proxy;
 mod resolver;
+mod responses;
 mod route;
 mod server;
 mod tier;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 
 pub use budget::{Budget, BudgetScope};
 pub use cache::{CacheConfig, RouteCache};
+pub use responses::ResponsesConfig;
 pub use error::{ConfigError, ConfigIssue};
 pub use kinds::{
     Affinity, AllOpen, Api, CacheScope, Changes, KeyHeader, OnDrift, OnExhausted, OnProof,
@@ -102,6 +104,7 @@ pub struct Config {
     pub ledger: LedgerConfig,
     pub limits: LimitsConfig,
     pub cache: CacheConfig,
+    pub responses: ResponsesConfig,
     pub providers: Vec<Arc<Provider>>,
     pub tiers: Vec<Arc<Tier>>,
     pub routes: Vec<Arc<Route>>,

@@ -40,6 +40,7 @@ impl<'a> Resolver<'a> {
         let ledger = self.ledger(&file.ledger);
         let limits = self.limits(&file.limits);
         let cache = self.cache(&file.cache);
+        let responses = self.responses(&file.responses);
         let providers = self.providers(&file.providers);
         let tiers = self.tiers(&file.tiers, &providers);
         let routes = self.routes(&file, &tiers);
@@ -61,6 +62,7 @@ impl<'a> Resolver<'a> {
                 ledger,
                 limits,
                 cache,
+                responses,
                 providers: providers.into_values().collect(),
                 tiers: tiers.into_values().collect(),
                 routes,

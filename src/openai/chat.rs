@@ -327,6 +327,9 @@ pub struct Chunk {
     pub response_id: Option<String>,
     /// The event's sequence number, where events are numbered (Responses').
     pub sequence: Option<u64>,
+    /// The whole answer, where the event that ends the stream carries it (Responses'
+    /// `response.completed`): what is kept of a streamed answer for its next turn.
+    pub answer: Option<Value>,
 }
 
 impl Chunk {

@@ -8,6 +8,7 @@ mod detach;
 mod error;
 mod feedback;
 mod info;
+mod kept;
 mod proxy;
 mod relay;
 mod workers;
@@ -37,6 +38,7 @@ use crate::quality::feedback::{FeedbackQueue, FeedbackWriter};
 use crate::quality::shadow::{self, ShadowChecks};
 use crate::quality::watch::Watches;
 use crate::route::RouteTable;
+use crate::stored::{KeptTasks, StoredResponses};
 use crate::upstream::{UpstreamError, Upstreams};
 
 pub use error::ApiError;
@@ -65,6 +67,8 @@ pub struct App {
     pub watches: Arc<Watches>,
     /// Ground truth on its way to the ledger.
     pub feedback: FeedbackQueue,
+    /// The Responses API's kept state, for the life of the process.
+    pub stored: Arc<StoredResponses>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub started_unix: u64,
 }
@@ -85,6 +89,7 @@ impl App {
             outcomes
         };
         Ok(App {
+            stored: StoredResponses::new(config.responses, store.clone()),
             limits,
             outcomes,
             cache,
@@ -123,6 +128,10 @@ pub fn router(app: Arc<App>) -> Router {
         )
     });
     let api = endpoints
+        .route(
+            &format!("/v1/{}/{{id}}", Endpoint::Responses.path()),
+            get(kept::get).delete(kept::delete),
+        )
         .route("/v1/feedback", post(feedback::feedback))
         .route("/v1/models", get(info::models))
         .route("/v1/models/{*id}", get(info::model))
@@ -220,6 +229,7 @@ pub struct Gateway {
     background: Vec<JoinHandle<()>>,
     shadow_checks: Option<ShadowChecks>,
     feedback_writer: FeedbackWriter,
+    kept: Option<KeptTasks>,
     dispatcher: Dispatcher,
     grace: std::time::Duration,
 }
@@ -316,6 +326,7 @@ impl Gateway {
             health::spawn_probes(&app.config, app.health.clone(), app.upstreams.clone());
         probes.extend(background);
         let background = probes;
+        let kept = app.stored.spawn();
         let workers = workers::Workers::spawn(&app, listen, threads)?;
         Ok(Gateway {
             addr: workers.addr,
@@ -323,6 +334,7 @@ impl Gateway {
             background,
             shadow_checks,
             feedback_writer,
+            kept,
             dispatcher,
             grace,
         })
@@ -339,6 +351,9 @@ impl Gateway {
             checks.finish(self.grace).await;
         }
         self.feedback_writer.finish(LEDGER_FLUSH_DEADLINE).await;
+        if let Some(kept) = self.kept {
+            kept.finish(LEDGER_FLUSH_DEADLINE).await;
+        }
         self.dispatcher.finish(LEDGER_FLUSH_DEADLINE).await;
     }
 }

@@ -30,6 +30,7 @@ use crate::outcome::{Ending, Exchange, Start};
 use crate::route::Resolved;
 use crate::route::chain::{ChainRun, Served, Unserved};
 use crate::route::contract;
+use crate::stored::Keep;
 use crate::upstream::Reply;
 
 const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-tierwise-route");
@@ -121,7 +122,21 @@ async fn proxy(
     bytes: Bytes,
     client: &Waiting,
 ) -> Result<Response, ApiError> {
-    let request = RequestBody::parse(endpoint, &bytes)?;
+    let parsed = RequestBody::parse(endpoint, &bytes)?;
+    // An endpoint with kept state (Responses) may continue an earlier answer: its body is then
+    // written anew with the turns before, and read again.
+    let scope = caller.key.as_ref().map_or("", |key| key.id.as_str());
+    let max_body = app.config.server.max_body_bytes;
+    let prepared = app
+        .stored
+        .prepare(&parsed, &bytes, scope, &caller.id.0, max_body)
+        .await?;
+    let request = match &prepared.body {
+        Some(body) => RequestBody::parse(endpoint, body)?,
+        None => parsed,
+    };
+    let bytes = prepared.body.clone().unwrap_or_else(|| bytes.clone());
+    let keep = prepared.keep;
     let resolved = app.routes.resolve(&request.model, route_header)?;
     let primary_demoted = resolved
         .target
@@ -216,7 +231,12 @@ async fn proxy(
     let mut response = match result {
         Ok(served) => {
             let max_text = app.config.server.max_answer_bytes;
-            answer(exchange, served, resolved, &request, max_text, record).await
+            let terms = Terms {
+                max_text,
+                record,
+                keep,
+            };
+            answer(exchange, served, resolved, &request, terms).await
         }
         Err(unserved) => refuse(exchange, &unserved).await,
     };
@@ -259,14 +279,28 @@ async fn refuse(exchange: Exchange, unserved: &Unserved) -> Response {
     response
 }
 
+/// What an answer is given besides itself.
+struct Terms {
+    /// The most of a stream's text kept (`server.max_answer_bytes`).
+    max_text: usize,
+    /// The most of a stream's events recorded for the route's cache, where it fills it.
+    record: Option<usize>,
+    /// The answer is kept for its next turn.
+    keep: Option<Keep>,
+}
+
 async fn answer(
     exchange: Exchange,
     served: Served,
     resolved: Resolved<'_>,
     request: &RequestBody<'_>,
-    max_text: usize,
-    record: Option<usize>,
+    terms: Terms,
 ) -> Response {
+    let Terms {
+        max_text,
+        record,
+        keep,
+    } = terms;
     let Served { by, reply, lease } = served;
     // Only a route named by `model` sets the contract; `x-tierwise-route` attributes cost.
     let contract_route = resolved
@@ -299,6 +333,10 @@ async fn answer(
                 contract,
                 answer: &body,
             });
+            let body = match keep {
+                Some(keep) => keep.answered(&body).unwrap_or(body),
+                None => body,
+            };
             let mut response = (StatusCode::OK, body).into_response();
             let headers = response.headers_mut();
             headers.insert(
@@ -330,6 +368,7 @@ async fn answer(
                 client_wants_usage: request.client_wants_usage,
                 max_text,
                 contract: contract_route,
+                keep,
             };
             let relay = SseRelay::new(stream, lease, terms, exchange, by).recording(record);
             let mut response = Response::new(Body::from_stream(relay.into_body()));

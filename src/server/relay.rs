@@ -26,6 +26,7 @@ use crate::openai::{ChoiceTexts, Chunk, EndpointSpec, StreamMarks, Usage};
 use crate::outcome::{CLIENT_CLOSED, Ended, Ending, Exchange};
 use crate::route::chain::ServedBy;
 use crate::route::contract;
+use crate::stored::Keep;
 use crate::upstream::{SseEvent, UpstreamError, UpstreamStream, UsageSoFar};
 
 /// Turns of the thread's queue the relay waits for the upstream's next event before it writes.
@@ -90,6 +91,9 @@ pub struct SseRelay {
     contract: Option<Arc<Route>>,
     /// The upstream's events, for the route's cache to keep; dropped once past its bound.
     recording: Option<Recording>,
+    /// Where a stream that ends whole leaves its answer for the next turn, and that answer.
+    keep: Option<Keep>,
+    answer: Option<Value>,
     pending: Option<Pending>,
 }
 
@@ -103,6 +107,8 @@ pub struct RelayTerms {
     pub max_text: usize,
     /// The route whose output contract judges the whole text once the stream has ended.
     pub contract: Option<Arc<Route>>,
+    /// The answer is kept for its next turn, from the whole answer the last event carries.
+    pub keep: Option<Keep>,
 }
 
 /// A stream's events as they came, up to `max` bytes.
@@ -125,6 +131,7 @@ impl SseRelay {
             client_wants_usage,
             max_text,
             contract,
+            keep,
         } = terms;
         SseRelay {
             upstream,
@@ -143,6 +150,8 @@ impl SseRelay {
             bursts: false,
             contract,
             recording: None,
+            keep,
+            answer: None,
             pending: Some(Pending {
                 ttfb_us: exchange.elapsed_us(),
                 exchange,
@@ -304,6 +313,9 @@ impl SseRelay {
         if chunk.sequence.is_some() {
             self.marks.sequence = chunk.sequence;
         }
+        if self.keep.is_some() && chunk.answer.is_some() {
+            self.answer = chunk.answer;
+        }
         // The upstream's own error event goes to the client as it came; the answer failed.
         self.upstream_error |= chunk.error;
         self.finished |= chunk.finished;
@@ -393,6 +405,13 @@ impl SseRelay {
             .and_then(|route| route.labels.as_deref())
             .filter(|_| status == 200 && error_kind.is_none() && self.text_whole)
             .map(|labels| contract::judge(self.text.each(), labels).as_str());
+        // Only a whole answer is kept: a stream cut, broken or abandoned has none to go on from.
+        if status == 200
+            && error_kind.is_none()
+            && let (Some(keep), Some(answer)) = (self.keep.take(), self.answer.take())
+        {
+            keep.streamed(answer);
+        }
         // A translated stream that ended without its usage chunk may still have said what it
         // used (Anthropic's `message_start` gives the input, cache reads and writes exactly).
         let (usage, prompt) = match (self.usage, self.upstream.usage_so_far()) {
