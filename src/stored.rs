@@ -192,7 +192,9 @@ impl StoredResponses {
         };
         let (written, input) = responses::with_state(
             body,
-            before.as_ref().map(|(input, response)| (input.clone(), response)),
+            before
+                .as_ref()
+                .map(|(input, response)| (input.clone(), response)),
             keep,
         )?;
         if before.is_some() && written.len() > max_body {
@@ -407,7 +409,10 @@ impl Keep {
         if !matches!(status, "completed" | "incomplete") {
             return None;
         }
-        let id = response["id"].as_str().filter(|id| !id.is_empty())?.to_string();
+        let id = response["id"]
+            .as_str()
+            .filter(|id| !id.is_empty())?
+            .to_string();
         response["store"] = Value::Bool(true);
         response["previous_response_id"] = self.previous.map_or(Value::Null, Value::String);
         let row = KeptRow {
@@ -462,4 +467,55 @@ fn now_ms() -> i64 {
 
 fn duration_ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on(store: Store) -> Arc<StoredResponses> {
+        let config = ResponsesConfig {
+            store: true,
+            ..ResponsesConfig::default()
+        };
+        StoredResponses::new(config, store)
+    }
+
+    /// A database that is away is an error that says so, not a 404 and not a hang.
+    #[tokio::test]
+    async fn a_database_that_is_away_is_unavailable_not_missing() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let stored = on(store.clone());
+        store.close().await;
+        let err = stored.find("", "resp_x").await.unwrap_err();
+        assert!(matches!(err, StateError::Unavailable), "{err:?}");
+        let err = stored.forget("", "resp_x").await.unwrap_err();
+        assert!(matches!(err, StateError::Unavailable), "{err:?}");
+    }
+
+    /// A response deleted while it waits to be written is not found, and once the writer has
+    /// written it, it is deleted from the database too.
+    #[tokio::test]
+    async fn a_response_deleted_before_it_is_written_stays_deleted() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let stored = on(store.clone());
+        stored.keep(KeptRow {
+            id: "resp_1".into(),
+            scope: "key-a".into(),
+            created_ms: now_ms(),
+            request_id: "r1".into(),
+            input: "[]".into(),
+            response: "{}".into(),
+        });
+        assert!(stored.find("key-b", "resp_1").await.is_err());
+        stored.forget("key-a", "resp_1").await.unwrap();
+        assert!(matches!(
+            stored.find("key-a", "resp_1").await,
+            Err(StateError::NotFound(_))
+        ));
+        let tasks = stored.spawn().unwrap();
+        tasks.finish(Duration::from_secs(10)).await;
+        assert_eq!(store.kept_responses().await.unwrap(), 0);
+        assert!(stored.recent.lock().unwrap().is_empty());
+    }
 }

@@ -57,9 +57,11 @@ impl Resolver<'_> {
                 ),
             }
         }
-        if let Some(ms) = raw.lookup_timeout_ms.as_ref().and_then(|ms| {
-            self.positive(ms, "responses.lookup_timeout_ms", "must be more than 0")
-        }) {
+        if let Some(ms) = raw
+            .lookup_timeout_ms
+            .as_ref()
+            .and_then(|ms| self.positive(ms, "responses.lookup_timeout_ms", "must be more than 0"))
+        {
             config.lookup_timeout = Duration::from_millis(ms);
         }
         config

@@ -79,7 +79,11 @@ impl Store {
     }
 
     /// Deletes the response `id` of `scope` (any scope when `None`); whether one was kept.
-    pub async fn forget_response(&self, id: &str, scope: Option<&str>) -> Result<bool, LedgerError> {
+    pub async fn forget_response(
+        &self,
+        id: &str,
+        scope: Option<&str>,
+    ) -> Result<bool, LedgerError> {
         let done = match scope {
             Some(scope) => {
                 sqlx::query("DELETE FROM responses WHERE id = $1 AND scope = $2")

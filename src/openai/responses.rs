@@ -1200,6 +1200,45 @@ mod tests {
         }
     }
 
+    /// A next turn carries the earlier input, then the earlier output without the items' ids
+    /// (and reasoning only with its encrypted content), then its own input; `store` as asked.
+    #[test]
+    fn a_next_turn_carries_the_conversation_without_item_ids() {
+        let earlier = json!({"output": [
+            {"id": "rs_1", "type": "reasoning", "summary": []},
+            {"id": "rs_2", "type": "reasoning", "summary": [], "encrypted_content": "x"},
+            {"id": "msg_1", "type": "message", "role": "assistant", "content": [output_text("Hello")]},
+            {"id": "fc_1", "type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        ]});
+        let before = vec![json!({"role": "user", "content": "Hi"})];
+        let body = br#"{"model": "m", "input": "Go on", "previous_response_id": "resp_1"}"#;
+        let (written, input) = with_state(body, Some((before, &earlier)), true).unwrap();
+        let written: Value = serde_json::from_slice(&written).unwrap();
+        assert_eq!(written["input"], Value::Array(input.clone()));
+        assert_eq!(written["store"], true);
+        assert_eq!(written["previous_response_id"], "resp_1");
+        let kinds: Vec<&str> = input
+            .iter()
+            .map(|item| item["type"].as_str().unwrap_or("message"))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "message",
+                "reasoning",
+                "message",
+                "function_call",
+                "message"
+            ]
+        );
+        assert_eq!(
+            input[1]["id"], "rs_2",
+            "a reasoning item keeps the id its content needs"
+        );
+        assert!(input[2].get("id").is_none() && input[3].get("id").is_none());
+        assert_eq!(input[4]["content"][0]["text"], "Go on");
+    }
+
     /// A chat stream that ran out of its budget ends `response.incomplete`, with the reason.
     #[test]
     fn a_chat_stream_cut_by_its_limit_ends_incomplete() {

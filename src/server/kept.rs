@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 
 use super::auth::CallerKey;
-use super::{App, ApiError};
+use super::{ApiError, App};
 
 /// The scope a key's responses are kept in: its fingerprint; one scope without client keys.
 pub(super) fn scope(key: Option<&CallerKey>) -> &str {

@@ -629,7 +629,11 @@ async fn conversation_across_tiers(backend: Backend) {
     let first = respond(&gw, json!({"model": "api_first", "input": "Hi"})).await;
     first.assert_served_by_first("api_fast");
     assert_eq!(first.body["id"], "resp_fake");
-    assert_eq!(first.body["store"], true, "kept by the gateway: {}", first.text);
+    assert_eq!(
+        first.body["store"], true,
+        "kept by the gateway: {}",
+        first.text
+    );
     let sent = &api.requests()[0].body;
     assert_eq!(sent["store"], false, "{backend:?}: {sent}");
 
@@ -643,7 +647,12 @@ async fn conversation_across_tiers(backend: Backend) {
         json!({"model": "api_first", "previous_response_id": "resp_fake", "input": "And then?", "stream": true}),
     )
     .await;
-    assert_eq!(second.header("x-tierwise-tier"), Some("local"), "{}", second.text);
+    assert_eq!(
+        second.header("x-tierwise-tier"),
+        Some("local"),
+        "{}",
+        second.text
+    );
     assert!(second.header("x-tierwise-fallback").is_some());
     let sent = &local.requests()[0].body;
     assert_eq!(
@@ -788,7 +797,10 @@ async fn a_kept_response_is_read_and_deleted() {
     )
     .await;
     next.error(404, None);
-    assert_eq!(next.body["error"]["message"], format!("Response with id '{id}' not found."));
+    assert_eq!(
+        next.body["error"]["message"],
+        format!("Response with id '{id}' not found.")
+    );
 
     let unkept = respond(
         &gw,
@@ -908,7 +920,10 @@ async fn a_stream_broken_midway_is_not_kept() {
         json!({"model": "summarize", "input": "Hi", "stream": true}),
     )
     .await;
-    assert_eq!(events_of(&whole.text).last().unwrap().0, "response.completed");
+    assert_eq!(
+        events_of(&whole.text).last().unwrap().0,
+        "response.completed"
+    );
     wait_for_kept(&gw, 1).await;
     gw.shutdown().await;
 }
