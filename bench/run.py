@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -576,6 +577,62 @@ def limits_scenario(tw, tmp, fake_port, dead_port, args, rows, extra, procs):
     procs.remove(tw_redis)
 
 
+def reload_scenario(tw, tmp, args, rows, extra):
+    """Reloads under load: wrk at c=64 on the direct route (then streams on the spaced route, if
+    the gateway has one) while the config file is rewritten and the gateway sent SIGHUP every
+    --reload-every-ms; each rewrite adds or drops a route, so each reload that reads a whole file
+    swaps a new snapshot in. The file is written in place, not renamed: a signal may catch it half
+    written, and that reload is refused while the old config serves. Counted: requests, failed
+    requests (socket errors and non-2xx), reloads that took (the version /admin/api/config ends
+    on) and reloads refused (the log's lines)."""
+    import threading
+    import urllib.request
+
+    path = tmp / "tierwise.toml"
+    base = path.read_text()
+    extra_route = '\n[routes.reloaded]\nkind = "chat"\ntiers = ["api"]\n'
+    stop = threading.Event()
+    sent = [0]
+
+    def hup():
+        flip = False
+        while not stop.wait(args.reload_every_ms / 1000):
+            flip = not flip
+            path.write_text(base + (extra_route if flip else "") + f"\n# rewrite {sent[0]}\n")
+            tw.popen.send_signal(signal.SIGHUP)
+            sent[0] += 1
+
+    def version():
+        request = urllib.request.Request(f"http://127.0.0.1:{tw.port}/admin/api/config", headers={"authorization": f"Bearer {KEY}"})
+        with urllib.request.urlopen(request) as answer:
+            return json.loads(answer.read())["version"]
+
+    def refused():
+        return (tmp / "tierwise.log").read_text().count("reload refused")
+
+    loads = [("chat, ~800 tokens", tmp / "chat.json")]
+    if (tmp / "spaced.json").exists():
+        loads.append(("streams, 20 chunks", tmp / "spaced.json"))
+    for label, body in loads:
+        before, refused_before = version(), refused()
+        sent[0] = 0
+        stop.clear()
+        thread = threading.Thread(target=hup)
+        thread.start()
+        run = wrk(tw.port, "/v1/chat/completions", body, 64, args.seconds)
+        stop.set()
+        thread.join()
+        failed = run["socket_errors"] + run["non2xx"]
+        taken, not_taken = version() - before, refused() - refused_before
+        run["errors"] = failed
+        rows.append(row(f"{label}, c=64, SIGHUP every {args.reload_every_ms} ms", "tierwise", run))
+        extra.append(
+            f"reload under load, {label}, c=64: {run['requests']} requests, {failed} failed; "
+            f"{sent[0]} SIGHUPs, {taken} reloads took, {not_taken} refused (file caught half written)"
+        )
+    path.write_text(base)
+
+
 def formats_scenario(fake, tmp, args, rows, extra, procs):
     """What translation costs: one gateway's CPU per request for the same chat request to the same
     fake upstream, which answers each wire format, through its OpenAI-compatible provider (passed
@@ -645,6 +702,8 @@ def main():
     parser.add_argument("--shadow-only", action="store_true", help="only the shadow-sampling scenario")
     parser.add_argument("--streams-only", action="store_true", help="only the spaced-chunk streams scenario")
     parser.add_argument("--limits-only", action="store_true", help="only the rate-limits scenario (memory and Redis)")
+    parser.add_argument("--reload-only", action="store_true", help="only the reload scenario: SIGHUP every --reload-every-ms under load at c=64")
+    parser.add_argument("--reload-every-ms", type=int, default=50, help="how often the reload scenario rewrites the config and sends SIGHUP")
     parser.add_argument("--formats-only", action="store_true", help="only the wire-format scenario: pass-through against Azure and Anthropic translation")
     parser.add_argument("--formats-concurrency", default="1,16", help="connection counts of the wire-format scenario")
     parser.add_argument("--limits-concurrency", default="1,64", help="connection counts of the rate-limits scenario")
@@ -678,7 +737,7 @@ def main():
             base = start_tierwise("baseline", tmp, fake_port, dead_port, f"sqlite://{tmp}/baseline.db", args.compare_bin, spaced_port=spaced_port)
             procs.append(base)
         # The limits scenario measures tierwise against itself: no nginx needed.
-        if not args.limits_only:
+        if not (args.limits_only or args.reload_only):
             nginx = start_nginx(tmp, fake_port)
             procs.append(nginx)
         litellm = start_litellm(tmp, fake_port, args.litellm_venv) if args.litellm_venv else None
@@ -695,6 +754,12 @@ def main():
             return
         if args.limits_only:
             limits_scenario(tw, tmp, fake_port, dead_port, args, rows, extra, procs)
+            print_table(rows, extra)
+            print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")
+            return
+        if args.reload_only:
+            (tmp / "spaced.json").write_bytes(chat_body(stream=True, model="spaced"))
+            reload_scenario(tw, tmp, args, rows, extra)
             print_table(rows, extra)
             print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")
             return
@@ -777,6 +842,8 @@ def main():
         shadow_scenario(tw, tmp, body, args, rows, extra)
         limits_scenario(tw, tmp, fake_port, dead_port, args, rows, extra, procs)
         spaced_streams(tw, spaced, tmp, args, rows, extra, procs, base)
+        (tmp / "spaced.json").write_bytes(chat_body(stream=True, model="spaced"))
+        reload_scenario(tw, tmp, args, rows, extra)
         formats_scenario(fake, tmp, args, rows, extra, procs)
         print_table(rows, extra)
         print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")

@@ -278,12 +278,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await?;
             println!("{}", demo.report);
             if serve {
-                let stop = StopSignals::listen()?;
+                let mut stop = StopSignals::listen()?;
                 eprintln!(
                     "The gateway and its dashboard stay up: {}\nCall it:\n{}\nCtrl-C stops them.",
                     demo.dashboard, demo.snippet
                 );
-                stop.recv().await;
+                // The demo's config is built in memory: there is no file to reload.
+                while stop.recv().await == Signal::Reload {}
             }
             demo.gateway.shutdown().await;
             Ok(ExitCode::SUCCESS)
@@ -622,12 +623,15 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         config.tiers.len(),
         config.providers.len()
     );
-    let stop = StopSignals::listen()?;
+    let mut stop = StopSignals::listen()?;
     let gateway = Gateway::start(config).await?;
     // On stdout, so that scripts and tests that start the gateway on port 0 can read the address.
     println!("tierwise listening on http://{}", gateway.addr);
     tracing::info!(addr = %gateway.addr, "tierwise serving {summary}");
-    stop.recv().await;
+    // Each SIGHUP is one reload, in turn; its outcome is logged where the reload runs.
+    while stop.recv().await == Signal::Reload {
+        let _ = gateway.reload().await;
+    }
     tracing::info!("shutting down: finishing in-flight requests");
     gateway.shutdown().await;
     tracing::info!("stopped");
@@ -640,6 +644,13 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
 struct StopSignals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+#[derive(PartialEq, Eq)]
+enum Signal {
+    Stop,
+    Reload,
 }
 
 impl StopSignals {
@@ -648,13 +659,15 @@ impl StopSignals {
         Ok(StopSignals {
             interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
             terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            hangup: signal(SignalKind::hangup()).context("listening for SIGHUP")?,
         })
     }
 
-    async fn recv(mut self) {
+    async fn recv(&mut self) -> Signal {
         tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => Signal::Stop,
+            _ = self.terminate.recv() => Signal::Stop,
+            _ = self.hangup.recv() => Signal::Reload,
         }
     }
 }

@@ -3,12 +3,14 @@
 //!
 //! The modules, in the order a request meets them:
 //!
-//! - [`config`]: the TOML file, read once at start-up into resolved types (a route holds its tiers, a
-//!   tier its provider); every mistake is reported here with its key and line.
+//! - [`config`]: the TOML file, read at start-up and at each reload into resolved types (a route
+//!   holds its tiers, a tier its provider); every mistake is reported here with its key and line.
 //! - [`server`]: the HTTP surface — one single-threaded event loop per core on a shared port, router,
 //!   request id, client auth, the request path of every endpoint (its routes registered from
 //!   [`openai::Endpoint::ALL`]), the SSE relay, and the one place errors become OpenAI-shaped
-//!   answers; `/readyz`, `/metrics`, `/admin/api/*`; graceful shutdown.
+//!   answers; `/readyz`, `/metrics`, `/admin/api/*`; graceful shutdown; the snapshot of what the
+//!   config decides, which a request reads once and holds to its end, and its reload (`SIGHUP`,
+//!   `POST /admin/api/reload`), which swaps it whole and carries health and counters over by name.
 //! - [`openai`]: the wire format every module may use — which endpoint a body is for and what that
 //!   endpoint requires, changes per tier, counts and streams; usage as upstreams report it; for
 //!   an endpoint a tier's server may not serve (Responses), its translation to and from chat.

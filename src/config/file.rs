@@ -183,6 +183,9 @@ pub struct RawServer {
     pub allowed_hosts: Option<Vec<Text>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub write_timeout_ms: Option<Spanned<u64>>,
+    /// Reload the file when it changes, as `SIGHUP` does.
+    #[serde(default)]
+    pub watch_config: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

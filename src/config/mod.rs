@@ -117,6 +117,80 @@ pub struct Config {
     /// Things that are allowed but probably not meant (no client auth, an empty upstream key);
     /// logged at start-up and printed by `tierwise check`.
     pub warnings: Vec<String>,
+    /// The file it was read from, which a reload reads again.
+    pub source: Source,
+}
+
+/// Where a config came from and a digest of its text, which names the version that serves.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Source {
+    pub path: PathBuf,
+    /// The first 12 hex digits of the text's SHA-256.
+    pub hash: String,
+    /// The file as `/admin/api/config` shows it: its tables and values, every secret masked.
+    pub shown: Arc<serde_json::Value>,
+}
+
+impl Source {
+    fn of(text: &str, path: &Path) -> Source {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(text.as_bytes());
+        let mut shown = toml::from_str::<toml::Value>(text)
+            .ok()
+            .and_then(|value| serde_json::to_value(value).ok())
+            .unwrap_or_default();
+        mask_secrets(&mut shown);
+        Source {
+            path: path.to_path_buf(),
+            hash: digest.iter().take(6).map(|b| format!("{b:02x}")).collect(),
+            shown: Arc::new(shown),
+        }
+    }
+}
+
+/// Keys whose values are secrets (client and upstream keys), and those that are URLs a secret may
+/// be written into (a webhook's path, a database's password).
+const SECRET_KEYS: &[&str] = &["api_key", "api_keys", "admin_key", "metrics_key", "key"];
+const SECRET_URLS: &[&str] = &["webhook"];
+
+/// Masks every secret in a file's values: the keys' values, a webhook's URL, and the password and
+/// query of any other URL (`postgres://user:password@…`, `redis://:password@…`, `?api-key=…`).
+fn mask_secrets(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    fn mask_all(value: &mut Value) {
+        match value {
+            Value::String(text) => *text = "***".into(),
+            Value::Array(items) => items.iter_mut().for_each(mask_all),
+            _ => {}
+        }
+    }
+    match value {
+        Value::Object(table) => {
+            for (key, value) in table.iter_mut() {
+                if SECRET_KEYS.contains(&key.as_str()) || SECRET_URLS.contains(&key.as_str()) {
+                    mask_all(value);
+                } else {
+                    mask_secrets(value);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(mask_secrets),
+        Value::String(text) => {
+            if let Ok(mut url) = url::Url::parse(text)
+                && url.has_host()
+                && (url.password().is_some() || url.query().is_some())
+            {
+                if url.password().is_some() {
+                    let _ = url.set_password(Some("***"));
+                }
+                if url.query().is_some() {
+                    url.set_query(Some("***"));
+                }
+                *text = url.to_string();
+            }
+        }
+        _ => {}
+    }
 }
 
 impl Config {
@@ -166,7 +240,10 @@ impl Config {
         };
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         match resolver::Resolver::new(text, &base_dir, env).resolve(file) {
-            Ok(config) if unknown.is_empty() => Ok(config),
+            Ok(config) if unknown.is_empty() => Ok(Config {
+                source: Source::of(text, path),
+                ..config
+            }),
             Ok(_) => Err(invalid(unknown)),
             Err(issues) => {
                 unknown.extend(issues);

@@ -72,6 +72,7 @@ impl<'a> Resolver<'a> {
                 report,
                 budget,
                 warnings: self.warnings,
+                source: super::Source::default(),
             })
         } else {
             self.issues.sort_by_key(|issue| issue.line);

@@ -40,6 +40,8 @@ pub struct ServerConfig {
     /// How long a write to a client may make no progress (a client that stopped reading) before
     /// its connection is closed, and the upstream call and in-flight slot it held with it.
     pub write_timeout: Duration,
+    /// Reload the file when it changes (`server.watch_config`).
+    pub watch_config: bool,
 }
 
 impl ServerConfig {
@@ -320,6 +322,7 @@ impl Resolver<'_> {
             threads,
             allowed_hosts,
             write_timeout,
+            watch_config: raw.watch_config,
         }
     }
 

@@ -5,6 +5,7 @@
 //! its servers ([`pool`] picks which), which records the attempt's outcome.
 
 mod breaker;
+mod carry;
 mod pool;
 mod probe;
 

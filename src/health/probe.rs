@@ -27,11 +27,13 @@ struct Warmup {
 }
 
 /// Starts the probe loop of every server of each provider that has one, and the one-off warm-up
-/// of those that have none. The handles are aborted at shutdown.
+/// of those that have none — except a server `before` holds too, which a reload kept and which was
+/// warmed up already. The handles are aborted at shutdown, and at a reload that starts new ones.
 pub fn spawn_probes(
     config: &Config,
     health: Arc<Health>,
     upstreams: Arc<Upstreams>,
+    before: Option<&Health>,
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     for provider in &config.providers {
@@ -46,11 +48,13 @@ pub fn spawn_probes(
                 Some(policy) => {
                     tasks.push(tokio::spawn(probe_loop(server, upstreams, policy, warmups)));
                 }
-                None if !warmups.is_empty() => tasks.push(tokio::spawn(async move {
-                    if let Err(err) = warm_up(&upstreams, server.index, &warmups).await {
-                        tracing::warn!(provider = %server.provider.name, server = %server.server.name, "warm-up failed: {err}");
-                    }
-                })),
+                None if !warmups.is_empty() && !before.is_some_and(|b| b.holds(&server)) => {
+                    tasks.push(tokio::spawn(async move {
+                        if let Err(err) = warm_up(&upstreams, server.index, &warmups).await {
+                            tracing::warn!(provider = %server.provider.name, server = %server.server.name, "warm-up failed: {err}");
+                        }
+                    }))
+                }
                 None => {}
             }
         }

@@ -26,6 +26,7 @@
 //! ends: [`crate::outcome`] settles the hold as one of the consumers of a finished request.
 
 pub mod budget;
+mod carry;
 mod reservation;
 mod shared;
 mod shared_budget;
@@ -65,6 +66,7 @@ struct Scope {
 }
 
 /// One limit: its count in memory, and in the shared store where there is one.
+#[derive(Clone)]
 struct Counter {
     window: Arc<Window>,
     shared: Option<(SharedLimit, Arc<SharedMeter>)>,
@@ -129,6 +131,13 @@ impl Limits {
                 .map_err(|err| tracing::error!("{err}; rate limits and budgets are kept in memory"))
                 .ok()
         });
+        let budgets = Arc::new(Budgets::new(config, clock, shared.clone()));
+        Limits::counting(config, shared, budgets)
+    }
+
+    /// `config`'s limited keys and routes, each with a new count, judged in `shared` where it is
+    /// set, with `budgets`.
+    fn counting(config: &Config, shared: Option<Arc<Shared>>, budgets: Arc<Budgets>) -> Limits {
         let scope = |kind: &'static str, name: &str, rate: Rate| -> Option<Scope> {
             if rate.is_none() {
                 return None;
@@ -176,7 +185,7 @@ impl Limits {
         Limits {
             keys,
             routes,
-            budgets: Arc::new(Budgets::new(config, clock, shared.clone())),
+            budgets,
             shared,
         }
     }

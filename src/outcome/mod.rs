@@ -160,6 +160,11 @@ impl Outcomes {
         }
     }
 
+    /// The same queue and consumers, pricing at `pricing` (a reloaded config's prices).
+    pub fn with_pricing(self, pricing: Arc<Pricing>) -> Self {
+        Outcomes { pricing, ..self }
+    }
+
     /// Hands every finished request to `consumer` too, after those registered before it.
     pub fn with_consumer(self, consumer: Arc<dyn Consumer>) -> Self {
         let consumers: Vec<Arc<dyn Consumer>> = self

@@ -20,7 +20,7 @@ pub async fn require_client_key(
     request: Request,
     next: Next,
 ) -> Response {
-    check(&app.config.server.api_keys, request, next).await
+    check(&app.snapshot().config.server.api_keys, request, next).await
 }
 
 pub async fn require_admin_key(
@@ -28,9 +28,9 @@ pub async fn require_admin_key(
     request: Request,
     next: Next,
 ) -> Response {
-    match &app.config.server.admin {
+    match &app.snapshot().config.server.admin {
         AdminAccess::Key(key) => check(std::slice::from_ref(key), request, next).await,
-        AdminAccess::ClientKeys => check(&app.config.server.api_keys, request, next).await,
+        AdminAccess::ClientKeys => check(&app.snapshot().config.server.api_keys, request, next).await,
         AdminAccess::Open => next.run(request).await,
         AdminAccess::Closed => ApiError::forbidden(
             "The admin API is closed: no key is configured. Set server.admin_key (or server.open_admin = true on a trusted network).",
@@ -51,7 +51,7 @@ pub async fn require_allowed_host(
         .headers()
         .get(http::header::HOST)
         .map(|host| host.to_str().unwrap_or("?"));
-    if app.config.server.allowed_hosts.allows(host) {
+    if app.snapshot().config.server.allowed_hosts.allows(host) {
         return next.run(request).await;
     }
     let host: String = host.unwrap_or_default().chars().take(100).collect();
@@ -67,7 +67,7 @@ pub async fn require_metrics_key(
     request: Request,
     next: Next,
 ) -> Response {
-    match &app.config.server.metrics_key {
+    match &app.snapshot().config.server.metrics_key {
         Some(key) => check(std::slice::from_ref(key), request, next).await,
         None => next.run(request).await,
     }

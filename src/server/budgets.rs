@@ -38,7 +38,7 @@ pub async fn budgets(
     State(app): State<Arc<App>>,
     Query(query): Query<MonthQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let budgets = app.limits.budgets();
+    let budgets = app.snapshot().limits.budgets().clone();
     let now = budgets.now_ms();
     let month = month_of(query.month.as_deref(), now).map_err(ApiError::bad_body)?;
     let unreadable = |err| ApiError::internal(format!("cannot read the ledger: {err}"));
@@ -59,7 +59,7 @@ pub async fn budgets(
     Ok(Json(json!({
         "month": month.to_string(),
         "now_ms": now,
-        "budgets": figures(&app.config, month, &spend, as_of, &live),
+        "budgets": figures(&app.snapshot().config, month, &spend, as_of, &live),
         "adjustments": adjustments,
     })))
 }
@@ -93,7 +93,7 @@ pub async fn adjust(
             rejection.body_text()
         ))
     })?;
-    let actor = match &app.config.server.admin {
+    let actor = match &app.snapshot().config.server.admin {
         AdminAccess::Key(key) => format!("admin:{}", key.id),
         AdminAccess::Open => "admin:open".to_string(),
         AdminAccess::ClientKeys | AdminAccess::Closed => {
@@ -111,6 +111,7 @@ pub async fn adjust(
             )
         })?;
     if !app
+        .snapshot()
         .config
         .budgets()
         .any(|(configured, _)| configured == scope)
@@ -141,7 +142,7 @@ pub async fn adjust(
             "\"reason\" is required: it is kept in the audit row".into(),
         ));
     }
-    let budgets = app.limits.budgets();
+    let budgets = app.snapshot().limits.budgets().clone();
     let now = budgets.now_ms();
     let month = month_of(body.month.as_deref(), now).map_err(ApiError::bad_body)?;
     let row = app
@@ -162,7 +163,7 @@ pub async fn adjust(
     // The ledger's account now, with the correction, to the count every replica shares (where
     // there is one), so that the others judge by it at once, not at their next resync.
     if month == Month::of(now)
-        && let Err(err) = crate::limits::budget::take_up_ledger(budgets, &app.store).await
+        && let Err(err) = crate::limits::budget::take_up_ledger(&budgets, &app.store).await
     {
         tracing::warn!(
             "cannot read the month back after a correction: {err}; it is taken up at the next resync"

@@ -108,6 +108,16 @@ impl ApiError {
         error
     }
 
+    /// A reload refused: the new config's errors, each with its key and line; the old one serves.
+    pub fn reload_refused(message: String) -> ApiError {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request_error",
+            format!("{message}\nThe configuration that served before still serves; fix the file and reload again."),
+        )
+        .code("config_invalid")
+    }
+
     pub fn internal(message: String) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }

@@ -37,7 +37,8 @@ pub async fn feedback(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let server = &app.config.server;
+    let snapshot = app.snapshot();
+    let server = &snapshot.config.server;
     let read = read_body(body, &headers, server.max_body_bytes);
     let bytes = match tokio::time::timeout(server.body_timeout, read).await {
         Ok(bytes) => bytes?,

@@ -25,6 +25,7 @@ pub async fn models(
         .as_ref()
         .and_then(|caller| caller.0.0.terms.routes.as_deref());
     let data: Vec<Value> = app
+        .snapshot()
         .routes
         .listing()
         .iter()
@@ -42,7 +43,7 @@ pub async fn model(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let kind = app.routes.kind_of(&id)?;
+    let kind = app.snapshot().routes.kind_of(&id)?;
     Ok(Json(model_object(&app, &id, kind)))
 }
 
@@ -62,13 +63,14 @@ pub async fn healthz() -> Json<Value> {
 /// 200 once every route has at least one tier whose provider is up, else 503; either way the body
 /// says which tiers each route can use now and each provider's state.
 pub async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, Json<Value>) {
+    let snapshot = app.snapshot();
     let mut ready = true;
     let mut routes = serde_json::Map::new();
-    for route in &app.config.routes {
+    for route in &snapshot.config.routes {
         let usable: Vec<&str> = route
             .chain
             .iter()
-            .filter(|step| app.health.of(&step.tier.provider).is_up())
+            .filter(|step| snapshot.health.of(&step.tier.provider).is_up())
             .map(|step| step.tier.name.as_str())
             .collect();
         ready &= !usable.is_empty();
@@ -84,7 +86,7 @@ pub async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, Json<Value>) {
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "routes": routes,
-        "providers": app.health.statuses(),
+        "providers": snapshot.health.statuses(),
         "ledger": {
             "status": if ledger.degraded() { "degraded" } else { "ok" },
             "spooled_records": ledger.spooled(),
@@ -93,19 +95,20 @@ pub async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, Json<Value>) {
             "torn_spool_lines": ledger.torn(),
         },
         // A shared store that is away is degraded too: limits are enforced per replica.
-        "limits_store": app.limits.store_status(),
+        "limits_store": snapshot.limits.store_status(),
     });
     (status, Json(body))
 }
 
 pub async fn providers(State(app): State<Arc<App>>) -> Json<Value> {
-    Json(json!({ "providers": app.health.statuses() }))
+    Json(json!({ "providers": app.snapshot().health.statuses() }))
 }
 
 /// Prometheus text format: requests, tokens, latencies, fallbacks, cost in dollars, ledger
 /// health, provider state, quality.
 pub async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
-    for status in app.health.statuses() {
+    let snapshot = app.snapshot();
+    for status in snapshot.health.statuses() {
         crate::metrics::breaker_state(&status.name, status.breaker.state.as_str());
         if let Some(in_flight) = status.in_flight {
             crate::metrics::provider_in_flight(&status.name, in_flight);
@@ -126,7 +129,7 @@ pub async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
             );
         }
     }
-    app.limits.budgets().publish();
+    snapshot.limits.budgets().publish();
     let mut text = app.metrics.render();
     text.push_str(&crate::metrics::render_money());
     (
@@ -158,12 +161,17 @@ pub async fn report(
         now,
     )
     .map_err(ApiError::bad_body)?;
-    let report = Report::load(&app.config, &app.store, window, query.route.as_deref())
-        .await
-        .map_err(|err| ApiError::internal(format!("cannot read the ledger: {err}")))?;
+    let report = Report::load(
+        &app.snapshot().config,
+        &app.store,
+        window,
+        query.route.as_deref(),
+    )
+    .await
+    .map_err(|err| ApiError::internal(format!("cannot read the ledger: {err}")))?;
     if let Some(route) = query.route.as_deref()
         && report.routes.is_empty()
-        && let Some(unknown) = report::unknown_route(&app.config, route)
+        && let Some(unknown) = report::unknown_route(&app.snapshot().config, route)
     {
         return Err(ApiError::not_found(unknown));
     }
@@ -287,7 +295,7 @@ pub async fn requests(
     caller: Option<axum::Extension<super::auth::CallerKey>>,
     Query(query): Query<RecentQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let own = match app.config.server.admin {
+    let own = match app.snapshot().config.server.admin {
         crate::config::AdminAccess::ClientKeys => {
             Some(caller.map(|key| key.0.0.id.clone()).unwrap_or_default())
         }

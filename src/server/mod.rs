@@ -11,12 +11,15 @@ mod info;
 mod kept;
 mod proxy;
 mod relay;
+mod reload;
+mod snapshot;
 mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::Request;
 use axum::middleware::{self, Next};
@@ -27,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::health::{self, Health};
+use crate::health::Health;
 use crate::ledger::{LedgerError, LedgerHealth, LedgerWriter, Pricing, Spool, Store};
 use crate::limits::budget;
 use crate::limits::{Clock, Limits};
@@ -37,26 +40,24 @@ use crate::quality::alert::Alerts;
 use crate::quality::feedback::{FeedbackQueue, FeedbackWriter};
 use crate::quality::shadow::{self, ShadowChecks};
 use crate::quality::watch::Watches;
-use crate::route::RouteTable;
 use crate::stored::{KeptTasks, StoredResponses};
 use crate::upstream::{UpstreamError, Upstreams};
 
 pub use error::ApiError;
+pub use reload::{ReloadError, Reloaded};
+pub use snapshot::{Snapshot, Version};
 
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-tierwise-request-id");
 
-/// Everything a request needs, built once at start-up and shared read-only; each serving thread
-/// gets its own copy with its own upstream connections.
+/// Everything a request needs, shared by every serving thread: what the config decides, in a
+/// snapshot a reload swaps whole, and what lives for the process beside it. Each serving thread
+/// gets its own copy naming its own upstream clients in the snapshot.
 #[derive(Clone)]
 pub struct App {
-    pub config: Arc<Config>,
-    pub routes: Arc<RouteTable>,
-    pub upstreams: Arc<Upstreams>,
-    pub health: Arc<Health>,
-    /// Admission's counters, for the life of the process.
-    pub limits: Arc<Limits>,
-    /// Where requests end up once finished.
-    pub outcomes: Outcomes,
+    /// What the config decides; a request loads it once ([`App::snapshot`]) and keeps it.
+    pub live: Arc<ArcSwap<Snapshot>>,
+    /// Which of the snapshot's sets of upstream clients this thread calls with.
+    pub thread: usize,
     /// The answers of the routes that cache them, for the life of the process.
     pub cache: Arc<crate::cache::ResponseCache>,
     /// Read by reports and the admin API; the request path never touches it.
@@ -71,50 +72,49 @@ pub struct App {
     pub stored: Arc<StoredResponses>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub started_unix: u64,
+    /// Swaps the snapshot for the file's new content (`POST /admin/api/reload`, `SIGHUP`).
+    pub reloads: Arc<reload::Reloads>,
 }
 
 impl App {
+    /// `base`: the outcomes every snapshot's are made of (the queue, the consumers that live for
+    /// the process); `threads`: how many serving threads the snapshots have clients for.
     pub fn new(
-        config: Arc<Config>,
-        outcomes: Outcomes,
+        snapshot: Snapshot,
+        base: Outcomes,
+        threads: usize,
         store: Store,
         watches: Arc<Watches>,
         feedback: FeedbackQueue,
-        limits: Arc<Limits>,
-    ) -> Result<App, UpstreamError> {
-        let cache = crate::cache::ResponseCache::new(&config.cache);
-        let outcomes = if config.routes.iter().any(|route| route.cache.is_some()) {
-            outcomes.with_consumer(Arc::new(crate::outcome::CacheFill))
-        } else {
-            outcomes
-        };
-        Ok(App {
-            stored: StoredResponses::new(config.responses, store.clone()),
-            limits,
-            outcomes,
+    ) -> App {
+        let cache = crate::cache::ResponseCache::new(&snapshot.config.cache);
+        // Restart-only: its writer and expiry run for the process (`[responses]` in reload.rs).
+        let stored = StoredResponses::new(snapshot.config.responses, store.clone());
+        let live = Arc::new(ArcSwap::from_pointee(snapshot));
+        App {
+            stored,
             cache,
+            reloads: Arc::new(reload::Reloads::new(live.clone(), base, threads)),
+            live,
+            thread: 0,
             store,
             watches,
             feedback,
             ledger_health: Arc::default(),
             metrics: crate::metrics::handle(),
-
-            routes: Arc::new(RouteTable::new(&config)),
-            upstreams: Arc::new(Upstreams::new(&config)?),
-            health: Arc::new(Health::new(&config)),
-            started_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            config,
-        })
+            started_unix: unix_now(),
+        }
     }
-}
 
-impl App {
-    /// This app with a serving thread's own upstream clients.
-    fn with_upstreams(&self, upstreams: Arc<Upstreams>) -> App {
+    /// The snapshot a request runs on, from its start to its end.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.live.load_full()
+    }
+
+    /// This app on serving thread `thread`, which calls with that thread's upstream clients.
+    fn on_thread(&self, thread: usize) -> App {
         App {
-            upstreams,
+            thread,
             ..self.clone()
         }
     }
@@ -152,6 +152,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/admin/api/daily", get(info::daily))
         .route("/admin/api/requests", get(info::requests))
         .route("/admin/api/budgets", get(budgets::budgets))
+        .route("/admin/api/config", get(reload::config))
+        .route(
+            "/admin/api/reload",
+            post(reload::reload).route_layer(middleware::from_fn(auth::refuse_browsers)),
+        )
         .route(
             "/admin/api/budgets/adjust",
             post(budgets::adjust).route_layer(middleware::from_fn(auth::refuse_browsers)),
@@ -232,6 +237,7 @@ pub struct Gateway {
     kept: Option<KeptTasks>,
     dispatcher: Dispatcher,
     grace: std::time::Duration,
+    reloads: Arc<reload::Reloads>,
 }
 
 impl Gateway {
@@ -288,17 +294,28 @@ impl Gateway {
         let limits = Arc::new(Limits::with_clock(&config, clock));
         // Budgets start from the month's spend in the ledger, so a restart forgets nothing.
         budget::take_up_ledger(limits.budgets(), &store).await?;
-        let mut app = App::new(Arc::new(config), outcomes, store, watches, feedback, limits)
+        let threads = threads.max(1);
+        let config = Arc::new(config);
+        let health = Arc::new(Health::new(&config));
+        let version = Version {
+            number: 1,
+            hash: config.source.hash.clone(),
+            loaded_unix: unix_now(),
+        };
+        let snapshot = Snapshot::new(config, health, limits, &outcomes, threads, version)
             .map_err(StartError::Client)?;
+        let mut app = App::new(snapshot, outcomes, threads, store, watches, feedback);
         app.ledger_health = ledger_health;
-        let alerts = Arc::new(Alerts::new(&app.config));
+        let snapshot = app.snapshot();
+        let alerts = Arc::new(Alerts::new(&snapshot.config));
         let mut background = Vec::new();
-        if !app.limits.budgets().is_empty() {
+        let budgets = snapshot.limits.budgets();
+        if !budgets.is_empty() {
             background.push(tokio::spawn(budget::keep_in_step(
-                app.limits.budgets().clone(),
+                budgets.clone(),
                 app.store.clone(),
             )));
-            if let Some(crossings) = app.limits.budgets().take_crossings() {
+            if let Some(crossings) = budgets.take_crossings() {
                 background.push(tokio::spawn(crate::quality::alert::announce_budgets(
                     alerts.clone(),
                     app.store.clone(),
@@ -310,25 +327,26 @@ impl Gateway {
             Some(samples) => Some(ShadowChecks::spawn(
                 shadow::Checker {
                     watches: app.watches.clone(),
-                    upstreams: Upstreams::new(&app.config).map_err(StartError::Client)?,
-                    health: app.health.clone(),
+                    upstreams: Upstreams::new(&snapshot.config).map_err(StartError::Client)?,
+                    health: snapshot.health.clone(),
                     pricing,
-                    outcomes: app.outcomes.clone(),
+                    outcomes: snapshot.outcomes.clone(),
                     store: app.store.clone(),
                     alerts,
-                    budgets: app.limits.budgets().clone(),
+                    budgets: budgets.clone(),
                 },
                 samples,
             )),
             None => None,
         };
-        let mut probes =
-            health::spawn_probes(&app.config, app.health.clone(), app.upstreams.clone());
-        probes.extend(background);
-        let background = probes;
+        app.reloads.start_probes().await;
+        if snapshot.config.server.watch_config {
+            background.extend(reload::watch(app.reloads.clone()));
+        }
         let kept = app.stored.spawn();
         let workers = workers::Workers::spawn(&app, listen, threads)?;
         Ok(Gateway {
+            reloads: app.reloads.clone(),
             addr: workers.addr,
             workers,
             background,
@@ -340,12 +358,18 @@ impl Gateway {
         })
     }
 
+    /// Reads the config's file again and serves it if it is valid (what `SIGHUP` does).
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        self.reloads.reload().await
+    }
+
     /// Stops accepting connections and waits for in-flight requests, at most the configured grace
     /// period (whatever is still running then is cut off); then writes every queued ledger record.
     pub async fn shutdown(self) {
         for task in &self.background {
             task.abort();
         }
+        self.reloads.stop_probes().await;
         self.workers.shutdown(self.grace).await;
         if let Some(checks) = self.shadow_checks {
             checks.finish(self.grace).await;
@@ -356,6 +380,12 @@ impl Gateway {
         }
         self.dispatcher.finish(LEDGER_FLUSH_DEADLINE).await;
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// How long shutdown waits for the ledger to store what is queued (a slow or unreachable database).

@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::extract::{FromRequestParts, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -20,7 +21,7 @@ use super::auth::CallerKey;
 use super::detach::{Detachable, Waiting};
 use super::error::ApiError;
 use super::relay::{RelayTerms, SseRelay};
-use super::{App, RequestId};
+use super::{App, RequestId, Snapshot};
 use crate::cache::{Directives, Entry, Lookup, Stored};
 use crate::config::{AllOpen, ClientKey};
 use crate::ledger::{Answer, RequestRow, Tokens};
@@ -82,7 +83,9 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let server = &app.config.server;
+    // The snapshot this request runs on to its end, whatever a reload swaps in meanwhile.
+    let snapshot = app.snapshot();
+    let server = &snapshot.config.server;
     let read = read_body(body, &headers, server.max_body_bytes);
     let bytes = match tokio::time::timeout(server.body_timeout, read).await {
         Ok(Ok(bytes)) => bytes,
@@ -97,6 +100,7 @@ async fn handle(
     let rest = Detachable::new(|client| async move {
         proxy(
             &app,
+            &snapshot,
             endpoint,
             caller,
             route_header.as_deref(),
@@ -113,8 +117,10 @@ async fn handle(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn proxy(
     app: &App,
+    snapshot: &Arc<Snapshot>,
     endpoint: Endpoint,
     caller: Caller,
     route_header: Option<&str>,
@@ -126,7 +132,7 @@ async fn proxy(
     // An endpoint with kept state (Responses) may continue an earlier answer: its body is then
     // written anew with the turns before, and read again.
     let scope = caller.key.as_ref().map_or("", |key| key.id.as_str());
-    let max_body = app.config.server.max_body_bytes;
+    let max_body = snapshot.config.server.max_body_bytes;
     let prepared = app
         .stored
         .prepare(&parsed, &bytes, scope, &caller.id.0, max_body)
@@ -137,13 +143,13 @@ async fn proxy(
     };
     let bytes = prepared.body.clone().unwrap_or_else(|| bytes.clone());
     let keep = prepared.keep;
-    let resolved = app.routes.resolve(&request.model, route_header)?;
+    let resolved = snapshot.routes.resolve(&request.model, route_header)?;
     let primary_demoted = resolved
         .target
         .route
         .as_ref()
         .is_some_and(|route| app.watches.demoted(route));
-    let admission = app
+    let admission = snapshot
         .limits
         .admit(&Ask {
             key: caller.key.as_ref(),
@@ -180,7 +186,7 @@ async fn proxy(
         Lookup::Off => (None, None),
     };
     let record = ticket.as_ref().map(|ticket| ticket.max_bytes());
-    let mut exchange = app.outcomes.begin(Start {
+    let mut exchange = snapshot.outcomes.begin(Start {
         id: caller.id.0,
         endpoint,
         stream: request.stream,
@@ -211,8 +217,8 @@ async fn proxy(
         return Ok(response);
     }
     let run = ChainRun {
-        upstreams: &app.upstreams,
-        health: &app.health,
+        upstreams: snapshot.upstreams(app.thread),
+        health: &snapshot.health,
         chain: &resolved.target.chain,
         when_all_open: resolved
             .target
@@ -230,13 +236,13 @@ async fn proxy(
     }
     let mut response = match result {
         Ok(served) => {
-            let max_text = app.config.server.max_answer_bytes;
+            let max_text = snapshot.config.server.max_answer_bytes;
             let terms = Terms {
                 max_text,
                 record,
                 keep,
             };
-            answer(exchange, served, resolved, &request, terms).await
+            answer(exchange, served, resolved, &request, terms, snapshot.clone()).await
         }
         Err(unserved) => refuse(exchange, &unserved).await,
     };
@@ -295,6 +301,7 @@ async fn answer(
     resolved: Resolved<'_>,
     request: &RequestBody<'_>,
     terms: Terms,
+    snapshot: Arc<Snapshot>,
 ) -> Response {
     let Terms {
         max_text,
@@ -371,7 +378,12 @@ async fn answer(
                 keep,
             };
             let relay = SseRelay::new(stream, lease, terms, exchange, by).recording(record);
-            let mut response = Response::new(Body::from_stream(relay.into_body()));
+            // A stream ends on the snapshot it started with, however many reloads it outlives.
+            let body = relay.into_body().map(move |frame| {
+                let _running_on: &Arc<Snapshot> = &snapshot;
+                frame
+            });
+            let mut response = Response::new(Body::from_stream(body));
             *response.headers_mut() = headers;
             response
         }

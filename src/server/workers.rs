@@ -23,7 +23,6 @@ use tokio::sync::{Semaphore, oneshot};
 
 use super::detach::Detached;
 use super::{App, StartError, router};
-use crate::upstream::Upstreams;
 
 /// Period of each serving thread's anchor timer; see `anchor_timers`.
 const TIMER_ANCHOR: Duration = Duration::from_millis(500);
@@ -55,12 +54,10 @@ impl Workers {
         for _ in 1..threads.max(1) {
             listeners.push(reuseport_listener(addr).map_err(bind_error)?);
         }
-        // Every thread's clients are built before any thread starts, so a failure leaves none behind.
-        let mut apps = Vec::with_capacity(listeners.len());
-        for _ in &listeners {
-            let upstreams = Arc::new(Upstreams::new(&app.config).map_err(StartError::Client)?);
-            apps.push(Arc::new(app.with_upstreams(upstreams)));
-        }
+        // Each thread calls with its own clients, which its snapshot holds.
+        let apps: Vec<Arc<App>> = (0..listeners.len())
+            .map(|thread| Arc::new(app.on_thread(thread)))
+            .collect();
         let mut workers = Vec::with_capacity(listeners.len());
         for (index, (listener, app)) in listeners.into_iter().zip(apps).enumerate() {
             let (stop, stopped) = oneshot::channel::<()>();
@@ -169,7 +166,9 @@ async fn serve(
     listener: tokio::net::TcpListener,
     mut stopped: oneshot::Receiver<()>,
 ) {
-    let server = &app.config.server;
+    // What the serving loop is built with is fixed for the process (docs/operations.md#reload).
+    let snapshot = app.snapshot();
+    let server = &snapshot.config.server;
     let share = (server.max_connections / server.threads.max(1)).max(1);
     let connections = Arc::new(Semaphore::new(share));
     let mut http = hyper::server::conn::http1::Builder::new();

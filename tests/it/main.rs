@@ -24,6 +24,7 @@ mod providers;
 mod proxy;
 mod quality;
 mod rate_limits;
+mod reload;
 mod responses;
 mod scoring;
 mod servers;
