@@ -14,10 +14,16 @@
 //! `responses.retention` are not found, and a background task deletes them.
 //!
 //! Each kept response holds every input item it answered (the turns before it expanded), so a
-//! next turn reads one row, never a chain; a conversation grows until a request carrying it would
-//! be larger than `server.max_body_bytes`, and is then refused with a 400 that says so.
+//! next turn reads one row, never a chain. The price is storage quadratic in a conversation's
+//! turns (n turns of b bytes keep about n²·b/2); it is bounded because a conversation grows only
+//! until a request carrying it would be larger than `server.max_body_bytes`, and is then refused
+//! with a 400 that says so, and because rows expire after `responses.retention`.
+//!
+//! Every kept answer gets the gateway's own `resp_…` id, a passed-through one too (the relay
+//! writes it into every stream event): an upstream's id is not the gateway's to vouch for.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,19 +33,23 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::config::ResponsesConfig;
-use crate::ledger::Store;
+use crate::ledger::{LedgerError, Store};
 use crate::ledger::responses::KeptRow;
 use crate::openai::{Endpoint, RequestBody, RequestError, responses};
 
 /// Responses waiting to be written. While the database is away the writer retries and the
-/// queue fills; a response that finds it full is not kept (logged), and its next turn is a 404.
+/// queue fills; a response that finds it full is not kept (logged, counted in
+/// `tierwise_responses_dropped_total`, and a whole answer says `store: false`).
 const QUEUE: usize = 1024;
+/// The most bytes of responses waiting to be written: each may hold a conversation of up to
+/// `server.max_body_bytes`, so the count alone would let a database that is away cost gigabytes.
+const QUEUE_BYTES: usize = 64 << 20;
 /// Responses written in one transaction.
 const BATCH: usize = 64;
-/// How long a lookup that finds nothing looks again, for a response another replica has just
-/// kept and is still writing; and how often within that time.
-const GRACE: Duration = Duration::from_millis(200);
-const GRACE_STEP: Duration = Duration::from_millis(20);
+/// How long a lookup that finds nothing waits before it looks once more, for a response another
+/// replica has just kept and is still writing. Once, so that a key asking for ids that do not
+/// exist costs the database two reads each, not a poll.
+const GRACE: Duration = Duration::from_millis(150);
 /// How long the writer waits before it tries a batch again that the database did not take.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -49,6 +59,9 @@ pub enum StateError {
     /// Unknown, another key's, deleted or expired: OpenAI's words for all of them.
     #[error("Response with id '{0}' not found.")]
     NotFound(String),
+    /// The same for the response a request continues: OpenAI's 400, whose code clients act on.
+    #[error("Previous response with id '{0}' not found.")]
+    PreviousNotFound(String),
     #[error(
         "'{0}' needs the gateway to keep responses, and its configuration keeps none. Ask its operator to set `store = true` under [responses], or leave '{0}' out and send the whole conversation as `input` items."
     )]
@@ -84,6 +97,8 @@ pub struct StoredResponses {
     /// Kept here but not yet written; a deletion of one of them waits here for its write.
     recent: Mutex<HashMap<String, Recent>>,
     queue: mpsc::Sender<Arc<KeptRow>>,
+    /// The bytes of the rows on the queue, at most [`QUEUE_BYTES`].
+    queued_bytes: AtomicUsize,
     /// The queue's other end, until [`StoredResponses::spawn`] hands it to the writer.
     queued: Mutex<Option<mpsc::Receiver<Arc<KeptRow>>>>,
 }
@@ -100,6 +115,9 @@ pub struct Prepared {
 /// A request whose answer is to be kept, until it is answered.
 pub struct Keep {
     stored: Arc<StoredResponses>,
+    /// The gateway's own id for the answer: an upstream's may repeat (a restart, a deterministic
+    /// or hostile server) and would let one key's answer take another's place.
+    id: String,
     scope: String,
     request_id: String,
     /// Every input item the request answers.
@@ -122,6 +140,7 @@ impl StoredResponses {
             store,
             recent: Mutex::default(),
             queue,
+            queued_bytes: AtomicUsize::new(0),
             queued: Mutex::new(Some(queued)),
         })
     }
@@ -172,7 +191,10 @@ impl StoredResponses {
         // OpenAI's default: a response is kept unless the request says not to.
         let keep = asked != Some(false);
         let before = match &previous {
-            Some(id) => Some(self.find(scope, id).await?),
+            Some(id) => Some(self.find(scope, id).await.map_err(|err| match err {
+                StateError::NotFound(id) => StateError::PreviousNotFound(id),
+                err => err,
+            })?),
             None => None,
         };
         if !keep && before.is_none() {
@@ -207,6 +229,7 @@ impl StoredResponses {
             body: Some(Bytes::from(written)),
             keep: keep.then(|| Keep {
                 stored: self.clone(),
+                id: responses::new_id("resp"),
                 scope: scope.to_string(),
                 request_id: request_id.to_string(),
                 input,
@@ -229,13 +252,13 @@ impl StoredResponses {
         }
         let since = now_ms().saturating_sub(duration_ms(self.config.retention));
         let lookup = async {
-            let mut waited = Duration::ZERO;
+            let mut again = true;
             loop {
                 match self.store.kept_response(id, scope, since).await {
                     Ok(Some(row)) => return Ok(Arc::new(row)),
-                    Ok(None) if waited < GRACE => {
-                        tokio::time::sleep(GRACE_STEP).await;
-                        waited += GRACE_STEP;
+                    Ok(None) if again => {
+                        again = false;
+                        tokio::time::sleep(GRACE).await;
                     }
                     Ok(None) => return Err(StateError::NotFound(id.to_string())),
                     Err(err) => {
@@ -287,21 +310,34 @@ impl StoredResponses {
         }
     }
 
-    /// Puts a response in the map and on the writer's queue; never waits.
-    fn keep(&self, row: KeptRow) {
+    /// Puts a response in the map and on the writer's queue; never waits. Whether it was kept:
+    /// not when the queue is full (by count or by bytes).
+    fn keep(&self, row: KeptRow) -> bool {
         let row = Arc::new(row);
         let id = row.id.clone();
-        self.recent
-            .lock()
-            .expect("never poisoned")
-            .insert(id.clone(), Recent::Pending(row.clone()));
-        if self.queue.try_send(row).is_err() {
-            self.recent.lock().expect("never poisoned").remove(&id);
+        let bytes = row.bytes();
+        let before = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let full = before + bytes > QUEUE_BYTES && before > 0;
+        // In the map before the writer can see it, so that the writer's removal comes after.
+        if !full {
+            self.recent
+                .lock()
+                .expect("never poisoned")
+                .insert(id.clone(), Recent::Pending(row.clone()));
+        }
+        if full || self.queue.try_send(row).is_err() {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            if !full {
+                self.recent.lock().expect("never poisoned").remove(&id);
+            }
+            metrics::counter!("tierwise_responses_dropped_total").increment(1);
             tracing::error!(
                 response = %id,
                 "a response was not kept: the queue to the ledger is full (is the database down?); its next turn will not find it"
             );
+            return false;
         }
+        true
     }
 
     /// The writer: takes what is queued in batches until told to stop, then writes what is
@@ -337,9 +373,18 @@ impl StoredResponses {
     /// what was written, and deletes what was deleted while it waited.
     async fn write_batch(&self, batch: &[Arc<KeptRow>]) {
         let rows: Vec<&KeptRow> = batch.iter().map(Arc::as_ref).collect();
+        let bytes: usize = rows.iter().map(|row| row.bytes()).sum();
         loop {
             match self.store.keep_responses(&rows).await {
                 Ok(()) => break,
+                // The pool closes only at shutdown: nothing more will be written.
+                Err(LedgerError::Query(sqlx::Error::PoolClosed)) => {
+                    tracing::error!(
+                        "{} kept responses were not written: the ledger is closed",
+                        rows.len()
+                    );
+                    break;
+                }
                 Err(err) if err.is_refusal() => {
                     // One row the database cannot hold must not keep the others out.
                     for row in &rows {
@@ -358,6 +403,7 @@ impl StoredResponses {
                 }
             }
         }
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         let deleted: Vec<String> = {
             let mut recent = self.recent.lock().expect("never poisoned");
             let mut deleted = Vec::new();
@@ -404,15 +450,18 @@ impl Keep {
         self.keep(response);
     }
 
+    /// The id the client is given for the answer, in place of the upstream's.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     fn keep(self, mut response: Value) -> Option<Value> {
         let status = response["status"].as_str()?;
         if !matches!(status, "completed" | "incomplete") {
             return None;
         }
-        let id = response["id"]
-            .as_str()
-            .filter(|id| !id.is_empty())?
-            .to_string();
+        let id = self.id;
+        response["id"] = Value::String(id.clone());
         response["store"] = Value::Bool(true);
         response["previous_response_id"] = self.previous.map_or(Value::Null, Value::String);
         let row = KeptRow {
@@ -423,7 +472,9 @@ impl Keep {
             input: Value::Array(self.input).to_string(),
             response: response.to_string(),
         };
-        self.stored.keep(row);
+        if !self.stored.keep(row) {
+            response["store"] = Value::Bool(false);
+        }
         Some(response)
     }
 }
@@ -433,7 +484,9 @@ impl KeptTasks {
     pub async fn finish(self, deadline: Duration) {
         self.reaper.abort();
         self.stop.notify_one();
+        let writer = self.writer.abort_handle();
         if tokio::time::timeout(deadline, self.writer).await.is_err() {
+            writer.abort();
             tracing::error!(
                 "kept responses were not all written within {} s; the rest are lost",
                 deadline.as_secs()

@@ -23,18 +23,23 @@ pub struct KeptRow {
     pub response: String,
 }
 
+impl KeptRow {
+    /// About what it takes in memory while it waits to be written.
+    pub fn bytes(&self) -> usize {
+        self.id.len() + self.scope.len() + self.request_id.len() + self.input.len() + self.response.len()
+    }
+}
+
 impl Store {
-    /// Keeps `rows` in one transaction; a response kept again under its id (an upstream's id
-    /// seen twice) replaces the one before.
+    /// Keeps `rows` in one transaction. Insert only: an id already kept is refused (the
+    /// gateway's ids are fresh, so one never is), never written over — an update could move a
+    /// response from one key's scope to another's.
     pub async fn keep_responses(&self, rows: &[&KeptRow]) -> Result<(), LedgerError> {
         let mut tx = self.pool().begin().await?;
         for row in rows {
             sqlx::query(
                 "INSERT INTO responses (id, scope, created_ms, request_id, input, response) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET \
-                 scope = excluded.scope, created_ms = excluded.created_ms, \
-                 request_id = excluded.request_id, input = excluded.input, \
-                 response = excluded.response",
+                 VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(row.id.clone())
             .bind(row.scope.clone())

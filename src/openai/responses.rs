@@ -646,7 +646,8 @@ fn tool(tool: &Value) -> Result<Value, RequestError> {
 }
 
 /// An id of the gateway's making, `prefix_` and 32 hex digits, time-ordered.
-fn new_id(prefix: &str) -> String {
+/// A fresh id of the gateway's, time-ordered (`resp_…`, `msg_…`).
+pub(crate) fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
 }
 

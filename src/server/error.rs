@@ -309,6 +309,11 @@ impl From<StateError> for ApiError {
             StateError::NotFound(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
             }
+            // OpenAI's answer to a `previous_response_id` it does not keep; clients start over on
+            // its code.
+            StateError::PreviousNotFound(_) => ApiError::bad_body(message)
+                .param(Some("previous_response_id"))
+                .code("previous_response_not_found"),
             StateError::Off(param) => ApiError::bad_body(message).param(Some(param)),
             StateError::TooLong { .. } => {
                 ApiError::bad_body(message).param(Some("previous_response_id"))

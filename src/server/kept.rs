@@ -36,6 +36,6 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     app.stored.forget(scope(key.as_deref()), &id).await?;
-    let body = serde_json::json!({"id": id, "object": "response", "deleted": true});
+    let body = serde_json::json!({"id": id, "object": "response.deleted", "deleted": true});
     Ok(axum::Json(body).into_response())
 }

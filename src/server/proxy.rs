@@ -167,7 +167,9 @@ async fn proxy(
     let Admitted { hold, skips, quota } = admitted;
     // Only a route named by `model` runs its own chain and prompts, which is what its cache keeps.
     let lookup = match (&refusal, &resolved.target.route) {
-        (None, Some(route)) => {
+        // A kept answer is never read from the cache nor fills it: its id is its own, continued by
+        // the key that asked; another key's hit would carry an id it cannot continue.
+        (None, Some(route)) if keep.is_none() => {
             app.cache
                 .lookup(
                     route,

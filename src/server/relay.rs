@@ -94,6 +94,8 @@ pub struct SseRelay {
     /// Where a stream that ends whole leaves its answer for the next turn, and that answer.
     keep: Option<Keep>,
     answer: Option<Value>,
+    /// The upstream's id for a kept answer, which the client never sees.
+    upstream_id: Option<String>,
     pending: Option<Pending>,
 }
 
@@ -152,6 +154,7 @@ impl SseRelay {
             recording: None,
             keep,
             answer: None,
+            upstream_id: None,
             pending: Some(Pending {
                 ttfb_us: exchange.elapsed_us(),
                 exchange,
@@ -307,9 +310,17 @@ impl SseRelay {
         let Some(chunk) = (self.spec.read_event)(&event.data) else {
             return Some(event.raw);
         };
-        if chunk.response_id.is_some() {
-            self.marks.response_id = chunk.response_id;
+        if let Some(id) = chunk.response_id {
+            self.marks.response_id = Some(match &self.keep {
+                // A kept answer goes by the gateway's own id, in every event (`stored`).
+                Some(keep) => {
+                    self.upstream_id = Some(id);
+                    keep.id().to_string()
+                }
+                None => id,
+            });
         }
+        let event = self.with_own_id(event);
         if chunk.sequence.is_some() {
             self.marks.sequence = chunk.sequence;
         }
@@ -334,6 +345,24 @@ impl SseRelay {
             return Some(frame(event.name.as_deref(), &data));
         }
         None
+    }
+
+    /// The event with the upstream's response id written as the gateway's, for a kept answer.
+    /// The quoted id matches only a JSON string that is the id: inside text a quote is escaped.
+    fn with_own_id(&self, event: SseEvent) -> SseEvent {
+        let (Some(keep), Some(upstream)) = (&self.keep, &self.upstream_id) else {
+            return event;
+        };
+        let quoted = format!("\"{upstream}\"");
+        if upstream == keep.id() || !event.data.contains(&quoted) {
+            return event;
+        }
+        let data = event.data.replace(&quoted, &format!("\"{}\"", keep.id()));
+        SseEvent {
+            raw: frame(event.name.as_deref(), &data),
+            data,
+            ..event
+        }
     }
 
     /// `[DONE]`, or a stream closed after its last choice finished: the answer is whole unless the

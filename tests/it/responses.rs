@@ -628,7 +628,8 @@ async fn conversation_across_tiers(backend: Backend) {
     let (local, api, gw) = kept_setup(backend.url().await, |_| {}).await;
     let first = respond(&gw, json!({"model": "api_first", "input": "Hi"})).await;
     first.assert_served_by_first("api_fast");
-    assert_eq!(first.body["id"], "resp_fake");
+    let first_id = first.body["id"].as_str().unwrap().to_string();
+    assert!(first_id.starts_with("resp_") && first_id != "resp_fake", "the gateway's own id");
     assert_eq!(
         first.body["store"], true,
         "kept by the gateway: {}",
@@ -644,7 +645,7 @@ async fn conversation_across_tiers(backend: Backend) {
     });
     let second = respond(
         &gw,
-        json!({"model": "api_first", "previous_response_id": "resp_fake", "input": "And then?", "stream": true}),
+        json!({"model": "api_first", "previous_response_id": first_id, "input": "And then?", "stream": true}),
     )
     .await;
     assert_eq!(
@@ -668,7 +669,7 @@ async fn conversation_across_tiers(backend: Backend) {
     let (name, last) = events.last().unwrap();
     assert_eq!(name, "response.completed");
     let second_id = last["response"]["id"].as_str().unwrap().to_string();
-    assert_eq!(last["response"]["previous_response_id"], "resp_fake");
+    assert_eq!(last["response"]["previous_response_id"], first_id.as_str());
     assert_eq!(last["response"]["store"], true);
 
     api.set_fault(Fault::None);
@@ -720,8 +721,8 @@ async fn conversation_across_tiers(backend: Backend) {
     .await;
     assert_eq!(read.status, 200, "{}", read.text);
     assert_eq!(read.body, last["response"]);
-    // The fake API names every answer `resp_fake`: the third turn's replaced the first's.
-    wait_for_kept(&gw, 2).await;
+    // The fake API names every answer `resp_fake`; each turn is kept under its own id.
+    wait_for_kept(&gw, 3).await;
     gw.shutdown().await;
 }
 
@@ -755,7 +756,7 @@ async fn one_keys_responses_are_invisible_to_another() {
         Some(json!({"model": "summarize", "input": "Go on", "previous_response_id": id})),
     )
     .await;
-    refused.error(404, None);
+    refused.error(400, Some("previous_response_not_found"));
     // Once written to the database, too.
     wait_for_kept(&gw, 1).await;
     let refused = call(&gw, reqwest::Method::GET, &path, OTHER, None).await;
@@ -784,7 +785,7 @@ async fn a_kept_response_is_read_and_deleted() {
     assert_eq!(deleted.status, 200, "{}", deleted.text);
     assert_eq!(
         deleted.body,
-        json!({"id": id, "object": "response", "deleted": true})
+        json!({"id": id, "object": "response.deleted", "deleted": true})
     );
     for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
         call(&gw, method, &path, CLIENT_KEY, None)
@@ -796,10 +797,13 @@ async fn a_kept_response_is_read_and_deleted() {
         json!({"model": "summarize", "input": "Go on", "previous_response_id": id}),
     )
     .await;
-    next.error(404, None);
+    // OpenAI's answer to a previous response it does not keep, whose code clients act on.
+    next.error(400, Some("previous_response_not_found"));
     assert_eq!(
-        next.body["error"]["message"],
-        format!("Response with id '{id}' not found.")
+        next.body["error"],
+        json!({"message": format!("Previous response with id '{id}' not found."),
+            "type": "invalid_request_error", "param": "previous_response_id",
+            "code": "previous_response_not_found"})
     );
 
     let unkept = respond(
@@ -925,5 +929,73 @@ async fn a_stream_broken_midway_is_not_kept() {
         "response.completed"
     );
     wait_for_kept(&gw, 1).await;
+    gw.shutdown().await;
+}
+
+/// An upstream that names every answer alike (`resp_fake`, as a restarted, deterministic or
+/// hostile server may) cannot make one key's kept answer another's: each passed-through answer,
+/// whole or streamed, goes to its client under the gateway's own id, in every stream event, and
+/// a streamed turn is continued at once (read after write) with its own conversation.
+#[tokio::test]
+async fn passed_through_answers_are_kept_under_the_gateways_own_ids() {
+    const OTHER: &str = "tw-other-key-123";
+    let (_local, api, gw) = kept_setup(sqlite_url(), |c| {
+        c.0.server.api_keys = Some(vec![
+            tierwise::config::file::text("${CLIENT_KEY}"),
+            tierwise::config::file::text(OTHER),
+        ]);
+    })
+    .await;
+    let post = |key: &'static str, body: Value| {
+        call(&gw, reqwest::Method::POST, "/v1/responses", key, Some(body))
+    };
+    let mine = post(
+        CLIENT_KEY,
+        json!({"model": "api_first", "input": "Mine", "stream": true}),
+    )
+    .await;
+    assert_eq!(mine.status, 200, "{}", mine.text);
+    assert!(!mine.text.contains("resp_fake"), "{}", mine.text);
+    let events = events_of(&mine.text);
+    let mine_id = events[0].1["response"]["id"].as_str().unwrap().to_string();
+    assert!(mine_id.starts_with("resp_"), "{mine_id}");
+    let (name, last) = events.last().unwrap();
+    assert_eq!(name, "response.completed");
+    assert_eq!(last["response"]["id"], mine_id.as_str());
+    let theirs = post(OTHER, json!({"model": "api_first", "input": "Theirs"})).await;
+    let theirs_id = theirs.body["id"].as_str().unwrap().to_string();
+    assert!(theirs_id.starts_with("resp_") && theirs_id != mine_id, "{}", theirs.text);
+
+    // At once, before the writer has run: the next turn carries this key's first turn only.
+    let next = post(
+        CLIENT_KEY,
+        json!({"model": "api_first", "input": "Again", "previous_response_id": mine_id}),
+    )
+    .await;
+    assert_eq!(next.status, 200, "{}", next.text);
+    let requests = api.requests();
+    let sent = &requests.last().unwrap().body;
+    assert_eq!(sent["input"][0]["content"][0]["text"], "Mine", "{sent}");
+    wait_for_kept(&gw, 3).await;
+    let read = call(
+        &gw,
+        reqwest::Method::GET,
+        &format!("/v1/responses/{mine_id}"),
+        CLIENT_KEY,
+        None,
+    )
+    .await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    assert_eq!(read.body["id"], mine_id.as_str());
+    assert_eq!(read.body["output"], last["response"]["output"]);
+    call(
+        &gw,
+        reqwest::Method::GET,
+        &format!("/v1/responses/{mine_id}"),
+        OTHER,
+        None,
+    )
+    .await
+    .error(404, None);
     gw.shutdown().await;
 }
