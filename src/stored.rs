@@ -33,8 +33,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::config::ResponsesConfig;
-use crate::ledger::{LedgerError, Store};
 use crate::ledger::responses::KeptRow;
+use crate::ledger::{LedgerError, Store};
 use crate::openai::{Endpoint, RequestBody, RequestError, responses};
 
 /// Responses waiting to be written. While the database is away the writer retries and the

@@ -28,7 +28,6 @@ use std::sync::Arc;
 
 pub use budget::{Budget, BudgetScope};
 pub use cache::{CacheConfig, RouteCache};
-pub use responses::ResponsesConfig;
 pub use error::{ConfigError, ConfigIssue};
 pub use kinds::{
     Affinity, AllOpen, Api, CacheScope, Changes, KeyHeader, OnDrift, OnExhausted, OnProof,
@@ -41,6 +40,7 @@ pub use provider::{
     BreakerPolicy, PrefixAffinity, ProbePolicy, Provider, Timeouts, UpstreamServer, models_path,
 };
 pub use proxy::Proxy;
+pub use responses::ResponsesConfig;
 pub use route::{ChainTier, Declared, Profile, Route, Shadow, with_labels};
 pub use server::{AdminAccess, AllowedHosts, LedgerConfig, RequestLog, ServerConfig};
 pub use tier::Tier;

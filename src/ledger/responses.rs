@@ -26,7 +26,11 @@ pub struct KeptRow {
 impl KeptRow {
     /// About what it takes in memory while it waits to be written.
     pub fn bytes(&self) -> usize {
-        self.id.len() + self.scope.len() + self.request_id.len() + self.input.len() + self.response.len()
+        self.id.len()
+            + self.scope.len()
+            + self.request_id.len()
+            + self.input.len()
+            + self.response.len()
     }
 }
 

@@ -378,7 +378,8 @@ impl Gateway {
         if let Some(kept) = self.kept {
             // Before the dispatcher, which closes the ledger's pool; within the grace, since a
             // database that is away would otherwise hold shutdown for the ledger's deadline too.
-            kept.finish(self.grace.max(std::time::Duration::from_secs(1))).await;
+            kept.finish(self.grace.max(std::time::Duration::from_secs(1)))
+                .await;
         }
         self.dispatcher.finish(LEDGER_FLUSH_DEADLINE).await;
     }

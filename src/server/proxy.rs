@@ -244,7 +244,15 @@ async fn proxy(
                 record,
                 keep,
             };
-            answer(exchange, served, resolved, &request, terms, snapshot.clone()).await
+            answer(
+                exchange,
+                served,
+                resolved,
+                &request,
+                terms,
+                snapshot.clone(),
+            )
+            .await
         }
         Err(unserved) => refuse(exchange, &unserved).await,
     };

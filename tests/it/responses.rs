@@ -629,7 +629,10 @@ async fn conversation_across_tiers(backend: Backend) {
     let first = respond(&gw, json!({"model": "api_first", "input": "Hi"})).await;
     first.assert_served_by_first("api_fast");
     let first_id = first.body["id"].as_str().unwrap().to_string();
-    assert!(first_id.starts_with("resp_") && first_id != "resp_fake", "the gateway's own id");
+    assert!(
+        first_id.starts_with("resp_") && first_id != "resp_fake",
+        "the gateway's own id"
+    );
     assert_eq!(
         first.body["store"], true,
         "kept by the gateway: {}",
@@ -964,7 +967,11 @@ async fn passed_through_answers_are_kept_under_the_gateways_own_ids() {
     assert_eq!(last["response"]["id"], mine_id.as_str());
     let theirs = post(OTHER, json!({"model": "api_first", "input": "Theirs"})).await;
     let theirs_id = theirs.body["id"].as_str().unwrap().to_string();
-    assert!(theirs_id.starts_with("resp_") && theirs_id != mine_id, "{}", theirs.text);
+    assert!(
+        theirs_id.starts_with("resp_") && theirs_id != mine_id,
+        "{}",
+        theirs.text
+    );
 
     // At once, before the writer has run: the next turn carries this key's first turn only.
     let next = post(
