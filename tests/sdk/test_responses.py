@@ -145,19 +145,21 @@ def test_a_broken_stream_ends_with_response_failed(client, fakes):
     assert events[-1].response.error.code == "server_error"
 
 
-def test_state_tierwise_never_keeps_is_a_400_and_an_unknown_id_a_404(client, fakes):
+def test_state_tierwise_never_keeps_is_a_400_and_an_unknown_id_openais_400(client, fakes):
     with pytest.raises(openai.BadRequestError) as refused:
         client.responses.create(model="classification", input="hi", background=True)
     assert refused.value.param == "background"
-    with pytest.raises(openai.NotFoundError) as unknown:
+    with pytest.raises(openai.BadRequestError) as unknown:
         client.responses.create(model="classification", input="hi", previous_response_id="resp_unknown")
-    assert "Response with id 'resp_unknown' not found." in str(unknown.value)
+    assert unknown.value.code == "previous_response_not_found"
+    assert unknown.value.param == "previous_response_id"
+    assert "Previous response with id 'resp_unknown' not found." in str(unknown.value)
 
 
 def test_a_conversation_by_previous_response_id_falls_back_on_its_second_turn(client, fakes):
     local, api = fakes
     first = client.responses.create(model="native_first", input="My name is Ada.")
-    assert first.id == "resp_fake", "answered by the API's own server"
+    assert first.id.startswith("resp_") and first.id != "resp_fake", "kept under the gateway's id"
     assert api.requests()[-1]["body"]["store"] is False, "the gateway keeps it, not the upstream"
 
     api.behave(fault={"kind": "status", "status": 503})
@@ -190,22 +192,23 @@ def test_a_conversation_by_previous_response_id_falls_back_on_its_second_turn(cl
     client.responses.delete(third.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(third.id)
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.BadRequestError) as gone:
         client.responses.create(model="classification", previous_response_id=third.id, input="Still there?")
+    assert gone.value.code == "previous_response_not_found"
 
 
 def test_a_server_that_serves_responses_gets_them_passed_through(client, fakes):
     _, api = fakes
     response = client.responses.create(model="native_first", input="hi")
-    assert response.id == "resp_fake", "the server's own answer"
+    assert response.id.startswith("resp_") and response.id != "resp_fake", "kept: the gateway's id"
     assert response.output_text == "Hello from the fake upstream."
     sent = api.requests()[-1]
     assert sent["path"] == "/v1/responses"
     assert sent["body"]["store"] is False and sent["body"]["model"] == "gpt-4o-mini"
 
     events = list(client.responses.create(model="native_first", input="hi", stream=True))
-    assert events[0].response.id == "resp_fake"
-    assert events[-1].type == "response.completed"
+    assert events[0].response.id != "resp_fake"
+    assert events[-1].type == "response.completed" and events[-1].response.id == events[0].response.id
     assert events[-1].response.usage.output_tokens == 5
 
 
