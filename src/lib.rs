@@ -17,6 +17,9 @@
 //!   endpoint requires, changes per tier, counts and streams; usage as upstreams report it; for
 //!   an endpoint a tier's server may not serve (Responses, Anthropic's Messages), its translation
 //!   to and from chat.
+//! - [`stored`]: the Responses API's state — responses kept for their next turn
+//!   (`previous_response_id`) and for `GET`/`DELETE /v1/responses/{id}`, per client key, in the
+//!   ledger's database, written in the background, expired after `responses.retention`.
 //! - [`route`]: what the client's `model` names (route, tier or model id) and its tier chain; the
 //!   chain run with fallback on retryable failures; the output contract that normalizes labels.
 //! - [`limits`]: admission, between the route and its chain — whether a request may go on, what it
@@ -79,4 +82,5 @@ pub mod report;
 pub mod route;
 pub mod server;
 pub mod traces;
+pub mod stored;
 pub mod upstream;

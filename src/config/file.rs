@@ -61,6 +61,9 @@ pub struct ConfigFile {
     /// `[telemetry]`: where traces are exported.
     #[serde(default)]
     pub telemetry: RawTelemetry,
+    /// `[responses]`: whether Responses API answers are kept for their next turn.
+    #[serde(default)]
+    pub responses: RawResponses,
 }
 
 /// `[telemetry]`: traces of every request over OTLP, when an endpoint is set.
@@ -93,6 +96,22 @@ pub enum OtlpProtocol {
     Grpc,
     /// Protobuf over HTTP (`/v1/traces`).
     Http,
+}
+
+/// `[responses]`: Responses API answers kept in the ledger's database for `previous_response_id`
+/// and `GET /v1/responses/{id}`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResponses {
+    /// Keep responses (unless a request says `store: false`); off when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<bool>,
+    /// How long a kept response lasts: `"30d"`, `"12h"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Text>,
+    /// How long a request waits for the database to find the response it continues.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lookup_timeout_ms: Option<Spanned<u64>>,
 }
 
 /// `[keys.NAME]`: a client key with a name the ledger and reports show, the routes it may call and

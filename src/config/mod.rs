@@ -14,6 +14,7 @@ mod price;
 mod provider;
 mod proxy;
 mod resolver;
+mod responses;
 mod route;
 mod server;
 mod telemetry;
@@ -40,6 +41,7 @@ pub use provider::{
     BreakerPolicy, PrefixAffinity, ProbePolicy, Provider, Timeouts, UpstreamServer, models_path,
 };
 pub use proxy::Proxy;
+pub use responses::ResponsesConfig;
 pub use route::{ChainTier, Declared, Profile, Route, Shadow, with_labels};
 pub use server::{AdminAccess, AllowedHosts, LedgerConfig, RequestLog, ServerConfig};
 pub use telemetry::{Otlp, Telemetry};
@@ -106,6 +108,7 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Traces, exported where `[telemetry]` says.
     pub telemetry: Telemetry,
+    pub responses: ResponsesConfig,
     pub providers: Vec<Arc<Provider>>,
     pub tiers: Vec<Arc<Tier>>,
     pub routes: Vec<Arc<Route>>,

@@ -45,6 +45,7 @@ impl<'a> Resolver<'a> {
         let limits = self.limits(&file.limits);
         let cache = self.cache(&file.cache);
         let telemetry = self.telemetry(&file.telemetry);
+        let responses = self.responses(&file.responses);
         let providers = self.providers(&file.providers);
         let tiers = self.tiers(&file.tiers, &providers);
         let routes = self.routes(&file, &tiers);
@@ -67,6 +68,7 @@ impl<'a> Resolver<'a> {
                 limits,
                 cache,
                 telemetry,
+                responses,
                 providers: providers.into_values().collect(),
                 tiers: tiers.into_values().collect(),
                 routes,

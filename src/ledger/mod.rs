@@ -3,7 +3,8 @@
 //! operators' corrections, the alerts announced). Its rows are defined once in [`row`]; prices and the one function that turns
 //! tokens into a cost in [`price`]; token counts, and estimates where an upstream gave none, in
 //! [`tokens`]; SQLite or PostgreSQL behind [`Store`], summed there for reports
-//! ([`Summary`]); batches written by [`LedgerWriter`], or kept
+//! ([`Summary`]); the responses kept for their next turn ([`responses`]); batches written by
+//! [`LedgerWriter`], or kept
 //! in the [`Spool`] while the database is away; the request path never waits for either (it hands
 //! finished requests to [`crate::outcome`]).
 
@@ -11,6 +12,7 @@ pub mod budget;
 pub mod price;
 pub mod quality;
 pub mod recent;
+pub mod responses;
 pub mod row;
 mod spool;
 pub mod store;

@@ -372,6 +372,9 @@ pub struct Chunk {
     /// The output so far of the answer whose input `prompt_usage` gave (Anthropic's
     /// `message_delta` where it leaves out the input).
     pub output_tokens: Option<u64>,
+    /// The whole answer, where the event that ends the stream carries it (Responses'
+    /// `response.completed`): what is kept of a streamed answer for its next turn.
+    pub answer: Option<Value>,
 }
 
 impl Chunk {

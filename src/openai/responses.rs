@@ -20,7 +20,9 @@
 //! `user`; `reasoning.effort` as `reasoning_effort`, except to OpenAI's models that are not
 //! reasoning models (gpt-4o, gpt-4.1…), which refuse it. What only OpenAI's servers can do
 //! (built-in tools such as web search, `item_reference`) makes a translated tier pass the request
-//! on. State the gateway does not keep (`previous_response_id`, `store: true`, `background`,
+//! on. State the gateway keeps only with `[responses] store = true` (`store`,
+//! `previous_response_id`) is checked here for its shape; [`crate::stored`] keeps it and writes the
+//! turns before a request into it ([`with_state`]). State it never keeps (`background`,
 //! `conversation`, stored `prompt`s) is refused with a 400 naming the field, never dropped.
 
 use std::borrow::Cow;
@@ -66,19 +68,15 @@ pub const VIA_CHAT: ViaChat = ViaChat {
     stream: |request| Box::new(ChatEvents::new(request)),
 };
 
-/// Fields of OpenAI's Responses API that need state the gateway does not keep.
-const STATEFUL: [(&str, &str); 4] = [
-    (
-        "previous_response_id",
-        "is not supported: tierwise keeps no responses; send the whole conversation as `input` items",
-    ),
+/// Fields of OpenAI's Responses API that need state the gateway never keeps.
+const STATEFUL: [(&str, &str); 3] = [
     (
         "background",
         "is not supported: tierwise answers while the request is open; leave it out or set it to false",
     ),
     (
         "conversation",
-        "is not supported: tierwise keeps no conversations; send the whole conversation as `input` items",
+        "is not supported: tierwise keeps no conversations; continue one with `previous_response_id`, or send the whole conversation as `input` items",
     ),
     (
         "prompt",
@@ -103,13 +101,17 @@ fn validate(body: &RequestBody<'_>) -> Result<(), RequestError> {
             return Err(RequestError::field(name, problem));
         }
     }
-    if body
-        .field("store")
-        .is_some_and(|store| store.get().trim() == "true")
+    if let Some(store) = body.field("store")
+        && serde_json::from_str::<Option<bool>>(store.get()).is_err()
+    {
+        return Err(RequestError::field("store", "must be true or false"));
+    }
+    if let Some(previous) = body.field("previous_response_id")
+        && serde_json::from_str::<Option<String>>(previous.get()).is_err()
     {
         return Err(RequestError::field(
-            "store",
-            "is not supported: tierwise keeps no responses; set it to false or leave it out",
+            "previous_response_id",
+            "must be the id of an earlier response (a string)",
         ));
     }
     if let Some(value) = body.field("max_output_tokens")
@@ -125,10 +127,12 @@ fn validate(body: &RequestBody<'_>) -> Result<(), RequestError> {
 
 fn rewrite(body: &RequestBody<'_>, step: &ChainTier, edits: &mut Edits) {
     let tier = &step.tier;
-    // OpenAI keeps a response unless told not to; tierwise's default is not to (see
-    // docs/endpoints.md), and a server the request is passed through to is told so.
-    if !body.has("store") {
+    // The gateway keeps the state itself (docs/endpoints.md): a server the request is passed
+    // through to never keeps it, and never sees an id of the gateway's (the turns before are in
+    // `input` already). A tier served through chat keeps both fields, for its answer to echo.
+    if tier.provider.serves_responses {
         edits.set("store", raw(&false));
+        edits.remove("previous_response_id");
     }
     if let Some(prompt) = &step.system_prompt {
         edits.set("instructions", raw(prompt));
@@ -362,6 +366,7 @@ fn read_event(data: &str) -> Option<Chunk> {
         "response.completed" | "response.incomplete" => {
             chunk.finished = true;
             chunk.usage = event.response.as_ref().and_then(|r| usage_of(&r["usage"]));
+            chunk.answer = event.response;
         }
         "response.failed" => {
             chunk.finished = true;
@@ -391,6 +396,57 @@ fn interrupted(marks: &StreamMarks, message: &str) -> (Option<&'static str>, Str
         },
     });
     (Some("response.failed"), event.to_string())
+}
+
+/// A request as it goes on once the gateway keeps its state: a request continuing an earlier
+/// response gets that response's input items and output items before its own `input` (OpenAI's
+/// rule: the earlier `instructions` are not carried), and `store` set to whether its answer is
+/// kept. Its `previous_response_id` stays, for a translated answer to echo; a tier the request is
+/// passed through to never gets it ([`SPEC`]'s rewrite). Returns the body and every input item the
+/// request answers, which is what its own next turn starts from.
+pub fn with_state(
+    body: &[u8],
+    previous: Option<(Vec<Value>, &Value)>,
+    store: bool,
+) -> Result<(Vec<u8>, Vec<Value>), RequestError> {
+    let mut request: Map<String, Value> =
+        serde_json::from_slice(body).map_err(|_| cannot("input", "is not a JSON object"))?;
+    let own = match request.get("input") {
+        Some(Value::String(text)) => vec![json!({
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": text}],
+        })],
+        Some(Value::Array(items)) => items.clone(),
+        _ => return Err(cannot("input", "must be a string or an array of items")),
+    };
+    let input = match previous {
+        Some((mut input, response)) => {
+            let output = response["output"].as_array().into_iter().flatten();
+            input.extend(output.filter_map(carried));
+            input.extend(own);
+            request.insert("input".into(), Value::Array(input.clone()));
+            input
+        }
+        None => own,
+    };
+    request.insert("store".into(), Value::Bool(store));
+    let body = serde_json::to_vec(&request).expect("JSON values always serialize");
+    Ok((body, input))
+}
+
+/// An earlier answer's output item as the next turn's input item: without its id, which only the
+/// server that made it knows (OpenAI refuses an id it did not keep); a reasoning item only where
+/// it carries its encrypted content, the one form a server that keeps nothing takes back.
+fn carried(item: &Value) -> Option<Value> {
+    let mut item = item.clone();
+    if item["type"] == "reasoning" {
+        return item["encrypted_content"].is_string().then_some(item);
+    }
+    if let Some(fields) = item.as_object_mut() {
+        fields.remove("id");
+    }
+    Some(item)
 }
 
 /// Why a request cannot be written as a chat completion.
@@ -641,7 +697,8 @@ fn tool(tool: &Value) -> Result<Value, RequestError> {
 }
 
 /// An id of the gateway's making, `prefix_` and 32 hex digits, time-ordered.
-fn new_id(prefix: &str) -> String {
+/// A fresh id of the gateway's, time-ordered (`resp_…`, `msg_…`).
+pub(crate) fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
 }
 
@@ -673,7 +730,8 @@ fn echo(request: &[u8]) -> Map<String, Value> {
         let value = request.get(name).filter(|v| !v.is_null()).cloned();
         out.insert(name.into(), value.unwrap_or(default));
     }
-    out.insert("store".into(), Value::Bool(false));
+    let store = request.get("store").and_then(Value::as_bool);
+    out.insert("store".into(), Value::Bool(store.unwrap_or(false)));
     out
 }
 
@@ -1208,6 +1266,45 @@ mod tests {
         fn any_event_reads_without_a_panic(data in ".{0,200}") {
             let _ = read_event(&data);
         }
+    }
+
+    /// A next turn carries the earlier input, then the earlier output without the items' ids
+    /// (and reasoning only with its encrypted content), then its own input; `store` as asked.
+    #[test]
+    fn a_next_turn_carries_the_conversation_without_item_ids() {
+        let earlier = json!({"output": [
+            {"id": "rs_1", "type": "reasoning", "summary": []},
+            {"id": "rs_2", "type": "reasoning", "summary": [], "encrypted_content": "x"},
+            {"id": "msg_1", "type": "message", "role": "assistant", "content": [output_text("Hello")]},
+            {"id": "fc_1", "type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        ]});
+        let before = vec![json!({"role": "user", "content": "Hi"})];
+        let body = br#"{"model": "m", "input": "Go on", "previous_response_id": "resp_1"}"#;
+        let (written, input) = with_state(body, Some((before, &earlier)), true).unwrap();
+        let written: Value = serde_json::from_slice(&written).unwrap();
+        assert_eq!(written["input"], Value::Array(input.clone()));
+        assert_eq!(written["store"], true);
+        assert_eq!(written["previous_response_id"], "resp_1");
+        let kinds: Vec<&str> = input
+            .iter()
+            .map(|item| item["type"].as_str().unwrap_or("message"))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "message",
+                "reasoning",
+                "message",
+                "function_call",
+                "message"
+            ]
+        );
+        assert_eq!(
+            input[1]["id"], "rs_2",
+            "a reasoning item keeps the id its content needs"
+        );
+        assert!(input[2].get("id").is_none() && input[3].get("id").is_none());
+        assert_eq!(input[4]["content"][0]["text"], "Go on");
     }
 
     /// A chat stream that ran out of its budget ends `response.incomplete`, with the reason.

@@ -12,6 +12,7 @@ use crate::limits::{Measure, Refusal};
 use crate::openai::{Endpoint, ErrorReply, RequestError};
 use crate::route::ResolveError;
 use crate::route::chain::Unserved;
+use crate::stored::StateError;
 use crate::upstream::UpstreamErrorKind;
 
 #[derive(Debug)]
@@ -307,6 +308,36 @@ impl From<RequestError> for ApiError {
     fn from(err: RequestError) -> ApiError {
         let param = err.param();
         ApiError::bad_body(err.to_string()).param(param)
+    }
+}
+
+impl From<StateError> for ApiError {
+    fn from(err: StateError) -> ApiError {
+        let message = err.to_string();
+        match err {
+            // OpenAI answers an unknown id, and another project's, with this 404.
+            StateError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
+            }
+            // OpenAI's answer to a `previous_response_id` it does not keep; clients start over on
+            // its code.
+            StateError::PreviousNotFound(_) => ApiError::bad_body(message)
+                .param(Some("previous_response_id"))
+                .code("previous_response_not_found"),
+            StateError::Off(param) => ApiError::bad_body(message).param(Some(param)),
+            StateError::TooLong { .. } => {
+                ApiError::bad_body(message).param(Some("previous_response_id"))
+            }
+            StateError::Request(err) => err.into(),
+            StateError::Timeout(_) | StateError::Unavailable => {
+                let mut error =
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+                        .code("state_unavailable");
+                error.retry_after = Some(1);
+                error
+            }
+            StateError::Unreadable(_) => ApiError::internal(message),
+        }
     }
 }
 

@@ -9,6 +9,7 @@ mod detach;
 mod error;
 mod feedback;
 mod info;
+mod kept;
 mod proxy;
 mod relay;
 mod reload;
@@ -40,6 +41,7 @@ use crate::quality::alert::Alerts;
 use crate::quality::feedback::{FeedbackQueue, FeedbackWriter};
 use crate::quality::shadow::{self, ShadowChecks};
 use crate::quality::watch::Watches;
+use crate::stored::{KeptTasks, StoredResponses};
 use crate::upstream::{UpstreamError, Upstreams};
 
 pub use error::ApiError;
@@ -69,6 +71,8 @@ pub struct App {
     pub watches: Arc<Watches>,
     /// Ground truth on its way to the ledger.
     pub feedback: FeedbackQueue,
+    /// The Responses API's kept state, for the life of the process.
+    pub stored: Arc<StoredResponses>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub started_unix: u64,
     /// Swaps the snapshot for the file's new content (`POST /admin/api/reload`, `SIGHUP`).
@@ -94,8 +98,11 @@ impl App {
             .otlp
             .as_ref()
             .map(crate::traces::Tracing::new);
+        // Restart-only: its writer and expiry run for the process (`[responses]` in reload.rs).
+        let stored = StoredResponses::new(snapshot.config.responses, store.clone());
         let live = Arc::new(ArcSwap::from_pointee(snapshot));
         App {
+            stored,
             cache,
             tracing,
             reloads: Arc::new(reload::Reloads::new(live.clone(), base, threads)),
@@ -139,6 +146,10 @@ pub fn router(app: Arc<App>) -> Router {
         }
     });
     let api = endpoints
+        .route(
+            &format!("/v1/{}/{{id}}", Endpoint::Responses.path()),
+            get(kept::get).delete(kept::delete),
+        )
         .route("/v1/feedback", post(feedback::feedback))
         .route("/v1/models", get(info::models))
         .route("/v1/models/{*id}", get(info::model))
@@ -241,6 +252,7 @@ pub struct Gateway {
     background: Vec<JoinHandle<()>>,
     shadow_checks: Option<ShadowChecks>,
     feedback_writer: FeedbackWriter,
+    kept: Option<KeptTasks>,
     dispatcher: Dispatcher,
     /// The trace exporter, where `[telemetry]` has an endpoint.
     traces: Option<crate::traces::Exporter>,
@@ -354,6 +366,7 @@ impl Gateway {
         if snapshot.config.server.watch_config {
             background.extend(reload::watch(app.reloads.clone()));
         }
+        let kept = app.stored.spawn();
         let workers = workers::Workers::spawn(&app, listen, threads)?;
         Ok(Gateway {
             reloads: app.reloads.clone(),
@@ -362,6 +375,7 @@ impl Gateway {
             background,
             shadow_checks,
             feedback_writer,
+            kept,
             dispatcher,
             traces,
             grace,
@@ -385,6 +399,12 @@ impl Gateway {
             checks.finish(self.grace).await;
         }
         self.feedback_writer.finish(LEDGER_FLUSH_DEADLINE).await;
+        if let Some(kept) = self.kept {
+            // Before the dispatcher, which closes the ledger's pool; within the grace, since a
+            // database that is away would otherwise hold shutdown for the ledger's deadline too.
+            kept.finish(self.grace.max(std::time::Duration::from_secs(1)))
+                .await;
+        }
         self.dispatcher.finish(LEDGER_FLUSH_DEADLINE).await;
         if let Some(traces) = self.traces {
             traces.finish(TRACE_FLUSH_DEADLINE).await;

@@ -32,6 +32,7 @@ use crate::route::Resolved;
 use crate::route::chain::{ChainRun, Served, Unserved};
 use crate::route::contract;
 use crate::traces::RequestTrace;
+use crate::stored::Keep;
 use crate::upstream::Reply;
 
 const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-tierwise-route");
@@ -142,7 +143,21 @@ async fn proxy(
         directives,
         mut trace,
     } = asks;
-    let request = RequestBody::parse(endpoint, &bytes)?;
+    let parsed = RequestBody::parse(endpoint, &bytes)?;
+    // An endpoint with kept state (Responses) may continue an earlier answer: its body is then
+    // written anew with the turns before, and read again.
+    let scope = caller.key.as_ref().map_or("", |key| key.id.as_str());
+    let max_body = snapshot.config.server.max_body_bytes;
+    let prepared = app
+        .stored
+        .prepare(&parsed, &bytes, scope, &caller.id.0, max_body)
+        .await?;
+    let request = match &prepared.body {
+        Some(body) => RequestBody::parse(endpoint, body)?,
+        None => parsed,
+    };
+    let bytes = prepared.body.clone().unwrap_or_else(|| bytes.clone());
+    let keep = prepared.keep;
     if let Some(trace) = &mut trace {
         trace.requested_model = request.model.to_string();
     }
@@ -172,7 +187,9 @@ async fn proxy(
     let Admitted { hold, skips, quota } = admitted;
     // Only a route named by `model` runs its own chain and prompts, which is what its cache keeps.
     let lookup = match (&refusal, &resolved.target.route) {
-        (None, Some(route)) => {
+        // A kept answer is never read from the cache nor fills it: its id is its own, continued by
+        // the key that asked; another key's hit would carry an id it cannot continue.
+        (None, Some(route)) if keep.is_none() => {
             app.cache
                 .lookup(
                     route,
@@ -243,8 +260,20 @@ async fn proxy(
     let mut response = match result {
         Ok(served) => {
             let max_text = snapshot.config.server.max_answer_bytes;
-            let held = snapshot.clone();
-            answer(exchange, served, resolved, &request, max_text, record, held).await
+            let terms = Terms {
+                max_text,
+                record,
+                keep,
+            };
+            answer(
+                exchange,
+                served,
+                resolved,
+                &request,
+                terms,
+                snapshot.clone(),
+            )
+            .await
         }
         Err(unserved) => refuse(exchange, endpoint, &unserved).await,
     };
@@ -289,15 +318,29 @@ async fn refuse(exchange: Exchange, endpoint: Endpoint, unserved: &Unserved) -> 
     response
 }
 
+/// What an answer is given besides itself.
+struct Terms {
+    /// The most of a stream's text kept (`server.max_answer_bytes`).
+    max_text: usize,
+    /// The most of a stream's events recorded for the route's cache, where it fills it.
+    record: Option<usize>,
+    /// The answer is kept for its next turn.
+    keep: Option<Keep>,
+}
+
 async fn answer(
     exchange: Exchange,
     served: Served,
     resolved: Resolved<'_>,
     request: &RequestBody<'_>,
-    max_text: usize,
-    record: Option<usize>,
+    terms: Terms,
     snapshot: Arc<Snapshot>,
 ) -> Response {
+    let Terms {
+        max_text,
+        record,
+        keep,
+    } = terms;
     let Served { by, reply, lease } = served;
     // Only a route named by `model` sets the contract; `x-tierwise-route` attributes cost.
     let texts = request.endpoint().spec().answer_texts;
@@ -332,6 +375,10 @@ async fn answer(
                 contract,
                 answer: &body,
             });
+            let body = match keep {
+                Some(keep) => keep.answered(&body).unwrap_or(body),
+                None => body,
+            };
             let mut response = (StatusCode::OK, body).into_response();
             let headers = response.headers_mut();
             headers.insert(
@@ -363,6 +410,7 @@ async fn answer(
                 client_wants_usage: request.client_wants_usage,
                 max_text,
                 contract: contract_route,
+                keep,
             };
             let relay = SseRelay::new(stream, lease, terms, exchange, by).recording(record);
             // A stream ends on the snapshot it started with, however many reloads it outlives.

@@ -27,6 +27,7 @@ use crate::outcome::{CLIENT_CLOSED, Ended, Ending, Exchange};
 use crate::route::chain::ServedBy;
 use crate::route::contract;
 use crate::traces::StreamFacts;
+use crate::stored::Keep;
 use crate::upstream::{SseEvent, UpstreamError, UpstreamStream, UsageSoFar};
 
 /// Turns of the thread's queue the relay waits for the upstream's next event before it writes.
@@ -95,6 +96,11 @@ pub struct SseRelay {
     recording: Option<Recording>,
     /// What the events say of the answer, for the request's span, where it is traced.
     facts: Option<StreamFacts>,
+    /// Where a stream that ends whole leaves its answer for the next turn, and that answer.
+    keep: Option<Keep>,
+    answer: Option<Value>,
+    /// The upstream's id for a kept answer, which the client never sees.
+    upstream_id: Option<String>,
     pending: Option<Pending>,
 }
 
@@ -108,6 +114,8 @@ pub struct RelayTerms {
     pub max_text: usize,
     /// The route whose output contract judges the whole text once the stream has ended.
     pub contract: Option<Arc<Route>>,
+    /// The answer is kept for its next turn, from the whole answer the last event carries.
+    pub keep: Option<Keep>,
 }
 
 /// A stream's events as they came, up to `max` bytes.
@@ -130,6 +138,7 @@ impl SseRelay {
             client_wants_usage,
             max_text,
             contract,
+            keep,
         } = terms;
         SseRelay {
             upstream,
@@ -150,6 +159,9 @@ impl SseRelay {
             contract,
             recording: None,
             facts: exchange.trace().map(|_| StreamFacts::default()),
+            keep,
+            answer: None,
+            upstream_id: None,
             pending: Some(Pending {
                 ttfb_us: exchange.elapsed_us(),
                 exchange,
@@ -305,11 +317,22 @@ impl SseRelay {
         let Some(chunk) = (self.spec.read_event)(&event.data) else {
             return Some(event.raw);
         };
-        if chunk.response_id.is_some() {
-            self.marks.response_id = chunk.response_id;
+        if let Some(id) = chunk.response_id {
+            self.marks.response_id = Some(match &self.keep {
+                // A kept answer goes by the gateway's own id, in every event (`stored`).
+                Some(keep) => {
+                    self.upstream_id = Some(id);
+                    keep.id().to_string()
+                }
+                None => id,
+            });
         }
+        let event = self.with_own_id(event);
         if chunk.sequence.is_some() {
             self.marks.sequence = chunk.sequence;
+        }
+        if self.keep.is_some() && chunk.answer.is_some() {
+            self.answer = chunk.answer;
         }
         // The upstream's own error event goes to the client as it came; the answer failed.
         self.upstream_error |= chunk.error;
@@ -341,6 +364,24 @@ impl SseRelay {
             return Some(frame(event.name.as_deref(), &data));
         }
         None
+    }
+
+    /// The event with the upstream's response id written as the gateway's, for a kept answer.
+    /// The quoted id matches only a JSON string that is the id: inside text a quote is escaped.
+    fn with_own_id(&self, event: SseEvent) -> SseEvent {
+        let (Some(keep), Some(upstream)) = (&self.keep, &self.upstream_id) else {
+            return event;
+        };
+        let quoted = format!("\"{upstream}\"");
+        if upstream == keep.id() || !event.data.contains(&quoted) {
+            return event;
+        }
+        let data = event.data.replace(&quoted, &format!("\"{}\"", keep.id()));
+        SseEvent {
+            raw: frame(event.name.as_deref(), &data),
+            data,
+            ..event
+        }
     }
 
     /// `[DONE]`, or a stream closed after its last choice finished: the answer is whole unless the
@@ -412,6 +453,13 @@ impl SseRelay {
             .and_then(|route| route.labels.as_deref())
             .filter(|_| status == 200 && error_kind.is_none() && self.text_whole)
             .map(|labels| contract::judge(self.text.each(), labels).as_str());
+        // Only a whole answer is kept: a stream cut, broken or abandoned has none to go on from.
+        if status == 200
+            && error_kind.is_none()
+            && let (Some(keep), Some(answer)) = (self.keep.take(), self.answer.take())
+        {
+            keep.streamed(answer);
+        }
         // A translated stream that ended without its usage chunk may still have said what it
         // used (Anthropic's `message_start` gives the input, cache reads and writes exactly).
         let (usage, prompt) = match (self.usage, self.upstream.usage_so_far()) {

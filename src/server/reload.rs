@@ -270,6 +270,7 @@ fn needs_restart(started: &Config, new: &Config) -> Vec<&'static str> {
         ("[cache]", differ(&started.cache, &new.cache)),
         ("[alerts]", differ(&started.alerts, &new.alerts)),
         ("[telemetry]", differ(&started.telemetry, &new.telemetry)),
+        ("[responses]", differ(&started.responses, &new.responses)),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)

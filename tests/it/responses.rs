@@ -550,6 +550,463 @@ async fn an_anthropic_tier_answers_responses_translated_twice() {
     gw.shutdown().await;
 }
 
+/// The native setup (`api_first`: `api_fast` passed through, then `local` translated) with
+/// `[responses] store = true`, on `ledger`, changed by `change`.
+async fn kept_setup(
+    ledger: String,
+    change: impl FnOnce(&mut TestConfig),
+) -> (FakeUpstream, FakeUpstream, TestGateway) {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            c.0.ledger.url = Some(tierwise::config::file::text(ledger));
+            c.0.responses.store = Some(true);
+            c.provider("openai").responses = Some(tierwise::config::file::spanned(true));
+            c.add_route(
+                "api_first",
+                tierwise::config::TaskKind::Agentic,
+                &["api_fast", "local"],
+            );
+            change(c);
+        });
+    let gw = TestGateway::start(&config).await;
+    (local, api, gw)
+}
+
+/// `method` on `path` with `key`'s bearer and `body` (if any), within a deadline.
+async fn call(
+    gw: &TestGateway,
+    method: reqwest::Method,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> Answer {
+    let mut request = gw
+        .http
+        .request(method, format!("{}{path}", gw.url))
+        .bearer_auth(key);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let answer = async { Answer::of(request.send().await.expect("the gateway answers")).await };
+    tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .expect("the answer comes instead of hanging")
+}
+
+/// Waits, within a deadline, until the ledger keeps `n` responses.
+async fn wait_for_kept(gw: &TestGateway, n: i64) {
+    let store = gw.store().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let kept = store.kept_responses().await.unwrap();
+        if kept == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ledger keeps {kept} responses, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A conversation by `previous_response_id` goes on whichever tier answers each turn: the first
+/// passed through to the API's server, the second (streamed) falls back to the local tier
+/// translated to chat, the third back on the API. Each tier gets the whole conversation, no
+/// upstream gets the gateway's ids or `store: true`, and each answer says what it continues.
+#[tokio::test]
+async fn a_conversation_goes_on_by_previous_response_id_whichever_tier_answers() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        conversation_across_tiers(backend).await;
+    }
+}
+
+async fn conversation_across_tiers(backend: Backend) {
+    let (local, api, gw) = kept_setup(backend.url().await, |_| {}).await;
+    let first = respond(&gw, json!({"model": "api_first", "input": "Hi"})).await;
+    first.assert_served_by_first("api_fast");
+    let first_id = first.body["id"].as_str().unwrap().to_string();
+    assert!(
+        first_id.starts_with("resp_") && first_id != "resp_fake",
+        "the gateway's own id"
+    );
+    assert_eq!(
+        first.body["store"], true,
+        "kept by the gateway: {}",
+        first.text
+    );
+    let sent = &api.requests()[0].body;
+    assert_eq!(sent["store"], false, "{backend:?}: {sent}");
+
+    api.set_fault(Fault::Status {
+        status: 500,
+        body: None,
+        retry_after: None,
+    });
+    let second = respond(
+        &gw,
+        json!({"model": "api_first", "previous_response_id": first_id, "input": "And then?", "stream": true}),
+    )
+    .await;
+    assert_eq!(
+        second.header("x-tierwise-tier"),
+        Some("local"),
+        "{}",
+        second.text
+    );
+    assert!(second.header("x-tierwise-fallback").is_some());
+    let sent = &local.requests()[0].body;
+    assert_eq!(
+        sent["messages"],
+        json!([
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello from the fake upstream."},
+            {"role": "user", "content": "And then?"},
+        ]),
+        "{backend:?}"
+    );
+    let events = events_of(&second.text);
+    let (name, last) = events.last().unwrap();
+    assert_eq!(name, "response.completed");
+    let second_id = last["response"]["id"].as_str().unwrap().to_string();
+    assert_eq!(last["response"]["previous_response_id"], first_id.as_str());
+    assert_eq!(last["response"]["store"], true);
+
+    api.set_fault(Fault::None);
+    let third = respond(
+        &gw,
+        json!({"model": "api_first", "previous_response_id": second_id, "input": "Last"}),
+    )
+    .await;
+    third.assert_served_by_first("api_fast");
+    assert_eq!(third.body["previous_response_id"], second_id.as_str());
+    let requests = api.requests();
+    let sent = &requests.last().unwrap().body;
+    assert!(sent.get("previous_response_id").is_none(), "{sent}");
+    assert_eq!(sent["store"], false);
+    let input = sent["input"].as_array().unwrap();
+    let texts: Vec<(&str, &str)> = input
+        .iter()
+        .map(|item| {
+            (
+                item["role"].as_str().unwrap(),
+                item["content"][0]["text"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            ("user", "Hi"),
+            ("assistant", "Hello from the fake upstream."),
+            ("user", "And then?"),
+            ("assistant", "Hello from the fake upstream."),
+            ("user", "Last"),
+        ],
+        "{sent}"
+    );
+    assert!(
+        input.iter().all(|item| item.get("id").is_none()),
+        "no server's item ids go upstream: {sent}"
+    );
+
+    // The streamed turn, kept from its last event, is read back as its client saw it end.
+    let read = call(
+        &gw,
+        reqwest::Method::GET,
+        &format!("/v1/responses/{second_id}"),
+        CLIENT_KEY,
+        None,
+    )
+    .await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    assert_eq!(read.body, last["response"]);
+    // The fake API names every answer `resp_fake`; each turn is kept under its own id.
+    wait_for_kept(&gw, 3).await;
+    gw.shutdown().await;
+}
+
+/// A response kept for one client key is not there for another: reading, deleting or continuing
+/// it is OpenAI's 404, and the owner still has it.
+#[tokio::test]
+async fn one_keys_responses_are_invisible_to_another() {
+    const OTHER: &str = "tw-other-key-123";
+    let (_local, _api, gw) = kept_setup(sqlite_url(), |c| {
+        c.0.server.api_keys = Some(vec![
+            tierwise::config::file::text("${CLIENT_KEY}"),
+            tierwise::config::file::text(OTHER),
+        ]);
+    })
+    .await;
+    let answer = respond(&gw, json!({"model": "summarize", "input": "Hi"})).await;
+    let id = answer.body["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/responses/{id}");
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let refused = call(&gw, method, &path, OTHER, None).await;
+        assert_eq!(
+            refused.error(404, None),
+            format!("Response with id '{id}' not found.")
+        );
+    }
+    let refused = call(
+        &gw,
+        reqwest::Method::POST,
+        "/v1/responses",
+        OTHER,
+        Some(json!({"model": "summarize", "input": "Go on", "previous_response_id": id})),
+    )
+    .await;
+    refused.error(400, Some("previous_response_not_found"));
+    // Once written to the database, too.
+    wait_for_kept(&gw, 1).await;
+    let refused = call(&gw, reqwest::Method::GET, &path, OTHER, None).await;
+    refused.error(404, None);
+    let owner = call(&gw, reqwest::Method::GET, &path, CLIENT_KEY, None).await;
+    assert_eq!(owner.status, 200, "{}", owner.text);
+    assert_eq!(owner.body["id"], id.as_str());
+    gw.shutdown().await;
+}
+
+/// `GET` gives the response as it was answered; `DELETE` answers OpenAI's shape and the response
+/// is gone — from the map and from the database — for reading and for continuing; a request
+/// with `store: false` is not kept.
+#[tokio::test]
+async fn a_kept_response_is_read_and_deleted() {
+    let (_local, _api, gw) = kept_setup(sqlite_url(), |_| {}).await;
+    let answer = respond(&gw, json!({"model": "summarize", "input": "Hi"})).await;
+    assert_eq!(answer.body["store"], true);
+    let id = answer.body["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/responses/{id}");
+    let read = call(&gw, reqwest::Method::GET, &path, CLIENT_KEY, None).await;
+    assert_eq!(read.status, 200);
+    assert_eq!(read.body, answer.body);
+
+    let deleted = call(&gw, reqwest::Method::DELETE, &path, CLIENT_KEY, None).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text);
+    assert_eq!(
+        deleted.body,
+        json!({"id": id, "object": "response.deleted", "deleted": true})
+    );
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        call(&gw, method, &path, CLIENT_KEY, None)
+            .await
+            .error(404, None);
+    }
+    let next = respond(
+        &gw,
+        json!({"model": "summarize", "input": "Go on", "previous_response_id": id}),
+    )
+    .await;
+    // OpenAI's answer to a previous response it does not keep, whose code clients act on.
+    next.error(400, Some("previous_response_not_found"));
+    assert_eq!(
+        next.body["error"],
+        json!({"message": format!("Previous response with id '{id}' not found."),
+            "type": "invalid_request_error", "param": "previous_response_id",
+            "code": "previous_response_not_found"})
+    );
+
+    let unkept = respond(
+        &gw,
+        json!({"model": "summarize", "input": "Hi", "store": false}),
+    )
+    .await;
+    assert_eq!(unkept.body["store"], false);
+    let path = format!("/v1/responses/{}", unkept.body["id"].as_str().unwrap());
+    call(&gw, reqwest::Method::GET, &path, CLIENT_KEY, None)
+        .await
+        .error(404, None);
+    wait_for_kept(&gw, 0).await;
+    gw.shutdown().await;
+}
+
+/// A response older than `responses.retention` is deleted in the background and not found.
+#[tokio::test]
+async fn responses_past_their_retention_are_deleted() {
+    let (_local, _api, gw) = kept_setup(sqlite_url(), |c| {
+        c.0.responses.retention = Some(tierwise::config::file::text("1s"));
+    })
+    .await;
+    let answer = respond(&gw, json!({"model": "summarize", "input": "Hi"})).await;
+    let id = answer.body["id"].as_str().unwrap().to_string();
+    wait_for_kept(&gw, 1).await;
+    wait_for_kept(&gw, 0).await;
+    call(
+        &gw,
+        reqwest::Method::GET,
+        &format!("/v1/responses/{id}"),
+        CLIENT_KEY,
+        None,
+    )
+    .await
+    .error(404, None);
+    gw.shutdown().await;
+}
+
+/// Without `[responses] store = true` nothing is kept: `store: true` and `previous_response_id`
+/// are 400s that name the field and the key to set, a request without `store` is answered with
+/// `store: false`, and there is nothing to read.
+#[tokio::test]
+async fn with_storing_off_state_is_refused_and_nothing_kept() {
+    let (_local, _api, gw) = setup().await;
+    for (field, value) in [
+        ("previous_response_id", json!("resp_123")),
+        ("store", json!(true)),
+    ] {
+        let mut request = json!({"model": "summarize", "input": "Hi"});
+        request[field] = value;
+        let answer = respond(&gw, request).await;
+        let message = answer.error(400, None);
+        assert!(message.contains("[responses]"), "{message}");
+        assert_eq!(answer.body["error"]["param"], field);
+    }
+    let answer = respond(&gw, json!({"model": "summarize", "input": "Hi"})).await;
+    assert_eq!(answer.body["store"], false);
+    let path = format!("/v1/responses/{}", answer.body["id"].as_str().unwrap());
+    call(&gw, reqwest::Method::GET, &path, CLIENT_KEY, None)
+        .await
+        .error(404, None);
+    assert_eq!(gw.store().await.kept_responses().await.unwrap(), 0);
+    gw.shutdown().await;
+}
+
+/// A conversation is carried whole in each turn, one row read per turn: it may grow until a
+/// request carrying it would be larger than `server.max_body_bytes`, and is then refused with a
+/// 400 that says so, never sent upstream.
+#[tokio::test]
+async fn a_conversation_grows_only_to_the_body_limit() {
+    let (local, _api, gw) = kept_setup(sqlite_url(), |c| {
+        c.0.server.max_body_bytes = Some(tierwise::config::file::spanned(2048));
+    })
+    .await;
+    let mut previous = Value::Null;
+    for turn in 0.. {
+        assert!(turn < 50, "the conversation was never refused");
+        let answer = respond(
+            &gw,
+            json!({"model": "summarize", "input": "Tell me more.", "previous_response_id": previous}),
+        )
+        .await;
+        if answer.status == 400 {
+            let message = answer.error(400, None);
+            assert!(message.contains("server.max_body_bytes"), "{message}");
+            assert_eq!(answer.body["error"]["param"], "previous_response_id");
+            assert_eq!(local.request_count(), turn, "the refused turn went nowhere");
+            assert!(turn > 3, "several turns fit first");
+            break;
+        }
+        answer.assert_served_by_first("local");
+        previous = answer.body["id"].clone();
+    }
+    gw.shutdown().await;
+}
+
+/// A stream broken mid-answer has no whole answer to go on from: it is not kept.
+#[tokio::test]
+async fn a_stream_broken_midway_is_not_kept() {
+    let (local, _api, gw) = kept_setup(sqlite_url(), |_| {}).await;
+    local.set_fault(Fault::CutAfterChunks { chunks: 2 });
+    let answer = respond(
+        &gw,
+        json!({"model": "summarize", "input": "Hi", "stream": true}),
+    )
+    .await;
+    let events = events_of(&answer.text);
+    let (name, last) = events.last().unwrap();
+    assert_eq!(name, "response.failed");
+    let path = format!("/v1/responses/{}", last["response"]["id"].as_str().unwrap());
+    call(&gw, reqwest::Method::GET, &path, CLIENT_KEY, None)
+        .await
+        .error(404, None);
+    local.set_fault(Fault::None);
+    let whole = respond(
+        &gw,
+        json!({"model": "summarize", "input": "Hi", "stream": true}),
+    )
+    .await;
+    assert_eq!(
+        events_of(&whole.text).last().unwrap().0,
+        "response.completed"
+    );
+    wait_for_kept(&gw, 1).await;
+    gw.shutdown().await;
+}
+
+/// An upstream that names every answer alike (`resp_fake`, as a restarted, deterministic or
+/// hostile server may) cannot make one key's kept answer another's: each passed-through answer,
+/// whole or streamed, goes to its client under the gateway's own id, in every stream event, and
+/// a streamed turn is continued at once (read after write) with its own conversation.
+#[tokio::test]
+async fn passed_through_answers_are_kept_under_the_gateways_own_ids() {
+    const OTHER: &str = "tw-other-key-123";
+    let (_local, api, gw) = kept_setup(sqlite_url(), |c| {
+        c.0.server.api_keys = Some(vec![
+            tierwise::config::file::text("${CLIENT_KEY}"),
+            tierwise::config::file::text(OTHER),
+        ]);
+    })
+    .await;
+    let post = |key: &'static str, body: Value| {
+        call(&gw, reqwest::Method::POST, "/v1/responses", key, Some(body))
+    };
+    let mine = post(
+        CLIENT_KEY,
+        json!({"model": "api_first", "input": "Mine", "stream": true}),
+    )
+    .await;
+    assert_eq!(mine.status, 200, "{}", mine.text);
+    assert!(!mine.text.contains("resp_fake"), "{}", mine.text);
+    let events = events_of(&mine.text);
+    let mine_id = events[0].1["response"]["id"].as_str().unwrap().to_string();
+    assert!(mine_id.starts_with("resp_"), "{mine_id}");
+    let (name, last) = events.last().unwrap();
+    assert_eq!(name, "response.completed");
+    assert_eq!(last["response"]["id"], mine_id.as_str());
+    let theirs = post(OTHER, json!({"model": "api_first", "input": "Theirs"})).await;
+    let theirs_id = theirs.body["id"].as_str().unwrap().to_string();
+    assert!(
+        theirs_id.starts_with("resp_") && theirs_id != mine_id,
+        "{}",
+        theirs.text
+    );
+
+    // At once, before the writer has run: the next turn carries this key's first turn only.
+    let next = post(
+        CLIENT_KEY,
+        json!({"model": "api_first", "input": "Again", "previous_response_id": mine_id}),
+    )
+    .await;
+    assert_eq!(next.status, 200, "{}", next.text);
+    let requests = api.requests();
+    let sent = &requests.last().unwrap().body;
+    assert_eq!(sent["input"][0]["content"][0]["text"], "Mine", "{sent}");
+    wait_for_kept(&gw, 3).await;
+    let read = call(
+        &gw,
+        reqwest::Method::GET,
+        &format!("/v1/responses/{mine_id}"),
+        CLIENT_KEY,
+        None,
+    )
+    .await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    assert_eq!(read.body["id"], mine_id.as_str());
+    assert_eq!(read.body["output"], last["response"]["output"]);
+    call(
+        &gw,
+        reqwest::Method::GET,
+        &format!("/v1/responses/{mine_id}"),
+        OTHER,
+        None,
+    )
+    .await
+    .error(404, None);
+    gw.shutdown().await;
+}
+
 /// The text of a response: its output messages' `output_text` parts joined.
 fn output_text(body: &Value) -> String {
     body["output"]

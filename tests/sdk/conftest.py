@@ -70,6 +70,10 @@ max_body_bytes = 100000
 [ledger]
 url = "sqlite://ledger.db"
 
+# Responses kept for their next turn (previous_response_id), retrieve and delete.
+[responses]
+store = true
+
 [keys.sdk_limited]
 key = "{limited_key}"
 rpm = 2

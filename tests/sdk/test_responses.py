@@ -1,6 +1,7 @@
 """The OpenAI SDK's Responses API (`client.responses.create`) against tierwise, which serves it
 through chat completions on tiers that speak only chat: plain, streamed, tools, structured output,
-a fallback, and the 400 for state tierwise does not keep."""
+a fallback, a conversation by `previous_response_id` that falls back on its second turn, retrieve and
+delete, and the 400 for state tierwise never keeps."""
 
 import json
 
@@ -144,24 +145,70 @@ def test_a_broken_stream_ends_with_response_failed(client, fakes):
     assert events[-1].response.error.code == "server_error"
 
 
-def test_state_tierwise_does_not_keep_is_a_400(client, fakes):
+def test_state_tierwise_never_keeps_is_a_400_and_an_unknown_id_openais_400(client, fakes):
     with pytest.raises(openai.BadRequestError) as refused:
-        client.responses.create(model="classification", input="hi", previous_response_id="resp_1")
-    assert refused.value.param == "previous_response_id"
+        client.responses.create(model="classification", input="hi", background=True)
+    assert refused.value.param == "background"
+    with pytest.raises(openai.BadRequestError) as unknown:
+        client.responses.create(model="classification", input="hi", previous_response_id="resp_unknown")
+    assert unknown.value.code == "previous_response_not_found"
+    assert unknown.value.param == "previous_response_id"
+    assert "Previous response with id 'resp_unknown' not found." in str(unknown.value)
+
+
+def test_a_conversation_by_previous_response_id_falls_back_on_its_second_turn(client, fakes):
+    local, api = fakes
+    first = client.responses.create(model="native_first", input="My name is Ada.")
+    assert first.id.startswith("resp_") and first.id != "resp_fake", "kept under the gateway's id"
+    assert api.requests()[-1]["body"]["store"] is False, "the gateway keeps it, not the upstream"
+
+    api.behave(fault={"kind": "status", "status": 503})
+    raw = client.responses.with_raw_response.create(
+        model="native_first", previous_response_id=first.id, input="What is my name?"
+    )
+    assert raw.headers["x-tierwise-tier"] == "local"
+    assert raw.headers["x-tierwise-fallback"] == "api_native:http_503"
+    second = raw.parse()
+    assert second.previous_response_id == first.id and second.store is True
+    messages = local.requests()[-1]["body"]["messages"]
+    assert [(m["role"], m["content"]) for m in messages] == [
+        ("user", "My name is Ada."),
+        ("assistant", "Hello from the fake upstream."),
+        ("user", "What is my name?"),
+    ]
+
+    # A third turn, streamed, goes on from the local tier's answer.
+    events = list(
+        client.responses.create(
+            model="classification", previous_response_id=second.id, input="Thanks.", stream=True
+        )
+    )
+    third = events[-1].response
+    assert events[-1].type == "response.completed" and third.previous_response_id == second.id
+    assert len(local.requests()[-1]["body"]["messages"]) == 5
+
+    kept = client.responses.retrieve(third.id)
+    assert (kept.id, kept.output_text, kept.previous_response_id) == (third.id, third.output_text, second.id)
+    client.responses.delete(third.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(third.id)
+    with pytest.raises(openai.BadRequestError) as gone:
+        client.responses.create(model="classification", previous_response_id=third.id, input="Still there?")
+    assert gone.value.code == "previous_response_not_found"
 
 
 def test_a_server_that_serves_responses_gets_them_passed_through(client, fakes):
     _, api = fakes
     response = client.responses.create(model="native_first", input="hi")
-    assert response.id == "resp_fake", "the server's own answer"
+    assert response.id.startswith("resp_") and response.id != "resp_fake", "kept: the gateway's id"
     assert response.output_text == "Hello from the fake upstream."
     sent = api.requests()[-1]
     assert sent["path"] == "/v1/responses"
     assert sent["body"]["store"] is False and sent["body"]["model"] == "gpt-4o-mini"
 
     events = list(client.responses.create(model="native_first", input="hi", stream=True))
-    assert events[0].response.id == "resp_fake"
-    assert events[-1].type == "response.completed"
+    assert events[0].response.id != "resp_fake"
+    assert events[-1].type == "response.completed" and events[-1].response.id == events[0].response.id
     assert events[-1].response.usage.output_tokens == 5
 
 

@@ -1,0 +1,574 @@
+//! The Responses API's state, kept by the gateway itself: with `[responses] store = true` an
+//! answer is kept (unless its request says `store: false`) in the ledger's database, in the scope
+//! of the client key that asked, and a request naming it in `previous_response_id` goes on from
+//! it — whichever tier answered it and whichever answers now, since the gateway writes the turns
+//! before into the request's `input` ([`crate::openai::responses::with_state`]) and no upstream
+//! ever sees an id of the gateway's.
+//!
+//! Keeping never waits on the database: a kept response goes into this process's map of recent
+//! ones and onto a queue that a background task writes in batches; it leaves the map once written.
+//! A next turn that comes at once finds it in the map; another replica finds it in the database
+//! (a lookup that finds nothing looks again for [`GRACE`], the time a write takes to land). A
+//! lookup is the one database read on the request path, bounded by `responses.lookup_timeout_ms`;
+//! a database that does not answer is a 503 that says so. Responses older than
+//! `responses.retention` are not found, and a background task deletes them.
+//!
+//! Each kept response holds every input item it answered (the turns before it expanded), so a
+//! next turn reads one row, never a chain. The price is storage quadratic in a conversation's
+//! turns (n turns of b bytes keep about n²·b/2); it is bounded because a conversation grows only
+//! until a request carrying it would be larger than `server.max_body_bytes`, and is then refused
+//! with a 400 that says so, and because rows expire after `responses.retention`.
+//!
+//! Every kept answer gets the gateway's own `resp_…` id, a passed-through one too (the relay
+//! writes it into every stream event): an upstream's id is not the gateway's to vouch for.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::config::ResponsesConfig;
+use crate::ledger::responses::KeptRow;
+use crate::ledger::{LedgerError, Store};
+use crate::openai::{Endpoint, RequestBody, RequestError, responses};
+
+/// Responses waiting to be written. While the database is away the writer retries and the
+/// queue fills; a response that finds it full is not kept (logged, counted in
+/// `tierwise_responses_dropped_total`, and a whole answer says `store: false`).
+const QUEUE: usize = 1024;
+/// The most bytes of responses waiting to be written: each may hold a conversation of up to
+/// `server.max_body_bytes`, so the count alone would let a database that is away cost gigabytes.
+const QUEUE_BYTES: usize = 64 << 20;
+/// Responses written in one transaction.
+const BATCH: usize = 64;
+/// How long a lookup that finds nothing waits before it looks once more, for a response another
+/// replica has just kept and is still writing. Once, so that a key asking for ids that do not
+/// exist costs the database two reads each, not a poll.
+const GRACE: Duration = Duration::from_millis(150);
+/// How long the writer waits before it tries a batch again that the database did not take.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Why a request's state cannot be had.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Unknown, another key's, deleted or expired: OpenAI's words for all of them.
+    #[error("Response with id '{0}' not found.")]
+    NotFound(String),
+    /// The same for the response a request continues: OpenAI's 400, whose code clients act on.
+    #[error("Previous response with id '{0}' not found.")]
+    PreviousNotFound(String),
+    #[error(
+        "'{0}' needs the gateway to keep responses, and its configuration keeps none. Ask its operator to set `store = true` under [responses], or leave '{0}' out and send the whole conversation as `input` items."
+    )]
+    Off(&'static str),
+    #[error(
+        "'previous_response_id' continues a conversation of {bytes} bytes with this input, more than one request may carry (server.max_body_bytes = {limit}). Start a new conversation with the turns that matter as `input` items."
+    )]
+    TooLong { bytes: usize, limit: usize },
+    #[error(
+        "the database that keeps responses (ledger.url) did not answer within {} ms (responses.lookup_timeout_ms); retry, or send the whole conversation as `input` items", .0.as_millis()
+    )]
+    Timeout(Duration),
+    #[error(
+        "the database that keeps responses (ledger.url) failed (see the gateway's log); retry, or send the whole conversation as `input` items"
+    )]
+    Unavailable,
+    #[error("the kept response '{0}' cannot be read (see the gateway's log)")]
+    Unreadable(String),
+    #[error(transparent)]
+    Request(#[from] RequestError),
+}
+
+/// A response in this process's map: written soon, or deleted before it was.
+enum Recent {
+    Pending(Arc<KeptRow>),
+    Deleted,
+}
+
+/// The responses kept, for the life of the process.
+pub struct StoredResponses {
+    config: ResponsesConfig,
+    store: Store,
+    /// Kept here but not yet written; a deletion of one of them waits here for its write.
+    recent: Mutex<HashMap<String, Recent>>,
+    queue: mpsc::Sender<Arc<KeptRow>>,
+    /// The bytes of the rows on the queue, at most [`QUEUE_BYTES`].
+    queued_bytes: AtomicUsize,
+    /// The queue's other end, until [`StoredResponses::spawn`] hands it to the writer.
+    queued: Mutex<Option<mpsc::Receiver<Arc<KeptRow>>>>,
+}
+
+/// What a request carries on once its state is read.
+#[derive(Default)]
+pub struct Prepared {
+    /// The body written anew: the turns before in its `input`, `store` said.
+    pub body: Option<Bytes>,
+    /// Its answer is to be kept.
+    pub keep: Option<Keep>,
+}
+
+/// A request whose answer is to be kept, until it is answered.
+pub struct Keep {
+    stored: Arc<StoredResponses>,
+    /// The gateway's own id for the answer: an upstream's may repeat (a restart, a deterministic
+    /// or hostile server) and would let one key's answer take another's place.
+    id: String,
+    scope: String,
+    request_id: String,
+    /// Every input item the request answers.
+    input: Vec<Value>,
+    previous: Option<String>,
+}
+
+/// The background tasks: the writer and the deletion of expired responses.
+pub struct KeptTasks {
+    writer: JoinHandle<()>,
+    reaper: JoinHandle<()>,
+    stop: Arc<Notify>,
+}
+
+impl StoredResponses {
+    pub fn new(config: ResponsesConfig, store: Store) -> Arc<StoredResponses> {
+        let (queue, queued) = mpsc::channel(QUEUE);
+        Arc::new(StoredResponses {
+            config,
+            store,
+            recent: Mutex::default(),
+            queue,
+            queued_bytes: AtomicUsize::new(0),
+            queued: Mutex::new(Some(queued)),
+        })
+    }
+
+    /// Starts the writer and the deletion of expired responses; `None` if they run already.
+    pub fn spawn(self: &Arc<Self>) -> Option<KeptTasks> {
+        let queued = self.queued.lock().expect("never poisoned").take()?;
+        let stop = Arc::new(Notify::new());
+        Some(KeptTasks {
+            writer: tokio::spawn(self.clone().write(queued, stop.clone())),
+            reaper: tokio::spawn(reap(self.store.clone(), self.config.retention)),
+            stop,
+        })
+    }
+
+    /// Reads what `request` needs of the state, for a Responses request: the response it
+    /// continues (`previous_response_id`, in `scope`), and whether its answer is kept. `body` is
+    /// the request's bytes; the body written anew may be at most `max_body` bytes.
+    pub async fn prepare(
+        self: &Arc<Self>,
+        request: &RequestBody<'_>,
+        body: &[u8],
+        scope: &str,
+        request_id: &str,
+        max_body: usize,
+    ) -> Result<Prepared, StateError> {
+        if request.endpoint() != Endpoint::Responses {
+            return Ok(Prepared::default());
+        }
+        // Checked for their shape by the endpoint's validation already.
+        let asked = request
+            .field("store")
+            .and_then(|store| serde_json::from_str::<Option<bool>>(store.get()).ok())
+            .flatten();
+        let previous = request
+            .field("previous_response_id")
+            .and_then(|id| serde_json::from_str::<Option<String>>(id.get()).ok())
+            .flatten();
+        if !self.config.store {
+            if asked == Some(true) {
+                return Err(StateError::Off("store"));
+            }
+            if previous.is_some() {
+                return Err(StateError::Off("previous_response_id"));
+            }
+            return Ok(Prepared::default());
+        }
+        // OpenAI's default: a response is kept unless the request says not to.
+        let keep = asked != Some(false);
+        let before = match &previous {
+            Some(id) => Some(self.find(scope, id).await.map_err(|err| match err {
+                StateError::NotFound(id) => StateError::PreviousNotFound(id),
+                err => err,
+            })?),
+            None => None,
+        };
+        if !keep && before.is_none() {
+            return Ok(Prepared::default());
+        }
+        let before = match &before {
+            Some(row) => {
+                let unreadable = |err: serde_json::Error| {
+                    tracing::error!(response = %row.id, "a kept response is not JSON: {err}");
+                    StateError::Unreadable(row.id.clone())
+                };
+                let input: Vec<Value> = serde_json::from_str(&row.input).map_err(unreadable)?;
+                let response: Value = serde_json::from_str(&row.response).map_err(unreadable)?;
+                Some((input, response))
+            }
+            None => None,
+        };
+        let (written, input) = responses::with_state(
+            body,
+            before
+                .as_ref()
+                .map(|(input, response)| (input.clone(), response)),
+            keep,
+        )?;
+        if before.is_some() && written.len() > max_body {
+            return Err(StateError::TooLong {
+                bytes: written.len(),
+                limit: max_body,
+            });
+        }
+        Ok(Prepared {
+            body: Some(Bytes::from(written)),
+            keep: keep.then(|| Keep {
+                stored: self.clone(),
+                id: responses::new_id("resp"),
+                scope: scope.to_string(),
+                request_id: request_id.to_string(),
+                input,
+                previous,
+            }),
+        })
+    }
+
+    /// The response `id` kept in `scope`, as `GET /v1/responses/{id}` gives it.
+    pub async fn response(&self, scope: &str, id: &str) -> Result<Bytes, StateError> {
+        let row = self.find(scope, id).await?;
+        Ok(Bytes::from(row.response.clone()))
+    }
+
+    /// The response `id` kept in `scope`: from this process's map, else from the database within
+    /// the lookup's timeout.
+    async fn find(&self, scope: &str, id: &str) -> Result<Arc<KeptRow>, StateError> {
+        if let Some(row) = self.recent(scope, id)? {
+            return Ok(row);
+        }
+        let since = now_ms().saturating_sub(duration_ms(self.config.retention));
+        let lookup = async {
+            let mut again = true;
+            loop {
+                match self.store.kept_response(id, scope, since).await {
+                    Ok(Some(row)) => return Ok(Arc::new(row)),
+                    Ok(None) if again => {
+                        again = false;
+                        tokio::time::sleep(GRACE).await;
+                    }
+                    Ok(None) => return Err(StateError::NotFound(id.to_string())),
+                    Err(err) => {
+                        tracing::warn!("cannot read a kept response from the ledger: {err}");
+                        return Err(StateError::Unavailable);
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(self.config.lookup_timeout, lookup)
+            .await
+            .unwrap_or(Err(StateError::Timeout(self.config.lookup_timeout)))
+    }
+
+    /// The response `id` of `scope` in this process's map; an error when it was deleted or is
+    /// another scope's.
+    fn recent(&self, scope: &str, id: &str) -> Result<Option<Arc<KeptRow>>, StateError> {
+        let recent = self.recent.lock().expect("never poisoned");
+        match recent.get(id) {
+            Some(Recent::Pending(row)) if row.scope == scope => Ok(Some(row.clone())),
+            Some(_) => Err(StateError::NotFound(id.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    /// Deletes the response `id` of `scope`: at once from the database, or, while it waits to be
+    /// written, once it has been.
+    pub async fn forget(&self, scope: &str, id: &str) -> Result<(), StateError> {
+        {
+            let mut recent = self.recent.lock().expect("never poisoned");
+            match recent.get(id) {
+                Some(Recent::Pending(row)) if row.scope == scope => {
+                    recent.insert(id.to_string(), Recent::Deleted);
+                    return Ok(());
+                }
+                Some(_) => return Err(StateError::NotFound(id.to_string())),
+                None => {}
+            }
+        }
+        let timeout = self.config.lookup_timeout;
+        match tokio::time::timeout(timeout, self.store.forget_response(id, Some(scope))).await {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(StateError::NotFound(id.to_string())),
+            Ok(Err(err)) => {
+                tracing::warn!("cannot delete a kept response from the ledger: {err}");
+                Err(StateError::Unavailable)
+            }
+            Err(_) => Err(StateError::Timeout(timeout)),
+        }
+    }
+
+    /// Puts a response in the map and on the writer's queue; never waits. Whether it was kept:
+    /// not when the queue is full (by count or by bytes).
+    fn keep(&self, row: KeptRow) -> bool {
+        let row = Arc::new(row);
+        let id = row.id.clone();
+        let bytes = row.bytes();
+        let before = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let full = before + bytes > QUEUE_BYTES && before > 0;
+        // In the map before the writer can see it, so that the writer's removal comes after.
+        if !full {
+            self.recent
+                .lock()
+                .expect("never poisoned")
+                .insert(id.clone(), Recent::Pending(row.clone()));
+        }
+        if full || self.queue.try_send(row).is_err() {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            if !full {
+                self.recent.lock().expect("never poisoned").remove(&id);
+            }
+            metrics::counter!("tierwise_responses_dropped_total").increment(1);
+            tracing::error!(
+                response = %id,
+                "a response was not kept: the queue to the ledger is full (is the database down?); its next turn will not find it"
+            );
+            return false;
+        }
+        true
+    }
+
+    /// The writer: takes what is queued in batches until told to stop, then writes what is
+    /// left and ends.
+    async fn write(self: Arc<Self>, mut queued: mpsc::Receiver<Arc<KeptRow>>, stop: Arc<Notify>) {
+        let mut stopping = false;
+        loop {
+            let first = if stopping {
+                queued.recv().await
+            } else {
+                tokio::select! {
+                    row = queued.recv() => row,
+                    () = stop.notified() => {
+                        stopping = true;
+                        queued.close();
+                        continue;
+                    }
+                }
+            };
+            let Some(first) = first else { return };
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match queued.try_recv() {
+                    Ok(row) => batch.push(row),
+                    Err(_) => break,
+                }
+            }
+            self.write_batch(&batch).await;
+        }
+    }
+
+    /// Writes one batch, trying again while the database is away; then lets the map forget
+    /// what was written, and deletes what was deleted while it waited.
+    async fn write_batch(&self, batch: &[Arc<KeptRow>]) {
+        let rows: Vec<&KeptRow> = batch.iter().map(Arc::as_ref).collect();
+        let bytes: usize = rows.iter().map(|row| row.bytes()).sum();
+        loop {
+            match self.store.keep_responses(&rows).await {
+                Ok(()) => break,
+                // The pool closes only at shutdown: nothing more will be written.
+                Err(LedgerError::Query(sqlx::Error::PoolClosed)) => {
+                    tracing::error!(
+                        "{} kept responses were not written: the ledger is closed",
+                        rows.len()
+                    );
+                    break;
+                }
+                Err(err) if err.is_refusal() => {
+                    // One row the database cannot hold must not keep the others out.
+                    for row in &rows {
+                        if let Err(err) = self.store.keep_responses(&[row]).await {
+                            tracing::error!(response = %row.id, "the ledger refused a kept response: {err}");
+                        }
+                    }
+                    break;
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        "cannot write kept responses to the ledger: {err}; trying again in {} s",
+                        RETRY.as_secs()
+                    );
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        let deleted: Vec<String> = {
+            let mut recent = self.recent.lock().expect("never poisoned");
+            let mut deleted = Vec::new();
+            for row in batch {
+                match recent.get(&row.id) {
+                    Some(Recent::Pending(pending)) if Arc::ptr_eq(pending, row) => {
+                        recent.remove(&row.id);
+                    }
+                    Some(Recent::Deleted) => deleted.push(row.id.clone()),
+                    _ => {}
+                }
+            }
+            deleted
+        };
+        for id in &deleted {
+            if let Err(err) = self.store.forget_response(id, None).await {
+                tracing::warn!(response = %id, "cannot delete a kept response from the ledger: {err}");
+            }
+        }
+        // The tombstones go only now: until the row is gone from the database they answer 404.
+        let mut recent = self.recent.lock().expect("never poisoned");
+        for id in deleted {
+            if matches!(recent.get(&id), Some(Recent::Deleted)) {
+                recent.remove(&id);
+            }
+        }
+    }
+}
+
+impl Keep {
+    /// A whole answer: kept when it completed (or ran out of its budget), and returned as the
+    /// client is to get it — `store` and `previous_response_id` as the request said, where a
+    /// server the request was passed through to (which kept nothing) said otherwise.
+    pub fn answered(self, body: &[u8]) -> Option<Bytes> {
+        let response: Value = serde_json::from_slice(body).ok()?;
+        let response = self.keep(response)?;
+        Some(Bytes::from(
+            serde_json::to_vec(&response).expect("JSON values always serialize"),
+        ))
+    }
+
+    /// A stream's last event's response: kept when it completed (or ran out of its budget).
+    pub fn streamed(self, response: Value) {
+        self.keep(response);
+    }
+
+    /// The id the client is given for the answer, in place of the upstream's.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn keep(self, mut response: Value) -> Option<Value> {
+        let status = response["status"].as_str()?;
+        if !matches!(status, "completed" | "incomplete") {
+            return None;
+        }
+        let id = self.id;
+        response["id"] = Value::String(id.clone());
+        response["store"] = Value::Bool(true);
+        response["previous_response_id"] = self.previous.map_or(Value::Null, Value::String);
+        let row = KeptRow {
+            id,
+            scope: self.scope,
+            created_ms: now_ms(),
+            request_id: self.request_id,
+            input: Value::Array(self.input).to_string(),
+            response: response.to_string(),
+        };
+        if !self.stored.keep(row) {
+            response["store"] = Value::Bool(false);
+        }
+        Some(response)
+    }
+}
+
+impl KeptTasks {
+    /// Writes what is queued, within `deadline`, and stops deleting expired responses.
+    pub async fn finish(self, deadline: Duration) {
+        self.reaper.abort();
+        self.stop.notify_one();
+        let writer = self.writer.abort_handle();
+        if tokio::time::timeout(deadline, self.writer).await.is_err() {
+            writer.abort();
+            tracing::error!(
+                "kept responses were not all written within {} s; the rest are lost",
+                deadline.as_secs()
+            );
+        }
+    }
+}
+
+/// Deletes the responses older than `retention`, a few times per retention period (at most every
+/// ten minutes), off the request path.
+async fn reap(store: Store, retention: Duration) {
+    let every = (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(600));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let before = now_ms().saturating_sub(duration_ms(retention));
+        match store.forget_responses_before(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!("deleted {n} kept responses past responses.retention"),
+            Err(err) => tracing::warn!("cannot delete expired kept responses: {err}"),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+fn duration_ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on(store: Store) -> Arc<StoredResponses> {
+        let config = ResponsesConfig {
+            store: true,
+            ..ResponsesConfig::default()
+        };
+        StoredResponses::new(config, store)
+    }
+
+    /// A database that is away is an error that says so, not a 404 and not a hang.
+    #[tokio::test]
+    async fn a_database_that_is_away_is_unavailable_not_missing() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let stored = on(store.clone());
+        store.close().await;
+        let err = stored.find("", "resp_x").await.unwrap_err();
+        assert!(matches!(err, StateError::Unavailable), "{err:?}");
+        let err = stored.forget("", "resp_x").await.unwrap_err();
+        assert!(matches!(err, StateError::Unavailable), "{err:?}");
+    }
+
+    /// A response deleted while it waits to be written is not found, and once the writer has
+    /// written it, it is deleted from the database too.
+    #[tokio::test]
+    async fn a_response_deleted_before_it_is_written_stays_deleted() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let stored = on(store.clone());
+        stored.keep(KeptRow {
+            id: "resp_1".into(),
+            scope: "key-a".into(),
+            created_ms: now_ms(),
+            request_id: "r1".into(),
+            input: "[]".into(),
+            response: "{}".into(),
+        });
+        assert!(stored.find("key-b", "resp_1").await.is_err());
+        stored.forget("key-a", "resp_1").await.unwrap();
+        assert!(matches!(
+            stored.find("key-a", "resp_1").await,
+            Err(StateError::NotFound(_))
+        ));
+        let tasks = stored.spawn().unwrap();
+        tasks.finish(Duration::from_secs(10)).await;
+        assert_eq!(store.kept_responses().await.unwrap(), 0);
+        assert!(stored.recent.lock().unwrap().is_empty());
+    }
+}
