@@ -102,13 +102,16 @@ class Proc:
             self.popen.kill()
 
 
-def wrk(port, path, body_file, connections, seconds, key=KEY):
+def wrk(port, path, body_file, connections, seconds, key=KEY, unique=False):
+    """One wrk run; `unique` sends every request with the body's "@N@" replaced by a number no
+    other request carries, in this run or another (bench/post-unique.lua)."""
     threads = 1 if connections < 64 else 2
+    script = "post-unique.lua" if unique else "post.lua"
     cmd = [
         "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
-        "-s", str(ROOT / "bench" / "post.lua"), f"http://127.0.0.1:{port}{path}",
+        "-s", str(ROOT / "bench" / script), f"http://127.0.0.1:{port}{path}",
     ]
-    env = dict(os.environ, BODY_FILE=str(body_file), BENCH_KEY=key)
+    env = dict(os.environ, BODY_FILE=str(body_file), BENCH_KEY=key, BENCH_NONCE=str(time.time_ns()))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env).stdout
     line = [l for l in out.splitlines() if l.startswith("{")]
     if not line:
@@ -814,6 +817,84 @@ tiers = ["api_native"]
             extra.append(f"{kind} by endpoint, c={c}: CPU per request, chat pass-through {chat:.1f} us; {ratios}")
 
 
+def cache_lookups(proc):
+    """tierwise_cache_lookups_total by result, from the gateway's /metrics."""
+    with socket.create_connection(("127.0.0.1", proc.port)) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        text = b""
+        while chunk := sock.recv(65536):
+            text += chunk
+    counts = {}
+    for line in text.decode(errors="replace").splitlines():
+        if line.startswith("tierwise_cache_lookups_total{"):
+            result = line.split('result="', 1)[1].split('"', 1)[0]
+            counts[result] = counts.get(result, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
+def cache_scenario(fake, tmp, args, rows, extra, procs):
+    """What the response cache costs when it cannot help: one gateway's CPU per request, read from
+    /proc of its process, for requests that are all different (a number unique to each in the
+    prompt, bench/post-unique.lua) to the same fake upstream on a route with `cache = { ttl = "1h",
+    scope = "key" }` (each a lookup that misses, then a fill) and on the same route without it;
+    beside them, the cached route's hit (one request repeated). Plain and streamed, alternating
+    round by round. The body asks for temperature 0: a sampling request is never cached."""
+    port = free_port()
+    config = tmp / "cache.toml"
+    cached = """
+[routes.cached]
+kind = "classification"
+tiers = ["api"]
+cache = { ttl = "1h", scope = "key" }
+"""
+    config.write_text(cached + formats_config(fake.port, f"sqlite://{tmp}/cache.db", False).replace("{port}", str(port)))
+    env = dict(os.environ, TIERWISE_LOG="warn")
+    tw = Proc("tierwise", [str(RELEASE / "tierwise"), "serve", "--config", str(config)], port, env=env, log=tmp / "cache.log")
+    procs.append(tw)
+    time.sleep(1.0)  # the provider's first probe
+    # (name, route, every request unique)
+    targets = [("cache off", "direct", True), ("cache on, miss", "cached", True), ("cache on, hit", "cached", False)]
+    for stream in (False, True):
+        kind = "stream" if stream else "plain, ~800 tokens"
+        bodies = {}
+        for name, route, unique in targets:
+            body = json.loads(chat_body(stream=stream, model=route))
+            body["temperature"] = 0
+            if unique:
+                body["messages"][1]["content"] = "Ticket @N@. " + body["messages"][1]["content"]
+            path = tmp / f"cache-{route}-{'unique' if unique else 'same'}-{'stream' if stream else 'plain'}.json"
+            path.write_bytes(json.dumps(body).encode())
+            bodies[name] = path
+        for c in (int(n) for n in args.formats_concurrency.split(",")):
+            runs = {name: [] for name, _, _ in targets}
+            lookups_before = cache_lookups(tw)
+            for _ in range(args.rounds):
+                for name, _, unique in targets:
+                    cpu = tw.cpu_seconds()
+                    run = wrk(tw.port, "/v1/chat/completions", bodies[name], c, args.seconds, unique=unique)
+                    run["cpu_us_per_req"] = (tw.cpu_seconds() - cpu) * 1e6 / max(run["requests"], 1)
+                    runs[name].append(run)
+            lookups = {k: v - lookups_before.get(k, 0) for k, v in cache_lookups(tw).items()}
+            summary = {}
+            for name, _, _ in targets:
+                m = {k: median_of(runs[name], k) for k in ("rps", "p50_us", "p99_us", "cpu_us_per_req")}
+                m["errors"] = sum(r["socket_errors"] + r["non2xx"] for r in runs[name])
+                m["requests"] = sum(r["requests"] for r in runs[name])
+                summary[name] = m
+                base = None if name == "cache off" else summary["cache off"]
+                rows.append(row(f"{kind} cache, c={c}", name, m, base))
+            off = summary["cache off"]["cpu_us_per_req"]
+            ratios = ", ".join(
+                f"{name} {summary[name]['cpu_us_per_req']:.1f} us ({summary[name]['cpu_us_per_req'] / off:.2f}x)"
+                for name, _, _ in targets if name != "cache off"
+            )
+            extra.append(f"{kind} cache, c={c}: CPU per request, cache off {off:.1f} us; {ratios}")
+            extra.append(
+                f"{kind} cache, c={c}: requests sent: miss runs {summary['cache on, miss']['requests']}, "
+                f"hit runs {summary['cache on, hit']['requests']}; lookups counted by /metrics: {lookups}"
+            )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=5, help="length of one wrk run")
@@ -833,7 +914,8 @@ def main():
     parser.add_argument("--tracing-concurrency", default="1,16", help="connection counts of the tracing scenario")
     parser.add_argument("--formats-only", action="store_true", help="only the wire-format scenario: pass-through against Azure and Anthropic translation")
     parser.add_argument("--responses-only", action="store_true", help="only the Responses scenario: chat pass-through against Responses translated and passed through")
-    parser.add_argument("--formats-concurrency", default="1,16", help="connection counts of the wire-format and Responses scenarios")
+    parser.add_argument("--cache-only", action="store_true", help="only the response cache scenario: every request a miss against the same route without a cache, and the hit")
+    parser.add_argument("--formats-concurrency", default="1,16", help="connection counts of the wire-format, Responses and cache scenarios")
     parser.add_argument("--limits-concurrency", default="1,64", help="connection counts of the rate-limits scenario")
     parser.add_argument("--stream-concurrency", default="64,256,1024", help="connection counts of the spaced-chunk streams")
     parser.add_argument("--concurrency", default="1,16,64,256", help="connection counts of the chat scenarios, comma-separated")
@@ -848,6 +930,13 @@ def main():
         procs.append(fake)
         if args.responses_only:
             responses_scenario(fake, tmp, args, rows, extra, procs)
+            print_table(rows, extra)
+            print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")
+            if args.json:
+                Path(args.json).write_text(json.dumps({"rows": rows, "notes": extra}, indent=2))
+            return
+        if args.cache_only:
+            cache_scenario(fake, tmp, args, rows, extra, procs)
             print_table(rows, extra)
             print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")
             if args.json:
@@ -986,6 +1075,7 @@ def main():
         reload_scenario(tw, tmp, args, rows, extra)
         formats_scenario(fake, tmp, args, rows, extra, procs)
         responses_scenario(fake, tmp, args, rows, extra, procs)
+        cache_scenario(fake, tmp, args, rows, extra, procs)
         print_table(rows, extra)
         print(f"\ncommand: {' '.join([sys.argv[0]] + sys.argv[1:])}")
         if args.json:
