@@ -81,6 +81,6 @@ pub mod quality;
 pub mod report;
 pub mod route;
 pub mod server;
-pub mod traces;
 pub mod stored;
+pub mod traces;
 pub mod upstream;

@@ -745,14 +745,14 @@ fn incomplete_reason(finish_reason: Option<&str>) -> Option<&'static str> {
     }
 }
 
-/// A response object: `status`, `output`, `usage` and the echoed request fields.
+/// A response object: `status` (and why it is incomplete, if it is), `output`, `usage` and the
+/// echoed request fields.
 fn response_object(
     id: &str,
     created_at: u64,
     model: &str,
     echo: &Map<String, Value>,
-    status: &str,
-    incomplete: Option<&str>,
+    (status, incomplete): (&str, Option<&str>),
     output: Vec<Value>,
     usage: Option<&Usage>,
 ) -> Value {
@@ -833,8 +833,7 @@ fn from_chat(chat: &[u8], request: &[u8]) -> Result<Vec<u8>, String> {
         chat["created"].as_u64().unwrap_or_else(now),
         chat["model"].as_str().unwrap_or_default(),
         &echo(request),
-        status,
-        incomplete,
+        (status, incomplete),
         output,
         usage.as_ref(),
     );
@@ -919,8 +918,7 @@ impl ChatEvents {
             self.created_at,
             &self.model,
             &self.echo,
-            status,
-            self.incomplete.filter(|_| status == "incomplete"),
+            (status, self.incomplete.filter(|_| status == "incomplete")),
             output,
             self.usage.as_ref(),
         )

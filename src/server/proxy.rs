@@ -31,8 +31,8 @@ use crate::outcome::{Ending, Exchange, Start};
 use crate::route::Resolved;
 use crate::route::chain::{ChainRun, Served, Unserved};
 use crate::route::contract;
-use crate::traces::RequestTrace;
 use crate::stored::Keep;
+use crate::traces::RequestTrace;
 use crate::upstream::Reply;
 
 const ROUTE_HEADER: HeaderName = HeaderName::from_static("x-tierwise-route");

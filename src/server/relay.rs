@@ -26,8 +26,8 @@ use crate::openai::{ChoiceTexts, Chunk, EndpointSpec, StreamMarks, Usage};
 use crate::outcome::{CLIENT_CLOSED, Ended, Ending, Exchange};
 use crate::route::chain::ServedBy;
 use crate::route::contract;
-use crate::traces::StreamFacts;
 use crate::stored::Keep;
+use crate::traces::StreamFacts;
 use crate::upstream::{SseEvent, UpstreamError, UpstreamStream, UsageSoFar};
 
 /// Turns of the thread's queue the relay waits for the upstream's next event before it writes.

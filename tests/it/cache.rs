@@ -486,7 +486,10 @@ async fn identical_requests_in_flight_together_call_the_upstream_once() {
     // The failing call must be the first one upstream: the fault is for one request only.
     let until = Instant::now() + Duration::from_secs(10);
     while api.request_count() == seen {
-        assert!(Instant::now() < until, "the first request never reached the upstream");
+        assert!(
+            Instant::now() < until,
+            "the first request never reached the upstream"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let answer = ask(&gw, &slow).await;
