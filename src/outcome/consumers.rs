@@ -27,6 +27,15 @@ pub trait Consumer: Send + Sync {
 /// either counts its reservations in full.
 pub struct Settlement;
 
+/// Traces, where they are exported: the request's trace queued for the OTLP exporter.
+impl Consumer for crate::traces::Traces {
+    fn finished(&self, ended: &mut Ended) {
+        if let Some(finished) = ended.trace.take() {
+            self.queue(finished, &ended.outcome.request);
+        }
+    }
+}
+
 impl Consumer for Settlement {
     fn finished(&self, ended: &mut Ended) {
         let outcome = &mut ended.outcome;

@@ -427,14 +427,15 @@ impl Exchange {
         let mut ticket = self.start.cache.take();
         let trace = self.start.trace.take().and_then(|trace| {
             let start = &self.start;
-            Finished::new(
+            let mut finished = Finished::new(
                 trace,
-                &ending,
                 start.endpoint,
                 start.stream,
                 ticket.is_some(),
                 &start.body,
-            )
+            )?;
+            traced(&mut finished, &ending);
+            Some(finished)
         });
         let start = &self.start;
         let mut request = self.row(latency_us);
@@ -816,6 +817,42 @@ fn attempt_rows(request_id: &str, attempts: &[Attempt]) -> Vec<AttemptRow> {
             server: attempt.server.as_ref().map(|server| server.name.clone()),
         })
         .collect()
+}
+
+/// What a traced request's spans show of how it ended: the calls it made, and the answer (whole,
+/// streamed, or from the cache).
+fn traced(finished: &mut Finished, ending: &Ending<'_>) {
+    let calls = |attempts: &[Attempt]| -> Vec<crate::traces::Called> {
+        attempts
+            .iter()
+            .filter_map(|attempt| {
+                Some(crate::traces::Called {
+                    span: attempt.trace?,
+                    latency: attempt.latency,
+                    tier: attempt.tier.clone(),
+                    server: attempt.server.clone()?,
+                    error: attempt.error.as_ref().map(|error| error.reason()),
+                })
+            })
+            .collect()
+    };
+    match ending {
+        Ending::Refused { .. } => {}
+        Ending::Unserved { failure, .. } => finished.unserved(calls(&failure.attempts)),
+        Ending::CacheHit { entry } => {
+            let answer = match &entry.answer {
+                crate::cache::Stored::Body(body) => Some(body.clone()),
+                crate::cache::Stored::Events(_) => None,
+            };
+            finished.hit(&entry.model, answer);
+        }
+        Ending::Answered { by, answer, .. } => {
+            finished.answered(calls(&by.attempts), Bytes::clone(answer));
+        }
+        Ending::Streamed {
+            by, text, facts, ..
+        } => finished.streamed(calls(&by.attempts), facts.clone(), text.first()),
+    }
 }
 
 #[cfg(test)]

@@ -26,11 +26,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 pub use context::{AttemptTrace, Propagation, RequestTrace};
-pub use record::{Finished, StreamFacts};
+pub use record::{Called, Finished, StreamFacts};
 
 use crate::config::Otlp;
 use crate::config::file::OtlpProtocol;
-use crate::outcome::{Consumer, Ended};
+use crate::ledger::RequestRow;
 
 /// Finished requests waiting for the exporter: a linger's worth of 40,000 requests a second, and
 /// what arrives while an export is in flight (each holds its answer until its spans are built, so
@@ -78,12 +78,11 @@ pub struct TraceError(String);
 /// The consumer of finished requests that queues their traces for the exporter.
 pub struct Traces(mpsc::Sender<Box<Finished>>);
 
-impl Consumer for Traces {
-    fn finished(&self, ended: &mut Ended) {
-        let Some(mut finished) = ended.trace.take() else {
-            return;
-        };
-        finished.read_row(&ended.outcome.request);
+impl Traces {
+    /// Queues a finished request's trace, with its final ledger row, without waiting: a full
+    /// queue drops it, counted. (Called as a consumer of finished requests: `outcome` registers it.)
+    pub fn queue(&self, mut finished: Box<Finished>, row: &RequestRow) {
+        finished.read_row(row);
         if let Err(mpsc::error::TrySendError::Full(finished)) = self.0.try_send(finished) {
             crate::metrics::trace_spans_dropped(1 + finished.attempts.len(), "queue_full");
         }

@@ -1,5 +1,5 @@
-//! What a traced request leaves for its spans when it ends: taken from its [`Ending`] and its
-//! ledger row on the request path (copies of a few names and numbers, no parsing), turned into
+//! What a traced request leaves for its spans when it ends: taken from how it ended (by
+//! `outcome`, which knows its endings) and its ledger row on the request path (copies of a few names and numbers, no parsing), turned into
 //! spans later by the exporter's task (see [`super::span`]).
 
 use std::sync::Arc;
@@ -11,8 +11,6 @@ use super::{AttemptTrace, RequestTrace};
 use crate::config::{Tier, UpstreamServer};
 use crate::ledger::RequestRow;
 use crate::openai::Endpoint;
-use crate::outcome::Ending;
-use crate::route::chain::Attempt;
 
 /// A finished request's trace, on its way to the exporter.
 pub struct Finished {
@@ -92,7 +90,7 @@ impl StreamFacts {
 }
 
 /// One upstream call of the request.
-pub(super) struct Called {
+pub struct Called {
     pub span: AttemptTrace,
     pub latency: Duration,
     pub tier: Arc<Tier>,
@@ -118,57 +116,45 @@ pub(super) struct Row {
 }
 
 impl Finished {
-    /// The trace of a request ending as `ending`; `None` where it is not sampled.
+    /// The trace of a request that ended, before what it was answered with is known (see
+    /// [`Finished::hit`], [`Finished::answered`], [`Finished::streamed`]); `None` where it is
+    /// not sampled.
     pub fn new(
         trace: Box<RequestTrace>,
-        ending: &Ending<'_>,
         endpoint: Endpoint,
         stream: bool,
         cache_asked: bool,
         body: &Bytes,
     ) -> Option<Box<Finished>> {
-        if !trace.sampled {
-            return None;
-        }
-        let capture = trace.capture_content;
-        let mut finished = Finished {
-            ended: SystemTime::now(),
-            endpoint,
-            stream,
-            cache: cache_asked.then_some("miss"),
-            attempts: Vec::new(),
-            answer: None,
-            cached_model: None,
-            input: capture.then(|| body.clone()),
-            streamed_text: None,
-            stream_facts: None,
-            row: Row::default(),
-            trace,
-        };
-        match ending {
-            Ending::Refused { .. } => {}
-            Ending::Unserved { failure, .. } => finished.called(&failure.attempts),
-            Ending::CacheHit { entry } => {
-                finished.cache = Some("hit");
-                finished.cached_model = Some(entry.model.clone());
-                if let crate::cache::Stored::Body(body) = &entry.answer {
-                    finished.answer = Some(body.clone());
-                }
-            }
-            Ending::Answered { by, answer, .. } => {
-                finished.called(&by.attempts);
-                // The answer's own buffer, shared: its fields are read off the request path.
-                finished.answer = Some(Bytes::clone(answer));
-            }
-            Ending::Streamed {
-                by, text, facts, ..
-            } => {
-                finished.called(&by.attempts);
-                finished.stream_facts = facts.clone();
-                finished.streamed_text = capture.then(|| text.first().to_string());
-            }
-        }
-        Some(Box::new(finished))
+        let mut finished = Finished::cut(trace, endpoint, stream, body)?;
+        finished.cache = cache_asked.then_some("miss");
+        Some(finished)
+    }
+
+    /// Answered from the route's cache, by an answer that came from `model`.
+    pub fn hit(&mut self, model: &str, answer: Option<Bytes>) {
+        self.cache = Some("hit");
+        self.cached_model = Some(model.to_string());
+        self.answer = answer;
+    }
+
+    /// Answered whole after `calls`: the answer's own buffer, shared, its fields read off the
+    /// request path.
+    pub fn answered(&mut self, calls: Vec<Called>, answer: Bytes) {
+        self.attempts = calls;
+        self.answer = Some(answer);
+    }
+
+    /// Streamed after `calls`, its events having said `facts`, its text `text`.
+    pub fn streamed(&mut self, calls: Vec<Called>, facts: Option<StreamFacts>, text: &str) {
+        self.attempts = calls;
+        self.stream_facts = facts;
+        self.streamed_text = self.trace.capture_content.then(|| text.to_string());
+    }
+
+    /// Failed after `calls`.
+    pub fn unserved(&mut self, calls: Vec<Called>) {
+        self.attempts = calls;
     }
 
     /// The trace of a request cut off before it ended (at the end of the shutdown grace, or by a
@@ -197,21 +183,6 @@ impl Finished {
             row: Row::default(),
             trace,
         }))
-    }
-
-    fn called(&mut self, attempts: &[Attempt]) {
-        self.attempts = attempts
-            .iter()
-            .filter_map(|attempt| {
-                Some(Called {
-                    span: attempt.trace?,
-                    latency: attempt.latency,
-                    tier: attempt.tier.clone(),
-                    server: attempt.server.clone()?,
-                    error: attempt.error.as_ref().map(|error| error.reason()),
-                })
-            })
-            .collect();
     }
 
     /// Takes what the spans show of the request's ledger row, once it is final.
