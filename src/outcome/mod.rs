@@ -349,6 +349,15 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// The request arrived at `at` (and `wall`), before it was begun: the time it spent before
+    /// (waiting on the answer of an identical request in flight) counts in its latency.
+    pub fn arrived(&mut self, (at, wall): (Instant, SystemTime)) {
+        self.started = at;
+        self.ts_ms = wall
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+    }
+
     /// What `tokens` cost on `tier` and on the route's baseline.
     pub fn price(&self, tier: &Tier, tokens: &Tokens) -> Priced {
         let baseline = self

@@ -138,6 +138,9 @@ async fn proxy(
     bytes: Bytes,
     client: &Waiting,
 ) -> Result<Response, ApiError> {
+    // A request that waits on an identical one's answer (the cache's single flight) waited from
+    // here: its row's time and latency count from its arrival, not from its lookup's end.
+    let arrived = (std::time::Instant::now(), std::time::SystemTime::now());
     let Asks {
         route: route_header,
         directives,
@@ -228,6 +231,7 @@ async fn proxy(
             cache: ticket,
             trace,
         });
+    exchange.arrived(arrived);
     if let Some(refusal) = refusal {
         return Ok(refuse_at_admission(exchange, endpoint, refusal).await);
     }

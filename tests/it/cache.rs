@@ -459,6 +459,18 @@ async fn identical_requests_in_flight_together_call_the_upstream_once() {
     headers.sort();
     assert_eq!(headers, ["hit", "hit", "miss"]);
     assert!(answers.iter().all(|a| a.text == answers[0].text));
+    // The requests that waited are recorded with the time they waited, not the microseconds
+    // their answer took once it came.
+    let store = gw.store().await;
+    for answer in &answers {
+        let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+        assert!(
+            row.latency_us >= 500_000,
+            "{:?} recorded {} us",
+            row.purpose,
+            row.latency_us
+        );
+    }
 
     // The first one fails (an upstream that answers 500 after a while): each other goes upstream.
     api.update(|b| {
