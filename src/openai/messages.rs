@@ -790,6 +790,9 @@ struct ChatEvents {
     next_index: u64,
     /// Each chat tool index's block index, for argument fragments.
     tools: Vec<(u64, u64)>,
+    /// The last tool call that came without an `index` (some servers send parallel calls so):
+    /// its key among `tools` and its id, so that a new id opens a new block.
+    unindexed: Option<(u64, String)>,
     finish: Option<String>,
     matched: Value,
     usage: Option<Usage>,
@@ -811,6 +814,7 @@ impl ChatEvents {
             open: Open::None,
             next_index: 0,
             tools: Vec::new(),
+            unindexed: None,
             finish: None,
             matched: Value::Null,
             usage: None,
@@ -882,7 +886,10 @@ impl ChatEvents {
     }
 
     fn tool_call(&mut self, out: &mut Vec<(&'static str, String)>, call: &Value) {
-        let tool = call["index"].as_u64().unwrap_or(0);
+        let tool = match call["index"].as_u64() {
+            Some(index) => index,
+            None => self.unindexed_key(call["id"].as_str().filter(|id| !id.is_empty())),
+        };
         let index = match self.tools.iter().find(|(t, _)| *t == tool) {
             Some((_, index)) => *index,
             None => {
@@ -907,6 +914,21 @@ impl ChatEvents {
                 "content_block_delta",
                 json!({"index": index, "delta": {"type": "input_json_delta", "partial_json": fragment}}),
             );
+        }
+    }
+
+    /// The key of a tool call fragment without an `index`: the last such call's, unless it names
+    /// another id (a parallel call), which opens a new block instead of merging the two.
+    fn unindexed_key(&mut self, id: Option<&str>) -> u64 {
+        match (&self.unindexed, id) {
+            (Some((key, last)), Some(id)) if last == id => *key,
+            (Some((key, _)), None) => *key,
+            _ => {
+                // Keys apart from any index a server gives.
+                let key = u64::MAX - self.tools.len() as u64;
+                self.unindexed = Some((key, id.unwrap_or_default().to_string()));
+                key
+            }
         }
     }
 
@@ -1045,6 +1067,42 @@ mod tests {
         assert_eq!(
             delta["usage"],
             json!({"input_tokens": 6, "cache_read_input_tokens": 4, "cache_creation_input_tokens": 0, "output_tokens": 5})
+        );
+    }
+
+    /// Parallel tool calls from a server that sends no `index`: each new id is its own
+    /// `tool_use` block, and a fragment without an id goes to the call before it (they were
+    /// merged into one block, and the SDK kept only the first call).
+    #[test]
+    fn tool_calls_without_an_index_are_told_apart_by_their_ids() {
+        let out = events(&[
+            r#"{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"id":"call_a","type":"function","function":{"name":"city","arguments":""}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"function":{"arguments":"{\"city\":\"Oslo\"}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"id":"call_b","type":"function","function":{"name":"tz","arguments":"{\"tz\":\"CET\"}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+            "[DONE]",
+        ]);
+        let starts: Vec<&Value> = out
+            .iter()
+            .filter(|(name, _)| *name == "content_block_start")
+            .map(|(_, data)| data)
+            .collect();
+        assert_eq!(starts.len(), 2, "{out:?}");
+        assert_eq!(starts[0]["content_block"]["id"], "call_a");
+        assert_eq!(starts[1]["content_block"]["id"], "call_b");
+        let deltas: Vec<(u64, &str)> = out
+            .iter()
+            .filter(|(name, _)| *name == "content_block_delta")
+            .map(|(_, data)| {
+                (
+                    data["index"].as_u64().unwrap(),
+                    data["delta"]["partial_json"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            deltas,
+            [(0, "{\"city\":\"Oslo\"}"), (1, "{\"tz\":\"CET\"}")]
         );
     }
 
