@@ -1158,42 +1158,19 @@ mod tests {
 
     /// Any JSON value, up to a few levels deep, with the keys the translation reads among others.
     fn any_json() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            prop_oneof![
-                Just("text".to_string()),
-                Just("tool_use".to_string()),
-                Just("tool_result".to_string()),
-                Just("image".to_string()),
-                Just("user".to_string()),
-                Just("assistant".to_string()),
-                ".{0,8}",
-            ]
-            .prop_map(Value::from),
-        ];
-        leaf.prop_recursive(4, 48, 6, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
-                prop::collection::btree_map(
-                    prop_oneof![
-                        Just("type".to_string()),
-                        Just("role".to_string()),
-                        Just("content".to_string()),
-                        Just("messages".to_string()),
-                        Just("tools".to_string()),
-                        Just("system".to_string()),
-                        Just("source".to_string()),
-                        Just("input".to_string()),
-                        "[a-z_]{1,8}",
-                    ],
-                    inner,
-                    0..6,
-                )
-                .prop_map(|map| Value::Object(map.into_iter().collect())),
-            ]
-        })
+        super::super::any_json_of(
+            &[
+                "text",
+                "tool_use",
+                "tool_result",
+                "image",
+                "user",
+                "assistant",
+            ],
+            &[
+                "type", "role", "content", "messages", "tools", "system", "source", "input",
+            ],
+        )
     }
 
     proptest! {

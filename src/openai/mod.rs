@@ -197,3 +197,36 @@ impl Endpoint {
         self.spec().path
     }
 }
+
+/// For the translations' property tests: any JSON value, its strings and object keys often the
+/// endpoint's own words (`words`, `keys`) so that the generated bodies reach deep into its
+/// translation, otherwise short random text.
+#[cfg(test)]
+pub(crate) fn any_json_of(
+    words: &'static [&'static str],
+    keys: &'static [&'static str],
+) -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        prop_oneof![prop::sample::select(words).prop_map(String::from), ".{0,8}",]
+            .prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 48, 6, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
+            prop::collection::btree_map(
+                prop_oneof![
+                    prop::sample::select(keys).prop_map(String::from),
+                    "[a-z_]{1,8}",
+                ],
+                inner,
+                0..6,
+            )
+            .prop_map(|map| Value::Object(map.into_iter().collect())),
+        ]
+    })
+}

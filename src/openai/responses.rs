@@ -1190,44 +1190,20 @@ mod tests {
 
     /// Any JSON value, up to a few levels deep, with the keys the translation reads among others.
     fn any_json() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            prop_oneof![
-                Just("message".to_string()),
-                Just("function_call".to_string()),
-                Just("function_call_output".to_string()),
-                Just("input_image".to_string()),
-                Just("json_schema".to_string()),
-                Just("function".to_string()),
-                ".{0,8}",
-            ]
-            .prop_map(Value::from),
-        ];
-        leaf.prop_recursive(4, 48, 6, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
-                prop::collection::btree_map(
-                    prop_oneof![
-                        Just("type".to_string()),
-                        Just("role".to_string()),
-                        Just("content".to_string()),
-                        Just("input".to_string()),
-                        Just("tools".to_string()),
-                        Just("text".to_string()),
-                        Just("format".to_string()),
-                        Just("call_id".to_string()),
-                        Just("output".to_string()),
-                        Just("name".to_string()),
-                        "[a-z_]{1,8}",
-                    ],
-                    inner,
-                    0..6,
-                )
-                .prop_map(|map| Value::Object(map.into_iter().collect())),
-            ]
-        })
+        super::super::any_json_of(
+            &[
+                "message",
+                "function_call",
+                "function_call_output",
+                "input_image",
+                "json_schema",
+                "function",
+            ],
+            &[
+                "type", "role", "content", "input", "tools", "text", "format", "call_id", "output",
+                "name",
+            ],
+        )
     }
 
     proptest! {
