@@ -567,6 +567,66 @@ fn values_of<'a>(bytes: &'a [u8], key: &'a Finder<'static>) -> impl Iterator<Ite
     })
 }
 
+/// What a translation of a chat stream into another endpoint's events does with each part of a
+/// chunk (Responses' and Messages' `ChatEvents`); [`read_chunk`] reads the chunk once for both.
+pub(crate) trait ChunkReader {
+    /// The answer's model, empty until a chunk names it.
+    fn model(&mut self) -> &mut String;
+    /// The endpoint's opening events, once.
+    fn start(&mut self, out: &mut Vec<(&'static str, String)>);
+    fn usage(&mut self, usage: Usage);
+    fn text(&mut self, out: &mut Vec<(&'static str, String)>, text: &str);
+    fn tool_call(&mut self, out: &mut Vec<(&'static str, String)>, call: &Value);
+    /// Choice 0 finished for `reason`; `choice` is the whole choice (vLLM's `stop_reason`).
+    fn finished(&mut self, reason: &str, choice: &Value);
+}
+
+/// Reads one chat chunk (not `[DONE]`) into `reader`: its model, usage, and choice 0's text, tool
+/// calls and finish — an answer translated from chat is one answer. An upstream's error event
+/// is the error.
+pub(crate) fn read_chunk(
+    reader: &mut impl ChunkReader,
+    data: &str,
+    out: &mut Vec<(&'static str, String)>,
+) -> Result<(), String> {
+    let chunk: Value = serde_json::from_str(data)
+        .map_err(|err| format!("a chat chunk that is not JSON: {err}"))?;
+    if let Some(error) = chunk.get("error").filter(|error| !error.is_null()) {
+        return Err(format!(
+            "the upstream's stream reported an error: {}",
+            error["message"].as_str().unwrap_or("no message")
+        ));
+    }
+    if let Some(model) = chunk["model"].as_str()
+        && reader.model().is_empty()
+    {
+        *reader.model() = model.to_string();
+    }
+    reader.start(out);
+    if let Some(usage) = chunk
+        .get("usage")
+        .and_then(|usage| Usage::from_raw(&raw(usage)))
+    {
+        reader.usage(usage);
+    }
+    for choice in chunk["choices"].as_array().into_iter().flatten() {
+        if choice["index"].as_u64().unwrap_or(0) != 0 {
+            continue;
+        }
+        let delta = &choice["delta"];
+        if let Some(text) = delta["content"].as_str().filter(|text| !text.is_empty()) {
+            reader.text(out, text);
+        }
+        for call in delta["tool_calls"].as_array().into_iter().flatten() {
+            reader.tool_call(out, call);
+        }
+        if let Some(reason) = choice["finish_reason"].as_str() {
+            reader.finished(reason, choice);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     proptest::proptest! {

@@ -960,50 +960,40 @@ impl ChatEvents {
     }
 }
 
+impl super::chat::ChunkReader for ChatEvents {
+    fn model(&mut self) -> &mut String {
+        &mut self.model
+    }
+
+    fn start(&mut self, out: &mut Vec<(&'static str, String)>) {
+        ChatEvents::start(self, out);
+    }
+
+    fn usage(&mut self, usage: Usage) {
+        self.usage = Some(usage);
+    }
+
+    fn text(&mut self, out: &mut Vec<(&'static str, String)>, text: &str) {
+        ChatEvents::text(self, out, text);
+    }
+
+    fn tool_call(&mut self, out: &mut Vec<(&'static str, String)>, call: &Value) {
+        ChatEvents::tool_call(self, out, call);
+    }
+
+    fn finished(&mut self, reason: &str, choice: &Value) {
+        self.finish = Some(reason.to_string());
+        self.matched = choice["stop_reason"].clone();
+    }
+}
+
 impl StreamTranslator for ChatEvents {
     fn read(&mut self, data: &str, out: &mut Vec<(&'static str, String)>) -> Result<(), String> {
         if data == "[DONE]" {
             self.finish(out);
             return Ok(());
         }
-        let chunk: Value = serde_json::from_str(data)
-            .map_err(|err| format!("a chat chunk that is not JSON: {err}"))?;
-        if let Some(error) = chunk.get("error").filter(|error| !error.is_null()) {
-            return Err(format!(
-                "the upstream's stream reported an error: {}",
-                error["message"].as_str().unwrap_or("no message")
-            ));
-        }
-        if let Some(model) = chunk["model"].as_str()
-            && self.model.is_empty()
-        {
-            self.model = model.to_string();
-        }
-        self.start(out);
-        if let Some(usage) = chunk
-            .get("usage")
-            .and_then(|usage| Usage::from_raw(&raw(usage)))
-        {
-            self.usage = Some(usage);
-        }
-        // Choice 0 only: a message is one answer.
-        for choice in chunk["choices"].as_array().into_iter().flatten() {
-            if choice["index"].as_u64().unwrap_or(0) != 0 {
-                continue;
-            }
-            let delta = &choice["delta"];
-            if let Some(text) = delta["content"].as_str().filter(|text| !text.is_empty()) {
-                self.text(out, text);
-            }
-            for call in delta["tool_calls"].as_array().into_iter().flatten() {
-                self.tool_call(out, call);
-            }
-            if let Some(reason) = choice["finish_reason"].as_str() {
-                self.finish = Some(reason.to_string());
-                self.matched = choice["stop_reason"].clone();
-            }
-        }
-        Ok(())
+        super::chat::read_chunk(self, data, out)
     }
 
     fn close(&mut self, out: &mut Vec<(&'static str, String)>) {
