@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::config::{CacheConfig, CacheScope, Route};
-use crate::ledger::{Picodollars, Tokens};
+use crate::ledger::{Picodollars, RequestRow, Tokens};
 use crate::openai::{Endpoint, RequestBody};
 
 /// What a client's `Cache-Control` asks of the cache.
@@ -219,6 +219,20 @@ pub struct Served<'a> {
     pub local: bool,
     pub tokens: Tokens,
     pub cost: Option<Picodollars>,
+}
+
+impl<'a> Served<'a> {
+    /// Who answered, as the request's ledger row says, with its `tokens`.
+    pub fn of(row: &'a RequestRow, tokens: Tokens) -> Served<'a> {
+        Served {
+            tier: row.tier.as_deref().unwrap_or_default(),
+            provider: row.provider.as_deref().unwrap_or_default(),
+            model: row.model.as_deref().unwrap_or_default(),
+            local: row.local,
+            tokens,
+            cost: row.cost_pusd,
+        }
+    }
 }
 
 #[derive(Clone)]

@@ -105,18 +105,10 @@ impl Outcome {
         if let Some((ticket, stored)) = to_count.fill
             && crate::cache::fillable(endpoint, &stored)
         {
-            let request = &self.request;
             Fill::new(
                 ticket,
                 stored,
-                crate::cache::Served {
-                    tier: request.tier.as_deref().unwrap_or_default(),
-                    provider: request.provider.as_deref().unwrap_or_default(),
-                    model: request.model.as_deref().unwrap_or_default(),
-                    local: request.local,
-                    tokens,
-                    cost: request.cost_pusd,
-                },
+                crate::cache::Served::of(&self.request, tokens),
             )
             .keep();
         }
@@ -582,18 +574,7 @@ impl Exchange {
         let fill = fill
             .filter(|(_, stored, _)| crate::cache::fillable(self.start.endpoint, stored))
             .map(|(ticket, stored, tokens)| {
-                Fill::new(
-                    ticket,
-                    stored,
-                    crate::cache::Served {
-                        tier: request.tier.as_deref().unwrap_or_default(),
-                        provider: request.provider.as_deref().unwrap_or_default(),
-                        model: request.model.as_deref().unwrap_or_default(),
-                        local: request.local,
-                        tokens,
-                        cost: request.cost_pusd,
-                    },
-                )
+                Fill::new(ticket, stored, crate::cache::Served::of(&request, tokens))
             });
         Ended {
             outcome: Outcome {
