@@ -366,12 +366,10 @@ pub struct Chunk {
     pub response_id: Option<String>,
     /// The event's sequence number, where events are numbered (Responses').
     pub sequence: Option<u64>,
-    /// The exact input counts of an answer whose output is still to come (Anthropic's
-    /// `message_start`).
-    pub prompt_usage: Option<Usage>,
-    /// The output so far of the answer whose input `prompt_usage` gave (Anthropic's
-    /// `message_delta` where it leaves out the input).
-    pub output_tokens: Option<u64>,
+    /// Counts of the answer's usage the event gives, some of them, merged over the stream with
+    /// those of earlier events (Anthropic's `message_start` gives the input and the cache's
+    /// figures, its `message_delta` the output and maybe the others again).
+    pub counts: Option<super::AnthropicUsage>,
     /// The whole answer, where the event that ends the stream carries it (Responses'
     /// `response.completed`): what is kept of a streamed answer for its next turn.
     pub answer: Option<Value>,

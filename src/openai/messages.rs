@@ -31,7 +31,7 @@ use serde_json::{Map, Value, json};
 use super::request::raw;
 use super::tokens::count;
 use super::{
-    Chunk, Edits, EndpointSpec, ErrorReply, RequestBody, RequestError, StreamMarks,
+    AnthropicUsage, Chunk, Edits, EndpointSpec, ErrorReply, RequestBody, RequestError, StreamMarks,
     StreamTranslator, Usage, ViaChat,
 };
 use crate::config::{Abilities, ChainTier, takes_max_completion_tokens};
@@ -80,7 +80,7 @@ fn answer_texts(answer: &mut Value) -> Vec<Vec<&mut String>> {
 pub const VIA_CHAT: ViaChat = ViaChat {
     request: to_chat,
     answer: from_chat,
-    stream: |request| Box::new(ChatEvents::new(request)),
+    stream: |request, model| Box::new(ChatEvents::new(request, model)),
 };
 
 /// Fields of Anthropic's API that a chat completions server has no way to honour: a translated
@@ -205,16 +205,7 @@ fn answer_budget(body: &RequestBody<'_>) -> Option<u64> {
 /// Anthropic's usage in the gateway's terms: its `input_tokens` leaves out the cache's reads and
 /// writes, which the gateway's prompt tokens hold.
 fn usage_of(usage: &Value) -> Option<Usage> {
-    let input = usage["input_tokens"].as_u64()?;
-    let output = usage["output_tokens"].as_u64()?;
-    let read = usage["cache_read_input_tokens"].as_u64().unwrap_or(0);
-    let written = usage["cache_creation_input_tokens"].as_u64().unwrap_or(0);
-    Some(Usage {
-        prompt_tokens: input.saturating_add(read).saturating_add(written),
-        completion_tokens: output,
-        cached_tokens: read,
-        cache_write_tokens: written,
-    })
+    AnthropicUsage::deserialize(usage).ok()?.usage()
 }
 
 /// Usage in Anthropic's shape.
@@ -331,13 +322,13 @@ fn read_event(data: &str) -> Option<Chunk> {
     match event.kind.as_str() {
         "message_start" => {
             chunk.response_id = event.message["id"].as_str().map(str::to_string);
-            // The gateway's own `message_start` knows no usage yet and says 0; Anthropic's gives
-            // the input exactly, the output to come in `message_delta`.
-            chunk.prompt_usage = usage_of(&event.message["usage"])
-                .filter(|usage| usage.prompt_tokens > 0)
-                .map(|usage| Usage {
-                    completion_tokens: 0,
-                    ..usage
+            // The input exactly; the output is the few tokens written so far, its count to come
+            // in `message_delta`.
+            chunk.counts = AnthropicUsage::deserialize(&event.message["usage"])
+                .ok()
+                .map(|counts| AnthropicUsage {
+                    output_tokens: None,
+                    ..counts
                 });
         }
         "content_block_delta" if event.delta["type"] == "text_delta" => {
@@ -345,16 +336,9 @@ fn read_event(data: &str) -> Option<Chunk> {
                 chunk.texts.push((0, text.to_string()));
             }
         }
-        "message_delta" => {
-            // Anthropic's totals; where they leave out the input, the output adds to what
-            // `message_start` said.
-            chunk.usage = usage_of(&event.usage);
-            if chunk.usage.is_none()
-                && let Some(output) = event.usage["output_tokens"].as_u64()
-            {
-                chunk.output_tokens = Some(output);
-            }
-        }
+        // The output's total and, from newer servers, the input's again: merged over
+        // `message_start`'s by the relay, each count left out keeping the one before.
+        "message_delta" => chunk.counts = AnthropicUsage::deserialize(&event.usage).ok(),
         "message_stop" => chunk.finished = true,
         "error" => chunk.error = true,
         _ => {}
@@ -771,28 +755,105 @@ fn from_chat(chat: &[u8], request: &[u8]) -> Result<Vec<u8>, String> {
     Ok(serde_json::to_vec(&message).expect("JSON values always serialize"))
 }
 
-/// The content block being streamed.
+/// The content block being streamed: Anthropic's events allow one open at a time.
 enum Open {
     None,
     Text,
-    Tool,
+    /// The tool call at this place in [`ChatEvents::calls`].
+    Tool(usize),
+}
+
+/// Where a tool call stands in the message's content blocks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CallState {
+    /// No block yet: its arguments are kept until its turn.
+    Waiting,
+    /// Its block is the open one: its fragments go out as they come.
+    Open,
+    /// Its block was written and closed.
+    Closed,
+}
+
+/// A tool call of the chat stream.
+struct Call {
+    /// Chat's `index` for it, or a key of the gateway's for a call that came without one.
+    key: u64,
+    id: String,
+    name: String,
+    /// Its arguments that came while it waited, written when its block opens.
+    unwritten: String,
+    end: JsonEnd,
+    state: CallState,
+}
+
+/// Reads a tool call's arguments fragment by fragment for the end of their JSON value (an object,
+/// as tool inputs are), without parsing them again at every fragment.
+#[derive(Default)]
+struct JsonEnd {
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    ended: bool,
+}
+
+impl JsonEnd {
+    fn read(&mut self, fragment: &str) {
+        for byte in fragment.bytes() {
+            if self.ended {
+                return;
+            }
+            if self.in_string {
+                match byte {
+                    _ if self.escaped => self.escaped = false,
+                    b'\\' => self.escaped = true,
+                    b'"' => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match byte {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' if self.depth > 0 => {
+                    self.depth -= 1;
+                    self.ended = self.depth == 0;
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Writes a stream of chat chunks as Anthropic's events.
+///
+/// Chat streams parallel tool calls each under its own index, and some servers interleave their
+/// argument fragments (call A's after call B began); Anthropic's events have one content block open
+/// at a time, and a block once stopped takes no more deltas. So one tool call's block is open at a
+/// time and its fragments go out as they come; a fragment of another call is kept with that call
+/// until the open call's arguments are a whole JSON value, which closes its block, and the next
+/// waiting call's block opens with what it kept. Calls that come one after the other (the usual
+/// case) stream as they came; interleaved ones are delayed, never lost nor put in another call's
+/// block, so the SDK's assembled input of each block is its call's whole arguments. Text that
+/// comes while a call's block is open waits for that block to close.
 struct ChatEvents {
     id: String,
     model: String,
     stops: Vec<String>,
+    /// The gateway's count of the prompt, for `message_start` (Anthropic's gives the input
+    /// there; the upstream's own count, where it gives one, comes in `message_delta`).
+    prompt_tokens: u64,
     started: bool,
     pinged: bool,
     open: Open,
     /// The next content block's index.
     next_index: u64,
-    /// Each chat tool index's block index, for argument fragments.
-    tools: Vec<(u64, u64)>,
+    /// The tool calls, in the order they began.
+    calls: Vec<Call>,
     /// The last tool call that came without an `index` (some servers send parallel calls so):
-    /// its key among `tools` and its id, so that a new id opens a new block.
+    /// its key among `calls` and its id, so that a new id opens a new block.
     unindexed: Option<(u64, String)>,
+    /// Text that came while a tool call's block was open.
+    pending_text: String,
     finish: Option<String>,
     matched: Value,
     usage: Option<Usage>,
@@ -803,18 +864,20 @@ struct ChatEvents {
 }
 
 impl ChatEvents {
-    fn new(request: &[u8]) -> ChatEvents {
+    fn new(request: &[u8], model: &str) -> ChatEvents {
         ChatEvents {
             id: new_id("msg"),
             model: String::new(),
             written: String::new(),
             stops: stop_sequences(request),
+            prompt_tokens: count_prompt(model, request),
             started: false,
             pinged: false,
             open: Open::None,
             next_index: 0,
-            tools: Vec::new(),
+            calls: Vec::new(),
             unindexed: None,
+            pending_text: String::new(),
             finish: None,
             matched: Value::Null,
             usage: None,
@@ -832,6 +895,10 @@ impl ChatEvents {
             return;
         }
         self.started = true;
+        let estimate = Usage {
+            prompt_tokens: self.prompt_tokens,
+            ..Usage::default()
+        };
         let message = json!({
             "id": self.id,
             "type": "message",
@@ -840,16 +907,17 @@ impl ChatEvents {
             "content": [],
             "stop_reason": null,
             "stop_sequence": null,
-            "usage": usage_json(None),
+            "usage": usage_json(Some(&estimate)),
         });
         Self::emit(out, "message_start", json!({"message": message}));
     }
 
     fn stop_block(&mut self, out: &mut Vec<(&'static str, String)>) {
-        if matches!(self.open, Open::None) {
-            return;
+        match std::mem::replace(&mut self.open, Open::None) {
+            Open::None => return,
+            Open::Text => {}
+            Open::Tool(call) => self.calls[call].state = CallState::Closed,
         }
-        self.open = Open::None;
         Self::emit(
             out,
             "content_block_stop",
@@ -874,10 +942,18 @@ impl ChatEvents {
     }
 
     fn text(&mut self, out: &mut Vec<(&'static str, String)>, text: &str) {
+        self.written.push_str(text);
+        if matches!(self.open, Open::Tool(_)) {
+            self.pending_text.push_str(text);
+        } else {
+            self.write_text(out, text);
+        }
+    }
+
+    fn write_text(&mut self, out: &mut Vec<(&'static str, String)>, text: &str) {
         if !matches!(self.open, Open::Text) {
             self.start_block(out, Open::Text, json!({"type": "text", "text": ""}));
         }
-        self.written.push_str(text);
         Self::emit(
             out,
             "content_block_delta",
@@ -885,35 +961,103 @@ impl ChatEvents {
         );
     }
 
-    fn tool_call(&mut self, out: &mut Vec<(&'static str, String)>, call: &Value) {
-        let tool = match call["index"].as_u64() {
+    fn write_arguments(&self, out: &mut Vec<(&'static str, String)>, fragment: &str) {
+        Self::emit(
+            out,
+            "content_block_delta",
+            json!({"index": self.next_index - 1, "delta": {"type": "input_json_delta", "partial_json": fragment}}),
+        );
+    }
+
+    fn tool_call(&mut self, out: &mut Vec<(&'static str, String)>, fragment: &Value) {
+        let key = match fragment["index"].as_u64() {
             Some(index) => index,
-            None => self.unindexed_key(call["id"].as_str().filter(|id| !id.is_empty())),
+            None => self.unindexed_key(fragment["id"].as_str().filter(|id| !id.is_empty())),
         };
-        let index = match self.tools.iter().find(|(t, _)| *t == tool) {
-            Some((_, index)) => *index,
+        let at = match self.calls.iter().position(|call| call.key == key) {
+            Some(at) => at,
             None => {
-                let block = json!({
-                    "type": "tool_use",
-                    "id": call["id"].as_str().unwrap_or_default(),
-                    "name": call["function"]["name"].as_str().unwrap_or_default(),
-                    "input": {},
+                self.calls.push(Call {
+                    key,
+                    id: String::new(),
+                    name: String::new(),
+                    unwritten: String::new(),
+                    end: JsonEnd::default(),
+                    state: CallState::Waiting,
                 });
-                self.start_block(out, Open::Tool, block);
-                self.tools.push((tool, self.next_index - 1));
-                self.next_index - 1
+                self.calls.len() - 1
             }
         };
-        if let Some(fragment) = call["function"]["arguments"]
+        let call = &mut self.calls[at];
+        // The id and the name come with a call's first fragment as a rule; a waiting call takes
+        // them from a later one too.
+        if call.state == CallState::Waiting {
+            for (field, value) in [
+                (&mut call.id, &fragment["id"]),
+                (&mut call.name, &fragment["function"]["name"]),
+            ] {
+                if let Some(value) = value.as_str().filter(|v| !v.is_empty())
+                    && field.is_empty()
+                {
+                    *field = value.to_string();
+                }
+            }
+        }
+        if let Some(arguments) = fragment["function"]["arguments"]
             .as_str()
             .filter(|f| !f.is_empty())
         {
-            self.written.push_str(fragment);
-            Self::emit(
-                out,
-                "content_block_delta",
-                json!({"index": index, "delta": {"type": "input_json_delta", "partial_json": fragment}}),
-            );
+            self.written.push_str(arguments);
+            let call = &mut self.calls[at];
+            match call.state {
+                CallState::Waiting => {
+                    call.end.read(arguments);
+                    call.unwritten.push_str(arguments);
+                }
+                CallState::Open => {
+                    call.end.read(arguments);
+                    self.write_arguments(out, arguments);
+                }
+                // Its arguments were a whole JSON value: what follows them is no part of them.
+                CallState::Closed => {}
+            }
+        }
+        self.advance(out);
+    }
+
+    /// Closes the open call's block once its arguments are whole, and opens the next waiting
+    /// call's; with no call's block open, the text that waited goes out.
+    fn advance(&mut self, out: &mut Vec<(&'static str, String)>) {
+        loop {
+            if let Open::Tool(call) = self.open {
+                if !self.calls[call].end.ended {
+                    return;
+                }
+                self.stop_block(out);
+            }
+            let Some(next) = self
+                .calls
+                .iter()
+                .position(|call| call.state == CallState::Waiting)
+            else {
+                break;
+            };
+            self.open_call(out, next);
+        }
+        if !self.pending_text.is_empty() {
+            let text = std::mem::take(&mut self.pending_text);
+            self.write_text(out, &text);
+        }
+    }
+
+    fn open_call(&mut self, out: &mut Vec<(&'static str, String)>, at: usize) {
+        let call = &mut self.calls[at];
+        call.state = CallState::Open;
+        let block = json!({"type": "tool_use", "id": call.id, "name": call.name, "input": {}});
+        let kept = std::mem::take(&mut call.unwritten);
+        self.start_block(out, Open::Tool(at), block);
+        if !kept.is_empty() {
+            self.write_arguments(out, &kept);
         }
     }
 
@@ -925,14 +1069,15 @@ impl ChatEvents {
             (Some((key, _)), None) => *key,
             _ => {
                 // Keys apart from any index a server gives.
-                let key = u64::MAX - self.tools.len() as u64;
+                let key = u64::MAX - self.calls.len() as u64;
                 self.unindexed = Some((key, id.unwrap_or_default().to_string()));
                 key
             }
         }
     }
 
-    /// Closes the open block and ends the message with its stop reason and usage.
+    /// Writes every call's block that is still open or waiting, then the text that waited, and
+    /// ends the message with its stop reason and usage.
     fn finish(&mut self, out: &mut Vec<(&'static str, String)>) {
         if self.ended {
             return;
@@ -940,10 +1085,24 @@ impl ChatEvents {
         self.ended = true;
         self.start(out);
         self.stop_block(out);
+        while let Some(next) = self
+            .calls
+            .iter()
+            .position(|call| call.state == CallState::Waiting)
+        {
+            self.open_call(out, next);
+            self.stop_block(out);
+        }
+        if !self.pending_text.is_empty() {
+            let text = std::mem::take(&mut self.pending_text);
+            self.write_text(out, &text);
+        }
+        self.stop_block(out);
         let (reason, sequence) = stop_reason(self.finish.as_deref(), &self.matched, &self.stops);
-        // Without the upstream's usage the output is the gateway's estimate and the input is left
-        // out, so the relay reads no usage here and books its own estimate (flagged so), as for
-        // chat, never 0.
+        // The upstream's usage, its input in place of `message_start`'s estimate (the SDKs take a
+        // `message_delta`'s input over `message_start`'s). Without it, the output is the
+        // gateway's estimate and the input stays `message_start`'s; the relay books its own
+        // estimate (flagged so), as for chat, never 0.
         let usage = match &self.usage {
             Some(usage) => usage_json(Some(usage)),
             None => json!({"output_tokens": count(&self.model, &self.written)}),
@@ -1001,6 +1160,10 @@ impl StreamTranslator for ChatEvents {
             self.finish(out);
         }
     }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
 }
 
 #[cfg(test)]
@@ -1010,7 +1173,7 @@ mod tests {
     use super::*;
 
     fn events(chunks: &[&str]) -> Vec<(&'static str, Value)> {
-        let mut events = ChatEvents::new(br#"{"stop_sequences": ["END"]}"#);
+        let mut events = ChatEvents::new(br#"{"stop_sequences": ["END"]}"#, "m");
         let mut out = Vec::new();
         for chunk in chunks {
             events.read(chunk, &mut out).unwrap();
@@ -1094,6 +1257,93 @@ mod tests {
             deltas,
             [(0, "{\"city\":\"Oslo\"}"), (1, "{\"tz\":\"CET\"}")]
         );
+    }
+
+    /// What a client's SDK assembles from the events: each block's type, id and, for a tool
+    /// call, its `partial_json` deltas joined; checking on the way that one block is open at a
+    /// time and every delta goes to the open block.
+    fn assembled(out: &[(&'static str, Value)]) -> Vec<(String, String)> {
+        let mut blocks: Vec<(String, String)> = Vec::new();
+        let mut open: Option<u64> = None;
+        for (name, data) in out {
+            match *name {
+                "content_block_start" => {
+                    assert!(open.is_none(), "a block opened over another: {out:?}");
+                    let index = data["index"].as_u64().unwrap();
+                    assert_eq!(index as usize, blocks.len(), "{out:?}");
+                    open = Some(index);
+                    let block = &data["content_block"];
+                    let id = block["id"].as_str().unwrap_or("text").to_string();
+                    blocks.push((id, String::new()));
+                }
+                "content_block_delta" => {
+                    assert_eq!(
+                        data["index"].as_u64(),
+                        open,
+                        "a delta for a block not open: {out:?}"
+                    );
+                    let delta = &data["delta"];
+                    let piece = delta["partial_json"]
+                        .as_str()
+                        .or(delta["text"].as_str())
+                        .unwrap();
+                    blocks.last_mut().unwrap().1.push_str(piece);
+                }
+                "content_block_stop" => {
+                    assert_eq!(data["index"].as_u64(), open, "{out:?}");
+                    open = None;
+                }
+                _ => {}
+            }
+        }
+        assert!(open.is_none(), "a block left open: {out:?}");
+        blocks
+    }
+
+    /// Call A's fragments after call B's began (some servers interleave parallel calls): each
+    /// lands in its own block, none after its block stopped.
+    #[test]
+    fn interleaved_tool_call_fragments_land_in_their_own_blocks() {
+        let out = events(&[
+            r#"{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"name":"city","arguments":"{\"city\":"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"call_b","type":"function","function":{"name":"tz","arguments":"{\"tz\":"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"Oslo\"}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"function":{"arguments":"\"CET\"}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+            "[DONE]",
+        ]);
+        assert_eq!(
+            assembled(&out),
+            [
+                ("call_a".to_string(), r#"{"city":"Oslo"}"#.to_string()),
+                ("call_b".to_string(), r#"{"tz":"CET"}"#.to_string()),
+            ]
+        );
+    }
+
+    /// `message_start` says the gateway's count of the prompt; `message_delta` the upstream's.
+    #[test]
+    fn message_start_says_the_prompts_estimate_and_message_delta_the_upstreams_count() {
+        let request = json!({"max_tokens": 5, "messages": [{"role": "user", "content": "What is the weather in Oslo today?"}]});
+        let bytes = request.to_string();
+        let mut events = ChatEvents::new(bytes.as_bytes(), "m");
+        let mut out = Vec::new();
+        for chunk in [
+            r#"{"model":"m","choices":[{"index":0,"delta":{"content":"Sunny."}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":31,"completion_tokens":2}}"#,
+            "[DONE]",
+        ] {
+            events.read(chunk, &mut out).unwrap();
+        }
+        let start: Value = serde_json::from_str(&out[0].1).unwrap();
+        let estimate = count_prompt("m", bytes.as_bytes());
+        assert!(estimate > 3);
+        assert_eq!(start["message"]["usage"]["input_tokens"], estimate);
+        let delta: Value = serde_json::from_str(&out[out.len() - 2].1).unwrap();
+        assert_eq!(delta["usage"]["input_tokens"], 31);
+        assert_eq!(delta["usage"]["output_tokens"], 2);
+        assert_eq!(StreamTranslator::usage(&events).unwrap().prompt_tokens, 31);
     }
 
     /// vLLM says which stop string matched: a requested one is a stop sequence.
@@ -1181,7 +1431,7 @@ mod tests {
         /// ends with `message_stop`.
         #[test]
         fn any_chat_events_translate_without_a_panic(chunks in prop::collection::vec(any_json(), 0..8)) {
-            let mut events = ChatEvents::new(b"{}");
+            let mut events = ChatEvents::new(b"{}", "m");
             let mut out = Vec::new();
             for chunk in &chunks {
                 let _ = events.read(&chunk.to_string(), &mut out);
@@ -1189,6 +1439,77 @@ mod tests {
             events.read("[DONE]", &mut out).unwrap();
             prop_assert_eq!(out.last().map(|(name, _)| *name), Some("message_stop"));
             prop_assert_eq!(out.first().map(|(name, _)| *name), Some("message_start"));
+        }
+
+        /// Any interleaving of the fragments of N parallel tool calls: one block per call, in
+        /// the order the calls began, each assembling to the call's whole arguments; one block
+        /// open at a time, no delta to a block not open.
+        #[test]
+        fn any_interleaving_of_tool_call_fragments_assembles_each_call(
+            calls in prop::collection::vec(
+                (any_json(), prop::collection::vec(1usize..6, 0..6)),
+                1..5,
+            ),
+            order in prop::collection::vec(0usize..5, 0..64),
+        ) {
+            // Each call's arguments (an object, as tool inputs are) cut at the given widths.
+            let calls: Vec<(String, Vec<String>)> = calls
+                .into_iter()
+                .map(|(value, cuts)| {
+                    let arguments = json!({"v": value}).to_string();
+                    let chars: Vec<char> = arguments.chars().collect();
+                    let mut pieces = Vec::new();
+                    let mut at = 0;
+                    for cut in cuts {
+                        if at >= chars.len() { break; }
+                        let end = (at + cut).min(chars.len());
+                        pieces.push(chars[at..end].iter().collect::<String>());
+                        at = end;
+                    }
+                    if at < chars.len() {
+                        pieces.push(chars[at..].iter().collect());
+                    }
+                    (arguments, pieces)
+                })
+                .collect();
+            // Every call's first fragment in call order (so blocks are in call order), then the
+            // rest interleaved as `order` picks, each call's own in its order.
+            let mut next = vec![0usize; calls.len()];
+            let mut chunks = Vec::new();
+            let fragment = |call: usize, piece: usize, calls: &[(String, Vec<String>)]| {
+                let mut tool = json!({"index": call, "function": {"arguments": calls[call].1[piece]}});
+                if piece == 0 {
+                    tool["id"] = json!(format!("call_{call}"));
+                    tool["function"]["name"] = json!("f");
+                }
+                json!({"choices": [{"index": 0, "delta": {"tool_calls": [tool]}}]}).to_string()
+            };
+            for call in 0..calls.len() {
+                chunks.push(fragment(call, 0, &calls));
+                next[call] = 1;
+            }
+            let mut picks = order.into_iter().map(|pick| pick % calls.len());
+            while next.iter().zip(&calls).any(|(at, call)| *at < call.1.len()) {
+                let pick = picks.next().unwrap_or(0);
+                let call = (pick..pick + calls.len())
+                    .map(|i| i % calls.len())
+                    .find(|&i| next[i] < calls[i].1.len())
+                    .unwrap();
+                chunks.push(fragment(call, next[call], &calls));
+                next[call] += 1;
+            }
+            chunks.push(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#.to_string());
+            chunks.push("[DONE]".to_string());
+            let chunks: Vec<&str> = chunks.iter().map(String::as_str).collect();
+            let out = events(&chunks);
+            let blocks = assembled(&out);
+            prop_assert_eq!(blocks.len(), calls.len());
+            for (at, ((id, input), (arguments, _))) in blocks.iter().zip(&calls).enumerate() {
+                prop_assert_eq!(id, &format!("call_{at}"));
+                let input: Value = serde_json::from_str(input).unwrap();
+                let arguments: Value = serde_json::from_str(arguments).unwrap();
+                prop_assert_eq!(input, arguments);
+            }
         }
 
         /// Any text as a stream event's data: read or passed over, never a panic.

@@ -22,7 +22,7 @@ use crate::config::{Abilities, ChainTier};
 
 pub use chat::{ChoiceTexts, Chunk};
 pub use request::{Edits, RequestBody, RequestError};
-pub use usage::Usage;
+pub use usage::{AnthropicUsage, Usage};
 
 /// Which OpenAI endpoint a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,8 +150,9 @@ pub struct ViaChat {
     pub request: fn(body: &[u8], model: &str) -> Result<Vec<u8>, RequestError>,
     /// A whole chat completion as the endpoint's answer to `request`.
     pub answer: AnswerFromChat,
-    /// A writer of the endpoint's stream events from chat chunks, for `request`.
-    pub stream: fn(request: &[u8]) -> Box<dyn StreamTranslator>,
+    /// A writer of the endpoint's stream events from chat chunks, for `request` as `model`
+    /// gets it.
+    pub stream: fn(request: &[u8], model: &str) -> Box<dyn StreamTranslator>,
 }
 
 /// Writes a whole chat completion (`chat`) as another endpoint's answer to `request`; an error
@@ -165,6 +166,12 @@ pub trait StreamTranslator: Send {
     fn read(&mut self, data: &str, out: &mut Vec<(&'static str, String)>) -> Result<(), String>;
     /// The chat stream closed without `[DONE]`: the closing events, if its answer finished.
     fn close(&mut self, out: &mut Vec<(&'static str, String)>);
+    /// The usage the chat stream reported, once it has, for an endpoint whose events the relay
+    /// does not read the upstream's usage from (Messages' say the gateway's estimates);
+    /// `None` where the endpoint's events carry the upstream's usage as it came.
+    fn usage(&self) -> Option<Usage> {
+        None
+    }
 }
 
 impl Endpoint {

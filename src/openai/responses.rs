@@ -65,7 +65,7 @@ pub const SPEC: EndpointSpec = EndpointSpec {
 pub const VIA_CHAT: ViaChat = ViaChat {
     request: to_chat,
     answer: from_chat,
-    stream: |request| Box::new(ChatEvents::new(request)),
+    stream: |request, _model| Box::new(ChatEvents::new(request)),
 };
 
 /// Fields of OpenAI's Responses API that need state the gateway never keeps.

@@ -171,7 +171,7 @@ impl Upstreams {
                 self.max_answer_bytes.min(MAX_EVENT_BYTES),
                 wire::EventReader::of(
                     client.wire.events(sent),
-                    via_chat.map(|(via, request)| (via.stream)(&request)),
+                    via_chat.map(|(via, request)| (via.stream)(&request, &tier.model)),
                 ),
             )
             .await

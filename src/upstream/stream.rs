@@ -357,6 +357,15 @@ impl UpstreamStream {
         self.reader.as_ref()?.usage_so_far()
     }
 
+    /// Whether the events are the gateway's own, written from a chat stream for the client's
+    /// endpoint: the usage they say is what the gateway tells the client, and the upstream's
+    /// own is [`UpstreamStream::usage_so_far`].
+    pub fn translated(&self) -> bool {
+        self.reader
+            .as_ref()
+            .is_some_and(|reader| reader.translated())
+    }
+
     /// The next event if it has already arrived, without waiting or setting a timer.
     pub fn ready_event(&mut self) -> Option<Option<Result<SseEvent, UpstreamError>>> {
         if let Some(first) = self.first.take() {
