@@ -38,6 +38,8 @@ pub const SPEC: EndpointSpec = EndpointSpec {
     error_body: super::openai_error,
     key_header: None,
     count_tokens: None,
+    overloaded_status: None,
+    passed_headers: &[],
 };
 
 /// Each choice's message content, where it is a string (a tool call's `null` is no text).

@@ -58,6 +58,11 @@ pub const SPEC: EndpointSpec = EndpointSpec {
     error_body,
     key_header: Some("x-api-key"),
     count_tokens: Some(count_tokens),
+    // Anthropic's own overload status: its SDKs raise `OverloadedError` for it (and retry it).
+    overloaded_status: Some(529),
+    // What an Anthropic tier reads of the client's request besides its body: the API version it
+    // was written for and the beta features it uses (prompt caching, long context, tool betas).
+    passed_headers: &["anthropic-version", "anthropic-beta"],
 };
 
 /// A message is one answer: its text is its `text` blocks in order (what the SDKs join).

@@ -86,6 +86,15 @@ pub struct EndpointSpec {
     /// Counts a request's input tokens as `step`'s tier would get it, for the endpoint's
     /// `…/count_tokens` route; `None` where the endpoint has none.
     pub count_tokens: Option<CountTokens>,
+    /// The status that tells this endpoint's clients its upstreams were overloaded (the last
+    /// tier tried answered 503, or Anthropic's 529, or was at its `max_in_flight`), where its
+    /// clients read one of their own; `None` keeps the gateway's status.
+    pub overloaded_status: Option<u16>,
+    /// The client's headers that reach a tier given the request as it came (not translated), in
+    /// the endpoint's own format: its version and feature flags, never the client's key. A
+    /// client's value replaces the provider's (`anthropic-version`); a repeated header goes on
+    /// repeated.
+    pub passed_headers: &'static [&'static str],
 }
 
 /// Counts a request body's input tokens as a chain step's tier would get them.

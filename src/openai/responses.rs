@@ -59,6 +59,8 @@ pub const SPEC: EndpointSpec = EndpointSpec {
     error_body: super::openai_error,
     key_header: None,
     count_tokens: None,
+    overloaded_status: None,
+    passed_headers: &[],
 };
 
 /// How a tier that serves only chat completions is spoken to.

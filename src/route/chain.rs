@@ -20,7 +20,7 @@ use crate::health::{Health, Lease};
 use crate::limits::Skips;
 use crate::openai::RequestBody;
 use crate::traces::{AttemptTrace, RequestTrace};
-use crate::upstream::{Lack, Reply, UpstreamError, UpstreamErrorKind, Upstreams};
+use crate::upstream::{FromClient, Lack, Reply, UpstreamError, UpstreamErrorKind, Upstreams};
 
 /// One call to one tier while serving a request, or a tier passed over without a call.
 #[derive(Debug)]
@@ -117,6 +117,8 @@ pub struct ChainRun<'a> {
     pub called: &'a Called,
     /// The request's trace, where it is traced: each call is a span of it, and carries it upstream.
     pub trace: Option<&'a RequestTrace>,
+    /// The client's headers the endpoint passes to a tier that takes the request as it came.
+    pub client_headers: &'a [(http::HeaderName, http::HeaderValue)],
 }
 
 impl ChainRun<'_> {
@@ -307,7 +309,10 @@ impl ChainRun<'_> {
                     body.endpoint(),
                     body.for_tier(step),
                     body.stream,
-                    trace.as_ref().map(|(_, propagation)| propagation),
+                    FromClient {
+                        trace: trace.as_ref().map(|(_, propagation)| propagation),
+                        headers: self.client_headers,
+                    },
                 )
                 .await;
             let trace = trace.map(|(attempt, _)| attempt);

@@ -140,7 +140,16 @@ async fn check(keys: &[Arc<ClientKey>], mut request: Request, next: Next) -> Res
     if keys.is_empty() {
         return next.run(request).await;
     }
-    let key_header = Endpoint::at(request.uri().path()).and_then(|e| e.spec().key_header);
+    let path = request.uri().path();
+    let key_header = match Endpoint::at(path) {
+        Some(endpoint) => endpoint.spec().key_header,
+        // The model list serves every endpoint's clients: Anthropic's SDK lists models (and
+        // Claude-Code-style clients check their key there) with its own header.
+        None if path == "/v1/models" || path.starts_with("/v1/models/") => Endpoint::ALL
+            .iter()
+            .find_map(|endpoint| endpoint.spec().key_header),
+        None => None,
+    };
     let headers = request.headers();
     let presented = headers
         .get(http::header::AUTHORIZATION)

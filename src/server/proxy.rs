@@ -106,6 +106,17 @@ async fn handle(
             .map(str::to_owned),
         directives: Directives::of(&headers),
         trace,
+        passed: endpoint
+            .spec()
+            .passed_headers
+            .iter()
+            .flat_map(|name| {
+                headers
+                    .get_all(*name)
+                    .iter()
+                    .map(|value| (HeaderName::from_static(name), value.clone()))
+            })
+            .collect(),
     };
     let rest = Detachable::new(|client| async move {
         proxy(&app, &snapshot, endpoint, caller, asks, bytes, &client)
@@ -127,6 +138,9 @@ struct Asks {
     directives: Directives,
     /// The request's trace, where traces are exported: the client's `traceparent` continued.
     trace: Option<Box<RequestTrace>>,
+    /// The client's headers its endpoint passes to a tier that takes the request as it came
+    /// (Anthropic's version and betas); empty on the other endpoints.
+    passed: Vec<(HeaderName, HeaderValue)>,
 }
 
 async fn proxy(
@@ -145,6 +159,7 @@ async fn proxy(
         route: route_header,
         directives,
         mut trace,
+        passed,
     } = asks;
     let parsed = RequestBody::parse(endpoint, &bytes)?;
     // An endpoint with kept state (Responses) may continue an earlier answer: its body is then
@@ -256,6 +271,7 @@ async fn proxy(
         request_id: exchange.id(),
         called: exchange.called(),
         trace: exchange.trace(),
+        client_headers: &passed,
     };
     let result = run.run(&request).await;
     if client.gone() {

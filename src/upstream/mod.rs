@@ -25,6 +25,16 @@ use client::{ProviderClient, uri};
 pub use error::{ContextRefusal, Lack, QUOTA_REST, UpstreamError, UpstreamErrorKind};
 pub use stream::{SseEvent, UpstreamStream, UsageSoFar};
 
+/// What a call carries of the client's request besides its body.
+#[derive(Clone, Copy, Default)]
+pub struct FromClient<'a> {
+    /// The trace context (`traceparent`, `tracestate`).
+    pub trace: Option<&'a crate::traces::Propagation>,
+    /// The client's headers its endpoint passes on ([`crate::openai::EndpointSpec::passed_headers`]),
+    /// for a tier that gets the request as it came; grouped by name.
+    pub headers: &'a [(http::HeaderName, http::HeaderValue)],
+}
+
 /// A successful answer from one tier.
 pub enum Reply {
     /// A whole JSON body, already checked to be JSON.
@@ -92,11 +102,11 @@ impl Upstreams {
         body: Vec<u8>,
         stream: bool,
     ) -> Result<Reply, UpstreamError> {
-        self.send_traced(tier, server, endpoint, body, stream, None)
+        self.send_traced(tier, server, endpoint, body, stream, FromClient::default())
             .await
     }
 
-    /// [`Upstreams::send`] with the trace context the call carries (`traceparent`, `tracestate`).
+    /// [`Upstreams::send`] with what the call carries of the client's request besides its body.
     pub async fn send_traced(
         &self,
         tier: &Tier,
@@ -104,7 +114,7 @@ impl Upstreams {
         endpoint: Endpoint,
         body: Vec<u8>,
         stream: bool,
-        trace: Option<&crate::traces::Propagation>,
+        from_client: FromClient<'_>,
     ) -> Result<Reply, UpstreamError> {
         let provider = &tier.provider;
         let timeouts = tier.timeouts;
@@ -135,7 +145,13 @@ impl Upstreams {
             endpoint
         };
         let body = client.wire.encode(sent, body)?;
-        let request = client.post(url, body, trace);
+        // The endpoint's own headers mean nothing to a server that gets the request translated.
+        let headers = if via_chat.is_none() {
+            from_client.headers
+        } else {
+            &[]
+        };
+        let request = client.post(url, body, from_client.trace, headers);
         // A non-streamed answer's headers come only once the whole answer is generated, so only
         // `total` bounds the wait for them; `first_byte` is the time to a stream's first chunk.
         let head_limit = if stream {
