@@ -1479,7 +1479,7 @@ mod tests {
                 .collect();
             // Every call's first fragment in call order (so blocks are in call order), then the
             // rest interleaved as `order` picks, each call's own in its order.
-            let mut next = vec![0usize; calls.len()];
+            let mut next = vec![1usize; calls.len()];
             let mut chunks = Vec::new();
             let fragment = |call: usize, piece: usize, calls: &[(String, Vec<String>)]| {
                 let mut tool = json!({"index": call, "function": {"arguments": calls[call].1[piece]}});
@@ -1491,7 +1491,6 @@ mod tests {
             };
             for call in 0..calls.len() {
                 chunks.push(fragment(call, 0, &calls));
-                next[call] = 1;
             }
             let mut picks = order.into_iter().map(|pick| pick % calls.len());
             while next.iter().zip(&calls).any(|(at, call)| *at < call.1.len()) {
