@@ -84,8 +84,9 @@ fn answer_texts(answer: &mut Value) -> Vec<Vec<&mut String>> {
 /// How a tier that serves only chat completions is spoken to.
 pub const VIA_CHAT: ViaChat = ViaChat {
     request: to_chat,
+    prompt_first: true,
     answer: from_chat,
-    stream: |request, model| Box::new(ChatEvents::new(request, model)),
+    stream: |request, prompt_tokens| Box::new(ChatEvents::new(request, prompt_tokens)),
 };
 
 /// Fields of Anthropic's API that a chat completions server has no way to honour: a translated
@@ -869,13 +870,13 @@ struct ChatEvents {
 }
 
 impl ChatEvents {
-    fn new(request: &[u8], model: &str) -> ChatEvents {
+    fn new(request: &[u8], prompt_tokens: u64) -> ChatEvents {
         ChatEvents {
             id: new_id("msg"),
             model: String::new(),
             written: String::new(),
             stops: stop_sequences(request),
-            prompt_tokens: count_prompt(model, request),
+            prompt_tokens,
             started: false,
             pinged: false,
             open: Open::None,
@@ -1178,7 +1179,7 @@ mod tests {
     use super::*;
 
     fn events(chunks: &[&str]) -> Vec<(&'static str, Value)> {
-        let mut events = ChatEvents::new(br#"{"stop_sequences": ["END"]}"#, "m");
+        let mut events = ChatEvents::new(br#"{"stop_sequences": ["END"]}"#, 0);
         let mut out = Vec::new();
         for chunk in chunks {
             events.read(chunk, &mut out).unwrap();
@@ -1331,7 +1332,7 @@ mod tests {
     fn message_start_says_the_prompts_estimate_and_message_delta_the_upstreams_count() {
         let request = json!({"max_tokens": 5, "messages": [{"role": "user", "content": "What is the weather in Oslo today?"}]});
         let bytes = request.to_string();
-        let mut events = ChatEvents::new(bytes.as_bytes(), "m");
+        let mut events = ChatEvents::new(bytes.as_bytes(), count_prompt("m", bytes.as_bytes()));
         let mut out = Vec::new();
         for chunk in [
             r#"{"model":"m","choices":[{"index":0,"delta":{"content":"Sunny."}}]}"#,
@@ -1401,6 +1402,95 @@ mod tests {
         assert_eq!(chat["parallel_tool_calls"], false);
     }
 
+    /// What each step of a translated Messages request costs that reads the body again: the
+    /// request read and validated (its fields kept raw, `messages` parsed to check the roles),
+    /// `needs` (the messages parsed again for images), the answer budget, the body for the tier,
+    /// its chat translation (a whole parse), and for a stream the translator's start (the stop
+    /// sequences) and the prompt counted for `message_start` (a parse and the tokenizer), on a
+    /// 1.4 KB request (system prompt, three turns with a tool call and its result, one tool). The
+    /// median of 9 runs of 2,000. Ignored by default (a timing, not a check of behaviour):
+    /// `cargo test --release --lib messages_steps -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn messages_steps_cost() {
+        use std::hint::black_box;
+        use std::time::Instant;
+        let body = json!({
+            "model": "summarize", "max_tokens": 512, "stream": true,
+            "system": "You are a helpful assistant for a travel agency. Answer briefly and use the weather tool when the user asks about the weather somewhere.",
+            "messages": [
+                {"role": "user", "content": "I am flying to Oslo next week for a conference and I would like to know what to pack. What will the weather be like there, and should I bring an umbrella?"},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "Let me check the forecast for Oslo."},
+                    {"type": "tool_use", "id": "toolu_01", "name": "weather", "input": {"city": "Oslo", "days": 7}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_01", "content": "Mostly cloudy, 2 to 6 degrees Celsius, rain on Tuesday and Wednesday, light wind."},
+                    {"type": "text", "text": "Thanks. And is there anything else I should keep in mind for a business trip there in this season?"}]},
+            ],
+            "tools": [{"name": "weather", "description": "The weather forecast for a city, for the given number of days.",
+                "input_schema": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city"]}}],
+            "stop_sequences": ["END"],
+        })
+        .to_string();
+        let bytes = body.as_bytes();
+        let config = crate::config::Config::parse(
+            include_str!("../../examples/tierwise.toml"),
+            std::path::Path::new("examples/tierwise.toml"),
+            &|_| None,
+        )
+        .unwrap();
+        let step = config.routes[0].chain[0].clone();
+        let median = |f: &dyn Fn()| {
+            let mut runs: Vec<f64> = (0..9)
+                .map(|_| {
+                    let started = Instant::now();
+                    for _ in 0..2_000 {
+                        f();
+                    }
+                    started.elapsed().as_secs_f64() * 1e6 / 2_000.0
+                })
+                .collect();
+            runs.sort_by(f64::total_cmp);
+            runs[4]
+        };
+        let parsed = RequestBody::parse(super::super::Endpoint::Messages, bytes).unwrap();
+        let for_tier = parsed.for_tier(&step);
+        let steps: [(&str, &dyn Fn()); 7] = [
+            ("parse + validate", &|| {
+                black_box(RequestBody::parse(super::super::Endpoint::Messages, bytes).unwrap());
+            }),
+            ("validate alone", &|| {
+                validate(black_box(&parsed)).unwrap();
+            }),
+            ("needs", &|| {
+                black_box(needs(&parsed));
+            }),
+            ("answer_budget", &|| {
+                black_box(answer_budget(&parsed));
+            }),
+            ("for_tier", &|| {
+                black_box(parsed.for_tier(&step));
+            }),
+            ("to_chat", &|| {
+                black_box(to_chat(&for_tier, "m").unwrap());
+            }),
+            ("stream start (stop sequences)", &|| {
+                black_box(ChatEvents::new(&for_tier, 0));
+            }),
+        ];
+        println!("{} bytes", bytes.len());
+        for (name, f) in steps {
+            println!("{name:40} {:8.2} us", median(f));
+        }
+        println!(
+            "{:40} {:8.2} us",
+            "count_prompt (message_start)",
+            median(&|| {
+                black_box(count_prompt("m", &for_tier));
+            })
+        );
+    }
+
     /// Any JSON value, up to a few levels deep, with the keys the translation reads among others.
     fn any_json() -> impl Strategy<Value = Value> {
         super::super::any_json_of(
@@ -1436,7 +1526,7 @@ mod tests {
         /// ends with `message_stop`.
         #[test]
         fn any_chat_events_translate_without_a_panic(chunks in prop::collection::vec(any_json(), 0..8)) {
-            let mut events = ChatEvents::new(b"{}", "m");
+            let mut events = ChatEvents::new(b"{}", 0);
             let mut out = Vec::new();
             for chunk in &chunks {
                 let _ = events.read(&chunk.to_string(), &mut out);

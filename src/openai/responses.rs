@@ -67,7 +67,8 @@ pub const SPEC: EndpointSpec = EndpointSpec {
 pub const VIA_CHAT: ViaChat = ViaChat {
     request: to_chat,
     answer: from_chat,
-    stream: |request, _model| Box::new(ChatEvents::new(request)),
+    prompt_first: false,
+    stream: |request, _prompt_tokens| Box::new(ChatEvents::new(request)),
 };
 
 /// Fields of OpenAI's Responses API that need state the gateway never keeps.

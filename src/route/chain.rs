@@ -98,10 +98,6 @@ impl Called {
     }
 }
 
-/// A prompt up to this long is counted where the request runs (~0.3 ms); a longer one on the
-/// blocking pool.
-const COUNT_HERE_BYTES: usize = 16 * 1024;
-
 /// What the chain needs besides the request: where to send it and what it may skip.
 pub struct ChainRun<'a> {
     pub upstreams: &'a Upstreams,
@@ -401,14 +397,7 @@ impl ChainRun<'_> {
 /// is short, on the blocking pool when it is long; `None` if the count could not finish.
 async fn count_prompt(step: &ChainTier, body: &RequestBody<'_>) -> Option<u64> {
     let count = body.endpoint().spec().count_prompt;
-    let bytes = body.for_tier(step);
-    if bytes.len() <= COUNT_HERE_BYTES {
-        return Some(count(&step.tier.model, &bytes));
-    }
-    let model = step.tier.model.clone();
-    tokio::task::spawn_blocking(move || count(&model, &bytes))
-        .await
-        .ok()
+    crate::openai::tokens::count_off_the_loop(count, &step.tier.model, body.for_tier(step)).await
 }
 
 /// What prefix affinity keys on: the request's messages (chat) or input (embeddings) as the

@@ -159,7 +159,23 @@ impl Upstreams {
         } else {
             timeouts.total
         };
-        let response = match tokio::time::timeout(head_limit, request).await {
+        // A stream translated for an endpoint whose events say the input first (Messages'
+        // `message_start`) opens with the gateway's count of the prompt, counted while the
+        // upstream works on its first byte.
+        let estimate = async {
+            match &via_chat {
+                Some((via, request)) if stream && via.prompt_first => {
+                    let count = endpoint.spec().count_prompt;
+                    crate::openai::tokens::count_off_the_loop(count, &tier.model, request.clone())
+                        .await
+                        .unwrap_or(0)
+                }
+                _ => 0,
+            }
+        };
+        let (response, estimate) =
+            tokio::join!(tokio::time::timeout(head_limit, request), estimate);
+        let response = match response {
             Ok(Ok(response)) => response,
             Ok(Err(err)) => return Err(err),
             Err(_) if head_limit == timeouts.total => {
@@ -187,7 +203,7 @@ impl Upstreams {
                 self.max_answer_bytes.min(MAX_EVENT_BYTES),
                 wire::EventReader::of(
                     client.wire.events(sent),
-                    via_chat.map(|(via, request)| (via.stream)(&request, &tier.model)),
+                    via_chat.map(|(via, request)| (via.stream)(&request, estimate)),
                 ),
             )
             .await
