@@ -213,6 +213,7 @@ async fn proxy(
                     route,
                     caller.key.as_ref().map(|key| key.id.as_str()),
                     &request,
+                    &passed,
                     directives,
                 )
                 .await

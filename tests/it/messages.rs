@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::util::*;
 use serde_json::{Value, json};
-use tierwise::config::file::{RawProvider, RawTier, spanned, text};
+use tierwise::config::file::{RawProvider, RawRouteCache, RawTier, spanned, text};
 use tierwise_fake::{FakeToolCall, FakeUpstream, Fault};
 
 /// `local` and `api_fast` behind `summarize`, and `claude` (Anthropic's format) behind `agent`,
@@ -32,6 +32,16 @@ async fn setup() -> (FakeUpstream, FakeUpstream, FakeUpstream, TestGateway) {
                 tierwise::config::TaskKind::Agentic,
                 &["claude", "local"],
             );
+            let cached = c.add_route(
+                "cached_agent",
+                tierwise::config::TaskKind::Agentic,
+                &["claude"],
+            );
+            cached.cache = Some(RawRouteCache {
+                ttl: text("1h"),
+                scope: None,
+                nondeterministic: Some(true),
+            });
         });
     let gw = TestGateway::start(&config).await;
     (local, api, anthropic, gw)
@@ -902,5 +912,35 @@ async fn models_are_listed_for_anthropics_clients_in_their_shape() {
     assert_eq!(one.body["id"], "summarize");
     let unknown = get("/v1/models/no-such-model", true).await;
     anthropic_error(&unknown, 404, "not_found_error");
+    gw.shutdown().await;
+}
+
+/// On a route that caches, the client's `anthropic-beta` is part of the request: the same body
+/// with other betas goes to the tier, the same betas again are answered from the cache.
+#[tokio::test]
+async fn the_cache_tells_requests_with_other_betas_apart() {
+    let (_local, _api, anthropic, gw) = setup().await;
+    let hi = json!({"model": "cached_agent", "max_tokens": 9, "messages": [{"role": "user", "content": "Hi"}]});
+    let caching = [("anthropic-beta", "prompt-caching-2024-07-31")];
+    let long = [("anthropic-beta", "context-1m-2025-08-07")];
+    for (headers, calls, cache) in [
+        (&caching, 1, "miss"),
+        (&caching, 1, "hit"),
+        (&long, 2, "miss"),
+        (&long, 2, "hit"),
+    ] {
+        let answer = message_with(&gw, &hi, headers).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert_eq!(
+            answer.header("x-tierwise-cache"),
+            Some(cache),
+            "{headers:?}"
+        );
+        assert_eq!(anthropic.request_count(), calls, "{headers:?}");
+    }
+    assert_eq!(
+        anthropic.requests()[1].anthropic_beta,
+        ["context-1m-2025-08-07"]
+    );
     gw.shutdown().await;
 }
