@@ -25,6 +25,8 @@
 //! request on, as does any field the gateway does not know: a tier of Anthropic's format takes
 //! every field, a translated tier drops none.
 
+use std::collections::HashMap;
+
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -735,7 +737,7 @@ fn from_chat(chat: &[u8], request: &[u8]) -> Result<Vec<u8>, String> {
         let function = &call["function"];
         content.push(json!({
             "type": "tool_use",
-            "id": call["id"].as_str().unwrap_or_default(),
+            "id": call["id"].as_str().filter(|id| !id.is_empty()).map_or_else(|| new_id("toolu"), str::to_string),
             "name": function["name"].as_str().unwrap_or_default(),
             "input": tool_input(function["arguments"].as_str().unwrap_or_default())?,
         }));
@@ -761,6 +763,9 @@ fn from_chat(chat: &[u8], request: &[u8]) -> Result<Vec<u8>, String> {
     Ok(serde_json::to_vec(&message).expect("JSON values always serialize"))
 }
 
+/// The most a translated stream holds back behind a tool call whose arguments have not ended.
+const MAX_HELD: usize = 4 << 20;
+
 /// The content block being streamed: Anthropic's events allow one open at a time.
 enum Open {
     None,
@@ -782,8 +787,6 @@ enum CallState {
 
 /// A tool call of the chat stream.
 struct Call {
-    /// Chat's `index` for it, or a key of the gateway's for a call that came without one.
-    key: u64,
     id: String,
     name: String,
     /// Its arguments that came while it waited, written when its block opens.
@@ -794,19 +797,28 @@ struct Call {
 
 /// Reads a tool call's arguments fragment by fragment for the end of their JSON value (an object,
 /// as tool inputs are), without parsing them again at every fragment.
+/// Arguments that do not begin as an object, or go on after it ended, are `broken`, as the
+/// plain path's parse would find them.
 #[derive(Default)]
 struct JsonEnd {
     depth: u32,
     in_string: bool,
     escaped: bool,
     ended: bool,
+    broken: bool,
 }
 
 impl JsonEnd {
     fn read(&mut self, fragment: &str) {
         for byte in fragment.bytes() {
-            if self.ended {
-                return;
+            if self.ended || self.depth == 0 {
+                if !byte.is_ascii_whitespace() && (self.ended || byte != b'{') {
+                    self.broken = true;
+                    return;
+                }
+                if byte.is_ascii_whitespace() {
+                    continue;
+                }
             }
             if self.in_string {
                 match byte {
@@ -840,7 +852,15 @@ impl JsonEnd {
 /// waiting call's block opens with what it kept. Calls that come one after the other (the usual
 /// case) stream as they came; interleaved ones are delayed, never lost nor put in another call's
 /// block, so the SDK's assembled input of each block is its call's whole arguments. Text that
-/// comes while a call's block is open waits for that block to close.
+/// comes while a call's block is open waits for that block to close. A call's block opens once its
+/// id and name are known (a server may send them after its first fragment); one that never gets an
+/// id is given one at the end, as [`from_chat`] gives it.
+///
+/// What the plain path would refuse fails the stream as the tier's failure: arguments that are
+/// not a JSON object or go on after it, a call whose arguments never ended, and more than
+/// [`MAX_HELD`] bytes held back behind an open call (a call that never ends would otherwise keep
+/// the rest of the answer, however long, in memory). Before any content went out, the chain
+/// falls back; after, the client's stream ends with Anthropic's `error` event.
 struct ChatEvents {
     id: String,
     model: String,
@@ -855,6 +875,14 @@ struct ChatEvents {
     next_index: u64,
     /// The tool calls, in the order they began.
     calls: Vec<Call>,
+    /// Each key's latest call among `calls`: a fragment finds its call without a scan.
+    by_key: HashMap<u64, usize>,
+    /// The first call whose block has not opened yet: blocks open in the order calls began.
+    next_call: usize,
+    /// Bytes held back: waiting calls' arguments and the text that waits.
+    held: usize,
+    /// Why the stream is the tier's failure, once it is.
+    failure: Option<String>,
     /// The last tool call that came without an `index` (some servers send parallel calls so):
     /// its key among `calls` and its id, so that a new id opens a new block.
     unindexed: Option<(u64, String)>,
@@ -882,6 +910,10 @@ impl ChatEvents {
             open: Open::None,
             next_index: 0,
             calls: Vec::new(),
+            by_key: HashMap::new(),
+            next_call: 0,
+            held: 0,
+            failure: None,
             unindexed: None,
             pending_text: String::new(),
             finish: None,
@@ -951,6 +983,7 @@ impl ChatEvents {
         self.written.push_str(text);
         if matches!(self.open, Open::Tool(_)) {
             self.pending_text.push_str(text);
+            self.hold(text.len());
         } else {
             self.write_text(out, text);
         }
@@ -975,28 +1008,54 @@ impl ChatEvents {
         );
     }
 
+    /// Counts `bytes` more held back; past [`MAX_HELD`] the stream fails.
+    fn hold(&mut self, bytes: usize) {
+        self.held += bytes;
+        if self.held > MAX_HELD && self.failure.is_none() {
+            self.failure = Some(format!(
+                "the upstream sent over {MAX_HELD} bytes while a tool call's arguments had not \
+                 ended (interleaved tool calls or text), more than the gateway holds back"
+            ));
+        }
+    }
+
+    fn fail(&mut self, why: &str) {
+        self.failure.get_or_insert_with(|| why.to_string());
+    }
+
     fn tool_call(&mut self, out: &mut Vec<(&'static str, String)>, fragment: &Value) {
+        if self.failure.is_some() {
+            return;
+        }
+        let id = fragment["id"].as_str().filter(|id| !id.is_empty());
         let key = match fragment["index"].as_u64() {
             Some(index) => index,
-            None => self.unindexed_key(fragment["id"].as_str().filter(|id| !id.is_empty())),
+            None => self.unindexed_key(id),
         };
-        let at = match self.calls.iter().position(|call| call.key == key) {
-            Some(at) => at,
-            None => {
+        // A new id under an index already used is a new call, as without an index: some servers
+        // number each call 0.
+        let at = match self.by_key.get(&key) {
+            Some(&at)
+                if !id
+                    .is_some_and(|id| !self.calls[at].id.is_empty() && self.calls[at].id != id) =>
+            {
+                at
+            }
+            _ => {
                 self.calls.push(Call {
-                    key,
                     id: String::new(),
                     name: String::new(),
                     unwritten: String::new(),
                     end: JsonEnd::default(),
                     state: CallState::Waiting,
                 });
+                self.by_key.insert(key, self.calls.len() - 1);
                 self.calls.len() - 1
             }
         };
         let call = &mut self.calls[at];
-        // The id and the name come with a call's first fragment as a rule; a waiting call takes
-        // them from a later one too.
+        // The id and the name come with a call's first fragment as a rule; a call whose block has
+        // not opened takes them from a later one too.
         if call.state == CallState::Waiting {
             for (field, value) in [
                 (&mut call.id, &fragment["id"]),
@@ -1015,24 +1074,27 @@ impl ChatEvents {
         {
             self.written.push_str(arguments);
             let call = &mut self.calls[at];
+            call.end.read(arguments);
+            if call.end.broken {
+                self.fail("a tool call whose arguments are not one JSON object");
+                return;
+            }
             match call.state {
                 CallState::Waiting => {
-                    call.end.read(arguments);
                     call.unwritten.push_str(arguments);
+                    self.hold(arguments.len());
                 }
-                CallState::Open => {
-                    call.end.read(arguments);
-                    self.write_arguments(out, arguments);
-                }
-                // Its arguments were a whole JSON value: what follows them is no part of them.
+                CallState::Open => self.write_arguments(out, arguments),
+                // A call's block closes once its arguments ended, and nothing but whitespace
+                // may follow them (`broken` otherwise).
                 CallState::Closed => {}
             }
         }
         self.advance(out);
     }
 
-    /// Closes the open call's block once its arguments are whole, and opens the next waiting
-    /// call's; with no call's block open, the text that waited goes out.
+    /// Closes the open call's block once its arguments are whole, and opens the next call's
+    /// once its id and name are known; with no call's block open, the text that waited goes out.
     fn advance(&mut self, out: &mut Vec<(&'static str, String)>) {
         loop {
             if let Open::Tool(call) = self.open {
@@ -1041,26 +1103,30 @@ impl ChatEvents {
                 }
                 self.stop_block(out);
             }
-            let Some(next) = self
-                .calls
-                .iter()
-                .position(|call| call.state == CallState::Waiting)
-            else {
-                break;
-            };
-            self.open_call(out, next);
+            match self.calls.get(self.next_call) {
+                Some(call) if !call.id.is_empty() && !call.name.is_empty() => {
+                    self.open_call(out, self.next_call);
+                }
+                _ => break,
+            }
         }
         if !self.pending_text.is_empty() {
             let text = std::mem::take(&mut self.pending_text);
+            self.held -= text.len();
             self.write_text(out, &text);
         }
     }
 
     fn open_call(&mut self, out: &mut Vec<(&'static str, String)>, at: usize) {
+        self.next_call = at + 1;
         let call = &mut self.calls[at];
         call.state = CallState::Open;
+        if call.id.is_empty() {
+            call.id = new_id("toolu");
+        }
         let block = json!({"type": "tool_use", "id": call.id, "name": call.name, "input": {}});
         let kept = std::mem::take(&mut call.unwritten);
+        self.held -= kept.len();
         self.start_block(out, Open::Tool(at), block);
         if !kept.is_empty() {
             self.write_arguments(out, &kept);
@@ -1084,23 +1150,32 @@ impl ChatEvents {
 
     /// Writes every call's block that is still open or waiting, then the text that waited, and
     /// ends the message with its stop reason and usage.
-    fn finish(&mut self, out: &mut Vec<(&'static str, String)>) {
+    fn finish(&mut self, out: &mut Vec<(&'static str, String)>) -> Result<(), String> {
         if self.ended {
-            return;
+            return Ok(());
+        }
+        if let Some(failure) = &self.failure {
+            return Err(failure.clone());
+        }
+        // Arguments that never ended would be `{}` in the client's SDK: the plain path's parse
+        // refuses them.
+        if self
+            .calls
+            .iter()
+            .any(|call| !call.end.ended && call.end.depth > 0)
+        {
+            return Err("a tool call whose arguments ended before their JSON object did".into());
         }
         self.ended = true;
         self.start(out);
         self.stop_block(out);
-        while let Some(next) = self
-            .calls
-            .iter()
-            .position(|call| call.state == CallState::Waiting)
-        {
-            self.open_call(out, next);
+        while self.next_call < self.calls.len() {
+            self.open_call(out, self.next_call);
             self.stop_block(out);
         }
         if !self.pending_text.is_empty() {
             let text = std::mem::take(&mut self.pending_text);
+            self.held -= text.len();
             self.write_text(out, &text);
         }
         self.stop_block(out);
@@ -1122,6 +1197,7 @@ impl ChatEvents {
             }),
         );
         Self::emit(out, "message_stop", json!({}));
+        Ok(())
     }
 }
 
@@ -1155,16 +1231,20 @@ impl super::chat::ChunkReader for ChatEvents {
 impl StreamTranslator for ChatEvents {
     fn read(&mut self, data: &str, out: &mut Vec<(&'static str, String)>) -> Result<(), String> {
         if data == "[DONE]" {
-            self.finish(out);
-            return Ok(());
+            return self.finish(out);
         }
-        super::chat::read_chunk(self, data, out)
+        super::chat::read_chunk(self, data, out)?;
+        match &self.failure {
+            Some(failure) => Err(failure.clone()),
+            None => Ok(()),
+        }
     }
 
-    fn close(&mut self, out: &mut Vec<(&'static str, String)>) {
+    fn close(&mut self, out: &mut Vec<(&'static str, String)>) -> Result<(), String> {
         if self.finish.is_some() {
-            self.finish(out);
+            return self.finish(out);
         }
+        Ok(())
     }
 
     fn usage(&self) -> Option<Usage> {
@@ -1325,6 +1405,96 @@ mod tests {
                 ("call_b".to_string(), r#"{"tz":"CET"}"#.to_string()),
             ]
         );
+    }
+
+    fn read_all(chunks: &[&str]) -> Result<Vec<(&'static str, Value)>, String> {
+        let mut events = ChatEvents::new(b"{}", 0);
+        let mut out = Vec::new();
+        for chunk in chunks {
+            events.read(chunk, &mut out)?;
+        }
+        events.close(&mut out)?;
+        Ok(out
+            .into_iter()
+            .map(|(name, data)| (name, serde_json::from_str(&data).unwrap()))
+            .collect())
+    }
+
+    /// Some servers number every parallel call 0: a new id under a used index is a new call.
+    #[test]
+    fn a_new_id_under_a_used_index_is_a_new_call() {
+        let out = events(&[
+            r#"{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"name":"f","arguments":"{\"a\": 1}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_b","type":"function","function":{"name":"g","arguments":"{\"b\": 2}"}},{"index":0,"id":"call_c","type":"function","function":{"name":"h","arguments":"{}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+            "[DONE]",
+        ]);
+        assert_eq!(
+            assembled(&out),
+            [
+                ("call_a".to_string(), r#"{"a": 1}"#.to_string()),
+                ("call_b".to_string(), r#"{"b": 2}"#.to_string()),
+                ("call_c".to_string(), "{}".to_string()),
+            ]
+        );
+    }
+
+    /// A call whose id and name come after its first fragment: its block waits for them; one
+    /// that never gets an id is given one.
+    #[test]
+    fn a_calls_block_waits_for_its_id_and_name() {
+        let out = events(&[
+            r#"{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"a\":"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_late","function":{"name":"f","arguments":" 1}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"function":{"name":"g","arguments":"{}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+            "[DONE]",
+        ]);
+        let blocks: Vec<&Value> = out
+            .iter()
+            .filter(|(name, _)| *name == "content_block_start")
+            .map(|(_, event)| &event["content_block"])
+            .collect();
+        assert_eq!(blocks[0]["id"], "call_late");
+        assert_eq!(blocks[0]["name"], "f");
+        assert!(blocks[1]["id"].as_str().unwrap().starts_with("toolu_"));
+        assert_eq!(blocks[1]["name"], "g");
+        assert_eq!(assembled(&out)[0].1, r#"{"a": 1}"#);
+    }
+
+    /// What the plain path refuses fails the stream: arguments cut short (with or without
+    /// `[DONE]`), not an object, going on after the object.
+    #[test]
+    fn broken_tool_arguments_in_a_stream_fail_it() {
+        let call = |arguments: &str| {
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": arguments}}]}}]}).to_string()
+        };
+        let finish = r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#;
+        for arguments in [r#"{"a": "x"#, r#""str""#, r#"{"a": 1}}"#, "[1]"] {
+            let chunk = call(arguments);
+            assert!(
+                read_all(&[&chunk, finish, "[DONE]"]).is_err(),
+                "{arguments}"
+            );
+            assert!(read_all(&[&chunk, finish]).is_err(), "{arguments}");
+        }
+        let whole = call(r#" {"a": 1} "#);
+        assert!(read_all(&[&whole, finish, "[DONE]"]).is_ok());
+    }
+
+    /// Text held back behind a call whose arguments never end is bounded.
+    #[test]
+    fn what_waits_behind_an_open_call_is_bounded() {
+        let open = r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"f","arguments":"{\"a\": \"x"}}]}}]}"#;
+        let text = json!({"choices": [{"index": 0, "delta": {"content": "y".repeat(64 << 10)}}]})
+            .to_string();
+        let mut chunks = vec![open];
+        chunks.extend(std::iter::repeat_n(
+            text.as_str(),
+            MAX_HELD / (64 << 10) + 1,
+        ));
+        let err = read_all(&chunks).unwrap_err();
+        assert!(err.contains("more than the gateway holds back"), "{err}");
     }
 
     /// `message_start` says the gateway's count of the prompt; `message_delta` the upstream's.

@@ -177,8 +177,9 @@ pub trait StreamTranslator: Send {
     /// One chat event's data (`[DONE]` included); an error when it is not a chat chunk, or the
     /// upstream's own error event.
     fn read(&mut self, data: &str, out: &mut Vec<(&'static str, String)>) -> Result<(), String>;
-    /// The chat stream closed without `[DONE]`: the closing events, if its answer finished.
-    fn close(&mut self, out: &mut Vec<(&'static str, String)>);
+    /// The chat stream closed without `[DONE]`: the closing events, if its answer finished; an
+    /// error when what it said cannot end as the endpoint's answer.
+    fn close(&mut self, out: &mut Vec<(&'static str, String)>) -> Result<(), String>;
     /// The usage the chat stream reported, once it has, for an endpoint whose events the relay
     /// does not read the upstream's usage from (Messages' say the gateway's estimates);
     /// `None` where the endpoint's events carry the upstream's usage as it came.

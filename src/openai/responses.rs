@@ -1121,10 +1121,11 @@ impl StreamTranslator for ChatEvents {
         super::chat::read_chunk(self, data, out)
     }
 
-    fn close(&mut self, out: &mut Vec<(&'static str, String)>) {
+    fn close(&mut self, out: &mut Vec<(&'static str, String)>) -> Result<(), String> {
         if self.finished {
             self.finish(out);
         }
+        Ok(())
     }
 }
 

@@ -409,11 +409,14 @@ impl UpstreamStream {
                 // What is left of an event without its blank line is discarded, as SSE says.
                 Ok(None) if self.splitter.closed => {
                     // A translator may still owe the stream's closing events.
-                    let owed = self.reader.as_mut().and_then(|reader| {
-                        reader.close();
-                        reader.next()
-                    });
-                    return Poll::Ready(owed.map(Ok));
+                    let Some(reader) = self.reader.as_mut() else {
+                        return Poll::Ready(None);
+                    };
+                    if let Err(err) = reader.close() {
+                        self.failed = true;
+                        return Poll::Ready(Some(Err(err)));
+                    }
+                    return Poll::Ready(reader.next().map(Ok));
                 }
                 Ok(None) => {}
             }

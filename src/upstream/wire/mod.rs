@@ -240,9 +240,12 @@ impl EventReader {
     }
 
     /// The upstream closed its stream: the closing events a translator still owes, if any.
-    pub(super) fn close(&mut self) {
+    pub(super) fn close(&mut self) -> Result<(), UpstreamError> {
         if let Some(endpoint) = &mut self.endpoint {
-            endpoint.translator.close(&mut endpoint.written);
+            endpoint
+                .translator
+                .close(&mut endpoint.written)
+                .map_err(UpstreamError::stream_broken)?;
             self.translated.extend(
                 endpoint
                     .written
@@ -250,6 +253,7 @@ impl EventReader {
                     .map(|(name, data)| named(name, data)),
             );
         }
+        Ok(())
     }
 
     /// What the translated stream has said of its usage so far (`None` where it passes usage on
