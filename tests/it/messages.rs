@@ -682,6 +682,65 @@ async fn overloaded_upstreams_are_anthropics_529_on_messages_only() {
     gw.shutdown().await;
 }
 
+/// Anthropic reports an overload in a stream as `message_start` then an `overloaded_error` event:
+/// before any content, that is the tier's failure like a 529 — the next tier answers, and from the
+/// last one the client gets the 529 — passed through or written from a chat server's stream alike.
+/// After content, the stream ends with the error event as before.
+#[tokio::test]
+async fn an_overload_right_after_message_start_falls_back() {
+    let (local, api, anthropic, gw) = setup().await;
+    let hi = json!([{"role": "user", "content": "Hi"}]);
+    anthropic.set_fault(Fault::ErrorMidStream { after: 1 });
+    let request = json!({"model": "agent", "max_tokens": 9, "messages": hi, "stream": true});
+    let answer = message(&gw, request.clone()).await;
+    answer.assert_served_by("local", "claude:http_503");
+    let events = events_of(&answer.text);
+    assert_eq!(events[0].0, "message_start", "{}", answer.text);
+    assert!(
+        events.iter().all(|(name, _)| name != "error"),
+        "{}",
+        answer.text
+    );
+    assert_eq!(events.last().unwrap().0, "message_stop");
+
+    let answer = message(
+        &gw,
+        json!({"model": "claude", "max_tokens": 9, "messages": hi, "stream": true}),
+    )
+    .await;
+    anthropic_error(&answer, 529, "overloaded_error");
+
+    // A chat server's error right after its opening chunk, written as Messages' events.
+    local.set_fault(Fault::ErrorMidStream { after: 1 });
+    let answer = message(
+        &gw,
+        json!({"model": "summarize", "max_tokens": 9, "messages": hi, "stream": true}),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(
+        answer.header("x-tierwise-tier"),
+        Some("api_fast"),
+        "{}",
+        answer.text
+    );
+    assert!(
+        answer
+            .header("x-tierwise-fallback")
+            .is_some_and(|said| said.starts_with("local:")),
+        "{:?}",
+        answer.header("x-tierwise-fallback")
+    );
+    drop(api);
+
+    // Content sent: the stream ends with the upstream's error event.
+    anthropic.set_fault(Fault::ErrorMidStream { after: 4 });
+    let answer = message(&gw, request).await;
+    answer.assert_served_by_first("claude");
+    assert_eq!(events_of(&answer.text).last().unwrap().0, "error");
+    gw.shutdown().await;
+}
+
 /// What a client's SDK assembles from a stream's events: each content block's id (or "text")
 /// and its deltas joined; checking on the way that one block is open at a time and that every
 /// delta goes to the open block.
