@@ -18,7 +18,7 @@ use http::Response;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use crate::config::{Api, Config, ProbePolicy, Provider, Tier, models_path};
+use crate::config::{Api, ClientBetas, Config, ProbePolicy, Provider, Tier, models_path};
 use crate::openai::{Endpoint, Usage};
 
 use client::{ProviderClient, uri};
@@ -33,6 +33,41 @@ pub struct FromClient<'a> {
     /// The client's headers its endpoint passes on ([`crate::openai::EndpointSpec::passed_headers`]),
     /// for a tier that gets the request as it came; grouped by name.
     pub headers: &'a [(http::HeaderName, http::HeaderValue)],
+}
+
+/// What the provider's operator lets through of the client's headers: the betas its
+/// `client_betas` names (a header left out where none is), the version where `client_version`.
+/// The common case — no such header, or all let through — copies nothing.
+fn operators_choice<'a>(
+    provider: &Provider,
+    headers: &'a [(http::HeaderName, http::HeaderValue)],
+) -> std::borrow::Cow<'a, [(http::HeaderName, http::HeaderValue)]> {
+    if headers.is_empty() || (provider.client_betas == ClientBetas::All && provider.client_version)
+    {
+        return std::borrow::Cow::Borrowed(headers);
+    }
+    let kept = headers
+        .iter()
+        .filter_map(|(name, value)| match name.as_str() {
+            "anthropic-version" if !provider.client_version => None,
+            "anthropic-beta" => match &provider.client_betas {
+                ClientBetas::All => Some((name.clone(), value.clone())),
+                ClientBetas::Only(allowed) => {
+                    let betas: Vec<&str> = value
+                        .to_str()
+                        .unwrap_or_default()
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|beta| allowed.iter().any(|allowed| allowed == beta))
+                        .collect();
+                    let value = http::HeaderValue::from_str(&betas.join(",")).ok()?;
+                    (!betas.is_empty()).then(|| (name.clone(), value))
+                }
+            },
+            _ => Some((name.clone(), value.clone())),
+        })
+        .collect();
+    std::borrow::Cow::Owned(kept)
 }
 
 /// A successful answer from one tier.
@@ -147,11 +182,11 @@ impl Upstreams {
         let body = client.wire.encode(sent, body)?;
         // The endpoint's own headers mean nothing to a server that gets the request translated.
         let headers = if via_chat.is_none() {
-            from_client.headers
+            operators_choice(provider, from_client.headers)
         } else {
-            &[]
+            std::borrow::Cow::Borrowed(&[][..])
         };
-        let request = client.post(url, body, from_client.trace, headers);
+        let request = client.post(url, body, from_client.trace, &headers);
         // A non-streamed answer's headers come only once the whole answer is generated, so only
         // `total` bounds the wait for them; `first_byte` is the time to a stream's first chunk.
         let head_limit = if stream {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::util::*;
 use serde_json::{Value, json};
-use tierwise::config::file::{RawProvider, RawRouteCache, RawTier, spanned, text};
+use tierwise::config::file::{RawClientBetas, RawProvider, RawRouteCache, RawTier, spanned, text};
 use tierwise_fake::{FakeToolCall, FakeUpstream, Fault};
 
 /// `local` and `api_fast` behind `summarize`, and `claude` (Anthropic's format) behind `agent`,
@@ -636,6 +636,82 @@ async fn an_anthropic_tier_gets_the_clients_version_and_betas_and_a_chat_tier_no
     let sent = &local.requests()[0];
     assert!(sent.anthropic_beta.is_empty(), "{sent:?}");
     assert_eq!(sent.anthropic_version, None);
+    gw.shutdown().await;
+}
+
+/// The operator decides what of the client's headers its Anthropic account gets: only the betas
+/// `client_betas` names, and `client_version = false` keeps `api_version`. Headers that are not
+/// what Anthropic takes (an empty version, two versions, a beta that is not a name, a header over
+/// the bounds) are the client's 400, in Anthropic's shape, before any tier is called.
+#[tokio::test]
+async fn the_operator_chooses_the_betas_and_version_its_account_gets() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let anthropic = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            let mut provider = RawProvider::new(anthropic.base_url());
+            provider.api = Some(tierwise::config::Api::Anthropic);
+            provider.api_key = Some(text("sk-ant-secret"));
+            provider.health.enabled = Some(false);
+            provider.client_betas = Some(spanned(RawClientBetas::Names(vec![
+                "prompt-caching-2024-07-31".into(),
+                "token-efficient-tools-2025-02-19".into(),
+            ])));
+            provider.client_version = Some(spanned(false));
+            c.0.providers.insert(text("anthropic"), provider);
+            c.0.tiers.insert(
+                text("claude"),
+                RawTier::new("anthropic", "claude-sonnet-4-5"),
+            );
+        });
+    let gw = TestGateway::start(&config).await;
+    let hi = json!({"model": "claude", "max_tokens": 9, "messages": [{"role": "user", "content": "Hi"}]});
+    let answer = message_with(
+        &gw,
+        &hi,
+        &[
+            ("anthropic-version", "2099-01-01"),
+            (
+                "anthropic-beta",
+                "prompt-caching-2024-07-31, context-1m-2025-08-07",
+            ),
+            ("anthropic-beta", "files-api-2025-04-14"),
+            ("anthropic-beta", "token-efficient-tools-2025-02-19"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let sent = &anthropic.requests()[0];
+    assert_eq!(
+        sent.anthropic_beta,
+        [
+            "prompt-caching-2024-07-31",
+            "token-efficient-tools-2025-02-19"
+        ]
+    );
+    assert_eq!(sent.anthropic_version.as_deref(), Some("2023-06-01"));
+
+    let long = "a".repeat(2000);
+    let many: Vec<(&str, &str)> = std::iter::repeat_n(("anthropic-beta", "b"), 17).collect();
+    for headers in [
+        vec![("anthropic-version", "")],
+        vec![
+            ("anthropic-version", "2023-06-01"),
+            ("anthropic-version", "2023-01-01"),
+        ],
+        vec![("anthropic-version", "2023-06-01,2023-01-01")],
+        vec![("anthropic-beta", "a beta; with=stuff")],
+        vec![("anthropic-beta", " , ")],
+        vec![("anthropic-beta", long.as_str())],
+        many,
+    ] {
+        let answer = message_with(&gw, &hi, &headers).await;
+        let said = anthropic_error(&answer, 400, "invalid_request_error");
+        assert!(said.contains("anthropic-"), "{said}");
+    }
+    assert_eq!(anthropic.requests().len(), 1, "no tier called");
     gw.shutdown().await;
 }
 
