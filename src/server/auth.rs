@@ -17,9 +17,17 @@ use super::error::ApiError;
 use crate::config::{AdminAccess, ClientKey};
 use crate::openai::Endpoint;
 
-/// An error in the shape of the endpoint `request` is for.
+/// An error in the shape of the endpoint `request` is for; on the model list, which every
+/// endpoint's clients read, Anthropic's for a client that sends `anthropic-version`, as the list
+/// itself is.
 fn shaped(error: ApiError, request: &Request) -> Response {
-    match Endpoint::at(request.uri().path()) {
+    let path = request.uri().path();
+    let endpoint = Endpoint::at(path).or_else(|| {
+        ((path == "/v1/models" || path.starts_with("/v1/models/"))
+            && request.headers().contains_key("anthropic-version"))
+        .then_some(Endpoint::Messages)
+    });
+    match endpoint {
         Some(endpoint) => error.on(endpoint).into_response(),
         None => error.into_response(),
     }

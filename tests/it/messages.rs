@@ -1008,7 +1008,7 @@ async fn a_message_delta_without_cache_figures_keeps_message_starts() {
 
 /// `GET /v1/models` with the key in `x-api-key` (Anthropic's SDK, Claude-Code-style clients): in
 /// Anthropic's list shape where the client sends `anthropic-version`, OpenAI's otherwise; one
-/// model too, and an unknown one is Anthropic's 404.
+/// model too, and an unknown one (or a wrong key) is Anthropic's 404 (401).
 #[tokio::test]
 async fn models_are_listed_for_anthropics_clients_in_their_shape() {
     let (_local, _api, _anthropic, gw) = setup().await;
@@ -1047,6 +1047,30 @@ async fn models_are_listed_for_anthropics_clients_in_their_shape() {
     assert_eq!(one.body["id"], "summarize");
     let unknown = get("/v1/models/no-such-model", true).await;
     anthropic_error(&unknown, 404, "not_found_error");
+
+    // A wrong key: Anthropic's 401 for its clients, OpenAI's for others.
+    for path in ["/v1/models", "/v1/models/summarize"] {
+        let wrong = gw
+            .http
+            .get(format!("{}{path}", gw.url))
+            .header("x-api-key", "sk-wrong")
+            .header("anthropic-version", "2023-06-01")
+            .send();
+        let wrong = Answer::of(wrong.await.expect("the gateway answers")).await;
+        anthropic_error(&wrong, 401, "authentication_error");
+    }
+    let wrong = gw
+        .http
+        .get(format!("{}/v1/models", gw.url))
+        .header("x-api-key", "sk-wrong")
+        .send();
+    let wrong = Answer::of(wrong.await.expect("the gateway answers")).await;
+    assert_eq!(wrong.status, 401);
+    assert_eq!(
+        wrong.body["error"]["code"], "invalid_api_key",
+        "{}",
+        wrong.text
+    );
     gw.shutdown().await;
 }
 
