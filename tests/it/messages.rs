@@ -735,6 +735,7 @@ async fn overloaded_upstreams_are_anthropics_529_on_messages_only() {
     .await;
     let said = anthropic_error(&answer, 529, "overloaded_error");
     assert!(said.contains("claude"), "{said}");
+    assert!(said.contains("answered HTTP 529"), "{said}");
     let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
     assert_eq!(row.status, 529);
 

@@ -635,8 +635,9 @@ pub(super) fn refusal(status: StatusCode, body: Bytes, headers: &HeaderMap) -> U
     struct Envelope {
         error: ErrorBody,
     }
-    // 529 is Anthropic's own overload: the provider's, as 503 is.
-    let status = if status.as_u16() == 529 {
+    // 529 is Anthropic's own overload: the provider's, as 503 is (its detail still says 529).
+    let overloaded = status.as_u16() == 529;
+    let status = if overloaded {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         status
@@ -660,7 +661,11 @@ pub(super) fn refusal(status: StatusCode, body: Bytes, headers: &HeaderMap) -> U
     if spent || status == StatusCode::PAYMENT_REQUIRED {
         return UpstreamError::quota_exhausted(status, body, retry_after(headers));
     }
-    UpstreamError::status(status, body, retry_after(headers))
+    let mut error = UpstreamError::status(status, body, retry_after(headers));
+    if overloaded {
+        error.detail = "answered HTTP 529 (overloaded_error)".into();
+    }
+    error
 }
 
 /// The wordings in which Anthropic refuses for the account's money rather than the request: its
