@@ -101,7 +101,7 @@ async fn handle(
     };
     let passed = match passed_headers(endpoint.spec().passed_headers, &headers) {
         Ok(passed) => passed,
-        Err(err) => return err.on(endpoint).into_response(),
+        Err(message) => return ApiError::bad_body(message).on(endpoint).into_response(),
     };
     let asks = Asks {
         route: headers
@@ -135,7 +135,7 @@ const MAX_PASSED_BYTES: usize = 1024;
 fn passed_headers(
     names: &[&'static str],
     headers: &HeaderMap,
-) -> Result<Vec<(HeaderName, HeaderValue)>, ApiError> {
+) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
     let mut passed = Vec::new();
     for name in names {
         let values = headers.get_all(*name);
@@ -151,14 +151,14 @@ fn passed_headers(
                         && !(name.ends_with("-version") && text.contains(','))
                 });
             if !well_formed {
-                return Err(ApiError::bad_body(format!(
+                return Err(format!(
                     "The header {name} is not one the upstream takes: give {}, of letters, digits, '-', '_' and '.' (at most {MAX_PASSED_VALUES} headers of at most {MAX_PASSED_BYTES} bytes), or leave it out.",
                     if name.ends_with("-version") {
                         "one version such as 2023-06-01"
                     } else {
                         "a comma-separated list of names such as context-1m-2025-08-07"
                     }
-                )));
+                ));
             }
             passed.push((HeaderName::from_static(name), value.clone()));
         }

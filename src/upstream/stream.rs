@@ -191,7 +191,13 @@ pub struct UpstreamStream {
     first: Option<SseEvent>,
     /// The events after a first one that carried nothing of the answer ([`says_nothing_yet`]):
     /// Anthropic's `ping`s and the first event of the answer.
-    then: VecDeque<SseEvent>,
+    /// Boxed: a stream without held events (most) pays one pointer, and [`super::Reply`]'s
+    /// variants stay close in size.
+    #[expect(
+        clippy::box_collection,
+        reason = "one pointer in every stream, the queue in few"
+    )]
+    then: Option<Box<VecDeque<SseEvent>>>,
     body: Incoming,
     splitter: Splitter,
     idle: Duration,
@@ -219,7 +225,7 @@ impl UpstreamStream {
     ) -> Result<UpstreamStream, UpstreamError> {
         let mut stream = UpstreamStream {
             first: None,
-            then: VecDeque::new(),
+            then: None,
             body: response.into_body(),
             splitter: Splitter::new(max_event),
             idle,
@@ -289,9 +295,11 @@ impl UpstreamStream {
                         ));
                     }
                     // Anthropic's pings say nothing of the answer either; they go out with it.
-                    Some(Ok(event)) if is_ping(&event.data) => stream.then.push_back(event),
+                    Some(Ok(event)) if is_ping(&event.data) => {
+                        stream.then.get_or_insert_default().push_back(event)
+                    }
                     Some(Ok(event)) => {
-                        stream.then.push_back(event);
+                        stream.then.get_or_insert_default().push_back(event);
                         break;
                     }
                     Some(Err(err)) => return Err(err),
@@ -311,7 +319,7 @@ impl UpstreamStream {
     /// the first (or the pings held after it) over.
     async fn read_held(&mut self) -> Option<Result<SseEvent, UpstreamError>> {
         let first = self.first.take();
-        let then = std::mem::take(&mut self.then);
+        let then = self.then.take();
         let event = self.next_event().await;
         self.first = first;
         self.then = then;
@@ -323,7 +331,7 @@ impl UpstreamStream {
         if let Some(first) = self.first.take() {
             return Some(Ok(first));
         }
-        if let Some(then) = self.then.pop_front() {
+        if let Some(then) = self.then.as_mut().and_then(|then| then.pop_front()) {
             return Some(Ok(then));
         }
         let mut waiting = false;
@@ -383,7 +391,7 @@ impl UpstreamStream {
         if let Some(first) = self.first.take() {
             return Some(Some(Ok(first)));
         }
-        if let Some(then) = self.then.pop_front() {
+        if let Some(then) = self.then.as_mut().and_then(|then| then.pop_front()) {
             return Some(Some(Ok(then)));
         }
         std::future::poll_fn(|cx| self.poll_event(cx)).now_or_never()
