@@ -321,6 +321,8 @@ fn read_event(data: &str) -> Option<Chunk> {
         delta: Value,
         #[serde(default)]
         usage: Value,
+        #[serde(default)]
+        content_block: Value,
     }
     let event: Event = serde_json::from_str(data).ok()?;
     let mut chunk = Chunk {
@@ -342,6 +344,16 @@ fn read_event(data: &str) -> Option<Chunk> {
         "content_block_delta" if event.delta["type"] == "text_delta" => {
             if let Some(text) = event.delta["text"].as_str().filter(|t| !t.is_empty()) {
                 chunk.texts.push((0, text.to_string()));
+            }
+        }
+        "content_block_delta" => {
+            if let Some(json) = event.delta["partial_json"].as_str() {
+                chunk.tool_text.push_str(json);
+            }
+        }
+        "content_block_start" => {
+            if let Some(name) = event.content_block["name"].as_str() {
+                chunk.tool_text.push_str(name);
             }
         }
         // The output's total and, from newer servers, the input's again: merged over

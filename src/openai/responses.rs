@@ -366,6 +366,9 @@ fn read_event(data: &str) -> Option<Chunk> {
                 chunk.texts.push((0, delta));
             }
         }
+        "response.function_call_arguments.delta" => {
+            chunk.tool_text = event.delta.unwrap_or_default();
+        }
         "response.completed" | "response.incomplete" => {
             chunk.finished = true;
             chunk.usage = event.response.as_ref().and_then(|r| usage_of(&r["usage"]));

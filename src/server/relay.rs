@@ -346,6 +346,7 @@ impl SseRelay {
         if let Some(facts) = &mut self.facts {
             facts.read(&event.data, chunk.finished);
         }
+        self.text.add_tool_text(&chunk.tool_text, self.max_text);
         if !chunk.texts.is_empty() && !self.text.add(chunk.texts, self.max_text) {
             self.text_whole = false;
         }

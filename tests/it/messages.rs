@@ -926,11 +926,28 @@ async fn a_translated_stream_says_the_prompts_estimate_first_and_the_upstreams_c
     );
 
     local.update(|b| b.stream_without_usage = true);
-    let answer = message(&gw, request).await;
+    let answer = message(&gw, request.clone()).await;
     let events = events_of(&answer.text);
     assert_eq!(events[0].1["message"]["usage"]["input_tokens"], estimate);
     let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
     assert!(row.tokens_estimated, "{row:?}");
+
+    // Only tool calls, no usage: their names and arguments are the output estimated, not 0 — on
+    // Messages and on chat completions alike.
+    local.update(|b| {
+        b.reply = String::new();
+        b.tool_calls = vec![FakeToolCall {
+            id: "call_1".into(),
+            name: "weather".into(),
+            arguments: r#"{"city": "Paris", "unit": "celsius", "days": 3}"#.into(),
+        }];
+    });
+    let answer = message(&gw, request).await;
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert!(row.tokens_estimated && row.tokens_out >= 10, "{row:?}");
+    let answer = gw.ask_stream("summarize").await;
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert!(row.tokens_estimated && row.tokens_out >= 10, "{row:?}");
     gw.shutdown().await;
 }
 
