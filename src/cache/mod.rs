@@ -280,6 +280,7 @@ impl ResponseCache {
         route: &Route,
         key_id: Option<&str>,
         request: &RequestBody<'_>,
+        passed: &[(http::HeaderName, http::HeaderValue)],
         directives: Directives,
     ) -> Lookup {
         let Some(config) = route.cache else {
@@ -293,7 +294,7 @@ impl ResponseCache {
             CacheScope::Key => key_id.unwrap_or(""),
             CacheScope::Route => "",
         };
-        let key = key_of(route, scope, request);
+        let key = key_of(route, scope, request, passed);
         let ticket = |flight| Ticket {
             key,
             ttl: config.ttl,
@@ -396,7 +397,12 @@ impl ResponseCache {
 /// The request as every tier of `route` would receive it, scoped, hashed. The route's name is in
 /// it, so two routes whose chains send the same bytes keep their answers apart (each route's
 /// answers are recorded against it).
-fn key_of(route: &Route, scope: &str, request: &RequestBody<'_>) -> Key {
+fn key_of(
+    route: &Route,
+    scope: &str,
+    request: &RequestBody<'_>,
+    passed: &[(http::HeaderName, http::HeaderValue)],
+) -> Key {
     let mut hash = Sha256::new();
     // Each part behind its length: no two different sets of parts hash the same bytes.
     let mut part = |bytes: &[u8]| {
@@ -410,6 +416,12 @@ fn key_of(route: &Route, scope: &str, request: &RequestBody<'_>) -> Key {
     for step in &route.chain {
         part(step.tier.name.as_bytes());
         part(&request.for_tier(step));
+    }
+    // The client's headers a tier may get with the request (Anthropic's betas and version) can
+    // change its answer: a request with other betas is another request.
+    for (name, value) in passed {
+        part(name.as_str().as_bytes());
+        part(value.as_bytes());
     }
     Key(hash.finalize().into())
 }

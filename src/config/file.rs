@@ -310,6 +310,13 @@ pub struct RawProvider {
     /// Its server serves OpenAI's Responses API (`/responses`) itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub responses: Option<Spanned<bool>>,
+    /// Which of a Messages client's `anthropic-beta` flags reach an Anthropic provider:
+    /// `"all"`, `"none"` or a list of names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_betas: Option<Spanned<RawClientBetas>>,
+    /// Whether a Messages client's `anthropic-version` replaces `api_version`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_version: Option<Spanned<bool>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<KeyHeader>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -623,6 +630,14 @@ pub struct RawPrice {
     pub cache_write: Option<Spanned<f64>>,
 }
 
+/// `client_betas`: a word (`"all"`, `"none"`) or the beta names let through.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawClientBetas {
+    Word(String),
+    Names(Vec<String>),
+}
+
 impl RawProvider {
     pub fn new(base_url: impl Into<String>) -> RawProvider {
         RawProvider {
@@ -631,6 +646,8 @@ impl RawProvider {
             api: None,
             api_version: None,
             responses: None,
+            client_betas: None,
+            client_version: None,
             auth: None,
             tls: None,
             api_key: None,

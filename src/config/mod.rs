@@ -38,7 +38,8 @@ pub use known::{Abilities, KnownModel, known_model, takes_max_completion_tokens,
 pub use limits::{KeyTerms, LimitsConfig, Rate};
 pub use price::{BUILT_IN_PRICES, Price};
 pub use provider::{
-    BreakerPolicy, PrefixAffinity, ProbePolicy, Provider, Timeouts, UpstreamServer, models_path,
+    BreakerPolicy, ClientBetas, PrefixAffinity, ProbePolicy, Provider, Timeouts, UpstreamServer,
+    is_beta_name, models_path,
 };
 pub use proxy::Proxy;
 pub use responses::ResponsesConfig;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use url::Url;
 
-use super::file::{RawProvider, RawTimeouts, RawUpstreamServer, Text};
+use super::file::{RawClientBetas, RawProvider, RawTimeouts, RawUpstreamServer, Text};
 use super::proxy::Proxy;
 use super::resolver::Resolver;
 use super::{Api, KeyHeader, Secret};
@@ -26,6 +26,10 @@ pub struct Provider {
     /// Its server serves OpenAI's Responses API, so a Responses request is passed through rather
     /// than served through chat completions.
     pub serves_responses: bool,
+    /// Which of a Messages client's `anthropic-beta` flags it is sent.
+    pub client_betas: ClientBetas,
+    /// A Messages client's `anthropic-version` replaces `api_version`.
+    pub client_version: bool,
     /// The header the key travels in.
     pub auth: KeyHeader,
     pub api_key: Option<Secret>,
@@ -64,6 +68,22 @@ impl Provider {
             _ => true,
         }
     }
+}
+
+/// Which of a Messages client's `anthropic-beta` flags an Anthropic provider is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientBetas {
+    All,
+    /// These names only (none where empty); the client's others are left out.
+    Only(Vec<String>),
+}
+
+/// A beta's name as Anthropic writes them (`context-1m-2025-08-07`): letters, digits, `-`, `_`, `.`.
+pub fn is_beta_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// `affinity = "prefix"`: a call goes to the server its prompt's first `bytes` bytes hash to
@@ -230,6 +250,7 @@ impl Resolver<'_> {
         let api_version = self.api_version(raw, api, &key);
         let servers = servers?;
         let serves_responses = self.serves_responses(raw, api, &servers, &key);
+        let (client_betas, client_version) = self.client_headers(raw, api, &key);
         self.timeouts_may_pass(&raw.timeout, &key);
         let timeouts = Timeouts::DEFAULT.with(&raw.timeout);
         let max_in_flight = raw.max_in_flight.as_ref().and_then(|limit| {
@@ -267,6 +288,8 @@ impl Resolver<'_> {
             api,
             api_version,
             serves_responses,
+            client_betas,
+            client_version,
             auth: raw.auth.unwrap_or(api.default_auth()),
             api_key,
             tls,
@@ -414,6 +437,52 @@ impl Resolver<'_> {
             ),
         };
         Some((name, url, weight))
+    }
+
+    /// What of a Messages client's own headers an Anthropic provider is sent: every beta and the
+    /// client's version unless the file says otherwise; refused on another format, which is
+    /// never sent them.
+    fn client_headers(&mut self, raw: &RawProvider, api: Api, key: &str) -> (ClientBetas, bool) {
+        for (set, field) in [
+            (
+                raw.client_betas.as_ref().map(|b| b.span().start),
+                "client_betas",
+            ),
+            (
+                raw.client_version.as_ref().map(|v| v.span().start),
+                "client_version",
+            ),
+        ] {
+            if let Some(at) = set
+                && api != Api::Anthropic
+            {
+                self.issue_at(
+                    at,
+                    &format!("{key}.{field}"),
+                    "is only for a provider with api = \"anthropic\" (only it is sent a Messages client's headers); leave it out",
+                );
+            }
+        }
+        let betas = match raw.client_betas.as_ref() {
+            None => ClientBetas::All,
+            Some(betas) => match betas.get_ref() {
+                RawClientBetas::Word(word) if word == "all" => ClientBetas::All,
+                RawClientBetas::Word(word) if word == "none" => ClientBetas::Only(Vec::new()),
+                RawClientBetas::Names(names) if names.iter().all(|name| is_beta_name(name)) => {
+                    ClientBetas::Only(names.clone())
+                }
+                _ => {
+                    self.issue_at(
+                        betas.span().start,
+                        &format!("{key}.client_betas"),
+                        "must be \"all\", \"none\" or a list of beta names such as [\"context-management-2025-06-27\"]",
+                    );
+                    ClientBetas::All
+                }
+            },
+        };
+        let version = raw.client_version.as_ref().is_none_or(|v| *v.get_ref());
+        (betas, version)
     }
 
     /// The API version a provider is called with: its own, else its format's; refused on a format

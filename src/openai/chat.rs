@@ -38,6 +38,8 @@ pub const SPEC: EndpointSpec = EndpointSpec {
     error_body: super::openai_error,
     key_header: None,
     count_tokens: None,
+    overloaded_status: None,
+    passed_headers: &[],
 };
 
 /// Each choice's message content, where it is a string (a tool call's `null` is no text).
@@ -361,17 +363,18 @@ pub struct Chunk {
     /// The content the chunk adds to each choice's answer, by the choice's `index`: as a rule one
     /// piece, of choice 0; a request for `n` > 1 choices gets its choices' chunks interleaved.
     pub texts: Vec<(u32, String)>,
+    /// The tool calls' names and argument fragments the chunk adds: no part of the answer's text,
+    /// but of its output, which the gateway estimates from both when the upstream gives no usage.
+    pub tool_text: String,
     pub usage: Option<Usage>,
     /// The answer's id, where the event announces it (Responses' `response.created`).
     pub response_id: Option<String>,
     /// The event's sequence number, where events are numbered (Responses').
     pub sequence: Option<u64>,
-    /// The exact input counts of an answer whose output is still to come (Anthropic's
-    /// `message_start`).
-    pub prompt_usage: Option<Usage>,
-    /// The output so far of the answer whose input `prompt_usage` gave (Anthropic's
-    /// `message_delta` where it leaves out the input).
-    pub output_tokens: Option<u64>,
+    /// Counts of the answer's usage the event gives, some of them, merged over the stream with
+    /// those of earlier events (Anthropic's `message_start` gives the input and the cache's
+    /// figures, its `message_delta` the output and maybe the others again).
+    pub counts: Option<super::AnthropicUsage>,
     /// The whole answer, where the event that ends the stream carries it (Responses'
     /// `response.completed`): what is kept of a streamed answer for its next turn.
     pub answer: Option<Value>,
@@ -401,6 +404,10 @@ impl Chunk {
             if values_of(bytes, key).any(|value| !value.starts_with(b"null")) {
                 return None;
             }
+        }
+        // A tool call's fragment counts in the output's estimate: read in full.
+        if TOOL_CALLS.find(bytes).is_some() {
+            return None;
         }
         // Every index 0, the choice's among them: its text is choice 0's.
         let zero = |value: &[u8]| {
@@ -466,6 +473,20 @@ impl Chunk {
         #[derive(Deserialize)]
         struct Delta {
             content: Option<String>,
+            #[serde(default)]
+            tool_calls: Option<Vec<ToolCall>>,
+        }
+        #[derive(Deserialize)]
+        struct ToolCall {
+            #[serde(default)]
+            function: Option<Function>,
+        }
+        #[derive(Deserialize)]
+        struct Function {
+            #[serde(default)]
+            name: Option<String>,
+            #[serde(default)]
+            arguments: Option<String>,
         }
         let wire: Wire<'_> = serde_json::from_str(data).ok()?;
         let mut chunk = Chunk {
@@ -476,7 +497,20 @@ impl Chunk {
         };
         for choice in wire.choices {
             chunk.finished |= choice.finish_reason.is_some();
-            if let Some(content) = choice.delta.and_then(|d| d.content)
+            let Some(delta) = choice.delta else {
+                continue;
+            };
+            for function in delta
+                .tool_calls
+                .into_iter()
+                .flatten()
+                .flat_map(|c| c.function)
+            {
+                for said in [function.name, function.arguments].into_iter().flatten() {
+                    chunk.tool_text.push_str(&said);
+                }
+            }
+            if let Some(content) = delta.content
                 && !content.is_empty()
             {
                 chunk.texts.push((choice.index, content));
@@ -495,6 +529,11 @@ pub struct ChoiceTexts {
     bytes: usize,
 }
 
+/// The index [`ChoiceTexts`] keeps the tool calls' names and arguments under: no choice's text,
+/// but output the gateway estimates when the upstream gives no usage (kept among the choices so
+/// that a finished request's ending stays its size).
+const TOOL_TEXT: u32 = u32::MAX;
+
 impl ChoiceTexts {
     /// Adds a chunk's texts; `false`, adding nothing, when that would hold more than `max` bytes.
     pub fn add(&mut self, texts: Vec<(u32, String)>, max: usize) -> bool {
@@ -512,6 +551,11 @@ impl ChoiceTexts {
         true
     }
 
+    /// The choices' texts, without the tool calls'.
+    fn texts(&self) -> impl Iterator<Item = &(u32, String)> {
+        self.choices.iter().filter(|(index, _)| *index != TOOL_TEXT)
+    }
+
     /// Choice 0's text: what a non-streamed answer's scorers read too (its first choice).
     pub fn first(&self) -> &str {
         self.choices
@@ -522,7 +566,7 @@ impl ChoiceTexts {
 
     /// Each choice's text, in index order.
     pub fn each(&self) -> impl Iterator<Item = &str> {
-        let mut choices: Vec<&(u32, String)> = self.choices.iter().collect();
+        let mut choices: Vec<&(u32, String)> = self.texts().collect();
         choices.sort_by_key(|(index, _)| *index);
         choices.into_iter().map(|(_, text)| text.as_str())
     }
@@ -530,10 +574,10 @@ impl ChoiceTexts {
     /// The text as the ledger keeps it: one choice's as it is; several each under a line
     /// `[choice N]`, in index order, so that none reads as part of another.
     pub fn stored(&self) -> String {
-        if let [(_, only)] = &self.choices[..] {
+        let mut choices: Vec<&(u32, String)> = self.texts().collect();
+        if let [(_, only)] = &choices[..] {
             return only.clone();
         }
-        let mut choices: Vec<&(u32, String)> = self.choices.iter().collect();
         choices.sort_by_key(|(index, _)| *index);
         choices
             .iter()
@@ -542,7 +586,24 @@ impl ChoiceTexts {
             .join("\n\n")
     }
 
-    /// Each choice's text, for counting its tokens.
+    /// Adds a chunk's tool-call text, up to `max` bytes of it (only an estimate is made of it).
+    pub fn add_tool_text(&mut self, text: &str, max: usize) {
+        if text.is_empty() {
+            return;
+        }
+        match self
+            .choices
+            .iter_mut()
+            .find(|(index, _)| *index == TOOL_TEXT)
+        {
+            Some((_, kept)) if kept.len() + text.len() <= max => kept.push_str(text),
+            Some(_) => {}
+            None if text.len() <= max => self.choices.push((TOOL_TEXT, text.to_string())),
+            None => {}
+        }
+    }
+
+    /// Every text of the output, to count: each choice's, then the tool calls'.
     pub fn into_texts(self) -> Vec<String> {
         self.choices.into_iter().map(|(_, text)| text).collect()
     }
@@ -551,6 +612,7 @@ impl ChoiceTexts {
 /// The keys [`Chunk::scan`] looks for, each searcher built once rather than per chunk.
 static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
 static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
+static TOOL_CALLS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"tool_calls\""));
 static FINISH_REASON: LazyLock<Finder<'static>> =
     LazyLock::new(|| Finder::new(b"\"finish_reason\""));
 static CHOICES: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"choices\""));

@@ -36,6 +36,8 @@ pub const SPEC: EndpointSpec = EndpointSpec {
     error_body: super::openai_error,
     key_header: None,
     count_tokens: None,
+    overloaded_status: None,
+    passed_headers: &[],
 };
 
 fn validate(body: &RequestBody<'_>) -> Result<(), RequestError> {

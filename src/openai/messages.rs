@@ -25,13 +25,15 @@
 //! request on, as does any field the gateway does not know: a tier of Anthropic's format takes
 //! every field, a translated tier drops none.
 
+use std::collections::HashMap;
+
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::request::raw;
 use super::tokens::count;
 use super::{
-    Chunk, Edits, EndpointSpec, ErrorReply, RequestBody, RequestError, StreamMarks,
+    AnthropicUsage, Chunk, Edits, EndpointSpec, ErrorReply, RequestBody, RequestError, StreamMarks,
     StreamTranslator, Usage, ViaChat,
 };
 use crate::config::{Abilities, ChainTier, takes_max_completion_tokens};
@@ -58,6 +60,11 @@ pub const SPEC: EndpointSpec = EndpointSpec {
     error_body,
     key_header: Some("x-api-key"),
     count_tokens: Some(count_tokens),
+    // Anthropic's own overload status: its SDKs raise `OverloadedError` for it (and retry it).
+    overloaded_status: Some(529),
+    // What an Anthropic tier reads of the client's request besides its body: the API version it
+    // was written for and the beta features it uses (prompt caching, long context, tool betas).
+    passed_headers: &["anthropic-version", "anthropic-beta"],
 };
 
 /// A message is one answer: its text is its `text` blocks in order (what the SDKs join).
@@ -79,8 +86,9 @@ fn answer_texts(answer: &mut Value) -> Vec<Vec<&mut String>> {
 /// How a tier that serves only chat completions is spoken to.
 pub const VIA_CHAT: ViaChat = ViaChat {
     request: to_chat,
+    prompt_first: true,
     answer: from_chat,
-    stream: |request| Box::new(ChatEvents::new(request)),
+    stream: |request, prompt_tokens| Box::new(ChatEvents::new(request, prompt_tokens)),
 };
 
 /// Fields of Anthropic's API that a chat completions server has no way to honour: a translated
@@ -205,16 +213,7 @@ fn answer_budget(body: &RequestBody<'_>) -> Option<u64> {
 /// Anthropic's usage in the gateway's terms: its `input_tokens` leaves out the cache's reads and
 /// writes, which the gateway's prompt tokens hold.
 fn usage_of(usage: &Value) -> Option<Usage> {
-    let input = usage["input_tokens"].as_u64()?;
-    let output = usage["output_tokens"].as_u64()?;
-    let read = usage["cache_read_input_tokens"].as_u64().unwrap_or(0);
-    let written = usage["cache_creation_input_tokens"].as_u64().unwrap_or(0);
-    Some(Usage {
-        prompt_tokens: input.saturating_add(read).saturating_add(written),
-        completion_tokens: output,
-        cached_tokens: read,
-        cache_write_tokens: written,
-    })
+    AnthropicUsage::deserialize(usage).ok()?.usage()
 }
 
 /// Usage in Anthropic's shape.
@@ -322,6 +321,8 @@ fn read_event(data: &str) -> Option<Chunk> {
         delta: Value,
         #[serde(default)]
         usage: Value,
+        #[serde(default)]
+        content_block: Value,
     }
     let event: Event = serde_json::from_str(data).ok()?;
     let mut chunk = Chunk {
@@ -331,13 +332,13 @@ fn read_event(data: &str) -> Option<Chunk> {
     match event.kind.as_str() {
         "message_start" => {
             chunk.response_id = event.message["id"].as_str().map(str::to_string);
-            // The gateway's own `message_start` knows no usage yet and says 0; Anthropic's gives
-            // the input exactly, the output to come in `message_delta`.
-            chunk.prompt_usage = usage_of(&event.message["usage"])
-                .filter(|usage| usage.prompt_tokens > 0)
-                .map(|usage| Usage {
-                    completion_tokens: 0,
-                    ..usage
+            // The input exactly; the output is the few tokens written so far, its count to come
+            // in `message_delta`.
+            chunk.counts = AnthropicUsage::deserialize(&event.message["usage"])
+                .ok()
+                .map(|counts| AnthropicUsage {
+                    output_tokens: None,
+                    ..counts
                 });
         }
         "content_block_delta" if event.delta["type"] == "text_delta" => {
@@ -345,16 +346,19 @@ fn read_event(data: &str) -> Option<Chunk> {
                 chunk.texts.push((0, text.to_string()));
             }
         }
-        "message_delta" => {
-            // Anthropic's totals; where they leave out the input, the output adds to what
-            // `message_start` said.
-            chunk.usage = usage_of(&event.usage);
-            if chunk.usage.is_none()
-                && let Some(output) = event.usage["output_tokens"].as_u64()
-            {
-                chunk.output_tokens = Some(output);
+        "content_block_delta" => {
+            if let Some(json) = event.delta["partial_json"].as_str() {
+                chunk.tool_text.push_str(json);
             }
         }
+        "content_block_start" => {
+            if let Some(name) = event.content_block["name"].as_str() {
+                chunk.tool_text.push_str(name);
+            }
+        }
+        // The output's total and, from newer servers, the input's again: merged over
+        // `message_start`'s by the relay, each count left out keeping the one before.
+        "message_delta" => chunk.counts = AnthropicUsage::deserialize(&event.usage).ok(),
         "message_stop" => chunk.finished = true,
         "error" => chunk.error = true,
         _ => {}
@@ -745,7 +749,7 @@ fn from_chat(chat: &[u8], request: &[u8]) -> Result<Vec<u8>, String> {
         let function = &call["function"];
         content.push(json!({
             "type": "tool_use",
-            "id": call["id"].as_str().unwrap_or_default(),
+            "id": call["id"].as_str().filter(|id| !id.is_empty()).map_or_else(|| new_id("toolu"), str::to_string),
             "name": function["name"].as_str().unwrap_or_default(),
             "input": tool_input(function["arguments"].as_str().unwrap_or_default())?,
         }));
@@ -771,28 +775,131 @@ fn from_chat(chat: &[u8], request: &[u8]) -> Result<Vec<u8>, String> {
     Ok(serde_json::to_vec(&message).expect("JSON values always serialize"))
 }
 
-/// The content block being streamed.
+/// The most a translated stream holds back behind a tool call whose arguments have not ended.
+const MAX_HELD: usize = 4 << 20;
+
+/// The content block being streamed: Anthropic's events allow one open at a time.
 enum Open {
     None,
     Text,
-    Tool,
+    /// The tool call at this place in [`ChatEvents::calls`].
+    Tool(usize),
+}
+
+/// Where a tool call stands in the message's content blocks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CallState {
+    /// No block yet: its arguments are kept until its turn.
+    Waiting,
+    /// Its block is the open one: its fragments go out as they come.
+    Open,
+    /// Its block was written and closed.
+    Closed,
+}
+
+/// A tool call of the chat stream.
+struct Call {
+    id: String,
+    name: String,
+    /// Its arguments that came while it waited, written when its block opens.
+    unwritten: String,
+    end: JsonEnd,
+    state: CallState,
+}
+
+/// Reads a tool call's arguments fragment by fragment for the end of their JSON value (an object,
+/// as tool inputs are), without parsing them again at every fragment.
+/// Arguments that do not begin as an object, or go on after it ended, are `broken`, as the
+/// plain path's parse would find them.
+#[derive(Default)]
+struct JsonEnd {
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    ended: bool,
+    broken: bool,
+}
+
+impl JsonEnd {
+    fn read(&mut self, fragment: &str) {
+        for byte in fragment.bytes() {
+            if self.ended || self.depth == 0 {
+                if !byte.is_ascii_whitespace() && (self.ended || byte != b'{') {
+                    self.broken = true;
+                    return;
+                }
+                if byte.is_ascii_whitespace() {
+                    continue;
+                }
+            }
+            if self.in_string {
+                match byte {
+                    _ if self.escaped => self.escaped = false,
+                    b'\\' => self.escaped = true,
+                    b'"' => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match byte {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' if self.depth > 0 => {
+                    self.depth -= 1;
+                    self.ended = self.depth == 0;
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Writes a stream of chat chunks as Anthropic's events.
+///
+/// Chat streams parallel tool calls each under its own index, and some servers interleave their
+/// argument fragments (call A's after call B began); Anthropic's events have one content block open
+/// at a time, and a block once stopped takes no more deltas. So one tool call's block is open at a
+/// time and its fragments go out as they come; a fragment of another call is kept with that call
+/// until the open call's arguments are a whole JSON value, which closes its block, and the next
+/// waiting call's block opens with what it kept. Calls that come one after the other (the usual
+/// case) stream as they came; interleaved ones are delayed, never lost nor put in another call's
+/// block, so the SDK's assembled input of each block is its call's whole arguments. Text that
+/// comes while a call's block is open waits for that block to close. A call's block opens once its
+/// id and name are known (a server may send them after its first fragment); one that never gets an
+/// id is given one at the end, as [`from_chat`] gives it.
+///
+/// What the plain path would refuse fails the stream as the tier's failure: arguments that are
+/// not a JSON object or go on after it, a call whose arguments never ended, and more than
+/// [`MAX_HELD`] bytes held back behind an open call (a call that never ends would otherwise keep
+/// the rest of the answer, however long, in memory). Before any content went out, the chain
+/// falls back; after, the client's stream ends with Anthropic's `error` event.
 struct ChatEvents {
     id: String,
     model: String,
     stops: Vec<String>,
+    /// The gateway's count of the prompt, for `message_start` (Anthropic's gives the input
+    /// there; the upstream's own count, where it gives one, comes in `message_delta`).
+    prompt_tokens: u64,
     started: bool,
     pinged: bool,
     open: Open,
     /// The next content block's index.
     next_index: u64,
-    /// Each chat tool index's block index, for argument fragments.
-    tools: Vec<(u64, u64)>,
+    /// The tool calls, in the order they began.
+    calls: Vec<Call>,
+    /// Each key's latest call among `calls`: a fragment finds its call without a scan.
+    by_key: HashMap<u64, usize>,
+    /// The first call whose block has not opened yet: blocks open in the order calls began.
+    next_call: usize,
+    /// Bytes held back: waiting calls' arguments and the text that waits.
+    held: usize,
+    /// Why the stream is the tier's failure, once it is.
+    failure: Option<String>,
     /// The last tool call that came without an `index` (some servers send parallel calls so):
-    /// its key among `tools` and its id, so that a new id opens a new block.
+    /// its key among `calls` and its id, so that a new id opens a new block.
     unindexed: Option<(u64, String)>,
+    /// Text that came while a tool call's block was open.
+    pending_text: String,
     finish: Option<String>,
     matched: Value,
     usage: Option<Usage>,
@@ -803,18 +910,24 @@ struct ChatEvents {
 }
 
 impl ChatEvents {
-    fn new(request: &[u8]) -> ChatEvents {
+    fn new(request: &[u8], prompt_tokens: u64) -> ChatEvents {
         ChatEvents {
             id: new_id("msg"),
             model: String::new(),
             written: String::new(),
             stops: stop_sequences(request),
+            prompt_tokens,
             started: false,
             pinged: false,
             open: Open::None,
             next_index: 0,
-            tools: Vec::new(),
+            calls: Vec::new(),
+            by_key: HashMap::new(),
+            next_call: 0,
+            held: 0,
+            failure: None,
             unindexed: None,
+            pending_text: String::new(),
             finish: None,
             matched: Value::Null,
             usage: None,
@@ -832,6 +945,10 @@ impl ChatEvents {
             return;
         }
         self.started = true;
+        let estimate = Usage {
+            prompt_tokens: self.prompt_tokens,
+            ..Usage::default()
+        };
         let message = json!({
             "id": self.id,
             "type": "message",
@@ -840,16 +957,17 @@ impl ChatEvents {
             "content": [],
             "stop_reason": null,
             "stop_sequence": null,
-            "usage": usage_json(None),
+            "usage": usage_json(Some(&estimate)),
         });
         Self::emit(out, "message_start", json!({"message": message}));
     }
 
     fn stop_block(&mut self, out: &mut Vec<(&'static str, String)>) {
-        if matches!(self.open, Open::None) {
-            return;
+        match std::mem::replace(&mut self.open, Open::None) {
+            Open::None => return,
+            Open::Text => {}
+            Open::Tool(call) => self.calls[call].state = CallState::Closed,
         }
-        self.open = Open::None;
         Self::emit(
             out,
             "content_block_stop",
@@ -874,10 +992,19 @@ impl ChatEvents {
     }
 
     fn text(&mut self, out: &mut Vec<(&'static str, String)>, text: &str) {
+        self.written.push_str(text);
+        if matches!(self.open, Open::Tool(_)) {
+            self.pending_text.push_str(text);
+            self.hold(text.len());
+        } else {
+            self.write_text(out, text);
+        }
+    }
+
+    fn write_text(&mut self, out: &mut Vec<(&'static str, String)>, text: &str) {
         if !matches!(self.open, Open::Text) {
             self.start_block(out, Open::Text, json!({"type": "text", "text": ""}));
         }
-        self.written.push_str(text);
         Self::emit(
             out,
             "content_block_delta",
@@ -885,35 +1012,136 @@ impl ChatEvents {
         );
     }
 
-    fn tool_call(&mut self, out: &mut Vec<(&'static str, String)>, call: &Value) {
-        let tool = match call["index"].as_u64() {
+    fn write_arguments(&self, out: &mut Vec<(&'static str, String)>, fragment: &str) {
+        Self::emit(
+            out,
+            "content_block_delta",
+            json!({"index": self.next_index - 1, "delta": {"type": "input_json_delta", "partial_json": fragment}}),
+        );
+    }
+
+    /// Counts `bytes` more held back; past [`MAX_HELD`] the stream fails.
+    fn hold(&mut self, bytes: usize) {
+        self.held += bytes;
+        if self.held > MAX_HELD && self.failure.is_none() {
+            self.failure = Some(format!(
+                "the upstream sent over {MAX_HELD} bytes while a tool call's arguments had not \
+                 ended (interleaved tool calls or text), more than the gateway holds back"
+            ));
+        }
+    }
+
+    fn fail(&mut self, why: &str) {
+        self.failure.get_or_insert_with(|| why.to_string());
+    }
+
+    fn tool_call(&mut self, out: &mut Vec<(&'static str, String)>, fragment: &Value) {
+        if self.failure.is_some() {
+            return;
+        }
+        let id = fragment["id"].as_str().filter(|id| !id.is_empty());
+        let key = match fragment["index"].as_u64() {
             Some(index) => index,
-            None => self.unindexed_key(call["id"].as_str().filter(|id| !id.is_empty())),
+            None => self.unindexed_key(id),
         };
-        let index = match self.tools.iter().find(|(t, _)| *t == tool) {
-            Some((_, index)) => *index,
-            None => {
-                let block = json!({
-                    "type": "tool_use",
-                    "id": call["id"].as_str().unwrap_or_default(),
-                    "name": call["function"]["name"].as_str().unwrap_or_default(),
-                    "input": {},
+        // A new id under an index already used is a new call, as without an index: some servers
+        // number each call 0.
+        let at = match self.by_key.get(&key) {
+            Some(&at)
+                if !id
+                    .is_some_and(|id| !self.calls[at].id.is_empty() && self.calls[at].id != id) =>
+            {
+                at
+            }
+            _ => {
+                self.calls.push(Call {
+                    id: String::new(),
+                    name: String::new(),
+                    unwritten: String::new(),
+                    end: JsonEnd::default(),
+                    state: CallState::Waiting,
                 });
-                self.start_block(out, Open::Tool, block);
-                self.tools.push((tool, self.next_index - 1));
-                self.next_index - 1
+                self.by_key.insert(key, self.calls.len() - 1);
+                self.calls.len() - 1
             }
         };
-        if let Some(fragment) = call["function"]["arguments"]
+        let call = &mut self.calls[at];
+        // The id and the name come with a call's first fragment as a rule; a call whose block has
+        // not opened takes them from a later one too.
+        if call.state == CallState::Waiting {
+            for (field, value) in [
+                (&mut call.id, &fragment["id"]),
+                (&mut call.name, &fragment["function"]["name"]),
+            ] {
+                if let Some(value) = value.as_str().filter(|v| !v.is_empty())
+                    && field.is_empty()
+                {
+                    *field = value.to_string();
+                }
+            }
+        }
+        if let Some(arguments) = fragment["function"]["arguments"]
             .as_str()
             .filter(|f| !f.is_empty())
         {
-            self.written.push_str(fragment);
-            Self::emit(
-                out,
-                "content_block_delta",
-                json!({"index": index, "delta": {"type": "input_json_delta", "partial_json": fragment}}),
-            );
+            self.written.push_str(arguments);
+            let call = &mut self.calls[at];
+            call.end.read(arguments);
+            if call.end.broken {
+                self.fail("a tool call whose arguments are not one JSON object");
+                return;
+            }
+            match call.state {
+                CallState::Waiting => {
+                    call.unwritten.push_str(arguments);
+                    self.hold(arguments.len());
+                }
+                CallState::Open => self.write_arguments(out, arguments),
+                // A call's block closes once its arguments ended, and nothing but whitespace
+                // may follow them (`broken` otherwise).
+                CallState::Closed => {}
+            }
+        }
+        self.advance(out);
+    }
+
+    /// Closes the open call's block once its arguments are whole, and opens the next call's
+    /// once its id and name are known; with no call's block open, the text that waited goes out.
+    fn advance(&mut self, out: &mut Vec<(&'static str, String)>) {
+        loop {
+            if let Open::Tool(call) = self.open {
+                if !self.calls[call].end.ended {
+                    return;
+                }
+                self.stop_block(out);
+            }
+            match self.calls.get(self.next_call) {
+                Some(call) if !call.id.is_empty() && !call.name.is_empty() => {
+                    self.open_call(out, self.next_call);
+                }
+                _ => break,
+            }
+        }
+        if !self.pending_text.is_empty() {
+            let text = std::mem::take(&mut self.pending_text);
+            self.held -= text.len();
+            self.write_text(out, &text);
+        }
+    }
+
+    fn open_call(&mut self, out: &mut Vec<(&'static str, String)>, at: usize) {
+        self.next_call = at + 1;
+        let call = &mut self.calls[at];
+        call.state = CallState::Open;
+        if call.id.is_empty() {
+            call.id = new_id("toolu");
+        }
+        let block = json!({"type": "tool_use", "id": call.id, "name": call.name, "input": {}});
+        let kept = std::mem::take(&mut call.unwritten);
+        self.held -= kept.len();
+        self.start_block(out, Open::Tool(at), block);
+        if !kept.is_empty() {
+            self.write_arguments(out, &kept);
         }
     }
 
@@ -925,25 +1153,49 @@ impl ChatEvents {
             (Some((key, _)), None) => *key,
             _ => {
                 // Keys apart from any index a server gives.
-                let key = u64::MAX - self.tools.len() as u64;
+                let key = u64::MAX - self.calls.len() as u64;
                 self.unindexed = Some((key, id.unwrap_or_default().to_string()));
                 key
             }
         }
     }
 
-    /// Closes the open block and ends the message with its stop reason and usage.
-    fn finish(&mut self, out: &mut Vec<(&'static str, String)>) {
+    /// Writes every call's block that is still open or waiting, then the text that waited, and
+    /// ends the message with its stop reason and usage.
+    fn finish(&mut self, out: &mut Vec<(&'static str, String)>) -> Result<(), String> {
         if self.ended {
-            return;
+            return Ok(());
+        }
+        if let Some(failure) = &self.failure {
+            return Err(failure.clone());
+        }
+        // Arguments that never ended would be `{}` in the client's SDK: the plain path's parse
+        // refuses them.
+        if self
+            .calls
+            .iter()
+            .any(|call| !call.end.ended && call.end.depth > 0)
+        {
+            return Err("a tool call whose arguments ended before their JSON object did".into());
         }
         self.ended = true;
         self.start(out);
         self.stop_block(out);
+        while self.next_call < self.calls.len() {
+            self.open_call(out, self.next_call);
+            self.stop_block(out);
+        }
+        if !self.pending_text.is_empty() {
+            let text = std::mem::take(&mut self.pending_text);
+            self.held -= text.len();
+            self.write_text(out, &text);
+        }
+        self.stop_block(out);
         let (reason, sequence) = stop_reason(self.finish.as_deref(), &self.matched, &self.stops);
-        // Without the upstream's usage the output is the gateway's estimate and the input is left
-        // out, so the relay reads no usage here and books its own estimate (flagged so), as for
-        // chat, never 0.
+        // The upstream's usage, its input in place of `message_start`'s estimate (the SDKs take a
+        // `message_delta`'s input over `message_start`'s). Without it, the output is the
+        // gateway's estimate and the input stays `message_start`'s; the relay books its own
+        // estimate (flagged so), as for chat, never 0.
         let usage = match &self.usage {
             Some(usage) => usage_json(Some(usage)),
             None => json!({"output_tokens": count(&self.model, &self.written)}),
@@ -957,6 +1209,7 @@ impl ChatEvents {
             }),
         );
         Self::emit(out, "message_stop", json!({}));
+        Ok(())
     }
 }
 
@@ -990,16 +1243,24 @@ impl super::chat::ChunkReader for ChatEvents {
 impl StreamTranslator for ChatEvents {
     fn read(&mut self, data: &str, out: &mut Vec<(&'static str, String)>) -> Result<(), String> {
         if data == "[DONE]" {
-            self.finish(out);
-            return Ok(());
+            return self.finish(out);
         }
-        super::chat::read_chunk(self, data, out)
+        super::chat::read_chunk(self, data, out)?;
+        match &self.failure {
+            Some(failure) => Err(failure.clone()),
+            None => Ok(()),
+        }
     }
 
-    fn close(&mut self, out: &mut Vec<(&'static str, String)>) {
+    fn close(&mut self, out: &mut Vec<(&'static str, String)>) -> Result<(), String> {
         if self.finish.is_some() {
-            self.finish(out);
+            return self.finish(out);
         }
+        Ok(())
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
     }
 }
 
@@ -1010,7 +1271,7 @@ mod tests {
     use super::*;
 
     fn events(chunks: &[&str]) -> Vec<(&'static str, Value)> {
-        let mut events = ChatEvents::new(br#"{"stop_sequences": ["END"]}"#);
+        let mut events = ChatEvents::new(br#"{"stop_sequences": ["END"]}"#, 0);
         let mut out = Vec::new();
         for chunk in chunks {
             events.read(chunk, &mut out).unwrap();
@@ -1096,6 +1357,183 @@ mod tests {
         );
     }
 
+    /// What a client's SDK assembles from the events: each block's type, id and, for a tool
+    /// call, its `partial_json` deltas joined; checking on the way that one block is open at a
+    /// time and every delta goes to the open block.
+    fn assembled(out: &[(&'static str, Value)]) -> Vec<(String, String)> {
+        let mut blocks: Vec<(String, String)> = Vec::new();
+        let mut open: Option<u64> = None;
+        for (name, data) in out {
+            match *name {
+                "content_block_start" => {
+                    assert!(open.is_none(), "a block opened over another: {out:?}");
+                    let index = data["index"].as_u64().unwrap();
+                    assert_eq!(index as usize, blocks.len(), "{out:?}");
+                    open = Some(index);
+                    let block = &data["content_block"];
+                    let id = block["id"].as_str().unwrap_or("text").to_string();
+                    blocks.push((id, String::new()));
+                }
+                "content_block_delta" => {
+                    assert_eq!(
+                        data["index"].as_u64(),
+                        open,
+                        "a delta for a block not open: {out:?}"
+                    );
+                    let delta = &data["delta"];
+                    let piece = delta["partial_json"]
+                        .as_str()
+                        .or(delta["text"].as_str())
+                        .unwrap();
+                    blocks.last_mut().unwrap().1.push_str(piece);
+                }
+                "content_block_stop" => {
+                    assert_eq!(data["index"].as_u64(), open, "{out:?}");
+                    open = None;
+                }
+                _ => {}
+            }
+        }
+        assert!(open.is_none(), "a block left open: {out:?}");
+        blocks
+    }
+
+    /// Call A's fragments after call B's began (some servers interleave parallel calls): each
+    /// lands in its own block, none after its block stopped.
+    #[test]
+    fn interleaved_tool_call_fragments_land_in_their_own_blocks() {
+        let out = events(&[
+            r#"{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"name":"city","arguments":"{\"city\":"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"call_b","type":"function","function":{"name":"tz","arguments":"{\"tz\":"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"Oslo\"}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"function":{"arguments":"\"CET\"}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+            "[DONE]",
+        ]);
+        assert_eq!(
+            assembled(&out),
+            [
+                ("call_a".to_string(), r#"{"city":"Oslo"}"#.to_string()),
+                ("call_b".to_string(), r#"{"tz":"CET"}"#.to_string()),
+            ]
+        );
+    }
+
+    fn read_all(chunks: &[&str]) -> Result<Vec<(&'static str, Value)>, String> {
+        let mut events = ChatEvents::new(b"{}", 0);
+        let mut out = Vec::new();
+        for chunk in chunks {
+            events.read(chunk, &mut out)?;
+        }
+        events.close(&mut out)?;
+        Ok(out
+            .into_iter()
+            .map(|(name, data)| (name, serde_json::from_str(&data).unwrap()))
+            .collect())
+    }
+
+    /// Some servers number every parallel call 0: a new id under a used index is a new call.
+    #[test]
+    fn a_new_id_under_a_used_index_is_a_new_call() {
+        let out = events(&[
+            r#"{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"name":"f","arguments":"{\"a\": 1}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_b","type":"function","function":{"name":"g","arguments":"{\"b\": 2}"}},{"index":0,"id":"call_c","type":"function","function":{"name":"h","arguments":"{}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+            "[DONE]",
+        ]);
+        assert_eq!(
+            assembled(&out),
+            [
+                ("call_a".to_string(), r#"{"a": 1}"#.to_string()),
+                ("call_b".to_string(), r#"{"b": 2}"#.to_string()),
+                ("call_c".to_string(), "{}".to_string()),
+            ]
+        );
+    }
+
+    /// A call whose id and name come after its first fragment: its block waits for them; one
+    /// that never gets an id is given one.
+    #[test]
+    fn a_calls_block_waits_for_its_id_and_name() {
+        let out = events(&[
+            r#"{"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"a\":"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_late","function":{"name":"f","arguments":" 1}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"function":{"name":"g","arguments":"{}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+            "[DONE]",
+        ]);
+        let blocks: Vec<&Value> = out
+            .iter()
+            .filter(|(name, _)| *name == "content_block_start")
+            .map(|(_, event)| &event["content_block"])
+            .collect();
+        assert_eq!(blocks[0]["id"], "call_late");
+        assert_eq!(blocks[0]["name"], "f");
+        assert!(blocks[1]["id"].as_str().unwrap().starts_with("toolu_"));
+        assert_eq!(blocks[1]["name"], "g");
+        assert_eq!(assembled(&out)[0].1, r#"{"a": 1}"#);
+    }
+
+    /// What the plain path refuses fails the stream: arguments cut short (with or without
+    /// `[DONE]`), not an object, going on after the object.
+    #[test]
+    fn broken_tool_arguments_in_a_stream_fail_it() {
+        let call = |arguments: &str| {
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": arguments}}]}}]}).to_string()
+        };
+        let finish = r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#;
+        for arguments in [r#"{"a": "x"#, r#""str""#, r#"{"a": 1}}"#, "[1]"] {
+            let chunk = call(arguments);
+            assert!(
+                read_all(&[&chunk, finish, "[DONE]"]).is_err(),
+                "{arguments}"
+            );
+            assert!(read_all(&[&chunk, finish]).is_err(), "{arguments}");
+        }
+        let whole = call(r#" {"a": 1} "#);
+        assert!(read_all(&[&whole, finish, "[DONE]"]).is_ok());
+    }
+
+    /// Text held back behind a call whose arguments never end is bounded.
+    #[test]
+    fn what_waits_behind_an_open_call_is_bounded() {
+        let open = r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"f","arguments":"{\"a\": \"x"}}]}}]}"#;
+        let text = json!({"choices": [{"index": 0, "delta": {"content": "y".repeat(64 << 10)}}]})
+            .to_string();
+        let mut chunks = vec![open];
+        chunks.extend(std::iter::repeat_n(
+            text.as_str(),
+            MAX_HELD / (64 << 10) + 1,
+        ));
+        let err = read_all(&chunks).unwrap_err();
+        assert!(err.contains("more than the gateway holds back"), "{err}");
+    }
+
+    /// `message_start` says the gateway's count of the prompt; `message_delta` the upstream's.
+    #[test]
+    fn message_start_says_the_prompts_estimate_and_message_delta_the_upstreams_count() {
+        let request = json!({"max_tokens": 5, "messages": [{"role": "user", "content": "What is the weather in Oslo today?"}]});
+        let bytes = request.to_string();
+        let mut events = ChatEvents::new(bytes.as_bytes(), count_prompt("m", bytes.as_bytes()));
+        let mut out = Vec::new();
+        for chunk in [
+            r#"{"model":"m","choices":[{"index":0,"delta":{"content":"Sunny."}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":31,"completion_tokens":2}}"#,
+            "[DONE]",
+        ] {
+            events.read(chunk, &mut out).unwrap();
+        }
+        let start: Value = serde_json::from_str(&out[0].1).unwrap();
+        let estimate = count_prompt("m", bytes.as_bytes());
+        assert!(estimate > 3);
+        assert_eq!(start["message"]["usage"]["input_tokens"], estimate);
+        let delta: Value = serde_json::from_str(&out[out.len() - 2].1).unwrap();
+        assert_eq!(delta["usage"]["input_tokens"], 31);
+        assert_eq!(delta["usage"]["output_tokens"], 2);
+        assert_eq!(StreamTranslator::usage(&events).unwrap().prompt_tokens, 31);
+    }
+
     /// vLLM says which stop string matched: a requested one is a stop sequence.
     #[test]
     fn a_matched_stop_sequence_is_named() {
@@ -1146,6 +1584,95 @@ mod tests {
         assert_eq!(chat["parallel_tool_calls"], false);
     }
 
+    /// What each step of a translated Messages request costs that reads the body again: the
+    /// request read and validated (its fields kept raw, `messages` parsed to check the roles),
+    /// `needs` (the messages parsed again for images), the answer budget, the body for the tier,
+    /// its chat translation (a whole parse), and for a stream the translator's start (the stop
+    /// sequences) and the prompt counted for `message_start` (a parse and the tokenizer), on a
+    /// 1.4 KB request (system prompt, three turns with a tool call and its result, one tool). The
+    /// median of 9 runs of 2,000. Ignored by default (a timing, not a check of behaviour):
+    /// `cargo test --release --lib messages_steps -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn messages_steps_cost() {
+        use std::hint::black_box;
+        use std::time::Instant;
+        let body = json!({
+            "model": "summarize", "max_tokens": 512, "stream": true,
+            "system": "You are a helpful assistant for a travel agency. Answer briefly and use the weather tool when the user asks about the weather somewhere.",
+            "messages": [
+                {"role": "user", "content": "I am flying to Oslo next week for a conference and I would like to know what to pack. What will the weather be like there, and should I bring an umbrella?"},
+                {"role": "assistant", "content": [
+                    {"type": "text", "text": "Let me check the forecast for Oslo."},
+                    {"type": "tool_use", "id": "toolu_01", "name": "weather", "input": {"city": "Oslo", "days": 7}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_01", "content": "Mostly cloudy, 2 to 6 degrees Celsius, rain on Tuesday and Wednesday, light wind."},
+                    {"type": "text", "text": "Thanks. And is there anything else I should keep in mind for a business trip there in this season?"}]},
+            ],
+            "tools": [{"name": "weather", "description": "The weather forecast for a city, for the given number of days.",
+                "input_schema": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city"]}}],
+            "stop_sequences": ["END"],
+        })
+        .to_string();
+        let bytes = body.as_bytes();
+        let config = crate::config::Config::parse(
+            include_str!("../../examples/tierwise.toml"),
+            std::path::Path::new("examples/tierwise.toml"),
+            &|_| None,
+        )
+        .unwrap();
+        let step = config.routes[0].chain[0].clone();
+        let median = |f: &dyn Fn()| {
+            let mut runs: Vec<f64> = (0..9)
+                .map(|_| {
+                    let started = Instant::now();
+                    for _ in 0..2_000 {
+                        f();
+                    }
+                    started.elapsed().as_secs_f64() * 1e6 / 2_000.0
+                })
+                .collect();
+            runs.sort_by(f64::total_cmp);
+            runs[4]
+        };
+        let parsed = RequestBody::parse(super::super::Endpoint::Messages, bytes).unwrap();
+        let for_tier = parsed.for_tier(&step);
+        let steps: [(&str, &dyn Fn()); 7] = [
+            ("parse + validate", &|| {
+                black_box(RequestBody::parse(super::super::Endpoint::Messages, bytes).unwrap());
+            }),
+            ("validate alone", &|| {
+                validate(black_box(&parsed)).unwrap();
+            }),
+            ("needs", &|| {
+                black_box(needs(&parsed));
+            }),
+            ("answer_budget", &|| {
+                black_box(answer_budget(&parsed));
+            }),
+            ("for_tier", &|| {
+                black_box(parsed.for_tier(&step));
+            }),
+            ("to_chat", &|| {
+                black_box(to_chat(&for_tier, "m").unwrap());
+            }),
+            ("stream start (stop sequences)", &|| {
+                black_box(ChatEvents::new(&for_tier, 0));
+            }),
+        ];
+        println!("{} bytes", bytes.len());
+        for (name, f) in steps {
+            println!("{name:40} {:8.2} us", median(f));
+        }
+        println!(
+            "{:40} {:8.2} us",
+            "count_prompt (message_start)",
+            median(&|| {
+                black_box(count_prompt("m", &for_tier));
+            })
+        );
+    }
+
     /// Any JSON value, up to a few levels deep, with the keys the translation reads among others.
     fn any_json() -> impl Strategy<Value = Value> {
         super::super::any_json_of(
@@ -1181,7 +1708,7 @@ mod tests {
         /// ends with `message_stop`.
         #[test]
         fn any_chat_events_translate_without_a_panic(chunks in prop::collection::vec(any_json(), 0..8)) {
-            let mut events = ChatEvents::new(b"{}");
+            let mut events = ChatEvents::new(b"{}", 0);
             let mut out = Vec::new();
             for chunk in &chunks {
                 let _ = events.read(&chunk.to_string(), &mut out);
@@ -1189,6 +1716,76 @@ mod tests {
             events.read("[DONE]", &mut out).unwrap();
             prop_assert_eq!(out.last().map(|(name, _)| *name), Some("message_stop"));
             prop_assert_eq!(out.first().map(|(name, _)| *name), Some("message_start"));
+        }
+
+        /// Any interleaving of the fragments of N parallel tool calls: one block per call, in
+        /// the order the calls began, each assembling to the call's whole arguments; one block
+        /// open at a time, no delta to a block not open.
+        #[test]
+        fn any_interleaving_of_tool_call_fragments_assembles_each_call(
+            calls in prop::collection::vec(
+                (any_json(), prop::collection::vec(1usize..6, 0..6)),
+                1..5,
+            ),
+            order in prop::collection::vec(0usize..5, 0..64),
+        ) {
+            // Each call's arguments (an object, as tool inputs are) cut at the given widths.
+            let calls: Vec<(String, Vec<String>)> = calls
+                .into_iter()
+                .map(|(value, cuts)| {
+                    let arguments = json!({"v": value}).to_string();
+                    let chars: Vec<char> = arguments.chars().collect();
+                    let mut pieces = Vec::new();
+                    let mut at = 0;
+                    for cut in cuts {
+                        if at >= chars.len() { break; }
+                        let end = (at + cut).min(chars.len());
+                        pieces.push(chars[at..end].iter().collect::<String>());
+                        at = end;
+                    }
+                    if at < chars.len() {
+                        pieces.push(chars[at..].iter().collect());
+                    }
+                    (arguments, pieces)
+                })
+                .collect();
+            // Every call's first fragment in call order (so blocks are in call order), then the
+            // rest interleaved as `order` picks, each call's own in its order.
+            let mut next = vec![1usize; calls.len()];
+            let mut chunks = Vec::new();
+            let fragment = |call: usize, piece: usize, calls: &[(String, Vec<String>)]| {
+                let mut tool = json!({"index": call, "function": {"arguments": calls[call].1[piece]}});
+                if piece == 0 {
+                    tool["id"] = json!(format!("call_{call}"));
+                    tool["function"]["name"] = json!("f");
+                }
+                json!({"choices": [{"index": 0, "delta": {"tool_calls": [tool]}}]}).to_string()
+            };
+            for call in 0..calls.len() {
+                chunks.push(fragment(call, 0, &calls));
+            }
+            let mut picks = order.into_iter().map(|pick| pick % calls.len());
+            while next.iter().zip(&calls).any(|(at, call)| *at < call.1.len()) {
+                let pick = picks.next().unwrap_or(0);
+                let call = (pick..pick + calls.len())
+                    .map(|i| i % calls.len())
+                    .find(|&i| next[i] < calls[i].1.len())
+                    .unwrap();
+                chunks.push(fragment(call, next[call], &calls));
+                next[call] += 1;
+            }
+            chunks.push(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#.to_string());
+            chunks.push("[DONE]".to_string());
+            let chunks: Vec<&str> = chunks.iter().map(String::as_str).collect();
+            let out = events(&chunks);
+            let blocks = assembled(&out);
+            prop_assert_eq!(blocks.len(), calls.len());
+            for (at, ((id, input), (arguments, _))) in blocks.iter().zip(&calls).enumerate() {
+                prop_assert_eq!(id, &format!("call_{at}"));
+                let input: Value = serde_json::from_str(input).unwrap();
+                let arguments: Value = serde_json::from_str(arguments).unwrap();
+                prop_assert_eq!(input, arguments);
+            }
         }
 
         /// Any text as a stream event's data: read or passed over, never a panic.

@@ -22,7 +22,7 @@ use crate::config::{Abilities, ChainTier};
 
 pub use chat::{ChoiceTexts, Chunk};
 pub use request::{Edits, RequestBody, RequestError};
-pub use usage::Usage;
+pub use usage::{AnthropicUsage, Usage};
 
 /// Which OpenAI endpoint a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +86,15 @@ pub struct EndpointSpec {
     /// Counts a request's input tokens as `step`'s tier would get it, for the endpoint's
     /// `…/count_tokens` route; `None` where the endpoint has none.
     pub count_tokens: Option<CountTokens>,
+    /// The status that tells this endpoint's clients its upstreams were overloaded (the last
+    /// tier tried answered 503, or Anthropic's 529, or was at its `max_in_flight`), where its
+    /// clients read one of their own; `None` keeps the gateway's status.
+    pub overloaded_status: Option<u16>,
+    /// The client's headers that reach a tier given the request as it came (not translated), in
+    /// the endpoint's own format: its version and feature flags, never the client's key. A
+    /// client's value replaces the provider's (`anthropic-version`); a repeated header goes on
+    /// repeated.
+    pub passed_headers: &'static [&'static str],
 }
 
 /// Counts a request body's input tokens as a chain step's tier would get them.
@@ -150,8 +159,13 @@ pub struct ViaChat {
     pub request: fn(body: &[u8], model: &str) -> Result<Vec<u8>, RequestError>,
     /// A whole chat completion as the endpoint's answer to `request`.
     pub answer: AnswerFromChat,
-    /// A writer of the endpoint's stream events from chat chunks, for `request`.
-    pub stream: fn(request: &[u8]) -> Box<dyn StreamTranslator>,
+    /// A writer of the endpoint's stream events from chat chunks, for `request`, whose prompt
+    /// the gateway counted as `prompt_tokens` (the endpoint's `count_prompt`, for an endpoint
+    /// whose events say the input before the upstream reports it: Messages' `message_start`).
+    pub stream: fn(request: &[u8], prompt_tokens: u64) -> Box<dyn StreamTranslator>,
+    /// The stream's first event says the prompt's tokens (Messages' `message_start`): the
+    /// gateway counts them for it; 0 is passed where it does not.
+    pub prompt_first: bool,
 }
 
 /// Writes a whole chat completion (`chat`) as another endpoint's answer to `request`; an error
@@ -163,8 +177,15 @@ pub trait StreamTranslator: Send {
     /// One chat event's data (`[DONE]` included); an error when it is not a chat chunk, or the
     /// upstream's own error event.
     fn read(&mut self, data: &str, out: &mut Vec<(&'static str, String)>) -> Result<(), String>;
-    /// The chat stream closed without `[DONE]`: the closing events, if its answer finished.
-    fn close(&mut self, out: &mut Vec<(&'static str, String)>);
+    /// The chat stream closed without `[DONE]`: the closing events, if its answer finished; an
+    /// error when what it said cannot end as the endpoint's answer.
+    fn close(&mut self, out: &mut Vec<(&'static str, String)>) -> Result<(), String>;
+    /// The usage the chat stream reported, once it has, for an endpoint whose events the relay
+    /// does not read the upstream's usage from (Messages' say the gateway's estimates);
+    /// `None` where the endpoint's events carry the upstream's usage as it came.
+    fn usage(&self) -> Option<Usage> {
+        None
+    }
 }
 
 impl Endpoint {

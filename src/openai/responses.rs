@@ -59,13 +59,16 @@ pub const SPEC: EndpointSpec = EndpointSpec {
     error_body: super::openai_error,
     key_header: None,
     count_tokens: None,
+    overloaded_status: None,
+    passed_headers: &[],
 };
 
 /// How a tier that serves only chat completions is spoken to.
 pub const VIA_CHAT: ViaChat = ViaChat {
     request: to_chat,
     answer: from_chat,
-    stream: |request| Box::new(ChatEvents::new(request)),
+    prompt_first: false,
+    stream: |request, _prompt_tokens| Box::new(ChatEvents::new(request)),
 };
 
 /// Fields of OpenAI's Responses API that need state the gateway never keeps.
@@ -362,6 +365,9 @@ fn read_event(data: &str) -> Option<Chunk> {
             if let Some(delta) = event.delta.filter(|d| !d.is_empty()) {
                 chunk.texts.push((0, delta));
             }
+        }
+        "response.function_call_arguments.delta" => {
+            chunk.tool_text = event.delta.unwrap_or_default();
         }
         "response.completed" | "response.incomplete" => {
             chunk.finished = true;
@@ -1118,10 +1124,11 @@ impl StreamTranslator for ChatEvents {
         super::chat::read_chunk(self, data, out)
     }
 
-    fn close(&mut self, out: &mut Vec<(&'static str, String)>) {
+    fn close(&mut self, out: &mut Vec<(&'static str, String)>) -> Result<(), String> {
         if self.finished {
             self.finish(out);
         }
+        Ok(())
     }
 }
 

@@ -121,3 +121,62 @@ mod tests {
         assert!(Usage::of_answer(b"[1,2]").is_err());
     }
 }
+
+/// Anthropic's usage (`input_tokens`, `output_tokens`, `cache_creation_input_tokens`,
+/// `cache_read_input_tokens`), each count where given: a stream spreads them over its events —
+/// `message_start` the input and the cache's reads and writes, `message_delta` the output and,
+/// from newer servers, the others again, as totals. Its `input_tokens` counts only the input
+/// neither read from nor written to the prompt cache. Read leniently: `null` is absent.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct AnthropicUsage {
+    #[serde(default, deserialize_with = "count")]
+    pub input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "count")]
+    pub output_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "count")]
+    pub cache_creation_input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "count")]
+    pub cache_read_input_tokens: Option<u64>,
+}
+
+impl AnthropicUsage {
+    /// A later event's counts over these: each given count replaces the one before, and one left
+    /// out (or `null`) keeps it — a `message_delta` without the cache's figures must not zero
+    /// `message_start`'s, which would book cached input as uncached (or as free). The anthropic
+    /// SDK's stream accumulator merges them the same way.
+    pub fn update(&mut self, later: AnthropicUsage) {
+        self.input_tokens = later.input_tokens.or(self.input_tokens);
+        self.output_tokens = later.output_tokens.or(self.output_tokens);
+        self.cache_creation_input_tokens = later
+            .cache_creation_input_tokens
+            .or(self.cache_creation_input_tokens);
+        self.cache_read_input_tokens = later
+            .cache_read_input_tokens
+            .or(self.cache_read_input_tokens);
+    }
+
+    /// In the gateway's terms, whose prompt tokens hold the cache's reads and writes. A usage
+    /// without both the input and the output is none: a missing count read as 0 would be booked
+    /// as exact and bill a call as free, where without usage the gateway counts the tokens itself
+    /// and says so.
+    pub fn usage(self) -> Option<Usage> {
+        let output = self.output_tokens?;
+        Some(Usage {
+            completion_tokens: output,
+            ..self.prompt()?
+        })
+    }
+
+    /// The input alone (the output left at 0), where the input is given.
+    pub fn prompt(self) -> Option<Usage> {
+        let input = self.input_tokens?;
+        let read = self.cache_read_input_tokens.unwrap_or(0);
+        let written = self.cache_creation_input_tokens.unwrap_or(0);
+        Some(Usage {
+            prompt_tokens: input.saturating_add(read).saturating_add(written),
+            completion_tokens: 0,
+            cached_tokens: read,
+            cache_write_tokens: written,
+        })
+    }
+}

@@ -20,7 +20,7 @@ use crate::health::{Health, Lease};
 use crate::limits::Skips;
 use crate::openai::RequestBody;
 use crate::traces::{AttemptTrace, RequestTrace};
-use crate::upstream::{Lack, Reply, UpstreamError, UpstreamErrorKind, Upstreams};
+use crate::upstream::{FromClient, Lack, Reply, UpstreamError, UpstreamErrorKind, Upstreams};
 
 /// One call to one tier while serving a request, or a tier passed over without a call.
 #[derive(Debug)]
@@ -98,10 +98,6 @@ impl Called {
     }
 }
 
-/// A prompt up to this long is counted where the request runs (~0.3 ms); a longer one on the
-/// blocking pool.
-const COUNT_HERE_BYTES: usize = 16 * 1024;
-
 /// What the chain needs besides the request: where to send it and what it may skip.
 pub struct ChainRun<'a> {
     pub upstreams: &'a Upstreams,
@@ -117,6 +113,8 @@ pub struct ChainRun<'a> {
     pub called: &'a Called,
     /// The request's trace, where it is traced: each call is a span of it, and carries it upstream.
     pub trace: Option<&'a RequestTrace>,
+    /// The client's headers the endpoint passes to a tier that takes the request as it came.
+    pub client_headers: &'a [(http::HeaderName, http::HeaderValue)],
 }
 
 impl ChainRun<'_> {
@@ -307,7 +305,10 @@ impl ChainRun<'_> {
                     body.endpoint(),
                     body.for_tier(step),
                     body.stream,
-                    trace.as_ref().map(|(_, propagation)| propagation),
+                    FromClient {
+                        trace: trace.as_ref().map(|(_, propagation)| propagation),
+                        headers: self.client_headers,
+                    },
                 )
                 .await;
             let trace = trace.map(|(attempt, _)| attempt);
@@ -396,14 +397,7 @@ impl ChainRun<'_> {
 /// is short, on the blocking pool when it is long; `None` if the count could not finish.
 async fn count_prompt(step: &ChainTier, body: &RequestBody<'_>) -> Option<u64> {
     let count = body.endpoint().spec().count_prompt;
-    let bytes = body.for_tier(step);
-    if bytes.len() <= COUNT_HERE_BYTES {
-        return Some(count(&step.tier.model, &bytes));
-    }
-    let model = step.tier.model.clone();
-    tokio::task::spawn_blocking(move || count(&model, &bytes))
-        .await
-        .ok()
+    crate::openai::tokens::count_off_the_loop(count, &step.tier.model, body.for_tier(step)).await
 }
 
 /// What prefix affinity keys on: the request's messages (chat) or input (embeddings) as the

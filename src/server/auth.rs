@@ -17,9 +17,17 @@ use super::error::ApiError;
 use crate::config::{AdminAccess, ClientKey};
 use crate::openai::Endpoint;
 
-/// An error in the shape of the endpoint `request` is for.
+/// An error in the shape of the endpoint `request` is for; on the model list, which every
+/// endpoint's clients read, Anthropic's for a client that sends `anthropic-version`, as the list
+/// itself is.
 fn shaped(error: ApiError, request: &Request) -> Response {
-    match Endpoint::at(request.uri().path()) {
+    let path = request.uri().path();
+    let endpoint = Endpoint::at(path).or_else(|| {
+        ((path == "/v1/models" || path.starts_with("/v1/models/"))
+            && request.headers().contains_key("anthropic-version"))
+        .then_some(Endpoint::Messages)
+    });
+    match endpoint {
         Some(endpoint) => error.on(endpoint).into_response(),
         None => error.into_response(),
     }
@@ -140,7 +148,16 @@ async fn check(keys: &[Arc<ClientKey>], mut request: Request, next: Next) -> Res
     if keys.is_empty() {
         return next.run(request).await;
     }
-    let key_header = Endpoint::at(request.uri().path()).and_then(|e| e.spec().key_header);
+    let path = request.uri().path();
+    let key_header = match Endpoint::at(path) {
+        Some(endpoint) => endpoint.spec().key_header,
+        // The model list serves every endpoint's clients: Anthropic's SDK lists models (and
+        // Claude-Code-style clients check their key there) with its own header.
+        None if path == "/v1/models" || path.starts_with("/v1/models/") => Endpoint::ALL
+            .iter()
+            .find_map(|endpoint| endpoint.spec().key_header),
+        None => None,
+    };
     let headers = request.headers();
     let presented = headers
         .get(http::header::AUTHORIZATION)

@@ -30,6 +30,9 @@ pub struct ApiError {
     final_answer: bool,
     /// The endpoint whose shape the error is written in; OpenAI's where none.
     endpoint: Option<Endpoint>,
+    /// The upstreams were overloaded: the endpoint's own status for it, where it has one
+    /// ([`crate::openai::EndpointSpec::overloaded_status`]).
+    overloaded: bool,
 }
 
 impl ApiError {
@@ -44,6 +47,7 @@ impl ApiError {
             retry_after: None,
             final_answer: false,
             endpoint: None,
+            overloaded: false,
         }
     }
 
@@ -218,6 +222,12 @@ impl ApiError {
         };
         let mut api = ApiError::new(status, kind, message).code(code);
         api.retry_after = error.retry_after.map(|d| d.as_secs().max(1));
+        // An Anthropic tier's 529 is its wire's 503 by now.
+        api.overloaded = matches!(
+            error.kind,
+            UpstreamErrorKind::Status(StatusCode::SERVICE_UNAVAILABLE)
+                | UpstreamErrorKind::Saturated
+        );
         api
     }
 }
@@ -360,20 +370,23 @@ impl From<ResolveError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let write: fn(ErrorReply<'_>) -> Bytes = self
-            .endpoint
-            .map_or(crate::openai::openai_error, |endpoint| {
-                endpoint.spec().error_body
-            });
+        let spec = self.endpoint.map(Endpoint::spec);
+        let write: fn(ErrorReply<'_>) -> Bytes =
+            spec.map_or(crate::openai::openai_error, |spec| spec.error_body);
+        let status = spec
+            .and_then(|spec| spec.overloaded_status)
+            .filter(|_| self.overloaded)
+            .and_then(|status| StatusCode::from_u16(status).ok())
+            .unwrap_or(self.status);
         let body = write(ErrorReply {
-            status: self.status.as_u16(),
+            status: status.as_u16(),
             kind: self.kind,
             message: &self.message,
             param: self.param,
             code: self.code,
             upstream_body: self.upstream_body.as_ref(),
         });
-        let mut response = (self.status, body).into_response();
+        let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,

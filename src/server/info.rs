@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -17,26 +17,56 @@ use crate::openai::Endpoint;
 use crate::report::{self, Report};
 use crate::route::TargetKind;
 
+/// Whether a request comes from a client of Anthropic's API (its SDKs send `anthropic-version`
+/// with every request), which reads the model list in Anthropic's shape.
+fn speaks_anthropic(headers: &HeaderMap) -> bool {
+    headers.contains_key("anthropic-version")
+}
+
 pub async fn models(
     State(app): State<Arc<App>>,
     caller: Option<axum::Extension<CallerKey>>,
+    headers: HeaderMap,
 ) -> Json<Value> {
     // A key limited to some routes may call only them (not a tier, nor a model id): it is shown
     // only them.
     let allowed = caller
         .as_ref()
         .and_then(|caller| caller.0.0.terms.routes.as_deref());
-    let data: Vec<Value> = app
-        .snapshot()
-        .routes
-        .listing()
-        .iter()
-        .filter(|(id, kind)| {
-            allowed.is_none_or(|routes| *kind == TargetKind::Route && routes.contains(id))
-        })
+    let snapshot = app.snapshot();
+    let listing = snapshot.routes.listing();
+    let listed = listing.iter().filter(|(id, kind)| {
+        allowed.is_none_or(|routes| *kind == TargetKind::Route && routes.contains(id))
+    });
+    if speaks_anthropic(&headers) {
+        // One page holds them all: `has_more` false ends the SDK's pagination, whatever
+        // `limit` it asked for.
+        let data: Vec<Value> = listed.map(|(id, _)| anthropic_model(&app, id)).collect();
+        let first = data.first().map(|model| model["id"].clone());
+        let last = data.last().map(|model| model["id"].clone());
+        return Json(json!({
+            "data": data,
+            "has_more": false,
+            "first_id": first,
+            "last_id": last,
+        }));
+    }
+    let data: Vec<Value> = listed
         .map(|(id, kind)| model_object(&app, id, *kind))
         .collect();
     Json(json!({ "object": "list", "data": data }))
+}
+
+/// A route, tier or model id in Anthropic's model shape (`ModelInfo`): its `created_at` the
+/// gateway's start, as RFC 3339, where Anthropic gives a model's release.
+fn anthropic_model(app: &App, id: &str) -> Value {
+    let started = std::time::UNIX_EPOCH + std::time::Duration::from_secs(app.started_unix);
+    json!({
+        "type": "model",
+        "id": id,
+        "display_name": id,
+        "created_at": humantime::format_rfc3339_seconds(started).to_string(),
+    })
 }
 
 /// `GET /v1/models/{id}`: one route, tier or model id, as `client.models.retrieve` expects it. Ids
@@ -44,7 +74,15 @@ pub async fn models(
 pub async fn model(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
+    if speaks_anthropic(&headers) {
+        app.snapshot()
+            .routes
+            .kind_of(&id)
+            .map_err(|err| ApiError::from(err).on(Endpoint::Messages))?;
+        return Ok(Json(anthropic_model(&app, &id)));
+    }
     let kind = app.snapshot().routes.kind_of(&id)?;
     Ok(Json(model_object(&app, &id, kind)))
 }

@@ -99,6 +99,10 @@ async fn handle(
                 .into_response();
         }
     };
+    let passed = match passed_headers(endpoint.spec().passed_headers, &headers) {
+        Ok(passed) => passed,
+        Err(message) => return ApiError::bad_body(message).on(endpoint).into_response(),
+    };
     let asks = Asks {
         route: headers
             .get(&ROUTE_HEADER)
@@ -106,6 +110,7 @@ async fn handle(
             .map(str::to_owned),
         directives: Directives::of(&headers),
         trace,
+        passed,
     };
     let rest = Detachable::new(|client| async move {
         proxy(&app, &snapshot, endpoint, caller, asks, bytes, &client)
@@ -119,6 +124,48 @@ async fn handle(
     })
 }
 
+/// The most values one passed header may have, and the most bytes of each: Anthropic's betas are
+/// a few short names, and an operator's account is not a place for a client's 60 KB header.
+const MAX_PASSED_VALUES: usize = 16;
+const MAX_PASSED_BYTES: usize = 1024;
+
+/// The client's headers its endpoint passes to a tier that takes the request as it came, grouped
+/// by name; refused when one is not what the upstream takes: empty, not a comma-separated list of
+/// names (`2023-06-01`, `context-1m-2025-08-07`), a version given twice, or over the bounds.
+fn passed_headers(
+    names: &[&'static str],
+    headers: &HeaderMap,
+) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    let mut passed = Vec::new();
+    for name in names {
+        let values = headers.get_all(*name);
+        let count = values.iter().count();
+        for value in values {
+            let well_formed = value.len() <= MAX_PASSED_BYTES
+                && count <= MAX_PASSED_VALUES
+                && !(name.ends_with("-version") && count > 1)
+                && value.to_str().is_ok_and(|text| {
+                    let mut items = text.split(',').map(str::trim).filter(|i| !i.is_empty());
+                    items.clone().next().is_some()
+                        && items.all(crate::config::is_beta_name)
+                        && !(name.ends_with("-version") && text.contains(','))
+                });
+            if !well_formed {
+                return Err(format!(
+                    "The header {name} is not one the upstream takes: give {}, of letters, digits, '-', '_' and '.' (at most {MAX_PASSED_VALUES} headers of at most {MAX_PASSED_BYTES} bytes), or leave it out.",
+                    if name.ends_with("-version") {
+                        "one version such as 2023-06-01"
+                    } else {
+                        "a comma-separated list of names such as context-1m-2025-08-07"
+                    }
+                ));
+            }
+            passed.push((HeaderName::from_static(name), value.clone()));
+        }
+    }
+    Ok(passed)
+}
+
 /// What the client's headers ask of a request besides its body.
 struct Asks {
     /// `x-tierwise-route`: the route its cost is attributed to.
@@ -127,6 +174,9 @@ struct Asks {
     directives: Directives,
     /// The request's trace, where traces are exported: the client's `traceparent` continued.
     trace: Option<Box<RequestTrace>>,
+    /// The client's headers its endpoint passes to a tier that takes the request as it came
+    /// (Anthropic's version and betas); empty on the other endpoints.
+    passed: Vec<(HeaderName, HeaderValue)>,
 }
 
 async fn proxy(
@@ -145,6 +195,7 @@ async fn proxy(
         route: route_header,
         directives,
         mut trace,
+        passed,
     } = asks;
     let parsed = RequestBody::parse(endpoint, &bytes)?;
     // An endpoint with kept state (Responses) may continue an earlier answer: its body is then
@@ -198,6 +249,7 @@ async fn proxy(
                     route,
                     caller.key.as_ref().map(|key| key.id.as_str()),
                     &request,
+                    &passed,
                     directives,
                 )
                 .await
@@ -256,6 +308,7 @@ async fn proxy(
         request_id: exchange.id(),
         called: exchange.called(),
         trace: exchange.trace(),
+        client_headers: &passed,
     };
     let result = run.run(&request).await;
     if client.gone() {

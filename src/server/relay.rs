@@ -22,7 +22,7 @@ use serde_json::Value;
 use crate::config::Route;
 use crate::health::Lease;
 use crate::ledger::Tokens;
-use crate::openai::{ChoiceTexts, Chunk, EndpointSpec, StreamMarks, Usage};
+use crate::openai::{AnthropicUsage, ChoiceTexts, Chunk, EndpointSpec, StreamMarks, Usage};
 use crate::outcome::{CLIENT_CLOSED, Ended, Ending, Exchange};
 use crate::route::chain::ServedBy;
 use crate::route::contract;
@@ -75,8 +75,12 @@ pub struct SseRelay {
     /// A choice finished: the answer is whole even if the upstream closes without `[DONE]`.
     finished: bool,
     usage: Option<Usage>,
-    /// The exact input of an answer whose output is still to come, where the events say so.
-    prompt_usage: Option<Usage>,
+    /// The usage counts the events gave so far, merged (Anthropic's: the input in
+    /// `message_start`, the output in `message_delta`).
+    counts: AnthropicUsage,
+    /// The events are the gateway's own, translated from chat: their counts are its estimates
+    /// for the client, and the upstream's usage is read from the chat stream instead.
+    translated: bool,
     /// The answer's text, each choice's apart, for the ledger, the shadow check and counting
     /// output tokens without usage; at most `max_text` bytes of it (`server.max_answer_bytes`):
     /// the stream itself is not cut.
@@ -140,6 +144,7 @@ impl SseRelay {
             contract,
             keep,
         } = terms;
+        let translated = upstream.translated();
         SseRelay {
             upstream,
             spec,
@@ -149,7 +154,8 @@ impl SseRelay {
             phase: Phase::Relaying,
             finished: false,
             usage: None,
-            prompt_usage: None,
+            counts: AnthropicUsage::default(),
+            translated,
             text: ChoiceTexts::default(),
             max_text,
             text_whole: true,
@@ -340,17 +346,17 @@ impl SseRelay {
         if let Some(facts) = &mut self.facts {
             facts.read(&event.data, chunk.finished);
         }
+        self.text.add_tool_text(&chunk.tool_text, self.max_text);
         if !chunk.texts.is_empty() && !self.text.add(chunk.texts, self.max_text) {
             self.text_whole = false;
         }
-        if chunk.prompt_usage.is_some() {
-            self.prompt_usage = chunk.prompt_usage;
-        }
-        if let (Some(output), Some(prompt)) = (chunk.output_tokens, self.prompt_usage) {
-            self.usage = Some(Usage {
-                completion_tokens: output,
-                ..prompt
-            });
+        if let Some(counts) = chunk.counts.filter(|_| !self.translated) {
+            self.counts.update(counts);
+            // Only an event that counts the output makes the usage whole: `message_start`'s
+            // output is the few tokens written so far.
+            if counts.output_tokens.is_some() {
+                self.usage = self.counts.usage();
+            }
         }
         let Some(usage) = chunk.usage else {
             return Some(event.raw);
@@ -393,7 +399,11 @@ impl SseRelay {
             Some(UPSTREAM_ERROR.to_string())
         } else {
             self.lease.succeeded();
-            if let (Some(usage), Some(pending)) = (self.usage, &self.pending) {
+            let usage = match (self.usage, self.upstream.usage_so_far()) {
+                (None, Some(UsageSoFar::Whole(usage))) => Some(usage),
+                (usage, _) => usage,
+            };
+            if let (Some(usage), Some(pending)) = (usage, &self.pending) {
                 self.lease.served_tokens(
                     &pending.by.tier.name,
                     usage.prompt_tokens + usage.completion_tokens,
@@ -465,7 +475,7 @@ impl SseRelay {
         let (usage, prompt) = match (self.usage, self.upstream.usage_so_far()) {
             (None, Some(UsageSoFar::Whole(usage))) => (Some(usage), None),
             (None, Some(UsageSoFar::Prompt(prompt))) => (None, Some(prompt)),
-            (None, None) => (None, self.prompt_usage),
+            (None, None) => (None, self.counts.prompt()),
             (usage, _) => (usage, None),
         };
         Some(exchange.end(Ending::Streamed {

@@ -113,16 +113,29 @@ impl ProviderClient {
         urls[endpoint as usize].as_ref()
     }
 
-    /// `POST`s a JSON body to one of the provider's endpoints, with the call's trace context.
+    /// `POST`s a JSON body to one of the provider's endpoints, with the call's trace context and
+    /// the client's headers its endpoint passes on (grouped by name): a client's value replaces
+    /// the provider's, and a repeated header goes on repeated.
     pub(super) fn post(
         &self,
         uri: &Uri,
         body: Vec<u8>,
         trace: Option<&crate::traces::Propagation>,
+        passed: &[(HeaderName, HeaderValue)],
     ) -> Call {
         let mut request = self.request(Method::POST, uri.clone(), body);
         if let Some(trace) = trace {
             trace.insert_into(request.headers_mut());
+        }
+        let headers = request.headers_mut();
+        let mut last: Option<&HeaderName> = None;
+        for (name, value) in passed {
+            if last == Some(name) {
+                headers.append(name.clone(), value.clone());
+            } else {
+                headers.insert(name.clone(), value.clone());
+                last = Some(name);
+            }
         }
         Call(self.http.request(request))
     }

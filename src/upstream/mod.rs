@@ -18,12 +18,57 @@ use http::Response;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use crate::config::{Api, Config, ProbePolicy, Provider, Tier, models_path};
+use crate::config::{Api, ClientBetas, Config, ProbePolicy, Provider, Tier, models_path};
 use crate::openai::{Endpoint, Usage};
 
 use client::{ProviderClient, uri};
 pub use error::{ContextRefusal, Lack, QUOTA_REST, UpstreamError, UpstreamErrorKind};
 pub use stream::{SseEvent, UpstreamStream, UsageSoFar};
+
+/// What a call carries of the client's request besides its body.
+#[derive(Clone, Copy, Default)]
+pub struct FromClient<'a> {
+    /// The trace context (`traceparent`, `tracestate`).
+    pub trace: Option<&'a crate::traces::Propagation>,
+    /// The client's headers its endpoint passes on ([`crate::openai::EndpointSpec::passed_headers`]),
+    /// for a tier that gets the request as it came; grouped by name.
+    pub headers: &'a [(http::HeaderName, http::HeaderValue)],
+}
+
+/// What the provider's operator lets through of the client's headers: the betas its
+/// `client_betas` names (a header left out where none is), the version where `client_version`.
+/// The common case — no such header, or all let through — copies nothing.
+fn operators_choice<'a>(
+    provider: &Provider,
+    headers: &'a [(http::HeaderName, http::HeaderValue)],
+) -> std::borrow::Cow<'a, [(http::HeaderName, http::HeaderValue)]> {
+    if headers.is_empty() || (provider.client_betas == ClientBetas::All && provider.client_version)
+    {
+        return std::borrow::Cow::Borrowed(headers);
+    }
+    let kept = headers
+        .iter()
+        .filter_map(|(name, value)| match name.as_str() {
+            "anthropic-version" if !provider.client_version => None,
+            "anthropic-beta" => match &provider.client_betas {
+                ClientBetas::All => Some((name.clone(), value.clone())),
+                ClientBetas::Only(allowed) => {
+                    let betas: Vec<&str> = value
+                        .to_str()
+                        .unwrap_or_default()
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|beta| allowed.iter().any(|allowed| allowed == beta))
+                        .collect();
+                    let value = http::HeaderValue::from_str(&betas.join(",")).ok()?;
+                    (!betas.is_empty()).then(|| (name.clone(), value))
+                }
+            },
+            _ => Some((name.clone(), value.clone())),
+        })
+        .collect();
+    std::borrow::Cow::Owned(kept)
+}
 
 /// A successful answer from one tier.
 pub enum Reply {
@@ -92,11 +137,11 @@ impl Upstreams {
         body: Vec<u8>,
         stream: bool,
     ) -> Result<Reply, UpstreamError> {
-        self.send_traced(tier, server, endpoint, body, stream, None)
+        self.send_traced(tier, server, endpoint, body, stream, FromClient::default())
             .await
     }
 
-    /// [`Upstreams::send`] with the trace context the call carries (`traceparent`, `tracestate`).
+    /// [`Upstreams::send`] with what the call carries of the client's request besides its body.
     pub async fn send_traced(
         &self,
         tier: &Tier,
@@ -104,7 +149,7 @@ impl Upstreams {
         endpoint: Endpoint,
         body: Vec<u8>,
         stream: bool,
-        trace: Option<&crate::traces::Propagation>,
+        from_client: FromClient<'_>,
     ) -> Result<Reply, UpstreamError> {
         let provider = &tier.provider;
         let timeouts = tier.timeouts;
@@ -135,7 +180,13 @@ impl Upstreams {
             endpoint
         };
         let body = client.wire.encode(sent, body)?;
-        let request = client.post(url, body, trace);
+        // The endpoint's own headers mean nothing to a server that gets the request translated.
+        let headers = if via_chat.is_none() {
+            operators_choice(provider, from_client.headers)
+        } else {
+            std::borrow::Cow::Borrowed(&[][..])
+        };
+        let request = client.post(url, body, from_client.trace, &headers);
         // A non-streamed answer's headers come only once the whole answer is generated, so only
         // `total` bounds the wait for them; `first_byte` is the time to a stream's first chunk.
         let head_limit = if stream {
@@ -143,7 +194,23 @@ impl Upstreams {
         } else {
             timeouts.total
         };
-        let response = match tokio::time::timeout(head_limit, request).await {
+        // A stream translated for an endpoint whose events say the input first (Messages'
+        // `message_start`) opens with the gateway's count of the prompt, counted while the
+        // upstream works on its first byte.
+        let estimate = async {
+            match &via_chat {
+                Some((via, request)) if stream && via.prompt_first => {
+                    let count = endpoint.spec().count_prompt;
+                    crate::openai::tokens::count_off_the_loop(count, &tier.model, request.clone())
+                        .await
+                        .unwrap_or(0)
+                }
+                _ => 0,
+            }
+        };
+        let (response, estimate) =
+            tokio::join!(tokio::time::timeout(head_limit, request), estimate);
+        let response = match response {
             Ok(Ok(response)) => response,
             Ok(Err(err)) => return Err(err),
             Err(_) if head_limit == timeouts.total => {
@@ -171,7 +238,7 @@ impl Upstreams {
                 self.max_answer_bytes.min(MAX_EVENT_BYTES),
                 wire::EventReader::of(
                     client.wire.events(sent),
-                    via_chat.map(|(via, request)| (via.stream)(&request)),
+                    via_chat.map(|(via, request)| (via.stream)(&request, estimate)),
                 ),
             )
             .await

@@ -1,7 +1,11 @@
 //! An upstream's server-sent events, read one event at a time with the tier's idle timeout between
 //! them. A stream counts as answered only once its first event has arrived — and where that event
 //! is an opening chunk with only the role, once the next has: until then a failure is the tier's
-//! and the chain may try the next one.
+//! and the chain may try the next one. Anthropic's opening events (`message_start`, then `ping`s),
+//! passed through to a Messages client or written by the gateway from chat, are held the same way
+//! until an event of the answer: Anthropic reports an overload as an `overloaded_error` event right
+//! after `message_start`, which then falls back (and, from the last tier, is answered as the
+//! overload it is) rather than ending a stream the client already began.
 //!
 //! Events are split here rather than by an SSE crate because the relay passes each event on as
 //! the bytes the upstream sent (a proxy's cost: no re-framing), and the crates we looked at
@@ -24,6 +28,7 @@
 //! for its end once, not from its start at every read: a long event costs time and memory in
 //! proportion to its length, and one over the limit is the tier's failure.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -184,8 +189,15 @@ pub enum UsageSoFar {
 /// An upstream stream that has produced its first event.
 pub struct UpstreamStream {
     first: Option<SseEvent>,
-    /// The event after a first one that carried nothing of the answer ([`says_nothing_yet`]).
-    then: Option<Box<SseEvent>>,
+    /// The events after a first one that carried nothing of the answer ([`says_nothing_yet`]):
+    /// Anthropic's `ping`s and the first event of the answer.
+    /// Boxed: a stream without held events (most) pays one pointer, and [`super::Reply`]'s
+    /// variants stay close in size.
+    #[expect(
+        clippy::box_collection,
+        reason = "one pointer in every stream, the queue in few"
+    )]
+    then: Option<Box<VecDeque<SseEvent>>>,
     body: Incoming,
     splitter: Splitter,
     idle: Duration,
@@ -260,8 +272,9 @@ impl UpstreamStream {
             ));
         }
         if is_error_event(&first.data) {
-            return Err(UpstreamError::stream_broken(
-                "the stream's first event is an error".into(),
+            return Err(early_error(
+                &first.data,
+                "the stream's first event is an error",
             ));
         }
         // A first chunk with only the role says nothing of the answer (vLLM and OpenAI send it
@@ -269,19 +282,24 @@ impl UpstreamStream {
         // right after it leaves the client with nothing, so the tier is not committed to until
         // the next event shows the answer has begun. The wait is the one the relay would have
         // had (`idle_ms`, restarted by keep-alives), and the bytes pass on as they came.
-        let holds_nothing = says_nothing_yet(&first.data);
+        let holds_nothing = says_nothing_yet(&first.data) || opens_a_message(&first.data);
         stream.first = Some(first);
         if holds_nothing {
             loop {
                 match stream.read_held().await {
                     Some(Ok(event)) if event.keep_alive => {}
                     Some(Ok(event)) if is_error_event(&event.data) => {
-                        return Err(UpstreamError::stream_broken(
-                            "the stream's first event after its opening chunk is an error".into(),
+                        return Err(early_error(
+                            &event.data,
+                            "the stream's first event after its opening chunk is an error",
                         ));
                     }
+                    // Anthropic's pings say nothing of the answer either; they go out with it.
+                    Some(Ok(event)) if is_ping(&event.data) => {
+                        stream.then.get_or_insert_default().push_back(event)
+                    }
                     Some(Ok(event)) => {
-                        stream.then = Some(Box::new(event));
+                        stream.then.get_or_insert_default().push_back(event);
                         break;
                     }
                     Some(Err(err)) => return Err(err),
@@ -298,11 +316,13 @@ impl UpstreamStream {
     }
 
     /// The next event while the first is held: [`UpstreamStream::next_event`] without handing
-    /// the first over.
+    /// the first (or the pings held after it) over.
     async fn read_held(&mut self) -> Option<Result<SseEvent, UpstreamError>> {
         let first = self.first.take();
+        let then = self.then.take();
         let event = self.next_event().await;
         self.first = first;
+        self.then = then;
         event
     }
 
@@ -311,8 +331,8 @@ impl UpstreamStream {
         if let Some(first) = self.first.take() {
             return Some(Ok(first));
         }
-        if let Some(then) = self.then.take() {
-            return Some(Ok(*then));
+        if let Some(then) = self.then.as_mut().and_then(|then| then.pop_front()) {
+            return Some(Ok(then));
         }
         let mut waiting = false;
         std::future::poll_fn(|cx| {
@@ -357,13 +377,22 @@ impl UpstreamStream {
         self.reader.as_ref()?.usage_so_far()
     }
 
+    /// Whether the events are the gateway's own, written from a chat stream for the client's
+    /// endpoint: the usage they say is what the gateway tells the client, and the upstream's
+    /// own is [`UpstreamStream::usage_so_far`].
+    pub fn translated(&self) -> bool {
+        self.reader
+            .as_ref()
+            .is_some_and(|reader| reader.translated())
+    }
+
     /// The next event if it has already arrived, without waiting or setting a timer.
     pub fn ready_event(&mut self) -> Option<Option<Result<SseEvent, UpstreamError>>> {
         if let Some(first) = self.first.take() {
             return Some(Some(Ok(first)));
         }
-        if let Some(then) = self.then.take() {
-            return Some(Some(Ok(*then)));
+        if let Some(then) = self.then.as_mut().and_then(|then| then.pop_front()) {
+            return Some(Some(Ok(then)));
         }
         std::future::poll_fn(|cx| self.poll_event(cx)).now_or_never()
     }
@@ -400,11 +429,14 @@ impl UpstreamStream {
                 // What is left of an event without its blank line is discarded, as SSE says.
                 Ok(None) if self.splitter.closed => {
                     // A translator may still owe the stream's closing events.
-                    let owed = self.reader.as_mut().and_then(|reader| {
-                        reader.close();
-                        reader.next()
-                    });
-                    return Poll::Ready(owed.map(Ok));
+                    let Some(reader) = self.reader.as_mut() else {
+                        return Poll::Ready(None);
+                    };
+                    if let Err(err) = reader.close() {
+                        self.failed = true;
+                        return Poll::Ready(Some(Err(err)));
+                    }
+                    return Poll::Ready(reader.next().map(Ok));
                 }
                 Ok(None) => {}
             }
@@ -455,6 +487,64 @@ fn says_nothing_yet(data: &str) -> bool {
                         })
                 })
         })
+}
+
+/// Anthropic's `message_start`, as an Anthropic tier sends it to a Messages client or the gateway
+/// writes it from chat: the message with nothing of its answer yet. Only an event that names it
+/// is parsed.
+fn opens_a_message(data: &str) -> bool {
+    event_type(data, "\"message_start\"").is_some_and(|kind| kind == "message_start")
+}
+
+fn is_ping(data: &str) -> bool {
+    event_type(data, "\"ping\"").is_some_and(|kind| kind == "ping")
+}
+
+/// An Anthropic event's `type`, read only where the data holds `word`.
+fn event_type(data: &str, word: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Typed {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    if !data.contains(word) {
+        return None;
+    }
+    serde_json::from_str::<Typed>(data)
+        .ok()
+        .map(|typed| typed.kind)
+}
+
+/// An error event before the answer began: the tier's failure. An overload (Anthropic's
+/// `overloaded_error`, as its own event or as the chat chunk the gateway wrote of it) is the
+/// provider's overload, as the 529 Anthropic answers it with at other times: the next tier is
+/// tried, and from the last the client is told of the overload.
+fn early_error(data: &str, what: &str) -> UpstreamError {
+    #[derive(Deserialize)]
+    struct Event {
+        error: Error,
+    }
+    #[derive(Deserialize)]
+    struct Error {
+        #[serde(rename = "type", default)]
+        kind: Option<String>,
+        #[serde(default)]
+        code: Option<String>,
+    }
+    let overloaded = serde_json::from_str::<Event>(data).is_ok_and(|event| {
+        [event.error.kind, event.error.code]
+            .iter()
+            .any(|said| said.as_deref() == Some("overloaded_error"))
+    });
+    if !overloaded {
+        return UpstreamError::stream_broken(what.into());
+    }
+    UpstreamError {
+        kind: UpstreamErrorKind::Status(http::StatusCode::SERVICE_UNAVAILABLE),
+        detail: format!("{what}: overloaded_error (Anthropic's 529)"),
+        body: Bytes::copy_from_slice(data.as_bytes()),
+        retry_after: None,
+    }
 }
 
 fn is_error_event(data: &str) -> bool {

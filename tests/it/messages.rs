@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::util::*;
 use serde_json::{Value, json};
-use tierwise::config::file::{RawProvider, RawTier, spanned, text};
+use tierwise::config::file::{RawClientBetas, RawProvider, RawRouteCache, RawTier, spanned, text};
 use tierwise_fake::{FakeToolCall, FakeUpstream, Fault};
 
 /// `local` and `api_fast` behind `summarize`, and `claude` (Anthropic's format) behind `agent`,
@@ -32,6 +32,16 @@ async fn setup() -> (FakeUpstream, FakeUpstream, FakeUpstream, TestGateway) {
                 tierwise::config::TaskKind::Agentic,
                 &["claude", "local"],
             );
+            let cached = c.add_route(
+                "cached_agent",
+                tierwise::config::TaskKind::Agentic,
+                &["claude"],
+            );
+            cached.cache = Some(RawRouteCache {
+                ttl: text("1h"),
+                scope: None,
+                nondeterministic: Some(true),
+            });
         });
     let gw = TestGateway::start(&config).await;
     (local, api, anthropic, gw)
@@ -552,6 +562,562 @@ async fn count_tokens_estimates_without_calling_upstream() {
     assert_eq!(
         local.request_count() + api.request_count() + anthropic.request_count(),
         0
+    );
+    gw.shutdown().await;
+}
+
+/// Sends `request` to `/v1/messages` with the key as Anthropic's SDK sends it and these headers
+/// besides.
+async fn message_with(gw: &TestGateway, request: &Value, headers: &[(&str, &str)]) -> Answer {
+    let mut sent = gw
+        .http
+        .post(format!("{}/v1/messages", gw.url))
+        .header("x-api-key", CLIENT_KEY)
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        sent = sent.header(*name, *value);
+    }
+    let response = sent.body(request.to_string()).send();
+    let answer = async { Answer::of(response.await.expect("the gateway answers")).await };
+    tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .expect("the answer comes instead of hanging")
+}
+
+/// An Anthropic tier given the request as it came gets the client's `anthropic-beta` headers (a
+/// comma-separated list and a repeated header, as they came) and its `anthropic-version` over the
+/// provider's; without one, the provider's. Nothing else of the client's headers goes on: the
+/// tier gets the provider's key, never the client's. A chat tier gets none of them.
+#[tokio::test]
+async fn an_anthropic_tier_gets_the_clients_version_and_betas_and_a_chat_tier_none() {
+    let (local, _api, anthropic, gw) = setup().await;
+    let hi =
+        json!({"model": "agent", "max_tokens": 9, "messages": [{"role": "user", "content": "Hi"}]});
+    let headers = [
+        ("anthropic-version", "2023-01-01"),
+        (
+            "anthropic-beta",
+            "prompt-caching-2024-07-31,context-1m-2025-08-07",
+        ),
+        ("anthropic-beta", "token-efficient-tools-2025-02-19"),
+        ("x-client-secret", "do-not-forward"),
+    ];
+    let answer = message_with(&gw, &hi, &headers).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let sent = &anthropic.requests()[0];
+    assert_eq!(
+        sent.anthropic_beta,
+        [
+            "prompt-caching-2024-07-31,context-1m-2025-08-07",
+            "token-efficient-tools-2025-02-19"
+        ]
+    );
+    assert_eq!(sent.anthropic_version.as_deref(), Some("2023-01-01"));
+    assert_eq!(sent.x_api_key.as_deref(), Some("sk-ant-secret"));
+    assert_eq!(sent.authorization, None);
+
+    // Streamed too; and without the client's version, the provider's.
+    let mut streamed = hi.clone();
+    streamed["stream"] = json!(true);
+    let answer = message_with(&gw, &streamed, &headers[1..2]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let sent = &anthropic.requests()[1];
+    assert_eq!(
+        sent.anthropic_beta,
+        ["prompt-caching-2024-07-31,context-1m-2025-08-07"]
+    );
+    assert_eq!(sent.anthropic_version.as_deref(), Some("2023-06-01"));
+
+    // A chat tier: translated, so the Messages headers mean nothing there.
+    let mut chat = hi;
+    chat["model"] = json!("summarize");
+    let answer = message_with(&gw, &chat, &headers).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let sent = &local.requests()[0];
+    assert!(sent.anthropic_beta.is_empty(), "{sent:?}");
+    assert_eq!(sent.anthropic_version, None);
+    gw.shutdown().await;
+}
+
+/// The operator decides what of the client's headers its Anthropic account gets: only the betas
+/// `client_betas` names, and `client_version = false` keeps `api_version`. Headers that are not
+/// what Anthropic takes (an empty version, two versions, a beta that is not a name, a header over
+/// the bounds) are the client's 400, in Anthropic's shape, before any tier is called.
+#[tokio::test]
+async fn the_operator_chooses_the_betas_and_version_its_account_gets() {
+    let local = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    let anthropic = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&local.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            let mut provider = RawProvider::new(anthropic.base_url());
+            provider.api = Some(tierwise::config::Api::Anthropic);
+            provider.api_key = Some(text("sk-ant-secret"));
+            provider.health.enabled = Some(false);
+            provider.client_betas = Some(spanned(RawClientBetas::Names(vec![
+                "prompt-caching-2024-07-31".into(),
+                "token-efficient-tools-2025-02-19".into(),
+            ])));
+            provider.client_version = Some(spanned(false));
+            c.0.providers.insert(text("anthropic"), provider);
+            c.0.tiers.insert(
+                text("claude"),
+                RawTier::new("anthropic", "claude-sonnet-4-5"),
+            );
+        });
+    let gw = TestGateway::start(&config).await;
+    let hi = json!({"model": "claude", "max_tokens": 9, "messages": [{"role": "user", "content": "Hi"}]});
+    let answer = message_with(
+        &gw,
+        &hi,
+        &[
+            ("anthropic-version", "2099-01-01"),
+            (
+                "anthropic-beta",
+                "prompt-caching-2024-07-31, context-1m-2025-08-07",
+            ),
+            ("anthropic-beta", "files-api-2025-04-14"),
+            ("anthropic-beta", "token-efficient-tools-2025-02-19"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let sent = &anthropic.requests()[0];
+    assert_eq!(
+        sent.anthropic_beta,
+        [
+            "prompt-caching-2024-07-31",
+            "token-efficient-tools-2025-02-19"
+        ]
+    );
+    assert_eq!(sent.anthropic_version.as_deref(), Some("2023-06-01"));
+
+    let long = "a".repeat(2000);
+    let many: Vec<(&str, &str)> = std::iter::repeat_n(("anthropic-beta", "b"), 17).collect();
+    for headers in [
+        vec![("anthropic-version", "")],
+        vec![
+            ("anthropic-version", "2023-06-01"),
+            ("anthropic-version", "2023-01-01"),
+        ],
+        vec![("anthropic-version", "2023-06-01,2023-01-01")],
+        vec![("anthropic-beta", "a beta; with=stuff")],
+        vec![("anthropic-beta", " , ")],
+        vec![("anthropic-beta", long.as_str())],
+        many,
+    ] {
+        let answer = message_with(&gw, &hi, &headers).await;
+        let said = anthropic_error(&answer, 400, "invalid_request_error");
+        assert!(said.contains("anthropic-"), "{said}");
+    }
+    assert_eq!(anthropic.requests().len(), 1, "no tier called");
+    gw.shutdown().await;
+}
+
+/// Upstreams overloaded — an Anthropic tier's 529, or every tier's 503 — reach a Messages client as
+/// Anthropic's 529 `overloaded_error` (the SDK's `OverloadedError`), recorded so in the ledger; the
+/// same failure on chat completions keeps the gateway's OpenAI status.
+#[tokio::test]
+async fn overloaded_upstreams_are_anthropics_529_on_messages_only() {
+    let (local, api, anthropic, gw) = setup().await;
+    let store = gw.store().await;
+    let hi = json!([{"role": "user", "content": "Hi"}]);
+    anthropic.set_fault(Fault::Status {
+        status: 529,
+        body: None,
+        retry_after: None,
+    });
+    let answer = message(
+        &gw,
+        json!({"model": "claude", "max_tokens": 9, "messages": hi}),
+    )
+    .await;
+    let said = anthropic_error(&answer, 529, "overloaded_error");
+    assert!(said.contains("claude"), "{said}");
+    assert!(said.contains("answered HTTP 529"), "{said}");
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(row.status, 529);
+
+    for fake in [&local, &api] {
+        fake.set_fault(Fault::Status {
+            status: 503,
+            body: None,
+            retry_after: None,
+        });
+    }
+    let answer = message(
+        &gw,
+        json!({"model": "summarize", "max_tokens": 9, "messages": hi, "stream": true}),
+    )
+    .await;
+    anthropic_error(&answer, 529, "overloaded_error");
+
+    let chat = gw.ask("claude").await;
+    assert_eq!(chat.status, 502, "{}", chat.text);
+    assert!(chat.body["error"]["message"].is_string(), "{}", chat.text);
+    gw.shutdown().await;
+}
+
+/// Anthropic reports an overload in a stream as `message_start` then an `overloaded_error` event:
+/// before any content, that is the tier's failure like a 529 — the next tier answers, and from the
+/// last one the client gets the 529 — passed through or written from a chat server's stream alike.
+/// After content, the stream ends with the error event as before.
+#[tokio::test]
+async fn an_overload_right_after_message_start_falls_back() {
+    let (local, api, anthropic, gw) = setup().await;
+    let hi = json!([{"role": "user", "content": "Hi"}]);
+    anthropic.set_fault(Fault::ErrorMidStream { after: 1 });
+    let request = json!({"model": "agent", "max_tokens": 9, "messages": hi, "stream": true});
+    let answer = message(&gw, request.clone()).await;
+    answer.assert_served_by("local", "claude:http_503");
+    let events = events_of(&answer.text);
+    assert_eq!(events[0].0, "message_start", "{}", answer.text);
+    assert!(
+        events.iter().all(|(name, _)| name != "error"),
+        "{}",
+        answer.text
+    );
+    assert_eq!(events.last().unwrap().0, "message_stop");
+
+    let answer = message(
+        &gw,
+        json!({"model": "claude", "max_tokens": 9, "messages": hi, "stream": true}),
+    )
+    .await;
+    anthropic_error(&answer, 529, "overloaded_error");
+
+    // A chat server's error right after its opening chunk, written as Messages' events.
+    local.set_fault(Fault::ErrorMidStream { after: 1 });
+    let answer = message(
+        &gw,
+        json!({"model": "summarize", "max_tokens": 9, "messages": hi, "stream": true}),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(
+        answer.header("x-tierwise-tier"),
+        Some("api_fast"),
+        "{}",
+        answer.text
+    );
+    assert!(
+        answer
+            .header("x-tierwise-fallback")
+            .is_some_and(|said| said.starts_with("local:")),
+        "{:?}",
+        answer.header("x-tierwise-fallback")
+    );
+    drop(api);
+
+    // Content sent: the stream ends with the upstream's error event.
+    anthropic.set_fault(Fault::ErrorMidStream { after: 4 });
+    let answer = message(&gw, request).await;
+    answer.assert_served_by_first("claude");
+    assert_eq!(events_of(&answer.text).last().unwrap().0, "error");
+    gw.shutdown().await;
+}
+
+/// What a client's SDK assembles from a stream's events: each content block's id (or "text")
+/// and its deltas joined; checking on the way that one block is open at a time and that every
+/// delta goes to the open block.
+fn assembled(events: &[(String, Value)]) -> Vec<(String, String)> {
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    let mut open = None;
+    for (name, data) in events {
+        match name.as_str() {
+            "content_block_start" => {
+                assert!(open.is_none(), "a block opened over another: {events:?}");
+                open = data["index"].as_u64();
+                assert_eq!(open, Some(blocks.len() as u64), "{events:?}");
+                let id = data["content_block"]["id"].as_str().unwrap_or("text");
+                blocks.push((id.to_string(), String::new()));
+            }
+            "content_block_delta" => {
+                assert_eq!(
+                    data["index"].as_u64(),
+                    open,
+                    "a delta to a closed block: {events:?}"
+                );
+                let delta = &data["delta"];
+                let piece = delta["partial_json"].as_str().or(delta["text"].as_str());
+                blocks.last_mut().unwrap().1.push_str(piece.unwrap());
+            }
+            "content_block_stop" => {
+                assert_eq!(data["index"].as_u64(), open, "{events:?}");
+                open = None;
+            }
+            _ => {}
+        }
+    }
+    blocks
+}
+
+/// A chat server that interleaves parallel tool calls' argument fragments: each call's block
+/// holds its own whole arguments, none lost nor sent to a block already stopped.
+#[tokio::test]
+async fn interleaved_parallel_tool_calls_each_keep_their_arguments() {
+    let (local, _api, _anthropic, gw) = setup().await;
+    local.update(|b| {
+        b.reply = String::new();
+        b.interleave_tool_calls = true;
+        b.tool_calls = vec![
+            FakeToolCall {
+                id: "call_a".into(),
+                name: "weather".into(),
+                arguments: r#"{"city":"Oslo","unit":"celsius"}"#.into(),
+            },
+            FakeToolCall {
+                id: "call_b".into(),
+                name: "weather".into(),
+                arguments: r#"{"city":"Lima","unit":"fahrenheit"}"#.into(),
+            },
+        ];
+    });
+    let answer = message(
+        &gw,
+        json!({"model": "summarize", "max_tokens": 64, "stream": true, "tools": [weather_tool()],
+            "messages": [{"role": "user", "content": "Weather in Oslo and Lima?"}]}),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let blocks = assembled(&events_of(&answer.text));
+    let blocks: Vec<(&str, Value)> = blocks
+        .iter()
+        .map(|(id, input)| (id.as_str(), serde_json::from_str(input).unwrap()))
+        .collect();
+    assert_eq!(
+        blocks,
+        [
+            ("call_a", json!({"city": "Oslo", "unit": "celsius"})),
+            ("call_b", json!({"city": "Lima", "unit": "fahrenheit"})),
+        ]
+    );
+    gw.shutdown().await;
+}
+
+/// A stream translated from chat: `message_start` says the gateway's estimate of the prompt (as
+/// `count_tokens` counts it), `message_delta` the upstream's own counts, and the ledger books the
+/// upstream's; without the upstream's usage, the ledger books the gateway's count flagged as
+/// estimated, never `message_start`'s figure as exact.
+#[tokio::test]
+async fn a_translated_stream_says_the_prompts_estimate_first_and_the_upstreams_count_last() {
+    let (local, _api, _anthropic, gw) = setup().await;
+    let store = gw.store().await;
+    let request = json!({"model": "summarize", "max_tokens": 64, "stream": true,
+        "messages": [{"role": "user", "content": "What is the weather like in Oslo in December?"}]});
+    let mut counted = request.clone();
+    counted.as_object_mut().unwrap().remove("stream");
+    counted.as_object_mut().unwrap().remove("max_tokens");
+    let estimate = send(&gw, "/v1/messages/count_tokens", &counted).await;
+    let estimate = estimate.body["input_tokens"].as_u64().expect("a count");
+
+    let answer = message(&gw, request.clone()).await;
+    let events = events_of(&answer.text);
+    assert_eq!(events[0].0, "message_start");
+    assert_eq!(events[0].1["message"]["usage"]["input_tokens"], estimate);
+    let delta = &events[events.len() - 2].1;
+    assert_eq!(delta["usage"]["input_tokens"], 20, "{delta}");
+    assert_eq!(delta["usage"]["output_tokens"], 5, "{delta}");
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert_eq!(
+        (row.tokens_in, row.tokens_out, row.tokens_estimated),
+        (20, 5, false)
+    );
+
+    local.update(|b| b.stream_without_usage = true);
+    let answer = message(&gw, request.clone()).await;
+    let events = events_of(&answer.text);
+    assert_eq!(events[0].1["message"]["usage"]["input_tokens"], estimate);
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert!(row.tokens_estimated, "{row:?}");
+
+    // Only tool calls, no usage: their names and arguments are the output estimated, not 0 — on
+    // Messages and on chat completions alike.
+    local.update(|b| {
+        b.reply = String::new();
+        b.tool_calls = vec![FakeToolCall {
+            id: "call_1".into(),
+            name: "weather".into(),
+            arguments: r#"{"city": "Paris", "unit": "celsius", "days": 3}"#.into(),
+        }];
+    });
+    let answer = message(&gw, request).await;
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert!(row.tokens_estimated && row.tokens_out >= 10, "{row:?}");
+    let answer = gw.ask_stream("summarize").await;
+    let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    assert!(row.tokens_estimated && row.tokens_out >= 10, "{row:?}");
+    gw.shutdown().await;
+}
+
+/// claude-sonnet-4-5 at $3 input, $0.30 cache reads, $3.75 cache writes and $15 output per
+/// million: 700 × 3 + 200 × 0.30 + 100 × 3.75 + 50 × 15 µUSD.
+const CACHED_COST_PUSD: i64 =
+    (700 * 3_000_000) + (200 * 300_000) + (100 * 3_750_000) + (50 * 15_000_000);
+
+/// A passed-through Anthropic stream whose `message_delta` repeats the input but leaves out the
+/// cache's figures, or gives them as `null`: the ledger keeps `message_start`'s cache reads and
+/// writes (booking them as uncached or free under-books or over-books the cost). The same holds
+/// for a chat client served by the Anthropic tier through the provider's wire.
+#[tokio::test]
+async fn a_message_delta_without_cache_figures_keeps_message_starts() {
+    let (_local, _api, anthropic, gw) = setup().await;
+    let store = gw.store().await;
+    for delta_usage in [
+        json!({"input_tokens": 700, "output_tokens": 50}),
+        json!({"input_tokens": 700, "cache_creation_input_tokens": null, "cache_read_input_tokens": null, "output_tokens": 50}),
+    ] {
+        anthropic.update(|b| {
+            b.prompt_tokens = 1000;
+            b.cached_tokens = 200;
+            b.cache_write_tokens = 100;
+            b.completion_tokens = 50;
+            b.message_delta_usage = Some(delta_usage.clone());
+        });
+        let answer = message(
+            &gw,
+            json!({"model": "agent", "max_tokens": 64, "stream": true,
+                "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+        assert_eq!(
+            (
+                row.tokens_in,
+                row.tokens_cached,
+                row.tokens_cache_write,
+                row.tokens_out,
+                row.tokens_estimated
+            ),
+            (1000, 200, 100, 50, false),
+            "{delta_usage}"
+        );
+        assert_eq!(
+            row.cost_pusd.map(|c| c.0),
+            Some(CACHED_COST_PUSD),
+            "{delta_usage}"
+        );
+
+        let mut chat = chat("claude", "Hi");
+        chat["stream"] = json!(true);
+        let answer = Answer::of(gw.post("/v1/chat/completions", &chat).await).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+        assert_eq!(
+            (
+                row.tokens_in,
+                row.tokens_cached,
+                row.tokens_cache_write,
+                row.tokens_out
+            ),
+            (1000, 200, 100, 50),
+            "{delta_usage}"
+        );
+        assert_eq!(
+            row.cost_pusd.map(|c| c.0),
+            Some(CACHED_COST_PUSD),
+            "{delta_usage}"
+        );
+    }
+    gw.shutdown().await;
+}
+
+/// `GET /v1/models` with the key in `x-api-key` (Anthropic's SDK, Claude-Code-style clients): in
+/// Anthropic's list shape where the client sends `anthropic-version`, OpenAI's otherwise; one
+/// model too, and an unknown one (or a wrong key) is Anthropic's 404 (401).
+#[tokio::test]
+async fn models_are_listed_for_anthropics_clients_in_their_shape() {
+    let (_local, _api, _anthropic, gw) = setup().await;
+    let get = |path: &str, anthropic: bool| {
+        let mut request = gw
+            .http
+            .get(format!("{}{path}", gw.url))
+            .header("x-api-key", CLIENT_KEY);
+        if anthropic {
+            request = request.header("anthropic-version", "2023-06-01");
+        }
+        async move { Answer::of(request.send().await.expect("the gateway answers")).await }
+    };
+    let listed = get("/v1/models", true).await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    let data = listed.body["data"].as_array().expect("a list");
+    assert!(!data.is_empty());
+    for model in data {
+        assert_eq!(model["type"], "model", "{model}");
+        assert_eq!(model["display_name"], model["id"], "{model}");
+        let created = model["created_at"].as_str().expect("a time");
+        assert!(humantime::parse_rfc3339(created).is_ok(), "{created}");
+    }
+    assert!(data.iter().any(|model| model["id"] == "summarize"));
+    assert_eq!(listed.body["has_more"], false);
+    assert_eq!(listed.body["first_id"], data[0]["id"]);
+    assert_eq!(listed.body["last_id"], data[data.len() - 1]["id"]);
+
+    let openai = get("/v1/models", false).await;
+    assert_eq!(openai.status, 200, "{}", openai.text);
+    assert_eq!(openai.body["object"], "list");
+
+    let one = get("/v1/models/summarize", true).await;
+    assert_eq!(one.status, 200, "{}", one.text);
+    assert_eq!(one.body["type"], "model");
+    assert_eq!(one.body["id"], "summarize");
+    let unknown = get("/v1/models/no-such-model", true).await;
+    anthropic_error(&unknown, 404, "not_found_error");
+
+    // A wrong key: Anthropic's 401 for its clients, OpenAI's for others.
+    for path in ["/v1/models", "/v1/models/summarize"] {
+        let wrong = gw
+            .http
+            .get(format!("{}{path}", gw.url))
+            .header("x-api-key", "sk-wrong")
+            .header("anthropic-version", "2023-06-01")
+            .send();
+        let wrong = Answer::of(wrong.await.expect("the gateway answers")).await;
+        anthropic_error(&wrong, 401, "authentication_error");
+    }
+    let wrong = gw
+        .http
+        .get(format!("{}/v1/models", gw.url))
+        .header("x-api-key", "sk-wrong")
+        .send();
+    let wrong = Answer::of(wrong.await.expect("the gateway answers")).await;
+    assert_eq!(wrong.status, 401);
+    assert_eq!(
+        wrong.body["error"]["code"], "invalid_api_key",
+        "{}",
+        wrong.text
+    );
+    gw.shutdown().await;
+}
+
+/// On a route that caches, the client's `anthropic-beta` is part of the request: the same body
+/// with other betas goes to the tier, the same betas again are answered from the cache.
+#[tokio::test]
+async fn the_cache_tells_requests_with_other_betas_apart() {
+    let (_local, _api, anthropic, gw) = setup().await;
+    let hi = json!({"model": "cached_agent", "max_tokens": 9, "messages": [{"role": "user", "content": "Hi"}]});
+    let caching = [("anthropic-beta", "prompt-caching-2024-07-31")];
+    let long = [("anthropic-beta", "context-1m-2025-08-07")];
+    for (headers, calls, cache) in [
+        (&caching, 1, "miss"),
+        (&caching, 1, "hit"),
+        (&long, 2, "miss"),
+        (&long, 2, "hit"),
+    ] {
+        let answer = message_with(&gw, &hi, headers).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert_eq!(
+            answer.header("x-tierwise-cache"),
+            Some(cache),
+            "{headers:?}"
+        );
+        assert_eq!(anthropic.request_count(), calls, "{headers:?}");
+    }
+    assert_eq!(
+        anthropic.requests()[1].anthropic_beta,
+        ["context-1m-2025-08-07"]
     );
     gw.shutdown().await;
 }

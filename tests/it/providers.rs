@@ -439,7 +439,8 @@ async fn anthropic_stream_faults_fall_back_before_the_first_event_and_end_cleanl
     ] {
         anthropic.set_fault(fault.clone());
         let answer = gw.ask_stream("claude_first").await;
-        answer.assert_served_by("api_fast", "claude:stream_broken");
+        // The fake's error is Anthropic's `overloaded_error`: the provider's overload, as its 529.
+        answer.assert_served_by("api_fast", "claude:http_503");
         assert_eq!(
             streamed(&answer.text).errors,
             Vec::<Value>::new(),
@@ -460,14 +461,14 @@ async fn anthropic_stream_faults_fall_back_before_the_first_event_and_end_cleanl
         .assert_served_by("api_fast", "claude:stream_broken");
     // Overloaded, or cut, right after `message_start` and before the answer began: nothing of it
     // has reached the client, so the request still falls back.
-    for fault in [
-        Fault::ErrorMidStream { after: 1 },
-        Fault::CutAfterChunks { chunks: 1 },
+    for (fault, why) in [
+        (Fault::ErrorMidStream { after: 1 }, "claude:http_503"),
+        (Fault::CutAfterChunks { chunks: 1 }, "claude:stream_broken"),
     ] {
         anthropic.set_fault(fault);
         gw.ask_stream("claude_first")
             .await
-            .assert_served_by("api_fast", "claude:stream_broken");
+            .assert_served_by("api_fast", why);
     }
 
     let store = gw.store().await;

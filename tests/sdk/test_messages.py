@@ -1,7 +1,8 @@
 """The official `anthropic` Python SDK against tierwise's `/v1/messages`: served through chat
 completions on chat tiers (plain, `messages.stream`, `stream=True`, tools with a `tool_result`
-turn), passed through to an Anthropic tier, `count_tokens`, and errors raised as the SDK's own
-exception classes."""
+turn, interleaved parallel tool calls), passed through to an Anthropic tier (with the client's
+betas), `count_tokens`, `models.list`, and errors raised as the SDK's own exception classes
+(overload as `OverloadedError`, retried)."""
 
 import anthropic
 import pytest
@@ -133,6 +134,80 @@ def test_errors_are_the_sdks_own_exceptions(claude, fakes, gateway_url):
     local, api = fakes
     local.behave(fault={"kind": "status", "status": 503})
     api.behave(fault={"kind": "status", "status": 503})
-    with pytest.raises(anthropic.InternalServerError) as failed:
+    with pytest.raises(anthropic.OverloadedError) as failed:
         claude.messages.create(model="classification", max_tokens=9, messages=HI)
-    assert failed.value.body["type"] == "error"
+    assert failed.value.body["error"]["type"] == "overloaded_error"
+
+
+TOOLS = [
+    {
+        "name": "weather",
+        "description": "The weather in a city.",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+]
+
+
+def test_an_anthropic_tiers_overload_is_the_sdks_overloaded_error_and_retried(fakes, gateway_url):
+    _, api = fakes
+    api.behave(fault={"kind": "status", "status": 529})
+    before = len(api.requests())
+    retrying = anthropic.Anthropic(base_url=gateway_url, api_key=CLIENT_KEY, max_retries=1)
+    with pytest.raises(anthropic.OverloadedError) as failed:
+        retrying.with_options(timeout=20).messages.create(model="claude", max_tokens=9, messages=HI)
+    assert failed.value.status_code == 529
+    assert failed.value.body["error"]["type"] == "overloaded_error"
+    # The SDK retried the 529 once: two calls reached the Anthropic tier.
+    assert len(api.requests()) - before == 2
+
+
+def test_betas_reach_an_anthropic_tier(claude, fakes):
+    _, api = fakes
+    message = claude.beta.messages.create(
+        model="claude_first", max_tokens=9, messages=HI, betas=["prompt-caching-2024-07-31", "context-1m-2025-08-07"]
+    )
+    assert message.id == "msg_fake"
+    sent = api.requests()[-1]
+    assert sent["path"] == "/v1/messages"
+    assert sent["anthropic_beta"] == ["prompt-caching-2024-07-31,context-1m-2025-08-07"]
+    # The version the SDK was written for, over the provider's configured one.
+    assert sent["anthropic_version"] == claude.default_headers["anthropic-version"]
+    assert sent["x_api_key"] == "sk-ant-secret"
+
+
+def test_interleaved_parallel_tool_calls_assemble_whole(claude, fakes):
+    local, _ = fakes
+    local.behave(
+        reply="",
+        interleave_tool_calls=True,
+        tool_calls=[
+            {"id": "call_a", "name": "weather", "arguments": '{"city": "Oslo"}'},
+            {"id": "call_b", "name": "weather", "arguments": '{"city": "Lima"}'},
+        ],
+    )
+    with claude.messages.stream(model="classification", max_tokens=64, tools=TOOLS, messages=HI) as stream:
+        final = stream.get_final_message()
+    assert [(block.id, block.input) for block in final.content] == [
+        ("call_a", {"city": "Oslo"}),
+        ("call_b", {"city": "Lima"}),
+    ]
+
+
+def test_a_translated_streams_usage_starts_estimated_and_ends_the_upstreams(claude, fakes):
+    estimate = claude.messages.count_tokens(model="classification", messages=HI).input_tokens
+    events = list(claude.messages.create(model="classification", max_tokens=64, messages=HI, stream=True))
+    assert events[0].message.usage.input_tokens == estimate
+    with claude.messages.stream(model="classification", max_tokens=64, messages=HI) as stream:
+        final = stream.get_final_message()
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (20, 5)
+
+
+def test_models_are_listed_in_anthropics_shape(claude, fakes):
+    models = list(claude.models.list())
+    ids = [model.id for model in models]
+    assert "classification" in ids and "claude_first" in ids
+    assert all(model.type == "model" for model in models)
+    one = claude.models.retrieve("classification")
+    assert (one.id, one.type) == ("classification", "model")
+    with pytest.raises(anthropic.NotFoundError):
+        claude.models.retrieve("no-such-model")

@@ -33,7 +33,7 @@ use serde_json::{Map, Value, json};
 
 use super::super::{Lack, UpstreamError, UpstreamErrorKind, retry_after, uri};
 use super::model::{Answer, Delta, Finish, ToolCall};
-use crate::openai::{Endpoint, Usage};
+use crate::openai::{AnthropicUsage, Endpoint};
 
 /// The answer budget sent when neither the client nor the tier gave one; Anthropic requires one.
 /// Every current Claude model can write at least this much.
@@ -351,54 +351,6 @@ fn tool_use(call: &Value) -> Result<Value, UpstreamError> {
     }))
 }
 
-/// Anthropic's usage, each count read leniently (a null or a string reads as absent).
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
-struct WireUsage {
-    #[serde(default, deserialize_with = "count")]
-    input_tokens: Option<u64>,
-    #[serde(default, deserialize_with = "count")]
-    output_tokens: Option<u64>,
-    #[serde(default, deserialize_with = "count")]
-    cache_creation_input_tokens: Option<u64>,
-    #[serde(default, deserialize_with = "count")]
-    cache_read_input_tokens: Option<u64>,
-}
-
-fn count<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
-    Ok(Value::deserialize(deserializer)?.as_u64())
-}
-
-impl WireUsage {
-    /// Later counts win: a stream's `message_delta` carries totals that replace `message_start`'s.
-    fn update(&mut self, later: WireUsage) {
-        self.input_tokens = later.input_tokens.or(self.input_tokens);
-        self.output_tokens = later.output_tokens.or(self.output_tokens);
-        self.cache_creation_input_tokens = later
-            .cache_creation_input_tokens
-            .or(self.cache_creation_input_tokens);
-        self.cache_read_input_tokens = later
-            .cache_read_input_tokens
-            .or(self.cache_read_input_tokens);
-    }
-
-    /// In the gateway's terms (see the module's documentation for the rule). A usage without
-    /// both counts is none: a missing count read as 0 would be recorded as exact and bill a call
-    /// as free, where without usage the gateway counts the tokens itself and says so.
-    fn usage(self) -> Option<Usage> {
-        let (Some(input), Some(output)) = (self.input_tokens, self.output_tokens) else {
-            return None;
-        };
-        let read = self.cache_read_input_tokens.unwrap_or(0);
-        let written = self.cache_creation_input_tokens.unwrap_or(0);
-        Some(Usage {
-            prompt_tokens: input.saturating_add(read).saturating_add(written),
-            completion_tokens: output,
-            cached_tokens: read,
-            cache_write_tokens: written,
-        })
-    }
-}
-
 fn finish(stop_reason: &str) -> Finish {
     match stop_reason {
         "max_tokens" | "model_context_window_exceeded" => Finish::Length,
@@ -439,7 +391,7 @@ pub(super) fn decode_answer(body: &[u8]) -> Result<Answer, UpstreamError> {
         #[serde(default)]
         stop_reason: Option<String>,
         #[serde(default)]
-        usage: Option<WireUsage>,
+        usage: Option<AnthropicUsage>,
     }
     let message: Message = serde_json::from_slice(body).map_err(|err| {
         UpstreamError::malformed(format!("the answer is not an Anthropic message: {err}"))
@@ -463,7 +415,7 @@ pub(super) fn decode_answer(body: &[u8]) -> Result<Answer, UpstreamError> {
         text,
         tool_calls,
         finish: message.stop_reason.as_deref().map(finish),
-        usage: message.usage.and_then(WireUsage::usage),
+        usage: message.usage.and_then(AnthropicUsage::usage),
     })
 }
 
@@ -487,7 +439,7 @@ fn arguments(input: &Value) -> String {
 #[derive(Default)]
 pub(super) struct Events {
     tool_index: HashMap<u64, u32>,
-    usage: WireUsage,
+    usage: AnthropicUsage,
     /// `message_start`'s piece, until the answer begins.
     start: Option<Delta>,
     /// A `message_delta` gave the output count: the usage is the whole answer's, not
@@ -515,7 +467,7 @@ impl Events {
             MessageDelta {
                 delta: MessageDelta,
                 #[serde(default)]
-                usage: Option<WireUsage>,
+                usage: Option<AnthropicUsage>,
             },
             MessageStop {},
             Ping {},
@@ -533,7 +485,7 @@ impl Events {
             #[serde(default)]
             model: String,
             #[serde(default)]
-            usage: Option<WireUsage>,
+            usage: Option<AnthropicUsage>,
         }
         #[derive(Deserialize)]
         #[serde(tag = "type", rename_all = "snake_case")]
@@ -683,8 +635,9 @@ pub(super) fn refusal(status: StatusCode, body: Bytes, headers: &HeaderMap) -> U
     struct Envelope {
         error: ErrorBody,
     }
-    // 529 is Anthropic's own overload: the provider's, as 503 is.
-    let status = if status.as_u16() == 529 {
+    // 529 is Anthropic's own overload: the provider's, as 503 is (its detail still says 529).
+    let overloaded = status.as_u16() == 529;
+    let status = if overloaded {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         status
@@ -708,7 +661,11 @@ pub(super) fn refusal(status: StatusCode, body: Bytes, headers: &HeaderMap) -> U
     if spent || status == StatusCode::PAYMENT_REQUIRED {
         return UpstreamError::quota_exhausted(status, body, retry_after(headers));
     }
-    UpstreamError::status(status, body, retry_after(headers))
+    let mut error = UpstreamError::status(status, body, retry_after(headers));
+    if overloaded {
+        error.detail = "answered HTTP 529 (overloaded_error)".into();
+    }
+    error
 }
 
 /// The wordings in which Anthropic refuses for the account's money rather than the request: its
@@ -747,6 +704,7 @@ fn openai_type(kind: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::openai::Usage;
 
     fn encoded(chat: Value) -> Value {
         serde_json::from_slice(&encode(&serde_json::to_vec(&chat).unwrap()).unwrap()).unwrap()

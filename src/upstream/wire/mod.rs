@@ -240,9 +240,12 @@ impl EventReader {
     }
 
     /// The upstream closed its stream: the closing events a translator still owes, if any.
-    pub(super) fn close(&mut self) {
+    pub(super) fn close(&mut self) -> Result<(), UpstreamError> {
         if let Some(endpoint) = &mut self.endpoint {
-            endpoint.translator.close(&mut endpoint.written);
+            endpoint
+                .translator
+                .close(&mut endpoint.written)
+                .map_err(UpstreamError::stream_broken)?;
             self.translated.extend(
                 endpoint
                     .written
@@ -250,15 +253,30 @@ impl EventReader {
                     .map(|(name, data)| named(name, data)),
             );
         }
+        Ok(())
     }
 
     /// What the translated stream has said of its usage so far (`None` where it passes usage on
     /// in its own chunks).
     pub(super) fn usage_so_far(&self) -> Option<super::UsageSoFar> {
+        // The chat stream's own usage, read by the translator (the endpoint's events carry the
+        // gateway's estimates where the upstream gave none).
+        if let Some(usage) = self
+            .endpoint
+            .as_ref()
+            .and_then(|endpoint| endpoint.translator.usage())
+        {
+            return Some(super::UsageSoFar::Whole(usage));
+        }
         match &self.reader {
             Reader::AsCame | Reader::Azure => None,
             Reader::Anthropic { events, .. } => events.usage_so_far(),
         }
+    }
+
+    /// Whether the client's endpoint's events are written by the gateway from chat chunks.
+    pub(super) fn translated(&self) -> bool {
+        self.endpoint.is_some()
     }
 
     /// Reads one upstream event into the events it becomes, handed over by [`EventReader::next`].

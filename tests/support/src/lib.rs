@@ -112,6 +112,12 @@ pub struct Behavior {
     pub cache_write_tokens: u64,
     /// The answer calls these tools (after `reply`, where it is not empty).
     pub tool_calls: Vec<FakeToolCall>,
+    /// Chat streams: the tool calls' argument fragments interleaved (every call's first half,
+    /// then every call's second half), as some servers stream parallel calls.
+    pub interleave_tool_calls: bool,
+    /// Anthropic's streams: `message_delta`'s usage as given, in place of the output count alone
+    /// (newer servers repeat the input there, some with the cache's figures left out or null).
+    pub message_delta_usage: Option<Value>,
     /// Pause between stream chunks.
     pub chunk_delay_ms: u64,
     /// A stream reports no usage even when asked to, as servers that ignore `stream_options` do.
@@ -192,6 +198,8 @@ impl Default for Behavior {
             cached_tokens: 0,
             cache_write_tokens: 0,
             tool_calls: Vec::new(),
+            interleave_tool_calls: false,
+            message_delta_usage: None,
             chunk_delay_ms: 0,
             stream_without_usage: false,
             models: vec!["fake-model".to_string()],
@@ -257,6 +265,8 @@ pub struct Recorded {
     /// Anthropic's `x-api-key` and `anthropic-version`, Azure's `api-key`, where sent.
     pub x_api_key: Option<String>,
     pub anthropic_version: Option<String>,
+    /// Every `anthropic-beta` header's value, as received (repeated headers apart).
+    pub anthropic_beta: Vec<String>,
     pub api_key: Option<String>,
     /// The W3C trace context the gateway passed on.
     pub traceparent: Option<String>,
@@ -544,6 +554,12 @@ fn record_query(
         authorization: get("authorization"),
         x_api_key: get("x-api-key"),
         anthropic_version: get("anthropic-version"),
+        anthropic_beta: headers
+            .get_all("anthropic-beta")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .map(str::to_string)
+            .collect(),
         api_key: get("api-key"),
         traceparent: get("traceparent"),
         tracestate: get("tracestate"),
@@ -874,15 +890,31 @@ fn stream(
             }
         }
     }
-    for (at, call) in behavior.tool_calls.iter().enumerate() {
-        events.push(chunk(0, json!({"tool_calls": [{"index": at, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}]}), None));
+    let halves = |call: &FakeToolCall| {
         let (first, rest) = call.arguments.split_at(call.arguments.len() / 2);
-        for piece in [first, rest] {
-            events.push(chunk(
-                0,
-                json!({"tool_calls": [{"index": at, "function": {"arguments": piece}}]}),
-                None,
-            ));
+        [first.to_string(), rest.to_string()]
+    };
+    let fragment = |at: usize, piece: &str| {
+        chunk(
+            0,
+            json!({"tool_calls": [{"index": at, "function": {"arguments": piece}}]}),
+            None,
+        )
+    };
+    if behavior.interleave_tool_calls {
+        // Every call's start and first half, then every call's second half.
+        for (at, call) in behavior.tool_calls.iter().enumerate() {
+            events.push(chunk(0, json!({"tool_calls": [{"index": at, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": halves(call)[0]}}]}), None));
+        }
+        for (at, call) in behavior.tool_calls.iter().enumerate() {
+            events.push(fragment(at, &halves(call)[1]));
+        }
+    } else {
+        for (at, call) in behavior.tool_calls.iter().enumerate() {
+            events.push(chunk(0, json!({"tool_calls": [{"index": at, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}]}), None));
+            for piece in halves(call) {
+                events.push(fragment(at, &piece));
+            }
         }
     }
     let finish = if behavior.tool_calls.is_empty() {
@@ -1371,6 +1403,9 @@ async fn anthropic_messages(
         block += 1;
     }
     let mut delta = json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": behavior.completion_tokens}});
+    if let Some(usage) = &behavior.message_delta_usage {
+        delta["usage"] = usage.clone();
+    }
     if behavior.fault == Fault::NoUsage {
         // Only `message_start`'s early count (1) is left, as some Anthropic-compatible servers
         // end a stream.
