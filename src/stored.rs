@@ -13,11 +13,13 @@
 //! a database that does not answer is a 503 that says so. Responses older than
 //! `responses.retention` are not found, and a background task deletes them.
 //!
-//! Each kept response holds every input item it answered (the turns before it expanded), so a
-//! next turn reads one row, never a chain. The price is storage quadratic in a conversation's
-//! turns (n turns of b bytes keep about n²·b/2); it is bounded because a conversation grows only
-//! until a request carrying it would be larger than `server.max_body_bytes`, and is then refused
-//! with a 400 that says so, and because rows expire after `responses.retention`.
+//! Each kept response holds only its own turn — the input items its request sent and its answer
+//! — and the id of the response it continued, so a conversation of n turns keeps n turns (it kept
+//! about n²/2 when each row held its whole conversation). A next turn walks the chain back from
+//! the response it names, in one query (at most `responses.max_turns` rows), and writes every turn
+//! into its request. A chain missing a turn — deleted, or past `responses.retention` — is not
+//! continued with a hole in it: the request is refused as OpenAI refuses a response it does not
+//! keep. The request carrying a conversation is still bounded by `server.max_body_bytes`.
 //!
 //! Every kept answer gets the gateway's own `resp_…` id, a passed-through one too (the relay
 //! writes it into every stream event): an upstream's id is not the gateway's to vouch for.
@@ -41,7 +43,7 @@ use crate::openai::{Endpoint, RequestBody, RequestError, responses};
 /// queue fills; a response that finds it full is not kept (logged, counted in
 /// `tierwise_responses_dropped_total`, and a whole answer says `store: false`).
 const QUEUE: usize = 1024;
-/// The most bytes of responses waiting to be written: each may hold a conversation of up to
+/// The most bytes of responses waiting to be written: each may hold a turn of up to
 /// `server.max_body_bytes`, so the count alone would let a database that is away cost gigabytes.
 const QUEUE_BYTES: usize = 64 << 20;
 /// Responses written in one transaction.
@@ -62,6 +64,20 @@ pub enum StateError {
     /// The same for the response a request continues: OpenAI's 400, whose code clients act on.
     #[error("Previous response with id '{0}' not found.")]
     PreviousNotFound(String),
+    /// A turn before the response named is gone: its conversation is not carried with a hole.
+    #[error(
+        "Previous response with id '{id}' not found: an earlier turn of its conversation ('{missing}') was deleted or has expired (responses.retention). Start a new conversation with the turns that matter as `input` items."
+    )]
+    PreviousBroken { id: String, missing: String },
+    /// The same, for listing a response's input items.
+    #[error(
+        "The input items of response '{id}' cannot be listed: an earlier turn of its conversation ('{missing}') was deleted or has expired (responses.retention)."
+    )]
+    Broken { id: String, missing: String },
+    #[error(
+        "'previous_response_id' continues a conversation of more than {0} turns (responses.max_turns). Start a new conversation with the turns that matter as `input` items."
+    )]
+    TooManyTurns(usize),
     #[error(
         "'{0}' needs the gateway to keep responses, and its configuration keeps none. Ask its operator to set `store = true` under [responses], or leave '{0}' out and send the whole conversation as `input` items."
     )]
@@ -120,7 +136,7 @@ pub struct Keep {
     id: String,
     scope: String,
     request_id: String,
-    /// Every input item the request answers.
+    /// The input items the request itself sent.
     input: Vec<Value>,
     previous: Option<String>,
 }
@@ -190,36 +206,30 @@ impl StoredResponses {
         }
         // OpenAI's default: a response is kept unless the request says not to.
         let keep = asked != Some(false);
-        let before = match &previous {
-            Some(id) => Some(self.find(scope, id).await.map_err(|err| match err {
-                StateError::NotFound(id) => StateError::PreviousNotFound(id),
-                err => err,
-            })?),
-            None => None,
-        };
-        if !keep && before.is_none() {
+        if !keep && previous.is_none() {
             return Ok(Prepared::default());
         }
-        let before = match &before {
-            Some(row) => {
-                let unreadable = |err: serde_json::Error| {
-                    tracing::error!(response = %row.id, "a kept response is not JSON: {err}");
-                    StateError::Unreadable(row.id.clone())
-                };
-                let input: Vec<Value> = serde_json::from_str(&row.input).map_err(unreadable)?;
-                let response: Value = serde_json::from_str(&row.response).map_err(unreadable)?;
-                Some((input, response))
+        let before = match &previous {
+            Some(id) => {
+                let chain = self.chain(scope, id).await.map_err(|err| match err {
+                    StateError::NotFound(id) => StateError::PreviousNotFound(id),
+                    StateError::Broken { id, missing } => {
+                        StateError::PreviousBroken { id, missing }
+                    }
+                    err => err,
+                })?;
+                let mut items = Vec::new();
+                for row in chain.iter().rev() {
+                    let (input, response) = read(row)?;
+                    responses::carry(&mut items, input, &response);
+                }
+                Some(items)
             }
             None => None,
         };
-        let (written, input) = responses::with_state(
-            body,
-            before
-                .as_ref()
-                .map(|(input, response)| (input.clone(), response)),
-            keep,
-        )?;
-        if before.is_some() && written.len() > max_body {
+        let continues = before.is_some();
+        let (written, input) = responses::with_state(body, before, keep)?;
+        if continues && written.len() > max_body {
             return Err(StateError::TooLong {
                 bytes: written.len(),
                 limit: max_body,
@@ -240,37 +250,116 @@ impl StoredResponses {
 
     /// The response `id` kept in `scope`, as `GET /v1/responses/{id}` gives it.
     pub async fn response(&self, scope: &str, id: &str) -> Result<Bytes, StateError> {
-        let row = self.find(scope, id).await?;
+        let row = self.within_timeout(self.walk(scope, id, 1)).await?;
+        let row = row.first().ok_or(StateError::NotFound(id.to_string()))?;
         Ok(Bytes::from(row.response.clone()))
     }
 
-    /// The response `id` kept in `scope`: from this process's map, else from the database within
-    /// the lookup's timeout.
-    async fn find(&self, scope: &str, id: &str) -> Result<Arc<KeptRow>, StateError> {
-        if let Some(row) = self.recent(scope, id)? {
-            return Ok(row);
+    /// The input items the response `id` kept in `scope` answered, its conversation's turns
+    /// before it included, oldest first, as `GET /v1/responses/{id}/input_items` lists them.
+    pub async fn input_items(&self, scope: &str, id: &str) -> Result<Vec<Value>, StateError> {
+        let chain = self.chain(scope, id).await?;
+        let mut items = Vec::new();
+        for (at, row) in chain.iter().enumerate().rev() {
+            let (input, response) = read(row)?;
+            // The response listed answered its own input, not its output.
+            let answered = (at > 0).then_some(&response);
+            responses::list_turn(&mut items, &row.id, input, answered);
         }
+        Ok(items)
+    }
+
+    /// The response `id` kept in `scope` and every turn before it, newest first: the whole
+    /// conversation it answered, or an error that says which turn is gone.
+    async fn chain(&self, scope: &str, id: &str) -> Result<Vec<Arc<KeptRow>>, StateError> {
+        let max = self.config.max_turns;
+        // One row more than may be continued tells a chain too long from one that is whole.
+        let chain = self.within_timeout(self.walk(scope, id, max + 1)).await?;
+        let Some(last) = chain.last() else {
+            return Err(StateError::NotFound(id.to_string()));
+        };
+        if chain.len() > max {
+            return Err(StateError::TooManyTurns(max));
+        }
+        match &last.previous_id {
+            None => Ok(chain),
+            Some(missing) => Err(StateError::Broken {
+                id: id.to_string(),
+                missing: missing.clone(),
+            }),
+        }
+    }
+
+    /// Bounds a read of the database by `responses.lookup_timeout_ms`.
+    async fn within_timeout<T>(
+        &self,
+        read: impl Future<Output = Result<T, StateError>>,
+    ) -> Result<T, StateError> {
+        let timeout = self.config.lookup_timeout;
+        tokio::time::timeout(timeout, read)
+            .await
+            .unwrap_or(Err(StateError::Timeout(timeout)))
+    }
+
+    /// The response `id` kept in `scope`, then the one it continued, and so on, newest first, at
+    /// most `limit` rows: from this process's map while it has them, the rest from the database in
+    /// one query. The walk stops where a response is not there (unknown, another scope's, deleted,
+    /// expired); empty when `id` itself is not.
+    async fn walk(
+        &self,
+        scope: &str,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<Arc<KeptRow>>, StateError> {
+        let mut chain: Vec<Arc<KeptRow>> = Vec::new();
+        let mut wanted = Some(id.to_string());
+        while let Some(next) = wanted.take_if(|_| chain.len() < limit) {
+            match self.recent(scope, &next) {
+                Ok(Some(row)) => {
+                    wanted = row.previous_id.clone();
+                    chain.push(row);
+                }
+                Ok(None) => {
+                    wanted = Some(next);
+                    break;
+                }
+                // Deleted while it waits to be written, or another scope's: the walk ends here.
+                Err(_) => return Ok(chain),
+            }
+        }
+        let Some(next) = wanted.filter(|_| chain.len() < limit) else {
+            return Ok(chain);
+        };
         let since = now_ms().saturating_sub(duration_ms(self.config.retention));
-        let lookup = async {
-            let mut again = true;
-            loop {
-                match self.store.kept_response(id, scope, since).await {
-                    Ok(Some(row)) => return Ok(Arc::new(row)),
-                    Ok(None) if again => {
-                        again = false;
-                        tokio::time::sleep(GRACE).await;
-                    }
-                    Ok(None) => return Err(StateError::NotFound(id.to_string())),
-                    Err(err) => {
-                        tracing::warn!("cannot read a kept response from the ledger: {err}");
-                        return Err(StateError::Unavailable);
-                    }
+        let mut again = true;
+        let rows = loop {
+            match self
+                .store
+                .kept_chain(&next, scope, since, limit - chain.len())
+                .await
+            {
+                // Nothing yet: another replica may be writing it.
+                Ok(rows) if rows.is_empty() && again => {
+                    again = false;
+                    tokio::time::sleep(GRACE).await;
+                }
+                Ok(rows) => break rows,
+                Err(err) => {
+                    tracing::warn!("cannot read a kept response from the ledger: {err}");
+                    return Err(StateError::Unavailable);
                 }
             }
         };
-        tokio::time::timeout(self.config.lookup_timeout, lookup)
-            .await
-            .unwrap_or(Err(StateError::Timeout(self.config.lookup_timeout)))
+        // A row deleted while it waited to be written is in the database until the writer
+        // deletes it too; until then its tombstone here says it is gone.
+        let recent = self.recent.lock().expect("never poisoned");
+        for row in rows {
+            if matches!(recent.get(&row.id), Some(Recent::Deleted)) {
+                break;
+            }
+            chain.push(Arc::new(row));
+        }
+        Ok(chain)
     }
 
     /// The response `id` of `scope` in this process's map; an error when it was deleted or is
@@ -455,6 +544,34 @@ impl Keep {
         &self.id
     }
 
+    /// A stream event's data whose response object is this answer's, told as the gateway keeps
+    /// it — its id, `store: true`, the `previous_response_id` its request gave — where the
+    /// event said otherwise: a server the request was passed through to keeps nothing and saw
+    /// neither (it got `store: false`). `None` when the event says so already, or has no response
+    /// object.
+    pub fn restate(&self, data: &str) -> Option<String> {
+        let mut event: Value = serde_json::from_str(data).ok()?;
+        let response = event.get_mut("response")?.as_object_mut()?;
+        let kept = [
+            ("id", Value::String(self.id.clone())),
+            ("store", Value::Bool(true)),
+            (
+                "previous_response_id",
+                self.previous.clone().map_or(Value::Null, Value::String),
+            ),
+        ];
+        if kept
+            .iter()
+            .all(|(name, value)| response.get(*name) == Some(value))
+        {
+            return None;
+        }
+        for (name, value) in kept {
+            response.insert(name.into(), value);
+        }
+        Some(event.to_string())
+    }
+
     fn keep(self, mut response: Value) -> Option<Value> {
         let status = response["status"].as_str()?;
         if !matches!(status, "completed" | "incomplete") {
@@ -463,12 +580,13 @@ impl Keep {
         let id = self.id;
         response["id"] = Value::String(id.clone());
         response["store"] = Value::Bool(true);
-        response["previous_response_id"] = self.previous.map_or(Value::Null, Value::String);
+        response["previous_response_id"] = self.previous.clone().map_or(Value::Null, Value::String);
         let row = KeptRow {
             id,
             scope: self.scope,
             created_ms: now_ms(),
             request_id: self.request_id,
+            previous_id: self.previous,
             input: Value::Array(self.input).to_string(),
             response: response.to_string(),
         };
@@ -512,6 +630,17 @@ async fn reap(store: Store, retention: Duration) {
     }
 }
 
+/// A kept turn's input items and response, as JSON.
+fn read(row: &KeptRow) -> Result<(Vec<Value>, Value), StateError> {
+    let unreadable = |err: serde_json::Error| {
+        tracing::error!(response = %row.id, "a kept response is not JSON: {err}");
+        StateError::Unreadable(row.id.clone())
+    };
+    let input = serde_json::from_str(&row.input).map_err(unreadable)?;
+    let response = serde_json::from_str(&row.response).map_err(unreadable)?;
+    Ok((input, response))
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -540,7 +669,7 @@ mod tests {
         let store = Store::connect("sqlite::memory:").await.unwrap();
         let stored = on(store.clone());
         store.close().await;
-        let err = stored.find("", "resp_x").await.unwrap_err();
+        let err = stored.chain("", "resp_x").await.unwrap_err();
         assert!(matches!(err, StateError::Unavailable), "{err:?}");
         let err = stored.forget("", "resp_x").await.unwrap_err();
         assert!(matches!(err, StateError::Unavailable), "{err:?}");
@@ -557,13 +686,14 @@ mod tests {
             scope: "key-a".into(),
             created_ms: now_ms(),
             request_id: "r1".into(),
+            previous_id: None,
             input: "[]".into(),
             response: "{}".into(),
         });
-        assert!(stored.find("key-b", "resp_1").await.is_err());
+        assert!(stored.chain("key-b", "resp_1").await.is_err());
         stored.forget("key-a", "resp_1").await.unwrap();
         assert!(matches!(
-            stored.find("key-a", "resp_1").await,
+            stored.chain("key-a", "resp_1").await,
             Err(StateError::NotFound(_))
         ));
         let tasks = stored.spawn().unwrap();
