@@ -22,7 +22,9 @@
 //! keep. The request carrying a conversation is still bounded by `server.max_body_bytes`.
 //!
 //! Every kept answer gets the gateway's own `resp_…` id, a passed-through one too (the relay
-//! writes it into every stream event): an upstream's id is not the gateway's to vouch for.
+//! writes it into every stream event, and `store: true` into those that carry the response
+//! object: the upstream was told `store: false`): an upstream's id is not the gateway's to vouch
+//! for.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
