@@ -77,7 +77,7 @@ pub enum StateError {
     )]
     Broken { id: String, missing: String },
     #[error(
-        "'previous_response_id' continues a conversation of more than {0} turns (responses.max_turns). Start a new conversation with the turns that matter as `input` items."
+        "'previous_response_id' continues more than {0} earlier turns (responses.max_turns). Start a new conversation with the turns that matter as `input` items."
     )]
     TooManyTurns(usize),
     #[error(

@@ -16,7 +16,7 @@ pub struct ResponsesConfig {
     pub retention: Duration,
     /// The most a request waits for the database to give it the response it continues.
     pub lookup_timeout: Duration,
-    /// The most turns a conversation continued by `previous_response_id` may have: each kept
+    /// The most earlier turns a request continued by `previous_response_id` may carry: each kept
     /// response holds only its own turn, so continuing one reads its whole chain.
     pub max_turns: usize,
 }

@@ -1572,3 +1572,33 @@ async fn a_passed_through_stream_says_it_is_kept_under_the_gateways_id() {
     assert_eq!(read.body, *objects[2]);
     gw.shutdown().await;
 }
+
+/// A request continuing more than `responses.max_turns` earlier turns is refused: a 400 that
+/// names the key, and nothing upstream; the turns within the bound go on.
+#[tokio::test]
+async fn a_conversation_past_max_turns_is_refused() {
+    let (local, _api, gw) = kept_setup(sqlite_url(), |c| {
+        c.0.responses.max_turns = Some(tierwise::config::file::spanned(2));
+    })
+    .await;
+    let mut previous = Value::Null;
+    for _ in 0..3 {
+        let answer = respond(
+            &gw,
+            json!({"model": "summarize", "input": "More.", "previous_response_id": previous}),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        previous = answer.body["id"].clone();
+    }
+    let refused = respond(
+        &gw,
+        json!({"model": "summarize", "input": "More.", "previous_response_id": previous}),
+    )
+    .await;
+    let message = refused.error(400, None);
+    assert!(message.contains("responses.max_turns"), "{message}");
+    assert_eq!(refused.body["error"]["param"], "previous_response_id");
+    assert_eq!(local.request_count(), 3);
+    gw.shutdown().await;
+}
