@@ -26,7 +26,7 @@
 //! object: the upstream was told `store: false`): an upstream's id is not the gateway's to vouch
 //! for.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -262,11 +262,12 @@ impl StoredResponses {
     pub async fn input_items(&self, scope: &str, id: &str) -> Result<Vec<Value>, StateError> {
         let chain = self.chain(scope, id).await?;
         let mut items = Vec::new();
+        let mut seen = HashSet::new();
         for (at, row) in chain.iter().enumerate().rev() {
             let (input, response) = read(row)?;
             // The response listed answered its own input, not its output.
             let answered = (at > 0).then_some(&response);
-            responses::list_turn(&mut items, &row.id, input, answered);
+            responses::list_turn(&mut items, &mut seen, &row.id, input, answered);
         }
         Ok(items)
     }

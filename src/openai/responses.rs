@@ -26,6 +26,7 @@
 //! `conversation`, stored `prompt`s) is refused with a 400 naming the field, never dropped.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -466,7 +467,47 @@ fn sent_back(item: &Value) -> Option<Value> {
 /// OpenAI lists an item — with an `id` (an output item keeps its own; an input item without one
 /// gets one made of its turn's id `turn` and its place, the same at every listing) and a message
 /// as `type: message` with a list of content parts.
-pub fn list_turn(items: &mut Vec<Value>, turn: &str, input: Vec<Value>, response: Option<&Value>) {
+///
+/// The ids are unique within a listing, for `after` and `before` to name one item: an id already
+/// listed in an earlier turn (`seen`) — an upstream's that repeats, or a client's sent again — is
+/// listed as one made of its turn's id and its place instead, the same at every listing since the
+/// turns are always listed oldest first.
+pub fn list_turn(
+    items: &mut Vec<Value>,
+    seen: &mut HashSet<String>,
+    turn: &str,
+    input: Vec<Value>,
+    response: Option<&Value>,
+) {
+    let from = items.len();
+    list_turn_as_kept(items, turn, input, response);
+    let turn = turn.strip_prefix("resp_").unwrap_or(turn);
+    for (place, item) in items[from..].iter_mut().enumerate() {
+        let id = item["id"].as_str().unwrap_or_default().to_string();
+        let prefix = id.split_once('_').map_or("item", |(prefix, _)| prefix);
+        let mut unique = id.clone();
+        let mut again = 0;
+        // An item without an id (an upstream's output item may have none) gets one too.
+        while unique.is_empty() || !seen.insert(unique.clone()) {
+            unique = match again {
+                0 => format!("{prefix}_{turn}_{place}"),
+                n => format!("{prefix}_{turn}_{place}_{n}"),
+            };
+            again += 1;
+        }
+        if unique != id {
+            item["id"] = Value::String(unique);
+        }
+    }
+}
+
+/// One turn's items as [`list_turn`] lists them, with their ids as kept.
+fn list_turn_as_kept(
+    items: &mut Vec<Value>,
+    turn: &str,
+    input: Vec<Value>,
+    response: Option<&Value>,
+) {
     let turn = turn.strip_prefix("resp_").unwrap_or(turn);
     for (index, mut item) in input.into_iter().enumerate() {
         let Some(fields) = item.as_object_mut() else {

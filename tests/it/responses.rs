@@ -1602,3 +1602,71 @@ async fn a_conversation_past_max_turns_is_refused() {
     assert_eq!(local.request_count(), 3);
     gw.shutdown().await;
 }
+
+/// Paging a conversation's input items by `after` ends, with every item once, in either order and
+/// at any page size, though its ids repeat: the passed-through server names every output item
+/// `msg_fake`, and the client sends an item with that id, and one of its own, in every turn.
+#[tokio::test]
+async fn input_items_page_to_the_end_though_ids_repeat() {
+    let (_local, _api, gw) = kept_setup(sqlite_url(), |_| {}).await;
+    let mut previous = Value::Null;
+    for turn in 0..4 {
+        let input = json!([
+            {"id": "msg_fake", "type": "message", "role": "user", "content": format!("Turn {turn}")},
+            {"id": "msg_mine", "type": "message", "role": "user", "content": "Again"},
+        ]);
+        let answer = respond(
+            &gw,
+            json!({"model": "api_first", "input": input, "previous_response_id": previous}),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        previous = answer.body["id"].clone();
+    }
+    let id = previous.as_str().unwrap();
+    let list = |query: String| {
+        let path = format!("/v1/responses/{id}/input_items{query}");
+        let gw = &gw;
+        async move { call(gw, reqwest::Method::GET, &path, CLIENT_KEY, None).await }
+    };
+    let whole = list("?order=asc&limit=100".into()).await;
+    let whole: Vec<Value> = whole.body["data"].as_array().unwrap().clone();
+    assert_eq!(
+        whole.len(),
+        3 * 3 + 2,
+        "three turns before, each 2 in and 1 out; 2 in"
+    );
+    let ids: Vec<&str> = whole
+        .iter()
+        .map(|item| item["id"].as_str().unwrap())
+        .collect();
+    let unique: std::collections::HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        ids.len(),
+        "ids unique within a listing: {ids:?}"
+    );
+    for order in ["asc", "desc"] {
+        for limit in 1..=3 {
+            let mut paged = Vec::new();
+            let mut after = String::new();
+            for _ in 0..=whole.len() {
+                let page = list(format!("?order={order}&limit={limit}{after}")).await;
+                assert_eq!(page.status, 200, "{}", page.text);
+                paged.extend(page.body["data"].as_array().unwrap().iter().cloned());
+                if page.body["has_more"] == false {
+                    break;
+                }
+                after = format!("&after={}", page.body["last_id"].as_str().unwrap());
+            }
+            if order == "desc" {
+                paged.reverse();
+            }
+            assert_eq!(
+                paged, whole,
+                "order={order} limit={limit} pages to the end, each item once"
+            );
+        }
+    }
+    gw.shutdown().await;
+}
