@@ -11,13 +11,14 @@
 //! (a lookup that finds nothing looks again for [`GRACE`], the time a write takes to land). A
 //! lookup is the one database read on the request path, bounded by `responses.lookup_timeout_ms`;
 //! a database that does not answer is a 503 that says so. Responses older than
-//! `responses.retention` are not found, and a background task deletes them.
+//! `responses.retention` are not found, and a background task deletes them — but not a turn that
+//! a younger one continues: a conversation lasts while its newest turn is within retention.
 //!
 //! Each kept response holds only its own turn — the input items its request sent and its answer
 //! — and the id of the response it continued, so a conversation of n turns keeps n turns (it kept
 //! about n²/2 when each row held its whole conversation). A next turn walks the chain back from
 //! the response it names, in one query (at most `responses.max_turns` rows), and writes every turn
-//! into its request. A chain missing a turn — deleted, or past `responses.retention` — is not
+//! into its request. A chain missing a turn — deleted (or expired before this rule) — is not
 //! continued with a hole in it: the request is refused as OpenAI refuses a response it does not
 //! keep. The request carrying a conversation is still bounded by `server.max_body_bytes`.
 //!
@@ -333,7 +334,13 @@ impl StoredResponses {
         let Some(next) = wanted.filter(|_| chain.len() < limit) else {
             return Ok(chain);
         };
-        let since = now_ms().saturating_sub(duration_ms(self.config.retention));
+        // The response named must be within its retention; a turn before it, reached from the
+        // map, need not (the reaper keeps it while a later turn is young).
+        let since = if chain.is_empty() {
+            now_ms().saturating_sub(duration_ms(self.config.retention))
+        } else {
+            i64::MIN
+        };
         let mut again = true;
         let rows = loop {
             match self

@@ -67,9 +67,10 @@ impl Store {
 
     /// The response `id` kept in `scope` at or after `since_ms`, then the response it continued,
     /// and so on back to the start of its conversation: at most `max` rows, newest first, read in
-    /// one query (a recursive one) rather than one round trip per turn. The walk stops at a
-    /// response that is not there — deleted, expired, another scope's — so the last row's
-    /// `previous_id` says whether the chain is whole.
+    /// one query (a recursive one) rather than one round trip per turn. Only the response named
+    /// must be within `since_ms`: the turns before it are kept as long as a turn after them is
+    /// ([`Store::forget_responses_before`]). The walk stops at a response that is not there —
+    /// deleted, another scope's — so the last row's `previous_id` says whether the chain is whole.
     pub async fn kept_chain(
         &self,
         id: &str,
@@ -84,7 +85,7 @@ impl Store {
                  UNION ALL \
                  SELECT r.id, r.previous_id, chain.depth + 1 FROM responses r \
                  JOIN chain ON r.id = chain.previous_id \
-                 WHERE r.scope = $2 AND r.created_ms >= $3 AND chain.depth + 1 < $4 \
+                 WHERE r.scope = $2 AND chain.depth + 1 < $4 \
              ) \
              SELECT r.id, r.scope, r.created_ms, r.request_id, r.previous_id, r.input, r.response \
              FROM chain JOIN responses r ON r.id = chain.id ORDER BY chain.depth",
@@ -134,12 +135,26 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Deletes the responses kept before `before_ms`; how many.
+    /// Deletes the responses kept before `before_ms` that no response kept since continues, however
+    /// many turns later: a conversation whose newest turn is young is kept whole, to be continued
+    /// from that turn (as each new turn renewed it when a row held its whole conversation). One
+    /// query, the same on SQLite and PostgreSQL: the young rows' ancestors, walked back (`UNION`
+    /// ends the walk at a row seen already, a cycle too), are spared. How many were deleted.
     pub async fn forget_responses_before(&self, before_ms: i64) -> Result<u64, LedgerError> {
-        let done = sqlx::query("DELETE FROM responses WHERE created_ms < $1")
-            .bind(before_ms)
-            .execute(self.pool())
-            .await?;
+        let done = sqlx::query(
+            "WITH RECURSIVE continued (id) AS ( \
+                 SELECT previous_id FROM responses \
+                 WHERE created_ms >= $1 AND previous_id IS NOT NULL \
+                 UNION \
+                 SELECT r.previous_id FROM responses r JOIN continued ON r.id = continued.id \
+                 WHERE r.previous_id IS NOT NULL \
+             ) \
+             DELETE FROM responses WHERE created_ms < $1 \
+             AND id NOT IN (SELECT id FROM continued)",
+        )
+        .bind(before_ms)
+        .execute(self.pool())
+        .await?;
         Ok(done.rows_affected())
     }
 

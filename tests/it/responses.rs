@@ -1384,7 +1384,8 @@ async fn a_conversation_missing_an_earlier_turn_is_not_continued() {
     .await;
     assert_eq!(read.status, 200, "{}", read.text);
 
-    // A first turn past its retention breaks the chain as a deletion does.
+    // A first turn past its retention is still carried by a later turn within it: only the
+    // response continued must be within retention.
     let store = gw.store().await;
     let mut rows = chained("", 2);
     rows[0].created_ms -= 31 * 24 * 3600 * 1000;
@@ -1395,8 +1396,114 @@ async fn a_conversation_missing_an_earlier_turn_is_not_continued() {
         json!({"model": "summarize", "input": "Again", "previous_response_id": rows[1].id}),
     )
     .await;
-    let message = next.error(400, Some("previous_response_not_found"));
-    assert!(message.contains(&rows[0].id), "{message}");
+    assert_eq!(next.status, 200, "{}", next.text);
+    let sent = local.requests().last().unwrap().body.clone();
+    assert!(sent.to_string().contains("answer 0"), "{sent}");
+    gw.shutdown().await;
+}
+
+/// The reaper deletes a response past its retention only when no response within it continues
+/// it, however many turns later — one query on SQLite and PostgreSQL, a cycle included — and a
+/// chain is read back from a young response through its old turns, not from an old one.
+#[tokio::test]
+async fn old_turns_a_young_one_continues_are_kept_on_both_databases() {
+    const DAY: i64 = 24 * 3600 * 1000;
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let store = tierwise::ledger::Store::connect(&backend.url().await)
+            .await
+            .unwrap();
+        let mut live = chained("", 3);
+        live[0].created_ms -= 40 * DAY;
+        live[1].created_ms -= 35 * DAY;
+        let mut dead = chained("", 2);
+        dead[0].created_ms -= 40 * DAY;
+        dead[1].created_ms -= 35 * DAY;
+        let mut cycle = chained("", 2);
+        cycle[0].previous_id = Some(cycle[1].id.clone());
+        for row in &mut cycle {
+            row.created_ms -= 40 * DAY;
+        }
+        let rows: Vec<_> = live.iter().chain(&dead).chain(&cycle).collect();
+        store.keep_responses(&rows).await.unwrap();
+        let cutoff = live[2].created_ms - 30 * DAY;
+        assert_eq!(
+            store.forget_responses_before(cutoff).await.unwrap(),
+            4,
+            "{backend:?}"
+        );
+        let chain = store
+            .kept_chain(&live[2].id, "", cutoff, 1000)
+            .await
+            .unwrap();
+        let ids: Vec<&str> = chain.iter().map(|row| row.id.as_str()).collect();
+        let want = [&live[2].id, &live[1].id, &live[0].id];
+        assert_eq!(ids, want, "{backend:?}");
+        assert!(
+            store
+                .kept_chain(&live[1].id, "", cutoff, 1000)
+                .await
+                .unwrap()
+                .is_empty(),
+            "an old response is not continued itself"
+        );
+        // Once its newest turn is old too, the conversation goes.
+        assert_eq!(
+            store
+                .forget_responses_before(live[2].created_ms + 1)
+                .await
+                .unwrap(),
+            3,
+            "{backend:?}"
+        );
+        store.close().await;
+    }
+}
+
+/// An active conversation stays continuable past its first turn's retention: with a retention
+/// of 2 s, a first turn continued within it is still carried after the reaper has deleted a lone
+/// response as old as it, and the conversation goes on from its newest turn.
+#[tokio::test]
+async fn an_active_conversation_outlives_its_first_turns_retention() {
+    let (local, _api, gw) = kept_setup(sqlite_url(), |c| {
+        c.0.server.api_keys = None;
+        c.0.responses.retention = Some(tierwise::config::file::text("2s"));
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    respond(&gw, json!({"model": "summarize", "input": "Alone"})).await;
+    let first = respond(&gw, json!({"model": "summarize", "input": "First"})).await;
+    wait_for_kept(&gw, 2).await;
+    // The second turn comes when the first is past half its retention, so that the lone one
+    // expires well before the second does.
+    tokio::time::sleep_until(started + Duration::from_millis(1200)).await;
+    let second = respond(
+        &gw,
+        json!({"model": "summarize", "input": "Second", "previous_response_id": first.body["id"]}),
+    )
+    .await;
+    assert_eq!(second.status, 200, "{}", second.text);
+    wait_for_kept(&gw, 3).await;
+    // The reaper has run past the first turn's retention once the lone response is gone.
+    wait_for_kept(&gw, 2).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(3000),
+        "the second turn is still young"
+    );
+    let third = respond(
+        &gw,
+        json!({"model": "summarize", "input": "Third", "previous_response_id": second.body["id"]}),
+    )
+    .await;
+    assert_eq!(third.status, 200, "{}", third.text);
+    let sent = local.requests().last().unwrap().body.clone();
+    let texts: Vec<&str> = sent["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|message| message["role"] == "user")
+        .map(|message| message["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["First", "Second", "Third"]);
     gw.shutdown().await;
 }
 
