@@ -81,6 +81,12 @@ pub enum StateError {
         "'previous_response_id' continues more than {0} earlier turns (responses.max_turns). Start a new conversation with the turns that matter as `input` items."
     )]
     TooManyTurns(usize),
+    /// The same for listing: a response the gateway made has at most `max_turns` turns before
+    /// it, so this one was kept under a larger bound, or by hand.
+    #[error(
+        "The input items of response '{id}' cannot be listed: its conversation has more than {max} earlier turns (responses.max_turns)."
+    )]
+    TooManyTurnsToList { id: String, max: usize },
     #[error(
         "'{0}' needs the gateway to keep responses, and its configuration keeps none. Ask its operator to set `store = true` under [responses], or leave '{0}' out and send the whole conversation as `input` items."
     )]
@@ -214,7 +220,8 @@ impl StoredResponses {
         }
         let before = match &previous {
             Some(id) => {
-                let chain = self.chain(scope, id).await.map_err(|err| match err {
+                let max = self.config.max_turns;
+                let chain = self.chain(scope, id, max).await.map_err(|err| match err {
                     StateError::NotFound(id) => StateError::PreviousNotFound(id),
                     StateError::Broken { id, missing } => {
                         StateError::PreviousBroken { id, missing }
@@ -261,7 +268,19 @@ impl StoredResponses {
     /// The input items the response `id` kept in `scope` answered, its conversation's turns
     /// before it included, oldest first, as `GET /v1/responses/{id}/input_items` lists them.
     pub async fn input_items(&self, scope: &str, id: &str) -> Result<Vec<Value>, StateError> {
-        let chain = self.chain(scope, id).await?;
+        // Reading is not continuing: a response with `max_turns` turns before it is listed
+        // (continuing it is what is refused).
+        let max = self.config.max_turns;
+        let chain = self
+            .chain(scope, id, max + 1)
+            .await
+            .map_err(|err| match err {
+                StateError::TooManyTurns(_) => StateError::TooManyTurnsToList {
+                    id: id.to_string(),
+                    max,
+                },
+                err => err,
+            })?;
         let mut items = Vec::new();
         let mut seen = HashSet::new();
         for (at, row) in chain.iter().enumerate().rev() {
@@ -273,10 +292,14 @@ impl StoredResponses {
         Ok(items)
     }
 
-    /// The response `id` kept in `scope` and every turn before it, newest first: the whole
-    /// conversation it answered, or an error that says which turn is gone.
-    async fn chain(&self, scope: &str, id: &str) -> Result<Vec<Arc<KeptRow>>, StateError> {
-        let max = self.config.max_turns;
+    /// The response `id` kept in `scope` and every turn before it, newest first, at most `max`
+    /// rows: the whole conversation it answered, or an error that says which turn is gone.
+    async fn chain(
+        &self,
+        scope: &str,
+        id: &str,
+        max: usize,
+    ) -> Result<Vec<Arc<KeptRow>>, StateError> {
         // One row more than may be continued tells a chain too long from one that is whole.
         let chain = self.within_timeout(self.walk(scope, id, max + 1)).await?;
         let Some(last) = chain.last() else {
@@ -679,7 +702,7 @@ mod tests {
         let store = Store::connect("sqlite::memory:").await.unwrap();
         let stored = on(store.clone());
         store.close().await;
-        let err = stored.chain("", "resp_x").await.unwrap_err();
+        let err = stored.chain("", "resp_x", 10).await.unwrap_err();
         assert!(matches!(err, StateError::Unavailable), "{err:?}");
         let err = stored.forget("", "resp_x").await.unwrap_err();
         assert!(matches!(err, StateError::Unavailable), "{err:?}");
@@ -700,10 +723,10 @@ mod tests {
             input: "[]".into(),
             response: "{}".into(),
         });
-        assert!(stored.chain("key-b", "resp_1").await.is_err());
+        assert!(stored.chain("key-b", "resp_1", 10).await.is_err());
         stored.forget("key-a", "resp_1").await.unwrap();
         assert!(matches!(
-            stored.chain("key-a", "resp_1").await,
+            stored.chain("key-a", "resp_1", 10).await,
             Err(StateError::NotFound(_))
         ));
         let tasks = stored.spawn().unwrap();

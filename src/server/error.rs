@@ -329,6 +329,7 @@ impl From<StateError> for ApiError {
             StateError::TooManyTurns(_) => {
                 ApiError::bad_body(message).param(Some("previous_response_id"))
             }
+            StateError::TooManyTurnsToList { .. } => ApiError::bad_body(message),
             StateError::Off(param) => ApiError::bad_body(message).param(Some(param)),
             StateError::TooLong { .. } => {
                 ApiError::bad_body(message).param(Some("previous_response_id"))

@@ -1681,10 +1681,12 @@ async fn a_passed_through_stream_says_it_is_kept_under_the_gateways_id() {
 }
 
 /// A request continuing more than `responses.max_turns` earlier turns is refused: a 400 that
-/// names the key, and nothing upstream; the turns within the bound go on.
+/// names the key, and nothing upstream; the turns within the bound go on, and a response at the
+/// bound lists its input items — from the process's map and from the database alike.
 #[tokio::test]
 async fn a_conversation_past_max_turns_is_refused() {
     let (local, _api, gw) = kept_setup(sqlite_url(), |c| {
+        c.0.server.api_keys = None;
         c.0.responses.max_turns = Some(tierwise::config::file::spanned(2));
     })
     .await;
@@ -1707,6 +1709,43 @@ async fn a_conversation_past_max_turns_is_refused() {
     assert!(message.contains("responses.max_turns"), "{message}");
     assert_eq!(refused.body["error"]["param"], "previous_response_id");
     assert_eq!(local.request_count(), 3);
+    // Reading is not continuing: the response at the bound lists its conversation.
+    let items = |id: &str| {
+        let path = format!("/v1/responses/{id}/input_items?limit=100");
+        let gw = &gw;
+        async move { call(gw, reqwest::Method::GET, &path, CLIENT_KEY, None).await }
+    };
+    let listed = items(previous.as_str().unwrap()).await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    assert_eq!(listed.body["data"].as_array().unwrap().len(), 5);
+
+    // The same bound on the database's rows (none in the process's map): a response with two
+    // turns before it is listed and not continued, one with three is neither, and its listing's
+    // error names the key, not a parameter the request has not got.
+    let rows = chained("", 4);
+    let refs: Vec<_> = rows.iter().collect();
+    gw.store().await.keep_responses(&refs).await.unwrap();
+    let refused = respond(
+        &gw,
+        json!({"model": "summarize", "input": "More.", "previous_response_id": rows[2].id}),
+    )
+    .await;
+    let message = refused.error(400, None);
+    assert!(message.contains("responses.max_turns"), "{message}");
+    let listed = items(&rows[2].id).await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    assert_eq!(listed.body["data"].as_array().unwrap().len(), 5);
+    let listed = items(&rows[3].id).await;
+    let message = listed.error(400, None);
+    assert!(message.contains("responses.max_turns"), "{message}");
+    assert!(!message.contains("previous_response_id"), "{message}");
+    assert!(listed.body["error"]["param"].is_null(), "{}", listed.text);
+    let fits = respond(
+        &gw,
+        json!({"model": "summarize", "input": "More.", "previous_response_id": rows[1].id}),
+    )
+    .await;
+    assert_eq!(fits.status, 200, "{}", fits.text);
     gw.shutdown().await;
 }
 
