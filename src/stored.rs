@@ -133,13 +133,17 @@ pub struct StoredResponses {
 pub struct Prepared {
     /// The body written anew: the turns before in its `input`, `store` said.
     pub body: Option<Bytes>,
-    /// Its answer is to be kept.
+    /// Its answer is to be kept, or told as not kept (`store: false` continuing a response).
     pub keep: Option<Keep>,
 }
 
-/// A request whose answer is to be kept, until it is answered.
+/// A request whose answer is to be kept, until it is answered; or, with `store: false` and a
+/// `previous_response_id`, one whose answer is only told as such (a server it is passed through
+/// to saw neither), so that its client reads the same whichever tier answered.
 pub struct Keep {
     stored: Arc<StoredResponses>,
+    /// Whether the answer is kept: `false` for a request saying `store: false`.
+    store: bool,
     /// The gateway's own id for the answer: an upstream's may repeat (a restart, a deterministic
     /// or hostile server) and would let one key's answer take another's place.
     id: String,
@@ -247,8 +251,10 @@ impl StoredResponses {
         }
         Ok(Prepared {
             body: Some(Bytes::from(written)),
-            keep: keep.then(|| Keep {
+            // Here the answer is kept, or continues a response (`store: false`).
+            keep: Some(Keep {
                 stored: self.clone(),
+                store: keep,
                 id: responses::new_id("resp"),
                 scope: scope.to_string(),
                 request_id: request_id.to_string(),
@@ -582,12 +588,20 @@ impl Keep {
     /// event said otherwise: a server the request was passed through to keeps nothing and saw
     /// neither (it got `store: false`). `None` when the event says so already, or has no response
     /// object.
+    ///
+    /// A response that ends `failed` or `cancelled` is not kept (only a whole answer is): its
+    /// last event says `store: false`, though the events before it, sent before its end was
+    /// known, said it would be, as OpenAI's say at their start.
     pub fn restate(&self, data: &str) -> Option<String> {
         let mut event: Value = serde_json::from_str(data).ok()?;
         let response = event.get_mut("response")?.as_object_mut()?;
+        let ended_unkept = matches!(
+            response.get("status").and_then(Value::as_str),
+            Some("failed" | "cancelled")
+        );
         let kept = [
             ("id", Value::String(self.id.clone())),
-            ("store", Value::Bool(true)),
+            ("store", Value::Bool(self.store && !ended_unkept)),
             (
                 "previous_response_id",
                 self.previous.clone().map_or(Value::Null, Value::String),
@@ -612,8 +626,11 @@ impl Keep {
         }
         let id = self.id;
         response["id"] = Value::String(id.clone());
-        response["store"] = Value::Bool(true);
+        response["store"] = Value::Bool(self.store);
         response["previous_response_id"] = self.previous.clone().map_or(Value::Null, Value::String);
+        if !self.store {
+            return Some(response);
+        }
         let row = KeptRow {
             id,
             scope: self.scope,

@@ -1816,3 +1816,52 @@ async fn input_items_page_to_the_end_though_ids_repeat() {
     }
     gw.shutdown().await;
 }
+
+/// What a client reads of `store` is what happened: a passed-through stream that ends
+/// `response.failed` is not kept, and that last event says `store: false`; a request saying
+/// `store: false` that continues a response reads `store: false` and the `previous_response_id`
+/// it gave, whether passed through (whose server saw neither) or served through chat.
+#[tokio::test]
+async fn store_and_previous_response_id_read_as_they_are_on_every_tier() {
+    let (_local, api, gw) = kept_setup(sqlite_url(), |_| {}).await;
+    api.set_fault(Fault::ErrorMidStream { after: 4 });
+    let failed = respond(
+        &gw,
+        json!({"model": "api_first", "input": "Hi", "stream": true}),
+    )
+    .await;
+    let events = events_of(&failed.text);
+    let (name, last) = events.last().unwrap();
+    assert_eq!(name, "response.failed", "{}", failed.text);
+    assert_eq!(last["response"]["store"], false, "{last}");
+    let id = last["response"]["id"].as_str().unwrap();
+    assert_ne!(id, "resp_fake", "the same id as its earlier events");
+    let path = format!("/v1/responses/{id}");
+    call(&gw, reqwest::Method::GET, &path, CLIENT_KEY, None)
+        .await
+        .error(404, None);
+    api.set_fault(Fault::None);
+
+    let first = respond(&gw, json!({"model": "api_first", "input": "Hi"})).await;
+    let first_id = first.body["id"].as_str().unwrap();
+    for model in ["api_first", "summarize"] {
+        for stream in [false, true] {
+            let answer = respond(
+                &gw,
+                json!({"model": model, "input": "More", "store": false, "stream": stream, "previous_response_id": first_id}),
+            )
+            .await;
+            assert_eq!(answer.status, 200, "{}", answer.text);
+            let object = match stream {
+                false => answer.body.clone(),
+                true => events_of(&answer.text).last().unwrap().1["response"].clone(),
+            };
+            assert_eq!(object["store"], false, "{model} stream={stream}: {object}");
+            assert_eq!(
+                object["previous_response_id"], first_id,
+                "{model} stream={stream}: {object}"
+            );
+        }
+    }
+    gw.shutdown().await;
+}
