@@ -664,14 +664,16 @@ impl KeptTasks {
 }
 
 /// Deletes the responses older than `retention`, a few times per retention period (at most every
-/// ten minutes), off the request path.
+/// ten minutes), off the request path. A response is deleted one period after it expired, not at
+/// once: a turn that continued it just before it expired is in some process's map until written,
+/// where the reaper cannot see it, and must find the turns before it still there.
 async fn reap(store: Store, retention: Duration) {
     let every = (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(600));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let before = now_ms().saturating_sub(duration_ms(retention));
+        let before = now_ms().saturating_sub(duration_ms(retention + every));
         match store.forget_responses_before(before).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!("deleted {n} kept responses past responses.retention"),
