@@ -18,8 +18,10 @@
 //!   an endpoint a tier's server may not serve (Responses, Anthropic's Messages), its translation
 //!   to and from chat.
 //! - [`stored`]: the Responses API's state — responses kept for their next turn
-//!   (`previous_response_id`) and for `GET`/`DELETE /v1/responses/{id}`, per client key, in the
-//!   ledger's database, written in the background, expired after `responses.retention`.
+//!   (`previous_response_id`) and for `GET`/`DELETE /v1/responses/{id}` and its `input_items`,
+//!   per client key, in the ledger's database, one turn a row chained to the one before (a next
+//!   turn reads the chain in one query), written in the background, expired after
+//!   `responses.retention`.
 //! - [`route`]: what the client's `model` names (route, tier or model id) and its tier chain; the
 //!   chain run with fallback on retryable failures; the output contract that normalizes labels.
 //! - [`limits`]: admission, between the route and its chain — whether a request may go on, what it

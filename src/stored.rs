@@ -11,18 +11,23 @@
 //! (a lookup that finds nothing looks again for [`GRACE`], the time a write takes to land). A
 //! lookup is the one database read on the request path, bounded by `responses.lookup_timeout_ms`;
 //! a database that does not answer is a 503 that says so. Responses older than
-//! `responses.retention` are not found, and a background task deletes them.
+//! `responses.retention` are not found, and a background task deletes them — but not a turn that
+//! a younger one continues: a conversation lasts while its newest turn is within retention.
 //!
-//! Each kept response holds every input item it answered (the turns before it expanded), so a
-//! next turn reads one row, never a chain. The price is storage quadratic in a conversation's
-//! turns (n turns of b bytes keep about n²·b/2); it is bounded because a conversation grows only
-//! until a request carrying it would be larger than `server.max_body_bytes`, and is then refused
-//! with a 400 that says so, and because rows expire after `responses.retention`.
+//! Each kept response holds only its own turn — the input items its request sent and its answer
+//! — and the id of the response it continued, so a conversation of n turns keeps n turns (it kept
+//! about n²/2 when each row held its whole conversation). A next turn walks the chain back from
+//! the response it names, in one query (at most `responses.max_turns` rows), and writes every turn
+//! into its request. A chain missing a turn — deleted (or expired before this rule) — is not
+//! continued with a hole in it: the request is refused as OpenAI refuses a response it does not
+//! keep. The request carrying a conversation is still bounded by `server.max_body_bytes`.
 //!
 //! Every kept answer gets the gateway's own `resp_…` id, a passed-through one too (the relay
-//! writes it into every stream event): an upstream's id is not the gateway's to vouch for.
+//! writes it into every stream event, and `store: true` into those that carry the response
+//! object: the upstream was told `store: false`): an upstream's id is not the gateway's to vouch
+//! for.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -41,7 +46,7 @@ use crate::openai::{Endpoint, RequestBody, RequestError, responses};
 /// queue fills; a response that finds it full is not kept (logged, counted in
 /// `tierwise_responses_dropped_total`, and a whole answer says `store: false`).
 const QUEUE: usize = 1024;
-/// The most bytes of responses waiting to be written: each may hold a conversation of up to
+/// The most bytes of responses waiting to be written: each may hold a turn of up to
 /// `server.max_body_bytes`, so the count alone would let a database that is away cost gigabytes.
 const QUEUE_BYTES: usize = 64 << 20;
 /// Responses written in one transaction.
@@ -62,6 +67,26 @@ pub enum StateError {
     /// The same for the response a request continues: OpenAI's 400, whose code clients act on.
     #[error("Previous response with id '{0}' not found.")]
     PreviousNotFound(String),
+    /// A turn before the response named is gone: its conversation is not carried with a hole.
+    #[error(
+        "Previous response with id '{id}' not found: an earlier turn of its conversation ('{missing}') was deleted or has expired (responses.retention). Start a new conversation with the turns that matter as `input` items."
+    )]
+    PreviousBroken { id: String, missing: String },
+    /// The same, for listing a response's input items.
+    #[error(
+        "The input items of response '{id}' cannot be listed: an earlier turn of its conversation ('{missing}') was deleted or has expired (responses.retention)."
+    )]
+    Broken { id: String, missing: String },
+    #[error(
+        "'previous_response_id' continues more than {0} earlier turns (responses.max_turns). Start a new conversation with the turns that matter as `input` items."
+    )]
+    TooManyTurns(usize),
+    /// The same for listing: a response the gateway made has at most `max_turns` turns before
+    /// it, so this one was kept under a larger bound, or by hand.
+    #[error(
+        "The input items of response '{id}' cannot be listed: its conversation has more than {max} earlier turns (responses.max_turns)."
+    )]
+    TooManyTurnsToList { id: String, max: usize },
     #[error(
         "'{0}' needs the gateway to keep responses, and its configuration keeps none. Ask its operator to set `store = true` under [responses], or leave '{0}' out and send the whole conversation as `input` items."
     )]
@@ -108,19 +133,23 @@ pub struct StoredResponses {
 pub struct Prepared {
     /// The body written anew: the turns before in its `input`, `store` said.
     pub body: Option<Bytes>,
-    /// Its answer is to be kept.
+    /// Its answer is to be kept, or told as not kept (`store: false` continuing a response).
     pub keep: Option<Keep>,
 }
 
-/// A request whose answer is to be kept, until it is answered.
+/// A request whose answer is to be kept, until it is answered; or, with `store: false` and a
+/// `previous_response_id`, one whose answer is only told as such (a server it is passed through
+/// to saw neither), so that its client reads the same whichever tier answered.
 pub struct Keep {
     stored: Arc<StoredResponses>,
+    /// Whether the answer is kept: `false` for a request saying `store: false`.
+    store: bool,
     /// The gateway's own id for the answer: an upstream's may repeat (a restart, a deterministic
     /// or hostile server) and would let one key's answer take another's place.
     id: String,
     scope: String,
     request_id: String,
-    /// Every input item the request answers.
+    /// The input items the request itself sent.
     input: Vec<Value>,
     previous: Option<String>,
 }
@@ -190,36 +219,31 @@ impl StoredResponses {
         }
         // OpenAI's default: a response is kept unless the request says not to.
         let keep = asked != Some(false);
-        let before = match &previous {
-            Some(id) => Some(self.find(scope, id).await.map_err(|err| match err {
-                StateError::NotFound(id) => StateError::PreviousNotFound(id),
-                err => err,
-            })?),
-            None => None,
-        };
-        if !keep && before.is_none() {
+        if !keep && previous.is_none() {
             return Ok(Prepared::default());
         }
-        let before = match &before {
-            Some(row) => {
-                let unreadable = |err: serde_json::Error| {
-                    tracing::error!(response = %row.id, "a kept response is not JSON: {err}");
-                    StateError::Unreadable(row.id.clone())
-                };
-                let input: Vec<Value> = serde_json::from_str(&row.input).map_err(unreadable)?;
-                let response: Value = serde_json::from_str(&row.response).map_err(unreadable)?;
-                Some((input, response))
+        let before = match &previous {
+            Some(id) => {
+                let max = self.config.max_turns;
+                let chain = self.chain(scope, id, max).await.map_err(|err| match err {
+                    StateError::NotFound(id) => StateError::PreviousNotFound(id),
+                    StateError::Broken { id, missing } => {
+                        StateError::PreviousBroken { id, missing }
+                    }
+                    err => err,
+                })?;
+                let mut items = Vec::new();
+                for row in chain.iter().rev() {
+                    let (input, response) = read(row)?;
+                    responses::carry(&mut items, input, &response);
+                }
+                Some(items)
             }
             None => None,
         };
-        let (written, input) = responses::with_state(
-            body,
-            before
-                .as_ref()
-                .map(|(input, response)| (input.clone(), response)),
-            keep,
-        )?;
-        if before.is_some() && written.len() > max_body {
+        let continues = before.is_some();
+        let (written, input) = responses::with_state(body, before, keep)?;
+        if continues && written.len() > max_body {
             return Err(StateError::TooLong {
                 bytes: written.len(),
                 limit: max_body,
@@ -227,8 +251,10 @@ impl StoredResponses {
         }
         Ok(Prepared {
             body: Some(Bytes::from(written)),
-            keep: keep.then(|| Keep {
+            // Here the answer is kept, or continues a response (`store: false`).
+            keep: Some(Keep {
                 stored: self.clone(),
+                store: keep,
                 id: responses::new_id("resp"),
                 scope: scope.to_string(),
                 request_id: request_id.to_string(),
@@ -240,37 +266,139 @@ impl StoredResponses {
 
     /// The response `id` kept in `scope`, as `GET /v1/responses/{id}` gives it.
     pub async fn response(&self, scope: &str, id: &str) -> Result<Bytes, StateError> {
-        let row = self.find(scope, id).await?;
+        let row = self.within_timeout(self.walk(scope, id, 1)).await?;
+        let row = row.first().ok_or(StateError::NotFound(id.to_string()))?;
         Ok(Bytes::from(row.response.clone()))
     }
 
-    /// The response `id` kept in `scope`: from this process's map, else from the database within
-    /// the lookup's timeout.
-    async fn find(&self, scope: &str, id: &str) -> Result<Arc<KeptRow>, StateError> {
-        if let Some(row) = self.recent(scope, id)? {
-            return Ok(row);
+    /// The input items the response `id` kept in `scope` answered, its conversation's turns
+    /// before it included, oldest first, as `GET /v1/responses/{id}/input_items` lists them.
+    pub async fn input_items(&self, scope: &str, id: &str) -> Result<Vec<Value>, StateError> {
+        // Reading is not continuing: a response with `max_turns` turns before it is listed
+        // (continuing it is what is refused).
+        let max = self.config.max_turns;
+        let chain = self
+            .chain(scope, id, max + 1)
+            .await
+            .map_err(|err| match err {
+                StateError::TooManyTurns(_) => StateError::TooManyTurnsToList {
+                    id: id.to_string(),
+                    max,
+                },
+                err => err,
+            })?;
+        let mut items = Vec::new();
+        let mut seen = HashSet::new();
+        for (at, row) in chain.iter().enumerate().rev() {
+            let (input, response) = read(row)?;
+            // The response listed answered its own input, not its output.
+            let answered = (at > 0).then_some(&response);
+            responses::list_turn(&mut items, &mut seen, &row.id, input, answered);
         }
-        let since = now_ms().saturating_sub(duration_ms(self.config.retention));
-        let lookup = async {
-            let mut again = true;
-            loop {
-                match self.store.kept_response(id, scope, since).await {
-                    Ok(Some(row)) => return Ok(Arc::new(row)),
-                    Ok(None) if again => {
-                        again = false;
-                        tokio::time::sleep(GRACE).await;
-                    }
-                    Ok(None) => return Err(StateError::NotFound(id.to_string())),
-                    Err(err) => {
-                        tracing::warn!("cannot read a kept response from the ledger: {err}");
-                        return Err(StateError::Unavailable);
-                    }
+        Ok(items)
+    }
+
+    /// The response `id` kept in `scope` and every turn before it, newest first, at most `max`
+    /// rows: the whole conversation it answered, or an error that says which turn is gone.
+    async fn chain(
+        &self,
+        scope: &str,
+        id: &str,
+        max: usize,
+    ) -> Result<Vec<Arc<KeptRow>>, StateError> {
+        // One row more than may be continued tells a chain too long from one that is whole.
+        let chain = self.within_timeout(self.walk(scope, id, max + 1)).await?;
+        let Some(last) = chain.last() else {
+            return Err(StateError::NotFound(id.to_string()));
+        };
+        if chain.len() > max {
+            return Err(StateError::TooManyTurns(max));
+        }
+        match &last.previous_id {
+            None => Ok(chain),
+            Some(missing) => Err(StateError::Broken {
+                id: id.to_string(),
+                missing: missing.clone(),
+            }),
+        }
+    }
+
+    /// Bounds a read of the database by `responses.lookup_timeout_ms`.
+    async fn within_timeout<T>(
+        &self,
+        read: impl Future<Output = Result<T, StateError>>,
+    ) -> Result<T, StateError> {
+        let timeout = self.config.lookup_timeout;
+        tokio::time::timeout(timeout, read)
+            .await
+            .unwrap_or(Err(StateError::Timeout(timeout)))
+    }
+
+    /// The response `id` kept in `scope`, then the one it continued, and so on, newest first, at
+    /// most `limit` rows: from this process's map while it has them, the rest from the database in
+    /// one query. The walk stops where a response is not there (unknown, another scope's, deleted,
+    /// expired); empty when `id` itself is not.
+    async fn walk(
+        &self,
+        scope: &str,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<Arc<KeptRow>>, StateError> {
+        let mut chain: Vec<Arc<KeptRow>> = Vec::new();
+        let mut wanted = Some(id.to_string());
+        while let Some(next) = wanted.take_if(|_| chain.len() < limit) {
+            match self.recent(scope, &next) {
+                Ok(Some(row)) => {
+                    wanted = row.previous_id.clone();
+                    chain.push(row);
+                }
+                Ok(None) => {
+                    wanted = Some(next);
+                    break;
+                }
+                // Deleted while it waits to be written, or another scope's: the walk ends here.
+                Err(_) => return Ok(chain),
+            }
+        }
+        let Some(next) = wanted.filter(|_| chain.len() < limit) else {
+            return Ok(chain);
+        };
+        // The response named must be within its retention; a turn before it, reached from the
+        // map, need not (the reaper keeps it while a later turn is young).
+        let since = if chain.is_empty() {
+            now_ms().saturating_sub(duration_ms(self.config.retention))
+        } else {
+            i64::MIN
+        };
+        let mut again = true;
+        let rows = loop {
+            match self
+                .store
+                .kept_chain(&next, scope, since, limit - chain.len())
+                .await
+            {
+                // Nothing yet: another replica may be writing it.
+                Ok(rows) if rows.is_empty() && again => {
+                    again = false;
+                    tokio::time::sleep(GRACE).await;
+                }
+                Ok(rows) => break rows,
+                Err(err) => {
+                    tracing::warn!("cannot read a kept response from the ledger: {err}");
+                    return Err(StateError::Unavailable);
                 }
             }
         };
-        tokio::time::timeout(self.config.lookup_timeout, lookup)
-            .await
-            .unwrap_or(Err(StateError::Timeout(self.config.lookup_timeout)))
+        // A row deleted while it waited to be written is in the database until the writer
+        // deletes it too; until then its tombstone here says it is gone.
+        let recent = self.recent.lock().expect("never poisoned");
+        for row in rows {
+            if matches!(recent.get(&row.id), Some(Recent::Deleted)) {
+                break;
+            }
+            chain.push(Arc::new(row));
+        }
+        Ok(chain)
     }
 
     /// The response `id` of `scope` in this process's map; an error when it was deleted or is
@@ -455,6 +583,42 @@ impl Keep {
         &self.id
     }
 
+    /// A stream event's data whose response object is this answer's, told as the gateway keeps
+    /// it — its id, `store: true`, the `previous_response_id` its request gave — where the
+    /// event said otherwise: a server the request was passed through to keeps nothing and saw
+    /// neither (it got `store: false`). `None` when the event says so already, or has no response
+    /// object.
+    ///
+    /// A response that ends `failed` or `cancelled` is not kept (only a whole answer is): its
+    /// last event says `store: false`, though the events before it, sent before its end was
+    /// known, said it would be, as OpenAI's say at their start.
+    pub fn restate(&self, data: &str) -> Option<String> {
+        let mut event: Value = serde_json::from_str(data).ok()?;
+        let response = event.get_mut("response")?.as_object_mut()?;
+        let ended_unkept = matches!(
+            response.get("status").and_then(Value::as_str),
+            Some("failed" | "cancelled")
+        );
+        let kept = [
+            ("id", Value::String(self.id.clone())),
+            ("store", Value::Bool(self.store && !ended_unkept)),
+            (
+                "previous_response_id",
+                self.previous.clone().map_or(Value::Null, Value::String),
+            ),
+        ];
+        if kept
+            .iter()
+            .all(|(name, value)| response.get(*name) == Some(value))
+        {
+            return None;
+        }
+        for (name, value) in kept {
+            response.insert(name.into(), value);
+        }
+        Some(event.to_string())
+    }
+
     fn keep(self, mut response: Value) -> Option<Value> {
         let status = response["status"].as_str()?;
         if !matches!(status, "completed" | "incomplete") {
@@ -462,13 +626,17 @@ impl Keep {
         }
         let id = self.id;
         response["id"] = Value::String(id.clone());
-        response["store"] = Value::Bool(true);
-        response["previous_response_id"] = self.previous.map_or(Value::Null, Value::String);
+        response["store"] = Value::Bool(self.store);
+        response["previous_response_id"] = self.previous.clone().map_or(Value::Null, Value::String);
+        if !self.store {
+            return Some(response);
+        }
         let row = KeptRow {
             id,
             scope: self.scope,
             created_ms: now_ms(),
             request_id: self.request_id,
+            previous_id: self.previous,
             input: Value::Array(self.input).to_string(),
             response: response.to_string(),
         };
@@ -496,20 +664,33 @@ impl KeptTasks {
 }
 
 /// Deletes the responses older than `retention`, a few times per retention period (at most every
-/// ten minutes), off the request path.
+/// ten minutes), off the request path. A response is deleted one period after it expired, not at
+/// once: a turn that continued it just before it expired is in some process's map until written,
+/// where the reaper cannot see it, and must find the turns before it still there.
 async fn reap(store: Store, retention: Duration) {
     let every = (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(600));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let before = now_ms().saturating_sub(duration_ms(retention));
+        let before = now_ms().saturating_sub(duration_ms(retention + every));
         match store.forget_responses_before(before).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!("deleted {n} kept responses past responses.retention"),
             Err(err) => tracing::warn!("cannot delete expired kept responses: {err}"),
         }
     }
+}
+
+/// A kept turn's input items and response, as JSON.
+fn read(row: &KeptRow) -> Result<(Vec<Value>, Value), StateError> {
+    let unreadable = |err: serde_json::Error| {
+        tracing::error!(response = %row.id, "a kept response is not JSON: {err}");
+        StateError::Unreadable(row.id.clone())
+    };
+    let input = serde_json::from_str(&row.input).map_err(unreadable)?;
+    let response = serde_json::from_str(&row.response).map_err(unreadable)?;
+    Ok((input, response))
 }
 
 fn now_ms() -> i64 {
@@ -540,7 +721,7 @@ mod tests {
         let store = Store::connect("sqlite::memory:").await.unwrap();
         let stored = on(store.clone());
         store.close().await;
-        let err = stored.find("", "resp_x").await.unwrap_err();
+        let err = stored.chain("", "resp_x", 10).await.unwrap_err();
         assert!(matches!(err, StateError::Unavailable), "{err:?}");
         let err = stored.forget("", "resp_x").await.unwrap_err();
         assert!(matches!(err, StateError::Unavailable), "{err:?}");
@@ -557,13 +738,14 @@ mod tests {
             scope: "key-a".into(),
             created_ms: now_ms(),
             request_id: "r1".into(),
+            previous_id: None,
             input: "[]".into(),
             response: "{}".into(),
         });
-        assert!(stored.find("key-b", "resp_1").await.is_err());
+        assert!(stored.chain("key-b", "resp_1", 10).await.is_err());
         stored.forget("key-a", "resp_1").await.unwrap();
         assert!(matches!(
-            stored.find("key-a", "resp_1").await,
+            stored.chain("key-a", "resp_1", 10).await,
             Err(StateError::NotFound(_))
         ));
         let tasks = stored.spawn().unwrap();

@@ -112,6 +112,9 @@ pub struct RawResponses {
     /// How long a request waits for the database to find the response it continues.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lookup_timeout_ms: Option<Spanned<u64>>,
+    /// The most earlier turns a request continued by `previous_response_id` may carry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_turns: Option<Spanned<u64>>,
 }
 
 /// `[keys.NAME]`: a client key with a name the ledger and reports show, the routes it may call and

@@ -16,6 +16,9 @@ pub struct ResponsesConfig {
     pub retention: Duration,
     /// The most a request waits for the database to give it the response it continues.
     pub lookup_timeout: Duration,
+    /// The most earlier turns a request continued by `previous_response_id` may carry: each kept
+    /// response holds only its own turn, so continuing one reads its whole chain.
+    pub max_turns: usize,
 }
 
 impl Default for ResponsesConfig {
@@ -24,6 +27,7 @@ impl Default for ResponsesConfig {
             store: false,
             retention: ResponsesConfig::DEFAULT_RETENTION,
             lookup_timeout: ResponsesConfig::DEFAULT_LOOKUP_TIMEOUT,
+            max_turns: ResponsesConfig::DEFAULT_MAX_TURNS,
         }
     }
 }
@@ -34,6 +38,10 @@ impl ResponsesConfig {
     /// A ledger on the same network answers a lookup by key in about a millisecond; one that has
     /// not answered in a second is down, and the client hears so rather than hang.
     pub const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
+    /// A chain of 1,000 turns is read in one query well within the lookup's timeout (200 turns
+    /// took a few milliseconds on SQLite and PostgreSQL: docs/endpoints.md), and a conversation
+    /// that long is past any model's context anyway.
+    pub const DEFAULT_MAX_TURNS: usize = 1000;
 }
 
 impl Resolver<'_> {
@@ -63,6 +71,13 @@ impl Resolver<'_> {
             .and_then(|ms| self.positive(ms, "responses.lookup_timeout_ms", "must be more than 0"))
         {
             config.lookup_timeout = Duration::from_millis(ms);
+        }
+        if let Some(turns) = raw
+            .max_turns
+            .as_ref()
+            .and_then(|turns| self.positive(turns, "responses.max_turns", "must be more than 0"))
+        {
+            config.max_turns = usize::try_from(turns).unwrap_or(usize::MAX);
         }
         config
     }

@@ -378,6 +378,9 @@ pub struct Chunk {
     /// The whole answer, where the event that ends the stream carries it (Responses'
     /// `response.completed`): what is kept of a streamed answer for its next turn.
     pub answer: Option<Value>,
+    /// The event carries the answer's object whole (Responses' `response.created`,
+    /// `.in_progress`, `.completed`…), which says whether and under which id it is kept.
+    pub answer_object: bool,
 }
 
 impl Chunk {

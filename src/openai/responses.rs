@@ -26,6 +26,7 @@
 //! `conversation`, stored `prompt`s) is refused with a 400 naming the field, never dropped.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -351,6 +352,7 @@ fn read_event(data: &str) -> Option<Chunk> {
     let mut chunk = Chunk {
         has_choices: true,
         sequence: event.sequence_number,
+        answer_object: event.response.is_some(),
         ..Chunk::default()
     };
     match event.kind.as_ref() {
@@ -405,14 +407,15 @@ fn interrupted(marks: &StreamMarks, message: &str) -> (Option<&'static str>, Str
 }
 
 /// A request as it goes on once the gateway keeps its state: a request continuing an earlier
-/// response gets that response's input items and output items before its own `input` (OpenAI's
-/// rule: the earlier `instructions` are not carried), and `store` set to whether its answer is
-/// kept. Its `previous_response_id` stays, for a translated answer to echo; a tier the request is
-/// passed through to never gets it ([`SPEC`]'s rewrite). Returns the body and every input item the
-/// request answers, which is what its own next turn starts from.
+/// response gets `before` — the items of the turns before it, each turn's input items then its
+/// output items ([`carry`]) — ahead of its own `input` (OpenAI's rule: the earlier
+/// `instructions` are not carried), and `store` set to whether its answer is kept. Its
+/// `previous_response_id` stays, for a translated answer to echo; a tier the request is passed
+/// through to never gets it ([`SPEC`]'s rewrite). Returns the body and the request's own input
+/// items, which is what is kept of its turn.
 pub fn with_state(
     body: &[u8],
-    previous: Option<(Vec<Value>, &Value)>,
+    before: Option<Vec<Value>>,
     store: bool,
 ) -> Result<(Vec<u8>, Vec<Value>), RequestError> {
     let mut request: Map<String, Value> =
@@ -426,33 +429,120 @@ pub fn with_state(
         Some(Value::Array(items)) => items.clone(),
         _ => return Err(cannot("input", "must be a string or an array of items")),
     };
-    let input = match previous {
-        Some((mut input, response)) => {
-            let output = response["output"].as_array().into_iter().flatten();
-            input.extend(output.filter_map(carried));
-            input.extend(own);
-            request.insert("input".into(), Value::Array(input.clone()));
-            input
-        }
-        None => own,
-    };
+    if let Some(mut input) = before {
+        input.extend(own.iter().cloned());
+        request.insert("input".into(), Value::Array(input));
+    }
     request.insert("store".into(), Value::Bool(store));
     let body = serde_json::to_vec(&request).expect("JSON values always serialize");
-    Ok((body, input))
+    Ok((body, own))
+}
+
+/// Adds one kept turn to the items a next turn is sent: its input items, then its answer's
+/// output items as input items.
+pub fn carry(items: &mut Vec<Value>, input: Vec<Value>, response: &Value) {
+    items.extend(input);
+    let output = response["output"].as_array().into_iter().flatten();
+    items.extend(output.filter_map(carried));
 }
 
 /// An earlier answer's output item as the next turn's input item: without its id, which only the
 /// server that made it knows (OpenAI refuses an id it did not keep); a reasoning item only where
-/// it carries its encrypted content, the one form a server that keeps nothing takes back.
+/// it carries its encrypted content, the one form a server that keeps nothing takes back (with
+/// its id, which that content needs).
 fn carried(item: &Value) -> Option<Value> {
-    let mut item = item.clone();
-    if item["type"] == "reasoning" {
-        return item["encrypted_content"].is_string().then_some(item);
-    }
-    if let Some(fields) = item.as_object_mut() {
+    let mut item = sent_back(item)?;
+    if item["type"] != "reasoning"
+        && let Some(fields) = item.as_object_mut()
+    {
         fields.remove("id");
     }
     Some(item)
+}
+
+/// An earlier answer's output item as it goes back in a next turn, if it does.
+fn sent_back(item: &Value) -> Option<Value> {
+    if item["type"] == "reasoning" && !item["encrypted_content"].is_string() {
+        return None;
+    }
+    Some(item.clone())
+}
+
+/// Adds one kept turn to the items `GET /v1/responses/{id}/input_items` lists: its input items,
+/// then, for a turn before the one listed, its output items (those a next turn was sent), each as
+/// OpenAI lists an item — with an `id` (an output item keeps its own; an input item without one
+/// gets one made of its turn's id `turn` and its place, the same at every listing) and a message
+/// as `type: message` with a list of content parts.
+///
+/// The ids are unique within a listing, for `after` and `before` to name one item: an id already
+/// listed in an earlier turn (`seen`) — an upstream's that repeats, or a client's sent again — is
+/// listed as one made of its turn's id and its place instead, the same at every listing since the
+/// turns are always listed oldest first.
+pub fn list_turn(
+    items: &mut Vec<Value>,
+    seen: &mut HashSet<String>,
+    turn: &str,
+    input: Vec<Value>,
+    response: Option<&Value>,
+) {
+    let from = items.len();
+    list_turn_as_kept(items, turn, input, response);
+    let turn = turn.strip_prefix("resp_").unwrap_or(turn);
+    for (place, item) in items[from..].iter_mut().enumerate() {
+        let id = item["id"].as_str().unwrap_or_default().to_string();
+        let prefix = id.split_once('_').map_or("item", |(prefix, _)| prefix);
+        let mut unique = id.clone();
+        let mut again = 0;
+        // An item without an id (an upstream's output item may have none) gets one too.
+        while unique.is_empty() || !seen.insert(unique.clone()) {
+            unique = match again {
+                0 => format!("{prefix}_{turn}_{place}"),
+                n => format!("{prefix}_{turn}_{place}_{n}"),
+            };
+            again += 1;
+        }
+        if unique != id {
+            item["id"] = Value::String(unique);
+        }
+    }
+}
+
+/// One turn's items as [`list_turn`] lists them, with their ids as kept.
+fn list_turn_as_kept(
+    items: &mut Vec<Value>,
+    turn: &str,
+    input: Vec<Value>,
+    response: Option<&Value>,
+) {
+    let turn = turn.strip_prefix("resp_").unwrap_or(turn);
+    for (index, mut item) in input.into_iter().enumerate() {
+        let Some(fields) = item.as_object_mut() else {
+            continue;
+        };
+        let message =
+            fields.contains_key("role") && fields.get("type").is_none_or(|kind| kind == "message");
+        if message {
+            fields.insert("type".into(), json!("message"));
+            if let Some(Value::String(text)) = fields.get("content") {
+                let part = if fields.get("role").is_some_and(|role| role == "assistant") {
+                    "output_text"
+                } else {
+                    "input_text"
+                };
+                let parts = json!([{"type": part, "text": text}]);
+                fields.insert("content".into(), parts);
+            }
+        }
+        if !fields.get("id").is_some_and(Value::is_string) {
+            let prefix = if message { "msg" } else { "item" };
+            fields.insert("id".into(), json!(format!("{prefix}_{turn}_{index}")));
+        }
+        items.push(item);
+    }
+    if let Some(response) = response {
+        let output = response["output"].as_array().into_iter().flatten();
+        items.extend(output.filter_map(sent_back));
+    }
 }
 
 /// Why a request cannot be written as a chat completion.
@@ -1249,11 +1339,18 @@ mod tests {
             {"id": "msg_1", "type": "message", "role": "assistant", "content": [output_text("Hello")]},
             {"id": "fc_1", "type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
         ]});
-        let before = vec![json!({"role": "user", "content": "Hi"})];
+        let mut before = Vec::new();
+        carry(
+            &mut before,
+            vec![json!({"role": "user", "content": "Hi"})],
+            &earlier,
+        );
         let body = br#"{"model": "m", "input": "Go on", "previous_response_id": "resp_1"}"#;
-        let (written, input) = with_state(body, Some((before, &earlier)), true).unwrap();
+        let (written, own) = with_state(body, Some(before), true).unwrap();
         let written: Value = serde_json::from_slice(&written).unwrap();
-        assert_eq!(written["input"], Value::Array(input.clone()));
+        assert_eq!(own.len(), 1, "what is kept of the turn is its own input");
+        let input = written["input"].as_array().unwrap().clone();
+        assert_eq!(input[4], own[0]);
         assert_eq!(written["store"], true);
         assert_eq!(written["previous_response_id"], "resp_1");
         let kinds: Vec<&str> = input

@@ -62,7 +62,7 @@ impl ApiError {
         self
     }
 
-    fn param(mut self, param: Option<&'static str>) -> ApiError {
+    pub(super) fn param(mut self, param: Option<&'static str>) -> ApiError {
         self.param = param;
         self
     }
@@ -326,14 +326,20 @@ impl From<StateError> for ApiError {
         let message = err.to_string();
         match err {
             // OpenAI answers an unknown id, and another project's, with this 404.
-            StateError::NotFound(_) => {
+            StateError::NotFound(_) | StateError::Broken { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
             }
             // OpenAI's answer to a `previous_response_id` it does not keep; clients start over on
             // its code.
-            StateError::PreviousNotFound(_) => ApiError::bad_body(message)
-                .param(Some("previous_response_id"))
-                .code("previous_response_not_found"),
+            StateError::PreviousNotFound(_) | StateError::PreviousBroken { .. } => {
+                ApiError::bad_body(message)
+                    .param(Some("previous_response_id"))
+                    .code("previous_response_not_found")
+            }
+            StateError::TooManyTurns(_) => {
+                ApiError::bad_body(message).param(Some("previous_response_id"))
+            }
+            StateError::TooManyTurnsToList { .. } => ApiError::bad_body(message),
             StateError::Off(param) => ApiError::bad_body(message).param(Some(param)),
             StateError::TooLong { .. } => {
                 ApiError::bad_body(message).param(Some("previous_response_id"))

@@ -150,6 +150,10 @@ pub fn router(app: Arc<App>) -> Router {
             &format!("/v1/{}/{{id}}", Endpoint::Responses.path()),
             get(kept::get).delete(kept::delete),
         )
+        .route(
+            &format!("/v1/{}/{{id}}/input_items", Endpoint::Responses.path()),
+            get(kept::input_items),
+        )
         .route("/v1/feedback", post(feedback::feedback))
         .route("/v1/models", get(info::models))
         .route("/v1/models/{*id}", get(info::model))

@@ -334,6 +334,18 @@ impl SseRelay {
             });
         }
         let event = self.with_own_id(event);
+        let event = match &self.keep {
+            // Only the few events that carry the response object are read again.
+            Some(keep) if chunk.answer_object => match keep.restate(&event.data) {
+                Some(data) => SseEvent {
+                    raw: frame(event.name.as_deref(), &data),
+                    data,
+                    ..event
+                },
+                None => event,
+            },
+            _ => event,
+        };
         if chunk.sequence.is_some() {
             self.marks.sequence = chunk.sequence;
         }

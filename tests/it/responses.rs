@@ -1212,3 +1212,656 @@ async fn a_json_schema_request_on_a_labelled_route_keeps_its_json() {
     assert_eq!(answer.header("x-tierwise-contract"), None);
     gw.shutdown().await;
 }
+
+/// Each kept response holds its own turn only: over a 50-turn conversation the rows stay the
+/// size of one turn (the sum of the rows grows linearly), while every turn still reaches its
+/// tier whole.
+#[tokio::test]
+async fn a_conversations_kept_bytes_grow_linearly_with_its_turns() {
+    const TURNS: usize = 50;
+    let (local, _api, gw) = kept_setup(sqlite_url(), |_| {}).await;
+    let mut previous = Value::Null;
+    for _ in 0..TURNS {
+        let answer = respond(
+            &gw,
+            json!({"model": "summarize", "input": "Tell me more.", "previous_response_id": previous}),
+        )
+        .await;
+        answer.assert_served_by_first("local");
+        previous = answer.body["id"].clone();
+    }
+    let requests = local.requests();
+    let sent = &requests.last().unwrap().body;
+    assert_eq!(
+        sent["messages"].as_array().unwrap().len(),
+        2 * TURNS - 1,
+        "the last turn carries the whole conversation"
+    );
+    wait_for_kept(&gw, TURNS as i64).await;
+    let sizes = gw.store().await.kept_response_sizes().await.unwrap();
+    let (smallest, largest) = (*sizes.iter().min().unwrap(), *sizes.iter().max().unwrap());
+    let total: i64 = sizes.iter().sum();
+    assert!(largest < 2 * smallest, "each row keeps one turn: {sizes:?}");
+    assert!(
+        total <= TURNS as i64 * largest,
+        "{total} bytes for {TURNS} turns: {sizes:?}"
+    );
+    gw.shutdown().await;
+}
+
+/// `n` chained rows in `scope` (the first starting the conversation), created now; their ids.
+fn chained(scope: &str, n: usize) -> Vec<tierwise::ledger::responses::KeptRow> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let prefix = uuid::Uuid::now_v7().simple().to_string();
+    (0..n)
+        .map(|turn| tierwise::ledger::responses::KeptRow {
+            id: format!("resp_{prefix}_{turn}"),
+            scope: scope.into(),
+            created_ms: now,
+            request_id: format!("r{turn}"),
+            previous_id: (turn > 0).then(|| format!("resp_{prefix}_{}", turn - 1)),
+            input: json!([{"type": "message", "role": "user", "content": [{"type": "input_text", "text": format!("turn {turn}")}]}]).to_string(),
+            response: json!({"id": format!("resp_{prefix}_{turn}"), "status": "completed", "output": [
+                {"id": format!("msg_{turn}"), "type": "message", "role": "assistant", "content": [{"type": "output_text", "text": format!("answer {turn}")}]}
+            ]}).to_string(),
+        })
+        .collect()
+}
+
+/// A chain of 200 turns is read back in one query, newest first, on SQLite and PostgreSQL; the
+/// walk is bounded by its `max` and stops at a turn of another scope (printed: the time one
+/// lookup takes, `-- --nocapture`).
+#[tokio::test]
+async fn a_chain_of_turns_is_read_in_one_query_on_both_databases() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let store = tierwise::ledger::Store::connect(&backend.url().await)
+            .await
+            .unwrap();
+        let rows = chained("key-a", 200);
+        let refs: Vec<_> = rows.iter().collect();
+        store.keep_responses(&refs).await.unwrap();
+        let head = &rows[199].id;
+        let mut took = Vec::new();
+        for _ in 0..5 {
+            let started = std::time::Instant::now();
+            let chain = store.kept_chain(head, "key-a", 0, 1000).await.unwrap();
+            took.push(started.elapsed());
+            assert_eq!(chain.len(), 200, "{backend:?}");
+            assert_eq!(chain[0].id, *head);
+            assert_eq!(chain[199].id, rows[0].id);
+            assert_eq!(chain[199].previous_id, None);
+        }
+        took.sort();
+        eprintln!(
+            "{backend:?}: a chain of 200 turns read in {:?} (median of 5; fastest {:?})",
+            took[2], took[0]
+        );
+        let bounded = store.kept_chain(head, "key-a", 0, 10).await.unwrap();
+        assert_eq!(bounded.len(), 10);
+        assert!(
+            store
+                .kept_chain(head, "key-b", 0, 1000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // A turn in the middle kept in another scope ends the walk there.
+        let mut mixed = chained("key-a", 3);
+        mixed[1].scope = "key-b".into();
+        let refs: Vec<_> = mixed.iter().collect();
+        store.keep_responses(&refs).await.unwrap();
+        let chain = store
+            .kept_chain(&mixed[2].id, "key-a", 0, 1000)
+            .await
+            .unwrap();
+        assert_eq!(chain.len(), 1, "{backend:?}");
+        assert_eq!(chain[0].previous_id.as_deref(), Some(mixed[1].id.as_str()));
+        store.close().await;
+    }
+}
+
+/// A conversation one of whose earlier turns is gone — deleted, or past its retention — is not
+/// continued with a hole in it: OpenAI's 400 `previous_response_not_found`, naming the turn that
+/// is gone, and nothing goes upstream; the later turn itself is still read by `GET`, and its
+/// input items are a 404.
+#[tokio::test]
+async fn a_conversation_missing_an_earlier_turn_is_not_continued() {
+    let (local, _api, gw) = kept_setup(sqlite_url(), |c| c.0.server.api_keys = None).await;
+    let mut ids = Vec::new();
+    for input in ["One", "Two", "Three"] {
+        let previous = ids.last().cloned().map_or(Value::Null, Value::String);
+        let answer = respond(
+            &gw,
+            json!({"model": "summarize", "input": input, "previous_response_id": previous}),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        ids.push(answer.body["id"].as_str().unwrap().to_string());
+    }
+    let deleted = call(
+        &gw,
+        reqwest::Method::DELETE,
+        &format!("/v1/responses/{}", ids[1]),
+        CLIENT_KEY,
+        None,
+    )
+    .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text);
+    let sent_before = local.request_count();
+    for written in [false, true] {
+        if written {
+            wait_for_kept(&gw, 2).await;
+        }
+        let next = respond(
+            &gw,
+            json!({"model": "summarize", "input": "Four", "previous_response_id": ids[2]}),
+        )
+        .await;
+        let message = next.error(400, Some("previous_response_not_found"));
+        assert!(message.contains(&ids[1]), "names the turn gone: {message}");
+        assert_eq!(next.body["error"]["param"], "previous_response_id");
+        let listed = call(
+            &gw,
+            reqwest::Method::GET,
+            &format!("/v1/responses/{}/input_items", ids[2]),
+            CLIENT_KEY,
+            None,
+        )
+        .await;
+        listed.error(404, None);
+    }
+    assert_eq!(local.request_count(), sent_before, "nothing went upstream");
+    let read = call(
+        &gw,
+        reqwest::Method::GET,
+        &format!("/v1/responses/{}", ids[2]),
+        CLIENT_KEY,
+        None,
+    )
+    .await;
+    assert_eq!(read.status, 200, "{}", read.text);
+
+    // A first turn past its retention is still carried by a later turn within it: only the
+    // response continued must be within retention.
+    let store = gw.store().await;
+    let mut rows = chained("", 2);
+    rows[0].created_ms -= 31 * 24 * 3600 * 1000;
+    let refs: Vec<_> = rows.iter().collect();
+    store.keep_responses(&refs).await.unwrap();
+    let next = respond(
+        &gw,
+        json!({"model": "summarize", "input": "Again", "previous_response_id": rows[1].id}),
+    )
+    .await;
+    assert_eq!(next.status, 200, "{}", next.text);
+    let sent = local.requests().last().unwrap().body.clone();
+    assert!(sent.to_string().contains("answer 0"), "{sent}");
+    gw.shutdown().await;
+}
+
+/// The reaper deletes a response past its retention only when no response within it continues
+/// it, however many turns later — one query on SQLite and PostgreSQL, a cycle included — and a
+/// chain is read back from a young response through its old turns, not from an old one.
+#[tokio::test]
+async fn old_turns_a_young_one_continues_are_kept_on_both_databases() {
+    const DAY: i64 = 24 * 3600 * 1000;
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let store = tierwise::ledger::Store::connect(&backend.url().await)
+            .await
+            .unwrap();
+        let mut live = chained("", 3);
+        live[0].created_ms -= 40 * DAY;
+        live[1].created_ms -= 35 * DAY;
+        let mut dead = chained("", 2);
+        dead[0].created_ms -= 40 * DAY;
+        dead[1].created_ms -= 35 * DAY;
+        let mut cycle = chained("", 2);
+        cycle[0].previous_id = Some(cycle[1].id.clone());
+        for row in &mut cycle {
+            row.created_ms -= 40 * DAY;
+        }
+        let rows: Vec<_> = live.iter().chain(&dead).chain(&cycle).collect();
+        store.keep_responses(&rows).await.unwrap();
+        let cutoff = live[2].created_ms - 30 * DAY;
+        assert_eq!(
+            store.forget_responses_before(cutoff).await.unwrap(),
+            4,
+            "{backend:?}"
+        );
+        let chain = store
+            .kept_chain(&live[2].id, "", cutoff, 1000)
+            .await
+            .unwrap();
+        let ids: Vec<&str> = chain.iter().map(|row| row.id.as_str()).collect();
+        let want = [&live[2].id, &live[1].id, &live[0].id];
+        assert_eq!(ids, want, "{backend:?}");
+        assert!(
+            store
+                .kept_chain(&live[1].id, "", cutoff, 1000)
+                .await
+                .unwrap()
+                .is_empty(),
+            "an old response is not continued itself"
+        );
+        // Once its newest turn is old too, the conversation goes.
+        assert_eq!(
+            store
+                .forget_responses_before(live[2].created_ms + 1)
+                .await
+                .unwrap(),
+            3,
+            "{backend:?}"
+        );
+        store.close().await;
+    }
+}
+
+/// An active conversation stays continuable past its first turn's retention: with a retention
+/// of 2 s, a first turn continued within it is still carried after the reaper has deleted a lone
+/// response as old as it, and the conversation goes on from its newest turn.
+#[tokio::test]
+async fn an_active_conversation_outlives_its_first_turns_retention() {
+    let (local, _api, gw) = kept_setup(sqlite_url(), |c| {
+        c.0.server.api_keys = None;
+        c.0.responses.retention = Some(tierwise::config::file::text("2s"));
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    respond(&gw, json!({"model": "summarize", "input": "Alone"})).await;
+    let first = respond(&gw, json!({"model": "summarize", "input": "First"})).await;
+    wait_for_kept(&gw, 2).await;
+    // The second turn comes when the first is near the end of its retention, so that the lone
+    // one is deleted (a reaping period, 0.5 s, after it expired) well before the second expires.
+    tokio::time::sleep_until(started + Duration::from_millis(1700)).await;
+    let second = respond(
+        &gw,
+        json!({"model": "summarize", "input": "Second", "previous_response_id": first.body["id"]}),
+    )
+    .await;
+    assert_eq!(second.status, 200, "{}", second.text);
+    wait_for_kept(&gw, 3).await;
+    // The reaper has run past the first turn's retention once the lone response is gone.
+    wait_for_kept(&gw, 2).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(3600),
+        "the second turn is still young"
+    );
+    let third = respond(
+        &gw,
+        json!({"model": "summarize", "input": "Third", "previous_response_id": second.body["id"]}),
+    )
+    .await;
+    assert_eq!(third.status, 200, "{}", third.text);
+    let sent = local.requests().last().unwrap().body.clone();
+    let texts: Vec<&str> = sent["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|message| message["role"] == "user")
+        .map(|message| message["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["First", "Second", "Third"]);
+    gw.shutdown().await;
+}
+
+/// A row kept before rows were chained holds its whole conversation and no previous id: it is
+/// the start of its chain, and a next turn carries all it holds.
+#[tokio::test]
+async fn a_row_kept_whole_before_chains_still_starts_a_conversation() {
+    let (local, _api, gw) = kept_setup(sqlite_url(), |c| c.0.server.api_keys = None).await;
+    let mut row = chained("", 1).remove(0);
+    row.input = json!([
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "First"}]},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Reply"}]},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Second"}]},
+    ])
+    .to_string();
+    gw.store().await.keep_responses(&[&row]).await.unwrap();
+    let next = respond(
+        &gw,
+        json!({"model": "summarize", "input": "Third", "previous_response_id": row.id}),
+    )
+    .await;
+    assert_eq!(next.status, 200, "{}", next.text);
+    let sent = &local.requests()[0].body;
+    assert_eq!(
+        sent["messages"],
+        json!([
+            {"role": "user", "content": "First"},
+            {"role": "assistant", "content": "Reply"},
+            {"role": "user", "content": "Second"},
+            {"role": "assistant", "content": "answer 0"},
+            {"role": "user", "content": "Third"},
+        ])
+    );
+    gw.shutdown().await;
+}
+
+/// `GET /v1/responses/{id}/input_items` lists what a response answered — the turns before it,
+/// each its input then its output, and its own input — in OpenAI's list shape: newest first by
+/// default, `order`, `limit`, `after` to page on; another key's response is a 404.
+#[tokio::test]
+async fn input_items_list_the_conversation_a_page_at_a_time() {
+    const OTHER: &str = "tw-other-key-123";
+    let (_local, _api, gw) = kept_setup(sqlite_url(), |c| {
+        c.0.server.api_keys = Some(vec![
+            tierwise::config::file::text("${CLIENT_KEY}"),
+            tierwise::config::file::text(OTHER),
+        ]);
+    })
+    .await;
+    let first = respond(&gw, json!({"model": "summarize", "input": "One"})).await;
+    let second = respond(
+        &gw,
+        json!({"model": "summarize", "input": [{"role": "user", "content": "Two"}], "previous_response_id": first.body["id"]}),
+    )
+    .await;
+    let id = second.body["id"].as_str().unwrap();
+    let list = |query: String| {
+        let path = format!("/v1/responses/{id}/input_items{query}");
+        let gw = &gw;
+        async move { call(gw, reqwest::Method::GET, &path, CLIENT_KEY, None).await }
+    };
+    let text = |item: &Value| item["content"][0]["text"].as_str().unwrap().to_string();
+    let all = list("".into()).await;
+    assert_eq!(all.status, 200, "{}", all.text);
+    assert_eq!(all.body["object"], "list");
+    assert_eq!(all.body["has_more"], false);
+    let data = all.body["data"].as_array().unwrap();
+    let texts: Vec<String> = data.iter().map(text).collect();
+    assert_eq!(
+        texts,
+        ["Two", "Hello from the fake upstream.", "One"],
+        "newest first"
+    );
+    assert!(
+        data.iter()
+            .all(|item| item["type"] == "message" && item["id"].is_string())
+    );
+    assert_eq!(all.body["first_id"], data[0]["id"]);
+    assert_eq!(all.body["last_id"], data[2]["id"]);
+    assert_eq!(
+        data[1]["id"], first.body["output"][0]["id"],
+        "an output item keeps its id"
+    );
+
+    let page = list("?order=asc&limit=2".into()).await;
+    let texts: Vec<String> = page.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(text)
+        .collect();
+    assert_eq!(texts, ["One", "Hello from the fake upstream."]);
+    assert_eq!(page.body["has_more"], true);
+    let after = page.body["last_id"].as_str().unwrap();
+    let rest = list(format!("?order=asc&limit=2&after={after}")).await;
+    let texts: Vec<String> = rest.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(text)
+        .collect();
+    assert_eq!(texts, ["Two"]);
+    assert_eq!(rest.body["has_more"], false);
+    // The same ids at every listing, once written to the database too.
+    wait_for_kept(&gw, 2).await;
+    let again = list("?order=asc&limit=2".into()).await;
+    assert_eq!(again.body, page.body);
+
+    list("?limit=0".into()).await.error(400, None);
+    list("?order=sideways".into()).await.error(400, None);
+    call(
+        &gw,
+        reqwest::Method::GET,
+        &format!("/v1/responses/{id}/input_items"),
+        OTHER,
+        None,
+    )
+    .await
+    .error(404, None);
+    // The turn in the middle of this key's conversation is not another key's to go on from.
+    call(
+        &gw,
+        reqwest::Method::POST,
+        "/v1/responses",
+        OTHER,
+        Some(json!({"model": "summarize", "input": "Mine now", "previous_response_id": first.body["id"]})),
+    )
+    .await
+    .error(400, Some("previous_response_not_found"));
+    gw.shutdown().await;
+}
+
+/// A stream passed through to a server that serves Responses (which got `store: false` and no
+/// `previous_response_id`) is told to its client as the gateway keeps it: every event that
+/// carries the response object says the gateway's id, `store: true` and what it continues, as
+/// the plain answer and `GET` do.
+#[tokio::test]
+async fn a_passed_through_stream_says_it_is_kept_under_the_gateways_id() {
+    let (_local, api, gw) = kept_setup(sqlite_url(), |_| {}).await;
+    let first = respond(&gw, json!({"model": "api_first", "input": "Hi"})).await;
+    assert_eq!(first.body["store"], true, "{}", first.text);
+    let first_id = first.body["id"].as_str().unwrap();
+    let answer = respond(
+        &gw,
+        json!({"model": "api_first", "input": "More", "stream": true, "previous_response_id": first_id}),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let requests = api.requests();
+    let sent = &requests.last().unwrap().body;
+    assert_eq!(sent["store"], false, "{sent}");
+    let events = events_of(&answer.text);
+    let objects: Vec<&Value> = events
+        .iter()
+        .filter_map(|(_, event)| event.get("response"))
+        .collect();
+    assert_eq!(objects.len(), 3, "created, in_progress, completed");
+    let id = objects[0]["id"].as_str().unwrap();
+    assert!(id.starts_with("resp_") && id != "resp_fake", "{id}");
+    for object in &objects {
+        assert_eq!(object["id"], id, "{object}");
+        assert_eq!(object["store"], true, "{object}");
+        assert_eq!(object["previous_response_id"], first_id, "{object}");
+    }
+    let read = call(
+        &gw,
+        reqwest::Method::GET,
+        &format!("/v1/responses/{id}"),
+        CLIENT_KEY,
+        None,
+    )
+    .await;
+    assert_eq!(read.body, *objects[2]);
+    gw.shutdown().await;
+}
+
+/// A request continuing more than `responses.max_turns` earlier turns is refused: a 400 that
+/// names the key, and nothing upstream; the turns within the bound go on, and a response at the
+/// bound lists its input items — from the process's map and from the database alike.
+#[tokio::test]
+async fn a_conversation_past_max_turns_is_refused() {
+    let (local, _api, gw) = kept_setup(sqlite_url(), |c| {
+        c.0.server.api_keys = None;
+        c.0.responses.max_turns = Some(tierwise::config::file::spanned(2));
+    })
+    .await;
+    let mut previous = Value::Null;
+    for _ in 0..3 {
+        let answer = respond(
+            &gw,
+            json!({"model": "summarize", "input": "More.", "previous_response_id": previous}),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        previous = answer.body["id"].clone();
+    }
+    let refused = respond(
+        &gw,
+        json!({"model": "summarize", "input": "More.", "previous_response_id": previous}),
+    )
+    .await;
+    let message = refused.error(400, None);
+    assert!(message.contains("responses.max_turns"), "{message}");
+    assert_eq!(refused.body["error"]["param"], "previous_response_id");
+    assert_eq!(local.request_count(), 3);
+    // Reading is not continuing: the response at the bound lists its conversation.
+    let items = |id: &str| {
+        let path = format!("/v1/responses/{id}/input_items?limit=100");
+        let gw = &gw;
+        async move { call(gw, reqwest::Method::GET, &path, CLIENT_KEY, None).await }
+    };
+    let listed = items(previous.as_str().unwrap()).await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    assert_eq!(listed.body["data"].as_array().unwrap().len(), 5);
+
+    // The same bound on the database's rows (none in the process's map): a response with two
+    // turns before it is listed and not continued, one with three is neither, and its listing's
+    // error names the key, not a parameter the request has not got.
+    let rows = chained("", 4);
+    let refs: Vec<_> = rows.iter().collect();
+    gw.store().await.keep_responses(&refs).await.unwrap();
+    let refused = respond(
+        &gw,
+        json!({"model": "summarize", "input": "More.", "previous_response_id": rows[2].id}),
+    )
+    .await;
+    let message = refused.error(400, None);
+    assert!(message.contains("responses.max_turns"), "{message}");
+    let listed = items(&rows[2].id).await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    assert_eq!(listed.body["data"].as_array().unwrap().len(), 5);
+    let listed = items(&rows[3].id).await;
+    let message = listed.error(400, None);
+    assert!(message.contains("responses.max_turns"), "{message}");
+    assert!(!message.contains("previous_response_id"), "{message}");
+    assert!(listed.body["error"]["param"].is_null(), "{}", listed.text);
+    let fits = respond(
+        &gw,
+        json!({"model": "summarize", "input": "More.", "previous_response_id": rows[1].id}),
+    )
+    .await;
+    assert_eq!(fits.status, 200, "{}", fits.text);
+    gw.shutdown().await;
+}
+
+/// Paging a conversation's input items by `after` ends, with every item once, in either order and
+/// at any page size, though its ids repeat: the passed-through server names every output item
+/// `msg_fake`, and the client sends an item with that id, and one of its own, in every turn.
+#[tokio::test]
+async fn input_items_page_to_the_end_though_ids_repeat() {
+    let (_local, _api, gw) = kept_setup(sqlite_url(), |_| {}).await;
+    let mut previous = Value::Null;
+    for turn in 0..4 {
+        let input = json!([
+            {"id": "msg_fake", "type": "message", "role": "user", "content": format!("Turn {turn}")},
+            {"id": "msg_mine", "type": "message", "role": "user", "content": "Again"},
+        ]);
+        let answer = respond(
+            &gw,
+            json!({"model": "api_first", "input": input, "previous_response_id": previous}),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        previous = answer.body["id"].clone();
+    }
+    let id = previous.as_str().unwrap();
+    let list = |query: String| {
+        let path = format!("/v1/responses/{id}/input_items{query}");
+        let gw = &gw;
+        async move { call(gw, reqwest::Method::GET, &path, CLIENT_KEY, None).await }
+    };
+    let whole = list("?order=asc&limit=100".into()).await;
+    let whole: Vec<Value> = whole.body["data"].as_array().unwrap().clone();
+    assert_eq!(
+        whole.len(),
+        3 * 3 + 2,
+        "three turns before, each 2 in and 1 out; 2 in"
+    );
+    let ids: Vec<&str> = whole
+        .iter()
+        .map(|item| item["id"].as_str().unwrap())
+        .collect();
+    let unique: std::collections::HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        ids.len(),
+        "ids unique within a listing: {ids:?}"
+    );
+    for order in ["asc", "desc"] {
+        for limit in 1..=3 {
+            let mut paged = Vec::new();
+            let mut after = String::new();
+            for _ in 0..=whole.len() {
+                let page = list(format!("?order={order}&limit={limit}{after}")).await;
+                assert_eq!(page.status, 200, "{}", page.text);
+                paged.extend(page.body["data"].as_array().unwrap().iter().cloned());
+                if page.body["has_more"] == false {
+                    break;
+                }
+                after = format!("&after={}", page.body["last_id"].as_str().unwrap());
+            }
+            if order == "desc" {
+                paged.reverse();
+            }
+            assert_eq!(
+                paged, whole,
+                "order={order} limit={limit} pages to the end, each item once"
+            );
+        }
+    }
+    gw.shutdown().await;
+}
+
+/// What a client reads of `store` is what happened: a passed-through stream that ends
+/// `response.failed` is not kept, and that last event says `store: false`; a request saying
+/// `store: false` that continues a response reads `store: false` and the `previous_response_id`
+/// it gave, whether passed through (whose server saw neither) or served through chat.
+#[tokio::test]
+async fn store_and_previous_response_id_read_as_they_are_on_every_tier() {
+    let (_local, api, gw) = kept_setup(sqlite_url(), |_| {}).await;
+    api.set_fault(Fault::ErrorMidStream { after: 4 });
+    let failed = respond(
+        &gw,
+        json!({"model": "api_first", "input": "Hi", "stream": true}),
+    )
+    .await;
+    let events = events_of(&failed.text);
+    let (name, last) = events.last().unwrap();
+    assert_eq!(name, "response.failed", "{}", failed.text);
+    assert_eq!(last["response"]["store"], false, "{last}");
+    let id = last["response"]["id"].as_str().unwrap();
+    assert_ne!(id, "resp_fake", "the same id as its earlier events");
+    let path = format!("/v1/responses/{id}");
+    call(&gw, reqwest::Method::GET, &path, CLIENT_KEY, None)
+        .await
+        .error(404, None);
+    api.set_fault(Fault::None);
+
+    let first = respond(&gw, json!({"model": "api_first", "input": "Hi"})).await;
+    let first_id = first.body["id"].as_str().unwrap();
+    for model in ["api_first", "summarize"] {
+        for stream in [false, true] {
+            let answer = respond(
+                &gw,
+                json!({"model": model, "input": "More", "store": false, "stream": stream, "previous_response_id": first_id}),
+            )
+            .await;
+            assert_eq!(answer.status, 200, "{}", answer.text);
+            let object = match stream {
+                false => answer.body.clone(),
+                true => events_of(&answer.text).last().unwrap().1["response"].clone(),
+            };
+            assert_eq!(object["store"], false, "{model} stream={stream}: {object}");
+            assert_eq!(
+                object["previous_response_id"], first_id,
+                "{model} stream={stream}: {object}"
+            );
+        }
+    }
+    gw.shutdown().await;
+}

@@ -1,5 +1,6 @@
 // The official OpenAI Node SDK against the tierwise binary: `responses.create` plain, streamed,
-// with tools and with structured output (text.format json_schema), and chat completions. The
+// with tools and with structured output (text.format json_schema), a two-turn conversation by
+// `previous_response_id` whose second turn falls back to another tier, and chat completions. The
 // gateway and its fake upstreams are started by tests/sdk/test_node.py, which passes their
 // addresses in the environment and runs this file with `node --test`.
 import assert from 'node:assert/strict';
@@ -12,9 +13,10 @@ const client = new OpenAI({
   maxRetries: 0,
 });
 const local = process.env.FAKE_LOCAL_URL;
+const api = process.env.FAKE_API_URL;
 
-async function behave(behavior) {
-  const answer = await fetch(local + '/_fake/behavior', {
+async function behave(behavior, fake = local) {
+  const answer = await fetch(fake + '/_fake/behavior', {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify(behavior),
@@ -22,8 +24,8 @@ async function behave(behavior) {
   assert.ok(answer.ok, String(answer.status));
 }
 
-async function lastRequest() {
-  const requests = await (await fetch(local + '/_fake/requests')).json();
+async function lastRequest(fake = local) {
+  const requests = await (await fetch(fake + '/_fake/requests')).json();
   return requests[requests.length - 1];
 }
 
@@ -125,6 +127,52 @@ test('structured output: text.format json_schema reaches chat as response_format
   const sent = await lastRequest();
   assert.equal(sent.body.response_format.type, 'json_schema');
   assert.equal(sent.body.response_format.json_schema.name, 'forecast');
+});
+
+test('a conversation by previous_response_id goes on when its second turn falls back', async () => {
+  await behave({ reply: 'Hello from the fake upstream.', tool_calls: [] });
+  await behave({}, api);
+  // Passed through to OpenAI's Responses API (the API fake), kept by the gateway.
+  const first = await client.responses.create({ model: 'native_first', input: 'My name is Ada.' });
+  assert.match(first.id, /^resp_/);
+  assert.notEqual(first.id, 'resp_fake', "kept under the gateway's own id");
+  assert.equal(first.store, true);
+  assert.equal((await lastRequest(api)).body.store, false, 'the gateway keeps it, not the upstream');
+
+  // OpenAI is down: the second turn falls back to the local tier, served through chat.
+  await behave({ fault: { kind: 'status', status: 503 } }, api);
+  try {
+    const { data: second, response: raw } = await client.responses
+      .create({ model: 'native_first', previous_response_id: first.id, input: 'What is my name?' })
+      .withResponse();
+    assert.equal(raw.headers.get('x-tierwise-tier'), 'local');
+    assert.equal(raw.headers.get('x-tierwise-fallback'), 'api_native:http_503');
+    assert.equal(second.previous_response_id, first.id);
+    assert.equal(second.output_text, 'Hello from the fake upstream.');
+    const sent = await lastRequest();
+    assert.equal(sent.path, '/v1/chat/completions');
+    assert.deepEqual(
+      sent.body.messages.map((m) => [m.role, m.content]),
+      [
+        ['user', 'My name is Ada.'],
+        ['assistant', first.output_text],
+        ['user', 'What is my name?'],
+      ],
+    );
+
+    // responses.input_items.list: what the second turn answered, the first turn's included.
+    const items = [];
+    for await (const item of client.responses.inputItems.list(second.id, { order: 'asc' })) {
+      items.push([item.role, item.content[0].text]);
+    }
+    assert.deepEqual(items, [
+      ['user', 'My name is Ada.'],
+      ['assistant', first.output_text],
+      ['user', 'What is my name?'],
+    ]);
+  } finally {
+    await behave({}, api);
+  }
 });
 
 test('chat completions, plain and streamed', async () => {

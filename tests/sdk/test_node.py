@@ -20,8 +20,13 @@ def test_openai_node_sdk_against_the_gateway(gateway_url, fakes):
         pytest.fail("the Node SDK tests need node (20 or later) and npm on PATH")
     if not (NODE_DIR / "node_modules" / "openai").is_dir():
         subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True)
-    local, _api = fakes
-    env = dict(os.environ, TIERWISE_URL=gateway_url, TIERWISE_KEY=CLIENT_KEY, FAKE_LOCAL_URL=local.url)
+    local, api = fakes
+    # The gateway's config (conftest.CONFIG) keeps responses (`[responses] store = true`) and has
+    # the route `native_first`: OpenAI's Responses API passed through, then the local tier.
+    env = dict(
+        os.environ, TIERWISE_URL=gateway_url, TIERWISE_KEY=CLIENT_KEY, FAKE_LOCAL_URL=local.url,
+        FAKE_API_URL=api.url,
+    )
     run = subprocess.run(
         [node, "--test", "--test-concurrency=1", "sdk.mjs"],
         cwd=NODE_DIR, env=env, capture_output=True, text=True, timeout=120,

@@ -186,6 +186,15 @@ def test_a_conversation_by_previous_response_id_falls_back_on_its_second_turn(cl
     third = events[-1].response
     assert events[-1].type == "response.completed" and third.previous_response_id == second.id
     assert len(local.requests()[-1]["body"]["messages"]) == 5
+    # responses.input_items.list: what the third turn answered, the turns before it included.
+    items = client.responses.input_items.list(third.id, order="asc")
+    assert [(item.role, item.content[0].text) for item in items] == [
+        ("user", "My name is Ada."),
+        ("assistant", "Hello from the fake upstream."),
+        ("user", "What is my name?"),
+        ("assistant", "Hello from the fake upstream."),
+        ("user", "Thanks."),
+    ]
 
     kept = client.responses.retrieve(third.id)
     assert (kept.id, kept.output_text, kept.previous_response_id) == (third.id, third.output_text, second.id)
@@ -195,6 +204,19 @@ def test_a_conversation_by_previous_response_id_falls_back_on_its_second_turn(cl
     with pytest.raises(openai.BadRequestError) as gone:
         client.responses.create(model="classification", previous_response_id=third.id, input="Still there?")
     assert gone.value.code == "previous_response_not_found"
+
+
+def test_a_passed_through_stream_says_the_gateway_keeps_it(client, fakes):
+    _, api = fakes
+    events = list(client.responses.create(model="native_first", input="hi", stream=True))
+    assert api.requests()[-1]["body"]["store"] is False
+    objects = [event.response for event in events if getattr(event, "response", None) is not None]
+    assert [event.type for event in events if getattr(event, "response", None) is not None] == [
+        "response.created", "response.in_progress", "response.completed"
+    ]
+    assert {(o.id, o.store) for o in objects} == {(objects[0].id, True)}
+    assert objects[0].id != "resp_fake"
+    assert client.responses.retrieve(objects[0].id).store is True
 
 
 def test_a_server_that_serves_responses_gets_them_passed_through(client, fakes):

@@ -1489,9 +1489,13 @@ async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
     for (index, call) in behavior.tool_calls.iter().enumerate() {
         output.push(call_item(index, call, "completed", &call.arguments));
     }
+    // As OpenAI's: whether it keeps the answer (it does unless told not to), and what it continues.
+    let store = request["store"].as_bool().unwrap_or(true);
+    let previous = request["previous_response_id"].clone();
     let response = |status: &str, output: Vec<Value>, usage: Option<Value>| {
         json!({"id": "resp_fake", "object": "response", "created_at": 1_700_000_000, "status": status,
-            "error": null, "incomplete_details": null, "model": model, "output": output, "usage": usage})
+            "error": null, "incomplete_details": null, "model": model, "output": output, "usage": usage,
+            "store": store, "previous_response_id": previous})
     };
     if request["stream"].as_bool() != Some(true) {
         if behavior.fault == Fault::MalformedJson {
