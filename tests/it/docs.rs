@@ -223,6 +223,9 @@ macro_rules! zero {
     };
 }
 
+/// Keys whose raw type is an untagged enum of plain values (`client_betas = "all"` or a list).
+const UNTAGGED_LEAVES: [&str; 1] = [".client_betas"];
+
 impl<'de> de::Deserializer<'de> for Walker
 where
     'de: 'static,
@@ -231,7 +234,12 @@ where
 
     /// Types that only say what they are once they see the input (untagged enums, `flatten`)
     /// cannot be walked; a raw type that uses them needs this walker taught, not the test dropped.
-    fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Error> {
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        // An untagged enum of plain values only (a word or a list of words) has no keys of its
+        // own to walk: it is a leaf, named here so that any other untagged type still stops the walk.
+        if UNTAGGED_LEAVES.iter().any(|leaf| self.path.ends_with(leaf)) {
+            return visitor.visit_str("");
+        }
         Err(de::Error::custom(format!(
             "{}: a self-describing type; the key walker cannot enumerate it",
             self.path
