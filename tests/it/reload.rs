@@ -584,8 +584,17 @@ async fn a_kept_server_probes_its_new_path_and_a_reload_probes_only_new_servers(
     };
     let file = File::new(&config(&local, &api).with(probed(60_000, None)));
     let gw = file.start().await;
-    wait_until("the first probe", Duration::from_secs(10), || {
-        !local.listings().is_empty()
+    // A whole probe: the listing, then each of the server's two models sized (`/api/show`, then
+    // `/props`); taken at its first request, the rest of it would pass for a second probe.
+    let sized = || {
+        local
+            .listings()
+            .iter()
+            .filter(|probe| probe.path == "/props")
+            .count()
+    };
+    wait_until("the first whole probe", Duration::from_secs(10), || {
+        sized() == 2
     })
     .await;
     let first = local.listings();
