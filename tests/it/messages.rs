@@ -13,6 +13,13 @@ use tierwise_fake::{FakeToolCall, FakeUpstream, Fault};
 /// `local` and `api_fast` behind `summarize`, and `claude` (Anthropic's format) behind `agent`,
 /// before `local`.
 async fn setup() -> (FakeUpstream, FakeUpstream, FakeUpstream, TestGateway) {
+    setup_where(|_| {}).await
+}
+
+/// [`setup`]'s gateway with `change` made to its config.
+async fn setup_where(
+    change: impl FnOnce(&mut TestConfig),
+) -> (FakeUpstream, FakeUpstream, FakeUpstream, TestGateway) {
     let local = FakeUpstream::start().await;
     let api = FakeUpstream::start().await;
     let anthropic = FakeUpstream::start().await;
@@ -42,7 +49,8 @@ async fn setup() -> (FakeUpstream, FakeUpstream, FakeUpstream, TestGateway) {
                 scope: None,
                 nondeterministic: Some(true),
             });
-        });
+        })
+        .with(change);
     let gw = TestGateway::start(&config).await;
     (local, api, anthropic, gw)
 }
@@ -815,6 +823,61 @@ async fn an_overload_right_after_message_start_falls_back() {
     let answer = message(&gw, request).await;
     answer.assert_served_by_first("claude");
     assert_eq!(events_of(&answer.text).last().unwrap().0, "error");
+    gw.shutdown().await;
+}
+
+/// A tier that opens its stream — Anthropic's `message_start`, or a chat server's role-only chunk
+/// that the gateway writes as one — and then sends nothing of its answer, only pings and
+/// keep-alives or nothing at all, has given the client nothing (the opening is held until the
+/// answer begins): `first_byte_ms` bounds the wait for its answer as it bounds the wait for its
+/// first event, and the next tier answers, however long `idle_ms` and `total_ms` are.
+#[tokio::test]
+async fn a_tier_that_opens_its_stream_and_then_stalls_falls_back_at_first_byte_ms() {
+    let (local, _api, anthropic, gw) = setup_where(|c| {
+        for provider in c.0.providers.values_mut() {
+            provider.timeout.first_byte_ms = Some(500);
+            provider.timeout.idle_ms = Some(30_000);
+            provider.timeout.total_ms = Some(60_000);
+        }
+    })
+    .await;
+    let hi = json!([{"role": "user", "content": "Hi"}]);
+    let forever = Fault::Heartbeats {
+        after: 1,
+        every_ms: 100,
+        count: None,
+    };
+    let silent = Fault::Heartbeats {
+        after: 1,
+        every_ms: 60_000,
+        count: Some(1),
+    };
+    for fault in [forever.clone(), silent] {
+        anthropic.set_fault(fault.clone());
+        let started = std::time::Instant::now();
+        let answer = message(
+            &gw,
+            json!({"model": "agent", "max_tokens": 9, "messages": hi, "stream": true}),
+        )
+        .await;
+        answer.assert_served_by("local", "claude:timeout_first_byte");
+        assert!(started.elapsed() < Duration::from_secs(5), "{fault:?}");
+        let events = events_of(&answer.text);
+        assert_eq!(events[0].0, "message_start", "{}", answer.text);
+        assert_eq!(events.last().unwrap().0, "message_stop", "{}", answer.text);
+    }
+    anthropic.set_fault(Fault::None);
+
+    // A chat server's role-only chunk, then keep-alives without end.
+    local.set_fault(forever);
+    let started = std::time::Instant::now();
+    let answer = message(
+        &gw,
+        json!({"model": "summarize", "max_tokens": 9, "messages": hi, "stream": true}),
+    )
+    .await;
+    answer.assert_served_by("api_fast", "local:timeout_first_byte");
+    assert!(started.elapsed() < Duration::from_secs(5));
     gw.shutdown().await;
 }
 

@@ -74,7 +74,7 @@ pub enum Fault {
     HugeEvent { after: usize, bytes: usize },
     /// Streams: this many chunks, then a comment (`: keep-alive`) every `every_ms`, `count` of
     /// them (without end when absent), then the rest, as providers send heartbeats while a model
-    /// thinks.
+    /// thinks. Anthropic's format: a `ping` event in place of each comment, as its API sends them.
     Heartbeats {
         after: usize,
         every_ms: u64,
@@ -994,7 +994,8 @@ fn stream(
         count,
     } = behavior.fault
     {
-        return heartbeats(frames, after, Duration::from_millis(every_ms), count);
+        let every = Duration::from_millis(every_ms);
+        return heartbeats(frames, after, every, count, b": keep-alive\n\n");
     }
     let delay = Duration::from_millis(behavior.chunk_delay_ms);
     let body =
@@ -1020,13 +1021,14 @@ fn stream(
     response
 }
 
-/// `frames` with `count` comments (without end when `None`) after the first `after`, one every
-/// `every`.
+/// `frames` with `count` heartbeats (`beat`; without end when `None`) after the first `after`,
+/// one every `every`.
 fn heartbeats(
     mut frames: Vec<Bytes>,
     after: usize,
     every: Duration,
     count: Option<u64>,
+    beat: &'static [u8],
 ) -> Response {
     use futures_util::StreamExt;
     let rest = frames.split_off(after.min(frames.len()));
@@ -1035,7 +1037,7 @@ fn heartbeats(
             return None;
         }
         tokio::time::sleep(every).await;
-        Some((Bytes::from_static(b": keep-alive\n\n"), sent + 1))
+        Some((Bytes::from_static(beat), sent + 1))
     });
     let body = futures_util::stream::iter(frames)
         .chain(beats)
@@ -1429,6 +1431,15 @@ async fn anthropic_messages(
         Fault::ErrorMidStream { after } => {
             frames.truncate(after);
             frames.push(Bytes::from(format!("event: error\ndata: {overloaded}\n\n")));
+        }
+        Fault::Heartbeats {
+            after,
+            every_ms,
+            count,
+        } => {
+            let every = Duration::from_millis(every_ms);
+            let ping = b"event: ping\ndata: {\"type\": \"ping\"}\n\n";
+            return heartbeats(frames, after, every, count, ping);
         }
         _ => {}
     }
