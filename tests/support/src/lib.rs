@@ -122,6 +122,9 @@ pub struct Behavior {
     pub chunk_delay_ms: u64,
     /// A stream reports no usage even when asked to, as servers that ignore `stream_options` do.
     pub stream_without_usage: bool,
+    /// Responses: a server that keeps no promise — it says `store: true` whatever it was told,
+    /// and names the response anew in each event that carries it (`resp_fake_0`, `resp_fake_1`…).
+    pub responses_unruly: bool,
     /// Model ids listed by `/v1/models`.
     pub models: Vec<String>,
     /// When set, the fault applies to this many more chat/embedding requests, then clears.
@@ -202,6 +205,7 @@ impl Default for Behavior {
             message_delta_usage: None,
             chunk_delay_ms: 0,
             stream_without_usage: false,
+            responses_unruly: false,
             models: vec!["fake-model".to_string()],
             fault_for: None,
             fault_model: None,
@@ -1501,10 +1505,20 @@ async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
         output.push(call_item(index, call, "completed", &call.arguments));
     }
     // As OpenAI's: whether it keeps the answer (it does unless told not to), and what it continues.
-    let store = request["store"].as_bool().unwrap_or(true);
+    let unruly = behavior.responses_unruly;
+    let store = unruly || request["store"].as_bool().unwrap_or(true);
     let previous = request["previous_response_id"].clone();
+    let named = std::sync::atomic::AtomicUsize::new(0);
+    let id = || {
+        if unruly {
+            let at = named.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            format!("resp_fake_{at}")
+        } else {
+            "resp_fake".to_string()
+        }
+    };
     let response = |status: &str, output: Vec<Value>, usage: Option<Value>| {
-        json!({"id": "resp_fake", "object": "response", "created_at": 1_700_000_000, "status": status,
+        json!({"id": id(), "object": "response", "created_at": 1_700_000_000, "status": status,
             "error": null, "incomplete_details": null, "model": model, "output": output, "usage": usage,
             "store": store, "previous_response_id": previous})
     };
@@ -1567,7 +1581,7 @@ async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
         ),
         Fault::ErrorMidStream { after } => {
             frames.truncate(after);
-            let failed = json!({"type": "response.failed", "sequence_number": after, "response": {"id": "resp_fake", "object": "response", "status": "failed", "error": {"code": "server_error", "message": "The model failed"}, "output": [], "usage": null}});
+            let failed = json!({"type": "response.failed", "sequence_number": after, "response": {"id": id(), "object": "response", "status": "failed", "error": {"code": "server_error", "message": "The model failed"}, "output": [], "usage": null, "store": store}});
             frames.push(Bytes::from(format!(
                 "event: response.failed\ndata: {failed}\n\n"
             )));
