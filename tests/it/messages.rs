@@ -1155,6 +1155,97 @@ async fn models_are_listed_for_anthropics_clients_in_their_shape() {
     gw.shutdown().await;
 }
 
+/// Anthropic's paging of `GET /v1/models`: `limit` (20 when absent, 1 to 1000), `after_id` and
+/// `before_id`, with `has_more`, `first_id` and `last_id` saying where the page lies. Paging on
+/// from each page's `last_id`, or back from each page's `first_id`, lists every model once; a
+/// value the query cannot have is Anthropic's 400 `invalid_request_error` naming the parameter.
+#[tokio::test]
+async fn anthropics_clients_page_through_the_models() {
+    let (_local, _api, _anthropic, gw) = setup_where(|c| {
+        for n in 0..25 {
+            c.add_route(
+                &format!("route_{n:02}"),
+                tierwise::config::TaskKind::Chat,
+                &["local"],
+            );
+        }
+    })
+    .await;
+    let get = |query: String| {
+        let request = gw
+            .http
+            .get(format!("{}/v1/models?{query}", gw.url))
+            .header("x-api-key", CLIENT_KEY)
+            .header("anthropic-version", "2023-06-01");
+        async move { Answer::of(request.send().await.expect("the gateway answers")).await }
+    };
+    let ids = |page: &Answer| -> Vec<String> {
+        assert_eq!(page.status, 200, "{}", page.text);
+        page.body["data"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|model| model["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let whole = get("limit=1000".into()).await;
+    let all = ids(&whole);
+    assert!(all.len() > 25, "{all:?}");
+    assert_eq!(whole.body["has_more"], false);
+    let first = get(String::new()).await;
+    assert_eq!(ids(&first), all[..20]);
+    assert_eq!(first.body["has_more"], true);
+    assert_eq!(first.body["first_id"], all[0].as_str());
+    assert_eq!(first.body["last_id"], all[19].as_str());
+
+    let mut forward = Vec::new();
+    let mut query = "limit=7".to_string();
+    loop {
+        let page = get(query).await;
+        forward.extend(ids(&page));
+        if page.body["has_more"] == false {
+            break;
+        }
+        query = format!(
+            "limit=7&after_id={}",
+            page.body["last_id"].as_str().unwrap()
+        );
+    }
+    assert_eq!(forward, all);
+
+    let mut back = vec![all.last().unwrap().clone()];
+    let mut query = format!("limit=7&before_id={}", all.last().unwrap());
+    loop {
+        let page = get(query).await;
+        back.splice(0..0, ids(&page));
+        if page.body["has_more"] == false {
+            break;
+        }
+        query = format!(
+            "limit=7&before_id={}",
+            page.body["first_id"].as_str().unwrap()
+        );
+    }
+    assert_eq!(back, all);
+
+    let between = get(format!("after_id={}&before_id={}", all[2], all[6])).await;
+    assert_eq!(ids(&between), all[3..6]);
+    assert_eq!(between.body["has_more"], false);
+
+    for (query, param) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=ten", "limit"),
+        ("after_id=no-such-model", "after_id"),
+        ("before_id=no-such-model", "before_id"),
+    ] {
+        let refused = get(query.into()).await;
+        let message = anthropic_error(&refused, 400, "invalid_request_error");
+        assert!(message.contains(param), "{query}: {message}");
+    }
+    gw.shutdown().await;
+}
+
 /// On a route that caches, the client's `anthropic-beta` is part of the request: the same body
 /// with other betas goes to the tier, the same betas again are answered from the cache.
 #[tokio::test]
