@@ -1014,6 +1014,68 @@ async fn a_translated_stream_says_the_prompts_estimate_first_and_the_upstreams_c
     gw.shutdown().await;
 }
 
+/// A long prompt's `message_start` says an estimate made in a time bounded whatever the prompt's
+/// length — 32 KiB of its text counted, sampled evenly over it, the rest scaled — not the count
+/// of all of it, which a fast upstream's first byte would otherwise wait on (~1.4 s for 1 MB in a
+/// debug build): within a percent of `count_tokens`' whole count. A short prompt's is that count
+/// exactly (above).
+#[tokio::test]
+async fn a_long_prompts_message_start_says_an_estimate_made_in_bounded_time() {
+    let (_local, _api, _anthropic, gw) =
+        setup_where(|c| c.0.server.max_body_bytes = Some(spanned(4_000_000))).await;
+    let words = [
+        "The",
+        "quarterly",
+        "report",
+        "shows",
+        "revenue",
+        "grew",
+        "12.5%",
+        "while",
+        "costs",
+        "in",
+        "the",
+        "northern",
+        "region",
+        "fell;",
+        "see",
+        "table",
+        "4",
+        "(page",
+        "17).",
+        "收入",
+    ];
+    let text: Vec<&str> = (0..180_000)
+        .map(|at| words[(at * 7 + at / 3) % words.len()])
+        .collect();
+    let text = text.join(" ");
+    assert!(text.len() > 1_000_000);
+    let messages = json!([{"role": "user", "content": text}]);
+    let counted = send(
+        &gw,
+        "/v1/messages/count_tokens",
+        &json!({"model": "summarize", "messages": messages}),
+    )
+    .await;
+    let whole = counted.body["input_tokens"].as_u64().expect("a count");
+    let answer = message(
+        &gw,
+        json!({"model": "summarize", "max_tokens": 16, "stream": true, "messages": messages}),
+    )
+    .await;
+    let events = events_of(&answer.text);
+    assert_eq!(events[0].0, "message_start", "{}", answer.text);
+    let said = events[0].1["message"]["usage"]["input_tokens"]
+        .as_u64()
+        .expect("a count");
+    assert_ne!(said, whole, "an estimate, not the prompt counted whole");
+    assert!(
+        said.abs_diff(whole) * 100 < whole,
+        "{said} is within a percent of {whole}"
+    );
+    gw.shutdown().await;
+}
+
 /// claude-sonnet-4-5 at $3 input, $0.30 cache reads, $3.75 cache writes and $15 output per
 /// million: 700 × 3 + 200 × 0.30 + 100 × 3.75 + 50 × 15 µUSD.
 const CACHED_COST_PUSD: i64 =
