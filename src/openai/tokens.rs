@@ -273,9 +273,9 @@ fn exact(model: &str, text: &str) -> u64 {
     counted.saturating_add(u64::try_from(rest.div_ceil(cut as u128)).unwrap_or(u64::MAX))
 }
 
-/// The most of a prompt an estimate counts token by token ([`estimate_off_the_loop`]): ~0.8 ms
-/// in a release build, ~40 ms in a debug one, however long the prompt (a whole 1 MB prompt takes
-/// ~25 ms and ~1.4 s).
+/// The most of a prompt an estimate counts token by token ([`estimate_off_the_loop`]): ~1.6 ms
+/// of prose in a release build, ~25 ms in a debug one, however long the prompt (all of a 1 MB
+/// prompt: ~50 ms and ~0.8 s, docs/benchmarks.md).
 const ESTIMATE_BYTES: usize = 32 * 1024;
 /// The stretch of a long text an estimate counts at each of the places it samples: pieces far
 /// longer than a word, so that the words cut at its ends cost little.
