@@ -22,10 +22,11 @@
 //! continued with a hole in it: the request is refused as OpenAI refuses a response it does not
 //! keep. The request carrying a conversation is still bounded by `server.max_body_bytes`.
 //!
-//! Every kept answer gets the gateway's own `resp_…` id, a passed-through one too (the relay
-//! writes it into every stream event, and `store: true` into those that carry the response
-//! object: the upstream was told `store: false`): an upstream's id is not the gateway's to vouch
-//! for.
+//! Every answer gets the gateway's own `resp_…` id, kept or not, a passed-through one too (the
+//! relay writes it into every stream event, and `store` as the gateway kept it into those that
+//! carry the response object: the upstream was told `store: false`, and may say anything): an
+//! upstream's id is not the gateway's to vouch for. An answer not kept says `store: false`, and
+//! one from the route's cache gets an id of its own.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -137,9 +138,10 @@ pub struct Prepared {
     pub keep: Option<Keep>,
 }
 
-/// A request whose answer is to be kept, until it is answered; or, with `store: false` and a
-/// `previous_response_id`, one whose answer is only told as such (a server it is passed through
-/// to saw neither), so that its client reads the same whichever tier answered.
+/// A request whose answer is to be kept, until it is answered; or, with `store: false` (or no
+/// state kept at all), one whose answer is only told as the gateway's — its id, `store: false`,
+/// the `previous_response_id` its request gave (a server it is passed through to saw neither) —
+/// so that its client reads the same whichever tier answered.
 pub struct Keep {
     stored: Arc<StoredResponses>,
     /// Whether the answer is kept: `false` for a request saying `store: false`.
@@ -208,6 +210,12 @@ impl StoredResponses {
             .field("previous_response_id")
             .and_then(|id| serde_json::from_str::<Option<String>>(id.get()).ok())
             .flatten();
+        // An answer not kept is still told as the gateway's: its own id and `store: false`,
+        // whatever a server it was passed through to said; the body goes on as it came.
+        let unkept = || Prepared {
+            body: None,
+            keep: Some(self.told(scope, request_id)),
+        };
         if !self.config.store {
             if asked == Some(true) {
                 return Err(StateError::Off("store"));
@@ -215,12 +223,12 @@ impl StoredResponses {
             if previous.is_some() {
                 return Err(StateError::Off("previous_response_id"));
             }
-            return Ok(Prepared::default());
+            return Ok(unkept());
         }
         // OpenAI's default: a response is kept unless the request says not to.
         let keep = asked != Some(false);
         if !keep && previous.is_none() {
-            return Ok(Prepared::default());
+            return Ok(unkept());
         }
         let before = match &previous {
             Some(id) => {
@@ -262,6 +270,20 @@ impl StoredResponses {
                 previous,
             }),
         })
+    }
+
+    /// A request whose answer is not kept and continues nothing: it is only told as the
+    /// gateway's.
+    fn told(self: &Arc<Self>, scope: &str, request_id: &str) -> Keep {
+        Keep {
+            stored: self.clone(),
+            store: false,
+            id: responses::new_id("resp"),
+            scope: scope.to_string(),
+            request_id: request_id.to_string(),
+            input: Vec::new(),
+            previous: None,
+        }
     }
 
     /// The response `id` kept in `scope`, as `GET /v1/responses/{id}` gives it.
@@ -563,8 +585,9 @@ impl StoredResponses {
 
 impl Keep {
     /// A whole answer: kept when it completed (or ran out of its budget), and returned as the
-    /// client is to get it — `store` and `previous_response_id` as the request said, where a
-    /// server the request was passed through to (which kept nothing) said otherwise.
+    /// client is to get it — the gateway's id, `store` as the gateway kept it and
+    /// `previous_response_id` as the request said, where a server the request was passed through
+    /// to (which kept nothing) said otherwise.
     pub fn answered(self, body: &[u8]) -> Option<Bytes> {
         let response: Value = serde_json::from_slice(body).ok()?;
         let response = self.keep(response)?;
@@ -581,6 +604,13 @@ impl Keep {
     /// The id the client is given for the answer, in place of the upstream's.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Whether the answer may come from, and go to, the route's cache: one neither kept nor
+    /// continuing a response (a kept answer's id is its own, continued by the key that asked;
+    /// another key's hit would carry an id it cannot continue).
+    pub fn cacheable(&self) -> bool {
+        !self.store && self.previous.is_none()
     }
 
     /// A stream event's data whose response object is this answer's, told as the gateway keeps
@@ -619,16 +649,16 @@ impl Keep {
         Some(event.to_string())
     }
 
+    /// The response told as the gateway's, and kept where it is to be and is whole (it
+    /// completed, or ran out of its budget); `None` when it is no response object.
     fn keep(self, mut response: Value) -> Option<Value> {
         let status = response["status"].as_str()?;
-        if !matches!(status, "completed" | "incomplete") {
-            return None;
-        }
+        let whole = matches!(status, "completed" | "incomplete");
         let id = self.id;
         response["id"] = Value::String(id.clone());
-        response["store"] = Value::Bool(self.store);
+        response["store"] = Value::Bool(self.store && whole);
         response["previous_response_id"] = self.previous.clone().map_or(Value::Null, Value::String);
-        if !self.store {
+        if !self.store || !whole {
             return Some(response);
         }
         let row = KeptRow {

@@ -31,7 +31,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::request::raw;
-use super::tokens::count;
+use super::tokens::{bounded_count, count};
 use super::{
     AnthropicUsage, Chunk, Edits, EndpointSpec, ErrorReply, RequestBody, RequestError, StreamMarks,
     StreamTranslator, Usage, ViaChat,
@@ -877,7 +877,7 @@ struct ChatEvents {
     id: String,
     model: String,
     stops: Vec<String>,
-    /// The gateway's count of the prompt, for `message_start` (Anthropic's gives the input
+    /// The gateway's estimate of the prompt, for `message_start` (Anthropic's gives the input
     /// there; the upstream's own count, where it gives one, comes in `message_delta`).
     prompt_tokens: u64,
     started: bool,
@@ -1194,11 +1194,12 @@ impl ChatEvents {
         let (reason, sequence) = stop_reason(self.finish.as_deref(), &self.matched, &self.stops);
         // The upstream's usage, its input in place of `message_start`'s estimate (the SDKs take a
         // `message_delta`'s input over `message_start`'s). Without it, the output is the
-        // gateway's estimate and the input stays `message_start`'s; the relay books its own
-        // estimate (flagged so), as for chat, never 0.
+        // gateway's estimate (bounded in time: this runs on the event loop, and an answer may be
+        // long) and the input stays `message_start`'s; the relay books its own count (flagged
+        // estimated, made off the request path), as for chat, never 0.
         let usage = match &self.usage {
             Some(usage) => usage_json(Some(usage)),
-            None => json!({"output_tokens": count(&self.model, &self.written)}),
+            None => json!({"output_tokens": bounded_count(&self.model, &self.written)}),
         };
         Self::emit(
             out,

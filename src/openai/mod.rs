@@ -160,11 +160,12 @@ pub struct ViaChat {
     /// A whole chat completion as the endpoint's answer to `request`.
     pub answer: AnswerFromChat,
     /// A writer of the endpoint's stream events from chat chunks, for `request`, whose prompt
-    /// the gateway counted as `prompt_tokens` (the endpoint's `count_prompt`, for an endpoint
-    /// whose events say the input before the upstream reports it: Messages' `message_start`).
+    /// the gateway estimated as `prompt_tokens` (the endpoint's `count_prompt`, in a bounded
+    /// time: [`tokens::estimate_off_the_loop`], for an endpoint whose events say the input before
+    /// the upstream reports it: Messages' `message_start`).
     pub stream: fn(request: &[u8], prompt_tokens: u64) -> Box<dyn StreamTranslator>,
     /// The stream's first event says the prompt's tokens (Messages' `message_start`): the
-    /// gateway counts them for it; 0 is passed where it does not.
+    /// gateway estimates them for it; 0 is passed where it does not.
     pub prompt_first: bool,
 }
 

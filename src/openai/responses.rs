@@ -397,6 +397,8 @@ fn interrupted(marks: &StreamMarks, message: &str) -> (Option<&'static str>, Str
             "id": marks.response_id,
             "object": "response",
             "status": "failed",
+            // A response that failed is never kept.
+            "store": false,
             "error": {"code": "server_error", "message": message},
             "incomplete_details": null,
             "output": [],

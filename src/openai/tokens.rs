@@ -5,7 +5,9 @@
 //! every count with tiktoken-rs's. Only where tiktoken's work would grow faster than the text do
 //! the counts part from it, within a token or so per KiB: a piece longer than
 //! [`MAX_EXACT_PIECE`] (one run of a letter, which tiktoken merges in time quadratic in its
-//! length: 20 minutes for 2 MB) and a text longer than [`MAX_COUNTED_BYTES`].
+//! length: 20 minutes for 2 MB) and a text longer than [`MAX_COUNTED_BYTES`]. A figure a client
+//! waits on (Messages' `message_start`) is an estimate made in a bounded time instead: at most
+//! [`ESTIMATE_BYTES`] of the text counted, sampled evenly over a longer one, the rest scaled.
 //!
 //! Why not tiktoken-rs itself: its tokenizer holds each table as two hash maps, a sorted copy and
 //! 128 regex clones, 25 MB resident for o200k and 50 MB at the peak of its 90 ms load, for a count
@@ -14,6 +16,7 @@
 //! first use are the pattern's regex and an index of ranks by the tokens' hashes (1.2 MB), which
 //! finds a token as fast as tiktoken-rs's map does.
 
+use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::hash::BuildHasher;
@@ -249,6 +252,15 @@ fn encoding(model: &str) -> &'static Encoding {
 }
 
 pub fn count(model: &str, text: &str) -> u64 {
+    if let Some(budget) = BUDGET.get() {
+        let (tokens, left) = budget.count(model, text);
+        BUDGET.set(Some(left));
+        return tokens;
+    }
+    exact(model, text)
+}
+
+fn exact(model: &str, text: &str) -> u64 {
     if text.len() <= MAX_COUNTED_BYTES {
         return encoding(model).count(text);
     }
@@ -261,6 +273,103 @@ pub fn count(model: &str, text: &str) -> u64 {
     counted.saturating_add(u64::try_from(rest.div_ceil(cut as u128)).unwrap_or(u64::MAX))
 }
 
+/// The most of a prompt an estimate counts token by token ([`estimate_off_the_loop`]): ~1.6 ms
+/// of prose in a release build, ~25 ms in a debug one, however long the prompt (all of a 1 MB
+/// prompt: ~50 ms and ~0.8 s, docs/benchmarks.md).
+const ESTIMATE_BYTES: usize = 32 * 1024;
+/// The stretch of a long text an estimate counts at each of the places it samples: pieces far
+/// longer than a word, so that the words cut at its ends cost little.
+const SAMPLE_BYTES: usize = 4 * 1024;
+
+/// What counts made in an estimate's scope ([`estimate_within`]) may still count token by token,
+/// and what they have counted so.
+#[derive(Clone, Copy)]
+struct Budget {
+    left: usize,
+    bytes: u64,
+    tokens: u64,
+}
+
+thread_local! {
+    /// The budget of the estimate this thread is making, if it is making one.
+    static BUDGET: Cell<Option<Budget>> = const { Cell::new(None) };
+}
+
+impl Budget {
+    /// `text`'s tokens, and the budget left after it: counted token by token while the budget
+    /// holds the whole text; a longer text is sampled with what is left, [`SAMPLE_BYTES`] at
+    /// places spread evenly over it, and scaled to its length; once the budget is spent, a text
+    /// is taken at the bytes per token counted so far (four without any).
+    fn count(mut self, model: &str, text: &str) -> (u64, Budget) {
+        let len = text.len();
+        if len <= self.left {
+            let tokens = exact(model, text);
+            self.left -= len;
+            self.bytes += len as u64;
+            self.tokens += tokens;
+            return (tokens, self);
+        }
+        if self.left >= SAMPLE_BYTES {
+            let places = self.left / SAMPLE_BYTES;
+            let stride = len / places;
+            let (mut bytes, mut tokens) = (0, 0);
+            for place in 0..places {
+                let start = char_floor(text, place * stride);
+                let end = char_floor(text, place * stride + SAMPLE_BYTES);
+                bytes += (end - start) as u64;
+                tokens += exact(model, &text[start..end]);
+            }
+            self.left = 0;
+            self.bytes += bytes;
+            self.tokens += tokens;
+            return (scaled(tokens, len, bytes), self);
+        }
+        self.left = 0;
+        let tokens = match self.bytes {
+            0 => estimate(text),
+            bytes => scaled(self.tokens, len, bytes),
+        };
+        (tokens, self)
+    }
+}
+
+/// `tokens` counted in `bytes`, scaled to `len` bytes.
+fn scaled(tokens: u64, len: usize, bytes: u64) -> u64 {
+    let scaled = (len as u128 * u128::from(tokens)).div_ceil(u128::from(bytes.max(1)));
+    u64::try_from(scaled).unwrap_or(u64::MAX)
+}
+
+/// The last char boundary of `text` at or before `at` (its end past it).
+fn char_floor(text: &str, at: usize) -> usize {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+/// What `f` counts with [`count`] as one estimate: its texts counted token by token up to
+/// `bytes` in all, the rest sampled and scaled (see [`Budget::count`]), so that the estimate's
+/// work is bounded whatever the length of the texts. For a figure a client is shown before its
+/// answer begins: an endpoint whose stream's first event says the prompt's tokens (Messages'
+/// `message_start`) must not keep the client waiting while a long prompt is counted whole.
+fn estimate_within<T>(bytes: usize, f: impl FnOnce() -> T) -> T {
+    /// Ends the scope however `f` ends.
+    struct Scope;
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            BUDGET.set(None);
+        }
+    }
+    BUDGET.set(Some(Budget {
+        left: bytes,
+        bytes: 0,
+        tokens: 0,
+    }));
+    let _scope = Scope;
+    f()
+}
+
 /// A prompt up to this long is counted where the request runs (~0.3 ms); a longer one on the
 /// blocking pool.
 const COUNT_HERE_BYTES: usize = 16 * 1024;
@@ -270,6 +379,36 @@ const COUNT_HERE_BYTES: usize = 16 * 1024;
 /// does not hold the event loop's other requests; `None` if the count could not finish.
 pub async fn count_off_the_loop(
     count: fn(&str, &[u8]) -> u64,
+    model: &str,
+    body: Vec<u8>,
+) -> Option<u64> {
+    off_the_loop(count, model, body).await
+}
+
+/// `text`'s tokens as an estimate made in a bounded time ([`estimate_within`]): exactly its count
+/// up to [`ESTIMATE_BYTES`], sampled beyond. For a figure a client waits on, counted where the
+/// request runs.
+pub fn bounded_count(model: &str, text: &str) -> u64 {
+    estimate_within(ESTIMATE_BYTES, || count(model, text))
+}
+
+/// [`count_off_the_loop`] as an estimate ([`estimate_within`]) that counts at most
+/// [`ESTIMATE_BYTES`] of the prompt token by token: as exact as the count for a prompt that
+/// short, sampled beyond.
+pub async fn estimate_off_the_loop(
+    count: fn(&str, &[u8]) -> u64,
+    model: &str,
+    body: Vec<u8>,
+) -> Option<u64> {
+    let estimate =
+        move |model: &str, body: &[u8]| estimate_within(ESTIMATE_BYTES, || count(model, body));
+    off_the_loop(estimate, model, body).await
+}
+
+/// `count` of a request body: where the request runs when the body is short, on the blocking
+/// pool when it is long (reading the body alone then takes a while).
+async fn off_the_loop(
+    count: impl FnOnce(&str, &[u8]) -> u64 + Send + 'static,
     model: &str,
     body: Vec<u8>,
 ) -> Option<u64> {
@@ -395,6 +534,87 @@ mod tests {
         half.truncate(MAX_COUNTED_BYTES);
         let whole = half.repeat(2);
         assert_eq!(count("gpt-4o", &whole), 2 * count("gpt-4o", &half));
+    }
+
+    /// Varied prose of about `len` bytes: words, numbers, punctuation, a few scripts.
+    fn prose(len: usize) -> String {
+        let words = [
+            "The",
+            "quarterly",
+            "report",
+            "shows",
+            "revenue",
+            "grew",
+            "12.5%",
+            "while",
+            "costs",
+            "in",
+            "the",
+            "northern",
+            "region",
+            "fell;",
+            "see",
+            "table",
+            "4",
+            "(page",
+            "17).",
+            "Überschuss",
+            "und",
+            "Kosten",
+            "—",
+            "收入",
+            "增长",
+            "fn",
+            "main()",
+            "{",
+            "}",
+            "\n",
+        ];
+        let mut text = String::new();
+        let mut at = 0usize;
+        while text.len() < len {
+            text.push_str(words[(at * 7 + at / 3) % words.len()]);
+            text.push(' ');
+            at += 1;
+        }
+        text
+    }
+
+    /// In an estimate, texts within its budget are counted exactly; a longer one is sampled
+    /// across its length, within a percent of the exact count, counting no more than the budget;
+    /// texts after it are taken at the bytes per token counted so far. Outside, counts are exact.
+    #[test]
+    fn an_estimate_counts_its_budget_exactly_and_samples_the_rest() {
+        let short = prose(2_000);
+        let long = prose(1 << 20);
+        for model in ["gpt-4o", "mistral-7b"] {
+            let exact_short = count(model, &short);
+            let exact_long = count(model, &long);
+            let (short_said, long_said, after, budget) = estimate_within(ESTIMATE_BYTES, || {
+                let short_said = count(model, &short);
+                let long_said = count(model, &long);
+                let after = count(model, &short);
+                (short_said, long_said, after, BUDGET.get().unwrap())
+            });
+            assert_eq!(short_said, exact_short, "{model}");
+            let off = long_said.abs_diff(exact_long) as f64 / exact_long as f64;
+            assert!(off < 0.01, "{model}: {long_said} against {exact_long}");
+            assert!(
+                budget.bytes <= ESTIMATE_BYTES as u64,
+                "{model}: {}",
+                budget.bytes
+            );
+            assert_eq!(budget.left, 0);
+            let ratio = after.abs_diff(exact_short) as f64 / exact_short as f64;
+            assert!(ratio < 0.05, "{model}: {after} against {exact_short}");
+            assert!(BUDGET.get().is_none());
+            assert_eq!(count(model, &long), exact_long);
+        }
+        // Nothing counted yet and no budget left: four bytes a token.
+        assert_eq!(
+            estimate_within(0, || count("gpt-4o", &short)),
+            estimate(&short)
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! What the gateway says about itself: `/v1/models` (routes, tiers and model ids in OpenAI's list
-//! shape), `/healthz` (the process is alive) and `/readyz` (every route can be served).
+//! shape, or in Anthropic's a page at a time for its clients), `/healthz` (the process is alive)
+//! and `/readyz` (every route can be served).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -27,7 +29,8 @@ pub async fn models(
     State(app): State<Arc<App>>,
     caller: Option<axum::Extension<CallerKey>>,
     headers: HeaderMap,
-) -> Json<Value> {
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
     // A key limited to some routes may call only them (not a tier, nor a model id): it is shown
     // only them.
     let allowed = caller
@@ -39,22 +42,75 @@ pub async fn models(
         allowed.is_none_or(|routes| *kind == TargetKind::Route && routes.contains(id))
     });
     if speaks_anthropic(&headers) {
-        // One page holds them all: `has_more` false ends the SDK's pagination, whatever
-        // `limit` it asked for.
-        let data: Vec<Value> = listed.map(|(id, _)| anthropic_model(&app, id)).collect();
+        let ids: Vec<&str> = listed.map(|(id, _)| id.as_str()).collect();
+        let page = anthropic_page(&ids, &query).map_err(|(param, message)| {
+            ApiError::bad_body(message)
+                .param(Some(param))
+                .on(Endpoint::Messages)
+        })?;
+        let data: Vec<Value> = ids[page.range]
+            .iter()
+            .map(|id| anthropic_model(&app, id))
+            .collect();
         let first = data.first().map(|model| model["id"].clone());
         let last = data.last().map(|model| model["id"].clone());
-        return Json(json!({
+        return Ok(Json(json!({
             "data": data,
-            "has_more": false,
+            "has_more": page.has_more,
             "first_id": first,
             "last_id": last,
-        }));
+        })));
     }
     let data: Vec<Value> = listed
         .map(|(id, kind)| model_object(&app, id, *kind))
         .collect();
-    Json(json!({ "object": "list", "data": data }))
+    Ok(Json(json!({ "object": "list", "data": data })))
+}
+
+/// Which of the listed models an Anthropic client's page holds.
+struct AnthropicPage {
+    range: std::ops::Range<usize>,
+    has_more: bool,
+}
+
+/// The page Anthropic's `GET /v1/models` query asks for: `limit` (1 to 1000, 20 when absent),
+/// the models after `after_id` or before `before_id` — the SDK pages on with the last id (or,
+/// paging back, the first) of the page before. A value it cannot be is the parameter and what is
+/// wrong with it.
+fn anthropic_page(
+    ids: &[&str],
+    query: &HashMap<String, String>,
+) -> Result<AnthropicPage, (&'static str, String)> {
+    const DEFAULT_LIMIT: usize = 20;
+    const MAX_LIMIT: usize = 1000;
+    let limit = match query.get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(limit) => limit
+            .parse()
+            .ok()
+            .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+            .ok_or_else(|| {
+                let problem =
+                    format!("limit: must be a whole number from 1 to {MAX_LIMIT}, not \"{limit}\"");
+                ("limit", problem)
+            })?,
+    };
+    let at = |param: &'static str| {
+        query
+            .get(param)
+            .map(|cursor| {
+                ids.iter().position(|id| id == cursor).ok_or_else(|| {
+                    let problem = format!(
+                        "{param}: names no model of this list: \"{cursor}\" (page on with the first_id or last_id of a page)"
+                    );
+                    (param, problem)
+                })
+            })
+            .transpose()
+    };
+    let (range, has_more) =
+        super::page::window(ids.len(), at("after_id")?, at("before_id")?, limit);
+    Ok(AnthropicPage { range, has_more })
 }
 
 /// A route, tier or model id in Anthropic's model shape (`ModelInfo`): its `created_at` the

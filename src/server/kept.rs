@@ -132,21 +132,18 @@ impl Page {
                     )
                 })
         };
-        let start = match &self.after {
-            Some(after) => at(after, "after")? + 1,
-            None => 0,
-        };
-        let end = match &self.before {
-            Some(before) => at(before, "before")?,
-            None => items.len(),
-        };
-        let window = items.get(start..end).unwrap_or_default();
-        let has_more = window.len() > self.limit;
-        let page = if self.before.is_some() && self.after.is_none() {
-            &window[window.len().saturating_sub(self.limit)..]
-        } else {
-            &window[..window.len().min(self.limit)]
-        };
+        let after = self
+            .after
+            .as_deref()
+            .map(|id| at(id, "after"))
+            .transpose()?;
+        let before = self
+            .before
+            .as_deref()
+            .map(|id| at(id, "before"))
+            .transpose()?;
+        let (page, has_more) = super::page::window(items.len(), after, before, self.limit);
+        let page = &items[page];
         let first_id = page.first().map_or(Value::Null, |item| item["id"].clone());
         let last_id = page.last().map_or(Value::Null, |item| item["id"].clone());
         Ok(json!({

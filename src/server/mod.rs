@@ -10,6 +10,7 @@ mod error;
 mod feedback;
 mod info;
 mod kept;
+mod page;
 mod proxy;
 mod relay;
 mod reload;

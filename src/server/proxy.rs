@@ -243,7 +243,7 @@ async fn proxy(
     let lookup = match (&refusal, &resolved.target.route) {
         // A kept answer is never read from the cache nor fills it: its id is its own, continued by
         // the key that asked; another key's hit would carry an id it cannot continue.
-        (None, Some(route)) if keep.is_none() => {
+        (None, Some(route)) if keep.as_ref().is_none_or(Keep::cacheable) => {
             app.cache
                 .lookup(
                     route,
@@ -288,7 +288,7 @@ async fn proxy(
         return Ok(refuse_at_admission(exchange, endpoint, refusal).await);
     }
     if let Some(entry) = hit {
-        let mut response = from_cache(exchange, &entry, &request).await;
+        let mut response = from_cache(exchange, &entry, &request, keep).await;
         if let Some(quota) = quota {
             set_quota(response.headers_mut(), &quota);
         }
@@ -482,14 +482,24 @@ async fn answer(
     }
 }
 
-/// The route's cache answered: the answer as it was first given, a stream replayed event by event
-/// (its usage chunk only for a client that asked, with this request's cost, 0), and a ledger row
-/// that says what the hit saved.
-async fn from_cache(exchange: Exchange, entry: &Entry, request: &RequestBody<'_>) -> Response {
+/// The route's cache answered: the answer as it was first given (a response told as this
+/// request's, with an id of its own), a stream replayed event by event (its usage chunk only for
+/// a client that asked, with this request's cost, 0), and a ledger row that says what the hit
+/// saved.
+async fn from_cache(
+    exchange: Exchange,
+    entry: &Entry,
+    request: &RequestBody<'_>,
+    keep: Option<Keep>,
+) -> Response {
     let ended = exchange.end(Ending::CacheHit { entry });
     let mut response = match &entry.answer {
         Stored::Body(body) => {
-            let mut response = (StatusCode::OK, body.clone()).into_response();
+            let body = match keep {
+                Some(keep) => keep.answered(body).unwrap_or_else(|| body.clone()),
+                None => body.clone(),
+            };
+            let mut response = (StatusCode::OK, body).into_response();
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),

@@ -195,13 +195,15 @@ impl Upstreams {
             timeouts.total
         };
         // A stream translated for an endpoint whose events say the input first (Messages'
-        // `message_start`) opens with the gateway's count of the prompt, counted while the
-        // upstream works on its first byte.
+        // `message_start`) opens with the gateway's estimate of the prompt, made while the
+        // upstream works on its first byte, in a time bounded whatever the prompt's length: a
+        // fast upstream's first byte must not wait on a long prompt counted whole.
         let estimate = async {
             match &via_chat {
                 Some((via, request)) if stream && via.prompt_first => {
                     let count = endpoint.spec().count_prompt;
-                    crate::openai::tokens::count_off_the_loop(count, &tier.model, request.clone())
+                    let body = request.clone();
+                    crate::openai::tokens::estimate_off_the_loop(count, &tier.model, body)
                         .await
                         .unwrap_or(0)
                 }

@@ -235,6 +235,9 @@ impl UpstreamStream {
             failed: false,
             reader,
         };
+        // The answer must begin within `first_byte_ms`: its first event, and where that event
+        // holds nothing of it, the event that does.
+        let answer_due = Instant::now() + first_event_limit;
         // Keep-alives before the first event are not relayed: nothing is committed to this tier
         // until an event with data arrives.
         let first_event = async {
@@ -245,7 +248,7 @@ impl UpstreamStream {
                 }
             }
         };
-        let first = match tokio::time::timeout(first_event_limit, first_event).await {
+        let first = match tokio::time::timeout_at(answer_due, first_event).await {
             Err(_) => {
                 return Err(UpstreamError::new(
                     UpstreamErrorKind::TimeoutFirstByte,
@@ -280,35 +283,50 @@ impl UpstreamStream {
         // A first chunk with only the role says nothing of the answer (vLLM and OpenAI send it
         // before the first token; Anthropic's `message_start` becomes one): an error or the end
         // right after it leaves the client with nothing, so the tier is not committed to until
-        // the next event shows the answer has begun. The wait is the one the relay would have
-        // had (`idle_ms`, restarted by keep-alives), and the bytes pass on as they came.
+        // the next event shows the answer has begun. Until then the client has had nothing, so
+        // the wait is bounded as the first event's is, by `first_byte_ms` (a tier that sends
+        // `message_start` and then only pings or keep-alives is as good as one that queues), and
+        // by `idle_ms` between events; the bytes pass on as they came.
         let holds_nothing = says_nothing_yet(&first.data) || opens_a_message(&first.data);
         stream.first = Some(first);
         if holds_nothing {
-            loop {
-                match stream.read_held().await {
-                    Some(Ok(event)) if event.keep_alive => {}
-                    Some(Ok(event)) if is_error_event(&event.data) => {
-                        return Err(early_error(
-                            &event.data,
-                            "the stream's first event after its opening chunk is an error",
-                        ));
+            let answer_begins = async {
+                loop {
+                    match stream.read_held().await {
+                        Some(Ok(event)) if event.keep_alive => {}
+                        Some(Ok(event)) if is_error_event(&event.data) => {
+                            return Err(early_error(
+                                &event.data,
+                                "the stream's first event after its opening chunk is an error",
+                            ));
+                        }
+                        // Anthropic's pings say nothing of the answer either; they go out with it.
+                        Some(Ok(event)) if is_ping(&event.data) => {
+                            stream.then.get_or_insert_default().push_back(event)
+                        }
+                        Some(Ok(event)) => {
+                            stream.then.get_or_insert_default().push_back(event);
+                            return Ok(());
+                        }
+                        Some(Err(err)) => return Err(err),
+                        None => {
+                            return Err(UpstreamError::stream_broken(
+                                "the stream ended after its opening chunk, before its answer began"
+                                    .into(),
+                            ));
+                        }
                     }
-                    // Anthropic's pings say nothing of the answer either; they go out with it.
-                    Some(Ok(event)) if is_ping(&event.data) => {
-                        stream.then.get_or_insert_default().push_back(event)
-                    }
-                    Some(Ok(event)) => {
-                        stream.then.get_or_insert_default().push_back(event);
-                        break;
-                    }
-                    Some(Err(err)) => return Err(err),
-                    None => {
-                        return Err(UpstreamError::stream_broken(
-                            "the stream ended after its opening chunk, before its answer began"
-                                .into(),
-                        ));
-                    }
+                }
+            };
+            match tokio::time::timeout_at(answer_due, answer_begins).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => return Err(err),
+                Err(_) => {
+                    return Err(UpstreamError::new_detail(
+                        UpstreamErrorKind::TimeoutFirstByte,
+                        "the stream opened, but its answer did not begin within first_byte_ms"
+                            .into(),
+                    ));
                 }
             }
         }

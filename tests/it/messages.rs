@@ -13,6 +13,13 @@ use tierwise_fake::{FakeToolCall, FakeUpstream, Fault};
 /// `local` and `api_fast` behind `summarize`, and `claude` (Anthropic's format) behind `agent`,
 /// before `local`.
 async fn setup() -> (FakeUpstream, FakeUpstream, FakeUpstream, TestGateway) {
+    setup_where(|_| {}).await
+}
+
+/// [`setup`]'s gateway with `change` made to its config.
+async fn setup_where(
+    change: impl FnOnce(&mut TestConfig),
+) -> (FakeUpstream, FakeUpstream, FakeUpstream, TestGateway) {
     let local = FakeUpstream::start().await;
     let api = FakeUpstream::start().await;
     let anthropic = FakeUpstream::start().await;
@@ -42,7 +49,8 @@ async fn setup() -> (FakeUpstream, FakeUpstream, FakeUpstream, TestGateway) {
                 scope: None,
                 nondeterministic: Some(true),
             });
-        });
+        })
+        .with(change);
     let gw = TestGateway::start(&config).await;
     (local, api, anthropic, gw)
 }
@@ -818,6 +826,61 @@ async fn an_overload_right_after_message_start_falls_back() {
     gw.shutdown().await;
 }
 
+/// A tier that opens its stream — Anthropic's `message_start`, or a chat server's role-only chunk
+/// that the gateway writes as one — and then sends nothing of its answer, only pings and
+/// keep-alives or nothing at all, has given the client nothing (the opening is held until the
+/// answer begins): `first_byte_ms` bounds the wait for its answer as it bounds the wait for its
+/// first event, and the next tier answers, however long `idle_ms` and `total_ms` are.
+#[tokio::test]
+async fn a_tier_that_opens_its_stream_and_then_stalls_falls_back_at_first_byte_ms() {
+    let (local, _api, anthropic, gw) = setup_where(|c| {
+        for provider in c.0.providers.values_mut() {
+            provider.timeout.first_byte_ms = Some(500);
+            provider.timeout.idle_ms = Some(30_000);
+            provider.timeout.total_ms = Some(60_000);
+        }
+    })
+    .await;
+    let hi = json!([{"role": "user", "content": "Hi"}]);
+    let forever = Fault::Heartbeats {
+        after: 1,
+        every_ms: 100,
+        count: None,
+    };
+    let silent = Fault::Heartbeats {
+        after: 1,
+        every_ms: 60_000,
+        count: Some(1),
+    };
+    for fault in [forever.clone(), silent] {
+        anthropic.set_fault(fault.clone());
+        let started = std::time::Instant::now();
+        let answer = message(
+            &gw,
+            json!({"model": "agent", "max_tokens": 9, "messages": hi, "stream": true}),
+        )
+        .await;
+        answer.assert_served_by("local", "claude:timeout_first_byte");
+        assert!(started.elapsed() < Duration::from_secs(5), "{fault:?}");
+        let events = events_of(&answer.text);
+        assert_eq!(events[0].0, "message_start", "{}", answer.text);
+        assert_eq!(events.last().unwrap().0, "message_stop", "{}", answer.text);
+    }
+    anthropic.set_fault(Fault::None);
+
+    // A chat server's role-only chunk, then keep-alives without end.
+    local.set_fault(forever);
+    let started = std::time::Instant::now();
+    let answer = message(
+        &gw,
+        json!({"model": "summarize", "max_tokens": 9, "messages": hi, "stream": true}),
+    )
+    .await;
+    answer.assert_served_by("api_fast", "local:timeout_first_byte");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    gw.shutdown().await;
+}
+
 /// What a client's SDK assembles from a stream's events: each content block's id (or "text")
 /// and its deltas joined; checking on the way that one block is open at a time and that every
 /// delta goes to the open block.
@@ -948,6 +1011,68 @@ async fn a_translated_stream_says_the_prompts_estimate_first_and_the_upstreams_c
     let answer = gw.ask_stream("summarize").await;
     let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
     assert!(row.tokens_estimated && row.tokens_out >= 10, "{row:?}");
+    gw.shutdown().await;
+}
+
+/// A long prompt's `message_start` says an estimate made in a time bounded whatever the prompt's
+/// length — 32 KiB of its text counted, sampled evenly over it, the rest scaled — not the count
+/// of all of it, which a fast upstream's first byte would otherwise wait on (~1.4 s for 1 MB in a
+/// debug build): within a percent of `count_tokens`' whole count. A short prompt's is that count
+/// exactly (above).
+#[tokio::test]
+async fn a_long_prompts_message_start_says_an_estimate_made_in_bounded_time() {
+    let (_local, _api, _anthropic, gw) =
+        setup_where(|c| c.0.server.max_body_bytes = Some(spanned(4_000_000))).await;
+    let words = [
+        "The",
+        "quarterly",
+        "report",
+        "shows",
+        "revenue",
+        "grew",
+        "12.5%",
+        "while",
+        "costs",
+        "in",
+        "the",
+        "northern",
+        "region",
+        "fell;",
+        "see",
+        "table",
+        "4",
+        "(page",
+        "17).",
+        "收入",
+    ];
+    let text: Vec<&str> = (0..180_000)
+        .map(|at| words[(at * 7 + at / 3) % words.len()])
+        .collect();
+    let text = text.join(" ");
+    assert!(text.len() > 1_000_000);
+    let messages = json!([{"role": "user", "content": text}]);
+    let counted = send(
+        &gw,
+        "/v1/messages/count_tokens",
+        &json!({"model": "summarize", "messages": messages}),
+    )
+    .await;
+    let whole = counted.body["input_tokens"].as_u64().expect("a count");
+    let answer = message(
+        &gw,
+        json!({"model": "summarize", "max_tokens": 16, "stream": true, "messages": messages}),
+    )
+    .await;
+    let events = events_of(&answer.text);
+    assert_eq!(events[0].0, "message_start", "{}", answer.text);
+    let said = events[0].1["message"]["usage"]["input_tokens"]
+        .as_u64()
+        .expect("a count");
+    assert_ne!(said, whole, "an estimate, not the prompt counted whole");
+    assert!(
+        said.abs_diff(whole) * 100 < whole,
+        "{said} is within a percent of {whole}"
+    );
     gw.shutdown().await;
 }
 
@@ -1089,6 +1214,97 @@ async fn models_are_listed_for_anthropics_clients_in_their_shape() {
         "{}",
         wrong.text
     );
+    gw.shutdown().await;
+}
+
+/// Anthropic's paging of `GET /v1/models`: `limit` (20 when absent, 1 to 1000), `after_id` and
+/// `before_id`, with `has_more`, `first_id` and `last_id` saying where the page lies. Paging on
+/// from each page's `last_id`, or back from each page's `first_id`, lists every model once; a
+/// value the query cannot have is Anthropic's 400 `invalid_request_error` naming the parameter.
+#[tokio::test]
+async fn anthropics_clients_page_through_the_models() {
+    let (_local, _api, _anthropic, gw) = setup_where(|c| {
+        for n in 0..25 {
+            c.add_route(
+                &format!("route_{n:02}"),
+                tierwise::config::TaskKind::Chat,
+                &["local"],
+            );
+        }
+    })
+    .await;
+    let get = |query: String| {
+        let request = gw
+            .http
+            .get(format!("{}/v1/models?{query}", gw.url))
+            .header("x-api-key", CLIENT_KEY)
+            .header("anthropic-version", "2023-06-01");
+        async move { Answer::of(request.send().await.expect("the gateway answers")).await }
+    };
+    let ids = |page: &Answer| -> Vec<String> {
+        assert_eq!(page.status, 200, "{}", page.text);
+        page.body["data"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|model| model["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let whole = get("limit=1000".into()).await;
+    let all = ids(&whole);
+    assert!(all.len() > 25, "{all:?}");
+    assert_eq!(whole.body["has_more"], false);
+    let first = get(String::new()).await;
+    assert_eq!(ids(&first), all[..20]);
+    assert_eq!(first.body["has_more"], true);
+    assert_eq!(first.body["first_id"], all[0].as_str());
+    assert_eq!(first.body["last_id"], all[19].as_str());
+
+    let mut forward = Vec::new();
+    let mut query = "limit=7".to_string();
+    loop {
+        let page = get(query).await;
+        forward.extend(ids(&page));
+        if page.body["has_more"] == false {
+            break;
+        }
+        query = format!(
+            "limit=7&after_id={}",
+            page.body["last_id"].as_str().unwrap()
+        );
+    }
+    assert_eq!(forward, all);
+
+    let mut back = vec![all.last().unwrap().clone()];
+    let mut query = format!("limit=7&before_id={}", all.last().unwrap());
+    loop {
+        let page = get(query).await;
+        back.splice(0..0, ids(&page));
+        if page.body["has_more"] == false {
+            break;
+        }
+        query = format!(
+            "limit=7&before_id={}",
+            page.body["first_id"].as_str().unwrap()
+        );
+    }
+    assert_eq!(back, all);
+
+    let between = get(format!("after_id={}&before_id={}", all[2], all[6])).await;
+    assert_eq!(ids(&between), all[3..6]);
+    assert_eq!(between.body["has_more"], false);
+
+    for (query, param) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=ten", "limit"),
+        ("after_id=no-such-model", "after_id"),
+        ("before_id=no-such-model", "before_id"),
+    ] {
+        let refused = get(query.into()).await;
+        let message = anthropic_error(&refused, 400, "invalid_request_error");
+        assert!(message.contains(param), "{query}: {message}");
+    }
     gw.shutdown().await;
 }
 

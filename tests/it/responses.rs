@@ -382,7 +382,15 @@ async fn a_server_that_serves_responses_gets_them_passed_through() {
     )
     .await;
     answer.assert_served_by_first("api_fast");
-    assert_eq!(answer.body["id"], "resp_fake", "the server's own answer");
+    assert_eq!(
+        answer.body["output"][0]["id"], "msg_fake",
+        "the server's own answer"
+    );
+    let id = answer.body["id"].as_str().unwrap();
+    assert!(
+        id.starts_with("resp_") && id != "resp_fake",
+        "the gateway's id: {id}"
+    );
     let sent = &api.requests()[0];
     assert_eq!(sent.path, "/v1/responses");
     assert_eq!(
@@ -403,7 +411,8 @@ async fn a_server_that_serves_responses_gets_them_passed_through() {
     )
     .await;
     let events = events_of(&answer.text);
-    assert_eq!(events[0].1["response"]["id"], "resp_fake");
+    assert_eq!(events[0].0, "response.created");
+    assert_ne!(events[0].1["response"]["id"], "resp_fake");
     assert_eq!(events.last().unwrap().0, "response.completed");
     let row = stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
     assert_eq!(
@@ -1004,6 +1013,151 @@ async fn passed_through_answers_are_kept_under_the_gateways_own_ids() {
     )
     .await
     .error(404, None);
+    gw.shutdown().await;
+}
+
+/// Each response object of a stream (`response.created`, `.in_progress`, `.completed`,
+/// `.failed`…): its event's name, its id and its `store`.
+fn response_objects(events: &[(String, Value)]) -> Vec<(String, Value, Value)> {
+    events
+        .iter()
+        .filter(|(_, data)| data.get("response").is_some())
+        .map(|(name, data)| {
+            let response = &data["response"];
+            (
+                name.clone(),
+                response["id"].clone(),
+                response["store"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// A server that serves Responses but keeps no promise — it says `store: true` though it was told
+/// `store: false`, and names the response anew in each event — is told to the client as the
+/// gateway's answer: one `resp_…` id of the gateway's in the plain body and in every event that
+/// carries the response (`response.created`, `.in_progress`, `.completed`, `.failed`), and
+/// `store` as the gateway kept it: `false` where it keeps nothing (`store: false` asked, or no
+/// state kept at all, or the response failed), `true` where it kept the answer. A hit of the
+/// route's cache gets an id of its own.
+#[tokio::test]
+async fn passed_through_answers_say_the_gateways_id_and_what_it_kept() {
+    let (_local, api, gw) = kept_setup(sqlite_url(), |c| {
+        let cached = c.add_route(
+            "cached_api",
+            tierwise::config::TaskKind::Agentic,
+            &["api_fast"],
+        );
+        cached.cache = Some(tierwise::config::file::RawRouteCache {
+            ttl: tierwise::config::file::text("1h"),
+            scope: None,
+            nondeterministic: Some(true),
+        });
+    })
+    .await;
+    api.update(|b| b.responses_unruly = true);
+    let post = |body: Value| {
+        call(
+            &gw,
+            reqwest::Method::POST,
+            "/v1/responses",
+            CLIENT_KEY,
+            Some(body),
+        )
+    };
+    let ours = |id: &Value| {
+        id.as_str()
+            .is_some_and(|id| id.starts_with("resp_") && !id.contains("fake"))
+    };
+
+    let plain = post(json!({"model": "api_first", "input": "Hi", "store": false})).await;
+    plain.assert_served_by_first("api_fast");
+    assert!(ours(&plain.body["id"]), "{}", plain.text);
+    assert_eq!(plain.body["store"], false, "{}", plain.text);
+
+    for (store, said) in [(json!(false), false), (Value::Null, true)] {
+        let mut request = json!({"model": "api_first", "input": "Hi", "stream": true});
+        if !store.is_null() {
+            request["store"] = store;
+        }
+        let streamed = post(request).await;
+        streamed.assert_served_by_first("api_fast");
+        assert!(!streamed.text.contains("resp_fake"), "{}", streamed.text);
+        let objects = response_objects(&events_of(&streamed.text));
+        let names: Vec<&str> = objects.iter().map(|(name, ..)| name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.completed"
+            ]
+        );
+        let id = &objects[0].1;
+        assert!(ours(id), "{objects:?}");
+        for (name, each, kept) in &objects {
+            assert_eq!(each, id, "{name}");
+            assert_eq!(kept, &json!(said), "{name}");
+        }
+    }
+    // One kept (the stream without `store`), none of the others.
+    wait_for_kept(&gw, 1).await;
+
+    // Failed midway, by the upstream's own `response.failed` or cut (the gateway's): the
+    // gateway's id and `store: false`, asked to keep it or not.
+    for fault in [
+        Fault::ErrorMidStream { after: 4 },
+        Fault::CutAfterChunks { chunks: 4 },
+    ] {
+        api.set_fault(fault.clone());
+        for store in [false, true] {
+            let failed =
+                post(json!({"model": "api_first", "input": "Hi", "stream": true, "store": store}))
+                    .await;
+            let objects = response_objects(&events_of(&failed.text));
+            let (name, id, kept) = objects.last().unwrap();
+            assert_eq!(name, "response.failed", "{fault:?}");
+            assert_eq!(id, &objects[0].1, "{fault:?}");
+            assert!(ours(id), "{fault:?}: {objects:?}");
+            assert_eq!(kept, &json!(false), "{fault:?}");
+        }
+    }
+    api.set_fault(Fault::None);
+
+    // From the route's cache: the answer again, under an id of its own.
+    let request = json!({"model": "cached_api", "input": "Hi", "store": false});
+    let first = post(request.clone()).await;
+    let again = post(request).await;
+    assert_eq!(
+        again.header("x-tierwise-cache"),
+        Some("hit"),
+        "{}",
+        again.text
+    );
+    assert!(ours(&again.body["id"]), "{}", again.text);
+    assert_ne!(again.body["id"], first.body["id"]);
+    assert_eq!(again.body["store"], false, "{}", again.text);
+    assert_eq!(again.body["output"], first.body["output"]);
+    gw.shutdown().await;
+
+    // No state kept at all: the same, `store: false`.
+    let (_local, api, gw) = native_setup().await;
+    api.update(|b| b.responses_unruly = true);
+    let plain = respond(&gw, json!({"model": "api_first", "input": "Hi"})).await;
+    assert!(ours(&plain.body["id"]), "{}", plain.text);
+    assert_eq!(plain.body["store"], false, "{}", plain.text);
+    let streamed = respond(
+        &gw,
+        json!({"model": "api_first", "input": "Hi", "stream": true}),
+    )
+    .await;
+    let objects = response_objects(&events_of(&streamed.text));
+    assert_eq!(objects.len(), 3, "{}", streamed.text);
+    for (name, id, kept) in &objects {
+        assert_eq!(id, &objects[0].1, "{name}");
+        assert!(ours(id), "{name}: {id}");
+        assert_eq!(kept, &json!(false), "{name}");
+    }
     gw.shutdown().await;
 }
 

@@ -211,3 +211,28 @@ def test_models_are_listed_in_anthropics_shape(claude, fakes):
     assert (one.id, one.type) == ("classification", "model")
     with pytest.raises(anthropic.NotFoundError):
         claude.models.retrieve("no-such-model")
+
+
+def test_models_are_paged_as_the_sdk_pages_them(claude, fakes):
+    """`limit`, `after_id` and `before_id` as Anthropic's API takes them: the SDK's auto-paging lists
+    every model once whatever the page size, a page says where it lies and whether more follow,
+    paging back from a model lists those before it, and a limit out of range is the SDK's
+    BadRequestError."""
+    everything = [model.id for model in claude.models.list(limit=1000)]
+    assert len(everything) > 4
+    assert [model.id for model in claude.models.list(limit=2)] == everything
+    assert [model.id for model in claude.models.list()] == everything
+    page = claude.models.list(limit=2)
+    assert (len(page.data), page.has_more, page.first_id, page.last_id) == (
+        2,
+        True,
+        everything[0],
+        everything[1],
+    )
+    back = [model.id for model in claude.models.list(limit=2, before_id=everything[-1])]
+    assert sorted(back, key=everything.index) == everything[:-1]
+    assert len(back) == len(everything) - 1
+    with pytest.raises(anthropic.BadRequestError, match="limit"):
+        claude.models.list(limit=1001)
+    with pytest.raises(anthropic.BadRequestError, match="after_id"):
+        claude.models.list(after_id="no-such-model")

@@ -74,7 +74,7 @@ pub enum Fault {
     HugeEvent { after: usize, bytes: usize },
     /// Streams: this many chunks, then a comment (`: keep-alive`) every `every_ms`, `count` of
     /// them (without end when absent), then the rest, as providers send heartbeats while a model
-    /// thinks.
+    /// thinks. Anthropic's format: a `ping` event in place of each comment, as its API sends them.
     Heartbeats {
         after: usize,
         every_ms: u64,
@@ -122,6 +122,9 @@ pub struct Behavior {
     pub chunk_delay_ms: u64,
     /// A stream reports no usage even when asked to, as servers that ignore `stream_options` do.
     pub stream_without_usage: bool,
+    /// Responses: a server that keeps no promise — it says `store: true` whatever it was told,
+    /// and names the response anew in each event that carries it (`resp_fake_0`, `resp_fake_1`…).
+    pub responses_unruly: bool,
     /// Model ids listed by `/v1/models`.
     pub models: Vec<String>,
     /// When set, the fault applies to this many more chat/embedding requests, then clears.
@@ -202,6 +205,7 @@ impl Default for Behavior {
             message_delta_usage: None,
             chunk_delay_ms: 0,
             stream_without_usage: false,
+            responses_unruly: false,
             models: vec!["fake-model".to_string()],
             fault_for: None,
             fault_model: None,
@@ -994,7 +998,8 @@ fn stream(
         count,
     } = behavior.fault
     {
-        return heartbeats(frames, after, Duration::from_millis(every_ms), count);
+        let every = Duration::from_millis(every_ms);
+        return heartbeats(frames, after, every, count, b": keep-alive\n\n");
     }
     let delay = Duration::from_millis(behavior.chunk_delay_ms);
     let body =
@@ -1020,13 +1025,14 @@ fn stream(
     response
 }
 
-/// `frames` with `count` comments (without end when `None`) after the first `after`, one every
-/// `every`.
+/// `frames` with `count` heartbeats (`beat`; without end when `None`) after the first `after`,
+/// one every `every`.
 fn heartbeats(
     mut frames: Vec<Bytes>,
     after: usize,
     every: Duration,
     count: Option<u64>,
+    beat: &'static [u8],
 ) -> Response {
     use futures_util::StreamExt;
     let rest = frames.split_off(after.min(frames.len()));
@@ -1035,7 +1041,7 @@ fn heartbeats(
             return None;
         }
         tokio::time::sleep(every).await;
-        Some((Bytes::from_static(b": keep-alive\n\n"), sent + 1))
+        Some((Bytes::from_static(beat), sent + 1))
     });
     let body = futures_util::stream::iter(frames)
         .chain(beats)
@@ -1430,6 +1436,15 @@ async fn anthropic_messages(
             frames.truncate(after);
             frames.push(Bytes::from(format!("event: error\ndata: {overloaded}\n\n")));
         }
+        Fault::Heartbeats {
+            after,
+            every_ms,
+            count,
+        } => {
+            let every = Duration::from_millis(every_ms);
+            let ping = b"event: ping\ndata: {\"type\": \"ping\"}\n\n";
+            return heartbeats(frames, after, every, count, ping);
+        }
         _ => {}
     }
     let delay = Duration::from_millis(behavior.chunk_delay_ms);
@@ -1490,10 +1505,20 @@ async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
         output.push(call_item(index, call, "completed", &call.arguments));
     }
     // As OpenAI's: whether it keeps the answer (it does unless told not to), and what it continues.
-    let store = request["store"].as_bool().unwrap_or(true);
+    let unruly = behavior.responses_unruly;
+    let store = unruly || request["store"].as_bool().unwrap_or(true);
     let previous = request["previous_response_id"].clone();
+    let named = std::sync::atomic::AtomicUsize::new(0);
+    let id = || {
+        if unruly {
+            let at = named.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            format!("resp_fake_{at}")
+        } else {
+            "resp_fake".to_string()
+        }
+    };
     let response = |status: &str, output: Vec<Value>, usage: Option<Value>| {
-        json!({"id": "resp_fake", "object": "response", "created_at": 1_700_000_000, "status": status,
+        json!({"id": id(), "object": "response", "created_at": 1_700_000_000, "status": status,
             "error": null, "incomplete_details": null, "model": model, "output": output, "usage": usage,
             "store": store, "previous_response_id": previous})
     };
@@ -1556,7 +1581,7 @@ async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
         ),
         Fault::ErrorMidStream { after } => {
             frames.truncate(after);
-            let failed = json!({"type": "response.failed", "sequence_number": after, "response": {"id": "resp_fake", "object": "response", "status": "failed", "error": {"code": "server_error", "message": "The model failed"}, "output": [], "usage": null}});
+            let failed = json!({"type": "response.failed", "sequence_number": after, "response": {"id": id(), "object": "response", "status": "failed", "error": {"code": "server_error", "message": "The model failed"}, "output": [], "usage": null, "store": store}});
             frames.push(Bytes::from(format!(
                 "event: response.failed\ndata: {failed}\n\n"
             )));
