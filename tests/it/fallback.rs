@@ -1327,3 +1327,59 @@ async fn a_tiers_window_is_discovered_from_ollama_and_from_llama_cpp() {
         gw.shutdown().await;
     }
 }
+
+/// A stream whose client leaves before its first byte is not sent to the next tier when its tier
+/// then fails: once the client has gone nothing more is called, or charged, for it (review F7).
+/// Its row is 499 `client_closed` with no tier, and its attempts say where the chain stopped.
+/// Seen failing with the chain's check before each call removed (api_fast called, the row's tier
+/// api_fast).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_client_left_before_its_first_byte_does_not_fall_back() {
+    let (local, api, gw) = setup(|p| p.timeout.first_byte_ms = Some(400), |_| {}).await;
+    local.set_fault(Fault::Hang);
+    let store = gw.store().await;
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let gave_up = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat_stream("summarize"))
+        .timeout(Duration::from_millis(150))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client was meant to give up");
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let row = loop {
+        if let Some(row) = store
+            .requests(since, i64::MAX, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+        {
+            break row;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the request was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        (row.status, row.error_kind.as_deref(), row.tier.as_deref()),
+        (499, Some("client_closed"), None),
+        "{row:?}"
+    );
+    assert_eq!(api.request_count(), 0, "the next tier was called");
+    assert_eq!(
+        store.attempts(&row.id).await.unwrap(),
+        [
+            ("local".to_string(), "timeout_first_byte".to_string()),
+            ("api_fast".to_string(), "client_closed".to_string()),
+        ]
+    );
+    gw.shutdown().await;
+}

@@ -125,7 +125,7 @@ async fn one_server_killed_fails_no_request_and_opens_its_breaker_alone() {
     for live in &names[..2] {
         let status = server_status(&gw, live).await;
         assert_eq!(status["breaker"]["state"], "closed", "{status}");
-        assert_eq!(status["failures"], 0, "{status}");
+        assert_eq!(status["failed"], 0, "{status}");
     }
     let provider = gw.provider("vllm").await;
     assert_eq!(provider["breaker"]["state"], "closed", "{provider}");
@@ -469,7 +469,7 @@ async fn garbage_hanging_or_absent_metrics_change_nothing_and_a_404_is_not_asked
     for name in &names {
         let status = server_status(&gw, name).await;
         assert_eq!(status["breaker"]["state"], "closed", "{status}");
-        assert_eq!(status["failures"], 0, "{status}");
+        assert_eq!(status["failed"], 0, "{status}");
         assert!(status["queue"].is_null(), "{status}");
         assert!(
             served_by(&got, name) > 10,
