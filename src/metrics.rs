@@ -393,8 +393,9 @@ pub fn budget_alert(scope: &'static str, name: &str, level: &'static str) {
         .increment(1);
 }
 
-/// A lookup in a route's response cache: `hit`, `miss`, or `bypass` (the client's
-/// `Cache-Control`, or a request that samples).
+/// What a request's route's response cache did for it, in the word `x-tierwise-cache` says:
+/// `hit`, `miss` (read, nothing there) or `bypass` (not read: a route without a cache, a
+/// sampling request, the client's `no-cache`); see [`crate::cache::Lookup::word`].
 pub fn cache_lookup(route: &str, result: &'static str) {
     metrics::counter!("tierwise_cache_lookups_total", "route" => route.to_string(), "result" => result)
         .increment(1);
