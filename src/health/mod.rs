@@ -373,6 +373,13 @@ impl Lease {
         }
     }
 
+    /// The call was answered 429 and is sent again on this lease after its short `Retry-After`:
+    /// the first call was the server's answer (about the tier's rate), and is counted so; the
+    /// lease settles with the second.
+    pub fn answered_before_retry(&self) {
+        self.health.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The lease was never used: its call was not sent (the client had gone). Not a call of the
     /// server's, answered, failed or unfinished; a half-open trial it held is freed.
     pub fn unused(mut self) {

@@ -387,6 +387,7 @@ impl ChainRun<'_> {
                                     == UpstreamErrorKind::Status(StatusCode::TOO_MANY_REQUESTS) =>
                         {
                             retried = true;
+                            lease.answered_before_retry();
                             tokio::time::sleep(wait).await;
                         }
                         _ => {

@@ -275,6 +275,14 @@ async fn a_429_with_a_short_retry_after_is_retried_once_on_the_same_tier() {
     assert_eq!(attempts, [("local", "http_429"), ("local", "ok")]);
     assert_eq!(local.request_count(), 2);
     assert_eq!(api.request_count(), 0);
+    // The servers table counts both calls the server was sent, each answered (a 429 is an answer
+    // about the tier's rate, not the server's failure).
+    let server = gw.provider("vllm").await["servers"][0].clone();
+    assert_eq!(
+        (server["calls"].as_u64(), server["answered"].as_u64()),
+        (Some(2), Some(2)),
+        "{server}"
+    );
 
     // Once, not more: rate limited twice, the request moves on to the next tier. (Retry-After 0,
     // so the tier does not rest afterwards.)
