@@ -107,7 +107,9 @@ pub struct Ticket {
 /// A plain request that missed and went upstream, for the identical requests (same key: same
 /// route, scope and bytes) that arrive before it ends: they wait for its answer instead of paying
 /// for it again (single-flight). It ends with the request: handed the answer by the fill, or
-/// dropped with a request that did not fill, which sends each waiter upstream on its own.
+/// dropped with a request that did not fill, which sends each waiter upstream on its own (each
+/// whose client is still there: one whose client left stopped waiting then, see
+/// [`Lookup::Left`]).
 struct Flight {
     key: Key,
     answer: watch::Sender<Option<Arc<Entry>>>,
