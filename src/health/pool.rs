@@ -102,12 +102,11 @@ impl ProviderHealth {
                 None => only.admit(),
             };
         }
-        let callable: Vec<&Arc<ServerHealth>> = self
+        let callable = self
             .servers
             .iter()
-            .filter(|s| Some(s.index) != tried && s.callable())
-            .collect();
-        if let Some(server) = pick(&callable)
+            .filter(|s| Some(s.index) != tried && s.callable());
+        if let Some(server) = pick(callable)
             && let Ok(lease) = server.admit()
         {
             return Ok(lease);
@@ -204,28 +203,39 @@ const MAX_EXTRA_PER_WEIGHT: u64 = 4;
 
 /// Which of `callable` (servers that may be called now) takes the call: the less loaded of two
 /// drawn at random, distinct, unless it has more than [`MAX_EXTRA_PER_WEIGHT`] calls per unit of
-/// weight above the least loaded of them, which then takes it.
-fn pick<'s>(callable: &[&'s Arc<ServerHealth>]) -> Option<&'s Arc<ServerHealth>> {
-    let n = callable.len();
-    if n < 2 {
-        return callable.first().copied();
+/// weight above the least loaded of them, which then takes it. One pass, nothing allocated: the
+/// two are drawn as it goes (reservoir sampling, each pair as likely as any other).
+fn pick<'s>(
+    callable: impl Iterator<Item = &'s Arc<ServerHealth>>,
+) -> Option<&'s Arc<ServerHealth>> {
+    let mut drawn: [Option<&Arc<ServerHealth>>; 2] = [None, None];
+    let mut least: Option<&Arc<ServerHealth>> = None;
+    for (k, server) in callable.enumerate() {
+        if least.is_none_or(|least| load_order(server, least).is_lt()) {
+            least = Some(server);
+        }
+        let slot = if k < 2 { k } else { fastrand::usize(..=k) };
+        if let Some(slot) = drawn.get_mut(slot) {
+            *slot = Some(server);
+        }
     }
-    let a = fastrand::usize(..n);
-    // A second draw among the rest: distinct without retrying.
-    let mut b = fastrand::usize(..n - 1);
-    if b >= a {
-        b += 1;
-    }
-    let drawn = if load_order(callable[b], callable[a]).is_lt() {
-        callable[b]
-    } else {
-        callable[a]
+    let drawn = match drawn {
+        [Some(a), Some(b)] => match load_order(a, b) {
+            std::cmp::Ordering::Less => a,
+            std::cmp::Ordering::Greater => b,
+            // The slots are not in random order: a tie is decided at random.
+            std::cmp::Ordering::Equal => {
+                if fastrand::bool() {
+                    a
+                } else {
+                    b
+                }
+            }
+        },
+        [Some(a), None] => a,
+        _ => return None,
     };
-    let least = callable
-        .iter()
-        .copied()
-        .min_by(|x, y| load_order(x, y))
-        .unwrap_or(drawn);
+    let least = least.unwrap_or(drawn);
     Some(if busier_by(drawn, least) > MAX_EXTRA_PER_WEIGHT * 1000 {
         least
     } else {
