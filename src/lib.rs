@@ -31,11 +31,13 @@
 //! - [`cache`]: the response cache of the routes that opt in — the key (the request as every
 //!   tier would receive it, scoped to the client key), the memory or Redis it is kept in, what may
 //!   fill it (a consumer of finished requests), identical requests in flight together answered
-//!   once — read after admission, where a hit answers.
+//!   once (a waiter whose client leaves stops waiting) — read after admission, where a hit
+//!   answers.
 //! - [`health`]: per server of each provider, the circuit breaker and in-flight count and cap the
 //!   chain consults before each attempt, the active probes that feed the breakers, and warm-up;
-//!   which of a provider's servers takes a call (least loaded of two random choices, load being
-//!   calls in flight and the queue a server's vLLM metrics report, read off the request path).
+//!   which of a provider's servers takes a call (least loaded of two random choices among those
+//!   that may be called, load being calls in flight and the queue a server's vLLM metrics report,
+//!   read off the request path); each server's calls, answered, failed or unfinished.
 //! - [`upstream`]: the pooled HTTP client per server of each provider (hyper-util over rustls, through the
 //!   provider's proxy where it has one), timeouts, failure classification, the wire format each
 //!   provider speaks (OpenAI's and Azure's passed through; Anthropic's translated at one seam), and

@@ -90,6 +90,7 @@ pub fn requests_finished(batch: &[Finished<'_>]) {
     let mut fallbacks: HashMap<(&str, &str, &str, &str), u64> = HashMap::new();
     let mut cost: HashMap<(&str, &str), i128> = HashMap::new();
     let mut tokens: HashMap<(&str, &str, &'static str), u64> = HashMap::new();
+    let mut hit_tokens: HashMap<(&str, &'static str), u64> = HashMap::new();
     let mut durations: HashMap<&str, Vec<f64>> = HashMap::new();
     let mut first_bytes: HashMap<&str, Vec<f64>> = HashMap::new();
     let mut overheads: HashMap<&str, Vec<f64>> = HashMap::new();
@@ -114,7 +115,12 @@ pub fn requests_finished(batch: &[Finished<'_>]) {
         if let Some(amount) = row.cost_pusd {
             *cost.entry((route, tier)).or_default() += i128::from(amount.0.max(0));
         }
-        if row.tier.is_some() {
+        // `tierwise_tokens_total` counts what an upstream processed; a hit's tokens were served
+        // from the cache, by no tier, and are counted apart.
+        if row.purpose == Purpose::CacheHit {
+            *hit_tokens.entry((route, "in")).or_default() += row.tokens_in;
+            *hit_tokens.entry((route, "out")).or_default() += row.tokens_out;
+        } else if row.tier.is_some() {
             *tokens.entry((route, tier, "in")).or_default() += row.tokens_in;
             *tokens.entry((route, tier, "out")).or_default() += row.tokens_out;
         }
@@ -167,6 +173,10 @@ pub fn requests_finished(batch: &[Finished<'_>]) {
     }
     for ((route, tier, direction), count) in tokens {
         metrics::counter!("tierwise_tokens_total", "route" => route.to_string(), "tier" => tier.to_string(), "direction" => direction)
+            .increment(count);
+    }
+    for ((route, direction), count) in hit_tokens {
+        metrics::counter!("tierwise_cache_hit_tokens_total", "route" => route.to_string(), "direction" => direction)
             .increment(count);
     }
     for ((route, tier), amount) in cost {
@@ -258,16 +268,30 @@ fn openness(state: &str) -> f64 {
     }
 }
 
-/// One server's load and failures, set at each scrape: `tierwise_server_in_flight`, and
-/// `tierwise_server_calls_total` and `tierwise_server_failures_total` since start.
-pub fn server_load(provider: &str, server: &str, in_flight: usize, calls: u64, failures: u64) {
+/// One server's load and calls, set at each scrape: `tierwise_server_in_flight`, and since start
+/// `tierwise_server_calls_total` (every call sent to it), `tierwise_server_failures_total` (those
+/// that failed through its fault, a stream it broke midway included) and
+/// `tierwise_server_unfinished_total` (those that never finished: their client left mid-stream,
+/// or they were cut off at shutdown). What is left of the calls it answered: the three figures
+/// are the servers table's (`/admin/api/providers`), read from the same counters.
+pub fn server_load(provider: &str, server: &str, load: ServerLoad) {
     let labels = [
         ("provider", provider.to_string()),
         ("server", server.to_string()),
     ];
-    metrics::gauge!("tierwise_server_in_flight", &labels).set(in_flight as f64);
-    metrics::counter!("tierwise_server_calls_total", &labels).absolute(calls);
-    metrics::counter!("tierwise_server_failures_total", &labels).absolute(failures);
+    metrics::gauge!("tierwise_server_in_flight", &labels).set(load.in_flight as f64);
+    metrics::counter!("tierwise_server_calls_total", &labels).absolute(load.calls);
+    metrics::counter!("tierwise_server_failures_total", &labels).absolute(load.failed);
+    metrics::counter!("tierwise_server_unfinished_total", &labels).absolute(load.unfinished);
+}
+
+/// One server's figures as the servers table shows them.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLoad {
+    pub in_flight: usize,
+    pub calls: u64,
+    pub failed: u64,
+    pub unfinished: u64,
 }
 
 /// Calls to a provider in flight now, where it has a cap (`max_in_flight`).
@@ -369,8 +393,9 @@ pub fn budget_alert(scope: &'static str, name: &str, level: &'static str) {
         .increment(1);
 }
 
-/// A lookup in a route's response cache: `hit`, `miss`, or `bypass` (the client's
-/// `Cache-Control`, or a request that samples).
+/// What a request's route's response cache did for it, in the word `x-tierwise-cache` says:
+/// `hit`, `miss` (read, nothing there) or `bypass` (not read: a route without a cache, a
+/// sampling request, the client's `no-cache`); see [`crate::cache::Lookup::word`].
 pub fn cache_lookup(route: &str, result: &'static str) {
     metrics::counter!("tierwise_cache_lookups_total", "route" => route.to_string(), "result" => result)
         .increment(1);

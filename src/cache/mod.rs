@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::HeaderMap;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -66,22 +67,29 @@ impl Directives {
 
 /// Where a request stands with its route's cache.
 pub enum Lookup {
-    /// The route keeps no answers, or the request may not use them: neither read nor filled.
-    Off,
-    /// Not read (the client's `no-cache`, a sampling request), or not found: the answer fills
-    /// the cache if the ticket is there (not after `no-store`).
+    /// Not read: the route keeps no answers (or the request is one no cache may answer), the
+    /// request samples, or the client said `no-cache`. The answer still fills the cache where the
+    /// ticket is there (`no-cache` without `no-store`).
+    Bypass(Option<Ticket>),
+    /// Read, and not found: the answer fills the cache if the ticket is there (not after
+    /// `no-store`).
     Miss(Option<Ticket>),
     Hit(Arc<Entry>),
+    /// The client left while the request waited on an identical request's answer (the single
+    /// flight): it ends here, unanswered, and nothing is sent upstream for it.
+    Left,
 }
 
 impl Lookup {
-    /// The `x-tierwise-cache` header's value.
-    pub fn header(&self) -> Option<&'static str> {
+    /// The one word `x-tierwise-cache`, `tierwise_cache_lookups_total`'s `result` and the trace's
+    /// `tierwise.cache` say of the request: `hit`, `miss` (the cache was read and had nothing) or
+    /// `bypass` (it was not read); none for a request whose client left before it had one.
+    pub fn word(&self) -> Option<&'static str> {
         match self {
-            Lookup::Off => None,
-            Lookup::Miss(Some(_)) => Some("miss"),
-            Lookup::Miss(None) => Some("bypass"),
+            Lookup::Bypass(_) => Some("bypass"),
+            Lookup::Miss(_) => Some("miss"),
             Lookup::Hit(_) => Some("hit"),
+            Lookup::Left => None,
         }
     }
 }
@@ -99,7 +107,9 @@ pub struct Ticket {
 /// A plain request that missed and went upstream, for the identical requests (same key: same
 /// route, scope and bytes) that arrive before it ends: they wait for its answer instead of paying
 /// for it again (single-flight). It ends with the request: handed the answer by the fill, or
-/// dropped with a request that did not fill, which sends each waiter upstream on its own.
+/// dropped with a request that did not fill, which sends each waiter upstream on its own (each
+/// whose client is still there: one whose client left stopped waiting then, see
+/// [`Lookup::Left`]).
 struct Flight {
     key: Key,
     answer: watch::Sender<Option<Arc<Entry>>>,
@@ -275,6 +285,9 @@ impl ResponseCache {
 
     /// Reads `request`'s answer from `route`'s cache, if the route keeps answers and the request
     /// may use them. `key_id` is the client key's fingerprint (`None` on an open gateway).
+    /// `client_left` completes once the client has gone: a request waiting on an identical one's
+    /// answer stops waiting then, and one whose wait ended without an answer does not go on to
+    /// call upstream for a client that is no longer there.
     pub async fn lookup(
         self: &Arc<Self>,
         route: &Route,
@@ -282,13 +295,13 @@ impl ResponseCache {
         request: &RequestBody<'_>,
         passed: &[(http::HeaderName, http::HeaderValue)],
         directives: Directives,
+        client_left: impl Future<Output = ()>,
     ) -> Lookup {
         let Some(config) = route.cache else {
-            return Lookup::Off;
+            return Lookup::Bypass(None);
         };
         if !config.nondeterministic && samples(route, request) {
-            crate::metrics::cache_lookup(&route.name, "bypass");
-            return Lookup::Miss(None);
+            return Lookup::Bypass(None);
         }
         let scope = match config.scope {
             CacheScope::Key => key_id.unwrap_or(""),
@@ -305,15 +318,12 @@ impl ResponseCache {
         // fresh answer may be kept); `no-store`, keep nothing of this exchange (a kept answer may
         // still answer it).
         if directives.no_cache {
-            crate::metrics::cache_lookup(&route.name, "bypass");
-            return Lookup::Miss((!directives.no_store).then(|| ticket(None)));
+            return Lookup::Bypass((!directives.no_store).then(|| ticket(None)));
         }
         if let Some(entry) = self.read(&key).await {
-            crate::metrics::cache_lookup(&route.name, "hit");
             return Lookup::Hit(entry);
         }
         if directives.no_store {
-            crate::metrics::cache_lookup(&route.name, "bypass");
             return Lookup::Miss(None);
         }
         // A stream waiting on another would give its client nothing until that one ended: each
@@ -324,23 +334,29 @@ impl ResponseCache {
             match self.board(key) {
                 Boarding::Lead(flight) => Some(flight),
                 Boarding::Wait(mut waiting) => {
-                    let answer = waiting
-                        .wait_for(Option::is_some)
-                        .await
-                        .ok()
-                        .and_then(|answer| answer.clone());
+                    let client_left = std::pin::pin!(client_left);
+                    let mut client_left = client_left.fuse();
+                    let answer = tokio::select! {
+                        biased;
+                        answer = waiting.wait_for(Option::is_some) => {
+                            answer.ok().and_then(|answer| answer.clone())
+                        }
+                        () = &mut client_left => return Lookup::Left,
+                    };
                     if let Some(entry) = answer {
-                        crate::metrics::cache_lookup(&route.name, "hit");
                         return Lookup::Hit(entry);
                     }
                     // The request it waited on did not fill: this one goes upstream itself, and
                     // does not wait again (a failing upstream must not line identical requests
-                    // up one behind another).
+                    // up one behind another) — unless its client has gone meanwhile, which
+                    // nothing would then be sent or charged for.
+                    if (&mut client_left).now_or_never().is_some() {
+                        return Lookup::Left;
+                    }
                     None
                 }
             }
         };
-        crate::metrics::cache_lookup(&route.name, "miss");
         Lookup::Miss(Some(ticket(flight)))
     }
 

@@ -257,12 +257,13 @@ function render(report, costs, quality, providers, requests) {
   }
   $('endpoints').querySelector('tfoot').replaceChildren(...(report.endpoints.length ? [total] : []));
   // A provider of several servers is followed by a row per server: its own state, load and
-  // failures (calls settled since start, and how many failed through its fault).
+  // calls since start, which add up: answered + failed (through its fault) + unfinished (the
+  // client left mid-stream, or cut off at shutdown) = calls.
   fillTable('providers', providers.providers.flatMap((p) => [
     [p.name, p.up ? 'up' : 'down', p.breaker.state, p.in_flight, p.breaker.last_error],
     ...(p.servers.length > 1 ? p.servers.map((s) => [
       `↳ ${s.name}`, s.up ? 'up' : 'down', s.breaker.state, s.in_flight,
-      `${s.failures} of ${s.calls} failed${s.breaker.last_error ? `; last ${s.breaker.last_error}` : ''}`,
+      `${s.calls} calls: ${s.answered} answered, ${s.failed} failed, ${s.unfinished} unfinished${s.breaker.last_error ? `; last ${s.breaker.last_error}` : ''}`,
     ]) : []),
   ]));
   fillTable('requests', requests.requests.map((r) => [

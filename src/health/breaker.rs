@@ -210,6 +210,20 @@ impl Breaker {
         }
     }
 
+    /// Whether [`Breaker::admit`] would let a call through now, without letting one: what the
+    /// pool asks of each server before it draws. A closed breaker is read from its atomic alone.
+    pub fn would_admit(&self, trials: bool) -> bool {
+        if self.state() == BreakerState::Closed {
+            return true;
+        }
+        let inner = self.lock();
+        match self.current().0 {
+            BreakerState::Closed => true,
+            BreakerState::Open => trials && Instant::now() >= inner.open_until,
+            BreakerState::HalfOpen => !inner.trial_out,
+        }
+    }
+
     /// A ticket for a call let through whatever the state (the last resort when every tier is
     /// open): it reports to the state it finds, and an open breaker hears nothing of it.
     pub fn bypass(&self) -> Ticket {

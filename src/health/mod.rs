@@ -35,9 +35,11 @@ pub struct ServerHealth {
     breaker: Breaker,
     /// Calls in flight now: the load the pool compares, and what `max_in_flight` caps.
     in_flight: AtomicU32,
-    /// Calls it answered and calls that failed through its fault, since start.
-    calls: AtomicU64,
+    /// Its calls since start, by how each ended (see [`ServerStatus`]): every call it was sent
+    /// is in exactly one of them.
+    answered: AtomicU64,
     failures: AtomicU64,
+    unfinished: AtomicU64,
     /// The probe has answered at least once (always true without a probe): until then the
     /// server is not counted as up by `/readyz`.
     seen_up: AtomicBool,
@@ -98,8 +100,9 @@ impl ServerHealth {
             index,
             breaker: Breaker::new(provider.breaker),
             in_flight: AtomicU32::new(0),
-            calls: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            unfinished: AtomicU64::new(0),
             seen_up: AtomicBool::new(provider.probe.is_none()),
             probe_recovers: provider.probe.is_some() && provider.warmup,
             queue: queue::QueueReading::default(),
@@ -247,6 +250,15 @@ impl ServerHealth {
         })
     }
 
+    /// Whether [`ServerHealth::admit`] would let a call through now: its breaker would, and it is
+    /// under its provider's `max_in_flight`. A server that is not is never drawn by the pool.
+    pub fn callable(&self) -> bool {
+        self.provider
+            .max_in_flight
+            .is_none_or(|cap| self.in_flight() < cap)
+            && self.breaker.would_admit(!self.probe_recovers)
+    }
+
     /// A lease that ignores the breaker and the cap: the last resort when every tier is open. Its
     /// outcome is the open breaker's business no more than any other call's: it cannot close it.
     pub fn force(self: &Arc<Self>) -> Lease {
@@ -280,6 +292,9 @@ impl ServerHealth {
     }
 
     pub fn status(&self) -> ServerStatus {
+        let answered = self.answered.load(Ordering::Relaxed);
+        let failed = self.failures.load(Ordering::Relaxed);
+        let unfinished = self.unfinished.load(Ordering::Relaxed);
         let mut url = self.server.base_url.clone();
         let _ = url.set_password(None);
         let _ = url.set_username("");
@@ -291,8 +306,10 @@ impl ServerHealth {
             probed: self.seen_up.load(Ordering::Acquire),
             in_flight: self.in_flight() as usize,
             queue: self.queue.current(),
-            calls: self.calls.load(Ordering::Relaxed),
-            failures: self.failures.load(Ordering::Relaxed),
+            calls: answered + failed + unfinished,
+            answered,
+            failed,
+            unfinished,
             breaker: self.breaker.snapshot(),
             context_windows: self.context_windows(),
         }
@@ -312,9 +329,10 @@ impl ServerHealth {
     }
 }
 
-/// The right to call one server once. Its outcome feeds the server's breaker; dropping it
-/// unsettled (the client went away mid-call) is not counted as the server's failure. It holds
-/// the server's in-flight slot until it is dropped.
+/// The right to call one server once. Its outcome feeds the server's breaker and its count of
+/// calls: answered, failed through its fault, or unfinished — dropped unsettled, because the
+/// call's client went away mid-stream or the call was cut off at shutdown, which is not the
+/// server's failure. It holds the server's in-flight slot until it is dropped.
 pub struct Lease {
     health: Arc<ServerHealth>,
     ticket: Ticket,
@@ -334,30 +352,44 @@ impl Lease {
 
     pub fn succeeded(&mut self) {
         self.settled = true;
-        self.health.calls.fetch_add(1, Ordering::Relaxed);
+        self.health.answered.fetch_add(1, Ordering::Relaxed);
         self.health
             .report(self.health.breaker.on_success(self.ticket));
     }
 
     /// Records a failed call. A client error is the request's fault and a 429 the tier's (the
     /// tier's own rest takes care of it): neither is the server's failure, nor its success, so
-    /// the breaker does not hear of them, and a trial that met one frees its slot.
+    /// the breaker does not hear of them, and a trial that met one frees its slot. The server
+    /// answered such a call, and it is counted so.
     pub fn failed(&mut self, error: &UpstreamError) {
         self.settled = true;
-        self.health.calls.fetch_add(1, Ordering::Relaxed);
         if error.counts_against_provider() {
             self.health.failures.fetch_add(1, Ordering::Relaxed);
             self.health
                 .report(self.health.breaker.on_failure(self.ticket, &error.reason()));
         } else {
+            self.health.answered.fetch_add(1, Ordering::Relaxed);
             self.health.breaker.trial_abandoned(self.ticket);
         }
+    }
+
+    /// The call was answered 429 and is sent again on this lease after its short `Retry-After`:
+    /// the first call was the server's answer (about the tier's rate), and is counted so; the
+    /// lease settles with the second.
+    pub fn answered_before_retry(&self) {
+        self.health.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The lease was never used: its call was not sent (the client had gone). Not a call of the
+    /// server's, answered, failed or unfinished; a half-open trial it held is freed.
+    pub fn unused(mut self) {
+        self.settled = true;
+        self.health.breaker.trial_abandoned(self.ticket);
     }
 
     /// A stream that broke after it had started: the server's failure, recorded at its end.
     pub fn broke(&mut self, reason: &str) {
         self.settled = true;
-        self.health.calls.fetch_add(1, Ordering::Relaxed);
         self.health.failures.fetch_add(1, Ordering::Relaxed);
         self.health
             .report(self.health.breaker.on_failure(self.ticket, reason));
@@ -386,6 +418,7 @@ impl Drop for Lease {
     fn drop(&mut self) {
         self.health.in_flight.fetch_sub(1, Ordering::AcqRel);
         if !self.settled {
+            self.health.unfinished.fetch_add(1, Ordering::Relaxed);
             self.health.breaker.trial_abandoned(self.ticket);
         }
     }

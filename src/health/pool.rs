@@ -1,12 +1,16 @@
-//! A provider's servers as one pool, and which of them takes a call: the less loaded of two
+//! A provider's servers as one pool, and which of them takes a call: of the servers that may be
+//! called now (breaker closed, or its trial due; under `max_in_flight`), the less loaded of two
 //! picked at random (power of two choices), load being calls in flight per unit of weight, plus
-//! the calls the server says it has queued where it exports vLLM's metrics ([`super::queue`]). Two
-//! random choices rather than a scan of all: a scan sends every request of a burst to the same
-//! least-loaded server before its count moves, while two choices spread them, and cost the same
-//! for eight servers as for two. The picking reads atomics only; a server whose breaker is open
-//! is passed over by its own breaker (which may grant it its half-open trial), and when both
-//! choices cannot take the call the others are tried, least loaded first. The provider is down
-//! only when every server is.
+//! the calls the server says it has queued where it exports vLLM's metrics ([`super::queue`]) —
+//! unless that one has more than [`MAX_EXTRA_PER_WEIGHT`] calls per unit of weight above the least
+//! loaded of them, which then takes the call. Two random choices rather than the least loaded
+//! always: that sends every request of a burst to the same server before its count moves, while
+//! two choices spread them; the bound keeps two unlucky draws from queueing a call behind many
+//! while another server idles. A server that may not be called (open, full) is never drawn, so
+//! the pick never falls to a busy server while a callable one is idle. The picking reads atomics
+//! only (a breaker's lock is taken only for a server that is not closed). When the one picked was
+//! taken meanwhile, or none may be called, every server is tried, least loaded first. The
+//! provider is down only when every server is.
 //!
 //! With `affinity = "prefix"`, a call goes first to the server its prompt's first bytes hash to
 //! (rendezvous hashing over the servers that may be called, weighted: a server that dies moves
@@ -72,7 +76,7 @@ impl ProviderHealth {
         let least = self
             .servers
             .iter()
-            .filter(|s| s.state() == super::BreakerState::Closed)
+            .filter(|s| s.callable())
             .map(|s| per_weight(s))
             .min()
             .unwrap_or(0);
@@ -98,21 +102,25 @@ impl ProviderHealth {
                 None => only.admit(),
             };
         }
-        let (first, second) = self.two_choices(tried);
-        let mut skip = None;
-        for index in [first, second].into_iter().flatten() {
-            match self.servers[index].admit() {
-                Ok(lease) => return Ok(lease),
-                Err(why) => skip = Some(worse(skip, why)),
-            }
+        let callable = self
+            .servers
+            .iter()
+            .filter(|s| Some(s.index) != tried && s.callable());
+        if let Some(server) = pick(callable)
+            && let Ok(lease) = server.admit()
+        {
+            return Ok(lease);
         }
-        // Both choices are open or full: the others, least loaded first.
+        // None is callable, or the one picked was taken meanwhile (its last slot, its trial, by
+        // another request): every other server, least loaded first, for a lease or for the
+        // reason none may be called.
         let mut rest: Vec<&Arc<ServerHealth>> = self
             .servers
             .iter()
-            .filter(|s| Some(s.index) != tried && Some(s.index) != first && Some(s.index) != second)
+            .filter(|s| Some(s.index) != tried)
             .collect();
         rest.sort_by(|a, b| load_order(a, b));
+        let mut skip = None;
         for server in rest {
             match server.admit() {
                 Ok(lease) => return Ok(lease),
@@ -122,36 +130,6 @@ impl ProviderHealth {
         Err(skip.unwrap_or(Skip::BreakerOpen {
             retry_in: Duration::ZERO,
         }))
-    }
-
-    /// Two servers picked at random (distinct, never `tried`), the less loaded first; `None`
-    /// where there are not that many.
-    fn two_choices(&self, tried: Option<usize>) -> (Option<usize>, Option<usize>) {
-        let n = self.servers.len();
-        let eligible = n - usize::from(tried.is_some());
-        // The k-th eligible server, counting past `tried`.
-        let nth = |k: usize| match tried {
-            Some(t) if k >= t => k + 1,
-            _ => k,
-        };
-        match eligible {
-            0 => (None, None),
-            1 => (Some(nth(0)), None),
-            _ => {
-                let a = fastrand::usize(..eligible);
-                // A second draw among the rest: distinct without retrying.
-                let mut b = fastrand::usize(..eligible - 1);
-                if b >= a {
-                    b += 1;
-                }
-                let (a, b) = (nth(a), nth(b));
-                if load_order(&self.servers[b], &self.servers[a]).is_lt() {
-                    (Some(b), Some(a))
-                } else {
-                    (Some(a), Some(b))
-                }
-            }
-        }
     }
 
     /// A lease on the least loaded server that ignores breakers and caps: the last resort when
@@ -216,6 +194,60 @@ impl ProviderHealth {
             servers,
         }
     }
+}
+
+/// How many calls per unit of weight the server two random choices drew may have above the
+/// least loaded callable server before the least loaded takes the call instead: two draws that
+/// both land on busy servers would otherwise queue a call behind many while another idles.
+const MAX_EXTRA_PER_WEIGHT: u64 = 4;
+
+/// Which of `callable` (servers that may be called now) takes the call: the less loaded of two
+/// drawn at random, distinct, unless it has more than [`MAX_EXTRA_PER_WEIGHT`] calls per unit of
+/// weight above the least loaded of them, which then takes it. One pass, nothing allocated: the
+/// two are drawn as it goes (reservoir sampling, each pair as likely as any other).
+fn pick<'s>(
+    callable: impl Iterator<Item = &'s Arc<ServerHealth>>,
+) -> Option<&'s Arc<ServerHealth>> {
+    let mut drawn: [Option<&Arc<ServerHealth>>; 2] = [None, None];
+    let mut least: Option<&Arc<ServerHealth>> = None;
+    for (k, server) in callable.enumerate() {
+        if least.is_none_or(|least| load_order(server, least).is_lt()) {
+            least = Some(server);
+        }
+        let slot = if k < 2 { k } else { fastrand::usize(..=k) };
+        if let Some(slot) = drawn.get_mut(slot) {
+            *slot = Some(server);
+        }
+    }
+    let drawn = match drawn {
+        [Some(a), Some(b)] => match load_order(a, b) {
+            std::cmp::Ordering::Less => a,
+            std::cmp::Ordering::Greater => b,
+            // The slots are not in random order: a tie is decided at random.
+            std::cmp::Ordering::Equal => {
+                if fastrand::bool() {
+                    a
+                } else {
+                    b
+                }
+            }
+        },
+        [Some(a), None] => a,
+        _ => return None,
+    };
+    let least = least.unwrap_or(drawn);
+    Some(if busier_by(drawn, least) > MAX_EXTRA_PER_WEIGHT * 1000 {
+        least
+    } else {
+        drawn
+    })
+}
+
+/// How much busier `a` is than `b`, in thousandths of a call per unit of weight (the call about
+/// to be placed counted, as [`load_order`] counts it); 0 when it is not.
+fn busier_by(a: &ServerHealth, b: &ServerHealth) -> u64 {
+    let per_weight = |s: &ServerHealth| (s.load_milli() + 1000) / u64::from(s.server.weight);
+    per_weight(a).saturating_sub(per_weight(b))
 }
 
 /// `a` before `b` when `a` is less loaded: fewer calls in flight and queued per unit of weight,
@@ -291,9 +323,17 @@ pub struct ServerStatus {
     pub in_flight: usize,
     /// What its own metrics say of its queue, while a reading holds.
     pub queue: Option<super::QueueDepth>,
-    /// Calls it settled since start, and those of them that failed through its fault.
+    /// Calls it was sent since start: `answered + failed + unfinished`.
     pub calls: u64,
-    pub failures: u64,
+    /// Calls it answered: whole answers, streams to their end, and answers about the request
+    /// (a 4xx, a 429) rather than its own failure.
+    pub answered: u64,
+    /// Calls that failed through its fault: unreachable, timed out, 5xx, a body that is not
+    /// JSON, a stream it broke before or after its first chunk.
+    pub failed: u64,
+    /// Calls that never finished: their client went away mid-stream, or they were cut off at
+    /// shutdown (what they cost is unknown).
+    pub unfinished: u64,
     pub breaker: BreakerSnapshot,
     pub context_windows: Vec<WindowStatus>,
 }
@@ -324,20 +364,75 @@ mod tests {
     }
 
     #[test]
-    fn two_choices_are_distinct_never_the_tried_one_and_cover_every_server() {
+    fn picks_are_never_the_tried_server_and_cover_every_other() {
         let pool = pool(3);
         let mut seen = [0usize; 3];
         for _ in 0..300 {
-            let (a, b) = pool.two_choices(Some(1));
-            let (a, b) = (a.unwrap(), b.unwrap());
-            assert!(a != b && a != 1 && b != 1, "{a} {b}");
-            let (a, b) = pool.two_choices(None);
-            let (a, b) = (a.unwrap(), b.unwrap());
-            assert_ne!(a, b);
-            seen[a] += 1;
-            seen[b] += 1;
+            let lease = pool.admit_except(Some(1)).unwrap();
+            assert_ne!(lease.server_index(), 1);
+            seen[lease.server_index()] += 1;
+            drop(lease);
+            seen[pool.admit().unwrap().server_index()] += 1;
         }
-        assert!(seen.iter().all(|&n| n > 100), "{seen:?}");
+        assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+    }
+
+    /// Break: `pick` among every server but the tried one (the open and the full too): a draw of
+    /// the busy and the full server then goes to the busy one, within four calls of the open
+    /// server's empty load, while an idle server is callable.
+    #[test]
+    fn a_server_that_may_not_be_called_is_never_drawn() {
+        // Server 0 busy (3 calls), 1 open, 2 full at its cap of 4, 3 idle.
+        let pool = pool_with(
+            4,
+            "max_in_flight = 4\nbreaker = { failures = 1, cooldown_ms = 60000 }\n",
+        );
+        let _busy: Vec<Lease> = (0..3).map(|_| pool.servers[0].admit().unwrap()).collect();
+        let _full: Vec<Lease> = (0..4).map(|_| pool.servers[2].admit().unwrap()).collect();
+        let error = crate::upstream::UpstreamError::new_detail(
+            crate::upstream::UpstreamErrorKind::ConnectRefused,
+            "down".into(),
+        );
+        pool.servers[1].admit().unwrap().failed(&error);
+        assert_eq!(pool.servers[1].state(), BreakerState::Open);
+        assert!(!pool.servers[1].callable() && !pool.servers[2].callable());
+        for _ in 0..100 {
+            let lease = pool.admit().unwrap();
+            assert_eq!(lease.server_index(), 3, "the idle server takes every call");
+        }
+    }
+
+    /// Break: `MAX_EXTRA_PER_WEIGHT` ignored (the draw always wins).
+    #[test]
+    fn a_draw_more_than_four_calls_busier_than_the_least_loaded_yields_to_it() {
+        let pool = pool(3);
+        let _busy: Vec<Lease> = (0..5)
+            .flat_map(|_| {
+                [
+                    pool.servers[0].admit().unwrap(),
+                    pool.servers[1].admit().unwrap(),
+                ]
+            })
+            .collect();
+        // Server 2 idle, 0 and 1 five calls deep: whatever the draw, 2 takes the call.
+        for _ in 0..50 {
+            assert_eq!(pool.admit().unwrap().server_index(), 2);
+        }
+        // Four deep is within the bound: the draw decides, and both of its choices are taken.
+        let pool = self::pool(3);
+        let _busy: Vec<Lease> = (0..4)
+            .flat_map(|_| {
+                [
+                    pool.servers[0].admit().unwrap(),
+                    pool.servers[1].admit().unwrap(),
+                ]
+            })
+            .collect();
+        let mut seen = [0usize; 3];
+        for _ in 0..200 {
+            seen[pool.admit().unwrap().server_index()] += 1;
+        }
+        assert!(seen[0] + seen[1] > 0, "{seen:?}");
     }
 
     #[test]

@@ -164,6 +164,10 @@ pub enum Purpose {
     /// A request answered from the route's cache: no upstream call, cost 0, `avoided_pusd` what
     /// it would have cost again.
     CacheHit,
+    /// A request whose client left while it waited on an identical request's answer (the
+    /// cache's single flight): no upstream call, no answer, cost 0, status 499. Not product
+    /// traffic: no route's call, nor its error.
+    CacheWait,
 }
 
 impl Purpose {
@@ -173,6 +177,7 @@ impl Purpose {
             Purpose::Shadow => "shadow",
             Purpose::Eval => "eval",
             Purpose::CacheHit => "cache_hit",
+            Purpose::CacheWait => "cache_wait",
         }
     }
 

@@ -13,15 +13,22 @@ use sqlx::{AnyPool, Executor, Row};
 
 use super::row::{AttemptRow, LedgerRow, RequestRow};
 
-/// One server's share of a window's traffic, as the report shows it.
+/// One server's share of a window's traffic, as the report shows it: its calls, each counted once
+/// by how it ended, as the servers table of `/admin/api/providers` counts them since start.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ServerLoad {
     pub provider: String,
     pub server: String,
-    /// Requests it answered.
+    /// `answered + failed + unfinished`.
+    pub calls: u64,
+    /// Calls it answered: a whole answer, a stream to its end (its client there or not).
     pub answered: u64,
-    /// Attempts on it that failed.
+    /// Calls on it that failed: attempts that failed (a failure another server or tier then
+    /// answered included), and streams it broke after their first chunk.
     pub failed: u64,
+    /// Calls that never finished: a stream its client left midway, a call cut off at shutdown
+    /// or by the gateway's own failure.
+    pub unfinished: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -241,22 +248,28 @@ impl Store {
             .collect()
     }
 
-    /// Per server of each provider, in `[from_ms, to_ms)`: the requests it answered (status 200
-    /// only: not a request cut at shutdown, nor one whose last call failed there) and the
-    /// attempts on it that failed (a failure another server or tier then answered included).
+    /// Per server of each provider, in `[from_ms, to_ms)`, its calls by how they ended (see
+    /// [`ServerLoad`]). A request's row holds its last call (the one that answered, or was cut);
+    /// its attempt rows, where it has them, the calls that failed before.
     pub async fn server_load(
         &self,
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<ServerLoad>, LedgerError> {
-        let mut load: std::collections::BTreeMap<(String, String), ServerLoad> =
-            std::collections::BTreeMap::new();
-        let answered = sqlx::query(
-            "SELECT provider, server, COUNT(*) AS n FROM requests \
+        // A stream relayed to its end whose client left before reading it ended with the status
+        // it had; one its client left midway is 499, its call unfinished. A whole answer whose
+        // client left is 499 too, but its call ran to its end and was answered.
+        let unfinished = "error_kind IN ('cut_at_shutdown', 'gateway_failed') \
+                          OR (error_kind = 'client_closed' AND stream = 1)";
+        let last_calls = sqlx::query(&format!(
+            "SELECT provider, server, \
+             CAST(COALESCE(SUM(CASE WHEN {unfinished} THEN 1 ELSE 0 END), 0) AS BIGINT) AS unfinished, \
+             CAST(COALESCE(SUM(CASE WHEN status = 200 AND error_kind IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS broken, \
+             COUNT(*) AS calls FROM requests \
              WHERE ts_ms >= $1 AND ts_ms < $2 AND server IS NOT NULL AND provider IS NOT NULL \
-             AND status = 200 \
-             GROUP BY provider, server",
-        )
+             AND tier IS NOT NULL \
+             GROUP BY provider, server"
+        ))
         .bind(from_ms)
         .bind(to_ms)
         .fetch_all(&self.pool)
@@ -271,27 +284,50 @@ impl Store {
         .bind(to_ms)
         .fetch_all(&self.pool)
         .await?;
-        for (rows, answered) in [(answered, true), (failed, false)] {
-            for row in rows {
-                let (provider, server): (String, String) =
-                    (row.try_get("provider")?, row.try_get("server")?);
-                let n = row.try_get::<i64, _>("n")?.max(0) as u64;
-                let entry = load
-                    .entry((provider.clone(), server.clone()))
-                    .or_insert(ServerLoad {
-                        provider,
-                        server,
-                        answered: 0,
-                        failed: 0,
-                    });
-                if answered {
-                    entry.answered = n;
-                } else {
-                    entry.failed = n;
-                }
-            }
+        let mut load: std::collections::BTreeMap<(String, String), ServerLoad> =
+            std::collections::BTreeMap::new();
+        fn entry<'l>(
+            load: &'l mut std::collections::BTreeMap<(String, String), ServerLoad>,
+            row: &sqlx::any::AnyRow,
+        ) -> Result<&'l mut ServerLoad, sqlx::Error> {
+            let (provider, server): (String, String) =
+                (row.try_get("provider")?, row.try_get("server")?);
+            Ok(load
+                .entry((provider.clone(), server.clone()))
+                .or_insert(ServerLoad {
+                    provider,
+                    server,
+                    calls: 0,
+                    answered: 0,
+                    failed: 0,
+                    unfinished: 0,
+                }))
         }
-        Ok(load.into_values().collect())
+        let count = |row: &sqlx::any::AnyRow, column: &str| -> Result<u64, sqlx::Error> {
+            Ok(row.try_get::<i64, _>(column)?.max(0) as u64)
+        };
+        for row in &last_calls {
+            let (calls, unfinished, broken) = (
+                count(row, "calls")?,
+                count(row, "unfinished")?,
+                count(row, "broken")?,
+            );
+            let server = entry(&mut load, row)?;
+            server.unfinished += unfinished;
+            server.failed += broken;
+            server.answered += calls.saturating_sub(unfinished + broken);
+        }
+        for row in &failed {
+            let n = count(row, "n")?;
+            entry(&mut load, row)?.failed += n;
+        }
+        Ok(load
+            .into_values()
+            .map(|server| ServerLoad {
+                calls: server.answered + server.failed + server.unfinished,
+                ..server
+            })
+            .collect())
     }
 
     /// The first and last request times, for reports over "everything so far".

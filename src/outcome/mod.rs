@@ -118,13 +118,14 @@ impl Outcome {
     }
 
     /// What the request used, once known: `None` while its tokens are left to count. A cache hit
-    /// used nothing: no tokens of any upstream's capacity, no money.
+    /// used nothing: no tokens of any upstream's capacity, no money; nor did a request whose
+    /// client left while it waited for one.
     pub fn used(&self) -> Option<Used> {
         if self.to_count.is_some() {
             return None;
         }
         let row = &self.request;
-        if row.purpose == Purpose::CacheHit {
+        if matches!(row.purpose, Purpose::CacheHit | Purpose::CacheWait) {
             return Some(Used::default());
         }
         Some(Used {
@@ -254,8 +255,11 @@ pub struct Start {
     /// What admission reserved for the request; settled when it ends, and counted in full if it
     /// never does (see [`crate::limits::Reservation`]).
     pub hold: Hold,
-    /// The route's cache missed: a whole answer fills it.
+    /// The route's cache missed (or was not read, after `no-cache`): a whole answer fills it.
     pub cache: Option<Ticket>,
+    /// What `x-tierwise-cache` says of the request (`hit`, `miss`, `bypass`), which its trace
+    /// says too; `None` for a request refused before the cache was a question.
+    pub cache_word: Option<&'static str>,
     /// Its trace, where traces are exported (`[telemetry]`).
     pub trace: Option<Box<RequestTrace>>,
 }
@@ -296,6 +300,11 @@ pub enum Ending<'a> {
     Unserved { status: u16, failure: &'a Unserved },
     /// The route's cache answered; no tier was called.
     CacheHit { entry: &'a Entry },
+    /// The client left while the request waited on an identical request's answer (the cache's
+    /// single flight): no tier was called, nothing was answered or charged. It is recorded (499
+    /// `client_closed`) apart from product traffic, so that it is neither a call of its route
+    /// nor an error of it ([`Purpose::CacheWait`]).
+    LeftWaiting,
     /// A whole answer.
     Answered {
         by: &'a ServedBy,
@@ -432,7 +441,7 @@ impl Exchange {
                 trace,
                 start.endpoint,
                 start.stream,
-                ticket.is_some(),
+                start.cache_word,
                 &start.body,
             )?;
             traced(&mut finished, &ending);
@@ -465,6 +474,13 @@ impl Exchange {
                     request.server = last.server.as_ref().map(|s| s.name.clone());
                 }
                 (attempt_rows(&start.id, &failure.attempts), None)
+            }
+            Ending::LeftWaiting => {
+                request.purpose = Purpose::CacheWait;
+                request.status = 499;
+                request.error_kind = Some(CLIENT_CLOSED.to_string());
+                request.cost_pusd = Some(Default::default());
+                (Vec::new(), None)
             }
             Ending::CacheHit { entry } => {
                 request.purpose = Purpose::CacheHit;
@@ -827,7 +843,7 @@ fn traced(finished: &mut Finished, ending: &Ending<'_>) {
             .collect()
     };
     match ending {
-        Ending::Refused { .. } => {}
+        Ending::Refused { .. } | Ending::LeftWaiting => {}
         Ending::Unserved { failure, .. } => finished.unserved(calls(&failure.attempts)),
         Ending::CacheHit { entry } => {
             let answer = match &entry.answer {
@@ -933,6 +949,7 @@ mod tests {
             sampled: false,
             hold: Hold::default(),
             cache: None,
+            cache_word: None,
             trace: None,
         }
     }

@@ -251,7 +251,7 @@ pub struct Report {
     pub endpoints: Vec<EndpointReport>,
     pub fixed: Vec<FixedCost>,
     pub totals: Totals,
-    /// Per server of each provider: requests answered and attempts failed.
+    /// Per server of each provider: its calls, answered, failed and unfinished.
     pub servers: Vec<ServerLoad>,
 }
 
@@ -960,9 +960,16 @@ impl Report {
             .filter(|s| s.server != s.provider)
             .collect();
         if !pooled.is_empty() {
-            let _ = writeln!(out, "\nservers                          answered    failed");
+            let _ = writeln!(
+                out,
+                "\nservers                             calls  answered    failed  unfinished"
+            );
             for s in pooled {
-                let _ = writeln!(out, "  {:<30} {:>8} {:>9}", s.server, s.answered, s.failed);
+                let _ = writeln!(
+                    out,
+                    "  {:<30} {:>8} {:>9} {:>9} {:>11}",
+                    s.server, s.calls, s.answered, s.failed, s.unfinished
+                );
             }
         }
         out

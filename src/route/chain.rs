@@ -8,7 +8,8 @@
 //! server could not be reached, answered 5xx or broke before answering, the tier is tried once more
 //! on another of its servers before the chain moves on (a timeout moves on: the tier's time is
 //! spent). Every attempt is kept, with the server it went to, for the fallback header and the
-//! ledger.
+//! ledger. Before each call the chain asks whether the client is still there: once it has gone,
+//! nothing more is sent upstream for it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -115,6 +116,10 @@ pub struct ChainRun<'a> {
     pub trace: Option<&'a RequestTrace>,
     /// The client's headers the endpoint passes to a tier that takes the request as it came.
     pub client_headers: &'a [(http::HeaderName, http::HeaderValue)],
+    /// Whether the client has gone: asked before each call, so that once it has, no tier is
+    /// called (nor charged) for it — a stream whose client left before its first byte does not
+    /// fall back to the next tier.
+    pub client_gone: &'a (dyn Fn() -> bool + Sync),
 }
 
 impl ChainRun<'_> {
@@ -294,6 +299,21 @@ impl ChainRun<'_> {
     ) -> Result<Served, UpstreamError> {
         let mut retried = false;
         loop {
+            if (self.client_gone)() {
+                lease.unused();
+                let error = UpstreamError::new_detail(
+                    UpstreamErrorKind::ClientLeft,
+                    "the client had gone; nothing was sent".into(),
+                );
+                attempts.push(Attempt {
+                    tier: step.tier.clone(),
+                    server: None,
+                    latency: Duration::ZERO,
+                    error: Some(error.clone()),
+                    trace: None,
+                });
+                return Err(error);
+            }
             self.called.set(&step.tier, lease.server());
             let trace = self.trace.map(RequestTrace::attempt);
             let started = Instant::now();
@@ -367,6 +387,7 @@ impl ChainRun<'_> {
                                     == UpstreamErrorKind::Status(StatusCode::TOO_MANY_REQUESTS) =>
                         {
                             retried = true;
+                            lease.answered_before_retry();
                             tokio::time::sleep(wait).await;
                         }
                         _ => {

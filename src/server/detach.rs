@@ -74,14 +74,39 @@ impl Drop for Tracked {
     }
 }
 
-/// Whether the client still waits for the response. The rest of the request asks it once the
-/// upstream has answered, to record the request as abandoned.
+/// Whether the client still waits for the response. The rest of the request asks it before each
+/// upstream call (nothing is sent for a client that left) and once the upstream has answered, to
+/// record the request as abandoned; a request that only waits (on an identical request's answer)
+/// waits for [`Waiting::left`] beside it.
 #[derive(Clone, Default)]
-pub struct Waiting(Arc<AtomicBool>);
+pub struct Waiting(Arc<Departure>);
+
+#[derive(Default)]
+struct Departure {
+    gone: AtomicBool,
+    left: Notify,
+}
 
 impl Waiting {
     pub fn gone(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.gone.load(Ordering::Acquire)
+    }
+
+    /// Returns once the client has gone.
+    pub async fn left(&self) {
+        let left = self.0.left.notified();
+        tokio::pin!(left);
+        // Registered before the flag is read: a departure between the two still wakes it.
+        left.as_mut().enable();
+        if self.gone() {
+            return;
+        }
+        left.await;
+    }
+
+    fn leave(&self) {
+        self.0.gone.store(true, Ordering::Release);
+        self.0.left.notify_waiters();
     }
 }
 
@@ -122,7 +147,7 @@ impl<F: Future + Send + 'static> Drop for Detachable<F> {
         let Some(rest) = self.rest.take() else {
             return;
         };
-        self.waiting.0.store(true, Ordering::Relaxed);
+        self.waiting.leave();
         // Outside a runtime (it is shutting down and dropping its tasks) nothing can run it on.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let tracked = Detached::on_this_thread().track();
@@ -156,6 +181,20 @@ mod tests {
         release.send(()).unwrap();
         let seen = tokio::time::timeout(Duration::from_secs(10), ended).await;
         assert_eq!(seen.unwrap().unwrap(), (true, true));
+    }
+
+    /// Break: `leave` not waking those waiting (the flag set alone): the rest never learns.
+    #[tokio::test]
+    async fn a_rest_waiting_for_its_clients_departure_learns_of_it() {
+        let (report, ended) = oneshot::channel();
+        let mut rest = Box::pin(Detachable::new(|client| async move {
+            client.left().await;
+            report.send(client.gone()).unwrap();
+        }));
+        assert!(rest.as_mut().now_or_never().is_none());
+        drop(rest);
+        let seen = tokio::time::timeout(Duration::from_secs(10), ended).await;
+        assert!(seen.unwrap().unwrap());
     }
 
     #[tokio::test]

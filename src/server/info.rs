@@ -250,9 +250,12 @@ pub async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
             crate::metrics::server_load(
                 &status.name,
                 &server.name,
-                server.in_flight,
-                server.calls,
-                server.failures,
+                crate::metrics::ServerLoad {
+                    in_flight: server.in_flight,
+                    calls: server.calls,
+                    failed: server.failed,
+                    unfinished: server.unfinished,
+                },
             );
         }
     }

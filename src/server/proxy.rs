@@ -24,7 +24,7 @@ use super::relay::{RelayTerms, SseRelay};
 use super::{App, RequestId, Snapshot};
 use crate::cache::{Directives, Entry, Lookup, Stored};
 use crate::config::{AllOpen, ClientKey};
-use crate::ledger::{Answer, RequestRow, Tokens};
+use crate::ledger::{Answer, NO_ROUTE, RequestRow, Tokens};
 use crate::limits::{Admission, Admitted, Ask, Quota, Refusal};
 use crate::openai::{Endpoint, RequestBody};
 use crate::outcome::{Ending, Exchange, Start};
@@ -243,7 +243,7 @@ async fn proxy(
     let lookup = match (&refusal, &resolved.target.route) {
         // A kept answer is never read from the cache nor fills it: its id is its own, continued by
         // the key that asked; another key's hit would carry an id it cannot continue.
-        (None, Some(route)) if keep.as_ref().is_none_or(Keep::cacheable) => {
+        (None, Some(route)) if keep.as_ref().is_none_or(Keep::cacheable) => Some(
             app.cache
                 .lookup(
                     route,
@@ -251,16 +251,25 @@ async fn proxy(
                     &request,
                     &passed,
                     directives,
+                    client.left(),
                 )
-                .await
-        }
-        _ => Lookup::Off,
+                .await,
+        ),
+        // Refused at admission: the cache was never a question.
+        _ if refusal.is_some() => None,
+        _ => Some(Lookup::Bypass(None)),
     };
-    let cache_header = lookup.header();
-    let (hit, ticket) = match lookup {
-        Lookup::Hit(entry) => (Some(entry), None),
-        Lookup::Miss(ticket) => (None, ticket),
-        Lookup::Off => (None, None),
+    // One word for the header, the metric and the trace.
+    let cache_word = lookup.as_ref().and_then(Lookup::word);
+    if let Some(word) = cache_word {
+        let route = resolved.route.map_or(NO_ROUTE, |route| route.name.as_str());
+        crate::metrics::cache_lookup(route, word);
+    }
+    let (hit, ticket, left_waiting) = match lookup {
+        Some(Lookup::Hit(entry)) => (Some(entry), None, false),
+        Some(Lookup::Miss(ticket) | Lookup::Bypass(ticket)) => (None, ticket, false),
+        Some(Lookup::Left) => (None, None, true),
+        None => (None, None, false),
     };
     let record = ticket.as_ref().map(|ticket| ticket.max_bytes());
     let mut exchange =
@@ -276,14 +285,22 @@ async fn proxy(
             // A cache hit is not checked: its answer was, if at all, when it filled the cache.
             sampled: refusal.is_none()
                 && hit.is_none()
+                && !left_waiting
                 && resolved.target.route.as_ref().is_some_and(|route| {
                     endpoint.spec().said.is_some() && app.watches.sampled(route)
                 }),
             hold,
             cache: ticket,
+            cache_word,
             trace,
         });
     exchange.arrived(arrived);
+    if left_waiting {
+        // Nobody reads this answer: the client has gone.
+        exchange.client_left();
+        exchange.end(Ending::LeftWaiting).deliver().await;
+        return Ok(client_closed());
+    }
     if let Some(refusal) = refusal {
         return Ok(refuse_at_admission(exchange, endpoint, refusal).await);
     }
@@ -309,6 +326,7 @@ async fn proxy(
         called: exchange.called(),
         trace: exchange.trace(),
         client_headers: &passed,
+        client_gone: &|| client.gone(),
     };
     let result = run.run(&request).await;
     if client.gone() {
@@ -334,7 +352,7 @@ async fn proxy(
         }
         Err(unserved) => refuse(exchange, endpoint, &unserved).await,
     };
-    if let Some(value) = cache_header {
+    if let Some(value) = cache_word {
         response
             .headers_mut()
             .insert(CACHE_HEADER, HeaderValue::from_static(value));
@@ -343,6 +361,13 @@ async fn proxy(
         set_quota(response.headers_mut(), &quota);
     }
     Ok(response)
+}
+
+/// What a request whose client has gone answers, for nobody (499 in nginx's words).
+fn client_closed() -> Response {
+    let mut response = Response::default();
+    *response.status_mut() = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+    response
 }
 
 /// Admission answered: the client gets the refusal, the ledger a row with its status.

@@ -18,7 +18,7 @@ pub struct Finished {
     pub(super) ended: SystemTime,
     pub(super) endpoint: Endpoint,
     pub(super) stream: bool,
-    /// `hit`, or `miss` where the route's cache was asked and missed.
+    /// What `x-tierwise-cache` said: `hit`, `miss` or `bypass` (see [`crate::cache::Lookup::word`]).
     pub(super) cache: Option<&'static str>,
     pub(super) attempts: Vec<Called>,
     /// A whole answer as the client got it: its id, model and finish reasons are read from it off
@@ -123,11 +123,11 @@ impl Finished {
         trace: Box<RequestTrace>,
         endpoint: Endpoint,
         stream: bool,
-        cache_asked: bool,
+        cache: Option<&'static str>,
         body: &Bytes,
     ) -> Option<Box<Finished>> {
         let mut finished = Finished::cut(trace, endpoint, stream, body)?;
-        finished.cache = cache_asked.then_some("miss");
+        finished.cache = cache;
         Some(finished)
     }
 

@@ -55,6 +55,9 @@ pub enum UpstreamErrorKind {
     /// Not called: admission passed over it for this request, for the reason given
     /// (`budget_spent`); see [`crate::limits::Skips`].
     Skipped(&'static str),
+    /// Not called: the client had gone, and a call nobody waits for would still be charged. It
+    /// ends the chain: no later tier is called either.
+    ClientLeft,
 }
 
 /// What a request needed that a tier lacks.
@@ -253,6 +256,8 @@ impl UpstreamError {
             UpstreamErrorKind::RateLimited => "rate_limited".into(),
             UpstreamErrorKind::Demoted => "quality_demoted".into(),
             UpstreamErrorKind::Skipped(reason) => reason.into(),
+            // As the ledger names a request whose client went away (`outcome::CLIENT_CLOSED`).
+            UpstreamErrorKind::ClientLeft => "client_closed".into(),
         }
     }
 
@@ -264,6 +269,7 @@ impl UpstreamError {
     pub fn is_retryable(&self) -> bool {
         match self.kind {
             UpstreamErrorKind::Status(status) => provider_fault(status),
+            UpstreamErrorKind::ClientLeft => false,
             _ => true,
         }
     }

@@ -252,13 +252,15 @@ async fn a_clients_no_cache_skips_the_read_and_no_store_the_fill_too() {
     let (api, gw) = gateway(faq("1h", None)).await;
     let body = question("fresh?");
     let no_store = [("cache-control", "no-store")];
+    // Read, and nothing there: a miss, whose answer is not kept.
     let answer = ask_as(&gw, CLIENT_KEY, &body, &no_store).await;
-    assert_eq!(cache_header(&answer), Some("bypass"));
+    assert_eq!(cache_header(&answer), Some("miss"));
     // Nothing was kept.
     assert_eq!(cache_header(&ask(&gw, &body).await), Some("miss"));
+    // Not read: a bypass, whose fresh answer is kept.
     let no_cache = [("cache-control", "no-cache")];
     let answer = ask_as(&gw, CLIENT_KEY, &body, &no_cache).await;
-    assert_eq!(cache_header(&answer), Some("miss"));
+    assert_eq!(cache_header(&answer), Some("bypass"));
     assert_eq!(api.request_count(), 3);
     // The fresh answer was kept.
     assert_eq!(cache_header(&ask(&gw, &body).await), Some("hit"));
@@ -271,6 +273,10 @@ async fn a_clients_no_cache_skips_the_read_and_no_store_the_fill_too() {
     let answer = ask_as(&gw, CLIENT_KEY, &body, &both).await;
     assert_eq!(cache_header(&answer), Some("bypass"));
     assert_eq!(api.request_count(), 4);
+    // A route without a cache is never read either: a bypass, said as the others say it.
+    let answer = ask(&gw, &chat("summarize", "no cache here")).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(cache_header(&answer), Some("bypass"));
     gw.shutdown().await;
 }
 
@@ -578,5 +584,135 @@ async fn a_redis_that_never_answers_delays_a_request_by_its_store_timeout_at_mos
     gw.wait_for_metrics(|text| text.contains("tierwise_cache_store_up 0"))
         .await;
     drop(hung);
+    gw.shutdown().await;
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// POSTs `body` and gives up after 150 ms, before any answer.
+async fn give_up(gw: &TestGateway, body: &Value) {
+    let gave_up = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(CLIENT_KEY)
+        .json(body)
+        .timeout(Duration::from_millis(150))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client was meant to give up");
+}
+
+/// Waits for the ledger's row of a request whose client left while it waited on an identical
+/// request's answer, since `since`.
+async fn left_waiting(gw: &TestGateway, since: i64) -> tierwise::ledger::RequestRow {
+    let store = gw.store().await;
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = store.requests(since, i64::MAX, None).await.unwrap();
+        if let Some(row) = rows.into_iter().find(|r| r.purpose == Purpose::CacheWait) {
+            return row;
+        }
+        assert!(Instant::now() < until, "no row of the departed waiter");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A request waiting on an identical one's answer (the single flight) whose client leaves stops
+/// waiting: it is recorded as 499 `client_closed` apart from product traffic (purpose
+/// `cache_wait`: no call or error of its route, no cost row with no tier), and nothing is sent
+/// upstream for it, even when the request it waited on fails (review F2, F6). Seen failing with
+/// the wait not raced against the client's departure (the waiter recorded as a hit, 200, when
+/// the leader answered), and, the leader failing, with that and the check after the wait both
+/// removed (the waiter recorded as a product request, a call of its route; the chain's own check
+/// before each call, `fallback::a_stream_whose_client_left_before_its_first_byte_does_not_fall_back`,
+/// kept it from going upstream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_client_left_is_recorded_apart_and_sends_nothing_upstream() {
+    let (api, gw) = gateway(|c| {
+        faq("1h", None)(c);
+        c.provider("openai").timeout.total_ms = Some(1500);
+    })
+    .await;
+    let store = gw.store().await;
+    for leader_fails in [false, true] {
+        let since = now_ms();
+        api.set_fault(if leader_fails {
+            Fault::Hang
+        } else {
+            Fault::SlowFirstByte { ms: 1000 }
+        });
+        let body = question(&format!("leaving, leader fails: {leader_fails}?"));
+        let seen = api.request_count();
+        let leader = tokio::spawn({
+            let (url, http, body) = (gw.url.clone(), gw.http.clone(), body.clone());
+            async move {
+                http.post(format!("{url}/v1/chat/completions"))
+                    .bearer_auth(CLIENT_KEY)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        });
+        tierwise_fake::wait_until("the leader upstream", Duration::from_secs(10), || {
+            api.request_count() == seen + 1
+        })
+        .await;
+        give_up(&gw, &body).await;
+        let row = left_waiting(&gw, since).await;
+        assert_eq!(
+            (
+                row.status,
+                row.error_kind.as_deref(),
+                row.tier.as_deref(),
+                row.cost_pusd
+            ),
+            (499, Some("client_closed"), None, Some(Picodollars(0))),
+            "{row:?}"
+        );
+        let status = leader.await.unwrap();
+        assert_eq!(status, if leader_fails { 504 } else { 200 });
+        // The leader's row is written once it ends; the waiter sent nothing meanwhile or after.
+        let until = Instant::now() + Duration::from_secs(10);
+        while store.requests(since, i64::MAX, None).await.unwrap().len() < 2 {
+            assert!(Instant::now() < until, "the leader's row never came");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(api.request_count(), seen + 1, "the waiter went upstream");
+    }
+    api.set_fault(Fault::None);
+    // Not a call of the route, nor its error; no cost row without a tier.
+    let report = Answer::of(gw.get("/admin/api/report").await).await.body;
+    let faq = report["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "faq")
+        .unwrap_or_else(|| panic!("no faq in {report}"))
+        .clone();
+    assert_eq!(
+        (&faq["calls"], &faq["errors"]),
+        (&json!(2), &json!(1)),
+        "{faq}"
+    );
+    let costs = Answer::of(gw.get("/admin/api/costs").await).await.body;
+    let calls = |no_tier: bool| -> u64 {
+        costs["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["route"] == "faq" && (!no_tier || r["tier"].is_null()))
+            .map(|r| r["calls"].as_u64().unwrap())
+            .sum()
+    };
+    // The failed leader is the one call without a tier.
+    assert_eq!((calls(false), calls(true)), (2, 1), "{costs}");
     gw.shutdown().await;
 }

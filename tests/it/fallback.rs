@@ -275,6 +275,14 @@ async fn a_429_with_a_short_retry_after_is_retried_once_on_the_same_tier() {
     assert_eq!(attempts, [("local", "http_429"), ("local", "ok")]);
     assert_eq!(local.request_count(), 2);
     assert_eq!(api.request_count(), 0);
+    // The servers table counts both calls the server was sent, each answered (a 429 is an answer
+    // about the tier's rate, not the server's failure).
+    let server = gw.provider("vllm").await["servers"][0].clone();
+    assert_eq!(
+        (server["calls"].as_u64(), server["answered"].as_u64()),
+        (Some(2), Some(2)),
+        "{server}"
+    );
 
     // Once, not more: rate limited twice, the request moves on to the next tier. (Retry-After 0,
     // so the tier does not rest afterwards.)
@@ -1326,4 +1334,60 @@ async fn a_tiers_window_is_discovered_from_ollama_and_from_llama_cpp() {
         assert_eq!(short.header("x-tierwise-tier"), Some("local"), "{server}");
         gw.shutdown().await;
     }
+}
+
+/// A stream whose client leaves before its first byte is not sent to the next tier when its tier
+/// then fails: once the client has gone nothing more is called, or charged, for it (review F7).
+/// Its row is 499 `client_closed` with no tier, and its attempts say where the chain stopped.
+/// Seen failing with the chain's check before each call removed (api_fast called, the row's tier
+/// api_fast).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_client_left_before_its_first_byte_does_not_fall_back() {
+    let (local, api, gw) = setup(|p| p.timeout.first_byte_ms = Some(400), |_| {}).await;
+    local.set_fault(Fault::Hang);
+    let store = gw.store().await;
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let gave_up = gw
+        .http
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat_stream("summarize"))
+        .timeout(Duration::from_millis(150))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client was meant to give up");
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let row = loop {
+        if let Some(row) = store
+            .requests(since, i64::MAX, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+        {
+            break row;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the request was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        (row.status, row.error_kind.as_deref(), row.tier.as_deref()),
+        (499, Some("client_closed"), None),
+        "{row:?}"
+    );
+    assert_eq!(api.request_count(), 0, "the next tier was called");
+    assert_eq!(
+        store.attempts(&row.id).await.unwrap(),
+        [
+            ("local".to_string(), "timeout_first_byte".to_string()),
+            ("api_fast".to_string(), "client_closed".to_string()),
+        ]
+    );
+    gw.shutdown().await;
 }

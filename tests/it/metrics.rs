@@ -5,7 +5,7 @@
 //! provider are its own.
 
 use tierwise::config::TaskKind;
-use tierwise::config::file::{RawProvider, RawTier, text};
+use tierwise::config::file::{RawProvider, RawRouteCache, RawTier, text};
 use tierwise_fake::{FakeUpstream, Fault};
 
 use crate::util::{Answer, TestConfig, TestGateway, chat};
@@ -30,6 +30,12 @@ async fn metrics_after_known_traffic_carry_the_values_it_gives() {
                 TaskKind::Chat,
                 &["metrics_local", "api_fast"],
             );
+            c.add_route("metrics_cached", TaskKind::Chat, &["api_fast"])
+                .cache = Some(RawRouteCache {
+                ttl: text("1h"),
+                scope: None,
+                nondeterministic: None,
+            });
         });
     let gw = TestGateway::start(&config).await;
     // Three answered locally, then two the local server refuses with 503: they fall back to
@@ -44,6 +50,7 @@ async fn metrics_after_known_traffic_carry_the_values_it_gives() {
         )
         .await;
         assert_eq!(answer.header("x-tierwise-tier"), Some("metrics_local"));
+        assert_eq!(answer.header("x-tierwise-cache"), Some("bypass"));
     }
     local.set_fault(Fault::Status {
         status: 503,
@@ -61,6 +68,16 @@ async fn metrics_after_known_traffic_carry_the_values_it_gives() {
         .await;
         assert_eq!(answer.header("x-tierwise-tier"), Some("api_fast"));
     }
+    // The same question twice on a route that caches: one call upstream, one hit. Every answer
+    // says what the cache did in one word, the one the lookups' metric counts.
+    for expected in ["miss", "hit"] {
+        let answer = Answer::of(
+            gw.post("/v1/chat/completions", &chat("metrics_cached", "cached?"))
+                .await,
+        )
+        .await;
+        assert_eq!(answer.header("x-tierwise-cache"), Some(expected));
+    }
     // gpt-4o-mini: 20 × $0.15 + 5 × $0.60 per million = $0.000006 a call, exactly. The fake
     // reports 20 prompt and 5 answer tokens a call.
     let expected = [
@@ -69,6 +86,14 @@ async fn metrics_after_known_traffic_carry_the_values_it_gives() {
         "tierwise_tokens_total{route=\"metrics_route\",tier=\"metrics_local\",direction=\"in\"} 60",
         "tierwise_tokens_total{route=\"metrics_route\",tier=\"metrics_local\",direction=\"out\"} 15",
         "tierwise_tokens_total{route=\"metrics_route\",tier=\"api_fast\",direction=\"in\"} 40",
+        // The hit's tokens were served by no upstream: counted apart, not as the tier's.
+        "tierwise_tokens_total{route=\"metrics_cached\",tier=\"api_fast\",direction=\"in\"} 20",
+        "tierwise_cache_hit_tokens_total{route=\"metrics_cached\",direction=\"in\"} 20",
+        "tierwise_cache_hit_tokens_total{route=\"metrics_cached\",direction=\"out\"} 5",
+        "tierwise_cache_lookups_total{route=\"metrics_cached\",result=\"miss\"} 1",
+        "tierwise_cache_lookups_total{route=\"metrics_cached\",result=\"hit\"} 1",
+        // A route without a cache: each of its answers said `bypass`.
+        "tierwise_cache_lookups_total{route=\"metrics_route\",result=\"bypass\"} 5",
         "tierwise_fallbacks_total{route=\"metrics_route\",from=\"metrics_local\",to=\"api_fast\",reason=\"http_503\"} 2",
         "# TYPE tierwise_cost_usd_total counter",
         "tierwise_cost_usd_total{route=\"metrics_route\",tier=\"api_fast\"} 0.000012",

@@ -125,7 +125,7 @@ async fn one_server_killed_fails_no_request_and_opens_its_breaker_alone() {
     for live in &names[..2] {
         let status = server_status(&gw, live).await;
         assert_eq!(status["breaker"]["state"], "closed", "{status}");
-        assert_eq!(status["failures"], 0, "{status}");
+        assert_eq!(status["failed"], 0, "{status}");
     }
     let provider = gw.provider("vllm").await;
     assert_eq!(provider["breaker"]["state"], "closed", "{provider}");
@@ -469,7 +469,7 @@ async fn garbage_hanging_or_absent_metrics_change_nothing_and_a_404_is_not_asked
     for name in &names {
         let status = server_status(&gw, name).await;
         assert_eq!(status["breaker"]["state"], "closed", "{status}");
-        assert_eq!(status["failures"], 0, "{status}");
+        assert_eq!(status["failed"], 0, "{status}");
         assert!(status["queue"].is_null(), "{status}");
         assert!(
             served_by(&got, name) > 10,
@@ -559,4 +559,154 @@ async fn a_server_whose_calls_hang_while_its_probe_answers_is_not_let_back_by_th
         fakes[0].request_count()
     );
     Arc::try_unwrap(gw).ok().unwrap().shutdown().await;
+}
+
+/// Opens a stream for `model`, reads its first `events` events and returns the request id and
+/// the rest of its body.
+async fn first_events(
+    gw: &TestGateway,
+    model: &str,
+    events: usize,
+) -> (
+    String,
+    impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + use<>,
+) {
+    use futures_util::StreamExt;
+    let response = gw.post("/v1/chat/completions", &chat_stream(model)).await;
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["x-tierwise-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut body = response.bytes_stream();
+    let mut seen = String::new();
+    while seen.matches("data: {").count() < events {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .expect("the first events arrive while the upstream holds the rest")
+            .expect("a chunk")
+            .expect("no error");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    (id, body)
+}
+
+/// The servers table adds up — calls = answered + failed + unfinished — and says what the ledger's
+/// report and `/metrics` say of the same calls: a stream to its end is answered; a stream the
+/// upstream cut after its first chunk is the server's failure (in the table, `/metrics` and the
+/// report alike); a stream its client left midway and one cut off at shutdown are unfinished.
+/// Breaks seen failing: the lease dropped unsettled not counted (calls 2, unfinished 0); the
+/// report's answered counting every status-200 row (the cut stream answered, failed 0); the
+/// report leaving out 499 rows (unfinished 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_table_adds_up_and_agrees_with_metrics_and_the_report() {
+    use tierwise::config::TaskKind;
+    use tierwise::config::file::{RawTier, text};
+    let gpu = FakeUpstream::start().await;
+    let api = FakeUpstream::start().await;
+    // A provider of its own: the metrics recorder is the test process's, shared with other tests.
+    let config = TestConfig::two_tier(&api.base_url(), &api.base_url())
+        .without_probes()
+        .with(|c| {
+            let mut provider = RawProvider::new(gpu.base_url());
+            provider.health.enabled = Some(false);
+            c.0.providers.insert(text("figures_gpu"), provider);
+            c.0.tiers.insert(
+                text("figures_local"),
+                RawTier::new("figures_gpu", "mistral-7b"),
+            );
+            c.add_route("figures", TaskKind::Chat, &["figures_local"]);
+            c.0.server.shutdown_grace_ms = Some(300);
+        });
+    let gw = TestGateway::start(&config).await;
+    let store = gw.store().await;
+
+    // Answered: a stream to its end.
+    let whole = gw.ask_stream("figures").await;
+    assert!(whole.text.contains("[DONE]"), "{}", whole.text);
+    // Failed: cut by the upstream after its first chunks.
+    gpu.set_fault(Fault::CutAfterChunks { chunks: 2 });
+    let cut = gw.ask_stream("figures").await;
+    assert!(cut.text.contains("stream_interrupted"), "{}", cut.text);
+    gpu.set_fault(Fault::None);
+    // Unfinished: the client reads the first words and leaves while the upstream holds the rest.
+    let gate = gpu.hold_streams_after(3);
+    let (left, body) = first_events(&gw, "figures", 3).await;
+    drop(body);
+    let row = stored(&store, &left).await;
+    assert_eq!(
+        (row.status, row.error_kind.as_deref()),
+        (499, Some("client_closed"))
+    );
+    gate.open();
+
+    let wanted = (3, 1, 1, 1);
+    let until = Instant::now() + Duration::from_secs(10);
+    let table = loop {
+        let provider = gw.provider("figures_gpu").await;
+        let server = provider["servers"][0].clone();
+        let got = |field: &str| server[field].as_u64().unwrap_or(u64::MAX);
+        let seen = (
+            got("calls"),
+            got("answered"),
+            got("failed"),
+            got("unfinished"),
+        );
+        if seen == wanted && server["in_flight"] == 0 {
+            break server;
+        }
+        assert!(Instant::now() < until, "the servers table shows {server}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(table["name"], "figures_gpu");
+    let labels = "{provider=\"figures_gpu\",server=\"figures_gpu\"}";
+    let metrics = gw.metrics().await;
+    for line in [
+        format!("tierwise_server_calls_total{labels} 3"),
+        format!("tierwise_server_failures_total{labels} 1"),
+        format!("tierwise_server_unfinished_total{labels} 1"),
+    ] {
+        assert!(metrics.contains(&line), "no {line} in\n{metrics}");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let report = |load: Vec<tierwise::ledger::ServerLoad>| {
+        let server = load
+            .into_iter()
+            .find(|s| s.server == "figures_gpu")
+            .expect("the server is in the report");
+        (
+            server.calls,
+            server.answered,
+            server.failed,
+            server.unfinished,
+        )
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    while report(store.server_load(0, now + 60_000).await.unwrap()) != wanted {
+        assert!(
+            Instant::now() < until,
+            "the report shows {:?}",
+            store.server_load(0, now + 60_000).await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Cut off at shutdown while its client still reads: unfinished too.
+    let gate = gpu.hold_streams_after(3);
+    let (cut_off, body) = first_events(&gw, "figures", 3).await;
+    gw.shutdown().await;
+    let row = stored(&store, &cut_off).await;
+    assert_eq!(
+        (row.status, row.error_kind.as_deref()),
+        (499, Some("cut_at_shutdown"))
+    );
+    assert_eq!(
+        report(store.server_load(0, now + 60_000).await.unwrap()),
+        (4, 1, 1, 2)
+    );
+    drop(body);
+    gate.open();
 }

@@ -227,6 +227,8 @@ async fn a_request_is_a_server_span_with_a_client_span_for_its_call() {
         ),
         ("tierwise.route", json!("summarize")),
         ("tierwise.tier", json!("local")),
+        // The route keeps no answers: its cache was not read, said as the header says it.
+        ("tierwise.cache", json!("bypass")),
     ] {
         assert_eq!(attr(request, key), Some(value), "{key}");
     }
