@@ -491,3 +491,51 @@ fn source_tokens(model: &str, source: Option<&RawValue>, image: bool) -> u64 {
         _ => media::PDF_PAGE_TOKENS,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deeply nested content (past serde_json's 128 levels) is still checked and counted: its
+    /// block at four bytes a token, never 0.
+    #[test]
+    fn deep_nesting_is_checked_and_counted() {
+        let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
+        let body = format!(
+            r#"{{"messages": [{{"role": "assistant", "content": [{{"type": "tool_use", "id": "t", "name": "w", "input": {{"a": {deep}}}}}]}}]}}"#
+        );
+        validate_prompt(body.as_bytes()).unwrap();
+        assert!(estimate("m", body.as_bytes(), None) >= 600 / 4);
+        assert!(serde_json::from_str::<Value>(&body).is_err());
+    }
+
+    /// What checking and estimating a 10 MiB body of 400k empty text blocks costs, beside what
+    /// stays on the event loop (the top-level read). A timing, not a check: `cargo test --release
+    /// --lib prompt_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn prompt_cost() {
+        use std::time::Instant;
+        let blocks = r#"{"type":"text","text":""},"#.repeat(400_000);
+        let body = format!(
+            r#"{{"model":"m","max_tokens":5,"messages":[{{"role":"user","content":[{}]}}]}}"#,
+            blocks.trim_end_matches(',')
+        );
+        println!("{} bytes", body.len());
+        let time = |name: &str, f: &dyn Fn()| {
+            let started = Instant::now();
+            f();
+            println!("{name:32} {:8.1} ms", started.elapsed().as_secs_f64() * 1e3);
+        };
+        time("top-level read (on the loop)", &|| {
+            crate::openai::RequestBody::parse(crate::openai::Endpoint::Messages, body.as_bytes())
+                .unwrap();
+        });
+        time("validate_prompt (blocking pool)", &|| {
+            validate_prompt(body.as_bytes()).unwrap();
+        });
+        time("estimate (blocking pool)", &|| {
+            estimate("m", body.as_bytes(), None);
+        });
+    }
+}
