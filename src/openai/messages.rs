@@ -157,15 +157,9 @@ fn needs(body: &RequestBody<'_>) -> Abilities {
     let tools = body
         .field("tools")
         .is_some_and(|tools| !matches!(tools.get().trim(), "null" | "[]"));
-    let vision = body.field("messages").is_some_and(|messages| {
-        serde_json::from_str::<Vec<Value>>(messages.get()).is_ok_and(|messages| {
-            messages.iter().any(|message| {
-                message["content"]
-                    .as_array()
-                    .is_some_and(|blocks| blocks.iter().any(|block| block["type"] == "image"))
-            })
-        })
-    });
+    let vision = body
+        .field("messages")
+        .is_some_and(|messages| prompt::has_image(messages.get()));
     Abilities {
         tools,
         json_schema: false,
