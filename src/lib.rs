@@ -9,7 +9,8 @@
 //!   request id, client auth, the request path of every endpoint (its routes registered from
 //!   [`openai::Endpoint::ALL`]), the SSE relay, the one place errors become OpenAI-shaped
 //!   answers (or the endpoint's own shape: Anthropic's on `/v1/messages`), counting a request's
-//!   tokens without sending it (`count_tokens`); `/readyz`, `/metrics`, `/admin/api/*`; graceful
+//!   tokens without answering it (`count_tokens`: its own rate window, the provider's count where
+//!   it has one, else the gateway's estimate); `/readyz`, `/metrics`, `/admin/api/*`; graceful
 //!   shutdown; the snapshot of what the config decides, which a request reads once and holds to its
 //!   end, and its reload (`SIGHUP`, `POST /admin/api/reload`), which swaps it whole and carries
 //!   health and counters over by name.

@@ -132,6 +132,18 @@ impl ProviderHealth {
         }))
     }
 
+    /// The least loaded of the servers whose breakers are closed, for a call that is not the
+    /// tier's traffic (a provider's own count of a prompt): it takes no in-flight slot and its
+    /// outcome feeds no breaker, so it neither crowds nor judges the server; `None` while no
+    /// breaker is closed.
+    pub fn least_loaded_closed(&self) -> Option<usize> {
+        self.servers
+            .iter()
+            .filter(|server| server.state() == BreakerState::Closed)
+            .min_by(|a, b| load_order(a, b))
+            .map(|server| server.index)
+    }
+
     /// A lease on the least loaded server that ignores breakers and caps: the last resort when
     /// every tier is open.
     pub fn force(&self) -> Lease {

@@ -36,4 +36,7 @@ fn keep(scope: &mut Scope, old: &Scope) {
     if let Some(kept) = same(&scope.tokens, &old.tokens) {
         scope.tokens = Some(kept);
     }
+    if let Some(kept) = same(&scope.counts, &old.counts) {
+        scope.counts = Some(kept);
+    }
 }

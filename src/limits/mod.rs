@@ -66,6 +66,9 @@ struct Scope {
     name: String,
     requests: Option<Counter>,
     tokens: Option<Counter>,
+    /// A key's counts of prompts' tokens (`…/count_tokens`), judged apart from its requests: at
+    /// its `rpm` a minute, as Anthropic limits counting apart from sending.
+    counts: Option<Counter>,
 }
 
 /// One limit: its count in memory, and in the shared store where there is one.
@@ -80,6 +83,8 @@ struct Counter {
 pub enum Measure {
     Requests,
     Tokens,
+    /// Counts of a prompt's tokens (`…/count_tokens`).
+    TokenCounts,
 }
 
 impl Measure {
@@ -87,6 +92,7 @@ impl Measure {
         match self {
             Measure::Requests => "requests",
             Measure::Tokens => "tokens",
+            Measure::TokenCounts => "token_counts",
         }
     }
 }
@@ -97,6 +103,8 @@ impl Measure {
 pub struct Quota {
     pub requests: Option<Standing>,
     pub tokens: Option<Standing>,
+    /// A count of a prompt's tokens: its own window's standing.
+    pub token_counts: Option<Standing>,
 }
 
 impl Quota {
@@ -104,6 +112,7 @@ impl Quota {
         let slot = match measure {
             Measure::Requests => &mut self.requests,
             Measure::Tokens => &mut self.tokens,
+            Measure::TokenCounts => &mut self.token_counts,
         };
         if slot.is_none_or(|held| standing.remaining < held.remaining) {
             *slot = Some(standing);
@@ -149,8 +158,12 @@ impl Limits {
                 let limit = limit?;
                 let window = Arc::new(Window::new(limit));
                 let shared = shared.as_ref().map(|store| {
+                    let suffix = match measure {
+                        Measure::TokenCounts => "counts",
+                        measure => measure.as_str(),
+                    };
                     let limit = SharedLimit {
-                        prefix: format!("tierwise:limits:{kind}:{name}:{}", measure.as_str()),
+                        prefix: format!("tierwise:limits:{kind}:{name}:{suffix}"),
                         limit: window.limit(),
                     };
                     let meter = Arc::new(SharedMeter {
@@ -167,6 +180,7 @@ impl Limits {
                 name: name.to_string(),
                 requests: counter(Measure::Requests, rate.rpm),
                 tokens: counter(Measure::Tokens, rate.tpm),
+                counts: counter(Measure::TokenCounts, rate.rpm.filter(|_| kind == "key")),
             })
         };
         let keys = config
@@ -274,6 +288,64 @@ impl Limits {
                 refused
             }
         }
+    }
+
+    /// Admits one count of a prompt's tokens (`…/count_tokens`) by `key`, or refuses it (429).
+    /// Anthropic limits counting apart from sending, and so does the gateway: a key with an
+    /// `rpm` has a second window of as many counts a minute, which only counts take from (a
+    /// count takes nothing of the key's requests or tokens, nor they of its counts). A key
+    /// without `rpm`, and a gateway without keys, do not limit counting. Judged in the shared
+    /// store where there is one, as requests are. Where the window stands is returned for the
+    /// `x-ratelimit-*-token-counts` headers.
+    pub async fn admit_count(
+        &self,
+        key: Option<&Arc<ClientKey>>,
+    ) -> Result<Option<Standing>, Refusal> {
+        let Some(scope) = key.and_then(|key| self.keys.get(&key.id)) else {
+            return Ok(None);
+        };
+        let Some(counter) = &scope.counts else {
+            return Ok(None);
+        };
+        let judge = [Judge {
+            scope,
+            measure: Measure::TokenCounts,
+            counter,
+            cost: 1,
+        }];
+        let now = Now::read();
+        let judged = match &self.shared {
+            Some(store) if store.is_up() => shared_judgement(store, now, &judge).await,
+            _ => None,
+        };
+        let (taken, counts) = match judged {
+            Some(Judged::Taken(counts)) => {
+                // Mirrored in memory, which judges alone while the store is away.
+                counter.window.add(now, 1);
+                (true, counts)
+            }
+            Some(Judged::Refused(counts)) => (false, counts),
+            None => memory_judgement(now, &judge),
+        };
+        let limit = counter.window.limit();
+        let counts = counts[0];
+        let standing = counts.standing(now, limit);
+        if taken {
+            return Ok(Some(standing));
+        }
+        crate::metrics::rate_limited(scope.kind, &scope.name, Measure::TokenCounts.as_str());
+        Err(Refusal::RateLimited(Box::new(RateLimited {
+            scope: format!("{} '{}'", scope.kind, scope.name),
+            measure: Measure::TokenCounts,
+            limit,
+            used: standing.limit - standing.remaining,
+            requested: 1,
+            retry_after: counts.retry_after(now, 1, limit),
+            quota: Quota {
+                token_counts: Some(standing),
+                ..Quota::default()
+            },
+        })))
     }
 
     /// The rate limits' judgement of `ask`: every limit that applies takes from it, or none does.

@@ -21,6 +21,7 @@ pub const SPEC: EndpointSpec = EndpointSpec {
     path: "chat/completions",
     ledger_name: "chat.completions",
     validate,
+    check_prompt: None,
     rewrite,
     count_prompt,
     count_answer,

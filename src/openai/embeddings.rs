@@ -13,6 +13,7 @@ pub const SPEC: EndpointSpec = EndpointSpec {
     path: "embeddings",
     ledger_name: "embeddings",
     validate,
+    check_prompt: None,
     rewrite,
     count_prompt,
     count_answer,

@@ -25,6 +25,8 @@
 //! request on, as does any field the gateway does not know: a tier of Anthropic's format takes
 //! every field, a translated tier drops none.
 
+mod prompt;
+
 use std::collections::HashMap;
 
 use serde::Deserialize;
@@ -38,10 +40,13 @@ use super::{
 };
 use crate::config::{Abilities, ChainTier, takes_max_completion_tokens};
 
+pub use prompt::validate_prompt;
+
 pub const SPEC: EndpointSpec = EndpointSpec {
     path: "messages",
     ledger_name: "messages",
     validate,
+    check_prompt: Some(validate_prompt),
     rewrite,
     count_prompt,
     count_answer,
@@ -122,55 +127,17 @@ const KNOWN: [&str; 13] = [
 /// Any top-level field is taken: Anthropic adds fields often (`output_config`, `inference_geo`,
 /// `speed`, a top-level `cache_control`…), and a tier of Anthropic's format passes them on as they
 /// are. A translated tier refuses what it does not know ([`to_chat`]), so the request moves to a
-/// tier that can take it, or the client gets a 400 naming the field.
+/// tier that can take it, or the client gets a 400 naming the field. The prompt itself is checked
+/// apart, by [`validate_prompt`] (the spec's `check_prompt`), which `count_tokens` shares.
 fn validate(body: &RequestBody<'_>) -> Result<(), RequestError> {
-    let messages: Vec<Map<String, Value>> = body
-        .field("messages")
-        .ok_or(RequestError::field("messages", "Field required"))
-        .and_then(|messages| {
-            serde_json::from_str(messages.get()).map_err(|_| {
-                RequestError::field(
-                    "messages",
-                    "must be an array of messages, each an object with a role and content",
-                )
-            })
-        })?;
-    if messages.is_empty() {
-        return Err(RequestError::field(
-            "messages",
-            "must contain at least one message",
-        ));
-    }
-    for message in &messages {
-        if !matches!(
-            message.get("role").and_then(Value::as_str),
-            Some("user" | "assistant")
-        ) {
-            return Err(RequestError::field(
-                "messages",
-                "has a message whose role is not 'user' or 'assistant' (the system prompt goes in 'system')",
-            ));
-        }
-    }
     match body.field("max_tokens") {
-        None => return Err(RequestError::field("max_tokens", "Field required")),
-        Some(value) if serde_json::from_str::<u64>(value.get()).is_ok_and(|n| n > 0) => {}
-        Some(_) => {
-            return Err(RequestError::field(
-                "max_tokens",
-                "must be a whole number of tokens, at least 1",
-            ));
-        }
+        None => Err(RequestError::field("max_tokens", "Field required")),
+        Some(value) if serde_json::from_str::<u64>(value.get()).is_ok_and(|n| n > 0) => Ok(()),
+        Some(_) => Err(RequestError::field(
+            "max_tokens",
+            "must be a whole number of tokens, at least 1",
+        )),
     }
-    if let Some(system) = body.field("system")
-        && !system.get().trim_start().starts_with(['"', '['])
-    {
-        return Err(RequestError::field(
-            "system",
-            "must be a string or an array of text blocks",
-        ));
-    }
-    Ok(())
 }
 
 fn rewrite(body: &RequestBody<'_>, step: &ChainTier, edits: &mut Edits) {
@@ -190,15 +157,9 @@ fn needs(body: &RequestBody<'_>) -> Abilities {
     let tools = body
         .field("tools")
         .is_some_and(|tools| !matches!(tools.get().trim(), "null" | "[]"));
-    let vision = body.field("messages").is_some_and(|messages| {
-        serde_json::from_str::<Vec<Value>>(messages.get()).is_ok_and(|messages| {
-            messages.iter().any(|message| {
-                message["content"]
-                    .as_array()
-                    .is_some_and(|blocks| blocks.iter().any(|block| block["type"] == "image"))
-            })
-        })
-    });
+    let vision = body
+        .field("messages")
+        .is_some_and(|messages| prompt::has_image(messages.get()));
     Abilities {
         tools,
         json_schema: false,
@@ -256,27 +217,9 @@ fn blocks_text(content: &Value) -> String {
     }
 }
 
-/// The system prompt, each message with 3 tokens of framing as chat messages are counted, and
-/// the tools' definitions.
+/// The prompt's estimate ([`prompt::estimate`]).
 fn count_prompt(model: &str, body: &[u8]) -> u64 {
-    let Ok(request) = serde_json::from_slice::<Value>(body) else {
-        return 0;
-    };
-    let system = match &request["system"] {
-        Value::Null => 0,
-        system => 3 + count(model, &blocks_text(system)),
-    };
-    let messages: u64 = request["messages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|message| 3 + count(model, &blocks_text(&message["content"])))
-        .sum();
-    let tools = match &request["tools"] {
-        Value::Array(tools) if !tools.is_empty() => count(model, &request["tools"].to_string()),
-        _ => 0,
-    };
-    system + messages + tools + 3
+    prompt::estimate(model, body, None)
 }
 
 /// Every text block and every tool call's input.
@@ -287,22 +230,11 @@ fn count_answer(model: &str, body: &[u8]) -> u64 {
     count(model, &blocks_text(&answer["content"]))
 }
 
-/// The estimate `/v1/messages/count_tokens` answers with: the request as `step`'s tier would get
-/// it (its system prompt in place of the client's), counted with the tier's tokenizer.
-pub fn count_tokens(body: &[u8], step: &ChainTier) -> Result<u64, RequestError> {
-    let mut request: Map<String, Value> =
-        serde_json::from_slice(body).map_err(|err| RequestError::NotJson(err.to_string()))?;
-    if !request.get("messages").is_some_and(Value::is_array) {
-        return Err(RequestError::field(
-            "messages",
-            "Field required: an array of messages",
-        ));
-    }
-    if let Some(prompt) = &step.system_prompt {
-        request.insert("system".into(), json!(prompt));
-    }
-    let body = serde_json::to_vec(&request).expect("JSON values always serialize");
-    Ok(count_prompt(&step.tier.model, &body))
+/// The estimate `/v1/messages/count_tokens` answers with where no provider counts: the request as
+/// `step`'s tier would get it (its system prompt in place of the client's), counted with the
+/// tier's tokenizer.
+fn count_tokens(body: &[u8], step: &ChainTier) -> u64 {
+    prompt::estimate(&step.tier.model, body, step.system_prompt.as_deref())
 }
 
 fn warmup(model: &str) -> Value {

@@ -9,6 +9,7 @@
 
 pub mod chat;
 pub mod embeddings;
+mod media;
 pub mod messages;
 mod request;
 pub mod responses;
@@ -42,6 +43,12 @@ pub struct EndpointSpec {
     pub ledger_name: &'static str,
     /// Checks the fields this endpoint requires, once `model` and `stream` have been read.
     pub validate: fn(&RequestBody<'_>) -> Result<(), RequestError>,
+    /// Checks the prompt itself (every message and block, the tools, the system prompt), reading
+    /// all of it: apart from `validate` because its work grows with the prompt, so the server runs
+    /// it on the blocking pool for a large body, and because the endpoint's `…/count_tokens`
+    /// refuses what it refuses (without the fields only sending needs, `max_tokens`); `None`
+    /// where `validate` checks all there is.
+    pub check_prompt: Option<CheckPrompt>,
     /// What `step`'s tier changes in the body besides `model`.
     pub rewrite: fn(&RequestBody<'_>, &ChainTier, &mut Edits),
     /// Input tokens of a request body, for upstreams that report no usage.
@@ -83,8 +90,8 @@ pub struct EndpointSpec {
     /// A header besides `Authorization: Bearer` that carries the client's key on this endpoint
     /// (Anthropic's SDKs send `x-api-key`).
     pub key_header: Option<&'static str>,
-    /// Counts a request's input tokens as `step`'s tier would get it, for the endpoint's
-    /// `…/count_tokens` route; `None` where the endpoint has none.
+    /// Estimates a request's input tokens as `step`'s tier would get it (its prompt already
+    /// checked), for the endpoint's `…/count_tokens` route; `None` where the endpoint has none.
     pub count_tokens: Option<CountTokens>,
     /// The status that tells this endpoint's clients its upstreams were overloaded (the last
     /// tier tried answered 503, or Anthropic's 529, or was at its `max_in_flight`), where its
@@ -97,8 +104,11 @@ pub struct EndpointSpec {
     pub passed_headers: &'static [&'static str],
 }
 
-/// Counts a request body's input tokens as a chain step's tier would get them.
-pub type CountTokens = fn(&[u8], &ChainTier) -> Result<u64, RequestError>;
+/// Checks a request body's prompt (see [`EndpointSpec::check_prompt`]).
+pub type CheckPrompt = fn(&[u8]) -> Result<(), RequestError>;
+
+/// Estimates a request body's input tokens as a chain step's tier would get them.
+pub type CountTokens = fn(&[u8], &ChainTier) -> u64;
 
 /// What the client is told of a failure, before its endpoint writes it.
 pub struct ErrorReply<'a> {

@@ -24,13 +24,21 @@ pub enum RequestError {
     /// A field the endpoint does not know, named in the message.
     #[error("{0}")]
     Unknown(String),
+    /// A value inside `param` that is not what the endpoint takes, at `at`
+    /// (`messages.2.content.0.text`), as Anthropic's API names where a request is wrong.
+    #[error("{at}: {problem}")]
+    Invalid {
+        param: &'static str,
+        at: String,
+        problem: &'static str,
+    },
 }
 
 impl RequestError {
     pub fn param(&self) -> Option<&'static str> {
         match self {
             RequestError::NotJson(_) | RequestError::Unknown(_) => None,
-            RequestError::Field { param, .. } => Some(param),
+            RequestError::Field { param, .. } | RequestError::Invalid { param, .. } => Some(param),
         }
     }
 
@@ -58,6 +66,15 @@ struct StreamOptions {
 
 impl<'a> RequestBody<'a> {
     pub fn parse(endpoint: Endpoint, bytes: &'a [u8]) -> Result<Self, RequestError> {
+        let body = RequestBody::read(endpoint, bytes)?;
+        (endpoint.spec().validate)(&body)?;
+        Ok(body)
+    }
+
+    /// The body's top-level fields and what routing reads of them, without the endpoint's
+    /// `validate`: for counting a prompt's tokens, which needs none of the fields only sending
+    /// needs (Messages' `max_tokens`).
+    pub fn read(endpoint: Endpoint, bytes: &'a [u8]) -> Result<Self, RequestError> {
         let fields: IndexMap<String, &'a RawValue> =
             serde_json::from_slice(bytes).map_err(|err| {
                 RequestError::NotJson(if err.is_data() {
@@ -94,15 +111,13 @@ impl<'a> RequestBody<'a> {
                 .is_some_and(|options| options.include_usage == Some(true)),
             None => false,
         };
-        let body = RequestBody {
+        Ok(RequestBody {
             endpoint,
             fields,
             model,
             stream,
             client_wants_usage,
-        };
-        (endpoint.spec().validate)(&body)?;
-        Ok(body)
+        })
     }
 
     pub fn endpoint(&self) -> Endpoint {

@@ -43,6 +43,7 @@ pub const SPEC: EndpointSpec = EndpointSpec {
     path: "responses",
     ledger_name: "responses",
     validate,
+    check_prompt: None,
     rewrite,
     count_prompt,
     count_answer,

@@ -430,6 +430,43 @@ fn prompt<'a>(body: &RequestBody<'a>) -> Option<&'a [u8]> {
         .map(|raw| raw.get().as_bytes())
 }
 
+/// The first tier of `chain` that can take `body` as the request stands — one the chain would not
+/// pass over for the request itself: its model has what the request needs ([`lacking`]) and its
+/// provider's format carries it (the preparation a call makes, [`Upstreams::can_take`]) — found
+/// without calling any tier; where none can, the failure a request to the chain would end with.
+/// Health is not judged (breakers, caps and rests change by the moment): this answers for the
+/// request, as `…/count_tokens` asks.
+pub fn first_able<'a>(
+    upstreams: &Upstreams,
+    chain: &'a [ChainTier],
+    body: &RequestBody<'_>,
+) -> Result<&'a ChainTier, Box<Unserved>> {
+    let mut attempts = Vec::with_capacity(chain.len());
+    for step in chain {
+        let refused = lacking(step, body).or_else(|| {
+            upstreams
+                .can_take(&step.tier, body.endpoint(), body.for_tier(step))
+                .err()
+        });
+        let Some(error) = refused else {
+            return Ok(step);
+        };
+        attempts.push(Attempt {
+            tier: step.tier.clone(),
+            server: None,
+            latency: Duration::ZERO,
+            error: Some(error),
+            trace: None,
+        });
+    }
+    let last = attempts.last().expect("a chain is never empty");
+    let (tier, error) = (
+        last.tier.clone(),
+        last.error.clone().expect("every step was refused"),
+    );
+    Err(Box::new(Unserved::new(tier, error, attempts)))
+}
+
 /// The refusal a tier would give a request that needs what its model lacks, without calling it.
 fn lacking(step: &ChainTier, body: &RequestBody<'_>) -> Option<UpstreamError> {
     let has = step.tier.abilities;

@@ -1,9 +1,10 @@
 //! Who may call: a bearer key from `server.api_keys` on `/v1` (or in the header the endpoint's
-//! clients send it in, `x-api-key` on Anthropic's `/v1/messages`), `server.admin_key` on `/admin/api`
-//! (the client keys when no admin key is set; closed when no key at all is, unless opened), an
-//! optional `server.metrics_key` on `/metrics`, all compared in constant time; and no browser
-//! pages on `/v1`, nor on either of them under a name `server.allowed_hosts` does not list. With no
-//! client key configured `/v1` is open; start-up warns loudly about it.
+//! clients send it in, `x-api-key` on Anthropic's `/v1/messages`, which wins where both are
+//! sent), `server.admin_key` on `/admin/api` (the client keys when no admin key is set; closed
+//! when no key at all is, unless opened), an optional `server.metrics_key` on `/metrics`, all
+//! compared in constant time; and no browser pages on `/v1`, nor on either of them under a name
+//! `server.allowed_hosts` does not list. With no client key configured `/v1` is open; start-up
+//! warns loudly about it.
 
 use std::sync::Arc;
 
@@ -159,18 +160,21 @@ async fn check(keys: &[Arc<ClientKey>], mut request: Request, next: Next) -> Res
         None => None,
     };
     let headers = request.headers();
-    let presented = headers
-        .get(http::header::AUTHORIZATION)
+    // The endpoint's own header wins where both are sent: Anthropic's SDKs send the key in
+    // `x-api-key`, and a client may carry an unrelated `Authorization` beside it (a proxy's, an
+    // environment's), so that one would be refused as a wrong key.
+    let presented = key_header
+        .and_then(|name| headers.get(name))
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| {
-            value
-                .strip_prefix("Bearer ")
-                .or_else(|| value.strip_prefix("bearer "))
-        })
         .or_else(|| {
-            key_header
-                .and_then(|name| headers.get(name))
+            headers
+                .get(http::header::AUTHORIZATION)
                 .and_then(|value| value.to_str().ok())
+                .and_then(|value| {
+                    value
+                        .strip_prefix("Bearer ")
+                        .or_else(|| value.strip_prefix("bearer "))
+                })
         })
         .map(str::trim)
         .map(str::to_owned);

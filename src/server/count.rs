@@ -1,22 +1,48 @@
-//! Counting a request's input tokens without sending it (`/v1/messages/count_tokens` and any
-//! endpoint whose spec can count): the route or tier `model` names, its first tier's prompt as
-//! that tier would get it, counted with that tier's tokenizer estimate. Nothing is sent upstream,
-//! admitted against limits or written to the ledger; a key limited to some routes may count only
-//! for those.
+//! Counting a request's input tokens without answering it (`/v1/messages/count_tokens`, and any
+//! endpoint whose spec can count), in this order:
+//!
+//! 1. read the body (bounded) and, cheaply, its top-level `model`; resolve what it names (a key
+//!    limited to some routes may count only for those);
+//! 2. admit it against the key's own window of counts a minute ([`Limits::admit_count`]): a 429
+//!    `rate_limit_error` over it, the `x-ratelimit-*-token-counts` headers either way;
+//! 3. on the blocking pool for a large body: check the prompt as sending it would
+//!    ([`crate::openai::EndpointSpec::check_prompt`], which counting shares but for the fields
+//!    only sending needs), find the first tier that can take it as the chain would
+//!    ([`chain::first_able`]: a request no tier can carry, images to a route without a vision
+//!    tier, is refused as sending it would be), and estimate it as that tier would get it;
+//! 4. where that tier's provider counts prompts itself (Anthropic's `count_tokens`), ask it, on its
+//!    least loaded server whose breaker is closed, within [`PROVIDER_DEADLINE`]: its count is the
+//!    answer, its 400 (the prompt is wrong) the client's error as it came; any other failure
+//!    leaves the estimate as the answer, with a warning in the log. The call takes no
+//!    `max_in_flight` slot and feeds no breaker: a count is not the tier's traffic.
+//!
+//! `x-tierwise-count: provider|estimate` says which answered. Nothing is written to the ledger.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use serde::Deserialize;
 
-use super::App;
 use super::error::ApiError;
-use super::proxy::{Caller, read_body};
-use crate::limits::Refusal;
-use crate::openai::{Endpoint, RequestError};
+use super::proxy::{Caller, off_the_loop, passed_headers, read_body, set_quota};
+use super::{App, Snapshot};
+use crate::config::{Api, ChainTier, Tier};
+use crate::limits::{Quota, Refusal};
+use crate::openai::{Endpoint, RequestBody, RequestError};
+use crate::route::chain;
+use crate::upstream::ProviderCount;
+
+const COUNT_HEADER: HeaderName = HeaderName::from_static("x-tierwise-count");
+
+/// The most a provider's own count is waited for: a count is asked before a request is sent, and
+/// the estimate is close enough to answer with when the provider is slow.
+pub const PROVIDER_DEADLINE: Duration = Duration::from_millis(2500);
 
 /// The handler of `endpoint`'s counting route.
 pub fn handler(
@@ -35,6 +61,14 @@ pub fn handler(
     }
 }
 
+/// What the estimate found: the tier that would take the request, its estimate, and the body a
+/// provider that counts would be asked with.
+struct Estimated {
+    step: ChainTier,
+    tokens: u64,
+    ask: Option<Vec<u8>>,
+}
+
 async fn count(
     app: &App,
     endpoint: Endpoint,
@@ -50,17 +84,10 @@ async fn count(
     )
     .await
     .map_err(|_| ApiError::body_timeout(server.body_timeout))??;
-    #[derive(serde::Deserialize)]
-    struct Model {
-        model: Option<String>,
-    }
-    let model = serde_json::from_slice::<Model>(&bytes)
-        .map_err(|err| RequestError::NotJson(err.to_string()))?
-        .model
-        .ok_or(RequestError::field(
-            "model",
-            "is required: name a route, a tier or a model id",
-        ))?;
+    let passed =
+        passed_headers(endpoint.spec().passed_headers, headers).map_err(ApiError::bad_body)?;
+    let read = bytes.clone();
+    let model = off_the_loop(bytes.len(), move || top_level_model(&read)).await??;
     let route_header = headers
         .get("x-tierwise-route")
         .and_then(|value| value.to_str().ok());
@@ -79,30 +106,137 @@ async fn count(
             allowed: allowed.clone(),
         }));
     }
-    let step = resolved
-        .target
-        .chain
-        .first()
-        .cloned()
-        .ok_or_else(|| ApiError::internal(format!("'{model}' has no tier to count for")))?;
-    let counter = endpoint
-        .spec()
+    let standing = match snapshot.limits.admit_count(caller.key.as_ref()).await {
+        Ok(standing) => standing,
+        Err(refusal) => {
+            let quota = refusal.quota();
+            let mut response = ApiError::from(refusal).on(endpoint).into_response();
+            if let Some(quota) = quota {
+                set_quota(response.headers_mut(), &quota);
+            }
+            return Ok(response);
+        }
+    };
+    let spec = endpoint.spec();
+    let counter = spec
         .count_tokens
         .expect("the route is registered only for endpoints that count");
-    // A tokenizer over a large body is CPU work the event loop must not wait on.
-    let tokens = tokio::task::spawn_blocking(move || counter(&bytes, &step))
-        .await
-        .map_err(|_| {
-            ApiError::internal("counting failed inside the gateway; see its log".into())
-        })??;
-    let mut response = (
-        StatusCode::OK,
-        serde_json::json!({"input_tokens": tokens}).to_string(),
-    )
-        .into_response();
-    response.headers_mut().insert(
+    let check = spec.check_prompt;
+    let chain = resolved.target.chain.clone();
+    let route = resolved.route.map(|route| route.name.clone());
+    let upstreams = snapshot.upstreams(app.thread).clone();
+    let work = bytes.clone();
+    let estimated = off_the_loop(bytes.len(), move || -> Result<Estimated, Box<ApiError>> {
+        let refused = |err: RequestError| Box::new(ApiError::from(err));
+        if let Some(check) = check {
+            check(&work).map_err(refused)?;
+        }
+        let body = RequestBody::read(endpoint, &work).map_err(refused)?;
+        let step = chain::first_able(&upstreams, &chain, &body)
+            .map_err(|unserved| Box::new(ApiError::unserved(&unserved, route.as_deref())))?;
+        let ask = (step.tier.provider.api == Api::Anthropic).then(|| body.for_tier(step));
+        Ok(Estimated {
+            tokens: counter(&work, step),
+            step: step.clone(),
+            ask,
+        })
+    })
+    .await?
+    .map_err(|err| *err)?;
+    let mut response = match estimated.ask {
+        Some(ask) => ask_provider(&snapshot, app.thread, &estimated.step.tier, ask, &passed).await,
+        None => None,
+    }
+    .unwrap_or_else(|| answer(json_count(estimated.tokens), "estimate"));
+    if let Some(standing) = standing {
+        let quota = Quota {
+            token_counts: Some(standing),
+            ..Quota::default()
+        };
+        set_quota(response.headers_mut(), &quota);
+    }
+    Ok(response)
+}
+
+/// The body's top-level `model`, read without the rest of the body kept.
+fn top_level_model(bytes: &[u8]) -> Result<String, RequestError> {
+    #[derive(Deserialize)]
+    struct Model {
+        #[serde(default)]
+        model: Option<serde_json::Value>,
+    }
+    let model = serde_json::from_slice::<Model>(bytes)
+        .map_err(|err| RequestError::NotJson(err.to_string()))?
+        .model;
+    match model {
+        Some(serde_json::Value::String(model)) => Ok(model),
+        None | Some(serde_json::Value::Null) => Err(RequestError::field(
+            "model",
+            "is required: name a route, a tier or a model id",
+        )),
+        Some(_) => Err(RequestError::field(
+            "model",
+            "must be a string: a route, a tier or a model id",
+        )),
+    }
+}
+
+fn json_count(tokens: u64) -> Bytes {
+    Bytes::from(serde_json::json!({ "input_tokens": tokens }).to_string())
+}
+
+/// `body` as the answer, `x-tierwise-count` saying who counted.
+fn answer(body: Bytes, counted_by: &'static str) -> Response {
+    let mut response = (StatusCode::OK, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    Ok(response)
+    headers.insert(COUNT_HEADER, HeaderValue::from_static(counted_by));
+    response
+}
+
+/// The provider's own count of `ask` (the request as the tier gets it), or its refusal of the
+/// request as it came; `None` where it gave neither (no server with a closed breaker, an error
+/// that is not the request's, no answer in time), and the estimate answers.
+async fn ask_provider(
+    snapshot: &Snapshot,
+    thread: usize,
+    tier: &Tier,
+    ask: Vec<u8>,
+    passed: &[(HeaderName, HeaderValue)],
+) -> Option<Response> {
+    let Some(server) = snapshot.health.of(&tier.provider).least_loaded_closed() else {
+        tracing::debug!(tier = %tier.name, "no server of the provider is up to count; answering the estimate");
+        return None;
+    };
+    let deadline = PROVIDER_DEADLINE.min(tier.timeouts.total);
+    let counted = snapshot
+        .upstreams(thread)
+        .count_tokens(tier, server, ask, passed, deadline)
+        .await;
+    match counted {
+        Ok(ProviderCount::Counted { body, .. }) => Some(answer(body, "provider")),
+        Ok(ProviderCount::Refused(body)) => {
+            let mut response = (StatusCode::BAD_REQUEST, body).into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            headers.insert(COUNT_HEADER, HeaderValue::from_static("provider"));
+            Some(response)
+        }
+        Err(error) => {
+            tracing::warn!(
+                tier = %tier.name,
+                provider = %tier.provider.name,
+                reason = %error.reason(),
+                detail = %error.detail,
+                "the provider could not count the prompt; answering the gateway's estimate"
+            );
+            None
+        }
+    }
 }

@@ -222,12 +222,12 @@ impl ApiError {
         };
         let mut api = ApiError::new(status, kind, message).code(code);
         api.retry_after = error.retry_after.map(|d| d.as_secs().max(1));
-        // An Anthropic tier's 529 is its wire's 503 by now.
-        api.overloaded = matches!(
-            error.kind,
-            UpstreamErrorKind::Status(StatusCode::SERVICE_UNAVAILABLE)
-                | UpstreamErrorKind::Saturated
-        );
+        // A 503, an Anthropic tier's own 529, or a provider at its `max_in_flight`.
+        api.overloaded = match error.kind {
+            UpstreamErrorKind::Status(status) => matches!(status.as_u16(), 503 | 529),
+            UpstreamErrorKind::Saturated => true,
+            _ => false,
+        };
         api
     }
 }
@@ -255,6 +255,7 @@ impl From<Refusal> for ApiError {
                 let per = match limited.measure {
                     Measure::Requests => "requests per min (RPM)",
                     Measure::Tokens => "tokens per min (TPM)",
+                    Measure::TokenCounts => "token counts per min",
                 };
                 let wait = limited.retry_after;
                 let mut error = ApiError::new(

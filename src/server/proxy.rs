@@ -132,7 +132,7 @@ const MAX_PASSED_BYTES: usize = 1024;
 /// The client's headers its endpoint passes to a tier that takes the request as it came, grouped
 /// by name; refused when one is not what the upstream takes: empty, not a comma-separated list of
 /// names (`2023-06-01`, `context-1m-2025-08-07`), a version given twice, or over the bounds.
-fn passed_headers(
+pub(super) fn passed_headers(
     names: &[&'static str],
     headers: &HeaderMap,
 ) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
@@ -198,6 +198,10 @@ async fn proxy(
         passed,
     } = asks;
     let parsed = RequestBody::parse(endpoint, &bytes)?;
+    if let Some(check) = endpoint.spec().check_prompt {
+        let body = bytes.clone();
+        off_the_loop(bytes.len(), move || check(&body)).await??;
+    }
     // An endpoint with kept state (Responses) may continue an earlier answer: its body is then
     // written anew with the turns before, and read again.
     let scope = caller.key.as_ref().map_or("", |key| key.id.as_str());
@@ -596,7 +600,7 @@ fn set_headers(headers: &mut HeaderMap, facts: Facts<'_>) {
 
 /// The `x-ratelimit-*` headers as OpenAI sends them: each measure's limit, what is left of it
 /// counting this request, and how long until the limit is whole again (`1m30s`, `2.5s`, `20ms`).
-fn set_quota(headers: &mut HeaderMap, quota: &Quota) {
+pub(super) fn set_quota(headers: &mut HeaderMap, quota: &Quota) {
     for (standing, names) in [
         (
             quota.requests,
@@ -612,6 +616,14 @@ fn set_quota(headers: &mut HeaderMap, quota: &Quota) {
                 "x-ratelimit-limit-tokens",
                 "x-ratelimit-remaining-tokens",
                 "x-ratelimit-reset-tokens",
+            ],
+        ),
+        (
+            quota.token_counts,
+            [
+                "x-ratelimit-limit-token-counts",
+                "x-ratelimit-remaining-token-counts",
+                "x-ratelimit-reset-token-counts",
             ],
         ),
     ] {
@@ -646,6 +658,26 @@ fn reset_text(wait: std::time::Duration) -> String {
     } else {
         seconds
     }
+}
+
+/// A body up to this long is read through where the request runs (tens of microseconds); a longer
+/// one on the blocking pool.
+const READ_HERE_BYTES: usize = 16 * 1024;
+
+/// `work` over a body of `len` bytes whose cost grows with it (checking every block of a prompt,
+/// estimating its tokens): where the request runs for a short body, on the blocking pool for a
+/// long one, so that the event loop's other requests do not wait on it (10 MiB of small blocks
+/// took ~300 ms to check).
+pub(super) async fn off_the_loop<T: Send + 'static>(
+    len: usize,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    if len <= READ_HERE_BYTES {
+        return Ok(work());
+    }
+    tokio::task::spawn_blocking(work).await.map_err(|_| {
+        ApiError::internal("reading the request failed inside the gateway; see its log".into())
+    })
 }
 
 /// Reads the whole body, refusing more than `limit` bytes before reading them where the client

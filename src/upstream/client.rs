@@ -69,6 +69,8 @@ pub(super) struct ProviderClient {
     urls: Vec<Option<Uri>>,
     /// Azure OpenAI's: each deployment's endpoint URLs, in the same order.
     deployments: HashMap<String, Vec<Option<Uri>>>,
+    /// Where the provider's format counts a prompt's tokens (Anthropic's `count_tokens`).
+    pub(super) count_url: Option<Uri>,
 }
 
 impl ProviderClient {
@@ -82,6 +84,7 @@ impl ProviderClient {
         let headers = wire.headers(provider);
         let base = &server.base_url;
         let urls = wire.urls(provider, base)?;
+        let count_url = wire.count_url(base)?;
         let deployments = deployments
             .map(|name| {
                 Ok((
@@ -101,6 +104,7 @@ impl ProviderClient {
             headers,
             urls,
             deployments,
+            count_url,
         })
     }
 

@@ -89,6 +89,71 @@ fn lacks_endpoint(endpoint: Endpoint) -> UpstreamError {
     )
 }
 
+/// A request as it goes to one tier: where, through chat or not, and its body in the wire's
+/// format.
+struct Prepared<'a> {
+    url: &'a http::Uri,
+    /// How the endpoint is served through chat completions, and its request as the tier gets
+    /// it, where the provider's server does not serve it.
+    via_chat: Option<(crate::openai::ViaChat, Vec<u8>)>,
+    /// The endpoint the body is for.
+    sent: Endpoint,
+    body: Vec<u8>,
+}
+
+/// `body` (the endpoint's request as `tier` gets it) as `client`'s server takes it: an endpoint
+/// the server does not serve goes as a chat completion where it can, and the body in the
+/// provider's wire format; an error where the tier cannot take the request at all.
+fn prepare<'a>(
+    client: &'a ProviderClient,
+    tier: &Tier,
+    endpoint: Endpoint,
+    body: Vec<u8>,
+) -> Result<Prepared<'a>, UpstreamError> {
+    let (url, via_chat) = match (client.url(endpoint, tier), endpoint.spec().via_chat) {
+        (Some(url), _) => (url, None),
+        (None, Some(via)) => match client.url(Endpoint::ChatCompletions, tier) {
+            Some(url) => (url, Some((via, body.clone()))),
+            None => return Err(lacks_endpoint(endpoint)),
+        },
+        (None, None) => return Err(lacks_endpoint(endpoint)),
+    };
+    let body = match &via_chat {
+        Some((via, request)) => (via.request)(request, &tier.model).map_err(|err| {
+            let param = err.param().unwrap_or("input");
+            UpstreamError::new_detail(
+                UpstreamErrorKind::Lacks(Lack::Format(param)),
+                format!("a chat completions server cannot take it: {err}"),
+            )
+        })?,
+        None => body,
+    };
+    let sent = if via_chat.is_some() {
+        Endpoint::ChatCompletions
+    } else {
+        endpoint
+    };
+    let body = client.wire.encode(sent, body)?;
+    Ok(Prepared {
+        url,
+        via_chat,
+        sent,
+        body,
+    })
+}
+
+/// What a provider said of a prompt it was asked to count ([`Upstreams::count_tokens`]).
+#[derive(Debug)]
+pub enum ProviderCount {
+    /// Its count, and its answer as it came.
+    Counted { tokens: u64, body: Bytes },
+    /// It refused the request itself (a 400): its error as it came, in its own shape.
+    Refused(Bytes),
+}
+
+/// The most of a count's answer read: a number, or an error's few lines.
+const COUNT_BODY_BYTES: usize = 64 << 10;
+
 /// The HTTP clients, one per server of each provider (in the provider's order of servers),
 /// shared by every request.
 pub struct Upstreams {
@@ -155,31 +220,12 @@ impl Upstreams {
         let timeouts = tier.timeouts;
         let started = Instant::now();
         let client = self.client(provider, server);
-        // An endpoint the provider does not serve goes as a chat completion where it can.
-        let (url, via_chat) = match (client.url(endpoint, tier), endpoint.spec().via_chat) {
-            (Some(url), _) => (url, None),
-            (None, Some(via)) => match client.url(Endpoint::ChatCompletions, tier) {
-                Some(url) => (url, Some((via, body.clone()))),
-                None => return Err(lacks_endpoint(endpoint)),
-            },
-            (None, None) => return Err(lacks_endpoint(endpoint)),
-        };
-        let body = match &via_chat {
-            Some((via, request)) => (via.request)(request, &tier.model).map_err(|err| {
-                let param = err.param().unwrap_or("input");
-                UpstreamError::new_detail(
-                    UpstreamErrorKind::Lacks(Lack::Format(param)),
-                    format!("a chat completions server cannot take it: {err}"),
-                )
-            })?,
-            None => body,
-        };
-        let sent = if via_chat.is_some() {
-            Endpoint::ChatCompletions
-        } else {
-            endpoint
-        };
-        let body = client.wire.encode(sent, body)?;
+        let Prepared {
+            url,
+            via_chat,
+            sent,
+            body,
+        } = prepare(client, tier, endpoint, body)?;
         // The endpoint's own headers mean nothing to a server that gets the request translated.
         let headers = if via_chat.is_none() {
             operators_choice(provider, from_client.headers)
@@ -272,6 +318,72 @@ impl Upstreams {
             body: Bytes::from(body),
             usage,
         })
+    }
+
+    /// Whether `tier` can take `body` (the endpoint's request as the tier gets it) at all — its
+    /// provider's format serves the endpoint, or chat completions carry it — found as a call
+    /// finds it ([`Upstreams::send`]), without calling.
+    pub fn can_take(
+        &self,
+        tier: &Tier,
+        endpoint: Endpoint,
+        body: Vec<u8>,
+    ) -> Result<(), UpstreamError> {
+        prepare(self.client(&tier.provider, 0), tier, endpoint, body).map(drop)
+    }
+
+    /// The provider's own count of a Messages request's input tokens (Anthropic's `POST
+    /// …/messages/count_tokens`) on its server at `server`, with the provider's key and the
+    /// client's headers the operator lets through, within `deadline`: the count as the provider
+    /// answered it, or the provider's refusal of the request itself (a 400, not one that says the
+    /// account's money is spent) as it came, or why there is neither.
+    pub async fn count_tokens(
+        &self,
+        tier: &Tier,
+        server: usize,
+        body: Vec<u8>,
+        headers: &[(http::HeaderName, http::HeaderValue)],
+        deadline: Duration,
+    ) -> Result<ProviderCount, UpstreamError> {
+        #[derive(Deserialize)]
+        struct Counted {
+            input_tokens: u64,
+        }
+        let client = self.client(&tier.provider, server);
+        let Some(url) = &client.count_url else {
+            return Err(lacks_endpoint(Endpoint::Messages));
+        };
+        let body = client.wire.count_body(&body)?;
+        let headers = operators_choice(&tier.provider, headers);
+        let call = async {
+            let response = client.post(url, body, None, &headers).await?;
+            let status = response.status();
+            let head = response.headers().clone();
+            let body = read_capped(response, COUNT_BODY_BYTES).await?;
+            Ok::<_, UpstreamError>((status, head, body))
+        };
+        let (status, head, body) = tokio::time::timeout(deadline, call)
+            .await
+            .map_err(|_| UpstreamError::new(UpstreamErrorKind::TimeoutTotal, deadline))??;
+        if status.is_success() {
+            let counted: Counted = serde_json::from_slice(&body).map_err(|err| {
+                UpstreamError::malformed(format!("the count is not Anthropic's: {err}"))
+            })?;
+            return Ok(ProviderCount::Counted {
+                tokens: counted.input_tokens,
+                body,
+            });
+        }
+        let error = client.wire.refusal(status, body.clone(), &head);
+        match error.kind {
+            UpstreamErrorKind::Status(http::StatusCode::BAD_REQUEST)
+            | UpstreamErrorKind::ContextTooLong
+                if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok() =>
+            {
+                Ok(ProviderCount::Refused(body))
+            }
+            _ => Err(error),
+        }
     }
 
     /// The health probe of one server: does it answer, with its key accepted? A 5xx, 429, 401, 403,

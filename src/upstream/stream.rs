@@ -558,7 +558,9 @@ fn early_error(data: &str, what: &str) -> UpstreamError {
         return UpstreamError::stream_broken(what.into());
     }
     UpstreamError {
-        kind: UpstreamErrorKind::Status(http::StatusCode::SERVICE_UNAVAILABLE),
+        kind: UpstreamErrorKind::Status(
+            http::StatusCode::from_u16(529).expect("529 is a status code"),
+        ),
         detail: format!("{what}: overloaded_error (Anthropic's 529)"),
         body: Bytes::copy_from_slice(data.as_bytes()),
         retry_after: None,

@@ -8,6 +8,7 @@ mod cache;
 mod cli;
 mod config;
 mod context;
+mod count_tokens;
 mod dashboard;
 mod docs;
 mod egress;

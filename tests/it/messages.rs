@@ -778,7 +778,7 @@ async fn an_overload_right_after_message_start_falls_back() {
     anthropic.set_fault(Fault::ErrorMidStream { after: 1 });
     let request = json!({"model": "agent", "max_tokens": 9, "messages": hi, "stream": true});
     let answer = message(&gw, request.clone()).await;
-    answer.assert_served_by("local", "claude:http_503");
+    answer.assert_served_by("local", "claude:http_529");
     let events = events_of(&answer.text);
     assert_eq!(events[0].0, "message_start", "{}", answer.text);
     assert!(

@@ -337,7 +337,8 @@ async fn anthropic_refusals_reach_the_client_in_openais_shape_and_overload_falls
         "a request's own fault is not retried elsewhere"
     );
 
-    // 529 is Anthropic's overload: the provider's failure, as a 503, and the next tier answers.
+    // 529 is Anthropic's overload: the provider's failure, as a 503 is, named `http_529`; the next
+    // tier answers.
     anthropic.set_fault(Fault::Status {
         status: 529,
         body: None,
@@ -345,10 +346,10 @@ async fn anthropic_refusals_reach_the_client_in_openais_shape_and_overload_falls
     });
     gw.ask("claude_first")
         .await
-        .assert_served_by("api_fast", "claude:http_503");
+        .assert_served_by("api_fast", "claude:http_529");
     gw.ask_stream("claude_first")
         .await
-        .assert_served_by("api_fast", "claude:http_503");
+        .assert_served_by("api_fast", "claude:http_529");
     gw.shutdown().await;
 }
 
@@ -440,7 +441,7 @@ async fn anthropic_stream_faults_fall_back_before_the_first_event_and_end_cleanl
         anthropic.set_fault(fault.clone());
         let answer = gw.ask_stream("claude_first").await;
         // The fake's error is Anthropic's `overloaded_error`: the provider's overload, as its 529.
-        answer.assert_served_by("api_fast", "claude:http_503");
+        answer.assert_served_by("api_fast", "claude:http_529");
         assert_eq!(
             streamed(&answer.text).errors,
             Vec::<Value>::new(),
@@ -462,7 +463,7 @@ async fn anthropic_stream_faults_fall_back_before_the_first_event_and_end_cleanl
     // Overloaded, or cut, right after `message_start` and before the answer began: nothing of it
     // has reached the client, so the request still falls back.
     for (fault, why) in [
-        (Fault::ErrorMidStream { after: 1 }, "claude:http_503"),
+        (Fault::ErrorMidStream { after: 1 }, "claude:http_529"),
         (Fault::CutAfterChunks { chunks: 1 }, "claude:stream_broken"),
     ] {
         anthropic.set_fault(fault);

@@ -121,6 +121,25 @@ def test_count_tokens(claude, fakes):
     assert longer.input_tokens > counted.input_tokens
 
 
+def test_count_tokens_asks_an_anthropic_tier_and_raises_its_refusal(claude, fakes):
+    _, api = fakes
+    api.behave(prompt_tokens=321)
+    raw = claude.messages.with_raw_response.count_tokens(model="claude_first", messages=HI)
+    assert raw.parse().input_tokens == 321
+    assert raw.headers["x-tierwise-count"] == "provider"
+    asked = api.requests()[-1]
+    assert asked["path"] == "/v1/messages/count_tokens"
+    assert "max_tokens" not in asked["body"]
+    api.behave(fault={"kind": "status", "status": 400})
+    with pytest.raises(anthropic.BadRequestError):
+        claude.messages.count_tokens(model="claude_first", messages=HI)
+    # Anthropic down: the gateway's estimate answers.
+    api.behave(fault={"kind": "status", "status": 500})
+    raw = claude.messages.with_raw_response.count_tokens(model="claude_first", messages=HI)
+    assert raw.parse().input_tokens > 0
+    assert raw.headers["x-tierwise-count"] == "estimate"
+
+
 def test_errors_are_the_sdks_own_exceptions(claude, fakes, gateway_url):
     with pytest.raises(anthropic.NotFoundError) as refused:
         claude.messages.create(model="no-such-model", max_tokens=9, messages=HI)

@@ -22,7 +22,7 @@
 //! `cache_write_tokens` = the cache writes, each priced at its own price.
 //!
 //! Errors (`{"type": "error", "error": {"type", "message"}}`) are rewritten in OpenAI's shape for the
-//! client; 529 (`overloaded_error`) is taken as 503, the provider's overload.
+//! client; 529 (`overloaded_error`) is the provider's overload, as a 503 is (`http_529`).
 
 use std::collections::HashMap;
 
@@ -58,6 +58,42 @@ pub(super) fn urls(base: &url::Url) -> Result<Vec<Option<Uri>>, UpstreamError> {
             Endpoint::Embeddings | Endpoint::Responses => Ok(None),
         })
         .collect()
+}
+
+/// Anthropic's own count of a Messages request's input tokens, `{base_url}/messages/count_tokens`.
+pub(super) fn count_url(base: &url::Url) -> Result<Uri, UpstreamError> {
+    uri(base, "messages/count_tokens")
+}
+
+/// The fields of a Messages request that Anthropic's `count_tokens` takes: it refuses any other
+/// ("Extra inputs are not permitted"), `max_tokens`, `stream` and the sampling parameters among
+/// them.
+const COUNTED: [&str; 11] = [
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "cache_control",
+    "output_config",
+    "speed",
+    "mcp_servers",
+    "context_management",
+];
+
+/// A Messages request (as its tier gets it) as a body for `count_tokens`: its fields that
+/// counting takes, as they came.
+pub(super) fn count_body(body: &[u8]) -> Result<Vec<u8>, UpstreamError> {
+    let fields: indexmap::IndexMap<String, &serde_json::value::RawValue> =
+        serde_json::from_slice(body)
+            .map_err(|_| untranslatable("messages", "the request is not a JSON object"))?;
+    let counted: indexmap::IndexMap<&str, &serde_json::value::RawValue> = fields
+        .iter()
+        .filter(|(name, _)| COUNTED.contains(&name.as_str()))
+        .map(|(name, value)| (name.as_str(), *value))
+        .collect();
+    Ok(serde_json::to_vec(&counted).expect("raw JSON values always serialize"))
 }
 
 /// A request the Messages API cannot carry: another tier may take it.
@@ -635,13 +671,9 @@ pub(super) fn refusal(status: StatusCode, body: Bytes, headers: &HeaderMap) -> U
     struct Envelope {
         error: ErrorBody,
     }
-    // 529 is Anthropic's own overload: the provider's, as 503 is (its detail still says 529).
+    // 529 is Anthropic's own overload: the provider's failure, as a 503 is, and named as it came
+    // (`http_529`) in the fallback header and the ledger.
     let overloaded = status.as_u16() == 529;
-    let status = if overloaded {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        status
-    };
     let parsed = serde_json::from_slice::<Envelope>(&body);
     let spent = parsed
         .as_ref()
@@ -1131,7 +1163,7 @@ mod tests {
         assert_eq!(so_far, Some(crate::upstream::UsageSoFar::Whole(whole)));
     }
 
-    /// Anthropic's errors in OpenAI's shape; 529 is the provider's overload, as 503; a prompt too
+    /// Anthropic's errors in OpenAI's shape; 529 is the provider's overload, as a 503 is; a prompt too
     /// long is the request's size, with the window it states.
     #[test]
     fn errors_read_in_openais_terms() {
@@ -1142,8 +1174,9 @@ mod tests {
         );
         assert_eq!(
             overloaded.kind,
-            UpstreamErrorKind::Status(StatusCode::SERVICE_UNAVAILABLE)
+            UpstreamErrorKind::Status(StatusCode::from_u16(529).unwrap())
         );
+        assert_eq!(overloaded.reason(), "http_529");
         assert!(overloaded.is_retryable() && overloaded.counts_against_provider());
         let invalid = refusal(
             StatusCode::BAD_REQUEST,

@@ -66,6 +66,23 @@ impl Wire {
         }
     }
 
+    /// Where the format counts a prompt's tokens without answering it, resolved once per server;
+    /// `None` where it has no such endpoint.
+    pub(super) fn count_url(&self, base: &Url) -> Result<Option<Uri>, UpstreamError> {
+        match self {
+            Wire::OpenAi | Wire::Azure => Ok(None),
+            Wire::Anthropic => anthropic::count_url(base).map(Some),
+        }
+    }
+
+    /// A request of the format's own endpoint as its prompt count takes it.
+    pub(super) fn count_body(&self, body: &[u8]) -> Result<Vec<u8>, UpstreamError> {
+        match self {
+            Wire::OpenAi | Wire::Azure => Ok(body.to_vec()),
+            Wire::Anthropic => anthropic::count_body(body),
+        }
+    }
+
     /// The URL of each endpoint of one Azure deployment, in the same order.
     pub(super) fn deployment_urls(
         &self,

@@ -1,7 +1,8 @@
 //! A fake OpenAI-compatible upstream (`/v1/chat/completions`, `/v1/embeddings`, `/v1/models`) with
 //! the faults tests need set as data: down, hanging, slow, 5xx, 429, malformed JSON, a stream cut
 //! before or after its first chunk, no usage. The same fake speaks Anthropic's Messages API
-//! (`POST /v1/messages`, its stream events, its usage and its error bodies) and Azure OpenAI's
+//! (`POST /v1/messages`, its stream events, its usage and its error bodies, and
+//! `POST /v1/messages/count_tokens`) and Azure OpenAI's
 //! deployments (`/openai/deployments/{deployment}/chat/completions` and `…/embeddings`, with
 //! `?api-version=…` and an `api-key` header, the first stream chunk carrying only
 //! `prompt_filter_results`, Azure's error bodies and content-filter refusal), each as its public
@@ -470,6 +471,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/v1/messages", post(anthropic_messages))
+        .route("/v1/messages/count_tokens", post(anthropic_count_tokens))
         .route("/v1/responses", post(responses))
         .route(
             "/openai/deployments/{deployment}/chat/completions",
@@ -1305,6 +1307,45 @@ async fn list_requests(State(shared): State<Arc<Shared>>) -> Json<Vec<Recorded>>
 /// among them), usage with the input the prompt cache read and wrote counted apart, as Anthropic's
 /// reference documents them. `Fault::ErrorMidStream` ends a stream with Anthropic's
 /// `overloaded_error` event, as its API does when it is overloaded mid-answer.
+/// Anthropic's `count_tokens`: the faults as on messages; a field counting does not take refused
+/// as Anthropic refuses it; otherwise `{"input_tokens": prompt_tokens}`.
+async fn anthropic_count_tokens(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "fake upstream: body is not JSON").into_response();
+    };
+    record(&shared, "/v1/messages/count_tokens", &headers, &body);
+    let behavior = behavior_for_request(&shared, request["model"].as_str());
+    if let Some(response) = before_answer_in(Format::Anthropic, &behavior.fault).await {
+        return response;
+    }
+    let taken = [
+        "model",
+        "messages",
+        "system",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "cache_control",
+        "output_config",
+        "speed",
+        "mcp_servers",
+        "context_management",
+    ];
+    if let Some(extra) = request
+        .as_object()
+        .and_then(|fields| fields.keys().find(|name| !taken.contains(&name.as_str())))
+    {
+        let message = format!("{extra}: Extra inputs are not permitted");
+        let error = json!({"type": "error", "error": {"type": "invalid_request_error", "message": message}});
+        return (StatusCode::BAD_REQUEST, Json(error)).into_response();
+    }
+    Json(json!({"input_tokens": behavior.prompt_tokens})).into_response()
+}
+
 async fn anthropic_messages(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
