@@ -149,6 +149,9 @@ pub enum ProviderCount {
     Counted { tokens: u64, body: Bytes },
     /// It refused the request itself (a 400): its error as it came, in its own shape.
     Refused(Bytes),
+    /// It said the prompt does not fit the model's window: sending it, the chain would go on to
+    /// its next tier, so this is not the request's fault. Its error as it came.
+    TooLong(Bytes),
 }
 
 /// The most of a count's answer read: a number, or an error's few lines.
@@ -334,7 +337,8 @@ impl Upstreams {
     /// …/messages/count_tokens`) on its server at `server`, with the provider's key and the
     /// client's headers the operator lets through, within `deadline`: the count as the provider
     /// answered it, or the provider's refusal of the request itself (a 400, not one that says the
-    /// account's money is spent) as it came, or why there is neither.
+    /// account's money is spent) as it came, or its refusal of a prompt too long for the model,
+    /// or why there is none of these.
     pub async fn count_tokens(
         &self,
         tier: &Tier,
@@ -373,13 +377,12 @@ impl Upstreams {
             });
         }
         let error = client.wire.refusal(status, body.clone(), &head);
+        let readable = serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok();
         match error.kind {
-            UpstreamErrorKind::Status(http::StatusCode::BAD_REQUEST)
-            | UpstreamErrorKind::ContextTooLong
-                if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok() =>
-            {
+            UpstreamErrorKind::Status(http::StatusCode::BAD_REQUEST) if readable => {
                 Ok(ProviderCount::Refused(body))
             }
+            UpstreamErrorKind::ContextTooLong if readable => Ok(ProviderCount::TooLong(body)),
             _ => Err(error),
         }
     }

@@ -373,6 +373,46 @@ async fn an_anthropic_tier_is_asked_and_its_refusal_passed_on() {
     gw.shutdown().await;
 }
 
+/// Anthropic's "prompt is too long" is not the request's fault: sending it, the chain goes on to
+/// the next tier, so the count is that tier's estimate (`x-tierwise-count: estimate`), as
+/// `/v1/messages` serves it there; only where no later tier can take it is the 400 passed on.
+#[tokio::test]
+async fn a_prompt_too_long_for_anthropic_counts_for_the_next_tier() {
+    let (_local, anthropic, gw) = setup().await;
+    let too_long = json!({"type": "error", "error": {"type": "invalid_request_error",
+        "message": "prompt is too long: 250000 tokens > 200000 maximum"}});
+    anthropic.set_fault(Fault::Status {
+        status: 400,
+        body: Some(too_long.to_string()),
+        retry_after: None,
+    });
+    let body = json!({"model": "agent", "messages": user(json!("Hi there"))});
+    let answer = count(&gw, &body).await;
+    assert_eq!(
+        answer.header("x-tierwise-count"),
+        Some("estimate"),
+        "{}",
+        answer.text
+    );
+    let mut as_local = body.clone();
+    as_local["model"] = json!("local");
+    assert_eq!(tokens(&answer), tokens(&count(&gw, &as_local).await));
+    let mut sent = body.clone();
+    sent["max_tokens"] = json!(9);
+    let served = message(&gw, &sent).await;
+    assert_eq!(served.status, 200, "{}", served.text);
+    assert_eq!(served.header("x-tierwise-tier"), Some("local"));
+
+    let alone = count(
+        &gw,
+        &json!({"model": "haiku", "messages": user(json!("Hi"))}),
+    )
+    .await;
+    assert_eq!(alone.status, 400, "{}", alone.text);
+    assert_eq!(alone.body, too_long);
+    gw.shutdown().await;
+}
+
 /// Anthropic failing to count (500, 529, 401, a hang past the deadline) leaves the gateway's
 /// estimate as the answer (`x-tierwise-count: estimate`), PDFs counted by their pages; the
 /// failures feed no breaker (it opens at one) and a count takes no `max_in_flight` slot (the
