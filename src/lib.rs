@@ -35,6 +35,7 @@
 //!   once — read after admission, where a hit answers.
 //! - [`health`]: per server of each provider, the circuit breaker and in-flight count and cap the
 //!   chain consults before each attempt, the active probes that feed the breakers, and warm-up;
+//!   the cap on a provider's own token counts out at once (`count_tokens`, which takes no slot);
 //!   which of a provider's servers takes a call (least loaded of two random choices, load being
 //!   calls in flight and the queue a server's vLLM metrics report, read off the request path).
 //! - [`upstream`]: the pooled HTTP client per server of each provider (hyper-util over rustls, through the

@@ -11,12 +11,14 @@
 //!    ([`chain::first_able`]: a request no tier can carry, images to a route without a vision
 //!    tier, is refused as sending it would be), and estimate it as that tier would get it;
 //! 4. where that tier's provider counts prompts itself (Anthropic's `count_tokens`), ask it, on its
-//!    least loaded server whose breaker is closed, within [`PROVIDER_DEADLINE`]: its count is the
-//!    answer, its 400 (the prompt is wrong) the client's error as it came; its "prompt is too
-//!    long" is not the request's fault, as the chain would send it on, so the next tier that can
-//!    take it gives its estimate (the 400 only where none can); any other failure
-//!    leaves the estimate as the answer, with a warning in the log. The call takes no
-//!    `max_in_flight` slot and feeds no breaker: a count is not the tier's traffic.
+//!    least loaded server whose breaker is closed, within [`PROVIDER_DEADLINE`], with at most
+//!    [`crate::health::MAX_COUNTS_IN_FLIGHT`] counts of a provider out at once (past them the
+//!    estimate answers at once): its count is the answer, its 400 (the prompt is wrong) the
+//!    client's error as it came; its "prompt is too long" is not the request's fault, as the
+//!    chain would send it on, so the next tier that can take it gives its estimate (the 400 only
+//!    where none can); any other failure leaves the estimate as the answer, with a warning in the
+//!    log (at most once a minute a provider). The call takes no `max_in_flight` slot and feeds no
+//!    breaker: a count is not the tier's traffic.
 //!
 //! `x-tierwise-count: provider|estimate` says which answered. Nothing is written to the ledger.
 
@@ -246,7 +248,12 @@ async fn ask_provider(
     ask: Vec<u8>,
     passed: &[(HeaderName, HeaderValue)],
 ) -> Asked {
-    let Some(server) = snapshot.health.of(&tier.provider).least_loaded_closed() else {
+    let health = snapshot.health.of(&tier.provider);
+    let Some(_counting) = health.counts.try_enter() else {
+        tracing::debug!(tier = %tier.name, "the provider's counts are all out; answering the estimate");
+        return Asked::Nothing;
+    };
+    let Some(server) = health.least_loaded_closed() else {
         tracing::debug!(tier = %tier.name, "no server of the provider is up to count; answering the estimate");
         return Asked::Nothing;
     };
@@ -260,13 +267,23 @@ async fn ask_provider(
         Ok(ProviderCount::Refused(body)) => Asked::Answered(refusal(body)),
         Ok(ProviderCount::TooLong(body)) => Asked::TooLong(refusal(body)),
         Err(error) => {
-            tracing::warn!(
-                tier = %tier.name,
-                provider = %tier.provider.name,
-                reason = %error.reason(),
-                detail = %error.detail,
-                "the provider could not count the prompt; answering the gateway's estimate"
-            );
+            if health.counts.should_warn() {
+                tracing::warn!(
+                    tier = %tier.name,
+                    provider = %tier.provider.name,
+                    reason = %error.reason(),
+                    detail = %error.detail,
+                    "the provider could not count the prompt; answering the gateway's estimate (warned at most once a minute a provider)"
+                );
+            } else {
+                tracing::debug!(
+                    tier = %tier.name,
+                    provider = %tier.provider.name,
+                    reason = %error.reason(),
+                    detail = %error.detail,
+                    "the provider could not count the prompt; answering the gateway's estimate"
+                );
+            }
             Asked::Nothing
         }
     }

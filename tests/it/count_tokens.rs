@@ -495,6 +495,55 @@ async fn anthropic_failures_answer_the_estimate_without_the_breaker_or_a_slot() 
     gw.shutdown().await;
 }
 
+/// At most four counts of a provider are out at once: with four hanging at Anthropic, a fifth
+/// is answered with the estimate without a call.
+#[tokio::test]
+async fn a_providers_counts_out_at_once_are_capped() {
+    let (_local, anthropic, gw) = setup().await;
+    anthropic.set_behavior(tierwise_fake::Behavior {
+        fault: Fault::Hang,
+        fault_model: Some("claude-haiku-4-5".into()),
+        ..Default::default()
+    });
+    let body = json!({"model": "haiku", "messages": user(json!("Hi"))});
+    let hanging: Vec<_> = (0..tierwise::health::MAX_COUNTS_IN_FLIGHT)
+        .map(|_| {
+            let (url, http, body) = (gw.url.clone(), gw.http.clone(), body.to_string());
+            tokio::spawn(async move {
+                http.post(format!("{url}/v1/messages/count_tokens"))
+                    .header("x-api-key", CLIENT_KEY)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+            })
+        })
+        .collect();
+    wait_until(
+        "the counts to reach Anthropic",
+        Duration::from_secs(5),
+        || anthropic.requests().len() == tierwise::health::MAX_COUNTS_IN_FLIGHT,
+    )
+    .await;
+    let answer = count(&gw, &body).await;
+    assert_eq!(
+        answer.header("x-tierwise-count"),
+        Some("estimate"),
+        "{}",
+        answer.text
+    );
+    tokens(&answer);
+    assert_eq!(
+        anthropic.requests().len(),
+        tierwise::health::MAX_COUNTS_IN_FLIGHT,
+        "the fifth count was sent"
+    );
+    for hung in hanging {
+        hung.await.unwrap().unwrap();
+    }
+    gw.shutdown().await;
+}
+
 /// On the Messages paths the key in `x-api-key` wins over `Authorization: Bearer` when both are
 /// sent, as Anthropic's SDKs send their key there.
 #[tokio::test]
