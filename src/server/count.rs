@@ -152,7 +152,16 @@ async fn count(
         let body = RequestBody::read(endpoint, &work).map_err(refused)?;
         let step = chain::first_able(&able, &whole, &body)
             .map_err(|unserved| Box::new(ApiError::unserved(&unserved, route.as_deref())))?;
-        let ask = (step.tier.provider.api == Api::Anthropic).then(|| body.for_tier(step));
+        // The body to ask with is made here, off the event loop: it parses the whole request.
+        // One the provider could not be asked with leaves the estimate as the answer.
+        let ask = (step.tier.provider.api == Api::Anthropic)
+            .then(|| able.count_request(&step.tier, &body.for_tier(step)))
+            .and_then(|made| {
+                made.inspect_err(|error| {
+                    tracing::debug!(tier = %step.tier.name, %error, "the request cannot be counted by its provider");
+                })
+                .ok()
+            });
         Ok(Estimated {
             tokens: counter(&work, step),
             position: whole

@@ -333,8 +333,16 @@ impl Upstreams {
         prepare(self.client(&tier.provider, 0), tier, endpoint, body).map(drop)
     }
 
+    /// The body `tier`'s provider is asked to count `body` (a Messages request as the tier gets
+    /// it) with: its fields that counting takes. A whole parse of the request, for the blocking
+    /// pool where the body is large.
+    pub fn count_request(&self, tier: &Tier, body: &[u8]) -> Result<Vec<u8>, UpstreamError> {
+        self.client(&tier.provider, 0).wire.count_body(body)
+    }
+
     /// The provider's own count of a Messages request's input tokens (Anthropic's `POST
-    /// …/messages/count_tokens`) on its server at `server`, with the provider's key and the
+    /// …/messages/count_tokens`), `body` made by [`Upstreams::count_request`], on its server at
+    /// `server`, with the provider's key and the
     /// client's headers the operator lets through, within `deadline`: the count as the provider
     /// answered it, or the provider's refusal of the request itself (a 400, not one that says the
     /// account's money is spent) as it came, or its refusal of a prompt too long for the model,
@@ -355,7 +363,6 @@ impl Upstreams {
         let Some(url) = &client.count_url else {
             return Err(lacks_endpoint(Endpoint::Messages));
         };
-        let body = client.wire.count_body(&body)?;
         let headers = operators_choice(&tier.provider, headers);
         let call = async {
             let response = client.post(url, body, None, &headers).await?;
