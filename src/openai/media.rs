@@ -12,6 +12,8 @@ use base64::engine::general_purpose::STANDARD;
 
 /// An image's long edge once Anthropic has scaled it down to fit.
 const MAX_EDGE: f64 = 1568.0;
+/// The longest edge Anthropic takes an image with: larger ones it refuses.
+const MAX_IMAGE_EDGE: u64 = 8000;
 /// Pixels a token, in Anthropic's formula.
 const PIXELS_PER_TOKEN: f64 = 750.0;
 /// The most one image counts: about 1.15–1.2 megapixels, the largest Anthropic keeps.
@@ -42,10 +44,12 @@ const MAX_PREFIX: usize = 1 << 20;
 /// The base64 decoded at a time while counting a PDF's pages (a multiple of 4).
 const PDF_SLICE: usize = 256 << 10;
 
-/// The tokens of an image `width` × `height` px, scaled as Anthropic scales it.
+/// The tokens of an image `width` × `height` px, scaled as Anthropic scales it. A size no image
+/// has (an edge of 0, or past [`MAX_IMAGE_EDGE`], which Anthropic refuses) is not believed: the
+/// header lies or the data is not what it says, and it counts at the cap.
 pub fn image_tokens(width: u64, height: u64) -> u64 {
-    if width == 0 || height == 0 {
-        return 1;
+    if width == 0 || height == 0 || width.max(height) > MAX_IMAGE_EDGE {
+        return IMAGE_CAP;
     }
     let (mut w, mut h) = (width as f64, height as f64);
     let long = w.max(h);
@@ -253,7 +257,11 @@ mod tests {
         // Scaled to a long edge of 1568 px, then capped.
         assert_eq!(image_tokens(3136, 200), 1568 * 100 / 750 + 1);
         assert_eq!(image_tokens(4000, 4000), IMAGE_CAP);
-        assert_eq!(image_tokens(0, 10), 1);
+        // Sizes no image has count at the cap, not at 1.
+        assert_eq!(image_tokens(0, 10), IMAGE_CAP);
+        assert_eq!(image_tokens(0, 0), IMAGE_CAP);
+        assert_eq!(image_tokens(u64::from(u32::MAX), 1), IMAGE_CAP);
+        assert_eq!(image_tokens(8000, 1), 1);
     }
 
     #[test]

@@ -272,7 +272,9 @@ async fn ask_provider(
         .count_tokens(tier, server, ask, passed, deadline)
         .await;
     match counted {
-        Ok(ProviderCount::Counted { body, .. }) => Asked::Answered(answer(body, "provider")),
+        Ok(ProviderCount::Counted(tokens)) => {
+            Asked::Answered(answer(json_count(tokens), "provider"))
+        }
         Ok(ProviderCount::Refused(body)) => Asked::Answered(refusal(body)),
         Ok(ProviderCount::TooLong(body)) => Asked::TooLong(refusal(body)),
         Err(error) => {

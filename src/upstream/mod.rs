@@ -145,8 +145,8 @@ fn prepare<'a>(
 /// What a provider said of a prompt it was asked to count ([`Upstreams::count_tokens`]).
 #[derive(Debug)]
 pub enum ProviderCount {
-    /// Its count, and its answer as it came.
-    Counted { tokens: u64, body: Bytes },
+    /// Its count (its answer is not passed on as it came: only the number is the client's).
+    Counted(u64),
     /// It refused the request itself (a 400): its error as it came, in its own shape.
     Refused(Bytes),
     /// It said the prompt does not fit the model's window: sending it, the chain would go on to
@@ -295,7 +295,7 @@ impl Upstreams {
         }
         let headers = (!status.is_success()).then(|| response.headers().clone());
         let left = timeouts.total.saturating_sub(started.elapsed());
-        let read = read_capped(response, self.max_answer_bytes);
+        let read = read_capped(response, self.max_answer_bytes, "server.max_answer_bytes");
         let body = match tokio::time::timeout(left, read).await {
             Ok(Ok(body)) => body,
             Ok(Err(err)) => return Err(err),
@@ -368,7 +368,12 @@ impl Upstreams {
             let response = client.post(url, body, None, &headers).await?;
             let status = response.status();
             let head = response.headers().clone();
-            let body = read_capped(response, COUNT_BODY_BYTES).await?;
+            let body = read_capped(
+                response,
+                COUNT_BODY_BYTES,
+                "the gateway's cap on a count's answer",
+            )
+            .await?;
             Ok::<_, UpstreamError>((status, head, body))
         };
         let (status, head, body) = tokio::time::timeout(deadline, call)
@@ -378,10 +383,7 @@ impl Upstreams {
             let counted: Counted = serde_json::from_slice(&body).map_err(|err| {
                 UpstreamError::malformed(format!("the count is not Anthropic's: {err}"))
             })?;
-            return Ok(ProviderCount::Counted {
-                tokens: counted.input_tokens,
-                body,
-            });
+            return Ok(ProviderCount::Counted(counted.input_tokens));
         }
         let error = client.wire.refusal(status, body.clone(), &head);
         let readable = serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok();
@@ -423,7 +425,11 @@ impl Upstreams {
         if error::provider_fault(status) {
             return Err(UpstreamError::status(status, Bytes::new(), None));
         }
-        let read = read_capped(response, PROBE_BODY_BYTES);
+        let read = read_capped(
+            response,
+            PROBE_BODY_BYTES,
+            "the gateway's cap on a probe's answer",
+        );
         Ok(match tokio::time::timeout(policy.timeout, read).await {
             Ok(Ok(body)) => body,
             _ => Bytes::new(),
@@ -459,10 +465,14 @@ impl Upstreams {
             if !status.is_success() {
                 return Err(format!("answered {status}"));
             }
-            read_capped(response, METRICS_BODY_BYTES)
-                .await
-                .map(Some)
-                .map_err(|err| err.reason())
+            read_capped(
+                response,
+                METRICS_BODY_BYTES,
+                "the gateway's cap on a server's metrics",
+            )
+            .await
+            .map(Some)
+            .map_err(|err| err.reason())
         };
         match tokio::time::timeout(limit, read).await {
             Ok(Ok(Some(page))) => ServerMetrics::Page(page),
@@ -494,10 +504,17 @@ impl Upstreams {
             if !response.status().is_success() {
                 return None;
             }
-            tokio::time::timeout(limit, read_capped(response, PROBE_BODY_BYTES))
-                .await
-                .ok()?
-                .ok()
+            tokio::time::timeout(
+                limit,
+                read_capped(
+                    response,
+                    PROBE_BODY_BYTES,
+                    "the gateway's cap on a probe's answer",
+                ),
+            )
+            .await
+            .ok()?
+            .ok()
         };
         let show = serde_json::to_vec(&serde_json::json!({ "model": model }))
             .expect("a JSON value serializes");
@@ -538,7 +555,11 @@ impl Upstreams {
             }
         };
         let status = response.status();
-        let read = read_capped(response, PROBE_BODY_BYTES);
+        let read = read_capped(
+            response,
+            PROBE_BODY_BYTES,
+            "the gateway's cap on a probe's answer",
+        );
         let body = match tokio::time::timeout(limit, read).await {
             Ok(body) => body?,
             Err(_) => return Err(UpstreamError::new(UpstreamErrorKind::TimeoutTotal, limit)),
@@ -552,13 +573,18 @@ impl Upstreams {
 }
 
 /// Reads a whole answer, refusing one larger than `limit` (before reading it, where the upstream
-/// declared its length).
-async fn read_capped(response: Response<Incoming>, limit: usize) -> Result<Bytes, UpstreamError> {
+/// declared its length). `cap` names that limit (a setting, or which of the gateway's own caps)
+/// in the error, so that the log sends no one to the wrong setting.
+async fn read_capped(
+    response: Response<Incoming>,
+    limit: usize,
+    cap: &'static str,
+) -> Result<Bytes, UpstreamError> {
     use http_body_util::{BodyExt, LengthLimitError, Limited};
     let too_large = || {
         UpstreamError::new_detail(
             UpstreamErrorKind::AnswerTooLarge,
-            format!("the answer is larger than server.max_answer_bytes ({limit} bytes)"),
+            format!("the answer is larger than {cap} ({limit} bytes)"),
         )
     };
     if hyper::body::Body::size_hint(response.body())

@@ -314,10 +314,17 @@ async fn counts_have_their_own_window_per_key() {
         "{}",
         refused.text
     );
-    assert!(refused.header("retry-after").is_some());
     assert_eq!(
         refused.header("x-ratelimit-remaining-token-counts"),
         Some("0")
+    );
+    // The window resets when one more count fits, which is what retry-after says (in whole
+    // seconds, rounded up), not when it is empty a minute later.
+    let retry: f64 = refused.header("retry-after").unwrap().parse().unwrap();
+    let reset = seconds(refused.header("x-ratelimit-reset-token-counts").unwrap());
+    assert!(
+        retry - 1.0 <= reset && reset <= retry,
+        "reset {reset} s, retry-after {retry} s"
     );
     // Its requests have their own window, untouched by the counts.
     let mut sent = body.clone();
@@ -331,6 +338,20 @@ async fn counts_have_their_own_window_per_key() {
         assert_eq!(answer.header("x-ratelimit-limit-token-counts"), None);
     }
     gw.shutdown().await;
+}
+
+/// A reset header's duration (`1m10.4s`, `30.396s`, `20ms`) in seconds.
+fn seconds(text: &str) -> f64 {
+    if let Some(ms) = text.strip_suffix("ms") {
+        return ms.parse::<f64>().unwrap() / 1000.0;
+    }
+    let text = text.strip_suffix('s').unwrap();
+    match text.split_once('m') {
+        Some((minutes, rest)) => {
+            minutes.parse::<f64>().unwrap() * 60.0 + rest.parse::<f64>().unwrap()
+        }
+        None => text.parse().unwrap(),
+    }
 }
 
 /// A route whose first tier is Anthropic's asks Anthropic's own `count_tokens`, with the
@@ -563,6 +584,23 @@ async fn x_api_key_wins_over_a_bearer_key() {
             .unwrap();
         let answer = Answer::of(response).await;
         assert_eq!(answer.status, 200, "{path}: {}", answer.text);
+        // An empty x-api-key is no key: the Bearer is read.
+        let response = gw
+            .http
+            .post(format!("{}{path}", gw.url))
+            .header("x-api-key", "")
+            .bearer_auth(CLIENT_KEY)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let answer = Answer::of(response).await;
+        assert_eq!(
+            answer.status, 200,
+            "{path}, empty x-api-key: {}",
+            answer.text
+        );
     }
     gw.shutdown().await;
 }
