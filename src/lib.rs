@@ -36,6 +36,7 @@
 //!   answers.
 //! - [`health`]: per server of each provider, the circuit breaker and in-flight count and cap the
 //!   chain consults before each attempt, the active probes that feed the breakers, and warm-up;
+//!   the cap on a provider's own token counts out at once (`count_tokens`, which takes no slot);
 //!   which of a provider's servers takes a call (least loaded of two random choices among those
 //!   that may be called, load being calls in flight and the queue a server's vLLM metrics report,
 //!   read off the request path); each server's calls, answered, failed or unfinished.

@@ -6,6 +6,7 @@
 
 mod breaker;
 mod carry;
+mod counts;
 mod pool;
 mod probe;
 mod queue;
@@ -16,6 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+pub use counts::{COUNT_WARNING_INTERVAL, CountGate, MAX_COUNTS_IN_FLIGHT};
 
 use crate::config::{Config, Provider, Tier, UpstreamServer};
 use crate::upstream::{ContextRefusal, UpstreamError, UpstreamErrorKind};

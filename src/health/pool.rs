@@ -23,17 +23,24 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::counts::CountGate;
 use super::{BreakerSnapshot, BreakerState, Lease, ServerHealth, Skip, WindowStatus};
 use crate::config::{PrefixAffinity, Provider};
 
 pub struct ProviderHealth {
     pub provider: Arc<Provider>,
     servers: Vec<Arc<ServerHealth>>,
+    /// The provider's own token counts out, and their warnings.
+    pub counts: CountGate,
 }
 
 impl ProviderHealth {
     pub(super) fn new(provider: Arc<Provider>, servers: Vec<Arc<ServerHealth>>) -> ProviderHealth {
-        ProviderHealth { provider, servers }
+        ProviderHealth {
+            provider,
+            servers,
+            counts: CountGate::default(),
+        }
     }
 
     /// Each server's health, in the provider's order of servers.

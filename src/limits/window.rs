@@ -75,10 +75,16 @@ impl Counts {
             <= u128::from(limit) * u128::from(MINUTE_MS)
     }
 
+    /// Where the limit stands: what is left of it now, and how long until it resets — where
+    /// nothing is left, until one more fits (what `retry-after` says of a refused request or count, so
+    /// that the two never disagree: a client waiting out either is let through); else until the
+    /// window is empty again.
     pub fn standing(self, now: Now, limit: u64) -> Standing {
         let used = self.scaled(now).div_ceil(u128::from(MINUTE_MS));
         let remaining = u128::from(limit).saturating_sub(used) as u64;
-        let reset_ms = if self.current > 0 {
+        let reset_ms = if remaining == 0 {
+            self.retry_after(now, 1, limit).as_millis() as u64
+        } else if self.current > 0 {
             (MINUTE_MS - now.into_ms) + MINUTE_MS
         } else if self.previous > 0 {
             MINUTE_MS - now.into_ms
@@ -331,6 +337,16 @@ mod tests {
             only_old.standing(now, 10).reset,
             Duration::from_millis(30_000)
         );
+        // Nothing left: it resets when one more fits, as retry-after says, not when the window
+        // is empty (a minute and a half away).
+        let full = Counts {
+            previous: 0,
+            current: 3,
+        };
+        let standing = full.standing(now, 3);
+        assert_eq!(standing.remaining, 0);
+        assert_eq!(standing.reset, full.retry_after(now, 1, 3));
+        assert_eq!(standing.reset, Duration::from_millis(50_000));
     }
 
     #[test]

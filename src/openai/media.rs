@@ -12,6 +12,8 @@ use base64::engine::general_purpose::STANDARD;
 
 /// An image's long edge once Anthropic has scaled it down to fit.
 const MAX_EDGE: f64 = 1568.0;
+/// The longest edge Anthropic takes an image with: larger ones it refuses.
+const MAX_IMAGE_EDGE: u64 = 8000;
 /// Pixels a token, in Anthropic's formula.
 const PIXELS_PER_TOKEN: f64 = 750.0;
 /// The most one image counts: about 1.15–1.2 megapixels, the largest Anthropic keeps.
@@ -23,6 +25,16 @@ pub const MAX_PDF_PAGES: u64 = 100;
 /// The fewest bytes one PDF page object takes: the ceiling on the pages a text of a given size
 /// can claim, whatever it says.
 const MIN_PAGE_BYTES: u64 = 40;
+/// A PDF's bytes a page, where its pages cannot be seen (its objects compressed, as Word's,
+/// Chrome's and pdfTeX's output usually is): 50 KB. Text pages with their fonts embedded run
+/// about 20–80 KB a page (a paper from arXiv is ~50 KB a page, fonts included), so this is close
+/// for documents of text; scans run 100 KB and more a page and are over-counted by it, within
+/// the cap of [`MAX_PDF_PAGES`]. One page per 40 bytes, as if every byte were page objects,
+/// counted any PDF past 4 KB at the cap: 300,000 tokens for a one-page letter.
+const BYTES_PER_PAGE: u64 = 50_000;
+/// How far around a `/Type /Pages` its `/Count` is looked for: past its `/Kids` (a reference is
+/// about 8 bytes, so a hundred of them).
+const PAGES_REACH: usize = 1024;
 /// The first base64 read for an image's size (PNG's and GIF's sizes are in their first 32
 /// bytes), doubled at each try.
 const FIRST_PREFIX: usize = 64;
@@ -32,10 +44,12 @@ const MAX_PREFIX: usize = 1 << 20;
 /// The base64 decoded at a time while counting a PDF's pages (a multiple of 4).
 const PDF_SLICE: usize = 256 << 10;
 
-/// The tokens of an image `width` × `height` px, scaled as Anthropic scales it.
+/// The tokens of an image `width` × `height` px, scaled as Anthropic scales it. A size no image
+/// has (an edge of 0, or past [`MAX_IMAGE_EDGE`], which Anthropic refuses) is not believed: the
+/// header lies or the data is not what it says, and it counts at the cap.
 pub fn image_tokens(width: u64, height: u64) -> u64 {
-    if width == 0 || height == 0 {
-        return 1;
+    if width == 0 || height == 0 || width.max(height) > MAX_IMAGE_EDGE {
+        return IMAGE_CAP;
     }
     let (mut w, mut h) = (width as f64, height as f64);
     let long = w.max(h);
@@ -60,13 +74,20 @@ pub fn image_tokens_of_base64(data: &str) -> u64 {
 /// An image's width and height from its base64, decoding a prefix that doubles until the size
 /// is read, the data ends, or [`MAX_PREFIX`] is reached.
 fn image_size(data: &str) -> Option<(u64, u64)> {
-    let data = data.trim().as_bytes();
     let mut len = FIRST_PREFIX;
     loop {
-        let whole = len >= data.len();
+        // Line breaks (MIME wraps base64 at 76 characters) are not the data's.
+        let mut prefix: Vec<u8> = data
+            .bytes()
+            .filter(|b| !b.is_ascii_whitespace())
+            .take(len + 1)
+            .collect();
+        let whole = prefix.len() <= len;
         // A prefix of whole quadruples decodes alone; the data's end may carry padding.
-        let prefix = if whole { data } else { &data[..len - len % 4] };
-        let decoded = STANDARD.decode(prefix).ok()?;
+        if !whole {
+            prefix.truncate(len - len % 4);
+        }
+        let decoded = STANDARD.decode(&prefix).ok()?;
         match imagesize::blob_size(&decoded) {
             Ok(size) => return Some((size.width as u64, size.height as u64)),
             // A format it does not know reads no better from more of it.
@@ -83,70 +104,135 @@ pub fn pdf_tokens_of_base64(data: &str) -> u64 {
     pdf_pages(data) * PDF_PAGE_TOKENS
 }
 
-/// A PDF's pages, estimated from its bytes: its page objects (`/Type /Page`), at most one for
-/// each [`MIN_PAGE_BYTES`] of it; data in which none is found (not a PDF, or one whose objects
-/// are compressed) counts as many pages as its size could hold. Between 1 and [`MAX_PDF_PAGES`].
+/// A PDF's pages, estimated from its bytes (its base64 read with any line breaks left out), in
+/// this order: its visible page objects (`/Type /Page`), at most one for each
+/// [`MIN_PAGE_BYTES`] of it; else the `/Count` of its page tree (`/Type /Pages`) where that is
+/// readable; else, as in most PDFs of today, whose objects sit in compressed streams, a page for
+/// each [`BYTES_PER_PAGE`] of it. Between 1 and [`MAX_PDF_PAGES`].
 pub fn pdf_pages(data: &str) -> u64 {
-    let data = data.trim().as_bytes();
-    let padding = data.iter().rev().take(2).filter(|&&b| b == b'=').count() as u64;
-    let decoded_len = (data.len() as u64 / 4 * 3).saturating_sub(padding);
-    let ceiling = decoded_len.div_ceil(MIN_PAGE_BYTES).max(1);
-    let found = count_page_objects(data);
-    let pages = if found == 0 {
-        ceiling
+    let seen = scan_pdf(data.as_bytes());
+    let pages = if seen.page_objects > 0 {
+        seen.page_objects
+            .min(seen.decoded_len.div_ceil(MIN_PAGE_BYTES))
+    } else if let Some(count) = seen.page_count {
+        count
     } else {
-        found.min(ceiling)
+        seen.decoded_len.div_ceil(BYTES_PER_PAGE)
     };
     pages.clamp(1, MAX_PDF_PAGES)
 }
 
-/// `/Type /Page` objects (not `/Pages`) in the base64 `data`, decoded a slice at a time with
-/// the end of each slice kept before the next, so that a name cut between slices is found;
-/// counting stops once past [`MAX_PDF_PAGES`]. Undecodable data counts none.
-fn count_page_objects(data: &[u8]) -> u64 {
-    // More than `/Type`, the whitespace a writer puts after it, and `/Page` and the byte after.
-    const KEEP: usize = 32;
+/// What a scan of a PDF's bytes saw.
+#[derive(Debug, Default)]
+struct PdfScan {
+    /// Its bytes, decoded.
+    decoded_len: u64,
+    /// `/Type /Page` objects (not `/Pages`), counted up to one past [`MAX_PDF_PAGES`].
+    page_objects: u64,
+    /// The largest `/Count` of a `/Type /Pages` object: the root of the page tree holds them all.
+    page_count: Option<u64>,
+}
+
+/// Scans the base64 `data` (whitespace left out, as MIME wraps it at 76 characters), decoded a
+/// slice at a time, the bytes around each slice's end kept for the next, so that a name cut
+/// between slices is found and a `/Pages` object is read whole. Data that stops decoding is
+/// judged by what was seen before.
+fn scan_pdf(data: &[u8]) -> PdfScan {
     let finder = memchr::memmem::Finder::new(b"/Type");
-    let mut found = 0;
-    let mut window: Vec<u8> = Vec::with_capacity(PDF_SLICE / 4 * 3 + KEEP);
-    let mut slices = data.chunks(PDF_SLICE).peekable();
-    while let Some(slice) = slices.next() {
-        let Ok(decoded) = STANDARD.decode(slice) else {
-            return found;
+    let mut seen = PdfScan {
+        decoded_len: decoded_len(data),
+        ..PdfScan::default()
+    };
+    let mut window: Vec<u8> = Vec::with_capacity(PDF_SLICE / 4 * 3 + 2 * PAGES_REACH);
+    // The bytes of `window` before `from` were judged with the slice before.
+    let mut from = 0;
+    let mut slice: Vec<u8> = Vec::with_capacity(PDF_SLICE);
+    let mut rest = data.iter().filter(|b| !b.is_ascii_whitespace()).peekable();
+    while rest.peek().is_some() {
+        slice.clear();
+        slice.extend(rest.by_ref().take(PDF_SLICE));
+        let Ok(decoded) = STANDARD.decode(&slice) else {
+            return seen;
         };
         window.extend_from_slice(&decoded);
         // A name that begins in the last bytes may go on in the next slice: judged with it.
-        let judged = if slices.peek().is_none() {
+        let judged = if rest.peek().is_none() {
             window.len()
         } else {
-            window.len().saturating_sub(KEEP)
+            window.len().saturating_sub(PAGES_REACH)
         };
-        let mut at = 0;
+        let mut at = from;
         while let Some(offset) = finder.find(&window[at..]) {
             let start = at + offset;
             if start >= judged {
                 break;
             }
-            if is_page(&window[start + 5..]) {
-                found += 1;
-                if found > MAX_PDF_PAGES {
-                    return found;
+            match type_named(&window[start + 5..]) {
+                Some(b"/Page") => {
+                    seen.page_objects += 1;
+                    if seen.page_objects > MAX_PDF_PAGES {
+                        return seen;
+                    }
                 }
+                Some(b"/Pages") => {
+                    if let Some(count) = pages_count(&window, start) {
+                        seen.page_count = seen.page_count.max(Some(count));
+                    }
+                }
+                _ => {}
             }
             at = start + 5;
         }
-        window.drain(..judged);
+        // What is kept: the bytes not yet judged, and those before them a `/Pages` looks back on.
+        let drop = judged.saturating_sub(PAGES_REACH);
+        window.drain(..drop);
+        from = judged - drop;
     }
-    found
+    seen
 }
 
-/// Whether the bytes after `/Type` name a page: `/Page` after optional whitespace, not `/Pages`.
-fn is_page(rest: &[u8]) -> bool {
-    let rest = match rest.iter().position(|b| !b.is_ascii_whitespace()) {
-        Some(at) => &rest[at..],
-        None => return false,
-    };
-    rest.starts_with(b"/Page") && rest.get(5).is_none_or(|b| !b.is_ascii_alphanumeric())
+/// The bytes base64 `data` decodes to, whitespace left out.
+fn decoded_len(data: &[u8]) -> u64 {
+    let mut chars = 0u64;
+    let mut padding = 0u64;
+    for &b in data.iter().filter(|b| !b.is_ascii_whitespace()) {
+        chars += 1;
+        padding = if b == b'=' { padding + 1 } else { 0 };
+    }
+    (chars / 4 * 3).saturating_sub(padding.min(2))
+}
+
+/// The name after `/Type` (after optional whitespace), where it is `/Page` or `/Pages`.
+fn type_named(rest: &[u8]) -> Option<&'static [u8]> {
+    let at = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    let rest = &rest[at..];
+    let ends = |len: usize| rest.get(len).is_none_or(|b| !b.is_ascii_alphanumeric());
+    if rest.starts_with(b"/Pages") && ends(6) {
+        Some(b"/Pages")
+    } else if rest.starts_with(b"/Page") && ends(5) {
+        Some(b"/Page")
+    } else {
+        None
+    }
+}
+
+/// The `/Count` of the `/Pages` object whose `/Type` is at `at` in `window`: looked for between
+/// the object's start (`obj`) and its end (`endobj`), at most [`PAGES_REACH`] either side.
+fn pages_count(window: &[u8], at: usize) -> Option<u64> {
+    let before = &window[at.saturating_sub(PAGES_REACH)..at];
+    let begins = memchr::memmem::rfind(before, b"obj").map_or(0, |found| found + 3);
+    let after = &window[at..(at + PAGES_REACH).min(window.len())];
+    let ends = memchr::memmem::find(after, b"endobj").unwrap_or(after.len());
+    let object = &window[at - before.len() + begins..at + ends];
+    let named = memchr::memmem::find(object, b"/Count")? + 6;
+    let digits: Vec<u8> = object[named..]
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take_while(|b| b.is_ascii_digit())
+        .take(9)
+        .copied()
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -171,7 +257,11 @@ mod tests {
         // Scaled to a long edge of 1568 px, then capped.
         assert_eq!(image_tokens(3136, 200), 1568 * 100 / 750 + 1);
         assert_eq!(image_tokens(4000, 4000), IMAGE_CAP);
-        assert_eq!(image_tokens(0, 10), 1);
+        // Sizes no image has count at the cap, not at 1.
+        assert_eq!(image_tokens(0, 10), IMAGE_CAP);
+        assert_eq!(image_tokens(0, 0), IMAGE_CAP);
+        assert_eq!(image_tokens(u64::from(u32::MAX), 1), IMAGE_CAP);
+        assert_eq!(image_tokens(8000, 1), 1);
     }
 
     #[test]
@@ -212,15 +302,37 @@ mod tests {
         assert_eq!(pdf_pages(&STANDARD.encode(&few)), 1);
         // Page names packed tighter than any page: at most one a MIN_PAGE_BYTES.
         assert_eq!(pdf_pages(&STANDARD.encode("/Type /Page".repeat(8))), 3);
-        // No page object: as many pages as the size could hold, capped.
-        assert_eq!(pdf_pages(&STANDARD.encode("x".repeat(400))), 10);
-        assert_eq!(
-            pdf_pages(&STANDARD.encode("x".repeat(1 << 20))),
-            MAX_PDF_PAGES
-        );
         assert_eq!(
             pdf_tokens_of_base64(&STANDARD.encode(&pdf)),
             3 * PDF_PAGE_TOKENS
         );
+        // Base64 wrapped at 76 characters, as MIME writes it, reads the same.
+        let wrapped: Vec<String> = STANDARD
+            .encode(&pdf)
+            .as_bytes()
+            .chunks(76)
+            .map(|line| String::from_utf8(line.to_vec()).unwrap())
+            .collect();
+        assert_eq!(pdf_pages(&wrapped.join("\r\n")), 3);
+    }
+
+    /// A PDF whose page objects are compressed: the `/Count` of its page tree where that is
+    /// visible (an outline's `/Count` is not the pages'), else a page a [`BYTES_PER_PAGE`],
+    /// capped.
+    #[test]
+    fn a_pdf_without_visible_pages_counts_its_page_tree_or_its_size() {
+        let tree = "%PDF-1.5\n5 0 obj\n<< /Type /Pages /Kids [6 0 R 7 0 R] /Count 7 >>\nendobj\n\
+            9 0 obj << /Type /Outlines /Count 40 >> endobj\n%%EOF";
+        assert_eq!(pdf_pages(&STANDARD.encode(tree)), 7);
+        let compressed = |len: usize| {
+            let mut pdf = b"%PDF-1.5\n".to_vec();
+            pdf.resize(len, 0x9c);
+            STANDARD.encode(pdf)
+        };
+        assert_eq!(pdf_pages(&compressed(400)), 1);
+        assert_eq!(pdf_pages(&compressed(20_000)), 1);
+        assert_eq!(pdf_pages(&compressed(3 * BYTES_PER_PAGE as usize)), 3);
+        assert_eq!(pdf_pages(&compressed(1 << 20)), 21);
+        assert_eq!(pdf_pages(&compressed(20 << 20)), MAX_PDF_PAGES);
     }
 }

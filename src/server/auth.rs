@@ -162,10 +162,12 @@ async fn check(keys: &[Arc<ClientKey>], mut request: Request, next: Next) -> Res
     let headers = request.headers();
     // The endpoint's own header wins where both are sent: Anthropic's SDKs send the key in
     // `x-api-key`, and a client may carry an unrelated `Authorization` beside it (a proxy's, an
-    // environment's), so that one would be refused as a wrong key.
+    // environment's), so that one would be refused as a wrong key. An empty one is no key: a
+    // client that clears it (`x-api-key:`) means the Bearer it sends.
     let presented = key_header
         .and_then(|name| headers.get(name))
         .and_then(|value| value.to_str().ok())
+        .filter(|value| !value.trim().is_empty())
         .or_else(|| {
             headers
                 .get(http::header::AUTHORIZATION)

@@ -11,10 +11,14 @@
 //!    ([`chain::first_able`]: a request no tier can carry, images to a route without a vision
 //!    tier, is refused as sending it would be), and estimate it as that tier would get it;
 //! 4. where that tier's provider counts prompts itself (Anthropic's `count_tokens`), ask it, on its
-//!    least loaded server whose breaker is closed, within [`PROVIDER_DEADLINE`]: its count is the
-//!    answer, its 400 (the prompt is wrong) the client's error as it came; any other failure
-//!    leaves the estimate as the answer, with a warning in the log. The call takes no
-//!    `max_in_flight` slot and feeds no breaker: a count is not the tier's traffic.
+//!    least loaded server whose breaker is closed, within [`PROVIDER_DEADLINE`], with at most
+//!    [`crate::health::MAX_COUNTS_IN_FLIGHT`] counts of a provider out at once (past them the
+//!    estimate answers at once): its count is the answer, its 400 (the prompt is wrong) the
+//!    client's error as it came; its "prompt is too long" is not the request's fault, as the
+//!    chain would send it on, so the next tier that can take it gives its estimate (the 400 only
+//!    where none can); any other failure leaves the estimate as the answer, with a warning in the
+//!    log (at most once a minute a provider). The call takes no `max_in_flight` slot and feeds no
+//!    breaker: a count is not the tier's traffic.
 //!
 //! `x-tierwise-count: provider|estimate` says which answered. Nothing is written to the ledger.
 
@@ -65,8 +69,21 @@ pub fn handler(
 /// provider that counts would be asked with.
 struct Estimated {
     step: ChainTier,
+    /// Where `step` stands in the chain: a tier too short for the prompt passes it on to those
+    /// after it.
+    position: usize,
     tokens: u64,
     ask: Option<Vec<u8>>,
+}
+
+/// What asking the provider gave.
+enum Asked {
+    /// Its count, or its refusal of the request, as the answer.
+    Answered(Response),
+    /// Its refusal of a prompt too long for its model, as the answer where no later tier takes it.
+    TooLong(Response),
+    /// Nothing usable: the estimate answers.
+    Nothing,
 }
 
 async fn count(
@@ -122,32 +139,65 @@ async fn count(
         .count_tokens
         .expect("the route is registered only for endpoints that count");
     let check = spec.check_prompt;
-    let chain = resolved.target.chain.clone();
+    let chain = Arc::new(resolved.target.chain.clone());
     let route = resolved.route.map(|route| route.name.clone());
     let upstreams = snapshot.upstreams(app.thread).clone();
     let work = bytes.clone();
+    let (whole, able) = (chain.clone(), upstreams.clone());
     let estimated = off_the_loop(bytes.len(), move || -> Result<Estimated, Box<ApiError>> {
         let refused = |err: RequestError| Box::new(ApiError::from(err));
         if let Some(check) = check {
             check(&work).map_err(refused)?;
         }
         let body = RequestBody::read(endpoint, &work).map_err(refused)?;
-        let step = chain::first_able(&upstreams, &chain, &body)
+        let step = chain::first_able(&able, &whole, &body)
             .map_err(|unserved| Box::new(ApiError::unserved(&unserved, route.as_deref())))?;
-        let ask = (step.tier.provider.api == Api::Anthropic).then(|| body.for_tier(step));
+        // The body to ask with is made here, off the event loop: it parses the whole request.
+        // One the provider could not be asked with leaves the estimate as the answer.
+        let ask = (step.tier.provider.api == Api::Anthropic)
+            .then(|| able.count_request(&step.tier, &body.for_tier(step)))
+            .and_then(|made| {
+                made.inspect_err(|error| {
+                    tracing::debug!(tier = %step.tier.name, %error, "the request cannot be counted by its provider");
+                })
+                .ok()
+            });
         Ok(Estimated {
             tokens: counter(&work, step),
+            position: whole
+                .iter()
+                .position(|tier| std::ptr::eq(tier, step))
+                .expect("the tier found is one of the chain's"),
             step: step.clone(),
             ask,
         })
     })
     .await?
     .map_err(|err| *err)?;
-    let mut response = match estimated.ask {
+    let asked = match estimated.ask {
         Some(ask) => ask_provider(&snapshot, app.thread, &estimated.step.tier, ask, &passed).await,
-        None => None,
-    }
-    .unwrap_or_else(|| answer(json_count(estimated.tokens), "estimate"));
+        None => Asked::Nothing,
+    };
+    let mut response = match asked {
+        Asked::Answered(response) => response,
+        Asked::Nothing => answer(json_count(estimated.tokens), "estimate"),
+        // Sending it, the chain would go on to the next tier that can take it: that tier's
+        // estimate is the count, and only where there is none is the request too long.
+        Asked::TooLong(refusal) => {
+            let after = estimated.position + 1;
+            let later = off_the_loop(bytes.len(), move || {
+                let rest = chain.get(after..).filter(|rest| !rest.is_empty())?;
+                let body = RequestBody::read(endpoint, &bytes).ok()?;
+                let step = chain::first_able(&upstreams, rest, &body).ok()?;
+                Some(counter(&bytes, step))
+            })
+            .await?;
+            match later {
+                Some(tokens) => answer(json_count(tokens), "estimate"),
+                None => refusal,
+            }
+        }
+    };
     if let Some(standing) = standing {
         let quota = Quota {
             token_counts: Some(standing),
@@ -198,18 +248,23 @@ fn answer(body: Bytes, counted_by: &'static str) -> Response {
 }
 
 /// The provider's own count of `ask` (the request as the tier gets it), or its refusal of the
-/// request as it came; `None` where it gave neither (no server with a closed breaker, an error
-/// that is not the request's, no answer in time), and the estimate answers.
+/// request as it came; [`Asked::Nothing`] where it gave neither (no server with a closed breaker,
+/// an error that is not the request's, no answer in time), and the estimate answers.
 async fn ask_provider(
     snapshot: &Snapshot,
     thread: usize,
     tier: &Tier,
     ask: Vec<u8>,
     passed: &[(HeaderName, HeaderValue)],
-) -> Option<Response> {
-    let Some(server) = snapshot.health.of(&tier.provider).least_loaded_closed() else {
+) -> Asked {
+    let health = snapshot.health.of(&tier.provider);
+    let Some(_counting) = health.counts.try_enter() else {
+        tracing::debug!(tier = %tier.name, "the provider's counts are all out; answering the estimate");
+        return Asked::Nothing;
+    };
+    let Some(server) = health.least_loaded_closed() else {
         tracing::debug!(tier = %tier.name, "no server of the provider is up to count; answering the estimate");
-        return None;
+        return Asked::Nothing;
     };
     let deadline = PROVIDER_DEADLINE.min(tier.timeouts.total);
     let counted = snapshot
@@ -217,26 +272,42 @@ async fn ask_provider(
         .count_tokens(tier, server, ask, passed, deadline)
         .await;
     match counted {
-        Ok(ProviderCount::Counted { body, .. }) => Some(answer(body, "provider")),
-        Ok(ProviderCount::Refused(body)) => {
-            let mut response = (StatusCode::BAD_REQUEST, body).into_response();
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            headers.insert(COUNT_HEADER, HeaderValue::from_static("provider"));
-            Some(response)
+        Ok(ProviderCount::Counted(tokens)) => {
+            Asked::Answered(answer(json_count(tokens), "provider"))
         }
+        Ok(ProviderCount::Refused(body)) => Asked::Answered(refusal(body)),
+        Ok(ProviderCount::TooLong(body)) => Asked::TooLong(refusal(body)),
         Err(error) => {
-            tracing::warn!(
-                tier = %tier.name,
-                provider = %tier.provider.name,
-                reason = %error.reason(),
-                detail = %error.detail,
-                "the provider could not count the prompt; answering the gateway's estimate"
-            );
-            None
+            if health.counts.should_warn() {
+                tracing::warn!(
+                    tier = %tier.name,
+                    provider = %tier.provider.name,
+                    reason = %error.reason(),
+                    detail = %error.detail,
+                    "the provider could not count the prompt; answering the gateway's estimate (warned at most once a minute a provider)"
+                );
+            } else {
+                tracing::debug!(
+                    tier = %tier.name,
+                    provider = %tier.provider.name,
+                    reason = %error.reason(),
+                    detail = %error.detail,
+                    "the provider could not count the prompt; answering the gateway's estimate"
+                );
+            }
+            Asked::Nothing
         }
     }
+}
+
+/// The provider's 400 as it came, as the client's answer.
+fn refusal(body: Bytes) -> Response {
+    let mut response = (StatusCode::BAD_REQUEST, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(COUNT_HEADER, HeaderValue::from_static("provider"));
+    response
 }

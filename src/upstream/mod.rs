@@ -145,10 +145,13 @@ fn prepare<'a>(
 /// What a provider said of a prompt it was asked to count ([`Upstreams::count_tokens`]).
 #[derive(Debug)]
 pub enum ProviderCount {
-    /// Its count, and its answer as it came.
-    Counted { tokens: u64, body: Bytes },
+    /// Its count (its answer is not passed on as it came: only the number is the client's).
+    Counted(u64),
     /// It refused the request itself (a 400): its error as it came, in its own shape.
     Refused(Bytes),
+    /// It said the prompt does not fit the model's window: sending it, the chain would go on to
+    /// its next tier, so this is not the request's fault. Its error as it came.
+    TooLong(Bytes),
 }
 
 /// The most of a count's answer read: a number, or an error's few lines.
@@ -294,7 +297,7 @@ impl Upstreams {
         }
         let headers = (!status.is_success()).then(|| response.headers().clone());
         let left = timeouts.total.saturating_sub(started.elapsed());
-        let read = read_capped(response, self.max_answer_bytes);
+        let read = read_capped(response, self.max_answer_bytes, "server.max_answer_bytes");
         let body = match tokio::time::timeout(left, read).await {
             Ok(Ok(body)) => body,
             Ok(Err(err)) => return Err(err),
@@ -332,11 +335,20 @@ impl Upstreams {
         prepare(self.client(&tier.provider, 0), tier, endpoint, body).map(drop)
     }
 
+    /// The body `tier`'s provider is asked to count `body` (a Messages request as the tier gets
+    /// it) with: its fields that counting takes. A whole parse of the request, for the blocking
+    /// pool where the body is large.
+    pub fn count_request(&self, tier: &Tier, body: &[u8]) -> Result<Vec<u8>, UpstreamError> {
+        self.client(&tier.provider, 0).wire.count_body(body)
+    }
+
     /// The provider's own count of a Messages request's input tokens (Anthropic's `POST
-    /// …/messages/count_tokens`) on its server at `server`, with the provider's key and the
+    /// …/messages/count_tokens`), `body` made by [`Upstreams::count_request`], on its server at
+    /// `server`, with the provider's key and the
     /// client's headers the operator lets through, within `deadline`: the count as the provider
     /// answered it, or the provider's refusal of the request itself (a 400, not one that says the
-    /// account's money is spent) as it came, or why there is neither.
+    /// account's money is spent) as it came, or its refusal of a prompt too long for the model,
+    /// or why there is none of these.
     pub async fn count_tokens(
         &self,
         tier: &Tier,
@@ -353,13 +365,17 @@ impl Upstreams {
         let Some(url) = &client.count_url else {
             return Err(lacks_endpoint(Endpoint::Messages));
         };
-        let body = client.wire.count_body(&body)?;
         let headers = operators_choice(&tier.provider, headers);
         let call = async {
             let response = client.post(url, body, None, &headers).await?;
             let status = response.status();
             let head = response.headers().clone();
-            let body = read_capped(response, COUNT_BODY_BYTES).await?;
+            let body = read_capped(
+                response,
+                COUNT_BODY_BYTES,
+                "the gateway's cap on a count's answer",
+            )
+            .await?;
             Ok::<_, UpstreamError>((status, head, body))
         };
         let (status, head, body) = tokio::time::timeout(deadline, call)
@@ -369,19 +385,15 @@ impl Upstreams {
             let counted: Counted = serde_json::from_slice(&body).map_err(|err| {
                 UpstreamError::malformed(format!("the count is not Anthropic's: {err}"))
             })?;
-            return Ok(ProviderCount::Counted {
-                tokens: counted.input_tokens,
-                body,
-            });
+            return Ok(ProviderCount::Counted(counted.input_tokens));
         }
         let error = client.wire.refusal(status, body.clone(), &head);
+        let readable = serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok();
         match error.kind {
-            UpstreamErrorKind::Status(http::StatusCode::BAD_REQUEST)
-            | UpstreamErrorKind::ContextTooLong
-                if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok() =>
-            {
+            UpstreamErrorKind::Status(http::StatusCode::BAD_REQUEST) if readable => {
                 Ok(ProviderCount::Refused(body))
             }
+            UpstreamErrorKind::ContextTooLong if readable => Ok(ProviderCount::TooLong(body)),
             _ => Err(error),
         }
     }
@@ -415,7 +427,11 @@ impl Upstreams {
         if error::provider_fault(status) {
             return Err(UpstreamError::status(status, Bytes::new(), None));
         }
-        let read = read_capped(response, PROBE_BODY_BYTES);
+        let read = read_capped(
+            response,
+            PROBE_BODY_BYTES,
+            "the gateway's cap on a probe's answer",
+        );
         Ok(match tokio::time::timeout(policy.timeout, read).await {
             Ok(Ok(body)) => body,
             _ => Bytes::new(),
@@ -451,10 +467,14 @@ impl Upstreams {
             if !status.is_success() {
                 return Err(format!("answered {status}"));
             }
-            read_capped(response, METRICS_BODY_BYTES)
-                .await
-                .map(Some)
-                .map_err(|err| err.reason())
+            read_capped(
+                response,
+                METRICS_BODY_BYTES,
+                "the gateway's cap on a server's metrics",
+            )
+            .await
+            .map(Some)
+            .map_err(|err| err.reason())
         };
         match tokio::time::timeout(limit, read).await {
             Ok(Ok(Some(page))) => ServerMetrics::Page(page),
@@ -486,10 +506,17 @@ impl Upstreams {
             if !response.status().is_success() {
                 return None;
             }
-            tokio::time::timeout(limit, read_capped(response, PROBE_BODY_BYTES))
-                .await
-                .ok()?
-                .ok()
+            tokio::time::timeout(
+                limit,
+                read_capped(
+                    response,
+                    PROBE_BODY_BYTES,
+                    "the gateway's cap on a probe's answer",
+                ),
+            )
+            .await
+            .ok()?
+            .ok()
         };
         let show = serde_json::to_vec(&serde_json::json!({ "model": model }))
             .expect("a JSON value serializes");
@@ -530,7 +557,11 @@ impl Upstreams {
             }
         };
         let status = response.status();
-        let read = read_capped(response, PROBE_BODY_BYTES);
+        let read = read_capped(
+            response,
+            PROBE_BODY_BYTES,
+            "the gateway's cap on a probe's answer",
+        );
         let body = match tokio::time::timeout(limit, read).await {
             Ok(body) => body?,
             Err(_) => return Err(UpstreamError::new(UpstreamErrorKind::TimeoutTotal, limit)),
@@ -544,13 +575,18 @@ impl Upstreams {
 }
 
 /// Reads a whole answer, refusing one larger than `limit` (before reading it, where the upstream
-/// declared its length).
-async fn read_capped(response: Response<Incoming>, limit: usize) -> Result<Bytes, UpstreamError> {
+/// declared its length). `cap` names that limit (a setting, or which of the gateway's own caps)
+/// in the error, so that the log sends no one to the wrong setting.
+async fn read_capped(
+    response: Response<Incoming>,
+    limit: usize,
+    cap: &'static str,
+) -> Result<Bytes, UpstreamError> {
     use http_body_util::{BodyExt, LengthLimitError, Limited};
     let too_large = || {
         UpstreamError::new_detail(
             UpstreamErrorKind::AnswerTooLarge,
-            format!("the answer is larger than server.max_answer_bytes ({limit} bytes)"),
+            format!("the answer is larger than {cap} ({limit} bytes)"),
         )
     };
     if hyper::body::Body::size_hint(response.body())

@@ -314,10 +314,17 @@ async fn counts_have_their_own_window_per_key() {
         "{}",
         refused.text
     );
-    assert!(refused.header("retry-after").is_some());
     assert_eq!(
         refused.header("x-ratelimit-remaining-token-counts"),
         Some("0")
+    );
+    // The window resets when one more count fits, which is what retry-after says (in whole
+    // seconds, rounded up), not when it is empty a minute later.
+    let retry: f64 = refused.header("retry-after").unwrap().parse().unwrap();
+    let reset = seconds(refused.header("x-ratelimit-reset-token-counts").unwrap());
+    assert!(
+        retry - 1.0 <= reset && reset <= retry,
+        "reset {reset} s, retry-after {retry} s"
     );
     // Its requests have their own window, untouched by the counts.
     let mut sent = body.clone();
@@ -331,6 +338,20 @@ async fn counts_have_their_own_window_per_key() {
         assert_eq!(answer.header("x-ratelimit-limit-token-counts"), None);
     }
     gw.shutdown().await;
+}
+
+/// A reset header's duration (`1m10.4s`, `30.396s`, `20ms`) in seconds.
+fn seconds(text: &str) -> f64 {
+    if let Some(ms) = text.strip_suffix("ms") {
+        return ms.parse::<f64>().unwrap() / 1000.0;
+    }
+    let text = text.strip_suffix('s').unwrap();
+    match text.split_once('m') {
+        Some((minutes, rest)) => {
+            minutes.parse::<f64>().unwrap() * 60.0 + rest.parse::<f64>().unwrap()
+        }
+        None => text.parse().unwrap(),
+    }
 }
 
 /// A route whose first tier is Anthropic's asks Anthropic's own `count_tokens`, with the
@@ -373,6 +394,46 @@ async fn an_anthropic_tier_is_asked_and_its_refusal_passed_on() {
     gw.shutdown().await;
 }
 
+/// Anthropic's "prompt is too long" is not the request's fault: sending it, the chain goes on to
+/// the next tier, so the count is that tier's estimate (`x-tierwise-count: estimate`), as
+/// `/v1/messages` serves it there; only where no later tier can take it is the 400 passed on.
+#[tokio::test]
+async fn a_prompt_too_long_for_anthropic_counts_for_the_next_tier() {
+    let (_local, anthropic, gw) = setup().await;
+    let too_long = json!({"type": "error", "error": {"type": "invalid_request_error",
+        "message": "prompt is too long: 250000 tokens > 200000 maximum"}});
+    anthropic.set_fault(Fault::Status {
+        status: 400,
+        body: Some(too_long.to_string()),
+        retry_after: None,
+    });
+    let body = json!({"model": "agent", "messages": user(json!("Hi there"))});
+    let answer = count(&gw, &body).await;
+    assert_eq!(
+        answer.header("x-tierwise-count"),
+        Some("estimate"),
+        "{}",
+        answer.text
+    );
+    let mut as_local = body.clone();
+    as_local["model"] = json!("local");
+    assert_eq!(tokens(&answer), tokens(&count(&gw, &as_local).await));
+    let mut sent = body.clone();
+    sent["max_tokens"] = json!(9);
+    let served = message(&gw, &sent).await;
+    assert_eq!(served.status, 200, "{}", served.text);
+    assert_eq!(served.header("x-tierwise-tier"), Some("local"));
+
+    let alone = count(
+        &gw,
+        &json!({"model": "haiku", "messages": user(json!("Hi"))}),
+    )
+    .await;
+    assert_eq!(alone.status, 400, "{}", alone.text);
+    assert_eq!(alone.body, too_long);
+    gw.shutdown().await;
+}
+
 /// Anthropic failing to count (500, 529, 401, a hang past the deadline) leaves the gateway's
 /// estimate as the answer (`x-tierwise-count: estimate`), PDFs counted by their pages; the
 /// failures feed no breaker (it opens at one) and a count takes no `max_in_flight` slot (the
@@ -382,7 +443,8 @@ async fn anthropic_failures_answer_the_estimate_without_the_breaker_or_a_slot() 
     let (_local, anthropic, gw) = setup().await;
     let pdf = |text: &str| json!([{"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": STANDARD.encode(text)}}]);
     let two_pages = "%PDF-1.4\n1 0 obj << /Type /Page >> endobj\n2 0 obj << /Type /Page >> endobj\n3 0 obj << /Type /Pages /Count 2 >> endobj\n%%EOF";
-    let garbage = "x".repeat(1 << 20);
+    // Pages not visible (compressed object streams): a page a 50 KB.
+    let compressed = "x".repeat(150_000);
     let estimated = |content: Value| {
         let gw = &gw;
         async move {
@@ -404,7 +466,7 @@ async fn anthropic_failures_answer_the_estimate_without_the_breaker_or_a_slot() 
         });
         let none = estimated(json!([])).await;
         assert_eq!(estimated(pdf(two_pages)).await - none, 6000, "{status}");
-        assert_eq!(estimated(pdf(&garbage)).await - none, 300_000, "{status}");
+        assert_eq!(estimated(pdf(&compressed)).await - none, 9000, "{status}");
     }
     assert_eq!(gw.breaker_state("anthropic").await, "closed");
 
@@ -454,6 +516,55 @@ async fn anthropic_failures_answer_the_estimate_without_the_breaker_or_a_slot() 
     gw.shutdown().await;
 }
 
+/// At most four counts of a provider are out at once: with four hanging at Anthropic, a fifth
+/// is answered with the estimate without a call.
+#[tokio::test]
+async fn a_providers_counts_out_at_once_are_capped() {
+    let (_local, anthropic, gw) = setup().await;
+    anthropic.set_behavior(tierwise_fake::Behavior {
+        fault: Fault::Hang,
+        fault_model: Some("claude-haiku-4-5".into()),
+        ..Default::default()
+    });
+    let body = json!({"model": "haiku", "messages": user(json!("Hi"))});
+    let hanging: Vec<_> = (0..tierwise::health::MAX_COUNTS_IN_FLIGHT)
+        .map(|_| {
+            let (url, http, body) = (gw.url.clone(), gw.http.clone(), body.to_string());
+            tokio::spawn(async move {
+                http.post(format!("{url}/v1/messages/count_tokens"))
+                    .header("x-api-key", CLIENT_KEY)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+            })
+        })
+        .collect();
+    wait_until(
+        "the counts to reach Anthropic",
+        Duration::from_secs(5),
+        || anthropic.requests().len() == tierwise::health::MAX_COUNTS_IN_FLIGHT,
+    )
+    .await;
+    let answer = count(&gw, &body).await;
+    assert_eq!(
+        answer.header("x-tierwise-count"),
+        Some("estimate"),
+        "{}",
+        answer.text
+    );
+    tokens(&answer);
+    assert_eq!(
+        anthropic.requests().len(),
+        tierwise::health::MAX_COUNTS_IN_FLIGHT,
+        "the fifth count was sent"
+    );
+    for hung in hanging {
+        hung.await.unwrap().unwrap();
+    }
+    gw.shutdown().await;
+}
+
 /// On the Messages paths the key in `x-api-key` wins over `Authorization: Bearer` when both are
 /// sent, as Anthropic's SDKs send their key there.
 #[tokio::test]
@@ -473,6 +584,23 @@ async fn x_api_key_wins_over_a_bearer_key() {
             .unwrap();
         let answer = Answer::of(response).await;
         assert_eq!(answer.status, 200, "{path}: {}", answer.text);
+        // An empty x-api-key is no key: the Bearer is read.
+        let response = gw
+            .http
+            .post(format!("{}{path}", gw.url))
+            .header("x-api-key", "")
+            .bearer_auth(CLIENT_KEY)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let answer = Answer::of(response).await;
+        assert_eq!(
+            answer.status, 200,
+            "{path}, empty x-api-key: {}",
+            answer.text
+        );
     }
     gw.shutdown().await;
 }
