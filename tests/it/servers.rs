@@ -714,8 +714,10 @@ async fn the_servers_table_adds_up_and_agrees_with_metrics_and_the_report() {
 /// A 4xx or a 429 is the server's answer, not its failure: the report reads the ledger's attempt
 /// rows as the servers table counts the calls, so the two agree (and `/metrics` with them) after a
 /// 429 retried on the same lease then answered, a 400 passed back to the client, and a 429 from
-/// every server of the chain. Break seen failing: the report counting every attempt that did not
-/// serve the request as failed (the first tier's server answered 1, failed 4).
+/// every server of the chain; the two requests no tier served are the route's calls without a
+/// tier in `/admin/api/costs`, as the report counts them. Breaks seen failing: the report counting every attempt that did not
+/// serve the request as failed (the first tier's server answered 1, failed 4); the costs leaving
+/// out rows without a tier (no row with tier null).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_answered_calls_in_the_report_as_in_the_table() {
     use tierwise::config::TaskKind;
@@ -812,4 +814,37 @@ async fn refusals_are_answered_calls_in_the_report_as_in_the_table() {
             assert!(metrics.contains(&line), "no {line} in\n{metrics}");
         }
     }
+
+    // The two requests no tier served are the route's calls (its errors) in the report, and in
+    // the costs the route's calls without a tier, at no cost.
+    let report = Answer::of(gw.get("/admin/api/report").await).await.body;
+    let route = report["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "refusing")
+        .unwrap_or_else(|| panic!("no route in {report}"))
+        .clone();
+    assert_eq!(
+        (&route["calls"], &route["errors"]),
+        (&serde_json::json!(3), &serde_json::json!(2)),
+        "{route}"
+    );
+    let costs = Answer::of(gw.get("/admin/api/costs").await).await.body;
+    let rows: Vec<_> = costs["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["route"] == "refusing")
+        .map(|r| {
+            (
+                r["tier"].as_str(),
+                r["calls"].as_u64(),
+                r["cost_usd"].as_str(),
+            )
+        })
+        .collect();
+    assert!(rows.contains(&(None, Some(2), Some("0"))), "{costs}");
+    let calls: u64 = rows.iter().filter_map(|(_, calls, _)| *calls).sum();
+    assert_eq!(calls, 3, "{costs}");
 }
