@@ -269,7 +269,8 @@ fn openness(state: &str) -> f64 {
 }
 
 /// One server's load and calls, set at each scrape: `tierwise_server_in_flight`, and since start
-/// `tierwise_server_calls_total` (every call sent to it), `tierwise_server_failures_total` (those
+/// `tierwise_server_calls_total` (every call sent to it that has ended: one in flight counts when
+/// it ends), `tierwise_server_failures_total` (those
 /// that failed through its fault, a stream it broke midway included) and
 /// `tierwise_server_unfinished_total` (those that never finished: their client left mid-stream,
 /// or they were cut off at shutdown). What is left of the calls it answered: the three figures

@@ -88,7 +88,7 @@ function drawCost(costs) {
   const days = [];
   for (let start = costs.from_ms; start <= costs.to_ms; start += costs.bucket_ms) days.push(start);
   text('cost-title', `Cost per ${costs.unit} by route and tier` + (costs.unit === 'day' ? '' : ' (UTC)'));
-  const series = [...new Set(costs.rows.map((r) => (r.route || '(no route)') + ' / ' + (r.tier || 'none')))].sort();
+  const series = [...new Set(costs.rows.map((r) => (r.route || '(no route)') + ' / ' + (r.tier || 'not served')))].sort();
   const color = (name) => PALETTE[series.indexOf(name) % PALETTE.length];
   const totals = days.map((d) => costs.rows.filter((r) => r.start_ms === d).reduce((sum, r) => sum + Number(r.cost_usd), 0));
   const max = Math.max(...totals, 1e-9);
@@ -117,7 +117,7 @@ function drawCost(costs) {
   });
   $('cost-chart').replaceChildren(chart);
   $('cost-legend').replaceChildren(...series.map((name) => {
-    const total = costs.rows.filter((r) => (r.route || '(no route)') + ' / ' + (r.tier || 'none') === name)
+    const total = costs.rows.filter((r) => (r.route || '(no route)') + ' / ' + (r.tier || 'not served') === name)
       .reduce((sum, r) => sum + Number(r.cost_usd), 0);
     const item = el('span', { 'data-series': name }, `${name} ${usd(total)}`);
     item.style.setProperty('--swatch', color(name));

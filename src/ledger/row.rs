@@ -240,6 +240,9 @@ ledger_row! {
         pub latency_us: i64,
         /// The server called; `None` for a tier passed over without a call.
         pub server: Option<String>,
+        /// Whether the server called answered (`ok`, or a refusal that is not its fault: a 4xx, a
+        /// 429), as its servers table counts the call; `None` where no server was called.
+        pub answered: Option<bool>,
     }
 }
 
@@ -389,6 +392,17 @@ impl Column for bool {
     }
     fn read(row: &AnyRow, name: &str) -> Result<Self, sqlx::Error> {
         Ok(row.try_get::<i32, _>(name)? != 0)
+    }
+}
+
+impl Column for Option<bool> {
+    json_column!(Option<bool>);
+    type Db<'a> = Option<i32>;
+    fn db(&self) -> Option<i32> {
+        self.map(i32::from)
+    }
+    fn read(row: &AnyRow, name: &str) -> Result<Self, sqlx::Error> {
+        Ok(row.try_get::<Option<i32>, _>(name)?.map(|flag| flag != 0))
     }
 }
 

@@ -372,8 +372,9 @@ fn parse(line: &str) -> Option<(Vec<RequestRow>, Vec<AttemptRow>)> {
         .iter()
         .map(|row| {
             let mut row = row.as_array()?.clone();
-            // Spooled before the server column: the migration gives old rows NULL.
-            if row.len() == AttemptRow::COLUMNS.len() - 1 {
+            // Spooled before the server or the answered column: the migrations give old rows
+            // NULL.
+            while (AttemptRow::COLUMNS.len() - 2..AttemptRow::COLUMNS.len()).contains(&row.len()) {
                 row.push(Value::Null);
             }
             AttemptRow::from_json(&row)

@@ -274,12 +274,22 @@ impl Store {
         .bind(to_ms)
         .fetch_all(&self.pool)
         .await?;
-        let failed = sqlx::query(
-            "SELECT a.provider AS provider, a.server AS server, COUNT(*) AS n \
+        // An attempt that did not serve the request was still answered when the server was not
+        // to blame (a 4xx, a 429), as its lease counted it. Rows written before the `answered`
+        // column are classified by their reason the way `UpstreamError::counts_against_provider`
+        // classifies the error it names.
+        let answered = "a.answered = 1 OR (a.answered IS NULL AND (\
+                        a.outcome IN ('http_429', 'http_501', 'quota_exhausted', 'context_too_long', \
+                        'request_refused') OR (a.outcome LIKE 'http_4%' \
+                        AND a.outcome NOT IN ('http_401', 'http_403', 'http_404'))))";
+        let earlier_calls = sqlx::query(&format!(
+            "SELECT a.provider AS provider, a.server AS server, \
+             CAST(COALESCE(SUM(CASE WHEN {answered} THEN 1 ELSE 0 END), 0) AS BIGINT) AS answered, \
+             COUNT(*) AS n \
              FROM attempts a JOIN requests r ON r.id = a.request_id \
              WHERE r.ts_ms >= $1 AND r.ts_ms < $2 AND a.server IS NOT NULL AND a.outcome <> 'ok' \
-             GROUP BY a.provider, a.server",
-        )
+             GROUP BY a.provider, a.server"
+        ))
         .bind(from_ms)
         .bind(to_ms)
         .fetch_all(&self.pool)
@@ -317,9 +327,11 @@ impl Store {
             server.failed += broken;
             server.answered += calls.saturating_sub(unfinished + broken);
         }
-        for row in &failed {
-            let n = count(row, "n")?;
-            entry(&mut load, row)?.failed += n;
+        for row in &earlier_calls {
+            let (n, answered) = (count(row, "n")?, count(row, "answered")?);
+            let server = entry(&mut load, row)?;
+            server.answered += answered;
+            server.failed += n.saturating_sub(answered);
         }
         Ok(load
             .into_values()
@@ -501,6 +513,7 @@ mod tests {
             outcome: "ok".into(),
             latency_us: 1,
             server: Some("p".into()),
+            answered: Some(true),
         };
         store.insert(&[&row], &[&attempt]).await.unwrap();
         store.insert(&[&row], &[&attempt]).await.unwrap();

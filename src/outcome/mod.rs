@@ -821,6 +821,13 @@ fn attempt_rows(request_id: &str, attempts: &[Attempt]) -> Vec<AttemptRow> {
                 .map_or_else(|| "ok".to_string(), |e| e.reason()),
             latency_us: attempt.latency.as_micros() as i64,
             server: attempt.server.as_ref().map(|server| server.name.clone()),
+            // As the call's lease was settled (`Lease::failed`, `Lease::answered_before_retry`).
+            answered: attempt.server.as_ref().map(|_| {
+                attempt
+                    .error
+                    .as_ref()
+                    .is_none_or(|error| !error.counts_against_provider())
+            }),
         })
         .collect()
 }

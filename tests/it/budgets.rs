@@ -1039,6 +1039,7 @@ async fn budget_sums_read_the_same_on_sqlite_and_postgresql() {
             outcome: outcome.into(),
             latency_us: 0,
             server: None,
+            answered: None,
         };
         let attempts = [
             attempt(0, "api_fast", "budget_spent"),

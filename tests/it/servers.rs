@@ -710,3 +710,141 @@ async fn the_servers_table_adds_up_and_agrees_with_metrics_and_the_report() {
     drop(body);
     gate.open();
 }
+
+/// A 4xx or a 429 is the server's answer, not its failure: the report reads the ledger's attempt
+/// rows as the servers table counts the calls, so the two agree (and `/metrics` with them) after a
+/// 429 retried on the same lease then answered, a 400 passed back to the client, and a 429 from
+/// every server of the chain; the two requests no tier served are the route's calls without a
+/// tier in `/admin/api/costs`, as the report counts them. Breaks seen failing: the report counting every attempt that did not
+/// serve the request as failed (the first tier's server answered 1, failed 4); the costs leaving
+/// out rows without a tier (no row with tier null).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_answered_calls_in_the_report_as_in_the_table() {
+    use tierwise::config::TaskKind;
+    use tierwise::config::file::{RawTier, text};
+    let first = FakeUpstream::start().await;
+    let second = FakeUpstream::start().await;
+    // Providers of their own: the metrics recorder is the test process's, shared with other tests.
+    let config = TestConfig::two_tier(&first.base_url(), &second.base_url())
+        .without_probes()
+        .with(|c| {
+            for (provider, fake, tier) in [
+                ("refusing_first", &first, "refusing_local"),
+                ("refusing_second", &second, "refusing_api"),
+            ] {
+                let mut raw = RawProvider::new(fake.base_url());
+                raw.health.enabled = Some(false);
+                raw.retry_429_max_wait_ms = Some(1000);
+                c.0.providers.insert(text(provider), raw);
+                c.0.tiers
+                    .insert(text(tier), RawTier::new(provider, "mistral-7b"));
+            }
+            c.add_route(
+                "refusing",
+                TaskKind::Chat,
+                &["refusing_local", "refusing_api"],
+            );
+        });
+    let gw = TestGateway::start(&config).await;
+    let store = gw.store().await;
+    let refuse = |status: u16, times: u32| {
+        move |b: &mut tierwise_fake::Behavior| {
+            b.fault = Fault::Status {
+                status,
+                body: None,
+                retry_after: (status == 429).then_some(0),
+            };
+            b.fault_for = Some(times);
+        }
+    };
+
+    first.update(refuse(429, 1));
+    let retried = gw.ask("refusing").await;
+    assert_eq!(
+        (retried.status, retried.header("x-tierwise-tier")),
+        (200, Some("refusing_local"))
+    );
+    first.update(refuse(400, 1));
+    assert_eq!(gw.ask("refusing").await.status, 400);
+    first.update(refuse(429, 2));
+    second.update(refuse(429, 2));
+    let everywhere = gw.ask("refusing").await;
+    assert_eq!(everywhere.status, 429);
+    assert_eq!((first.request_count(), second.request_count()), (5, 2));
+    for answer in [&retried, &everywhere] {
+        stored(&store, answer.header("x-tierwise-request-id").unwrap()).await;
+    }
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let metrics = gw.metrics().await;
+    for (provider, calls) in [("refusing_first", 5), ("refusing_second", 2)] {
+        let server = gw.provider(provider).await["servers"][0].clone();
+        let table = |field: &str| server[field].as_u64().unwrap_or(u64::MAX);
+        let table = (
+            table("calls"),
+            table("answered"),
+            table("failed"),
+            table("unfinished"),
+        );
+        assert_eq!(table, (calls, calls, 0, 0), "{provider}: {server}");
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let load = store.server_load(0, now + 60_000).await.unwrap();
+            let report = load
+                .iter()
+                .find(|s| s.server == provider)
+                .map(|s| (s.calls, s.answered, s.failed, s.unfinished));
+            if report == Some(table) {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "{provider}: the report shows {load:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let labels = format!("{{provider=\"{provider}\",server=\"{provider}\"}}");
+        for line in [
+            format!("tierwise_server_calls_total{labels} {calls}"),
+            format!("tierwise_server_failures_total{labels} 0"),
+        ] {
+            assert!(metrics.contains(&line), "no {line} in\n{metrics}");
+        }
+    }
+
+    // The two requests no tier served are the route's calls (its errors) in the report, and in
+    // the costs the route's calls without a tier, at no cost.
+    let report = Answer::of(gw.get("/admin/api/report").await).await.body;
+    let route = report["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "refusing")
+        .unwrap_or_else(|| panic!("no route in {report}"))
+        .clone();
+    assert_eq!(
+        (&route["calls"], &route["errors"]),
+        (&serde_json::json!(3), &serde_json::json!(2)),
+        "{route}"
+    );
+    let costs = Answer::of(gw.get("/admin/api/costs").await).await.body;
+    let rows: Vec<_> = costs["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["route"] == "refusing")
+        .map(|r| {
+            (
+                r["tier"].as_str(),
+                r["calls"].as_u64(),
+                r["cost_usd"].as_str(),
+            )
+        })
+        .collect();
+    assert!(rows.contains(&(None, Some(2), Some("0"))), "{costs}");
+    let calls: u64 = rows.iter().filter_map(|(_, calls, _)| *calls).sum();
+    assert_eq!(calls, 3, "{costs}");
+}
