@@ -881,6 +881,35 @@ async fn a_tier_that_opens_its_stream_and_then_stalls_falls_back_at_first_byte_m
     gw.shutdown().await;
 }
 
+/// Pings while the opening is held are not queued without bound: the client gets one of them
+/// before the answer begins, however many the tier sent (a ping flood would otherwise grow the
+/// gateway's memory until `first_byte_ms`).
+#[tokio::test]
+async fn pings_while_the_opening_is_held_are_kept_to_one() {
+    let (_local, _api, anthropic, gw) = setup().await;
+    anthropic.set_fault(Fault::Heartbeats {
+        after: 1,
+        every_ms: 1,
+        count: Some(40),
+    });
+    let hi = json!([{"role": "user", "content": "Hi"}]);
+    let answer = message(
+        &gw,
+        json!({"model": "agent", "max_tokens": 9, "messages": hi, "stream": true}),
+    )
+    .await;
+    let events = events_of(&answer.text);
+    assert_eq!(events[0].0, "message_start", "{}", answer.text);
+    let opening: Vec<&str> = events
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .take_while(|name| *name != "content_block_start")
+        .collect();
+    assert_eq!(opening, ["message_start", "ping"], "{}", answer.text);
+    assert_eq!(events.last().unwrap().0, "message_stop", "{}", answer.text);
+    gw.shutdown().await;
+}
+
 /// What a client's SDK assembles from a stream's events: each content block's id (or "text")
 /// and its deltas joined; checking on the way that one block is open at a time and that every
 /// delta goes to the open block.
