@@ -145,10 +145,16 @@ impl SseRelay {
             keep,
         } = terms;
         let translated = upstream.translated();
+        // The gateway's own `response.failed` of a stream cut before `response.created` came
+        // still names the response by the id the client is given.
+        let marks = StreamMarks {
+            response_id: keep.as_ref().map(|keep| keep.id().to_string()),
+            ..StreamMarks::default()
+        };
         SseRelay {
             upstream,
             spec,
-            marks: StreamMarks::default(),
+            marks,
             lease,
             client_wants_usage,
             phase: Phase::Relaying,

@@ -300,9 +300,13 @@ impl UpstreamStream {
                                 "the stream's first event after its opening chunk is an error",
                             ));
                         }
-                        // Anthropic's pings say nothing of the answer either; they go out with it.
+                        // Anthropic's pings say nothing of the answer either: one goes out with
+                        // it, the rest are dropped, so that a flood of them while the opening is
+                        // held costs no memory (they carry nothing a client reads).
                         Some(Ok(event)) if is_ping(&event.data) => {
-                            stream.then.get_or_insert_default().push_back(event)
+                            if stream.then.is_none() {
+                                stream.then.get_or_insert_default().push_back(event);
+                            }
                         }
                         Some(Ok(event)) => {
                             stream.then.get_or_insert_default().push_back(event);

@@ -1122,6 +1122,16 @@ async fn passed_through_answers_say_the_gateways_id_and_what_it_kept() {
             assert_eq!(kept, &json!(false), "{fault:?}");
         }
     }
+    // Cut before any `response.created` came: the gateway's `response.failed` still names the
+    // response by the gateway's id, not `null`.
+    api.update(|b| b.responses_without_created = true);
+    api.set_fault(Fault::CutAfterChunks { chunks: 3 });
+    let failed = post(json!({"model": "api_first", "input": "Hi", "stream": true})).await;
+    let objects = response_objects(&events_of(&failed.text));
+    let (name, id, _) = objects.last().unwrap();
+    assert_eq!(name, "response.failed", "{}", failed.text);
+    assert!(ours(id), "{}", failed.text);
+    api.update(|b| b.responses_without_created = false);
     api.set_fault(Fault::None);
 
     // From the route's cache: the answer again, under an id of its own.

@@ -126,6 +126,8 @@ pub struct Behavior {
     /// Responses: a server that keeps no promise — it says `store: true` whatever it was told,
     /// and names the response anew in each event that carries it (`resp_fake_0`, `resp_fake_1`…).
     pub responses_unruly: bool,
+    /// Responses: a stream that never says `response.created` (nor `response.in_progress`).
+    pub responses_without_created: bool,
     /// Model ids listed by `/v1/models`.
     pub models: Vec<String>,
     /// When set, the fault applies to this many more chat/embedding requests, then clears.
@@ -207,6 +209,7 @@ impl Default for Behavior {
             chunk_delay_ms: 0,
             stream_without_usage: false,
             responses_unruly: false,
+            responses_without_created: false,
             models: vec!["fake-model".to_string()],
             fault_for: None,
             fault_model: None,
@@ -1577,6 +1580,9 @@ async fn responses(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: 
         json!({"type": "response.created", "response": response("in_progress", Vec::new(), None)}),
         json!({"type": "response.in_progress", "response": response("in_progress", Vec::new(), None)}),
     ];
+    if behavior.responses_without_created {
+        events.clear();
+    }
     let mut index = 0;
     if !behavior.reply.is_empty() {
         events.push(json!({"type": "response.output_item.added", "output_index": 0, "item": message("in_progress", Vec::new())}));
