@@ -4,6 +4,8 @@
 //! its own (Anthropic's, on `/v1/messages`). Messages name the tier and the reason, never a URL
 //! with credentials or a key.
 
+use std::borrow::Cow;
+
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
@@ -20,7 +22,7 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     kind: &'static str,
-    param: Option<&'static str>,
+    param: Option<Cow<'static, str>>,
     code: Option<&'static str>,
     /// An upstream's own 4xx body, passed back as it came.
     upstream_body: Option<Bytes>,
@@ -63,7 +65,7 @@ impl ApiError {
     }
 
     pub(super) fn param(mut self, param: Option<&'static str>) -> ApiError {
-        self.param = param;
+        self.param = param.map(Cow::Borrowed);
         self
     }
 
@@ -317,8 +319,9 @@ impl From<Refusal> for ApiError {
 
 impl From<RequestError> for ApiError {
     fn from(err: RequestError) -> ApiError {
-        let param = err.param();
-        ApiError::bad_body(err.to_string()).param(param)
+        let mut error = ApiError::bad_body(err.to_string());
+        error.param = err.param_named();
+        error
     }
 }
 
@@ -389,7 +392,7 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             kind: self.kind,
             message: &self.message,
-            param: self.param,
+            param: self.param.as_deref(),
             code: self.code,
             upstream_body: self.upstream_body.as_ref(),
         });
