@@ -330,7 +330,7 @@ impl From<StateError> for ApiError {
         let message = err.to_string();
         match err {
             // OpenAI answers an unknown id, and another project's, with this 404.
-            StateError::NotFound(_) | StateError::Broken { .. } => {
+            StateError::NotFound(_) | StateError::NotKept(_) | StateError::Broken { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
             }
             // OpenAI's answer to a `previous_response_id` it does not keep; clients start over on
