@@ -29,6 +29,9 @@ pub fn handle() -> PrometheusHandle {
                     "a metrics recorder was already installed; /metrics shows only tierwise's own"
                 );
             }
+            // A counter that alerts watch for its first increment is shown at zero from start:
+            // until a series exists, an alert on its rate has nothing to see.
+            metrics::counter!("tierwise_responses_dropped_total").increment(0);
             let upkeep = handle.clone();
             let spawned = std::thread::Builder::new()
                 .name("tierwise-metrics".into())

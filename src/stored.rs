@@ -92,6 +92,11 @@ pub enum StateError {
         "'{0}' needs the gateway to keep responses, and its configuration keeps none. Ask its operator to set `store = true` under [responses], or leave '{0}' out and send the whole conversation as `input` items."
     )]
     Off(&'static str),
+    /// Not found where the configuration keeps no responses: the client is told why.
+    #[error(
+        "Response with id '{0}' not found: this gateway's configuration keeps no responses. Ask its operator to set `store = true` under [responses]."
+    )]
+    NotKept(String),
     #[error(
         "'previous_response_id' continues a conversation of {bytes} bytes with this input, more than one request may carry (server.max_body_bytes = {limit}). Start a new conversation with the turns that matter as `input` items."
     )]
@@ -283,6 +288,15 @@ impl StoredResponses {
             request_id: request_id.to_string(),
             input: Vec::new(),
             previous: None,
+        }
+    }
+
+    /// `err`, saying why where the configuration keeps no responses (an id not found is then
+    /// no surprise), as a request that asks to keep one is told.
+    pub fn unkept(&self, err: StateError) -> StateError {
+        match err {
+            StateError::NotFound(id) if !self.config.store => StateError::NotKept(id),
+            err => err,
         }
     }
 

@@ -42,8 +42,11 @@ function text(id, value) { $(id).textContent = value; }
 function usd(value) {
   const n = Number(value);
   if (!isFinite(n)) return '-';
-  if (n !== 0 && Math.abs(n) < 0.01) return '$' + n.toPrecision(2);
-  return '$' + n.toLocaleString('en-US', { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+  // The sign before the dollar, as the report writes it: -$0.0000077, not $-0.0000077.
+  const sign = n < 0 ? '-' : '';
+  const a = Math.abs(n);
+  if (a !== 0 && a < 0.01) return sign + '$' + a.toPrecision(2);
+  return sign + '$' + a.toLocaleString('en-US', { minimumFractionDigits: 2, maximumFractionDigits: 2 });
 }
 
 function pct(value) { return (100 * value).toFixed(1) + '%'; }

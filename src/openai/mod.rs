@@ -22,7 +22,7 @@ use serde_json::Value;
 use crate::config::{Abilities, ChainTier};
 
 pub use chat::{ChoiceTexts, Chunk};
-pub use request::{Edits, RequestBody, RequestError};
+pub use request::{Edits, MAX_DEPTH, RequestBody, RequestError};
 pub use usage::{AnthropicUsage, Usage};
 
 /// Which OpenAI endpoint a request is for.

@@ -3,6 +3,8 @@
 //! field — tools, response_format, seed, logprobs — travels to the upstream byte for byte; only the
 //! fields a tier changes are written anew.
 
+use std::borrow::Cow;
+
 use indexmap::IndexMap;
 use serde::Deserialize;
 use serde::ser::{Serialize, SerializeMap, Serializer};
@@ -32,14 +34,47 @@ pub enum RequestError {
         at: String,
         problem: &'static str,
     },
+    /// Objects and arrays nested past [`MAX_DEPTH`] in the top-level field `param`.
+    #[error(
+        "'{param}' nests objects and arrays more than {MAX_DEPTH} deep (the body itself the first level); tierwise takes request bodies nested at most {MAX_DEPTH} deep: flatten it"
+    )]
+    TooDeep { param: String },
 }
+
+/// The most levels of objects and arrays a request body may nest, the body itself the first. Every
+/// endpoint refuses a deeper body before anything reads into it, so that no step after (the
+/// Responses state, a translation for a tier, the cache key) meets a body it cannot parse:
+/// serde_json's parse into values stops at 128 levels, and a translation nests a field a level or
+/// two deeper than the client did (Responses' `tools[].parameters` under chat's `function`). Far
+/// past any prompt or schema a model is given (OpenAI's structured outputs take 10 levels).
+pub const MAX_DEPTH: usize = 100;
 
 impl RequestError {
     pub fn param(&self) -> Option<&'static str> {
         match self {
-            RequestError::NotJson(_) | RequestError::Unknown(_) => None,
+            RequestError::NotJson(_) | RequestError::Unknown(_) | RequestError::TooDeep { .. } => {
+                None
+            }
             RequestError::Field { param, .. } | RequestError::Invalid { param, .. } => Some(param),
         }
+    }
+
+    /// The parameter the error names, the field of a body nested too deep included.
+    pub fn param_named(&self) -> Option<Cow<'static, str>> {
+        match self {
+            RequestError::TooDeep { param } => Some(Cow::Owned(param.clone())),
+            _ => self.param().map(Cow::Borrowed),
+        }
+    }
+
+    /// A body serde_json could not read as an object: its syntax error, or that it is some other
+    /// JSON value.
+    pub fn not_json(err: serde_json::Error) -> RequestError {
+        RequestError::NotJson(if err.is_data() {
+            "expected a JSON object".to_string()
+        } else {
+            err.to_string()
+        })
     }
 
     pub(crate) fn field(param: &'static str, problem: &'static str) -> RequestError {
@@ -76,13 +111,15 @@ impl<'a> RequestBody<'a> {
     /// needs (Messages' `max_tokens`).
     pub fn read(endpoint: Endpoint, bytes: &'a [u8]) -> Result<Self, RequestError> {
         let fields: IndexMap<String, &'a RawValue> =
-            serde_json::from_slice(bytes).map_err(|err| {
-                RequestError::NotJson(if err.is_data() {
-                    "expected a JSON object".to_string()
-                } else {
-                    err.to_string()
-                })
-            })?;
+            serde_json::from_slice(bytes).map_err(RequestError::not_json)?;
+        if let Some((name, _)) = fields
+            .iter()
+            .find(|(_, value)| nests_past(value.get().as_bytes(), MAX_DEPTH - 1))
+        {
+            return Err(RequestError::TooDeep {
+                param: name.clone(),
+            });
+        }
         let model = match fields.get("model") {
             Some(raw) => serde_json::from_str::<String>(raw.get()).map_err(|_| {
                 RequestError::field("model", "must be a string: a route, a tier or a model id")
@@ -217,6 +254,39 @@ impl<'a> RequestBody<'a> {
     }
 }
 
+/// Whether `json`, one valid JSON value, nests objects and arrays more than `limit` deep. A scan
+/// of its bytes, strings skipped with memchr, rather than a parse: it keeps nothing, needs no stack
+/// and costs far less than the parse that found the body's fields.
+fn nests_past(json: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut at = 0;
+    while let Some(&byte) = json.get(at) {
+        at += 1;
+        match byte {
+            b'"' => loop {
+                let rest = json.get(at..).unwrap_or_default();
+                match memchr::memchr2(b'"', b'\\', rest) {
+                    Some(skip) if rest[skip] == b'\\' => at += skip + 2,
+                    Some(skip) => {
+                        at += skip + 1;
+                        break;
+                    }
+                    None => return false,
+                }
+            },
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Top-level fields a tier sets: a field the client sent is replaced where it stands, a new one is
 /// appended; and the client's fields a tier leaves out.
 #[derive(Default)]
@@ -346,6 +416,33 @@ mod tests {
             let to_o3 = sent(1, body);
             assert_eq!(to_o3["max_completion_tokens"], 20, "{field}: {to_o3}");
             assert!(to_o3.get("max_tokens").is_none(), "{field}: {to_o3}");
+        }
+    }
+
+    /// A body nested `depth` levels (the body itself the first), the depth in `text`'s schema,
+    /// with brackets and escaped quotes in strings, which do not nest.
+    fn nested(depth: usize) -> String {
+        let open = r#"{"s":"[{\"[","a":"#.repeat(depth - 3);
+        format!(
+            r#"{{"model":"m","input":"[[{{","text":{{"format":{{"schema":{open}1{}}}}}}}"#,
+            "}".repeat(depth - 3)
+        )
+    }
+
+    /// Every endpoint takes a body nested [`MAX_DEPTH`] deep, which serde_json can parse whole
+    /// (what the Responses state and the translations do), and refuses one level more naming the
+    /// field and the depth.
+    #[test]
+    fn a_body_nested_past_the_limit_is_refused_naming_its_field() {
+        let at_limit = nested(MAX_DEPTH);
+        serde_json::from_str::<Value>(&at_limit).unwrap();
+        let past = nested(MAX_DEPTH + 1);
+        serde_json::from_str::<Value>(&past).unwrap();
+        for endpoint in Endpoint::ALL {
+            RequestBody::read(endpoint, at_limit.as_bytes()).unwrap();
+            let err = RequestBody::read(endpoint, past.as_bytes()).unwrap_err();
+            assert_eq!(err.param_named().as_deref(), Some("text"), "{err}");
+            assert!(err.to_string().contains("more than 100 deep"), "{err}");
         }
     }
 

@@ -215,8 +215,13 @@ fn top_level_model(bytes: &[u8]) -> Result<String, RequestError> {
         #[serde(default)]
         model: Option<serde_json::Value>,
     }
+    // A derived struct takes an array too (`[]` as no model): refused as sending refuses it.
+    if !bytes.trim_ascii_start().starts_with(b"{") {
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(RequestError::not_json)?;
+        return Err(RequestError::NotJson("expected a JSON object".into()));
+    }
     let model = serde_json::from_slice::<Model>(bytes)
-        .map_err(|err| RequestError::NotJson(err.to_string()))?
+        .map_err(RequestError::not_json)?
         .model;
     match model {
         Some(serde_json::Value::String(model)) => Ok(model),

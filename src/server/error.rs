@@ -4,6 +4,8 @@
 //! its own (Anthropic's, on `/v1/messages`). Messages name the tier and the reason, never a URL
 //! with credentials or a key.
 
+use std::borrow::Cow;
+
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
@@ -20,7 +22,7 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     kind: &'static str,
-    param: Option<&'static str>,
+    param: Option<Cow<'static, str>>,
     code: Option<&'static str>,
     /// An upstream's own 4xx body, passed back as it came.
     upstream_body: Option<Bytes>,
@@ -63,7 +65,7 @@ impl ApiError {
     }
 
     pub(super) fn param(mut self, param: Option<&'static str>) -> ApiError {
-        self.param = param;
+        self.param = param.map(Cow::Borrowed);
         self
     }
 
@@ -317,8 +319,9 @@ impl From<Refusal> for ApiError {
 
 impl From<RequestError> for ApiError {
     fn from(err: RequestError) -> ApiError {
-        let param = err.param();
-        ApiError::bad_body(err.to_string()).param(param)
+        let mut error = ApiError::bad_body(err.to_string());
+        error.param = err.param_named();
+        error
     }
 }
 
@@ -327,7 +330,7 @@ impl From<StateError> for ApiError {
         let message = err.to_string();
         match err {
             // OpenAI answers an unknown id, and another project's, with this 404.
-            StateError::NotFound(_) | StateError::Broken { .. } => {
+            StateError::NotFound(_) | StateError::NotKept(_) | StateError::Broken { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
             }
             // OpenAI's answer to a `previous_response_id` it does not keep; clients start over on
@@ -389,7 +392,7 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             kind: self.kind,
             message: &self.message,
-            param: self.param,
+            param: self.param.as_deref(),
             code: self.code,
             upstream_body: self.upstream_body.as_ref(),
         });

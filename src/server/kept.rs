@@ -24,7 +24,11 @@ pub async fn get(
     key: Option<axum::Extension<CallerKey>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let body = app.stored.response(scope(key.as_deref()), &id).await?;
+    let body = app
+        .stored
+        .response(scope(key.as_deref()), &id)
+        .await
+        .map_err(|err| app.stored.unkept(err))?;
     let mut response = (StatusCode::OK, body).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -38,7 +42,10 @@ pub async fn delete(
     key: Option<axum::Extension<CallerKey>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    app.stored.forget(scope(key.as_deref()), &id).await?;
+    app.stored
+        .forget(scope(key.as_deref()), &id)
+        .await
+        .map_err(|err| app.stored.unkept(err))?;
     let body = serde_json::json!({"id": id, "object": "response.deleted", "deleted": true});
     Ok(axum::Json(body).into_response())
 }
@@ -53,7 +60,11 @@ pub async fn input_items(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let page = Page::of(&query).map_err(BadPage::into_error)?;
-    let items = app.stored.input_items(scope(key.as_deref()), &id).await?;
+    let items = app
+        .stored
+        .input_items(scope(key.as_deref()), &id)
+        .await
+        .map_err(|err| app.stored.unkept(err))?;
     let list = page.list(items).map_err(BadPage::into_error)?;
     Ok(axum::Json(list).into_response())
 }

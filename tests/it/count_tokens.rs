@@ -204,6 +204,16 @@ async fn count_tokens_refuses_what_messages_refuses() {
             );
         }
     }
+    // A body that is not an object, refused in the same words.
+    for body in [json!([]), json!("hi"), json!(7)] {
+        let counted = count(&gw, &body).await;
+        let sent = message(&gw, &body).await;
+        assert_eq!(counted.status, 400, "{body}: {}", counted.text);
+        assert_eq!(
+            counted.body["error"]["message"], sent.body["error"]["message"],
+            "{body}"
+        );
+    }
     assert_eq!(local.request_count() + anthropic.request_count(), 0);
     // What both take: a count needs no max_tokens, the message does.
     let good = json!({"model": "summarize", "messages": hi, "system": [{"type": "text", "text": "Be brief."}],

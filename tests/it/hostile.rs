@@ -393,3 +393,77 @@ async fn every_malformed_request_gets_a_clear_client_error_and_the_gateway_serve
         "no malformed request reached the upstream"
     );
 }
+
+/// A body nested past [`tierwise::openai::MAX_DEPTH`] gets one 400 naming the field and the depth
+/// on every endpoint, whichever tier the route would take (a chat tier translating it, an
+/// Anthropic tier given it as it came), and no tier is called; one level less is served through
+/// each of them, translations included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_nested_past_the_limit_is_one_400_on_every_endpoint() {
+    use serde_json::Value;
+    use tierwise::config::TaskKind;
+    use tierwise::config::file::{RawProvider, RawTier, text};
+    let up = FakeUpstream::start().await;
+    let anthropic = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&up.base_url(), &up.base_url())
+        .without_probes()
+        .with(|c| {
+            let mut provider = RawProvider::new(anthropic.base_url());
+            provider.api = Some(tierwise::config::Api::Anthropic);
+            provider.api_key = Some(text("sk-ant-secret"));
+            provider.health.enabled = Some(false);
+            c.0.providers.insert(text("anthropic"), provider);
+            c.0.tiers.insert(
+                text("claude"),
+                RawTier::new("anthropic", "claude-haiku-4-5"),
+            );
+            c.add_route("agent", TaskKind::Agentic, &["claude"]);
+        });
+    let gw = TestGateway::start(&config).await;
+    // `metadata` is the body's second level: `depth` levels in all.
+    let body = |path: &str, model: &str, depth: usize| -> Vec<u8> {
+        let deep = format!("{}1{}", "[".repeat(depth - 2), "]".repeat(depth - 2));
+        let mut body: Value = match path {
+            "/v1/chat/completions" => {
+                serde_json::json!({"messages": [{"role": "user", "content": "hi"}]})
+            }
+            "/v1/responses" => serde_json::json!({"input": "hi"}),
+            _ => {
+                serde_json::json!({"max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]})
+            }
+        };
+        body["model"] = model.into();
+        let body = body.to_string();
+        format!(
+            r#"{},"metadata":{{"user_id":"u","x":{deep}}}}}"#,
+            &body[..body.len() - 1]
+        )
+        .into_bytes()
+    };
+    let limit = tierwise::openai::MAX_DEPTH;
+    let cases = [
+        ("/v1/chat/completions", "summarize"),
+        ("/v1/responses", "summarize"),
+        ("/v1/messages", "summarize"),
+        ("/v1/messages/count_tokens", "summarize"),
+        ("/v1/chat/completions", "agent"),
+        ("/v1/responses", "agent"),
+        ("/v1/messages", "agent"),
+    ];
+    for (path, model) in cases {
+        let answer = Answer::of(gw.post_raw(path, body(path, model, limit + 1)).await).await;
+        assert_eq!(answer.status, 400, "{path} {model}: {}", answer.text);
+        let message = answer.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("'metadata' nests objects and arrays more than 100 deep"),
+            "{path} {model}: {}",
+            answer.text
+        );
+    }
+    assert_eq!(up.request_count() + anthropic.request_count(), 0);
+    for (path, model) in cases {
+        let answer = Answer::of(gw.post_raw(path, body(path, model, limit)).await).await;
+        assert_eq!(answer.status, 200, "{path} {model}: {}", answer.text);
+        assert_eq!(answer.header("x-tierwise-fallback"), None, "{path} {model}");
+    }
+}

@@ -181,3 +181,19 @@ fn the_example_dashboard_and_alert_rules_name_only_exported_series() {
         assert!(rules.contains(&format!("alert: {alert}")), "{alert}");
     }
 }
+
+/// A counter an alert watches for its first increment is a series from start, before any traffic.
+#[tokio::test]
+async fn a_counter_alerts_watch_is_shown_before_its_first_increment() {
+    let up = FakeUpstream::start().await;
+    let config = TestConfig::two_tier(&up.base_url(), &up.base_url()).without_probes();
+    let gw = TestGateway::start(&config).await;
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("tierwise_responses_dropped_total ")),
+        "{metrics}"
+    );
+    gw.shutdown().await;
+}

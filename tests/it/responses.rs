@@ -857,7 +857,7 @@ async fn responses_past_their_retention_are_deleted() {
 
 /// Without `[responses] store = true` nothing is kept: `store: true` and `previous_response_id`
 /// are 400s that name the field and the key to set, a request without `store` is answered with
-/// `store: false`, and there is nothing to read.
+/// `store: false`, and there is nothing to read: a 404 that names the key.
 #[tokio::test]
 async fn with_storing_off_state_is_refused_and_nothing_kept() {
     let (_local, _api, gw) = setup().await;
@@ -875,9 +875,19 @@ async fn with_storing_off_state_is_refused_and_nothing_kept() {
     let answer = respond(&gw, json!({"model": "summarize", "input": "Hi"})).await;
     assert_eq!(answer.body["store"], false);
     let path = format!("/v1/responses/{}", answer.body["id"].as_str().unwrap());
-    call(&gw, reqwest::Method::GET, &path, CLIENT_KEY, None)
-        .await
-        .error(404, None);
+    // Each way of reading a response says which setting keeps none, as the 400s do.
+    for (method, path) in [
+        (reqwest::Method::GET, path.clone()),
+        (reqwest::Method::GET, format!("{path}/input_items")),
+        (reqwest::Method::DELETE, path.clone()),
+    ] {
+        let answer = call(&gw, method.clone(), &path, CLIENT_KEY, None).await;
+        let message = answer.error(404, None);
+        assert!(
+            message.contains("[responses]"),
+            "{method} {path}: {message}"
+        );
+    }
     assert_eq!(gw.store().await.kept_responses().await.unwrap(), 0);
     gw.shutdown().await;
 }
