@@ -83,8 +83,9 @@ fn validate(body: &RequestBody<'_>) -> Result<(), RequestError> {
         .field("messages")
         .ok_or(RequestError::field("messages", "is required"))?;
     // Every message an object with a string role, which every OpenAI-compatible server needs; the
-    // rest of each message is skipped, within serde_json's nesting limit (128), so that a message
-    // nested thousands deep is refused here rather than handed to an upstream's parser.
+    // rest of each message is skipped. A body nested past `request::MAX_DEPTH` was refused when it
+    // was read; the walk below keeps serde_json's own limit (128) as a second guard for a body
+    // validated without that read.
     let messages: Vec<MessageShape> = serde_json::from_str(messages.get()).map_err(|_| {
         RequestError::field(
             "messages",
@@ -120,7 +121,8 @@ struct MessageShape<'a> {
 }
 
 /// Any JSON value, walked and dropped. Unlike a skipped field, a walk counts nesting, so serde_json
-/// refuses content nested past its limit of 128.
+/// refuses content nested past its limit of 128 (a second guard: a request read by
+/// `RequestBody::read` is refused past `MAX_DEPTH`, 100, before it gets here).
 struct Walked;
 
 impl<'de> Deserialize<'de> for Walked {

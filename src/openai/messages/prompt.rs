@@ -7,7 +7,8 @@
 //! Both read each part on its own and each message and block on its own, keeping what they do not
 //! look into as raw JSON, so that a prompt nested past what a whole parse takes (serde_json's 128
 //! levels, in a tool's input) is still checked and counted: what cannot be read is counted at four
-//! bytes a token rather than as nothing. Both are CPU work in proportion to the prompt; the
+//! bytes a token rather than as nothing. A request the server reads is refused past
+//! `request::MAX_DEPTH` (100) before either runs; this keeps them whole for any other caller. Both are CPU work in proportion to the prompt; the
 //! server runs them on the blocking pool for a large body.
 
 use std::borrow::Cow;
